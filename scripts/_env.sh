@@ -1,0 +1,17 @@
+# Sourced by the scripts: a private venv under .venv (git-ignored) with spoolq installed editable.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+stamp="$VENV/.installed-$(cat "$ROOT/setup.cfg" | cksum | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setting up $VENV ..." >&2
+    "$PY" -m venv "$VENV"
+fi
+if [ ! -e "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONDONTWRITEBYTECODE=1

@@ -1,0 +1,156 @@
+"""Config keys, their defaults and validation; load, and save under a lock (filelock's only home).
+
+The lock is filelock's SoftFileLock: an O_EXCL-created marker. Unlike flock-based locks it
+holds on NFS (v3 and later create exclusively on the server), and the marker is removed only
+by its holder, or by a contender after the holder's pid is gone on the holder's own host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from . import fsio
+from .errors import ConfigError, SpoolError
+from .layout import Layout, tmp_name
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    parse: Callable[[str], Any]
+    check: Callable[[Any], bool]
+    help: str
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(text)
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _integer(text: str) -> int:
+    return int(text, 10)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(text)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
+
+
+def _uid_list(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
+
+
+KEYS: dict[str, Key] = {
+    "max_retries": Key(3, _integer, lambda v: _is_int(v) and 0 <= v <= 1000,
+                       "retries after the first attempt, for jobs that do not set their own (0-1000)"),
+    "backoff_base": Key(2, _number, lambda v: _is_num(v) and 0 <= v <= 3600,
+                        "wait backoff_base ** n seconds after failed attempt n"),
+    "backoff_max": Key(3600, _number, lambda v: _is_num(v) and 0 <= v <= 86400 * 30,
+                       "cap on the backoff, seconds"),
+    "job_timeout": Key(0, _number, lambda v: _is_num(v) and 0 <= v <= 86400 * 365,
+                       "seconds before a job's process group is killed; 0 = no limit"),
+    "poll_interval": Key(1.0, _number, lambda v: _is_num(v) and 0.05 <= v <= 3600,
+                         "seconds between rescans of pending/, in case events were lost"),
+    "drop_grace": Key(5.0, _number, lambda v: _is_num(v) and 0 <= v <= 86400,
+                      "seconds an unparseable dropped file may keep changing before it is quarantined"),
+    "lease_timeout": Key(30.0, _number, lambda v: _is_num(v) and 1 <= v <= 86400,
+                         "seconds without a heartbeat before another host recovers a worker's job"),
+    "max_output_bytes": Key(64 * 1024 * 1024, _integer, lambda v: _is_int(v) and 0 <= v,
+                            "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
+    "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
+                        "give the spool's group read/write access (shared spools)"),
+    "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(_is_int(u) and u >= 0 for u in v),
+                        "uids besides the spool owner's whose dropped files are run"),
+}
+
+
+class Config:
+    """Settings of one spool: defaults overlaid by what config.json holds."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key not in KEYS:
+            raise AttributeError(key)
+        return self._values.get(key, KEYS[key].default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {key: self._values.get(key, spec.default) for key, spec in KEYS.items()}
+
+
+def check_key(key: str) -> Key:
+    if key not in KEYS:
+        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
+    return KEYS[key]
+
+
+def parse_value(key: str, text: str) -> Any:
+    spec = check_key(key)
+    try:
+        value = spec.parse(text)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{key}: {text!r} is not a valid value ({spec.help})") from None
+    if not spec.check(value):
+        raise ConfigError(f"{key}: {text!r} is out of range ({spec.help})")
+    return value
+
+
+def load(layout: Layout) -> Config:
+    try:
+        with open(layout.config, "rb") as f:
+            raw = json.loads(f.read() or b"{}")
+    except FileNotFoundError:
+        return Config({})
+    except (OSError, ValueError) as e:
+        raise SpoolError(f"cannot read {layout.config}: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpoolError(f"{layout.config} is not a JSON object")
+    values = {k: v for k, v in raw.items() if k in KEYS and KEYS[k].check(v)}
+    return Config(values)
+
+
+def save(layout: Layout, key: str, value: Any) -> Config:
+    """Read-modify-write config.json under its lock, publishing the new file by rename."""
+    check_key(key)
+    with locked(layout, "config"):
+        current = load(layout)._values
+        current = {**current, key: value}
+        data = (json.dumps(current, indent=2, sort_keys=True) + "\n").encode()
+        fsio.publish(os.path.join(layout.tmp, tmp_name()), data, layout.config)
+        return Config(current)
+
+
+@contextmanager
+def locked(layout: Layout, name: str, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the named spool lock (an existence marker: safe on NFS, see the module docstring)."""
+    from filelock import SoftFileLock, Timeout
+
+    lock = SoftFileLock(layout.lock(name), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise SpoolError(f"timed out waiting for lock {layout.lock(name)}; "
+                         "if no spoolq process holds it, remove the file") from None
+    try:
+        yield
+    finally:
+        lock.release()

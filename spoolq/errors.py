@@ -1,0 +1,41 @@
+"""The one error family of the core; the CLI turns these into messages and exit codes."""
+
+
+class SpoolError(Exception):
+    """Something the caller asked for could not be done (exit status 1)."""
+
+    exit_code = 1
+
+
+class InvalidJob(SpoolError):
+    """Input that can never be a job: refused before anything is written (exit status 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(SpoolError):
+    """An unknown config key or an ill-typed value (exit status 2)."""
+
+    exit_code = 2
+
+
+class JobNotFound(SpoolError):
+    """No job with that id in any state."""
+
+
+class JobExists(SpoolError):
+    """The id is already taken by another job."""
+
+
+class NotRetryable(SpoolError):
+    """The job is not in a state the requested transition starts from."""
+
+
+class LostOwnership(SpoolError):
+    """A worker tried to move a job it no longer owns (it was recovered elsewhere)."""
+
+
+class WaitTimeout(SpoolError):
+    """A --timeout ran out (exit status 124)."""
+
+    exit_code = 124

@@ -1,0 +1,252 @@
+"""The job record: its fields, validation and JSON form. Pure: no I/O, the clock is passed in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import InvalidJob
+
+ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+MAX_PRIORITY = 999_999_999
+MAX_RETRIES_LIMIT = 1000
+MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
+MAX_JOB_BYTES = 1024 * 1024
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_EPOCH = 32503680000.0  # year 3000: further is a typo, not a schedule
+
+# Fields spoolq owns; everything else in a job object is kept as given.
+KNOWN = (
+    "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
+    "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay",
+)
+
+
+@dataclasses.dataclass
+class Job:
+    id: str
+    command: str
+    max_retries: int
+    created_at: float
+    seq: int
+    priority: int = 0
+    timeout: float | None = None
+    run_at: float | None = None
+    cwd: str | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    updated_at: float | None = None
+    attempts: int = 0
+    exit_code: int | None = None
+    last_error: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            id=self.id,
+            command=self.command,
+            priority=self.priority,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            run_at=iso(self.run_at),
+            cwd=self.cwd,
+            env=self.env,
+            created_at=iso(self.created_at),
+            updated_at=iso(self.updated_at if self.updated_at is not None else self.created_at),
+            attempts=self.attempts,
+            exit_code=self.exit_code,
+            last_error=self.last_error,
+            seq=self.seq,
+        )
+        return out
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+    def due(self) -> float:
+        return self.run_at or 0.0
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and not value.startswith(".") and ID_RE.fullmatch(value) is not None
+
+
+def check_id(value: object) -> str:
+    if not valid_id(value):
+        raise InvalidJob(
+            f"invalid job id {value!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+        )
+    return value  # type: ignore[return-value]
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: object, field: str) -> float:
+    """An ISO 8601 string (naive means UTC) or epoch seconds, as epoch seconds."""
+    if _is_number(value):
+        t = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidJob(f"{field}: {value[:60]!r} is not an ISO 8601 time or epoch seconds") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        t = dt.timestamp()
+    else:
+        raise InvalidJob(f"{field}: must be an ISO 8601 string or epoch seconds")
+    if not 0 <= t <= MAX_EPOCH:
+        raise InvalidJob(f"{field}: {value!r} is out of range")
+    return t
+
+
+def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
+    """Decode one JSON object; every way this can go wrong is an InvalidJob with a one-line reason."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_JOB_BYTES:
+            raise InvalidJob(f"{what} is {len(data)} bytes; the limit is {MAX_JOB_BYTES}")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidJob(f"{what} is not UTF-8 (byte {e.start})") from None
+    elif len(data) > MAX_JOB_BYTES:
+        raise InvalidJob(f"{what} is {len(data)} characters; the limit is {MAX_JOB_BYTES}")
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidJob(f"{what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidJob(f"{what} is nested too deeply") from None
+    except ValueError as e:  # huge integers, NaN
+        raise InvalidJob(f"{what} is not valid JSON: {str(e)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise InvalidJob(f"{what} must be a JSON object, not {_json_type(obj)}")
+    return obj
+
+
+def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: int | None = None) -> Job:
+    """Build a Job from user input or a stored record, validating every field spoolq owns."""
+    command = d.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidJob("command: required, a non-empty string")
+    if "\x00" in command:
+        raise InvalidJob("command: contains a NUL byte")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise InvalidJob(f"command: longer than the limit of {MAX_COMMAND_BYTES} bytes")
+    job_id = d.get("id")
+    if job_id is not None:
+        check_id(job_id)
+    max_retries = _int(d, "max_retries", default_max_retries, 0, MAX_RETRIES_LIMIT)
+    priority = _int(d, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
+    attempts = _int(d, "attempts", 0, 0, MAX_RETRIES_LIMIT + 1)
+    timeout = _seconds(d, "timeout", positive=True)
+    delay = _seconds(d, "delay", positive=False)
+    run_at = None if d.get("run_at") is None else parse_time(d["run_at"], "run_at")
+    if delay is not None and run_at is not None:
+        raise InvalidJob("give delay or run_at, not both")
+    if delay is not None:
+        run_at = now + delay if delay > 0 else None
+    cwd = d.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
+        raise InvalidJob("cwd: must be a non-empty string")
+    env = _env(d.get("env"))
+    created_at = now if d.get("created_at") is None else parse_time(d["created_at"], "created_at")
+    updated_at = None if d.get("updated_at") is None else parse_time(d["updated_at"], "updated_at")
+    exit_code = d.get("exit_code")
+    if exit_code is not None and not _is_int(exit_code):
+        raise InvalidJob("exit_code: must be an integer or null")
+    last_error = d.get("last_error")
+    if last_error is not None and not isinstance(last_error, str):
+        raise InvalidJob("last_error: must be a string or null")
+    stored_seq = d.get("seq")
+    if stored_seq is not None:
+        if not _is_int(stored_seq) or not 0 <= stored_seq < 10**19:
+            raise InvalidJob("seq: must be a non-negative integer")
+        seq = stored_seq
+    extra = {k: v for k, v in d.items() if k not in KNOWN}
+    return Job(
+        id=job_id or "",
+        command=command,
+        max_retries=max_retries,
+        created_at=created_at,
+        seq=seq if seq is not None else int(now * 1e9),
+        priority=priority,
+        timeout=timeout,
+        run_at=run_at,
+        cwd=cwd,
+        env=env,
+        updated_at=updated_at,
+        attempts=attempts,
+        exit_code=exit_code,
+        last_error=last_error,
+        extra=extra,
+    )
+
+
+def from_json(data: bytes | str, *, now: float, default_max_retries: int) -> Job:
+    return from_dict(parse_json_object(data), now=now, default_max_retries=default_max_retries)
+
+
+def _int(d: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = d.get(key)
+    if value is None:
+        return default
+    if not _is_int(value):
+        raise InvalidJob(f"{key}: must be an integer, not {_json_type(value)}")
+    if not lo <= value <= hi:
+        raise InvalidJob(f"{key}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def _seconds(d: dict[str, Any], key: str, *, positive: bool) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise InvalidJob(f"{key}: must be a number of seconds, not {_json_type(value)}")
+    value = float(value)
+    if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:
+        raise InvalidJob(f"{key}: {value:g} is out of range")
+    return value
+
+
+def _env(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidJob(f"env: must be an object of strings, not {_json_type(value)}")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise InvalidJob(f"env: {k!r} must map to a string, not {_json_type(v)}")
+        if not k or "=" in k or "\x00" in k or "\x00" in v:
+            raise InvalidJob(f"env: {k[:40]!r} is not a usable variable name or value")
+    return dict(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _json_type(value: object) -> str:
+    return {
+        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+        int: "an integer", float: "a number", type(None): "null",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,163 @@
+"""Process supervision: keep N workers alive, detach, stop gracefully, recover after a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import layout as L
+from .spool import Spool
+from .worker import Worker, stderr_log
+
+RESTART_WINDOW = 10.0  # seconds: a worker dying faster than this is restarted with a growing delay
+
+
+@dataclass
+class Child:
+    pid: int
+    started: float
+
+
+class Supervisor:
+    def __init__(self, spool: Spool, count: int, *, burst: bool = False,
+                 log: Callable[[str], None] = stderr_log):
+        self.spool = spool
+        self.count = count
+        self.burst = burst
+        self._log = log
+        self.children: dict[int, Child] = {}
+        self.stopping = False
+        self.token = ""
+        self.started = 0.0
+        self._quick_deaths = 0
+
+    def log(self, message: str) -> None:
+        self._log(f"supervisor {os.getpid()}: {message}")
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.log(f"{signal.Signals(signum).name}: stopping after the running jobs finish")
+        for pid in list(self.children):
+            _signal(pid, signal.SIGTERM)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.token = self.spool.register("supervisor", workers=self.count)
+        self.started = os.stat(self.spool.layout.worker_file(self.token)).st_mtime
+        try:
+            self._recover()
+            for _ in range(self.count):
+                self._spawn()
+            while self.children:
+                self._reap_one()
+        finally:
+            self.spool.unregister(self.token)
+        return 0
+
+    def _spawn(self) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid())
+                worker.install_signal_handlers()
+                code = worker.run()
+            except BaseException as e:  # a worker must never take its supervisor's code path
+                try:
+                    self._log(f"worker {os.getpid()}: crashed: {type(e).__name__}: {e}")
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        self.children[pid] = Child(pid, time.monotonic())
+
+    def _reap_one(self) -> None:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            self.children.clear()
+            return
+        except InterruptedError:
+            return
+        child = self.children.pop(pid, None)
+        if child is None:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            return  # stopped on request, or a burst found nothing more to do
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        self.log(f"worker pid {pid} {how}")
+        self._recover()
+        if self.stopping or self.spool.stop_requested_after(self.started):
+            return
+        self._pace(child)
+        self._spawn()
+
+    def _pace(self, child: Child) -> None:
+        """Workers that die young are restarted with a growing delay, so a crash loop cannot spin."""
+        if time.monotonic() - child.started < RESTART_WINDOW:
+            self._quick_deaths += 1
+        else:
+            self._quick_deaths = 0
+        delay = min(0.05 * (2 ** min(self._quick_deaths, 7)), 5.0) if self._quick_deaths > 1 else 0.0
+        if delay:
+            time.sleep(delay)
+
+    def _recover(self) -> None:
+        try:
+            for r in self.spool.recover(self.token):
+                self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
+        except OSError as e:
+            self.log(f"recovery failed: {e}")
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def detach(spool: Spool, count: int, *, burst: bool) -> int:
+    """Start a supervisor in the background, its output appended to log/worker-<host>.log.
+    Returns the supervisor's pid once it is forked; the caller waits for its workers."""
+    log_path = os.path.join(spool.layout.dir("log"), f"worker-{L.host_name()}.log")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        data = os.read(read_end, 64)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        return int(data or b"0")
+    # First child: new session, fork again so the supervisor is never a session leader.
+    os.close(read_end)
+    os.setsid()
+    pid2 = os.fork()
+    if pid2:
+        os.write(write_end, str(pid2).encode())
+        os._exit(0)
+    os.close(write_end)
+    code = 1
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        os.close(null)
+        sys.stdout = os.fdopen(1, "w", buffering=1)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+        os.chdir("/")
+        code = Supervisor(spool, count, burst=burst).run()
+    finally:
+        os._exit(code)

@@ -1,0 +1,289 @@
+"""The worker loop: wait for a job, claim it, run it, record the outcome. No policy, no printing."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from . import job as job_mod, layout as L, runner, watch
+from .errors import LostOwnership, SpoolError
+from .index import PendingIndex
+from .spool import Claimed, Spool
+
+RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
+MAX_WAIT = 30.0
+
+
+def stderr_log(message: str) -> None:
+    stamp = job_mod.iso(time.time())
+    try:
+        sys.stderr.write(f"{stamp} {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Worker:
+    def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
+                 supervisor: int | None = None):
+        self.spool = spool
+        self.burst = burst
+        self._log = log
+        self.supervisor = supervisor
+        self.stopping = False
+        self.lost = False
+        self.owner = ""
+        self.started = 0.0
+        self.index = PendingIndex()
+        self._wake: watch.Wakeups | None = None
+        self._dropin_retry: dict[str, float] = {}
+        self._hb_stop = threading.Event()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        self._log(f"worker {self.owner or os.getpid()}: {message}")
+
+    def request_stop(self, *_args: object) -> None:
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit status."""
+        self._register()
+        layout = self.spool.layout
+        self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
+        self._announce_wakeups()
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        try:
+            self._loop()
+        finally:
+            self._hb_stop.set()
+            self._wake.close()
+            self.spool.unregister(self.owner)
+        self.log("stopped")
+        return 0
+
+    def _register(self) -> None:
+        extra = {"supervisor": self.supervisor} if self.supervisor else {}
+        self.owner = self.spool.register("worker", **extra)
+        self.started = os.stat(self.spool.layout.worker_file(self.owner)).st_mtime
+        self.lost = False
+
+    def _announce_wakeups(self) -> None:
+        assert self._wake is not None
+        kind = watch.filesystem_type(self.spool.root)
+        if self._wake.mode != "events":
+            self.log(f"no file-system events ({self._wake.failure}); polling every "
+                     f"{self.spool.config.poll_interval:g}s wakes this worker")
+        elif watch.is_network_fs(kind):
+            self.log(f"spool is on {kind}: events miss other hosts' writes, so polling every "
+                     f"{self.spool.config.poll_interval:g}s is what wakes this worker for them")
+        else:
+            self.log(f"started; waking on file-system events ({kind or 'unknown fs'}), "
+                     f"rescanning every {self.spool.config.poll_interval:g}s")
+
+    def _heartbeat_loop(self) -> None:
+        while not self._hb_stop.is_set():
+            interval = max(0.2, min(self.spool.config.lease_timeout / 4, 5.0))
+            if self._hb_stop.wait(interval):
+                return
+            try:
+                if not self.spool.heartbeat(self.owner):
+                    self.lost = True
+            except OSError:
+                pass
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        assert self._wake is not None
+        spool = self.spool
+        last_rescan = 0.0
+        last_recover = 0.0
+        while not self.stopping:
+            now = time.time()
+            cfg = spool.config
+            if spool.stop_requested_after(self.started):
+                self.log("stop requested")
+                return
+            reason = self._wake.check()
+            if reason:
+                self.log(f"lost file-system events ({reason}); falling back to polling every "
+                         f"{cfg.poll_interval:g}s")
+            if self.lost:
+                self._reregister("this worker's registration was taken over (declared dead elsewhere)")
+            if now - last_recover >= RECOVER_EVERY:
+                last_recover = now
+                self._recover()
+            if now - last_rescan >= cfg.poll_interval:
+                last_rescan = now
+                self.index.rescan(spool.pending_entries())
+            self._adopt_dropins(now)
+            name = self.index.pop_ready(int(now * 1000))
+            if name is not None:
+                self._claim_and_run(name)
+                continue
+            if self.burst and not self.index.dropins:
+                if last_rescan == now:
+                    return
+                last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
+                continue
+            self._sleep(now, last_rescan, last_recover)
+
+    def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
+        assert self._wake is not None
+        cfg = self.spool.config
+        wake_at = min(last_rescan + cfg.poll_interval, last_recover + RECOVER_EVERY, now + MAX_WAIT)
+        due = self.index.next_due_ms()
+        if due is not None:
+            wake_at = min(wake_at, due / 1000.0)
+        if self._dropin_retry:
+            wake_at = min(wake_at, min(self._dropin_retry.values()))
+        for directory, name in self._wake.wait(wake_at - time.time()):
+            self._note(directory, name)
+
+    def _note(self, directory: str, name: str) -> None:
+        if directory == self.spool.layout.pending:
+            self.index.add(name)
+
+    def _reregister(self, why: str) -> None:
+        self.log(f"{why}; continuing under a new identity")
+        old = self.owner
+        self._register()
+        self.spool.unregister(old)
+
+    def _recover(self) -> None:
+        try:
+            for r in self.spool.recover(self.owner):
+                self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
+        except (OSError, SpoolError) as e:
+            self.log(f"recovery sweep failed: {e}")
+
+    def _adopt_dropins(self, now: float) -> None:
+        if not self.index.dropins:
+            return
+        names = sorted(self.index.dropins, key=lambda n: self._dropin_retry.get(n, 0.0))
+        for name in names:
+            if self._dropin_retry.get(name, 0.0) > now:
+                continue
+            try:
+                result = self.spool.adopt(name, self.owner, now=now)
+            except LostOwnership:
+                self.lost = True
+                return
+            except (OSError, SpoolError) as e:
+                self.log(f"cannot take dropped file {name!r}: {e}")
+                self._dropin_retry[name] = now + self.spool.config.poll_interval
+                continue
+            if result.outcome == "wait":
+                self._dropin_retry[name] = result.retry_at or now + 1.0
+                continue
+            self.index.dropins.discard(name)
+            self._dropin_retry.pop(name, None)
+            if result.outcome == "quarantined":
+                self.log(f"quarantined dropped file {name!r}: {result.reason}")
+
+    # ---- one job -------------------------------------------------------------------------
+
+    def _claim_and_run(self, name: str) -> None:
+        try:
+            claimed = self.spool.claim(name, self.owner)
+        except LostOwnership:
+            self.lost = True
+            return
+        except OSError as e:
+            self.log(f"cannot claim {name!r}: {e}")
+            return
+        if claimed is None:
+            return
+        outcome = self._run(claimed)
+        self._finish(claimed, outcome)
+
+    def _run(self, claimed: Claimed) -> runner.Outcome:
+        job = claimed.job
+        cfg = self.spool.config
+        env = dict(os.environ)
+        env.update(job.env)
+        env.update(SPOOLQ_JOB_ID=job.id, SPOOLQ_ATTEMPT=str(claimed.attempt), SPOOLQ_HOST=L.host_name(),
+                   SPOOLQ_SPOOL=self.spool.root, SPOOLQ_OWNER=self.owner)
+        timeout = job.timeout or cfg.job_timeout or None
+        path = self.spool.output_path(job.id)
+        header = (f"==> {job_mod.iso(time.time())} attempt {claimed.attempt} of {job.max_retries + 1} "
+                  f"on {L.host_name()} (worker {self.owner}) <==\n")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            return runner.Outcome(False, None, f"cannot open output log: {e.strerror}", 0.0)
+        try:
+            start = _append(fd, header.encode())
+            outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=timeout, log_fd=fd,
+                                 should_abort=lambda: self.lost or self.stopping_hard)
+            self._close_log(fd, start, outcome, cfg.max_output_bytes)
+        finally:
+            os.close(fd)
+        return outcome
+
+    stopping_hard = False
+
+    def _close_log(self, fd: int, start: int, outcome: runner.Outcome, cap: int) -> None:
+        """Write the attempt's footer; keep the log within its cap and the disk usable."""
+        size = os.fstat(fd).st_size
+        note = ""
+        if cap and size - start > cap:
+            os.ftruncate(fd, start + cap)
+            note = f" (output truncated to {cap} bytes)"
+        status = "ok" if outcome.ok else outcome.error
+        footer = f"\n==> attempt finished in {outcome.seconds:.3f}s: {status}{note} <==\n".encode()
+        try:
+            _append(fd, footer)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The job filled the disk: give back what it wrote so the spool can keep working.
+            keep = min(os.fstat(fd).st_size, start + 4096)
+            os.ftruncate(fd, keep)
+            try:
+                _append(fd, b"\n==> output truncated: the disk is full <==\n")
+            except OSError:
+                pass
+
+    def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
+        delay = 0.1
+        while True:
+            try:
+                decision = self.spool.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
+                                             error=outcome.error)
+            except LostOwnership:
+                self.log(f"result of job {claimed.job.id} attempt {claimed.attempt} discarded: "
+                         "this worker lost the job (it was recovered elsewhere)")
+                self.lost = True
+                return
+            except OSError as e:
+                # A full disk or a passing I/O fault: the job stays ours in processing/, try again.
+                self.log(f"cannot record job {claimed.job.id}: {e}; retrying in {delay:.1f}s")
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if decision.state == "pending":
+                self.index.add(L.pending_name(claimed.job.id, claimed.job.priority, claimed.job.seq,
+                                              decision.run_at))
+            return
+
+
+def _append(fd: int, data: bytes) -> int:
+    """Append and return the offset where `data` starts."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return start
