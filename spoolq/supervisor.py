@@ -72,7 +72,8 @@ class Supervisor:
                 code = worker.run()
             except BaseException as e:  # a worker must never take its supervisor's code path
                 try:
-                    self._log(f"worker {os.getpid()}: crashed: {type(e).__name__}: {e}")
+                    import traceback
+                    self._log(f"worker {os.getpid()}: crashed: {type(e).__name__}: {e}\n{traceback.format_exc()}")
                 except BaseException:
                     pass
             finally:

@@ -221,7 +221,7 @@ class Worker:
         header = (f"==> {job_mod.iso(time.time())} attempt {claimed.attempt} of {job.max_retries + 1} "
                   f"on {L.host_name()} (worker {self.owner}) <==\n")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             return runner.Outcome(False, None, f"cannot open output log: {e.strerror}", 0.0)
         try:
@@ -243,7 +243,9 @@ class Worker:
             os.ftruncate(fd, start + cap)
             note = f" (output truncated to {cap} bytes)"
         status = "ok" if outcome.ok else outcome.error
-        footer = f"\n==> attempt finished in {outcome.seconds:.3f}s: {status}{note} <==\n".encode()
+        end = os.pread(fd, 1, os.fstat(fd).st_size - 1) if os.fstat(fd).st_size > start else b"\n"
+        footer = (("" if end == b"\n" else "\n")
+                  + f"==> attempt finished in {outcome.seconds:.3f}s: {status}{note} <==\n").encode()
         try:
             _append(fd, footer)
         except OSError as e:

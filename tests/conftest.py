@@ -1,0 +1,144 @@
+"""Shared fixtures: real spools under tmp_path, the CLI in-process and as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from spoolq import Spool
+from spoolq.cli import main
+
+SPOOLQ = [sys.executable, "-m", "spoolq"]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.1)
+
+
+@pytest.fixture
+def spool_dir(tmp_path) -> str:
+    return str(tmp_path / "spool")
+
+
+@pytest.fixture
+def spool(spool_dir) -> Spool:
+    return Spool(spool_dir)
+
+
+class Cli:
+    """Runs the click app in-process against one spool."""
+
+    def __init__(self, spool_dir: str):
+        self.spool_dir = spool_dir
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, input: str | bytes | None = None):
+        return self.runner.invoke(main, ["--spool", self.spool_dir, *args], input=input, catch_exceptions=False)
+
+    def json(self, *args: str):
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+
+@pytest.fixture
+def cli(spool_dir) -> Cli:
+    return Cli(spool_dir)
+
+
+def spoolq(spool_dir: str, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `spoolq` CLI as a separate process."""
+    return subprocess.run([*SPOOLQ, "--spool", spool_dir, *args], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def run(spool_dir):
+    return lambda *args, **kw: spoolq(spool_dir, *args, **kw)
+
+
+class Workers:
+    """`spoolq worker start --count N` in the foreground, as a real process group."""
+
+    def __init__(self, spool_dir: str, count: int = 1, env: dict | None = None, extra: tuple = ()):
+        self.spool_dir = spool_dir
+        self.count = count
+        self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", str(count),
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def live(self, spool: Spool | None = None) -> list:
+        spool = spool or Spool(self.spool_dir)
+        return [w for w in spool.workers() if w.role == "worker"]
+
+    def wait_ready(self, timeout: float = 15) -> "Workers":
+        spool = Spool(self.spool_dir)
+        wait_for(lambda: len([w for w in self.live(spool) if w.extra.get("supervisor") == self.proc.pid])
+                 >= self.count, timeout, f"{self.count} workers to register")
+        return self
+
+    def stop(self, timeout: float = 20) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+        return out
+
+    def kill_all(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+@pytest.fixture
+def workers(spool_dir) -> Iterator[Callable[..., Workers]]:
+    started: list[Workers] = []
+
+    def start(count: int = 1, **kwargs) -> Workers:
+        w = Workers(kwargs.pop("spool_dir", spool_dir), count, **kwargs)
+        started.append(w)
+        return w.wait_ready()
+
+    yield start
+    for w in started:
+        w.stop()
+        w.kill_all()
+
+
+@contextmanager
+def env(**values: str) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
