@@ -9,9 +9,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 if [ ! -e "$stamp" ]; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]" >&2
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[test]" >&2
     rm -f "$VENV"/.installed-*
     touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
-export PYTHONDONTWRITEBYTECODE=1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -70,8 +68,10 @@ def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the file system holding `path`: one barrier for a whole batch."""
     global _libc
     if _libc is None:
+        import ctypes.util  # only batches need it; the single-job CLI path stays lean
+
         name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name, use_errno=True) if name else False
+        _libc = ctypes.CDLL(name, use_errno=True) if name else False  # type: ignore[attr-defined]
     syncfs = getattr(_libc, "syncfs", None) if _libc else None
     if syncfs is None:
         os.sync()
@@ -79,6 +79,8 @@ def sync_filesystem(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         if syncfs(fd) != 0:
+            import ctypes
+
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
     finally:

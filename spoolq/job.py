@@ -6,7 +6,7 @@ import dataclasses
 import json
 import math
 import re
-from datetime import datetime, timezone
+import time
 from typing import Any
 
 from .errors import InvalidJob
@@ -17,7 +17,7 @@ MAX_RETRIES_LIMIT = 1000
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
 MAX_JOB_BYTES = 1024 * 1024
 MAX_SECONDS = 10 * 365 * 86400.0
-MAX_EPOCH = 32503680000.0  # year 3000: further is a typo, not a schedule
+MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit due field (ms) holds
 
 # Fields spoolq owns; everything else in a job object is kept as given.
 KNOWN = (
@@ -86,7 +86,8 @@ def check_id(value: object) -> str:
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = int(round(t * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
 
 
 def parse_time(value: object, field: str) -> float:
@@ -94,6 +95,8 @@ def parse_time(value: object, field: str) -> float:
     if _is_number(value):
         t = float(value)  # type: ignore[arg-type]
     elif isinstance(value, str):
+        from datetime import datetime, timezone  # parsing is rare; keep the CLI's import lean
+
         try:
             dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -172,6 +175,11 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
             raise InvalidJob("seq: must be a non-negative integer")
         seq = stored_seq
     extra = {k: v for k, v in d.items() if k not in KNOWN}
+    if extra:  # the API can pass what JSON cannot carry (NaN, sets): refuse it, never store it unreadable
+        try:
+            json.dumps(extra, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidJob(f"unknown fields must hold plain JSON values: {str(e)[:80]}") from None
     return Job(
         id=job_id or "",
         command=command,

@@ -63,8 +63,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import socket
 from dataclasses import dataclass
 
 STATE_DIRS = ("pending", "processing", "done", "dead")
@@ -113,16 +111,20 @@ def quarantine_id(source_name: str) -> str:
     """A fresh id for a quarantined file: '+' cannot start a job id, so it never collides."""
     stem = source_name[:-5] if source_name.endswith(".json") else source_name
     stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)[:80].lstrip(".") or "file"
-    return f"{QUARANTINE_PREFIX}{stem}.{secrets.token_hex(3)}"
+    return f"{QUARANTINE_PREFIX}{stem}.{random_hex(3)}"
+
+
+def random_hex(nbytes: int) -> str:
+    return os.urandom(nbytes).hex()
 
 
 def host_name() -> str:
-    return os.environ.get("SPOOLQ_HOST") or socket.gethostname() or "localhost"
+    return os.environ.get("SPOOLQ_HOST") or os.uname().nodename or "localhost"
 
 
 def owner_token(host: str, pid: int) -> str:
     safe_host = re.sub(r"[^A-Za-z0-9_.]", "_", host)[:64] or "host"
-    return f"{safe_host}-{pid}-{secrets.token_hex(3)}"
+    return f"{safe_host}-{pid}-{random_hex(3)}"
 
 
 def owner_of(dirname: str) -> str:
@@ -131,7 +133,7 @@ def owner_of(dirname: str) -> str:
 
 
 def tmp_name() -> str:
-    return f".{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    return f".{os.getpid()}.{random_hex(6)}.tmp"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -35,6 +34,7 @@ class JobView:
     path: str
     reason: str | None = None  # quarantined files: why
     owner: str | None = None
+    changed_at: float | None = None  # ctime of the file: when it last moved
 
     def to_dict(self) -> dict[str, Any]:
         if self.job is None:
@@ -49,6 +49,12 @@ class JobView:
         if self.state == "processing":
             out["attempts"] = self.job.attempts + 1  # the running attempt counts from its claim
             out["worker"] = self.owner
+        elif self.state == "done":
+            # A success is recorded by the move into done/ alone (no rewrite, no fsync): the file
+            # holds the attempts before it.
+            out["attempts"] = self.job.attempts + 1
+            out["exit_code"] = 0
+            out["updated_at"] = job_mod.iso(self.changed_at) if self.changed_at else out["updated_at"]
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
 
 
@@ -179,7 +185,7 @@ class Spool:
 
     def _fresh_id(self) -> str:
         while True:
-            job_id = secrets.token_hex(4)
+            job_id = L.random_hex(4)
             if not os.path.lexists(self.layout.id_marker(job_id)):
                 return job_id
 
@@ -272,7 +278,7 @@ class Spool:
     def _view(self, path: str, state: str, job_id: str, owner: str | None = None,
               now: float | None = None) -> JobView | None:
         try:
-            data, _ = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -283,7 +289,7 @@ class Spool:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == "pending" and job.run_at and job.run_at > (time.time() if now is None else now):
             state = "scheduled"
-        return JobView(job.id or job_id, state, job, path, owner=owner)
+        return JobView(job.id or job_id, state, job, path, owner=owner, changed_at=st.st_ctime)
 
     def _reason(self, qid: str) -> str:
         try:
@@ -505,6 +511,16 @@ class Spool:
                now: float | None = None) -> retry.Decision:
         """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead."""
         now = time.time() if now is None else now
+        if ok:
+            # The success is the move itself: the file keeps the attempts before this one, which
+            # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
+            try:
+                moved = fsio.move(claimed.path, os.path.join(self.layout.done, L.job_file(claimed.job.id)))
+            except FileNotFoundError:
+                moved = False
+            if not moved:
+                raise LostOwnership(f"{claimed.path} was taken from us")
+            return retry.Decision("done")
         cfg = self.config
         job = claimed.job
         job.attempts = claimed.attempt
@@ -676,7 +692,7 @@ class Spool:
                 liveness.kill_leftovers(owner)
         fenced = f"{rescuer}{L.RESCUE_SEP}{entry}"
         if len(fenced) > 200:
-            fenced = f"{rescuer}{L.RESCUE_SEP}{secrets.token_hex(4)}"
+            fenced = f"{rescuer}{L.RESCUE_SEP}{L.random_hex(4)}"
         src_dir = self.layout.owned(entry)
         dst_dir = self.layout.owned(fenced)
         # RACE: two rescuers may both find the owner dead; the directory rename admits one.
@@ -706,7 +722,7 @@ class Spool:
             original = name[len(L.ADOPT_PREFIX):]
             dest = os.path.join(self.layout.pending, original)
             if os.path.lexists(dest):
-                dest = os.path.join(self.layout.pending, f"{original[:-5]}.{secrets.token_hex(3)}.json")
+                dest = os.path.join(self.layout.pending, f"{original[:-5]}.{L.random_hex(3)}.json")
             fsio.move(path, dest)
             return []
         if not name.endswith(".json"):

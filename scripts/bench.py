@@ -1,0 +1,388 @@
+#!/usr/bin/env python3
+"""spoolq benchmark: every speed and memory target, each beside a reference run made in the
+same invocation, so the ratio means something on a noisy machine.
+
+    scripts/bench.py                 # the full table (a few minutes on 2 cores)
+    scripts/bench.py --quick         # small sizes, for a smoke run
+    scripts/bench.py --json          # one JSON object for machines
+
+It uses only the public CLI, the Python API and the documented on-disk format, and creates
+its own spools in a temp dir that it removes afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from spoolq import Spool  # noqa: E402
+from spoolq import layout as L  # noqa: E402
+
+# The console script a user runs (no runpy overhead), else the module.
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "spoolq")
+SPOOLQ = [_SCRIPT] if os.access(_SCRIPT, os.X_OK) else [sys.executable, "-m", "spoolq"]
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    samples: list[float]
+    reference_name: str
+    reference: list[float]
+    target: str
+    passed: bool | None = None
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def ref_median(self) -> float:
+        return statistics.median(self.reference) if self.reference else float("nan")
+
+    @property
+    def ratio(self) -> float:
+        return self.median / self.ref_median if self.reference and self.ref_median else float("nan")
+
+
+def progress(message: str) -> None:
+    print(f"  .. {message}", file=sys.stderr, flush=True)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def cli(spool: str, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([*SPOOLQ, "--spool", spool, *args], capture_output=True, text=True, check=check, **kw)
+
+
+def start_workers(spool: str, count: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*SPOOLQ, "--spool", spool, "worker", "start", "--count", str(count), *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_workers(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_until(predicate, timeout: float, pause: float = 0.0005):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(pause)
+
+
+def ready_workers(spool: Spool, n: int) -> bool:
+    return len([w for w in spool.workers() if w.role == "worker"]) >= n
+
+
+def count_done(spool_dir: str) -> int:
+    return len(os.listdir(os.path.join(spool_dir, "done")))
+
+
+def write_batch(path: str, n: int, command: str = "true") -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"j{i:07d}", "command": command}) + "\n")
+
+
+def publish_by_rename(spool: Spool, job_id: str, command: str) -> float:
+    """Stage a job under a dot name, fsync it, then rename it into pending/: returns the time of
+    the rename, the instant the job becomes visible (the drop-in protocol of layout.py)."""
+    job = spool.make_job({"id": job_id, "command": command})
+    staged = os.path.join(spool.layout.pending, f".{job_id}.tmp")
+    with open(staged, "wb") as f:
+        f.write(job.to_json())
+        f.flush()
+        os.fsync(f.fileno())
+    os.close(os.open(spool.layout.id_marker(job_id), os.O_CREAT | os.O_WRONLY, 0o600))
+    final = os.path.join(spool.layout.pending, L.pending_name(job.id, job.priority, job.seq, None))
+    t0 = time.time_ns()
+    os.rename(staged, final)
+    return t0
+
+
+class Marker:
+    """A FIFO the job opens for writing: the moment our blocked open returns is when the command
+    started, to the microsecond (file mtimes are only as fine as the kernel's coarse clock)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.at: int | None = None
+        os.mkfifo(path, 0o600)
+        self._thread = threading.Thread(target=self._wait, daemon=True)
+        self._thread.start()
+
+    def _wait(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        self.at = time.time_ns()
+        os.read(fd, 1)
+        os.close(fd)
+
+    def time(self, timeout: float = 10) -> int:
+        self._thread.join(timeout)
+        if self.at is None:
+            raise TimeoutError(f"{self.path} was never opened")
+        return self.at
+
+
+def marker_time(path: str, timeout: float = 10) -> int:
+    wait_until(lambda: os.path.exists(path), timeout)
+    return os.stat(path).st_mtime_ns
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker_pids(spool: Spool) -> list[int]:
+    return [w.pid for w in spool.workers() if w.role == "worker"]
+
+
+# ---- rows ------------------------------------------------------------------------------------
+
+
+def reference_spawn_latency(tmp: str, n: int) -> list[float]:
+    """Popen of `sh -c ': > marker'` until the marker exists: the floor any runner pays."""
+    out = []
+    for i in range(n):
+        marker = Marker(os.path.join(tmp, f"ref-{i}"))
+        t0 = time.time_ns()
+        subprocess.Popen(["/bin/sh", "-c", f": > {marker.path}"], start_new_session=True).wait()
+        out.append((marker.time() - t0) / 1e6)
+    return out
+
+
+def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
+    spool_dir = tempfile.mkdtemp(dir=tmp, prefix="latency-")
+    spool = Spool(spool_dir)
+    marks = os.path.join(spool_dir, "marks")
+    os.mkdir(marks)
+    proc = start_workers(spool_dir, 1)
+    try:
+        wait_until(lambda: ready_workers(spool, 1), 15, 0.01)
+        time.sleep(0.3)  # let the worker settle into its idle wait: the thing being measured
+        out = []
+        for i in range(n):
+            if after_claim is not None:
+                # A job claimed just before: the next arrival must not wait behind its move.
+                t_prev = publish_by_rename(spool, f"prev{i}", f": > {marks}/prev{i}")
+                marker_time(f"{marks}/prev{i}")
+                time.sleep(max(0.0, after_claim - (time.time_ns() - t_prev) / 1e9))
+            marker = Marker(f"{marks}/lat{i}")
+            t0 = publish_by_rename(spool, f"lat{i}", f": > {marker.path}")
+            out.append((marker.time() - t0) / 1e6)
+            if after_claim is None:
+                time.sleep(0.02)
+        return out
+    finally:
+        stop_workers(proc)
+
+
+def throughput(tmp: str, n: int, repeat: int) -> Row:
+    samples, refs = [], []
+    for r in range(repeat):
+        spool_dir = tempfile.mkdtemp(dir=tmp, prefix="tput-")
+        batch = os.path.join(tmp, f"tput-{r}.jsonl")
+        write_batch(batch, n)
+        cli(spool_dir, "enqueue", "--batch", batch)
+        t0 = time.monotonic()
+        subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        elapsed = time.monotonic() - t0
+        assert count_done(spool_dir) == n, "not every job finished"
+        samples.append(n / elapsed)
+        t0 = time.monotonic()
+        subprocess.run(f"seq {n} | xargs -P2 -n1 sh -c true", shell=True, check=True)
+        refs.append(n / (time.monotonic() - t0))
+        shutil.rmtree(spool_dir, ignore_errors=True)
+    ratio = statistics.median(samples) / statistics.median(refs)
+    return Row(f"throughput: {n} `true` jobs, 2 workers, --burst", "jobs/s", samples,
+               "seq | xargs -P2 -n1 sh -c true", refs, ">= 0.6 x xargs (aim 0.8)", ratio >= 0.6)
+
+
+def drain_rate(spool_dir: str, measure: int) -> tuple[float, float, float]:
+    """Start 2 workers on a filled spool; returns (seconds to first job, drain jobs/s, worker MB)."""
+    spool = Spool(spool_dir)
+    first_marker = os.path.join(spool_dir, "first.mark")
+    base = count_done(spool_dir)
+    t0 = time.time_ns()
+    proc = start_workers(spool_dir, 2)
+    try:
+        first = (marker_time(first_marker, 60) - t0) / 1e9
+        wait_until(lambda: count_done(spool_dir) >= base + 200, 120, 0.005)
+        t_start, d_start = time.monotonic(), count_done(spool_dir)
+        wait_until(lambda: count_done(spool_dir) >= d_start + measure, 300, 0.005)
+        rate = (count_done(spool_dir) - d_start) / (time.monotonic() - t_start)
+        mem = max((rss_mb(p) for p in worker_pids(spool)), default=float("nan"))
+        return first, rate, mem
+    finally:
+        stop_workers(proc)
+
+
+def fill_spool(tmp: str, n: int, name: str) -> tuple[str, float]:
+    """A spool with a marker job first, then n-1 `true` jobs: returns (dir, enqueue seconds)."""
+    spool_dir = os.path.join(tmp, name)
+    batch = os.path.join(tmp, f"{name}.jsonl")
+    with open(batch, "w") as f:
+        f.write(json.dumps({"id": "first", "command": f": > {spool_dir}/first.mark"}) + "\n")
+        for i in range(n - 1):
+            f.write(json.dumps({"id": f"j{i:07d}", "command": "true"}) + "\n")
+    cli(spool_dir, "init")
+    t0 = time.monotonic()
+    subprocess.run([*SPOOLQ, "--spool", spool_dir, "enqueue", "--batch", batch], stdout=subprocess.DEVNULL,
+                   check=True)
+    return spool_dir, time.monotonic() - t0
+
+
+def raw_file_rate(tmp: str, n: int) -> float:
+    """Reference for batch enqueue: write n small files and rename each, no fsync, in Python."""
+    d = tempfile.mkdtemp(dir=tmp, prefix="raw-")
+    payload = b'{"id":"x","command":"true"}\n' * 8
+    t0 = time.monotonic()
+    for i in range(n):
+        p = os.path.join(d, f".t{i}")
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, payload)
+        os.close(fd)
+        os.rename(p, os.path.join(d, f"f{i}.json"))
+    rate = n / (time.monotonic() - t0)
+    shutil.rmtree(d, ignore_errors=True)
+    return rate
+
+
+def timed_runs(argv: list[str], n: int, **kw) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, **kw)
+        out.append(time.monotonic() - t0)
+    return out
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--latency-samples", type=int, default=60)
+    ap.add_argument("--jobs", type=int, default=2000, help="throughput row: jobs")
+    ap.add_argument("--big", type=int, default=100_000, help="backlog size")
+    ap.add_argument("--small", type=int, default=5_000, help="reference backlog size")
+    ap.add_argument("--drain", type=int, default=3000, help="jobs measured while draining")
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
+    ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--only", help="comma-separated row keys: latency,after,throughput,cli,batch,backlog")
+    a = ap.parse_args()
+    if a.quick:
+        a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
+    only = set(a.only.split(",")) if a.only else None
+    want = lambda key: only is None or key in only  # noqa: E731
+    rows: list[Row] = []
+    tmp = tempfile.mkdtemp(prefix="spoolq-bench-")
+    try:
+        if want("latency") or want("after"):
+            progress("reference: process spawn latency")
+            ref = reference_spawn_latency(tmp, a.latency_samples)
+        if want("latency"):
+            progress("pickup latency, idle worker")
+            s = pickup_latency(tmp, a.latency_samples, None)
+            p99 = sorted(s)[min(len(s) - 1, int(len(s) * 0.99))]
+            rows.append(Row("pickup latency: rename into pending/ -> command starts (idle)", "ms", s,
+                            "Popen(sh -c ...) -> command starts", ref, "median <= 5 ms, p99 <= 20 ms",
+                            statistics.median(s) <= 5 and p99 <= 20, f"p99 {p99:.2f} ms", {"p99": p99}))
+        if want("after"):
+            progress("pickup latency, 50 ms after a claim")
+            s = pickup_latency(tmp, a.latency_samples, 0.05)
+            rows.append(Row("pickup latency, 50 ms after another job was claimed", "ms", s,
+                            "Popen(sh -c ...) -> command starts", ref, "median <= 10 ms",
+                            statistics.median(s) <= 10))
+        if want("throughput"):
+            progress(f"throughput: {a.jobs} jobs")
+            rows.append(throughput(tmp, a.jobs, a.repeat))
+        if want("cli"):
+            progress("one enqueue vs import click")
+            spool_dir = os.path.join(tmp, "cli")
+            cli(spool_dir, "init")
+            n = max(5, a.repeat * 4)
+            ref = timed_runs([sys.executable, "-c", "import click"], n)
+            s = timed_runs([*SPOOLQ, "--spool", spool_dir, "enqueue", "--cmd", "true"], n)
+            ratio = statistics.median(s) / statistics.median(ref)
+            rows.append(Row("one `spoolq enqueue --cmd true`", "s", s, "python -c 'import click'", ref,
+                            "<= 1.5 x import click", ratio <= 1.5))
+        if want("batch") or want("backlog"):
+            progress(f"enqueue --batch of {a.big} jobs")
+            big_dir, seconds = fill_spool(tmp, a.big, "big")
+            ref_rate = raw_file_rate(tmp, min(a.big, 20000))
+            rate = a.big / seconds
+            rows.append(Row(f"`enqueue --batch` of {a.big} jobs (durable)", "jobs/s", [rate],
+                            "create+rename small files, no fsync", [ref_rate], ">= 5,000 jobs/s", rate >= 5000))
+            progress(f"status --json with {a.big} jobs")
+            s = timed_runs([*SPOOLQ, "--spool", big_dir, "status", "--json"], a.repeat)
+            ref = timed_runs([sys.executable, "-c", "import click"], a.repeat)
+            rows.append(Row(f"`status --json` with {a.big} jobs", "s", s, "python -c 'import click'", ref,
+                            "<= 0.5 s", statistics.median(s) <= 0.5))
+        if want("backlog"):
+            progress(f"draining with {a.big} pending")
+            first_big, rate_big, mem_big = drain_rate(big_dir, a.drain)
+            small_dir, _ = fill_spool(tmp, a.small, "small")
+            progress(f"draining with {a.small} pending")
+            first_small, rate_small, mem_small = drain_rate(small_dir, min(a.drain, a.small - 400))
+            rows.append(Row(f"drain rate with {a.big} pending", "jobs/s", [rate_big],
+                            f"drain rate with {a.small} pending", [rate_small], ">= 0.8 x", rate_big / rate_small >= 0.8))
+            rows.append(Row(f"worker resident memory with {a.big} pending", "MB", [mem_big],
+                            f"with {a.small} pending", [mem_small], "<= 80 MB", mem_big <= 80))
+            rows.append(Row(f"worker start with {a.big} pending -> first job runs", "s", [first_big],
+                            f"with {a.small} pending", [first_small], "<= 2 s", first_big <= 2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(rows, a.json)
+    return 0
+
+
+def report(rows: list[Row], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"rows": [{**asdict(r), "median": r.median, "reference_median": r.ref_median,
+                                    "ratio": r.ratio} for r in rows]}, indent=1))
+        return
+    print(f"{'what':<62} {'median':>10} {'range':>19} {'reference':>10} {'ratio':>6}  {'target':<28} ok")
+    for r in rows:
+        rng = f"{min(r.samples):.3g}-{max(r.samples):.3g}" if len(r.samples) > 1 else "-"
+        ok = {True: "yes", False: "NO", None: "?"}[r.passed]
+        print(f"{r.name[:62]:<62} {r.median:>8.3g}{r.unit[:2]:>2} {rng:>19} {r.ref_median:>10.3g} "
+              f"{r.ratio:>6.2f}  {r.target:<28} {ok}")
+        print(f"{'':<62} reference: {r.reference_name}" + (f"; {r.notes}" if r.notes else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
