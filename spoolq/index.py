@@ -38,13 +38,10 @@ class PendingIndex:
     def rescan(self, names: list[str]) -> None:
         """Merge a fresh listing: new names are added, vanished ones forgotten."""
         listing = set(names)
-        for name in listing - self._known:
-            self.add(name)
         self._known &= listing
         self.dropins &= listing
-        for name in listing:
-            if L.is_dropin(name):
-                self.dropins.add(name)
+        for name in listing - self._known:  # dropped files are never "known", so they pass here
+            self.add(name)
         if len(self._ready) + len(self._later) > 2 * len(self._known) + 64:
             self._rebuild()
 

@@ -1,0 +1,134 @@
+"""Wake-ups: events are fast and never delayed by claims; a rescan covers what events miss."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from conftest import wait_for
+from spoolq import Spool
+from spoolq import watch as watch_mod
+from spoolq import worker as worker_mod
+from spoolq.index import PendingIndex
+from spoolq.layout import pending_name
+
+
+def _drop(directory: str, name: str) -> None:
+    staged = os.path.join(directory, f".{name}")
+    with open(staged, "w") as f:
+        f.write("{}")
+    os.rename(staged, os.path.join(directory, name))
+
+
+def test_a_move_out_of_pending_does_not_delay_the_next_arrival(tmp_path):
+    pending, elsewhere = tmp_path / "pending", tmp_path / "processing"
+    pending.mkdir()
+    elsewhere.mkdir()
+    wake = watch_mod.Wakeups([str(pending)])
+    try:
+        assert wake.mode == "events"
+        _drop(str(pending), "first.json")
+        wait_for(lambda: any(n == "first.json" for _, n in wake.wait(1)), 5, "the first arrival")
+        # A claim: the job leaves the watched directory for an unwatched one. watchdog would hold
+        # the unpaired IN_MOVED_FROM for 0.5 s and every event behind it.
+        os.rename(pending / "first.json", elsewhere / "first.json")
+        started = time.monotonic()
+        _drop(str(pending), "second.json")
+        names: list[str] = []
+        while "second.json" not in names and time.monotonic() - started < 2:
+            names += [n for _, n in wake.wait(2)]
+        assert "second.json" in names
+        assert time.monotonic() - started < 0.25, "the arrival waited behind the claim's move"
+    finally:
+        wake.close()
+
+
+class _Deaf(watch_mod.Wakeups):
+    """A wake-up source that lost every event: it watches a directory nothing is written to."""
+
+    def __init__(self, _directories, log=lambda _m: None):
+        super().__init__([os.environ["SPOOLQ_TEST_DEAF_DIR"]], log)
+
+
+def _run_worker_in_thread(spool: Spool) -> tuple[worker_mod.Worker, threading.Thread]:
+    w = worker_mod.Worker(spool, log=lambda _m: None)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    wait_for(lambda: w.owner and w._wake is not None, 10, "the worker to start")
+    return w, t
+
+
+def test_a_lost_event_is_recovered_by_the_rescan(spool, tmp_path, monkeypatch, cli):
+    deaf = tmp_path / "deaf"
+    deaf.mkdir()
+    monkeypatch.setenv("SPOOLQ_TEST_DEAF_DIR", str(deaf))
+    monkeypatch.setattr(worker_mod.watch, "Wakeups", _Deaf)
+    assert cli("config", "set", "poll_interval", "0.3").exit_code == 0
+    w, t = _run_worker_in_thread(spool)
+    try:
+        time.sleep(0.05)  # let the worker reach its idle wait; the rescan must find the job anyway
+        marker = tmp_path / "ran"
+        job = spool.enqueue({"command": f": > {marker}"})
+        started = time.monotonic()
+        wait_for(lambda: spool.find(job.id).state == "done", 5, "the rescan to find the job")
+        assert time.monotonic() - started < 2.5, "a lost event must cost about one poll_interval, no more"
+        assert marker.exists()
+    finally:
+        w.request_stop()
+        t.join(10)
+    assert not t.is_alive()
+
+
+def test_an_idle_worker_picks_up_a_published_job_quickly(spool, tmp_path):
+    w, t = _run_worker_in_thread(spool)
+    try:
+        wait_for(lambda: w.spool.workers(), 5, "registration")
+        time.sleep(0.1)  # idle: the thing measured is a wake-up from the event, not the first scan
+        fifo = tmp_path / "started"
+        os.mkfifo(fifo)
+        job = spool.make_job({"command": f": > {fifo}"})
+        staged = os.path.join(spool.layout.pending, ".staged")
+        with open(staged, "wb") as f:
+            f.write(job.to_json())
+        os.close(os.open(spool.layout.id_marker(job.id), os.O_CREAT | os.O_WRONLY))
+        published = time.monotonic()
+        os.rename(staged, os.path.join(spool.layout.pending, pending_name(job.id, 0, job.seq, None)))
+        fd = os.open(fifo, os.O_RDONLY)  # returns when the job's shell opens it for writing
+        latency = time.monotonic() - published
+        os.close(fd)
+        assert latency < 0.5, f"pickup took {latency * 1000:.0f} ms"
+    finally:
+        w.request_stop()
+        t.join(10)
+
+
+def test_the_index_claims_in_priority_then_fifo_order_and_skips_stale_names():
+    index = PendingIndex()
+    names = [pending_name("low", -5, 1, None), pending_name("a", 0, 2, None), pending_name("b", 0, 3, None),
+             pending_name("high", 7, 4, None), pending_name("later", 9, 5, 4_000_000_000)]
+    for name in reversed(names):
+        index.add(name)
+    index.rescan([n for n in names if "@b." not in n])  # another worker took b
+    order = []
+    while (name := index.pop_ready(now_ms=3_000_000_000_000)) is not None:
+        order.append(name.split("@")[1].split(".")[0])
+    assert order == ["high", "a", "low"]
+    assert index.next_due_ms() == 4_000_000_000_000
+    assert index.pop_ready(now_ms=4_000_000_000_000).split("@")[1] == "later.json"
+
+
+@pytest.mark.parametrize("backlog", [0, 20_000])
+def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
+    """The rescan that covers lost events lists pending/ and parses names; it opens no job file."""
+    jobs = [spool.make_job({"command": "true"}) for _ in range(backlog)]
+    if jobs:
+        spool.enqueue_many(jobs)
+    index = PendingIndex()
+    started = time.process_time()
+    index.rescan(spool.pending_entries())
+    index.rescan(spool.pending_entries())
+    assert len(index) == backlog
+    assert time.process_time() - started < 1.0
