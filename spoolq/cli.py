@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, Iterable
@@ -127,9 +128,12 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
                                + (f" (got {', '.join(forms)})" if forms else ""))
     if batch is not None and job_id is not None:
         raise click.UsageError("--id cannot be used with --batch: each line names its own id")
+    if run_at is not None and re.fullmatch(r"\s*\d+(\.\d*)?\s*", run_at):
+        run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
                           "delay": delay, "run_at": run_at})
     specs: list[dict[str, Any]] = []
+    line_numbers: list[int] = []  # --batch: the input line of each spec (blank lines are skipped)
     try:
         if batch is not None:
             text = _read_source(batch, "batch")
@@ -138,6 +142,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
                     continue
                 try:
                     specs.append({**job_mod.parse_json_object(line, "line"), **flags})
+                    line_numbers.append(n)
                 except InvalidJob as e:
                     raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
         elif file_path is not None:
@@ -154,12 +159,17 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
             spec.setdefault("cwd", os.getcwd())
         spool = Spool(c.path, create=False)  # validate first: bad input writes nothing at all
         jobs = []
+        first_line: dict[str, int] = {}
         for n, spec in enumerate(specs, 1):
+            where = f"line {line_numbers[n - 1]}: " if batch is not None else ""
             try:
                 jobs.append(spool.make_job(spec))
             except InvalidJob as e:
-                where = f"line {n}: " if batch is not None else ""
                 raise CliError(f"{where}{e}; nothing was enqueued", 2) from None
+            if jobs[-1].id in first_line:
+                raise CliError(f"{where}id {jobs[-1].id!r} already appears on line {first_line[jobs[-1].id]}; "
+                               "nothing was enqueued", 2)
+            first_line[jobs[-1].id] = line_numbers[n - 1] if batch is not None else n
         spool.init()
         jobs = _publish(spool, jobs)
     except SpoolError as e:
@@ -225,6 +235,16 @@ def _print_views(views: Iterable[JobView], as_json: bool) -> None:
                    f"{_one_line(text, 90)}")
 
 
+def _check_ids(job_ids: Iterable[str]) -> None:
+    """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
+    from . import job as job_mod
+
+    for job_id in job_ids:
+        if not job_mod.valid_id(job_id[1:] if job_id.startswith("+") else job_id):  # '+': quarantined
+            raise CliError(f"invalid job id {job_id!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, "
+                           "not starting with '.'", 2)
+
+
 def _one_line(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -236,6 +256,7 @@ def _one_line(text: str, width: int) -> str:
 @pass_ctx
 def show(c: Context, job_id: str, as_json: bool) -> None:
     """Everything about one job."""
+    _check_ids([job_id])
     try:
         view = c.spool.find(job_id)
     except SpoolError as e:
@@ -256,6 +277,7 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
 @pass_ctx
 def logs(c: Context, job_id: str) -> None:
     """The job's captured stdout and stderr, every attempt, each marked."""
+    _check_ids([job_id])
     try:
         view = c.spool.find(job_id)
     except SpoolError as e:
@@ -275,6 +297,7 @@ def logs(c: Context, job_id: str) -> None:
 def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
     pending, scheduled or processing."""
+    _check_ids(job_ids)
     spool = c.spool
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
@@ -411,6 +434,7 @@ def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool) -> None:
     """Make dead jobs pending again, with their attempts reset."""
     if bool(job_ids) == all_:
         raise click.UsageError("give job ids or --all (not both)")
+    _check_ids(job_ids)
     try:
         done = c.spool.retry_dead(None if all_ else list(job_ids))
     except SpoolError as e:
@@ -488,6 +512,43 @@ def purge(c: Context, state: str, older_than: float) -> None:
     click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}")
 
 
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
+@click.option("--stale-after", type=click.FloatRange(0), default=3600, show_default=True, metavar="S",
+              help="Temp, lock and marker files older than S seconds count as crash leftovers.")
+@json_option
+@pass_ctx
+def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
+    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found)."""
+    from . import fsck as fsck_mod
+
+    try:
+        spool = Spool(c.path)
+    except SpoolError:  # e.g. an unreadable config.json: fsck reports it rather than stop there
+        spool = Spool(c.path, create=False)
+    try:
+        problems = fsck_mod.check(spool, repair=repair, stale_after=stale_after)
+    except SpoolError as e:
+        raise fail(e) from None
+    fixed = sum(1 for p in problems if p.repaired)
+    if as_json:
+        emit_json({"spool": spool.root, "clean": not problems, "repaired": fixed,
+                   "problems": [p.to_dict() for p in problems]})
+    else:
+        for p in problems:
+            where = os.path.relpath(p.path, spool.root) if p.path.startswith(spool.root) else p.path
+            click.echo(f"{p.kind}: {where!r}: {p.detail}" if "\n" in where else f"{p.kind}: {where}: {p.detail}")
+            if p.repair:
+                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {p.repair}")
+        if not problems:
+            click.echo(f"{spool.root}: clean")
+        else:
+            click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
+                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe"))
+    if problems:
+        sys.exit(1)
+
+
 def run() -> None:
     """Console entry point: never a traceback for something a user can cause."""
     try:
@@ -495,3 +556,9 @@ def run() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except OSError as e:  # a full disk, a read-only or vanished spool: say what, not where in the code
+        from .fsio import is_disk_full
+
+        cause = "the file system is full" if is_disk_full(e) else "I/O error"
+        click.echo(f"Error: {cause}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""), err=True)
+        sys.exit(1)

@@ -18,6 +18,15 @@ def set_modes(file_mode: int, dir_mode: int) -> None:
     FILE_MODE, DIR_MODE = file_mode, dir_mode
 
 
+def exact_mode(fd: int) -> None:
+    """A shared spool's files need group write whatever the creator's umask (private: nothing to do)."""
+    if FILE_MODE != 0o600:
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except OSError:
+            pass  # not ours to change: another group member created it
+
+
 def make_dir(path: str) -> None:
     try:
         os.mkdir(path, DIR_MODE)
@@ -32,6 +41,7 @@ def write_file(path: str, data: bytes, *, durable: bool) -> None:
     Removes the partial file on any failure, so a full disk leaves nothing behind."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
+        exact_mode(fd)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
@@ -93,6 +103,7 @@ def create_exclusive(path: str) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     except FileExistsError:
         return False
+    exact_mode(fd)
     os.close(fd)
     return True
 

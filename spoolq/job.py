@@ -142,6 +142,7 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
         raise InvalidJob("command: required, a non-empty string")
     if "\x00" in command:
         raise InvalidJob("command: contains a NUL byte")
+    _check_utf8(command, "command")
     if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
         raise InvalidJob(f"command: longer than the limit of {MAX_COMMAND_BYTES} bytes")
     job_id = d.get("id")
@@ -160,6 +161,8 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     cwd = d.get("cwd")
     if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
         raise InvalidJob("cwd: must be a non-empty string")
+    if cwd is not None:
+        _check_utf8(cwd, "cwd")
     env = _env(d.get("env"))
     created_at = now if d.get("created_at") is None else parse_time(d["created_at"], "created_at")
     updated_at = None if d.get("updated_at") is None else parse_time(d["updated_at"], "updated_at")
@@ -169,6 +172,8 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     last_error = d.get("last_error")
     if last_error is not None and not isinstance(last_error, str):
         raise InvalidJob("last_error: must be a string or null")
+    if last_error is not None:
+        _check_utf8(last_error, "last_error")
     stored_seq = d.get("seq")
     if stored_seq is not None:
         if not _is_int(stored_seq) or not 0 <= stored_seq < 10**19:
@@ -177,7 +182,7 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     extra = {k: v for k, v in d.items() if k not in KNOWN}
     if extra:  # the API can pass what JSON cannot carry (NaN, sets): refuse it, never store it unreadable
         try:
-            json.dumps(extra, allow_nan=False)
+            json.dumps(extra, allow_nan=False, ensure_ascii=False).encode()
         except (TypeError, ValueError) as e:
             raise InvalidJob(f"unknown fields must hold plain JSON values: {str(e)[:80]}") from None
     return Job(
@@ -232,11 +237,20 @@ def _env(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise InvalidJob(f"env: must be an object of strings, not {_json_type(value)}")
     for k, v in value.items():
-        if not isinstance(v, str):
+        if not isinstance(v, str) or not isinstance(k, str):
             raise InvalidJob(f"env: {k!r} must map to a string, not {_json_type(v)}")
         if not k or "=" in k or "\x00" in k or "\x00" in v:
             raise InvalidJob(f"env: {k[:40]!r} is not a usable variable name or value")
+        _check_utf8(k + v, "env")
     return dict(value)
+
+
+def _check_utf8(text: str, field: str) -> None:
+    """Lone surrogates (from a JSON \\ud800 escape or undecodable argv bytes) cannot be stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob(f"{field}: not valid Unicode text (holds a lone surrogate)") from None
 
 
 def _is_int(value: object) -> bool:

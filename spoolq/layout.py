@@ -41,8 +41,10 @@ Names in ``pending/``:
 * drop-in: any other ``*.json`` name not starting with ``.``. A worker reads it, checks
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
-  Names starting with ``.`` are invisible (stage there, then rename).  Anything that is
-  not a regular ``*.json`` file is left alone.
+  Names starting with ``.`` are invisible (stage there, then rename).  Names not ending in
+  ``.json``, and directories, are left alone. A ``*.json`` entry that is not a regular, singly
+  linked file owned by the spool's owner or a ``trusted_uids`` uid (a symlink, fifo, hard link,
+  another user's file) is never read as a job: it is quarantined, a symlink's target untouched.
 
 Publishing a job (the drop-in protocol for another program): write the object to a
 name starting with ``.`` in ``pending/`` (or anywhere on the same file system), fsync

@@ -21,6 +21,21 @@ def start_token(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
+_boot_id: str | None = None
+
+
+def boot_id() -> str | None:
+    """This boot of this machine: two hosts given one name, or one host after a reboot, differ."""
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip()
+        except OSError:
+            _boot_id = ""
+    return _boot_id or None
+
+
 def alive(pid: object, token: object = None) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False

@@ -76,6 +76,7 @@ class Adoption:
     job_id: str | None = None
     retry_at: float | None = None
     reason: str | None = None
+    pending_name: str | None = None  # published: its canonical name in pending/
 
 
 @dataclass
@@ -184,9 +185,13 @@ class Spool:
         return job
 
     def _fresh_id(self) -> str:
+        # A batch gets all its ids before any marker exists, and 32 random bits collide within a
+        # 100k batch more often than not: remember what this instance handed out.
+        issued = self.__dict__.setdefault("_issued_ids", set())
         while True:
             job_id = L.random_hex(4)
-            if not os.path.lexists(self.layout.id_marker(job_id)):
+            if job_id not in issued and not os.path.lexists(self.layout.id_marker(job_id)):
+                issued.add(job_id)
                 return job_id
 
     def enqueue(self, spec: dict[str, Any] | Job, *, now: float | None = None) -> Job:
@@ -302,6 +307,8 @@ class Spool:
              now: float | None = None) -> list[JobView]:
         now = time.time() if now is None else now
         out: list[JobView] = []
+        if limit is not None and limit <= 0:
+            return out
         for view in self._iter_views(state, now):
             out.append(view)
             if limit is not None and len(out) >= limit:
@@ -315,7 +322,7 @@ class Spool:
             for entry in sorted(_listdir(self.layout.pending)):
                 parsed = L.parse_pending(entry)
                 if parsed is None:
-                    if L.is_dropin(entry):
+                    if L.is_dropin(entry) and not _is_real_dir(os.path.join(self.layout.pending, entry)):
                         ready.append((entry, entry[:-5]))
                     continue
                 (later if parsed.due_ms > now_ms else ready).append((entry, parsed.job_id))
@@ -372,8 +379,8 @@ class Spool:
                     c.scheduled += 1
                 else:
                     c.pending += 1
-            elif L.is_dropin(entry):
-                c.pending += 1
+            elif L.is_dropin(entry) and not _is_real_dir(os.path.join(self.layout.pending, entry)):
+                c.pending += 1  # a dropped file not adopted yet (directories are left alone, not jobs)
         for owner in _listdir(self.layout.processing):
             c.processing += sum(1 for e in _listdir(self.layout.owned(owner))
                                 if e.endswith(".json") and not e.startswith("."))
@@ -396,14 +403,15 @@ class Spool:
         host = L.host_name()
         owner = L.owner_token(host, os.getpid())
         record = {"owner": owner, "host": host, "pid": os.getpid(), "role": role,
-                  "start": liveness.start_token(os.getpid()), "started_at": job_mod.iso(time.time()),
+                  "start": liveness.start_token(os.getpid()), "boot": liveness.boot_id(),
+                  "started_at": job_mod.iso(time.time()),
                   **extra}
         path = self.layout.worker_file(owner)
         fsio.publish(os.path.join(self.layout.tmp, L.tmp_name()), json.dumps(record).encode(), path,
                      durable=False)
         # RACE: the registration exists before the owner's directory, and outlives it at
         # unregister, so a processing/<owner> without a registration always means a dead owner.
-        os.mkdir(self.layout.owned(owner), fsio.DIR_MODE)
+        fsio.make_dir(self.layout.owned(owner))  # its mode exactly, whatever the umask
         return owner
 
     def heartbeat(self, owner: str) -> bool:
@@ -429,14 +437,29 @@ class Spool:
             return  # still holds a job: leave it for recovery rather than lose it
         fsio.unlink_quietly(self.layout.worker_file(owner))
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self, *, live: bool = True) -> list[WorkerInfo]:
+        """Registered owners; by default only those alive: a live pid on this machine, or a
+        heartbeat within the lease on the file system's clock for other hosts."""
         out = []
+        here = L.host_name()
+        lease = self.config.lease_timeout
+        fs_now: float | None = None
         for entry in _listdir(self.layout.dir("workers")):
             if not entry.endswith(".json") or entry.startswith("."):
                 continue
             info = self._worker_info(entry[:-5])
-            if info is not None:
-                out.append(info)
+            if info is None:
+                continue
+            if live:
+                record = {"host": info.host, **info.extra}
+                if _local(record, here):
+                    if not liveness.alive(info.pid, record.get("start")):
+                        continue
+                else:
+                    fs_now = self.fs_clock() if fs_now is None else fs_now
+                    if fs_now - info.heartbeat > lease:
+                        continue
+            out.append(info)
         return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
 
     def _worker_info(self, owner: str) -> WorkerInfo | None:
@@ -498,7 +521,9 @@ class Spool:
             raise LostOwnership(f"{owned} is gone") from None
         now = time.time() if now is None else now
         try:
-            data, _ = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            if not self._trusted(st.st_uid):
+                raise InvalidJob(f"the file is owned by untrusted uid {st.st_uid}")
             job = job_mod.from_json(data, now=now, default_max_retries=self.config.max_retries)
             if job.id != parsed.job_id:
                 raise InvalidJob(f"the file's id {job.id!r} does not match its name")
@@ -564,6 +589,7 @@ class Spool:
 
     def adopt(self, entry: str, owner: str, *, now: float | None = None) -> Adoption:
         """Turn a dropped file in pending/ into a canonical job, or quarantine it, or wait for its writer."""
+        clock_given = now is not None
         now = time.time() if now is None else now
         src = os.path.join(self.layout.pending, entry)
         cfg = self.config
@@ -572,6 +598,8 @@ class Spool:
         except FileNotFoundError:
             return Adoption("gone")
         except ValueError as e:
+            if os.path.isdir(src) and not os.path.islink(src):
+                return Adoption("ignored")  # directories in pending/ are left alone (layout.py)
             return self._adopt_refused(src, entry, owner, f"dropped file {e}", now)
         except OSError as e:
             return self._adopt_refused(src, entry, owner, f"dropped file cannot be read: {e.strerror}", now)
@@ -581,11 +609,13 @@ class Spool:
         try:
             spec = job_mod.parse_json_object(data, "dropped file")
         except InvalidJob as e:
-            settle = st.st_mtime + cfg.drop_grace
-            if now < settle:
-                return Adoption("wait", retry_at=settle, reason=str(e))
+            # The writer may be another host: judge the file's age on the file system's clock.
+            age = (now if clock_given else self.fs_clock()) - st.st_mtime
+            if age < cfg.drop_grace:
+                return Adoption("wait", retry_at=now + cfg.drop_grace - age, reason=str(e))
             return self._adopt_refused(src, entry, owner, f"malformed: {e}", now)
         stem = entry[:-5]
+        arrived_ns = st.st_ctime_ns  # its arrival (rename into pending/ or last write); our move resets ctime
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
         try:
             if not fsio.move(src, adopt_path):
@@ -597,7 +627,7 @@ class Spool:
             spec = job_mod.parse_json_object(data, "dropped file")
             if spec.get("id") is None:
                 spec["id"] = stem if job_mod.valid_id(stem) else self._fresh_id()
-            job = job_mod.from_dict(spec, now=now, default_max_retries=cfg.max_retries, seq=st.st_ctime_ns)
+            job = job_mod.from_dict(spec, now=now, default_max_retries=cfg.max_retries, seq=arrived_ns)
         except (InvalidJob, ValueError, OSError) as e:
             self._quarantine(adopt_path, entry, f"malformed: {e}", now)
             return Adoption("quarantined", reason=str(e))
@@ -612,7 +642,8 @@ class Spool:
             fsio.unlink_quietly(self.layout.id_marker(job.id))
             raise
         fsio.fsync_dir(self.layout.pending)
-        return Adoption("published", job_id=job.id)
+        return Adoption("published", job_id=job.id,
+                        pending_name=L.pending_name(job.id, job.priority, job.seq, job.run_at))
 
     def _adopt_refused(self, src: str, entry: str, owner: str, reason: str, now: float) -> Adoption:
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
@@ -622,7 +653,8 @@ class Spool:
         return Adoption("quarantined", reason=reason)
 
     def _trusted(self, uid: int) -> bool:
-        return uid == _spool_owner_uid(self.layout.root) or uid in self.config.trusted_uids
+        # Our own uid too: a file only we (or root) could have made is as trusted as we are.
+        return uid in (_spool_owner_uid(self.layout.root), os.geteuid()) or uid in self.config.trusted_uids
 
     def _quarantine(self, path: str, source_name: str, reason: str, now: float) -> str:
         """Move a file that must never run to dead/ with its bytes unchanged; record why."""
@@ -654,7 +686,7 @@ class Spool:
                 dead.append(entry)
                 continue
             record, heartbeat = info
-            if record.get("host") == here and not liveness.alive(record.get("pid"), record.get("start")):
+            if _local(record, here) and not liveness.alive(record.get("pid"), record.get("start")):
                 dead.append(entry)
                 continue
             if fs_now is None:
@@ -742,20 +774,26 @@ class Spool:
         return [Recovered(owner, job.id, decision.state, reason)]
 
     def _drop_stale_registrations(self) -> None:
-        """Registrations of owners on this host whose pid is gone and who hold no directory."""
+        """Registrations of owners that hold no directory and are gone: a dead pid on this machine,
+        or (any host) no heartbeat within the lease."""
         here = L.host_name()
+        lease = self.config.lease_timeout
+        fs_now: float | None = None
         for entry in _listdir(self.layout.dir("workers")):
             if not entry.endswith(".json") or entry.startswith("."):
                 continue
             owner = entry[:-5]
             info = self._registration(owner)
-            if info is None or info[0].get("host") != here:
-                continue
-            if liveness.alive(info[0].get("pid"), info[0].get("start")):
-                continue
-            if os.path.isdir(self.layout.owned(owner)):
-                continue  # recover() handles it and its jobs
-            fsio.unlink_quietly(self.layout.worker_file(owner))
+            if info is None or os.path.isdir(self.layout.owned(owner)):
+                continue  # gone already, or recover() handles it and its jobs
+            record, heartbeat = info
+            if _local(record, here):
+                gone = not liveness.alive(record.get("pid"), record.get("start"))
+            else:
+                fs_now = self.fs_clock() if fs_now is None else fs_now
+                gone = fs_now - heartbeat > lease
+            if gone:
+                fsio.unlink_quietly(self.layout.worker_file(owner))
 
     # ---- dead-letter queue ---------------------------------------------------------------
 
@@ -833,11 +871,24 @@ class Spool:
         return count
 
 
+def _local(record: dict[str, Any], here: str) -> bool:
+    """Was this owner on this machine, in this boot? Only then does its pid mean anything here;
+    elsewhere (a host with the same name, or before a reboot) only its lease counts."""
+    if record.get("host") != here:
+        return False
+    boot = record.get("boot")
+    return boot is None or boot == liveness.boot_id()
+
+
 def _listdir(path: str) -> list[str]:
     try:
         return os.listdir(path)
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _is_real_dir(path: str) -> bool:
+    return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _count_json(path: str) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import layout as L
+from .errors import SpoolError
 from .spool import Spool
 from .worker import Worker, stderr_log
 
@@ -50,6 +51,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         self.token = self.spool.register("supervisor", workers=self.count)
         self.started = os.stat(self.spool.layout.worker_file(self.token)).st_mtime
+        signal.signal(signal.SIGALRM, self._heartbeat)
+        self._heartbeat()
         try:
             self._recover()
             for _ in range(self.count):
@@ -57,8 +60,20 @@ class Supervisor:
             while self.children:
                 self._reap_one()
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             self.spool.unregister(self.token)
         return 0
+
+    def _heartbeat(self, *_args: object) -> None:
+        """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live
+        supervisor for dead, and the processing/<token>~<dead> of a rescue in progress with it.
+        A timer, not a thread: the supervisor forks."""
+        try:
+            self.spool.heartbeat(self.token)
+            interval = max(0.2, min(self.spool.config.lease_timeout / 4, 5.0))
+        except Exception:
+            interval = 1.0
+        signal.setitimer(signal.ITIMER_REAL, interval)
 
     def _spawn(self) -> None:
         pid = os.fork()
@@ -67,6 +82,7 @@ class Supervisor:
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGALRM, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid())
                 worker.install_signal_handlers()
                 code = worker.run()
@@ -99,7 +115,12 @@ class Supervisor:
         self._recover()
         if self.stopping or self.spool.stop_requested_after(self.started):
             return
-        self._pace(child)
+        if code != -signal.SIGKILL:
+            # SIGKILL comes from outside (OOM killer, operator, a job killing its worker): the job's
+            # attempt count and backoff bound that loop, and pacing would leave the queue unserved.
+            self._pace(child)
+        if self.stopping or self.spool.stop_requested_after(self.started):
+            return  # a stop arrived while we paced: a worker spawned now would never be told
         self._spawn()
 
     def _pace(self, child: Child) -> None:
@@ -114,9 +135,12 @@ class Supervisor:
 
     def _recover(self) -> None:
         try:
+            if not self.spool.heartbeat(self.token):  # declared dead elsewhere (frozen past its lease)
+                old, self.token = self.token, self.spool.register("supervisor", workers=self.count)
+                self.spool.unregister(old)
             for r in self.spool.recover(self.token):
                 self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
-        except OSError as e:
+        except (OSError, SpoolError) as e:  # LostOwnership: another rescuer fenced this one
             self.log(f"recovery failed: {e}")
 
 

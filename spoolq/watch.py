@@ -35,6 +35,13 @@ class Wakeups:
         except Exception as e:  # never let the observer thread die silently
             self.failure = f"{type(e).__name__}: {e}"
 
+    def poke(self) -> None:
+        """Wake the waiting thread now (safe in a signal handler: SimpleQueue.put is reentrant)."""
+        try:
+            self._queue.put(("", ""))
+        except Exception:
+            pass  # only an early wake-up is lost: the wait still ends at its timeout
+
     def wait(self, timeout: float) -> list[tuple[str, str]]:
         """Block until something arrives or `timeout` seconds pass; returns (directory, name) pairs."""
         out: list[tuple[str, str]] = []

@@ -10,8 +10,8 @@ import threading
 import time
 from typing import Callable
 
-from . import job as job_mod, layout as L, runner, watch
-from .errors import LostOwnership, SpoolError
+from . import fsio, job as job_mod, layout as L, runner, watch
+from .errors import LostOwnership
 from .index import PendingIndex
 from .spool import Claimed, Spool
 
@@ -51,6 +51,8 @@ class Worker:
 
     def request_stop(self, *_args: object) -> None:
         self.stopping = True
+        if self._wake is not None:
+            self._wake.poke()  # an idle worker stops now, not at its next rescan
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -166,8 +168,8 @@ class Worker:
         try:
             for r in self.spool.recover(self.owner):
                 self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
-        except (OSError, SpoolError) as e:
-            self.log(f"recovery sweep failed: {e}")
+        except Exception as e:  # recovery is retried on the next sweep; the worker goes on
+            self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
 
     def _adopt_dropins(self, now: float) -> None:
         if not self.index.dropins:
@@ -177,12 +179,12 @@ class Worker:
             if self._dropin_retry.get(name, 0.0) > now:
                 continue
             try:
-                result = self.spool.adopt(name, self.owner, now=now)
+                result = self.spool.adopt(name, self.owner)
             except LostOwnership:
                 self.lost = True
                 return
-            except (OSError, SpoolError) as e:
-                self.log(f"cannot take dropped file {name!r}: {e}")
+            except Exception as e:  # a file nobody foresaw must cost a log line, never the worker
+                self.log(f"cannot take dropped file {name!r}: {type(e).__name__}: {e}")
                 self._dropin_retry[name] = now + self.spool.config.poll_interval
                 continue
             if result.outcome == "wait":
@@ -190,6 +192,8 @@ class Worker:
                 continue
             self.index.dropins.discard(name)
             self._dropin_retry.pop(name, None)
+            if result.pending_name:
+                self.index.add(result.pending_name)  # before any claim: FIFO by arrival, not by event order
             if result.outcome == "quarantined":
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")
 
@@ -221,11 +225,15 @@ class Worker:
         header = (f"==> {job_mod.iso(time.time())} attempt {claimed.attempt} of {job.max_retries + 1} "
                   f"on {L.host_name()} (worker {self.owner}) <==\n")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, fsio.FILE_MODE)
+            fsio.exact_mode(fd)
         except OSError as e:
             return runner.Outcome(False, None, f"cannot open output log: {e.strerror}", 0.0)
         try:
-            start = _append(fd, header.encode())
+            try:
+                start = _append(fd, header.encode())
+            except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
+                return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
             outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=timeout, log_fd=fd,
                                  should_abort=lambda: self.lost or self.stopping_hard)
             self._close_log(fd, start, outcome, cfg.max_output_bytes)
@@ -269,6 +277,15 @@ class Worker:
                 self.log(f"result of job {claimed.job.id} attempt {claimed.attempt} discarded: "
                          "this worker lost the job (it was recovered elsewhere)")
                 self.lost = True
+                try:  # the footer above is not the job's result: say so where `logs` shows it
+                    fd = os.open(self.spool.output_path(claimed.job.id), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                    try:
+                        _append(fd, f"==> attempt {claimed.attempt} on {L.host_name()}: result discarded, "
+                                    "the job was recovered elsewhere <==\n".encode())
+                    finally:
+                        os.close(fd)
+                except OSError:
+                    pass
                 return
             except OSError as e:
                 # A full disk or a passing I/O fault: the job stays ours in processing/, try again.

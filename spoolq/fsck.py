@@ -1,0 +1,611 @@
+"""fsck: check a spool against its on-disk format (layout.py) and repair what is safe to repair.
+
+Core only: no click, no printing. ``check()`` returns the problems it found, each saying what
+(if anything) was done about it; the CLI prints them.
+
+Invariants checked:
+
+* the layout's directories exist (and are directories);
+* every job file parses, names the id its file name says, is a regular singly linked file
+  owned by a trusted uid;
+* every ``processing/<owner>`` directory has a live owner;
+* no job id is in more than one place (state);
+* every job has its ``ids/<id>`` marker and every marker has a job (or a quarantine record);
+* every quarantined ``dead/+<qid>.json`` has its reason in ``quarantine/``, and every reason
+  record has its file;
+* no stale temp files (``tmp/``, and the dot-temp files spoolq writes in ``processing/<owner>/``
+  and ``dead/``), stale lock markers (``locks/``) or stale worker registrations;
+* nothing spoolq owns is more open than the configured modes (private unless group_access).
+
+Repairs are only the safe ones: recover dead owners (``Spool.recover``, exactly what a worker
+would do), quarantine files that can never run (bytes kept, reason recorded), remove stale temp
+files, stale locks, stale registrations, orphan markers and orphan reason records, recreate
+missing markers and reason records, create missing directories, narrow modes. Nothing a live
+worker holds is touched, and no job file is ever deleted.
+
+Anything that may belong to an operation still in flight (temp files, markers, reason records,
+lock markers without a holder record) counts as stale only once older than ``stale_after``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import stat
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from . import config as config_mod, fsio, job as job_mod, layout as L, liveness
+from .errors import InvalidJob, JobNotFound, SpoolError
+from .spool import Spool
+
+STALE_AFTER = 3600.0
+TMP_RE = re.compile(r"\.\d+\.[0-9a-f]{12}\.tmp")
+
+
+@dataclass
+class Problem:
+    kind: str  # see KINDS
+    path: str
+    detail: str
+    repaired: bool = False
+    repair: str | None = None  # what --repair did, or why it left the problem alone
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+KINDS = {
+    "missing-dir": "a directory of the layout is missing",
+    "not-a-directory": "a layout path is not a directory",
+    "config": "config.json cannot be read",
+    "dead-owner": "a processing/ directory whose owner is gone",
+    "bad-job-file": "a job file that does not parse or is not a trusted regular file",
+    "bad-dropin": "a dropped file a worker would quarantine",
+    "stray-entry": "a file where the format has no place for it",
+    "duplicate": "a job id in more than one place",
+    "missing-marker": "a job without its ids/ marker",
+    "orphan-marker": "an ids/ marker without a job",
+    "unrecorded-quarantine": "a quarantined file without its reason record",
+    "orphan-reason": "a reason record without its quarantined file",
+    "stale-temp": "a temp file left by a crash",
+    "stale-lock": "a lock marker whose holder is gone",
+    "stuck-adoption": "a dropped file half-adopted by a live worker long ago",
+    "stale-registration": "a worker registration whose process is gone",
+    "permissions": "a path more open than the spool's settings allow",
+}
+
+
+def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTER,
+          now: float | None = None) -> list[Problem]:
+    """Check every invariant of the spool's format; with `repair`, fix what is safe to fix."""
+    return _Fsck(spool, repair, stale_after, now).run()
+
+
+class _Fsck:
+    def __init__(self, spool: Spool, repair: bool, stale_after: float, now: float | None):
+        self.spool = spool
+        self.layout = spool.layout
+        self.repair = repair
+        self.stale_after = stale_after
+        self.given_now = now is not None
+        self.now = time.time() if now is None else now
+        self.fs_now = self.now
+        self.problems: list[Problem] = []
+        self.census: dict[str, list[tuple[str, str]]] = {}  # id -> [(state, path)]
+        self.accounted: set[str] = set()  # ids kept reserved by a quarantined file
+        self.live_dirs: list[str] = []
+        self.rescuer = L.owner_token(L.host_name(), os.getpid())
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def add(self, kind: str, path: str, detail: str) -> Problem:
+        p = Problem(kind, path, detail)
+        self.problems.append(p)
+        return p
+
+    def fix(self, problem: Problem, action: Callable[[], str | None], done: str = "") -> None:
+        """Run a repair when repairing; record what it did (its return value, else `done`)."""
+        if not self.repair:
+            return
+        try:
+            said = action()
+        except (OSError, SpoolError) as e:
+            problem.repair = f"repair failed: {getattr(e, 'strerror', None) or e}"
+            return
+        problem.repair = said or done
+        problem.repaired = not problem.repair.startswith("left alone")
+
+    def leave(self, problem: Problem, why: str) -> None:
+        if self.repair:
+            problem.repair = f"left alone: {why}"
+
+    def old(self, st: os.stat_result) -> bool:
+        return self.fs_now - st.st_mtime >= self.stale_after
+
+    def note(self, job_id: str, state: str, path: str) -> None:
+        self.census.setdefault(job_id, []).append((state, path))
+
+    def quarantine(self, path: str, source: str, reason: str) -> str:
+        qid = self.spool._quarantine(path, source, f"{reason} (found by fsck)", self.now)
+        if not os.path.lexists(os.path.join(self.layout.dead, L.job_file(qid))):
+            return "left alone: it moved on while fsck looked"
+        self.accounted_source(source)
+        return f"quarantined as dead/{qid}.json (bytes kept, reason recorded)"
+
+    def accounted_source(self, source: object) -> None:
+        """A quarantined file's source name keeps its id reserved: the marker is not an orphan."""
+        if not isinstance(source, str) or not source.endswith(".json"):
+            return
+        parsed = L.parse_pending(source)
+        if parsed is not None:
+            self.accounted.add(parsed.job_id)
+        elif job_mod.valid_id(source[:-5]):
+            self.accounted.add(source[:-5])
+
+    # ---- the passes ----------------------------------------------------------------------
+
+    def run(self) -> list[Problem]:
+        if not self.check_layout():
+            return self.problems
+        self.check_config()
+        if not self.given_now:
+            try:
+                self.fs_now = self.spool.fs_clock()  # ages are judged on the file system's clock
+            except OSError:  # a full disk: the local clock will do
+                pass
+        self.check_registrations()  # before check_owners: recover() would drop stale ones unreported
+        self.check_owners()
+        self.check_pending()
+        self.check_live_processing()
+        self.check_finished("done")
+        self.check_finished("dead")
+        self.check_reasons()
+        self.check_duplicates()
+        self.check_markers()
+        self.check_tmp()
+        self.check_locks()
+        self.check_modes()
+        return self.problems
+
+    def check_layout(self) -> bool:
+        root = self.layout.root
+        if not os.path.isdir(root):
+            self.add("missing-dir", root, "the spool directory does not exist")
+            return False
+        ok = True
+        for name in L.STATE_DIRS + L.OTHER_DIRS:
+            path = self.layout.dir(name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                p = self.add("missing-dir", path, f"{name}/ is missing")
+                self.fix(p, lambda path=path: fsio.make_dir(path), "created it")
+                ok = ok and p.repaired
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                p = self.add("not-a-directory", path, f"{name} is not a directory")
+                self.leave(p, "move it away by hand")
+                ok = False
+        return ok
+
+    def check_config(self) -> None:
+        try:
+            self.spool.config
+        except SpoolError as e:
+            p = self.add("config", self.layout.config, str(e))
+            self.leave(p, "settings are the operator's: fix or remove config.json")
+            # Go on with the defaults, so the rest of the spool is still checked.
+            st = os.stat(self.layout.config)
+            self.spool._config = config_mod.Config({})
+            self.spool._config_stamp = (st.st_ino, st.st_mtime_ns)
+
+    def check_owners(self) -> None:
+        dead = set(self.spool.dead_owners())
+        found: list[tuple[Problem, str]] = []
+        for entry in sorted(_listdir(self.layout.processing)):
+            path = self.layout.owned(entry)
+            if entry.startswith("."):
+                continue
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                p = self.add("stray-entry", path, "processing/ should hold only owner directories")
+                self.leave(p, "not spoolq's; remove it by hand")
+                continue
+            if entry not in dead:
+                self.live_dirs.append(entry)
+                continue
+            jobs = sorted(n for n in _listdir(path) if n.endswith(".json") and not n.startswith("."))
+            held = ", ".join(n[:-5] for n in jobs[:5]) + (" …" if len(jobs) > 5 else "")
+            p = self.add("dead-owner", path, f"owner {L.owner_of(entry)} is gone; it holds "
+                         f"{len(jobs)} file(s){': ' + held if jobs else ''}")
+            found.append((p, entry))
+            if not self.repair:
+                for name in jobs:
+                    if not name.startswith(L.ADOPT_PREFIX):
+                        self.note(name[:-5], "processing", os.path.join(path, name))
+        if not (found and self.repair):
+            return
+        try:
+            recovered = self.spool.recover(self.rescuer)
+        except (OSError, SpoolError) as e:
+            for p, _ in found:
+                p.repair = f"repair failed: {getattr(e, 'strerror', None) or e}"
+            return
+        for p, entry in found:
+            owner = L.owner_of(entry)
+            mine = [f"job {r.job_id} is now {r.state}" for r in recovered if r.owner == owner]
+            if os.path.lexists(self.layout.owned(entry)):
+                p.repair = "repair failed: the directory is still there (a live worker took it over?)"
+                continue
+            p.repaired = True
+            p.repair = "recovered: " + ("; ".join(mine) if mine else "it held no job")
+
+    def check_job_file(self, path: str, state: str, expected: str, source: str,
+                       may_fix: bool = True) -> None:
+        """One file that claims to be job `expected`: it must be a trusted regular file that parses."""
+        reason = None
+        try:
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+        except FileNotFoundError:
+            return  # moved on while we looked
+        except ValueError as e:
+            reason = f"the file {e}"
+        except OSError as e:
+            reason = f"the file cannot be read: {e.strerror}"
+        else:
+            if state in ("pending", "processing") and not self.spool._trusted(st.st_uid):
+                reason = f"the file is owned by untrusted uid {st.st_uid}"
+            else:
+                try:
+                    job = job_mod.from_json(data, now=self.now, default_max_retries=self.spool.config.max_retries)
+                    if job.id != expected:
+                        reason = f"the file's id {job.id!r} does not match its name"
+                except InvalidJob as e:
+                    reason = str(e)
+        self.note(expected, state, path)
+        if reason is None:
+            return
+        p = self.add("bad-job-file", path, f"{state} job {expected}: {reason}")
+        if may_fix:
+            self.fix(p, lambda: self.quarantine(path, source, f"malformed job file: {reason}"))
+        else:
+            self.leave(p, "a live worker holds it")
+
+    def check_pending(self) -> None:
+        cfg = self.spool.config
+        for entry in sorted(_listdir(self.layout.pending)):
+            if entry.startswith("."):
+                continue  # staging names belong to whoever is writing them
+            path = os.path.join(self.layout.pending, entry)
+            parsed = L.parse_pending(entry)
+            if parsed is not None:
+                self.check_job_file(path, "pending", parsed.job_id, entry)
+            elif L.is_dropin(entry):
+                self.check_dropin(path, entry, cfg.drop_grace)
+
+    def check_dropin(self, path: str, entry: str, grace: float) -> None:
+        """Report what a worker would quarantine (and do the same when repairing)."""
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                return  # directories are left alone, by the format's rules
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+        except FileNotFoundError:
+            return
+        except ValueError as e:
+            reason = f"dropped file {e}"
+        except OSError as e:
+            reason = f"dropped file cannot be read: {e.strerror}"
+        else:
+            if not self.spool._trusted(st.st_uid):
+                reason = f"dropped file is owned by untrusted uid {st.st_uid}"
+            else:
+                try:
+                    spec = job_mod.parse_json_object(data, "dropped file")
+                    if spec.get("id") is None:
+                        spec["id"] = entry[:-5] if job_mod.valid_id(entry[:-5]) else None
+                    job = job_mod.from_dict(spec, now=self.now, default_max_retries=0)
+                except InvalidJob as e:
+                    if self.fs_now < st.st_mtime + grace:
+                        return  # its writer may still be at it
+                    reason = f"malformed: {e}"
+                else:
+                    if not job.id or not os.path.lexists(self.layout.id_marker(job.id)):
+                        return  # a good drop-in, waiting for a worker
+                    if not os.path.lexists(path):
+                        return  # RACE: a worker adopted it (and made the marker) while we looked
+                    reason = f"duplicate: a job with id {job.id!r} already exists"
+        p = self.add("bad-dropin", path, reason)
+        self.fix(p, lambda: self.quarantine(path, entry, reason))
+
+    def check_live_processing(self) -> None:
+        for entry in self.live_dirs:
+            directory = self.layout.owned(entry)
+            for name in sorted(_listdir(directory)):
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if name.startswith("."):
+                    if self.old(st):
+                        p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
+                        self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                elif name.startswith(L.ADOPT_PREFIX):
+                    if self.old(st):
+                        p = self.add("stuck-adoption", path, f"dropped file half-adopted "
+                                     f"{_age(self.fs_now, st)} ago by live owner {L.owner_of(entry)}")
+                        self.leave(p, "its owner is alive; stop it and fsck again")
+                elif name.endswith(".json"):
+                    self.check_job_file(path, "processing", name[:-5], name, may_fix=False)
+                else:
+                    p = self.add("stray-entry", path, "not a job file")
+                    self.leave(p, "not spoolq's; remove it by hand")
+
+    def check_finished(self, state: str) -> None:
+        directory = self.layout.dir(state)
+        for entry in sorted(_listdir(directory)):
+            path = os.path.join(directory, entry)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if entry.startswith("."):
+                if TMP_RE.fullmatch(entry) and self.old(st):
+                    p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
+                    self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                continue
+            stem = entry[:-5] if entry.endswith(".json") else None
+            if stem is not None and stem.startswith(L.QUARANTINE_PREFIX) and state == "dead":
+                self.check_quarantined(stem, path)
+            elif stem is not None and job_mod.valid_id(stem):
+                self.check_job_file(path, state, stem, entry)
+            else:
+                p = self.add("stray-entry", path, f"not a job file name in {state}/")
+                if stat.S_ISDIR(st.st_mode):
+                    self.leave(p, "a directory; remove it by hand")
+                else:
+                    self.fix(p, lambda path=path, entry=entry: self.quarantine(
+                        path, entry, f"not a job file name in {state}/"))
+
+    def check_quarantined(self, qid: str, path: str) -> None:
+        record = self.read_reason(qid)
+        if isinstance(record, dict) and isinstance(record.get("reason"), str):
+            self.accounted_source(record.get("source"))
+            return
+        p = self.add("unrecorded-quarantine", path,
+                     "quarantined file without a readable reason record in quarantine/")
+
+        def write() -> str:
+            fsio.unlink_quietly(self.layout.reason_file(qid))
+            rec = {"id": qid, "reason": "quarantined; its reason record was lost (recreated by fsck)",
+                   "source": None, "quarantined_at": job_mod.iso(self.now)}
+            fsio.publish(os.path.join(self.layout.tmp, L.tmp_name()), json.dumps(rec).encode(),
+                         self.layout.reason_file(qid))
+            return "wrote a reason record saying the original reason was lost"
+
+        self.fix(p, write)
+
+    def read_reason(self, qid: str) -> object:
+        try:
+            data, _ = fsio.read_regular(self.layout.reason_file(qid), 1 << 20)
+            return json.loads(data)
+        except (OSError, ValueError):
+            return None
+
+    def check_reasons(self) -> None:
+        directory = self.layout.dir("quarantine")
+        for entry in sorted(_listdir(directory)):
+            path = os.path.join(directory, entry)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if entry.startswith("."):
+                continue
+            qid = entry[:-5] if entry.endswith(".json") else None
+            if qid is None or not qid.startswith(L.QUARANTINE_PREFIX):
+                p = self.add("stray-entry", path, "not a reason record name")
+                self.leave(p, "not spoolq's; remove it by hand")
+                continue
+            if os.path.lexists(os.path.join(self.layout.dead, L.job_file(qid))) or not self.old(st):
+                continue
+            p = self.add("orphan-reason", path, f"reason record for {qid}, which is not in dead/")
+            self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+
+    def check_duplicates(self) -> None:
+        rank = {"processing": 0, "done": 1, "dead": 2, "pending": 3}
+        for job_id, places in sorted(self.census.items()):
+            places = [(s, p) for s, p in places if os.path.lexists(p)]  # RACE: moved while we looked
+            if len(places) < 2:
+                continue
+            places.sort(key=lambda sp: (rank[sp[0]], sp[1]))
+            keep_state, keep_path = places[0]
+            for state, path in places[1:]:
+                p = self.add("duplicate", path, f"job {job_id} is also {keep_state}: "
+                             f"{os.path.relpath(keep_path, self.layout.root)}")
+                if state in ("pending", "dead"):
+                    self.fix(p, lambda path=path: self.quarantine(
+                        path, os.path.basename(path), f"duplicate: job {job_id} is also {keep_state}"))
+                else:
+                    self.leave(p, f"a {state} job is never moved by fsck; decide by hand")
+
+    def check_markers(self) -> None:
+        ids_dir = self.layout.dir("ids")
+        markers = set(_listdir(ids_dir))
+        for job_id in sorted(set(self.census) - markers):
+            marker = self.layout.id_marker(job_id)
+            if os.path.lexists(marker) or not any(os.path.lexists(p) for _, p in self.census[job_id]):
+                continue
+            p = self.add("missing-marker", marker, f"job {job_id} has no id marker (its id could be reused)")
+            self.fix(p, lambda marker=marker: fsio.create_exclusive(marker) and None, "created it")
+        for name in sorted(markers - set(self.census) - self.accounted):
+            path = os.path.join(ids_dir, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not job_mod.valid_id(name):
+                p = self.add("stray-entry", path, "not a valid job id")
+                self.leave(p, "not spoolq's; remove it by hand")
+                continue
+            if not self.old(st) or self.still_exists(name):
+                continue  # an enqueue or adoption may be under way, or the job moved while we looked
+            p = self.add("orphan-marker", path, f"id {name} is reserved but no job has it")
+            self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it (the id is free again)")
+
+    def still_exists(self, job_id: str) -> bool:
+        try:
+            self.spool.find(job_id)
+            return True
+        except (JobNotFound, InvalidJob):
+            return False
+
+    def check_tmp(self) -> None:
+        for entry in sorted(_listdir(self.layout.tmp)):
+            path = os.path.join(self.layout.tmp, entry)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not self.old(st):
+                continue
+            p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
+            if stat.S_ISDIR(st.st_mode):
+                self.leave(p, "a directory; remove it by hand")
+            else:
+                self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+
+    def check_locks(self) -> None:
+        directory = self.layout.dir("locks")
+        here = {socket.gethostname(), L.host_name()}
+        for entry in sorted(_listdir(directory)):
+            path = os.path.join(directory, entry)
+            try:
+                st = os.lstat(path)
+                data, st = fsio.read_regular(path, 1024)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                if self.old(st):
+                    p = self.add("stale-lock", path, f"lock marker {e}")
+                    self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                continue
+            holder = _lock_holder(data)
+            if holder is None:
+                # No record: a holder between creating and writing it, or one that crashed there.
+                if not self.old(st):
+                    continue
+                why = "lock marker without a holder record"
+            else:
+                pid, host = holder
+                if host not in here or liveness.alive(pid):
+                    continue  # fail closed: another host's holder cannot be probed from here
+                why = f"lock holder pid {pid} on {host} is gone"
+            p = self.add("stale-lock", path, why)
+
+            def unlock(path: str = path, ino: int = st.st_ino) -> str:
+                if os.lstat(path).st_ino != ino:
+                    return "left alone: it was taken again meanwhile"
+                fsio.unlink_quietly(path)
+                return "removed it"
+
+            self.fix(p, unlock)
+
+    def check_registrations(self) -> None:
+        here = L.host_name()
+        lease = self.spool.config.lease_timeout
+        directory = self.layout.dir("workers")
+        for entry in sorted(_listdir(directory)):
+            if entry.startswith(".") or not entry.endswith(".json"):
+                continue
+            owner = entry[:-5]
+            path = os.path.join(directory, entry)
+            if os.path.lexists(self.layout.owned(owner)):
+                continue  # check_owners judged it
+            try:
+                st = os.lstat(path)
+                with open(path, "rb") as f:
+                    record = json.loads(f.read())
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                record = None
+            if not isinstance(record, dict):
+                if not self.old(st):
+                    continue
+                why = "unreadable registration"
+            elif record.get("host") == here:
+                if liveness.alive(record.get("pid"), record.get("start")):
+                    continue
+                why = f"pid {record.get('pid')} is gone"
+            elif self.fs_now - st.st_mtime > lease:
+                why = f"no heartbeat from {record.get('host')} for {_age(self.fs_now, st)}"
+            else:
+                continue
+            p = self.add("stale-registration", path, f"worker {owner}: {why}")
+            self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+
+    def check_modes(self) -> None:
+        shared = bool(self.spool.config.group_access)
+        dir_mode, file_mode = (0o2770, 0o660) if shared else (0o700, 0o600)
+        # The root itself may predate the spool (a checked-out spool/); the directories inside guard it.
+        dirs = [self.layout.dir(n) for n in L.STATE_DIRS + L.OTHER_DIRS]
+        dirs += [self.layout.owned(e) for e in self.live_dirs]
+        files = [self.layout.config]
+        for state in ("done", "dead"):
+            files += [os.path.join(self.layout.dir(state), e) for e in _listdir(self.layout.dir(state))
+                      if e.endswith(".json") and not e.startswith((".", L.QUARANTINE_PREFIX))]
+        files += [os.path.join(self.layout.pending, e) for e in _listdir(self.layout.pending)
+                  if L.parse_pending(e) is not None]
+        out = self.layout.dir("output")
+        files += [os.path.join(out, e) for e in _listdir(out)]
+        for paths, mode in ((dirs, dir_mode), (files, file_mode)):
+            for path in paths:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    continue  # not spoolq's doing; a chmod would reach another name
+                extra = stat.S_IMODE(st.st_mode) & 0o777 & ~mode
+                if not extra:
+                    continue
+                p = self.add("permissions", path, f"mode {stat.S_IMODE(st.st_mode):04o} gives access beyond "
+                             f"{mode:04o} ({'group_access is on' if shared else 'the spool is private'})")
+                self.fix(p, lambda path=path, mode=mode: os.chmod(path, mode), f"set mode {mode:04o}")
+
+
+def _lock_holder(data: bytes) -> tuple[int, str] | None:
+    """filelock's SoftFileLock record: "<pid>\\n<host>\\n[<start token>\\n]"."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.strip().splitlines()
+    if not text.endswith("\n") or len(lines) not in (2, 3) or not lines[0].isdigit():
+        return None
+    return int(lines[0]), lines[1]
+
+
+def _age(now: float, st: os.stat_result) -> str:
+    seconds = max(0.0, now - st.st_mtime)
+    if seconds >= 7200:
+        return f"{seconds / 3600:.0f}h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds:.0f}s"
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
