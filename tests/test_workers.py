@@ -1,0 +1,491 @@
+"""Real worker processes end to end: exactly-once, priority, delay, timeouts, retries, crashes,
+graceful stop, detach, wait, drop-ins and pickup latency."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+from collections import Counter
+from datetime import datetime
+
+import pytest
+
+from conftest import wait_for
+from spoolq import Spool
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def pid_gone(pid: int) -> bool:
+    """No such process, or only its zombie is left (PID 1 of a container may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return data[data.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+
+def kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rfind(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def read_until(proc, needle: bytes, timeout: float = 10) -> bytes:
+    """Read the workers' combined output until `needle` appears (an event, not a sleep)."""
+    buf = b""
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    while needle not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"{needle!r} not seen within {timeout}s; got {buf[-2000:]!r}")
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"output ended before {needle!r}; got {buf[-2000:]!r}")
+            buf += chunk
+    return buf
+
+
+def state(spool: Spool, job_id: str) -> str | None:
+    try:
+        return spool.find(job_id).state
+    except Exception:
+        return None
+
+
+def wait_state(spool: Spool, job_id: str, want: str, timeout: float = 15):
+    wait_for(lambda: state(spool, job_id) == want, timeout, f"job {job_id} to be {want} "
+             f"(it is {state(spool, job_id)})")
+    return spool.find(job_id).to_dict()
+
+
+def parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def drop(spool: Spool, name: str, data: bytes) -> str:
+    """Publish a file by the documented drop-in protocol: write under a '.' name, then rename."""
+    stage = os.path.join(spool.layout.pending, f".stage-{name}")
+    with open(stage, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    final = os.path.join(spool.layout.pending, name)
+    os.rename(stage, final)
+    return final
+
+
+def quarantined(spool: Spool, prefix: str) -> list[str]:
+    return sorted(e[:-5] for e in os.listdir(spool.layout.dead) if e.startswith("+" + prefix))
+
+
+def run_marker(spool: Spool, job_id: str, timeout: float = 10) -> None:
+    """Enqueue a no-op job and wait for it: proof that a worker has gone round its loop."""
+    spool.enqueue({"command": "true", "id": job_id})
+    wait_state(spool, job_id, "done", timeout)
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+# ---- exactly once, at scale ------------------------------------------------------------------------
+
+
+def test_three_workers_run_900_jobs_exactly_once(spool, workers, tmp_path):
+    spool.set_config("max_retries", 0)  # a failure shows up as dead, never as a second run
+    ran = tmp_path / "ran"
+    workers(3)
+    expected = []
+    for batch in range(3):  # enqueued while the workers run: claims race with arrivals
+        jobs = spool.enqueue_many([{"command": f'echo "$SPOOLQ_JOB_ID $SPOOLQ_ATTEMPT $SPOOLQ_OWNER" >> {ran}',
+                                    "id": f"m{batch}-{i}"} for i in range(300)])
+        expected += [j.id for j in jobs]
+    wait_for(lambda: spool.counts().done + spool.counts().dead == len(expected), 120, "900 jobs to finish")
+    counts = spool.counts()
+    assert (counts.done, counts.dead, counts.pending, counts.processing) == (900, 0, 0, 0)
+    records = [line.split() for line in lines(ran)]
+    assert len(records) == 900, "each job ran exactly once"
+    per_id = Counter(r[0] for r in records)
+    assert set(per_id) == set(expected) and set(per_id.values()) == {1}
+    assert {r[1] for r in records} == {"1"}, "no job needed a second attempt"
+    assert len({r[2] for r in records}) >= 2, "the work was shared between worker processes"
+
+
+# ---- order and time --------------------------------------------------------------------------------
+
+
+def test_priority_order_with_one_worker(spool, workers, tmp_path):
+    order = tmp_path / "order"
+    for job_id, prio in (("a", 0), ("b", 5), ("c", -3), ("d", 5), ("e", 10), ("f", 0), ("g", -3)):
+        spool.enqueue({"command": f"echo $SPOOLQ_JOB_ID >> {order}", "id": job_id, "priority": prio})
+    workers(1)
+    wait_for(lambda: spool.counts().done == 7, 15, "7 jobs")
+    assert lines(order) == ["e", "b", "d", "a", "f", "c", "g"], "higher first; equal priority in enqueue order"
+
+
+def test_dropins_queue_in_order_of_arrival(spool, workers, tmp_path):
+    order = tmp_path / "order"
+    last_ctime = 0
+    for name in ("zzz", "aaa", "mmm"):
+        # Arrival order is the file's ctime: make sure the clock has moved on between drops.
+        wait_for(lambda: time.time_ns() > last_ctime + 30_000_000, 5, "the clock to move")
+        path = drop(spool, f"{name}.json", json.dumps({"command": f"echo $SPOOLQ_JOB_ID >> {order}"}).encode())
+        last_ctime = os.stat(path).st_ctime_ns
+    workers(1)
+    wait_for(lambda: spool.counts().done == 3, 15, "3 dropped jobs")
+    assert lines(order) == ["zzz", "aaa", "mmm"]
+
+
+def test_delay_and_run_at_wait_as_scheduled_then_run_on_time(cli, spool, workers, tmp_path):
+    w = workers(1)
+    run_marker(spool, "warm")
+    [worker] = w.live()
+    cpu_before = cpu_seconds(worker.pid)
+    stamp1, stamp2 = tmp_path / "s1", tmp_path / "s2"
+    r = cli("enqueue", "--cmd", f"date +%s.%N > {stamp1}", "--id", "later", "--delay", "1.5")
+    assert r.exit_code == 0, r.output
+    due = time.time() + 1.2
+    r = cli("enqueue", json.dumps({"command": f"date +%s.%N > {stamp2}", "id": "at", "run_at": due}))
+    assert r.exit_code == 0, r.output
+    d1, d2 = cli.json("show", "later"), cli.json("show", "at")
+    assert d1["state"] == d2["state"] == "scheduled"
+    assert cli.json("status")["scheduled"] == 2
+    wait_state(spool, "later", "done", 10)
+    wait_state(spool, "at", "done", 10)
+    for d, stamp in ((d1, stamp1), (d2, stamp2)):
+        run_at, started = parse_iso(d["run_at"]), float(stamp.read_text())
+        assert started >= run_at - 0.002, "a scheduled job never runs before its time"
+        assert started < run_at + 0.6, "the worker wakes for the due time, not a later poll"
+    assert cpu_seconds(worker.pid) - cpu_before < 0.6, "an idle worker sleeps; it does not spin"
+
+
+# ---- failure handling --------------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_whole_process_group(spool, workers, tmp_path):
+    spool.set_config("max_retries", 0)
+    pids = []
+    for job_id, spec in (("t-job", {"timeout": 0.5}), ("t-config", {})):
+        gc = tmp_path / f"{job_id}.pid"
+        # The grandchild ignores SIGTERM: only the group SIGKILL that follows can end it.
+        command = (f"sh -c 'trap \"\" TERM; exec sleep 30' & echo $! > {gc}.tmp && mv {gc}.tmp {gc}; "
+                   f"sleep 30")
+        if job_id == "t-config":
+            spool.set_config("job_timeout", 0.5)
+        spool.enqueue({"command": command, "id": job_id, **spec})
+    w = workers(1)
+    try:
+        for job_id in ("t-job", "t-config"):
+            started = time.monotonic()
+            d = wait_state(spool, job_id, "dead", 15)
+            assert time.monotonic() - started < 10
+            assert "timed out" in d["last_error"], d
+            assert d["attempts"] == 1
+            pid = int((tmp_path / f"{job_id}.pid").read_text())
+            pids.append(pid)
+            wait_for(lambda: pid_gone(pid), 5, "the background grandchild to be killed")
+    finally:
+        for pid in pids:
+            kill_quietly(pid)
+    assert len(w.live()) == 1
+
+
+def test_retries_back_off_then_dead(cli, spool, workers, tmp_path):
+    for key, value in (("backoff_base", "100"), ("backoff_max", "0.4")):  # every wait is min(100**n, 0.4)
+        assert cli("config", "set", key, value).exit_code == 0
+    times = tmp_path / "times"
+    cli("enqueue", "--cmd", f"date +%s.%N >> {times}; echo try-$SPOOLQ_ATTEMPT; exit 3", "--id", "r",
+        "--max-retries", "2")
+    workers(1)
+    seen = set()
+
+    def finished() -> bool:
+        seen.add(state(spool, "r"))
+        return state(spool, "r") == "dead"
+
+    wait_for(finished, 15, "the job to be dead")
+    assert "scheduled" in seen, "between attempts the job waits as scheduled"
+    d = cli.json("show", "r")
+    assert (d["attempts"], d["exit_code"], d["last_error"]) == (3, 3, "exit status 3")
+    starts = [float(x) for x in lines(times)]
+    assert len(starts) == 3, "1 + max_retries attempts, no more"
+    for a, b in zip(starts, starts[1:]):
+        assert b - a >= 0.39, f"attempts {starts} did not back off"
+    text = cli("logs", "r").output
+    assert all(f"try-{n}" in text for n in (1, 2, 3))
+    assert [d["id"] for d in cli.json("dlq", "list")] == ["r"]
+
+
+def test_environment_cwd_and_a_command_that_cannot_start(run, spool, workers, tmp_path):
+    spool.set_config("backoff_base", 0)
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    out = tmp_path / "env.out"
+    job = {"command": f'echo "$SPOOLQ_JOB_ID|$SPOOLQ_ATTEMPT|$(pwd -P)|$FOO" >> {out}; [ "$SPOOLQ_ATTEMPT" -ge 2 ]',
+           "id": "envjob", "env": {"FOO": "bar baz"}, "max_retries": 1}
+    proc = run("enqueue", json.dumps(job), cwd=str(wd))  # the CLI records the caller's directory
+    assert proc.returncode == 0, proc.stderr
+    spool.enqueue({"command": "true", "id": "nowhere", "cwd": str(tmp_path / "missing"), "max_retries": 0})
+    workers(1)
+    wait_state(spool, "envjob", "done")
+    real = os.path.realpath(wd)
+    assert lines(out) == [f"envjob|1|{real}|bar baz", f"envjob|2|{real}|bar baz"]
+    d = wait_state(spool, "nowhere", "dead")
+    assert "cannot start" in d["last_error"] and d["attempts"] == 1
+
+
+# ---- crashes ----------------------------------------------------------------------------------------
+
+
+def test_sigkilled_worker_job_is_recovered(spool, workers, tmp_path):
+    spool.set_config("backoff_base", 0)
+    gc, sh = tmp_path / "gc.pid", tmp_path / "sh.pid"
+    command = (f'if [ "$SPOOLQ_ATTEMPT" = 1 ]; then sleep 30 & echo $! > {gc}.tmp; mv {gc}.tmp {gc}; '
+               f'echo $$ > {sh}.tmp; mv {sh}.tmp {sh}; wait; fi; echo second-run')
+    w = workers(1)
+    spool.enqueue({"command": command, "id": "victim", "max_retries": 2})
+    wait_for(lambda: gc.exists() and sh.exists(), 10, "the job to start")
+    leftovers = [int(gc.read_text()), int(sh.read_text())]
+    try:
+        [worker] = w.live()
+        assert worker.job == "victim"
+        killed_at = time.monotonic()
+        os.kill(worker.pid, signal.SIGKILL)
+        d = wait_state(spool, "victim", "done", 10)
+        assert time.monotonic() - killed_at < 6, "recovered within seconds"
+        for pid in leftovers:
+            wait_for(lambda: pid_gone(pid), 5, "the dead worker's job processes to be killed")
+        assert d["attempts"] == 2, "the interrupted attempt counts"
+        assert "stopped during attempt 1" in d["last_error"]
+        text = open(spool.output_path("victim")).read()
+        assert "attempt 1 of 3" in text and "attempt 2 of 3" in text and "second-run" in text
+        wait_for(lambda: [x.pid for x in w.live()] not in ([], [worker.pid]), 10, "a replacement worker")
+    finally:
+        for pid in leftovers:
+            kill_quietly(pid)
+
+
+def test_job_that_kills_its_worker_ends_dead(spool, workers, tmp_path):
+    spool.set_config("backoff_base", 0)
+    spool.enqueue({"command": "kill -9 $PPID", "id": "assassin", "max_retries": 1})
+    w = workers(1)
+    d = wait_state(spool, "assassin", "dead", 20)
+    assert d["attempts"] == 2
+    assert "stopped during attempt 2" in d["last_error"] and "kills its worker" in d["last_error"], d
+    # The pool survives it.
+    wait_for(lambda: len(w.live()) == 1, 10, "a replacement worker")
+    run_marker(spool, "after")
+
+
+# ---- stopping ----------------------------------------------------------------------------------------
+
+
+def test_sigterm_lets_the_running_job_finish(spool, workers, tmp_path):
+    started, go, finished = tmp_path / "started", tmp_path / "go", tmp_path / "finished"
+    w = workers(1)
+    spool.enqueue({"command": f"touch {started}; i=0; while [ ! -e {go} ] && [ $i -lt 400 ]; "
+                              f"do sleep 0.05; i=$((i+1)); done; echo fin > {finished}", "id": "g"})
+    try:
+        wait_for(started.exists, 10, "the job to start")
+        w.proc.send_signal(signal.SIGTERM)
+        read_until(w.proc, b"SIGTERM")
+        assert w.proc.poll() is None, "the worker waits for its job"
+        assert state(spool, "g") == "processing"
+    finally:
+        go.touch()
+    assert w.proc.wait(15) == 0
+    assert state(spool, "g") == "done" and finished.read_text() == "fin\n"
+    assert w.live() == []
+
+
+def test_detach_list_and_stop(run, spool, tmp_path):
+    try:
+        proc = run("worker", "start", "--detach", "--count", "2", timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "started 2 workers" in proc.stdout
+        listed = run("worker", "list", "--json")
+        rows = json.loads(listed.stdout)
+        assert len(rows) == 2
+        for row in rows:
+            assert isinstance(row["pid"], int) and not pid_gone(row["pid"])
+            assert row["host"] and row["job"] is None
+        human = run("worker", "list").stdout
+        assert all(str(row["pid"]) in human for row in rows)
+        assert run("enqueue", "--cmd", "true", "--id", "d1").returncode == 0
+        assert run("wait", "d1", "--timeout", "10").returncode == 0, "detached workers run jobs"
+        assert json.loads(run("status", "--json").stdout)["workers"] == 2
+        supervisors = [w.pid for w in spool.workers() if w.role == "supervisor"]
+        assert len(supervisors) == 1
+        stop = run("worker", "stop", "--wait", "--timeout", "10")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert json.loads(run("worker", "list", "--json").stdout) == []
+        for pid in [row["pid"] for row in rows] + supervisors:
+            wait_for(lambda: pid_gone(pid), 10, f"pid {pid} to exit")
+    finally:
+        for w in spool.workers():
+            kill_quietly(w.pid)
+
+
+def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
+    go = tmp_path / "go"
+    workers(1)
+    run("enqueue", "--cmd", "echo fine", "--id", "w-ok")
+    run("enqueue", "--cmd", "exit 1", "--id", "w-bad", "--max-retries", "0")
+    run("enqueue", "--cmd", f"i=0; while [ ! -e {go} ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        "--id", "w-slow")
+    try:
+        assert run("wait", "w-ok", "--timeout", "10").returncode == 0
+        bad = run("wait", "w-bad", "--timeout", "10")
+        assert bad.returncode == 1 and "w-bad" in bad.stderr
+        assert run("wait", "w-ok", "w-bad", "--timeout", "10").returncode == 1
+        assert run("wait", "w-slow", "--timeout", "0.3").returncode == 124
+        assert run("wait", "--timeout", "0.3").returncode == 124
+    finally:
+        go.touch()
+    assert run("wait", "--timeout", "10").returncode == 0
+    assert state(spool, "w-slow") == "done"
+
+
+# ---- drop-ins ------------------------------------------------------------------------------------------
+
+
+def test_dropin_by_rename(spool, workers, tmp_path):
+    ran = tmp_path / "ran"
+    workers(1)
+    job = json.dumps({"command": f"echo $SPOOLQ_JOB_ID >> {ran}"}).encode()
+    hidden = os.path.join(spool.layout.pending, ".staging.json")
+    with open(hidden, "wb") as f:
+        f.write(job)
+    drop(spool, "nightly-report.json", job)  # no id inside: the file name is the id
+    drop(spool, "whatever.json", json.dumps({"command": f"echo $SPOOLQ_JOB_ID >> {ran}", "id": "inner"}).encode())
+    drop(spool, "not an id!.json", json.dumps({"command": f"echo generated >> {ran}"}).encode())
+    wait_state(spool, "nightly-report", "done")
+    wait_state(spool, "inner", "done")
+    wait_for(lambda: "generated" in lines(ran), 10, "the job with a generated id")
+    run_marker(spool, "marker")
+    assert sorted(lines(ran)) == ["generated", "inner", "nightly-report"], "each dropped file ran once"
+    assert os.path.exists(hidden), "a '.' name is invisible until renamed"
+    assert spool.counts().done == 4 and spool.counts().dead == 0
+
+
+def test_slow_writer_runs_once_when_complete(cli, spool, workers, tmp_path):
+    assert cli("config", "set", "drop_grace", "3").exit_code == 0
+    ran = tmp_path / "ran"
+    workers(1)
+    path = os.path.join(spool.layout.pending, "slow.json")
+    first, rest = f'{{"command": "echo $SPOOLQ_JOB_ID >> {ran}", '.encode(), b'"id": "slow1"}\n'
+    with open(path, "wb", buffering=0) as f:
+        f.write(first)
+        written_at = time.monotonic()
+        run_marker(spool, "marker")  # the worker has looked at the half-written file by now
+        assert time.monotonic() - written_at < 2.5, "too slow to test the grace period"
+        assert os.path.exists(path) and quarantined(spool, "slow") == [], "a half-written file waits"
+        f.write(rest)
+    wait_state(spool, "slow1", "done", 10)
+    run_marker(spool, "marker2")
+    assert lines(ran) == ["slow1"]
+    assert os.listdir(spool.layout.dead) == []
+
+
+@pytest.mark.parametrize("name, data, why", [
+    ("broken.json", b'{"command": "echo never" oops', "malformed"),
+    ("array.json", b'[{"command": "echo never"}]', "malformed"),
+    ("typed.json", b'{"command": 5}', "malformed"),
+    ("nocmd.json", b'{"id": "x1"}', "malformed"),
+    ("binary.json", b"\xff\xfe\x00garbage", "malformed"),
+    ("surrogate.json", b'{"command": "echo \\ud800"}', "malformed"),
+])
+def test_malformed_dropin_is_quarantined_with_its_bytes(cli, spool, workers, tmp_path, name, data, why):
+    assert cli("config", "set", "drop_grace", "0.5").exit_code == 0
+    w = workers(1)
+    [worker] = w.live()
+    path = drop(spool, name, data)
+    changed = os.stat(path).st_mtime
+    stem = name[:-5]
+    [qid] = wait_for(lambda: quarantined(spool, stem), 10, "the file to be quarantined")
+    assert not os.path.exists(path)
+    with open(os.path.join(spool.layout.dead, qid + ".json"), "rb") as f:
+        assert f.read() == data, "quarantined bytes are unchanged"
+    with open(spool.layout.reason_file(qid), "rb") as f:
+        record = json.loads(f.read())
+    if not data.startswith(b"{") or b"oops" in data:  # unparseable: it had its grace period first
+        assert parse_iso(record["quarantined_at"]) >= changed + 0.5 - 0.002
+    [dead] = cli.json("dlq", "list")
+    assert dead["id"] == qid and why in dead["last_error"]
+    assert why in cli.json("show", qid)["last_error"]
+    retry = cli("dlq", "retry", qid)
+    assert retry.exit_code == 1 and "fix" in retry.output and "drop it" in retry.output
+    assert "Traceback" not in retry.output
+    run_marker(spool, "marker")
+    assert [x.pid for x in w.live()] == [worker.pid], "a bad file never takes a worker down"
+    assert spool.counts().done == 1 and spool.counts().dead == 1
+
+
+def test_dropped_duplicate_id_is_quarantined(spool, workers, tmp_path):
+    ran = tmp_path / "ran"
+    spool.enqueue({"command": f"echo first >> {ran}", "id": "dup"})
+    workers(1)
+    wait_state(spool, "dup", "done")
+    drop(spool, "dupe.json", json.dumps({"id": "dup", "command": f"echo second >> {ran}"}).encode())
+    [qid] = wait_for(lambda: quarantined(spool, "dupe"), 10, "the duplicate to be quarantined")
+    assert "duplicate" in spool.find(qid).reason
+    run_marker(spool, "marker")
+    assert lines(ran) == ["first"]
+    assert spool.find("dup").job.command == f"echo first >> {ran}"
+
+
+def test_other_entries_in_pending_are_left_alone(spool, workers, tmp_path):
+    pending = spool.layout.pending
+    os.mkdir(os.path.join(pending, "folder.json"))
+    os.mkdir(os.path.join(pending, "folder"))
+    with open(os.path.join(pending, "notes.txt"), "w") as f:
+        f.write("not a job")
+    with open(os.path.join(pending, ".hidden.json"), "w") as f:
+        f.write('{"command": "true"}')
+    before = sorted(os.listdir(pending))
+    workers(1)  # its first pass lists pending/ and sees all of these
+    run_marker(spool, "marker")
+    run_marker(spool, "marker2")
+    assert sorted(os.listdir(pending)) == before
+    assert os.path.isdir(os.path.join(pending, "folder.json"))
+    assert os.listdir(spool.layout.dead) == []
+    assert spool.counts().pending == 0, "entries that are not jobs are not counted as jobs"
+
+
+# ---- latency -----------------------------------------------------------------------------------------
+
+
+def test_pickup_latency_of_an_idle_worker(spool, workers, tmp_path):
+    workers(1)
+    run_marker(spool, "warm")  # now idle, waiting for events
+    for i in range(3):
+        stamp = tmp_path / f"stamp{i}"
+        job = json.dumps({"command": f"date +%s.%N > {stamp}", "id": f"lat{i}"}).encode()
+        stage = os.path.join(spool.layout.pending, f".lat{i}")
+        with open(stage, "wb") as f:
+            f.write(job)
+        published = time.time()
+        os.rename(stage, os.path.join(spool.layout.pending, f"lat{i}.json"))
+        wait_state(spool, f"lat{i}", "done", 10)
+        assert float(stamp.read_text()) - published < 1.0, "a dropped job starts within a second"
+    stamp = tmp_path / "stamp-api"
+    published = time.time()
+    spool.enqueue({"command": f"date +%s.%N > {stamp}", "id": "lat-api"})
+    wait_state(spool, "lat-api", "done", 10)
+    assert float(stamp.read_text()) - published < 1.0
