@@ -1,0 +1,553 @@
+"""Faults: killed workers (chaos), full disks, power-cut leftovers, fsck, a dying watch."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+from spoolq import Spool, fsck, fsio, job as job_mod, layout as L, liveness
+from spoolq.worker import Worker
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def settled(spool: Spool) -> bool:
+    c = spool.counts()
+    return c.pending + c.scheduled + c.processing == 0
+
+
+def dead_pid() -> int:
+    """A pid that just exited (and was reaped): a crashed owner's."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def fake_owner(spool: Spool, *, alive: bool) -> str:
+    """Register an owner on this host: our own (live) pid, or a dead one."""
+    pid = os.getpid() if alive else dead_pid()
+    owner = L.owner_token(L.host_name(), pid)
+    record = {"owner": owner, "host": L.host_name(), "pid": pid, "role": "worker",
+              "start": liveness.start_token(pid) if alive else "1", "started_at": job_mod.iso(time.time())}
+    with open(spool.layout.worker_file(owner), "w") as f:
+        json.dump(record, f)
+    os.mkdir(spool.layout.owned(owner), 0o700)
+    return owner
+
+
+def backdate(path: str, seconds: float = 7200) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def quarantine_records(spool: Spool) -> dict[str, dict]:
+    """source name -> reason record"""
+    out = {}
+    qdir = spool.layout.dir("quarantine")
+    for name in os.listdir(qdir):
+        with open(os.path.join(qdir, name)) as f:
+            rec = json.load(f)
+        out[rec["source"]] = rec
+    return out
+
+
+# ---- supervision and chaos -------------------------------------------------------------------
+
+
+def test_chaos_sigkill_a_worker_every_150ms_loses_nothing(tmp_path):
+    spool_dir = str(tmp_path / "chaos")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "chaos.py"), "--spool", spool_dir,
+                           "--jobs", "1500", "--workers", "3", "--kill-interval", "0.15", "--duration", "5",
+                           "--timeout", "60", "--seed", "4"], capture_output=True, text=True, timeout=150)
+    summary = json.loads(proc.stdout)
+    assert proc.returncode == 0 and summary["ok"], summary
+    assert summary["kills"] >= 20, summary  # it really was chaos
+    # Check again here, from the spool itself rather than the script's word.
+    spool = Spool(spool_dir)
+    c = spool.counts()
+    assert (c.done, c.dead, c.pending, c.scheduled, c.processing) == (1500, 0, 0, 0, 0)
+    runs: dict[str, int] = {}
+    with open(os.path.join(spool_dir, "chaos-runs.log")) as f:
+        for line in f:
+            runs[line.strip()] = runs.get(line.strip(), 0) + 1
+    assert set(runs) == {f"chaos-{n:06d}" for n in range(1500)}  # none lost, none invented
+    assert sum(n - 1 for n in runs.values()) <= summary["kills"]
+    assert os.listdir(spool.layout.processing) == []
+    assert fsck.check(spool) == []
+
+
+def test_a_job_that_keeps_killing_its_worker_ends_dead_saying_so(spool, cli, workers):
+    spool.set_config("backoff_base", 0)
+    killer = cli("enqueue", "--id", "killer", "--max-retries", "2", "--cmd", "kill -9 $PPID; sleep 5").output.strip()
+    assert killer == "killer"
+    w = workers(2)
+    wait_for(lambda: spool.find("killer").state == "dead", 30, "the killer job to end dead")
+    view = spool.find("killer")
+    assert view.job.attempts == 3
+    assert "kills its worker" in view.job.last_error, view.job.last_error
+    # The supervisor replaced every killed worker; the queue still works.
+    wait_for(lambda: len(w.live()) == 2, 10, "two live workers again")
+    ok = cli("enqueue", "echo still-here").output.strip()
+    wait_for(lambda: spool.find(ok).state == "done", 10, "a job after the killer")
+    log = w.stop()
+    assert log.count("killed by SIGKILL") == 3, log
+    assert "Traceback" not in log
+
+
+def test_supervisor_stop_while_pacing_a_crash_loop_exits(spool_dir, spool):
+    """Workers that keep crashing are restarted with a growing delay; a SIGTERM during that delay
+    must not leave behind a freshly spawned worker that nobody told to stop."""
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def worker_pid() -> int | None:
+        return next((w.pid for w in spool.workers() if w.role == "worker" and liveness.alive(w.pid)), None)
+
+    try:
+        pid = wait_for(worker_pid, 15, "a worker")
+        for n in range(5):  # five quick crashes: the fifth restart waits 1.6 s
+            os.kill(pid, signal.SIGUSR1)  # a crash (no core dump), not a SIGKILL from outside
+            if n < 4:
+                pid = wait_for(lambda: (p := worker_pid()) != pid and p, 15, "a replacement worker")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert worker_pid() is None
+
+
+# ---- full disk -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A few MB tmpfs to fill; skipped (saying why) where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"full-disk tests need a small tmpfs; cannot run mount: {e}")
+    if r.returncode != 0:
+        pytest.skip("full-disk tests need a small tmpfs, and mounting one is not allowed here "
+                    f"(needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(directory: str) -> str:
+    """Fill the file system holding `directory` to the last byte; returns the filler's path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 20, 65536, 4096, 512, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_enqueue_on_a_full_disk_fails_cleanly_and_recovers(small_fs):
+    spool_dir = os.path.join(small_fs, "spool")
+    spool = Spool(spool_dir)
+    before = [spool.enqueue({"command": f"echo before {n}"}).id for n in range(3)]
+    snapshot = {n: open(os.path.join(spool.layout.pending, n), "rb").read() for n in os.listdir(spool.layout.pending)}
+    filler = fill(small_fs)
+
+    def cli(*args, input=None):
+        return subprocess.run([*SPOOLQ, "--spool", spool_dir, *args], capture_output=True, text=True,
+                              input=input, timeout=30)
+
+    for args, stdin in ((("enqueue", "echo " + "x" * 20000), None),
+                        (("enqueue", "--batch", "-"), "".join(f'{{"command": "echo {n}{"y" * 5000}"}}\n'
+                                                              for n in range(20)))):
+        r = cli(*args, input=stdin)
+        assert r.returncode == 1, r
+        assert "file system is full" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert os.listdir(spool.layout.tmp) == []  # no temp file left behind
+        assert sorted(os.listdir(spool.layout.dir("ids"))) == sorted(before)  # no id kept reserved
+        assert {n: open(os.path.join(spool.layout.pending, n), "rb").read()
+                for n in os.listdir(spool.layout.pending)} == snapshot  # no partial job; earlier ones intact
+    for job_id in before:
+        assert spool.find(job_id).job.command.startswith("echo before")
+    # Other writers say so too, without a traceback, and leave nothing behind.
+    for args in (("config", "set", "max_retries", "5"), ("worker", "start", "--burst"), ("worker", "stop")):
+        r = cli(*args)
+        assert r.returncode == 1 and "file system is full" in r.stderr, r
+        assert "Traceback" not in r.stderr
+        assert os.listdir(spool.layout.tmp) == [] and os.listdir(spool.layout.processing) == []
+    assert spool.config.max_retries == 3
+    os.unlink(filler)
+    r = cli("enqueue", "echo after")
+    assert r.returncode == 0, r.stderr
+    assert spool.find(r.stdout.strip()).state == "pending"
+    r = cli("worker", "start", "--burst")
+    assert r.returncode == 0, r.stderr
+    assert spool.counts().done == 4
+    assert fsck.check(spool) == []
+
+
+def test_a_job_filling_the_disk_ends_with_a_marked_log_and_the_worker_goes_on(small_fs, workers):
+    spool_dir = os.path.join(small_fs, "spool")
+    spool = Spool(spool_dir)
+    spool.set_config("max_output_bytes", 0)  # no cap: the disk is the limit
+    w = workers(1, spool_dir=spool_dir)
+    ok = spool.enqueue({"command": "head -c 20000000 /dev/zero; exit 0", "max_retries": 0}).id
+    fails = spool.enqueue({"command": "head -c 20000000 /dev/zero", "max_retries": 0}).id
+    wait_for(lambda: spool.find(ok).state in ("done", "dead") and spool.find(fails).state in ("done", "dead"),
+             30, "both disk fillers to finish")
+    assert spool.find(ok).state == "done"
+    assert spool.find(fails).state == "dead"
+    for job_id in (ok, fails):
+        with open(spool.output_path(job_id), "rb") as f:
+            tail = f.read()[-300:]
+        assert b"output truncated: the disk is full" in tail, tail
+        assert os.path.getsize(spool.output_path(job_id)) < 64 * 1024
+    after = spool.enqueue({"command": "echo after"}).id
+    wait_for(lambda: spool.find(after).state == "done", 10, "a job after the disk fillers")
+    assert len(w.live()) == 1
+    assert "Traceback" not in w.stop()
+
+
+def test_a_disk_full_before_a_job_starts_fails_that_attempt_and_the_worker_waits_for_space(small_fs, workers):
+    spool_dir = os.path.join(small_fs, "spool")
+    spool = Spool(spool_dir)
+    job = spool.enqueue({"command": "echo never", "max_retries": 0, "delay": 1.0}).id
+    w = workers(1, spool_dir=spool_dir)
+    filler = fill(small_fs)
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to be claimed on a full disk")
+    time.sleep(0.5)  # the worker cannot record the outcome yet: the job stays its own, in processing/
+    assert spool.find(job).state == "processing"
+    os.unlink(filler)
+    wait_for(lambda: spool.find(job).state == "dead", 15, "the outcome to be recorded once space returns")
+    assert "cannot write output log: No space left on device" in spool.find(job).job.last_error
+    after = spool.enqueue({"command": "echo after"}).id
+    wait_for(lambda: spool.find(after).state == "done", 10, "a job after the full disk")
+    log = w.stop()
+    assert "cannot record job" in log
+    assert "crashed" not in log and "exited with status" not in log and "Traceback" not in log, log
+
+
+def test_output_over_max_output_bytes_is_truncated_and_marked(spool, workers):
+    spool.set_config("max_output_bytes", 1000)
+    job = spool.enqueue({"command": "head -c 100000 /dev/zero | tr '\\0' a; echo"}).id
+    workers(1)
+    wait_for(lambda: spool.find(job).state == "done", 10, "the chatty job")
+    data = open(spool.output_path(job), "rb").read()
+    assert b"(output truncated to 1000 bytes)" in data
+    assert len(data) < 1500
+
+
+# ---- power cut -------------------------------------------------------------------------------
+
+
+def test_enqueue_fsyncs_the_file_and_its_directory_before_returning(spool, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    job = spool.enqueue({"command": "true"})
+    tmp_dir, pending = os.path.realpath(spool.layout.tmp), os.path.realpath(spool.layout.pending)
+    tmp = [p for p in synced if p.startswith(tmp_dir + "/")]
+    assert tmp, synced  # the job file's data, before the rename published it
+    assert synced.index(tmp[0]) < synced.index(pending)  # then the directory entry
+    assert spool.find(job.id).state == "pending"
+
+
+def test_power_cut_leftovers_are_recovered_or_quarantined(spool, workers, tmp_path):
+    spool.set_config("backoff_base", 0.1)
+    runs = tmp_path / "runs"
+    cmd = lambda tag: f"echo {tag} >> {runs}"  # noqa: E731
+    lay = spool.layout
+    first = spool.enqueue({"command": cmd("first")}).id
+
+    # A job file whose data never reached the disk: zero bytes under its canonical name.
+    zero_name = L.pending_name("zero", 0, 1, None)
+    fsio.create_exclusive(lay.id_marker("zero"))
+    open(os.path.join(lay.pending, zero_name), "wb").close()
+    # A torn one: half of its JSON.
+    torn_job = spool.make_job({"id": "torn", "command": cmd("torn")})
+    torn_bytes = torn_job.to_json()[: len(torn_job.to_json()) // 2]
+    fsio.create_exclusive(lay.id_marker("torn"))
+    with open(os.path.join(lay.pending, L.pending_name("torn", 0, torn_job.seq, None)), "wb") as f:
+        f.write(torn_bytes)
+    # A temp file of an enqueue that never got to its rename.
+    half = spool.make_job({"id": "half", "command": cmd("half")}).to_json()
+    with open(os.path.join(lay.tmp, L.tmp_name()), "wb") as f:
+        f.write(half[:20])
+    # A job held by a worker that died, with a half-written rewrite beside it, and a torn one.
+    owner = fake_owner(spool, alive=False)
+    held = spool.make_job({"id": "held", "command": cmd("held")})
+    fsio.create_exclusive(lay.id_marker("held"))
+    with open(os.path.join(lay.owned(owner), "held.json"), "wb") as f:
+        f.write(held.to_json())
+    with open(os.path.join(lay.owned(owner), L.tmp_name()), "wb") as f:
+        f.write(held.to_json()[:10])
+    fsio.create_exclusive(lay.id_marker("heldtorn"))
+    with open(os.path.join(lay.owned(owner), "heldtorn.json"), "wb") as f:
+        f.write(b'{"id": "heldtorn", "comm')
+
+    w = workers(2)
+    last = spool.enqueue({"command": cmd("last")}).id
+    wait_for(lambda: settled(spool) and spool.find(last).state == "done", 15, "the queue to drain")
+
+    ran = runs.read_text().split()
+    assert sorted(ran) == ["first", "held", "last"]  # each once; nothing half-written ran
+    assert spool.find(first).state == "done"
+    held_view = spool.find("held")
+    assert held_view.state == "done" and held_view.to_dict()["attempts"] == 2
+    assert "stopped during attempt 1" in held_view.job.last_error
+    records = quarantine_records(spool)
+    assert records[zero_name]["reason"].startswith("malformed job file")
+    torn_rec = next(r for s, r in records.items() if s.endswith("@torn.json"))
+    assert open(os.path.join(lay.dead, torn_rec["id"] + ".json"), "rb").read() == torn_bytes  # bytes kept
+    assert "processing" in records["heldtorn.json"]["reason"]
+    assert not os.listdir(lay.processing) or all(
+        not os.listdir(lay.owned(d)) for d in os.listdir(lay.processing))
+    w.stop()
+
+    # What is left for fsck: the temp file (once old enough to be a crash's, not an enqueue's).
+    assert fsck.check(spool) == []
+    (tmp_name,) = os.listdir(lay.tmp)
+    backdate(os.path.join(lay.tmp, tmp_name))
+    problems = fsck.check(spool)
+    assert [(p.kind, os.path.basename(p.path)) for p in problems] == [("stale-temp", tmp_name)]
+    problems = fsck.check(spool, repair=True)
+    assert problems[0].repaired and os.listdir(lay.tmp) == []
+    assert fsck.check(spool) == []
+
+
+# ---- fsck ------------------------------------------------------------------------------------
+
+
+def kinds(problems) -> list[tuple[str, str]]:
+    return sorted((p.kind, os.path.basename(p.path)) for p in problems)
+
+
+def test_fsck_clean_spool_exits_0(run, spool):
+    spool.enqueue({"command": "true"})
+    r = run("fsck")
+    assert r.returncode == 0 and "clean" in r.stdout
+    r = run("fsck", "--json")
+    assert r.returncode == 0
+    assert json.loads(r.stdout)["problems"] == []
+
+
+def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
+    lay = spool.layout
+    spool.set_config("max_retries", 3)
+    done = spool.enqueue({"id": "done1", "command": "true"})
+    # Move it to done/ as a worker would.
+    owner = fake_owner(spool, alive=True)
+    claimed = spool.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@done1.json")), owner)
+    spool.finish(claimed, ok=True, exit_code=0, error=None)
+
+    # duplicate: a copy of the done job back in pending/
+    dup_name = L.pending_name("done1", 0, 5, None)
+    shutil.copy(os.path.join(lay.done, "done1.json"), os.path.join(lay.pending, dup_name))
+    # missing marker
+    spool.enqueue({"id": "nomark", "command": "true"})
+    os.unlink(lay.id_marker("nomark"))
+    # orphan marker (old) and a young one (an enqueue in flight: not a problem)
+    fsio.create_exclusive(lay.id_marker("orphan"))
+    backdate(lay.id_marker("orphan"))
+    fsio.create_exclusive(lay.id_marker("inflight"))
+    # unparseable done file
+    _write(os.path.join(lay.done, "broken.json"), b"\x00\x01garbage")
+    fsio.create_exclusive(lay.id_marker("broken"))
+    # a quarantined file with its reason (fine) and one without (a problem)
+    spool._quarantine(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
+    qid = spool._quarantine(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
+    os.unlink(lay.reason_file(qid))
+    # a reason record without its file
+    with open(lay.reason_file("+gone.abcdef"), "w") as f:
+        json.dump({"id": "+gone.abcdef", "reason": "x", "source": "gone.json"}, f)
+    backdate(lay.reason_file("+gone.abcdef"))
+    # stale temp files: tmp/, a live owner's directory, dead/
+    for d in (lay.tmp, lay.owned(owner), lay.dead):
+        p = os.path.join(d, L.tmp_name())
+        open(p, "wb").close()
+        backdate(p)
+    # a live owner holding an unparseable job: reported, never touched
+    with open(os.path.join(lay.owned(owner), "livebad.json"), "wb") as f:
+        f.write(b"{")
+    fsio.create_exclusive(lay.id_marker("livebad"))
+    # a dead owner holding a job
+    dead = fake_owner(spool, alive=False)
+    spool.enqueue({"id": "stuck", "command": "true"})
+    stuck = spool.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@stuck.json")), dead)
+    assert stuck is not None
+    # locks: one whose holder is gone, one held by us (fine)
+    with open(lay.lock("old"), "w") as f:
+        f.write(f"{dead_pid()}\n{os.uname().nodename}\n")
+    with open(lay.lock("held"), "w") as f:
+        f.write(f"{os.getpid()}\n{os.uname().nodename}\n")
+    # a registration whose process is gone and which holds no directory
+    gone = fake_owner(spool, alive=False)
+    os.rmdir(lay.owned(gone))
+    # too open
+    os.chmod(os.path.join(lay.done, "done1.json"), 0o644)
+    os.chmod(lay.dir("output"), 0o755)
+
+    expected = [
+        ("bad-job-file", "broken.json"),
+        ("bad-job-file", "livebad.json"),
+        ("dead-owner", dead),
+        ("duplicate", dup_name),
+        ("missing-marker", "nomark"),
+        ("orphan-marker", "orphan"),
+        ("orphan-reason", "+gone.abcdef.json"),
+        ("permissions", "done1.json"),
+        ("permissions", "output"),
+        ("stale-lock", "old.lock"),
+        ("stale-registration", f"{gone}.json"),
+        ("stale-temp", "x"), ("stale-temp", "x"), ("stale-temp", "x"),
+        ("unrecorded-quarantine", f"{qid}.json"),
+    ]
+    r = run("fsck", "--json")
+    assert r.returncode == 1, r.stderr
+    report = json.loads(r.stdout)
+    got = sorted((p["kind"], "x" if p["kind"] == "stale-temp" else os.path.basename(p["path"]))
+                 for p in report["problems"])
+    assert got == sorted(expected)
+    assert not report["clean"] and report["repaired"] == 0
+
+    r = run("fsck", "--repair")
+    assert r.returncode == 1
+    assert "repaired: recovered: job stuck is now pending" in r.stdout, r.stdout
+    assert "not repaired: left alone: a live worker holds it" in r.stdout
+    assert "14 repaired" in r.stdout, r.stdout
+
+    # Only what a live worker holds is left; everything else is consistent now.
+    r = run("fsck", "--json")
+    left = json.loads(r.stdout)["problems"]
+    assert [(p["kind"], os.path.basename(p["path"])) for p in left] == [("bad-job-file", "livebad.json")]
+    assert spool.find("stuck").state in ("pending", "scheduled")
+    assert spool.find("done1").state == "done"
+    assert os.path.exists(lay.id_marker("nomark")) and not os.path.exists(lay.id_marker("orphan"))
+    assert os.path.exists(lay.id_marker("inflight"))  # young: left for its enqueue
+    assert os.path.exists(lay.lock("held")) and not os.path.exists(lay.lock("old"))
+    assert os.stat(os.path.join(lay.done, "done1.json")).st_mode & 0o777 == 0o600
+    assert "lost" in spool.find(qid).reason
+    # The duplicate's bytes were quarantined, not deleted.
+    assert any(r["source"] == dup_name for r in quarantine_records(spool).values())
+
+
+def _drop(lay: L.Layout, name: str, data: bytes) -> str:
+    return _write(os.path.join(lay.pending, name), data)
+
+
+def _write(path: str, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, data)
+    os.close(fd)
+    return path
+
+
+def test_fsck_reports_missing_directories_and_a_bad_config(tmp_path):
+    spool = Spool(str(tmp_path / "s"))
+    os.rmdir(spool.layout.dir("locks"))
+    _write(spool.layout.config, b"{not json")
+    fresh = Spool(spool.root, create=False)
+    problems = fsck.check(fresh, repair=True)
+    assert kinds(problems) == [("config", "config.json"), ("missing-dir", "locks")]
+    assert os.path.isdir(spool.layout.dir("locks"))
+    by_kind = {p.kind: p for p in problems}
+    assert by_kind["missing-dir"].repaired and not by_kind["config"].repaired
+    assert "left alone" in by_kind["config"].repair
+
+
+# ---- the watch -------------------------------------------------------------------------------
+
+
+def _thread_worker(spool_dir: str):
+    spool = Spool(spool_dir)
+    spool.set_config("poll_interval", 0.2)
+    lines: list[str] = []
+    worker = Worker(Spool(spool_dir), log=lines.append)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    wait_for(lambda: worker._wake is not None and worker._wake.mode == "events", 10, "the watch to start")
+    return spool, worker, thread, lines
+
+
+class _RaisingPut:
+    """A queue whose first put() fails: the event callback's own error path."""
+
+    def __init__(self, q):
+        self.q = q
+        self.failed = False
+
+    def put(self, item):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("queue broken")
+        self.q.put(item)
+
+    def get(self, timeout=None):
+        return self.q.get(timeout=timeout)
+
+    def get_nowait(self):
+        return self.q.get_nowait()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+@pytest.mark.parametrize("how", ["observer stopped", "handler raises", "callback fails"])
+def test_a_worker_that_loses_its_watch_polls_and_says_so(spool_dir, how):
+    spool, worker, thread, lines = _thread_worker(spool_dir)
+    try:
+        wake = worker._wake
+        observer = wake._observer
+        if how == "observer stopped":
+            observer.stop()
+            observer.join(5)
+            assert not observer.is_alive()
+        else:
+            if how == "handler raises":  # an uncaught exception ends watchdog's observer thread
+                def boom(event):
+                    raise RuntimeError("handler bug")
+
+                for handlers in observer._handlers.values():
+                    for handler in handlers:
+                        handler.on_any_event = boom
+            else:
+                wake._queue = _RaisingPut(wake._queue)
+            staged = os.path.join(spool.layout.pending, ".poke")
+            open(staged, "w").close()
+            os.rename(staged, os.path.join(spool.layout.pending, "poke.txt"))
+            if how == "handler raises":
+                wait_for(lambda: not observer.is_alive(), 5, "the observer thread to die")
+        wait_for(lambda: any("falling back to polling" in m for m in lines), 10, "the fallback to be logged")
+        assert wake.mode == "polling"
+        job = spool.enqueue({"command": "true"}).id
+        wait_for(lambda: spool.find(job).state == "done", 10, "a job to run by polling alone")
+        assert thread.is_alive()
+    finally:
+        worker.request_stop()
+        thread.join(10)
+    msg = next(m for m in lines if "falling back to polling" in m)
+    assert "lost file-system events" in msg
