@@ -1,0 +1,405 @@
+"""Issue 5: many hosts on one shared file system, simulated on one machine.
+
+Host A uses the spool directly; host B uses a bindfs (FUSE) passthrough view of the same
+directory. B therefore gets no inotify events for A's writes, as an NFS client gets none for
+another client's writes, and must be woken by polling. Each host's processes run with their own
+SPOOLQ_HOST. Every worker is a real `spoolq worker start` process.
+
+The view is mounted with ``-o attr_timeout=0,entry_timeout=0,negative_timeout=0``. Without them
+the kernel's FUSE cache (measured: ~1 s) keeps stat() results on B stale -- a heartbeat's mtime, a
+config or stop file replaced by rename, a directory a rescuer renamed away -- while readdir is
+always fresh. That is the analogue of NFS attribute caching (actimeo). These tests also pass with
+bindfs's default caching (bindfs resolves every operation by path, so a renamed-away directory is
+never reached through a stale entry); the options only keep the timing margins of a 2 s lease and a
+0.5 s poll deterministic on a loaded machine.
+
+If bindfs or FUSE is unavailable the tests are skipped with the reason (set SPOOLQ_REQUIRE_FUSE=1
+to make that a failure instead).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+from spoolq import Spool
+from spoolq import config as config_mod
+
+BINDFS_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
+RIG_MARK = "SPOOLQ_TEST_RIG"  # in the environment of every process the rig starts, and of their jobs
+POLL = 0.5
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("SPOOLQ_REQUIRE_FUSE") == "1":
+        pytest.fail(f"multi-host rig unavailable: {reason}")
+    pytest.skip(f"multi-host rig unavailable: {reason}")
+
+
+class HostWorkers:
+    """`spoolq worker start --count N` on one host, in the foreground, its log in a file."""
+
+    def __init__(self, rig: "Rig", host: str, count: int):
+        self.rig = rig
+        self.host = host
+        self.count = count
+        self.log_path = rig.tmp / f"worker-{host}-{len(rig.procs)}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([*SPOOLQ, "--spool", rig.path(host), "worker", "start", "--count",
+                                          str(count)], stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=rig.env(host), start_new_session=True)
+        rig.procs.append(self.proc)
+
+    def registrations(self) -> list:
+        return [w for w in self.rig.spool().workers()
+                if w.role == "worker" and w.extra.get("supervisor") == self.proc.pid]
+
+    def wait_ready(self, timeout: float = 15) -> "HostWorkers":
+        wait_for(lambda: len(self.registrations()) >= self.count or self.proc.poll() is not None, timeout,
+                 f"{self.count} workers on host {self.host} to register")
+        assert self.proc.poll() is None, f"workers on host {self.host} exited:\n{self.log()}"
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 15) -> None:
+        """Graceful stop (SIGTERM to the supervisor: running jobs finish first)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+class Rig:
+    """Spool at <tmp>/spool (host A) and a bindfs view of it at <tmp>/hostB (host B)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.a = str(tmp / "spool")
+        self.b = str(tmp / "hostB")
+        self.mark = secrets.token_hex(8)
+        self.procs: list[subprocess.Popen] = []
+        self.bindfs: subprocess.Popen | None = None
+        Spool(self.a)
+        os.mkdir(self.b)
+
+    # ---- the FUSE view -------------------------------------------------------------------
+
+    def mount(self) -> None:
+        exe = shutil.which("bindfs")
+        if exe is None:
+            _unavailable("bindfs is not installed (Debian package 'bindfs'; .ci/run installs it)")
+        if not os.path.exists("/dev/fuse"):
+            _unavailable("/dev/fuse is missing: FUSE is not available here")
+        # -f: stay in the foreground, so the rig owns the daemon; --no-allow-other: no need for
+        # user_allow_other in /etc/fuse.conf, every process of the test runs as the mounting user.
+        self.bindfs = subprocess.Popen([exe, "-f", "--no-allow-other", "-o", BINDFS_OPTIONS, self.a, self.b],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not (os.path.ismount(self.b) and os.path.isdir(os.path.join(self.b, "pending"))):
+            if self.bindfs.poll() is not None:
+                code = self.bindfs.returncode
+                out = self.bindfs.stdout.read().decode(errors="replace").strip() if self.bindfs.stdout else ""
+                self.bindfs = None
+                _unavailable(f"bindfs could not mount {self.a} on {self.b}: {out or f'exit status {code}'}")
+            if time.monotonic() > deadline:
+                self.close()
+                _unavailable("bindfs did not mount within 10s")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """Kill everything the rig started (stopped processes included), then unmount. Never raises."""
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._kill_marked()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.bindfs is None:
+            return
+        deadline = time.monotonic() + 5
+        while os.path.ismount(self.b):
+            r = subprocess.run(["fusermount", "-u", self.b], capture_output=True)
+            if r.returncode != 0 and shutil.which("fusermount") is None:
+                subprocess.run(["umount", self.b], capture_output=True)
+            if not os.path.ismount(self.b):
+                break
+            if time.monotonic() > deadline:
+                subprocess.run(["fusermount", "-uz", self.b], capture_output=True)  # lazy: last resort
+                break
+            self._kill_marked()
+            time.sleep(0.1)
+        try:
+            self.bindfs.wait(5)
+        except subprocess.TimeoutExpired:
+            self.bindfs.kill()
+            self.bindfs.wait()
+
+    def _kill_marked(self) -> None:
+        """SIGKILL the process group of every process carrying this rig's mark (jobs run in their own)."""
+        needle = f"{RIG_MARK}={self.mark}".encode()
+        for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if needle not in f.read().split(b"\0"):
+                        continue
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+
+    # ---- driving the hosts ---------------------------------------------------------------
+
+    def path(self, host: str) -> str:
+        return self.a if host == "A" else self.b
+
+    def env(self, host: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("SPOOLQ_DIR", "SPOOLQ_HOST")}
+        return {**env, "SPOOLQ_HOST": host, RIG_MARK: self.mark}
+
+    def spool(self, host: str = "A") -> Spool:
+        """An in-process view for reading state (never recovers: that would take a host's identity)."""
+        return Spool(self.path(host))
+
+    def run(self, host: str, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*SPOOLQ, "--spool", self.path(host), *args], capture_output=True, text=True,
+                              input=input, timeout=timeout, env=self.env(host))
+
+    def ok(self, host: str, *args: str, input: str | None = None) -> str:
+        r = self.run(host, *args, input=input)
+        assert r.returncode == 0, f"spoolq {' '.join(args)} on {host}: {r.returncode}\n{r.stdout}{r.stderr}"
+        assert "Traceback" not in r.stderr, r.stderr
+        return r.stdout
+
+    def start(self, host: str, count: int = 1) -> HostWorkers:
+        return HostWorkers(self, host, count).wait_ready()
+
+    def workers(self, host: str) -> list:
+        return [w for w in self.spool().workers() if w.role == "worker" and w.host == host]
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    try:
+        r.mount()
+        # Settings written through both views: the config lock is taken on A and on B.
+        r.ok("B", "config", "set", "poll_interval", str(POLL))
+        r.ok("A", "config", "set", "backoff_base", "0")
+        yield r
+    finally:
+        r.close()
+
+
+def _find_job_files(root: str, job_id: str) -> list[str]:
+    """Every file anywhere in the state directories that holds job `job_id`."""
+    hits = []
+    for state in ("pending", "processing", "done", "dead"):
+        for dirpath, _dirs, files in os.walk(os.path.join(root, state)):
+            for name in files:
+                if name == f"{job_id}.json" or name.endswith(f"@{job_id}.json"):
+                    hits.append(os.path.relpath(os.path.join(dirpath, name), root))
+    return hits
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter process state from /proc (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()[0].decode()
+
+
+# ---- the tests ------------------------------------------------------------------------------
+
+
+def test_b_runs_jobs_enqueued_on_a_within_two_poll_intervals(rig, tmp_path):
+    b = rig.start("B", 1)
+    # B's spool is on FUSE: the worker says that polling, not events, wakes it for other hosts.
+    wait_for(lambda: "is what wakes this worker" in b.log(), 5, "B's wake-up announcement")
+    line = next(l for l in b.log().splitlines() if "is what wakes this worker" in l)
+    assert "spool is on fuse" in line and f"polling every {POLL:g}s" in line, line
+
+    spool_a = rig.spool("A")
+    out = tmp_path / "out"
+    out.mkdir()
+    latencies = []
+    for i in range(3):
+        time.sleep(0.17 * i)  # land at different points of B's polling cycle
+        t0 = time.time()
+        job = spool_a.enqueue({"command": f'date +%s.%N > {out}/{i}.t; echo "$SPOOLQ_HOST" > {out}/{i}.host'})
+        wait_for(lambda: spool_a.find(job.id).state == "done", 10, f"job {i} to run on B")
+        latencies.append(float((out / f"{i}.t").read_text()) - t0)
+        assert (out / f"{i}.host").read_text().strip() == "B"
+    assert max(latencies) <= 2 * POLL, f"start latencies on B: {latencies}"
+
+
+def test_many_jobs_on_both_hosts_each_run_exactly_once(rig, tmp_path):
+    ran = tmp_path / "ran.txt"
+    a = rig.start("A", 2)
+    b = rig.start("B", 2)
+
+    hosts = {w["host"] for w in json.loads(rig.ok("A", "worker", "list", "--json"))}
+    assert hosts == {"A", "B"}
+    assert {w["host"] for w in json.loads(rig.ok("B", "worker", "list", "--json"))} == {"A", "B"}
+
+    n = 600
+    # Each job lasts ~10 ms so the run spans several of B's polls: instant jobs can all be gone,
+    # run by A's event-driven workers, before B's next rescan on a loaded machine.
+    cmd = f'sleep 0.01; echo "$SPOOLQ_JOB_ID $SPOOLQ_HOST" >> {ran}'
+    batch = "".join(json.dumps({"id": f"j{i:04d}", "command": cmd})
+                    + "\n" for i in range(n))
+    rig.ok("A", "enqueue", "--batch", "-", input=batch)
+    r = rig.run("B", "wait", "--timeout", "45", timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr + a.log() + b.log()
+
+    lines = ran.read_text().split()
+    ids, hosts = lines[0::2], lines[1::2]
+    assert len(ids) == n and set(ids) == {f"j{i:04d}" for i in range(n)}, "some job ran twice or never"
+    counts = {h: hosts.count(h) for h in set(hosts)}
+    assert set(counts) == {"A", "B"}, counts
+    status = json.loads(rig.ok("A", "status", "--json"))
+    assert status["done"] == n and status["dead"] == 0 and status["processing"] == 0, status
+    for log in (a.log(), b.log()):
+        assert "recovered" not in log and "discarded" not in log, log
+
+
+def test_frozen_host_loses_its_lease_and_its_late_result_is_discarded(rig, tmp_path):
+    rig.ok("A", "config", "set", "lease_timeout", "2")
+    d = tmp_path / "j"
+    d.mkdir()
+    b = rig.start("B", 1)
+    (b_worker,) = rig.workers("B")
+
+    cmd = (f'if [ "$SPOOLQ_HOST" = B ]; then echo $$ > {d}/b.pid; sleep 3; echo late > {d}/b.late; exit 7; fi; '
+           f'echo "$SPOOLQ_HOST $SPOOLQ_ATTEMPT" > {d}/a.ran')
+    spool = rig.spool("A")
+    job = spool.enqueue({"id": "frozen", "command": cmd, "max_retries": 3})
+    wait_for(lambda: (d / "b.pid").exists() and (d / "b.pid").read_text().strip(), 5, "B to start the job")
+    job_pgid = int((d / "b.pid").read_text())
+
+    # Freeze host B: its job's process group and its worker process (the heartbeat thread with it).
+    os.killpg(job_pgid, signal.SIGSTOP)
+    os.kill(b_worker.pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        a = rig.start("A", 1)
+        wait_for(lambda: spool.find(job.id).state == "done", 15, "A to recover and re-run the job")
+        assert time.monotonic() - frozen_at >= 2, "recovered before the lease ran out"
+        assert (d / "a.ran").read_text().split() == ["A", "2"]
+        assert "recovered job frozen" in a.log(), a.log()
+        a.stop()  # from here on only B can take jobs
+    finally:
+        os.kill(b_worker.pid, signal.SIGCONT)
+        os.killpg(job_pgid, signal.SIGCONT)
+
+    wait_for(lambda: "result of job frozen attempt 1 discarded" in b.log()
+             and "result discarded" in Path(spool.output_path(job.id)).read_text(), 10,
+             "B to discard its late result")
+    shown = json.loads(rig.ok("B", "show", job.id, "--json"))
+    assert (shown["state"], shown["attempts"], shown["exit_code"]) == ("done", 2, 0), shown
+    assert "stopped during attempt 1" in (shown["last_error"] or ""), shown
+    assert _find_job_files(rig.a, job.id) == [os.path.join("done", "frozen.json")]
+    log = rig.ok("A", "logs", job.id)
+    assert "attempt 2 of 4 on A" in log and "finished in" in log, log
+    # B's late footer (exit status 7, or aborted) is followed by the mark that it is not the result.
+    assert log.rstrip().endswith("==> attempt 1 on B: result discarded, the job was recovered elsewhere <=="), log
+
+    # B's worker survived: same process, running (not crashed, not restarted), registered anew.
+    assert _state(b_worker.pid) in ("S", "R"), _state(b_worker.pid)
+    wait_for(lambda: [w for w in rig.workers("B") if w.pid == b_worker.pid and w.owner != b_worker.owner], 5,
+             "B's worker to register under a new identity")
+    assert "continuing under a new identity" in b.log()
+    assert "crashed" not in b.log() and "Traceback" not in b.log(), b.log()
+    nxt = spool.enqueue({"command": f'echo "$SPOOLQ_HOST" > {d}/next.host'})
+    wait_for(lambda: spool.find(nxt.id).state == "done", 5, "B's worker to take a new job")
+    assert (d / "next.host").read_text().strip() == "B"
+    assert _state(b_worker.pid) in ("S", "R")
+    # Nothing else moved: still exactly one copy of the frozen job, in done/.
+    assert _find_job_files(rig.a, job.id) == [os.path.join("done", "frozen.json")]
+    # B's supervisor was never frozen: it heartbeats, so no sweep took it for dead.
+    assert [w for w in rig.spool().workers() if w.role == "supervisor" and w.pid == b.proc.pid]
+
+
+def test_worker_stop_on_a_stops_workers_on_b(rig):
+    a = rig.start("A", 1)
+    b = rig.start("B", 2)
+    time.sleep(POLL)  # let B settle into its idle polling cycle
+    t0 = time.monotonic()
+    rig.spool("A").request_stop()  # what `worker stop` does on A, timed without the CLI's start-up
+    b.proc.wait(2 * POLL + 2)
+    took = time.monotonic() - t0
+    assert b.proc.returncode == 0, b.log()
+    assert took <= 2 * POLL + 1, f"B's workers took {took:.2f}s to stop"
+    assert b.log().count("stop requested") == 2, b.log()
+    a.proc.wait(5)
+    assert rig.workers("A") == [] and rig.workers("B") == []
+
+
+def test_worker_stop_cli_reaches_every_host(rig):
+    rig.start("A", 1)
+    b = rig.start("B", 1)
+    r = rig.run("A", "worker", "stop", "--wait", "--timeout", "10")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stop requested for 2 workers" in r.stdout and "all workers stopped" in r.stdout, r.stdout
+    b.proc.wait(5)
+    assert b.proc.returncode == 0
+
+
+def test_config_lock_excludes_across_hosts(rig, tmp_path):
+    """The config/metadata lock (an O_EXCL marker) admits one holder at a time, whichever view
+    each contender uses: a read-modify-write counter under it loses no update."""
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    script = (
+        "import os, sys, time\n"
+        "from spoolq import config, layout\n"
+        "lay = layout.Layout(sys.argv[1])\n"
+        "while not os.path.exists(sys.argv[2] + '.go'):\n"  # start together: contention is the point
+        "    time.sleep(0.002)\n"
+        "for _ in range(int(sys.argv[3])):\n"
+        "    with config.locked(lay, 'rig-test'):\n"
+        "        n = int(open(sys.argv[2]).read())\n"
+        "        tmp = sys.argv[2] + '.' + str(os.getpid())\n"
+        "        open(tmp, 'w').write(str(n + 1))\n"
+        "        os.rename(tmp, sys.argv[2])\n"
+    )
+    per_host = 150
+    procs = [subprocess.Popen([SPOOLQ[0], "-c", script, rig.path(h), str(counter), str(per_host)], env=rig.env(h))
+             for h in ("A", "B", "A", "B")]
+    rig.procs.extend(procs)
+    time.sleep(0.5)
+    (tmp_path / "counter.go").touch()
+    for p in procs:
+        assert p.wait(30) == 0
+    assert int(counter.read_text()) == 4 * per_host
+    assert os.listdir(os.path.join(rig.a, "locks")) == []  # every marker removed by its holder
+
+    # And the real read-modify-write: settings saved from both hosts at once all survive.
+    keys = {"A": ("max_retries", "7"), "B": ("job_timeout", "9")}
+    runs = [subprocess.Popen([*SPOOLQ, "--spool", rig.path(h), "config", "set", *keys[h]], env=rig.env(h),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for h in ("A", "B")]
+    for p in runs:
+        assert p.wait(30) == 0, p.stderr.read()
+    cfg = config_mod.load(rig.spool("A").layout)
+    assert (cfg.max_retries, cfg.job_timeout, cfg.poll_interval, cfg.backoff_base) == (7, 9, POLL, 0)
