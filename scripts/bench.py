@@ -308,6 +308,12 @@ def main() -> int:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
     only = set(a.only.split(",")) if a.only else None
     want = lambda key: only is None or key in only  # noqa: E731
+    # Measure what an installed spoolq costs: compiled modules, as pip leaves them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    import compileall
+    import spoolq
+
+    compileall.compile_dir(os.path.dirname(spoolq.__file__), quiet=1)
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="spoolq-bench-")
     try:
@@ -353,17 +359,24 @@ def main() -> int:
             rows.append(Row(f"`status --json` with {a.big} jobs", "s", s, "python -c 'import click'", ref,
                             "<= 0.5 s", statistics.median(s) <= 0.5))
         if want("backlog"):
-            progress(f"draining with {a.big} pending")
-            first_big, rate_big, mem_big = drain_rate(big_dir, a.drain)
-            small_dir, _ = fill_spool(tmp, a.small, "small")
-            progress(f"draining with {a.small} pending")
-            first_small, rate_small, mem_small = drain_rate(small_dir, min(a.drain, a.small - 400))
-            rows.append(Row(f"drain rate with {a.big} pending", "jobs/s", [rate_big],
-                            f"drain rate with {a.small} pending", [rate_small], ">= 0.8 x", rate_big / rate_small >= 0.8))
-            rows.append(Row(f"worker resident memory with {a.big} pending", "MB", [mem_big],
-                            f"with {a.small} pending", [mem_small], "<= 80 MB", mem_big <= 80))
-            rows.append(Row(f"worker start with {a.big} pending -> first job runs", "s", [first_big],
-                            f"with {a.small} pending", [first_small], "<= 2 s", first_big <= 2))
+            big, small = [], []
+            for r in range(a.repeat):
+                progress(f"draining with {a.big} pending ({r + 1}/{a.repeat})")
+                big.append(drain_rate(big_dir, a.drain))
+                small_dir, _ = fill_spool(tmp, a.small, f"small{r}")
+                progress(f"draining with {a.small} pending ({r + 1}/{a.repeat})")
+                small.append(drain_rate(small_dir, min(a.drain, a.small - 400)))
+                shutil.rmtree(small_dir, ignore_errors=True)
+            rate_ratio = statistics.median(b[1] for b in big) / statistics.median(s[1] for s in small)
+            rows.append(Row(f"drain rate with {a.big} pending", "jobs/s", [b[1] for b in big],
+                            f"drain rate with {a.small} pending", [s[1] for s in small], ">= 0.8 x",
+                            rate_ratio >= 0.8))
+            rows.append(Row(f"worker resident memory with {a.big} pending", "MB", [b[2] for b in big],
+                            f"with {a.small} pending", [s[2] for s in small], "<= 80 MB",
+                            max(b[2] for b in big) <= 80))
+            rows.append(Row(f"worker start with {a.big} pending -> first job runs", "s", [big[0][0]],
+                            f"with {a.small} pending", [small[0][0]], "<= 2 s", big[0][0] <= 2,
+                            "first run only: later runs start on a partly drained spool"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(rows, a.json)

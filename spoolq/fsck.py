@@ -336,8 +336,7 @@ class _Fsck:
                     continue
                 if name.startswith("."):
                     if self.old(st):
-                        p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
-                        self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                        self.stale_temp(path, st)
                 elif name.startswith(L.ADOPT_PREFIX):
                     if self.old(st):
                         p = self.add("stuck-adoption", path, f"dropped file half-adopted "
@@ -359,8 +358,7 @@ class _Fsck:
                 continue
             if entry.startswith("."):
                 if TMP_RE.fullmatch(entry) and self.old(st):
-                    p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
-                    self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                    self.stale_temp(path, st)
                 continue
             stem = entry[:-5] if entry.endswith(".json") else None
             if stem is not None and stem.startswith(L.QUARANTINE_PREFIX) and state == "dead":
@@ -477,11 +475,15 @@ class _Fsck:
                 continue
             if not self.old(st):
                 continue
-            p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
-            if stat.S_ISDIR(st.st_mode):
-                self.leave(p, "a directory; remove it by hand")
-            else:
-                self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+            self.stale_temp(path, st)
+
+    def stale_temp(self, path: str, st: os.stat_result) -> None:
+        """A temp file older than stale_after: its writer crashed (a live one renames it at once)."""
+        p = self.add("stale-temp", path, f"temp file {_age(self.fs_now, st)} old")
+        if stat.S_ISDIR(st.st_mode):
+            self.leave(p, "a directory; remove it by hand")
+        else:
+            self.fix(p, lambda: fsio.unlink_quietly(path), "removed it")
 
     def check_locks(self) -> None:
         directory = self.layout.dir("locks")

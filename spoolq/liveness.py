@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 
 OWNER_ENV = "SPOOLQ_OWNER"
 
@@ -81,7 +80,7 @@ def kill_leftovers(owner: str) -> int:
         if pgid == mine:
             continue
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            os.killpg(pgid, 9)  # SIGKILL; the signal module is not worth importing on the CLI's path
         except (ProcessLookupError, PermissionError):
             pass
     return len(groups)

@@ -127,9 +127,9 @@ class Worker:
             if now - last_recover >= RECOVER_EVERY:
                 last_recover = now
                 self._recover()
-            if now - last_rescan >= cfg.poll_interval:
+            if now - last_rescan >= self._rescan_interval(now, cfg.poll_interval):
                 last_rescan = now
-                self.index.rescan(spool.pending_entries())
+                self._rescan()
             self._adopt_dropins(now)
             name = self.index.pop_ready(int(now * 1000))
             if name is not None:
@@ -141,6 +141,21 @@ class Worker:
                 last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
                 continue
             self._sleep(now, last_rescan, last_recover)
+
+    def _rescan(self) -> None:
+        started = time.monotonic()
+        self.index.rescan(self.spool.pending_entries())
+        self._rescan_cost = time.monotonic() - started
+
+    def _rescan_interval(self, now: float, poll_interval: float) -> float:
+        """poll_interval while idle. With ready work in hand, a rescan only finds jobs to queue
+        behind it, so its cost is held to about 2% of the worker's time (50 ms at 100,000 pending
+        means one every 2.5 s)."""
+        if not self.index.has_ready(int(now * 1000)):
+            return poll_interval
+        return max(poll_interval, 50 * self._rescan_cost)
+
+    _rescan_cost = 0.0
 
     def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
         assert self._wake is not None

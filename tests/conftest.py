@@ -76,6 +76,17 @@ def run(spool_dir):
     return lambda *args, **kw: spoolq(spool_dir, *args, **kw)
 
 
+def stop_gracefully(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM a `worker start` process (running jobs finish first); SIGKILL its group if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 class Workers:
     """`spoolq worker start --count N` in the foreground, as a real process group."""
 
@@ -97,13 +108,7 @@ class Workers:
         return self
 
     def stop(self, timeout: float = 20) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_gracefully(self.proc, timeout)
         out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
         return out
 

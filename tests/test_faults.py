@@ -360,7 +360,7 @@ def test_fsck_clean_spool_exits_0(run, spool):
 def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     lay = spool.layout
     spool.set_config("max_retries", 3)
-    done = spool.enqueue({"id": "done1", "command": "true"})
+    spool.enqueue({"id": "done1", "command": "true"})
     # Move it to done/ as a worker would.
     owner = fake_owner(spool, alive=True)
     claimed = spool.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@done1.json")), owner)

@@ -169,7 +169,7 @@ def test_hostile_dropped_files_are_quarantined_or_left_alone(spool, workers, tmp
     def job(tag: str, **extra) -> bytes:
         return json.dumps({"command": f"echo {tag} >> {runs}", **extra}).encode()
 
-    existing = spool.enqueue({"id": "existing", "command": f"echo existing >> {runs}"}).id
+    spool.enqueue({"id": "existing", "command": f"echo existing >> {runs}"})
     outside = tmp_path / "outside"
     outside.mkdir()
     target = outside / "target.json"

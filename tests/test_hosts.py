@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SPOOLQ, wait_for
+from conftest import SPOOLQ, stop_gracefully, wait_for
 from spoolq import Spool
 from spoolq import config as config_mod
 
@@ -74,13 +74,7 @@ class HostWorkers:
 
     def stop(self, timeout: float = 15) -> None:
         """Graceful stop (SIGTERM to the supervisor: running jobs finish first)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_gracefully(self.proc, timeout)
 
 
 class Rig:

@@ -105,17 +105,18 @@ def test_an_idle_worker_picks_up_a_published_job_quickly(spool, tmp_path):
         t.join(10)
 
 
-def test_the_index_claims_in_priority_then_fifo_order_and_skips_stale_names():
+def test_the_index_pops_in_priority_then_fifo_order_and_a_rescan_adds_only_new_names():
     index = PendingIndex()
     names = [pending_name("low", -5, 1, None), pending_name("a", 0, 2, None), pending_name("b", 0, 3, None),
              pending_name("high", 7, 4, None), pending_name("later", 9, 5, 4_000_000_000)]
-    for name in reversed(names):
+    for name in reversed(names[1:]):
         index.add(name)
-    index.rescan([n for n in names if "@b." not in n])  # another worker took b
+    index.rescan(names + [".staged.tmp", "dropped.json"])
+    assert len(index) == 5 and index.dropins == {"dropped.json"}
     order = []
     while (name := index.pop_ready(now_ms=3_000_000_000_000)) is not None:
         order.append(name.split("@")[1].split(".")[0])
-    assert order == ["high", "a", "low"]
+    assert order == ["high", "a", "b", "low"]
     assert index.next_due_ms() == 4_000_000_000_000
     assert index.pop_ready(now_ms=4_000_000_000_000).split("@")[1] == "later.json"
 
@@ -128,7 +129,7 @@ def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
         spool.enqueue_many(jobs)
     index = PendingIndex()
     started = time.process_time()
-    index.rescan(spool.pending_entries())
-    index.rescan(spool.pending_entries())
+    index.rescan(spool.scan_pending())
+    index.rescan(spool.scan_pending())
     assert len(index) == backlog
     assert time.process_time() - started < 1.0
