@@ -15,6 +15,7 @@ from .errors import InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetrya
 from .job import Job
 
 _last_seq = 0
+CONFIG_RECHECK = 0.2  # seconds
 
 
 def next_seq() -> int:
@@ -119,6 +120,7 @@ class Spool:
         self.layout = L.Layout(os.fspath(path))
         self._config: config_mod.Config | None = None
         self._config_stamp: tuple[int, int] | None = None
+        self._config_checked = 0.0
         if create:
             self.init()
 
@@ -145,7 +147,12 @@ class Spool:
 
     @property
     def config(self) -> config_mod.Config:
-        """The settings, re-read only when config.json changes."""
+        """The settings, re-read when config.json changes (looked at no more than every 0.2 s:
+        a worker asks many times per job)."""
+        checked = time.monotonic()
+        if self._config is not None and checked - self._config_checked < CONFIG_RECHECK:
+            return self._config
+        self._config_checked = checked
         try:
             st = os.stat(self.layout.config)
             stamp = (st.st_ino, st.st_mtime_ns)

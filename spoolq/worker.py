@@ -43,6 +43,7 @@ class Worker:
         self._wake: watch.Wakeups | None = None
         self._dropin_retry: dict[str, float] = {}
         self._hb_stop = threading.Event()
+        self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class Worker:
         layout = self.spool.layout
         self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
         self._announce_wakeups()
+        runner.keep_descriptors_from_jobs()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         try:
@@ -231,7 +233,7 @@ class Worker:
     def _run(self, claimed: Claimed) -> runner.Outcome:
         job = claimed.job
         cfg = self.spool.config
-        env = dict(os.environ)
+        env = self._base_env.copy()
         env.update(job.env)
         env.update(SPOOLQ_JOB_ID=job.id, SPOOLQ_ATTEMPT=str(claimed.attempt), SPOOLQ_HOST=L.host_name(),
                    SPOOLQ_SPOOL=self.spool.root, SPOOLQ_OWNER=self.owner)
