@@ -218,13 +218,16 @@ class Spool:
         reserved: list[str] = []
         written: list[tuple[str, str]] = []
         try:
+            ids_dir = self.layout.dir("ids") + os.sep  # plain concatenation: 100k joins add up
+            tmp_dir = self.layout.tmp + os.sep
+            pending_dir = self.layout.pending + os.sep
             for job in jobs:
-                if not fsio.create_exclusive(self.layout.id_marker(job.id)):
+                if not fsio.create_exclusive(ids_dir + job.id):
                     raise JobExists(f"job id {job.id!r} already exists")
                 reserved.append(job.id)
             durable_each = len(jobs) == 1
             for job in jobs:
-                tmp = os.path.join(self.layout.tmp, L.tmp_name())
+                tmp = tmp_dir + L.tmp_name()
                 fsio.write_file(tmp, job.to_json(), durable=durable_each)
                 written.append((tmp, L.pending_name(job.id, job.priority, job.seq, job.run_at)))
                 if progress:
@@ -232,7 +235,7 @@ class Spool:
             if not durable_each:
                 fsio.sync_filesystem(self.layout.tmp)
             for tmp, name in written:
-                os.rename(tmp, os.path.join(self.layout.pending, name))
+                os.rename(tmp, pending_dir + name)
             fsio.fsync_dir(self.layout.pending)
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:
