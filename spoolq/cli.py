@@ -424,7 +424,16 @@ def dlq() -> None:
 @pass_ctx
 def dlq_list(c: Context, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    _print_views(c.spool.list(state="dead"), as_json)
+    views = c.spool.list(state="dead")
+    if as_json or not views:
+        _print_views(views, as_json)
+        return
+    click.echo(f"{'ID':<20} {'TRIES':>5}  {'LAST ERROR':<48} COMMAND")
+    for v in views:
+        d = v.to_dict()
+        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+        click.echo(f"{v.id:<20} {tries:>5}  {_one_line(d.get('last_error') or '-', 48):<48} "
+                   f"{_one_line(d.get('command') or '(quarantined file)', 60)}")
 
 
 @dlq.command("retry")
