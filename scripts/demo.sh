@@ -6,7 +6,14 @@ cd "$ROOT"
 export SPOOLQ_DIR="$ROOT/spool"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+show() {  # print the command as you would type it, then run it
+    local line='$' arg
+    for arg in "$@"; do
+        if [[ $arg =~ ^[A-Za-z0-9_./=:@%+-]+$ ]]; then line+=" $arg"; else line+=" '${arg//\'/\'\\\'\'}'"; fi
+    done
+    printf '%s\n' "$line"
+    "$@"
+}
 
 step "start from an empty embedded spool ($SPOOLQ_DIR)"
 spoolq worker stop --wait --timeout 30 >/dev/null 2>&1 || true

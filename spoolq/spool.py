@@ -402,15 +402,6 @@ class Spool:
     def output_path(self, job_id: str) -> str:
         return self.layout.output(job_id)
 
-    def scan_pending(self) -> Iterator[str]:
-        """Stream the names in pending/ without holding them all: a rescan at 100k stays small."""
-        try:
-            with os.scandir(self.layout.pending) as it:
-                for entry in it:
-                    yield entry.name
-        except FileNotFoundError:
-            return
-
     def pending_entries(self) -> list[str]:
         """Every name in pending/: canonical and dropped alike (the worker's index filters)."""
         return _listdir(self.layout.pending)
@@ -519,9 +510,6 @@ class Spool:
             return os.stat(self.layout.stop_file).st_mtime >= since
         except FileNotFoundError:
             return False
-
-    def registered_at(self, owner: str) -> float:
-        return os.stat(self.layout.worker_file(owner)).st_ctime
 
     # ---- the worker's transitions --------------------------------------------------------
 

@@ -55,9 +55,6 @@ class Wakeups:
             except queue.Empty:
                 return out
 
-    def drain(self) -> list[tuple[str, str]]:
-        return self.wait(0)
-
     def check(self) -> str | None:
         """If the event machinery has died, switch to polling and say why (once)."""
         if self.mode != "events":

@@ -252,13 +252,11 @@ class Worker:
             except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
                 return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
             outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=timeout, log_fd=fd,
-                                 should_abort=lambda: self.lost or self.stopping_hard)
+                                 should_abort=lambda: self.lost)
             self._close_log(fd, start, outcome, cfg.max_output_bytes)
         finally:
             os.close(fd)
         return outcome
-
-    stopping_hard = False
 
     def _close_log(self, fd: int, start: int, outcome: runner.Outcome, cap: int) -> None:
         """Write the attempt's footer; keep the log within its cap and the disk usable."""

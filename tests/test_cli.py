@@ -609,3 +609,20 @@ def test_real_process_never_prints_a_traceback(run, spool_dir):
     # `python -m spoolq` and the console script are the same program.
     proc = subprocess.run([*SPOOLQ, "--spool", spool_dir, "show", "p", "--json"], capture_output=True, text=True)
     assert json.loads(proc.stdout)["id"] == "p"
+
+
+def test_purge_deletes_finished_jobs_and_frees_their_ids(cli, spool, spool_dir):
+    clean(cli("enqueue", "--cmd", "true", "--id", "ok1"))
+    clean(cli("enqueue", "--cmd", "echo hi", "--id", "ok2"))
+    make_dead(spool, "gone")
+    clean(cli("enqueue", "--cmd", "true", "--id", "waiting", "--delay", "3600"))
+    drain(spool_dir)
+    assert clean(cli("purge", "--older-than", "3600")).stdout.strip() == "purged 0 done jobs"
+    assert clean(cli("purge")).stdout.strip() == "purged 2 done jobs"
+    assert not os.path.exists(spool.output_path("ok2"))
+    clean(cli("show", "ok1"), 1)
+    assert cli.json("show", "gone")["state"] == "dead", "purge touches only the state it is asked for"
+    assert cli.json("show", "waiting")["state"] == "scheduled"
+    assert ids_of(clean(cli("enqueue", "--cmd", "true", "--id", "ok1"))) == ["ok1"], "the id is free again"
+    assert clean(cli("purge", "--state", "dead")).stdout.strip() == "purged 1 dead job"
+    clean(cli("purge", "--state", "pending"), 2)

@@ -129,7 +129,7 @@ def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
         spool.enqueue_many(jobs)
     index = PendingIndex()
     started = time.process_time()
-    index.rescan(spool.scan_pending())
-    index.rescan(spool.scan_pending())
+    index.rescan(spool.pending_entries())
+    index.rescan(spool.pending_entries())
     assert len(index) == backlog
     assert time.process_time() - started < 1.0
