@@ -47,7 +47,7 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
         out.update(
-            id=self.id,
+            id=self.id or None,  # not given yet: make_job() assigns one
             command=self.command,
             priority=self.priority,
             max_retries=self.max_retries,

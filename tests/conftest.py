@@ -13,6 +13,13 @@ from typing import Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, settings
+
+# Property tests share two cores with real worker processes: no per-example deadline. In CI the
+# examples are derandomized, so a red run is reproducible and a green one is not luck.
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 from spoolq import Spool
 from spoolq.cli import main
