@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import click
 
-from .errors import InvalidJob, SpoolError, WaitTimeout
+from .errors import InvalidJob, JobExists, SpoolError, WaitTimeout
 from .spool import JobView, Spool
 
 STATE_CHOICES = ("pending", "scheduled", "processing", "done", "dead")
@@ -63,6 +63,9 @@ def emit_json(value: Any) -> None:
 @click.pass_context
 def main(ctx: click.Context, spool_dir: str) -> None:
     """spoolq: a background job queue that is nothing but a directory."""
+    if not spool_dir.strip():
+        raise click.BadParameter("must name a directory (an empty value would make the current "
+                                 "directory a spool)", param_hint="--spool")
     ctx.obj = Context(spool_dir)
 
 
@@ -171,7 +174,12 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
                                "nothing was enqueued", 2)
             first_line[jobs[-1].id] = line_numbers[n - 1] if batch is not None else n
         spool.init()
-        jobs = _publish(spool, jobs)
+        try:
+            jobs = _publish(spool, jobs)
+        except JobExists as e:
+            if batch is None or e.job_id not in first_line:
+                raise
+            raise CliError(f"line {first_line[e.job_id]}: {e}; nothing was enqueued", 1) from None
     except SpoolError as e:
         raise fail(e) from None
     now = time.time()
@@ -180,7 +188,8 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
                             .to_dict(), ensure_ascii=False) for j in jobs]
     else:
         lines = [j.id for j in jobs]
-    click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
+    if lines:
+        click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
 
 
 def _publish(spool: Spool, jobs: list) -> list:
@@ -269,8 +278,11 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
     for key, value in d.items():
         if isinstance(value, (dict, list)):
             value = json.dumps(value, ensure_ascii=False)
+        if isinstance(value, bool):
+            value = json.dumps(value)
         click.echo(f"{key + ':':<13} {'-' if value is None else value}")
-    click.echo(f"{'output:':<13} {c.spool.output_path(view.id)}")
+    if os.path.exists(c.spool.output_path(view.id)):
+        click.echo(f"{'output:':<13} {c.spool.output_path(view.id)}")
 
 
 @main.command()
@@ -316,11 +328,25 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
                 if n.pending + n.scheduled + n.processing == 0:
                     return
             if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"timed out after {timeout:g}s")
+                raise WaitTimeout(_unfinished(spool, job_ids, timeout))
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 1.5, 0.2)
     except SpoolError as e:
         raise fail(e) from None
+
+
+def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -> str:
+    """What a timed-out wait was still waiting for, and whether anyone is working on it."""
+    if job_ids:
+        left = [j for j in job_ids if spool.find(j).state not in ("done", "dead")]
+        what = f"{len(left)} job{'s' if len(left) != 1 else ''} not finished: {' '.join(left[:10])}"
+        what += " …" if len(left) > 10 else ""
+    else:
+        n = spool.counts()
+        what = f"{n.pending} pending, {n.scheduled} scheduled, {n.processing} processing"
+    workers = sum(1 for w in spool.workers() if w.role == "worker")
+    hint = "no worker is running" if not workers else f"{workers} worker{'s' if workers != 1 else ''} running"
+    return f"timed out after {timeout:g}s; {what} ({hint})"
 
 
 # ---- workers ---------------------------------------------------------------------------------
@@ -375,6 +401,9 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None) -> None:
     spool = c.spool
     before = [w for w in spool.workers() if w.role == "worker"]
     spool.request_stop()
+    if not before:
+        click.echo("no workers running (a stop request was left for any that are starting)")
+        return
     click.echo(f"stop requested for {len(before)} worker{'s' if len(before) != 1 else ''}")
     if not wait_:
         return
@@ -490,7 +519,7 @@ def config_get(c: Context, key: str) -> None:
     click.echo(json.dumps(c.spool.config.as_dict()[key]))
 
 
-@config.command("set")
+@config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
 @click.argument("key")
 @click.argument("value")
 @pass_ctx
@@ -562,13 +591,19 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
 def run() -> None:
     """Console entry point: never a traceback for something a user can cause."""
     try:
-        main(prog_name="spoolq")
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        # Not standalone: click would turn Ctrl+C into "Aborted!" and exit 1, which `wait`
+        # uses for "a job is dead"; the errors are shown here instead, the same way click would.
+        code = main.main(prog_name="spoolq", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Error: interrupted", err=True)
         sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
     except OSError as e:  # a full disk, a read-only or vanished spool: say what, not where in the code
         from .fsio import is_disk_full
 
-        cause = "the file system is full" if is_disk_full(e) else "I/O error"
-        click.echo(f"Error: {cause}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""), err=True)
+        cause = "the file system is full" if is_disk_full(e) else e.strerror or "I/O error"
+        click.echo(f"Error: {cause}" + (f": {e.filename}" if e.filename else ""), err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

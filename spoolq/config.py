@@ -55,7 +55,8 @@ def _is_num(v: Any) -> bool:
 
 
 def _uid_list(text: str) -> list[int]:
-    return [int(part) for part in text.replace(",", " ").split()]
+    """'1000 1001', '1000,1001' or what `config get` prints: '[1000, 1001]'."""
+    return [int(part) for part in text.strip().strip("[]").replace(",", " ").split()]
 
 
 KEYS: dict[str, Key] = {

@@ -1,5 +1,7 @@
 """The one error family of the core; the CLI turns these into messages and exit codes."""
 
+from __future__ import annotations
+
 
 class SpoolError(Exception):
     """Something the caller asked for could not be done (exit status 1)."""
@@ -25,6 +27,10 @@ class JobNotFound(SpoolError):
 
 class JobExists(SpoolError):
     """The id is already taken by another job."""
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
 
 
 class NotRetryable(SpoolError):

@@ -7,17 +7,22 @@ import os
 OWNER_ENV = "SPOOLQ_OWNER"
 
 
-def start_token(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot: with the pid, it names one process
-    even after the pid is reused."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     # The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
-    fields = data[data.rfind(b")") + 2:].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    return data[data.rfind(b")") + 2:].split()
+
+
+def start_token(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, it names one process
+    even after the pid is reused."""
+    fields = _stat_fields(pid)
+    return fields[19].decode() if fields and len(fields) > 19 else None
 
 
 _boot_id: str | None = None
@@ -44,10 +49,12 @@ def alive(pid: object, token: object = None) -> bool:
         return False
     except PermissionError:
         pass
-    if token is None:
-        return True
-    current = start_token(pid)
-    return current is None or current == token
+    fields = _stat_fields(pid)
+    if fields is None:
+        return True  # no /proc: the signal test above is all there is
+    if fields[0] in (b"Z", b"X"):
+        return False  # exited, not yet reaped (a container's pid 1 may never reap it)
+    return token is None or (len(fields) > 19 and fields[19].decode() == token)
 
 
 def kill_leftovers(owner: str) -> int:

@@ -223,7 +223,7 @@ class Spool:
             pending_dir = self.layout.pending + os.sep
             for job in jobs:
                 if not fsio.create_exclusive(ids_dir + job.id):
-                    raise JobExists(f"job id {job.id!r} already exists")
+                    raise JobExists(f"job id {job.id!r} already exists", job.id)
                 reserved.append(job.id)
             durable_each = len(jobs) == 1
             for job in jobs:
@@ -281,6 +281,7 @@ class Spool:
             if view is not None:
                 return view
         suffix = f"@{job_id}.json"
+        dropped = []
         for entry in _listdir(self.layout.pending):
             if entry.endswith(suffix):
                 parsed = L.parse_pending(entry)
@@ -288,6 +289,20 @@ class Spool:
                     view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id)
                     if view is not None:
                         return view
+            elif L.is_dropin(entry):
+                dropped.append(entry)
+        return self._find_dropped(job_id, dropped)
+
+    def _find_dropped(self, job_id: str, entries: list[str]) -> JobView | None:
+        """A dropped file no worker has taken yet is a pending job too: by its `id` field, or by
+        its name when it has none (so `wait ID` right after a drop works)."""
+        for entry in entries:
+            view = self._view(os.path.join(self.layout.pending, entry), "pending", entry[:-5])
+            if view is None or view.job is None:
+                continue
+            if view.job.id == job_id or (not view.job.id and entry[:-5] == job_id):
+                view.id = view.job.id = job_id
+                return view
         return None
 
     def _view(self, path: str, state: str, job_id: str, owner: str | None = None,

@@ -174,6 +174,7 @@ class Worker:
     def _note(self, directory: str, name: str) -> None:
         if directory == self.spool.layout.pending:
             self.index.add(name)
+            self._dropin_retry.pop(name, None)  # a dropped file that changed: look at it now
 
     def _reregister(self, why: str) -> None:
         self.log(f"{why}; continuing under a new identity")
@@ -205,7 +206,10 @@ class Worker:
                 self._dropin_retry[name] = now + self.spool.config.poll_interval
                 continue
             if result.outcome == "wait":
-                self._dropin_retry[name] = result.retry_at or now + 1.0
+                # Look again at the next rescan (or sooner, when its writer closes it); it is
+                # quarantined only once drop_grace has passed since its last change.
+                poll = self.spool.config.poll_interval
+                self._dropin_retry[name] = min(result.retry_at or now + poll, now + poll)
                 continue
             self.index.dropins.discard(name)
             self._dropin_retry.pop(name, None)
