@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime
@@ -626,3 +627,54 @@ def test_purge_deletes_finished_jobs_and_frees_their_ids(cli, spool, spool_dir):
     assert ids_of(clean(cli("enqueue", "--cmd", "true", "--id", "ok1"))) == ["ok1"], "the id is free again"
     assert clean(cli("purge", "--state", "dead")).stdout.strip() == "purged 1 dead job"
     clean(cli("purge", "--state", "pending"), 2)
+
+
+def test_ctrl_c_exits_130_with_one_line(spool_dir):
+    """Ctrl+C while `wait` blocks: the KeyboardInterrupt is raised from a timer inside the
+    command, so the test does not depend on when a signal would land during start-up."""
+    Spool(spool_dir).enqueue({"id": "never", "command": "true", "delay": 3600})
+    program = (
+        "import signal, sys\n"
+        "from spoolq.cli import run\n"
+        "def interrupt(*_):\n"
+        "    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGALRM, interrupt)\n"
+        "signal.setitimer(signal.ITIMER_REAL, 0.2)\n"
+        f"sys.argv = ['spoolq', '--spool', {spool_dir!r}, 'wait', 'never']\n"
+        "run()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "Error: interrupted"
+    assert "Traceback" not in result.stderr and "Aborted" not in result.stderr
+
+
+def test_an_empty_spool_path_is_refused(tmp_path):
+    result = subprocess.run([*SPOOLQ, "--spool", "", "status"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "--spool" in result.stderr
+    assert os.listdir(tmp_path) == [], "the current directory must not become a spool"
+
+
+def test_a_timed_out_wait_says_what_it_waited_for(cli, spool):
+    spool.enqueue({"id": "slowpoke", "command": "true", "delay": 3600})
+    result = clean(cli("wait", "slowpoke", "--timeout", "0.05"), 124)
+    assert "slowpoke" in result.output and "no worker is running" in result.output
+
+
+def test_a_dropped_file_is_found_by_id_before_a_worker_takes_it(cli, spool):
+    with open(os.path.join(spool.layout.pending, "x.json"), "w") as f:
+        f.write('{"id": "inner", "command": "echo dropped"}')
+    with open(os.path.join(spool.layout.pending, "byname.json"), "w") as f:
+        f.write('{"command": "echo named"}')
+    assert cli.json("show", "inner")["state"] == "pending"
+    assert cli.json("show", "byname")["command"] == "echo named"
+    clean(cli("wait", "inner", "byname", "--timeout", "0.05"), 124)
+
+
+def test_a_duplicate_of_an_existing_id_in_a_batch_names_its_line(cli, spool):
+    spool.enqueue({"id": "taken", "command": "true"})
+    batch = '{"id": "new1", "command": "true"}\n\n{"id": "taken", "command": "true"}\n'
+    result = clean(cli("enqueue", "--batch", "-", input=batch), 1)
+    assert "line 3" in result.output and "taken" in result.output
+    clean(cli("show", "new1"), 1)
+    assert clean(cli("enqueue", "--batch", "-", input="")).stdout == ""
