@@ -7,7 +7,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import config as config_mod
 from . import fsio, job as job_mod, layout as L, liveness, retry
@@ -466,26 +466,34 @@ class Spool:
         """Registered owners; by default only those alive: a live pid on this machine, or a
         heartbeat within the lease on the file system's clock for other hosts."""
         out = []
+        gone = self._gone_judge()
+        for owner in self._registered():
+            info = self._worker_info(owner)
+            if info is None:
+                continue
+            if live and gone({"host": info.host, "pid": info.pid, **info.extra}, info.heartbeat):
+                continue
+            out.append(info)
+        return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
+
+    def _registered(self) -> list[str]:
+        return [e[:-5] for e in _listdir(self.layout.dir("workers")) if e.endswith(".json") and not e.startswith(".")]
+
+    def _gone_judge(self) -> Callable[[dict[str, Any], float], bool]:
+        """Judges whether a registered owner is gone: on this machine by its pid, elsewhere by its
+        heartbeat against the lease, on the file system's clock (read once, when first needed)."""
         here = L.host_name()
         lease = self.config.lease_timeout
         fs_now: float | None = None
-        for entry in _listdir(self.layout.dir("workers")):
-            if not entry.endswith(".json") or entry.startswith("."):
-                continue
-            info = self._worker_info(entry[:-5])
-            if info is None:
-                continue
-            if live:
-                record = {"host": info.host, **info.extra}
-                if _local(record, here):
-                    if not liveness.alive(info.pid, record.get("start")):
-                        continue
-                else:
-                    fs_now = self.fs_clock() if fs_now is None else fs_now
-                    if fs_now - info.heartbeat > lease:
-                        continue
-            out.append(info)
-        return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
+
+        def gone(record: dict[str, Any], heartbeat: float) -> bool:
+            nonlocal fs_now
+            if _local(record, here):
+                return not liveness.alive(record.get("pid"), record.get("start"))
+            fs_now = self.fs_clock() if fs_now is None else fs_now
+            return fs_now - heartbeat > lease
+
+        return gone
 
     def _worker_info(self, owner: str) -> WorkerInfo | None:
         path = self.layout.worker_file(owner)
@@ -798,23 +806,12 @@ class Spool:
     def _drop_stale_registrations(self) -> None:
         """Registrations of owners that hold no directory and are gone: a dead pid on this machine,
         or (any host) no heartbeat within the lease."""
-        here = L.host_name()
-        lease = self.config.lease_timeout
-        fs_now: float | None = None
-        for entry in _listdir(self.layout.dir("workers")):
-            if not entry.endswith(".json") or entry.startswith("."):
-                continue
-            owner = entry[:-5]
+        gone = self._gone_judge()
+        for owner in self._registered():
             info = self._registration(owner)
             if info is None or os.path.isdir(self.layout.owned(owner)):
                 continue  # gone already, or recover() handles it and its jobs
-            record, heartbeat = info
-            if _local(record, here):
-                gone = not liveness.alive(record.get("pid"), record.get("start"))
-            else:
-                fs_now = self.fs_clock() if fs_now is None else fs_now
-                gone = fs_now - heartbeat > lease
-            if gone:
+            if gone(*info):
                 fsio.unlink_quietly(self.layout.worker_file(owner))
 
     # ---- dead-letter queue ---------------------------------------------------------------
