@@ -72,6 +72,7 @@ STATES = ("pending", "scheduled", "processing", "done", "dead")
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks")
 
 PRIORITY_BASE = 1_000_000_000
+DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
 CANONICAL_RE = re.compile(r"(\d{10})\.(\d{19})\.(\d{13})@([A-Za-z0-9_.\-]{1,128})\.json")
 QUARANTINE_PREFIX = "+"
 RESCUE_SEP = "~"

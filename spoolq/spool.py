@@ -351,6 +351,7 @@ class Spool:
                         ready.append((entry, entry[:-5]))
                     continue
                 (later if parsed.due_ms > now_ms else ready).append((entry, parsed.job_id))
+            later.sort(key=lambda pair: pair[0][L.DUE_FIELD])  # scheduled: soonest first
             groups = []
             if state in (None, "pending"):
                 groups.append(ready)
@@ -400,7 +401,7 @@ class Spool:
         for entry in _listdir(self.layout.pending):
             if L.CANONICAL_RE.fullmatch(entry):
                 # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
-                if entry[31:44] > now_ms:
+                if entry[L.DUE_FIELD] > now_ms:
                     c.scheduled += 1
                 else:
                     c.pending += 1

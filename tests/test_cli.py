@@ -678,3 +678,11 @@ def test_a_duplicate_of_an_existing_id_in_a_batch_names_its_line(cli, spool):
     assert "line 3" in result.output and "taken" in result.output
     clean(cli("show", "new1"), 1)
     assert clean(cli("enqueue", "--batch", "-", input="")).stdout == ""
+
+
+def test_scheduled_jobs_are_listed_soonest_first(cli, spool):
+    spool.enqueue({"id": "late", "command": "true", "delay": 7200, "priority": 9})
+    spool.enqueue({"id": "soon", "command": "true", "delay": 60})
+    spool.enqueue({"id": "now", "command": "true"})
+    assert [d["id"] for d in cli.json("list")] == ["now", "soon", "late"]
+    assert [d["id"] for d in cli.json("list", "--state", "scheduled")] == ["soon", "late"]
