@@ -93,6 +93,8 @@ def iso(t: float | None) -> str | None:
 def parse_time(value: object, field: str) -> float:
     """An ISO 8601 string (naive means UTC) or epoch seconds, as epoch seconds."""
     if _is_number(value):
+        if not 0 <= value <= MAX_EPOCH:  # type: ignore[operator]  # before float(): a huge int overflows it
+            raise InvalidJob(f"{field}: {str(value)[:40]} is out of range")
         t = float(value)  # type: ignore[arg-type]
     elif isinstance(value, str):
         from datetime import datetime, timezone  # parsing is rare; keep the CLI's import lean
@@ -225,10 +227,9 @@ def _seconds(d: dict[str, Any], key: str, *, positive: bool) -> float | None:
         return None
     if not _is_number(value):
         raise InvalidJob(f"{key}: must be a number of seconds, not {_json_type(value)}")
-    value = float(value)
-    if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:
-        raise InvalidJob(f"{key}: {value:g} is out of range")
-    return value
+    if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:  # type: ignore[operator]
+        raise InvalidJob(f"{key}: {str(value)[:40]} is out of range")
+    return float(value)  # type: ignore[arg-type]
 
 
 def _env(value: object) -> dict[str, str]:
@@ -258,9 +259,11 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
+    """A JSON number that is finite. Integers of any size count (a huge one is then out of range,
+    not a float overflow)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return math.isfinite(value)
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _reject_constant(name: str) -> None:

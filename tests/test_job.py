@@ -359,3 +359,10 @@ def test_decide_runs_a_job_at_most_1_plus_max_retries_times(attempts, max_retrie
         assert d.state == "dead", "after the last attempt it is dead"
     else:
         assert d.state == "pending" and d.run_at == NOW + min(2 ** attempts, 60)
+
+
+@pytest.mark.parametrize("field", ["delay", "timeout", "run_at"])
+@pytest.mark.parametrize("huge", [10**400, -(10**400)])
+def test_integers_too_big_for_a_float_are_out_of_range_not_a_crash(field, huge):
+    with pytest.raises(InvalidJob, match=f"{field}: .* is out of range"):
+        from_dict({"command": "true", field: huge}, now=NOW, default_max_retries=3)
