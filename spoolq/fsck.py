@@ -36,9 +36,9 @@ import socket
 import stat
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
-from . import config as config_mod, fsio, job as job_mod, layout as L, liveness
+from . import fsio, job as job_mod, layout as L, liveness
 from .errors import InvalidJob, JobNotFound, SpoolError
 from .spool import Spool
 
@@ -123,6 +123,15 @@ class _Fsck:
         if self.repair:
             problem.repair = f"left alone: {why}"
 
+    def entries(self, directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
+        """(name, path, lstat) of each entry of `directory` still there, in name order."""
+        for name in sorted(fsio.listdir(directory)):
+            path = os.path.join(directory, name)
+            try:
+                yield name, path, os.lstat(path)
+            except FileNotFoundError:
+                continue  # moved on while we looked
+
     def old(self, st: os.stat_result) -> bool:
         return self.fs_now - st.st_mtime >= self.stale_after
 
@@ -130,7 +139,7 @@ class _Fsck:
         self.census.setdefault(job_id, []).append((state, path))
 
     def quarantine(self, path: str, source: str, reason: str) -> str:
-        qid = self.spool._quarantine(path, source, f"{reason} (found by fsck)", self.now)
+        qid = self.spool.quarantine(path, source, f"{reason} (found by fsck)", self.now)
         if not os.path.lexists(os.path.join(self.layout.dead, L.job_file(qid))):
             return "left alone: it moved on while fsck looked"
         self.accounted_source(source)
@@ -198,21 +207,13 @@ class _Fsck:
         except SpoolError as e:
             p = self.add("config", self.layout.config, str(e))
             self.leave(p, "settings are the operator's: fix or remove config.json")
-            # Go on with the defaults, so the rest of the spool is still checked.
-            st = os.stat(self.layout.config)
-            self.spool._config = config_mod.Config({})
-            self.spool._config_stamp = (st.st_ino, st.st_mtime_ns)
+            self.spool.use_default_config()  # so the rest of the spool is still checked
 
     def check_owners(self) -> None:
         dead = set(self.spool.dead_owners())
         found: list[tuple[Problem, str]] = []
-        for entry in sorted(_listdir(self.layout.processing)):
-            path = self.layout.owned(entry)
+        for entry, path, st in self.entries(self.layout.processing):
             if entry.startswith("."):
-                continue
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
                 continue
             if not stat.S_ISDIR(st.st_mode):
                 p = self.add("stray-entry", path, "processing/ should hold only owner directories")
@@ -221,7 +222,7 @@ class _Fsck:
             if entry not in dead:
                 self.live_dirs.append(entry)
                 continue
-            jobs = sorted(n for n in _listdir(path) if n.endswith(".json") and not n.startswith("."))
+            jobs = sorted(n for n in fsio.listdir(path) if L.is_json_entry(n))
             held = ", ".join(n[:-5] for n in jobs[:5]) + (" …" if len(jobs) > 5 else "")
             p = self.add("dead-owner", path, f"owner {L.owner_of(entry)} is gone; it holds "
                          f"{len(jobs)} file(s){': ' + held if jobs else ''}")
@@ -252,23 +253,12 @@ class _Fsck:
         """One file that claims to be job `expected`: it must be a trusted regular file that parses."""
         reason = None
         try:
-            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            self.spool.read_job(path, now=self.now, expect_id=expected,
+                                 trusted_only=state in ("pending", "processing"))
         except FileNotFoundError:
             return  # moved on while we looked
-        except ValueError as e:
-            reason = f"the file {e}"
-        except OSError as e:
-            reason = f"the file cannot be read: {e.strerror}"
-        else:
-            if state in ("pending", "processing") and not self.spool._trusted(st.st_uid):
-                reason = f"the file is owned by untrusted uid {st.st_uid}"
-            else:
-                try:
-                    job = job_mod.from_json(data, now=self.now, default_max_retries=self.spool.config.max_retries)
-                    if job.id != expected:
-                        reason = f"the file's id {job.id!r} does not match its name"
-                except InvalidJob as e:
-                    reason = str(e)
+        except InvalidJob as e:
+            reason = str(e)
         self.note(expected, state, path)
         if reason is None:
             return
@@ -280,7 +270,7 @@ class _Fsck:
 
     def check_pending(self) -> None:
         cfg = self.spool.config
-        for entry in sorted(_listdir(self.layout.pending)):
+        for entry in sorted(fsio.listdir(self.layout.pending)):
             if entry.startswith("."):
                 continue  # staging names belong to whoever is writing them
             path = os.path.join(self.layout.pending, entry)
@@ -304,7 +294,7 @@ class _Fsck:
         except OSError as e:
             reason = f"dropped file cannot be read: {e.strerror}"
         else:
-            if not self.spool._trusted(st.st_uid):
+            if not self.spool.trusts_uid(st.st_uid):
                 reason = f"dropped file is owned by untrusted uid {st.st_uid}"
             else:
                 try:
@@ -327,13 +317,7 @@ class _Fsck:
 
     def check_live_processing(self) -> None:
         for entry in self.live_dirs:
-            directory = self.layout.owned(entry)
-            for name in sorted(_listdir(directory)):
-                path = os.path.join(directory, name)
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
+            for name, path, st in self.entries(self.layout.owned(entry)):
                 if name.startswith("."):
                     if self.old(st):
                         self.stale_temp(path, st)
@@ -349,13 +333,7 @@ class _Fsck:
                     self.leave(p, "not spoolq's; remove it by hand")
 
     def check_finished(self, state: str) -> None:
-        directory = self.layout.dir(state)
-        for entry in sorted(_listdir(directory)):
-            path = os.path.join(directory, entry)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
+        for entry, path, st in self.entries(self.layout.dir(state)):
             if entry.startswith("."):
                 if TMP_RE.fullmatch(entry) and self.old(st):
                     self.stale_temp(path, st)
@@ -399,13 +377,7 @@ class _Fsck:
             return None
 
     def check_reasons(self) -> None:
-        directory = self.layout.dir("quarantine")
-        for entry in sorted(_listdir(directory)):
-            path = os.path.join(directory, entry)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
+        for entry, path, st in self.entries(self.layout.dir("quarantine")):
             if entry.startswith("."):
                 continue
             qid = entry[:-5] if entry.endswith(".json") else None
@@ -437,7 +409,7 @@ class _Fsck:
 
     def check_markers(self) -> None:
         ids_dir = self.layout.dir("ids")
-        markers = set(_listdir(ids_dir))
+        markers = set(fsio.listdir(ids_dir))
         for job_id in sorted(set(self.census) - markers):
             marker = self.layout.id_marker(job_id)
             if os.path.lexists(marker) or not any(os.path.lexists(p) for _, p in self.census[job_id]):
@@ -467,15 +439,9 @@ class _Fsck:
             return False
 
     def check_tmp(self) -> None:
-        for entry in sorted(_listdir(self.layout.tmp)):
-            path = os.path.join(self.layout.tmp, entry)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not self.old(st):
-                continue
-            self.stale_temp(path, st)
+        for _, path, st in self.entries(self.layout.tmp):
+            if self.old(st):
+                self.stale_temp(path, st)
 
     def stale_temp(self, path: str, st: os.stat_result) -> None:
         """A temp file older than stale_after: its writer crashed (a live one renames it at once)."""
@@ -488,7 +454,7 @@ class _Fsck:
     def check_locks(self) -> None:
         directory = self.layout.dir("locks")
         here = {socket.gethostname(), L.host_name()}
-        for entry in sorted(_listdir(directory)):
+        for entry in sorted(fsio.listdir(directory)):
             path = os.path.join(directory, entry)
             try:
                 st = os.lstat(path)
@@ -525,7 +491,7 @@ class _Fsck:
         here = L.host_name()
         lease = self.spool.config.lease_timeout
         directory = self.layout.dir("workers")
-        for entry in sorted(_listdir(directory)):
+        for entry in sorted(fsio.listdir(directory)):
             if entry.startswith(".") or not entry.endswith(".json"):
                 continue
             owner = entry[:-5]
@@ -563,12 +529,12 @@ class _Fsck:
         dirs += [self.layout.owned(e) for e in self.live_dirs]
         files = [self.layout.config]
         for state in ("done", "dead"):
-            files += [os.path.join(self.layout.dir(state), e) for e in _listdir(self.layout.dir(state))
-                      if e.endswith(".json") and not e.startswith((".", L.QUARANTINE_PREFIX))]
-        files += [os.path.join(self.layout.pending, e) for e in _listdir(self.layout.pending)
+            files += [os.path.join(self.layout.dir(state), e) for e in fsio.listdir(self.layout.dir(state))
+                      if L.is_json_entry(e) and not e.startswith(L.QUARANTINE_PREFIX)]
+        files += [os.path.join(self.layout.pending, e) for e in fsio.listdir(self.layout.pending)
                   if L.parse_pending(e) is not None]
         out = self.layout.dir("output")
-        files += [os.path.join(out, e) for e in _listdir(out)]
+        files += [os.path.join(out, e) for e in fsio.listdir(out)]
         for paths, mode in ((dirs, dir_mode), (files, file_mode)):
             for path in paths:
                 try:
@@ -605,9 +571,3 @@ def _age(now: float, st: os.stat_result) -> str:
         return f"{seconds / 60:.0f}min"
     return f"{seconds:.0f}s"
 
-
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []

@@ -119,6 +119,14 @@ def move(src: str, dst: str) -> bool:
     return True
 
 
+def listdir(path: str) -> list[str]:
+    """The names in a directory; none if it is gone (a reader racing a rename or an rmdir)."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)

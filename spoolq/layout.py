@@ -102,8 +102,13 @@ def parse_pending(name: str) -> PendingName | None:
     return PendingName(name, int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
 
 
+def is_json_entry(name: str) -> bool:
+    """A visible ``*.json`` name: a job file, a registration, a reason record (not a temp file)."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
 def is_dropin(name: str) -> bool:
-    return name.endswith(".json") and not name.startswith(".") and CANONICAL_RE.fullmatch(name) is None
+    return is_json_entry(name) and CANONICAL_RE.fullmatch(name) is None
 
 
 def job_file(job_id: str) -> str:

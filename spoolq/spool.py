@@ -163,6 +163,12 @@ class Spool:
             self._config_stamp = stamp
         return self._config
 
+    def use_default_config(self) -> None:
+        """Carry on with the defaults while config.json stays unreadable (fsck reports it)."""
+        st = os.stat(self.layout.config)
+        self._config = config_mod.Config({})
+        self._config_stamp = (st.st_ino, st.st_mtime_ns)
+
     def set_config(self, key: str, value: Any) -> config_mod.Config:
         self._config = config_mod.save(self.layout, key, value)
         self._config_stamp = None
@@ -276,13 +282,13 @@ class Spool:
             view = self._view(os.path.join(directory, name), state, job_id)
             if view is not None:
                 return view
-        for owner in _listdir(self.layout.processing):
+        for owner in fsio.listdir(self.layout.processing):
             view = self._view(os.path.join(self.layout.owned(owner), name), "processing", job_id, owner)
             if view is not None:
                 return view
         suffix = f"@{job_id}.json"
         dropped = []
-        for entry in _listdir(self.layout.pending):
+        for entry in fsio.listdir(self.layout.pending):
             if entry.endswith(suffix):
                 parsed = L.parse_pending(entry)
                 if parsed is not None:
@@ -308,18 +314,34 @@ class Spool:
     def _view(self, path: str, state: str, job_id: str, owner: str | None = None,
               now: float | None = None) -> JobView | None:
         try:
-            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            job, st = self.read_job(path, now=time.time())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            return JobView(job_id, state, None, path, reason=f"unreadable: {e}")
-        try:
-            job = job_mod.from_json(data, now=time.time(), default_max_retries=self.config.max_retries)
         except InvalidJob as e:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == "pending" and job.run_at and job.run_at > (time.time() if now is None else now):
             state = "scheduled"
         return JobView(job.id or job_id, state, job, path, owner=owner, changed_at=st.st_ctime)
+
+    def read_job(self, path: str, *, now: float, expect_id: str | None = None,
+                  trusted_only: bool = False) -> tuple[Job, os.stat_result]:
+        """Read one job file. FileNotFoundError if it is gone; InvalidJob saying why for whatever
+        makes it no job: not a regular singly linked file, unreadable, malformed, another id than
+        its name says, or (`trusted_only`, for files about to run) an untrusted owner."""
+        try:
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+        except FileNotFoundError:
+            raise
+        except ValueError as e:
+            raise InvalidJob(f"the file {e}") from None
+        except OSError as e:
+            raise InvalidJob(f"the file cannot be read: {e.strerror}") from None
+        if trusted_only and not self.trusts_uid(st.st_uid):
+            raise InvalidJob(f"the file is owned by untrusted uid {st.st_uid}")
+        job = job_mod.from_json(data, now=now, default_max_retries=self.config.max_retries)
+        if expect_id is not None and job.id != expect_id:
+            raise InvalidJob(f"the file's id {job.id!r} does not match its name")
+        return job, st
 
     def _reason(self, qid: str) -> str:
         try:
@@ -344,7 +366,7 @@ class Spool:
         now_ms = int(now * 1000)
         if state in (None, "pending", "scheduled"):
             ready, later = [], []
-            for entry in sorted(_listdir(self.layout.pending)):
+            for entry in sorted(fsio.listdir(self.layout.pending)):
                 parsed = L.parse_pending(entry)
                 if parsed is None:
                     if L.is_dropin(entry) and not _is_real_dir(os.path.join(self.layout.pending, entry)):
@@ -363,9 +385,9 @@ class Spool:
                     if view is not None and (state is None or view.state == state):
                         yield view
         if state in (None, "processing"):
-            for owner in _listdir(self.layout.processing):
-                for entry in sorted(_listdir(self.layout.owned(owner))):
-                    if entry.endswith(".json") and not entry.startswith("."):
+            for owner in fsio.listdir(self.layout.processing):
+                for entry in sorted(fsio.listdir(self.layout.owned(owner))):
+                    if L.is_json_entry(entry):
                         job_id = entry[:-5].lstrip(L.ADOPT_PREFIX)
                         view = self._view(os.path.join(self.layout.owned(owner), entry), "processing",
                                           job_id, L.owner_of(owner))
@@ -378,8 +400,8 @@ class Spool:
     def _finished_views(self, state: str) -> Iterator[JobView]:
         directory = self.layout.dir(state)
         entries = []
-        for entry in _listdir(directory):
-            if entry.endswith(".json") and not entry.startswith("."):
+        for entry in fsio.listdir(directory):
+            if L.is_json_entry(entry):
                 try:
                     entries.append((os.lstat(os.path.join(directory, entry)).st_mtime_ns, entry))
                 except FileNotFoundError:
@@ -398,7 +420,7 @@ class Spool:
     def counts(self, now: float | None = None) -> Counts:
         now_ms = str(int((time.time() if now is None else now) * 1000)).zfill(13)
         c = Counts()
-        for entry in _listdir(self.layout.pending):
+        for entry in fsio.listdir(self.layout.pending):
             if L.CANONICAL_RE.fullmatch(entry):
                 # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
                 if entry[L.DUE_FIELD] > now_ms:
@@ -407,9 +429,8 @@ class Spool:
                     c.pending += 1
             elif L.is_dropin(entry) and not _is_real_dir(os.path.join(self.layout.pending, entry)):
                 c.pending += 1  # a dropped file not adopted yet (directories are left alone, not jobs)
-        for owner in _listdir(self.layout.processing):
-            c.processing += sum(1 for e in _listdir(self.layout.owned(owner))
-                                if e.endswith(".json") and not e.startswith("."))
+        for owner in fsio.listdir(self.layout.processing):
+            c.processing += _count_json(self.layout.owned(owner))
         c.done = _count_json(self.layout.done)
         c.dead = _count_json(self.layout.dead)
         c.workers = sum(1 for w in self.workers() if w.role == "worker")
@@ -420,7 +441,7 @@ class Spool:
 
     def pending_entries(self) -> list[str]:
         """Every name in pending/: canonical and dropped alike (the worker's index filters)."""
-        return _listdir(self.layout.pending)
+        return fsio.listdir(self.layout.pending)
 
     # ---- workers -------------------------------------------------------------------------
 
@@ -450,7 +471,7 @@ class Spool:
 
     def unregister(self, owner: str) -> None:
         owned = self.layout.owned(owner)
-        for entry in _listdir(owned):
+        for entry in fsio.listdir(owned):
             if entry.startswith("."):
                 fsio.unlink_quietly(os.path.join(owned, entry))
         try:
@@ -478,7 +499,7 @@ class Spool:
         return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
 
     def _registered(self) -> list[str]:
-        return [e[:-5] for e in _listdir(self.layout.dir("workers")) if e.endswith(".json") and not e.startswith(".")]
+        return [e[:-5] for e in fsio.listdir(self.layout.dir("workers")) if L.is_json_entry(e)]
 
     def _gone_judge(self) -> Callable[[dict[str, Any], float], bool]:
         """Judges whether a registered owner is gone: on this machine by its pid, elsewhere by its
@@ -506,8 +527,8 @@ class Spool:
             return None
         if not isinstance(record, dict):
             return None
-        jobs = [e[:-5] for e in _listdir(self.layout.owned(owner))
-                if e.endswith(".json") and not e.startswith(".") and not e.startswith(L.ADOPT_PREFIX)]
+        jobs = [e[:-5] for e in fsio.listdir(self.layout.owned(owner))
+                if L.is_json_entry(e) and not e.startswith(L.ADOPT_PREFIX)]
         known = ("owner", "host", "pid", "role", "started_at")
         return WorkerInfo(owner=owner, host=str(record.get("host", "?")), pid=int(record.get("pid", 0)),
                           role=str(record.get("role", "worker")), started_at=record.get("started_at"),
@@ -552,14 +573,9 @@ class Spool:
             raise LostOwnership(f"{owned} is gone") from None
         now = time.time() if now is None else now
         try:
-            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
-            if not self._trusted(st.st_uid):
-                raise InvalidJob(f"the file is owned by untrusted uid {st.st_uid}")
-            job = job_mod.from_json(data, now=now, default_max_retries=self.config.max_retries)
-            if job.id != parsed.job_id:
-                raise InvalidJob(f"the file's id {job.id!r} does not match its name")
-        except (InvalidJob, ValueError) as e:
-            self._quarantine(path, entry, f"malformed job file: {e}", now)
+            job, _ = self.read_job(path, now=now, expect_id=parsed.job_id, trusted_only=True)
+        except InvalidJob as e:
+            self.quarantine(path, entry, f"malformed job file: {e}", now)
             return None
         return Claimed(job, owner, path, job.attempts + 1)
 
@@ -634,7 +650,7 @@ class Spool:
             return self._adopt_refused(src, entry, owner, f"dropped file {e}", now)
         except OSError as e:
             return self._adopt_refused(src, entry, owner, f"dropped file cannot be read: {e.strerror}", now)
-        if not self._trusted(st.st_uid):
+        if not self.trusts_uid(st.st_uid):
             return self._adopt_refused(src, entry, owner, f"dropped file is owned by untrusted uid {st.st_uid}",
                                        now)
         try:
@@ -660,12 +676,12 @@ class Spool:
                 spec["id"] = stem if job_mod.valid_id(stem) else self._fresh_id()
             job = job_mod.from_dict(spec, now=now, default_max_retries=cfg.max_retries, seq=arrived_ns)
         except (InvalidJob, ValueError, OSError) as e:
-            self._quarantine(adopt_path, entry, f"malformed: {e}", now)
+            self.quarantine(adopt_path, entry, f"malformed: {e}", now)
             return Adoption("quarantined", reason=str(e))
         job.attempts, job.updated_at = 0, now
         if not fsio.create_exclusive(self.layout.id_marker(job.id)):
             reason = f"duplicate: a job with id {job.id!r} already exists"
-            self._quarantine(adopt_path, entry, reason, now)
+            self.quarantine(adopt_path, entry, reason, now)
             return Adoption("quarantined", job_id=job.id, reason=reason)
         try:
             self._move_owned(adopt_path, job, retry.Decision("pending", job.run_at))
@@ -680,14 +696,14 @@ class Spool:
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
         if not fsio.move(src, adopt_path):
             return Adoption("gone")
-        self._quarantine(adopt_path, entry, reason, now)
+        self.quarantine(adopt_path, entry, reason, now)
         return Adoption("quarantined", reason=reason)
 
-    def _trusted(self, uid: int) -> bool:
+    def trusts_uid(self, uid: int) -> bool:
         # Our own uid too: a file only we (or root) could have made is as trusted as we are.
         return uid in (_spool_owner_uid(self.layout.root), os.geteuid()) or uid in self.config.trusted_uids
 
-    def _quarantine(self, path: str, source_name: str, reason: str, now: float) -> str:
+    def quarantine(self, path: str, source_name: str, reason: str, now: float) -> str:
         """Move a file that must never run to dead/ with its bytes unchanged; record why."""
         qid = L.quarantine_id(source_name)
         record = {"id": qid, "reason": reason, "source": source_name, "quarantined_at": job_mod.iso(now)}
@@ -708,7 +724,7 @@ class Spool:
         here = L.host_name()
         fs_now: float | None = None
         dead = []
-        for entry in _listdir(self.layout.processing):
+        for entry in fsio.listdir(self.layout.processing):
             if entry.startswith("."):
                 continue
             owner = L.owner_of(entry)
@@ -764,7 +780,7 @@ class Spool:
         info = self._registration(chain[0])
         host = (info[0].get("host") if info else None) or "?"
         out = []
-        for name in sorted(_listdir(dst_dir)):
+        for name in sorted(fsio.listdir(dst_dir)):
             out.extend(self._rescue_file(dst_dir, name, chain[0], host, now))
         try:
             os.rmdir(dst_dir)
@@ -791,10 +807,9 @@ class Spool:
         if not name.endswith(".json"):
             return []
         try:
-            data, _ = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
-            job = job_mod.from_json(data, now=now, default_max_retries=self.config.max_retries)
-        except (InvalidJob, ValueError, OSError) as e:
-            qid = self._quarantine(path, name, f"malformed job file found in processing/: {e}", now)
+            job, _ = self.read_job(path, now=now)
+        except (InvalidJob, FileNotFoundError) as e:
+            qid = self.quarantine(path, name, f"malformed job file found in processing/: {e}", now)
             return [Recovered(owner, qid, "dead", str(e))]
         attempt = job.attempts + 1
         reason = f"worker {owner} on {host} stopped during attempt {attempt} (killed, crashed or lost its lease)"
@@ -822,9 +837,8 @@ class Spool:
         now = time.time() if now is None else now
         with config_mod.locked(self.layout, "dlq"):
             if job_ids is None:
-                job_ids = [e[:-5] for e in sorted(_listdir(self.layout.dead))
-                           if e.endswith(".json") and not e.startswith(".")
-                           and not e.startswith(L.QUARANTINE_PREFIX)]
+                job_ids = [e[:-5] for e in sorted(fsio.listdir(self.layout.dead))
+                           if L.is_json_entry(e) and not e.startswith(L.QUARANTINE_PREFIX)]
             else:
                 for job_id in job_ids:
                     self._check_retryable(job_id)
@@ -832,11 +846,10 @@ class Spool:
             for job_id in job_ids:
                 path = os.path.join(self.layout.dead, L.job_file(job_id))
                 try:
-                    data, _ = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
-                    job = job_mod.from_json(data, now=now, default_max_retries=self.config.max_retries)
+                    job, _ = self.read_job(path, now=now)
                 except FileNotFoundError:
                     continue
-                except (InvalidJob, ValueError) as e:
+                except InvalidJob as e:
                     raise NotRetryable(f"{job_id}: the dead file is unreadable ({e}); fix it and drop it "
                                        "into pending/ again") from None
                 job.attempts, job.exit_code, job.run_at, job.updated_at = 0, None, None, now
@@ -871,8 +884,8 @@ class Spool:
         directory = self.layout.dir(state)
         count = 0
         with config_mod.locked(self.layout, "dlq"):
-            for entry in _listdir(directory):
-                if not entry.endswith(".json") or entry.startswith("."):
+            for entry in fsio.listdir(directory):
+                if not L.is_json_entry(entry):
                     continue
                 path = os.path.join(directory, entry)
                 try:
@@ -900,19 +913,12 @@ def _local(record: dict[str, Any], here: str) -> bool:
     return boot is None or boot == liveness.boot_id()
 
 
-def _listdir(path: str) -> list[str]:
-    try:
-        return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def _is_real_dir(path: str) -> bool:
     return os.path.isdir(path) and not os.path.islink(path)
 
 
 def _count_json(path: str) -> int:
-    return sum(1 for e in _listdir(path) if e.endswith(".json") and not e.startswith("."))
+    return sum(1 for e in fsio.listdir(path) if L.is_json_entry(e))
 
 
 _owner_uid_cache: dict[str, int] = {}

@@ -380,8 +380,8 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     _write(os.path.join(lay.done, "broken.json"), b"\x00\x01garbage")
     fsio.create_exclusive(lay.id_marker("broken"))
     # a quarantined file with its reason (fine) and one without (a problem)
-    spool._quarantine(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
-    qid = spool._quarantine(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
+    spool.quarantine(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
+    qid = spool.quarantine(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
     os.unlink(lay.reason_file(qid))
     # a reason record without its file
     with open(lay.reason_file("+gone.abcdef"), "w") as f:
