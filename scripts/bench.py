@@ -98,7 +98,7 @@ def wait_until(predicate, timeout: float, pause: float = 0.0005):
 
 
 def ready_workers(spool: Spool, n: int) -> bool:
-    return len([w for w in spool.workers() if w.role == "worker"]) >= n
+    return len(spool.workers(role="worker")) >= n
 
 
 def count_done(spool_dir: str) -> int:
@@ -165,7 +165,7 @@ def rss_mb(pid: int) -> float:
 
 
 def worker_pids(spool: Spool) -> list[int]:
-    return [w.pid for w in spool.workers() if w.role == "worker"]
+    return [w.pid for w in spool.workers(role="worker")]
 
 
 # ---- rows ------------------------------------------------------------------------------------

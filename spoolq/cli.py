@@ -344,7 +344,7 @@ def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -
     else:
         n = spool.counts()
         what = f"{n.pending} pending, {n.scheduled} scheduled, {n.processing} processing"
-    workers = sum(1 for w in spool.workers() if w.role == "worker")
+    workers = len(spool.workers(role="worker"))
     hint = "no worker is running" if not workers else f"{workers} worker{'s' if workers != 1 else ''} running"
     return f"timed out after {timeout:g}s; {what} ({hint})"
 
@@ -372,18 +372,18 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
     pid = supervisor.detach(spool, count, burst=burst)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        mine = [w for w in spool.workers() if w.role == "worker" and w.extra.get("supervisor") == pid]
+        mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
         if len(mine) >= count:
             click.echo(f"started {count} worker{'s' if count > 1 else ''} (supervisor pid {pid}; "
-                       f"log in {os.path.join(spool.layout.dir('log'), '')})")
+                       f"log in {spool.worker_log()})")
             return
         if not _pid_alive(pid):
             if burst:
                 click.echo(f"supervisor pid {pid} already finished (burst)")
                 return
-            raise CliError(f"the workers did not start; see {spool.layout.dir('log')}")
+            raise CliError(f"the workers did not start; see {spool.worker_log()}")
         time.sleep(0.02)
-    raise CliError(f"the workers did not register within 15s; see {spool.layout.dir('log')}")
+    raise CliError(f"the workers did not register within 15s; see {spool.worker_log()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -399,7 +399,7 @@ def _pid_alive(pid: int) -> bool:
 def worker_stop(c: Context, wait_: bool, timeout: float | None) -> None:
     """Ask every worker of this spool, on every host, to finish its current job and exit."""
     spool = c.spool
-    before = [w for w in spool.workers() if w.role == "worker"]
+    before = spool.workers(role="worker")
     spool.request_stop()
     if not before:
         click.echo("no workers running (a stop request was left for any that are starting)")
@@ -426,7 +426,7 @@ def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
     from .job import iso
 
-    workers = [w for w in c.spool.workers() if w.role == "worker"]
+    workers = c.spool.workers(role="worker")
     rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
              "heartbeat": iso(w.heartbeat)} for w in workers]
     if as_json:

@@ -162,10 +162,7 @@ class _Fsck:
             return self.problems
         self.check_config()
         if not self.given_now:
-            try:
-                self.fs_now = self.spool.fs_clock()  # ages are judged on the file system's clock
-            except OSError:  # a full disk: the local clock will do
-                pass
+            self.fs_now = self.spool.fs_clock()  # ages are judged on the file system's clock
         self.check_registrations()  # before check_owners: recover() would drop stale ones unreported
         self.check_owners()
         self.check_pending()
@@ -488,36 +485,8 @@ class _Fsck:
             self.fix(p, unlock)
 
     def check_registrations(self) -> None:
-        here = L.host_name()
-        lease = self.spool.config.lease_timeout
-        directory = self.layout.dir("workers")
-        for entry in sorted(fsio.listdir(directory)):
-            if entry.startswith(".") or not entry.endswith(".json"):
-                continue
-            owner = entry[:-5]
-            path = os.path.join(directory, entry)
-            if os.path.lexists(self.layout.owned(owner)):
-                continue  # check_owners judged it
-            try:
-                st = os.lstat(path)
-                with open(path, "rb") as f:
-                    record = json.loads(f.read())
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError):
-                record = None
-            if not isinstance(record, dict):
-                if not self.old(st):
-                    continue
-                why = "unreadable registration"
-            elif record.get("host") == here:
-                if liveness.alive(record.get("pid"), record.get("start")):
-                    continue
-                why = f"pid {record.get('pid')} is gone"
-            elif self.fs_now - st.st_mtime > lease:
-                why = f"no heartbeat from {record.get('host')} for {_age(self.fs_now, st)}"
-            else:
-                continue
+        for owner, why in self.spool.stale_registrations():
+            path = self.layout.worker_file(owner)
             p = self.add("stale-registration", path, f"worker {owner}: {why}")
             self.fix(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
 

@@ -433,8 +433,12 @@ class Spool:
             c.processing += _count_json(self.layout.owned(owner))
         c.done = _count_json(self.layout.done)
         c.dead = _count_json(self.layout.dead)
-        c.workers = sum(1 for w in self.workers() if w.role == "worker")
+        c.workers = len(self.workers(role="worker"))
         return c
+
+    def worker_log(self) -> str:
+        """Where detached workers of this host write their log."""
+        return os.path.join(self.layout.dir("log"), f"worker-{L.host_name()}.log")
 
     def output_path(self, job_id: str) -> str:
         return self.layout.output(job_id)
@@ -484,49 +488,45 @@ class Spool:
             return  # still holds a job: leave it for recovery rather than lose it
         fsio.unlink_quietly(self.layout.worker_file(owner))
 
-    def workers(self, *, live: bool = True) -> list[WorkerInfo]:
-        """Registered owners; by default only those alive: a live pid on this machine, or a
-        heartbeat within the lease on the file system's clock for other hosts."""
+    def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
+        """Registered owners (of one role: "worker" or "supervisor"); by default only the live ones."""
         out = []
-        gone = self._gone_judge()
+        why_gone = self._liveness()
         for owner in self._registered():
-            info = self._worker_info(owner)
-            if info is None:
+            info = self._registration(owner)
+            if not info or not info[0]:
+                continue  # gone while we looked, or unreadable
+            record, heartbeat = info
+            if role is not None and record.get("role", "worker") != role:
                 continue
-            if live and gone({"host": info.host, "pid": info.pid, **info.extra}, info.heartbeat):
+            if live and why_gone(record, heartbeat):
                 continue
-            out.append(info)
+            out.append(self._worker_info(owner, record, heartbeat))
         return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
 
     def _registered(self) -> list[str]:
         return [e[:-5] for e in fsio.listdir(self.layout.dir("workers")) if L.is_json_entry(e)]
 
-    def _gone_judge(self) -> Callable[[dict[str, Any], float], bool]:
-        """Judges whether a registered owner is gone: on this machine by its pid, elsewhere by its
-        heartbeat against the lease, on the file system's clock (read once, when first needed)."""
+    def _liveness(self, lease: float | None = None) -> Callable[[dict[str, Any], float], str | None]:
+        """A judge of registered owners: why one is gone, None while it lives. On this machine a
+        dead pid means gone at once; on any host, so does no heartbeat within the lease, measured
+        on the file system's clock (read once, when first needed)."""
         here = L.host_name()
-        lease = self.config.lease_timeout
+        lease = self.config.lease_timeout if lease is None else lease
         fs_now: float | None = None
 
-        def gone(record: dict[str, Any], heartbeat: float) -> bool:
+        def why_gone(record: dict[str, Any], heartbeat: float) -> str | None:
             nonlocal fs_now
-            if _local(record, here):
-                return not liveness.alive(record.get("pid"), record.get("start"))
+            if _local(record, here) and not liveness.alive(record.get("pid"), record.get("start")):
+                return f"pid {record.get('pid')} is gone"
             fs_now = self.fs_clock() if fs_now is None else fs_now
-            return fs_now - heartbeat > lease
-
-        return gone
-
-    def _worker_info(self, owner: str) -> WorkerInfo | None:
-        path = self.layout.worker_file(owner)
-        try:
-            with open(path, "rb") as f:
-                record = json.loads(f.read())
-            heartbeat = os.stat(path).st_mtime
-        except (OSError, ValueError):
+            if fs_now - heartbeat > lease:
+                return f"no heartbeat from {record.get('host', '?')} for {fs_now - heartbeat:.0f}s"
             return None
-        if not isinstance(record, dict):
-            return None
+
+        return why_gone
+
+    def _worker_info(self, owner: str, record: dict[str, Any], heartbeat: float) -> WorkerInfo:
         jobs = [e[:-5] for e in fsio.listdir(self.layout.owned(owner))
                 if L.is_json_entry(e) and not e.startswith(L.ADOPT_PREFIX)]
         known = ("owner", "host", "pid", "role", "started_at")
@@ -535,10 +535,22 @@ class Spool:
                           heartbeat=heartbeat, job=jobs[0] if jobs else None,
                           extra={k: v for k, v in record.items() if k not in known})
 
+    def heartbeat_interval(self) -> float:
+        """How often a live owner touches its registration: well inside the lease, at most 5 s."""
+        return max(0.2, min(self.config.lease_timeout / 4, 5.0))
+
+    def registered_at(self, owner: str) -> float:
+        """When `owner` registered, on the file system's clock (ask before its first heartbeat)."""
+        return os.stat(self.layout.worker_file(owner)).st_mtime
+
     def fs_clock(self) -> float:
-        """Now, on the spool file system's own clock: the mtime of a file just written there."""
+        """Now, on the spool file system's own clock: the mtime of a file just written there. Where
+        nothing can be written (a full disk, a read-only mount) the local clock stands in."""
         path = os.path.join(self.layout.tmp, L.tmp_name())
-        fsio.write_file(path, b"", durable=False)
+        try:
+            fsio.write_file(path, b"", durable=False)
+        except OSError:
+            return time.time()
         try:
             return os.stat(path).st_mtime
         finally:
@@ -720,25 +732,13 @@ class Spool:
     def dead_owners(self, *, now: float | None = None, lease: float | None = None) -> list[str]:
         """processing/ sub-directories whose owner is gone: a dead pid on this host, an expired
         lease (judged on the file system's clock) on any host, or no registration at all."""
-        lease = self.config.lease_timeout if lease is None else lease
-        here = L.host_name()
-        fs_now: float | None = None
+        why_gone = self._liveness(lease)
         dead = []
         for entry in fsio.listdir(self.layout.processing):
             if entry.startswith("."):
                 continue
-            owner = L.owner_of(entry)
-            info = self._registration(owner)
-            if info is None:
-                dead.append(entry)
-                continue
-            record, heartbeat = info
-            if _local(record, here) and not liveness.alive(record.get("pid"), record.get("start")):
-                dead.append(entry)
-                continue
-            if fs_now is None:
-                fs_now = self.fs_clock()
-            if fs_now - heartbeat > lease:
+            info = self._registration(L.owner_of(entry))
+            if info is None or why_gone(*info):
                 dead.append(entry)
         return dead
 
@@ -764,11 +764,8 @@ class Spool:
 
     def _rescue(self, entry: str, rescuer: str, now: float | None) -> list[Recovered]:
         chain = entry.split(L.RESCUE_SEP)
-        here = L.host_name()
         for owner in chain:
-            info = self._registration(owner)
-            if info is None or info[0].get("host") == here:
-                liveness.kill_leftovers(owner)
+            liveness.kill_leftovers(owner)  # tokens are unique: only that owner's jobs carry it
         fenced = f"{rescuer}{L.RESCUE_SEP}{entry}"
         if len(fenced) > 200:
             fenced = f"{rescuer}{L.RESCUE_SEP}{L.random_hex(4)}"
@@ -819,16 +816,23 @@ class Spool:
         decision = self.finish(claimed, ok=False, exit_code=None, error=reason, now=now)
         return [Recovered(owner, job.id, decision.state, reason)]
 
-    def _drop_stale_registrations(self) -> None:
-        """Registrations of owners that hold no directory and are gone: a dead pid on this machine,
-        or (any host) no heartbeat within the lease."""
-        gone = self._gone_judge()
-        for owner in self._registered():
+    def stale_registrations(self) -> list[tuple[str, str]]:
+        """(owner, why) for registrations of owners that are gone and hold no directory (an owner
+        with one is recover()'s: its jobs go first)."""
+        why_gone = self._liveness()
+        stale = []
+        for owner in sorted(self._registered()):
             info = self._registration(owner)
             if info is None or os.path.isdir(self.layout.owned(owner)):
-                continue  # gone already, or recover() handles it and its jobs
-            if gone(*info):
-                fsio.unlink_quietly(self.layout.worker_file(owner))
+                continue
+            why = why_gone(*info)
+            if why:
+                stale.append((owner, why))
+        return stale
+
+    def _drop_stale_registrations(self) -> None:
+        for owner, _ in self.stale_registrations():
+            fsio.unlink_quietly(self.layout.worker_file(owner))
 
     # ---- dead-letter queue ---------------------------------------------------------------
 

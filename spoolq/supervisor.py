@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import layout as L
 from .errors import SpoolError
 from .spool import Spool
 from .worker import Worker, stderr_log
@@ -50,7 +49,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         self.token = self.spool.register("supervisor", workers=self.count)
-        self.started = os.stat(self.spool.layout.worker_file(self.token)).st_mtime
+        self.started = self.spool.registered_at(self.token)
         signal.signal(signal.SIGALRM, self._heartbeat)
         self._heartbeat()
         try:
@@ -70,7 +69,7 @@ class Supervisor:
         A timer, not a thread: the supervisor forks."""
         try:
             self.spool.heartbeat(self.token)
-            interval = max(0.2, min(self.spool.config.lease_timeout / 4, 5.0))
+            interval = self.spool.heartbeat_interval()
         except Exception:
             interval = 1.0
         signal.setitimer(signal.ITIMER_REAL, interval)
@@ -154,7 +153,7 @@ def _signal(pid: int, signum: int) -> None:
 def detach(spool: Spool, count: int, *, burst: bool) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
-    log_path = os.path.join(spool.layout.dir("log"), f"worker-{L.host_name()}.log")
+    log_path = spool.worker_log()
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:

@@ -80,7 +80,7 @@ class Worker:
     def _register(self) -> None:
         extra = {"supervisor": self.supervisor} if self.supervisor else {}
         self.owner = self.spool.register("worker", **extra)
-        self.started = os.stat(self.spool.layout.worker_file(self.owner)).st_mtime
+        self.started = self.spool.registered_at(self.owner)
         self.lost = False
 
     def _announce_wakeups(self) -> None:
@@ -98,8 +98,7 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._hb_stop.is_set():
-            interval = max(0.2, min(self.spool.config.lease_timeout / 4, 5.0))
-            if self._hb_stop.wait(interval):
+            if self._hb_stop.wait(self.spool.heartbeat_interval()):
                 return
             try:
                 if not self.spool.heartbeat(self.owner):
