@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import click
 
 from .errors import InvalidJob, JobExists, SpoolError, WaitTimeout
-from .spool import JobView, Spool
+from .spool import JobView, Spool, waiting_state
 
 STATE_CHOICES = ("pending", "scheduled", "processing", "done", "dead")
 
@@ -184,8 +184,8 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
         raise fail(e) from None
     now = time.time()
     if as_json:
-        lines = [json.dumps(JobView(j.id, "scheduled" if j.run_at and j.run_at > now else "pending", j, "")
-                            .to_dict(), ensure_ascii=False) for j in jobs]
+        lines = [json.dumps(JobView(j.id, waiting_state(j, now), j, "").to_dict(), ensure_ascii=False)
+                 for j in jobs]
     else:
         lines = [j.id for j in jobs]
     if lines:

@@ -42,9 +42,7 @@ def write_file(path: str, data: bytes, *, durable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         exact_mode(fd)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -52,6 +50,13 @@ def write_file(path: str, data: bytes, *, durable: bool) -> None:
         unlink_quietly(path)
         raise
     os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def publish(tmp_path: str, data: bytes, final_path: str, *, durable: bool = True) -> None:

@@ -66,6 +66,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .job import Job
 
 STATE_DIRS = ("pending", "processing", "done", "dead")
 STATES = ("pending", "scheduled", "processing", "done", "dead")
@@ -93,6 +97,11 @@ class PendingName:
 def pending_name(job_id: str, priority: int, seq: int, due: float | None) -> str:
     due_ms = int(due * 1000) if due else 0
     return f"{PRIORITY_BASE - priority:010d}.{seq:019d}.{due_ms:013d}@{job_id}.json"
+
+
+def pending_name_of(job: Job) -> str:
+    """The canonical pending name of a job, from its own fields."""
+    return pending_name(job.id, job.priority, job.seq, job.run_at)
 
 
 def parse_pending(name: str) -> PendingName | None:

@@ -59,6 +59,11 @@ class JobView:
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
 
 
+def waiting_state(job: Job, now: float) -> str:
+    """A job in pending/ is "scheduled" until its run_at, "pending" (ready) after."""
+    return "scheduled" if job.run_at and job.run_at > now else "pending"
+
+
 @dataclass
 class Claimed:
     """A job this owner holds in processing/<owner>/."""
@@ -121,6 +126,7 @@ class Spool:
         self._config: config_mod.Config | None = None
         self._config_stamp: tuple[int, int] | None = None
         self._config_checked = 0.0
+        self._issued_ids: set[str] = set()
         if create:
             self.init()
 
@@ -200,11 +206,10 @@ class Spool:
     def _fresh_id(self) -> str:
         # A batch gets all its ids before any marker exists, and 32 random bits collide within a
         # 100k batch more often than not: remember what this instance handed out.
-        issued = self.__dict__.setdefault("_issued_ids", set())
         while True:
             job_id = L.random_hex(4)
-            if job_id not in issued and not os.path.lexists(self.layout.id_marker(job_id)):
-                issued.add(job_id)
+            if job_id not in self._issued_ids and not os.path.lexists(self.layout.id_marker(job_id)):
+                self._issued_ids.add(job_id)
                 return job_id
 
     def enqueue(self, spec: dict[str, Any] | Job, *, now: float | None = None) -> Job:
@@ -235,7 +240,7 @@ class Spool:
             for job in jobs:
                 tmp = tmp_dir + L.tmp_name()
                 fsio.write_file(tmp, job.to_json(), durable=durable_each)
-                written.append((tmp, L.pending_name(job.id, job.priority, job.seq, job.run_at)))
+                written.append((tmp, L.pending_name_of(job)))
                 if progress:
                     progress(1)
             if not durable_each:
@@ -244,17 +249,13 @@ class Spool:
                 os.rename(tmp, pending_dir + name)
             fsio.fsync_dir(self.layout.pending)
             fsio.fsync_dir(self.layout.dir("ids"))
-        except OSError as e:
+        except BaseException as e:  # nothing published: take back every temp file and reserved id
             for tmp, _ in written:
                 fsio.unlink_quietly(tmp)
             for job_id in reserved:
                 fsio.unlink_quietly(self.layout.id_marker(job_id))
-            raise SpoolError(_io_message("cannot enqueue", e)) from None
-        except BaseException:
-            for tmp, _ in written:
-                fsio.unlink_quietly(tmp)
-            for job_id in reserved:
-                fsio.unlink_quietly(self.layout.id_marker(job_id))
+            if isinstance(e, OSError):
+                raise SpoolError(_io_message("cannot enqueue", e)) from None
             raise
         return jobs
 
@@ -319,8 +320,8 @@ class Spool:
             return None
         except InvalidJob as e:
             return JobView(job_id, state, None, path, reason=str(e))
-        if state == "pending" and job.run_at and job.run_at > (time.time() if now is None else now):
-            state = "scheduled"
+        if state == "pending":
+            state = waiting_state(job, time.time() if now is None else now)
         return JobView(job.id or job_id, state, job, path, owner=owner, changed_at=st.st_ctime)
 
     def read_job(self, path: str, *, now: float, expect_id: str | None = None,
@@ -598,21 +599,12 @@ class Spool:
         if ok:
             # The success is the move itself: the file keeps the attempts before this one, which
             # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
-            try:
-                moved = fsio.move(claimed.path, os.path.join(self.layout.done, L.job_file(claimed.job.id)))
-            except FileNotFoundError:
-                moved = False
-            if not moved:
-                raise LostOwnership(f"{claimed.path} was taken from us")
+            self._move_away(claimed.path, os.path.join(self.layout.done, L.job_file(claimed.job.id)))
             return retry.Decision("done")
         cfg = self.config
         job = claimed.job
-        job.attempts = claimed.attempt
-        job.exit_code = exit_code
-        if not ok:
-            job.last_error = error
-        job.updated_at = now
-        decision = retry.decide(ok=ok, attempts=job.attempts, max_retries=job.max_retries, now=now,
+        job.attempts, job.exit_code, job.last_error, job.updated_at = claimed.attempt, exit_code, error, now
+        decision = retry.decide(ok=False, attempts=job.attempts, max_retries=job.max_retries, now=now,
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
         self._move_owned(claimed.path, job, decision)
         return decision
@@ -636,9 +628,14 @@ class Spool:
             fsio.unlink_quietly(tmp)
             raise
         if decision.state == "pending":
-            dest = os.path.join(self.layout.pending, L.pending_name(job.id, job.priority, job.seq, job.run_at))
+            dest = os.path.join(self.layout.pending, L.pending_name_of(job))
         else:
             dest = os.path.join(self.layout.dir(decision.state), L.job_file(job.id))
+        self._move_away(path, dest)
+
+    def _move_away(self, path: str, dest: str) -> None:
+        """The last step of every transition out of an owned directory; the source's existence
+        is the proof of ownership."""
         try:
             moved = fsio.move(path, dest)
         except FileNotFoundError:
@@ -702,7 +699,7 @@ class Spool:
             raise
         fsio.fsync_dir(self.layout.pending)
         return Adoption("published", job_id=job.id,
-                        pending_name=L.pending_name(job.id, job.priority, job.seq, job.run_at))
+                        pending_name=L.pending_name_of(job))
 
     def _adopt_refused(self, src: str, entry: str, owner: str, reason: str, now: float) -> Adoption:
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
@@ -861,7 +858,7 @@ class Spool:
                 tmp = os.path.join(self.layout.dead, L.tmp_name())
                 fsio.write_file(tmp, job.to_json(), durable=True)
                 os.rename(tmp, path)  # safe: dead/ files change only under this lock
-                dest = os.path.join(self.layout.pending, L.pending_name(job.id, job.priority, job.seq, None))
+                dest = os.path.join(self.layout.pending, L.pending_name_of(job))
                 if fsio.move(path, dest):
                     done.append(job_id)
             fsio.fsync_dir(self.layout.pending)

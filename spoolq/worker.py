@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -10,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from . import fsio, job as job_mod, layout as L, runner, watch
+from . import job as job_mod, layout as L, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
 from .spool import Claimed, Spool
@@ -44,6 +43,7 @@ class Worker:
         self._dropin_retry: dict[str, float] = {}
         self._hb_stop = threading.Event()
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
+        self.host = L.host_name()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -238,52 +238,22 @@ class Worker:
         cfg = self.spool.config
         env = self._base_env.copy()
         env.update(job.env)
-        env.update(SPOOLQ_JOB_ID=job.id, SPOOLQ_ATTEMPT=str(claimed.attempt), SPOOLQ_HOST=L.host_name(),
+        env.update(SPOOLQ_JOB_ID=job.id, SPOOLQ_ATTEMPT=str(claimed.attempt), SPOOLQ_HOST=self.host,
                    SPOOLQ_SPOOL=self.spool.root, SPOOLQ_OWNER=self.owner)
-        timeout = job.timeout or cfg.job_timeout or None
-        path = self.spool.output_path(job.id)
         header = (f"==> {job_mod.iso(time.time())} attempt {claimed.attempt} of {job.max_retries + 1} "
-                  f"on {L.host_name()} (worker {self.owner}) <==\n")
+                  f"on {self.host} (worker {self.owner}) <==\n")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, fsio.FILE_MODE)
-            fsio.exact_mode(fd)
-        except OSError as e:
-            return runner.Outcome(False, None, f"cannot open output log: {e.strerror}", 0.0)
+            fd, start = output.open_attempt(self.spool.output_path(job.id), header)
+        except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
+            return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
         try:
-            try:
-                start = _append(fd, header.encode())
-            except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
-                return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
-            outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=timeout, log_fd=fd,
-                                 should_abort=lambda: self.lost)
-            self._close_log(fd, start, outcome, cfg.max_output_bytes)
+            outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
+                                 log_fd=fd, should_abort=lambda: self.lost)
+            output.close_attempt(fd, start, "ok" if outcome.ok else str(outcome.error), outcome.seconds,
+                                 cfg.max_output_bytes)
         finally:
             os.close(fd)
         return outcome
-
-    def _close_log(self, fd: int, start: int, outcome: runner.Outcome, cap: int) -> None:
-        """Write the attempt's footer; keep the log within its cap and the disk usable."""
-        size = os.fstat(fd).st_size
-        note = ""
-        if cap and size - start > cap:
-            os.ftruncate(fd, start + cap)
-            note = f" (output truncated to {cap} bytes)"
-        status = "ok" if outcome.ok else outcome.error
-        end = os.pread(fd, 1, os.fstat(fd).st_size - 1) if os.fstat(fd).st_size > start else b"\n"
-        footer = (("" if end == b"\n" else "\n")
-                  + f"==> attempt finished in {outcome.seconds:.3f}s: {status}{note} <==\n").encode()
-        try:
-            _append(fd, footer)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            # The job filled the disk: give back what it wrote so the spool can keep working.
-            keep = min(os.fstat(fd).st_size, start + 4096)
-            os.ftruncate(fd, keep)
-            try:
-                _append(fd, b"\n==> output truncated: the disk is full <==\n")
-            except OSError:
-                pass
 
     def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
         delay = 0.1
@@ -295,15 +265,9 @@ class Worker:
                 self.log(f"result of job {claimed.job.id} attempt {claimed.attempt} discarded: "
                          "this worker lost the job (it was recovered elsewhere)")
                 self.lost = True
-                try:  # the footer above is not the job's result: say so where `logs` shows it
-                    fd = os.open(self.spool.output_path(claimed.job.id), os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-                    try:
-                        _append(fd, f"==> attempt {claimed.attempt} on {L.host_name()}: result discarded, "
-                                    "the job was recovered elsewhere <==\n".encode())
-                    finally:
-                        os.close(fd)
-                except OSError:
-                    pass
+                # The footer above is not the job's result: say so where `logs` shows it.
+                output.mark(self.spool.output_path(claimed.job.id), f"attempt {claimed.attempt} on {self.host}: "
+                            "result discarded, the job was recovered elsewhere")
                 return
             except OSError as e:
                 # A full disk or a passing I/O fault: the job stays ours in processing/, try again.
@@ -312,15 +276,6 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             if decision.state == "pending":
-                self.index.add(L.pending_name(claimed.job.id, claimed.job.priority, claimed.job.seq,
-                                              decision.run_at))
+                self.index.add(L.pending_name_of(claimed.job))  # finish() set its run_at
             return
 
-
-def _append(fd: int, data: bytes) -> int:
-    """Append and return the offset where `data` starts."""
-    start = os.lseek(fd, 0, os.SEEK_END)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return start

@@ -12,6 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 RANK = {
     "errors": 0, "job": 1, "layout": 2,
     "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3, "config": 4,
+    "output": 4,
     "spool": 5, "fsck": 6, "worker": 6, "supervisor": 7, "cli": 8, "__main__": 9, "__init__": 9,
 }
 THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "filelock": "config"}
