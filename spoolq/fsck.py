@@ -266,7 +266,6 @@ class _Fsck:
             self.leave(p, "a live worker holds it")
 
     def check_pending(self) -> None:
-        cfg = self.spool.config
         for entry in sorted(fsio.listdir(self.layout.pending)):
             if entry.startswith("."):
                 continue  # staging names belong to whoever is writing them
@@ -275,42 +274,35 @@ class _Fsck:
             if parsed is not None:
                 self.check_job_file(path, "pending", parsed.job_id, entry)
             elif L.is_dropin(entry):
-                self.check_dropin(path, entry, cfg.drop_grace)
+                self.check_dropin(path, entry)
 
-    def check_dropin(self, path: str, entry: str, grace: float) -> None:
+    def check_dropin(self, path: str, entry: str) -> None:
         """Report what a worker would quarantine (and do the same when repairing)."""
-        try:
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                return  # directories are left alone, by the format's rules
-            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
-        except FileNotFoundError:
-            return
-        except ValueError as e:
-            reason = f"dropped file {e}"
-        except OSError as e:
-            reason = f"dropped file cannot be read: {e.strerror}"
-        else:
-            if not self.spool.trusts_uid(st.st_uid):
-                reason = f"dropped file is owned by untrusted uid {st.st_uid}"
-            else:
-                try:
-                    spec = job_mod.parse_json_object(data, "dropped file")
-                    if spec.get("id") is None:
-                        spec["id"] = entry[:-5] if job_mod.valid_id(entry[:-5]) else None
-                    job = job_mod.from_dict(spec, now=self.now, default_max_retries=0)
-                except InvalidJob as e:
-                    if self.fs_now < st.st_mtime + grace:
-                        return  # its writer may still be at it
-                    reason = f"malformed: {e}"
-                else:
-                    if not job.id or not os.path.lexists(self.layout.id_marker(job.id)):
-                        return  # a good drop-in, waiting for a worker
-                    if not os.path.lexists(path):
-                        return  # RACE: a worker adopted it (and made the marker) while we looked
-                    reason = f"duplicate: a job with id {job.id!r} already exists"
+        found = self.spool.inspect_dropin(entry, now=self.now, fs_now=self.fs_now)
+        if found.outcome in ("gone", "ignored", "wait"):
+            return  # a directory is left alone; an unparseable file's writer may still be at it
+        reason = found.reason
+        if found.outcome == "ok":
+            reason = self.dropin_rejection(path, entry)
+            if reason is None:
+                return  # a good drop-in, waiting for a worker
         p = self.add("bad-dropin", path, reason)
-        self.fix(p, lambda: self.quarantine(path, entry, reason))
+        self.fix(p, lambda: self.quarantine(path, entry, str(reason)))
+
+    def dropin_rejection(self, path: str, entry: str) -> str | None:
+        """What adopt() would still refuse in a file that parses: ill-typed fields, a duplicate id."""
+        try:
+            data, _ = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+            job = self.spool.job_from_dropin(data, entry, now=self.now)
+        except FileNotFoundError:
+            return None
+        except (InvalidJob, ValueError, OSError) as e:
+            return f"malformed: {e}"
+        if not os.path.lexists(self.layout.id_marker(job.id)):
+            return None
+        if not os.path.lexists(path):
+            return None  # RACE: a worker adopted it (and made the marker) while we looked
+        return f"duplicate: a job with id {job.id!r} already exists"
 
     def check_live_processing(self) -> None:
         for entry in self.live_dirs:

@@ -78,11 +78,12 @@ class Claimed:
 class Adoption:
     """The result of looking at a dropped file."""
 
-    outcome: str  # "published", "quarantined", "wait", "gone", "ignored"
+    outcome: str  # "published", "quarantined", "wait", "gone", "ignored" (inspect_dropin: "refuse", "ok")
     job_id: str | None = None
     retry_at: float | None = None
     reason: str | None = None
     pending_name: str | None = None  # published: its canonical name in pending/
+    stat: os.stat_result | None = None  # ok: the file as inspected
 
 
 @dataclass
@@ -645,33 +646,15 @@ class Spool:
 
     def adopt(self, entry: str, owner: str, *, now: float | None = None) -> Adoption:
         """Turn a dropped file in pending/ into a canonical job, or quarantine it, or wait for its writer."""
-        clock_given = now is not None
+        found = self.inspect_dropin(entry, now=now)
         now = time.time() if now is None else now
         src = os.path.join(self.layout.pending, entry)
-        cfg = self.config
-        try:
-            data, st = fsio.read_regular(src, job_mod.MAX_JOB_BYTES)
-        except FileNotFoundError:
-            return Adoption("gone")
-        except ValueError as e:
-            if os.path.isdir(src) and not os.path.islink(src):
-                return Adoption("ignored")  # directories in pending/ are left alone (layout.py)
-            return self._adopt_refused(src, entry, owner, f"dropped file {e}", now)
-        except OSError as e:
-            return self._adopt_refused(src, entry, owner, f"dropped file cannot be read: {e.strerror}", now)
-        if not self.trusts_uid(st.st_uid):
-            return self._adopt_refused(src, entry, owner, f"dropped file is owned by untrusted uid {st.st_uid}",
-                                       now)
-        try:
-            spec = job_mod.parse_json_object(data, "dropped file")
-        except InvalidJob as e:
-            # The writer may be another host: judge the file's age on the file system's clock.
-            age = (now if clock_given else self.fs_clock()) - st.st_mtime
-            if age < cfg.drop_grace:
-                return Adoption("wait", retry_at=now + cfg.drop_grace - age, reason=str(e))
-            return self._adopt_refused(src, entry, owner, f"malformed: {e}", now)
-        stem = entry[:-5]
-        arrived_ns = st.st_ctime_ns  # its arrival (rename into pending/ or last write); our move resets ctime
+        if found.outcome in ("gone", "ignored", "wait"):
+            return found
+        if found.outcome == "refuse":
+            return self._adopt_refused(src, entry, owner, str(found.reason), now)
+        assert found.stat is not None
+        arrived_ns = found.stat.st_ctime_ns  # its arrival (rename into pending/ or last write); our move resets ctime
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
         try:
             if not fsio.move(src, adopt_path):
@@ -679,11 +662,8 @@ class Spool:
         except FileNotFoundError:
             raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
         try:
-            data, st = fsio.read_regular(adopt_path, job_mod.MAX_JOB_BYTES)
-            spec = job_mod.parse_json_object(data, "dropped file")
-            if spec.get("id") is None:
-                spec["id"] = stem if job_mod.valid_id(stem) else self._fresh_id()
-            job = job_mod.from_dict(spec, now=now, default_max_retries=cfg.max_retries, seq=arrived_ns)
+            data, _ = fsio.read_regular(adopt_path, job_mod.MAX_JOB_BYTES)
+            job = self.job_from_dropin(data, entry, now=now, seq=arrived_ns)
         except (InvalidJob, ValueError, OSError) as e:
             self.quarantine(adopt_path, entry, f"malformed: {e}", now)
             return Adoption("quarantined", reason=str(e))
@@ -700,6 +680,47 @@ class Spool:
         fsio.fsync_dir(self.layout.pending)
         return Adoption("published", job_id=job.id,
                         pending_name=L.pending_name_of(job))
+
+    def inspect_dropin(self, entry: str, *, now: float | None = None, fs_now: float | None = None) -> Adoption:
+        """What a dropped file in pending/ is, before anyone takes it: "gone", "ignored" (a
+        directory: left alone), "refuse" (never a job: reason says why), "wait" (unparseable,
+        but its writer has drop_grace to finish it) or "ok" (parses: worth taking).
+
+        The writer may be another host, so a file's age is judged on the file system's clock
+        (`fs_now`, else `now` when the caller fixes time, else read when first needed)."""
+        path = os.path.join(self.layout.pending, entry)
+        try:
+            data, st = fsio.read_regular(path, job_mod.MAX_JOB_BYTES)
+        except FileNotFoundError:
+            return Adoption("gone")
+        except ValueError as e:
+            if os.path.isdir(path) and not os.path.islink(path):
+                return Adoption("ignored")
+            return Adoption("refuse", reason=f"dropped file {e}")
+        except OSError as e:
+            return Adoption("refuse", reason=f"dropped file cannot be read: {e.strerror}")
+        if not self.trusts_uid(st.st_uid):
+            return Adoption("refuse", reason=f"dropped file is owned by untrusted uid {st.st_uid}")
+        try:
+            job_mod.parse_json_object(data, "dropped file")
+        except InvalidJob as e:
+            if fs_now is None:
+                fs_now = self.fs_clock() if now is None else now
+            age = fs_now - st.st_mtime
+            if age < self.config.drop_grace:
+                local_now = time.time() if now is None else now
+                return Adoption("wait", retry_at=local_now + self.config.drop_grace - age, reason=str(e))
+            return Adoption("refuse", reason=f"malformed: {e}")
+        return Adoption("ok", stat=st)
+
+    def job_from_dropin(self, data: bytes, entry: str, *, now: float, seq: int | None = None) -> Job:
+        """The job a dropped file describes: the `id` inside wins, else the file name if it is a
+        valid id, else a fresh one. InvalidJob if its fields are not a job's."""
+        spec = job_mod.parse_json_object(data, "dropped file")
+        if spec.get("id") is None:
+            stem = entry[:-5]
+            spec["id"] = stem if job_mod.valid_id(stem) else self._fresh_id()
+        return job_mod.from_dict(spec, now=now, default_max_retries=self.config.max_retries, seq=seq)
 
     def _adopt_refused(self, src: str, entry: str, owner: str, reason: str, now: float) -> Adoption:
         adopt_path = os.path.join(self.layout.owned(owner), L.ADOPT_PREFIX + entry)
