@@ -122,8 +122,6 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     spoolq enqueue --cmd 'backup.sh' --priority 10 --delay 60
     spoolq enqueue --batch jobs.jsonl
     """
-    from . import job as job_mod
-
     forms = [name for name, value in (("JOB", job), ("--cmd", cmd), ("--file", file_path), ("--batch", batch))
              if value is not None]
     if len(forms) != 1:
@@ -135,51 +133,18 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
         run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
                           "delay": delay, "run_at": run_at})
-    specs: list[dict[str, Any]] = []
-    line_numbers: list[int] = []  # --batch: the input line of each spec (blank lines are skipped)
+    where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     try:
-        if batch is not None:
-            text = _read_source(batch, "batch")
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    specs.append({**job_mod.parse_json_object(line, "line"), **flags})
-                    line_numbers.append(n)
-                except InvalidJob as e:
-                    raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
-        elif file_path is not None:
-            specs.append({**job_mod.parse_json_object(_read_source(file_path, "file"), "file"), **flags})
-        elif cmd is not None:
-            specs.append({"command": cmd, **flags})
-        else:
-            assert job is not None
-            if job.lstrip().startswith(("{", "[")):
-                specs.append({**job_mod.parse_json_object(job, "JOB"), **flags})
-            else:
-                specs.append({"command": job, **flags})
-        for spec in specs:
-            spec.setdefault("cwd", os.getcwd())
+        specs = _read_specs(job, cmd, file_path, batch)
         spool = Spool(c.path, create=False)  # validate first: bad input writes nothing at all
-        jobs = []
-        first_line: dict[str, int] = {}
-        for n, spec in enumerate(specs, 1):
-            where = f"line {line_numbers[n - 1]}: " if batch is not None else ""
-            try:
-                jobs.append(spool.make_job(spec))
-            except InvalidJob as e:
-                raise CliError(f"{where}{e}; nothing was enqueued", 2) from None
-            if jobs[-1].id in first_line:
-                raise CliError(f"{where}id {jobs[-1].id!r} already appears on line {first_line[jobs[-1].id]}; "
-                               "nothing was enqueued", 2)
-            first_line[jobs[-1].id] = line_numbers[n - 1] if batch is not None else n
+        jobs, line_of = _make_jobs(spool, specs, flags, where)
         spool.init()
         try:
             jobs = _publish(spool, jobs)
         except JobExists as e:
-            if batch is None or e.job_id not in first_line:
+            if batch is None or e.job_id not in line_of:
                 raise
-            raise CliError(f"line {first_line[e.job_id]}: {e}; nothing was enqueued", 1) from None
+            raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued", 1) from None
     except SpoolError as e:
         raise fail(e) from None
     now = time.time()
@@ -190,6 +155,50 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
         lines = [j.id for j in jobs]
     if lines:
         click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
+
+
+def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
+                batch: str | None) -> list[tuple[int, dict[str, Any]]]:
+    """The job objects of whichever enqueue form was used, each with its input line number."""
+    from . import job as job_mod
+
+    if batch is not None:
+        specs = []
+        for n, line in enumerate(_read_source(batch, "batch").splitlines(), 1):
+            if line.strip():
+                try:
+                    specs.append((n, job_mod.parse_json_object(line, "line")))
+                except InvalidJob as e:
+                    raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
+        return specs
+    if file_path is not None:
+        return [(1, job_mod.parse_json_object(_read_source(file_path, "file"), "file"))]
+    if cmd is not None:
+        return [(1, {"command": cmd})]
+    assert job is not None
+    if job.lstrip().startswith(("{", "[")):
+        return [(1, job_mod.parse_json_object(job, "JOB"))]
+    return [(1, {"command": job})]
+
+
+def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dict[str, Any],
+               where: Any) -> tuple[list, dict[str, int]]:
+    """Validate every spec (flags override, cwd defaults to ours) before anything is written;
+    returns the jobs and the input line of each id."""
+    jobs = []
+    line_of: dict[str, int] = {}
+    for n, spec in specs:
+        spec = {"cwd": os.getcwd(), **spec, **flags}
+        try:
+            job = spool.make_job(spec)
+        except InvalidJob as e:
+            raise CliError(f"{where(n)}{e}; nothing was enqueued", 2) from None
+        if job.id in line_of:
+            raise CliError(f"{where(n)}id {job.id!r} already appears on line {line_of[job.id]}; "
+                           "nothing was enqueued", 2)
+        line_of[job.id] = n
+        jobs.append(job)
+    return jobs, line_of
 
 
 def _publish(spool: Spool, jobs: list) -> list:
