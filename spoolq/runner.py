@@ -71,9 +71,7 @@ def spawn(command: str, *, cwd: str | None, env: dict[str, str], log_fd: int) ->
 
     posix_spawn (vfork underneath) costs the worker a fraction of what subprocess does per job;
     it has no chdir action before Python 3.13, so the worker steps into `cwd` around the call
-    (its own paths are all absolute)."""
-    if not hasattr(os, "posix_spawn"):
-        return _spawn_portable(command, cwd=cwd, env=env, log_fd=log_fd)
+    (its own paths are all absolute). Linux with glibc 2.26+ has POSIX_SPAWN_SETSID."""
     here = os.getcwd() if cwd else None
     if cwd:
         os.chdir(cwd)
@@ -83,8 +81,6 @@ def spawn(command: str, *, cwd: str | None, env: dict[str, str], log_fd: int) ->
             (os.POSIX_SPAWN_DUP2, log_fd, 1),
             (os.POSIX_SPAWN_DUP2, log_fd, 2),
         ])
-    except NotImplementedError:  # no POSIX_SPAWN_SETSID in this libc
-        return _spawn_portable(command, cwd=None, env=env, log_fd=log_fd)
     finally:
         if here is not None:
             os.chdir(here)
@@ -108,15 +104,6 @@ def keep_descriptors_from_jobs() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 continue  # the listing's own descriptor, closed by now
-
-
-def _spawn_portable(command: str, *, cwd: str | None, env: dict[str, str], log_fd: int) -> int:
-    import subprocess
-
-    proc = subprocess.Popen([SHELL, "-c", command], cwd=cwd or None, env=env, stdin=subprocess.DEVNULL,
-                            stdout=log_fd, stderr=log_fd, start_new_session=True, close_fds=True)
-    proc.returncode = 0  # reaped by waitpid below, not by Popen: keep its finalizer quiet
-    return proc.pid
 
 
 def _pidfd(pid: int) -> int | None:
