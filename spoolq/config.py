@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 from . import fsio
 from .errors import ConfigError, SpoolError
+from .job import is_int, is_number
 from .layout import Layout, tmp_name
 
 
@@ -46,39 +47,31 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and abs(v) != float("inf")
-
-
 def _uid_list(text: str) -> list[int]:
     """'1000 1001', '1000,1001' or what `config get` prints: '[1000, 1001]'."""
     return [int(part) for part in text.strip().strip("[]").replace(",", " ").split()]
 
 
 KEYS: dict[str, Key] = {
-    "max_retries": Key(3, _integer, lambda v: _is_int(v) and 0 <= v <= 1000,
+    "max_retries": Key(3, _integer, lambda v: is_int(v) and 0 <= v <= 1000,
                        "retries after the first attempt, for jobs that do not set their own (0-1000)"),
-    "backoff_base": Key(2, _number, lambda v: _is_num(v) and 0 <= v <= 3600,
+    "backoff_base": Key(2, _number, lambda v: is_number(v) and 0 <= v <= 3600,
                         "wait backoff_base ** n seconds after failed attempt n"),
-    "backoff_max": Key(3600, _number, lambda v: _is_num(v) and 0 <= v <= 86400 * 30,
+    "backoff_max": Key(3600, _number, lambda v: is_number(v) and 0 <= v <= 86400 * 30,
                        "cap on the backoff, seconds"),
-    "job_timeout": Key(0, _number, lambda v: _is_num(v) and 0 <= v <= 86400 * 365,
+    "job_timeout": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 86400 * 365,
                        "seconds before a job's process group is killed; 0 = no limit"),
-    "poll_interval": Key(1.0, _number, lambda v: _is_num(v) and 0.05 <= v <= 3600,
+    "poll_interval": Key(1.0, _number, lambda v: is_number(v) and 0.05 <= v <= 3600,
                          "seconds between rescans of pending/, in case events were lost"),
-    "drop_grace": Key(5.0, _number, lambda v: _is_num(v) and 0 <= v <= 86400,
+    "drop_grace": Key(5.0, _number, lambda v: is_number(v) and 0 <= v <= 86400,
                       "seconds an unparseable dropped file may keep changing before it is quarantined"),
-    "lease_timeout": Key(30.0, _number, lambda v: _is_num(v) and 1 <= v <= 86400,
+    "lease_timeout": Key(30.0, _number, lambda v: is_number(v) and 1 <= v <= 86400,
                          "seconds without a heartbeat before another host recovers a worker's job"),
-    "max_output_bytes": Key(64 * 1024 * 1024, _integer, lambda v: _is_int(v) and 0 <= v,
+    "max_output_bytes": Key(64 * 1024 * 1024, _integer, lambda v: is_int(v) and 0 <= v,
                             "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
     "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
                         "give the spool's group read/write access (shared spools)"),
-    "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(_is_int(u) and u >= 0 for u in v),
+    "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(is_int(u) and u >= 0 for u in v),
                         "uids besides the spool owner's whose dropped files are run"),
 }
 
@@ -129,14 +122,14 @@ def load(layout: Layout) -> Config:
     return Config(values)
 
 
-def save(layout: Layout, key: str, value: Any) -> Config:
-    """Read-modify-write config.json under its lock, publishing the new file by rename."""
+def save(layout: Layout, key: str, value: Any, *, mode: int) -> Config:
+    """Read-modify-write config.json under its lock, publishing the new file (of `mode`) by rename."""
     check_key(key)
     with locked(layout, "config"):
         current = load(layout)._values
         current = {**current, key: value}
         data = (json.dumps(current, indent=2, sort_keys=True) + "\n").encode()
-        fsio.publish(os.path.join(layout.tmp, tmp_name()), data, layout.config)
+        fsio.publish(os.path.join(layout.tmp, tmp_name()), data, layout.config, mode=mode)
         return Config(current)
 
 

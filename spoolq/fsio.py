@@ -3,45 +3,54 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
-
-FILE_MODE = 0o600
-DIR_MODE = 0o700
-
-_libc = None
+from dataclasses import dataclass
 
 
-def set_modes(file_mode: int, dir_mode: int) -> None:
-    """Private by default; a spool shared with a group widens both (see config 'group_access')."""
-    global FILE_MODE, DIR_MODE
-    FILE_MODE, DIR_MODE = file_mode, dir_mode
+@dataclass(frozen=True)
+class Modes:
+    """The modes of what a spool creates: private by default; a spool shared with a group
+    widens both (config 'group_access'). Held by each spool, never by the process."""
+
+    file: int
+    dir: int
+
+    @staticmethod
+    def for_spool(group_access: bool) -> Modes:
+        return SHARED if group_access else PRIVATE
 
 
-def exact_mode(fd: int) -> None:
-    """A shared spool's files need group write whatever the creator's umask (private: nothing to do)."""
-    if FILE_MODE != 0o600:
+PRIVATE = Modes(0o600, 0o700)
+SHARED = Modes(0o660, 0o2770)
+
+
+def exact_mode(fd: int, mode: int) -> None:
+    """A shared spool's files need group write whatever the creator's umask (private: the
+    umask can only narrow 0600, so there is nothing to do)."""
+    if mode & 0o077:
         try:
-            os.fchmod(fd, FILE_MODE)
+            os.fchmod(fd, mode)
         except OSError:
             pass  # not ours to change: another group member created it
 
 
-def make_dir(path: str) -> None:
+def make_dir(path: str, mode: int) -> None:
     try:
-        os.mkdir(path, DIR_MODE)
+        os.mkdir(path, mode)
     except FileExistsError:
         return
-    os.chmod(path, DIR_MODE)  # umask may have narrowed it
+    os.chmod(path, mode)  # umask may have narrowed it
 
 
-def write_file(path: str, data: bytes, *, durable: bool) -> None:
+def write_file(path: str, data: bytes, *, durable: bool, mode: int) -> None:
     """Create `path` (must not exist) holding `data`; fsync it when `durable`.
 
     Removes the partial file on any failure, so a full disk leaves nothing behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
-        exact_mode(fd)
+        exact_mode(fd, mode)
         write_all(fd, data)
         if durable:
             os.fsync(fd)
@@ -59,9 +68,9 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def publish(tmp_path: str, data: bytes, final_path: str, *, durable: bool = True) -> None:
+def publish(tmp_path: str, data: bytes, final_path: str, *, mode: int, durable: bool = True) -> None:
     """Write under a temp name, fsync, rename into place, fsync the directory."""
-    write_file(tmp_path, data, durable=durable)
+    write_file(tmp_path, data, durable=durable, mode=mode)
     try:
         os.rename(tmp_path, final_path)
     except BaseException:
@@ -81,13 +90,8 @@ def fsync_dir(path: str) -> None:
 
 def sync_filesystem(path: str) -> None:
     """Flush every dirty page of the file system holding `path`: one barrier for a whole batch."""
-    global _libc
-    if _libc is None:
-        import ctypes.util  # only batches need it; the single-job CLI path stays lean
-
-        name = ctypes.util.find_library("c")
-        _libc = ctypes.CDLL(name, use_errno=True) if name else False  # type: ignore[attr-defined]
-    syncfs = getattr(_libc, "syncfs", None) if _libc else None
+    libc = _libc()
+    syncfs = getattr(libc, "syncfs", None) if libc else None
     if syncfs is None:
         os.sync()
         return
@@ -102,13 +106,21 @@ def sync_filesystem(path: str) -> None:
         os.close(fd)
 
 
-def create_exclusive(path: str) -> bool:
+@functools.cache
+def _libc() -> object:
+    import ctypes.util  # only batches need it; the single-job CLI path stays lean
+
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def create_exclusive(path: str, mode: int) -> bool:
     """Create an empty file; False if it exists. O_EXCL is atomic on local file systems and NFSv3+."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except FileExistsError:
         return False
-    exact_mode(fd)
+    exact_mode(fd, mode)
     os.close(fd)
     return True
 

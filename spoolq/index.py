@@ -4,6 +4,9 @@ Built from a listing, then fed names from events and periodic rescans. Entries m
 (another worker claimed them): a claim that loses its rename simply drops the entry, so a
 rescan only ever adds names. A ready entry is just its name: canonical names sort as strings
 in run order (rank, then sequence), which keeps 100,000 entries in a few tens of MB.
+
+Dropped files (not canonical names) wait beside the heaps with the time to look at them next:
+at once, or later for a file whose writer may still be at it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable
 
-from . import layout as L
+from . import layout
 
 
 class PendingIndex:
@@ -19,18 +22,19 @@ class PendingIndex:
         self._ready: list[str] = []  # canonical names: the smallest runs first
         self._later: list[tuple[int, str]] = []  # (due_ms, name)
         self._known: set[str] = set()  # every name in either heap
-        self.dropins: set[str] = set()
+        self._dropins: dict[str, float] = {}  # dropped name -> when to look at it (0: now)
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, *, changed: bool = False) -> None:
+        """Note a name in pending/; `changed` (an event): a dropped file waited on is looked at now."""
         if name in self._known:
             return
-        parsed = L.parse_pending(name)
+        parsed = layout.parse_pending(name)
         if parsed is None:
-            if L.is_dropin(name):
-                self.dropins.add(name)
+            if layout.is_dropin(name):
+                self._dropins[name] = 0.0 if changed else self._dropins.get(name, 0.0)
             return
         self._known.add(name)
         if parsed.due_ms:
@@ -63,3 +67,22 @@ class PendingIndex:
     def has_ready(self, now_ms: int) -> bool:
         self.promote(now_ms)
         return bool(self._ready)
+
+    # ---- dropped files -------------------------------------------------------------------
+
+    def has_dropins(self) -> bool:
+        return bool(self._dropins)
+
+    def dropins_due(self, now: float) -> list[str]:
+        """Dropped files to look at now, longest-waiting first."""
+        due = [(at, name) for name, at in self._dropins.items() if at <= now]
+        return [name for _, name in sorted(due)]
+
+    def defer_dropin(self, name: str, at: float) -> None:
+        self._dropins[name] = at
+
+    def forget_dropin(self, name: str) -> None:
+        self._dropins.pop(name, None)
+
+    def next_dropin_at(self) -> float | None:
+        return min(self._dropins.values()) if self._dropins else None

@@ -70,6 +70,13 @@ class Job:
     def due(self) -> float:
         return self.run_at or 0.0
 
+    @property
+    def running_attempt(self) -> int:
+        """The number of the attempt under way, or about to start: `attempts` counts finished
+        ones. A claim starts it, and a success is recorded without rewriting the file, so readers
+        of a processing or done job add this one back."""
+        return self.attempts + 1
+
 
 def valid_id(value: object) -> bool:
     return isinstance(value, str) and not value.startswith(".") and ID_RE.fullmatch(value) is not None
@@ -92,7 +99,7 @@ def iso(t: float | None) -> str | None:
 
 def parse_time(value: object, field: str) -> float:
     """An ISO 8601 string (naive means UTC) or epoch seconds, as epoch seconds."""
-    if _is_number(value):
+    if is_number(value):
         if not 0 <= value <= MAX_EPOCH:  # type: ignore[operator]  # before float(): a huge int overflows it
             raise InvalidJob(f"{field}: {str(value)[:40]} is out of range")
         t = float(value)  # type: ignore[arg-type]
@@ -138,15 +145,9 @@ def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
 
 
 def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: int | None = None) -> Job:
-    """Build a Job from user input or a stored record, validating every field spoolq owns."""
-    command = d.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise InvalidJob("command: required, a non-empty string")
-    if "\x00" in command:
-        raise InvalidJob("command: contains a NUL byte")
-    _check_utf8(command, "command")
-    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
-        raise InvalidJob(f"command: longer than the limit of {MAX_COMMAND_BYTES} bytes")
+    """Build a Job from user input or a stored record, validating every field spoolq owns (in
+    this order: the first bad field is the one an error names)."""
+    command = _command(d.get("command"))
     job_id = d.get("id")
     if job_id is not None:
         check_id(job_id)
@@ -154,56 +155,83 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     priority = _int(d, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
     attempts = _int(d, "attempts", 0, 0, MAX_RETRIES_LIMIT + 1)
     timeout = _seconds(d, "timeout", positive=True)
+    run_at = _run_at(d, now)
+    cwd = _cwd(d.get("cwd"))
+    env = _env(d.get("env"))
+    created_at = now if d.get("created_at") is None else parse_time(d["created_at"], "created_at")
+    updated_at = None if d.get("updated_at") is None else parse_time(d["updated_at"], "updated_at")
+    exit_code = _exit_code(d.get("exit_code"))
+    last_error = _last_error(d.get("last_error"))
+    seq = _seq(d.get("seq"), seq if seq is not None else int(now * 1e9))
+    return Job(id=job_id or "", command=command, max_retries=max_retries, created_at=created_at, seq=seq,
+               priority=priority, timeout=timeout, run_at=run_at, cwd=cwd, env=env, updated_at=updated_at,
+               attempts=attempts, exit_code=exit_code, last_error=last_error, extra=_extra(d))
+
+
+def _command(command: object) -> str:
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidJob("command: required, a non-empty string")
+    if "\x00" in command:
+        raise InvalidJob("command: contains a NUL byte")
+    _check_utf8(command, "command")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise InvalidJob(f"command: longer than the limit of {MAX_COMMAND_BYTES} bytes")
+    return command
+
+
+def _run_at(d: dict[str, Any], now: float) -> float | None:
+    """When the job may first run: `run_at`, or `delay` seconds from now (one or the other)."""
     delay = _seconds(d, "delay", positive=False)
     run_at = None if d.get("run_at") is None else parse_time(d["run_at"], "run_at")
     if delay is not None and run_at is not None:
         raise InvalidJob("give delay or run_at, not both")
     if delay is not None:
-        run_at = now + delay if delay > 0 else None
-    cwd = d.get("cwd")
-    if cwd is not None and (not isinstance(cwd, str) or not cwd or "\x00" in cwd):
+        return now + delay if delay > 0 else None
+    return run_at
+
+
+def _cwd(cwd: object) -> str | None:
+    if cwd is None:
+        return None
+    if not isinstance(cwd, str) or not cwd or "\x00" in cwd:
         raise InvalidJob("cwd: must be a non-empty string")
-    if cwd is not None:
-        _check_utf8(cwd, "cwd")
-    env = _env(d.get("env"))
-    created_at = now if d.get("created_at") is None else parse_time(d["created_at"], "created_at")
-    updated_at = None if d.get("updated_at") is None else parse_time(d["updated_at"], "updated_at")
-    exit_code = d.get("exit_code")
-    if exit_code is not None and not _is_int(exit_code):
+    _check_utf8(cwd, "cwd")
+    return cwd
+
+
+def _exit_code(exit_code: object) -> int | None:
+    if exit_code is not None and not is_int(exit_code):
         raise InvalidJob("exit_code: must be an integer or null")
-    last_error = d.get("last_error")
-    if last_error is not None and not isinstance(last_error, str):
+    return exit_code  # type: ignore[return-value]
+
+
+def _last_error(last_error: object) -> str | None:
+    if last_error is None:
+        return None
+    if not isinstance(last_error, str):
         raise InvalidJob("last_error: must be a string or null")
-    if last_error is not None:
-        _check_utf8(last_error, "last_error")
-    stored_seq = d.get("seq")
-    if stored_seq is not None:
-        if not _is_int(stored_seq) or not 0 <= stored_seq < 10**19:
-            raise InvalidJob("seq: must be a non-negative integer")
-        seq = stored_seq
+    _check_utf8(last_error, "last_error")
+    return last_error
+
+
+def _seq(stored: object, default: int) -> int:
+    """The stored FIFO position wins over a fresh one: a re-read job keeps its place."""
+    if stored is None:
+        return default
+    if not is_int(stored) or not 0 <= stored < 10**19:  # type: ignore[operator]
+        raise InvalidJob("seq: must be a non-negative integer")
+    return stored  # type: ignore[return-value]
+
+
+def _extra(d: dict[str, Any]) -> dict[str, Any]:
+    """Fields spoolq does not own, kept as given."""
     extra = {k: v for k, v in d.items() if k not in KNOWN}
     if extra:  # the API can pass what JSON cannot carry (NaN, sets): refuse it, never store it unreadable
         try:
             json.dumps(extra, allow_nan=False, ensure_ascii=False).encode()
         except (TypeError, ValueError) as e:
             raise InvalidJob(f"unknown fields must hold plain JSON values: {str(e)[:80]}") from None
-    return Job(
-        id=job_id or "",
-        command=command,
-        max_retries=max_retries,
-        created_at=created_at,
-        seq=seq if seq is not None else int(now * 1e9),
-        priority=priority,
-        timeout=timeout,
-        run_at=run_at,
-        cwd=cwd,
-        env=env,
-        updated_at=updated_at,
-        attempts=attempts,
-        exit_code=exit_code,
-        last_error=last_error,
-        extra=extra,
-    )
+    return extra
 
 
 def from_json(data: bytes | str, *, now: float, default_max_retries: int) -> Job:
@@ -214,7 +242,7 @@ def _int(d: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     value = d.get(key)
     if value is None:
         return default
-    if not _is_int(value):
+    if not is_int(value):
         raise InvalidJob(f"{key}: must be an integer, not {_json_type(value)}")
     if not lo <= value <= hi:
         raise InvalidJob(f"{key}: {value} is outside {lo}..{hi}")
@@ -225,7 +253,7 @@ def _seconds(d: dict[str, Any], key: str, *, positive: bool) -> float | None:
     value = d.get(key)
     if value is None:
         return None
-    if not _is_number(value):
+    if not is_number(value):
         raise InvalidJob(f"{key}: must be a number of seconds, not {_json_type(value)}")
     if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:  # type: ignore[operator]
         raise InvalidJob(f"{key}: {str(value)[:40]} is out of range")
@@ -254,11 +282,11 @@ def _check_utf8(text: str, field: str) -> None:
         raise InvalidJob(f"{field}: not valid Unicode text (holds a lone surrogate)") from None
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A JSON number that is finite. Integers of any size count (a huge one is then out of range,
     not a float overflow)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

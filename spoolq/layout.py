@@ -78,8 +78,10 @@ OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log",
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
 CANONICAL_RE = re.compile(r"(\d{10})\.(\d{19})\.(\d{13})@([A-Za-z0-9_.\-]{1,128})\.json")
-QUARANTINE_PREFIX = "+"
-RESCUE_SEP = "~"
+QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot start a job id
+# The same character in two namespaces that never meet: RESCUE_SEP joins owner tokens in a
+# directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
+RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 
 
@@ -124,11 +126,19 @@ def job_file(job_id: str) -> str:
     return f"{job_id}.json"
 
 
+def stem(name: str) -> str:
+    """A ``*.json`` name without its suffix: the job id of ``done/<id>.json`` and the like."""
+    return name[:-5] if name.endswith(".json") else name
+
+
+def is_quarantine_id(job_id: str) -> bool:
+    return job_id.startswith(QUARANTINE_PREFIX)
+
+
 def quarantine_id(source_name: str) -> str:
     """A fresh id for a quarantined file: '+' cannot start a job id, so it never collides."""
-    stem = source_name[:-5] if source_name.endswith(".json") else source_name
-    stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem)[:80].lstrip(".") or "file"
-    return f"{QUARANTINE_PREFIX}{stem}.{random_hex(3)}"
+    safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem(source_name))[:80].lstrip(".") or "file"
+    return f"{QUARANTINE_PREFIX}{safe}.{random_hex(3)}"
 
 
 def random_hex(nbytes: int) -> str:
@@ -149,8 +159,16 @@ def owner_of(dirname: str) -> str:
     return dirname.split(RESCUE_SEP, 1)[0]
 
 
+TMP_RE = re.compile(r"\.[0-9]+\.[0-9a-f]{12}\.tmp")
+
+
 def tmp_name() -> str:
     return f".{os.getpid()}.{random_hex(6)}.tmp"
+
+
+def is_temp_name(name: str) -> bool:
+    """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
+    return TMP_RE.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
@@ -208,3 +226,7 @@ class Layout:
     @property
     def stop_file(self) -> str:
         return os.path.join(self.root, "control", "stop")
+
+    def worker_log(self, host: str) -> str:
+        """Where detached workers of `host` write their log."""
+        return os.path.join(self.root, "log", f"worker-{host}.log")

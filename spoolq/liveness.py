@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 OWNER_ENV = "SPOOLQ_OWNER"
@@ -25,19 +26,15 @@ def start_token(pid: int) -> str | None:
     return fields[19].decode() if fields and len(fields) > 19 else None
 
 
-_boot_id: str | None = None
-
-
+@functools.cache
 def boot_id() -> str | None:
-    """This boot of this machine: two hosts given one name, or one host after a reboot, differ."""
-    global _boot_id
-    if _boot_id is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id") as f:
-                _boot_id = f.read().strip()
-        except OSError:
-            _boot_id = ""
-    return _boot_id or None
+    """This boot of this machine: two hosts given one name, or one host after a reboot, differ.
+    (Cached: it cannot change while this process runs.)"""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 def alive(pid: object, token: object = None) -> bool:

@@ -9,12 +9,12 @@ import os
 from . import fsio
 
 
-def open_attempt(path: str, header: str) -> tuple[int, int]:
-    """Open (or create) the job's log and write an attempt's header line. Returns the descriptor
-    (the job's stdout and stderr) and the offset where this attempt's output starts."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, fsio.FILE_MODE)
+def open_attempt(path: str, header: str, mode: int) -> tuple[int, int]:
+    """Open (or create, of `mode`) the job's log and write an attempt's header line. Returns the
+    descriptor (the job's stdout and stderr) and the offset where this attempt's output starts."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
-        fsio.exact_mode(fd)
+        fsio.exact_mode(fd, mode)
         return fd, append(fd, header.encode())
     except BaseException:
         os.close(fd)

@@ -48,8 +48,8 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
-        self.token = self.spool.register("supervisor", workers=self.count)
-        self.started = self.spool.registered_at(self.token)
+        self.token = self.spool.owners.register("supervisor", workers=self.count)
+        self.started = self.spool.owners.registered_at(self.token)
         signal.signal(signal.SIGALRM, self._heartbeat)
         self._heartbeat()
         try:
@@ -60,7 +60,7 @@ class Supervisor:
                 self._reap_one()
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            self.spool.unregister(self.token)
+            self.spool.owners.unregister(self.token)
         return 0
 
     def _heartbeat(self, *_args: object) -> None:
@@ -68,8 +68,8 @@ class Supervisor:
         supervisor for dead, and the processing/<token>~<dead> of a rescue in progress with it.
         A timer, not a thread: the supervisor forks."""
         try:
-            self.spool.heartbeat(self.token)
-            interval = self.spool.heartbeat_interval()
+            self.spool.owners.heartbeat(self.token)
+            interval = self.spool.owners.heartbeat_interval()
         except Exception:
             interval = 1.0
         signal.setitimer(signal.ITIMER_REAL, interval)
@@ -112,15 +112,18 @@ class Supervisor:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         self.log(f"worker pid {pid} {how}")
         self._recover()
-        if self.stopping or self.spool.stop_requested_after(self.started):
+        if self._stop_wanted():
             return
         if code != -signal.SIGKILL:
             # SIGKILL comes from outside (OOM killer, operator, a job killing its worker): the job's
             # attempt count and backoff bound that loop, and pacing would leave the queue unserved.
             self._pace(child)
-        if self.stopping or self.spool.stop_requested_after(self.started):
+        if self._stop_wanted():
             return  # a stop arrived while we paced: a worker spawned now would never be told
         self._spawn()
+
+    def _stop_wanted(self) -> bool:
+        return self.stopping or self.spool.owners.stop_requested_after(self.started)
 
     def _pace(self, child: Child) -> None:
         """Workers that die young are restarted with a growing delay, so a crash loop cannot spin."""
@@ -134,11 +137,12 @@ class Supervisor:
 
     def _recover(self) -> None:
         try:
-            if not self.spool.heartbeat(self.token):  # declared dead elsewhere (frozen past its lease)
-                old, self.token = self.token, self.spool.register("supervisor", workers=self.count)
-                self.spool.unregister(old)
-            for r in self.spool.recover(self.token):
-                self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
+            owners = self.spool.owners
+            if not owners.heartbeat(self.token):  # declared dead elsewhere (frozen past its lease)
+                old, self.token = self.token, owners.register("supervisor", workers=self.count)
+                owners.unregister(old)
+            for recovered in self.spool.recovery.run(self.token):
+                self.log(str(recovered))
         except (OSError, SpoolError) as e:  # LostOwnership: another rescuer fenced this one
             self.log(f"recovery failed: {e}")
 

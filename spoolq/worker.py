@@ -9,17 +9,18 @@ import threading
 import time
 from typing import Callable
 
-from . import job as job_mod, layout as L, output, runner, watch
+from . import job, layout, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
-from .spool import Claimed, Spool
+from .spool import Spool
+from .transitions import Adopted, Claimed
 
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
 
 
 def stderr_log(message: str) -> None:
-    stamp = job_mod.iso(time.time())
+    stamp = job.iso(time.time())
     try:
         sys.stderr.write(f"{stamp} {message}\n")
         sys.stderr.flush()
@@ -40,10 +41,9 @@ class Worker:
         self.started = 0.0
         self.index = PendingIndex()
         self._wake: watch.Wakeups | None = None
-        self._dropin_retry: dict[str, float] = {}
         self._hb_stop = threading.Event()
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
-        self.host = L.host_name()
+        self.host = layout.host_name()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -73,14 +73,14 @@ class Worker:
         finally:
             self._hb_stop.set()
             self._wake.close()
-            self.spool.unregister(self.owner)
+            self.spool.owners.unregister(self.owner)
         self.log("stopped")
         return 0
 
     def _register(self) -> None:
         extra = {"supervisor": self.supervisor} if self.supervisor else {}
-        self.owner = self.spool.register("worker", **extra)
-        self.started = self.spool.registered_at(self.owner)
+        self.owner = self.spool.owners.register("worker", **extra)
+        self.started = self.spool.owners.registered_at(self.owner)
         self.lost = False
 
     def _announce_wakeups(self) -> None:
@@ -98,10 +98,10 @@ class Worker:
 
     def _heartbeat_loop(self) -> None:
         while not self._hb_stop.is_set():
-            if self._hb_stop.wait(self.spool.heartbeat_interval()):
+            if self._hb_stop.wait(self.spool.owners.heartbeat_interval()):
                 return
             try:
-                if not self.spool.heartbeat(self.owner):
+                if not self.spool.owners.heartbeat(self.owner):
                     self.lost = True
             except OSError:
                 pass
@@ -116,7 +116,7 @@ class Worker:
         while not self.stopping:
             now = time.time()
             cfg = spool.config
-            if spool.stop_requested_after(self.started):
+            if spool.owners.stop_requested_after(self.started):
                 self.log("stop requested")
                 return
             reason = self._wake.check()
@@ -136,7 +136,7 @@ class Worker:
             if name is not None:
                 self._claim_and_run(name)
                 continue
-            if self.burst and not self.index.dropins:
+            if self.burst and not self.index.has_dropins():
                 if last_rescan == now:
                     return
                 last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
@@ -145,7 +145,7 @@ class Worker:
 
     def _rescan(self) -> None:
         started = time.monotonic()
-        self.index.rescan(self.spool.pending_entries())
+        self.index.rescan(self.spool.views.pending_entries())
         self._rescan_cost = time.monotonic() - started
 
     def _rescan_interval(self, now: float, poll_interval: float) -> float:
@@ -165,63 +165,57 @@ class Worker:
         due = self.index.next_due_ms()
         if due is not None:
             wake_at = min(wake_at, due / 1000.0)
-        if self._dropin_retry:
-            wake_at = min(wake_at, min(self._dropin_retry.values()))
+        dropin_at = self.index.next_dropin_at()
+        if dropin_at is not None:
+            wake_at = min(wake_at, dropin_at)
         for directory, name in self._wake.wait(wake_at - time.time()):
             self._note(directory, name)
 
     def _note(self, directory: str, name: str) -> None:
         if directory == self.spool.layout.pending:
-            self.index.add(name)
-            self._dropin_retry.pop(name, None)  # a dropped file that changed: look at it now
+            self.index.add(name, changed=True)
 
     def _reregister(self, why: str) -> None:
         self.log(f"{why}; continuing under a new identity")
         old = self.owner
         self._register()
-        self.spool.unregister(old)
+        self.spool.owners.unregister(old)
 
     def _recover(self) -> None:
         try:
-            for r in self.spool.recover(self.owner):
-                self.log(f"recovered job {r.job_id} from dead worker {r.owner}: now {r.state}")
+            for recovered in self.spool.recovery.run(self.owner):
+                self.log(str(recovered))
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
             self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
 
     def _adopt_dropins(self, now: float) -> None:
-        if not self.index.dropins:
-            return
-        names = sorted(self.index.dropins, key=lambda n: self._dropin_retry.get(n, 0.0))
-        for name in names:
-            if self._dropin_retry.get(name, 0.0) > now:
-                continue
+        for name in self.index.dropins_due(now):
+            poll = self.spool.config.poll_interval
             try:
-                result = self.spool.adopt(name, self.owner)
+                result = self.spool.transitions.adopt(name, self.owner)
             except LostOwnership:
                 self.lost = True
                 return
             except Exception as e:  # a file nobody foresaw must cost a log line, never the worker
                 self.log(f"cannot take dropped file {name!r}: {type(e).__name__}: {e}")
-                self._dropin_retry[name] = now + self.spool.config.poll_interval
+                self.index.defer_dropin(name, now + poll)
                 continue
-            if result.outcome == "wait":
+            if result.outcome is Adopted.WAIT:
                 # Look again at the next rescan (or sooner, when its writer closes it); it is
                 # quarantined only once drop_grace has passed since its last change.
-                poll = self.spool.config.poll_interval
-                self._dropin_retry[name] = min(result.retry_at or now + poll, now + poll)
+                self.index.defer_dropin(name, min(result.retry_at or now + poll, now + poll))
                 continue
-            self.index.dropins.discard(name)
-            self._dropin_retry.pop(name, None)
-            if result.pending_name:
-                self.index.add(result.pending_name)  # before any claim: FIFO by arrival, not by event order
-            if result.outcome == "quarantined":
+            self.index.forget_dropin(name)
+            if result.moved is not None:
+                self.index.add(result.moved.name)  # before any claim: FIFO by arrival, not by event order
+            if result.outcome is Adopted.QUARANTINED:
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")
 
     # ---- one job -------------------------------------------------------------------------
 
     def _claim_and_run(self, name: str) -> None:
         try:
-            claimed = self.spool.claim(name, self.owner)
+            claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
             self.lost = True
             return
@@ -234,20 +228,23 @@ class Worker:
         self._finish(claimed, outcome)
 
     def _run(self, claimed: Claimed) -> runner.Outcome:
-        job = claimed.job
+        running = claimed.job
+        attempt = running.running_attempt
         cfg = self.spool.config
         env = self._base_env.copy()
-        env.update(job.env)
-        env.update(SPOOLQ_JOB_ID=job.id, SPOOLQ_ATTEMPT=str(claimed.attempt), SPOOLQ_HOST=self.host,
+        env.update(running.env)
+        env.update(SPOOLQ_JOB_ID=running.id, SPOOLQ_ATTEMPT=str(attempt), SPOOLQ_HOST=self.host,
                    SPOOLQ_SPOOL=self.spool.root, SPOOLQ_OWNER=self.owner)
-        header = (f"==> {job_mod.iso(time.time())} attempt {claimed.attempt} of {job.max_retries + 1} "
+        header = (f"==> {job.iso(time.time())} attempt {attempt} of {running.max_retries + 1} "
                   f"on {self.host} (worker {self.owner}) <==\n")
         try:
-            fd, start = output.open_attempt(self.spool.output_path(job.id), header)
+            fd, start = output.open_attempt(self.spool.layout.output(running.id), header,
+                                            self.spool.store.modes.file)
         except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
             return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
         try:
-            outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
+            outcome = runner.run(running.command, cwd=running.cwd, env=env,
+                                 timeout=running.timeout or cfg.job_timeout or None,
                                  log_fd=fd, should_abort=lambda: self.lost)
             output.close_attempt(fd, start, "ok" if outcome.ok else str(outcome.error), outcome.seconds,
                                  cfg.max_output_bytes)
@@ -256,26 +253,26 @@ class Worker:
         return outcome
 
     def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
+        job_id, attempt = claimed.job.id, claimed.job.running_attempt
         delay = 0.1
         while True:
             try:
-                decision = self.spool.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
-                                             error=outcome.error)
+                moved = self.spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
+                                                      error=outcome.error)
             except LostOwnership:
-                self.log(f"result of job {claimed.job.id} attempt {claimed.attempt} discarded: "
+                self.log(f"result of job {job_id} attempt {attempt} discarded: "
                          "this worker lost the job (it was recovered elsewhere)")
                 self.lost = True
                 # The footer above is not the job's result: say so where `logs` shows it.
-                output.mark(self.spool.output_path(claimed.job.id), f"attempt {claimed.attempt} on {self.host}: "
+                output.mark(self.spool.layout.output(job_id), f"attempt {attempt} on {self.host}: "
                             "result discarded, the job was recovered elsewhere")
                 return
             except OSError as e:
                 # A full disk or a passing I/O fault: the job stays ours in processing/, try again.
-                self.log(f"cannot record job {claimed.job.id}: {e}; retrying in {delay:.1f}s")
+                self.log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            if decision.state == "pending":
-                self.index.add(L.pending_name_of(claimed.job))  # finish() set its run_at
+            if moved.state == "pending":
+                self.index.add(moved.name)
             return
-

@@ -1,5 +1,6 @@
-"""The house rules of the code, checked: imports point one way, and each third-party library
-lives behind exactly one module."""
+"""The house rules of the code, checked: imports point one way (the rooms of the README's
+"Development" section, lowest first), each third-party library lives behind exactly one module,
+and no module, class or function outgrows its budget."""
 
 from __future__ import annotations
 
@@ -8,35 +9,55 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 
-# Lower ranks never import higher ones (cli is the top; nothing but __main__ imports it).
+# Lower ranks never import higher ones or their equals (cli is the top; nothing but __main__
+# imports it). Reading a spool (views) never imports the write side (transitions, recovery).
 RANK = {
     "errors": 0, "job": 1, "layout": 2,
-    "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3, "config": 4,
-    "output": 4,
-    "spool": 5, "fsck": 6, "worker": 6, "supervisor": 7, "cli": 8, "__main__": 9, "__init__": 9,
+    "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3,
+    "config": 4, "output": 4,
+    "store": 5,
+    "quarantine": 6, "dropins": 6, "owners": 6,
+    "views": 7,
+    "transitions": 8,
+    "recovery": 9,
+    "spool": 10,
+    "fsck.report": 11, "fsck.jobs": 12, "fsck.housekeeping": 13, "fsck": 14,
+    "worker": 11, "supervisor": 12,
+    "cli.base": 15, "cli.enqueue": 16, "cli.reading": 16, "cli.workers": 16, "cli.admin": 16,
+    "cli": 17, "__main__": 18, "__init__": 18,
 }
 THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "filelock": "config"}
+BUDGET = {"module": 400, "class": 300, "function": 50}
 
 
-def imports(module: pathlib.Path) -> set[str]:
+def module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports(path: pathlib.Path) -> set[str]:
     """Every module it imports, at the top or inside a function: 'spoolq.x' or a top-level name."""
+    package = list(path.relative_to(PACKAGE).parent.parts)  # where a relative import starts
     found = set()
-    for node in ast.walk(ast.parse(module.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x / from .x import y
+            if node.level:  # relative: from . import x / from ..x import y
+                base = package[: len(package) - (node.level - 1)]
                 if node.module:
-                    found.add(f"spoolq.{node.module}")
+                    found.add("spoolq." + ".".join([*base, node.module]))
                 else:
-                    found.update(f"spoolq.{alias.name}" for alias in node.names)
+                    found.update("spoolq." + ".".join([*base, alias.name]) for alias in node.names)
             elif node.module:
                 found.add(node.module.split(".")[0])
     return found
 
 
 def modules() -> dict[str, set[str]]:
-    return {path.stem: imports(path) for path in sorted(PACKAGE.glob("*.py"))}
+    return {module_name(path): imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
 
 
 def test_every_module_has_a_rank():
@@ -45,18 +66,41 @@ def test_every_module_has_a_rank():
 
 def test_imports_point_one_way():
     wrong = [f"{name} imports {dep}" for name, deps in modules().items() for dep in deps
-             if dep.startswith("spoolq.") and RANK[dep.split(".")[1]] >= RANK[name]
+             if dep.startswith("spoolq.") and RANK[dep[len("spoolq."):]] >= RANK[name]
              and name not in ("__init__", "__main__")]
     assert wrong == []
+
+
+def test_reading_a_spool_never_imports_the_write_side():
+    deps = modules()["views"]
+    assert not {"spoolq.transitions", "spoolq.recovery", "spoolq.spool"} & deps
 
 
 def test_each_third_party_library_has_one_home():
     for library, home in THIRD_PARTY_HOME.items():
         users = sorted(name for name, deps in modules().items() if library in deps)
-        assert users == [home], f"{library} is imported by {users}"
+        assert users and all(u == home or u.startswith(home + ".") for u in users), \
+            f"{library} is imported by {users}"
 
 
 def test_every_module_says_what_it_owns():
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         if path.stem != "__main__":
             assert ast.get_docstring(ast.parse(path.read_text())), f"{path.name} has no docstring"
+
+
+def test_modules_classes_and_functions_keep_to_their_budgets():
+    over = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > BUDGET["module"]:
+            over.append(f"{module_name(path)}: {lines} lines")
+        for node in ast.walk(ast.parse(text)):
+            kind = ("class" if isinstance(node, ast.ClassDef) else
+                    "function" if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else None)
+            if kind:
+                size = node.end_lineno - node.lineno + 1
+                if size > BUDGET[kind]:
+                    over.append(f"{module_name(path)}.{node.name}: {kind} of {size} lines")
+    assert over == []

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import SPOOLQ
 from spoolq import Spool
 from spoolq.cli import main
+from spoolq.transitions import Adopted
 from spoolq.worker import Worker
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
@@ -67,23 +68,23 @@ def pending_name(spool: Spool, job_id: str) -> str:
 
 def make_processing(spool: Spool, job_id: str, owner: str | None = None, **spec):
     spool.enqueue({"command": "true", "id": job_id, **spec})
-    owner = owner or spool.register("worker")
-    claimed = spool.claim(pending_name(spool, job_id), owner)
+    owner = owner or spool.owners.register("worker")
+    claimed = spool.transitions.claim(pending_name(spool, job_id), owner)
     assert claimed is not None
     return claimed
 
 
 def make_done(spool: Spool, job_id: str, **spec) -> None:
     claimed = make_processing(spool, job_id, **spec)
-    spool.finish(claimed, ok=True, exit_code=0, error=None)
-    spool.unregister(claimed.owner)
+    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)
+    spool.owners.unregister(claimed.owner)
 
 
 def make_dead(spool: Spool, job_id: str, **spec) -> None:
     claimed = make_processing(spool, job_id, max_retries=0, **spec)
-    decision = spool.finish(claimed, ok=False, exit_code=3, error="exit status 3")
+    decision = spool.transitions.finish(claimed, ok=False, exit_code=3, error="exit status 3")
     assert decision.state == "dead"
-    spool.unregister(claimed.owner)
+    spool.owners.unregister(claimed.owner)
 
 
 def drain(spool_dir: str) -> None:
@@ -96,10 +97,10 @@ def quarantine(spool: Spool, name: str, data: bytes) -> str:
     spool.set_config("drop_grace", 0)
     with open(os.path.join(spool.layout.pending, name), "wb") as f:
         f.write(data)
-    owner = spool.register("worker")
-    result = spool.adopt(name, owner, now=time.time() + 1)
-    assert result.outcome == "quarantined", result
-    spool.unregister(owner)
+    owner = spool.owners.register("worker")
+    result = spool.transitions.adopt(name, owner, now=time.time() + 1)
+    assert result.outcome is Adopted.QUARANTINED, result
+    spool.owners.unregister(owner)
     [qid] = [e[:-5] for e in os.listdir(spool.layout.dead) if e.startswith("+")]
     return qid
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import SPOOLQ, wait_for
-from spoolq import Spool, fsck, fsio, job as job_mod, layout as L, liveness
+from spoolq import Spool, fsck, job as job_mod, layout as L, liveness
 from spoolq.worker import Worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,12 +287,12 @@ def test_power_cut_leftovers_are_recovered_or_quarantined(spool, workers, tmp_pa
 
     # A job file whose data never reached the disk: zero bytes under its canonical name.
     zero_name = L.pending_name("zero", 0, 1, None)
-    fsio.create_exclusive(lay.id_marker("zero"))
+    spool.store.create_exclusive(lay.id_marker("zero"))
     open(os.path.join(lay.pending, zero_name), "wb").close()
     # A torn one: half of its JSON.
     torn_job = spool.make_job({"id": "torn", "command": cmd("torn")})
     torn_bytes = torn_job.to_json()[: len(torn_job.to_json()) // 2]
-    fsio.create_exclusive(lay.id_marker("torn"))
+    spool.store.create_exclusive(lay.id_marker("torn"))
     with open(os.path.join(lay.pending, L.pending_name("torn", 0, torn_job.seq, None)), "wb") as f:
         f.write(torn_bytes)
     # A temp file of an enqueue that never got to its rename.
@@ -302,12 +302,12 @@ def test_power_cut_leftovers_are_recovered_or_quarantined(spool, workers, tmp_pa
     # A job held by a worker that died, with a half-written rewrite beside it, and a torn one.
     owner = fake_owner(spool, alive=False)
     held = spool.make_job({"id": "held", "command": cmd("held")})
-    fsio.create_exclusive(lay.id_marker("held"))
+    spool.store.create_exclusive(lay.id_marker("held"))
     with open(os.path.join(lay.owned(owner), "held.json"), "wb") as f:
         f.write(held.to_json())
     with open(os.path.join(lay.owned(owner), L.tmp_name()), "wb") as f:
         f.write(held.to_json()[:10])
-    fsio.create_exclusive(lay.id_marker("heldtorn"))
+    spool.store.create_exclusive(lay.id_marker("heldtorn"))
     with open(os.path.join(lay.owned(owner), "heldtorn.json"), "wb") as f:
         f.write(b'{"id": "heldtorn", "comm')
 
@@ -363,8 +363,8 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     spool.enqueue({"id": "done1", "command": "true"})
     # Move it to done/ as a worker would.
     owner = fake_owner(spool, alive=True)
-    claimed = spool.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@done1.json")), owner)
-    spool.finish(claimed, ok=True, exit_code=0, error=None)
+    claimed = spool.transitions.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@done1.json")), owner)
+    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)
 
     # duplicate: a copy of the done job back in pending/
     dup_name = L.pending_name("done1", 0, 5, None)
@@ -373,15 +373,15 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     spool.enqueue({"id": "nomark", "command": "true"})
     os.unlink(lay.id_marker("nomark"))
     # orphan marker (old) and a young one (an enqueue in flight: not a problem)
-    fsio.create_exclusive(lay.id_marker("orphan"))
+    spool.store.create_exclusive(lay.id_marker("orphan"))
     backdate(lay.id_marker("orphan"))
-    fsio.create_exclusive(lay.id_marker("inflight"))
+    spool.store.create_exclusive(lay.id_marker("inflight"))
     # unparseable done file
     _write(os.path.join(lay.done, "broken.json"), b"\x00\x01garbage")
-    fsio.create_exclusive(lay.id_marker("broken"))
+    spool.store.create_exclusive(lay.id_marker("broken"))
     # a quarantined file with its reason (fine) and one without (a problem)
-    spool.quarantine(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
-    qid = spool.quarantine(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
+    spool.quarantine.put(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
+    qid = spool.quarantine.put(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
     os.unlink(lay.reason_file(qid))
     # a reason record without its file
     with open(lay.reason_file("+gone.abcdef"), "w") as f:
@@ -395,11 +395,11 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     # a live owner holding an unparseable job: reported, never touched
     with open(os.path.join(lay.owned(owner), "livebad.json"), "wb") as f:
         f.write(b"{")
-    fsio.create_exclusive(lay.id_marker("livebad"))
+    spool.store.create_exclusive(lay.id_marker("livebad"))
     # a dead owner holding a job
     dead = fake_owner(spool, alive=False)
     spool.enqueue({"id": "stuck", "command": "true"})
-    stuck = spool.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@stuck.json")), dead)
+    stuck = spool.transitions.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@stuck.json")), dead)
     assert stuck is not None
     # locks: one whose holder is gone, one held by us (fine)
     with open(lay.lock("old"), "w") as f:

@@ -318,13 +318,13 @@ def test_every_accepted_job_can_be_claimed(spec, tmp_path_factory):
     spool = Spool(tmp_path_factory.mktemp("s"))
     spec.pop("id", None)
     job = spool.enqueue(spec)
-    [name] = [n for n in spool.pending_entries()]
+    [name] = [n for n in spool.views.pending_entries()]
     assert L.parse_pending(name) is not None and L.parse_pending(name).job_id == job.id
-    owner = spool.register("worker")
-    claimed = spool.claim(name, owner)
+    owner = spool.owners.register("worker")
+    claimed = spool.transitions.claim(name, owner)
     assert claimed is not None, "accepted job was quarantined on claim"
     assert claimed.job.command == spec["command"]
-    assert claimed.attempt == 1, "a new job starts with no attempts, whatever its input said"
+    assert claimed.job.running_attempt == 1, "a new job starts with no attempts, whatever its input said"
 
 
 def test_non_json_extra_values_are_refused_by_the_api(tmp_path):
@@ -333,7 +333,7 @@ def test_non_json_extra_values_are_refused_by_the_api(tmp_path):
     for bad in (math.nan, math.inf, {1, 2}, object()):
         with pytest.raises(InvalidJob):
             spool.enqueue({"command": "true", "note": bad})
-    assert spool.pending_entries() == []
+    assert spool.views.pending_entries() == []
 
 
 # ---- the retry policy ------------------------------------------------------------------------

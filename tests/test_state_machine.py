@@ -76,7 +76,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.jobs: dict[str, dict] = {}  # id -> {"state", "attempts", "max_retries"}
         self.claims: dict[str, object] = {}  # id -> Claimed, for jobs in processing
         self.stale: list[tuple[str, object]] = []  # claims of owners that were declared dead
-        self.live_owners: list[str] = [self.spool.register("worker")]
+        self.live_owners: list[str] = [self.spool.owners.register("worker")]
         self.dead_owners: list[str] = []
         self.names: dict[str, str] = {}  # id -> the last pending name it had
         self.counter = 0
@@ -118,10 +118,10 @@ class Lifecycle(RuleBasedStateMachine):
     def claim(self, data):
         job_id = data.draw(st.sampled_from(self._in("pending")))
         owner = data.draw(st.sampled_from(self.live_owners))
-        claimed = self.spool.claim(self._pending_name(job_id), owner)
+        claimed = self.spool.transitions.claim(self._pending_name(job_id), owner)
         assert claimed is not None, "an uncontested claim wins"
         assert claimed.job.id == job_id
-        assert claimed.attempt == self.jobs[job_id]["attempts"] + 1, "the attempt counts from the claim"
+        assert claimed.job.running_attempt == self.jobs[job_id]["attempts"] + 1, "the attempt counts from the claim"
         self.jobs[job_id]["state"] = "processing"
         self.claims[job_id] = claimed
 
@@ -133,14 +133,14 @@ class Lifecycle(RuleBasedStateMachine):
         name = self.names[job_id]
         if os.path.lexists(os.path.join(self.spool.layout.pending, name)):
             return  # the job went back to pending under the very same name (cannot happen: names change)
-        assert self.spool.claim(name, self.live_owners[0]) is None
+        assert self.spool.transitions.claim(name, self.live_owners[0]) is None
 
     @precondition(lambda self: self.claims)
     @rule(data=st.data(), ok=st.booleans())
     def finish(self, data, ok):
         job_id = data.draw(st.sampled_from(sorted(self.claims)))
         claimed = self.claims.pop(job_id)
-        decision = self.spool.finish(claimed, ok=ok, exit_code=0 if ok else 1, error=None if ok else "exit 1")
+        decision = self.spool.transitions.finish(claimed, ok=ok, exit_code=0 if ok else 1, error=None if ok else "exit 1")
         if ok:
             self.jobs[job_id]["attempts"] += 1
             self.jobs[job_id]["state"] = "done"
@@ -151,7 +151,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: len(self.live_owners) < 4)
     @rule()
     def new_owner(self):
-        self.live_owners.append(self.spool.register("worker"))
+        self.live_owners.append(self.spool.owners.register("worker"))
 
     @precondition(lambda self: len(self.live_owners) > 1)
     @rule(data=st.data())
@@ -162,14 +162,14 @@ class Lifecycle(RuleBasedStateMachine):
         fake_death(self.spool, victim)
         held = sorted(j for j, c in self.claims.items() if c.owner == victim)
         rescuer = self.live_owners[0]
-        recovered = self.spool.recover(rescuer)
+        recovered = self.spool.recovery.run(rescuer)
         assert sorted(r.job_id for r in recovered) == held, "every job of the dead owner, and only those"
         for job_id in held:
             self.stale.append((job_id, self.claims.pop(job_id)))
             self._after_failure(job_id)
         for r in recovered:
             assert r.state == self.jobs[r.job_id]["state"]
-        assert self.spool.recover(rescuer) == [], "recovery happens once"
+        assert self.spool.recovery.run(rescuer) == [], "recovery happens once"
         assert not os.path.exists(self.spool.layout.worker_file(victim))
 
     @precondition(lambda self: self.stale)
@@ -178,7 +178,7 @@ class Lifecycle(RuleBasedStateMachine):
         """The dead owner was only frozen: its late result must change nothing."""
         job_id, claimed = self.stale.pop(data.draw(st.integers(0, len(self.stale) - 1)))
         with pytest.raises(LostOwnership):
-            self.spool.finish(claimed, ok=ok, exit_code=0 if ok else 1, error=None if ok else "late")
+            self.spool.transitions.finish(claimed, ok=ok, exit_code=0 if ok else 1, error=None if ok else "late")
 
     @precondition(lambda self: self.dead_owners and self._in("pending"))
     @rule(data=st.data())
@@ -186,7 +186,7 @@ class Lifecycle(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(self._in("pending")))
         owner = data.draw(st.sampled_from(self.dead_owners))
         with pytest.raises(LostOwnership):
-            self.spool.claim(self._pending_name(job_id), owner)
+            self.spool.transitions.claim(self._pending_name(job_id), owner)
 
     @precondition(lambda self: self._in("dead"))
     @rule(data=st.data())
@@ -251,16 +251,16 @@ def _enqueue_many(spool: Spool, n: int) -> list[str]:
 
 def test_threads_racing_claims_claim_each_job_once(spool):
     ids = _enqueue_many(spool, RACE_JOBS)
-    names = spool.pending_entries()
+    names = spool.views.pending_entries()
     threads, results = 8, {}
     barrier = threading.Barrier(threads)
-    owners = [spool.register("worker") for _ in range(threads)]
+    owners = [spool.owners.register("worker") for _ in range(threads)]
 
     def work(i: int) -> None:
         mine = list(names)
         random.Random(i).shuffle(mine)
         barrier.wait()
-        results[i] = [c.job.id for name in mine if (c := spool.claim(name, owners[i])) is not None]
+        results[i] = [c.job.id for name in mine if (c := spool.transitions.claim(name, owners[i])) is not None]
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for t in pool:
@@ -269,25 +269,25 @@ def test_threads_racing_claims_claim_each_job_once(spool):
         t.join()
     claimed = [job_id for got in results.values() for job_id in got]
     assert sorted(claimed) == sorted(ids), "every job claimed exactly once"
-    assert spool.pending_entries() == []
+    assert spool.views.pending_entries() == []
     for i, owner in enumerate(owners):
         assert sorted(os.listdir(spool.layout.owned(owner))) == sorted(f"{j}.json" for j in results[i])
 
 
 def _claimer(root: str, names: list[str], seed: int, barrier, out_path: str) -> None:
     spool = Spool(root)
-    owner = spool.register("worker")
+    owner = spool.owners.register("worker")
     mine = list(names)
     random.Random(seed).shuffle(mine)
     barrier.wait()
-    got = [c.job.id for name in mine if (c := spool.claim(name, owner)) is not None]
+    got = [c.job.id for name in mine if (c := spool.transitions.claim(name, owner)) is not None]
     with open(out_path, "w") as f:
         json.dump({"owner": owner, "ids": got}, f)
 
 
 def test_processes_racing_claims_claim_each_job_once(spool, tmp_path):
     ids = _enqueue_many(spool, RACE_JOBS)
-    names = spool.pending_entries()
+    names = spool.views.pending_entries()
     ctx = multiprocessing.get_context("fork")
     n = 4
     barrier = ctx.Barrier(n)
@@ -311,17 +311,17 @@ def test_processes_racing_claims_claim_each_job_once(spool, tmp_path):
 def test_rescuers_racing_recover_each_job_once(spool):
     """Several workers find the same dead owner at once; the directory rename admits one."""
     ids = _enqueue_many(spool, 50)
-    victim = spool.register("worker")
-    for name in spool.pending_entries():
-        assert spool.claim(name, victim) is not None
+    victim = spool.owners.register("worker")
+    for name in spool.views.pending_entries():
+        assert spool.transitions.claim(name, victim) is not None
     fake_death(spool, victim)
-    rescuers = [spool.register("worker") for _ in range(6)]
+    rescuers = [spool.owners.register("worker") for _ in range(6)]
     barrier = threading.Barrier(len(rescuers))
     results: dict[int, list] = {}
 
     def work(i: int) -> None:
         barrier.wait()
-        results[i] = spool.recover(rescuers[i])
+        results[i] = spool.recovery.run(rescuers[i])
 
     pool = [threading.Thread(target=work, args=(i,)) for i in range(len(rescuers))]
     for t in pool:

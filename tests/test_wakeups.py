@@ -112,7 +112,7 @@ def test_the_index_pops_in_priority_then_fifo_order_and_a_rescan_adds_only_new_n
     for name in reversed(names[1:]):
         index.add(name)
     index.rescan(names + [".staged.tmp", "dropped.json"])
-    assert len(index) == 5 and index.dropins == {"dropped.json"}
+    assert len(index) == 5 and index.dropins_due(0.0) == ["dropped.json"]
     order = []
     while (name := index.pop_ready(now_ms=3_000_000_000_000)) is not None:
         order.append(name.split("@")[1].split(".")[0])
@@ -129,7 +129,7 @@ def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
         spool.enqueue_many(jobs)
     index = PendingIndex()
     started = time.process_time()
-    index.rescan(spool.pending_entries())
-    index.rescan(spool.pending_entries())
+    index.rescan(spool.views.pending_entries())
+    index.rescan(spool.views.pending_entries())
     assert len(index) == backlog
     assert time.process_time() - started < 1.0

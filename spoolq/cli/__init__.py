@@ -1,0 +1,34 @@
+"""The spoolq command line (click's only home): ``main`` is the click group, ``run`` the console
+entry point. Each command lives in the module named for what it does; the core never prints."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import admin, enqueue, reading, workers  # noqa: F401  (each registers its commands on main)
+from .base import main
+
+__all__ = ["main", "run"]
+
+
+def run() -> None:
+    """Console entry point: never a traceback for something a user can cause."""
+    try:
+        # Not standalone: click would turn Ctrl+C into "Aborted!" and exit 1, which `wait`
+        # uses for "a job is dead"; the errors are shown here instead, the same way click would.
+        code = main.main(prog_name="spoolq", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except OSError as e:  # a full disk, a read-only or vanished spool: say what, not where in the code
+        from ..fsio import is_disk_full
+
+        cause = "the file system is full" if is_disk_full(e) else e.strerror or "I/O error"
+        click.echo(f"Error: {cause}" + (f": {e.filename}" if e.filename else ""), err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,133 @@
+"""The operator's commands: the dead-letter queue, settings, purge and fsck."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ..config import check_key, parse_value
+from ..errors import SpoolError
+from .base import Context, check_ids, emit_json, json_option, main, one_line, pass_ctx, print_views
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and retry dead jobs."""
+
+
+@dlq.command("list")
+@json_option
+@pass_ctx
+def dlq_list(c: Context, as_json: bool) -> None:
+    """Dead jobs, with why they died."""
+    views = c.spool.list_jobs(state="dead")
+    if as_json or not views:
+        print_views(views, as_json)
+        return
+    click.echo(f"{'ID':<20} {'TRIES':>5}  {'LAST ERROR':<48} COMMAND")
+    for v in views:
+        d = v.to_dict()
+        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+        click.echo(f"{v.id:<20} {tries:>5}  {one_line(d.get('last_error') or '-', 48):<48} "
+                   f"{one_line(d.get('command') or '(quarantined file)', 60)}")
+
+
+@dlq.command("retry")
+@click.argument("job_ids", metavar="ID...", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
+@pass_ctx
+def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool) -> None:
+    """Make dead jobs pending again, with their attempts reset."""
+    if bool(job_ids) == all_:
+        raise click.UsageError("give job ids or --all (not both)")
+    check_ids(job_ids)
+    done = c.spool.retry_dead(None if all_ else list(job_ids))
+    for job_id in done:
+        click.echo(job_id)
+    if all_ and not done:
+        click.echo("no dead jobs to retry", err=True)
+
+
+@main.group()
+def config() -> None:
+    """Show and change the spool's settings."""
+
+
+@config.command("show")
+@json_option
+@pass_ctx
+def config_show(c: Context, as_json: bool) -> None:
+    """Every key with its value."""
+    values = c.spool.config.as_dict()
+    if as_json:
+        emit_json(values)
+        return
+    for key, value in values.items():
+        click.echo(f"{key:<17} {json.dumps(value)}")
+
+
+@config.command("get")
+@click.argument("key")
+@pass_ctx
+def config_get(c: Context, key: str) -> None:
+    """One key's value."""
+    check_key(key)
+    click.echo(json.dumps(c.spool.config.as_dict()[key]))
+
+
+@config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
+@click.argument("key")
+@click.argument("value")
+@pass_ctx
+def config_set(c: Context, key: str, value: str) -> None:
+    """Change one key (unknown keys and ill-typed values are refused)."""
+    parsed = parse_value(key, value)
+    c.spool.set_config(key, parsed)
+    click.echo(f"{key} = {json.dumps(parsed)}")
+
+
+@main.command()
+@click.option("--state", type=click.Choice(("done", "dead")), default="done", show_default=True)
+@click.option("--older-than", type=click.FloatRange(0), default=0, help="Only jobs finished S seconds ago.")
+@pass_ctx
+def purge(c: Context, state: str, older_than: float) -> None:
+    """Delete finished jobs and their output, freeing their ids."""
+    n = c.spool.purge(state, older_than=older_than)
+    click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}")
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
+@click.option("--stale-after", type=click.FloatRange(0), default=3600, show_default=True, metavar="S",
+              help="Temp, lock and marker files older than S seconds count as crash leftovers.")
+@json_option
+@pass_ctx
+def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
+    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found)."""
+    from .. import fsck as checker
+
+    try:
+        spool = c.open()
+    except SpoolError:  # e.g. an unreadable config.json: fsck reports it rather than stop there
+        spool = c.open(create=False)
+    problems = checker.check(spool, repair=repair, stale_after=stale_after)
+    fixed = sum(1 for p in problems if p.repaired)
+    if as_json:
+        emit_json({"spool": spool.root, "clean": not problems, "repaired": fixed,
+                   "problems": [p.to_dict() for p in problems]})
+    else:
+        for p in problems:
+            where = os.path.relpath(p.path, spool.root) if p.path.startswith(spool.root) else p.path
+            click.echo(f"{p.kind}: {where!r}: {p.detail}" if "\n" in where else f"{p.kind}: {where}: {p.detail}")
+            if p.repair:
+                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {p.repair}")
+        if not problems:
+            click.echo(f"{spool.root}: clean")
+        else:
+            click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
+                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe"))
+    if problems:
+        sys.exit(1)

@@ -1,0 +1,118 @@
+"""The CLI's shared parts: the top-level group, the spool context, errors turned into exit codes
+in one place, and the output helpers every command uses.
+
+Exit status: 0 success; 1 the operation failed; 2 invalid input or usage (nothing written);
+124 a --timeout ran out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+import click
+
+from ..errors import SpoolError
+from ..job import valid_id
+from ..spool import Spool
+from ..views import JobView
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SpoolqGroup(click.Group):
+    """The top-level group: a SpoolError from any command becomes its one-line message and exit
+    code here, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpoolError as e:
+            raise CliError(str(e), e.exit_code) from None
+
+
+class Context:
+    """What every command shares: the spool path, opened only when first needed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._spool: Spool | None = None
+        self._created = False
+
+    def open(self, *, create: bool = True) -> Spool:
+        """The spool; with `create`, its layout made first (every command may create it)."""
+        if self._spool is None:
+            self._spool = Spool(self.path, create=False)
+        if create and not self._created:
+            self._spool.init()
+            self._created = True
+        return self._spool
+
+    @property
+    def spool(self) -> Spool:
+        return self.open()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output: JSON.")
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False))
+
+
+@click.group(cls=SpoolqGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--spool", "spool_dir", envvar="SPOOLQ_DIR", default="./spool", show_default=True,
+              metavar="DIR", help="The spool directory (default: $SPOOLQ_DIR, else ./spool).")
+@click.version_option(package_name="spoolq", prog_name="spoolq")
+@click.pass_context
+def main(ctx: click.Context, spool_dir: str) -> None:
+    """spoolq: a background job queue that is nothing but a directory."""
+    if not spool_dir.strip():
+        raise click.BadParameter("must name a directory (an empty value would make the current "
+                                 "directory a spool)", param_hint="--spool")
+    ctx.obj = Context(spool_dir)
+
+
+@main.command()
+@pass_ctx
+def init(c: Context) -> None:
+    """Create the spool layout (every command also creates it on demand)."""
+    click.echo(f"spool ready at {c.spool.root}")
+
+
+def print_views(views: Iterable[JobView], as_json: bool) -> None:
+    views = list(views)
+    if as_json:
+        emit_json([v.to_dict() for v in views])
+        return
+    if not views:
+        click.echo("no jobs")
+        return
+    click.echo(f"{'ID':<20} {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR")
+    for v in views:
+        d = v.to_dict()
+        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+        text = d.get("command") or ""
+        if v.state == "dead" and d.get("last_error"):
+            text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
+        prio = d.get("priority")
+        click.echo(f"{v.id:<20} {v.state:<10} {tries:>5} {'-' if prio is None else prio:>5}  "
+                   f"{one_line(text, 90)}")
+
+
+def check_ids(job_ids: Iterable[str]) -> None:
+    """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
+    for job_id in job_ids:
+        if not valid_id(job_id[1:] if job_id.startswith("+") else job_id):  # '+': quarantined
+            raise CliError(f"invalid job id {job_id!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, "
+                           "not starting with '.'", 2)
+
+
+def one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

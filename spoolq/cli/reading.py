@@ -1,0 +1,118 @@
+"""The reading commands: status, list, show, logs and wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import click
+
+from ..errors import WaitTimeout
+from ..layout import STATES
+from ..spool import Spool
+from .base import CliError, Context, check_ids, emit_json, json_option, main, pass_ctx, print_views
+
+
+@main.command()
+@json_option
+@pass_ctx
+def status(c: Context, as_json: bool) -> None:
+    """Counts of jobs per state, and live workers."""
+    counts = c.spool.counts().to_dict()
+    if as_json:
+        emit_json(counts)
+        return
+    for key, value in counts.items():
+        click.echo(f"{key:<11} {value}")
+
+
+@main.command("list")
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--limit", type=click.IntRange(0), help="At most this many jobs.")
+@json_option
+@pass_ctx
+def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
+    """List jobs: pending in run order, then scheduled, processing, done and dead."""
+    print_views(c.spool.list_jobs(state=state, limit=limit), as_json)
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+@pass_ctx
+def show(c: Context, job_id: str, as_json: bool) -> None:
+    """Everything about one job."""
+    check_ids([job_id])
+    view = c.spool.find(job_id)
+    d = view.to_dict()
+    if as_json:
+        emit_json(d)
+        return
+    for key, value in d.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, ensure_ascii=False)
+        if isinstance(value, bool):
+            value = json.dumps(value)
+        click.echo(f"{key + ':':<13} {'-' if value is None else value}")
+    if os.path.exists(c.spool.output_path(view.id)):
+        click.echo(f"{'output:':<13} {c.spool.output_path(view.id)}")
+
+
+@main.command()
+@click.argument("job_id", metavar="ID")
+@pass_ctx
+def logs(c: Context, job_id: str) -> None:
+    """The job's captured stdout and stderr, every attempt, each marked."""
+    check_ids([job_id])
+    view = c.spool.find(job_id)
+    try:
+        with open(c.spool.output_path(view.id), "rb") as f:
+            while chunk := f.read(65536):
+                sys.stdout.buffer.write(chunk)
+    except FileNotFoundError:
+        click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
+
+
+@main.command()
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.option("--timeout", type=click.FloatRange(0), help="Give up after S seconds (exit 124).")
+@pass_ctx
+def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
+    """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
+    pending, scheduled or processing."""
+    check_ids(job_ids)
+    spool = c.spool
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        if job_ids:
+            states = [spool.find(j).state for j in job_ids]
+            if all(s in ("done", "dead") for s in states):
+                if "dead" in states:
+                    dead = [j for j, s in zip(job_ids, states) if s == "dead"]
+                    raise CliError(f"dead: {' '.join(dead)}", 1)
+                return
+        else:
+            n = spool.counts()
+            if n.pending + n.scheduled + n.processing == 0:
+                return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise WaitTimeout(_unfinished(spool, job_ids, timeout))
+        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        pause = min(pause * 1.5, 0.2)
+
+
+def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -> str:
+    """What a timed-out wait was still waiting for, and whether anyone is working on it."""
+    if job_ids:
+        left = [j for j in job_ids if spool.find(j).state not in ("done", "dead")]
+        what = f"{len(left)} job{'s' if len(left) != 1 else ''} not finished: {' '.join(left[:10])}"
+        what += " …" if len(left) > 10 else ""
+    else:
+        n = spool.counts()
+        what = f"{n.pending} pending, {n.scheduled} scheduled, {n.processing} processing"
+    workers = len(spool.workers(role="worker"))
+    hint = "no worker is running" if not workers else f"{workers} worker{'s' if workers != 1 else ''} running"
+    return f"timed out after {timeout:g}s; {what} ({hint})"

@@ -1,0 +1,92 @@
+"""`spoolq worker start|stop|list`: run workers here, stop them everywhere, list them."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from ..job import iso
+from ..liveness import alive
+from .base import CliError, Context, emit_json, json_option, main, pass_ctx
+
+
+@main.group()
+def worker() -> None:
+    """Start, stop and list worker processes."""
+
+
+@worker.command("start")
+@click.option("--count", type=click.IntRange(1, 256), default=1, show_default=True, help="Worker processes.")
+@click.option("--detach", is_flag=True, help="Run in the background; return once the workers are running.")
+@click.option("--burst", is_flag=True, help="Exit when no job is ready.")
+@pass_ctx
+def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
+    """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first)."""
+    from .. import supervisor
+
+    spool = c.spool
+    if not detach:
+        sys.exit(supervisor.Supervisor(spool, count, burst=burst).run())
+    pid = supervisor.detach(spool, count, burst=burst)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
+        if len(mine) >= count:
+            click.echo(f"started {count} worker{'s' if count > 1 else ''} (supervisor pid {pid}; "
+                       f"log in {spool.worker_log()})")
+            return
+        if not alive(pid):
+            if burst:
+                click.echo(f"supervisor pid {pid} already finished (burst)")
+                return
+            raise CliError(f"the workers did not start; see {spool.worker_log()}")
+        time.sleep(0.02)
+    raise CliError(f"the workers did not register within 15s; see {spool.worker_log()}")
+
+
+@worker.command("stop")
+@click.option("--wait", "wait_", is_flag=True, help="Block until every worker has exited.")
+@click.option("--timeout", type=click.FloatRange(0), help="With --wait: give up after S seconds (exit 124).")
+@pass_ctx
+def worker_stop(c: Context, wait_: bool, timeout: float | None) -> None:
+    """Ask every worker of this spool, on every host, to finish its current job and exit."""
+    spool = c.spool
+    before = spool.workers(role="worker")
+    spool.request_stop()
+    if not before:
+        click.echo("no workers running (a stop request was left for any that are starting)")
+        return
+    click.echo(f"stop requested for {len(before)} worker{'s' if len(before) != 1 else ''}")
+    if not wait_:
+        return
+    deadline = None if timeout is None else time.monotonic() + timeout
+    owners = {w.owner for w in before}
+    while True:
+        left = [w for w in spool.workers() if w.owner in owners]
+        if not left:
+            click.echo("all workers stopped")
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            raise CliError(f"{len(left)} worker(s) still running after {timeout:g}s", 124)
+        time.sleep(0.05)
+
+
+@worker.command("list")
+@json_option
+@pass_ctx
+def worker_list(c: Context, as_json: bool) -> None:
+    """Live workers of this spool, on every host."""
+    workers = c.spool.workers(role="worker")
+    rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
+             "heartbeat": iso(w.heartbeat)} for w in workers]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no workers")
+        return
+    click.echo(f"{'HOST':<20} {'PID':>7}  {'JOB':<20} STARTED")
+    for r in rows:
+        click.echo(f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']}")

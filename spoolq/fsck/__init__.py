@@ -1,0 +1,63 @@
+"""fsck: check a spool against its on-disk format (layout.py) and repair what is safe to repair.
+
+Core only: no click, no printing. ``check()`` returns the problems it found, each saying what
+(if anything) was done about it; the CLI prints them.
+
+Invariants checked:
+
+* the layout's directories exist (and are directories);
+* every job file parses, names the id its file name says, is a regular singly linked file
+  owned by a trusted uid;
+* every ``processing/<owner>`` directory has a live owner;
+* no job id is in more than one place (state);
+* every job has its ``ids/<id>`` marker and every marker has a job (or a quarantine record);
+* every quarantined ``dead/+<qid>.json`` has its reason in ``quarantine/``, and every reason
+  record has its file;
+* no stale temp files (``tmp/``, and the dot-temp files spoolq writes in ``processing/<owner>/``
+  and ``dead/``), stale lock markers (``locks/``) or stale worker registrations;
+* nothing spoolq owns is more open than the configured modes (private unless group_access).
+
+Repairs are only the safe ones: recover dead owners (``Recovery.run``, exactly what a worker
+would do), quarantine files that can never run (bytes kept, reason recorded), remove stale temp
+files, stale locks, stale registrations, orphan markers and orphan reason records, recreate
+missing markers and reason records, create missing directories, narrow modes. Nothing a live
+worker holds is touched, and no job file is ever deleted.
+
+Anything that may belong to an operation still in flight (temp files, markers, reason records,
+lock markers without a holder record) counts as stale only once older than ``stale_after``.
+"""
+
+from __future__ import annotations
+
+from ..spool import Spool
+from .housekeeping import HousekeepingChecks
+from .jobs import JobChecks
+from .report import KINDS, STALE_AFTER, Problem, Report
+
+__all__ = ["check", "Problem", "KINDS", "STALE_AFTER"]
+
+
+def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTER,
+          now: float | None = None) -> list[Problem]:
+    """Check every invariant of the spool's format; with `repair`, fix what is safe to fix."""
+    report = Report(spool, repair, stale_after, now)
+    house = HousekeepingChecks(report)
+    jobs = JobChecks(report)
+    house.check_config()  # first: the modes of any directory a repair creates come from it
+    if not house.check_layout():
+        return report.problems
+    if not report.given_now:
+        report.fs_now = spool.store.fs_clock()  # ages are judged on the file system's clock
+    house.check_registrations()  # before check_owners: recovery would drop stale ones unreported
+    jobs.check_owners()
+    jobs.check_pending()
+    jobs.check_live_processing()
+    jobs.check_finished("done")
+    jobs.check_finished("dead")
+    house.check_reasons()
+    jobs.check_duplicates()
+    jobs.check_markers()
+    house.check_tmp()
+    house.check_locks()
+    house.check_modes()
+    return report.problems

@@ -1,0 +1,162 @@
+"""fsck's checks of everything around the jobs: the layout's directories, config.json, worker
+registrations, quarantine reason records, temp files, lock markers and modes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .. import fsio, layout
+from ..errors import SpoolError
+from .jobs import stale_temp
+from .report import Report
+
+
+class HousekeepingChecks:
+    def __init__(self, report: Report):
+        self.r = report
+        self.spool = report.spool
+        self.layout = report.layout
+
+    def check_layout(self) -> bool:
+        """Every directory of the layout is there; False if the rest cannot be checked."""
+        r = self.r
+        root = self.layout.root
+        if not os.path.isdir(root):
+            r.report("missing-dir", root, "the spool directory does not exist")
+            return False
+        ok = True
+        for name in layout.STATE_DIRS + layout.OTHER_DIRS:
+            path = self.layout.dir(name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                p = r.report("missing-dir", path, f"{name}/ is missing")
+                r.repair_with(p, lambda path=path: self.spool.store.make_dir(path), "created it")
+                ok = ok and p.repaired
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                p = r.report("not-a-directory", path, f"{name} is not a directory")
+                r.leave_alone(p, "move it away by hand")
+                ok = False
+        return ok
+
+    def check_config(self) -> None:
+        try:
+            self.spool.config
+        except SpoolError as e:
+            p = self.r.report("config", self.layout.config, str(e))
+            self.r.leave_alone(p, "settings are the operator's: fix or remove config.json")
+            self.spool.store.use_default_config()  # so the rest of the spool is still checked
+
+    def check_registrations(self) -> None:
+        for owner, why in self.spool.owners.stale_registrations():
+            path = self.layout.worker_file(owner)
+            p = self.r.report("stale-registration", path, f"worker {owner}: {why}")
+            self.r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+
+    def check_reasons(self) -> None:
+        r = self.r
+        for entry, path, st in r.entries(self.layout.dir("quarantine")):
+            if entry.startswith("."):
+                continue
+            qid = layout.stem(entry) if entry.endswith(".json") else None
+            if qid is None or not layout.is_quarantine_id(qid):
+                p = r.report("stray-entry", path, "not a reason record name")
+                r.leave_alone(p, "not spoolq's; remove it by hand")
+                continue
+            if self.spool.quarantine.exists(qid) or not r.is_stale(st):
+                continue
+            p = r.report("orphan-reason", path, f"reason record for {qid}, which is not in dead/")
+            r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+
+    def check_tmp(self) -> None:
+        for _, path, st in self.r.entries(self.layout.tmp):
+            if self.r.is_stale(st):
+                stale_temp(self.r, path, st)
+
+    def check_locks(self) -> None:
+        r = self.r
+        judge = self.spool.owners.judge()
+        for entry in sorted(fsio.listdir(self.layout.dir("locks"))):
+            path = os.path.join(self.layout.dir("locks"), entry)
+            try:
+                st = os.lstat(path)
+                data, st = fsio.read_regular(path, 1024)
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError) as e:
+                if r.is_stale(st):
+                    p = r.report("stale-lock", path, f"lock marker {e}")
+                    r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+                continue
+            holder = _lock_holder(data)
+            if holder is None:
+                # No record: a holder between creating and writing it, or one that crashed there.
+                if not r.is_stale(st):
+                    continue
+                why = "lock marker without a holder record"
+            else:
+                pid, host = holder
+                if judge.why_lock_holder_gone(host, pid) is None:
+                    continue  # alive, or on another host, which cannot be probed from here
+                why = f"lock holder pid {pid} on {host} is gone"
+            p = r.report("stale-lock", path, why)
+
+            def unlock(path: str = path, ino: int = st.st_ino) -> str:
+                if os.lstat(path).st_ino != ino:
+                    return "left alone: it was taken again meanwhile"
+                fsio.unlink_quietly(path)
+                return "removed it"
+
+            r.repair_with(p, unlock)
+
+    def check_modes(self) -> None:
+        r = self.r
+        shared = bool(self.spool.config.group_access)
+        modes = fsio.Modes.for_spool(shared)
+        # The root itself may predate the spool (a checked-out spool/); the directories inside guard it.
+        dirs = [self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS]
+        dirs += [self.layout.owned(e) for e in r.live_dirs]
+        for path in dirs:
+            self._check_mode(path, modes.dir, shared)
+        for path in self._spoolq_files():
+            self._check_mode(path, modes.file, shared)
+
+    def _spoolq_files(self) -> list[str]:
+        files = [self.layout.config]
+        for state in ("done", "dead"):
+            directory = self.layout.dir(state)
+            files += [os.path.join(directory, e) for e in fsio.listdir(directory)
+                      if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
+        files += [os.path.join(self.layout.pending, e) for e in fsio.listdir(self.layout.pending)
+                  if layout.parse_pending(e) is not None]
+        out = self.layout.dir("output")
+        files += [os.path.join(out, e) for e in fsio.listdir(out)]
+        return files
+
+    def _check_mode(self, path: str, mode: int, shared: bool) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            return  # not spoolq's doing; a chmod would reach another name
+        extra = stat.S_IMODE(st.st_mode) & 0o777 & ~mode
+        if not extra:
+            return
+        p = self.r.report("permissions", path, f"mode {stat.S_IMODE(st.st_mode):04o} gives access beyond "
+                          f"{mode:04o} ({'group_access is on' if shared else 'the spool is private'})")
+        self.r.repair_with(p, lambda: os.chmod(path, mode), f"set mode {mode:04o}")
+
+
+def _lock_holder(data: bytes) -> tuple[int, str] | None:
+    """filelock's SoftFileLock record: "<pid>\\n<host>\\n[<start token>\\n]"."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.strip().splitlines()
+    if not text.endswith("\n") or len(lines) not in (2, 3) or not lines[0].isdigit():
+        return None
+    return int(lines[0]), lines[1]

@@ -1,0 +1,214 @@
+"""fsck's checks of job files: owners of processing/, every job file in every state, drop-ins,
+one place per id, and the ids/ markers."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from .. import dropins, fsio, job, layout
+from ..errors import InvalidJob, JobNotFound, SpoolError
+from .report import Problem, Report
+
+
+class JobChecks:
+    def __init__(self, report: Report):
+        self.r = report
+        self.spool = report.spool
+        self.layout = report.layout
+
+    def check_owners(self) -> None:
+        r = self.r
+        gone = {owned.name for owned in self.spool.owners.gone_dirs()}
+        found: list[tuple[Problem, str]] = []
+        for entry, path, st in r.entries(self.layout.processing):
+            if entry.startswith("."):
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                p = r.report("stray-entry", path, "processing/ should hold only owner directories")
+                r.leave_alone(p, "not spoolq's; remove it by hand")
+                continue
+            if entry not in gone:
+                r.live_dirs.append(entry)
+                continue
+            jobs = sorted(n for n in fsio.listdir(path) if layout.is_json_entry(n))
+            held = ", ".join(layout.stem(n) for n in jobs[:5]) + (" …" if len(jobs) > 5 else "")
+            p = r.report("dead-owner", path, f"owner {layout.owner_of(entry)} is gone; it holds "
+                         f"{len(jobs)} file(s){': ' + held if jobs else ''}")
+            found.append((p, entry))
+            if not r.repair:
+                for name in jobs:
+                    if not name.startswith(layout.ADOPT_PREFIX):
+                        r.record_place(layout.stem(name), "processing", os.path.join(path, name))
+        if found and r.repair:
+            self._recover(found)
+
+    def _recover(self, found: list[tuple[Problem, str]]) -> None:
+        try:
+            recovered = self.spool.recovery.run(self.r.rescuer)
+        except (OSError, SpoolError) as e:
+            for p, _ in found:
+                p.repair = f"repair failed: {getattr(e, 'strerror', None) or e}"
+            return
+        for p, entry in found:
+            owner = layout.owner_of(entry)
+            mine = [f"job {x.job_id} is now {x.state}" for x in recovered if x.owner == owner]
+            if os.path.lexists(self.layout.owned(entry)):
+                p.repair = "repair failed: the directory is still there (a live worker took it over?)"
+                continue
+            p.repaired = True
+            p.repair = "recovered: " + ("; ".join(mine) if mine else "it held no job")
+
+    def check_job_file(self, path: str, state: str, expected: str, source: str, may_fix: bool = True) -> None:
+        """One file that claims to be job `expected`: it must be a trusted regular file that parses."""
+        r = self.r
+        reason = None
+        try:
+            self.spool.store.read_job(path, now=r.now, expect_id=expected,
+                                      trusted_only=state in ("pending", "processing"))
+        except FileNotFoundError:
+            return  # moved on while we looked
+        except InvalidJob as e:
+            reason = str(e)
+        r.record_place(expected, state, path)
+        if reason is None:
+            return
+        p = r.report("bad-job-file", path, f"{state} job {expected}: {reason}")
+        if may_fix:
+            r.repair_with(p, lambda: r.quarantine(path, source, f"malformed job file: {reason}"))
+        else:
+            r.leave_alone(p, "a live worker holds it")
+
+    def check_pending(self) -> None:
+        for entry in sorted(fsio.listdir(self.layout.pending)):
+            if entry.startswith("."):
+                continue  # staging names belong to whoever is writing them
+            path = os.path.join(self.layout.pending, entry)
+            parsed = layout.parse_pending(entry)
+            if parsed is not None:
+                self.check_job_file(path, "pending", parsed.job_id, entry)
+            elif layout.is_dropin(entry):
+                self.check_dropin(path, entry)
+
+    def check_dropin(self, path: str, entry: str) -> None:
+        """Report what a worker would quarantine (and do the same when repairing)."""
+        r = self.r
+        reason = dropins.rejection(self.spool.store, entry, now=r.now, fs_now=r.fs_now)
+        if reason is None:
+            return
+        p = r.report("bad-dropin", path, reason)
+        r.repair_with(p, lambda: r.quarantine(path, entry, reason))
+
+    def check_live_processing(self) -> None:
+        r = self.r
+        for entry in r.live_dirs:
+            for name, path, st in r.entries(self.layout.owned(entry)):
+                if name.startswith("."):
+                    if r.is_stale(st):
+                        stale_temp(r, path, st)
+                elif name.startswith(layout.ADOPT_PREFIX):
+                    if r.is_stale(st):
+                        p = r.report("stuck-adoption", path, f"dropped file half-adopted "
+                                     f"{r.age(st)} ago by live owner {layout.owner_of(entry)}")
+                        r.leave_alone(p, "its owner is alive; stop it and fsck again")
+                elif name.endswith(".json"):
+                    self.check_job_file(path, "processing", layout.stem(name), name, may_fix=False)
+                else:
+                    p = r.report("stray-entry", path, "not a job file")
+                    r.leave_alone(p, "not spoolq's; remove it by hand")
+
+    def check_finished(self, state: str) -> None:
+        r = self.r
+        for entry, path, st in r.entries(self.layout.dir(state)):
+            if entry.startswith("."):
+                if layout.is_temp_name(entry) and r.is_stale(st):
+                    stale_temp(r, path, st)
+                continue
+            stem = layout.stem(entry) if entry.endswith(".json") else None
+            if stem is not None and layout.is_quarantine_id(stem) and state == "dead":
+                self.check_quarantined(stem, path)
+            elif stem is not None and job.valid_id(stem):
+                self.check_job_file(path, state, stem, entry)
+            else:
+                p = r.report("stray-entry", path, f"not a job file name in {state}/")
+                if stat.S_ISDIR(st.st_mode):
+                    r.leave_alone(p, "a directory; remove it by hand")
+                else:
+                    r.repair_with(p, lambda path=path, entry=entry: r.quarantine(
+                        path, entry, f"not a job file name in {state}/"))
+
+    def check_quarantined(self, qid: str, path: str) -> None:
+        r = self.r
+        quarantine = self.spool.quarantine
+        record = quarantine.record(qid)
+        if record is not None and isinstance(record.get("reason"), str):
+            r.account_for(record.get("source"))
+            return
+        p = r.report("unrecorded-quarantine", path,
+                     "quarantined file without a readable reason record in quarantine/")
+
+        def write() -> str:
+            fsio.unlink_quietly(self.layout.reason_file(qid))
+            quarantine.write_record(qid, "quarantined; its reason record was lost (recreated by fsck)", None, r.now)
+            return "wrote a reason record saying the original reason was lost"
+
+        r.repair_with(p, write)
+
+    def check_duplicates(self) -> None:
+        r = self.r
+        rank = {"processing": 0, "done": 1, "dead": 2, "pending": 3}
+        for job_id, places in sorted(r.census.items()):
+            places = [(s, p) for s, p in places if os.path.lexists(p)]  # RACE: moved while we looked
+            if len(places) < 2:
+                continue
+            places.sort(key=lambda sp: (rank[sp[0]], sp[1]))
+            keep_state, keep_path = places[0]
+            for state, path in places[1:]:
+                p = r.report("duplicate", path, f"job {job_id} is also {keep_state}: "
+                             f"{os.path.relpath(keep_path, self.layout.root)}")
+                if state in ("pending", "dead"):
+                    r.repair_with(p, lambda path=path: r.quarantine(
+                        path, os.path.basename(path), f"duplicate: job {job_id} is also {keep_state}"))
+                else:
+                    r.leave_alone(p, f"a {state} job is never moved by fsck; decide by hand")
+
+    def check_markers(self) -> None:
+        r = self.r
+        ids_dir = self.layout.dir("ids")
+        markers = set(fsio.listdir(ids_dir))
+        for job_id in sorted(set(r.census) - markers):
+            marker = self.layout.id_marker(job_id)
+            if os.path.lexists(marker) or not any(os.path.lexists(p) for _, p in r.census[job_id]):
+                continue
+            p = r.report("missing-marker", marker, f"job {job_id} has no id marker (its id could be reused)")
+            r.repair_with(p, lambda marker=marker: self.spool.store.create_exclusive(marker) and None, "created it")
+        for name in sorted(markers - set(r.census) - r.accounted):
+            path = os.path.join(ids_dir, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not job.valid_id(name):
+                p = r.report("stray-entry", path, "not a valid job id")
+                r.leave_alone(p, "not spoolq's; remove it by hand")
+                continue
+            if not r.is_stale(st) or self._still_exists(name):
+                continue  # an enqueue or adoption may be under way, or the job moved while we looked
+            p = r.report("orphan-marker", path, f"id {name} is reserved but no job has it")
+            r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it (the id is free again)")
+
+    def _still_exists(self, job_id: str) -> bool:
+        try:
+            self.spool.views.find(job_id)
+            return True
+        except (JobNotFound, InvalidJob):
+            return False
+
+
+def stale_temp(r: Report, path: str, st: os.stat_result) -> None:
+    """A temp file older than stale_after: its writer crashed (a live one renames it at once)."""
+    p = r.report("stale-temp", path, f"temp file {r.age(st)} old")
+    if stat.S_ISDIR(st.st_mode):
+        r.leave_alone(p, "a directory; remove it by hand")
+    else:
+        r.repair_with(p, lambda: fsio.unlink_quietly(path), "removed it")

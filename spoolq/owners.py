@@ -1,0 +1,240 @@
+"""Owners: the registry of live workers and supervisors (``workers/<owner>.json``, its mtime the
+heartbeat), stop requests, and the one judge of whether an owner, or any process a spool file
+names, is gone. Recovery, ``worker list``, clean-up, fsck and lock breaking all ask this judge."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import fsio, job, layout, liveness
+from .store import Store
+
+
+@dataclass(frozen=True)
+class Registration:
+    owner: str
+    record: dict[str, Any]  # {} when the file is unreadable
+    heartbeat: float  # mtime of the registration, on the file system's clock
+
+
+@dataclass
+class WorkerInfo:
+    owner: str
+    host: str
+    pid: int
+    role: str
+    started_at: str | None
+    heartbeat: float
+    job: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OwnerDir:
+    """A processing/ sub-directory: an owner's, or one a rescuer fenced (``R~...~W``)."""
+
+    name: str
+
+    @property
+    def chain(self) -> list[str]:
+        """Its owner tokens, the current holder first."""
+        return self.name.split(layout.RESCUE_SEP)
+
+    @property
+    def holder(self) -> str:
+        return self.chain[0]
+
+
+class Judge:
+    """Says why an owner is gone, None while it lives. On this machine a dead pid means gone at
+    once; on any host, so does no heartbeat within the lease, measured on the file system's
+    clock (read once, when first needed)."""
+
+    def __init__(self, store: Store, lease: float):
+        self.store = store
+        self.lease = lease
+        self.here = layout.host_name()
+        self._fs_now: float | None = None
+
+    def why_gone(self, reg: Registration) -> str | None:
+        record = reg.record
+        why = self.why_process_gone(record.get("host"), record.get("pid"), start=record.get("start"),
+                                    boot=record.get("boot"))
+        if why:
+            return why
+        if self._fs_now is None:
+            self._fs_now = self.store.fs_clock()
+        if self._fs_now - reg.heartbeat > self.lease:
+            return f"no heartbeat from {record.get('host', '?')} for {self._fs_now - reg.heartbeat:.0f}s"
+        return None
+
+    def why_process_gone(self, host: object, pid: object, *, start: object = None,
+                         boot: object = None) -> str | None:
+        """A process named by host and pid: gone if it was on this machine, in this boot, and
+        its pid (with its start time, when known) no longer runs. A process elsewhere cannot be
+        probed from here: None (fail closed)."""
+        if not self.is_local(host, boot):
+            return None
+        if liveness.alive(pid, start):
+            return None
+        return f"pid {pid} is gone"
+
+    def why_lock_holder_gone(self, host: str, pid: int) -> str | None:
+        """A lock marker's holder. filelock records the machine's own name, not SPOOLQ_HOST."""
+        local = self.here if host == socket.gethostname() else host
+        return self.why_process_gone(local, pid)
+
+    def is_local(self, host: object, boot: object = None) -> bool:
+        """Was this process on this machine, in this boot? Only then does its pid mean anything
+        here; elsewhere (a host with the same name, or before a reboot) only its lease counts."""
+        if host != self.here:
+            return False
+        return boot is None or boot == liveness.boot_id()
+
+
+class Owners:
+    def __init__(self, store: Store):
+        self.store = store
+        self.layout = store.layout
+
+    def judge(self, lease: float | None = None) -> Judge:
+        return Judge(self.store, self.store.config.lease_timeout if lease is None else lease)
+
+    # ---- registration and heartbeat ------------------------------------------------------
+
+    def register(self, role: str = "worker", **extra: Any) -> str:
+        """Announce a live owner; returns its token. The registration file's mtime is its heartbeat."""
+        host = layout.host_name()
+        owner = layout.owner_token(host, os.getpid())
+        record = {"owner": owner, "host": host, "pid": os.getpid(), "role": role,
+                  "start": liveness.start_token(os.getpid()), "boot": liveness.boot_id(),
+                  "started_at": job.iso(self.store.clock()), **extra}
+        self.store.publish(self.layout.worker_file(owner), json.dumps(record).encode(), durable=False)
+        # RACE: the registration exists before the owner's directory, and outlives it at
+        # unregister, so a processing/<owner> without a registration always means a dead owner.
+        self.store.make_dir(self.layout.owned(owner))
+        return owner
+
+    def heartbeat(self, owner: str) -> bool:
+        """Touch the registration; False if it is gone (this owner was declared dead elsewhere)."""
+        try:
+            os.utime(self.layout.worker_file(owner))
+        except FileNotFoundError:
+            return False
+        return os.path.isdir(self.layout.owned(owner))
+
+    def unregister(self, owner: str) -> None:
+        owned = self.layout.owned(owner)
+        for entry in fsio.listdir(owned):
+            if entry.startswith("."):
+                fsio.unlink_quietly(os.path.join(owned, entry))
+        try:
+            os.rmdir(owned)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            return  # still holds a job: leave it for recovery rather than lose it
+        fsio.unlink_quietly(self.layout.worker_file(owner))
+
+    def heartbeat_interval(self) -> float:
+        """How often a live owner touches its registration: well inside the lease, at most 5 s."""
+        return max(0.2, min(self.store.config.lease_timeout / 4, 5.0))
+
+    def registered_at(self, owner: str) -> float:
+        """When `owner` registered, on the file system's clock (ask before its first heartbeat)."""
+        return os.stat(self.layout.worker_file(owner)).st_mtime
+
+    def registration(self, owner: str) -> Registration | None:
+        """None if there is none; an empty record if it cannot be read."""
+        path = self.layout.worker_file(owner)
+        try:
+            with open(path, "rb") as f:
+                record = json.loads(f.read())
+            return Registration(owner, record if isinstance(record, dict) else {}, os.stat(path).st_mtime)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError):
+            return Registration(owner, {}, 0.0)
+
+    def registered(self) -> list[str]:
+        return [layout.stem(e) for e in fsio.listdir(self.layout.dir("workers")) if layout.is_json_entry(e)]
+
+    # ---- who is alive --------------------------------------------------------------------
+
+    def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
+        """Registered owners (of one role: "worker" or "supervisor"); by default only the live ones."""
+        out = []
+        judge = self.judge()
+        for owner in self.registered():
+            reg = self.registration(owner)
+            if reg is None or not reg.record:
+                continue  # gone while we looked, or unreadable
+            if role is not None and reg.record.get("role", "worker") != role:
+                continue
+            if live and judge.why_gone(reg):
+                continue
+            out.append(self._worker_info(reg))
+        return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
+
+    def _worker_info(self, reg: Registration) -> WorkerInfo:
+        jobs = [layout.stem(e) for e in fsio.listdir(self.layout.owned(reg.owner))
+                if layout.is_json_entry(e) and not e.startswith(layout.ADOPT_PREFIX)]
+        record = reg.record
+        known = ("owner", "host", "pid", "role", "started_at")
+        return WorkerInfo(owner=reg.owner, host=str(record.get("host", "?")), pid=int(record.get("pid", 0)),
+                          role=str(record.get("role", "worker")), started_at=record.get("started_at"),
+                          heartbeat=reg.heartbeat, job=jobs[0] if jobs else None,
+                          extra={k: v for k, v in record.items() if k not in known})
+
+    def gone_dirs(self, *, lease: float | None = None) -> list[OwnerDir]:
+        """processing/ sub-directories whose holder is gone: a dead pid on this host, an expired
+        lease on any host, or no registration at all."""
+        judge = self.judge(lease)
+        gone = []
+        for entry in fsio.listdir(self.layout.processing):
+            if entry.startswith("."):
+                continue
+            owned = OwnerDir(entry)
+            reg = self.registration(owned.holder)
+            if reg is None or judge.why_gone(reg):
+                gone.append(owned)
+        return gone
+
+    def stale_registrations(self) -> list[tuple[str, str]]:
+        """(owner, why) for registrations of owners that are gone and hold no directory (an owner
+        with one is recovery's: its jobs go first)."""
+        judge = self.judge()
+        stale = []
+        for owner in sorted(self.registered()):
+            reg = self.registration(owner)
+            if reg is None or os.path.isdir(self.layout.owned(owner)):
+                continue
+            why = judge.why_gone(reg)
+            if why:
+                stale.append((owner, why))
+        return stale
+
+    def drop_stale_registrations(self) -> None:
+        for owner, _ in self.stale_registrations():
+            fsio.unlink_quietly(self.layout.worker_file(owner))
+
+    # ---- stop requests -------------------------------------------------------------------
+
+    def request_stop(self) -> float:
+        """Ask every worker of this spool, on every host, to stop after its current job."""
+        path = self.layout.stop_file
+        self.store.publish(path, b"stop\n")
+        return os.stat(path).st_mtime
+
+    def stop_requested_after(self, since: float) -> bool:
+        try:
+            return os.stat(self.layout.stop_file).st_mtime >= since
+        except FileNotFoundError:
+            return False

@@ -1,0 +1,100 @@
+"""Recovery: take back the jobs of an owner that is gone (a dead pid on this host, or an expired
+lease on any host). First the owner's whole ``processing/<owner>/`` is renamed to
+``processing/<rescuer>~<owner>/``: that one rename is the fence, so an owner that was only frozen
+and wakes up can no longer complete, fail or move its jobs. Then what is left of its process
+groups on this host is killed, and each job's attempt is failed like any failure
+(``Transitions.finish``): it is retried or dead. A drop-in it was adopting goes back to pending/.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import fsio, layout, liveness
+from .errors import InvalidJob
+from .owners import OwnerDir, Owners
+from .quarantine import Quarantine
+from .store import Store
+from .transitions import Claimed, Transitions
+
+
+@dataclass(frozen=True)
+class Recovered:
+    owner: str
+    job_id: str
+    state: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"recovered job {self.job_id} from dead worker {self.owner}: now {self.state}"
+
+
+class Recovery:
+    def __init__(self, store: Store, owners: Owners, quarantine: Quarantine, transitions: Transitions):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self.quarantine = quarantine
+        self.transitions = transitions
+
+    def run(self, rescuer: str, *, now: float | None = None, lease: float | None = None) -> list[Recovered]:
+        """Take back every job held by a dead owner: kill what is left of its process groups on
+        this host, then count the attempt as failed and move the job on like any failure."""
+        out: list[Recovered] = []
+        for owned in self.owners.gone_dirs(lease=lease):
+            out.extend(self._rescue(owned, rescuer, now))
+        self.owners.drop_stale_registrations()
+        return out
+
+    def _rescue(self, owned: OwnerDir, rescuer: str, now: float | None) -> list[Recovered]:
+        for owner in owned.chain:
+            liveness.kill_leftovers(owner)  # tokens are unique: only that owner's jobs carry it
+        fenced = f"{rescuer}{layout.RESCUE_SEP}{owned.name}"
+        if len(fenced) > 200:
+            fenced = f"{rescuer}{layout.RESCUE_SEP}{layout.random_hex(4)}"
+        dst_dir = self.layout.owned(fenced)
+        # RACE: two rescuers may both find the owner dead; the directory rename admits one.
+        if not fsio.move(self.layout.owned(owned.name), dst_dir):
+            return []
+        reg = self.owners.registration(owned.holder)
+        host = (reg.record.get("host") if reg else None) or "?"
+        out = []
+        for name in sorted(fsio.listdir(dst_dir)):
+            out.extend(self._rescue_file(dst_dir, name, owned.holder, host, self.store.now(now)))
+        try:
+            os.rmdir(dst_dir)
+        except OSError:
+            pass
+        for owner in owned.chain:
+            fsio.unlink_quietly(self.layout.worker_file(owner))
+        return out
+
+    def _rescue_file(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
+        path = os.path.join(directory, name)
+        if name.startswith("."):
+            fsio.unlink_quietly(path)
+            return []
+        if name.startswith(layout.ADOPT_PREFIX):
+            self._return_dropin(path, name[len(layout.ADOPT_PREFIX):])
+            return []
+        if not name.endswith(".json"):
+            return []
+        try:
+            job, _ = self.store.read_job(path, now=now)
+        except (InvalidJob, FileNotFoundError) as e:
+            qid = self.quarantine.put(path, name, f"malformed job file found in processing/: {e}", now)
+            return [Recovered(owner, qid, "dead", str(e))]
+        attempt = job.running_attempt
+        reason = f"worker {owner} on {host} stopped during attempt {attempt} (killed, crashed or lost its lease)"
+        if attempt > job.max_retries:
+            reason += "; the job ran out of attempts this way: it may be what kills its worker"
+        moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None, error=reason, now=now)
+        return [Recovered(owner, job.id, moved.state, reason)]
+
+    def _return_dropin(self, path: str, original: str) -> None:
+        """A drop-in its adopter died holding goes back to pending/ to be adopted again."""
+        dest = os.path.join(self.layout.pending, original)
+        if os.path.lexists(dest):
+            dest = os.path.join(self.layout.pending, f"{layout.stem(original)}.{layout.random_hex(3)}.json")
+        fsio.move(path, dest)

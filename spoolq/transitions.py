@@ -1,0 +1,338 @@
+"""Transitions: every rename of a job file, and nothing else (format: layout.py).
+
+A job's state is the directory its file is in; each transition below is one rename (a few are
+a rewrite in place first). "Proof" is what shows the caller still owns the file at that
+moment; losing it is an answer (None, or LostOwnership), never a half-done move.
+
+===========  ============================================  ==========  ===================  ==================================  ===========================
+transition   from -> to                                    who         how                  proof                               fsync
+===========  ============================================  ==========  ===================  ==================================  ===========================
+publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> created O_EXCL             file (one syncfs per
+                                                                                                                                batch), pending/, ids/
+adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; rewrite;     the first rename won; ids/<id>      the rewrite, pending/
+             -> pending/<canonical>                                    rename               created O_EXCL
+claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
+finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          source still in processing/<o>/     none
+finish fail  processing/<o>/<id> -> pending/<due later>    worker,     rewrite in place,    processing/<o>/ still exists (a     the rewrite
+             or dead/<id>                                  recovery    rename               rescuer's rename of it: the fence)
+recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  directory rename     that rename won                     as finish fail
+             then each job as "finish fail" (recovery.py)  fsck
+retry        dead/<id> -> pending/<canonical>              dlq retry   rewrite, rename      lock "dlq"                          the rewrite, pending/
+purge        done|dead/<id> -> (deleted)                   purge       unlink file, output  lock "dlq"                          none
+                                                                       log, ids/<id>
+quarantine   anywhere -> dead/+<qid>                       adopt,      rename               the rename won                      reason record, dead/
+                                                           claim, fsck
+===========  ============================================  ==========  ===================  ==================================  ===========================
+
+A new transition (cancel, pause, dependencies, queues) is a row here and a method below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from . import config, dropins, fsio, layout, retry
+from .errors import InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable, SpoolError
+from .job import Job
+from .owners import Owners
+from .quarantine import Quarantine
+from .store import Store, io_message
+from .views import Views
+
+
+@dataclass(frozen=True)
+class Moved:
+    """Where a transition left a job: its state (directory) and its file name there."""
+
+    job_id: str
+    state: str  # "pending" (to run again at its due time), "done" or "dead"
+    name: str
+
+
+@dataclass
+class Claimed:
+    """A job this owner holds in processing/<owner>/; its running attempt is job.running_attempt."""
+
+    job: Job
+    owner: str
+    path: str
+
+
+class Adopted(enum.Enum):
+    PUBLISHED = "published"  # now a canonical pending job
+    QUARANTINED = "quarantined"  # never a job: moved to dead/+<qid>.json
+    WAIT = "wait"  # does not parse yet; its writer has drop_grace to finish it
+    GONE = "gone"  # someone else took it first
+    IGNORED = "ignored"  # a directory: left alone
+
+
+@dataclass(frozen=True)
+class Adoption:
+    outcome: Adopted
+    job_id: str | None = None
+    reason: str | None = None
+    retry_at: float | None = None  # WAIT: when to look again
+    moved: Moved | None = None  # PUBLISHED: its canonical name in pending/
+
+
+class Transitions:
+    def __init__(self, store: Store, owners: Owners, quarantine: Quarantine, views: Views):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self.quarantine = quarantine
+        self.views = views
+
+    # ---- publish -------------------------------------------------------------------------
+
+    def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None) -> list[Job]:
+        """Publish jobs all-or-nothing as far as the caller can cause it: every id is reserved
+        before the first job is written; one file-system barrier for a batch. When this returns,
+        every job survives a power cut."""
+        _refuse_repeated_ids(jobs)
+        reserved: list[str] = []
+        written: list[tuple[str, str]] = []
+        try:
+            ids_dir = self.layout.dir("ids") + os.sep  # plain concatenation: 100k joins add up
+            pending_dir = self.layout.pending + os.sep
+            for job in jobs:
+                if not self.store.create_exclusive(ids_dir + job.id):
+                    raise JobExists(f"job id {job.id!r} already exists", job.id)
+                reserved.append(job.id)
+            durable_each = len(jobs) == 1
+            for job in jobs:
+                tmp = self.store.temp_path()
+                self.store.write_file(tmp, job.to_json(), durable=durable_each)
+                written.append((tmp, layout.pending_name_of(job)))
+                if progress:
+                    progress(1)
+            if not durable_each:
+                fsio.sync_filesystem(self.layout.tmp)
+            for tmp, name in written:
+                os.rename(tmp, pending_dir + name)
+            fsio.fsync_dir(self.layout.pending)
+            fsio.fsync_dir(self.layout.dir("ids"))
+        except BaseException as e:  # nothing published: take back every temp file and reserved id
+            for tmp, _ in written:
+                fsio.unlink_quietly(tmp)
+            for job_id in reserved:
+                fsio.unlink_quietly(self.layout.id_marker(job_id))
+            if isinstance(e, OSError):
+                raise SpoolError(io_message("cannot enqueue", e)) from None
+            raise
+        return jobs
+
+    # ---- adopt ---------------------------------------------------------------------------
+
+    def adopt(self, entry: str, owner: str, *, now: float | None = None) -> Adoption:
+        """Turn a dropped file in pending/ into a canonical job, or quarantine it, or wait for its writer."""
+        found = dropins.inspect(self.store, entry, now=now)
+        now = self.store.now(now)
+        if found.verdict is dropins.Verdict.GONE:
+            return Adoption(Adopted.GONE)
+        if found.verdict is dropins.Verdict.IGNORED:
+            return Adoption(Adopted.IGNORED)
+        if found.verdict is dropins.Verdict.WAIT:
+            return Adoption(Adopted.WAIT, reason=found.reason, retry_at=found.retry_at)
+        adopt_path = self._take_dropin(entry, owner)
+        if adopt_path is None:
+            return Adoption(Adopted.GONE)
+        if found.verdict is dropins.Verdict.REFUSE:
+            self.quarantine.put(adopt_path, entry, str(found.reason), now)
+            return Adoption(Adopted.QUARANTINED, reason=found.reason)
+        assert found.stat is not None
+        arrived_ns = found.stat.st_ctime_ns  # its arrival (rename into pending/ or last write); our move resets ctime
+        return self._publish_adopted(adopt_path, entry, arrived_ns, now)
+
+    def _take_dropin(self, entry: str, owner: str) -> str | None:
+        """Move a dropped file into our own directory; None if another worker took it first."""
+        adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + entry)
+        try:
+            # RACE: several workers may see the same drop-in; this rename admits one.
+            if not fsio.move(os.path.join(self.layout.pending, entry), adopt_path):
+                return None
+        except FileNotFoundError:
+            raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
+        return adopt_path
+
+    def _publish_adopted(self, adopt_path: str, entry: str, arrived_ns: int, now: float) -> Adoption:
+        try:
+            data, _ = self.store.read_bytes(adopt_path, "dropped file")
+            job = dropins.job_from(self.store, data, entry, now=now, seq=arrived_ns)
+        except (InvalidJob, OSError) as e:
+            self.quarantine.put(adopt_path, entry, f"malformed: {e}", now)
+            return Adoption(Adopted.QUARANTINED, reason=str(e))
+        job.attempts, job.updated_at = 0, now
+        if not self.store.create_exclusive(self.layout.id_marker(job.id)):
+            reason = dropins.duplicate_reason(job.id)
+            self.quarantine.put(adopt_path, entry, reason, now)
+            return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
+        try:
+            moved = self._rewrite_then_move(adopt_path, job, "pending")
+        except BaseException:
+            fsio.unlink_quietly(self.layout.id_marker(job.id))
+            raise
+        fsio.fsync_dir(self.layout.pending)
+        return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
+
+    # ---- claim and finish ----------------------------------------------------------------
+
+    def claim(self, entry: str, owner: str, *, now: float | None = None) -> Claimed | None:
+        """Take a canonical pending job for `owner`. None if another worker took it first or the
+        file was quarantined. Raises LostOwnership if this owner was recovered elsewhere."""
+        parsed = layout.parse_pending(entry)
+        if parsed is None:
+            return None
+        owned = self.layout.owned(owner)
+        path = os.path.join(owned, layout.job_file(parsed.job_id))
+        try:
+            if not fsio.move(os.path.join(self.layout.pending, entry), path):
+                return None  # RACE: another worker renamed it first; losing is an answer, not an error
+        except FileNotFoundError:
+            raise LostOwnership(f"{owned} is gone") from None
+        now = self.store.now(now)
+        try:
+            job, _ = self.store.read_job(path, now=now, expect_id=parsed.job_id, trusted_only=True)
+        except InvalidJob as e:
+            self.quarantine.put(path, entry, f"malformed job file: {e}", now)
+            return None
+        return Claimed(job, owner, path)
+
+    def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
+               now: float | None = None) -> Moved:
+        """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead."""
+        job = claimed.job
+        if ok:
+            # The success is the move itself: the file keeps the attempts before this one, which
+            # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
+            name = layout.job_file(job.id)
+            self._move_out_of_owned(claimed.path, os.path.join(self.layout.done, name))
+            return Moved(job.id, "done", name)
+        now = self.store.now(now)
+        cfg = self.store.config
+        attempt = job.running_attempt
+        job = dataclasses.replace(job)  # the claim stays as it was: a caller may try again
+        job.attempts, job.exit_code, job.last_error, job.updated_at = attempt, exit_code, error, now
+        decision = retry.decide(ok=False, attempts=attempt, max_retries=job.max_retries, now=now,
+                                base=cfg.backoff_base, cap=cfg.backoff_max)
+        if decision.state == "pending":
+            job.run_at = decision.run_at
+        return self._rewrite_then_move(claimed.path, job, decision.state)
+
+    def _rewrite_then_move(self, path: str, job: Job, state: str) -> Moved:
+        """Rewrite a job file in place (temp beside it, fsync, rename over), then move it to
+        `state`. Both steps need `path`'s directory to still be ours: for processing/<owner>/,
+        a rescuer's rename of it is the fence; for dead/, the "dlq" lock."""
+        directory = os.path.dirname(path)
+        tmp = self.store.temp_path(directory)
+        try:
+            self.store.write_file(tmp, job.to_json(), durable=True)
+        except FileNotFoundError:
+            raise LostOwnership(f"{directory} is gone") from None
+        try:
+            os.rename(tmp, path)
+        except FileNotFoundError:
+            raise LostOwnership(f"{directory} is gone") from None
+        except OSError:
+            fsio.unlink_quietly(tmp)
+            raise
+        name = layout.pending_name_of(job) if state == "pending" else layout.job_file(job.id)
+        self._move_out_of_owned(path, os.path.join(self.layout.dir(state), name))
+        return Moved(job.id, state, name)
+
+    def _move_out_of_owned(self, path: str, dest: str) -> None:
+        """The last step of every transition out of an owned file; the source's existence is
+        the proof of ownership."""
+        try:
+            moved = fsio.move(path, dest)
+        except FileNotFoundError:
+            moved = False
+        if not moved:
+            raise LostOwnership(f"{path} was taken from us")
+
+    # ---- dead-letter queue and purge ------------------------------------------------------
+
+    def retry_dead(self, job_ids: list[str] | None = None, *, now: float | None = None) -> list[str]:
+        """Make dead jobs pending again with their attempts reset. None means every dead job."""
+        now = self.store.now(now)
+        with config.locked(self.layout, "dlq"):
+            if job_ids is None:
+                job_ids = [layout.stem(e) for e in sorted(fsio.listdir(self.layout.dead))
+                           if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
+            else:
+                for job_id in job_ids:
+                    self._check_retryable(job_id)
+            done = []
+            for job_id in job_ids:
+                if self._retry_one(job_id, now):
+                    done.append(job_id)
+            fsio.fsync_dir(self.layout.pending)
+            return done
+
+    def _retry_one(self, job_id: str, now: float) -> bool:
+        path = os.path.join(self.layout.dead, layout.job_file(job_id))
+        try:
+            job, _ = self.store.read_job(path, now=now)
+        except FileNotFoundError:
+            return False
+        except InvalidJob as e:
+            raise NotRetryable(f"{job_id}: the dead file is unreadable ({e}); fix it and drop it "
+                               "into pending/ again") from None
+        job.attempts, job.exit_code, job.run_at, job.updated_at = 0, None, None, now
+        job.seq = self.store.next_seq()
+        try:
+            self._rewrite_then_move(path, job, "pending")  # safe: dead/ files change only under this lock
+        except LostOwnership:
+            return False
+        return True
+
+    def _check_retryable(self, job_id: str) -> None:
+        if layout.is_quarantine_id(job_id):
+            if self.quarantine.exists(job_id):
+                raise NotRetryable(f"{job_id} is a quarantined file ({self.quarantine.reason(job_id)}); "
+                                   f"fix it and drop it into pending/ again: {self.quarantine.file(job_id)}")
+            raise JobNotFound(f"no job {job_id!r}")
+        view = self.views.find(job_id)
+        if view.state != "dead":
+            raise NotRetryable(f"job {job_id} is {view.state}, not dead")
+
+    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None) -> int:
+        """Delete finished jobs (done or dead) and their output; frees their ids."""
+        if state not in ("done", "dead"):
+            raise InvalidJob("only done or dead jobs can be purged")
+        now = self.store.now(now)
+        directory = self.layout.dir(state)
+        count = 0
+        with config.locked(self.layout, "dlq"):
+            for entry in fsio.listdir(directory):
+                if not layout.is_json_entry(entry):
+                    continue
+                path = os.path.join(directory, entry)
+                try:
+                    if now - os.lstat(path).st_mtime < older_than:
+                        continue
+                except FileNotFoundError:
+                    continue
+                self._delete_finished(path, layout.stem(entry))
+                count += 1
+        return count
+
+    def _delete_finished(self, path: str, job_id: str) -> None:
+        fsio.unlink_quietly(path)
+        fsio.unlink_quietly(self.layout.output(job_id))
+        if layout.is_quarantine_id(job_id):
+            fsio.unlink_quietly(self.layout.reason_file(job_id))
+        else:
+            fsio.unlink_quietly(self.layout.id_marker(job_id))
+
+
+def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
+    seen: set[str] = set()
+    for n, job in enumerate(jobs, 1):
+        if job.id in seen:
+            raise JobExists(f"job {n}: id {job.id!r} appears twice in the input")
+        seen.add(job.id)

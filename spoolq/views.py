@@ -1,0 +1,250 @@
+"""Views: the read side. Find one job, list jobs, count them; never renames or writes a job file
+(and never imports transitions)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from . import fsio, job, layout
+from .errors import InvalidJob, JobNotFound
+from .job import Job
+from .owners import Owners
+from .quarantine import Quarantine
+from .store import Store
+
+
+@dataclass
+class JobView:
+    """A job as a reader sees it: where it is and what its file says."""
+
+    id: str
+    state: str
+    job: Job | None
+    path: str
+    reason: str | None = None  # quarantined files: why
+    owner: str | None = None
+    changed_at: float | None = None  # ctime of the file: when it last moved
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.job is None:
+            return {"id": self.id, "command": None, "state": self.state, "attempts": 0,
+                    "max_retries": None, "priority": None, "created_at": None,
+                    "updated_at": None, "run_at": None, "exit_code": None,
+                    "last_error": self.reason, "quarantined": True}
+        out = self.job.to_dict()
+        out.pop("seq", None)
+        out["state"] = self.state
+        if self.state == "processing":
+            out["attempts"] = self.job.running_attempt  # the running attempt counts from its claim
+            out["worker"] = self.owner
+        elif self.state == "done":
+            # A success is recorded by the move into done/ alone (no rewrite, no fsync): the file
+            # holds the attempts before it.
+            out["attempts"] = self.job.running_attempt
+            out["exit_code"] = 0
+            out["updated_at"] = job.iso(self.changed_at) if self.changed_at else out["updated_at"]
+        return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
+
+
+def waiting_state(waiting: Job, now: float) -> str:
+    """A job in pending/ is "scheduled" until its run_at, "pending" (ready) after."""
+    return "scheduled" if waiting.run_at and waiting.run_at > now else "pending"
+
+
+@dataclass
+class Counts:
+    pending: int = 0
+    scheduled: int = 0
+    processing: int = 0
+    done: int = 0
+    dead: int = 0
+    workers: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Views:
+    def __init__(self, store: Store, owners: Owners, quarantine: Quarantine):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self.quarantine = quarantine
+
+    # ---- one job -------------------------------------------------------------------------
+
+    def find(self, job_id: str) -> JobView:
+        if layout.is_quarantine_id(job_id):
+            view = self._quarantined(job_id)
+            if view is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            return view
+        job.check_id(job_id)
+        # RACE: a job can move between the directories while we look; a second pass finds it.
+        for _ in range(3):
+            view = self._locate(job_id)
+            if view is not None:
+                return view
+            if not os.path.lexists(self.layout.id_marker(job_id)):
+                break
+        raise JobNotFound(f"no job {job_id!r}")
+
+    def _quarantined(self, qid: str) -> JobView | None:
+        if not self.quarantine.exists(qid):
+            return None
+        return JobView(qid, "dead", None, self.quarantine.file(qid), reason=self.quarantine.reason(qid))
+
+    def _locate(self, job_id: str) -> JobView | None:
+        name = layout.job_file(job_id)
+        for state, directory in (("done", self.layout.done), ("dead", self.layout.dead)):
+            view = self._view(os.path.join(directory, name), state, job_id)
+            if view is not None:
+                return view
+        for owner in fsio.listdir(self.layout.processing):
+            view = self._view(os.path.join(self.layout.owned(owner), name), "processing", job_id, owner)
+            if view is not None:
+                return view
+        suffix = f"@{job_id}.json"
+        dropped = []
+        for entry in fsio.listdir(self.layout.pending):
+            if entry.endswith(suffix):
+                if layout.parse_pending(entry) is not None:
+                    view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id)
+                    if view is not None:
+                        return view
+            elif layout.is_dropin(entry):
+                dropped.append(entry)
+        return self._find_dropped(job_id, dropped)
+
+    def _find_dropped(self, job_id: str, entries: list[str]) -> JobView | None:
+        """A dropped file no worker has taken yet is a pending job too: by its `id` field, or by
+        its name when it has none (so `wait ID` right after a drop works)."""
+        for entry in entries:
+            name = layout.stem(entry)
+            view = self._view(os.path.join(self.layout.pending, entry), "pending", name)
+            if view is None or view.job is None:
+                continue
+            if view.job.id == job_id or (not view.job.id and name == job_id):
+                view.id = view.job.id = job_id
+                return view
+        return None
+
+    def _view(self, path: str, state: str, job_id: str, owner: str | None = None,
+              now: float | None = None) -> JobView | None:
+        now = self.store.now(now)
+        try:
+            found, st = self.store.read_job(path, now=now)
+        except FileNotFoundError:
+            return None
+        except InvalidJob as e:
+            return JobView(job_id, state, None, path, reason=str(e))
+        if state == "pending":
+            state = waiting_state(found, now)
+        return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=st.st_ctime)
+
+    # ---- many jobs -----------------------------------------------------------------------
+
+    def jobs(self, state: str | None = None, limit: int | None = None,
+             now: float | None = None) -> list[JobView]:
+        """Jobs in one state (or all): pending in run order, then scheduled, processing, done
+        and dead (those two oldest first)."""
+        out: list[JobView] = []
+        if limit is not None and limit <= 0:
+            return out
+        for view in self._iter_views(state, self.store.now(now)):
+            out.append(view)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def _iter_views(self, state: str | None, now: float) -> Iterator[JobView]:
+        if state in (None, "pending", "scheduled"):
+            yield from self._waiting_views(state, now)
+        if state in (None, "processing"):
+            for owner in fsio.listdir(self.layout.processing):
+                owned = self.layout.owned(owner)
+                for entry in sorted(fsio.listdir(owned)):
+                    if layout.is_json_entry(entry):
+                        job_id = layout.stem(entry).lstrip(layout.ADOPT_PREFIX)
+                        view = self._view(os.path.join(owned, entry), "processing", job_id, layout.owner_of(owner))
+                        if view is not None:
+                            yield view
+        for name in ("done", "dead"):
+            if state in (None, name):
+                yield from self._finished_views(name)
+
+    def _waiting_views(self, state: str | None, now: float) -> Iterator[JobView]:
+        now_ms = int(now * 1000)
+        ready, later = [], []
+        for entry in sorted(fsio.listdir(self.layout.pending)):
+            parsed = layout.parse_pending(entry)
+            if parsed is None:
+                if self._is_dropped_file(entry):
+                    ready.append((entry, layout.stem(entry)))
+                continue
+            (later if parsed.due_ms > now_ms else ready).append((entry, parsed.job_id))
+        later.sort(key=lambda pair: pair[0][layout.DUE_FIELD])  # scheduled: soonest first
+        groups = []
+        if state in (None, "pending"):
+            groups.append(ready)
+        if state in (None, "scheduled"):
+            groups.append(later)
+        for group in groups:
+            for entry, job_id in group:
+                view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id, now=now)
+                if view is not None and (state is None or view.state == state):
+                    yield view
+
+    def _finished_views(self, state: str) -> Iterator[JobView]:
+        directory = self.layout.dir(state)
+        entries = []
+        for entry in fsio.listdir(directory):
+            if layout.is_json_entry(entry):
+                try:
+                    entries.append((os.lstat(os.path.join(directory, entry)).st_mtime_ns, entry))
+                except FileNotFoundError:
+                    continue
+        for _, entry in sorted(entries):
+            job_id = layout.stem(entry)
+            if layout.is_quarantine_id(job_id):
+                view = self._quarantined(job_id)
+            else:
+                view = self._view(os.path.join(directory, entry), state, job_id)
+            if view is not None:
+                yield view
+
+    def _is_dropped_file(self, entry: str) -> bool:
+        """A dropped file not adopted yet (directories are left alone, not jobs)."""
+        if not layout.is_dropin(entry):
+            return False
+        path = os.path.join(self.layout.pending, entry)
+        return not (os.path.isdir(path) and not os.path.islink(path))
+
+    def counts(self, now: float | None = None) -> Counts:
+        now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
+        c = Counts()
+        for entry in fsio.listdir(self.layout.pending):
+            if layout.CANONICAL_RE.fullmatch(entry):
+                # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
+                if entry[layout.DUE_FIELD] > now_ms:
+                    c.scheduled += 1
+                else:
+                    c.pending += 1
+            elif self._is_dropped_file(entry):
+                c.pending += 1
+        for owner in fsio.listdir(self.layout.processing):
+            c.processing += _count_json(self.layout.owned(owner))
+        c.done = _count_json(self.layout.done)
+        c.dead = _count_json(self.layout.dead)
+        c.workers = len(self.owners.workers(role="worker"))
+        return c
+
+    def pending_entries(self) -> list[str]:
+        """Every name in pending/: canonical and dropped alike (the worker's index filters)."""
+        return fsio.listdir(self.layout.pending)
+
+
+def _count_json(path: str) -> int:
+    return sum(1 for e in fsio.listdir(path) if layout.is_json_entry(e))
