@@ -357,7 +357,9 @@ def test_fsck_clean_spool_exits_0(run, spool):
     assert json.loads(r.stdout)["problems"] == []
 
 
-def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
+@pytest.fixture
+def broken_spool(spool):
+    """A spool with one of every problem fsck knows; returns it with {(kind, name): repairable}."""
     lay = spool.layout
     spool.set_config("max_retries", 3)
     spool.enqueue({"id": "done1", "command": "true"})
@@ -388,8 +390,8 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
         json.dump({"id": "+gone.abcdef", "reason": "x", "source": "gone.json"}, f)
     backdate(lay.reason_file("+gone.abcdef"))
     # stale temp files: tmp/, a live owner's directory, dead/
-    for d in (lay.tmp, lay.owned(owner), lay.dead):
-        p = os.path.join(d, L.tmp_name())
+    for n, d in enumerate((lay.tmp, lay.owned(owner), lay.dead)):
+        p = os.path.join(d, f".{n}.{'0' * 12}.tmp")
         open(p, "wb").close()
         backdate(p)
     # a live owner holding an unparseable job: reported, never touched
@@ -413,34 +415,52 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     os.chmod(os.path.join(lay.done, "done1.json"), 0o644)
     os.chmod(lay.dir("output"), 0o755)
 
-    expected = [
-        ("bad-job-file", "broken.json"),
-        ("bad-job-file", "livebad.json"),
-        ("dead-owner", dead),
-        ("duplicate", dup_name),
-        ("missing-marker", "nomark"),
-        ("orphan-marker", "orphan"),
-        ("orphan-reason", "+gone.abcdef.json"),
-        ("permissions", "done1.json"),
-        ("permissions", "output"),
-        ("stale-lock", "old.lock"),
-        ("stale-registration", f"{gone}.json"),
-        ("stale-temp", "x"), ("stale-temp", "x"), ("stale-temp", "x"),
-        ("unrecorded-quarantine", f"{qid}.json"),
-    ]
+    expected = {
+        ("bad-job-file", "broken.json"): True,
+        ("bad-job-file", "livebad.json"): False,  # a live worker holds it
+        ("dead-owner", dead): True,
+        ("duplicate", dup_name): True,
+        ("missing-marker", "nomark"): True,
+        ("orphan-marker", "orphan"): True,
+        ("orphan-reason", "+gone.abcdef.json"): True,
+        ("permissions", "done1.json"): True,
+        ("permissions", "output"): True,
+        ("stale-lock", "old.lock"): True,
+        ("stale-registration", f"{gone}.json"): True,
+        ("stale-temp", ".0.000000000000.tmp"): True,
+        ("stale-temp", ".1.000000000000.tmp"): True,
+        ("stale-temp", ".2.000000000000.tmp"): True,
+        ("unrecorded-quarantine", f"{qid}.json"): True,
+    }
+    return spool, expected, {"qid": qid, "dup_name": dup_name}
+
+
+def _by_place(report: dict) -> dict:
+    return {(p["kind"], os.path.basename(p["path"])): p for p in report["problems"]}
+
+
+def test_fsck_finds_every_kind_of_problem(broken_spool, run):
+    spool, expected, _ = broken_spool
     r = run("fsck", "--json")
     assert r.returncode == 1, r.stderr
     report = json.loads(r.stdout)
-    got = sorted((p["kind"], "x" if p["kind"] == "stale-temp" else os.path.basename(p["path"]))
-                 for p in report["problems"])
-    assert got == sorted(expected)
+    assert sorted(_by_place(report)) == sorted(expected)
     assert not report["clean"] and report["repaired"] == 0
+    assert {p["kind"] for p in report["problems"]} <= set(fsck.KINDS)
 
-    r = run("fsck", "--repair")
+
+def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
+    spool, expected, names = broken_spool
+    lay = spool.layout
+    r = run("fsck", "--repair", "--json")
     assert r.returncode == 1
-    assert "repaired: recovered: job stuck is now pending" in r.stdout, r.stdout
-    assert "not repaired: left alone: a live worker holds it" in r.stdout
-    assert "14 repaired" in r.stdout, r.stdout
+    report = json.loads(r.stdout)
+    found = _by_place(report)
+    assert {place: p["repaired"] for place, p in found.items()} == expected
+    assert report["repaired"] == sum(expected.values())
+    dead_owner = next(p for (kind, _), p in found.items() if kind == "dead-owner")
+    assert dead_owner["repair"] == "recovered: job stuck is now pending"
+    assert found[("bad-job-file", "livebad.json")]["repair"] == "left alone: a live worker holds it"
 
     # Only what a live worker holds is left; everything else is consistent now.
     r = run("fsck", "--json")
@@ -452,9 +472,19 @@ def test_fsck_finds_and_repairs_every_kind_of_problem(spool, run):
     assert os.path.exists(lay.id_marker("inflight"))  # young: left for its enqueue
     assert os.path.exists(lay.lock("held")) and not os.path.exists(lay.lock("old"))
     assert os.stat(os.path.join(lay.done, "done1.json")).st_mode & 0o777 == 0o600
-    assert "lost" in spool.find(qid).reason
+    assert "lost" in spool.find(names["qid"]).reason
     # The duplicate's bytes were quarantined, not deleted.
-    assert any(r["source"] == dup_name for r in quarantine_records(spool).values())
+    assert any(r["source"] == names["dup_name"] for r in quarantine_records(spool).values())
+
+
+def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
+    _, expected, _ = broken_spool
+    r = run("fsck", "--repair")
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert sum(1 for line in lines if line.startswith("    repaired: ")) == sum(expected.values())
+    assert sum(1 for line in lines if line.startswith("    not repaired: ")) == len(expected) - sum(expected.values())
+    assert "    repaired: recovered: job stuck is now pending" in lines, r.stdout
 
 
 def _drop(lay: L.Layout, name: str, data: bytes) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
+import time
 
 import pytest
 
 from conftest import wait_for
 from spoolq import Spool, fsck, layout as L
+from spoolq.transitions import Adopted
 
 BIG = 10 * 1024 * 1024
 
@@ -161,124 +162,171 @@ def test_oversized_but_legal_input_works(spool, cli, tmp_path):
 # ---- dropped files ---------------------------------------------------------------------------
 
 
-def test_hostile_dropped_files_are_quarantined_or_left_alone(spool, workers, tmp_path):
-    spool.set_config("drop_grace", 0.3)
-    runs = tmp_path / "runs"
-    runs.touch()
+def _job(tag: str, **extra) -> bytes:
+    return json.dumps({"command": f"echo {tag} >> runs.txt", **extra}).encode()
 
-    def job(tag: str, **extra) -> bytes:
-        return json.dumps({"command": f"echo {tag} >> {runs}", **extra}).encode()
 
-    spool.enqueue({"id": "existing", "command": f"echo existing >> {runs}"})
+# Dropped files whose bytes can never be a job: (dropped name, bytes, a piece of the recorded reason)
+HOSTILE_BYTES = [
+    ("garbage.json", bytes(range(256)) * 4, "not UTF-8"),
+    ("text.json", b"hello world", "not valid JSON"),
+    ("array.json", b"[1, 2, 3]", "must be a JSON object"),
+    ("string.json", b'"command"', "must be a JSON object"),
+    ("empty.json", b"", "not valid JSON"),
+    ("deep.json", b'{"command": "true", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
+    ("hugeint.json", b'{"command": "true", "priority": ' + b"9" * 5000 + b"}", "not valid JSON"),
+    ("hugefloat.json", b'{"command": "true", "priority": 1e999}', "priority: must be an integer"),
+    ("rawnul.json", b'{"command": "tr\x00ue"}', "not valid JSON"),
+    ("nul.json", b'{"command": "tr\\u0000ue"}', "NUL"),
+    ("utf16.json", '{"command": "true"}'.encode("utf-16"), "not UTF-8"),
+    ("latin1.json", '{"command": "echo café"}'.encode("latin-1"), "not UTF-8"),
+    ("bom.json", b'\xef\xbb\xbf{"command": "true"}', "BOM"),
+    ("nocmd.json", b'{"id": "nocmd"}', "command: required"),
+    ("badid.json", _job("badid", id="../../etc/passwd"), "invalid job id"),
+    ("dupid.json", _job("dupid", id="existing"), "duplicate"),
+    ("nan.json", b'{"command": "true", "timeout": NaN}', "NaN"),
+    ("envtype.json", _job("envtype", env={"A": 1}), "env"),
+    ("10mb.json", b'{"command": "true", "x": "' + b"a" * BIG + b'"}', "the limit is"),
+    ("1mbcmd.json", json.dumps({"command": "echo " + "a" * 1_000_000}).encode(), "command: longer than"),
+]
+
+
+def _outside(tmp_path, name: str, data: bytes) -> str:
     outside = tmp_path / "outside"
-    outside.mkdir()
-    target = outside / "target.json"
-    target.write_bytes(job("symlink-target"))
-    target_stat = os.stat(target)
-    partner = outside / "partner.json"
-    partner.write_bytes(job("hardlink"))
+    outside.mkdir(exist_ok=True)
+    path = outside / name
+    path.write_bytes(data)
+    return str(path)
 
-    quarantined = {  # dropped name -> (bytes, a piece of the recorded reason)
-        "garbage.json": (bytes(range(256)) * 4, "not UTF-8"),
-        "text.json": (b"hello world", "not valid JSON"),
-        "array.json": (b"[1, 2, 3]", "must be a JSON object"),
-        "string.json": (b'"command"', "must be a JSON object"),
-        "empty.json": (b"", "not valid JSON"),
-        "deep.json": (b'{"command": "true", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}", "nested too deeply"),
-        "hugeint.json": (b'{"command": "true", "priority": ' + b"9" * 5000 + b"}", "not valid JSON"),
-        "hugefloat.json": (b'{"command": "true", "priority": 1e999}', "priority: must be an integer"),
-        "rawnul.json": (b'{"command": "tr\x00ue"}', "not valid JSON"),
-        "nul.json": (b'{"command": "tr\\u0000ue"}', "NUL"),
-        "utf16.json": ('{"command": "true"}'.encode("utf-16"), "not UTF-8"),
-        "latin1.json": ('{"command": "echo café"}'.encode("latin-1"), "not UTF-8"),
-        "bom.json": (b'\xef\xbb\xbf{"command": "true"}', "BOM"),
-        "nocmd.json": (b'{"id": "nocmd"}', "command: required"),
-        "badid.json": (job("badid", id="../../etc/passwd"), "invalid job id"),
-        "dupid.json": (job("dupid", id="existing"), "duplicate"),
-        "nan.json": (b'{"command": "true", "timeout": NaN}', "NaN"),
-        "envtype.json": (job("envtype", env={"A": 1}), "env"),
-        "10mb.json": (b'{"command": "true", "x": "' + b"a" * BIG + b'"}', "the limit is"),
-        "1mbcmd.json": (json.dumps({"command": "echo " + "a" * 1_000_000}).encode(), "command: longer than"),
-    }
+
+def _hard_link(tmp_path, pending: str, name: str, data: bytes) -> None:
+    os.link(_outside(tmp_path, "partner-" + name, data), os.path.join(pending, name))
+
+
+def _owned_by_stranger(pending: str, name: str, data: bytes) -> None:
+    path = os.path.join(pending, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chown(path, 12345, 12345)
+
+
+# Entries that are not regular, singly linked, trusted files: never read as jobs.
+# (name, how to make it in pending/ given tmp_path and pending, a piece of the reason, needs root)
+HOSTILE_ENTRIES = [
+    ("fifo.json", lambda t, p: os.mkfifo(os.path.join(p, "fifo.json")), "is not a regular file", False),
+    ("link.json", lambda t, p: os.symlink(_outside(t, "target.json", _job("symlink-target")),
+                                          os.path.join(p, "link.json")), "is a symbolic link", False),
+    ("dangling.json", lambda t, p: os.symlink(t / "nowhere", os.path.join(p, "dangling.json")),
+     "is a symbolic link", False),
+    ("hard.json", lambda t, p: _hard_link(t, p, "hard.json", _job("hardlink")), "has 2 hard links", False),
+    (L.pending_name("canonlink", 0, 1, None), lambda t, p: os.symlink(
+        _outside(t, "target2.json", _job("canonlink", id="canonlink")),
+        os.path.join(p, L.pending_name("canonlink", 0, 1, None))), "is a symbolic link", False),
+    (L.pending_name("canonhard", 0, 2, None), lambda t, p: _hard_link(
+        t, p, L.pending_name("canonhard", 0, 2, None), _job("canonhard", id="canonhard")), "hard links", False),
+    (L.pending_name("canonwrong", 0, 3, None), lambda t, p: os.rename(
+        _outside(t, "w.json", _job("canonwrong", id="other")), os.path.join(p, L.pending_name("canonwrong", 0, 3, None))),
+     "does not match its name", False),
+    ("theirs.json", lambda t, p: _owned_by_stranger(p, "theirs.json", _job("theirs")),
+     "owned by untrusted uid 12345", True),
+    (L.pending_name("canontheirs", 0, 4, None), lambda t, p: _owned_by_stranger(
+        p, L.pending_name("canontheirs", 0, 4, None), _job("canontheirs", id="canontheirs")),
+     "owned by untrusted uid 12345", True),
+]
+
+
+def _files_outside(tmp_path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "outside").glob("*")}
+
+
+def _drop_bytes(pending: str, name: str, data: bytes) -> None:
+    """The drop-in protocol: stage under a dot-name, then rename."""
+    with open(os.path.join(pending, "." + name), "wb") as f:
+        f.write(data)
+    os.rename(os.path.join(pending, "." + name), os.path.join(pending, name))
+
+
+def _take(spool: Spool, name: str, owner: str) -> None:
+    """What a worker does first with a name in pending/: claim a canonical one, adopt a drop-in.
+    `now` is past any drop_grace: a file that does not parse is judged at once."""
+    if L.parse_pending(name):
+        assert spool.transitions.claim(name, owner) is None
+    else:
+        result = spool.transitions.adopt(name, owner, now=time.time() + 3600)
+        assert result.outcome is Adopted.QUARANTINED, result
+
+
+def _quarantine_record(spool: Spool, source: str) -> dict:
+    for name in os.listdir(spool.layout.dir("quarantine")):
+        with open(os.path.join(spool.layout.dir("quarantine"), name)) as f:
+            record = json.load(f)
+        if record["source"] == source:
+            return record
+    raise AssertionError(f"no quarantine record for {source!r}")
+
+
+@pytest.mark.parametrize("name,data,reason", HOSTILE_BYTES, ids=[c[0] for c in HOSTILE_BYTES])
+def test_a_hostile_dropped_file_is_quarantined_with_its_bytes_kept(spool, name, data, reason):
+    spool.enqueue({"id": "existing", "command": "true"})
+    owner = spool.owners.register("worker")
+    _drop_bytes(spool.layout.pending, name, data)
+    _take(spool, name, owner)
+    record = _quarantine_record(spool, name)
+    assert reason in record["reason"], record
+    with open(spool.quarantine.file(record["id"]), "rb") as f:
+        assert f.read() == data  # bytes kept exactly
+    assert spool.find(record["id"]).to_dict()["last_error"] == record["reason"]  # dlq list says why
+    assert os.listdir(spool.layout.pending) == [L.pending_name_of(spool.find("existing").job)]
+
+
+@pytest.mark.parametrize("name,make,reason,needs_root", HOSTILE_ENTRIES, ids=[c[0] for c in HOSTILE_ENTRIES])
+def test_a_hostile_entry_is_never_read_as_a_job(spool, tmp_path, name, make, reason, needs_root):
+    if needs_root and os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    owner = spool.owners.register("worker")
+    make(tmp_path, spool.layout.pending)
+    outside = _files_outside(tmp_path)
+    _take(spool, name, owner)
+    record = _quarantine_record(spool, name)
+    assert reason in record["reason"], record
+    assert _files_outside(tmp_path) == outside  # symlink targets and hard-link partners untouched
+    if "symbolic link" in reason:
+        assert os.path.islink(spool.quarantine.file(record["id"]))
+
+
+def test_the_hostile_corpus_dropped_at_once_never_runs_and_the_workers_go_on(spool, workers, tmp_path):
+    """End to end: every hostile file at once, beside odd but valid ones and entries to leave alone."""
+    spool.set_config("drop_grace", 0.3)
+    spool.enqueue({"id": "existing", "command": "echo existing >> runs.txt", "cwd": str(tmp_path)})
     pending = spool.layout.pending
-    for name, (data, _) in quarantined.items():
-        with open(os.path.join(pending, "." + name), "wb") as f:
-            f.write(data)
-        os.rename(os.path.join(pending, "." + name), os.path.join(pending, name))
-    special = {  # not regular, singly linked, trusted files: never read as jobs
-        "fifo.json": "is not a regular file",
-        "link.json": "is a symbolic link",
-        "dangling.json": "is a symbolic link",
-        "hard.json": "has 2 hard links",
-        L.pending_name("canonlink", 0, 1, None): "is a symbolic link",
-        L.pending_name("canonhard", 0, 2, None): "hard links",
-        L.pending_name("canonwrong", 0, 3, None): "does not match its name",
-    }
-    os.mkfifo(os.path.join(pending, "fifo.json"))
-    os.symlink(target, os.path.join(pending, "link.json"))
-    os.symlink(tmp_path / "nowhere", os.path.join(pending, "dangling.json"))
-    os.link(partner, os.path.join(pending, "hard.json"))
-    os.symlink(target, os.path.join(pending, L.pending_name("canonlink", 0, 1, None)))
-    partner2 = outside / "partner2.json"
-    partner2.write_bytes(job("canonhard", id="canonhard"))
-    os.link(partner2, os.path.join(pending, L.pending_name("canonhard", 0, 2, None)))
-    (tmp_path / "w.json").write_bytes(job("canonwrong", id="other"))
-    os.rename(tmp_path / "w.json", os.path.join(pending, L.pending_name("canonwrong", 0, 3, None)))
-    if os.geteuid() == 0:
-        for name in ("theirs.json", L.pending_name("canontheirs", 0, 4, None)):
-            path = os.path.join(pending, name)
-            with open(path, "wb") as f:
-                f.write(job(name, id="canontheirs") if name.startswith("0") else job(name))
-            os.chown(path, 12345, 12345)
-            special[name] = "owned by untrusted uid 12345"
+    for name, data, _ in HOSTILE_BYTES:
+        _drop_bytes(pending, name, data)
+    for name, make, _, needs_root in HOSTILE_ENTRIES:
+        if not needs_root or os.geteuid() == 0:
+            make(tmp_path, pending)
     # Left alone: a directory named *.json, other names, staging names.
     os.mkdir(os.path.join(pending, "dir.json"))
-    (tmp_path / "n.txt").write_text("notes")
-    os.rename(tmp_path / "n.txt", os.path.join(pending, "notes.txt"))
-    (tmp_path / "s.json").write_bytes(job("staging"))
+    _drop_bytes(pending, "notes.txt", b"notes")
+    (tmp_path / "s.json").write_bytes(_job("staging"))
     os.rename(tmp_path / "s.json", os.path.join(pending, ".staging.json"))
     # Odd but valid: a name with a newline (the job gets a generated id) and non-ASCII content.
-    (tmp_path / "nl").write_bytes(job("newline-name"))
-    os.rename(tmp_path / "nl", os.path.join(pending, "new\nline.json"))
-    (tmp_path / "u").write_bytes(job("unicode", note="héllo ✓ \u202e"))
-    os.rename(tmp_path / "u", os.path.join(pending, "ünïcode.json"))
-    assert len(quarantined) + len(special) + 5 >= 30
+    _drop_bytes(pending, "new\nline.json", json.dumps({"command": "echo newline-name >> runs.txt",
+                                                         "cwd": str(tmp_path)}).encode())
+    _drop_bytes(pending, "ünïcode.json", json.dumps({"command": "echo unicode >> runs.txt", "cwd": str(tmp_path),
+                                                     "note": "héllo ✓ \u202e"}).encode())
 
     w = workers(2)
     left_alone = {"dir.json", "notes.txt", ".staging.json"}
     wait_for(lambda: set(os.listdir(pending)) == left_alone and spool.counts().processing == 0, 20,
              "every dropped file to be dealt with")
-    after = spool.enqueue({"command": f"echo after >> {runs}"}).id
+    after = spool.enqueue({"command": "echo after >> runs.txt", "cwd": str(tmp_path)}).id
     wait_for(lambda: spool.find(after).state == "done", 10, "a job after the hostile ones")
 
-    records = {}
-    for name in os.listdir(spool.layout.dir("quarantine")):
-        with open(os.path.join(spool.layout.dir("quarantine"), name)) as f:
-            rec = json.load(f)
-        records[rec["source"]] = rec
-    for name, (data, reason) in quarantined.items():
-        assert name in records, name
-        assert reason in records[name]["reason"], (name, records[name])
-        with open(os.path.join(spool.layout.dead, records[name]["id"] + ".json"), "rb") as f:
-            assert f.read() == data, name  # bytes kept exactly
-    for name, reason in special.items():
-        assert name in records, name
-        assert reason in records[name]["reason"], (name, records[name])
-    # dlq list says why, too.
-    dead = {v["id"]: v for v in json.loads(subprocess.run(
-        ["python", "-m", "spoolq", "--spool", spool.root, "dlq", "list", "--json"],
-        capture_output=True, text=True).stdout)}
-    assert "is a symbolic link" in dead[records["link.json"]["id"]]["last_error"]
-
-    # Symlink targets and hard-link partners are untouched; nothing hostile ran.
-    assert os.stat(target).st_mtime_ns == target_stat.st_mtime_ns and target.read_bytes() == job("symlink-target")
-    assert os.path.islink(os.path.join(spool.layout.dead, records["link.json"]["id"] + ".json"))
-    assert partner.read_bytes() == job("hardlink")
-    ran = sorted(runs.read_text().split())
-    assert ran == ["after", "existing", "newline-name", "unicode"], ran
+    expected = len(HOSTILE_BYTES) + sum(1 for *_, root in HOSTILE_ENTRIES if not root or os.geteuid() == 0)
+    assert len(os.listdir(spool.layout.dir("quarantine"))) == expected
+    assert sorted((tmp_path / "runs.txt").read_text().split()) == ["after", "existing", "newline-name", "unicode"]
     assert os.path.isdir(os.path.join(pending, "dir.json"))
-    # The workers are still running; their log shows no crash.
-    assert len(w.live()) == 2
+    assert len(w.live()) == 2  # the workers are still running; their log shows no crash
     log = w.stop()
     assert "Traceback" not in log and "crashed" not in log, log
     assert fsck.check(spool) == []
