@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import fsio, job, layout
 from .errors import InvalidJob
@@ -21,8 +21,7 @@ class Verdict(enum.Enum):
     OK = "ok"  # parses: worth taking
 
 
-@dataclass(frozen=True)
-class Inspection:
+class Inspection(NamedTuple):
     verdict: Verdict
     reason: str | None = None  # REFUSE and WAIT: why
     retry_at: float | None = None  # WAIT: when to look again (local clock)

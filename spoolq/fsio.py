@@ -6,11 +6,10 @@ import errno
 import functools
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Modes:
+class Modes(NamedTuple):
     """The modes of what a spool creates: private by default; a spool shared with a group
     widens both (config 'group_access'). Held by each spool, never by the process."""
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import fsio, job, layout, liveness
 from .store import Store
 
 
-@dataclass(frozen=True)
-class Registration:
+class Registration(NamedTuple):
     owner: str
     record: dict[str, Any]  # {} when the file is unreadable
     heartbeat: float  # mtime of the registration, on the file system's clock
@@ -34,8 +32,7 @@ class WorkerInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class OwnerDir:
+class OwnerDir(NamedTuple):
     """A processing/ sub-directory: an owner's, or one a rescuer fenced (``R~...~W``)."""
 
     name: str
@@ -86,6 +83,8 @@ class Judge:
 
     def why_lock_holder_gone(self, host: str, pid: int) -> str | None:
         """A lock marker's holder. filelock records the machine's own name, not SPOOLQ_HOST."""
+        import socket  # fsck's question only: every CLI call would pay for it at the top
+
         local = self.here if host == socket.gethostname() else host
         return self.why_process_gone(local, pid)
 

@@ -9,7 +9,7 @@ groups on this host is killed, and each job's attempt is failed like any failure
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import fsio, layout, liveness
 from .errors import InvalidJob
@@ -19,8 +19,7 @@ from .store import Store
 from .transitions import Claimed, Transitions
 
 
-@dataclass(frozen=True)
-class Recovered:
+class Recovered(NamedTuple):
     owner: str
     job_id: str
     state: str

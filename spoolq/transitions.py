@@ -33,7 +33,7 @@ import dataclasses
 import enum
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from . import config, dropins, fsio, layout, retry
 from .errors import InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable, SpoolError
@@ -44,8 +44,7 @@ from .store import Store, io_message
 from .views import Views
 
 
-@dataclass(frozen=True)
-class Moved:
+class Moved(NamedTuple):
     """Where a transition left a job: its state (directory) and its file name there."""
 
     job_id: str
@@ -70,8 +69,7 @@ class Adopted(enum.Enum):
     IGNORED = "ignored"  # a directory: left alone
 
 
-@dataclass(frozen=True)
-class Adoption:
+class Adoption(NamedTuple):
     outcome: Adopted
     job_id: str | None = None
     reason: str | None = None
