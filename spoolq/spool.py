@@ -5,32 +5,61 @@ the CLI. It holds one of each room and delegates; the worker, supervisor and fsc
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .config import Config
 from .job import Job
 from .layout import host_name
-from .owners import Owners, WorkerInfo
-from .quarantine import Quarantine
-from .recovery import Recovery
 from .store import Store
-from .transitions import Transitions
-from .views import Counts, JobView, Views
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .owners import Owners, WorkerInfo
+    from .quarantine import Quarantine
+    from .recovery import Recovery
+    from .transitions import Transitions
+    from .views import Counts, JobView, Views
 
 
 class Spool:
-    """A spool directory: every room of it, wired once."""
+    """A spool directory: every room of it, each made (and its module imported) when first used,
+    so that a command pays only for the rooms it uses."""
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True):
         self.store = Store(path)
         self.layout = self.store.layout
-        self.quarantine = Quarantine(self.store)
-        self.owners = Owners(self.store)
-        self.views = Views(self.store, self.owners, self.quarantine)
-        self.transitions = Transitions(self.store, self.owners, self.quarantine, self.views)
-        self.recovery = Recovery(self.store, self.owners, self.quarantine, self.transitions)
         if create:
             self.init()
+
+    @cached_property
+    def quarantine(self) -> Quarantine:
+        from .quarantine import Quarantine
+
+        return Quarantine(self.store)
+
+    @cached_property
+    def owners(self) -> Owners:
+        from .owners import Owners
+
+        return Owners(self.store)
+
+    @cached_property
+    def views(self) -> Views:
+        from .views import Views
+
+        return Views(self.store, self.owners, self.quarantine)
+
+    @cached_property
+    def transitions(self) -> Transitions:
+        from .transitions import Transitions
+
+        return Transitions(self.store, self.owners, self.quarantine, self.views)
+
+    @cached_property
+    def recovery(self) -> Recovery:
+        from .recovery import Recovery
+
+        return Recovery(self.store, self.owners, self.quarantine, self.transitions)
 
     @property
     def root(self) -> str:
