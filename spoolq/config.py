@@ -8,7 +8,6 @@ by its holder, or by a contender after the holder's pid is gone on the holder's 
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -16,7 +15,7 @@ from typing import Any, Callable, Iterator
 from . import fsio
 from .errors import ConfigError, SpoolError
 from .job import is_int, is_number
-from .layout import Layout, tmp_name
+from .layout import Layout
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,10 @@ KEYS: dict[str, Key] = {
                          "seconds between rescans of pending/, in case events were lost"),
     "drop_grace": Key(5.0, _number, lambda v: is_number(v) and 0 <= v <= 86400,
                       "seconds an unparseable dropped file may keep changing before it is quarantined"),
-    "lease_timeout": Key(30.0, _number, lambda v: is_number(v) and 1 <= v <= 86400,
-                         "seconds without a heartbeat before another host recovers a worker's job"),
+    "lease_timeout": Key(30.0, _number, lambda v: is_number(v) and 2 <= v <= 86400,
+                         "seconds without a heartbeat before another host recovers a worker's job "
+                         "(2-86400: heartbeats come every lease/4, and a shorter lease would expire "
+                         "under a busy host)"),
     "max_output_bytes": Key(64 * 1024 * 1024, _integer, lambda v: is_int(v) and 0 <= v,
                             "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
     "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
@@ -76,11 +77,16 @@ KEYS: dict[str, Key] = {
 }
 
 
-class Config:
-    """Settings of one spool: defaults overlaid by what config.json holds."""
+MAX_CONFIG_BYTES = 64 * 1024
 
-    def __init__(self, values: dict[str, Any]):
+
+class Config:
+    """Settings of one spool: defaults overlaid by what config.json holds; `problems` says what
+    in it was ignored (an unknown key, a value of the wrong type or out of range)."""
+
+    def __init__(self, values: dict[str, Any], problems: tuple[str, ...] = ()):
         self._values = values
+        self.problems = problems
 
     def __getattr__(self, key: str) -> Any:
         if key.startswith("_") or key not in KEYS:
@@ -109,36 +115,55 @@ def parse_value(key: str, text: str) -> Any:
 
 
 def load(layout: Layout) -> Config:
+    """config.json as settings. SpoolError if it cannot be read as a JSON object at all; what
+    it holds that is not a setting is ignored, and said in `problems`."""
+    path = layout.config
     try:
-        with open(layout.config, "rb") as f:
-            raw = json.loads(f.read() or b"{}")
+        data, _ = fsio.read_regular(path, MAX_CONFIG_BYTES)
+        raw = json.loads(data or b"{}")
     except FileNotFoundError:
         return Config({})
-    except (OSError, ValueError) as e:
-        raise SpoolError(f"cannot read {layout.config}: {e}") from None
+    except OSError as e:
+        raise SpoolError(f"cannot read {path}: {e.strerror}") from None
+    except RecursionError:
+        raise SpoolError(f"cannot read {path}: it is nested too deeply") from None
+    except ValueError as e:  # not JSON, or (from read_regular) not a regular file, or too big
+        raise SpoolError(f"cannot read {path}: {str(e)[:120]}") from None
     if not isinstance(raw, dict):
-        raise SpoolError(f"{layout.config} is not a JSON object")
-    values = {k: v for k, v in raw.items() if k in KEYS and KEYS[k].check(v)}
-    return Config(values)
+        raise SpoolError(f"{path} is not a JSON object")
+    values: dict[str, Any] = {}
+    problems = []
+    for key, value in raw.items():
+        if key not in KEYS:
+            problems.append(f"{path}: unknown key {key!r} is ignored")
+        elif not KEYS[key].check(value):
+            shown = json.dumps(value)[:40] if not isinstance(value, (dict, list)) else type(value).__name__
+            problems.append(f"{path}: {key}: {shown} is ignored ({KEYS[key].help}); "
+                            f"the default {json.dumps(KEYS[key].default)} is used")
+        else:
+            values[key] = value
+    return Config(values, tuple(problems))
 
 
-def save(layout: Layout, key: str, value: Any, *, mode: int) -> Config:
-    """Read-modify-write config.json under its lock, publishing the new file (of `mode`) by rename."""
+def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> Config:
+    """Read-modify-write config.json under its lock, publishing the new file (of `mode`, first
+    written to `temp_path`) by rename."""
     check_key(key)
-    with locked(layout, "config"):
+    with locked(layout, "config", mode=mode):
         current = load(layout)._values
         current = {**current, key: value}
         data = (json.dumps(current, indent=2, sort_keys=True) + "\n").encode()
-        fsio.publish(os.path.join(layout.tmp, tmp_name()), data, layout.config, mode=mode)
+        fsio.publish(temp_path, data, layout.config, mode=mode)
         return Config(current)
 
 
 @contextmanager
-def locked(layout: Layout, name: str, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the named spool lock (an existence marker: safe on NFS, see the module docstring)."""
+def locked(layout: Layout, name: str, *, mode: int, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the named spool lock (an existence marker of `mode`: safe on NFS, see the module
+    docstring)."""
     from filelock import SoftFileLock, Timeout
 
-    lock = SoftFileLock(layout.lock(name), timeout=timeout)
+    lock = SoftFileLock(layout.lock(name), timeout=timeout, mode=mode)
     try:
         lock.acquire()
     except Timeout:

@@ -17,6 +17,7 @@ MAX_RETRIES_LIMIT = 1000
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
 MAX_JOB_BYTES = 1024 * 1024
 MAX_SECONDS = 10 * 365 * 86400.0
+MAX_DEPTH = 64  # levels of nesting in a job object
 MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit due field (ms) holds
 
 # Fields spoolq owns; everything else in a job object is kept as given.
@@ -141,7 +142,21 @@ def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
         raise InvalidJob(f"{what} is not valid JSON: {str(e)[:80]}") from None
     if not isinstance(obj, dict):
         raise InvalidJob(f"{what} must be a JSON object, not {_json_type(obj)}")
+    if _too_deep(obj):
+        raise InvalidJob(f"{what} is nested too deeply (the limit is {MAX_DEPTH} levels)")
     return obj
+
+
+def _too_deep(obj: object) -> bool:
+    """Deeper than MAX_DEPTH? One limit, far below where json.loads would run out of stack, so
+    that what enqueue accepts every reader (a worker, fsck) can read too."""
+    level = [obj]
+    for _ in range(MAX_DEPTH):
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: int | None = None) -> Job:

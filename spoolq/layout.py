@@ -16,10 +16,13 @@ Directories under the spool root ``S``::
     S/ids/<id>      an empty file per job id in use: ids are unique across all states
     S/output/<id>.log   captured stdout+stderr of every attempt, with marker lines
     S/workers/<owner>.json  a live worker's registration; its mtime is its heartbeat
-    S/control/stop  a stop request: workers started before its mtime stop gracefully
+    S/control/stop  a stop request: any change to it (a new file renamed over it, or new
+                    content) asks every worker started before the change to stop after its
+                    current job; content starting with "now" also kills their running jobs
     S/tmp/          temp files, invisible to every reader
     S/log/          worker and supervisor logs
-    S/locks/        lock files (existence locks, see config.py)
+    S/locks/        lock files (existence locks, see config.py); .reserve: 64 KiB kept free
+                    for when the disk is full (purge must work then)
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -63,10 +66,13 @@ systems and NFSv3+); mtime of a file just touched reads the file system's own cl
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from .job import valid_id
 
 if TYPE_CHECKING:
     from .job import Job
@@ -77,7 +83,7 @@ OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log",
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
-CANONICAL_RE = re.compile(r"(\d{10})\.(\d{19})\.(\d{13})@([A-Za-z0-9_.\-]{1,128})\.json")
+CANONICAL_RE = re.compile(r"([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})\.json")
 QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot start a job id
 # The same character in two namespaces that never meet: RESCUE_SEP joins owner tokens in a
 # directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
@@ -136,9 +142,10 @@ def is_quarantine_id(job_id: str) -> bool:
 
 
 def quarantine_id(source_name: str) -> str:
-    """A fresh id for a quarantined file: '+' cannot start a job id, so it never collides."""
+    """A fresh id for a quarantined file: '+' cannot start a job id, so it never collides with
+    one; 48 random bits, and the move that uses it never replaces another."""
     safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem(source_name))[:80].lstrip(".") or "file"
-    return f"{QUARANTINE_PREFIX}{safe}.{random_hex(3)}"
+    return f"{QUARANTINE_PREFIX}{safe}.{random_hex(6)}"
 
 
 def random_hex(nbytes: int) -> str:
@@ -159,16 +166,75 @@ def owner_of(dirname: str) -> str:
     return dirname.split(RESCUE_SEP, 1)[0]
 
 
-TMP_RE = re.compile(r"\.[0-9]+\.[0-9a-f]{12}\.tmp")
+# .<pid>.<start>.<host>.<random>.tmp names its creator, so a leftover of a dead process is known
+# at once; .<pid>.<random>.tmp (spoolq 0.1) is judged by its age.
+TMP_RE = re.compile(r"\.([0-9]+)\.(?:([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.tmp")
 
 
-def tmp_name() -> str:
-    return f".{os.getpid()}.{random_hex(6)}.tmp"
+class Creator(NamedTuple):
+    """The process that made a temp file or an id marker: enough to judge whether it is gone."""
+
+    host: str
+    pid: int
+    start: str | None = None  # its start time in clock ticks (with the pid: one process)
+    boot: str | None = None
+    owner: str | None = None  # a worker's owner token: its registration and lease speak for it
+
+    def tag(self) -> str:
+        return f"{self.pid}.{self.start or 0}.{safe_host(self.host)}"
+
+    def to_json(self) -> bytes:
+        return json.dumps({k: v for k, v in self._asdict().items() if v is not None},
+                          separators=(",", ":")).encode() + b"\n"
+
+
+def tmp_name(creator: Creator | None = None) -> str:
+    tag = creator.tag() if creator else str(os.getpid())
+    return f".{tag}.{random_hex(6)}.tmp"
 
 
 def is_temp_name(name: str) -> bool:
     """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
     return TMP_RE.fullmatch(name) is not None
+
+
+def creator_of_temp(name: str) -> Creator | None:
+    """Who made a temp file, from its name (None for a name that does not say)."""
+    m = TMP_RE.fullmatch(name)
+    if m is None or m.group(2) is None:
+        return None
+    return Creator(host=m.group(3), pid=int(m.group(1)), start=m.group(2) if m.group(2) != "0" else None)
+
+
+def safe_host(host: str) -> str:
+    """A host name as it may stand inside a file name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64] or "host"
+
+
+def is_spoolq_entry(directory: str, name: str) -> bool:
+    """Is `name` in the layout directory `directory` ("pending", "done", ..., or "" for the
+    root) one spoolq itself creates? Everything else there is someone else's: never chmodded,
+    never deleted."""
+    if directory == "":
+        return name == "config.json"
+    if directory == "processing":
+        return not name.startswith(".")
+    return _SPOOLQ_NAMES[directory](name) if directory in _SPOOLQ_NAMES else False
+
+
+_SPOOLQ_NAMES = {
+    "pending": lambda n: parse_pending(n) is not None or is_temp_name(n),
+    "done": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
+    "dead": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
+    "quarantine": lambda n: n.startswith(QUARANTINE_PREFIX) and n.endswith(".json"),
+    "ids": lambda n: valid_id(n),
+    "output": lambda n: n.endswith(".log") and valid_id(n[:-4]),
+    "workers": lambda n: n.endswith(".json") and not n.startswith("."),
+    "control": lambda n: n == "stop",
+    "tmp": lambda n: is_temp_name(n),
+    "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
+    "locks": lambda n: (n.endswith(".lock") and not n.startswith(".")) or n == ".reserve",
+}
 
 
 @dataclass(frozen=True)
@@ -222,6 +288,10 @@ class Layout:
 
     def lock(self, name: str) -> str:
         return os.path.join(self.root, "locks", f"{name}.lock")
+
+    @property
+    def reserve(self) -> str:
+        return os.path.join(self.root, "locks", ".reserve")
 
     @property
     def stop_file(self) -> str:

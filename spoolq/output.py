@@ -12,7 +12,7 @@ from . import fsio
 def open_attempt(path: str, header: str, mode: int) -> tuple[int, int]:
     """Open (or create, of `mode`) the job's log and write an attempt's header line. Returns the
     descriptor (the job's stdout and stderr) and the offset where this attempt's output starts."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, mode)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
         fsio.exact_mode(fd, mode)
         return fd, append(fd, header.encode())
@@ -47,7 +47,7 @@ def mark(path: str, line: str) -> None:
     """Append one marker line to a job's existing log (never creating one: a purged job stays
     purged). Best effort: a marker must not fail what it annotates."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return
     try:

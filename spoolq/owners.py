@@ -32,6 +32,15 @@ class WorkerInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class StopMark(NamedTuple):
+    """The stop file's identity: a new file renamed over it, or any write to it, changes it."""
+
+    ino: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+
+
 class OwnerDir(NamedTuple):
     """A processing/ sub-directory: an owner's, or one a rescuer fenced (``R~...~W``)."""
 
@@ -48,9 +57,10 @@ class OwnerDir(NamedTuple):
 
 
 class Judge:
-    """Says why an owner is gone, None while it lives. On this machine a dead pid means gone at
-    once; on any host, so does no heartbeat within the lease, measured on the file system's
-    clock (read once, when first needed)."""
+    """Says why an owner is gone, None while it lives. On this machine its pid decides: a dead
+    pid means gone at once, and a live one is never lease-expired (a busy or stopped worker is
+    still there, and would run its job twice). On any other host no heartbeat within the lease
+    means gone, measured on the file system's clock (read once, when first needed)."""
 
     def __init__(self, store: Store, lease: float):
         self.store = store
@@ -60,10 +70,9 @@ class Judge:
 
     def why_gone(self, reg: Registration) -> str | None:
         record = reg.record
-        why = self.why_process_gone(record.get("host"), record.get("pid"), start=record.get("start"),
-                                    boot=record.get("boot"))
-        if why:
-            return why
+        if self.is_local(record.get("host"), record.get("boot")):
+            return self.why_process_gone(record.get("host"), record.get("pid"), start=record.get("start"),
+                                         boot=record.get("boot"))
         if self._fs_now is None:
             self._fs_now = self.store.fs_clock()
         if self._fs_now - reg.heartbeat > self.lease:
@@ -224,16 +233,49 @@ class Owners:
         for owner, _ in self.stale_registrations():
             fsio.unlink_quietly(self.layout.worker_file(owner))
 
+    def why_creator_gone(self, creator: layout.Creator, judge: Judge | None = None) -> str | None:
+        """Is the process that made a temp file or a marker gone? A worker's registration (and
+        lease) speaks for it; any other process can be judged only on its own machine."""
+        judge = judge or self.judge()
+        if creator.owner:
+            reg = self.registration(creator.owner)
+            return f"worker {creator.owner} is gone" if reg is None else judge.why_gone(reg)
+        here = creator.host in (judge.here, layout.safe_host(judge.here))
+        return judge.why_process_gone(judge.here if here else creator.host, creator.pid,
+                                      start=creator.start, boot=creator.boot)
+
     # ---- stop requests -------------------------------------------------------------------
 
-    def request_stop(self) -> float:
-        """Ask every worker of this spool, on every host, to stop after its current job."""
-        path = self.layout.stop_file
-        self.store.publish(path, b"stop\n")
-        return os.stat(path).st_mtime
-
-    def stop_requested_after(self, since: float) -> bool:
+    def stop_mark(self) -> StopMark | None:
+        """The stop file as it is now. A worker remembers the mark from before it started; any
+        change after that is a stop request for it (timestamps alone cannot tell two requests
+        apart within a second on some file systems; a new file or new content can)."""
         try:
-            return os.stat(self.layout.stop_file).st_mtime >= since
-        except FileNotFoundError:
+            st = os.stat(self.layout.stop_file)
+        except OSError:
+            return None
+        return StopMark(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+    def stop_kills_jobs(self) -> bool:
+        """Does the stop request say "now" (kill the running jobs)?"""
+        try:
+            data, _ = fsio.read_regular(self.layout.stop_file, 256)
+        except (OSError, ValueError):
             return False
+        return data.startswith(b"now")
+
+    def request_stop(self, *, kill_jobs: bool = False) -> None:
+        """Ask every worker of this spool, on every host, started before now, to stop after its
+        current job (with `kill_jobs`, at once: its job's attempt is killed, and counts)."""
+        token = f"{'now' if kill_jobs else 'stop'} {layout.random_hex(8)}\n".encode()
+        try:
+            self.store.publish(self.layout.stop_file, token)
+        except OSError as e:
+            if not fsio.is_disk_full(e):
+                raise
+            self.store.publish(self.layout.stop_file, b"now\n" if kill_jobs else b"")  # no data block needed
+
+    def stop_requested(self, since: StopMark | None) -> StopMark | None:
+        """The new mark if the stop file changed since `since`, else None."""
+        mark = self.stop_mark()
+        return mark if mark is not None and mark != since else None

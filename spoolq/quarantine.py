@@ -21,13 +21,21 @@ class Quarantine:
     def put(self, path: str, source_name: str, reason: str, now: float) -> str:
         """Move `path` to dead/ as a quarantined file and record why; returns its qid. If the
         file moved on meanwhile (another worker took it), nothing is recorded."""
-        qid = layout.quarantine_id(source_name)
-        self.write_record(qid, reason, source_name, now)
-        if not fsio.move(path, self.file(qid)):
-            fsio.unlink_quietly(self.layout.reason_file(qid))
+        while True:
+            qid = layout.quarantine_id(source_name)
+            if os.path.lexists(self.layout.reason_file(qid)):
+                continue
+            self.write_record(qid, reason, source_name, now)
+            try:
+                moved = fsio.move_no_replace(path, self.file(qid))
+            except FileExistsError:  # another quarantined file has this qid: never replace it
+                fsio.unlink_quietly(self.layout.reason_file(qid))
+                continue
+            if not moved:
+                fsio.unlink_quietly(self.layout.reason_file(qid))
+                return qid
+            fsio.fsync_dir(self.layout.dead)
             return qid
-        fsio.fsync_dir(self.layout.dead)
-        return qid
 
     def write_record(self, qid: str, reason: str, source_name: str | None, now: float) -> None:
         record = {"id": qid, "reason": reason, "source": source_name, "quarantined_at": job.iso(now)}

@@ -22,8 +22,9 @@ class Outcome:
 
 
 def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | None, log_fd: int,
-        should_abort: Callable[[], bool] = lambda: False, poll: float = 0.5) -> Outcome:
-    """Run `command` with /bin/sh in a new session; stdout and stderr go to `log_fd`."""
+        should_abort: Callable[[], str | None] = lambda: None, poll: float = 0.5) -> Outcome:
+    """Run `command` with /bin/sh in a new session; stdout and stderr go to `log_fd`.
+    `should_abort` is asked every `poll` seconds: a reason kills the job's group and ends it."""
     started = time.monotonic()
     try:
         pid = spawn(command, cwd=cwd, env=env, log_fd=log_fd)
@@ -38,9 +39,10 @@ def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | 
             status = _wait(pid, pidfd, wait)
             if status is not None:
                 break
-            if should_abort():
+            abort = should_abort()
+            if abort:
                 kill_group(pid, pidfd)
-                return Outcome(False, None, "aborted: this worker lost the job", time.monotonic() - started)
+                return Outcome(False, None, abort, time.monotonic() - started)
             if deadline is not None and time.monotonic() >= deadline:
                 kill_group(pid, pidfd)
                 return Outcome(False, None, f"timed out after {timeout:g}s; its process group was killed",

@@ -15,6 +15,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .config import Config
     from .owners import Owners, WorkerInfo
+    from .publish import Publisher
     from .quarantine import Quarantine
     from .recovery import Recovery
     from .transitions import Transitions
@@ -50,10 +51,16 @@ class Spool:
         return Views(self.store, self.owners, self.quarantine)
 
     @cached_property
+    def publisher(self) -> Publisher:
+        from .publish import Publisher
+
+        return Publisher(self.store, self.owners, self.views)
+
+    @cached_property
     def transitions(self) -> Transitions:
         from .transitions import Transitions
 
-        return Transitions(self.store, self.owners, self.quarantine, self.views)
+        return Transitions(self.store, self.owners, self.quarantine, self.views, self.publisher)
 
     @cached_property
     def recovery(self) -> Recovery:
@@ -87,10 +94,11 @@ class Spool:
         return self.enqueue_many([spec], now=now)[0]
 
     def enqueue_many(self, specs: Iterable[dict[str, Any] | Job], *, now: float | None = None,
-                     progress: Callable[[int], Any] | None = None) -> list[Job]:
+                     progress: Callable[[int], Any] | None = None,
+                     announce: Callable[[], Any] | None = None) -> list[Job]:
         """Validate every spec, then publish them all or none (see Transitions.publish)."""
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
-        return self.transitions.publish(jobs, progress=progress)
+        return self.publisher.publish(jobs, progress=progress, announce=announce)
 
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
@@ -100,9 +108,10 @@ class Spool:
         """Delete finished jobs (done or dead) and their output; frees their ids."""
         return self.transitions.purge(state, older_than=older_than)
 
-    def request_stop(self) -> float:
-        """Ask every worker of this spool, on every host, to stop after its current job."""
-        return self.owners.request_stop()
+    def request_stop(self, *, kill_jobs: bool = False) -> None:
+        """Ask every worker of this spool, on every host, to stop after its current job (with
+        `kill_jobs`, at once: the running attempts are killed and count)."""
+        self.owners.request_stop(kill_jobs=kill_jobs)
 
     # ---- reading -------------------------------------------------------------------------
 

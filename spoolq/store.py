@@ -9,14 +9,17 @@ file: that is transitions.py's job.
 from __future__ import annotations
 
 import os
+import stat
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-from . import config, fsio, job, layout
+from . import config, fsio, job, layout, liveness
 from .errors import InvalidJob, SpoolError
 from .job import Job
 
 CONFIG_RECHECK = 0.2  # seconds
+RESERVE_BYTES = 64 * 1024
 
 
 class Sequencer:
@@ -42,6 +45,8 @@ class Store:
         self._issued_ids: set[str] = set()
         self._sequencer = Sequencer()
         self._owner_uid: int | None = None
+        self._creator: layout.Creator | None = None
+        self.config_error: str | None = None  # why config.json could not be read just now
 
     @property
     def root(self) -> str:
@@ -52,14 +57,64 @@ class Store:
         return self.clock() if given is None else given
 
     def init(self) -> None:
-        """Create the layout; idempotent."""
+        """Create the layout (idempotent), in a new or empty directory or an existing spool only,
+        then check it is safe to use."""
+        self._refuse_foreign_root()
         try:
             os.makedirs(os.path.dirname(self.root) or ".", exist_ok=True)
             self.make_dir(self.root)
+            self.check_safe(self.root)  # before anything is created inside it
             for name in layout.STATE_DIRS + layout.OTHER_DIRS:
                 self.make_dir(self.layout.dir(name))
         except OSError as e:
             raise SpoolError(f"cannot create spool at {self.root}: {e.strerror}") from None
+        self.check_safe()
+        self.keep_reserve()
+
+    def open_existing(self) -> None:
+        """For the commands that do not create a spool: it must be there, and safe to use."""
+        if not self.is_spool():
+            raise SpoolError(f"no spool at {self.root}")
+        self.check_safe()
+
+    def is_spool(self) -> bool:
+        return os.path.isdir(self.layout.pending)
+
+    def _refuse_foreign_root(self) -> None:
+        """Never scatter the layout into a directory that holds something else (`--spool /`)."""
+        if self.is_spool() or not os.path.isdir(self.root):
+            return
+        try:
+            visible = [e for e in os.listdir(self.root) if not e.startswith(".")]
+        except OSError as e:
+            raise SpoolError(f"cannot read {self.root}: {e.strerror}") from None
+        if visible:
+            raise SpoolError(f"{self.root} is not empty and not a spool; give a new or empty directory")
+
+    def check_safe(self, *only: str) -> None:
+        """Refuse a spool someone else could write into: the root and every directory of the
+        layout must be real directories (the root may be a symlink of ours), owned by the invoking
+        user, and not writable by others (by the group only with group_access). Otherwise another
+        local user could drop a job that runs as whoever uses this spool."""
+        shared = self._group_access_if_ours()
+        paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
+        for path in paths:
+            why = unsafe_directory(path, shared, may_be_link=path == self.root)
+            if why:
+                raise SpoolError(why)
+
+    def _group_access_if_ours(self) -> bool:
+        """group_access counts only from a config.json the invoking user wrote."""
+        try:
+            st = os.lstat(self.layout.config)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            return False
+        try:
+            return bool(self.config.group_access)
+        except SpoolError:
+            return False
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -77,9 +132,21 @@ class Store:
         except FileNotFoundError:
             stamp = None
         if self._config is None or stamp != self._config_stamp:
-            self._config = config.load(self.layout)
-            self._config_stamp = stamp
+            self._reload_config(stamp)
         return self._config
+
+    def _reload_config(self, stamp: tuple[int, int] | None) -> None:
+        """A config.json that cannot be read (an editor half-way through saving it) keeps the
+        settings last read, and says so in config_error; a first read that fails raises."""
+        try:
+            self._config = config.load(self.layout)
+            self.config_error = None
+        except SpoolError as e:
+            if self._config is None:
+                raise
+            self.config_error = str(e)
+        self._config_stamp = stamp
+
 
     def use_default_config(self) -> None:
         """Carry on with the defaults while config.json stays unreadable (fsck reports it)."""
@@ -88,20 +155,33 @@ class Store:
         self._config_stamp = (st.st_ino, st.st_mtime_ns)
 
     def set_config(self, key: str, value: Any) -> config.Config:
-        self._config = config.save(self.layout, key, value, mode=self.modes.file)
+        self._config = config.save(self.layout, key, value, mode=self.modes.file, temp_path=self.temp_path())
         self._config_stamp = None
         if key == "group_access":
             self._chmod_tree(fsio.Modes.for_spool(bool(value)))
         return self._config
 
     def _chmod_tree(self, modes: fsio.Modes) -> None:
-        for dirpath, _dirnames, filenames in os.walk(self.root):
-            os.chmod(dirpath, modes.dir)
-            for name in filenames:
-                try:
-                    os.chmod(os.path.join(dirpath, name), modes.file, follow_symlinks=False)
-                except (OSError, NotImplementedError):
-                    pass
+        """Give what spoolq created the spool's modes; anything else under it (the user's own
+        files, a drop-in not yet taken, a quarantined file) is left as it is."""
+        _chmod(self.root, modes.dir)
+        _chmod(self.layout.config, modes.file)
+        for name in layout.STATE_DIRS + layout.OTHER_DIRS:
+            directory = self.layout.dir(name)
+            _chmod(directory, modes.dir)
+            for entry in fsio.listdir(directory):
+                path = os.path.join(directory, entry)
+                if name == "processing":
+                    self._chmod_owned(path, modes)
+                elif layout.is_spoolq_entry(name, entry):
+                    _chmod(path, modes.file)
+
+    def _chmod_owned(self, owned: str, modes: fsio.Modes) -> None:
+        if not _chmod(owned, modes.dir):
+            return
+        for entry in fsio.listdir(owned):
+            if layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX):
+                _chmod(os.path.join(owned, entry), modes.file)
 
     # ---- creating files with the spool's modes -------------------------------------------
 
@@ -123,8 +203,53 @@ class Store:
         return fsio.create_exclusive(path, self.modes.file)
 
     def temp_path(self, directory: str | None = None) -> str:
-        """A fresh temp name, invisible to every reader: in tmp/, or beside where it will land."""
-        return os.path.join(directory or self.layout.tmp, layout.tmp_name())
+        """A fresh temp name, invisible to every reader, naming this process as its creator: in
+        tmp/, or beside where it will land."""
+        return os.path.join(directory or self.layout.tmp, layout.tmp_name(self.creator()))
+
+    def creator(self, owner: str | None = None) -> layout.Creator:
+        """This process, as the creator of a temp file or an id marker (asked again after a fork)."""
+        pid = os.getpid()
+        if self._creator is None or self._creator.pid != pid:
+            self._creator = layout.Creator(layout.host_name(), pid, liveness.start_token(pid), liveness.boot_id())
+        return self._creator._replace(owner=owner) if owner else self._creator
+
+    @contextmanager
+    def locked(self, name: str) -> Iterator[None]:
+        """Hold the named spool lock (see config.locked), its marker of the spool's mode. On a
+        full disk, where the lock's holder record cannot be written, the reserve is given up to
+        make room: purge, the way to free space, must work then most of all."""
+        lock = config.locked(self.layout, name, mode=self.modes.file)
+        try:
+            lock.__enter__()
+        except OSError as e:
+            if not fsio.is_disk_full(e) or not self._give_up_reserve():
+                raise
+            lock = config.locked(self.layout, name, mode=self.modes.file)
+            lock.__enter__()
+        try:
+            yield
+        finally:
+            lock.__exit__(None, None, None)
+            self.keep_reserve()
+
+    def keep_reserve(self) -> None:
+        """Keep RESERVE_BYTES of the disk in locks/.reserve (best effort), to give up when the
+        disk is full so that a lock can still be taken and a job file rewritten."""
+        path = self.layout.reserve
+        if os.path.lexists(path):
+            return
+        try:
+            self.write_file(path, bytes(RESERVE_BYTES), durable=False)
+        except OSError:
+            pass  # no room for it now: the next locked operation tries again
+
+    def _give_up_reserve(self) -> bool:
+        try:
+            os.unlink(self.layout.reserve)
+        except FileNotFoundError:
+            return False
+        return True
 
     # ---- clocks, ids, order --------------------------------------------------------------
 
@@ -197,6 +322,44 @@ class Store:
         if self._owner_uid is None:
             self._owner_uid = os.stat(self.root).st_uid
         return self._owner_uid
+
+
+def _chmod(path: str, mode: int) -> bool:
+    """chmod a file or directory of ours; never through a symlink. False if it is not there."""
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            return False
+        os.chmod(path, mode)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False) -> str | None:
+    """Why `path` must not be used as a spool directory, or None (also if it does not exist yet)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode) and may_be_link and st.st_uid == os.geteuid():
+            st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot use {path}: {e.strerror}"
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        why = "it is a symbolic link"
+    elif not stat.S_ISDIR(st.st_mode):
+        why = "it is not a directory"
+    elif st.st_uid != os.geteuid():
+        why = f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    elif mode & 0o002:
+        why = "anyone can write into it"
+    elif mode & 0o020 and not shared:
+        why = "its group can write into it and group_access is off"
+    else:
+        return None
+    return (f"refusing to use {path}: {why} (owner uid {st.st_uid}, mode {mode:04o}); a spool's "
+            "directories must be yours and not writable by others")
 
 
 def io_message(what: str, e: OSError) -> str:

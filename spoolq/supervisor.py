@@ -9,9 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import fsio
 from .errors import SpoolError
+from .owners import StopMark
 from .spool import Spool
-from .worker import Worker, stderr_log
+from .worker import EXIT_SIGNALLED, KILL_AFTER_SIGNALS, Worker, stderr_log
 
 RESTART_WINDOW = 10.0  # seconds: a worker dying faster than this is restarted with a growing delay
 
@@ -24,32 +26,50 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = stderr_log):
+                 log: Callable[[str], None] = stderr_log, stop_mark: StopMark | None | bool = False):
         self.spool = spool
         self.count = count
         self.burst = burst
         self._log = log
         self.children: dict[int, Child] = {}
         self.stopping = False
+        self.signals = 0
         self.token = ""
-        self.started = 0.0
+        # The stop file as it was when `worker start` began (False: read it now): a `worker
+        # stop` from then on stops these workers, even one that comes before they registered.
+        self.stop_mark = spool.owners.stop_mark() if stop_mark is False else stop_mark
         self._quick_deaths = 0
 
     def log(self, message: str) -> None:
         self._log(f"supervisor {os.getpid()}: {message}")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        if not self.stopping:
-            self.stopping = True
-            self.log(f"{signal.Signals(signum).name}: stopping after the running jobs finish")
+        """Every stop signal is passed on to each worker, which counts them: the first stops
+        after the running jobs, the third kills them (see Worker.request_stop)."""
+        self.stopping = True
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals == 1:
+            self.log(f"{name}: stopping after the running jobs finish")
+        elif self.signals == KILL_AFTER_SIGNALS - 1:
+            self.log(f"{name}: still running: {self._running() or 'no job'}; once more kills them "
+                     "(their attempts count)")
+        elif self.signals == KILL_AFTER_SIGNALS:
+            self.log(f"{name}: killing the running jobs")
         for pid in list(self.children):
             _signal(pid, signal.SIGTERM)
 
+    def _running(self) -> str:
+        try:
+            mine = [w for w in self.spool.owners.workers(role="worker") if w.extra.get("supervisor") == os.getpid()]
+        except Exception:  # a signal handler must not fail: this is only a message
+            return "(cannot tell)"
+        return ", ".join(f"job {w.job} (worker pid {w.pid})" for w in mine if w.job)
+
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
         self.token = self.spool.owners.register("supervisor", workers=self.count)
-        self.started = self.spool.owners.registered_at(self.token)
         signal.signal(signal.SIGALRM, self._heartbeat)
         self._heartbeat()
         try:
@@ -79,10 +99,10 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGALRM, signal.SIG_DFL)
-                worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid())
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+                    signal.signal(signum, signal.SIG_DFL)
+                worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
+                                stop_mark=self.stop_mark)
                 worker.install_signal_handlers()
                 code = worker.run()
             except BaseException as e:  # a worker must never take its supervisor's code path
@@ -109,6 +129,11 @@ class Supervisor:
         code = os.waitstatus_to_exitcode(status)
         if code == 0:
             return  # stopped on request, or a burst found nothing more to do
+        if code == EXIT_SIGNALLED:
+            if not self._stop_wanted():
+                self.log(f"worker pid {pid} was stopped by a signal of its own; starting another")
+                self._spawn()  # the pool keeps its size: stopping all of it is `worker stop`'s
+            return
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         self.log(f"worker pid {pid} {how}")
         self._recover()
@@ -123,7 +148,7 @@ class Supervisor:
         self._spawn()
 
     def _stop_wanted(self) -> bool:
-        return self.stopping or self.spool.owners.stop_requested_after(self.started)
+        return self.stopping or self.spool.owners.stop_requested(self.stop_mark) is not None  # type: ignore[arg-type]
 
     def _pace(self, child: Child) -> None:
         """Workers that die young are restarted with a growing delay, so a crash loop cannot spin."""
@@ -154,7 +179,7 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def detach(spool: Spool, count: int, *, burst: bool) -> int:
+def detach(spool: Spool, count: int, *, burst: bool, stop_mark: StopMark | None) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -176,7 +201,8 @@ def detach(spool: Spool, count: int, *, burst: bool) -> int:
     os.close(write_end)
     code = 1
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, spool.store.modes.file)
+        fsio.exact_mode(fd, spool.store.modes.file)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(fd, 1)
@@ -186,6 +212,6 @@ def detach(spool: Spool, count: int, *, burst: bool) -> int:
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
-        code = Supervisor(spool, count, burst=burst).run()
+        code = Supervisor(spool, count, burst=burst, stop_mark=stop_mark).run()
     finally:
         os._exit(code)

@@ -7,10 +7,10 @@ moment; losing it is an answer (None, or LostOwnership), never a half-done move.
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 transition   from -> to                                    who         how                  proof                               fsync
 ===========  ============================================  ==========  ===================  ==================================  ===========================
-publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> created O_EXCL             file (one syncfs per
-                                                                                                                                batch), pending/, ids/
+publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> linked (exclusive)         file (one syncfs per
+             (publish.py)                                                                                                       batch), pending/, ids/
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; rewrite;     the first rename won; ids/<id>      the rewrite, pending/
-             -> pending/<canonical>                                    rename               created O_EXCL
+             -> pending/<canonical>                                    rename               linked (exclusive)
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          source still in processing/<o>/     none
 finish fail  processing/<o>/<id> -> pending/<due later>    worker,     rewrite in place,    processing/<o>/ still exists (a     the rewrite
@@ -33,15 +33,17 @@ import dataclasses
 import enum
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
-from . import config, dropins, fsio, layout, retry
-from .errors import InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable, SpoolError
+from . import dropins, fsio, layout, retry
+from .errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable
 from .job import Job
+from .ids import Reservations
 from .owners import Owners
+from .publish import Publisher
 from .quarantine import Quarantine
-from .store import Store, io_message
-from .views import Views
+from .store import Store
+from .views import Views, finished_at
 
 
 class Moved(NamedTuple):
@@ -78,51 +80,13 @@ class Adoption(NamedTuple):
 
 
 class Transitions:
-    def __init__(self, store: Store, owners: Owners, quarantine: Quarantine, views: Views):
+    def __init__(self, store: Store, owners: Owners, quarantine: Quarantine, views: Views, publisher: Publisher):
         self.store = store
         self.layout = store.layout
         self.owners = owners
         self.quarantine = quarantine
         self.views = views
-
-    # ---- publish -------------------------------------------------------------------------
-
-    def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None) -> list[Job]:
-        """Publish jobs all-or-nothing as far as the caller can cause it: every id is reserved
-        before the first job is written; one file-system barrier for a batch. When this returns,
-        every job survives a power cut."""
-        _refuse_repeated_ids(jobs)
-        reserved: list[str] = []
-        written: list[tuple[str, str]] = []
-        try:
-            ids_dir = self.layout.dir("ids") + os.sep  # plain concatenation: 100k joins add up
-            pending_dir = self.layout.pending + os.sep
-            for job in jobs:
-                if not self.store.create_exclusive(ids_dir + job.id):
-                    raise JobExists(f"job id {job.id!r} already exists", job.id)
-                reserved.append(job.id)
-            durable_each = len(jobs) == 1
-            for job in jobs:
-                tmp = self.store.temp_path()
-                self.store.write_file(tmp, job.to_json(), durable=durable_each)
-                written.append((tmp, layout.pending_name_of(job)))
-                if progress:
-                    progress(1)
-            if not durable_each:
-                fsio.sync_filesystem(self.layout.tmp)
-            for tmp, name in written:
-                os.rename(tmp, pending_dir + name)
-            fsio.fsync_dir(self.layout.pending)
-            fsio.fsync_dir(self.layout.dir("ids"))
-        except BaseException as e:  # nothing published: take back every temp file and reserved id
-            for tmp, _ in written:
-                fsio.unlink_quietly(tmp)
-            for job_id in reserved:
-                fsio.unlink_quietly(self.layout.id_marker(job_id))
-            if isinstance(e, OSError):
-                raise SpoolError(io_message("cannot enqueue", e)) from None
-            raise
-        return jobs
+        self.publisher = publisher
 
     # ---- adopt ---------------------------------------------------------------------------
 
@@ -165,15 +129,20 @@ class Transitions:
             self.quarantine.put(adopt_path, entry, f"malformed: {e}", now)
             return Adoption(Adopted.QUARANTINED, reason=str(e))
         job.attempts, job.updated_at = 0, now
-        if not self.store.create_exclusive(self.layout.id_marker(job.id)):
-            reason = dropins.duplicate_reason(job.id)
-            self.quarantine.put(adopt_path, entry, reason, now)
-            return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
-        try:
-            moved = self._rewrite_then_move(adopt_path, job, "pending")
-        except BaseException:
-            fsio.unlink_quietly(self.layout.id_marker(job.id))
-            raise
+        owner = os.path.basename(os.path.dirname(adopt_path))
+        with Reservations(self.store, owner) as ids:
+            # A crash from here on leaves a marker naming this owner; once recovery has given the
+            # file back, its next adopter finds that owner gone and no job with the id, and takes
+            # the marker over (_reserve): the job is adopted again, never lost as a duplicate.
+            if not self.publisher.reserve(ids, job.id):
+                reason = dropins.duplicate_reason(job.id)
+                self.quarantine.put(adopt_path, entry, reason, now)
+                return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
+            try:
+                moved = self._rewrite_then_move(adopt_path, job, "pending")
+            except BaseException:
+                ids.release(job.id)
+                raise
         fsio.fsync_dir(self.layout.pending)
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
@@ -198,7 +167,19 @@ class Transitions:
         except InvalidJob as e:
             self.quarantine.put(path, entry, f"malformed job file: {e}", now)
             return None
+        finished = self._finished_copy(parsed.job_id)
+        if finished:
+            # Never run (and then overwrite) a job that has finished: this file is a copy of it.
+            self.quarantine.put(path, entry, f"duplicate: job {parsed.job_id} is already {finished}", now)
+            return None
         return Claimed(job, owner, path)
+
+    def _finished_copy(self, job_id: str) -> str | None:
+        name = layout.job_file(job_id)
+        for state in ("done", "dead"):
+            if os.path.lexists(os.path.join(self.layout.dir(state), name)):
+                return state
+        return None
 
     def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
                now: float | None = None) -> Moved:
@@ -257,7 +238,7 @@ class Transitions:
     def retry_dead(self, job_ids: list[str] | None = None, *, now: float | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
         now = self.store.now(now)
-        with config.locked(self.layout, "dlq"):
+        with self.store.locked("dlq"):
             if job_ids is None:
                 job_ids = [layout.stem(e) for e in sorted(fsio.listdir(self.layout.dead))
                            if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
@@ -302,16 +283,16 @@ class Transitions:
         """Delete finished jobs (done or dead) and their output; frees their ids."""
         if state not in ("done", "dead"):
             raise InvalidJob("only done or dead jobs can be purged")
-        now = self.store.now(now)
+        now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
         directory = self.layout.dir(state)
         count = 0
-        with config.locked(self.layout, "dlq"):
+        with self.store.locked("dlq"):
             for entry in fsio.listdir(directory):
                 if not layout.is_json_entry(entry):
                     continue
                 path = os.path.join(directory, entry)
                 try:
-                    if now - os.lstat(path).st_mtime < older_than:
+                    if now - finished_at(os.lstat(path)) < older_than:
                         continue
                 except FileNotFoundError:
                     continue
@@ -326,11 +307,3 @@ class Transitions:
             fsio.unlink_quietly(self.layout.reason_file(job_id))
         else:
             fsio.unlink_quietly(self.layout.id_marker(job_id))
-
-
-def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
-    seen: set[str] = set()
-    for n, job in enumerate(jobs, 1):
-        if job.id in seen:
-            raise JobExists(f"job {n}: id {job.id!r} appears twice in the input")
-        seen.add(job.id)

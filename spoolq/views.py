@@ -25,7 +25,7 @@ class JobView:
     path: str
     reason: str | None = None  # quarantined files: why
     owner: str | None = None
-    changed_at: float | None = None  # ctime of the file: when it last moved
+    changed_at: float | None = None  # ctime of the file: when it last moved (finished_at, for done and dead)
 
     def to_dict(self) -> dict[str, Any]:
         if self.job is None:
@@ -46,6 +46,13 @@ class JobView:
             out["exit_code"] = 0
             out["updated_at"] = job.iso(self.changed_at) if self.changed_at else out["updated_at"]
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
+
+
+def finished_at(st: os.stat_result) -> float:
+    """When a done or dead job finished: its move into done/ or dead/, which is when its file's
+    ctime was last set (a success is that move alone; a failure rewrites the file just before
+    it). The mtime would say when it was enqueued or last failed: never use it for this."""
+    return st.st_ctime
 
 
 def waiting_state(waiting: Job, now: float) -> str:
@@ -142,7 +149,7 @@ class Views:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == "pending":
             state = waiting_state(found, now)
-        return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=st.st_ctime)
+        return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st))
 
     # ---- many jobs -----------------------------------------------------------------------
 
@@ -203,7 +210,7 @@ class Views:
         for entry in fsio.listdir(directory):
             if layout.is_json_entry(entry):
                 try:
-                    entries.append((os.lstat(os.path.join(directory, entry)).st_mtime_ns, entry))
+                    entries.append((finished_at(os.lstat(os.path.join(directory, entry))), entry))
                 except FileNotFoundError:
                     continue
         for _, entry in sorted(entries):

@@ -12,6 +12,7 @@ from typing import Callable
 from . import job, layout, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
+from .owners import StopMark
 from .spool import Spool
 from .transitions import Adopted, Claimed
 
@@ -28,22 +29,87 @@ def stderr_log(message: str) -> None:
         pass
 
 
+EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
+KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attempt counts)
+
+
+class Heartbeat:
+    """The thread that touches a worker's registration every heartbeat_interval. Whatever goes
+    wrong in one beat (a config.json caught half-written, a full disk) is logged and tried again
+    at the next; the worker asks `healthy()` before each claim and stops claiming while its
+    beats fail, since its lease would run out under a job."""
+
+    def __init__(self, spool: Spool, log: Callable[[str], None]):
+        self.spool = spool
+        self.log = log
+        self.owner = ""
+        self.lost = False  # the registration is gone: this owner was declared dead elsewhere
+        self._stop = threading.Event()
+        self._last_ok = time.monotonic()
+        self._failing: str | None = None
+
+    def start(self, owner: str) -> None:
+        self.owner, self.lost, self._last_ok = owner, False, time.monotonic()
+        threading.Thread(target=self._loop, name="heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def healthy(self) -> bool:
+        try:
+            lease = self.spool.config.lease_timeout
+        except Exception:
+            lease = 30.0
+        return time.monotonic() - self._last_ok < lease / 2
+
+    def _loop(self) -> None:
+        next_beat = time.monotonic()
+        while not self._stop.wait(max(0.0, min(0.25, next_beat - time.monotonic()))):
+            if time.monotonic() < next_beat:
+                continue  # checked 4 times a second: a shorter lease set meanwhile applies at once
+            try:
+                interval = self.spool.owners.heartbeat_interval()
+                if not self.spool.owners.heartbeat(self.owner):
+                    self.lost = True
+                self._last_ok = time.monotonic()
+                if self._failing:
+                    self.log(f"heartbeat works again (it failed: {self._failing})")
+                    self._failing = None
+            except Exception as e:  # never let the thread die: a dead heartbeat means a lost lease
+                interval = 1.0
+                if self._failing is None:
+                    self.log(f"heartbeat failed: {type(e).__name__}: {e}; trying again, not claiming meanwhile")
+                self._failing = f"{type(e).__name__}: {e}"
+            next_beat = time.monotonic() + interval
+
+
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None):
+                 supervisor: int | None = None, stop_mark: StopMark | None | bool = False):
         self.spool = spool
         self.burst = burst
         self._log = log
         self.supervisor = supervisor
+        # The stop file as it was before this worker's command started (False: read it at start).
+        self.stop_mark = stop_mark
         self.stopping = False
-        self.lost = False
+        self.signals = 0  # stop signals received
         self.owner = ""
-        self.started = 0.0
         self.index = PendingIndex()
         self._wake: watch.Wakeups | None = None
-        self._hb_stop = threading.Event()
+        self.heartbeat = Heartbeat(spool, self.log)
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
+        self._claiming = True
+        self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
+
+    @property
+    def lost(self) -> bool:
+        return self.heartbeat.lost
+
+    @lost.setter
+    def lost(self, value: bool) -> None:
+        self.heartbeat.lost = value
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -51,37 +117,44 @@ class Worker:
         self._log(f"worker {self.owner or os.getpid()}: {message}")
 
     def request_stop(self, *_args: object) -> None:
+        """A stop signal: the first stops after the running job, the third kills it."""
         self.stopping = True
+        self.signals += 1
         if self._wake is not None:
             self._wake.poke()  # an idle worker stops now, not at its next rescan
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_stop)
+        # Under a supervisor, Ctrl+C reaches the supervisor, which passes each one on as a
+        # SIGTERM: counted once here, not twice.
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.supervisor else self.request_stop)
 
     def run(self) -> int:
-        """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit status."""
+        """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit
+        status: 0, or EXIT_SIGNALLED when a signal to this worker stopped it."""
+        if self.stop_mark is False:
+            self.stop_mark = self.spool.owners.stop_mark()
         self._register()
         layout = self.spool.layout
         self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
         self._announce_wakeups()
         runner.keep_descriptors_from_jobs()
-        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        heartbeat.start()
         try:
             self._loop()
         finally:
-            self._hb_stop.set()
+            self.heartbeat.stop()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
         self.log("stopped")
-        return 0
+        return EXIT_SIGNALLED if self.signals else 0
 
     def _register(self) -> None:
         extra = {"supervisor": self.supervisor} if self.supervisor else {}
+        self.heartbeat.stop()
+        self.heartbeat = Heartbeat(self.spool, self.log)
         self.owner = self.spool.owners.register("worker", **extra)
-        self.started = self.spool.owners.registered_at(self.owner)
-        self.lost = False
+        self.heartbeat.start(self.owner)
 
     def _announce_wakeups(self) -> None:
         assert self._wake is not None
@@ -96,15 +169,21 @@ class Worker:
             self.log(f"started; waking on file-system events ({kind or 'unknown fs'}), "
                      f"rescanning every {self.spool.config.poll_interval:g}s")
 
-    def _heartbeat_loop(self) -> None:
-        while not self._hb_stop.is_set():
-            if self._hb_stop.wait(self.spool.owners.heartbeat_interval()):
-                return
-            try:
-                if not self.spool.owners.heartbeat(self.owner):
-                    self.lost = True
-            except OSError:
-                pass
+    def _stop_requested(self) -> bool:
+        mark = self.spool.owners.stop_requested(self.stop_mark)  # type: ignore[arg-type]
+        if mark is not None:
+            self.log("stop requested")
+        return mark is not None
+
+    def _abort_reason(self) -> str | None:
+        """Asked while a job runs: why to kill it now, if there is a reason."""
+        if self.lost:
+            return "aborted: this worker lost the job"
+        if self.signals >= KILL_AFTER_SIGNALS:
+            return f"killed: its worker was stopped by {self.signals} signals"
+        if self.spool.owners.stop_requested(self.stop_mark) and self.spool.owners.stop_kills_jobs():  # type: ignore[arg-type]
+            return "killed: `worker stop --now`"
+        return None
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -116,8 +195,8 @@ class Worker:
         while not self.stopping:
             now = time.time()
             cfg = spool.config
-            if spool.owners.stop_requested_after(self.started):
-                self.log("stop requested")
+            self._report_config(cfg.problems)
+            if self._stop_requested():
                 return
             reason = self._wake.check()
             if reason:
@@ -132,7 +211,7 @@ class Worker:
                 last_rescan = now
                 self._rescan()
             self._adopt_dropins(now)
-            name = self.index.pop_ready(int(now * 1000))
+            name = self.index.pop_ready(int(now * 1000)) if self._may_claim() else None
             if name is not None:
                 self._claim_and_run(name)
                 continue
@@ -142,6 +221,24 @@ class Worker:
                 last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
                 continue
             self._sleep(now, last_rescan, last_recover)
+
+    def _report_config(self, problems: tuple[str, ...]) -> None:
+        said = (self.spool.store.config_error, problems)
+        if said != self._config_said:
+            self._config_said = said
+            if said[0]:
+                self.log(f"{said[0]}; going on with the settings read before")
+            for problem in problems:
+                self.log(problem)
+
+    def _may_claim(self) -> bool:
+        """Not while the heartbeat fails: the lease would run out under the job, and it would run twice."""
+        healthy = self.heartbeat.healthy()
+        if healthy != self._claiming:
+            self._claiming = healthy
+            self.log("claiming again: the heartbeat works" if healthy else
+                     "not claiming: the heartbeat has failed for half a lease")
+        return healthy
 
     def _rescan(self) -> None:
         started = time.monotonic()
@@ -245,7 +342,7 @@ class Worker:
         try:
             outcome = runner.run(running.command, cwd=running.cwd, env=env,
                                  timeout=running.timeout or cfg.job_timeout or None,
-                                 log_fd=fd, should_abort=lambda: self.lost)
+                                 log_fd=fd, should_abort=self._abort_reason)
             output.close_attempt(fd, start, "ok" if outcome.ok else str(outcome.error), outcome.seconds,
                                  cfg.max_output_bytes)
         finally:

@@ -513,7 +513,7 @@ def test_quarantined_file_in_dlq(cli, spool):
 # ---- config --------------------------------------------------------------------------------
 
 
-def test_config_show_get_set(cli, spool_dir):
+def test_config_show_get_set(cli, spool, spool_dir):
     shown = cli.json("config", "show")
     assert shown["max_retries"] == 3 and shown["backoff_base"] == 2
     for key in ("backoff_max", "job_timeout", "poll_interval", "drop_grace"):
@@ -593,7 +593,7 @@ def test_init_and_spool_location(tmp_path, monkeypatch):
     assert Spool(tmp_path / "spool").find("here").state == "pending"
 
 
-def test_worker_list_and_stop_with_no_workers(cli):
+def test_worker_list_and_stop_with_no_workers(cli, spool):
     assert clean(cli("worker", "list")).stdout.strip() == "no workers"
     assert cli.json("worker", "list") == []
     clean(cli("worker", "stop", "--wait", "--timeout", "1"))

@@ -191,11 +191,14 @@ def test_enqueue_on_a_full_disk_fails_cleanly_and_recovers(small_fs):
     for job_id in before:
         assert spool.find(job_id).job.command.startswith("echo before")
     # Other writers say so too, without a traceback, and leave nothing behind.
-    for args in (("config", "set", "max_retries", "5"), ("worker", "start", "--burst"), ("worker", "stop")):
+    for args in (("config", "set", "max_retries", "5"), ("worker", "start", "--burst")):
         r = cli(*args)
         assert r.returncode == 1 and "file system is full" in r.stderr, r
         assert "Traceback" not in r.stderr
         assert os.listdir(spool.layout.tmp) == [] and os.listdir(spool.layout.processing) == []
+    # A stop request needs no room on the disk: it works even now.
+    r = cli("worker", "stop")
+    assert r.returncode == 0 and os.path.exists(spool.layout.stop_file), r
     assert spool.config.max_retries == 3
     os.unlink(filler)
     r = cli("enqueue", "echo after")
@@ -360,6 +363,14 @@ def test_fsck_clean_spool_exits_0(run, spool):
 @pytest.fixture
 def broken_spool(spool):
     """A spool with one of every problem fsck knows; returns it with {(kind, name): repairable}."""
+    old_umask = os.umask(0o077)  # what the test writes by hand has the spool's modes, as spoolq's would
+    try:
+        return _break(spool)
+    finally:
+        os.umask(old_umask)
+
+
+def _break(spool):
     lay = spool.layout
     spool.set_config("max_retries", 3)
     spool.enqueue({"id": "done1", "command": "true"})
@@ -500,12 +511,12 @@ def _write(path: str, data: bytes) -> str:
 
 def test_fsck_reports_missing_directories_and_a_bad_config(tmp_path):
     spool = Spool(str(tmp_path / "s"))
-    os.rmdir(spool.layout.dir("locks"))
+    os.rmdir(spool.layout.dir("control"))
     _write(spool.layout.config, b"{not json")
     fresh = Spool(spool.root, create=False)
     problems = fsck.check(fresh, repair=True)
-    assert kinds(problems) == [("config", "config.json"), ("missing-dir", "locks")]
-    assert os.path.isdir(spool.layout.dir("locks"))
+    assert kinds(problems) == [("config", "config.json"), ("missing-dir", "control")]
+    assert os.path.isdir(spool.layout.dir("control"))
     by_kind = {p.kind: p for p in problems}
     assert by_kind["missing-dir"].repaired and not by_kind["config"].repaired
     assert "left alone" in by_kind["config"].repair

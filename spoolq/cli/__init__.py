@@ -8,13 +8,14 @@ import sys
 import click
 
 from . import admin, enqueue, reading, workers  # noqa: F401  (each registers its commands on main)
-from .base import main
+from .base import Terminated, main
 
 __all__ = ["main", "run"]
 
 
 def run() -> None:
     """Console entry point: never a traceback for something a user can cause."""
+    _unwind_on_termination()
     try:
         # Not standalone: click would turn Ctrl+C into "Aborted!" and exit 1, which `wait`
         # uses for "a job is dead"; the errors are shown here instead, the same way click would.
@@ -22,6 +23,9 @@ def run() -> None:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("Error: interrupted", err=True)
         sys.exit(130)
+    except Terminated as e:
+        click.echo(f"Error: terminated by signal {e.signum}", err=True)
+        sys.exit(128 + e.signum)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
@@ -32,3 +36,17 @@ def run() -> None:
         click.echo(f"Error: {cause}" + (f": {e.filename}" if e.filename else ""), err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP raise Terminated, as SIGINT raises KeyboardInterrupt: a killed
+    `enqueue --batch` then takes back what it wrote instead of leaving it behind. (`worker
+    start` installs its own handlers: there they mean "stop after the running jobs".)"""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:  # an ignored SIGHUP (nohup) stays ignored
+            signal.signal(signum, terminate)

@@ -9,8 +9,7 @@ import sys
 import click
 
 from ..config import check_key, parse_value
-from ..errors import SpoolError
-from .base import Context, check_ids, emit_json, json_option, main, one_line, pass_ctx, print_views
+from .base import Context, check_ids, warn_about_config, emit_json, json_option, main, one_line, pass_ctx, print_views
 
 
 @main.group()
@@ -61,6 +60,7 @@ def config() -> None:
 @pass_ctx
 def config_show(c: Context, as_json: bool) -> None:
     """Every key with its value."""
+    warn_about_config(c.spool.config)
     values = c.spool.config.as_dict()
     if as_json:
         emit_json(values)
@@ -75,6 +75,7 @@ def config_show(c: Context, as_json: bool) -> None:
 def config_get(c: Context, key: str) -> None:
     """One key's value."""
     check_key(key)
+    warn_about_config(c.spool.config)
     click.echo(json.dumps(c.spool.config.as_dict()[key]))
 
 
@@ -85,7 +86,7 @@ def config_get(c: Context, key: str) -> None:
 def config_set(c: Context, key: str, value: str) -> None:
     """Change one key (unknown keys and ill-typed values are refused)."""
     parsed = parse_value(key, value)
-    c.spool.set_config(key, parsed)
+    c.create().set_config(key, parsed)
     click.echo(f"{key} = {json.dumps(parsed)}")
 
 
@@ -109,10 +110,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
     """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found)."""
     from .. import fsck as checker
 
-    try:
-        spool = c.open()
-    except SpoolError:  # e.g. an unreadable config.json: fsck reports it rather than stop there
-        spool = c.open(create=False)
+    spool = c.handle()  # fsck reports an unsafe or broken spool rather than refuse it
     problems = checker.check(spool, repair=repair, stale_after=stale_after)
     fixed = sum(1 for p in problems if p.repaired)
     if as_json:

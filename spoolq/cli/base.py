@@ -8,20 +8,31 @@ Exit status: 0 success; 1 the operation failed; 2 invalid input or usage (nothin
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import click
 
 from ..errors import SpoolError
 from ..job import valid_id
 from ..spool import Spool
-from ..views import JobView
+
+if TYPE_CHECKING:
+    from ..views import JobView
 
 
 class CliError(click.ClickException):
     def __init__(self, message: str, exit_code: int = 1):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl+C does (a BaseException, so that no `except
+    Exception` swallows it), so that whatever a command was writing is taken back."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class SpoolqGroup(click.Group):
@@ -41,20 +52,31 @@ class Context:
     def __init__(self, path: str):
         self.path = path
         self._spool: Spool | None = None
-        self._created = False
+        self._checked = False
 
-    def open(self, *, create: bool = True) -> Spool:
-        """The spool; with `create`, its layout made first (every command may create it)."""
+    def handle(self) -> Spool:
+        """The spool, with nothing on disk looked at yet (input is validated against it first)."""
         if self._spool is None:
             self._spool = Spool(self.path, create=False)
-        if create and not self._created:
-            self._spool.init()
-            self._created = True
         return self._spool
+
+    def create(self) -> Spool:
+        """For the commands that write (init, enqueue, worker start, config set): the spool,
+        its layout created where missing."""
+        spool = self.handle()
+        if not self._checked:
+            spool.init()
+            self._checked = True
+        return spool
 
     @property
     def spool(self) -> Spool:
-        return self.open()
+        """For every other command: an existing spool ("no spool at PATH" otherwise)."""
+        spool = self.handle()
+        if not self._checked:
+            spool.store.open_existing()
+            self._checked = True
+        return spool
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -81,8 +103,8 @@ def main(ctx: click.Context, spool_dir: str) -> None:
 @main.command()
 @pass_ctx
 def init(c: Context) -> None:
-    """Create the spool layout (every command also creates it on demand)."""
-    click.echo(f"spool ready at {c.spool.root}")
+    """Create the spool layout (enqueue, worker start and config set also create it)."""
+    click.echo(f"spool ready at {c.create().root}")
 
 
 def print_views(views: Iterable[JobView], as_json: bool) -> None:
@@ -103,6 +125,12 @@ def print_views(views: Iterable[JobView], as_json: bool) -> None:
         prio = d.get("priority")
         click.echo(f"{v.id:<20} {v.state:<10} {tries:>5} {'-' if prio is None else prio:>5}  "
                    f"{one_line(text, 90)}")
+
+
+def warn_about_config(config: Any) -> None:
+    """What config.json holds that is ignored, one warning line each on stderr."""
+    for problem in config.problems:
+        click.echo(f"Warning: {problem}", err=True)
 
 
 def check_ids(job_ids: Iterable[str]) -> None:

@@ -3,35 +3,83 @@ publish them all or none."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
 import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
 from ..errors import InvalidJob, JobExists
-from ..job import parse_json_object
+from ..job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
-from ..views import JobView, waiting_state
-from .base import CliError, Context, json_option, main, pass_ctx
+from .base import CliError, Context, Terminated, json_option, main, pass_ctx
 
 
-def _read_source(path: str, what: str) -> str:
+MAX_BATCH_LINES = 1_000_000
+MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+@contextmanager
+def _source(path: str, what: str) -> Iterator[BinaryIO]:
+    """An input file, or stdin for '-' (left open), with one-line errors for what can go wrong."""
+    if path == "-":
+        if sys.stdin is None:
+            raise CliError(f"cannot read the {what} from stdin: it is closed", 2)
+        yield sys.stdin.buffer
+        return
     try:
-        if path == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                data = f.read()
+        f = open(path, "rb")
     except OSError as e:
         raise CliError(f"cannot read {what} {path!r}: {e.strerror}", 2) from None
+    with f:
+        yield f
+
+
+def _read_file(path: str) -> str:
+    """One job object: at most MAX_JOB_BYTES are ever read, whatever the input's size."""
+    with _source(path, "file") as f:
+        data = _read(f, MAX_JOB_BYTES + 1, "file", path)
+    if len(data) > MAX_JOB_BYTES:
+        raise CliError(f"file {path!r} is larger than a job may be; the limit is {MAX_JOB_BYTES} bytes", 2)
+    return _decode(data, f"file {path!r}")
+
+
+def _batch_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a batch, read a line at a time: a line is cut off at the job limit
+    and the whole batch at MAX_BATCH_LINES lines or MAX_BATCH_BYTES, so memory stays bounded."""
+    total = 0
+    with _source(path, "batch") as f:
+        for n in itertools.count(1):
+            line = _read(f, MAX_JOB_BYTES + 2, "batch", path, line=True)
+            if not line:
+                return
+            total += len(line)
+            if n > MAX_BATCH_LINES or total > MAX_BATCH_BYTES:
+                raise CliError(f"the batch is over the limit of {MAX_BATCH_LINES} lines or {MAX_BATCH_BYTES} "
+                               "bytes; split it; nothing was enqueued", 2)
+            if len(line.rstrip(b"\r\n")) > MAX_JOB_BYTES:
+                raise CliError(f"line {n}: longer than the limit of {MAX_JOB_BYTES} bytes for a job; "
+                               "nothing was enqueued", 2)
+            yield n, _decode(line, f"line {n}")
+
+
+def _read(f: BinaryIO, size: int, what: str, path: str, *, line: bool = False) -> bytes:
+    try:
+        return f.readline(size) if line else f.read(size)
+    except OSError as e:
+        raise CliError(f"cannot read {what} {path!r}: {e.strerror}", 2) from None
+
+
+def _decode(data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CliError(f"{what} {path!r} is not UTF-8 (byte {e.start})", 2) from None
+        raise CliError(f"{what} is not UTF-8 (byte {e.start}); nothing was enqueued", 2) from None
 
 
 def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
@@ -69,29 +117,49 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
                                + (f" (got {', '.join(forms)})" if forms else ""))
     if batch is not None and job_id is not None:
         raise click.UsageError("--id cannot be used with --batch: each line names its own id")
-    if run_at is not None and re.fullmatch(r"\s*\d+(\.\d*)?\s*", run_at):
+    if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
                           "delay": delay, "run_at": run_at})
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
-    spool = c.open(create=False)  # validate first: bad input writes nothing at all
+    spool = c.handle()  # validate first: bad input writes nothing at all
     jobs, line_of = _make_jobs(spool, specs, flags, where)
-    c.open()
+    c.create()
+    lines = _output_lines(jobs, as_json)
+    announced = []
+
+    def announce() -> None:
+        """Print the ids before the jobs are published: if they cannot be printed (stdout on a
+        full disk, a closed pipe), nothing is published, so the exit status tells the truth."""
+        try:
+            if lines:
+                click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
+            sys.stdout.flush()
+        except OSError as e:
+            raise CliError(f"cannot print the new ids ({e.strerror}); nothing was enqueued", 1) from None
+        announced.append(True)
+
     try:
-        jobs = _publish(spool, jobs)
+        _publish(spool, jobs, announce)
     except JobExists as e:
         if batch is None or e.job_id not in line_of:
             raise
         raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued", 1) from None
+    except Terminated:
+        if not announced:
+            raise
+        # A signal held while the jobs were published arrives here: they are enqueued, and
+        # their ids printed, so this enqueue succeeded.
+
+
+def _output_lines(jobs: list, as_json: bool) -> list[str]:
+    if not as_json:
+        return [j.id for j in jobs]
+    from ..views import JobView, waiting_state
+
     now = time.time()
-    if as_json:
-        lines = [json.dumps(JobView(j.id, waiting_state(j, now), j, "").to_dict(), ensure_ascii=False)
-                 for j in jobs]
-    else:
-        lines = [j.id for j in jobs]
-    if lines:
-        click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
+    return [json.dumps(JobView(j.id, waiting_state(j, now), j, "").to_dict(), ensure_ascii=False) for j in jobs]
 
 
 def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
@@ -99,7 +167,7 @@ def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
     """The job objects of whichever enqueue form was used, each with its input line number."""
     if batch is not None:
         specs = []
-        for n, line in enumerate(_read_source(batch, "batch").splitlines(), 1):
+        for n, line in _batch_lines(batch):
             if line.strip():
                 try:
                     specs.append((n, parse_json_object(line, "line")))
@@ -107,10 +175,12 @@ def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
                     raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
         return specs
     if file_path is not None:
-        return [(1, parse_json_object(_read_source(file_path, "file"), "file"))]
+        return [(1, parse_json_object(_read_file(file_path), "file"))]
     if cmd is not None:
         return [(1, {"command": cmd})]
     assert job is not None
+    if job.startswith("\ufeff"):
+        raise CliError("JOB starts with a byte order mark (BOM): remove it", 2)
     if job.lstrip().startswith(("{", "[")):
         return [(1, parse_json_object(job, "JOB"))]
     return [(1, {"command": job})]
@@ -136,8 +206,9 @@ def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dic
     return jobs, line_of
 
 
-def _publish(spool: Spool, jobs: list) -> list:
+def _publish(spool: Spool, jobs: list, announce: Callable[[], None]) -> None:
     if len(jobs) < 2000 or not sys.stderr.isatty():
-        return spool.enqueue_many(jobs)
+        spool.enqueue_many(jobs, announce=announce)
+        return
     with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
-        return spool.enqueue_many(jobs, progress=bar.update)
+        spool.enqueue_many(jobs, progress=bar.update, announce=announce)

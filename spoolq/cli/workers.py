@@ -26,10 +26,11 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first)."""
     from .. import supervisor
 
-    spool = c.spool
+    spool = c.create()
+    mark = spool.owners.stop_mark()  # first: a `worker stop` from now on stops these workers
     if not detach:
-        sys.exit(supervisor.Supervisor(spool, count, burst=burst).run())
-    pid = supervisor.detach(spool, count, burst=burst)
+        sys.exit(supervisor.Supervisor(spool, count, burst=burst, stop_mark=mark).run())
+    pid = supervisor.detach(spool, count, burst=burst, stop_mark=mark)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
@@ -41,6 +42,9 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
             if burst:
                 click.echo(f"supervisor pid {pid} already finished (burst)")
                 return
+            if spool.owners.stop_requested(mark):
+                click.echo(f"supervisor pid {pid} stopped at once: a worker stop came while it started")
+                return
             raise CliError(f"the workers did not start; see {spool.worker_log()}")
         time.sleep(0.02)
     raise CliError(f"the workers did not register within 15s; see {spool.worker_log()}")
@@ -49,12 +53,13 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
 @worker.command("stop")
 @click.option("--wait", "wait_", is_flag=True, help="Block until every worker has exited.")
 @click.option("--timeout", type=click.FloatRange(0), help="With --wait: give up after S seconds (exit 124).")
+@click.option("--now", is_flag=True, help="Kill the running jobs too (their attempts count).")
 @pass_ctx
-def worker_stop(c: Context, wait_: bool, timeout: float | None) -> None:
+def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> None:
     """Ask every worker of this spool, on every host, to finish its current job and exit."""
     spool = c.spool
     before = spool.workers(role="worker")
-    spool.request_stop()
+    spool.request_stop(kill_jobs=now)
     if not before:
         click.echo("no workers running (a stop request was left for any that are starting)")
         return

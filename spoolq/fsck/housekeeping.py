@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout
+from .. import fsio, layout, store
 from ..errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
@@ -25,6 +25,8 @@ class HousekeepingChecks:
         if not os.path.isdir(root):
             r.report("missing-dir", root, "the spool directory does not exist")
             return False
+        if not self._safe(root, may_be_link=True):
+            return False
         ok = True
         for name in layout.STATE_DIRS + layout.OTHER_DIRS:
             path = self.layout.dir(name)
@@ -35,19 +37,37 @@ class HousekeepingChecks:
                 r.repair_with(p, lambda path=path: self.spool.store.make_dir(path), "created it")
                 ok = ok and p.repaired
                 continue
-            if not stat.S_ISDIR(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
                 p = r.report("not-a-directory", path, f"{name} is not a directory")
                 r.leave_alone(p, "move it away by hand")
                 ok = False
+            elif not self._safe(path):
+                ok = False
         return ok
+
+    def _safe(self, path: str, may_be_link: bool = False) -> bool:
+        """A directory another user could write into (or a symlink) is reported, and fsck looks
+        no further: its contents cannot be trusted, and a repair would act on them. One that is
+        only too open for the spool's settings is the modes check's to narrow."""
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            return True
+        why = store.unsafe_directory(path, shared=True, may_be_link=may_be_link)
+        if why is None:
+            return True
+        p = self.r.report("unsafe-dir", path, why)
+        self.r.leave_alone(p, "fix it by hand (chown, chmod go-w, or move it away); no spoolq command uses it")
+        return False
 
     def check_config(self) -> None:
         try:
-            self.spool.config
+            problems = self.spool.config.problems
         except SpoolError as e:
-            p = self.r.report("config", self.layout.config, str(e))
-            self.r.leave_alone(p, "settings are the operator's: fix or remove config.json")
+            problems = (str(e),)
             self.spool.store.use_default_config()  # so the rest of the spool is still checked
+        for problem in problems:
+            p = self.r.report("config", self.layout.config, problem)
+            self.r.leave_alone(p, "settings are the operator's: fix or remove config.json")
 
     def check_registrations(self) -> None:
         for owner, why in self.spool.owners.stale_registrations():
@@ -71,9 +91,12 @@ class HousekeepingChecks:
             r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
 
     def check_tmp(self) -> None:
-        for _, path, st in self.r.entries(self.layout.tmp):
-            if self.r.is_stale(st):
+        for name, path, st in self.r.entries(self.layout.tmp):
+            if layout.is_temp_name(name):
                 stale_temp(self.r, path, st)
+            else:
+                p = self.r.report("stray-entry", path, "not a temp file spoolq makes")
+                self.r.leave_alone(p, "not spoolq's; remove it by hand")
 
     def check_locks(self) -> None:
         r = self.r
@@ -124,15 +147,14 @@ class HousekeepingChecks:
             self._check_mode(path, modes.file, shared)
 
     def _spoolq_files(self) -> list[str]:
+        """What spoolq itself created (the user's own files under the spool are theirs)."""
         files = [self.layout.config]
-        for state in ("done", "dead"):
-            directory = self.layout.dir(state)
+        for name in layout.STATE_DIRS + layout.OTHER_DIRS:
+            if name in ("processing", "tmp"):
+                continue  # live owners' files change while we look; temp files are the temp check's
+            directory = self.layout.dir(name)
             files += [os.path.join(directory, e) for e in fsio.listdir(directory)
-                      if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
-        files += [os.path.join(self.layout.pending, e) for e in fsio.listdir(self.layout.pending)
-                  if layout.parse_pending(e) is not None]
-        out = self.layout.dir("output")
-        files += [os.path.join(out, e) for e in fsio.listdir(out)]
+                      if layout.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
         return files
 
     def _check_mode(self, path: str, mode: int, shared: bool) -> None:
@@ -142,6 +164,11 @@ class HousekeepingChecks:
             return
         if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             return  # not spoolq's doing; a chmod would reach another name
+        if st.st_uid != os.geteuid():
+            p = self.r.report("ownership", path, f"belongs to uid {st.st_uid}, not to the spool's user "
+                              f"(uid {os.geteuid()})")
+            self.r.leave_alone(p, "spoolq never changes an owner; chown it or move it away by hand")
+            return
         extra = stat.S_IMODE(st.st_mode) & 0o777 & ~mode
         if not extra:
             return

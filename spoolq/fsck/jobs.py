@@ -7,6 +7,7 @@ import os
 import stat
 
 from .. import dropins, fsio, job, layout
+from ..ids import Reservations, creator_of
 from ..errors import InvalidJob, JobNotFound, SpoolError
 from .report import Problem, Report
 
@@ -104,7 +105,7 @@ class JobChecks:
         for entry in r.live_dirs:
             for name, path, st in r.entries(self.layout.owned(entry)):
                 if name.startswith("."):
-                    if r.is_stale(st):
+                    if layout.is_temp_name(name):
                         stale_temp(r, path, st)
                 elif name.startswith(layout.ADOPT_PREFIX):
                     if r.is_stale(st):
@@ -121,7 +122,7 @@ class JobChecks:
         r = self.r
         for entry, path, st in r.entries(self.layout.dir(state)):
             if entry.startswith("."):
-                if layout.is_temp_name(entry) and r.is_stale(st):
+                if layout.is_temp_name(entry):
                     stale_temp(r, path, st)
                 continue
             stem = layout.stem(entry) if entry.endswith(".json") else None
@@ -181,7 +182,7 @@ class JobChecks:
             if os.path.lexists(marker) or not any(os.path.lexists(p) for _, p in r.census[job_id]):
                 continue
             p = r.report("missing-marker", marker, f"job {job_id} has no id marker (its id could be reused)")
-            r.repair_with(p, lambda marker=marker: self.spool.store.create_exclusive(marker) and None, "created it")
+            r.repair_with(p, lambda job_id=job_id: self._make_marker(job_id), "created it")
         for name in sorted(markers - set(r.census) - r.accounted):
             path = os.path.join(ids_dir, name)
             try:
@@ -192,10 +193,15 @@ class JobChecks:
                 p = r.report("stray-entry", path, "not a valid job id")
                 r.leave_alone(p, "not spoolq's; remove it by hand")
                 continue
-            if not r.is_stale(st) or self._still_exists(name):
+            why = r.why_left_over(creator_of(self.spool.store, name), st)
+            if why is None or self._still_exists(name):
                 continue  # an enqueue or adoption may be under way, or the job moved while we looked
-            p = r.report("orphan-marker", path, f"id {name} is reserved but no job has it")
+            p = r.report("orphan-marker", path, f"id {name} is reserved but no job has it: {why}")
             r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it (the id is free again)")
+
+    def _make_marker(self, job_id: str) -> None:
+        with Reservations(self.spool.store) as ids:
+            ids.reserve(job_id)
 
     def _still_exists(self, job_id: str) -> bool:
         try:
@@ -206,8 +212,11 @@ class JobChecks:
 
 
 def stale_temp(r: Report, path: str, st: os.stat_result) -> None:
-    """A temp file older than stale_after: its writer crashed (a live one renames it at once)."""
-    p = r.report("stale-temp", path, f"temp file {r.age(st)} old")
+    """A temp file whose writer crashed (a live one renames or removes it at once)."""
+    why = r.why_left_over(layout.creator_of_temp(os.path.basename(path)), st)
+    if why is None:
+        return
+    p = r.report("stale-temp", path, f"temp file: {why}")
     if stat.S_ISDIR(st.st_mode):
         r.leave_alone(p, "a directory; remove it by hand")
     else:

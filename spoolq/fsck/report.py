@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 from .. import fsio, job, layout
 from ..errors import SpoolError
+from ..owners import Judge
 from ..spool import Spool
 
 STALE_AFTER = 3600.0
@@ -30,7 +31,9 @@ class Problem:
 KINDS = {
     "missing-dir": "a directory of the layout is missing",
     "not-a-directory": "a layout path is not a directory",
-    "config": "config.json cannot be read",
+    "unsafe-dir": "a spool directory that is a symlink, another user's, or writable by others",
+    "ownership": "a file or directory of the spool owned by another user",
+    "config": "config.json cannot be read, or holds what is not a setting",
     "dead-owner": "a processing/ directory whose owner is gone",
     "bad-job-file": "a job file that does not parse or is not a trusted regular file",
     "bad-dropin": "a dropped file a worker would quarantine",
@@ -63,6 +66,7 @@ class Report:
         self.accounted: set[str] = set()  # ids kept reserved by a quarantined file
         self.live_dirs: list[str] = []  # processing/ entries of live owners
         self.rescuer = layout.owner_token(layout.host_name(), os.getpid())
+        self._judge: Judge | None = None
 
     def report(self, kind: str, path: str, detail: str) -> Problem:
         problem = Problem(kind, path, detail)
@@ -96,6 +100,21 @@ class Report:
 
     def is_stale(self, st: os.stat_result) -> bool:
         return self.fs_now - st.st_mtime >= self.stale_after
+
+    def why_left_over(self, creator: layout.Creator | None, st: os.stat_result) -> str | None:
+        """Why a temp file or a marker counts as a crash leftover, or None (its creator may still
+        be at work). A creator that is gone says so at once; one that cannot be judged from here
+        (another host, or a file of spoolq 0.1 that names none) only once the file is stale_after
+        old."""
+        if creator is not None:
+            if self._judge is None:
+                self._judge = self.spool.owners.judge()
+            gone = self.spool.owners.why_creator_gone(creator, self._judge)
+            if gone:
+                return f"its creator is gone ({gone})"
+            if creator.owner or layout.safe_host(creator.host) == layout.safe_host(self._judge.here):
+                return None  # alive: a worker within its lease, or a live process here
+        return f"{self.age(st)} old" if self.is_stale(st) else None
 
     def age(self, st: os.stat_result) -> str:
         seconds = max(0.0, self.fs_now - st.st_mtime)

@@ -1,0 +1,102 @@
+"""Job ids: an ``ids/<id>`` marker makes an id unique across all states.
+
+A marker says who made it. It is a hard link to a small record of its creator (host, pid,
+start time, boot, and a worker's owner token), written once and linked to each id's name:
+link(2) fails if the name exists (on NFS too), so a marker is created exclusively and never
+without its record, in one system call. A marker whose creator is gone while no job has its id
+is abandoned (an enqueue or an adoption killed half-way): the next taker of the id takes it over,
+and fsck frees it. Markers of spoolq 0.1 are empty files: their creator is unknown.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+from . import fsio, layout
+from .job import is_int
+from .store import Store
+
+MAX_RECORD_BYTES = 4096
+
+
+class Reservations:
+    """Markers made by one creator (this process, or one worker of it), as a context manager:
+    the shared record file goes when it closes, the markers linked to it stay."""
+
+    def __init__(self, store: Store, owner: str | None = None):
+        self.store = store
+        self.creator = store.creator(owner)
+        self._ids_dir = store.layout.dir("ids") + os.sep  # plain concatenation: 100k joins add up
+        self._record: str | None = None
+
+    def __enter__(self) -> Reservations:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def reserve(self, job_id: str) -> bool:
+        """Make the marker of `job_id`; False if the id is taken."""
+        while True:
+            try:
+                os.link(self._record_file(), self._ids_dir + job_id)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno != errno.EMLINK:
+                    raise
+                self._drop_record()  # ext4 allows 65,000 links to one file: start another record
+
+    def take_over(self, job_id: str) -> bool:
+        """Replace an abandoned marker with ours. False if another taker moved it first."""
+        aside = self.store.temp_path()
+        # RACE: two takers may both judge the marker abandoned; one rename wins, and the loser's
+        # id is taken. Between the rename and our link an enqueue may take the id: then it is its.
+        if not fsio.move(self._ids_dir + job_id, aside):
+            return False
+        fsio.unlink_quietly(aside)
+        return self.reserve(job_id)
+
+    def release(self, job_id: str) -> None:
+        fsio.unlink_quietly(self._ids_dir + job_id)
+
+    def close(self) -> None:
+        self._drop_record()
+
+    def _record_file(self) -> str:
+        if self._record is None:
+            path = self.store.temp_path()
+            self.store.write_file(path, self.creator.to_json(), durable=True)
+            self._record = path
+        return self._record
+
+    def _drop_record(self) -> None:
+        if self._record is not None:
+            fsio.unlink_quietly(self._record)
+            self._record = None
+
+
+def creator_of(store: Store, job_id: str) -> layout.Creator | None:
+    """Who made the marker of `job_id`: None if there is none, it is empty (spoolq 0.1) or it
+    cannot be read."""
+    try:
+        fd = os.open(store.layout.id_marker(job_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, MAX_RECORD_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("host"), str) or not is_int(record.get("pid")):
+        return None
+    texts = {k: record.get(k) if isinstance(record.get(k), str) else None for k in ("start", "boot", "owner")}
+    return layout.Creator(host=record["host"], pid=record["pid"], **texts)

@@ -1,0 +1,125 @@
+"""Publish: the enqueue transition. Every id is reserved (an ``ids/<id>`` marker, linked
+exclusively) and every job written under a temp name before the first is renamed into pending/,
+so a batch is published all or nothing as far as its caller can cause it; a marker that a dead
+creator left behind is taken over (see ids.py). Its row is the first of transitions.py's table."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable
+
+from . import fsio, layout
+from .errors import JobExists, JobNotFound, SpoolError
+from .ids import Reservations, creator_of
+from .job import Job
+from .owners import Owners
+from .store import Store, io_message
+from .views import Views
+
+
+class Publisher:
+    def __init__(self, store: Store, owners: Owners, views: Views):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self.views = views
+
+    def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,
+                announce: Callable[[], Any] | None = None) -> list[Job]:
+        """Publish jobs all-or-nothing as far as the caller can cause it: every id is reserved
+        and every file written before the first is published; one file-system barrier for a
+        batch. When this returns, every job survives a power cut.
+
+        `announce` runs once everything is staged, just before the jobs are published: if it
+        raises (the CLI could not print the ids), nothing is published."""
+        _refuse_repeated_ids(jobs)
+        reserved: list[str] = []
+        staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
+        with Reservations(self.store) as ids:
+            try:
+                for job in jobs:
+                    if not self.reserve(ids, job.id):
+                        raise JobExists(f"job id {job.id!r} already exists", job.id)
+                    reserved.append(job.id)
+                staged = self._stage(jobs, progress)
+            except BaseException as e:
+                _take_back(staged, reserved, ids)
+                if isinstance(e, OSError):
+                    raise SpoolError(io_message("cannot enqueue", e)) from None
+                raise
+            # From here to the last rename, SIGINT/SIGTERM/SIGHUP wait: the caller hears of one
+            # only once every job is published (or, if `announce` fails, none is).
+            with fsio.signals_held():
+                try:
+                    if announce:
+                        announce()
+                except BaseException:
+                    _take_back(staged, reserved, ids)
+                    raise
+                self._commit(staged, ids)
+        return jobs
+
+    def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None) -> list[tuple[str, str, str]]:
+        """Write every job under a temp name (fsync'd, or one barrier for a batch)."""
+        staged = []
+        durable_each = len(jobs) == 1
+        try:
+            for job in jobs:
+                tmp = self.store.temp_path()
+                self.store.write_file(tmp, job.to_json(), durable=durable_each)
+                staged.append((tmp, layout.pending_name_of(job), job.id))
+                if progress:
+                    progress(1)
+            if not durable_each:
+                fsio.sync_filesystem(self.layout.tmp)
+        except BaseException:
+            for tmp, _, _ in staged:
+                fsio.unlink_quietly(tmp)
+            raise
+        return staged
+
+    def _commit(self, staged: list[tuple[str, str, str]], ids: Reservations) -> None:
+        """The renames into pending/ and the fsyncs that make them durable."""
+        pending_dir = self.layout.pending + os.sep
+        done = 0
+        try:
+            for tmp, name, _ in staged:
+                os.rename(tmp, pending_dir + name)
+                done += 1
+            fsio.fsync_dir(self.layout.pending)
+            fsio.fsync_dir(self.layout.dir("ids"))
+        except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
+            _take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids)
+            raise SpoolError(io_message(f"cannot enqueue (published {done} of {len(staged)})", e)) from None
+
+    def reserve(self, ids: Reservations, job_id: str) -> bool:
+        """Reserve `job_id`, taking over a marker its creator abandoned (it died before
+        publishing: no job has the id, and the creator is gone)."""
+        if ids.reserve(job_id):
+            return True
+        creator = creator_of(self.store, job_id)
+        if creator is None or creator == ids.creator or not self.owners.why_creator_gone(creator):
+            return False
+        try:
+            self.views.find(job_id)
+            return False
+        except JobNotFound:
+            pass
+        return ids.take_over(job_id)
+
+
+def _take_back(staged: list[tuple[str, str, str]], reserved: list[str], ids: Reservations) -> None:
+    """Nothing of these is published: remove their temp files and free their ids."""
+    with fsio.signals_held():
+        for tmp, _, _ in staged:
+            fsio.unlink_quietly(tmp)
+        for job_id in reserved:
+            ids.release(job_id)
+
+
+def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
+    seen: set[str] = set()
+    for n, job in enumerate(jobs, 1):
+        if job.id in seen:
+            raise JobExists(f"job {n}: id {job.id!r} appears twice in the input")
+        seen.add(job.id)
