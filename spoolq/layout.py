@@ -55,6 +55,9 @@ it, ``rename`` it to ``<something>.json`` in ``pending/``, fsync ``pending/``.
 A plain ``cp`` works too: a file that does not parse yet is given ``drop_grace``
 seconds since its last change before it is quarantined as malformed.
 
+While a job runs, ``processing/<owner>/.pg-<id>`` is a symlink to ``<pgid>.<start time>``: its
+process group, which whoever recovers a dead owner on the same host kills.
+
 Owners: an owner token is ``<host>-<pid>-<random>``. When an owner is found dead,
 whoever recovers it first renames ``processing/<owner>`` to ``processing/<rescuer>~<owner>``
 (one rename: the fence), so a frozen owner that wakes up can no longer touch its jobs.
@@ -89,6 +92,7 @@ QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot star
 # directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
+GROUP_PREFIX = ".pg-"  # processing/<owner>/.pg-<id> -> "<pgid>.<start>": the running job's process group
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,9 @@
-"""Is a process on this host still the one we knew, and killing what a dead owner left behind."""
+"""Is a process on this host still the one we knew, and killing what a dead owner's job left behind."""
 
 from __future__ import annotations
 
 import functools
 import os
-
-OWNER_ENV = "SPOOLQ_OWNER"
-
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -54,37 +51,20 @@ def alive(pid: object, token: object = None) -> bool:
     return token is None or (len(fields) > 19 and fields[19].decode() == token)
 
 
-def kill_leftovers(owner: str) -> int:
-    """SIGKILL every process group that still runs a job of `owner` on this host.
+def kill_job_group(pgid: int, start: str | None) -> bool:
+    """SIGKILL what is left of the process group a job's shell led (its pid is the group's id
+    and `start` its start time), on this host. False if that group is gone.
 
-    Jobs carry SPOOLQ_OWNER in their environment, and so do their children; each job runs in a
-    process group of its own. Returns the number of groups signalled."""
-    needle = f"{OWNER_ENV}={owner}".encode() + b"\0"
-    groups: set[int] = set()
-    me = os.getpid()
+    A pid in use as a group id is never given to a new process, so: if a process with that pid
+    runs and started at another time, the job's group is gone; if none runs, the group may still
+    have members, and killpg reaches them or no one."""
+    fields = _stat_fields(pgid)
+    if fields is not None and start is not None and (len(fields) <= 19 or fields[19].decode() != start):
+        return False
     try:
-        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return 0
-    for pid in pids:
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env or env.endswith(needle[:-1]):
-            try:
-                groups.add(os.getpgid(pid))
-            except ProcessLookupError:
-                continue
-    mine = os.getpgid(0)
-    for pgid in groups:
-        if pgid == mine:
-            continue
-        try:
-            os.killpg(pgid, 9)  # SIGKILL; the signal module is not worth importing on the CLI's path
-        except (ProcessLookupError, PermissionError):
-            pass
-    return len(groups)
+        # RACE: if every member exited since we looked, a new process could take this pid and
+        # lead a group of its own in the microseconds before this call; nothing else can.
+        os.killpg(pgid, 9)  # SIGKILL; the signal module is not worth importing on the CLI's path
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,5 +1,8 @@
-"""A job's captured output: one log per job, each attempt between marker lines, cut at its cap
-and when the disk fills, so a job's output can never stop the spool."""
+"""A job's captured output: one log per job, each attempt between marker lines. The worker copies
+an attempt's output into it as it comes, holding it to max_output_bytes while the job runs: the
+first part as written, then only the last part (its last error lines matter most), with a marker
+saying how much was cut between. When the disk fills, the log gives back what it can, so a job's
+output can never stop the spool."""
 
 from __future__ import annotations
 
@@ -8,39 +11,97 @@ import os
 
 from . import fsio
 
-
-def open_attempt(path: str, header: str, mode: int) -> tuple[int, int]:
-    """Open (or create, of `mode`) the job's log and write an attempt's header line. Returns the
-    descriptor (the job's stdout and stderr) and the offset where this attempt's output starts."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        fsio.exact_mode(fd, mode)
-        return fd, append(fd, header.encode())
-    except BaseException:
-        os.close(fd)
-        raise
+MAX_TAIL = 1024 * 1024  # at most this much of an attempt's last output is held in memory
 
 
-def close_attempt(fd: int, start: int, status: str, seconds: float, cap: int) -> None:
-    """Write the attempt's footer line; keep its output within `cap` bytes (0: no cap) and, if the
-    job filled the disk, give back what it wrote beyond a little so the spool keeps working."""
-    size = os.fstat(fd).st_size
-    note = ""
-    if cap and size - start > cap:
-        size = start + cap
-        os.ftruncate(fd, size)
-        note = f" (output truncated to {cap} bytes)"
-    newline = "" if size == start or os.pread(fd, 1, size - 1) == b"\n" else "\n"
-    try:
-        append(fd, f"{newline}==> attempt finished in {seconds:.3f}s: {status}{note} <==\n".encode())
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        os.ftruncate(fd, min(os.fstat(fd).st_size, start + 4096))
+class AttemptLog:
+    """One attempt's part of a job's log: its header line, its output, its footer line."""
+
+    def __init__(self, path: str, header: str, mode: int, cap: int):
+        """Open (or create, of `mode`) the job's log and write the header. `cap` bounds the
+        attempt's output (0: no bound). OSError if the log cannot be written at all."""
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         try:
-            append(fd, b"\n==> output truncated: the disk is full <==\n")
-        except OSError:
-            pass
+            fsio.exact_mode(self.fd, mode)
+            self.start = append(self.fd, header.encode())
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.cap = cap
+        self.tail_size = min(cap // 2, MAX_TAIL) if cap else 0
+        self.head_room = cap - self.tail_size if cap else None
+        self.head = 0  # bytes written to the log
+        self.tail = bytearray()  # the last bytes, once the head is full
+        self.cut = 0  # bytes dropped between head and tail
+        self.disk_full = False
+        self.last_byte = b"\n"
+
+    def write(self, data: bytes) -> None:
+        """Take what the job wrote: into the log while there is room, else keep its last part."""
+        if self.head_room is None or self.head < self.head_room:
+            room = len(data) if self.head_room is None else self.head_room - self.head
+            self._append(data[:room])
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > self.tail_size:
+                drop = len(self.tail) - self.tail_size
+                self.cut += drop
+                del self.tail[:drop]
+
+    def _append(self, data: bytes) -> None:
+        if self.disk_full or not data:
+            self.cut += len(data) if self.disk_full else 0
+            return
+        try:
+            fsio.write_all(self.fd, data)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._give_back_space()
+            self.cut += len(data)
+            return
+        self.head += len(data)
+        self.last_byte = data[-1:]
+
+    def _give_back_space(self) -> None:
+        """The disk is full: keep only the start of this attempt's output, so the spool works on."""
+        self.disk_full = True
+        os.ftruncate(self.fd, min(os.fstat(self.fd).st_size, self.start + 4096))
+
+    def close(self, status: str, seconds: float) -> None:
+        """Write the cut marker and the kept tail, then the footer, and close the log."""
+        try:
+            self._finish(status, seconds)
+        finally:
+            os.close(self.fd)
+
+    def _finish(self, status: str, seconds: float) -> None:
+        lines = b""
+        if self.cut and not self.disk_full:
+            lines += _line(self.last_byte, f"==> {self.cut} bytes of output cut here (max_output_bytes "
+                                           f"{self.cap}) <==\n")
+            self.last_byte = b"\n"
+        if self.tail:
+            lines += bytes(self.tail)
+            self.last_byte = self.tail[-1:]
+        note = " (output truncated: the disk is full)" if self.disk_full else ""
+        lines += _line(self.last_byte, f"==> attempt finished in {seconds:.3f}s: {status}{note} <==\n")
+        try:
+            append(self.fd, lines)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._give_back_space()
+            try:
+                append(self.fd, b"\n==> output truncated: the disk is full <==\n")
+            except OSError:
+                pass
+
+
+def _line(last_byte: bytes, text: str) -> bytes:
+    """A marker line, on a line of its own."""
+    return (b"" if last_byte == b"\n" else b"\n") + text.encode()
 
 
 def mark(path: str, line: str) -> None:

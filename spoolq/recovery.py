@@ -47,8 +47,6 @@ class Recovery:
         return out
 
     def _rescue(self, owned: OwnerDir, rescuer: str, now: float | None) -> list[Recovered]:
-        for owner in owned.chain:
-            liveness.kill_leftovers(owner)  # tokens are unique: only that owner's jobs carry it
         fenced = f"{rescuer}{layout.RESCUE_SEP}{owned.name}"
         if len(fenced) > 200:
             fenced = f"{rescuer}{layout.RESCUE_SEP}{layout.random_hex(4)}"
@@ -58,6 +56,8 @@ class Recovery:
             return []
         reg = self.owners.registration(owned.holder)
         host = (reg.record.get("host") if reg else None) or "?"
+        self._kill_job_groups(dst_dir, local=reg is not None and self.owners.judge().is_local(
+            reg.record.get("host"), reg.record.get("boot")))
         out = []
         for name in sorted(fsio.listdir(dst_dir)):
             out.extend(self._rescue_file(dst_dir, name, owned.holder, host, self.store.now(now)))
@@ -68,6 +68,20 @@ class Recovery:
         for owner in owned.chain:
             fsio.unlink_quietly(self.layout.worker_file(owner))
         return out
+
+    def _kill_job_groups(self, directory: str, *, local: bool) -> None:
+        """Kill the process groups of the jobs the dead owner ran, as recorded in its directory
+        (.pg-<id> -> "<pgid>.<start>"): exactly the jobs' processes, on the owner's own host only.
+        A process a job moved out of its group on purpose (a daemon) is not touched."""
+        for name in fsio.listdir(directory):
+            if not name.startswith(layout.GROUP_PREFIX):
+                continue
+            try:
+                pgid, _, start = os.readlink(os.path.join(directory, name)).partition(".")
+            except OSError:
+                continue
+            if local and pgid.isascii() and pgid.isdigit():
+                liveness.kill_job_group(int(pgid), start or None)
 
     def _rescue_file(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
         path = os.path.join(directory, name)

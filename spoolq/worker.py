@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from . import job, layout, output, runner, watch
+from . import fsio, job, layout, liveness, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
 from .owners import StopMark
@@ -31,6 +31,14 @@ def stderr_log(message: str) -> None:
 
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attempt counts)
+
+
+def _record_group(path: str, pid: int) -> None:
+    """Leave the running job's process group where a rescuer looks, should this worker die."""
+    try:
+        os.symlink(f"{pid}.{liveness.start_token(pid) or ''}", path)
+    except OSError:
+        pass  # best effort: without it, a rescuer cannot kill what this job leaves running
 
 
 class Heartbeat:
@@ -335,18 +343,20 @@ class Worker:
         header = (f"==> {job.iso(time.time())} attempt {attempt} of {running.max_retries + 1} "
                   f"on {self.host} (worker {self.owner}) <==\n")
         try:
-            fd, start = output.open_attempt(self.spool.layout.output(running.id), header,
-                                            self.spool.store.modes.file)
+            log = output.AttemptLog(self.spool.layout.output(running.id), header, self.spool.store.modes.file,
+                                    cfg.max_output_bytes)
         except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
             return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
+        outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
+        group = os.path.join(os.path.dirname(claimed.path), layout.GROUP_PREFIX + running.id)
         try:
             outcome = runner.run(running.command, cwd=running.cwd, env=env,
-                                 timeout=running.timeout or cfg.job_timeout or None,
-                                 log_fd=fd, should_abort=self._abort_reason)
-            output.close_attempt(fd, start, "ok" if outcome.ok else str(outcome.error), outcome.seconds,
-                                 cfg.max_output_bytes)
+                                 timeout=running.timeout or cfg.job_timeout or None, output=log.write,
+                                 should_abort=self._abort_reason, keep_children=running.keep_children,
+                                 on_spawn=lambda pid: _record_group(group, pid))
         finally:
-            os.close(fd)
+            fsio.unlink_quietly(group)
+            log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
         return outcome
 
     def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
