@@ -1,18 +1,12 @@
-"""Config keys, their defaults and validation; load, and save under a lock (filelock's only home).
-
-The lock is filelock's SoftFileLock: an O_EXCL-created marker. Unlike flock-based locks it
-holds on NFS (v3 and later create exclusively on the server), and the marker is removed only
-by its holder, or by a contender after the holder's pid is gone on the holder's own host.
-"""
+"""Config keys, their defaults and validation; load, and save under the "config" lock."""
 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
 
-from . import fsio
+from . import fsio, locks
 from .errors import ConfigError, SpoolError
 from .job import is_int, is_number
 from .layout import Layout
@@ -149,7 +143,7 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
     """Read-modify-write config.json under its lock, publishing the new file (of `mode`, first
     written to `temp_path`) by rename."""
     check_key(key)
-    with locked(layout, "config", mode=mode):
+    with locked(layout, "config"):
         current = load(layout)._values
         current = {**current, key: value}
         data = (json.dumps(current, indent=2, sort_keys=True) + "\n").encode()
@@ -157,19 +151,6 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
         return Config(current)
 
 
-@contextmanager
-def locked(layout: Layout, name: str, *, mode: int, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the named spool lock (an existence marker of `mode`: safe on NFS, see the module
-    docstring)."""
-    from filelock import SoftFileLock, Timeout
-
-    lock = SoftFileLock(layout.lock(name), timeout=timeout, mode=mode)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise SpoolError(f"timed out waiting for lock {layout.lock(name)}; "
-                         "if no spoolq process holds it, remove the file") from None
-    try:
-        yield
-    finally:
-        lock.release()
+def locked(layout: Layout, name: str, *, timeout: float = 30.0) -> ContextManager[None]:
+    """Hold the named spool lock (see locks.py)."""
+    return locks.locked(layout.lock(name), timeout=timeout)

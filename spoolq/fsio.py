@@ -172,6 +172,33 @@ def move_no_replace(src: str, dst: str) -> bool:
     return True
 
 
+class Directory:
+    """A directory opened without following a symlink (O_NOFOLLOW): names are looked up and
+    removed relative to it, so a directory swapped for a symlink is refused, never followed."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def __enter__(self) -> Directory:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        os.close(self.fd)
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.lstat(name, dir_fd=self.fd)
+
+    def unlink_quietly(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+
 def listdir(path: str) -> list[str]:
     """The names in a directory; none if it is gone (a reader racing a rename or an rmdir)."""
     try:

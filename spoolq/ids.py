@@ -30,6 +30,8 @@ class Reservations:
         self.creator = store.creator(owner)
         self._ids_dir = store.layout.dir("ids") + os.sep  # plain concatenation: 100k joins add up
         self._record: str | None = None
+        self._inodes: set[int] = set()  # of every record file of ours: its markers are links to them
+        self._no_room = False
 
     def __enter__(self) -> Reservations:
         return self
@@ -60,8 +62,37 @@ class Reservations:
         fsio.unlink_quietly(aside)
         return self.reserve(job_id)
 
+    def retag(self, job_id: str) -> None:
+        """Make an existing marker ours, in one rename over it, before the job it reserves is
+        deleted: if we die half-way through, the marker names a dead creator and is freed at once
+        (else it would name the job's enqueuer, perhaps a program that runs for months). On a
+        full disk, where our record cannot be written, the marker is left as it is."""
+        if self._no_room:
+            return
+        try:
+            record = self._record_file()
+        except OSError as e:
+            if not fsio.is_disk_full(e):
+                raise
+            self._no_room = True
+            return
+        staged = self.store.temp_path(self._ids_dir)
+        os.link(record, staged)
+        try:
+            os.rename(staged, self._ids_dir + job_id)
+        except BaseException:
+            fsio.unlink_quietly(staged)
+            raise
+
     def release(self, job_id: str) -> None:
-        fsio.unlink_quietly(self._ids_dir + job_id)
+        """Give back `job_id`, if its marker is one of ours (a link to one of our records): so a
+        signal between the link and our noting it cannot leak the id, nor free another's."""
+        path = self._ids_dir + job_id
+        try:
+            if os.lstat(path).st_ino in self._inodes:
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     def close(self) -> None:
         self._drop_record()
@@ -69,7 +100,8 @@ class Reservations:
     def _record_file(self) -> str:
         if self._record is None:
             path = self.store.temp_path()
-            self.store.write_file(path, self.creator.to_json(), durable=True)
+            self.store.write_file(path, self.creator.to_json(), durable=False)
+            self._inodes.add(os.lstat(path).st_ino)
             self._record = path
         return self._record
 

@@ -21,8 +21,7 @@ Directories under the spool root ``S``::
                     current job; content starting with "now" also kills their running jobs
     S/tmp/          temp files, invisible to every reader
     S/log/          worker and supervisor logs
-    S/locks/        lock files (existence locks, see config.py); .reserve: 64 KiB kept free
-                    for when the disk is full (purge must work then)
+    S/locks/        <name>.lock: a symlink whose target names its holder (see locks.py)
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -237,7 +236,7 @@ _SPOOLQ_NAMES = {
     "control": lambda n: n == "stop",
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
-    "locks": lambda n: (n.endswith(".lock") and not n.startswith(".")) or n == ".reserve",
+    "locks": lambda n: n.endswith(".lock") and not n.startswith("."),
 }
 
 
@@ -292,10 +291,6 @@ class Layout:
 
     def lock(self, name: str) -> str:
         return os.path.join(self.root, "locks", f"{name}.lock")
-
-    @property
-    def reserve(self) -> str:
-        return os.path.join(self.root, "locks", ".reserve")
 
     @property
     def stop_file(self) -> str:

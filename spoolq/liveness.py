@@ -23,6 +23,18 @@ def start_token(pid: int) -> str | None:
     return fields[19].decode() if fields and len(fields) > 19 else None
 
 
+def started_at(pid: int) -> float | None:
+    """When a process started, in epoch seconds (to a clock tick, 10 ms): for the command that
+    started a worker, the moment the user asked for it, whatever its start-up cost."""
+    token = start_token(pid)
+    if token is None:
+        return None
+    since_boot = int(token) / os.sysconf("SC_CLK_TCK")
+    import time  # not on the CLI's common path
+
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+
+
 @functools.cache
 def boot_id() -> str | None:
     """This boot of this machine: two hosts given one name, or one host after a reboot, differ.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -32,13 +34,15 @@ class WorkerInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class StopMark(NamedTuple):
-    """The stop file's identity: a new file renamed over it, or any write to it, changes it."""
+TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
 
-    ino: int
-    mtime_ns: int
-    ctime_ns: int
-    size: int
+
+class StopRequest(NamedTuple):
+    """What control/stop says: when the stop was asked for (epoch seconds), and whether the
+    running jobs are to be killed too ("now")."""
+
+    at: float
+    kill_jobs: bool
 
 
 class OwnerDir(NamedTuple):
@@ -91,7 +95,8 @@ class Judge:
         return f"pid {pid} is gone"
 
     def why_lock_holder_gone(self, host: str, pid: int) -> str | None:
-        """A lock marker's holder. filelock records the machine's own name, not SPOOLQ_HOST."""
+        """A lock marker's holder (spoolq 0.1's lock files record the machine's own name, not
+        SPOOLQ_HOST)."""
         import socket  # fsck's question only: every CLI call would pay for it at the top
 
         local = self.here if host == socket.gethostname() else host
@@ -109,6 +114,7 @@ class Owners:
     def __init__(self, store: Store):
         self.store = store
         self.layout = store.layout
+        self._stop_cache: tuple[tuple[int, int, int, int], StopRequest] | None = None
 
     def judge(self, lease: float | None = None) -> Judge:
         return Judge(self.store, self.store.config.lease_timeout if lease is None else lease)
@@ -246,36 +252,47 @@ class Owners:
 
     # ---- stop requests -------------------------------------------------------------------
 
-    def stop_mark(self) -> StopMark | None:
-        """The stop file as it is now. A worker remembers the mark from before it started; any
-        change after that is a stop request for it (timestamps alone cannot tell two requests
-        apart within a second on some file systems; a new file or new content can)."""
+    def stop_request(self) -> StopRequest | None:
+        """The stop request in control/stop, if any: "stop <time> <token>" or "now <time> ...";
+        a file that names no time (another program's, or one written on a full disk) counts
+        from its mtime. Read again only when the file changes."""
         try:
             st = os.stat(self.layout.stop_file)
         except OSError:
             return None
-        return StopMark(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        if self._stop_cache is None or self._stop_cache[0] != stamp:
+            self._stop_cache = (stamp, self._read_stop_request(st.st_mtime))
+        return self._stop_cache[1]
 
-    def stop_kills_jobs(self) -> bool:
-        """Does the stop request say "now" (kill the running jobs)?"""
+    def _read_stop_request(self, mtime: float) -> StopRequest:
         try:
             data, _ = fsio.read_regular(self.layout.stop_file, 256)
+            words = data.split()
         except (OSError, ValueError):
-            return False
-        return data.startswith(b"now")
+            words = []
+        kill_jobs = bool(words) and words[0] == b"now"
+        at = mtime
+        if len(words) > 1 and re.fullmatch(rb"[0-9]+(\.[0-9]+)?", words[1]):
+            at = float(words[1])
+        return StopRequest(at, kill_jobs)
 
-    def request_stop(self, *, kill_jobs: bool = False) -> None:
-        """Ask every worker of this spool, on every host, started before now, to stop after its
-        current job (with `kill_jobs`, at once: its job's attempt is killed, and counts)."""
-        token = f"{'now' if kill_jobs else 'stop'} {layout.random_hex(8)}\n".encode()
+    def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
+        """Ask every worker of this spool, on every host, whose command began before `at` (now,
+        unless the caller knows better: `worker stop` gives the moment the user asked), to stop
+        after its current job (with `kill_jobs`, at once: its job's attempt is killed, and counts)."""
+        at = time.time() if at is None else at
+        word = "now" if kill_jobs else "stop"
         try:
-            self.store.publish(self.layout.stop_file, token)
+            self.store.publish(self.layout.stop_file, f"{word} {at:.6f} {layout.random_hex(8)}\n".encode())
         except OSError as e:
             if not fsio.is_disk_full(e):
                 raise
             self.store.publish(self.layout.stop_file, b"now\n" if kill_jobs else b"")  # no data block needed
 
-    def stop_requested(self, since: StopMark | None) -> StopMark | None:
-        """The new mark if the stop file changed since `since`, else None."""
-        mark = self.stop_mark()
-        return mark if mark is not None and mark != since else None
+    def stop_requested(self, since: float) -> StopRequest | None:
+        """A stop request for a worker whose command began at `since`: one asked for no earlier.
+        Start times are known to a clock tick (10 ms), and a tie stops it: `worker start & worker
+        stop`, typed together, means stop; no two commands typed one after the other are so close."""
+        request = self.stop_request()
+        return request if request is not None and request.at >= since - TICK else None

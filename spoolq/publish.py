@@ -33,17 +33,18 @@ class Publisher:
         `announce` runs once everything is staged, just before the jobs are published: if it
         raises (the CLI could not print the ids), nothing is published."""
         _refuse_repeated_ids(jobs)
-        reserved: list[str] = []
+        job_ids = [job.id for job in jobs]
         staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
         with Reservations(self.store) as ids:
             try:
                 for job in jobs:
                     if not self.reserve(ids, job.id):
                         raise JobExists(f"job id {job.id!r} already exists", job.id)
-                    reserved.append(job.id)
                 staged = self._stage(jobs, progress)
             except BaseException as e:
-                _take_back(staged, reserved, ids)
+                # Every id of the batch: release() frees only markers of ours, so one a signal
+                # caught just after its link is freed too, and another creator's never.
+                _take_back(staged, job_ids, ids)
                 if isinstance(e, OSError):
                     raise SpoolError(io_message("cannot enqueue", e)) from None
                 raise
@@ -54,7 +55,7 @@ class Publisher:
                     if announce:
                         announce()
                 except BaseException:
-                    _take_back(staged, reserved, ids)
+                    _take_back(staged, job_ids, ids)
                     raise
                 self._commit(staged, ids)
         return jobs

@@ -108,10 +108,11 @@ class Spool:
         """Delete finished jobs (done or dead) and their output; frees their ids."""
         return self.transitions.purge(state, older_than=older_than)
 
-    def request_stop(self, *, kill_jobs: bool = False) -> None:
-        """Ask every worker of this spool, on every host, to stop after its current job (with
-        `kill_jobs`, at once: the running attempts are killed and count)."""
-        self.owners.request_stop(kill_jobs=kill_jobs)
+    def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
+        """Ask every worker of this spool, on every host, started before `at` (default: now), to
+        stop after its current job (with `kill_jobs`, at once: the running attempts are killed
+        and count)."""
+        self.owners.request_stop(kill_jobs=kill_jobs, at=at)
 
     # ---- reading -------------------------------------------------------------------------
 

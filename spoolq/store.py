@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import stat
 import time
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager
 
 from . import config, fsio, job, layout, liveness
 from .errors import InvalidJob, SpoolError
 from .job import Job
 
 CONFIG_RECHECK = 0.2  # seconds
-RESERVE_BYTES = 64 * 1024
 
 
 class Sequencer:
@@ -59,20 +57,20 @@ class Store:
     def init(self) -> None:
         """Create the layout (idempotent), in a new or empty directory or an existing spool only,
         then check it is safe to use."""
+        self.check_safe()  # what is there already, before anything is created in it
         self._refuse_foreign_root()
         try:
             os.makedirs(os.path.dirname(self.root) or ".", exist_ok=True)
             self.make_dir(self.root)
-            self.check_safe(self.root)  # before anything is created inside it
             for name in layout.STATE_DIRS + layout.OTHER_DIRS:
                 self.make_dir(self.layout.dir(name))
         except OSError as e:
             raise SpoolError(f"cannot create spool at {self.root}: {e.strerror}") from None
         self.check_safe()
-        self.keep_reserve()
 
     def open_existing(self) -> None:
         """For the commands that do not create a spool: it must be there, and safe to use."""
+        self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
         if not self.is_spool():
             raise SpoolError(f"no spool at {self.root}")
         self.check_safe()
@@ -214,42 +212,10 @@ class Store:
             self._creator = layout.Creator(layout.host_name(), pid, liveness.start_token(pid), liveness.boot_id())
         return self._creator._replace(owner=owner) if owner else self._creator
 
-    @contextmanager
-    def locked(self, name: str) -> Iterator[None]:
-        """Hold the named spool lock (see config.locked), its marker of the spool's mode. On a
-        full disk, where the lock's holder record cannot be written, the reserve is given up to
-        make room: purge, the way to free space, must work then most of all."""
-        lock = config.locked(self.layout, name, mode=self.modes.file)
-        try:
-            lock.__enter__()
-        except OSError as e:
-            if not fsio.is_disk_full(e) or not self._give_up_reserve():
-                raise
-            lock = config.locked(self.layout, name, mode=self.modes.file)
-            lock.__enter__()
-        try:
-            yield
-        finally:
-            lock.__exit__(None, None, None)
-            self.keep_reserve()
-
-    def keep_reserve(self) -> None:
-        """Keep RESERVE_BYTES of the disk in locks/.reserve (best effort), to give up when the
-        disk is full so that a lock can still be taken and a job file rewritten."""
-        path = self.layout.reserve
-        if os.path.lexists(path):
-            return
-        try:
-            self.write_file(path, bytes(RESERVE_BYTES), durable=False)
-        except OSError:
-            pass  # no room for it now: the next locked operation tries again
-
-    def _give_up_reserve(self) -> bool:
-        try:
-            os.unlink(self.layout.reserve)
-        except FileNotFoundError:
-            return False
-        return True
+    def locked(self, name: str) -> ContextManager[None]:
+        """Hold the named spool lock (locks.py: it needs no free block, so purge, the way to
+        free space, takes it on a full disk too)."""
+        return config.locked(self.layout, name)
 
     # ---- clocks, ids, order --------------------------------------------------------------
 

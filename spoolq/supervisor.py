@@ -9,9 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import fsio
+from . import fsio, liveness
 from .errors import SpoolError
-from .owners import StopMark
 from .spool import Spool
 from .worker import EXIT_SIGNALLED, KILL_AFTER_SIGNALS, Worker, stderr_log
 
@@ -26,7 +25,7 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = stderr_log, stop_mark: StopMark | None | bool = False):
+                 log: Callable[[str], None] = stderr_log, since: float | None = None):
         self.spool = spool
         self.count = count
         self.burst = burst
@@ -35,9 +34,9 @@ class Supervisor:
         self.stopping = False
         self.signals = 0
         self.token = ""
-        # The stop file as it was when `worker start` began (False: read it now): a `worker
-        # stop` from then on stops these workers, even one that comes before they registered.
-        self.stop_mark = spool.owners.stop_mark() if stop_mark is False else stop_mark
+        # When `worker start` began: a `worker stop` from then on stops these workers, even one
+        # that comes before they registered (`worker start --detach & worker stop`).
+        self.since = since if since is not None else liveness.started_at(os.getpid()) or time.time()
         self._quick_deaths = 0
 
     def log(self, message: str) -> None:
@@ -102,7 +101,7 @@ class Supervisor:
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
-                                stop_mark=self.stop_mark)
+                                since=self.since)
                 worker.install_signal_handlers()
                 code = worker.run()
             except BaseException as e:  # a worker must never take its supervisor's code path
@@ -148,7 +147,7 @@ class Supervisor:
         self._spawn()
 
     def _stop_wanted(self) -> bool:
-        return self.stopping or self.spool.owners.stop_requested(self.stop_mark) is not None  # type: ignore[arg-type]
+        return self.stopping or self.spool.owners.stop_requested(self.since) is not None
 
     def _pace(self, child: Child) -> None:
         """Workers that die young are restarted with a growing delay, so a crash loop cannot spin."""
@@ -179,7 +178,7 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def detach(spool: Spool, count: int, *, burst: bool, stop_mark: StopMark | None) -> int:
+def detach(spool: Spool, count: int, *, burst: bool, since: float | None) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -212,6 +211,6 @@ def detach(spool: Spool, count: int, *, burst: bool, stop_mark: StopMark | None)
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
-        code = Supervisor(spool, count, burst=burst, stop_mark=stop_mark).run()
+        code = Supervisor(spool, count, burst=burst, since=since).run()
     finally:
         os._exit(code)

@@ -33,10 +33,11 @@ import dataclasses
 import enum
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 from . import dropins, fsio, layout, retry
-from .errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable
+from .errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable, SpoolError
 from .job import Job
 from .ids import Reservations
 from .owners import Owners
@@ -284,26 +285,50 @@ class Transitions:
         if state not in ("done", "dead"):
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
-        directory = self.layout.dir(state)
         count = 0
-        with self.store.locked("dlq"):
-            for entry in fsio.listdir(directory):
+        with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
+                Reservations(self.store) as ids:
+            finished = dirs[state]
+            for entry in finished.names():
                 if not layout.is_json_entry(entry):
                     continue
-                path = os.path.join(directory, entry)
                 try:
-                    if now - finished_at(os.lstat(path)) < older_than:
+                    if now - finished_at(finished.lstat(entry)) < older_than:
                         continue
                 except FileNotFoundError:
                     continue
-                self._delete_finished(path, layout.stem(entry))
+                self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
         return count
 
-    def _delete_finished(self, path: str, job_id: str) -> None:
-        fsio.unlink_quietly(path)
-        fsio.unlink_quietly(self.layout.output(job_id))
+    @contextmanager
+    def _opened(self, *names: str) -> Iterator[dict[str, fsio.Directory]]:
+        """Layout directories to delete in, opened without following a symlink."""
+        opened: dict[str, fsio.Directory] = {}
+        try:
+            for name in names:
+                try:
+                    opened[name] = fsio.Directory(self.layout.dir(name))
+                except OSError as e:
+                    raise SpoolError(f"refusing to use {self.layout.dir(name)}: {e.strerror} "
+                                     "(a spool directory must be a real directory)") from None
+            yield opened
+        finally:
+            for directory in opened.values():
+                directory.__exit__()
+
+    def _delete_finished(self, dirs: dict[str, fsio.Directory], ids: Reservations, state: str,
+                         job_id: str) -> None:
+        """The job file, its output, its reason record or id marker: the marker made ours first,
+        so that a crash half-way leaves an id that is freed at once, not one blocked for good."""
+        if not layout.is_quarantine_id(job_id):
+            try:
+                ids.retag(job_id)
+            except FileNotFoundError:
+                pass  # no marker (fsck would have said): nothing to hand over
+        dirs[state].unlink_quietly(layout.job_file(job_id))
+        dirs["output"].unlink_quietly(f"{job_id}.log")
         if layout.is_quarantine_id(job_id):
-            fsio.unlink_quietly(self.layout.reason_file(job_id))
+            dirs["quarantine"].unlink_quietly(layout.job_file(job_id))
         else:
-            fsio.unlink_quietly(self.layout.id_marker(job_id))
+            dirs["ids"].unlink_quietly(job_id)

@@ -12,7 +12,6 @@ from typing import Callable
 from . import fsio, job, layout, liveness, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
-from .owners import StopMark
 from .spool import Spool
 from .transitions import Adopted, Claimed
 
@@ -71,12 +70,12 @@ class Heartbeat:
         return time.monotonic() - self._last_ok < lease / 2
 
     def _loop(self) -> None:
-        next_beat = time.monotonic()
-        while not self._stop.wait(max(0.0, min(0.25, next_beat - time.monotonic()))):
-            if time.monotonic() < next_beat:
-                continue  # checked 4 times a second: a shorter lease set meanwhile applies at once
+        last_beat = time.monotonic()
+        while not self._stop.wait(0.25):  # 4 looks a second: a shorter lease set meanwhile applies at once
             try:
-                interval = self.spool.owners.heartbeat_interval()
+                if time.monotonic() - last_beat < self.spool.owners.heartbeat_interval():
+                    continue
+                last_beat = time.monotonic()
                 if not self.spool.owners.heartbeat(self.owner):
                     self.lost = True
                 self._last_ok = time.monotonic()
@@ -84,22 +83,20 @@ class Heartbeat:
                     self.log(f"heartbeat works again (it failed: {self._failing})")
                     self._failing = None
             except Exception as e:  # never let the thread die: a dead heartbeat means a lost lease
-                interval = 1.0
                 if self._failing is None:
                     self.log(f"heartbeat failed: {type(e).__name__}: {e}; trying again, not claiming meanwhile")
                 self._failing = f"{type(e).__name__}: {e}"
-            next_beat = time.monotonic() + interval
 
 
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None, stop_mark: StopMark | None | bool = False):
+                 supervisor: int | None = None, since: float | None = None):
         self.spool = spool
         self.burst = burst
         self._log = log
         self.supervisor = supervisor
-        # The stop file as it was before this worker's command started (False: read it at start).
-        self.stop_mark = stop_mark
+        # When this worker's command began: a stop request from then on is for it.
+        self.since = since if since is not None else liveness.started_at(os.getpid()) or time.time()
         self.stopping = False
         self.signals = 0  # stop signals received
         self.owner = ""
@@ -141,8 +138,6 @@ class Worker:
     def run(self) -> int:
         """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit
         status: 0, or EXIT_SIGNALLED when a signal to this worker stopped it."""
-        if self.stop_mark is False:
-            self.stop_mark = self.spool.owners.stop_mark()
         self._register()
         layout = self.spool.layout
         self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
@@ -178,10 +173,10 @@ class Worker:
                      f"rescanning every {self.spool.config.poll_interval:g}s")
 
     def _stop_requested(self) -> bool:
-        mark = self.spool.owners.stop_requested(self.stop_mark)  # type: ignore[arg-type]
-        if mark is not None:
-            self.log("stop requested")
-        return mark is not None
+        if self.spool.owners.stop_requested(self.since) is None:
+            return False
+        self.log("stop requested")
+        return True
 
     def _abort_reason(self) -> str | None:
         """Asked while a job runs: why to kill it now, if there is a reason."""
@@ -189,7 +184,8 @@ class Worker:
             return "aborted: this worker lost the job"
         if self.signals >= KILL_AFTER_SIGNALS:
             return f"killed: its worker was stopped by {self.signals} signals"
-        if self.spool.owners.stop_requested(self.stop_mark) and self.spool.owners.stop_kills_jobs():  # type: ignore[arg-type]
+        request = self.spool.owners.stop_requested(self.since)
+        if request is not None and request.kill_jobs:
             return "killed: `worker stop --now`"
         return None
 

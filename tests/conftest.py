@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -154,3 +155,50 @@ def env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def dead_pid() -> int:
+    """A pid that just exited (and was reaped): a crashed owner's."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def backdate(path: str, seconds: float = 7200) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A few MB tmpfs to fill; skipped (saying why) where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True,
+                           text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip(f"full-disk tests need a small tmpfs; cannot run mount: {e}")
+    if r.returncode != 0:
+        pytest.skip("full-disk tests need a small tmpfs, and mounting one is not allowed here "
+                    f"(needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
+    yield str(mnt)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(directory: str) -> str:
+    """Fill the file system holding `directory` to the last byte; returns the filler's path."""
+    path = os.path.join(directory, "filler")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 20, 65536, 4096, 512, 1):
+            chunk = b"\0" * size
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
+    return path

@@ -14,20 +14,21 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 RANK = {
     "errors": 0, "job": 1, "layout": 2,
     "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3,
-    "config": 4, "output": 4,
-    "store": 5,
-    "quarantine": 6, "dropins": 6, "owners": 6, "ids": 6,
-    "views": 7,
-    "publish": 8,
-    "transitions": 9,
-    "recovery": 10,
-    "spool": 11,
-    "fsck.report": 12, "fsck.jobs": 13, "fsck.housekeeping": 14, "fsck": 15,
-    "worker": 12, "supervisor": 13,
-    "cli.base": 16, "cli.enqueue": 17, "cli.reading": 17, "cli.workers": 17, "cli.admin": 17,
-    "cli": 18, "__main__": 19, "__init__": 19,
+    "locks": 4, "output": 4,
+    "config": 5,
+    "store": 6,
+    "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7,
+    "views": 8,
+    "publish": 9,
+    "transitions": 10,
+    "recovery": 11,
+    "spool": 12,
+    "fsck.report": 13, "fsck.jobs": 14, "fsck.housekeeping": 15, "fsck": 16,
+    "worker": 13, "supervisor": 14,
+    "cli.base": 17, "cli.enqueue": 18, "cli.reading": 18, "cli.workers": 18, "cli.admin": 18,
+    "cli": 19, "__main__": 20, "__init__": 20,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "filelock": "config"}
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 
 

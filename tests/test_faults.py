@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import SPOOLQ, wait_for
+from conftest import SPOOLQ, backdate, dead_pid, fill, wait_for
 from spoolq import Spool, fsck, job as job_mod, layout as L, liveness
 from spoolq.worker import Worker
 
@@ -24,13 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def settled(spool: Spool) -> bool:
     c = spool.counts()
     return c.pending + c.scheduled + c.processing == 0
-
-
-def dead_pid() -> int:
-    """A pid that just exited (and was reaped): a crashed owner's."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def fake_owner(spool: Spool, *, alive: bool) -> str:
@@ -43,11 +35,6 @@ def fake_owner(spool: Spool, *, alive: bool) -> str:
         json.dump(record, f)
     os.mkdir(spool.layout.owned(owner), 0o700)
     return owner
-
-
-def backdate(path: str, seconds: float = 7200) -> None:
-    t = time.time() - seconds
-    os.utime(path, (t, t), follow_symlinks=False)
 
 
 def quarantine_records(spool: Spool) -> dict[str, dict]:
@@ -132,39 +119,7 @@ def test_supervisor_stop_while_pacing_a_crash_loop_exits(spool_dir, spool):
 # ---- full disk -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A few MB tmpfs to fill; skipped (saying why) where mounting is not allowed."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True,
-                           text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"full-disk tests need a small tmpfs; cannot run mount: {e}")
-    if r.returncode != 0:
-        pytest.skip("full-disk tests need a small tmpfs, and mounting one is not allowed here "
-                    f"(needs root or CAP_SYS_ADMIN): {r.stderr.strip()}")
-    yield str(mnt)
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
-
-def fill(directory: str) -> str:
-    """Fill the file system holding `directory` to the last byte; returns the filler's path."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (1 << 20, 65536, 4096, 512, 1):
-            chunk = b"\0" * size
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC
-                    break
-    finally:
-        os.close(fd)
-    return path
 
 
 def test_enqueue_on_a_full_disk_fails_cleanly_and_recovers(small_fs):

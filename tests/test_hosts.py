@@ -372,7 +372,7 @@ def test_config_lock_excludes_across_hosts(rig, tmp_path):
         "while not os.path.exists(sys.argv[2] + '.go'):\n"  # start together: contention is the point
         "    time.sleep(0.002)\n"
         "for _ in range(int(sys.argv[3])):\n"
-        "    with config.locked(lay, 'rig-test', mode=0o600):\n"
+        "    with config.locked(lay, 'rig-test'):\n"
         "        n = int(open(sys.argv[2]).read())\n"
         "        tmp = sys.argv[2] + '.' + str(os.getpid())\n"
         "        open(tmp, 'w').write(str(n + 1))\n"

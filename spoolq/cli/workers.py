@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 import click
 
 from ..job import iso
-from ..liveness import alive
+from ..liveness import alive, started_at
 from .base import CliError, Context, emit_json, json_option, main, pass_ctx
 
 
@@ -27,10 +28,10 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
     from .. import supervisor
 
     spool = c.create()
-    mark = spool.owners.stop_mark()  # first: a `worker stop` from now on stops these workers
+    since = started_at(os.getpid()) or time.time()  # a `worker stop` from then on stops these workers
     if not detach:
-        sys.exit(supervisor.Supervisor(spool, count, burst=burst, stop_mark=mark).run())
-    pid = supervisor.detach(spool, count, burst=burst, stop_mark=mark)
+        sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since).run())
+    pid = supervisor.detach(spool, count, burst=burst, since=since)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
@@ -42,7 +43,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
             if burst:
                 click.echo(f"supervisor pid {pid} already finished (burst)")
                 return
-            if spool.owners.stop_requested(mark):
+            if spool.owners.stop_requested(since):
                 click.echo(f"supervisor pid {pid} stopped at once: a worker stop came while it started")
                 return
             raise CliError(f"the workers did not start; see {spool.worker_log()}")
@@ -59,7 +60,7 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
     """Ask every worker of this spool, on every host, to finish its current job and exit."""
     spool = c.spool
     before = spool.workers(role="worker")
-    spool.request_stop(kill_jobs=now)
+    spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked
     if not before:
         click.echo("no workers running (a stop request was left for any that are starting)")
         return

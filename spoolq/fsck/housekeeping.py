@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, store
+from .. import fsio, layout, locks, store
 from ..errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
@@ -100,30 +100,12 @@ class HousekeepingChecks:
 
     def check_locks(self) -> None:
         r = self.r
-        judge = self.spool.owners.judge()
-        for entry in sorted(fsio.listdir(self.layout.dir("locks"))):
-            path = os.path.join(self.layout.dir("locks"), entry)
-            try:
-                st = os.lstat(path)
-                data, st = fsio.read_regular(path, 1024)
-            except FileNotFoundError:
+        for entry, path, st in r.entries(self.layout.dir("locks")):
+            if entry.startswith("."):
+                continue  # a breaker's aside name: its own to remove
+            why = self._why_stale_lock(path, st)
+            if why is None:
                 continue
-            except (OSError, ValueError) as e:
-                if r.is_stale(st):
-                    p = r.report("stale-lock", path, f"lock marker {e}")
-                    r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
-                continue
-            holder = _lock_holder(data)
-            if holder is None:
-                # No record: a holder between creating and writing it, or one that crashed there.
-                if not r.is_stale(st):
-                    continue
-                why = "lock marker without a holder record"
-            else:
-                pid, host = holder
-                if judge.why_lock_holder_gone(host, pid) is None:
-                    continue  # alive, or on another host, which cannot be probed from here
-                why = f"lock holder pid {pid} on {host} is gone"
             p = r.report("stale-lock", path, why)
 
             def unlock(path: str = path, ino: int = st.st_ino) -> str:
@@ -133,6 +115,27 @@ class HousekeepingChecks:
                 return "removed it"
 
             r.repair_with(p, unlock)
+
+    def _why_stale_lock(self, path: str, st: os.stat_result) -> str | None:
+        """A lock (a symlink naming its holder, see locks.py) whose holder is gone; or, from
+        spoolq 0.1, a marker file whose "<pid>\\n<host>\\n" record names a dead process, or whose
+        record is missing (judged by its age: a holder may be between creating and writing it)."""
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                return locks.why_holder_gone(os.readlink(path))
+            except OSError:
+                return None
+        try:
+            data, _ = fsio.read_regular(path, 1024)
+        except (OSError, ValueError) as e:
+            return f"lock marker {e}" if self.r.is_stale(st) else None
+        holder = _lock_holder(data)
+        if holder is None:
+            return "lock marker without a holder record" if self.r.is_stale(st) else None
+        pid, host = holder
+        if self.spool.owners.judge().why_lock_holder_gone(host, pid) is None:
+            return None  # alive, or on another host, which cannot be probed from here
+        return f"lock holder pid {pid} on {host} is gone"
 
     def check_modes(self) -> None:
         r = self.r
@@ -178,7 +181,7 @@ class HousekeepingChecks:
 
 
 def _lock_holder(data: bytes) -> tuple[int, str] | None:
-    """filelock's SoftFileLock record: "<pid>\\n<host>\\n[<start token>\\n]"."""
+    """The record of a lock marker file of spoolq 0.1: "<pid>\\n<host>\\n[<start token>\\n]"."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

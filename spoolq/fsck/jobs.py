@@ -185,6 +185,12 @@ class JobChecks:
             r.repair_with(p, lambda job_id=job_id: self._make_marker(job_id), "created it")
         for name in sorted(markers - set(r.census) - r.accounted):
             path = os.path.join(ids_dir, name)
+            if name.startswith("."):
+                if layout.is_temp_name(name):
+                    st = os.lstat(path) if os.path.lexists(path) else None
+                    if st is not None:
+                        stale_temp(r, path, st)
+                continue
             try:
                 st = os.lstat(path)
             except FileNotFoundError:

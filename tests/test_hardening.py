@@ -1,0 +1,651 @@
+"""What an adversarial review broke, and its neighbours: nobody let in, nothing lost, each job once,
+no tracebacks. Each test names the review item (see the README's Reliability section) it pins."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import SPOOLQ, Workers, backdate, fill, spoolq, wait_for
+from spoolq import Spool, fsck, fsio, layout as L
+from spoolq.ids import creator_of
+from spoolq.job import parse_time
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+STRANGER = 12345
+
+
+def cli(spool_dir: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return spoolq(spool_dir, *args, **kw)
+
+
+def entries(root: str) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), root) for d, ds, fs in os.walk(root) for n in ds + fs}
+
+
+# ---- 1. nobody let in: a spool another user could write into is refused -----------------------
+
+
+def _world_writable_root(root: str) -> str:
+    os.makedirs(root)
+    os.chmod(root, 0o777)
+    return root
+
+
+def _world_writable_pending(root: str) -> str:
+    os.makedirs(os.path.join(root, "pending"))
+    os.chmod(root, 0o700)
+    os.chmod(os.path.join(root, "pending"), 0o777)
+    return os.path.join(root, "pending")
+
+
+def _group_writable_pending(root: str) -> str:
+    Spool(root)
+    os.chmod(os.path.join(root, "pending"), 0o770)
+    return os.path.join(root, "pending")
+
+
+def _strangers_pending(root: str) -> str:
+    Spool(root)
+    os.chown(os.path.join(root, "pending"), STRANGER, STRANGER)
+    return os.path.join(root, "pending")
+
+
+def _strangers_root(root: str) -> str:
+    os.makedirs(root, 0o700)
+    os.chown(root, STRANGER, STRANGER)
+    return root
+
+
+def _symlinked_done(root: str) -> str:
+    Spool(root)
+    os.rmdir(os.path.join(root, "done"))
+    os.makedirs(root + "-elsewhere")
+    os.symlink(root + "-elsewhere", os.path.join(root, "done"))
+    return os.path.join(root, "done")
+
+
+UNSAFE = [
+    ("world-writable-root", _world_writable_root, "anyone can write into it", False),
+    ("world-writable-pending", _world_writable_pending, "anyone can write into it", False),
+    ("group-writable-pending", _group_writable_pending, "its group can write into it", False),
+    ("strangers-pending", _strangers_pending, f"belongs to uid {STRANGER}", True),
+    ("strangers-root", _strangers_root, f"belongs to uid {STRANGER}", True),
+    ("symlinked-done", _symlinked_done, "symbolic link", False),
+]
+
+
+@pytest.mark.parametrize("case,make,why,needs_root", UNSAFE, ids=[c[0] for c in UNSAFE])
+@pytest.mark.parametrize("command", [("enqueue", "--cmd", "true"), ("status",), ("worker", "start", "--burst"),
+                                     ("init",), ("purge",)])
+def test_a_spool_another_user_could_write_into_is_refused(tmp_path, case, make, why, needs_root, command):
+    if needs_root and os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another uid")
+    root = str(tmp_path / "jobs")
+    bad = make(root)
+    before = entries(root)
+    r = cli(root, *command)
+    assert r.returncode == 1, r
+    message = r.stderr.strip()
+    assert message.count("\n") == 0 and "Traceback" not in message, message
+    assert f"refusing to use {bad}: " in message and why in message, message
+    assert "owner uid" in message and "mode" in message, message
+    assert entries(root) == before  # nothing created, nothing run
+
+
+def test_the_review_attack_a_pre_made_world_writable_spool_never_runs_a_strangers_job(tmp_path):
+    """Another user makes jobs/ and jobs/pending/ mode 0777 and drops a job; root's worker must
+    not run it (before, it ran as root)."""
+    root = tmp_path / "jobs"
+    _world_writable_pending(str(root))
+    os.chmod(root, 0o777)
+    proof = tmp_path / "ran"
+    (root / "pending" / "evil.json").write_text(json.dumps({"command": f"touch {proof}"}))
+    r = cli(str(root), "worker", "start", "--burst")
+    assert r.returncode == 1 and "refusing to use" in r.stderr
+    assert not proof.exists()
+
+
+def test_group_access_admits_a_group_writable_spool(tmp_path):
+    root = str(tmp_path / "shared")
+    Spool(root).set_config("group_access", True)
+    os.chmod(os.path.join(root, "pending"), 0o2770)
+    assert cli(root, "enqueue", "--cmd", "true").returncode == 0
+
+
+def test_fsck_reports_owners_and_modes_not_only_modes(tmp_path):
+    root = str(tmp_path / "s")
+    _symlinked_done(root)
+    problems = fsck.check(Spool(root, create=False))
+    assert [(p.kind, os.path.basename(p.path)) for p in problems] == [("unsafe-dir", "done")]
+    assert "symbolic link" in problems[0].detail
+
+
+@ROOT_ONLY
+def test_fsck_reports_a_file_of_another_user(spool):
+    job = spool.enqueue({"command": "true"})
+    path = os.path.join(spool.layout.pending, L.pending_name_of(job))
+    os.chown(path, STRANGER, STRANGER)
+    kinds = {(p.kind, os.path.basename(p.path)) for p in fsck.check(spool)}
+    assert ("ownership", L.pending_name_of(job)) in kinds
+
+
+# ---- 2. symlinked state directories are never followed ----------------------------------------
+
+
+def test_purge_never_follows_a_symlinked_done(spool, tmp_path):
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep.json").write_text("{}")
+    os.rmdir(spool.layout.done)
+    os.symlink(elsewhere, spool.layout.done)
+    assert cli(spool.root, "purge").returncode == 1
+    with pytest.raises(Exception, match="refusing to use"):
+        spool.purge("done")  # the API refuses too, even without the check at open
+    assert (elsewhere / "keep.json").exists()
+
+
+# ---- 3. every file spoolq creates gets the spool's mode; strays in pending/ stay inert ---------
+
+
+def test_with_group_access_every_created_file_has_the_spools_mode(spool, workers):
+    spool.set_config("group_access", True)
+    old = os.umask(0o022)
+    try:
+        with spool.store.locked("dlq"):  # a lock is a symlink naming its holder: no mode to get wrong
+            assert os.readlink(spool.layout.lock("dlq")).startswith(f"{os.getpid()}.")
+        job = spool.enqueue({"id": "x", "command": "true"}).id
+        w = workers(1)
+        wait_for(lambda: spool.find(job).state == "done", 10, "the job")
+        w.stop()
+    finally:
+        os.umask(old)
+    made = [spool.layout.id_marker("x"), spool.output_path("x"), os.path.join(spool.layout.done, "x.json"),
+            spool.layout.config] + [os.path.join(spool.layout.dir("log"), n) for n in os.listdir(spool.layout.dir("log"))]
+    assert {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in made} == dict.fromkeys(made, oct(0o660))
+
+
+def test_a_marker_or_stray_moved_into_pending_never_runs(spool, workers, tmp_path):
+    spool.set_config("drop_grace", 0.2)
+    proof = tmp_path / "ran"
+    spool.enqueue({"id": "victim", "command": f"touch {proof}", "delay": 3600})
+    os.rename(spool.layout.id_marker("victim"), os.path.join(spool.layout.pending, "victim.json"))
+    with open(os.path.join(spool.layout.pending, "stray"), "w") as f:  # not *.json: left alone
+        f.write(json.dumps({"command": f"touch {proof}"}))
+    w = workers(1)
+    wait_for(lambda: "victim.json" not in os.listdir(spool.layout.pending), 10, "the moved marker to be dealt with")
+    w.stop()
+    assert not proof.exists()
+    assert "stray" in os.listdir(spool.layout.pending)
+
+
+# ---- 4. repairs and mode changes touch only what spoolq created -------------------------------
+
+
+def test_group_access_does_not_chmod_the_users_own_files(spool):
+    mine = [os.path.join(spool.root, "NOTES.txt"), os.path.join(spool.layout.pending, "notes.txt"),
+            os.path.join(spool.layout.tmp, "scratch")]
+    for path in mine:
+        with open(path, "w") as f:
+            f.write("mine")
+        os.chmod(path, 0o600)
+    spool.set_config("group_access", True)
+    assert [stat.S_IMODE(os.stat(p).st_mode) for p in mine] == [0o600] * 3
+    assert stat.S_IMODE(os.stat(spool.layout.pending).st_mode) == 0o2770
+
+
+def test_fsck_repair_leaves_a_users_old_file_in_tmp_alone(spool):
+    path = os.path.join(spool.layout.tmp, "users-notes")
+    with open(path, "w") as f:
+        f.write("mine")
+    os.chmod(path, 0o644)
+    backdate(path)
+    problems = fsck.check(spool, repair=True)
+    assert [(p.kind, p.repaired) for p in problems] == [("stray-entry", False)]
+    assert os.path.exists(path) and stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_a_non_empty_directory_that_is_not_a_spool_is_never_filled(tmp_path):
+    """`--spool /` would have scattered ten directories into /; a directory with anything in it
+    (here: a home directory's worth) is refused the same way."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text("")
+    (home / "work").mkdir()
+    for command in (("init",), ("enqueue", "--cmd", "true"), ("worker", "start", "--burst")):
+        r = cli(str(home), *command)
+        assert r.returncode == 1 and "is not empty and not a spool" in r.stderr, r
+    assert sorted(os.listdir(home)) == [".bashrc", "work"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".gitkeep").write_text("")  # the embedded spool/ of a checkout
+    assert cli(str(tmp_path / "empty"), "init").returncode == 0
+
+
+# ---- 6. a killed enqueue leaves nothing behind that blocks a re-run ---------------------------
+
+
+def _batch(tmp_path, n: int) -> str:
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps({"id": f"b{i}", "command": "true"}) + "\n" for i in range(n)))
+    return str(path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signalled_batch_unwinds_and_can_run_again(spool, tmp_path, signum):
+    batch = _batch(tmp_path, 20_000)
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "enqueue", "--batch", batch],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: len(os.listdir(spool.layout.dir("ids"))) > 1000 or proc.poll() is not None, 30,
+             "the batch to be under way")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the batch finished before the signal came")
+    assert proc.returncode == 128 + signum, err
+    assert b"Traceback" not in err
+    assert os.listdir(spool.layout.pending) == [] and os.listdir(spool.layout.dir("ids")) == []
+    assert os.listdir(spool.layout.tmp) == []
+    assert cli(spool.root, "enqueue", "--batch", batch).returncode == 0
+
+
+def test_fsck_sees_what_a_sigkilled_batch_left_at_once_and_repair_frees_it(spool, tmp_path):
+    batch = _batch(tmp_path, 20_000)
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "enqueue", "--batch", batch],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(os.listdir(spool.layout.dir("ids"))) > 1000 or proc.poll() is not None, 30,
+             "the batch to be under way")
+    proc.kill()
+    proc.wait()
+    if not os.listdir(spool.layout.dir("ids")) or os.listdir(spool.layout.pending):
+        pytest.skip("the kill did not land between the reservations and the renames")
+    marker = sorted(os.listdir(spool.layout.dir("ids")))[0]
+    assert creator_of(spool.store, marker).pid == proc.pid  # the marker names its creator
+    problems = fsck.check(spool)  # no waiting for an hour: the creator is gone
+    kinds = {p.kind for p in problems}
+    assert kinds <= {"orphan-marker", "stale-temp"} and "orphan-marker" in kinds
+    fsck.check(spool, repair=True)
+    assert fsck.check(spool) == []
+    assert cli(spool.root, "enqueue", "--batch", batch).returncode == 0
+
+
+def test_a_new_enqueue_takes_over_an_id_its_dead_creator_never_published(spool):
+    _dead_reservation(spool, "nightly")
+    assert cli(spool.root, "enqueue", "--id", "nightly", "--cmd", "true").returncode == 0
+    assert spool.find("nightly").state == "pending"
+    r = cli(spool.root, "enqueue", "--id", "nightly", "--cmd", "true")  # now a job has it
+    assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def _dead_reservation(spool: Spool, job_id: str) -> None:
+    """An id marker whose creator (a process that has exited) never published its job."""
+    from conftest import dead_pid
+    from spoolq.ids import Reservations
+
+    with Reservations(spool.store) as ids:
+        ids.creator = ids.creator._replace(pid=dead_pid(), start=None)
+        assert ids.reserve(job_id)
+
+
+# ---- 7. "finished at" is when the job finished ------------------------------------------------
+
+
+def test_purge_older_than_keeps_a_job_that_finished_a_moment_ago(spool, workers):
+    job = spool.enqueue({"command": "true"})
+    backdate(os.path.join(spool.layout.pending, L.pending_name_of(job)), 7200)  # enqueued long ago
+    workers(1)
+    wait_for(lambda: spool.find(job.id).state == "done", 10, "the job")
+    assert cli(spool.root, "purge", "--older-than", "3600").stdout.strip() == "purged 0 done jobs"
+    assert spool.find(job.id).state == "done"
+    finished = json.loads(cli(spool.root, "show", job.id, "--json").stdout)["updated_at"]
+    assert abs(parse_time(finished, "updated_at") - time.time()) < 60  # show says the same
+
+
+# ---- 8. unbounded input is read in bounded memory ---------------------------------------------
+
+
+def _child_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("args,message", [
+    (("enqueue", "--batch", "-"), "line 1: longer than the limit"),
+    (("enqueue", "--file", "-"), "larger than a job may be"),
+])
+def test_an_endless_input_is_refused_in_bounded_memory(spool_dir, args, message):
+    with open("/dev/zero", "rb") as zero:
+        r = subprocess.run([*SPOOLQ, "--spool", spool_dir, *args], stdin=zero, capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert _child_rss_mb() < 200
+
+
+def test_a_batch_over_its_line_limit_is_refused(cli_in_process, monkeypatch):
+    from spoolq.cli import enqueue as enqueue_cli
+
+    monkeypatch.setattr(enqueue_cli, "MAX_BATCH_LINES", 10)
+    r = cli_in_process("enqueue", "--batch", "-", input='{"command": "true"}\n' * 11)
+    assert r.exit_code == 2 and "over the limit of 10 lines" in r.output
+
+
+@pytest.fixture
+def cli_in_process(cli):
+    return cli
+
+
+# ---- 9. the output cap holds while the job runs -----------------------------------------------
+
+
+def test_the_output_cap_holds_while_the_job_writes(spool, workers):
+    spool.set_config("max_output_bytes", 100_000)
+    job = spool.enqueue({"command": "head -c 50000000 /dev/zero; echo the end"}).id
+    workers(1)
+    biggest = 0
+    while spool.find(job).state != "done":
+        try:
+            biggest = max(biggest, os.path.getsize(spool.output_path(job)))
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    assert biggest <= 100_000 + 1000
+    assert b"the end\n==> attempt finished" in open(spool.output_path(job), "rb").read()
+
+
+def test_nothing_of_a_job_outlives_it_unless_it_asks(spool, workers, tmp_path):
+    late = tmp_path / "late"
+    kept = tmp_path / "kept"
+    first = spool.enqueue({"command": f"(sleep 0.5; touch {late}; echo late) & echo main"}).id
+    second = spool.enqueue({"command": f"(sleep 0.5; touch {kept}) >/dev/null 2>&1 &", "keep_children": True}).id
+    workers(1)
+    wait_for(lambda: spool.find(first).state == spool.find(second).state == "done", 10, "both jobs")
+    wait_for(lambda: kept.exists(), 10, "the kept child to finish its work")
+    assert not late.exists()
+    log = open(spool.output_path(first), "rb").read()
+    assert b"late" not in log and log.rstrip().endswith(b"ok <==")
+
+
+# ---- 10, 11. the heartbeat survives, and a lease never outruns it -----------------------------
+
+
+def test_a_garbage_config_for_a_while_does_not_stop_the_heartbeat(spool, workers):
+    spool.set_config("lease_timeout", 2)
+    job = spool.enqueue({"command": "sleep 4"}).id
+    w = workers(1)
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    (owner,) = [x.owner for x in w.live()]
+    saved = open(spool.layout.config, "rb").read()
+    with open(spool.layout.config, "wb") as f:
+        f.write(b"{garbage")
+    beat = os.stat(spool.layout.worker_file(owner)).st_mtime
+    time.sleep(1.6)
+    fsio.publish(spool.store.temp_path(), saved, spool.layout.config, mode=0o600)
+    wait_for(lambda: os.stat(spool.layout.worker_file(owner)).st_mtime > beat + 1, 5, "heartbeats to go on")
+    wait_for(lambda: spool.find(job).state == "done", 15, "the job")
+    assert spool.find(job).to_dict()["attempts"] == 1
+    log = w.stop()
+    assert "recovered" not in log and "Traceback" not in log
+
+
+def test_a_short_lease_set_on_a_live_spool_runs_each_job_once(spool, workers):
+    assert cli(spool.root, "config", "set", "lease_timeout", "1").returncode == 2  # cannot hold
+    jobs = [spool.enqueue({"command": "sleep 3"}).id for _ in range(2)]
+    w = workers(2)
+    wait_for(lambda: spool.counts().processing == 2, 10, "both jobs to run")
+    assert cli(spool.root, "config", "set", "lease_timeout", "2").returncode == 0
+    owner = w.live()[0].owner
+    beat = os.stat(spool.layout.worker_file(owner)).st_mtime
+    wait_for(lambda: os.stat(spool.layout.worker_file(owner)).st_mtime > beat, 2, "a heartbeat at the new pace")
+    wait_for(lambda: all(spool.find(j).state == "done" for j in jobs), 20, "the jobs")
+    assert [spool.find(j).to_dict()["attempts"] for j in jobs] == [1, 1]
+    assert "recovered" not in w.stop()
+
+
+# ---- 12. enqueue's exit status tells the truth ------------------------------------------------
+
+
+def test_enqueue_with_nowhere_to_print_exits_1_and_queues_nothing(spool):
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([*SPOOLQ, "--spool", spool.root, "enqueue", "--id", "j1", "--cmd", "true"],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert r.returncode == 1 and "nothing was enqueued" in r.stderr, r.stderr
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    r = subprocess.run([*SPOOLQ, "--spool", spool.root, "enqueue", "--id", "j2", "--cmd", "true"],
+                       stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    os.close(write_end)
+    assert r.returncode == 1 and "nothing was enqueued" in r.stderr, r.stderr
+    assert spool.counts().pending == 0 and os.listdir(spool.layout.dir("ids")) == []
+
+
+# ---- 13. lookalike digits ---------------------------------------------------------------------
+
+
+def test_a_name_with_lookalike_digits_is_a_drop_in_and_never_replaces_a_finished_job(spool, workers, tmp_path):
+    done = spool.enqueue({"id": "victim", "command": "echo original"}).id
+    workers(1)
+    wait_for(lambda: spool.find(done).state == "done", 10, "the original")
+    before = open(os.path.join(spool.layout.done, "victim.json"), "rb").read()
+    arabic = str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")
+    name = L.pending_name("victim", 0, 1, None).translate(arabic)
+    assert L.parse_pending(name) is None
+    (tmp_path / "x").write_text(json.dumps({"command": "echo impostor"}))
+    os.rename(tmp_path / "x", os.path.join(spool.layout.pending, name))
+    wait_for(lambda: name not in os.listdir(spool.layout.pending), 10, "the dropped file to be taken")
+    assert open(os.path.join(spool.layout.done, "victim.json"), "rb").read() == before
+
+
+def test_a_copy_of_a_finished_job_under_a_canonical_name_is_quarantined_not_run(spool, workers, tmp_path):
+    job = spool.enqueue({"id": "once", "command": f"echo x >> {tmp_path / 'runs'}"})
+    name = L.pending_name_of(job)
+    copy = open(os.path.join(spool.layout.pending, name), "rb").read()
+    workers(1)
+    wait_for(lambda: spool.find("once").state == "done", 10, "the job")
+    (tmp_path / "c").write_bytes(copy)
+    os.rename(tmp_path / "c", os.path.join(spool.layout.pending, name))
+    wait_for(lambda: name not in os.listdir(spool.layout.pending), 10, "the copy to be taken")
+    assert (tmp_path / "runs").read_text() == "x\n"
+    assert spool.find("once").state == "done"
+
+
+@pytest.mark.parametrize("value", ["٣", "１２", "1٢"])
+def test_run_at_refuses_lookalike_digits(cli, value):
+    r = cli("enqueue", "--run-at", value, "--cmd", "true")
+    assert r.exit_code == 2 and "run_at" in r.output
+
+
+# ---- 14. the worker pool, and stopping it -----------------------------------------------------
+
+
+def test_sigterm_to_one_worker_is_replaced_not_lost(spool_dir, workers):
+    w = workers(2)
+    victim = w.live()[0].pid
+    os.kill(victim, signal.SIGTERM)
+    wait_for(lambda: len(w.live()) == 2 and victim not in [x.pid for x in w.live()], 10, "a new worker")
+    os.kill(w.live()[0].pid, signal.SIGTERM)
+    wait_for(lambda: len(w.live()) == 2, 10, "the pool to stay at 2")
+    assert w.proc.poll() is None
+
+
+def test_a_stop_file_stamped_in_the_same_second_does_not_stop_new_workers(spool_dir, spool):
+    assert cli(spool_dir, "worker", "stop").returncode == 0
+    future = time.time() + 30  # as a 1-second file system would show: not before the registrations
+    os.utime(spool.layout.stop_file, (future, future))
+    r = cli(spool_dir, "worker", "start", "--detach")
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.5)  # several of the workers' loops: none may take the old request for a new one
+    assert len(spool.workers(role="worker")) == 1
+    cli(spool_dir, "worker", "stop", "--wait", "--timeout", "20")
+
+
+def test_a_stop_while_workers_start_stops_them(spool_dir, spool):
+    starting = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--detach", "--count", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cli(spool_dir, "worker", "stop").returncode == 0
+    starting.communicate(timeout=30)
+    wait_for(lambda: not spool.workers(role="worker") and not spool.workers(role="supervisor"), 20,
+             "every worker to stop")
+
+
+def test_the_third_ctrl_c_kills_the_running_job_and_the_attempt_counts(spool_dir, spool):
+    job = spool.enqueue({"command": "sleep 60", "max_retries": 0}).id
+    w = Workers(spool_dir, 1).wait_ready()
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    for _ in range(2):
+        w.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    w.proc.send_signal(signal.SIGINT)
+    log = w.stop(timeout=20)
+    assert w.proc.returncode == 0
+    assert f"still running: job {job}" in log
+    view = spool.find(job)
+    assert view.state == "dead" and "killed" in view.job.last_error and view.to_dict()["attempts"] == 1
+
+
+def test_worker_stop_now_kills_the_running_jobs(spool_dir, spool, workers):
+    job = spool.enqueue({"command": "sleep 60", "max_retries": 0}).id
+    w = workers(1)
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    assert cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "20").returncode == 0
+    assert spool.find(job).state == "dead" and "worker stop --now" in spool.find(job).job.last_error
+    w.stop()
+
+
+# ---- 15, 16. a worker's own directory, and the processes of its jobs ---------------------------
+
+
+def test_a_worker_whose_directory_was_deleted_still_runs_jobs(spool, tmp_path):
+    cwd = tmp_path / "gone"
+    cwd.mkdir()
+    job = spool.enqueue({"command": "true", "cwd": str(tmp_path)}).id
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cwd.rmdir()
+        wait_for(lambda: spool.find(job).state in ("done", "dead"), 15, "the job")
+        assert spool.find(job).state == "done", spool.find(job).job.last_error
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_recovery_kills_the_jobs_group_but_not_a_daemon_it_started(spool, tmp_path):
+    daemon_pid = tmp_path / "daemon"
+    child_pid = tmp_path / "child"
+    job = spool.enqueue({"command": f"setsid sh -c 'echo $$ > {daemon_pid}; exec sleep 60' & "
+                                    f"env -i sh -c 'echo $$ > {child_pid}; exec sleep 60' & wait",
+                         "max_retries": 0}).id
+    w = Workers(spool.root, 1).wait_ready()
+    wait_for(lambda: daemon_pid.exists() and child_pid.exists() and child_pid.read_text(), 10, "both sleeps")
+    daemon, child = int(daemon_pid.read_text()), int(child_pid.read_text())
+    w.kill_all()  # the worker dies with its job running
+    Spool(spool.root).recovery.run(L.owner_token("test", os.getpid()))
+    wait_for(lambda: not _alive(child), 10, "the job's own process (env -i) to be killed")
+    assert _alive(daemon)  # a daemon it started on purpose lives on
+    os.kill(daemon, signal.SIGKILL)
+    assert spool.find(job).state == "dead"
+
+
+def _alive(pid: int) -> bool:
+    from spoolq.liveness import alive
+
+    return alive(pid)
+
+
+# ---- 17. no tracebacks: deep JSON, closed stdin, ill-typed config, a BOM ----------------------
+
+
+DEEP = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("where", ["config.json", "workers/w.json", "quarantine/+q.000000000000.json"])
+def test_deep_json_in_any_spool_file_gives_no_traceback(spool, where):
+    with open(os.path.join(spool.root, where), "wb") as f:
+        f.write(DEEP)
+    if where.startswith("quarantine"):
+        open(os.path.join(spool.layout.dead, "+q.000000000000.json"), "wb").close()
+    for args in (("status",), ("worker", "list"), ("dlq", "list"), ("show", "+q.000000000000"), ("fsck",),
+                 ("list",)):
+        r = cli(spool.root, *args)
+        assert "Traceback" not in r.stderr and r.returncode in (0, 1), (args, r.stderr)
+
+
+def test_one_nesting_limit_for_enqueue_and_the_worker(spool_dir):
+    """980 levels parsed in the CLI's shallow stack, and not in a worker's: one limit for both."""
+    deep = '{"command": "true", "x": ' + "[" * 980 + "]" * 980 + "}"
+    r = cli(spool_dir, "enqueue", deep)
+    assert r.returncode == 2 and "nested too deeply" in r.stderr, r
+
+
+def test_enqueue_from_a_closed_stdin_says_so(spool_dir):
+    r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "enqueue", "--file", "-"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, close_fds=True, timeout=60,
+                       preexec_fn=lambda: os.close(0))
+    assert r.returncode == 2 and "stdin: it is closed" in r.stderr, r.stderr
+
+
+def test_ill_typed_config_values_are_said_not_silently_ignored(spool):
+    fsio.publish(spool.store.temp_path(), json.dumps({"max_retries": "five", "colour": "blue"}).encode(),
+                 spool.layout.config, mode=0o600)
+    r = cli(spool.root, "config", "show")
+    assert r.returncode == 0
+    assert "max_retries" in r.stderr and "'colour' is ignored" in r.stderr
+    kinds = [p.kind for p in fsck.check(Spool(spool.root, create=False))]
+    assert kinds == ["config", "config"]
+
+
+def test_a_json_argument_with_a_bom_is_refused_not_run_as_a_command(cli):
+    r = cli("enqueue", '\ufeff{"command": "true"}')
+    assert r.exit_code == 2 and "BOM" in r.output
+
+
+# ---- 18. purge, worker stop work on a full disk ------------------------------------------------
+
+
+def test_purge_and_worker_stop_work_on_a_full_disk(small_fs):
+    spool = Spool(os.path.join(small_fs, "spool"))
+    for i in range(20):
+        job = spool.enqueue({"id": f"d{i}", "command": "true"})
+        claimed = spool.transitions.claim(L.pending_name_of(job), spool.owners.register("worker"))
+        spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)
+    fill(small_fs)
+    assert cli(spool.root, "worker", "stop").returncode == 0
+    r = cli(spool.root, "purge")
+    assert r.returncode == 0 and r.stdout.strip() == "purged 20 done jobs", r
+
+
+# ---- 19. read-only commands never create a spool; quarantine never replaces -------------------
+
+
+@pytest.mark.parametrize("args", [("status",), ("list",), ("show", "x"), ("wait",), ("logs", "x"),
+                                  ("dlq", "list"), ("worker", "list"), ("worker", "stop"), ("config", "show"),
+                                  ("purge",)])
+def test_read_only_commands_say_there_is_no_spool(tmp_path, args):
+    where = tmp_path / "typo"
+    r = cli(str(where), *args)
+    assert r.returncode == 1 and r.stderr.strip() == f"Error: no spool at {where}", r.stderr
+    assert not where.exists()
+
+
+def test_a_quarantine_never_replaces_an_earlier_one(spool, monkeypatch):
+    qids = iter(["+same.000000000000", "+same.000000000000", "+other.000000000001"])
+    monkeypatch.setattr(L, "quarantine_id", lambda _source: next(qids))
+    for name in ("a.json", "b.json"):
+        with open(os.path.join(spool.layout.pending, name), "w") as f:
+            f.write(name)
+        spool.quarantine.put(os.path.join(spool.layout.pending, name), name, "test", time.time())
+    assert open(spool.quarantine.file("+same.000000000000")).read() == "a.json"
+    assert open(spool.quarantine.file("+other.000000000001")).read() == "b.json"
+
+
+def test_move_no_replace_refuses_to_replace(tmp_path):
+    (tmp_path / "a").write_text("a")
+    (tmp_path / "b").write_text("b")
+    with pytest.raises(FileExistsError):
+        fsio.move_no_replace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b").read_text() == "b" and (tmp_path / "a").exists()
