@@ -42,7 +42,7 @@ def live_workers(spool: Spool, supervisor: int, killed: set[int]) -> list[int]:
 
 
 def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, duration: float,
-          timeout: float, backoff: float, seed: int | None = None) -> dict:
+          timeout: float, backoff: float, seed: int | None = None, dropins: bool = False) -> dict:
     rng = random.Random(seed)
     spool = Spool(spool_dir)
     spool.set_config("backoff_base", backoff)  # recovered jobs count a failed attempt and back off
@@ -52,7 +52,15 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
     command = f'echo "$SPOOLQ_JOB_ID" >> {shlex.quote(runs)}'
     ids = [f"chaos-{n:06d}" for n in range(jobs)]
     t0 = time.monotonic()
-    spool.enqueue_many([{"id": i, "command": command, "max_retries": 25} for i in ids])
+    specs = [{"id": i, "command": command, "max_retries": 25} for i in ids]
+    if dropins:  # the drop-in protocol: the workers adopt them while they are being killed
+        for spec in specs:
+            staged = os.path.join(spool.layout.pending, f".{spec['id']}.json")
+            with open(staged, "w") as f:
+                json.dump(spec, f)
+            os.rename(staged, os.path.join(spool.layout.pending, f"{spec['id']}.json"))
+    else:
+        spool.enqueue_many(specs)
     enqueued = time.monotonic() - t0
 
     log_path = os.path.join(spool.layout.dir("log"), "chaos-supervisor.log")
@@ -132,6 +140,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the queue to drain")
     ap.add_argument("--backoff", type=float, default=0.5, help="the spool's backoff_base (default 0.5)")
     ap.add_argument("--seed", type=int, help="random seed for the choice of victims")
+    ap.add_argument("--dropins", action="store_true", help="drop the jobs in as files instead of enqueueing them")
     ap.add_argument("--spool", help="spool directory (default: a fresh temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary spool for inspection")
     args = ap.parse_args()
@@ -139,7 +148,8 @@ def main() -> int:
     summary = None
     try:
         summary = chaos(spool_dir, jobs=args.jobs, workers=args.workers, kill_interval=args.kill_interval,
-                        duration=args.duration, timeout=args.timeout, backoff=args.backoff, seed=args.seed)
+                        duration=args.duration, timeout=args.timeout, backoff=args.backoff, seed=args.seed,
+                        dropins=args.dropins)
     finally:
         if summary is None or not summary["ok"]:
             print(f"spool kept for inspection: {spool_dir}", file=sys.stderr)

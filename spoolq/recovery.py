@@ -56,8 +56,10 @@ class Recovery:
             return []
         reg = self.owners.registration(owned.holder)
         host = (reg.record.get("host") if reg else None) or "?"
-        self._kill_job_groups(dst_dir, local=reg is not None and self.owners.judge().is_local(
-            reg.record.get("host"), reg.record.get("boot")))
+        local = reg is not None and self.owners.judge().is_local(reg.record.get("host"), reg.record.get("boot"))
+        self._kill_job_groups(dst_dir, local=local)
+        if local:
+            self._remove_temp_files_of(reg.record)
         out = []
         for name in sorted(fsio.listdir(dst_dir)):
             out.extend(self._rescue_file(dst_dir, name, owned.holder, host, self.store.now(now)))
@@ -82,6 +84,15 @@ class Recovery:
                 continue
             if local and pgid.isascii() and pgid.isdigit():
                 liveness.kill_job_group(int(pgid), start or None)
+
+    def _remove_temp_files_of(self, record: dict) -> None:
+        """What the dead owner was writing in tmp/ (a marker's record, a config half-saved):
+        its temp names say who made them, so they go now, not at an fsck an hour later."""
+        made_by = (layout.safe_host(str(record.get("host"))), record.get("pid"), record.get("start"))
+        for name in fsio.listdir(self.layout.tmp):
+            creator = layout.creator_of_temp(name)
+            if creator is not None and (creator.host, creator.pid, creator.start) == made_by:
+                fsio.unlink_quietly(os.path.join(self.layout.tmp, name))
 
     def _rescue_file(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
         path = os.path.join(directory, name)
