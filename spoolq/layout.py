@@ -13,13 +13,17 @@ Directories under the spool root ``S``::
                     quarantined file (bytes exactly as received), with its reason in
                     S/quarantine/<qid>.json
     S/quarantine/   reason records for quarantined files (JSON objects)
-    S/ids/<id>      an empty file per job id in use: ids are unique across all states
+    S/ids/<id>      one per job id in use (ids are unique across all states): a hard link to a
+                    one-line JSON record of its creator, {"host", "pid", "start", "boot",
+                    "owner"} (spoolq 0.1 made empty files: creator unknown)
     S/output/<id>.log   captured stdout+stderr of every attempt, with marker lines
     S/workers/<owner>.json  a live worker's registration; its mtime is its heartbeat
-    S/control/stop  a stop request: any change to it (a new file renamed over it, or new
-                    content) asks every worker started before the change to stop after its
-                    current job; content starting with "now" also kills their running jobs
-    S/tmp/          temp files, invisible to every reader
+    S/control/stop  a stop request, "stop <epoch seconds> <token>": every worker whose
+                    ``worker start`` began no later than that time stops after its current job;
+                    "now ..." also kills their running jobs. A file without a time counts from
+                    its mtime.
+    S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<host>.<hex>.tmp``
+                    names the process that writes it
     S/log/          worker and supervisor logs
     S/locks/        <name>.lock: a symlink whose target names its holder (see locks.py)
     S/config.json   settings (see config.py)
