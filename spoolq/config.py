@@ -21,6 +21,7 @@ class Key:
 
 
 def _number(text: str) -> float:
+    _ascii(text)
     value = float(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(text)
@@ -28,6 +29,7 @@ def _number(text: str) -> float:
 
 
 def _integer(text: str) -> int:
+    _ascii(text)
     return int(text, 10)
 
 
@@ -42,7 +44,14 @@ def _boolean(text: str) -> bool:
 
 def _uid_list(text: str) -> list[int]:
     """'1000 1001', '1000,1001' or what `config get` prints: '[1000, 1001]'."""
+    _ascii(text)
     return [int(part) for part in text.strip().strip("[]").replace(",", " ").split()]
+
+
+def _ascii(text: str) -> None:
+    """int() and float() read other scripts' digits too ('٣' is 3): settings take 0-9 only."""
+    if not text.isascii():
+        raise ValueError(text)
 
 
 KEYS: dict[str, Key] = {

@@ -202,7 +202,8 @@ class Owners:
                 if layout.is_json_entry(e) and not e.startswith(layout.ADOPT_PREFIX)]
         record = reg.record
         known = ("owner", "host", "pid", "role", "started_at")
-        return WorkerInfo(owner=reg.owner, host=str(record.get("host", "?")), pid=int(record.get("pid", 0)),
+        pid = record.get("pid")
+        return WorkerInfo(owner=reg.owner, host=str(record.get("host", "?")), pid=pid if job.is_int(pid) else 0,
                           role=str(record.get("role", "worker")), started_at=record.get("started_at"),
                           heartbeat=reg.heartbeat, job=jobs[0] if jobs else None,
                           extra={k: v for k, v in record.items() if k not in known})

@@ -453,10 +453,28 @@ def test_a_copy_of_a_finished_job_under_a_canonical_name_is_quarantined_not_run(
     assert spool.find("once").state == "done"
 
 
-@pytest.mark.parametrize("value", ["٣", "１２", "1٢"])
-def test_run_at_refuses_lookalike_digits(cli, value):
-    r = cli("enqueue", "--run-at", value, "--cmd", "true")
-    assert r.exit_code == 2 and "run_at" in r.output
+LOOKALIKES = [
+    ("enqueue", "--run-at", "٣", "--cmd", "true"),
+    ("enqueue", "--run-at", "１２", "--cmd", "true"),
+    ("enqueue", "--priority", "٣", "--cmd", "true"),
+    ("enqueue", "--max-retries", "٣", "--cmd", "true"),
+    ("enqueue", "--timeout", "١.٥", "--cmd", "true"),
+    ("enqueue", "--delay", "٣", "--cmd", "true"),
+    ("config", "set", "max_retries", "٣"),
+    ("config", "set", "poll_interval", "٣"),
+    ("config", "set", "trusted_uids", "١٠٠٠"),
+    ("list", "--limit", "٣"),
+    ("worker", "start", "--count", "٢"),
+    ("purge", "--older-than", "٣"),
+]
+
+
+@pytest.mark.parametrize("args", LOOKALIKES, ids=[" ".join(a[:2]) + " " + a[2] for a in LOOKALIKES])
+def test_numbers_in_other_scripts_digits_are_refused(spool, cli, args):
+    """int() and float() read '٣' as 3: every number a user types is refused unless it is 0-9."""
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert spool.counts().pending == 0 and spool.config.max_retries == 3
 
 
 # ---- 14. the worker pool, and stopping it -----------------------------------------------------

@@ -9,7 +9,8 @@ import sys
 import click
 
 from ..config import check_key, parse_value
-from .base import Context, check_ids, warn_about_config, emit_json, json_option, main, one_line, pass_ctx, print_views
+from .base import (Context, Float, check_ids, emit_json, json_option, main, one_line, pass_ctx, print_views,
+                   warn_about_config)
 
 
 @main.group()
@@ -92,7 +93,7 @@ def config_set(c: Context, key: str, value: str) -> None:
 
 @main.command()
 @click.option("--state", type=click.Choice(("done", "dead")), default="done", show_default=True)
-@click.option("--older-than", type=click.FloatRange(0), default=0, help="Only jobs finished S seconds ago.")
+@click.option("--older-than", type=Float(0), default=0, help="Only jobs finished S seconds ago.")
 @pass_ctx
 def purge(c: Context, state: str, older_than: float) -> None:
     """Delete finished jobs and their output, freeing their ids."""
@@ -102,7 +103,7 @@ def purge(c: Context, state: str, older_than: float) -> None:
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
-@click.option("--stale-after", type=click.FloatRange(0), default=3600, show_default=True, metavar="S",
+@click.option("--stale-after", type=Float(0), default=3600, show_default=True, metavar="S",
               help="Temp, lock and marker files older than S seconds count as crash leftovers.")
 @json_option
 @pass_ctx

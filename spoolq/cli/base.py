@@ -26,6 +26,24 @@ class CliError(click.ClickException):
         self.exit_code = exit_code
 
 
+class _AsciiDigits:
+    """A number written with the digits 0-9 only: int() and float() also read other scripts'
+    digits ('٣' is 3), which no one types on purpose into a job queue's options."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.isascii():
+            self.fail(f"{value!r} is not a number written with the digits 0-9", param, ctx)  # type: ignore[attr-defined]
+        return super().convert(value, param, ctx)  # type: ignore[misc]
+
+
+class Int(_AsciiDigits, click.IntRange):
+    """An integer option (within bounds, if given)."""
+
+
+class Float(_AsciiDigits, click.FloatRange):
+    """A number option (within bounds, if given)."""
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP: unwinds like Ctrl+C does (a BaseException, so that no `except
     Exception` swallows it), so that whatever a command was writing is taken back."""

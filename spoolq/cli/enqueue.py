@@ -17,7 +17,7 @@ import click
 from ..errors import InvalidJob, JobExists
 from ..job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
-from .base import CliError, Context, Terminated, json_option, main, pass_ctx
+from .base import CliError, Context, Float, Int, Terminated, json_option, main, pass_ctx
 
 
 MAX_BATCH_LINES = 1_000_000
@@ -90,10 +90,10 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.argument("job", required=False)
 @click.option("--cmd", help="The command to run (a /bin/sh -c string).")
 @click.option("--id", "job_id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")
-@click.option("--max-retries", type=click.IntRange(0, 1000), help="Retries after the first attempt.")
-@click.option("--priority", type=int, help="Higher runs first (default 0).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), help="Seconds before the job is killed.")
-@click.option("--delay", type=click.FloatRange(0), help="Seconds to wait before the job may run.")
+@click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
+@click.option("--priority", type=Int(), help="Higher runs first (default 0).")
+@click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--delay", type=Float(0), help="Seconds to wait before the job may run.")
 @click.option("--run-at", help="When the job may run: ISO 8601 or epoch seconds.")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")

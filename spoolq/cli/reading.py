@@ -12,7 +12,7 @@ import click
 from ..errors import WaitTimeout
 from ..layout import STATES
 from ..spool import Spool
-from .base import CliError, Context, check_ids, emit_json, json_option, main, pass_ctx, print_views
+from .base import CliError, Context, Float, Int, check_ids, emit_json, json_option, main, pass_ctx, print_views
 
 
 @main.command()
@@ -30,7 +30,7 @@ def status(c: Context, as_json: bool) -> None:
 
 @main.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--limit", type=click.IntRange(0), help="At most this many jobs.")
+@click.option("--limit", type=Int(0), help="At most this many jobs.")
 @json_option
 @pass_ctx
 def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
@@ -77,7 +77,7 @@ def logs(c: Context, job_id: str) -> None:
 
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1)
-@click.option("--timeout", type=click.FloatRange(0), help="Give up after S seconds (exit 124).")
+@click.option("--timeout", type=Float(0), help="Give up after S seconds (exit 124).")
 @pass_ctx
 def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is

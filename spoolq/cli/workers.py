@@ -10,7 +10,7 @@ import click
 
 from ..job import iso
 from ..liveness import alive, started_at
-from .base import CliError, Context, emit_json, json_option, main, pass_ctx
+from .base import CliError, Context, Float, Int, emit_json, json_option, main, pass_ctx
 
 
 @main.group()
@@ -19,7 +19,7 @@ def worker() -> None:
 
 
 @worker.command("start")
-@click.option("--count", type=click.IntRange(1, 256), default=1, show_default=True, help="Worker processes.")
+@click.option("--count", type=Int(1, 256), default=1, show_default=True, help="Worker processes.")
 @click.option("--detach", is_flag=True, help="Run in the background; return once the workers are running.")
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @pass_ctx
@@ -53,7 +53,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
 
 @worker.command("stop")
 @click.option("--wait", "wait_", is_flag=True, help="Block until every worker has exited.")
-@click.option("--timeout", type=click.FloatRange(0), help="With --wait: give up after S seconds (exit 124).")
+@click.option("--timeout", type=Float(0), help="With --wait: give up after S seconds (exit 124).")
 @click.option("--now", is_flag=True, help="Kill the running jobs too (their attempts count).")
 @pass_ctx
 def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> None:
