@@ -18,6 +18,7 @@ show() {  # print the command as you would type it, then run it
 step "start from an empty embedded spool ($SPOOLQ_DIR)"
 spoolq worker stop --wait --timeout 30 >/dev/null 2>&1 || true
 find "$SPOOLQ_DIR" -mindepth 1 ! -name .gitkeep -delete
+chmod go-w "$SPOOLQ_DIR"  # a checkout made under umask 002 leaves it group-writable, which spoolq refuses
 show spoolq init
 show spoolq config set max_retries 2
 show spoolq config set backoff_base 2
