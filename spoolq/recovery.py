@@ -72,18 +72,18 @@ class Recovery:
         return out
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
-        """Kill the process groups of the jobs the dead owner ran, as recorded in its directory
-        (.pg-<id> -> "<pgid>.<start>"): exactly the jobs' processes, on the owner's own host only.
-        A process a job moved out of its group on purpose (a daemon) is not touched."""
-        for name in fsio.listdir(directory):
-            if not name.startswith(layout.GROUP_PREFIX):
-                continue
-            try:
-                pgid, _, start = os.readlink(os.path.join(directory, name)).partition(".")
-            except OSError:
-                continue
-            if local and pgid.isascii() and pgid.isdigit():
-                liveness.kill_job_group(int(pgid), start or None)
+        """Kill the process group of the job the dead owner was running, as its .pgroup file
+        records it: exactly the job's processes, on the owner's own host only. A process the job
+        moved out of its group on purpose (a daemon) is not touched."""
+        if not local:
+            return
+        try:
+            with open(os.path.join(directory, layout.GROUP_FILE), "rb") as f:
+                record = layout.parse_group_record(f.read(layout.GROUP_RECORD_SIZE))
+        except OSError:
+            return
+        if record is not None:
+            liveness.kill_job_group(*record)
 
     def _remove_temp_files_of(self, record: dict) -> None:
         """What the dead owner was writing in tmp/ (a marker's record, a config half-saved):

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Callable
 
-from . import fsio, job, layout, liveness, output, runner, watch
+from . import job, layout, liveness, output, runner, watch
 from .errors import LostOwnership
 from .index import PendingIndex
 from .spool import Spool
@@ -32,12 +32,32 @@ EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attempt counts)
 
 
-def _record_group(path: str, pid: int) -> None:
-    """Leave the running job's process group where a rescuer looks, should this worker die."""
-    try:
-        os.symlink(f"{pid}.{liveness.start_token(pid) or ''}", path)
-    except OSError:
-        pass  # best effort: without it, a rescuer cannot kill what this job leaves running
+class GroupRecord:
+    """processing/<owner>/.pgroup: the running job's process group, where a rescuer looks should
+    this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
+    file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
+
+    def __init__(self, path: str | None, mode: int = 0o600):
+        self.fd: int | None = None
+        if path is None:
+            return
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        except OSError:
+            pass  # best effort: without it, a rescuer cannot kill what a job leaves running
+
+    def running(self, pid: int | None) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.pwrite(self.fd, layout.group_record(pid, str(liveness.ticks_now()) if pid else None), 0)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class Heartbeat:
@@ -103,6 +123,7 @@ class Worker:
         self.index = PendingIndex()
         self._wake: watch.Wakeups | None = None
         self.heartbeat = Heartbeat(spool, self.log)
+        self.group = GroupRecord(None)  # opened at registration
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
         self._claiming = True
@@ -147,6 +168,7 @@ class Worker:
             self._loop()
         finally:
             self.heartbeat.stop()
+            self.group.close()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
         self.log("stopped")
@@ -158,6 +180,9 @@ class Worker:
         self.heartbeat = Heartbeat(self.spool, self.log)
         self.owner = self.spool.owners.register("worker", **extra)
         self.heartbeat.start(self.owner)
+        self.group.close()
+        self.group = GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
+                                 self.spool.store.modes.file)
 
     def _announce_wakeups(self) -> None:
         assert self._wake is not None
@@ -344,14 +369,13 @@ class Worker:
         except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
             return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
         outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
-        group = os.path.join(os.path.dirname(claimed.path), layout.GROUP_PREFIX + running.id)
         try:
             outcome = runner.run(running.command, cwd=running.cwd, env=env,
                                  timeout=running.timeout or cfg.job_timeout or None, output=log.write,
                                  should_abort=self._abort_reason, keep_children=running.keep_children,
-                                 on_spawn=lambda pid: _record_group(group, pid))
+                                 on_spawn=self.group.running)
         finally:
-            fsio.unlink_quietly(group)
+            self.group.running(None)
             log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
         return outcome
 
