@@ -24,7 +24,7 @@ RANK = {
     "recovery": 11,
     "spool": 12,
     "fsck.report": 13, "fsck.jobs": 14, "fsck.housekeeping": 15, "fsck": 16,
-    "worker": 13, "supervisor": 14,
+    "heartbeat": 13, "worker": 14, "supervisor": 15,
     "cli.base": 17, "cli.enqueue": 18, "cli.reading": 18, "cli.workers": 18, "cli.admin": 18,
     "cli": 19, "__main__": 20, "__init__": 20,
 }

@@ -126,20 +126,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     spool = c.handle()  # validate first: bad input writes nothing at all
     jobs, line_of = _make_jobs(spool, specs, flags, where)
     c.create()
-    lines = _output_lines(jobs, as_json)
-    announced = []
-
-    def announce() -> None:
-        """Print the ids before the jobs are published: if they cannot be printed (stdout on a
-        full disk, a closed pipe), nothing is published, so the exit status tells the truth."""
-        try:
-            if lines:
-                click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
-            sys.stdout.flush()
-        except OSError as e:
-            raise CliError(f"cannot print the new ids ({e.strerror}); nothing was enqueued", 1) from None
-        announced.append(True)
-
+    announce = _Announcement(_output_lines(jobs, as_json))
     try:
         _publish(spool, jobs, announce)
     except JobExists as e:
@@ -147,10 +134,31 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
             raise
         raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued", 1) from None
     except Terminated:
-        if not announced:
+        if not announce.done:
             raise
         # A signal held while the jobs were published arrives here: they are enqueued, and
         # their ids printed, so this enqueue succeeded.
+
+
+class _Announcement:
+    """Prints the ids before the jobs are published: if they cannot be printed (stdout on a full
+    disk, a closed pipe), nothing is published, so the exit status tells the truth."""
+
+    def __init__(self, lines: list[str]):
+        self.lines = lines
+        self.done = False
+
+    def __call__(self) -> None:
+        try:
+            if self.lines:
+                click.echo("\n".join(self.lines))  # one write: a 100,000-line batch should not pay per line
+            sys.stdout.flush()
+        except OSError as e:
+            # What could not be written must not be tried again at exit (exit status 120): as
+            # Python's documentation advises for a broken pipe, stdout goes to /dev/null.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise CliError(f"cannot print the new ids ({e.strerror}); nothing was enqueued", 1) from None
+        self.done = True
 
 
 def _output_lines(jobs: list, as_json: bool) -> list[str]:
