@@ -58,8 +58,9 @@ it, ``rename`` it to ``<something>.json`` in ``pending/``, fsync ``pending/``.
 A plain ``cp`` works too: a file that does not parse yet is given ``drop_grace``
 seconds since its last change before it is quarantined as malformed.
 
-While a job runs, ``processing/<owner>/.pgroup`` holds ``<pgid> <start time>`` (fixed width,
-rewritten in place; blank between jobs): its process group, which whoever recovers a dead owner
+While a job runs, ``processing/<owner>/.pgroup`` holds ``<pgid> <earliest> <latest>``: its
+leader's pid and the clock ticks its start time lies between (fixed width, rewritten in place;
+blank between jobs): its process group, which whoever recovers a dead owner
 on the same host kills.
 
 Owners: an owner token is ``<host>-<pid>-<random>``. When an owner is found dead,
@@ -96,7 +97,7 @@ QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot star
 # directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
-GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start>" of the job it runs, or blank
+GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
 
 
 @dataclass(frozen=True)
@@ -201,21 +202,22 @@ def tmp_name(creator: Creator | None = None) -> str:
     return f".{tag}.{random_hex(6)}.tmp"
 
 
-def group_record(pgid: int | None = None, start: str | None = None) -> bytes:
-    """The content of a .pgroup file: always GROUP_RECORD_SIZE bytes, so a rewrite in place
-    never leaves a longer old record's tail behind."""
-    text = f"{pgid} {start or 0}" if pgid else ""
+def group_record(pgid: int | None = None, started: tuple[int, int] | None = None) -> bytes:
+    """The content of a .pgroup file: "<pgid> <earliest> <latest>", the job leader's pid and the
+    window of clock ticks its start time lies in; always GROUP_RECORD_SIZE bytes, so a rewrite
+    in place never leaves a longer old record's tail behind; blank between jobs."""
+    text = f"{pgid} {started[0]} {started[1]}" if pgid and started else ""
     return text.ljust(GROUP_RECORD_SIZE - 1).encode() + b"\n"
 
 
-def parse_group_record(data: bytes) -> tuple[int, str | None] | None:
-    m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) *\n?", data)
+def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
+    m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
     if m is None:
         return None
-    return int(m.group(1)), (m.group(2).decode() if m.group(2) != b"0" else None)
+    return int(m.group(1)), (int(m.group(2)), int(m.group(3)))
 
 
-GROUP_RECORD_SIZE = 40
+GROUP_RECORD_SIZE = 56
 
 
 def is_temp_name(name: str) -> bool:

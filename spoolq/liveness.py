@@ -71,16 +71,17 @@ def ticks_now() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
-def kill_job_group(pgid: int, start: str | None) -> bool:
-    """SIGKILL what is left of the process group a job's shell led (its pid is the group's id
-    and `start`, within two ticks, its start time), on this host. False if that group is gone.
+def kill_job_group(pgid: int, started: tuple[int, int]) -> bool:
+    """SIGKILL what is left of the process group a job's shell led (its pid is the group's id;
+    its start time lies in the `started` window of clock ticks), on this host. False if that
+    group is gone.
 
     A pid in use as a group id is never given to a new process, so: if a process with that pid
-    runs and started at another time, the job's group is gone; if none runs, the group may still
-    have members, and killpg reaches them or no one."""
+    runs and started outside the window, the job's group is gone; if none runs, the group may
+    still have members, and killpg reaches them or no one."""
     fields = _stat_fields(pgid)
-    if fields is not None and start is not None:
-        if len(fields) <= 19 or not fields[19].isdigit() or abs(int(fields[19]) - int(start)) > 2:
+    if fields is not None:
+        if len(fields) <= 19 or not fields[19].isdigit() or not started[0] <= int(fields[19]) <= started[1]:
             return False
     try:
         # RACE: if every member exited since we looked, a new process could take this pid and

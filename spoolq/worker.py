@@ -46,11 +46,12 @@ class GroupRecord:
         except OSError:
             pass  # best effort: without it, a rescuer cannot kill what a job leaves running
 
-    def running(self, pid: int | None) -> None:
+    def running(self, pid: int | None, since_tick: int = 0) -> None:
+        """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
         if self.fd is None:
             return
         try:
-            os.pwrite(self.fd, layout.group_record(pid, str(liveness.ticks_now()) if pid else None), 0)
+            os.pwrite(self.fd, layout.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
         except OSError:
             pass
 
@@ -321,11 +322,12 @@ class Worker:
         except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
             return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
         outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
+        before_spawn = liveness.ticks_now()  # the leader starts after this and before on_spawn
         try:
             outcome = runner.run(running.command, cwd=running.cwd, env=env,
                                  timeout=running.timeout or cfg.job_timeout or None, output=log.write,
                                  should_abort=self._abort_reason, keep_children=running.keep_children,
-                                 on_spawn=self.group.running)
+                                 on_spawn=lambda pid: self.group.running(pid, before_spawn))
         finally:
             self.group.running(None)
             log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
