@@ -151,25 +151,48 @@ def move(src: str, dst: str) -> bool:
 
 
 def move_no_replace(src: str, dst: str) -> bool:
-    """Like move(), but FileExistsError rather than replace `dst`: a hard link (exclusive on
-    every file system, NFS included), then the old name goes. Where a link cannot be made (a file
-    of another user under protected_hardlinks), a rename after a look.
-
-    A crash between the two steps leaves the file under both names: nothing is lost."""
+    """Like move(), but FileExistsError rather than replace `dst`: renameat2(RENAME_NOREPLACE),
+    one atomic step. Where the file system has no such rename (NFS), a hard link (exclusive
+    everywhere) and then the old name goes: a crash between leaves the file under both names,
+    nothing lost; where no link can be made either (a file of another user under
+    protected_hardlinks), a rename after a look."""
+    done = _rename_noreplace(src, dst)
+    if done is not None:
+        return done
     try:
         os.link(src, dst, follow_symlinks=False)
     except FileNotFoundError:
         if os.path.lexists(src):
             raise
         return False
-    except (PermissionError, OSError) as e:
-        if isinstance(e, FileExistsError):
-            raise
+    except FileExistsError:
+        raise
+    except OSError:
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "exists", dst) from None
         return move(src, dst)  # RACE: only another quarantine could make dst meanwhile, with 48 random bits
     unlink_quietly(src)
     return True
+
+
+def _rename_noreplace(src: str, dst: str) -> bool | None:
+    """renameat2(..., RENAME_NOREPLACE): True, False if `src` is gone, None where unsupported."""
+    libc = _libc()
+    call = getattr(libc, "renameat2", None) if libc else None
+    if call is None:
+        return None
+    import ctypes
+
+    if call(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), dst)
+    if err == errno.ENOENT and not os.path.lexists(src):
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return None
+    raise OSError(err, os.strerror(err), src)
 
 
 class Directory:

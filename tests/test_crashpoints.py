@@ -21,8 +21,9 @@ from typing import Callable
 
 import pytest
 
-from conftest import SPOOLQ
+from conftest import SPOOLQ, dead_pid
 from spoolq import Spool, fsck, layout as L
+from spoolq.ids import Reservations
 
 pytestmark = pytest.mark.sweep
 
@@ -133,6 +134,39 @@ def _every_dropped_job_ran(root: str, tags: list[str], killed: bool) -> None:
         assert 1 <= ran.count(tag) <= (2 if killed else 1), (tag, ran)
     assert counted(root) == {"done": 3}, counted(root)  # none lost, none quarantined
     repaired_clean(root)
+
+
+def _dropped_with_a_bad_file_and_an_abandoned_id(root: str) -> list[str]:
+    """Besides good drop-ins: one that is garbage (quarantined), and one whose id an enqueue
+    killed long ago left reserved (the worker takes that marker over)."""
+    tags = _dropped(root)
+    spool = Spool(root, create=False)
+    with open(os.path.join(spool.layout.pending, "garbage.json"), "wb") as f:
+        f.write(b"\x00 not json")
+    os.utime(os.path.join(spool.layout.pending, "garbage.json"), (0, 0))  # past drop_grace
+    with Reservations(spool.store) as ids:
+        ids.creator = ids.creator._replace(pid=dead_pid(), start=None)
+        assert ids.reserve("orphaned")
+    with open(os.path.join(spool.layout.pending, "orphaned.json"), "w") as f:
+        json.dump(job_that_records(root, "orphaned"), f)
+    return [*tags, "orphaned"]
+
+
+def _every_good_job_ran_and_the_bad_one_was_kept_once(root: str, tags: list[str], killed: bool) -> None:
+    burst(root)
+    ran = runs(root)
+    for tag in tags:
+        assert 1 <= ran.count(tag) <= (2 if killed else 1), (tag, ran)
+    assert counted(root) == {"done": 4, "dead": 1}, counted(root)
+    (quarantined,) = [n for n in os.listdir(os.path.join(root, "dead")) if n.startswith("+")]
+    assert open(os.path.join(root, "dead", quarantined), "rb").read() == b"\x00 not json"
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink", "link", "write"])
+def test_a_worker_killed_while_quarantining_or_taking_over_an_id_loses_nothing(tmp_path, kind):
+    sweep(tmp_path, kind, _dropped_with_a_bad_file_and_an_abandoned_id, lambda root: [*WORKER, root],
+          _every_good_job_ran_and_the_bad_one_was_kept_once)
 
 
 @pytest.mark.parametrize("kind", ["rename", "unlink", "link", "symlink", "write", "fsync", "utime"])
@@ -290,3 +324,23 @@ def _repair_finishes_on_the_next_run(root: str, tags: list[str], killed: bool) -
 def test_fsck_repair_killed_at_any_point_finishes_on_the_next_run(tmp_path, kind):
     sweep(tmp_path, kind, _broken, lambda root: [*SPOOLQ, "--spool", root, "fsck", "--repair"],
           _repair_finishes_on_the_next_run)
+
+
+# ---- config set, worker stop -------------------------------------------------------------------
+
+
+def _a_spool(root: str) -> None:
+    Spool(root).set_config("max_retries", 4)
+
+
+def _setting_whole_and_never_blocked(root: str, _: None, killed: bool) -> None:
+    assert Spool(root, create=False).config.max_retries in (4, 7)  # the old value or the new one
+    repaired_clean(root)
+    for command in (("config", "set", "max_retries", "5"), ("worker", "stop")):
+        assert cli(root, *command).returncode == 0  # no lock or file left that blocks the next
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "symlink", "unlink", "fsync"])
+@pytest.mark.parametrize("command", [("config", "set", "max_retries", "7"), ("worker", "stop")])
+def test_config_set_and_worker_stop_killed_at_any_point_block_nothing(tmp_path, kind, command):
+    sweep(tmp_path, kind, _a_spool, lambda root: [*SPOOLQ, "--spool", root, *command], _setting_whole_and_never_blocked)
