@@ -152,7 +152,7 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
     """Read-modify-write config.json under its lock, publishing the new file (of `mode`, first
     written to `temp_path`) by rename."""
     check_key(key)
-    with locked(layout, "config"):
+    with locked(layout, "config", mode=mode):
         current = load(layout)._values
         current = {**current, key: value}
         data = (json.dumps(current, indent=2, sort_keys=True) + "\n").encode()
@@ -160,6 +160,9 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
         return Config(current)
 
 
-def locked(layout: Layout, name: str, *, timeout: float = 30.0) -> ContextManager[None]:
+LOCKS = ("config", "dlq", "ids")  # made with the layout (locks.py); "ids": taking over a marker
+
+
+def locked(layout: Layout, name: str, *, mode: int, timeout: float = 30.0) -> ContextManager[None]:
     """Hold the named spool lock (see locks.py)."""
-    return locks.locked(layout.lock(name), timeout=timeout)
+    return locks.locked(layout.lock(name), mode=mode, timeout=timeout)

@@ -52,32 +52,32 @@ class Reservations:
                     raise
                 self._drop_record()  # ext4 allows 65,000 links to one file: start another record
 
-    def take_over(self, job_id: str) -> bool:
-        """Replace an abandoned marker with ours. False if another taker moved it first."""
-        aside = self.store.temp_path()
-        # RACE: two takers may both judge the marker abandoned; one rename wins, and the loser's
-        # id is taken. Between the rename and our link an enqueue may take the id: then it is its.
-        if not fsio.move(self._ids_dir + job_id, aside):
-            return False
-        fsio.unlink_quietly(aside)
-        return self.reserve(job_id)
+    def take_over(self, job_id: str) -> None:
+        """Replace an abandoned marker with ours. The caller has judged it abandoned under the
+        "ids" lock, which keeps two takers from both doing this."""
+        self._link_over(job_id)
 
     def retag(self, job_id: str) -> None:
-        """Make an existing marker ours, in one rename over it, before the job it reserves is
-        deleted: if we die half-way through, the marker names a dead creator and is freed at once
-        (else it would name the job's enqueuer, perhaps a program that runs for months). On a
-        full disk, where our record cannot be written, the marker is left as it is."""
+        """Make an existing marker ours before the job it reserves is deleted: if we die half-way
+        through, the marker names a dead creator and is freed at once (else it would name the
+        job's enqueuer, perhaps a program that runs for months). On a full disk, where our record
+        cannot be written, the marker is left as it is."""
         if self._no_room:
             return
         try:
-            record = self._record_file()
+            self._record_file()
         except OSError as e:
             if not fsio.is_disk_full(e):
                 raise
             self._no_room = True
             return
+        self._link_over(job_id)
+
+    def _link_over(self, job_id: str) -> None:
+        """Our record linked in place of the marker, in one rename over it: the id's name never
+        goes away, so no one can reserve it in between."""
         staged = self.store.temp_path(self._ids_dir)
-        os.link(record, staged)
+        os.link(self._record_file(), staged)
         try:
             os.rename(staged, self._ids_dir + job_id)
         except BaseException:
@@ -131,4 +131,5 @@ def creator_of(store: Store, job_id: str) -> layout.Creator | None:
     if not isinstance(record, dict) or not isinstance(record.get("host"), str) or not is_int(record.get("pid")):
         return None
     texts = {k: record.get(k) if isinstance(record.get(k), str) else None for k in ("start", "boot", "owner")}
-    return layout.Creator(host=record["host"], pid=record["pid"], **texts)
+    pidns = record.get("pidns") if is_int(record.get("pidns")) else None
+    return layout.Creator(host=record["host"], pid=record["pid"], pidns=pidns, **texts)

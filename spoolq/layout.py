@@ -15,17 +15,18 @@ Directories under the spool root ``S``::
     S/quarantine/   reason records for quarantined files (JSON objects)
     S/ids/<id>      one per job id in use (ids are unique across all states): a hard link to a
                     one-line JSON record of its creator, {"host", "pid", "start", "boot",
-                    "owner"} (spoolq 0.1 made empty files: creator unknown)
+                    "pidns", "owner"} (spoolq 0.1 made empty files: creator unknown)
     S/output/<id>.log   captured stdout+stderr of every attempt, with marker lines
     S/workers/<owner>.json  a live worker's registration; its mtime is its heartbeat
     S/control/stop  a stop request, "stop <epoch seconds> <token>": every worker whose
                     ``worker start`` began no later than that time stops after its current job;
                     "now ..." also kills their running jobs. A file without a time counts from
                     its mtime.
-    S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<host>.<hex>.tmp``
+    S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
                     names the process that writes it
     S/log/          worker and supervisor logs
-    S/locks/        <name>.lock: a symlink whose target names its holder (see locks.py)
+    S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
+                    or <name>.lock.<holder> while held (see locks.py)
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -175,9 +176,9 @@ def owner_of(dirname: str) -> str:
     return dirname.split(RESCUE_SEP, 1)[0]
 
 
-# .<pid>.<start>.<host>.<random>.tmp names its creator, so a leftover of a dead process is known
-# at once; .<pid>.<random>.tmp (spoolq 0.1) is judged by its age.
-TMP_RE = re.compile(r"\.([0-9]+)\.(?:([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.tmp")
+# .<pid>.<start>.<pid namespace>.<host>.<random>.tmp names its creator, so a leftover of a dead
+# process is known at once; .<pid>.<random>.tmp (spoolq 0.1) is judged by its age.
+TMP_RE = re.compile(r"\.([0-9]+)\.(?:([0-9]+)\.([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.tmp")
 
 
 class Creator(NamedTuple):
@@ -188,9 +189,10 @@ class Creator(NamedTuple):
     start: str | None = None  # its start time in clock ticks (with the pid: one process)
     boot: str | None = None
     owner: str | None = None  # a worker's owner token: its registration and lease speak for it
+    pidns: int | None = None  # its pid namespace: a container on the same host has another
 
     def tag(self) -> str:
-        return f"{self.pid}.{self.start or 0}.{safe_host(self.host)}"
+        return f"{self.pid}.{self.start or 0}.{self.pidns or 0}.{safe_host(self.host)}"
 
     def to_json(self) -> bytes:
         return json.dumps({k: v for k, v in self._asdict().items() if v is not None},
@@ -230,7 +232,8 @@ def creator_of_temp(name: str) -> Creator | None:
     m = TMP_RE.fullmatch(name)
     if m is None or m.group(2) is None:
         return None
-    return Creator(host=m.group(3), pid=int(m.group(1)), start=m.group(2) if m.group(2) != "0" else None)
+    return Creator(host=m.group(4), pid=int(m.group(1)), start=m.group(2) if m.group(2) != "0" else None,
+                   pidns=int(m.group(3)) or None)
 
 
 def safe_host(host: str) -> str:
@@ -260,7 +263,7 @@ _SPOOLQ_NAMES = {
     "control": lambda n: n == "stop",
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
-    "locks": lambda n: n.endswith(".lock") and not n.startswith("."),
+    "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
 }
 
 

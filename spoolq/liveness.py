@@ -36,6 +36,16 @@ def started_at(pid: int) -> float | None:
 
 
 @functools.cache
+def pid_namespace() -> int | None:
+    """This process's pid namespace (the inode of /proc/self/ns/pid): a pid means something only
+    within it. Two containers on one host share its name and boot, not this."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+@functools.cache
 def boot_id() -> str | None:
     """This boot of this machine: two hosts given one name, or one host after a reboot, differ.
     (Cached: it cannot change while this process runs.)"""

@@ -1,14 +1,22 @@
-"""Spool locks: ``locks/<name>.lock`` is a symlink whose target names its holder.
+"""Spool locks: a token file that its holder renames to a name of its own.
 
-Creating a symlink is one atomic, exclusive step (EEXIST if it is there, on NFS too), and its
-target is written in the same step: a lock never exists without its holder record, whatever
-instant its holder is killed at, and a short target lives in the inode, so taking a lock needs no
-free block (purge must work on a full disk). A holder that is gone (a dead pid on this machine,
-in this boot) is broken at once by the next taker; one on another host can only be waited for,
-and a timeout names the file to remove.
+For a lock NAME, ``locks/NAME.anchor`` is made once and never moved; ``locks/NAME.lock`` is a
+hard link to it, the token, present while the lock is free. Taking the lock is one rename of the
+token to ``locks/NAME.lock.<holder>``, where <holder> names the taker (pid, start time, boot,
+pid namespace, a hash of the host); giving it back is the rename back. So:
 
-(filelock's SoftFileLock, used before, creates its marker and then writes the record: a holder
-killed in between left an empty marker that nothing ever broke. The crash-point sweeps found it.)
+- whoever holds the lock is in its name, written in the same atomic step that takes it;
+- a holder that is gone is broken by renaming *its own* name back to the token: two breakers
+  cannot both succeed, and a breaker can never move a newer holder's lock (that has another name);
+- no step needs a free block or inode (`purge`, the way to free space, locks on a full disk);
+- rename is atomic on NFS and through FUSE views, where flock(2) may not reach the server;
+- the anchor's link count says whether a token or a holder exists (2) or not (1), without a
+  directory listing, so a missing token is remade only when there is none.
+
+A holder on another host, or in another pid namespace, cannot be judged from here: a contender
+waits for it, and a timeout names the file to rename back by hand. (Two earlier designs fell to
+the project's own tests: filelock's SoftFileLock left empty markers that nothing broke, and a
+symlink lock could be broken under a live holder.)
 """
 
 from __future__ import annotations
@@ -25,92 +33,111 @@ from .errors import SpoolError
 POLL = 0.02
 
 
+@contextmanager
+def locked(path: str, *, mode: int, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the lock whose token is `path` for the block."""
+    held = f"{path}.{holder_tag()}"
+    deadline = time.monotonic() + timeout
+    while not _take(path, held, mode):
+        if time.monotonic() >= deadline:
+            raise SpoolError(f"timed out after {timeout:g}s waiting for lock {path} ({_holders(path)}); "
+                             "if that holder is gone, rename its file back to the lock's name")
+        time.sleep(POLL)
+    try:
+        yield
+    finally:
+        try:
+            os.rename(held, path)
+        except FileNotFoundError:
+            pass  # broken by someone who took us for gone: theirs to give back
+
+
+def make(path: str, mode: int) -> None:
+    """The anchor, and the token if neither it nor a holder exists (with the layout)."""
+    anchor = _anchor(path)
+    try:
+        fsio.write_file(anchor, b"", durable=False, mode=mode)
+    except FileExistsError:
+        pass
+    _remake_token(path)
+
+
 def holder_tag() -> str:
-    """This process as a lock holder: pid, start time, boot and host, short enough (< 60 bytes)
-    for the target to live in the symlink's inode."""
+    """This process as a lock holder, as it stands in the held file's name."""
     pid = os.getpid()
-    return f"{pid}.{liveness.start_token(pid) or 0}.{(liveness.boot_id() or '')[:8]}.{_host_hash(layout.host_name())}"
+    return (f"{pid}.{liveness.start_token(pid) or 0}.{(liveness.boot_id() or '')[:8]}."
+            f"{liveness.pid_namespace() or 0}.{_host_hash(layout.host_name())}")
 
 
 def why_holder_gone(tag: str) -> str | None:
-    """Why the holder a lock's target names is gone, or None (alive, or another host's)."""
+    """Why the holder named by `tag` is gone, or None (alive, or not to be judged from here)."""
     parts = tag.split(".")
-    if len(parts) != 4 or not all(p.isascii() and p.isalnum() or p == "" for p in parts) or not parts[0].isdigit():
+    if len(parts) != 5 or not all(p.isascii() and (p.isalnum() or p == "") for p in parts) \
+            or not parts[0].isdigit():
         return None
-    pid, start, boot, host = parts
-    if host != _host_hash(layout.host_name()) or (boot and boot != (liveness.boot_id() or "")[:8]):
-        return None  # another host, or an earlier boot of this one judged by its pid would mislead
+    pid, start, boot, pidns, host = parts
+    here = (_host_hash(layout.host_name()), (liveness.boot_id() or "")[:8], str(liveness.pid_namespace() or 0))
+    if (host, boot, pidns) != here:
+        return None  # another host, boot or pid namespace: its pid means nothing here
     if liveness.alive(int(pid), start if start != "0" else None):
         return None
     return f"its holder, pid {pid}, is gone"
 
 
-@contextmanager
-def locked(path: str, *, timeout: float = 30.0) -> Iterator[None]:
-    """Hold the lock at `path` for the block."""
-    mine = holder_tag()
-    deadline = time.monotonic() + timeout
-    while not _take(path, mine):
-        if time.monotonic() >= deadline:
-            raise SpoolError(f"timed out waiting for lock {path} ({_describe(path)}); "
-                             "if no spoolq process holds it, remove the file")
-        time.sleep(POLL)
-    try:
-        yield
-    finally:
-        _give_back(path, mine)
+def stale_holders(path: str) -> list[tuple[str, str]]:
+    """(held file, why) for every holder of the lock at `path` that is gone."""
+    directory, base = os.path.split(path)
+    out = []
+    for name in fsio.listdir(directory):
+        if name.startswith(base + "."):
+            why = why_holder_gone(name[len(base) + 1:])
+            if why:
+                out.append((os.path.join(directory, name), why))
+    return out
 
 
-def _take(path: str, mine: str) -> bool:
+def give_back(held: str, path: str) -> bool:
+    """Rename a gone holder's file back to the token. False if it was not there any more."""
+    return fsio.move(held, path)
+
+
+def _take(path: str, held: str, mode: int) -> bool:
     try:
-        os.symlink(mine, path)
+        os.rename(path, held)
         return True
-    except FileExistsError:
-        pass
-    try:
-        theirs = os.readlink(path)
     except FileNotFoundError:
-        return False  # given back meanwhile: try again
-    except OSError:
-        return False  # not a symlink: a marker of spoolq 0.1's lock; wait for it (or the timeout)
-    if why_holder_gone(theirs):
-        _break(path, theirs)
+        pass
+    if not os.path.lexists(_anchor(path)):
+        make(path, mode)  # a spool made before these locks
+    elif _remake_token(path):
+        return False  # try again at once
+    for stale, _ in stale_holders(path):
+        # RACE: another contender may give the same holder back first; this rename then fails,
+        # and a newer holder is never touched: its file has another name.
+        give_back(stale, path)
     return False
 
 
-def _break(path: str, stale: str) -> None:
-    aside = f"{path}.broken.{os.getpid()}.{layout.random_hex(4)}"
-    # RACE: another taker may break the same stale lock and take it between our readlink and
-    # this rename: the target check below sees that, and puts back the lock we moved.
-    if not fsio.move(path, aside):
-        return
+def _remake_token(path: str) -> bool:
+    """A token where the anchor's link count says there is neither a token nor a holder."""
+    anchor = _anchor(path)
     try:
-        if os.readlink(aside) == stale:
-            return
-        try:
-            os.symlink(os.readlink(aside), path)  # not the stale one: give it back to its holder
-        except FileExistsError:
-            pass  # a third taker holds it now; the one we moved finds it gone at release
-    finally:
-        fsio.unlink_quietly(aside)
+        if os.stat(anchor).st_nlink != 1 or _holders(path) != "held":
+            return False  # (a listing too: a cached link count on NFS must not make a second token)
+        os.link(anchor, path)
+    except (FileNotFoundError, FileExistsError):
+        return False  # RACE: another contender made it first: one link wins
+    return True
 
 
-def _give_back(path: str, mine: str) -> None:
-    try:
-        if os.readlink(path) == mine:
-            os.unlink(path)
-    except OSError:
-        pass  # broken by someone who took us for dead: theirs now
+def _anchor(path: str) -> str:
+    return path[: -len(".lock")] + ".anchor" if path.endswith(".lock") else path + ".anchor"
 
 
-def _describe(path: str) -> str:
-    try:
-        tag = os.readlink(path)
-    except OSError:
-        return "held"
-    pid = tag.split(".", 1)[0]
-    return f"held by pid {pid}" + ("" if _host_hash(layout.host_name()) == tag.rsplit(".", 1)[-1] else
-                                    " on another host")
+def _holders(path: str) -> str:
+    directory, base = os.path.split(path)
+    names = [n[len(base) + 1:] for n in fsio.listdir(directory) if n.startswith(base + ".")]
+    return "held by " + ", ".join(f"pid {n.split('.')[0]}" for n in names) if names else "held"
 
 
 def _host_hash(host: str) -> str:

@@ -74,9 +74,9 @@ class Judge:
 
     def why_gone(self, reg: Registration) -> str | None:
         record = reg.record
-        if self.is_local(record.get("host"), record.get("boot")):
+        if self.is_local(record.get("host"), record.get("boot"), record.get("pidns")):
             return self.why_process_gone(record.get("host"), record.get("pid"), start=record.get("start"),
-                                         boot=record.get("boot"))
+                                         boot=record.get("boot"), pidns=record.get("pidns"))
         if self._fs_now is None:
             self._fs_now = self.store.fs_clock()
         if self._fs_now - reg.heartbeat > self.lease:
@@ -84,28 +84,23 @@ class Judge:
         return None
 
     def why_process_gone(self, host: object, pid: object, *, start: object = None,
-                         boot: object = None) -> str | None:
+                         boot: object = None, pidns: object = None) -> str | None:
         """A process named by host and pid: gone if it was on this machine, in this boot, and
         its pid (with its start time, when known) no longer runs. A process elsewhere cannot be
         probed from here: None (fail closed)."""
-        if not self.is_local(host, boot):
+        if not self.is_local(host, boot, pidns):
             return None
         if liveness.alive(pid, start):
             return None
         return f"pid {pid} is gone"
 
-    def why_lock_holder_gone(self, host: str, pid: int) -> str | None:
-        """A lock marker's holder (spoolq 0.1's lock files record the machine's own name, not
-        SPOOLQ_HOST)."""
-        import socket  # fsck's question only: every CLI call would pay for it at the top
-
-        local = self.here if host == socket.gethostname() else host
-        return self.why_process_gone(local, pid)
-
-    def is_local(self, host: object, boot: object = None) -> bool:
-        """Was this process on this machine, in this boot? Only then does its pid mean anything
-        here; elsewhere (a host with the same name, or before a reboot) only its lease counts."""
+    def is_local(self, host: object, boot: object = None, pidns: object = None) -> bool:
+        """Was this process on this machine, in this boot, in our pid namespace? Only then does
+        its pid mean anything here; elsewhere (a host with the same name, a container sharing
+        this host's name, or before a reboot) only its lease counts."""
         if host != self.here:
+            return False
+        if pidns is not None and pidns != liveness.pid_namespace():
             return False
         return boot is None or boot == liveness.boot_id()
 
@@ -127,6 +122,7 @@ class Owners:
         owner = layout.owner_token(host, os.getpid())
         record = {"owner": owner, "host": host, "pid": os.getpid(), "role": role,
                   "start": liveness.start_token(os.getpid()), "boot": liveness.boot_id(),
+                  "pidns": liveness.pid_namespace(),
                   "started_at": job.iso(self.store.clock()), **extra}
         self.store.publish(self.layout.worker_file(owner), json.dumps(record).encode(), durable=False)
         # RACE: the registration exists before the owner's directory, and outlives it at
@@ -249,7 +245,7 @@ class Owners:
             return f"worker {creator.owner} is gone" if reg is None else judge.why_gone(reg)
         here = creator.host in (judge.here, layout.safe_host(judge.here))
         return judge.why_process_gone(judge.here if here else creator.host, creator.pid,
-                                      start=creator.start, boot=creator.boot)
+                                      start=creator.start, boot=creator.boot, pidns=creator.pidns)
 
     # ---- stop requests -------------------------------------------------------------------
 

@@ -98,6 +98,17 @@ class Publisher:
         publishing: no job has the id, and the creator is gone)."""
         if ids.reserve(job_id):
             return True
+        if not self._abandoned(ids, job_id):
+            return False
+        # RACE: two takers may both judge the marker abandoned: the lock lets one at a time
+        # judge again and take it over; the second then finds the first's live marker.
+        with self.store.locked("ids"):
+            if not self._abandoned(ids, job_id):
+                return False
+            ids.take_over(job_id)
+        return True
+
+    def _abandoned(self, ids: Reservations, job_id: str) -> bool:
         creator = creator_of(self.store, job_id)
         if creator is None or creator == ids.creator or not self.owners.why_creator_gone(creator):
             return False
@@ -105,8 +116,7 @@ class Publisher:
             self.views.find(job_id)
             return False
         except JobNotFound:
-            pass
-        return ids.take_over(job_id)
+            return True
 
 
 def _take_back(staged: list[tuple[str, str, str]], reserved: list[str], ids: Reservations) -> None:

@@ -56,7 +56,8 @@ class Recovery:
             return []
         reg = self.owners.registration(owned.holder)
         host = (reg.record.get("host") if reg else None) or "?"
-        local = reg is not None and self.owners.judge().is_local(reg.record.get("host"), reg.record.get("boot"))
+        local = reg is not None and self.owners.judge().is_local(reg.record.get("host"), reg.record.get("boot"),
+                                                                 reg.record.get("pidns"))
         self._kill_job_groups(dst_dir, local=local)
         if local:
             self._remove_temp_files_of(reg.record)
@@ -88,10 +89,11 @@ class Recovery:
     def _remove_temp_files_of(self, record: dict) -> None:
         """What the dead owner was writing in tmp/ (a marker's record, a config half-saved):
         its temp names say who made them, so they go now, not at an fsck an hour later."""
-        made_by = (layout.safe_host(str(record.get("host"))), record.get("pid"), record.get("start"))
+        made_by = (layout.safe_host(str(record.get("host"))), record.get("pid"), record.get("start"),
+                   record.get("pidns"))
         for name in fsio.listdir(self.layout.tmp):
             creator = layout.creator_of_temp(name)
-            if creator is not None and (creator.host, creator.pid, creator.start) == made_by:
+            if creator is not None and (creator.host, creator.pid, creator.start, creator.pidns) == made_by:
                 fsio.unlink_quietly(os.path.join(self.layout.tmp, name))
 
     def _rescue_file(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:

@@ -13,7 +13,7 @@ import stat
 import time
 from typing import Any, Callable, ContextManager
 
-from . import config, fsio, job, layout, liveness
+from . import config, fsio, job, layout, liveness, locks
 from .errors import InvalidJob, SpoolError
 from .job import Job
 
@@ -64,6 +64,8 @@ class Store:
             self.make_dir(self.root)
             for name in layout.STATE_DIRS + layout.OTHER_DIRS:
                 self.make_dir(self.layout.dir(name))
+            for name in config.LOCKS:
+                locks.make(self.layout.lock(name), self.modes.file)
         except OSError as e:
             raise SpoolError(f"cannot create spool at {self.root}: {e.strerror}") from None
         self.check_safe()
@@ -209,13 +211,14 @@ class Store:
         """This process, as the creator of a temp file or an id marker (asked again after a fork)."""
         pid = os.getpid()
         if self._creator is None or self._creator.pid != pid:
-            self._creator = layout.Creator(layout.host_name(), pid, liveness.start_token(pid), liveness.boot_id())
+            self._creator = layout.Creator(layout.host_name(), pid, liveness.start_token(pid), liveness.boot_id(),
+                                           pidns=liveness.pid_namespace())
         return self._creator._replace(owner=owner) if owner else self._creator
 
     def locked(self, name: str) -> ContextManager[None]:
-        """Hold the named spool lock (locks.py: it needs no free block, so purge, the way to
-        free space, takes it on a full disk too)."""
-        return config.locked(self.layout, name)
+        """Hold the named spool lock (locks.py: a flock on a file made with the layout, so purge,
+        the way to free space, takes it on a full disk too)."""
+        return config.locked(self.layout, name, mode=self.modes.file)
 
     # ---- clocks, ids, order --------------------------------------------------------------
 

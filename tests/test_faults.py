@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import SPOOLQ, backdate, dead_pid, fill, wait_for
-from spoolq import Spool, fsck, job as job_mod, layout as L, liveness
+from spoolq import Spool, fsck, job as job_mod, layout as L, liveness, locks
 from spoolq.worker import Worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -377,11 +377,9 @@ def _break(spool):
     spool.enqueue({"id": "stuck", "command": "true"})
     stuck = spool.transitions.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@stuck.json")), dead)
     assert stuck is not None
-    # locks: one whose holder is gone, one held by us (fine)
-    with open(lay.lock("old"), "w") as f:
-        f.write(f"{dead_pid()}\n{os.uname().nodename}\n")
-    with open(lay.lock("held"), "w") as f:
-        f.write(f"{os.getpid()}\n{os.uname().nodename}\n")
+    # locks: one held by a process that is gone (killed while holding it), one held by us (fine)
+    os.rename(lay.lock("dlq"), f"{lay.lock('dlq')}.{dead_pid()}.0.{L_boot()}.{L_pidns()}.{L_host()}")
+    os.rename(lay.lock("config"), f"{lay.lock('config')}.{locks.holder_tag()}")
     # a registration whose process is gone and which holds no directory
     gone = fake_owner(spool, alive=False)
     os.rmdir(lay.owned(gone))
@@ -399,7 +397,7 @@ def _break(spool):
         ("orphan-reason", "+gone.abcdef.json"): True,
         ("permissions", "done1.json"): True,
         ("permissions", "output"): True,
-        ("stale-lock", "old.lock"): True,
+        ("stale-lock", next(n for n in os.listdir(lay.dir("locks")) if n.startswith("dlq.lock."))): True,
         ("stale-registration", f"{gone}.json"): True,
         ("stale-temp", ".0.000000000000.tmp"): True,
         ("stale-temp", ".1.000000000000.tmp"): True,
@@ -444,7 +442,7 @@ def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
     assert spool.find("done1").state == "done"
     assert os.path.exists(lay.id_marker("nomark")) and not os.path.exists(lay.id_marker("orphan"))
     assert os.path.exists(lay.id_marker("inflight"))  # young: left for its enqueue
-    assert os.path.exists(lay.lock("held")) and not os.path.exists(lay.lock("old"))
+    assert os.path.exists(lay.lock("dlq")) and not os.path.exists(lay.lock("config"))  # ours, still held
     assert os.stat(os.path.join(lay.done, "done1.json")).st_mode & 0o777 == 0o600
     assert "lost" in spool.find(names["qid"]).reason
     # The duplicate's bytes were quarantined, not deleted.
@@ -459,6 +457,18 @@ def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
     assert sum(1 for line in lines if line.startswith("    repaired: ")) == sum(expected.values())
     assert sum(1 for line in lines if line.startswith("    not repaired: ")) == len(expected) - sum(expected.values())
     assert "    repaired: recovered: job stuck is now pending" in lines, r.stdout
+
+
+def L_boot() -> str:
+    return (liveness.boot_id() or "")[:8]
+
+
+def L_pidns() -> int:
+    return liveness.pid_namespace() or 0
+
+
+def L_host() -> str:
+    return locks.holder_tag().rsplit(".", 1)[1]
 
 
 def _drop(lay: L.Layout, name: str, data: bytes) -> str:

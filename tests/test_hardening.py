@@ -159,8 +159,9 @@ def test_with_group_access_every_created_file_has_the_spools_mode(spool, workers
     spool.set_config("group_access", True)
     old = os.umask(0o022)
     try:
-        with spool.store.locked("dlq"):  # a lock is a symlink naming its holder: no mode to get wrong
-            assert os.readlink(spool.layout.lock("dlq")).startswith(f"{os.getpid()}.")
+        with spool.store.locked("dlq"):  # the token, renamed to a name that says who holds it
+            (held,) = [n for n in os.listdir(spool.layout.dir("locks")) if n.startswith("dlq.lock.")]
+            assert held.startswith(f"dlq.lock.{os.getpid()}.")
         job = spool.enqueue({"id": "x", "command": "true"}).id
         w = workers(1)
         wait_for(lambda: spool.find(job).state == "done", 10, "the job")
@@ -168,7 +169,8 @@ def test_with_group_access_every_created_file_has_the_spools_mode(spool, workers
     finally:
         os.umask(old)
     made = [spool.layout.id_marker("x"), spool.output_path("x"), os.path.join(spool.layout.done, "x.json"),
-            spool.layout.config] + [os.path.join(spool.layout.dir("log"), n) for n in os.listdir(spool.layout.dir("log"))]
+            spool.layout.config, spool.layout.lock("dlq")] + \
+        [os.path.join(spool.layout.dir("log"), n) for n in os.listdir(spool.layout.dir("log"))]
     assert {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in made} == dict.fromkeys(made, oct(0o660))
 
 
@@ -671,3 +673,58 @@ def test_move_no_replace_refuses_to_replace(tmp_path):
     with pytest.raises(FileExistsError):
         fsio.move_no_replace(str(tmp_path / "a"), str(tmp_path / "b"))
     assert (tmp_path / "b").read_text() == "b" and (tmp_path / "a").exists()
+
+
+# ---- races an adversarial review found in the first designs ------------------------------------
+
+
+def _take_over_in_a_process(root: str, job_id: str, go, results, done) -> None:
+    from spoolq.ids import Reservations
+
+    spool = Spool(root, create=False)
+    with Reservations(spool.store) as ids:
+        go.wait()
+        results.put(spool.publisher.reserve(ids, job_id))
+        done.wait()  # alive until all have tried: a winner that exited would have abandoned the id
+
+
+def test_two_takers_of_an_abandoned_id_never_both_get_it(spool):
+    """Processes racing to take over the marker of a dead creator: exactly one wins each round
+    (the reviewed race let two win: the second moved the first's fresh marker away)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(10):
+        job_id = f"x{round_}"
+        _dead_reservation(spool, job_id)
+        go, done, results = ctx.Event(), ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_take_over_in_a_process, args=(spool.root, job_id, go, results, done))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        go.set()
+        won = sorted(results.get(timeout=30) for _ in procs)
+        done.set()
+        for p in procs:
+            p.join(30)
+        assert won == [False, False, False, True], round_
+
+
+def test_giving_back_a_dead_holders_lock_never_moves_a_newer_holders(spool):
+    """The reviewed race: a slow breaker acts on a judgement made before someone else broke the
+    stale lock and a third took it. The stale holder's file has its own name, so the slow
+    breaker's rename finds nothing, and the newer holder keeps its lock."""
+    from conftest import dead_pid
+    from spoolq import locks
+
+    token = spool.layout.lock("dlq")
+    tag = locks.holder_tag().split(".")
+    stale = f"{token}.{dead_pid()}.0.{tag[2]}.{tag[3]}.{tag[4]}"
+    os.rename(token, stale)  # a holder killed while holding it
+    (seen, _), = locks.stale_holders(token)  # the slow breaker's judgement
+    assert seen == stale
+    with spool.store.locked("dlq"):  # a newer taker breaks it and takes it
+        assert not locks.give_back(seen, token)  # the slow breaker: nothing to move
+        (held,) = [n for n in os.listdir(spool.layout.dir("locks")) if n.startswith("dlq.lock.")]
+        assert held == os.path.basename(f"{token}.{locks.holder_tag()}") and not os.path.exists(token)
+    assert os.path.exists(token)

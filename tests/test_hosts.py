@@ -372,7 +372,7 @@ def test_config_lock_excludes_across_hosts(rig, tmp_path):
         "while not os.path.exists(sys.argv[2] + '.go'):\n"  # start together: contention is the point
         "    time.sleep(0.002)\n"
         "for _ in range(int(sys.argv[3])):\n"
-        "    with config.locked(lay, 'rig-test'):\n"
+        "    with config.locked(lay, 'rig-test', mode=0o600):\n"
         "        n = int(open(sys.argv[2]).read())\n"
         "        tmp = sys.argv[2] + '.' + str(os.getpid())\n"
         "        open(tmp, 'w').write(str(n + 1))\n"
@@ -387,7 +387,9 @@ def test_config_lock_excludes_across_hosts(rig, tmp_path):
     for p in procs:
         assert p.wait(30) == 0
     assert int(counter.read_text()) == 4 * per_host
-    assert [n for n in os.listdir(os.path.join(rig.a, "locks")) if not n.startswith(".")] == []  # every marker removed by its holder
+    assert sorted(os.listdir(os.path.join(rig.a, "locks"))) == [  # every lock given back by its holder
+        "config.anchor", "config.lock", "dlq.anchor", "dlq.lock", "ids.anchor", "ids.lock", "rig-test.anchor",
+        "rig-test.lock"]
 
     # And the real read-modify-write: settings saved from both hosts at once all survive.
     keys = {"A": ("max_retries", "7"), "B": ("job_timeout", "9")}

@@ -99,43 +99,20 @@ class HousekeepingChecks:
                 self.r.leave_alone(p, "not spoolq's; remove it by hand")
 
     def check_locks(self) -> None:
+        """A lock held by a holder that is gone is given back (see locks.py); anything in locks/
+        that is no anchor, token or held lock is reported."""
         r = self.r
         for entry, path, st in r.entries(self.layout.dir("locks")):
-            if entry.startswith("."):
-                continue  # a breaker's aside name: its own to remove
-            why = self._why_stale_lock(path, st)
-            if why is None:
+            if not stat.S_ISREG(st.st_mode) or not layout.is_spoolq_entry("locks", entry):
+                p = r.report("stray-entry", path, "not a lock file")
+                r.leave_alone(p, "not spoolq's; remove it by hand")
                 continue
-            p = r.report("stale-lock", path, why)
-
-            def unlock(path: str = path, ino: int = st.st_ino) -> str:
-                if os.lstat(path).st_ino != ino:
-                    return "left alone: it was taken again meanwhile"
-                fsio.unlink_quietly(path)
-                return "removed it"
-
-            r.repair_with(p, unlock)
-
-    def _why_stale_lock(self, path: str, st: os.stat_result) -> str | None:
-        """A lock (a symlink naming its holder, see locks.py) whose holder is gone; or, from
-        spoolq 0.1, a marker file whose "<pid>\\n<host>\\n" record names a dead process, or whose
-        record is missing (judged by its age: a holder may be between creating and writing it)."""
-        if stat.S_ISLNK(st.st_mode):
-            try:
-                return locks.why_holder_gone(os.readlink(path))
-            except OSError:
-                return None
-        try:
-            data, _ = fsio.read_regular(path, 1024)
-        except (OSError, ValueError) as e:
-            return f"lock marker {e}" if self.r.is_stale(st) else None
-        holder = _lock_holder(data)
-        if holder is None:
-            return "lock marker without a holder record" if self.r.is_stale(st) else None
-        pid, host = holder
-        if self.spool.owners.judge().why_lock_holder_gone(host, pid) is None:
-            return None  # alive, or on another host, which cannot be probed from here
-        return f"lock holder pid {pid} on {host} is gone"
+            token, sep, holder = entry.partition(".lock.")
+            why = locks.why_holder_gone(holder) if sep else None
+            if why:
+                p = r.report("stale-lock", path, f"lock {token}: {why}")
+                r.repair_with(p, lambda path=path, token=token: locks.give_back(path, self.layout.lock(token))
+                              and None, "gave it back")
 
     def check_modes(self) -> None:
         r = self.r
@@ -178,15 +155,3 @@ class HousekeepingChecks:
         p = self.r.report("permissions", path, f"mode {stat.S_IMODE(st.st_mode):04o} gives access beyond "
                           f"{mode:04o} ({'group_access is on' if shared else 'the spool is private'})")
         self.r.repair_with(p, lambda: os.chmod(path, mode), f"set mode {mode:04o}")
-
-
-def _lock_holder(data: bytes) -> tuple[int, str] | None:
-    """The record of a lock marker file of spoolq 0.1: "<pid>\\n<host>\\n[<start token>\\n]"."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    lines = text.strip().splitlines()
-    if not text.endswith("\n") or len(lines) not in (2, 3) or not lines[0].isdigit():
-        return None
-    return int(lines[0]), lines[1]
