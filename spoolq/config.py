@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager
 
@@ -49,8 +50,9 @@ def _uid_list(text: str) -> list[int]:
 
 
 def _ascii(text: str) -> None:
-    """int() and float() read other scripts' digits too ('٣' is 3): settings take 0-9 only."""
-    if not text.isascii():
+    """int() and float() read other scripts' digits ('٣' is 3), '1_0', 'nan' and 'inf' too:
+    a setting is digits 0-9, a sign, a point, an exponent."""
+    if not re.fullmatch(r"\s*\[?[0-9+\-.eE, \]]*\s*", text) or "_" in text:
         raise ValueError(text)
 
 

@@ -99,16 +99,19 @@ class Reservations:
 
     def _record_file(self) -> str:
         if self._record is None:
-            path = self.store.temp_path()
-            self.store.write_file(path, self.creator.to_json(), durable=False)
-            self._inodes.add(os.lstat(path).st_ino)
-            self._record = path
+            path = self._record = self.store.temp_path()  # noted first: close() removes it whatever happens
+            try:
+                self.store.write_file(path, self.creator.to_json(), durable=False)
+                self._inodes.add(os.lstat(path).st_ino)
+            except BaseException:
+                self._drop_record()
+                raise
         return self._record
 
     def _drop_record(self) -> None:
         if self._record is not None:
-            fsio.unlink_quietly(self._record)
-            self._record = None
+            path, self._record = self._record, None
+            fsio.unlink_quietly(path)
 
 
 def creator_of(store: Store, job_id: str) -> layout.Creator | None:

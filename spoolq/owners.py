@@ -8,7 +8,9 @@ import errno
 import json
 import os
 import re
+import stat
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -35,14 +37,34 @@ class WorkerInfo:
 
 
 TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
+FS_TICK = 0.011  # and of the file system's clock, measured against ours (plus what it rounds)
+
+
+class Since(NamedTuple):
+    """When a worker's command began: on this host's clock, and on the spool file system's (what
+    a stop request from another host, whose clock may be off, is compared with)."""
+
+    local: float
+    fs: float
 
 
 class StopRequest(NamedTuple):
-    """What control/stop says: when the stop was asked for (epoch seconds), and whether the
-    running jobs are to be killed too ("now")."""
+    """What control/stop says: when the stop was asked for (on the asking host's clock, and on
+    the file system's), from which host, and whether the running jobs are to be killed too."""
 
     at: float
+    at_fs: float
+    host: str | None
     kill_jobs: bool
+
+    def stops(self, since: Since) -> bool:
+        """Is this a request for a worker whose command began at `since`? One asked for no
+        earlier: start times are known to a clock tick (10 ms), and a tie stops it (`worker
+        start & worker stop`, typed together, means stop). A request from this host is judged on
+        this host's clock; one from another host on the file system's, whatever the skew."""
+        if self.host == _host_hash():
+            return self.at >= since.local - TICK
+        return self.at_fs >= since.fs - FS_TICK
 
 
 class OwnerDir(NamedTuple):
@@ -127,7 +149,11 @@ class Owners:
         self.store.publish(self.layout.worker_file(owner), json.dumps(record).encode(), durable=False)
         # RACE: the registration exists before the owner's directory, and outlives it at
         # unregister, so a processing/<owner> without a registration always means a dead owner.
-        self.store.make_dir(self.layout.owned(owner))
+        try:
+            self.store.make_dir(self.layout.owned(owner))
+        except BaseException:
+            fsio.unlink_quietly(self.layout.worker_file(owner))
+            raise
         return owner
 
     def heartbeat(self, owner: str) -> bool:
@@ -210,13 +236,21 @@ class Owners:
         judge = self.judge(lease)
         gone = []
         for entry in fsio.listdir(self.layout.processing):
-            if entry.startswith("."):
-                continue
+            if entry.startswith(".") or not self._ours(self.layout.owned(entry)):
+                continue  # not a directory a worker of ours made: never followed, fsck reports it
             owned = OwnerDir(entry)
             reg = self.registration(owned.holder)
             if reg is None or judge.why_gone(reg):
                 gone.append(owned)
         return gone
+
+    @staticmethod
+    def _ours(path: str) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
     def stale_registrations(self) -> list[tuple[str, str]]:
         """(owner, why) for registrations of owners that are gone and hold no directory (an owner
@@ -249,10 +283,14 @@ class Owners:
 
     # ---- stop requests -------------------------------------------------------------------
 
+    def since(self, local: float) -> Since:
+        """`local` (this host's clock) with its equivalent on the file system's clock."""
+        return Since(local, local + self.store.fs_clock() - time.time())
+
     def stop_request(self) -> StopRequest | None:
-        """The stop request in control/stop, if any: "stop <time> <token>" or "now <time> ...";
-        a file that names no time (another program's, or one written on a full disk) counts
-        from its mtime. Read again only when the file changes."""
+        """The stop request in control/stop, if any: "stop|now <time> <token> <host> <fs time>";
+        "idle" (as init leaves it) is none; a file that names no time (another program's, or one
+        rewritten on a full disk) counts from its mtime. Read again only when the file changes."""
         try:
             st = os.stat(self.layout.stop_file)
         except OSError:
@@ -262,34 +300,48 @@ class Owners:
             self._stop_cache = (stamp, self._read_stop_request(st.st_mtime))
         return self._stop_cache[1]
 
-    def _read_stop_request(self, mtime: float) -> StopRequest:
+    def _read_stop_request(self, mtime: float) -> StopRequest | None:
         try:
             data, _ = fsio.read_regular(self.layout.stop_file, 256)
-            words = data.split()
+            words = [w.decode("ascii", "replace") for w in data.split()]
         except (OSError, ValueError):
             words = []
-        kill_jobs = bool(words) and words[0] == b"now"
-        at = mtime
-        if len(words) > 1 and re.fullmatch(rb"[0-9]+(\.[0-9]+)?", words[1]):
-            at = float(words[1])
-        return StopRequest(at, kill_jobs)
+        if words[:1] == ["idle"]:
+            return None
+        number = re.compile(r"[0-9]+(\.[0-9]+)?")
+        at = float(words[1]) if len(words) > 1 and number.fullmatch(words[1]) else mtime
+        at_fs = float(words[4]) if len(words) > 4 and number.fullmatch(words[4]) else at if len(words) > 1 else mtime
+        host = words[3] if len(words) > 3 else None
+        return StopRequest(at, at_fs, host, kill_jobs=words[:1] == ["now"])
 
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
         """Ask every worker of this spool, on every host, whose command began before `at` (now,
         unless the caller knows better: `worker stop` gives the moment the user asked), to stop
         after its current job (with `kill_jobs`, at once: its job's attempt is killed, and counts)."""
         at = time.time() if at is None else at
+        at_fs = self.since(at).fs
         word = "now" if kill_jobs else "stop"
+        content = f"{word} {at:.6f} {layout.random_hex(8)} {_host_hash()} {at_fs:.6f}\n".encode()
         try:
-            self.store.publish(self.layout.stop_file, f"{word} {at:.6f} {layout.random_hex(8)}\n".encode())
+            self.store.publish(self.layout.stop_file, content)
         except OSError as e:
             if not fsio.is_disk_full(e):
                 raise
-            self.store.publish(self.layout.stop_file, b"now\n" if kill_jobs else b"")  # no data block needed
+            self._rewrite_stop_file(content if kill_jobs else b"")  # no inode (and, empty, no block) needed
 
-    def stop_requested(self, since: float) -> StopRequest | None:
-        """A stop request for a worker whose command began at `since`: one asked for no earlier.
-        Start times are known to a clock tick (10 ms), and a tie stops it: `worker start & worker
-        stop`, typed together, means stop; no two commands typed one after the other are so close."""
+    def _rewrite_stop_file(self, content: bytes) -> None:
+        fd = os.open(self.layout.stop_file, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fsio.write_all(fd, content)
+        finally:
+            os.close(fd)
+
+    def stop_requested(self, since: Since) -> StopRequest | None:
+        """The stop request that concerns a worker whose command began at `since`, if any."""
         request = self.stop_request()
-        return request if request is not None and request.at >= since - TICK else None
+        return request if request is not None and request.stops(since) else None
+
+
+def _host_hash() -> str:
+    """This host, as a stop request names it (short, and the same for every process here)."""
+    return f"{zlib.crc32(layout.host_name().encode()):08x}"

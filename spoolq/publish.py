@@ -67,8 +67,9 @@ class Publisher:
         try:
             for job in jobs:
                 tmp = self.store.temp_path()
-                self.store.write_file(tmp, job.to_json(), durable=durable_each)
+                # Noted before it exists: a signal just after the file is made must not leave it.
                 staged.append((tmp, layout.pending_name_of(job), job.id))
+                self.store.write_file(tmp, job.to_json(), durable=durable_each)
                 if progress:
                     progress(1)
             if not durable_each:

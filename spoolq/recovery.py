@@ -107,8 +107,12 @@ class Recovery:
         if not name.endswith(".json"):
             return []
         try:
-            job, _ = self.store.read_job(path, now=now)
-        except (InvalidJob, FileNotFoundError) as e:
+            # trusted_only: what recovery moves on runs next, so it must be a file the claim
+            # would have run (any directory in processing/ can hold anyone's file).
+            job, _ = self.store.read_job(path, now=now, trusted_only=True)
+        except FileNotFoundError:
+            return []
+        except InvalidJob as e:
             qid = self.quarantine.put(path, name, f"malformed job file found in processing/: {e}", now)
             return [Recovered(owner, qid, "dead", str(e))]
         attempt = job.running_attempt

@@ -13,7 +13,7 @@ import stat
 import time
 from typing import Any, Callable, ContextManager
 
-from . import config, fsio, job, layout, liveness, locks
+from . import config, fsio, job, layout, liveness, locks, trust
 from .errors import InvalidJob, SpoolError
 from .job import Job
 
@@ -60,15 +60,24 @@ class Store:
         self.check_safe()  # what is there already, before anything is created in it
         self._refuse_foreign_root()
         try:
-            os.makedirs(os.path.dirname(self.root) or ".", exist_ok=True)
+            trust.make_private_parents(self.root)
             self.make_dir(self.root)
             for name in layout.STATE_DIRS + layout.OTHER_DIRS:
                 self.make_dir(self.layout.dir(name))
             for name in config.LOCKS:
                 locks.make(self.layout.lock(name), self.modes.file)
+            self._make_idle_stop_file()
         except OSError as e:
             raise SpoolError(f"cannot create spool at {self.root}: {e.strerror}") from None
         self.check_safe()
+
+    def _make_idle_stop_file(self) -> None:
+        """control/stop holding no request: a later one can then be written into it in place when
+        the disk has no inode left (see Owners.request_stop)."""
+        try:
+            self.write_file(self.layout.stop_file, b"idle\n", durable=False)
+        except FileExistsError:
+            pass
 
     def open_existing(self) -> None:
         """For the commands that do not create a spool: it must be there, and safe to use."""
@@ -97,9 +106,12 @@ class Store:
         user, and not writable by others (by the group only with group_access). Otherwise another
         local user could drop a job that runs as whoever uses this spool."""
         shared = self._group_access_if_ours()
+        why = trust.unsafe_ancestor(self.root, shared)
+        if why:
+            raise SpoolError(why)
         paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
         for path in paths:
-            why = unsafe_directory(path, shared, may_be_link=path == self.root)
+            why = trust.unsafe_directory(path, shared, may_be_link=path == self.root)
             if why:
                 raise SpoolError(why)
 
@@ -158,30 +170,8 @@ class Store:
         self._config = config.save(self.layout, key, value, mode=self.modes.file, temp_path=self.temp_path())
         self._config_stamp = None
         if key == "group_access":
-            self._chmod_tree(fsio.Modes.for_spool(bool(value)))
+            trust.give_modes(self.layout, fsio.Modes.for_spool(bool(value)))
         return self._config
-
-    def _chmod_tree(self, modes: fsio.Modes) -> None:
-        """Give what spoolq created the spool's modes; anything else under it (the user's own
-        files, a drop-in not yet taken, a quarantined file) is left as it is."""
-        _chmod(self.root, modes.dir)
-        _chmod(self.layout.config, modes.file)
-        for name in layout.STATE_DIRS + layout.OTHER_DIRS:
-            directory = self.layout.dir(name)
-            _chmod(directory, modes.dir)
-            for entry in fsio.listdir(directory):
-                path = os.path.join(directory, entry)
-                if name == "processing":
-                    self._chmod_owned(path, modes)
-                elif layout.is_spoolq_entry(name, entry):
-                    _chmod(path, modes.file)
-
-    def _chmod_owned(self, owned: str, modes: fsio.Modes) -> None:
-        if not _chmod(owned, modes.dir):
-            return
-        for entry in fsio.listdir(owned):
-            if layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX):
-                _chmod(os.path.join(owned, entry), modes.file)
 
     # ---- creating files with the spool's modes -------------------------------------------
 
@@ -291,44 +281,6 @@ class Store:
         if self._owner_uid is None:
             self._owner_uid = os.stat(self.root).st_uid
         return self._owner_uid
-
-
-def _chmod(path: str, mode: int) -> bool:
-    """chmod a file or directory of ours; never through a symlink. False if it is not there."""
-    try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            return False
-        os.chmod(path, mode)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False) -> str | None:
-    """Why `path` must not be used as a spool directory, or None (also if it does not exist yet)."""
-    try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode) and may_be_link and st.st_uid == os.geteuid():
-            st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return f"cannot use {path}: {e.strerror}"
-    mode = stat.S_IMODE(st.st_mode)
-    if stat.S_ISLNK(st.st_mode):
-        why = "it is a symbolic link"
-    elif not stat.S_ISDIR(st.st_mode):
-        why = "it is not a directory"
-    elif st.st_uid != os.geteuid():
-        why = f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
-    elif mode & 0o002:
-        why = "anyone can write into it"
-    elif mode & 0o020 and not shared:
-        why = "its group can write into it and group_access is off"
-    else:
-        return None
-    return (f"refusing to use {path}: {why} (owner uid {st.st_uid}, mode {mode:04o}); a spool's "
-            "directories must be yours and not writable by others")
 
 
 def io_message(what: str, e: OSError) -> str:

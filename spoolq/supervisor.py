@@ -11,8 +11,10 @@ from typing import Callable
 
 from . import fsio, liveness
 from .errors import SpoolError
+from .owners import Since
 from .spool import Spool
-from .worker import EXIT_SIGNALLED, KILL_AFTER_SIGNALS, Worker, stderr_log
+from .worker import (EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker,
+                     stderr_log)
 
 RESTART_WINDOW = 10.0  # seconds: a worker dying faster than this is restarted with a growing delay
 
@@ -25,7 +27,7 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = stderr_log, since: float | None = None):
+                 log: Callable[[str], None] = stderr_log, since: Since | None = None):
         self.spool = spool
         self.count = count
         self.burst = burst
@@ -36,8 +38,9 @@ class Supervisor:
         self.token = ""
         # When `worker start` began: a `worker stop` from then on stops these workers, even one
         # that comes before they registered (`worker start --detach & worker stop`).
-        self.since = since if since is not None else liveness.started_at(os.getpid()) or time.time()
+        self.since = since or spool.owners.since(liveness.started_at(os.getpid()) or time.time())
         self._quick_deaths = 0
+        self.failed = False  # a worker could not start or found the spool unsafe: exit 1
 
     def log(self, message: str) -> None:
         self._log(f"supervisor {os.getpid()}: {message}")
@@ -80,7 +83,7 @@ class Supervisor:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.spool.owners.unregister(self.token)
-        return 0
+        return 1 if self.failed else 0
 
     def _heartbeat(self, *_args: object) -> None:
         """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live
@@ -104,6 +107,9 @@ class Supervisor:
                                 since=self.since)
                 worker.install_signal_handlers()
                 code = worker.run()
+            except CannotStart as e:
+                self._log(f"worker {os.getpid()}: cannot start: {e}")
+                code = EXIT_CANNOT_START
             except BaseException as e:  # a worker must never take its supervisor's code path
                 try:
                     import traceback
@@ -133,6 +139,13 @@ class Supervisor:
                 self.log(f"worker pid {pid} was stopped by a signal of its own; starting another")
                 self._spawn()  # the pool keeps its size: stopping all of it is `worker stop`'s
             return
+        if code == EXIT_UNSAFE or (code == EXIT_CANNOT_START and self.burst):
+            self.failed = True  # starting more would fail the same way (a burst has no later)
+            self.stopping = True
+            self.log(f"worker pid {pid} could not go on; stopping the others after their jobs")
+            for other in list(self.children):
+                _signal(other, signal.SIGTERM)
+            return
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
         self.log(f"worker pid {pid} {how}")
         self._recover()
@@ -155,6 +168,7 @@ class Supervisor:
             self._quick_deaths += 1
         else:
             self._quick_deaths = 0
+        self.failed = False  # a worker could not start or found the spool unsafe: exit 1
         delay = min(0.05 * (2 ** min(self._quick_deaths, 7)), 5.0) if self._quick_deaths > 1 else 0.0
         if delay:
             time.sleep(delay)
@@ -178,7 +192,7 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def detach(spool: Spool, count: int, *, burst: bool, since: float | None) -> int:
+def detach(spool: Spool, count: int, *, burst: bool, since: Since | None) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()

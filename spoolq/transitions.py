@@ -256,12 +256,12 @@ class Transitions:
     def _retry_one(self, job_id: str, now: float) -> bool:
         path = os.path.join(self.layout.dead, layout.job_file(job_id))
         try:
-            job, _ = self.store.read_job(path, now=now)
+            job, _ = self.store.read_job(path, now=now, trusted_only=True)  # it runs next
         except FileNotFoundError:
             return False
         except InvalidJob as e:
-            raise NotRetryable(f"{job_id}: the dead file is unreadable ({e}); fix it and drop it "
-                               "into pending/ again") from None
+            raise NotRetryable(f"{job_id}: the dead file cannot be retried ({e}); fix it and drop it "
+                               "into pending/ again (fsck --repair quarantines it)") from None
         job.attempts, job.exit_code, job.run_at, job.updated_at = 0, None, None, now
         job.seq = self.store.next_seq()
         try:

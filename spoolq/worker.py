@@ -8,10 +8,11 @@ import sys
 import time
 from typing import Callable
 
-from . import job, layout, liveness, output, runner, watch
-from .errors import LostOwnership
+from . import attempt, job, layout, liveness, output, runner, watch
+from .errors import LostOwnership, SpoolError
 from .index import PendingIndex
 from .heartbeat import Heartbeat
+from .owners import Since
 from .spool import Spool
 from .transitions import Adopted, Claimed
 
@@ -29,57 +30,37 @@ def stderr_log(message: str) -> None:
 
 
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
+EXIT_UNSAFE = 77  # the spool stopped being safe to use: its supervisor stops too
+EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not worth a traceback
+
+
+class CannotStart(Exception):
+    """A worker could not begin (its registration could not be written, the spool is unsafe)."""
+
+
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attempt counts)
-
-
-class GroupRecord:
-    """processing/<owner>/.pgroup: the running job's process group, where a rescuer looks should
-    this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
-    file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
-
-    def __init__(self, path: str | None, mode: int = 0o600):
-        self.fd: int | None = None
-        if path is None:
-            return
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-        except OSError:
-            pass  # best effort: without it, a rescuer cannot kill what a job leaves running
-
-    def running(self, pid: int | None, since_tick: int = 0) -> None:
-        """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
-        if self.fd is None:
-            return
-        try:
-            os.pwrite(self.fd, layout.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None, since: float | None = None):
+                 supervisor: int | None = None, since: Since | None = None):
         self.spool = spool
         self.burst = burst
         self._log = log
         self.supervisor = supervisor
         # When this worker's command began: a stop request from then on is for it.
-        self.since = since if since is not None else liveness.started_at(os.getpid()) or time.time()
+        self.since = since or spool.owners.since(liveness.started_at(os.getpid()) or time.time())
         self.stopping = False
         self.signals = 0  # stop signals received
         self.owner = ""
         self.index = PendingIndex()
         self._wake: watch.Wakeups | None = None
         self.heartbeat = Heartbeat(spool, self.log)
-        self.group = GroupRecord(None)  # opened at registration
+        self.group = attempt.GroupRecord(None)  # opened at registration
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
         self._claiming = True
+        self.unsafe = False
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
     @property
@@ -111,8 +92,13 @@ class Worker:
 
     def run(self) -> int:
         """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit
-        status: 0, or EXIT_SIGNALLED when a signal to this worker stopped it."""
-        self._register()
+        status: 0; EXIT_SIGNALLED when a signal to this worker stopped it; EXIT_UNSAFE when the
+        spool stopped being safe to use. Raises CannotStart if it cannot even begin."""
+        try:
+            self.spool.store.check_safe()
+            self._register()
+        except (OSError, SpoolError) as e:
+            raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
         layout = self.spool.layout
         self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
         self._announce_wakeups()
@@ -125,6 +111,8 @@ class Worker:
             self._wake.close()
             self.spool.owners.unregister(self.owner)
         self.log("stopped")
+        if self.unsafe:
+            return EXIT_UNSAFE
         return EXIT_SIGNALLED if self.signals else 0
 
     def _register(self) -> None:
@@ -134,7 +122,7 @@ class Worker:
         self.owner = self.spool.owners.register("worker", **extra)
         self.heartbeat.start(self.owner)
         self.group.close()
-        self.group = GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
+        self.group = attempt.GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
                                  self.spool.store.modes.file)
 
     def _announce_wakeups(self) -> None:
@@ -262,6 +250,12 @@ class Worker:
 
     def _recover(self) -> None:
         try:
+            self.spool.store.check_safe()  # again: a directory may have been swapped or opened up
+        except SpoolError as e:
+            self.log(f"{e}; stopping")
+            self.unsafe = self.stopping = True
+            return
+        try:
             for recovered in self.spool.recovery.run(self.owner):
                 self.log(str(recovered))
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
@@ -307,31 +301,9 @@ class Worker:
         self._finish(claimed, outcome)
 
     def _run(self, claimed: Claimed) -> runner.Outcome:
-        running = claimed.job
-        attempt = running.running_attempt
-        cfg = self.spool.config
-        env = self._base_env.copy()
-        env.update(running.env)
-        env.update(SPOOLQ_JOB_ID=running.id, SPOOLQ_ATTEMPT=str(attempt), SPOOLQ_HOST=self.host,
-                   SPOOLQ_SPOOL=self.spool.root, SPOOLQ_OWNER=self.owner)
-        header = (f"==> {job.iso(time.time())} attempt {attempt} of {running.max_retries + 1} "
-                  f"on {self.host} (worker {self.owner}) <==\n")
-        try:
-            log = output.AttemptLog(self.spool.layout.output(running.id), header, self.spool.store.modes.file,
-                                    cfg.max_output_bytes)
-        except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
-            return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
-        outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
-        before_spawn = liveness.ticks_now()  # the leader starts after this and before on_spawn
-        try:
-            outcome = runner.run(running.command, cwd=running.cwd, env=env,
-                                 timeout=running.timeout or cfg.job_timeout or None, output=log.write,
-                                 should_abort=self._abort_reason, keep_children=running.keep_children,
-                                 on_spawn=lambda pid: self.group.running(pid, before_spawn))
-        finally:
-            self.group.running(None)
-            log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
-        return outcome
+        env = {**self._base_env, "SPOOLQ_HOST": self.host, "SPOOLQ_SPOOL": self.spool.root,
+               "SPOOLQ_OWNER": self.owner}
+        return attempt.run(self.spool, claimed.job, self.host, self.owner, env, self.group, self._abort_reason)
 
     def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
         job_id, attempt = claimed.job.id, claimed.job.running_attempt

@@ -15,7 +15,7 @@ RANK = {
     "errors": 0, "job": 1, "layout": 2,
     "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3,
     "locks": 4, "output": 4,
-    "config": 5,
+    "config": 5, "trust": 5,
     "store": 6,
     "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7,
     "views": 8,
@@ -24,7 +24,7 @@ RANK = {
     "recovery": 11,
     "spool": 12,
     "fsck.report": 13, "fsck.jobs": 14, "fsck.housekeeping": 15, "fsck": 16,
-    "heartbeat": 13, "worker": 14, "supervisor": 15,
+    "heartbeat": 13, "attempt": 13, "worker": 14, "supervisor": 15,
     "cli.base": 17, "cli.enqueue": 18, "cli.reading": 18, "cli.workers": 18, "cli.admin": 18,
     "cli": 19, "__main__": 20, "__init__": 20,
 }

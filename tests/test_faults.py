@@ -484,12 +484,12 @@ def _write(path: str, data: bytes) -> str:
 
 def test_fsck_reports_missing_directories_and_a_bad_config(tmp_path):
     spool = Spool(str(tmp_path / "s"))
-    os.rmdir(spool.layout.dir("control"))
+    os.rmdir(spool.layout.dir("log"))
     _write(spool.layout.config, b"{not json")
     fresh = Spool(spool.root, create=False)
     problems = fsck.check(fresh, repair=True)
-    assert kinds(problems) == [("config", "config.json"), ("missing-dir", "control")]
-    assert os.path.isdir(spool.layout.dir("control"))
+    assert kinds(problems) == [("config", "config.json"), ("missing-dir", "log")]
+    assert os.path.isdir(spool.layout.dir("log"))
     by_kind = {p.kind: p for p in problems}
     assert by_kind["missing-dir"].repaired and not by_kind["config"].repaired
     assert "left alone" in by_kind["config"].repair

@@ -460,6 +460,11 @@ def test_a_copy_of_a_finished_job_under_a_canonical_name_is_quarantined_not_run(
 
 
 LOOKALIKES = [
+    ("purge", "--older-than", "nan"),
+    ("wait", "--timeout", "inf"),
+    ("list", "--limit", "1_0"),
+    ("config", "set", "poll_interval", "nan"),
+    ("config", "set", "max_retries", "1_0"),
     ("enqueue", "--run-at", "٣", "--cmd", "true"),
     ("enqueue", "--run-at", "１２", "--cmd", "true"),
     ("enqueue", "--priority", "٣", "--cmd", "true"),
@@ -728,3 +733,97 @@ def test_giving_back_a_dead_holders_lock_never_moves_a_newer_holders(spool):
         (held,) = [n for n in os.listdir(spool.layout.dir("locks")) if n.startswith("dlq.lock.")]
         assert held == os.path.basename(f"{token}.{locks.holder_tag()}") and not os.path.exists(token)
     assert os.path.exists(token)
+
+
+
+# ---- what the adversarial review of this work found --------------------------------------------
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("where", ["processing", "dead"])
+def test_a_strangers_job_file_is_never_run_by_recovery_or_dlq_retry(spool, tmp_path, where):
+    """A group member (or anyone who can write there) who plants a job in processing/<dir>/ or
+    dead/ must not get it run: recovery and dlq retry rewrite a file as the worker's user, so
+    they check its owner as the claim does."""
+    proof = tmp_path / "pwned"
+    job = {"id": "evil", "command": f"id > {proof}", "cwd": "/tmp", "attempts": 0, "max_retries": 3,
+           "priority": 0, "seq": 1}
+    if where == "processing":
+        fake = os.path.join(spool.layout.processing, "fake")
+        os.mkdir(fake)
+        path = os.path.join(fake, "evil.json")
+    else:
+        path = os.path.join(spool.layout.dead, "evil.json")
+    with open(path, "w") as f:
+        json.dump(job, f)
+    os.chown(path, STRANGER, STRANGER)
+    if where == "processing":
+        os.chown(os.path.dirname(path), STRANGER, STRANGER)
+    cli(spool.root, "dlq", "retry", "--all")
+    cli(spool.root, "worker", "start", "--burst")
+    cli(spool.root, "worker", "start", "--burst")
+    assert not proof.exists()
+
+
+def test_parents_made_for_a_new_spool_are_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        assert cli(str(tmp_path / "a" / "b" / "spool"), "init").returncode == 0
+    finally:
+        os.umask(old)
+    assert [stat.S_IMODE(os.stat(tmp_path / p).st_mode) for p in ("a", "a/b")] == [0o700, 0o700]
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_directory_above_the_spool_that_others_can_write_is_refused(tmp_path, mode):
+    above = tmp_path / "open"
+    above.mkdir()
+    Spool(str(above / "spool"))
+    os.chmod(above, mode)
+    r = cli(str(above / "spool"), "status")
+    assert r.returncode == 1 and f"{above} above it is writable" in r.stderr, r.stderr
+    os.chmod(above, mode | stat.S_ISVTX)  # sticky, as /tmp is: others cannot move what is ours
+    assert cli(str(above / "spool"), "status").returncode == 0
+
+
+def test_a_worker_stops_when_its_spool_stops_being_safe(spool, workers):
+    w = workers(1)
+    os.chmod(spool.layout.pending, 0o777)
+    wait_for(lambda: w.proc.poll() is not None, 15, "the worker to stop")
+    assert w.proc.returncode == 1
+    assert "refusing to use" in w.stop()
+
+
+def test_enqueue_with_stdout_closed_says_so(spool_dir):
+    r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "enqueue", "true"], stdin=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 1 and "stdout is closed" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_enqueue_from_a_fifo_with_no_writer_does_not_hang(spool_dir, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = cli(spool_dir, "enqueue", "--file", str(fifo), timeout=20)
+    assert r.returncode == 2 and "not valid JSON" in r.stderr, r.stderr
+
+
+def test_a_worker_that_cannot_start_ends_a_burst_with_one_line(small_fs):
+    spool = Spool(os.path.join(small_fs, "spool"))
+    spool.enqueue({"command": "true"})
+    fill(small_fs)
+    r = cli(spool.root, "worker", "start", "--burst", timeout=60)
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_stop_from_another_host_with_a_clock_ahead_still_stops(spool):
+    """A stop request names its host: one from another host is judged on the file system's
+    clock, so a host whose clock runs ahead (or behind) cannot stop too much or too little."""
+    since = spool.owners.since(time.time())
+    fs_now = spool.store.fs_clock()
+    with open(spool.layout.stop_file, "w") as f:  # asked on another host 1 s later, its clock 1 h ahead
+        f.write(f"stop {time.time() + 3600 + 1:.6f} abcd 0000beef {fs_now + 1:.6f}\n")
+    assert spool.owners.stop_requested(since) is not None
+    with open(spool.layout.stop_file, "w") as f:  # asked there before we started, its clock 1 h behind
+        f.write(f"stop {time.time() - 3600:.6f} abcd 0000beef {fs_now - 5:.6f}\n")
+    assert spool.owners.stop_requested(since) is None

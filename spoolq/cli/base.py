@@ -8,6 +8,7 @@ Exit status: 0 success; 1 the operation failed; 2 invalid input or usage (nothin
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING, Any, Iterable
 
 import click
@@ -26,22 +27,29 @@ class CliError(click.ClickException):
         self.exit_code = exit_code
 
 
-class _AsciiDigits:
-    """A number written with the digits 0-9 only: int() and float() also read other scripts'
-    digits ('٣' is 3), which no one types on purpose into a job queue's options."""
+class _Plain:
+    """A number as a person writes one: digits 0-9, a sign, a point, an exponent. int() and
+    float() also read other scripts' digits ('٣' is 3), '1_0', 'nan' and 'inf' ('purge
+    --older-than nan' purged everything), none of which anyone means in a job queue's options."""
+
+    pattern = re.compile(r"[+-]?[0-9]+")
+    what = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not value.isascii():
-            self.fail(f"{value!r} is not a number written with the digits 0-9", param, ctx)  # type: ignore[attr-defined]
+        if isinstance(value, str) and not self.pattern.fullmatch(value.strip()):
+            self.fail(f"{value!r} is not a valid {self.what} (digits 0-9)", param, ctx)  # type: ignore[attr-defined]
         return super().convert(value, param, ctx)  # type: ignore[misc]
 
 
-class Int(_AsciiDigits, click.IntRange):
+class Int(_Plain, click.IntRange):
     """An integer option (within bounds, if given)."""
 
 
-class Float(_AsciiDigits, click.FloatRange):
+class Float(_Plain, click.FloatRange):
     """A number option (within bounds, if given)."""
+
+    what = "number"
+    pattern = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class Terminated(BaseException):

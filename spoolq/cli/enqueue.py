@@ -33,7 +33,9 @@ def _source(path: str, what: str) -> Iterator[BinaryIO]:
         yield sys.stdin.buffer
         return
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a fifo with no writer must not hang
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
     except OSError as e:
         raise CliError(f"cannot read {what} {path!r}: {e.strerror}", 2) from None
     with f:
@@ -149,6 +151,8 @@ class _Announcement:
         self.done = False
 
     def __call__(self) -> None:
+        if sys.stdout is None:
+            raise CliError("cannot print the new ids (stdout is closed); nothing was enqueued", 1)
         try:
             if self.lines:
                 click.echo("\n".join(self.lines))  # one write: a 100,000-line batch should not pay per line

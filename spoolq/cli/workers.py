@@ -28,7 +28,8 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
     from .. import supervisor
 
     spool = c.create()
-    since = started_at(os.getpid()) or time.time()  # a `worker stop` from then on stops these workers
+    # When the user asked: a `worker stop` from then on stops these workers.
+    since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since).run())
     pid = supervisor.detach(spool, count, burst=burst, since=since)

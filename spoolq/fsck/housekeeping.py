@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, locks, store
+from .. import fsio, layout, locks, trust
 from ..errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
@@ -52,7 +52,7 @@ class HousekeepingChecks:
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
             return True
-        why = store.unsafe_directory(path, shared=True, may_be_link=may_be_link)
+        why = trust.unsafe_directory(path, shared=True, may_be_link=may_be_link)
         if why is None:
             return True
         p = self.r.report("unsafe-dir", path, why)

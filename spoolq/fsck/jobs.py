@@ -25,8 +25,9 @@ class JobChecks:
         for entry, path, st in r.entries(self.layout.processing):
             if entry.startswith("."):
                 continue
-            if not stat.S_ISDIR(st.st_mode):
-                p = r.report("stray-entry", path, "processing/ should hold only owner directories")
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                p = r.report("stray-entry", path, "processing/ should hold only the owner directories of "
+                             "this spool's workers")
                 r.leave_alone(p, "not spoolq's; remove it by hand")
                 continue
             if entry not in gone:
@@ -65,8 +66,7 @@ class JobChecks:
         r = self.r
         reason = None
         try:
-            self.spool.store.read_job(path, now=r.now, expect_id=expected,
-                                      trusted_only=state in ("pending", "processing"))
+            self.spool.store.read_job(path, now=r.now, expect_id=expected, trusted_only=True)
         except FileNotFoundError:
             return  # moved on while we looked
         except InvalidJob as e:

@@ -1,0 +1,65 @@
+"""One attempt of a claimed job: its environment, its output log, its process group recorded
+where a rescuer looks, and the command run (runner.py) until it ends or must be killed."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from . import job as job_record, layout, liveness, output, runner
+from .job import Job
+from .spool import Spool
+
+
+def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
+        should_abort: Callable[[], str | None]) -> runner.Outcome:
+    """Run the job's running attempt; its outcome (a log that cannot be written fails it)."""
+    attempt = job.running_attempt
+    cfg = spool.config
+    env = {**base_env, **job.env, "SPOOLQ_JOB_ID": job.id, "SPOOLQ_ATTEMPT": str(attempt)}
+    header = (f"==> {job_record.iso(time.time())} attempt {attempt} of {job.max_retries + 1} "
+              f"on {host} (worker {owner}) <==\n")
+    try:
+        log = output.AttemptLog(spool.layout.output(job.id), header, spool.store.modes.file, cfg.max_output_bytes)
+    except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
+        return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
+    outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
+    before_spawn = liveness.ticks_now()  # the leader starts after this and before on_spawn
+    try:
+        outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
+                             output=log.write, should_abort=should_abort, keep_children=job.keep_children,
+                             on_spawn=lambda pid: group.running(pid, before_spawn))
+    finally:
+        group.running(None)
+        log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
+    return outcome
+
+
+class GroupRecord:
+    """processing/<owner>/.pgroup: the running job's process group, where a rescuer looks should
+    this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
+    file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
+
+    def __init__(self, path: str | None, mode: int = 0o600):
+        self.fd: int | None = None
+        if path is None:
+            return
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        except OSError:
+            pass  # best effort: without it, a rescuer cannot kill what a job leaves running
+
+    def running(self, pid: int | None, since_tick: int = 0) -> None:
+        """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
+        if self.fd is None:
+            return
+        try:
+            os.pwrite(self.fd, layout.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
