@@ -18,8 +18,10 @@ Directories under the spool root ``S``::
                     "pidns", "owner"} (spoolq 0.1 made empty files: creator unknown)
     S/output/<id>.log   captured stdout+stderr of every attempt, with marker lines
     S/workers/<owner>.json  a live worker's registration; its mtime is its heartbeat
-    S/control/stop  a stop request, "stop <epoch seconds> <token>": every worker whose
-                    ``worker start`` began no later than that time stops after its current job;
+    S/control/stop  "idle" (made with the layout), or a stop request, "stop <epoch seconds>
+                    <token> <host hash> <fs epoch seconds>": every worker whose ``worker start``
+                    began no later than that time (on the asking host's clock for a worker on
+                    that host, on the file system's for others) stops after its current job;
                     "now ..." also kills their running jobs. A file without a time counts from
                     its mtime.
     S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
