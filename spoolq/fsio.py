@@ -128,17 +128,6 @@ def _libc() -> object:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
-def create_exclusive(path: str, mode: int) -> bool:
-    """Create an empty file; False if it exists. O_EXCL is atomic on local file systems and NFSv3+."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    except FileExistsError:
-        return False
-    exact_mode(fd, mode)
-    os.close(fd)
-    return True
-
-
 def move(src: str, dst: str) -> bool:
     """One atomic state change. False if `src` is gone: someone else moved it first (a lost race)."""
     try:

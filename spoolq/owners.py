@@ -183,10 +183,6 @@ class Owners:
         """How often a live owner touches its registration: well inside the lease, at most 5 s."""
         return max(0.2, min(self.store.config.lease_timeout / 4, 5.0))
 
-    def registered_at(self, owner: str) -> float:
-        """When `owner` registered, on the file system's clock (ask before its first heartbeat)."""
-        return os.stat(self.layout.worker_file(owner)).st_mtime
-
     def registration(self, owner: str) -> Registration | None:
         """None if there is none; an empty record if it cannot be read."""
         path = self.layout.worker_file(owner)

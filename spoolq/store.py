@@ -189,9 +189,6 @@ class Store:
         """Write `data` under a temp name in tmp/, then rename it to `final_path`."""
         fsio.publish(self.temp_path(), data, final_path, durable=durable, mode=self.modes.file)
 
-    def create_exclusive(self, path: str) -> bool:
-        return fsio.create_exclusive(path, self.modes.file)
-
     def temp_path(self, directory: str | None = None) -> str:
         """A fresh temp name, invisible to every reader, naming this process as its creator: in
         tmp/, or beside where it will land."""

@@ -253,12 +253,12 @@ def test_power_cut_leftovers_are_recovered_or_quarantined(spool, workers, tmp_pa
 
     # A job file whose data never reached the disk: zero bytes under its canonical name.
     zero_name = L.pending_name("zero", 0, 1, None)
-    spool.store.create_exclusive(lay.id_marker("zero"))
+    empty_marker(lay.id_marker("zero"))
     open(os.path.join(lay.pending, zero_name), "wb").close()
     # A torn one: half of its JSON.
     torn_job = spool.make_job({"id": "torn", "command": cmd("torn")})
     torn_bytes = torn_job.to_json()[: len(torn_job.to_json()) // 2]
-    spool.store.create_exclusive(lay.id_marker("torn"))
+    empty_marker(lay.id_marker("torn"))
     with open(os.path.join(lay.pending, L.pending_name("torn", 0, torn_job.seq, None)), "wb") as f:
         f.write(torn_bytes)
     # A temp file of an enqueue that never got to its rename.
@@ -268,12 +268,12 @@ def test_power_cut_leftovers_are_recovered_or_quarantined(spool, workers, tmp_pa
     # A job held by a worker that died, with a half-written rewrite beside it, and a torn one.
     owner = fake_owner(spool, alive=False)
     held = spool.make_job({"id": "held", "command": cmd("held")})
-    spool.store.create_exclusive(lay.id_marker("held"))
+    empty_marker(lay.id_marker("held"))
     with open(os.path.join(lay.owned(owner), "held.json"), "wb") as f:
         f.write(held.to_json())
     with open(os.path.join(lay.owned(owner), L.tmp_name()), "wb") as f:
         f.write(held.to_json()[:10])
-    spool.store.create_exclusive(lay.id_marker("heldtorn"))
+    empty_marker(lay.id_marker("heldtorn"))
     with open(os.path.join(lay.owned(owner), "heldtorn.json"), "wb") as f:
         f.write(b'{"id": "heldtorn", "comm')
 
@@ -349,12 +349,12 @@ def _break(spool):
     spool.enqueue({"id": "nomark", "command": "true"})
     os.unlink(lay.id_marker("nomark"))
     # orphan marker (old) and a young one (an enqueue in flight: not a problem)
-    spool.store.create_exclusive(lay.id_marker("orphan"))
+    empty_marker(lay.id_marker("orphan"))
     backdate(lay.id_marker("orphan"))
-    spool.store.create_exclusive(lay.id_marker("inflight"))
+    empty_marker(lay.id_marker("inflight"))
     # unparseable done file
     _write(os.path.join(lay.done, "broken.json"), b"\x00\x01garbage")
-    spool.store.create_exclusive(lay.id_marker("broken"))
+    empty_marker(lay.id_marker("broken"))
     # a quarantined file with its reason (fine) and one without (a problem)
     spool.quarantine.put(_drop(lay, "fine.json", b"nope"), "fine.json", "malformed: test", time.time())
     qid = spool.quarantine.put(_drop(lay, "lost.json", b"nope"), "lost.json", "malformed: test", time.time())
@@ -371,7 +371,7 @@ def _break(spool):
     # a live owner holding an unparseable job: reported, never touched
     with open(os.path.join(lay.owned(owner), "livebad.json"), "wb") as f:
         f.write(b"{")
-    spool.store.create_exclusive(lay.id_marker("livebad"))
+    empty_marker(lay.id_marker("livebad"))
     # a dead owner holding a job
     dead = fake_owner(spool, alive=False)
     spool.enqueue({"id": "stuck", "command": "true"})
@@ -457,6 +457,11 @@ def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
     assert sum(1 for line in lines if line.startswith("    repaired: ")) == sum(expected.values())
     assert sum(1 for line in lines if line.startswith("    not repaired: ")) == len(expected) - sum(expected.values())
     assert "    repaired: recovered: job stuck is now pending" in lines, r.stdout
+
+
+def empty_marker(path: str) -> None:
+    """An id marker as spoolq 0.1 made them: empty, its creator unknown."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def L_boot() -> str:
