@@ -97,15 +97,23 @@ class Supervisor:
         signal.setitimer(signal.ITIMER_REAL, interval)
 
     def _spawn(self) -> None:
+        # RACE: a stop signal passed on to a worker just forked would otherwise run the
+        # supervisor's handler in it (inherited until the worker installs its own) and be lost:
+        # the worker would never stop. Held across the fork, it reaches the worker's handler.
+        held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM}
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         pid = os.fork()
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if pid == 0:
             code = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+                for signum in held:
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
                                 since=self.since)
                 worker.install_signal_handlers()
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
             except CannotStart as e:
                 self._log(f"worker {os.getpid()}: cannot start: {e}")
