@@ -29,6 +29,7 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
     try:
         outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
                              output=log.write, should_abort=should_abort, keep_children=job.keep_children,
+                             shell=job.shell,
                              on_spawn=lambda pid: group.running(pid, before_spawn))
     finally:
         group.running(None)

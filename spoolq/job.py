@@ -24,6 +24,7 @@ MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit du
 KNOWN = (
     "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
     "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay", "keep_children",
+    "shell",
 )
 
 
@@ -44,6 +45,7 @@ class Job:
     exit_code: int | None = None
     last_error: str | None = None
     keep_children: bool = False  # processes it leaves in its group outlive the attempt
+    shell: bool = False  # always run by /bin/sh -c, never directly (direct.py)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +68,8 @@ class Job:
         )
         if self.keep_children:
             out["keep_children"] = True  # written only when set: files stay as they were
+        if self.shell:
+            out["shell"] = True
         return out
 
     def to_json(self) -> bytes:
@@ -181,13 +185,19 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     exit_code = _exit_code(d.get("exit_code"))
     last_error = _last_error(d.get("last_error"))
     seq = _seq(d.get("seq"), seq if seq is not None else int(now * 1e9))
-    keep_children = d.get("keep_children", False)
-    if not isinstance(keep_children, bool):
-        raise InvalidJob("keep_children: must be true or false")
+    keep_children = _flag(d, "keep_children")
+    shell = _flag(d, "shell")
     return Job(id=job_id or "", command=command, max_retries=max_retries, created_at=created_at, seq=seq,
                priority=priority, timeout=timeout, run_at=run_at, cwd=cwd, env=env, updated_at=updated_at,
                attempts=attempts, exit_code=exit_code, last_error=last_error, keep_children=keep_children,
-               extra=_extra(d))
+               shell=shell, extra=_extra(d))
+
+
+def _flag(d: dict[str, Any], field: str) -> bool:
+    value = d.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidJob(f"{field}: must be true or false")
+    return value
 
 
 def _command(command: object) -> str:

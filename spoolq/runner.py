@@ -17,9 +17,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from . import direct
+
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a job's process group
 DRAIN_AFTER_KILL = 0.2  # seconds to wait for the output pipe to close once the group is killed
 SHELL = "/bin/sh"
+DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 CHUNK = 65536
 
 
@@ -33,15 +36,15 @@ class Outcome:
 
 def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | None,
         output: Callable[[bytes], object], should_abort: Callable[[], str | None] = lambda: None,
-        keep_children: bool = False, on_spawn: Callable[[int], object] = lambda pid: None,
+        keep_children: bool = False, shell: bool = False, on_spawn: Callable[[int], object] = lambda pid: None,
         poll: float = 0.5) -> Outcome:
-    """Run `command` with /bin/sh in a new session; its stdout and stderr, as they come, go to
+    """Run `command` (directly, or with /bin/sh: see spawn) in a new session; its stdout and stderr, as they come, go to
     `output`. `should_abort` is asked every `poll` seconds: a reason kills the group and ends it.
     `on_spawn` hears the leader's pid (the group's id) as soon as it runs."""
     started = time.monotonic()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn(command, cwd=cwd, env=env, out_fd=write_end)
+        pid = spawn(command, cwd=cwd, env=env, out_fd=write_end, shell=shell)
     except OSError as e:
         os.close(read_end)
         what = f"cwd {cwd!r}" if cwd and not os.path.isdir(cwd) else SHELL
@@ -174,9 +177,10 @@ def _outcome(status: int, seconds: float) -> Outcome:
     return Outcome(False, code, f"exit status {code}", seconds)
 
 
-def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int) -> int:
-    """Start `/bin/sh -c command` as the leader of a new session (so of its own process group),
-    stdin from /dev/null, stdout and stderr to `out_fd`. Returns its pid.
+def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int, shell: bool = False) -> int:
+    """Start `command` as the leader of a new session (so of its own process group), stdin from
+    /dev/null, stdout and stderr to `out_fd`: directly when the shell would only split it into
+    words (direct.py), else, or when `shell` is asked for, as `/bin/sh -c command`. Returns its pid.
 
     posix_spawn (vfork underneath) costs the worker a fraction of what subprocess does per job;
     it has no chdir action before Python 3.13, so the worker steps into `cwd` around the call
@@ -186,15 +190,39 @@ def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int) ->
     try:
         if cwd:
             os.chdir(cwd)
-        return os.posix_spawn(SHELL, [SHELL, "-c", command], env, setsid=True, file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, out_fd, 1),
-            (os.POSIX_SPAWN_DUP2, out_fd, 2),
-        ])
+        pid = None if shell else _spawn_direct(command, env, out_fd)
+        return pid if pid is not None else _posix_spawn(SHELL, [SHELL, "-c", command], env, out_fd)
     finally:
         if here is not None:
             os.fchdir(here)
             os.close(here)
+
+
+def _spawn_direct(command: str, env: dict[str, str], out_fd: int) -> int | None:
+    """The pid of `command` started without a shell, or None: the shell must run it (it needs
+    the shell, or it could not be started, and the shell will say why in its own words)."""
+    argv = direct.words(command) if direct.shell_is_dash(SHELL) else None
+    if argv is None:
+        return None
+    program = direct.find(argv[0], env)
+    exec_env = direct.environment(env) if program else None
+    if program is None or exec_env is None:
+        return None
+    try:
+        return _posix_spawn(program, argv, exec_env, out_fd)
+    except OSError:
+        return None
+
+
+def _posix_spawn(program: str, argv: list[str], env: dict[str, str], out_fd: int) -> int:
+    # SIGPIPE and SIGXFSZ back to their defaults (Python ignores both, and an ignored signal
+    # stays ignored across exec: `yes | head -1` would end in a write error), no signal blocked.
+    return os.posix_spawn(program, argv, env, setsid=True, setsigdef=DEFAULT_SIGNALS, setsigmask=(),
+                          file_actions=[
+                              (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, out_fd, 1),
+                              (os.POSIX_SPAWN_DUP2, out_fd, 2),
+                          ])
 
 
 def keep_descriptors_from_jobs() -> None:

@@ -90,7 +90,7 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("job", required=False)
-@click.option("--cmd", help="The command to run (a /bin/sh -c string).")
+@click.option("--cmd", help="The command to run (a /bin/sh -c string; see --shell).")
 @click.option("--id", "job_id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")
 @click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
@@ -99,11 +99,13 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--run-at", help="When the job may run: ISO 8601 or epoch seconds.")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
+@click.option("--shell", is_flag=True, default=None,
+              help="Always run the command with /bin/sh -c (else a plain one runs directly).")
 @json_option
 @pass_ctx
 def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, max_retries: int | None,
             priority: int | None, timeout: float | None, delay: float | None, run_at: str | None,
-            file_path: str | None, batch: str | None, as_json: bool) -> None:
+            file_path: str | None, batch: str | None, shell: bool | None, as_json: bool) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
     \b
@@ -122,7 +124,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
-                          "delay": delay, "run_at": run_at})
+                          "delay": delay, "run_at": run_at, "shell": shell})
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all
