@@ -208,12 +208,14 @@ def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
         stop_workers(proc)
 
 
-def throughput(tmp: str, n: int, repeat: int) -> Row:
+def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Row:
+    """n jobs of `command` drained by `worker start --count 2 --burst`, against xargs running the
+    same command line with sh -c, as a shell user would."""
     samples, refs = [], []
     for r in range(repeat):
         spool_dir = tempfile.mkdtemp(dir=tmp, prefix="tput-")
         batch = os.path.join(tmp, f"tput-{r}.jsonl")
-        write_batch(batch, n)
+        write_batch(batch, n, command)
         cli(spool_dir, "enqueue", "--batch", batch)
         t0 = time.monotonic()
         subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
@@ -222,11 +224,40 @@ def throughput(tmp: str, n: int, repeat: int) -> Row:
         assert count_done(spool_dir) == n, "not every job finished"
         samples.append(n / elapsed)
         t0 = time.monotonic()
-        subprocess.run(f"seq {n} | xargs -P2 -n1 sh -c true", shell=True, check=True)
+        subprocess.run(["xargs", "-P2", "-n1", "sh", "-c", command], input=b"".join(b"%d\n" % i for i in range(n)),
+                       check=True)
         refs.append(n / (time.monotonic() - t0))
     ratio = statistics.median(samples) / statistics.median(refs)
-    return Row(f"throughput: {n} `true` jobs, 2 workers, --burst", "jobs/s", samples,
-               "seq | xargs -P2 -n1 sh -c true", refs, ">= 0.6 x xargs (aim 0.8)", ratio >= 0.6)
+    return Row(f"throughput: {n} `{command}` jobs, 2 workers, --burst", "jobs/s", samples,
+               f"xargs -P2 -n1 sh -c '{command}'", refs, f">= {target:g} x xargs", ratio >= target)
+
+
+def dropin_latency(tmp: str, n: int) -> list[float]:
+    """A file dropped by the drop-in protocol (written under a dot name, fsync'd, renamed to
+    <id>.json in pending/) until its command starts."""
+    spool_dir = tempfile.mkdtemp(dir=tmp, prefix="dropin-")
+    spool = Spool(spool_dir)
+    marks = os.path.join(spool_dir, "marks")
+    os.mkdir(marks)
+    proc = start_workers(spool_dir, 1)
+    try:
+        wait_until(lambda: ready_workers(spool, 1), 15, 0.01)
+        time.sleep(0.3)
+        out = []
+        for i in range(n):
+            marker = Marker(f"{marks}/drop{i}")
+            staged = os.path.join(spool.layout.pending, f".drop{i}.tmp")
+            with open(staged, "wb") as f:
+                f.write(json.dumps({"id": f"drop{i}", "command": f": > {marker.path}"}).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            t0 = time.time_ns()
+            os.rename(staged, os.path.join(spool.layout.pending, f"drop{i}.json"))
+            out.append((marker.time() - t0) / 1e6)
+            time.sleep(0.02)
+        return out
+    finally:
+        stop_workers(proc)
 
 
 def drain_rate(spool_dir: str, measure: int) -> tuple[float, float, float]:
@@ -299,7 +330,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", help="comma-separated row keys: latency,after,throughput,cli,batch,backlog")
+    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,shellcmd,plain,cli,batch,backlog")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -316,7 +347,7 @@ def main() -> int:
     # while, and would charge the next row's file creations for the previous row's clean-up.
     tmp = tempfile.mkdtemp(prefix="spoolq-bench-")
     try:
-        if want("latency") or want("after"):
+        if want("latency") or want("after") or want("dropin"):
             progress("reference: process spawn latency")
             ref = reference_spawn_latency(tmp, a.latency_samples)
         if want("latency"):
@@ -324,17 +355,30 @@ def main() -> int:
             s = pickup_latency(tmp, a.latency_samples, None)
             p99 = sorted(s)[min(len(s) - 1, int(len(s) * 0.99))]
             rows.append(Row("pickup latency: rename into pending/ -> command starts (idle)", "ms", s,
-                            "Popen(sh -c ...) -> command starts", ref, "median <= 5 ms, p99 <= 20 ms",
-                            statistics.median(s) <= 5 and p99 <= 20, f"p99 {p99:.2f} ms", {"p99": p99}))
+                            "Popen(sh -c ...) -> command starts", ref, "median <= 2 ms, p99 <= 5 ms",
+                            statistics.median(s) <= 2 and p99 <= 5, f"p99 {p99:.2f} ms", {"p99": p99}))
+        if want("dropin"):
+            progress("pickup latency of a dropped file, idle worker")
+            s = dropin_latency(tmp, a.latency_samples)
+            p90 = sorted(s)[min(len(s) - 1, int(len(s) * 0.9))]
+            rows.append(Row("pickup latency: drop-in renamed into pending/ -> command starts", "ms", s,
+                            "Popen(sh -c ...) -> command starts", ref, "median <= 3 ms, p90 <= 10 ms",
+                            statistics.median(s) <= 3 and p90 <= 10, f"p90 {p90:.2f} ms", {"p90": p90}))
         if want("after"):
             progress("pickup latency, 50 ms after a claim")
             s = pickup_latency(tmp, a.latency_samples, 0.05)
             rows.append(Row("pickup latency, 50 ms after another job was claimed", "ms", s,
-                            "Popen(sh -c ...) -> command starts", ref, "median <= 10 ms",
-                            statistics.median(s) <= 10))
+                            "Popen(sh -c ...) -> command starts", ref, "median <= 5 ms",
+                            statistics.median(s) <= 5))
         if want("throughput"):
             progress(f"throughput: {a.jobs} jobs")
-            rows.append(throughput(tmp, a.jobs, a.repeat))
+            rows.append(throughput(tmp, a.jobs, a.repeat, "true", 1.0))
+        if want("shellcmd"):
+            progress(f"throughput: {a.jobs} jobs that need the shell")
+            rows.append(throughput(tmp, a.jobs, a.repeat, "true && true", 0.85))
+        if want("plain"):
+            progress(f"throughput: {a.jobs} jobs of a program the shell would start")
+            rows.append(throughput(tmp, a.jobs, a.repeat, "sleep 0", 1.0))
         if want("cli"):
             progress("one enqueue vs import click")
             spool_dir = os.path.join(tmp, "cli")
@@ -344,7 +388,7 @@ def main() -> int:
             s = timed_runs([*SPOOLQ, "--spool", spool_dir, "enqueue", "--cmd", "true"], n)
             ratio = statistics.median(s) / statistics.median(ref)
             rows.append(Row("one `spoolq enqueue --cmd true`", "s", s, "python -c 'import click'", ref,
-                            "<= 1.5 x import click", ratio <= 1.5))
+                            "<= 1.3 x import click", ratio <= 1.3))
         if want("batch") or want("backlog"):
             progress(f"enqueue --batch of {a.big} jobs")
             big_dir, seconds = fill_spool(tmp, a.big, "big")
@@ -367,8 +411,8 @@ def main() -> int:
                 small.append(drain_rate(small_dir, min(a.drain, a.small - 400)))
             rate_ratio = statistics.median(b[1] for b in big) / statistics.median(s[1] for s in small)
             rows.append(Row(f"drain rate with {a.big} pending", "jobs/s", [b[1] for b in big],
-                            f"drain rate with {a.small} pending", [s[1] for s in small], ">= 0.8 x",
-                            rate_ratio >= 0.8))
+                            f"drain rate with {a.small} pending", [s[1] for s in small], ">= 0.9 x",
+                            rate_ratio >= 0.9))
             rows.append(Row(f"worker resident memory with {a.big} pending", "MB", [b[2] for b in big],
                             f"with {a.small} pending", [s[2] for s in small], "<= 80 MB",
                             max(b[2] for b in big) <= 80))

@@ -80,7 +80,7 @@ def find(word: str, env: dict[str, str]) -> str | None:
 def environment(env: dict[str, str]) -> dict[str, str] | None:
     """The environment dash passes to what it runs from the current directory: only names it can
     import, PWD kept when it names this directory, else set to it. None: leave it to the shell."""
-    out = {k: v for k, v in env.items() if NAME.match(k)}
+    out = {k: v for k, v in env.items() if _importable(k)}
     pwd = out.get("PWD")
     if pwd is None or not pwd.startswith("/") or not _same_file(pwd, "."):
         try:
@@ -88,6 +88,13 @@ def environment(env: dict[str, str]) -> dict[str, str] | None:
         except OSError:
             return None  # a deleted directory: what dash does then is its business
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _importable(name: str) -> bool:
+    """dash imports (and so passes on) only variables named like shell identifiers. Cached: the
+    same few dozen names come with every job."""
+    return NAME.match(name) is not None
 
 
 def _same_file(a: str, b: str) -> bool:
