@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, NamedTuple
 
 from . import fsio, locks
 from .errors import ConfigError, SpoolError
@@ -13,8 +12,7 @@ from .job import is_int, is_number
 from .layout import Layout
 
 
-@dataclass(frozen=True)
-class Key:
+class Key(NamedTuple):
     default: Any
     parse: Callable[[str], Any]
     check: Callable[[Any], bool]

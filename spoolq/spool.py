@@ -54,7 +54,7 @@ class Spool:
     def publisher(self) -> Publisher:
         from .publish import Publisher
 
-        return Publisher(self.store, self.owners, self.views)
+        return Publisher(self.store, lambda: self.owners, lambda: self.views)
 
     @cached_property
     def transitions(self) -> Transitions:

@@ -106,3 +106,37 @@ def test_modules_classes_and_functions_keep_to_their_budgets():
                 if size > BUDGET[kind]:
                     over.append(f"{module_name(path)}.{node.name}: {kind} of {size} lines")
     assert over == []
+
+
+def test_every_command_is_found_where_the_lazy_group_looks():
+    """Commands load on first use: the map must name every command's module, and only those."""
+    import importlib
+
+    from spoolq.cli import base
+
+    for module in set(base.COMMAND_MODULES.values()):
+        importlib.import_module(f"spoolq.cli.{module}")
+    defined = {name for name, command in base.main.commands.items()}
+    assert defined == set(base.COMMAND_MODULES) | {"init"}
+    for name, module in base.COMMAND_MODULES.items():
+        assert base.main.commands[name].callback.__module__ == f"spoolq.cli.{module}"
+
+
+def test_one_enqueue_loads_only_what_it_needs(tmp_path):
+    """An enqueue (what a cron line or a shell loop pays for every job) does not load the other
+    commands, the owners and views (only a marker left by a dead creator needs them), recovery or
+    the transitions."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; sys.argv = ['spoolq', '--spool', sys.argv[1], 'enqueue', '--cmd', 'true']\n"
+             "from spoolq.cli import main\n"
+             "try:\n    main.main(prog_name='spoolq', standalone_mode=False)\n"
+             "finally:\n    print(' '.join(sorted(m for m in sys.modules if m.startswith('spoolq'))), file=sys.stderr)\n")
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "s")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stderr.split())
+    assert "spoolq.publish" in loaded
+    assert not loaded & {"spoolq.owners", "spoolq.views", "spoolq.recovery", "spoolq.transitions",
+                         "spoolq.cli.admin", "spoolq.cli.reading", "spoolq.cli.workers"}

@@ -7,8 +7,7 @@ import sys
 
 import click
 
-from . import admin, enqueue, reading, workers  # noqa: F401  (each registers its commands on main)
-from .base import Terminated, main
+from .base import Terminated, main  # the commands load on first use: base.COMMAND_MODULES
 
 __all__ = ["main", "run"]
 

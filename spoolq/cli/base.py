@@ -7,6 +7,7 @@ Exit status: 0 success; 1 the operation failed; 2 invalid input or usage (nothin
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 from typing import TYPE_CHECKING, Any, Iterable
@@ -61,9 +62,28 @@ class Terminated(BaseException):
         self.signum = signum
 
 
+# The module of spoolq.cli that defines each command, imported when the command is used: one
+# `enqueue` from a cron line or a loop does not pay for loading every other command.
+COMMAND_MODULES = {
+    "enqueue": "enqueue",
+    "status": "reading", "list": "reading", "show": "reading", "logs": "reading", "wait": "reading",
+    "worker": "workers",
+    "dlq": "admin", "config": "admin", "purge": "admin", "fsck": "admin",
+}
+
+
 class SpoolqGroup(click.Group):
     """The top-level group: a SpoolError from any command becomes its one-line message and exit
-    code here, in one place."""
+    code here, in one place. Commands are loaded on first use (COMMAND_MODULES)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(name)
+        if module is not None and name not in self.commands:
+            importlib.import_module(f"{__package__}.{module}")  # its decorators register it on main
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
