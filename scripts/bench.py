@@ -13,6 +13,7 @@ its own spools in a temp dir that it removes afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -182,8 +184,10 @@ def reference_spawn_latency(tmp: str, n: int) -> list[float]:
     return out
 
 
-def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
-    spool_dir = tempfile.mkdtemp(dir=tmp, prefix="latency-")
+@contextlib.contextmanager
+def idle_worker(tmp: str, prefix: str) -> Iterator[tuple[Spool, str]]:
+    """A fresh spool with one worker settled into its idle wait, and a directory for markers."""
+    spool_dir = tempfile.mkdtemp(dir=tmp, prefix=prefix)
     spool = Spool(spool_dir)
     marks = os.path.join(spool_dir, "marks")
     os.mkdir(marks)
@@ -191,6 +195,13 @@ def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
     try:
         wait_until(lambda: ready_workers(spool, 1), 15, 0.01)
         time.sleep(0.3)  # let the worker settle into its idle wait: the thing being measured
+        yield spool, marks
+    finally:
+        stop_workers(proc)
+
+
+def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
+    with idle_worker(tmp, "latency-") as (spool, marks):
         out = []
         for i in range(n):
             if after_claim is not None:
@@ -204,8 +215,6 @@ def pickup_latency(tmp: str, n: int, after_claim: float | None) -> list[float]:
             if after_claim is None:
                 time.sleep(0.02)
         return out
-    finally:
-        stop_workers(proc)
 
 
 def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Row:
@@ -235,14 +244,7 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
 def dropin_latency(tmp: str, n: int) -> list[float]:
     """A file dropped by the drop-in protocol (written under a dot name, fsync'd, renamed to
     <id>.json in pending/) until its command starts."""
-    spool_dir = tempfile.mkdtemp(dir=tmp, prefix="dropin-")
-    spool = Spool(spool_dir)
-    marks = os.path.join(spool_dir, "marks")
-    os.mkdir(marks)
-    proc = start_workers(spool_dir, 1)
-    try:
-        wait_until(lambda: ready_workers(spool, 1), 15, 0.01)
-        time.sleep(0.3)
+    with idle_worker(tmp, "dropin-") as (spool, marks):
         out = []
         for i in range(n):
             marker = Marker(f"{marks}/drop{i}")
@@ -256,8 +258,6 @@ def dropin_latency(tmp: str, n: int) -> list[float]:
             out.append((marker.time() - t0) / 1e6)
             time.sleep(0.02)
         return out
-    finally:
-        stop_workers(proc)
 
 
 def drain_rate(spool_dir: str, measure: int) -> tuple[float, float, float]:
