@@ -9,7 +9,8 @@ import sys
 import click
 
 from ..config import check_key, parse_value
-from .base import (Context, Float, check_ids, emit_json, json_option, main, one_line, pass_ctx, print_views,
+from .base import (Context, Float, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
+                   print_views,
                    warn_about_config)
 
 
@@ -62,12 +63,7 @@ def config() -> None:
 def config_show(c: Context, as_json: bool) -> None:
     """Every key with its value."""
     warn_about_config(c.spool.config)
-    values = c.spool.config.as_dict()
-    if as_json:
-        emit_json(values)
-        return
-    for key, value in values.items():
-        click.echo(f"{key:<17} {json.dumps(value)}")
+    emit_pairs(c.spool.config.as_dict(), as_json, 17, json.dumps)
 
 
 @config.command("get")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
@@ -153,24 +153,42 @@ def init(c: Context) -> None:
     click.echo(f"spool ready at {c.create().root}")
 
 
-def print_views(views: Iterable[JobView], as_json: bool) -> None:
-    views = list(views)
+def emit_pairs(values: dict[str, Any], as_json: bool, width: int, show: Callable[[Any], str] = str) -> None:
+    """A mapping: one JSON object, or a `key  value` line per key (keys padded to `width`)."""
     if as_json:
-        emit_json([v.to_dict() for v in views])
+        emit_json(values)
         return
-    if not views:
-        click.echo("no jobs")
+    for key, value in values.items():
+        click.echo(f"{key:<{width}} {show(value)}")
+
+
+def emit_rows(rows: list[dict[str, Any]], as_json: bool, *, empty: str, header: str,
+              line: Callable[[dict[str, Any]], str]) -> None:
+    """A listing: one JSON array of the rows, or `empty` when there are none, or a header and a
+    line per row."""
+    if as_json:
+        emit_json(rows)
         return
-    click.echo(f"{'ID':<20} {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR")
-    for v in views:
-        d = v.to_dict()
-        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
-        text = d.get("command") or ""
-        if v.state == "dead" and d.get("last_error"):
-            text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
-        prio = d.get("priority")
-        click.echo(f"{v.id:<20} {v.state:<10} {tries:>5} {'-' if prio is None else prio:>5}  "
-                   f"{one_line(text, 90)}")
+    if not rows:
+        click.echo(empty)
+        return
+    click.echo(header)
+    for row in rows:
+        click.echo(line(row))
+
+
+def print_views(views: Iterable[JobView], as_json: bool) -> None:
+    emit_rows([v.to_dict() for v in views], as_json, empty="no jobs",
+              header=f"{'ID':<20} {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR", line=_job_line)
+
+
+def _job_line(d: dict[str, Any]) -> str:
+    tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+    text = d.get("command") or ""
+    if d["state"] == "dead" and d.get("last_error"):
+        text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
+    prio = d.get("priority")
+    return f"{d['id']:<20} {d['state']:<10} {tries:>5} {'-' if prio is None else prio:>5}  {one_line(text, 90)}"
 
 
 def warn_about_config(config: Any) -> None:

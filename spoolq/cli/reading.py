@@ -12,7 +12,8 @@ import click
 from ..errors import WaitTimeout
 from ..layout import STATES
 from ..spool import Spool
-from .base import CliError, Context, Float, Int, check_ids, emit_json, json_option, main, pass_ctx, print_views
+from .base import (CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
+                   print_views)
 
 
 @main.command()
@@ -20,12 +21,7 @@ from .base import CliError, Context, Float, Int, check_ids, emit_json, json_opti
 @pass_ctx
 def status(c: Context, as_json: bool) -> None:
     """Counts of jobs per state, and live workers."""
-    counts = c.spool.counts().to_dict()
-    if as_json:
-        emit_json(counts)
-        return
-    for key, value in counts.items():
-        click.echo(f"{key:<11} {value}")
+    emit_pairs(c.spool.counts().to_dict(), as_json, 11)
 
 
 @main.command("list")

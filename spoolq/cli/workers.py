@@ -10,7 +10,7 @@ import click
 
 from ..job import iso
 from ..liveness import alive, started_at
-from .base import CliError, Context, Float, Int, emit_json, json_option, main, pass_ctx
+from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx
 
 
 @main.group()
@@ -88,12 +88,5 @@ def worker_list(c: Context, as_json: bool) -> None:
     workers = c.spool.workers(role="worker")
     rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
              "heartbeat": iso(w.heartbeat)} for w in workers]
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        click.echo("no workers")
-        return
-    click.echo(f"{'HOST':<20} {'PID':>7}  {'JOB':<20} STARTED")
-    for r in rows:
-        click.echo(f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']}")
+    emit_rows(rows, as_json, empty="no workers", header=f"{'HOST':<20} {'PID':>7}  {'JOB':<20} STARTED",
+              line=lambda r: f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']}")
