@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -66,7 +65,7 @@ def holder_tag() -> str:
     """This process as a lock holder, as it stands in the held file's name."""
     pid = os.getpid()
     return (f"{pid}.{liveness.start_token(pid) or 0}.{(liveness.boot_id() or '')[:8]}."
-            f"{liveness.pid_namespace() or 0}.{_host_hash(layout.host_name())}")
+            f"{liveness.pid_namespace() or 0}.{layout.host_hash()}")
 
 
 def why_holder_gone(tag: str) -> str | None:
@@ -76,7 +75,7 @@ def why_holder_gone(tag: str) -> str | None:
             or not parts[0].isdigit():
         return None
     pid, start, boot, pidns, host = parts
-    here = (_host_hash(layout.host_name()), (liveness.boot_id() or "")[:8], str(liveness.pid_namespace() or 0))
+    here = (layout.host_hash(), (liveness.boot_id() or "")[:8], str(liveness.pid_namespace() or 0))
     if (host, boot, pidns) != here:
         return None  # another host, boot or pid namespace: its pid means nothing here
     if liveness.alive(int(pid), start if start != "0" else None):
@@ -138,7 +137,3 @@ def _holders(path: str) -> str:
     directory, base = os.path.split(path)
     names = [n[len(base) + 1:] for n in fsio.listdir(directory) if n.startswith(base + ".")]
     return "held by " + ", ".join(f"pid {n.split('.')[0]}" for n in names) if names else "held"
-
-
-def _host_hash(host: str) -> str:
-    return f"{zlib.crc32(host.encode()):08x}"

@@ -10,7 +10,6 @@ import os
 import re
 import stat
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -62,7 +61,7 @@ class StopRequest(NamedTuple):
         earlier: start times are known to a clock tick (10 ms), and a tie stops it (`worker
         start & worker stop`, typed together, means stop). A request from this host is judged on
         this host's clock; one from another host on the file system's, whatever the skew."""
-        if self.host == _host_hash():
+        if self.host == layout.host_hash():
             return self.at >= since.local - TICK
         return self.at_fs >= since.fs - FS_TICK
 
@@ -317,7 +316,7 @@ class Owners:
         at = time.time() if at is None else at
         at_fs = self.since(at).fs
         word = "now" if kill_jobs else "stop"
-        content = f"{word} {at:.6f} {layout.random_hex(8)} {_host_hash()} {at_fs:.6f}\n".encode()
+        content = f"{word} {at:.6f} {layout.random_hex(8)} {layout.host_hash()} {at_fs:.6f}\n".encode()
         try:
             self.store.publish(self.layout.stop_file, content)
         except OSError as e:
@@ -336,8 +335,3 @@ class Owners:
         """The stop request that concerns a worker whose command began at `since`, if any."""
         request = self.stop_request()
         return request if request is not None and request.stops(since) else None
-
-
-def _host_hash() -> str:
-    """This host, as a stop request names it (short, and the same for every process here)."""
-    return f"{zlib.crc32(layout.host_name().encode()):08x}"

@@ -233,7 +233,7 @@ class Views:
         now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
         c = Counts()
         for entry in fsio.listdir(self.layout.pending):
-            if layout.CANONICAL_RE.fullmatch(entry):
+            if layout.is_canonical(entry):
                 # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
                 if entry[layout.DUE_FIELD] > now_ms:
                     c.scheduled += 1

@@ -33,11 +33,11 @@ class _Plain:
     float() also read other scripts' digits ('٣' is 3), '1_0', 'nan' and 'inf' ('purge
     --older-than nan' purged everything), none of which anyone means in a job queue's options."""
 
-    pattern = re.compile(r"[+-]?[0-9]+")
+    pattern = r"[+-]?[0-9]+"  # compiled on first use (re caches it): most calls never parse a number
     what = "integer"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and not self.pattern.fullmatch(value.strip()):
+        if isinstance(value, str) and not re.fullmatch(self.pattern, value.strip()):
             self.fail(f"{value!r} is not a valid {self.what} (digits 0-9)", param, ctx)  # type: ignore[attr-defined]
         return super().convert(value, param, ctx)  # type: ignore[misc]
 
@@ -50,7 +50,7 @@ class Float(_Plain, click.FloatRange):
     """A number option (within bounds, if given)."""
 
     what = "number"
-    pattern = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+    pattern = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
 
 
 class Terminated(BaseException):
