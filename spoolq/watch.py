@@ -17,12 +17,16 @@ NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lust
 class Wakeups:
     """Names that land in the watched directories, delivered to one waiting thread."""
 
-    def __init__(self, directories: list[str], log: Callable[[str], None] = lambda _m: None):
+    def __init__(self, directories: list[str], log: Callable[[str], None] = lambda _m: None, *,
+                 events: bool = True):
+        """`events=False`: no observer at all, only timeouts and pokes (mode "none")."""
         self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._log = log
         self._observer = None
-        self.mode = "polling"
+        self.mode = "polling" if events else "none"
         self.failure: str | None = None
+        if not events:
+            return
         try:
             self._observer = _start_observer(directories, self._on_event)
             self.mode = "events"
@@ -58,7 +62,7 @@ class Wakeups:
     def check(self) -> str | None:
         """If the event machinery has died, switch to polling and say why (once)."""
         if self.mode != "events":
-            return None
+            return None  # polling, or no events asked for
         alive = self._observer is not None and self._observer.is_alive() and all(
             e.is_alive() for e in getattr(self._observer, "emitters", ()))
         if alive and self.failure is None:

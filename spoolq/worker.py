@@ -100,7 +100,9 @@ class Worker:
         except (OSError, SpoolError) as e:
             raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
         layout = self.spool.layout
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log)
+        # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
+        # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
+        self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log, events=not self.burst)
         self._announce_wakeups()
         runner.keep_descriptors_from_jobs()
         try:
@@ -127,6 +129,9 @@ class Worker:
 
     def _announce_wakeups(self) -> None:
         assert self._wake is not None
+        if self._wake.mode == "none":
+            self.log("started; --burst: runs what is ready, then leaves")
+            return
         kind = watch.filesystem_type(self.spool.root)
         if self._wake.mode != "events":
             self.log(f"no file-system events ({self._wake.failure}); polling every "

@@ -49,8 +49,8 @@ def test_a_move_out_of_pending_does_not_delay_the_next_arrival(tmp_path):
 class _Deaf(watch_mod.Wakeups):
     """A wake-up source that lost every event: it watches a directory nothing is written to."""
 
-    def __init__(self, _directories, log=lambda _m: None):
-        super().__init__([os.environ["SPOOLQ_TEST_DEAF_DIR"]], log)
+    def __init__(self, _directories, log=lambda _m: None, **kw):
+        super().__init__([os.environ["SPOOLQ_TEST_DEAF_DIR"]], log, **kw)
 
 
 def _run_worker_in_thread(spool: Spool) -> tuple[worker_mod.Worker, threading.Thread]:
@@ -133,3 +133,27 @@ def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
     index.rescan(spool.views.pending_entries())
     assert len(index) == backlog
     assert time.process_time() - started < 1.0
+
+
+def test_a_burst_worker_starts_no_observer_and_still_takes_a_drop_in_that_is_being_written(tmp_path):
+    """--burst leaves when nothing is ready, so it never waits for an arrival: it starts no event
+    observer (watchdog is never imported). A dropped file still being written (too new to judge)
+    is waited for by timeouts alone, and run."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "s"
+    spool = Spool(str(root))
+    spool.init()
+    done_marker = tmp_path / "ran"
+    spool.enqueue({"id": "ready", "command": "true"})
+    with open(os.path.join(spool.layout.pending, "late.json"), "w") as f:  # written in place, just now
+        f.write('{"id": "late", "command": ": > %s"}' % done_marker)
+    probe = ("import sys\nfrom spoolq import Spool\nfrom spoolq.worker import Worker\n"
+             "code = Worker(Spool(sys.argv[1]), burst=True).run()\n"
+             "print('watchdog' in sys.modules, code)\n")
+    out = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "0"], out.stderr
+    assert "--burst: runs what is ready, then leaves" in out.stderr
+    assert {spool.find("ready").state, spool.find("late").state} == {"done"}
+    assert done_marker.exists()
