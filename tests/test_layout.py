@@ -1,0 +1,31 @@
+"""The on-disk names: every path a Layout gives is the one os.path.join would, for any root."""
+
+import os
+
+import pytest
+
+from spoolq.layout import Layout
+
+
+@pytest.mark.parametrize("root", ["/srv/spool", "/", "relative/spool", "/srv/spool/", "//srv//x/../spool"])
+def test_layout_paths_are_the_joined_paths(root):
+    lay, base = Layout(root), os.path.abspath(root)
+    assert lay.root == base
+    expected = {
+        lay.pending: ("pending",), lay.processing: ("processing",), lay.done: ("done",),
+        lay.dead: ("dead",), lay.tmp: ("tmp",), lay.config: ("config.json",),
+        lay.dir("ids"): ("ids",), lay.owned("host-1-abc"): ("processing", "host-1-abc"),
+        lay.id_marker("j1"): ("ids", "j1"), lay.output("j1"): ("output", "j1.log"),
+        lay.worker_file("w"): ("workers", "w.json"), lay.reason_file("q"): ("quarantine", "q.json"),
+        lay.lock("config"): ("locks", "config.lock"), lay.stop_file: ("control", "stop"),
+        lay.worker_log("h"): ("log", "worker-h.log"),
+    }
+    for path, parts in expected.items():
+        assert path == os.path.join(base, *parts)
+
+
+def test_a_layout_is_read_only():
+    lay = Layout("/srv/spool")
+    with pytest.raises(AttributeError):
+        lay.root = "/elsewhere"
+    assert lay == Layout("/srv/spool/") and hash(lay) == hash(Layout("/srv/spool"))
