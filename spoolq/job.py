@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -28,25 +27,43 @@ KNOWN = (
 )
 
 
-@dataclasses.dataclass
 class Job:
-    id: str
-    command: str
-    max_retries: int
-    created_at: float
-    seq: int
-    priority: int = 0
-    timeout: float | None = None
-    run_at: float | None = None
-    cwd: str | None = None
-    env: dict[str, str] = dataclasses.field(default_factory=dict)
-    updated_at: float | None = None
-    attempts: int = 0
-    exit_code: int | None = None
-    last_error: str | None = None
-    keep_children: bool = False  # processes it leaves in its group outlive the attempt
-    shell: bool = False  # always run by /bin/sh -c, never directly (direct.py)
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """One job record. A plain class with the behaviour of a dataclass (fields by keyword,
+    equality and repr by fields) because it is the only record on the path of every `enqueue`,
+    and making a dataclass costs start-up (importing dataclasses and building the class: ~1 ms,
+    2% of one enqueue)."""
+
+    FIELDS = ("id", "command", "max_retries", "created_at", "seq", "priority", "timeout", "run_at", "cwd",
+              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "extra")
+    __slots__ = FIELDS
+
+    def __init__(self, id: str, command: str, max_retries: int, created_at: float, seq: int, priority: int = 0,
+                 timeout: float | None = None, run_at: float | None = None, cwd: str | None = None,
+                 env: dict[str, str] | None = None, updated_at: float | None = None, attempts: int = 0,
+                 exit_code: int | None = None, last_error: str | None = None, keep_children: bool = False,
+                 shell: bool = False, extra: dict[str, Any] | None = None):
+        self.id, self.command, self.max_retries, self.created_at, self.seq = id, command, max_retries, created_at, seq
+        self.priority, self.timeout, self.run_at, self.cwd = priority, timeout, run_at, cwd
+        self.env: dict[str, str] = {} if env is None else env
+        self.updated_at, self.attempts, self.exit_code, self.last_error = updated_at, attempts, exit_code, last_error
+        self.keep_children = keep_children  # processes it leaves in its group outlive the attempt
+        self.shell = shell  # always run by /bin/sh -c, never directly (direct.py)
+        self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if isinstance(other, Job) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass is
+
+    def __repr__(self) -> str:
+        return "Job(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS) + ")"
+
+    def copy(self) -> Job:
+        """A shallow copy (its env and extra dicts shared), to change without touching this one."""
+        return Job(**{name: getattr(self, name) for name in self.FIELDS})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)

@@ -29,7 +29,6 @@ A new transition (cancel, pause, dependencies, queues) is a row here and a metho
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 from dataclasses import dataclass
@@ -195,7 +194,7 @@ class Transitions:
         now = self.store.now(now)
         cfg = self.store.config
         attempt = job.running_attempt
-        job = dataclasses.replace(job)  # the claim stays as it was: a caller may try again
+        job = job.copy()  # the claim stays as it was: a caller may try again
         job.attempts, job.exit_code, job.last_error, job.updated_at = attempt, exit_code, error, now
         decision = retry.decide(ok=False, attempts=attempt, max_retries=job.max_retries, now=now,
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
