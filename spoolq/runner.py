@@ -38,9 +38,10 @@ def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | 
         output: Callable[[bytes], object], should_abort: Callable[[], str | None] = lambda: None,
         keep_children: bool = False, shell: bool = False, on_spawn: Callable[[int], object] = lambda pid: None,
         poll: float = 0.5) -> Outcome:
-    """Run `command` (directly, or with /bin/sh: see spawn) in a new session; its stdout and stderr, as they come, go to
-    `output`. `should_abort` is asked every `poll` seconds: a reason kills the group and ends it.
-    `on_spawn` hears the leader's pid (the group's id) as soon as it runs."""
+    """Run `command` (directly, or with /bin/sh: see spawn) in a new session; its stdout and
+    stderr, as they come, go to `output`. `should_abort` is asked every `poll` seconds: a reason
+    kills the group and ends it. `on_spawn` hears the leader's pid (the group's id) as soon as it
+    runs."""
     started = time.monotonic()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
