@@ -97,6 +97,10 @@ class Reservations:
     def close(self) -> None:
         self._drop_record()
 
+    def record_files(self) -> list[str]:
+        """The record this creator's markers link to, if it made one (to make it durable)."""
+        return [self._record] if self._record is not None else []
+
     def _record_file(self) -> str:
         if self._record is None:
             path = self._record = self.store.temp_path()  # noted first: close() removes it whatever happens

@@ -31,8 +31,8 @@ class Publisher:
     def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,
                 announce: Callable[[], Any] | None = None) -> list[Job]:
         """Publish jobs all-or-nothing as far as the caller can cause it: every id is reserved
-        and every file written before the first is published; one file-system barrier for a
-        batch. When this returns, every job survives a power cut.
+        and every file written and fsync'd before the first is published (a batch's fsyncs run
+        many at once). When this returns, every job survives a power cut.
 
         `announce` runs once everything is staged, just before the jobs are published: if it
         raises (the CLI could not print the ids), nothing is published."""
@@ -44,7 +44,7 @@ class Publisher:
                 for job in jobs:
                     if not self.reserve(ids, job.id):
                         raise JobExists(f"job id {job.id!r} already exists", job.id)
-                staged = self._stage(jobs, progress)
+                staged = self._stage(jobs, progress, ids)
             except BaseException as e:
                 # Every id of the batch: release() frees only markers of ours, so one a signal
                 # caught just after its link is freed too, and another creator's never.
@@ -64,8 +64,10 @@ class Publisher:
                 self._commit(staged, ids)
         return jobs
 
-    def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None) -> list[tuple[str, str, str]]:
-        """Write every job under a temp name (fsync'd, or one barrier for a batch)."""
+    def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None,
+               ids: Reservations) -> list[tuple[str, str, str]]:
+        """Write every job under a temp name, each fsync'd (a batch's many at once, with the
+        record its markers link to) before the first is published."""
         staged = []
         durable_each = len(jobs) == 1
         try:
@@ -77,7 +79,7 @@ class Publisher:
                 if progress:
                     progress(1)
             if not durable_each:
-                fsio.sync_filesystem(self.layout.tmp)
+                fsio.fsync_files([tmp for tmp, _, _ in staged] + ids.record_files())
         except BaseException:
             for tmp, _, _ in staged:
                 fsio.unlink_quietly(tmp)

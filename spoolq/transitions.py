@@ -7,8 +7,8 @@ moment; losing it is an answer (None, or LostOwnership), never a half-done move.
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 transition   from -> to                                    who         how                  proof                               fsync
 ===========  ============================================  ==========  ===================  ==================================  ===========================
-publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> linked (exclusive)         file (one syncfs per
-             (publish.py)                                                                                                       batch), pending/, ids/
+publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> linked (exclusive)         each file (a batch's
+             (publish.py)                                                                                                       in parallel), pending/, ids/
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; rewrite;     the first rename won; ids/<id>      the rewrite, pending/
              -> pending/<canonical>                                    rename               linked (exclusive)
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none

@@ -344,3 +344,39 @@ def _setting_whole_and_never_blocked(root: str, _: None, killed: bool) -> None:
 @pytest.mark.parametrize("command", [("config", "set", "max_retries", "7"), ("worker", "stop")])
 def test_config_set_and_worker_stop_killed_at_any_point_block_nothing(tmp_path, kind, command):
     sweep(tmp_path, kind, _a_spool, lambda root: [*SPOOLQ, "--spool", root, *command], _setting_whole_and_never_blocked)
+
+
+def _a_big_batch(root: str) -> str:
+    Spool(root)
+    path = root + ".jsonl"
+    with open(path, "w") as f:
+        for i in range(40):  # enough for the fsyncs to run many at once (fsio.FSYNC_THREADS)
+            f.write(json.dumps({"id": f"b{i}", "command": "true"}) + "\n")
+    return path
+
+
+def _big_batch_whole_or_nothing(root: str, batch: str, killed: bool) -> None:
+    published = os.listdir(os.path.join(root, "pending"))
+    assert len(published) in (0, 40), len(published)  # every fsync comes before the first rename
+    repaired_clean(root)
+
+
+def test_a_big_batch_killed_in_its_parallel_fsyncs_publishes_nothing(tmp_path):
+    """Each fsync thread is counted on its own by strace: every N kills whichever thread reaches
+    its Nth fsync first, the process with it."""
+    sweep(tmp_path, "fsync", _a_big_batch, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--batch", root + ".jsonl"],
+          _big_batch_whole_or_nothing)
+
+
+def test_a_batch_fsyncs_every_file_and_never_calls_syncfs(tmp_path):
+    """Durability rests on fsync: syncfs persists nothing on FUSE file systems (GlusterFS, LazyFS)."""
+    strace = _strace()
+    root = str(tmp_path / "s")
+    batch = _a_big_batch(root)
+    log = tmp_path / "trace"
+    r = subprocess.run([strace, "-f", "-qq", "-o", str(log), "-e", "trace=fsync,fdatasync,syncfs,sync",
+                        *SPOOLQ, "--spool", root, "enqueue", "--batch", batch], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    calls = [line.split("(")[0].split()[-1] for line in log.read_text().splitlines() if "(" in line]
+    assert "syncfs" not in calls and "sync" not in calls, calls
+    assert calls.count("fsync") >= 40 + 1 + 2, calls  # each job, the markers' record, pending/ and ids/
