@@ -41,16 +41,46 @@ class Reservations:
 
     def reserve(self, job_id: str) -> bool:
         """Make the marker of `job_id`; False if the id is taken."""
+        try:
+            self._link_record(self._ids_dir + job_id)
+            return True
+        except FileExistsError:
+            return False
+
+    def _link_record(self, path: str) -> None:
+        """A new name for our record (FileExistsError if `path` exists)."""
         while True:
             try:
-                os.link(self._record_file(), self._ids_dir + job_id)
-                return True
-            except FileExistsError:
-                return False
+                os.link(self._record_file(), path)
+                return
             except OSError as e:
-                if e.errno != errno.EMLINK:
+                if not self._too_many_links(e):
                     raise
-                self._drop_record()  # ext4 allows 65,000 links to one file: start another record
+                self._start_another_record()
+
+    def _too_many_links(self, e: OSError) -> bool:
+        """Has our record as many links as the file system allows? ext4 allows 65,000 and says
+        EMLINK; GlusterFS allows 100 (storage.max-hardlinks) and says ENOSPC, which a record
+        already linked to markers tells apart from a full disk (there its first link fails)."""
+        if e.errno == errno.EMLINK:
+            return True
+        if e.errno != errno.ENOSPC or self._record is None:
+            return False
+        try:
+            return os.lstat(self._record).st_nlink > 1
+        except OSError:
+            return False
+
+    def _start_another_record(self) -> None:
+        # The markers linked to this one stay, so its content must outlive a power cut as theirs:
+        # record_files() names only the newest.
+        assert self._record is not None
+        fd = os.open(self._record, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._drop_record()
 
     def take_over(self, job_id: str) -> None:
         """Replace an abandoned marker with ours. The caller has judged it abandoned under the
@@ -77,7 +107,7 @@ class Reservations:
         """Our record linked in place of the marker, in one rename over it: the id's name never
         goes away, so no one can reserve it in between."""
         staged = self.store.temp_path(self._ids_dir)
-        os.link(self._record_file(), staged)
+        self._link_record(staged)
         try:
             os.rename(staged, self._ids_dir + job_id)
         except BaseException:
