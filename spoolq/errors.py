@@ -41,6 +41,11 @@ class LostOwnership(SpoolError):
     """A worker tried to move a job it no longer owns (it was recovered elsewhere)."""
 
 
+class UnsafeFileSystem(SpoolError):
+    """The spool's file system cannot keep leases and fences safe across hosts (workers refuse
+    to start there unless told otherwise)."""
+
+
 class WaitTimeout(SpoolError):
     """A --timeout ran out (exit status 124)."""
 

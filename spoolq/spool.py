@@ -114,6 +114,21 @@ class Spool:
         and count)."""
         self.owners.request_stop(kill_jobs=kill_jobs, at=at)
 
+    def check_filesystem(self, *, allow_unsafe: bool = False, log: Callable[[str], None] | None = None) -> None:
+        """Raise UnsafeFileSystem if this spool's file system cannot keep leases and fences safe
+        across hosts (a GlusterFS client with its caches on). With `allow_unsafe` the reason is
+        only logged: the operator runs one host, or accepts the risk."""
+        from . import filesystem
+        from .errors import UnsafeFileSystem
+
+        why = filesystem.unsafe_because(self.root)
+        if why is None:
+            return
+        if not allow_unsafe:
+            raise UnsafeFileSystem(f"{why}; see the README (Running on several hosts), or pass --allow-unsafe-fs")
+        if log is not None:
+            log(f"warning: {why} (allowed by --allow-unsafe-fs)")
+
     # ---- reading -------------------------------------------------------------------------
 
     def find(self, job_id: str) -> JobView:

@@ -27,8 +27,10 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = stderr_log, since: Since | None = None):
+                 log: Callable[[str], None] = stderr_log, since: Since | None = None,
+                 allow_unsafe_fs: bool = False):
         self.spool = spool
+        self.allow_unsafe_fs = allow_unsafe_fs
         self.count = count
         self.burst = burst
         self._log = log
@@ -111,6 +113,7 @@ class Supervisor:
                 for signum in held:
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
+                                allow_unsafe_fs=self.allow_unsafe_fs,
                                 since=self.since)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -200,7 +203,7 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def detach(spool: Spool, count: int, *, burst: bool, since: Since | None) -> int:
+def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -233,6 +236,6 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None) -> int
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
-        code = Supervisor(spool, count, burst=burst, since=since).run()
+        code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs).run()
     finally:
         os._exit(code)

@@ -10,9 +10,6 @@ import os
 import queue
 from typing import Callable
 
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs", "gpfs",
-              "beegfs", "ocfs2", "gfs2", "virtiofs")
-
 
 class Wakeups:
     """Names that land in the watched directories, delivered to one waiting thread."""
@@ -109,26 +106,3 @@ def _start_observer(directories: list[str], callback: Callable[[str], None]):
         observer.schedule(handler, directory, recursive=False)
     observer.start()
     return observer
-
-
-def filesystem_type(path: str) -> str:
-    """The type of the file system holding `path`, from /proc/self/mountinfo ('' if unknown)."""
-    try:
-        real = os.path.realpath(path)
-        best, kind = "", ""
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) < 5 or not right:
-                    continue
-                mount = fields[4].replace("\\040", " ")
-                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-                    best, kind = mount, right.split()[0]
-        return kind
-    except OSError:
-        return ""
-
-
-def is_network_fs(kind: str) -> bool:
-    return kind in NETWORK_FS or kind.startswith("fuse")

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Callable
 
-from . import attempt, job, layout, liveness, output, runner, watch
+from . import attempt, filesystem, job, layout, liveness, output, runner, watch
 from .errors import LostOwnership, SpoolError
 from .index import PendingIndex
 from .heartbeat import Heartbeat
@@ -43,8 +43,9 @@ KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attem
 
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None, since: Since | None = None):
+                 supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False):
         self.spool = spool
+        self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
         self._log = log
         self.supervisor = supervisor
@@ -96,6 +97,7 @@ class Worker:
         spool stopped being safe to use. Raises CannotStart if it cannot even begin."""
         try:
             self.spool.store.check_safe()
+            self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
             self._register()
         except (OSError, SpoolError) as e:
             raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
@@ -132,11 +134,11 @@ class Worker:
         if self._wake.mode == "none":
             self.log("started; --burst: runs what is ready, then leaves")
             return
-        kind = watch.filesystem_type(self.spool.root)
+        kind = filesystem.kind_of(self.spool.root)
         if self._wake.mode != "events":
             self.log(f"no file-system events ({self._wake.failure}); polling every "
                      f"{self.spool.config.poll_interval:g}s wakes this worker")
-        elif watch.is_network_fs(kind):
+        elif filesystem.is_network(kind):
             self.log(f"spool is on {kind}: events miss other hosts' writes, so polling every "
                      f"{self.spool.config.poll_interval:g}s is what wakes this worker for them")
         else:

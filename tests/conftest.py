@@ -42,6 +42,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         pause = min(pause * 1.5, 0.1)
 
 
+@pytest.fixture(scope="session")
+def gluster(tmp_path_factory) -> Iterator["dfs.Gluster"]:
+    """One GlusterFS server for the whole session (tests/dfs.py), torn down at its end."""
+    import dfs
+
+    rig = dfs.Gluster(tmp_path_factory.mktemp("gluster"))
+    try:
+        yield rig.start()
+    finally:
+        rig.close()
+
+
 @pytest.fixture
 def spool_dir(tmp_path) -> str:
     return str(tmp_path / "spool")

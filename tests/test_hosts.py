@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+import dfs
 from conftest import SPOOLQ, stop_gracefully, wait_for
 from spoolq import Spool
 from spoolq import config as config_mod
@@ -78,17 +79,22 @@ class HostWorkers:
 
 
 class Rig:
-    """Spool at <tmp>/spool (host A) and a bindfs view of it at <tmp>/hostB (host B)."""
+    """Spool at <tmp>/spool (host A) and a bindfs view of it at <tmp>/hostB (host B); or, with
+    a GlusterFS volume, one directory of it seen through host A's client and host B's."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, gluster: dfs.Gluster | None = None, volume: str = ""):
         self.tmp = tmp
-        self.a = str(tmp / "spool")
-        self.b = str(tmp / "hostB")
         self.mark = secrets.token_hex(8)
         self.procs: list[subprocess.Popen] = []
         self.bindfs: subprocess.Popen | None = None
+        self.unsafe = volume == "stock"  # workers refuse such a spool unless told otherwise
+        if gluster is None:
+            self.a, self.b = str(tmp / "spool"), str(tmp / "hostB")
+            os.mkdir(self.b)
+        else:
+            name = gluster.new_dir(volume, f"spool-{self.mark}")
+            self.a, self.b = (os.path.join(gluster.mount(volume, h), name) for h in ("A", "B"))
         Spool(self.a)
-        os.mkdir(self.b)
 
     # ---- the FUSE view -------------------------------------------------------------------
 
@@ -129,6 +135,7 @@ class Rig:
             except subprocess.TimeoutExpired:
                 pass
         if self.bindfs is None:
+            shutil.rmtree(self.a, ignore_errors=True)  # on the session's Gluster volume: leave it clean
             return
         deadline = time.monotonic() + 5
         while os.path.ismount(self.b):
@@ -167,7 +174,8 @@ class Rig:
 
     def env(self, host: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("SPOOLQ_DIR", "SPOOLQ_HOST")}
-        return {**env, "SPOOLQ_HOST": host, RIG_MARK: self.mark}
+        env = {**env, "SPOOLQ_HOST": host, RIG_MARK: self.mark}
+        return {**env, "SPOOLQ_ALLOW_UNSAFE_FS": "1"} if self.unsafe else env
 
     def spool(self, host: str = "A") -> Spool:
         """An in-process view for reading state (never recovers: that would take a host's identity)."""
@@ -190,11 +198,24 @@ class Rig:
         return [w for w in self.spool().workers() if w.role == "worker" and w.host == host]
 
 
-@pytest.fixture
-def rig(tmp_path):
-    r = Rig(tmp_path)
+@pytest.fixture(params=["bindfs", "gluster-strict", "gluster-stock"])
+def rig(request, tmp_path):
+    yield from _rig(request, tmp_path)
+
+
+@pytest.fixture(params=["bindfs", "gluster-strict"])
+def safe_rig(request, tmp_path):
+    yield from _rig(request, tmp_path)
+
+
+def _rig(request, tmp_path):
+    if request.param == "bindfs":
+        r = Rig(tmp_path)
+    else:
+        r = Rig(tmp_path, request.getfixturevalue("gluster"), request.param.split("-")[1])
     try:
-        r.mount()
+        if request.param == "bindfs":
+            r.mount()
         # Settings written through both views: the config lock is taken on A and on B.
         r.ok("B", "config", "set", "poll_interval", str(POLL))
         r.ok("A", "config", "set", "backoff_base", "0")
@@ -360,9 +381,12 @@ def test_worker_stop_cli_reaches_every_host(rig):
     assert b.proc.returncode == 0
 
 
-def test_config_lock_excludes_across_hosts(rig, tmp_path):
+def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
     """The config/metadata lock (an O_EXCL marker) admits one holder at a time, whichever view
-    each contender uses: a read-modify-write counter under it loses no update."""
+    each contender uses: a read-modify-write counter under it loses no update. Not on stock
+    GlusterFS: there host B may read the config host A replaced a moment ago from its cache, under
+    the lock, and lose A's setting (test_dfs shows the stale read), which is why workers refuse it."""
+    rig = safe_rig
     counter = tmp_path / "counter"
     counter.write_text("0")
     script = (

@@ -22,17 +22,20 @@ def worker() -> None:
 @click.option("--count", type=Int(1, 256), default=1, show_default=True, help="Worker processes.")
 @click.option("--detach", is_flag=True, help="Run in the background; return once the workers are running.")
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
+@click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
+              help="Start even where the file system's caches make leases unsafe across hosts.")
 @pass_ctx
-def worker_start(c: Context, count: int, detach: bool, burst: bool) -> None:
+def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe_fs: bool) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first)."""
     from .. import supervisor
 
     spool = c.create()
+    spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
-        sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since).run())
-    pid = supervisor.detach(spool, count, burst=burst, since=since)
+        sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs).run())
+    pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]

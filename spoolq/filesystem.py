@@ -1,0 +1,98 @@
+"""The file system under a spool: what kind it is, and whether it keeps the promises spoolq's
+leases and fences rest on (README, "Running on several hosts").
+
+A shared file system must give every host fresh answers: a name another host renamed away is
+gone, a file another host replaced is read anew, and a file's mtime is the server's clock. A
+GlusterFS client at its defaults breaks all three for about a second (entry and attribute
+caches in the kernel and in md-cache, quick-read and io-cache serving old content, and the
+``utime`` translator stamping mtimes with each client's own clock). The client says how it is
+set up in its virtual ``.meta`` directory, so that is read, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "9p", "afs", "gpfs",
+              "beegfs", "ocfs2", "gfs2", "virtiofs")
+
+# Client options that turn the kernel's caches off, and the translators that must not be in the
+# client's graph (each caches names, attributes or content, or stamps times on the client).
+GLUSTER_MOUNT_OPTIONS = ("--entry-timeout=0", "--attribute-timeout=0", "--negative-timeout=0")
+GLUSTER_CACHING = {
+    "performance/md-cache": "performance.stat-prefetch",
+    "performance/quick-read": "performance.quick-read",
+    "performance/open-behind": "performance.open-behind",
+    "performance/write-behind": "performance.write-behind",
+    "performance/io-cache": "performance.io-cache",
+    "performance/read-ahead": "performance.read-ahead",
+    "performance/readdir-ahead": "performance.readdir-ahead",
+    "performance/nl-cache": "performance.nl-cache",
+    "features/utime": "features.ctime",
+}
+
+
+def mount_of(path: str) -> tuple[str, str]:
+    """(mount point, file system type) of the mount holding `path`, from /proc/self/mountinfo
+    (("", "") if unknown)."""
+    try:
+        real = os.path.realpath(path)
+        best, kind = "", ""
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount = fields[4].replace("\\040", " ")
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, right.split()[0]
+        return best, kind
+    except OSError:
+        return "", ""
+
+
+def kind_of(path: str) -> str:
+    """The type of the file system holding `path` ('' if unknown)."""
+    return mount_of(path)[1]
+
+
+def is_network(kind: str) -> bool:
+    return kind in NETWORK_FS or kind.startswith("fuse")
+
+
+def unsafe_because(path: str) -> str | None:
+    """Why the file system under `path` cannot keep spoolq's promises across hosts, None if it can
+    (or nothing is known against it)."""
+    mount, kind = mount_of(path)
+    if kind == "fuse.glusterfs":
+        return _gluster_problems(mount)
+    return None
+
+
+def _gluster_problems(mount: str) -> str | None:
+    meta = os.path.join(mount, ".meta")
+    try:
+        with open(os.path.join(meta, "cmdline"), encoding="utf-8") as f:
+            cmdline = str(json.load(f).get("Cmdlinestr", ""))
+        with open(os.path.join(meta, "graphs", "active", "volfile"), encoding="utf-8") as f:
+            translators = set(re.findall(r"^\s*type\s+(\S+)", f.read(), re.M))
+    except (OSError, ValueError, AttributeError):
+        return (f"GlusterFS mount {mount}: its client's settings cannot be read from {meta}, so its caches "
+                "cannot be known to be off")
+    args = cmdline.split()
+    missing = [o for o in GLUSTER_MOUNT_OPTIONS if o not in args]
+    if "--fopen-keep-cache=on" in args or "--fopen-keep-cache" in args:
+        missing.append("--fopen-keep-cache=off")
+    caching = sorted(option for translator, option in GLUSTER_CACHING.items() if translator in translators)
+    if not missing and not caching:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"mounted without {' '.join(missing)}")
+    if caching:
+        parts.append(f"volume options {', '.join(caching)} not off")
+    return (f"GlusterFS mount {mount} caches names, attributes or content, or stamps mtimes on each client's "
+            f"clock ({'; '.join(parts)}): leases and fences are not safe across hosts")

@@ -1,0 +1,185 @@
+"""A real distributed file system for the multi-host tests: GlusterFS on this machine.
+
+One glusterd, started by hand (no systemd) with its state in a temp directory and its own
+control socket; one brick per volume on 127.0.0.2 (gluster refuses "localhost"). Two volumes:
+
+- ``strict``: client caches off (mounted with zero entry/attribute/negative timeouts and no
+  fopen-keep-cache; the volume's performance translators and ``features.ctime`` off), the
+  configuration the README asks for;
+- ``stock``: gluster's defaults (about 1 s of entry and attribute caching, mtimes set by the
+  writing client's clock).
+
+Each volume is mounted by separate glusterfs FUSE clients, one per simulated host: each client has
+caches of its own and gets no inotify events for the other's writes, as on two machines. A host
+can be given a skewed clock (``faketime`` on its glusterfs client, and on its spoolq processes).
+Everything is torn down by pid at the end of the session.
+
+When the packages (Debian's glusterfs-server, glusterfs-client) are missing the tests that need
+the rig skip, unless SPOOLQ_REQUIRE_DFS=1 (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+BRICK_HOST = "127.0.0.2"
+PORT = 24007  # glusterd's: bricks and clients ask it for their volfiles there
+STRICT_MOUNT = ["--entry-timeout=0", "--attribute-timeout=0", "--negative-timeout=0", "--fopen-keep-cache=off"]
+STRICT_VOLUME = [*(f"performance.{x}" for x in ("stat-prefetch", "quick-read", "open-behind", "write-behind",
+                                                 "io-cache", "read-ahead", "readdir-ahead")), "features.ctime"]
+VOLUMES = ("strict", "stock")
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("SPOOLQ_REQUIRE_DFS") == "1":
+        pytest.fail(f"GlusterFS rig unavailable: {reason}")
+    pytest.skip(f"GlusterFS rig unavailable: {reason}")
+
+
+class Gluster:
+    def __init__(self, root: Path):
+        self.root = root
+        self.sock = str(root / "glusterd.socket")
+        self.mounts: dict[tuple[str, str], str] = {}
+        self.client_pids: list[int] = []
+        self.glusterd_pid: int | None = None
+
+    # ---- bring-up --------------------------------------------------------------------------
+
+    def start(self) -> "Gluster":
+        for exe in ("glusterd", "glusterfs", "gluster"):
+            if shutil.which(exe) is None:
+                unavailable(f"{exe} is not installed (Debian packages glusterfs-server, glusterfs-client)")
+        if not os.path.exists("/dev/fuse"):
+            unavailable("/dev/fuse is missing")
+        if os.geteuid() != 0:
+            unavailable("glusterd and its FUSE clients need root")
+        if _port_busy(PORT):
+            unavailable(f"port {PORT} is taken (another glusterd?)")
+        state = self.root / "state"
+        state.mkdir(parents=True)
+        (self.root / "logs").mkdir()
+        volfile = self.root / "glusterd.vol"
+        volfile.write_text("volume management\n    type mgmt/glusterd\n"
+                           f"    option working-directory {state}\n    option transport-type socket\n"
+                           f"    option transport.socket.listen-port {PORT}\n"
+                           f"    option glusterd-sockfile {self.sock}\n"
+                           "    option ping-timeout 0\n    option event-threads 1\nend-volume\n")
+        pidfile = self.root / "glusterd.pid"
+        self._run("glusterd", "-f", str(volfile), "-p", str(pidfile), "-l", str(self.root / "logs/glusterd.log"))
+        self.glusterd_pid = int(_wait_for_file(pidfile).read_text())
+        _wait(lambda: self._cli("volume", "list", check=False).returncode == 0, 15, "glusterd to answer")
+        for volume in VOLUMES:
+            brick = self.root / "bricks" / volume
+            brick.mkdir(parents=True)
+            self._cli("volume", "create", volume, f"{BRICK_HOST}:{brick}", "force")
+            if volume == "strict":
+                for option in STRICT_VOLUME:
+                    self._cli("volume", "set", volume, option, "off")
+            self._cli("volume", "start", volume)
+        return self
+
+    def mount(self, volume: str, host: str, *, skew: str | None = None) -> str:
+        """The mount point of `volume` as seen by `host` (made on first use). `skew`, a faketime
+        offset such as "+30s", runs that host's client on a clock that far off."""
+        key = (volume, host)
+        if key in self.mounts:
+            return self.mounts[key]
+        point = self.root / "mnt" / f"{volume}-{host}"
+        point.mkdir(parents=True)
+        pidfile = self.root / f"client-{volume}-{host}.pid"
+        options = STRICT_MOUNT if volume == "strict" else []
+        prefix = faketime(skew) if skew else []
+        self._run(*prefix, "glusterfs", *options, f"--volfile-server={BRICK_HOST}", f"--volfile-id={volume}",
+                  "-l", str(self.root / "logs" / f"client-{volume}-{host}.log"), "-p", str(pidfile), str(point))
+        self.client_pids.append(int(_wait_for_file(pidfile).read_text()))
+        _wait(lambda: os.path.ismount(point), 15, f"{volume} to mount for host {host}")
+        self.mounts[key] = str(point)
+        return str(point)
+
+    def new_dir(self, volume: str, name: str) -> str:
+        """A fresh directory on `volume` (a test's spool lives in one)."""
+        path = os.path.join(self.mount(volume, "A"), name)
+        os.mkdir(path, 0o700)
+        return name
+
+    # ---- teardown --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for point in self.mounts.values():
+            subprocess.run(["umount", "-l", point], capture_output=True)
+        bricks = [pid for pid in _pids() if str(self.root / "bricks") in _cmdline(pid)]
+        for pid in [*self.client_pids, *bricks, *([self.glusterd_pid] if self.glusterd_pid else [])]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        r = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={self.sock}", *args],
+                           capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            self.close()
+            unavailable(f"gluster {' '.join(args)}: {(r.stdout + r.stderr).strip()}")
+        return r
+
+    def _run(self, *argv: str) -> None:
+        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            self.close()
+            unavailable(f"{' '.join(argv)}: {(r.stdout + r.stderr).strip() or r.returncode}")
+
+
+def faketime(offset: str) -> list[str]:
+    """The command prefix that runs a program `offset` off the real clock (Debian's faketime)."""
+    exe = shutil.which("faketime")
+    if exe is None:
+        unavailable("faketime is not installed (Debian package faketime)")
+    # -f: the clock keeps running from the offset, rather than standing still at it.
+    return [exe, "-f", offset]
+
+
+def client_cmdline(mount_point: str) -> str:
+    with open(os.path.join(mount_point, ".meta", "cmdline")) as f:
+        return json.load(f)["Cmdlinestr"]
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            unavailable(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _wait_for_file(path: Path) -> Path:
+    _wait(lambda: path.exists() and path.read_text().strip(), 15, f"{path} to be written")
+    return path
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

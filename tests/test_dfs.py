@@ -1,0 +1,112 @@
+"""What spoolq knows of the file system under a spool (filesystem.py), on a real GlusterFS
+(tests/dfs.py): the configuration the README asks for is accepted, Gluster's defaults are named
+and refused, and a worker starts there only when told to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import SPOOLQ
+from spoolq import Spool, filesystem
+from spoolq.errors import UnsafeFileSystem
+
+
+@pytest.fixture
+def stock_spool(gluster, tmp_path) -> str:
+    name = gluster.new_dir("stock", os.path.basename(tmp_path))
+    path = os.path.join(gluster.mount("stock", "A"), name)
+    Spool(path)
+    return path
+
+
+def test_strict_gluster_is_safe(gluster, tmp_path):
+    path = os.path.join(gluster.mount("strict", "A"), gluster.new_dir("strict", os.path.basename(tmp_path)))
+    assert filesystem.kind_of(path) == "fuse.glusterfs"
+    assert filesystem.unsafe_because(path) is None
+    Spool(path).check_filesystem()  # does not raise
+
+
+def test_stock_gluster_is_named_unsafe_with_every_reason(stock_spool):
+    why = filesystem.unsafe_because(stock_spool)
+    assert why is not None
+    for reason in ("--entry-timeout=0", "--attribute-timeout=0", "--negative-timeout=0", "features.ctime",
+                   "performance.stat-prefetch", "performance.quick-read", "leases and fences are not safe"):
+        assert reason in why, why
+    with pytest.raises(UnsafeFileSystem):
+        Spool(stock_spool).check_filesystem()
+
+
+def test_local_disk_is_safe(tmp_path):
+    assert filesystem.unsafe_because(str(tmp_path)) is None
+
+
+def test_worker_start_refuses_stock_gluster_in_one_line(stock_spool):
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_ALLOW_UNSAFE_FS"}
+    r = subprocess.run([*SPOOLQ, "--spool", stock_spool, "worker", "start", "--burst"], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: GlusterFS mount "), r.stderr
+    assert "--allow-unsafe-fs" in lines[0]
+    assert Spool(stock_spool).workers() == [] and os.listdir(os.path.join(stock_spool, "processing")) == []
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_worker_starts_on_stock_gluster_when_told_and_says_so(stock_spool, how):
+    spool = Spool(stock_spool)
+    job = spool.enqueue({"command": "true"})
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_ALLOW_UNSAFE_FS"}
+    args = ["worker", "start", "--burst"]
+    if how == "flag":
+        args.append("--allow-unsafe-fs")
+    else:
+        env["SPOOLQ_ALLOW_UNSAFE_FS"] = "1"
+    r = subprocess.run([*SPOOLQ, "--spool", stock_spool, *args], capture_output=True, text=True, timeout=60,
+                       env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warning: GlusterFS mount" in r.stderr and "allowed by --allow-unsafe-fs" in r.stderr, r.stderr
+    assert spool.find(job.id).state == "done"
+
+
+def test_the_api_worker_refuses_too(stock_spool):
+    from spoolq.worker import CannotStart, Worker
+
+    with pytest.raises(CannotStart, match="GlusterFS mount"):
+        Worker(Spool(stock_spool), burst=True).run()
+    assert Spool(stock_spool).workers() == []
+
+
+@pytest.mark.parametrize("volume, stale", [("stock", True), ("strict", False)])
+def test_another_hosts_replacement_is_seen_at_once_only_on_strict(gluster, tmp_path, volume, stale):
+    """Why stock Gluster is refused, measured: host B reads a file, host A replaces it (write a
+    temp file, rename over, as spoolq saves its config), and B reads it again at once."""
+    name = gluster.new_dir(volume, os.path.basename(tmp_path))
+    seen = []
+    for round_ in range(5):  # a file each: one round's caching cannot spill into the next
+        a, b = (os.path.join(gluster.mount(volume, h), name, f"config-{round_}.json") for h in ("A", "B"))
+        for content in ("old", "new"):
+            with open(a + ".tmp", "w") as f:
+                f.write(content)
+            os.rename(a + ".tmp", a)
+            with open(b) as f:
+                got = f.read()
+        seen.append(got)
+    assert seen == ["old" if stale else "new"] * 5
+
+
+def test_a_batch_and_a_purge_outgrow_glusters_hundred_links(gluster, tmp_path):
+    """GlusterFS allows a file 100 links and then says "no space left": the ids/ markers of a
+    batch are links to one record, so the batch starts another record there, as on EMLINK."""
+    path = os.path.join(gluster.mount("strict", "A"), gluster.new_dir("strict", os.path.basename(tmp_path)))
+    spool = Spool(path)
+    jobs = spool.enqueue_many([{"command": "true"} for _ in range(250)])
+    assert spool.counts().pending == 250 and len(os.listdir(os.path.join(path, "ids"))) == 250
+    for job in jobs:  # straight to done/: purge retags each marker (more links) before it deletes
+        os.rename(os.path.join(path, "pending", next(n for n in os.listdir(os.path.join(path, "pending"))
+                                                      if n.endswith(f"@{job.id}.json"))),
+                  os.path.join(path, "done", f"{job.id}.json"))
+    assert spool.purge("done") == 250
+    assert os.listdir(os.path.join(path, "ids")) == []
