@@ -20,6 +20,7 @@ the rig skip, unless SPOOLQ_REQUIRE_DFS=1 (CI) makes that a failure.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ STRICT_MOUNT = ["--entry-timeout=0", "--attribute-timeout=0", "--negative-timeou
 STRICT_VOLUME = [*(f"performance.{x}" for x in ("stat-prefetch", "quick-read", "open-behind", "write-behind",
                                                  "io-cache", "read-ahead", "readdir-ahead")), "features.ctime"]
 VOLUMES = ("strict", "stock")
+LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")), "libfaketimeMT.so.1")
 
 
 def unavailable(reason: str) -> None:
@@ -50,7 +52,7 @@ class Gluster:
         self.root = root
         self.sock = str(root / "glusterd.socket")
         self.mounts: dict[tuple[str, str], str] = {}
-        self.client_pids: list[int] = []
+        self.clients: list[subprocess.Popen] = []
         self.glusterd_pid: int | None = None
 
     # ---- bring-up --------------------------------------------------------------------------
@@ -96,13 +98,18 @@ class Gluster:
             return self.mounts[key]
         point = self.root / "mnt" / f"{volume}-{host}"
         point.mkdir(parents=True)
-        pidfile = self.root / f"client-{volume}-{host}.pid"
         options = STRICT_MOUNT if volume == "strict" else []
-        prefix = faketime(skew) if skew else []
-        self._run(*prefix, "glusterfs", *options, f"--volfile-server={BRICK_HOST}", f"--volfile-id={volume}",
-                  "-l", str(self.root / "logs" / f"client-{volume}-{host}.log"), "-p", str(pidfile), str(point))
-        self.client_pids.append(int(_wait_for_file(pidfile).read_text()))
-        _wait(lambda: os.path.ismount(point), 15, f"{volume} to mount for host {host}")
+        log = open(self.root / "logs" / f"client-{volume}-{host}.out", "ab")
+        # -N: in the foreground, so the client is our child and its pid is known without a pid file.
+        client = subprocess.Popen(["glusterfs", "-N", *options, f"--volfile-server={BRICK_HOST}",
+                                   f"--volfile-id={volume}", "-l", str(self.root / "logs" / f"client-{volume}-{host}.log"),
+                                   str(point)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(faketime(skew) if skew else {})})
+        log.close()
+        self.clients.append(client)
+        _wait(lambda: os.path.ismount(point) or client.poll() is not None, 15, f"{volume} to mount for host {host}")
+        if not os.path.ismount(point):
+            unavailable(f"the glusterfs client for {volume} on host {host} exited ({client.returncode})")
         self.mounts[key] = str(point)
         return str(point)
 
@@ -118,11 +125,13 @@ class Gluster:
         for point in self.mounts.values():
             subprocess.run(["umount", "-l", point], capture_output=True)
         bricks = [pid for pid in _pids() if str(self.root / "bricks") in _cmdline(pid)]
-        for pid in [*self.client_pids, *bricks, *([self.glusterd_pid] if self.glusterd_pid else [])]:
+        for pid in [*(c.pid for c in self.clients), *bricks, *([self.glusterd_pid] if self.glusterd_pid else [])]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for client in self.clients:
+            client.wait()
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -135,19 +144,41 @@ class Gluster:
         return r
 
     def _run(self, *argv: str) -> None:
-        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        if r.returncode != 0:
+        # Output to a file, not a pipe: a daemon that keeps the pipe open (glusterfs under faketime
+        # does) would hold us until the timeout.
+        with open(self.root / "logs" / "commands.log", "a+") as out:
+            start = out.tell()
+            code = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, timeout=60,
+                                  stdin=subprocess.DEVNULL).returncode
+            out.seek(start)
+            said = out.read().strip()
+        if code != 0:
             self.close()
-            unavailable(f"{' '.join(argv)}: {(r.stdout + r.stderr).strip() or r.returncode}")
+            unavailable(f"{' '.join(argv)}: {said or code}")
 
 
-def faketime(offset: str) -> list[str]:
-    """The command prefix that runs a program `offset` off the real clock (Debian's faketime)."""
-    exe = shutil.which("faketime")
-    if exe is None:
+def faketime(offset: str) -> dict[str, str]:
+    """The environment that runs a C program (a glusterfs client) `offset` (such as "+30s") off
+    the real clock, with Debian's libfaketime preloaded; its clock keeps running from there."""
+    if shutil.which("faketime") is None or not os.path.exists(LIBFAKETIME):
         unavailable("faketime is not installed (Debian package faketime)")
-    # -f: the clock keeps running from the offset, rather than standing still at it.
-    return [exe, "-f", offset]
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def skewed_python(seconds: float, shim_dir: Path) -> dict[str, str]:
+    """The environment that runs Python `seconds` off the real wall clock. Not libfaketime:
+    under it Python 3.11's time.sleep fails with EINVAL, or threading's timed waits hang
+    (libfaketime issues 426 and 390). Every wall-clock reading of spoolq's is time.time() or
+    time.time_ns(), so a sitecustomize that shifts both skews spoolq as a host's clock would."""
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    (shim_dir / "sitecustomize.py").write_text(
+        "import time\n"
+        f"_SKEW = {seconds!r}\n"
+        "_time, _time_ns = time.time, time.time_ns\n"
+        "time.time = lambda: _time() + _SKEW\n"
+        "time.time_ns = lambda: _time_ns() + int(_SKEW * 1e9)\n")
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{shim_dir}{os.pathsep}{path}" if path else str(shim_dir)}
 
 
 def client_cmdline(mount_point: str) -> str:

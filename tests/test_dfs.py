@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -110,3 +111,16 @@ def test_a_batch_and_a_purge_outgrow_glusters_hundred_links(gluster, tmp_path):
                   os.path.join(path, "done", f"{job.id}.json"))
     assert spool.purge("done") == 250
     assert os.listdir(os.path.join(path, "ids")) == []
+
+
+@pytest.mark.parametrize("volume, ahead", [("stock", True), ("strict", False)])
+def test_a_files_mtime_is_the_servers_clock_only_on_strict(gluster, tmp_path, volume, ahead):
+    """Leases are judged by mtimes: they must come from the server, not from the writing host's
+    clock. Host C's Gluster client runs an hour ahead; with features.ctime on (stock) the files
+    it writes carry its clock, so it would judge every other host's heartbeat an hour old."""
+    name = gluster.new_dir(volume, os.path.basename(tmp_path))
+    c = os.path.join(gluster.mount(volume, "C", skew="+3600s"), name, "written-on-c")
+    with open(c, "w") as f:
+        f.write("x")
+    seen_on_a = os.stat(os.path.join(gluster.mount(volume, "A"), name, "written-on-c")).st_mtime
+    assert abs(seen_on_a - time.time() - (3600 if ahead else 0)) < 60, seen_on_a - time.time()

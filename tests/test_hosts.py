@@ -38,6 +38,8 @@ from spoolq import config as config_mod
 BINDFS_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
 RIG_MARK = "SPOOLQ_TEST_RIG"  # in the environment of every process the rig starts, and of their jobs
 POLL = 0.5
+SKEW_SECONDS = 3600.0  # host C's clock is this far ahead
+SKEW = f"+{SKEW_SECONDS:.0f}s"
 
 
 def _unavailable(reason: str) -> None:
@@ -88,12 +90,13 @@ class Rig:
         self.procs: list[subprocess.Popen] = []
         self.bindfs: subprocess.Popen | None = None
         self.unsafe = volume == "stock"  # workers refuse such a spool unless told otherwise
+        self.gluster, self.volume = gluster, volume
         if gluster is None:
             self.a, self.b = str(tmp / "spool"), str(tmp / "hostB")
             os.mkdir(self.b)
         else:
-            name = gluster.new_dir(volume, f"spool-{self.mark}")
-            self.a, self.b = (os.path.join(gluster.mount(volume, h), name) for h in ("A", "B"))
+            self.name = gluster.new_dir(volume, f"spool-{self.mark}")
+            self.a, self.b = (os.path.join(gluster.mount(volume, h), self.name) for h in ("A", "B"))
         Spool(self.a)
 
     # ---- the FUSE view -------------------------------------------------------------------
@@ -170,11 +173,15 @@ class Rig:
     # ---- driving the hosts ---------------------------------------------------------------
 
     def path(self, host: str) -> str:
+        """Host C is an hour ahead: its processes' clocks, and on Gluster its client's too (on
+        bindfs it shares B's view)."""
+        if host == "C" and self.gluster is not None:
+            return os.path.join(self.gluster.mount(self.volume, "C", skew=SKEW), self.name)
         return self.a if host == "A" else self.b
 
     def env(self, host: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("SPOOLQ_DIR", "SPOOLQ_HOST")}
-        env = {**env, "SPOOLQ_HOST": host, RIG_MARK: self.mark}
+        env = {**env, "SPOOLQ_HOST": host, RIG_MARK: self.mark, **(dfs.skewed_python(SKEW_SECONDS, self.tmp / "skew") if host == "C" else {})}
         return {**env, "SPOOLQ_ALLOW_UNSAFE_FS": "1"} if self.unsafe else env
 
     def spool(self, host: str = "A") -> Spool:
@@ -423,3 +430,62 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
         assert p.wait(30) == 0, p.stderr.read()
     cfg = config_mod.load(rig.spool("A").layout)
     assert (cfg.max_retries, cfg.job_timeout, cfg.poll_interval, cfg.backoff_base) == (7, 9, POLL, 0)
+
+
+def test_a_host_an_hour_ahead_neither_steals_nor_keeps_jobs(safe_rig, tmp_path):
+    """Leases are judged on the file system's clock, never a host's: host C, an hour ahead,
+    takes no live job of A's and keeps none of its own past the lease when it freezes; and a
+    stop asked for on C stops A's workers and no later ones."""
+    rig = safe_rig
+    rig.ok("A", "config", "set", "lease_timeout", "2")
+    c_now = subprocess.run([SPOOLQ[0], "-c", "import time; print(time.time())"], capture_output=True, text=True,
+                           env=rig.env("C")).stdout
+    assert float(c_now) - time.time() > 3500, "host C's clock is not skewed"
+    d = tmp_path / "j"
+    d.mkdir()
+    a = rig.start("A", 1)
+    c = rig.start("C", 1)
+    spool = rig.spool("A")
+    # Two jobs that outlast the lease twice over, one on each host (each host has one worker).
+    cmd = f'echo $$ > {d}/$SPOOLQ_HOST.pid; echo "$SPOOLQ_JOB_ID $SPOOLQ_ATTEMPT" >> {d}/$SPOOLQ_HOST.ran; sleep 4'
+    jobs = [spool.enqueue({"id": f"long{i}", "command": cmd}) for i in range(2)]
+    try:
+        wait_for(lambda: (d / "A.pid").exists() and (d / "C.pid").exists(), 10, "a job to start on A and on C")
+    except AssertionError:
+        raise AssertionError(a.log() + c.log() + str(os.listdir(d)))
+    r = rig.run("C", "wait", *[j.id for j in jobs], "--timeout", "20", timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr + a.log() + c.log()
+    for job in jobs:
+        if spool.find(job.id).to_dict()["attempts"] != 1:
+            open("/tmp/hour.debug", "w").write(f"{spool.find(job.id).to_dict()}\n{a.log()}\n{c.log()}")
+        assert spool.find(job.id).to_dict()["attempts"] == 1
+    for log in (a.log(), c.log()):
+        assert "recovered" not in log and "discarded" not in log, log
+
+    # C freezes mid-job: A takes the job back once the lease is out, not at once, not in an hour.
+    (d / "C.pid").unlink()
+    a.stop()  # only C can take it
+    job = spool.enqueue({"id": "frozen", "command": f'if [ "$SPOOLQ_HOST" = C ]; then echo $$ > {d}/C.pid; '
+                                                    f'sleep 30; fi'})
+    wait_for(lambda: (d / "C.pid").exists() and (d / "C.pid").read_text().strip(), 10, "C to start the job")
+    (c_worker,) = rig.workers("C")
+    os.killpg(int((d / "C.pid").read_text()), signal.SIGSTOP)
+    os.kill(c_worker.pid, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        a = rig.start("A", 1)
+        wait_for(lambda: spool.find(job.id).state == "done", 15, "A to take the frozen job back and run it")
+        assert time.monotonic() - frozen_at >= 2, "taken back before the lease ran out"
+        assert "recovered job frozen" in a.log(), a.log()
+    finally:
+        os.kill(c_worker.pid, signal.SIGCONT)
+        os.killpg(int((d / "C.pid").read_text()), signal.SIGCONT)
+
+    # A stop asked for on C, an hour ahead, stops A's worker, which began before it.
+    rig.ok("C", "worker", "stop")
+    a.proc.wait(2 * POLL + 5)
+    assert a.proc.returncode == 0 and "stop requested" in a.log(), a.log()
+    # ... and a worker A starts after that stop request is not stopped by it.
+    late = rig.start("A", 1)
+    time.sleep(2 * POLL)  # two of its polls: a stop it wrongly took for its own would have acted
+    assert late.proc.poll() is None, late.log()
