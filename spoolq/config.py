@@ -151,7 +151,9 @@ def load(layout: Layout) -> Config:
 def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> Config:
     """Read-modify-write config.json under its lock, publishing the new file (of `mode`, first
     written to `temp_path`) by rename."""
-    check_key(key)
+    spec = check_key(key)
+    if not spec.check(value):  # the API's values are checked as the CLI's are: never saved to be ignored
+        raise ConfigError(f"{key}: {json.dumps(value, default=repr)[:40]} is out of range ({spec.help})")
     with locked(layout, "config", mode=mode):
         current = load(layout)._values
         current = {**current, key: value}

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import SPOOLQ
-from spoolq import Spool
+from spoolq import ConfigError, Spool
 from spoolq.cli import main
 from spoolq.transitions import Adopted
 from spoolq.worker import Worker
@@ -542,6 +542,20 @@ def test_config_refusals_keep_the_file(cli, spool):
     with open(spool.layout.config, "rb") as f:
         assert f.read() == before
     assert cli.json("config", "show")["max_retries"] == 4
+
+
+@pytest.mark.parametrize("key, value", [("lease_timeout", 1.0), ("max_retries", -1), ("poll_interval", "1"),
+                                        ("group_access", 1), ("max_retries", True)])
+def test_the_api_refuses_what_the_cli_refuses(spool, key, value):
+    """An out-of-range value given through the API is refused, never saved to be ignored at load."""
+    spool.set_config("max_retries", 4)
+    with open(spool.layout.config, "rb") as f:
+        before = f.read()
+    with pytest.raises(ConfigError, match=key):
+        spool.set_config(key, value)
+    with open(spool.layout.config, "rb") as f:
+        assert f.read() == before
+    assert Spool(spool.root).config.problems == ()
 
 
 def test_max_retries_fixed_at_enqueue(cli):
