@@ -67,8 +67,11 @@ blank between jobs): its process group, which whoever recovers a dead owner
 on the same host kills.
 
 Owners: an owner token is ``<host>-<pid>-<random>``. When an owner is found dead,
-whoever recovers it first renames ``processing/<owner>`` to ``processing/<rescuer>~<owner>``
-(one rename: the fence), so a frozen owner that wakes up can no longer touch its jobs.
+whoever recovers it first creates ``processing/<owner>/.fenced``, then renames the directory to
+``processing/<rescuer>~<owner>`` (the fence); a woken owner finds the mark before it records a
+result. A file leaves with new content in three steps: ``.next.<state>.<key>.<name>`` written,
+``<name>`` renamed to ``.taken.<state>.<key>.<name>`` (the step that decides), the ``.next.``
+file renamed into ``pending/`` or ``dead/``; a rescuer finishes such a move half done.
 
 Assumptions: one file system for the whole spool (rename is atomic and never crosses
 devices); names up to 255 bytes; ``O_EXCL`` create is atomic (true of local file
@@ -101,6 +104,39 @@ QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot star
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
+FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made before it renames the directory
+# A job file leaving processing/<owner>/ with new content (transitions._replace_then_move):
+# .next.<state>.<key>.<name> holds the new content, .taken.<state>.<key>.<name> the old file.
+NEXT_PREFIX, TAKEN_PREFIX = ".next.", ".taken."
+
+
+class Transit(NamedTuple):
+    """A name of a job file in transit inside processing/<owner>/ (NEXT_PREFIX, TAKEN_PREFIX)."""
+    taken: bool  # the old file (else the new content)
+    state: str  # where the new content goes: "pending" or "dead"
+    key: str  # pairs a .next. name with its .taken. one
+    original: str  # the name the old file had: <id>.json, or ~<drop-in>
+
+    @property
+    def next_name(self) -> str:
+        return f"{NEXT_PREFIX}{self.state}.{self.key}.{self.original}"
+
+    @property
+    def taken_name(self) -> str:
+        return f"{TAKEN_PREFIX}{self.state}.{self.key}.{self.original}"
+
+
+def transit(state: str, original: str) -> Transit:
+    return Transit(False, state, random_hex(6), original)
+
+
+def parse_transit(name: str) -> Transit | None:
+    for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
+        if name.startswith(prefix):
+            parts = name[len(prefix):].split(".", 2)
+            if len(parts) == 3 and parts[0] in ("pending", "dead") and len(parts[1]) == 12 and parts[2]:
+                return Transit(taken, parts[0], parts[1], parts[2])
+    return None
 
 
 @functools.cache

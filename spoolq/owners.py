@@ -166,7 +166,7 @@ class Owners:
     def unregister(self, owner: str) -> None:
         owned = self.layout.owned(owner)
         for entry in fsio.listdir(owned):
-            if entry.startswith("."):
+            if entry.startswith(".") and layout.parse_transit(entry) is None:  # a move half done is a job
                 fsio.unlink_quietly(os.path.join(owned, entry))
         try:
             os.rmdir(owned)

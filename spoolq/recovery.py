@@ -12,7 +12,7 @@ import os
 from typing import NamedTuple
 
 from . import fsio, layout, liveness
-from .errors import InvalidJob
+from .errors import InvalidJob, LostOwnership
 from .owners import OwnerDir, Owners
 from .quarantine import Quarantine
 from .store import Store
@@ -43,6 +43,9 @@ class Recovery:
         out: list[Recovered] = []
         for owned in self.owners.gone_dirs(lease=lease):
             out.extend(self._rescue(owned, rescuer, now))
+        for entry in fsio.listdir(self.layout.processing):
+            if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, left behind: a late owner's move landed
+                out.extend(self._drain(self.layout.owned(entry), OwnerDir(entry).chain[1], "?", now))
         self.owners.drop_stale_registrations()
         return out
 
@@ -50,9 +53,11 @@ class Recovery:
         fenced = f"{rescuer}{layout.RESCUE_SEP}{owned.name}"
         if len(fenced) > 200:
             fenced = f"{rescuer}{layout.RESCUE_SEP}{layout.random_hex(4)}"
-        dst_dir = self.layout.owned(fenced)
+        src_dir, dst_dir = self.layout.owned(owned.name), self.layout.owned(fenced)
+        if not self._mark_fenced(src_dir):
+            return []
         # RACE: two rescuers may both find the owner dead; the directory rename admits one.
-        if not fsio.move(self.layout.owned(owned.name), dst_dir):
+        if not fsio.move(src_dir, dst_dir):
             return []
         reg = self.owners.registration(owned.holder)
         host = (reg.record.get("host") if reg else None) or "?"
@@ -61,16 +66,86 @@ class Recovery:
         self._kill_job_groups(dst_dir, local=local)
         if local:
             self._remove_temp_files_of(reg.record)
-        out = []
-        for name in sorted(fsio.listdir(dst_dir)):
-            out.extend(self._rescue_file(dst_dir, name, owned.holder, host, self.store.now(now)))
-        try:
-            os.rmdir(dst_dir)
-        except OSError:
-            pass
+        out = self._drain(dst_dir, owned.holder, host, now)
         for owner in owned.chain:
             fsio.unlink_quietly(self.layout.worker_file(owner))
         return out
+
+    @staticmethod
+    def _mark_fenced(directory: str) -> bool:
+        """The mark an owner looks for before it records a result (transitions._check_fence). False
+        if the directory is gone: another rescuer has it."""
+        try:
+            os.close(os.open(os.path.join(directory, layout.FENCE_FILE),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except FileExistsError:
+            pass  # another rescuer's, or one that died before its rename: the rename decides
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _drain(self, directory: str, owner: str, host: str, now: float | None) -> list[Recovered]:
+        """Move every job out of a fenced directory, then remove it. A woken owner may still reach
+        the directory by an old name (a client's cache) and move a file at the same moment: each
+        file is taken by a rename of its own, and the directory is listed again until nothing is
+        left of it (a few rounds at most: the owner has one job and stops at the fence mark)."""
+        out: list[Recovered] = []
+        for _ in range(8):
+            names = sorted(fsio.listdir(directory), key=_drain_order)
+            if not [n for n in names if n != layout.FENCE_FILE]:
+                break
+            for name in names:
+                out.extend(self._rescue_entry(directory, name, owner, host, self.store.now(now)))
+        fsio.unlink_quietly(os.path.join(directory, layout.FENCE_FILE))
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # a late owner's claim landed: run() drains it again
+        return out
+
+    def _rescue_entry(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
+        path = os.path.join(directory, name)
+        moving = layout.parse_transit(name)
+        if moving is not None:
+            return self._finish_transit(directory, moving, owner, now)
+        if name == layout.FENCE_FILE:
+            return []
+        if name.startswith("."):
+            fsio.unlink_quietly(path)  # the job group record, a temp file
+            return []
+        if name.startswith(layout.ADOPT_PREFIX):
+            self._return_dropin(path, name[len(layout.ADOPT_PREFIX):])
+            return []
+        if not name.endswith(".json"):
+            return []
+        return self._rescue_file(directory, name, owner, host, now)
+
+    def _finish_transit(self, directory: str, moving: layout.Transit, owner: str, now: float) -> list[Recovered]:
+        """A move out of the directory its owner began (transitions._replace_then_move). Taken
+        (the old file renamed): the owner decided, and its new content goes where it chose. Not
+        taken: the new content is void once the old file is gone (its owner can no longer take
+        it), and waits while the old file is there (its owner, or this rescue, takes it first)."""
+        next_path = os.path.join(directory, moving.next_name)
+        if not moving.taken:
+            # RACE: the old file becomes the .taken. one in a single rename; looked at in this
+            # order, neither can appear once both were seen missing.
+            if not os.path.lexists(os.path.join(directory, moving.original)) and \
+                    not os.path.lexists(os.path.join(directory, moving.taken_name)):
+                fsio.unlink_quietly(next_path)
+            return []
+        try:
+            job, _ = self.store.read_job(next_path, now=now, trusted_only=True)
+        except FileNotFoundError:
+            fsio.unlink_quietly(os.path.join(directory, moving.taken_name))  # the move is done
+            return []
+        except InvalidJob:
+            # Never written whole (it is fsync'd before the take, so only another program's
+            # file): the old file goes back under its name, to be rescued as it was.
+            fsio.move(os.path.join(directory, moving.taken_name), os.path.join(directory, moving.original))
+            fsio.unlink_quietly(next_path)
+            return []
+        moved = self.transitions.complete_transit(directory, moving, job)
+        return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
         """Kill the process group of the job the dead owner was running, as its .pgroup file
@@ -98,14 +173,6 @@ class Recovery:
 
     def _rescue_file(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
         path = os.path.join(directory, name)
-        if name.startswith("."):
-            fsio.unlink_quietly(path)
-            return []
-        if name.startswith(layout.ADOPT_PREFIX):
-            self._return_dropin(path, name[len(layout.ADOPT_PREFIX):])
-            return []
-        if not name.endswith(".json"):
-            return []
         try:
             # trusted_only: what recovery moves on runs next, so it must be a file the claim
             # would have run (any directory in processing/ can hold anyone's file).
@@ -119,7 +186,11 @@ class Recovery:
         reason = f"worker {owner} on {host} stopped during attempt {attempt} (killed, crashed or lost its lease)"
         if attempt > job.max_retries:
             reason += "; the job ran out of attempts this way: it may be what kills its worker"
-        moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None, error=reason, now=now)
+        try:
+            moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None, error=reason,
+                                            now=now, rescuing=True)
+        except LostOwnership:
+            return []  # RACE: its woken owner took the file first; the next listing finishes its move
         return [Recovered(owner, job.id, moved.state, reason)]
 
     def _return_dropin(self, path: str, original: str) -> None:
@@ -128,3 +199,11 @@ class Recovery:
         if os.path.lexists(dest):
             dest = os.path.join(self.layout.pending, f"{layout.stem(original)}.{layout.random_hex(3)}.json")
         fsio.move(path, dest)
+
+
+def _drain_order(name: str) -> tuple[int, str]:
+    """Half-done moves first (their owner decided), then the files, then what is void."""
+    moving = layout.parse_transit(name)
+    if moving is not None:
+        return (0 if moving.taken else 2, name)
+    return (1, name)

@@ -9,14 +9,15 @@ transition   from -> to                                    who         how      
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> linked (exclusive)         each file (a batch's
              (publish.py)                                                                                                       in parallel), pending/, ids/
-adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; rewrite;     the first rename won; ids/<id>      the rewrite, pending/
-             -> pending/<canonical>                                    rename               linked (exclusive)
+adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
+             -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
-finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          source still in processing/<o>/     none
-finish fail  processing/<o>/<id> -> pending/<due later>    worker,     rewrite in place,    processing/<o>/ still exists (a     the rewrite
-             or dead/<id>                                  recovery    rename               rescuer's rename of it: the fence)
-recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  directory rename     that rename won                     as finish fail
-             then each job as "finish fail" (recovery.py)  fsck
+finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
+finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace then move:   no fence mark (owner); the take     the new content
+             or dead/<id>                                  recovery    .next. written, take (a rename of the file itself) won
+                                                                       to .taken., move
+recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  mark .fenced, then   that rename won; per file, as       as finish fail
+             then each job as "finish fail" (recovery.py)  fsck        directory rename     finish fail
 retry        dead/<id> -> pending/<canonical>              dlq retry   rewrite, rename      lock "dlq"                          the rewrite, pending/
 purge        done|dead/<id> -> (deleted)                   purge       unlink file, output  lock "dlq"                          none
                                                                        log, ids/<id>
@@ -25,6 +26,13 @@ quarantine   anywhere -> dead/+<qid>                       adopt,      rename   
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 
 A new transition (cancel, pause, dependencies, queues) is a row here and a method below.
+
+Why no rename over a file in processing/: a client of a shared file system may reach an owner's
+directory by a cached name after a rescuer renamed it (GlusterFS at its defaults, for about a
+second), so the directory rename alone does not stop a woken owner. Every move out of it
+therefore starts with a rename of the job file itself, which exactly one of owner and rescuer
+wins; and new content is written under a new name first, never renamed over the old one, which
+could bring back a file the rescuer had already taken.
 """
 
 from __future__ import annotations
@@ -139,7 +147,7 @@ class Transitions:
                 self.quarantine.put(adopt_path, entry, reason, now)
                 return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
             try:
-                moved = self._rewrite_then_move(adopt_path, job, "pending")
+                moved = self._replace_then_move(adopt_path, job, "pending")
             except BaseException:
                 ids.release(job.id)
                 raise
@@ -182,9 +190,12 @@ class Transitions:
         return None
 
     def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
-               now: float | None = None) -> Moved:
-        """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead."""
+               now: float | None = None, rescuing: bool = False) -> Moved:
+        """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead.
+        An owner raises LostOwnership once fenced; a rescuer (`rescuing`) works inside the fence."""
         job = claimed.job
+        if not rescuing:
+            self._check_fence(claimed.path)
         if ok:
             # The success is the move itself: the file keeps the attempts before this one, which
             # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
@@ -200,12 +211,53 @@ class Transitions:
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
         if decision.state == "pending":
             job.run_at = decision.run_at
-        return self._rewrite_then_move(claimed.path, job, decision.state)
+        return self._replace_then_move(claimed.path, job, decision.state)
+
+    def _check_fence(self, path: str) -> None:
+        """Has a rescuer marked the directory `path` is in? Asked before an owner records a
+        result: the mark is inside the directory, so an owner whose client still reaches it by
+        its old name (a cached name, after the rescuer's rename) sees it all the same."""
+        directory = os.path.dirname(path)
+        if os.path.lexists(os.path.join(directory, layout.FENCE_FILE)):
+            raise LostOwnership(f"{directory} was fenced by a rescuer")
+
+    def _replace_then_move(self, path: str, job: Job, state: str) -> Moved:
+        """Move an owned file out of processing/<owner>/ with new content, so that its owner and a
+        rescuer can never both do it: write the new content beside it (.next.), take the file by
+        renaming it (.taken.: the one step that decides, as the rescuer's own take of the same
+        name), then rename the new content into `state`. No name is ever renamed over, so a late
+        owner cannot bring a file back that a rescuer took (as a rewrite in place could)."""
+        directory = os.path.dirname(path)
+        moving = layout.transit(state, os.path.basename(path))
+        next_path = os.path.join(directory, moving.next_name)
+        try:
+            self.store.write_file(next_path, job.to_json(), durable=True)
+        except FileNotFoundError:
+            raise LostOwnership(f"{directory} is gone") from None
+        try:
+            # RACE: a rescuer may take `path` at the same moment (recovery.py); one rename wins.
+            taken = fsio.move(path, os.path.join(directory, moving.taken_name))
+        except FileNotFoundError:
+            taken = False
+        if not taken:
+            fsio.unlink_quietly(next_path)
+            raise LostOwnership(f"{path} was taken from us")
+        return self.complete_transit(directory, moving, job)
+
+    def complete_transit(self, directory: str, moving: layout.Transit, job: Job) -> Moved:
+        """The last step of a replace-then-move (by the owner, or by a rescuer that found it
+        half done): the new content into its state, then the taken file goes."""
+        name = layout.pending_name_of(job) if moving.state == "pending" else layout.job_file(job.id)
+        # RACE: the owner and a rescuer may both get here; the rename of .next. admits one, and
+        # the other finds it gone: the move is done either way.
+        fsio.move(os.path.join(directory, moving.next_name), os.path.join(self.layout.dir(moving.state), name))
+        fsio.unlink_quietly(os.path.join(directory, moving.taken_name))
+        return Moved(job.id, moving.state, name)
 
     def _rewrite_then_move(self, path: str, job: Job, state: str) -> Moved:
         """Rewrite a job file in place (temp beside it, fsync, rename over), then move it to
-        `state`. Both steps need `path`'s directory to still be ours: for processing/<owner>/,
-        a rescuer's rename of it is the fence; for dead/, the "dlq" lock."""
+        `state`: for dead/ only, whose files change under the "dlq" lock alone. (Out of
+        processing/, where an owner and a rescuer may race, see _replace_then_move.)"""
         directory = os.path.dirname(path)
         tmp = self.store.temp_path(directory)
         try:

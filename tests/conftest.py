@@ -43,7 +43,7 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
 
 
 @pytest.fixture(scope="session")
-def gluster(tmp_path_factory) -> Iterator["dfs.Gluster"]:
+def gluster(tmp_path_factory) -> Iterator[object]:
     """One GlusterFS server for the whole session (tests/dfs.py), torn down at its end."""
     import dfs
 

@@ -174,6 +174,39 @@ def test_a_worker_killed_while_adopting_drop_ins_loses_none(tmp_path, kind):
     sweep(tmp_path, kind, _dropped, lambda root: [*WORKER, root], _every_dropped_job_ran)
 
 
+# ---- a worker recording failed attempts ---------------------------------------------------------
+
+
+def _failing_once(root: str) -> list[str]:
+    """Jobs whose first attempt fails: their worker writes each one's next state (.next.), takes
+    the job file (.taken.) and moves the new state out (transitions._replace_then_move)."""
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    tags = ["f1", "f2", "f3"]
+    for tag in tags:
+        spool.enqueue({"id": tag, "command": f"echo {tag} >> {root}.runs; test -e {root}.{tag} || "
+                                             f"{{ touch {root}.{tag}; exit 1; }}", "max_retries": 5})
+    return tags
+
+
+def _every_failed_job_retried_once(root: str, tags: list[str], killed: bool) -> None:
+    burst(root)
+    ran = runs(root)
+    assert counted(root) == {"done": 3}, counted(root)
+    for tag in tags:
+        # Twice (the failure, the success); a third time only if the kill came between a run
+        # and its record.
+        assert ran.count(tag) in ((2, 3) if killed else (2,)), (tag, ran)
+        attempts = Spool(root, create=False).find(tag).to_dict()["attempts"]
+        assert attempts == ran.count(tag) or (killed and attempts == ran.count(tag) + 1), (tag, attempts, ran)
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink", "write", "fsync"])
+def test_a_worker_killed_while_recording_a_failure_loses_nothing(tmp_path, kind):
+    sweep(tmp_path, kind, _failing_once, lambda root: [*WORKER, root], _every_failed_job_retried_once)
+
+
 # ---- recovery of a dead worker's jobs ----------------------------------------------------------
 
 

@@ -572,6 +572,11 @@ def test_recovery_kills_the_jobs_group_but_not_a_daemon_it_started(spool, tmp_pa
     w = Workers(spool.root, 1).wait_ready()
     wait_for(lambda: daemon_pid.exists() and child_pid.exists() and child_pid.read_text(), 10, "both sleeps")
     daemon, child = int(daemon_pid.read_text()), int(child_pid.read_text())
+    (owner,) = [wk.owner for wk in spool.workers(role="worker")]
+    group = os.path.join(spool.layout.owned(owner), L.GROUP_FILE)
+    # The worker notes the job's group just after the spawn: on a loaded machine the job's own
+    # processes can be up before that (a worker killed in between leaves them to their timeout).
+    wait_for(lambda: open(group, "rb").read().strip(), 10, "the worker to note the job's group")
     w.kill_all()  # the worker dies with its job running
     Spool(spool.root).recovery.run(L.owner_token("test", os.getpid()))
     wait_for(lambda: not _alive(child), 10, "the job's own process (env -i) to be killed")

@@ -33,15 +33,18 @@ class JobChecks:
             if entry not in gone:
                 r.live_dirs.append(entry)
                 continue
-            jobs = sorted(n for n in fsio.listdir(path) if layout.is_json_entry(n))
-            held = ", ".join(layout.stem(n) for n in jobs[:5]) + (" …" if len(jobs) > 5 else "")
+            names = fsio.listdir(path)
+            # A move its owner began holds its job under the .taken. name (recovery finishes it).
+            taken = {t.taken_name: t.original for t in map(layout.parse_transit, names) if t is not None and t.taken}
+            jobs = sorted([n for n in names if layout.is_json_entry(n)] + list(taken))
+            held = ", ".join(layout.stem(taken.get(n, n)) for n in jobs[:5]) + (" …" if len(jobs) > 5 else "")
             p = r.report("dead-owner", path, f"owner {layout.owner_of(entry)} is gone; it holds "
                          f"{len(jobs)} file(s){': ' + held if jobs else ''}")
             found.append((p, entry))
             if not r.repair:
                 for name in jobs:
-                    if not name.startswith(layout.ADOPT_PREFIX):
-                        r.record_place(layout.stem(name), "processing", os.path.join(path, name))
+                    if not taken.get(name, name).startswith(layout.ADOPT_PREFIX):
+                        r.record_place(layout.stem(taken.get(name, name)), "processing", os.path.join(path, name))
         if found and r.repair:
             self._recover(found)
 
