@@ -12,6 +12,8 @@ at once, or later for a file whose writer may still be at it.
 from __future__ import annotations
 
 import heapq
+import os
+import random
 from typing import Iterable
 
 from . import layout
@@ -43,8 +45,13 @@ class PendingIndex:
             heapq.heappush(self._ready, name)
 
     def rescan(self, names: Iterable[str]) -> None:
-        """Merge a fresh listing: only names not seen yet are parsed (the set difference runs in C)."""
-        for name in set(names).difference(self._known):
+        """Merge a fresh listing: only names not seen yet are parsed (the set difference runs in C),
+        and names no longer there (claimed by other workers) are forgotten, so that they cost no
+        failed claim. (The worker notes events only between listings: a name that arrived after
+        this listing was taken is not in the index yet, and is not forgotten.)"""
+        listed = set(names)
+        self._known.intersection_update(listed)  # the heaps skip forgotten names as they pop
+        for name in listed.difference(self._known):
             if not name.startswith("."):
                 self.add(name)
 
@@ -52,16 +59,38 @@ class PendingIndex:
         """Move scheduled entries whose time has come to the ready heap."""
         while self._later and self._later[0][0] <= now_ms:
             heapq.heappush(self._ready, heapq.heappop(self._later)[1])
+        while self._ready and self._ready[0] not in self._known:
+            heapq.heappop(self._ready)  # forgotten by a rescan
+        while self._later and self._later[0][1] not in self._known:
+            heapq.heappop(self._later)
 
-    def pop_ready(self, now_ms: int) -> str | None:
+    def pop_ready(self, now_ms: int, spread: int = 1) -> str | None:
+        """The next name to claim: the first in run order; with `spread` > 1, one of the first
+        `spread` of the same rank (priority), at random: workers that keep losing the head to
+        each other (one rename wins, the others fail) then mostly take different names."""
         self.promote(now_ms)
         if not self._ready:
             return None
         name = heapq.heappop(self._ready)
+        if spread > 1:
+            name = self._pick_near(name, spread)
         self._known.discard(name)
         return name
 
+    def _pick_near(self, head: str, spread: int) -> str:
+        rank = head[:10]
+        window = [head]
+        while len(window) < spread and self._ready and self._ready[0][:10] == rank:
+            name = heapq.heappop(self._ready)
+            if name in self._known:
+                window.append(name)
+        chosen = window.pop(random.randrange(len(window)))
+        for name in window:
+            heapq.heappush(self._ready, name)
+        return chosen
+
     def next_due_ms(self) -> int | None:
+        self.promote(0)
         return self._later[0][0] if self._later else None
 
     def has_ready(self, now_ms: int) -> bool:
@@ -86,3 +115,84 @@ class PendingIndex:
 
     def next_dropin_at(self) -> float | None:
         return min(self._dropins.values()) if self._dropins else None
+
+
+class Pacing:
+    """When a worker lists pending/, and how it picks what to claim, from what listing and lost
+    claims cost it: the listing gate (one stat when nothing changed), a listing as soon as claims
+    lost to other workers have cost more than a listing (which forgets every name they took),
+    held to about 1% of the worker's time otherwise; and after a lost claim, a pick among the
+    first few names rather than the head that every worker races for. Also the stop line's counts."""
+
+    SPREAD = 8
+
+    def __init__(self) -> None:
+        self.gate = ListingGate()
+        self.won = self.tried = 0
+        self._lost_last = False
+        self._lost_cost = 0.0  # spent on claims lost since the last listing
+        self._listing_cost = 0.0
+
+    def spread(self) -> int:
+        return self.SPREAD if self._lost_last else 1
+
+    def claimed(self, won: bool, cost: float) -> None:
+        self.tried += 1
+        self.won += won
+        self._lost_last = not won
+        if not won:
+            self._lost_cost += cost
+
+    def listed(self, started: float, cost: float) -> None:
+        self.gate.listed(started)
+        self._listing_cost, self._lost_cost = cost, 0.0
+
+    def rescan_interval(self, has_ready: bool, poll_interval: float) -> float:
+        """poll_interval while idle. With ready work in hand, a listing only finds jobs to queue
+        behind it (or forgets what others took), so its cost is held to about 1% of the worker's
+        time (50 ms at 100,000 pending: one every 5 s), unless lost claims cost more."""
+        if not has_ready:
+            return poll_interval
+        if self._lost_cost > self._listing_cost:
+            return 0.0
+        return max(poll_interval, 100 * self._listing_cost)
+
+    def summary(self) -> str:
+        return (f"claimed {self.won} job{'s' * (self.won != 1)}, lost {self.tried - self.won} claims to other "
+                f"workers; listed pending/ {self.gate.listings} times, {self.gate.skipped} polls answered by one stat")
+
+
+class ListingGate:
+    """Whether a listing of pending/ can find anything new, from one stat of the directory: a
+    listing is a round trip per few hundred names on a network file system, a stat one round
+    trip, and most polls of an idle spool change nothing. Its stamp (inode, mtime, ctime, size)
+    changes with every name added or removed. A file system that keeps times to the second may
+    give a second change the stamp of the first, so a stamp counts as settled only once seen for
+    SAME_TICK seconds, and a listing taken after that covers every change the stamp stands for."""
+
+    SAME_TICK = 2.0
+
+    def __init__(self) -> None:
+        self._stamp: tuple[int, ...] | None = None
+        self._first_seen = 0.0
+        self._covered = False  # a listing was taken once the current stamp had settled
+        self.listings = 0
+        self.skipped = 0
+
+    def should_list(self, directory: str, now: float) -> bool:
+        try:
+            st = os.stat(directory)
+            stamp: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        except OSError:
+            stamp = None  # list, and let the listing say what is wrong
+        if stamp is None or stamp != self._stamp:
+            self._stamp, self._first_seen, self._covered = stamp, now, False
+        elif self._covered:
+            self.skipped += 1
+            return False
+        return True
+
+    def listed(self, started: float) -> None:
+        """A listing was taken, begun at `started` (the clock should_list was given)."""
+        self.listings += 1
+        self._covered = self._stamp is not None and started - self._first_seen >= self.SAME_TICK

@@ -10,7 +10,7 @@ from typing import Callable
 
 from . import attempt, filesystem, job, layout, liveness, output, runner, watch
 from .errors import LostOwnership, SpoolError
-from .index import PendingIndex
+from .index import Pacing, PendingIndex
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
@@ -55,6 +55,7 @@ class Worker:
         self.signals = 0  # stop signals received
         self.owner = ""
         self.index = PendingIndex()
+        self.pacing = Pacing()
         self._wake: watch.Wakeups | None = None
         self.heartbeat = Heartbeat(spool, self.log)
         self.group = attempt.GroupRecord(None)  # opened at registration
@@ -114,7 +115,7 @@ class Worker:
             self.group.close()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
-        self.log("stopped")
+        self.log(f"stopped ({self.pacing.summary()})")
         if self.unsafe:
             return EXIT_UNSAFE
         return EXIT_SIGNALLED if self.signals else 0
@@ -188,7 +189,7 @@ class Worker:
                 last_rescan = now
                 self._rescan()
             self._adopt_dropins(now)
-            name = self.index.pop_ready(int(now * 1000)) if self._may_claim() else None
+            name = self.index.pop_ready(int(now * 1000), self.pacing.spread()) if self._may_claim() else None
             if name is not None:
                 self._claim_and_run(name)
                 continue
@@ -219,18 +220,13 @@ class Worker:
 
     def _rescan(self) -> None:
         started = time.monotonic()
+        if not self.pacing.gate.should_list(self.spool.layout.pending, started):
+            return  # one stat said nothing came or went since a listing that saw it all
         self.index.rescan(self.spool.views.pending_entries())
-        self._rescan_cost = time.monotonic() - started
+        self.pacing.listed(started, time.monotonic() - started)
 
     def _rescan_interval(self, now: float, poll_interval: float) -> float:
-        """poll_interval while idle. With ready work in hand, a rescan only finds jobs to queue
-        behind it, so its cost is held to about 1% of the worker's time (50 ms at 100,000 pending
-        means one every 5 s)."""
-        if not self.index.has_ready(int(now * 1000)):
-            return poll_interval
-        return max(poll_interval, 100 * self._rescan_cost)
-
-    _rescan_cost = 0.0
+        return self.pacing.rescan_interval(self.index.has_ready(int(now * 1000)), poll_interval)
 
     def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
         assert self._wake is not None
@@ -294,6 +290,7 @@ class Worker:
     # ---- one job -------------------------------------------------------------------------
 
     def _claim_and_run(self, name: str) -> None:
+        started = time.monotonic()
         try:
             claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
@@ -302,8 +299,9 @@ class Worker:
         except OSError as e:
             self.log(f"cannot claim {name!r}: {e}")
             return
+        self.pacing.claimed(claimed is not None, time.monotonic() - started)
         if claimed is None:
-            return
+            return  # another worker's rename won (or the file was quarantined)
         outcome = self._run(claimed)
         self._finish(claimed, outcome)
 

@@ -157,3 +157,86 @@ def test_a_burst_worker_starts_no_observer_and_still_takes_a_drop_in_that_is_bei
     assert "--burst: runs what is ready, then leaves" in out.stderr
     assert {spool.find("ready").state, spool.find("late").state} == {"done"}
     assert done_marker.exists()
+
+
+# ---- polling: one stat when nothing changed ---------------------------------------------------
+
+
+def test_a_listing_is_needed_only_when_the_directory_changed_or_has_not_settled(tmp_path):
+    from spoolq.index import ListingGate
+
+    d = tmp_path / "pending"
+    d.mkdir()
+    gate = ListingGate()
+    t = 1000.0
+    assert gate.should_list(str(d), t)  # nothing known yet
+    gate.listed(t)
+    # Within SAME_TICK of first seeing this stamp, a change in the same second could hide behind it.
+    assert gate.should_list(str(d), t + 1)
+    gate.listed(t + 1)
+    assert gate.should_list(str(d), t + 2.5)
+    gate.listed(t + 2.5)  # taken once the stamp had settled: it saw everything the stamp stands for
+    assert not gate.should_list(str(d), t + 3) and not gate.should_list(str(d), t + 60)
+    (d / "x.json").write_text("{}")  # a name arrives
+    assert gate.should_list(str(d), t + 61)
+    gate.listed(t + 61)
+    assert gate.should_list(str(d), t + 62)  # not settled yet
+    os.unlink(d / "x.json")  # a name goes
+    assert gate.should_list(str(d), t + 63.5)
+    assert (gate.listings, gate.skipped) == (4, 2)
+
+
+class _Polling(watch_mod.Wakeups):
+    """No file-system events: as on a network file system, polling is what finds jobs."""
+
+    def __init__(self, directories, log=lambda _m: None, *, events=True):
+        super().__init__(directories, log, events=False)
+
+
+def test_an_idle_polling_worker_lists_pending_only_until_it_settles(spool, monkeypatch):
+    spool.set_config("poll_interval", 0.1)
+    monkeypatch.setattr(worker_mod.watch, "Wakeups", _Polling)
+    log: list[str] = []
+    w = worker_mod.Worker(spool, log=log.append)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: w.owner, 5, "the worker to register")
+        time.sleep(3.5)  # 35 polls: those in the first 2 s list, the rest are one stat each
+        job = spool.enqueue({"command": "true"})
+        wait_for(lambda: spool.find(job.id).state == "done", 5, "the new job to run, found by a poll")
+    finally:
+        w.request_stop()
+        t.join(10)
+    line = next(m for m in log if "stopped (" in m)
+    listings = int(line.split("listed pending/ ")[1].split()[0])
+    stats = int(line.split(" times, ")[1].split()[0])
+    assert listings <= 30 and stats >= 10, line
+
+
+def test_a_rescan_forgets_names_other_workers_took():
+    """A name gone from the listing costs no failed claim: the index forgets it."""
+    index = PendingIndex()
+    names = [pending_name(f"j{i}", 0, i, None) for i in range(4)] + [pending_name("later", 0, 9, 4_000_000_000)]
+    index.rescan(names)
+    index.rescan([names[2]])  # the others were claimed elsewhere
+    assert index.pop_ready(1) == names[2] and index.pop_ready(1) is None
+    assert index.next_due_ms() is None and len(index) == 0
+    index.rescan(names[:2])  # they may come back (a name is never reused in practice): then they count again
+    assert [index.pop_ready(1), index.pop_ready(1), index.pop_ready(1)] == [names[0], names[1], None]
+
+
+def test_a_spread_pick_stays_within_the_first_names_of_the_head_priority():
+    index = PendingIndex()
+    high = [pending_name(f"h{i}", 5, i, None) for i in range(20)]
+    low = [pending_name("low", 0, 0, None)]
+    index.rescan(high + low)
+    popped = []
+    while (name := index.pop_ready(1, 8)) is not None:
+        popped.append(name)
+    assert sorted(popped) == sorted(high + low) and popped[-1] == low[0]  # each once; priority first
+    first = PendingIndex()
+    first.rescan(high)
+    picked = first.pop_ready(1, 8)
+    assert picked in high[:8]
+    assert first.pop_ready(1) == min(set(high) - {picked})  # without a spread: the head again
