@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
 
 from spoolq import Spool  # noqa: E402
 from spoolq import layout as L  # noqa: E402
@@ -357,7 +358,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,shellcmd,plain,cli,batch,backlog")
+    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,shellcmd,plain,cli,batch,"
+                                   "backlog,hosts")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -448,10 +450,38 @@ def main() -> int:
             rows.append(Row(f"worker start with {a.big} pending -> first job runs", "s", [big[0][0]],
                             f"with {a.small} pending", [small[0][0]], "<= 2 s", big[0][0] <= 2,
                             "first run only: later runs start on a partly drained spool"))
+        if want("hosts"):
+            rows.extend(multihost_rows(a.repeat, 100 if a.quick else 400))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     report(rows, a.json)
     return 0
+
+
+def multihost_rows(repeat: int, jobs: int) -> list[Row]:
+    """The multi-host rows: 2 hosts x 2 workers on a real GlusterFS (strict; scripts/multihost.py),
+    each beside 1 host x 4 workers on the same volume, run in turn."""
+    import multihost
+
+    progress(f"2 hosts x 2 workers on GlusterFS, {jobs} jobs, against 1 host x 4 workers")
+    try:
+        with multihost.gluster_hosts(2) as points:
+            pairs = [(multihost.drain(multihost.fresh_spool(points), 2, jobs),
+                      multihost.drain(multihost.fresh_spool(points[:1]), 4, jobs)) for _ in range(repeat)]
+    except multihost.Unavailable as e:
+        progress(f"skipped the multi-host rows: {e}")
+        return []
+    ref = "1 host x 4 workers, same volume"
+    rate = Row("drain rate, 2 hosts x 2 workers, GlusterFS strict", "jobs/s", [p[0]["jobs_per_s"] for p in pairs],
+               ref, [p[1]["jobs_per_s"] for p in pairs], ">= 0.8 x", paired=True)
+    rate.passed = rate.ratio >= 0.8
+    failed = Row("failed claims per claim, 2 hosts x 2 workers", "", [p[0]["failed_claims_per_claim"] for p in pairs],
+                 ref, [p[1]["failed_claims_per_claim"] for p in pairs], "<= 1.5",
+                 statistics.median(p[0]["failed_claims_per_claim"] for p in pairs) <= 1.5)
+    listings = Row("listings of pending/ per second, 2 hosts x 2 workers", "/s",
+                   [p[0]["listings_per_s"] for p in pairs], ref, [p[1]["listings_per_s"] for p in pairs],
+                   "(what the server lists)", None)
+    return [rate, failed, listings]
 
 
 def report(rows: list[Row], as_json: bool) -> None:

@@ -132,6 +132,7 @@ class Pacing:
         self._lost_last = False
         self._lost_cost = 0.0  # spent on claims lost since the last listing
         self._listing_cost = 0.0
+        self.workers = 1  # registered on the spool, every host: they share the server's listing time
 
     def spread(self) -> int:
         return self.SPREAD if self._lost_last else 1
@@ -149,13 +150,14 @@ class Pacing:
 
     def rescan_interval(self, has_ready: bool, poll_interval: float) -> float:
         """poll_interval while idle. With ready work in hand, a listing only finds jobs to queue
-        behind it (or forgets what others took), so its cost is held to about 1% of the worker's
-        time (50 ms at 100,000 pending: one every 5 s), unless lost claims cost more."""
+        behind it (or forgets what others took), so all workers' listings together are held to
+        about 1% of the time (50 ms at 100,000 pending, one worker: one every 5 s; a hundred: one
+        each every 500 s), unless a worker's lost claims have cost it more than a listing."""
         if not has_ready:
             return poll_interval
         if self._lost_cost > self._listing_cost:
             return 0.0
-        return max(poll_interval, 100 * self._listing_cost)
+        return max(poll_interval, 100 * self._listing_cost * self.workers)
 
     def summary(self) -> str:
         return (f"claimed {self.won} job{'s' * (self.won != 1)}, lost {self.tried - self.won} claims to other "
