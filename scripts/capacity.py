@@ -65,8 +65,8 @@ def predict(m: dict, hosts: int, workers: int, backlog: int, poll: float, job_s:
 
 
 def table(m: dict, workers: int, poll: float, job_s: float) -> str:
-    out = [f"| hosts | workers | backlog | jobs/s | bound by | failed claims per claim | server busy polling idle "
-           f"| pickup from another host (s) |", "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    out = ["| hosts | workers | backlog | jobs/s | bound by | failed claims per claim | server busy polling idle "
+           "| pickup from another host (s) |", "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
     for backlog in (1_000, 100_000):
         for hosts in HOSTS:
             r = predict(m, hosts, workers, backlog, poll, job_s)

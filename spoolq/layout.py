@@ -25,7 +25,8 @@ Directories under the spool root ``S``::
                     "now ..." also kills their running jobs. A file without a time counts from
                     its mtime.
     S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
-                    names the process that writes it
+                    names the process that writes it; ``....plan``: a batch's staged files and their
+                    pending names, one per line, while it renames them (publish.py)
     S/log/          worker and supervisor logs
     S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
                     or <name>.lock.<holder> while held (see locks.py)
@@ -117,13 +118,8 @@ class Transit(NamedTuple):
     key: str  # pairs a .next. name with its .taken. one
     original: str  # the name the old file had: <id>.json, or ~<drop-in>
 
-    @property
-    def next_name(self) -> str:
-        return f"{NEXT_PREFIX}{self.state}.{self.key}.{self.original}"
-
-    @property
-    def taken_name(self) -> str:
-        return f"{TAKEN_PREFIX}{self.state}.{self.key}.{self.original}"
+    next_name = property(lambda self: f"{NEXT_PREFIX}{self.state}.{self.key}.{self.original}")
+    taken_name = property(lambda self: f"{TAKEN_PREFIX}{self.state}.{self.key}.{self.original}")
 
 
 def transit(state: str, original: str) -> Transit:
@@ -233,7 +229,7 @@ def owner_of(dirname: str) -> str:
 
 # .<pid>.<start>.<pid namespace>.<host>.<random>.tmp names its creator, so a leftover of a dead
 # process is known at once; .<pid>.<random>.tmp (spoolq 0.1) is judged by its age.
-TMP = r"\.([0-9]+)\.(?:([0-9]+)\.([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.tmp"
+TMP = r"\.([0-9]+)\.(?:([0-9]+)\.([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.(tmp|plan)"
 
 
 class Creator(NamedTuple):
@@ -254,9 +250,10 @@ class Creator(NamedTuple):
                           separators=(",", ":")).encode() + b"\n"
 
 
-def tmp_name(creator: Creator | None = None) -> str:
+def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
+    """A temp name; kind "plan": a batch's list of what it publishes (publish.py)."""
     tag = creator.tag() if creator else str(os.getpid())
-    return f".{tag}.{random_hex(6)}.tmp"
+    return f".{tag}.{random_hex(6)}.{kind}"
 
 
 def group_record(pgid: int | None = None, started: tuple[int, int] | None = None) -> bytes:
@@ -277,9 +274,10 @@ def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
 GROUP_RECORD_SIZE = 56
 
 
-def is_temp_name(name: str) -> bool:
+def is_temp_name(name: str, kind: str = "tmp") -> bool:
     """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
-    return _regex(TMP).fullmatch(name) is not None
+    m = _regex(TMP).fullmatch(name)
+    return m is not None and m.group(5) == kind
 
 
 def creator_of_temp(name: str) -> Creator | None:

@@ -1,7 +1,13 @@
 """Publish: the enqueue transition. Every id is reserved (an ``ids/<id>`` marker, linked
 exclusively) and every job written under a temp name before the first is renamed into pending/,
 so a batch is published all or nothing as far as its caller can cause it; a marker that a dead
-creator left behind is taken over (see ids.py). Its row is the first of transitions.py's table."""
+creator left behind is taken over (see ids.py). Its row is the first of transitions.py's table.
+
+A machine can cut a batch between two renames (a kill, a power cut): so before the first, the
+batch writes its plan (``tmp/.<creator>.<hex>.plan``: each temp file and its pending name,
+fsync'd), and whoever finds the plan of a creator that is gone publishes the rest
+(``finish_batches``: workers' recovery sweeps, ``fsck --repair``). A batch is thus published
+whole or not at all, whatever stops its enqueuer."""
 
 from __future__ import annotations
 
@@ -87,10 +93,12 @@ class Publisher:
         return staged
 
     def _commit(self, staged: list[tuple[str, str, str]], ids: Reservations) -> None:
-        """The renames into pending/ and the fsyncs that make them durable."""
+        """The renames into pending/ and the fsyncs that make them durable; a batch's plan first."""
         pending_dir = self.layout.pending + os.sep
         done = 0
+        plan = None
         try:
+            plan = self._write_plan(staged) if len(staged) > 1 else None
             for tmp, name, _ in staged:
                 os.rename(tmp, pending_dir + name)
                 done += 1
@@ -99,6 +107,48 @@ class Publisher:
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
             _take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids)
             raise SpoolError(io_message(f"cannot enqueue (published {done} of {len(staged)})", e)) from None
+        finally:
+            if plan is not None:
+                fsio.unlink_quietly(plan)
+
+    def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
+        path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
+        data = "".join(f"{os.path.basename(tmp)} {name} {job_id}\n" for tmp, name, job_id in staged)
+        self.store.write_file(path, data.encode(), durable=True)
+        fsio.fsync_dir(self.layout.tmp)
+        return path
+
+    def finish_batches(self, gone: Callable[[layout.Creator], str | None]) -> int:
+        """Publish the rest of every batch whose creator is gone (`gone` says why, or None while
+        it lives) and left its plan: it was cut between two renames. Returns the jobs published."""
+        published = 0
+        for name in fsio.listdir(self.layout.tmp):
+            creator = layout.creator_of_temp(name) if layout.is_temp_name(name, "plan") else None
+            if creator is not None and gone(creator):
+                published += self._roll_forward(os.path.join(self.layout.tmp, name), creator)
+        return published
+
+    def _roll_forward(self, plan: str, creator: layout.Creator) -> int:
+        try:
+            with open(plan, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return 0  # another finished it
+        published = 0
+        for line in lines:
+            tmp, name, job_id = (line.split(" ") + ["", "", ""])[:3]
+            src = os.path.join(self.layout.tmp, tmp)
+            if not layout.is_temp_name(tmp) or layout.parse_pending(name) is None or not os.path.lexists(src):
+                continue  # published already (or never staged: the plan is written after every file is)
+            marker = creator_of(self.store, job_id)
+            if marker is None or (marker.pid, marker.start) != (creator.pid, creator.start):
+                fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
+                continue
+            # RACE: two finders may roll the same plan forward; each rename admits one.
+            published += fsio.move(src, os.path.join(self.layout.pending, name))
+        fsio.fsync_dir(self.layout.pending)
+        fsio.unlink_quietly(plan)
+        return published
 
     def reserve(self, ids: Reservations, job_id: str) -> bool:
         """Reserve `job_id`, taking over a marker its creator abandoned (it died before

@@ -47,6 +47,8 @@ class Recovery:
             if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, left behind: a late owner's move landed
                 out.extend(self._drain(self.layout.owned(entry), OwnerDir(entry).chain[1], "?", now))
         self.owners.drop_stale_registrations()
+        judge = self.owners.judge()
+        self.transitions.publisher.finish_batches(lambda creator: self.owners.why_creator_gone(creator, judge))
         return out
 
     def _rescue(self, owned: OwnerDir, rescuer: str, now: float | None) -> list[Recovered]:

@@ -7,8 +7,9 @@ moment; losing it is an answer (None, or LostOwnership), never a half-done move.
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 transition   from -> to                                    who         how                  proof                               fsync
 ===========  ============================================  ==========  ===================  ==================================  ===========================
-publish      (caller) -> pending/<canonical>               enqueue     write tmp/, rename   ids/<id> linked (exclusive)         each file (a batch's
-             (publish.py)                                                                                                       in parallel), pending/, ids/
+publish      (caller) -> pending/<canonical>               enqueue     write tmp/, (a       ids/<id> linked (exclusive)         each file (a batch's
+             (publish.py)                                                  batch: its plan),                                    in parallel), the plan,
+                                                                           rename                                               pending/, ids/
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none

@@ -49,6 +49,7 @@ def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTE
     if not report.given_now:
         report.fs_now = spool.store.fs_clock()  # ages are judged on the file system's clock
     house.check_registrations()  # before check_owners: recovery would drop stale ones unreported
+    house.check_batches()  # before the markers: a cut batch's jobs still in tmp/ hold theirs
     jobs.check_owners()
     jobs.check_pending()
     jobs.check_live_processing()

@@ -90,13 +90,35 @@ class HousekeepingChecks:
             p = r.report("orphan-reason", path, f"reason record for {qid}, which is not in dead/")
             r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
 
+    def check_batches(self) -> None:
+        """Before the jobs and the markers are looked at: a batch cut short is published whole,
+        and its jobs and markers are then where they belong."""
+        for name, path, st in self.r.entries(self.layout.tmp):
+            if layout.is_temp_name(name, "plan"):
+                self._cut_batch(path, st)
+
     def check_tmp(self) -> None:
         for name, path, st in self.r.entries(self.layout.tmp):
+            if layout.is_temp_name(name, "plan"):
+                continue  # check_batches
             if layout.is_temp_name(name):
                 stale_temp(self.r, path, st)
             else:
                 p = self.r.report("stray-entry", path, "not a temp file spoolq makes")
                 self.r.leave_alone(p, "not spoolq's; remove it by hand")
+
+    def _cut_batch(self, path: str, st: os.stat_result) -> None:
+        """A batch's plan whose enqueuer is gone: it was cut between two renames (publish.py)."""
+        creator = layout.creator_of_temp(os.path.basename(path))
+        why = self.r.why_left_over(creator, st)
+        if why is None or creator is None:
+            return
+        p = self.r.report("cut-batch", path, f"a batch cut short while it was being published: {why}")
+
+        def publish_the_rest() -> None:
+            self.spool.publisher.finish_batches(lambda c: why if c == creator else None)
+
+        self.r.repair_with(p, publish_the_rest, "published the rest of it")
 
     def check_locks(self) -> None:
         """A lock held by a holder that is gone is given back (see locks.py); anything in locks/

@@ -44,6 +44,7 @@ KINDS = {
     "unrecorded-quarantine": "a quarantined file without its reason record",
     "orphan-reason": "a reason record without its quarantined file",
     "stale-temp": "a temp file left by a crash",
+    "cut-batch": "a batch its enqueuer did not finish publishing (killed, or a power cut)",
     "stale-lock": "a lock held by a process that is gone",
     "stuck-adoption": "a dropped file half-adopted by a live worker long ago",
     "stale-registration": "a worker registration whose process is gone",
