@@ -42,12 +42,17 @@ def live_workers(spool: Spool, supervisor: int, killed: set[int]) -> list[int]:
 
 
 def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, duration: float,
-          timeout: float, backoff: float, seed: int | None = None, dropins: bool = False) -> dict:
+          timeout: float, backoff: float, seed: int | None = None, dropins: bool = False,
+          views: tuple[str, ...] = ()) -> dict:
+    """`views`: the same spool as other hosts see it (another mount of a shared file system);
+    each gets a supervisor of its own, with its own SPOOLQ_HOST, and the kills pick among all."""
     rng = random.Random(seed)
     spool = Spool(spool_dir)
     spool.set_config("backoff_base", backoff)  # recovered jobs count a failed attempt and back off
     spool.set_config("poll_interval", 0.5)
-    runs = os.path.join(spool_dir, "chaos-runs.log")
+    # Appends from two clients of a network file system may overwrite each other: with views,
+    # the runs file is local (every "host" here is this machine).
+    runs = os.path.join(tempfile.mkdtemp(prefix="spoolq-chaos-runs-") if views else spool_dir, "chaos-runs.log")
     open(runs, "a").close()
     command = f'echo "$SPOOLQ_JOB_ID" >> {shlex.quote(runs)}'
     ids = [f"chaos-{n:06d}" for n in range(jobs)]
@@ -64,15 +69,19 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
     enqueued = time.monotonic() - t0
 
     log_path = os.path.join(spool.layout.dir("log"), "chaos-supervisor.log")
+    procs = []
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "spoolq", "--spool", spool_dir, "worker", "start",
-                                 "--count", str(workers)], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        for n, path in enumerate((spool_dir, *views)):
+            env = {**os.environ, "SPOOLQ_HOST": f"chaos{n}"} if views else None
+            procs.append(subprocess.Popen([sys.executable, "-m", "spoolq", "--spool", path, "worker", "start",
+                                           "--count", str(workers)], stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True, env=env))
     killed: set[int] = set()
+    every_worker = lambda: [pid for p in procs for pid in live_workers(spool, p.pid, killed)]  # noqa: E731
     try:
         deadline = time.monotonic() + 15
-        while len(live_workers(spool, proc.pid, killed)) < workers:
-            if time.monotonic() > deadline or proc.poll() is not None:
+        while len(every_worker()) < workers * len(procs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"the workers did not start; see {log_path}")
             time.sleep(0.02)
         start = time.monotonic()
@@ -80,7 +89,7 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
         while time.monotonic() < start + duration:
             time.sleep(max(0.0, next_kill - time.monotonic()))
             next_kill += kill_interval
-            candidates = live_workers(spool, proc.pid, killed)
+            candidates = every_worker()
             if not candidates:
                 continue
             pid = rng.choice(candidates)
@@ -95,18 +104,21 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
             c = spool.counts()
             if c.pending + c.scheduled + c.processing == 0:
                 break
-            if time.monotonic() > deadline or proc.poll() is not None:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 break
             time.sleep(0.05)
         drained = time.monotonic() - start
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+    supervisor_exit = max(abs(p.returncode) for p in procs)
     counts = spool.counts()
     ran: dict[str, int] = {}
     with open(runs) as f:
@@ -119,12 +131,12 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
     problems = [p.to_dict() for p in fsck.check(spool, stale_after=3600)]
     ok = (not lost and not never_ran and counts.done == jobs and counts.dead == 0 and counts.processing == 0
           and counts.pending + counts.scheduled == 0 and reruns <= len(killed) and not problems
-          and proc.returncode == 0)
+          and supervisor_exit == 0)
     return {
         "ok": ok, "jobs": jobs, "workers": workers, "kills": len(killed), "reruns": reruns,
         "done": counts.done, "dead": counts.dead, "processing": counts.processing,
         "pending": counts.pending + counts.scheduled, "lost": lost[:20], "lost_count": len(lost),
-        "never_ran": never_ran[:20], "fsck": problems[:20], "supervisor_exit": proc.returncode,
+        "never_ran": never_ran[:20], "fsck": problems[:20], "supervisor_exit": supervisor_exit,
         "seconds": {"enqueue": round(enqueued, 2), "kill_phase": round(kill_phase, 2),
                     "drained_after": round(drained, 2)},
         "spool": spool_dir, "supervisor_log": log_path,
@@ -143,13 +155,15 @@ def main() -> int:
     ap.add_argument("--dropins", action="store_true", help="drop the jobs in as files instead of enqueueing them")
     ap.add_argument("--spool", help="spool directory (default: a fresh temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary spool for inspection")
+    ap.add_argument("--view", action="append", default=[], metavar="PATH",
+                    help="the same spool seen from another host (another mount); repeatable")
     args = ap.parse_args()
     spool_dir = args.spool or tempfile.mkdtemp(prefix="spoolq-chaos-")
     summary = None
     try:
         summary = chaos(spool_dir, jobs=args.jobs, workers=args.workers, kill_interval=args.kill_interval,
                         duration=args.duration, timeout=args.timeout, backoff=args.backoff, seed=args.seed,
-                        dropins=args.dropins)
+                        dropins=args.dropins, views=tuple(args.view))
     finally:
         if summary is None or not summary["ok"]:
             print(f"spool kept for inspection: {spool_dir}", file=sys.stderr)

@@ -46,9 +46,10 @@ def mount_of(path: str) -> tuple[str, str]:
                 fields = left.split()
                 if len(fields) < 5 or not right:
                     continue
-                mount = fields[4].replace("\\040", " ")
-                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-                    best, kind = mount, right.split()[0]
+                mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040, \011, \134
+                kinds = right.split()
+                if kinds and (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, kinds[0]
         return best, kind
     except OSError:
         return "", ""
@@ -79,7 +80,7 @@ def _gluster_problems(mount: str) -> str | None:
             cmdline = str(json.load(f).get("Cmdlinestr", ""))
         with open(os.path.join(meta, "graphs", "active", "volfile"), encoding="utf-8") as f:
             translators = set(re.findall(r"^\s*type\s+(\S+)", f.read(), re.M))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return (f"GlusterFS mount {mount}: its client's settings cannot be read from {meta}, so its caches "
                 "cannot be known to be off")
     args = cmdline.split()

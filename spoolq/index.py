@@ -157,7 +157,8 @@ class Pacing:
             return poll_interval
         if self._lost_cost > self._listing_cost:
             return 0.0
-        return max(poll_interval, 100 * self._listing_cost * self.workers)
+        # At most a minute: a job of a higher priority from a host without workers waits no longer.
+        return min(max(poll_interval, 100 * self._listing_cost * self.workers), max(poll_interval, 60.0))
 
     def summary(self) -> str:
         return (f"claimed {self.won} job{'s' * (self.won != 1)}, lost {self.tried - self.won} claims to other "
@@ -193,6 +194,10 @@ class ListingGate:
             self.skipped += 1
             return False
         return True
+
+    def reset(self) -> None:
+        """The next poll lists: the worker forgot a name it could not claim for a passing fault."""
+        self._covered = False
 
     def listed(self, started: float) -> None:
         """A listing was taken, begun at `started` (the clock should_list was given)."""

@@ -156,12 +156,14 @@ class Owners:
         return owner
 
     def heartbeat(self, owner: str) -> bool:
-        """Touch the registration; False if it is gone (this owner was declared dead elsewhere)."""
+        """Touch the registration; False if it is gone (this owner was declared dead elsewhere),
+        or if a rescuer has marked its directory (seen even through a cached old name)."""
         try:
             os.utime(self.layout.worker_file(owner))
         except FileNotFoundError:
             return False
-        return os.path.isdir(self.layout.owned(owner))
+        owned = self.layout.owned(owner)
+        return os.path.isdir(owned) and not os.path.lexists(os.path.join(owned, layout.FENCE_FILE))
 
     def unregister(self, owner: str) -> None:
         owned = self.layout.owned(owner)

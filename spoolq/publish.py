@@ -100,7 +100,13 @@ class Publisher:
         try:
             plan = self._write_plan(staged) if len(staged) > 1 else None
             for tmp, name, _ in staged:
-                os.rename(tmp, pending_dir + name)
+                try:
+                    os.rename(tmp, pending_dir + name)
+                except FileNotFoundError:
+                    if not os.path.lexists(pending_dir + name):
+                        raise
+                    # RACE: judged gone from another host (fsck, after stale_after), this batch was
+                    # rolled forward: the job is published all the same.
                 done += 1
             fsio.fsync_dir(self.layout.pending)
             fsio.fsync_dir(self.layout.dir("ids"))
@@ -113,8 +119,10 @@ class Publisher:
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
         path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
-        data = "".join(f"{os.path.basename(tmp)} {name} {job_id}\n" for tmp, name, job_id in staged)
-        self.store.write_file(path, data.encode(), durable=True)
+        data = "".join(f"{os.path.basename(tmp)} {name}\n" for tmp, name, _ in staged)
+        # The last line says the plan is whole: one cut while it was written (a kill, a power cut
+        # before its fsync) comes before any rename, and is no plan at all.
+        self.store.write_file(path, f"{data}end {len(staged)}\n".encode(), durable=True)
         fsio.fsync_dir(self.layout.tmp)
         return path
 
@@ -128,26 +136,42 @@ class Publisher:
                 published += self._roll_forward(os.path.join(self.layout.tmp, name), creator)
         return published
 
-    def _roll_forward(self, plan: str, creator: layout.Creator) -> int:
+    def plan_entries(self, plan: str) -> list[tuple[str, str, str]] | None:
+        """(temp name, pending name, job id) of each job a plan names; None if it is not whole
+        (cut while it was written: nothing of that batch was renamed) or cannot be read."""
         try:
-            with open(plan, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-        except FileNotFoundError:
-            return 0  # another finished it
+            data, _ = fsio.read_regular(plan, 64 * 1024 * 1024)
+            lines = data.decode("utf-8", "replace").splitlines()
+        except (OSError, ValueError):
+            return None
+        entries = []
+        for line in lines[:-1]:
+            tmp, _, name = line.partition(" ")
+            parsed = layout.parse_pending(name)
+            if not layout.is_temp_name(tmp) or parsed is None:
+                return None
+            entries.append((tmp, name, parsed.job_id))
+        return entries if lines and lines[-1] == f"end {len(entries)}" else None
+
+    def _roll_forward(self, plan: str, creator: layout.Creator) -> int:
+        entries = self.plan_entries(plan)
         published = 0
-        for line in lines:
-            tmp, name, job_id = (line.split(" ") + ["", "", ""])[:3]
-            src = os.path.join(self.layout.tmp, tmp)
-            if not layout.is_temp_name(tmp) or layout.parse_pending(name) is None or not os.path.lexists(src):
-                continue  # published already (or never staged: the plan is written after every file is)
-            marker = creator_of(self.store, job_id)
-            if marker is None or (marker.pid, marker.start) != (creator.pid, creator.start):
-                fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
-                continue
-            # RACE: two finders may roll the same plan forward; each rename admits one.
-            published += fsio.move(src, os.path.join(self.layout.pending, name))
+        # Under the "ids" lock: a taker of an abandoned id judges under it too (reserve), and the
+        # job must not be published once its id was taken over.
+        with self.store.locked("ids"):
+            for tmp, name, job_id in entries or []:
+                src = os.path.join(self.layout.tmp, tmp)
+                if not os.path.lexists(src):
+                    continue  # published already
+                marker = creator_of(self.store, job_id)
+                if marker is None or (layout.safe_host(marker.host), marker.pid, marker.start) != \
+                        (creator.host, creator.pid, creator.start):
+                    fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
+                    continue
+                # RACE: two finders may roll the same plan forward; each rename admits one.
+                published += fsio.move(src, os.path.join(self.layout.pending, name))
         fsio.fsync_dir(self.layout.pending)
-        fsio.unlink_quietly(plan)
+        fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
         return published
 
     def reserve(self, ids: Reservations, job_id: str) -> bool:

@@ -36,6 +36,7 @@ class Recovery:
         self.owners = owners
         self.quarantine = quarantine
         self.transitions = transitions
+        self._fs_now: float | None = None  # read once a sweep, when a fence's age is asked
 
     def run(self, rescuer: str, *, now: float | None = None, lease: float | None = None) -> list[Recovered]:
         """Take back every job held by a dead owner: kill what is left of its process groups on
@@ -43,9 +44,11 @@ class Recovery:
         out: list[Recovered] = []
         for owned in self.owners.gone_dirs(lease=lease):
             out.extend(self._rescue(owned, rescuer, now))
+        self._fs_now: float | None = None
         for entry in fsio.listdir(self.layout.processing):
-            if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, left behind: a late owner's move landed
+            if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, kept until its mark is old
                 out.extend(self._drain(self.layout.owned(entry), OwnerDir(entry).chain[1], "?", now))
+        out.extend(self._complete_own_transits(rescuer, now))
         self.owners.drop_stale_registrations()
         judge = self.owners.judge()
         self.transitions.publisher.finish_batches(lambda creator: self.owners.why_creator_gone(creator, judge))
@@ -56,6 +59,9 @@ class Recovery:
         if len(fenced) > 200:
             fenced = f"{rescuer}{layout.RESCUE_SEP}{layout.random_hex(4)}"
         src_dir, dst_dir = self.layout.owned(owned.name), self.layout.owned(fenced)
+        if only_a_fence(src_dir):  # an emptied fence its rescuer kept, and left at its death
+            self._remove_when_old(src_dir)
+            return []
         if not self._mark_fenced(src_dir):
             return []
         # RACE: two rescuers may both find the owner dead; the directory rename admits one.
@@ -75,7 +81,7 @@ class Recovery:
 
     @staticmethod
     def _mark_fenced(directory: str) -> bool:
-        """The mark an owner looks for before it records a result (transitions._check_fence). False
+        """The mark an owner looks for before it records a result (takes.py). False
         if the directory is gone: another rescuer has it."""
         try:
             os.close(os.open(os.path.join(directory, layout.FENCE_FILE),
@@ -98,11 +104,38 @@ class Recovery:
                 break
             for name in names:
                 out.extend(self._rescue_entry(directory, name, owner, host, self.store.now(now)))
-        fsio.unlink_quietly(os.path.join(directory, layout.FENCE_FILE))
+        self._remove_when_old(directory)
+        return out
+
+    def _remove_when_old(self, directory: str) -> None:
+        """An emptied fenced directory stays, its mark in it, until the mark is older than a lease
+        and a minute: while a client may still reach it by a cached old name, the mark is what
+        tells a woken owner (a claim landing there is not run). run() looks at it again."""
+        mark = os.path.join(directory, layout.FENCE_FILE)
+        try:
+            marked_at = os.lstat(mark).st_mtime
+        except FileNotFoundError:
+            marked_at = None
+        if marked_at is not None:
+            if self._fs_now is None:
+                self._fs_now = self.store.fs_clock()
+            if self._fs_now - marked_at < self.store.config.lease_timeout + 60:
+                return
+        fsio.unlink_quietly(mark)
         try:
             os.rmdir(directory)
         except OSError:
-            pass  # a late owner's claim landed: run() drains it again
+            pass  # a late owner's file landed after all: the next sweep drains it
+
+    def _complete_own_transits(self, rescuer: str, now: float | None) -> list[Recovered]:
+        """A move out of this owner's own directory that a passing I/O error cut after its take
+        (transitions: adopt, finish): completed here, never left for a rescuer at this owner's death."""
+        own = self.layout.owned(rescuer)
+        out: list[Recovered] = []
+        for name in fsio.listdir(own):
+            moving = layout.parse_transit(name)
+            if moving is not None and moving.taken:
+                out.extend(self._finish_transit(own, moving, rescuer, self.store.now(now)))
         return out
 
     def _rescue_entry(self, directory: str, name: str, owner: str, host: str, now: float) -> list[Recovered]:
@@ -146,7 +179,7 @@ class Recovery:
             fsio.move(os.path.join(directory, moving.taken_name), os.path.join(directory, moving.original))
             fsio.unlink_quietly(next_path)
             return []
-        moved = self.transitions.complete_transit(directory, moving, job)
+        moved = self.transitions.takes.complete(directory, moving, job)
         return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
@@ -197,10 +230,11 @@ class Recovery:
 
     def _return_dropin(self, path: str, original: str) -> None:
         """A drop-in its adopter died holding goes back to pending/ to be adopted again."""
-        dest = os.path.join(self.layout.pending, original)
-        if os.path.lexists(dest):
-            dest = os.path.join(self.layout.pending, f"{layout.stem(original)}.{layout.random_hex(3)}.json")
-        fsio.move(path, dest)
+        try:
+            fsio.move_no_replace(path, os.path.join(self.layout.pending, original))
+        except FileExistsError:  # another file of that name arrived meanwhile: never replace it
+            fsio.move_no_replace(path, os.path.join(self.layout.pending,
+                                                    f"{layout.stem(original)}.{layout.random_hex(3)}.json"))
 
 
 def _drain_order(name: str) -> tuple[int, str]:
@@ -209,3 +243,8 @@ def _drain_order(name: str) -> tuple[int, str]:
     if moving is not None:
         return (0 if moving.taken else 2, name)
     return (1, name)
+
+
+def only_a_fence(directory: str) -> bool:
+    """A fenced directory emptied and kept for a while (Recovery._remove_when_old): nothing to rescue."""
+    return fsio.listdir(directory) == [layout.FENCE_FILE]

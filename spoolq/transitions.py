@@ -28,18 +28,15 @@ quarantine   anywhere -> dead/+<qid>                       adopt,      rename   
 
 A new transition (cancel, pause, dependencies, queues) is a row here and a method below.
 
-Why no rename over a file in processing/: a client of a shared file system may reach an owner's
-directory by a cached name after a rescuer renamed it (GlusterFS at its defaults, for about a
-second), so the directory rename alone does not stop a woken owner. Every move out of it
-therefore starts with a rename of the job file itself, which exactly one of owner and rescuer
-wins; and new content is written under a new name first, never renamed over the old one, which
-could bring back a file the rescuer had already taken.
+Moves out of processing/ (finish, adopt, recover) follow takes.py: why no file there is ever
+renamed over, and how an owner and a rescuer never both move one.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import zlib
 from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
@@ -52,15 +49,8 @@ from .owners import Owners
 from .publish import Publisher
 from .quarantine import Quarantine
 from .store import Store
+from .takes import Moved, Takes
 from .views import Views, finished_at
-
-
-class Moved(NamedTuple):
-    """Where a transition left a job: its state (directory) and its file name there."""
-
-    job_id: str
-    state: str  # "pending" (to run again at its due time), "done" or "dead"
-    name: str
 
 
 @dataclass
@@ -70,6 +60,9 @@ class Claimed:
     job: Job
     owner: str
     path: str
+    # Once its file is taken for a move out (replace-then-move), what is left to do: a retry of
+    # finish() after a passing I/O error only completes that move.
+    transit: tuple[str, layout.Transit, Job] | None = None
 
 
 class Adopted(enum.Enum):
@@ -96,6 +89,7 @@ class Transitions:
         self.quarantine = quarantine
         self.views = views
         self.publisher = publisher
+        self.takes = Takes(store)
 
     # ---- adopt ---------------------------------------------------------------------------
 
@@ -120,8 +114,10 @@ class Transitions:
         return self._publish_adopted(adopt_path, entry, arrived_ns, now)
 
     def _take_dropin(self, entry: str, owner: str) -> str | None:
-        """Move a dropped file into our own directory; None if another worker took it first."""
-        adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + entry)
+        """Move a dropped file into our own directory; None if another worker took it first. A
+        long name is taken under a short one: the moves out of processing/ (takes.py) add to it."""
+        short = entry if len(entry.encode()) <= 160 else f"{zlib.crc32(entry.encode()):08x}{layout.random_hex(4)}.json"
+        adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
         try:
             # RACE: several workers may see the same drop-in; this rename admits one.
             if not fsio.move(os.path.join(self.layout.pending, entry), adopt_path):
@@ -148,10 +144,13 @@ class Transitions:
                 self.quarantine.put(adopt_path, entry, reason, now)
                 return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
             try:
-                moved = self._replace_then_move(adopt_path, job, "pending")
+                moving = self.takes.take_with(adopt_path, job, "pending")
             except BaseException:
                 ids.release(job.id)
                 raise
+        # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
+        # this worker's own recovery sweep completes it.
+        moved = self.takes.complete(os.path.dirname(adopt_path), moving, job)
         fsio.fsync_dir(self.layout.pending)
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
@@ -170,6 +169,9 @@ class Transitions:
                 return None  # RACE: another worker renamed it first; losing is an answer, not an error
         except FileNotFoundError:
             raise LostOwnership(f"{owned} is gone") from None
+        # A fenced owner whose client still knows its directory's old name lands its claim in the
+        # fenced directory: it must not run the job, which the rescuer puts back (and counts).
+        self.takes.check_fence(path)
         now = self.store.now(now)
         try:
             job, _ = self.store.read_job(path, now=now, expect_id=parsed.job_id, trusted_only=True)
@@ -194,9 +196,11 @@ class Transitions:
                now: float | None = None, rescuing: bool = False) -> Moved:
         """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead.
         An owner raises LostOwnership once fenced; a rescuer (`rescuing`) works inside the fence."""
+        if claimed.transit is not None:
+            return self.takes.complete(*claimed.transit)
         job = claimed.job
         if not rescuing:
-            self._check_fence(claimed.path)
+            self.takes.check_fence(claimed.path)
         if ok:
             # The success is the move itself: the file keeps the attempts before this one, which
             # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
@@ -212,53 +216,14 @@ class Transitions:
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
         if decision.state == "pending":
             job.run_at = decision.run_at
-        return self._replace_then_move(claimed.path, job, decision.state)
-
-    def _check_fence(self, path: str) -> None:
-        """Has a rescuer marked the directory `path` is in? Asked before an owner records a
-        result: the mark is inside the directory, so an owner whose client still reaches it by
-        its old name (a cached name, after the rescuer's rename) sees it all the same."""
-        directory = os.path.dirname(path)
-        if os.path.lexists(os.path.join(directory, layout.FENCE_FILE)):
-            raise LostOwnership(f"{directory} was fenced by a rescuer")
-
-    def _replace_then_move(self, path: str, job: Job, state: str) -> Moved:
-        """Move an owned file out of processing/<owner>/ with new content, so that its owner and a
-        rescuer can never both do it: write the new content beside it (.next.), take the file by
-        renaming it (.taken.: the one step that decides, as the rescuer's own take of the same
-        name), then rename the new content into `state`. No name is ever renamed over, so a late
-        owner cannot bring a file back that a rescuer took (as a rewrite in place could)."""
-        directory = os.path.dirname(path)
-        moving = layout.transit(state, os.path.basename(path))
-        next_path = os.path.join(directory, moving.next_name)
-        try:
-            self.store.write_file(next_path, job.to_json(), durable=True)
-        except FileNotFoundError:
-            raise LostOwnership(f"{directory} is gone") from None
-        try:
-            # RACE: a rescuer may take `path` at the same moment (recovery.py); one rename wins.
-            taken = fsio.move(path, os.path.join(directory, moving.taken_name))
-        except FileNotFoundError:
-            taken = False
-        if not taken:
-            fsio.unlink_quietly(next_path)
-            raise LostOwnership(f"{path} was taken from us")
-        return self.complete_transit(directory, moving, job)
-
-    def complete_transit(self, directory: str, moving: layout.Transit, job: Job) -> Moved:
-        """The last step of a replace-then-move (by the owner, or by a rescuer that found it
-        half done): the new content into its state, then the taken file goes."""
-        name = layout.pending_name_of(job) if moving.state == "pending" else layout.job_file(job.id)
-        # RACE: the owner and a rescuer may both get here; the rename of .next. admits one, and
-        # the other finds it gone: the move is done either way.
-        fsio.move(os.path.join(directory, moving.next_name), os.path.join(self.layout.dir(moving.state), name))
-        fsio.unlink_quietly(os.path.join(directory, moving.taken_name))
-        return Moved(job.id, moving.state, name)
+        moving = self.takes.take_with(claimed.path, job, decision.state)
+        claimed.transit = (os.path.dirname(claimed.path), moving, job)
+        return self.takes.complete(*claimed.transit)
 
     def _rewrite_then_move(self, path: str, job: Job, state: str) -> Moved:
         """Rewrite a job file in place (temp beside it, fsync, rename over), then move it to
         `state`: for dead/ only, whose files change under the "dlq" lock alone. (Out of
-        processing/, where an owner and a rescuer may race, see _replace_then_move.)"""
+        processing/, where an owner and a rescuer may race, see takes.py.)"""
         directory = os.path.dirname(path)
         tmp = self.store.temp_path(directory)
         try:

@@ -123,7 +123,20 @@ class Views:
                         return view
             elif layout.is_dropin(entry):
                 dropped.append(entry)
-        return self._find_dropped(job_id, dropped)
+        return self._find_taken(job_id) or self._find_dropped(job_id, dropped)
+
+    def _find_taken(self, job_id: str) -> JobView | None:
+        """A job in the middle of a move out of processing/ (takes.py) is still there, under its
+        .taken. name: never a free id."""
+        name = layout.job_file(job_id)
+        for owner in fsio.listdir(self.layout.processing):
+            for entry in fsio.listdir(self.layout.owned(owner)):
+                moving = layout.parse_transit(entry)
+                if moving is not None and moving.taken and moving.original == name:
+                    view = self._view(os.path.join(self.layout.owned(owner), entry), "processing", job_id, owner)
+                    if view is not None:
+                        return view
+        return None
 
     def _find_dropped(self, job_id: str, entries: list[str]) -> JobView | None:
         """A dropped file no worker has taken yet is a pending job too: by its `id` field, or by

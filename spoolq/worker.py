@@ -296,9 +296,11 @@ class Worker:
             claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
             self.lost = True
+            self.pacing.gate.reset()  # the name may still be in pending/: list again, not forget it
             return
         except OSError as e:
             self.log(f"cannot claim {name!r}: {e}")
+            self.pacing.gate.reset()
             return
         self.pacing.claimed(claimed is not None, time.monotonic() - started)
         if claimed is None:

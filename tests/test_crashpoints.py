@@ -427,3 +427,30 @@ def test_a_batch_cut_between_renames_is_finished_by_a_workers_recovery_sweep(tmp
     # What is left is what any killed enqueue leaves, its id record in tmp/ (fsck's to remove).
     assert [p.kind for p in fsck.check(Spool(root, create=False))] == ["stale-temp"]
     repaired_clean(root)
+
+
+def test_a_plan_cut_while_it_was_written_publishes_nothing(tmp_path):
+    """A power cut before the plan's fsync can leave it short: it names no job then (no rename
+    was made before it was whole), and what the batch staged is left for fsck as stale temps."""
+    root = str(tmp_path / "short")
+    spool = Spool(root)
+    jobs = [spool.make_job({"id": f"s{i}", "command": "true"}) for i in range(3)]
+    creator = L.Creator(L.host_name(), dead_pid(), "1")
+    lines = []
+    for job in jobs:
+        tmp = L.tmp_name(creator)
+        with open(os.path.join(spool.layout.tmp, tmp), "wb") as f:
+            f.write(job.to_json())
+        with open(spool.layout.id_marker(job.id), "w") as f:  # the marker names the batch's creator
+            json.dump({"host": creator.host, "pid": creator.pid, "start": creator.start}, f)
+        lines.append(f"{tmp} {L.pending_name_of(job)}\n")
+    plan = os.path.join(spool.layout.tmp, L.tmp_name(creator, "plan"))
+    with open(plan, "w") as f:
+        f.write("".join(lines[:2]))  # cut: the third line and the "end 3" trailer never reached the disk
+    assert spool.publisher.finish_batches(lambda c: "gone") == 0
+    assert os.listdir(spool.layout.pending) == [] and not os.path.exists(plan)
+    whole = os.path.join(spool.layout.tmp, L.tmp_name(creator, "plan"))
+    with open(whole, "w") as f:
+        f.write("".join(lines) + "end 3\n")
+    assert spool.publisher.finish_batches(lambda c: "gone") == 3  # a whole plan: all of it
+    assert sorted(os.listdir(spool.layout.pending)) == sorted(L.pending_name_of(j) for j in jobs)

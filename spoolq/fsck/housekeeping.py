@@ -96,10 +96,17 @@ class HousekeepingChecks:
         for name, path, st in self.r.entries(self.layout.tmp):
             if layout.is_temp_name(name, "plan"):
                 self._cut_batch(path, st)
+        # A plan still there (its creator at work, or not yet judged from this host): its files
+        # and markers are not leftovers.
+        for name, path, _ in self.r.entries(self.layout.tmp):
+            if layout.is_temp_name(name, "plan"):
+                for tmp, _, job_id in self.spool.publisher.plan_entries(path) or []:
+                    self.r.planned.add(tmp)
+                    self.r.accounted.add(job_id)
 
     def check_tmp(self) -> None:
         for name, path, st in self.r.entries(self.layout.tmp):
-            if layout.is_temp_name(name, "plan"):
+            if layout.is_temp_name(name, "plan") or name in self.r.planned:
                 continue  # check_batches
             if layout.is_temp_name(name):
                 stale_temp(self.r, path, st)

@@ -8,6 +8,7 @@ import stat
 
 from .. import dropins, fsio, job, layout
 from ..ids import Reservations, creator_of
+from ..recovery import only_a_fence
 from ..errors import InvalidJob, JobNotFound, SpoolError
 from .report import Problem, Report
 
@@ -33,6 +34,8 @@ class JobChecks:
             if entry not in gone:
                 r.live_dirs.append(entry)
                 continue
+            if only_a_fence(path):
+                continue  # an emptied fence, kept while a cached old name may still reach it
             names = fsio.listdir(path)
             # A move its owner began holds its job under the .taken. name (recovery finishes it).
             taken = {t.taken_name: t.original for t in map(layout.parse_transit, names) if t is not None and t.taken}

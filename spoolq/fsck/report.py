@@ -64,7 +64,8 @@ class Report:
         self.fs_now = self.now  # read from the file system once the layout is known to be there
         self.problems: list[Problem] = []
         self.census: dict[str, list[tuple[str, str]]] = {}  # id -> [(state, path)]
-        self.accounted: set[str] = set()  # ids kept reserved by a quarantined file
+        self.accounted: set[str] = set()  # ids kept reserved by a quarantined file, or a batch's plan
+        self.planned: set[str] = set()  # temp files a batch's plan still names
         self.live_dirs: list[str] = []  # processing/ entries of live owners
         self.rescuer = layout.owner_token(layout.host_name(), os.getpid())
         self._judge: Judge | None = None
