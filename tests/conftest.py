@@ -28,6 +28,29 @@ from spoolq.cli import main
 SPOOLQ = [sys.executable, "-m", "spoolq"]
 
 
+def strace_path() -> str:
+    """strace, for the crash-point sweeps and the fencing tests: skipped without it, unless
+    SPOOLQ_REQUIRE_STRACE=1 (CI) makes that a failure."""
+    import shutil
+
+    path = shutil.which("strace")
+    if path is None:
+        if os.environ.get("SPOOLQ_REQUIRE_STRACE") == "1":
+            pytest.fail("strace is required here (SPOOLQ_REQUIRE_STRACE=1) and is not installed")
+        pytest.skip("this test needs strace (Debian package strace; .ci/run installs it)")
+    return path
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter process state from /proc (None if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2:].split()[0].decode()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import SPOOLQ, dead_pid
+from conftest import SPOOLQ, dead_pid, strace_path
 from spoolq import Spool, fsck, layout as L
 from spoolq.ids import Reservations
 
@@ -46,21 +46,12 @@ WORKER = [sys.executable, "-c",
           "sys.exit(Worker(Spool(sys.argv[1]), burst=True).run())"]
 
 
-def _strace() -> str:
-    path = shutil.which("strace")
-    if path is None:
-        if os.environ.get("SPOOLQ_REQUIRE_STRACE") == "1":
-            pytest.fail("strace is required here (SPOOLQ_REQUIRE_STRACE=1) and is not installed")
-        pytest.skip("crash-point sweeps need strace (Debian package strace; .ci/run installs it)")
-    return path
-
-
 def sweep(tmp_path, kind: str, setup: Callable[[str], object], argv: Callable[[str], list[str]],
           check: Callable[[str, object, bool], None]) -> int:
     """For N = 0, 1, ...: a fresh spool from `setup`, the command killed after N calls of `kind`,
     then `check(spool, what setup returned, killed)`. Ends with the first N the command survives
     (it made fewer calls than that). Returns how many kill points were swept."""
-    strace = _strace()
+    strace = strace_path()
     for n in range(LIMIT):
         root = str(tmp_path / f"{kind}-{n}")
         made = setup(root)
@@ -401,7 +392,7 @@ def test_a_big_batch_killed_in_its_parallel_fsyncs_publishes_nothing(tmp_path):
 
 def test_a_batch_fsyncs_every_file_and_never_calls_syncfs(tmp_path):
     """Durability rests on fsync: syncfs persists nothing on FUSE file systems (GlusterFS, LazyFS)."""
-    strace = _strace()
+    strace = strace_path()
     root = str(tmp_path / "s")
     batch = _a_big_batch(root)
     log = tmp_path / "trace"
@@ -417,7 +408,7 @@ def test_a_batch_cut_between_renames_is_finished_by_a_workers_recovery_sweep(tmp
     """Not only fsck: the sweep every worker makes publishes the rest of a cut batch, and runs it."""
     root = str(tmp_path / "cut")
     batch = _a_batch(root)
-    r = subprocess.run([_strace(), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={KINDS['rename']}",
+    r = subprocess.run([strace_path(), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={KINDS['rename']}",
                         "-e", f"inject={KINDS['rename']}:signal=SIGKILL:when=3",
                         *SPOOLQ, "--spool", root, "enqueue", "--batch", batch], capture_output=True, timeout=60)
     assert r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), r.stderr

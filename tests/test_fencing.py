@@ -21,7 +21,6 @@ result discarded, its attempt counted as lost), and the worker must say it disca
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import process_state, strace_path, wait_for
 
 WORKER = [sys.executable, "-c",
           "import sys; from spoolq.spool import Spool; from spoolq.worker import Worker; "
@@ -42,24 +41,6 @@ RENAMES = "rename,renameat,renameat2"
 HOLD_US = 1_500_000  # how long the rescuer stands still after its Nth rename
 LEASE = 2.0  # the shortest allowed
 ROUNDS = int(os.environ.get("SPOOLQ_FENCE_ROUNDS", "2"))  # more, to search longer by hand
-
-
-def _strace() -> str:
-    path = shutil.which("strace")
-    if path is None:
-        if os.environ.get("SPOOLQ_REQUIRE_STRACE") == "1":
-            pytest.fail("strace is required here (SPOOLQ_REQUIRE_STRACE=1) and is not installed")
-        pytest.skip("the fencing tests need strace (Debian package strace; .ci/run installs it)")
-    return path
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].split()[0].decode()
 
 
 def _look_up(path: str) -> None:
@@ -89,7 +70,7 @@ CASES = [(v, code, n) for v in ("stock", "strict") for code in (0, 1) for n in (
 
 @pytest.mark.parametrize("volume, code, rename", CASES)
 def test_a_worker_woken_right_after_its_fence_records_nothing(gluster, tmp_path, volume, code, rename):
-    strace = _strace()
+    strace = strace_path()
     from spoolq import Spool
 
     name = gluster.new_dir(volume, os.path.basename(tmp_path))
@@ -115,7 +96,7 @@ def test_a_worker_woken_right_after_its_fence_records_nothing(gluster, tmp_path,
 
 
 def _one_round(strace, spool, a, b, job_id, worker, log, env, code, rename) -> None:
-    wait_for(lambda: _state(worker.pid) == "T", 15, "the worker to stop itself from its job")
+    wait_for(lambda: process_state(worker.pid) == "T", 15, "the worker to stop itself from its job")
     (owner,) = [w.owner for w in spool.workers(live=False) if w.pid == worker.pid]
     held = os.path.join(b, "processing", owner)
     # Keep host B's client's name of the worker's directory fresh while the lease runs out.

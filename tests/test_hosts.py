@@ -19,6 +19,7 @@ to make that a failure instead).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -27,11 +28,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 import dfs
-from conftest import SPOOLQ, stop_gracefully, wait_for
+from conftest import SPOOLQ, process_state, stop_gracefully, wait_for
 from spoolq import Spool
 from spoolq import config as config_mod
 
@@ -244,14 +246,17 @@ def _find_job_files(root: str, job_id: str) -> list[str]:
     return hits
 
 
-def _state(pid: int) -> str | None:
-    """The one-letter process state from /proc (None if gone)."""
+@contextlib.contextmanager
+def frozen(job_pgid: int, worker_pid: int) -> Iterator[float]:
+    """A host frozen (a VM paused, SIGSTOP): its job's process group and its worker process, the
+    heartbeat thread with it; woken again at the end. Yields when it froze."""
+    os.killpg(job_pgid, signal.SIGSTOP)
+    os.kill(worker_pid, signal.SIGSTOP)
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return data[data.rfind(b")") + 2:].split()[0].decode()
+        yield time.monotonic()
+    finally:
+        os.kill(worker_pid, signal.SIGCONT)
+        os.killpg(job_pgid, signal.SIGCONT)
 
 
 # ---- the tests ------------------------------------------------------------------------------
@@ -322,20 +327,13 @@ def test_frozen_host_loses_its_lease_and_its_late_result_is_discarded(rig, tmp_p
     wait_for(lambda: (d / "b.pid").exists() and (d / "b.pid").read_text().strip(), 5, "B to start the job")
     job_pgid = int((d / "b.pid").read_text())
 
-    # Freeze host B: its job's process group and its worker process (the heartbeat thread with it).
-    os.killpg(job_pgid, signal.SIGSTOP)
-    os.kill(b_worker.pid, signal.SIGSTOP)
-    try:
-        frozen_at = time.monotonic()
+    with frozen(job_pgid, b_worker.pid) as frozen_at:
         a = rig.start("A", 1)
         wait_for(lambda: spool.find(job.id).state == "done", 15, "A to recover and re-run the job")
         assert time.monotonic() - frozen_at >= 2, "recovered before the lease ran out"
         assert (d / "a.ran").read_text().split() == ["A", "2"]
         assert "recovered job frozen" in a.log(), a.log()
         a.stop()  # from here on only B can take jobs
-    finally:
-        os.kill(b_worker.pid, signal.SIGCONT)
-        os.killpg(job_pgid, signal.SIGCONT)
 
     wait_for(lambda: "result of job frozen attempt 1 discarded" in b.log()
              and "result discarded" in Path(spool.output_path(job.id)).read_text(), 10,
@@ -350,7 +348,7 @@ def test_frozen_host_loses_its_lease_and_its_late_result_is_discarded(rig, tmp_p
     assert log.rstrip().endswith("==> attempt 1 on B: result discarded, the job was recovered elsewhere <=="), log
 
     # B's worker survived: same process, running (not crashed, not restarted), registered anew.
-    assert _state(b_worker.pid) in ("S", "R"), _state(b_worker.pid)
+    assert process_state(b_worker.pid) in ("S", "R"), process_state(b_worker.pid)
     wait_for(lambda: [w for w in rig.workers("B") if w.pid == b_worker.pid and w.owner != b_worker.owner], 5,
              "B's worker to register under a new identity")
     assert "continuing under a new identity" in b.log()
@@ -358,7 +356,7 @@ def test_frozen_host_loses_its_lease_and_its_late_result_is_discarded(rig, tmp_p
     nxt = spool.enqueue({"command": f'echo "$SPOOLQ_HOST" > {d}/next.host'})
     wait_for(lambda: spool.find(nxt.id).state == "done", 5, "B's worker to take a new job")
     assert (d / "next.host").read_text().strip() == "B"
-    assert _state(b_worker.pid) in ("S", "R")
+    assert process_state(b_worker.pid) in ("S", "R")
     # Nothing else moved: still exactly one copy of the frozen job, in done/.
     assert _find_job_files(rig.a, job.id) == [os.path.join("done", "frozen.json")]
     # B's supervisor was never frozen: it heartbeats, so no sweep took it for dead.
@@ -471,17 +469,11 @@ def test_a_host_an_hour_ahead_neither_steals_nor_keeps_jobs(safe_rig, tmp_path):
                                                     f'sleep 30; fi'})
     wait_for(lambda: (d / "C.pid").exists() and (d / "C.pid").read_text().strip(), 10, "C to start the job")
     (c_worker,) = rig.workers("C")
-    os.killpg(int((d / "C.pid").read_text()), signal.SIGSTOP)
-    os.kill(c_worker.pid, signal.SIGSTOP)
-    try:
-        frozen_at = time.monotonic()
+    with frozen(int((d / "C.pid").read_text()), c_worker.pid) as frozen_at:
         a = rig.start("A", 1)
         wait_for(lambda: spool.find(job.id).state == "done", 15, "A to take the frozen job back and run it")
         assert time.monotonic() - frozen_at >= 2, "taken back before the lease ran out"
         assert "recovered job frozen" in a.log(), a.log()
-    finally:
-        os.kill(c_worker.pid, signal.SIGCONT)
-        os.killpg(int((d / "C.pid").read_text()), signal.SIGCONT)
 
     # A stop asked for on C, an hour ahead, stops A's worker, which began before it.
     rig.ok("C", "worker", "stop")
