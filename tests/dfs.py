@@ -59,7 +59,7 @@ class Gluster:
 
     def start(self) -> "Gluster":
         for exe in ("glusterd", "glusterfs", "gluster"):
-            if shutil.which(exe) is None:
+            if sbin(exe) is None:
                 unavailable(f"{exe} is not installed (Debian packages glusterfs-server, glusterfs-client)")
         if not os.path.exists("/dev/fuse"):
             unavailable("/dev/fuse is missing")
@@ -77,7 +77,7 @@ class Gluster:
                            f"    option glusterd-sockfile {self.sock}\n"
                            "    option ping-timeout 0\n    option event-threads 1\nend-volume\n")
         pidfile = self.root / "glusterd.pid"
-        self._run("glusterd", "-f", str(volfile), "-p", str(pidfile), "-l", str(self.root / "logs/glusterd.log"))
+        self._run(sbin("glusterd"), "-f", str(volfile), "-p", str(pidfile), "-l", str(self.root / "logs/glusterd.log"))
         self.glusterd_pid = int(_wait_for_file(pidfile).read_text())
         _wait(lambda: self._cli("volume", "list", check=False).returncode == 0, 15, "glusterd to answer")
         for volume in VOLUMES:
@@ -101,7 +101,7 @@ class Gluster:
         options = STRICT_MOUNT if volume == "strict" else []
         log = open(self.root / "logs" / f"client-{volume}-{host}.out", "ab")
         # -N: in the foreground, so the client is our child and its pid is known without a pid file.
-        client = subprocess.Popen(["glusterfs", "-N", *options, f"--volfile-server={BRICK_HOST}",
+        client = subprocess.Popen([sbin("glusterfs"), "-N", *options, f"--volfile-server={BRICK_HOST}",
                                    f"--volfile-id={volume}", "-l", str(self.root / "logs" / f"client-{volume}-{host}.log"),
                                    str(point)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                   env={**os.environ, **(faketime(skew) if skew else {})})
@@ -148,7 +148,7 @@ class Gluster:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        r = subprocess.run(["gluster", "--mode=script", f"--glusterd-sock={self.sock}", *args],
+        r = subprocess.run([sbin("gluster"), "--mode=script", f"--glusterd-sock={self.sock}", *args],
                            capture_output=True, text=True, timeout=60)
         if check and r.returncode != 0:
             self.close()
@@ -167,6 +167,11 @@ class Gluster:
         if code != 0:
             self.close()
             unavailable(f"{' '.join(argv)}: {said or code}")
+
+
+def sbin(exe: str) -> str | None:
+    """Gluster's programs live in /usr/sbin, which a PATH set for an ordinary user may lack."""
+    return shutil.which(exe, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
 
 
 def faketime(offset: str) -> dict[str, str]:
