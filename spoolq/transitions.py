@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import enum
 import os
-import zlib
 from dataclasses import dataclass
 from contextlib import contextmanager
 from typing import Iterator, NamedTuple
@@ -116,7 +115,7 @@ class Transitions:
     def _take_dropin(self, entry: str, owner: str) -> str | None:
         """Move a dropped file into our own directory; None if another worker took it first. A
         long name is taken under a short one: the moves out of processing/ (takes.py) add to it."""
-        short = entry if len(entry.encode()) <= 160 else f"{zlib.crc32(entry.encode()):08x}{layout.random_hex(4)}.json"
+        short = entry if len(entry.encode()) <= 160 else f"long-name.{layout.random_hex(8)}.json"
         adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
         try:
             # RACE: several workers may see the same drop-in; this rename admits one.

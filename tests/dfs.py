@@ -97,7 +97,7 @@ class Gluster:
         if key in self.mounts:
             return self.mounts[key]
         point = self.root / "mnt" / f"{volume}-{host}"
-        point.mkdir(parents=True)
+        point.mkdir(parents=True, exist_ok=True)  # unmount() leaves it
         options = STRICT_MOUNT if volume == "strict" else []
         log = open(self.root / "logs" / f"client-{volume}-{host}.out", "ab")
         # -N: in the foreground, so the client is our child and its pid is known without a pid file.
