@@ -348,6 +348,29 @@ def test_fsck_repair_killed_at_any_point_finishes_on_the_next_run(tmp_path, kind
           _repair_finishes_on_the_next_run)
 
 
+def _a_cut_batch(root: str) -> list[str]:
+    """A batch of five whose enqueuer was killed after publishing two: its plan is left."""
+    batch = _a_batch(root)
+    r = subprocess.run([strace_path(), "-f", "-qq", "-o", "/dev/null", "-e", f"trace={KINDS['rename']}",
+                        "-e", f"inject={KINDS['rename']}:signal=SIGKILL:when=3",
+                        *SPOOLQ, "--spool", root, "enqueue", "--batch", batch], capture_output=True, timeout=60)
+    assert r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL), r.stderr
+    assert len(os.listdir(os.path.join(root, "pending"))) == 2
+    return [f"b{i}" for i in range(5)]
+
+
+def _the_batch_is_whole_after_the_next_repair(root: str, tags: list[str], killed: bool) -> None:
+    repaired_clean(root)
+    published = sorted(e.split("@")[1][:-5] for e in os.listdir(os.path.join(root, "pending")))
+    assert published == tags, published
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink", "fsync"])
+def test_the_roll_forward_of_a_cut_batch_killed_at_any_point_finishes_on_the_next_repair(tmp_path, kind):
+    sweep(tmp_path, kind, _a_cut_batch, lambda root: [*SPOOLQ, "--spool", root, "fsck", "--repair"],
+          _the_batch_is_whole_after_the_next_repair)
+
+
 # ---- config set, worker stop -------------------------------------------------------------------
 
 
