@@ -17,6 +17,7 @@ import random
 from typing import Iterable
 
 from . import layout
+from .sharedlisting import Snapshot
 
 
 class PendingIndex:
@@ -148,6 +149,15 @@ class Pacing:
         self.gate.listed(started)
         self._listing_cost, self._lost_cost = cost, 0.0
 
+    def took(self, snapshot: Snapshot, theirs: bool) -> None:
+        """A listing was taken: this worker's own, or a sibling's (sharedlisting.py), whose cost is
+        what it cost the servers and whose coverage holds if its stamp is the one seen here."""
+        if theirs:
+            self.gate.took_shared(snapshot.covered and snapshot.stamp == self.gate.stamp)
+        else:
+            self.gate.listed(snapshot.started)
+        self._listing_cost, self._lost_cost = snapshot.cost, 0.0
+
     def rescan_interval(self, has_ready: bool, poll_interval: float) -> float:
         """poll_interval while idle. With ready work in hand, a listing only finds jobs to queue
         behind it (or forgets what others took), so all workers' listings together are held to
@@ -162,7 +172,8 @@ class Pacing:
 
     def summary(self) -> str:
         return (f"claimed {self.won} job{'s' * (self.won != 1)}, lost {self.tried - self.won} claims to other "
-                f"workers; listed pending/ {self.gate.listings} times, {self.gate.skipped} polls answered by one stat")
+                f"workers; listed pending/ {self.gate.listings} times, {self.gate.skipped} polls answered by one "
+                f"stat, {self.gate.shared} listings taken from sibling workers")
 
 
 class ListingGate:
@@ -180,7 +191,13 @@ class ListingGate:
         self._first_seen = 0.0
         self._covered = False  # a listing was taken once the current stamp had settled
         self.listings = 0
+        self.shared = 0
         self.skipped = 0
+
+    @property
+    def stamp(self) -> tuple[int, ...] | None:
+        """pending/'s stamp at the last should_list()."""
+        return self._stamp
 
     def should_list(self, directory: str, now: float) -> bool:
         try:
@@ -202,4 +219,14 @@ class ListingGate:
     def listed(self, started: float) -> None:
         """A listing was taken, begun at `started` (the clock should_list was given)."""
         self.listings += 1
-        self._covered = self._stamp is not None and started - self._first_seen >= self.SAME_TICK
+        self._covered = self.would_cover(started)
+
+    def would_cover(self, started: float) -> bool:
+        """Whether a listing begun at `started` sees every change the current stamp stands for."""
+        return self._stamp is not None and started - self._first_seen >= self.SAME_TICK
+
+    def took_shared(self, covered: bool) -> None:
+        """A sibling's listing was taken instead; `covered`: its lister judged it to cover a stamp
+        equal to ours."""
+        self.shared += 1
+        self._covered = covered

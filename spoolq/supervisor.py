@@ -12,6 +12,7 @@ from typing import Callable
 from . import fsio, liveness
 from .errors import SpoolError
 from .owners import Since
+from .sharedlisting import SharedListing
 from .spool import Spool
 from .worker import (EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker,
                      stderr_log)
@@ -43,6 +44,7 @@ class Supervisor:
         self.since = since or spool.owners.since(liveness.started_at(os.getpid()) or time.time())
         self._quick_deaths = 0
         self.failed = False  # a worker could not start or found the spool unsafe: exit 1
+        self.shared: SharedListing | None = None  # its workers take turns listing pending/ for each other
 
     def log(self, message: str) -> None:
         self._log(f"supervisor {os.getpid()}: {message}")
@@ -76,6 +78,8 @@ class Supervisor:
         self.token = self.spool.owners.register("supervisor", workers=self.count)
         signal.signal(signal.SIGALRM, self._heartbeat)
         self._heartbeat()
+        if self.count > 1:
+            self.shared = SharedListing.create()
         try:
             self._recover()
             for _ in range(self.count):
@@ -85,6 +89,8 @@ class Supervisor:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.spool.owners.unregister(self.token)
+            if self.shared is not None:
+                self.shared.close()
         return 1 if self.failed else 0
 
     def _heartbeat(self, *_args: object) -> None:
@@ -114,7 +120,7 @@ class Supervisor:
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
                                 allow_unsafe_fs=self.allow_unsafe_fs,
-                                since=self.since)
+                                since=self.since, shared=self.shared)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
@@ -180,6 +186,7 @@ class Supervisor:
         else:
             self._quick_deaths = 0
         self.failed = False  # a worker could not start or found the spool unsafe: exit 1
+        self.shared: SharedListing | None = None  # its workers take turns listing pending/ for each other
         delay = min(0.05 * (2 ** min(self._quick_deaths, 7)), 5.0) if self._quick_deaths > 1 else 0.0
         if delay:
             time.sleep(delay)

@@ -11,6 +11,7 @@ from typing import Callable
 from . import attempt, filesystem, job, layout, liveness, output, runner, watch
 from .errors import LostOwnership, SpoolError
 from .index import Pacing, PendingIndex
+from .sharedlisting import Listings, SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
@@ -34,6 +35,23 @@ EXIT_UNSAFE = 77  # the spool stopped being safe to use: its supervisor stops to
 EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not worth a traceback
 
 
+def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
+    """Say in the log what wakes the worker: events, polling, or neither (a burst)."""
+    if wake.mode == "none":
+        log("started; --burst: runs what is ready, then leaves")
+        return
+    kind = filesystem.kind_of(spool.root)
+    if wake.mode != "events":
+        log(f"no file-system events ({wake.failure}); polling every "
+            f"{spool.config.poll_interval:g}s wakes this worker")
+    elif filesystem.is_network(kind):
+        log(f"spool is on {kind}: events miss other hosts' writes, so polling every "
+            f"{spool.config.poll_interval:g}s is what wakes this worker for them")
+    else:
+        log(f"started; waking on file-system events ({kind or 'unknown fs'}), "
+            f"rescanning every {spool.config.poll_interval:g}s")
+
+
 class CannotStart(Exception):
     """A worker could not begin (its registration could not be written, the spool is unsafe)."""
 
@@ -43,7 +61,8 @@ KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attem
 
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False):
+                 supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False,
+                 shared: SharedListing | None = None):
         self.spool = spool
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
@@ -56,6 +75,7 @@ class Worker:
         self.owner = ""
         self.index = PendingIndex()
         self.pacing = Pacing()
+        self.listings = Listings(lambda: spool.views.pending_entries(), shared)
         self._wake: watch.Wakeups | None = None
         self.heartbeat = Heartbeat(spool, self.log)
         self.group = attempt.GroupRecord(None)  # opened at registration
@@ -106,7 +126,7 @@ class Worker:
         # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
         # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
         self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log, events=not self.burst)
-        self._announce_wakeups()
+        announce_wakeups(self._wake, self.spool, self.log)
         runner.keep_descriptors_from_jobs()
         try:
             self._loop()
@@ -129,22 +149,6 @@ class Worker:
         self.group.close()
         self.group = attempt.GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
                                  self.spool.store.modes.file)
-
-    def _announce_wakeups(self) -> None:
-        assert self._wake is not None
-        if self._wake.mode == "none":
-            self.log("started; --burst: runs what is ready, then leaves")
-            return
-        kind = filesystem.kind_of(self.spool.root)
-        if self._wake.mode != "events":
-            self.log(f"no file-system events ({self._wake.failure}); polling every "
-                     f"{self.spool.config.poll_interval:g}s wakes this worker")
-        elif filesystem.is_network(kind):
-            self.log(f"spool is on {kind}: events miss other hosts' writes, so polling every "
-                     f"{self.spool.config.poll_interval:g}s is what wakes this worker for them")
-        else:
-            self.log(f"started; waking on file-system events ({kind or 'unknown fs'}), "
-                     f"rescanning every {self.spool.config.poll_interval:g}s")
 
     def _stop_requested(self) -> bool:
         if self.spool.owners.stop_requested(self.since) is None:
@@ -219,11 +223,20 @@ class Worker:
         return healthy
 
     def _rescan(self) -> None:
-        started = time.monotonic()
-        if not self.pacing.gate.should_list(self.spool.layout.pending, started):
+        asked = time.monotonic()
+        gate = self.pacing.gate
+        if not gate.should_list(self.spool.layout.pending, asked):
             return  # one stat said nothing came or went since a listing that saw it all
-        self.index.rescan(self.spool.views.pending_entries())
-        self.pacing.listed(started, time.monotonic() - started)
+        # A burst worker with nothing ready leaves if this listing shows nothing: it must be fresh.
+        leaving = self.burst and not self.index.has_ready(int(time.time() * 1000))
+        max_age = 0.0 if leaving else self.spool.config.poll_interval
+        snapshot, theirs = self.listings.take(asked, max_age, gate.stamp, gate.would_cover)
+        self.index.rescan(snapshot.names)
+        self.pacing.took(snapshot, theirs)
+
+    def _remember(self, name: str) -> None:
+        self.index.add(name, changed=True)
+        self.listings.noted()
 
     def _rescan_interval(self, now: float, poll_interval: float) -> float:
         return self.pacing.rescan_interval(self.index.has_ready(int(now * 1000)), poll_interval)
@@ -243,7 +256,7 @@ class Worker:
 
     def _note(self, directory: str, name: str) -> None:
         if directory == self.spool.layout.pending:
-            self.index.add(name, changed=True)
+            self._remember(name)
 
     def _reregister(self, why: str) -> None:
         self.log(f"{why}; continuing under a new identity")
@@ -284,7 +297,7 @@ class Worker:
                 continue
             self.index.forget_dropin(name)
             if result.moved is not None:
-                self.index.add(result.moved.name)  # before any claim: FIFO by arrival, not by event order
+                self._remember(result.moved.name)  # before any claim: FIFO by arrival, not by event order
             if result.outcome is Adopted.QUARANTINED:
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")
 
@@ -335,5 +348,5 @@ class Worker:
                 delay = min(delay * 2, 5.0)
                 continue
             if moved.state == "pending":
-                self.index.add(moved.name)
+                self._remember(moved.name)
             return
