@@ -468,6 +468,9 @@ def multihost_rows(repeat: int, jobs: int) -> list[Row]:
         with multihost.gluster_hosts(2) as points:
             pairs = [(multihost.drain(multihost.fresh_spool(points), 2, jobs),
                       multihost.drain(multihost.fresh_spool(points[:1]), 4, jobs)) for _ in range(repeat)]
+            progress("2 hosts x 2 long-running workers fed 10 jobs/s: one start of 2 per host, against 2 of 1")
+            trickles = [(multihost.trickle(multihost.fresh_spool(points), 1, 2),
+                         multihost.trickle(multihost.fresh_spool(points), 2, 1)) for _ in range(repeat)]
     except multihost.Unavailable as e:
         progress(f"skipped the multi-host rows: {e}")
         return []
@@ -481,7 +484,11 @@ def multihost_rows(repeat: int, jobs: int) -> list[Row]:
     listings = Row("listings of pending/ per second, 2 hosts x 2 workers", "/s",
                    [p[0]["listings_per_s"] for p in pairs], ref, [p[1]["listings_per_s"] for p in pairs],
                    "(what the server lists)", None)
-    return [rate, failed, listings]
+    shared = Row("listings/s, 2 hosts x 2 workers, 10 jobs/s, 2,000 scheduled", "/s",
+                 [t[0]["listings_per_s"] for t in trickles], "the same workers as 2 starts of 1 per host (no sharing)",
+                 [t[1]["listings_per_s"] for t in trickles], "<= 0.7 x", paired=True)
+    shared.passed = shared.ratio <= 0.7
+    return [rate, failed, listings, shared]
 
 
 def report(rows: list[Row], as_json: bool) -> None:

@@ -19,6 +19,8 @@ The model, per hosts H x workers per host W (n = H*W), backlog P, poll interval 
 - jobs/s = min(n / (d + 1/S1), 0.99 / server time per job), S1 being one worker's rate;
 - idle polling keeps the server busy n * t_stat / p of the time (one stat per poll per worker; a
   listing only when pending/ changed);
+- while pending/ changes at every poll (idle workers, jobs arriving), each host lists it once a
+  poll, its workers sharing the listing: the server is busy listing H * t_name * P / p of the time;
 - a job enqueued on another host starts after p/2 + t_stat + t_name*P + t_claim on average
   (idle workers; p more at worst); on the same host, file-system events: milliseconds.
 """
@@ -61,17 +63,24 @@ def predict(m: dict, hosts: int, workers: int, backlog: int, poll: float, job_s:
     jobs_per_s = min(n * per_worker, server_jobs)
     return {"hosts": hosts, "workers": n, "backlog": backlog, "jobs_per_s": jobs_per_s,
             "bound": "workers" if n * per_worker <= server_jobs else "server", "failed_claims_per_claim": f,
-            "idle_server_load": idle_load, "pickup_s": poll / 2 + m["stat_s"] + list_s + m["claim_s"]}
+            "idle_server_load": idle_load, "listing_load": hosts * list_s / poll,
+            "pickup_s": poll / 2 + m["stat_s"] + list_s + m["claim_s"]}
+
+
+def _share(load: float) -> str:
+    return "over 100% (polls stretch)" if load > 1 else f"{load:.0%}"
 
 
 def table(m: dict, workers: int, poll: float, job_s: float) -> str:
     out = ["| hosts | workers | backlog | jobs/s | bound by | failed claims per claim | server busy polling idle "
-           "| pickup from another host (s) |", "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+           "| server busy listing while pending/ changes | pickup from another host (s) |",
+           "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for backlog in (1_000, 100_000):
         for hosts in HOSTS:
             r = predict(m, hosts, workers, backlog, poll, job_s)
             out.append(f"| {hosts} | {r['workers']} | {backlog:,} | {r['jobs_per_s']:.1f} | {r['bound']} | "
-                       f"{r['failed_claims_per_claim']:.2f} | {r['idle_server_load']:.0%} | {r['pickup_s']:.2f} |")
+                       f"{r['failed_claims_per_claim']:.2f} | {r['idle_server_load']:.0%} | {_share(r['listing_load'])} | "
+                       f"{r['pickup_s']:.2f} |")
     return "\n".join(out)
 
 

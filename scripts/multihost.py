@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 SPOOLQ = [sys.executable, "-m", "spoolq"]
 STOP_LINE = re.compile(r"stopped \(claimed (\d+) jobs?, lost (\d+) claims .*listed pending/ (\d+) times, "
-                       r"(\d+) polls")
+                       r"(\d+) polls[^,]*(?:, (\d+) listings taken from sibling)?")
 
 
 class Unavailable(Exception):
@@ -90,6 +91,49 @@ def drain(paths: list[str], workers_per_host: int, n: int) -> dict:
     return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds, "claimed": won,
             "failed_claims_per_claim": lost / max(won, 1), "listings_per_s": listings / seconds,
             "hosts": len(paths), "workers_per_host": workers_per_host}
+
+
+def trickle(paths: list[str], starts_per_host: int, workers_per_start: int, seconds: float = 15.0,
+            rate: float = 10.0, scheduled: int = 2000) -> dict:
+    """Long-running workers on every host (`starts_per_host` `worker start --count
+    workers_per_start` each), fed `rate` jobs a second from host A for `seconds`, beside
+    `scheduled` jobs due in an hour (names every listing reads): how often the server lists
+    pending/. Two starts of one worker per host list it each on their own; one start of two shares."""
+    from spoolq import Spool
+
+    spool = Spool(paths[0])
+    spool.set_config("poll_interval", 0.5)
+    batch = "".join('{"command": "true", "delay": 3600}\n' for _ in range(scheduled))
+    subprocess.run([*SPOOLQ, "--spool", paths[0], "enqueue", "--batch", "-"], input=batch.encode(), check=True,
+                   stdout=subprocess.DEVNULL)
+    procs = []
+    for i, path in enumerate(paths):
+        env = {**os.environ, "SPOOLQ_HOST": chr(ord("A") + i)}
+        procs += [subprocess.Popen([*SPOOLQ, "--spool", path, "worker", "start", "--count", str(workers_per_start)],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                  for _ in range(starts_per_host)]
+    want = starts_per_host * workers_per_start * len(paths)
+    deadline = time.monotonic() + 60
+    while len([w for w in spool.workers() if w.role == "worker"]) < want and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started, count = time.monotonic(), 0
+    while time.monotonic() - started < seconds:
+        spool.enqueue({"command": "true"})
+        count += 1
+        time.sleep(max(0.0, started + count / rate - time.monotonic()))
+    while spool.counts().pending and time.monotonic() - started < seconds + 60:
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    logs = [p.communicate(timeout=120)[1] for p in procs]
+    listings = shared = won = 0
+    for log in logs:
+        for m in STOP_LINE.finditer(log):
+            won, listings, shared = won + int(m[1]), listings + int(m[3]), shared + int(m[5] or 0)
+    return {"jobs": count, "claimed": won, "seconds": elapsed, "listings_per_s": listings / elapsed,
+            "shared_per_s": shared / elapsed, "starts_per_host": starts_per_host,
+            "workers_per_start": workers_per_start}
 
 
 def primitives(paths: list[str], names: int = 2000) -> dict:

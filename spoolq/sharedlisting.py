@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 MAGIC = b"spoolq-listing 1"
+NOTED_FOR = 120.0  # seconds a noted name is kept for noted_since(): longer than any listing takes
+NOTED_MAX = 20_000
 
 
 @dataclass
@@ -79,12 +81,20 @@ class Listings:
     def __init__(self, list_names: Callable[[], list[str]], shared: SharedListing | None = None):
         self._list_names = list_names
         self.shared = shared
-        self._noted_at = 0.0  # monotonic: when a name last reached the worker other than by a listing
+        self._noted: list[tuple[float, str]] = []  # (monotonic, name) learned other than by a listing
         self._used_serial = 0  # the last snapshot taken
 
-    def noted(self) -> None:
+    def noted(self, name: str) -> None:
         """A name reached the worker's index by an event, an adoption or a retry."""
-        self._noted_at = time.monotonic()
+        now = time.monotonic()
+        if self._noted and (len(self._noted) >= NOTED_MAX or now - self._noted[0][0] > NOTED_FOR):
+            self._noted = [(t, n) for t, n in self._noted[-NOTED_MAX // 2:] if now - t <= NOTED_FOR]
+        self._noted.append((now, name))
+
+    def noted_since(self, started: float) -> list[str]:
+        """Names learned since a listing began: a rescan by it would forget them (the worker adds
+        them back), though they may have come after it."""
+        return [name for t, name in self._noted if t >= started]
 
     def take(self, asked: float, max_age: float, stamp: tuple[int, ...] | None,
              would_cover: Callable[[float], bool]) -> tuple[Snapshot, bool]:
@@ -102,11 +112,9 @@ class Listings:
         return snapshot, theirs
 
     def _fresh_enough(self, snapshot: Snapshot, asked: float, max_age: float) -> bool:
-        """A sibling's listing serves if this worker has not used it yet, it began after every name
-        the worker learned otherwise (a rescan forgets names its listing lacks), and it is no older
-        than a poll interval when asked for (what one more poll would have cost anyway)."""
-        return (snapshot.serial != self._used_serial and snapshot.started >= self._noted_at
-                and asked - snapshot.started <= max_age)
+        """A sibling's listing serves if this worker has not used it yet and it is no older than a
+        poll interval when asked for (what one more poll would have cost anyway)."""
+        return snapshot.serial != self._used_serial and asked - snapshot.started <= max_age
 
 
 def list_and_share(shared: SharedListing, wanted: Callable[[Snapshot], bool],

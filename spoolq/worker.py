@@ -232,11 +232,13 @@ class Worker:
         max_age = 0.0 if leaving else self.spool.config.poll_interval
         snapshot, theirs = self.listings.take(asked, max_age, gate.stamp, gate.would_cover)
         self.index.rescan(snapshot.names)
+        for name in self.listings.noted_since(snapshot.started):
+            self.index.add(name)  # RACE: learned while the listing was taken: keep it, in case it is new
         self.pacing.took(snapshot, theirs)
 
     def _remember(self, name: str) -> None:
         self.index.add(name, changed=True)
-        self.listings.noted()
+        self.listings.noted(name)
 
     def _rescan_interval(self, now: float, poll_interval: float) -> float:
         return self.pacing.rescan_interval(self.index.has_ready(int(now * 1000)), poll_interval)
