@@ -8,8 +8,11 @@ import time
 from typing import Callable
 
 from . import job as job_record, layout, liveness, output, runner
+from .errors import LostOwnership
 from .job import Job
 from .spool import Spool
+from .takes import Moved
+from .transitions import Claimed
 
 
 def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
@@ -64,3 +67,26 @@ class GroupRecord:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,
+           final: bool = False) -> Moved | None:
+    """Record an attempt's outcome (`final`: never retried), trying again after an I/O error
+    (the job stays its owner's in processing/ meanwhile). None if the owner lost the job."""
+    job_id, attempt = claimed.job.id, claimed.job.running_attempt
+    delay = 0.1
+    while True:
+        try:
+            return spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
+                                            error=outcome.error, final=final)
+        except LostOwnership:
+            log(f"result of job {job_id} attempt {attempt} discarded: "
+                "this worker lost the job (it was recovered elsewhere)")
+            # The footer above is not the job's result: say so where `logs` shows it.
+            output.mark(spool.layout.output(job_id), f"attempt {attempt} on {host}: "
+                        "result discarded, the job was recovered elsewhere")
+            return None
+        except OSError as e:
+            log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -105,6 +105,7 @@ QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot star
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
+CANCEL_PREFIX = ".cancel."  # processing/<owner>/.cancel.<id>: `cancel --kill` asks the owner to kill job <id>
 FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made before it renames the directory
 # A job file leaving processing/<owner>/ with new content (transitions._replace_then_move):
 # .next.<state>.<key>.<name> holds the new content, .taken.<state>.<key>.<name> the old file.

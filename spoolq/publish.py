@@ -35,21 +35,31 @@ class Publisher:
         self._views = views
 
     def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,
-                announce: Callable[[], Any] | None = None) -> list[Job]:
+                announce: Callable[[], Any] | None = None, skip_existing: set[str] | None = None) -> list[Job]:
         """Publish jobs all-or-nothing as far as the caller can cause it: every id is reserved
         and every file written and fsync'd before the first is published (a batch's fsyncs run
         many at once). When this returns, every job survives a power cut.
 
         `announce` runs once everything is staged, just before the jobs are published: if it
-        raises (the CLI could not print the ids), nothing is published."""
+        raises (the CLI could not print the ids), nothing is published.
+
+        A job whose id is taken raises JobExists; with `skip_existing` (enqueue --if-absent) it is
+        left out instead and its id added to that set. Returns the jobs published."""
         _refuse_repeated_ids(jobs)
         job_ids = [job.id for job in jobs]
         staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
         with Reservations(self.store) as ids:
             try:
                 for job in jobs:
-                    if not self.reserve(ids, job.id):
+                    if self.reserve(ids, job.id):
+                        continue
+                    # RACE: the id's marker decides: of two enqueues of one id, one reserves it, and
+                    # the other, with --if-absent, takes the id as existing (even if the first then fails).
+                    if skip_existing is None:
                         raise JobExists(f"job id {job.id!r} already exists", job.id)
+                    skip_existing.add(job.id)
+                if skip_existing:
+                    jobs = [job for job in jobs if job.id not in skip_existing]
                 staged = self._stage(jobs, progress, ids)
             except BaseException as e:
                 # Every id of the batch: release() frees only markers of ours, so one a signal

@@ -12,6 +12,7 @@ import os
 from typing import NamedTuple
 
 from . import fsio, layout, liveness
+from .cancel import CANCELLED, KillRequest
 from .errors import InvalidJob, LostOwnership
 from .owners import OwnerDir, Owners
 from .quarantine import Quarantine
@@ -145,6 +146,10 @@ class Recovery:
             return self._finish_transit(directory, moving, owner, now)
         if name == layout.FENCE_FILE:
             return []
+        if name.startswith(layout.CANCEL_PREFIX):
+            if not os.path.lexists(os.path.join(directory, layout.job_file(name[len(layout.CANCEL_PREFIX):]))):
+                fsio.unlink_quietly(path)  # its job is not here (any more): the request is void
+            return []  # else its job's rescue reads it (_rescue_file), sorted after it
         if name.startswith("."):
             fsio.unlink_quietly(path)  # the job group record, a temp file
             return []
@@ -221,12 +226,16 @@ class Recovery:
         reason = f"worker {owner} on {host} stopped during attempt {attempt} (killed, crashed or lost its lease)"
         if attempt > job.max_retries:
             reason += "; the job ran out of attempts this way: it may be what kills its worker"
+        kill = KillRequest(path, job)
+        cancelled = kill.asked()  # `cancel --kill` asked for it: its owner died before it could
         try:
-            moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None, error=reason,
-                                            now=now, rescuing=True)
+            moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None,
+                                            error=CANCELLED if cancelled else reason, now=now, rescuing=True,
+                                            final=cancelled)
         except LostOwnership:
             return []  # RACE: its woken owner took the file first; the next listing finishes its move
-        return [Recovered(owner, job.id, moved.state, reason)]
+        kill.withdraw()
+        return [Recovered(owner, job.id, moved.state, CANCELLED if cancelled else reason)]
 
     def _return_dropin(self, path: str, original: str) -> None:
         """A drop-in its adopter died holding goes back to pending/ to be adopted again."""

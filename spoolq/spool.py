@@ -13,8 +13,10 @@ from .layout import host_name
 from .store import Store
 
 if TYPE_CHECKING:
+    from .cancel import Result as CancelResult
     from .config import Config
     from .owners import Owners, WorkerInfo
+    from .pause import Pauses
     from .publish import Publisher
     from .quarantine import Quarantine
     from .recovery import Recovery
@@ -63,6 +65,12 @@ class Spool:
         return Transitions(self.store, self.owners, self.quarantine, self.views, self.publisher)
 
     @cached_property
+    def pauses(self) -> Pauses:
+        from .pause import Pauses
+
+        return Pauses(self.store)
+
+    @cached_property
     def recovery(self) -> Recovery:
         from .recovery import Recovery
 
@@ -95,10 +103,12 @@ class Spool:
 
     def enqueue_many(self, specs: Iterable[dict[str, Any] | Job], *, now: float | None = None,
                      progress: Callable[[int], Any] | None = None,
-                     announce: Callable[[], Any] | None = None) -> list[Job]:
-        """Validate every spec, then publish them all or none (see Transitions.publish)."""
+                     announce: Callable[[], Any] | None = None,
+                     skip_existing: set[str] | None = None) -> list[Job]:
+        """Validate every spec, then publish them all or none (see Publisher.publish); with
+        `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
-        return self.publisher.publish(jobs, progress=progress, announce=announce)
+        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
 
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
@@ -107,6 +117,25 @@ class Spool:
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
         """Delete finished jobs (done or dead) and their output; frees their ids."""
         return self.transitions.purge(state, older_than=older_than)
+
+    def pause(self) -> frozenset[str]:
+        """Workers everywhere stop claiming; running jobs finish. Returns what is paused now."""
+        return self.pauses.pause()
+
+    def resume(self) -> frozenset[str]:
+        return self.pauses.resume()
+
+    def paused(self) -> frozenset[str]:
+        """The paused queues: {"*"} for all of them, empty when nothing is paused."""
+        return self.pauses.paused()
+
+    def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
+        """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
+        killed by their workers, waited for up to `wait` seconds."""
+        from .cancel import Canceller
+
+        return Canceller(self.store, self.owners, self.views, self.transitions.takes).cancel(job_ids, kill=kill,
+                                                                                           wait=wait)
 
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
         """Ask every worker of this spool, on every host, started before `at` (default: now), to

@@ -44,12 +44,15 @@ class Takes:
         if os.path.lexists(os.path.join(directory, layout.FENCE_FILE)):
             raise LostOwnership(f"{directory} was fenced by a rescuer")
 
-    def take_with(self, path: str, job: Job, state: str) -> layout.Transit:
+    def take_with(self, path: str, job: Job, state: str, *, into: str | None = None) -> layout.Transit:
         """The first two steps of a move out with new content: `job` written beside `path`
         (.next.), then `path` taken (.taken.). LostOwnership if a rescuer took it first.
-        complete() does the last step."""
-        directory = os.path.dirname(path)
-        moving = layout.transit(state, os.path.basename(path))
+        complete() does the last step. With `into` (an owner's directory; cancel.py), the job
+        file is taken from elsewhere (pending/) into that directory, where the mark is looked for."""
+        directory = into or os.path.dirname(path)
+        moving = layout.transit(state, layout.job_file(job.id) if into else os.path.basename(path))
+        if into:
+            self.check_fence(os.path.join(into, moving.original))
         next_path = os.path.join(directory, moving.next_name)
         try:
             self.store.write_file(next_path, job.to_json(), durable=True)

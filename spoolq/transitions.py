@@ -192,9 +192,10 @@ class Transitions:
         return None
 
     def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
-               now: float | None = None, rescuing: bool = False) -> Moved:
-        """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead.
-        An owner raises LostOwnership once fenced; a rescuer (`rescuing`) works inside the fence."""
+               now: float | None = None, rescuing: bool = False, final: bool = False) -> Moved:
+        """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead
+        (`final`: a failure never retried, a cancelled job). An owner raises LostOwnership once
+        fenced; a rescuer (`rescuing`) works inside the fence."""
         if claimed.transit is not None:
             return self.takes.complete(*claimed.transit)
         job = claimed.job
@@ -213,6 +214,8 @@ class Transitions:
         job.attempts, job.exit_code, job.last_error, job.updated_at = attempt, exit_code, error, now
         decision = retry.decide(ok=False, attempts=attempt, max_retries=job.max_retries, now=now,
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
+        if final:
+            decision = retry.Decision("dead", None)
         if decision.state == "pending":
             job.run_at = decision.run_at
         moving = self.takes.take_with(claimed.path, job, decision.state)

@@ -8,9 +8,10 @@ import sys
 import time
 from typing import Callable
 
-from . import attempt, filesystem, job, layout, liveness, output, runner, watch
+from . import attempt, filesystem, job, layout, liveness, runner, watch
 from .errors import LostOwnership, SpoolError
 from .index import Pacing, PendingIndex
+from .cancel import CANCELLED, KillRequest
 from .sharedlisting import Listings, SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
@@ -82,6 +83,7 @@ class Worker:
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
         self._claiming = True
+        self._paused = False
         self.unsafe = False
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
@@ -193,7 +195,10 @@ class Worker:
                 last_rescan = now
                 self._rescan()
             self._adopt_dropins(now)
-            name = self.index.pop_ready(int(now * 1000), self.pacing.spread()) if self._may_claim() else None
+            if self.burst and self._is_paused():
+                return
+            may_claim = self._may_claim() and not self._is_paused()
+            name = self.index.pop_ready(int(now * 1000), self.pacing.spread()) if may_claim else None
             if name is not None:
                 self._claim_and_run(name)
                 continue
@@ -221,6 +226,16 @@ class Worker:
             self.log("claiming again: the heartbeat works" if healthy else
                      "not claiming: the heartbeat has failed for half a lease")
         return healthy
+
+    def _is_paused(self) -> bool:
+        """control/pause (pause.py), asked before every claim: one stat."""
+        paused = self.spool.pauses.blocks()
+        if paused != self._paused:
+            self._paused = paused
+            why = self.spool.pauses.problem or "`spoolq resume` resumes"
+            self.log((f"the spool is paused ({why}): " + ("leaving" if self.burst else "not claiming"))
+                     if paused else "resumed: claiming again")
+        return paused
 
     def _rescan(self) -> None:
         asked = time.monotonic()
@@ -320,35 +335,22 @@ class Worker:
         self.pacing.claimed(claimed is not None, time.monotonic() - started)
         if claimed is None:
             return  # another worker's rename won (or the file was quarantined)
-        outcome = self._run(claimed)
-        self._finish(claimed, outcome)
+        kill = KillRequest(claimed.path, claimed.job)
+        outcome = self._run(claimed, kill)
+        self._finish(claimed, outcome, kill)
 
-    def _run(self, claimed: Claimed) -> runner.Outcome:
+    def _run(self, claimed: Claimed, kill: KillRequest) -> runner.Outcome:
         env = {**self._base_env, "SPOOLQ_HOST": self.host, "SPOOLQ_SPOOL": self.spool.root,
                "SPOOLQ_OWNER": self.owner}
-        return attempt.run(self.spool, claimed.job, self.host, self.owner, env, self.group, self._abort_reason)
+        return attempt.run(self.spool, claimed.job, self.host, self.owner, env, self.group,
+                           lambda: CANCELLED if kill.asked() else self._abort_reason())
 
-    def _finish(self, claimed: Claimed, outcome: runner.Outcome) -> None:
-        job_id, attempt = claimed.job.id, claimed.job.running_attempt
-        delay = 0.1
-        while True:
-            try:
-                moved = self.spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
-                                                      error=outcome.error)
-            except LostOwnership:
-                self.log(f"result of job {job_id} attempt {attempt} discarded: "
-                         "this worker lost the job (it was recovered elsewhere)")
-                self.lost = True
-                # The footer above is not the job's result: say so where `logs` shows it.
-                output.mark(self.spool.layout.output(job_id), f"attempt {attempt} on {self.host}: "
-                            "result discarded, the job was recovered elsewhere")
-                return
-            except OSError as e:
-                # A full disk or a passing I/O fault: the job stays ours in processing/, try again.
-                self.log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if moved.state == "pending":
-                self._remember(moved.name)
-            return
+    def _finish(self, claimed: Claimed, outcome: runner.Outcome, kill: KillRequest) -> None:
+        cancelled = outcome.error == CANCELLED and kill.asked()
+        moved = attempt.record(self.spool, claimed, outcome, self.host, self.log, final=cancelled)
+        if cancelled:
+            kill.withdraw()
+        if moved is None:
+            self.lost = True
+        elif moved.state == "pending":
+            self._remember(moved.name)

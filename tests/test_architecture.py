@@ -17,15 +17,15 @@ RANK = {
     "locks": 4, "output": 4,
     "config": 5, "trust": 5,
     "store": 6,
-    "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7,
-    "views": 8, "takes": 8,
+    "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7,
+    "views": 8, "takes": 8, "cancel": 9,
     "publish": 9,
     "transitions": 10,
     "recovery": 11,
     "spool": 12,
     "fsck.report": 13, "fsck.jobs": 14, "fsck.housekeeping": 15, "fsck": 16,
     "heartbeat": 13, "attempt": 13, "worker": 14, "supervisor": 15,
-    "cli.base": 17, "cli.enqueue": 18, "cli.reading": 18, "cli.workers": 18, "cli.admin": 18,
+    "cli.base": 17, "cli.enqueue": 18, "cli.reading": 18, "cli.workers": 18, "cli.admin": 18, "cli.steering": 18,
     "cli": 19, "__main__": 20, "__init__": 20,
 }
 THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch"}

@@ -370,7 +370,7 @@ def test_any_positional_argument_is_accepted_or_refused_cleanly(arg):
 
 
 def test_status_counts_every_state(cli, spool):
-    assert cli.json("status") == dict.fromkeys(STATUS_KEYS, 0)
+    assert cli.json("status") == {**dict.fromkeys(STATUS_KEYS, 0), "paused": False}
     clean(cli("enqueue", "--cmd", "true", "--id", "p1"))
     clean(cli("enqueue", "--cmd", "true", "--id", "p2"))
     clean(cli("enqueue", "--cmd", "true", "--id", "s1", "--delay", "300"))
@@ -379,7 +379,7 @@ def test_status_counts_every_state(cli, spool):
     make_dead(spool, "x1")
     make_dead(spool, "x2")
     counts = cli.json("status")
-    assert set(counts) == STATUS_KEYS
+    assert set(counts) == STATUS_KEYS | {"paused"}
     assert {k: counts[k] for k in ("pending", "scheduled", "processing", "done", "dead")} == \
         {"pending": 2, "scheduled": 1, "processing": 1, "done": 1, "dead": 2}
     human = clean(cli("status")).stdout

@@ -468,3 +468,39 @@ def test_a_plan_cut_while_it_was_written_publishes_nothing(tmp_path):
         f.write("".join(lines) + "end 3\n")
     assert spool.publisher.finish_batches(lambda c: "gone") == 3  # a whole plan: all of it
     assert sorted(os.listdir(spool.layout.pending)) == sorted(L.pending_name_of(j) for j in jobs)
+
+
+# ---- cancel --------------------------------------------------------------------------------------
+
+
+def _to_cancel(root: str) -> list[str]:
+    spool = Spool(root)
+    tags = ["c1", "c2", "c3"]
+    for tag in tags:
+        spool.enqueue({"id": tag, **job_that_records(root, tag)})
+    spool.enqueue({"id": "later", **job_that_records(root, "later"), "delay": 3600})
+    return tags + ["later"]
+
+
+def _cancelled_whole_or_not_at_all(root: str, ids: list[str], killed: bool) -> None:
+    """Each job is cancelled (dead, never run) or not (it runs once); nothing half-way is left."""
+    burst(root)  # recovery finishes or voids a cancel cut half-way, then what was not cancelled runs
+    spool = Spool(root, create=False)
+    for job_id in ids:
+        view = spool.find(job_id)
+        cancelled = view.state == "dead"
+        if cancelled:
+            assert view.job.last_error == "cancelled" and job_id not in runs(root), job_id
+        elif job_id != "later":
+            assert view.state == "done" and runs(root).count(job_id) == 1, (job_id, view.state)
+        else:
+            assert view.state == "scheduled", view.state
+        if not killed:
+            assert cancelled, job_id
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "unlink", "mkdir"])
+def test_cancel_killed_at_any_point_cancels_each_job_whole_or_not_at_all(tmp_path, kind):
+    sweep(tmp_path, kind, _to_cancel, lambda root: [*SPOOLQ, "--spool", root, "cancel", "c1", "c2", "c3", "later"],
+          _cancelled_whole_or_not_at_all)

@@ -69,6 +69,7 @@ COMMAND_MODULES = {
     "status": "reading", "list": "reading", "show": "reading", "logs": "reading", "wait": "reading",
     "worker": "workers",
     "dlq": "admin", "config": "admin", "purge": "admin", "fsck": "admin",
+    "pause": "steering", "resume": "steering", "cancel": "steering",
 }
 
 
@@ -208,3 +209,17 @@ def check_ids(job_ids: Iterable[str]) -> None:
 def one_line(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def paused_value(names: frozenset[str]) -> Any:
+    """As `status --json` says it: false, true (everything), or the paused queues."""
+    if not names:
+        return False
+    return True if "*" in names else sorted(names)
+
+
+def paused_text(names: frozenset[str]) -> str:
+    value = paused_value(names)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return ", ".join(value)

@@ -101,11 +101,13 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
 @click.option("--shell", is_flag=True, default=None,
               help="Always run the command with /bin/sh -c (else a plain one runs directly).")
+@click.option("--if-absent", is_flag=True,
+              help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option
 @pass_ctx
 def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, max_retries: int | None,
             priority: int | None, timeout: float | None, delay: float | None, run_at: str | None,
-            file_path: str | None, batch: str | None, shell: bool | None, as_json: bool) -> None:
+            file_path: str | None, batch: str | None, shell: bool | None, if_absent: bool, as_json: bool) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
     \b
@@ -113,6 +115,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     spoolq enqueue '{"command": "make -C /src", "max_retries": 5}'
     spoolq enqueue --cmd 'backup.sh' --priority 10 --delay 60
     spoolq enqueue --batch jobs.jsonl
+    spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
     forms = [name for name, value in (("JOB", job), ("--cmd", cmd), ("--file", file_path), ("--batch", batch))
              if value is not None]
@@ -128,11 +131,14 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all
+    if if_absent:
+        _refuse_without_ids(specs, flags, where)
     jobs, line_of = _make_jobs(spool, specs, flags, where)
     c.create()
-    announce = _Announcement(_output_lines(jobs, as_json))
+    existing: set[str] | None = set() if if_absent else None
+    announce = _Announcement(lambda: _output_lines(spool, jobs, as_json, existing))
     try:
-        _publish(spool, jobs, announce)
+        _publish(spool, jobs, announce, existing)
     except JobExists as e:
         if batch is None or e.job_id not in line_of:
             raise
@@ -148,16 +154,17 @@ class _Announcement:
     """Prints the ids before the jobs are published: if they cannot be printed (stdout on a full
     disk, a closed pipe), nothing is published, so the exit status tells the truth."""
 
-    def __init__(self, lines: list[str]):
-        self.lines = lines
+    def __init__(self, lines: Callable[[], list[str]]):
+        self.lines = lines  # made when called: only then is it known which ids existed (--if-absent)
         self.done = False
 
     def __call__(self) -> None:
         if sys.stdout is None:
             raise CliError("cannot print the new ids (stdout is closed); nothing was enqueued", 1)
         try:
-            if self.lines:
-                click.echo("\n".join(self.lines))  # one write: a 100,000-line batch should not pay per line
+            lines = self.lines()
+            if lines:
+                click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
             sys.stdout.flush()
         except OSError as e:
             # What could not be written must not be tried again at exit (exit status 120): as
@@ -167,13 +174,27 @@ class _Announcement:
         self.done = True
 
 
-def _output_lines(jobs: list, as_json: bool) -> list[str]:
+def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | None) -> list[str]:
+    """Every job's id, in input order; with --json its object, and with --if-absent whether it
+    existed (then the object is the existing job's, as far as it can be read)."""
     if not as_json:
         return [j.id for j in jobs]
+    from ..errors import JobNotFound
     from ..views import JobView, waiting_state
 
     now = time.time()
-    return [json.dumps(JobView(j.id, waiting_state(j, now), j, "").to_dict(), ensure_ascii=False) for j in jobs]
+    lines = []
+    for j in jobs:
+        view = JobView(j.id, waiting_state(j, now), j, "").to_dict()
+        if existing is not None:
+            if j.id in existing:
+                try:
+                    view = spool.find(j.id).to_dict()
+                except JobNotFound:  # reserved by an enqueue still writing it
+                    view = {"id": j.id, "state": None}
+            view["existed"] = j.id in existing
+        lines.append(json.dumps(view, ensure_ascii=False))
+    return lines
 
 
 def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
@@ -220,9 +241,19 @@ def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dic
     return jobs, line_of
 
 
-def _publish(spool: Spool, jobs: list, announce: Callable[[], None]) -> None:
+def _publish(spool: Spool, jobs: list, announce: Callable[[], None], existing: set[str] | None) -> None:
     if len(jobs) < 2000 or not sys.stderr.isatty():
-        spool.enqueue_many(jobs, announce=announce)
+        spool.enqueue_many(jobs, announce=announce, skip_existing=existing)
         return
     with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
-        spool.enqueue_many(jobs, progress=bar.update, announce=announce)
+        spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+
+
+def _refuse_without_ids(specs: list[tuple[int, dict[str, Any]]], flags: dict[str, Any], where: Any) -> None:
+    """--if-absent asks whether a job exists by its id: a job without one cannot have been enqueued before."""
+    if "id" in flags:
+        return
+    for n, spec in specs:
+        if spec.get("id") is None:
+            raise CliError(f"{where(n)}--if-absent needs the job's id (--id, or \"id\" in the JSON); "
+                           "nothing was enqueued", 2)

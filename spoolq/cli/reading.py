@@ -12,7 +12,7 @@ import click
 from ..errors import WaitTimeout
 from ..layout import STATES
 from ..spool import Spool
-from .base import (CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
+from .base import (paused_text, paused_value, CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
                    print_views)
 
 
@@ -20,8 +20,10 @@ from .base import (CliError, Context, Float, Int, check_ids, emit_json, emit_pai
 @json_option
 @pass_ctx
 def status(c: Context, as_json: bool) -> None:
-    """Counts of jobs per state, and live workers."""
-    emit_pairs(c.spool.counts().to_dict(), as_json, 11)
+    """Counts of jobs per state, live workers, and whether the spool is paused."""
+    paused = c.spool.paused()
+    values = {**c.spool.counts().to_dict(), "paused": paused_value(paused)}
+    emit_pairs(values, as_json, 11, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
 
 
 @main.command("list")

@@ -1,0 +1,255 @@
+"""Steering the queue from outside: enqueue once (--if-absent), pause and resume, ..."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+from spoolq import Spool
+from spoolq.worker import Worker
+from test_cli import clean, snapshot
+
+
+def burst(spool: Spool) -> None:
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
+
+
+# ---- enqueue --if-absent -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("state", ["pending", "scheduled", "done", "dead"])
+def test_if_absent_leaves_an_existing_job_alone_in_any_state(cli, spool, state):
+    spec = {"id": "nightly", "command": "true" if state != "dead" else "false", "max_retries": 0}
+    if state == "scheduled":
+        spec["delay"] = 3600
+    spool.enqueue(spec)
+    if state in ("done", "dead"):
+        burst(spool)
+    assert spool.find("nightly").state == state
+    before = snapshot(spool.root)
+    result = clean(cli("enqueue", "--id", "nightly", "--if-absent", "--cmd", "echo other"))
+    assert result.stdout == "nightly\n"
+    assert snapshot(spool.root) == before  # nothing written, nothing moved
+    obj = json.loads(clean(cli("enqueue", "--if-absent", "--json", '{"id": "nightly", "command": "x"}')).stdout)
+    assert (obj["existed"], obj["state"], obj["command"]) == (True, state, spec["command"])
+
+
+def test_if_absent_enqueues_an_absent_job(cli, spool):
+    obj = json.loads(clean(cli("enqueue", "--id", "fresh", "--if-absent", "--json", "--cmd", "echo hi")).stdout)
+    assert (obj["existed"], obj["state"]) == (False, "pending")
+    assert spool.find("fresh").job.command == "echo hi"
+
+
+@pytest.mark.parametrize("args, input, line", [
+    (("--cmd", "true"), None, ""),
+    (('{"command": "true"}',), None, ""),
+    (("--batch", "-"), '{"command": "a", "id": "x1"}\n{"command": "b"}\n', "line 2: "),
+])
+def test_if_absent_without_an_id_writes_nothing(cli, spool, args, input, line):
+    before = snapshot(spool.root)
+    result = clean(cli("enqueue", "--if-absent", *args, input=input), 2)
+    assert result.output == f"Error: {line}--if-absent needs the job's id (--id, or \"id\" in the JSON); " \
+                            "nothing was enqueued\n"
+    assert snapshot(spool.root) == before
+
+
+def test_if_absent_batch_skips_existing_lines_and_publishes_the_rest(cli, spool):
+    spool.enqueue({"id": "b", "command": "echo old"})
+    batch = "".join(json.dumps({"id": i, "command": f"echo {i}"}) + "\n" for i in ("a", "b", "c"))
+    result = clean(cli("enqueue", "--batch", "-", "--if-absent", "--json", input=batch))
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(o["id"], o["existed"]) for o in lines] == [("a", False), ("b", True), ("c", False)]
+    assert [spool.find(i).job.command for i in "abc"] == ["echo a", "echo old", "echo c"]
+    assert clean(cli("enqueue", "--batch", "-", "--if-absent", input=batch)).stdout == "a\nb\nc\n"
+    assert cli.json("status")["pending"] == 3
+
+
+def test_if_absent_from_many_processes_at_once_makes_one_job(spool):
+    procs = [subprocess.Popen([*SPOOLQ, "--spool", spool.root, "enqueue", "--id", "once", "--if-absent",
+                               "--cmd", f"echo {i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(8)]
+    results = [(p.wait(60), *p.communicate()) for p in procs]
+    assert results == [(0, "once\n", "")] * 8
+    assert [v.id for v in spool.list_jobs()] == ["once"]
+
+
+# ---- pause / resume ----------------------------------------------------------------------------
+
+def test_pause_and_resume_are_shown_by_status(cli, spool):
+    assert cli.json("status")["paused"] is False
+    assert clean(cli("status")).stdout.splitlines()[-1].split() == ["paused", "no"]
+    assert clean(cli("pause")).stdout == "paused: every queue\n"
+    assert cli.json("status")["paused"] is True
+    assert clean(cli("status")).stdout.splitlines()[-1].split() == ["paused", "yes"]
+    assert json.loads(clean(cli("pause", "--json")).stdout) == {"paused": True}  # twice: still paused
+    assert clean(cli("resume")).stdout == "not paused\n"
+    assert cli.json("status")["paused"] is False
+    assert not os.path.exists(os.path.join(spool.root, "control", "pause"))
+
+
+def test_a_paused_spool_takes_jobs_but_runs_none_until_resumed(cli, spool):
+    clean(cli("pause"))
+    job = spool.enqueue({"command": "true"})
+    log: list[str] = []
+    assert Worker(spool, burst=True, log=log.append).run() == 0
+    assert spool.find(job.id).state == "pending"
+    assert any("paused" in line for line in log), log
+    clean(cli("resume"))
+    burst(spool)
+    assert spool.find(job.id).state == "done"
+
+
+@pytest.mark.parametrize("content, paused", [
+    (b"", True),  # touch control/pause
+    (b"*\n", True),
+    (b"garbage that names \xff no queue!\n", True),
+    (b"\x00\x01", True),
+    (b"reports\n", ["reports"]),
+    (b" reports \n\nmail\n", ["mail", "reports"]),
+    (b"reports\n!!bad!!\nmail\n", True),  # a line it cannot read: every queue waits
+    (b"reports mail\n", True),
+])
+def test_a_pause_file_written_by_hand(cli, spool, content, paused):
+    with open(os.path.join(spool.root, "control", "pause"), "wb") as f:
+        f.write(content)
+    assert cli.json("status")["paused"] == paused
+
+
+def test_a_pause_file_that_is_not_a_regular_file_pauses_everything(cli, spool, tmp_path):
+    os.symlink(tmp_path / "elsewhere", os.path.join(spool.root, "control", "pause"))
+    assert cli.json("status")["paused"] is True
+    clean(cli("resume"))
+    assert cli.json("status")["paused"] is False and not (tmp_path / "elsewhere").exists()
+
+
+def test_pause_reaches_running_workers_and_running_jobs_finish(cli, spool, workers, tmp_path):
+    spool.set_config("poll_interval", 0.2)
+    w = workers(2)
+    gate = tmp_path / "gate"
+    running = spool.enqueue({"command": f"while [ ! -e {gate} ]; do sleep 0.01; done"})
+    wait_for(lambda: spool.find(running.id).state == "processing", 10, "the job to start")
+    clean(cli("pause"))
+    later = [spool.enqueue({"command": "true"}).id for _ in range(3)]
+    gate.touch()
+    wait_for(lambda: spool.find(running.id).state == "done", 10, "the running job to finish")
+    time.sleep(1.0)  # five poll intervals in which a worker that ignored the pause would claim
+    assert [spool.find(j).state for j in later] == ["pending"] * 3
+    clean(cli("resume"))
+    wait_for(lambda: all(spool.find(j).state == "done" for j in later), 10, "the jobs to run after resume")
+    w.stop()
+
+
+# ---- cancel ------------------------------------------------------------------------------------
+
+def test_cancel_sends_jobs_that_have_not_started_to_dead_for_good(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    spool.enqueue({"id": "p", "command": f"echo p >> {ran}", "max_retries": 5})
+    spool.enqueue({"id": "s", "command": f"echo s >> {ran}", "delay": 3600})
+    result = clean(cli("cancel", "p", "s"))
+    assert result.stdout == "p: cancelled\ns: cancelled\n"
+    for job_id in ("p", "s"):
+        view = cli.json("show", job_id)
+        assert (view["state"], view["last_error"], view["attempts"]) == ("dead", "cancelled", 0)
+    burst(spool)
+    assert not ran.exists()  # never run, never retried
+    assert cli.json("status")["dead"] == 2
+
+
+def test_cancel_says_which_it_could_not_cancel_and_cancels_the_rest(cli, spool):
+    spool.enqueue({"id": "ok", "command": "true"})
+    burst(spool)
+    spool.enqueue({"id": "p", "command": "true"})
+    result = clean(cli("cancel", "nope", "ok", "p"), 1)
+    assert result.stdout == "p: cancelled\n"
+    assert result.stderr == "Error: nope: no such job\nError: ok: already done: not cancelled\n"
+    assert spool.find("p").state == "dead" and spool.find("ok").state == "done"
+    out = json.loads(clean(cli("cancel", "--json", "nope", "ok", "p"), 1).stdout)
+    assert out == [{"id": "nope", "outcome": "unknown", "state": None},
+                   {"id": "ok", "outcome": "finished", "state": "done"},
+                   {"id": "p", "outcome": "finished", "state": "dead"}]
+
+
+@pytest.mark.parametrize("args", [(), ("",), (".bad",)])
+def test_cancel_refuses_a_bad_id_before_touching_anything(cli, spool, args):
+    spool.enqueue({"id": "p", "command": "true"})
+    before = snapshot(spool.root)
+    clean(cli("cancel", *args), 2)
+    assert snapshot(spool.root) == before
+
+
+def test_a_running_job_is_left_alone_without_kill_and_killed_with_it(cli, spool, workers, tmp_path):
+    child = tmp_path / "child.pid"
+    job = spool.enqueue({"command": f"sleep 60 & echo $! > {child}; wait", "max_retries": 3})
+    w = workers(1)
+    wait_for(lambda: child.exists() and child.read_text().strip(), 10, "the job to start")
+    result = clean(cli("cancel", job.id), 1)
+    assert result.stderr == f"Error: {job.id}: running: left alone (--kill kills it)\n"
+    assert spool.find(job.id).state == "processing"
+    result = clean(cli("cancel", "--kill", job.id))
+    assert result.stdout == f"{job.id}: killed by its worker: cancelled\n"
+    view = spool.find(job.id)
+    assert (view.state, view.job.last_error, view.job.attempts) == ("dead", "cancelled", 1)  # not retried
+    pid = int(child.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+             10, "the job's own child to be killed too")
+    assert "cancelled" in open(spool.output_path(job.id)).read()
+    w.stop()
+    assert not [n for n in os.listdir(spool.layout.processing) if os.listdir(spool.layout.owned(n))]
+
+
+def test_a_rescuer_honours_a_kill_request_its_dead_worker_never_saw(spool):
+    from conftest import dead_pid
+    from spoolq.cancel import attempt_token, mark_name
+
+    spool.enqueue({"id": "held", "command": "true", "max_retries": 5})
+    owner = spool.owners.register("worker")
+    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
+    with open(os.path.join(spool.layout.owned(owner), mark_name("held")), "wb") as f:
+        f.write(attempt_token(claimed.job))
+    record = json.loads(open(spool.layout.worker_file(owner)).read())
+    record.update(pid=dead_pid(), start=None)
+    with open(spool.layout.worker_file(owner), "w") as f:
+        json.dump(record, f)
+    burst(spool)
+    view = spool.find("held")
+    assert (view.state, view.job.last_error) == ("dead", "cancelled")
+
+
+def test_a_kill_request_for_an_earlier_run_of_the_job_is_ignored(spool, tmp_path):
+    from spoolq.cancel import mark_name
+
+    spool.enqueue({"id": "again", "command": f"echo ran >> {tmp_path}/ran"})
+    owner = spool.owners.register("worker")
+    stale = os.path.join(spool.layout.owned(owner), mark_name("again"))
+    with open(stale, "wb") as f:
+        f.write(b"1 1\n")  # another seq: a mark left for a run before a requeue
+    from spoolq.cancel import KillRequest
+    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
+    assert not KillRequest(claimed.path, claimed.job).asked()
+
+
+def test_cancel_against_claims_at_the_same_instant_exactly_one_wins_and_says_so(spool, tmp_path):
+    """Many jobs, two workers claiming them while one cancel takes the same ids: each job either
+    ran once (the cancel reports it running or finished) or never ran (reported cancelled)."""
+    ran = tmp_path / "ran"
+    ids = [spool.enqueue({"id": f"j{i}", "command": f"echo j{i} >> {ran}"}).id for i in range(200)]
+    procs = [subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "--count", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    cancel = subprocess.run([*SPOOLQ, "--spool", spool.root, "cancel", "--json", *ids], capture_output=True,
+                            text=True, timeout=120)
+    for p in procs:
+        assert p.wait(120) == 0
+    said = {r["id"]: r["outcome"] for r in json.loads(cancel.stdout)}
+    runs = ran.read_text().split() if ran.exists() else []
+    assert len(runs) == len(set(runs))  # nothing ran twice
+    for job_id in ids:
+        view = spool.find(job_id)
+        if said[job_id] == "cancelled":
+            assert job_id not in runs and (view.state, view.job.last_error) == ("dead", "cancelled"), job_id
+        else:
+            assert said[job_id] in ("running", "finished") and job_id in runs and view.state == "done", job_id
+
