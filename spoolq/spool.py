@@ -15,6 +15,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .cancel import Result as CancelResult
     from .config import Config
+    from .finished import Finished
     from .owners import Owners, WorkerInfo
     from .pause import Pauses
     from .publish import Publisher
@@ -65,6 +66,12 @@ class Spool:
         return Transitions(self.store, self.owners, self.quarantine, self.views, self.publisher)
 
     @cached_property
+    def finished(self) -> Finished:
+        from .finished import Finished
+
+        return Finished(self.store, self.views, self.quarantine)
+
+    @cached_property
     def pauses(self) -> Pauses:
         from .pause import Pauses
 
@@ -112,11 +119,20 @@ class Spool:
 
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
-        return self.transitions.retry_dead(job_ids)
+        return self.finished.retry_dead(job_ids)
 
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
         """Delete finished jobs (done or dead) and their output; frees their ids."""
-        return self.transitions.purge(state, older_than=older_than)
+        return self.finished.purge(state, older_than=older_than)
+
+    def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
+        """Delete these finished jobs and their output; per id, None once purged, else why not."""
+        return self.finished.purge_ids(job_ids)
+
+    def requeue(self, job_ids: list[str]) -> dict[str, str | None]:
+        """Make done or dead jobs pending again, attempts reset, at the back of their priority;
+        per id, None once requeued, else why not."""
+        return self.finished.requeue(job_ids)
 
     def pause(self) -> frozenset[str]:
         """Workers everywhere stop claiming; running jobs finish. Returns what is paused now."""

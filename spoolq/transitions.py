@@ -19,14 +19,20 @@ finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace t
                                                                        to .taken., move
 recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  mark .fenced, then   that rename won; per file, as       as finish fail
              then each job as "finish fail" (recovery.py)  fsck        directory rename     finish fail
-retry        dead/<id> -> pending/<canonical>              dlq retry   rewrite, rename      lock "dlq"                          the rewrite, pending/
-purge        done|dead/<id> -> (deleted)                   purge       unlink file, output  lock "dlq"                          none
+retry,       done|dead/<id> -> pending/<canonical>         dlq retry,  rewrite, rename      lock "dlq"                          the rewrite, pending/
+requeue      (finished.py)                                 requeue
+purge        done|dead/<id> -> (deleted) (finished.py)     purge       unlink file, output  lock "dlq"                          none
                                                                        log, ids/<id>
+cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
+             .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
+kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail
+             (cancel.py: .cancel.<id> asked for it)        or rescuer  retried
 quarantine   anywhere -> dead/+<qid>                       adopt,      rename               the rename won                      reason record, dead/
                                                            claim, fsck
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 
-A new transition (cancel, pause, dependencies, queues) is a row here and a method below.
+A new transition (dependencies, queues) is a row here and a method below (or in a module of
+its own, named in the row).
 
 Moves out of processing/ (finish, adopt, recover) follow takes.py: why no file there is ever
 renamed over, and how an owner and a rescuer never both move one.
@@ -37,11 +43,10 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
-from contextlib import contextmanager
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from . import dropins, fsio, layout, retry
-from .errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable, SpoolError
+from .errors import InvalidJob, LostOwnership
 from .job import Job
 from .ids import Reservations
 from .owners import Owners
@@ -49,7 +54,7 @@ from .publish import Publisher
 from .quarantine import Quarantine
 from .store import Store
 from .takes import Moved, Takes
-from .views import Views, finished_at
+from .views import Views
 
 
 @dataclass
@@ -222,27 +227,6 @@ class Transitions:
         claimed.transit = (os.path.dirname(claimed.path), moving, job)
         return self.takes.complete(*claimed.transit)
 
-    def _rewrite_then_move(self, path: str, job: Job, state: str) -> Moved:
-        """Rewrite a job file in place (temp beside it, fsync, rename over), then move it to
-        `state`: for dead/ only, whose files change under the "dlq" lock alone. (Out of
-        processing/, where an owner and a rescuer may race, see takes.py.)"""
-        directory = os.path.dirname(path)
-        tmp = self.store.temp_path(directory)
-        try:
-            self.store.write_file(tmp, job.to_json(), durable=True)
-        except FileNotFoundError:
-            raise LostOwnership(f"{directory} is gone") from None
-        try:
-            os.rename(tmp, path)
-        except FileNotFoundError:
-            raise LostOwnership(f"{directory} is gone") from None
-        except OSError:
-            fsio.unlink_quietly(tmp)
-            raise
-        name = layout.pending_name_of(job) if state == "pending" else layout.job_file(job.id)
-        self._move_out_of_owned(path, os.path.join(self.layout.dir(state), name))
-        return Moved(job.id, state, name)
-
     def _move_out_of_owned(self, path: str, dest: str) -> None:
         """The last step of every transition out of an owned file; the source's existence is
         the proof of ownership."""
@@ -252,102 +236,3 @@ class Transitions:
             moved = False
         if not moved:
             raise LostOwnership(f"{path} was taken from us")
-
-    # ---- dead-letter queue and purge ------------------------------------------------------
-
-    def retry_dead(self, job_ids: list[str] | None = None, *, now: float | None = None) -> list[str]:
-        """Make dead jobs pending again with their attempts reset. None means every dead job."""
-        now = self.store.now(now)
-        with self.store.locked("dlq"):
-            if job_ids is None:
-                job_ids = [layout.stem(e) for e in sorted(fsio.listdir(self.layout.dead))
-                           if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
-            else:
-                for job_id in job_ids:
-                    self._check_retryable(job_id)
-            done = []
-            for job_id in job_ids:
-                if self._retry_one(job_id, now):
-                    done.append(job_id)
-            fsio.fsync_dir(self.layout.pending)
-            return done
-
-    def _retry_one(self, job_id: str, now: float) -> bool:
-        path = os.path.join(self.layout.dead, layout.job_file(job_id))
-        try:
-            job, _ = self.store.read_job(path, now=now, trusted_only=True)  # it runs next
-        except FileNotFoundError:
-            return False
-        except InvalidJob as e:
-            raise NotRetryable(f"{job_id}: the dead file cannot be retried ({e}); fix it and drop it "
-                               "into pending/ again (fsck --repair quarantines it)") from None
-        job.attempts, job.exit_code, job.run_at, job.updated_at = 0, None, None, now
-        job.seq = self.store.next_seq()
-        try:
-            self._rewrite_then_move(path, job, "pending")  # safe: dead/ files change only under this lock
-        except LostOwnership:
-            return False
-        return True
-
-    def _check_retryable(self, job_id: str) -> None:
-        if layout.is_quarantine_id(job_id):
-            if self.quarantine.exists(job_id):
-                raise NotRetryable(f"{job_id} is a quarantined file ({self.quarantine.reason(job_id)}); "
-                                   f"fix it and drop it into pending/ again: {self.quarantine.file(job_id)}")
-            raise JobNotFound(f"no job {job_id!r}")
-        view = self.views.find(job_id)
-        if view.state != "dead":
-            raise NotRetryable(f"job {job_id} is {view.state}, not dead")
-
-    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None) -> int:
-        """Delete finished jobs (done or dead) and their output; frees their ids."""
-        if state not in ("done", "dead"):
-            raise InvalidJob("only done or dead jobs can be purged")
-        now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
-        count = 0
-        with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
-                Reservations(self.store) as ids:
-            finished = dirs[state]
-            for entry in finished.names():
-                if not layout.is_json_entry(entry):
-                    continue
-                try:
-                    if now - finished_at(finished.lstat(entry)) < older_than:
-                        continue
-                except FileNotFoundError:
-                    continue
-                self._delete_finished(dirs, ids, state, layout.stem(entry))
-                count += 1
-        return count
-
-    @contextmanager
-    def _opened(self, *names: str) -> Iterator[dict[str, fsio.Directory]]:
-        """Layout directories to delete in, opened without following a symlink."""
-        opened: dict[str, fsio.Directory] = {}
-        try:
-            for name in names:
-                try:
-                    opened[name] = fsio.Directory(self.layout.dir(name))
-                except OSError as e:
-                    raise SpoolError(f"refusing to use {self.layout.dir(name)}: {e.strerror} "
-                                     "(a spool directory must be a real directory)") from None
-            yield opened
-        finally:
-            for directory in opened.values():
-                directory.__exit__()
-
-    def _delete_finished(self, dirs: dict[str, fsio.Directory], ids: Reservations, state: str,
-                         job_id: str) -> None:
-        """The job file, its output, its reason record or id marker: the marker made ours first,
-        so that a crash half-way leaves an id that is freed at once, not one blocked for good."""
-        if not layout.is_quarantine_id(job_id):
-            try:
-                ids.retag(job_id)
-            except FileNotFoundError:
-                pass  # no marker (fsck would have said): nothing to hand over
-        dirs[state].unlink_quietly(layout.job_file(job_id))
-        dirs["output"].unlink_quietly(f"{job_id}.log")
-        if layout.is_quarantine_id(job_id):
-            dirs["quarantine"].unlink_quietly(layout.job_file(job_id))
-        else:
-            dirs["ids"].unlink_quietly(job_id)

@@ -18,7 +18,7 @@ RANK = {
     "config": 5, "trust": 5,
     "store": 6,
     "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7,
-    "views": 8, "takes": 8, "cancel": 9,
+    "views": 8, "takes": 8, "cancel": 9, "finished": 9,
     "publish": 9,
     "transitions": 10,
     "recovery": 11,

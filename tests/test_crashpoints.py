@@ -504,3 +504,30 @@ def _cancelled_whole_or_not_at_all(root: str, ids: list[str], killed: bool) -> N
 def test_cancel_killed_at_any_point_cancels_each_job_whole_or_not_at_all(tmp_path, kind):
     sweep(tmp_path, kind, _to_cancel, lambda root: [*SPOOLQ, "--spool", root, "cancel", "c1", "c2", "c3", "later"],
           _cancelled_whole_or_not_at_all)
+
+
+# ---- requeue, purge by id ----------------------------------------------------------------------
+
+
+def _requeued_or_still_finished(root: str, ids: list[str], killed: bool) -> None:
+    spool = Spool(root, create=False)
+    states = {job_id: spool.find(job_id).state for job_id in ids}  # one place each, never lost
+    assert all(states[j] in ("pending", "done" if i % 2 == 0 else "dead") for i, j in enumerate(ids)), states
+    repaired_clean(root)
+    left = [j for j in ids if states[j] != "pending"]
+    if left:
+        r = cli(root, "requeue", *left)  # what the killed requeue did not get to
+        assert r.returncode == 0, r.stderr
+    assert {j: Spool(root, create=False).find(j).state for j in ids} == dict.fromkeys(ids, "pending")
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "unlink"])
+def test_requeue_killed_at_any_point_loses_nothing(tmp_path, kind):
+    sweep(tmp_path, kind, _finished, lambda root: [*SPOOLQ, "--spool", root, "requeue", "f0", "f1", "f2", "f3"],
+          _requeued_or_still_finished)
+
+
+@pytest.mark.parametrize("kind", ["unlink", "write", "link"])
+def test_purge_by_id_killed_at_any_point_leaves_nothing_half_done(tmp_path, kind):
+    sweep(tmp_path, kind, _finished, lambda root: [*SPOOLQ, "--spool", root, "purge", "f0", "f1", "f2", "f3"],
+          _purged_whole_or_not_at_all)

@@ -253,3 +253,63 @@ def test_cancel_against_claims_at_the_same_instant_exactly_one_wins_and_says_so(
         else:
             assert said[job_id] in ("running", "finished") and job_id in runs and view.state == "done", job_id
 
+
+# ---- requeue, purge ID…, logs -f ---------------------------------------------------------------
+
+def test_requeue_runs_finished_jobs_again_from_the_back_keeping_their_output(cli, spool, tmp_path):
+    spool.enqueue({"id": "ok", "command": "echo run"})
+    spool.enqueue({"id": "bad", "command": "echo fail; exit 3", "max_retries": 0})
+    burst(spool)
+    spool.enqueue({"id": "queued", "command": "true"})  # requeued jobs go behind this one
+    result = clean(cli("requeue", "ok", "bad"))
+    assert result.stdout == "ok: pending again\nbad: pending again\n"
+    views = {v.id: v for v in spool.list_jobs(state="pending")}
+    assert [v.id for v in spool.list_jobs(state="pending")] == ["queued", "ok", "bad"]
+    assert (views["bad"].job.attempts, views["bad"].job.exit_code) == (0, None)
+    burst(spool)
+    assert open(spool.output_path("ok")).read().count("run\n") == 2  # both runs' output kept
+    assert spool.find("bad").state == "dead" and spool.find("ok").state == "done"
+
+
+def test_requeue_says_which_it_could_not_requeue_and_requeues_the_rest(cli, spool):
+    spool.enqueue({"id": "ok", "command": "true"})
+    burst(spool)
+    spool.enqueue({"id": "waiting", "command": "true"})
+    result = clean(cli("requeue", "nope", "waiting", "ok"), 1)
+    assert result.stdout == "ok: pending again\n"
+    assert result.stderr == "Error: no job 'nope'\nError: job waiting is pending, not done or dead\n"
+    out = json.loads(clean(cli("requeue", "--json", "waiting"), 1).stdout)
+    assert out == [{"id": "waiting", "ok": False, "error": "job waiting is pending, not done or dead"}]
+
+
+def test_purge_by_id_frees_exactly_those_ids(cli, spool):
+    for job_id in ("a", "b", "c"):
+        spool.enqueue({"id": job_id, "command": "true"})
+    burst(spool)
+    spool.enqueue({"id": "p", "command": "true"})
+    result = clean(cli("purge", "a", "p", "nope", "c"), 1)
+    assert result.stdout == "a: purged\nc: purged\n"
+    assert "job p is pending, not finished" in result.stderr and "no job 'nope'" in result.stderr
+    assert [v.id for v in spool.list_jobs()] == ["p", "b"]
+    assert not os.path.exists(spool.output_path("a")) and os.path.exists(spool.output_path("b"))
+    clean(cli("enqueue", "--id", "a", "true"))  # the id is free again
+    clean(cli("purge", "b", "--state", "done"), 2)  # ids, or a state: not both
+    assert json.loads(clean(cli("purge", "--json")).stdout) == {"purged": 1, "state": "done"}
+
+
+def test_logs_follow_prints_output_as_it_comes_and_exits_as_wait_would(spool, workers, tmp_path):
+    gate = tmp_path / "gate"
+    job = spool.enqueue({"command": f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second"})
+    failing = spool.enqueue({"command": "echo oops; exit 1", "max_retries": 1})
+    follow = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "logs", "-f", job.id], stdout=subprocess.PIPE,
+                              text=True)
+    workers(1)
+    assert follow.stdout.readline().startswith("==> ")  # the attempt's header
+    assert follow.stdout.readline() == "first\n"  # while the job still runs
+    assert follow.poll() is None
+    gate.touch()
+    rest, _ = follow.communicate(timeout=20)
+    assert rest.startswith("second\n") and follow.returncode == 0
+    dead = subprocess.run([*SPOOLQ, "--spool", spool.root, "logs", "--follow", failing.id], capture_output=True,
+                          text=True, timeout=60)
+    assert dead.returncode == 1 and dead.stdout.count("oops\n") == 2 and dead.stderr == f"Error: dead: {failing.id}\n"

@@ -10,7 +10,7 @@ import click
 
 from ..config import check_key, parse_value
 from .base import (Context, Float, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
-                   print_views,
+                   print_views, report_each,
                    warn_about_config)
 
 
@@ -88,13 +88,26 @@ def config_set(c: Context, key: str, value: str) -> None:
 
 
 @main.command()
-@click.option("--state", type=click.Choice(("done", "dead")), default="done", show_default=True)
-@click.option("--older-than", type=Float(0), default=0, help="Only jobs finished S seconds ago.")
+@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.option("--state", type=click.Choice(("done", "dead")), help="Finished jobs of this state (default: done).")
+@click.option("--older-than", type=Float(0), help="Only jobs finished S seconds ago.")
+@json_option
 @pass_ctx
-def purge(c: Context, state: str, older_than: float) -> None:
-    """Delete finished jobs and their output, freeing their ids."""
-    n = c.spool.purge(state, older_than=older_than)
-    click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}")
+def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: float | None, as_json: bool) -> None:
+    """Delete finished jobs and their output, freeing their ids: the jobs named, or every done
+    (or --state dead) job, --older-than S seconds. Exit 1 if a named job is not finished."""
+    if job_ids:
+        if state is not None or older_than is not None:
+            raise click.UsageError("give job ids, or --state/--older-than, not both")
+        check_ids(list(job_ids))
+        report_each(c.spool.purge_ids(list(job_ids)), "purged", as_json)
+        return
+    state = state or "done"
+    n = c.spool.purge(state, older_than=older_than or 0.0)
+    if as_json:
+        emit_json({"purged": n, "state": state})
+    else:
+        click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}")
 
 
 @main.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
@@ -69,7 +70,7 @@ COMMAND_MODULES = {
     "status": "reading", "list": "reading", "show": "reading", "logs": "reading", "wait": "reading",
     "worker": "workers",
     "dlq": "admin", "config": "admin", "purge": "admin", "fsck": "admin",
-    "pause": "steering", "resume": "steering", "cancel": "steering",
+    "pause": "steering", "resume": "steering", "cancel": "steering", "requeue": "steering",
 }
 
 
@@ -223,3 +224,18 @@ def paused_text(names: frozenset[str]) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return ", ".join(value)
+
+
+def report_each(why: dict[str, str | None], did: str, as_json: bool) -> None:
+    """Per id, what a command did (None) or why not; exit 1 if it did not do them all. Text: a
+    line on stdout for each done, an error line on stderr for each not."""
+    if as_json:
+        emit_json([{"id": job_id, "ok": reason is None, "error": reason} for job_id, reason in why.items()])
+    else:
+        for job_id, reason in why.items():
+            if reason is None:
+                click.echo(f"{job_id}: {did}")
+            else:
+                click.echo(f"Error: {reason}", err=True)
+    if any(reason is not None for reason in why.values()):
+        sys.exit(1)

@@ -60,17 +60,48 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True,
+              help="Print output as it is written until the job is finished; exit as `wait` would.")
 @pass_ctx
-def logs(c: Context, job_id: str) -> None:
+def logs(c: Context, job_id: str, follow: bool) -> None:
     """The job's captured stdout and stderr, every attempt, each marked."""
     check_ids([job_id])
     view = c.spool.find(job_id)
+    if follow:
+        _follow(c.spool, view.id)
+        return
+    if _copy_output(c.spool.output_path(view.id), 0) is None:
+        click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
+
+
+def _follow(spool: Spool, job_id: str) -> None:
+    """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1)."""
+    offset, pause = 0, 0.02
+    while True:
+        state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
+        offset = _copy_output(spool.output_path(job_id), offset) or offset
+        if state == "dead":
+            raise CliError(f"dead: {job_id}", 1)
+        if state == "done":
+            return
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.25)
+
+
+def _copy_output(path: str, offset: int) -> int | None:
+    """Copy the log from `offset` to stdout; the offset reached, or None if there is no log."""
     try:
-        with open(c.spool.output_path(view.id), "rb") as f:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < offset:
+                offset = 0  # purged and begun again
+            f.seek(offset)
             while chunk := f.read(65536):
                 sys.stdout.buffer.write(chunk)
+                offset += len(chunk)
+            sys.stdout.flush()
     except FileNotFoundError:
-        click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
+        return None
+    return offset
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""Steering the queue: pause, resume and cancel."""
+"""Steering the queue: pause, resume, cancel and requeue."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .base import Context, check_ids, emit_json, json_option, main, pass_ctx, paused_value
+from .base import Context, check_ids, emit_json, json_option, main, pass_ctx, paused_value, report_each
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -66,3 +66,14 @@ def cancel(c: Context, job_ids: tuple[str, ...], kill: bool, as_json: bool) -> N
             click.echo(line if r.ok else f"Error: {line}", err=not r.ok)
     if not all(r.ok for r in results):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@json_option
+@pass_ctx
+def requeue(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
+    """Run finished (done or dead) jobs again: pending, attempts reset, at the back of their
+    priority. Their output log keeps what earlier runs wrote. Exit 1 if any is not finished."""
+    check_ids(list(job_ids))
+    report_each(c.spool.requeue(list(job_ids)), "pending again", as_json)
