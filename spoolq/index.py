@@ -21,10 +21,15 @@ from .sharedlisting import Snapshot
 
 
 class PendingIndex:
-    def __init__(self) -> None:
-        self._ready: list[str] = []  # canonical names: the smallest runs first
+    """One heap of ready names per queue (a paused queue's jobs are passed over without being
+    looked at), one of scheduled ones for all. With `queues`, names of other queues are not kept."""
+
+    def __init__(self, queues: frozenset[str] | None = None) -> None:
+        self.queues = queues
+        self._ready: dict[str, list[str]] = {}  # queue -> canonical names: the smallest runs first
         self._later: list[tuple[int, str]] = []  # (due_ms, name)
-        self._known: set[str] = set()  # every name in either heap
+        self._known: set[str] = set()  # every name in the heaps
+        self._foreign: set[str] = set()  # names of queues this index does not keep
         self._dropins: dict[str, float] = {}  # dropped name -> when to look at it (0: now)
 
     def __len__(self) -> int:
@@ -32,18 +37,21 @@ class PendingIndex:
 
     def add(self, name: str, *, changed: bool = False) -> None:
         """Note a name in pending/; `changed` (an event): a dropped file waited on is looked at now."""
-        if name in self._known:
+        if name in self._known or name in self._foreign:
             return
         parsed = layout.parse_pending(name)
         if parsed is None:
             if layout.is_dropin(name):
                 self._dropins[name] = 0.0 if changed else self._dropins.get(name, 0.0)
             return
+        if self.queues is not None and parsed.queue not in self.queues:
+            self._foreign.add(name)
+            return
         self._known.add(name)
         if parsed.due_ms:
             heapq.heappush(self._later, (parsed.due_ms, name))
         else:
-            heapq.heappush(self._ready, name)
+            heapq.heappush(self._ready.setdefault(parsed.queue, []), name)
 
     def rescan(self, names: Iterable[str]) -> None:
         """Merge a fresh listing: only names not seen yet are parsed (the set difference runs in C),
@@ -52,51 +60,54 @@ class PendingIndex:
         this listing was taken is not in the index yet, and is not forgotten.)"""
         listed = set(names)
         self._known.intersection_update(listed)  # the heaps skip forgotten names as they pop
-        for name in listed.difference(self._known):
+        self._foreign.intersection_update(listed)
+        for name in listed.difference(self._known).difference(self._foreign):
             if not name.startswith("."):
                 self.add(name)
 
     def promote(self, now_ms: int) -> None:
-        """Move scheduled entries whose time has come to the ready heap."""
+        """Move scheduled entries whose time has come to their queue's ready heap."""
         while self._later and self._later[0][0] <= now_ms:
-            heapq.heappush(self._ready, heapq.heappop(self._later)[1])
-        while self._ready and self._ready[0] not in self._known:
-            heapq.heappop(self._ready)  # forgotten by a rescan
+            name = heapq.heappop(self._later)[1]
+            heapq.heappush(self._ready.setdefault(_queue_of(name), []), name)
         while self._later and self._later[0][1] not in self._known:
             heapq.heappop(self._later)
 
-    def pop_ready(self, now_ms: int, spread: int = 1) -> str | None:
-        """The next name to claim: the first in run order; with `spread` > 1, one of the first
-        `spread` of the same rank (priority), at random: workers that keep losing the head to
-        each other (one rename wins, the others fail) then mostly take different names."""
+    def _heads(self, blocked: frozenset[str]) -> dict[str, list[str]]:
+        """The non-empty ready heaps of queues not blocked, forgotten names dropped from their heads."""
+        heads = {}
+        for queue, heap in list(self._ready.items()):
+            while heap and heap[0] not in self._known:
+                heapq.heappop(heap)  # forgotten by a rescan
+            if not heap:
+                del self._ready[queue]
+            elif queue not in blocked:
+                heads[queue] = heap
+        return heads
+
+    def pop_ready(self, now_ms: int, spread: int = 1, blocked: frozenset[str] = frozenset()) -> str | None:
+        """The next name to claim, from queues not `blocked` (paused): the first in run order; with
+        `spread` > 1, one of the first `spread` of the same rank (priority) and queue, at random:
+        workers that keep losing the head to each other (one rename wins, the others fail) then
+        mostly take different names."""
         self.promote(now_ms)
-        if not self._ready:
+        heads = self._heads(blocked)
+        if not heads:
             return None
-        name = heapq.heappop(self._ready)
+        heap = min(heads.values(), key=lambda h: h[0])
+        name = heapq.heappop(heap)
         if spread > 1:
-            name = self._pick_near(name, spread)
+            name = _pick_near(heap, name, spread, self._known)
         self._known.discard(name)
         return name
-
-    def _pick_near(self, head: str, spread: int) -> str:
-        rank = head[:10]
-        window = [head]
-        while len(window) < spread and self._ready and self._ready[0][:10] == rank:
-            name = heapq.heappop(self._ready)
-            if name in self._known:
-                window.append(name)
-        chosen = window.pop(random.randrange(len(window)))
-        for name in window:
-            heapq.heappush(self._ready, name)
-        return chosen
 
     def next_due_ms(self) -> int | None:
         self.promote(0)
         return self._later[0][0] if self._later else None
 
-    def has_ready(self, now_ms: int) -> bool:
+    def has_ready(self, now_ms: int, blocked: frozenset[str] = frozenset()) -> bool:
         self.promote(now_ms)
-        return bool(self._ready)
+        return bool(self._heads(blocked))
 
     # ---- dropped files -------------------------------------------------------------------
 
@@ -116,6 +127,25 @@ class PendingIndex:
 
     def next_dropin_at(self) -> float | None:
         return min(self._dropins.values()) if self._dropins else None
+
+
+def _queue_of(name: str) -> str:
+    """The queue a canonical name says (no id or queue holds the separator)."""
+    at = name.rfind(layout.QUEUE_SEP)
+    return name[at + 1:-5] if at >= 0 else layout.DEFAULT_QUEUE
+
+
+def _pick_near(heap: list[str], head: str, spread: int, known: set[str]) -> str:
+    rank = head[:10]
+    window = [head]
+    while len(window) < spread and heap and heap[0][:10] == rank:
+        name = heapq.heappop(heap)
+        if name in known:
+            window.append(name)
+    chosen = window.pop(random.randrange(len(window)))
+    for name in window:
+        heapq.heappush(heap, name)
+    return chosen
 
 
 class Pacing:

@@ -11,6 +11,8 @@ from typing import Any
 from .errors import InvalidJob
 
 ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # short enough that a pending name holds id and queue
+DEFAULT_QUEUE = "default"
 MAX_PRIORITY = 999_999_999
 MAX_RETRIES_LIMIT = 1000
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
@@ -23,7 +25,7 @@ MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit du
 KNOWN = (
     "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
     "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay", "keep_children",
-    "shell",
+    "shell", "queue",
 )
 
 
@@ -34,20 +36,21 @@ class Job:
     2% of one enqueue)."""
 
     FIELDS = ("id", "command", "max_retries", "created_at", "seq", "priority", "timeout", "run_at", "cwd",
-              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "extra")
+              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "queue", "extra")
     __slots__ = FIELDS
 
     def __init__(self, id: str, command: str, max_retries: int, created_at: float, seq: int, priority: int = 0,
                  timeout: float | None = None, run_at: float | None = None, cwd: str | None = None,
                  env: dict[str, str] | None = None, updated_at: float | None = None, attempts: int = 0,
                  exit_code: int | None = None, last_error: str | None = None, keep_children: bool = False,
-                 shell: bool = False, extra: dict[str, Any] | None = None):
+                 shell: bool = False, queue: str = DEFAULT_QUEUE, extra: dict[str, Any] | None = None):
         self.id, self.command, self.max_retries, self.created_at, self.seq = id, command, max_retries, created_at, seq
         self.priority, self.timeout, self.run_at, self.cwd = priority, timeout, run_at, cwd
         self.env: dict[str, str] = {} if env is None else env
         self.updated_at, self.attempts, self.exit_code, self.last_error = updated_at, attempts, exit_code, last_error
         self.keep_children = keep_children  # processes it leaves in its group outlive the attempt
         self.shell = shell  # always run by /bin/sh -c, never directly (direct.py)
+        self.queue = queue
         self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
 
     def _values(self) -> tuple[Any, ...]:
@@ -87,6 +90,8 @@ class Job:
             out["keep_children"] = True  # written only when set: files stay as they were
         if self.shell:
             out["shell"] = True
+        if self.queue != DEFAULT_QUEUE:
+            out["queue"] = self.queue  # written only when not the default: files stay as they were
         return out
 
     def to_json(self) -> bytes:
@@ -112,6 +117,17 @@ def check_id(value: object) -> str:
         raise InvalidJob(
             f"invalid job id {value!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
         )
+    return value  # type: ignore[return-value]
+
+
+def valid_queue(value: object) -> bool:
+    return isinstance(value, str) and not value.startswith(".") and QUEUE_RE.fullmatch(value) is not None
+
+
+def check_queue(value: object) -> str:
+    if not valid_queue(value):
+        raise InvalidJob(f"invalid queue {str(value)[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+                         "not starting with '.'")
     return value  # type: ignore[return-value]
 
 
@@ -204,10 +220,11 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     seq = _seq(d.get("seq"), seq if seq is not None else int(now * 1e9))
     keep_children = _flag(d, "keep_children")
     shell = _flag(d, "shell")
+    queue = check_queue(d.get("queue", DEFAULT_QUEUE))
     return Job(id=job_id or "", command=command, max_retries=max_retries, created_at=created_at, seq=seq,
                priority=priority, timeout=timeout, run_at=run_at, cwd=cwd, env=env, updated_at=updated_at,
                attempts=attempts, exit_code=exit_code, last_error=last_error, keep_children=keep_children,
-               shell=shell, extra=_extra(d))
+               shell=shell, queue=queue, extra=_extra(d))
 
 
 def _flag(d: dict[str, Any], field: str) -> bool:

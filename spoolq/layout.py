@@ -36,7 +36,8 @@ A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bi
 string), ``priority`` (integer, higher first), ``max_retries``, ``timeout`` (seconds or
 null), ``run_at`` (ISO 8601 UTC or null), ``cwd``, ``env`` (string map),
 ``created_at``/``updated_at`` (ISO 8601 UTC), ``attempts`` (finished attempts),
-``exit_code``, ``last_error``, ``seq`` (the FIFO position). Unknown fields are kept.
+``exit_code``, ``last_error``, ``seq`` (the FIFO position), ``queue`` (absent: ``default``).
+Unknown fields are kept.
 
 State is the directory a job's file is in; every state change is one ``rename(2)``
 inside the spool. ``scheduled`` is not a directory: it is a pending job whose due time
@@ -47,7 +48,9 @@ Names in ``pending/``:
 * canonical, written only by spoolq: ``PPPPPPPPPP.SSSSSSSSSSSSSSSSSSS.DDDDDDDDDDDDD@<id>.json``
   where ``P`` is ``1000000000 - priority`` (10 digits), ``S`` the sequence number
   (19 digits, nanoseconds at enqueue), ``D`` the due time in epoch milliseconds (13
-  digits, 0 = now). Sorting ready names as strings gives the run order.
+  digits, 0 = now); a job of a queue other than ``default`` ends ``@<id>%<queue>.json``
+  (the ``queue`` field: 1-64 characters of the id alphabet). Sorting ready names as strings
+  gives the run order.
 * drop-in: any other ``*.json`` name not starting with ``.``. A worker reads it, checks
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
@@ -85,12 +88,9 @@ import functools
 import json
 import os
 import re
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from .job import valid_id
-
-if TYPE_CHECKING:
-    from .job import Job
+from .job import DEFAULT_QUEUE, Job, valid_id
 
 STATE_DIRS = ("pending", "processing", "done", "dead")
 STATES = ("pending", "scheduled", "processing", "done", "dead")
@@ -98,7 +98,8 @@ OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log",
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
-CANONICAL = r"([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})\.json"
+CANONICAL = r"([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})(?:%([A-Za-z0-9_.\-]{1,64}))?\.json"
+QUEUE_SEP = "%"  # <id>%<queue>: a job of a queue other than the default one (no id or queue holds it)
 QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot start a job id
 # The same character in two namespaces that never meet: RESCUE_SEP joins owner tokens in a
 # directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
@@ -107,8 +108,7 @@ ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
 CANCEL_PREFIX = ".cancel."  # processing/<owner>/.cancel.<id>: `cancel --kill` asks the owner to kill job <id>
 FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made before it renames the directory
-# A job file leaving processing/<owner>/ with new content (transitions._replace_then_move):
-# .next.<state>.<key>.<name> holds the new content, .taken.<state>.<key>.<name> the old file.
+# A job file leaving with new content (takes.py): .next.<state>.<key>.<name>, the new content; .taken.… the old.
 NEXT_PREFIX, TAKEN_PREFIX = ".next.", ".taken."
 
 
@@ -155,23 +155,26 @@ class PendingName(NamedTuple):
     seq: int
     due_ms: int
     job_id: str
+    queue: str = DEFAULT_QUEUE
 
 
-def pending_name(job_id: str, priority: int, seq: int, due: float | None) -> str:
+def pending_name(job_id: str, priority: int, seq: int, due: float | None, queue: str = DEFAULT_QUEUE) -> str:
     due_ms = int(due * 1000) if due else 0
-    return f"{PRIORITY_BASE - priority:010d}.{seq:019d}.{due_ms:013d}@{job_id}.json"
+    tail = "" if queue == DEFAULT_QUEUE else QUEUE_SEP + queue
+    return f"{PRIORITY_BASE - priority:010d}.{seq:019d}.{due_ms:013d}@{job_id}{tail}.json"
 
 
 def pending_name_of(job: Job) -> str:
     """The canonical pending name of a job, from its own fields."""
-    return pending_name(job.id, job.priority, job.seq, job.run_at)
+    return pending_name(job.id, job.priority, job.seq, job.run_at, job.queue)
 
 
 def parse_pending(name: str) -> PendingName | None:
     m = _regex(CANONICAL).fullmatch(name)
-    if m is None or m.group(4).startswith("."):
+    if m is None or m.group(4).startswith(".") or (m.group(5) or "").startswith("."):
         return None
-    return PendingName(name, int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
+    return PendingName(name, int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4),
+                       m.group(5) or DEFAULT_QUEUE)
 
 
 def is_json_entry(name: str) -> bool:

@@ -44,6 +44,21 @@ class Pauses:
         names = self.paused()
         return EVERY in names or queue in names
 
+    def for_worker(self, queues: frozenset[str] | None) -> tuple[bool, frozenset[str]]:
+        """For a worker that takes `queues` (None: every queue): whether everything it takes is
+        paused, and the paused queues it passes over."""
+        names = self.paused()
+        return EVERY in names or (queues is not None and queues <= names), names
+
+    def describe(self, everything: bool, names: frozenset[str], leaving: bool) -> str:
+        """A worker's log line when what it obeys changes."""
+        if everything:
+            why = self.problem or "`spoolq resume` resumes"
+            return f"paused ({why}): " + ("leaving" if leaving else "not claiming")
+        if names:
+            return f"queues paused, passed over: {', '.join(sorted(names))}"
+        return "not paused: claiming from every queue it takes"
+
     def pause(self, queue: str | None = None) -> frozenset[str]:
         return self._change(lambda names: names | {queue or EVERY})
 

@@ -134,12 +134,13 @@ class Spool:
         per id, None once requeued, else why not."""
         return self.finished.requeue(job_ids)
 
-    def pause(self) -> frozenset[str]:
-        """Workers everywhere stop claiming; running jobs finish. Returns what is paused now."""
-        return self.pauses.pause()
+    def pause(self, queue: str | None = None) -> frozenset[str]:
+        """Workers everywhere stop claiming (from `queue`, or from all); running jobs finish.
+        Returns what is paused now."""
+        return self.pauses.pause(queue)
 
-    def resume(self) -> frozenset[str]:
-        return self.pauses.resume()
+    def resume(self, queue: str | None = None) -> frozenset[str]:
+        return self.pauses.resume(queue)
 
     def paused(self) -> frozenset[str]:
         """The paused queues: {"*"} for all of them, empty when nothing is paused."""

@@ -29,9 +29,10 @@ class Child:
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
                  log: Callable[[str], None] = stderr_log, since: Since | None = None,
-                 allow_unsafe_fs: bool = False):
+                 allow_unsafe_fs: bool = False, queues: frozenset[str] | None = None):
         self.spool = spool
         self.allow_unsafe_fs = allow_unsafe_fs
+        self.queues = queues
         self.count = count
         self.burst = burst
         self._log = log
@@ -120,7 +121,7 @@ class Supervisor:
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
                                 allow_unsafe_fs=self.allow_unsafe_fs,
-                                since=self.since, shared=self.shared)
+                                since=self.since, shared=self.shared, queues=self.queues)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
@@ -210,7 +211,8 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False) -> int:
+def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False,
+           queues: frozenset[str] | None = None) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -243,6 +245,6 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
-        code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs).run()
+        code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues).run()
     finally:
         os._exit(code)

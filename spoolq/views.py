@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -35,6 +36,7 @@ class JobView:
                     "last_error": self.reason, "quarantined": True}
         out = self.job.to_dict()
         out.pop("seq", None)
+        out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
         if self.state == "processing":
             out["attempts"] = self.job.running_attempt  # the running attempt counts from its claim
@@ -113,11 +115,12 @@ class Views:
             view = self._view(os.path.join(self.layout.owned(owner), name), "processing", job_id, owner)
             if view is not None:
                 return view
-        suffix = f"@{job_id}.json"
+        suffix, of_a_queue = f"@{job_id}.json", f"@{job_id}{layout.QUEUE_SEP}"
         dropped = []
         for entry in fsio.listdir(self.layout.pending):
-            if entry.endswith(suffix):
-                if layout.parse_pending(entry) is not None:
+            if entry.endswith(suffix) or of_a_queue in entry:
+                parsed = layout.parse_pending(entry)
+                if parsed is not None and parsed.job_id == job_id:
                     view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id)
                     if view is not None:
                         return view
@@ -261,6 +264,36 @@ class Views:
         c.workers = len(self.owners.workers(role="worker"))
         return c
 
+    def queue_counts(self, now: float | None = None) -> dict[str, Counts]:
+        """Jobs per queue and state (`workers` unused). Pending names say their queue; the files of
+        jobs in processing/, done/ and dead/ are read (a quarantined file counts for no queue)."""
+        now_ms = int(self.store.now(now) * 1000)
+        out: dict[str, Counts] = {}
+        for entry in fsio.listdir(self.layout.pending):
+            parsed = layout.parse_pending(entry)
+            if parsed is not None:
+                c = out.setdefault(parsed.queue, Counts())
+                if parsed.due_ms > now_ms:
+                    c.scheduled += 1
+                else:
+                    c.pending += 1
+            elif self._is_dropped_file(entry):
+                out.setdefault(job.DEFAULT_QUEUE, Counts()).pending += 1  # its queue is known once adopted
+        for owner in fsio.listdir(self.layout.processing):
+            self._count_files(self.layout.owned(owner), "processing", out)
+        self._count_files(self.layout.done, "done", out)
+        self._count_files(self.layout.dead, "dead", out)
+        return dict(sorted(out.items()))
+
+    def _count_files(self, directory: str, state: str, out: dict[str, Counts]) -> None:
+        for entry in fsio.listdir(directory):
+            if not layout.is_json_entry(entry) or layout.is_quarantine_id(entry):
+                continue
+            queue = _queue_in_file(os.path.join(directory, entry))
+            if queue is not None:
+                c = out.setdefault(queue, Counts())
+                setattr(c, state, getattr(c, state) + 1)
+
     def pending_entries(self) -> list[str]:
         """Every name in pending/: canonical and dropped alike (the worker's index filters)."""
         return fsio.listdir(self.layout.pending)
@@ -268,3 +301,19 @@ class Views:
 
 def _count_json(path: str) -> int:
     return sum(1 for e in fsio.listdir(path) if layout.is_json_entry(e))
+
+
+def _queue_in_file(path: str) -> str | None:
+    """The queue a job file names (the default one when it names none); None if it cannot be read.
+    Most files are of the default queue and never mention it: those are not parsed."""
+    try:
+        data, _ = fsio.read_regular(path, job.MAX_JOB_BYTES)
+    except (OSError, ValueError):
+        return None
+    if b'"queue"' not in data:
+        return job.DEFAULT_QUEUE
+    try:
+        queue = json.loads(data).get("queue", job.DEFAULT_QUEUE)
+    except (ValueError, AttributeError):
+        return None
+    return queue if job.valid_queue(queue) else None

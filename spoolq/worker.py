@@ -63,7 +63,7 @@ KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attem
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
                  supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False,
-                 shared: SharedListing | None = None):
+                 shared: SharedListing | None = None, queues: frozenset[str] | None = None):
         self.spool = spool
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
@@ -74,7 +74,8 @@ class Worker:
         self.stopping = False
         self.signals = 0  # stop signals received
         self.owner = ""
-        self.index = PendingIndex()
+        self.queues = queues  # the queues it takes jobs from (None: every queue)
+        self.index = PendingIndex(queues)
         self.pacing = Pacing()
         self.listings = Listings(lambda: spool.views.pending_entries(), shared)
         self._wake: watch.Wakeups | None = None
@@ -83,7 +84,7 @@ class Worker:
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
         self._claiming = True
-        self._paused = False
+        self._pause_said: tuple[bool, frozenset[str]] = (False, frozenset())
         self.unsafe = False
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
@@ -143,7 +144,9 @@ class Worker:
         return EXIT_SIGNALLED if self.signals else 0
 
     def _register(self) -> None:
-        extra = {"supervisor": self.supervisor} if self.supervisor else {}
+        extra: dict[str, object] = {"supervisor": self.supervisor} if self.supervisor else {}
+        if self.queues is not None:
+            extra["queues"] = sorted(self.queues)
         self.heartbeat.stop()
         self.heartbeat = Heartbeat(self.spool, self.log)
         self.owner = self.spool.owners.register("worker", **extra)
@@ -195,10 +198,11 @@ class Worker:
                 last_rescan = now
                 self._rescan()
             self._adopt_dropins(now)
-            if self.burst and self._is_paused():
+            blocked = self._blocked()
+            if self.burst and blocked is None:
                 return
-            may_claim = self._may_claim() and not self._is_paused()
-            name = self.index.pop_ready(int(now * 1000), self.pacing.spread()) if may_claim else None
+            may_claim = self._may_claim() and blocked is not None
+            name = self.index.pop_ready(int(now * 1000), self.pacing.spread(), blocked) if may_claim else None
             if name is not None:
                 self._claim_and_run(name)
                 continue
@@ -227,15 +231,14 @@ class Worker:
                      "not claiming: the heartbeat has failed for half a lease")
         return healthy
 
-    def _is_paused(self) -> bool:
-        """control/pause (pause.py), asked before every claim: one stat."""
-        paused = self.spool.pauses.blocks()
-        if paused != self._paused:
-            self._paused = paused
-            why = self.spool.pauses.problem or "`spoolq resume` resumes"
-            self.log((f"the spool is paused ({why}): " + ("leaving" if self.burst else "not claiming"))
-                     if paused else "resumed: claiming again")
-        return paused
+    def _blocked(self) -> frozenset[str] | None:
+        """The paused queues to pass over; None when all this worker takes are paused
+        (control/pause, pause.py: one stat before every claim)."""
+        said = self.spool.pauses.for_worker(self.queues)
+        if said != self._pause_said:
+            self._pause_said = said
+            self.log(self.spool.pauses.describe(*said, leaving=self.burst))
+        return None if said[0] else said[1]
 
     def _rescan(self) -> None:
         asked = time.monotonic()

@@ -483,3 +483,33 @@ def test_a_host_an_hour_ahead_neither_steals_nor_keeps_jobs(safe_rig, tmp_path):
     late = rig.start("A", 1)
     time.sleep(2 * POLL)  # two of its polls: a stop it wrongly took for its own would have acted
     assert late.proc.poll() is None, late.log()
+
+
+def test_cancel_kill_on_a_kills_the_job_running_on_b(rig, tmp_path):
+    rig.start("B", 1)
+    child = tmp_path / "child.pid"
+    spool_a = rig.spool("A")
+    job = spool_a.enqueue({"command": f"sleep 60 & echo $! > {child}; wait", "max_retries": 3})
+    wait_for(lambda: child.exists() and child.read_text().strip(), 2 * POLL + 5, "the job to start on B")
+    r = rig.run("A", "cancel", "--kill", job.id)
+    assert r.returncode == 0 and r.stdout == f"{job.id}: killed by its worker: cancelled\n", r.stdout + r.stderr
+    view = spool_a.find(job.id)
+    assert (view.state, view.job.last_error, view.job.attempts) == ("dead", "cancelled", 1)
+    pid = int(child.read_text())
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+             10, "the job's child on B to be killed")
+
+
+def test_pause_on_a_holds_the_workers_on_b_until_resume(rig, tmp_path):
+    b = rig.start("B", 2)
+    r = rig.run("A", "pause", "--queue", "video")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: b.log().count("queues paused, passed over: video") == 2, 2 * POLL + 5,
+             "both workers on B to pass over the paused queue")
+    spool_a = rig.spool("A")
+    held = spool_a.enqueue({"queue": "video", "command": "true"})
+    free = spool_a.enqueue({"queue": "mail", "command": "true"})
+    wait_for(lambda: spool_a.find(free.id).state == "done", 2 * POLL + 5, "the other queue's job to run on B")
+    assert spool_a.find(held.id).state == "pending"  # seen by B's listing with the other, and passed over
+    assert rig.run("A", "resume", "--queue", "video").returncode == 0
+    wait_for(lambda: spool_a.find(held.id).state == "done", 2 * POLL + 5, "the job to run on B after resume")

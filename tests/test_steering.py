@@ -313,3 +313,84 @@ def test_logs_follow_prints_output_as_it_comes_and_exits_as_wait_would(spool, wo
     dead = subprocess.run([*SPOOLQ, "--spool", spool.root, "logs", "--follow", failing.id], capture_output=True,
                           text=True, timeout=60)
     assert dead.returncode == 1 and dead.stdout.count("oops\n") == 2 and dead.stderr == f"Error: dead: {failing.id}\n"
+
+
+# ---- queues ------------------------------------------------------------------------------------
+
+def test_a_job_belongs_to_a_queue_which_its_pending_name_says(cli, spool):
+    clean(cli("enqueue", "--queue", "video", "--id", "v", "true"))
+    clean(cli("enqueue", "--id", "d", "true"))
+    names = sorted(os.listdir(spool.layout.pending))
+    assert [n.split("@")[1] for n in names] == ["v%video.json", "d.json"]
+    assert (cli.json("show", "v")["queue"], cli.json("show", "d")["queue"]) == ("video", "default")
+    assert [j["queue"] for j in cli.json("list")] == ["video", "default"]
+    clean(cli("cancel", "v"))  # found, and taken, under its longer name
+    assert spool.find("v").state == "dead"
+
+
+@pytest.mark.parametrize("queue", [".hidden", "a b", "x" * 65, "slash/no", "per%cent", ""])
+def test_a_bad_queue_name_writes_nothing(cli, spool, queue):
+    before = snapshot(spool.root)
+    clean(cli("enqueue", "--queue", queue, "true"), 2)
+    clean(cli("enqueue", json.dumps({"command": "true", "queue": queue})), 2)
+    assert snapshot(spool.root) == before
+    clean(cli("worker", "start", "--burst", "--queue", queue or ","), 2)
+
+
+def test_the_longest_id_in_the_longest_queue_name_runs(spool):
+    job = spool.enqueue({"id": "i" * 128, "queue": "q" * 64, "command": "true"})
+    assert len(os.listdir(spool.layout.pending)[0]) <= 255
+    burst(spool)
+    assert spool.find(job.id).state == "done"
+
+
+def test_a_dropped_file_may_name_its_queue(spool, tmp_path):
+    with open(os.path.join(spool.layout.pending, "drop.json"), "w") as f:
+        f.write('{"command": "true", "queue": "mail"}')
+    log: list[str] = []
+    assert Worker(spool, burst=True, log=log.append, queues=frozenset({"mail"})).run() == 0
+    [view] = spool.list_jobs()
+    assert (view.state, view.job.queue) == ("done", "mail")
+
+
+def test_workers_take_only_their_queues_in_priority_then_fifo_order(spool, tmp_path):
+    ran = tmp_path / "ran"
+    for job_id, queue, priority in [("a1", "a", 0), ("b1", "b", 0), ("c1", "c", 0), ("a2", "a", 5), ("b2", "b", 0)]:
+        spool.enqueue({"id": job_id, "queue": queue, "priority": priority, "command": f"echo {job_id} >> {ran}"})
+    assert Worker(spool, burst=True, log=lambda _m: None, queues=frozenset({"a", "b"})).run() == 0
+    assert ran.read_text().split() == ["a2", "a1", "b1", "b2"]
+    assert spool.find("c1").state == "pending"
+
+
+def test_pausing_one_queue_passes_over_its_jobs_and_runs_the_others(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    for job_id, queue in [("v1", "video"), ("m1", "mail"), ("v2", "video"), ("m2", "mail")]:
+        spool.enqueue({"id": job_id, "queue": queue, "command": f"echo {job_id} >> {ran}"})
+    assert clean(cli("pause", "--queue", "video")).stdout == "paused: video\n"
+    assert cli.json("status")["paused"] == ["video"]
+    burst(spool)
+    assert ran.read_text().split() == ["m1", "m2"]
+    rows = {r["queue"]: r for r in cli.json("queue", "list")}
+    assert (rows["video"]["pending"], rows["video"]["paused"], rows["mail"]["done"], rows["mail"]["paused"]) == \
+        (2, True, 2, False)
+    clean(cli("pause"))  # the whole spool, too
+    assert clean(cli("resume", "--queue", "video")).stdout == "paused: every queue\n"  # still: the spool is
+    log: list[str] = []
+    assert Worker(spool, burst=True, log=log.append, queues=frozenset({"video"})).run() == 0
+    assert any("paused" in line and "leaving" in line for line in log), log
+    assert clean(cli("resume")).stdout == "not paused\n"
+    burst(spool)
+    assert ran.read_text().split() == ["m1", "m2", "v1", "v2"]
+
+
+def test_queue_list_and_worker_list(cli, spool, workers):
+    assert clean(cli("queue", "list")).stdout == "no queues\n"
+    spool.enqueue({"id": "s", "queue": "reports", "command": "true", "delay": 3600})
+    w = workers(1, extra=("--queue", "reports,mail"))
+    [row] = cli.json("queue", "list")
+    assert row == {"queue": "reports", "pending": 0, "scheduled": 1, "processing": 0, "done": 0, "dead": 0,
+                   "paused": False}
+    [info] = cli.json("worker", "list")
+    assert info["queues"] == ["mail", "reports"]
+    assert "mail,reports" in clean(cli("worker", "list")).stdout
+    w.stop()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import click
 
 from ..errors import SpoolError
-from ..job import valid_id
+from ..job import valid_id, valid_queue
 from ..spool import Spool
 
 if TYPE_CHECKING:
@@ -71,6 +71,7 @@ COMMAND_MODULES = {
     "worker": "workers",
     "dlq": "admin", "config": "admin", "purge": "admin", "fsck": "admin",
     "pause": "steering", "resume": "steering", "cancel": "steering", "requeue": "steering",
+    "queue": "steering",
 }
 
 
@@ -239,3 +240,13 @@ def report_each(why: dict[str, str | None], did: str, as_json: bool) -> None:
                 click.echo(f"Error: {reason}", err=True)
     if any(reason is not None for reason in why.values()):
         sys.exit(1)
+
+
+def queue_set(given: tuple[str, ...] | list[str]) -> frozenset[str] | None:
+    """--queue A,B --queue C: the queues named (None when none is), each checked (exit 2)."""
+    names = [name.strip() for value in given for name in value.split(",")]
+    for name in names:
+        if not valid_queue(name):
+            raise click.BadParameter(f"invalid queue {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+                                     "not starting with '.'", param_hint="'--queue'")
+    return frozenset(names) if names else None

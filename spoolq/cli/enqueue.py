@@ -101,13 +101,15 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
 @click.option("--shell", is_flag=True, default=None,
               help="Always run the command with /bin/sh -c (else a plain one runs directly).")
+@click.option("--queue", help="The queue the job belongs to (default: default).")
 @click.option("--if-absent", is_flag=True,
               help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option
 @pass_ctx
 def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, max_retries: int | None,
             priority: int | None, timeout: float | None, delay: float | None, run_at: str | None,
-            file_path: str | None, batch: str | None, shell: bool | None, if_absent: bool, as_json: bool) -> None:
+            file_path: str | None, batch: str | None, shell: bool | None, queue: str | None, if_absent: bool,
+            as_json: bool) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
     \b
@@ -127,7 +129,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
-                          "delay": delay, "run_at": run_at, "shell": shell})
+                          "delay": delay, "run_at": run_at, "shell": shell, "queue": queue})
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all

@@ -1,4 +1,4 @@
-"""Steering the queue: pause, resume, cancel and requeue."""
+"""Steering the queue: pause, resume, cancel, requeue, and queues."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .base import Context, check_ids, emit_json, json_option, main, pass_ctx, paused_value, report_each
+from .base import (Context, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set,
+                   report_each)
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -19,21 +20,29 @@ def _say(names: frozenset[str], as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--queue", help="Pause only this queue.")
 @json_option
 @pass_ctx
-def pause(c: Context, as_json: bool) -> None:
-    """Workers everywhere stop claiming jobs (within about one poll_interval on other hosts).
-
-    Running jobs finish; enqueue and drop-ins are still accepted. `resume` undoes it."""
-    _say(c.spool.pause(), as_json)
+def pause(c: Context, queue: str | None, as_json: bool) -> None:
+    """Workers everywhere stop claiming jobs (of one queue, or all), within about one
+    poll_interval on other hosts. Running jobs finish; enqueue and drop-ins are still accepted."""
+    _say(c.spool.pause(_one_queue(queue)), as_json)
 
 
 @main.command()
+@click.option("--queue", help="Resume only this queue (it stays paused while the whole spool is).")
 @json_option
 @pass_ctx
-def resume(c: Context, as_json: bool) -> None:
-    """Workers claim jobs again."""
-    _say(c.spool.resume(), as_json)
+def resume(c: Context, queue: str | None, as_json: bool) -> None:
+    """Workers claim jobs again (of one queue, or of every queue paused)."""
+    _say(c.spool.resume(_one_queue(queue)), as_json)
+
+
+def _one_queue(queue: str | None) -> str | None:
+    names = queue_set([queue]) if queue is not None else None
+    if names is not None and len(names) != 1:
+        raise click.BadParameter("name one queue", param_hint="'--queue'")
+    return next(iter(names)) if names else None
 
 
 _SAID = {
@@ -77,3 +86,28 @@ def requeue(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
     priority. Their output log keeps what earlier runs wrote. Exit 1 if any is not finished."""
     check_ids(list(job_ids))
     report_each(c.spool.requeue(list(job_ids)), "pending again", as_json)
+
+
+@main.group()
+def queue() -> None:
+    """Queues: counts by state, and which are paused."""
+
+
+@queue.command("list")
+@json_option
+@pass_ctx
+def queue_list(c: Context, as_json: bool) -> None:
+    """Every queue that has jobs or is paused: jobs by state, and whether it is paused."""
+    paused = c.spool.paused()
+    counts = c.spool.views.queue_counts()
+    names = sorted(set(counts) | (paused - {"*"}))
+    rows = []
+    for name in names:
+        n = counts[name].to_dict() if name in counts else dict.fromkeys(("pending", "scheduled", "processing",
+                                                                          "done", "dead"), 0)
+        n.pop("workers", None)
+        rows.append({"queue": name, **n, "paused": "*" in paused or name in paused})
+    emit_rows(rows, as_json, empty="no queues",
+              header=f"{'QUEUE':<20} {'PENDING':>8} {'SCHEDULED':>9} {'RUNNING':>8} {'DONE':>8} {'DEAD':>8}  PAUSED",
+              line=lambda r: f"{r['queue']:<20} {r['pending']:>8} {r['scheduled']:>9} {r['processing']:>8} "
+                             f"{r['done']:>8} {r['dead']:>8}  {'yes' if r['paused'] else 'no'}")

@@ -10,7 +10,7 @@ import click
 
 from ..job import iso
 from ..liveness import alive, started_at
-from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx
+from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx, queue_set
 
 
 @main.group()
@@ -24,18 +24,23 @@ def worker() -> None:
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
               help="Start even where the file system's caches make leases unsafe across hosts.")
+@click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]",
+              help="Take jobs only from these queues (default: every queue).")
 @pass_ctx
-def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe_fs: bool) -> None:
+def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe_fs: bool,
+                 queue_names: tuple[str, ...]) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first)."""
     from .. import supervisor
 
+    queues = queue_set(queue_names)
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
-        sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs).run())
-    pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs)
+        sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
+                                       queues=queues).run())
+    pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
@@ -90,6 +95,8 @@ def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
     workers = c.spool.workers(role="worker")
     rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
-             "heartbeat": iso(w.heartbeat)} for w in workers]
-    emit_rows(rows, as_json, empty="no workers", header=f"{'HOST':<20} {'PID':>7}  {'JOB':<20} STARTED",
-              line=lambda r: f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']}")
+             "heartbeat": iso(w.heartbeat), "queues": w.extra.get("queues")} for w in workers]
+    emit_rows(rows, as_json, empty="no workers",
+              header=f"{'HOST':<20} {'PID':>7}  {'JOB':<20} {'STARTED':<24}  QUEUES",
+              line=lambda r: f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']:<24}  "
+                             f"{','.join(r['queues']) if r['queues'] else '(all)'}")
