@@ -256,6 +256,31 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     return row
 
 
+def limited_neighbour(tmp: str, n: int, repeat: int) -> Row:
+    """n `true` jobs of the default queue drained by 2 burst workers, with a concurrency limit set on
+    another queue that has jobs waiting too, against the same spool without any limit, in turn."""
+    samples, refs = [], []
+    for r in range(repeat):
+        for limited in (True, False):
+            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="limit-")
+            batch = os.path.join(tmp, f"limit-{r}.jsonl")
+            write_batch(batch, n, "true")
+            cli(spool_dir, "enqueue", "--batch", batch)
+            if limited:
+                cli(spool_dir, "queue", "set", "enc", "--concurrency", "1")
+                for _ in range(20):
+                    cli(spool_dir, "enqueue", "--queue", "enc", "--delay", "3600", "true")
+            t0 = time.monotonic()
+            subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            (samples if limited else refs).append(n / (time.monotonic() - t0))
+            shutil.rmtree(spool_dir, ignore_errors=True)
+    row = Row(f"throughput: {n} `true` jobs beside a queue limited to 1", "jobs/s", samples,
+              "the same with no limit anywhere", refs, ">= 0.95 x", paired=True)
+    row.passed = row.ratio >= 0.95
+    return row
+
+
 def dropin_latency(tmp: str, n: int) -> list[float]:
     """A file dropped by the drop-in protocol (written under a dot name, fsync'd, renamed to
     <id>.json in pending/) until its command starts."""
@@ -358,8 +383,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,shellcmd,plain,cli,batch,"
-                                   "backlog,hosts")
+    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,shellcmd,"
+                                   "plain,cli,batch,backlog,hosts")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -405,6 +430,9 @@ def main() -> int:
         if want("shellcmd"):
             progress(f"throughput: {a.jobs} jobs that need the shell")
             rows.append(throughput(tmp, a.jobs, a.repeat, "true && true", 0.85))
+        if want("limits"):
+            progress(f"throughput: {a.jobs} jobs beside a limited queue")
+            rows.append(limited_neighbour(tmp, a.jobs, a.repeat))
         if want("plain"):
             progress(f"throughput: {a.jobs} jobs of a program the shell would start")
             rows.append(throughput(tmp, a.jobs, a.repeat, "sleep 0", 1.0))

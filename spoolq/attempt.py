@@ -7,7 +7,7 @@ import os
 import time
 from typing import Callable
 
-from . import job as job_record, layout, liveness, output, runner
+from . import job as job_record, liveness, output, runner
 from .errors import LostOwnership
 from .job import Job
 from .spool import Spool
@@ -59,7 +59,7 @@ class GroupRecord:
         if self.fd is None:
             return
         try:
-            os.pwrite(self.fd, layout.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
+            os.pwrite(self.fd, liveness.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
         except OSError:
             pass
 

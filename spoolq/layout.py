@@ -24,6 +24,8 @@ Directories under the spool root ``S``::
                     that host, on the file system's for others) stops after its current job;
                     "now ..." also kills their running jobs. A file without a time counts from
                     its mtime.
+    S/control/pause, S/control/limits  paused queues (pause.py); "<queue> <N>" limits (slots.py)
+    S/slots/        concurrency slots: <queue>%<k> free, <queue>%<k>%<owner> held (slots.py)
     S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
                     names the process that writes it; ``....plan``: a batch's staged files and their
                     pending names, one per line, while it renames them (publish.py)
@@ -94,15 +96,14 @@ from .job import DEFAULT_QUEUE, Job, valid_id
 
 STATE_DIRS = ("pending", "processing", "done", "dead")
 STATES = ("pending", "scheduled", "processing", "done", "dead")
-OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks")
+OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots")
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
 CANONICAL = r"([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})(?:%([A-Za-z0-9_.\-]{1,64}))?\.json"
 QUEUE_SEP = "%"  # <id>%<queue>: a job of a queue other than the default one (no id or queue holds it)
 QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot start a job id
-# The same character in two namespaces that never meet: RESCUE_SEP joins owner tokens in a
-# directory name under processing/; ADOPT_PREFIX starts a file name inside such a directory.
+# One character, two namespaces that never meet: a directory name in processing/, a file name in one.
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
@@ -260,24 +261,6 @@ def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
     return f".{tag}.{random_hex(6)}.{kind}"
 
 
-def group_record(pgid: int | None = None, started: tuple[int, int] | None = None) -> bytes:
-    """The content of a .pgroup file: "<pgid> <earliest> <latest>", the job leader's pid and the
-    window of clock ticks its start time lies in; always GROUP_RECORD_SIZE bytes, so a rewrite
-    in place never leaves a longer old record's tail behind; blank between jobs."""
-    text = f"{pgid} {started[0]} {started[1]}" if pgid and started else ""
-    return text.ljust(GROUP_RECORD_SIZE - 1).encode() + b"\n"
-
-
-def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
-    m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
-    if m is None:
-        return None
-    return int(m.group(1)), (int(m.group(2)), int(m.group(3)))
-
-
-GROUP_RECORD_SIZE = 56
-
-
 def is_temp_name(name: str, kind: str = "tmp") -> bool:
     """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
     m = _regex(TMP).fullmatch(name)
@@ -317,7 +300,8 @@ _SPOOLQ_NAMES = {
     "ids": lambda n: valid_id(n),
     "output": lambda n: n.endswith(".log") and valid_id(n[:-4]),
     "workers": lambda n: n.endswith(".json") and not n.startswith("."),
-    "control": lambda n: n == "stop",
+    "control": lambda n: n in ("stop", "pause", "limits"),
+    "slots": lambda n: n.count("%") in (1, 2) and not n.startswith("."),
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
     "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),

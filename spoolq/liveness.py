@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -100,3 +101,21 @@ def kill_job_group(pgid: int, started: tuple[int, int]) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def group_record(pgid: int | None = None, started: tuple[int, int] | None = None) -> bytes:
+    """The content of a .pgroup file: "<pgid> <earliest> <latest>", the job leader's pid and the
+    window of clock ticks its start time lies in; always GROUP_RECORD_SIZE bytes, so a rewrite
+    in place never leaves a longer old record's tail behind; blank between jobs."""
+    text = f"{pgid} {started[0]} {started[1]}" if pgid and started else ""
+    return text.ljust(GROUP_RECORD_SIZE - 1).encode() + b"\n"
+
+
+def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
+    m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
+    if m is None:
+        return None
+    return int(m.group(1)), (int(m.group(2)), int(m.group(3)))
+
+
+GROUP_RECORD_SIZE = 56

@@ -14,8 +14,9 @@ from typing import NamedTuple
 from . import fsio, layout, liveness
 from .cancel import CANCELLED, KillRequest
 from .errors import InvalidJob, LostOwnership
-from .owners import OwnerDir, Owners
+from .owners import Judge, OwnerDir, Owners
 from .quarantine import Quarantine
+from .slots import Slots
 from .store import Store
 from .transitions import Claimed, Transitions
 
@@ -37,6 +38,7 @@ class Recovery:
         self.owners = owners
         self.quarantine = quarantine
         self.transitions = transitions
+        self.slots = Slots(store)
         self._fs_now: float | None = None  # read once a sweep, when a fence's age is asked
 
     def run(self, rescuer: str, *, now: float | None = None, lease: float | None = None) -> list[Recovered]:
@@ -50,10 +52,15 @@ class Recovery:
             if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, kept until its mark is old
                 out.extend(self._drain(self.layout.owned(entry), OwnerDir(entry).chain[1], "?", now))
         out.extend(self._complete_own_transits(rescuer, now))
-        self.owners.drop_stale_registrations()
         judge = self.owners.judge()
+        self.slots.return_orphans(lambda owner: self._owner_gone(owner, judge))
+        self.owners.drop_stale_registrations()
         self.transitions.publisher.finish_batches(lambda creator: self.owners.why_creator_gone(creator, judge))
         return out
+
+    def _owner_gone(self, owner: str, judge: Judge) -> bool:
+        reg = self.owners.registration(owner)
+        return reg is None or judge.why_gone(reg) is not None
 
     def _rescue(self, owned: OwnerDir, rescuer: str, now: float | None) -> list[Recovered]:
         fenced = f"{rescuer}{layout.RESCUE_SEP}{owned.name}"
@@ -195,7 +202,7 @@ class Recovery:
             return
         try:
             with open(os.path.join(directory, layout.GROUP_FILE), "rb") as f:
-                record = layout.parse_group_record(f.read(layout.GROUP_RECORD_SIZE))
+                record = liveness.parse_group_record(f.read(liveness.GROUP_RECORD_SIZE))
         except OSError:
             return
         if record is not None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .finished import Finished
     from .owners import Owners, WorkerInfo
     from .pause import Pauses
+    from .slots import Slots
     from .publish import Publisher
     from .quarantine import Quarantine
     from .recovery import Recovery
@@ -70,6 +71,12 @@ class Spool:
         from .finished import Finished
 
         return Finished(self.store, self.views, self.quarantine)
+
+    @cached_property
+    def slots(self) -> Slots:
+        from .slots import Slots
+
+        return Slots(self.store)
 
     @cached_property
     def pauses(self) -> Pauses:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from . import attempt, filesystem, job, layout, liveness, runner, watch
 from .errors import LostOwnership, SpoolError
+from .admission import Admission
 from .index import Pacing, PendingIndex
 from .cancel import CANCELLED, KillRequest
 from .sharedlisting import Listings, SharedListing
@@ -83,8 +84,7 @@ class Worker:
         self.group = attempt.GroupRecord(None)  # opened at registration
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
-        self._claiming = True
-        self._pause_said: tuple[bool, frozenset[str]] = (False, frozenset())
+        self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
         self.unsafe = False
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
@@ -128,7 +128,8 @@ class Worker:
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
         # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control")], self._log, events=not self.burst)
+        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")], self._log,
+                                   events=not self.burst)
         announce_wakeups(self._wake, self.spool, self.log)
         runner.keep_descriptors_from_jobs()
         try:
@@ -198,11 +199,10 @@ class Worker:
                 last_rescan = now
                 self._rescan()
             self._adopt_dropins(now)
-            blocked = self._blocked()
-            if self.burst and blocked is None:
+            if self.burst and self.admission.all_paused():
                 return
-            may_claim = self._may_claim() and blocked is not None
-            name = self.index.pop_ready(int(now * 1000), self.pacing.spread(), blocked) if may_claim else None
+            blocked = self.admission.blocked()
+            name = self.index.pop_ready(int(now * 1000), self.pacing.spread(), blocked) if blocked is not None else None
             if name is not None:
                 self._claim_and_run(name)
                 continue
@@ -221,24 +221,6 @@ class Worker:
                 self.log(f"{said[0]}; going on with the settings read before")
             for problem in problems:
                 self.log(problem)
-
-    def _may_claim(self) -> bool:
-        """Not while the heartbeat fails: the lease would run out under the job, and it would run twice."""
-        healthy = self.heartbeat.healthy()
-        if healthy != self._claiming:
-            self._claiming = healthy
-            self.log("claiming again: the heartbeat works" if healthy else
-                     "not claiming: the heartbeat has failed for half a lease")
-        return healthy
-
-    def _blocked(self) -> frozenset[str] | None:
-        """The paused queues to pass over; None when all this worker takes are paused
-        (control/pause, pause.py: one stat before every claim)."""
-        said = self.spool.pauses.for_worker(self.queues)
-        if said != self._pause_said:
-            self._pause_said = said
-            self.log(self.spool.pauses.describe(*said, leaving=self.burst))
-        return None if said[0] else said[1]
 
     def _rescan(self) -> None:
         asked = time.monotonic()
@@ -273,6 +255,7 @@ class Worker:
             wake_at = min(wake_at, dropin_at)
         for directory, name in self._wake.wait(wake_at - time.time()):
             self._note(directory, name)
+        self.admission.woke()
 
     def _note(self, directory: str, name: str) -> None:
         if directory == self.spool.layout.pending:
@@ -324,23 +307,32 @@ class Worker:
     # ---- one job -------------------------------------------------------------------------
 
     def _claim_and_run(self, name: str) -> None:
+        go, slot = self.admission.slot_for(name, self.owner)
+        if not go:
+            self.index.add(name)  # every slot of its queue is taken: passed over until one frees
+            return
+        try:
+            claimed = self._claim(name)
+            if claimed is not None:
+                kill = KillRequest(claimed.path, claimed.job)
+                self._finish(claimed, self._run(claimed, kill), kill)
+        finally:
+            self.admission.give_back(slot)  # once the job has moved on (or the claim was lost)
+
+    def _claim(self, name: str) -> Claimed | None:
         started = time.monotonic()
         try:
             claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
             self.lost = True
             self.pacing.gate.reset()  # the name may still be in pending/: list again, not forget it
-            return
+            return None
         except OSError as e:
             self.log(f"cannot claim {name!r}: {e}")
             self.pacing.gate.reset()
-            return
+            return None
         self.pacing.claimed(claimed is not None, time.monotonic() - started)
-        if claimed is None:
-            return  # another worker's rename won (or the file was quarantined)
-        kill = KillRequest(claimed.path, claimed.job)
-        outcome = self._run(claimed, kill)
-        self._finish(claimed, outcome, kill)
+        return claimed  # None: another worker's rename won (or the file was quarantined)
 
     def _run(self, claimed: Claimed, kill: KillRequest) -> runner.Outcome:
         env = {**self._base_env, "SPOOLQ_HOST": self.host, "SPOOLQ_SPOOL": self.spool.root,

@@ -531,3 +531,30 @@ def test_requeue_killed_at_any_point_loses_nothing(tmp_path, kind):
 def test_purge_by_id_killed_at_any_point_leaves_nothing_half_done(tmp_path, kind):
     sweep(tmp_path, kind, _finished, lambda root: [*SPOOLQ, "--spool", root, "purge", "f0", "f1", "f2", "f3"],
           _purged_whole_or_not_at_all)
+
+
+# ---- a worker with a concurrency slot -----------------------------------------------------------
+
+
+def _limited(root: str) -> list[str]:
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    spool.slots.set_limit("enc", 1)
+    tags = ["s1", "s2", "s3"]
+    for tag in tags:
+        spool.enqueue({"id": tag, "queue": "enc", **job_that_records(root, tag)})
+    return tags
+
+
+def _every_limited_job_ran_and_no_slot_leaked(root: str, tags: list[str], killed: bool) -> None:
+    burst(root)  # the next worker's recovery gives back the slot the killed one held
+    spool = Spool(root, create=False)
+    assert {t: spool.find(t).state for t in tags} == dict.fromkeys(tags, "done")
+    assert all(1 <= runs(root).count(t) <= (2 if killed else 1) for t in tags), runs(root)
+    assert spool.slots.in_use() == {} and sorted(os.listdir(spool.layout.dir("slots"))) == ["enc%0"]
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink"])
+def test_a_worker_killed_holding_a_slot_leaks_none(tmp_path, kind):
+    sweep(tmp_path, kind, _limited, lambda root: [*WORKER, root], _every_limited_job_ran_and_no_slot_leaked)

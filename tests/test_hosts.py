@@ -513,3 +513,21 @@ def test_pause_on_a_holds_the_workers_on_b_until_resume(rig, tmp_path):
     assert spool_a.find(held.id).state == "pending"  # seen by B's listing with the other, and passed over
     assert rig.run("A", "resume", "--queue", "video").returncode == 0
     wait_for(lambda: spool_a.find(held.id).state == "done", 2 * POLL + 5, "the job to run on B after resume")
+
+
+def test_a_queue_limit_holds_across_hosts(rig, tmp_path):
+    """`queue set --concurrency 2`, 3 workers on each of two hosts, 200 short jobs: never more than
+    2 at once, as the jobs themselves see it."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    assert rig.run("A", "queue", "set", "enc", "--concurrency", "2").returncode == 0
+    spool_a = rig.spool("A")
+    batch = "".join(json.dumps({"queue": "enc", "command": f"mkdir {marks}/{i}; sleep 0.01; ls {marks} | wc -l "
+                                f">> {marks}.seen; rmdir {marks}/{i}"}) + "\n" for i in range(200))
+    assert rig.run("A", "enqueue", "--batch", "-", input=batch).returncode == 0
+    rig.start("A", 3)
+    rig.start("B", 3)
+    wait_for(lambda: spool_a.counts().done == 200, 120, "every job to run")
+    seen = [int(n) for n in (tmp_path / "marks.seen").read_text().split()]
+    assert len(seen) == 200 and max(seen) <= 2, max(seen)
+    assert spool_a.slots.in_use() == {}

@@ -389,8 +389,77 @@ def test_queue_list_and_worker_list(cli, spool, workers):
     w = workers(1, extra=("--queue", "reports,mail"))
     [row] = cli.json("queue", "list")
     assert row == {"queue": "reports", "pending": 0, "scheduled": 1, "processing": 0, "done": 0, "dead": 0,
-                   "paused": False}
+                   "paused": False, "concurrency": None, "slots_in_use": 0}
     [info] = cli.json("worker", "list")
     assert info["queues"] == ["mail", "reports"]
     assert "mail,reports" in clean(cli("worker", "list")).stdout
     w.stop()
+
+
+# ---- concurrency limits ------------------------------------------------------------------------
+
+def concurrency_job(marks, job_id: str) -> dict:
+    """A job that says how many jobs of its kind ran at once while it did: each makes its mark, looks
+    at all the marks after a pause, and removes its own."""
+    return {"id": job_id, "command": f"mkdir {marks}/{job_id}; sleep 0.05; ls {marks} | wc -l >> {marks}.seen; "
+                                     f"rmdir {marks}/{job_id}"}
+
+
+def test_a_queue_limit_holds_across_workers_and_other_queues_run_freely(cli, spool, workers, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    assert clean(cli("queue", "set", "enc", "--concurrency", "2")).stdout == "enc: at most 2 at once\n"
+    ids = [spool.enqueue({**concurrency_job(marks, f"e{i}"), "queue": "enc"}).id for i in range(12)]
+    free = [spool.enqueue({"command": "true"}).id for _ in range(5)]
+    w = workers(4)
+    wait_for(lambda: all(spool.find(j).state == "done" for j in ids + free), 30, "every job to run")
+    seen = [int(n) for n in (tmp_path / "marks.seen").read_text().split()]
+    assert len(seen) == 12 and max(seen) <= 2, seen
+    row = next(r for r in cli.json("queue", "list") if r["queue"] == "enc")
+    assert (row["concurrency"], row["slots_in_use"], row["done"]) == (2, 0, 12)
+    w.stop()
+
+
+@pytest.mark.parametrize("args", [("enc",), ("enc", "--concurrency", "-1"), ("bad name", "--concurrency", "1"),
+                                  ("a,b", "--concurrency", "1"), ("enc", "--concurrency", "x")])
+def test_queue_set_refuses_bad_input_and_writes_nothing(cli, spool, args):
+    before = snapshot(spool.root)
+    clean(cli("queue", "set", *args), 2)
+    assert snapshot(spool.root) == before
+
+
+def test_lowering_and_removing_a_limit(cli, spool):
+    clean(cli("queue", "set", "enc", "--concurrency", "3"))
+    assert sorted(os.listdir(spool.layout.dir("slots"))) == ["enc%0", "enc%1", "enc%2"]
+    held = spool.slots.take("enc", "someone")
+    clean(cli("queue", "set", "enc", "--concurrency", "1"))
+    assert sorted(os.listdir(spool.layout.dir("slots"))) == [held]  # the held one stays until given back
+    spool.slots.give_back(held)
+    assert sorted(os.listdir(spool.layout.dir("slots"))) == ["enc%0"]
+    assert clean(cli("queue", "set", "enc", "--concurrency", "0")).stdout == "enc: no limit\n"
+    assert os.listdir(spool.layout.dir("slots")) == [] and spool.slots.limits() == {}
+
+
+def test_a_slot_held_by_a_dead_worker_is_given_back_by_recovery(cli, spool):
+    from conftest import dead_pid
+
+    clean(cli("queue", "set", "enc", "--concurrency", "1"))
+    owner = spool.owners.register("worker")
+    assert spool.slots.take("enc", owner) is not None
+    record = json.loads(open(spool.layout.worker_file(owner)).read())
+    record.update(pid=dead_pid(), start=None)
+    with open(spool.layout.worker_file(owner), "w") as f:
+        json.dump(record, f)
+    job = spool.enqueue({"queue": "enc", "command": "true"})
+    burst(spool)  # its recovery sweep gives the slot back, then the job takes it
+    assert spool.find(job.id).state == "done" and os.listdir(spool.layout.dir("slots")) == ["enc%0"]
+
+
+@pytest.mark.parametrize("content", [b"enc two\n", b"enc 0\n", b"\xff\xfe", b"enc 99999999\n", b".x 1\n"])
+def test_a_limits_file_edited_into_garbage_limits_nothing(spool, content, tmp_path):
+    with open(os.path.join(spool.layout.dir("control"), "limits"), "wb") as f:
+        f.write(content)
+    assert spool.slots.limits() == {}
+    job = spool.enqueue({"queue": "enc", "command": "true"})
+    burst(spool)
+    assert spool.find(job.id).state == "done"

@@ -242,11 +242,11 @@ def report_each(why: dict[str, str | None], did: str, as_json: bool) -> None:
         sys.exit(1)
 
 
-def queue_set(given: tuple[str, ...] | list[str]) -> frozenset[str] | None:
+def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'") -> frozenset[str] | None:
     """--queue A,B --queue C: the queues named (None when none is), each checked (exit 2)."""
     names = [name.strip() for value in given for name in value.split(",")]
     for name in names:
         if not valid_queue(name):
             raise click.BadParameter(f"invalid queue {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
-                                     "not starting with '.'", param_hint="'--queue'")
+                                     "not starting with '.'", param_hint=param_hint)
     return frozenset(names) if names else None

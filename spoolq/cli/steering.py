@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from .base import (Context, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set,
-                   report_each)
+from .base import (Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value,
+                   queue_set, report_each)
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -90,24 +90,40 @@ def requeue(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
 
 @main.group()
 def queue() -> None:
-    """Queues: counts by state, and which are paused."""
+    """Queues: counts by state, which are paused, and concurrency limits."""
 
 
 @queue.command("list")
 @json_option
 @pass_ctx
 def queue_list(c: Context, as_json: bool) -> None:
-    """Every queue that has jobs or is paused: jobs by state, and whether it is paused."""
-    paused = c.spool.paused()
+    """Every queue that has jobs, is paused or has a limit: jobs by state, whether it is paused,
+    its concurrency limit (null: none) and the slots in use."""
+    paused, limits, in_use = c.spool.paused(), c.spool.slots.limits(), c.spool.slots.in_use()
     counts = c.spool.views.queue_counts()
-    names = sorted(set(counts) | (paused - {"*"}))
     rows = []
-    for name in names:
+    for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
         n = counts[name].to_dict() if name in counts else dict.fromkeys(("pending", "scheduled", "processing",
                                                                           "done", "dead"), 0)
         n.pop("workers", None)
-        rows.append({"queue": name, **n, "paused": "*" in paused or name in paused})
+        rows.append({"queue": name, **n, "paused": "*" in paused or name in paused,
+                     "concurrency": limits.get(name), "slots_in_use": in_use.get(name, 0)})
     emit_rows(rows, as_json, empty="no queues",
-              header=f"{'QUEUE':<20} {'PENDING':>8} {'SCHEDULED':>9} {'RUNNING':>8} {'DONE':>8} {'DEAD':>8}  PAUSED",
+              header=f"{'QUEUE':<20} {'PENDING':>8} {'SCHEDULED':>9} {'RUNNING':>8} {'DONE':>8} {'DEAD':>8}  "
+                     "PAUSED  LIMIT",
               line=lambda r: f"{r['queue']:<20} {r['pending']:>8} {r['scheduled']:>9} {r['processing']:>8} "
-                             f"{r['done']:>8} {r['dead']:>8}  {'yes' if r['paused'] else 'no'}")
+                             f"{r['done']:>8} {r['dead']:>8}  {'yes' if r['paused'] else 'no ':<6}  "
+                             f"{r['concurrency'] or '-'}")
+
+
+@queue.command("set")
+@click.argument("name")
+@click.option("--concurrency", type=Int(0, 10_000), required=True,
+              help="At most N jobs of the queue run at once, on all hosts together; 0 removes the limit.")
+@pass_ctx
+def queue_set_command(c: Context, name: str, concurrency: int) -> None:
+    """Set a queue's concurrency limit."""
+    if "," in name or queue_set([name], "'NAME'") is None:
+        raise click.BadParameter("name one queue", param_hint="'NAME'")
+    c.create().slots.set_limit(name, concurrency)
+    click.echo(f"{name}: at most {concurrency} at once" if concurrency else f"{name}: no limit")
