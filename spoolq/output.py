@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 from . import fsio
 
@@ -124,3 +125,38 @@ def append(fd: int, data: bytes) -> int:
     start = os.lseek(fd, 0, os.SEEK_END)
     fsio.write_all(fd, data)
     return start
+
+
+TAIL_FOR_TIMES = 64 * 1024
+
+
+def last_attempt(path: str) -> tuple[float | None, float | None]:
+    """When the last attempt in a job's log began, and how long it took (None while it runs), from
+    its marker lines near the end of the log (None, None without a log)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - TAIL_FOR_TIMES))
+            tail = f.read(TAIL_FOR_TIMES)
+    except OSError:
+        return None, None
+    headers = list(_HEADER.finditer(tail))
+    if not headers:
+        return None, None
+    header = headers[-1]
+    started = _epoch(header.group(1).decode())
+    footer = _FOOTER.search(tail, header.end())
+    return started, float(footer.group(1)) if footer else None
+
+
+def _epoch(iso: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+_HEADER = re.compile(rb"^==> ([0-9T:.\-]+Z) attempt [0-9]+ of [0-9]+ on .* <==$", re.M)
+_FOOTER = re.compile(rb"^==> attempt finished in ([0-9.]+)s: .* <==$", re.M)

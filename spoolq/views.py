@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from . import fsio, job, layout
+from . import fsio, job, layout, output
 from .errors import InvalidJob, JobNotFound
 from .job import Job
 from .owners import Owners
@@ -27,6 +27,7 @@ class JobView:
     reason: str | None = None  # quarantined files: why
     owner: str | None = None
     changed_at: float | None = None  # ctime of the file: when it last moved (finished_at, for done and dead)
+    last_attempt: tuple[float | None, float | None] = (None, None)  # its start and length, from the log
 
     def to_dict(self) -> dict[str, Any]:
         if self.job is None:
@@ -38,6 +39,11 @@ class JobView:
         out.pop("seq", None)
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
+        started, seconds = self.last_attempt
+        finished = self.state in ("done", "dead") and self.changed_at is not None
+        out["started_at"] = job.iso(started)
+        out["finished_at"] = job.iso(self.changed_at) if finished else None
+        out["duration"] = seconds
         if self.state == "processing":
             out["attempts"] = self.job.running_attempt  # the running attempt counts from its claim
             out["worker"] = self.owner
@@ -165,7 +171,9 @@ class Views:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == "pending":
             state = waiting_state(found, now)
-        return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st))
+        timing = output.last_attempt(self.layout.output(found.id)) if found.id else (None, None)
+        return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
+                       last_attempt=timing)
 
     # ---- many jobs -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
 from spoolq.worker import Worker
-from test_cli import clean, snapshot
+from test_cli import clean, parse_iso, snapshot
 
 
 def burst(spool: Spool) -> None:
@@ -463,3 +463,23 @@ def test_a_limits_file_edited_into_garbage_limits_nothing(spool, content, tmp_pa
     job = spool.enqueue({"queue": "enc", "command": "true"})
     burst(spool)
     assert spool.find(job.id).state == "done"
+
+
+# ---- when a job ran ------------------------------------------------------------------------------
+
+def test_show_and_list_say_when_the_last_attempt_ran(cli, spool, workers, tmp_path):
+    gate = tmp_path / "gate"
+    job = spool.enqueue({"command": f"while [ ! -e {gate} ]; do sleep 0.01; done"})
+    before = cli.json("show", job.id)
+    assert (before["started_at"], before["finished_at"], before["duration"]) == (None, None, None)
+    w = workers(1)
+    wait_for(lambda: spool.find(job.id).state == "processing", 10, "the job to start")
+    wait_for(lambda: cli.json("show", job.id)["started_at"], 10, "its start to be logged")
+    running = cli.json("show", job.id)
+    assert running["finished_at"] is None and running["duration"] is None
+    gate.touch()
+    wait_for(lambda: spool.find(job.id).state == "done", 10, "the job to finish")
+    done = next(j for j in cli.json("list") if j["id"] == job.id)
+    started, finished = parse_iso(done["started_at"]), parse_iso(done["finished_at"])
+    assert done["started_at"] == running["started_at"] and 0 < done["duration"] <= finished - started + 0.01
+    w.stop()
