@@ -77,8 +77,11 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
     delay = 0.1
     while True:
         try:
-            return spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
-                                            error=outcome.error, final=final)
+            moved = spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
+                                             error=outcome.error, final=final)
+            if moved.state != "pending":
+                wake_waiters(spool, job_id, claimed.owner, log)
+            return moved
         except LostOwnership:
             log(f"result of job {job_id} attempt {attempt} discarded: "
                 "this worker lost the job (it was recovered elsewhere)")
@@ -90,3 +93,13 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
             log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def wake_waiters(spool: Spool, job_id: str, owner: str, log: Callable[[str], None]) -> None:
+    """`job_id` has finished: judge the jobs waiting for it (deps.py). A failure here costs a
+    log line: recovery's sweep over after/ judges them later."""
+    try:
+        for dep, waiter, state in spool.deps.finished(job_id, owner):
+            log(f"job {waiter}, waiting for {dep}, is now {state}")
+    except Exception as e:
+        log(f"cannot wake the jobs waiting for {job_id}: {type(e).__name__}: {e}")

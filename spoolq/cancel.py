@@ -27,6 +27,7 @@ from .errors import InvalidJob, JobNotFound, LostOwnership
 from .job import Job
 from .owners import Owners
 from .store import Store
+from .deps import Dependencies
 from .takes import Takes
 from .views import Views
 
@@ -87,12 +88,13 @@ class KillRequest:
 
 
 class Canceller:
-    def __init__(self, store: Store, owners: Owners, views: Views, takes: Takes):
+    def __init__(self, store: Store, owners: Owners, views: Views, takes: Takes, deps: Dependencies):
         self.store = store
         self.layout = store.layout
         self.owners = owners
         self.views = views
         self.takes = takes
+        self.deps = deps
 
     def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[Result]:
         """Cancel each job; with `kill`, ask running ones' workers to kill them, and wait up to
@@ -121,9 +123,10 @@ class Canceller:
                 if self._ask_to_kill(view.path):
                     return Result(job_id, Outcome.REQUESTED, view.state)
                 continue  # it left processing/ meanwhile: look again
-            if layout.parse_pending(os.path.basename(view.path)) is None:
+            if view.state != "waiting" and layout.parse_pending(os.path.basename(view.path)) is None:
                 return Result(job_id, Outcome.BUSY, view.state)  # a dropped file a worker is adopting
             if self._take_pending(view.path, owner):
+                self.deps.finished(job_id, owner)  # what waits for it dies with it
                 return Result(job_id, Outcome.CANCELLED, "dead")
         return Result(job_id, Outcome.BUSY, None)
 

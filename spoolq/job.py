@@ -25,8 +25,9 @@ MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit du
 KNOWN = (
     "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
     "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay", "keep_children",
-    "shell", "queue",
+    "shell", "queue", "after",
 )
+MAX_AFTER = 1000  # ids one job may wait for
 
 
 class Job:
@@ -36,14 +37,16 @@ class Job:
     2% of one enqueue)."""
 
     FIELDS = ("id", "command", "max_retries", "created_at", "seq", "priority", "timeout", "run_at", "cwd",
-              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "queue", "extra")
+              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "queue", "after",
+              "extra")
     __slots__ = FIELDS
 
     def __init__(self, id: str, command: str, max_retries: int, created_at: float, seq: int, priority: int = 0,
                  timeout: float | None = None, run_at: float | None = None, cwd: str | None = None,
                  env: dict[str, str] | None = None, updated_at: float | None = None, attempts: int = 0,
                  exit_code: int | None = None, last_error: str | None = None, keep_children: bool = False,
-                 shell: bool = False, queue: str = DEFAULT_QUEUE, extra: dict[str, Any] | None = None):
+                 shell: bool = False, queue: str = DEFAULT_QUEUE, after: list[str] | None = None,
+                 extra: dict[str, Any] | None = None):
         self.id, self.command, self.max_retries, self.created_at, self.seq = id, command, max_retries, created_at, seq
         self.priority, self.timeout, self.run_at, self.cwd = priority, timeout, run_at, cwd
         self.env: dict[str, str] = {} if env is None else env
@@ -51,6 +54,7 @@ class Job:
         self.keep_children = keep_children  # processes it leaves in its group outlive the attempt
         self.shell = shell  # always run by /bin/sh -c, never directly (direct.py)
         self.queue = queue
+        self.after: list[str] = after or []  # ids this job waits for (deps.py)
         self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
 
     def _values(self) -> tuple[Any, ...]:
@@ -92,6 +96,8 @@ class Job:
             out["shell"] = True
         if self.queue != DEFAULT_QUEUE:
             out["queue"] = self.queue  # written only when not the default: files stay as they were
+        if self.after:
+            out["after"] = list(self.after)
         return out
 
     def to_json(self) -> bytes:
@@ -221,10 +227,26 @@ def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: i
     keep_children = _flag(d, "keep_children")
     shell = _flag(d, "shell")
     queue = check_queue(d.get("queue", DEFAULT_QUEUE))
+    after = _after(d.get("after"), job_id)
     return Job(id=job_id or "", command=command, max_retries=max_retries, created_at=created_at, seq=seq,
                priority=priority, timeout=timeout, run_at=run_at, cwd=cwd, env=env, updated_at=updated_at,
                attempts=attempts, exit_code=exit_code, last_error=last_error, keep_children=keep_children,
-               shell=shell, queue=queue, extra=_extra(d))
+               shell=shell, queue=queue, after=after, extra=_extra(d))
+
+
+def _after(value: object, job_id: object) -> list[str]:
+    """The ids a job waits for: a list of distinct valid ids, never its own."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_AFTER:
+        raise InvalidJob(f"after: must be a list of at most {MAX_AFTER} job ids")
+    for item in value:
+        check_id(item)
+    if len(set(value)) != len(value):
+        raise InvalidJob("after: an id appears twice")
+    if job_id is not None and job_id in value:
+        raise InvalidJob(f"after: job {job_id} cannot wait for itself")
+    return list(value)
 
 
 def _flag(d: dict[str, Any], field: str) -> bool:

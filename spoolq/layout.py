@@ -26,6 +26,8 @@ Directories under the spool root ``S``::
                     its mtime.
     S/control/pause, S/control/limits  paused queues (pause.py); "<queue> <N>" limits (slots.py)
     S/slots/        concurrency slots: <queue>%<k> free, <queue>%<k>%<owner> held (slots.py)
+    S/waiting/<id>.json  a job enqueued --after others, until they are done; S/after/<dep>/<id>
+                    (empty) wakes it when <dep> finishes (deps.py)
     S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
                     names the process that writes it; ``....plan``: a batch's staged files and their
                     pending names, one per line, while it renames them (publish.py)
@@ -94,9 +96,9 @@ from typing import NamedTuple
 
 from .job import DEFAULT_QUEUE, Job, valid_id
 
-STATE_DIRS = ("pending", "processing", "done", "dead")
-STATES = ("pending", "scheduled", "processing", "done", "dead")
-OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots")
+STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
+STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
+OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after")
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -302,6 +304,8 @@ _SPOOLQ_NAMES = {
     "workers": lambda n: n.endswith(".json") and not n.startswith("."),
     "control": lambda n: n in ("stop", "pause", "limits"),
     "slots": lambda n: n.count("%") in (1, 2) and not n.startswith("."),
+    "waiting": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
+    "after": lambda n: valid_id(n),
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
     "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),

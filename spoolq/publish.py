@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from . import fsio, layout
 from .errors import JobExists, JobNotFound, SpoolError
 from .ids import Reservations, creator_of
-from .job import Job
+from .job import Job, valid_id
 from .store import Store, io_message
 
+WAITING = "waiting"  # deps.WAITING: a batch plan names waiting/<id>.json for a job that waits
+
 if TYPE_CHECKING:
+    from .deps import Dependencies
     from .owners import Owners
     from .views import Views
 
@@ -33,6 +36,17 @@ class Publisher:
         self.layout = store.layout
         self._owners = owners
         self._views = views
+        self._deps: Dependencies | None = None
+
+    @property
+    def deps(self) -> Dependencies:
+        """Made when a job first waits for others: a plain enqueue never loads it."""
+        if self._deps is None:
+            from .deps import Dependencies
+            from .takes import Takes
+
+            self._deps = Dependencies(self.store, Takes(self.store))
+        return self._deps
 
     def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,
                 announce: Callable[[], Any] | None = None, skip_existing: set[str] | None = None) -> list[Job]:
@@ -83,14 +97,15 @@ class Publisher:
     def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None,
                ids: Reservations) -> list[tuple[str, str, str]]:
         """Write every job under a temp name, each fsync'd (a batch's many at once, with the
-        record its markers link to) before the first is published."""
+        record its markers link to) before the first is published. A job that waits for others
+        goes to waiting/, its wake-up edges made first (deps.py)."""
         staged = []
         durable_each = len(jobs) == 1
         try:
             for job in jobs:
                 tmp = self.store.temp_path()
                 # Noted before it exists: a signal just after the file is made must not leave it.
-                staged.append((tmp, layout.pending_name_of(job), job.id))
+                staged.append((tmp, self._destination_of(job), job.id))
                 self.store.write_file(tmp, job.to_json(), durable=durable_each)
                 if progress:
                     progress(1)
@@ -102,23 +117,39 @@ class Publisher:
             raise
         return staged
 
+    def _destination_of(self, job: Job) -> str:
+        """pending/'s canonical name, or "waiting/<id>.json" (a batch plan line says either)."""
+        unfinished = self.deps.unfinished(job) if job.after else []
+        if not unfinished:
+            return layout.pending_name_of(job)
+        self.store.make_dir(self.deps.waiting)
+        self.store.make_dir(self.deps.edges)
+        self.deps.make_edges(job, unfinished)
+        return f"{WAITING}/{layout.job_file(job.id)}"
+
+    def _path_of(self, name: str) -> str:
+        if name.startswith(WAITING + "/"):
+            return os.path.join(self.layout.root, name)
+        return os.path.join(self.layout.pending, name)
+
     def _commit(self, staged: list[tuple[str, str, str]], ids: Reservations) -> None:
         """The renames into pending/ and the fsyncs that make them durable; a batch's plan first."""
-        pending_dir = self.layout.pending + os.sep
         done = 0
         plan = None
         try:
             plan = self._write_plan(staged) if len(staged) > 1 else None
             for tmp, name, _ in staged:
                 try:
-                    os.rename(tmp, pending_dir + name)
+                    os.rename(tmp, self._path_of(name))
                 except FileNotFoundError:
-                    if not os.path.lexists(pending_dir + name):
+                    if not os.path.lexists(self._path_of(name)):
                         raise
                     # RACE: judged gone from another host (fsck, after stale_after), this batch was
                     # rolled forward: the job is published all the same.
                 done += 1
             fsio.fsync_dir(self.layout.pending)
+            if any(name.startswith(WAITING + "/") for _, name, _ in staged):
+                fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
             _take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids)
@@ -157,10 +188,10 @@ class Publisher:
         entries = []
         for line in lines[:-1]:
             tmp, _, name = line.partition(" ")
-            parsed = layout.parse_pending(name)
-            if not layout.is_temp_name(tmp) or parsed is None:
+            job_id = _waiting_id(name) or getattr(layout.parse_pending(name), "job_id", None)
+            if not layout.is_temp_name(tmp) or job_id is None:
                 return None
-            entries.append((tmp, name, parsed.job_id))
+            entries.append((tmp, name, job_id))
         return entries if lines and lines[-1] == f"end {len(entries)}" else None
 
     def _roll_forward(self, plan: str, creator: layout.Creator) -> int:
@@ -179,7 +210,7 @@ class Publisher:
                     fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
                     continue
                 # RACE: two finders may roll the same plan forward; each rename admits one.
-                published += fsio.move(src, os.path.join(self.layout.pending, name))
+                published += fsio.move(src, self._path_of(name))
         fsio.fsync_dir(self.layout.pending)
         fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
         return published
@@ -225,3 +256,11 @@ def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
         if job.id in seen:
             raise JobExists(f"job {n}: id {job.id!r} appears twice in the input")
         seen.add(job.id)
+
+
+def _waiting_id(name: str) -> str | None:
+    """The id in a plan's "waiting/<id>.json", else None."""
+    if not name.startswith(WAITING + "/") or not name.endswith(".json"):
+        return None
+    job_id = layout.stem(name[len(WAITING) + 1:])
+    return job_id if valid_id(job_id) else None

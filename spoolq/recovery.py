@@ -21,6 +21,9 @@ from .store import Store
 from .transitions import Claimed, Transitions
 
 
+DEPS_SWEEP_EVERY = 15  # sweeps (2 s apart in a worker) between looks through after/ (deps.py)
+
+
 class Recovered(NamedTuple):
     owner: str
     job_id: str
@@ -39,12 +42,16 @@ class Recovery:
         self.quarantine = quarantine
         self.transitions = transitions
         self.slots = Slots(store)
+        self.deps = transitions.publisher.deps
+        self._rescuer = ""
+        self._sweeps = 0
         self._fs_now: float | None = None  # read once a sweep, when a fence's age is asked
 
     def run(self, rescuer: str, *, now: float | None = None, lease: float | None = None) -> list[Recovered]:
         """Take back every job held by a dead owner: kill what is left of its process groups on
         this host, then count the attempt as failed and move the job on like any failure."""
         out: list[Recovered] = []
+        self._rescuer = rescuer
         for owned in self.owners.gone_dirs(lease=lease):
             out.extend(self._rescue(owned, rescuer, now))
         self._fs_now: float | None = None
@@ -52,6 +59,9 @@ class Recovery:
             if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, kept until its mark is old
                 out.extend(self._drain(self.layout.owned(entry), OwnerDir(entry).chain[1], "?", now))
         out.extend(self._complete_own_transits(rescuer, now))
+        self._sweeps += 1
+        if self._sweeps % DEPS_SWEEP_EVERY == 1:  # the first sweep, then now and then: after the rescues
+            self.deps.sweep(rescuer)
         judge = self.owners.judge()
         self.slots.return_orphans(lambda owner: self._owner_gone(owner, judge))
         self.owners.drop_stale_registrations()
@@ -192,6 +202,8 @@ class Recovery:
             fsio.unlink_quietly(next_path)
             return []
         moved = self.transitions.takes.complete(directory, moving, job)
+        if moved.state == "dead":
+            self.deps.finished(job.id, self._rescuer or owner)
         return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
@@ -242,6 +254,8 @@ class Recovery:
         except LostOwnership:
             return []  # RACE: its woken owner took the file first; the next listing finishes its move
         kill.withdraw()
+        if moved.state == "dead":
+            self.deps.finished(job.id, self._rescuer)
         return [Recovered(owner, job.id, moved.state, CANCELLED if cancelled else reason)]
 
     def _return_dropin(self, path: str, original: str) -> None:

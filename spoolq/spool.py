@@ -15,6 +15,7 @@ from .store import Store
 if TYPE_CHECKING:
     from .cancel import Result as CancelResult
     from .config import Config
+    from .deps import Dependencies
     from .finished import Finished
     from .owners import Owners, WorkerInfo
     from .pause import Pauses
@@ -73,6 +74,10 @@ class Spool:
         return Finished(self.store, self.views, self.quarantine)
 
     @cached_property
+    def deps(self) -> Dependencies:
+        return self.publisher.deps
+
+    @cached_property
     def slots(self) -> Slots:
         from .slots import Slots
 
@@ -122,7 +127,36 @@ class Spool:
         """Validate every spec, then publish them all or none (see Publisher.publish); with
         `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
-        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        self.check_after(jobs)
+        published = self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        waiters = [job.id for job in published if job.after]
+        if waiters:
+            self._judge_new(waiters)
+        return published
+
+    def check_after(self, jobs: list[Job]) -> None:
+        """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
+        from .errors import InvalidJob, JobNotFound
+
+        mine = {job.id for job in jobs}
+        for job in jobs:
+            for dep in job.after:
+                if dep in mine or self.deps.state_of(dep) != "unfinished":
+                    continue  # a dep that is done or dead is known without a search
+                try:
+                    self.find(dep)
+                except JobNotFound:
+                    raise InvalidJob(f"after: no job {dep!r}") from None
+
+    def _judge_new(self, waiters: list[str]) -> None:
+        """Once more after publishing: a dep that finished meanwhile left no one to wake them."""
+        owner = self.owners.register("enqueuer")
+        try:
+            for waiter in waiters:
+                if self.deps.judge(waiter, owner) == "dead":
+                    self.deps.finished(waiter, owner)
+        finally:
+            self.owners.unregister(owner)
 
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
@@ -158,8 +192,8 @@ class Spool:
         killed by their workers, waited for up to `wait` seconds."""
         from .cancel import Canceller
 
-        return Canceller(self.store, self.owners, self.views, self.transitions.takes).cancel(job_ids, kill=kill,
-                                                                                           wait=wait)
+        canceller = Canceller(self.store, self.owners, self.views, self.transitions.takes, self.deps)
+        return canceller.cancel(job_ids, kill=kill, wait=wait)
 
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
         """Ask every worker of this spool, on every host, started before `at` (default: now), to

@@ -72,6 +72,7 @@ def waiting_state(waiting: Job, now: float) -> str:
 class Counts:
     pending: int = 0
     scheduled: int = 0
+    waiting: int = 0  # for other jobs (enqueue --after)
     processing: int = 0
     done: int = 0
     dead: int = 0
@@ -113,7 +114,8 @@ class Views:
 
     def _locate(self, job_id: str) -> JobView | None:
         name = layout.job_file(job_id)
-        for state, directory in (("done", self.layout.done), ("dead", self.layout.dead)):
+        for state, directory in (("done", self.layout.done), ("dead", self.layout.dead),
+                                 ("waiting", self.layout.dir("waiting"))):
             view = self._view(os.path.join(directory, name), state, job_id)
             if view is not None:
                 return view
@@ -179,8 +181,8 @@ class Views:
 
     def jobs(self, state: str | None = None, limit: int | None = None,
              now: float | None = None) -> list[JobView]:
-        """Jobs in one state (or all): pending in run order, then scheduled, processing, done
-        and dead (those two oldest first)."""
+        """Jobs in one state (or all): pending in run order, then scheduled, waiting, processing,
+        done and dead (those two oldest first)."""
         out: list[JobView] = []
         if limit is not None and limit <= 0:
             return out
@@ -193,6 +195,13 @@ class Views:
     def _iter_views(self, state: str | None, now: float) -> Iterator[JobView]:
         if state in (None, "pending", "scheduled"):
             yield from self._waiting_views(state, now)
+        if state in (None, "waiting"):
+            directory = self.layout.dir("waiting")
+            for entry in sorted(fsio.listdir(directory)):
+                view = self._view(os.path.join(directory, entry), "waiting", layout.stem(entry)) \
+                    if layout.is_json_entry(entry) else None
+                if view is not None:
+                    yield view
         if state in (None, "processing"):
             for owner in fsio.listdir(self.layout.processing):
                 owned = self.layout.owned(owner)
@@ -267,6 +276,7 @@ class Views:
                 c.pending += 1
         for owner in fsio.listdir(self.layout.processing):
             c.processing += _count_json(self.layout.owned(owner))
+        c.waiting = _count_json(self.layout.dir("waiting"))
         c.done = _count_json(self.layout.done)
         c.dead = _count_json(self.layout.dead)
         c.workers = len(self.owners.workers(role="worker"))
@@ -289,6 +299,7 @@ class Views:
                 out.setdefault(job.DEFAULT_QUEUE, Counts()).pending += 1  # its queue is known once adopted
         for owner in fsio.listdir(self.layout.processing):
             self._count_files(self.layout.owned(owner), "processing", out)
+        self._count_files(self.layout.dir("waiting"), "waiting", out)
         self._count_files(self.layout.done, "done", out)
         self._count_files(self.layout.dead, "dead", out)
         return dict(sorted(out.items()))

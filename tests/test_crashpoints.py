@@ -558,3 +558,64 @@ def _every_limited_job_ran_and_no_slot_leaked(root: str, tags: list[str], killed
 @pytest.mark.parametrize("kind", ["rename", "unlink"])
 def test_a_worker_killed_holding_a_slot_leaks_none(tmp_path, kind):
     sweep(tmp_path, kind, _limited, lambda root: [*WORKER, root], _every_limited_job_ran_and_no_slot_leaked)
+
+
+# ---- dependencies ----------------------------------------------------------------------------------
+
+
+def _a_dependency(root: str) -> str:
+    spool = Spool(root)
+    spool.enqueue({"id": "a", **job_that_records(root, "a")})
+    return "a"
+
+
+def _waiter_whole_or_never_enqueued(root: str, dep: str, killed: bool) -> None:
+    spool = Spool(root, create=False)
+    try:
+        state = spool.find("b").state
+    except Exception:
+        state = None  # never acknowledged: nothing of it may block a later enqueue
+    assert state in (None, "waiting"), state
+    assert not killed or state is None or state == "waiting"
+    repaired_clean(root)
+    burst(root)
+    if state is None:
+        r = cli(root, "enqueue", "--id", "b", "--after", "a", f"echo b >> {root}.runs")
+        assert r.returncode == 0, r.stderr
+        burst(root)
+    assert runs(root) == ["a", "b"], runs(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "mkdir", "link"])
+def test_enqueue_after_killed_at_any_point_is_whole_or_never_was(tmp_path, kind):
+    sweep(tmp_path, kind, _a_dependency, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--id", "b", "--after",
+                                                       "a", f"echo b >> {root}.runs"],
+          _waiter_whole_or_never_enqueued)
+
+
+def _waiters(root: str) -> list[str]:
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    spool.enqueue({"id": "a", **job_that_records(root, "a")})
+    spool.enqueue({"id": "f", "command": "exit 1", "max_retries": 0})
+    spool.enqueue({"id": "b", **job_that_records(root, "b"), "after": ["a"]})
+    spool.enqueue({"id": "c", **job_that_records(root, "c"), "after": ["a", "b"]})
+    spool.enqueue({"id": "g", **job_that_records(root, "g"), "after": ["f"]})
+    return ["a", "b", "c"]
+
+
+def _every_waiter_released_or_killed_once(root: str, tags: list[str], killed: bool) -> None:
+    burst(root)  # recovery, its sweep through after/, then the rest
+    spool = Spool(root, create=False)
+    assert {t: spool.find(t).state for t in tags} == dict.fromkeys(tags, "done")
+    assert all(1 <= runs(root).count(t) <= (2 if killed else 1) for t in tags), runs(root)
+    assert runs(root).index("b") > runs(root).index("a") and runs(root).index("c") > runs(root).index("b")
+    g = spool.find("g")
+    assert (g.state, g.job.last_error) == ("dead", "dependency f is dead") and "g" not in runs(root)
+    assert os.listdir(spool.layout.dir("waiting")) == []
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink"])
+def test_a_worker_killed_while_waking_waiters_loses_none(tmp_path, kind):
+    sweep(tmp_path, kind, _waiters, lambda root: [*WORKER, root], _every_waiter_released_or_killed_once)

@@ -388,8 +388,8 @@ def test_queue_list_and_worker_list(cli, spool, workers):
     spool.enqueue({"id": "s", "queue": "reports", "command": "true", "delay": 3600})
     w = workers(1, extra=("--queue", "reports,mail"))
     [row] = cli.json("queue", "list")
-    assert row == {"queue": "reports", "pending": 0, "scheduled": 1, "processing": 0, "done": 0, "dead": 0,
-                   "paused": False, "concurrency": None, "slots_in_use": 0}
+    assert row == {"queue": "reports", "pending": 0, "scheduled": 1, "waiting": 0, "processing": 0, "done": 0,
+                   "dead": 0, "paused": False, "concurrency": None, "slots_in_use": 0}
     [info] = cli.json("worker", "list")
     assert info["queues"] == ["mail", "reports"]
     assert "mail,reports" in clean(cli("worker", "list")).stdout
@@ -483,3 +483,81 @@ def test_show_and_list_say_when_the_last_attempt_ran(cli, spool, workers, tmp_pa
     started, finished = parse_iso(done["started_at"]), parse_iso(done["finished_at"])
     assert done["started_at"] == running["started_at"] and 0 < done["duration"] <= finished - started + 0.01
     w.stop()
+
+
+# ---- dependencies (--after) --------------------------------------------------------------------
+
+def test_a_job_after_others_waits_until_they_are_done(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    clean(cli("enqueue", "--id", "a", f"echo a >> {ran}"))
+    clean(cli("enqueue", "--id", "b", "--after", "a", f"echo b >> {ran}"))
+    clean(cli("enqueue", "--id", "c", "--after", "b,a", "--priority", "9", f"echo c >> {ran}"))
+    assert cli.json("status")["waiting"] == 2 and cli.json("status")["pending"] == 1
+    assert [j["id"] for j in cli.json("list", "--state", "waiting")] == ["b", "c"]
+    assert cli.json("show", "c")["after"] == ["b", "a"] and cli.json("show", "c")["state"] == "waiting"
+    assert not [n for n in os.listdir(spool.layout.pending) if "@b" in n or "@c" in n]  # never seen by claims
+    burst(spool)
+    assert ran.read_text().split() == ["a", "b", "c"]
+    assert os.listdir(spool.layout.dir("after")) == [] and os.listdir(spool.layout.dir("waiting")) == []
+    clean(cli("enqueue", "--id", "d", "--after", "a", "true"))  # an already-done one is satisfied at once
+    assert spool.find("d").state == "pending"
+
+
+def test_when_a_job_dies_what_waits_for_it_dies_too_naming_it(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    spool.enqueue({"id": "f", "command": "exit 1", "max_retries": 0})
+    clean(cli("enqueue", "--id", "g", "--after", "f", f"echo g >> {ran}"))
+    clean(cli("enqueue", "--id", "h", "--after", "g", f"echo h >> {ran}"))
+    burst(spool)
+    assert not ran.exists()
+    assert [(spool.find(j).state, spool.find(j).job.last_error) for j in "gh"] == \
+        [("dead", "dependency f is dead"), ("dead", "dependency g is dead")]
+    clean(cli("enqueue", "--id", "k", "--after", "f", "true"))  # after a dead one: dead at once
+    assert spool.find("k").job.last_error == "dependency f is dead"
+
+
+def test_cancelling_a_job_or_its_dependency(cli, spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    clean(cli("enqueue", "--id", "b", "--after", "a", "true"))
+    clean(cli("enqueue", "--id", "w", "--after", "a", "true"))
+    assert clean(cli("cancel", "w")).stdout == "w: cancelled\n"  # a waiting job
+    assert spool.find("w").job.last_error == "cancelled"
+    clean(cli("cancel", "a"))  # what waits for it goes with it
+    assert (spool.find("b").state, spool.find("b").job.last_error) == ("dead", "dependency a is dead")
+
+
+def test_a_batch_may_wait_for_its_own_lines(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    lines = [{"id": "x", "command": f"echo x >> {ran}"}, {"id": "y", "after": ["x"], "command": f"echo y >> {ran}"}]
+    clean(cli("enqueue", "--batch", "-", input="".join(json.dumps(line) + "\n" for line in lines)))
+    assert spool.find("y").state == "waiting"
+    burst(spool)
+    assert ran.read_text().split() == ["x", "y"]
+
+
+@pytest.mark.parametrize("args", [
+    ("--after", "nope", "true"),
+    ("--after", "a,nope", "true"),
+    ("--after", ".bad", "true"),
+    ("--id", "self", "--after", "self", "true"),
+    ("--after", "a,a", "true"),
+    ('{"command": "true", "after": "a"}',),
+    ('{"command": "true", "after": [1]}',),
+])
+def test_a_bad_after_writes_nothing(cli, spool, args):
+    spool.enqueue({"id": "a", "command": "true"})
+    before = snapshot(spool.root)
+    clean(cli("enqueue", *args), 2)
+    assert snapshot(spool.root) == before
+
+
+def test_a_wake_up_lost_in_a_crash_is_found_by_recovery(spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
+    owner = spool.owners.register("worker")
+    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
+    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)  # done, and no one woke b
+    spool.owners.unregister(owner)
+    assert spool.find("b").state == "waiting"
+    burst(spool)  # a worker's first recovery sweep looks through after/
+    assert spool.find("b").state == "done"

@@ -102,14 +102,15 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--shell", is_flag=True, default=None,
               help="Always run the command with /bin/sh -c (else a plain one runs directly).")
 @click.option("--queue", help="The queue the job belongs to (default: default).")
+@click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).")
 @click.option("--if-absent", is_flag=True,
               help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option
 @pass_ctx
 def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, max_retries: int | None,
             priority: int | None, timeout: float | None, delay: float | None, run_at: str | None,
-            file_path: str | None, batch: str | None, shell: bool | None, queue: str | None, if_absent: bool,
-            as_json: bool) -> None:
+            file_path: str | None, batch: str | None, shell: bool | None, queue: str | None, after: str | None,
+            if_absent: bool, as_json: bool) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
     \b
@@ -129,13 +130,19 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
     flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
-                          "delay": delay, "run_at": run_at, "shell": shell, "queue": queue})
+                          "delay": delay, "run_at": run_at, "shell": shell, "queue": queue,
+                          "after": [i.strip() for i in after.split(",")] if after is not None else None})
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all
     if if_absent:
         _refuse_without_ids(specs, flags, where)
     jobs, line_of = _make_jobs(spool, specs, flags, where)
+    if any(job.after for job in jobs):
+        try:
+            spool.check_after(jobs)
+        except InvalidJob as e:
+            raise CliError(f"{e}; nothing was enqueued", 2) from None
     c.create()
     existing: set[str] | None = set() if if_absent else None
     announce = _Announcement(lambda: _output_lines(spool, jobs, as_json, existing))

@@ -103,8 +103,8 @@ def queue_list(c: Context, as_json: bool) -> None:
     counts = c.spool.views.queue_counts()
     rows = []
     for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
-        n = counts[name].to_dict() if name in counts else dict.fromkeys(("pending", "scheduled", "processing",
-                                                                          "done", "dead"), 0)
+        n = counts[name].to_dict() if name in counts else dict.fromkeys(("pending", "scheduled", "waiting",
+                                                                          "processing", "done", "dead"), 0)
         n.pop("workers", None)
         rows.append({"queue": name, **n, "paused": "*" in paused or name in paused,
                      "concurrency": limits.get(name), "slots_in_use": in_use.get(name, 0)})
