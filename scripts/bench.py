@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
@@ -256,29 +256,42 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     return row
 
 
-def limited_neighbour(tmp: str, n: int, repeat: int) -> Row:
-    """n `true` jobs of the default queue drained by 2 burst workers, with a concurrency limit set on
-    another queue that has jobs waiting too, against the same spool without any limit, in turn."""
+def beside(tmp: str, n: int, repeat: int, what: str, setup: Callable[[str], None]) -> Row:
+    """n `true` jobs of the default queue drained by 2 burst workers in a spool that `setup` also
+    gave something else (a limited queue, jobs waiting for others), against the same without it,
+    in turn."""
     samples, refs = [], []
     for r in range(repeat):
-        for limited in (True, False):
-            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="limit-")
-            batch = os.path.join(tmp, f"limit-{r}.jsonl")
+        for other in (True, False):
+            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="beside-")
+            batch = os.path.join(tmp, f"beside-{r}.jsonl")
             write_batch(batch, n, "true")
             cli(spool_dir, "enqueue", "--batch", batch)
-            if limited:
-                cli(spool_dir, "queue", "set", "enc", "--concurrency", "1")
-                for _ in range(20):
-                    cli(spool_dir, "enqueue", "--queue", "enc", "--delay", "3600", "true")
+            if other:
+                setup(spool_dir)
             t0 = time.monotonic()
             subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-            (samples if limited else refs).append(n / (time.monotonic() - t0))
+            (samples if other else refs).append(n / (time.monotonic() - t0))
             shutil.rmtree(spool_dir, ignore_errors=True)
-    row = Row(f"throughput: {n} `true` jobs beside a queue limited to 1", "jobs/s", samples,
-              "the same with no limit anywhere", refs, ">= 0.95 x", paired=True)
+    row = Row(f"throughput: {n} `true` jobs beside {what}", "jobs/s", samples,
+              "the same spool without it", refs, ">= 0.95 x", paired=True)
     row.passed = row.ratio >= 0.95
     return row
+
+
+def a_limited_queue(spool_dir: str) -> None:
+    cli(spool_dir, "queue", "set", "enc", "--concurrency", "1")
+    for _ in range(20):
+        cli(spool_dir, "enqueue", "--queue", "enc", "--delay", "3600", "true")
+
+
+def waiting_jobs(spool_dir: str, count: int = 10_000) -> None:
+    cli(spool_dir, "enqueue", "--id", "gate", "--delay", "3600", "true")
+    batch = os.path.join(spool_dir + ".waiting.jsonl")
+    with open(batch, "w") as f:
+        f.writelines('{"command": "true", "after": ["gate"]}\n' for _ in range(count))
+    cli(spool_dir, "enqueue", "--batch", batch)
 
 
 def dropin_latency(tmp: str, n: int) -> list[float]:
@@ -383,8 +396,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,shellcmd,"
-                                   "plain,cli,batch,backlog,hosts")
+    ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
+                                   "shellcmd,plain,cli,batch,backlog,hosts")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -432,7 +445,10 @@ def main() -> int:
             rows.append(throughput(tmp, a.jobs, a.repeat, "true && true", 0.85))
         if want("limits"):
             progress(f"throughput: {a.jobs} jobs beside a limited queue")
-            rows.append(limited_neighbour(tmp, a.jobs, a.repeat))
+            rows.append(beside(tmp, a.jobs, a.repeat, "a queue limited to 1", a_limited_queue))
+        if want("waiting"):
+            progress(f"throughput: {a.jobs} jobs beside 10,000 waiting for another")
+            rows.append(beside(tmp, a.jobs, a.repeat, "10,000 jobs waiting (--after)", waiting_jobs))
         if want("plain"):
             progress(f"throughput: {a.jobs} jobs of a program the shell would start")
             rows.append(throughput(tmp, a.jobs, a.repeat, "sleep 0", 1.0))

@@ -496,6 +496,7 @@ def test_a_job_after_others_waits_until_they_are_done(cli, spool, tmp_path):
     assert [j["id"] for j in cli.json("list", "--state", "waiting")] == ["b", "c"]
     assert cli.json("show", "c")["after"] == ["b", "a"] and cli.json("show", "c")["state"] == "waiting"
     assert not [n for n in os.listdir(spool.layout.pending) if "@b" in n or "@c" in n]  # never seen by claims
+    assert clean(cli("fsck")).stdout.endswith(": clean\n")
     burst(spool)
     assert ran.read_text().split() == ["a", "b", "c"]
     assert os.listdir(spool.layout.dir("after")) == [] and os.listdir(spool.layout.dir("waiting")) == []
@@ -560,4 +561,16 @@ def test_a_wake_up_lost_in_a_crash_is_found_by_recovery(spool):
     spool.owners.unregister(owner)
     assert spool.find("b").state == "waiting"
     burst(spool)  # a worker's first recovery sweep looks through after/
+    assert spool.find("b").state == "done"
+
+
+def test_a_spool_made_before_queues_limits_and_dependencies_is_whole(cli, spool):
+    for name in ("waiting", "after", "slots"):
+        os.rmdir(spool.layout.dir(name))
+    spool.enqueue({"id": "a", "command": "true"})
+    assert clean(cli("fsck")).stdout.endswith(": clean\n")
+    assert cli.json("status")["waiting"] == 0 and clean(cli("list", "--state", "waiting")).stdout == "no jobs\n"
+    clean(cli("enqueue", "--id", "b", "--after", "a", "true"))  # made when first needed
+    clean(cli("queue", "set", "enc", "--concurrency", "1"))
+    burst(spool)
     assert spool.find("b").state == "done"

@@ -33,6 +33,8 @@ class HousekeepingChecks:
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
+                if name in layout.MADE_ON_DEMAND:
+                    continue  # a spool from before these existed: made when first needed
                 p = r.report("missing-dir", path, f"{name}/ is missing")
                 r.repair_with(p, lambda path=path: self.spool.store.make_dir(path), "created it")
                 ok = ok and p.repaired
@@ -150,6 +152,8 @@ class HousekeepingChecks:
         # The root itself may predate the spool (a checked-out spool/); the directories inside guard it.
         dirs = [self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS]
         dirs += [self.layout.owned(e) for e in r.live_dirs]
+        edges = self.layout.dir("after")
+        dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if layout.is_spoolq_entry("after", e)]
         for path in dirs:
             self._check_mode(path, modes.dir, shared)
         for path in self._spoolq_files():
@@ -159,8 +163,9 @@ class HousekeepingChecks:
         """What spoolq itself created (the user's own files under the spool are theirs)."""
         files = [self.layout.config]
         for name in layout.STATE_DIRS + layout.OTHER_DIRS:
-            if name in ("processing", "tmp"):
-                continue  # live owners' files change while we look; temp files are the temp check's
+            if name in ("processing", "tmp", "after"):
+                continue  # live owners' files change while we look; temp files are the temp check's;
+                # after/ holds directories (above), and in them empty edges that come and go
             directory = self.layout.dir(name)
             files += [os.path.join(directory, e) for e in fsio.listdir(directory)
                       if layout.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
