@@ -238,6 +238,9 @@ ILL_TYPED = [
     {"last_error": "\udfff"},
     {"note": "\ud800"},
     {"note": ["\ud800"]},
+    {"queue": 5}, {"queue": ""}, {"queue": ".hidden"}, {"queue": "a%b"}, {"queue": "q" * 65},
+    {"after": "a"}, {"after": [1]}, {"after": ["a", "a"]}, {"after": [".x"]}, {"after": ["a"] * 1001},
+    {"id": "me", "after": ["me"]},
 ]
 
 
@@ -253,8 +256,8 @@ def test_ill_typed_field_is_refused(fields, tmp_path):
     spool = Spool(tmp_path / "s")
     with pytest.raises(InvalidJob):
         spool.enqueue(spec)
-    assert spool.counts().to_dict() == {"pending": 0, "scheduled": 0, "processing": 0, "done": 0, "dead": 0,
-                                        "workers": 0}
+    assert spool.counts().to_dict() == {"pending": 0, "scheduled": 0, "waiting": 0, "processing": 0, "done": 0,
+                                        "dead": 0, "workers": 0}
     assert all(os.listdir(tmp_path / "s" / d) == [] for d in ("ids", "tmp", "pending"))
 
 

@@ -574,3 +574,10 @@ def test_a_spool_made_before_queues_limits_and_dependencies_is_whole(cli, spool)
     clean(cli("queue", "set", "enc", "--concurrency", "1"))
     burst(spool)
     assert spool.find("b").state == "done"
+
+
+def test_wait_for_everything_counts_waiting_jobs(cli, spool):
+    spool.enqueue({"id": "later", "command": "true", "delay": 3600})
+    clean(cli("enqueue", "--id", "w", "--after", "later", "true"))
+    result = clean(cli("wait", "--timeout", "0.2"), 124)
+    assert "0 pending, 1 scheduled, 1 waiting, 0 processing" in result.output

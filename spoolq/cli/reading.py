@@ -110,7 +110,7 @@ def _copy_output(path: str, offset: int) -> int | None:
 @pass_ctx
 def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
-    pending, scheduled or processing."""
+    pending, scheduled, waiting or processing."""
     check_ids(job_ids)
     spool = c.spool
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -125,7 +125,7 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
                 return
         else:
             n = spool.counts()
-            if n.pending + n.scheduled + n.processing == 0:
+            if n.pending + n.scheduled + n.waiting + n.processing == 0:
                 return
         if deadline is not None and time.monotonic() >= deadline:
             raise WaitTimeout(_unfinished(spool, job_ids, timeout))
@@ -141,7 +141,7 @@ def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -
         what += " …" if len(left) > 10 else ""
     else:
         n = spool.counts()
-        what = f"{n.pending} pending, {n.scheduled} scheduled, {n.processing} processing"
+        what = f"{n.pending} pending, {n.scheduled} scheduled, {n.waiting} waiting, {n.processing} processing"
     workers = len(spool.workers(role="worker"))
     hint = "no worker is running" if not workers else f"{workers} worker{'s' if workers != 1 else ''} running"
     return f"timed out after {timeout:g}s; {what} ({hint})"
