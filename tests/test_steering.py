@@ -581,3 +581,19 @@ def test_wait_for_everything_counts_waiting_jobs(cli, spool):
     clean(cli("enqueue", "--id", "w", "--after", "later", "true"))
     result = clean(cli("wait", "--timeout", "0.2"), 124)
     assert "0 pending, 1 scheduled, 1 waiting, 0 processing" in result.output
+
+
+def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
+    owner = spool.owners.register("worker")
+    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
+    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)  # done, and no one woke b
+    spool.owners.unregister(owner)
+    os.makedirs(os.path.join(spool.layout.dir("after"), "a"), exist_ok=True)
+    open(os.path.join(spool.layout.dir("after"), "a", "gone"), "w").close()  # an edge whose waiter is gone
+    report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
+    assert sorted(p["kind"] for p in report["problems"]) == ["stale-edge", "stuck-waiting"], report
+    clean(cli("fsck", "--repair"), 1)
+    assert spool.find("b").state == "pending"
+    assert clean(cli("fsck")).stdout.endswith(": clean\n")

@@ -55,6 +55,7 @@ def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTE
     jobs.check_live_processing()
     jobs.check_finished("done")
     jobs.check_finished("dead")
+    jobs.check_waiting()
     house.check_reasons()
     jobs.check_duplicates()
     jobs.check_markers()
