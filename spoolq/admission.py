@@ -48,9 +48,12 @@ class Admission:
     def slot_for(self, name: str, owner: str) -> tuple[bool, str | None]:
         """Before claiming `name`: whether the claim may go on, and the slot taken for it (a
         queue with a concurrency limit). A queue found full is passed over until woke()."""
+        limits = self.spool.slots.limits()
+        if not limits:
+            return True, None  # no queue is limited: nothing to parse
         parsed = layout.parse_pending(name)
         queue = parsed.queue if parsed is not None else layout.DEFAULT_QUEUE
-        if queue not in self.spool.slots.limits():
+        if queue not in limits:
             return True, None
         held = self.spool.slots.take(queue, owner)
         if held is None:

@@ -84,7 +84,10 @@ class Dependencies:
         while todo:
             dep = todo.pop()
             directory = os.path.join(self.edges, dep)
-            for waiter in fsio.listdir(directory):
+            waiters = fsio.listdir(directory)
+            if not waiters:
+                continue  # nearly every finish: no one waits for it, one system call
+            for waiter in waiters:
                 if waiter.startswith("."):
                     continue
                 outcome = self.judge(waiter, owner)
