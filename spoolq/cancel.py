@@ -95,6 +95,7 @@ class Canceller:
         self.views = views
         self.takes = takes
         self.deps = deps
+        self._requests: dict[str, KillRequest] = {}  # made by --kill, withdrawn if the job ends first
 
     def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[Result]:
         """Cancel each job; with `kill`, ask running ones' workers to kill them, and wait up to
@@ -156,11 +157,15 @@ class Canceller:
             return False  # gone on (or a file its claim quarantines): look again
         request = KillRequest(path, job)
         try:
-            self.store.write_file(request.mark, attempt_token(job), durable=False)
+            self.store.write_file(request.mark, request.token, durable=False)
         except FileExistsError:
-            pass  # asked before: the request stands
+            if not request.asked():  # left for an earlier run of the job (it ended first): ours replaces it
+                tmp = self.store.temp_path(os.path.dirname(path))
+                self.store.write_file(tmp, request.token, durable=False)
+                os.replace(tmp, request.mark)
         except FileNotFoundError:
             return False  # its owner's directory is gone: the job moved on
+        self._requests[job.id] = request
         if os.path.lexists(path):
             return True
         # RACE: it finished (or was recovered) between the look and the mark: the mark is void.
@@ -182,6 +187,8 @@ class Canceller:
                 result.state = view.state
                 cancelled = view.job is not None and view.job.last_error == CANCELLED
                 result.outcome = Outcome.KILLED if cancelled else Outcome.FINISHED
+                if not cancelled and result.job_id in self._requests:
+                    self._requests[result.job_id].withdraw()  # it ended before its worker looked
             if all(r.outcome is not Outcome.REQUESTED for r in asked) or time.monotonic() >= deadline:
                 return
             time.sleep(pause)

@@ -78,7 +78,8 @@ class Dependencies:
     def finished(self, job_id: str, owner: str) -> list[tuple[str, str, str]]:
         """`job_id` has just moved to done/ or dead/: judge the jobs waiting for it, and theirs in
         turn for each that dies. Returns (what it waited for, waiter, "pending" or "dead") for
-        each that moved. Each edge goes once judged: its job has finished, it wakes no one again."""
+        each that moved. An edge goes once its waiter has moved on; while the waiter waits it stays,
+        so that a later judging (the job requeued and finished again, recovery's sweep) finds it."""
         moved: list[tuple[str, str, str]] = []
         todo = [job_id]
         while todo:
@@ -90,32 +91,40 @@ class Dependencies:
             for waiter in waiters:
                 if waiter.startswith("."):
                     continue
-                outcome = self.judge(waiter, owner)
+                outcome, after = self._judge(waiter, owner)
                 if outcome is not None:
                     moved.append((dep, waiter, outcome))
                     if outcome == "dead":
                         todo.append(waiter)
-                fsio.unlink_quietly(os.path.join(directory, waiter))
+                    self.forget(waiter, after)  # every edge of it: it waits no more
+                elif not os.path.lexists(self.waiting_path(waiter)):
+                    self.forget(waiter, [dep])  # moved on by someone else, or never published
             _remove_if_empty(directory)
         return moved
 
     def judge(self, waiter: str, owner: str) -> str | None:
         """Release or kill one waiting job by the states of what it waits for; None if it stays
         (or is not there: released, killed, cancelled, or not published yet)."""
+        outcome, after = self._judge(waiter, owner)
+        if outcome is not None:
+            self.forget(waiter, after)
+        return outcome
+
+    def _judge(self, waiter: str, owner: str) -> tuple[str | None, list[str]]:
         path = self.waiting_path(waiter)
         try:
             job, _ = self.store.read_job(path, now=self.store.now(), trusted_only=True)
         except (FileNotFoundError, InvalidJob):
-            return None
+            return None, []
         states = {dep: self.state_of(dep) for dep in job.after}
         dead = [dep for dep, state in states.items() if state == "dead"]
         if dead:
-            return "dead" if self._kill(path, job, dead[0], owner) else None
+            return ("dead" if self._kill(path, job, dead[0], owner) else None), job.after
         if all(state == "done" for state in states.values()):
             # RACE: another judge may release or kill it at this moment; the rename admits one.
-            return "pending" if fsio.move(path, os.path.join(self.layout.pending, layout.pending_name_of(job))) \
-                else None
-        return None
+            released = fsio.move(path, os.path.join(self.layout.pending, layout.pending_name_of(job)))
+            return ("pending" if released else None), job.after
+        return None, job.after
 
     def _kill(self, path: str, job: Job, dep: str, owner: str) -> bool:
         job = job.copy()
@@ -127,6 +136,18 @@ class Dependencies:
             return False  # RACE: released, killed or cancelled by someone else first
         self.takes.complete(directory, moving, job)
         return True
+
+    def forget(self, waiter: str, deps: list[str]) -> None:
+        """A job that no longer waits: its edges go (their directories too, once empty)."""
+        for dep in deps:
+            directory = os.path.join(self.edges, dep)
+            fsio.unlink_quietly(os.path.join(directory, waiter))
+            _remove_if_empty(directory)
+
+    def waiters_of(self, job_id: str) -> list[str]:
+        """The jobs still waiting for `job_id` (purge keeps a job others wait for)."""
+        directory = os.path.join(self.edges, job_id)
+        return [w for w in fsio.listdir(directory) if os.path.lexists(self.waiting_path(w))]
 
     def sweep(self, owner: str) -> list[tuple[str, str, str]]:
         """Judge the waiters of every finished job that still has edges (a crash between a finish

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import fsio, layout
 from .errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable, SpoolError
@@ -22,11 +22,14 @@ FINISHED = ("done", "dead")
 
 
 class Finished:
-    def __init__(self, store: Store, views: Views, quarantine: Quarantine):
+    def __init__(self, store: Store, views: Views, quarantine: Quarantine,
+                 waiters_of: Callable[[str], list[str]] = lambda _job_id: []):
         self.store = store
         self.layout = store.layout
         self.views = views
         self.quarantine = quarantine
+        self.waiters_of = waiters_of  # jobs still waiting for one (deps.py): it is not purged
+        self.kept = 0  # by the last purge(): finished jobs others still wait for
 
     # ---- back to pending ---------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class Finished:
         if state not in FINISHED:
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
-        count = 0
+        count = self.kept = 0
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
             finished = dirs[state]
@@ -135,6 +138,9 @@ class Finished:
                     if now - finished_at(finished.lstat(entry)) < older_than:
                         continue
                 except FileNotFoundError:
+                    continue
+                if self.waiters_of(layout.stem(entry)):
+                    self.kept += 1  # its waiters would wait for good for a job no longer there
                     continue
                 self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
@@ -154,6 +160,10 @@ class Finished:
                     continue
                 if state not in FINISHED:
                     why[job_id] = f"job {job_id} is {state}, not finished (cancel it first)"
+                    continue
+                waiters = self.waiters_of(job_id)
+                if waiters:
+                    why[job_id] = f"job {job_id} is kept: {', '.join(waiters[:5])} still wait for it"
                     continue
                 self._delete_finished(dirs, ids, state, job_id)
                 why[job_id] = None

@@ -135,7 +135,7 @@ def parse_transit(name: str) -> Transit | None:
     for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
         if name.startswith(prefix):
             parts = name[len(prefix):].split(".", 2)
-            if len(parts) == 3 and parts[0] in ("pending", "dead") and len(parts[1]) == 12 and parts[2]:
+            if len(parts) == 3 and parts[0] in ("pending", "dead", "waiting") and len(parts[1]) == 12 and parts[2]:
                 return Transit(taken, parts[0], parts[1], parts[2])
     return None
 

@@ -65,6 +65,7 @@ class Slots:
         to match; held ones above the limit go when given back."""
         with self.store.locked("config"):
             limits = dict(self._read_limits())
+            before = limits.get(queue, 0)
             if limit:
                 limits[queue] = limit
             else:
@@ -73,14 +74,17 @@ class Slots:
             text = "".join(f"{q} {n}\n" for q, n in sorted(limits.items()))
             self.store.publish(self.limits_path, text.encode())
             self._cache = None
-            held = {k for k, _ in self._tokens(queue, held=True)}
-            free = {k for k, _ in self._tokens(queue, held=False)}
-            for k in range(limit):
-                if k not in held and k not in free:
+            # RACE: workers take and give back tokens while we look: only slots above the old limit
+            # are made (one that exists in either form, as one listing saw it, is not made again),
+            # so a token between its two names can never be made twice.
+            seen = {int(name.split(SEP)[1]) for name in fsio.listdir(self.dir)
+                    if name.split(SEP)[0] == queue and name.count(SEP) in (1, 2) and name.split(SEP)[1].isdigit()}
+            for k in range(before, limit):
+                if k not in seen:
                     self._make_token(f"{queue}{SEP}{k}")
-            for k in free:
+            for k, name in self._tokens(queue, held=False):
                 if k >= limit:
-                    fsio.unlink_quietly(os.path.join(self.dir, f"{queue}{SEP}{k}"))
+                    fsio.unlink_quietly(os.path.join(self.dir, name))
             fsio.fsync_dir(self.dir)
 
     # ---- taking and giving back -------------------------------------------------------------------
@@ -89,9 +93,13 @@ class Slots:
         """A free slot of `queue`, now held by `owner` (its held name), or None: all are taken."""
         for k, name in self._tokens(queue, held=False):
             held = f"{name}{SEP}{owner}"
-            # RACE: other workers may take the same token; one rename wins, the rest try the next.
-            if fsio.move(os.path.join(self.dir, name), os.path.join(self.dir, held)):
-                return held
+            # RACE: other workers may take the same token, and give it back, at any moment; one
+            # rename wins, the rest try the next (a token back under its free name is just missed).
+            try:
+                os.rename(os.path.join(self.dir, name), os.path.join(self.dir, held))
+            except FileNotFoundError:
+                continue
+            return held
         return None
 
     def give_back(self, held: str) -> None:

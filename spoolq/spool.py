@@ -71,7 +71,7 @@ class Spool:
     def finished(self) -> Finished:
         from .finished import Finished
 
-        return Finished(self.store, self.views, self.quarantine)
+        return Finished(self.store, self.views, self.quarantine, lambda job_id: self.deps.waiters_of(job_id))
 
     @cached_property
     def deps(self) -> Dependencies:
@@ -138,7 +138,7 @@ class Spool:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
         from .errors import InvalidJob, JobNotFound
 
-        mine = {job.id for job in jobs}
+        mine = {job.id: job.after for job in jobs}
         for job in jobs:
             for dep in job.after:
                 if dep in mine or self.deps.state_of(dep) != "unfinished":
@@ -147,6 +147,9 @@ class Spool:
                     self.find(dep)
                 except JobNotFound:
                     raise InvalidJob(f"after: no job {dep!r}") from None
+        cycle = _a_cycle(mine)
+        if cycle:
+            raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
 
     def _judge_new(self, waiters: list[str]) -> None:
         """Once more after publishing: a dep that finished meanwhile left no one to wake them."""
@@ -236,3 +239,31 @@ class Spool:
     def worker_log(self) -> str:
         """Where detached workers of this host write their log."""
         return self.layout.worker_log(host_name())
+
+
+def _a_cycle(after: dict[str, list[str]]) -> list[str] | None:
+    """A cycle among new jobs waiting for each other (older jobs cannot wait for new ones)."""
+    done: set[str] = set()
+    for start in after:
+        path: list[str] = []
+        on_path: set[str] = set()
+        stack = [(start, iter(after.get(start, [])))]
+        if start in done:
+            continue
+        path.append(start)
+        on_path.add(start)
+        while stack:
+            node, deps = stack[-1]
+            dep = next((d for d in deps if d in after), None)
+            if dep is None:
+                stack.pop()
+                done.add(node)
+                on_path.discard(path.pop())
+                continue
+            if dep in on_path:
+                return path[path.index(dep):] + [dep]
+            if dep not in done:
+                stack.append((dep, iter(after[dep])))
+                path.append(dep)
+                on_path.add(dep)
+    return None

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import dropins, fsio, layout, retry
-from .errors import InvalidJob, LostOwnership
+from .errors import InvalidJob, JobNotFound, LostOwnership
 from .job import Job
 from .ids import Reservations
 from .owners import Owners
@@ -148,15 +148,43 @@ class Transitions:
                 self.quarantine.put(adopt_path, entry, reason, now)
                 return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=reason)
             try:
-                moving = self.takes.take_with(adopt_path, job, "pending")
+                state = self._waiting_or_pending(job)
+            except InvalidJob as e:
+                ids.release(job.id)
+                self.quarantine.put(adopt_path, entry, f"malformed: {e}", now)
+                return Adoption(Adopted.QUARANTINED, job_id=job.id, reason=str(e))
+            try:
+                moving = self.takes.take_with(adopt_path, job, state)
             except BaseException:
                 ids.release(job.id)
                 raise
         # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
         # this worker's own recovery sweep completes it.
         moved = self.takes.complete(os.path.dirname(adopt_path), moving, job)
-        fsio.fsync_dir(self.layout.pending)
+        fsio.fsync_dir(self.layout.dir(moved.state))
+        if moved.state == "waiting" and self.publisher.deps.judge(job.id, owner) == "dead":
+            self.publisher.deps.finished(job.id, owner)  # what it waits for died meanwhile
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
+
+    def _waiting_or_pending(self, job: Job) -> str:
+        """Where an adopted job goes: waiting/ (its edges made first, deps.py) if it waits for
+        jobs not done yet. InvalidJob for an id that is no job (the drop-in is quarantined)."""
+        if not job.after:
+            return "pending"
+        deps = self.publisher.deps
+        for dep in job.after:
+            if deps.state_of(dep) == "unfinished":
+                try:
+                    self.views.find(dep)
+                except JobNotFound:
+                    raise InvalidJob(f"after: no job {dep!r}") from None
+        unfinished = deps.unfinished(job)
+        if not unfinished:
+            return "pending"
+        self.store.make_dir(deps.waiting)
+        self.store.make_dir(deps.edges)
+        deps.make_edges(job, unfinished)
+        return "waiting"
 
     # ---- claim and finish ----------------------------------------------------------------
 

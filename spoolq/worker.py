@@ -299,7 +299,7 @@ class Worker:
                 self.index.defer_dropin(name, min(result.retry_at or now + poll, now + poll))
                 continue
             self.index.forget_dropin(name)
-            if result.moved is not None:
+            if result.moved is not None and result.moved.state == "pending":
                 self._remember(result.moved.name)  # before any claim: FIFO by arrival, not by event order
             if result.outcome is Adopted.QUARANTINED:
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")

@@ -294,7 +294,7 @@ def test_purge_by_id_frees_exactly_those_ids(cli, spool):
     assert not os.path.exists(spool.output_path("a")) and os.path.exists(spool.output_path("b"))
     clean(cli("enqueue", "--id", "a", "true"))  # the id is free again
     clean(cli("purge", "b", "--state", "done"), 2)  # ids, or a state: not both
-    assert json.loads(clean(cli("purge", "--json")).stdout) == {"purged": 1, "state": "done"}
+    assert json.loads(clean(cli("purge", "--json")).stdout) == {"purged": 1, "state": "done", "kept": 0}
 
 
 def test_logs_follow_prints_output_as_it_comes_and_exits_as_wait_would(spool, workers, tmp_path):
@@ -597,3 +597,84 @@ def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
     clean(cli("fsck", "--repair"), 1)
     assert spool.find("b").state == "pending"
     assert clean(cli("fsck")).stdout.endswith(": clean\n")
+
+
+# ---- found by an adversarial review ------------------------------------------------------------
+
+def test_a_dependency_requeued_or_purged_strands_no_one(cli, spool, tmp_path):
+    ran = tmp_path / "ran"
+    spool.enqueue({"id": "a", "command": f"echo a >> {ran}"})
+    spool.enqueue({"id": "b", "queue": "slow", "command": f"echo b >> {ran}"})
+    clean(cli("enqueue", "--id", "c", "--after", "a,b", f"echo c >> {ran}"))
+    assert Worker(spool, burst=True, log=lambda _m: None, queues=frozenset({"default"})).run() == 0
+    assert spool.find("c").state == "waiting"  # a is done, b is not
+    result = clean(cli("purge", "a"), 1)  # purged, a would be waited for by c for good
+    assert result.stderr == "Error: job a is kept: c still wait for it\n"
+    assert json.loads(clean(cli("purge", "--json")).stdout) == {"purged": 0, "state": "done", "kept": 1}
+    clean(cli("requeue", "a"))
+    burst(spool)  # b (older), a again (at the back), then c: woken by the last of them, both done
+    assert ran.read_text().split() == ["a", "b", "a", "c"]
+    assert os.listdir(spool.layout.dir("after")) == []
+
+
+def test_jobs_that_wait_for_each_other_are_refused(cli, spool):
+    lines = [{"id": "x", "command": "true", "after": ["y"]}, {"id": "y", "command": "true", "after": ["x"]}]
+    before = snapshot(spool.root)
+    result = clean(cli("enqueue", "--batch", "-", input="".join(json.dumps(line) + "\n" for line in lines)), 2)
+    assert "x -> y -> x wait for each other" in result.output
+    assert snapshot(spool.root) == before
+
+
+def _take_and_give(root: str, owner: str, rounds: int, set_limit: bool) -> None:
+    spool = Spool(root)
+    for _ in range(rounds):
+        if set_limit:
+            spool.slots.set_limit("q", 1)
+            continue
+        held = spool.slots.take("q", owner)
+        if held is not None:
+            others = [n for n in os.listdir(spool.layout.dir("slots")) if n.count("%") == 2 and n != held]
+            assert not others, others  # one slot, one holder
+            spool.slots.give_back(held)
+
+
+def test_slots_hold_under_takers_and_a_limit_set_again_and_again(spool):
+    import multiprocessing
+
+    spool.slots.set_limit("q", 1)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_take_and_give, args=(spool.root, f"host-{i}-abcdef", 1500, i == 2))
+             for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]  # no taker crashed, none saw two holders
+    assert sorted(os.listdir(spool.layout.dir("slots"))) == ["q%0"]
+
+
+def test_a_kill_request_left_by_an_earlier_run_is_replaced(spool):
+    from spoolq.cancel import KillRequest, mark_name
+
+    spool.enqueue({"id": "k", "command": "true"})
+    owner = spool.owners.register("worker")
+    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
+    with open(os.path.join(spool.layout.owned(owner), mark_name("k")), "wb") as f:
+        f.write(b"1 1\n")  # left for an earlier run, which ended before its worker looked
+    [result] = spool.cancel(["k"], kill=True, wait=0.05)
+    assert result.outcome.value == "requested"
+    assert KillRequest(claimed.path, claimed.job).asked()  # the request now names this run
+
+
+def test_a_dropped_file_may_wait_for_other_jobs(spool, tmp_path):
+    ran = tmp_path / "ran"
+    spool.enqueue({"id": "a", "queue": "slow", "command": f"echo a >> {ran}"})
+    with open(os.path.join(spool.layout.pending, "d.json"), "w") as f:
+        json.dump({"id": "d", "command": f"echo d >> {ran}", "after": ["a"]}, f)
+    with open(os.path.join(spool.layout.pending, "bad.json"), "w") as f:
+        json.dump({"id": "e", "command": "true", "after": ["nope"]}, f)
+    assert Worker(spool, burst=True, log=lambda _m: None, queues=frozenset({"default"})).run() == 0
+    assert spool.find("d").state == "waiting" and not ran.exists()
+    assert [v.reason for v in spool.list_jobs(state="dead")] == ["malformed: after: no job 'nope'"]
+    burst(spool)
+    assert ran.read_text().split() == ["a", "d"]

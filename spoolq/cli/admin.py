@@ -104,10 +104,12 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
         return
     state = state or "done"
     n = c.spool.purge(state, older_than=older_than or 0.0)
+    kept = c.spool.finished.kept
     if as_json:
-        emit_json({"purged": n, "state": state})
+        emit_json({"purged": n, "state": state, "kept": kept})
     else:
-        click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}")
+        click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}"
+                   + (f"; kept {kept} that other jobs still wait for" if kept else ""))
 
 
 @main.command()
