@@ -619,3 +619,58 @@ def _every_waiter_released_or_killed_once(root: str, tags: list[str], killed: bo
 @pytest.mark.parametrize("kind", ["rename", "unlink"])
 def test_a_worker_killed_while_waking_waiters_loses_none(tmp_path, kind):
     sweep(tmp_path, kind, _waiters, lambda root: [*WORKER, root], _every_waiter_released_or_killed_once)
+
+
+# ---- pause, queue limits, a drop-in that waits ------------------------------------------------------
+
+
+def _paused_and_limited(root: str) -> None:
+    spool = Spool(root)
+    spool.pause("mail")
+    spool.slots.set_limit("enc", 2)
+
+
+def _steering_whole_and_never_blocked(root: str, _: None, killed: bool) -> None:
+    spool = Spool(root, create=False)
+    assert spool.paused() in (frozenset({"mail"}), frozenset({"mail", "video"}), frozenset())
+    assert spool.slots.limits().get("enc") in (2, 3)
+    repaired_clean(root)
+    for command in (("pause", "--queue", "x"), ("resume",), ("queue", "set", "enc", "--concurrency", "1")):
+        assert cli(root, *command).returncode == 0  # no lock or file left that blocks the next
+    assert sorted(os.listdir(Spool(root, create=False).layout.dir("slots"))) == ["enc%0"]
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "unlink", "fsync"])
+@pytest.mark.parametrize("command", [("pause", "--queue", "video"), ("resume",),
+                                     ("queue", "set", "enc", "--concurrency", "3")])
+def test_pause_resume_and_queue_set_killed_at_any_point_block_nothing(tmp_path, kind, command):
+    sweep(tmp_path, kind, _paused_and_limited, lambda root: [*SPOOLQ, "--spool", root, *command],
+          _steering_whole_and_never_blocked)
+
+
+def _a_dropped_waiter(root: str) -> list[str]:
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    spool.enqueue({"id": "a", "queue": "slow", **job_that_records(root, "a")})
+    with open(os.path.join(spool.layout.pending, "d.json"), "w") as f:
+        json.dump({"id": "d", "after": ["a"], **job_that_records(root, "d")}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return ["a", "d"]
+
+
+def _the_dropped_waiter_runs_once_after(root: str, tags: list[str], killed: bool) -> None:
+    burst(root)  # every queue: recovery gives back or completes the adoption, then a, then d
+    spool = Spool(root, create=False)
+    assert {t: spool.find(t).state for t in tags} == dict.fromkeys(tags, "done")
+    assert runs(root).count("a") == 1 and 1 <= runs(root).count("d") <= 2 and runs(root)[0] == "a", runs(root)
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "link", "mkdir"])
+def test_a_worker_killed_adopting_a_drop_in_that_waits_loses_nothing(tmp_path, kind):
+    worker_default_only = [sys.executable, "-c",
+                           "import sys; from spoolq.spool import Spool; from spoolq.worker import Worker; "
+                           "sys.exit(Worker(Spool(sys.argv[1]), burst=True, queues=frozenset({'default'})).run())"]
+    sweep(tmp_path, kind, _a_dropped_waiter, lambda root: [*worker_default_only, root],
+          _the_dropped_waiter_runs_once_after)
