@@ -28,15 +28,12 @@ from .job import Job
 from .store import Store
 from .takes import Takes
 
-WAITING = "waiting"
-
-
 class Dependencies:
     def __init__(self, store: Store, takes: Takes):
         self.store = store
         self.layout = store.layout
         self.takes = takes
-        self.waiting = store.layout.dir(WAITING)
+        self.waiting = store.layout.dir(layout.WAITING)
         self.edges = store.layout.dir("after")
 
     # ---- publishing a waiting job --------------------------------------------------------------

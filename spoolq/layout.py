@@ -98,7 +98,8 @@ from .job import DEFAULT_QUEUE, Job, valid_id
 
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
-MADE_ON_DEMAND = ("waiting", "slots", "after")  # newer than spoolq 0.1: a spool without them is whole
+WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
+MADE_ON_DEMAND = (WAITING, "slots", "after")  # newer than spoolq 0.1: a spool without them is whole
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after")
 
 PRIORITY_BASE = 1_000_000_000

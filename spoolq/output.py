@@ -7,6 +7,7 @@ output can never stop the spool."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 
@@ -140,12 +141,12 @@ def last_attempt(path: str) -> tuple[float | None, float | None]:
             tail = f.read(TAIL_FOR_TIMES)
     except OSError:
         return None, None
-    headers = list(_HEADER.finditer(tail))
+    headers = list(_pattern(_HEADER).finditer(tail))
     if not headers:
         return None, None
     header = headers[-1]
     started = _epoch(header.group(1).decode())
-    footer = _FOOTER.search(tail, header.end())
+    footer = _pattern(_FOOTER).search(tail, header.end())
     return started, float(footer.group(1)) if footer else None
 
 
@@ -158,5 +159,11 @@ def _epoch(iso: str) -> float | None:
         return None
 
 
-_HEADER = re.compile(rb"^==> ([0-9T:.\-]+Z) attempt [0-9]+ of [0-9]+ on .* <==$", re.M)
-_FOOTER = re.compile(rb"^==> attempt finished in ([0-9.]+)s: .* <==$", re.M)
+_HEADER = rb"^==> ([0-9T:.\-]+Z) attempt [0-9]+ of [0-9]+ on .* <==$"
+_FOOTER = rb"^==> attempt finished in ([0-9.]+)s: .* <==$"
+
+
+@functools.cache
+def _pattern(pattern: bytes) -> re.Pattern[bytes]:
+    """Compiled on first use: every command that reads a job imports this module."""
+    return re.compile(pattern, re.M)

@@ -20,7 +20,7 @@ from .ids import Reservations, creator_of
 from .job import Job, valid_id
 from .store import Store, io_message
 
-WAITING = "waiting"  # deps.WAITING: a batch plan names waiting/<id>.json for a job that waits
+WAITING = layout.WAITING  # a batch plan names waiting/<id>.json for a job that waits
 
 if TYPE_CHECKING:
     from .deps import Dependencies

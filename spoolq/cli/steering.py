@@ -99,12 +99,13 @@ def queue() -> None:
 def queue_list(c: Context, as_json: bool) -> None:
     """Every queue that has jobs, is paused or has a limit: jobs by state, whether it is paused,
     its concurrency limit (null: none) and the slots in use."""
+    from ..views import Counts  # here: pause, resume and cancel need no reader
+
     paused, limits, in_use = c.spool.paused(), c.spool.slots.limits(), c.spool.slots.in_use()
     counts = c.spool.views.queue_counts()
     rows = []
     for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
-        n = counts[name].to_dict() if name in counts else dict.fromkeys(("pending", "scheduled", "waiting",
-                                                                          "processing", "done", "dead"), 0)
+        n = counts.get(name, Counts()).to_dict()
         n.pop("workers", None)
         rows.append({"queue": name, **n, "paused": "*" in paused or name in paused,
                      "concurrency": limits.get(name), "slots_in_use": in_use.get(name, 0)})
