@@ -26,19 +26,13 @@ class Pauses:
     def __init__(self, store: Store):
         self.store = store
         self.path = os.path.join(store.layout.dir("control"), "pause")
-        self._cache: tuple[tuple[int, ...], frozenset[str]] | None = None
+        # A symlink there is not followed (lstat): it pauses everything (_read).
+        self._file = fsio.StampedFile(self.path, self._read, frozenset())
         self.problem: str | None = None  # why the file was taken to pause everything, if it names nothing
 
     def paused(self) -> frozenset[str]:
         """The paused queues ({"*"}: all of them); empty when nothing is paused."""
-        try:
-            st = os.lstat(self.path)  # a symlink there is not followed: it pauses everything (_read)
-        except OSError:
-            return frozenset()
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, self._read())
-        return self._cache[1]
+        return self._file.get()
 
     def blocks(self, queue: str = "default") -> bool:
         names = self.paused()
@@ -69,14 +63,14 @@ class Pauses:
 
     def _change(self, how: Callable[[frozenset[str]], frozenset[str]]) -> frozenset[str]:
         with self.store.locked("config"):
-            self._cache = None
+            self._file.forget()
             names = how(self.paused())
             if names:
                 self.store.publish(self.path, "".join(f"{name}\n" for name in sorted(names)).encode())
             else:
                 fsio.unlink_quietly(self.path)
                 fsio.fsync_dir(os.path.dirname(self.path))
-            self._cache = None
+            self._file.forget()
             return names
 
     def _read(self) -> frozenset[str]:

@@ -32,21 +32,14 @@ class Slots:
         self.store = store
         self.dir = store.layout.dir("slots")
         self.limits_path = os.path.join(store.layout.dir("control"), "limits")
-        self._cache: tuple[tuple[int, ...], dict[str, int]] | None = None
+        self._limits = fsio.StampedFile(self.limits_path, self._read_limits, {})
 
     # ---- limits --------------------------------------------------------------------------------
 
     def limits(self) -> dict[str, int]:
         """Queue -> its limit, for the limited queues. One stat; read again when it changes. A
         line that is not "<queue> <N>" is skipped (that queue runs unlimited, as before it)."""
-        try:
-            st = os.lstat(self.limits_path)
-        except OSError:
-            return {}
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, self._read_limits())
-        return self._cache[1]
+        return self._limits.get()
 
     def _read_limits(self) -> dict[str, int]:
         try:
@@ -73,7 +66,7 @@ class Slots:
             self.store.make_dir(self.dir)
             text = "".join(f"{q} {n}\n" for q, n in sorted(limits.items()))
             self.store.publish(self.limits_path, text.encode())
-            self._cache = None
+            self._limits.forget()
             # RACE: workers take and give back tokens while we look: only slots above the old limit
             # are made (one that exists in either form, as one listing saw it, is not made again),
             # so a token between its two names can never be made twice.
