@@ -75,6 +75,9 @@ KEYS: dict[str, Key] = {
                             "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
     "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
                         "give the spool's group read/write access (shared spools)"),
+    "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
+                          "seconds of arrivals per sub-directory of pending/, so that listings stay "
+                          "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
     "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(is_int(u) and u >= 0 for u in v),
                         "uids besides the spool owner's whose dropped files are run"),
 }

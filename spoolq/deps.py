@@ -119,8 +119,8 @@ class Dependencies:
             return ("dead" if self._kill(path, job, dead[0], owner) else None), job.after
         if all(state == "done" for state in states.values()):
             # RACE: another judge may release or kill it at this moment; the rename admits one.
-            released = fsio.move(path, os.path.join(self.layout.pending, layout.pending_name_of(job)))
-            return ("pending" if released else None), job.after
+            released = self.store.shards.move_in(path, layout.pending_name_of(job))
+            return ("pending" if released is not None else None), job.after
         return None, job.after
 
     def _kill(self, path: str, job: Job, dep: str, owner: str) -> bool:

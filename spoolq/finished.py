@@ -62,26 +62,26 @@ class Finished:
         return why
 
     def _requeue_all(self, job_ids: list[str], state: str, now: float) -> list[str]:
-        done = [job_id for job_id in job_ids if self._requeue_one(job_id, state, now)]
-        fsio.fsync_dir(self.layout.pending)
-        return done
+        entries = {job_id: self._requeue_one(job_id, state, now) for job_id in job_ids}
+        self.store.shards.sync([entry for entry in entries.values() if entry])
+        return [job_id for job_id, entry in entries.items() if entry]
 
-    def _requeue_one(self, job_id: str, state: str, now: float) -> bool:
+    def _requeue_one(self, job_id: str, state: str, now: float) -> str | None:
+        """The job's entry in pending/ once requeued; None if it moved meanwhile."""
         path = os.path.join(self.layout.dir(state), layout.job_file(job_id))
         try:
             job, _ = self.store.read_job(path, now=now, trusted_only=True)  # it runs next
         except FileNotFoundError:
-            return False
+            return None
         except InvalidJob as e:
             raise NotRetryable(f"{job_id}: the {state} file cannot be run again ({e}); fix it and drop it "
                                "into pending/ again (fsck --repair quarantines it)") from None
         job.attempts, job.exit_code, job.run_at, job.updated_at = 0, None, None, now
         job.seq = self.store.next_seq()
         try:
-            self._rewrite_then_move(path, job, "pending")  # safe: finished files change only under the lock
+            return self._rewrite_then_move(path, job).name  # safe: finished files change only under the lock
         except LostOwnership:
-            return False
-        return True
+            return None
 
     def _check_requeueable(self, job_id: str, states: tuple[str, ...]) -> str:
         """The job's state if it is one of `states`; else NotRetryable or JobNotFound."""
@@ -95,9 +95,9 @@ class Finished:
             raise NotRetryable(f"job {job_id} is {view.state}, not {' or '.join(states)}")
         return view.state
 
-    def _rewrite_then_move(self, path: str, job: Job, state: str) -> Moved:
+    def _rewrite_then_move(self, path: str, job: Job) -> Moved:
         """Rewrite a finished job's file in place (temp beside it, fsync, rename over), then move
-        it to `state`."""
+        it to pending/."""
         directory = os.path.dirname(path)
         tmp = self.store.temp_path(directory)
         try:
@@ -111,14 +111,10 @@ class Finished:
         except OSError:
             fsio.unlink_quietly(tmp)
             raise
-        name = layout.pending_name_of(job) if state == "pending" else layout.job_file(job.id)
-        try:
-            moved = fsio.move(path, os.path.join(self.layout.dir(state), name))
-        except FileNotFoundError:
-            moved = False
-        if not moved:
+        entry = self.store.shards.move_in(path, layout.pending_name_of(job))
+        if entry is None:
             raise LostOwnership(f"{path} was taken from us")
-        return Moved(job.id, state, name)
+        return Moved(job.id, "pending", entry)
 
     # ---- purge ---------------------------------------------------------------------------------
 

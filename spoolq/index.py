@@ -3,7 +3,8 @@
 Built from a listing, then fed names from events and periodic rescans. Entries may be stale
 (another worker claimed them): a claim that loses its rename simply drops the entry, so a
 rescan only ever adds names. A ready entry is just its name: canonical names sort as strings
-in run order (rank, then sequence), which keeps 100,000 entries in a few tens of MB.
+in run order (rank, then sequence), which keeps 100,000 entries in a few tens of MB. An entry in a
+shard of pending/ ("=<T>/<name>", shards.py) sits in the heaps by its name, its shard beside it.
 
 Dropped files (not canonical names) wait beside the heaps with the time to look at them next:
 at once, or later for a file whose writer may still be at it.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import layout
 from .sharedlisting import Snapshot
@@ -28,26 +29,32 @@ class PendingIndex:
         self.queues = queues
         self._ready: dict[str, list[str]] = {}  # queue -> canonical names: the smallest runs first
         self._later: list[tuple[int, str]] = []  # (due_ms, name)
-        self._known: set[str] = set()  # every name in the heaps
+        self._known: set[str] = set()  # every entry in the heaps (relative to pending/)
+        self._where: dict[str, str] = {}  # name -> entry, for entries in a shard
         self._foreign: set[str] = set()  # names of queues this index does not keep
         self._dropins: dict[str, float] = {}  # dropped name -> when to look at it (0: now)
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def add(self, name: str, *, changed: bool = False) -> None:
-        """Note a name in pending/; `changed` (an event): a dropped file waited on is looked at now."""
-        if name in self._known or name in self._foreign:
+    def add(self, entry: str, *, changed: bool = False) -> None:
+        """Note an entry of pending/; `changed` (an event): a dropped file waited on is looked at now."""
+        if entry in self._known or entry in self._foreign:
             return
-        parsed = layout.parse_pending(name)
+        parsed = layout.parse_pending(entry)
         if parsed is None:
-            if layout.is_dropin(name):
-                self._dropins[name] = 0.0 if changed else self._dropins.get(name, 0.0)
+            if layout.is_dropin(entry):
+                self._dropins[entry] = 0.0 if changed else self._dropins.get(entry, 0.0)
             return
         if self.queues is not None and parsed.queue not in self.queues:
-            self._foreign.add(name)
+            self._foreign.add(entry)
             return
-        self._known.add(name)
+        self._known.add(entry)
+        name = entry[entry.rfind("/") + 1:]
+        if name != entry:
+            self._where[name] = entry
+        elif self._where:
+            self._where.pop(name, None)  # the same name once seen in a shard, now in pending/ itself
         if parsed.due_ms:
             heapq.heappush(self._later, (parsed.due_ms, name))
         else:
@@ -61,24 +68,34 @@ class PendingIndex:
         listed = set(names)
         self._known.intersection_update(listed)  # the heaps skip forgotten names as they pop
         self._foreign.intersection_update(listed)
-        for name in listed.difference(self._known).difference(self._foreign):
-            if not name.startswith("."):
-                self.add(name)
+        for entry in listed.difference(self._known).difference(self._foreign):
+            if not entry.startswith(".") and "/." not in entry:
+                self.add(entry)
 
     def promote(self, now_ms: int) -> None:
         """Move scheduled entries whose time has come to their queue's ready heap."""
         while self._later and self._later[0][0] <= now_ms:
             name = heapq.heappop(self._later)[1]
             heapq.heappush(self._ready.setdefault(_queue_of(name), []), name)
-        while self._later and self._later[0][1] not in self._known:
+        while self._later and not self._holds(self._later[0][1]):
             heapq.heappop(self._later)
+
+    def _holds(self, name: str) -> bool:
+        """Whether a name in the heaps is still known (a rescan forgets what others took)."""
+        return self._where.get(name, name) in self._known
+
+    def _take(self, name: str) -> str:
+        """A name leaves the heaps: its entry, forgotten."""
+        entry = self._where.pop(name, name)
+        self._known.discard(entry)
+        return entry
 
     def _heads(self, blocked: frozenset[str]) -> dict[str, list[str]]:
         """The non-empty ready heaps of queues not blocked, forgotten names dropped from their heads."""
         heads = {}
         for queue, heap in list(self._ready.items()):
-            while heap and heap[0] not in self._known:
-                heapq.heappop(heap)  # forgotten by a rescan
+            while heap and not self._holds(heap[0]):
+                self._take(heapq.heappop(heap))  # forgotten by a rescan
             if not heap:
                 del self._ready[queue]
             elif queue not in blocked:
@@ -97,9 +114,8 @@ class PendingIndex:
         heap = min(heads.values(), key=lambda h: h[0])
         name = heapq.heappop(heap)
         if spread > 1:
-            name = _pick_near(heap, name, spread, self._known)
-        self._known.discard(name)
-        return name
+            name = _pick_near(heap, name, spread, self._holds)
+        return self._take(name)
 
     def next_due_ms(self) -> int | None:
         self.promote(0)
@@ -135,12 +151,12 @@ def _queue_of(name: str) -> str:
     return name[at + 1:-5] if at >= 0 else layout.DEFAULT_QUEUE
 
 
-def _pick_near(heap: list[str], head: str, spread: int, known: set[str]) -> str:
+def _pick_near(heap: list[str], head: str, spread: int, holds: Callable[[str], bool]) -> str:
     rank = head[:10]
     window = [head]
     while len(window) < spread and heap and heap[0][:10] == rank:
         name = heapq.heappop(heap)
-        if name in known:
+        if holds(name):
             window.append(name)
     chosen = window.pop(random.randrange(len(window)))
     for name in window:
@@ -156,6 +172,7 @@ class Pacing:
     first few names rather than the head that every worker races for. Also the stop line's counts."""
 
     SPREAD = 8
+    SHARDED_FULL_EVERY = 3600.0  # seconds: the longest between full listings of a sharded pending/
 
     def __init__(self) -> None:
         self.gate = ListingGate()
@@ -164,6 +181,7 @@ class Pacing:
         self._lost_cost = 0.0  # spent on claims lost since the last listing
         self._listing_cost = 0.0
         self.workers = 1  # registered on the spool, every host: they share the server's listing time
+        self.names = 0  # names read by this worker's own listings (what it cost the servers)
 
     def spread(self) -> int:
         return self.SPREAD if self._lost_last else 1
@@ -186,24 +204,24 @@ class Pacing:
             self.gate.took_shared(snapshot.covered and snapshot.stamp == self.gate.stamp)
         else:
             self.gate.listed(snapshot.started)
+            self.names += len(snapshot.names)
         self._listing_cost, self._lost_cost = snapshot.cost, 0.0
 
-    def rescan_interval(self, has_ready: bool, poll_interval: float) -> float:
+    def rescan_interval(self, has_ready: bool, poll_interval: float, sharded: bool = False) -> float:
         """poll_interval while idle. With ready work in hand, a listing only finds jobs to queue
         behind it (or forgets what others took), so all workers' listings together are held to
         about 1% of the time (50 ms at 100,000 pending, one worker: one every 5 s; a hundred: one
         each every 500 s), unless a worker's lost claims have cost it more than a listing."""
-        if not has_ready:
+        if not has_ready and not sharded:
             return poll_interval
         if self._lost_cost > self._listing_cost:
             return 0.0
         # At most a minute: a job of a higher priority from a host without workers waits no longer.
-        return min(max(poll_interval, 100 * self._listing_cost * self.workers), max(poll_interval, 60.0))
-
-    def summary(self) -> str:
-        return (f"claimed {self.won} job{'s' * (self.won != 1)}, lost {self.tried - self.won} claims to other "
-                f"workers; listed pending/ {self.gate.listings} times, {self.gate.skipped} polls answered by one "
-                f"stat, {self.gate.shared} listings taken from sibling workers")
+        # Sharded (shards.py), arrivals are found by polling the newest shards: a full listing then
+        # only forgets what others took (and finds a job whose writer stalled for minutes between
+        # choosing its shard and writing into it).
+        cap = self.SHARDED_FULL_EVERY if sharded else 60.0
+        return min(max(poll_interval, 100 * self._listing_cost * self.workers), max(poll_interval, cap))
 
 
 class ListingGate:

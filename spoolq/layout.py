@@ -55,6 +55,9 @@ Names in ``pending/``:
   digits, 0 = now); a job of a queue other than ``default`` ends ``@<id>%<queue>.json``
   (the ``queue`` field: 1-64 characters of the id alphabet). Sorting ready names as strings
   gives the run order.
+* sharded (config ``pending_shards`` = W > 0): spoolq writes canonical names into
+  ``pending/=TTTTTTTTTT/`` instead, T its clock at the write rounded down to W seconds (shards.py);
+  readers read both levels. Dropped files stay in ``pending/`` itself.
 * drop-in: any other ``*.json`` name not starting with ``.``. A worker reads it, checks
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
@@ -104,7 +107,7 @@ OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log",
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
-CANONICAL = r"([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})(?:%([A-Za-z0-9_.\-]{1,64}))?\.json"
+CANONICAL = r"(?:=[0-9]{10}/)?([0-9]{10})\.([0-9]{19})\.([0-9]{13})@([A-Za-z0-9_.\-]{1,128})(?:%([A-Za-z0-9_.\-]{1,64}))?\.json"
 QUEUE_SEP = "%"  # <id>%<queue>: a job of a queue other than the default one (no id or queue holds it)
 QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot start a job id
 # One character, two namespaces that never meet: a directory name in processing/, a file name in one.
@@ -188,7 +191,8 @@ def is_json_entry(name: str) -> bool:
 
 
 def is_dropin(name: str) -> bool:
-    return is_json_entry(name) and _regex(CANONICAL).fullmatch(name) is None
+    """A dropped file: in pending/ itself, never in a shard (pending/=<T>/ holds canonical names)."""
+    return is_json_entry(name) and "/" not in name and _regex(CANONICAL).fullmatch(name) is None
 
 
 def job_file(job_id: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from . import fsio, layout
+from . import fsio, layout, shards
 from .errors import JobExists, JobNotFound, SpoolError
 from .ids import Reservations, creator_of
 from .job import Job, valid_id
@@ -118,10 +118,11 @@ class Publisher:
         return staged
 
     def _destination_of(self, job: Job) -> str:
-        """pending/'s canonical name, or "waiting/<id>.json" (a batch plan line says either)."""
+        """pending/'s entry ("<canonical>" or "=<shard>/<canonical>"), or "waiting/<id>.json" (a
+        batch plan line says any of them)."""
         unfinished = self.deps.unfinished(job) if job.after else []
         if not unfinished:
-            return layout.pending_name_of(job)
+            return self.store.shards.place(layout.pending_name_of(job))
         self.store.make_dir(self.deps.waiting)
         self.store.make_dir(self.deps.edges)
         self.deps.make_edges(job, unfinished)
@@ -139,15 +140,9 @@ class Publisher:
         try:
             plan = self._write_plan(staged) if len(staged) > 1 else None
             for tmp, name, _ in staged:
-                try:
-                    os.rename(tmp, self._path_of(name))
-                except FileNotFoundError:
-                    if not os.path.lexists(self._path_of(name)):
-                        raise
-                    # RACE: judged gone from another host (fsck, after stale_after), this batch was
-                    # rolled forward: the job is published all the same.
+                self._rename_in(tmp, name)
                 done += 1
-            fsio.fsync_dir(self.layout.pending)
+            self._sync_pending([name for _, name, _ in staged])
             if any(name.startswith(WAITING + "/") for _, name, _ in staged):
                 fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
@@ -157,6 +152,26 @@ class Publisher:
         finally:
             if plan is not None:
                 fsio.unlink_quietly(plan)
+
+    def _rename_in(self, tmp: str, name: str) -> bool:
+        """Publish one staged file; False if another finder of its plan published it first."""
+        try:
+            os.rename(tmp, self._path_of(name))
+        except FileNotFoundError:
+            if os.path.lexists(self._path_of(name)):
+                # RACE: judged gone from another host (fsck, after stale_after), this batch was
+                # rolled forward: the job is published all the same.
+                return False
+            shard = shards.split(name)[0] if not name.startswith(WAITING + "/") else ""
+            if not shard or not os.path.lexists(tmp):
+                raise
+            # RACE: its shard was pruned (empty, an hour older than the newest) since it was staged.
+            self.store.shards.restore(shard)
+            os.rename(tmp, self._path_of(name))
+        return True
+
+    def _sync_pending(self, names: list[str]) -> None:
+        self.store.shards.sync([name for name in names if not name.startswith(WAITING + "/")])
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
         path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
@@ -210,8 +225,11 @@ class Publisher:
                     fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
                     continue
                 # RACE: two finders may roll the same plan forward; each rename admits one.
-                published += fsio.move(src, self._path_of(name))
-        fsio.fsync_dir(self.layout.pending)
+                try:
+                    published += self._rename_in(src, name)
+                except FileNotFoundError:
+                    pass  # the other finder's rename won
+        self._sync_pending([name for _, name, _ in entries or []])
         fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
         return published
 

@@ -13,7 +13,7 @@ import stat
 import time
 from typing import Any, Callable, ContextManager
 
-from . import config, fsio, job, layout, liveness, locks, trust
+from . import config, fsio, job, layout, liveness, locks, shards, trust
 from .errors import InvalidJob, SpoolError
 from .job import Job
 
@@ -45,6 +45,8 @@ class Store:
         self._owner_uid: int | None = None
         self._creator: layout.Creator | None = None
         self.config_error: str | None = None  # why config.json could not be read just now
+        self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
+                                           lambda: self.config.pending_shards, self.clock)
 
     @property
     def root(self) -> str:

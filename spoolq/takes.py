@@ -30,7 +30,7 @@ class Moved(NamedTuple):
 
     job_id: str
     state: str  # "pending" (to run again at its due time), "done" or "dead"
-    name: str
+    name: str  # in pending/, the entry: "<canonical>" or "=<shard>/<canonical>" (shards.py)
 
 
 class Takes:
@@ -74,9 +74,13 @@ class Takes:
     def complete(self, directory: str, moving: layout.Transit, job: Job) -> Moved:
         """The last step (by the owner, or by whoever finds the move half done): the new content
         into its state, then the taken file goes."""
-        name = layout.pending_name_of(job) if moving.state == "pending" else layout.job_file(job.id)
+        src = os.path.join(directory, moving.next_name)
         # RACE: the owner and a rescuer may both get here; the rename of .next. admits one, and
         # the other finds it gone: the move is done either way.
-        fsio.move(os.path.join(directory, moving.next_name), os.path.join(self.layout.dir(moving.state), name))
+        if moving.state == "pending":
+            name = self.store.shards.move_in(src, layout.pending_name_of(job)) or layout.pending_name_of(job)
+        else:
+            name = layout.job_file(job.id)
+            fsio.move(src, os.path.join(self.layout.dir(moving.state), name))
         fsio.unlink_quietly(os.path.join(directory, moving.taken_name))
         return Moved(job.id, moving.state, name)

@@ -161,7 +161,10 @@ class Transitions:
         # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
         # this worker's own recovery sweep completes it.
         moved = self.takes.complete(os.path.dirname(adopt_path), moving, job)
-        fsio.fsync_dir(self.layout.dir(moved.state))
+        if moved.state == "pending":
+            self.store.shards.sync([moved.name])
+        else:
+            fsio.fsync_dir(self.layout.dir(moved.state))
         if moved.state == "waiting" and self.publisher.deps.judge(job.id, owner) == "dead":
             self.publisher.deps.finished(job.id, owner)  # what it waits for died meanwhile
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)

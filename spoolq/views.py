@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from . import fsio, job, layout, output
+from . import fsio, job, layout, output, shards
 from .errors import InvalidJob, JobNotFound
 from .job import Job
 from .owners import Owners
@@ -125,7 +125,7 @@ class Views:
                 return view
         suffix, of_a_queue = f"@{job_id}.json", f"@{job_id}{layout.QUEUE_SEP}"
         dropped = []
-        for entry in fsio.listdir(self.layout.pending):
+        for entry in self.store.shards.entries():
             if entry.endswith(suffix) or of_a_queue in entry:
                 parsed = layout.parse_pending(entry)
                 if parsed is not None and parsed.job_id == job_id:
@@ -218,14 +218,14 @@ class Views:
     def _waiting_views(self, state: str | None, now: float) -> Iterator[JobView]:
         now_ms = int(now * 1000)
         ready, later = [], []
-        for entry in sorted(fsio.listdir(self.layout.pending)):
+        for entry in sorted(self.store.shards.entries(), key=shards.base):  # run order: the names sort
             parsed = layout.parse_pending(entry)
             if parsed is None:
                 if self._is_dropped_file(entry):
                     ready.append((entry, layout.stem(entry)))
                 continue
             (later if parsed.due_ms > now_ms else ready).append((entry, parsed.job_id))
-        later.sort(key=lambda pair: pair[0][layout.DUE_FIELD])  # scheduled: soonest first
+        later.sort(key=lambda pair: shards.base(pair[0])[layout.DUE_FIELD])  # scheduled: soonest first
         groups = []
         if state in (None, "pending"):
             groups.append(ready)
@@ -265,10 +265,10 @@ class Views:
     def counts(self, now: float | None = None) -> Counts:
         now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
         c = Counts()
-        for entry in fsio.listdir(self.layout.pending):
+        for entry in self.store.shards.entries():
             if layout.is_canonical(entry):
                 # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
-                if entry[layout.DUE_FIELD] > now_ms:
+                if shards.base(entry)[layout.DUE_FIELD] > now_ms:
                     c.scheduled += 1
                 else:
                     c.pending += 1
@@ -287,7 +287,7 @@ class Views:
         jobs in processing/, done/ and dead/ are read (a quarantined file counts for no queue)."""
         now_ms = int(self.store.now(now) * 1000)
         out: dict[str, Counts] = {}
-        for entry in fsio.listdir(self.layout.pending):
+        for entry in self.store.shards.entries():
             parsed = layout.parse_pending(entry)
             if parsed is not None:
                 c = out.setdefault(parsed.queue, Counts())
@@ -314,8 +314,9 @@ class Views:
                 setattr(c, state, getattr(c, state) + 1)
 
     def pending_entries(self) -> list[str]:
-        """Every name in pending/: canonical and dropped alike (the worker's index filters)."""
-        return fsio.listdir(self.layout.pending)
+        """Every entry in pending/ and its shards: canonical and dropped alike (the worker's index
+        filters)."""
+        return self.store.shards.entries()
 
 
 def _count_json(path: str) -> int:

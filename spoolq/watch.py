@@ -15,8 +15,9 @@ class Wakeups:
     """Names that land in the watched directories, delivered to one waiting thread."""
 
     def __init__(self, directories: list[str], log: Callable[[str], None] = lambda _m: None, *,
-                 events: bool = True):
-        """`events=False`: no observer at all, only timeouts and pokes (mode "none")."""
+                 events: bool = True, recursive: tuple[str, ...] = ()):
+        """`events=False`: no observer at all, only timeouts and pokes (mode "none"). Directories
+        in `recursive` are watched with their sub-directories (pending/'s shards)."""
         self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._log = log
         self._observer = None
@@ -25,7 +26,7 @@ class Wakeups:
         if not events:
             return
         try:
-            self._observer = _start_observer(directories, self._on_event)
+            self._observer = _start_observer(directories, self._on_event, recursive)
             self.mode = "events"
         except Exception as e:  # no inotify here, or out of watches: polling still works
             self.failure = f"{type(e).__name__}: {e}"
@@ -79,7 +80,7 @@ class Wakeups:
             self._observer = None
 
 
-def _start_observer(directories: list[str], callback: Callable[[str], None]):
+def _start_observer(directories: list[str], callback: Callable[[str], None], recursive: tuple[str, ...]):
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
     from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
     from watchdog.observers.inotify_c import InotifyConstants as C
@@ -103,6 +104,6 @@ def _start_observer(directories: list[str], callback: Callable[[str], None]):
     observer._emitter_class = ArrivalEmitter  # the documented hook is the constructor; this is its value
     handler = Handler()
     for directory in directories:
-        observer.schedule(handler, directory, recursive=False)
+        observer.schedule(handler, directory, recursive=directory in recursive)
     observer.start()
     return observer

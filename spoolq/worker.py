@@ -13,7 +13,8 @@ from .errors import LostOwnership, SpoolError
 from .admission import Admission
 from .index import Pacing, PendingIndex
 from .cancel import CANCELLED, KillRequest
-from .sharedlisting import Listings, SharedListing
+from .rescans import Rescans
+from .sharedlisting import SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
@@ -78,7 +79,7 @@ class Worker:
         self.queues = queues  # the queues it takes jobs from (None: every queue)
         self.index = PendingIndex(queues)
         self.pacing = Pacing()
-        self.listings = Listings(lambda: spool.views.pending_entries(), shared)
+        self.rescans = Rescans(spool, self.index, self.pacing, shared, burst)
         self._wake: watch.Wakeups | None = None
         self.heartbeat = Heartbeat(spool, self.log)
         self.group = attempt.GroupRecord(None)  # opened at registration
@@ -129,7 +130,7 @@ class Worker:
         # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
         # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
         self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")], self._log,
-                                   events=not self.burst)
+                                   events=not self.burst, recursive=(layout.pending,))  # its shards too
         announce_wakeups(self._wake, self.spool, self.log)
         runner.keep_descriptors_from_jobs()
         try:
@@ -139,7 +140,7 @@ class Worker:
             self.group.close()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
-        self.log(f"stopped ({self.pacing.summary()})")
+        self.log(f"stopped ({self.rescans.summary()})")
         if self.unsafe:
             return EXIT_UNSAFE
         return EXIT_SIGNALLED if self.signals else 0
@@ -195,9 +196,9 @@ class Worker:
             if now - last_recover >= RECOVER_EVERY:
                 last_recover = now
                 self._recover()
-            if now - last_rescan >= self._rescan_interval(now, cfg.poll_interval):
+            if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
-                self._rescan()
+                self.rescans.run()
             self._adopt_dropins(now)
             if self.burst and self.admission.all_paused():
                 return
@@ -222,27 +223,6 @@ class Worker:
             for problem in problems:
                 self.log(problem)
 
-    def _rescan(self) -> None:
-        asked = time.monotonic()
-        gate = self.pacing.gate
-        if not gate.should_list(self.spool.layout.pending, asked):
-            return  # one stat said nothing came or went since a listing that saw it all
-        # A burst worker with nothing ready leaves if this listing shows nothing: it must be fresh.
-        leaving = self.burst and not self.index.has_ready(int(time.time() * 1000))
-        max_age = 0.0 if leaving else self.spool.config.poll_interval
-        snapshot, theirs = self.listings.take(asked, max_age, gate.stamp, gate.would_cover)
-        self.index.rescan(snapshot.names)
-        for name in self.listings.noted_since(snapshot.started):
-            self.index.add(name)  # RACE: learned while the listing was taken: keep it, in case it is new
-        self.pacing.took(snapshot, theirs)
-
-    def _remember(self, name: str) -> None:
-        self.index.add(name, changed=True)
-        self.listings.noted(name)
-
-    def _rescan_interval(self, now: float, poll_interval: float) -> float:
-        return self.pacing.rescan_interval(self.index.has_ready(int(now * 1000)), poll_interval)
-
     def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
         assert self._wake is not None
         cfg = self.spool.config
@@ -254,12 +234,8 @@ class Worker:
         if dropin_at is not None:
             wake_at = min(wake_at, dropin_at)
         for directory, name in self._wake.wait(wake_at - time.time()):
-            self._note(directory, name)
+            self.rescans.note_event(directory, name)
         self.admission.woke()
-
-    def _note(self, directory: str, name: str) -> None:
-        if directory == self.spool.layout.pending:
-            self._remember(name)
 
     def _reregister(self, why: str) -> None:
         self.log(f"{why}; continuing under a new identity")
@@ -300,7 +276,7 @@ class Worker:
                 continue
             self.index.forget_dropin(name)
             if result.moved is not None and result.moved.state == "pending":
-                self._remember(result.moved.name)  # before any claim: FIFO by arrival, not by event order
+                self.rescans.remember(result.moved.name)  # before any claim: FIFO by arrival, not by event order
             if result.outcome is Adopted.QUARANTINED:
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")
 
@@ -348,4 +324,4 @@ class Worker:
         if moved is None:
             self.lost = True
         elif moved.state == "pending":
-            self._remember(moved.name)
+            self.rescans.remember(moved.name)

@@ -119,7 +119,7 @@ def test_the_lock_makes_a_sibling_wait_for_the_listing_in_progress_and_take_it()
     assert (theirs, snapshot.names, calls) == (True, ["slow.json"], [])
 
 
-STOP = re.compile(r"stopped \(claimed (\d+) jobs?.*?(\d+) listings taken from sibling workers\)")
+STOP = re.compile(r"stopped \(claimed (\d+) jobs?.*?(\d+) listings taken from sibling workers[;)]")
 
 
 def test_the_workers_of_one_start_share_listings_and_run_each_job_once(spool, workers, tmp_path):

@@ -189,7 +189,7 @@ def test_a_listing_is_needed_only_when_the_directory_changed_or_has_not_settled(
 class _Polling(watch_mod.Wakeups):
     """No file-system events: as on a network file system, polling is what finds jobs."""
 
-    def __init__(self, directories, log=lambda _m: None, *, events=True):
+    def __init__(self, directories, log=lambda _m: None, *, events=True, recursive=()):
         super().__init__(directories, log, events=False)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import dropins, fsio, job, layout
+from .. import dropins, fsio, job, layout, shards
 from ..ids import Reservations, creator_of
 from ..recovery import only_a_fence
 from ..errors import InvalidJob, JobNotFound, SpoolError
@@ -87,8 +87,8 @@ class JobChecks:
             r.leave_alone(p, "a live worker holds it")
 
     def check_pending(self) -> None:
-        for entry in sorted(fsio.listdir(self.layout.pending)):
-            if entry.startswith("."):
+        for entry in sorted(self.spool.store.shards.entries()):
+            if shards.base(entry).startswith("."):
                 continue  # staging names belong to whoever is writing them
             path = os.path.join(self.layout.pending, entry)
             parsed = layout.parse_pending(entry)
@@ -96,6 +96,17 @@ class JobChecks:
                 self.check_job_file(path, "pending", parsed.job_id, entry)
             elif layout.is_dropin(entry):
                 self.check_dropin(path, entry)
+            elif "/" in entry and layout.is_json_entry(shards.base(entry)):
+                self.check_misplaced(path, entry)
+
+    def check_misplaced(self, path: str, entry: str) -> None:
+        """A file another program put into a shard of pending/ (shards.py), where no worker looks
+        for dropped files: it belongs in pending/ itself."""
+        r = self.r
+        p = r.report("misplaced-dropin", path, "a dropped file inside a shard of pending/ is never run there")
+        target = os.path.join(self.layout.pending, shards.base(entry))
+        r.repair_with(p, lambda: f"moved to {os.path.relpath(target, self.layout.root)}" if
+                      fsio.move_no_replace(path, target) else "left alone: pending/ has a file of that name")
 
     def check_dropin(self, path: str, entry: str) -> None:
         """Report what a worker would quarantine (and do the same when repairing)."""

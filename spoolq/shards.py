@@ -1,0 +1,277 @@
+"""pending/ in shards: listings that stay bounded at any backlog (config `pending_shards`).
+
+A listing of pending/ costs its servers a round trip per few hundred names, and every host lists
+it while it changes (arrivals come with no event from other hosts). With ``pending_shards`` = W
+seconds, spoolq writes each canonical name into ``pending/=<T>/`` instead, T being the time it
+writes rounded down to W (10 digits): its clock, or pending/'s mtime if that is later, so that a
+writer whose clock is behind still writes into the newest shard. Having written, it touches
+pending/ (the "bump"): a worker's poll stays one stat of pending/ while nothing arrives; when its
+stamp changes, the worker lists pending/ itself (drop-ins and shards: few names) and stats the
+shards writers write into now (the shard of "now", the one before it, any newer), listing only one
+that changed. So a poll lists what arrived in the last W seconds or so, whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is
+listed seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than the newest is removed.
+
+Readers always read both levels, sharded or not: canonical names in pending/ itself (older spools,
+spools with pending_shards 0) and in its shards. Drop-ins stay where writers put them: pending/.
+A shard entry that is not a real directory (a symlink) is never read or written into.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from typing import Callable
+
+from . import fsio
+from .index import ListingGate
+
+PREFIX = "="  # pending/=<10 digits>/: cannot start a canonical name (digits) or a hidden one (".")
+SHARD = re.compile(r"=[0-9]{10}")
+PRUNE_AFTER = 3600.0  # seconds: a shard this much older than the newest, found empty, is removed
+
+
+def shard_of(when: float, width: int) -> str:
+    start = int(when) // width * width
+    return f"{PREFIX}{start:010d}"
+
+
+def is_shard(name: str) -> bool:
+    return SHARD.fullmatch(name) is not None
+
+
+def split(entry: str) -> tuple[str, str]:
+    """("=<T>", name) of a sharded entry, ("", name) of one in pending/ itself."""
+    shard, _, name = entry.rpartition("/")
+    return shard, name
+
+
+def base(entry: str) -> str:
+    """The name of an entry, without its shard."""
+    return entry[entry.rfind("/") + 1:]
+
+
+def start_of(shard: str) -> int:
+    return int(shard[1:])
+
+
+class PendingShards:
+    """pending/ and its shards, for readers (entries) and writers (place, move_in)."""
+
+    def __init__(self, pending: str, dir_mode: Callable[[], int], width: Callable[[], int],
+                 clock: Callable[[], float]):
+        self.pending = pending
+        self._dir_mode = dir_mode
+        self._width = width  # 0: spoolq writes into pending/ itself
+        self.clock = clock
+        self._durable: set[str] = set()  # shards this process knows to be in pending/ for good
+        self._chosen: tuple[float, int, str] | None = None  # (monotonic, width, shard) of the last place()
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def shards(self, names: list[str] | None = None) -> list[str]:
+        """The shards in pending/ (of `names`, its listing, if given), oldest first: real
+        directories only (a symlink there could lead anywhere)."""
+        names = fsio.listdir(self.pending) if names is None else names
+        return sorted(n for n in names if is_shard(n) and self._is_real_dir(n))
+
+    def _is_real_dir(self, shard: str) -> bool:
+        try:
+            return stat.S_ISDIR(os.lstat(os.path.join(self.pending, shard)).st_mode)
+        except OSError:
+            return False
+
+    def listed(self, shard: str) -> list[str]:
+        """A shard's entries, as "=<T>/<name>" (none if it went)."""
+        return [f"{shard}/{name}" for name in fsio.listdir(os.path.join(self.pending, shard))]
+
+    def entries(self) -> list[str]:
+        """Every name in pending/ and in its shards (paths relative to pending/)."""
+        top = fsio.listdir(self.pending)
+        out = [name for name in top if not is_shard(name)]
+        for shard in self.shards(top):
+            out.extend(self.listed(shard))
+        return out
+
+    def path(self, entry: str) -> str:
+        return os.path.join(self.pending, entry)
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    def place(self, name: str) -> str:
+        """Where a canonical name is written now: "=<T>/<name>", the shard made (and made durable)
+        if need be; or the name itself in pending/ when sharding is off or the shard is unusable."""
+        width = self._width()
+        if width <= 0:
+            return name
+        shard = self._current(width)
+        return f"{shard}/{name}" if self._ready(shard) else name
+
+    def _current(self, width: int) -> str:
+        """The shard of now: the later of this clock and pending/'s mtime (the last write or bump,
+        stamped by whichever clock the file system uses). Kept for a second: a batch asks per job."""
+        at = time.monotonic()
+        if self._chosen is not None and at - self._chosen[0] < 1.0 and self._chosen[1] == width:
+            return self._chosen[2]
+        try:
+            latest = os.stat(self.pending).st_mtime
+        except OSError:
+            latest = 0.0
+        shard = shard_of(max(self.clock(), latest), width)
+        self._chosen = (at, width, shard)
+        return shard
+
+    def _ready(self, shard: str) -> bool:
+        if shard in self._durable:
+            return True
+        path = os.path.join(self.pending, shard)
+        try:
+            fsio.make_dir(path, self._dir_mode())
+        except OSError:
+            return False  # e.g. no inode left for a directory: pending/ itself still takes the job
+        if not self._is_real_dir(shard):
+            return False
+        # RACE: another process may have made the shard and not yet fsync'd pending/: a rename into
+        # it is durable only once the shard's own name is, so each process fsyncs once per shard.
+        fsio.fsync_dir(self.pending)
+        self._durable.add(shard)
+        return True
+
+    def restore(self, shard: str) -> None:
+        """Make `shard` again: a writer whose entry was fixed before (a batch's plan) found it pruned."""
+        self._durable.discard(shard)
+        if not self._ready(shard):
+            raise FileNotFoundError(2, "cannot make the shard again", self.path(shard))
+
+    def move_in(self, src: str, name: str) -> str | None:
+        """Rename `src` to canonical `name` in pending/ (its shard). The entry, or None if `src` is
+        gone (another mover won). Durable once sync() is called on the entry."""
+        for _ in range(3):
+            entry = self.place(name)
+            try:
+                if not fsio.move(src, self.path(entry)):
+                    return None
+                if entry != name:
+                    self.bump()
+                return entry
+            except FileNotFoundError:
+                # RACE: a pruner removed the (empty, old) shard after place() made sure of it:
+                # make it again. A writer whose clock is an hour behind is the only one who meets it.
+                self._durable.discard(split(entry)[0])
+        return entry if fsio.move(src, self.path(name)) else None
+
+    def sync(self, entries: list[str]) -> None:
+        """fsync the directories that `entries` (written with place/move_in) were renamed into, and
+        tell pollers that something arrived."""
+        for directory in sorted({split(e)[0] for e in entries}):
+            fsio.fsync_dir(os.path.join(self.pending, directory) if directory else self.pending)
+        if any("/" in e for e in entries):
+            self.bump()
+
+    def bump(self) -> None:
+        """Touch pending/: its stamp is what every host's workers poll. A hint only: a bump lost to
+        a crash delays the pickup until the next bump or the next full listing."""
+        try:
+            os.utime(self.pending)
+        except OSError:
+            pass
+
+    def prune(self, shard: str, newest: str) -> bool:
+        """Remove `shard` if it is empty and PRUNE_AFTER older than `newest`."""
+        if start_of(newest) - start_of(shard) < PRUNE_AFTER:
+            return False
+        try:
+            os.rmdir(os.path.join(self.pending, shard))  # RACE: a late writer's rename makes it fail
+        except OSError:
+            return False
+        self._durable.discard(shard)
+        return True
+
+
+class Arrivals:
+    """A worker's poll of a sharded pending/. While nothing arrives, one stat of pending/ (writers
+    touch it). When it changed: a stat of each shard writers write into now, and a listing of one
+    that changed; pending/ itself (drop-ins, new shards) is listed when no such shard explains the
+    change, or at most every TOP_EVERY seconds while arrivals keep coming. Names found are returned
+    to be added to the worker's index (never forgotten here: the full listing, taken seldom, forgets
+    what others took)."""
+
+    TOP_EVERY = 5.0
+
+    def __init__(self, shards: PendingShards):
+        self.shards = shards
+        self._polled = ListingGate()  # pending/'s stamp at the last poll that looked further
+        self._top = ListingGate()  # ... at the last listing of pending/ itself
+        self._top_at = -1e18
+        self._gates: dict[str, ListingGate] = {}  # the shards watched, each with its stamp
+        self._present: list[str] = []  # shards in pending/ at its last listing, oldest first
+        self.listings = 0  # directories listed (pending/ itself or a shard)
+        self.names = 0  # names those listings returned
+        self.skipped = 0  # polls answered by one stat
+
+    def poll(self, now: float, width: int) -> list[str]:
+        """Entries that may be new, from what changed since the last poll (`now`: monotonic)."""
+        if not self._polled.should_list(self.shards.pending, now):
+            self.skipped += 1
+            return []  # no arrival, no bump, no new shard: one stat
+        self._polled.listed(now)
+        found: list[str] = []
+        for shard in self._watched(width):
+            if self._gate(shard).should_list(self.shards.path(shard), now):
+                found.extend(self._list(shard, now))
+        explained = bool(found)
+        # RACE: a drop-in that lands with a job in a shard is explained away here, and found by the
+        # listing of pending/ TOP_EVERY seconds on (its own host's worker has its event at once).
+        if self._top.should_list(self.shards.pending, now) and (not explained or now - self._top_at >= self.TOP_EVERY):
+            found.extend(self._list_top(now))
+        return found
+
+    def _list_top(self, now: float) -> list[str]:
+        top = fsio.listdir(self.shards.pending)
+        self._top.listed(now)
+        self._top_at = now
+        self.listings += 1
+        self.names += len(top)
+        found = [name for name in top if not is_shard(name)]
+        known, self._present = set(self._present), self.shards.shards(top)
+        for shard in self._present:
+            if shard not in known and shard not in self._gates:  # new: all of it is news
+                self._gate(shard).should_list(self.shards.path(shard), now)  # its stamp, before the listing
+                found.extend(self._list(shard, now))
+        return found
+
+    def _watched(self, width: int) -> list[str]:
+        """The shards writers may be writing into: of "now" (writers take the later of their clock
+        and pending/'s mtime, so this host does too), the one before (a writer that chose just
+        before the turn), and any newer one known (a writer whose clock is ahead). Not older ones,
+        however much they change: their changes are claims."""
+        stamp = self._polled.stamp
+        now = max(self.shards.clock(), stamp[1] / 1e9 if stamp else 0.0)
+        width = max(width, 1)
+        oldest = shard_of(now - width, width)
+        watched = sorted({oldest, shard_of(now, width), *(s for s in self._present if s >= oldest)})
+        for shard in set(self._gates) - set(watched):
+            del self._gates[shard]
+        return watched
+
+    def _gate(self, shard: str) -> ListingGate:
+        return self._gates.setdefault(shard, ListingGate())
+
+    def _list(self, shard: str, now: float) -> list[str]:
+        self.listings += 1
+        self._gate(shard).listed(now)
+        entries = self.shards.listed(shard)
+        self.names += len(entries)
+        return entries
+
+    def prune(self, entries: list[str]) -> list[str]:
+        """After a full listing (`entries`): remove the shards it found empty that are PRUNE_AFTER
+        older than the newest. Returns the ones removed."""
+        if not self._present:
+            return []
+        occupied = {entry.partition("/")[0] for entry in entries if entry.startswith(PREFIX)}
+        newest = self._present[-1]
+        gone = [s for s in self._present if s not in occupied and self.shards.prune(s, newest)]
+        self._present = [s for s in self._present if s not in gone]
+        return gone

@@ -1,0 +1,289 @@
+"""pending/ in shards (config `pending_shards`, shards.py): every way into pending/ lands in the
+shard of its time, every reader reads both levels, a worker's poll lists only what changed, and a
+shard that is not a real directory is never followed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from conftest import SPOOLQ, spoolq, wait_for
+from spoolq import Spool, fsck, layout as L, shards
+from spoolq.shards import Arrivals, PendingShards
+
+WIDTH = 60
+
+
+@pytest.fixture
+def sharded(spool: Spool) -> Spool:
+    spool.set_config("pending_shards", WIDTH)
+    spool.set_config("backoff_base", 0)
+    return spool
+
+
+def pending_files(spool: Spool) -> tuple[list[str], list[str]]:
+    """(canonical names in pending/ itself, entries in its shards)."""
+    top, inside = [], []
+    for name in os.listdir(spool.layout.pending):
+        path = os.path.join(spool.layout.pending, name)
+        if shards.is_shard(name) and os.path.isdir(path) and not os.path.islink(path):
+            inside += [f"{name}/{n}" for n in os.listdir(path)]
+        elif L.is_canonical(name):
+            top.append(name)
+    return top, inside
+
+
+def shards_at(spool: Spool, when: float) -> PendingShards:
+    """The shards as a writer whose clock says `when` sees them."""
+    return PendingShards(spool.layout.pending, lambda: spool.store.modes.dir, lambda: WIDTH, lambda: when)
+
+
+def record(tmp_path, tag: str) -> str:
+    return f"echo {tag} >> {tmp_path}/runs"
+
+
+def runs(tmp_path) -> list[str]:
+    path = tmp_path / "runs"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_every_way_into_pending_lands_in_a_shard_and_every_job_runs_once(sharded, spool_dir, tmp_path):
+    spool = sharded
+    spool.enqueue({"id": "single", "command": record(tmp_path, "single")})
+    spool.enqueue_many([{"id": f"batch{i}", "command": record(tmp_path, f"batch{i}")} for i in range(3)])
+    spool.enqueue({"id": "first", "command": record(tmp_path, "first")})
+    spool.enqueue({"id": "then", "command": record(tmp_path, "then"), "after": ["first"]})
+    with open(os.path.join(spool.layout.pending, "dropped.json"), "w") as f:
+        json.dump({"command": record(tmp_path, "dropped")}, f)
+    top, inside = pending_files(spool)
+    assert top == [] and len(inside) == 5, (top, inside)
+    assert all(e.startswith(shards.shard_of(time.time(), WIDTH)) or e.startswith(
+        shards.shard_of(time.time() - WIDTH, WIDTH)) for e in inside), inside
+    assert spool.counts().pending == 6  # the drop-in too
+    assert {v.id for v in spool.list_jobs("pending")} == {"single", "batch0", "batch1", "batch2", "first", "dropped"}
+    assert spool.find("batch1").state == "pending"
+
+    # A failed attempt goes back into a shard: the worker's own retry path.
+    owner = spool.owners.register("worker")
+    entry = next(e for e in inside if "@single" in e)
+    claimed = spool.transitions.claim(entry, owner)
+    moved = spool.transitions.finish(claimed, ok=False, exit_code=1, error="first try")
+    assert moved.state == "pending" and shards.is_shard(moved.name.split("/")[0]), moved
+    spool.owners.unregister(owner)
+
+    r = spoolq(spool_dir, "worker", "start", "--burst")
+    assert r.returncode == 0, r.stderr
+    ran = runs(tmp_path)
+    assert sorted(ran) == sorted(["single", "batch0", "batch1", "batch2", "first", "then", "dropped"]), ran
+    assert ran.index("first") < ran.index("then")  # released from waiting/ into a shard, then run
+
+    # requeue puts a finished job back into a shard too
+    assert spool.requeue(["batch0"]) == {"batch0": None}
+    top, inside = pending_files(spool)
+    assert top == [] and [e.split("@")[1] for e in inside] == ["batch0.json"], (top, inside)
+    assert fsck.check(Spool(spool_dir, create=False)) == []
+
+
+def test_readers_read_both_levels_and_run_order_spans_them(spool, spool_dir, tmp_path):
+    """A spool that turns sharding on keeps its older names in pending/ itself: every reader and the
+    worker see both, in one run order (priority, then arrival)."""
+    spool.enqueue({"id": "flat-old", "command": record(tmp_path, "flat-old")})
+    spool.enqueue({"id": "flat-urgent", "command": record(tmp_path, "flat-urgent"), "priority": 5})
+    spool.set_config("pending_shards", WIDTH)
+    spool.enqueue({"id": "shard-new", "command": record(tmp_path, "shard-new")})
+    spool.enqueue({"id": "shard-urgent", "command": record(tmp_path, "shard-urgent"), "priority": 9,
+                   "queue": "video"})
+    top, inside = pending_files(spool)
+    assert len(top) == 2 and len(inside) == 2, (top, inside)
+    assert [v.id for v in spool.list_jobs("pending")] == ["shard-urgent", "flat-urgent", "flat-old", "shard-new"]
+    assert spool.counts().pending == 4
+    listed = json.loads(spoolq(spool_dir, "queue", "list", "--json").stdout)
+    assert {q["queue"]: q["pending"] for q in listed} == {"default": 3, "video": 1}, listed
+    assert json.loads(spoolq(spool_dir, "show", "shard-new", "--json").stdout)["state"] == "pending"
+    assert fsck.check(Spool(spool_dir, create=False)) == []
+    r = spoolq(spool_dir, "worker", "start", "--burst")
+    assert r.returncode == 0, r.stderr
+    assert runs(tmp_path) == ["shard-urgent", "flat-urgent", "flat-old", "shard-new"]
+
+
+def test_cancel_takes_a_job_out_of_its_shard(sharded, spool_dir):
+    sharded.enqueue({"id": "c1", "command": "true", "delay": 3600})
+    r = spoolq(spool_dir, "cancel", "c1")
+    assert r.returncode == 0, r.stderr
+    assert sharded.find("c1").state == "dead"
+    assert pending_files(sharded) == ([], [])
+
+
+def test_a_symlink_where_a_shard_should_be_is_never_followed(sharded, spool_dir, tmp_path):
+    """Another program (or a hand) puts a symlink where this minute's shard goes: nothing is
+    written through it and nothing behind it is read as a job; the job goes into pending/ itself."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    planted = L.pending_name("planted", 0, 1, None)
+    (outside / planted).write_text(json.dumps({"id": "planted", "command": f"touch {tmp_path}/pwned"}))
+    now = time.time()
+    for when in (now, now + WIDTH):  # this shard, and the next (should the minute turn meanwhile)
+        os.symlink(outside, os.path.join(sharded.layout.pending, shards.shard_of(when, WIDTH)))
+    job = sharded.enqueue({"command": "true"})
+    top, inside = pending_files(sharded)
+    assert top == [L.pending_name_of(job)] and inside == [], (top, inside)
+    assert os.listdir(outside) == [planted]
+    assert [v.id for v in sharded.list_jobs()] == [job.id]
+    r = spoolq(spool_dir, "worker", "start", "--burst")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "pwned").exists() and os.listdir(outside) == [planted]
+    assert sharded.find(job.id).state == "done"
+
+
+def test_a_file_dropped_inside_a_shard_is_moved_out_by_fsck(sharded, spool_dir, tmp_path):
+    sharded.enqueue({"command": "true"})
+    (shard,) = sharded.store.shards.shards()
+    with open(os.path.join(sharded.layout.pending, shard, "lost.json"), "w") as f:
+        json.dump({"id": "lost", "command": record(tmp_path, "lost")}, f)
+    problems = fsck.check(Spool(spool_dir, create=False))
+    assert [p.kind for p in problems] == ["misplaced-dropin"], problems
+    r = spoolq(spool_dir, "fsck", "--repair")
+    assert "1 repaired" in r.stdout, r.stdout + r.stderr
+    assert spoolq(spool_dir, "fsck").returncode == 0
+    assert os.path.exists(os.path.join(sharded.layout.pending, "lost.json"))
+    assert spoolq(spool_dir, "worker", "start", "--burst").returncode == 0
+    assert runs(tmp_path) == ["lost"]
+
+
+def test_a_poll_lists_only_the_shards_that_changed(sharded):
+    """5,000 jobs sit in shards an hour old; after the first poll, a poll lists only what arrived."""
+    spool = sharded
+    now = time.time()
+    for k in range(5):
+        shard = os.path.join(spool.layout.pending, shards.shard_of(now - 3600 - k * WIDTH, WIDTH))
+        os.mkdir(shard)
+        for i in range(1000):
+            with open(os.path.join(shard, L.pending_name(f"old{k}-{i}", 0, k * 1000 + i + 1, now + 86400)), "w") as f:
+                f.write("{}")
+    arrivals = Arrivals(spool.store.shards)
+    first = arrivals.poll(time.monotonic(), WIDTH)
+    assert len(first) == 5000
+    settled = time.monotonic() + 3  # past ListingGate.SAME_TICK: the stamps have settled
+    arrivals.poll(settled, WIDTH)
+    names_before, skipped_before = arrivals.names, arrivals.skipped
+    assert arrivals.poll(settled + 1, WIDTH) == []
+    assert (arrivals.names, arrivals.skipped) == (names_before, skipped_before + 1)  # one stat
+    new = [spool.enqueue({"command": "true"}) for _ in range(5)]
+    found = arrivals.poll(settled + 2, WIDTH)
+    assert sorted(shards.base(e) for e in found) == sorted(L.pending_name_of(j) for j in new)
+    assert arrivals.names - names_before == 5  # the new shard alone: it explains pending/'s change
+    # A drop-in that lands beside an arrival in a shard: found by the listing of pending/ itself,
+    # at most TOP_EVERY seconds later while arrivals keep coming.
+    with open(os.path.join(spool.layout.pending, "dropped.json"), "w") as f:
+        f.write("{}")
+    job = spool.enqueue({"command": "true"})
+    found = [shards.base(e) for e in arrivals.poll(settled + 3, WIDTH)]
+    assert L.pending_name_of(job) in found and "dropped.json" not in found, found
+    spool.enqueue({"command": "true"})
+    later = arrivals.poll(settled + 3 + Arrivals.TOP_EVERY, WIDTH)
+    assert "dropped.json" in later, later
+
+
+def test_a_poll_finds_arrivals_beside_a_shard_from_a_clock_far_ahead(sharded):
+    """A writer whose clock is a day ahead makes the newest shard by name; this host's current
+    shard is still polled, so what arrives in it is found."""
+    ahead = shards_at(sharded, time.time() + 86400)
+    entry = ahead.place(L.pending_name("ahead", 0, 1, None))
+    open(ahead.path(entry), "w").write("{}")
+    for k in range(1, 4):  # and shards for each minute up to it, none of them current
+        shards_at(sharded, time.time() + 86400 - k * WIDTH).place(L.pending_name(f"x{k}", 0, k + 1, None))
+    arrivals = Arrivals(sharded.store.shards)
+    arrivals.poll(time.monotonic(), WIDTH)
+    job = sharded.enqueue({"command": "true"})
+    found = wait_for(lambda: [e for e in arrivals.poll(time.monotonic(), WIDTH)
+                              if shards.base(e) == L.pending_name_of(job)], timeout=5, what="the arrival")
+    assert found
+
+
+def test_a_writer_whose_clock_is_behind_still_writes_into_the_newest_shard(sharded):
+    first = shards.split(sharded.store.shards.place(L.pending_name("now", 0, 1, None)))[0]
+    late = shards_at(sharded, time.time() - 2 * 3600)  # two hours behind
+    shard = shards.split(late.place(L.pending_name("late", 0, 2, None)))[0]
+    assert shards.is_shard(shard) and 0 <= shards.start_of(shard) - shards.start_of(first) <= WIDTH, (first, shard)
+
+
+def test_empty_old_shards_are_pruned_and_a_writer_whose_shard_went_makes_it_again(sharded):
+    spool = sharded
+    now = time.time()
+    empty_old = shards.shard_of(now - 2 * 3600, WIDTH)
+    full_old = shards.shard_of(now - 3 * 3600, WIDTH)
+    os.mkdir(os.path.join(spool.layout.pending, empty_old))
+    os.mkdir(os.path.join(spool.layout.pending, full_old))
+    with open(os.path.join(spool.layout.pending, full_old, L.pending_name("kept", 0, 1, now + 86400)), "w") as f:
+        f.write("{}")
+    spool.enqueue({"command": "true"})
+    arrivals = Arrivals(spool.store.shards)
+    arrivals.poll(time.monotonic(), WIDTH)
+    assert arrivals.prune(spool.views.pending_entries()) == [empty_old]  # a shard holding a job stays
+    assert empty_old not in spool.store.shards.shards() and full_old in spool.store.shards.shards()
+    # A writer made sure of its shard, which a pruner then removed before the writer's rename:
+    # the rename meets no directory, and the writer makes it again.
+    writer = shards_at(spool, now + 7200)
+    entry = writer.place(L.pending_name("moved", 0, 2, None))
+    os.rmdir(os.path.join(spool.layout.pending, shards.split(entry)[0]))
+    src = os.path.join(spool.layout.tmp, ".moved")
+    open(src, "w").write("{}")
+    assert writer.move_in(src, L.pending_name("moved", 0, 2, None)) == entry
+    assert os.path.exists(writer.path(entry)) and not os.path.exists(src)
+
+
+def test_a_batch_whose_shard_was_pruned_meanwhile_still_publishes(sharded):
+    """A batch plans its entries before it renames them; a pruner that removes the (empty) shard in
+    between makes the rename meet no directory: the batch makes it again."""
+    spool = sharded
+    real_place = spool.store.shards.place
+
+    def place_then_prune(name: str) -> str:
+        entry = real_place(name)
+        try:
+            os.rmdir(os.path.join(spool.layout.pending, shards.split(entry)[0]))  # empty until the renames
+        except OSError:
+            pass
+        return entry
+
+    spool.store.shards.place = place_then_prune  # the pruner runs between plan and rename
+    jobs = spool.enqueue_many([{"command": "true"} for _ in range(3)])
+    top, inside = pending_files(spool)
+    assert top == [] and len(inside) == 3, (top, inside)
+    assert sorted(shards.base(e) for e in inside) == sorted(L.pending_name_of(j) for j in jobs)
+
+
+def test_config_pending_shards_rejects_garbage(cli):
+    assert cli("config", "set", "pending_shards", "-5").exit_code == 2
+    assert cli("config", "set", "pending_shards", "soon").exit_code == 2
+    assert cli("config", "set", "pending_shards", "60").exit_code == 0
+
+
+def test_a_worker_is_woken_by_events_for_jobs_written_into_shards(sharded, spool_dir, tmp_path):
+    """Polling every 30 s, the worker still starts each job at once: its shards are watched, the
+    one made for the first job as well as the one it then finds there."""
+    sharded.set_config("poll_interval", 30)
+    log = open(tmp_path / "worker.log", "wb")
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start"], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=log, start_new_session=True)
+    try:
+        # Registered: its watches are made before its first listing, so from here on a job is
+        # found by that listing or by an event, never by a poll.
+        wait_for(lambda: sharded.workers(role="worker"), 15, "the worker to register")
+        for i in range(3):
+            started = time.monotonic()
+            job = sharded.enqueue({"command": "true"})
+            wait_for(lambda: sharded.find(job.id).state == "done", 5, f"job {i} to run")
+            assert time.monotonic() - started < 3, f"job {i} waited for a poll"
+            if i == 0:
+                # the next job lands in an existing shard: remake none, keep the watch
+                assert len(sharded.store.shards.shards()) == 1
+        assert "waking on file-system events" in (tmp_path / "worker.log").read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
