@@ -255,7 +255,7 @@ def _batch_all_or_nothing_and_never_blocked(root: str, batch: str, killed: bool)
     # Killed before the renames: none; after: all. Killed between two renames, the batch's plan
     # is left, and the repair (as a worker's recovery sweep would) publishes the rest.
     repaired_clean(root)
-    published = sorted(e.split("@")[1][:-5] for e in os.listdir(os.path.join(root, "pending")))
+    published = sorted(e.split("@")[1][:-5] for e in Spool(root, create=False).views.pending_entries())
     assert published in ([], expected), published
     if published != expected:  # what the killed batch reserved and never published is free again
         for job_id in expected[len(published):]:
@@ -674,3 +674,51 @@ def test_a_worker_killed_adopting_a_drop_in_that_waits_loses_nothing(tmp_path, k
                            "sys.exit(Worker(Spool(sys.argv[1]), burst=True, queues=frozenset({'default'})).run())"]
     sweep(tmp_path, kind, _a_dropped_waiter, lambda root: [*worker_default_only, root],
           _the_dropped_waiter_runs_once_after)
+
+
+# ---- a sharded pending/ (config pending_shards): the shard made, the job renamed in, the bump -----
+
+SHARD_KINDS = ["mkdir", "rename", "fsync", "utime"]
+
+
+def sharded(setup: Callable[[str], object]) -> Callable[[str], object]:
+    def with_shards(root: str) -> object:
+        made = setup(root)
+        Spool(root, create=False).set_config("pending_shards", 60)
+        return made
+    return with_shards
+
+
+def _one_job(root: str) -> None:
+    Spool(root).set_config("pending_shards", 60)
+
+
+def _whole_or_never_and_runs_once(root: str, _made: None, killed: bool) -> None:
+    repaired_clean(root)
+    assert counted(root) in ({}, {"pending": 1}) if killed else counted(root) == {"pending": 1}, counted(root)
+    burst(root)
+    assert runs(root) in ([], ["one"]) if killed else runs(root) == ["one"], runs(root)
+    repaired_clean(root)
+
+
+@pytest.mark.parametrize("kind", SHARD_KINDS + ["write"])
+def test_an_enqueue_into_a_sharded_spool_killed_at_any_point_is_whole_or_never_was(tmp_path, kind):
+    swept = sweep(tmp_path, kind, _one_job,
+                  lambda root: [*SPOOLQ, "--spool", root, "enqueue", f"echo one >> {root}.runs"],
+                  _whole_or_never_and_runs_once)
+    assert swept >= 1  # the shard made, the rename into it, its fsync, the bump: each was a kill point
+
+
+@pytest.mark.parametrize("kind", SHARD_KINDS)
+def test_a_batch_into_a_sharded_spool_killed_at_any_point_blocks_nothing(tmp_path, kind):
+    swept = sweep(tmp_path, kind, sharded(_a_batch),
+                  lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--batch", root + ".jsonl"],
+                  _batch_all_or_nothing_and_never_blocked)
+    assert swept >= 1
+
+
+@pytest.mark.parametrize("kind", SHARD_KINDS)
+def test_a_worker_of_a_sharded_spool_killed_adopting_or_retrying_loses_nothing(tmp_path, kind):
+    assert sweep(tmp_path, kind, sharded(_dropped), lambda root: [*WORKER, root], _every_dropped_job_ran) >= 1
+    assert sweep(tmp_path / "failing", kind, sharded(_failing_once), lambda root: [*WORKER, root],
+                 _every_failed_job_retried_once) >= 1

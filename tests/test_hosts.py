@@ -262,7 +262,10 @@ def frozen(job_pgid: int, worker_pid: int) -> Iterator[float]:
 # ---- the tests ------------------------------------------------------------------------------
 
 
-def test_b_runs_jobs_enqueued_on_a_within_two_poll_intervals(rig, tmp_path):
+@pytest.mark.parametrize("shards", [0, 60], ids=["flat", "sharded"])
+def test_b_runs_jobs_enqueued_on_a_within_two_poll_intervals(rig, tmp_path, shards):
+    if shards:
+        rig.spool("A").set_config("pending_shards", shards)  # B polls pending/ and its newest shards
     b = rig.start("B", 1)
     # B's spool is on FUSE: the worker says that polling, not events, wakes it for other hosts.
     wait_for(lambda: "is what wakes this worker" in b.log(), 5, "B's wake-up announcement")
@@ -283,7 +286,10 @@ def test_b_runs_jobs_enqueued_on_a_within_two_poll_intervals(rig, tmp_path):
     assert max(latencies) <= 2 * POLL, f"start latencies on B: {latencies}"
 
 
-def test_many_jobs_on_both_hosts_each_run_exactly_once(rig, tmp_path):
+@pytest.mark.parametrize("shards", [0, 60], ids=["flat", "sharded"])
+def test_many_jobs_on_both_hosts_each_run_exactly_once(rig, tmp_path, shards):
+    if shards:
+        rig.spool("A").set_config("pending_shards", shards)
     ran = tmp_path / "ran.txt"
     a = rig.start("A", 2)
     b = rig.start("B", 2)
