@@ -118,11 +118,12 @@ class Publisher:
         return staged
 
     def _destination_of(self, job: Job) -> str:
-        """pending/'s entry ("<canonical>" or "=<shard>/<canonical>"), or "waiting/<id>.json" (a
-        batch plan line says any of them)."""
+        """pending/'s canonical name, or "waiting/<id>.json" (a batch plan line says either). The
+        shard of a sharded pending/ is chosen as each file is renamed in: a batch may take longer
+        than a shard (shards.py)."""
         unfinished = self.deps.unfinished(job) if job.after else []
         if not unfinished:
-            return self.store.shards.place(layout.pending_name_of(job))
+            return layout.pending_name_of(job)
         self.store.make_dir(self.deps.waiting)
         self.store.make_dir(self.deps.edges)
         self.deps.make_edges(job, unfinished)
@@ -139,10 +140,11 @@ class Publisher:
         plan = None
         try:
             plan = self._write_plan(staged) if len(staged) > 1 else None
-            for tmp, name, _ in staged:
-                self._rename_in(tmp, name)
+            entries = []
+            for tmp, name, job_id in staged:
+                entries.append(self._rename_in(tmp, name, job_id, self.store.creator()))
                 done += 1
-            self._sync_pending([name for _, name, _ in staged])
+            self._sync_pending(entries)
             if any(name.startswith(WAITING + "/") for _, name, _ in staged):
                 fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
@@ -153,25 +155,31 @@ class Publisher:
             if plan is not None:
                 fsio.unlink_quietly(plan)
 
-    def _rename_in(self, tmp: str, name: str) -> bool:
-        """Publish one staged file; False if another finder of its plan published it first."""
-        try:
-            os.rename(tmp, self._path_of(name))
-        except FileNotFoundError:
-            if os.path.lexists(self._path_of(name)):
-                # RACE: judged gone from another host (fsck, after stale_after), this batch was
-                # rolled forward: the job is published all the same.
-                return False
-            shard = shards.split(name)[0] if not name.startswith(WAITING + "/") else ""
-            if not shard or not os.path.lexists(tmp):
+    def _rename_in(self, tmp: str, name: str, job_id: str, creator: layout.Creator) -> str:
+        """Publish one staged file: its entry in pending/ (or waiting/), "" if another finder of
+        its plan published it first. FileNotFoundError if it is gone unpublished."""
+        if name.startswith(WAITING + "/"):
+            try:
+                os.rename(tmp, self._path_of(name))
+                return name
+            except FileNotFoundError:
+                if os.path.lexists(self._path_of(name)):
+                    return ""  # RACE: rolled forward by another finder (below)
                 raise
-            # RACE: its shard was pruned (empty, an hour older than the newest) since it was staged.
-            self.store.shards.restore(shard)
-            os.rename(tmp, self._path_of(name))
-        return True
+        entry = self.store.shards.move_in(tmp, shards.base(name), bump=False)
+        if entry is not None:
+            return entry
+        # RACE: judged gone from another host (fsck, after stale_after), this batch was rolled
+        # forward: the job is published all the same, wherever the finder's clock put it; a finder
+        # removes a staged file unpublished only once its id is no longer this batch's.
+        marker = creator_of(self.store, job_id)
+        if marker is None or (layout.safe_host(marker.host), marker.pid, marker.start) != \
+                (creator.host, creator.pid, creator.start):
+            raise FileNotFoundError(2, "a staged job file is gone", tmp)
+        return ""
 
-    def _sync_pending(self, names: list[str]) -> None:
-        self.store.shards.sync([name for name in names if not name.startswith(WAITING + "/")])
+    def _sync_pending(self, entries: list[str]) -> None:
+        self.store.shards.sync([e for e in entries if e and not e.startswith(WAITING + "/")])
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
         path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
@@ -215,6 +223,7 @@ class Publisher:
         # Under the "ids" lock: a taker of an abandoned id judges under it too (reserve), and the
         # job must not be published once its id was taken over.
         with self.store.locked("ids"):
+            moved = []
             for tmp, name, job_id in entries or []:
                 src = os.path.join(self.layout.tmp, tmp)
                 if not os.path.lexists(src):
@@ -226,10 +235,11 @@ class Publisher:
                     continue
                 # RACE: two finders may roll the same plan forward; each rename admits one.
                 try:
-                    published += self._rename_in(src, name)
+                    moved.append(self._rename_in(src, name, job_id, creator))
                 except FileNotFoundError:
-                    pass  # the other finder's rename won
-        self._sync_pending([name for _, name, _ in entries or []])
+                    pass  # the other finder's rename won, and a worker took the job since
+        published = len([entry for entry in moved if entry])
+        self._sync_pending(moved)
         fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
         return published
 

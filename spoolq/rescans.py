@@ -55,6 +55,12 @@ class Rescans:
         if cfg.pending_shards > 0:
             self.arrivals.prune(snapshot.names)
 
+    def relist(self) -> None:
+        """The next run() lists everything: a name was taken from the index that may still be in
+        pending/ (its claim failed for a passing fault, or this worker was re-registered)."""
+        self.pacing.gate.reset()
+        self._last_full = -1e18
+
     def summary(self) -> str:
         """The worker's stop line: claims, and what its listings cost the servers (every directory
         listed, pending/ or a shard; polls a stat answered; the names read)."""

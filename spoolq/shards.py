@@ -65,7 +65,7 @@ class PendingShards:
         self._dir_mode = dir_mode
         self._width = width  # 0: spoolq writes into pending/ itself
         self.clock = clock
-        self._durable: set[str] = set()  # shards this process knows to be in pending/ for good
+        self._durable: dict[str, int] = {}  # shards this process knows to be in pending/ for good: inode
         self._chosen: tuple[float, int, str] | None = None  # (monotonic, width, shard) of the last place()
 
     # ---- reading -----------------------------------------------------------------------------
@@ -83,8 +83,16 @@ class PendingShards:
             return False
 
     def listed(self, shard: str) -> list[str]:
-        """A shard's entries, as "=<T>/<name>" (none if it went)."""
-        return [f"{shard}/{name}" for name in fsio.listdir(os.path.join(self.pending, shard))]
+        """A shard's entries, as "=<T>/<name>": none if it went, or if it is not a real directory
+        (opened without following a symlink another program may have put there)."""
+        try:
+            fd = os.open(self.path(shard), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            return []
+        try:
+            return [f"{shard}/{name}" for name in os.listdir(fd)]
+        finally:
+            os.close(fd)
 
     def entries(self) -> list[str]:
         """Every name in pending/ and in its shards (paths relative to pending/)."""
@@ -125,49 +133,66 @@ class PendingShards:
     def _ready(self, shard: str) -> bool:
         if shard in self._durable:
             return True
-        path = os.path.join(self.pending, shard)
+        path = self.path(shard)
         try:
             fsio.make_dir(path, self._dir_mode())
         except OSError:
             return False  # e.g. no inode left for a directory: pending/ itself still takes the job
-        if not self._is_real_dir(shard):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        # Not a real directory (a symlink), or one this user cannot write into (made before
+        # group_access was turned on, by another member): pending/ itself takes the job.
+        if not stat.S_ISDIR(st.st_mode) or not os.access(path, os.W_OK | os.X_OK):
             return False
         # RACE: another process may have made the shard and not yet fsync'd pending/: a rename into
         # it is durable only once the shard's own name is, so each process fsyncs once per shard.
         fsio.fsync_dir(self.pending)
-        self._durable.add(shard)
+        self._durable[shard] = st.st_ino
         return True
 
-    def restore(self, shard: str) -> None:
-        """Make `shard` again: a writer whose entry was fixed before (a batch's plan) found it pruned."""
-        self._durable.discard(shard)
-        if not self._ready(shard):
-            raise FileNotFoundError(2, "cannot make the shard again", self.path(shard))
-
-    def move_in(self, src: str, name: str) -> str | None:
-        """Rename `src` to canonical `name` in pending/ (its shard). The entry, or None if `src` is
-        gone (another mover won). Durable once sync() is called on the entry."""
+    def move_in(self, src: str, name: str, *, bump: bool = True) -> str | None:
+        """Rename `src` to canonical `name` in pending/ (the shard of now). The entry, or None if
+        `src` is gone (another mover won). Durable once sync() is called on the entry; `bump`:
+        touch pending/ at once (a batch does it once, in sync())."""
         for _ in range(3):
             entry = self.place(name)
             try:
                 if not fsio.move(src, self.path(entry)):
                     return None
-                if entry != name:
-                    self.bump()
-                return entry
             except FileNotFoundError:
                 # RACE: a pruner removed the (empty, old) shard after place() made sure of it:
-                # make it again. A writer whose clock is an hour behind is the only one who meets it.
-                self._durable.discard(split(entry)[0])
-        return entry if fsio.move(src, self.path(name)) else None
+                # make it again (or, if that fails, write into pending/ itself).
+                self._durable.pop(split(entry)[0], None)
+                self._chosen = None
+                continue
+            if bump and entry != name:
+                self.bump()
+            return entry
+        return name if fsio.move(src, self.path(name)) else None
 
     def sync(self, entries: list[str]) -> None:
         """fsync the directories that `entries` (written with place/move_in) were renamed into, and
         tell pollers that something arrived."""
         for directory in sorted({split(e)[0] for e in entries}):
-            fsio.fsync_dir(os.path.join(self.pending, directory) if directory else self.pending)
+            if not directory:
+                fsio.fsync_dir(self.pending)
+            elif self._fsync_shard(directory):
+                # RACE: the shard was pruned and made again by another process since this one
+                # made sure of it; its name in pending/ may not be durable yet.
+                fsio.fsync_dir(self.pending)
         if any("/" in e for e in entries):
             self.bump()
+
+    def _fsync_shard(self, shard: str) -> bool:
+        """fsync a shard; True if it is not the directory this process made sure of."""
+        fd = os.open(self.path(shard), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+            return os.fstat(fd).st_ino != self._durable.get(shard)
+        finally:
+            os.close(fd)
 
     def bump(self) -> None:
         """Touch pending/: its stamp is what every host's workers poll. A hint only: a bump lost to
@@ -185,7 +210,7 @@ class PendingShards:
             os.rmdir(os.path.join(self.pending, shard))  # RACE: a late writer's rename makes it fail
         except OSError:
             return False
-        self._durable.discard(shard)
+        self._durable.pop(shard, None)
         return True
 
 
@@ -204,6 +229,7 @@ class Arrivals:
         self._polled = ListingGate()  # pending/'s stamp at the last poll that looked further
         self._top = ListingGate()  # ... at the last listing of pending/ itself
         self._top_at = -1e18
+        self._looked = 0.0  # pending/'s mtime at the last poll that looked into shards
         self._gates: dict[str, ListingGate] = {}  # the shards watched, each with its stamp
         self._present: list[str] = []  # shards in pending/ at its last listing, oldest first
         self.listings = 0  # directories listed (pending/ itself or a shard)
@@ -216,10 +242,13 @@ class Arrivals:
             self.skipped += 1
             return []  # no arrival, no bump, no new shard: one stat
         self._polled.listed(now)
+        stamp = self._polled.stamp
+        fs_now = stamp[1] / 1e9 if stamp else 0.0
         found: list[str] = []
-        for shard in self._watched(width):
+        for shard in self._watched(width, min(self._looked, fs_now), fs_now):
             if self._gate(shard).should_list(self.shards.path(shard), now):
                 found.extend(self._list(shard, now))
+        self._looked = fs_now
         explained = bool(found)
         # RACE: a drop-in that lands with a job in a shard is explained away here, and found by the
         # listing of pending/ TOP_EVERY seconds on (its own host's worker has its event at once).
@@ -235,25 +264,25 @@ class Arrivals:
         self.names += len(top)
         found = [name for name in top if not is_shard(name)]
         known, self._present = set(self._present), self.shards.shards(top)
+        for shard in set(self._gates) - set(self._present):
+            del self._gates[shard]  # gone (pruned); a shard of now not made yet gets one again
         for shard in self._present:
             if shard not in known and shard not in self._gates:  # new: all of it is news
                 self._gate(shard).should_list(self.shards.path(shard), now)  # its stamp, before the listing
                 found.extend(self._list(shard, now))
         return found
 
-    def _watched(self, width: int) -> list[str]:
-        """The shards writers may be writing into: of "now" (writers take the later of their clock
-        and pending/'s mtime, so this host does too), the one before (a writer that chose just
-        before the turn), and any newer one known (a writer whose clock is ahead). Not older ones,
-        however much they change: their changes are claims."""
-        stamp = self._polled.stamp
-        now = max(self.shards.clock(), stamp[1] / 1e9 if stamp else 0.0)
+    def _watched(self, width: int, since: float, fs_now: float) -> list[str]:
+        """The shards anything can have been written into since the last look: writers write into
+        the shard of the later of their clock and pending/'s mtime (which only grows), and bump
+        that mtime after; so from the shard of that mtime at the last look (less one shard, for a
+        writer that chose its shard a moment before) on, and any newer one (a writer whose clock
+        is ahead). Not older ones, however much they change: their changes are claims. By
+        pending/'s mtime alone, never this host's clock."""
         width = max(width, 1)
-        oldest = shard_of(now - width, width)
-        watched = sorted({oldest, shard_of(now, width), *(s for s in self._present if s >= oldest)})
-        for shard in set(self._gates) - set(watched):
-            del self._gates[shard]
-        return watched
+        oldest = shard_of(since - width, width)
+        return sorted({shard_of(fs_now, width), shard_of(fs_now - width, width),
+                       *(s for s in self._present if s >= oldest)})
 
     def _gate(self, shard: str) -> ListingGate:
         return self._gates.setdefault(shard, ListingGate())

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import fsio, layout
+from . import fsio, layout, shards
 
 
 def give_modes(lay: layout.Layout, modes: fsio.Modes) -> None:
@@ -23,6 +23,8 @@ def give_modes(lay: layout.Layout, modes: fsio.Modes) -> None:
             path = os.path.join(directory, entry)
             if name == "processing":
                 _chmod_owned(path, modes)
+            elif name == "pending" and shards.is_shard(entry):
+                _chmod_shard(path, modes)
             elif layout.is_spoolq_entry(name, entry):
                 _chmod(path, modes.file)
 
@@ -33,6 +35,14 @@ def _chmod_owned(owned: str, modes: fsio.Modes) -> None:
     for entry in fsio.listdir(owned):
         if layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX):
             _chmod(os.path.join(owned, entry), modes.file)
+
+
+def _chmod_shard(shard: str, modes: fsio.Modes) -> None:
+    if not _chmod(shard, modes.dir):
+        return
+    for entry in fsio.listdir(shard):
+        if layout.is_canonical(entry):
+            _chmod(os.path.join(shard, entry), modes.file)
 
 
 def _chmod(path: str, mode: int) -> bool:

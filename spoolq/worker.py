@@ -301,11 +301,11 @@ class Worker:
             claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
             self.lost = True
-            self.pacing.gate.reset()  # the name may still be in pending/: list again, not forget it
+            self.rescans.relist()  # the name may still be in pending/: list again, not forget it
             return None
         except OSError as e:
             self.log(f"cannot claim {name!r}: {e}")
-            self.pacing.gate.reset()
+            self.rescans.relist()
             return None
         self.pacing.claimed(claimed is not None, time.monotonic() - started)
         return claimed  # None: another worker's rename won (or the file was quarantined)

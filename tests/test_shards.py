@@ -236,25 +236,61 @@ def test_empty_old_shards_are_pruned_and_a_writer_whose_shard_went_makes_it_agai
     assert os.path.exists(writer.path(entry)) and not os.path.exists(src)
 
 
-def test_a_batch_whose_shard_was_pruned_meanwhile_still_publishes(sharded):
-    """A batch plans its entries before it renames them; a pruner that removes the (empty) shard in
-    between makes the rename meet no directory: the batch makes it again."""
-    spool = sharded
-    real_place = spool.store.shards.place
+def test_a_batch_writes_into_the_shard_of_its_renames_not_of_its_staging(spool):
+    """Staging a big batch can take longer than a shard lasts: its jobs go into the shard of when
+    they are renamed in, which pollers are watching then, not the one of when they were staged."""
+    spool.set_config("pending_shards", 1)
+    staged_in = shards.shard_of(time.time(), 1)
 
-    def place_then_prune(name: str) -> str:
-        entry = real_place(name)
-        try:
-            os.rmdir(os.path.join(spool.layout.pending, shards.split(entry)[0]))  # empty until the renames
-        except OSError:
-            pass
-        return entry
+    def slow_staging(_n: int) -> None:  # the batch's progress callback, once per job staged
+        wait_for(lambda: shards.shard_of(time.time(), 1) != staged_in, 5, "the next second")
 
-    spool.store.shards.place = place_then_prune  # the pruner runs between plan and rename
-    jobs = spool.enqueue_many([{"command": "true"} for _ in range(3)])
+    jobs = spool.enqueue_many([{"command": "true"} for _ in range(2)], progress=slow_staging)
     top, inside = pending_files(spool)
-    assert top == [] and len(inside) == 3, (top, inside)
+    assert top == [] and len(inside) == 2, (top, inside)
+    assert all(shards.split(e)[0] > staged_in for e in inside), (staged_in, inside)
     assert sorted(shards.base(e) for e in inside) == sorted(L.pending_name_of(j) for j in jobs)
+
+
+def test_a_poll_after_a_long_gap_finds_what_landed_in_a_shard_it_knew(spool):
+    """A worker that has not polled for longer than a shard lasts (a long job, a long
+    poll_interval) still looks into every shard written since its last look."""
+    spool.set_config("pending_shards", 1)
+    spool.enqueue({"command": "true"})
+    arrivals = Arrivals(spool.store.shards)
+    t = time.monotonic()
+    arrivals.poll(t, 1)  # it knows the shard of now
+    late = spool.enqueue({"command": "true"})  # into that shard (or the next)
+    first = shards.shard_of(time.time(), 1)
+    wait_for(lambda: shards.shard_of(time.time(), 1) > shards.shard_of(time.time() - 2, 1) > first, 5,
+             "two more seconds")
+    found = [shards.base(e) for e in arrivals.poll(t + 10, 1)]
+    assert L.pending_name_of(late) in found, found
+
+
+def test_a_misplaced_drop_in_whose_name_is_taken_is_left_alone(sharded, spool_dir):
+    sharded.enqueue({"command": "true"})
+    (shard,) = sharded.store.shards.shards()
+    for directory in (os.path.join(sharded.layout.pending, shard), sharded.layout.pending):
+        with open(os.path.join(directory, "same.json"), "w") as f:
+            json.dump({"command": "true"}, f)
+    r = spoolq(spool_dir, "fsck", "--repair")
+    assert "left alone: pending/ has a file of that name" in r.stdout, r.stdout + r.stderr
+
+
+def test_group_access_gives_shards_and_their_jobs_the_spools_modes(sharded, spool_dir):
+    sharded.enqueue({"command": "true"})
+    (shard,) = sharded.store.shards.shards()
+    path = os.path.join(sharded.layout.pending, shard)
+    (job_file,) = os.listdir(path)
+    mode = lambda p: os.lstat(p).st_mode & 0o7777  # noqa: E731
+    assert (mode(path), mode(os.path.join(path, job_file))) == (0o700, 0o600)
+    assert spoolq(spool_dir, "config", "set", "group_access", "true").returncode == 0
+    assert (mode(path), mode(os.path.join(path, job_file))) == (0o2770, 0o660)
+    assert spoolq(spool_dir, "config", "set", "group_access", "false").returncode == 0
+    assert (mode(path), mode(os.path.join(path, job_file))) == (0o700, 0o600)
+    os.chmod(path, 0o777)  # opened up by hand: fsck says so
+    assert [p.kind for p in fsck.check(Spool(spool_dir, create=False))] != []
 
 
 def test_config_pending_shards_rejects_garbage(cli):

@@ -154,6 +154,7 @@ class HousekeepingChecks:
         dirs += [self.layout.owned(e) for e in r.live_dirs]
         edges = self.layout.dir("after")
         dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if layout.is_spoolq_entry("after", e)]
+        dirs += [self.spool.store.shards.path(s) for s in self.spool.store.shards.shards()]
         for path in dirs:
             self._check_mode(path, modes.dir, shared)
         for path in self._spoolq_files():
@@ -167,7 +168,8 @@ class HousekeepingChecks:
                 continue  # live owners' files change while we look; temp files are the temp check's;
                 # after/ holds directories (above), and in them empty edges that come and go
             directory = self.layout.dir(name)
-            files += [os.path.join(directory, e) for e in fsio.listdir(directory)
+            entries = self.spool.store.shards.entries() if name == "pending" else fsio.listdir(directory)
+            files += [os.path.join(directory, e) for e in entries
                       if layout.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
         return files
 

@@ -105,8 +105,15 @@ class JobChecks:
         r = self.r
         p = r.report("misplaced-dropin", path, "a dropped file inside a shard of pending/ is never run there")
         target = os.path.join(self.layout.pending, shards.base(entry))
-        r.repair_with(p, lambda: f"moved to {os.path.relpath(target, self.layout.root)}" if
-                      fsio.move_no_replace(path, target) else "left alone: pending/ has a file of that name")
+        r.repair_with(p, lambda: self._move_out(path, target))
+
+    def _move_out(self, path: str, target: str) -> str:
+        try:
+            if not fsio.move_no_replace(path, target):
+                return "left alone: it moved on while fsck looked"
+        except FileExistsError:
+            return "left alone: pending/ has a file of that name"
+        return f"moved to {os.path.relpath(target, self.layout.root)}"
 
     def check_dropin(self, path: str, entry: str) -> None:
         """Report what a worker would quarantine (and do the same when repairing)."""
