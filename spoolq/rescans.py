@@ -9,7 +9,7 @@ import time
 
 from . import shards
 from .index import Pacing, PendingIndex
-from .sharedlisting import Listings, SharedListing
+from .sharedlisting import NOTED_FOR, Listings, SharedListing
 from .spool import Spool
 
 
@@ -45,7 +45,9 @@ class Rescans:
                 return  # what arrived is in the shards just polled; older ones only shrink
         elif not gate.should_list(self.spool.layout.pending, asked):
             return  # one stat said nothing came or went since a listing that saw it all
-        max_age = 0.0 if leaving else cfg.poll_interval
+        # Sharded, a sibling's full listing serves for as long as the names learned since it began
+        # are kept to add back (NOTED_FOR): the servers list the whole of pending/ once per host.
+        max_age = 0.0 if leaving else NOTED_FOR if cfg.pending_shards > 0 else cfg.poll_interval
         snapshot, theirs = self.listings.take(asked, max_age, gate.stamp, gate.would_cover)
         self.index.rescan(snapshot.names)
         for name in self.listings.noted_since(snapshot.started):
