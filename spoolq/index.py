@@ -186,11 +186,13 @@ class Pacing:
     def spread(self) -> int:
         return self.SPREAD if self._lost_last else 1
 
-    def claimed(self, won: bool, cost: float) -> None:
+    def claimed(self, won: bool, cost: float, listed: bool = True) -> None:
+        """A claim was tried; `listed`: its name came from a listing (else from an event or a poll
+        of new arrivals, which every worker races for: a listing would not have spared the loss)."""
         self.tried += 1
         self.won += won
         self._lost_last = not won
-        if not won:
+        if not won and listed:
             self._lost_cost += cost
 
     def listed(self, started: float, cost: float) -> None:
@@ -214,6 +216,7 @@ class Pacing:
         each every 500 s), unless a worker's lost claims have cost it more than a listing."""
         if not has_ready and not sharded:
             return poll_interval
+        # Lost claims on names from a listing (claimed()): a new listing forgets every name others took.
         if self._lost_cost > self._listing_cost:
             return 0.0
         # At most a minute: a job of a higher priority from a host without workers waits no longer.

@@ -9,7 +9,7 @@ import time
 
 from . import shards
 from .index import Pacing, PendingIndex
-from .sharedlisting import NOTED_FOR, Listings, SharedListing
+from .sharedlisting import NOTED_FOR, NOTED_MAX, Listings, SharedListing
 from .spool import Spool
 
 
@@ -23,6 +23,7 @@ class Rescans:
         self.listings = Listings(lambda: spool.views.pending_entries(), shared)
         self.arrivals = shards.Arrivals(spool.store.shards)
         self._last_full = -1e18  # monotonic time of the last full listing
+        self._learned: set[str] = set()  # entries learned other than by a listing, since the last one
 
     def interval(self, now: float, poll_interval: float) -> float:
         """Seconds between calls of run()."""
@@ -54,6 +55,7 @@ class Rescans:
             self.index.add(name)  # RACE: learned while the listing was taken: keep it, in case it is new
         self.pacing.took(snapshot, theirs)
         self._last_full = asked
+        self._learned.clear()
         if cfg.pending_shards > 0:
             self.arrivals.prune(snapshot.names)
 
@@ -76,6 +78,12 @@ class Rescans:
         """An entry of pending/ learned other than by a listing (an event, a move of our own)."""
         self.index.add(entry, changed=changed)
         self.listings.noted(entry)
+        if len(self._learned) < NOTED_MAX:
+            self._learned.add(entry)
+
+    def from_listing(self, entry: str) -> bool:
+        """Whether `entry` reached the index by the last full listing (not by an event or a poll)."""
+        return entry not in self._learned
 
     def note_event(self, directory: str, name: str) -> None:
         pending = self.spool.layout.pending

@@ -229,7 +229,8 @@ class Arrivals:
         self._polled = ListingGate()  # pending/'s stamp at the last poll that looked further
         self._top = ListingGate()  # ... at the last listing of pending/ itself
         self._top_at = -1e18
-        self._looked = 0.0  # pending/'s mtime at the last poll that looked into shards
+        self._looked: float | None = None  # pending/'s mtime at the last poll that looked into shards
+        self._primed = False  # pending/ itself listed once: the shards then there are known
         self._gates: dict[str, ListingGate] = {}  # the shards watched, each with its stamp
         self._present: list[str] = []  # shards in pending/ at its last listing, oldest first
         self.listings = 0  # directories listed (pending/ itself or a shard)
@@ -245,7 +246,9 @@ class Arrivals:
         stamp = self._polled.stamp
         fs_now = stamp[1] / 1e9 if stamp else 0.0
         found: list[str] = []
-        for shard in self._watched(width, min(self._looked, fs_now), fs_now):
+        # The first look starts from now: what was there before is the worker's full listing's.
+        since = fs_now if self._looked is None else min(self._looked, fs_now)
+        for shard in self._watched(width, since, fs_now):
             if self._gate(shard).should_list(self.shards.path(shard), now):
                 found.extend(self._list(shard, now))
         self._looked = fs_now
@@ -263,10 +266,12 @@ class Arrivals:
         self.listings += 1
         self.names += len(top)
         found = [name for name in top if not is_shard(name)]
+        first, self._primed = not self._primed, True
         known, self._present = set(self._present), self.shards.shards(top)
         for shard in set(self._gates) - set(self._present):
             del self._gates[shard]  # gone (pruned); a shard of now not made yet gets one again
-        for shard in self._present:
+        # What the shards held before the first look is the worker's full listing's to find.
+        for shard in [] if first else self._present:
             if shard not in known and shard not in self._gates:  # new: all of it is news
                 self._gate(shard).should_list(self.shards.path(shard), now)  # its stamp, before the listing
                 found.extend(self._list(shard, now))

@@ -307,7 +307,7 @@ class Worker:
             self.log(f"cannot claim {name!r}: {e}")
             self.rescans.relist()
             return None
-        self.pacing.claimed(claimed is not None, time.monotonic() - started)
+        self.pacing.claimed(claimed is not None, time.monotonic() - started, self.rescans.from_listing(name))
         return claimed  # None: another worker's rename won (or the file was quarantined)
 
     def _run(self, claimed: Claimed, kill: KillRequest) -> runner.Outcome:

@@ -165,8 +165,8 @@ def test_a_poll_lists_only_the_shards_that_changed(sharded):
             with open(os.path.join(shard, L.pending_name(f"old{k}-{i}", 0, k * 1000 + i + 1, now + 86400)), "w") as f:
                 f.write("{}")
     arrivals = Arrivals(spool.store.shards)
-    first = arrivals.poll(time.monotonic(), WIDTH)
-    assert len(first) == 5000
+    assert arrivals.poll(time.monotonic(), WIDTH) == []  # the backlog is the full listing's to find
+    assert arrivals.names == 5  # pending/ itself: the five shards' names
     settled = time.monotonic() + 3  # past ListingGate.SAME_TICK: the stamps have settled
     arrivals.poll(settled, WIDTH)
     names_before, skipped_before = arrivals.names, arrivals.skipped
@@ -323,3 +323,21 @@ def test_a_worker_is_woken_by_events_for_jobs_written_into_shards(sharded, spool
         proc.terminate()
         proc.wait(15)
         log.close()
+
+
+def test_lost_claims_on_arrivals_do_not_make_a_worker_list_the_backlog():
+    """Every worker races for each arrival; a listing of the whole backlog would not spare it one
+    of those lost claims. Lost claims on names from a listing still make it list at once once
+    they have cost more than a listing (which forgets every name others took)."""
+    from spoolq.index import Pacing
+
+    snapshot = type("Snap", (), {"started": 0.0, "cost": 0.05, "names": [], "covered": True, "stamp": None})()
+    arrivals, backlog = Pacing(), Pacing()
+    for pacing in (arrivals, backlog):
+        pacing.took(snapshot, theirs=False)
+    for _ in range(100):  # 0.2 s of lost claims, against a 0.05 s listing
+        arrivals.claimed(False, 0.002, listed=False)
+        backlog.claimed(False, 0.002)
+    assert arrivals.rescan_interval(True, 1.0, sharded=True) >= 1.0
+    assert backlog.rescan_interval(True, 1.0, sharded=True) == 0.0
+    assert backlog.rescan_interval(True, 1.0) == 0.0
