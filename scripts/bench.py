@@ -342,6 +342,48 @@ def drain_rate(spool_dir: str, measure: int) -> tuple[float, float, float]:
 MARK_EVERY = 100
 
 
+def sharded_rows(tmp: str, n: int, repeat: int) -> list[Row]:
+    """What `pending_shards 60` costs on one host, each against the same without it, in turn: one
+    CLI enqueue; a batch of n; the same n drained by 2 burst workers."""
+    dirs = {}
+    for shards in (60, 0):
+        dirs[shards] = os.path.join(tmp, f"one-{shards}")
+        cli(dirs[shards], "init")
+        cli(dirs[shards], "config", "set", "pending_shards", str(shards))
+    times: dict[int, list[float]] = {60: [], 0: []}
+    for _ in range(max(10, repeat * 8)):
+        for shards in (60, 0):
+            times[shards] += timed_runs([*SPOOLQ, "--spool", dirs[shards], "enqueue", "--cmd", "true"], 1)
+    batch: dict[int, list[float]] = {60: [], 0: []}
+    drain: dict[int, list[float]] = {60: [], 0: []}
+    path = os.path.join(tmp, "sharded.jsonl")
+    write_batch(path, n)
+    for r in range(repeat):
+        for shards in (60, 0):
+            spool_dir = os.path.join(tmp, f"shards-{shards}-{r}")
+            cli(spool_dir, "init")
+            cli(spool_dir, "config", "set", "pending_shards", str(shards))
+            t0 = time.monotonic()
+            cli(spool_dir, "enqueue", "--batch", path)
+            batch[shards].append(n / (time.monotonic() - t0))
+            t0 = time.monotonic()
+            subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            drain[shards].append(n / (time.monotonic() - t0))
+            assert count_done(spool_dir) == n, "not every job finished"
+    ref = "the same, pending_shards 0"
+    rows = [Row("one `spoolq enqueue --cmd true`, pending_shards 60", "s", times[60], ref, times[0], "<= 1.1 x",
+                paired=True),
+            Row(f"`enqueue --batch` of {n}, pending_shards 60", "jobs/s", batch[60], ref, batch[0], ">= 0.9 x",
+                paired=True),
+            Row(f"throughput: {n} `true` jobs, 2 workers, --burst, pending_shards 60", "jobs/s", drain[60], ref,
+                drain[0], ">= 0.95 x", paired=True)]
+    rows[0].passed = rows[0].ratio <= 1.1
+    rows[1].passed = rows[1].ratio >= 0.9
+    rows[2].passed = rows[2].ratio >= 0.95
+    return rows
+
+
 def fill_spool(tmp: str, n: int, name: str) -> tuple[str, float]:
     """A spool with a marker job first, then n-1 `true` jobs, every MARK_EVERY-th of which leaves
     a mark named by its place: returns (dir, enqueue seconds)."""
@@ -397,7 +439,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
-                                   "shellcmd,plain,cli,batch,backlog,hosts")
+                                   "shellcmd,plain,cli,batch,backlog,shards,hosts")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -494,6 +536,9 @@ def main() -> int:
             rows.append(Row(f"worker start with {a.big} pending -> first job runs", "s", [big[0][0]],
                             f"with {a.small} pending", [small[0][0]], "<= 2 s", big[0][0] <= 2,
                             "first run only: later runs start on a partly drained spool"))
+        if want("shards"):
+            progress(f"pending_shards 60 against 0: one enqueue, a batch of {a.jobs * 5}, its drain")
+            rows.extend(sharded_rows(tmp, a.jobs * 5, a.repeat))
         if want("hosts"):
             rows.extend(multihost_rows(a.repeat, 100 if a.quick else 400))
     finally:
@@ -515,6 +560,10 @@ def multihost_rows(repeat: int, jobs: int) -> list[Row]:
             progress("2 hosts x 2 long-running workers fed 10 jobs/s: one start of 2 per host, against 2 of 1")
             trickles = [(multihost.trickle(multihost.fresh_spool(points), 1, 2),
                          multihost.trickle(multihost.fresh_spool(points), 2, 1)) for _ in range(repeat)]
+            progress(f"the same fed beside {BACKLOG:,} scheduled jobs: pending/ sharded, against not")
+            backlogs = [(multihost.trickle(multihost.fresh_spool(points), 1, 2, scheduled=BACKLOG, shards=60),
+                         multihost.trickle(multihost.fresh_spool(points), 1, 2, scheduled=BACKLOG))
+                        for _ in range(repeat)]
     except multihost.Unavailable as e:
         progress(f"skipped the multi-host rows: {e}")
         return []
@@ -532,7 +581,14 @@ def multihost_rows(repeat: int, jobs: int) -> list[Row]:
                  [t[0]["listings_per_s"] for t in trickles], "the same workers as 2 starts of 1 per host (no sharing)",
                  [t[1]["listings_per_s"] for t in trickles], "<= 0.7 x", paired=True)
     shared.passed = shared.ratio <= 0.7
-    return [rate, failed, listings, shared]
+    names = Row(f"names listed/s, 2 hosts x 2 workers, 10 jobs/s, {BACKLOG:,} scheduled, pending_shards 60", "/s",
+                [b[0]["names_per_s"] for b in backlogs], "the same, pending/ not sharded",
+                [b[1]["names_per_s"] for b in backlogs], "<= 0.1 x", paired=True)
+    names.passed = names.ratio <= 0.1
+    return [rate, failed, listings, shared, names]
+
+
+BACKLOG = 5_000  # scheduled jobs beside the sharded trickle: what every unsharded listing reads
 
 
 def report(rows: list[Row], as_json: bool) -> None:

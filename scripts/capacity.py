@@ -23,6 +23,16 @@ The model, per hosts H x workers per host W (n = H*W), backlog P, poll interval 
   poll, its workers sharing the listing: the server is busy listing H * t_name * P / p of the time;
 - a job enqueued on another host starts after p/2 + t_stat + t_name*P + t_claim on average
   (idle workers; p more at worst); on the same host, file-system events: milliseconds.
+- sharded (config pending_shards = w seconds, spoolq/shards.py), same scenario: writers touch
+  pending/ after each write, so an idle poll is still one stat. A poll after arrivals (each
+  worker's own) stats pending/ and the ~2 shards written since its last look and lists the one
+  that changed: the names left there, A = min(P, jobs/s * p) for workers that keep up; it lists
+  pending/ itself (S names: its shards, 3600 / w for a backlog enqueued within the hour; a day's
+  worth keeps 86400 / w) at most every TOP_EVERY seconds; and each host lists all P names every
+  T = min(3600, max(p, 100 * t_name * P * n)) seconds (the workers' pacing, shared by a host's
+  workers). The server is busy n * (3 t_stat + t_name A + t_name S p / max(p, TOP_EVERY)) / p +
+  H * t_name * P / T of the time, and a job from another host starts after p/2 + 3 t_stat +
+  t_name A + t_claim.
 """
 
 from __future__ import annotations
@@ -35,6 +45,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 HOSTS = (1, 2, 10, 25, 50, 100)
+SHARD_S = 60  # pending_shards in the model (the README's advice)
+TOP_EVERY = 5.0  # shards.Arrivals.TOP_EVERY
+FULL_EVERY = 3600.0  # index.Pacing.SHARDED_FULL_EVERY
 
 
 def measure(points: list[str]) -> dict:
@@ -64,7 +77,19 @@ def predict(m: dict, hosts: int, workers: int, backlog: int, poll: float, job_s:
     return {"hosts": hosts, "workers": n, "backlog": backlog, "jobs_per_s": jobs_per_s,
             "bound": "workers" if n * per_worker <= server_jobs else "server", "failed_claims_per_claim": f,
             "idle_server_load": idle_load, "listing_load": hosts * list_s / poll,
-            "pickup_s": poll / 2 + m["stat_s"] + list_s + m["claim_s"]}
+            "pickup_s": poll / 2 + m["stat_s"] + list_s + m["claim_s"], **sharded(m, hosts, n, backlog, poll, jobs_per_s)}
+
+
+def sharded(m: dict, hosts: int, n: int, backlog: int, poll: float, jobs_per_s: float) -> dict:
+    """The same spool with pending/ in shards of SHARD_S seconds."""
+    t_name = m["list_s_per_name"]
+    arrived_s = t_name * min(backlog, jobs_per_s * poll)
+    top_s = t_name * min(backlog, 3600 / SHARD_S) * poll / max(poll, TOP_EVERY)
+    full_s = t_name * max(backlog, 1)
+    full_every = min(FULL_EVERY, max(poll, 100 * full_s * n))
+    poll_s = 3 * m["stat_s"] + arrived_s
+    return {"sharded_listing_load": n * (poll_s + top_s) / poll + hosts * full_s / full_every,
+            "sharded_pickup_s": poll / 2 + poll_s + m["claim_s"]}
 
 
 def _share(load: float) -> str:
@@ -73,14 +98,15 @@ def _share(load: float) -> str:
 
 def table(m: dict, workers: int, poll: float, job_s: float) -> str:
     out = ["| hosts | workers | backlog | jobs/s | bound by | failed claims per claim | server busy polling idle "
-           "| server busy listing while pending/ changes | pickup from another host (s) |",
-           "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+           "| server busy listing while pending/ changes | pickup from another host (s) "
+           f"| the same, pending/ sharded ({SHARD_S} s) | pickup, sharded (s) |",
+           "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for backlog in (1_000, 100_000):
         for hosts in HOSTS:
             r = predict(m, hosts, workers, backlog, poll, job_s)
             out.append(f"| {hosts} | {r['workers']} | {backlog:,} | {r['jobs_per_s']:.1f} | {r['bound']} | "
                        f"{r['failed_claims_per_claim']:.2f} | {r['idle_server_load']:.0%} | {_share(r['listing_load'])} | "
-                       f"{r['pickup_s']:.2f} |")
+                       f"{r['pickup_s']:.2f} | {_share(r['sharded_listing_load'])} | {r['sharded_pickup_s']:.2f} |")
     return "\n".join(out)
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 SPOOLQ = [sys.executable, "-m", "spoolq"]
 STOP_LINE = re.compile(r"stopped \(claimed (\d+) jobs?, lost (\d+) claims .*listed pending/ (\d+) times, "
-                       r"(\d+) polls[^,]*(?:, (\d+) listings taken from sibling)?")
+                       r"(\d+) polls[^,]*(?:, (\d+) listings taken from sibling)?(?:[^;]*; read (\d+) names)?")
 
 
 class Unavailable(Exception):
@@ -94,18 +94,24 @@ def drain(paths: list[str], workers_per_host: int, n: int) -> dict:
 
 
 def trickle(paths: list[str], starts_per_host: int, workers_per_start: int, seconds: float = 15.0,
-            rate: float = 10.0, scheduled: int = 2000) -> dict:
+            rate: float = 10.0, scheduled: int = 2000, shards: int = 0) -> dict:
     """Long-running workers on every host (`starts_per_host` `worker start --count
     workers_per_start` each), fed `rate` jobs a second from host A for `seconds`, beside
     `scheduled` jobs due in an hour (names every listing reads): how often the server lists
-    pending/. Two starts of one worker per host list it each on their own; one start of two shares."""
+    pending/. Two starts of one worker per host list it each on their own; one start of two shares.
+    With `shards` (config pending_shards), the scheduled jobs sit in a shard an hour old, as a
+    backlog built up over time does."""
     from spoolq import Spool
 
     spool = Spool(paths[0])
     spool.set_config("poll_interval", 0.5)
-    batch = "".join('{"command": "true", "delay": 3600}\n' for _ in range(scheduled))
-    subprocess.run([*SPOOLQ, "--spool", paths[0], "enqueue", "--batch", "-"], input=batch.encode(), check=True,
-                   stdout=subprocess.DEVNULL)
+    if shards:
+        spool.set_config("pending_shards", shards)
+        old_backlog(spool, scheduled, time.time() - 3600)
+    else:
+        batch = "".join('{"command": "true", "delay": 3600}\n' for _ in range(scheduled))
+        subprocess.run([*SPOOLQ, "--spool", paths[0], "enqueue", "--batch", "-"], input=batch.encode(), check=True,
+                       stdout=subprocess.DEVNULL)
     procs = []
     for i, path in enumerate(paths):
         env = {**os.environ, "SPOOLQ_HOST": chr(ord("A") + i)}
@@ -127,13 +133,26 @@ def trickle(paths: list[str], starts_per_host: int, workers_per_start: int, seco
     for p in procs:
         p.send_signal(signal.SIGTERM)
     logs = [p.communicate(timeout=120)[1] for p in procs]
-    listings = shared = won = 0
+    listings = shared = won = names = 0
     for log in logs:
         for m in STOP_LINE.finditer(log):
             won, listings, shared = won + int(m[1]), listings + int(m[3]), shared + int(m[5] or 0)
+            names += int(m[6] or 0)
     return {"jobs": count, "claimed": won, "seconds": elapsed, "listings_per_s": listings / elapsed,
-            "shared_per_s": shared / elapsed, "starts_per_host": starts_per_host,
-            "workers_per_start": workers_per_start}
+            "shared_per_s": shared / elapsed, "names_per_s": names / elapsed, "starts_per_host": starts_per_host,
+            "workers_per_start": workers_per_start, "shards": shards}
+
+
+def old_backlog(spool, n: int, when: float) -> None:
+    """n jobs due in a day, written straight into the shard of `when` (as if enqueued then)."""
+    from spoolq import layout, shards
+
+    shard = os.path.join(spool.layout.pending, shards.shard_of(when, spool.config.pending_shards))
+    os.mkdir(shard)
+    for _ in range(n):
+        job = spool.make_job({"command": "true", "delay": 86400})
+        with open(os.path.join(shard, layout.pending_name_of(job)), "wb") as f:
+            f.write(job.to_json())
 
 
 def primitives(paths: list[str], names: int = 2000) -> dict:

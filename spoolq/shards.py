@@ -6,9 +6,10 @@ seconds, spoolq writes each canonical name into ``pending/=<T>/`` instead, T bei
 writes rounded down to W (10 digits): its clock, or pending/'s mtime if that is later, so that a
 writer whose clock is behind still writes into the newest shard. Having written, it touches
 pending/ (the "bump"): a worker's poll stays one stat of pending/ while nothing arrives; when its
-stamp changes, the worker lists pending/ itself (drop-ins and shards: few names) and stats the
-shards writers write into now (the shard of "now", the one before it, any newer), listing only one
-that changed. So a poll lists what arrived in the last W seconds or so, whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is
+stamp changed, the worker stats the shards anything can have been written into since its last look
+(from the shard of pending/'s mtime then, less one) and lists only one that changed; pending/
+itself (drop-ins, new shards: few names) when no shard explains the change, or every TOP_EVERY
+seconds. So a poll lists what arrived since the last one, whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is
 listed seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than the newest is removed.
 
 Readers always read both levels, sharded or not: canonical names in pending/ itself (older spools,
