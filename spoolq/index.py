@@ -60,6 +60,9 @@ class PendingIndex:
         else:
             heapq.heappush(self._ready.setdefault(parsed.queue, []), name)
 
+    def knows(self, entry: str) -> bool:
+        return entry in self._known or entry in self._foreign
+
     def rescan(self, names: Iterable[str]) -> None:
         """Merge a fresh listing: only names not seen yet are parsed (the set difference runs in C),
         and names no longer there (claimed by other workers) are forgotten, so that they cost no
@@ -241,6 +244,7 @@ class ListingGate:
         self._stamp: tuple[int, ...] | None = None
         self._first_seen = 0.0
         self._covered = False  # a listing was taken once the current stamp had settled
+        self.changed = False  # the last should_list() saw a new stamp
         self.listings = 0
         self.shared = 0
         self.skipped = 0
@@ -256,7 +260,8 @@ class ListingGate:
             stamp: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
         except OSError:
             stamp = None  # list, and let the listing say what is wrong
-        if stamp is None or stamp != self._stamp:
+        self.changed = stamp is None or stamp != self._stamp  # else the same stamp, not yet settled
+        if self.changed:
             self._stamp, self._first_seen, self._covered = stamp, now, False
         elif self._covered:
             self.skipped += 1

@@ -179,6 +179,8 @@ class Publisher:
         return ""
 
     def _sync_pending(self, entries: list[str]) -> None:
+        if "" in entries:  # published by another process's roll-forward, wherever it put them
+            self.store.shards.sync_all()
         self.store.shards.sync([e for e in entries if e and not e.startswith(WAITING + "/")])
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:

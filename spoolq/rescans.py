@@ -9,7 +9,9 @@ import time
 
 from . import shards
 from .index import Pacing, PendingIndex
-from .sharedlisting import NOTED_FOR, NOTED_MAX, Listings, SharedListing
+from .sharedlisting import NOTED_MAX, Listings, SharedListing
+
+SIBLING_LISTING_SERVES = 30.0  # seconds, sharded (below sharedlisting.NOTED_FOR)
 from .spool import Spool
 
 
@@ -39,16 +41,18 @@ class Rescans:
         leaving = self.burst and not self.index.has_ready(int(time.time() * 1000))
         if cfg.pending_shards > 0:
             for entry in self.arrivals.poll(asked, cfg.pending_shards):
-                self.remember(entry, changed=False)
+                if not self.index.knows(entry):  # a shard's listing repeats the names seen before
+                    self.remember(entry, changed=False)
             full_every = self.pacing.rescan_interval(self.index.has_ready(int(time.time() * 1000)),
                                                      cfg.poll_interval, sharded=True)
             if not leaving and asked - self._last_full < full_every:
                 return  # what arrived is in the shards just polled; older ones only shrink
         elif not gate.should_list(self.spool.layout.pending, asked):
             return  # one stat said nothing came or went since a listing that saw it all
-        # Sharded, a sibling's full listing serves for as long as the names learned since it began
-        # are kept to add back (NOTED_FOR): the servers list the whole of pending/ once per host.
-        max_age = 0.0 if leaving else NOTED_FOR if cfg.pending_shards > 0 else cfg.poll_interval
+        # Sharded, a sibling's full listing serves for a while (well within NOTED_FOR, the span for
+        # which names learned since it began are kept to add back): the servers list the whole
+        # of pending/ about once per host.
+        max_age = 0.0 if leaving else SIBLING_LISTING_SERVES if cfg.pending_shards > 0 else cfg.poll_interval
         snapshot, theirs = self.listings.take(asked, max_age, gate.stamp, gate.would_cover)
         self.index.rescan(snapshot.names)
         for name in self.listings.noted_since(snapshot.started):
@@ -82,8 +86,9 @@ class Rescans:
             self._learned.add(entry)
 
     def from_listing(self, entry: str) -> bool:
-        """Whether `entry` reached the index by the last full listing (not by an event or a poll)."""
-        return entry not in self._learned
+        """Whether `entry` reached the index by the last full listing (not by an event or a poll).
+        Unsharded, every name counts as listed (lost claims on any make the worker list again)."""
+        return self.spool.config.pending_shards <= 0 or entry not in self._learned
 
     def note_event(self, directory: str, name: str) -> None:
         pending = self.spool.layout.pending

@@ -10,7 +10,8 @@ stamp changed, the worker stats the shards anything can have been written into s
 (from the shard of pending/'s mtime then, less one) and lists only one that changed; pending/
 itself (drop-ins, new shards: few names) when no shard explains the change, or every TOP_EVERY
 seconds. So a poll lists what arrived since the last one, whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is
-listed seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than the newest is removed.
+listed seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than pending/'s mtime is
+removed.
 
 Readers always read both levels, sharded or not: canonical names in pending/ itself (older spools,
 spools with pending_shards 0) and in its shards. Drop-ins stay where writers put them: pending/.
@@ -30,7 +31,7 @@ from .index import ListingGate
 
 PREFIX = "="  # pending/=<10 digits>/: cannot start a canonical name (digits) or a hidden one (".")
 SHARD = re.compile(r"=[0-9]{10}")
-PRUNE_AFTER = 3600.0  # seconds: a shard this much older than the newest, found empty, is removed
+PRUNE_AFTER = 3600.0  # seconds: a shard this much older than pending/'s mtime, found empty, is removed
 
 
 def shard_of(when: float, width: int) -> str:
@@ -118,11 +119,13 @@ class PendingShards:
         return f"{shard}/{name}" if self._ready(shard) else name
 
     def _current(self, width: int) -> str:
-        """The shard of now: the later of this clock and pending/'s mtime (the last write or bump,
-        stamped by whichever clock the file system uses). Kept for a second: a batch asks per job."""
+        """The shard of now: the later of this clock and the file system's (pending/ touched, then
+        its mtime read: a writer whose clock is behind, on a spool idle for long, must not write
+        into a shard as old as the last write). Kept for a second: a batch asks per job."""
         at = time.monotonic()
         if self._chosen is not None and at - self._chosen[0] < 1.0 and self._chosen[1] == width:
             return self._chosen[2]
+        self.bump()
         try:
             latest = os.stat(self.pending).st_mtime
         except OSError:
@@ -186,9 +189,19 @@ class PendingShards:
         if any("/" in e for e in entries):
             self.bump()
 
+    def sync_all(self) -> None:
+        """fsync pending/ and every shard: for jobs another process renamed in (a batch rolled
+        forward), into shards this one cannot know."""
+        fsio.fsync_dir(self.pending)
+        for shard in self.shards():
+            self._fsync_shard(shard)
+
     def _fsync_shard(self, shard: str) -> bool:
         """fsync a shard; True if it is not the directory this process made sure of."""
-        fd = os.open(self.path(shard), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(self.path(shard), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False  # RACE: what was renamed into it was claimed, and the empty shard pruned
         try:
             os.fsync(fd)
             return os.fstat(fd).st_ino != self._durable.get(shard)
@@ -203,9 +216,10 @@ class PendingShards:
         except OSError:
             pass
 
-    def prune(self, shard: str, newest: str) -> bool:
-        """Remove `shard` if it is empty and PRUNE_AFTER older than `newest`."""
-        if start_of(newest) - start_of(shard) < PRUNE_AFTER:
+    def prune(self, shard: str, now: float) -> bool:
+        """Remove `shard` if it is empty and PRUNE_AFTER older than `now` (the file system's clock:
+        a shard made by a host whose clock is ahead must not age the others)."""
+        if now - start_of(shard) < PRUNE_AFTER:
             return False
         try:
             os.rmdir(os.path.join(self.pending, shard))  # RACE: a late writer's rename makes it fail
@@ -249,11 +263,13 @@ class Arrivals:
         found: list[str] = []
         # The first look starts from now: what was there before is the worker's full listing's.
         since = fs_now if self._looked is None else min(self._looked, fs_now)
+        explained = False
         for shard in self._watched(width, since, fs_now):
-            if self._gate(shard).should_list(self.shards.path(shard), now):
+            gate = self._gate(shard)
+            if gate.should_list(self.shards.path(shard), now):
+                explained = explained or (gate.changed and gate.stamp is not None)
                 found.extend(self._list(shard, now))
         self._looked = fs_now
-        explained = bool(found)
         # RACE: a drop-in that lands with a job in a shard is explained away here, and found by the
         # listing of pending/ TOP_EVERY seconds on (its own host's worker has its event at once).
         if self._top.should_list(self.shards.pending, now) and (not explained or now - self._top_at >= self.TOP_EVERY):
@@ -302,11 +318,11 @@ class Arrivals:
 
     def prune(self, entries: list[str]) -> list[str]:
         """After a full listing (`entries`): remove the shards it found empty that are PRUNE_AFTER
-        older than the newest. Returns the ones removed."""
-        if not self._present:
+        older than pending/'s mtime at the last poll. Returns the ones removed."""
+        stamp = self._polled.stamp
+        if not self._present or stamp is None:
             return []
         occupied = {entry.partition("/")[0] for entry in entries if entry.startswith(PREFIX)}
-        newest = self._present[-1]
-        gone = [s for s in self._present if s not in occupied and self.shards.prune(s, newest)]
+        gone = [s for s in self._present if s not in occupied and self.shards.prune(s, stamp[1] / 1e9)]
         self._present = [s for s in self._present if s not in gone]
         return gone

@@ -130,7 +130,8 @@ class Worker:
         # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
         # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
         self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")], self._log,
-                                   events=not self.burst, recursive=(layout.pending,))  # its shards too
+                                   events=not self.burst,  # and the shards of a sharded pending/
+                                   recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)
         runner.keep_descriptors_from_jobs()
         try:

@@ -341,3 +341,51 @@ def test_lost_claims_on_arrivals_do_not_make_a_worker_list_the_backlog():
     assert arrivals.rescan_interval(True, 1.0, sharded=True) >= 1.0
     assert backlog.rescan_interval(True, 1.0, sharded=True) == 0.0
     assert backlog.rescan_interval(True, 1.0) == 0.0
+
+
+def test_a_drop_in_beside_an_arrival_is_found_as_soon_as_arrivals_stop(sharded):
+    spool = sharded
+    spool.enqueue({"command": "true"})
+    arrivals = Arrivals(spool.store.shards)
+    t = time.monotonic()
+    arrivals.poll(t, WIDTH)  # lists pending/ itself
+    with open(os.path.join(spool.layout.pending, "dropped.json"), "w") as f:
+        f.write("{}")
+    job = spool.enqueue({"command": "true"})
+    found = [shards.base(e) for e in arrivals.poll(t + 1, WIDTH)]
+    assert L.pending_name_of(job) in found and "dropped.json" not in found  # explained by the arrival
+    # Nothing more arrives: the next look (pending/'s stamp not settled yet) finds the shard
+    # unchanged, so pending/ itself is listed, long before TOP_EVERY.
+    assert "dropped.json" in arrivals.poll(t + 2, WIDTH)
+
+
+def test_a_writer_whose_clock_is_behind_on_a_long_idle_spool_writes_where_polls_look(sharded):
+    """pending/'s mtime is an hour old and the writer's clock three minutes behind: it still
+    writes into the shard of the file system's now, each time, so a poll in between misses none."""
+    spool = sharded
+    spool.enqueue({"command": "true"})
+    hour_ago = time.time() - 3600
+    os.utime(spool.layout.pending, (hour_ago, hour_ago))
+    arrivals = Arrivals(spool.store.shards)
+    t = time.monotonic() + 3
+    arrivals.poll(t, WIDTH)
+    behind = shards_at(spool, time.time() - 180)
+    entries = []
+    for i, job_id in enumerate(["a", "b"]):
+        src = os.path.join(spool.layout.tmp, f".{job_id}")
+        open(src, "w").write("{}")
+        entries.append(behind.move_in(src, L.pending_name(job_id, 0, i + 1, None)))
+        found = arrivals.poll(t + 3 * (i + 1), WIDTH)
+        assert entries[-1] in found, (entries, found)
+    assert shards.start_of(shards.split(entries[0])[0]) > time.time() - 2 * WIDTH
+
+
+def test_an_unsharded_worker_counts_every_lost_claim_toward_a_listing(spool):
+    from spoolq.index import Pacing, PendingIndex
+    from spoolq.rescans import Rescans
+
+    rescans = Rescans(spool, PendingIndex(), Pacing(), None, burst=False)
+    rescans.remember("1000000000.0000000000000000001.0000000000000@x.json")
+    assert rescans.from_listing("1000000000.0000000000000000001.0000000000000@x.json")
+    spool.set_config("pending_shards", WIDTH)
+    assert not rescans.from_listing("1000000000.0000000000000000001.0000000000000@x.json")
