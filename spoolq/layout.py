@@ -56,8 +56,9 @@ Names in ``pending/``:
   (the ``queue`` field: 1-64 characters of the id alphabet). Sorting ready names as strings
   gives the run order.
 * sharded (config ``pending_shards`` = W > 0): spoolq writes canonical names into
-  ``pending/=TTTTTTTTTT/`` instead, T its clock at the write rounded down to W seconds (shards.py);
-  readers read both levels. Dropped files stay in ``pending/`` itself.
+  ``pending/=TTTTTTTTTT/`` instead, T the later of its clock and ``pending/``'s mtime rounded down
+  to W seconds, then touches ``pending/`` (shards.py); readers read both levels. Dropped files stay
+  in ``pending/`` itself.
 * drop-in: any other ``*.json`` name not starting with ``.``. A worker reads it, checks
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
