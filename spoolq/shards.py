@@ -3,19 +3,20 @@
 A listing of pending/ costs its servers a round trip per few hundred names, and every host lists
 it while it changes (arrivals come with no event from other hosts). With ``pending_shards`` = W
 seconds, spoolq writes each canonical name into ``pending/=<T>/`` instead, T being the time it
-writes rounded down to W (10 digits): its clock, or pending/'s mtime if that is later, so that a
-writer whose clock is behind still writes into the newest shard. Having written, it touches
-pending/ (the "bump"): a worker's poll stays one stat of pending/ while nothing arrives; when its
-stamp changed, the worker stats the shards anything can have been written into since its last look
-(from the shard of pending/'s mtime then, less one) and lists only one that changed; pending/
-itself (drop-ins, new shards: few names) when no shard explains the change, or every TOP_EVERY
-seconds. So a poll lists what arrived since the last one, whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is
-listed seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than pending/'s mtime is
-removed.
+writes rounded down to W (10 digits): its clock, or the file system's if that is later (it touches
+pending/ and reads its mtime), so that a writer whose clock is behind still writes into the newest
+shard. Having written, it touches pending/ again (the "bump"): a worker's poll stays one stat of
+pending/ while nothing arrives; when its stamp changed, the worker stats the shards anything can
+have been written into since its last look (from the shard of pending/'s mtime then, less one)
+and lists only one that changed; pending/ itself (drop-ins, new shards: few names) when no shard's
+change explains it, or every TOP_EVERY seconds. So a poll lists what arrived since the last one,
+whatever the backlog. Older shards only shrink (claims, cancels): the whole of pending/ is listed
+seldom (the worker's pacing), and an empty shard PRUNE_AFTER older than pending/'s mtime is removed.
 
 Readers always read both levels, sharded or not: canonical names in pending/ itself (older spools,
 spools with pending_shards 0) and in its shards. Drop-ins stay where writers put them: pending/.
-A shard entry that is not a real directory (a symlink) is never read or written into.
+A shard entry that is not a real directory (a symlink) is never listed, and a writer that finds
+one there (or a shard it cannot write into) writes into pending/ itself.
 """
 
 from __future__ import annotations
