@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 HOSTS = (1, 2, 10, 25, 50, 100)
 SHARD_S = 60  # pending_shards in the model (the README's advice)
-TOP_EVERY = 5.0  # shards.Arrivals.TOP_EVERY
+TOP_EVERY = 5.0  # rescans.Arrivals.TOP_EVERY
 FULL_EVERY = 3600.0  # index.Pacing.SHARDED_FULL_EVERY
 
 

@@ -1,14 +1,14 @@
 """How a worker keeps its index of pending/ current: names from events, listings (its own or a
 sibling's, sharedlisting.py) paced by what they cost (index.Pacing), and on a sharded pending/ a
-poll of the shards new names land in (shards.Arrivals) with a full listing only seldom."""
+poll of the shards new names land in (Arrivals, below) with a full listing only seldom."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from . import shards
-from .index import Pacing, PendingIndex
+from . import fsio, shards
+from .index import ListingGate, Pacing, PendingIndex
 from .sharedlisting import NOTED_MAX, Listings, SharedListing
 
 SIBLING_LISTING_SERVES = 30.0  # seconds, sharded (below sharedlisting.NOTED_FOR)
@@ -23,7 +23,7 @@ class Rescans:
         self.pacing = pacing
         self.burst = burst
         self.listings = Listings(lambda: spool.views.pending_entries(), shared)
-        self.arrivals = shards.Arrivals(spool.store.shards)
+        self.arrivals = Arrivals(spool.store.shards)
         self._last_full = -1e18  # monotonic time of the last full listing
         self._learned: set[str] = set()  # entries learned other than by a listing, since the last one
 
@@ -96,3 +96,102 @@ class Rescans:
             self.remember(name)
         elif os.path.dirname(directory) == pending and shards.is_shard(os.path.basename(directory)):
             self.remember(f"{os.path.basename(directory)}/{name}")
+
+
+class Arrivals:
+    """A worker's poll of a sharded pending/. While nothing arrives, one stat of pending/ (writers
+    touch it). When it changed: a stat of each shard writers write into now, and a listing of one
+    that changed; pending/ itself (drop-ins, new shards) is listed when no such shard explains the
+    change, or at most every TOP_EVERY seconds while arrivals keep coming. Names found are returned
+    to be added to the worker's index (never forgotten here: the full listing, taken seldom, forgets
+    what others took)."""
+
+    TOP_EVERY = 5.0
+
+    def __init__(self, pending: shards.PendingShards):
+        self.shards = pending
+        self._polled = ListingGate()  # pending/'s stamp at the last poll that looked further
+        self._top = ListingGate()  # ... at the last listing of pending/ itself
+        self._top_at = -1e18
+        self._looked: float | None = None  # pending/'s mtime at the last poll that looked into shards
+        self._primed = False  # pending/ itself listed once: the shards then there are known
+        self._gates: dict[str, ListingGate] = {}  # the shards watched, each with its stamp
+        self._present: list[str] = []  # shards in pending/ at its last listing, oldest first
+        self.listings = 0  # directories listed (pending/ itself or a shard)
+        self.names = 0  # names those listings returned
+        self.skipped = 0  # polls answered by one stat
+
+    def poll(self, now: float, width: int) -> list[str]:
+        """Entries that may be new, from what changed since the last poll (`now`: monotonic)."""
+        if not self._polled.should_list(self.shards.pending, now):
+            self.skipped += 1
+            return []  # no arrival, no bump, no new shard: one stat
+        self._polled.listed(now)
+        stamp = self._polled.stamp
+        fs_now = stamp[1] / 1e9 if stamp else 0.0
+        found: list[str] = []
+        # The first look starts from now: what was there before is the worker's full listing's.
+        since = fs_now if self._looked is None else min(self._looked, fs_now)
+        explained = False
+        for shard in self._watched(width, since, fs_now):
+            gate = self._gate(shard)
+            if gate.should_list(self.shards.path(shard), now):
+                explained = explained or (gate.changed and gate.stamp is not None)
+                found.extend(self._list(shard, now))
+        self._looked = fs_now
+        # RACE: a drop-in that lands with a job in a shard is explained away here, and found by the
+        # listing of pending/ TOP_EVERY seconds on (its own host's worker has its event at once).
+        if self._top.should_list(self.shards.pending, now) and (not explained or now - self._top_at >= self.TOP_EVERY):
+            found.extend(self._list_top(now))
+        return found
+
+    def _list_top(self, now: float) -> list[str]:
+        top = fsio.listdir(self.shards.pending)
+        self._top.listed(now)
+        self._top_at = now
+        self.listings += 1
+        self.names += len(top)
+        found = [name for name in top if not shards.is_shard(name)]
+        first, self._primed = not self._primed, True
+        known, self._present = set(self._present), self.shards.shards(top)
+        for shard in set(self._gates) - set(self._present):
+            del self._gates[shard]  # gone (pruned); a shard of now not made yet gets one again
+        # What the shards held before the first look is the worker's full listing's to find.
+        for shard in [] if first else self._present:
+            if shard not in known and shard not in self._gates:  # new: all of it is news
+                self._gate(shard).should_list(self.shards.path(shard), now)  # its stamp, before the listing
+                found.extend(self._list(shard, now))
+        return found
+
+    def _watched(self, width: int, since: float, fs_now: float) -> list[str]:
+        """The shards anything can have been written into since the last look: writers write into
+        the shard of the later of their clock and pending/'s mtime (which only grows), and bump
+        that mtime after; so from the shard of that mtime at the last look (less one shard, for a
+        writer that chose its shard a moment before) on, and any newer one (a writer whose clock
+        is ahead). Not older ones, however much they change: their changes are claims. By
+        pending/'s mtime alone, never this host's clock."""
+        width = max(width, 1)
+        oldest = shards.shard_of(since - width, width)
+        return sorted({shards.shard_of(fs_now, width), shards.shard_of(fs_now - width, width),
+                       *(s for s in self._present if s >= oldest)})
+
+    def _gate(self, shard: str) -> ListingGate:
+        return self._gates.setdefault(shard, ListingGate())
+
+    def _list(self, shard: str, now: float) -> list[str]:
+        self.listings += 1
+        self._gate(shard).listed(now)
+        entries = self.shards.listed(shard)
+        self.names += len(entries)
+        return entries
+
+    def prune(self, entries: list[str]) -> list[str]:
+        """After a full listing (`entries`): remove the shards it found empty that are PRUNE_AFTER
+        older than pending/'s mtime at the last poll. Returns the ones removed."""
+        stamp = self._polled.stamp
+        if not self._present or stamp is None:
+            return []
+        occupied = {entry.partition("/")[0] for entry in entries if entry.startswith(shards.PREFIX)}
+        gone = [s for s in self._present if s not in occupied and self.shards.prune(s, stamp[1] / 1e9)]
+        self._present = [s for s in self._present if s not in gone]
+        return gone

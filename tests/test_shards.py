@@ -13,7 +13,8 @@ import pytest
 
 from conftest import SPOOLQ, spoolq, wait_for
 from spoolq import Spool, fsck, layout as L, shards
-from spoolq.shards import Arrivals, PendingShards
+from spoolq.rescans import Arrivals
+from spoolq.shards import PendingShards
 
 WIDTH = 60
 
