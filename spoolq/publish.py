@@ -172,11 +172,15 @@ class Publisher:
         # RACE: judged gone from another host (fsck, after stale_after), this batch was rolled
         # forward: the job is published all the same, wherever the finder's clock put it; a finder
         # removes a staged file unpublished only once its id is no longer this batch's.
-        marker = creator_of(self.store, job_id)
-        if marker is None or (layout.safe_host(marker.host), marker.pid, marker.start) != \
-                (creator.host, creator.pid, creator.start):
+        if not self._id_still_of(job_id, creator):
             raise FileNotFoundError(2, "a staged job file is gone", tmp)
         return ""
+
+    def _id_still_of(self, job_id: str, creator: layout.Creator) -> bool:
+        """Whether `job_id`'s marker still names the batch's `creator` (no other job took it over)."""
+        marker = creator_of(self.store, job_id)
+        return marker is not None and (layout.safe_host(marker.host), marker.pid, marker.start) == \
+            (creator.host, creator.pid, creator.start)
 
     def _sync_pending(self, entries: list[str]) -> None:
         if "" in entries:  # published by another process's roll-forward, wherever it put them
@@ -230,9 +234,7 @@ class Publisher:
                 src = os.path.join(self.layout.tmp, tmp)
                 if not os.path.lexists(src):
                     continue  # published already
-                marker = creator_of(self.store, job_id)
-                if marker is None or (layout.safe_host(marker.host), marker.pid, marker.start) != \
-                        (creator.host, creator.pid, creator.start):
+                if not self._id_still_of(job_id, creator):
                     fsio.unlink_quietly(src)  # its id was taken over meanwhile: the other job keeps it
                     continue
                 # RACE: two finders may roll the same plan forward; each rename admits one.

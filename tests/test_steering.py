@@ -552,13 +552,18 @@ def test_a_bad_after_writes_nothing(cli, spool, args):
     assert snapshot(spool.root) == before
 
 
-def test_a_wake_up_lost_in_a_crash_is_found_by_recovery(spool):
+def _a_done_without_waking_b(spool) -> None:
+    """b waits for a; a is finished as a crash just after its move would leave it: b not woken."""
     spool.enqueue({"id": "a", "command": "true"})
     spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
     owner = spool.owners.register("worker")
     claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
     spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)  # done, and no one woke b
     spool.owners.unregister(owner)
+
+
+def test_a_wake_up_lost_in_a_crash_is_found_by_recovery(spool):
+    _a_done_without_waking_b(spool)
     assert spool.find("b").state == "waiting"
     burst(spool)  # a worker's first recovery sweep looks through after/
     assert spool.find("b").state == "done"
@@ -584,12 +589,7 @@ def test_wait_for_everything_counts_waiting_jobs(cli, spool):
 
 
 def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
-    spool.enqueue({"id": "a", "command": "true"})
-    spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
-    owner = spool.owners.register("worker")
-    claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
-    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)  # done, and no one woke b
-    spool.owners.unregister(owner)
+    _a_done_without_waking_b(spool)
     os.makedirs(os.path.join(spool.layout.dir("after"), "a"), exist_ok=True)
     open(os.path.join(spool.layout.dir("after"), "a", "gone"), "w").close()  # an edge whose waiter is gone
     report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
