@@ -78,7 +78,7 @@ def drain(paths: list[str], workers_per_host: int, n: int) -> dict:
     procs = []
     for i, path in enumerate(paths):
         env = {**os.environ, "SPOOLQ_HOST": chr(ord("A") + i)}
-        procs.append(subprocess.Popen([*SPOOLQ, "--spool", path, "worker", "start", "--burst", "--count",
+        procs.append(subprocess.Popen([*SPOOLQ, "--spool", path, "worker", "start", "--burst", "--quiet", "--count",
                                        str(workers_per_host)], env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True))
     logs = [p.communicate(timeout=3600)[1] for p in procs]
@@ -115,7 +115,8 @@ def trickle(paths: list[str], starts_per_host: int, workers_per_start: int, seco
     procs = []
     for i, path in enumerate(paths):
         env = {**os.environ, "SPOOLQ_HOST": chr(ord("A") + i)}
-        procs += [subprocess.Popen([*SPOOLQ, "--spool", path, "worker", "start", "--count", str(workers_per_start)],
+        procs += [subprocess.Popen([*SPOOLQ, "--spool", path, "worker", "start", "--quiet", "--count",
+                                    str(workers_per_start)],
                                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                   for _ in range(starts_per_host)]
     want = starts_per_host * workers_per_start * len(paths)

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Callable
 
-from . import job as job_record, liveness, output, runner
+from . import events, job as job_record, liveness, output, runner
 from .errors import LostOwnership
 from .job import Job
 from .spool import Spool
@@ -37,7 +37,20 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
     finally:
         group.running(None)
         log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
+        outcome.output_bytes = log.received
     return outcome
+
+
+def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: str, owner: str,
+         claimed_at: float, finished_at: float) -> events.Fact:
+    """The attempts log's line for one recorded attempt (`moved`: where it left the job; None:
+    the worker lost it)."""
+    job = claimed.job
+    ready = max(job.run_at or 0.0, job.updated_at or job.created_at)  # enqueued, due, or out of backoff
+    where = "lost" if moved is None else {"pending": "retry"}.get(moved.state, moved.state)
+    return events.Fact(job.id, job.queue, job.running_attempt, host, owner, min(ready, claimed_at), claimed_at,
+                       max(claimed_at, finished_at - outcome.seconds), finished_at, where, outcome.exit_code,
+                       outcome.error, outcome.output_bytes)
 
 
 class GroupRecord:

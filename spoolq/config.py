@@ -41,6 +41,16 @@ def _boolean(text: str) -> bool:
     raise ValueError(text)
 
 
+def _path(text: str) -> str:
+    return text.strip()
+
+
+def _is_textfile_path(value: object) -> bool:
+    """'' (off), or an absolute path ending in .prom (node_exporter reads only those)."""
+    return isinstance(value, str) and (value == "" or (value.startswith("/") and value.endswith(".prom")
+                                                        and "\0" not in value and len(value) < 4096))
+
+
 def _uid_list(text: str) -> list[int]:
     """'1000 1001', '1000,1001' or what `config get` prints: '[1000, 1001]'."""
     _ascii(text)
@@ -78,6 +88,14 @@ KEYS: dict[str, Key] = {
     "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
                           "seconds of arrivals per sub-directory of pending/, so that listings stay "
                           "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
+    "keep_events": Key(8 * 86400, _number, lambda v: is_number(v) and 3600 <= v <= 366 * 86400,
+                       "seconds the attempts log (events/) is kept: how far back stats, metrics and the "
+                       "dashboard can look (3600-31622400)"),
+    "metrics_textfile": Key("", _path, _is_textfile_path,
+                            "a *.prom file (absolute path) the workers on each host rewrite with the "
+                            "spool's metrics, for node_exporter's textfile collector ('' = off)"),
+    "metrics_interval": Key(15.0, _number, lambda v: is_number(v) and 1 <= v <= 86400,
+                            "seconds between rewrites of metrics_textfile (1-86400)"),
     "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(is_int(u) and u >= 0 for u in v),
                         "uids besides the spool owner's whose dropped files are run"),
 }

@@ -253,6 +253,15 @@ def listdir(path: str) -> list[str]:
         return []
 
 
+def listdir_inodes(path: str) -> list[tuple[str, int]]:
+    """Names and inode numbers in a directory (from the listing itself: no stat), [] if it is gone."""
+    try:
+        with os.scandir(path) as it:
+            return [(entry.name, entry.inode()) for entry in it]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)

@@ -32,6 +32,9 @@ Directories under the spool root ``S``::
                     names the process that writes it; ``....plan``: a batch's staged files and their
                     pending names, one per line, while it renames them (publish.py)
     S/log/          worker and supervisor logs
+    S/events/<owner>.<k>.jsonl  the attempts log (events.py): a JSON object a line per finished attempt,
+                    {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
+                    (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
     S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
                     or <name>.lock.<holder> while held (see locks.py)
     S/config.json   settings (see config.py)
@@ -103,8 +106,9 @@ from .job import DEFAULT_QUEUE, Job, valid_id
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
 WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
-MADE_ON_DEMAND = (WAITING, "slots", "after")  # newer than spoolq 0.1: a spool without them is whole
-OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after")
+MADE_ON_DEMAND = (WAITING, "slots", "after", "events")  # newer than spoolq 0.1: a spool without them is whole
+OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
+              "events")
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -315,6 +319,7 @@ _SPOOLQ_NAMES = {
     "after": lambda n: valid_id(n),
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
+    "events": lambda n: not n.startswith(".") and n.endswith(".jsonl"),
     "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
 }
 

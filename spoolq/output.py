@@ -10,6 +10,7 @@ import errno
 import functools
 import os
 import re
+from typing import NamedTuple
 
 from . import fsio
 
@@ -37,9 +38,11 @@ class AttemptLog:
         self.cut = 0  # bytes dropped between head and tail
         self.disk_full = False
         self.last_byte = b"\n"
+        self.received = 0  # bytes the job wrote, kept or not
 
     def write(self, data: bytes) -> None:
         """Take what the job wrote: into the log while there is room, else keep its last part."""
+        self.received += len(data)
         if self.head_room is None or self.head < self.head_room:
             room = len(data) if self.head_room is None else self.head_room - self.head
             self._append(data[:room])
@@ -131,23 +134,80 @@ def append(fd: int, data: bytes) -> int:
 TAIL_FOR_TIMES = 64 * 1024
 
 
-def last_attempt(path: str) -> tuple[float | None, float | None]:
-    """When the last attempt in a job's log began, and how long it took (None while it runs), from
-    its marker lines near the end of the log (None, None without a log)."""
+class LastAttempt(NamedTuple):
+    """What a job's log says of its last attempt (all None without a log)."""
+
+    started: float | None = None
+    seconds: float | None = None  # None while it runs
+    host: str | None = None
+
+
+def last_attempt(path: str) -> LastAttempt:
+    """When the last attempt in a job's log began, on which host, and how long it took, from its
+    marker lines near the end of the log."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - TAIL_FOR_TIMES))
             tail = f.read(TAIL_FOR_TIMES)
     except OSError:
-        return None, None
+        return LastAttempt()
     headers = list(_pattern(_HEADER).finditer(tail))
     if not headers:
-        return None, None
+        return LastAttempt()
     header = headers[-1]
     started = _epoch(header.group(1).decode())
     footer = _pattern(_FOOTER).search(tail, header.end())
-    return started, float(footer.group(1)) if footer else None
+    host = header.group(3).decode(errors="replace")
+    return LastAttempt(started, float(footer.group(1)) if footer else None, host)
+
+
+class AttemptMark(NamedTuple):
+    """One attempt as its marker lines in a job's log tell it."""
+
+    number: int
+    started: float | None
+    host: str
+    worker: str
+    seconds: float | None  # None while it runs (or if its worker died)
+    status: str | None  # "ok", or why it failed
+
+
+MARKS_TAIL = 1024 * 1024
+
+
+def attempts(path: str) -> list[AttemptMark]:
+    """The attempts a job's log records (in its last MiB), oldest first."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - MARKS_TAIL))
+            tail = f.read(MARKS_TAIL)
+    except OSError:
+        return []
+    headers = list(_pattern(_HEADER).finditer(tail))
+    out = []
+    for i, header in enumerate(headers):
+        until = headers[i + 1].start() if i + 1 < len(headers) else len(tail)
+        footer = _pattern(_FOOTER).search(tail, header.end(), until)
+        out.append(AttemptMark(int(header.group(2)), _epoch(header.group(1).decode()),
+                               header.group(3).decode(errors="replace"), header.group(4).decode(errors="replace"),
+                               float(footer.group(1)) if footer else None,
+                               footer.group(2).decode(errors="replace") if footer else None))
+    return out
+
+
+def read_tail(path: str, limit: int) -> tuple[str, bool] | None:
+    """The last `limit` bytes of a job's log as text (undecodable bytes replaced), and whether
+    anything before them was left out; None without a log."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except OSError:
+        return None
+    return data.decode(errors="replace"), size > limit
 
 
 def _epoch(iso: str) -> float | None:
@@ -159,8 +219,8 @@ def _epoch(iso: str) -> float | None:
         return None
 
 
-_HEADER = rb"^==> ([0-9T:.\-]+Z) attempt [0-9]+ of [0-9]+ on .* <==$"
-_FOOTER = rb"^==> attempt finished in ([0-9.]+)s: .* <==$"
+_HEADER = rb"^==> ([0-9T:.\-]+Z) attempt ([0-9]+) of [0-9]+ on (.*) \(worker ([^ ]*)\) <==$"
+_FOOTER = rb"^==> attempt finished in ([0-9.]+)s: (.*) <==$"
 
 
 @functools.cache

@@ -32,6 +32,7 @@ class Outcome:
     exit_code: int | None
     error: str | None
     seconds: float
+    output_bytes: int = 0  # what the job wrote, before any cap (set by attempt.run)
 
 
 def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | None,

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .owners import Owners, WorkerInfo
     from .pause import Pauses
     from .slots import Slots
+    from .stats import Stats
     from .publish import Publisher
     from .quarantine import Quarantine
     from .recovery import Recovery
@@ -229,6 +230,14 @@ class Spool:
 
     def counts(self) -> Counts:
         return self.views.counts()
+
+    def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
+        """What the spool did in the last `window` seconds (stats.py), from the attempts log."""
+        from . import events, stats
+
+        until = self.store.now(now)
+        facts = events.read(self.layout.dir("events"), until - window, until)
+        return stats.collect(facts, self.views.ready_since(until), since=until - window, until=until, queue=queue)
 
     def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
         return self.owners.workers(role=role, live=live)

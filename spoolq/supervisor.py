@@ -14,8 +14,8 @@ from .errors import SpoolError
 from .owners import Since
 from .sharedlisting import SharedListing
 from .spool import Spool
-from .worker import (EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker,
-                     stderr_log)
+from .worker import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker
+from .worklog import JobLines, Tally, text_log
 
 RESTART_WINDOW = 10.0  # seconds: a worker dying faster than this is restarted with a growing delay
 
@@ -28,9 +28,12 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = stderr_log, since: Since | None = None,
-                 allow_unsafe_fs: bool = False, queues: frozenset[str] | None = None):
+                 log: Callable[[str], None] = text_log, since: Since | None = None,
+                 allow_unsafe_fs: bool = False, queues: frozenset[str] | None = None,
+                 job_lines: JobLines | None = None):
         self.spool = spool
+        self.job_lines = job_lines
+        self.tallies: tuple[int, int] | None = None  # a burst's pipe: each worker writes its Tally
         self.allow_unsafe_fs = allow_unsafe_fs
         self.queues = queues
         self.count = count
@@ -81,6 +84,9 @@ class Supervisor:
         self._heartbeat()
         if self.count > 1:
             self.shared = SharedListing.create()
+        began = time.monotonic()
+        if self.burst:
+            self.tallies = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             self._recover()
             for _ in range(self.count):
@@ -92,7 +98,25 @@ class Supervisor:
             self.spool.owners.unregister(self.token)
             if self.shared is not None:
                 self.shared.close()
+        if self.tallies is not None:
+            self.log(self._read_tallies().summary(time.monotonic() - began))
         return 1 if self.failed else 0
+
+    def _read_tallies(self) -> Tally:
+        """Every worker of the burst has exited: what they wrote into the pipe (a line each, under
+        PIPE_BUF, so never interleaved)."""
+        assert self.tallies is not None
+        read_end, write_end = self.tallies
+        os.close(write_end)
+        data = b""
+        try:
+            while chunk := os.read(read_end, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(read_end)
+        return Tally.sum_lines(data)
 
     def _heartbeat(self, *_args: object) -> None:
         """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live
@@ -120,11 +144,13 @@ class Supervisor:
                 for signum in held:
                     signal.signal(signum, signal.SIG_DFL)
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
-                                allow_unsafe_fs=self.allow_unsafe_fs,
-                                since=self.since, shared=self.shared, queues=self.queues)
+                                allow_unsafe_fs=self.allow_unsafe_fs, since=self.since, shared=self.shared,
+                                queues=self.queues, job_lines=self.job_lines)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
+                if self.tallies is not None:
+                    os.write(self.tallies[1], worker.tally.to_line())
             except CannotStart as e:
                 self._log(f"worker {os.getpid()}: cannot start: {e}")
                 code = EXIT_CANNOT_START
@@ -186,8 +212,6 @@ class Supervisor:
             self._quick_deaths += 1
         else:
             self._quick_deaths = 0
-        self.failed = False  # a worker could not start or found the spool unsafe: exit 1
-        self.shared: SharedListing | None = None  # its workers take turns listing pending/ for each other
         delay = min(0.05 * (2 ** min(self._quick_deaths, 7)), 5.0) if self._quick_deaths > 1 else 0.0
         if delay:
             time.sleep(delay)
@@ -212,7 +236,7 @@ def _signal(pid: int, signum: int) -> None:
 
 
 def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False,
-           queues: frozenset[str] | None = None) -> int:
+           queues: frozenset[str] | None = None, log: Callable[[str], None] = text_log) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -245,6 +269,7 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_
         sys.stdout = os.fdopen(1, "w", buffering=1)
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
-        code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues).run()
+        code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
+                          log=log).run()
     finally:
         os._exit(code)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from . import fsio, job, layout, output, shards
 from .errors import InvalidJob, JobNotFound
@@ -27,7 +27,7 @@ class JobView:
     reason: str | None = None  # quarantined files: why
     owner: str | None = None
     changed_at: float | None = None  # ctime of the file: when it last moved (finished_at, for done and dead)
-    last_attempt: tuple[float | None, float | None] = (None, None)  # its start and length, from the log
+    last_attempt: output.LastAttempt = output.LastAttempt()  # its start, length and host, from the log
 
     def to_dict(self) -> dict[str, Any]:
         if self.job is None:
@@ -39,11 +39,12 @@ class JobView:
         out.pop("seq", None)
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
-        started, seconds = self.last_attempt
+        started, seconds, host = self.last_attempt
         finished = self.state in ("done", "dead") and self.changed_at is not None
         out["started_at"] = job.iso(started)
         out["finished_at"] = job.iso(self.changed_at) if finished else None
         out["duration"] = seconds
+        out["host"] = host
         if self.state == "processing":
             out["attempts"] = self.job.running_attempt  # the running attempt counts from its claim
             out["worker"] = self.owner
@@ -54,6 +55,15 @@ class JobView:
             out["exit_code"] = 0
             out["updated_at"] = job.iso(self.changed_at) if self.changed_at else out["updated_at"]
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
+
+
+class Place(NamedTuple):
+    """Where a job's file was when its directory was listed."""
+
+    path: str
+    state: str  # its directory's state ("pending" for scheduled jobs too, until read)
+    job_id: str
+    owner: str | None = None
 
 
 def finished_at(st: os.stat_result) -> float:
@@ -88,6 +98,7 @@ class Views:
         self.layout = store.layout
         self.owners = owners
         self.quarantine = quarantine
+        self._queue_of: dict[str, str | None] = {}  # "<inode>:<path>" of a job file -> its queue
 
     # ---- one job -------------------------------------------------------------------------
 
@@ -173,7 +184,7 @@ class Views:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == "pending":
             state = waiting_state(found, now)
-        timing = output.last_attempt(self.layout.output(found.id)) if found.id else (None, None)
+        timing = output.last_attempt(self.layout.output(found.id)) if found.id else output.LastAttempt()
         return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
                        last_attempt=timing)
 
@@ -193,29 +204,41 @@ class Views:
         return out
 
     def _iter_views(self, state: str | None, now: float) -> Iterator[JobView]:
+        for place in self.places(state, now):
+            view = self.view_at(place, now)
+            if view is not None and (state is None or view.state == state):
+                yield view
+
+    def places(self, state: str | None, now: float | None = None) -> list[Place]:
+        """Where the jobs of one state (or all) are, in the order `jobs` gives them, from the
+        listings alone (and one lstat per finished job, for its order): a reader that shows a page
+        of them opens only that page's files."""
+        now = self.store.now(now)
+        out: list[Place] = []
         if state in (None, "pending", "scheduled"):
-            yield from self._waiting_views(state, now)
+            out += self._waiting_places(state, now)
         if state in (None, "waiting"):
             directory = self.layout.dir("waiting")
-            for entry in sorted(fsio.listdir(directory)):
-                view = self._view(os.path.join(directory, entry), "waiting", layout.stem(entry)) \
-                    if layout.is_json_entry(entry) else None
-                if view is not None:
-                    yield view
+            out += [Place(os.path.join(directory, entry), "waiting", layout.stem(entry))
+                    for entry in sorted(fsio.listdir(directory)) if layout.is_json_entry(entry)]
         if state in (None, "processing"):
             for owner in fsio.listdir(self.layout.processing):
                 owned = self.layout.owned(owner)
-                for entry in sorted(fsio.listdir(owned)):
-                    if layout.is_json_entry(entry):
-                        job_id = layout.stem(entry).lstrip(layout.ADOPT_PREFIX)
-                        view = self._view(os.path.join(owned, entry), "processing", job_id, layout.owner_of(owner))
-                        if view is not None:
-                            yield view
+                out += [Place(os.path.join(owned, entry), "processing", layout.stem(entry).lstrip(layout.ADOPT_PREFIX),
+                              layout.owner_of(owner))
+                        for entry in sorted(fsio.listdir(owned)) if layout.is_json_entry(entry)]
         for name in ("done", "dead"):
             if state in (None, name):
-                yield from self._finished_views(name)
+                out += self._finished_places(name)
+        return out
 
-    def _waiting_views(self, state: str | None, now: float) -> Iterator[JobView]:
+    def view_at(self, place: Place, now: float | None = None) -> JobView | None:
+        """The job at `place` (None if it moved on since it was listed)."""
+        if layout.is_quarantine_id(place.job_id):
+            return self._quarantined(place.job_id)
+        return self._view(place.path, place.state, place.job_id, place.owner, now=now)
+
+    def _waiting_places(self, state: str | None, now: float) -> list[Place]:
         now_ms = int(now * 1000)
         ready, later = [], []
         for entry in sorted(self.store.shards.entries(), key=shards.base):  # run order: the names sort
@@ -231,13 +254,10 @@ class Views:
             groups.append(ready)
         if state in (None, "scheduled"):
             groups.append(later)
-        for group in groups:
-            for entry, job_id in group:
-                view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id, now=now)
-                if view is not None and (state is None or view.state == state):
-                    yield view
+        return [Place(os.path.join(self.layout.pending, entry), "pending", job_id) for group in groups
+                for entry, job_id in group]
 
-    def _finished_views(self, state: str) -> Iterator[JobView]:
+    def _finished_places(self, state: str) -> list[Place]:
         directory = self.layout.dir(state)
         entries = []
         for entry in fsio.listdir(directory):
@@ -246,14 +266,7 @@ class Views:
                     entries.append((finished_at(os.lstat(os.path.join(directory, entry))), entry))
                 except FileNotFoundError:
                     continue
-        for _, entry in sorted(entries):
-            job_id = layout.stem(entry)
-            if layout.is_quarantine_id(job_id):
-                view = self._quarantined(job_id)
-            else:
-                view = self._view(os.path.join(directory, entry), state, job_id)
-            if view is not None:
-                yield view
+        return [Place(os.path.join(directory, entry), state, layout.stem(entry)) for _, entry in sorted(entries)]
 
     def _is_dropped_file(self, entry: str) -> bool:
         """A dropped file not adopted yet (directories are left alone, not jobs)."""
@@ -297,21 +310,53 @@ class Views:
                     c.pending += 1
             elif self._is_dropped_file(entry):
                 out.setdefault(job.DEFAULT_QUEUE, Counts()).pending += 1  # its queue is known once adopted
+        seen: dict[str, str | None] = {}
         for owner in fsio.listdir(self.layout.processing):
-            self._count_files(self.layout.owned(owner), "processing", out)
-        self._count_files(self.layout.dir("waiting"), "waiting", out)
-        self._count_files(self.layout.done, "done", out)
-        self._count_files(self.layout.dead, "dead", out)
+            self._count_files(self.layout.owned(owner), "processing", out, seen)
+        self._count_files(self.layout.dir("waiting"), "waiting", out, seen)
+        self._count_files(self.layout.done, "done", out, seen)
+        self._count_files(self.layout.dead, "dead", out, seen)
+        self._queue_of = seen  # what is gone is forgotten
         return dict(sorted(out.items()))
 
-    def _count_files(self, directory: str, state: str, out: dict[str, Counts]) -> None:
-        for entry in fsio.listdir(directory):
+    def _count_files(self, directory: str, state: str, out: dict[str, Counts], seen: dict[str, str | None]) -> None:
+        for entry, inode in fsio.listdir_inodes(directory):
             if not layout.is_json_entry(entry) or layout.is_quarantine_id(entry):
                 continue
-            queue = _queue_in_file(os.path.join(directory, entry))
+            path = os.path.join(directory, entry)
+            # A job's queue never changes, and a file keeps its name and inode while it holds one
+            # job: a reader that counts again (the dashboard, metrics) opens only the files new since.
+            key = f"{inode}:{path}"
+            queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
+            seen[key] = queue
             if queue is not None:
                 c = out.setdefault(queue, Counts())
                 setattr(c, state, getattr(c, state) + 1)
+
+    def ready_since(self, now: float | None = None) -> dict[str | None, float]:
+        """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
+        whichever is later (both in its name); a dropped file not yet adopted counts from its
+        mtime, under None (its queue is known once adopted)."""
+        now = self.store.now(now)
+        now_ms = int(now * 1000)
+        out: dict[str | None, float] = {}
+        for entry in self.store.shards.entries():
+            parsed = layout.parse_pending(entry)
+            if parsed is not None:
+                if parsed.due_ms > now_ms:
+                    continue
+                at = max(parsed.seq / 1e9, parsed.due_ms / 1000.0)
+                key: str | None = parsed.queue
+            elif layout.is_dropin(entry):
+                try:
+                    at, key = os.lstat(os.path.join(self.layout.pending, entry)).st_mtime, None
+                except OSError:
+                    continue
+            else:
+                continue
+            if key not in out or at < out[key]:
+                out[key] = at
+        return out
 
     def pending_entries(self) -> list[str]:
         """Every entry in pending/ and its shards: canonical and dropped alike (the worker's index

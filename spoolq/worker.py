@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from typing import Callable
 
-from . import attempt, filesystem, job, layout, liveness, runner, watch
+from . import attempt, events, filesystem, layout, liveness, metrics, runner, watch
 from .errors import LostOwnership, SpoolError
 from .admission import Admission
 from .index import Pacing, PendingIndex
@@ -19,18 +18,10 @@ from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
 from .transitions import Adopted, Claimed
+from .worklog import JobLines, Tally, text_log as stderr_log
 
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
-
-
-def stderr_log(message: str) -> None:
-    stamp = job.iso(time.time())
-    try:
-        sys.stderr.write(f"{stamp} {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
@@ -65,8 +56,13 @@ KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running job (its attem
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
                  supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False,
-                 shared: SharedListing | None = None, queues: frozenset[str] | None = None):
+                 shared: SharedListing | None = None, queues: frozenset[str] | None = None,
+                 job_lines: JobLines | None = None):
         self.spool = spool
+        self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
+        self.tally = Tally()
+        self.events: events.EventLog | None = None  # opened at registration
+        self.textfile = metrics.Textfile(spool)  # config metrics_textfile
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
         self._log = log
@@ -139,6 +135,8 @@ class Worker:
         finally:
             self.heartbeat.stop()
             self.group.close()
+            if self.events is not None:
+                self.events.close()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
         self.log(f"stopped ({self.rescans.summary()})")
@@ -157,6 +155,10 @@ class Worker:
         self.group.close()
         self.group = attempt.GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
                                  self.spool.store.modes.file)
+        if self.events is not None:
+            self.events.close()
+        self.events = events.EventLog(self.spool.layout.dir("events"), self.owner, modes=self.spool.store.modes,
+                                      keep_seconds=self.spool.config.keep_events)
 
     def _stop_requested(self) -> bool:
         if self.spool.owners.stop_requested(self.since) is None:
@@ -197,6 +199,8 @@ class Worker:
             if now - last_recover >= RECOVER_EVERY:
                 last_recover = now
                 self._recover()
+            if self.textfile.due(now):
+                self._refresh_textfile(now)
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
                 self.rescans.run()
@@ -258,6 +262,13 @@ class Worker:
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
             self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
 
+    def _refresh_textfile(self, now: float) -> None:
+        try:
+            self.textfile.refresh(now)
+        except Exception as e:  # metrics must never stop the work they measure
+            self.log(f"cannot write metrics_textfile {self.spool.config.metrics_textfile}: "
+                     f"{getattr(e, 'strerror', None) or e}")
+
     def _adopt_dropins(self, now: float) -> None:
         for name in self.index.dropins_due(now):
             poll = self.spool.config.poll_interval
@@ -291,8 +302,11 @@ class Worker:
         try:
             claimed = self._claim(name)
             if claimed is not None:
+                claimed_at = time.time()
+                if self.job_lines:
+                    self.job_lines.claimed(self.owner, claimed.job.id, claimed.job.running_attempt)
                 kill = KillRequest(claimed.path, claimed.job)
-                self._finish(claimed, self._run(claimed, kill), kill)
+                self._finish(claimed, self._run(claimed, kill), kill, claimed_at)
         finally:
             self.admission.give_back(slot)  # once the job has moved on (or the claim was lost)
 
@@ -317,11 +331,18 @@ class Worker:
         return attempt.run(self.spool, claimed.job, self.host, self.owner, env, self.group,
                            lambda: CANCELLED if kill.asked() else self._abort_reason())
 
-    def _finish(self, claimed: Claimed, outcome: runner.Outcome, kill: KillRequest) -> None:
+    def _finish(self, claimed: Claimed, outcome: runner.Outcome, kill: KillRequest, claimed_at: float) -> None:
+        finished_at = time.time()
         cancelled = outcome.error == CANCELLED and kill.asked()
         moved = attempt.record(self.spool, claimed, outcome, self.host, self.log, final=cancelled)
         if cancelled:
             kill.withdraw()
+        fact = attempt.fact(claimed, outcome, moved, self.host, self.owner, claimed_at, finished_at)
+        if self.events is not None:
+            self.events.record(fact)
+        self.tally.add(fact)
+        if self.job_lines:
+            self.job_lines.finished(fact)
         if moved is None:
             self.lost = True
         elif moved.state == "pending":

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -139,6 +140,20 @@ class Workers:
         self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", str(count),
                                       *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, start_new_session=True)
+        # Drained as it comes: a foreground worker says a line per job, and a pipe nobody reads
+        # fills and blocks it.
+        self._out = bytearray()
+        self._drain = threading.Thread(target=self._read_all, daemon=True)
+        self._drain.start()
+
+    def _read_all(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read1(65536):
+            self._out += chunk
+
+    @property
+    def output(self) -> str:
+        return self._out.decode(errors="replace")
 
     def live(self, spool: Spool | None = None) -> list:
         spool = spool or Spool(self.spool_dir)
@@ -152,8 +167,8 @@ class Workers:
 
     def stop(self, timeout: float = 20) -> str:
         stop_gracefully(self.proc, timeout)
-        out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-        return out
+        self._drain.join(timeout)
+        return self.output
 
     def kill_all(self) -> None:
         try:

@@ -14,8 +14,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 RANK = {
     "errors": 0, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2,
     "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3, "filesystem": 3,
-    "locks": 4, "output": 4, "shards": 4,
-    "config": 5, "trust": 5,
+    "locks": 4, "output": 4, "shards": 4, "events": 4,
+    "config": 5, "trust": 5, "stats": 5, "worklog": 5,
     "store": 6,
     "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7, "slots": 7,
     "views": 8, "takes": 8,
@@ -25,11 +25,13 @@ RANK = {
     "recovery": 12,
     "spool": 13,
     "fsck.report": 14, "fsck.jobs": 15, "fsck.housekeeping": 16, "fsck": 17,
-    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "worker": 15, "supervisor": 16,
-    "cli.base": 18, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19, "cli.steering": 19,
+    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "worker": 15, "supervisor": 16,
+    "web.charts": 16, "web": 17,
+    "cli.base": 18, "cli.live": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
+    "cli.steering": 19, "cli.observing": 19, "cli.dashboard": 19,
     "cli": 20, "__main__": 21, "__init__": 21,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch"}
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 
 

@@ -54,6 +54,22 @@ class Float(_Plain, click.FloatRange):
     pattern = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
 
 
+class Duration(click.ParamType):
+    """A length of time: seconds, or a number with s, m, h, d or w (30m, 6h, 7d)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        from ..stats import parse_duration
+
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 class Terminated(BaseException):
     """SIGTERM or SIGHUP: unwinds like Ctrl+C does (a BaseException, so that no `except
     Exception` swallows it), so that whatever a command was writing is taken back."""
@@ -72,6 +88,8 @@ COMMAND_MODULES = {
     "dlq": "admin", "config": "admin", "purge": "admin", "fsck": "admin",
     "pause": "steering", "resume": "steering", "cancel": "steering", "requeue": "steering",
     "queue": "steering",
+    "stats": "observing", "metrics": "observing",
+    "web": "dashboard",
 }
 
 

@@ -9,18 +9,28 @@ import time
 
 import click
 
+from .. import output
 from ..errors import WaitTimeout
 from ..layout import STATES
 from ..spool import Spool
+from .live import ProgressBar, watch_status
 from .base import (paused_text, paused_value, CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
                    print_views)
 
 
 @main.command()
+@click.option("--watch", is_flag=True, help="Redraw counts, rates and running jobs until Ctrl+C.")
+@click.option("--interval", type=Float(0.1), default=2.0, show_default=True, metavar="S",
+              help="With --watch: seconds between redraws.")
 @json_option
 @pass_ctx
-def status(c: Context, as_json: bool) -> None:
+def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
     """Counts of jobs per state, live workers, and whether the spool is paused."""
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch draws for a person; use --json without it, in a loop")
+        watch_status(c.spool, interval)
+        return
     paused = c.spool.paused()
     values = {**c.spool.counts().to_dict(), "paused": paused_value(paused)}
     emit_pairs(values, as_json, 11, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
@@ -36,6 +46,9 @@ def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -
     print_views(c.spool.list_jobs(state=state, limit=limit), as_json)
 
 
+SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)
+
+
 @main.command()
 @click.argument("job_id", metavar="ID")
 @json_option
@@ -46,6 +59,8 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
     view = c.spool.find(job_id)
     d = view.to_dict()
     if as_json:
+        log = output.read_tail(c.spool.output_path(view.id), SHOW_OUTPUT_BYTES)
+        d["output"], d["output_cut"] = log if log is not None else (None, False)
         emit_json(d)
         return
     for key, value in d.items():
@@ -107,30 +122,39 @@ def _copy_output(path: str, offset: int) -> int | None:
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1)
 @click.option("--timeout", type=Float(0), help="Give up after S seconds (exit 124).")
+@click.option("--progress/--no-progress", default=None,
+              help="A progress bar on stderr (default: when stderr is a terminal; never on a pipe).")
 @pass_ctx
-def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None) -> None:
+def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: bool | None) -> None:
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
     pending, scheduled, waiting or processing."""
     check_ids(job_ids)
     spool = c.spool
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
-    while True:
-        if job_ids:
-            states = [spool.find(j).state for j in job_ids]
-            if all(s in ("done", "dead") for s in states):
-                if "dead" in states:
-                    dead = [j for j, s in zip(job_ids, states) if s == "dead"]
+    bar = ProgressBar(progress)
+    start = spool.counts()
+    try:
+        while True:
+            if job_ids:
+                states = [spool.find(j).state for j in job_ids]
+                finished, total = sum(s in ("done", "dead") for s in states), len(job_ids)
+            else:
+                n = spool.counts()
+                finished = max(0, n.done + n.dead - start.done - start.dead)
+                total = finished + n.pending + n.scheduled + n.waiting + n.processing
+            bar.update(finished, total, force=finished == total)
+            if finished == total:
+                dead = [j for j, s in zip(job_ids, states) if s == "dead"] if job_ids else []
+                if dead:
                     raise CliError(f"dead: {' '.join(dead)}", 1)
                 return
-        else:
-            n = spool.counts()
-            if n.pending + n.scheduled + n.waiting + n.processing == 0:
-                return
-        if deadline is not None and time.monotonic() >= deadline:
-            raise WaitTimeout(_unfinished(spool, job_ids, timeout))
-        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-        pause = min(pause * 1.5, 0.2)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(_unfinished(spool, job_ids, timeout))
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 0.2)
+    finally:
+        bar.close()
 
 
 def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -> str:

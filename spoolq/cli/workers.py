@@ -26,21 +26,28 @@ def worker() -> None:
               help="Start even where the file system's caches make leases unsafe across hosts.")
 @click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]",
               help="Take jobs only from these queues (default: every queue).")
+@click.option("-q", "--quiet", is_flag=True, help="No line per job claimed and finished (foreground only).")
+@click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
+              help="Log lines as text, or as one JSON object each.")
 @pass_ctx
 def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe_fs: bool,
-                 queue_names: tuple[str, ...]) -> None:
-    """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first)."""
-    from .. import supervisor
+                 queue_names: tuple[str, ...], quiet: bool, log_format: str) -> None:
+    """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first),
+    saying on stderr what each job did; --detach: in the background, logging to the spool's log/."""
+    from .. import supervisor, worklog
 
     queues = queue_set(queue_names)
+    log = worklog.LOGS[log_format]
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
+        job_lines = None if quiet else worklog.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
-                                       queues=queues).run())
-    pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues)
+                                       queues=queues, log=log, job_lines=job_lines).run())
+    pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
+                            log=log)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]

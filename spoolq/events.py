@@ -1,0 +1,229 @@
+"""The attempts log: one line of JSON per finished attempt, appended by the worker that ran it to
+``events/<owner>.<k>.jsonl``. It is where `stats`, `metrics` and the dashboard learn what
+happened; the job files stay the truth of where each job is.
+
+Cheap to write: one append (O_APPEND, no fsync) per attempt, from the worker that ran it, so
+that a success is still recorded by a rename alone. A crash can lose the last lines or tear the
+last one: readers skip what does not parse. A file is rotated past ROTATE_BYTES, and files
+not written for `keep_events` seconds are deleted by whichever worker rotates or starts next.
+
+Cheap to read back: a file's mtime is its last line's time, so a window's reader opens only the
+files written since the window began; a file is read in whole lines of at most MAX_LINE bytes.
+The files are untrusted input (a group member can write them): every field is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from . import fsio
+
+ROTATE_BYTES = 8 * 1024 * 1024  # about 40,000 attempts a file
+MAX_LINE = 64 * 1024
+SUFFIX = ".jsonl"
+OUTCOMES = ("done", "retry", "dead", "lost")  # where the attempt left its job ("lost": taken over)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One finished attempt, as the attempts log holds it (times in epoch seconds)."""
+
+    id: str
+    queue: str
+    attempt: int
+    host: str
+    worker: str
+    ready: float  # when the job became ready to run (enqueue, due time, retry's backoff end)
+    claimed: float
+    started: float
+    finished: float
+    outcome: str  # OUTCOMES
+    exit_code: int | None = None
+    error: str | None = None
+    output_bytes: int = 0
+
+    @property
+    def run_seconds(self) -> float:
+        return max(0.0, self.finished - self.started)
+
+    @property
+    def wait_seconds(self) -> float:
+        return max(0.0, self.started - self.ready)
+
+    def to_line(self) -> bytes:
+        data = {"id": self.id, "queue": self.queue, "attempt": self.attempt, "host": self.host,
+                "worker": self.worker, "ready": round(self.ready, 3), "claimed": round(self.claimed, 3),
+                "started": round(self.started, 3), "finished": round(self.finished, 3),
+                "outcome": self.outcome, "exit_code": self.exit_code, "error": self.error,
+                "output_bytes": self.output_bytes}
+        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def parse_line(line: bytes) -> Fact | None:
+    """The fact on one line, or None if the line is torn, hand-made garbage or of another shape."""
+    try:
+        d = json.loads(line)
+        fact = Fact(d["id"], d["queue"], d["attempt"], d["host"], d["worker"], d["ready"], d["claimed"],
+                    d["started"], d["finished"], d["outcome"], d.get("exit_code"), d.get("error"),
+                    d.get("output_bytes", 0))
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return fact if _well_typed(fact) else None
+
+
+def _well_typed(f: Fact) -> bool:
+    texts = (f.id, f.queue, f.host, f.worker, f.outcome)
+    times = (f.ready, f.claimed, f.started, f.finished)
+    return (all(isinstance(t, str) for t in texts) and f.outcome in OUTCOMES
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in times)
+            and _is_int(f.attempt) and _is_int(f.output_bytes)
+            and (f.exit_code is None or _is_int(f.exit_code)) and (f.error is None or isinstance(f.error, str)))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class EventLog:
+    """A worker's attempts log: appends, rotates, prunes old files. Never fails the worker: a
+    line that cannot be written (a full disk) is dropped, as a crash would drop it."""
+
+    def __init__(self, directory: str, owner: str, *, modes: fsio.Modes, keep_seconds: float):
+        self.directory = directory
+        self.owner = owner
+        self.modes = modes
+        self.keep_seconds = keep_seconds
+        self.fd: int | None = None
+        self.size = 0
+        self.part = 0
+
+    def record(self, fact: Fact) -> None:
+        line = fact.to_line()
+        try:
+            if self.fd is None or self.size + len(line) > ROTATE_BYTES:
+                self._next_file()
+            assert self.fd is not None
+            fsio.write_all(self.fd, line)
+            self.size += len(line)
+        except OSError:
+            self.close()  # a new file is tried at the next attempt
+
+    def _next_file(self) -> None:
+        self.close()
+        fsio.make_dir(self.directory, self.modes.dir)  # a spool from before it existed
+        self.prune(time.time())  # days of keeping: a clock seconds off does not matter
+        while True:
+            path = os.path.join(self.directory, f"{self.owner}.{self.part}{SUFFIX}")
+            self.part += 1
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                             self.modes.file)
+            except FileExistsError:
+                continue  # left by this owner before a rotation it does not remember: never append to it
+            fsio.exact_mode(fd, self.modes.file)
+            self.fd, self.size = fd, 0
+            return
+
+    def prune(self, now: float) -> int:
+        """Delete log files not written for keep_seconds before `now`."""
+        removed = 0
+        for name, st in files(self.directory):
+            if now - st.st_mtime > self.keep_seconds:
+                fsio.unlink_quietly(os.path.join(self.directory, name))  # RACE: two pruners: one wins
+                removed += 1
+        return removed
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def files(directory: str) -> list[tuple[str, os.stat_result]]:
+    """The log files in `directory` (regular files only: a symlink or fifo is never opened)."""
+    out = []
+    for name in fsio.listdir(directory):
+        if name.startswith(".") or not name.endswith(SUFFIX):
+            continue
+        try:
+            st = os.lstat(os.path.join(directory, name))
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((name, st))
+    return out
+
+
+def read(directory: str, since: float = 0.0, until: float = math.inf) -> Iterator[Fact]:
+    """Every attempt that finished in [since, until), from the files written since `since`."""
+    for name, st in files(directory):
+        if st.st_mtime < since - 1:  # a second's slack: the file system's clock against the worker's
+            continue
+        for fact in read_file(os.path.join(directory, name)):
+            if since <= fact.finished < until:
+                yield fact
+
+
+class Tail:
+    """A long-running reader's place in every log file: `new` gives what was appended since its
+    last call (a file is read once, then only from where it stopped)."""
+
+    def __init__(self, since: float = 0.0):
+        self.since = since  # files not written since are skipped on the first look
+        self.read_to: dict[str, tuple[int, int]] = {}  # file name -> (inode, offset read to)
+
+    def new(self, directory: str) -> list[Fact]:
+        out: list[Fact] = []
+        for name, st in files(directory):
+            inode, offset = self.read_to.get(name, (st.st_ino, 0))
+            if inode != st.st_ino or st.st_size < offset:
+                offset = 0  # a new file under an old name
+            if st.st_size == offset or (name not in self.read_to and st.st_mtime < self.since - 1):
+                continue
+            for line, end in lines(os.path.join(directory, name), offset):
+                offset = end
+                fact = parse_line(line)
+                if fact is not None:
+                    out.append(fact)
+            self.read_to[name] = (st.st_ino, offset)
+        return out
+
+
+def read_file(path: str, offset: int = 0) -> Iterator[Fact]:
+    """The facts in one log file from `offset` (whole lines only)."""
+    for line, _end in lines(path, offset):
+        fact = parse_line(line)
+        if fact is not None:
+            yield fact
+
+
+def lines(path: str, offset: int = 0) -> Iterator[tuple[bytes, int]]:
+    """Whole lines of a file from `offset`, each with the offset just past it; a line longer than
+    MAX_LINE is skipped, a last line without its newline (being written, or torn) is not given."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        f.seek(offset)
+        position = offset
+        while True:
+            line = f.readline(MAX_LINE + 1)
+            if not line.endswith(b"\n"):
+                if len(line) <= MAX_LINE:
+                    return  # the end, or a torn last line
+                position += len(line)
+                while line and not line.endswith(b"\n"):  # skip the rest of an over-long line
+                    line = f.readline(MAX_LINE + 1)
+                    position += len(line)
+                continue
+            position += len(line)
+            yield line, position

@@ -1,0 +1,173 @@
+"""Metrics: the spool in Prometheus's text exposition format (version 0.0.4), for `spoolq metrics`,
+the dashboard's /metrics and the textfile the workers keep for node_exporter.
+
+Gauges come from the spool's directories as they are now; the attempt counters and the run
+and wait time histograms from the attempts log (events.py). A long-running reader (the
+dashboard, a worker keeping the textfile) folds each log file in once and then reads only what
+was appended, so its counters only grow; a new reader starts from the attempts the log still
+keeps (keep_events), which Prometheus takes as a counter reset, as after any restart.
+The format is small enough to write by hand: the client library would be a fourth dependency.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+from . import events, fsio
+
+if TYPE_CHECKING:
+    from .spool import Spool
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.counts = [0] * len(BUCKETS)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.total += 1
+        self.sum += value
+        for i, bound in enumerate(BUCKETS):
+            if value <= bound:
+                self.counts[i] += 1
+                return  # cumulated when written
+
+
+class Totals:
+    """The attempts log folded into counters and histograms, per queue; `update` reads on from
+    where the last one stopped in each file."""
+
+    def __init__(self) -> None:
+        self.tail = events.Tail()
+        self.attempts: dict[tuple[str, str], int] = defaultdict(int)  # (queue, outcome) -> count
+        self.run: dict[str, Histogram] = defaultdict(Histogram)
+        self.wait: dict[str, Histogram] = defaultdict(Histogram)
+
+    def update(self, directory: str) -> None:
+        for fact in self.tail.new(directory):
+            self._add(fact)
+
+    def _add(self, fact: events.Fact) -> None:
+        self.attempts[(fact.queue, fact.outcome)] += 1
+        if fact.outcome != "lost":
+            self.run[fact.queue].observe(fact.run_seconds)
+            self.wait[fact.queue].observe(fact.wait_seconds)
+
+
+def label(value: str) -> str:
+    """A label value, escaped as the format asks (a host name comes from a file anyone in the
+    spool's group can write)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class Exposition:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+
+    def sample(self, name: str, labels: dict[str, str], value: float) -> None:
+        inner = ",".join(f'{k}="{label(v)}"' for k, v in labels.items())
+        self.lines.append(f"{name}{{{inner}}} {_number(value)}" if inner else f"{name} {_number(value)}")
+
+    def histogram(self, name: str, help_text: str, per_queue: dict[str, Histogram]) -> None:
+        self.family(name, "histogram", help_text)
+        for queue, h in sorted(per_queue.items()):
+            running = 0
+            for bound, n in zip(BUCKETS, h.counts):
+                running += n
+                self.sample(f"{name}_bucket", {"queue": queue, "le": repr(bound)}, running)
+            self.sample(f"{name}_bucket", {"queue": queue, "le": "+Inf"}, h.total)
+            self.sample(f"{name}_sum", {"queue": queue}, round(h.sum, 6))
+            self.sample(f"{name}_count", {"queue": queue}, h.total)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
+    """The spool's metrics now; `totals` is brought up to date from the attempts log first."""
+    now = spool.store.now(now)
+    totals.update(spool.layout.dir("events"))
+    out = Exposition()
+    out.family("spoolq_jobs", "gauge", "Jobs by state and queue.")
+    for queue, counts in spool.views.queue_counts(now).items():
+        for state in STATES:
+            out.sample("spoolq_jobs", {"state": state, "queue": queue}, getattr(counts, state))
+    out.family("spoolq_attempts_total", "counter",
+               "Finished attempts by queue and outcome (done, retry, dead, lost), from the attempts log.")
+    for (queue, outcome), n in sorted(totals.attempts.items()):
+        out.sample("spoolq_attempts_total", {"queue": queue, "outcome": outcome}, n)
+    out.histogram("spoolq_run_seconds", "How long attempts ran.", totals.run)
+    out.histogram("spoolq_wait_seconds", "How long jobs waited from ready to started.", totals.wait)
+    out.family("spoolq_oldest_ready_seconds", "gauge", "Age of the longest-waiting ready job, per queue.")
+    for queue, since in sorted(spool.views.ready_since(now).items(), key=lambda kv: kv[0] or ""):
+        out.sample("spoolq_oldest_ready_seconds", {"queue": queue or ""}, round(max(0.0, now - since), 3))
+    out.family("spoolq_workers", "gauge", "Live workers by host.")
+    per_host: dict[str, int] = defaultdict(int)
+    for worker in spool.workers(role="worker"):
+        per_host[worker.host] += 1
+    for host, n in sorted(per_host.items()):
+        out.sample("spoolq_workers", {"host": host}, n)
+    out.family("spoolq_paused", "gauge", "1 for each paused queue ('*': the whole spool).")
+    for queue in sorted(spool.paused()):
+        out.sample("spoolq_paused", {"queue": queue}, 1)
+    return out.text()
+
+
+def write_textfile(path: str, text: str, mode: int = 0o644) -> None:
+    """Replace `path` at once (a temp file beside it, then rename), as node_exporter's textfile
+    collector asks: it never reads half a file. The temp name does not end in .prom."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    try:
+        fsio.write_all(fd, text.encode())
+    except BaseException:
+        os.close(fd)
+        fsio.unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        fsio.unlink_quietly(tmp)
+        raise
+
+
+class Textfile:
+    """A worker's share of keeping config metrics_textfile fresh: every metrics_interval, unless
+    another worker on this host rewrote it meanwhile."""
+
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self.totals = Totals()
+        self.next_at = 0.0
+
+    def due(self, now: float) -> bool:
+        cfg = self.spool.config
+        return bool(cfg.metrics_textfile) and now >= self.next_at
+
+    def refresh(self, now: float) -> bool:
+        """Rewrite the textfile if it is older than the interval; True if this worker did."""
+        cfg = self.spool.config
+        self.next_at = now + cfg.metrics_interval
+        path = cfg.metrics_textfile
+        try:
+            if time.time() - os.stat(path).st_mtime < cfg.metrics_interval * 0.9:
+                return False  # a sibling worker did it
+        except FileNotFoundError:
+            pass
+        write_textfile(path, exposition(self.spool, self.totals))
+        return True
