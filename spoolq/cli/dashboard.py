@@ -1,0 +1,50 @@
+"""`spoolq web`: the dashboard (the optional extra spoolq[web]: Flask)."""
+
+from __future__ import annotations
+
+import click
+
+from .base import CliError, Context, main, pass_ctx
+
+LOCAL = ("127.0.0.1", "localhost", "::1")
+
+
+def bind_address(text: str) -> tuple[str, int]:
+    """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
+    return host.strip("[]"), int(port)
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
+              help="Where to listen.")
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing (no retry, cancel, pause).")
+@click.option("--token", envvar="SPOOLQ_WEB_TOKEN", metavar="TOKEN",
+              help="Ask every request for this token (?token=… once, or Authorization: Bearer …).")
+@pass_ctx
+def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
+    """Serve the dashboard: counts, charts, running jobs, workers, job lists and pages, actions,
+    /metrics and /api/… JSON. Until Ctrl+C."""
+    host, port = bind_address(bind)
+    try:
+        from .. import web as dashboard
+    except ImportError as e:
+        raise CliError(f"the dashboard needs the web extra: pip install 'spoolq[web]' ({e.name} is missing)") from None
+    spool = c.spool
+    if host not in LOCAL and not token:
+        click.echo(f"Warning: serving {spool.root} on {host} to anyone who can reach it, with no --token",
+                   err=True)
+    try:
+        server = dashboard.make(spool, host, port, read_only=read_only, token=token or None)
+    except OSError as e:  # in use, not an address of this host, a name that does not resolve
+        raise CliError(f"cannot listen on {bind}: {e.strerror or e}") from None
+    click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
+               "Ctrl+C stops it", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,309 @@
+"""The web dashboard (`spoolq web`, the optional extra spoolq[web]): Flask's only home.
+
+Every page reads the spool itself (no database, no state of its own beyond caches), so several
+dashboards on several hosts show the same truth. Each page has a JSON twin under /api/, and the
+pages refresh their live parts by fetching themselves again (static/live.js). Jinja's
+autoescaping covers every template: a job's command, output and error are untrusted text.
+Actions are POSTs carrying a per-process CSRF token, refused with --read-only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
+
+from .. import output
+from ..errors import JobNotFound, SpoolError
+from ..job import iso, valid_id, valid_queue
+from ..layout import STATES
+from ..metrics import Totals, exposition
+from ..spool import Spool
+from ..stats import Recent, collect
+from . import charts
+
+PAGE = 50
+SEARCH_LIMIT = 5000  # files read at most to search commands in one listing
+LOG_CHUNK = 256 * 1024
+DAY = 86400.0
+
+
+class Board:
+    """What the dashboard holds between requests: the spool and the caches of what it read."""
+
+    def __init__(self, spool: Spool, *, read_only: bool):
+        self.spool = spool
+        self.read_only = read_only
+        self.lock = threading.Lock()  # the caches are shared by the server's threads
+        self.recent = Recent(DAY, time.time())
+        self.totals = Totals()
+
+    def overview(self) -> dict[str, Any]:
+        spool, now = self.spool, time.time()
+        with self.lock:
+            self.recent.update(spool.layout.dir("events"), now)
+            ready = spool.views.ready_since(now)
+            hour = collect(self.recent.between(now - 3600, now), ready, since=now - 3600, until=now)
+            day = collect(self.recent.between(now - DAY, now), ready, since=now - DAY, until=now, buckets=48)
+            queues = {q: c.to_dict() for q, c in spool.views.queue_counts(now).items()}
+        counts = spool.counts().to_dict()
+        running = [_running(view, now) for view in spool.list_jobs(state="processing")]
+        workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
+                    "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
+                    "queues": w.extra.get("queues")}
+                   for w in sorted(spool.workers(role="worker"), key=lambda w: (w.host, w.pid))]
+        return {"now": iso(now), "counts": counts, "queues": queues, "paused": sorted(spool.paused()),
+                "hour": hour.to_dict(), "day": day.to_dict(), "running": running, "workers": workers,
+                "_charts": (hour.series, day.series)}
+
+    def jobs(self, state: str, page: int, query: str) -> dict[str, Any]:
+        """One page of a state's jobs, in `list`'s order; `query` matches ids (from the names
+        alone) or commands (reading at most SEARCH_LIMIT files)."""
+        views = self.spool.views
+        first, rows, matched, scanned = page * PAGE, [], 0, 0
+        for place in views.places(state):
+            wanted = first <= matched < first + PAGE
+            if query and query not in place.job_id:
+                if scanned >= SEARCH_LIMIT:
+                    continue
+                scanned += 1
+                view = views.view_at(place)
+                if view is None or view.job is None or query not in view.job.command:
+                    continue
+            elif not wanted:
+                matched += 1  # counted from its name alone: only the page's files are read
+                continue
+            else:
+                view = views.view_at(place)
+                if view is None:
+                    continue  # moved on since the listing
+            if first <= matched < first + PAGE:
+                rows.append(view.to_dict())
+            matched += 1
+        return {"state": state, "page": page, "page_size": PAGE, "query": query, "total": matched,
+                "jobs": rows, "pages": max(1, -(-matched // PAGE)),
+                "search_limit_reached": scanned >= SEARCH_LIMIT}
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        view = self.spool.find(job_id)
+        d = view.to_dict()
+        log_path = self.spool.output_path(view.id)
+        d["attempt_marks"] = [mark._asdict() | {"started": iso(mark.started)} for mark in output.attempts(log_path)]
+        return d
+
+
+def _running(view: Any, now: float) -> dict[str, Any]:
+    started = view.last_attempt.started
+    return {"id": view.id, "command": view.job.command if view.job else None, "worker": view.owner,
+            "host": view.last_attempt.host, "elapsed": round(now - started, 1) if started else None}
+
+
+def create_app(spool: Spool, *, read_only: bool = False, token: str | None = None) -> Flask:
+    app = Flask(__name__)
+    app.secret_key = secrets.token_bytes(32)  # this process's: its CSRF tokens and session cookies
+    app.config.update(SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True)
+    board = Board(spool, read_only=read_only)
+    app.extensions["spoolq"] = board
+    _guard(app, token)
+    _pages(app, board)
+    _api(app, board)
+    _actions(app, board)
+    return app
+
+
+def _guard(app: Flask, token: str | None) -> None:
+    """--token on every request; headers that keep a page from being framed or run others' scripts."""
+
+    @app.before_request
+    def check_token() -> Response | None:
+        if not token:
+            return None
+        given = (request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                 or request.args.get("token") or request.cookies.get("spoolq_token") or "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return Response("a token is needed (--token): ?token=… once, or Authorization: Bearer …\n", 401,
+                            {"Content-Type": "text/plain; charset=utf-8"})
+        return None
+
+    @app.after_request
+    def headers(response: Response) -> Response:
+        if token and request.args.get("token"):
+            response.set_cookie("spoolq_token", token, httponly=True, samesite="Strict")
+        response.headers.setdefault("Content-Security-Policy",
+                                    "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                                    "script-src 'self'; frame-ancestors 'none'")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+
+def _pages(app: Flask, board: Board) -> None:
+    """Every page, and its JSON twin under /api/."""
+    spool = board.spool
+
+    @app.context_processor
+    def shared() -> dict[str, Any]:
+        if "csrf" not in session:
+            session["csrf"] = secrets.token_urlsafe(24)
+        return {"csrf": session["csrf"], "read_only": board.read_only, "states": STATES,
+                "spool_root": spool.root, "human": _human}
+
+    @app.errorhandler(SpoolError)
+    def spool_error(e: SpoolError) -> tuple[str, int]:
+        return render_template("error.html", message=str(e)), 404 if isinstance(e, JobNotFound) else 409
+
+    @app.get("/")
+    def overview() -> str:
+        data = board.overview()
+        hour, day = data.pop("_charts")
+        return render_template("overview.html", d=data, hour_chart=charts.bars(hour, "last hour, per minute"),
+                               day_chart=charts.bars(day, "last day, per 30 minutes"))
+
+    @app.get("/jobs/<state>")
+    def jobs(state: str) -> str:
+        return render_template("jobs.html", d=board.jobs(_state(state), _page(), _query()))
+
+    @app.get("/job/<job_id>")
+    def job(job_id: str) -> str:
+        return render_template("job.html", d=board.job(_job_id(job_id)))
+
+    @app.get("/job/<job_id>/log")
+    def job_log(job_id: str) -> Response:
+        return _log_from(spool.output_path(spool.find(_job_id(job_id)).id), request.args.get("offset", "0"))
+
+
+
+def _api(app: Flask, board: Board) -> None:
+    """The pages' JSON twins, and /metrics (the same exposition as `spoolq metrics`)."""
+
+    @app.get("/api/overview")
+    def api_overview() -> Response:
+        data = board.overview()
+        data.pop("_charts")
+        return jsonify(data)
+
+    @app.get("/api/jobs/<state>")
+    def api_jobs(state: str) -> Response:
+        return jsonify(board.jobs(_state(state), _page(), _query()))
+
+    @app.get("/api/job/<job_id>")
+    def api_job(job_id: str) -> Response:
+        return jsonify(board.job(_job_id(job_id)))
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        with board.lock:
+            text = exposition(board.spool, board.totals)
+        return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def _actions(app: Flask, board: Board) -> None:
+    """The POSTs: each checks the form's CSRF token against the session's, none with --read-only."""
+    spool = board.spool
+
+    def check_post() -> None:
+        if board.read_only:
+            abort(403)
+        given = request.form.get("csrf", "")
+        if not given or not hmac.compare_digest(given, session.get("csrf", "")):
+            abort(400, "a stale or missing form token: reload the page")
+
+    @app.post("/job/<job_id>/<action>")
+    def act_on_job(job_id: str, action: str) -> Response:
+        check_post()
+        job_id = _job_id(job_id)
+        return redirect(url_for("job", job_id=job_id, said=_act(spool, action, job_id)), 303)
+
+    def pause_or_resume(verb: Any) -> Response:
+        check_post()
+        queue = request.form.get("queue") or None
+        if queue is not None and not valid_queue(queue):
+            abort(400)
+        verb(queue)
+        return redirect(url_for("overview"), 303)
+
+    app.add_url_rule("/pause", "pause", lambda: pause_or_resume(spool.pause), methods=["POST"])
+    app.add_url_rule("/resume", "resume", lambda: pause_or_resume(spool.resume), methods=["POST"])
+
+
+def _act(spool: Spool, action: str, job_id: str) -> str:
+    if action == "retry":
+        spool.retry_dead([job_id])
+        return "retried"
+    if action == "requeue":
+        why = spool.requeue([job_id])[job_id]
+        if why:
+            raise SpoolError(why)
+        return "requeued"
+    if action == "cancel":
+        result = spool.cancel([job_id], kill=True, wait=0)[0]  # a running job: its worker kills it
+        if not result.ok:
+            raise SpoolError(f"job {job_id} was not cancelled: {result.outcome.value}")
+        return result.outcome.value
+    abort(404)
+
+
+def _log_from(path: str, offset_text: str) -> Response:
+    """The job's log from `offset` (at most LOG_CHUNK), and in X-Log-Offset where to ask next."""
+    offset = int(offset_text) if offset_text.isdigit() else 0
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if offset > size:
+                offset = 0  # purged and begun again
+            f.seek(offset)
+            data = f.read(LOG_CHUNK)
+    except OSError:
+        data = b""
+    return Response(data.decode(errors="replace"), 200,
+                    {"Content-Type": "text/plain; charset=utf-8", "X-Log-Offset": str(offset + len(data))})
+
+
+def _state(state: str) -> str:
+    if state not in STATES:
+        abort(404)
+    return state
+
+
+def _job_id(job_id: str) -> str:
+    if not valid_id(job_id.removeprefix("+")):
+        abort(404)
+    return job_id
+
+
+def _page() -> int:
+    page = request.args.get("page", "0")
+    return min(int(page), 10**6) if page.isdigit() else 0
+
+
+def _query() -> str:
+    return request.args.get("q", "")[:200]
+
+
+def _human(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 10:
+        return f"{seconds:.3f}s"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | None) -> Any:
+    """A server for the dashboard, listening (threads: a slow page does not hold up the others);
+    the caller runs serve_forever. OSError if it cannot listen there (bound here, not by the
+    server, which would print its own lines and exit)."""
+    from werkzeug.serving import make_server
+
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+        return make_server(host, port, create_app(spool, read_only=read_only, token=token), threaded=True,
+                           fd=listener.fileno())  # the server takes a duplicate of it

@@ -1,0 +1,328 @@
+"""The web dashboard (`spoolq web`): a real server process, its pages, JSON and actions over HTTP,
+and a real headless Chromium clicking through it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Iterator
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+from spoolq import Spool
+from spoolq.worker import Worker
+from test_observing import parse_exposition, promtool_check
+
+pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")
+
+
+def burst(spool: Spool) -> None:
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dashboard:
+    """`spoolq web` as a real process on a free local port."""
+
+    def __init__(self, spool: Spool, *args: str, bind: str | None = None, env: dict | None = None):
+        self.bind = bind or f"127.0.0.1:{free_port()}"
+        self.port = int(self.bind.rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "web", "--bind", self.bind, *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        wait_for(self._answers, 20, "the dashboard to answer")
+
+    def _answers(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"spoolq web exited: {self.proc.stderr.read().decode()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, str, dict]:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                return r.status, r.read().decode(), dict(r.headers)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(), dict(e.headers)
+
+    def post(self, path: str, form: dict, headers: dict | None = None) -> int:
+        data = urllib.parse.urlencode(form).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method="POST")
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            _, err = self.proc.communicate()
+        return err.decode(errors="replace")
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a 303 is the answer itself
+        return None
+
+
+@pytest.fixture
+def dashboard(spool) -> Iterator:
+    started: list[Dashboard] = []
+
+    def start(*args: str, **kwargs) -> Dashboard:
+        d = Dashboard(spool, *args, **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def a_spool_with_history(spool: Spool) -> dict[str, str]:
+    spool.set_config("backoff_base", 0)
+    ok = spool.enqueue({"command": "echo fine", "id": "ok-1"})
+    dead = spool.enqueue({"command": "echo 'it broke' >&2; exit 2", "id": "broke-1", "max_retries": 1,
+                          "queue": "mail"})
+    burst(spool)
+    later = spool.enqueue({"command": "true", "id": "later-1", "delay": 3600})
+    return {"ok": ok.id, "dead": dead.id, "later": later.id}
+
+
+# ---- over HTTP -------------------------------------------------------------------------------
+
+def test_every_page_has_its_json_and_shows_what_the_spool_holds(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    d = dashboard()
+    status, html, headers = d.get("/")
+    assert status == 200 and "text/html" in headers["Content-Type"] and "<svg" in html
+    overview = json.loads(d.get("/api/overview")[1])
+    assert overview["counts"] == {**spool.counts().to_dict()}
+    assert overview["queues"]["mail"]["dead"] == 1 and overview["hour"]["total"]["done"] == 1
+    assert overview["hour"]["total"]["failed_attempts"] == 2 and overview["day"]["series"]["bucket_seconds"] == 1800
+    status, html, _ = d.get("/jobs/dead")
+    assert status == 200 and ids["dead"] in html
+    listed = json.loads(d.get("/api/jobs/dead")[1])
+    assert [j["id"] for j in listed["jobs"]] == [ids["dead"]] and listed["total"] == 1
+    assert [j["id"] for j in json.loads(d.get("/api/jobs/scheduled")[1])["jobs"]] == [ids["later"]]
+    job = json.loads(d.get(f"/api/job/{ids['dead']}")[1])
+    assert job["state"] == "dead" and [a["status"] for a in job["attempt_marks"]] == ["exit status 2"] * 2
+    status, log, headers = d.get(f"/job/{ids['dead']}/log")
+    assert "it broke" in log and int(headers["X-Log-Offset"]) == len(log.encode())
+    assert d.get(f"/job/{ids['dead']}/log?offset={headers['X-Log-Offset']}")[1] == ""
+    status, text, headers = d.get("/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    promtool_check(text)
+    assert parse_exposition(text)['spoolq_jobs{state="dead",queue="mail"}'] == 1
+    assert d.get("/jobs/nonsense")[0] == 404 and d.get("/job/no-such-job")[0] == 404
+    assert d.get("/job/..%2F..%2Fetc")[0] == 404
+
+
+def test_a_jobs_command_and_output_are_shown_as_text_never_as_markup(spool, dashboard):
+    evil = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
+    job = spool.enqueue({"command": f"echo '{evil}'; exit 1", "max_retries": 0, "id": "evil"})
+    burst(spool)
+    d = dashboard()
+    for path in ("/jobs/dead", f"/job/{job.id}", f"/jobs/dead?q={urllib.parse.quote(evil)}"):
+        status, html, headers = d.get(path)
+        assert status == 200 and "<script>window.pwned" not in html and "<img src=x" not in html
+        assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in html
+        assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert d.get(f"/job/{job.id}/log")[2]["Content-Type"].startswith("text/plain")
+
+
+def test_lists_are_paged_and_searched_by_id_and_command(spool, dashboard):
+    spool.enqueue_many([{"command": f"echo number-{i}", "id": f"n{i:03d}"} for i in range(120)])
+    spool.enqueue({"command": "echo needle", "id": "other"})
+    d = dashboard()
+    pages = [json.loads(d.get(f"/api/jobs/pending?page={p}")[1]) for p in range(3)]
+    assert [len(p["jobs"]) for p in pages] == [50, 50, 21] and pages[0]["pages"] == 3
+    assert [j["id"] for p in pages for j in p["jobs"]] == [v.id for v in spool.list_jobs("pending")]
+    assert [j["id"] for j in json.loads(d.get("/api/jobs/pending?q=n11")[1])["jobs"]] == [f"n11{i}" for i in range(10)]
+    found = json.loads(d.get("/api/jobs/pending?q=needle")[1])
+    assert [j["id"] for j in found["jobs"]] == ["other"] and found["total"] == 1
+    assert 'id="next"' in d.get("/jobs/pending")[1] and 'id="next"' not in d.get("/jobs/pending?page=2")[1]
+
+
+def test_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    d = dashboard()
+    assert d.post(f"/job/{ids['dead']}/retry", {}) == 400  # no CSRF token: a page elsewhere cannot do this
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": "guessed"}) == 400
+    assert d.post("/pause", {}) == 400
+    assert spool.find(ids["dead"]).state == "dead" and not spool.paused()
+    ro = dashboard("--read-only")
+    status, html, _ = ro.get(f"/job/{ids['dead']}")
+    assert status == 200 and 'id="retry"' not in html and "pause all" not in ro.get("/")[1]
+    assert ro.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}) == 403
+    assert spool.find(ids["dead"]).state == "dead"
+
+
+def test_a_token_guards_every_request(spool, dashboard):
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    for path in ("/", "/api/overview", "/metrics", "/static/live.js"):
+        assert d.get(path)[0] == 401
+    assert d.get("/?token=wrong")[0] == 401
+    status, _, headers = d.get("/?token=s3cret")
+    assert status == 200 and "spoolq_token=s3cret" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
+    assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 200
+
+
+def test_binding_beyond_localhost_without_a_token_warns(spool):
+    spool.init()
+    err = Dashboard(spool, bind=f"0.0.0.0:{free_port()}").stop()
+    assert "Warning: serving" in err and "no --token" in err
+    quiet = Dashboard(spool, "--token", "t", bind=f"0.0.0.0:{free_port()}")
+    assert "Warning" not in quiet.stop()
+
+
+@pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:0", "127.0.0.1:99999", ":80", "127.0.0.1:http"])
+def test_a_bind_that_is_not_host_port_is_refused(spool, bind):
+    spool.init()
+    result = subprocess.run([*SPOOLQ, "--spool", spool.root, "web", "--bind", bind], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2 and "--bind" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_port_in_use_is_one_line(spool):
+    spool.init()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        result = subprocess.run([*SPOOLQ, "--spool", spool.root, "web", "--bind", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "cannot listen" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---- in a real browser -----------------------------------------------------------------------
+
+@pytest.fixture
+def browser(tmp_path) -> Iterator:
+    """Headless Chromium driven by selenium (Debian's chromium and chromium-driver; .ci/run
+    installs them). Skipped without them, unless SPOOLQ_REQUIRE_BROWSER=1 (CI)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        if os.environ.get("SPOOLQ_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium and chromedriver are required here (SPOOLQ_REQUIRE_BROWSER=1)")
+        pytest.skip("the browser tests need Debian's chromium and chromium-driver (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,900", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(flag)
+    b = webdriver.Chrome(service=Service(driver), options=options)
+    b.implicitly_wait(0)
+    try:
+        yield b
+    finally:
+        b.quit()
+
+
+def until(browser, predicate, timeout: float = 20, what: str = "the page") -> object:
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    # A live part is swapped for its new version every 2 s: an element found just before is stale.
+    return WebDriverWait(browser, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda b: predicate(b), f"waited for {what}")
+
+
+def by_id(browser, element_id: str):
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id)
+
+
+def test_click_from_the_overview_to_a_dead_job_and_retry_it(spool, dashboard, browser, tmp_path):
+    ids = a_spool_with_history(spool)
+    d = dashboard()
+    browser.get(d.url + "/")
+    assert by_id(browser, "count-dead").text.split()[0] == "1"
+    by_id(browser, "count-dead").click()
+    until(browser, lambda b: b.current_url.endswith("/jobs/dead"), what="the dead list")
+    from selenium.webdriver.common.by import By
+
+    links = browser.find_elements(By.CSS_SELECTOR, "a.job-link")
+    assert [a.text for a in links] == [ids["dead"]]
+    links[0].click()
+    until(browser, lambda b: by_id(b, "job-id").text == ids["dead"], what="the job page")
+    assert by_id(browser, "job-state").text == "dead" and "it broke" in until(
+        browser, lambda b: by_id(b, "log").text, what="the log")
+    by_id(browser, "retry").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried", what="retried")
+    assert until(browser, lambda b: by_id(b, "job-state").text) == "pending"
+    assert spool.find(ids["dead"]).state == "pending"
+    browser.save_screenshot(str(tmp_path / "job-page.png"))
+    assert (tmp_path / "job-page.png").stat().st_size > 1000
+
+
+def test_a_job_page_follows_the_job_without_reloading(spool, dashboard, browser, workers, tmp_path):
+    gate = tmp_path / "gate"
+    job = spool.enqueue({"command": f"echo started; while [ ! -e {gate} ]; do sleep 0.01; done; echo finished"})
+    d = dashboard()
+    browser.get(f"{d.url}/job/{job.id}")
+    assert by_id(browser, "job-state").text == "pending"
+    browser.execute_script("window.sameLoad = 'yes'")  # gone if the page were loaded again
+    workers(1)
+    until(browser, lambda b: by_id(b, "job-state").text == "processing", what="processing")
+    until(browser, lambda b: "started" in by_id(b, "log").text, what="the first output")
+    gate.touch()
+    until(browser, lambda b: by_id(b, "job-state").text == "done", what="done")
+    until(browser, lambda b: "finished" in by_id(b, "log").text, what="the last output")
+    assert browser.execute_script("return window.sameLoad") == "yes"
+    assert until(browser, lambda b: by_id(b, "log").text).count("started") == 1  # followed, never twice
+
+
+def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool, dashboard, browser, workers,
+                                                                         tmp_path):
+    a_spool_with_history(spool)
+    d = dashboard()
+    browser.get(d.url + "/")
+    before = int(by_id(browser, "count-done").text.split()[0])
+    gate = tmp_path / "gate"
+    spool.enqueue({"command": f"while [ ! -e {gate} ]; do sleep 0.01; done", "id": "slow-report",
+                   "queue": "reports"})
+    spool.enqueue_many([{"command": "true", "queue": q} for q in ("default", "mail", "reports") for _ in range(5)])
+    workers(2)
+    until(browser, lambda b: "slow-report" in by_id(b, "running").text, what="the running job")
+    until(browser, lambda b: int(by_id(b, "count-done").text.split()[0]) == before + 15, what="the done count")
+    shot = tmp_path / "dashboard.png"
+    browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("SPOOLQ_SCREENSHOT_TO")  # the README's picture: this test makes it
+    if target:
+        shutil.copyfile(shot, target)
+    gate.touch()
+    until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
