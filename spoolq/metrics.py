@@ -101,9 +101,10 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
     """The spool's metrics now; `totals` is brought up to date from the attempts log first."""
     now = spool.store.now(now)
     totals.update(spool.layout.dir("events"))
+    census = spool.views.census(now)
     out = Exposition()
     out.family("spoolq_jobs", "gauge", "Jobs by state and queue.")
-    for queue, counts in spool.views.queue_counts(now).items():
+    for queue, counts in census.queues.items():
         for state in STATES:
             out.sample("spoolq_jobs", {"state": state, "queue": queue}, getattr(counts, state))
     out.family("spoolq_attempts_total", "counter",
@@ -113,7 +114,7 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
     out.histogram("spoolq_run_seconds", "How long attempts ran.", totals.run)
     out.histogram("spoolq_wait_seconds", "How long jobs waited from ready to started.", totals.wait)
     out.family("spoolq_oldest_ready_seconds", "gauge", "Age of the longest-waiting ready job, per queue.")
-    for queue, since in sorted(spool.views.ready_since(now).items(), key=lambda kv: kv[0] or ""):
+    for queue, since in sorted(census.ready_since.items(), key=lambda kv: kv[0] or ""):
         out.sample("spoolq_oldest_ready_seconds", {"queue": queue or ""}, round(max(0.0, now - since), 3))
     out.family("spoolq_workers", "gauge", "Live workers by host.")
     per_host: dict[str, int] = defaultdict(int)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .quarantine import Quarantine
     from .recovery import Recovery
     from .transitions import Transitions
-    from .views import Counts, JobView, Views
+    from .census import Counts
+    from .views import JobView, Views
 
 
 class Spool:

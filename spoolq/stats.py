@@ -58,6 +58,16 @@ class Figures:
         self.run.append(fact.run_seconds)
         self.wait.append(fact.wait_seconds)
 
+    @staticmethod
+    def merged(parts: Iterable[Figures]) -> Figures:
+        total = Figures()
+        for f in parts:
+            total.done, total.failed, total.dead, total.lost = (total.done + f.done, total.failed + f.failed,
+                                                                total.dead + f.dead, total.lost + f.lost)
+            total.run += f.run
+            total.wait += f.wait
+        return total
+
     def ready_since(self, since: float) -> None:
         if self.oldest_ready_since is None or since < self.oldest_ready_since:
             self.oldest_ready_since = since
@@ -98,6 +108,13 @@ class Series:
             self.finished[i] += fact.outcome in ("done", "dead")
             self.failed[i] += fact.outcome in ("retry", "dead")
 
+    @staticmethod
+    def over(facts: Iterable[Fact], since: float, until: float, buckets: int) -> Series:
+        series = Series(since, (until - since) / buckets, [0] * buckets, [0] * buckets)
+        for fact in facts:
+            series.add(fact)
+        return series
+
     def to_dict(self) -> dict[str, Any]:
         return {"start": job.iso(self.start), "bucket_seconds": self.bucket_seconds,
                 "finished": self.finished, "failed": self.failed}
@@ -127,15 +144,17 @@ def collect(facts: Iterable[Fact], ready_since: dict[str | None, float], *, sinc
     """Figures over [since, until) from `facts` (those of the window), and the oldest ready job
     per queue (`ready_since`: queue -> when it became ready; None: a dropped file, queue unknown
     until adopted). With `queue`, that queue's alone."""
-    width = (until - since) / buckets
-    series = Series(since, width, [0] * buckets, [0] * buckets)
-    total, queues = Figures(), {}
+    series = Series.over((), since, until, buckets)
+    queues: dict[str, Figures] = {}
     for fact in facts:
         if queue is not None and fact.queue != queue:
             continue
-        total.add(fact)
-        queues.setdefault(fact.queue, Figures()).add(fact)
+        figures = queues.get(fact.queue)
+        if figures is None:
+            figures = queues[fact.queue] = Figures()
+        figures.add(fact)
         series.add(fact)
+    total = Figures.merged(queues.values())
     for name, at in ready_since.items():
         if queue is not None and name != queue:
             continue

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
 from . import fsio, job, layout, output, shards
+from .census import Census, Counter, Counts
 from .errors import InvalidJob, JobNotFound
 from .job import Job
 from .owners import Owners
@@ -78,27 +78,13 @@ def waiting_state(waiting: Job, now: float) -> str:
     return "scheduled" if waiting.run_at and waiting.run_at > now else "pending"
 
 
-@dataclass
-class Counts:
-    pending: int = 0
-    scheduled: int = 0
-    waiting: int = 0  # for other jobs (enqueue --after)
-    processing: int = 0
-    done: int = 0
-    dead: int = 0
-    workers: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
 class Views:
     def __init__(self, store: Store, owners: Owners, quarantine: Quarantine):
         self.store = store
         self.layout = store.layout
         self.owners = owners
         self.quarantine = quarantine
-        self._queue_of: dict[str, str | None] = {}  # "<inode>:<path>" of a job file -> its queue
+        self.counter = Counter(store, owners)
 
     # ---- one job -------------------------------------------------------------------------
 
@@ -276,109 +262,18 @@ class Views:
         return not (os.path.isdir(path) and not os.path.islink(path))
 
     def counts(self, now: float | None = None) -> Counts:
-        now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
-        c = Counts()
-        for entry in self.store.shards.entries():
-            if layout.is_canonical(entry):
-                # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
-                if shards.base(entry)[layout.DUE_FIELD] > now_ms:
-                    c.scheduled += 1
-                else:
-                    c.pending += 1
-            elif self._is_dropped_file(entry):
-                c.pending += 1
-        for owner in fsio.listdir(self.layout.processing):
-            c.processing += _count_json(self.layout.owned(owner))
-        c.waiting = _count_json(self.layout.dir("waiting"))
-        c.done = _count_json(self.layout.done)
-        c.dead = _count_json(self.layout.dead)
-        c.workers = len(self.owners.workers(role="worker"))
-        return c
+        return self.counter.counts(now)
 
     def queue_counts(self, now: float | None = None) -> dict[str, Counts]:
-        """Jobs per queue and state (`workers` unused). Pending names say their queue; the files of
-        jobs in processing/, done/ and dead/ are read (a quarantined file counts for no queue)."""
-        now_ms = int(self.store.now(now) * 1000)
-        out: dict[str, Counts] = {}
-        for entry in self.store.shards.entries():
-            parsed = layout.parse_pending(entry)
-            if parsed is not None:
-                c = out.setdefault(parsed.queue, Counts())
-                if parsed.due_ms > now_ms:
-                    c.scheduled += 1
-                else:
-                    c.pending += 1
-            elif self._is_dropped_file(entry):
-                out.setdefault(job.DEFAULT_QUEUE, Counts()).pending += 1  # its queue is known once adopted
-        seen: dict[str, str | None] = {}
-        for owner in fsio.listdir(self.layout.processing):
-            self._count_files(self.layout.owned(owner), "processing", out, seen)
-        self._count_files(self.layout.dir("waiting"), "waiting", out, seen)
-        self._count_files(self.layout.done, "done", out, seen)
-        self._count_files(self.layout.dead, "dead", out, seen)
-        self._queue_of = seen  # what is gone is forgotten
-        return dict(sorted(out.items()))
+        return self.counter.census(now).queues
 
-    def _count_files(self, directory: str, state: str, out: dict[str, Counts], seen: dict[str, str | None]) -> None:
-        for entry, inode in fsio.listdir_inodes(directory):
-            if not layout.is_json_entry(entry) or layout.is_quarantine_id(entry):
-                continue
-            path = os.path.join(directory, entry)
-            # A job's queue never changes, and a file keeps its name and inode while it holds one
-            # job: a reader that counts again (the dashboard, metrics) opens only the files new since.
-            key = f"{inode}:{path}"
-            queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
-            seen[key] = queue
-            if queue is not None:
-                c = out.setdefault(queue, Counts())
-                setattr(c, state, getattr(c, state) + 1)
+    def census(self, now: float | None = None) -> Census:
+        return self.counter.census(now)
 
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
-        """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
-        whichever is later (both in its name); a dropped file not yet adopted counts from its
-        mtime, under None (its queue is known once adopted)."""
-        now = self.store.now(now)
-        now_ms = int(now * 1000)
-        out: dict[str | None, float] = {}
-        for entry in self.store.shards.entries():
-            parsed = layout.parse_pending(entry)
-            if parsed is not None:
-                if parsed.due_ms > now_ms:
-                    continue
-                at = max(parsed.seq / 1e9, parsed.due_ms / 1000.0)
-                key: str | None = parsed.queue
-            elif layout.is_dropin(entry):
-                try:
-                    at, key = os.lstat(os.path.join(self.layout.pending, entry)).st_mtime, None
-                except OSError:
-                    continue
-            else:
-                continue
-            if key not in out or at < out[key]:
-                out[key] = at
-        return out
+        return self.counter.ready_since(now)
 
     def pending_entries(self) -> list[str]:
         """Every entry in pending/ and its shards: canonical and dropped alike (the worker's index
         filters)."""
         return self.store.shards.entries()
-
-
-def _count_json(path: str) -> int:
-    return sum(1 for e in fsio.listdir(path) if layout.is_json_entry(e))
-
-
-def _queue_in_file(path: str) -> str | None:
-    """The queue a job file names (the default one when it names none); None if it cannot be read.
-    Most files are of the default queue and never mention it: those are not parsed."""
-    try:
-        data, _ = fsio.read_regular(path, job.MAX_JOB_BYTES)
-    except (OSError, ValueError):
-        return None
-    if b'"queue"' not in data:
-        return job.DEFAULT_QUEUE
-    try:
-        queue = json.loads(data).get("queue", job.DEFAULT_QUEUE)
-    except (ValueError, AttributeError):
-        return None
-    return queue if job.valid_queue(queue) else None

@@ -30,7 +30,7 @@ def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> N
 
 def stats_lines(result: Stats) -> list[str]:
     d = result.to_dict()
-    lines = [f"last {human_seconds(result.window)}: {d['since']} .. {d['until']}", "",
+    lines = [f"last {human_window(result.window)}: {d['since']} .. {d['until']}", "",
              f"{'QUEUE':<16} {'DONE':>7} {'FAILED':>7} {'DEAD':>6} {'SUCCESS':>8} {'PER MIN':>8}  "
              f"{'RUN p50/p95/max':<24} {'WAIT p50/p95':<17} OLDEST READY"]
     rows = [*d["queues"].items(), *([("(all)", d["total"])] if len(d["queues"]) != 1 else [])]
@@ -60,6 +60,14 @@ def bars(counts: list[int]) -> str:
     if top == 0:
         return " " * len(counts)
     return "".join(LEVELS[0] if n == 0 else LEVELS[max(1, round(n * (len(LEVELS) - 1) / top))] for n in counts)
+
+
+def human_window(seconds: float) -> str:
+    """A window as it was likely given: 1h, 30m, 7d (else in seconds)."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def human_seconds(value: float | None) -> str:

@@ -99,7 +99,7 @@ def queue() -> None:
 def queue_list(c: Context, as_json: bool) -> None:
     """Every queue that has jobs, is paused or has a limit: jobs by state, whether it is paused,
     its concurrency limit (null: none) and the slots in use."""
-    from ..views import Counts  # here: pause, resume and cancel need no reader
+    from ..census import Counts  # here: pause, resume and cancel need no reader
 
     paused, limits, in_use = c.spool.paused(), c.spool.slots.limits(), c.spool.slots.in_use()
     counts = c.spool.views.queue_counts()

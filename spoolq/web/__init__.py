@@ -24,7 +24,7 @@ from ..job import iso, valid_id, valid_queue
 from ..layout import STATES
 from ..metrics import Totals, exposition
 from ..spool import Spool
-from ..stats import Recent, collect
+from ..stats import Recent, Series, collect
 from . import charts
 
 PAGE = 50
@@ -47,19 +47,19 @@ class Board:
         spool, now = self.spool, time.time()
         with self.lock:
             self.recent.update(spool.layout.dir("events"), now)
-            ready = spool.views.ready_since(now)
-            hour = collect(self.recent.between(now - 3600, now), ready, since=now - 3600, until=now)
-            day = collect(self.recent.between(now - DAY, now), ready, since=now - DAY, until=now, buckets=48)
-            queues = {q: c.to_dict() for q, c in spool.views.queue_counts(now).items()}
-        counts = spool.counts().to_dict()
+            census = spool.views.census(now)
+            hour = collect(self.recent.between(now - 3600, now), census.ready_since, since=now - 3600, until=now)
+            day = Series.over(self.recent.between(now - DAY, now), now - DAY, now, 48)
         running = [_running(view, now) for view in spool.list_jobs(state="processing")]
         workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
                     "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
                     "queues": w.extra.get("queues")}
                    for w in sorted(spool.workers(role="worker"), key=lambda w: (w.host, w.pid))]
-        return {"now": iso(now), "counts": counts, "queues": queues, "paused": sorted(spool.paused()),
-                "hour": hour.to_dict(), "day": day.to_dict(), "running": running, "workers": workers,
-                "_charts": (hour.series, day.series)}
+        return {"now": iso(now), "counts": census.totals.to_dict(),
+                "queues": {q: c.to_dict() for q, c in census.queues.items()}, "paused": sorted(spool.paused()),
+                "hour": hour.to_dict(), "day": {"series": day.to_dict(), "finished": sum(day.finished),
+                                                "failed_attempts": sum(day.failed)},
+                "running": running, "workers": workers, "_charts": (hour.series, day)}
 
     def jobs(self, state: str, page: int, query: str) -> dict[str, Any]:
         """One page of a state's jobs, in `list`'s order; `query` matches ids (from the names
