@@ -114,17 +114,24 @@ class EventLog:
         self.fd: int | None = None
         self.size = 0
         self.part = 0
+        self.torn = False  # the last write failed: it may have left part of a line
 
     def record(self, fact: Fact) -> None:
         line = fact.to_line()
+        if self.torn:
+            line = b"\n" + line  # ends what a failed write may have left of a line: readers skip it
         try:
             if self.fd is None or self.size + len(line) > ROTATE_BYTES:
                 self._next_file()
             assert self.fd is not None
             fsio.write_all(self.fd, line)
-            self.size += len(line)
         except OSError:
-            self.close()  # a new file is tried at the next attempt
+            # A full disk: the line is lost. The file is kept (a new one per attempt would spend
+            # the inodes the disk has left), and the next line starts on a line of its own.
+            self.torn = self.fd is not None
+            return
+        self.size += len(line)
+        self.torn = False
 
     def _next_file(self) -> None:
         self.close()

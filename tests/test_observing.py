@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import SPOOLQ, backdate, spoolq, wait_for
+from conftest import SPOOLQ, backdate, fill, spoolq, wait_for
 from spoolq import Spool, events, metrics, stats
 from spoolq.events import Fact
 from spoolq.worker import Worker
@@ -401,3 +401,20 @@ def test_show_json_gives_the_last_attempts_host_and_the_output(cli, spool):
     assert shown["started_at"] and shown["finished_at"] and shown["duration"] is not None
     listed = next(j for j in cli.json("list") if j["id"] == job.id)
     assert listed["host"] == shown["host"] and "output" not in listed
+
+
+def test_a_full_disk_costs_lines_of_the_attempts_log_never_its_writer(small_fs):
+    directory = os.path.join(small_fs, "events")
+    log = events.EventLog(directory, "h-1-w", modes=Spool(os.path.join(small_fs, "s")).store.modes,
+                          keep_seconds=3600)
+    log.record(fact("before"))
+    filler = fill(small_fs)
+    for i in range(200):  # more than the last page of the file can hold: writes fail, quietly
+        log.record(fact(f"during{i}"))
+    assert log.fd is not None and log.torn  # it kept its file: no new file per lost line
+    os.unlink(filler)
+    log.record(fact("after"))
+    log.close()
+    ids = [f.id for f in events.read(directory)]
+    assert {"before", "after"} <= set(ids) and len(ids) < 202  # lines were lost, nothing else
+    assert len(os.listdir(directory)) == 1
