@@ -416,6 +416,100 @@ def raw_file_rate(tmp: str, n: int) -> float:
     return n / (time.monotonic() - t0)
 
 
+def job_lines_row(tmp: str, n: int, repeat: int) -> Row:
+    """A foreground worker's line per job claimed and finished, written to a file (as a journal or
+    a redirect takes them), against --quiet: what the lines cost, in turn."""
+    samples, refs = [], []
+    for r in range(repeat):
+        for quiet in (False, True):
+            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="lines-")
+            batch = os.path.join(tmp, f"lines-{r}.jsonl")
+            write_batch(batch, n, "true")
+            cli(spool_dir, "enqueue", "--batch", batch)
+            with open(os.path.join(tmp, f"lines-{r}-{quiet}.log"), "w") as log:
+                t0 = time.monotonic()
+                subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst",
+                                *(["--quiet"] if quiet else [])], stdout=subprocess.DEVNULL, stderr=log, check=True)
+            (refs if quiet else samples).append(n / (time.monotonic() - t0))
+    row = Row(f"throughput: {n} `true` jobs, a line per job claimed and finished (to a file)", "jobs/s", samples,
+              "the same with --quiet", refs, ">= 0.95 x", paired=True)
+    row.passed = row.ratio >= 0.95
+    return row
+
+
+def history_spool(tmp: str, n: int) -> str:
+    """n jobs, half pending and half done (moved to done/<id>.json as a worker leaves them), and a
+    day of n attempts in the attempts log, written by the writer the workers use."""
+    from spoolq import events
+
+    spool_dir, _ = fill_spool(tmp, n, "history")
+    pending = os.path.join(spool_dir, "pending")
+    for name in sorted(os.listdir(pending))[: n // 2]:
+        os.rename(os.path.join(pending, name), os.path.join(spool_dir, "done", L.parse_pending(name).job_id + ".json"))
+    spool = Spool(spool_dir)
+    log = events.EventLog(spool.layout.dir("events"), "bench-1-x", modes=spool.store.modes, keep_seconds=9 * 86400)
+    now = time.time()
+    for i in range(n):
+        finished = now - 86000 * i / n
+        failed = i % 20 == 0
+        log.record(events.Fact(f"j{i:07d}", ("default", "mail", "video")[i % 3], 1, "bench", "bench-1-x",
+                               finished - 1.5, finished - 1, finished - 1, finished, "retry" if failed else "done",
+                               1 if failed else 0, "exit status 1" if failed else None, 10))
+    log.close()
+    return spool_dir
+
+
+def http_times(url: str, n: int) -> list[float]:
+    import urllib.request
+
+    out = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        with urllib.request.urlopen(url, timeout=60) as r:
+            r.read()
+        out.append(time.monotonic() - t0)
+    return out
+
+
+def observe_rows(tmp: str, n: int, repeat: int) -> list[Row]:
+    """What seeing the queue costs at n jobs with a day of n attempts: `stats --since 1d`, and
+    the dashboard's overview (a fresh process's first look, then its refreshes) and job page."""
+    spool_dir = history_spool(tmp, n)
+    rows = []
+    ref = timed_runs([*SPOOLQ, "--spool", spool_dir, "status", "--json"], repeat)
+    s = timed_runs([*SPOOLQ, "--spool", spool_dir, "stats", "--since", "1d", "--json"], repeat)
+    rows.append(Row(f"`stats --since 1d`, {n} jobs, {n} attempts that day", "s", s, "`status --json`", ref,
+                    "<= 1 s", statistics.median(s) <= 1))
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("flask") is None:  # the web extra is not installed
+        return rows
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    web = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "web", "--bind", f"127.0.0.1:{port}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 30, 0.05)
+        floor = http_times(base + "/static/style.css", 20)
+        cold = http_times(base + "/", 1)
+        warm = http_times(base + "/", max(5, repeat * 3))
+        rows.append(Row(f"dashboard overview, {n} jobs, {n} attempts that day (refresh)", "s", warm,
+                        "a static file from the same server", floor, "<= 0.5 s", statistics.median(warm) <= 0.5,
+                        f"a fresh dashboard's first overview: {cold[0]:.2f} s (reads each finished job's file once)"))
+        page = http_times(base + "/job/j0000007", 20)
+        rows.append(Row(f"dashboard job page, {n} jobs", "ms", [t * 1000 for t in page],
+                        "a static file from the same server", [t * 1000 for t in floor], "<= 50 ms",
+                        statistics.median(page) <= 0.05))
+    finally:
+        os.killpg(web.pid, signal.SIGINT)
+        web.wait(30)
+    return rows
+
+
 def timed_runs(argv: list[str], n: int, **kw) -> list[float]:
     out = []
     for _ in range(n):
@@ -439,7 +533,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
-                                   "shellcmd,plain,cli,batch,backlog,shards,hosts")
+                                   "shellcmd,plain,cli,batch,backlog,shards,hosts,lines,observe")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -539,6 +633,12 @@ def main() -> int:
         if want("shards"):
             progress(f"pending_shards 60 against 0: one enqueue, a batch of {a.jobs * 5}, its drain")
             rows.extend(sharded_rows(tmp, a.jobs * 5, a.repeat))
+        if want("lines"):
+            progress(f"throughput: {a.jobs} jobs, a worker's line per job against --quiet")
+            rows.append(job_lines_row(tmp, a.jobs, a.repeat))
+        if want("observe"):
+            progress(f"stats and the dashboard with {a.big} jobs and a day of {a.big} attempts")
+            rows.extend(observe_rows(tmp, a.big, a.repeat))
         if want("hosts"):
             rows.extend(multihost_rows(a.repeat, 100 if a.quick else 400))
     finally:

@@ -55,7 +55,8 @@ show spoolq dlq retry flaky
 show spoolq wait flaky --timeout 30
 show spoolq show flaky
 
-step "stop gracefully and show the final state"
+step "stop gracefully and show the final state, and what happened (the attempts log)"
 show spoolq worker stop --wait --timeout 30
 show spoolq status
+show spoolq stats --since 10m
 printf '\nThe spool is a directory: look around in %s\n' "$SPOOLQ_DIR"
