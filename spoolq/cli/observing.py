@@ -48,7 +48,7 @@ def stats_lines(result: Stats) -> list[str]:
 
 def chart_lines(series: Series) -> list[str]:
     """Finished jobs and failed attempts per bucket, one character a bucket."""
-    per = "minute" if series.bucket_seconds == 60 else human_seconds(series.bucket_seconds)
+    per = "minute" if series.bucket_seconds == 60 else human_window(series.bucket_seconds)
     out = []
     for label, counts in (("finished", series.finished), ("failed", series.failed)):
         out.append(f"{label + ' per ' + per:<22} |{bars(counts)}| max {max(counts, default=0)}")
