@@ -35,6 +35,7 @@ Directories under the spool root ``S``::
     S/events/<owner>.<k>.jsonl  the attempts log (events.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
+    S/schedules/<name>.json  a periodic schedule; <name>.last "<slot epoch> <job id>" (schedules.py)
     S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
                     or <name>.lock.<holder> while held (see locks.py)
     S/config.json   settings (see config.py)
@@ -52,12 +53,10 @@ inside the spool. ``scheduled`` is not a directory: it is a pending job whose du
 
 Names in ``pending/``:
 
-* canonical, written only by spoolq: ``PPPPPPPPPP.SSSSSSSSSSSSSSSSSSS.DDDDDDDDDDDDD@<id>.json``
-  where ``P`` is ``1000000000 - priority`` (10 digits), ``S`` the sequence number
-  (19 digits, nanoseconds at enqueue), ``D`` the due time in epoch milliseconds (13
-  digits, 0 = now); a job of a queue other than ``default`` ends ``@<id>%<queue>.json``
-  (the ``queue`` field: 1-64 characters of the id alphabet). Sorting ready names as strings
-  gives the run order.
+* canonical, written only by spoolq: ``PPPPPPPPPP.SSSSSSSSSSSSSSSSSSS.DDDDDDDDDDDDD@<id>.json`` where ``P`` is
+  ``1000000000 - priority`` (10 digits), ``S`` the sequence number (19 digits, nanoseconds at enqueue),
+  ``D`` the due time in epoch milliseconds (13 digits, 0 = now); a job of a queue other than ``default``
+  ends ``@<id>%<queue>.json`` (1-64 characters of the id alphabet). Ready names sort in run order.
 * sharded (config ``pending_shards`` = W > 0): spoolq writes canonical names into
   ``pending/=TTTTTTTTTT/`` instead, T the later of its clock and ``pending/``'s mtime rounded down
   to W seconds, then touches ``pending/`` (shards.py); readers read both levels. Dropped files stay
@@ -106,9 +105,9 @@ from .job import DEFAULT_QUEUE, Job, valid_id
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
 WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
-MADE_ON_DEMAND = (WAITING, "slots", "after", "events")  # newer than spoolq 0.1: a spool without them is whole
+MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules")  # newer than spoolq 0.1: a spool without them is whole
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
-              "events")
+              "events", "schedules")
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -320,6 +319,7 @@ _SPOOLQ_NAMES = {
     "tmp": lambda n: is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
     "events": lambda n: not n.startswith(".") and n.endswith(".jsonl"),
+    "schedules": lambda n: not n.startswith(".") and n.endswith((".json", ".last")),
     "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
 }
 

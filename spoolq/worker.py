@@ -7,7 +7,8 @@ import signal
 import time
 from typing import Callable
 
-from . import attempt, events, filesystem, layout, liveness, metrics, runner, watch
+from . import attempt, events, filesystem, layout, liveness, runner, watch
+from .duties import Duties
 from .errors import LostOwnership, SpoolError
 from .admission import Admission
 from .index import Pacing, PendingIndex
@@ -62,7 +63,7 @@ class Worker:
         self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
         self.tally = Tally()
         self.events: events.EventLog | None = None  # opened at registration
-        self.textfile = metrics.Textfile(spool)  # config metrics_textfile
+        self.duties = Duties(spool, self.log)  # schedules, the metrics textfile
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
         self._log = log
@@ -199,8 +200,8 @@ class Worker:
             if now - last_recover >= RECOVER_EVERY:
                 last_recover = now
                 self._recover()
-            if self.textfile.due(now):
-                self._refresh_textfile(now)
+            if now >= self.duties.next_at:
+                self.duties.run(now)
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
                 self.rescans.run()
@@ -231,7 +232,8 @@ class Worker:
     def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
         assert self._wake is not None
         cfg = self.spool.config
-        wake_at = min(last_rescan + cfg.poll_interval, last_recover + RECOVER_EVERY, now + MAX_WAIT)
+        wake_at = min(last_rescan + cfg.poll_interval, last_recover + RECOVER_EVERY, now + MAX_WAIT,
+                      self.duties.next_at)
         due = self.index.next_due_ms()
         if due is not None:
             wake_at = min(wake_at, due / 1000.0)
@@ -261,13 +263,6 @@ class Worker:
             self.pacing.workers = max(1, len(self.spool.owners.registered()))
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
             self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
-
-    def _refresh_textfile(self, now: float) -> None:
-        try:
-            self.textfile.refresh(now)
-        except Exception as e:  # metrics must never stop the work they measure
-            self.log(f"cannot write metrics_textfile {self.spool.config.metrics_textfile}: "
-                     f"{getattr(e, 'strerror', None) or e}")
 
     def _adopt_dropins(self, now: float) -> None:
         for name in self.index.dropins_due(now):

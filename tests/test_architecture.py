@@ -25,13 +25,14 @@ RANK = {
     "recovery": 12,
     "spool": 13,
     "fsck.report": 14, "fsck.jobs": 15, "fsck.housekeeping": 16, "fsck": 17,
-    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "worker": 15, "supervisor": 16,
+    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "schedules": 14, "duties": 14.5, "worker": 15, "supervisor": 16,
     "web.charts": 16, "web": 17,
     "cli.base": 18, "cli.live": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
     "cli.steering": 19, "cli.observing": 19, "cli.dashboard": 19,
+    "cli.scheduling": 19,
     "cli": 20, "__main__": 21, "__init__": 21,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web"}
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web", "cronsim": "schedules"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 
 

@@ -90,6 +90,7 @@ COMMAND_MODULES = {
     "queue": "steering",
     "stats": "observing", "metrics": "observing",
     "web": "dashboard",
+    "schedule": "scheduling",
 }
 
 

@@ -1,0 +1,134 @@
+"""`spoolq schedule add|list|show|rm|pause|resume`: periodic jobs, fired by the running workers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from ..job import iso, parse_json_object
+from ..schedules import CATCH_UP, Schedule, Schedules, check_name, expression
+from .base import Context, Float, Int, emit_json, emit_rows, json_option, main, pass_ctx
+
+
+@main.group()
+def schedule() -> None:
+    """Periodic jobs: a cron expression and a job, fired once per slot across all hosts."""
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("cron")
+@click.argument("job", required=False)
+@click.option("--cmd", help="The command to run (else JOB, a JSON object).")
+@click.option("--tz", default="UTC", show_default=True, help="The time zone the expression is read in.")
+@click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
+              help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
+@click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
+@click.option("--priority", type=Int(), help="Higher runs first (default 0).")
+@click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--queue", help="The queue its jobs belong to.")
+@click.option("--shell", is_flag=True, default=None, help="Always run the command with /bin/sh -c.")
+@click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
+@json_option
+@pass_ctx
+def schedule_add(c: Context, name: str, cron: str, job: str | None, cmd: str | None, tz: str, catch_up: str,
+                 max_retries: int | None, priority: int | None, timeout: float | None, queue: str | None,
+                 shell: bool | None, replace: bool, as_json: bool) -> None:
+    """Add schedule NAME: CRON is five fields (minute hour day-of-month month day-of-week) or
+    @hourly, @daily, @weekly, @monthly, @yearly. Each slot's job has the id NAME.YYYYMMDDTHHMMZ.
+
+    \b
+    spoolq schedule add nightly-backup '15 2 * * *' --cmd /usr/local/bin/backup.sh
+    spoolq schedule add report @hourly '{"command": "make report", "queue": "reports"}'
+    """
+    if (job is None) == (cmd is None):
+        raise click.UsageError("give exactly one of JOB (a JSON object) or --cmd")
+    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job or "")
+    flags = {"max_retries": max_retries, "priority": priority, "timeout": timeout, "queue": queue, "shell": shell}
+    template.update({k: v for k, v in flags.items() if v is not None})
+    check_name(name)
+    expression(cron)  # exit 2 naming the field, before anything is written
+    now = time.time()
+    new = Schedule(name, cron, template, tz=tz, catch_up=catch_up, created_at=now, active_from=now).check()
+    spool = c.handle()
+    spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
+    c.create()
+    Schedules(spool).add(new, replace=replace)
+    _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
+
+
+def _object(text: str) -> dict[str, Any]:
+    return parse_json_object(text)  # InvalidJob: exit 2, saying why
+
+
+@schedule.command("list")
+@json_option
+@pass_ctx
+def schedule_list(c: Context, as_json: bool) -> None:
+    """Every schedule, with its next and last fire times and the id of its last job."""
+    schedules = Schedules(c.spool)
+    _print(schedules.all(), spool_schedules=schedules, as_json=as_json)
+
+
+@schedule.command("show")
+@click.argument("name")
+@json_option
+@pass_ctx
+def schedule_show(c: Context, name: str, as_json: bool) -> None:
+    """One schedule: its expression, zone, catch-up, job template, next and last slots."""
+    schedules = Schedules(c.spool)
+    _print([schedules.get(check_name(name))], spool_schedules=schedules, as_json=as_json, one=True)
+
+
+@schedule.command("rm")
+@click.argument("name")
+@pass_ctx
+def schedule_rm(c: Context, name: str) -> None:
+    """Remove a schedule (the jobs it fired stay)."""
+    Schedules(c.spool).remove(check_name(name))
+    click.echo(f"removed schedule {name}")
+
+
+@schedule.command("pause")
+@click.argument("name")
+@pass_ctx
+def schedule_pause(c: Context, name: str) -> None:
+    """Fire no slot of it until it is resumed (slots passed meanwhile are not fired)."""
+    Schedules(c.spool).set_paused(check_name(name), True, now=time.time())
+    click.echo(f"paused schedule {name}")
+
+
+@schedule.command("resume")
+@click.argument("name")
+@pass_ctx
+def schedule_resume(c: Context, name: str) -> None:
+    """Fire its slots again, from the next one."""
+    Schedules(c.spool).set_paused(check_name(name), False, now=time.time())
+    click.echo(f"resumed schedule {name}")
+
+
+def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
+    now = time.time()
+    rows = [_row(s, spool_schedules, now) for s in found]
+    if one and as_json:
+        emit_json(rows[0])
+        return
+    if one:
+        for key, value in rows[0].items():
+            shown = json.dumps(value) if isinstance(value, (bool, dict)) else value
+            click.echo(f"{key + ':':<11} {'-' if value is None else shown}")
+        return
+    emit_rows(rows, as_json, empty="no schedules",
+              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} PAUSED",
+              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {r['next'] or '-':<25} "
+                             f"{r['last_job'] or '-':<40} {'yes' if r['paused'] else 'no'}")
+
+
+def _row(s: Schedule, schedules: Schedules, now: float) -> dict[str, Any]:
+    last = schedules.last(s.name)
+    return {"name": s.name, "cron": s.cron, "tz": s.tz, "catch_up": s.catch_up, "paused": s.paused,
+            "next": None if s.paused else iso(s.next_slot(now)), "last": iso(last[0]) if last else None,
+            "last_job": last[1] if last else None, "job": s.job}

@@ -1,0 +1,56 @@
+"""What a worker does besides jobs, between them, each at its own pace: fire the schedules' due
+slots, keep the metrics textfile fresh. Each duty says when it is next due, so that an idle
+worker wakes for it (and for nothing else); a duty that fails costs a log line, never the worker."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .metrics import Textfile
+from .schedules import Schedules
+from .spool import Spool
+
+SCHEDULE_RECHECK = 2.0  # seconds: a schedule added or changed is seen within this
+
+
+class Duties:
+    def __init__(self, spool: Spool, log: Callable[[str], None]):
+        self.spool = spool
+        self.log = log
+        self.schedules = Schedules(spool)
+        self.textfile = Textfile(spool)
+        self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
+
+    @property
+    def next_at(self) -> float:
+        """When the next duty is due (epoch seconds)."""
+        textfile = self.textfile.next_at if self.spool.config.metrics_textfile else float("inf")
+        return min(self.fire_at, textfile)
+
+    def run(self, now: float) -> None:
+        if now >= self.fire_at:
+            self._fire(now)
+        if self.textfile.due(now):
+            self._refresh_textfile(now)
+
+    def _fire(self, now: float) -> None:
+        self.fire_at = now + SCHEDULE_RECHECK
+        try:
+            for fired in self.schedules.fire_due(now):
+                if fired.skipped:
+                    self.log(f"schedule {fired.name}: slot {fired.job_id} skipped (catch-up none)")
+                elif fired.created:
+                    self.log(f"schedule {fired.name}: enqueued {fired.job_id}")
+            due = self.schedules.next_due(now)
+        except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
+            self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
+            return
+        if due is not None:
+            self.fire_at = min(self.fire_at, due)
+
+    def _refresh_textfile(self, now: float) -> None:
+        try:
+            self.textfile.refresh(now)
+        except Exception as e:  # metrics must never stop the work they measure
+            self.log(f"cannot write metrics_textfile {self.spool.config.metrics_textfile}: "
+                     f"{getattr(e, 'strerror', None) or e}")
