@@ -88,6 +88,14 @@ KEYS: dict[str, Key] = {
     "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
                           "seconds of arrivals per sub-directory of pending/, so that listings stay "
                           "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
+    "keep_done": Key(7 * 86400, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+                     "seconds after it finished that a done job (and its output) is purged by the workers "
+                     "(0 = kept for good)"),
+    "keep_dead": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+                     "the same for dead jobs (0 = kept for good, the default)"),
+    "keep_output": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+                       "seconds after its last attempt that a finished job's output log is deleted, the job "
+                       "kept (0 = as long as the job)"),
     "keep_events": Key(8 * 86400, _number, lambda v: is_number(v) and 3600 <= v <= 366 * 86400,
                        "seconds the attempts log (events/) is kept: how far back stats, metrics and the "
                        "dashboard can look (3600-31622400)"),

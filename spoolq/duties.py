@@ -1,5 +1,5 @@
 """What a worker does besides jobs, between them, each at its own pace: fire the schedules' due
-slots, keep the metrics textfile fresh. Each duty says when it is next due, so that an idle
+slots, purge what retention no longer keeps, keep the metrics textfile fresh. Each duty says when it is next due, so that an idle
 worker wakes for it (and for nothing else); a duty that fails costs a log line, never the worker."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .metrics import Textfile
+from .retention import Retention
 from .schedules import Schedules
 from .spool import Spool
 
@@ -19,19 +20,34 @@ class Duties:
         self.log = log
         self.schedules = Schedules(spool)
         self.textfile = Textfile(spool)
+        self.retention = Retention(spool)
         self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
 
     @property
     def next_at(self) -> float:
         """When the next duty is due (epoch seconds)."""
         textfile = self.textfile.next_at if self.spool.config.metrics_textfile else float("inf")
-        return min(self.fire_at, textfile)
+        retention = self.retention.next_at if self.retention.wanted() else float("inf")
+        return min(self.fire_at, textfile, retention)
 
     def run(self, now: float) -> None:
         if now >= self.fire_at:
             self._fire(now)
         if self.textfile.due(now):
             self._refresh_textfile(now)
+        if self.retention.wanted() and now >= self.retention.next_at:
+            self._retain(now)
+
+    def _retain(self, now: float) -> None:
+        try:
+            purged = self.retention.run(now)
+        except Exception as e:
+            self.retention.next_at = now + 60
+            self.log(f"retention failed: {type(e).__name__}: {e}")
+            return
+        if purged:
+            self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
+                     f"{purged.outputs} output logs")
 
     def _fire(self, now: float) -> None:
         self.fire_at = now + SCHEDULE_RECHECK

@@ -118,8 +118,9 @@ class Finished:
 
     # ---- purge ---------------------------------------------------------------------------------
 
-    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None) -> int:
-        """Delete finished jobs (done or dead) and their output; frees their ids."""
+    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, limit: int | None = None) -> int:
+        """Delete finished jobs (done or dead) and their output; frees their ids. With `limit`, at
+        most that many (retention's small batches)."""
         if state not in FINISHED:
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
@@ -140,6 +141,8 @@ class Finished:
                     continue
                 self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
+                if limit is not None and count >= limit:
+                    break
         return count
 
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:

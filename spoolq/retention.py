@@ -1,0 +1,90 @@
+"""Retention: finished jobs and their output purged once they are older than keep_done,
+keep_dead and keep_output (judged by when the job finished: its file's ctime in done/ or dead/,
+its log's mtime), by the running workers, in small batches.
+
+Once per spool at a time: a worker takes the "retention" lock without waiting (a worker on
+another host that holds it is doing the work). At most about 1% of a worker's time: after a
+batch that took d seconds, the next comes no sooner than 99 d later (and at least MIN_GAP).
+Jobs other jobs still wait for (--after) are kept, as `purge` keeps them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from . import config, fsio, layout
+from .errors import SpoolError
+from .job import valid_id
+from .spool import Spool
+
+BATCH = 500  # jobs purged at most per batch and state
+MIN_GAP = 10.0  # seconds between batches, however cheap
+SHARE = 0.01  # of a worker's time
+
+
+@dataclass
+class Purged:
+    done: int = 0
+    dead: int = 0
+    outputs: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.done or self.dead or self.outputs)
+
+
+class Retention:
+    def __init__(self, spool: Spool):
+        self.spool = spool
+        self.next_at = 0.0
+
+    def wanted(self) -> bool:
+        cfg = self.spool.config
+        return bool(cfg.keep_done or cfg.keep_dead or cfg.keep_output)
+
+    def run(self, now: float, fs_now: float | None = None) -> Purged | None:
+        """One batch, if this worker is the one to do it now; None if another holds the lock.
+        Ages are judged on the file system's clock (`fs_now`, read from it when not given)."""
+        started = time.monotonic()
+        try:
+            with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=0):
+                purged = self._batch(self.spool.store.fs_clock() if fs_now is None else fs_now)
+        except SpoolError:
+            purged = None  # another worker, here or on another host, is at it
+        spent = time.monotonic() - started
+        self.next_at = now + max(MIN_GAP, spent / SHARE - spent)
+        return purged
+
+    def _batch(self, fs_now: float) -> Purged:
+        cfg, finished = self.spool.config, self.spool.finished
+        purged = Purged()
+        if cfg.keep_done:
+            purged.done = finished.purge("done", older_than=cfg.keep_done, now=fs_now, limit=BATCH)
+        if cfg.keep_dead:
+            purged.dead = finished.purge("dead", older_than=cfg.keep_dead, now=fs_now, limit=BATCH)
+        if cfg.keep_output:
+            purged.outputs = self._old_outputs(cfg.keep_output, fs_now)
+        return purged
+
+    def _old_outputs(self, keep: float, fs_now: float) -> int:
+        """Delete the logs of finished jobs whose last attempt ended more than `keep` ago."""
+        lay, count = self.spool.layout, 0
+        for entry in fsio.listdir(lay.dir("output")):
+            job_id = entry[:-4] if entry.endswith(".log") else ""
+            if not valid_id(job_id):
+                continue
+            path = os.path.join(lay.dir("output"), entry)
+            try:
+                if fs_now - os.lstat(path).st_mtime < keep:
+                    continue
+            except FileNotFoundError:
+                continue
+            # RACE: the job may be requeued between this look and the unlink; its next attempt then
+            # starts a new log (AttemptLog creates it), and only old output is lost, as asked.
+            if any(os.path.lexists(os.path.join(lay.dir(state), layout.job_file(job_id))) for state in ("done", "dead")):
+                fsio.unlink_quietly(path)
+                count += 1
+                if count >= BATCH:
+                    break
+        return count

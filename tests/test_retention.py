@@ -1,0 +1,100 @@
+"""Retention: workers purge finished jobs and output past keep_done, keep_dead and keep_output,
+once per spool at a time, in small batches, and keep what other jobs still wait for."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from spoolq import Spool, config
+from spoolq.retention import BATCH, MIN_GAP, Retention
+from spoolq.worker import Worker
+
+DAY = 86400.0
+
+
+def burst(spool: Spool) -> None:
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
+
+
+def finished_spool(spool: Spool) -> dict[str, str]:
+    ids = {"ok": spool.enqueue({"command": "echo ok"}).id,
+           "bad": spool.enqueue({"command": "echo bad; false", "max_retries": 0}).id,
+           "base": spool.enqueue({"command": "true"}).id}
+    ids["blocker"] = spool.enqueue({"command": "true", "delay": 3600}).id
+    ids["waiter"] = spool.enqueue({"command": "true", "after": [ids["base"], ids["blocker"]]}).id
+    return ids
+
+
+def states(spool: Spool, ids: dict[str, str]) -> dict[str, str | None]:
+    out = {}
+    for name, job_id in ids.items():
+        try:
+            out[name] = spool.find(job_id).state
+        except Exception:
+            out[name] = None
+    return out
+
+
+def test_done_jobs_past_keep_done_are_purged_with_their_output_and_dead_ones_kept(spool):
+    ids = finished_spool(spool)
+    spool.set_config("keep_done", 7 * DAY)
+    burst(spool)  # runs the jobs, and a retention batch: nothing is old enough yet
+    assert states(spool, ids)["ok"] == "done" and os.path.exists(spool.output_path(ids["ok"]))
+    purged = Retention(spool).run(time.time(), fs_now=time.time() + 8 * DAY)
+    assert (purged.done, purged.dead) == (1, 0)  # "base" is kept: a job may still wait for it
+    assert states(spool, ids) == {"ok": None, "bad": "dead", "base": "done", "blocker": "scheduled",
+                                  "waiter": "waiting"}
+    assert not os.path.exists(spool.output_path(ids["ok"])) and not os.path.exists(spool.layout.id_marker(ids["ok"]))
+    spool.set_config("keep_dead", 30 * DAY)
+    assert Retention(spool).run(time.time(), fs_now=time.time() + 8 * DAY).dead == 0
+    assert Retention(spool).run(time.time(), fs_now=time.time() + 31 * DAY).dead == 1
+    assert states(spool, ids)["bad"] is None
+    spool.enqueue({"command": "true", "id": ids["ok"]})  # its id is free again
+
+
+def test_keep_output_deletes_old_logs_of_finished_jobs_only(spool):
+    ids = finished_spool(spool)
+    burst(spool)
+    running = spool.enqueue({"command": "true", "delay": 3600})  # no log yet: a log of a live job...
+    with open(spool.output_path(running.id), "w") as f:  # ...written by an earlier attempt
+        f.write("==> attempt 1 <==\n")
+    spool.set_config("keep_output", DAY)
+    purged = Retention(spool).run(time.time(), fs_now=time.time() + 2 * DAY)
+    assert purged.outputs == 3 and (purged.done, purged.dead) == (0, 0)
+    assert os.path.exists(spool.output_path(running.id))  # its job may run again: kept
+    assert states(spool, ids)["ok"] == "done"  # the job stays, without its log
+
+
+def test_one_worker_at_a_time_and_a_small_share_of_its_time(spool):
+    finished_spool(spool)
+    burst(spool)
+    spool.set_config("keep_done", 1)
+    other = Retention(spool)
+    with config.locked(spool.layout, "retention", mode=0o600):  # another worker, here or elsewhere, at it
+        assert other.run(100.0, fs_now=time.time() + DAY) is None
+    assert spool.counts().done == 2
+    took = Retention(spool)
+    assert took.run(100.0, fs_now=time.time() + DAY).done == 1
+    assert took.next_at >= 100.0 + MIN_GAP
+
+
+def test_a_batch_purges_at_most_its_share(spool):
+    spool.enqueue_many([{"command": "true"} for _ in range(BATCH + 20)])
+    burst(spool)
+    spool.set_config("keep_done", 1)
+    assert Retention(spool).run(time.time(), fs_now=time.time() + DAY).done == BATCH
+    assert spool.counts().done == 20
+
+
+def test_workers_purge_as_they_go(spool, workers):
+    spool.set_config("keep_done", 1)
+    first = spool.enqueue({"command": "true"}).id
+    w = workers(1)
+    from conftest import wait_for
+
+    wait_for(lambda: spool.find(first).state == "done", 10, "the first job")
+    # The next batch comes MIN_GAP after the first, and purges the job once it is a second old.
+    wait_for(lambda: not os.path.exists(os.path.join(spool.layout.done, f"{first}.json")), MIN_GAP + 15,
+             "the worker to purge it")
+    assert "retention purged 1 done" in w.stop()
