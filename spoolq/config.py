@@ -96,6 +96,14 @@ KEYS: dict[str, Key] = {
     "keep_output": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
                        "seconds after its last attempt that a finished job's output log is deleted, the job "
                        "kept (0 = as long as the job)"),
+    "on_done": Key("", _path, lambda v: isinstance(v, str) and len(v) < 65536 and "\0" not in v,
+                   "a shell command the worker runs after a job is done (SPOOLQ_JOB_ID, SPOOLQ_STATE, ... set)"),
+    "on_dead": Key("", _path, lambda v: isinstance(v, str) and len(v) < 65536 and "\0" not in v,
+                   "a shell command the worker runs after a job goes dead"),
+    "on_failure": Key("", _path, lambda v: isinstance(v, str) and len(v) < 65536 and "\0" not in v,
+                      "a shell command the worker runs after a failed attempt that will be retried"),
+    "hook_timeout": Key(30.0, _number, lambda v: is_number(v) and 0.1 <= v <= 86400,
+                        "seconds a hook may run before its process group is killed"),
     "keep_events": Key(8 * 86400, _number, lambda v: is_number(v) and 3600 <= v <= 366 * 86400,
                        "seconds the attempts log (events/) is kept: how far back stats, metrics and the "
                        "dashboard can look (3600-31622400)"),

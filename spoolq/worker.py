@@ -9,6 +9,7 @@ from typing import Callable
 
 from . import attempt, events, filesystem, layout, liveness, runner, watch
 from .duties import Duties
+from .hooks import Hooks
 from .errors import LostOwnership, SpoolError
 from .admission import Admission
 from .index import Pacing, PendingIndex
@@ -47,6 +48,12 @@ def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], Non
             f"rescanning every {spool.config.poll_interval:g}s")
 
 
+def _due_later(pending_entry: str) -> bool:
+    """Is the job at this pending name scheduled (waiting out a backoff), not ready now?"""
+    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
+    return parsed is not None and parsed.due_ms > time.time() * 1000
+
+
 class CannotStart(Exception):
     """A worker could not begin (its registration could not be written, the spool is unsafe)."""
 
@@ -63,7 +70,8 @@ class Worker:
         self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
         self.tally = Tally()
         self.events: events.EventLog | None = None  # opened at registration
-        self.duties = Duties(spool, self.log)  # schedules, the metrics textfile
+        self.duties = Duties(spool, self.log)  # schedules, retention, the metrics textfile
+        self.hooks = Hooks(spool, self.log)  # config on_done, on_dead, on_failure
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
         self._log = log
@@ -140,6 +148,7 @@ class Worker:
                 self.events.close()
             self._wake.close()
             self.spool.owners.unregister(self.owner)
+        self.hooks.wait()
         self.log(f"stopped ({self.rescans.summary()})")
         if self.unsafe:
             return EXIT_UNSAFE
@@ -338,6 +347,8 @@ class Worker:
         self.tally.add(fact)
         if self.job_lines:
             self.job_lines.finished(fact)
+        if moved is not None:
+            self.hooks.after(fact, "scheduled" if moved.state == "pending" and _due_later(moved.name) else moved.state)
         if moved is None:
             self.lost = True
         elif moved.state == "pending":
