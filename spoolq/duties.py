@@ -1,5 +1,6 @@
 """What a worker does besides jobs, between them, each at its own pace: fire the schedules' due
-slots, purge what retention no longer keeps, keep the metrics textfile fresh. Each duty says when it is next due, so that an idle
+slots, purge what retention no longer keeps; and start the thread that keeps the metrics
+textfile fresh (metrics.Textfile) once one is set. Each duty says when it is next due, so that an idle
 worker wakes for it (and for nothing else); a duty that fails costs a log line, never the worker."""
 
 from __future__ import annotations
@@ -15,26 +16,23 @@ SCHEDULE_RECHECK = 2.0  # seconds: a schedule added or changed is seen within th
 
 
 class Duties:
-    def __init__(self, spool: Spool, log: Callable[[str], None]):
+    def __init__(self, spool: Spool, log: Callable[[str], None], owner: Callable[[], str]):
         self.spool = spool
         self.log = log
+        self.textfile = Textfile(spool.root, owner, log)
         self.schedules = Schedules(spool)
-        self.textfile = Textfile(spool)
         self.retention = Retention(spool)
         self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
 
     @property
     def next_at(self) -> float:
         """When the next duty is due (epoch seconds)."""
-        textfile = self.textfile.next_at if self.spool.config.metrics_textfile else float("inf")
         retention = self.retention.next_at if self.retention.wanted() else float("inf")
-        return min(self.fire_at, textfile, retention)
+        return min(self.fire_at, retention)
 
     def run(self, now: float) -> None:
         if now >= self.fire_at:
             self._fire(now)
-        if self.textfile.due(now):
-            self._refresh_textfile(now)
         if self.retention.wanted() and now >= self.retention.next_at:
             self._retain(now)
 
@@ -49,8 +47,13 @@ class Duties:
             self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
                      f"{purged.outputs} output logs")
 
+    def stop(self) -> None:
+        self.textfile.stop()
+
     def _fire(self, now: float) -> None:
         self.fire_at = now + SCHEDULE_RECHECK
+        if self.spool.config.metrics_textfile:
+            self.textfile.start()  # once; from then on it follows the settings itself
         try:
             for fired in self.schedules.fire_due(now):
                 if fired.skipped:
@@ -63,10 +66,3 @@ class Duties:
             return
         if due is not None:
             self.fire_at = min(self.fire_at, due)
-
-    def _refresh_textfile(self, now: float) -> None:
-        try:
-            self.textfile.refresh(now)
-        except Exception as e:  # metrics must never stop the work they measure
-            self.log(f"cannot write metrics_textfile {self.spool.config.metrics_textfile}: "
-                     f"{getattr(e, 'strerror', None) or e}")

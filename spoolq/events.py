@@ -14,6 +14,7 @@ The files are untrusted input (a group member can write them): every field is ch
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import time
 from typing import Iterator, NamedTuple
 
 from . import fsio
+from .job import valid_id, valid_queue
 
 ROTATE_BYTES = 8 * 1024 * 1024  # about 40,000 attempts a file
 MAX_LINE = 64 * 1024
@@ -90,16 +92,41 @@ def _intern(value: object) -> object:
 
 
 def _well_typed(f: Fact) -> bool:
-    """Exact types (a bool is not a number here), finite times, a known outcome."""
-    if type(f.id) is not str or type(f.queue) is not str or type(f.host) is not str or type(f.worker) is not str:
+    """Exact types (a bool is not a number here), finite times, a known outcome, an id and a queue
+    as a job's, printable host and worker, and no text that cannot be written out again (a lone
+    surrogate, which JSON can spell): whatever a group member wrote is shown on terminals."""
+    if type(f.queue) is not str or type(f.host) is not str or type(f.worker) is not str:
+        return False
+    if not valid_id(f.id) or not _names_ok(f.queue, f.host, f.worker):
         return False
     if f.outcome is None or type(f.attempt) is not int or type(f.output_bytes) is not int:
+        return False
+    if f.error is not None and not (type(f.error) is str and _encodable(f.error)):
         return False
     for t in (f.ready, f.claimed, f.started, f.finished):
         if type(t) not in _TIME or not -_FINITE < t < _FINITE:
             return False
-    return ((f.exit_code is None or type(f.exit_code) is int)
-            and (f.error is None or type(f.error) is str))
+    return f.exit_code is None or type(f.exit_code) is int
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_ok(queue: str, host: str, worker: str) -> bool:
+    """A queue as a job's, a printable host and worker (pure: cached, as a day's lines repeat them)."""
+    return valid_queue(queue) and _printable(host) and _printable(worker)
+
+
+def _printable(text: object) -> bool:
+    return type(text) is str and 0 < len(text) <= 256 and text.isprintable()  # surrogates are not
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class EventLog:
@@ -121,7 +148,7 @@ class EventLog:
         if self.torn:
             line = b"\n" + line  # ends what a failed write may have left of a line: readers skip it
         try:
-            if self.fd is None or self.size + len(line) > ROTATE_BYTES:
+            if self.fd is None or self.size + len(line) > ROTATE_BYTES or self._deleted():
                 self._next_file()
             assert self.fd is not None
             fsio.write_all(self.fd, line)
@@ -132,6 +159,12 @@ class EventLog:
             return
         self.size += len(line)
         self.torn = False
+
+    def _deleted(self) -> bool:
+        """Was the file deleted under this writer (pruned by a sibling while this worker was
+        quiet for keep_events, or by hand)? Then its lines would go where nobody reads them."""
+        assert self.fd is not None
+        return os.fstat(self.fd).st_nlink == 0
 
     def _next_file(self) -> None:
         self.close()

@@ -12,11 +12,11 @@ The format is small enough to write by hand: the client library would be a fourt
 from __future__ import annotations
 
 import os
-import time
+import threading
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from . import events, fsio
+from . import events, fsio, layout
 
 if TYPE_CHECKING:
     from .spool import Spool
@@ -148,27 +148,46 @@ def write_textfile(path: str, text: str, mode: int = 0o644) -> None:
 
 
 class Textfile:
-    """A worker's share of keeping config metrics_textfile fresh: every metrics_interval, unless
-    another worker on this host rewrote it meanwhile."""
+    """Keeps config metrics_textfile fresh, from a thread of a worker's own (so a long job does
+    not stop it): every metrics_interval, written by one worker per host, the live one whose
+    owner token sorts first, so that the counters in the file come from one reader and only grow
+    (a file written in turn by workers that began at different times would go down and up)."""
 
-    def __init__(self, spool: Spool):
-        self.spool = spool
+    def __init__(self, root: str, owner: Callable[[], str], log: Callable[[str], None]):
+        self.root, self.owner, self.log = root, owner, log
         self.totals = Totals()
-        self.next_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def due(self, now: float) -> bool:
-        cfg = self.spool.config
-        return bool(cfg.metrics_textfile) and now >= self.next_at
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="metrics-textfile", daemon=True)
+            self._thread.start()
 
-    def refresh(self, now: float) -> bool:
-        """Rewrite the textfile if it is older than the interval; True if this worker did."""
-        cfg = self.spool.config
-        self.next_at = now + cfg.metrics_interval
-        path = cfg.metrics_textfile
-        try:
-            if time.time() - os.stat(path).st_mtime < cfg.metrics_interval * 0.9:
-                return False  # a sibling worker did it
-        except FileNotFoundError:
-            pass
-        write_textfile(path, exposition(self.spool, self.totals))
-        return True
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        from .spool import Spool
+
+        spool = Spool(self.root, create=False)  # its own: the worker's thread has its own caches
+        failing = ""
+        while True:
+            try:
+                interval = spool.config.metrics_interval
+                path = spool.config.metrics_textfile
+                if path and self._is_writer(spool):
+                    write_textfile(path, exposition(spool, self.totals))
+                failing = ""
+            except Exception as e:  # metrics must never stop the work they measure
+                why = f"{getattr(e, 'strerror', None) or e}"
+                if why != failing:
+                    self.log(f"cannot write metrics_textfile: {why}")
+                failing, interval = why, 15.0
+            if self._stop.wait(interval):
+                return
+
+    def _is_writer(self, spool: Spool) -> bool:
+        mine, owner = layout.host_name(), self.owner()
+        here = sorted(w.owner for w in spool.workers(role="worker") if w.host == mine)
+        return bool(owner) and bool(here) and here[0] == owner

@@ -10,7 +10,8 @@ import errno
 import functools
 import os
 import re
-from typing import NamedTuple
+import stat
+from typing import BinaryIO, NamedTuple
 
 from . import fsio
 
@@ -142,16 +143,38 @@ class LastAttempt(NamedTuple):
     host: str | None = None
 
 
+def open_log(path: str) -> BinaryIO | None:
+    """A job's log for reading, or None: not there, or not a regular file (a symlink is never
+    followed, a fifo never waited on: output/ is writable by the spool's group)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        return None
+    return f
+
+
+def read_end(path: str, limit: int) -> tuple[bytes, int] | None:
+    """The last `limit` bytes of a job's log and its size; None without a (regular) log."""
+    f = open_log(path)
+    if f is None:
+        return None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - limit))
+        return f.read(limit), size
+
+
 def last_attempt(path: str) -> LastAttempt:
     """When the last attempt in a job's log began, on which host, and how long it took, from its
     marker lines near the end of the log."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - TAIL_FOR_TIMES))
-            tail = f.read(TAIL_FOR_TIMES)
-    except OSError:
+    end = read_end(path, TAIL_FOR_TIMES)
+    if end is None:
         return LastAttempt()
+    tail = end[0]
     headers = list(_pattern(_HEADER).finditer(tail))
     if not headers:
         return LastAttempt()
@@ -178,13 +201,10 @@ MARKS_TAIL = 1024 * 1024
 
 def attempts(path: str) -> list[AttemptMark]:
     """The attempts a job's log records (in its last MiB), oldest first."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - MARKS_TAIL))
-            tail = f.read(MARKS_TAIL)
-    except OSError:
+    end = read_end(path, MARKS_TAIL)
+    if end is None:
         return []
+    tail = end[0]
     headers = list(_pattern(_HEADER).finditer(tail))
     out = []
     for i, header in enumerate(headers):
@@ -200,13 +220,10 @@ def attempts(path: str) -> list[AttemptMark]:
 def read_tail(path: str, limit: int) -> tuple[str, bool] | None:
     """The last `limit` bytes of a job's log as text (undecodable bytes replaced), and whether
     anything before them was left out; None without a log."""
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, size - limit))
-            data = f.read(limit)
-    except OSError:
+    end = read_end(path, limit)
+    if end is None:
         return None
+    data, size = end
     return data.decode(errors="replace"), size > limit
 
 

@@ -9,15 +9,18 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import fsio, liveness
+from . import events, fsio, layout, liveness
 from .errors import SpoolError
 from .owners import Since
 from .sharedlisting import SharedListing
 from .spool import Spool
 from .worker import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker
+from .notify import sd_notify
 from .worklog import JobLines, Tally, text_log
 
 RESTART_WINDOW = 10.0  # seconds: a worker dying faster than this is restarted with a growing delay
+READY_WITHIN = 15.0  # seconds: READY=1 is sent once the workers registered, or after this
+READY_POLL = 0.05
 
 
 @dataclass
@@ -33,7 +36,8 @@ class Supervisor:
                  job_lines: JobLines | None = None):
         self.spool = spool
         self.job_lines = job_lines
-        self.tallies: tuple[int, int] | None = None  # a burst's pipe: each worker writes its Tally
+        self.spawned: set[int] = set()  # every worker pid it started: a burst sums up their attempts
+        self._ready_at: float | None = None  # until readiness is told (sd_notify): the latest time
         self.allow_unsafe_fs = allow_unsafe_fs
         self.queues = queues
         self.count = count
@@ -84,39 +88,42 @@ class Supervisor:
         self._heartbeat()
         if self.count > 1:
             self.shared = SharedListing.create()
-        began = time.monotonic()
-        if self.burst:
-            self.tallies = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        began, began_at = time.monotonic(), time.time()
         try:
             self._recover()
             for _ in range(self.count):
                 self._spawn()
+            if os.environ.get("NOTIFY_SOCKET"):
+                self._ready_at = time.monotonic() + READY_WITHIN
+                signal.setitimer(signal.ITIMER_REAL, READY_POLL)  # look soon, not a heartbeat from now
             while self.children:
                 self._reap_one()
         finally:
+            sd_notify("STOPPING=1")
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.spool.owners.unregister(self.token)
             if self.shared is not None:
                 self.shared.close()
-        if self.tallies is not None:
-            self.log(self._read_tallies().summary(time.monotonic() - began))
+        if self.burst:
+            self.log(self._tally(began_at).summary(time.monotonic() - began))
         return 1 if self.failed else 0
 
-    def _read_tallies(self) -> Tally:
-        """Every worker of the burst has exited: what they wrote into the pipe (a line each, under
-        PIPE_BUF, so never interleaved)."""
-        assert self.tallies is not None
-        read_end, write_end = self.tallies
-        os.close(write_end)
-        data = b""
-        try:
-            while chunk := os.read(read_end, 65536):
-                data += chunk
-        except BlockingIOError:
-            pass
-        finally:
-            os.close(read_end)
-        return Tally.sum_lines(data)
+    def _tally(self, since: float) -> Tally:
+        """The attempts its workers logged since the burst began (their owner tokens hold their pids)."""
+        host, pids = layout.host_name(), {str(pid) for pid in self.spawned}
+        facts = [f for f in events.read(self.spool.layout.dir("events"), since - 1)
+                 if f.host == host and f.claimed >= since - 1 and _pid_of(f.worker) in pids]
+        return Tally(facts)
+
+    def _announce_ready(self) -> None:
+        """Tell a service manager (sd_notify) once this start's workers have all registered, or
+        once READY_WITHIN has passed (a worker that cannot start is said in the log)."""
+        if self._ready_at is None or not os.environ.get("NOTIFY_SOCKET"):
+            return
+        mine = [w for w in self.spool.owners.workers(role="worker") if w.extra.get("supervisor") == os.getpid()]
+        if len(mine) >= self.count or time.monotonic() >= self._ready_at:
+            self._ready_at = None
+            sd_notify(f"READY=1\nSTATUS={len(mine)} of {self.count} workers running on {self.spool.root}")
 
     def _heartbeat(self, *_args: object) -> None:
         """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live
@@ -125,6 +132,9 @@ class Supervisor:
         try:
             self.spool.owners.heartbeat(self.token)
             interval = self.spool.owners.heartbeat_interval()
+            if self._ready_at is not None:
+                self._announce_ready()
+                interval = min(interval, READY_POLL) if self._ready_at is not None else interval
         except Exception:
             interval = 1.0
         signal.setitimer(signal.ITIMER_REAL, interval)
@@ -143,14 +153,13 @@ class Supervisor:
             try:
                 for signum in held:
                     signal.signal(signum, signal.SIG_DFL)
+                os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to the service manager, not its jobs
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
                                 allow_unsafe_fs=self.allow_unsafe_fs, since=self.since, shared=self.shared,
                                 queues=self.queues, job_lines=self.job_lines)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
-                if self.tallies is not None:
-                    os.write(self.tallies[1], worker.tally.to_line())
             except CannotStart as e:
                 self._log(f"worker {os.getpid()}: cannot start: {e}")
                 code = EXIT_CANNOT_START
@@ -163,6 +172,7 @@ class Supervisor:
             finally:
                 os._exit(code)
         self.children[pid] = Child(pid, time.monotonic())
+        self.spawned.add(pid)
 
     def _reap_one(self) -> None:
         try:
@@ -226,6 +236,12 @@ class Supervisor:
                 self.log(str(recovered))
         except (OSError, SpoolError) as e:  # LostOwnership: another rescuer fenced this one
             self.log(f"recovery failed: {e}")
+
+
+def _pid_of(owner: str) -> str:
+    """The pid in an owner token (<host>-<pid>-<random>), or ''."""
+    parts = owner.rsplit("-", 2)
+    return parts[1] if len(parts) == 3 else ""
 
 
 def _signal(pid: int, signum: int) -> None:

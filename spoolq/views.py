@@ -273,6 +273,49 @@ class Views:
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         return self.counter.ready_since(now)
 
+    def some_queues(self, prefix: str, limit: int, scan: int) -> list[str]:
+        """Up to `limit` queue names starting with `prefix`, from the names of at most `scan`
+        pending jobs (shell completion)."""
+        found = {job.DEFAULT_QUEUE} if job.DEFAULT_QUEUE.startswith(prefix) else set()
+        for name in self._scan(self._waiting_dirs(), scan):
+            parsed = layout.parse_pending(name)
+            if parsed is not None and parsed.queue.startswith(prefix):
+                found.add(parsed.queue)
+        return sorted(found)[:limit]
+
+    def _waiting_dirs(self) -> list[str]:
+        pending = self.layout.pending
+        return [pending, *(os.path.join(pending, e) for e in fsio.listdir(pending) if shards.is_shard(e))]
+
+    @staticmethod
+    def _scan(directories: list[str], scan: int) -> Iterator[str]:
+        """The names in `directories`, at most `scan` of them in all."""
+        for directory in directories:
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in entries:
+                        scan -= 1
+                        if scan < 0:
+                            return
+                        yield entry.name
+            except OSError:
+                continue
+
+    def some_ids(self, prefix: str, limit: int, scan: int) -> list[str]:
+        """Up to `limit` job ids starting with `prefix`, from at most `scan` directory entries
+        (shell completion: never a listing of 100,000 names)."""
+        found: list[str] = []
+        dirs = [*self._waiting_dirs(), self.layout.dir("waiting"), self.layout.done, self.layout.dead,
+                *(self.layout.owned(o) for o in fsio.listdir(self.layout.processing))]
+        for name in self._scan(dirs, scan):
+            parsed = layout.parse_pending(name)
+            job_id = parsed.job_id if parsed else layout.stem(name)
+            if name.endswith(".json") and job.valid_id(job_id) and job_id.startswith(prefix):
+                found.append(job_id)
+                if len(found) >= limit:
+                    break
+        return sorted(found)
+
     def pending_entries(self) -> list[str]:
         """Every entry in pending/ and its shards: canonical and dropped alike (the worker's index
         filters)."""

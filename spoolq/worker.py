@@ -20,7 +20,7 @@ from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
 from .transitions import Adopted, Claimed
-from .worklog import JobLines, Tally, text_log as stderr_log
+from .worklog import JobLines, text_log as stderr_log
 
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
@@ -68,9 +68,8 @@ class Worker:
                  job_lines: JobLines | None = None):
         self.spool = spool
         self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
-        self.tally = Tally()
         self.events: events.EventLog | None = None  # opened at registration
-        self.duties = Duties(spool, self.log)  # schedules, retention, the metrics textfile
+        self.duties = Duties(spool, self.log, lambda: self.owner)  # schedules, retention, the metrics textfile
         self.hooks = Hooks(spool, self.log)  # config on_done, on_dead, on_failure
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
@@ -142,6 +141,7 @@ class Worker:
         try:
             self._loop()
         finally:
+            self.duties.stop()
             self.heartbeat.stop()
             self.group.close()
             if self.events is not None:
@@ -149,7 +149,9 @@ class Worker:
             self._wake.close()
             self.spool.owners.unregister(self.owner)
         self.hooks.wait()
-        self.log(f"stopped ({self.rescans.summary()})")
+        dropped = f"; {self.job_lines.dropped} job lines dropped: stderr was not read" if self.job_lines and \
+            self.job_lines.dropped else ""
+        self.log(f"stopped ({self.rescans.summary()}{dropped})")
         if self.unsafe:
             return EXIT_UNSAFE
         return EXIT_SIGNALLED if self.signals else 0
@@ -344,7 +346,6 @@ class Worker:
         fact = attempt.fact(claimed, outcome, moved, self.host, self.owner, claimed_at, finished_at)
         if self.events is not None:
             self.events.record(fact)
-        self.tally.add(fact)
         if self.job_lines:
             self.job_lines.finished(fact)
         if moved is not None:

@@ -5,6 +5,7 @@ for a journal or a log shipper). Never fails its caller: a closed stderr loses t
 from __future__ import annotations
 
 import json
+import select
 import sys
 import time
 
@@ -15,6 +16,8 @@ FORMATS = ("text", "json")
 
 
 def write_line(line: str) -> None:
+    if sys.stderr is None:  # started with stderr closed (2>&-): the line is lost, nothing else
+        return
     try:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
@@ -34,18 +37,25 @@ LOGS = {"text": text_log, "json": json_log}
 
 
 class JobLines:
-    """One line when a worker claims a job and one when the attempt is recorded."""
+    """One line when a worker claims a job and one when the attempt is recorded. They are
+    dropped, never waited for, while stderr cannot take them (a pipe nobody reads): the attempts
+    log has every attempt, and a worker must not stop working because nobody listens."""
 
     def __init__(self, fmt: str = "text"):
         self.json = fmt == "json"
+        self.dropped = 0
 
     def claimed(self, worker: str, job_id: str, attempt: int) -> None:
+        if not self._writable():
+            return
         if self.json:
             self._json(event="claimed", worker=worker, id=job_id, attempt=attempt)
         else:
             write_line(f"{iso(time.time())} worker {worker}: job {job_id} attempt {attempt} claimed")
 
     def finished(self, fact: Fact) -> None:
+        if not self._writable():
+            return
         if self.json:
             self._json(event="finished", worker=fact.worker, id=fact.id, attempt=fact.attempt,
                        exit_code=fact.exit_code, duration=round(fact.run_seconds, 3), outcome=fact.outcome,
@@ -55,36 +65,30 @@ class JobLines:
         write_line(f"{iso(time.time())} worker {fact.worker}: job {fact.id} attempt {fact.attempt} finished: "
                    f"{how} in {fact.run_seconds:.3f}s ({fact.outcome})")
 
+    def _writable(self) -> bool:
+        try:
+            ready = bool(select.select([], [sys.stderr.fileno()], [], 0)[1])
+        except (AttributeError, OSError, ValueError):  # no stderr, or one without a descriptor
+            ready = False
+        self.dropped += not ready
+        return ready
+
     def _json(self, **fields: object) -> None:
         write_line(json.dumps({"time": iso(time.time()), **fields}, ensure_ascii=False))
 
 
 class Tally:
-    """A worker's count of the attempts it ran, for a burst's summary line."""
+    """What a burst did, from the attempts its workers logged: jobs run, how many ended done, and
+    the attempts that failed (a worker killed mid-burst still counts: its lines were written)."""
 
-    def __init__(self) -> None:
-        self.ok = self.failed = 0
-
-    def add(self, fact: Fact) -> None:
-        if fact.outcome == "done":
-            self.ok += 1
-        else:
-            self.failed += 1
-
-    def to_line(self) -> bytes:
-        return f"{self.ok} {self.failed}\n".encode()
-
-    @staticmethod
-    def sum_lines(data: bytes) -> Tally:
-        total = Tally()
-        for line in data.decode(errors="replace").splitlines():
-            parts = line.split()
-            if len(parts) == 2 and all(p.isdigit() for p in parts):
-                total.ok += int(parts[0])
-                total.failed += int(parts[1])
-        return total
+    def __init__(self, facts: list[Fact]):
+        self.jobs = len({f.id for f in facts})
+        self.ok = sum(f.outcome == "done" for f in facts)
+        self.failed = sum(f.outcome in ("retry", "dead") for f in facts)
+        self.attempts = len(facts)
 
     def summary(self, elapsed: float) -> str:
-        jobs = self.ok + self.failed
-        rate = jobs / elapsed if elapsed > 0 else 0.0
-        return f"burst finished: {jobs} jobs, {self.ok} ok, {self.failed} failed in {elapsed:.2f}s ({rate:.1f} jobs/s)"
+        rate = self.jobs / elapsed if elapsed > 0 else 0.0
+        return (f"burst finished: {self.jobs} job{'s' if self.jobs != 1 else ''} in {self.attempts} "
+                f"attempt{'s' if self.attempts != 1 else ''}, {self.ok} ok, {self.failed} failed, "
+                f"in {elapsed:.2f}s ({rate:.1f} jobs/s)")

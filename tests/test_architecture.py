@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 # Lower ranks never import higher ones or their equals (cli is the top; nothing but __main__
 # imports it). Reading a spool (views) never imports the write side (transitions, recovery).
 RANK = {
-    "errors": 0, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2,
+    "errors": 0, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "notify": 2,
     "fsio": 3, "retry": 3, "liveness": 3, "runner": 3, "watch": 3, "index": 3, "filesystem": 3,
     "locks": 4, "output": 4, "shards": 4, "events": 4,
     "config": 5, "trust": 5, "stats": 5, "worklog": 5,
@@ -27,7 +27,7 @@ RANK = {
     "fsck.report": 14, "fsck.jobs": 15, "fsck.housekeeping": 16, "fsck": 17,
     "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "schedules": 14, "retention": 14, "hooks": 14, "duties": 14.5, "worker": 15, "supervisor": 16,
     "web.charts": 16, "web": 17,
-    "cli.base": 18, "cli.live": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
+    "cli.base": 18, "cli.live": 18.5, "cli.complete": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
     "cli.steering": 19, "cli.observing": 19, "cli.dashboard": 19,
     "cli.scheduling": 19,
     "cli": 20, "__main__": 21, "__init__": 21,

@@ -314,13 +314,14 @@ def test_a_foreground_worker_says_each_job_claimed_and_finished_and_a_burst_sums
     assert re.search(r"job good attempt 1 claimed$", err, re.M)
     assert re.search(r"job good attempt 1 finished: exit 0 in [0-9.]+s \(done\)$", err, re.M)
     assert re.search(r"job bad attempt 1 finished: exit 4 in [0-9.]+s \(dead\)$", err, re.M)
-    assert re.search(r"burst finished: 2 jobs, 1 ok, 1 failed in [0-9.]+s \([0-9.]+ jobs/s\)$", err, re.M)
+    assert re.search(r"burst finished: 2 jobs in 2 attempts, 1 ok, 1 failed, in [0-9.]+s \([0-9.]+ jobs/s\)$",
+                     err, re.M)
 
 
 def test_quiet_silences_the_job_lines_and_json_makes_every_line_an_object(spool):
     spool.enqueue({"command": "true", "id": "q"})
     quiet = spoolq(spool.root, "worker", "start", "--burst", "--quiet")
-    assert quiet.returncode == 0 and "job q" not in quiet.stderr and "burst finished: 1 jobs" in quiet.stderr
+    assert quiet.returncode == 0 and "job q" not in quiet.stderr and "burst finished: 1 job in 1 attempt" in quiet.stderr
     spool.enqueue({"command": "true", "id": "j"})
     loud = spoolq(spool.root, "worker", "start", "--burst", "--log-format", "json")
     objects = [json.loads(line) for line in loud.stderr.splitlines()]

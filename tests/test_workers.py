@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import time
 from collections import Counter
@@ -41,24 +40,6 @@ def cpu_seconds(pid: int) -> float:
         data = f.read()
     fields = data[data.rfind(b")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def read_until(proc, needle: bytes, timeout: float = 10) -> bytes:
-    """Read the workers' combined output until `needle` appears (an event, not a sleep)."""
-    buf = b""
-    fd = proc.stdout.fileno()
-    deadline = time.monotonic() + timeout
-    while needle not in buf:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{needle!r} not seen within {timeout}s; got {buf[-2000:]!r}")
-        ready, _, _ = select.select([fd], [], [], left)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"output ended before {needle!r}; got {buf[-2000:]!r}")
-            buf += chunk
-    return buf
 
 
 def state(spool: Spool, job_id: str) -> str | None:
@@ -304,7 +285,7 @@ def test_sigterm_lets_the_running_job_finish(spool, workers, tmp_path):
     try:
         wait_for(started.exists, 10, "the job to start")
         w.proc.send_signal(signal.SIGTERM)
-        read_until(w.proc, b"SIGTERM")
+        wait_for(lambda: "SIGTERM" in w.output, 10, "the supervisor to say it got SIGTERM")
         assert w.proc.poll() is None, "the worker waits for its job"
         assert state(spool, "g") == "processing"
     finally:

@@ -9,6 +9,7 @@ import sys
 import click
 
 from ..config import check_key, parse_value
+from .complete import job_ids
 from .base import (Context, Float, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
                    print_views, report_each,
                    warn_about_config)
@@ -37,7 +38,7 @@ def dlq_list(c: Context, as_json: bool) -> None:
 
 
 @dlq.command("retry")
-@click.argument("job_ids", metavar="ID...", nargs=-1)
+@click.argument("job_ids", metavar="ID...", nargs=-1, shell_complete=job_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
 @pass_ctx
 def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool) -> None:
@@ -88,7 +89,7 @@ def config_set(c: Context, key: str, value: str) -> None:
 
 
 @main.command()
-@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
 @click.option("--state", type=click.Choice(("done", "dead")), help="Finished jobs of this state (default: done).")
 @click.option("--older-than", type=Float(0), help="Only jobs finished S seconds ago.")
 @json_option

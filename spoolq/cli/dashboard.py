@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from .base import CliError, Context, main, pass_ctx
@@ -12,7 +14,7 @@ LOCAL = ("127.0.0.1", "localhost", "::1")
 def bind_address(text: str) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 or not host:
         raise click.BadParameter(f"{text!r} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
     return host.strip("[]"), int(port)
 

@@ -17,6 +17,7 @@ import click
 from ..errors import InvalidJob, JobExists
 from ..job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
+from .complete import job_ids, queue_names
 from .base import CliError, Context, Float, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -101,8 +102,9 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
 @click.option("--shell", is_flag=True, default=None,
               help="Always run the command with /bin/sh -c (else a plain one runs directly).")
-@click.option("--queue", help="The queue the job belongs to (default: default).")
-@click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).")
+@click.option("--queue", help="The queue the job belongs to (default: default).", shell_complete=queue_names)
+@click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).",
+              shell_complete=job_ids)
 @click.option("--if-absent", is_flag=True,
               help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option

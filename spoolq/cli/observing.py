@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..stats import Series, Stats
+from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
@@ -13,7 +14,7 @@ LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 @main.command()
 @click.option("--since", "window", type=Duration(), default="1h", show_default=True,
               help="The window: seconds, or 30m, 6h, 7d.")
-@click.option("--queue", "queue_name", metavar="Q", help="One queue's figures only.")
+@click.option("--queue", "queue_name", metavar="Q", help="One queue's figures only.", shell_complete=queue_names)
 @json_option
 @pass_ctx
 def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> None:

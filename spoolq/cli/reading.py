@@ -14,13 +14,14 @@ from ..errors import WaitTimeout
 from ..layout import STATES
 from ..spool import Spool
 from .live import ProgressBar, watch_status
+from .complete import job_ids
 from .base import (paused_text, paused_value, CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
                    print_views)
 
 
 @main.command()
 @click.option("--watch", is_flag=True, help="Redraw counts, rates and running jobs until Ctrl+C.")
-@click.option("--interval", type=Float(0.1), default=2.0, show_default=True, metavar="S",
+@click.option("--interval", type=Float(0.1, 3600), default=2.0, show_default=True, metavar="S",
               help="With --watch: seconds between redraws.")
 @json_option
 @pass_ctx
@@ -50,7 +51,7 @@ SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=job_ids)
 @json_option
 @pass_ctx
 def show(c: Context, job_id: str, as_json: bool) -> None:
@@ -74,7 +75,7 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("job_id", metavar="ID")
+@click.argument("job_id", metavar="ID", shell_complete=job_ids)
 @click.option("-f", "--follow", is_flag=True,
               help="Print output as it is written until the job is finished; exit as `wait` would.")
 @pass_ctx
@@ -105,22 +106,22 @@ def _follow(spool: Spool, job_id: str) -> None:
 
 def _copy_output(path: str, offset: int) -> int | None:
     """Copy the log from `offset` to stdout; the offset reached, or None if there is no log."""
-    try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < offset:
-                offset = 0  # purged and begun again
-            f.seek(offset)
-            while chunk := f.read(65536):
-                sys.stdout.buffer.write(chunk)
-                offset += len(chunk)
-            sys.stdout.flush()
-    except FileNotFoundError:
+    f = output.open_log(path)  # never through a symlink, never waiting on a fifo
+    if f is None:
         return None
+    with f:
+        if os.fstat(f.fileno()).st_size < offset:
+            offset = 0  # purged and begun again
+        f.seek(offset)
+        while chunk := f.read(65536):
+            sys.stdout.buffer.write(chunk)
+            offset += len(chunk)
+        sys.stdout.flush()
     return offset
 
 
 @main.command()
-@click.argument("job_ids", metavar="[ID]...", nargs=-1)
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
 @click.option("--timeout", type=Float(0), help="Give up after S seconds (exit 124).")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on stderr (default: when stderr is a terminal; never on a pipe).")

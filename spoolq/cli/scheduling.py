@@ -10,6 +10,7 @@ import click
 
 from ..job import iso, parse_json_object
 from ..schedules import CATCH_UP, Schedule, Schedules, check_name, expression
+from .complete import queue_names, schedule_names
 from .base import Context, Float, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
 
@@ -29,7 +30,7 @@ def schedule() -> None:
 @click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
 @click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
-@click.option("--queue", help="The queue its jobs belong to.")
+@click.option("--queue", help="The queue its jobs belong to.", shell_complete=queue_names)
 @click.option("--shell", is_flag=True, default=None, help="Always run the command with /bin/sh -c.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
 @json_option
@@ -74,7 +75,7 @@ def schedule_list(c: Context, as_json: bool) -> None:
 
 
 @schedule.command("show")
-@click.argument("name")
+@click.argument("name", shell_complete=schedule_names)
 @json_option
 @pass_ctx
 def schedule_show(c: Context, name: str, as_json: bool) -> None:
@@ -84,7 +85,7 @@ def schedule_show(c: Context, name: str, as_json: bool) -> None:
 
 
 @schedule.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=schedule_names)
 @pass_ctx
 def schedule_rm(c: Context, name: str) -> None:
     """Remove a schedule (the jobs it fired stay)."""
@@ -93,7 +94,7 @@ def schedule_rm(c: Context, name: str) -> None:
 
 
 @schedule.command("pause")
-@click.argument("name")
+@click.argument("name", shell_complete=schedule_names)
 @pass_ctx
 def schedule_pause(c: Context, name: str) -> None:
     """Fire no slot of it until it is resumed (slots passed meanwhile are not fired)."""
@@ -102,7 +103,7 @@ def schedule_pause(c: Context, name: str) -> None:
 
 
 @schedule.command("resume")
-@click.argument("name")
+@click.argument("name", shell_complete=schedule_names)
 @pass_ctx
 def schedule_resume(c: Context, name: str) -> None:
     """Fire its slots again, from the next one."""

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from .complete import job_ids, queue_names
 from .base import (Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value,
                    queue_set, report_each)
 
@@ -20,7 +21,7 @@ def _say(names: frozenset[str], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queue", help="Pause only this queue.")
+@click.option("--queue", help="Pause only this queue.", shell_complete=queue_names)
 @json_option
 @pass_ctx
 def pause(c: Context, queue: str | None, as_json: bool) -> None:
@@ -30,7 +31,8 @@ def pause(c: Context, queue: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queue", help="Resume only this queue (it stays paused while the whole spool is).")
+@click.option("--queue", help="Resume only this queue (it stays paused while the whole spool is).",
+              shell_complete=queue_names)
 @json_option
 @pass_ctx
 def resume(c: Context, queue: str | None, as_json: bool) -> None:
@@ -57,7 +59,7 @@ _SAID = {
 
 
 @main.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=job_ids)
 @click.option("--kill", is_flag=True, help="Also kill running jobs: their worker, on any host, kills the job.")
 @json_option
 @pass_ctx
@@ -78,7 +80,7 @@ def cancel(c: Context, job_ids: tuple[str, ...], kill: bool, as_json: bool) -> N
 
 
 @main.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=job_ids)
 @json_option
 @pass_ctx
 def requeue(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
@@ -118,7 +120,7 @@ def queue_list(c: Context, as_json: bool) -> None:
 
 
 @queue.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=queue_names)
 @click.option("--concurrency", type=Int(0, 10_000), required=True,
               help="At most N jobs of the queue run at once, on all hosts together; 0 removes the limit.")
 @pass_ctx

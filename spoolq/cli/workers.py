@@ -10,6 +10,7 @@ import click
 
 from ..job import iso
 from ..liveness import alive, started_at
+from . import complete
 from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx, queue_set
 
 
@@ -24,7 +25,7 @@ def worker() -> None:
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
               help="Start even where the file system's caches make leases unsafe across hosts.")
-@click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]",
+@click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]", shell_complete=complete.queue_names,
               help="Take jobs only from these queues (default: every queue).")
 @click.option("-q", "--quiet", is_flag=True, help="No line per job claimed and finished (foreground only).")
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,

@@ -9,16 +9,20 @@ Actions are POSTs carrying a per-process CSRF token, refused with --read-only.
 
 from __future__ import annotations
 
+import codecs
 import hmac
+import re
 import secrets
 import socket
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
 
 from .. import output
+from ..census import Counts
 from ..errors import JobNotFound, SpoolError
 from ..job import iso, valid_id, valid_queue
 from ..layout import STATES
@@ -53,10 +57,13 @@ class Board:
         running = [_running(view, now) for view in spool.list_jobs(state="processing")]
         workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
                     "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
-                    "queues": w.extra.get("queues")}
+                    "queues": _names(w.extra.get("queues"))}
                    for w in sorted(spool.workers(role="worker"), key=lambda w: (w.host, w.pid))]
-        return {"now": iso(now), "counts": census.totals.to_dict(),
-                "queues": {q: c.to_dict() for q, c in census.queues.items()}, "paused": sorted(spool.paused()),
+        paused = spool.paused()
+        queues = {q: c.to_dict() for q, c in census.queues.items()}
+        for name in sorted(paused - {"*"} - set(queues)):  # paused and empty: shown, so it can be resumed
+            queues[name] = Counts().to_dict()
+        return {"now": iso(now), "counts": census.totals.to_dict(), "queues": queues, "paused": sorted(paused),
                 "hour": hour.to_dict(), "day": {"series": day.to_dict(), "finished": sum(day.finished),
                                                 "failed_attempts": sum(day.failed)},
                 "running": running, "workers": workers, "_charts": (hour.series, day)}
@@ -97,35 +104,51 @@ class Board:
         return d
 
 
+def _names(value: Any) -> list[str] | None:
+    """A registration's queue list as a list of strings (the file is anyone's in the group)."""
+    return [str(v) for v in value] if isinstance(value, list) else None
+
+
 def _running(view: Any, now: float) -> dict[str, Any]:
     started = view.last_attempt.started
     return {"id": view.id, "command": view.job.command if view.job else None, "worker": view.owner,
             "host": view.last_attempt.host, "elapsed": round(now - started, 1) if started else None}
 
 
-def create_app(spool: Spool, *, read_only: bool = False, token: str | None = None) -> Flask:
+LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def create_app(spool: Spool, *, read_only: bool = False, token: str | None = None,
+               bind_host: str = "127.0.0.1") -> Flask:
     app = Flask(__name__)
     app.secret_key = secrets.token_bytes(32)  # this process's: its CSRF tokens and session cookies
     app.config.update(SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True)
     board = Board(spool, read_only=read_only)
     app.extensions["spoolq"] = board
-    _guard(app, token)
+    # Without a token, a dashboard on this host's loopback answers only to its loopback names: a
+    # page elsewhere whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets nothing.
+    _guard(app, token, LOCAL_NAMES if token is None and bind_host in LOCAL_NAMES else None)
     _pages(app, board)
     _api(app, board)
     _actions(app, board)
     return app
 
 
-def _guard(app: Flask, token: str | None) -> None:
-    """--token on every request; headers that keep a page from being framed or run others' scripts."""
+def _guard(app: Flask, token: str | None, hosts: frozenset[str] | None) -> None:
+    """--token on every request; the Host it was asked by (`hosts`, when given); headers that keep
+    a page from being framed or run others' scripts."""
 
     @app.before_request
     def check_token() -> Response | None:
+        if hosts is not None and urllib.parse.urlsplit("//" + request.host).hostname not in hosts:
+            return Response("this dashboard answers only to the names of this host's loopback\n", 421,
+                            {"Content-Type": "text/plain; charset=utf-8"})
         if not token:
             return None
-        given = (request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-                 or request.args.get("token") or request.cookies.get("spoolq_token") or "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        bearer = request.headers.get("Authorization", "")
+        given = [bearer[len("Bearer "):].strip() if bearer.startswith("Bearer ") else "",
+                 request.args.get("token", ""), request.cookies.get("spoolq_token", "")]
+        if not any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g):
             return Response("a token is needed (--token): ?token=… once, or Authorization: Bearer …\n", 401,
                             {"Content-Type": "text/plain; charset=utf-8"})
         return None
@@ -209,7 +232,7 @@ def _actions(app: Flask, board: Board) -> None:
         if board.read_only:
             abort(403)
         given = request.form.get("csrf", "")
-        if not given or not hmac.compare_digest(given, session.get("csrf", "")):
+        if not given or not hmac.compare_digest(given.encode(), str(session.get("csrf", "")).encode()):
             abort(400, "a stale or missing form token: reload the page")
 
     @app.post("/job/<job_id>/<action>")
@@ -248,19 +271,27 @@ def _act(spool: Spool, action: str, job_id: str) -> str:
 
 
 def _log_from(path: str, offset_text: str) -> Response:
-    """The job's log from `offset` (at most LOG_CHUNK), and in X-Log-Offset where to ask next."""
-    offset = int(offset_text) if offset_text.isdigit() else 0
-    try:
-        with open(path, "rb") as f:
+    """The job's log from `offset` (at most LOG_CHUNK), and in X-Log-Offset where to ask next: a
+    character cut by the chunk's end is left for the next request, not shown broken."""
+    offset = _number(offset_text)
+    data = b""
+    f = output.open_log(path)  # never through a symlink, never waiting on a fifo
+    if f is not None:
+        with f:
             size = f.seek(0, 2)
             if offset > size:
                 offset = 0  # purged and begun again
             f.seek(offset)
             data = f.read(LOG_CHUNK)
-    except OSError:
-        data = b""
-    return Response(data.decode(errors="replace"), 200,
-                    {"Content-Type": "text/plain; charset=utf-8", "X-Log-Offset": str(offset + len(data))})
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = decoder.decode(data, final=False)
+    used = len(data) - len(decoder.getstate()[0])
+    return Response(text, 200, {"Content-Type": "text/plain; charset=utf-8", "X-Log-Offset": str(offset + used)})
+
+
+def _number(text: str, at_most: int = 10**15) -> int:
+    """A query's count (digits 0-9 only: '²' is a digit to str.isdigit), 0 when it is not one."""
+    return min(int(text), at_most) if re.fullmatch(r"[0-9]{1,18}", text) else 0
 
 
 def _state(state: str) -> str:
@@ -276,8 +307,7 @@ def _job_id(job_id: str) -> str:
 
 
 def _page() -> int:
-    page = request.args.get("page", "0")
-    return min(int(page), 10**6) if page.isdigit() else 0
+    return _number(request.args.get("page", "0"), 10**6)
 
 
 def _query() -> str:
@@ -305,5 +335,6 @@ def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | No
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(128)
-        return make_server(host, port, create_app(spool, read_only=read_only, token=token), threaded=True,
+        return make_server(host, port, create_app(spool, read_only=read_only, token=token, bind_host=host),
+                           threaded=True,
                            fd=listener.fileno())  # the server takes a duplicate of it

@@ -1,0 +1,141 @@
+"""Running spoolq as a service: the systemd units (verified), readiness told to the service
+manager, the signal the units rely on (SIGTERM to the supervisor alone), and shell completion."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+
+
+def systemd_analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        if os.environ.get("SPOOLQ_REQUIRE_SYSTEMD_ANALYZE") == "1":
+            pytest.fail("systemd-analyze is required here and is not installed")
+        pytest.skip("the unit checks need systemd-analyze (Debian package systemd)")
+    return path
+
+
+def verify(unit: Path, name: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`systemd-analyze verify` of `unit` as installed under `name`, its spoolq path made this one."""
+    spoolq = Path(SPOOLQ[0]).parent / "spoolq"
+    text = unit.read_text().replace("/usr/local/bin/spoolq", str(spoolq))
+    (tmp_path / name).write_text(text)
+    return subprocess.run([systemd_analyze(), "verify", str(tmp_path / name)], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("unit, name", [("spoolq-worker@.service", "spoolq-worker@var-spool-myjobs.service"),
+                                        ("spoolq-web.service", "spoolq-web.service")])
+def test_the_units_verify_clean(unit, name, tmp_path):
+    result = verify(CONTRIB / unit, name, tmp_path)
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_worker_unit_sends_sigterm_to_the_supervisor_alone_and_waits_for_readiness(tmp_path):
+    text = (CONTRIB / "spoolq-worker@.service").read_text()
+    for line in ("Type=notify", "KillMode=mixed", "KillSignal=SIGTERM", "Restart=on-failure",
+                 "ExecStart=/usr/local/bin/spoolq --spool %f worker start"):
+        assert line in text
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    result = verify(CONTRIB / "spoolq-worker@.service", "x@y.service", broken)
+    assert result.returncode == 0  # the checker itself works here: a mistake below is found
+    (broken / "x@y.service").write_text(text.replace("KillMode=mixed", "KillMode=everything"))
+    said = subprocess.run([systemd_analyze(), "verify", str(broken / "x@y.service")], capture_output=True, text=True,
+                          timeout=60)
+    assert "kill mode" in (said.stdout + said.stderr).lower()
+
+
+def test_worker_start_tells_the_service_manager_when_its_workers_run(spool, tmp_path):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    address = str(tmp_path / "notify")
+    listener.bind(address)
+    listener.settimeout(20)
+    job = spool.enqueue({"command": 'echo "${NOTIFY_SOCKET:-unset}"'})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--count", "2"],
+                            env={**os.environ, "NOTIFY_SOCKET": address}, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        ready = listener.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and "2 of 2 workers running" in ready
+        assert len([w for w in spool.workers(role="worker") if w.extra.get("supervisor") == proc.pid]) == 2
+        wait_for(lambda: spool.find(job.id).state == "done", 10, "the job")
+        assert "unset" in open(spool.output_path(job.id)).read()  # the socket is the supervisor's, not the jobs'
+        proc.send_signal(signal.SIGTERM)
+        assert listener.recv(4096) == b"STOPPING=1"
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        listener.close()
+
+
+def test_sigterm_to_the_supervisor_alone_lets_running_jobs_finish_done(spool, tmp_path):
+    """What KillMode=mixed does on `systemctl stop`: SIGTERM to the main process only."""
+    gate = tmp_path / "gate"
+    started = tmp_path / "started"
+    job = spool.enqueue({"command": f"touch {started}; while [ ! -e {gate} ]; do sleep 0.01; done; echo finished"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--count", "2"],
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(started.exists, 15, "the job to start")
+        os.kill(proc.pid, signal.SIGTERM)  # the supervisor alone, not its process group
+        time.sleep(0.3)  # the job must go on, not be killed: a moment to show it
+        assert spool.find(job.id).state == "processing" and proc.poll() is None
+        gate.touch()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert spool.find(job.id).state == "done" and "finished" in open(spool.output_path(job.id)).read()
+
+
+# ---- shell completion ------------------------------------------------------------------------
+
+def complete(spool_dir: str, line: str) -> list[str]:
+    words = line.split(" ")
+    result = subprocess.run([*SPOOLQ], env={**os.environ, "_SPOOLQ_COMPLETE": "bash_complete", "SPOOLQ_DIR": spool_dir,
+                                            "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    return [item.split(",", 1)[1] for item in result.stdout.splitlines() if item]
+
+
+def test_completion_offers_commands_options_states_ids_queues_and_schedules(spool):
+    spool.enqueue({"command": "true", "id": "alpha-1"})
+    spool.enqueue({"command": "true", "id": "alpha-2", "queue": "mail"})
+    spool.enqueue({"command": "true", "id": "beta"})
+    subprocess.run([*SPOOLQ, "--spool", spool.root, "schedule", "add", "nightly", "@daily", "--cmd", "true"],
+                   check=True, capture_output=True, timeout=60)
+    assert complete(spool.root, "spoolq sta") == ["stats", "status"]
+    assert complete(spool.root, "spoolq list --state d") == ["done", "dead"]  # in the order of STATES
+    assert complete(spool.root, "spoolq show alp") == ["alpha-1", "alpha-2"]
+    assert complete(spool.root, "spoolq cancel be") == ["beta"]
+    assert complete(spool.root, "spoolq stats --queue ma") == ["mail"]
+    assert complete(spool.root, "spoolq schedule rm ni") == ["nightly"]
+    assert "--burst" in complete(spool.root, "spoolq worker start --b")
+
+
+def test_completion_reads_a_bounded_part_of_a_huge_spool(spool):
+    spool.enqueue_many([{"command": "true", "id": f"j{i:06d}"} for i in range(12000)])
+    started = time.monotonic()
+    offered = complete(spool.root, "spoolq show j")
+    assert len(offered) == 50 and all(o.startswith("j") for o in offered)
+    assert time.monotonic() - started < 10
+
+
+def test_completion_of_a_path_that_is_no_spool_offers_nothing(tmp_path):
+    assert complete(str(tmp_path / "nothing"), "spoolq show a") == []
+    assert not (tmp_path / "nothing").exists()
