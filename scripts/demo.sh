@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The classic flow on the embedded spool/: good and failing jobs, workers, a retry with
-# backoff landing in the dead-letter queue, a retry from the DLQ, a graceful stop.
+# backoff landing in the dead-letter queue, a retry from the DLQ, a schedule firing, a graceful
+# stop, and stats over what ran.
 source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 export SPOOLQ_DIR="$ROOT/spool"
@@ -30,6 +31,9 @@ show spoolq enqueue --cmd 'echo urgent' --id urgent --priority 10
 show spoolq enqueue '{"id": "later", "command": "date -u", "delay": 2}'
 printf '%s\n' '{"id": "batch-1", "command": "echo one"}' '{"id": "batch-2", "command": "echo two"}' \
     | show spoolq enqueue --batch -
+step "a periodic schedule: every minute, one job per slot, whichever worker gets there first"
+show spoolq schedule add tick '* * * * *' --cmd 'echo "tick $SPOOLQ_JOB_ID"'
+tick_slot="tick.$(date -u -d "@$(( ($(date +%s) / 60 + 1) * 60 ))" +%Y%m%dT%H%MZ)"
 step "a job that fails until a file exists: it will retry with backoff, then die"
 show spoolq enqueue --id flaky --cmd 'test -e "$SPOOLQ_SPOOL/demo.flag" && echo fixed || { echo "no flag yet" >&2; exit 1; }'
 show spoolq status
@@ -54,6 +58,14 @@ touch "$SPOOLQ_DIR/demo.flag"
 show spoolq dlq retry flaky
 show spoolq wait flaky --timeout 30
 show spoolq show flaky
+
+step "the schedule's next slot fires (within a minute of adding it): its job has the slot in its id"
+printf '$ until spoolq show %s >/dev/null 2>&1; do sleep 1; done   # enqueued at the minute\n' "$tick_slot"
+for _ in $(seq 75); do spoolq show "$tick_slot" >/dev/null 2>&1 && break; sleep 1; done
+show spoolq wait "$tick_slot" --timeout 30
+show spoolq schedule list
+show spoolq logs "$tick_slot"
+show spoolq schedule rm tick
 
 step "stop gracefully and show the final state, and what happened (the attempts log)"
 show spoolq worker stop --wait --timeout 30

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from .metrics import Textfile
-from .retention import Retention
+from .retention import BUSY_BATCH, IDLE_BATCH, Retention
 from .schedules import Schedules
 from .spool import Spool
 
@@ -36,9 +36,9 @@ class Duties:
         if self.retention.wanted() and now >= self.retention.next_at:
             self._retain(now)
 
-    def _retain(self, now: float) -> None:
+    def _retain(self, now: float, seconds: float = BUSY_BATCH) -> None:
         try:
-            purged = self.retention.run(now)
+            purged = self.retention.run(now, seconds=seconds)
         except Exception as e:
             self.retention.next_at = now + 60
             self.log(f"retention failed: {type(e).__name__}: {e}")
@@ -46,6 +46,14 @@ class Duties:
         if purged:
             self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
                      f"{purged.outputs} output logs")
+
+    def idle(self, now: float) -> bool:
+        """The worker has nothing ready: spend the time on retention if it is behind. True if it
+        did (the worker looks for jobs again before sleeping)."""
+        if not (self.retention.behind and self.retention.wanted()):
+            return False
+        self._retain(now, IDLE_BATCH)
+        return True
 
     def stop(self) -> None:
         self.textfile.stop()

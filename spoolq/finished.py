@@ -6,6 +6,7 @@ no worker moves them, so a rewrite in place before the move is safe here, as it 
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -118,9 +119,10 @@ class Finished:
 
     # ---- purge ---------------------------------------------------------------------------------
 
-    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, limit: int | None = None) -> int:
+    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, limit: int | None = None,
+              until: float | None = None) -> int:
         """Delete finished jobs (done or dead) and their output; frees their ids. With `limit`, at
-        most that many (retention's small batches)."""
+        most that many, and with `until`, until that time.monotonic() (retention's small batches)."""
         if state not in FINISHED:
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
@@ -141,7 +143,7 @@ class Finished:
                     continue
                 self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
-                if limit is not None and count >= limit:
+                if (limit is not None and count >= limit) or (until is not None and time.monotonic() >= until):
                     break
         return count
 

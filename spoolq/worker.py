@@ -229,7 +229,8 @@ class Worker:
                     return
                 last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
                 continue
-            self._sleep(now, last_rescan, last_recover)
+            if not self.duties.idle(now):
+                self._sleep(now, last_rescan, last_recover)
 
     def _report_config(self, problems: tuple[str, ...]) -> None:
         said = (self.spool.store.config_error, problems)

@@ -7,7 +7,7 @@ import os
 import time
 
 from spoolq import Spool, config
-from spoolq.retention import BATCH, MIN_GAP, Retention
+from spoolq.retention import MIN_GAP, Retention
 from spoolq.worker import Worker
 
 DAY = 86400.0
@@ -79,12 +79,30 @@ def test_one_worker_at_a_time_and_a_small_share_of_its_time(spool):
     assert took.next_at >= 100.0 + MIN_GAP
 
 
-def test_a_batch_purges_at_most_its_share(spool):
-    spool.enqueue_many([{"command": "true"} for _ in range(BATCH + 20)])
+def test_a_batch_stops_on_its_time_and_says_there_is_more(spool):
+    spool.enqueue_many([{"command": "true"} for _ in range(30)])
     burst(spool)
     spool.set_config("keep_done", 1)
-    assert Retention(spool).run(time.time(), fs_now=time.time() + DAY).done == BATCH
-    assert spool.counts().done == 20
+    retention = Retention(spool)
+    first = retention.run(time.time(), fs_now=time.time() + DAY, seconds=0)
+    assert (first.done, first.more, retention.behind) == (1, True, True)
+    rest = retention.run(time.time(), fs_now=time.time() + DAY)
+    assert (rest.done, rest.more, retention.behind) == (29, False, False)
+
+
+def test_an_idle_worker_purges_a_backlog_at_once_a_busy_one_takes_its_share(spool, workers):
+    spool.enqueue_many([{"command": "true"} for _ in range(3000)])
+    burst(spool)
+    spool.set_config("keep_done", 0.001)  # older than a millisecond: every one of them
+    w = workers(1)
+    from conftest import wait_for
+
+    # The first batch takes its 0.1 s; the idle worker goes on in 20 ms batches, well before the
+    # next busy batch would be due (99 x 0.1 s later).
+    wait_for(lambda: spool.counts().done == 0, 8, "the idle worker to purge the backlog")
+    job = spool.enqueue({"command": "true"}).id
+    wait_for(lambda: spool.find(job).state == "done", 5, "a job after the purge")
+    w.stop()
 
 
 def test_workers_purge_as_they_go(spool, workers):
