@@ -510,6 +510,44 @@ def observe_rows(tmp: str, n: int, repeat: int) -> list[Row]:
     return rows
 
 
+def churn_rows(tmp: str, total: int, per_round: int) -> list[Row]:
+    """`total` jobs through one spool in rounds of `per_round`, with retention on (keep_done 1 s):
+    each round's enqueue rate and drain rate (2 running workers), its first rounds against its
+    last, and the most done/ ever held."""
+    spool_dir = os.path.join(tmp, "churn")
+    cli(spool_dir, "config", "set", "keep_done", "1")
+    workers = start_workers(spool_dir, 2, "--quiet")
+    spool = Spool(spool_dir)
+    enq, drain, most_done = [], [], 0
+    try:
+        wait_until(lambda: ready_workers(spool, 2), 30, 0.01)
+        for r in range(total // per_round):
+            batch = os.path.join(tmp, "churn.jsonl")
+            with open(batch, "w") as f:
+                f.writelines('{"command": "true"}\n' for _ in range(per_round))
+            t0 = time.monotonic()
+            cli(spool_dir, "enqueue", "--batch", batch)
+            enq.append(per_round / (time.monotonic() - t0))
+            t0 = time.monotonic()
+            wait_until(lambda: (lambda c: c.pending + c.processing == 0)(spool.counts()), 600, 0.01)
+            drain.append(per_round / (time.monotonic() - t0))
+            most_done = max(most_done, count_done(spool_dir))
+            wait_until(lambda: count_done(spool_dir) < per_round // 10, 120, 0.05)  # the idle workers purge
+            progress(f"churn round {r + 1}: enqueue {enq[-1]:.0f}/s, drain {drain[-1]:.0f}/s, done/ at most {most_done}")
+    finally:
+        stop_workers(workers)
+    k = max(1, len(enq) // 5)
+    rows = [Row(f"churn: enqueue --batch of {per_round}, last {k} rounds of {total // per_round}", "jobs/s", enq[-k:],
+                f"its first {k} rounds", enq[:k], ">= 0.9 x"),
+            Row(f"churn: drain of {per_round}, 2 workers, retention on, last {k} rounds", "jobs/s", drain[-k:],
+                f"its first {k} rounds", drain[:k], ">= 0.9 x")]
+    for row in rows:
+        row.passed = row.ratio >= 0.9
+    rows[-1].notes = f"done/ held at most {most_done} jobs of {total} (keep_done 1 s)"
+    rows[-1].extra["most_done"] = most_done
+    return rows
+
+
 def timed_runs(argv: list[str], n: int, **kw) -> list[float]:
     out = []
     for _ in range(n):
@@ -533,7 +571,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
-                                   "shellcmd,plain,cli,batch,backlog,shards,hosts,lines,observe")
+                                   "shellcmd,plain,cli,batch,backlog,shards,hosts,lines,observe,churn")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -639,6 +677,9 @@ def main() -> int:
         if want("observe"):
             progress(f"stats and the dashboard with {a.big} jobs and a day of {a.big} attempts")
             rows.extend(observe_rows(tmp, a.big, a.repeat))
+        if want("churn"):
+            progress(f"churn: {a.big * 2} jobs through one spool with retention on")
+            rows.extend(churn_rows(tmp, a.big * 2, 10_000 if not a.quick else 2_000))
         if want("hosts"):
             rows.extend(multihost_rows(a.repeat, 100 if a.quick else 400))
     finally:
