@@ -256,6 +256,15 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     return row
 
 
+def spool_of_true_jobs(tmp: str, prefix: str, n: int, r: int) -> str:
+    """A new spool holding n `true` jobs, enqueued as one batch."""
+    spool_dir = tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-")
+    batch = os.path.join(tmp, f"{prefix}-{r}.jsonl")
+    write_batch(batch, n, "true")
+    cli(spool_dir, "enqueue", "--batch", batch)
+    return spool_dir
+
+
 def beside(tmp: str, n: int, repeat: int, what: str, setup: Callable[[str], None]) -> Row:
     """n `true` jobs of the default queue drained by 2 burst workers in a spool that `setup` also
     gave something else (a limited queue, jobs waiting for others), against the same without it,
@@ -263,10 +272,7 @@ def beside(tmp: str, n: int, repeat: int, what: str, setup: Callable[[str], None
     samples, refs = [], []
     for r in range(repeat):
         for other in (True, False):
-            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="beside-")
-            batch = os.path.join(tmp, f"beside-{r}.jsonl")
-            write_batch(batch, n, "true")
-            cli(spool_dir, "enqueue", "--batch", batch)
+            spool_dir = spool_of_true_jobs(tmp, "beside", n, r)
             if other:
                 setup(spool_dir)
             t0 = time.monotonic()
@@ -422,10 +428,7 @@ def job_lines_row(tmp: str, n: int, repeat: int) -> Row:
     samples, refs = [], []
     for r in range(repeat):
         for quiet in (False, True):
-            spool_dir = tempfile.mkdtemp(dir=tmp, prefix="lines-")
-            batch = os.path.join(tmp, f"lines-{r}.jsonl")
-            write_batch(batch, n, "true")
-            cli(spool_dir, "enqueue", "--batch", batch)
+            spool_dir = spool_of_true_jobs(tmp, "lines", n, r)
             with open(os.path.join(tmp, f"lines-{r}-{quiet}.log"), "w") as log:
                 t0 = time.monotonic()
                 subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst",

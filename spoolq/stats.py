@@ -183,3 +183,25 @@ class Recent:
 
     def between(self, since: float, until: float) -> Iterable[Fact]:
         return (f for f in self.facts if since <= f.finished < until)
+
+
+def human_window(seconds: float) -> str:
+    """A window as it was likely given: 1h, 30m, 7d (else in seconds)."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def human_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.3f}s"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    if value < 2 * 86400:
+        return f"{value / 3600:.1f}h"
+    return f"{value / 86400:.1f}d"

@@ -29,17 +29,22 @@ from spoolq.cli import main
 SPOOLQ = [sys.executable, "-m", "spoolq"]
 
 
-def strace_path() -> str:
-    """strace, for the crash-point sweeps and the fencing tests: skipped without it, unless
-    SPOOLQ_REQUIRE_STRACE=1 (CI) makes that a failure."""
+def required_tool(name: str, require: str, package: str) -> str:
+    """The path of a tool some tests need: they skip without it, unless the environment variable
+    `require` is 1 (CI), which makes that a failure."""
     import shutil
 
-    path = shutil.which("strace")
+    path = shutil.which(name)
     if path is None:
-        if os.environ.get("SPOOLQ_REQUIRE_STRACE") == "1":
-            pytest.fail("strace is required here (SPOOLQ_REQUIRE_STRACE=1) and is not installed")
-        pytest.skip("this test needs strace (Debian package strace; .ci/run installs it)")
+        if os.environ.get(require) == "1":
+            pytest.fail(f"{name} is required here ({require}=1) and is not installed")
+        pytest.skip(f"this test needs {name} (Debian package {package}; .ci/run installs it)")
     return path
+
+
+def strace_path() -> str:
+    """strace, for the crash-point sweeps and the fencing tests."""
+    return required_tool("strace", "SPOOLQ_REQUIRE_STRACE", "strace")
 
 
 def process_state(pid: int) -> str | None:

@@ -4,7 +4,6 @@ manager, the signal the units rely on (SIGTERM to the supervisor alone), and she
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,18 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SPOOLQ, wait_for
+from conftest import SPOOLQ, required_tool, wait_for
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 
 
 def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if os.environ.get("SPOOLQ_REQUIRE_SYSTEMD_ANALYZE") == "1":
-            pytest.fail("systemd-analyze is required here and is not installed")
-        pytest.skip("the unit checks need systemd-analyze (Debian package systemd)")
-    return path
+    return required_tool("systemd-analyze", "SPOOLQ_REQUIRE_SYSTEMD_ANALYZE", "systemd")
 
 
 def verify(unit: Path, name: str, tmp_path: Path) -> subprocess.CompletedProcess:

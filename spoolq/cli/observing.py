@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..stats import Series, Stats
+from ..stats import Series, Stats, human_seconds, human_window
 from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set
 
@@ -61,28 +61,6 @@ def bars(counts: list[int]) -> str:
     if top == 0:
         return " " * len(counts)
     return "".join(LEVELS[0] if n == 0 else LEVELS[max(1, round(n * (len(LEVELS) - 1) / top))] for n in counts)
-
-
-def human_window(seconds: float) -> str:
-    """A window as it was likely given: 1h, 30m, 7d (else in seconds)."""
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
-def human_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value < 10:
-        return f"{value:.3f}s"
-    if value < 120:
-        return f"{value:.1f}s"
-    if value < 7200:
-        return f"{value / 60:.1f}m"
-    if value < 2 * 86400:
-        return f"{value / 3600:.1f}h"
-    return f"{value / 86400:.1f}d"
 
 
 @main.command()

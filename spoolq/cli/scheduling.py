@@ -98,8 +98,7 @@ def schedule_rm(c: Context, name: str) -> None:
 @pass_ctx
 def schedule_pause(c: Context, name: str) -> None:
     """Fire no slot of it until it is resumed (slots passed meanwhile are not fired)."""
-    Schedules(c.spool).set_paused(check_name(name), True, now=time.time())
-    click.echo(f"paused schedule {name}")
+    _set_paused(c, name, True)
 
 
 @schedule.command("resume")
@@ -107,8 +106,12 @@ def schedule_pause(c: Context, name: str) -> None:
 @pass_ctx
 def schedule_resume(c: Context, name: str) -> None:
     """Fire its slots again, from the next one."""
-    Schedules(c.spool).set_paused(check_name(name), False, now=time.time())
-    click.echo(f"resumed schedule {name}")
+    _set_paused(c, name, False)
+
+
+def _set_paused(c: Context, name: str, paused: bool) -> None:
+    Schedules(c.spool).set_paused(check_name(name), paused, now=time.time())
+    click.echo(f"{'paused' if paused else 'resumed'} schedule {name}")
 
 
 def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:

@@ -28,7 +28,7 @@ from ..job import iso, valid_id, valid_queue
 from ..layout import STATES
 from ..metrics import Totals, exposition
 from ..spool import Spool
-from ..stats import Recent, Series, collect
+from ..stats import Recent, Series, collect, human_seconds
 from . import charts
 
 PAGE = 50
@@ -173,7 +173,7 @@ def _pages(app: Flask, board: Board) -> None:
         if "csrf" not in session:
             session["csrf"] = secrets.token_urlsafe(24)
         return {"csrf": session["csrf"], "read_only": board.read_only, "states": STATES,
-                "spool_root": spool.root, "human": _human}
+                "spool_root": spool.root, "human": human_seconds}
 
     @app.errorhandler(SpoolError)
     def spool_error(e: SpoolError) -> tuple[str, int]:
@@ -312,16 +312,6 @@ def _page() -> int:
 
 def _query() -> str:
     return request.args.get("q", "")[:200]
-
-
-def _human(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 10:
-        return f"{seconds:.3f}s"
-    if seconds < 120:
-        return f"{seconds:.1f}s"
-    return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
 def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | None) -> Any:
