@@ -31,6 +31,7 @@ class Finished:
         self.quarantine = quarantine
         self.waiters_of = waiters_of  # jobs still waiting for one (deps.py): it is not purged
         self.kept = 0  # by the last purge(): finished jobs others still wait for
+        self.cut_short = False  # the last purge() stopped on its limit or time: there may be more
 
     # ---- back to pending ---------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Finished:
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
         count = self.kept = 0
+        self.cut_short = False
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
             finished = dirs[state]
@@ -144,6 +146,7 @@ class Finished:
                 self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
                 if (limit is not None and count >= limit) or (until is not None and time.monotonic() >= until):
+                    self.cut_short = True
                     break
         return count
 

@@ -69,13 +69,18 @@ class Retention:
     def _batch(self, fs_now: float, until: float) -> Purged:
         cfg, finished = self.spool.config, self.spool.finished
         purged = Purged()
+        # "more" only when a batch stopped with expired jobs left: a batch that found nothing old
+        # enough is done, however long its look took (else an idle worker would list done/ again
+        # and again, for nothing).
         if cfg.keep_done:
             purged.done = finished.purge("done", older_than=cfg.keep_done, now=fs_now, limit=BATCH, until=until)
-        if cfg.keep_dead and time.monotonic() < until:
+            purged.more = finished.cut_short
+        if cfg.keep_dead and not purged.more:
             purged.dead = finished.purge("dead", older_than=cfg.keep_dead, now=fs_now, limit=BATCH, until=until)
-        if cfg.keep_output and time.monotonic() < until:
+            purged.more = finished.cut_short
+        if cfg.keep_output and not purged.more:
             purged.outputs = self._old_outputs(cfg.keep_output, fs_now)
-        purged.more = time.monotonic() >= until or BATCH in (purged.done, purged.dead, purged.outputs)
+            purged.more = purged.outputs >= BATCH
         return purged
 
     def _old_outputs(self, keep: float, fs_now: float) -> int:

@@ -116,3 +116,14 @@ def test_workers_purge_as_they_go(spool, workers):
     wait_for(lambda: not os.path.exists(os.path.join(spool.layout.done, f"{first}.json")), MIN_GAP + 15,
              "the worker to purge it")
     assert "retention purged 1 done" in w.stop()
+
+
+def test_a_batch_that_finds_nothing_old_enough_is_not_behind(spool):
+    """An idle worker goes on only while expired jobs are left: a look through young jobs that
+    takes longer than a batch's time must not make it list done/ again and again."""
+    spool.enqueue_many([{"command": "true"} for _ in range(300)])
+    burst(spool)
+    spool.set_config("keep_done", DAY)
+    retention = Retention(spool)
+    purged = retention.run(time.time(), seconds=0)  # a look longer than its time: nothing is old
+    assert (purged.done, purged.more, retention.behind) == (0, False, False)
