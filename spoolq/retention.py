@@ -28,6 +28,7 @@ BUSY_BATCH = 0.1  # seconds a batch may take while jobs wait
 IDLE_BATCH = 0.02  # seconds a batch may take in a worker's idle time
 MIN_GAP = 1.0  # seconds between a busy worker's batches, however cheap
 SHARE = 0.01  # of a busy worker's time
+LOCK_WAIT = 0.1  # seconds a worker waits for the retention lock before leaving it to its holder
 
 
 @dataclass
@@ -56,7 +57,9 @@ class Retention:
         holds the lock. Ages are judged on the file system's clock (`fs_now`, read when not given)."""
         started = time.monotonic()
         try:
-            with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=0):
+            # A moment's wait, not none: the first take on a spool makes the lock's token, and the
+            # take after a holder on this host died breaks its hold; both then take it at the next try.
+            with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=LOCK_WAIT):
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
                 purged = self._batch(fs_now, started + seconds)
         except SpoolError:

@@ -722,3 +722,78 @@ def test_a_worker_of_a_sharded_spool_killed_adopting_or_retrying_loses_nothing(t
     assert sweep(tmp_path, kind, sharded(_dropped), lambda root: [*WORKER, root], _every_dropped_job_ran) >= 1
     assert sweep(tmp_path / "failing", kind, sharded(_failing_once), lambda root: [*WORKER, root],
                  _every_failed_job_retried_once) >= 1
+
+
+# ---- retention and schedules -------------------------------------------------------------------
+
+RETAIN = [sys.executable, "-c",
+          "import sys, time; from spoolq.spool import Spool; from spoolq.retention import Retention; "
+          "Retention(Spool(sys.argv[1])).run(time.time(), fs_now=time.time() + 86400)"]
+
+
+def _finished_and_expired(root: str) -> list[str]:
+    ids = _finished(root)
+    spool = Spool(root)
+    spool.set_config("keep_done", 60)
+    spool.set_config("keep_dead", 60)
+    return ids
+
+
+def _retained_whole_and_unblocked(root: str, ids: list[str], killed: bool) -> None:
+    _purged_whole_or_not_at_all(root, ids, killed)
+    from spoolq.retention import Retention
+
+    # The lock a killed worker held on this host is broken by the next one: retention goes on.
+    assert Retention(Spool(root, create=False)).run(0.0) is not None
+
+
+@pytest.mark.parametrize("kind", ["unlink", "rename", "link", "write"])
+def test_retention_killed_at_any_point_leaves_nothing_half_done_and_no_lock_behind(tmp_path, kind):
+    sweep(tmp_path, kind, _finished_and_expired, lambda root: [*RETAIN, root], _retained_whole_and_unblocked)
+
+
+FIRE = [sys.executable, "-c",
+        "import sys; from spoolq.spool import Spool; from spoolq.schedules import Schedules; "
+        "Schedules(Spool(sys.argv[1])).fire_due(float(sys.argv[2]))"]
+SLOT = 1767225900.0  # 2026-01-01T00:05Z
+
+
+def _a_due_schedule(root: str) -> str:
+    from spoolq.schedules import Schedule, Schedules, slot_id
+
+    spool = Spool(root)
+    Schedules(spool).add(Schedule("rep", "*/5 * * * *", {"command": "true"}, created_at=SLOT - 60,
+                                  active_from=SLOT - 60))
+    return slot_id("rep", SLOT)
+
+
+def _fired_once(root: str, job_id: str, killed: bool) -> None:
+    from spoolq.schedules import Schedules
+
+    repaired_clean(root)
+    spool = Spool(root, create=False)
+    again = Schedules(spool).fire_due(SLOT + 1)  # a worker that comes after: the slot fires once in all
+    ids = [v.id for v in spool.list_jobs()]
+    assert ids == [job_id], (ids, again)
+    assert spool.find(job_id).job.command == "true"
+
+
+@pytest.mark.parametrize("kind", ["rename", "link", "write", "fsync", "unlink"])
+def test_a_schedule_fired_by_a_worker_killed_at_any_point_fires_once(tmp_path, kind):
+    sweep(tmp_path, kind, _a_due_schedule, lambda root: [*FIRE, root, str(SLOT + 0.5)], _fired_once)
+
+
+def _schedule_whole_or_absent(root: str, _made: None, killed: bool) -> None:
+    repaired_clean(root)
+    r = cli(root, "schedule", "list", "--json")
+    assert r.returncode == 0, r.stderr
+    listed = json.loads(r.stdout)
+    assert len(listed) <= 1 and all(s["cron"] == "@hourly" for s in listed)
+    if not killed:
+        assert [s["name"] for s in listed] == ["nightly"]
+
+
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "unlink"])
+def test_schedule_add_killed_at_any_point_is_whole_or_absent(tmp_path, kind):
+    sweep(tmp_path, kind, _a_spool, lambda root: [*SPOOLQ, "--spool", root, "schedule", "add", "nightly", "@hourly",
+                                                  "--cmd", "true"], _schedule_whole_or_absent)
