@@ -335,7 +335,7 @@ def test_quiet_silences_the_job_lines_and_json_makes_every_line_an_object(spool)
 def test_status_watch_prints_a_block_per_interval_and_ctrl_c_ends_it(spool):
     spool.enqueue({"command": "true"})
     proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "status", "--watch", "--interval", "0.2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_works)
     seen = b""
     deadline = time.monotonic() + 20
     while seen.count(b"pending 1 ") < 2 and time.monotonic() < deadline:
@@ -345,6 +345,13 @@ def test_status_watch_prints_a_block_per_interval_and_ctrl_c_ends_it(spool):
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and err == b""
     assert seen.count(b"pending 1 ") >= 2 and b"\x1b[" not in seen + out and b"no job running" in seen
+
+
+def ctrl_c_works() -> None:
+    """In the command's child: SIGINT at its default. A shell starts a background job (a CI run,
+    `cmd &`) with SIGINT ignored, and Python keeps an ignored SIGINT ignored: Ctrl+C would then
+    mean nothing to it, as to any program started that way."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_pty(master: int, until: bytes, timeout: float = 20) -> bytes:
@@ -363,7 +370,7 @@ def test_status_watch_redraws_in_place_on_a_terminal(spool):
     spool.enqueue({"command": "true"})
     master, slave = pty.openpty()
     proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "status", "--watch", "--interval", "0.2"],
-                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL)
+                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, preexec_fn=ctrl_c_works)
     os.close(slave)
     try:
         seen = read_pty(master, b"pending 1 ")
@@ -371,9 +378,11 @@ def test_status_watch_redraws_in_place_on_a_terminal(spool):
         assert seen.count(b"\x1b[H\x1b[2J") >= 1 and b"pending 1 " in seen
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            read_pty(master, b"\0", 0.2)  # drained meanwhile: a full terminal would hold its last redraw
         os.close(master)
-    assert proc.returncode == 0
+    assert proc.wait(timeout=5) == 0
 
 
 def test_wait_draws_a_progress_bar_on_a_terminal_and_never_on_a_pipe(spool):

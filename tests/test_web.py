@@ -19,7 +19,7 @@ import pytest
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
 from spoolq.worker import Worker
-from test_observing import parse_exposition, promtool_check
+from test_observing import ctrl_c_works, parse_exposition, promtool_check
 
 pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")
 
@@ -43,7 +43,8 @@ class Dashboard:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "web", "--bind", self.bind, *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+                                     env={**os.environ, **(env or {})}, start_new_session=True,
+                                     preexec_fn=ctrl_c_works)
         wait_for(self._answers, 20, "the dashboard to answer")
 
     def _answers(self) -> bool:
