@@ -23,6 +23,8 @@ class Duties:
         self.schedules = Schedules(spool)
         self.retention = Retention(spool)
         self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
+        self.due_at = 0.0  # the next slot of any schedule
+        self.seen: tuple[int, int] | None = None  # schedules/ as it was at the last full look
 
     @property
     def next_at(self) -> float:
@@ -62,6 +64,9 @@ class Duties:
         self.fire_at = now + SCHEDULE_RECHECK
         if self.spool.config.metrics_textfile:
             self.textfile.start()  # once; from then on it follows the settings itself
+        if now < self.due_at and self.schedules.stamp() == self.seen:
+            self.fire_at = min(self.fire_at, self.due_at)  # nothing due, nothing changed: one stat
+            return
         try:
             for fired in self.schedules.fire_due(now):
                 if fired.skipped:
@@ -72,5 +77,6 @@ class Duties:
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return
-        if due is not None:
-            self.fire_at = min(self.fire_at, due)
+        self.seen = self.schedules.stamp()  # after its own .last writes
+        self.due_at = float("inf") if due is None else due
+        self.fire_at = min(self.fire_at, self.due_at)

@@ -188,12 +188,19 @@ class Schedules:
             self.spool.store.publish(self._path(name), schedule.to_json())
         return schedule
 
-    def all(self) -> list[Schedule]:
-        """Every readable schedule, by name (cached while the directory is unchanged)."""
+    def stamp(self) -> tuple[int, int] | None:
+        """What changes when a schedule is added, changed, removed or fired (all by rename or
+        unlink in the directory): one stat."""
         try:
             st = os.stat(self.directory)
-            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
         except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def all(self) -> list[Schedule]:
+        """Every readable schedule, by name (cached while the directory is unchanged)."""
+        stamp = self.stamp()
+        if stamp is None:
             return []
         if stamp == self._cache[0]:
             return self._cache[1]

@@ -209,3 +209,21 @@ def test_a_running_worker_fires_a_slot_at_its_time_across_a_real_minute(spool, w
     assert json.loads(subprocess.run([*SPOOLQ, "--spool", spool.root, "schedule", "show", "tick", "--json"],
                                      capture_output=True, text=True, timeout=60).stdout)["last_job"] == expected
     w.stop()
+
+
+def test_a_worker_looks_again_only_when_a_slot_is_due_or_a_schedule_changed(spool, monkeypatch):
+    from spoolq.duties import SCHEDULE_RECHECK, Duties
+
+    add(spool, cron="0 3 * * *")  # next slot hours away
+    duties = Duties(spool, lambda _m: None, lambda: "")
+    looks = []
+    real = Schedules.fire_due
+    monkeypatch.setattr(Schedules, "fire_due", lambda self, now: looks.append(now) or real(self, now))
+    t = at("2026-01-01T00:10")
+    for k in range(5):  # every recheck: one stat, no evaluation
+        duties.run(t + k * SCHEDULE_RECHECK)
+    assert len(looks) == 1
+    Schedules(spool).add(Schedule("other", "@hourly", {"command": "true"}, created_at=t, active_from=t))
+    duties.run(t + 5 * SCHEDULE_RECHECK)  # a schedule added: looked at
+    duties.run(at("2026-01-01T01:00:01"))  # a slot due: looked at
+    assert len(looks) == 3 and job_ids(spool) == ["other.20260101T0100Z"]
