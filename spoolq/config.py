@@ -199,7 +199,8 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
         return Config(current)
 
 
-LOCKS = ("config", "dlq", "ids")  # made with the layout (locks.py); "ids": taking over a marker
+LOCKS = ("config", "dlq", "ids", "retention")  # made with the layout (locks.py): a full disk cannot stop them
+# ("ids": taking over a marker; "retention": one worker at a time purges what is no longer kept)
 
 
 def locked(layout: Layout, name: str, *, mode: int, timeout: float = 30.0) -> ContextManager[None]:

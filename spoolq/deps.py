@@ -43,7 +43,8 @@ class Dependencies:
         return [dep for dep in job.after if self.state_of(dep) != "done"]
 
     def make_edges(self, job: Job, deps: list[str]) -> None:
-        """The edges that wake `job` when each of `deps` finishes: before the job is published."""
+        """The edges that wake `job` when each of `deps` finishes, before the job is published;
+        one for a dep already done too, so that purge (and retention) keep it while `job` waits."""
         for dep in deps:
             directory = os.path.join(self.edges, dep)
             for _ in range(5):  # RACE: a judge may remove an emptied edge directory meanwhile

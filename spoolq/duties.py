@@ -41,8 +41,8 @@ class Duties:
     def _retain(self, now: float, seconds: float = BUSY_BATCH) -> None:
         try:
             purged = self.retention.run(now, seconds=seconds)
-        except Exception as e:
-            self.retention.next_at = now + 60
+        except Exception as e:  # a file nobody foresaw: said, and tried again a minute later
+            self.retention.next_at, self.retention.behind = now + 60, False
             self.log(f"retention failed: {type(e).__name__}: {e}")
             return
         if purged:
@@ -67,9 +67,12 @@ class Duties:
         if now < self.due_at and self.schedules.stamp() == self.seen:
             self.fire_at = min(self.fire_at, self.due_at)  # nothing due, nothing changed: one stat
             return
+        seen = self.schedules.stamp()  # before the look: a change made during it is looked at next time
         try:
             for fired in self.schedules.fire_due(now):
-                if fired.skipped:
+                if fired.error:
+                    self.log(f"schedule {fired.name}: cannot fire: {fired.error}")
+                elif fired.skipped:
                     self.log(f"schedule {fired.name}: slot {fired.job_id} skipped (catch-up none)")
                 elif fired.created:
                     self.log(f"schedule {fired.name}: enqueued {fired.job_id}")
@@ -77,6 +80,6 @@ class Duties:
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return
-        self.seen = self.schedules.stamp()  # after its own .last writes
+        self.seen = seen if seen == self.schedules.stamp() else None  # its own .last writes: look once more
         self.due_at = float("inf") if due is None else due
         self.fire_at = min(self.fire_at, self.due_at)

@@ -31,7 +31,7 @@ class Finished:
         self.quarantine = quarantine
         self.waiters_of = waiters_of  # jobs still waiting for one (deps.py): it is not purged
         self.kept = 0  # by the last purge(): finished jobs others still wait for
-        self.cut_short = False  # the last purge() stopped on its limit or time: there may be more
+        self.examined = 0  # by the last purge(): names looked at (retention goes on from there)
 
     # ---- back to pending ---------------------------------------------------------------------
 
@@ -120,19 +120,22 @@ class Finished:
 
     # ---- purge ---------------------------------------------------------------------------------
 
-    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, limit: int | None = None,
-              until: float | None = None) -> int:
-        """Delete finished jobs (done or dead) and their output; frees their ids. With `limit`, at
-        most that many, and with `until`, until that time.monotonic() (retention's small batches)."""
+    def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, until: float | None = None,
+              names: list[str] | None = None) -> int:
+        """Delete finished jobs (done or dead) and their output; frees their ids. Retention's small
+        batches give `names` to look at (else the directory is listed) and stop at `until` (a
+        time.monotonic()); `examined` then says how many names were looked at."""
         if state not in FINISHED:
             raise InvalidJob("only done or dead jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
-        count = self.kept = 0
-        self.cut_short = False
+        count = self.kept = self.examined = 0
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
             finished = dirs[state]
-            for entry in finished.names():
+            for entry in finished.names() if names is None else names:
+                if until is not None and self.examined and time.monotonic() >= until:
+                    break
+                self.examined += 1
                 if not layout.is_json_entry(entry):
                     continue
                 try:
@@ -145,9 +148,6 @@ class Finished:
                     continue
                 self._delete_finished(dirs, ids, state, layout.stem(entry))
                 count += 1
-                if (limit is not None and count >= limit) or (until is not None and time.monotonic() >= until):
-                    self.cut_short = True
-                    break
         return count
 
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:

@@ -59,7 +59,13 @@ class Hooks:
         except OSError as e:
             self.log(f"hook {what}: cannot start: {e.strerror}")
             return
-        output, timed_out = _read_until(proc, time.monotonic() + timeout)
+        deadline = time.monotonic() + timeout
+        output, timed_out = _read_until(proc, deadline)
+        if not timed_out:  # its output closed: it may still run (it closed it on purpose)
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
         if timed_out:
             _kill_group(proc.pid)
         status = proc.wait()
@@ -68,8 +74,7 @@ class Hooks:
         if timed_out:
             self.log(f"hook {what}: timed out after {timeout:g}s; its process group was killed")
         elif status != 0:
-            self.log(f"hook {what}: exit status {status}" if status > 0 else
-                     f"hook {what}: killed by signal {signal.Signals(-status).name}")
+            self.log(f"hook {what}: exit status {status}" if status > 0 else f"hook {what}: killed by {_signal_name(-status)}")
 
 
 def _read_until(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bool]:
@@ -88,6 +93,13 @@ def _read_until(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bool]:
             proc.stdout.close()
             return bytes(kept), False
         kept += chunk[: max(0, MAX_OUTPUT - len(kept))]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return f"signal {signal.Signals(number).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
 
 
 def _kill_group(pid: int) -> None:

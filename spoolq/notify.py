@@ -17,7 +17,7 @@ def sd_notify(state: str) -> bool:
     target = "\0" + address[1:] if address[0] == "@" else address  # '@': the abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto(state.encode(), target)
+            s.sendto(state.encode(errors="replace"), socket.MSG_DONTWAIT, target)  # never blocks its caller
     except OSError:
         return False
     return True

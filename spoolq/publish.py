@@ -126,7 +126,7 @@ class Publisher:
             return layout.pending_name_of(job)
         self.store.make_dir(self.deps.waiting)
         self.store.make_dir(self.deps.edges)
-        self.deps.make_edges(job, unfinished)
+        self.deps.make_edges(job, job.after)  # every one, done ones too: purge keeps what is waited for
         return f"{WAITING}/{layout.job_file(job.id)}"
 
     def _path_of(self, name: str) -> str:

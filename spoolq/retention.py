@@ -23,7 +23,6 @@ from .errors import SpoolError
 from .job import valid_id
 from .spool import Spool
 
-BATCH = 5000  # jobs purged at most per batch and state
 BUSY_BATCH = 0.1  # seconds a batch may take while jobs wait
 IDLE_BATCH = 0.02  # seconds a batch may take in a worker's idle time
 MIN_GAP = 1.0  # seconds between a busy worker's batches, however cheap
@@ -36,17 +35,21 @@ class Purged:
     done: int = 0
     dead: int = 0
     outputs: int = 0
-    more: bool = False  # the batch stopped on its time or count: there may be more to purge
 
     def __bool__(self) -> bool:
         return bool(self.done or self.dead or self.outputs)
 
 
 class Retention:
+    """A pass lists a directory once and looks at its names a batch at a time, each batch bounded
+    by its time (a look at 100,000 young jobs is several batches, never one long one); a new pass
+    begins when the last is through."""
+
     def __init__(self, spool: Spool):
         self.spool = spool
         self.next_at = 0.0
-        self.behind = False  # the last batch left expired jobs: idle time goes on with them
+        self.todo: dict[str, list[str]] = {}  # "done", "dead", "output" -> names this pass has yet to look at
+        self.behind = False  # names left to look at: idle time goes on with them
 
     def wanted(self) -> bool:
         cfg = self.spool.config
@@ -56,6 +59,7 @@ class Retention:
         """One batch of at most `seconds`, if this worker is the one to do it now; None if another
         holds the lock. Ages are judged on the file system's clock (`fs_now`, read when not given)."""
         started = time.monotonic()
+        purged = None
         try:
             # A moment's wait, not none: the first take on a spool makes the lock's token, and the
             # take after a holder on this host died breaks its hold; both then take it at the next try.
@@ -63,47 +67,51 @@ class Retention:
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
                 purged = self._batch(fs_now, started + seconds)
         except SpoolError:
-            purged = None  # another worker, here or on another host, is at it
-        spent = time.monotonic() - started
-        self.next_at = now + max(MIN_GAP, spent / SHARE - spent)
-        self.behind = purged is not None and purged.more
+            pass  # another worker, here or on another host, is at it
+        finally:
+            spent = time.monotonic() - started
+            self.next_at = now + max(MIN_GAP, spent / SHARE - spent)
+            self.behind = purged is not None and any(self.todo.values())
         return purged
 
     def _batch(self, fs_now: float, until: float) -> Purged:
-        cfg, finished = self.spool.config, self.spool.finished
+        cfg, finished, lay = self.spool.config, self.spool.finished, self.spool.layout
         purged = Purged()
-        # "more" only when a batch stopped with expired jobs left: a batch that found nothing old
-        # enough is done, however long its look took (else an idle worker would list done/ again
-        # and again, for nothing).
-        if cfg.keep_done:
-            purged.done = finished.purge("done", older_than=cfg.keep_done, now=fs_now, limit=BATCH, until=until)
-            purged.more = finished.cut_short
-        if cfg.keep_dead and not purged.more:
-            purged.dead = finished.purge("dead", older_than=cfg.keep_dead, now=fs_now, limit=BATCH, until=until)
-            purged.more = finished.cut_short
-        if cfg.keep_output and not purged.more:
-            purged.outputs = self._old_outputs(cfg.keep_output, fs_now)
-            purged.more = purged.outputs >= BATCH
+        for state, keep in (("done", cfg.keep_done), ("dead", cfg.keep_dead), ("output", cfg.keep_output)):
+            if not keep:
+                self.todo.pop(state, None)
+                continue
+            if time.monotonic() >= until and any(self.todo.values()):
+                break  # the time is spent: the next batch goes on from here
+            names = self.todo.get(state) or fsio.listdir(lay.dir(state))  # a new pass
+            if state == "output":
+                purged.outputs, looked = self._old_outputs(names, keep, fs_now, until)
+            else:
+                setattr(purged, state, finished.purge(state, older_than=keep, now=fs_now, until=until, names=names))
+                looked = finished.examined
+            self.todo[state] = names[looked:]
         return purged
 
-    def _old_outputs(self, keep: float, fs_now: float) -> int:
-        """Delete the logs of finished jobs whose last attempt ended more than `keep` ago."""
-        lay, count = self.spool.layout, 0
-        for entry in fsio.listdir(lay.dir("output")):
-            job_id = entry[:-4] if entry.endswith(".log") else ""
-            if not valid_id(job_id):
-                continue
-            path = os.path.join(lay.dir("output"), entry)
-            try:
-                if fs_now - os.lstat(path).st_mtime < keep:
-                    continue
-            except FileNotFoundError:
-                continue
-            # RACE: the job may be requeued between this look and the unlink; its next attempt then
-            # starts a new log (AttemptLog creates it), and only old output is lost, as asked.
-            if any(os.path.lexists(os.path.join(lay.dir(state), layout.job_file(job_id))) for state in ("done", "dead")):
-                fsio.unlink_quietly(path)
-                count += 1
-                if count >= BATCH:
+    def _old_outputs(self, names: list[str], keep: float, fs_now: float, until: float) -> tuple[int, int]:
+        """Delete the logs (of `names` in output/) of finished jobs whose last attempt ended more
+        than `keep` ago; (deleted, names looked at)."""
+        lay, count, looked = self.spool.layout, 0, 0
+        # Under the dlq lock: a finished job cannot be requeued (and its log written again) meanwhile.
+        with self.spool.store.locked("dlq"):
+            for entry in names:
+                if looked and time.monotonic() >= until:
                     break
-        return count
+                looked += 1
+                job_id = entry[:-4] if entry.endswith(".log") else ""
+                if not valid_id(job_id):
+                    continue
+                path = os.path.join(lay.dir("output"), entry)
+                try:
+                    if fs_now - os.lstat(path).st_mtime < keep:
+                        continue
+                except FileNotFoundError:
+                    continue
+                if any(os.path.lexists(os.path.join(lay.dir(s), layout.job_file(job_id))) for s in ("done", "dead")):
+                    fsio.unlink_quietly(path)
+                    count += 1
+        return count, looked

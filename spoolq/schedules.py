@@ -37,6 +37,8 @@ CATCH_UP = ("last", "none")
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
 STEP = timedelta(microseconds=1)
+SKEW = 60.0  # seconds: a .last further in the future than this came from a clock that is ahead
+MAX_EPOCH = 9_999_999_999.0
 
 
 def check_name(name: str) -> str:
@@ -50,10 +52,15 @@ def expression(cron: str) -> str:
     """The five-field form of `cron` (an @alias translated); InvalidJob naming the bad field."""
     from cronsim import CronSim, CronSimError
 
-    text = " ".join(str(cron).split())
+    if not isinstance(cron, str):
+        raise InvalidJob("invalid cron expression: not a string")
+    text = " ".join(cron.split())
     text = ALIASES.get(text.lower(), text)
     if text.startswith("@"):
         raise InvalidJob(f"invalid cron expression {cron!r}: unknown alias (known: {', '.join(ALIASES)})")
+    if len(text.split()) != 5:  # cronsim would take a sixth, seconds field: slots are minutes here
+        raise InvalidJob(f"invalid cron expression {cron!r}: wrong number of fields "
+                         "(fields: minute hour day-of-month month day-of-week)")
     try:
         CronSim(text, datetime(2000, 1, 1, tzinfo=timezone.utc))
     except CronSimError as e:
@@ -67,7 +74,7 @@ def zone(name: str) -> Any:
 
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise InvalidJob(f"unknown time zone {name!r} (an IANA name, like UTC or Europe/Berlin)") from None
 
 
@@ -95,13 +102,17 @@ class Schedule:
             raise InvalidJob(f"invalid catch-up {self.catch_up!r}: use one of {', '.join(CATCH_UP)}")
         if not isinstance(self.job, dict) or "id" in self.job:
             raise InvalidJob("a schedule's job is a JSON object without an id (each slot's job gets its own)")
+        if "after" in self.job:  # a slot would wait for jobs that ran once, or that the spool has purged
+            raise InvalidJob("a schedule's job cannot wait for others (after): give it a schedule of its own")
         return self
 
     def latest_slot(self, now: float) -> float:
         """The latest slot at or before `now` (epoch seconds)."""
         from cronsim import CronSim
 
-        start = datetime.fromtimestamp(now, zone(self.tz)) + STEP
+        # From the instant just after now, made by fromtimestamp (which keeps the fold of a repeated
+        # hour at the end of daylight saving time; adding a timedelta would drop it, an hour back).
+        start = datetime.fromtimestamp(now + STEP.total_seconds(), zone(self.tz))
         return next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
 
     def next_slot(self, now: float) -> float:
@@ -141,6 +152,7 @@ class Fired:
     job_id: str
     created: bool  # False: the slot's job existed already (another worker), or it was skipped
     skipped: bool = False
+    error: str | None = None  # its job could not be made
 
 
 class Schedules:
@@ -166,15 +178,20 @@ class Schedules:
     def get(self, name: str) -> Schedule:
         check_name(name)
         try:
-            data, _ = fsio.read_regular(self._path(name), MAX_SCHEDULE_BYTES)
+            data, st = fsio.read_regular(self._path(name), MAX_SCHEDULE_BYTES)
         except FileNotFoundError:
             raise JobNotFound(f"no schedule {name!r}") from None
         except (OSError, ValueError) as e:
             raise SpoolError(f"cannot read schedule {name!r}: {getattr(e, 'strerror', None) or e}") from None
+        if not self.spool.store.trusts_uid(st.st_uid):  # its jobs would run as whoever fires them
+            raise SpoolError(f"schedule {name!r} belongs to uid {st.st_uid}, not the spool's owner or a trusted uid")
         return Schedule.from_json(data)
 
     def remove(self, name: str) -> None:
-        self.get(name)
+        """Remove it, whatever its file holds (a file that does not read as a schedule too)."""
+        check_name(name)
+        if not os.path.lexists(self._path(name)):
+            raise JobNotFound(f"no schedule {name!r}")
         fsio.unlink_quietly(self._path(name))
         fsio.unlink_quietly(self._last_path(name))
 
@@ -219,17 +236,22 @@ class Schedules:
         try:
             data, _ = fsio.read_regular(self._last_path(name), 512)
             epoch, job_id = data.decode().split()
-            return float(epoch), job_id
+            slot = float(epoch)
         except (OSError, ValueError, UnicodeDecodeError):
             return None
+        return (slot, job_id) if 0 <= slot < MAX_EPOCH else None  # not inf, nan or past the year 2286
 
     # ---- fired -------------------------------------------------------------------------------
 
     def fire_due(self, now: float) -> list[Fired]:
-        """Fire every schedule's latest due slot that was not fired yet (the clock is passed in)."""
+        """Fire every schedule's latest due slot that was not fired yet (the clock is passed in).
+        A schedule whose job cannot be made is said in its Fired's `error`; the others fire."""
         out = []
         for schedule in self.all():
-            fired = self._fire(schedule, now)
+            try:
+                fired = self._fire(schedule, now)
+            except SpoolError as e:
+                fired = Fired(schedule.name, 0.0, "", False, error=str(e))
             if fired is not None:
                 out.append(fired)
         return out
@@ -244,11 +266,13 @@ class Schedules:
             return None
         slot = schedule.latest_slot(now)
         last = self.last(schedule.name)
+        if last is not None and last[0] > now + SKEW:
+            last = None  # written by a host whose clock is ahead: the ids alone decide (they always can)
         if slot < max(schedule.created_at, schedule.active_from) or (last is not None and slot <= last[0]):
             return None
         job_id = slot_id(schedule.name, slot)
         if schedule.catch_up == "none" and now - slot > LATE_LIMIT:
-            self._remember(schedule.name, slot, job_id)
+            # Not recorded: a host whose clock is behind may still find it in time, and fire it.
             return Fired(schedule.name, slot, job_id, False, skipped=True)
         taken: set[str] = set()
         # RACE: every worker on every host may get here for the same slot at once: the id is the

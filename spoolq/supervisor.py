@@ -123,7 +123,8 @@ class Supervisor:
         mine = [w for w in self.spool.owners.workers(role="worker") if w.extra.get("supervisor") == os.getpid()]
         if len(mine) >= self.count or time.monotonic() >= self._ready_at:
             self._ready_at = None
-            sd_notify(f"READY=1\nSTATUS={len(mine)} of {self.count} workers running on {self.spool.root}")
+            root = self.spool.root.replace("\n", " ")  # one field a line: a newline in a path is not a new field
+            sd_notify(f"READY=1\nSTATUS={len(mine)} of {self.count} workers running on {root}")
 
     def _heartbeat(self, *_args: object) -> None:
         """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live

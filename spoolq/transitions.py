@@ -186,7 +186,7 @@ class Transitions:
             return "pending"
         self.store.make_dir(deps.waiting)
         self.store.make_dir(deps.edges)
-        deps.make_edges(job, unfinished)
+        deps.make_edges(job, job.after)  # every one, done ones too: purge keeps what is waited for
         return "waiting"
 
     # ---- claim and finish ----------------------------------------------------------------

@@ -284,22 +284,27 @@ class Views:
         return sorted(found)[:limit]
 
     def _waiting_dirs(self) -> list[str]:
-        pending = self.layout.pending
-        return [pending, *(os.path.join(pending, e) for e in fsio.listdir(pending) if shards.is_shard(e))]
+        return [self.layout.pending]  # its shards are found as it is read (_scan)
 
-    @staticmethod
-    def _scan(directories: list[str], scan: int) -> Iterator[str]:
-        """The names in `directories`, at most `scan` of them in all."""
-        for directory in directories:
+    def _scan(self, directories: list[str], scan: int) -> Iterator[str]:
+        """The names in `directories` (and in pending/'s shards, met on the way), at most `scan`
+        of them in all: never a whole listing of a big directory."""
+        todo = list(directories)
+        while todo:
+            directory = todo.pop(0)
             try:
                 with os.scandir(directory) as entries:
-                    for entry in entries:
+                    listing = iter(entries)
+                    for entry in iter(lambda: next(listing, None) if scan > 0 else None, None):
                         scan -= 1
-                        if scan < 0:
-                            return
+                        if directory == self.layout.pending and shards.is_shard(entry.name):
+                            todo.insert(0, entry.path)
+                            continue
                         yield entry.name
             except OSError:
                 continue
+            if scan <= 0:
+                return
 
     def some_ids(self, prefix: str, limit: int, scan: int) -> list[str]:
         """Up to `limit` job ids starting with `prefix`, from at most `scan` directory entries

@@ -229,8 +229,8 @@ class Worker:
                     return
                 last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
                 continue
-            if not self.duties.idle(now):
-                self._sleep(now, last_rescan, last_recover)
+            # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
+            self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None)
 
     def _report_config(self, problems: tuple[str, ...]) -> None:
         said = (self.spool.store.config_error, problems)
@@ -241,11 +241,11 @@ class Worker:
             for problem in problems:
                 self.log(problem)
 
-    def _sleep(self, now: float, last_rescan: float, last_recover: float) -> None:
+    def _sleep(self, now: float, last_rescan: float, last_recover: float, until: float | None = None) -> None:
         assert self._wake is not None
         cfg = self.spool.config
         wake_at = min(last_rescan + cfg.poll_interval, last_recover + RECOVER_EVERY, now + MAX_WAIT,
-                      self.duties.next_at)
+                      self.duties.next_at, until if until is not None else now + MAX_WAIT)
         due = self.index.next_due_ms()
         if due is not None:
             wake_at = min(wake_at, due / 1000.0)

@@ -425,8 +425,8 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
         assert p.wait(30) == 0
     assert int(counter.read_text()) == 4 * per_host
     assert sorted(os.listdir(os.path.join(rig.a, "locks"))) == [  # every lock given back by its holder
-        "config.anchor", "config.lock", "dlq.anchor", "dlq.lock", "ids.anchor", "ids.lock", "rig-test.anchor",
-        "rig-test.lock"]
+        "config.anchor", "config.lock", "dlq.anchor", "dlq.lock", "ids.anchor", "ids.lock", "retention.anchor",
+        "retention.lock", "rig-test.anchor", "rig-test.lock"]
 
     # And the real read-modify-write: settings saved from both hosts at once all survive.
     keys = {"A": ("max_retries", "7"), "B": ("job_timeout", "9")}

@@ -79,15 +79,15 @@ def test_one_worker_at_a_time_and_a_small_share_of_its_time(spool):
     assert took.next_at >= 100.0 + MIN_GAP
 
 
-def test_a_batch_stops_on_its_time_and_says_there_is_more(spool):
+def test_a_batch_stops_on_its_time_and_the_next_goes_on_from_there(spool):
     spool.enqueue_many([{"command": "true"} for _ in range(30)])
     burst(spool)
     spool.set_config("keep_done", 1)
     retention = Retention(spool)
     first = retention.run(time.time(), fs_now=time.time() + DAY, seconds=0)
-    assert (first.done, first.more, retention.behind) == (1, True, True)
+    assert (first.done, retention.behind) == (1, True)
     rest = retention.run(time.time(), fs_now=time.time() + DAY)
-    assert (rest.done, rest.more, retention.behind) == (29, False, False)
+    assert (rest.done, retention.behind) == (29, False)
 
 
 def test_an_idle_worker_purges_a_backlog_at_once_a_busy_one_takes_its_share(spool, workers):
@@ -118,12 +118,21 @@ def test_workers_purge_as_they_go(spool, workers):
     assert "retention purged 1 done" in w.stop()
 
 
-def test_a_batch_that_finds_nothing_old_enough_is_not_behind(spool):
-    """An idle worker goes on only while expired jobs are left: a look through young jobs that
-    takes longer than a batch's time must not make it list done/ again and again."""
-    spool.enqueue_many([{"command": "true"} for _ in range(300)])
-    burst(spool)
+def test_a_look_at_many_young_jobs_is_spread_over_batches_each_bounded_in_time(spool):
+    """An idle worker goes on only while names are left to look at: batches of its time each,
+    from where the last one stopped, never the whole directory at once and never again and again."""
+    spool.init()
+    for i in range(30000):  # young finished jobs, as a worker leaves them
+        open(os.path.join(spool.layout.done, f"young{i:05d}.json"), "w").close()
     spool.set_config("keep_done", DAY)
     retention = Retention(spool)
-    purged = retention.run(time.time(), seconds=0)  # a look longer than its time: nothing is old
-    assert (purged.done, purged.more, retention.behind) == (0, False, False)
+    batches = 0
+    while True:
+        started = time.monotonic()
+        purged = retention.run(time.time(), seconds=0.005)
+        assert time.monotonic() - started < 0.15 + (0.3 if batches == 0 else 0)  # the first lists done/
+        batches += 1
+        if not retention.behind:
+            break
+        assert batches < 1000
+    assert purged.done == 0 and batches > 1  # the look was spread, and it ended
