@@ -54,8 +54,10 @@ class Hooks:
 
     def _run(self, what: str, command: str, env: dict[str, str], timeout: float) -> None:
         try:
+            # cwd given: the worker steps into a job's directory around each spawn (runner.spawn), and
+            # a hook started in that moment would run there.
             proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=self.spool.root)
         except OSError as e:
             self.log(f"hook {what}: cannot start: {e.strerror}")
             return

@@ -170,7 +170,12 @@ class Schedules:
         self.spool.make_job({**schedule.job, "id": slot_id(schedule.name, 0)})  # the template must make a job
         path = self._path(schedule.name)
         if os.path.lexists(path) and not replace:
-            raise SpoolError(f"schedule {schedule.name!r} exists (schedule rm it first)")
+            raise SpoolError(f"schedule {schedule.name!r} exists (schedule rm it first, or --replace it)")
+        if replace:
+            try:
+                schedule.paused = self.get(schedule.name).paused  # a paused schedule stays paused
+            except SpoolError:
+                pass  # none, or one that does not read as a schedule: replaced as given
         self.spool.store.make_dir(self.directory)
         self.spool.store.publish(path, schedule.to_json())
         return schedule

@@ -59,3 +59,13 @@ def test_a_slow_hook_never_holds_up_the_next_claim(spool, workers, tmp_path):
     wait_for(lambda: spool.find(second).state == "done", 10, "the next job, while the first's hook waits")
     gate.touch()
     w.stop()
+
+
+def test_a_hook_runs_in_the_spool_directory_whatever_the_jobs_cwd(spool, tmp_path):
+    seen = tmp_path / "cwd"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spool.set_config("on_done", f"pwd > {seen}")
+    spool.enqueue({"command": "true", "cwd": str(elsewhere)})
+    assert spoolq(spool.root, "worker", "start", "--burst").returncode == 0
+    assert seen.read_text().strip() == spool.root

@@ -228,3 +228,11 @@ def test_a_worker_looks_again_only_when_a_slot_is_due_or_a_schedule_changed(spoo
     duties.run(t + 5 * SCHEDULE_RECHECK)  # a schedule added: looked at
     duties.run(at("2026-01-01T01:00:01"))  # a slot due: looked at
     assert len(looks) == 3 and job_ids(spool) == ["other.20260101T0100Z"]
+
+
+def test_replacing_a_paused_schedule_keeps_it_paused(cli, spool):
+    clean(cli("schedule", "add", "nightly", "@daily", "--cmd", "true"))
+    clean(cli("schedule", "pause", "nightly"))
+    clean(cli("schedule", "add", "nightly", "@hourly", "--cmd", "true", "--replace"))
+    shown = cli.json("schedule", "show", "nightly")
+    assert (shown["cron"], shown["paused"]) == ("@hourly", True)
