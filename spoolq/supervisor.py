@@ -148,7 +148,13 @@ class Supervisor:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         pid = os.fork()
         if pid:
+            # RACE: a stop signal held across the fork runs its handler as soon as the mask is
+            # restored: the new worker must be among the children it passes the signal on to by
+            # then, or it would never hear of the stop (chaos.py caught one running on for good).
+            self.children[pid] = Child(pid, time.monotonic())
+            self.spawned.add(pid)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            return
         if pid == 0:
             code = 1
             try:
@@ -172,8 +178,6 @@ class Supervisor:
                     pass
             finally:
                 os._exit(code)
-        self.children[pid] = Child(pid, time.monotonic())
-        self.spawned.add(pid)
 
     def _reap_one(self) -> None:
         try:
