@@ -130,21 +130,9 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
 
 def write_textfile(path: str, text: str, mode: int = 0o644) -> None:
     """Replace `path` at once (a temp file beside it, then rename), as node_exporter's textfile
-    collector asks: it never reads half a file. The temp name does not end in .prom."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        fsio.write_all(fd, text.encode())
-    except BaseException:
-        os.close(fd)
-        fsio.unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        fsio.unlink_quietly(tmp)
-        raise
+    collector asks: it never reads half a file. The temp name does not end in .prom; no fsync:
+    the file is remade every interval."""
+    fsio.publish(f"{path}.{os.getpid()}.tmp", text.encode(), path, mode=mode, durable=False)
 
 
 class Textfile:
