@@ -246,7 +246,7 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     row = Row(f"throughput: {n} `{command}` jobs, 2 workers, --burst", "jobs/s", samples,
               f"xargs -P2 -n1 sh -c '{command}'", refs, f">= {target:g} x xargs", paired=True)
     row.passed = row.ratio >= target
-    if shutil.which("parallel"):  # GNU parallel, where installed: once, it is slow
+    if gnu_parallel():  # where installed: once, it is slow
         t0 = time.monotonic()
         subprocess.run(["parallel", "--will-cite", "-j2", "-N0", "sh", "-c", command],
                        input=b"".join(b"%d\n" % i for i in range(n)), check=True)
@@ -254,6 +254,15 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
         row.extra["parallel"] = rate
         row.notes = f"GNU parallel -j2: {rate:.0f}/s, spoolq {row.median / rate:.1f} x"
     return row
+
+
+def gnu_parallel() -> bool:
+    """GNU parallel is installed as `parallel` (moreutils ships another program of that name,
+    which takes none of its options)."""
+    if not shutil.which("parallel"):
+        return False
+    probe = subprocess.run(["parallel", "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return probe.returncode == 0 and "GNU parallel" in probe.stdout
 
 
 def spool_of_true_jobs(tmp: str, prefix: str, n: int, r: int) -> str:
