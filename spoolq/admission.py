@@ -32,10 +32,17 @@ class Admission:
         return said[0]
 
     def blocked(self) -> frozenset[str] | None:
-        """The queues to pass over now; None when nothing may be claimed."""
-        if not self._heartbeat_works() or self.all_paused():
+        """The queues to pass over now; None when nothing may be claimed. Asks all_paused() once
+        (its answer stays in `everything_paused` for the rest of the loop's turn)."""
+        paused = self.all_paused()
+        if not self._heartbeat_works() or paused:
             return None
         return self._pause_said[1] | self.full
+
+    @property
+    def everything_paused(self) -> bool:
+        """What the last all_paused() found (no new look)."""
+        return self._pause_said[0]
 
     def _heartbeat_works(self) -> bool:
         healthy = self.healthy()

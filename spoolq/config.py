@@ -127,11 +127,10 @@ class Config:
     def __init__(self, values: dict[str, Any], problems: tuple[str, ...] = ()):
         self._values = values
         self.problems = problems
-
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("_") or key not in KEYS:
-            raise AttributeError(key)
-        return self._values.get(key, KEYS[key].default)
+        # Plain attributes: a worker reads a dozen settings per job, and __getattr__ cost a
+        # microsecond each.
+        for key, spec in KEYS.items():
+            setattr(self, key, values.get(key, spec.default))
 
     def as_dict(self) -> dict[str, Any]:
         return {key: self._values.get(key, spec.default) for key, spec in KEYS.items()}

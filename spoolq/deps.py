@@ -83,7 +83,7 @@ class Dependencies:
         while todo:
             dep = todo.pop()
             directory = os.path.join(self.edges, dep)
-            waiters = fsio.listdir(directory)
+            waiters = fsio.listdir(directory) if fsio.present(directory) else []
             if not waiters:
                 continue  # nearly every finish: no one waits for it, one system call
             for waiter in waiters:

@@ -65,9 +65,11 @@ class Fact(NamedTuple):
                 "started": round(self.started, 3), "finished": round(self.finished, 3),
                 "outcome": self.outcome, "exit_code": self.exit_code, "error": self.error,
                 "output_bytes": self.output_bytes}
-        return (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return (_encode(data) + "\n").encode()
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode  # made once: json.dumps
+# with options builds an encoder per call, a worker's largest cost in writing its line
 _decode = json.JSONDecoder().decode  # on str: json.loads on bytes first guesses their encoding
 _OUTCOME = {name: name for name in OUTCOMES}  # one string each, however many lines hold it
 _TIME = (int, float)

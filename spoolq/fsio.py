@@ -162,6 +162,17 @@ def _libc() -> object:
     return ctypes.CDLL(name, use_errno=True) if name else None
 
 
+def present(path: str) -> bool:
+    """Is there an entry (of any kind: a symlink is not followed) at `path`? Like
+    os.path.lexists, but a miss raises no exception inside: on a worker's per-job path, where
+    most of these looks miss (a fence, a finished copy, a pause), the exception was most of
+    the cost."""
+    try:
+        return os.access(path, os.F_OK, follow_symlinks=False)
+    except (OSError, ValueError):  # a NUL in the path, a name too long
+        return False
+
+
 def move(src: str, dst: str) -> bool:
     """One atomic state change. False if `src` is gone: someone else moved it first (a lost race)."""
     try:
@@ -286,8 +297,13 @@ def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
             raise ValueError(f"has {st.st_nlink} hard links")
         if st.st_size > limit:
             raise ValueError(f"is {st.st_size} bytes; the limit is {limit}")
-        chunks = []
-        size = 0
+        first = os.read(fd, st.st_size + 1)
+        if len(first) == st.st_size:
+            return first, st  # all of it: a file published by rename does not change under a reader
+        chunks = [first]
+        size = len(first)
+        if size > limit:
+            raise ValueError(f"is over the size limit of {limit} bytes")
         while True:
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -317,6 +333,8 @@ class StampedFile(Generic[T]):
         self._cache: tuple[tuple[int, ...], T] | None = None
 
     def get(self) -> T:
+        if not present(self.path):
+            return self._missing  # the usual answer for a pause or a limit, found without an exception
         try:
             st = os.lstat(self.path)
         except OSError:

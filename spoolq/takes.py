@@ -40,8 +40,8 @@ class Takes:
 
     def check_fence(self, path: str) -> None:
         """Raise LostOwnership if a rescuer has marked the directory `path` is in."""
-        directory = os.path.dirname(path)
-        if os.path.lexists(os.path.join(directory, layout.FENCE_FILE)):
+        directory = path.rpartition("/")[0]  # a job's path, absolute: dirname without its cost
+        if fsio.present(f"{directory}/{layout.FENCE_FILE}"):
             raise LostOwnership(f"{directory} was fenced by a rescuer")
 
     def take_with(self, path: str, job: Job, state: str, *, into: str | None = None) -> layout.Transit:

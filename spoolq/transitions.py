@@ -198,9 +198,9 @@ class Transitions:
         if parsed is None:
             return None
         owned = self.layout.owned(owner)
-        path = os.path.join(owned, layout.job_file(parsed.job_id))
+        path = f"{owned}/{layout.job_file(parsed.job_id)}"
         try:
-            if not fsio.move(os.path.join(self.layout.pending, entry), path):
+            if not fsio.move(f"{self.layout.pending}/{entry}", path):
                 return None  # RACE: another worker renamed it first; losing is an answer, not an error
         except FileNotFoundError:
             raise LostOwnership(f"{owned} is gone") from None
@@ -223,7 +223,7 @@ class Transitions:
     def _finished_copy(self, job_id: str) -> str | None:
         name = layout.job_file(job_id)
         for state in ("done", "dead"):
-            if os.path.lexists(os.path.join(self.layout.dir(state), name)):
+            if fsio.present(f"{self.layout.dir(state)}/{name}"):
                 return state
         return None
 

@@ -217,9 +217,9 @@ class Worker:
                 last_rescan = now
                 self.rescans.run()
             self._adopt_dropins(now)
-            if self.burst and self.admission.all_paused():
-                return
             blocked = self.admission.blocked()
+            if self.burst and self.admission.everything_paused:
+                return
             name = self.index.pop_ready(int(now * 1000), self.pacing.spread(), blocked) if blocked is not None else None
             if name is not None:
                 self._claim_and_run(name)
