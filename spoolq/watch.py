@@ -1,109 +1,231 @@
 """The wake-up source: file-system events as "this name arrived" (watchdog's only home).
 
-Events are a hint, never the truth: the worker also rescans on poll_interval, because
-inotify can overflow, and another host's writes to a shared file system produce none.
+The worker's own thread reads inotify, through watchdog's binding of it (inotify_c): an arrival
+wakes the worker from its select() with no thread in between. watchdog's observer handed each
+event through four threads (the descriptor's reader, its dispatcher, the emitter, the observer)
+before the worker heard of it, and each hand-over is a wake-up of its own: on a busy two-core
+machine that was most of a pickup's time above a bare spawn.
+
+Events are a hint, never the truth: the worker also rescans on poll_interval, because inotify
+can overflow, and another host's writes to a shared file system produce none. When the events
+stop working (a watched directory removed, the descriptor failing), check() says why once and
+the worker polls from then on.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import queue
-from typing import Callable
+import select
+import struct
+from typing import Callable, Iterator
+
+# What a worker wakes for: a name that lands (renamed in, or created and written). Not
+# IN_MOVED_FROM: a claim renames jobs out of pending/ all the time, and waking for it is waste.
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x8, 0x80, 0x100
+IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x2000, 0x4000, 0x8000
+IN_ONLYDIR, IN_DONT_FOLLOW, IN_ISDIR = 0x01000000, 0x02000000, 0x40000000
+ARRIVALS = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
+MASK = ARRIVALS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
+GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
+EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+READ_SIZE = 64 * 1024  # room for ~2,000 events a read; a larger burst is read on the next turn
+WAKE = ("", "")  # a wake-up that names nothing: a poke, or events lost to an overflow
+
+
+class WatchLost(Exception):
+    """The events stopped working: a watched directory went, or the descriptor failed."""
 
 
 class Wakeups:
-    """Names that land in the watched directories, delivered to one waiting thread."""
+    """Names that land in the watched directories, delivered to the one thread that waits."""
 
     def __init__(self, directories: list[str], log: Callable[[str], None] = lambda _m: None, *,
                  events: bool = True, recursive: tuple[str, ...] = ()):
-        """`events=False`: no observer at all, only timeouts and pokes (mode "none"). Directories
+        """`events=False`: no inotify at all, only timeouts and pokes (mode "none"). Directories
         in `recursive` are watched with their sub-directories (pending/'s shards)."""
-        self._queue: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self._log = log
-        self._observer = None
+        self._poke_r, self._poke_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._inotify: Inotify | None = None
         self.mode = "polling" if events else "none"
         self.failure: str | None = None
         if not events:
             return
         try:
-            self._observer = _start_observer(directories, self._on_event, recursive)
+            self._inotify = Inotify(directories, recursive)
             self.mode = "events"
-        except Exception as e:  # no inotify here, or out of watches: polling still works
-            self.failure = f"{type(e).__name__}: {e}"
-
-    def _on_event(self, path: str) -> None:
-        try:
-            self._queue.put((os.path.dirname(path), os.path.basename(path)))
-        except Exception as e:  # never let the observer thread die silently
+        except Exception as e:  # no inotify here (another OS), out of watches or instances
             self.failure = f"{type(e).__name__}: {e}"
 
     def poke(self) -> None:
-        """Wake the waiting thread now (safe in a signal handler: SimpleQueue.put is reentrant)."""
+        """Wake the waiting thread now. Safe in a signal handler and from another thread: one
+        write to a pipe; a full pipe already holds a wake-up."""
+        fd = self._poke_w
+        if fd < 0:
+            return  # closed: the worker is leaving anyway
         try:
-            self._queue.put(("", ""))
-        except Exception:
-            pass  # only an early wake-up is lost: the wait still ends at its timeout
+            os.write(fd, b"!")
+        except OSError:
+            pass
 
     def wait(self, timeout: float) -> list[tuple[str, str]]:
-        """Block until something arrives or `timeout` seconds pass; returns (directory, name) pairs."""
-        out: list[tuple[str, str]] = []
+        """Block until something arrives or `timeout` seconds pass; returns (directory, name)
+        pairs, ("", "") for a wake-up that names nothing."""
+        watched = [self._poke_r] if self._inotify is None else [self._poke_r, self._inotify.fd]
         try:
-            out.append(self._queue.get(timeout=max(0.0, timeout)))
-        except queue.Empty:
-            return out
-        while True:
+            ready = select.select(watched, [], [], max(0.0, timeout))[0]
+        except (OSError, ValueError) as e:  # a descriptor gone bad under us
+            self._lose(e)
+            return [WAKE]
+        out: list[tuple[str, str]] = []
+        if self._poke_r in ready:
+            _drain(self._poke_r)
+            out.append(WAKE)
+        if self._inotify is not None and self._inotify.fd in ready:
             try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                return out
+                out += self._inotify.read()
+            except (OSError, WatchLost) as e:
+                self._lose(e)
+                out.append(WAKE)
+        return out
+
+    def _lose(self, e: Exception) -> None:
+        if self.failure is None:
+            self.failure = str(e) if isinstance(e, WatchLost) else f"{type(e).__name__}: {e}"
 
     def check(self) -> str | None:
-        """If the event machinery has died, switch to polling and say why (once)."""
-        if self.mode != "events":
-            return None  # polling, or no events asked for
-        alive = self._observer is not None and self._observer.is_alive() and all(
-            e.is_alive() for e in getattr(self._observer, "emitters", ()))
-        if alive and self.failure is None:
-            return None
+        """If the events have stopped working, switch to polling and say why (once)."""
+        if self.mode != "events" or self.failure is None:
+            return None  # polling, no events asked for, or all is well
         self.mode = "polling"
-        reason = self.failure or "the event observer thread stopped"
-        self.close()
-        return reason
+        self._close_inotify()
+        return self.failure
 
     def close(self) -> None:
-        if self._observer is not None:
-            try:
-                self._observer.stop()
-                self._observer.join(timeout=2)
-            except Exception:
-                pass
-            self._observer = None
+        self._close_inotify()
+        # RACE: a signal handler's poke() may run between any two lines here; it reads
+        # _poke_w once, and -1 is set before the descriptor is closed, so it never writes
+        # into a descriptor number reused since.
+        w, self._poke_w = self._poke_w, -1
+        r, self._poke_r = self._poke_r, -1
+        for fd in (w, r):
+            if fd >= 0:
+                os.close(fd)
+
+    def _close_inotify(self) -> None:
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
 
 
-def _start_observer(directories: list[str], callback: Callable[[str], None], recursive: tuple[str, ...]):
-    from watchdog.events import FileSystemEvent, FileSystemEventHandler
-    from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
-    from watchdog.observers.inotify_c import InotifyConstants as C
+class Inotify:
+    """One inotify descriptor watching directories (and, for `recursive` ones, their
+    sub-directories, added as they appear), read without blocking."""
 
-    class ArrivalEmitter(InotifyEmitter):
-        """Asks inotify only for arrivals. Without IN_MOVED_FROM, a claim that renames a job out
-        of pending/ cannot park an unpaired move in watchdog's 0.5 s move-grouping queue and hold
-        up the next arrival behind it."""
+    def __init__(self, directories: list[str], recursive: tuple[str, ...] = ()):
+        from watchdog.observers import inotify_c  # Linux only: elsewhere this raises, and the worker polls
 
-        def get_event_mask_from_filter(self):  # type: ignore[override]
-            return C.IN_MOVED_TO | C.IN_CLOSE_WRITE | C.IN_CREATE | C.IN_DELETE_SELF
+        self._add_watch = inotify_c.inotify_add_watch
+        fd = inotify_c.inotify_init()
+        if fd < 0:
+            raise _errno_error("inotify_init")
+        os.set_inheritable(fd, False)  # a job must not hold it (inotify_init takes no flags)
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self._roots = set(directories)
+        self._recursive = set(recursive)
+        self._paths: dict[int, str] = {}
+        try:
+            for directory in directories:
+                self._watch(directory)
+                if directory in self._recursive:
+                    for name in _subdirectories(directory):
+                        self._watch(f"{directory}/{name}")
+        except BaseException:
+            self.close()
+            raise
 
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
-            if event.is_directory:
-                return
-            path = event.dest_path or event.src_path
-            callback(os.fsdecode(path))
+    def _watch(self, path: str) -> None:
+        wd = self._add_watch(self.fd, os.fsencode(path), MASK)
+        if wd < 0:
+            raise _errno_error(f"cannot watch {path}")
+        self._paths[wd] = path
 
-    observer = InotifyObserver()
-    observer._emitter_class = ArrivalEmitter  # the documented hook is the constructor; this is its value
-    handler = Handler()
-    for directory in directories:
-        observer.schedule(handler, directory, recursive=directory in recursive)
-    observer.start()
-    return observer
+    def read(self) -> list[tuple[str, str]]:
+        """The names that arrived since the last read. WatchLost if a watched directory went."""
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return []
+        if not data:
+            raise WatchLost("the inotify descriptor was closed")
+        out: list[tuple[str, str]] = []
+        for wd, mask, name in _events(data):
+            if mask & IN_Q_OVERFLOW:
+                out.append(WAKE)  # events were lost: the rescan on poll_interval finds those names
+                continue
+            directory = self._paths.get(wd)
+            if directory is None:
+                continue
+            if mask & GONE:
+                self._paths.pop(wd, None)
+                if directory in self._roots:
+                    raise WatchLost(f"{directory} was removed or moved: its events stopped")
+                continue  # a shard emptied and removed: nothing more lands there
+            if mask & IN_ISDIR:
+                out += self._new_subdirectory(directory, name)
+                continue
+            out.append((directory, name))
+        return out
+
+    def _new_subdirectory(self, directory: str, name: str) -> list[tuple[str, str]]:
+        """A directory appeared in a recursive one: watch it, and report what landed in it
+        before the watch (a shard's first job arrives just after the shard)."""
+        if directory not in self._recursive:
+            return []
+        path = f"{directory}/{name}"
+        try:
+            self._watch(path)
+        except OSError:
+            return []  # gone again already, or out of watches: the rescan covers it
+        try:
+            return [(path, entry) for entry in os.listdir(path)]
+        except OSError:
+            return []
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)  # its watches go with it
+
+
+def _events(data: bytes) -> Iterator[tuple[int, int, str]]:
+    offset = 0
+    while offset + EVENT.size <= len(data):
+        wd, mask, _cookie, length = EVENT.unpack_from(data, offset)
+        start = offset + EVENT.size
+        yield wd, mask, os.fsdecode(data[start:start + length].split(b"\0", 1)[0])
+        offset = start + length
+
+
+def _subdirectories(directory: str) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+def _errno_error(what: str) -> OSError:
+    import ctypes
+
+    code = ctypes.get_errno() or errno.EIO
+    return OSError(code, f"{what}: {os.strerror(code)}")

@@ -46,6 +46,83 @@ def test_a_move_out_of_pending_does_not_delay_the_next_arrival(tmp_path):
         wake.close()
 
 
+def _names_within(wake: watch_mod.Wakeups, seconds: float, want: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """What `wake` reports until every pair in `want` came, or `seconds` pass."""
+    seen: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + seconds
+    while not want <= seen and time.monotonic() < deadline:
+        seen.update(wake.wait(deadline - time.monotonic()))
+    return seen
+
+
+def test_a_new_shard_is_watched_and_what_landed_in_it_first_is_reported(tmp_path):
+    """pending/'s shards appear while a worker waits: the shard is watched from its creation,
+    and a name that landed before the watch came (a shard's first job) is reported too."""
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    (pending / "=100").mkdir()  # a shard from before the worker started
+    wake = watch_mod.Wakeups([str(pending)], recursive=(str(pending),))
+    try:
+        assert wake.mode == "events"
+        _drop(str(pending / "=100"), "old.json")
+        shard = pending / "=200"
+        staged = tmp_path / "=200"  # made elsewhere with its first job, then renamed in: no event inside it
+        staged.mkdir()
+        (staged / "first.json").write_text("{}")
+        os.rename(staged, shard)
+        want = {(str(pending / "=100"), "old.json"), (str(shard), "first.json")}
+        assert want <= _names_within(wake, 5, want)
+        _drop(str(shard), "second.json")  # and from now on, by its own events
+        assert (str(shard), "second.json") in _names_within(wake, 5, {(str(shard), "second.json")})
+    finally:
+        wake.close()
+
+
+def test_a_poke_wakes_the_waiter_and_a_closed_source_ignores_one(tmp_path):
+    for events in (True, False):
+        wake = watch_mod.Wakeups([str(tmp_path)], events=events)
+        assert wake.mode == ("events" if events else "none")
+        started = time.monotonic()
+        assert wake.wait(0.05) == [] and time.monotonic() - started >= 0.04  # nothing: the timeout
+        threading.Timer(0.05, wake.poke).start()
+        started = time.monotonic()
+        assert wake.wait(5) == [watch_mod.WAKE]
+        assert time.monotonic() - started < 2
+        for _ in range(100_000):  # more pokes than a pipe holds: never blocks, one wake-up waits
+            wake.poke()
+        assert wake.wait(0) == [watch_mod.WAKE] and wake.wait(0) == []
+        wake.close()
+        wake.poke()  # a stop signal after the worker closed it: nothing happens
+        wake.close()
+
+
+def test_a_job_inherits_none_of_the_wake_up_descriptors(tmp_path):
+    wake = watch_mod.Wakeups([str(tmp_path)])
+    try:
+        fds = [wake._poke_r, wake._poke_w, wake._inotify.fd]
+        assert not any(os.get_inheritable(fd) for fd in fds)
+    finally:
+        wake.close()
+
+
+def test_a_directory_that_goes_away_is_reported_once_and_then_polled(tmp_path):
+    watched = tmp_path / "control"
+    watched.mkdir()
+    wake = watch_mod.Wakeups([str(watched)])
+    try:
+        watched.rename(tmp_path / "elsewhere")
+        deadline = time.monotonic() + 5
+        while wake.failure is None and time.monotonic() < deadline:
+            wake.wait(deadline - time.monotonic())
+        reason = wake.check()
+        assert reason is not None and "removed or moved" in reason and str(watched) in reason
+        assert wake.mode == "polling" and wake.check() is None  # said once
+        threading.Timer(0.05, wake.poke).start()
+        assert wake.wait(5) == [watch_mod.WAKE]  # pokes and timeouts still work
+    finally:
+        wake.close()
+
+
 class _Deaf(watch_mod.Wakeups):
     """A wake-up source that lost every event: it watches a directory nothing is written to."""
 
