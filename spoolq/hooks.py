@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .events import Fact
 from .spool import Spool
+
+if TYPE_CHECKING:
+    import subprocess
 
 SETTING = {"done": "on_done", "dead": "on_dead", "retry": "on_failure"}
 MAX_RUNNING = 16  # hooks at once per worker; beyond, a hook is skipped and said to be
@@ -53,6 +55,8 @@ class Hooks:
             thread.join()
 
     def _run(self, what: str, command: str, env: dict[str, str], timeout: float) -> None:
+        import subprocess  # only where a hook is set: most workers never start one
+
         try:
             # cwd given: the worker steps into a job's directory around each spawn (runner.spawn), and
             # a hook started in that moment would run there.
