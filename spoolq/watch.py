@@ -20,14 +20,6 @@ import select
 import struct
 from typing import Callable, Iterator
 
-# What a worker wakes for: a name that lands (renamed in, or created and written). Not
-# IN_MOVED_FROM: a claim renames jobs out of pending/ all the time, and waking for it is waste.
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE = 0x8, 0x80, 0x100
-IN_DELETE_SELF, IN_MOVE_SELF, IN_UNMOUNT, IN_Q_OVERFLOW, IN_IGNORED = 0x400, 0x800, 0x2000, 0x4000, 0x8000
-IN_ONLYDIR, IN_DONT_FOLLOW, IN_ISDIR = 0x01000000, 0x02000000, 0x40000000
-ARRIVALS = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-MASK = ARRIVALS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW
-GONE = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_IGNORED
 EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
 READ_SIZE = 64 * 1024  # room for ~2,000 events a read; a larger burst is read on the next turn
 WAKE = ("", "")  # a wake-up that names nothing: a poke, or events lost to an overflow
@@ -125,6 +117,13 @@ class Inotify:
     def __init__(self, directories: list[str], recursive: tuple[str, ...] = ()):
         from watchdog.observers import inotify_c  # Linux only: elsewhere this raises, and the worker polls
 
+        c = inotify_c.InotifyConstants
+        # What a worker wakes for: a name that lands (renamed in, or created and written). Not
+        # IN_MOVED_FROM: a claim renames jobs out of pending/ all the time, and waking for it is waste.
+        self._mask = (c.IN_CLOSE_WRITE | c.IN_MOVED_TO | c.IN_CREATE | c.IN_DELETE_SELF | c.IN_MOVE_SELF
+                      | c.IN_ONLYDIR | c.IN_DONT_FOLLOW)
+        self._gone = c.IN_DELETE_SELF | c.IN_MOVE_SELF | c.IN_UNMOUNT | c.IN_IGNORED
+        self._overflow, self._is_dir = c.IN_Q_OVERFLOW, c.IN_ISDIR
         self._add_watch = inotify_c.inotify_add_watch
         fd = inotify_c.inotify_init()
         if fd < 0:
@@ -146,7 +145,7 @@ class Inotify:
             raise
 
     def _watch(self, path: str) -> None:
-        wd = self._add_watch(self.fd, os.fsencode(path), MASK)
+        wd = self._add_watch(self.fd, os.fsencode(path), self._mask)
         if wd < 0:
             raise _errno_error(f"cannot watch {path}")
         self._paths[wd] = path
@@ -161,18 +160,18 @@ class Inotify:
             raise WatchLost("the inotify descriptor was closed")
         out: list[tuple[str, str]] = []
         for wd, mask, name in _events(data):
-            if mask & IN_Q_OVERFLOW:
+            if mask & self._overflow:
                 out.append(WAKE)  # events were lost: the rescan on poll_interval finds those names
                 continue
             directory = self._paths.get(wd)
             if directory is None:
                 continue
-            if mask & GONE:
+            if mask & self._gone:
                 self._paths.pop(wd, None)
                 if directory in self._roots:
                     raise WatchLost(f"{directory} was removed or moved: its events stopped")
                 continue  # a shard emptied and removed: nothing more lands there
-            if mask & IN_ISDIR:
+            if mask & self._is_dir:
                 out += self._new_subdirectory(directory, name)
                 continue
             out.append((directory, name))
