@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import math
 import os
+import select
 import stat
 from contextlib import contextmanager
 from typing import Callable, Generic, Iterator, NamedTuple, TypeVar
@@ -160,6 +162,17 @@ def _libc() -> object:
 
     name = ctypes.util.find_library("c")
     return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def readable(fds: list[int], timeout: float | None) -> list[int]:
+    """Those of `fds` that can be read now (data, end of file, or an error to read), waiting at
+    most `timeout` seconds for one (None: no limit). poll(), not select(): select() refuses
+    descriptor numbers from 1024 up, which a process started with many files open is given."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return [fd for fd, _ in poller.poll(ms)]
 
 
 def present(path: str) -> bool:

@@ -7,12 +7,12 @@ retried. It runs after the transition, so a hook that fails cannot change what h
 from __future__ import annotations
 
 import os
-import select
 import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
+from . import fsio
 from .events import Fact
 from .spool import Spool
 
@@ -92,7 +92,7 @@ def _read_until(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bool]:
         if left <= 0:
             proc.stdout.close()
             return bytes(kept), True
-        if not select.select([fd], [], [], left)[0]:
+        if not fsio.readable([fd], left):
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

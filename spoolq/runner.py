@@ -11,13 +11,12 @@ is closed, and a kept child writing to it gets EPIPE.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import direct
+from . import direct, fsio
 
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL of a job's process group
 DRAIN_AFTER_KILL = 0.2  # seconds to wait for the output pipe to close once the group is killed
@@ -101,7 +100,7 @@ class _Running:
             if self.pidfd is None:
                 wait = min(wait, 0.01)  # no pidfd (Linux < 5.3): look at the leader often
             watched = [fd for fd in (self.pidfd, self.read_end) if fd is not None]
-            ready, _, _ = select.select(watched, [], [], wait)
+            ready = fsio.readable(watched, wait)
             if self.read_end is not None and self.read_end in ready:
                 self._read()
             if self._leader_exited(self.pidfd in ready if self.pidfd is not None else None):
@@ -126,7 +125,7 @@ class _Running:
         """Copy what is left in the pipe, until every writer has closed it or `until`: a process
         that left the group without closing its stdout must not hold the worker up."""
         while self.read_end is not None:
-            if not select.select([self.read_end], [], [], max(0.0, until - time.monotonic()))[0]:
+            if not fsio.readable([self.read_end], max(0.0, until - time.monotonic())):
                 return
             self._read()
 
@@ -142,7 +141,7 @@ class _Running:
         if pidfd_ready is not None:
             return pidfd_ready
         if self.pidfd is not None:
-            return bool(select.select([self.pidfd], [], [], 0)[0])
+            return bool(fsio.readable([self.pidfd], 0))
         try:  # without reaping: the pid stays reserved until end_group
             return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
