@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import struct
 from typing import Callable, Iterator
+
+from . import fsio
 
 EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
 READ_SIZE = 64 * 1024  # room for ~2,000 events a read; a larger burst is read on the next turn
 WAKE = ("", "")  # a wake-up that names nothing: a poke, or events lost to an overflow
-
-
-class WatchLost(Exception):
-    """The events stopped working: a watched directory went, or the descriptor failed."""
 
 
 class Wakeups:
@@ -64,11 +61,7 @@ class Wakeups:
         """Block until something arrives or `timeout` seconds pass; returns (directory, name)
         pairs, ("", "") for a wake-up that names nothing."""
         watched = [self._poke_r] if self._inotify is None else [self._poke_r, self._inotify.fd]
-        try:
-            ready = select.select(watched, [], [], max(0.0, timeout))[0]
-        except (OSError, ValueError) as e:  # a descriptor gone bad under us
-            self._lose(e)
-            return [WAKE]
+        ready = fsio.readable(watched, max(0.0, timeout))
         out: list[tuple[str, str]] = []
         if self._poke_r in ready:
             _drain(self._poke_r)
@@ -76,14 +69,18 @@ class Wakeups:
         if self._inotify is not None and self._inotify.fd in ready:
             try:
                 out += self._inotify.read()
-            except (OSError, WatchLost) as e:
-                self._lose(e)
-                out.append(WAKE)
+            except OSError as e:  # the descriptor failed
+                self._lose(f"{type(e).__name__}: {e}")
+            if self._inotify.lost is not None:
+                self._lose(self._inotify.lost)
+            if self.failure is not None:
+                self._close_inotify()  # no more of it: from now on only pokes and timeouts
+                out.append(WAKE)  # the worker's next turn hears of it (check())
         return out
 
-    def _lose(self, e: Exception) -> None:
+    def _lose(self, reason: str) -> None:
         if self.failure is None:
-            self.failure = str(e) if isinstance(e, WatchLost) else f"{type(e).__name__}: {e}"
+            self.failure = reason
 
     def check(self) -> str | None:
         """If the events have stopped working, switch to polling and say why (once)."""
@@ -123,7 +120,7 @@ class Inotify:
         self._mask = (c.IN_CLOSE_WRITE | c.IN_MOVED_TO | c.IN_CREATE | c.IN_DELETE_SELF | c.IN_MOVE_SELF
                       | c.IN_ONLYDIR | c.IN_DONT_FOLLOW)
         self._gone = c.IN_DELETE_SELF | c.IN_MOVE_SELF | c.IN_UNMOUNT | c.IN_IGNORED
-        self._overflow, self._is_dir = c.IN_Q_OVERFLOW, c.IN_ISDIR
+        self._move_self, self._overflow, self._is_dir = c.IN_MOVE_SELF, c.IN_Q_OVERFLOW, c.IN_ISDIR
         self._add_watch = inotify_c.inotify_add_watch
         fd = inotify_c.inotify_init()
         if fd < 0:
@@ -134,6 +131,7 @@ class Inotify:
         self._roots = set(directories)
         self._recursive = set(recursive)
         self._paths: dict[int, str] = {}
+        self.lost: str | None = None  # why the events stopped, once a watched directory went
         try:
             for directory in directories:
                 self._watch(directory)
@@ -151,30 +149,53 @@ class Inotify:
         self._paths[wd] = path
 
     def read(self) -> list[tuple[str, str]]:
-        """The names that arrived since the last read. WatchLost if a watched directory went."""
+        """The names that arrived since the last read (all of them, even when a watched
+        directory went meanwhile: then `lost` says so). OSError if the descriptor failed."""
         try:
             data = os.read(self.fd, READ_SIZE)
         except BlockingIOError:
             return []
         if not data:
-            raise WatchLost("the inotify descriptor was closed")
+            raise OSError(errno.EBADF, "the inotify descriptor reads as closed")
         out: list[tuple[str, str]] = []
         for wd, mask, name in _events(data):
             if mask & self._overflow:
-                out.append(WAKE)  # events were lost: the rescan on poll_interval finds those names
+                out += self._rewalk()
                 continue
             directory = self._paths.get(wd)
             if directory is None:
                 continue
             if mask & self._gone:
-                self._paths.pop(wd, None)
-                if directory in self._roots:
-                    raise WatchLost(f"{directory} was removed or moved: its events stopped")
-                continue  # a shard emptied and removed: nothing more lands there
+                out += self._gone_away(wd, mask, directory)
+                continue
             if mask & self._is_dir:
                 out += self._new_subdirectory(directory, name)
                 continue
             out.append((directory, name))
+        return out
+
+    def _gone_away(self, wd: int, mask: int, directory: str) -> list[tuple[str, str]]:
+        if directory in self._roots:
+            self._paths.pop(wd, None)
+            self.lost = self.lost or f"{directory} was removed or moved: its events stopped"
+            return []
+        if mask & self._move_self:
+            # A shard renamed: its watch stays with it. The parent's IN_MOVED_TO came first and
+            # gave the watch its new name (inotify_add_watch on a watched directory returns the
+            # same watch); moved out of pending/, its events name a path without the job, which
+            # a claim finds gone, as it finds a job another worker took.
+            return []
+        self._paths.pop(wd, None)  # a shard removed: nothing more lands there
+        return []
+
+    def _rewalk(self) -> list[tuple[str, str]]:
+        """The kernel's queue overflowed: events were lost, the creation of a shard perhaps.
+        Watch every sub-directory of the recursive ones again (the known ones keep their
+        watch) and report what is in them; names lost elsewhere wait for the rescan."""
+        out = [WAKE]
+        for directory in sorted(self._recursive):
+            for name in _subdirectories(directory):
+                out += self._new_subdirectory(directory, name)
         return out
 
     def _new_subdirectory(self, directory: str, name: str) -> list[tuple[str, str]]:

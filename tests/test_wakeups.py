@@ -317,3 +317,107 @@ def test_a_spread_pick_stays_within_the_first_names_of_the_head_priority():
     picked = first.pop_ready(1, 8)
     assert picked in high[:8]
     assert first.pop_ready(1) == min(set(high) - {picked})  # without a spread: the head again
+
+
+# ---- from an adversarial review of the worker reading inotify itself ---------------------------
+
+
+def test_a_shard_moved_out_and_back_in_is_still_watched(tmp_path):
+    """An operator parks a shard outside pending/ and puts it back (or a directory already in
+    pending/ is renamed to a shard's name): arrivals in it must still wake the worker."""
+    pending, hold = tmp_path / "pending", tmp_path / "hold"
+    pending.mkdir()
+    hold.mkdir()
+    (pending / "=100").mkdir()
+    (pending / ".stage").mkdir()
+    wake = watch_mod.Wakeups([str(pending)], recursive=(str(pending),))
+    try:
+        assert wake.mode == "events"
+        os.rename(pending / "=100", hold / "=100")
+        os.rename(hold / "=100", pending / "=100")
+        os.rename(pending / ".stage", pending / "=200")
+        wake.wait(0.2)  # the moves' events are read
+        for shard in (str(pending / "=100"), str(pending / "=200")):
+            _drop(shard, "job.json")
+            assert (shard, "job.json") in _names_within(wake, 2, {(shard, "job.json")})
+    finally:
+        wake.close()
+
+
+def test_a_shard_made_while_the_event_queue_overflowed_is_watched(tmp_path):
+    """While the worker runs a long job nobody reads inotify; a burst of arrivals overflows the
+    kernel's queue and the new shard's IN_CREATE is among the events lost. The shard is found
+    all the same, with what landed in it."""
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    wake = watch_mod.Wakeups([str(pending)], recursive=(str(pending),))
+    try:
+        with open("/proc/sys/fs/inotify/max_queued_events") as f:
+            limit = int(f.read())
+        for i in range(limit // 2 + 100):  # IN_CREATE and IN_CLOSE_WRITE each: the queue overflows
+            os.close(os.open(pending / f"j{i}", os.O_CREAT | os.O_WRONLY))
+        (pending / "=300").mkdir()
+        _drop(str(pending / "=300"), "early.json")
+        seen = []
+        while batch := wake.wait(0.2):  # the worker is back from its job: it reads the backlog
+            seen += batch
+        assert watch_mod.WAKE in seen  # the overflow was noticed
+        shard = str(pending / "=300")
+        assert (shard, "early.json") in seen
+        _drop(shard, "job.json")
+        assert (shard, "job.json") in _names_within(wake, 2, {(shard, "job.json")})
+    finally:
+        wake.close()
+
+
+def test_an_arrival_read_together_with_a_lost_watch_is_still_reported(tmp_path):
+    pending, control = tmp_path / "pending", tmp_path / "control"
+    pending.mkdir()
+    control.mkdir()
+    wake = watch_mod.Wakeups([str(pending), str(control)])
+    try:
+        _drop(str(pending), "job.json")
+        control.rename(tmp_path / "away")  # both events are read in the same turn
+        deadline = time.monotonic() + 5
+        seen: list[tuple[str, str]] = []
+        while wake.failure is None and time.monotonic() < deadline:
+            seen += wake.wait(deadline - time.monotonic())
+        assert wake.failure is not None and "removed or moved" in wake.failure
+        assert (str(pending), "job.json") in seen
+    finally:
+        wake.close()
+
+
+def test_waiting_works_with_descriptors_numbered_above_1023(tmp_path):
+    """A worker started with many descriptors open (inherited, or a process embedding it) is
+    given numbers above 1023, which select() refuses: it must wait, not spin, and hear events."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard >= 1100, "the test needs 1,100 descriptors"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        wake = watch_mod.Wakeups([str(tmp_path)])
+        try:
+            assert wake._poke_r > 1023 and wake._inotify.fd > 1023
+            started = time.monotonic()
+            assert wake.wait(0.2) == []  # nothing happened: the timeout, not a spin
+            assert time.monotonic() - started >= 0.15
+            _drop(str(tmp_path), "job.json")
+            assert wake.mode == "events" and wake.check() is None
+            assert (str(tmp_path), "job.json") in _names_within(wake, 2, {(str(tmp_path), "job.json")})
+        finally:
+            wake.close()
+        # A job's pipe and pidfd get such numbers too: the worker runs it and reads its output.
+        from spoolq import runner
+
+        got = bytearray()
+        outcome = runner.run("echo hello", cwd=None, env=dict(os.environ), timeout=10, output=got.extend)
+        assert outcome.ok and bytes(got) == b"hello\n"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
