@@ -131,8 +131,8 @@ class Worker:
         except (OSError, SpoolError) as e:
             raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
         layout = self.spool.layout
-        # A burst worker never waits for an arrival (it leaves when nothing is ready): starting an
-        # observer (importing watchdog, a thread) would be a quarter of a short burst's start-up.
+        # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
+        # nothing, and so never imports watchdog (a part of a short burst's start-up).
         self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")], self._log,
                                    events=not self.burst,  # and the shards of a sharded pending/
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
