@@ -290,21 +290,20 @@ class Views:
         """The names in `directories` (and in pending/'s shards, met on the way), at most `scan`
         of them in all: never a whole listing of a big directory."""
         todo = list(directories)
-        while todo:
+        while todo and scan > 0:
             directory = todo.pop(0)
             try:
                 with os.scandir(directory) as entries:
-                    listing = iter(entries)
-                    for entry in iter(lambda: next(listing, None) if scan > 0 else None, None):
+                    for entry in entries:
                         scan -= 1
                         if directory == self.layout.pending and shards.is_shard(entry.name):
                             todo.insert(0, entry.path)
-                            continue
-                        yield entry.name
+                        else:
+                            yield entry.name
+                        if scan <= 0:
+                            break  # before the next entry is even read
             except OSError:
                 continue
-            if scan <= 0:
-                return
 
     def some_ids(self, prefix: str, limit: int, scan: int) -> list[str]:
         """Up to `limit` job ids starting with `prefix`, from at most `scan` directory entries
