@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from typing import Callable, Iterator
+from typing import Iterator
 
 from . import fsio
 
@@ -29,11 +29,10 @@ WAKE = ("", "")  # a wake-up that names nothing: a poke, or events lost to an ov
 class Wakeups:
     """Names that land in the watched directories, delivered to the one thread that waits."""
 
-    def __init__(self, directories: list[str], log: Callable[[str], None] = lambda _m: None, *,
-                 events: bool = True, recursive: tuple[str, ...] = ()):
+    def __init__(self, directories: list[str], *, events: bool = True, recursive: tuple[str, ...] = ()):
         """`events=False`: no inotify at all, only timeouts and pokes (mode "none"). Directories
-        in `recursive` are watched with their sub-directories (pending/'s shards)."""
-        self._log = log
+        in `recursive` are watched with their sub-directories (pending/'s shards). It logs
+        nothing itself: check() gives the worker what to say."""
         self._poke_r, self._poke_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._inotify: Inotify | None = None
         self.mode = "polling" if events else "none"

@@ -133,7 +133,7 @@ class Worker:
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")], self._log,
+        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")],
                                    events=not self.burst,  # and the shards of a sharded pending/
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)

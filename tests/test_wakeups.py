@@ -126,8 +126,8 @@ def test_a_directory_that_goes_away_is_reported_once_and_then_polled(tmp_path):
 class _Deaf(watch_mod.Wakeups):
     """A wake-up source that lost every event: it watches a directory nothing is written to."""
 
-    def __init__(self, _directories, log=lambda _m: None, **kw):
-        super().__init__([os.environ["SPOOLQ_TEST_DEAF_DIR"]], log, **kw)
+    def __init__(self, _directories, **kw):
+        super().__init__([os.environ["SPOOLQ_TEST_DEAF_DIR"]], **kw)
 
 
 def _run_worker_in_thread(spool: Spool) -> tuple[worker_mod.Worker, threading.Thread]:
@@ -266,8 +266,8 @@ def test_a_listing_is_needed_only_when_the_directory_changed_or_has_not_settled(
 class _Polling(watch_mod.Wakeups):
     """No file-system events: as on a network file system, polling is what finds jobs."""
 
-    def __init__(self, directories, log=lambda _m: None, *, events=True, recursive=()):
-        super().__init__(directories, log, events=False)
+    def __init__(self, directories, *, events=True, recursive=()):
+        super().__init__(directories, events=False)
 
 
 def test_an_idle_polling_worker_lists_pending_only_until_it_settles(spool, monkeypatch):
