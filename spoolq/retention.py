@@ -111,7 +111,7 @@ class Retention:
                         continue
                 except FileNotFoundError:
                     continue
-                if any(os.path.lexists(os.path.join(lay.dir(s), layout.job_file(job_id))) for s in ("done", "dead")):
+                if any(fsio.present(os.path.join(lay.dir(s), layout.job_file(job_id))) for s in ("done", "dead")):
                     fsio.unlink_quietly(path)
                     count += 1
         return count, looked
