@@ -272,6 +272,29 @@ def test_unparseable_objects_are_refused(text):
     assert "\n" not in str(e.value), "the reason is one line"
 
 
+json_texts = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
+    max_leaves=8).map(json.dumps)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.tuples(st.sampled_from(["", " ", "\ufeff"]), st.text(max_size=40) | json_texts).map("".join))
+def test_job_text_is_read_as_json_loads_reads_it(text):
+    """The decoder made once answers as json.loads does: the same object, or the same refusal."""
+    try:
+        expected = json.loads(text, parse_constant=job_mod._reject_constant)
+    except ValueError as e:
+        with pytest.raises(InvalidJob) as got:
+            parse_json_object(text.encode("utf-8", "surrogatepass"))
+        if isinstance(e, json.JSONDecodeError):
+            assert e.msg in str(got.value)
+        return
+    if not isinstance(expected, dict) or job_mod._too_deep(expected):
+        return
+    assert parse_json_object(text.encode("utf-8", "surrogatepass")) == expected
+
+
 def test_oversized_object_is_refused():
     with pytest.raises(InvalidJob):
         parse_json_object(b'{"command": "x", "pad": "' + b"a" * job_mod.MAX_JOB_BYTES + b'"}')
