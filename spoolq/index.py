@@ -18,16 +18,20 @@ import random
 from typing import Callable, Iterable
 
 from . import layout
+from .shares import Share, prefer
 from .sharedlisting import Snapshot
 
 
 class PendingIndex:
-    """One heap of ready names per queue (a paused queue's jobs are passed over without being
-    looked at), one of scheduled ones for all. With `queues`, names of other queues are not kept."""
+    """Two heaps of ready names per queue, this worker's share of it and the others' (shares.py;
+    a paused queue's jobs are passed over without being looked at), one of scheduled ones for all.
+    With `queues`, names of other queues are not kept."""
 
     def __init__(self, queues: frozenset[str] | None = None) -> None:
         self.queues = queues
-        self._ready: dict[str, list[str]] = {}  # queue -> canonical names: the smallest runs first
+        self.share = Share()
+        # (queue, of this worker's share) -> canonical names: the smallest runs first
+        self._ready: dict[tuple[str, bool], list[str]] = {}
         self._later: list[tuple[int, str]] = []  # (due_ms, name)
         self._known: set[str] = set()  # every entry in the heaps (relative to pending/)
         self._where: dict[str, str] = {}  # name -> entry, for entries in a shard
@@ -58,7 +62,7 @@ class PendingIndex:
         if parsed.due_ms:
             heapq.heappush(self._later, (parsed.due_ms, name))
         else:
-            heapq.heappush(self._ready.setdefault(parsed.queue, []), name)
+            self._push(parsed.queue, name)
 
     def knows(self, entry: str) -> bool:
         return entry in self._known or entry in self._foreign
@@ -79,9 +83,22 @@ class PendingIndex:
         """Move scheduled entries whose time has come to their queue's ready heap."""
         while self._later and self._later[0][0] <= now_ms:
             name = heapq.heappop(self._later)[1]
-            heapq.heappush(self._ready.setdefault(_queue_of(name), []), name)
+            self._push(_queue_of(name), name)
         while self._later and not self._holds(self._later[0][1]):
             heapq.heappop(self._later)
+
+    def _push(self, queue: str, name: str) -> None:
+        heapq.heappush(self._ready.setdefault((queue, self.share.mine(queue, name)), []), name)
+
+    def reshare(self, share: Share) -> None:
+        """Deal the ready names again, when the workers taking a queue have changed."""
+        if share == self.share:
+            return
+        self.share = share
+        ready, self._ready = self._ready, {}
+        for (queue, _), heap in ready.items():
+            for name in heap:
+                self._push(queue, name)
 
     def _holds(self, name: str) -> bool:
         """Whether a name in the heaps is still known (a rescan forgets what others took)."""
@@ -93,28 +110,32 @@ class PendingIndex:
         self._known.discard(entry)
         return entry
 
-    def _heads(self, blocked: frozenset[str]) -> dict[str, list[str]]:
+    def _heads(self, blocked: frozenset[str]) -> dict[tuple[str, bool], list[str]]:
         """The non-empty ready heaps of queues not blocked, forgotten names dropped from their heads."""
         heads = {}
-        for queue, heap in list(self._ready.items()):
+        for key, heap in list(self._ready.items()):
             while heap and not self._holds(heap[0]):
                 self._take(heapq.heappop(heap))  # forgotten by a rescan
             if not heap:
-                del self._ready[queue]
-            elif queue not in blocked:
-                heads[queue] = heap
+                del self._ready[key]
+            elif key[0] not in blocked:
+                heads[key] = heap
         return heads
 
     def pop_ready(self, now_ms: int, spread: int = 1, blocked: frozenset[str] = frozenset()) -> str | None:
-        """The next name to claim, from queues not `blocked` (paused): the first in run order; with
-        `spread` > 1, one of the first `spread` of the same rank (priority) and queue, at random:
+        """The next name to claim, from queues not `blocked` (paused): the first in run order of
+        this worker's share, unless another share's first must go first (shares.prefer); with
+        `spread` > 1, one of the first `spread` of the same rank (priority) and heap, at random:
         workers that keep losing the head to each other (one rename wins, the others fail) then
         mostly take different names."""
         self.promote(now_ms)
         heads = self._heads(blocked)
         if not heads:
             return None
-        heap = min(heads.values(), key=lambda h: h[0])
+        own = min((h for (_, mine), h in heads.items() if mine), key=lambda h: h[0], default=None)
+        theirs = min((h for (_, mine), h in heads.items() if not mine), key=lambda h: h[0], default=None)
+        heap = theirs if theirs and prefer(own[0] if own else None, theirs[0]) else own
+        assert heap is not None
         name = heapq.heappop(heap)
         if spread > 1:
             name = _pick_near(heap, name, spread, self._holds)

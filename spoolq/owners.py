@@ -196,6 +196,11 @@ class Owners:
         except (OSError, ValueError, RecursionError):
             return Registration(owner, {}, 0.0)
 
+    def record(self, owner: str) -> dict[str, Any] | None:
+        """What an owner's registration says; None if it is gone, {} if it cannot be read."""
+        reg = self.registration(owner)
+        return reg.record if reg is not None else None
+
     def registered(self) -> list[str]:
         return [layout.stem(e) for e in fsio.listdir(self.layout.dir("workers")) if layout.is_json_entry(e)]
 

@@ -9,9 +9,11 @@ import time
 
 from . import fsio, shards
 from .index import ListingGate, Pacing, PendingIndex
+from .shares import Takers
 from .sharedlisting import NOTED_MAX, Listings, SharedListing
 
 SIBLING_LISTING_SERVES = 30.0  # seconds, sharded (below sharedlisting.NOTED_FOR)
+RESHARE_AFTER_LOSS = 0.05  # seconds: a lost claim says another worker takes the queue; look this often
 from .spool import Spool
 
 
@@ -26,6 +28,8 @@ class Rescans:
         self.arrivals = Arrivals(spool.store.shards)
         self._last_full = -1e18  # monotonic time of the last full listing
         self._learned: set[str] = set()  # entries learned other than by a listing, since the last one
+        self.takers = Takers(spool.owners.registered, spool.owners.record)
+        self._shared_at = -1e18  # monotonic time of the last reshare()
 
     def interval(self, now: float, poll_interval: float) -> float:
         """Seconds between calls of run()."""
@@ -62,6 +66,20 @@ class Rescans:
         self._learned.clear()
         if cfg.pending_shards > 0:
             self.arrivals.prune(snapshot.names)
+
+    def reshare(self, owner: str) -> None:
+        """Deal each queue's names again among the workers registered to take it (shares.py)."""
+        self._shared_at = time.monotonic()
+        self.index.reshare(self.takers.share(owner))
+
+    def tried(self, entry: str, won: bool, cost: float, owner: str) -> None:
+        """A claim of `entry` was tried, and `won` or not, in `cost` seconds."""
+        self.pacing.claimed(won, cost, self.from_listing(entry))
+        if not won and time.monotonic() - self._shared_at >= RESHARE_AFTER_LOSS:
+            try:
+                self.reshare(owner)  # a worker started since the last sweep may be taking this queue
+            except OSError:
+                pass  # the worker's next sweep deals them again
 
     def relist(self) -> None:
         """The next run() lists everything: a name was taken from the index that may still be in

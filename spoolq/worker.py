@@ -273,6 +273,7 @@ class Worker:
             for recovered in self.spool.recovery.run(self.owner):
                 self.log(str(recovered))
             self.pacing.workers = max(1, len(self.spool.owners.registered()))
+            self.rescans.reshare(self.owner)
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
             self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
 
@@ -329,7 +330,7 @@ class Worker:
             self.log(f"cannot claim {name!r}: {e}")
             self.rescans.relist()
             return None
-        self.pacing.claimed(claimed is not None, time.monotonic() - started, self.rescans.from_listing(name))
+        self.rescans.tried(name, claimed is not None, time.monotonic() - started, self.owner)
         return claimed  # None: another worker's rename won (or the file was quarantined)
 
     def _run(self, claimed: Claimed, kill: KillRequest) -> runner.Outcome:

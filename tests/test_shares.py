@@ -1,0 +1,133 @@
+"""Shares: workers of one queue take different names first, so they do not race for one head."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, strategies as st
+
+from conftest import spoolq
+from spoolq import layout
+from spoolq.index import PendingIndex
+from spoolq.shares import STEAL_AFTER, Share, Takers, prefer
+
+SECOND = 10**9
+
+
+def name(seq_s: float, job_id: str, priority: int = 0, queue: str = layout.DEFAULT_QUEUE) -> str:
+    return layout.pending_name(job_id, priority, int(seq_s * SECOND), None, queue)
+
+
+owners = st.lists(st.text("abcdef0123456789-", min_size=3, max_size=10), min_size=1, max_size=5, unique=True)
+taken = st.one_of(st.none(), st.frozensets(st.sampled_from(["default", "mail", "img"]), max_size=2))
+
+
+@given(st.data(), owners, st.lists(st.text("0123456789abcdef", min_size=8, max_size=8), min_size=1, max_size=30),
+       st.sampled_from(["default", "mail", "img"]))
+def test_every_name_is_in_the_share_of_exactly_one_worker_that_takes_its_queue(data, who, ids, queue):
+    takers = {owner: data.draw(taken) for owner in who}
+    serving = [o for o, qs in takers.items() if qs is None or queue in qs]
+    for job_id in ids:
+        n = name(1_700_000_000, job_id, queue=queue)
+        holders = [o for o in serving if Share(o, takers).mine(queue, n)]
+        assert len(holders) == (1 if serving else 0)
+        outsider = Share("not-registered", takers)
+        assert outsider.mine(queue, n), "a worker not among the takers has the whole queue"
+
+
+def test_a_worker_alone_on_its_queue_has_all_of_it():
+    takers = {"w1": None, "w2": frozenset({"mail"})}
+    assert all(Share("w1", takers).mine("img", name(1, f"{i:08x}", queue="img")) for i in range(50))
+    mail = [Share("w1", takers).mine("mail", name(1, f"{i:08x}", queue="mail")) for i in range(200)]
+    assert 40 < sum(mail) < 160, "two workers take mail: each has about half of it"
+
+
+@pytest.mark.parametrize("own, theirs, take_theirs", [
+    (None, name(5, "b"), True),  # its own share is empty: it helps the others
+    (name(5, "a"), None, False),
+    (name(5, "a", priority=0), name(9, "b", priority=1), True),  # a higher priority waits for no share
+    (name(5, "a", priority=1), name(1, "b", priority=0), False),
+    (name(5, "a"), name(5 - STEAL_AFTER - 0.5, "b"), True),  # enqueued well before its own head
+    (name(5, "a"), name(5 - STEAL_AFTER + 0.5, "b"), False),  # within the bound: its own first
+])
+def test_which_head_a_worker_takes(own, theirs, take_theirs):
+    assert prefer(own, theirs) is take_theirs
+
+
+def test_a_worker_takes_its_own_share_first_and_then_helps_with_the_others():
+    index = PendingIndex()
+    index.reshare(Share("w1", {"w1": None, "w2": None}))
+    names = [name(100 + i * 0.001, f"{i:08x}") for i in range(40)]
+    for n in names:
+        index.add(n)
+    popped = [index.pop_ready(1) for _ in names]
+    mine = [n for n in names if index.share.mine("default", n)]
+    assert 0 < len(mine) < len(names)
+    assert popped == mine + [n for n in names if n not in mine]
+    assert index.pop_ready(1) is None
+
+
+def test_another_share_s_job_is_not_passed_over_by_jobs_enqueued_long_after_it():
+    """Its worker may be busy with a long job: jobs enqueued STEAL_AFTER later do not overtake it."""
+    index = PendingIndex()
+    index.reshare(Share("w1", {"w1": None, "w2": None}))
+    theirs = next(n for n in (name(100, f"{i:08x}") for i in range(100)) if not index.share.mine("default", n))
+    own = [n for n in (name(100 + 2 * STEAL_AFTER, f"{i:08x}") for i in range(100, 200))
+           if index.share.mine("default", n)][:3]
+    for n in [*own, theirs]:
+        index.add(n)
+    assert index.pop_ready(1) == theirs
+
+
+def test_resharing_deals_the_names_again():
+    index = PendingIndex()
+    index.reshare(Share("w1", {"w1": None, "w2": None}))
+    names = [name(100 + i * 0.001, f"{i:08x}") for i in range(20)]
+    for n in names:
+        index.add(n)
+    index.reshare(Share("w1", {"w1": None}))  # w2 has left: the whole queue is w1's, in run order
+    assert [index.pop_ready(1) for _ in names] == names
+
+
+def test_takers_are_the_registered_workers_each_read_once(spool):
+    reads = []
+
+    def record(owner):
+        reads.append(owner)
+        return spool.owners.record(owner)
+
+    w1 = spool.owners.register("worker")
+    w2 = spool.owners.register("worker", queues=["mail"])
+    sup = spool.owners.register("supervisor")
+    takers = Takers(spool.owners.registered, record)
+    share = takers.share(w1)
+    assert share.takers == {w1: None, w2: frozenset({"mail"})}, "a supervisor takes no job"
+    assert sorted(reads) == sorted([w1, w2, sup])
+    spool.owners.unregister(w2)
+    assert takers.share(w1).takers == {w1: None}
+    assert sorted(reads) == sorted([w1, w2, sup]), "a registration is read once"
+
+
+def test_a_garbled_registration_takes_no_share(spool):
+    w1 = spool.owners.register("worker")
+    with open(spool.layout.worker_file("vm-1-abcdef"), "w") as f:
+        f.write('{"role": "worker", "queues": "not a list"}')
+    assert Takers(spool.owners.registered, spool.owners.record).share(w1).takers == {w1: None}
+
+
+def test_two_burst_workers_seldom_race_for_the_same_job(spool, spool_dir):
+    """Without shares each job was tried by both workers: about one lost claim per job."""
+    spool.enqueue_many([{"command": "true"} for _ in range(400)])
+    result = spoolq(spool_dir, "worker", "start", "--count", "2", "--burst", "--quiet", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "burst finished: 400 jobs in 400 attempts, 400 ok" in result.stderr
+    lost = [int(n) for n in re.findall(r"lost (\d+) claims to other workers", result.stderr)]
+    assert len(lost) == 2 and sum(lost) < 400 // 3, result.stderr
+
+
+def test_a_registered_worker_that_takes_nothing_holds_no_job_back(spool, spool_dir):
+    spool.owners.register("worker")  # registered, never claiming: busy with a long job, say
+    spool.enqueue_many([{"command": "true"} for _ in range(40)])
+    result = spoolq(spool_dir, "worker", "start", "--burst", "--quiet", timeout=60)
+    assert result.returncode == 0 and "burst finished: 40 jobs in 40 attempts, 40 ok" in result.stderr, result.stderr
