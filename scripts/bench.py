@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -228,27 +229,36 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     """n jobs of `command` drained by `worker start --count 2 --burst`, against xargs running the
     same command line with sh -c, as a shell user would."""
     samples, refs = [], []
+    cpu: dict[str, list[float]] = {"spoolq": [], "xargs": []}  # CPU seconds a job, every process of the run
     for r in range(repeat):
         spool_dir = tempfile.mkdtemp(dir=tmp, prefix="tput-")
         batch = os.path.join(tmp, f"tput-{r}.jsonl")
         write_batch(batch, n, command)
         cli(spool_dir, "enqueue", "--batch", batch)
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), children_cpu()
         subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        elapsed = time.monotonic() - t0
+        elapsed, cpu_used = time.monotonic() - t0, children_cpu() - c0
         assert count_done(spool_dir) == n, "not every job finished"
         samples.append(n / elapsed)
-        t0 = time.monotonic()
+        cpu["spoolq"].append(cpu_used / n)
+        t0, c0 = time.monotonic(), children_cpu()
         subprocess.run(["xargs", "-P2", "-n1", "sh", "-c", command], input=b"".join(b"%d\n" % i for i in range(n)),
                        check=True)
         refs.append(n / (time.monotonic() - t0))
+        cpu["xargs"].append((children_cpu() - c0) / n)
     row = Row(f"throughput: {n} `{command}` jobs, 2 workers, --burst", "jobs/s", samples,
               f"xargs -P2 -n1 sh -c '{command}'", refs, f">= {target:g} x xargs", paired=True)
     row.passed = row.ratio >= target
+    c0 = children_cpu()
     bare = bare_spawn_rate(n, command)
+    cpu["ceiling"] = [(children_cpu() - c0) / n]
     row.extra["bare_spawn"] = bare
-    row.notes = f"ceiling: 2 Python processes spawning it, no bookkeeping: {bare:.0f}/s ({bare / row.ref_median:.2f} x xargs)"
+    row.extra["cpu_ms_a_job"] = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
+    ms = row.extra["cpu_ms_a_job"]
+    row.notes = (f"ceiling: 2 Python processes spawning it, no bookkeeping: {bare:.0f}/s ({bare / row.ref_median:.2f} x xargs); "
+                 f"CPU a job, every process counted: spoolq {ms['spoolq']:.2f} ms, xargs {ms['xargs']:.2f} ms, "
+                 f"ceiling {ms['ceiling']:.2f} ms (spoolq's own: {ms['spoolq'] - ms['ceiling']:.2f} ms)")
     if gnu_parallel():  # where installed: once, it is slow
         t0 = time.monotonic()
         subprocess.run(["parallel", "--will-cite", "-j2", "-N0", "sh", "-c", command],
@@ -257,6 +267,12 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
         row.extra["parallel"] = rate
         row.notes += f"; GNU parallel -j2: {rate:.0f}/s, spoolq {row.median / rate:.1f} x"
     return row
+
+
+def children_cpu() -> float:
+    """User and system seconds of every process this one has waited for (and theirs, in turn)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def bare_spawn_rate(n: int, command: str) -> float:
