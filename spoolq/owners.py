@@ -37,6 +37,7 @@ class WorkerInfo:
 
 TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
 FS_TICK = 0.011  # and of the file system's clock, measured against ours (plus what it rounds)
+MAX_REGISTRATION_BYTES = 64 * 1024  # a registration is a few hundred bytes; a worker reads every one
 
 
 class Since(NamedTuple):
@@ -186,11 +187,10 @@ class Owners:
 
     def registration(self, owner: str) -> Registration | None:
         """None if there is none; an empty record if it cannot be read."""
-        path = self.layout.worker_file(owner)
-        try:
-            with open(path, "rb") as f:
-                record = json.loads(f.read())
-            return Registration(owner, record if isinstance(record, dict) else {}, os.stat(path).st_mtime)
+        try:  # never blocking on a fifo, nor reading a file of any size, that someone put there
+            data, st = fsio.read_regular(self.layout.worker_file(owner), MAX_REGISTRATION_BYTES)
+            record = json.loads(data)
+            return Registration(owner, record if isinstance(record, dict) else {}, st.st_mtime)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError):

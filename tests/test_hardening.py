@@ -618,6 +618,22 @@ def test_deep_json_in_any_spool_file_gives_no_traceback(spool, where):
         assert "Traceback" not in r.stderr and r.returncode in (0, 1), (args, r.stderr)
 
 
+@pytest.mark.parametrize("make", [
+    lambda p: os.mkfifo(p),  # open() would wait for a writer forever: every worker reads every registration
+    lambda p: os.symlink("/dev/zero", p),
+    lambda p: os.mkdir(p),
+    lambda p: open(p, "wb").truncate(1 << 30),  # a sparse GiB: never read whole
+], ids=["fifo", "symlink to /dev/zero", "directory", "huge file"])
+def test_a_registration_that_is_no_file_holds_no_one_up(spool, make):
+    make(os.path.join(spool.layout.dir("workers"), "vm-1-abcdef.json"))
+    spool.enqueue({"command": "true"})
+    r = cli(spool.root, "worker", "start", "--count", "2", "--burst", "-q", timeout=30)
+    assert r.returncode == 0 and "1 job in 1 attempt, 1 ok" in r.stderr, r.stderr
+    for args in (("worker", "list"), ("status",)):
+        r = cli(spool.root, *args, timeout=30)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
 def test_one_nesting_limit_for_enqueue_and_the_worker(spool_dir):
     """980 levels parsed in the CLI's shallow stack, and not in a worker's: one limit for both."""
     deep = '{"command": "true", "x": ' + "[" * 980 + "]" * 980 + "}"
