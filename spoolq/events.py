@@ -28,6 +28,7 @@ from .job import valid_id, valid_queue
 
 ROTATE_BYTES = 8 * 1024 * 1024  # about 40,000 attempts a file
 MAX_LINE = 64 * 1024
+MAX_FILE = ROTATE_BYTES + MAX_LINE  # no writer goes past it: a larger file was made by hand, and is read no further
 CHUNK = 1024 * 1024
 SUFFIX = ".jsonl"
 OUTCOMES = ("done", "retry", "dead", "lost")  # where the attempt left its job ("lost": taken over)
@@ -260,7 +261,8 @@ def read_file(path: str, offset: int = 0) -> Iterator[Fact]:
 def lines(path: str, offset: int = 0) -> Iterator[tuple[bytes, int]]:
     """Whole lines of a file from `offset`, each with the offset just past it; a line longer than
     MAX_LINE is skipped, a last line without its newline (being written, or torn) is not given.
-    Read a chunk at a time: memory stays bounded whatever a hand-made file holds."""
+    Read a chunk at a time, and no further than MAX_FILE: memory and time stay bounded whatever a
+    hand-made file holds (a sparse terabyte would take an hour)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -270,7 +272,7 @@ def lines(path: str, offset: int = 0) -> Iterator[tuple[bytes, int]]:
             return
         f.seek(offset)
         carry, skipping = b"", False  # skipping: inside an over-long line, until its newline
-        while chunk := f.read(CHUNK):
+        while chunk := f.read(max(0, min(CHUNK, MAX_FILE - offset - len(carry)))):
             parts = (carry + chunk).split(b"\n")
             carry = parts.pop()
             for part in parts:

@@ -293,9 +293,30 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
-def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
-    """Read a file that must be a regular, singly linked file, without following a symlink
-    or blocking on a fifo. Raises ValueError with the reason it is not one."""
+def open_append(path: str, mode: int | None = None) -> int:
+    """A descriptor that appends to the regular file at `path` (created, of `mode`, if `mode` is
+    given): never through a symlink, never waiting on a fifo (which has no reader: ENXIO), never
+    a device. OSError for anything but a regular file."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_CREAT if mode is not None else 0), 0o600 if mode is None else mode)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # a fifo nobody reads (or a device without its hardware)
+            raise OSError(errno.EINVAL, "not a regular file", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str, limit: int, *, single_link: bool = True) -> tuple[bytes, os.stat_result]:
+    """Read a file that must be a regular file (singly linked, unless not `single_link`), without
+    following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one."""
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise ValueError("is a symbolic link")
@@ -306,7 +327,7 @@ def read_regular(path: str, limit: int) -> tuple[bytes, os.stat_result]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("is not a regular file")
-        if st.st_nlink > 1:
+        if single_link and st.st_nlink > 1:
             raise ValueError(f"has {st.st_nlink} hard links")
         if st.st_size > limit:
             raise ValueError(f"is {st.st_size} bytes; the limit is {limit}")

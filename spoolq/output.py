@@ -114,7 +114,7 @@ def mark(path: str, line: str) -> None:
     """Append one marker line to a job's existing log (never creating one: a purged job stays
     purged). Best effort: a marker must not fail what it annotates."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = fsio.open_append(path)  # output/ is writable by the spool's group: a fifo must not hang us
     except OSError:
         return
     try:

@@ -212,11 +212,12 @@ class Recovery:
         moved out of its group on purpose (a daemon) is not touched."""
         if not local:
             return
-        try:
-            with open(os.path.join(directory, layout.GROUP_FILE), "rb") as f:
-                record = liveness.parse_group_record(f.read(liveness.GROUP_RECORD_SIZE))
-        except OSError:
+        try:  # the owner's directory is writable by the spool's group: no fifo waited on, no symlink followed
+            data, _ = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE), liveness.GROUP_RECORD_SIZE,
+                                        single_link=False)
+        except (OSError, ValueError):
             return
+        record = liveness.parse_group_record(data)
         if record is not None:
             liveness.kill_job_group(*record)
 

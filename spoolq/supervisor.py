@@ -261,9 +261,14 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
+    try:  # here, where a refusal can be said: a fifo put there must not hang the start either
+        fd = fsio.open_append(log_path, spool.store.modes.file)
+    except OSError as e:
+        raise SpoolError(f"cannot write the workers' log {log_path}: {e.strerror}") from None
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(fd)
         os.close(write_end)
         data = os.read(read_end, 64)
         os.close(read_end)
@@ -279,7 +284,6 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_
     os.close(write_end)
     code = 1
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, spool.store.modes.file)
         fsio.exact_mode(fd, spool.store.modes.file)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
