@@ -18,7 +18,7 @@ import random
 from typing import Callable, Iterable
 
 from . import layout
-from .shares import Share, prefer
+from .shares import Helping, Share, bound
 from .sharedlisting import Snapshot
 
 
@@ -30,6 +30,8 @@ class PendingIndex:
     def __init__(self, queues: frozenset[str] | None = None) -> None:
         self.queues = queues
         self.share = Share()
+        self.helping = Helping()
+        self._from_theirs: str | None = None  # the last entry popped from another share
         # (queue, of this worker's share) -> canonical names: the smallest runs first
         self._ready: dict[tuple[str, bool], list[str]] = {}
         self._later: list[tuple[int, str]] = []  # (due_ms, name)
@@ -124,7 +126,7 @@ class PendingIndex:
 
     def pop_ready(self, now_ms: int, spread: int = 1, blocked: frozenset[str] = frozenset()) -> str | None:
         """The next name to claim, from queues not `blocked` (paused): the first in run order of
-        this worker's share, unless another share's first must go first (shares.prefer); with
+        this worker's share, unless another share's first must go first (shares.Helping); with
         `spread` > 1, one of the first `spread` of the same rank (priority) and heap, at random:
         workers that keep losing the head to each other (one rename wins, the others fail) then
         mostly take different names."""
@@ -134,12 +136,19 @@ class PendingIndex:
             return None
         own = min((h for (_, mine), h in heads.items() if mine), key=lambda h: h[0], default=None)
         theirs = min((h for (_, mine), h in heads.items() if not mine), key=lambda h: h[0], default=None)
-        heap = theirs if theirs and prefer(own[0] if own else None, theirs[0]) else own
+        take_theirs = own is None or (theirs is not None and self.helping.theirs_first(own[0], theirs[0], now_ms))
+        heap = theirs if take_theirs else own
         assert heap is not None
         name = heapq.heappop(heap)
         if spread > 1:
-            name = _pick_near(heap, name, spread, self._holds)
-        return self._take(name)
+            name = _pick_near(heap, name, spread, self._holds, None if take_theirs or not theirs else bound(theirs[0]))
+        entry = self._take(name)
+        self._from_theirs = entry if take_theirs else None
+        return entry
+
+    def claimed(self, entry: str, won: bool) -> None:
+        """A claim of `entry`, popped last, was tried and `won` or lost."""
+        self.helping.claimed(entry == self._from_theirs, won)
 
     def next_due_ms(self) -> int | None:
         self.promote(0)
@@ -175,10 +184,11 @@ def _queue_of(name: str) -> str:
     return name[at + 1:-5] if at >= 0 else layout.DEFAULT_QUEUE
 
 
-def _pick_near(heap: list[str], head: str, spread: int, holds: Callable[[str], bool]) -> str:
+def _pick_near(heap: list[str], head: str, spread: int, holds: Callable[[str], bool], below: str | None) -> str:
+    """One of the first `spread` names of `head`'s rank (and before `below`), at random."""
     rank = head[:10]
     window = [head]
-    while len(window) < spread and heap and heap[0][:10] == rank:
+    while len(window) < spread and heap and heap[0][:10] == rank and (below is None or heap[0] < below):
         name = heapq.heappop(heap)
         if holds(name):
             window.append(name)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from . import fsio, job, layout, liveness
+from .errors import SpoolError
 from .store import Store
 
 
@@ -37,7 +38,7 @@ class WorkerInfo:
 
 TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
 FS_TICK = 0.011  # and of the file system's clock, measured against ours (plus what it rounds)
-MAX_REGISTRATION_BYTES = 64 * 1024  # a registration is a few hundred bytes; a worker reads every one
+MAX_REGISTRATION_BYTES = 256 * 1024  # a worker's, with shares.MAX_QUEUES queues named: about 70 KB
 
 
 class Since(NamedTuple):
@@ -146,7 +147,10 @@ class Owners:
                   "start": liveness.start_token(os.getpid()), "boot": liveness.boot_id(),
                   "pidns": liveness.pid_namespace(),
                   "started_at": job.iso(self.store.clock()), **extra}
-        self.store.publish(self.layout.worker_file(owner), json.dumps(record).encode(), durable=False)
+        data = json.dumps(record).encode()
+        if len(data) > MAX_REGISTRATION_BYTES:  # others could not read it, and would judge its owner gone
+            raise SpoolError(f"a registration of {len(data)} bytes is over the limit of {MAX_REGISTRATION_BYTES}")
+        self.store.publish(self.layout.worker_file(owner), data, durable=False)
         # RACE: the registration exists before the owner's directory, and outlives it at
         # unregister, so a processing/<owner> without a registration always means a dead owner.
         try:
@@ -188,7 +192,7 @@ class Owners:
     def registration(self, owner: str) -> Registration | None:
         """None if there is none; an empty record if it cannot be read."""
         try:  # never blocking on a fifo, nor reading a file of any size, that someone put there
-            data, st = fsio.read_regular(self.layout.worker_file(owner), MAX_REGISTRATION_BYTES)
+            data, st = fsio.read_regular(self.layout.worker_file(owner), MAX_REGISTRATION_BYTES, single_link=False)
             record = json.loads(data)
             return Registration(owner, record if isinstance(record, dict) else {}, st.st_mtime)
         except FileNotFoundError:

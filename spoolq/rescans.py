@@ -75,9 +75,11 @@ class Rescans:
     def tried(self, entry: str, won: bool, cost: float, owner: str) -> None:
         """A claim of `entry` was tried, and `won` or not, in `cost` seconds."""
         self.pacing.claimed(won, cost, self.from_listing(entry))
-        if not won and time.monotonic() - self._shared_at >= RESHARE_AFTER_LOSS:
+        self.index.claimed(entry, won)
+        alone = len(self.index.share.takers) <= 1  # and yet another took it: a worker started since
+        if not won and (alone or time.monotonic() - self._shared_at >= RESHARE_AFTER_LOSS):
             try:
-                self.reshare(owner)  # a worker started since the last sweep may be taking this queue
+                self.reshare(owner)
             except OSError:
                 pass  # the worker's next sweep deals them again
 

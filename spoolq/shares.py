@@ -6,11 +6,14 @@ costs a rename and a turn of the worker's loop (n workers: up to n - 1 a job).
 
 Each queue's names are dealt among the workers registered to take that queue, by a hash of the
 name that every worker computes alike (crc32; Python's hash() differs between processes). A
-worker takes the head of its own share; another share's head only when its own share is empty,
-when that head has a higher priority, or when it was enqueued more than STEAL_AFTER seconds
-before the head of its own share (its worker may be busy with a long job, or dead and not yet
-recovered). So no job is passed over by a job of its priority enqueued more than STEAL_AFTER
-seconds after it, and a name is tried by two workers mostly at the end of a backlog.
+worker takes the head of its own share; another share's head (Helping, below) when its own
+share is empty, when that head has a higher priority, when it was enqueued more than
+STEAL_AFTER seconds before the head of its own share, or when it has stayed that share's head
+for STEAL_AFTER seconds: its worker may be busy with a long job, or dead and not yet recovered.
+A head taken that way and won means nobody else is taking that share: the worker then takes
+every share's names in run order, as if alone, until a claim on another share's name is lost.
+So no job waits long behind jobs of its priority enqueued after it, and a name is tried by two
+workers about once a second, and at the end of a backlog.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from __future__ import annotations
 import zlib
 from typing import Callable, Iterable, Mapping
 
-STEAL_AFTER = 1.0  # seconds of enqueue time: how far another share's head may lag behind one's own
+from .job import valid_queue
+
+STEAL_AFTER = 1.0  # seconds: how far another share's head may lag behind one's own, or wait
 _STEAL_AFTER_NS = int(STEAL_AFTER * 1e9)
+_STEAL_AFTER_MS = int(STEAL_AFTER * 1000)
+MAX_QUEUES = 1000  # queues a worker may name (--queue): every worker reads every registration
 
 
 class Share:
@@ -48,7 +55,8 @@ class Share:
 
 def prefer(own: str | None, theirs: str | None) -> bool:
     """Take `theirs` (the first name of other shares) rather than `own` (the first of this
-    worker's)? Canonical names start with the rank (priority) and the sequence (enqueue time, ns)."""
+    worker's), by the names alone? Canonical names start with the rank (priority) and the
+    sequence (enqueue time, ns)."""
     if own is None:
         return True
     if theirs is None:
@@ -56,6 +64,37 @@ def prefer(own: str | None, theirs: str | None) -> bool:
     if theirs[:10] != own[:10]:
         return theirs[:10] < own[:10]  # a higher priority waits for no share
     return int(theirs[11:30]) + _STEAL_AFTER_NS < int(own[11:30])
+
+
+def bound(theirs: str) -> str:
+    """Names of one's own share sorting before this go before `theirs`; later ones may not (a
+    pick among the first few after a lost claim keeps to it)."""
+    return f"{theirs[:11]}{int(theirs[11:30]) + _STEAL_AFTER_NS:019d}"
+
+
+class Helping:
+    """Whether to take another share's head now, by what the names say (prefer) and by how long
+    that head has waited, and whether this worker is helping a share nobody else takes."""
+
+    def __init__(self) -> None:
+        self._head: str | None = None  # the other shares' head, as last seen
+        self._since_ms = 0
+        self.helping = False
+
+    def theirs_first(self, own: str, theirs: str, now_ms: int) -> bool:
+        if self.helping:
+            return theirs < own  # run order, as a lone worker takes them
+        if prefer(own, theirs):
+            return True
+        if theirs != self._head:
+            self._head, self._since_ms = theirs, now_ms
+            return False
+        return now_ms - self._since_ms >= _STEAL_AFTER_MS
+
+    def claimed(self, theirs: bool, won: bool) -> None:
+        """A claim was tried, of another share's name (`theirs`) or of this worker's own."""
+        if theirs:
+            self.helping = won
 
 
 class Takers:
@@ -84,6 +123,6 @@ def _queues_taken(record: Mapping[str, object] | None) -> frozenset[str] | None 
     queues = record.get("queues")
     if queues is None:
         return None
-    if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
-        return False
+    if not isinstance(queues, list) or len(queues) > MAX_QUEUES or not all(valid_queue(q) for q in queues):
+        return False  # no share for a record spoolq would not write: it would hold a share's jobs back
     return frozenset(queues)

@@ -15,11 +15,15 @@ import pytest
 
 from conftest import strace_path, SPOOLQ, Workers, backdate, fill, spoolq, wait_for
 from spoolq import Spool, fsck, fsio, layout as L
+from spoolq.errors import SpoolError
 from spoolq.ids import creator_of
 from spoolq.job import parse_time
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
 STRANGER = 12345
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def cli(spool_dir: str, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -632,6 +636,100 @@ def test_a_registration_that_is_no_file_holds_no_one_up(spool, make):
     for args in (("worker", "list"), ("status",)):
         r = cli(spool.root, *args, timeout=30)
         assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+WIDEST = [f"{i:04d}".ljust(64, "q") for i in range(1000)]  # shares.MAX_QUEUES names of the longest kind
+
+
+def test_a_worker_taking_the_most_queues_is_judged_by_its_heartbeat(spool, spool_dir):
+    """Its registration names every queue: others must read it whole, not judge its owner gone
+    (which would rescue its running job while it runs)."""
+    owner = spool.owners.register("worker", queues=WIDEST)
+    reg = spool.owners.registration(owner)
+    assert reg.record.get("queues") == WIDEST and spool.owners.judge().why_gone(reg) is None
+    job = spool.enqueue({"command": "sleep 30", "queue": WIDEST[0]}).id
+    w = Workers(spool_dir, 1, extra=("--queue", ",".join(WIDEST)))
+    try:
+        wait_for(lambda: spool.find(job).state == "processing", 15, "the job to start")
+        assert Spool(spool_dir).recovery.run(L.owner_token("test", os.getpid())) == []
+    finally:
+        w.kill_all()
+
+
+def test_more_queues_than_a_registration_holds_are_refused(spool, spool_dir):
+    r = cli(spool_dir, "worker", "start", "--burst", "--queue", ",".join(WIDEST + ["one-more"]))
+    assert r.returncode == 2 and "a worker takes at most 1000" in r.stderr, r.stderr
+    with pytest.raises(SpoolError, match="over the limit"):
+        spool.owners.register("worker", queues=[f"q{i}" for i in range(40_000)])
+
+
+def run_burst(spool_dir: str, timeout: float, *extra: str) -> tuple[int | None, str]:
+    """`worker start --burst` in its own process group, killed whole if it hangs."""
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--burst", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return None, proc.communicate()[0]
+    return proc.returncode, out
+
+
+def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_dir):
+    """processing/<owner>/ is writable by the spool's group: its .pgroup may be a fifo."""
+    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
+    owner = subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
+                           cwd=REPO).stdout.strip()
+    os.mkfifo(os.path.join(spool.layout.owned(owner), L.GROUP_FILE))
+    spool.enqueue({"command": "true"})
+    code, out = run_burst(spool_dir, 30)
+    assert code == 0 and "1 job in 1 attempt, 1 ok" in out, out
+
+
+def test_a_marker_is_never_written_into_a_fifo(tmp_path):
+    """A worker that lost its job marks the job's log; output/ is writable by the spool's group."""
+    fifo = str(tmp_path / "job.log")
+    os.mkfifo(fifo)
+    code = "import sys; from spoolq import output; output.mark(sys.argv[1], 'result discarded')"
+    r = subprocess.run([sys.executable, "-c", code, fifo], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_fifo_as_the_detached_workers_log_hangs_nothing(spool, spool_dir, tmp_path):
+    spool.enqueue({"command": "true"})
+    os.makedirs(os.path.dirname(spool.worker_log()), exist_ok=True)
+    os.mkfifo(spool.worker_log())
+    with open(tmp_path / "cli.err", "w+") as err:  # not a pipe: a detached supervisor would hold it
+        r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--detach", "--burst"],
+                           stdout=subprocess.DEVNULL, stderr=err, timeout=60)
+        err.seek(0)
+        said = err.read()
+    assert r.returncode == 1 and said.startswith("Error: cannot write the workers' log") and \
+        said.rstrip().endswith("not a regular file"), said
+    assert not Spool(spool_dir).owners.workers(), "no supervisor or worker is left behind"
+
+
+def test_a_huge_sparse_attempts_log_is_read_no_further_than_a_writer_writes(spool):
+    """events/ is writable by the spool's group: `stats`, the dashboard, the metrics textfile and
+    a burst's tally read every log written lately (a sparse terabyte took an hour)."""
+    from spoolq import events
+
+    spool.enqueue({"command": "true"})
+    directory = spool.layout.dir("events")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vm-1-abcdef" + events.SUFFIX), "wb") as f:
+        f.truncate(1 << 40)
+
+    def too_long(*_):
+        raise TimeoutError("still reading the attempts log after 20 s")
+
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.setitimer(signal.ITIMER_REAL, 20)
+    try:
+        assert spool.stats(3600) is not None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def test_one_nesting_limit_for_enqueue_and_the_worker(spool_dir):

@@ -35,9 +35,12 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
                  queue_names: tuple[str, ...], quiet: bool, log_format: str) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first),
     saying on stderr what each job did; --detach: in the background, logging to the spool's log/."""
-    from .. import supervisor, worklog
+    from .. import shares, supervisor, worklog
 
     queues = queue_set(queue_names)
+    if queues is not None and len(queues) > shares.MAX_QUEUES:
+        raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {shares.MAX_QUEUES}",
+                                 param_hint="'--queue'")
     log = worklog.LOGS[log_format]
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
