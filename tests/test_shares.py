@@ -19,6 +19,15 @@ def name(seq_s: float, job_id: str, priority: int = 0, queue: str = layout.DEFAU
     return layout.pending_name(job_id, priority, int(seq_s * SECOND), None, queue)
 
 
+def first_of_two(names: list[str]) -> PendingIndex:
+    """The index of worker w1 of two, holding `names`."""
+    index = PendingIndex()
+    index.reshare(Share("w1", {"w1": None, "w2": None}))
+    for n in names:
+        index.add(n)
+    return index
+
+
 owners = st.lists(st.text("abcdef0123456789-", min_size=3, max_size=10), min_size=1, max_size=5, unique=True)
 taken = st.one_of(st.none(), st.frozensets(st.sampled_from(["default", "mail", "img"]), max_size=2))
 
@@ -56,11 +65,8 @@ def test_which_head_a_worker_takes(own, theirs, take_theirs):
 
 
 def test_a_worker_takes_its_own_share_first_and_then_helps_with_the_others():
-    index = PendingIndex()
-    index.reshare(Share("w1", {"w1": None, "w2": None}))
     names = [name(100 + i * 0.001, f"{i:08x}") for i in range(40)]
-    for n in names:
-        index.add(n)
+    index = first_of_two(names)
     popped = [index.pop_ready(1) for _ in names]
     mine = [n for n in names if index.share.mine("default", n)]
     assert 0 < len(mine) < len(names)
@@ -70,22 +76,16 @@ def test_a_worker_takes_its_own_share_first_and_then_helps_with_the_others():
 
 def test_another_share_s_job_is_not_passed_over_by_jobs_enqueued_long_after_it():
     """Its worker may be busy with a long job: jobs enqueued STEAL_AFTER later do not overtake it."""
-    index = PendingIndex()
-    index.reshare(Share("w1", {"w1": None, "w2": None}))
-    theirs = next(n for n in (name(100, f"{i:08x}") for i in range(100)) if not index.share.mine("default", n))
+    share = Share("w1", {"w1": None, "w2": None})
+    theirs = next(n for n in (name(100, f"{i:08x}") for i in range(100)) if not share.mine("default", n))
     own = [n for n in (name(100 + 2 * STEAL_AFTER, f"{i:08x}") for i in range(100, 200))
-           if index.share.mine("default", n)][:3]
-    for n in [*own, theirs]:
-        index.add(n)
-    assert index.pop_ready(1) == theirs
+           if share.mine("default", n)][:3]
+    assert first_of_two([*own, theirs]).pop_ready(1) == theirs
 
 
 def test_resharing_deals_the_names_again():
-    index = PendingIndex()
-    index.reshare(Share("w1", {"w1": None, "w2": None}))
     names = [name(100 + i * 0.001, f"{i:08x}") for i in range(20)]
-    for n in names:
-        index.add(n)
+    index = first_of_two(names)
     index.reshare(Share("w1", {"w1": None}))  # w2 has left: the whole queue is w1's, in run order
     assert [index.pop_ready(1) for _ in names] == names
 
@@ -144,21 +144,14 @@ def test_a_pick_after_a_lost_claim_keeps_to_the_bound():
     own_early = next(n for n in (name(100, i) for i in ids) if share.mine("default", n))
     own_late = [n for n in (name(100 + 5 * STEAL_AFTER, i) for i in ids) if share.mine("default", n)][:7]
     for _ in range(30):
-        index = PendingIndex()
-        index.reshare(share)
-        for n in [theirs, own_early, *own_late]:
-            index.add(n)
-        assert index.pop_ready(1, spread=8) == own_early
+        assert first_of_two([theirs, own_early, *own_late]).pop_ready(1, spread=8) == own_early
 
 
 def test_a_share_nobody_takes_is_helped_after_a_second_and_then_in_run_order():
     """Its worker is busy with a long job (or dead, not yet recovered): a batch's names, enqueued
     together, must not all wait for the other worker's whole share."""
-    index = PendingIndex()
-    index.reshare(Share("w1", {"w1": None, "w2": None}))
     names = [name(100 + i * 0.001, f"{i:08x}") for i in range(60)]
-    for n in names:
-        index.add(n)
+    index = first_of_two(names)
     theirs = [n for n in names if not index.share.mine("default", n)]
     t = 5_000_000
     taken = [index.pop_ready(t), index.pop_ready(t + 500)]
