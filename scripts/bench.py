@@ -231,10 +231,7 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     samples, refs = [], []
     cpu: dict[str, list[float]] = {"spoolq": [], "xargs": []}  # CPU seconds a job, every process of the run
     for r in range(repeat):
-        spool_dir = tempfile.mkdtemp(dir=tmp, prefix="tput-")
-        batch = os.path.join(tmp, f"tput-{r}.jsonl")
-        write_batch(batch, n, command)
-        cli(spool_dir, "enqueue", "--batch", batch)
+        spool_dir = spool_of_jobs(tmp, "tput", n, r, command)
         t0, c0 = time.monotonic(), children_cpu()
         subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -253,12 +250,14 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     c0 = children_cpu()
     bare = bare_spawn_rate(n, command)
     cpu["ceiling"] = [(children_cpu() - c0) / n]
+    cpu["stripped"] = [stripped_loop_cpu(tmp, n, command)]
     row.extra["bare_spawn"] = bare
     row.extra["cpu_ms_a_job"] = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
     ms = row.extra["cpu_ms_a_job"]
     row.notes = (f"ceiling: 2 Python processes spawning it, no bookkeeping: {bare:.0f}/s ({bare / row.ref_median:.2f} x xargs); "
                  f"CPU a job, every process counted: spoolq {ms['spoolq']:.2f} ms, xargs {ms['xargs']:.2f} ms, "
-                 f"ceiling {ms['ceiling']:.2f} ms (spoolq's own: {ms['spoolq'] - ms['ceiling']:.2f} ms)")
+                 f"ceiling {ms['ceiling']:.2f} ms (spoolq's own: {ms['spoolq'] - ms['ceiling']:.2f} ms; "
+                 f"a stripped loop's own: {ms['stripped']:.2f} ms)")
     if gnu_parallel():  # where installed: once, it is slow
         t0 = time.monotonic()
         subprocess.run(["parallel", "--will-cite", "-j2", "-N0", "sh", "-c", command],
@@ -273,6 +272,69 @@ def children_cpu() -> float:
     """User and system seconds of every process this one has waited for (and theirs, in turn)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def in_child(body: Callable[[], None]) -> float:
+    """CPU seconds `body` costs, run in a forked child (with every process it waits for)."""
+    c0 = children_cpu()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    return children_cpu() - c0
+
+
+def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
+    """CPU a job beyond a bare spawn of a loop that does only what no worker can leave out: claim
+    by rename, read and parse the job file, a log header and footer, spawn with a pipe and a
+    pidfd, wait, rename into done/, one attempts-log line. It checks and records nothing else
+    (no fence, finished copy, group record, heartbeat, stop, pause or limits, field checks): what
+    spoolq's bookkeeping would have to cost to reach the ceiling. One process, in a spool of n."""
+    from spoolq import direct
+
+    argv = direct.words(command)
+    program = direct.find(argv[0], dict(os.environ)) if argv else None
+    argv, program = (argv, program) if program else (["/bin/sh", "-c", command], "/bin/sh")
+    spool_dir = spool_of_jobs(tmp, "stripped", n, 0, command)
+    env = dict(os.environ)
+
+    def bare() -> None:
+        for _ in range(n):
+            os.waitpid(os.posix_spawn(program, argv, env, setsid=True), 0)
+
+    def stripped() -> None:
+        mine, done, out = (os.path.join(spool_dir, d) for d in ("processing/stripped", "done", "output"))
+        os.makedirs(mine)
+        pending = os.path.join(spool_dir, "pending")
+        events = os.open(os.path.join(spool_dir, "events", "stripped.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        for name in sorted(os.listdir(pending)):
+            job_id = name.split("@", 1)[1][:-len(".json")]
+            path = os.path.join(mine, f"{job_id}.json")
+            os.rename(os.path.join(pending, name), path)
+            with open(path, "rb") as f:
+                json.loads(f.read())
+            log = os.open(os.path.join(out, f"{job_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            os.write(log, b"==> attempt 1 <==\n")
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write_end, 1),
+                (os.POSIX_SPAWN_DUP2, write_end, 2)])
+            os.close(write_end)
+            pidfd = os.pidfd_open(pid)
+            while os.read(read_end, 65536):
+                pass
+            os.close(read_end)
+            os.waitpid(pid, 0)
+            os.close(pidfd)
+            os.write(log, b"==> attempt finished: ok <==\n")
+            os.close(log)
+            os.rename(path, os.path.join(done, f"{job_id}.json"))
+            os.write(events, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
+
+    return (in_child(stripped) - in_child(bare)) / n
 
 
 def bare_spawn_rate(n: int, command: str) -> float:
@@ -308,11 +370,11 @@ def gnu_parallel() -> bool:
     return probe.returncode == 0 and "GNU parallel" in probe.stdout
 
 
-def spool_of_true_jobs(tmp: str, prefix: str, n: int, r: int) -> str:
-    """A new spool holding n `true` jobs, enqueued as one batch."""
+def spool_of_jobs(tmp: str, prefix: str, n: int, r: int, command: str = "true") -> str:
+    """A new spool holding n jobs of `command`, enqueued as one batch."""
     spool_dir = tempfile.mkdtemp(dir=tmp, prefix=f"{prefix}-")
     batch = os.path.join(tmp, f"{prefix}-{r}.jsonl")
-    write_batch(batch, n, "true")
+    write_batch(batch, n, command)
     cli(spool_dir, "enqueue", "--batch", batch)
     return spool_dir
 
@@ -324,7 +386,7 @@ def beside(tmp: str, n: int, repeat: int, what: str, setup: Callable[[str], None
     samples, refs = [], []
     for r in range(repeat):
         for other in (True, False):
-            spool_dir = spool_of_true_jobs(tmp, "beside", n, r)
+            spool_dir = spool_of_jobs(tmp, "beside", n, r)
             if other:
                 setup(spool_dir)
             t0 = time.monotonic()
@@ -480,7 +542,7 @@ def job_lines_row(tmp: str, n: int, repeat: int) -> Row:
     samples, refs = [], []
     for r in range(repeat):
         for quiet in (False, True):
-            spool_dir = spool_of_true_jobs(tmp, "lines", n, r)
+            spool_dir = spool_of_jobs(tmp, "lines", n, r)
             with open(os.path.join(tmp, f"lines-{r}-{quiet}.log"), "w") as log:
                 t0 = time.monotonic()
                 subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2", "--burst",
