@@ -111,6 +111,9 @@ class Takers:
         for gone in set(self._known) - owners:
             del self._known[gone]
         for owner in owners - set(self._known):
+            # RACE: a registration removed between the listing and this read reads as None: it
+            # takes no share, and leaves this cache at the next listing. Workers that disagree for
+            # a moment on who takes a queue only race for some names, as without shares.
             self._known[owner] = _queues_taken(self._record(owner))
         return Share(me, {owner: queues for owner, queues in self._known.items() if queues is not False})
 
