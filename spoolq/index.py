@@ -140,8 +140,9 @@ class PendingIndex:
         heap = theirs if take_theirs else own
         assert heap is not None
         name = heapq.heappop(heap)
-        if spread > 1:
-            name = _pick_near(heap, name, spread, self._holds, None if take_theirs or not theirs else bound(theirs[0]))
+        if spread > 1:  # never a name enqueued over STEAL_AFTER after the other heap's first
+            other = own if take_theirs else theirs
+            name = _pick_near(heap, name, spread, self._holds, bound(other[0]) if other else None)
         entry = self._take(name)
         self._from_theirs = entry if take_theirs else None
         return entry

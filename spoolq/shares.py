@@ -18,6 +18,7 @@ workers about once a second, and at the end of a backlog.
 
 from __future__ import annotations
 
+import sys
 import zlib
 from typing import Callable, Iterable, Mapping
 
@@ -63,7 +64,13 @@ def prefer(own: str | None, theirs: str | None) -> bool:
         return False
     if theirs[:10] != own[:10]:
         return theirs[:10] < own[:10]  # a higher priority waits for no share
-    return int(theirs[11:30]) + _STEAL_AFTER_NS < int(own[11:30])
+    return _ready_ns(theirs) + _STEAL_AFTER_NS < _ready_ns(own)
+
+
+def _ready_ns(name: str) -> int:
+    """When a canonical name's job became ready: enqueued, or due (a retry keeps its sequence,
+    and must not look a backoff older than it is)."""
+    return max(int(name[11:30]), int(name[31:44]) * 1_000_000)
 
 
 def bound(theirs: str) -> str:
@@ -76,9 +83,12 @@ class Helping:
     """Whether to take another share's head now, by what the names say (prefer) and by how long
     that head has waited, and whether this worker is helping a share nobody else takes."""
 
+    SEEN_MAX = 64  # heads remembered: one a queue, and names since taken, until it is reached
+
     def __init__(self) -> None:
-        self._head: str | None = None  # the other shares' head, as last seen
-        self._since_ms = 0
+        # Since when each of the other shares' heads has been seen as their first: by name, so
+        # that heads taking turns (a queue passed over while its slots are full) keep their time.
+        self._seen: dict[str, int] = {}
         self.helping = False
 
     def theirs_first(self, own: str, theirs: str, now_ms: int) -> bool:
@@ -86,10 +96,9 @@ class Helping:
             return theirs < own  # run order, as a lone worker takes them
         if prefer(own, theirs):
             return True
-        if theirs != self._head:
-            self._head, self._since_ms = theirs, now_ms
-            return False
-        return now_ms - self._since_ms >= _STEAL_AFTER_MS
+        if len(self._seen) >= self.SEEN_MAX and theirs not in self._seen:
+            self._seen.clear()
+        return now_ms - self._seen.setdefault(theirs, now_ms) >= _STEAL_AFTER_MS
 
     def claimed(self, theirs: bool, won: bool) -> None:
         """A claim was tried, of another share's name (`theirs`) or of this worker's own."""
@@ -105,6 +114,7 @@ class Takers:
         self._registered = registered
         self._record = record
         self._known: dict[str, frozenset[str] | None | bool] = {}  # owner -> its queues; False: takes none
+        self._sets: dict[frozenset[str], frozenset[str]] = {}  # each set of queues once: workers x queues
 
     def share(self, me: str) -> Share:
         owners = set(self._registered())
@@ -112,10 +122,20 @@ class Takers:
             del self._known[gone]
         for owner in owners - set(self._known):
             # RACE: a registration removed between the listing and this read reads as None: it
-            # takes no share, and leaves this cache at the next listing. Workers that disagree for
-            # a moment on who takes a queue only race for some names, as without shares.
-            self._known[owner] = _queues_taken(self._record(owner))
+            # takes no share now. Workers that disagree for a moment on who takes a queue only
+            # race for some names, as without shares.
+            record = self._record(owner)
+            if record:  # one that cannot be read (yet: EMFILE, EIO) is read again next time
+                self._known[owner] = self._once(_queues_taken(record))
+        if len(self._sets) > len(self._known):
+            self._sets = {qs: qs for qs in self._known.values() if isinstance(qs, frozenset)}
         return Share(me, {owner: queues for owner, queues in self._known.items() if queues is not False})
+
+    def _once(self, queues: frozenset[str] | None | bool) -> frozenset[str] | None | bool:
+        if not isinstance(queues, frozenset):
+            return queues
+        interned = frozenset(map(sys.intern, queues))
+        return self._sets.setdefault(interned, interned)
 
 
 def _queues_taken(record: Mapping[str, object] | None) -> frozenset[str] | None | bool:

@@ -191,3 +191,92 @@ def test_registrations_with_too_many_or_invalid_queues_take_no_share(spool):
         tracemalloc.stop()
     assert share.takers == {me: None}
     assert kept < 1_000_000, f"{kept / 1e6:.1f} MB kept"
+
+
+def of_share(mine: bool, seq_s: float, queue: str = layout.DEFAULT_QUEUE, count: int = 1, start: int = 0) -> list[str]:
+    """`count` names enqueued at `seq_s`, of w1's share (`mine`) or of w2's, w1 and w2 taking every queue."""
+    share = Share("w1", {"w1": None, "w2": None})
+    names = (name(seq_s, f"{i:08x}", queue=queue) for i in range(start, start + 10_000))
+    return [n for n in names if share.mine(queue, n) == mine][:count]
+
+
+def test_a_busy_share_s_head_is_helped_within_seconds_beside_a_queue_whose_slots_are_full(spool):
+    """w2 is busy with a long job. A job of w2's share waits in `limited`, whose one slot is held;
+    w1's own jobs are of `default`, limited to 4 (free). The loop below is worker._loop's and
+    _claim_and_run's, with the real Admission: a job it cannot get a slot for is put back and its
+    queue passed over until a slot is given back. The other shares' first name takes turns
+    between the two; w2's head in `default` must still be helped within seconds."""
+    from spoolq.admission import Admission
+
+    spool.slots.set_limit("limited", 1)
+    spool.slots.set_limit(layout.DEFAULT_QUEUE, 4)
+    assert spool.slots.take("limited", spool.owners.register("worker")) is not None  # held by a long job
+    me = spool.owners.register("worker")
+    admission = Admission(spool, None, lambda: True, lambda _: None)
+    stuck, waiting = of_share(False, 100.0, "limited")[0], of_share(False, 100.1)[0]
+    index = first_of_two([stuck, waiting, *of_share(True, 100.2, count=200, start=1000)])
+    now, ran = 10_000_000, 0
+    while ran < 50:  # each of w1's jobs takes 2 s
+        got = index.pop_ready(now, 1, admission.blocked())
+        go, slot = admission.slot_for(got, me)
+        if not go:
+            assert got == stuck
+            index.add(got)
+            continue
+        if got == waiting:
+            break
+        index.claimed(got, True)
+        ran += 1
+        now += 2000
+        admission.give_back(slot)
+    assert got == waiting and ran <= 3, f"w2's head waited behind {ran} of w1's jobs ({ran * 2} s)"
+
+
+def test_a_pick_among_another_share_s_first_names_keeps_to_the_bound_too():
+    own_head, theirs_early = of_share(True, 100.0)[0], of_share(False, 98.0)[0]  # theirs: 2 s before
+    theirs_late = of_share(False, 700.0, count=7, start=5000)  # 10 minutes after own_head
+    picks = {first_of_two([own_head, theirs_early, *theirs_late]).pop_ready(1, spread=8) for _ in range(40)}
+    assert picks <= {theirs_early, own_head}
+
+
+def test_a_retry_is_not_taken_from_another_share_for_its_old_place_alone():
+    """A retry keeps its place (its sequence) but became ready at its due time: not long waiting."""
+    own_head = of_share(True, 100.0)[0]
+    theirs = of_share(False, 50.0)[0].replace(".0000000000000@", f".{int(100.2 * 1000):013d}@")
+    assert prefer(own_head, theirs) is False and prefer(own_head, of_share(False, 50.0)[0]) is True
+
+
+def test_workers_naming_the_same_queues_keep_one_copy_of_them(spool):
+    """`worker start --count 64 --queue <1000 queues>`: every worker reads every registration."""
+    import json
+    import tracemalloc
+
+    widest = [f"{i:04d}".ljust(64, "q") for i in range(1000)]
+    me = spool.owners.register("worker", queues=widest)
+    record = spool.owners.record(me)
+    for k in range(63):
+        with open(spool.layout.worker_file(f"vm-{k}-abcdef"), "w") as f:
+            json.dump({**record, "owner": f"vm-{k}-abcdef"}, f)
+    tracemalloc.start()
+    try:
+        share = Takers(spool.owners.registered, spool.owners.record).share(me)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(share.takers) == 64 and kept < 1_000_000, f"{kept / 1e6:.1f} MB kept"
+
+
+def test_a_registration_that_could_not_be_read_is_read_again(spool):
+    me = spool.owners.register("worker")
+    other = spool.owners.register("worker")
+    fails = {other}
+
+    def record(owner):
+        if owner in fails:
+            fails.discard(owner)
+            return {}  # what registration() gives for a file it could not read (EMFILE, say)
+        return spool.owners.record(owner)
+
+    takers = Takers(spool.owners.registered, record)
+    assert set(takers.share(me).takers) == {me}
+    assert set(takers.share(me).takers) == {me, other}
