@@ -279,11 +279,18 @@ def in_child(body: Callable[[], None]) -> float:
     c0 = children_cpu()
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
             body()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
         finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+            os._exit(code)
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+        raise RuntimeError("a measurement's child failed (its traceback is above)")
     return children_cpu() - c0
 
 

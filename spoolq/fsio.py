@@ -303,6 +303,8 @@ def open_append(path: str, mode: int | None = None) -> int:
     except OSError as e:
         if e.errno == errno.ENXIO:  # a fifo nobody reads (or a device without its hardware)
             raise OSError(errno.EINVAL, "not a regular file", path) from None
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW met one
+            raise OSError(errno.ELOOP, "a symbolic link", path) from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
