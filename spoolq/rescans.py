@@ -11,10 +11,10 @@ from . import fsio, shards
 from .index import ListingGate, Pacing, PendingIndex
 from .shares import Takers
 from .sharedlisting import NOTED_MAX, Listings, SharedListing
+from .spool import Spool
 
 SIBLING_LISTING_SERVES = 30.0  # seconds, sharded (below sharedlisting.NOTED_FOR)
 RESHARE_AFTER_LOSS = 0.05  # seconds: a lost claim says another worker takes the queue; look this often
-from .spool import Spool
 
 
 class Rescans:
@@ -68,9 +68,11 @@ class Rescans:
             self.arrivals.prune(snapshot.names)
 
     def reshare(self, owner: str) -> None:
-        """Deal each queue's names again among the workers registered to take it (shares.py)."""
+        """Deal each queue's names again among the workers registered to take it (shares.py), and
+        count the registrations for the pacing of listings, from the same listing of workers/."""
         self._shared_at = time.monotonic()
         self.index.reshare(self.takers.share(owner))
+        self.pacing.workers = max(1, self.takers.listed)
 
     def tried(self, entry: str, won: bool, cost: float, owner: str) -> None:
         """A claim of `entry` was tried, and `won` or not, in `cost` seconds."""

@@ -115,9 +115,11 @@ class Takers:
         self._record = record
         self._known: dict[str, frozenset[str] | None | bool] = {}  # owner -> its queues; False: takes none
         self._sets: dict[frozenset[str], frozenset[str]] = {}  # each set of queues once: workers x queues
+        self.listed = 0  # registrations of any role at the last share()
 
     def share(self, me: str) -> Share:
         owners = set(self._registered())
+        self.listed = len(owners)
         for gone in set(self._known) - owners:
             del self._known[gone]
         for owner in owners - set(self._known):

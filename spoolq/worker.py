@@ -272,7 +272,6 @@ class Worker:
         try:
             for recovered in self.spool.recovery.run(self.owner):
                 self.log(str(recovered))
-            self.pacing.workers = max(1, len(self.spool.owners.registered()))
             self.rescans.reshare(self.owner)
         except Exception as e:  # recovery is retried on the next sweep; the worker goes on
             self.log(f"recovery sweep failed: {type(e).__name__}: {e}")
