@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tracemalloc
 
 import pytest
 from hypothesis import given, strategies as st
@@ -167,12 +169,25 @@ def test_a_share_nobody_takes_is_helped_after_a_second_and_then_in_run_order():
     assert not any(p in theirs for p in after), "its own share first again"
 
 
+def write_registration(spool, record: dict) -> None:
+    """A registration as another worker (or someone in the spool's group) would leave it."""
+    with open(spool.layout.worker_file(record["owner"]), "w") as f:
+        json.dump(record, f)
+
+
+def share_and_memory(spool, me: str) -> tuple[Share, int]:
+    """`me`'s share as a new Takers deals it, and the bytes that Takers keeps to do so."""
+    tracemalloc.start()
+    try:
+        share = Takers(spool.owners.registered, spool.owners.record).share(me)
+        return share, tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
+
 def test_registrations_with_too_many_or_invalid_queues_take_no_share(spool):
     """Every worker reads every registration and keeps what a share needs: a record spoolq would
     not write (workers/ is writable by the spool's group) is not counted, and costs no memory."""
-    import json
-    import tracemalloc
-
     from spoolq.shares import MAX_QUEUES
 
     me = spool.owners.register("worker")
@@ -181,14 +196,8 @@ def test_registrations_with_too_many_or_invalid_queues_take_no_share(spool):
     hostile["vm-2-000000"] = [f"q{i}" for i in range(MAX_QUEUES + 1)]
     hostile["vm-3-000000"] = ["mail", ".hidden"]
     for owner, queues in hostile.items():
-        with open(spool.layout.worker_file(owner), "w") as f:
-            json.dump({**record, "owner": owner, "queues": queues}, f)
-    tracemalloc.start()
-    try:
-        share = Takers(spool.owners.registered, spool.owners.record).share(me)
-        kept, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+        write_registration(spool, {**record, "owner": owner, "queues": queues})
+    share, kept = share_and_memory(spool, me)
     assert share.takers == {me: None}
     assert kept < 1_000_000, f"{kept / 1e6:.1f} MB kept"
 
@@ -248,21 +257,12 @@ def test_a_retry_is_not_taken_from_another_share_for_its_old_place_alone():
 
 def test_workers_naming_the_same_queues_keep_one_copy_of_them(spool):
     """`worker start --count 64 --queue <1000 queues>`: every worker reads every registration."""
-    import json
-    import tracemalloc
-
     widest = [f"{i:04d}".ljust(64, "q") for i in range(1000)]
     me = spool.owners.register("worker", queues=widest)
     record = spool.owners.record(me)
     for k in range(63):
-        with open(spool.layout.worker_file(f"vm-{k}-abcdef"), "w") as f:
-            json.dump({**record, "owner": f"vm-{k}-abcdef"}, f)
-    tracemalloc.start()
-    try:
-        share = Takers(spool.owners.registered, spool.owners.record).share(me)
-        kept, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+        write_registration(spool, {**record, "owner": f"vm-{k}-abcdef"})
+    share, kept = share_and_memory(spool, me)
     assert len(share.takers) == 64 and kept < 1_000_000, f"{kept / 1e6:.1f} MB kept"
 
 
