@@ -149,7 +149,9 @@ def fsync_files(paths: list[str]) -> None:
 
 
 def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # O_NONBLOCK: the files synced by name sit in tmp/, which the spool's group may write; a fifo
+    # put there would hold this open until a writer came (fsync then refuses it: EINVAL).
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:

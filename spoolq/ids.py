@@ -75,11 +75,7 @@ class Reservations:
         # The markers linked to this one stay, so its content must outlive a power cut as theirs:
         # record_files() names only the newest.
         assert self._record is not None
-        fd = os.open(self._record, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsio.fsync_path(self._record)
         self._drop_record()
 
     def take_over(self, job_id: str) -> None:

@@ -695,6 +695,19 @@ def test_a_marker_is_never_written_into_a_fifo(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_a_fifo_in_tmp_synced_by_name_is_refused_at_once(tmp_path):
+    """tmp/ is writable by the spool's group: a fifo renamed over a staged file before a batch
+    syncs it must fail that sync (EINVAL), not wait for a writer forever."""
+    fifo = str(tmp_path / "staged.json")
+    os.mkfifo(fifo)
+    code = ("import errno, sys; from spoolq import fsio\n"
+            "try: fsio.fsync_path(sys.argv[1])\n"
+            "except OSError as e: sys.exit(0 if e.errno == errno.EINVAL else 3)\n"
+            "sys.exit(4)")
+    r = subprocess.run([sys.executable, "-c", code, fifo], cwd=REPO, timeout=30, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_fifo_as_the_detached_workers_log_hangs_nothing(spool, spool_dir, tmp_path):
     spool.enqueue({"command": "true"})
     os.makedirs(os.path.dirname(spool.worker_log()), exist_ok=True)
