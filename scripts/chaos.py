@@ -82,7 +82,9 @@ def chaos(spool_dir: str, *, jobs: int, workers: int, kill_interval: float, dura
         deadline = time.monotonic() + 15
         while len(every_worker()) < workers * len(procs):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"the workers did not start; see {log_path}")
+                with open(log_path, errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise RuntimeError(f"the workers did not start; {log_path} ends:\n{tail}")
             time.sleep(0.02)
         start = time.monotonic()
         next_kill = start + kill_interval

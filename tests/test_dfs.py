@@ -142,5 +142,6 @@ def test_chaos_across_two_gluster_hosts_loses_nothing(gluster, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "scripts", "chaos.py"), "--spool", a, "--view", b,
                         "--jobs", "300", "--workers", "2", "--kill-interval", "0.3", "--duration", "5",
                         "--timeout", "180", "--seed", "4"], capture_output=True, text=True, timeout=300)
+    assert r.stdout, f"chaos.py printed no summary (exit {r.returncode}): {r.stderr[-3000:]}"
     summary = json.loads(r.stdout)
-    assert summary["ok"] and summary["kills"] >= 10, summary
+    assert summary["ok"] and summary["kills"] >= 10, (summary, r.stderr[-3000:])
