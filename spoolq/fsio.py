@@ -9,9 +9,7 @@ import os
 import select
 import stat
 from contextlib import contextmanager
-from typing import Callable, Generic, Iterator, NamedTuple, TypeVar
-
-T = TypeVar("T")
+from typing import Iterator, NamedTuple
 
 
 class Modes(NamedTuple):
@@ -357,31 +355,3 @@ def read_regular(path: str, limit: int, *, single_link: bool = True) -> tuple[by
 
 def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-class StampedFile(Generic[T]):
-    """A small file read again only when its stamp (inode, mtime, ctime, size; by lstat: a symlink
-    is not followed) changes: `read` makes the value, `missing` stands for no file. Control files
-    (control/pause, control/limits) asked before every claim cost one stat this way."""
-
-    def __init__(self, path: str, read: Callable[[], T], missing: T):
-        self.path = path
-        self._read = read
-        self._missing = missing
-        self._cache: tuple[tuple[int, ...], T] | None = None
-
-    def get(self) -> T:
-        if not present(self.path):
-            return self._missing  # the usual answer for a pause or a limit, found without an exception
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return self._missing
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, self._read())
-        return self._cache[1]
-
-    def forget(self) -> None:
-        """Read it again next time (its writer just changed it)."""
-        self._cache = None

@@ -16,6 +16,7 @@ from typing import Callable
 
 from . import fsio
 from .job import valid_id
+from .stamped import StampedFile
 from .store import Store
 
 EVERY = "*"
@@ -27,7 +28,7 @@ class Pauses:
         self.store = store
         self.path = os.path.join(store.layout.dir("control"), "pause")
         # A symlink there is not followed (lstat): it pauses everything (_read).
-        self._file = fsio.StampedFile(self.path, self._read, frozenset())
+        self._file = StampedFile(self.path, self._read, frozenset())
         self.problem: str | None = None  # why the file was taken to pause everything, if it names nothing
 
     def paused(self) -> frozenset[str]:

@@ -20,6 +20,7 @@ from typing import Callable
 
 from . import fsio
 from .job import valid_queue
+from .stamped import StampedFile
 from .store import Store
 
 SEP = "%"  # no queue name or owner token holds it
@@ -32,7 +33,7 @@ class Slots:
         self.store = store
         self.dir = store.layout.dir("slots")
         self.limits_path = os.path.join(store.layout.dir("control"), "limits")
-        self._limits = fsio.StampedFile(self.limits_path, self._read_limits, {})
+        self._limits = StampedFile(self.limits_path, self._read_limits, {})
 
     # ---- limits --------------------------------------------------------------------------------
 

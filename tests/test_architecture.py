@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 # imports it). Reading a spool (views) never imports the write side (transitions, recovery).
 RANK = {
     "errors": 0, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
-    "fsio": 3, "retry": 3, "liveness": 3, "runner": 3.5, "watch": 3.5, "index": 3, "filesystem": 3,
+    "fsio": 3, "stamped": 3.5, "retry": 3, "liveness": 3, "runner": 3.5, "watch": 3.5, "index": 3, "filesystem": 3,
     "locks": 4, "output": 4, "shards": 4, "events": 4,
     "config": 5, "trust": 5, "stats": 5, "worklog": 5,
     "store": 6,
