@@ -161,5 +161,5 @@ def _remove_if_empty(directory: str) -> None:
     try:
         os.rmdir(directory)
     except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST):
+        if not fsio.is_gone(e) and e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise

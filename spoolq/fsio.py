@@ -49,8 +49,12 @@ def make_dir(path: str, mode: int) -> None:
 def write_file(path: str, data: bytes, *, durable: bool, mode: int) -> None:
     """Create `path` (must not exist) holding `data`; fsync it when `durable`.
 
-    Removes the partial file on any failure, so a full disk leaves nothing behind."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    Removes the partial file on any failure, so a full disk leaves nothing behind. A directory
+    that is gone (ESTALE included) raises FileNotFoundError."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise _as_gone(e, path) from None
     try:
         exact_mode(fd, mode)
         write_all(fd, data)
@@ -175,6 +179,20 @@ def readable(fds: list[int], timeout: float | None) -> list[int]:
     return [fd for fd, _ in poller.poll(ms)]
 
 
+def is_gone(exc: OSError) -> bool:
+    """ENOENT, or ESTALE: what a network file system (GlusterFS, NFS) answers when a directory
+    on the way was removed or renamed by another host (a worker's processing/<owner>/, fenced by
+    a rescuer). To this reader the file is gone either way."""
+    return exc.errno in (errno.ENOENT, errno.ESTALE)
+
+
+def _as_gone(exc: OSError, path: str) -> OSError:
+    """FileNotFoundError for an ESTALE, so that callers which tell "gone" by that type see it."""
+    if exc.errno == errno.ESTALE:
+        return FileNotFoundError(errno.ENOENT, f"gone ({exc.strerror})", path)
+    return exc
+
+
 def present(path: str) -> bool:
     """Is there an entry (of any kind: a symlink is not followed) at `path`? Like
     os.path.lexists, but a miss raises no exception inside: on a worker's per-job path, where
@@ -190,9 +208,9 @@ def move(src: str, dst: str) -> bool:
     """One atomic state change. False if `src` is gone: someone else moved it first (a lost race)."""
     try:
         os.rename(src, dst)
-    except FileNotFoundError:
-        if os.path.lexists(src):
-            raise  # the destination directory is missing: not a race
+    except OSError as e:
+        if not is_gone(e) or os.path.lexists(src):
+            raise _as_gone(e, dst) from None  # the destination directory is missing: not a race
         return False
     return True
 
@@ -208,13 +226,13 @@ def move_no_replace(src: str, dst: str) -> bool:
         return done
     try:
         os.link(src, dst, follow_symlinks=False)
-    except FileNotFoundError:
-        if os.path.lexists(src):
-            raise
-        return False
     except FileExistsError:
         raise
-    except OSError:
+    except OSError as e:
+        if is_gone(e):
+            if os.path.lexists(src):
+                raise _as_gone(e, dst) from None
+            return False
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "exists", dst) from None
         return move(src, dst)  # RACE: only another quarantine could make dst meanwhile, with 48 random bits
@@ -235,11 +253,11 @@ def _rename_noreplace(src: str, dst: str) -> bool | None:
     err = ctypes.get_errno()
     if err == errno.EEXIST:
         raise FileExistsError(err, os.strerror(err), dst)
-    if err == errno.ENOENT and not os.path.lexists(src):
+    if err in (errno.ENOENT, errno.ESTALE) and not os.path.lexists(src):
         return False
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return None
-    raise OSError(err, os.strerror(err), src)
+    raise _as_gone(OSError(err, os.strerror(err), src), dst)
 
 
 class Directory:
@@ -265,16 +283,20 @@ class Directory:
     def unlink_quietly(self, name: str) -> None:
         try:
             os.unlink(name, dir_fd=self.fd)
-        except FileNotFoundError:
-            pass
+        except OSError as e:
+            if not is_gone(e):
+                raise
 
 
 def listdir(path: str) -> list[str]:
-    """The names in a directory; none if it is gone (a reader racing a rename or an rmdir)."""
+    """The names in a directory; none if it is gone (a reader racing a rename or an rmdir, here
+    or on another host)."""
     try:
         return os.listdir(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    except OSError as e:
+        if isinstance(e, NotADirectoryError) or is_gone(e):
+            return []
+        raise
 
 
 def listdir_inodes(path: str) -> list[tuple[str, int]]:
@@ -282,15 +304,18 @@ def listdir_inodes(path: str) -> list[tuple[str, int]]:
     try:
         with os.scandir(path) as it:
             return [(entry.name, entry.inode()) for entry in it]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    except OSError as e:
+        if isinstance(e, NotADirectoryError) or is_gone(e):
+            return []
+        raise
 
 
 def unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
-    except FileNotFoundError:
-        pass
+    except OSError as e:
+        if not is_gone(e):
+            raise
 
 
 def open_append(path: str, mode: int | None = None) -> int:
@@ -318,13 +343,17 @@ def open_append(path: str, mode: int | None = None) -> int:
 
 def read_regular(path: str, limit: int, *, single_link: bool = True) -> tuple[bytes, os.stat_result]:
     """Read a file that must be a regular file (singly linked, unless not `single_link`), without
-    following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise ValueError("is a symbolic link")
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("is not a regular file")
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one,
+    FileNotFoundError if it is gone (ESTALE included: see is_gone)."""
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            raise ValueError("is a symbolic link")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise _as_gone(e, path) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -177,9 +177,9 @@ class Owners:
                 fsio.unlink_quietly(os.path.join(owned, entry))
         try:
             os.rmdir(owned)
-        except FileNotFoundError:
-            pass
         except OSError as e:
+            if fsio.is_gone(e):
+                return
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             return  # still holds a job: leave it for recovery rather than lose it

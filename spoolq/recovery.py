@@ -106,8 +106,10 @@ class Recovery:
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
         except FileExistsError:
             pass  # another rescuer's, or one that died before its rename: the rename decides
-        except FileNotFoundError:
-            return False
+        except OSError as e:
+            if fsio.is_gone(e):
+                return False
+            raise
         return True
 
     def _drain(self, directory: str, owner: str, host: str, now: float | None) -> list[Recovered]:
@@ -132,7 +134,9 @@ class Recovery:
         mark = os.path.join(directory, layout.FENCE_FILE)
         try:
             marked_at = os.lstat(mark).st_mtime
-        except FileNotFoundError:
+        except OSError as e:
+            if not fsio.is_gone(e):
+                raise
             marked_at = None
         if marked_at is not None:
             if self._fs_now is None:

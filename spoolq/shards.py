@@ -200,7 +200,9 @@ class PendingShards:
         """fsync a shard; True if it is not the directory this process made sure of."""
         try:
             fd = os.open(self.path(shard), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except FileNotFoundError:
+        except OSError as e:
+            if not fsio.is_gone(e):
+                raise
             return False  # RACE: what was renamed into it was claimed, and the empty shard pruned
         try:
             os.fsync(fd)

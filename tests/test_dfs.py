@@ -145,3 +145,61 @@ def test_chaos_across_two_gluster_hosts_loses_nothing(gluster, tmp_path):
     assert r.stdout, f"chaos.py printed no summary (exit {r.returncode}): {r.stderr[-3000:]}"
     summary = json.loads(r.stdout)
     assert summary["ok"] and summary["kills"] >= 10, (summary, r.stderr[-3000:])
+
+
+def test_another_hosts_rescues_never_crash_a_reader_here(gluster, tmp_path):
+    """A directory another host removes (a worker's processing/<owner>/, fenced by a rescuer and
+    emptied) is, to this host's Gluster client, ENOENT or ESTALE: both mean it is gone. status,
+    list, show and fsck here read on through it while host B churns owner directories."""
+    import errno
+    import threading
+
+    from spoolq import fsck
+
+    name = gluster.new_dir("strict", os.path.basename(tmp_path))
+    a, b = (os.path.join(gluster.mount("strict", h), name) for h in ("A", "B"))
+    spool = Spool(a)
+    view = spool.enqueue({"command": "true"})
+    with open(os.path.join(a, "pending", os.listdir(os.path.join(a, "pending"))[0]), "rb") as f:
+        job_bytes = f.read()
+    owners = [f"hostb-{n}-0000000{n}" for n in range(4)]
+    stop = threading.Event()
+
+    def churn() -> None:  # what workers and their rescuers on host B do to processing/
+        while not stop.is_set():
+            for owner in owners:
+                owned, fence = os.path.join(b, "processing", owner), os.path.join(b, "processing", "r~" + owner)
+                try:
+                    os.mkdir(owned)
+                    with open(os.path.join(owned, view.id + ".json"), "wb") as f:
+                        f.write(job_bytes)
+                    os.rename(owned, fence)
+                    os.unlink(os.path.join(fence, view.id + ".json"))
+                    os.rmdir(fence)
+                except OSError:
+                    pass
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    stale = rounds = 0
+    errors: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and (stale < 2 or rounds < 60):
+            for call in (spool.counts, lambda: spool.list_jobs("processing"), lambda: spool.find(view.id),
+                         lambda: spool.views.census(), lambda: fsck.check(spool, stale_after=3600)):
+                try:
+                    call()
+                except Exception as e:  # noqa: BLE001 - any exception here is the defect
+                    errors.append(f"{type(e).__name__}: {e}")
+            for owner in owners:  # the rig's own proof that the race happened
+                try:
+                    os.listdir(os.path.join(a, "processing", "r~" + owner))
+                except OSError as e:
+                    stale += e.errno == errno.ESTALE
+            rounds += 1
+    finally:
+        stop.set()
+        churner.join()
+    assert stale, "this rig never answered ESTALE: the test proved nothing"
+    assert not errors, (rounds, stale, sorted(set(errors))[:5])

@@ -96,9 +96,12 @@ class Report:
         for name in sorted(fsio.listdir(directory)):
             path = os.path.join(directory, name)
             try:
-                yield name, path, os.lstat(path)
-            except FileNotFoundError:
-                continue  # moved on while we looked
+                st = os.lstat(path)
+            except OSError as e:
+                if fsio.is_gone(e):
+                    continue  # moved on while we looked
+                raise
+            yield name, path, st
 
     def is_stale(self, st: os.stat_result) -> bool:
         return self.fs_now - st.st_mtime >= self.stale_after
