@@ -187,9 +187,10 @@ def is_gone(exc: OSError) -> bool:
 
 
 def _as_gone(exc: OSError, path: str) -> OSError:
-    """FileNotFoundError for an ESTALE, so that callers which tell "gone" by that type see it."""
+    """FileNotFoundError for an ESTALE (its errno kept), so that callers which tell "gone" by
+    that type see it."""
     if exc.errno == errno.ESTALE:
-        return FileNotFoundError(errno.ENOENT, f"gone ({exc.strerror})", path)
+        return FileNotFoundError(errno.ESTALE, exc.strerror, path)
     return exc
 
 
@@ -343,17 +344,24 @@ def open_append(path: str, mode: int | None = None) -> int:
 
 def read_regular(path: str, limit: int, *, single_link: bool = True) -> tuple[bytes, os.stat_result]:
     """Read a file that must be a regular file (singly linked, unless not `single_link`), without
-    following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one,
-    FileNotFoundError if it is gone (ESTALE included: see is_gone)."""
+    following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one.
+    An ESTALE (see is_gone) is looked up once more, then raised as it is: whether that means
+    gone (a job file) or "cannot tell" (a settings file) is the caller's to say."""
     try:
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            raise ValueError("is a symbolic link")
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("is not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return _read_regular(path, limit, single_link)
     except OSError as e:
-        raise _as_gone(e, path) from None
+        if e.errno != errno.ESTALE:
+            raise
+    return _read_regular(path, limit, single_link)  # a file replaced on another host: its new name
+
+
+def _read_regular(path: str, limit: int, single_link: bool) -> tuple[bytes, os.stat_result]:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise ValueError("is a symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("is not a regular file")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -165,8 +165,10 @@ class Owners:
         or if a rescuer has marked its directory (seen even through a cached old name)."""
         try:
             os.utime(self.layout.worker_file(owner))
-        except FileNotFoundError:
-            return False
+        except OSError as e:
+            if fsio.is_gone(e):
+                return False
+            raise
         owned = self.layout.owned(owner)
         return os.path.isdir(owned) and not os.path.lexists(os.path.join(owned, layout.FENCE_FILE))
 
@@ -178,11 +180,10 @@ class Owners:
         try:
             os.rmdir(owned)
         except OSError as e:
-            if fsio.is_gone(e):
-                return
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            return  # still holds a job: leave it for recovery rather than lose it
+            if not fsio.is_gone(e):  # gone (fenced, here or on another host): the registration goes too
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                return  # still holds a job: leave it for recovery rather than lose it
         fsio.unlink_quietly(self.layout.worker_file(owner))
 
     def heartbeat_interval(self) -> float:

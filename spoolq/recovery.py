@@ -8,6 +8,7 @@ groups on this host is killed, and each job's attempt is failed like any failure
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import NamedTuple
 
@@ -196,7 +197,9 @@ class Recovery:
             return []
         try:
             job, _ = self.store.read_job(next_path, now=now, trusted_only=True)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
+            if e.errno == errno.ESTALE:
+                return []  # our directory was fenced on another host: its rescuer completes the move
             fsio.unlink_quietly(os.path.join(directory, moving.taken_name))  # the move is done
             return []
         except InvalidJob:

@@ -207,6 +207,10 @@ class PendingShards:
         try:
             os.fsync(fd)
             return os.fstat(fd).st_ino != self._durable.get(shard)
+        except OSError as e:
+            if not fsio.is_gone(e):
+                raise
+            return False  # pruned by another host after our open (ESTALE): nothing in it to keep
         finally:
             os.close(fd)
 

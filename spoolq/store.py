@@ -270,6 +270,8 @@ class Store:
         except ValueError as e:
             raise InvalidJob(f"{what} {e}") from None
         except OSError as e:
+            if fsio.is_gone(e):  # ESTALE: moved on by another host, at any of the read's calls
+                raise FileNotFoundError(e.errno, e.strerror, path) from None
             raise InvalidJob(f"{what} cannot be read: {e.strerror}") from None
 
     def trusts_uid(self, uid: int) -> bool:

@@ -134,6 +134,8 @@ class Transitions:
         try:
             data, _ = self.store.read_bytes(adopt_path, "dropped file")
             job = dropins.job_from(self.store, data, entry, now=now, seq=arrived_ns)
+        except FileNotFoundError:  # our directory was fenced (a rescuer gives the file back): not malformed
+            raise LostOwnership(f"{adopt_path} was taken from us") from None
         except (InvalidJob, OSError) as e:
             self.quarantine.put(adopt_path, entry, f"malformed: {e}", now)
             return Adoption(Adopted.QUARANTINED, reason=str(e))
