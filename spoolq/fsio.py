@@ -47,14 +47,13 @@ def make_dir(path: str, mode: int) -> None:
 
 
 def write_file(path: str, data: bytes, *, durable: bool, mode: int) -> None:
-    """Create `path` (must not exist) holding `data`; fsync it when `durable`.
-
-    Removes the partial file on any failure, so a full disk leaves nothing behind. A directory
-    that is gone (ESTALE included) raises FileNotFoundError."""
+    """Create `path` (must not exist) holding `data`; fsync it when `durable`. Removes the
+    partial file on any failure, so a full disk leaves nothing behind; a directory that is gone
+    (ESTALE included) raises FileNotFoundError."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as e:
-        raise _as_gone(e, path) from None
+        raise as_gone(e, path) from None
     try:
         exact_mode(fd, mode)
         write_all(fd, data)
@@ -180,18 +179,26 @@ def readable(fds: list[int], timeout: float | None) -> list[int]:
 
 
 def is_gone(exc: OSError) -> bool:
-    """ENOENT, or ESTALE: what a network file system (GlusterFS, NFS) answers when a directory
-    on the way was removed or renamed by another host (a worker's processing/<owner>/, fenced by
-    a rescuer). To this reader the file is gone either way."""
+    """ENOENT, or ESTALE: a network file system's answer (GlusterFS, NFS) when another host removed
+    or renamed a directory on the way (a fenced processing/<owner>/). Gone, either way."""
     return exc.errno in (errno.ENOENT, errno.ESTALE)
 
 
-def _as_gone(exc: OSError, path: str) -> OSError:
-    """FileNotFoundError for an ESTALE (its errno kept), so that callers which tell "gone" by
-    that type see it."""
+def as_gone(exc: OSError, path: str) -> OSError:
+    """FileNotFoundError for an ESTALE (errno kept): callers tell "gone" by that type."""
     if exc.errno == errno.ESTALE:
         return FileNotFoundError(errno.ESTALE, exc.strerror, path)
     return exc
+
+
+def lstat_if_there(path: str) -> os.stat_result | None:
+    """lstat, or None if the entry is gone (is_gone: here, or through another host's rename)."""
+    try:
+        return os.lstat(path)
+    except OSError as e:
+        if is_gone(e):
+            return None
+        raise
 
 
 def present(path: str) -> bool:
@@ -211,7 +218,7 @@ def move(src: str, dst: str) -> bool:
         os.rename(src, dst)
     except OSError as e:
         if not is_gone(e) or os.path.lexists(src):
-            raise _as_gone(e, dst) from None  # the destination directory is missing: not a race
+            raise as_gone(e, dst) from None  # the destination directory is missing: not a race
         return False
     return True
 
@@ -232,7 +239,7 @@ def move_no_replace(src: str, dst: str) -> bool:
     except OSError as e:
         if is_gone(e):
             if os.path.lexists(src):
-                raise _as_gone(e, dst) from None
+                raise as_gone(e, dst) from None
             return False
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "exists", dst) from None
@@ -258,7 +265,7 @@ def _rename_noreplace(src: str, dst: str) -> bool | None:
         return False
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return None
-    raise _as_gone(OSError(err, os.strerror(err), src), dst)
+    raise as_gone(OSError(err, os.strerror(err), src), dst)
 
 
 class Directory:
@@ -290,8 +297,7 @@ class Directory:
 
 
 def listdir(path: str) -> list[str]:
-    """The names in a directory; none if it is gone (a reader racing a rename or an rmdir, here
-    or on another host)."""
+    """The names in a directory; none if it is gone (a reader racing a rename or rmdir, anywhere)."""
     try:
         return os.listdir(path)
     except OSError as e:
@@ -345,8 +351,8 @@ def open_append(path: str, mode: int | None = None) -> int:
 def read_regular(path: str, limit: int, *, single_link: bool = True) -> tuple[bytes, os.stat_result]:
     """Read a file that must be a regular file (singly linked, unless not `single_link`), without
     following a symlink or blocking on a fifo. Raises ValueError with the reason it is not one.
-    An ESTALE (see is_gone) is looked up once more, then raised as it is: whether that means
-    gone (a job file) or "cannot tell" (a settings file) is the caller's to say."""
+    An ESTALE is looked up once more, then raised as it is: gone (a job file) or "cannot tell"
+    (a settings file) is the caller's to say."""
     try:
         return _read_regular(path, limit, single_link)
     except OSError as e:

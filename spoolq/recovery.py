@@ -133,16 +133,11 @@ class Recovery:
         and a minute: while a client may still reach it by a cached old name, the mark is what
         tells a woken owner (a claim landing there is not run). run() looks at it again."""
         mark = os.path.join(directory, layout.FENCE_FILE)
-        try:
-            marked_at = os.lstat(mark).st_mtime
-        except OSError as e:
-            if not fsio.is_gone(e):
-                raise
-            marked_at = None
-        if marked_at is not None:
+        marked = fsio.lstat_if_there(mark)
+        if marked is not None:
             if self._fs_now is None:
                 self._fs_now = self.store.fs_clock()
-            if self._fs_now - marked_at < self.store.config.lease_timeout + 60:
+            if self._fs_now - marked.st_mtime < self.store.config.lease_timeout + 60:
                 return
         fsio.unlink_quietly(mark)
         try:

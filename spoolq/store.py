@@ -271,7 +271,7 @@ class Store:
             raise InvalidJob(f"{what} {e}") from None
         except OSError as e:
             if fsio.is_gone(e):  # ESTALE: moved on by another host, at any of the read's calls
-                raise FileNotFoundError(e.errno, e.strerror, path) from None
+                raise fsio.as_gone(e, path) from None
             raise InvalidJob(f"{what} cannot be read: {e.strerror}") from None
 
     def trusts_uid(self, uid: int) -> bool:

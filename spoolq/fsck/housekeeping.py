@@ -174,12 +174,9 @@ class HousekeepingChecks:
         return files
 
     def _check_mode(self, path: str, mode: int, shared: bool) -> None:
-        try:
-            st = os.lstat(path)
-        except OSError as e:
-            if fsio.is_gone(e):
-                return  # moved on while we looked (here, or on another host: ESTALE)
-            raise
+        st = fsio.lstat_if_there(path)
+        if st is None:
+            return  # moved on while we looked
         if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             return  # not spoolq's doing; a chmod would reach another name
         if st.st_uid != os.geteuid():

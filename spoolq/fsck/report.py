@@ -95,13 +95,9 @@ class Report:
         """(name, path, lstat) of each entry of `directory` still there, in name order."""
         for name in sorted(fsio.listdir(directory)):
             path = os.path.join(directory, name)
-            try:
-                st = os.lstat(path)
-            except OSError as e:
-                if fsio.is_gone(e):
-                    continue  # moved on while we looked
-                raise
-            yield name, path, st
+            st = fsio.lstat_if_there(path)
+            if st is not None:  # else moved on while we looked
+                yield name, path, st
 
     def is_stale(self, st: os.stat_result) -> bool:
         return self.fs_now - st.st_mtime >= self.stale_after
