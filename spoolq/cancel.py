@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import fsio, layout
+from . import fsio, layout, modes
 from .errors import InvalidJob, JobNotFound, LostOwnership
 from .job import Job
 from .owners import Owners
@@ -78,10 +78,10 @@ class KillRequest:
         if not os.path.lexists(self.mark):
             return False
         try:
-            data, _ = fsio.read_regular(self.mark, 256)
+            data, st = fsio.read_regular(self.mark, 256)
         except (OSError, ValueError):
             return False
-        return data == self.token
+        return data == self.token and not modes.why_untrusted(st, shared=True)  # only spoolq writes marks
 
     def withdraw(self) -> None:
         fsio.unlink_quietly(self.mark)

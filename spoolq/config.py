@@ -6,8 +6,8 @@ import json
 import re
 from typing import Any, Callable, ContextManager, NamedTuple
 
-from . import fsio, locks
-from .errors import ConfigError, SpoolError
+from . import fsio, locks, modes
+from .errors import ConfigError, SpoolError, UntrustedFile
 from .job import is_int, is_number
 from .layout import Layout
 
@@ -158,7 +158,11 @@ def load(layout: Layout) -> Config:
     it holds that is not a setting is ignored, and said in `problems`."""
     path = layout.config
     try:
-        data, _ = fsio.read_regular(path, MAX_CONFIG_BYTES)
+        data, st = fsio.read_regular(path, MAX_CONFIG_BYTES)
+        untrusted = modes.why_untrusted(st, shared=True)  # its hooks run as the owner: only the owner writes it
+        if untrusted:
+            raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
+                             "else (chown it, chmod go-w)")
         raw = json.loads(data or b"{}")
     except FileNotFoundError:
         return Config({})

@@ -43,8 +43,9 @@ def inspect(store: Store, entry: str, *, now: float | None = None,
         if os.path.isdir(path) and not os.path.islink(path):
             return Inspection(Verdict.IGNORED)
         return Inspection(Verdict.REFUSE, reason=str(e))
-    if not store.trusts_uid(st.st_uid):
-        return Inspection(Verdict.REFUSE, reason=f"dropped file is owned by untrusted uid {st.st_uid}")
+    untrusted = store.why_untrusted(st)
+    if untrusted:
+        return Inspection(Verdict.REFUSE, reason=f"dropped file {untrusted}")
     try:
         job.parse_json_object(data, "dropped file")
     except InvalidJob as e:

@@ -21,6 +21,11 @@ class ConfigError(SpoolError):
     exit_code = 2
 
 
+class UntrustedFile(SpoolError):
+    """A file that would make the spool's owner act was written, or could be rewritten, by
+    someone else (modes.py): never believed."""
+
+
 class JobNotFound(SpoolError):
     """No job with that id in any state."""
 

@@ -24,6 +24,7 @@ import time
 from typing import Iterator, NamedTuple
 
 from . import fsio
+from .modes import Modes
 from .job import valid_id, valid_queue
 
 ROTATE_BYTES = 8 * 1024 * 1024  # about 40,000 attempts a file
@@ -136,7 +137,7 @@ class EventLog:
     """A worker's attempts log: appends, rotates, prunes old files. Never fails the worker: a
     line that cannot be written (a full disk) is dropped, as a crash would drop it."""
 
-    def __init__(self, directory: str, owner: str, *, modes: fsio.Modes, keep_seconds: float):
+    def __init__(self, directory: str, owner: str, *, modes: Modes, keep_seconds: float):
         self.directory = directory
         self.owner = owner
         self.modes = modes

@@ -9,27 +9,11 @@ import os
 import select
 import stat
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple
-
-
-class Modes(NamedTuple):
-    """The modes of what a spool creates: private by default; a spool shared with a group
-    widens both (config 'group_access'). Held by each spool, never by the process."""
-
-    file: int
-    dir: int
-
-    @staticmethod
-    def for_spool(group_access: bool) -> Modes:
-        return SHARED if group_access else PRIVATE
-
-
-PRIVATE = Modes(0o600, 0o700)
-SHARED = Modes(0o660, 0o2770)
+from typing import Iterator
 
 
 def exact_mode(fd: int, mode: int) -> None:
-    """A shared spool's files need group write whatever the creator's umask (private: the
+    """A shared spool's files need group read whatever the creator's umask (private: the
     umask can only narrow 0600, so there is nothing to do)."""
     if mode & 0o077:
         try:

@@ -66,8 +66,8 @@ Names in ``pending/``:
   generated one) and renames it to a canonical name, in order of arrival (ctime).
   Names starting with ``.`` are invisible (stage there, then rename).  Names not ending in
   ``.json``, and directories, are left alone. A ``*.json`` entry that is not a regular, singly
-  linked file owned by the spool's owner or a ``trusted_uids`` uid (a symlink, fifo, hard link,
-  another user's file) is never read as a job: it is quarantined, a symlink's target untouched.
+  linked file owned by the spool's owner or a ``trusted_uids`` uid, and writable by no one else
+  (modes.py), is never read as a job: it is quarantined, a symlink's target untouched.
 
 Publishing a job (the drop-in protocol for another program): write the object to a
 name starting with ``.`` in ``pending/`` (or anywhere on the same file system), fsync

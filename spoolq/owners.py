@@ -191,15 +191,32 @@ class Owners:
         return max(0.2, min(self.store.config.lease_timeout / 4, 5.0))
 
     def registration(self, owner: str) -> Registration | None:
-        """None if there is none; an empty record if it cannot be read."""
+        """None if there is none; an empty record if it cannot be read or believed (see modes.py: a
+        record someone else wrote or could rewrite). An empty record is judged by its lease alone,
+        from the file's mtime: whoever can write a file can make it look fresh, never old, so no
+        live worker is ever taken for dead from a record it did not write."""
+        path = self.layout.worker_file(owner)
         try:  # never blocking on a fifo, nor reading a file of any size, that someone put there
-            data, st = fsio.read_regular(self.layout.worker_file(owner), MAX_REGISTRATION_BYTES, single_link=False)
+            data, st = fsio.read_regular(path, MAX_REGISTRATION_BYTES, single_link=False)
+            if self.store.why_not_owners(st):
+                return Registration(owner, {}, st.st_mtime)
             record = json.loads(data)
             return Registration(owner, record if isinstance(record, dict) else {}, st.st_mtime)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError):
-            return Registration(owner, {}, 0.0)
+            return self._unreadable(path, owner)
+
+    @staticmethod
+    def _unreadable(path: str, owner: str) -> Registration | None:
+        """A registration that cannot be read just now (EMFILE, EIO, half-written): its mtime, if
+        even that cannot be had, "just now" (fail closed: a worker is rescued only once it is known gone)."""
+        try:
+            return Registration(owner, {}, os.lstat(path).st_mtime)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return Registration(owner, {}, time.time())
 
     def record(self, owner: str) -> dict[str, Any] | None:
         """What an owner's registration says; None if it is gone, {} if it cannot be read."""
@@ -251,13 +268,12 @@ class Owners:
                 gone.append(owned)
         return gone
 
-    @staticmethod
-    def _ours(path: str) -> bool:
+    def _ours(self, path: str) -> bool:
         try:
             st = os.lstat(path)
         except OSError:
             return False
-        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not self.store.why_not_owners(st)
 
     def stale_registrations(self) -> list[tuple[str, str]]:
         """(owner, why) for registrations of owners that are gone and hold no directory (an owner
@@ -309,10 +325,13 @@ class Owners:
 
     def _read_stop_request(self, mtime: float) -> StopRequest | None:
         try:
-            data, _ = fsio.read_regular(self.layout.stop_file, 256)
+            data, st = fsio.read_regular(self.layout.stop_file, 256)
             words = [w.decode("ascii", "replace") for w in data.split()]
         except (OSError, ValueError):
             words = []
+        else:
+            if self.store.why_not_owners(st):
+                return None  # a request someone else wrote, or could have: not the owner's
         if words[:1] == ["idle"]:
             return None
         number = re.compile(r"[0-9]+(\.[0-9]+)?")

@@ -76,7 +76,10 @@ class Pauses:
 
     def _read(self) -> frozenset[str]:
         try:
-            data, _ = fsio.read_regular(self.path, MAX_BYTES)
+            data, st = fsio.read_regular(self.path, MAX_BYTES)
+            untrusted = self.store.why_not_owners(st)
+            if untrusted:
+                raise ValueError(untrusted)
         except FileNotFoundError:
             return frozenset()  # removed since the stat: resumed
         except (OSError, ValueError) as e:

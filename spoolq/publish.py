@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from . import fsio, layout, shards
+from . import fsio, layout, modes, shards
 from .errors import JobExists, JobNotFound, SpoolError
 from .ids import Reservations, creator_of
 from .job import Job, valid_id
@@ -210,10 +210,12 @@ class Publisher:
         """(temp name, pending name, job id) of each job a plan names; None if it is not whole
         (cut while it was written: nothing of that batch was renamed) or cannot be read."""
         try:
-            data, _ = fsio.read_regular(plan, 64 * 1024 * 1024)
+            data, st = fsio.read_regular(plan, 64 * 1024 * 1024)
             lines = data.decode("utf-8", "replace").splitlines()
         except (OSError, ValueError):
             return None
+        if modes.why_untrusted(st, shared=True):
+            return None  # only spoolq writes plans: one anyone else could have written publishes nothing
         entries = []
         for line in lines[:-1]:
             tmp, _, name = line.partition(" ")

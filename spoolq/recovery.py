@@ -214,11 +214,13 @@ class Recovery:
         moved out of its group on purpose (a daemon) is not touched."""
         if not local:
             return
-        try:  # the owner's directory is writable by the spool's group: no fifo waited on, no symlink followed
-            data, _ = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE), liveness.GROUP_RECORD_SIZE,
-                                        single_link=False)
+        try:  # no fifo waited on, no symlink followed; a record only its owner could have written
+            data, st = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE), liveness.GROUP_RECORD_SIZE,
+                                         single_link=False)
         except (OSError, ValueError):
             return
+        if self.store.why_not_owners(st):
+            return  # a process group named by anyone else is never signalled (fsck reports the file)
         record = liveness.parse_group_record(data)
         if record is not None:
             liveness.kill_job_group(*record)

@@ -188,8 +188,9 @@ class Schedules:
             raise JobNotFound(f"no schedule {name!r}") from None
         except (OSError, ValueError) as e:
             raise SpoolError(f"cannot read schedule {name!r}: {getattr(e, 'strerror', None) or e}") from None
-        if not self.spool.store.trusts_uid(st.st_uid):  # its jobs would run as whoever fires them
-            raise SpoolError(f"schedule {name!r} belongs to uid {st.st_uid}, not the spool's owner or a trusted uid")
+        untrusted = self.spool.store.why_untrusted(st)  # its jobs would run as whoever fires them
+        if untrusted:
+            raise SpoolError(f"schedule {name!r} {untrusted}: only the spool's owner or a trusted uid may write it")
         return Schedule.from_json(data)
 
     def remove(self, name: str) -> None:

@@ -80,7 +80,7 @@ class PendingShards:
 
     def _is_real_dir(self, shard: str) -> bool:
         try:
-            return stat.S_ISDIR(os.lstat(os.path.join(self.pending, shard)).st_mode)
+            return _is_ours(os.lstat(os.path.join(self.pending, shard)))
         except OSError:
             return False
 
@@ -146,9 +146,9 @@ class PendingShards:
             st = os.lstat(path)
         except OSError:
             return False
-        # Not a real directory (a symlink), or one this user cannot write into (made before
-        # group_access was turned on, by another member): pending/ itself takes the job.
-        if not stat.S_ISDIR(st.st_mode) or not os.access(path, os.W_OK | os.X_OK):
+        # Not a real directory of ours (a symlink, or one a member of a shared spool's group made
+        # in pending/, where it may create entries): pending/ itself takes the job.
+        if not _is_ours(st):
             return False
         # RACE: another process may have made the shard and not yet fsync'd pending/: a rename into
         # it is durable only once the shard's own name is, so each process fsyncs once per shard.
@@ -233,3 +233,8 @@ class PendingShards:
             return False
         self._durable.pop(shard, None)
         return True
+
+
+def _is_ours(st: os.stat_result) -> bool:
+    """A shard this user made and no one else can write into: only such a one is listed or written into."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022

@@ -44,9 +44,11 @@ class Slots:
 
     def _read_limits(self) -> dict[str, int]:
         try:
-            data, _ = fsio.read_regular(self.limits_path, MAX_BYTES)
+            data, st = fsio.read_regular(self.limits_path, MAX_BYTES)
         except (OSError, ValueError):
             return {}
+        if self.store.why_not_owners(st):
+            return {}  # limits someone else wrote, or could have: not the owner's
         out = {}
         for line in data.decode("utf-8", "replace").splitlines():
             words = line.split()

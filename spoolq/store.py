@@ -13,8 +13,9 @@ import stat
 import time
 from typing import Any, Callable, ContextManager
 
-from . import config, fsio, job, layout, liveness, locks, shards, trust
-from .errors import InvalidJob, SpoolError
+from . import config, fsio, job, layout, liveness, locks, modes, shards, trust
+from .modes import Modes
+from .errors import InvalidJob, SpoolError, UntrustedFile
 from .job import Job
 
 CONFIG_RECHECK = 0.2  # seconds
@@ -111,22 +112,43 @@ class Store:
         why = trust.unsafe_ancestor(self.root, shared)
         if why:
             raise SpoolError(why)
+        if shared and trust.needs_new_modes(self.layout):
+            self._narrow_old_shared_modes()
         paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
         for path in paths:
-            why = trust.unsafe_directory(path, shared, may_be_link=path == self.root)
+            why = trust.unsafe_directory(path, shared, may_be_link=path == self.root,
+                                         inbox=path == self.layout.pending)
             if why:
                 raise SpoolError(why)
 
+    def _narrow_old_shared_modes(self) -> None:
+        """A spool shared by an older spoolq let its group write everywhere: its owner narrows it
+        once, and writes config.json anew (a new file: a member may hold the old one open)."""
+        try:
+            trust.give_modes(self.layout, modes.SHARED)
+            with self.locked("config"):
+                data, _ = fsio.read_regular(self.layout.config, config.MAX_CONFIG_BYTES)
+                self.publish(self.layout.config, data)
+        except FileNotFoundError:
+            pass  # no settings: nothing to write anew
+        except (OSError, ValueError) as e:
+            raise SpoolError(f"cannot narrow the modes of the shared spool {self.root}: {e}") from None
+
     def _group_access_if_ours(self) -> bool:
-        """group_access counts only from a config.json the invoking user wrote."""
+        """group_access counts only from a config.json the invoking user wrote; one that anyone else
+        wrote, or could rewrite, makes the whole spool refused (UntrustedFile)."""
         try:
             st = os.lstat(self.layout.config)
         except OSError:
             return False
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return False
+        if st.st_uid == os.geteuid() and st.st_mode & 0o020 and trust.needs_new_modes(self.layout):
+            os.chmod(self.layout.config, stat.S_IMODE(st.st_mode) & ~0o022)  # an older spoolq's shared spool
         try:
             return bool(self.config.group_access)
+        except UntrustedFile:
+            raise  # settings someone else could have written: nothing of the spool is used
         except SpoolError:
             return False
 
@@ -172,17 +194,17 @@ class Store:
         self._config = config.save(self.layout, key, value, mode=self.modes.file, temp_path=self.temp_path())
         self._config_stamp = None
         if key == "group_access":
-            trust.give_modes(self.layout, fsio.Modes.for_spool(bool(value)))
+            trust.give_modes(self.layout, Modes.for_spool(bool(value)))
         return self._config
 
     # ---- creating files with the spool's modes -------------------------------------------
 
     @property
-    def modes(self) -> fsio.Modes:
-        return fsio.Modes.for_spool(bool(self.config.group_access))
+    def modes(self) -> Modes:
+        return Modes.for_spool(bool(self.config.group_access))
 
     def make_dir(self, path: str) -> None:
-        fsio.make_dir(path, self.modes.dir)
+        fsio.make_dir(path, self.modes.inbox if path == self.layout.pending else self.modes.dir)
 
     def write_file(self, path: str, data: bytes, *, durable: bool) -> None:
         fsio.write_file(path, data, durable=durable, mode=self.modes.file)
@@ -253,8 +275,9 @@ class Store:
         makes it no job: not a regular singly linked file, unreadable, malformed, another id than
         its name says, or (`trusted_only`, for files about to run) an untrusted owner."""
         data, st = self.read_bytes(path, "the file")
-        if trusted_only and not self.trusts_uid(st.st_uid):
-            raise InvalidJob(f"the file is owned by untrusted uid {st.st_uid}")
+        untrusted = trusted_only and self.why_untrusted(st)
+        if untrusted:
+            raise InvalidJob(f"the file {untrusted}")
         found = job.from_json(data, now=now, default_max_retries=self.config.max_retries)
         if expect_id is not None and found.id != expect_id:
             raise InvalidJob(f"the file's id {found.id!r} does not match its name")
@@ -273,6 +296,16 @@ class Store:
             if fsio.is_gone(e):  # ESTALE: moved on by another host, at any of the read's calls
                 raise fsio.as_gone(e, path) from None
             raise InvalidJob(f"{what} cannot be read: {e.strerror}") from None
+
+    def why_untrusted(self, st: os.stat_result) -> str | None:
+        """Why a file that would make the owner act (a job about to run, a schedule) must not be
+        believed: another uid than a trusted one wrote it, or others could rewrite it (modes.py)."""
+        return modes.why_untrusted(st, shared=bool(self.config.group_access), trusts=self.trusts_uid)
+
+    def why_not_owners(self, st: os.stat_result) -> str | None:
+        """Why a record only spoolq writes (a registration, a job group, a control file) must not
+        be believed: someone other than the owner wrote it, or could rewrite it (modes.py)."""
+        return modes.why_untrusted(st, shared=bool(self.config.group_access))
 
     def trusts_uid(self, uid: int) -> bool:
         # Our own uid too: a file only we (or root) could have made is as trusted as we are.

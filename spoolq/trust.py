@@ -1,7 +1,8 @@
 """Trust: who could have written into a spool. A spool is used only if no other user could have
 put a file in it: its root, the directories of its layout and every directory above it are
 checked (store.Store.check_safe), and the parents init makes are private. Opening a spool to its
-group (group_access) changes the modes of what spoolq made in it, and nothing else."""
+group (group_access) changes the modes of what spoolq made in it, and nothing else: the group
+may then read it and create files in pending/ alone (modes.py says why)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import os
 import stat
 
 from . import fsio, layout, shards
+from .modes import INBOX, Modes
 
 
-def give_modes(lay: layout.Layout, modes: fsio.Modes) -> None:
+def give_modes(lay: layout.Layout, modes: Modes) -> None:
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
     a drop-in not yet taken, a quarantined file) is left as it is."""
     _chmod(lay.root, modes.dir)
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
         directory = lay.dir(name)
-        _chmod(directory, modes.dir)
+        _chmod(directory, modes.inbox if name == INBOX else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
             if name == "processing":
@@ -29,15 +31,16 @@ def give_modes(lay: layout.Layout, modes: fsio.Modes) -> None:
                 _chmod(path, modes.file)
 
 
-def _chmod_owned(owned: str, modes: fsio.Modes) -> None:
+def _chmod_owned(owned: str, modes: Modes) -> None:
     if not _chmod(owned, modes.dir):
         return
     for entry in fsio.listdir(owned):
-        if layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX):
+        if (layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX)
+                or entry in (layout.GROUP_FILE, layout.FENCE_FILE)):
             _chmod(os.path.join(owned, entry), modes.file)
 
 
-def _chmod_shard(shard: str, modes: fsio.Modes) -> None:
+def _chmod_shard(shard: str, modes: Modes) -> None:
     if not _chmod(shard, modes.dir):
         return
     for entry in fsio.listdir(shard):
@@ -54,6 +57,16 @@ def _chmod(path: str, mode: int) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def needs_new_modes(lay: layout.Layout) -> bool:
+    """Is this a spool shared by a spoolq that let the group write everywhere (pending/ open to the
+    group but not sticky)? Its owner narrows it once (give_modes) before anything is read."""
+    try:
+        mode = os.lstat(lay.pending).st_mode
+    except OSError:
+        return False
+    return stat.S_ISDIR(mode) and bool(mode & 0o020) and not mode & stat.S_ISVTX
 
 
 def make_private_parents(root: str) -> None:
@@ -110,8 +123,9 @@ def _unsafe_on_the_way(path: str, shared: bool) -> str | None:
     return None
 
 
-def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False) -> str | None:
-    """Why `path` must not be used as a spool directory, or None (also if it does not exist yet)."""
+def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbox: bool = False) -> str | None:
+    """Why `path` must not be used as a spool directory, or None (also if it does not exist yet).
+    Only the `inbox` (pending/) of a shared spool may be group-writable, and only if sticky."""
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode) and may_be_link and st.st_uid == os.geteuid():
@@ -131,6 +145,10 @@ def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False) -> s
         why = "anyone can write into it"
     elif mode & 0o020 and not shared:
         why = "its group can write into it and group_access is off"
+    elif mode & 0o020 and not inbox:
+        why = "its group can write into it (only pending/ may be open to the group)"
+    elif mode & 0o020 and not mode & stat.S_ISVTX:
+        why = "its group can write into it and it is not sticky (members could move the owner's jobs)"
     else:
         return None
     return (f"refusing to use {path}: {why} (owner uid {st.st_uid}, mode {mode:04o}); a spool's "

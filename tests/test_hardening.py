@@ -120,8 +120,10 @@ def test_the_review_attack_a_pre_made_world_writable_spool_never_runs_a_stranger
 def test_group_access_admits_a_group_writable_spool(tmp_path):
     root = str(tmp_path / "shared")
     Spool(root).set_config("group_access", True)
-    os.chmod(os.path.join(root, "pending"), 0o2770)
     assert cli(root, "enqueue", "--cmd", "true").returncode == 0
+    os.chmod(os.path.join(root, "done"), 0o2770)  # only the inbox, pending/, may be open to the group
+    r = cli(root, "enqueue", "--cmd", "true")
+    assert r.returncode == 1 and "only pending/ may be open to the group" in r.stderr
 
 
 def test_fsck_reports_owners_and_modes_not_only_modes(tmp_path):
@@ -175,7 +177,7 @@ def test_with_group_access_every_created_file_has_the_spools_mode(spool, workers
     made = [spool.layout.id_marker("x"), spool.output_path("x"), os.path.join(spool.layout.done, "x.json"),
             spool.layout.config, spool.layout.lock("dlq")] + \
         [os.path.join(spool.layout.dir("log"), n) for n in os.listdir(spool.layout.dir("log"))]
-    assert {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in made} == dict.fromkeys(made, oct(0o660))
+    assert {p: oct(stat.S_IMODE(os.stat(p).st_mode)) for p in made} == dict.fromkeys(made, oct(0o640))
 
 
 def test_a_marker_or_stray_moved_into_pending_never_runs(spool, workers, tmp_path):
@@ -204,7 +206,7 @@ def test_group_access_does_not_chmod_the_users_own_files(spool):
         os.chmod(path, 0o600)
     spool.set_config("group_access", True)
     assert [stat.S_IMODE(os.stat(p).st_mode) for p in mine] == [0o600] * 3
-    assert stat.S_IMODE(os.stat(spool.layout.pending).st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(spool.layout.pending).st_mode) == 0o3770
 
 
 def test_fsck_repair_leaves_a_users_old_file_in_tmp_alone(spool):

@@ -287,7 +287,7 @@ def test_group_access_gives_shards_and_their_jobs_the_spools_modes(sharded, spoo
     mode = lambda p: os.lstat(p).st_mode & 0o7777  # noqa: E731
     assert (mode(path), mode(os.path.join(path, job_file))) == (0o700, 0o600)
     assert spoolq(spool_dir, "config", "set", "group_access", "true").returncode == 0
-    assert (mode(path), mode(os.path.join(path, job_file))) == (0o2770, 0o660)
+    assert (mode(path), mode(os.path.join(path, job_file))) == (0o2750, 0o640)
     assert spoolq(spool_dir, "config", "set", "group_access", "false").returncode == 0
     assert (mode(path), mode(os.path.join(path, job_file))) == (0o700, 0o600)
     os.chmod(path, 0o777)  # opened up by hand: fsck says so

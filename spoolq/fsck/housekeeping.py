@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, locks, trust
+from .. import fsio, layout, locks, shards, trust
+from ..modes import Modes
 from ..errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
@@ -76,6 +77,18 @@ class HousekeepingChecks:
             path = self.layout.worker_file(owner)
             p = self.r.report("stale-registration", path, f"worker {owner}: {why}")
             self.r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+        for owner in self.spool.owners.registered():
+            self._check_record(self.layout.worker_file(owner), "a registration: its worker is judged by its lease alone")
+            self._check_record(os.path.join(self.layout.owned(owner), layout.GROUP_FILE),
+                               "a job's process group: recovery will not signal it")
+
+    def _check_record(self, path: str, ignored: str) -> None:
+        """A record only spoolq writes that someone else wrote or could rewrite is not believed."""
+        st = fsio.lstat_if_there(path)
+        why = st is not None and stat.S_ISREG(st.st_mode) and self.spool.store.why_not_owners(st)
+        if why:
+            p = self.r.report("untrusted-record", path, f"it {why}; it is ignored as {ignored}")
+            self.r.leave_alone(p, "find out who wrote it; remove it by hand")
 
     def check_reasons(self) -> None:
         r = self.r
@@ -148,15 +161,16 @@ class HousekeepingChecks:
     def check_modes(self) -> None:
         r = self.r
         shared = bool(self.spool.config.group_access)
-        modes = fsio.Modes.for_spool(shared)
+        modes = Modes.for_spool(shared)
         # The root itself may predate the spool (a checked-out spool/); the directories inside guard it.
         dirs = [self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS]
         dirs += [self.layout.owned(e) for e in r.live_dirs]
         edges = self.layout.dir("after")
         dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if layout.is_spoolq_entry("after", e)]
-        dirs += [self.spool.store.shards.path(s) for s in self.spool.store.shards.shards()]
+        # Every shard by name: one another user made, or opened up, is not listed by workers (shards.py)
+        dirs += [self.spool.store.shards.path(s) for s in fsio.listdir(self.layout.pending) if shards.is_shard(s)]
         for path in dirs:
-            self._check_mode(path, modes.dir, shared)
+            self._check_mode(path, modes.inbox if path == self.layout.pending else modes.dir, shared)
         for path in self._spoolq_files():
             self._check_mode(path, modes.file, shared)
 
@@ -185,7 +199,8 @@ class HousekeepingChecks:
             self.r.leave_alone(p, "spoolq never changes an owner; chown it or move it away by hand")
             return
         extra = stat.S_IMODE(st.st_mode) & 0o777 & ~mode
-        if not extra:
+        unguarded = mode & stat.S_ISVTX and not st.st_mode & stat.S_ISVTX  # members could move the owner's files
+        if not extra and not unguarded:
             return
         p = self.r.report("permissions", path, f"mode {stat.S_IMODE(st.st_mode):04o} gives access beyond "
                           f"{mode:04o} ({'group_access is on' if shared else 'the spool is private'})")
