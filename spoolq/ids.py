@@ -152,6 +152,8 @@ def creator_of(store: Store, job_id: str) -> layout.Creator | None:
     except OSError:
         return None
     try:
+        if store.why_not_owners(os.fstat(fd)):
+            return None  # a record someone else wrote, or could rewrite, names no creator
         data = os.read(fd, MAX_RECORD_BYTES)
     except OSError:
         return None

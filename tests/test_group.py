@@ -286,3 +286,16 @@ def test_an_old_shared_spool_is_narrowed_at_its_owners_first_command(shared):
     assert stat.S_IMODE(os.stat(pending_path(shared, job.id)).st_mode) == 0o640
     assert os.stat(shared.layout.config).st_ino != config_inode  # a new file: an old open one writes nowhere
     assert stat.S_IMODE(os.stat(shared.layout.config).st_mode) == 0o640
+
+
+@pytest.mark.parametrize("writable_by_group", [False, True])
+def test_an_id_marker_names_its_creator_only_if_the_owner_wrote_it_alone(shared, writable_by_group):
+    """A marker whose creator is dead is freed at once; one whose record others could have written
+    says nothing of its creator, so it is not freed on its word."""
+    marker = shared.layout.id_marker("claimed")
+    shared.store.write_file(marker, json.dumps({"host": L.host_name(), "pid": dead_pid(), "boot": liveness.boot_id(),
+                                                "pidns": liveness.pid_namespace()}).encode(), durable=False)
+    if writable_by_group:
+        os.chmod(marker, 0o660)
+    fsck.check(shared, repair=True)
+    assert os.path.exists(marker) == writable_by_group
