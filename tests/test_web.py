@@ -39,8 +39,10 @@ class Dashboard:
 
     def __init__(self, spool: Spool, *args: str, bind: str | None = None, env: dict | None = None):
         self.bind = bind or f"127.0.0.1:{free_port()}"
-        self.port = int(self.bind.rsplit(":", 1)[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        host, port = self.bind.rsplit(":", 1)
+        self.port = int(port)
+        self.address = connect_address(host.strip("[]"))
+        self.url = f"http://[{self.address}]:{self.port}" if ":" in self.address else f"http://{self.address}:{self.port}"
         self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "web", "--bind", self.bind, *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env={**os.environ, **(env or {})}, start_new_session=True,
@@ -51,7 +53,7 @@ class Dashboard:
         if self.proc.poll() is not None:
             raise AssertionError(f"spoolq web exited: {self.proc.stderr.read().decode()}")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            with socket.create_connection((self.address, self.port), timeout=1):
                 return True
         except OSError:
             return False
@@ -83,6 +85,13 @@ class Dashboard:
             os.killpg(self.proc.pid, signal.SIGKILL)
             _, err = self.proc.communicate()
         return err.decode(errors="replace")
+
+
+def connect_address(host: str) -> str:
+    """The address a client reaches a dashboard bound to `host` at (its loopback, if bound to all)."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -195,12 +204,66 @@ def test_a_token_guards_every_request(spool, dashboard):
     assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 200
 
 
-def test_binding_beyond_localhost_without_a_token_warns(spool):
+def loopback_host_name() -> str:
+    """This host's own name when it resolves to the loopback (Debian's 127.0.1.1), else localhost."""
+    name = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        return "localhost"
+    return name if address.startswith("127.") else "localhost"
+
+
+LOOPBACK_BINDS = ["127.0.0.1", "127.0.0.2", "127.1", "127.0.1.1", "[::1]", "[::ffff:127.0.0.1]", "localhost",
+                  loopback_host_name()]
+
+
+@pytest.mark.parametrize("host, loopback", [*((h, True) for h in LOOPBACK_BINDS), ("0.0.0.0", False), ("[::]", False)])
+def test_the_rebinding_guard_and_the_warning_follow_the_address_not_its_spelling(spool, host, loopback):
+    """Bound to any loopback address, however spelled, with no token: a request naming another
+    host (a page whose name an attacker rebinds to it) is refused, and no warning. Bound beyond the
+    loopback: a warning that says where, and no Host check (the names it is reached by are unknown)."""
     spool.init()
-    err = Dashboard(spool, bind=f"0.0.0.0:{free_port()}").stop()
-    assert "Warning: serving" in err and "no --token" in err
+    d = Dashboard(spool, bind=f"{host}:{free_port()}")
+    try:
+        rebound = d.get("/api/overview", {"Host": f"rebind.attacker.example:{d.port}"})
+        assert rebound[0] == (421 if loopback else 200)
+        assert d.post("/pause", {"csrf": "x"}, {"Host": "rebind.attacker.example"}) == (421 if loopback else 400)
+        assert d.get("/api/overview")[0] == 200  # by its address
+        if not host.startswith("["):
+            assert d.get("/api/overview", {"Host": f"{host}:{d.port}"})[0] == 200  # by the name it was bound by
+    finally:
+        err = d.stop()
+    assert ("Warning" in err) == (not loopback)
+    if not loopback:
+        assert f"Warning: serving {spool.root} on {host.strip('[]')} (every address of this host)" in err
+        assert "to anyone who can reach it, with no --token" in err
+    assert not spool.paused()
+
+
+def test_binding_beyond_the_loopback_with_a_token_does_not_warn(spool):
+    spool.init()
     quiet = Dashboard(spool, "--token", "t", bind=f"0.0.0.0:{free_port()}")
     assert "Warning" not in quiet.stop()
+
+
+@pytest.mark.parametrize("host, answered", [
+    ("127.0.0.1:8765", True), ("127.0.0.2:8765", True), ("LOCALHOST:8765", True), ("localhost.", True),
+    ("[::1]:8765", True), ("[::ffff:127.0.0.1]:8765", True), ("[::FFFF:7F00:1]", True), ("my-box:8765", True),
+    ("rebind.attacker.example", False), ("rebind.attacker.example:8765", False), ("REBIND.attacker.example.", False),
+    ("127.0.0.1.attacker.example", False), ("localhost.attacker.example:8765", False),
+    ("attacker.example@127.0.0.1", False), ("127.0.0.1:8765@attacker.example", False),
+    ("[::1].attacker.example", False), ("[fe80::1]:8765", False), ("0.0.0.0:8765", False), ("2130706433", False),
+    ("127.0.0.1:8765:81", False), ("", False)])
+def test_the_host_check_has_no_spelling_that_lets_a_foreign_name_in(spool, host, answered):
+    from spoolq.web import create_app
+    from spoolq.web.access import Bound
+
+    spool.init()
+    app = create_app(spool, bound=Bound("my-box", "127.0.1.1", 8765))
+    app.testing = True
+    status = app.test_client().get("/api/overview", headers={"Host": host}).status_code
+    assert status == (200 if answered else 421)
 
 
 @pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:0", "127.0.0.1:99999", ":80", "127.0.0.1:http"])
@@ -327,3 +390,4 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
         shutil.copyfile(shot, target)
     gate.touch()
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
+
