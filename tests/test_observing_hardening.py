@@ -130,7 +130,7 @@ def test_dashboard_refuses_a_foreign_host_header(spool):
     for name in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"):
         assert c.get("/", base_url=name).status_code == 200
     elsewhere = client(spool, token="t", bound=Bound("0.0.0.0", "0.0.0.0", 8765))  # any name: the token decides
-    assert elsewhere.get("/?token=t", base_url=base).status_code == 200
+    assert elsewhere.get("/", headers={"Authorization": "Bearer t"}, base_url=base).status_code == 200
 
 
 def test_one_worker_per_host_writes_the_textfile(spool):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -58,18 +59,18 @@ class Dashboard:
         except OSError:
             return False
 
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, str, dict]:
+    def get(self, path: str, headers: dict | None = None, opener=None) -> tuple[int, str, dict]:
         request = urllib.request.Request(self.url + path, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with (opener or urllib.request.build_opener()).open(request, timeout=30) as r:
                 return r.status, r.read().decode(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(), dict(e.headers)
 
-    def post(self, path: str, form: dict, headers: dict | None = None) -> int:
+    def post(self, path: str, form: dict, headers: dict | None = None, opener=None) -> int:
         data = urllib.parse.urlencode(form).encode()
         request = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method="POST")
-        opener = urllib.request.build_opener(NoRedirect)
+        opener = opener or urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(request, timeout=30) as r:
                 return r.status
@@ -192,16 +193,99 @@ def test_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard
     assert spool.find(ids["dead"]).state == "dead"
 
 
+def cookie_jar() -> tuple:
+    """An opener that keeps cookies as a browser does (for a host, whatever its port) and shows
+    a redirect as the answer itself."""
+    import http.cookiejar
+
+    jar = http.cookiejar.CookieJar()
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect), jar
+
+
 def test_a_token_guards_every_request(spool, dashboard):
     spool.init()
     d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
-    for path in ("/", "/api/overview", "/metrics", "/static/live.js"):
+    for path in ("/", "/api/overview", "/metrics", "/static/live.js", "/no-such-page"):
         assert d.get(path)[0] == 401
-    assert d.get("/?token=wrong")[0] == 401
-    status, _, headers = d.get("/?token=s3cret")
-    assert status == 200 and "spoolq_token=s3cret" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
     assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
-    assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 200
+    assert d.get("/metrics", {"Authorization": "Bearer s3cre"})[0] == 401
+    assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 401  # the token is never a cookie
+
+
+@pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])
+def test_a_wrong_token_gets_nothing_that_lets_it_in(spool, dashboard, guess):
+    """A failed request's answer carries no cookie: sending back whatever it got is still refused."""
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    for path in (f"/?token={urllib.parse.quote(guess)}", f"/api/overview?token={urllib.parse.quote(guess)}"):
+        status, body, headers = d.get(path, opener=opener)
+        assert status == 401 and "Set-Cookie" not in headers and "s3cret" not in body
+    assert list(jar) == []
+    assert d.get("/", opener=opener)[0] == 401 and d.get("/api/overview", opener=opener)[0] == 401
+
+
+def flask_session(value: str) -> bytes:
+    """What a Flask session cookie holds, decoded (it is signed, not encrypted: anyone can read it)."""
+    import base64
+    import zlib
+
+    compressed = value.startswith(".")
+    payload = value.lstrip(".").split(".")[0]
+    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    return zlib.decompress(data) if compressed else data
+
+
+def test_a_token_is_exchanged_once_for_a_session_that_holds_no_token(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    status, _, headers = d.get("/jobs/dead?q=broke&token=s3cret", opener=opener)
+    assert status == 303 and headers["Location"] == "/jobs/dead?q=broke"  # out of the address bar at once
+    assert headers["Cache-Control"] == "no-store"
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith(f"spoolq_{d.port}=") and "; HttpOnly" in cookie and "; SameSite=Strict" in cookie
+    assert "; Path=/" in cookie and "Domain" not in cookie and "Expires=" in cookie
+    [session] = list(jar)
+    assert "s3cret" not in session.value and b"s3cret" not in flask_session(session.value)
+    assert 11 * 3600 < session.expires - __import__("time").time() <= 12 * 3600
+    status, html, headers = d.get("/jobs/dead?q=broke", opener=opener)
+    assert status == 200 and ids["dead"] in html and headers["Referrer-Policy"] == "no-referrer"
+    assert d.get("/api/overview", opener=opener)[0] == 200 and d.get("/metrics", opener=opener)[0] == 200
+    assert d.get("//evil.example/?token=s3cret", opener=opener)[2]["Location"] == "/evil.example/"
+    d.stop()  # a session ends with its dashboard: the same token, the same port, a new process
+    again = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"}, bind=d.bind)
+    assert again.get("/", opener=opener)[0] == 401
+
+
+def test_a_session_can_act_and_read_only_still_refuses(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    opener, _ = cookie_jar()
+    ro = dashboard("--read-only", env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert ro.get("/?token=s3cret", opener=opener)[0] == 303
+    assert ro.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}, opener=opener) == 403
+    assert spool.find(ids["dead"]).state == "dead"
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert d.get("/?token=s3cret", opener=opener)[0] == 303
+    html = d.get(f"/job/{ids['dead']}", opener=opener)[1]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)[1]
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}, opener=opener) == 400
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": csrf}) == 401  # the form's token alone lets nothing in
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": csrf}, opener=opener) == 303
+    assert spool.find(ids["dead"]).state == "pending"
+
+
+def test_two_dashboards_on_one_host_keep_their_own_cookies(spool, dashboard):
+    """A browser sends a host's cookies to every port of it: each dashboard's cookie has its own name."""
+    ids = a_spool_with_history(spool)
+    opener, _ = cookie_jar()
+    a, b = dashboard(env={"SPOOLQ_WEB_TOKEN": "token-a"}), dashboard(env={"SPOOLQ_WEB_TOKEN": "token-b"})
+    assert a.get("/?token=token-a", opener=opener)[0] == 303 and b.get("/?token=token-b", opener=opener)[0] == 303
+    assert a.get("/", opener=opener)[0] == 200 and b.get("/", opener=opener)[0] == 200
+    plain_a, plain_b = dashboard(), dashboard()  # no token: each keeps its own form token
+    form_a = re.search(r'name="csrf" value="([^"]+)"', plain_a.get(f"/job/{ids['dead']}", opener=opener)[1])[1]
+    assert plain_b.get("/", opener=opener)[0] == 200
+    assert plain_a.post(f"/job/{ids['dead']}/retry", {"csrf": form_a}, opener=opener) == 303
 
 
 def loopback_host_name() -> str:
@@ -391,3 +475,24 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
     gate.touch()
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
 
+
+def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, browser):
+    ids = a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    browser.get(f"{d.url}/job/{ids['dead']}?token=s3cret")
+    until(browser, lambda b: by_id(b, "job-id").text == ids["dead"], what="the job page")
+    assert browser.current_url == f"{d.url}/job/{ids['dead']}"  # not in the address bar, nor the history
+    [cookie] = browser.get_cookies()
+    assert cookie["name"] == f"spoolq_{d.port}" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert "s3cret" not in cookie["value"]
+    refreshed = browser.execute_script("return document.body.dataset.refreshed || ''")
+    until(browser, lambda b: b.execute_script("return document.body.dataset.refreshed || ''") != refreshed,
+          what="a live refresh with the session alone")
+    by_id(browser, "retry").click()
+    from selenium.webdriver.common.by import By
+
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried", what="retried")
+    assert spool.find(ids["dead"]).state == "pending"
+    browser.delete_all_cookies()
+    browser.get(f"{d.url}/")
+    assert "a token is needed" in browser.page_source

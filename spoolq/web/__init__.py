@@ -5,7 +5,7 @@ dashboards on several hosts show the same truth. Each page has a JSON twin under
 pages refresh their live parts by fetching themselves again (static/live.js). Jinja's
 autoescaping covers every template: a job's command, output and error are untrusted text.
 Actions are POSTs carrying the session's CSRF token, refused with --read-only. Who may ask
-at all (the Host check, --token) is access.py's.
+at all (the Host check, --token and its session) is access.py's.
 """
 
 from __future__ import annotations

@@ -1,16 +1,26 @@
 """Who may use the dashboard: where it listens (loopback or not, however the address is spelled),
-the Host a request names (DNS rebinding), and the --token.
+the Host a request names (DNS rebinding), and the --token and the session it buys.
+
+A token given as `?token=` is checked once and exchanged for a session: a cookie signed with this
+process's secret that holds no token, so neither the cookie nor what a browser sends to another
+port of the same host (cookies are not kept apart by port) reveals the token, and every session
+ends with the process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import re
+import urllib.parse
 from dataclasses import dataclass
+from datetime import timedelta
 
-from flask import Flask, Response, request
+from flask import Flask, Response, redirect, request, session
 
+SESSION_LIFETIME = timedelta(hours=12)
+LOGGED_IN = "in"  # the session's mark of a token given; the token itself is never in it
 LOOPBACK_NAMES = frozenset({"localhost"})  # a name browsers take for loopback without asking DNS
 
 
@@ -69,7 +79,9 @@ def names_loopback(host: str, bound: Bound) -> bool:
 def guard(app: Flask, token: str | None, bound: Bound) -> None:
     """--token on every request, and the Host check: on whenever the dashboard listens on the
     loopback with no token, so a page elsewhere whose name is rebound to it gets nothing."""
-    app.config.update(SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True)
+    app.config.update(SESSION_COOKIE_NAME=f"spoolq_{bound.port}",  # two dashboards on a host keep theirs
+                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
+                      PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
     check_host = token is None and bound.loopback
 
     @app.before_request
@@ -78,23 +90,55 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
             return _plain("this dashboard answers only to the names of this host's loopback", 421)
         if not token:
             return None
-        bearer = request.headers.get("Authorization", "")
-        given = [bearer[len("Bearer "):].strip() if bearer.startswith("Bearer ") else "",
-                 request.args.get("token", ""), request.cookies.get("spoolq_token", "")]
-        if not any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g):
-            return _plain("a token is needed (--token): ?token=… once, or Authorization: Bearer …", 401)
-        return None
+        if request.method in ("GET", "HEAD") and "token" in request.args:
+            return _log_in(request.args["token"], token)
+        if session.get(LOGGED_IN) is True or _same(_bearer(), token):
+            return None
+        return _plain("a token is needed (--token): open the page once with ?token=…, "
+                      "or send Authorization: Bearer …", 401)
 
     @app.after_request
     def headers(response: Response) -> Response:
-        if token and request.args.get("token"):
-            response.set_cookie("spoolq_token", token, httponly=True, samesite="Strict")
         response.headers.setdefault("Content-Security-Policy",
                                     "default-src 'self'; img-src 'self' data:; style-src 'self'; "
                                     "script-src 'self'; frame-ancestors 'none'")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
         return response
 
 
+def _log_in(given: str, token: str) -> Response:
+    """A `?token=` exchanged for a session, and a redirect to the same page without it (out of the
+    address bar, the history and every later request); a wrong one gets 401 and nothing else."""
+    if not _same(given, token):
+        return _plain("that token is not this dashboard's (--token)", 401)
+    session.clear()  # a new session, and with it a new form token
+    session[LOGGED_IN] = True
+    session.permanent = True  # the cookie's lifetime: SESSION_LIFETIME, not the browser's
+    response = redirect(_here_without_token(), 303)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _here_without_token() -> str:
+    """This request's path and query without `token`; never `//host`, so it stays on this server."""
+    rest = [(k, v) for k, v in request.args.items(multi=True) if k != "token"]
+    path = urllib.parse.quote("/" + request.path.lstrip("/\\"))
+    return path + ("?" + urllib.parse.urlencode(rest) if rest else "")
+
+
+def _bearer() -> str:
+    header = request.headers.get("Authorization", "")
+    return header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
+
+
+def _same(given: str, token: str) -> bool:
+    """Compared in constant time, whatever the lengths (digests of equal size)."""
+    if not given:
+        return False
+    digest = [hashlib.sha256(t.encode("utf-8", "surrogateescape")).digest() for t in (given, token)]
+    return hmac.compare_digest(digest[0], digest[1])
+
+
 def _plain(text: str, status: int) -> Response:
-    return Response(text + "\n", status, {"Content-Type": "text/plain; charset=utf-8"})
+    return Response(text + "\n", status, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
