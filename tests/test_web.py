@@ -288,6 +288,22 @@ def test_two_dashboards_on_one_host_keep_their_own_cookies(spool, dashboard):
     assert plain_a.post(f"/job/{ids['dead']}/retry", {"csrf": form_a}, opener=opener) == 303
 
 
+def test_no_token_reaches_the_access_log(spool, dashboard):
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, _ = cookie_jar()
+    assert d.get("/?token=s3cret", opener=opener)[0] == 303
+    assert d.get("/api/overview?token=s3cret&x=1", opener=cookie_jar()[0])[0] == 303
+    assert d.get("/?token=wrong")[0] == 401
+    assert d.get("/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
+    with socket.create_connection((d.address, d.port), timeout=10) as s:  # a request line http.server refuses
+        s.sendall(b"GET /?token=s3cret junk HTTP/1.1\r\n\r\n")
+        assert wait_for(lambda: b"400" in s.recv(4096), 10, "the refusal")
+    err = re.sub(r"\x1b\[[0-9;]*m", "", d.stop())  # werkzeug colours its lines
+    assert "s3cret" not in err and "?" not in err
+    assert '"GET / HTTP/1.1" 303' in err and '"GET /api/overview HTTP/1.1" 303' in err and "/metrics" in err
+
+
 def loopback_host_name() -> str:
     """This host's own name when it resolves to the loopback (Debian's 127.0.1.1), else localhost."""
     name = socket.gethostname()

@@ -293,5 +293,5 @@ def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | No
         listener.listen(128)
         bound = Bound(host, listener.getsockname()[0], port)
         app = create_app(spool, read_only=read_only, token=token, bound=bound)
-        return make_server(host, port, app, threaded=True,
+        return make_server(host, port, app, threaded=True, request_handler=access.AccessLog,
                            fd=listener.fileno()), bound  # the server takes a duplicate of the socket

@@ -1,5 +1,6 @@
 """Who may use the dashboard: where it listens (loopback or not, however the address is spelled),
-the Host a request names (DNS rebinding), and the --token and the session it buys.
+the Host a request names (DNS rebinding), the --token and the session it buys, and what the
+access log keeps of a request (never its query, where a token may be).
 
 A token given as `?token=` is checked once and exchanged for a session: a cookie signed with this
 process's secret that holds no token, so neither the cookie nor what a browser sends to another
@@ -16,8 +17,10 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from flask import Flask, Response, redirect, request, session
+from werkzeug.serving import WSGIRequestHandler
 
 SESSION_LIFETIME = timedelta(hours=12)
 LOGGED_IN = "in"  # the session's mark of a token given; the token itself is never in it
@@ -142,3 +145,14 @@ def _same(given: str, token: str) -> bool:
 
 def _plain(text: str, status: int) -> Response:
     return Response(text + "\n", status, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
+
+
+QUERY = re.compile(r"\?[^\s\"']*")
+
+
+class AccessLog(WSGIRequestHandler):
+    """Werkzeug's request handler, whose log lines (requests and errors alike, on stderr and so in
+    the journal) keep each path and drop its query: a `?token=` is a secret."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        super().log(type, "%s", QUERY.sub("", message % args if args else message))
