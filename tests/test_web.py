@@ -258,6 +258,40 @@ def test_a_token_is_exchanged_once_for_a_session_that_holds_no_token(spool, dash
     assert again.get("/", opener=opener)[0] == 401
 
 
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # as a browser asks
+
+
+def log_in(d: Dashboard, form: dict, opener) -> tuple[int, str | None]:
+    """POST /login: its status, and where it sends the browser."""
+    request = urllib.request.Request(d.url + "/login", data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with opener.open(request, timeout=30) as r:
+            return r.status, r.headers.get("Location")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Location")
+
+
+def test_a_browser_is_asked_for_the_token_by_a_form_that_keeps_it_out_of_every_url(spool, dashboard):
+    a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    status, page, headers = d.get("/jobs/dead?q=broke", HTML, opener=opener)
+    assert status == 401 and 'type="password" name="token"' in page and 'value="/jobs/dead?q=broke"' in page
+    assert "Set-Cookie" not in headers and spool.root not in page and "csrf" not in page
+    assert d.get("/jobs/dead", opener=opener)[1].startswith("a token is needed")  # a script gets one line
+    assert log_in(d, {"token": "s3cre", "next": "/jobs/dead"}, opener) == (401, None) and list(jar) == []
+    assert log_in(d, {"token": "s3cret", "next": "/jobs/dead?q=broke"}, opener) == (303, "/jobs/dead?q=broke")
+    assert d.get("/jobs/dead?q=broke", opener=opener)[0] == 200
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example", "https://evil.example/", "/\t/evil.example",
+                                    "javascript:alert(1)", "", "/jobs/dead\r\nSet-Cookie: x=1", "/jobs/é"])
+def test_a_log_in_never_sends_the_browser_elsewhere(spool, dashboard, target):
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert log_in(d, {"token": "s3cret", "next": target}, cookie_jar()[0]) == (303, "/")
+
+
 def test_a_session_can_act_and_read_only_still_refuses(spool, dashboard):
     ids = a_spool_with_history(spool)
     opener, _ = cookie_jar()
@@ -510,5 +544,9 @@ def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, br
     until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried", what="retried")
     assert spool.find(ids["dead"]).state == "pending"
     browser.delete_all_cookies()
-    browser.get(f"{d.url}/")
-    assert "a token is needed" in browser.page_source
+    browser.get(f"{d.url}/jobs/dead")
+    by_id(browser, "token").send_keys("s3cret")
+    by_id(browser, "log-in").click()
+    until(browser, lambda b: b.current_url == f"{d.url}/jobs/dead" and b.find_elements(By.ID, "nav-dead"),
+          what="the dead list, after the form")
+    assert "s3cret" not in browser.current_url and browser.get_cookies()[0]["name"] == f"spoolq_{d.port}"

@@ -21,8 +21,8 @@ def bind_address(text: str) -> tuple[str, int]:
               help="Where to listen.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing (no retry, cancel, pause).")
 @click.option("--token", envvar="SPOOLQ_WEB_TOKEN", metavar="TOKEN",
-              help="Ask every request for this token (?token=… once, for a session cookie; or "
-                   "Authorization: Bearer …).")
+              help="Ask every request for this token (a browser: the form shown, or ?token=… once, "
+                   "for a session cookie; a script: Authorization: Bearer …).")
 @pass_ctx
 def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     """Serve the dashboard: counts, charts, running jobs, workers, job lists and pages, actions,

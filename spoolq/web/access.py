@@ -2,10 +2,11 @@
 the Host a request names (DNS rebinding), the --token and the session it buys, and what the
 access log keeps of a request (never its query, where a token may be).
 
-A token given as `?token=` is checked once and exchanged for a session: a cookie signed with this
-process's secret that holds no token, so neither the cookie nor what a browser sends to another
-port of the same host (cookies are not kept apart by port) reveals the token, and every session
-ends with the process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie.
+A token (posted by the form a browser without a session is shown, or given once as `?token=`) is
+checked in constant time and exchanged for a session: a cookie signed with this process's secret
+that holds no token, so neither the cookie nor what a browser sends to another port of the same
+host (cookies are not kept apart by port) reveals the token, and every session ends with the
+process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from flask import Flask, Response, redirect, request, session
+from flask import Flask, Response, current_app, redirect, request, session
 from werkzeug.serving import WSGIRequestHandler
 
 SESSION_LIFETIME = timedelta(hours=12)
+LOGIN = "/login"  # where the token form posts (--token only)
 LOGGED_IN = "in"  # the session's mark of a token given; the token itself is never in it
 LOOPBACK_NAMES = frozenset({"localhost"})  # a name browsers take for loopback without asking DNS
 
@@ -80,8 +82,10 @@ def names_loopback(host: str, bound: Bound) -> bool:
 
 
 def guard(app: Flask, token: str | None, bound: Bound) -> None:
-    """--token on every request, and the Host check: on whenever the dashboard listens on the
-    loopback with no token, so a page elsewhere whose name is rebound to it gets nothing."""
+    """--token on every request (a session, or Authorization: Bearer for scripts), and the Host
+    check: on whenever the dashboard listens on the loopback with no token, so a page elsewhere
+    whose name is rebound to it gets nothing. Headers that keep a page from being framed, from
+    running others' scripts and from naming itself to another site (Referer)."""
     app.config.update(SESSION_COOKIE_NAME=f"spoolq_{bound.port}",  # two dashboards on a host keep theirs
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
@@ -94,11 +98,12 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         if not token:
             return None
         if request.method in ("GET", "HEAD") and "token" in request.args:
-            return _log_in(request.args["token"], token)
+            return _log_in(request.args["token"], token, _here_without_token())
+        if request.method == "POST" and request.path == LOGIN:
+            return _log_in(request.form.get("token", ""), token, _local(request.form.get("next", "")))
         if session.get(LOGGED_IN) is True or _same(_bearer(), token):
             return None
-        return _plain("a token is needed (--token): open the page once with ?token=…, "
-                      "or send Authorization: Bearer …", 401)
+        return _refuse("a token is needed (--token)", _here_without_token() if request.method == "GET" else "/")
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -110,17 +115,33 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         return response
 
 
-def _log_in(given: str, token: str) -> Response:
-    """A `?token=` exchanged for a session, and a redirect to the same page without it (out of the
-    address bar, the history and every later request); a wrong one gets 401 and nothing else."""
+def _log_in(given: str, token: str, then: str) -> Response:
+    """A token (`?token=`, or the form's POST) exchanged for a session, and a redirect to `then`:
+    the same page without it, out of the address bar, the history and every later request. A
+    wrong one gets 401 and nothing else."""
     if not _same(given, token):
-        return _plain("that token is not this dashboard's (--token)", 401)
+        return _refuse("that token is not this dashboard's (--token)", then)
     session.clear()  # a new session, and with it a new form token
     session[LOGGED_IN] = True
     session.permanent = True  # the cookie's lifetime: SESSION_LIFETIME, not the browser's
-    response = redirect(_here_without_token(), 303)
+    response = redirect(then, 303)
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _refuse(why: str, then: str) -> Response:
+    """401: to a browser, a page with a form that asks for the token (rendered with no session,
+    no spool and no form token); to anything else, one line that says how to send it."""
+    if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
+        page = current_app.jinja_env.get_template("login.html").render(message=why, next=then)
+        return Response(page, 401, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+    return _plain(f"{why}: open a page once with ?token=…, or send Authorization: Bearer …", 401)
+
+
+def _local(target: str) -> str:
+    """`target` if it is a path on this server, else /: a log-in never sends a browser elsewhere
+    (not //host, not /\\host, no tab or newline a browser would drop, only printable ASCII)."""
+    return target if re.fullmatch(r"/(?![/\\])[!-\[\]-~]*", target) else "/"
 
 
 def _here_without_token() -> str:
