@@ -208,7 +208,9 @@ def test_a_token_guards_every_request(spool, dashboard):
     for path in ("/", "/api/overview", "/metrics", "/static/live.js", "/no-such-page"):
         assert d.get(path)[0] == 401
     assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert d.get("/api/overview", {"Authorization": "bearer s3cret"})[0] == 200  # a scheme's name has no case
     assert d.get("/metrics", {"Authorization": "Bearer s3cre"})[0] == 401
+    assert d.get("/metrics", {"Authorization": "Basic s3cret"})[0] == 401
     assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 401  # the token is never a cookie
 
 

@@ -152,8 +152,9 @@ def _here_without_token() -> str:
 
 
 def _bearer() -> str:
-    header = request.headers.get("Authorization", "")
-    return header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
+    """The token of `Authorization: Bearer T` (the scheme's name in any case, as HTTP has it)."""
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
 def _same(given: str, token: str) -> bool:
