@@ -630,7 +630,7 @@ def _requeue(spool, job_id: str) -> None:
 @pytest.mark.parametrize("meanwhile", [
     (_finish_and_wake, _purge),  # a finishes and is purged between b's edge and b's file
     (_finish_and_wake, _requeue),  # a finishes and is requeued: b waits for the requeued run
-    (_purge,),  # a, done before, is purged: it was done, b runs once c has
+    (_purge,),  # a purge of a, done before: it keeps a while b is being enqueued; b runs once c has
 ])
 def test_a_dependency_that_finishes_is_purged_or_requeued_during_an_enqueue_strands_no_one(spool, meanwhile):
     spool.enqueue({"id": "c", "command": "true"})
