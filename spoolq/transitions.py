@@ -158,6 +158,8 @@ class Transitions:
             try:
                 moving = self.takes.take_with(adopt_path, job, state)
             except BaseException:
+                if state == "waiting":
+                    self.publisher.deps.forget(job.id, job.after)  # an edge outlives no id
                 ids.release(job.id)
                 raise
         # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
@@ -167,8 +169,8 @@ class Transitions:
             self.store.shards.sync([moved.name])
         else:
             fsio.fsync_dir(self.layout.dir(moved.state))
-        if moved.state == "waiting" and self.publisher.deps.judge(job.id, owner) == "dead":
-            self.publisher.deps.finished(job.id, owner)  # what it waits for died meanwhile
+        if moved.state == "waiting":
+            self.publisher.deps.settle([job.id], owner)  # what it waits for may have finished meanwhile
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
     def _waiting_or_pending(self, job: Job) -> str:
@@ -186,9 +188,10 @@ class Transitions:
         unfinished = deps.unfinished(job)
         if not unfinished:
             return "pending"
-        self.store.make_dir(deps.waiting)
-        self.store.make_dir(deps.edges)
-        deps.make_edges(job, job.after)  # every one, done ones too: purge keeps what is waited for
+        try:
+            deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
+        except JobNotFound as e:
+            raise InvalidJob(str(e)) from None
         return "waiting"
 
     # ---- claim and finish ----------------------------------------------------------------

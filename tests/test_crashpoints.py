@@ -566,17 +566,29 @@ def test_a_worker_killed_holding_a_slot_leaks_none(tmp_path, kind):
 def _a_dependency(root: str) -> str:
     spool = Spool(root)
     spool.enqueue({"id": "a", **job_that_records(root, "a")})
-    return "a"
+    return "pending"
 
 
-def _waiter_whole_or_never_enqueued(root: str, dep: str, killed: bool) -> None:
+def _a_done_dependency(root: str) -> str:
+    """a has run: the enqueue makes b's edge under the purge lock, publishes b to waiting/, then
+    judges it once more and releases it (its edges removed)."""
+    _a_dependency(root)
+    burst(root)
+    return "done"
+
+
+def _waiter_whole_or_never_enqueued(root: str, dep_state: str, killed: bool) -> None:
+    """b is waiting with a live edge, released, or absent with its id free: never waiting unwoken."""
     spool = Spool(root, create=False)
     try:
         state = spool.find("b").state
     except Exception:
         state = None  # never acknowledged: nothing of it may block a later enqueue
-    assert state in (None, "waiting"), state
-    assert not killed or state is None or state == "waiting"
+    assert state in (None, "waiting", "pending"), state
+    if not killed:
+        assert state == ("waiting" if dep_state == "pending" else "pending"), state
+    if state == "waiting":
+        assert os.path.lexists(os.path.join(root, "after", "a", "b")), "b waits with no edge"
     repaired_clean(root)
     burst(root)
     if state is None:
@@ -584,12 +596,14 @@ def _waiter_whole_or_never_enqueued(root: str, dep: str, killed: bool) -> None:
         assert r.returncode == 0, r.stderr
         burst(root)
     assert runs(root) == ["a", "b"], runs(root)
+    assert os.listdir(os.path.join(root, "after")) == [] and os.listdir(os.path.join(root, "waiting")) == []
 
 
-@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "mkdir", "link"])
-def test_enqueue_after_killed_at_any_point_is_whole_or_never_was(tmp_path, kind):
-    sweep(tmp_path, kind, _a_dependency, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--id", "b", "--after",
-                                                       "a", f"echo b >> {root}.runs"],
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "mkdir", "link", "unlink"])
+@pytest.mark.parametrize("setup", [_a_dependency, _a_done_dependency])
+def test_enqueue_after_killed_at_any_point_is_whole_or_never_was(tmp_path, kind, setup):
+    sweep(tmp_path, kind, setup, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--id", "b", "--after",
+                                               "a", f"echo b >> {root}.runs"],
           _waiter_whole_or_never_enqueued)
 
 

@@ -162,50 +162,6 @@ class JobChecks:
                     r.repair_with(p, lambda path=path, entry=entry: r.quarantine(
                         path, entry, f"not a job file name in {state}/"))
 
-    def check_waiting(self) -> None:
-        """Jobs waiting for others (deps.py): sound files, none left waiting once what it waits for
-        has finished (a wake-up lost in a crash), and no edge left for a waiter that is gone."""
-        r = self.r
-        deps = self.spool.deps
-        for entry, path, st in r.entries(deps.waiting):
-            stem = layout.stem(entry) if layout.is_json_entry(entry) else None
-            if stem is None or not job.valid_id(stem):
-                if layout.is_temp_name(entry):
-                    stale_temp(r, path, st)
-                continue
-            self.check_job_file(path, "waiting", stem, entry)
-            self._check_stuck(stem, path)
-        for dep in fsio.listdir(deps.edges):
-            if deps.state_of(dep) == "unfinished":
-                continue  # it wakes its waiters when it finishes (or is an enqueue in progress)
-            for waiter in fsio.listdir(os.path.join(deps.edges, dep)):
-                if os.path.lexists(deps.waiting_path(waiter)):
-                    continue  # stuck: reported above
-                edge = os.path.join(deps.edges, dep, waiter)
-                p = r.report("stale-edge", edge, f"job {dep} has finished and {waiter} waits no more")
-                r.repair_with(p, lambda edge=edge: fsio.unlink_quietly(edge), "removed it")
-
-    def _check_stuck(self, job_id: str, path: str) -> None:
-        try:
-            waiting, _ = self.spool.store.read_job(path, now=self.r.now)
-        except (FileNotFoundError, InvalidJob):
-            return
-        states = [self.spool.deps.state_of(dep) for dep in waiting.after]
-        if "dead" not in states and not all(state == "done" for state in states):
-            return
-        p = self.r.report("stuck-waiting", path, f"what job {job_id} waits for has finished, and no one woke it")
-        self.r.repair_with(p, lambda: self._judge(job_id))
-
-    def _judge(self, job_id: str) -> str:
-        owner = self.spool.owners.register("fsck")
-        try:
-            outcome = self.spool.deps.judge(job_id, owner)
-            if outcome == "dead":
-                self.spool.deps.finished(job_id, owner)
-        finally:
-            self.spool.owners.unregister(owner)
-        return f"judged: now {outcome}" if outcome else "left alone: it moved on meanwhile"
-
     def check_quarantined(self, qid: str, path: str) -> None:
         r = self.r
         quarantine = self.spool.quarantine

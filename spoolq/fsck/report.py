@@ -48,6 +48,10 @@ KINDS = {
     "stale-lock": "a lock held by a process that is gone",
     "stuck-adoption": "a dropped file half-adopted by a live worker long ago",
     "stale-registration": "a worker registration whose process is gone",
+    "stuck-waiting": "a waiting job whose dependencies have finished, and no one woke it",
+    "gone-dependency": "a waiting job that waits for a job that is gone (purged)",
+    "missing-edge": "a waiting job without the edge in after/ that its dependency's finish looks for",
+    "stale-edge": "an edge in after/ whose waiting job is gone",
     "permissions": "a path more open than the spool's settings allow",
 }
 
