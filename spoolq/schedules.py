@@ -11,7 +11,9 @@ Only the latest slot at or before now is ever considered (cron expressions are e
 backwards from now): firing costs nothing proportional to the slots missed. A slot missed while
 no worker ran is fired once when one starts (catch-up "last"), or skipped if it is more than
 LATE_LIMIT late (catch-up "none"). Cron expressions are evaluated by cronsim, which follows
-Debian's cron, daylight-saving quirks included, in the schedule's time zone (default UTC).
+Debian's cron, in the schedule's time zone (default UTC): an expression of a fixed hour and
+minute fires once at the first of a repeated wall-clock time, and a time skipped by the clock's
+jump forward fires at the first minute after the jump; the others fire at every instant they name.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from . import fsio
@@ -39,6 +42,7 @@ MAX_SCHEDULE_BYTES = 256 * 1024
 STEP = timedelta(microseconds=1)
 SKEW = 60.0  # seconds: a .last further in the future than this came from a clock that is ahead
 MAX_EPOCH = 9_999_999_999.0
+MAX_LOOKS = 200  # slots iterated past one that cronsim gives on the wrong side of now (a repeated hour)
 
 
 def check_name(name: str) -> str:
@@ -113,13 +117,27 @@ class Schedule:
         # From the instant just after now, made by fromtimestamp (which keeps the fold of a repeated
         # hour at the end of daylight saving time; adding a timedelta would drop it, an hour back).
         start = datetime.fromtimestamp(now + STEP.total_seconds(), zone(self.tz))
-        return next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
+        latest = next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
+        if start.fold:
+            # The second pass of a repeated hour: cronsim reads a fixed-time expression on the wall
+            # clock and gives the first pass's instants (fold 0), which are past although their wall
+            # times are later than now's. Look back from now's wall time on the first pass's offset,
+            # past what is still to come.
+            ahead = start.replace(fold=0).utcoffset() - start.utcoffset()
+            first_pass = (start.replace(tzinfo=None) + ahead).replace(tzinfo=start.tzinfo)
+            looks = islice(CronSim(expression(self.cron), first_pass, reverse=True), MAX_LOOKS)
+            before = (t.timestamp() for t in looks)
+            latest = max(latest, next((t for t in before if t <= now), latest))
+        return latest
 
     def next_slot(self, now: float) -> float:
-        """The first slot after `now`."""
+        """The first slot after `now` (cronsim, started in the second pass of a repeated hour,
+        may give the first pass's: those are skipped)."""
         from cronsim import CronSim
 
-        return next(CronSim(expression(self.cron), datetime.fromtimestamp(now, zone(self.tz)))).timestamp()
+        slots = CronSim(expression(self.cron), datetime.fromtimestamp(now, zone(self.tz)))
+        later = (t.timestamp() for t in islice(slots, MAX_LOOKS))
+        return next((t for t in later if t > now), now + 60.0)
 
     def to_json(self) -> bytes:
         data = {**self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}

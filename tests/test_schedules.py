@@ -77,6 +77,26 @@ def test_a_purged_slot_is_never_fired_again(spool):
     assert schedules.fire_due(at("2026-01-01T00:07")) == [] and job_ids(spool) == []
 
 
+def test_a_fixed_time_fires_once_through_both_daylight_saving_changes(spool):
+    """01:30 comes twice on New York's fall-back night: it fires once, at the first (cronsim's and
+    Debian cron's reading), and the second pass of the hour knows it as the latest slot. 02:30 does
+    not come on the spring-forward night: it fires once, at 03:00 EDT, the first minute after the jump."""
+    schedules = add(spool, cron="30 1 * * *", tz="America/New_York", created="2026-10-30T00:00")
+    schedule = schedules.get("rep")
+    first = at("2026-11-01T05:30")  # 01:30 EDT; 06:30 UTC is 01:30 EST
+    for t in ("2026-11-01T05:30", "2026-11-01T06:00", "2026-11-01T06:30", "2026-11-01T06:59:59"):
+        assert schedule.latest_slot(at(t)) == first, t
+        assert schedule.next_slot(at(t)) == at("2026-11-02T06:30"), t
+    fired = [f.job_id for t in ("2026-11-01T05:30:10", "2026-11-01T06:00", "2026-11-01T06:30:10", "2026-11-01T07:00",
+                                "2026-11-02T06:30:10") for f in schedules.fire_due(at(t)) if f.created]
+    assert fired == ["rep.20261101T0530Z", "rep.20261102T0630Z"]
+
+    spring = add(spool, "spring", cron="30 2 * * *", tz="America/New_York", created="2026-03-07T12:00")
+    fired = [f.job_id for t in ("2026-03-08T06:59", "2026-03-08T07:00:05", "2026-03-08T07:30:05", "2026-03-08T08:00",
+                                "2026-03-09T06:30:05") for f in spring.fire_due(at(t)) if f.name == "spring" and f.created]
+    assert fired == ["spring.20260308T0700Z", "spring.20260309T0630Z"]
+
+
 def test_a_paused_schedule_fires_nothing_and_resumes_from_the_next_slot(spool):
     schedules = add(spool)
     schedules.set_paused("rep", True, now=at("2026-01-01T00:01"))
