@@ -76,10 +76,12 @@ class Duties:
                     self.log(f"schedule {fired.name}: slot {fired.job_id} skipped (catch-up none)")
                 elif fired.created:
                     self.log(f"schedule {fired.name}: enqueued {fired.job_id}")
+                if fired.note:
+                    self.log(f"schedule {fired.name}: {fired.note}")
             due = self.schedules.next_due(now)
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return
-        self.seen = seen if seen == self.schedules.stamp() else None  # its own .last writes: look once more
+        self.seen = seen if seen == self.schedules.stamp() else None  # its own first marker: look once more
         self.due_at = float("inf") if due is None else due
         self.fire_at = min(self.fire_at, self.due_at)

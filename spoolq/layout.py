@@ -35,7 +35,7 @@ Directories under the spool root ``S``::
     S/events/<owner>.<k>.jsonl  the attempts log (events.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
-    S/schedules/<name>.json  a periodic schedule; <name>.last "<slot epoch> <job id>" (schedules.py)
+    S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired.py)
     S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
                     or <name>.lock.<holder> while held (see locks.py)
     S/config.json   settings (see config.py)

@@ -12,6 +12,8 @@ import stat
 from . import fsio, layout, shards
 from .modes import INBOX, Modes
 
+FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired.py), given modes here
+
 
 def give_modes(lay: layout.Layout, modes: Modes) -> None:
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
@@ -27,6 +29,8 @@ def give_modes(lay: layout.Layout, modes: Modes) -> None:
                 _chmod_owned(path, modes)
             elif name == "pending" and shards.is_shard(entry):
                 _chmod_shard(path, modes)
+            elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
+                _chmod_fired(path, modes)
             elif layout.is_spoolq_entry(name, entry):
                 _chmod(path, modes.file)
 
@@ -46,6 +50,24 @@ def _chmod_shard(shard: str, modes: Modes) -> None:
     for entry in fsio.listdir(shard):
         if layout.is_canonical(entry):
             _chmod(os.path.join(shard, entry), modes.file)
+
+
+def marker_mode(modes: fsio.Modes) -> int:
+    """A fired marker's mode: readable by a shared spool's group, never writable by it."""
+    return modes.file & ~0o022
+
+
+def _chmod_fired(fired: str, modes: fsio.Modes) -> None:
+    """A schedule's fired markers: never writable by the group, which may create entries beside
+    them (a marker it could rewrite would not be believed, fired.py)."""
+    if not _chmod(fired, modes.dir):
+        return
+    for entry in fsio.listdir(fired):
+        if not entry.startswith("."):
+            try:
+                _chmod(os.path.join(fired, entry), marker_mode(modes))
+            except PermissionError:
+                continue  # another trusted uid's marker: its owner's mode (never group-writable) stays
 
 
 def _chmod(path: str, mode: int) -> bool:
