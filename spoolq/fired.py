@@ -24,11 +24,10 @@ written by spoolq before markers) counts as a fired marker, until pruned like on
 from __future__ import annotations
 
 import os
-import stat
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from . import fsio, trust
+from . import fsio, modes, trust
 from .store import Store
 
 STAMP = "%Y%m%dT%H%MZ"
@@ -155,8 +154,8 @@ class FiredSlots:
             slot = float(fields[0])
         except (OSError, ValueError, UnicodeDecodeError, IndexError):
             return None
-        if not self.store.trusts_uid(st.st_uid) or stat.S_IMODE(st.st_mode) & 0o022:
-            return None  # another user could have written it
+        if modes.why_untrusted(st, shared=True, trusts=self.store.trusts_uid):
+            return None  # another user wrote it, or could have (modes.py): only spoolq writes markers
         if not 0 <= slot < MAX_EPOCH or slot != int(slot):
             return None
         if entry is None and len(fields) == 2:
@@ -166,7 +165,7 @@ class FiredSlots:
         return Marker(slot, fields[1], fields[2], entry)
 
     def _mode(self) -> int:
-        return trust.marker_mode(self.store.modes)
+        return self.store.modes.file
 
     def _fired_dir(self, name: str) -> str:
         return os.path.join(self.directory, name + trust.FIRED_SUFFIX)

@@ -52,20 +52,15 @@ def _chmod_shard(shard: str, modes: Modes) -> None:
             _chmod(os.path.join(shard, entry), modes.file)
 
 
-def marker_mode(modes: fsio.Modes) -> int:
-    """A fired marker's mode: readable by a shared spool's group, never writable by it."""
-    return modes.file & ~0o022
-
-
-def _chmod_fired(fired: str, modes: fsio.Modes) -> None:
-    """A schedule's fired markers: never writable by the group, which may create entries beside
-    them (a marker it could rewrite would not be believed, fired.py)."""
+def _chmod_fired(fired: str, modes: Modes) -> None:
+    """A schedule's fired markers, never writable by the group (a marker it could rewrite would
+    not be believed, fired.py)."""
     if not _chmod(fired, modes.dir):
         return
     for entry in fsio.listdir(fired):
         if not entry.startswith("."):
             try:
-                _chmod(os.path.join(fired, entry), marker_mode(modes))
+                _chmod(os.path.join(fired, entry), modes.file)
             except PermissionError:
                 continue  # another trusted uid's marker: its owner's mode (never group-writable) stays
 

@@ -208,7 +208,7 @@ def test_a_record_of_a_slot_that_others_could_write_is_not_believed(spool):
     assert [f.job_id for f in schedules.fire_due(at("2026-01-01T00:10:01"))] == ["rep.20260101T0010Z"]
 
 
-def test_in_a_shared_spool_markers_stay_unwritable_by_the_group_and_are_believed(spool):
+def test_in_a_shared_spool_markers_are_the_owners_alone_and_are_believed(spool):
     schedules = add(spool)
     schedules.fire_due(at("2026-01-01T00:05"))
     spool.set_config("group_access", True)
@@ -216,7 +216,7 @@ def test_in_a_shared_spool_markers_stay_unwritable_by_the_group_and_are_believed
     fired_dir = os.path.join(spool.layout.dir("schedules"), "rep.fired")
     assert {e: oct(os.stat(os.path.join(fired_dir, e)).st_mode & 0o777) for e in os.listdir(fired_dir)} == {
         "20260101T0005Z": "0o640", "20260101T0010Z": "0o640"}
-    assert oct(os.stat(fired_dir).st_mode & 0o7777) == "0o2770"
+    assert oct(os.stat(fired_dir).st_mode & 0o7777) == "0o2750"
     purge(spool, "rep.20260101T0010Z")
     assert schedules.fire_due(at("2026-01-01T00:10") - 150) == [] and schedules.fire_due(at("2026-01-01T00:11")) == []
 
