@@ -203,3 +203,35 @@ def test_another_hosts_rescues_never_crash_a_reader_here(gluster, tmp_path):
         churner.join()
     assert stale, "this rig never answered ESTALE: the test proved nothing"
     assert not errors, (rounds, stale, sorted(set(errors))[:5])
+
+
+@pytest.mark.parametrize("volume", ["strict", "stock"])
+def test_a_lock_held_through_a_client_that_dies_is_let_go_at_once(gluster, tmp_path, volume):
+    """A spool lock taken through host D's client excludes host A; SIGKILL D's glusterfs client
+    (the host dies, its connection to the brick closes) and the brick's locks translator lets go
+    of D's flock: A takes the lock within a second, its holder still alive on a dead mount."""
+    from spoolq import config, layout
+    from spoolq.errors import LockBusy
+
+    name = gluster.new_dir(volume, os.path.basename(tmp_path))
+    Spool(os.path.join(gluster.mount(volume, "A"), name))
+    hold = ("import sys, time\nfrom spoolq import config, layout\n"
+            "with config.locked(layout.Layout(sys.argv[1]), 'dlq', mode=0o600):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    d = subprocess.Popen([sys.executable, "-c", hold, os.path.join(gluster.mount(volume, "D"), name)],
+                         env={**os.environ, "SPOOLQ_HOST": "D"}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert d.stdout.readline() == "held\n"
+        lay = layout.Layout(os.path.join(gluster.mount(volume, "A"), name))
+        with pytest.raises(LockBusy, match=f"held by pid {d.pid} on host D"):
+            with config.locked(lay, "dlq", mode=0o600, timeout=0.5):
+                pass
+        killed = time.monotonic()
+        gluster.kill_client(volume, "D")
+        with config.locked(lay, "dlq", mode=0o600, timeout=30):
+            took = time.monotonic() - killed
+        print(f"{volume}: host A took the lock {took:.3f}s after host D's client was killed")
+        assert took < 1, f"{took:.2f}s"
+    finally:
+        d.kill()
+        d.wait()
