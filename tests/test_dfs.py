@@ -45,6 +45,19 @@ def test_local_disk_is_safe(tmp_path):
     assert filesystem.unsafe_because(str(tmp_path)) is None
 
 
+@pytest.mark.parametrize("kind, options, local", [
+    ("nfs", "rw,vers=3,nolock,local_lock=all", "nolock"), ("nfs", "rw,vers=3,local_lock=flock", "local_lock=flock"),
+    ("nfs", "rw,vers=3,local_lock=posix", None), ("nfs4", "rw,vers=4.2,local_lock=none", None),
+    ("lustre", "rw,localflock", "localflock"), ("lustre", "rw", "not supported"), ("lustre", "rw,flock", None),
+    ("fuse.bindfs", "rw,user_id=0", None), ("ext4", "rw", None)])
+def test_a_mount_whose_flocks_stay_on_one_host_is_named(kind, options, local):
+    """Where flock(2) never reaches the server, a spool lock excludes only one host's processes:
+    the mount's own options say so (no NFS or Lustre server here: the options as mountinfo shows
+    them), and unsafe_because, which workers refuse on, names it."""
+    why = filesystem.flock_stays_local(kind, frozenset(options.split(",")))
+    assert (why is None) == (local is None) and (local is None or local in why), why
+
+
 def test_worker_start_refuses_stock_gluster_in_one_line(stock_spool):
     env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_ALLOW_UNSAFE_FS"}
     r = subprocess.run([*SPOOLQ, "--spool", stock_spool, "worker", "start", "--burst"], capture_output=True,
