@@ -456,6 +456,20 @@ def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
     assert any(r["source"] == names["dup_name"] for r in quarantine_records(spool).values())
 
 
+def test_fsck_names_the_holder_of_a_lock_held_for_long_and_leaves_it(spool):
+    """Item 6: a lock held for over 10 minutes (retention stopped on every host, or every
+    `dlq retry` waiting) is reported with its holder; a dead holder's is let go by the file
+    system, so this one is alive and fsck never takes it from it."""
+    lock = spool.layout.lock("retention")
+    with locks.locked(lock, mode=0o600):
+        assert fsck.check(spool) == []  # taken a moment ago: nothing to say
+        backdate(lock, 700)  # the mtime its holder set when it took it
+        (p,) = fsck.check(spool, repair=True)
+        assert (p.kind, p.path, p.repaired) == ("long-held-lock", lock, False)
+        assert f"lock retention held by pid {os.getpid()} on host " in p.detail and "for 12min" in p.detail
+        assert locks.holder(lock).pid == os.getpid()  # still ours
+
+
 def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
     _, expected, _ = broken_spool
     r = run("fsck", "--repair")
