@@ -77,8 +77,8 @@ class Retention:
         return purged
 
     def held_long(self, now: float) -> locks.Holder | None:
-        """The holder of the retention lock, once, when this worker has found it held for
-        locks.LONG_HELD seconds on end (nothing is purged meanwhile, by any worker but it)."""
+        """The holder of the retention lock, once per holder, when this worker has found it held
+        for locks.LONG_HELD seconds on end (no worker but that holder purges meanwhile)."""
         if self.busy_since is None or now - self.busy_since < locks.LONG_HELD:
             return None
         held = locks.holder(self.spool.layout.lock("retention"))
