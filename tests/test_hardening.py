@@ -855,17 +855,21 @@ def test_two_takers_of_an_abandoned_id_never_both_get_it(spool):
         assert won == [False, False, False, True], round_
 
 
-def test_a_holder_killed_holding_a_lock_lets_the_next_taker_in_at_once(spool):
+@pytest.mark.parametrize("host", [None, "elsewhere"])
+def test_a_holder_killed_holding_a_lock_lets_the_next_taker_in_at_once(spool, host):
     """A holder SIGKILLed while it holds a lock (here a `dlq retry` stand-in) leaves nothing that
-    blocks: the kernel lets its flock go with it, and the next taker neither waits nor judges."""
+    blocks: the kernel lets its flock go with it, and the next taker neither waits nor judges, so
+    a holder calling itself another host (SPOOLQ_HOST), whose pid means nothing here, is no
+    different."""
     lock = spool.layout.lock("dlq")
+    env = {**os.environ, **({"SPOOLQ_HOST": host} if host else {})}
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spoolq import locks\n"
                                "with locks.locked(sys.argv[1], mode=0o600):\n    print('held', flush=True); time.sleep(60)",
-                               lock], stdout=subprocess.PIPE, text=True)
+                               lock], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline() == "held\n"
         assert locks.holder(lock).pid == holder.pid
-        with pytest.raises(LockBusy, match=f"held by pid {holder.pid} on host "):
+        with pytest.raises(LockBusy, match=f"held by pid {holder.pid} on host {host or L.host_name()}"):
             with locks.locked(lock, mode=0o600, timeout=0.2):
                 pass
     finally:
