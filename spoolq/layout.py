@@ -228,8 +228,8 @@ def host_name() -> str:
 
 
 def host_hash() -> str:
-    """This host, as lock and stop-request names carry it: short, the same for every process here."""
-    import zlib  # only a lock or a stop request needs it, never one enqueue
+    """This host, as a stop request carries it: short, the same for every process here."""
+    import zlib  # only a stop request needs it, never one enqueue
 
     return f"{zlib.crc32(host_name().encode()):08x}"
 
