@@ -66,8 +66,9 @@ class Retention:
         try:
             with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=0):
                 self.busy_since = None
+                until = time.monotonic() + seconds  # from the take: a worker's first pays for importing filelock
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
-                purged = self._batch(fs_now, started + seconds)
+                purged = self._batch(fs_now, until)
         except LockBusy:
             self.busy_since = now if self.busy_since is None else self.busy_since  # another worker is at it
         finally:

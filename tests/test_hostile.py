@@ -20,13 +20,14 @@ BIG = 10 * 1024 * 1024
 
 def snapshot(root: str, dir_times: bool = True) -> dict[str, tuple[int, int, int]]:
     """Every path under the spool with its type, size and mtime: 'nothing written' means equal.
-    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime)."""
+    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime).
+    A lock file's mtime is when the lock was last taken, not a write to the spool."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            keep_time = dir_times or not stat.S_ISDIR(st.st_mode)
+            keep_time = (dir_times or not stat.S_ISDIR(st.st_mode)) and os.path.basename(dirpath) != "locks"
             out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size,
                                                 st.st_mtime_ns if keep_time else 0)
     return out
