@@ -105,6 +105,8 @@ def holder(path: str) -> Holder | None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        # RACE: the lock may be taken or let go right after the probe; the answer is what was true
+        # at it. A taker that tries during the probe's moment fails that try and polls again.
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None  # free: closing the descriptor lets the probe's lock go
@@ -120,10 +122,12 @@ def _name_holder(fd: int, named: list[int]) -> None:
     """Write this process into the lock file it now holds (filelock calls this once the flock is
     taken; `named` keeps the descriptor, to blank the record before letting go)."""
     record = json.dumps({"pid": os.getpid(), "host": layout.host_name()[:128]}).encode()
+    # RACE: a reader (a timed-out wait, fsck) between the flock and this write finds the lock held
+    # and the record blank: it says "a holder that has not named itself yet", never a wrong one.
     try:
         os.pwrite(fd, record.ljust(RECORD - 1)[: RECORD - 1] + b"\n", 0)
     except OSError:
-        return  # RACE: none (the lock is ours); a full disk or quota leaves the holder unnamed, the lock held
+        return  # a full disk or quota: the lock is held all the same, its holder unnamed
     named.append(fd)
 
 
