@@ -36,8 +36,8 @@ Directories under the spool root ``S``::
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
     S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired.py)
-    S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
-                    or <name>.lock.<holder> while held (see locks.py)
+    S/locks/<name>.flock  a spool lock (flock(2)); its holder writes {"pid", "host"} over its first 256
+                    bytes while it holds it (locks.py). <name>.anchor, .lock, .lock.*: an earlier spoolq's
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -228,8 +228,8 @@ def host_name() -> str:
 
 
 def host_hash() -> str:
-    """This host, as lock and stop-request names carry it: short, the same for every process here."""
-    import zlib  # only a lock or a stop request needs it, never one enqueue
+    """This host, as a stop request carries it: short, the same for every process here."""
+    import zlib  # only a stop request needs it, never one enqueue
 
     return f"{zlib.crc32(host_name().encode()):08x}"
 
@@ -320,7 +320,7 @@ _SPOOLQ_NAMES = {
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
     "events": lambda n: not n.startswith(".") and n.endswith(".jsonl"),
     "schedules": lambda n: not n.startswith(".") and n.endswith((".json", ".last")),
-    "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
+    "locks": lambda n: not n.startswith(".") and (n.endswith((".flock", ".lock", ".anchor")) or ".lock." in n),
 }
 
 
@@ -389,7 +389,7 @@ class Layout:
         return f"{self._base}/quarantine/{qid}.json"
 
     def lock(self, name: str) -> str:
-        return f"{self._base}/locks/{name}.lock"
+        return f"{self._base}/locks/{name}.flock"
 
     @property
     def stop_file(self) -> str:

@@ -228,7 +228,7 @@ class Store:
 
     def locked(self, name: str) -> ContextManager[None]:
         """Hold the named spool lock (locks.py: a flock on a file made with the layout, so purge,
-        the way to free space, takes it on a full disk too)."""
+        the way to free space, takes it on a full disk too; a holder that dies lets go)."""
         return config.locked(self.layout, name, mode=self.modes.file)
 
     # ---- clocks, ids, order --------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import fsio, layout, shards
+from . import fsio, layout, locks, shards
 from .modes import INBOX, Modes
 
 FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired.py), given modes here
@@ -32,7 +32,7 @@ def give_modes(lay: layout.Layout, modes: Modes) -> None:
             elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
                 _chmod_fired(path, modes)
             elif layout.is_spoolq_entry(name, entry):
-                _chmod(path, modes.file)
+                _chmod(path, locks.owners_only(modes.file) if name == "locks" else modes.file)
 
 
 def _chmod_owned(owned: str, modes: Modes) -> None:

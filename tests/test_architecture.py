@@ -32,7 +32,7 @@ RANK = {
     "cli.scheduling": 19,
     "cli": 20, "__main__": 21, "__init__": 21,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web", "cronsim": "schedules"}
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web", "cronsim": "schedules", "filelock": "locks"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 
 

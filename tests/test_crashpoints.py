@@ -757,7 +757,7 @@ def _retained_whole_and_unblocked(root: str, ids: list[str], killed: bool) -> No
     _purged_whole_or_not_at_all(root, ids, killed)
     from spoolq.retention import Retention
 
-    # The lock a killed worker held on this host is broken by the next one: retention goes on.
+    # The lock a killed worker held was let go with it: retention goes on at once.
     assert Retention(Spool(root, create=False)).run(0.0) is not None
 
 

@@ -93,6 +93,16 @@ def test_a_member_can_create_nothing_outside_pending(shared, where):
     assert r.returncode != 0 and not os.path.exists(path)
 
 
+def test_a_member_cannot_open_a_lock_file_to_hold_the_lock(shared):
+    """flock(2) needs only a descriptor: a lock file the group could read, a member could hold for good."""
+    locks = os.path.join(shared.root, "locks")
+    files = [os.path.join(locks, n) for n in os.listdir(locks)]
+    assert files
+    for path in files:
+        r = as_member('exec 3<"$1"', path)
+        assert r.returncode != 0 and "Permission denied" in r.stderr, path
+
+
 def test_a_member_still_drops_jobs_and_reads_the_spool(shared, workers, tmp_path):
     shared.set_config("trusted_uids", [MEMBER])
     shared.set_config("drop_grace", 0.2)

@@ -20,13 +20,14 @@ BIG = 10 * 1024 * 1024
 
 def snapshot(root: str, dir_times: bool = True) -> dict[str, tuple[int, int, int]]:
     """Every path under the spool with its type, size and mtime: 'nothing written' means equal.
-    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime)."""
+    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime).
+    A lock file's mtime is when the lock was last taken, not a write to the spool."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            keep_time = dir_times or not stat.S_ISDIR(st.st_mode)
+            keep_time = (dir_times or not stat.S_ISDIR(st.st_mode)) and os.path.basename(dirpath) != "locks"
             out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size,
                                                 st.st_mtime_ns if keep_time else 0)
     return out
@@ -382,6 +383,8 @@ def test_group_access_opens_the_spool_to_its_group(spool_dir, run, workers):
             assert mode == 0o3770, oct(mode)
         elif path.endswith("/") or path == ".":
             assert mode == 0o2750, (path, oct(mode))
+        elif path.startswith("locks/"):
+            assert mode == 0o600, (path, oct(mode))  # whoever can open a lock file can hold the lock
         else:
             assert mode == 0o640, (path, oct(mode))
     assert modes[f"output/{ok}.log"] == 0o640

@@ -116,7 +116,7 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
 @click.option("--stale-after", type=Float(0), default=3600, show_default=True, metavar="S",
-              help="Temp, lock and marker files older than S seconds count as crash leftovers.")
+              help="Temp and marker files older than S seconds count as crash leftovers.")
 @json_option
 @pass_ctx
 def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:

@@ -16,18 +16,20 @@ Invariants checked:
 * every quarantined ``dead/+<qid>.json`` has its reason in ``quarantine/``, and every reason
   record has its file;
 * no stale temp files (``tmp/``, and the dot-temp files spoolq writes in ``processing/<owner>/``
-  and ``dead/``), stale lock markers (``locks/``) or stale worker registrations;
+  and ``dead/``) or stale worker registrations; no lock (``locks/``) held for over
+  locks.LONG_HELD seconds (reported with its holder, never taken from it), no earlier spoolq's
+  lock files;
 * nothing spoolq owns is more open than the configured modes (private unless group_access).
 
 Repairs are only the safe ones: recover dead owners (``Recovery.run``, exactly what a worker
 would do), quarantine files that can never run (bytes kept, reason recorded), remove stale temp
-files, stale locks, stale registrations, orphan markers and orphan reason records, recreate
-missing markers and reason records, create missing directories, narrow modes, judge a waiting
-job as a finish would (released, or dead naming what it waited for), make a missing edge, remove
-a stale one. Nothing a live worker holds is touched, and no job file is ever deleted.
+files, an earlier spoolq's lock files, stale registrations, orphan markers and orphan reason records,
+recreate missing markers and reason records, create missing directories, narrow modes, judge a
+waiting job as a finish would (released, or dead naming what it waited for), make a missing edge,
+remove a stale one. Nothing a live worker holds is touched, and no job file is ever deleted.
 
-Anything that may belong to an operation still in flight (temp files, markers, reason records,
-lock markers without a holder record) counts as stale only once older than ``stale_after``.
+Anything that may belong to an operation still in flight (temp files, markers, reason records)
+counts as stale only once older than ``stale_after``.
 """
 
 from __future__ import annotations
