@@ -34,7 +34,7 @@ EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not wo
 def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
     """Say in the log what wakes the worker: events, polling, or neither (a burst)."""
     if wake.mode == "none":
-        log("started; --burst: runs what is ready, then leaves")
+        log("started; --burst: runs what is ready and the retries of what it ran, then leaves")
         return
     kind = filesystem.kind_of(spool.root)
     if wake.mode != "events":
@@ -52,6 +52,26 @@ def _due_later(pending_entry: str) -> bool:
     """Is the job at this pending name scheduled (waiting out a backoff), not ready now?"""
     parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
     return parsed is not None and parsed.due_ms > time.time() * 1000
+
+
+class Retrying:
+    """The retries a burst worker scheduled (pending entries), which it waits out before leaving."""
+
+    def __init__(self) -> None:
+        self.entries: set[str] = set()
+
+    def left(self, index: PendingIndex, paused: frozenset[str]) -> bool:
+        """Whether any is left to run: one a fresh listing still shows in pending/ (another worker
+        may have run it), of a queue not paused (a burst leaves those, as it leaves their jobs)."""
+        # RACE: another worker may claim a retry after the listing: this one then waits until it
+        # is due, loses the claim, lists again and leaves; nothing runs twice (the claim decides).
+        self.entries = {entry for entry in self.entries if index.knows(entry)}
+        return any(_queue(entry) not in paused for entry in self.entries)
+
+
+def _queue(pending_entry: str) -> str:
+    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
+    return parsed.queue if parsed is not None else layout.DEFAULT_QUEUE
 
 
 class CannotStart(Exception):
@@ -91,6 +111,7 @@ class Worker:
         self.host = layout.host_name()
         self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
         self.unsafe = False
+        self.retrying = Retrying()  # a burst's own retries: it waits them out
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
     @property
@@ -225,10 +246,11 @@ class Worker:
                 self._claim_and_run(name)
                 continue
             if self.burst and not self.index.has_dropins():
-                if last_rescan == now:
+                if last_rescan != now:
+                    last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
+                    continue
+                if not self.retrying.left(self.index, self.admission.paused_queues):
                     return
-                last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
-                continue
             # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
             self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None)
 
@@ -355,3 +377,5 @@ class Worker:
             self.lost = True
         elif moved.state == "pending":
             self.rescans.remember(moved.name)
+            if self.burst:
+                self.retrying.entries.add(moved.name)
