@@ -356,6 +356,22 @@ def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
     assert state(spool, "w-slow") == "done"
 
 
+def test_wait_says_when_nothing_can_finish_its_jobs(run, spool, workers):
+    spool.enqueue({"command": "true", "id": "orphan", "queue": "video"})
+    alone = run("wait", "orphan", "--timeout", "4")
+    assert alone.returncode == 124
+    assert "1 job not finished, and nothing will run it: no worker is running" in alone.stderr
+    assert run("pause", "--queue", "video").returncode == 0
+    workers(1)
+    held = run("wait", "--timeout", "4")
+    assert held.returncode == 124 and "nothing will run them" not in held.stderr  # the whole spool is not paused
+    held = run("wait", "orphan", "--timeout", "4")
+    assert "nothing will run it: queue video paused" in held.stderr and held.stderr.count("nothing will run") == 1
+    assert run("resume", "--queue", "video").returncode == 0
+    done = run("wait", "orphan", "--timeout", "10")
+    assert done.returncode == 0 and done.stderr == ""
+
+
 # ---- drop-ins ------------------------------------------------------------------------------------------
 
 
