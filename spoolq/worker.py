@@ -19,6 +19,7 @@ from .sharedlisting import SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
+from .store import io_message
 from .transitions import Adopted, Claimed
 from .worklog import JobLines, text_log as stderr_log
 
@@ -149,8 +150,10 @@ class Worker:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
             self._register()
-        except (OSError, SpoolError) as e:
-            raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
+        except OSError as e:  # a full disk: one line, with the path only when there is one
+            raise CannotStart(io_message("cannot use the spool", e)) from None
+        except SpoolError as e:
+            raise CannotStart(str(e)) from None
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).

@@ -959,6 +959,17 @@ def test_a_worker_that_cannot_start_ends_a_burst_with_one_line(small_fs):
     assert "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_worker_that_cannot_register_on_a_full_disk_says_why_in_one_line(small_fs):
+    from spoolq.worker import CannotStart, Worker
+
+    spool = Spool(os.path.join(small_fs, "spool"))
+    fill(small_fs)
+    with pytest.raises(CannotStart) as e:
+        Worker(spool, burst=True).run()
+    assert str(e.value) == ("cannot use the spool: the file system is full (No space left on device); "
+                            "nothing was written")
+
+
 def test_a_stop_from_another_host_with_a_clock_ahead_still_stops(spool):
     """A stop request names its host: one from another host is judged on the file system's
     clock, so a host whose clock runs ahead (or behind) cannot stop too much or too little."""
