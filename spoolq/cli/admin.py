@@ -122,7 +122,8 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
 @json_option
 @pass_ctx
 def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
-    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found)."""
+    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found; with
+    --repair, exit 0 once every problem found was repaired)."""
     from .. import fsck as checker
 
     spool = c.handle()  # fsck reports an unsafe or broken spool rather than refuse it
@@ -141,6 +142,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
             click.echo(f"{spool.root}: clean")
         else:
             click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe"))
-    if problems:
+                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe")
+                       + ("; the spool is clean now" if fixed == len(problems) else ""))
+    if fixed < len(problems):
         sys.exit(1)
