@@ -9,7 +9,8 @@ What is run:
 - every line of a ``crontab`` block, the way cron runs it: its command (after the five time
   fields or an ``@`` word, ``\\%`` read as ``%``) with ``/bin/sh -c``, cron's ``PATH``
   (/usr/bin:/bin) and no ``SPOOLQ_DIR``, twice, and both runs must exit 0 (a cron entry must be
-  idempotent, and run without a venv on its PATH).
+  idempotent, and run without a venv on its PATH). The spool a line names by ``--spool`` exists
+  (the operator's).
 
 A block that is not meant to run (output, a unit file, a diagram, a line for another shell)
 takes another fence language: ``text``, ``console``, ``ini``, ``crontab``, ``python``.
@@ -224,6 +225,8 @@ def test_crontab_line_is_idempotent_on_crons_path(tmp_path, text):
     for line in lines:
         command = cron_command(line)
         program = command.split()[0]
+        for spool in re.findall(r"--spool[= ](\S+)", command):
+            assert scratch.spoolq_at(spool, "init").returncode == 0
         if program.startswith(str(tmp_path)) and program.endswith("/spoolq"):
             os.makedirs(os.path.dirname(program), exist_ok=True)
             os.symlink(scratch.spoolq, program)
