@@ -171,11 +171,13 @@ class Spool:
         return self.finished.retry_dead(job_ids)
 
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
-        """Delete finished jobs (done or dead) and their output; frees their ids."""
+        """Delete finished jobs (done or dead), or jobs not started (pending: scheduled ones too),
+        and their output; frees their ids."""
         return self.finished.purge(state, older_than=older_than)
 
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
-        """Delete these finished jobs and their output; per id, None once purged, else why not."""
+        """Delete these finished or not started jobs and their output; per id, None once purged,
+        else why not."""
         return self.finished.purge_ids(job_ids)
 
     def requeue(self, job_ids: list[str]) -> dict[str, str | None]:

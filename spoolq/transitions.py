@@ -23,6 +23,8 @@ retry,       done|dead/<id> -> pending/<canonical>         dlq retry,  rewrite, 
 requeue      (finished.py)                                 requeue
 purge        done|dead/<id> -> (deleted) (finished.py)     purge       unlink file, output  lock "dlq"                          none
                                                                        log, ids/<id>
+discard      pending/<canonical> -> (deleted)              purge       unlink file, then    the unlink won against claims       none
+             (finished.py)                                             output log, ids/<id>
 cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
              .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
 kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail

@@ -19,6 +19,7 @@ from .sharedlisting import SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
+from .store import io_message
 from .transitions import Adopted, Claimed
 from .worklog import JobLines, text_log as stderr_log
 
@@ -34,7 +35,7 @@ EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not wo
 def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
     """Say in the log what wakes the worker: events, polling, or neither (a burst)."""
     if wake.mode == "none":
-        log("started; --burst: runs what is ready, then leaves")
+        log("started; --burst: runs what is ready and the retries of what it ran, then leaves")
         return
     kind = filesystem.kind_of(spool.root)
     if wake.mode != "events":
@@ -52,6 +53,26 @@ def _due_later(pending_entry: str) -> bool:
     """Is the job at this pending name scheduled (waiting out a backoff), not ready now?"""
     parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
     return parsed is not None and parsed.due_ms > time.time() * 1000
+
+
+class Retrying:
+    """The retries a burst worker scheduled (pending entries), which it waits out before leaving."""
+
+    def __init__(self) -> None:
+        self.entries: set[str] = set()
+
+    def left(self, index: PendingIndex, paused: frozenset[str]) -> bool:
+        """Whether any is left to run: one a fresh listing still shows in pending/ (another worker
+        may have run it), of a queue not paused (a burst leaves those, as it leaves their jobs)."""
+        # RACE: another worker may claim a retry after the listing: this one then waits until it
+        # is due, loses the claim, lists again and leaves; nothing runs twice (the claim decides).
+        self.entries = {entry for entry in self.entries if index.knows(entry)}
+        return any(_queue(entry) not in paused for entry in self.entries)
+
+
+def _queue(pending_entry: str) -> str:
+    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
+    return parsed.queue if parsed is not None else layout.DEFAULT_QUEUE
 
 
 class CannotStart(Exception):
@@ -91,6 +112,7 @@ class Worker:
         self.host = layout.host_name()
         self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
         self.unsafe = False
+        self.retrying = Retrying()  # a burst's own retries: it waits them out
         self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
 
     @property
@@ -128,8 +150,10 @@ class Worker:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
             self._register()
-        except (OSError, SpoolError) as e:
-            raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
+        except OSError as e:  # a full disk: one line, with the path only when there is one
+            raise CannotStart(io_message("cannot use the spool", e)) from None
+        except SpoolError as e:
+            raise CannotStart(str(e)) from None
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).
@@ -225,10 +249,11 @@ class Worker:
                 self._claim_and_run(name)
                 continue
             if self.burst and not self.index.has_dropins():
-                if last_rescan == now:
+                if last_rescan != now:
+                    last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
+                    continue
+                if not self.retrying.left(self.index, self.admission.paused_queues):
                     return
-                last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
-                continue
             # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
             self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None)
 
@@ -355,3 +380,5 @@ class Worker:
             self.lost = True
         elif moved.state == "pending":
             self.rescans.remember(moved.name)
+            if self.burst:
+                self.retrying.entries.add(moved.name)

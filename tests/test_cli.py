@@ -644,7 +644,7 @@ def test_purge_deletes_finished_jobs_and_frees_their_ids(cli, spool, spool_dir):
     assert cli.json("show", "waiting")["state"] == "scheduled"
     assert ids_of(clean(cli("enqueue", "--cmd", "true", "--id", "ok1"))) == ["ok1"], "the id is free again"
     assert clean(cli("purge", "--state", "dead")).stdout.strip() == "purged 1 dead job"
-    clean(cli("purge", "--state", "pending"), 2)
+    clean(cli("purge", "--state", "processing"), 2)
 
 
 def test_ctrl_c_exits_130_with_one_line(spool_dir):

@@ -791,6 +791,25 @@ def test_purge_and_worker_stop_work_on_a_full_disk(small_fs):
     assert r.returncode == 0 and r.stdout.strip() == "purged 20 done jobs", r
 
 
+def test_purge_clears_jobs_not_started_on_a_full_disk_where_cancel_cannot(small_fs):
+    spool = Spool(os.path.join(small_fs, "spool"))
+    for i in range(20):
+        spool.enqueue({"id": f"p{i}", "command": "true", **({"delay": 3600} if i % 2 else {})})
+    spool.enqueue({"id": "w", "command": "true", "after": ["p0"]})
+    running = spool.enqueue({"id": "running", "command": "true"})
+    spool.transitions.claim(L.pending_name_of(running), spool.owners.register("worker"))
+    fill(small_fs)
+    assert cli(spool.root, "cancel", "p1").returncode == 1  # a cancel writes the job's dead record
+    r = cli(spool.root, "purge", "p1", "p2", "p0", "running")
+    assert r.returncode == 1 and r.stdout.splitlines() == ["p1: purged", "p2: purged"], r
+    assert "p0 is kept: w still wait for it" in r.stderr and "running is processing" in r.stderr, r.stderr
+    r = cli(spool.root, "purge", "--state", "pending")
+    assert r.returncode == 0 and r.stdout.strip() == "purged 17 pending jobs; kept 1 that other jobs still wait for", r
+    assert [v.id for v in spool.list_jobs("pending") + spool.list_jobs("scheduled")] == ["p0"]
+    assert sorted(os.listdir(spool.layout.dir("ids"))) == ["p0", "running", "w"]  # the ids are free again
+    assert fsck.check(spool) == []
+
+
 # ---- 19. read-only commands never create a spool; quarantine never replaces -------------------
 
 
@@ -964,6 +983,17 @@ def test_a_worker_that_cannot_start_ends_a_burst_with_one_line(small_fs):
     r = cli(spool.root, "worker", "start", "--burst", timeout=60)
     assert r.returncode == 1, r
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_worker_that_cannot_register_on_a_full_disk_says_why_in_one_line(small_fs):
+    from spoolq.worker import CannotStart, Worker
+
+    spool = Spool(os.path.join(small_fs, "spool"))
+    fill(small_fs)
+    with pytest.raises(CannotStart) as e:
+        Worker(spool, burst=True).run()
+    assert str(e.value) == ("cannot use the spool: the file system is full (No space left on device); "
+                            "nothing was written")
 
 
 def test_a_stop_from_another_host_with_a_clock_ahead_still_stops(spool):

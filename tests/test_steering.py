@@ -286,11 +286,13 @@ def test_purge_by_id_frees_exactly_those_ids(cli, spool):
     for job_id in ("a", "b", "c"):
         spool.enqueue({"id": job_id, "command": "true"})
     burst(spool)
-    spool.enqueue({"id": "p", "command": "true"})
-    result = clean(cli("purge", "a", "p", "nope", "c"), 1)
+    spool.enqueue({"id": "p", "command": "true"})  # pending: purged too, never run
+    spool.enqueue({"id": "w", "command": "true", "after": ["p"], "delay": 3600})
+    result = clean(cli("purge", "a", "w", "nope", "c"), 1)
     assert result.stdout == "a: purged\nc: purged\n"
-    assert "job p is pending, not finished" in result.stderr and "no job 'nope'" in result.stderr
-    assert [v.id for v in spool.list_jobs()] == ["p", "b"]
+    assert "job w is waiting, not finished or pending (cancel it first)" in result.stderr, result.stderr
+    assert "no job 'nope'" in result.stderr
+    assert [v.id for v in spool.list_jobs()] == ["p", "w", "b"]
     assert not os.path.exists(spool.output_path("a")) and os.path.exists(spool.output_path("b"))
     clean(cli("enqueue", "--id", "a", "true"))  # the id is free again
     clean(cli("purge", "b", "--state", "done"), 2)  # ids, or a state: not both
@@ -595,7 +597,8 @@ def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
     open(os.path.join(spool.layout.dir("after"), "a", "gone"), "w").close()  # an edge whose waiter is gone
     report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
     assert sorted(p["kind"] for p in report["problems"]) == ["stale-edge", "stuck-waiting"], report
-    clean(cli("fsck", "--repair"), 1)
+    repaired = clean(cli("fsck", "--repair"))  # every problem repaired: exit 0
+    assert repaired.stdout.endswith("2 problems found, 2 repaired; the spool is clean now\n"), repaired.stdout
     assert spool.find("b").state == "pending"
     assert clean(cli("fsck")).stdout.endswith(": clean\n")
 

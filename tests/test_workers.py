@@ -213,6 +213,19 @@ def test_retries_back_off_then_dead(cli, spool, workers, tmp_path):
     assert [d["id"] for d in cli.json("dlq", "list")] == ["r"]
 
 
+def test_a_burst_runs_the_retries_of_the_jobs_it_ran_backoff_included(run, spool):
+    spool.set_config("backoff_base", 1.5)  # the retry is due 1.5 s after the first attempt
+    spool.enqueue({"command": '[ "$SPOOLQ_ATTEMPT" -ge 2 ]', "id": "flaky", "max_retries": 2})
+    spool.enqueue({"command": "exit 4", "id": "hopeless", "max_retries": 1})
+    spool.enqueue({"command": "true", "id": "later", "delay": 3600})  # not the burst's: left scheduled
+    began = time.monotonic()
+    result = run("worker", "start", "--burst", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began >= 1.4, "the retry ran before its backoff"
+    assert (state(spool, "flaky"), state(spool, "hopeless"), state(spool, "later")) == ("done", "dead", "scheduled")
+    assert "burst finished: 2 jobs in 4 attempts, 1 ok, 3 failed" in result.stderr
+
+
 def test_environment_cwd_and_a_command_that_cannot_start(run, spool, workers, tmp_path):
     spool.set_config("backoff_base", 0)
     wd = tmp_path / "wd"
@@ -341,6 +354,22 @@ def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
         go.touch()
     assert run("wait", "--timeout", "10").returncode == 0
     assert state(spool, "w-slow") == "done"
+
+
+def test_wait_says_when_nothing_can_finish_its_jobs(run, spool, workers):
+    spool.enqueue({"command": "true", "id": "orphan", "queue": "video"})
+    alone = run("wait", "orphan", "--timeout", "4")
+    assert alone.returncode == 124
+    assert "1 job not finished, and nothing will run it: no worker is running" in alone.stderr
+    assert run("pause", "--queue", "video").returncode == 0
+    workers(1)
+    held = run("wait", "--timeout", "4")
+    assert held.returncode == 124 and "nothing will run them" not in held.stderr  # the whole spool is not paused
+    held = run("wait", "orphan", "--timeout", "4")
+    assert "nothing will run it: queue video paused" in held.stderr and held.stderr.count("nothing will run") == 1
+    assert run("resume", "--queue", "video").returncode == 0
+    done = run("wait", "orphan", "--timeout", "10")
+    assert done.returncode == 0 and done.stderr == ""
 
 
 # ---- drop-ins ------------------------------------------------------------------------------------------
