@@ -100,7 +100,7 @@ import os
 import re
 from typing import NamedTuple
 
-from .job import DEFAULT_QUEUE, Job, valid_id
+from .job import DEFAULT_QUEUE, Job
 
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
@@ -291,37 +291,6 @@ def creator_of_temp(name: str) -> Creator | None:
 def safe_host(host: str) -> str:
     """A host name as it may stand inside a file name."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64] or "host"
-
-
-def is_spoolq_entry(directory: str, name: str) -> bool:
-    """Is `name` in the layout directory `directory` ("pending", "done", ..., or "" for the
-    root) one spoolq itself creates? Everything else there is someone else's: never chmodded,
-    never deleted."""
-    if directory == "":
-        return name == "config.json"
-    if directory == "processing":
-        return not name.startswith(".")
-    return _SPOOLQ_NAMES[directory](name) if directory in _SPOOLQ_NAMES else False
-
-
-_SPOOLQ_NAMES = {
-    "pending": lambda n: parse_pending(n) is not None or is_temp_name(n),
-    "done": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "dead": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "quarantine": lambda n: n.startswith(QUARANTINE_PREFIX) and n.endswith(".json"),
-    "ids": lambda n: valid_id(n),
-    "output": lambda n: n.endswith(".log") and valid_id(n[:-4]),
-    "workers": lambda n: n.endswith(".json") and not n.startswith("."),
-    "control": lambda n: n in ("stop", "pause", "limits"),
-    "slots": lambda n: n.count("%") in (1, 2) and not n.startswith("."),
-    "waiting": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "after": lambda n: valid_id(n),
-    "tmp": lambda n: is_temp_name(n),
-    "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
-    "events": lambda n: not n.startswith(".") and n.endswith(".jsonl"),
-    "schedules": lambda n: not n.startswith(".") and n.endswith((".json", ".last")),
-    "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
-}
 
 
 class Layout:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from . import fsio, layout, shards
+from . import fsio, layout, ours, shards
 from .modes import INBOX, Modes
 
 
@@ -27,7 +27,7 @@ def give_modes(lay: layout.Layout, modes: Modes) -> None:
                 _chmod_owned(path, modes)
             elif name == "pending" and shards.is_shard(entry):
                 _chmod_shard(path, modes)
-            elif layout.is_spoolq_entry(name, entry):
+            elif ours.is_spoolq_entry(name, entry):
                 _chmod(path, modes.file)
 
 
