@@ -38,6 +38,9 @@ Directories under the spool root ``S``::
     S/schedules/<name>.json  a periodic schedule; <name>.last "<slot epoch> <job id>" (schedules.py)
     S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
                     or <name>.lock.<holder> while held (see locks.py)
+    S/maildir/      a Maildir other programs deliver jobs into (maildir.py): ``tmp/`` for writing,
+                    ``new/`` where every entry not starting with ``.`` is a job file, whatever its
+                    name; a worker moves it on into ``pending/`` as a drop-in. ``cur/`` is never read
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -65,9 +68,11 @@ Names in ``pending/``:
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
   Names starting with ``.`` are invisible (stage there, then rename).  Names not ending in
-  ``.json``, and directories, are left alone. A ``*.json`` entry that is not a regular, singly
-  linked file owned by the spool's owner or a ``trusted_uids`` uid, and writable by no one else
-  (modes.py), is never read as a job: it is quarantined, a symlink's target untouched.
+  ``.json``, and directories, are left alone (fsck and status name them: maildir.py). A
+  ``*.json`` entry that is not a regular, singly linked file owned by the spool's owner or a
+  ``trusted_uids`` uid, and writable by no one else (modes.py), is never read as a job: it is
+  quarantined, a symlink's target untouched. One with a second link is first given
+  ``drop_grace`` since that link was made (a Maildir deliverer's link, then unlink).
 
 Publishing a job (the drop-in protocol for another program): write the object to a
 name starting with ``.`` in ``pending/`` (or anywhere on the same file system), fsync
@@ -105,9 +110,12 @@ from .job import DEFAULT_QUEUE, Job
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
 WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
-MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules")  # newer than spoolq 0.1: a spool without them is whole
+MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
+# Newer than spoolq 0.1: a spool without them is whole.
+MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
-              "events", "schedules")
+              "events", "schedules", *MAILDIR)
+INBOXES = ("pending", "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -317,6 +325,10 @@ class Layout:
 
     def dir(self, name: str) -> str:
         return f"{self._base}/{name}"
+
+    def is_inbox(self, path: str) -> bool:
+        """Is `path` a directory others may drop files into (INBOXES)?"""
+        return path.startswith(f"{self._base}/") and path[len(self._base) + 1:] in INBOXES
 
     @property
     def pending(self) -> str:

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Callable
 
-from . import attempt, events, filesystem, layout, liveness, runner, watch
+from . import attempt, events, filesystem, layout, liveness, maildir, runner, watch
 from .duties import Duties
 from .hooks import Hooks
 from .errors import LostOwnership, SpoolError
@@ -127,13 +127,15 @@ class Worker:
         try:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
+            maildir.make(self.spool.store)  # a spool older than its Maildir gets one
             self._register()
         except (OSError, SpoolError) as e:
             raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")],
+        watched = [layout.pending, layout.dir("control"), layout.dir("slots"), layout.dir(maildir.NEW)]
+        self._wake = watch.Wakeups(watched,
                                    events=not self.burst,  # and the shards of a sharded pending/
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)
@@ -216,6 +218,7 @@ class Worker:
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
                 self.rescans.run()
+            self.rescans.collect_mail()
             self._adopt_dropins(now)
             blocked = self.admission.blocked()
             if self.burst and self.admission.everything_paused:

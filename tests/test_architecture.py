@@ -17,7 +17,7 @@ RANK = {
     "locks": 4, "output": 4, "shards": 4, "events": 4,
     "config": 5, "trust": 5, "stats": 5, "worklog": 5,
     "store": 6,
-    "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7, "slots": 7, "census": 7.5,
+    "quarantine": 7, "dropins": 7, "maildir": 7, "owners": 7, "ids": 7, "pause": 7, "slots": 7, "census": 7.5,
     "views": 8, "takes": 8,
     "finished": 9, "deps": 9,
     "publish": 10, "cancel": 10,

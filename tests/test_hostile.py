@@ -377,8 +377,8 @@ def test_group_access_opens_the_spool_to_its_group(spool_dir, run, workers):
     assert r.returncode == 0, r.stderr
     ok = exercise(spool_dir, run, workers, "after")
     modes = tree_modes(spool_dir)
-    for path, mode in modes.items():  # the group reads all, and creates files in pending/ alone
-        if path == "pending/":
+    for path, mode in modes.items():  # the group reads all, and creates files in the inboxes alone
+        if path in ("pending/", "maildir/tmp/", "maildir/new/"):
             assert mode == 0o3770, oct(mode)
         elif path.endswith("/") or path == ".":
             assert mode == 0o2750, (path, oct(mode))

@@ -170,7 +170,7 @@ class HousekeepingChecks:
         # Every shard by name: one another user made, or opened up, is not listed by workers (shards.py)
         dirs += [self.spool.store.shards.path(s) for s in fsio.listdir(self.layout.pending) if shards.is_shard(s)]
         for path in dirs:
-            self._check_mode(path, modes.inbox if path == self.layout.pending else modes.dir, shared)
+            self._check_mode(path, modes.inbox if self.layout.is_inbox(path) else modes.dir, shared)
         for path in self._spoolq_files():
             self._check_mode(path, modes.file, shared)
 
