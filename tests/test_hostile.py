@@ -329,7 +329,8 @@ def test_the_hostile_corpus_dropped_at_once_never_runs_and_the_workers_go_on(spo
     assert len(w.live()) == 2  # the workers are still running; their log shows no crash
     log = w.stop()
     assert "Traceback" not in log and "crashed" not in log, log
-    assert fsck.check(spool) == []
+    assert sorted((p.kind, os.path.basename(p.path)) for p in fsck.check(spool)) == \
+        [("never-picked-up", "dir.json"), ("never-picked-up", "notes.txt")]  # said, and left alone
 
 
 # ---- permissions -----------------------------------------------------------------------------
