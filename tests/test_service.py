@@ -76,6 +76,35 @@ def test_worker_start_tells_the_service_manager_when_its_workers_run(spool, tmp_
         listener.close()
 
 
+def test_stopping_is_told_when_the_stop_begins_not_when_the_running_jobs_end(spool, tmp_path):
+    """systemd shows the unit "deactivating" from STOPPING=1: it must come with the SIGTERM, while
+    a job still runs, and only once."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(20)
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    job = spool.enqueue({"command": f"touch {started}; while [ ! -e {gate} ]; do sleep 0.01; done"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--count", "1"],
+                            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert listener.recv(4096).startswith(b"READY=1")
+        wait_for(started.exists, 15, "the job to start")
+        os.kill(proc.pid, signal.SIGTERM)
+        listener.settimeout(5)
+        assert listener.recv(4096) == b"STOPPING=1"
+        assert spool.find(job.id).state == "processing", "told while the job still runs"
+        gate.touch()
+        assert proc.wait(20) == 0
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.recv(4096)  # nothing more: STOPPING=1 once
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        listener.close()
+
+
 def test_sigterm_to_the_supervisor_alone_lets_running_jobs_finish_done(spool, tmp_path):
     """What KillMode=mixed does on `systemctl stop`: SIGTERM to the main process only."""
     gate = tmp_path / "gate"
