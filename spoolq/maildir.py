@@ -40,15 +40,20 @@ def make(store: Store) -> None:
         store.make_dir(store.layout.dir(name))
 
 
-def collect(store: Store) -> list[str]:
-    """Move every delivery in ``maildir/new/`` into ``pending/``, oldest first; their names there."""
-    new = store.layout.dir(NEW)
-    found = []
+def deliveries(lay: layout.Layout) -> list[tuple[str, os.stat_result]]:
+    """Every job file in ``maildir/new/`` (any name but a ``.`` one; a directory is a stray)."""
+    new, found = lay.dir(NEW), []
     for name in fsio.listdir(new):
         st = None if name.startswith(".") else fsio.lstat_if_there(os.path.join(new, name))
         if st is not None and not stat.S_ISDIR(st.st_mode):
-            found.append((st.st_ctime_ns, name))
-    moved = [target for _, name in sorted(found) if (target := _to_pending(store, name))]
+            found.append((name, st))
+    return found
+
+
+def collect(store: Store) -> list[str]:
+    """Move every delivery in ``maildir/new/`` into ``pending/``, oldest first; their names there."""
+    found = sorted((st.st_ctime_ns, name) for name, st in deliveries(store.layout))
+    moved = [target for _, name in found if (target := _to_pending(store, name))]
     if moved:
         fsio.fsync_dir(store.layout.pending)
     return moved

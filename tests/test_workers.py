@@ -481,6 +481,14 @@ def test_safecat_delivers_jobs_into_the_maildir(spool, workers, tmp_path):
     assert os.listdir(spool.layout.dead) == [] and os.listdir(spool.layout.dir("maildir/new")) == []
 
 
+def test_a_delivery_no_worker_has_taken_yet_is_a_pending_job(spool):
+    proc = deliver(spool, b'{"command": "true"}')
+    assert proc.wait(10) == 0, proc.stderr.read()
+    assert spool.counts().pending == 1
+    census = spool.views.census()
+    assert census.totals.pending == 1 and census.queues["default"].pending == 1 and None in census.ready_since
+
+
 def test_a_delivery_seen_between_its_link_and_its_unlink_waits_instead_of_being_quarantined(spool, workers, tmp_path):
     """safecat links its tmp/ file into new/, then unlinks the tmp/ name; here its unlink is held
     back (strace) while the worker takes the file, which then has two links."""
