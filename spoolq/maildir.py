@@ -72,6 +72,8 @@ def _to_pending(store: Store, name: str) -> str | None:
             return target if fsio.move_no_replace(source, os.path.join(store.layout.pending, target)) else None
         except FileExistsError:  # a drop-in of that name is waiting: never replace it
             target = f"mail.{layout.random_hex(6)}.json"
+        except OSError:  # it stays in new/ for the next look (a rescan); a worker never dies of it
+            return None
 
 
 def pending_name(name: str) -> str:
