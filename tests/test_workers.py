@@ -492,10 +492,10 @@ def test_a_delivery_no_worker_has_taken_yet_is_a_pending_job(spool):
 def test_a_delivery_seen_between_its_link_and_its_unlink_waits_instead_of_being_quarantined(spool, workers, tmp_path):
     """safecat links its tmp/ file into new/, then unlinks the tmp/ name; here its unlink is held
     back (strace) while the worker takes the file, which then has two links."""
-    spool.set_config("drop_grace", 3)
+    spool.set_config("drop_grace", 8)
     ran = tmp_path / "ran"
     workers(1)
-    held = [strace_path(), "-f", "-o", os.devnull, "-e", "inject=unlink:delay_enter=2000000"]
+    held = [strace_path(), "-f", "-o", os.devnull, "-e", "inject=unlink:delay_enter=4000000"]
     proc = deliver(spool, json.dumps({"id": "linked", "command": f"touch {ran}"}).encode(), *held)
     pending, dead = spool.layout.pending, spool.layout.dead
     wait_for(lambda: [n for n in os.listdir(pending) + os.listdir(dead) if n.endswith(".json")], 10,
