@@ -13,6 +13,7 @@ from .layout import host_name
 from .store import Store
 
 if TYPE_CHECKING:
+    from .maildir import Stray
     from .cancel import Result as CancelResult
     from .config import Config
     from .deps import Dependencies
@@ -236,6 +237,12 @@ class Spool:
 
     def counts(self) -> Counts:
         return self.views.counts()
+
+    def strays(self) -> list[Stray]:
+        """The files in pending/ or the Maildir that no worker will ever take (maildir.py)."""
+        from . import maildir
+
+        return maildir.strays(self.layout, self.store.now())
 
     def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
         """What the spool did in the last `window` seconds (stats.py), from the attempts log."""

@@ -117,7 +117,7 @@ class Store:
         paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
         for path in paths:
             why = trust.unsafe_directory(path, shared, may_be_link=path == self.root,
-                                         inbox=path == self.layout.pending)
+                                         inbox=self.layout.is_inbox(path))
             if why:
                 raise SpoolError(why)
 
@@ -204,7 +204,7 @@ class Store:
         return Modes.for_spool(bool(self.config.group_access))
 
     def make_dir(self, path: str) -> None:
-        fsio.make_dir(path, self.modes.inbox if path == self.layout.pending else self.modes.dir)
+        fsio.make_dir(path, self.modes.inbox if self.layout.is_inbox(path) else self.modes.dir)
 
     def write_file(self, path: str, data: bytes, *, durable: bool) -> None:
         fsio.write_file(path, data, durable=durable, mode=self.modes.file)

@@ -10,6 +10,8 @@ transition   from -> to                                    who         how      
 publish      (caller) -> pending/<canonical>               enqueue     write tmp/, (a       ids/<id> linked (exclusive)         each file (a batch's
              (publish.py)                                                  batch: its plan),                                    in parallel), the plan,
                                                                            rename                                               pending/, ids/
+collect      maildir/new/<any> -> pending/<any>.json       worker      rename, never        the rename won                      pending/
+             (maildir.py)                                              replacing
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none

@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Callable
 
-from . import attempt, events, filesystem, layout, liveness, runner, watch
+from . import attempt, events, filesystem, layout, liveness, maildir, runner, watch
 from .duties import Duties
 from .hooks import Hooks
 from .errors import LostOwnership, SpoolError
@@ -21,7 +21,7 @@ from .owners import Since
 from .spool import Spool
 from .store import io_message
 from .transitions import Adopted, Claimed
-from .worklog import JobLines, text_log as stderr_log
+from .worklog import JobLines, SettingsNotes, text_log as stderr_log
 
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
@@ -113,7 +113,7 @@ class Worker:
         self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
         self.unsafe = False
         self.retrying = Retrying()  # a burst's own retries: it waits them out
-        self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
+        self.settings_notes = SettingsNotes(self.log)
 
     @property
     def lost(self) -> bool:
@@ -149,6 +149,7 @@ class Worker:
         try:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
+            maildir.make(self.spool.store)  # a spool older than its Maildir gets one
             self._register()
         except OSError as e:  # a full disk: one line, with the path only when there is one
             raise CannotStart(io_message("cannot use the spool", e)) from None
@@ -157,7 +158,8 @@ class Worker:
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")],
+        watched = [layout.pending, layout.dir("control"), layout.dir("slots"), layout.dir(maildir.NEW)]
+        self._wake = watch.Wakeups(watched,
                                    events=not self.burst,  # and the shards of a sharded pending/
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)
@@ -223,7 +225,7 @@ class Worker:
         while not self.stopping:
             now = time.time()
             cfg = spool.config
-            self._report_config(cfg.problems)
+            self.settings_notes.say(self.spool.store.config_error, cfg.problems)
             if self._stop_requested():
                 return
             reason = self._wake.check()
@@ -240,6 +242,7 @@ class Worker:
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
                 self.rescans.run()
+            self.rescans.collect_mail()
             self._adopt_dropins(now)
             blocked = self.admission.blocked()
             if self.burst and self.admission.everything_paused:
@@ -256,15 +259,6 @@ class Worker:
                     return
             # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
             self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None)
-
-    def _report_config(self, problems: tuple[str, ...]) -> None:
-        said = (self.spool.store.config_error, problems)
-        if said != self._config_said:
-            self._config_said = said
-            if said[0]:
-                self.log(f"{said[0]}; going on with the settings read before")
-            for problem in problems:
-                self.log(problem)
 
     def _sleep(self, now: float, last_rescan: float, last_recover: float, until: float | None = None) -> None:
         assert self._wake is not None

@@ -165,6 +165,28 @@ def test_a_worker_killed_while_adopting_drop_ins_loses_none(tmp_path, kind):
     sweep(tmp_path, kind, _dropped, lambda root: [*WORKER, root], _every_dropped_job_ran)
 
 
+def _delivered(root: str) -> list[str]:
+    """Jobs in the Maildir as a deliverer leaves them (written in tmp/, then moved into new/),
+    under names without .json; one names its id inside."""
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    tags = ["m1", "m2", "m3"]
+    for i, tag in enumerate(tags):
+        spec = job_that_records(root, tag)
+        if i == 0:
+            spec["id"] = "mailed"
+        name = f"1765100000.M{i}P42.host"
+        with open(os.path.join(spool.layout.dir("maildir/tmp"), name), "w") as f:
+            json.dump(spec, f)
+        os.rename(os.path.join(spool.layout.dir("maildir/tmp"), name), os.path.join(spool.layout.dir("maildir/new"), name))
+    return tags
+
+
+@pytest.mark.parametrize("kind", ["rename", "fsync", "mkdir"])
+def test_a_worker_killed_while_collecting_maildir_deliveries_loses_none(tmp_path, kind):
+    sweep(tmp_path, kind, _delivered, lambda root: [*WORKER, root], _every_dropped_job_ran)
+
+
 # ---- a worker recording failed attempts ---------------------------------------------------------
 
 

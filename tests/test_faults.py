@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -426,6 +427,33 @@ def test_fsck_finds_every_kind_of_problem(broken_spool, run):
     assert sorted(_by_place(report)) == sorted(expected)
     assert not report["clean"] and report["repaired"] == 0
     assert {p["kind"] for p in report["problems"]} <= set(fsck.KINDS)
+
+
+def test_fsck_and_status_name_every_file_no_worker_will_ever_take(spool, run):
+    """A name without .json in pending/ (what a Maildir deliverer writes), a directory there, and
+    in the Maildir a directory in new/, anything in cur/ and a tmp/ file abandoned by its writer:
+    each is said, and left where it is, even by --repair."""
+    lay = spool.layout
+    strays = [os.path.join(lay.pending, "1765100000.M1P2.host"), os.path.join(lay.dir("maildir/cur"), "x:2,S"),
+              os.path.join(lay.dir("maildir/tmp"), "1765000000.M3P4.host")]
+    for path in strays:
+        _write(path, b'{"command": "true"}')
+    backdate(strays[2], 40 * 3600)
+    _write(os.path.join(lay.dir("maildir/tmp"), "1765100001.M5P6.host"), b"{")  # a delivery in progress: fine
+    os.mkdir(os.path.join(lay.pending, "folder"))
+    os.mkdir(os.path.join(lay.dir("maildir/new"), "folder"))
+    expected = {"1765100000.M1P2.host", "x:2,S", "1765000000.M3P4.host", "folder"}
+    r = run("fsck", "--repair", "--json")
+    assert r.returncode == 1, r.stderr
+    found = json.loads(r.stdout)["problems"]
+    assert sorted((p["kind"], os.path.basename(p["path"]), p["repaired"]) for p in found) == \
+        sorted(("never-picked-up", name, False) for name in [*expected, "folder"])
+    assert all(os.path.lexists(path) for path in strays)
+    status = run("status", "--json")
+    assert json.loads(status.stdout)["never_picked_up"] == 5
+    said = run("status")
+    assert re.search(r"^never_picked_up +5$", said.stdout, re.M) and "never picked up: " in said.stderr
+    assert "pending/1765100000.M1P2.host" in said.stderr and "and 2 more" in said.stderr
 
 
 def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from datetime import datetime
 
 import pytest
 
-from conftest import wait_for
+from conftest import safecat_path, strace_path, wait_for
 from spoolq import Spool
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -476,6 +477,64 @@ def test_other_entries_in_pending_are_left_alone(spool, workers, tmp_path):
     assert os.path.isdir(os.path.join(pending, "folder.json"))
     assert os.listdir(spool.layout.dead) == []
     assert spool.counts().pending == 0, "entries that are not jobs are not counted as jobs"
+
+
+def deliver(spool: Spool, data: bytes, *tracing: str) -> subprocess.Popen:
+    """safecat delivering `data` into the spool's Maildir, as a mail delivery agent would (under
+    `tracing`, a strace command line, when given); it prints the name it delivered under."""
+    maildir = spool.layout.dir("maildir")
+    proc = subprocess.Popen([*tracing, safecat_path(), f"{maildir}/tmp", f"{maildir}/new"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(data)
+    proc.stdin.close()
+    return proc
+
+
+def test_safecat_delivers_jobs_into_the_maildir(spool, workers, tmp_path):
+    """Any name is a job in maildir/new/: one delivered before a worker starts, and twenty while
+    it runs, each run once under the name safecat gave it."""
+    ran = tmp_path / "ran"
+    job = json.dumps({"command": f"echo $SPOOLQ_JOB_ID >> {ran}"}).encode()
+    early = deliver(spool, job)
+    assert early.wait(10) == 0, early.stderr.read()
+    names = [early.stdout.read().decode().strip()]
+    workers(1)
+    for i in range(20):
+        proc = deliver(spool, job)
+        assert proc.wait(10) == 0, proc.stderr.read()
+        names.append(proc.stdout.read().decode().strip())
+    wait_for(lambda: len(lines(ran)) >= 21, 20, "the delivered jobs to run")
+    run_marker(spool, "marker")
+    assert sorted(lines(ran)) == sorted(names), "each delivery ran once, its name its id"
+    assert os.listdir(spool.layout.dead) == [] and os.listdir(spool.layout.dir("maildir/new")) == []
+
+
+def test_a_delivery_no_worker_has_taken_yet_is_a_pending_job(spool):
+    proc = deliver(spool, b'{"command": "true"}')
+    assert proc.wait(10) == 0, proc.stderr.read()
+    assert spool.counts().pending == 1
+    census = spool.views.census()
+    assert census.totals.pending == 1 and census.queues["default"].pending == 1 and None in census.ready_since
+
+
+def test_a_delivery_seen_between_its_link_and_its_unlink_waits_instead_of_being_quarantined(spool, workers, tmp_path):
+    """safecat links its tmp/ file into new/, then unlinks the tmp/ name; here its unlink is held
+    back (strace) while the worker takes the file, which then has two links."""
+    spool.set_config("drop_grace", 8)
+    ran = tmp_path / "ran"
+    workers(1)
+    held = [strace_path(), "-f", "-o", os.devnull, "-e", "inject=unlink:delay_enter=4000000"]
+    proc = deliver(spool, json.dumps({"id": "linked", "command": f"touch {ran}"}).encode(), *held)
+    pending, dead = spool.layout.pending, spool.layout.dead
+    wait_for(lambda: [n for n in os.listdir(pending) + os.listdir(dead) if n.endswith(".json")], 10,
+             "the worker to take it")
+    assert os.listdir(dead) == [], "quarantined for the second link of a delivery in progress"
+    [taken] = [n for n in os.listdir(pending) if n.endswith(".json")]
+    assert proc.poll() is None and os.stat(os.path.join(pending, taken)).st_nlink == 2, "seen in the window"
+    assert proc.wait(10) == 0, proc.stderr.read()
+    wait_state(spool, "linked", "done", 10)
+    assert ran.exists() and os.listdir(spool.layout.dead) == []
 
 
 # ---- latency -----------------------------------------------------------------------------------------

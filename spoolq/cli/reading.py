@@ -34,7 +34,14 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
         return
     paused = c.spool.paused()
     values = {**c.spool.counts().to_dict(), "paused": paused_value(paused)}
-    emit_pairs(values, as_json, 11, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
+    strays = c.spool.strays()
+    if strays:  # only then: a spool without any reads as it always did
+        values["never_picked_up"] = len(strays)
+    emit_pairs(values, as_json, max(map(len, values)) + 1, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
+    if strays and not as_json:
+        named = ", ".join(os.path.relpath(s.path, c.spool.root) for s in strays[:3])
+        more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
+        click.echo(f"never picked up: {named}{more} (`spoolq fsck` says why)", err=True)
 
 
 @main.command("list")

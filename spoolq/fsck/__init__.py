@@ -8,6 +8,8 @@ Invariants checked:
 * the layout's directories exist (and are directories);
 * every job file parses, names the id its file name says, is a regular singly linked file
   owned by a trusted uid;
+* every file in ``pending/`` and the Maildir is one a worker will take (maildir.py: a stray is
+  reported, never moved);
 * every ``processing/<owner>`` directory has a live owner;
 * no job id is in more than one place (state);
 * every job has its ``ids/<id>`` marker and every marker has a job (or a quarantine record);
@@ -58,6 +60,7 @@ def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTE
     house.check_batches()  # before the markers: a cut batch's jobs still in tmp/ hold theirs
     jobs.check_owners()
     jobs.check_pending()
+    jobs.check_strays()
     jobs.check_live_processing()
     jobs.check_finished("done")
     jobs.check_finished("dead")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, locks, shards, trust
+from .. import fsio, layout, locks, ours, shards, trust
 from ..modes import Modes
 from ..errors import SpoolError
 from .jobs import stale_temp
@@ -148,7 +148,7 @@ class HousekeepingChecks:
         an earlier spoolq's lock files are removed; anything else in locks/ is reported."""
         r = self.r
         for entry, path, st in r.entries(self.layout.dir("locks")):
-            if not stat.S_ISREG(st.st_mode) or not layout.is_spoolq_entry("locks", entry):
+            if not stat.S_ISREG(st.st_mode) or not ours.is_spoolq_entry("locks", entry):
                 p = r.report("stray-entry", path, "not a lock file")
                 r.leave_alone(p, "not spoolq's; remove it by hand")
             elif not entry.endswith(".flock"):
@@ -170,11 +170,11 @@ class HousekeepingChecks:
         dirs = [self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS]
         dirs += [self.layout.owned(e) for e in r.live_dirs]
         edges = self.layout.dir("after")
-        dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if layout.is_spoolq_entry("after", e)]
+        dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if ours.is_spoolq_entry("after", e)]
         # Every shard by name: one another user made, or opened up, is not listed by workers (shards.py)
         dirs += [self.spool.store.shards.path(s) for s in fsio.listdir(self.layout.pending) if shards.is_shard(s)]
         for path in dirs:
-            self._check_mode(path, modes.inbox if path == self.layout.pending else modes.dir, shared)
+            self._check_mode(path, modes.inbox if self.layout.is_inbox(path) else modes.dir, shared)
         for path in self._spoolq_files():
             self._check_mode(path, modes.file, shared)
 
@@ -188,7 +188,7 @@ class HousekeepingChecks:
             directory = self.layout.dir(name)
             entries = self.spool.store.shards.entries() if name == "pending" else fsio.listdir(directory)
             files += [os.path.join(directory, e) for e in entries
-                      if layout.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
+                      if ours.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
         return files
 
     def _check_mode(self, path: str, mode: int, shared: bool) -> None:

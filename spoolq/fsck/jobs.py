@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import dropins, fsio, job, layout, shards
+from .. import dropins, fsio, job, layout, maildir, shards
 from ..ids import Reservations, creator_of
 from ..recovery import only_a_fence
 from ..errors import InvalidJob, JobNotFound, SpoolError
@@ -98,6 +98,12 @@ class JobChecks:
                 self.check_dropin(path, entry)
             elif "/" in entry and layout.is_json_entry(shards.base(entry)):
                 self.check_misplaced(path, entry)
+
+    def check_strays(self) -> None:
+        """What no worker will ever take (maildir.py): said, never moved (its name is its writer's)."""
+        for stray in maildir.strays(self.layout, self.r.fs_now):
+            p = self.r.report("never-picked-up", stray.path, stray.why)
+            self.r.leave_alone(p, "its name or place is its writer's to fix")
 
     def check_misplaced(self, path: str, entry: str) -> None:
         """A file another program put into a shard of pending/ (shards.py), where no worker looks

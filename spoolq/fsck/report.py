@@ -38,6 +38,7 @@ KINDS = {
     "bad-job-file": "a job file that does not parse or is not a trusted regular file",
     "bad-dropin": "a dropped file a worker would quarantine",
     "stray-entry": "a file where the format has no place for it",
+    "never-picked-up": "a file in pending/ or the Maildir that no worker will ever take",
     "duplicate": "a job id in more than one place",
     "missing-marker": "a job without its ids/ marker",
     "orphan-marker": "an ids/ marker without a job",
