@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from ..errors import SpoolError
-from ..job import valid_id, valid_queue
+from ..format.errors import SpoolError
+from ..format.job import valid_id, valid_queue
 from ..spool import Spool
 
 if TYPE_CHECKING:
-    from ..views import JobView
+    from ..reading.views import JobView
 
 
 class CliError(click.ClickException):
@@ -62,7 +62,7 @@ class Duration(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, (int, float)):
             return float(value)
-        from ..stats import parse_duration
+        from ..reading.stats import parse_duration
 
         try:
             return parse_duration(value)

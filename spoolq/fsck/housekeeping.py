@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, locks, ours, shards, trust
-from ..modes import Modes
-from ..errors import SpoolError
+from ..format import layout, ours
+from ..store import shards, trust
+from ..system import fsio, locks
+from ..format.modes import Modes
+from ..format.errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .. import fsio, job, layout
-from ..errors import InvalidJob
-from ..ids import creator_of
+from ..format import job, layout
+from ..system import fsio
+from ..format.errors import InvalidJob
+from ..store.ids import creator_of
 from .jobs import JobChecks, stale_temp
 from .report import Report
 
