@@ -157,7 +157,7 @@ class Spool:
     def _judge_new(self, waiters: list[str]) -> None:
         """Once more after publishing: a dep that finished meanwhile left no one to wake them.
         RACE: a finish, purge or requeue of a dep may come at any point of the enqueue. Its edge
-        is made before the job is published and stays while the job waits (deps.py), so a finish
+        is made before the job is published and stays while the job waits (dependencies.py), so a finish
         after this look wakes it; a finish before it is seen here; a purge keeps a dep with an
         edge, or was over before the edge (the enqueue was refused, publish); a requeued dep is
         pending here, and its next finish sees the edge."""

@@ -76,6 +76,20 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
         pause = min(pause * 1.5, 0.1)
 
 
+RIG_FIXTURES = {"gluster", "safe_rig", "lazy"}  # the multi-host rigs and the power-cut file system
+RIG_MODULES = {"test_hosts", "test_dfs", "test_powercut", "test_fencing"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The quick tier leaves out what needs a rig or a browser: marked here by what a test uses."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if names & RIG_FIXTURES or item.module.__name__ in RIG_MODULES:
+            item.add_marker(pytest.mark.rig)
+        if "browser" in names:
+            item.add_marker(pytest.mark.browser)
+
+
 @pytest.fixture(scope="session")
 def gluster(tmp_path_factory) -> Iterator[object]:
     """One GlusterFS server for the whole session (tests/dfs.py), torn down at its end."""

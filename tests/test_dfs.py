@@ -1,4 +1,4 @@
-"""What spoolq knows of the file system under a spool (filesystem.py), on a real GlusterFS
+"""What spoolq knows of the file system under a spool (mounts.py), on a real GlusterFS
 (tests/dfs.py): the configuration the README asks for is accepted, Gluster's defaults are named
 and refused, and a worker starts there only when told to."""
 

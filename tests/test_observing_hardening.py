@@ -285,7 +285,7 @@ def test_a_non_ascii_form_token_is_refused_not_a_server_error(spool):
     assert r.status_code == 400, r.status_code
 
 
-# 18. worklog.py promises "a closed stderr loses the line", but a worker started with stderr
+# 18. log_lines.py promises "a closed stderr loses the line", but a worker started with stderr
 #     closed (2>&-) has sys.stderr None: write_line raises AttributeError and the burst runs
 #     nothing (exit 1). (Inherited from the old stderr_log, which the change moved.)
 def test_a_worker_with_stderr_closed_runs_its_jobs(spool, spool_dir):

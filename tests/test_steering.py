@@ -688,7 +688,7 @@ def test_fsck_finds_a_waiter_whose_dependency_is_gone_or_whose_edge_is_missing(c
     os.unlink(os.path.join(spool.layout.dir("after"), "c", "d"))  # c's finish would not wake d
     report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
     assert sorted(p["kind"] for p in report["problems"]) == ["gone-dependency", "missing-edge"], report
-    clean(cli("fsck", "--repair"), 1)
+    clean(cli("fsck", "--repair"), 0)  # it repaired all it found
     assert (spool.find("b").state, spool.find("b").job.last_error) == ("dead", "dependency a is gone")
     assert clean(cli("fsck")).stdout.endswith(": clean\n")
     burst(spool)

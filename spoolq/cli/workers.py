@@ -40,7 +40,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
 
     queues = queue_set(queue_names)
     if queues is not None and len(queues) > dealing.MAX_QUEUES:
-        raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {shares.MAX_QUEUES}",
+        raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {dealing.MAX_QUEUES}",
                                  param_hint="'--queue'")
     log = log_lines.LOGS[log_format]
     spool = c.create()

@@ -52,9 +52,9 @@ class Job:
         self.env: dict[str, str] = {} if env is None else env
         self.updated_at, self.attempts, self.exit_code, self.last_error = updated_at, attempts, exit_code, last_error
         self.keep_children = keep_children  # processes it leaves in its group outlive the attempt
-        self.shell = shell  # always run by /bin/sh -c, never directly (direct.py)
+        self.shell = shell  # always run by /bin/sh -c, never directly (direct_exec.py)
         self.queue = queue
-        self.after: list[str] = after or []  # ids this job waits for (deps.py)
+        self.after: list[str] = after or []  # ids this job waits for (dependencies.py)
         self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
 
     def _values(self) -> tuple[Any, ...]:

@@ -27,15 +27,15 @@ Directories under the spool root ``S``::
     S/control/pause, S/control/limits  paused queues (pause.py); "<queue> <N>" limits (slots.py)
     S/slots/        concurrency slots: <queue>%<k> free, <queue>%<k>%<owner> held (slots.py)
     S/waiting/<id>.json  a job enqueued --after others, until they are done; S/after/<dep>/<id>
-                    (empty) wakes it when <dep> finishes (deps.py)
+                    (empty) wakes it when <dep> finishes (dependencies.py)
     S/tmp/          temp files, invisible to every reader: ``.<pid>.<start>.<pidns>.<host>.<hex>.tmp``
                     names the process that writes it; ``....plan``: a batch's staged files and their
-                    pending names, one per line, while it renames them (publish.py)
+                    pending names, one per line, while it renames them (enqueue.py)
     S/log/          worker and supervisor logs
-    S/events/<owner>.<k>.jsonl  the attempts log (events.py): a JSON object a line per finished attempt,
+    S/events/<owner>.<k>.jsonl  the attempts log (attempts_log.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
-    S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired.py)
+    S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired_slots.py)
     S/locks/<name>.flock  a spool lock (flock(2)); its holder writes {"pid", "host"} over its first 256
                     bytes while it holds it (locks.py). <name>.anchor, .lock, .lock.*: an earlier spoolq's
     S/maildir/      a Maildir other programs deliver jobs into (maildir.py): ``tmp/`` for writing,
@@ -109,7 +109,7 @@ from .job import DEFAULT_QUEUE, Job
 
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
-WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
+WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (dependencies.py)
 MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
 # Newer than spoolq 0.1: a spool without them is whole.
 MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules", *MAILDIR)
@@ -128,7 +128,7 @@ ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
 CANCEL_PREFIX = ".cancel."  # processing/<owner>/.cancel.<id>: `cancel --kill` asks the owner to kill job <id>
 FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made before it renames the directory
-# A job file leaving with new content (takes.py): .next.<state>.<key>.<name>, the new content; .taken.… the old.
+# A job file leaving with new content (handoff.py): .next.<state>.<key>.<name>, the new content; .taken.… the old.
 NEXT_PREFIX, TAKEN_PREFIX = ".next.", ".taken."
 
 
@@ -276,7 +276,7 @@ class Creator(NamedTuple):
 
 
 def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
-    """A temp name; kind "plan": a batch's list of what it publishes (publish.py)."""
+    """A temp name; kind "plan": a batch's list of what it publishes (enqueue.py)."""
     tag = creator.tag() if creator else str(os.getpid())
     return f".{tag}.{random_hex(6)}.{kind}"
 

@@ -132,7 +132,7 @@ class HousekeepingChecks:
                 self.r.leave_alone(p, "not spoolq's; remove it by hand")
 
     def _cut_batch(self, path: str, st: os.stat_result) -> None:
-        """A batch's plan whose enqueuer is gone: it was cut between two renames (publish.py)."""
+        """A batch's plan whose enqueuer is gone: it was cut between two renames (enqueue.py)."""
         creator = layout.creator_of_temp(os.path.basename(path))
         why = self.r.why_left_over(creator, st)
         if why is None or creator is None:

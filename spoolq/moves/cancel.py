@@ -6,7 +6,7 @@ A job in pending/ is taken the way a worker takes it, by one rename of its file,
 claim may win instead: then the job has started, and the canceller says so. The canceller is an
 owner of its own for the moment (role "canceller", processing/<c>/): the cancelled content is
 written there as ``.next.dead.…`` first, the pending file is renamed to ``.taken.dead.…`` beside it
-(the step that decides), and the ``.next.`` file is renamed into dead/ (takes.py). Killed at any
+(the step that decides), and the ``.next.`` file is renamed into dead/ (handoff.py). Killed at any
 point, it leaves an owner directory whose owner is gone, which recovery completes or voids like
 any other: a cancel either happened or did not.
 

@@ -7,7 +7,7 @@ an edge ``after/<dep>/<waiter>`` (an empty file) is made before the job is publi
 moves a job to done/ or dead/ (a worker, a rescuer, cancel) then looks in ``after/<job>/`` (one
 listing of a directory that usually does not exist) and judges each waiter by the states of all
 it waits for. Nothing scans the waiting jobs. A release is one rename, waiting/ -> pending/ (the
-content is unchanged); a death is a take into the judge's own directory (takes.py), like any
+content is unchanged); a death is a take into the judge's own directory (handoff.py), like any
 failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
 of its file admits one. The enqueuer judges its jobs once more after publishing them, so a dep
 that finished in between cannot leave them waiting: either the finisher saw the edge (made

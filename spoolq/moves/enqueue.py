@@ -102,7 +102,7 @@ class Publisher:
         """Write every job under a temp name into `staged`, each fsync'd (a batch's many at once,
         with the record its markers link to) before the first is published; on a failure the
         caller takes back what `staged` holds. A job that waits for others goes to waiting/, its
-        wake-up edges made first (deps.py); one whose dep was purged since it was checked is
+        wake-up edges made first (dependencies.py); one whose dep was purged since it was checked is
         refused (JobNotFound)."""
         durable_each = len(jobs) == 1
         for job in jobs:

@@ -31,7 +31,7 @@ class Finished:
         self.layout = store.layout
         self.views = views
         self.quarantine = quarantine
-        self.waiters_of = waiters_of  # jobs still waiting for one (deps.py): it is not purged
+        self.waiters_of = waiters_of  # jobs still waiting for one (dependencies.py): it is not purged
         self.kept = 0  # by the last purge(): finished jobs others still wait for
         self.examined = 0  # by the last purge(): names looked at (retention goes on from there)
 

@@ -23,7 +23,7 @@ from ..store.store import Store
 from .transitions import Claimed, Transitions
 
 
-DEPS_SWEEP_EVERY = 15  # sweeps (2 s apart in a worker) between looks through after/ (deps.py)
+DEPS_SWEEP_EVERY = 15  # sweeps (2 s apart in a worker) between looks through after/ (dependencies.py)
 
 
 class Recovered(NamedTuple):
@@ -101,7 +101,7 @@ class Recovery:
 
     @staticmethod
     def _mark_fenced(directory: str) -> bool:
-        """The mark an owner looks for before it records a result (takes.py). False
+        """The mark an owner looks for before it records a result (handoff.py). False
         if the directory is gone: another rescuer has it."""
         try:
             os.close(os.open(os.path.join(directory, layout.FENCE_FILE),

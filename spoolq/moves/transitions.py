@@ -8,7 +8,7 @@ moment; losing it is an answer (None, or LostOwnership), never a half-done move.
 transition   from -> to                                    who         how                  proof                               fsync
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 publish      (caller) -> pending/<canonical>               enqueue     write tmp/, (a       ids/<id> linked (exclusive)         each file (a batch's
-             (publish.py)                                                  batch: its plan),                                    in parallel), the plan,
+             (enqueue.py)                                                  batch: its plan),                                    in parallel), the plan,
                                                                            rename                                               pending/, ids/
 collect      maildir/new/<any> -> pending/<any>.json       worker      rename, never        the rename won                      pending/
              (maildir.py)                                              replacing
@@ -22,11 +22,11 @@ finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace t
 recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  mark .fenced, then   that rename won; per file, as       as finish fail
              then each job as "finish fail" (recovery.py)  fsck        directory rename     finish fail
 retry,       done|dead/<id> -> pending/<canonical>         dlq retry,  rewrite, rename      lock "dlq"                          the rewrite, pending/
-requeue      (finished.py)                                 requeue
-purge        done|dead/<id> -> (deleted) (finished.py)     purge       unlink file, output  lock "dlq"                          none
+requeue      (finished_jobs.py)                                 requeue
+purge        done|dead/<id> -> (deleted) (finished_jobs.py)     purge       unlink file, output  lock "dlq"                          none
                                                                        log, ids/<id>
 discard      pending/<canonical> -> (deleted)              purge       unlink file, then    the unlink won against claims       none
-             (finished.py)                                             output log, ids/<id>
+             (finished_jobs.py)                                             output log, ids/<id>
 cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
              .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
 kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail
@@ -38,7 +38,7 @@ quarantine   anywhere -> dead/+<qid>                       adopt,      rename   
 A new transition (dependencies, queues) is a row here and a method below (or in a module of
 its own, named in the row).
 
-Moves out of processing/ (finish, adopt, recover) follow takes.py: why no file there is ever
+Moves out of processing/ (finish, adopt, recover) follow handoff.py: why no file there is ever
 renamed over, and how an owner and a rescuer never both move one.
 """
 
@@ -125,7 +125,7 @@ class Transitions:
 
     def _take_dropin(self, entry: str, owner: str) -> str | None:
         """Move a dropped file into our own directory; None if another worker took it first. A
-        long name is taken under a short one: the moves out of processing/ (takes.py) add to it."""
+        long name is taken under a short one: the moves out of processing/ (handoff.py) add to it."""
         short = entry if len(entry.encode()) <= 160 else f"long-name.{layout.random_hex(8)}.json"
         adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
         try:
@@ -180,7 +180,7 @@ class Transitions:
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
     def _waiting_or_pending(self, job: Job) -> str:
-        """Where an adopted job goes: waiting/ (its edges made first, deps.py) if it waits for
+        """Where an adopted job goes: waiting/ (its edges made first, dependencies.py) if it waits for
         jobs not done yet. InvalidJob for an id that is no job (the drop-in is quarantined)."""
         if not job.after:
             return "pending"

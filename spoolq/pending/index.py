@@ -23,7 +23,7 @@ from .listing import Snapshot
 
 
 class PendingIndex:
-    """Two heaps of ready names per queue, this worker's share of it and the others' (shares.py;
+    """Two heaps of ready names per queue, this worker's share of it and the others' (dealing.py;
     a paused queue's jobs are passed over without being looked at), one of scheduled ones for all.
     With `queues`, names of other queues are not kept."""
 
@@ -126,7 +126,7 @@ class PendingIndex:
 
     def pop_ready(self, now_ms: int, spread: int = 1, blocked: frozenset[str] = frozenset()) -> str | None:
         """The next name to claim, from queues not `blocked` (paused): the first in run order of
-        this worker's share, unless another share's first must go first (shares.Helping); with
+        this worker's share, unless another share's first must go first (dealing.Helping); with
         `spread` > 1, one of the first `spread` of the same rank (priority) and heap, at random:
         workers that keep losing the head to each other (one rename wins, the others fail) then
         mostly take different names."""
@@ -235,7 +235,7 @@ class Pacing:
         self._listing_cost, self._lost_cost = cost, 0.0
 
     def took(self, snapshot: Snapshot, theirs: bool) -> None:
-        """A listing was taken: this worker's own, or a sibling's (sharedlisting.py), whose cost is
+        """A listing was taken: this worker's own, or a sibling's (listing.py), whose cost is
         what it cost the servers and whose coverage holds if its stamp is the one seen here."""
         if theirs:
             self.gate.took_shared(snapshot.covered and snapshot.stamp == self.gate.stamp)

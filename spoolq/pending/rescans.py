@@ -1,5 +1,5 @@
 """How a worker keeps its index of pending/ current: names from events, listings (its own or a
-sibling's, sharedlisting.py) paced by what they cost (index.Pacing), and on a sharded pending/ a
+sibling's, listing.py) paced by what they cost (index.Pacing), and on a sharded pending/ a
 poll of the shards new names land in (Arrivals, below) with a full listing only seldom."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Rescans:
             self.arrivals.prune(snapshot.names)
 
     def reshare(self, owner: str) -> None:
-        """Deal each queue's names again among the workers registered to take it (shares.py), and
+        """Deal each queue's names again among the workers registered to take it (dealing.py), and
         count the registrations for the pacing of listings, from the same listing of workers/."""
         self._shared_at = time.monotonic()
         self.index.reshare(self.takers.share(owner))

@@ -1,4 +1,4 @@
-"""Stats: what a spool did over a window of time, from the attempts log (events.py), and how long
+"""Stats: what a spool did over a window of time, from the attempts log (attempts_log.py), and how long
 its oldest ready job has waited, from the pending names. Read-only and plain data: the CLI's
 `stats`, `metrics` and the dashboard all print or draw these same figures."""
 

@@ -136,7 +136,7 @@ class Views:
         return self._find_taken(job_id) or self._find_dropped(job_id, dropped)
 
     def _find_taken(self, job_id: str) -> JobView | None:
-        """A job in the middle of a move out of processing/ (takes.py) is still there, under its
+        """A job in the middle of a move out of processing/ (handoff.py) is still there, under its
         .taken. name: never a free id."""
         name = layout.job_file(job_id)
         for owner in fsio.listdir(self.layout.processing):

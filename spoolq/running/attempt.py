@@ -111,7 +111,7 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
 
 
 def wake_waiters(spool: Spool, job_id: str, owner: str, log: Callable[[str], None]) -> None:
-    """`job_id` has finished: judge the jobs waiting for it (deps.py). A failure here costs a
+    """`job_id` has finished: judge the jobs waiting for it (dependencies.py). A failure here costs a
     log line: recovery's sweep over after/ judges them later."""
     try:
         for dep, waiter, state in spool.deps.finished(job_id, owner):

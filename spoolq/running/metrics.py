@@ -2,7 +2,7 @@
 the dashboard's /metrics and the textfile the workers keep for node_exporter.
 
 Gauges come from the spool's directories as they are now; the attempt counters and the run
-and wait time histograms from the attempts log (events.py). A long-running reader (the
+and wait time histograms from the attempts log (attempts_log.py). A long-running reader (the
 dashboard, a worker keeping the textfile) folds each log file in once and then reads only what
 was appended, so its counters only grow; a new reader starts from the attempts the log still
 keeps (keep_events), which Prometheus takes as a counter reset, as after any restart.

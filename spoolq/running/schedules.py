@@ -2,8 +2,8 @@
 
 A schedule is ``schedules/<name>.json`` (published by rename). Each slot it reaches becomes one
 job whose id is ``<name>.<slot in UTC as YYYYMMDDTHHMMZ>``. Whoever creates the slot's fired
-marker (fired.py: exclusive, durable, before the job is published) fires it; no slot is fired
-while a marker of it or of a later slot exists (fired.HORIZON says how far ahead a later one
+marker (fired_slots.py: exclusive, durable, before the job is published) fires it; no slot is fired
+while a marker of it or of a later slot exists (fired_slots.HORIZON says how far ahead a later one
 counts). So however many workers on however many hosts, their clocks minutes apart, find a slot
 due, it fires once, and never again after its job is purged. No leader, no lock.
 
@@ -82,7 +82,7 @@ def zone(name: str) -> Any:
 
 
 def slot_id(name: str, slot: float) -> str:
-    return f"{name}.{fired.stamp(slot)}"
+    return f"{name}.{fired_slots.stamp(slot)}"
 
 
 @dataclass

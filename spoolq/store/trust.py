@@ -14,7 +14,7 @@ from ..format import layout, ours
 from ..system import fsio, locks
 from ..format.modes import Modes
 
-FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired.py), given modes here
+FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired_slots.py), given modes here
 
 
 def give_modes(lay: layout.Layout, modes: Modes) -> None:
@@ -58,7 +58,7 @@ def _chmod_shard(shard: str, modes: Modes) -> None:
 
 def _chmod_fired(fired: str, modes: Modes) -> None:
     """A schedule's fired markers, never writable by the group (a marker it could rewrite would
-    not be believed, fired.py)."""
+    not be believed, fired_slots.py)."""
     if not _chmod(fired, modes.dir):
         return
     for entry in fsio.listdir(fired):

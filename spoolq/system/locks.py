@@ -18,7 +18,7 @@ is an exclusive flock on it; once held, the holder writes who it is over the sta
 
 Where flock does not reach the server (a FUSE view that does not forward locks, NFS mounted
 ``nolock`` or ``local_lock=flock|all``, Lustre with ``localflock``), a lock excludes only the
-processes of one host: filesystem.py names such mounts and workers refuse them. A file system
+processes of one host: mounts.py names such mounts and workers refuse them. A file system
 without flock at all (ENOSYS: Lustre without ``-o flock``) fails the take in one line; filelock's
 fallback to marker files (SoftFileLock, whose markers a killed holder strands) is never used.
 """

@@ -181,7 +181,7 @@ def _outcome(status: int, seconds: float) -> Outcome:
 def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int, shell: bool = False) -> int:
     """Start `command` as the leader of a new session (so of its own process group), stdin from
     /dev/null, stdout and stderr to `out_fd`: directly when the shell would only split it into
-    words (direct.py), else, or when `shell` is asked for, as `/bin/sh -c command`. Returns its pid.
+    words (direct_exec.py), else, or when `shell` is asked for, as `/bin/sh -c command`. Returns its pid.
 
     posix_spawn (vfork underneath) costs the worker a fraction of what subprocess does per job;
     it has no chdir action before Python 3.13, so the worker steps into `cwd` around the call
