@@ -6,6 +6,6 @@ source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 if [ "${1:-}" = "--quick" ]; then
     shift
-    exec python -m pytest -p no:cacheprovider -q -rs -m "not sweep and not rig and not browser and not slow" "$@"
+    exec python -m pytest -p no:cacheprovider -q -rs -m "not sweep and not rig and not browser and not slow" -n 2 "$@"
 fi
 exec python -m pytest -p no:cacheprovider -q -rs "$@"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import pathlib
 
+import pytest
+
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 
 # The packages that are the layers, lowest first: a package imports only packages of a lower rank
@@ -97,6 +99,7 @@ def test_reading_a_spool_never_imports_the_write_side():
     assert not {"spoolq.moves.transitions", "spoolq.moves.recovery", "spoolq.spool"} & deps
 
 
+@pytest.mark.slow
 def test_each_third_party_library_has_one_home():
     for library, home in THIRD_PARTY_HOME.items():
         users = sorted(name for name, deps in modules().items() if library in deps)

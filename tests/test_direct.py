@@ -74,6 +74,7 @@ def command_lines(draw):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_lines())
+@pytest.mark.slow
 def test_a_command_behaves_as_under_sh_c(rig, command):
     work, env = rig
     assert run(command, work, env, shell=False) == run(command, work, env, shell=True)

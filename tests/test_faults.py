@@ -56,6 +56,7 @@ def quarantine_records(spool: Spool) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("how", ["enqueued", "dropped"])
+@pytest.mark.slow
 def test_chaos_sigkill_a_worker_every_150ms_loses_nothing(tmp_path, how):
     """Dropped: the review's case, where workers killed while adopting lost 27 jobs of 1,500."""
     spool_dir = str(tmp_path / "chaos")
@@ -82,6 +83,7 @@ def test_chaos_sigkill_a_worker_every_150ms_loses_nothing(tmp_path, how):
     assert fsck.check(spool) == []
 
 
+@pytest.mark.slow
 def test_a_job_that_keeps_killing_its_worker_ends_dead_saying_so(spool, cli, workers):
     spool.set_config("backoff_base", 0)
     killer = cli("enqueue", "--id", "killer", "--max-retries", "2", "--cmd", "kill -9 $PPID; sleep 5").output.strip()
@@ -100,6 +102,7 @@ def test_a_job_that_keeps_killing_its_worker_ends_dead_saying_so(spool, cli, wor
     assert "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_supervisor_stop_while_pacing_a_crash_loop_exits(spool_dir, spool):
     """Workers that keep crashing are restarted with a growing delay; a SIGTERM during that delay
     must not leave behind a freshly spawned worker that nobody told to stop."""
@@ -198,6 +201,7 @@ def test_a_job_filling_the_disk_ends_with_a_marked_log_and_the_worker_goes_on(sm
     assert "Traceback" not in w.stop()
 
 
+@pytest.mark.slow
 def test_a_disk_full_before_a_job_starts_fails_that_attempt_and_the_worker_waits_for_space(small_fs, workers):
     spool_dir = os.path.join(small_fs, "spool")
     spool = Spool(spool_dir)

@@ -138,6 +138,7 @@ def test_a_group_writable_drop_in_is_refused_even_from_a_trusted_uid(shared, wor
     assert "writable by its group" in json.dumps(reason)
 
 
+@pytest.mark.slow
 def test_a_member_delivers_with_safecat_and_is_believed_only_if_trusted(shared, workers, tmp_path):
     """The Maildir's tmp/ and new/ are inboxes as pending/ is (sticky, 3770): a member's delivery
     runs if the member is trusted, and is quarantined, never run, if not."""

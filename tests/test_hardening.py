@@ -267,6 +267,7 @@ def test_a_signalled_batch_unwinds_and_can_run_again(spool, tmp_path, signum):
     assert cli(spool.root, "enqueue", "--batch", batch).returncode == 0
 
 
+@pytest.mark.slow
 def test_fsck_sees_what_a_sigkilled_batch_left_at_once_and_repair_frees_it(spool, tmp_path):
     batch = _batch(tmp_path, 20_000)
     proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "enqueue", "--batch", batch],
@@ -389,6 +390,7 @@ def test_nothing_of_a_job_outlives_it_unless_it_asks(spool, workers, tmp_path):
 # ---- 10, 11. the heartbeat survives, and a lease never outruns it -----------------------------
 
 
+@pytest.mark.slow
 def test_a_garbage_config_for_a_while_does_not_stop_the_heartbeat(spool, workers):
     spool.set_config("lease_timeout", 2)
     job = spool.enqueue({"command": "sleep 4"}).id
@@ -408,6 +410,7 @@ def test_a_garbage_config_for_a_while_does_not_stop_the_heartbeat(spool, workers
     assert "recovered" not in log and "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_a_short_lease_set_on_a_live_spool_runs_each_job_once(spool, workers):
     assert cli(spool.root, "config", "set", "lease_timeout", "1").returncode == 2  # cannot hold
     jobs = [spool.enqueue({"command": "sleep 3"}).id for _ in range(2)]
@@ -511,6 +514,7 @@ def test_sigterm_to_one_worker_is_replaced_not_lost(spool_dir, workers):
     assert w.proc.poll() is None
 
 
+@pytest.mark.slow
 def test_a_stop_file_stamped_in_the_same_second_does_not_stop_new_workers(spool_dir, spool):
     assert cli(spool_dir, "worker", "stop").returncode == 0
     future = time.time() + 30  # as a 1-second file system would show: not before the registrations
@@ -531,6 +535,7 @@ def test_a_stop_while_workers_start_stops_them(spool_dir, spool):
              "every worker to stop")
 
 
+@pytest.mark.slow
 def test_the_third_ctrl_c_kills_the_running_job_and_the_attempt_counts(spool_dir, spool):
     job = spool.enqueue({"command": "sleep 60", "max_retries": 0}).id
     w = Workers(spool_dir, 1).wait_ready()
@@ -957,6 +962,7 @@ def test_a_directory_above_the_spool_that_others_can_write_is_refused(tmp_path, 
     assert cli(str(above / "spool"), "status").returncode == 0
 
 
+@pytest.mark.slow
 def test_a_worker_stops_when_its_spool_stops_being_safe(spool, workers):
     w = workers(1)
     os.chmod(spool.layout.pending, 0o777)

@@ -133,6 +133,7 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize("case,argv,stdin,code,message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+@pytest.mark.slow
 def test_hostile_cli_input_is_refused_and_writes_nothing(spool, cli, tmp_path, case, argv, stdin, code, message):
     spool.enqueue({"id": "existing", "command": "true"})
     before = snapshot(spool.root, dir_times=code == 2)
@@ -143,6 +144,7 @@ def test_hostile_cli_input_is_refused_and_writes_nothing(spool, cli, tmp_path, c
     assert snapshot(spool.root, dir_times=code == 2) == before
 
 
+@pytest.mark.slow
 def test_oversized_but_legal_input_works(spool, cli, tmp_path):
     """Up to the limits: a 100k-line batch, a 100 KB command, a 128-character id, odd text."""
     batch = tmp_path / "100k.jsonl"
@@ -374,6 +376,7 @@ def test_spool_is_private_by_default(spool_dir, run, workers):
     assert modes["config.json"] == 0o600
 
 
+@pytest.mark.slow
 def test_group_access_opens_the_spool_to_its_group(spool_dir, run, workers):
     exercise(spool_dir, run, workers, "before")
     r = run("config", "set", "group_access", "true")

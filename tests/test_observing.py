@@ -285,6 +285,7 @@ def test_metrics_textfile_is_written_whole_and_only_as_prom(cli, spool, tmp_path
     assert result.exit_code != 0 and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_workers_keep_the_textfile_fresh(spool, workers, tmp_path):
     target = tmp_path / "node" / "spoolq.prom"
     target.parent.mkdir()

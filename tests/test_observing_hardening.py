@@ -262,6 +262,7 @@ def test_burst_summary_counts_jobs_not_attempts(spool, spool_dir, tmp_path):
 # 17. metrics_textfile is refreshed only from the worker's loop: while the workers of a host run
 #     jobs (one worker and a long job), the textfile is not rewritten for the job's whole run,
 #     whatever metrics_interval says; node_exporter serves the counts from before the job.
+@pytest.mark.slow
 def test_textfile_is_refreshed_while_a_long_job_runs(spool, workers, tmp_path):
     prom = str(tmp_path / "spoolq.prom")
     spool.set_config("metrics_textfile", prom)

@@ -195,6 +195,7 @@ def tools_needed(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", recipes("sh"))
+@pytest.mark.slow
 def test_shell_recipe_runs(tmp_path, text):
     tools_needed(text)
     settings = directive(text)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from spoolq import Spool
 from spoolq.store import config
 from spoolq.running.retention import MIN_GAP, Retention
@@ -107,6 +109,7 @@ def test_a_batch_stops_on_its_time_and_the_next_goes_on_from_there(spool):
     assert (rest.done, retention.behind) == (29, False)
 
 
+@pytest.mark.slow
 def test_an_idle_worker_purges_a_backlog_at_once_a_busy_one_takes_its_share(spool, workers):
     spool.enqueue_many([{"command": "true"} for _ in range(3000)])
     burst(spool)
@@ -122,6 +125,7 @@ def test_an_idle_worker_purges_a_backlog_at_once_a_busy_one_takes_its_share(spoo
     w.stop()
 
 
+@pytest.mark.slow
 def test_workers_purge_as_they_go(spool, workers):
     spool.set_config("keep_done", 1)
     first = spool.enqueue({"command": "true"}).id
@@ -135,6 +139,7 @@ def test_workers_purge_as_they_go(spool, workers):
     assert "retention purged 1 done" in w.stop()
 
 
+@pytest.mark.slow
 def test_a_look_at_many_young_jobs_is_spread_over_batches_each_bounded_in_time(spool):
     """An idle worker goes on only while names are left to look at: batches of its time each,
     from where the last one stopped, never the whole directory at once and never again and again."""

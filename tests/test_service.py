@@ -258,6 +258,7 @@ def test_completion_offers_commands_options_states_ids_queues_and_schedules(spoo
     assert "--burst" in complete(spool.root, "spoolq worker start --b")
 
 
+@pytest.mark.slow
 def test_completion_reads_a_bounded_part_of_a_huge_spool(spool):
     spool.enqueue_many([{"command": "true", "id": f"j{i:06d}"} for i in range(12000)])
     started = time.monotonic()

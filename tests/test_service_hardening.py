@@ -222,6 +222,7 @@ def test_a_hook_that_redirects_its_output_is_still_bounded_by_hook_timeout(spool
 
 # 9. a retention batch is not bounded by its time when done/ holds many young jobs --------------
 
+@pytest.mark.slow
 def test_a_retention_batch_keeps_to_its_time_budget(spool):
     from spoolq.running.retention import IDLE_BATCH, Retention
 
@@ -332,6 +333,7 @@ def test_retention_frees_space_on_a_full_disk(tmp_path):
 # 16. retention purges a done job that a waiting job names in its --after (no edge: it was done
 #     when the waiter was enqueued); the waiter then waits for good --------------------------------
 
+@pytest.mark.slow
 def test_retention_keeps_a_done_job_a_waiting_job_still_names(spool):
     from spoolq.running.retention import Retention
     from spoolq.running.worker import Worker
@@ -391,6 +393,7 @@ def test_catch_up_none_skip_by_a_host_ahead_does_not_cancel_an_on_time_host(spoo
 
 # 17. a worker catching up on retention in its idle time does not see new jobs until its next poll
 
+@pytest.mark.slow
 def test_a_job_that_arrives_while_retention_catches_up_waits_at_most_a_batch(spool, workers):
     spool.init()
     spool.set_config("poll_interval", 30)  # file-system events wake workers; polling is the fallback
@@ -413,6 +416,7 @@ def test_a_job_that_arrives_while_retention_catches_up_waits_at_most_a_batch(spo
 
 # 18. past ~100,000 done jobs, a retention batch's listing eats its whole budget: one job a batch
 
+@pytest.mark.slow
 def test_retention_batches_make_progress_on_a_large_backlog(spool):
     from spoolq.running.retention import IDLE_BATCH, Retention
 

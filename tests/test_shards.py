@@ -255,6 +255,7 @@ def test_a_batch_writes_into_the_shard_of_its_renames_not_of_its_staging(spool):
     assert sorted(shards.base(e) for e in inside) == sorted(L.pending_name_of(j) for j in jobs)
 
 
+@pytest.mark.slow
 def test_a_poll_after_a_long_gap_finds_what_landed_in_a_shard_it_knew(spool):
     """A worker that has not polled for longer than a shard lasts (a long job, a long
     poll_interval) still looks into every shard written since its last look."""

@@ -7,10 +7,12 @@ import re
 import signal
 import time
 
+import pytest
 from hypothesis import given, strategies as st
 
 from conftest import wait_for
 from spoolq.pending.listing import Listings, SharedListing, Snapshot, decode, encode, list_and_share
+
 
 # Names as os.listdir gives them: any bytes but NUL and "/", undecodable ones as surrogates.
 names = st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b)
@@ -122,6 +124,7 @@ def test_the_lock_makes_a_sibling_wait_for_the_listing_in_progress_and_take_it()
 STOP = re.compile(r"stopped \(claimed (\d+) jobs?.*?(\d+) listings taken from sibling workers[;)]")
 
 
+@pytest.mark.slow
 def test_the_workers_of_one_start_share_listings_and_run_each_job_once(spool, workers, tmp_path):
     spool.set_config("poll_interval", 0.2)
     w = workers(3)

@@ -118,6 +118,7 @@ def test_a_garbled_registration_takes_no_share(spool):
     assert Takers(spool.owners.registered, spool.owners.record).share(w1).takers == {w1: None}
 
 
+@pytest.mark.slow
 def test_two_burst_workers_seldom_race_for_the_same_job(spool, spool_dir):
     """Without shares each job was tried by both workers: about one lost claim per job."""
     spool.enqueue_many([{"command": "true"} for _ in range(1000)])

@@ -126,6 +126,7 @@ def test_a_pause_file_that_is_not_a_regular_file_pauses_everything(cli, spool, t
     assert cli.json("status")["paused"] is False and not (tmp_path / "elsewhere").exists()
 
 
+@pytest.mark.slow
 def test_pause_reaches_running_workers_and_running_jobs_finish(cli, spool, workers, tmp_path):
     spool.set_config("poll_interval", 0.2)
     w = workers(2)
@@ -299,6 +300,7 @@ def test_purge_by_id_frees_exactly_those_ids(cli, spool):
     assert json.loads(clean(cli("purge", "--json")).stdout) == {"purged": 1, "state": "done", "kept": 0}
 
 
+@pytest.mark.slow
 def test_logs_follow_prints_output_as_it_comes_and_exits_as_wait_would(spool, workers, tmp_path):
     gate = tmp_path / "gate"
     job = spool.enqueue({"command": f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second"})
@@ -735,6 +737,7 @@ def _take_and_give(root: str, owner: str, rounds: int, set_limit: bool) -> None:
             spool.slots.give_back(held)
 
 
+@pytest.mark.slow
 def test_slots_hold_under_takers_and_a_limit_set_again_and_again(spool):
     import multiprocessing
 

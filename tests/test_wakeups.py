@@ -138,6 +138,7 @@ def _run_worker_in_thread(spool: Spool) -> tuple[worker_mod.Worker, threading.Th
     return w, t
 
 
+@pytest.mark.slow
 def test_a_lost_event_is_recovered_by_the_rescan(spool, tmp_path, monkeypatch, cli):
     deaf = tmp_path / "deaf"
     deaf.mkdir()
@@ -199,6 +200,7 @@ def test_the_index_pops_in_priority_then_fifo_order_and_a_rescan_adds_only_new_n
 
 
 @pytest.mark.parametrize("backlog", [0, 20_000])
+@pytest.mark.slow
 def test_a_rescan_stays_cheap_with_a_backlog(spool, backlog):
     """The rescan that covers lost events lists pending/ and parses names; it opens no job file."""
     jobs = [spool.make_job({"command": "true"}) for _ in range(backlog)]
@@ -270,6 +272,7 @@ class _Polling(watch_mod.Wakeups):
         super().__init__(directories, events=False)
 
 
+@pytest.mark.slow
 def test_an_idle_polling_worker_lists_pending_only_until_it_settles(spool, monkeypatch):
     spool.set_config("poll_interval", 0.1)
     monkeypatch.setattr(worker_mod.watch, "Wakeups", _Polling)
@@ -344,6 +347,7 @@ def test_a_shard_moved_out_and_back_in_is_still_watched(tmp_path):
         wake.close()
 
 
+@pytest.mark.slow
 def test_a_shard_made_while_the_event_queue_overflowed_is_watched(tmp_path):
     """While the worker runs a long job nobody reads inotify; a burst of arrivals overflows the
     kernel's queue and the new shard's IN_CREATE is among the events lost. The shard is found

@@ -311,6 +311,7 @@ def test_a_session_can_act_and_read_only_still_refuses(spool, dashboard):
     assert spool.find(ids["dead"]).state == "pending"
 
 
+@pytest.mark.slow
 def test_two_dashboards_on_one_host_keep_their_own_cookies(spool, dashboard):
     """A browser sends a host's cookies to every port of it: each dashboard's cookie has its own name."""
     ids = a_spool_with_history(spool)
@@ -465,6 +466,7 @@ def by_id(browser, element_id: str):
     return browser.find_element(By.ID, element_id)
 
 
+@pytest.mark.slow
 def test_click_from_the_overview_to_a_dead_job_and_retry_it(spool, dashboard, browser, tmp_path):
     ids = a_spool_with_history(spool)
     d = dashboard()
@@ -488,6 +490,7 @@ def test_click_from_the_overview_to_a_dead_job_and_retry_it(spool, dashboard, br
     assert (tmp_path / "job-page.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_a_job_page_follows_the_job_without_reloading(spool, dashboard, browser, workers, tmp_path):
     gate = tmp_path / "gate"
     job = spool.enqueue({"command": f"echo started; while [ ! -e {gate} ]; do sleep 0.01; done; echo finished"})
@@ -505,6 +508,7 @@ def test_a_job_page_follows_the_job_without_reloading(spool, dashboard, browser,
     assert until(browser, lambda b: by_id(b, "log").text).count("started") == 1  # followed, never twice
 
 
+@pytest.mark.slow
 def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool, dashboard, browser, workers,
                                                                          tmp_path):
     a_spool_with_history(spool)
@@ -528,6 +532,7 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
 
 
+@pytest.mark.slow
 def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, browser):
     ids = a_spool_with_history(spool)
     d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})

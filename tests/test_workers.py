@@ -89,6 +89,7 @@ def lines(path) -> list[str]:
 # ---- exactly once, at scale ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_three_workers_run_900_jobs_exactly_once(spool, workers, tmp_path):
     spool.set_config("max_retries", 0)  # a failure shows up as dead, never as a second run
     ran = tmp_path / "ran"
@@ -134,6 +135,7 @@ def test_dropins_queue_in_order_of_arrival(spool, workers, tmp_path):
     assert lines(order) == ["zzz", "aaa", "mmm"]
 
 
+@pytest.mark.slow
 def test_delay_and_run_at_wait_as_scheduled_then_run_on_time(cli, spool, workers, tmp_path):
     w = workers(1)
     run_marker(spool, "warm")
@@ -160,6 +162,7 @@ def test_delay_and_run_at_wait_as_scheduled_then_run_on_time(cli, spool, workers
 # ---- failure handling --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_whole_process_group(spool, workers, tmp_path):
     spool.set_config("max_retries", 0)
     pids = []
@@ -188,6 +191,7 @@ def test_timeout_kills_the_whole_process_group(spool, workers, tmp_path):
     assert len(w.live()) == 1
 
 
+@pytest.mark.slow
 def test_retries_back_off_then_dead(cli, spool, workers, tmp_path):
     for key, value in (("backoff_base", "100"), ("backoff_max", "0.4")):  # every wait is min(100**n, 0.4)
         assert cli("config", "set", key, value).exit_code == 0
@@ -214,6 +218,7 @@ def test_retries_back_off_then_dead(cli, spool, workers, tmp_path):
     assert [d["id"] for d in cli.json("dlq", "list")] == ["r"]
 
 
+@pytest.mark.slow
 def test_a_burst_runs_the_retries_of_the_jobs_it_ran_backoff_included(run, spool):
     spool.set_config("backoff_base", 1.5)  # the retry is due 1.5 s after the first attempt
     spool.enqueue({"command": '[ "$SPOOLQ_ATTEMPT" -ge 2 ]', "id": "flaky", "max_retries": 2})
@@ -337,6 +342,7 @@ def test_detach_list_and_stop(run, spool, tmp_path):
             kill_quietly(w.pid)
 
 
+@pytest.mark.slow
 def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
     go = tmp_path / "go"
     workers(1)
@@ -357,6 +363,7 @@ def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
     assert state(spool, "w-slow") == "done"
 
 
+@pytest.mark.slow
 def test_wait_says_when_nothing_can_finish_its_jobs(run, spool, workers):
     spool.enqueue({"command": "true", "id": "orphan", "queue": "video"})
     alone = run("wait", "orphan", "--timeout", "4")
@@ -518,6 +525,7 @@ def test_a_delivery_no_worker_has_taken_yet_is_a_pending_job(spool):
     assert census.totals.pending == 1 and census.queues["default"].pending == 1 and None in census.ready_since
 
 
+@pytest.mark.slow
 def test_a_delivery_seen_between_its_link_and_its_unlink_waits_instead_of_being_quarantined(spool, workers, tmp_path):
     """safecat links its tmp/ file into new/, then unlinks the tmp/ name; here its unlink is held
     back (strace) while the worker takes the file, which then has two links."""
