@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 # Lower ranks never import higher ones or their equals (cli is the top; nothing but __main__
 # imports it). Reading a spool (views) never imports the write side (transitions, recovery).
 RANK = {
-    "errors": 0, "modes": 0.5, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
+    "errors": 0, "modes": 0.5, "durations": 0.5, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
     "fsio": 3, "stamped": 3.5, "retry": 3, "liveness": 3, "runner": 3.5, "watch": 3.5, "index": 3, "filesystem": 3,
     "locks": 4, "output": 4, "shards": 4, "events": 4,
     "config": 5, "trust": 5, "stats": 5, "worklog": 5,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import SPOOLQ
-from spoolq import ConfigError, Spool
+from spoolq import ConfigError, Spool, durations
 from spoolq.cli import main
 from spoolq.transitions import Adopted
 from spoolq.worker import Worker
@@ -556,6 +556,40 @@ def test_the_api_refuses_what_the_cli_refuses(spool, key, value):
     with open(spool.layout.config, "rb") as f:
         assert f.read() == before
     assert Spool(spool.root).config.problems == ()
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800),
+                                           ("2w", 1209600), ("0.5h", 1800), ("1.5h", 5400), ("1h30m", 5400),
+                                           (" 10M ", 600), ("0", 0), (".5", 0.5)])
+def test_durations(text, seconds):
+    assert durations.parse(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "-5", "1e3", "nan", "inf", "m", "30m1h", "1h1h", "1 h 2", "٣s", "1_0"])
+def test_what_is_not_a_duration(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        durations.parse(text)
+
+
+def test_every_option_and_setting_in_seconds_takes_a_duration(cli, spool):
+    """`--timeout 5m`, `--delay 10s`, `config set job_timeout 10m`: one syntax everywhere."""
+    clean(cli("enqueue", "--cmd", "true", "--id", "d", "--timeout", "5m", "--delay", "1h30m"))
+    shown = cli.json("show", "d")
+    assert shown["timeout"] == 300 and parse_iso(shown["run_at"]) - parse_iso(shown["created_at"]) == pytest.approx(5400, abs=2)
+    clean(cli("schedule", "add", "s", "@daily", "--cmd", "true", "--timeout", "2h"))
+    assert cli.json("schedule", "show", "s")["job"]["timeout"] == 7200
+    for key, text, seconds in (("job_timeout", "10m", 600), ("keep_done", "1.5d", 129600), ("poll_interval", "500", 500),
+                               ("lease_timeout", "45s", 45)):
+        clean(cli("config", "set", key, text))
+        assert json.loads(clean(cli("config", "get", key)).stdout) == seconds
+    clean(cli("wait", "--timeout", "1m", "--no-progress", "--", "nosuch"), 1)  # taken, then: no such job
+    clean(cli("purge", "--older-than", "7d"))
+    result = clean(cli("config", "set", "job_timeout", "10 minutes"), 2)
+    assert "duration" in result.output and "10m" in result.output
+    result = clean(cli("enqueue", "--cmd", "true", "--timeout", "0s"), 2)
+    assert "--timeout" in result.output and "out of range" in result.output
+    for command in (["enqueue"], ["wait"], ["purge"], ["fsck"], ["worker", "stop"], ["schedule", "add"]):
+        assert "DURATION" in clean(cli(*command, "--help")).output, command
 
 
 def test_max_retries_fixed_at_enqueue(cli):

@@ -188,12 +188,6 @@ def test_stats_refuses_a_window_that_is_not_one(cli, spool, since):
     assert result.exit_code == 2 and "--since" in result.output and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800),
-                                           ("2w", 1209600), ("0.5h", 1800)])
-def test_durations(text, seconds):
-    assert stats.parse_duration(text) == seconds
-
-
 # ---- metrics ---------------------------------------------------------------------------------
 
 def parse_exposition(text: str) -> dict[str, float]:

@@ -10,7 +10,7 @@ import click
 
 from ..config import check_key, parse_value
 from .complete import job_ids
-from .base import (Context, Float, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
+from .base import (Context, Duration, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
                    print_views, report_each,
                    warn_about_config)
 
@@ -91,7 +91,7 @@ def config_set(c: Context, key: str, value: str) -> None:
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
 @click.option("--state", type=click.Choice(("done", "dead")), help="Finished jobs of this state (default: done).")
-@click.option("--older-than", type=Float(0), help="Only jobs finished S seconds ago.")
+@click.option("--older-than", type=Duration(), help="Only jobs finished this long ago (90, 10m, 2h, 7d).")
 @json_option
 @pass_ctx
 def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: float | None, as_json: bool) -> None:
@@ -115,8 +115,8 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
-@click.option("--stale-after", type=Float(0), default=3600, show_default=True, metavar="S",
-              help="Temp, lock and marker files older than S seconds count as crash leftovers.")
+@click.option("--stale-after", type=Duration(), default="1h", show_default=True,
+              help="Temp, lock and marker files older than this count as crash leftovers.")
 @json_option
 @pass_ctx
 def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:

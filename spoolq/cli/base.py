@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
+from .. import durations
 from ..errors import SpoolError
 from ..job import valid_id, valid_queue
 from ..spool import Spool
@@ -47,27 +48,25 @@ class Int(_Plain, click.IntRange):
     """An integer option (within bounds, if given)."""
 
 
-class Float(_Plain, click.FloatRange):
-    """A number option (within bounds, if given)."""
-
-    what = "number"
-    pattern = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
-
-
 class Duration(click.ParamType):
-    """A length of time: seconds, or a number with s, m, h, d or w (30m, 6h, 7d)."""
+    """A length of time in durations.py's one syntax (90, 90s, 10m, 1.5h, 1h30m, 2d), as seconds,
+    from `low` (excluded with `low_open`) to `high`."""
 
     name = "duration"
+
+    def __init__(self, low: float = 0, high: float = 3650 * 86400.0, *, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, (int, float)):
             return float(value)
-        from ..stats import parse_duration
-
         try:
-            return parse_duration(value)
+            return durations.parse_within(value, self.low, self.high, low_open=self.low_open)
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DURATION"
 
 
 class Terminated(BaseException):

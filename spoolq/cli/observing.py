@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..stats import Series, Stats, human_seconds, human_window
+from ..stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set
 
@@ -12,8 +12,8 @@ LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 
 
 @main.command()
-@click.option("--since", "window", type=Duration(), default="1h", show_default=True,
-              help="The window: seconds, or 30m, 6h, 7d.")
+@click.option("--since", "window", type=Duration(0, MAX_WINDOW, low_open=True), default="1h", show_default=True,
+              help="The window: 90, 30m, 6h, 7d (at most 366d).")
 @click.option("--queue", "queue_name", metavar="Q", help="One queue's figures only.", shell_complete=queue_names)
 @json_option
 @pass_ctx

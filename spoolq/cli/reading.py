@@ -15,14 +15,14 @@ from ..layout import STATES
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids
-from .base import (paused_text, paused_value, CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
+from .base import (paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
                    print_views)
 
 
 @main.command()
 @click.option("--watch", is_flag=True, help="Redraw counts, rates and running jobs until Ctrl+C.")
-@click.option("--interval", type=Float(0.1, 3600), default=2.0, show_default=True, metavar="S",
-              help="With --watch: seconds between redraws.")
+@click.option("--interval", type=Duration(0.1, 3600), default="2s", show_default=True,
+              help="With --watch: the time between redraws.")
 @json_option
 @pass_ctx
 def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
@@ -122,7 +122,7 @@ def _copy_output(path: str, offset: int) -> int | None:
 
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
-@click.option("--timeout", type=Float(0), help="Give up after S seconds (exit 124).")
+@click.option("--timeout", type=Duration(), help="Give up after this long (90, 10m, 2h; exit 124).")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on stderr (default: when stderr is a terminal; never on a pipe).")
 @pass_ctx

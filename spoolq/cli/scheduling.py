@@ -11,7 +11,7 @@ import click
 from ..job import iso, parse_json_object
 from ..schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
-from .base import Context, Float, Int, emit_json, emit_rows, json_option, main, pass_ctx
+from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
 
 @main.group()
@@ -29,7 +29,7 @@ def schedule() -> None:
               help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
 @click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
-@click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
 @click.option("--queue", help="The queue its jobs belong to.", shell_complete=queue_names)
 @click.option("--shell", is_flag=True, default=None, help="Always run the command with /bin/sh -c.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")

@@ -11,7 +11,7 @@ import click
 from ..job import iso
 from ..liveness import alive, started_at
 from . import complete
-from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx, queue_set
+from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set
 
 
 @main.group()
@@ -73,7 +73,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
 
 @worker.command("stop")
 @click.option("--wait", "wait_", is_flag=True, help="Block until every worker has exited.")
-@click.option("--timeout", type=Float(0), help="With --wait: give up after S seconds (exit 124).")
+@click.option("--timeout", type=Duration(), help="With --wait: give up after this long (90, 10m; exit 124).")
 @click.option("--now", is_flag=True, help="Kill the running jobs too (their attempts count).")
 @pass_ctx
 def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> None:
