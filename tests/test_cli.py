@@ -641,6 +641,30 @@ def test_init_and_spool_location(tmp_path, monkeypatch):
     assert Spool(tmp_path / "spool").find("here").state == "pending"
 
 
+def test_a_command_that_creates_a_spool_says_where(tmp_path, monkeypatch):
+    """A forgotten SPOOLQ_DIR made ./spool wherever enqueue ran, silently: now stderr says so, once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPOOLQ_DIR", raising=False)
+    runner = CliRunner()
+    first = clean(runner.invoke(main, ["enqueue", "--cmd", "true"], catch_exceptions=False))
+    assert first.stderr == f"spoolq: created a new spool at {tmp_path / 'spool'} (--spool DIR or SPOOLQ_DIR names another)\n"
+    assert len(first.stdout.split()) == 1  # the id alone on stdout, for `id=$(spoolq enqueue ...)`
+    assert clean(runner.invoke(main, ["enqueue", "--cmd", "true"], catch_exceptions=False)).stderr == ""
+    assert "created" not in clean(runner.invoke(main, ["--spool", "other", "init"], catch_exceptions=False)).stderr
+
+
+def test_a_quoted_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    clean(runner.invoke(main, ["--spool", "~/myspool", "enqueue", "--cmd", "true", "--id", "t"], catch_exceptions=False))
+    assert Spool(tmp_path / "home" / "myspool").find("t").state == "pending"
+    clean(runner.invoke(main, ["show", "t"], env={"SPOOLQ_DIR": "~/myspool"}, catch_exceptions=False))
+    result = clean(runner.invoke(main, ["--spool", "~no-such-user-here/s", "enqueue", "--cmd", "true"]), 2)
+    assert "no such user" in result.output
+    assert os.listdir(tmp_path) == ["home"]  # never a directory named '~'
+
+
 def test_worker_list_and_stop_with_no_workers(cli, spool):
     assert clean(cli("worker", "list")).stdout.strip() == "no workers"
     assert cli.json("worker", "list") == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -127,13 +128,18 @@ class Context:
             self._spool = Spool(self.path, create=False)
         return self._spool
 
-    def create(self) -> Spool:
+    def create(self, *, announce: bool = True) -> Spool:
         """For the commands that write (init, enqueue, worker start, config set): the spool,
-        its layout created where missing."""
+        its layout created where missing, and said on stderr when it was (a forgotten
+        SPOOLQ_DIR otherwise makes a ./spool no worker ever looks at)."""
         spool = self.handle()
         if not self._checked:
+            new = not spool.store.is_spool()
             spool.init()
             self._checked = True
+            if new and announce:
+                click.echo(f"spoolq: created a new spool at {os.path.abspath(spool.root)} "
+                           "(--spool DIR or SPOOLQ_DIR names another)", err=True)
         return spool
 
     @property
@@ -164,14 +170,25 @@ def main(ctx: click.Context, spool_dir: str) -> None:
     if not spool_dir.strip():
         raise click.BadParameter("must name a directory (an empty value would make the current "
                                  "directory a spool)", param_hint="--spool")
-    ctx.obj = Context(spool_dir)
+    ctx.obj = Context(home_expanded(spool_dir))
+
+
+def home_expanded(path: str) -> str:
+    """A leading ~ or ~user as the shell would have expanded it (a quoted '~/spool', or one in
+    SPOOLQ_DIR from a unit file, would otherwise make a directory named '~')."""
+    if not path.startswith("~"):
+        return path
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise click.BadParameter(f"{path!r}: no such user's home to expand it to", param_hint="--spool")
+    return expanded
 
 
 @main.command()
 @pass_ctx
 def init(c: Context) -> None:
     """Create the spool layout (enqueue, worker start and config set also create it)."""
-    click.echo(f"spool ready at {c.create().root}")
+    click.echo(f"spool ready at {c.create(announce=False).root}")
 
 
 def emit_pairs(values: dict[str, Any], as_json: bool, width: int, show: Callable[[Any], str] = str) -> None:
