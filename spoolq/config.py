@@ -160,13 +160,14 @@ def parse_value(key: str, text: str) -> Any:
     return value
 
 
-def load(layout: Layout) -> Config:
+def load(layout: Layout, uid: int | None = None) -> Config:
     """config.json as settings. SpoolError if it cannot be read as a JSON object at all; what
-    it holds that is not a setting is ignored, and said in `problems`."""
+    it holds that is not a setting is ignored, and said in `problems`. `uid`: the spool's user
+    (default: this one), who alone may have written it."""
     path = layout.config
     try:
         data, st = fsio.read_regular(path, MAX_CONFIG_BYTES)
-        untrusted = modes.why_untrusted(st, shared=True)  # its hooks run as the owner: only the owner writes it
+        untrusted = modes.why_untrusted(st, shared=True, uid=uid)  # its hooks run as the owner: only the owner writes it
         if untrusted:
             raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
                              "else (chown it, chmod go-w)")

@@ -15,7 +15,7 @@ RANK = {
     "errors": 0, "modes": 0.5, "durations": 0.5, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
     "fsio": 3, "stamped": 3.5, "retry": 3, "liveness": 3, "runner": 3.5, "watch": 3.5, "index": 3, "filesystem": 3,
     "locks": 4, "output": 4, "shards": 4, "events": 4,
-    "config": 5, "trust": 5, "stats": 5, "worklog": 5,
+    "config": 5, "trust": 5, "access": 5.5, "stats": 5, "worklog": 5,
     "store": 6,
     "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7, "slots": 7, "census": 7.5,
     "views": 8, "takes": 8,

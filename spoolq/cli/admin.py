@@ -10,7 +10,7 @@ import click
 
 from ..config import check_key, parse_value
 from .complete import job_ids
-from .base import (Context, Duration, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
+from .base import (CliError, Context, Duration, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
                    print_views, report_each,
                    warn_about_config)
 
@@ -25,7 +25,7 @@ def dlq() -> None:
 @pass_ctx
 def dlq_list(c: Context, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = c.spool.list_jobs(state="dead")
+    views = c.reading.list_jobs(state="dead")
     if as_json or not views:
         print_views(views, as_json)
         return
@@ -63,8 +63,8 @@ def config() -> None:
 @pass_ctx
 def config_show(c: Context, as_json: bool) -> None:
     """Every key with its value."""
-    warn_about_config(c.spool.config)
-    emit_pairs(c.spool.config.as_dict(), as_json, 17, json.dumps)
+    warn_about_config(c.reading.config)
+    emit_pairs(c.reading.config.as_dict(), as_json, 17, json.dumps)
 
 
 @config.command("get")
@@ -73,8 +73,8 @@ def config_show(c: Context, as_json: bool) -> None:
 def config_get(c: Context, key: str) -> None:
     """One key's value."""
     check_key(key)
-    warn_about_config(c.spool.config)
-    click.echo(json.dumps(c.spool.config.as_dict()[key]))
+    warn_about_config(c.reading.config)
+    click.echo(json.dumps(c.reading.config.as_dict()[key]))
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
@@ -124,6 +124,11 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
     from .. import fsck as checker
 
     spool = c.handle()  # fsck reports an unsafe or broken spool rather than refuse it
+    if not repair:
+        spool.store.read_as_owner()  # root may check a service user's spool; only its owner repairs it
+    elif spool.store.another_owner() is not None:
+        raise CliError(f"{spool.root} is another user's spool: only its owner repairs it; run "
+                       f"{spool.store.owners_command()}")
     problems = checker.check(spool, repair=repair, stale_after=stale_after)
     fixed = sum(1 for p in problems if p.repaired)
     if as_json:

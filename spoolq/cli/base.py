@@ -143,6 +143,16 @@ class Context:
         return spool
 
     @property
+    def reading(self) -> Spool:
+        """For the commands that only read: an existing spool, which anyone the file system lets
+        read it may read (root on a service user's spool); such a reader writes nothing in it."""
+        spool = self.handle()
+        if not self._checked:
+            spool.store.open_for_reading()
+            self._checked = True
+        return spool
+
+    @property
     def spool(self) -> Spool:
         """For every other command: an existing spool ("no spool at PATH" otherwise)."""
         spool = self.handle()
@@ -226,7 +236,8 @@ def _job_line(d: dict[str, Any]) -> str:
     if d["state"] == "dead" and d.get("last_error"):
         text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
     prio = d.get("priority")
-    return f"{d['id']:<20} {d['state']:<10} {tries:>5} {'-' if prio is None else prio:>5}  {one_line(text, 90)}"
+    job_id = d["id"] or "(drop-in)"  # a dropped file without an id, until a worker adopts it
+    return f"{job_id:<20} {d['state']:<10} {tries:>5} {'-' if prio is None else prio:>5}  {one_line(text, 90)}"
 
 
 def warn_about_config(config: Any) -> None:

@@ -21,7 +21,7 @@ def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> N
     """Jobs done, failed attempts, dead, success rate, throughput, run and wait times per queue over
     a window of the attempts log, and the oldest ready job's age."""
     queue = next(iter(queue_set([queue_name]) or ()), None) if queue_name is not None else None
-    result = c.spool.stats(window, queue=queue)
+    result = c.reading.stats(window, queue=queue)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -72,7 +72,7 @@ def metrics(c: Context, textfile: str | None) -> None:
     outcome, run and wait time histograms, oldest ready job, live workers, pauses."""
     from ..metrics import Totals, exposition, write_textfile
 
-    text = exposition(c.spool, Totals())
+    text = exposition(c.reading, Totals())
     if textfile is None:
         click.echo(text, nl=False)
         return

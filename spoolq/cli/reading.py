@@ -30,10 +30,10 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
     if watch:
         if as_json:
             raise click.UsageError("--watch draws for a person; use --json without it, in a loop")
-        watch_status(c.spool, interval)
+        watch_status(c.reading, interval)
         return
-    paused = c.spool.paused()
-    values = {**c.spool.counts().to_dict(), "paused": paused_value(paused)}
+    paused = c.reading.paused()
+    values = {**c.reading.counts().to_dict(), "paused": paused_value(paused)}
     emit_pairs(values, as_json, 11, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
 
 
@@ -44,7 +44,7 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 @pass_ctx
 def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
-    print_views(c.spool.list_jobs(state=state, limit=limit), as_json)
+    print_views(c.reading.list_jobs(state=state, limit=limit), as_json)
 
 
 SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)
@@ -57,10 +57,10 @@ SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs
 def show(c: Context, job_id: str, as_json: bool) -> None:
     """Everything about one job."""
     check_ids([job_id])
-    view = c.spool.find(job_id)
+    view = c.reading.find(job_id)
     d = view.to_dict()
     if as_json:
-        log = output.read_tail(c.spool.output_path(view.id), SHOW_OUTPUT_BYTES)
+        log = output.read_tail(c.reading.output_path(view.id), SHOW_OUTPUT_BYTES)
         d["output"], d["output_cut"] = log if log is not None else (None, False)
         emit_json(d)
         return
@@ -70,8 +70,8 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
         if isinstance(value, bool):
             value = json.dumps(value)
         click.echo(f"{key + ':':<13} {'-' if value is None else value}")
-    if os.path.exists(c.spool.output_path(view.id)):
-        click.echo(f"{'output:':<13} {c.spool.output_path(view.id)}")
+    if os.path.exists(c.reading.output_path(view.id)):
+        click.echo(f"{'output:':<13} {c.reading.output_path(view.id)}")
 
 
 @main.command()
@@ -82,11 +82,11 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
 def logs(c: Context, job_id: str, follow: bool) -> None:
     """The job's captured stdout and stderr, every attempt, each marked."""
     check_ids([job_id])
-    view = c.spool.find(job_id)
+    view = c.reading.find(job_id)
     if follow:
-        _follow(c.spool, view.id)
+        _follow(c.reading, view.id)
         return
-    if _copy_output(c.spool.output_path(view.id), 0) is None:
+    if _copy_output(c.reading.output_path(view.id), 0) is None:
         click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
 
 
@@ -130,7 +130,7 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
     pending, scheduled, waiting or processing."""
     check_ids(job_ids)
-    spool = c.spool
+    spool = c.reading
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
     bar = ProgressBar(progress)

@@ -70,7 +70,7 @@ def _object(text: str) -> dict[str, Any]:
 @pass_ctx
 def schedule_list(c: Context, as_json: bool) -> None:
     """Every schedule, with its next and last fire times and the id of its last job."""
-    schedules = Schedules(c.spool)
+    schedules = Schedules(c.reading)
     _print(schedules.all(), spool_schedules=schedules, as_json=as_json)
 
 
@@ -80,7 +80,7 @@ def schedule_list(c: Context, as_json: bool) -> None:
 @pass_ctx
 def schedule_show(c: Context, name: str, as_json: bool) -> None:
     """One schedule: its expression, zone, catch-up, job template, next and last slots."""
-    schedules = Schedules(c.spool)
+    schedules = Schedules(c.reading)
     _print([schedules.get(check_name(name))], spool_schedules=schedules, as_json=as_json, one=True)
 
 

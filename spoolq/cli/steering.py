@@ -103,8 +103,8 @@ def queue_list(c: Context, as_json: bool) -> None:
     its concurrency limit (null: none) and the slots in use."""
     from ..census import Counts  # here: pause, resume and cancel need no reader
 
-    paused, limits, in_use = c.spool.paused(), c.spool.slots.limits(), c.spool.slots.in_use()
-    counts = c.spool.views.queue_counts()
+    paused, limits, in_use = c.reading.paused(), c.reading.slots.limits(), c.reading.slots.in_use()
+    counts = c.reading.views.queue_counts()
     rows = []
     for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
         n = counts.get(name, Counts()).to_dict()

@@ -104,7 +104,7 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
 @pass_ctx
 def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
-    workers = c.spool.workers(role="worker")
+    workers = c.reading.workers(role="worker")
     rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
              "heartbeat": iso(w.heartbeat), "queues": w.extra.get("queues")} for w in workers]
     emit_rows(rows, as_json, empty="no workers",
