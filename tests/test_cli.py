@@ -24,7 +24,7 @@ from spoolq.worker import Worker
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 SHOW_FIELDS = ("id", "command", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",
                "run_at", "exit_code", "last_error")
-STATUS_KEYS = {"pending", "scheduled", "waiting", "processing", "done", "dead", "workers"}
+STATUS_KEYS = {"pending", "scheduled", "waiting", "processing", "done", "dead", "quarantined", "workers"}
 
 
 # ---- helpers ---------------------------------------------------------------------------------

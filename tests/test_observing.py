@@ -240,6 +240,37 @@ def test_metrics_expose_states_attempts_histograms_workers_and_pauses(cli, spool
     assert m['spoolq_paused{queue="mail"}'] == 1
 
 
+def test_dead_means_the_same_everywhere_and_quarantined_files_reach_prometheus(cli, spool):
+    """status counted quarantined drop-ins as dead (13), queue list and metrics did not (6): a
+    quarantined file is no job, counted apart under its own name by every reader."""
+    spool.set_config("drop_grace", 0)
+    spool.enqueue({"command": "exit 3", "max_retries": 0, "queue": "mail"})
+    for n in range(2):
+        with open(os.path.join(spool.layout.pending, f"broken{n}.json"), "w") as f:
+            f.write("{not json")
+    burst(spool)
+    status = cli.json("status")
+    assert (status["dead"], status["quarantined"]) == (1, 2)
+    queues = cli.json("queue", "list")
+    assert sum(q["dead"] for q in queues) == status["dead"]
+    m = parse_exposition(clean(cli("metrics")).stdout)
+    assert sum(v for k, v in m.items() if k.startswith('spoolq_jobs{state="dead"')) == status["dead"]
+    assert m["spoolq_quarantined_files"] == 2
+    from spoolq.web import create_app
+
+    page = create_app(spool).test_client().get("/").get_data(as_text=True)  # the dashboard's cards
+    assert re.search(r'id="count-dead">\s*<span class="n">1<', page), page
+    assert re.search(r'id="count-quarantined">\s*<span class="n">2<', page), page
+    assert len(cli.json("dlq", "list")) == 3  # the dead-letter queue holds both, each saying why
+
+
+def test_metrics_say_zero_workers_when_none_runs(cli, spool):
+    """`spoolq_workers == 0` must be able to alert: with no worker there is still a sample."""
+    spool.init()
+    m = parse_exposition(clean(cli("metrics")).stdout)
+    assert [v for k, v in m.items() if k.startswith("spoolq_workers")] == [0]
+
+
 def test_metrics_escape_a_hostile_host_name(spool):
     spool.init()
     owner = spool.owners.register("worker")
