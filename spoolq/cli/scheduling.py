@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..errors import JobNotFound
 from ..job import iso, parse_json_object
 from ..schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
@@ -116,7 +117,11 @@ def _set_paused(c: Context, name: str, paused: bool) -> None:
 
 def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
     now = time.time()
-    rows = [_row(s, spool_schedules, now) for s in found]
+    working = bool(spool_schedules.spool.workers(role="worker"))
+    rows = [_row(s, spool_schedules, now, working) for s in found]
+    if found and not working and not as_json:  # --json says it in each row: "fires": false
+        click.echo("Note: no worker is running, and only workers fire schedules: nothing fires until one "
+                   "starts (spoolq worker start)", err=True)
     if one and as_json:
         emit_json(rows[0])
         return
@@ -126,13 +131,28 @@ def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, 
             click.echo(f"{key + ':':<11} {'-' if value is None else shown}")
         return
     emit_rows(rows, as_json, empty="no schedules",
-              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} PAUSED",
-              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {r['next'] or '-':<25} "
-                             f"{r['last_job'] or '-':<40} {'yes' if r['paused'] else 'no'}")
+              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} {'LAST STATE':<10} PAUSED",
+              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {_next(r):<25} "
+                             f"{r['last_job'] or '-':<40} {r['last_state'] or '-':<10} {'yes' if r['paused'] else 'no'}")
 
 
-def _row(s: Schedule, schedules: Schedules, now: float) -> dict[str, Any]:
+def _next(row: dict[str, Any]) -> str:
+    if row["next"] is None:
+        return "-"
+    return row["next"] if row["fires"] else f"({row['next']})"  # due, but no worker to fire it
+
+
+def _row(s: Schedule, schedules: Schedules, now: float, working: bool) -> dict[str, Any]:
     last = schedules.last(s.name)
     return {"name": s.name, "cron": s.cron, "tz": s.tz, "catch_up": s.catch_up, "paused": s.paused,
-            "next": None if s.paused else iso(s.next_slot(now)), "last": iso(last[0]) if last else None,
-            "last_job": last[1] if last else None, "job": s.job}
+            "next": None if s.paused else iso(s.next_slot(now)), "fires": working and not s.paused,
+            "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
+            "last_state": _state(schedules, last[1]) if last else None, "job": s.job}
+
+
+def _state(schedules: Schedules, job_id: str) -> str:
+    """The state of a schedule's last job: pending ... done or dead, or purged once it is gone."""
+    try:
+        return schedules.spool.find(job_id).state
+    except JobNotFound:
+        return "purged"
