@@ -25,7 +25,7 @@ RANK = {
     "recovery": 12,
     "spool": 13,
     "fsck.report": 14, "fsck.jobs": 15, "fsck.housekeeping": 16, "fsck": 17,
-    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "schedules": 14, "retention": 14, "hooks": 14, "duties": 14.5, "worker": 15, "supervisor": 16,
+    "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "schedules": 14, "retention": 14, "hooks": 14, "duties": 14.5, "queues": 14.5, "worker": 15, "supervisor": 16,
     "web.charts": 16, "web": 17,
     "cli.base": 18, "cli.live": 18.5, "cli.complete": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
     "cli.steering": 19, "cli.observing": 19, "cli.dashboard": 19,

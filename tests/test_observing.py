@@ -181,6 +181,13 @@ def test_stats_cli_prints_a_table_and_a_chart_and_json(cli, spool):
     assert cli.json("stats", "--queue", "mail")["total"]["done"] == 0
 
 
+def test_stats_of_a_queue_nothing_has_named_warns(cli, spool):
+    spool.enqueue({"command": "true", "queue": "mail"})
+    result = clean(cli("stats", "--queue", "nosuch"))
+    assert "Warning: no job, limit, pause or schedule has named queue 'nosuch' (known: default, mail)" in result.stderr
+    assert "Warning" not in clean(cli("stats", "--queue", "mail")).stderr
+
+
 @pytest.mark.parametrize("since", ["1x", "0", "-5m", "", "400d", "1e3", "nan"])
 def test_stats_refuses_a_window_that_is_not_one(cli, spool, since):
     spool.init()

@@ -481,3 +481,19 @@ def test_a_drop_in_with_a_very_long_name_is_adopted(spool, workers, tmp_path):
     workers(1)
     wait_for(lambda: marker.exists(), 10, "the long-named drop-in to run")
     wait_for(lambda: spool.counts().done == 1, 5, "it to be done")
+
+
+def test_a_queue_name_nothing_has_named_is_warned_about(run, spool):
+    """`worker start --queue encod` (a typo) ran 0 jobs and exited 0, silently."""
+    spool.enqueue({"command": "true", "queue": "encode"})
+    r = run("worker", "start", "--burst", "-q", "--queue", "encod")
+    assert r.returncode == 0 and spool.counts().pending == 1
+    assert "Warning: no job, limit, pause or schedule has named queue 'encod'; did you mean 'encode'?" in r.stderr
+    r = run("worker", "start", "--burst", "-q", "--queue", "encode,default")
+    assert r.returncode == 0 and "Warning" not in r.stderr and spool.counts().done == 1
+    # Known once anything named it: a limit, a pause, a schedule, or a job long since purged.
+    assert run("queue", "set", "reports", "--concurrency", "1").returncode == 0
+    assert run("schedule", "add", "nightly", "@daily", "--cmd", "true", "--queue", "nightly").returncode == 0
+    assert run("purge").returncode == 0  # the encode job is gone; the attempts log remembers it
+    r = run("worker", "start", "--burst", "-q", "--queue", "reports,nightly,encode")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr

@@ -246,6 +246,21 @@ def warn_about_config(config: Any) -> None:
         click.echo(f"Warning: {problem}", err=True)
 
 
+def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
+    """A warning line on stderr for each queue name nothing in the spool has named: most likely a
+    typo, which would otherwise run or count nothing, silently."""
+    from difflib import get_close_matches
+
+    from ..queues import known, unknown
+
+    missing = unknown(spool, names)
+    every = known(spool) if missing else []
+    for name in missing:
+        close = get_close_matches(name, every, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(every[:10])})"
+        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{hint}", err=True)
+
+
 def check_ids(job_ids: Iterable[str]) -> None:
     """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
     for job_id in job_ids:

@@ -6,7 +6,7 @@ import click
 
 from ..stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
-from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set
+from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set, warn_about_queues
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 
@@ -21,6 +21,8 @@ def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> N
     """Jobs done, failed attempts, dead, success rate, throughput, run and wait times per queue over
     a window of the attempts log, and the oldest ready job's age."""
     queue = next(iter(queue_set([queue_name]) or ()), None) if queue_name is not None else None
+    if queue is not None:
+        warn_about_queues(c.reading, [queue])
     result = c.reading.stats(window, queue=queue)
     if as_json:
         emit_json(result.to_dict())

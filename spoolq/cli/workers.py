@@ -11,7 +11,8 @@ import click
 from ..job import iso
 from ..liveness import alive, started_at
 from . import complete
-from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set
+from .base import (CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set,
+                   warn_about_queues)
 
 
 @main.group()
@@ -44,6 +45,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
     log = worklog.LOGS[log_format]
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
+    warn_about_queues(spool, queues or ())
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
