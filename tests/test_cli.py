@@ -665,6 +665,20 @@ def test_a_quoted_tilde_is_the_home_directory(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["home"]  # never a directory named '~'
 
 
+@pytest.mark.parametrize("args, hint", [
+    (["enqeue", "true"], "did you mean 'enqueue'?"),
+    (["retry", "abc"], "`spoolq dlq retry ID...` runs a dead job again, `spoolq requeue ID...` a done or dead one"),
+    (["start"], "`spoolq worker start`"),
+    (["dlq", "retyr", "abc"], "did you mean 'retry'?"),
+    (["worker", "strat"], "did you mean 'start'?"),
+    (["frobnicate"], "see `"),
+])
+def test_an_unknown_command_points_to_the_right_one(cli, spool_dir, args, hint):
+    result = clean(cli(*args), 2)
+    assert f"Error: no such command {args[1] if args[0] in ('dlq', 'worker') else args[0]!r}; {hint}" in result.output
+    assert not os.path.exists(spool_dir)
+
+
 def test_worker_list_and_stop_with_no_workers(cli, spool):
     assert clean(cli("worker", "list")).stdout.strip() == "no workers"
     assert cli.json("worker", "list") == []

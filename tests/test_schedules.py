@@ -156,6 +156,9 @@ def test_a_bad_expression_is_refused_naming_the_field(cli, spool_dir, cron, fiel
     (("ok", "@hourly", '{"command": "true", "id": "fixed"}'), "without an id"),
     (("ok", "@hourly", '{"command": 7}'), "command"),
     (("ok", "@hourly"), "exactly one of"),
+    (("ok", "@hourly", '{"command": "a"}', '{"command": "b"}'), "exactly one of"),
+    (("ok", "15", "2", "a.txt", "b.txt", "c.txt", "--cmd", "true"), "quote it, as in '15 2 * * *'"),  # the shell split it
+    (("ok", "15", "--cmd", "true"), "quote the whole expression"),
 ])
 def test_bad_schedules_are_refused_and_write_nothing(cli, spool_dir, args, what):
     result = cli("schedule", "add", *args)

@@ -94,9 +94,38 @@ COMMAND_MODULES = {
 }
 
 
-class SpoolqGroup(click.Group):
+# Words a newcomer types for what spoolq calls otherwise, and where each points.
+POINTERS = {
+    "retry": "`spoolq dlq retry ID...` runs a dead job again, `spoolq requeue ID...` a done or dead one",
+    "start": "`spoolq worker start`", "run": "`spoolq worker start`", "stop": "`spoolq worker stop`",
+    "kill": "`spoolq cancel --kill ID...`", "add": "`spoolq enqueue`", "submit": "`spoolq enqueue`",
+    "ls": "`spoolq list`", "log": "`spoolq logs ID`",
+    **dict.fromkeys(("rm", "remove", "delete"), "`spoolq cancel ID...` (not finished) or `spoolq purge ID...` (finished)"),
+}
+
+
+class Suggesting(click.Group):
+    """A group that answers a command it does not have with the one most like it, or with where
+    a familiar word's command is (POINTERS)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from difflib import get_close_matches
+
+            close = get_close_matches(name, self.list_commands(ctx), n=1)
+            pointer = POINTERS.get(name) if ctx.parent is None else None  # words of the top level
+            hint = (f"; {pointer}" if pointer else
+                    f"; did you mean {close[0]!r}?" if close else f"; see `{ctx.command_path} --help`")
+            raise click.UsageError(f"no such command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+class SpoolqGroup(Suggesting):
     """The top-level group: a SpoolError from any command becomes its one-line message and exit
     code here, in one place. Commands are loaded on first use (COMMAND_MODULES)."""
+
+    group_class = Suggesting  # `spoolq dlq retyr` is answered as `spoolq retyr` is
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *COMMAND_MODULES})

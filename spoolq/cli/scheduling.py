@@ -23,7 +23,7 @@ def schedule() -> None:
 @schedule.command("add")
 @click.argument("name")
 @click.argument("cron")
-@click.argument("job", required=False)
+@click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted CRON, said so below
 @click.option("--cmd", help="The command to run (else JOB, a JSON object).")
 @click.option("--tz", default="UTC", show_default=True, help="The time zone the expression is read in.")
 @click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
@@ -36,7 +36,7 @@ def schedule() -> None:
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
 @json_option
 @pass_ctx
-def schedule_add(c: Context, name: str, cron: str, job: str | None, cmd: str | None, tz: str, catch_up: str,
+def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, tz: str, catch_up: str,
                  max_retries: int | None, priority: int | None, timeout: float | None, queue: str | None,
                  shell: bool | None, replace: bool, as_json: bool) -> None:
     """Add schedule NAME: CRON is five fields (minute hour day-of-month month day-of-week) or
@@ -46,9 +46,12 @@ def schedule_add(c: Context, name: str, cron: str, job: str | None, cmd: str | N
     spoolq schedule add nightly-backup '15 2 * * *' --cmd /usr/local/bin/backup.sh
     spoolq schedule add report @hourly '{"command": "make report", "queue": "reports"}'
     """
-    if (job is None) == (cmd is None):
+    if job and len(cron.split()) == 1 and not cron.startswith("@"):
+        raise click.UsageError("CRON is one argument: quote it, as in '15 2 * * *' (unquoted, the shell splits "
+                               "it into words and expands each *)")
+    if len(job) > 1 or bool(job) == (cmd is not None):
         raise click.UsageError("give exactly one of JOB (a JSON object) or --cmd")
-    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job or "")
+    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job[0])
     flags = {"max_retries": max_retries, "priority": priority, "timeout": timeout, "queue": queue, "shell": shell}
     template.update({k: v for k, v in flags.items() if v is not None})
     check_name(name)
