@@ -679,6 +679,23 @@ def test_an_unknown_command_points_to_the_right_one(cli, spool_dir, args, hint):
     assert not os.path.exists(spool_dir)
 
 
+def every_command(group=main, path=()):
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from every_command(command, (*path, name))
+
+
+def test_no_help_shows_a_missing_bound(cli):
+    """`--priority INTEGER RANGE ... [x<=None]`: an option without bounds shows none."""
+    for name in sorted(main.list_commands(None)):
+        main.get_command(None, name)  # loaded on first use
+    for command in every_command():
+        text = clean(cli(*command, "--help")).output
+        assert "None" not in text and "RANGE" not in text.replace("INTEGER RANGE", ""), (command, text)
+    assert re.search(r"--priority INTEGER\s+Higher runs first", clean(cli("enqueue", "--help")).output)
+
+
 def test_worker_list_and_stop_with_no_workers(cli, spool):
     assert clean(cli("worker", "list")).stdout.strip() == "no workers"
     assert cli.json("worker", "list") == []

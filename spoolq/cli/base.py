@@ -48,6 +48,13 @@ class _Plain:
 class Int(_Plain, click.IntRange):
     """An integer option (within bounds, if given)."""
 
+    def _describe_range(self) -> str:
+        # click would print "[x<=None]" in the help of an option without bounds
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return "INTEGER" if self.min is None and self.max is None else None
+
 
 class Duration(click.ParamType):
     """A length of time in durations.py's one syntax (90, 90s, 10m, 1.5h, 1h30m, 2d), as seconds,
