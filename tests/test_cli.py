@@ -510,6 +510,28 @@ def test_quarantined_file_in_dlq(cli, spool):
     assert clean(cli("dlq", "retry", "--all")).stdout == "", "--all skips quarantined files"
 
 
+def test_dlq_list_and_list_keep_their_columns_for_long_ids_and_errors(cli, spool):
+    """A long error ran into the next column of `dlq list`, and a schedule's id (29 characters)
+    pushed every column after it."""
+    make_dead(spool, "nightly-backup.20260101T0215Z")
+    claimed = make_processing(spool, "short", max_retries=0)
+    spool.transitions.finish(claimed, ok=False, exit_code=None, error="timed out after 1s; its process group was killed "
+                             "and then some more words to make it long")
+    spool.owners.unregister(claimed.owner)
+    quarantine(spool, "broken.json", b"{not json")
+    for args, columns in ((("dlq", "list"), ("TRIES", "COMMAND", "LAST ERROR")), (("list",), ("STATE", "TRIES", "PRIO"))):
+        header, *rows = clean(cli(*args)).stdout.splitlines()
+        assert len(rows) == 3
+        for column in columns:
+            at = header.index(column)
+            for row in rows:  # each cell starts (or, right-aligned, ends) under its heading, after a gap
+                assert row[at - 2:at] == "  " or row[at + len(column) - 1] != " " and row[at - 1] == " ", (column, row)
+        for row in rows:
+            assert row.split()[0] in ("nightly-backup.20260101T0215Z", "short") or row.startswith("+broken")
+    dlq = clean(cli("dlq", "list")).stdout.splitlines()
+    assert dlq[0].rstrip().endswith("LAST ERROR") and any(r.endswith("to make it long") for r in dlq)
+
+
 # ---- config --------------------------------------------------------------------------------
 
 

@@ -10,9 +10,8 @@ import click
 
 from ..config import check_key, parse_value
 from .complete import job_ids
-from .base import (CliError, Context, Duration, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx,
-                   print_views, report_each,
-                   warn_about_config)
+from .base import (CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line,
+                   pass_ctx, print_views, report_each, shown_id, tries, warn_about_config)
 
 
 @main.group()
@@ -29,12 +28,13 @@ def dlq_list(c: Context, as_json: bool) -> None:
     if as_json or not views:
         print_views(views, as_json)
         return
-    click.echo(f"{'ID':<20} {'TRIES':>5}  {'LAST ERROR':<48} COMMAND")
-    for v in views:
-        d = v.to_dict()
-        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
-        click.echo(f"{v.id:<20} {tries:>5}  {one_line(d.get('last_error') or '-', 48):<48} "
-                   f"{one_line(d.get('command') or '(quarantined file)', 60)}")
+    rows = [v.to_dict() for v in views]
+    width = id_width(rows)
+    # The error last: it is the long one, and a column after it would be pushed about.
+    click.echo(f"{'ID':<{width}}  {'TRIES':>5}  {'COMMAND':<40}  LAST ERROR")
+    for d in rows:
+        click.echo(f"{shown_id(d):<{width}}  {tries(d):>5}  {one_line(d.get('command') or '(quarantined file)', 40):<40}  "
+                   f"{one_line(d.get('last_error') or '-', 200)}")
 
 
 @dlq.command("retry")

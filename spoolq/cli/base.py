@@ -262,18 +262,33 @@ def emit_rows(rows: list[dict[str, Any]], as_json: bool, *, empty: str, header: 
 
 
 def print_views(views: Iterable[JobView], as_json: bool) -> None:
-    emit_rows([v.to_dict() for v in views], as_json, empty="no jobs",
-              header=f"{'ID':<20} {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR", line=_job_line)
+    rows = [v.to_dict() for v in views]
+    width = id_width(rows)
+    emit_rows(rows, as_json, empty="no jobs",
+              header=f"{'ID':<{width}}  {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR",
+              line=lambda d: _job_line(d, width))
 
 
-def _job_line(d: dict[str, Any]) -> str:
-    tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+def _job_line(d: dict[str, Any], width: int) -> str:
     text = d.get("command") or ""
     if d["state"] == "dead" and d.get("last_error"):
         text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
     prio = d.get("priority")
-    job_id = d["id"] or "(drop-in)"  # a dropped file without an id, until a worker adopts it
-    return f"{job_id:<20} {d['state']:<10} {tries:>5} {'-' if prio is None else prio:>5}  {one_line(text, 90)}"
+    return (f"{shown_id(d):<{width}}  {d['state']:<10} {tries(d):>5} {'-' if prio is None else prio:>5}  "
+            f"{one_line(text, 90)}")
+
+
+def shown_id(d: dict[str, Any]) -> str:
+    return d["id"] or "(drop-in)"  # a dropped file without an id, until a worker adopts it
+
+
+def id_width(rows: list[dict[str, Any]]) -> int:
+    """The ID column as wide as its longest id (ids are never cut: they are copied into commands)."""
+    return max([20, *(len(shown_id(d)) for d in rows)])
+
+
+def tries(d: dict[str, Any]) -> str:
+    return f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
 
 
 def warn_about_config(config: Any) -> None:
