@@ -313,6 +313,14 @@ def test_detach_list_and_stop(run, spool, tmp_path):
         assert json.loads(run("status", "--json").stdout)["workers"] == 2
         supervisors = [w.pid for w in spool.workers() if w.role == "supervisor"]
         assert len(supervisors) == 1
+        again = run("worker", "start", "--detach", timeout=30)  # a second set was started silently
+        assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+        assert f"already run on this host (supervisor pid {supervisors[0]})" in again.stderr
+        assert len([w for w in spool.workers() if w.role == "supervisor"]) == 1
+        other = run("worker", "start", "--detach", "--queue", "mail", timeout=30)  # other queues: another set
+        assert other.returncode == 0, other.stderr
+        supervisors = [w.pid for w in spool.workers() if w.role == "supervisor"]
+        assert len(supervisors) == 2
         stop = run("worker", "stop", "--wait", "--timeout", "10")
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert json.loads(run("worker", "list", "--json").stdout) == []

@@ -52,6 +52,13 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
         job_lines = None if quiet else worklog.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
                                        queues=queues, log=log, job_lines=job_lines).run())
+    # RACE: two starts at once each find none, and both start: this catches a start repeated (a
+    # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
+    running = supervisor.running_here(spool, queues)
+    if running is not None:
+        raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
+                       f"already run on this host (supervisor pid {running}); not starting a second set: "
+                       "`spoolq worker stop` them first, or start more in the foreground")
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
                             log=log)
     deadline = time.monotonic() + 15
