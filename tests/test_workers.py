@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -256,6 +257,10 @@ def test_sigkilled_worker_job_is_recovered(spool, workers, tmp_path):
         assert "stopped during attempt 1" in d["last_error"]
         text = open(spool.output_path("victim")).read()
         assert "attempt 1 of 3" in text and "attempt 2 of 3" in text and "second-run" in text
+        # The killed attempt's log says why it ended, before the next attempt begins.
+        closed = re.search(r"^==> attempt 1 ended without a result: worker \S+ on \S+ stopped during attempt 1 "
+                           r"\(killed, crashed or lost its lease\); the job is (pending|scheduled) now <==$", text, re.M)
+        assert closed and closed.start() < text.index("attempt 2 of 3"), text
         wait_for(lambda: [x.pid for x in w.live()] not in ([], [worker.pid]), 10, "a replacement worker")
     finally:
         for pid in leftovers:
