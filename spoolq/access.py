@@ -5,6 +5,7 @@ one's group) reads as the owner would and writes nothing; every change stays the
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from typing import ContextManager
 
@@ -69,7 +70,8 @@ class Access:
 
     def owners_command(self) -> str:
         """How an admin runs a command that changes another user's spool: as its owner."""
-        return f"sudo -u {_user_name(self.uid if self.reading else self.another_owner())} spoolq --spool {self.root} …"
+        owner = self.uid if self.reading else self.another_owner()
+        return f"sudo -u {_user_name(owner)} spoolq --spool {shlex.quote(self.root)} …"
 
     def refuse_if_reading(self, what: str) -> None:
         """Nothing is written by a reader: the spool is another user's (open_for_reading)."""
@@ -78,9 +80,10 @@ class Access:
 
     def check_safe(self, *only: str) -> None:
         """Refuse a spool someone else could write into: the root and every directory of the
-        layout must be real directories (the root may be a symlink of ours), owned by the invoking
-        user, and not writable by others (by the group only with group_access). Otherwise another
-        local user could drop a job that runs as whoever uses this spool."""
+        layout must be real directories (the root may be a symlink of ours), owned by the user the
+        spool is used as (the invoking user; for a reader, the owner), and not writable by others
+        (by the group only with group_access). Otherwise another local user could drop a job that
+        runs as whoever uses this spool."""
         self._refuse_another_users_spool()
         shared = self._group_access_if_ours()
         why = trust.unsafe_ancestor(self.root, shared, self.uid)
@@ -153,4 +156,4 @@ def _user_name(uid: int | None) -> str:
     try:
         return pwd.getpwuid(uid).pw_name  # type: ignore[arg-type]
     except (KeyError, TypeError):
-        return f"'#{uid}'"
+        return shlex.quote(f"#{uid}")
