@@ -109,6 +109,7 @@ def queue_list(c: Context, as_json: bool) -> None:
     for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
         n = counts.get(name, Counts()).to_dict()
         n.pop("workers", None)
+        n.pop("quarantined", None)  # a quarantined file is of no queue: status counts them
         rows.append({"queue": name, **n, "paused": "*" in paused or name in paused,
                      "concurrency": limits.get(name), "slots_in_use": in_use.get(name, 0)})
     emit_rows(rows, as_json, empty="no queues",
