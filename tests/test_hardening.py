@@ -838,11 +838,26 @@ def a_service_users_spool(root: str, shared: bool) -> None:
     assert cli(root, "queue", "set", "mail", "--concurrency", "1").returncode == 0
     assert cli(root, "pause", "--queue", "mail").returncode == 0
     assert cli(root, "worker", "start", "--burst", "-q").returncode == 0
+    _a_job_held_by_a_killed_worker(spool, os.path.dirname(root))
     with open(os.path.join(spool.layout.pending, "dropped.json"), "w") as f:
         f.write(json.dumps({"command": "true"}))
     assert spool.find("ok").state == "done" and spool.find("bad").state == "dead"
     for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
         os.lchown(path, SERVICE_USER, SERVICE_USER)
+
+
+def _a_job_held_by_a_killed_worker(spool: Spool, scratch: str) -> None:
+    """A job in processing/ whose worker was killed (a stale registration, a group to signal):
+    what recovery would act on, and a reader must not."""
+    pid_file = os.path.join(scratch, "held.pid")
+    spool.enqueue({"id": "held", "command": f"echo $$ > {pid_file}; exec sleep 60"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "-q"], start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(), 15, "the held job to start")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.kill(int(open(pid_file).read()), signal.SIGKILL)
+    assert spool.find("held").state == "processing"
 
 
 @ROOT_ONLY
@@ -858,7 +873,8 @@ def test_root_reads_a_service_users_spool_and_changes_nothing(tmp_path, shared):
         assert r.returncode in ((0, 1) if args == ("fsck",) else (0,)), (args, r.stderr)
         assert "Traceback" not in r.stderr and "refusing" not in r.stderr + r.stdout, (args, r.stderr)
         assert tree(root) == before, args
-    assert json.loads(cli(root, "status", "--json").stdout)["done"] == 1
+    status = json.loads(cli(root, "status", "--json").stdout)
+    assert (status["done"], status["processing"]) == (1, 1)  # the killed worker's job: the owner's to recover
     assert "echo hi" in cli(root, "list").stdout and "hi" in cli(root, "logs", "ok").stdout
     assert "nightly" in cli(root, "schedule", "list").stdout
 
