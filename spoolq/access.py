@@ -65,8 +65,18 @@ class Access:
         in it, the owner could not use, and root would act on files the owner wrote)."""
         owner = None if self.reading else self.another_owner()
         if owner is not None and self.is_spool():
+            member = ("; a member of its group hands jobs in as files dropped into pending/ (the drop-in protocol)"
+                      if self._inbox_open_to_me() else "")
             raise SpoolError(f"{self.root} is the spool of uid {owner}, not yours (uid {os.geteuid()}): only "
-                             f"its owner changes it; run {self.owners_command()}")
+                             f"its owner changes it; run {self.owners_command()}{member}")
+
+    def _inbox_open_to_me(self) -> bool:
+        """Is pending/ open to a group this user is in (a shared spool's member)?"""
+        try:
+            st = os.stat(self.layout.pending)
+        except OSError:
+            return False
+        return bool(st.st_mode & 0o020) and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
 
     def owners_command(self) -> str:
         """How an admin runs a command that changes another user's spool: as its owner."""
