@@ -86,6 +86,10 @@ class Counter:
         census.totals.workers = len(self.owners.workers(role="worker"))
         return census
 
+    def pending_queues(self, now: float | None = None) -> set[str]:
+        """The queues of the jobs in pending/ (ready or scheduled), from their names alone."""
+        return set(self._pending_census(self.store.now(now)).queues)
+
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
         whichever is later (both in its name); a dropped file not yet adopted counts from its

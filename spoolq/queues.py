@@ -18,7 +18,7 @@ def unknown(spool: Spool, names: Iterable[str]) -> list[str]:
     cheap sources are asked first; a name they do not know costs a count of every job and a read
     of the attempts log (only a typo pays it)."""
     wanted = [name for name in dict.fromkeys(names) if name != job.DEFAULT_QUEUE]
-    for source in (_named_by_settings, _named_by_jobs, _named_by_the_log):
+    for source in (_named_by_settings, _named_by_pending_names, _named_by_jobs, _named_by_the_log):
         if not wanted:
             break
         known = source(spool)
@@ -40,7 +40,11 @@ def _named_by_settings(spool: Spool) -> set[str]:
     return names
 
 
-def _named_by_jobs(spool: Spool) -> set[str]:
+def _named_by_pending_names(spool: Spool) -> set[str]:
+    return spool.views.pending_queues()  # one listing, no file read: where a worker's queue usually is
+
+
+def _named_by_jobs(spool: Spool) -> set[str]:  # every file of processing/, waiting/, done/, dead/ read
     return set(spool.views.queue_counts())
 
 
