@@ -18,6 +18,8 @@ def unknown(spool: Spool, names: Iterable[str]) -> list[str]:
     cheap sources are asked first; a name they do not know costs a count of every job and a read
     of the attempts log (only a typo pays it)."""
     wanted = [name for name in dict.fromkeys(names) if name != job.DEFAULT_QUEUE]
+    # RACE: an enqueue, a pause or a purge between two looks may name or forget a queue the
+    # looks miss: the answer is only a warning's, never acted on.
     for source in (_named_by_settings, _named_by_pending_names, _named_by_jobs, _named_by_the_log):
         if not wanted:
             break
