@@ -104,7 +104,7 @@ class Access:
         paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
         for path in paths:
             why = trust.unsafe_directory(path, shared, may_be_link=path == self.root,
-                                         inbox=path == self.layout.pending, uid=self.uid)
+                                         inbox=self.layout.is_inbox(path), uid=self.uid)
             if why:
                 raise SpoolError(why)
 

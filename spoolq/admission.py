@@ -44,6 +44,11 @@ class Admission:
         """What the last all_paused() found (no new look)."""
         return self._pause_said[0]
 
+    @property
+    def paused_queues(self) -> frozenset[str]:
+        """The paused queues of those it takes, as the last all_paused() found them."""
+        return self._pause_said[1]
+
     def _heartbeat_works(self) -> bool:
         healthy = self.healthy()
         if healthy != self._claiming:

@@ -126,17 +126,21 @@ class Canceller:
                 continue  # it left processing/ meanwhile: look again
             if view.state != "waiting" and layout.parse_pending(os.path.basename(view.path)) is None:
                 return Result(job_id, Outcome.BUSY, view.state)  # a dropped file a worker is adopting
-            if self._take_pending(view.path, owner):
+            taken = self._take_pending(view.path, owner)
+            if taken is not None:
+                if view.state == "waiting":
+                    self.deps.forget(job_id, taken.after)  # it waits no more: its edges go
                 self.deps.finished(job_id, owner)  # what waits for it dies with it
                 return Result(job_id, Outcome.CANCELLED, "dead")
         return Result(job_id, Outcome.BUSY, None)
 
-    def _take_pending(self, path: str, owner: str) -> bool:
-        """Move a pending job to dead/, cancelled. False if it was claimed (or cancelled) first."""
+    def _take_pending(self, path: str, owner: str) -> Job | None:
+        """Move a pending job to dead/, cancelled: the job as it was. None if it was claimed (or
+        cancelled) first."""
         try:
             job, _ = self.store.read_job(path, now=self.store.now(), trusted_only=True)
         except (FileNotFoundError, InvalidJob):
-            return False  # gone, or a file the next claim quarantines: not a job to cancel
+            return None  # gone, or a file the next claim quarantines: not a job to cancel
         job = job.copy()
         job.last_error, job.exit_code, job.updated_at = CANCELLED, None, self.store.now()
         directory = self.layout.owned(owner)
@@ -144,10 +148,10 @@ class Canceller:
             # RACE: a worker may claim the same file at this moment; its rename or ours wins.
             moving = self.takes.take_with(path, job, "dead", into=directory)
         except LostOwnership:
-            return False
+            return None
         self.takes.complete(directory, moving, job)
         fsio.fsync_dir(self.layout.dead)
-        return True
+        return job
 
     def _ask_to_kill(self, path: str) -> bool:
         """Leave the mark beside the running job. False if the job is no longer there."""

@@ -9,7 +9,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import fsio, job, layout, shards
+from . import fsio, job, layout, maildir, shards
 from .owners import Owners
 from .store import Store
 
@@ -58,6 +58,7 @@ class Counter:
                     c.pending += 1
             elif self._dropped_at(entry) is not None:
                 c.pending += 1
+        c.pending += len(maildir.deliveries(self.layout))  # after pending/: see _pending_census's RACE
         for owner in fsio.listdir(self.layout.processing):
             c.processing += _count_json(self.layout.owned(owner))
         c.waiting = _count_json(self.layout.dir("waiting"))
@@ -119,6 +120,14 @@ class Counter:
             totals.pending += 1
             if key not in ready or at < ready[key]:
                 ready[key] = at
+        # In the Maildir, not moved into pending/ yet: counted as a dropped file is. RACE: a worker
+        # moving one into pending/ after pending/ was listed above makes this count miss it once,
+        # never count it twice (pending/ is listed first); the next count has it.
+        delivered = [st.st_mtime for _, st in maildir.deliveries(self.layout)]
+        if delivered:
+            queues.setdefault(job.DEFAULT_QUEUE, Counts()).pending += len(delivered)
+            totals.pending += len(delivered)
+            ready[None] = min(delivered + ([ready[None]] if None in ready else []))
         return census
 
     def _dropped_at(self, entry: str) -> float | None:

@@ -210,10 +210,10 @@ def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> 
         return Config(current)
 
 
-LOCKS = ("config", "dlq", "ids", "retention")  # made with the layout (locks.py): a full disk cannot stop them
+LOCKS = ("config", "dlq", "ids", "retention")  # flocks on files made with the layout (locks.py): a full disk cannot stop them
 # ("ids": taking over a marker; "retention": one worker at a time purges what is no longer kept)
 
 
 def locked(layout: Layout, name: str, *, mode: int, timeout: float = 30.0) -> ContextManager[None]:
-    """Hold the named spool lock (see locks.py)."""
+    """Hold the named spool lock (see locks.py); LockBusy, naming its holder, after `timeout`."""
     return locks.locked(layout.lock(name), mode=mode, timeout=timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import os
+import stat
 from typing import NamedTuple
 
 from . import fsio, job, layout
@@ -17,7 +18,7 @@ class Verdict(enum.Enum):
     GONE = "gone"  # moved on while we looked
     IGNORED = "ignored"  # a directory named *.json: left alone, never a job
     REFUSE = "refuse"  # never a job (reason says why): quarantine it
-    WAIT = "wait"  # does not parse yet, but its writer has drop_grace to finish it
+    WAIT = "wait"  # does not parse yet (or has a second link), but its writer has drop_grace to finish it
     OK = "ok"  # parses: worth taking
 
 
@@ -42,6 +43,12 @@ def inspect(store: Store, entry: str, *, now: float | None = None,
     except InvalidJob as e:
         if os.path.isdir(path) and not os.path.islink(path):
             return Inspection(Verdict.IGNORED)
+        linked_at = _second_link_made(path)
+        if linked_at is not None:
+            fs_now = fs_now if fs_now is not None else now if now is not None else store.fs_clock()
+            left = linked_at + store.config.drop_grace - fs_now
+            if left > 0:
+                return Inspection(Verdict.WAIT, reason=str(e), retry_at=store.now(now) + left)
         return Inspection(Verdict.REFUSE, reason=str(e))
     untrusted = store.why_untrusted(st)
     if untrusted:
@@ -56,6 +63,19 @@ def inspect(store: Store, entry: str, *, now: float | None = None,
             return Inspection(Verdict.WAIT, reason=str(e), retry_at=store.now(now) + grace - age)
         return Inspection(Verdict.REFUSE, reason=f"malformed: {e}")
     return Inspection(Verdict.OK, stat=st)
+
+
+def _second_link_made(path: str) -> float | None:
+    """When a regular file with more than one link got its last one (its ctime), else None.
+
+    A Maildir deliverer (safecat) links its tmp/ file to its final name, then unlinks the tmp/
+    name: for that moment the file has two links. Nothing is read from such a file; it is
+    looked at again once drop_grace has passed since the link, and quarantined only if it still
+    has two (a hard link someone else made to a file of the owner's would otherwise be run)."""
+    st = fsio.lstat_if_there(path)
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+        return None
+    return st.st_ctime
 
 
 def job_from(store: Store, data: bytes, entry: str, *, now: float, seq: int | None = None) -> Job:

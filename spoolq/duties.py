@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .locks import LONG_HELD
 from .metrics import Textfile
 from .retention import BUSY_BATCH, IDLE_BATCH, Retention
 from .schedules import Schedules
@@ -45,6 +46,10 @@ class Duties:
             self.retention.next_at, self.retention.behind = now + 60, False
             self.log(f"retention failed: {type(e).__name__}: {e}")
             return
+        held = self.retention.held_long(now)
+        if held is not None:
+            self.log(f"retention: its lock has been held by {held} for over {LONG_HELD:g}s; nothing is "
+                     "purged until it lets go (fsck names it too)")
         if purged:
             self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
                      f"{purged.outputs} output logs")
@@ -76,10 +81,12 @@ class Duties:
                     self.log(f"schedule {fired.name}: slot {fired.job_id} skipped (catch-up none)")
                 elif fired.created:
                     self.log(f"schedule {fired.name}: enqueued {fired.job_id}")
+                if fired.note:
+                    self.log(f"schedule {fired.name}: {fired.note}")
             due = self.schedules.next_due(now)
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return
-        self.seen = seen if seen == self.schedules.stamp() else None  # its own .last writes: look once more
+        self.seen = seen if seen == self.schedules.stamp() else None  # its own first marker: look once more
         self.due_at = float("inf") if due is None else due
         self.fire_at = min(self.fire_at, self.due_at)

@@ -51,6 +51,10 @@ class UnsafeFileSystem(SpoolError):
     to start there unless told otherwise)."""
 
 
+class LockBusy(SpoolError):
+    """A spool lock was still held by another when the wait for it ran out."""
+
+
 class WaitTimeout(SpoolError):
     """A --timeout ran out (exit status 124)."""
 

@@ -1,7 +1,9 @@
 """The file system under a spool: what kind it is, and whether it keeps the promises spoolq's
 leases and fences rest on (README, "Running on several hosts").
 
-A shared file system must give every host fresh answers: a name another host renamed away is
+A shared file system must take flock(2) locks on its server, so that a lock excludes every host
+(NFS mounted nolock or local_lock, and Lustre without -o flock, keep them on one host: named
+here, refused by workers). It must give every host fresh answers: a name another host renamed away is
 gone, a file another host replaced is read anew, and a file's mtime is the server's clock. A
 GlusterFS client at its defaults breaks all three for about a second (entry and attribute
 caches in the kernel and in md-cache, quick-read and io-cache serving old content, and the
@@ -37,9 +39,14 @@ GLUSTER_CACHING = {
 def mount_of(path: str) -> tuple[str, str]:
     """(mount point, file system type) of the mount holding `path`, from /proc/self/mountinfo
     (("", "") if unknown)."""
+    return _mount(path)[:2]
+
+
+def _mount(path: str) -> tuple[str, str, frozenset[str]]:
+    """(mount point, type, the file system's own options) of the mount holding `path`."""
     try:
         real = os.path.realpath(path)
-        best, kind = "", ""
+        best, kind, options = "", "", frozenset[str]()
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 left, _, right = line.partition(" - ")
@@ -50,9 +57,10 @@ def mount_of(path: str) -> tuple[str, str]:
                 kinds = right.split()
                 if kinds and (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
                     best, kind = mount, kinds[0]
-        return best, kind
+                    options = frozenset(kinds[2].split(",")) if len(kinds) > 2 else frozenset()
+        return best, kind, options
     except OSError:
-        return "", ""
+        return "", "", frozenset()
 
 
 def kind_of(path: str) -> str:
@@ -67,9 +75,24 @@ def is_network(kind: str) -> bool:
 def unsafe_because(path: str) -> str | None:
     """Why the file system under `path` cannot keep spoolq's promises across hosts, None if it can
     (or nothing is known against it)."""
-    mount, kind = mount_of(path)
+    mount, kind, options = _mount(path)
     if kind == "fuse.glusterfs":
         return _gluster_problems(mount)
+    why = flock_stays_local(kind, options)
+    return f"{kind} mount {mount}: {why}: spool locks would not exclude other hosts" if why else None
+
+
+def flock_stays_local(kind: str, options: frozenset[str]) -> str | None:
+    """Why flock(2) on a mount of this type and these options never reaches the server (it
+    excludes the processes of one host only), or None. A FUSE file system's daemon may or may
+    not forward locks, and nothing in the mount says which: trusted as mounted (README)."""
+    if kind in ("nfs", "nfs4"):
+        local = next((o.split("=", 1)[1] for o in options if o.startswith("local_lock=")), "none")
+        if "nolock" in options or local in ("flock", "all"):
+            return f"flock(2) is kept on this host ({'nolock' if 'nolock' in options else 'local_lock=' + local})"
+    if kind == "lustre" and "flock" not in options:
+        return ("flock(2) is kept on this host (localflock)" if "localflock" in options
+                else "flock(2) is not supported (mounted without -o flock)")
     return None
 
 

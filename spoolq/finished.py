@@ -1,5 +1,5 @@
 """Finished jobs: what an operator does with jobs in done/ and dead/ (rows "retry", "requeue"
-and "purge" of the table in transitions.py). Their files change only under the "dlq" lock, and
+and "purge" of the table in transitions.py), and the purge of jobs not started ("discard"). Their files change only under the "dlq" lock, and
 no worker moves them, so a rewrite in place before the move is safe here, as it is nowhere else.
 """
 
@@ -20,6 +20,7 @@ from .takes import Moved
 from .views import Views, finished_at
 
 FINISHED = ("done", "dead")
+NOT_STARTED = ("pending", "scheduled")  # in pending/: purge deletes them by an unlink alone
 
 
 class Finished:
@@ -125,8 +126,10 @@ class Finished:
         """Delete finished jobs (done or dead) and their output; frees their ids. Retention's small
         batches give `names` to look at (else the directory is listed) and stop at `until` (a
         time.monotonic()); `examined` then says how many names were looked at."""
+        if state == "pending":
+            return self._purge_not_started(older_than, now)
         if state not in FINISHED:
-            raise InvalidJob("only done or dead jobs can be purged")
+            raise InvalidJob("only done, dead or pending jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
         count = self.kept = self.examined = 0
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
@@ -158,20 +161,65 @@ class Finished:
                 Reservations(self.store) as ids:
             for job_id in job_ids:
                 try:
-                    state = self.views.find(job_id).state
+                    view = self.views.find(job_id)
                 except JobNotFound as e:
                     why[job_id] = str(e)
                     continue
-                if state not in FINISHED:
-                    why[job_id] = f"job {job_id} is {state}, not finished (cancel it first)"
+                state = view.state
+                if state not in (*FINISHED, *NOT_STARTED):
+                    why[job_id] = f"job {job_id} is {state}, not finished or pending " \
+                        f"({'cancel --kill' if state == 'processing' else 'cancel'} it first)"
                     continue
                 waiters = self.waiters_of(job_id)
                 if waiters:
                     why[job_id] = f"job {job_id} is kept: {', '.join(waiters[:5])} still wait for it"
                     continue
+                if state in NOT_STARTED:
+                    why[job_id] = self._delete_not_started(dirs, view.path, job_id)  # a pending/ path
+                    continue
                 self._delete_finished(dirs, ids, state, job_id)
                 why[job_id] = None
         return why
+
+    def _purge_not_started(self, older_than: float, now: float | None) -> int:
+        """Every pending and scheduled job (in pending/ --older-than seconds): deleted, never run."""
+        now = self.store.fs_clock() if now is None else now
+        count = self.kept = 0
+        with self.store.locked("dlq"), self._opened("output", "ids") as dirs:
+            for place in self.views.places("pending") + self.views.places("scheduled"):
+                if layout.parse_pending(os.path.basename(place.path)) is None:
+                    continue  # a dropped file not taken in yet: no job, no id of its own
+                try:
+                    if now - os.lstat(place.path).st_ctime < older_than:
+                        continue
+                except FileNotFoundError:
+                    continue  # claimed meanwhile
+                if self.waiters_of(place.job_id):
+                    self.kept += 1
+                    continue
+                count += self._delete_not_started(dirs, place.path, place.job_id) is None
+        return count
+
+    def _delete_not_started(self, dirs: dict[str, fsio.Directory], path: str, job_id: str) -> str | None:
+        """Delete a pending or scheduled job by unlinking its file where it is: no block is needed,
+        so this works on a full disk. None once deleted, else why not (a worker claimed it)."""
+        parent, name = os.path.split(path)
+        if layout.parse_pending(name) is None:
+            return f"job {job_id} is a dropped file not taken in yet (delete {path} itself)"
+        with fsio.Directory(parent) as directory:  # pending/ or a shard of it, never through a symlink
+            try:
+                os.unlink(name, dir_fd=directory.fd)
+            except OSError as e:
+                if not fsio.is_gone(e):
+                    raise
+                # RACE: a worker's claim renames this very name; of the claim and the unlink
+                # exactly one finds it, so a job is either deleted before it started or runs.
+                return f"job {job_id} has just started (cancel --kill it)"
+        # A crash here leaves the id's marker naming its enqueuer, gone: fsck --repair, or the
+        # next enqueue of the id, frees it.
+        dirs["output"].unlink_quietly(f"{job_id}.log")
+        dirs["ids"].unlink_quietly(job_id)
+        return None
 
     @contextmanager
     def _opened(self, *names: str) -> Iterator[dict[str, fsio.Directory]]:

@@ -35,9 +35,12 @@ Directories under the spool root ``S``::
     S/events/<owner>.<k>.jsonl  the attempts log (events.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
-    S/schedules/<name>.json  a periodic schedule; <name>.last "<slot epoch> <job id>" (schedules.py)
-    S/locks/        <name>.anchor, and <name>.lock (the free token, a hard link to the anchor)
-                    or <name>.lock.<holder> while held (see locks.py)
+    S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired.py)
+    S/locks/<name>.flock  a spool lock (flock(2)); its holder writes {"pid", "host"} over its first 256
+                    bytes while it holds it (locks.py). <name>.anchor, .lock, .lock.*: an earlier spoolq's
+    S/maildir/      a Maildir other programs deliver jobs into (maildir.py): ``tmp/`` for writing,
+                    ``new/`` where every entry not starting with ``.`` is a job file, whatever its
+                    name; a worker moves it on into ``pending/`` as a drop-in. ``cur/`` is never read
     S/config.json   settings (see config.py)
 
 A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
@@ -65,9 +68,11 @@ Names in ``pending/``:
   it, gives it an id (the ``id`` field, else the file name if it is a valid id, else a
   generated one) and renames it to a canonical name, in order of arrival (ctime).
   Names starting with ``.`` are invisible (stage there, then rename).  Names not ending in
-  ``.json``, and directories, are left alone. A ``*.json`` entry that is not a regular, singly
-  linked file owned by the spool's owner or a ``trusted_uids`` uid, and writable by no one else
-  (modes.py), is never read as a job: it is quarantined, a symlink's target untouched.
+  ``.json``, and directories, are left alone (fsck and status name them: maildir.py). A
+  ``*.json`` entry that is not a regular, singly linked file owned by the spool's owner or a
+  ``trusted_uids`` uid, and writable by no one else (modes.py), is never read as a job: it is
+  quarantined, a symlink's target untouched. One with a second link is first given
+  ``drop_grace`` since that link was made (a Maildir deliverer's link, then unlink).
 
 Publishing a job (the drop-in protocol for another program): write the object to a
 name starting with ``.`` in ``pending/`` (or anywhere on the same file system), fsync
@@ -100,14 +105,17 @@ import os
 import re
 from typing import NamedTuple
 
-from .job import DEFAULT_QUEUE, Job, valid_id
+from .job import DEFAULT_QUEUE, Job
 
 STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
 STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
 WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (deps.py)
-MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules")  # newer than spoolq 0.1: a spool without them is whole
+MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
+# Newer than spoolq 0.1: a spool without them is whole.
+MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
-              "events", "schedules")
+              "events", "schedules", *MAILDIR)
+INBOXES = ("pending", "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -228,8 +236,8 @@ def host_name() -> str:
 
 
 def host_hash() -> str:
-    """This host, as lock and stop-request names carry it: short, the same for every process here."""
-    import zlib  # only a lock or a stop request needs it, never one enqueue
+    """This host, as a stop request carries it: short, the same for every process here."""
+    import zlib  # only a stop request needs it, never one enqueue
 
     return f"{zlib.crc32(host_name().encode()):08x}"
 
@@ -293,37 +301,6 @@ def safe_host(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64] or "host"
 
 
-def is_spoolq_entry(directory: str, name: str) -> bool:
-    """Is `name` in the layout directory `directory` ("pending", "done", ..., or "" for the
-    root) one spoolq itself creates? Everything else there is someone else's: never chmodded,
-    never deleted."""
-    if directory == "":
-        return name == "config.json"
-    if directory == "processing":
-        return not name.startswith(".")
-    return _SPOOLQ_NAMES[directory](name) if directory in _SPOOLQ_NAMES else False
-
-
-_SPOOLQ_NAMES = {
-    "pending": lambda n: parse_pending(n) is not None or is_temp_name(n),
-    "done": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "dead": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "quarantine": lambda n: n.startswith(QUARANTINE_PREFIX) and n.endswith(".json"),
-    "ids": lambda n: valid_id(n),
-    "output": lambda n: n.endswith(".log") and valid_id(n[:-4]),
-    "workers": lambda n: n.endswith(".json") and not n.startswith("."),
-    "control": lambda n: n in ("stop", "pause", "limits"),
-    "slots": lambda n: n.count("%") in (1, 2) and not n.startswith("."),
-    "waiting": lambda n: is_temp_name(n) or (n.endswith(".json") and valid_id(stem(n))),
-    "after": lambda n: valid_id(n),
-    "tmp": lambda n: is_temp_name(n),
-    "log": lambda n: n.startswith("worker-") and n.endswith(".log"),
-    "events": lambda n: not n.startswith(".") and n.endswith(".jsonl"),
-    "schedules": lambda n: not n.startswith(".") and n.endswith((".json", ".last")),
-    "locks": lambda n: not n.startswith(".") and (n.endswith((".lock", ".anchor")) or ".lock." in n),
-}
-
-
 class Layout:
     """Where everything of the spool at `root` is (read-only once made). Paths are joined by
     hand: a worker asks for a dozen a job, and os.path.join costs ten times an f-string."""
@@ -348,6 +325,10 @@ class Layout:
 
     def dir(self, name: str) -> str:
         return f"{self._base}/{name}"
+
+    def is_inbox(self, path: str) -> bool:
+        """Is `path` a directory others may drop files into (INBOXES)?"""
+        return path.startswith(f"{self._base}/") and path[len(self._base) + 1:] in INBOXES
 
     @property
     def pending(self) -> str:
@@ -389,7 +370,7 @@ class Layout:
         return f"{self._base}/quarantine/{qid}.json"
 
     def lock(self, name: str) -> str:
-        return f"{self._base}/locks/{name}.lock"
+        return f"{self._base}/locks/{name}.flock"
 
     @property
     def stop_file(self) -> str:

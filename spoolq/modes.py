@@ -5,9 +5,10 @@ The rule: nothing that makes the spool's owner act (run a command, send a signal
 a time) may come from a file that anyone but the owner, root or a trusted uid can write. A
 file's owner is not enough: a file its group can write can be rewritten in place by any member,
 and its st_uid stays the owner's. So on a spool shared with its group (config group_access),
-the group may read everything and create files in ``pending/`` alone (the inbox, sticky: a
-member can move or delete only their own entries); nothing spoolq writes is group-writable, and
-a file that is, or that another uid wrote, is never acted on.
+the group may read everything and create files in the inboxes alone (``pending/``, and the
+Maildir's ``tmp/`` and ``new/``: layout.INBOXES; sticky: a member can move or delete only their
+own entries); nothing spoolq writes is group-writable, and a file that is, or that another uid
+wrote, is never acted on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class Modes(NamedTuple):
 
     file: int
     dir: int
-    inbox: int  # pending/, where others drop jobs
+    inbox: int  # pending/ and the Maildir's tmp/ and new/ (layout.INBOXES), where others drop jobs
 
     @staticmethod
     def for_spool(group_access: bool) -> Modes:
@@ -31,7 +32,6 @@ class Modes(NamedTuple):
 
 PRIVATE = Modes(0o600, 0o700, 0o700)
 SHARED = Modes(0o640, 0o2750, 0o3770)
-INBOX = "pending"  # the one layout directory a shared spool's group may create files in
 
 
 def writable_by_others(mode: int, shared: bool) -> str | None:

@@ -45,7 +45,7 @@ class Publisher:
             from .deps import Dependencies
             from .takes import Takes
 
-            self._deps = Dependencies(self.store, Takes(self.store))
+            self._deps = Dependencies(self.store, Takes(self.store), self._views)
         return self._deps
 
     def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,
@@ -62,6 +62,7 @@ class Publisher:
         _refuse_repeated_ids(jobs)
         job_ids = [job.id for job in jobs]
         staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
+        waits = {job.id: job.after for job in jobs if job.after}  # edges to take back with the job
         with Reservations(self.store) as ids:
             try:
                 for job in jobs:
@@ -74,11 +75,11 @@ class Publisher:
                     skip_existing.add(job.id)
                 if skip_existing:
                     jobs = [job for job in jobs if job.id not in skip_existing]
-                staged = self._stage(jobs, progress, ids)
+                self._stage(jobs, progress, ids, staged)
             except BaseException as e:
                 # Every id of the batch: release() frees only markers of ours, so one a signal
                 # caught just after its link is freed too, and another creator's never.
-                _take_back(staged, job_ids, ids)
+                self._take_back(staged, job_ids, ids, waits)
                 if isinstance(e, OSError):
                     raise SpoolError(io_message("cannot enqueue", e)) from None
                 raise
@@ -89,33 +90,29 @@ class Publisher:
                     if announce:
                         announce()
                 except BaseException:
-                    _take_back(staged, job_ids, ids)
+                    self._take_back(staged, job_ids, ids, waits)
                     raise
-                self._commit(staged, ids)
+                self._commit(staged, ids, waits)
         return jobs
 
-    def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None,
-               ids: Reservations) -> list[tuple[str, str, str]]:
-        """Write every job under a temp name, each fsync'd (a batch's many at once, with the
-        record its markers link to) before the first is published. A job that waits for others
-        goes to waiting/, its wake-up edges made first (deps.py)."""
-        staged = []
+    def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None, ids: Reservations,
+               staged: list[tuple[str, str, str]]) -> None:
+        """Write every job under a temp name into `staged`, each fsync'd (a batch's many at once,
+        with the record its markers link to) before the first is published; on a failure the
+        caller takes back what `staged` holds. A job that waits for others goes to waiting/, its
+        wake-up edges made first (deps.py); one whose dep was purged since it was checked is
+        refused (JobNotFound)."""
         durable_each = len(jobs) == 1
-        try:
-            for job in jobs:
-                tmp = self.store.temp_path()
-                # Noted before it exists: a signal just after the file is made must not leave it.
-                staged.append((tmp, self._destination_of(job), job.id))
-                self.store.write_file(tmp, job.to_json(), durable=durable_each)
-                if progress:
-                    progress(1)
-            if not durable_each:
-                fsio.fsync_files([tmp for tmp, _, _ in staged] + ids.record_files())
-        except BaseException:
-            for tmp, _, _ in staged:
-                fsio.unlink_quietly(tmp)
-            raise
-        return staged
+        for job in jobs:
+            tmp = self.store.temp_path()
+            # Noted before it exists, in the caller's list: a signal just after the file (or its
+            # edges) is made must not leave it.
+            staged.append((tmp, self._destination_of(job), job.id))
+            self.store.write_file(tmp, job.to_json(), durable=durable_each)
+            if progress:
+                progress(1)
+        if not durable_each:
+            fsio.fsync_files([tmp for tmp, _, _ in staged] + ids.record_files())
 
     def _destination_of(self, job: Job) -> str:
         """pending/'s canonical name, or "waiting/<id>.json" (a batch plan line says either). The
@@ -124,9 +121,7 @@ class Publisher:
         unfinished = self.deps.unfinished(job) if job.after else []
         if not unfinished:
             return layout.pending_name_of(job)
-        self.store.make_dir(self.deps.waiting)
-        self.store.make_dir(self.deps.edges)
-        self.deps.make_edges(job, job.after)  # every one, done ones too: purge keeps what is waited for
+        self.deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
         return f"{WAITING}/{layout.job_file(job.id)}"
 
     def _path_of(self, name: str) -> str:
@@ -134,7 +129,7 @@ class Publisher:
             return os.path.join(self.layout.root, name)
         return os.path.join(self.layout.pending, name)
 
-    def _commit(self, staged: list[tuple[str, str, str]], ids: Reservations) -> None:
+    def _commit(self, staged: list[tuple[str, str, str]], ids: Reservations, waits: dict[str, list[str]]) -> None:
         """The renames into pending/ and the fsyncs that make them durable; a batch's plan first."""
         done = 0
         plan = None
@@ -149,7 +144,7 @@ class Publisher:
                 fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
-            _take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids)
+            self._take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids, waits)
             raise SpoolError(io_message(f"cannot enqueue (published {done} of {len(staged)})", e)) from None
         finally:
             if plan is not None:
@@ -249,6 +244,18 @@ class Publisher:
         fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
         return published
 
+    def _take_back(self, staged: list[tuple[str, str, str]], reserved: list[str], ids: Reservations,
+                   waits: dict[str, list[str]]) -> None:
+        """Nothing of these is published: remove their temp files and edges, then free their ids
+        (an edge outlives no id: a later job of that id may wait for other jobs)."""
+        with fsio.signals_held():
+            for tmp, name, job_id in staged:
+                fsio.unlink_quietly(tmp)
+                if name.startswith(WAITING + "/"):
+                    self.deps.forget(job_id, waits[job_id])
+            for job_id in reserved:
+                ids.release(job_id)
+
     def reserve(self, ids: Reservations, job_id: str) -> bool:
         """Reserve `job_id`, taking over a marker its creator abandoned (it died before
         publishing: no job has the id, and the creator is gone)."""
@@ -273,15 +280,6 @@ class Publisher:
             return False
         except JobNotFound:
             return True
-
-
-def _take_back(staged: list[tuple[str, str, str]], reserved: list[str], ids: Reservations) -> None:
-    """Nothing of these is published: remove their temp files and free their ids."""
-    with fsio.signals_held():
-        for tmp, _, _ in staged:
-            fsio.unlink_quietly(tmp)
-        for job_id in reserved:
-            ids.release(job_id)
 
 
 def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:

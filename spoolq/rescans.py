@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import fsio, shards
+from . import fsio, maildir, shards
 from .index import ListingGate, Pacing, PendingIndex
 from .shares import Takers
 from .sharedlisting import NOTED_MAX, Listings, SharedListing
@@ -30,6 +30,7 @@ class Rescans:
         self._learned: set[str] = set()  # entries learned other than by a listing, since the last one
         self.takers = Takers(spool.owners.registered, spool.owners.record)
         self._shared_at = -1e18  # monotonic time of the last reshare()
+        self._mail = True  # maildir/new/ may hold a delivery: collect it
 
     def interval(self, now: float, poll_interval: float) -> float:
         """Seconds between calls of run()."""
@@ -38,6 +39,7 @@ class Rescans:
         return self.pacing.rescan_interval(self.index.has_ready(int(now * 1000)), poll_interval)
 
     def run(self) -> None:
+        self._mail = True  # the periodic look, for a delivery whose event was lost
         asked = time.monotonic()
         gate = self.pacing.gate
         cfg = self.spool.config
@@ -112,9 +114,19 @@ class Rescans:
         Unsharded, every name counts as listed (lost claims on any make the worker list again)."""
         return self.spool.config.pending_shards <= 0 or entry not in self._learned
 
+    def collect_mail(self) -> None:
+        """Move what Maildir deliverers put into maildir/new/ into pending/ (maildir.py), where it
+        is a drop-in this worker knows of; only after an event there, or a rescan."""
+        if self._mail:
+            self._mail = False
+            for name in maildir.collect(self.spool.store):
+                self.remember(name)
+
     def note_event(self, directory: str, name: str) -> None:
         pending = self.spool.layout.pending
-        if directory == pending:
+        if directory == self.spool.layout.dir(maildir.NEW):
+            self._mail = True
+        elif directory == pending:
             self.remember(name)
         elif os.path.dirname(directory) == pending and shards.is_shard(os.path.basename(directory)):
             self.remember(f"{os.path.basename(directory)}/{name}")

@@ -3,7 +3,9 @@ keep_dead and keep_output (judged by when the job finished: its file's ctime in 
 its log's mtime), by the running workers, in small batches.
 
 Once per spool at a time: a worker takes the "retention" lock without waiting (a worker on
-another host that holds it is doing the work). At most about 1% of a busy worker's time: a
+another host that holds it is doing the work). A holder that dies lets go of it with its life
+(locks.py); one that holds it for locks.LONG_HELD is said once, in the log of every worker that
+finds it held (`held_long`), as fsck says it. At most about 1% of a busy worker's time: a
 batch stops after BUSY_BATCH seconds, and after a batch that took d seconds the next comes no
 sooner than 99 d later (and at least MIN_GAP). A worker with no job ready spends its idle time
 on what is left, in batches of IDLE_BATCH seconds (so a job that arrives waits at most that
@@ -18,8 +20,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import config, fsio, layout
-from .errors import SpoolError
+from . import config, fsio, layout, locks
+from .errors import LockBusy
 from .job import valid_id
 from .spool import Spool
 
@@ -27,7 +29,6 @@ BUSY_BATCH = 0.1  # seconds a batch may take while jobs wait
 IDLE_BATCH = 0.02  # seconds a batch may take in a worker's idle time
 MIN_GAP = 1.0  # seconds between a busy worker's batches, however cheap
 SHARE = 0.01  # of a busy worker's time
-LOCK_WAIT = 0.1  # seconds a worker waits for the retention lock before leaving it to its holder
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Retention:
         self.next_at = 0.0
         self.todo: dict[str, list[str]] = {}  # "done", "dead", "output" -> names this pass has yet to look at
         self.behind = False  # names left to look at: idle time goes on with them
+        self.busy_since: float | None = None  # when this worker first found the lock held, of late
+        self.said: locks.Holder | None = None  # the long holder it said, once
 
     def wanted(self) -> bool:
         cfg = self.spool.config
@@ -61,18 +64,29 @@ class Retention:
         started = time.monotonic()
         purged = None
         try:
-            # A moment's wait, not none: the first take on a spool makes the lock's token, and the
-            # take after a holder on this host died breaks its hold; both then take it at the next try.
-            with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=LOCK_WAIT):
+            with config.locked(self.spool.layout, "retention", mode=self.spool.store.modes.file, timeout=0):
+                self.busy_since = None
+                until = time.monotonic() + seconds  # from the take: a worker's first pays for importing filelock
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
-                purged = self._batch(fs_now, started + seconds)
-        except SpoolError:
-            pass  # another worker, here or on another host, is at it
+                purged = self._batch(fs_now, until)
+        except LockBusy:
+            self.busy_since = now if self.busy_since is None else self.busy_since  # another worker is at it
         finally:
             spent = time.monotonic() - started
             self.next_at = now + max(MIN_GAP, spent / SHARE - spent)
             self.behind = purged is not None and any(self.todo.values())
         return purged
+
+    def held_long(self, now: float) -> locks.Holder | None:
+        """The holder of the retention lock, once per holder, when this worker has found it held
+        for locks.LONG_HELD seconds on end (no worker but that holder purges meanwhile)."""
+        if self.busy_since is None or now - self.busy_since < locks.LONG_HELD:
+            return None
+        held = locks.holder(self.spool.layout.lock("retention"))
+        if held is None or held == self.said:
+            return None
+        self.said = held
+        return held
 
     def _batch(self, fs_now: float, until: float) -> Purged:
         cfg, finished, lay = self.spool.config, self.spool.finished, self.spool.layout

@@ -1,17 +1,19 @@
 """Periodic schedules: a cron expression and a job template, fired by the running workers.
 
 A schedule is ``schedules/<name>.json`` (published by rename). Each slot it reaches becomes one
-job whose id is ``<name>.<slot in UTC as YYYYMMDDTHHMMZ>``: ids are unique across the spool, so
-however many workers on however many hosts find the slot due, one enqueue creates the job and
-the others find its id taken. No leader, no lock. ``schedules/<name>.last`` says the last slot
-fired ("<epoch> <job id>"), so that a slot whose job was purged long ago is never fired again
-and `schedule list` can say it; it is only a hint for slots whose ids still exist.
+job whose id is ``<name>.<slot in UTC as YYYYMMDDTHHMMZ>``. Whoever creates the slot's fired
+marker (fired.py: exclusive, durable, before the job is published) fires it; no slot is fired
+while a marker of it or of a later slot exists (fired.HORIZON says how far ahead a later one
+counts). So however many workers on however many hosts, their clocks minutes apart, find a slot
+due, it fires once, and never again after its job is purged. No leader, no lock.
 
 Only the latest slot at or before now is ever considered (cron expressions are evaluated
 backwards from now): firing costs nothing proportional to the slots missed. A slot missed while
 no worker ran is fired once when one starts (catch-up "last"), or skipped if it is more than
 LATE_LIMIT late (catch-up "none"). Cron expressions are evaluated by cronsim, which follows
-Debian's cron, daylight-saving quirks included, in the schedule's time zone (default UTC).
+Debian's cron, in the schedule's time zone (default UTC): an expression of a fixed hour and
+minute fires once at the first of a repeated wall-clock time, and a time skipped by the clock's
+jump forward fires at the first minute after the jump; the others fire at every instant they name.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from . import fsio
+from . import fired, fsio
 from .errors import InvalidJob, JobNotFound, SpoolError
 from .job import iso
 
@@ -37,8 +40,7 @@ CATCH_UP = ("last", "none")
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
 STEP = timedelta(microseconds=1)
-SKEW = 60.0  # seconds: a .last further in the future than this came from a clock that is ahead
-MAX_EPOCH = 9_999_999_999.0
+MAX_LOOKS = 200  # slots iterated past one that cronsim gives on the wrong side of now (a repeated hour)
 
 
 def check_name(name: str) -> str:
@@ -80,7 +82,7 @@ def zone(name: str) -> Any:
 
 
 def slot_id(name: str, slot: float) -> str:
-    return f"{name}.{datetime.fromtimestamp(slot, timezone.utc).strftime('%Y%m%dT%H%MZ')}"
+    return f"{name}.{fired.stamp(slot)}"
 
 
 @dataclass
@@ -114,13 +116,27 @@ class Schedule:
         # From the instant just after now, made by fromtimestamp (which keeps the fold of a repeated
         # hour at the end of daylight saving time; adding a timedelta would drop it, an hour back).
         start = datetime.fromtimestamp(now + STEP.total_seconds(), zone(self.tz))
-        return next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
+        latest = next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
+        if start.fold:
+            # The second pass of a repeated hour: cronsim reads a fixed-time expression on the wall
+            # clock and gives the first pass's instants (fold 0), which are past although their wall
+            # times are later than now's. Look back from now's wall time on the first pass's offset,
+            # past what is still to come.
+            ahead = start.replace(fold=0).utcoffset() - start.utcoffset()
+            first_pass = (start.replace(tzinfo=None) + ahead).replace(tzinfo=start.tzinfo)
+            looks = islice(CronSim(expression(self.cron), first_pass, reverse=True), MAX_LOOKS)
+            before = (t.timestamp() for t in looks)
+            latest = max(latest, next((t for t in before if t <= now), latest))
+        return latest
 
     def next_slot(self, now: float) -> float:
-        """The first slot after `now`."""
+        """The first slot after `now` (cronsim, started in the second pass of a repeated hour,
+        may give the first pass's: those are skipped)."""
         from cronsim import CronSim
 
-        return next(CronSim(expression(self.cron), datetime.fromtimestamp(now, zone(self.tz)))).timestamp()
+        slots = CronSim(expression(self.cron), datetime.fromtimestamp(now, zone(self.tz)))
+        later = (t.timestamp() for t in islice(slots, MAX_LOOKS))
+        return next((t for t in later if t > now), now + 60.0)
 
     def to_json(self) -> bytes:
         data = {**self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}
@@ -154,6 +170,7 @@ class Fired:
     created: bool  # False: the slot's job existed already (another worker), or it was skipped
     skipped: bool = False
     error: str | None = None  # its job could not be made
+    note: str | None = None  # what else a worker's log should say (an earlier slot a crash left unpublished)
 
 
 class Schedules:
@@ -163,6 +180,7 @@ class Schedules:
         self.spool = spool
         self.directory = spool.layout.dir("schedules")
         self._cache: tuple[tuple[int, int] | None, list[Schedule]] = (None, [])
+        self.fired = fired.FiredSlots(spool.store, self.directory)
 
     # ---- kept --------------------------------------------------------------------------------
 
@@ -178,6 +196,10 @@ class Schedules:
             except SpoolError:
                 pass  # none, or one that does not read as a schedule: replaced as given
         self.spool.store.make_dir(self.directory)
+        if not os.path.lexists(path):
+            # RACE: a worker that read the removed schedule of this name just before its `rm` may
+            # have marked a slot since: a new schedule starts with no slot fired.
+            self.fired.remove(schedule.name)
         self.spool.store.publish(path, schedule.to_json())
         return schedule
 
@@ -200,7 +222,7 @@ class Schedules:
         if not os.path.lexists(self._path(name)):
             raise JobNotFound(f"no schedule {name!r}")
         fsio.unlink_quietly(self._path(name))
-        fsio.unlink_quietly(self._last_path(name))
+        self.fired.remove(name)  # the slots it fired go with it: one added again under its name starts afresh
 
     def set_paused(self, name: str, paused: bool, *, now: float) -> Schedule:
         """Pause, or resume from the next slot: the slots passed while it was paused never fire."""
@@ -239,28 +261,24 @@ class Schedules:
         return found
 
     def last(self, name: str) -> tuple[float, str] | None:
-        """The last slot fired and its job's id, if any."""
-        try:
-            data, _ = fsio.read_regular(self._last_path(name), 512)
-            epoch, job_id = data.decode().split()
-            slot = float(epoch)
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        return (slot, job_id) if 0 <= slot < MAX_EPOCH else None  # not inf, nan or past the year 2286
+        """The last slot fired (or being fired) and its job's id, if any."""
+        newest = self.fired.newest(name)
+        return None if newest is None else (newest.slot, newest.job_id)
 
     # ---- fired -------------------------------------------------------------------------------
 
-    def fire_due(self, now: float) -> list[Fired]:
-        """Fire every schedule's latest due slot that was not fired yet (the clock is passed in).
+    def fire_due(self, now: float, fs_now: float | None = None) -> list[Fired]:
+        """Fire every schedule's latest due slot that was not fired yet (the clock is passed in;
+        `fs_now`, the file system's, which prunes markers, is read when a slot fires if not).
         A schedule whose job cannot be made is said in its Fired's `error`; the others fire."""
         out = []
         for schedule in self.all():
             try:
-                fired = self._fire(schedule, now)
+                result = self._fire(schedule, now, fs_now)
             except SpoolError as e:
-                fired = Fired(schedule.name, 0.0, "", False, error=str(e))
-            if fired is not None:
-                out.append(fired)
+                result = Fired(schedule.name, 0.0, "", False, error=str(e))
+            if result is not None:
+                out.append(result)
         return out
 
     def next_due(self, now: float) -> float | None:
@@ -268,37 +286,57 @@ class Schedules:
         slots = [s.next_slot(now) for s in self.all() if not s.paused]
         return min(slots) if slots else None
 
-    def _fire(self, schedule: Schedule, now: float) -> Fired | None:
+    def _fire(self, schedule: Schedule, now: float, fs_now: float | None) -> Fired | None:
         if schedule.paused:
             return None
         slot = schedule.latest_slot(now)
-        last = self.last(schedule.name)
-        if last is not None and last[0] > now + SKEW:
-            last = None  # written by a host whose clock is ahead: the ids alone decide (they always can)
-        if slot < max(schedule.created_at, schedule.active_from) or (last is not None and slot <= last[0]):
+        if slot < max(schedule.created_at, schedule.active_from):
             return None
+        horizon = now + fired.HORIZON  # later markers past it are from a clock that is wrong by hours
+        newest = self.fired.newest(schedule.name, until=horizon)
+        if newest is not None and newest.slot > slot:
+            return None  # a later slot fired (by a clock ahead of ours, or before ours stepped back)
+        if newest is not None and newest.slot == slot:
+            return None if newest.state == fired.FIRED else self._recover(schedule, slot, now)
         job_id = slot_id(schedule.name, slot)
         if schedule.catch_up == "none" and now - slot > LATE_LIMIT:
-            # Not recorded: a host whose clock is behind may still find it in time, and fire it.
+            # Not marked: a host whose clock is behind may still find it in time, and fire it.
             return Fired(schedule.name, slot, job_id, False, skipped=True)
-        taken: set[str] = set()
-        # RACE: every worker on every host may get here for the same slot at once: the id is the
-        # arbiter (one publish creates it; the others find it taken and create nothing).
+        # RACE: every worker on every host may get here for the same slot at once: the marker is the
+        # arbiter (one rename creates it; the others find it there and fire nothing).
+        if not self.fired.mark(schedule.name, slot, job_id):
+            return None
+        # RACE: a host ahead of us may have marked a later slot while we listed. Looked at again
+        # now that ours exists: if a later one is there, our slot is past and stays unpublished.
+        later = self.fired.newest(schedule.name, until=horizon)
+        if later is not None and later.slot > slot:
+            self.fired.unmark(schedule.name, slot)
+            return None
+        made = self._publish(schedule, slot, job_id)
+        if newest is not None and newest.state == fired.MARKED and not self._known(newest.job_id):
+            made.note = f"slot {newest.job_id} was marked fired but its job never published (a crash): superseded"
+        self.fired.prune(schedule.name, self.spool.store.fs_clock() if fs_now is None else fs_now)
+        return made
+
+    def _recover(self, schedule: Schedule, slot: float, now: float) -> Fired:
+        """The latest slot is marked but perhaps not published: its firer crashed between the two,
+        or is between them now. Publish it (again): its id makes it once either way. Under catch-up
+        "none" a slot found this late is skipped, as it would have been unmarked."""
+        job_id = slot_id(schedule.name, slot)
+        if schedule.catch_up == "none" and now - slot > LATE_LIMIT:
+            return Fired(schedule.name, slot, job_id, False, skipped=True)
+        return self._publish(schedule, slot, job_id)
+
+    def _publish(self, schedule: Schedule, slot: float, job_id: str) -> Fired:
+        """The slot's job, then its marker says it is published."""
         spec = {**schedule.job, "id": job_id, "schedule": schedule.name, "slot": iso(slot)}
-        created = bool(self.spool.enqueue_many([spec], skip_existing=taken))
-        self._remember(schedule.name, slot, job_id)
+        created = bool(self.spool.enqueue_many([spec], skip_existing=set()))
+        self.fired.settle(schedule.name, slot, job_id)
         return Fired(schedule.name, slot, job_id, created)
 
-    def _remember(self, name: str, slot: float, job_id: str) -> None:
-        """schedules/<name>.last, moved forward only (a worker that fired an older slot late does
-        not move it back: it reads it again just before)."""
-        last = self.last(name)
-        if last is not None and last[0] >= slot:
-            return
-        self.spool.store.publish(self._last_path(name), f"{slot:.0f} {job_id}\n".encode(), durable=False)
+    def _known(self, job_id: str) -> bool:
+        """Was a job of this id published (its id marker stays until it is purged)?"""
+        return os.path.lexists(self.spool.layout.id_marker(job_id))
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
-
-    def _last_path(self, name: str) -> str:
-        return os.path.join(self.directory, f"{name}.last")

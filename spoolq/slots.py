@@ -1,5 +1,5 @@
 """Concurrency limits: at most N jobs of a queue in processing/ at once, across every worker on
-every host, by N slot tokens that workers take by renaming them, as locks are taken (locks.py).
+every host, by N slot tokens that workers take by renaming them.
 
 ``control/limits`` holds ``<queue> <N>`` lines (written whole under the config lock). For each
 limited queue, ``slots/<queue>%<k>`` (k < N) is a free slot, renamed to

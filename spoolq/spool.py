@@ -13,6 +13,7 @@ from .layout import host_name
 from .store import Store
 
 if TYPE_CHECKING:
+    from .maildir import Stray
     from .cancel import Result as CancelResult
     from .config import Config
     from .deps import Dependencies
@@ -154,12 +155,15 @@ class Spool:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
 
     def _judge_new(self, waiters: list[str]) -> None:
-        """Once more after publishing: a dep that finished meanwhile left no one to wake them."""
+        """Once more after publishing: a dep that finished meanwhile left no one to wake them.
+        RACE: a finish, purge or requeue of a dep may come at any point of the enqueue. Its edge
+        is made before the job is published and stays while the job waits (deps.py), so a finish
+        after this look wakes it; a finish before it is seen here; a purge keeps a dep with an
+        edge, or was over before the edge (the enqueue was refused, publish); a requeued dep is
+        pending here, and its next finish sees the edge."""
         owner = self.owners.register("enqueuer")
         try:
-            for waiter in waiters:
-                if self.deps.judge(waiter, owner) == "dead":
-                    self.deps.finished(waiter, owner)
+            self.deps.settle(waiters, owner)
         finally:
             self.owners.unregister(owner)
 
@@ -168,11 +172,13 @@ class Spool:
         return self.finished.retry_dead(job_ids)
 
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
-        """Delete finished jobs (done or dead) and their output; frees their ids."""
+        """Delete finished jobs (done or dead), or jobs not started (pending: scheduled ones too),
+        and their output; frees their ids."""
         return self.finished.purge(state, older_than=older_than)
 
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
-        """Delete these finished jobs and their output; per id, None once purged, else why not."""
+        """Delete these finished or not started jobs and their output; per id, None once purged,
+        else why not."""
         return self.finished.purge_ids(job_ids)
 
     def requeue(self, job_ids: list[str]) -> dict[str, str | None]:
@@ -231,6 +237,12 @@ class Spool:
 
     def counts(self) -> Counts:
         return self.views.counts()
+
+    def strays(self) -> list[Stray]:
+        """The files in pending/ or the Maildir that no worker will ever take (maildir.py)."""
+        from . import maildir
+
+        return maildir.strays(self.layout, self.store.now())
 
     def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
         """What the spool did in the last `window` seconds (stats.py), from the attempts log."""

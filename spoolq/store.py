@@ -155,7 +155,7 @@ class Store(Access):
 
     def make_dir(self, path: str) -> None:
         self.refuse_if_reading("create a directory")
-        fsio.make_dir(path, self.modes.inbox if path == self.layout.pending else self.modes.dir)
+        fsio.make_dir(path, self.modes.inbox if self.layout.is_inbox(path) else self.modes.dir)
 
     def write_file(self, path: str, data: bytes, *, durable: bool) -> None:
         self.refuse_if_reading("write a file")
@@ -181,7 +181,7 @@ class Store(Access):
 
     def locked(self, name: str) -> ContextManager[None]:
         """Hold the named spool lock (locks.py: a flock on a file made with the layout, so purge,
-        the way to free space, takes it on a full disk too)."""
+        the way to free space, takes it on a full disk too; a holder that dies lets go)."""
         self.refuse_if_reading("take a lock")
         return config.locked(self.layout, name, mode=self.modes.file)
 

@@ -64,6 +64,7 @@ class Supervisor:
         self.signals += 1
         name = signal.Signals(signum).name
         if self.signals == 1:
+            sd_notify("STOPPING=1")  # the stop begins now: `systemctl status` says "deactivating" while jobs finish
             self.log(f"{name}: stopping after the running jobs finish")
         elif self.signals == KILL_AFTER_SIGNALS - 1:
             self.log(f"{name}: still running: {self._running() or 'no job'}; once more kills them "
@@ -99,7 +100,8 @@ class Supervisor:
             while self.children:
                 self._reap_one()
         finally:
-            sd_notify("STOPPING=1")
+            if not self.signals:
+                sd_notify("STOPPING=1")  # a stop no signal began (a stop request, the end of a burst)
             signal.setitimer(signal.ITIMER_REAL, 0)
             self.spool.owners.unregister(self.token)
             if self.shared is not None:

@@ -10,6 +10,8 @@ transition   from -> to                                    who         how      
 publish      (caller) -> pending/<canonical>               enqueue     write tmp/, (a       ids/<id> linked (exclusive)         each file (a batch's
              (publish.py)                                                  batch: its plan),                                    in parallel), the plan,
                                                                            rename                                               pending/, ids/
+collect      maildir/new/<any> -> pending/<any>.json       worker      rename, never        the rename won                      pending/
+             (maildir.py)                                              replacing
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
@@ -23,6 +25,8 @@ retry,       done|dead/<id> -> pending/<canonical>         dlq retry,  rewrite, 
 requeue      (finished.py)                                 requeue
 purge        done|dead/<id> -> (deleted) (finished.py)     purge       unlink file, output  lock "dlq"                          none
                                                                        log, ids/<id>
+discard      pending/<canonical> -> (deleted)              purge       unlink file, then    the unlink won against claims       none
+             (finished.py)                                             output log, ids/<id>
 cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
              .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
 kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail
@@ -158,6 +162,8 @@ class Transitions:
             try:
                 moving = self.takes.take_with(adopt_path, job, state)
             except BaseException:
+                if state == "waiting":
+                    self.publisher.deps.forget(job.id, job.after)  # an edge outlives no id
                 ids.release(job.id)
                 raise
         # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
@@ -167,8 +173,8 @@ class Transitions:
             self.store.shards.sync([moved.name])
         else:
             fsio.fsync_dir(self.layout.dir(moved.state))
-        if moved.state == "waiting" and self.publisher.deps.judge(job.id, owner) == "dead":
-            self.publisher.deps.finished(job.id, owner)  # what it waits for died meanwhile
+        if moved.state == "waiting":
+            self.publisher.deps.settle([job.id], owner)  # what it waits for may have finished meanwhile
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
     def _waiting_or_pending(self, job: Job) -> str:
@@ -186,9 +192,10 @@ class Transitions:
         unfinished = deps.unfinished(job)
         if not unfinished:
             return "pending"
-        self.store.make_dir(deps.waiting)
-        self.store.make_dir(deps.edges)
-        deps.make_edges(job, job.after)  # every one, done ones too: purge keeps what is waited for
+        try:
+            deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
+        except JobNotFound as e:
+            raise InvalidJob(str(e)) from None
         return "waiting"
 
     # ---- claim and finish ----------------------------------------------------------------

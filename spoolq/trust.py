@@ -2,15 +2,17 @@
 put a file in it: its root, the directories of its layout and every directory above it are
 checked (store.Store.check_safe), and the parents init makes are private. Opening a spool to its
 group (group_access) changes the modes of what spoolq made in it, and nothing else: the group
-may then read it and create files in pending/ alone (modes.py says why)."""
+may then read it and create files in its inboxes alone (modes.py says why)."""
 
 from __future__ import annotations
 
 import os
 import stat
 
-from . import fsio, layout, shards
-from .modes import INBOX, Modes
+from . import fsio, layout, locks, ours, shards
+from .modes import Modes
+
+FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired.py), given modes here
 
 
 def give_modes(lay: layout.Layout, modes: Modes) -> None:
@@ -20,15 +22,19 @@ def give_modes(lay: layout.Layout, modes: Modes) -> None:
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
         directory = lay.dir(name)
-        _chmod(directory, modes.inbox if name == INBOX else modes.dir)
+        if "/" in name:
+            _give_root_group(lay.root, directory)
+        _chmod(directory, modes.inbox if name in layout.INBOXES else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
             if name == "processing":
                 _chmod_owned(path, modes)
             elif name == "pending" and shards.is_shard(entry):
                 _chmod_shard(path, modes)
-            elif layout.is_spoolq_entry(name, entry):
-                _chmod(path, modes.file)
+            elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
+                _chmod_fired(path, modes)
+            elif ours.is_spoolq_entry(name, entry):
+                _chmod(path, locks.owners_only(modes.file) if name == "locks" else modes.file)
 
 
 def _chmod_owned(owned: str, modes: Modes) -> None:
@@ -46,6 +52,32 @@ def _chmod_shard(shard: str, modes: Modes) -> None:
     for entry in fsio.listdir(shard):
         if layout.is_canonical(entry):
             _chmod(os.path.join(shard, entry), modes.file)
+
+
+def _chmod_fired(fired: str, modes: Modes) -> None:
+    """A schedule's fired markers, never writable by the group (a marker it could rewrite would
+    not be believed, fired.py)."""
+    if not _chmod(fired, modes.dir):
+        return
+    for entry in fsio.listdir(fired):
+        if not entry.startswith("."):
+            try:
+                _chmod(os.path.join(fired, entry), modes.file)
+            except PermissionError:
+                continue  # another trusted uid's marker: its owner's mode (never group-writable) stays
+
+
+def _give_root_group(root: str, directory: str) -> None:
+    """A directory nested in the layout (the Maildir's tmp/, new/, cur/) was made inside a private
+    parent, which has no setgid bit to pass the spool's group on: it has its maker's group. It
+    gets the root's, as the directories right under the root have; where the owner may not give
+    it (not in that group), it stays as it is, and `chgrp -R` by hand does it."""
+    try:
+        st, gid = os.lstat(directory), os.stat(root).st_gid
+        if stat.S_ISDIR(st.st_mode) and st.st_gid != gid:
+            os.chown(directory, -1, gid, follow_symlinks=False)
+    except (FileNotFoundError, PermissionError):
+        return
 
 
 def _chmod(path: str, mode: int) -> bool:
@@ -127,7 +159,7 @@ def _unsafe_on_the_way(path: str, shared: bool, me: int) -> str | None:
 def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbox: bool = False,
                      uid: int | None = None) -> str | None:
     """Why `path` must not be used as a spool directory, or None (also if it does not exist yet).
-    Only the `inbox` (pending/) of a shared spool may be group-writable, and only if sticky.
+    Only an `inbox` (layout.INBOXES) of a shared spool may be group-writable, and only if sticky.
     `uid`: whose spool it is (default: yours; a reader names the spool's owner)."""
     me = os.geteuid() if uid is None else uid
     try:
@@ -151,7 +183,7 @@ def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbo
     elif mode & 0o020 and not shared:
         why = "its group can write into it and group_access is off"
     elif mode & 0o020 and not inbox:
-        why = "its group can write into it (only pending/ may be open to the group)"
+        why = "its group can write into it (only pending/ may be open to the group, and maildir/tmp/ and new/)"
     elif mode & 0o020 and not mode & stat.S_ISVTX:
         why = "its group can write into it and it is not sticky (members could move the owner's jobs)"
     else:

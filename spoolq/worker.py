@@ -7,7 +7,7 @@ import signal
 import time
 from typing import Callable
 
-from . import attempt, events, filesystem, layout, liveness, runner, watch
+from . import attempt, events, filesystem, layout, liveness, maildir, runner, watch
 from .duties import Duties
 from .hooks import Hooks
 from .errors import LostOwnership, SpoolError
@@ -19,8 +19,9 @@ from .sharedlisting import SharedListing
 from .heartbeat import Heartbeat
 from .owners import Since
 from .spool import Spool
+from .store import io_message
 from .transitions import Adopted, Claimed
-from .worklog import JobLines, text_log as stderr_log
+from .worklog import JobLines, SettingsNotes, text_log as stderr_log
 
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
@@ -34,7 +35,7 @@ EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not wo
 def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
     """Say in the log what wakes the worker: events, polling, or neither (a burst)."""
     if wake.mode == "none":
-        log("started; --burst: runs what is ready, then leaves")
+        log("started; --burst: runs what is ready and the retries of what it ran, then leaves")
         return
     kind = filesystem.kind_of(spool.root)
     if wake.mode != "events":
@@ -52,6 +53,26 @@ def _due_later(pending_entry: str) -> bool:
     """Is the job at this pending name scheduled (waiting out a backoff), not ready now?"""
     parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
     return parsed is not None and parsed.due_ms > time.time() * 1000
+
+
+class Retrying:
+    """The retries a burst worker scheduled (pending entries), which it waits out before leaving."""
+
+    def __init__(self) -> None:
+        self.entries: set[str] = set()
+
+    def left(self, index: PendingIndex, paused: frozenset[str]) -> bool:
+        """Whether any is left to run: one a fresh listing still shows in pending/ (another worker
+        may have run it), of a queue not paused (a burst leaves those, as it leaves their jobs)."""
+        # RACE: another worker may claim a retry after the listing: this one then waits until it
+        # is due, loses the claim, lists again and leaves; nothing runs twice (the claim decides).
+        self.entries = {entry for entry in self.entries if index.knows(entry)}
+        return any(_queue(entry) not in paused for entry in self.entries)
+
+
+def _queue(pending_entry: str) -> str:
+    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
+    return parsed.queue if parsed is not None else layout.DEFAULT_QUEUE
 
 
 class CannotStart(Exception):
@@ -91,7 +112,8 @@ class Worker:
         self.host = layout.host_name()
         self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
         self.unsafe = False
-        self._config_said: tuple[str | None, tuple[str, ...]] = (None, ())
+        self.retrying = Retrying()  # a burst's own retries: it waits them out
+        self.settings_notes = SettingsNotes(self.log)
 
     @property
     def lost(self) -> bool:
@@ -127,13 +149,17 @@ class Worker:
         try:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
+            maildir.make(self.spool.store)  # a spool older than its Maildir gets one
             self._register()
-        except (OSError, SpoolError) as e:
-            raise CannotStart(getattr(e, "strerror", None) and f"{e.strerror}: {e.filename}" or str(e)) from None
+        except OSError as e:  # a full disk: one line, with the path only when there is one
+            raise CannotStart(io_message("cannot use the spool", e)) from None
+        except SpoolError as e:
+            raise CannotStart(str(e)) from None
         layout = self.spool.layout
         # A burst worker never waits for an arrival (it leaves when nothing is ready): it watches
         # nothing, and so never imports watchdog (a part of a short burst's start-up).
-        self._wake = watch.Wakeups([layout.pending, layout.dir("control"), layout.dir("slots")],
+        watched = [layout.pending, layout.dir("control"), layout.dir("slots"), layout.dir(maildir.NEW)]
+        self._wake = watch.Wakeups(watched,
                                    events=not self.burst,  # and the shards of a sharded pending/
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)
@@ -199,7 +225,7 @@ class Worker:
         while not self.stopping:
             now = time.time()
             cfg = spool.config
-            self._report_config(cfg.problems)
+            self.settings_notes.say(self.spool.store.config_error, cfg.problems)
             if self._stop_requested():
                 return
             reason = self._wake.check()
@@ -216,6 +242,7 @@ class Worker:
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now
                 self.rescans.run()
+            self.rescans.collect_mail()
             self._adopt_dropins(now)
             blocked = self.admission.blocked()
             if self.burst and self.admission.everything_paused:
@@ -225,21 +252,13 @@ class Worker:
                 self._claim_and_run(name)
                 continue
             if self.burst and not self.index.has_dropins():
-                if last_rescan == now:
+                if last_rescan != now:
+                    last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
+                    continue
+                if not self.retrying.left(self.index, self.admission.paused_queues):
                     return
-                last_rescan = 0.0  # one fresh listing before deciding there is nothing to do
-                continue
             # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
             self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None)
-
-    def _report_config(self, problems: tuple[str, ...]) -> None:
-        said = (self.spool.store.config_error, problems)
-        if said != self._config_said:
-            self._config_said = said
-            if said[0]:
-                self.log(f"{said[0]}; going on with the settings read before")
-            for problem in problems:
-                self.log(problem)
 
     def _sleep(self, now: float, last_rescan: float, last_recover: float, until: float | None = None) -> None:
         assert self._wake is not None
@@ -355,3 +374,5 @@ class Worker:
             self.lost = True
         elif moved.state == "pending":
             self.rescans.remember(moved.name)
+            if self.burst:
+                self.retrying.entries.add(moved.name)

@@ -8,11 +8,30 @@ import json
 import select
 import sys
 import time
+from typing import Callable
 
 from .events import Fact
 from .job import iso
 
 FORMATS = ("text", "json")
+
+
+class SettingsNotes:
+    """What a worker says of its settings: config.json that cannot be read just now, or holds what
+    is not a setting; each once, until it changes."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self._said: tuple[str | None, tuple[str, ...]] = (None, ())
+
+    def say(self, error: str | None, problems: tuple[str, ...]) -> None:
+        if (error, problems) == self._said:
+            return
+        self._said = (error, problems)
+        if error:
+            self.log(f"{error}; going on with the settings read before")
+        for problem in problems:
+            self.log(problem)
 
 
 def write_line(line: str) -> None:

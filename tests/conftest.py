@@ -47,6 +47,11 @@ def strace_path() -> str:
     return required_tool("strace", "SPOOLQ_REQUIRE_STRACE", "strace")
 
 
+def safecat_path() -> str:
+    """Debian's safecat, the Maildir deliverer the maildir/ tests deliver with."""
+    return required_tool("safecat", "SPOOLQ_REQUIRE_SAFECAT", "safecat")
+
+
 def process_state(pid: int) -> str | None:
     """The one-letter process state from /proc (None if gone)."""
     try:

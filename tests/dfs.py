@@ -125,6 +125,16 @@ class Gluster:
                 client.kill()
                 client.wait()
 
+    def kill_client(self, volume: str, host: str) -> None:
+        """SIGKILL one host's client, as a host that dies takes its client with it (its
+        connections to the brick close), then lazily unmount what is left of its mount."""
+        point = self.mounts.pop((volume, host))
+        for client in self.clients:
+            if client.args[-1] == point and client.poll() is None:
+                client.kill()
+                client.wait()
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
     def new_dir(self, volume: str, name: str) -> str:
         """A fresh directory on `volume` (a test's spool lives in one)."""
         path = os.path.join(self.mount(volume, "A"), name)

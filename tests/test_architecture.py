@@ -12,27 +12,27 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "spoolq"
 # Lower ranks never import higher ones or their equals (cli is the top; nothing but __main__
 # imports it). Reading a spool (views) never imports the write side (transitions, recovery).
 RANK = {
-    "errors": 0, "modes": 0.5, "durations": 0.5, "job": 1, "layout": 2, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
+    "errors": 0, "modes": 0.5, "durations": 0.5, "job": 1, "layout": 2, "ours": 2.5, "direct": 2, "sharedlisting": 2, "shares": 2, "notify": 2,
     "fsio": 3, "stamped": 3.5, "retry": 3, "liveness": 3, "runner": 3.5, "watch": 3.5, "index": 3, "filesystem": 3,
     "locks": 4, "output": 4, "shards": 4, "events": 4,
     "config": 5, "trust": 5, "access": 5.5, "stats": 5, "worklog": 5,
     "store": 6,
-    "quarantine": 7, "dropins": 7, "owners": 7, "ids": 7, "pause": 7, "slots": 7, "census": 7.5,
+    "quarantine": 7, "dropins": 7, "maildir": 7, "owners": 7, "ids": 7, "fired": 7, "pause": 7, "slots": 7, "census": 7.5,
     "views": 8, "takes": 8,
     "finished": 9, "deps": 9,
     "publish": 10, "cancel": 10,
     "transitions": 11,
     "recovery": 12,
     "spool": 13,
-    "fsck.report": 14, "fsck.jobs": 15, "fsck.housekeeping": 16, "fsck": 17,
+    "fsck.report": 14, "fsck.jobs": 15, "fsck.waiting": 15.5, "fsck.housekeeping": 16, "fsck": 17,
     "heartbeat": 14, "attempt": 14, "admission": 14, "rescans": 14, "metrics": 14, "schedules": 14, "retention": 14, "hooks": 14, "duties": 14.5, "queues": 14.5, "worker": 15, "supervisor": 16,
-    "web.charts": 16, "web": 17,
+    "web.charts": 16, "web.access": 16, "web": 17,
     "cli.base": 18, "cli.live": 18.5, "cli.complete": 18.5, "cli.enqueue": 19, "cli.reading": 19, "cli.workers": 19, "cli.admin": 19,
     "cli.steering": 19, "cli.observing": 19, "cli.dashboard": 19,
     "cli.scheduling": 19,
     "cli": 20, "__main__": 21, "__init__": 21,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web", "cronsim": "schedules"}
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "watch", "flask": "web", "cronsim": "schedules", "filelock": "locks"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 
 

@@ -165,6 +165,28 @@ def test_a_worker_killed_while_adopting_drop_ins_loses_none(tmp_path, kind):
     sweep(tmp_path, kind, _dropped, lambda root: [*WORKER, root], _every_dropped_job_ran)
 
 
+def _delivered(root: str) -> list[str]:
+    """Jobs in the Maildir as a deliverer leaves them (written in tmp/, then moved into new/),
+    under names without .json; one names its id inside."""
+    spool = Spool(root)
+    spool.set_config("backoff_base", 0)
+    tags = ["m1", "m2", "m3"]
+    for i, tag in enumerate(tags):
+        spec = job_that_records(root, tag)
+        if i == 0:
+            spec["id"] = "mailed"
+        name = f"1765100000.M{i}P42.host"
+        with open(os.path.join(spool.layout.dir("maildir/tmp"), name), "w") as f:
+            json.dump(spec, f)
+        os.rename(os.path.join(spool.layout.dir("maildir/tmp"), name), os.path.join(spool.layout.dir("maildir/new"), name))
+    return tags
+
+
+@pytest.mark.parametrize("kind", ["rename", "fsync", "mkdir"])
+def test_a_worker_killed_while_collecting_maildir_deliveries_loses_none(tmp_path, kind):
+    sweep(tmp_path, kind, _delivered, lambda root: [*WORKER, root], _every_dropped_job_ran)
+
+
 # ---- a worker recording failed attempts ---------------------------------------------------------
 
 
@@ -566,17 +588,29 @@ def test_a_worker_killed_holding_a_slot_leaks_none(tmp_path, kind):
 def _a_dependency(root: str) -> str:
     spool = Spool(root)
     spool.enqueue({"id": "a", **job_that_records(root, "a")})
-    return "a"
+    return "pending"
 
 
-def _waiter_whole_or_never_enqueued(root: str, dep: str, killed: bool) -> None:
+def _a_done_dependency(root: str) -> str:
+    """a has run: the enqueue makes b's edge under the purge lock, publishes b to waiting/, then
+    judges it once more and releases it (its edges removed)."""
+    _a_dependency(root)
+    burst(root)
+    return "done"
+
+
+def _waiter_whole_or_never_enqueued(root: str, dep_state: str, killed: bool) -> None:
+    """b is waiting with a live edge, released, or absent with its id free: never waiting unwoken."""
     spool = Spool(root, create=False)
     try:
         state = spool.find("b").state
     except Exception:
         state = None  # never acknowledged: nothing of it may block a later enqueue
-    assert state in (None, "waiting"), state
-    assert not killed or state is None or state == "waiting"
+    assert state in (None, "waiting", "pending"), state
+    if not killed:
+        assert state == ("waiting" if dep_state == "pending" else "pending"), state
+    if state == "waiting":
+        assert os.path.lexists(os.path.join(root, "after", "a", "b")), "b waits with no edge"
     repaired_clean(root)
     burst(root)
     if state is None:
@@ -584,12 +618,14 @@ def _waiter_whole_or_never_enqueued(root: str, dep: str, killed: bool) -> None:
         assert r.returncode == 0, r.stderr
         burst(root)
     assert runs(root) == ["a", "b"], runs(root)
+    assert os.listdir(os.path.join(root, "after")) == [] and os.listdir(os.path.join(root, "waiting")) == []
 
 
-@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "mkdir", "link"])
-def test_enqueue_after_killed_at_any_point_is_whole_or_never_was(tmp_path, kind):
-    sweep(tmp_path, kind, _a_dependency, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--id", "b", "--after",
-                                                       "a", f"echo b >> {root}.runs"],
+@pytest.mark.parametrize("kind", ["rename", "write", "fsync", "mkdir", "link", "unlink"])
+@pytest.mark.parametrize("setup", [_a_dependency, _a_done_dependency])
+def test_enqueue_after_killed_at_any_point_is_whole_or_never_was(tmp_path, kind, setup):
+    sweep(tmp_path, kind, setup, lambda root: [*SPOOLQ, "--spool", root, "enqueue", "--id", "b", "--after",
+                                               "a", f"echo b >> {root}.runs"],
           _waiter_whole_or_never_enqueued)
 
 
@@ -743,7 +779,7 @@ def _retained_whole_and_unblocked(root: str, ids: list[str], killed: bool) -> No
     _purged_whole_or_not_at_all(root, ids, killed)
     from spoolq.retention import Retention
 
-    # The lock a killed worker held on this host is broken by the next one: retention goes on.
+    # The lock a killed worker held was let go with it: retention goes on at once.
     assert Retention(Spool(root, create=False)).run(0.0) is not None
 
 

@@ -45,6 +45,19 @@ def test_local_disk_is_safe(tmp_path):
     assert filesystem.unsafe_because(str(tmp_path)) is None
 
 
+@pytest.mark.parametrize("kind, options, local", [
+    ("nfs", "rw,vers=3,nolock,local_lock=all", "nolock"), ("nfs", "rw,vers=3,local_lock=flock", "local_lock=flock"),
+    ("nfs", "rw,vers=3,local_lock=posix", None), ("nfs4", "rw,vers=4.2,local_lock=none", None),
+    ("lustre", "rw,localflock", "localflock"), ("lustre", "rw", "not supported"), ("lustre", "rw,flock", None),
+    ("fuse.bindfs", "rw,user_id=0", None), ("ext4", "rw", None)])
+def test_a_mount_whose_flocks_stay_on_one_host_is_named(kind, options, local):
+    """Where flock(2) never reaches the server, a spool lock excludes only one host's processes:
+    the mount's own options say so (no NFS or Lustre server here: the options as mountinfo shows
+    them), and unsafe_because, which workers refuse on, names it."""
+    why = filesystem.flock_stays_local(kind, frozenset(options.split(",")))
+    assert (why is None) == (local is None) and (local is None or local in why), why
+
+
 def test_worker_start_refuses_stock_gluster_in_one_line(stock_spool):
     env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_ALLOW_UNSAFE_FS"}
     r = subprocess.run([*SPOOLQ, "--spool", stock_spool, "worker", "start", "--burst"], capture_output=True,
@@ -203,3 +216,35 @@ def test_another_hosts_rescues_never_crash_a_reader_here(gluster, tmp_path):
         churner.join()
     assert stale, "this rig never answered ESTALE: the test proved nothing"
     assert not errors, (rounds, stale, sorted(set(errors))[:5])
+
+
+@pytest.mark.parametrize("volume", ["strict", "stock"])
+def test_a_lock_held_through_a_client_that_dies_is_let_go_at_once(gluster, tmp_path, volume):
+    """A spool lock taken through host D's client excludes host A; SIGKILL D's glusterfs client
+    (the host dies, its connection to the brick closes) and the brick's locks translator lets go
+    of D's flock: A takes the lock within a second, its holder still alive on a dead mount."""
+    from spoolq import config, layout
+    from spoolq.errors import LockBusy
+
+    name = gluster.new_dir(volume, os.path.basename(tmp_path))
+    Spool(os.path.join(gluster.mount(volume, "A"), name))
+    hold = ("import sys, time\nfrom spoolq import config, layout\n"
+            "with config.locked(layout.Layout(sys.argv[1]), 'dlq', mode=0o600):\n"
+            "    print('held', flush=True)\n    time.sleep(120)\n")
+    d = subprocess.Popen([sys.executable, "-c", hold, os.path.join(gluster.mount(volume, "D"), name)],
+                         env={**os.environ, "SPOOLQ_HOST": "D"}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert d.stdout.readline() == "held\n"
+        lay = layout.Layout(os.path.join(gluster.mount(volume, "A"), name))
+        with pytest.raises(LockBusy, match=f"held by pid {d.pid} on host D"):
+            with config.locked(lay, "dlq", mode=0o600, timeout=0.5):
+                pass
+        killed = time.monotonic()
+        gluster.kill_client(volume, "D")
+        with config.locked(lay, "dlq", mode=0o600, timeout=30):
+            took = time.monotonic() - killed
+        print(f"{volume}: host A took the lock {took:.3f}s after host D's client was killed")
+        assert took < 1, f"{took:.2f}s"
+    finally:
+        d.kill()
+        d.wait()

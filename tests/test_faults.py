@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -328,12 +329,14 @@ def test_fsck_clean_spool_exits_0(run, spool):
 
 @pytest.fixture
 def broken_spool(spool):
-    """A spool with one of every problem fsck knows; returns it with {(kind, name): repairable}."""
+    """A spool with one of every problem fsck knows; yields it with {(kind, name): repairable}."""
     old_umask = os.umask(0o077)  # what the test writes by hand has the spool's modes, as spoolq's would
     try:
-        return _break(spool)
+        broken = _break(spool)
     finally:
         os.umask(old_umask)
+    with locks.locked(spool.layout.lock("config"), mode=0o600):  # held by us: a lock taken a moment ago is fine
+        yield broken
 
 
 def _break(spool):
@@ -380,9 +383,10 @@ def _break(spool):
     spool.enqueue({"id": "stuck", "command": "true"})
     stuck = spool.transitions.claim(next(n for n in os.listdir(lay.pending) if n.endswith("@stuck.json")), dead)
     assert stuck is not None
-    # locks: one held by a process that is gone (killed while holding it), one held by us (fine)
-    os.rename(lay.lock("dlq"), f"{lay.lock('dlq')}.{dead_pid()}.0.{L_boot()}.{L_pidns()}.{L_host()}")
-    os.rename(lay.lock("config"), f"{lay.lock('config')}.{locks.holder_tag()}")
+    # locks: an earlier spoolq's renamed token and its anchor (removed); config's is held (fixture)
+    old_lock = f"{lay.dir('locks')}/dlq.lock.{dead_pid()}.0.0.0.00000000"
+    for old in (old_lock, f"{lay.dir('locks')}/dlq.anchor"):
+        _write(old, b"")
     # a registration whose process is gone and which holds no directory
     gone = fake_owner(spool, alive=False)
     os.rmdir(lay.owned(gone))
@@ -400,7 +404,8 @@ def _break(spool):
         ("orphan-reason", "+gone.abcdef.json"): True,
         ("permissions", "done1.json"): True,
         ("permissions", "output"): True,
-        ("stale-lock", next(n for n in os.listdir(lay.dir("locks")) if n.startswith("dlq.lock."))): True,
+        ("old-lock", os.path.basename(old_lock)): True,
+        ("old-lock", "dlq.anchor"): True,
         ("stale-registration", f"{gone}.json"): True,
         ("stale-temp", ".0.000000000000.tmp"): True,
         ("stale-temp", ".1.000000000000.tmp"): True,
@@ -424,6 +429,33 @@ def test_fsck_finds_every_kind_of_problem(broken_spool, run):
     assert {p["kind"] for p in report["problems"]} <= set(fsck.KINDS)
 
 
+def test_fsck_and_status_name_every_file_no_worker_will_ever_take(spool, run):
+    """A name without .json in pending/ (what a Maildir deliverer writes), a directory there, and
+    in the Maildir a directory in new/, anything in cur/ and a tmp/ file abandoned by its writer:
+    each is said, and left where it is, even by --repair."""
+    lay = spool.layout
+    strays = [os.path.join(lay.pending, "1765100000.M1P2.host"), os.path.join(lay.dir("maildir/cur"), "x:2,S"),
+              os.path.join(lay.dir("maildir/tmp"), "1765000000.M3P4.host")]
+    for path in strays:
+        _write(path, b'{"command": "true"}')
+    backdate(strays[2], 40 * 3600)
+    _write(os.path.join(lay.dir("maildir/tmp"), "1765100001.M5P6.host"), b"{")  # a delivery in progress: fine
+    os.mkdir(os.path.join(lay.pending, "folder"))
+    os.mkdir(os.path.join(lay.dir("maildir/new"), "folder"))
+    expected = {"1765100000.M1P2.host", "x:2,S", "1765000000.M3P4.host", "folder"}
+    r = run("fsck", "--repair", "--json")
+    assert r.returncode == 1, r.stderr
+    found = json.loads(r.stdout)["problems"]
+    assert sorted((p["kind"], os.path.basename(p["path"]), p["repaired"]) for p in found) == \
+        sorted(("never-picked-up", name, False) for name in [*expected, "folder"])
+    assert all(os.path.lexists(path) for path in strays)
+    status = run("status", "--json")
+    assert json.loads(status.stdout)["never_picked_up"] == 5
+    said = run("status")
+    assert re.search(r"^never_picked_up +5$", said.stdout, re.M) and "never picked up: " in said.stderr
+    assert "pending/1765100000.M1P2.host" in said.stderr and "and 2 more" in said.stderr
+
+
 def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
     spool, expected, names = broken_spool
     lay = spool.layout
@@ -445,11 +477,25 @@ def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
     assert spool.find("done1").state == "done"
     assert os.path.exists(lay.id_marker("nomark")) and not os.path.exists(lay.id_marker("orphan"))
     assert os.path.exists(lay.id_marker("inflight"))  # young: left for its enqueue
-    assert os.path.exists(lay.lock("dlq")) and not os.path.exists(lay.lock("config"))  # ours, still held
+    assert sorted(os.listdir(lay.dir("locks"))) == ["config.flock", "dlq.flock", "ids.flock", "retention.flock"]
     assert os.stat(os.path.join(lay.done, "done1.json")).st_mode & 0o777 == 0o600
     assert "lost" in spool.find(names["qid"]).reason
     # The duplicate's bytes were quarantined, not deleted.
     assert any(r["source"] == names["dup_name"] for r in quarantine_records(spool).values())
+
+
+def test_fsck_names_the_holder_of_a_lock_held_for_long_and_leaves_it(spool):
+    """Item 6: a lock held for over 10 minutes (retention stopped on every host, or every
+    `dlq retry` waiting) is reported with its holder; a dead holder's is let go by the file
+    system, so this one is alive and fsck never takes it from it."""
+    lock = spool.layout.lock("retention")
+    with locks.locked(lock, mode=0o600):
+        assert fsck.check(spool) == []  # taken a moment ago: nothing to say
+        backdate(lock, 700)  # the mtime its holder set when it took it
+        (p,) = fsck.check(spool, repair=True)
+        assert (p.kind, p.path, p.repaired) == ("long-held-lock", lock, False)
+        assert f"lock retention held by pid {os.getpid()} on host " in p.detail and "for 12min" in p.detail
+        assert locks.holder(lock).pid == os.getpid()  # still ours
 
 
 def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
@@ -465,18 +511,6 @@ def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
 def empty_marker(path: str) -> None:
     """An id marker as spoolq 0.1 made them: empty, its creator unknown."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-
-
-def L_boot() -> str:
-    return (liveness.boot_id() or "")[:8]
-
-
-def L_pidns() -> int:
-    return liveness.pid_namespace() or 0
-
-
-def L_host() -> str:
-    return locks.holder_tag().rsplit(".", 1)[1]
 
 
 def _drop(lay: L.Layout, name: str, data: bytes) -> str:

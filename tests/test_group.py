@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import SPOOLQ, dead_pid, spoolq, wait_for
+from conftest import SPOOLQ, dead_pid, safecat_path, spoolq, wait_for
 from spoolq import fsck, layout as L, liveness
 from spoolq.schedules import Schedule, Schedules
 from spoolq.spool import Spool
@@ -95,6 +95,16 @@ def test_a_member_can_create_nothing_outside_pending(shared, where):
     assert r.returncode != 0 and not os.path.exists(path)
 
 
+def test_a_member_cannot_open_a_lock_file_to_hold_the_lock(shared):
+    """flock(2) needs only a descriptor: a lock file the group could read, a member could hold for good."""
+    locks = os.path.join(shared.root, "locks")
+    files = [os.path.join(locks, n) for n in os.listdir(locks)]
+    assert files
+    for path in files:
+        r = as_member('exec 3<"$1"', path)
+        assert r.returncode != 0 and "Permission denied" in r.stderr, path
+
+
 def test_a_member_still_drops_jobs_and_reads_the_spool(shared, workers, tmp_path):
     shared.set_config("trusted_uids", [MEMBER])
     shared.set_config("drop_grace", 0.2)
@@ -126,6 +136,32 @@ def test_a_group_writable_drop_in_is_refused_even_from_a_trusted_uid(shared, wor
     (reason,) = [json.load(open(os.path.join(shared.layout.dir("quarantine"), n)))
                  for n in os.listdir(shared.layout.dir("quarantine"))]
     assert "writable by its group" in json.dumps(reason)
+
+
+def test_a_member_delivers_with_safecat_and_is_believed_only_if_trusted(shared, workers, tmp_path):
+    """The Maildir's tmp/ and new/ are inboxes as pending/ is (sticky, 3770): a member's delivery
+    runs if the member is trusted, and is quarantined, never run, if not."""
+    shared.set_config("drop_grace", 0.2)
+    maildir = shared.layout.dir("maildir")
+    assert [stat.S_IMODE(os.stat(f"{maildir}/{d}").st_mode) for d in ("tmp", "new", "cur")] == [0o3770, 0o3770, 0o2750]
+    deliver = 'umask 022 && printf "%s" "$1" | "$2" "$3/tmp" "$3/new"'
+    proofs = {who: tmp_path / who for who in ("untrusted", "trusted")}
+    r = as_member(deliver, json.dumps({"id": "untrusted", "command": f"touch {proofs['untrusted']}"}),
+                  safecat_path(), maildir)
+    assert r.returncode == 0, r.stderr
+    untrusting = workers(1, spool_dir=shared.root)
+    wait_for(lambda: any(n.startswith("+") for n in os.listdir(shared.layout.dead)), 15, "the quarantine")
+    untrusting.stop()
+    shared.set_config("trusted_uids", [MEMBER])
+    r = as_member(deliver, json.dumps({"id": "trusted", "command": f"touch {proofs['trusted']}"}),
+                  safecat_path(), maildir)
+    assert r.returncode == 0, r.stderr
+    workers(1, spool_dir=shared.root)
+    wait_for(lambda: os.path.exists(os.path.join(shared.layout.done, "trusted.json")), 15, "the member's job")
+    assert proofs["trusted"].exists() and not proofs["untrusted"].exists()
+    (reason,) = [json.load(open(os.path.join(shared.layout.dir("quarantine"), n)))
+                 for n in os.listdir(shared.layout.dir("quarantine"))]
+    assert f"untrusted uid {MEMBER}" in reason["reason"]
 
 
 def test_a_shard_a_member_made_is_never_written_into(shared):

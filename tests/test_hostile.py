@@ -20,13 +20,14 @@ BIG = 10 * 1024 * 1024
 
 def snapshot(root: str, dir_times: bool = True) -> dict[str, tuple[int, int, int]]:
     """Every path under the spool with its type, size and mtime: 'nothing written' means equal.
-    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime)."""
+    Without `dir_times`: nothing left behind (an id reserved and given back changes ids/'s mtime).
+    A lock file's mtime is when the lock was last taken, not a write to the spool."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             path = os.path.join(dirpath, name)
             st = os.lstat(path)
-            keep_time = dir_times or not stat.S_ISDIR(st.st_mode)
+            keep_time = (dir_times or not stat.S_ISDIR(st.st_mode)) and os.path.basename(dirpath) != "locks"
             out[os.path.relpath(path, root)] = (stat.S_IFMT(st.st_mode), st.st_size,
                                                 st.st_mtime_ns if keep_time else 0)
     return out
@@ -329,7 +330,8 @@ def test_the_hostile_corpus_dropped_at_once_never_runs_and_the_workers_go_on(spo
     assert len(w.live()) == 2  # the workers are still running; their log shows no crash
     log = w.stop()
     assert "Traceback" not in log and "crashed" not in log, log
-    assert fsck.check(spool) == []
+    assert sorted((p.kind, os.path.basename(p.path)) for p in fsck.check(spool)) == \
+        [("never-picked-up", "dir.json"), ("never-picked-up", "notes.txt")]  # said, and left alone
 
 
 # ---- permissions -----------------------------------------------------------------------------
@@ -377,11 +379,13 @@ def test_group_access_opens_the_spool_to_its_group(spool_dir, run, workers):
     assert r.returncode == 0, r.stderr
     ok = exercise(spool_dir, run, workers, "after")
     modes = tree_modes(spool_dir)
-    for path, mode in modes.items():  # the group reads all, and creates files in pending/ alone
-        if path == "pending/":
+    for path, mode in modes.items():  # the group reads all, and creates files in the inboxes alone
+        if path in ("pending/", "maildir/tmp/", "maildir/new/"):
             assert mode == 0o3770, oct(mode)
         elif path.endswith("/") or path == ".":
             assert mode == 0o2750, (path, oct(mode))
+        elif path.startswith("locks/"):
+            assert mode == 0o600, (path, oct(mode))  # whoever can open a lock file can hold the lock
         else:
             assert mode == 0o640, (path, oct(mode))
     assert modes[f"output/{ok}.log"] == 0o640

@@ -5,7 +5,10 @@ directory. B therefore gets no inotify events for A's writes, as an NFS client g
 another client's writes, and must be woken by polling. Each host's processes run with their own
 SPOOLQ_HOST. Every worker is a real `spoolq worker start` process.
 
-The view is mounted with ``-o attr_timeout=0,entry_timeout=0,negative_timeout=0``. Without them
+The view forwards locks to the directory below (``--enable-lock-forwarding``, which needs
+``--multithreaded``): a flock taken through B excludes one taken on A, as a shared file system's
+server makes it (without it, FUSE keeps B's flocks in B's kernel alone, and they exclude nobody
+on A). The view is mounted with ``-o attr_timeout=0,entry_timeout=0,negative_timeout=0``. Without them
 the kernel's FUSE cache (measured: ~1 s) keeps stat() results on B stale -- a heartbeat's mtime, a
 config or stop file replaced by rename, a directory a rescuer renamed away -- while readdir is
 always fresh. That is the analogue of NFS attribute caching (actimeo). These tests also pass with
@@ -34,10 +37,12 @@ import pytest
 
 import dfs
 from conftest import SPOOLQ, process_state, stop_gracefully, wait_for
-from spoolq import Spool
+from spoolq import Spool, locks
 from spoolq import config as config_mod
+from spoolq.errors import SpoolError
 
 BINDFS_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
+BINDFS_LOCKS = ["--enable-lock-forwarding", "--multithreaded"]  # flocks reach the directory below, as on a server
 RIG_MARK = "SPOOLQ_TEST_RIG"  # in the environment of every process the rig starts, and of their jobs
 POLL = 0.5
 SKEW_SECONDS = 3600.0  # host C's clock is this far ahead
@@ -111,7 +116,7 @@ class Rig:
             _unavailable("/dev/fuse is missing: FUSE is not available here")
         # -f: stay in the foreground, so the rig owns the daemon; --no-allow-other: no need for
         # user_allow_other in /etc/fuse.conf, every process of the test runs as the mounting user.
-        self.bindfs = subprocess.Popen([exe, "-f", "--no-allow-other", "-o", BINDFS_OPTIONS, self.a, self.b],
+        self.bindfs = subprocess.Popen([exe, "-f", "--no-allow-other", *BINDFS_LOCKS, "-o", BINDFS_OPTIONS, self.a, self.b],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
@@ -395,7 +400,7 @@ def test_worker_stop_cli_reaches_every_host(rig):
 
 
 def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
-    """The config/metadata lock (an O_EXCL marker) admits one holder at a time, whichever view
+    """The config/metadata lock (a flock the file system forwards) admits one holder at a time, whichever view
     each contender uses: a read-modify-write counter under it loses no update. Not on stock
     GlusterFS: there host B may read the config host A replaced a moment ago from its cache, under
     the lock, and lose A's setting (test_dfs shows the stale read), which is why workers refuse it."""
@@ -424,9 +429,7 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
     for p in procs:
         assert p.wait(30) == 0
     assert int(counter.read_text()) == 4 * per_host
-    assert sorted(os.listdir(os.path.join(rig.a, "locks"))) == [  # every lock given back by its holder
-        "config.anchor", "config.lock", "dlq.anchor", "dlq.lock", "ids.anchor", "ids.lock", "retention.anchor",
-        "retention.lock", "rig-test.anchor", "rig-test.lock"]
+    assert locks.holder(os.path.join(rig.a, "locks", "rig-test.flock")) is None  # let go by every holder
 
     # And the real read-modify-write: settings saved from both hosts at once all survive.
     keys = {"A": ("max_retries", "7"), "B": ("job_timeout", "9")}
@@ -436,6 +439,33 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
         assert p.wait(30) == 0, p.stderr.read()
     cfg = config_mod.load(rig.spool("A").layout)
     assert (cfg.max_retries, cfg.job_timeout, cfg.poll_interval, cfg.backoff_base) == (7, 9, POLL, 0)
+
+
+HOLD = ("import sys, time\nfrom spoolq import config, layout\n"
+        "with config.locked(layout.Layout(sys.argv[1]), sys.argv[2], mode=0o600):\n"
+        "    print('held', flush=True)\n    time.sleep(120)\n")
+
+
+@pytest.mark.parametrize("name", ["dlq", "retention"])
+def test_a_lock_holder_killed_on_another_host_lets_this_host_in_at_once(rig, name):
+    """A process on host B holds a spool lock (a `dlq retry`, a worker's retention) and is
+    SIGKILLed: host A, which cannot judge B's pid, takes the lock at once, with nothing done by
+    hand; while B held it, A's wait timed out naming B's holder."""
+    b = subprocess.Popen([SPOOLQ[0], "-c", HOLD, rig.path("B"), name], env=rig.env("B"),
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    rig.procs.append(b)
+    assert b.stdout.readline() == "held\n"
+    lay = rig.spool("A").layout
+    with pytest.raises(SpoolError, match=f"held by pid {b.pid} on host B"):
+        with config_mod.locked(lay, name, mode=0o600, timeout=0.3):
+            pass
+    b.kill()
+    b.wait()
+    started = time.monotonic()
+    with config_mod.locked(lay, name, mode=0o600, timeout=5):
+        took = time.monotonic() - started
+    assert took < 1, f"host A waited {took:.2f}s for a dead holder's lock"
+    assert "purged" in rig.ok("A", "purge")  # and the command that takes it runs
 
 
 def test_a_host_an_hour_ahead_neither_steals_nor_keeps_jobs(safe_rig, tmp_path):

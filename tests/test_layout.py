@@ -17,7 +17,7 @@ def test_layout_paths_are_the_joined_paths(root):
         lay.dir("ids"): ("ids",), lay.owned("host-1-abc"): ("processing", "host-1-abc"),
         lay.id_marker("j1"): ("ids", "j1"), lay.output("j1"): ("output", "j1.log"),
         lay.worker_file("w"): ("workers", "w.json"), lay.reason_file("q"): ("quarantine", "q.json"),
-        lay.lock("config"): ("locks", "config.lock"), lay.stop_file: ("control", "stop"),
+        lay.lock("config"): ("locks", "config.flock"), lay.stop_file: ("control", "stop"),
         lay.worker_log("h"): ("log", "worker-h.log"),
     }
     for path, parts in expected.items():

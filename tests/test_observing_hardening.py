@@ -57,6 +57,7 @@ def test_stats_does_not_print_terminal_escapes_from_the_log(spool, spool_dir):
 
 flask = pytest.importorskip("flask")
 from spoolq.web import create_app  # noqa: E402
+from spoolq.web.access import Bound  # noqa: E402
 
 
 def client(spool: Spool, **kw):
@@ -128,8 +129,8 @@ def test_dashboard_refuses_a_foreign_host_header(spool):
     assert "*" not in spool.paused()
     for name in ("http://127.0.0.1:8765", "http://localhost:8765", "http://[::1]:8765"):
         assert c.get("/", base_url=name).status_code == 200
-    elsewhere = client(spool, token="t", bind_host="0.0.0.0")  # with a token: any name, the token decides
-    assert elsewhere.get("/?token=t", base_url=base).status_code == 200
+    elsewhere = client(spool, token="t", bound=Bound("0.0.0.0", "0.0.0.0", 8765))  # any name: the token decides
+    assert elsewhere.get("/", headers={"Authorization": "Bearer t"}, base_url=base).status_code == 200
 
 
 def test_one_worker_per_host_writes_the_textfile(spool):

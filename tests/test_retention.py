@@ -79,6 +79,22 @@ def test_one_worker_at_a_time_and_a_small_share_of_its_time(spool):
     assert took.next_at >= 100.0 + MIN_GAP
 
 
+def test_a_retention_lock_held_for_long_is_said_once_in_the_log(spool):
+    """Item 6: a worker that finds the retention lock held, batch after batch, for 10 minutes
+    says so in its log, naming the holder (nothing is purged meanwhile), and only once."""
+    from spoolq.duties import Duties
+
+    finished_spool(spool)
+    burst(spool)
+    lines: list[str] = []
+    duties = Duties(spool, lines.append, lambda: "")
+    with config.locked(spool.layout, "retention", mode=0o600):  # a holder that never lets go
+        for now in range(1000, 2300, 100):
+            duties.run(float(now))
+    said = [line for line in lines if "retention" in line]
+    assert len(said) == 1 and f"held by pid {os.getpid()} on host " in said[0], lines
+
+
 def test_a_batch_stops_on_its_time_and_the_next_goes_on_from_there(spool):
     spool.enqueue_many([{"command": "true"} for _ in range(30)])
     burst(spool)

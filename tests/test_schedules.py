@@ -12,8 +12,10 @@ from datetime import datetime, timezone
 
 import pytest
 
+import dfs
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
+from spoolq.fired import RETAIN
 from spoolq.schedules import LATE_LIMIT, Schedule, Schedules, slot_id
 from test_cli import clean
 import test_hosts
@@ -76,6 +78,176 @@ def test_a_purged_slot_is_never_fired_again(spool):
     assert spool.cancel(["rep.20260101T0005Z"])[0].ok
     assert spool.purge_ids(["rep.20260101T0005Z"]) == {"rep.20260101T0005Z": None}
     assert schedules.fire_due(at("2026-01-01T00:07")) == [] and job_ids(spool) == []
+
+
+def purge(spool: Spool, job_id: str) -> None:
+    """The slot's job gone as retention takes it after keep_done: finished (cancelled here) and
+    purged, its id free again."""
+    assert spool.cancel([job_id])[0].ok
+    assert spool.purge_ids([job_id]) == {job_id: None}
+
+
+FIRE_AS_HOST = """
+import sys, time
+from spoolq import Spool
+from spoolq.schedules import Schedules
+print(" ".join(f.job_id for f in Schedules(Spool(sys.argv[1])).fire_due(time.time()) if f.created))
+"""
+
+
+def fire_as_host(spool: Spool, tmp_path, clock: str | float) -> list[str]:
+    """A process whose clock reads `clock` (skewed as tests/dfs.py skews a host's) fires the due
+    slots; the ids of the jobs it created."""
+    clock = at(clock) if isinstance(clock, str) else clock
+    env = {**os.environ, **dfs.skewed_python(clock - time.time(), tmp_path / f"skew{clock:.0f}")}
+    done = subprocess.run([SPOOLQ[0], "-c", FIRE_AS_HOST, spool.root], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_a_purged_slot_never_fires_again_on_a_host_whose_clock_is_behind(spool, tmp_path):
+    """November's slot fired and purged, December's fired: a host whose clock reads 150 s before
+    December's slot (or one whose clock stepped back) finds November's latest, and must not fire it."""
+    add(spool, cron="@monthly", created="2026-10-15T00:00")
+    assert fire_as_host(spool, tmp_path, "2026-11-01T00:00:05") == ["rep.20261101T0000Z"]
+    purge(spool, "rep.20261101T0000Z")
+    assert fire_as_host(spool, tmp_path, "2026-12-01T00:00:05") == ["rep.20261201T0000Z"]
+    assert fire_as_host(spool, tmp_path, at("2026-12-01T00:00") - 150) == []
+    assert fire_as_host(spool, tmp_path, at("2026-12-01T00:00") - 3600) == []
+    assert job_ids(spool) == ["rep.20261201T0000Z"]
+
+
+@pytest.mark.parametrize("skew", [30, -30, 120, -150, 200, -200])
+def test_two_hosts_with_skewed_clocks_fire_each_slot_once_though_every_job_is_purged(spool, skew):
+    """An on-time host and one `skew` seconds off fire a minutely schedule for six minutes; each
+    slot's job is purged as soon as it is made (keep_done at its smallest). Every slot fires once
+    (but for those a host ahead jumps over when it starts, as any worker that starts late does)."""
+    schedules = add(spool, cron="* * * * *", created="2026-01-01T00:00")
+    made = []
+    start = at("2026-01-01T00:10:03")
+    for k in range(36):
+        for clock in (start + 10 * k, start + 10 * k + skew):
+            for fired in schedules.fire_due(clock):
+                if fired.created:
+                    made.append(fired.job_id)
+                    purge(spool, fired.job_id)
+    assert len(made) == len(set(made)), sorted(made)
+    slots = sorted(datetime.strptime(m, "rep.%Y%m%dT%H%MZ").replace(tzinfo=timezone.utc).timestamp() for m in made)
+    assert slots[-1] - slots[1] == 60 * (len(slots) - 2)  # none missed since a host ahead made its first jump
+
+
+def test_a_host_hours_behind_fires_no_slot_again_though_markers_are_pruned(spool):
+    """Markers younger than RETAIN on the file system's clock, and the two newest, are kept: a
+    host an hour or two behind finds its latest slot fired, or a later one within HORIZON of it."""
+    schedules = add(spool, cron="* * * * *", created="2026-01-01T00:00")
+    start = at("2026-01-01T00:00:03")
+    for k in range(150):  # two and a half hours on time, every job purged at once
+        for f in schedules.fire_due(start + 60 * k, fs_now=start + 60 * k):
+            purge(spool, f.job_id)
+    end = start + 60 * 149
+    assert len(os.listdir(os.path.join(spool.layout.dir("schedules"), "rep.fired"))) == RETAIN // 60
+    for behind in (200, 3600, 7200, RETAIN):
+        assert schedules.fire_due(end - behind, fs_now=end) == [], behind
+    assert job_ids(spool) == []
+
+
+def test_a_fixed_time_fires_once_through_both_daylight_saving_changes(spool):
+    """01:30 comes twice on New York's fall-back night: it fires once, at the first (cronsim's and
+    Debian cron's reading), and the second pass of the hour knows it as the latest slot. 02:30 does
+    not come on the spring-forward night: it fires once, at 03:00 EDT, the first minute after the jump."""
+    schedules = add(spool, cron="30 1 * * *", tz="America/New_York", created="2026-10-30T00:00")
+    schedule = schedules.get("rep")
+    first = at("2026-11-01T05:30")  # 01:30 EDT; 06:30 UTC is 01:30 EST
+    for t in ("2026-11-01T05:30", "2026-11-01T06:00", "2026-11-01T06:30", "2026-11-01T06:59:59"):
+        assert schedule.latest_slot(at(t)) == first, t
+        assert schedule.next_slot(at(t)) == at("2026-11-02T06:30"), t
+    fired = [f.job_id for t in ("2026-11-01T05:30:10", "2026-11-01T06:00", "2026-11-01T06:30:10", "2026-11-01T07:00",
+                                "2026-11-02T06:30:10") for f in schedules.fire_due(at(t)) if f.created]
+    assert fired == ["rep.20261101T0530Z", "rep.20261102T0630Z"]
+
+    spring = add(spool, "spring", cron="30 2 * * *", tz="America/New_York", created="2026-03-07T12:00")
+    fired = [f.job_id for t in ("2026-03-08T06:59", "2026-03-08T07:00:05", "2026-03-08T07:30:05", "2026-03-08T08:00",
+                                "2026-03-09T06:30:05") for f in spring.fire_due(at(t)) if f.name == "spring" and f.created]
+    assert fired == ["spring.20260308T0700Z", "spring.20260309T0630Z"]
+
+
+def test_a_slot_marked_but_never_published_is_published_by_the_next_look(spool, monkeypatch):
+    """A crash between a slot's marker and its job: the next look publishes it (the latest slot
+    still), once; an older one is superseded by the next slot, and said."""
+    schedules = add(spool)
+    monkeypatch.setattr(Spool, "enqueue_many", lambda *_a, **_k: (_ for _ in ()).throw(OSError(5, "crash")))
+    with pytest.raises(OSError):
+        schedules.fire_due(at("2026-01-01T00:05:01"))
+    monkeypatch.undo()
+    assert job_ids(spool) == [] and schedules.fired.newest("rep").state == "marked"
+    assert [(f.job_id, f.created) for f in schedules.fire_due(at("2026-01-01T00:06"))] == [("rep.20260101T0005Z", True)]
+    assert schedules.fire_due(at("2026-01-01T00:07")) == [] and schedules.fired.newest("rep").state == "fired"
+    schedules.fired.mark("rep", at("2026-01-01T00:10"), "rep.20260101T0010Z")  # and its firer died
+    fired = schedules.fire_due(at("2026-01-01T00:15:01"))
+    assert [f.job_id for f in fired] == ["rep.20260101T0015Z"] and "rep.20260101T0010Z" in fired[0].note
+    assert job_ids(spool) == ["rep.20260101T0005Z", "rep.20260101T0015Z"]
+
+
+def test_a_record_of_a_slot_that_others_could_write_is_not_believed(spool):
+    """A .last or a marker of a later slot made by an untrusted uid, writable by the group, or
+    renamed to name another slot, keeps no slot from firing."""
+    schedules = add(spool)
+    schedules.fire_due(at("2026-01-01T00:05"))
+    ahead = at("2026-01-01T00:10:30")  # a slot's worth ahead: what a .last was believed up to
+    last = os.path.join(spool.layout.dir("schedules"), "rep.last")
+    fired_dir = os.path.join(spool.layout.dir("schedules"), "rep.fired")
+    os.makedirs(fired_dir, exist_ok=True)
+    forged = {last: (f"{ahead:.0f} rep.x\n", 4242, 0o600),
+              os.path.join(fired_dir, "20990101T0000Z"): (f"{at('2099-01-01'):.0f} rep.y fired\n", 0, 0o620),
+              os.path.join(fired_dir, "20980101T0000Z"): (f"{at('2099-01-01'):.0f} rep.z fired\n", 0, 0o600)}
+    for path, (text, uid, mode) in forged.items():
+        with open(path, "w") as f:
+            f.write(text)
+        os.chown(path, uid, -1)
+        os.chmod(path, mode)
+    assert [f.job_id for f in schedules.fire_due(at("2026-01-01T00:10:01"))] == ["rep.20260101T0010Z"]
+
+
+def test_in_a_shared_spool_markers_are_the_owners_alone_and_are_believed(spool):
+    schedules = add(spool)
+    schedules.fire_due(at("2026-01-01T00:05"))
+    spool.set_config("group_access", True)
+    schedules.fire_due(at("2026-01-01T00:10"))
+    fired_dir = os.path.join(spool.layout.dir("schedules"), "rep.fired")
+    assert {e: oct(os.stat(os.path.join(fired_dir, e)).st_mode & 0o777) for e in os.listdir(fired_dir)} == {
+        "20260101T0005Z": "0o640", "20260101T0010Z": "0o640"}
+    assert oct(os.stat(fired_dir).st_mode & 0o7777) == "0o2750"
+    purge(spool, "rep.20260101T0010Z")
+    assert schedules.fire_due(at("2026-01-01T00:10") - 150) == [] and schedules.fire_due(at("2026-01-01T00:11")) == []
+
+
+def test_removing_a_schedule_removes_the_slots_it_fired(spool):
+    """A schedule added again under a removed one's name starts with no slot fired, even one that a
+    worker which read the old schedule before its removal marked after it."""
+    schedules = add(spool)
+    schedules.fire_due(at("2026-01-01T00:05"))
+    purge(spool, "rep.20260101T0005Z")
+    schedules.remove("rep")
+    assert sorted(os.listdir(spool.layout.dir("schedules"))) == []
+    schedules.fired.mark("rep", at("2026-01-01T00:10"), "rep.20260101T0010Z")  # that worker, late
+    schedules = add(spool)
+    assert [f.job_id for f in schedules.fire_due(at("2026-01-01T00:05:30")) if f.created] == ["rep.20260101T0005Z"]
+    assert [f.job_id for f in schedules.fire_due(at("2026-01-01T00:10:30")) if f.created] == ["rep.20260101T0010Z"]
+
+
+def test_a_last_of_an_older_spoolq_counts_as_fired(spool):
+    """A spool that has only <name>.last: its slot is not fired again once its job is purged; the
+    markers that follow take over, and the .last is pruned like an old marker."""
+    schedules = add(spool)
+    path = os.path.join(spool.layout.dir("schedules"), "rep.last")
+    with open(path, "w") as f:
+        f.write(f"{at('2026-01-01T00:05'):.0f} rep.20260101T0005Z\n")
+    assert schedules.fire_due(at("2026-01-01T00:06")) == [] and schedules.last("rep")[1] == "rep.20260101T0005Z"
+    for t in ("2026-01-01T00:10", "2026-01-01T00:15", "2026-01-01T00:20"):
+        assert [f.created for f in schedules.fire_due(at(t))] == [True]
+    assert not os.path.exists(path) and schedules.last("rep")[1] == "rep.20260101T0020Z"
+    assert sorted(os.listdir(path[:-5] + ".fired")) == ["20260101T0015Z", "20260101T0020Z"]
 
 
 def test_a_paused_schedule_fires_nothing_and_resumes_from_the_next_slot(spool):

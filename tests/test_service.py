@@ -3,10 +3,14 @@ manager, the signal the units rely on (SIGTERM to the supervisor alone), and she
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,7 +18,9 @@ import pytest
 
 from conftest import SPOOLQ, required_tool, wait_for
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+CHECKOUT = Path(__file__).resolve().parent.parent
+CONTRIB = CHECKOUT / "contrib" / "systemd"
+NOBODY = 65534
 
 
 def systemd_analyze() -> str:
@@ -52,6 +58,107 @@ def test_the_worker_unit_sends_sigterm_to_the_supervisor_alone_and_waits_for_rea
     assert "kill mode" in (said.stdout + said.stderr).lower()
 
 
+@pytest.mark.parametrize("unit, name", [("spoolq-worker@.service", "spoolq-worker@var-spool-myjobs.service"),
+                                        ("spoolq-web.service", "spoolq-web.service")])
+def test_the_units_run_as_a_dedicated_user_in_a_sandbox(unit, name, tmp_path):
+    """Not root, and an exposure systemd-analyze security rates OK (at most 2.0 of 10; the units
+    had 9.6, UNSAFE): the sandbox is measured, not asserted option by option."""
+    text = (CONTRIB / unit).read_text()
+    assert "\nUser=spoolq\n" in text and "\nReadWritePaths=" in text
+    verify(CONTRIB / unit, name, tmp_path)  # writes the unit as installed
+    rated = subprocess.run([systemd_analyze(), "security", "--offline=true", "--threshold=20", str(tmp_path / name)],
+                           capture_output=True, text=True, timeout=60)
+    assert rated.returncode == 0, rated.stdout[-400:] + rated.stderr
+
+
+def test_the_units_verify_as_shipped_against_the_readme_install(tmp_path):
+    """CI installs spoolq as the README says (.ci/run), then the units must verify unchanged:
+    their ExecStart= is where that install puts spoolq."""
+    if not os.access("/usr/local/bin/spoolq", os.X_OK):
+        if os.environ.get("SPOOLQ_REQUIRE_INSTALL") == "1":
+            pytest.fail("/usr/local/bin/spoolq is required here (SPOOLQ_REQUIRE_INSTALL=1): .ci/run installs it")
+        pytest.skip("spoolq is not installed as the README says (.ci/run installs it in CI)")
+    for unit, name in (("spoolq-worker@.service", "spoolq-worker@var-spool-myjobs.service"),
+                       ("spoolq-web.service", "spoolq-web.service")):
+        (tmp_path / name).write_text((CONTRIB / unit).read_text())
+        result = subprocess.run([systemd_analyze(), "verify", str(tmp_path / name)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+# ---- installing and upgrading ----------------------------------------------------------------
+
+
+def checkout_copy(dest: Path, version: str | None = None) -> Path:
+    """The checkout's sources (pip builds in the tree it is given: not in ours), as `version`."""
+    shutil.copytree(CHECKOUT, dest, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info",
+                                                                  "__pycache__", ".hypothesis", "spool"))
+    if version:
+        init = dest / "spoolq" / "__init__.py"
+        init.write_text(init.read_text().replace('__version__ = "', f'__version__ = "{version}"  # was "', 1))
+    return dest
+
+
+def readme_install(source: Path, home: Path, bin_dir: Path, *, upgrade: bool = False) -> None:
+    """The README's install (or upgrade) command as it stands there, run in `source` without sudo,
+    its two directories (/opt/pipx, /usr/local/bin) moved to `home` and `bin_dir`."""
+    pipx = required_tool("pipx", "SPOOLQ_REQUIRE_PIPX", "pipx")
+    lines = [line for line in (CHECKOUT / "README.md").read_text().splitlines()
+             if "pipx install" in line and ("--force" in line) == upgrade]
+    assert len(lines) == 1, f"the README gives one {'upgrade' if upgrade else 'install'} command: {lines}"
+    words = shlex.split(lines[0].split("&&")[-1])
+    assert words[0] == "sudo"
+    moved = {"/opt/pipx": str(home), "/usr/local/bin": str(bin_dir)}
+    env = dict(os.environ)
+    while "=" in words[1]:
+        key, value = words.pop(1).split("=", 1)
+        env[key] = moved[value]
+    assert words[1] == "pipx" and {"PIPX_HOME", "PIPX_BIN_DIR"} <= set(env)
+    done = subprocess.run([pipx, *words[2:]], cwd=source, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
+
+
+def as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    def become() -> None:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    return subprocess.run(list(argv), preexec_fn=become, cwd=cwd, capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_the_readme_install_serves_every_user_and_an_upgrade_keeps_the_spool(tmp_path):
+    """pipx from a checkout, with the web extra: another user (nobody) runs the installed spoolq
+    with a spool of its own; then the upgrade the README gives (stop, install the new version over
+    it, start) finds the jobs enqueued meanwhile and runs them."""
+    base = Path(tempfile.mkdtemp(prefix="spoolq-install-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        home, bin_dir, spool = base / "pipx", base / "bin", base / "spool"
+        readme_install(checkout_copy(tmp_path / "old"), home, bin_dir)
+        spoolq = [str(bin_dir / "spoolq"), "--spool", str(spool)]
+        os.mkdir(spool)
+        os.chown(spool, NOBODY, NOBODY)
+        assert as_nobody(*spoolq, "init", cwd=base).returncode == 0
+        first = as_nobody(*spoolq, "enqueue", "echo first", cwd=base).stdout.strip()
+        worker = as_nobody(*spoolq, "worker", "start", "--burst", cwd=base)
+        assert worker.returncode == 0, worker.stderr
+        web = as_nobody(str(home / "venvs" / "spoolq" / "bin" / "python"), "-c", "import flask, spoolq.web", cwd=base)
+        assert web.returncode == 0, web.stderr
+
+        second = as_nobody(*spoolq, "enqueue", "echo second", cwd=base).stdout.strip()  # while it is stopped
+        readme_install(checkout_copy(tmp_path / "new", "9.9.9"), home, bin_dir, upgrade=True)
+        assert "9.9.9" in as_nobody(*spoolq, "--version", cwd=base).stdout
+        assert as_nobody(*spoolq, "worker", "start", "--burst", cwd=base).returncode == 0
+        for job in (first, second):
+            shown = as_nobody(*spoolq, "show", job, "--json", cwd=base)
+            assert json.loads(shown.stdout)["state"] == "done", shown.stdout + shown.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_worker_start_tells_the_service_manager_when_its_workers_run(spool, tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     address = str(tmp_path / "notify")
@@ -70,6 +177,35 @@ def test_worker_start_tells_the_service_manager_when_its_workers_run(spool, tmp_
         proc.send_signal(signal.SIGTERM)
         assert listener.recv(4096) == b"STOPPING=1"
         assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        listener.close()
+
+
+def test_stopping_is_told_when_the_stop_begins_not_when_the_running_jobs_end(spool, tmp_path):
+    """systemd shows the unit "deactivating" from STOPPING=1: it must come with the SIGTERM, while
+    a job still runs, and only once."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(20)
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    job = spool.enqueue({"command": f"touch {started}; while [ ! -e {gate} ]; do sleep 0.01; done"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--count", "1"],
+                            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert listener.recv(4096).startswith(b"READY=1")
+        wait_for(started.exists, 15, "the job to start")
+        os.kill(proc.pid, signal.SIGTERM)
+        listener.settimeout(5)
+        assert listener.recv(4096) == b"STOPPING=1"
+        assert spool.find(job.id).state == "processing", "told while the job still runs"
+        gate.touch()
+        assert proc.wait(20) == 0
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.recv(4096)  # nothing more: STOPPING=1 once
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -286,11 +286,13 @@ def test_purge_by_id_frees_exactly_those_ids(cli, spool):
     for job_id in ("a", "b", "c"):
         spool.enqueue({"id": job_id, "command": "true"})
     burst(spool)
-    spool.enqueue({"id": "p", "command": "true"})
-    result = clean(cli("purge", "a", "p", "nope", "c"), 1)
+    spool.enqueue({"id": "p", "command": "true"})  # pending: purged too, never run
+    spool.enqueue({"id": "w", "command": "true", "after": ["p"], "delay": 3600})
+    result = clean(cli("purge", "a", "w", "nope", "c"), 1)
     assert result.stdout == "a: purged\nc: purged\n"
-    assert "job p is pending, not finished" in result.stderr and "no job 'nope'" in result.stderr
-    assert [v.id for v in spool.list_jobs()] == ["p", "b"]
+    assert "job w is waiting, not finished or pending (cancel it first)" in result.stderr, result.stderr
+    assert "no job 'nope'" in result.stderr
+    assert [v.id for v in spool.list_jobs()] == ["p", "w", "b"]
     assert not os.path.exists(spool.output_path("a")) and os.path.exists(spool.output_path("b"))
     clean(cli("enqueue", "--id", "a", "true"))  # the id is free again
     clean(cli("purge", "b", "--state", "done"), 2)  # ids, or a state: not both
@@ -523,6 +525,7 @@ def test_cancelling_a_job_or_its_dependency(cli, spool):
     clean(cli("enqueue", "--id", "w", "--after", "a", "true"))
     assert clean(cli("cancel", "w")).stdout == "w: cancelled\n"  # a waiting job
     assert spool.find("w").job.last_error == "cancelled"
+    assert os.listdir(os.path.join(spool.layout.dir("after"), "a")) == ["b"]  # w's edge went with it
     clean(cli("cancel", "a"))  # what waits for it goes with it
     assert (spool.find("b").state, spool.find("b").job.last_error) == ("dead", "dependency a is dead")
 
@@ -594,9 +597,103 @@ def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
     open(os.path.join(spool.layout.dir("after"), "a", "gone"), "w").close()  # an edge whose waiter is gone
     report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
     assert sorted(p["kind"] for p in report["problems"]) == ["stale-edge", "stuck-waiting"], report
-    clean(cli("fsck", "--repair"), 1)
+    repaired = clean(cli("fsck", "--repair"))  # every problem repaired: exit 0
+    assert repaired.stdout.endswith("2 problems found, 2 repaired; the spool is clean now\n"), repaired.stdout
     assert spool.find("b").state == "pending"
     assert clean(cli("fsck")).stdout.endswith(": clean\n")
+
+
+def _finish_and_wake(spool, job_id: str) -> None:
+    """What a worker does with one pending job: claim it, finish it done, judge what waits for it."""
+    from spoolq import layout
+
+    owner = spool.owners.register("worker")
+    entry = next(e for e in spool.store.shards.entries() if getattr(layout.parse_pending(e), "job_id", None) == job_id)
+    claimed = spool.transitions.claim(entry, owner)
+    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)
+    spool.deps.finished(job_id, owner)
+    spool.owners.unregister(owner)
+
+
+def _fsck_clean(spool, _job_id: str) -> None:
+    """An enqueue at work, between its edges and its file, is no problem to fsck."""
+    from spoolq import fsck
+
+    assert fsck.check(spool) == []
+
+
+def _purge(spool, job_id: str) -> None:
+    spool.purge_ids([job_id])
+
+
+def _requeue(spool, job_id: str) -> None:
+    assert spool.requeue([job_id]) == {job_id: None}
+
+
+@pytest.mark.parametrize("meanwhile", [
+    (_finish_and_wake, _purge),  # a finishes and is purged between b's edge and b's file
+    (_finish_and_wake, _requeue),  # a finishes and is requeued: b waits for the requeued run
+    (_purge,),  # a purge of a, done before: it keeps a while b is being enqueued; b runs once c has
+])
+def test_a_dependency_that_finishes_is_purged_or_requeued_during_an_enqueue_strands_no_one(spool, meanwhile):
+    spool.enqueue({"id": "c", "command": "true"})
+    spool.enqueue({"id": "a", "command": "true"})
+    if meanwhile == (_purge,):
+        _finish_and_wake(spool, "a")
+    # The enqueue is held once its edges are made and its file is staged, just before the file
+    # is published (`announce`): the other steps come then, as another process's would.
+    spool.enqueue_many([{"id": "b", "command": "true", "after": ["a", "c"]}],
+                       announce=lambda: [step(spool, "a") for step in (*meanwhile, _fsck_clean)])
+    burst(spool)
+    assert spool.find("b").state == "done"
+    assert os.listdir(spool.layout.dir("after")) == [] and os.listdir(spool.layout.dir("waiting")) == []
+
+
+def test_a_dependency_purged_before_its_edge_is_made_refuses_the_enqueue(spool):
+    """The enqueue's own steps: its check, a purge by another process, then the publishing."""
+    from spoolq.errors import JobNotFound
+
+    spool.enqueue({"id": "c", "command": "true"})
+    spool.enqueue({"id": "a", "command": "true"})
+    _finish_and_wake(spool, "a")
+    jobs = [spool.make_job({"id": "b", "command": "true", "after": ["a", "c"]})]
+    spool.check_after(jobs)  # a is done
+    _purge(spool, "a")
+    before = snapshot(spool.root)
+    with pytest.raises(JobNotFound, match="after: job 'a' was purged meanwhile"):
+        spool.publisher.publish(jobs)
+    assert snapshot(spool.root) == before  # no edge, no file, the id free
+    assert spool.enqueue({"id": "b", "command": "true"}).id == "b"
+
+
+def test_an_enqueue_that_is_taken_back_leaves_no_edge(spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    before = snapshot(spool.root)
+
+    def cannot_announce() -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        spool.enqueue_many([{"id": "b", "command": "true", "after": ["a"]}], announce=cannot_announce)
+    assert snapshot(spool.root) == before
+
+
+def test_fsck_finds_a_waiter_whose_dependency_is_gone_or_whose_edge_is_missing(cli, spool):
+    spool.enqueue({"id": "a", "command": "true"})
+    spool.enqueue({"id": "c", "command": "true"})
+    spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
+    spool.enqueue({"id": "d", "command": "true", "after": ["c"]})
+    os.unlink(spool.find("a").path)  # a gone from under b, as a hand (or an older spoolq's purge) could
+    os.unlink(spool.layout.id_marker("a"))
+    os.unlink(os.path.join(spool.layout.dir("after"), "c", "d"))  # c's finish would not wake d
+    report = json.loads(clean(cli("fsck", "--json"), 1).stdout)
+    assert sorted(p["kind"] for p in report["problems"]) == ["gone-dependency", "missing-edge"], report
+    clean(cli("fsck", "--repair"), 1)
+    assert (spool.find("b").state, spool.find("b").job.last_error) == ("dead", "dependency a is gone")
+    assert clean(cli("fsck")).stdout.endswith(": clean\n")
+    burst(spool)
+    assert spool.find("d").state == "done"
+    assert os.listdir(spool.layout.dir("after")) == []
 
 
 # ---- found by an adversarial review ------------------------------------------------------------

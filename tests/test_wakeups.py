@@ -231,7 +231,7 @@ def test_a_burst_worker_starts_no_observer_and_still_takes_a_drop_in_that_is_bei
              "print('watchdog' in sys.modules, code)\n")
     out = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "0"], out.stderr
-    assert "--burst: runs what is ready, then leaves" in out.stderr
+    assert "--burst: runs what is ready and the retries of what it ran, then leaves" in out.stderr
     assert {spool.find("ready").state, spool.find("late").state} == {"done"}
     assert done_marker.exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -39,8 +40,10 @@ class Dashboard:
 
     def __init__(self, spool: Spool, *args: str, bind: str | None = None, env: dict | None = None):
         self.bind = bind or f"127.0.0.1:{free_port()}"
-        self.port = int(self.bind.rsplit(":", 1)[1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        host, port = self.bind.rsplit(":", 1)
+        self.port = int(port)
+        self.address = connect_address(host.strip("[]"))
+        self.url = f"http://[{self.address}]:{self.port}" if ":" in self.address else f"http://{self.address}:{self.port}"
         self.proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "web", "--bind", self.bind, *args],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      env={**os.environ, **(env or {})}, start_new_session=True,
@@ -51,23 +54,23 @@ class Dashboard:
         if self.proc.poll() is not None:
             raise AssertionError(f"spoolq web exited: {self.proc.stderr.read().decode()}")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            with socket.create_connection((self.address, self.port), timeout=1):
                 return True
         except OSError:
             return False
 
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, str, dict]:
+    def get(self, path: str, headers: dict | None = None, opener=None) -> tuple[int, str, dict]:
         request = urllib.request.Request(self.url + path, headers=headers or {})
         try:
-            with urllib.request.urlopen(request, timeout=30) as r:
+            with (opener or urllib.request.build_opener()).open(request, timeout=30) as r:
                 return r.status, r.read().decode(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(), dict(e.headers)
 
-    def post(self, path: str, form: dict, headers: dict | None = None) -> int:
+    def post(self, path: str, form: dict, headers: dict | None = None, opener=None) -> int:
         data = urllib.parse.urlencode(form).encode()
         request = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method="POST")
-        opener = urllib.request.build_opener(NoRedirect)
+        opener = opener or urllib.request.build_opener(NoRedirect)
         try:
             with opener.open(request, timeout=30) as r:
                 return r.status
@@ -83,6 +86,13 @@ class Dashboard:
             os.killpg(self.proc.pid, signal.SIGKILL)
             _, err = self.proc.communicate()
         return err.decode(errors="replace")
+
+
+def connect_address(host: str) -> str:
+    """The address a client reaches a dashboard bound to `host` at (its loopback, if bound to all)."""
+    if host in ("0.0.0.0", "::"):
+        return "127.0.0.1"
+    return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][4][0]
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -183,24 +193,213 @@ def test_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard
     assert spool.find(ids["dead"]).state == "dead"
 
 
+def cookie_jar() -> tuple:
+    """An opener that keeps cookies as a browser does (for a host, whatever its port) and shows
+    a redirect as the answer itself."""
+    import http.cookiejar
+
+    jar = http.cookiejar.CookieJar()
+    return urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect), jar
+
+
 def test_a_token_guards_every_request(spool, dashboard):
     spool.init()
     d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
-    for path in ("/", "/api/overview", "/metrics", "/static/live.js"):
+    for path in ("/", "/api/overview", "/metrics", "/static/live.js", "/no-such-page"):
         assert d.get(path)[0] == 401
-    assert d.get("/?token=wrong")[0] == 401
-    status, _, headers = d.get("/?token=s3cret")
-    assert status == 200 and "spoolq_token=s3cret" in headers["Set-Cookie"] and "HttpOnly" in headers["Set-Cookie"]
     assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
-    assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 200
+    assert d.get("/api/overview", {"Authorization": "bearer s3cret"})[0] == 200  # a scheme's name has no case
+    assert d.get("/metrics", {"Authorization": "Bearer s3cre"})[0] == 401
+    assert d.get("/metrics", {"Authorization": "Basic s3cret"})[0] == 401
+    assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 401  # the token is never a cookie
 
 
-def test_binding_beyond_localhost_without_a_token_warns(spool):
+@pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])
+def test_a_wrong_token_gets_nothing_that_lets_it_in(spool, dashboard, guess):
+    """A failed request's answer carries no cookie: sending back whatever it got is still refused."""
     spool.init()
-    err = Dashboard(spool, bind=f"0.0.0.0:{free_port()}").stop()
-    assert "Warning: serving" in err and "no --token" in err
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    for path in (f"/?token={urllib.parse.quote(guess)}", f"/api/overview?token={urllib.parse.quote(guess)}"):
+        status, body, headers = d.get(path, opener=opener)
+        assert status == 401 and "Set-Cookie" not in headers and "s3cret" not in body
+    assert list(jar) == []
+    assert d.get("/", opener=opener)[0] == 401 and d.get("/api/overview", opener=opener)[0] == 401
+
+
+def flask_session(value: str) -> bytes:
+    """What a Flask session cookie holds, decoded (it is signed, not encrypted: anyone can read it)."""
+    import base64
+    import zlib
+
+    compressed = value.startswith(".")
+    payload = value.lstrip(".").split(".")[0]
+    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    return zlib.decompress(data) if compressed else data
+
+
+def test_a_token_is_exchanged_once_for_a_session_that_holds_no_token(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    status, _, headers = d.get("/jobs/dead?q=broke&token=s3cret", opener=opener)
+    assert status == 303 and headers["Location"] == "/jobs/dead?q=broke"  # out of the address bar at once
+    assert headers["Cache-Control"] == "no-store"
+    cookie = headers["Set-Cookie"]
+    assert cookie.startswith(f"spoolq_{d.port}=") and "; HttpOnly" in cookie and "; SameSite=Strict" in cookie
+    assert "; Path=/" in cookie and "Domain" not in cookie and "Expires=" in cookie
+    [session] = list(jar)
+    assert "s3cret" not in session.value and b"s3cret" not in flask_session(session.value)
+    assert 11 * 3600 < session.expires - __import__("time").time() <= 12 * 3600
+    status, html, headers = d.get("/jobs/dead?q=broke", opener=opener)
+    assert status == 200 and ids["dead"] in html and headers["Referrer-Policy"] == "no-referrer"
+    assert d.get("/api/overview", opener=opener)[0] == 200 and d.get("/metrics", opener=opener)[0] == 200
+    assert d.get("//evil.example/?token=s3cret", opener=opener)[2]["Location"] == "/evil.example/"
+    d.stop()  # a session ends with its dashboard: the same token, the same port, a new process
+    again = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"}, bind=d.bind)
+    assert again.get("/", opener=opener)[0] == 401
+
+
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}  # as a browser asks
+
+
+def log_in(d: Dashboard, form: dict, opener) -> tuple[int, str | None]:
+    """POST /login: its status, and where it sends the browser."""
+    request = urllib.request.Request(d.url + "/login", data=urllib.parse.urlencode(form).encode(), method="POST")
+    try:
+        with opener.open(request, timeout=30) as r:
+            return r.status, r.headers.get("Location")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Location")
+
+
+def test_a_browser_is_asked_for_the_token_by_a_form_that_keeps_it_out_of_every_url(spool, dashboard):
+    a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, jar = cookie_jar()
+    status, page, headers = d.get("/jobs/dead?q=broke", HTML, opener=opener)
+    assert status == 401 and 'type="password" name="token"' in page and 'value="/jobs/dead?q=broke"' in page
+    assert "Set-Cookie" not in headers and spool.root not in page and "csrf" not in page
+    assert d.get("/jobs/dead", opener=opener)[1].startswith("a token is needed")  # a script gets one line
+    assert log_in(d, {"token": "s3cre", "next": "/jobs/dead"}, opener) == (401, None) and list(jar) == []
+    assert log_in(d, {"token": "s3cret", "next": "/jobs/dead?q=broke"}, opener) == (303, "/jobs/dead?q=broke")
+    assert d.get("/jobs/dead?q=broke", opener=opener)[0] == 200
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "/\\evil.example", "https://evil.example/", "/\t/evil.example",
+                                    "javascript:alert(1)", "", "/jobs/dead\r\nSet-Cookie: x=1", "/jobs/é"])
+def test_a_log_in_never_sends_the_browser_elsewhere(spool, dashboard, target):
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert log_in(d, {"token": "s3cret", "next": target}, cookie_jar()[0]) == (303, "/")
+
+
+def test_a_session_can_act_and_read_only_still_refuses(spool, dashboard):
+    ids = a_spool_with_history(spool)
+    opener, _ = cookie_jar()
+    ro = dashboard("--read-only", env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert ro.get("/?token=s3cret", opener=opener)[0] == 303
+    assert ro.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}, opener=opener) == 403
+    assert spool.find(ids["dead"]).state == "dead"
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    assert d.get("/?token=s3cret", opener=opener)[0] == 303
+    html = d.get(f"/job/{ids['dead']}", opener=opener)[1]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html)[1]
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}, opener=opener) == 400
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": csrf}) == 401  # the form's token alone lets nothing in
+    assert d.post(f"/job/{ids['dead']}/retry", {"csrf": csrf}, opener=opener) == 303
+    assert spool.find(ids["dead"]).state == "pending"
+
+
+def test_two_dashboards_on_one_host_keep_their_own_cookies(spool, dashboard):
+    """A browser sends a host's cookies to every port of it: each dashboard's cookie has its own name."""
+    ids = a_spool_with_history(spool)
+    opener, _ = cookie_jar()
+    a, b = dashboard(env={"SPOOLQ_WEB_TOKEN": "token-a"}), dashboard(env={"SPOOLQ_WEB_TOKEN": "token-b"})
+    assert a.get("/?token=token-a", opener=opener)[0] == 303 and b.get("/?token=token-b", opener=opener)[0] == 303
+    assert a.get("/", opener=opener)[0] == 200 and b.get("/", opener=opener)[0] == 200
+    plain_a, plain_b = dashboard(), dashboard()  # no token: each keeps its own form token
+    form_a = re.search(r'name="csrf" value="([^"]+)"', plain_a.get(f"/job/{ids['dead']}", opener=opener)[1])[1]
+    assert plain_b.get("/", opener=opener)[0] == 200
+    assert plain_a.post(f"/job/{ids['dead']}/retry", {"csrf": form_a}, opener=opener) == 303
+
+
+def test_no_token_reaches_the_access_log(spool, dashboard):
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    opener, _ = cookie_jar()
+    assert d.get("/?token=s3cret", opener=opener)[0] == 303
+    assert d.get("/api/overview?token=s3cret&x=1", opener=cookie_jar()[0])[0] == 303
+    assert d.get("/?token=wrong")[0] == 401
+    assert d.get("/metrics", {"Authorization": "Bearer s3cret"})[0] == 200
+    with socket.create_connection((d.address, d.port), timeout=10) as s:  # a request line http.server refuses
+        s.sendall(b"GET /?token=s3cret junk HTTP/1.1\r\n\r\n")
+        assert wait_for(lambda: b"400" in s.recv(4096), 10, "the refusal")
+    err = re.sub(r"\x1b\[[0-9;]*m", "", d.stop())  # werkzeug colours its lines
+    assert "s3cret" not in err and "?" not in err
+    assert '"GET / HTTP/1.1" 303' in err and '"GET /api/overview HTTP/1.1" 303' in err and "/metrics" in err
+
+
+def loopback_host_name() -> str:
+    """This host's own name when it resolves to the loopback (Debian's 127.0.1.1), else localhost."""
+    name = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError:
+        return "localhost"
+    return name if address.startswith("127.") else "localhost"
+
+
+LOOPBACK_BINDS = ["127.0.0.1", "127.0.0.2", "127.1", "127.0.1.1", "[::1]", "[::ffff:127.0.0.1]", "localhost",
+                  loopback_host_name()]
+
+
+@pytest.mark.parametrize("host, loopback", [*((h, True) for h in LOOPBACK_BINDS), ("0.0.0.0", False), ("[::]", False)])
+def test_the_rebinding_guard_and_the_warning_follow_the_address_not_its_spelling(spool, host, loopback):
+    """Bound to any loopback address, however spelled, with no token: a request naming another
+    host (a page whose name an attacker rebinds to it) is refused, and no warning. Bound beyond the
+    loopback: a warning that says where, and no Host check (the names it is reached by are unknown)."""
+    spool.init()
+    d = Dashboard(spool, bind=f"{host}:{free_port()}")
+    try:
+        rebound = d.get("/api/overview", {"Host": f"rebind.attacker.example:{d.port}"})
+        assert rebound[0] == (421 if loopback else 200)
+        assert d.post("/pause", {"csrf": "x"}, {"Host": "rebind.attacker.example"}) == (421 if loopback else 400)
+        assert d.get("/api/overview")[0] == 200  # by its address
+        if not host.startswith("["):
+            assert d.get("/api/overview", {"Host": f"{host}:{d.port}"})[0] == 200  # by the name it was bound by
+    finally:
+        err = d.stop()
+    assert ("Warning" in err) == (not loopback)
+    if not loopback:
+        assert f"Warning: serving {spool.root} on {host.strip('[]')} (every address of this host)" in err
+        assert "to anyone who can reach it, with no --token" in err
+    assert not spool.paused()
+
+
+def test_binding_beyond_the_loopback_with_a_token_does_not_warn(spool):
+    spool.init()
     quiet = Dashboard(spool, "--token", "t", bind=f"0.0.0.0:{free_port()}")
     assert "Warning" not in quiet.stop()
+
+
+@pytest.mark.parametrize("host, answered", [
+    ("127.0.0.1:8765", True), ("127.0.0.2:8765", True), ("LOCALHOST:8765", True), ("localhost.", True),
+    ("[::1]:8765", True), ("[::ffff:127.0.0.1]:8765", True), ("[::FFFF:7F00:1]", True), ("my-box:8765", True),
+    ("rebind.attacker.example", False), ("rebind.attacker.example:8765", False), ("REBIND.attacker.example.", False),
+    ("127.0.0.1.attacker.example", False), ("localhost.attacker.example:8765", False),
+    ("attacker.example@127.0.0.1", False), ("127.0.0.1:8765@attacker.example", False),
+    ("[::1].attacker.example", False), ("[fe80::1]:8765", False), ("0.0.0.0:8765", False), ("2130706433", False),
+    ("127.0.0.1:8765:81", False), ("", False)])
+def test_the_host_check_has_no_spelling_that_lets_a_foreign_name_in(spool, host, answered):
+    from spoolq.web import create_app
+    from spoolq.web.access import Bound
+
+    spool.init()
+    app = create_app(spool, bound=Bound("my-box", "127.0.1.1", 8765))
+    app.testing = True
+    status = app.test_client().get("/api/overview", headers={"Host": host}).status_code
+    assert status == (200 if answered else 421)
 
 
 @pytest.mark.parametrize("bind", ["nonsense", "127.0.0.1:0", "127.0.0.1:99999", ":80", "127.0.0.1:http"])
@@ -327,3 +526,29 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
         shutil.copyfile(shot, target)
     gate.touch()
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
+
+
+def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, browser):
+    ids = a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    browser.get(f"{d.url}/job/{ids['dead']}?token=s3cret")
+    until(browser, lambda b: by_id(b, "job-id").text == ids["dead"], what="the job page")
+    assert browser.current_url == f"{d.url}/job/{ids['dead']}"  # not in the address bar, nor the history
+    [cookie] = browser.get_cookies()
+    assert cookie["name"] == f"spoolq_{d.port}" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert "s3cret" not in cookie["value"]
+    refreshed = browser.execute_script("return document.body.dataset.refreshed || ''")
+    until(browser, lambda b: b.execute_script("return document.body.dataset.refreshed || ''") != refreshed,
+          what="a live refresh with the session alone")
+    by_id(browser, "retry").click()
+    from selenium.webdriver.common.by import By
+
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried", what="retried")
+    assert spool.find(ids["dead"]).state == "pending"
+    browser.delete_all_cookies()
+    browser.get(f"{d.url}/jobs/dead")
+    by_id(browser, "token").send_keys("s3cret")
+    by_id(browser, "log-in").click()
+    until(browser, lambda b: b.current_url == f"{d.url}/jobs/dead" and b.find_elements(By.ID, "nav-dead"),
+          what="the dead list, after the form")
+    assert "s3cret" not in browser.current_url and browser.get_cookies()[0]["name"] == f"spoolq_{d.port}"

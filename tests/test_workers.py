@@ -7,13 +7,14 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from datetime import datetime
 
 import pytest
 
-from conftest import wait_for
+from conftest import safecat_path, strace_path, wait_for
 from spoolq import Spool
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -214,6 +215,19 @@ def test_retries_back_off_then_dead(cli, spool, workers, tmp_path):
     assert [d["id"] for d in cli.json("dlq", "list")] == ["r"]
 
 
+def test_a_burst_runs_the_retries_of_the_jobs_it_ran_backoff_included(run, spool):
+    spool.set_config("backoff_base", 1.5)  # the retry is due 1.5 s after the first attempt
+    spool.enqueue({"command": '[ "$SPOOLQ_ATTEMPT" -ge 2 ]', "id": "flaky", "max_retries": 2})
+    spool.enqueue({"command": "exit 4", "id": "hopeless", "max_retries": 1})
+    spool.enqueue({"command": "true", "id": "later", "delay": 3600})  # not the burst's: left scheduled
+    began = time.monotonic()
+    result = run("worker", "start", "--burst", "--count", "2")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began >= 1.4, "the retry ran before its backoff"
+    assert (state(spool, "flaky"), state(spool, "hopeless"), state(spool, "later")) == ("done", "dead", "scheduled")
+    assert "burst finished: 2 jobs in 4 attempts, 1 ok, 3 failed" in result.stderr
+
+
 def test_environment_cwd_and_a_command_that_cannot_start(run, spool, workers, tmp_path):
     spool.set_config("backoff_base", 0)
     wd = tmp_path / "wd"
@@ -356,6 +370,22 @@ def test_wait_exit_codes_with_workers(run, spool, workers, tmp_path):
     assert state(spool, "w-slow") == "done"
 
 
+def test_wait_says_when_nothing_can_finish_its_jobs(run, spool, workers):
+    spool.enqueue({"command": "true", "id": "orphan", "queue": "video"})
+    alone = run("wait", "orphan", "--timeout", "4")
+    assert alone.returncode == 124
+    assert "1 job not finished, and nothing will run it: no worker is running" in alone.stderr
+    assert run("pause", "--queue", "video").returncode == 0
+    workers(1)
+    held = run("wait", "--timeout", "4")
+    assert held.returncode == 124 and "nothing will run them" not in held.stderr  # the whole spool is not paused
+    held = run("wait", "orphan", "--timeout", "4")
+    assert "nothing will run it: queue video paused" in held.stderr and held.stderr.count("nothing will run") == 1
+    assert run("resume", "--queue", "video").returncode == 0
+    done = run("wait", "orphan", "--timeout", "10")
+    assert done.returncode == 0 and done.stderr == ""
+
+
 # ---- drop-ins ------------------------------------------------------------------------------------------
 
 
@@ -461,6 +491,64 @@ def test_other_entries_in_pending_are_left_alone(spool, workers, tmp_path):
     assert os.path.isdir(os.path.join(pending, "folder.json"))
     assert os.listdir(spool.layout.dead) == []
     assert spool.counts().pending == 0, "entries that are not jobs are not counted as jobs"
+
+
+def deliver(spool: Spool, data: bytes, *tracing: str) -> subprocess.Popen:
+    """safecat delivering `data` into the spool's Maildir, as a mail delivery agent would (under
+    `tracing`, a strace command line, when given); it prints the name it delivered under."""
+    maildir = spool.layout.dir("maildir")
+    proc = subprocess.Popen([*tracing, safecat_path(), f"{maildir}/tmp", f"{maildir}/new"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    proc.stdin.write(data)
+    proc.stdin.close()
+    return proc
+
+
+def test_safecat_delivers_jobs_into_the_maildir(spool, workers, tmp_path):
+    """Any name is a job in maildir/new/: one delivered before a worker starts, and twenty while
+    it runs, each run once under the name safecat gave it."""
+    ran = tmp_path / "ran"
+    job = json.dumps({"command": f"echo $SPOOLQ_JOB_ID >> {ran}"}).encode()
+    early = deliver(spool, job)
+    assert early.wait(10) == 0, early.stderr.read()
+    names = [early.stdout.read().decode().strip()]
+    workers(1)
+    for i in range(20):
+        proc = deliver(spool, job)
+        assert proc.wait(10) == 0, proc.stderr.read()
+        names.append(proc.stdout.read().decode().strip())
+    wait_for(lambda: len(lines(ran)) >= 21, 20, "the delivered jobs to run")
+    run_marker(spool, "marker")
+    assert sorted(lines(ran)) == sorted(names), "each delivery ran once, its name its id"
+    assert os.listdir(spool.layout.dead) == [] and os.listdir(spool.layout.dir("maildir/new")) == []
+
+
+def test_a_delivery_no_worker_has_taken_yet_is_a_pending_job(spool):
+    proc = deliver(spool, b'{"command": "true"}')
+    assert proc.wait(10) == 0, proc.stderr.read()
+    assert spool.counts().pending == 1
+    census = spool.views.census()
+    assert census.totals.pending == 1 and census.queues["default"].pending == 1 and None in census.ready_since
+
+
+def test_a_delivery_seen_between_its_link_and_its_unlink_waits_instead_of_being_quarantined(spool, workers, tmp_path):
+    """safecat links its tmp/ file into new/, then unlinks the tmp/ name; here its unlink is held
+    back (strace) while the worker takes the file, which then has two links."""
+    spool.set_config("drop_grace", 8)
+    ran = tmp_path / "ran"
+    workers(1)
+    held = [strace_path(), "-f", "-o", os.devnull, "-e", "inject=unlink:delay_enter=4000000"]
+    proc = deliver(spool, json.dumps({"id": "linked", "command": f"touch {ran}"}).encode(), *held)
+    pending, dead = spool.layout.pending, spool.layout.dead
+    wait_for(lambda: [n for n in os.listdir(pending) + os.listdir(dead) if n.endswith(".json")], 10,
+             "the worker to take it")
+    assert os.listdir(dead) == [], "quarantined for the second link of a delivery in progress"
+    [taken] = [n for n in os.listdir(pending) if n.endswith(".json")]
+    assert proc.poll() is None and os.stat(os.path.join(pending, taken)).st_nlink == 2, "seen in the window"
+    assert proc.wait(10) == 0, proc.stderr.read()
+    wait_state(spool, "linked", "done", 10)
+    assert ran.exists() and os.listdir(spool.layout.dead) == []
 
 
 # ---- latency -----------------------------------------------------------------------------------------

@@ -90,13 +90,15 @@ def config_set(c: Context, key: str, value: str) -> None:
 
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
-@click.option("--state", type=click.Choice(("done", "dead")), help="Finished jobs of this state (default: done).")
+@click.option("--state", type=click.Choice(("done", "dead", "pending")),
+              help="Jobs of this state (default: done); pending: every job not started, scheduled too.")
 @click.option("--older-than", type=Duration(), help="Only jobs finished this long ago (90, 10m, 2h, 7d).")
 @json_option
 @pass_ctx
 def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: float | None, as_json: bool) -> None:
-    """Delete finished jobs and their output, freeing their ids: the jobs named, or every done
-    (or --state dead) job, --older-than S seconds. Exit 1 if a named job is not finished."""
+    """Delete jobs and their output, freeing their ids: the jobs named (finished, or not started),
+    or every done (or --state dead, or --state pending) job, --older-than S seconds. Needs no free
+    space: the way to clear a full disk. Exit 1 if a named job is running or waiting."""
     if job_ids:
         if state is not None or older_than is not None:
             raise click.UsageError("give job ids, or --state/--older-than, not both")
@@ -116,11 +118,12 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
 @click.option("--stale-after", type=Duration(), default="1h", show_default=True,
-              help="Temp, lock and marker files older than this count as crash leftovers.")
+              help="Temp and marker files older than this count as crash leftovers.")
 @json_option
 @pass_ctx
 def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
-    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found)."""
+    """Check every invariant of the spool's on-disk format (exit 0 clean, 1 problems found; with
+    --repair, exit 0 once every problem found was repaired)."""
     from .. import fsck as checker
 
     spool = c.handle()  # fsck reports an unsafe or broken spool rather than refuse it
@@ -144,6 +147,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
             click.echo(f"{spool.root}: clean")
         else:
             click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe"))
-    if problems:
+                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe")
+                       + ("; the spool is clean now" if fixed == len(problems) else ""))
+    if fixed < len(problems):
         sys.exit(1)

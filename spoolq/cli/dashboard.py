@@ -8,9 +8,6 @@ import click
 
 from .base import CliError, Context, main, pass_ctx
 
-LOCAL = ("127.0.0.1", "localhost", "::1")
-
-
 def bind_address(text: str) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
     host, sep, port = text.rpartition(":")
@@ -24,7 +21,8 @@ def bind_address(text: str) -> tuple[str, int]:
               help="Where to listen.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing (no retry, cancel, pause).")
 @click.option("--token", envvar="SPOOLQ_WEB_TOKEN", metavar="TOKEN",
-              help="Ask every request for this token (?token=… once, or Authorization: Bearer …).")
+              help="Ask every request for this token (a browser: the form shown, or ?token=… once, "
+                   "for a session cookie; a script: Authorization: Bearer …).")
 @pass_ctx
 def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     """Serve the dashboard: counts, charts, running jobs, workers, job lists and pages, actions,
@@ -35,13 +33,14 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     except ImportError as e:
         raise CliError(f"the dashboard needs the web extra: pip install 'spoolq[web]' ({e.name} is missing)") from None
     spool = c.spool
-    if host not in LOCAL and not token:
-        click.echo(f"Warning: serving {spool.root} on {host} to anyone who can reach it, with no --token",
-                   err=True)
     try:
-        server = dashboard.make(spool, host, port, read_only=read_only, token=token or None)
+        server, bound = dashboard.make(spool, host, port, read_only=read_only, token=token or None)
     except OSError as e:  # in use, not an address of this host, a name that does not resolve
         raise CliError(f"cannot listen on {bind}: {e.strerror or e}") from None
+    if not bound.loopback and not token:
+        where = "every address of this host" if bound.everywhere else f"{bound.address}, not a loopback address"
+        click.echo(f"Warning: serving {spool.root} on {host} ({where}) to anyone who can reach it, "
+                   "with no --token", err=True)
     click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
                "Ctrl+C stops it", err=True)
     try:

@@ -79,6 +79,11 @@ class ProgressBar:
         click.echo(f"\r[{bar}] {finished}/{total} finished  {rate:.1f}/s  {eta}\x1b[K", err=True, nl=False)
         self.shown = True
 
+    def note(self, line: str) -> None:
+        """A line on stderr, on a line of its own below the bar (which is drawn again after it)."""
+        click.echo(("\r\x1b[K" if self.shown else "") + line, err=True)
+        self.drawn_at = 0.0
+
     def close(self) -> None:
         if self.shown:
             click.echo("", err=True)

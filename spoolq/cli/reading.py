@@ -34,7 +34,14 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
         return
     paused = c.reading.paused()
     values = {**c.reading.counts().to_dict(), "paused": paused_value(paused)}
-    emit_pairs(values, as_json, 11, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
+    strays = c.reading.strays()
+    if strays:  # only then: a spool without any reads as it always did
+        values["never_picked_up"] = len(strays)
+    emit_pairs(values, as_json, max(map(len, values)) + 1, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
+    if strays and not as_json:
+        named = ", ".join(os.path.relpath(s.path, c.reading.root) for s in strays[:3])
+        more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
+        click.echo(f"never picked up: {named}{more} (`spoolq fsck` says why)", err=True)
 
 
 @main.command("list")
@@ -134,16 +141,20 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
     bar = ProgressBar(progress)
+    stalled = Stalled(spool, bar)
     start = spool.counts()
     try:
         while True:
             if job_ids:
                 states = [spool.find(j).state for j in job_ids]
                 finished, total = sum(s in ("done", "dead") for s in states), len(job_ids)
+                left: list[str] | None = [j for j, s in zip(job_ids, states) if s not in ("done", "dead")]
+                running = "processing" in states
             else:
                 n = spool.counts()
                 finished = max(0, n.done + n.dead - start.done - start.dead)
                 total = finished + n.pending + n.scheduled + n.waiting + n.processing
+                left, running = None, n.processing > 0
             bar.update(finished, total, force=finished == total)
             if finished == total:
                 dead = [j for j, s in zip(job_ids, states) if s == "dead"] if job_ids else []
@@ -152,10 +163,55 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(_unfinished(spool, job_ids, timeout))
+            stalled.check(total - finished, left, running)
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 1.5, 0.2)
     finally:
         bar.close()
+
+
+class Stalled:
+    """Says on stderr, once per cause, when nothing can finish what `wait` waits for: no live
+    worker, or every job's queue paused. It keeps waiting (a worker may yet start: `--timeout`
+    bounds it); the cause must have held for GRACE seconds (workers starting in the background)."""
+
+    GRACE = 2.0
+    EVERY = 1.0  # seconds between looks at the registrations and the pause file
+
+    def __init__(self, spool: Spool, bar: ProgressBar):
+        self.spool, self.bar = spool, bar
+        self.looked = 0.0
+        self.since: tuple[str | None, float] = (None, time.monotonic())
+        self.said: str | None = None
+
+    def check(self, left: int, unfinished: list[str] | None, running: bool) -> None:
+        now = time.monotonic()
+        if now - self.looked < self.EVERY:
+            return
+        self.looked = now
+        cause = self.cause(unfinished, running)
+        if cause != self.since[0]:
+            self.since = (cause, now)
+        if now - self.since[1] < self.GRACE:
+            return
+        if cause is not None and cause != self.said:
+            self.bar.note(f"{left} job{'s' if left != 1 else ''} not finished, and nothing will run "
+                          f"{'them' if left != 1 else 'it'}: {cause}; still waiting")
+        self.said = cause
+
+    def cause(self, unfinished: list[str] | None, running: bool) -> str | None:
+        if not self.spool.workers(role="worker"):
+            return "no worker is running (start one: spoolq worker start)"
+        paused = self.spool.paused()
+        if running or not paused:
+            return None  # a running job finishes, paused or not
+        if "*" in paused:
+            return "the spool is paused (spoolq resume)"
+        if unfinished:
+            queues = {view.job.queue for view in map(self.spool.find, unfinished) if view.job is not None}
+            if queues and queues <= paused:
+                return f"queue {', '.join(sorted(queues))} paused (spoolq resume --queue Q)"
+        return None
 
 
 def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -> str:

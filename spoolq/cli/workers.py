@@ -23,7 +23,7 @@ def worker() -> None:
 @worker.command("start")
 @click.option("--count", type=Int(1, 256), default=1, show_default=True, help="Worker processes.")
 @click.option("--detach", is_flag=True, help="Run in the background; return once the workers are running.")
-@click.option("--burst", is_flag=True, help="Exit when no job is ready.")
+@click.option("--burst", is_flag=True, help="Exit when no job is ready and no retry of a job it ran is left.")
 @click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
               help="Start even where the file system's caches make leases unsafe across hosts.")
 @click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]", shell_complete=complete.queue_names,

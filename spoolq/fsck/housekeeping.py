@@ -1,12 +1,12 @@
 """fsck's checks of everything around the jobs: the layout's directories, config.json, worker
-registrations, quarantine reason records, temp files, lock markers and modes."""
+registrations, quarantine reason records, temp files, locks held for long, and modes."""
 
 from __future__ import annotations
 
 import os
 import stat
 
-from .. import fsio, layout, locks, shards, trust
+from .. import fsio, layout, locks, ours, shards, trust
 from ..modes import Modes
 from ..errors import SpoolError
 from .jobs import stale_temp
@@ -144,20 +144,24 @@ class HousekeepingChecks:
         self.r.repair_with(p, publish_the_rest, "published the rest of it")
 
     def check_locks(self) -> None:
-        """A lock held by a holder that is gone is given back (see locks.py); anything in locks/
-        that is no anchor, token or held lock is reported."""
+        """A lock held for long is reported, naming its holder (a dead holder's is let go by the
+        file system, so this one is alive, stuck, or on a host the server has not yet given up);
+        an earlier spoolq's lock files are removed; anything else in locks/ is reported."""
         r = self.r
         for entry, path, st in r.entries(self.layout.dir("locks")):
-            if not stat.S_ISREG(st.st_mode) or not layout.is_spoolq_entry("locks", entry):
+            if not stat.S_ISREG(st.st_mode) or not ours.is_spoolq_entry("locks", entry):
                 p = r.report("stray-entry", path, "not a lock file")
                 r.leave_alone(p, "not spoolq's; remove it by hand")
-                continue
-            token, sep, holder = entry.partition(".lock.")
-            why = locks.why_holder_gone(holder) if sep else None
-            if why:
-                p = r.report("stale-lock", path, f"lock {token}: {why}")
-                r.repair_with(p, lambda path=path, token=token: locks.give_back(path, self.layout.lock(token))
-                              and None, "gave it back")
+            elif not entry.endswith(".flock"):
+                p = r.report("old-lock", path, "a lock file of an earlier spoolq (locks are flock(2)s on <name>.flock now)")
+                r.repair_with(p, lambda path=path: fsio.unlink_quietly(path), "removed it")
+            else:
+                held = locks.holder(path)
+                if held is not None and r.fs_now - held.since >= locks.LONG_HELD:
+                    p = r.report("long-held-lock", path, f"lock {entry[:-len('.flock')]} held by {held} for "
+                                 f"{r.age(st)}")
+                    r.leave_alone(p, "its holder is alive (a dead one's lock is let go by the file system): "
+                                  "find out why it holds it so long")
 
     def check_modes(self) -> None:
         r = self.r
@@ -167,11 +171,11 @@ class HousekeepingChecks:
         dirs = [self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS]
         dirs += [self.layout.owned(e) for e in r.live_dirs]
         edges = self.layout.dir("after")
-        dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if layout.is_spoolq_entry("after", e)]
+        dirs += [os.path.join(edges, e) for e in fsio.listdir(edges) if ours.is_spoolq_entry("after", e)]
         # Every shard by name: one another user made, or opened up, is not listed by workers (shards.py)
         dirs += [self.spool.store.shards.path(s) for s in fsio.listdir(self.layout.pending) if shards.is_shard(s)]
         for path in dirs:
-            self._check_mode(path, modes.inbox if path == self.layout.pending else modes.dir, shared)
+            self._check_mode(path, modes.inbox if self.layout.is_inbox(path) else modes.dir, shared)
         for path in self._spoolq_files():
             self._check_mode(path, modes.file, shared)
 
@@ -185,7 +189,7 @@ class HousekeepingChecks:
             directory = self.layout.dir(name)
             entries = self.spool.store.shards.entries() if name == "pending" else fsio.listdir(directory)
             files += [os.path.join(directory, e) for e in entries
-                      if layout.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
+                      if ours.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
         return files
 
     def _check_mode(self, path: str, mode: int, shared: bool) -> None:

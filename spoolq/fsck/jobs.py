@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import dropins, fsio, job, layout, shards
+from .. import dropins, fsio, job, layout, maildir, shards
 from ..ids import Reservations, creator_of
 from ..recovery import only_a_fence
 from ..errors import InvalidJob, JobNotFound, SpoolError
@@ -99,6 +99,12 @@ class JobChecks:
             elif "/" in entry and layout.is_json_entry(shards.base(entry)):
                 self.check_misplaced(path, entry)
 
+    def check_strays(self) -> None:
+        """What no worker will ever take (maildir.py): said, never moved (its name is its writer's)."""
+        for stray in maildir.strays(self.layout, self.r.fs_now):
+            p = self.r.report("never-picked-up", stray.path, stray.why)
+            self.r.leave_alone(p, "its name or place is its writer's to fix")
+
     def check_misplaced(self, path: str, entry: str) -> None:
         """A file another program put into a shard of pending/ (shards.py), where no worker looks
         for dropped files: it belongs in pending/ itself."""
@@ -161,50 +167,6 @@ class JobChecks:
                 else:
                     r.repair_with(p, lambda path=path, entry=entry: r.quarantine(
                         path, entry, f"not a job file name in {state}/"))
-
-    def check_waiting(self) -> None:
-        """Jobs waiting for others (deps.py): sound files, none left waiting once what it waits for
-        has finished (a wake-up lost in a crash), and no edge left for a waiter that is gone."""
-        r = self.r
-        deps = self.spool.deps
-        for entry, path, st in r.entries(deps.waiting):
-            stem = layout.stem(entry) if layout.is_json_entry(entry) else None
-            if stem is None or not job.valid_id(stem):
-                if layout.is_temp_name(entry):
-                    stale_temp(r, path, st)
-                continue
-            self.check_job_file(path, "waiting", stem, entry)
-            self._check_stuck(stem, path)
-        for dep in fsio.listdir(deps.edges):
-            if deps.state_of(dep) == "unfinished":
-                continue  # it wakes its waiters when it finishes (or is an enqueue in progress)
-            for waiter in fsio.listdir(os.path.join(deps.edges, dep)):
-                if os.path.lexists(deps.waiting_path(waiter)):
-                    continue  # stuck: reported above
-                edge = os.path.join(deps.edges, dep, waiter)
-                p = r.report("stale-edge", edge, f"job {dep} has finished and {waiter} waits no more")
-                r.repair_with(p, lambda edge=edge: fsio.unlink_quietly(edge), "removed it")
-
-    def _check_stuck(self, job_id: str, path: str) -> None:
-        try:
-            waiting, _ = self.spool.store.read_job(path, now=self.r.now)
-        except (FileNotFoundError, InvalidJob):
-            return
-        states = [self.spool.deps.state_of(dep) for dep in waiting.after]
-        if "dead" not in states and not all(state == "done" for state in states):
-            return
-        p = self.r.report("stuck-waiting", path, f"what job {job_id} waits for has finished, and no one woke it")
-        self.r.repair_with(p, lambda: self._judge(job_id))
-
-    def _judge(self, job_id: str) -> str:
-        owner = self.spool.owners.register("fsck")
-        try:
-            outcome = self.spool.deps.judge(job_id, owner)
-            if outcome == "dead":
-                self.spool.deps.finished(job_id, owner)
-        finally:
-            self.spool.owners.unregister(owner)
-        return f"judged: now {outcome}" if outcome else "left alone: it moved on meanwhile"
 
     def check_quarantined(self, qid: str, path: str) -> None:
         r = self.r

@@ -38,6 +38,7 @@ KINDS = {
     "bad-job-file": "a job file that does not parse or is not a trusted regular file",
     "bad-dropin": "a dropped file a worker would quarantine",
     "stray-entry": "a file where the format has no place for it",
+    "never-picked-up": "a file in pending/ or the Maildir that no worker will ever take",
     "duplicate": "a job id in more than one place",
     "missing-marker": "a job without its ids/ marker",
     "orphan-marker": "an ids/ marker without a job",
@@ -45,9 +46,14 @@ KINDS = {
     "orphan-reason": "a reason record without its quarantined file",
     "stale-temp": "a temp file left by a crash",
     "cut-batch": "a batch its enqueuer did not finish publishing (killed, or a power cut)",
-    "stale-lock": "a lock held by a process that is gone",
+    "old-lock": "a lock file of an earlier spoolq (its locks were renamed tokens)",
+    "long-held-lock": "a lock held for over 10 minutes, naming its holder",
     "stuck-adoption": "a dropped file half-adopted by a live worker long ago",
     "stale-registration": "a worker registration whose process is gone",
+    "stuck-waiting": "a waiting job whose dependencies have finished, and no one woke it",
+    "gone-dependency": "a waiting job that waits for a job that is gone (purged)",
+    "missing-edge": "a waiting job without the edge in after/ that its dependency's finish looks for",
+    "stale-edge": "an edge in after/ whose waiting job is gone",
     "permissions": "a path more open than the spool's settings allow",
 }
 

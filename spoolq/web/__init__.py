@@ -4,7 +4,8 @@ Every page reads the spool itself (no database, no state of its own beyond cache
 dashboards on several hosts show the same truth. Each page has a JSON twin under /api/, and the
 pages refresh their live parts by fetching themselves again (static/live.js). Jinja's
 autoescaping covers every template: a job's command, output and error are untrusted text.
-Actions are POSTs carrying a per-process CSRF token, refused with --read-only.
+Actions are POSTs carrying the session's CSRF token, refused with --read-only. Who may ask
+at all (the Host check, --token and its session) is access.py's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import secrets
 import socket
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
@@ -29,7 +29,8 @@ from ..layout import STATES
 from ..metrics import Totals, exposition
 from ..spool import Spool
 from ..stats import Recent, Series, collect, human_seconds
-from . import charts
+from . import access, charts
+from .access import Bound
 
 PAGE = 50
 SEARCH_LIMIT = 5000  # files read at most to search commands in one listing
@@ -115,53 +116,17 @@ def _running(view: Any, now: float) -> dict[str, Any]:
             "host": view.last_attempt.host, "elapsed": round(now - started, 1) if started else None}
 
 
-LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
 def create_app(spool: Spool, *, read_only: bool = False, token: str | None = None,
-               bind_host: str = "127.0.0.1") -> Flask:
+               bound: Bound = Bound("127.0.0.1", "127.0.0.1", 8765)) -> Flask:
     app = Flask(__name__)
-    app.secret_key = secrets.token_bytes(32)  # this process's: its CSRF tokens and session cookies
-    app.config.update(SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True)
+    app.secret_key = secrets.token_bytes(32)  # this process's: its CSRF tokens and sessions
     board = Board(spool, read_only=read_only)
     app.extensions["spoolq"] = board
-    # Without a token, a dashboard on this host's loopback answers only to its loopback names: a
-    # page elsewhere whose name an attacker rebinds to 127.0.0.1 (DNS rebinding) gets nothing.
-    _guard(app, token, LOCAL_NAMES if token is None and bind_host in LOCAL_NAMES else None)
+    access.guard(app, token, bound)
     _pages(app, board)
     _api(app, board)
     _actions(app, board)
     return app
-
-
-def _guard(app: Flask, token: str | None, hosts: frozenset[str] | None) -> None:
-    """--token on every request; the Host it was asked by (`hosts`, when given); headers that keep
-    a page from being framed or run others' scripts."""
-
-    @app.before_request
-    def check_token() -> Response | None:
-        if hosts is not None and urllib.parse.urlsplit("//" + request.host).hostname not in hosts:
-            return Response("this dashboard answers only to the names of this host's loopback\n", 421,
-                            {"Content-Type": "text/plain; charset=utf-8"})
-        if not token:
-            return None
-        bearer = request.headers.get("Authorization", "")
-        given = [bearer[len("Bearer "):].strip() if bearer.startswith("Bearer ") else "",
-                 request.args.get("token", ""), request.cookies.get("spoolq_token", "")]
-        if not any(hmac.compare_digest(g.encode(), token.encode()) for g in given if g):
-            return Response("a token is needed (--token): ?token=… once, or Authorization: Bearer …\n", 401,
-                            {"Content-Type": "text/plain; charset=utf-8"})
-        return None
-
-    @app.after_request
-    def headers(response: Response) -> Response:
-        if token and request.args.get("token"):
-            response.set_cookie("spoolq_token", token, httponly=True, samesite="Strict")
-        response.headers.setdefault("Content-Security-Policy",
-                                    "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                                    "script-src 'self'; frame-ancestors 'none'")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
 
 
 def _pages(app: Flask, board: Board) -> None:
@@ -314,10 +279,11 @@ def _query() -> str:
     return request.args.get("q", "")[:200]
 
 
-def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | None) -> Any:
-    """A server for the dashboard, listening (threads: a slow page does not hold up the others);
-    the caller runs serve_forever. OSError if it cannot listen there (bound here, not by the
-    server, which would print its own lines and exit)."""
+def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | None) -> tuple[Any, Bound]:
+    """A server for the dashboard, listening (threads: a slow page does not hold up the others),
+    and where: the address `host` reached decides whether it is on the loopback. The caller runs
+    serve_forever. OSError if it cannot listen there (bound here, not by the server, which would
+    print its own lines and exit)."""
     from werkzeug.serving import make_server
 
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -325,6 +291,7 @@ def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | No
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
         listener.listen(128)
-        return make_server(host, port, create_app(spool, read_only=read_only, token=token, bind_host=host),
-                           threaded=True,
-                           fd=listener.fileno())  # the server takes a duplicate of it
+        bound = Bound(host, listener.getsockname()[0], port)
+        app = create_app(spool, read_only=read_only, token=token, bound=bound)
+        return make_server(host, port, app, threaded=True, request_handler=access.AccessLog,
+                           fd=listener.fileno()), bound  # the server takes a duplicate of the socket
