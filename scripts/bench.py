@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
 
 from spoolq import Spool  # noqa: E402
-from spoolq import layout as L  # noqa: E402
+from spoolq.format import layout as L  # noqa: E402
 
 # The console script a user runs (no runpy overhead), else the module.
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "spoolq")
@@ -300,10 +300,10 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
     pidfd, wait, rename into done/, one attempts-log line. It checks and records nothing else
     (no fence, finished copy, group record, heartbeat, stop, pause or limits, field checks): what
     spoolq's bookkeeping would have to cost to reach the ceiling. One process, in a spool of n."""
-    from spoolq import direct
+    from spoolq.system import direct_exec
 
-    argv = direct.words(command)
-    program = direct.find(argv[0], dict(os.environ)) if argv else None
+    argv = direct_exec.words(command)
+    program = direct_exec.find(argv[0], dict(os.environ)) if argv else None
     argv, program = (argv, program) if program else (["/bin/sh", "-c", command], "/bin/sh")
     spool_dir = spool_of_jobs(tmp, "stripped", n, 0, command)
     env = dict(os.environ)
@@ -316,7 +316,7 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
         mine, done, out = (os.path.join(spool_dir, d) for d in ("processing/stripped", "done", "output"))
         os.makedirs(mine)
         pending = os.path.join(spool_dir, "pending")
-        events = os.open(os.path.join(spool_dir, "events", "stripped.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        attempts_log = os.open(os.path.join(spool_dir, "events", "stripped.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         for name in sorted(os.listdir(pending)):
             job_id = name.split("@", 1)[1][:-len(".json")]
             path = os.path.join(mine, f"{job_id}.json")
@@ -339,7 +339,7 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
             os.write(log, b"==> attempt finished: ok <==\n")
             os.close(log)
             os.rename(path, os.path.join(done, f"{job_id}.json"))
-            os.write(events, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
+            os.write(attempts_log, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
 
     return (in_child(stripped) - in_child(bare)) / n
 
@@ -347,10 +347,10 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
 def bare_spawn_rate(n: int, command: str) -> float:
     """What a Python runner that only starts each job (posix_spawn as the worker does it, wait,
     nothing recorded) reaches with 2 processes: the ceiling a worker's bookkeeping eats into."""
-    from spoolq import direct
+    from spoolq.system import direct_exec
 
-    argv = direct.words(command)
-    program = direct.find(argv[0], dict(os.environ)) if argv else None
+    argv = direct_exec.words(command)
+    program = direct_exec.find(argv[0], dict(os.environ)) if argv else None
     argv, program = (argv, program) if program else (["/bin/sh", "-c", command], "/bin/sh")
     t0 = time.monotonic()
     pids = []
@@ -564,19 +564,19 @@ def job_lines_row(tmp: str, n: int, repeat: int) -> Row:
 def history_spool(tmp: str, n: int) -> str:
     """n jobs, half pending and half done (moved to done/<id>.json as a worker leaves them), and a
     day of n attempts in the attempts log, written by the writer the workers use."""
-    from spoolq import events
+    from spoolq.store import attempts_log
 
     spool_dir, _ = fill_spool(tmp, n, "history")
     pending = os.path.join(spool_dir, "pending")
     for name in sorted(os.listdir(pending))[: n // 2]:
         os.rename(os.path.join(pending, name), os.path.join(spool_dir, "done", L.parse_pending(name).job_id + ".json"))
     spool = Spool(spool_dir)
-    log = events.EventLog(spool.layout.dir("events"), "bench-1-x", modes=spool.store.modes, keep_seconds=9 * 86400)
+    log = attempts_log.EventLog(spool.layout.dir("events"), "bench-1-x", modes=spool.store.modes, keep_seconds=9 * 86400)
     now = time.time()
     for i in range(n):
         finished = now - 86000 * i / n
         failed = i % 20 == 0
-        log.record(events.Fact(f"j{i:07d}", ("default", "mail", "video")[i % 3], 1, "bench", "bench-1-x",
+        log.record(attempts_log.Fact(f"j{i:07d}", ("default", "mail", "video")[i % 3], 1, "bench", "bench-1-x",
                                finished - 1.5, finished - 1, finished - 1, finished, "retry" if failed else "done",
                                1 if failed else 0, "exit status 1" if failed else None, 10))
     log.close()

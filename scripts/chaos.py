@@ -29,7 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from spoolq import Spool  # noqa: E402
-from spoolq import fsck, liveness  # noqa: E402
+from spoolq import fsck  # noqa: E402
+from spoolq.system import liveness  # noqa: E402
 
 START_WITHIN = 15.0  # seconds for every worker to be up (about 1 s here on the Gluster rig; see "start" in the summary)
 

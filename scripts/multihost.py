@@ -146,7 +146,8 @@ def trickle(paths: list[str], starts_per_host: int, workers_per_start: int, seco
 
 def old_backlog(spool, n: int, when: float) -> None:
     """n jobs due in a day, written straight into the shard of `when` (as if enqueued then)."""
-    from spoolq import layout, shards
+    from spoolq.format import layout
+    from spoolq.store import shards
 
     shard = os.path.join(spool.layout.pending, shards.shard_of(when, spool.config.pending_shards))
     os.mkdir(shard)

@@ -1,9 +1,8 @@
 """spoolq: a background job queue that is nothing but a directory."""
 
-from .errors import (ConfigError, InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable,
-                     SpoolError, WaitTimeout)
-from .job import Job
-from .layout import STATES
+from .format.errors import ConfigError, InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable, SpoolError, WaitTimeout
+from .format.job import Job
+from .format.layout import STATES
 from .spool import Spool
 
 __version__ = "0.1.0"

@@ -8,26 +8,26 @@ import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .job import Job
-from .layout import host_name
-from .store import Store
+from .format.job import Job
+from .format.layout import host_name
+from .store.store import Store
 
 if TYPE_CHECKING:
-    from .maildir import Stray
-    from .cancel import Result as CancelResult
-    from .config import Config
-    from .deps import Dependencies
-    from .finished import Finished
-    from .owners import Owners, WorkerInfo
-    from .pause import Pauses
-    from .slots import Slots
-    from .stats import Stats
-    from .publish import Publisher
-    from .quarantine import Quarantine
-    from .recovery import Recovery
-    from .transitions import Transitions
-    from .census import Counts
-    from .views import JobView, Views
+    from .store.maildir import Stray
+    from .moves.cancel import Result as CancelResult
+    from .store.config import Config
+    from .moves.dependencies import Dependencies
+    from .moves.finished_jobs import Finished
+    from .store.owners import Owners, WorkerInfo
+    from .store.pause import Pauses
+    from .store.slots import Slots
+    from .reading.stats import Stats
+    from .moves.enqueue import Publisher
+    from .store.quarantine import Quarantine
+    from .moves.recovery import Recovery
+    from .moves.transitions import Transitions
+    from .reading.counts import Counts
+    from .reading.views import JobView, Views
 
 
 class Spool:
@@ -42,37 +42,37 @@ class Spool:
 
     @cached_property
     def quarantine(self) -> Quarantine:
-        from .quarantine import Quarantine
+        from .store.quarantine import Quarantine
 
         return Quarantine(self.store)
 
     @cached_property
     def owners(self) -> Owners:
-        from .owners import Owners
+        from .store.owners import Owners
 
         return Owners(self.store)
 
     @cached_property
     def views(self) -> Views:
-        from .views import Views
+        from .reading.views import Views
 
         return Views(self.store, self.owners, self.quarantine)
 
     @cached_property
     def publisher(self) -> Publisher:
-        from .publish import Publisher
+        from .moves.enqueue import Publisher
 
         return Publisher(self.store, lambda: self.owners, lambda: self.views)
 
     @cached_property
     def transitions(self) -> Transitions:
-        from .transitions import Transitions
+        from .moves.transitions import Transitions
 
         return Transitions(self.store, self.owners, self.quarantine, self.views, self.publisher)
 
     @cached_property
     def finished(self) -> Finished:
-        from .finished import Finished
+        from .moves.finished_jobs import Finished
 
         return Finished(self.store, self.views, self.quarantine, lambda job_id: self.deps.waiters_of(job_id))
 
@@ -82,19 +82,19 @@ class Spool:
 
     @cached_property
     def slots(self) -> Slots:
-        from .slots import Slots
+        from .store.slots import Slots
 
         return Slots(self.store)
 
     @cached_property
     def pauses(self) -> Pauses:
-        from .pause import Pauses
+        from .store.pause import Pauses
 
         return Pauses(self.store)
 
     @cached_property
     def recovery(self) -> Recovery:
-        from .recovery import Recovery
+        from .moves.recovery import Recovery
 
         return Recovery(self.store, self.owners, self.quarantine, self.transitions)
 
@@ -139,7 +139,7 @@ class Spool:
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
-        from .errors import InvalidJob, JobNotFound
+        from .format.errors import InvalidJob, JobNotFound
 
         mine = {job.id: job.after for job in jobs}
         for job in jobs:
@@ -157,7 +157,7 @@ class Spool:
     def _judge_new(self, waiters: list[str]) -> None:
         """Once more after publishing: a dep that finished meanwhile left no one to wake them.
         RACE: a finish, purge or requeue of a dep may come at any point of the enqueue. Its edge
-        is made before the job is published and stays while the job waits (deps.py), so a finish
+        is made before the job is published and stays while the job waits (dependencies.py), so a finish
         after this look wakes it; a finish before it is seen here; a purge keeps a dep with an
         edge, or was over before the edge (the enqueue was refused, publish); a requeued dep is
         pending here, and its next finish sees the edge."""
@@ -201,7 +201,7 @@ class Spool:
     def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
         """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
         killed by their workers, waited for up to `wait` seconds."""
-        from .cancel import Canceller
+        from .moves.cancel import Canceller
 
         canceller = Canceller(self.store, self.owners, self.views, self.transitions.takes, self.deps)
         return canceller.cancel(job_ids, kill=kill, wait=wait)
@@ -216,10 +216,10 @@ class Spool:
         """Raise UnsafeFileSystem if this spool's file system cannot keep leases and fences safe
         across hosts (a GlusterFS client with its caches on). With `allow_unsafe` the reason is
         only logged: the operator runs one host, or accepts the risk."""
-        from . import filesystem
-        from .errors import UnsafeFileSystem
+        from .system import mounts
+        from .format.errors import UnsafeFileSystem
 
-        why = filesystem.unsafe_because(self.root)
+        why = mounts.unsafe_because(self.root)
         if why is None:
             return
         if not allow_unsafe:
@@ -240,16 +240,17 @@ class Spool:
 
     def strays(self) -> list[Stray]:
         """The files in pending/ or the Maildir that no worker will ever take (maildir.py)."""
-        from . import maildir
+        from .store import maildir
 
         return maildir.strays(self.layout, self.store.now())
 
     def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
         """What the spool did in the last `window` seconds (stats.py), from the attempts log."""
-        from . import events, stats
+        from .reading import stats
+        from .store import attempts_log
 
         until = self.store.now(now)
-        facts = events.read(self.layout.dir("events"), until - window, until)
+        facts = attempts_log.read(self.layout.dir("events"), until - window, until)
         return stats.collect(facts, self.views.ready_since(until), since=until - window, until=until, queue=queue)
 
     def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:

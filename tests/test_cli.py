@@ -16,10 +16,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import SPOOLQ
-from spoolq import ConfigError, Spool, durations
+from spoolq import ConfigError, Spool
+from spoolq.format import durations
 from spoolq.cli import main
-from spoolq.transitions import Adopted
-from spoolq.worker import Worker
+from spoolq.moves.transitions import Adopted
+from spoolq.running.worker import Worker
 
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 SHOW_FIELDS = ("id", "command", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",

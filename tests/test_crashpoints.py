@@ -22,8 +22,9 @@ from typing import Callable
 import pytest
 
 from conftest import SPOOLQ, dead_pid, strace_path
-from spoolq import Spool, fsck, layout as L
-from spoolq.ids import Reservations
+from spoolq import Spool, fsck
+from spoolq.format import layout as L
+from spoolq.store.ids import Reservations
 
 pytestmark = pytest.mark.sweep
 
@@ -42,7 +43,7 @@ LIMIT = 400  # a sweep that needs more calls than this has lost its way
 # One worker process, no supervisor: strace counts per process, and a supervisor's own calls
 # would kill it (and so its worker) before the worker's Nth.
 WORKER = [sys.executable, "-c",
-          "import sys; from spoolq.spool import Spool; from spoolq.worker import Worker; "
+          "import sys; from spoolq.spool import Spool; from spoolq.running.worker import Worker; "
           "sys.exit(Worker(Spool(sys.argv[1]), burst=True).run())"]
 
 
@@ -706,7 +707,7 @@ def _the_dropped_waiter_runs_once_after(root: str, tags: list[str], killed: bool
 @pytest.mark.parametrize("kind", ["rename", "write", "fsync", "link", "mkdir"])
 def test_a_worker_killed_adopting_a_drop_in_that_waits_loses_nothing(tmp_path, kind):
     worker_default_only = [sys.executable, "-c",
-                           "import sys; from spoolq.spool import Spool; from spoolq.worker import Worker; "
+                           "import sys; from spoolq.spool import Spool; from spoolq.running.worker import Worker; "
                            "sys.exit(Worker(Spool(sys.argv[1]), burst=True, queues=frozenset({'default'})).run())"]
     sweep(tmp_path, kind, _a_dropped_waiter, lambda root: [*worker_default_only, root],
           _the_dropped_waiter_runs_once_after)
@@ -763,7 +764,7 @@ def test_a_worker_of_a_sharded_spool_killed_adopting_or_retrying_loses_nothing(t
 # ---- retention and schedules -------------------------------------------------------------------
 
 RETAIN = [sys.executable, "-c",
-          "import sys, time; from spoolq.spool import Spool; from spoolq.retention import Retention; "
+          "import sys, time; from spoolq.spool import Spool; from spoolq.running.retention import Retention; "
           "Retention(Spool(sys.argv[1])).run(time.time(), fs_now=time.time() + 86400)"]
 
 
@@ -777,7 +778,7 @@ def _finished_and_expired(root: str) -> list[str]:
 
 def _retained_whole_and_unblocked(root: str, ids: list[str], killed: bool) -> None:
     _purged_whole_or_not_at_all(root, ids, killed)
-    from spoolq.retention import Retention
+    from spoolq.running.retention import Retention
 
     # The lock a killed worker held was let go with it: retention goes on at once.
     assert Retention(Spool(root, create=False)).run(0.0) is not None
@@ -789,13 +790,13 @@ def test_retention_killed_at_any_point_leaves_nothing_half_done_and_no_lock_behi
 
 
 FIRE = [sys.executable, "-c",
-        "import sys; from spoolq.spool import Spool; from spoolq.schedules import Schedules; "
+        "import sys; from spoolq.spool import Spool; from spoolq.running.schedules import Schedules; "
         "Schedules(Spool(sys.argv[1])).fire_due(float(sys.argv[2]))"]
 SLOT = 1767225900.0  # 2026-01-01T00:05Z
 
 
 def _a_due_schedule(root: str) -> str:
-    from spoolq.schedules import Schedule, Schedules, slot_id
+    from spoolq.running.schedules import Schedule, Schedules, slot_id
 
     spool = Spool(root)
     Schedules(spool).add(Schedule("rep", "*/5 * * * *", {"command": "true"}, created_at=SLOT - 60,
@@ -804,7 +805,7 @@ def _a_due_schedule(root: str) -> str:
 
 
 def _fired_once(root: str, job_id: str, killed: bool) -> None:
-    from spoolq.schedules import Schedules
+    from spoolq.running.schedules import Schedules
 
     repaired_clean(root)
     spool = Spool(root, create=False)

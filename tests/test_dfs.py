@@ -1,4 +1,4 @@
-"""What spoolq knows of the file system under a spool (filesystem.py), on a real GlusterFS
+"""What spoolq knows of the file system under a spool (mounts.py), on a real GlusterFS
 (tests/dfs.py): the configuration the README asks for is accepted, Gluster's defaults are named
 and refused, and a worker starts there only when told to."""
 
@@ -12,8 +12,9 @@ import time
 import pytest
 
 from conftest import SPOOLQ
-from spoolq import Spool, filesystem
-from spoolq.errors import UnsafeFileSystem
+from spoolq import Spool
+from spoolq.system import mounts
+from spoolq.format.errors import UnsafeFileSystem
 
 
 @pytest.fixture
@@ -26,13 +27,13 @@ def stock_spool(gluster, tmp_path) -> str:
 
 def test_strict_gluster_is_safe(gluster, tmp_path):
     path = os.path.join(gluster.mount("strict", "A"), gluster.new_dir("strict", os.path.basename(tmp_path)))
-    assert filesystem.kind_of(path) == "fuse.glusterfs"
-    assert filesystem.unsafe_because(path) is None
+    assert mounts.kind_of(path) == "fuse.glusterfs"
+    assert mounts.unsafe_because(path) is None
     Spool(path).check_filesystem()  # does not raise
 
 
 def test_stock_gluster_is_named_unsafe_with_every_reason(stock_spool):
-    why = filesystem.unsafe_because(stock_spool)
+    why = mounts.unsafe_because(stock_spool)
     assert why is not None
     for reason in ("--entry-timeout=0", "--attribute-timeout=0", "--negative-timeout=0", "features.ctime",
                    "performance.stat-prefetch", "performance.quick-read", "leases and fences are not safe"):
@@ -42,7 +43,7 @@ def test_stock_gluster_is_named_unsafe_with_every_reason(stock_spool):
 
 
 def test_local_disk_is_safe(tmp_path):
-    assert filesystem.unsafe_because(str(tmp_path)) is None
+    assert mounts.unsafe_because(str(tmp_path)) is None
 
 
 @pytest.mark.parametrize("kind, options, local", [
@@ -54,7 +55,7 @@ def test_a_mount_whose_flocks_stay_on_one_host_is_named(kind, options, local):
     """Where flock(2) never reaches the server, a spool lock excludes only one host's processes:
     the mount's own options say so (no NFS or Lustre server here: the options as mountinfo shows
     them), and unsafe_because, which workers refuse on, names it."""
-    why = filesystem.flock_stays_local(kind, frozenset(options.split(",")))
+    why = mounts.flock_stays_local(kind, frozenset(options.split(",")))
     assert (why is None) == (local is None) and (local is None or local in why), why
 
 
@@ -87,7 +88,7 @@ def test_worker_starts_on_stock_gluster_when_told_and_says_so(stock_spool, how):
 
 
 def test_the_api_worker_refuses_too(stock_spool):
-    from spoolq.worker import CannotStart, Worker
+    from spoolq.running.worker import CannotStart, Worker
 
     with pytest.raises(CannotStart, match="GlusterFS mount"):
         Worker(Spool(stock_spool), burst=True).run()
@@ -223,12 +224,13 @@ def test_a_lock_held_through_a_client_that_dies_is_let_go_at_once(gluster, tmp_p
     """A spool lock taken through host D's client excludes host A; SIGKILL D's glusterfs client
     (the host dies, its connection to the brick closes) and the brick's locks translator lets go
     of D's flock: A takes the lock within a second, its holder still alive on a dead mount."""
-    from spoolq import config, layout
-    from spoolq.errors import LockBusy
+    from spoolq.format import layout
+    from spoolq.store import config
+    from spoolq.format.errors import LockBusy
 
     name = gluster.new_dir(volume, os.path.basename(tmp_path))
     Spool(os.path.join(gluster.mount(volume, "A"), name))
-    hold = ("import sys, time\nfrom spoolq import config, layout\n"
+    hold = ("import sys, time\nfrom spoolq.format import layout; from spoolq.store import config\n"
             "with config.locked(layout.Layout(sys.argv[1]), 'dlq', mode=0o600):\n"
             "    print('held', flush=True)\n    time.sleep(120)\n")
     d = subprocess.Popen([sys.executable, "-c", hold, os.path.join(gluster.mount(volume, "D"), name)],

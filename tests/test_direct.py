@@ -6,9 +6,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from spoolq import direct, runner
+from spoolq.system import direct_exec, runner
 
-pytestmark = pytest.mark.skipif(not direct.shell_is_dash(), reason="the direct path is held to dash's behaviour")
+pytestmark = pytest.mark.skipif(not direct_exec.shell_is_dash(), reason="the direct path is held to dash's behaviour")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_a_command_behaves_as_under_sh_c(rig, command):
     ("a & b", None),
 ])
 def test_which_commands_run_directly(command, argv):
-    assert direct.words(command) == argv
+    assert direct_exec.words(command) == argv
 
 
 def test_a_plain_command_is_spawned_without_the_shell():
@@ -120,7 +120,7 @@ def test_a_plain_command_is_spawned_without_the_shell():
 def test_shell_true_never_tries_the_direct_path(tmp_path, monkeypatch):
     def refuse(command):
         raise AssertionError(f"{command!r} was looked at for a direct run")
-    monkeypatch.setattr(direct, "words", refuse)
+    monkeypatch.setattr(direct_exec, "words", refuse)
     assert run("true", tmp_path, {"PATH": "/usr/bin:/bin"}, shell=True) == (0, [])
 
 
@@ -145,7 +145,7 @@ def test_a_job_runs_with_sigpipe_at_its_default(tmp_path):
 
 def test_dash_default_path_is_used_when_path_is_unset(tmp_path):
     assert run("uname -s", tmp_path, {}, shell=False) == run("uname -s", tmp_path, {}, shell=True)
-    assert direct.find("uname", {}) is not None
+    assert direct_exec.find("uname", {}) is not None
 
 
 def test_a_file_we_may_not_execute_is_not_chosen(tmp_path):
@@ -153,9 +153,9 @@ def test_a_file_we_may_not_execute_is_not_chosen(tmp_path):
     d.mkdir()
     (d / "tool").write_text("#!/bin/sh\n")
     (d / "tool").chmod(0o644)
-    assert direct.find("tool", {"PATH": str(d)}) is None
+    assert direct_exec.find("tool", {"PATH": str(d)}) is None
     (d / "tool").chmod(0o755)
-    assert direct.find("tool", {"PATH": str(d)}) == f"{d}/tool"
+    assert direct_exec.find("tool", {"PATH": str(d)}) == f"{d}/tool"
     (d / "sub").mkdir()
     (d / "sub").chmod(0o755)
-    assert direct.find("sub", {"PATH": str(d)}) is None  # a directory is never a program
+    assert direct_exec.find("sub", {"PATH": str(d)}) is None  # a directory is never a program

@@ -15,9 +15,11 @@ import time
 import pytest
 
 from conftest import SPOOLQ, backdate, dead_pid, fill, wait_for
-from spoolq import Spool, fsck, job as job_mod, layout as L, liveness, locks
-from spoolq.recovery import only_a_fence
-from spoolq.worker import Worker
+from spoolq import Spool, fsck
+from spoolq.format import job as job_mod, layout as L
+from spoolq.system import liveness, locks
+from spoolq.moves.recovery import only_a_fence
+from spoolq.running.worker import Worker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

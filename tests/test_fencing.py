@@ -31,7 +31,7 @@ import pytest
 from conftest import process_state, strace_path, wait_for
 
 WORKER = [sys.executable, "-c",
-          "import sys; from spoolq.spool import Spool; from spoolq.worker import Worker; "
+          "import sys; from spoolq.spool import Spool; from spoolq.running.worker import Worker; "
           "sys.exit(Worker(Spool(sys.argv[1]), allow_unsafe_fs=True).run())"]
 RESCUER = [sys.executable, "-c",
            "import sys; from spoolq.spool import Spool; s = Spool(sys.argv[1]); "

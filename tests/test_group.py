@@ -18,8 +18,10 @@ import time
 import pytest
 
 from conftest import SPOOLQ, dead_pid, safecat_path, spoolq, wait_for
-from spoolq import fsck, layout as L, liveness
-from spoolq.schedules import Schedule, Schedules
+from spoolq import fsck
+from spoolq.format import layout as L
+from spoolq.system import liveness
+from spoolq.running.schedules import Schedule, Schedules
 from spoolq.spool import Spool
 
 MEMBER, GROUP = 54321, 54320  # a member of the spool's group, not in trusted_uids

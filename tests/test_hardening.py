@@ -14,10 +14,12 @@ import time
 import pytest
 
 from conftest import strace_path, SPOOLQ, Workers, backdate, fill, spoolq, wait_for
-from spoolq import Spool, fsck, fsio, layout as L, locks
-from spoolq.errors import LockBusy, SpoolError
-from spoolq.ids import creator_of
-from spoolq.job import parse_time
+from spoolq import Spool, fsck
+from spoolq.format import layout as L
+from spoolq.system import fsio, locks
+from spoolq.format.errors import LockBusy, SpoolError
+from spoolq.store.ids import creator_of
+from spoolq.format.job import parse_time
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
 STRANGER = 12345
@@ -299,7 +301,7 @@ def test_a_new_enqueue_takes_over_an_id_its_dead_creator_never_published(spool):
 def _dead_reservation(spool: Spool, job_id: str) -> None:
     """An id marker whose creator (a process that has exited) never published its job."""
     from conftest import dead_pid
-    from spoolq.ids import Reservations
+    from spoolq.store.ids import Reservations
 
     with Reservations(spool.store) as ids:
         ids.creator = ids.creator._replace(pid=dead_pid(), start=None)
@@ -604,7 +606,7 @@ def test_recovery_kills_the_jobs_group_but_not_a_daemon_it_started(spool, tmp_pa
 
 
 def _alive(pid: int) -> bool:
-    from spoolq.liveness import alive
+    from spoolq.system.liveness import alive
 
     return alive(pid)
 
@@ -695,7 +697,7 @@ def test_a_marker_is_never_written_into_a_fifo(tmp_path):
     """A worker that lost its job marks the job's log; output/ is writable by the spool's group."""
     fifo = str(tmp_path / "job.log")
     os.mkfifo(fifo)
-    code = "import sys; from spoolq import output; output.mark(sys.argv[1], 'result discarded')"
+    code = "import sys; from spoolq.store import output; output.mark(sys.argv[1], 'result discarded')"
     r = subprocess.run([sys.executable, "-c", code, fifo], cwd=REPO, timeout=30, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
@@ -705,7 +707,7 @@ def test_a_fifo_in_tmp_synced_by_name_is_refused_at_once(tmp_path):
     syncs it must fail that sync (EINVAL), not wait for a writer forever."""
     fifo = str(tmp_path / "staged.json")
     os.mkfifo(fifo)
-    code = ("import errno, sys; from spoolq import fsio\n"
+    code = ("import errno, sys; from spoolq.system import fsio\n"
             "try: fsio.fsync_path(sys.argv[1])\n"
             "except OSError as e: sys.exit(0 if e.errno == errno.EINVAL else 3)\n"
             "sys.exit(4)")
@@ -730,12 +732,12 @@ def test_a_fifo_as_the_detached_workers_log_hangs_nothing(spool, spool_dir, tmp_
 def test_a_huge_sparse_attempts_log_is_read_no_further_than_a_writer_writes(spool):
     """events/ is writable by the spool's group: `stats`, the dashboard, the metrics textfile and
     a burst's tally read every log written lately (a sparse terabyte took an hour)."""
-    from spoolq import events
+    from spoolq.store import attempts_log
 
     spool.enqueue({"command": "true"})
     directory = spool.layout.dir("events")
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "vm-1-abcdef" + events.SUFFIX), "wb") as f:
+    with open(os.path.join(directory, "vm-1-abcdef" + attempts_log.SUFFIX), "wb") as f:
         f.truncate(1 << 40)
 
     def too_long(*_):
@@ -935,7 +937,7 @@ def test_move_no_replace_refuses_to_replace(tmp_path):
 
 
 def _take_over_in_a_process(root: str, job_id: str, go, results, done) -> None:
-    from spoolq.ids import Reservations
+    from spoolq.store.ids import Reservations
 
     spool = Spool(root, create=False)
     with Reservations(spool.store) as ids:
@@ -974,7 +976,7 @@ def test_a_holder_killed_holding_a_lock_lets_the_next_taker_in_at_once(spool, ho
     different."""
     lock = spool.layout.lock("dlq")
     env = {**os.environ, **({"SPOOLQ_HOST": host} if host else {})}
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spoolq import locks\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from spoolq.system import locks\n"
                                "with locks.locked(sys.argv[1], mode=0o600):\n    print('held', flush=True); time.sleep(60)",
                                lock], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -1075,7 +1077,7 @@ def test_a_worker_that_cannot_start_ends_a_burst_with_one_line(small_fs):
 
 
 def test_a_worker_that_cannot_register_on_a_full_disk_says_why_in_one_line(small_fs):
-    from spoolq.worker import CannotStart, Worker
+    from spoolq.running.worker import CannotStart, Worker
 
     spool = Spool(os.path.join(small_fs, "spool"))
     fill(small_fs)

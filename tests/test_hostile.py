@@ -12,8 +12,9 @@ import time
 import pytest
 
 from conftest import wait_for
-from spoolq import Spool, fsck, layout as L
-from spoolq.transitions import Adopted
+from spoolq import Spool, fsck
+from spoolq.format import layout as L
+from spoolq.moves.transitions import Adopted
 
 BIG = 10 * 1024 * 1024
 

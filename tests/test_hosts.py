@@ -37,9 +37,10 @@ import pytest
 
 import dfs
 from conftest import SPOOLQ, process_state, stop_gracefully, wait_for
-from spoolq import Spool, locks
-from spoolq import config as config_mod
-from spoolq.errors import SpoolError
+from spoolq import Spool
+from spoolq.system import locks
+from spoolq.store import config as config_mod
+from spoolq.format.errors import SpoolError
 
 BINDFS_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
 BINDFS_LOCKS = ["--enable-lock-forwarding", "--multithreaded"]  # flocks reach the directory below, as on a server
@@ -409,7 +410,7 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
     counter.write_text("0")
     script = (
         "import os, sys, time\n"
-        "from spoolq import config, layout\n"
+        "from spoolq.format import layout; from spoolq.store import config\n"
         "lay = layout.Layout(sys.argv[1])\n"
         "while not os.path.exists(sys.argv[2] + '.go'):\n"  # start together: contention is the point
         "    time.sleep(0.002)\n"
@@ -441,7 +442,7 @@ def test_config_lock_excludes_across_hosts(safe_rig, tmp_path):
     assert (cfg.max_retries, cfg.job_timeout, cfg.poll_interval, cfg.backoff_base) == (7, 9, POLL, 0)
 
 
-HOLD = ("import sys, time\nfrom spoolq import config, layout\n"
+HOLD = ("import sys, time\nfrom spoolq.format import layout; from spoolq.store import config\n"
         "with config.locked(layout.Layout(sys.argv[1]), sys.argv[2], mode=0o600):\n"
         "    print('held', flush=True)\n    time.sleep(120)\n")
 

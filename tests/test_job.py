@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from spoolq import InvalidJob, Spool
-from spoolq import job as job_mod
-from spoolq import layout as L
-from spoolq import retry
-from spoolq.job import KNOWN, from_dict, from_json, parse_json_object
+from spoolq.format import job as job_mod
+from spoolq.format import layout as L
+from spoolq.format import retry
+from spoolq.format.job import KNOWN, from_dict, from_json, parse_json_object
 
 NOW = 1_700_000_000.0
 ID_CHARS = string.ascii_letters + string.digits + "._-"

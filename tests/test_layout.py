@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from spoolq.layout import Layout
+from spoolq.format.layout import Layout
 
 
 @pytest.mark.parametrize("root", ["/srv/spool", "/", "relative/spool", "/srv/spool/", "//srv//x/../spool"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from conftest import wait_for
-from spoolq import liveness
+from spoolq.system import liveness
 
 
 def test_a_zombie_is_dead():

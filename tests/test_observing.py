@@ -16,9 +16,12 @@ import time
 import pytest
 
 from conftest import SPOOLQ, backdate, fill, spoolq, wait_for
-from spoolq import Spool, events, metrics, stats
-from spoolq.events import Fact
-from spoolq.worker import Worker
+from spoolq import Spool
+from spoolq.reading import stats
+from spoolq.running import metrics
+from spoolq.store import attempts_log
+from spoolq.store.attempts_log import Fact
+from spoolq.running.worker import Worker
 from test_cli import clean
 
 
@@ -27,7 +30,7 @@ def burst(spool: Spool) -> None:
 
 
 def facts_of(spool: Spool) -> list[Fact]:
-    return sorted(events.read(spool.layout.dir("events")), key=lambda f: (f.id, f.attempt))
+    return sorted(attempts_log.read(spool.layout.dir("events")), key=lambda f: (f.id, f.attempt))
 
 
 def fact(job_id: str = "j", *, queue: str = "default", outcome: str = "done", ready: float = 1000.0,
@@ -70,15 +73,15 @@ def test_every_attempt_is_one_line_with_where_it_left_its_job(spool):
     b'"finished":1,"outcome":"done"}',
 ])
 def test_a_line_that_is_not_an_attempt_is_skipped(line):
-    assert events.parse_line(line) is None
+    assert attempts_log.parse_line(line) is None
 
 
 def test_torn_garbage_and_overlong_lines_are_skipped_and_the_rest_read(tmp_path):
     path = tmp_path / "w.0.jsonl"
     good = fact("a").to_line()
-    path.write_bytes(good + b"garbage\n" + b"x" * (events.MAX_LINE * 3) + b"\n" + fact("b").to_line()
+    path.write_bytes(good + b"garbage\n" + b"x" * (attempts_log.MAX_LINE * 3) + b"\n" + fact("b").to_line()
                      + fact("torn").to_line()[:-9])
-    assert [f.id for f in events.read_file(str(path))] == ["a", "b"]
+    assert [f.id for f in attempts_log.read_file(str(path))] == ["a", "b"]
 
 
 def test_only_regular_files_are_read(tmp_path):
@@ -89,25 +92,25 @@ def test_only_regular_files_are_read(tmp_path):
     os.symlink(secret, directory / "link.jsonl")
     os.mkfifo(directory / "fifo.jsonl")  # opening a fifo would block the reader for good
     (directory / "w.0.jsonl").write_bytes(fact("mine").to_line())
-    assert [f.id for f in events.read(str(directory))] == ["mine"]
+    assert [f.id for f in attempts_log.read(str(directory))] == ["mine"]
 
 
 def test_the_log_rotates_and_old_files_are_deleted(tmp_path, monkeypatch):
     directory = str(tmp_path / "events")
-    monkeypatch.setattr(events, "ROTATE_BYTES", 1000)
-    log = events.EventLog(directory, "h-1-w", modes=Spool(str(tmp_path / "s")).store.modes, keep_seconds=3600)
+    monkeypatch.setattr(attempts_log, "ROTATE_BYTES", 1000)
+    log = attempts_log.EventLog(directory, "h-1-w", modes=Spool(str(tmp_path / "s")).store.modes, keep_seconds=3600)
     for i in range(20):
         log.record(fact(f"j{i}"))
     log.close()
     names = sorted(os.listdir(directory))
     assert len(names) > 3 and all(os.path.getsize(os.path.join(directory, n)) <= 1000 for n in names)
-    assert sorted(f.id for f in events.read(directory)) == sorted(f"j{i}" for i in range(20))
+    assert sorted(f.id for f in attempts_log.read(directory)) == sorted(f"j{i}" for i in range(20))
     old = os.path.join(directory, names[0])
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    again = events.EventLog(directory, "h-1-w", modes=Spool(str(tmp_path / "s")).store.modes, keep_seconds=3600)
+    again = attempts_log.EventLog(directory, "h-1-w", modes=Spool(str(tmp_path / "s")).store.modes, keep_seconds=3600)
     again.record(fact("later"))
     again.close()
-    ids = {f.id for f in events.read(directory)}
+    ids = {f.id for f in attempts_log.read(directory)}
     assert "later" in ids and "j0" not in ids and "j19" in ids  # the old file went, the newest stayed
     assert len(os.listdir(directory)) == len(names)  # one gone, one new
 
@@ -126,7 +129,7 @@ def test_a_symlink_where_the_log_goes_stops_the_worker(spool, tmp_path):
 # ---- stats -----------------------------------------------------------------------------------
 
 def write_facts(spool: Spool, facts: list[Fact]) -> None:
-    log = events.EventLog(spool.layout.dir("events"), "h-1-w", modes=spool.store.modes, keep_seconds=86400 * 365)
+    log = attempts_log.EventLog(spool.layout.dir("events"), "h-1-w", modes=spool.store.modes, keep_seconds=86400 * 365)
     for f in facts:
         log.record(f)
     log.close()
@@ -447,7 +450,7 @@ def test_show_json_gives_the_last_attempts_host_and_the_output(cli, spool):
 
 def test_a_full_disk_costs_lines_of_the_attempts_log_never_its_writer(small_fs):
     directory = os.path.join(small_fs, "events")
-    log = events.EventLog(directory, "h-1-w", modes=Spool(os.path.join(small_fs, "s")).store.modes,
+    log = attempts_log.EventLog(directory, "h-1-w", modes=Spool(os.path.join(small_fs, "s")).store.modes,
                           keep_seconds=3600)
     log.record(fact("before"))
     filler = fill(small_fs)
@@ -457,6 +460,6 @@ def test_a_full_disk_costs_lines_of_the_attempts_log_never_its_writer(small_fs):
     os.unlink(filler)
     log.record(fact("after"))
     log.close()
-    ids = [f.id for f in events.read(directory)]
+    ids = [f.id for f in attempts_log.read(directory)]
     assert {"before", "after"} <= set(ids) and len(ids) < 202  # lines were lost, nothing else
     assert len(os.listdir(directory)) == 1

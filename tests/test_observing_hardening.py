@@ -10,8 +10,10 @@ import time
 import pytest
 
 from conftest import spoolq
-from spoolq import Spool, events, metrics
-from spoolq.events import Fact
+from spoolq import Spool
+from spoolq.running import metrics
+from spoolq.store import attempts_log
+from spoolq.store.attempts_log import Fact
 
 
 def hostile_line(queue_json: str, now: float) -> bytes:
@@ -161,15 +163,15 @@ def test_burst_summary_counts_the_jobs_of_a_worker_that_died(spool, spool_dir, t
 def test_a_quiet_workers_attempts_are_not_lost_after_a_sibling_prunes(spool):
     spool.enqueue({"command": "true"})  # the spool exists
     directory, keep = spool.layout.dir("events"), 3600
-    quiet = events.EventLog(directory, "h-1-quiet", modes=spool.store.modes, keep_seconds=keep)
+    quiet = attempts_log.EventLog(directory, "h-1-quiet", modes=spool.store.modes, keep_seconds=keep)
     now = time.time()
     quiet.record(Fact("early", "default", 1, "h", "h-1-quiet", now - 7300, now - 7300, now - 7300, now - 7200, "done"))
     (path,) = [os.path.join(directory, n) for n in os.listdir(directory)]
     os.utime(path, (now - 7200, now - 7200))  # two hours without a job
-    busy = events.EventLog(directory, "h-2-busy", modes=spool.store.modes, keep_seconds=keep)
+    busy = attempts_log.EventLog(directory, "h-2-busy", modes=spool.store.modes, keep_seconds=keep)
     busy.record(Fact("b", "default", 1, "h", "h-2-busy", now, now, now, now, "done"))  # starts: prunes
     quiet.record(Fact("late", "default", 1, "h", "h-1-quiet", now, now, now, now + 1, "done"))
-    assert "late" in {f.id for f in events.read(directory)}
+    assert "late" in {f.id for f in attempts_log.read(directory)}
 
 
 # 11. str.isdigit() is true for digits int() refuses ('²', and any string past Python's 4300-digit
@@ -283,7 +285,7 @@ def test_a_non_ascii_form_token_is_refused_not_a_server_error(spool):
     assert r.status_code == 400, r.status_code
 
 
-# 18. worklog.py promises "a closed stderr loses the line", but a worker started with stderr
+# 18. log_lines.py promises "a closed stderr loses the line", but a worker started with stderr
 #     closed (2>&-) has sys.stderr None: write_line raises AttributeError and the burst runs
 #     nothing (exit 1). (Inherited from the old stderr_log, which the change moved.)
 def test_a_worker_with_stderr_closed_runs_its_jobs(spool, spool_dir):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import time
 
-from spoolq import Spool, config
-from spoolq.retention import MIN_GAP, Retention
-from spoolq.worker import Worker
+from spoolq import Spool
+from spoolq.store import config
+from spoolq.running.retention import MIN_GAP, Retention
+from spoolq.running.worker import Worker
 
 DAY = 86400.0
 
@@ -82,7 +83,7 @@ def test_one_worker_at_a_time_and_a_small_share_of_its_time(spool):
 def test_a_retention_lock_held_for_long_is_said_once_in_the_log(spool):
     """Item 6: a worker that finds the retention lock held, batch after batch, for 10 minutes
     says so in its log, naming the holder (nothing is purged meanwhile), and only once."""
-    from spoolq.duties import Duties
+    from spoolq.running.duties import Duties
 
     finished_spool(spool)
     burst(spool)

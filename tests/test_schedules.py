@@ -15,8 +15,8 @@ import pytest
 import dfs
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
-from spoolq.fired import RETAIN
-from spoolq.schedules import LATE_LIMIT, Schedule, Schedules, slot_id
+from spoolq.running.fired_slots import RETAIN
+from spoolq.running.schedules import LATE_LIMIT, Schedule, Schedules, slot_id
 from test_cli import clean
 import test_hosts
 
@@ -90,7 +90,7 @@ def purge(spool: Spool, job_id: str) -> None:
 FIRE_AS_HOST = """
 import sys, time
 from spoolq import Spool
-from spoolq.schedules import Schedules
+from spoolq.running.schedules import Schedules
 print(" ".join(f.job_id for f in Schedules(Spool(sys.argv[1])).fire_due(time.time()) if f.created))
 """
 
@@ -268,7 +268,7 @@ def test_the_expression_is_read_in_the_schedules_time_zone(spool):
 SCRIPT = """
 import os, sys, time
 from spoolq import Spool
-from spoolq.schedules import Schedules
+from spoolq.running.schedules import Schedules
 root, go, first, count = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 schedules = Schedules(Spool(root))
 while not os.path.exists(go):
@@ -408,7 +408,7 @@ def test_a_running_worker_fires_a_slot_at_its_time_across_a_real_minute(spool, w
 
 
 def test_a_worker_looks_again_only_when_a_slot_is_due_or_a_schedule_changed(spool, monkeypatch):
-    from spoolq.duties import SCHEDULE_RECHECK, Duties
+    from spoolq.running.duties import SCHEDULE_RECHECK, Duties
 
     add(spool, cron="0 3 * * *")  # next slot hours away
     duties = Duties(spool, lambda _m: None, lambda: "")

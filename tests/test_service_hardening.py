@@ -12,7 +12,7 @@ import pytest
 
 from conftest import spoolq
 from spoolq import Spool
-from spoolq.schedules import Schedule, Schedules
+from spoolq.running.schedules import Schedule, Schedules
 
 
 def at(text: str) -> float:
@@ -129,7 +129,7 @@ def test_a_last_slot_from_a_clock_ahead_does_not_suppress_slots_that_never_fired
 # 6. a schedule added while a worker evaluates is never seen by that worker ---------------------
 
 def test_a_schedule_added_during_a_workers_look_is_fired(spool, monkeypatch):
-    from spoolq.duties import Duties
+    from spoolq.running.duties import Duties
 
     add(spool, "yearly", cron="0 0 1 1 *")
     duties = Duties(spool, lambda _m: None, lambda: "")
@@ -165,8 +165,8 @@ def test_a_schedule_file_of_an_untrusted_uid_is_not_fired(spool):
 # 8. a retention batch that fails leaves `behind` set: an idle worker retries without sleeping --
 
 def test_an_idle_worker_does_not_spin_on_a_failing_retention_batch(spool, monkeypatch):
-    from spoolq.duties import Duties
-    from spoolq.worker import Worker
+    from spoolq.running.duties import Duties
+    from spoolq.running.worker import Worker
 
     spool.init()
     for _ in range(2):
@@ -223,7 +223,7 @@ def test_a_hook_that_redirects_its_output_is_still_bounded_by_hook_timeout(spool
 # 9. a retention batch is not bounded by its time when done/ holds many young jobs --------------
 
 def test_a_retention_batch_keeps_to_its_time_budget(spool):
-    from spoolq.retention import IDLE_BATCH, Retention
+    from spoolq.running.retention import IDLE_BATCH, Retention
 
     spool.init()
     for i in range(60000):  # a busy spool's week of done jobs (keep_done 7 days, the default), in part
@@ -238,8 +238,8 @@ def test_a_retention_batch_keeps_to_its_time_budget(spool):
 # 11. a hook killed by a real-time signal: a traceback from the hook thread, no log line --------
 
 def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
-    from spoolq.events import Fact
-    from spoolq.hooks import Hooks
+    from spoolq.store.attempts_log import Fact
+    from spoolq.running.hooks import Hooks
 
     spool.init()
     spool.set_config("on_done", "kill -40 $$")
@@ -261,7 +261,7 @@ def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
 # 12. completion lists all of pending/, not at most SCAN entries --------------------------------
 
 def test_job_id_completion_reads_at_most_scan_entries(spool, monkeypatch):
-    from spoolq import fsio
+    from spoolq.system import fsio
     from spoolq.cli import complete
 
     spool.init()
@@ -297,8 +297,8 @@ def test_job_id_completion_reads_at_most_scan_entries(spool, monkeypatch):
 def test_retention_frees_space_on_a_full_disk(tmp_path):
     import subprocess
 
-    from spoolq.retention import Retention
-    from spoolq.worker import Worker
+    from spoolq.running.retention import Retention
+    from spoolq.running.worker import Worker
 
     mnt = tmp_path / "tiny"
     mnt.mkdir()
@@ -333,8 +333,8 @@ def test_retention_frees_space_on_a_full_disk(tmp_path):
 #     when the waiter was enqueued); the waiter then waits for good --------------------------------
 
 def test_retention_keeps_a_done_job_a_waiting_job_still_names(spool):
-    from spoolq.retention import Retention
-    from spoolq.worker import Worker
+    from spoolq.running.retention import Retention
+    from spoolq.running.worker import Worker
 
     spool.init()
     spool.set_config("keep_done", 3600)
@@ -414,7 +414,7 @@ def test_a_job_that_arrives_while_retention_catches_up_waits_at_most_a_batch(spo
 # 18. past ~100,000 done jobs, a retention batch's listing eats its whole budget: one job a batch
 
 def test_retention_batches_make_progress_on_a_large_backlog(spool):
-    from spoolq.retention import IDLE_BATCH, Retention
+    from spoolq.running.retention import IDLE_BATCH, Retention
 
     spool.init()
     for i in range(100000):  # expired done jobs (names only, cheap to make)

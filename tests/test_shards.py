@@ -12,9 +12,11 @@ import time
 import pytest
 
 from conftest import SPOOLQ, spoolq, wait_for
-from spoolq import Spool, fsck, layout as L, shards
-from spoolq.rescans import Arrivals
-from spoolq.shards import PendingShards
+from spoolq import Spool, fsck
+from spoolq.format import layout as L
+from spoolq.store import shards
+from spoolq.pending.rescans import Arrivals
+from spoolq.store.shards import PendingShards
 
 WIDTH = 60
 
@@ -330,7 +332,7 @@ def test_lost_claims_on_arrivals_do_not_make_a_worker_list_the_backlog():
     """Every worker races for each arrival; a listing of the whole backlog would not spare it one
     of those lost claims. Lost claims on names from a listing still make it list at once once
     they have cost more than a listing (which forgets every name others took)."""
-    from spoolq.index import Pacing
+    from spoolq.pending.index import Pacing
 
     snapshot = type("Snap", (), {"started": 0.0, "cost": 0.05, "names": [], "covered": True, "stamp": None})()
     arrivals, backlog = Pacing(), Pacing()
@@ -382,8 +384,8 @@ def test_a_writer_whose_clock_is_behind_on_a_long_idle_spool_writes_where_polls_
 
 
 def test_an_unsharded_worker_counts_every_lost_claim_toward_a_listing(spool):
-    from spoolq.index import Pacing, PendingIndex
-    from spoolq.rescans import Rescans
+    from spoolq.pending.index import Pacing, PendingIndex
+    from spoolq.pending.rescans import Rescans
 
     rescans = Rescans(spool, PendingIndex(), Pacing(), None, burst=False)
     rescans.remember("1000000000.0000000000000000001.0000000000000@x.json")

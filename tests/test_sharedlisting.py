@@ -10,7 +10,7 @@ import time
 from hypothesis import given, strategies as st
 
 from conftest import wait_for
-from spoolq.sharedlisting import Listings, SharedListing, Snapshot, decode, encode, list_and_share
+from spoolq.pending.listing import Listings, SharedListing, Snapshot, decode, encode, list_and_share
 
 # Names as os.listdir gives them: any bytes but NUL and "/", undecodable ones as surrogates.
 names = st.lists(st.binary(min_size=1, max_size=40).filter(lambda b: b"\0" not in b and b"/" not in b)

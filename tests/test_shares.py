@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, strategies as st
 
 from conftest import spoolq
-from spoolq import layout
-from spoolq.index import PendingIndex
-from spoolq.shares import STEAL_AFTER, Share, Takers, prefer
+from spoolq.format import layout
+from spoolq.pending.index import PendingIndex
+from spoolq.pending.dealing import STEAL_AFTER, Share, Takers, prefer
 
 SECOND = 10**9
 
@@ -188,7 +188,7 @@ def share_and_memory(spool, me: str) -> tuple[Share, int]:
 def test_registrations_with_too_many_or_invalid_queues_take_no_share(spool):
     """Every worker reads every registration and keeps what a share needs: a record spoolq would
     not write (workers/ is writable by the spool's group) is not counted, and costs no memory."""
-    from spoolq.shares import MAX_QUEUES
+    from spoolq.pending.dealing import MAX_QUEUES
 
     me = spool.owners.register("worker")
     record = spool.owners.record(me)
@@ -215,7 +215,7 @@ def test_a_busy_share_s_head_is_helped_within_seconds_beside_a_queue_whose_slots
     _claim_and_run's, with the real Admission: a job it cannot get a slot for is put back and its
     queue passed over until a slot is given back. The other shares' first name takes turns
     between the two; w2's head in `default` must still be helped within seconds."""
-    from spoolq.admission import Admission
+    from spoolq.running.admission import Admission
 
     spool.slots.set_limit("limited", 1)
     spool.slots.set_limit(layout.DEFAULT_QUEUE, 4)

@@ -22,7 +22,7 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from spoolq import LostOwnership, NotRetryable, Spool
-from spoolq import layout as L
+from spoolq.format import layout as L
 
 # ---- where every job is, read straight from the directories (not through the Spool API) --------
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
-from spoolq.worker import Worker
+from spoolq.running.worker import Worker
 from test_cli import clean, parse_iso, snapshot
 
 
@@ -203,7 +203,7 @@ def test_a_running_job_is_left_alone_without_kill_and_killed_with_it(cli, spool,
 
 def test_a_rescuer_honours_a_kill_request_its_dead_worker_never_saw(spool):
     from conftest import dead_pid
-    from spoolq.cancel import attempt_token, mark_name
+    from spoolq.moves.cancel import attempt_token, mark_name
 
     spool.enqueue({"id": "held", "command": "true", "max_retries": 5})
     owner = spool.owners.register("worker")
@@ -220,14 +220,14 @@ def test_a_rescuer_honours_a_kill_request_its_dead_worker_never_saw(spool):
 
 
 def test_a_kill_request_for_an_earlier_run_of_the_job_is_ignored(spool, tmp_path):
-    from spoolq.cancel import mark_name
+    from spoolq.moves.cancel import mark_name
 
     spool.enqueue({"id": "again", "command": f"echo ran >> {tmp_path}/ran"})
     owner = spool.owners.register("worker")
     stale = os.path.join(spool.layout.owned(owner), mark_name("again"))
     with open(stale, "wb") as f:
         f.write(b"1 1\n")  # another seq: a mark left for a run before a requeue
-    from spoolq.cancel import KillRequest
+    from spoolq.moves.cancel import KillRequest
     claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
     assert not KillRequest(claimed.path, claimed.job).asked()
 
@@ -605,7 +605,7 @@ def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
 
 def _finish_and_wake(spool, job_id: str) -> None:
     """What a worker does with one pending job: claim it, finish it done, judge what waits for it."""
-    from spoolq import layout
+    from spoolq.format import layout
 
     owner = spool.owners.register("worker")
     entry = next(e for e in spool.store.shards.entries() if getattr(layout.parse_pending(e), "job_id", None) == job_id)
@@ -651,7 +651,7 @@ def test_a_dependency_that_finishes_is_purged_or_requeued_during_an_enqueue_stra
 
 def test_a_dependency_purged_before_its_edge_is_made_refuses_the_enqueue(spool):
     """The enqueue's own steps: its check, a purge by another process, then the publishing."""
-    from spoolq.errors import JobNotFound
+    from spoolq.format.errors import JobNotFound
 
     spool.enqueue({"id": "c", "command": "true"})
     spool.enqueue({"id": "a", "command": "true"})
@@ -751,7 +751,7 @@ def test_slots_hold_under_takers_and_a_limit_set_again_and_again(spool):
 
 
 def test_a_kill_request_left_by_an_earlier_run_is_replaced(spool):
-    from spoolq.cancel import KillRequest, mark_name
+    from spoolq.moves.cancel import KillRequest, mark_name
 
     spool.enqueue({"id": "k", "command": "true"})
     owner = spool.owners.register("worker")

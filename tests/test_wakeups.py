@@ -10,10 +10,10 @@ import pytest
 
 from conftest import wait_for
 from spoolq import Spool
-from spoolq import watch as watch_mod
-from spoolq import worker as worker_mod
-from spoolq.index import PendingIndex
-from spoolq.layout import pending_name
+from spoolq.system import watch as watch_mod
+from spoolq.running import worker as worker_mod
+from spoolq.pending.index import PendingIndex
+from spoolq.format.layout import pending_name
 
 
 def _drop(directory: str, name: str) -> None:
@@ -226,7 +226,7 @@ def test_a_burst_worker_starts_no_observer_and_still_takes_a_drop_in_that_is_bei
     spool.enqueue({"id": "ready", "command": "true"})
     with open(os.path.join(spool.layout.pending, "late.json"), "w") as f:  # written in place, just now
         f.write('{"id": "late", "command": ": > %s"}' % done_marker)
-    probe = ("import sys\nfrom spoolq import Spool\nfrom spoolq.worker import Worker\n"
+    probe = ("import sys\nfrom spoolq import Spool\nfrom spoolq.running.worker import Worker\n"
              "code = Worker(Spool(sys.argv[1]), burst=True).run()\n"
              "print('watchdog' in sys.modules, code)\n")
     out = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True, timeout=60)
@@ -240,7 +240,7 @@ def test_a_burst_worker_starts_no_observer_and_still_takes_a_drop_in_that_is_bei
 
 
 def test_a_listing_is_needed_only_when_the_directory_changed_or_has_not_settled(tmp_path):
-    from spoolq.index import ListingGate
+    from spoolq.pending.index import ListingGate
 
     d = tmp_path / "pending"
     d.mkdir()
@@ -412,7 +412,7 @@ def test_waiting_works_with_descriptors_numbered_above_1023(tmp_path):
         finally:
             wake.close()
         # A job's pipe and pidfd get such numbers too: the worker runs it and reads its output.
-        from spoolq import runner
+        from spoolq.system import runner
 
         got = bytearray()
         outcome = runner.run("echo hello", cwd=None, env=dict(os.environ), timeout=10, output=got.extend)

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
-from spoolq.worker import Worker
+from spoolq.running.worker import Worker
 from test_observing import ctrl_c_works, parse_exposition, promtool_check
 
 pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .base import Terminated, main  # the commands load on first use: base.COMMAND_MODULES
+from .base import Terminated, main
 
 __all__ = ["main", "run"]
 
@@ -29,7 +29,7 @@ def run() -> None:
         e.show()
         sys.exit(e.exit_code)
     except OSError as e:  # a full disk, a read-only or vanished spool: say what, not where in the code
-        from ..fsio import is_disk_full
+        from ..system.fsio import is_disk_full
 
         cause = "the file system is full" if is_disk_full(e) else e.strerror or "I/O error"
         click.echo(f"Error: {cause}" + (f": {e.filename}" if e.filename else ""), err=True)

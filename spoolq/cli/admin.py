@@ -8,10 +8,9 @@ import sys
 
 import click
 
-from ..config import check_key, parse_value
+from ..store.config import check_key, parse_value
 from .complete import job_ids
-from .base import (CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line,
-                   pass_ctx, print_views, report_each, shown_id, tries, warn_about_config)
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown_id, tries, warn_about_config
 
 
 @main.group()

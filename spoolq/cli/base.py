@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
-from .. import durations
-from ..errors import SpoolError
-from ..job import valid_id, valid_queue
+from ..format import durations
+from ..format.errors import SpoolError
+from ..format.job import valid_id, valid_queue
 from ..spool import Spool
 
 if TYPE_CHECKING:
-    from ..views import JobView
+    from ..reading.views import JobView
 
 
 class CliError(click.ClickException):
@@ -302,7 +302,7 @@ def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
     typo, which would otherwise run or count nothing, silently."""
     from difflib import get_close_matches
 
-    from ..queues import known, unknown
+    from ..running.known_queues import known, unknown
 
     missing = unknown(spool, names)
     every = known(spool) if missing else []

@@ -42,6 +42,6 @@ schedule_names = _offer(lambda spool, prefix: [s.name for s in _schedules(spool)
 
 
 def _schedules(spool) -> list:
-    from ..schedules import Schedules
+    from ..running.schedules import Schedules
 
     return Schedules(spool).all()

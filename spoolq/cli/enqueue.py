@@ -14,8 +14,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
-from ..errors import InvalidJob, JobExists
-from ..job import MAX_JOB_BYTES, parse_json_object
+from ..format.errors import InvalidJob, JobExists
+from ..format.job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
@@ -190,8 +190,8 @@ def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | 
     existed (then the object is the existing job's, as far as it can be read)."""
     if not as_json:
         return [j.id for j in jobs]
-    from ..errors import JobNotFound
-    from ..views import JobView, waiting_state
+    from ..format.errors import JobNotFound
+    from ..reading.views import JobView, waiting_state
 
     now = time.time()
     lines = []

@@ -8,7 +8,7 @@ import sys
 import time
 import click
 
-from ..job import iso
+from ..format.job import iso
 from ..spool import Spool
 from .base import one_line, paused_text
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
+from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set, warn_about_queues
 
@@ -72,7 +72,7 @@ def bars(counts: list[int]) -> str:
 def metrics(c: Context, textfile: str | None) -> None:
     """The spool's metrics in Prometheus's text format: jobs by state and queue, attempts by
     outcome, run and wait time histograms, oldest ready job, live workers, pauses."""
-    from ..metrics import Totals, exposition, write_textfile
+    from ..running.metrics import Totals, exposition, write_textfile
 
     text = exposition(c.reading, Totals())
     if textfile is None:

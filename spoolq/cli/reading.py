@@ -9,14 +9,13 @@ import time
 
 import click
 
-from .. import output
-from ..errors import WaitTimeout
-from ..layout import STATES
+from ..store import output
+from ..format.errors import WaitTimeout
+from ..format.layout import STATES
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids
-from .base import (paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx,
-                   print_views)
+from .base import paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views
 
 
 @main.command()

@@ -8,9 +8,9 @@ from typing import Any
 
 import click
 
-from ..errors import JobNotFound
-from ..job import iso, parse_json_object
-from ..schedules import CATCH_UP, Schedule, Schedules, check_name, expression
+from ..format.errors import JobNotFound
+from ..format.job import iso, parse_json_object
+from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 

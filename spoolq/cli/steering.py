@@ -7,8 +7,7 @@ import sys
 import click
 
 from .complete import job_ids, queue_names
-from .base import (Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value,
-                   queue_set, report_each)
+from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set, report_each
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -101,7 +100,7 @@ def queue() -> None:
 def queue_list(c: Context, as_json: bool) -> None:
     """Every queue that has jobs, is paused or has a limit: jobs by state, whether it is paused,
     its concurrency limit (null: none) and the slots in use."""
-    from ..census import Counts  # here: pause, resume and cancel need no reader
+    from ..reading.counts import Counts
 
     paused, limits, in_use = c.reading.paused(), c.reading.slots.limits(), c.reading.slots.in_use()
     counts = c.reading.views.queue_counts()

@@ -8,11 +8,10 @@ import time
 
 import click
 
-from ..job import iso
-from ..liveness import alive, started_at
+from ..format.job import iso
+from ..system.liveness import alive, started_at
 from . import complete
-from .base import (CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set,
-                   warn_about_queues)
+from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set, warn_about_queues
 
 
 @main.group()
@@ -36,20 +35,21 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
                  queue_names: tuple[str, ...], quiet: bool, log_format: str) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first),
     saying on stderr what each job did; --detach: in the background, logging to the spool's log/."""
-    from .. import shares, supervisor, worklog
+    from ..pending import dealing
+    from ..running import supervisor, log_lines
 
     queues = queue_set(queue_names)
-    if queues is not None and len(queues) > shares.MAX_QUEUES:
-        raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {shares.MAX_QUEUES}",
+    if queues is not None and len(queues) > dealing.MAX_QUEUES:
+        raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {dealing.MAX_QUEUES}",
                                  param_hint="'--queue'")
-    log = worklog.LOGS[log_format]
+    log = log_lines.LOGS[log_format]
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
     warn_about_queues(spool, queues or ())
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
-        job_lines = None if quiet else worklog.JobLines(log_format)
+        job_lines = None if quiet else log_lines.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
                                        queues=queues, log=log, job_lines=job_lines).run())
     # RACE: two starts at once each find none, and both start: this catches a start repeated (a

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import fsio, layout, locks, ours, shards, trust
-from ..modes import Modes
-from ..errors import SpoolError
+from ..format import layout, ours
+from ..store import shards, trust
+from ..system import fsio, locks
+from ..format.modes import Modes
+from ..format.errors import SpoolError
 from .jobs import stale_temp
 from .report import Report
 
@@ -131,7 +133,7 @@ class HousekeepingChecks:
                 self.r.leave_alone(p, "not spoolq's; remove it by hand")
 
     def _cut_batch(self, path: str, st: os.stat_result) -> None:
-        """A batch's plan whose enqueuer is gone: it was cut between two renames (publish.py)."""
+        """A batch's plan whose enqueuer is gone: it was cut between two renames (enqueue.py)."""
         creator = layout.creator_of_temp(os.path.basename(path))
         why = self.r.why_left_over(creator, st)
         if why is None or creator is None:

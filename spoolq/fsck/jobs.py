@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import stat
 
-from .. import dropins, fsio, job, layout, maildir, shards
-from ..ids import Reservations, creator_of
-from ..recovery import only_a_fence
-from ..errors import InvalidJob, JobNotFound, SpoolError
+from ..format import job, layout
+from ..store import dropins, maildir, shards
+from ..system import fsio
+from ..store.ids import Reservations, creator_of
+from ..moves.recovery import only_a_fence
+from ..format.errors import InvalidJob, JobNotFound, SpoolError
 from .report import Problem, Report
 
 

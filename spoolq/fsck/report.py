@@ -8,9 +8,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
-from .. import fsio, job, layout
-from ..errors import SpoolError
-from ..owners import Judge
+from ..format import job, layout
+from ..system import fsio
+from ..format.errors import SpoolError
+from ..store.owners import Judge
 from ..spool import Spool
 
 STALE_AFTER = 3600.0

@@ -1,4 +1,4 @@
-"""fsck's checks of jobs that wait for others (deps.py): every waiting job a sound file, with an
+"""fsck's checks of jobs that wait for others (dependencies.py): every waiting job a sound file, with an
 edge for each job it waits for, waiting for no job that is gone, and none left waiting once
 what it waits for has finished (a wake-up lost in a crash); and no edge left whose waiter is gone.
 A waiter that fails any of these would wait for good: no one would ever judge it."""
@@ -8,9 +8,10 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .. import fsio, job, layout
-from ..errors import InvalidJob
-from ..ids import creator_of
+from ..format import job, layout
+from ..system import fsio
+from ..format.errors import InvalidJob
+from ..store.ids import creator_of
 from .jobs import JobChecks, stale_temp
 from .report import Report
 

@@ -21,14 +21,14 @@ from typing import Any
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
 
-from .. import output
-from ..census import Counts
-from ..errors import JobNotFound, SpoolError
-from ..job import iso, valid_id, valid_queue
-from ..layout import STATES
-from ..metrics import Totals, exposition
+from ..store import output
+from ..reading.counts import Counts
+from ..format.errors import JobNotFound, SpoolError
+from ..format.job import iso, valid_id, valid_queue
+from ..format.layout import STATES
+from ..running.metrics import Totals, exposition
 from ..spool import Spool
-from ..stats import Recent, Series, collect, human_seconds
+from ..reading.stats import Recent, Series, collect, human_seconds
 from . import access, charts
 from .access import Bound
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
-from ..job import iso
-from ..stats import Series
+from ..format.job import iso
+from ..reading.stats import Series
 
 
 def bars(series: Series, title: str, *, width: int = 720, height: int = 110) -> str:

@@ -1,0 +1,398 @@
+"""The job record: its fields, validation and JSON form. Pure: no I/O, the clock is passed in."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any
+
+from .errors import InvalidJob
+
+ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # short enough that a pending name holds id and queue
+DEFAULT_QUEUE = "default"
+MAX_PRIORITY = 999_999_999
+MAX_RETRIES_LIMIT = 1000
+MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
+MAX_JOB_BYTES = 1024 * 1024
+MAX_SECONDS = 10 * 365 * 86400.0
+MAX_DEPTH = 64  # levels of nesting in a job object
+MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit due field (ms) holds
+
+# Fields spoolq owns; everything else in a job object is kept as given.
+KNOWN = (
+    "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
+    "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay", "keep_children",
+    "shell", "queue", "after",
+)
+MAX_AFTER = 1000  # ids one job may wait for
+
+
+class Job:
+    """One job record. A plain class with the behaviour of a dataclass (fields by keyword,
+    equality and repr by fields) because it is the only record on the path of every `enqueue`,
+    and making a dataclass costs start-up (importing dataclasses and building the class: ~1 ms,
+    2% of one enqueue)."""
+
+    FIELDS = ("id", "command", "max_retries", "created_at", "seq", "priority", "timeout", "run_at", "cwd",
+              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "queue", "after",
+              "extra")
+    __slots__ = FIELDS
+
+    def __init__(self, id: str, command: str, max_retries: int, created_at: float, seq: int, priority: int = 0,
+                 timeout: float | None = None, run_at: float | None = None, cwd: str | None = None,
+                 env: dict[str, str] | None = None, updated_at: float | None = None, attempts: int = 0,
+                 exit_code: int | None = None, last_error: str | None = None, keep_children: bool = False,
+                 shell: bool = False, queue: str = DEFAULT_QUEUE, after: list[str] | None = None,
+                 extra: dict[str, Any] | None = None):
+        self.id, self.command, self.max_retries, self.created_at, self.seq = id, command, max_retries, created_at, seq
+        self.priority, self.timeout, self.run_at, self.cwd = priority, timeout, run_at, cwd
+        self.env: dict[str, str] = {} if env is None else env
+        self.updated_at, self.attempts, self.exit_code, self.last_error = updated_at, attempts, exit_code, last_error
+        self.keep_children = keep_children  # processes it leaves in its group outlive the attempt
+        self.shell = shell  # always run by /bin/sh -c, never directly (direct_exec.py)
+        self.queue = queue
+        self.after: list[str] = after or []  # ids this job waits for (dependencies.py)
+        self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if isinstance(other, Job) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass is
+
+    def __repr__(self) -> str:
+        return "Job(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS) + ")"
+
+    def copy(self) -> Job:
+        """A shallow copy (its env and extra dicts shared), to change without touching this one."""
+        return Job(**{name: getattr(self, name) for name in self.FIELDS})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            id=self.id or None,  # not given yet: make_job() assigns one
+            command=self.command,
+            priority=self.priority,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            run_at=iso(self.run_at),
+            cwd=self.cwd,
+            env=self.env,
+            created_at=iso(self.created_at),
+            updated_at=iso(self.updated_at if self.updated_at is not None else self.created_at),
+            attempts=self.attempts,
+            exit_code=self.exit_code,
+            last_error=self.last_error,
+            seq=self.seq,
+        )
+        if self.keep_children:
+            out["keep_children"] = True  # written only when set: files stay as they were
+        if self.shell:
+            out["shell"] = True
+        if self.queue != DEFAULT_QUEUE:
+            out["queue"] = self.queue  # written only when not the default: files stay as they were
+        if self.after:
+            out["after"] = list(self.after)
+        return out
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+    def due(self) -> float:
+        return self.run_at or 0.0
+
+    @property
+    def running_attempt(self) -> int:
+        """The number of the attempt under way, or about to start: `attempts` counts finished
+        ones. A claim starts it, and a success is recorded without rewriting the file, so readers
+        of a processing or done job add this one back."""
+        return self.attempts + 1
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and not value.startswith(".") and ID_RE.fullmatch(value) is not None
+
+
+def check_id(value: object) -> str:
+    if not valid_id(value):
+        raise InvalidJob(
+            f"invalid job id {value!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+        )
+    return value  # type: ignore[return-value]
+
+
+def valid_queue(value: object) -> bool:
+    return isinstance(value, str) and not value.startswith(".") and QUEUE_RE.fullmatch(value) is not None
+
+
+def check_queue(value: object) -> str:
+    if not valid_queue(value):
+        raise InvalidJob(f"invalid queue {str(value)[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+                         "not starting with '.'")
+    return value  # type: ignore[return-value]
+
+
+def iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    ms = int(round(t * 1000))
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+
+
+def parse_time(value: object, field: str) -> float:
+    """An ISO 8601 string (naive means UTC) or epoch seconds, as epoch seconds."""
+    if is_number(value):
+        if not 0 <= value <= MAX_EPOCH:  # type: ignore[operator]  # before float(): a huge int overflows it
+            raise InvalidJob(f"{field}: {str(value)[:40]} is out of range")
+        t = float(value)  # type: ignore[arg-type]
+    elif isinstance(value, str):
+        from datetime import datetime, timezone  # parsing is rare; keep the CLI's import lean
+
+        try:
+            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise InvalidJob(f"{field}: {value[:60]!r} is not an ISO 8601 time or epoch seconds") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        t = dt.timestamp()
+    else:
+        raise InvalidJob(f"{field}: must be an ISO 8601 string or epoch seconds")
+    if not 0 <= t <= MAX_EPOCH:
+        raise InvalidJob(f"{field}: {value!r} is out of range")
+    return t
+
+
+def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
+    """Decode one JSON object; every way this can go wrong is an InvalidJob with a one-line reason."""
+    if isinstance(data, bytes):
+        if len(data) > MAX_JOB_BYTES:
+            raise InvalidJob(f"{what} is {len(data)} bytes; the limit is {MAX_JOB_BYTES}")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidJob(f"{what} is not UTF-8 (byte {e.start})") from None
+    elif len(data) > MAX_JOB_BYTES:
+        raise InvalidJob(f"{what} is {len(data)} characters; the limit is {MAX_JOB_BYTES}")
+    try:
+        if data.startswith("\ufeff"):  # refused as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
+        obj = _DECODER.decode(data)
+    except json.JSONDecodeError as e:
+        raise InvalidJob(f"{what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise InvalidJob(f"{what} is nested too deeply") from None
+    except ValueError as e:  # huge integers, NaN
+        raise InvalidJob(f"{what} is not valid JSON: {str(e)[:80]}") from None
+    if not isinstance(obj, dict):
+        raise InvalidJob(f"{what} must be a JSON object, not {_json_type(obj)}")
+    if _too_deep(obj):
+        raise InvalidJob(f"{what} is nested too deeply (the limit is {MAX_DEPTH} levels)")
+    return obj
+
+
+def _too_deep(obj: object) -> bool:
+    """Deeper than MAX_DEPTH? One limit, far below where json.loads would run out of stack, so
+    that what enqueue accepts every reader (a worker, fsck) can read too."""
+    level = [obj]
+    for _ in range(MAX_DEPTH):
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x)
+                 if isinstance(v, (dict, list))]
+        if not level:
+            return False
+    return True
+
+
+def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: int | None = None) -> Job:
+    """Build a Job from user input or a stored record, validating every field spoolq owns (in
+    this order: the first bad field is the one an error names)."""
+    command = _command(d.get("command"))
+    job_id = d.get("id")
+    if job_id is not None:
+        check_id(job_id)
+    max_retries = _int(d, "max_retries", default_max_retries, 0, MAX_RETRIES_LIMIT)
+    priority = _int(d, "priority", 0, -MAX_PRIORITY, MAX_PRIORITY)
+    attempts = _int(d, "attempts", 0, 0, MAX_RETRIES_LIMIT + 1)
+    timeout = _seconds(d, "timeout", positive=True)
+    run_at = _run_at(d, now)
+    cwd = _cwd(d.get("cwd"))
+    env = _env(d.get("env"))
+    created_at = now if d.get("created_at") is None else parse_time(d["created_at"], "created_at")
+    updated_at = None if d.get("updated_at") is None else parse_time(d["updated_at"], "updated_at")
+    exit_code = _exit_code(d.get("exit_code"))
+    last_error = _last_error(d.get("last_error"))
+    seq = _seq(d.get("seq"), seq if seq is not None else int(now * 1e9))
+    keep_children = _flag(d, "keep_children")
+    shell = _flag(d, "shell")
+    queue = check_queue(d.get("queue", DEFAULT_QUEUE))
+    after = _after(d.get("after"), job_id)
+    return Job(id=job_id or "", command=command, max_retries=max_retries, created_at=created_at, seq=seq,
+               priority=priority, timeout=timeout, run_at=run_at, cwd=cwd, env=env, updated_at=updated_at,
+               attempts=attempts, exit_code=exit_code, last_error=last_error, keep_children=keep_children,
+               shell=shell, queue=queue, after=after, extra=_extra(d))
+
+
+def _after(value: object, job_id: object) -> list[str]:
+    """The ids a job waits for: a list of distinct valid ids, never its own."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_AFTER:
+        raise InvalidJob(f"after: must be a list of at most {MAX_AFTER} job ids")
+    for item in value:
+        check_id(item)
+    if len(set(value)) != len(value):
+        raise InvalidJob("after: an id appears twice")
+    if job_id is not None and job_id in value:
+        raise InvalidJob(f"after: job {job_id} cannot wait for itself")
+    return list(value)
+
+
+def _flag(d: dict[str, Any], field: str) -> bool:
+    value = d.get(field, False)
+    if not isinstance(value, bool):
+        raise InvalidJob(f"{field}: must be true or false")
+    return value
+
+
+def _command(command: object) -> str:
+    if not isinstance(command, str) or not command.strip():
+        raise InvalidJob("command: required, a non-empty string")
+    if "\x00" in command:
+        raise InvalidJob("command: contains a NUL byte")
+    _check_utf8(command, "command")
+    if len(command.encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+        raise InvalidJob(f"command: longer than the limit of {MAX_COMMAND_BYTES} bytes")
+    return command
+
+
+def _run_at(d: dict[str, Any], now: float) -> float | None:
+    """When the job may first run: `run_at`, or `delay` seconds from now (one or the other)."""
+    delay = _seconds(d, "delay", positive=False)
+    run_at = None if d.get("run_at") is None else parse_time(d["run_at"], "run_at")
+    if delay is not None and run_at is not None:
+        raise InvalidJob("give delay or run_at, not both")
+    if delay is not None:
+        return now + delay if delay > 0 else None
+    return run_at
+
+
+def _cwd(cwd: object) -> str | None:
+    if cwd is None:
+        return None
+    if not isinstance(cwd, str) or not cwd or "\x00" in cwd:
+        raise InvalidJob("cwd: must be a non-empty string")
+    _check_utf8(cwd, "cwd")
+    return cwd
+
+
+def _exit_code(exit_code: object) -> int | None:
+    if exit_code is not None and not is_int(exit_code):
+        raise InvalidJob("exit_code: must be an integer or null")
+    return exit_code  # type: ignore[return-value]
+
+
+def _last_error(last_error: object) -> str | None:
+    if last_error is None:
+        return None
+    if not isinstance(last_error, str):
+        raise InvalidJob("last_error: must be a string or null")
+    _check_utf8(last_error, "last_error")
+    return last_error
+
+
+def _seq(stored: object, default: int) -> int:
+    """The stored FIFO position wins over a fresh one: a re-read job keeps its place."""
+    if stored is None:
+        return default
+    if not is_int(stored) or not 0 <= stored < 10**19:  # type: ignore[operator]
+        raise InvalidJob("seq: must be a non-negative integer")
+    return stored  # type: ignore[return-value]
+
+
+def _extra(d: dict[str, Any]) -> dict[str, Any]:
+    """Fields spoolq does not own, kept as given."""
+    extra = {k: v for k, v in d.items() if k not in KNOWN}
+    if extra:  # the API can pass what JSON cannot carry (NaN, sets): refuse it, never store it unreadable
+        try:
+            json.dumps(extra, allow_nan=False, ensure_ascii=False).encode()
+        except (TypeError, ValueError) as e:
+            raise InvalidJob(f"unknown fields must hold plain JSON values: {str(e)[:80]}") from None
+    return extra
+
+
+def from_json(data: bytes | str, *, now: float, default_max_retries: int) -> Job:
+    return from_dict(parse_json_object(data), now=now, default_max_retries=default_max_retries)
+
+
+def _int(d: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = d.get(key)
+    if value is None:
+        return default
+    if not is_int(value):
+        raise InvalidJob(f"{key}: must be an integer, not {_json_type(value)}")
+    if not lo <= value <= hi:
+        raise InvalidJob(f"{key}: {value} is outside {lo}..{hi}")
+    return value
+
+
+def _seconds(d: dict[str, Any], key: str, *, positive: bool) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not is_number(value):
+        raise InvalidJob(f"{key}: must be a number of seconds, not {_json_type(value)}")
+    if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:  # type: ignore[operator]
+        raise InvalidJob(f"{key}: {str(value)[:40]} is out of range")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _env(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidJob(f"env: must be an object of strings, not {_json_type(value)}")
+    for k, v in value.items():
+        if not isinstance(v, str) or not isinstance(k, str):
+            raise InvalidJob(f"env: {k!r} must map to a string, not {_json_type(v)}")
+        if not k or "=" in k or "\x00" in k or "\x00" in v:
+            raise InvalidJob(f"env: {k[:40]!r} is not a usable variable name or value")
+        _check_utf8(k + v, "env")
+    return dict(value)
+
+
+def _check_utf8(text: str, field: str) -> None:
+    """Lone surrogates (from a JSON \\ud800 escape or undecodable argv bytes) cannot be stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidJob(f"{field}: not valid Unicode text (holds a lone surrogate)") from None
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A JSON number that is finite. Integers of any size count (a huge one is then out of range,
+    not a float overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # once: json.loads with an option makes one a call
+
+
+def _json_type(value: object) -> str:
+    return {
+        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+        int: "an integer", float: "a number", type(None): "null",
+    }.get(type(value), type(value).__name__)

@@ -1,0 +1,200 @@
+"""Cancelling: a job that has not started goes to dead/ with last_error "cancelled" and is never
+retried; a running one is left alone unless asked to kill it, and then its worker, on whatever
+host, kills its process group and records the attempt as cancelled, dead.
+
+A job in pending/ is taken the way a worker takes it, by one rename of its file, which a worker's
+claim may win instead: then the job has started, and the canceller says so. The canceller is an
+owner of its own for the moment (role "canceller", processing/<c>/): the cancelled content is
+written there as ``.next.dead.…`` first, the pending file is renamed to ``.taken.dead.…`` beside it
+(the step that decides), and the ``.next.`` file is renamed into dead/ (handoff.py). Killed at any
+point, it leaves an owner directory whose owner is gone, which recovery completes or voids like
+any other: a cancel either happened or did not.
+
+A running job: the canceller leaves ``processing/<worker>/.cancel.<id>``. Its worker looks for it
+each time it checks on its job (every half second), kills the job and records the attempt as
+cancelled; a rescuer that finds the mark beside a job it recovers records it so too.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass
+
+from ..format import layout, modes
+from ..system import fsio
+from ..format.errors import InvalidJob, JobNotFound, LostOwnership
+from ..format.job import Job
+from ..store.owners import Owners
+from ..store.store import Store
+from .dependencies import Dependencies
+from .handoff import Takes
+from ..reading.views import Views
+
+CANCELLED = "cancelled"  # the last_error of a cancelled job
+LOOKS = 5  # a job may move between a look and a take: this many looks at most
+
+
+class Outcome(enum.Enum):
+    CANCELLED = "cancelled"  # it had not started: now dead
+    KILLED = "killed"  # it was running: its worker killed it, now dead
+    REQUESTED = "requested"  # it is running: its worker has not acted on the request yet
+    RUNNING = "running"  # it is running, and no kill was asked for: left alone
+    FINISHED = "finished"  # already done or dead (or it finished before it could be killed)
+    UNKNOWN = "unknown"  # no such job
+    BUSY = "busy"  # a dropped file not yet adopted, or one that kept moving: try again
+
+
+@dataclass
+class Result:
+    job_id: str
+    outcome: Outcome
+    state: str | None  # where the job is now
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.CANCELLED, Outcome.KILLED, Outcome.REQUESTED)
+
+
+def mark_name(job_id: str) -> str:
+    return f"{layout.CANCEL_PREFIX}{job_id}"
+
+
+def attempt_token(job: Job) -> bytes:
+    """What a mark holds: the attempt it is for (a job requeued and claimed by the same worker
+    again must not find an old request for an earlier run)."""
+    return f"{job.seq} {job.running_attempt}\n".encode()
+
+
+class KillRequest:
+    """Whether `cancel --kill` asked to kill the attempt at `path` (a job file in an owner's
+    directory): one stat each time its worker or rescuer looks, a read only when a mark is there."""
+
+    def __init__(self, path: str, job: Job):
+        self.mark = os.path.join(os.path.dirname(path), mark_name(job.id))
+        self.token = attempt_token(job)
+
+    def asked(self) -> bool:
+        if not os.path.lexists(self.mark):
+            return False
+        try:
+            data, st = fsio.read_regular(self.mark, 256)
+        except (OSError, ValueError):
+            return False
+        return data == self.token and not modes.why_untrusted(st, shared=True)  # only spoolq writes marks
+
+    def withdraw(self) -> None:
+        fsio.unlink_quietly(self.mark)
+
+
+class Canceller:
+    def __init__(self, store: Store, owners: Owners, views: Views, takes: Takes, deps: Dependencies):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self.views = views
+        self.takes = takes
+        self.deps = deps
+        self._requests: dict[str, KillRequest] = {}  # made by --kill, withdrawn if the job ends first
+
+    def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[Result]:
+        """Cancel each job; with `kill`, ask running ones' workers to kill them, and wait up to
+        `wait` seconds for them to do so."""
+        owner = self.owners.register("canceller")
+        try:
+            results = [self._cancel_one(job_id, owner, kill) for job_id in job_ids]
+        finally:
+            self.owners.unregister(owner)
+        asked = [r for r in results if r.outcome is Outcome.REQUESTED]
+        if asked:
+            self._wait_for_kills(asked, time.monotonic() + wait)
+        return results
+
+    def _cancel_one(self, job_id: str, owner: str, kill: bool) -> Result:
+        for _ in range(LOOKS):
+            try:
+                view = self.views.find(job_id)
+            except JobNotFound:
+                return Result(job_id, Outcome.UNKNOWN, None)
+            if view.state in ("done", "dead"):
+                return Result(job_id, Outcome.FINISHED, view.state)
+            if view.state == "processing":
+                if not kill:
+                    return Result(job_id, Outcome.RUNNING, view.state)
+                if self._ask_to_kill(view.path):
+                    return Result(job_id, Outcome.REQUESTED, view.state)
+                continue  # it left processing/ meanwhile: look again
+            if view.state != "waiting" and layout.parse_pending(os.path.basename(view.path)) is None:
+                return Result(job_id, Outcome.BUSY, view.state)  # a dropped file a worker is adopting
+            taken = self._take_pending(view.path, owner)
+            if taken is not None:
+                if view.state == "waiting":
+                    self.deps.forget(job_id, taken.after)  # it waits no more: its edges go
+                self.deps.finished(job_id, owner)  # what waits for it dies with it
+                return Result(job_id, Outcome.CANCELLED, "dead")
+        return Result(job_id, Outcome.BUSY, None)
+
+    def _take_pending(self, path: str, owner: str) -> Job | None:
+        """Move a pending job to dead/, cancelled: the job as it was. None if it was claimed (or
+        cancelled) first."""
+        try:
+            job, _ = self.store.read_job(path, now=self.store.now(), trusted_only=True)
+        except (FileNotFoundError, InvalidJob):
+            return None  # gone, or a file the next claim quarantines: not a job to cancel
+        job = job.copy()
+        job.last_error, job.exit_code, job.updated_at = CANCELLED, None, self.store.now()
+        directory = self.layout.owned(owner)
+        try:
+            # RACE: a worker may claim the same file at this moment; its rename or ours wins.
+            moving = self.takes.take_with(path, job, "dead", into=directory)
+        except LostOwnership:
+            return None
+        self.takes.complete(directory, moving, job)
+        fsio.fsync_dir(self.layout.dead)
+        return job
+
+    def _ask_to_kill(self, path: str) -> bool:
+        """Leave the mark beside the running job. False if the job is no longer there."""
+        try:
+            job, _ = self.store.read_job(path, now=self.store.now(), trusted_only=True)
+        except (FileNotFoundError, InvalidJob):
+            return False  # gone on (or a file its claim quarantines): look again
+        request = KillRequest(path, job)
+        try:
+            self.store.write_file(request.mark, request.token, durable=False)
+        except FileExistsError:
+            if not request.asked():  # left for an earlier run of the job (it ended first): ours replaces it
+                tmp = self.store.temp_path(os.path.dirname(path))
+                self.store.write_file(tmp, request.token, durable=False)
+                os.replace(tmp, request.mark)
+        except FileNotFoundError:
+            return False  # its owner's directory is gone: the job moved on
+        self._requests[job.id] = request
+        if os.path.lexists(path):
+            return True
+        # RACE: it finished (or was recovered) between the look and the mark: the mark is void.
+        request.withdraw()
+        return False
+
+    def _wait_for_kills(self, asked: list[Result], deadline: float) -> None:
+        pause = 0.05
+        while True:
+            for result in asked:
+                if result.outcome is not Outcome.REQUESTED:
+                    continue
+                try:
+                    view = self.views.find(result.job_id)
+                except JobNotFound:
+                    continue
+                if view.state == "processing":
+                    continue
+                result.state = view.state
+                cancelled = view.job is not None and view.job.last_error == CANCELLED
+                result.outcome = Outcome.KILLED if cancelled else Outcome.FINISHED
+                if not cancelled and result.job_id in self._requests:
+                    self._requests[result.job_id].withdraw()  # it ended before its worker looked
+            if all(r.outcome is not Outcome.REQUESTED for r in asked) or time.monotonic() >= deadline:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)

@@ -1,0 +1,181 @@
+"""Counting: how many jobs each state and queue holds, and since when the oldest ready job of each
+queue has waited, from the directories' listings (reading a job file only to learn the queue of
+one not in pending/, once per file for a reader that counts again). Read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from dataclasses import dataclass
+
+from ..format import job, layout
+from ..store import maildir, shards
+from ..system import fsio
+from ..store.owners import Owners
+from ..store.store import Store
+
+
+@dataclass
+class Counts:
+    pending: int = 0
+    scheduled: int = 0
+    waiting: int = 0  # for other jobs (enqueue --after)
+    processing: int = 0
+    done: int = 0
+    dead: int = 0  # dead jobs; a quarantined file, also in dead/, is no job: it counts apart
+    quarantined: int = 0  # dropped files that were never a job (README: the drop-in protocol)
+    workers: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Census:
+    """Jobs per state in total (`workers` and quarantined files too) and per queue (a quarantined
+    file is of no queue), and when each queue's oldest ready job became ready."""
+
+    totals: Counts
+    queues: dict[str, Counts]
+    ready_since: dict[str | None, float]  # queue (None: dropped, not adopted) -> oldest ready job's since
+
+
+class Counter:
+    def __init__(self, store: Store, owners: Owners):
+        self.store = store
+        self.layout = store.layout
+        self.owners = owners
+        self._queue_of: dict[str, str | None] = {}  # "<inode>:<path>" of a job file -> its queue
+
+    def counts(self, now: float | None = None) -> Counts:
+        now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
+        c = Counts()
+        for entry in self.store.shards.entries():
+            if layout.is_canonical(entry):
+                # The due field sits at a fixed offset; comparing digit strings avoids int() per entry.
+                if shards.base(entry)[layout.DUE_FIELD] > now_ms:
+                    c.scheduled += 1
+                else:
+                    c.pending += 1
+            elif self._dropped_at(entry) is not None:
+                c.pending += 1
+        c.pending += len(maildir.deliveries(self.layout))  # after pending/: see _pending_census's RACE
+        for owner in fsio.listdir(self.layout.processing):
+            c.processing += _count_json(self.layout.owned(owner))
+        c.waiting = _count_json(self.layout.dir("waiting"))
+        c.done = _count_json(self.layout.done)
+        for entry in fsio.listdir(self.layout.dead):
+            if layout.is_json_entry(entry):
+                if layout.is_quarantine_id(entry):
+                    c.quarantined += 1
+                else:
+                    c.dead += 1
+        c.workers = len(self.owners.workers(role="worker"))
+        return c
+
+    def census(self, now: float | None = None) -> Census:
+        """Every job counted once, in total and per queue, with each queue's oldest ready job, from
+        one listing of each directory (what the dashboard and metrics show at each refresh)."""
+        now = self.store.now(now)
+        census = self._pending_census(now)
+        seen: dict[str, str | None] = {}
+        for owner in fsio.listdir(self.layout.processing):
+            self._count_files(self.layout.owned(owner), "processing", census, seen)
+        for state in ("waiting", "done", "dead"):
+            self._count_files(self.layout.dir(state), state, census, seen)
+        self._queue_of = seen  # what is gone is forgotten
+        census.queues = dict(sorted(census.queues.items()))
+        census.totals.workers = len(self.owners.workers(role="worker"))
+        return census
+
+    def pending_queues(self, now: float | None = None) -> set[str]:
+        """The queues of the jobs in pending/ (ready or scheduled), from their names alone."""
+        return set(self._pending_census(self.store.now(now)).queues)
+
+    def ready_since(self, now: float | None = None) -> dict[str | None, float]:
+        """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
+        whichever is later (both in its name); a dropped file not yet adopted counts from its
+        mtime, under None (its queue is known once adopted)."""
+        return self._pending_census(self.store.now(now)).ready_since
+
+    def _pending_census(self, now: float) -> Census:
+        now_ms = int(now * 1000)
+        census = Census(Counts(), {}, {})
+        totals, queues, ready = census.totals, census.queues, census.ready_since
+        for entry in self.store.shards.entries():
+            parsed = layout.parse_pending(entry)
+            if parsed is not None:
+                c = queues.get(parsed.queue) or queues.setdefault(parsed.queue, Counts())
+                if parsed.due_ms > now_ms:
+                    c.scheduled += 1
+                    totals.scheduled += 1
+                    continue
+                c.pending += 1
+                at, key = max(parsed.seq / 1e9, parsed.due_ms / 1000.0), parsed.queue
+            else:
+                at = self._dropped_at(entry)
+                if at is None:
+                    continue
+                queues.setdefault(job.DEFAULT_QUEUE, Counts()).pending += 1  # its queue is known once adopted
+                key = None
+            totals.pending += 1
+            if key not in ready or at < ready[key]:
+                ready[key] = at
+        # In the Maildir, not moved into pending/ yet: counted as a dropped file is. RACE: a worker
+        # moving one into pending/ after pending/ was listed above makes this count miss it once,
+        # never count it twice (pending/ is listed first); the next count has it.
+        delivered = [st.st_mtime for _, st in maildir.deliveries(self.layout)]
+        if delivered:
+            queues.setdefault(job.DEFAULT_QUEUE, Counts()).pending += len(delivered)
+            totals.pending += len(delivered)
+            ready[None] = min(delivered + ([ready[None]] if None in ready else []))
+        return census
+
+    def _dropped_at(self, entry: str) -> float | None:
+        """A dropped file's mtime (when its writer finished it), or None: not a dropped file."""
+        if not layout.is_dropin(entry):
+            return None
+        try:
+            st = os.lstat(os.path.join(self.layout.pending, entry))
+        except OSError:
+            return None
+        return None if stat.S_ISDIR(st.st_mode) else st.st_mtime
+
+    def _count_files(self, directory: str, state: str, census: Census, seen: dict[str, str | None]) -> None:
+        for entry, inode in fsio.listdir_inodes(directory):
+            if not layout.is_json_entry(entry):
+                continue
+            if state == "dead" and layout.is_quarantine_id(entry):
+                census.totals.quarantined += 1  # no job, of no queue
+                continue
+            setattr(census.totals, state, getattr(census.totals, state) + 1)
+            path = f"{directory}/{entry}"
+            # A job's queue never changes, and a file keeps its name and inode while it holds one
+            # job: a reader that counts again (the dashboard, metrics) opens only the files new since.
+            key = f"{inode}:{path}"
+            queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
+            seen[key] = queue
+            if queue is not None:
+                c = census.queues.get(queue) or census.queues.setdefault(queue, Counts())
+                setattr(c, state, getattr(c, state) + 1)
+
+
+def _count_json(path: str) -> int:
+    return sum(1 for e in fsio.listdir(path) if layout.is_json_entry(e))
+
+
+def _queue_in_file(path: str) -> str | None:
+    """The queue a job file names (the default one when it names none); None if it cannot be read.
+    Most files are of the default queue and never mention it: those are not parsed."""
+    try:
+        data, _ = fsio.read_regular(path, job.MAX_JOB_BYTES)
+    except (OSError, ValueError):
+        return None
+    if b'"queue"' not in data:
+        return job.DEFAULT_QUEUE
+    try:
+        queue = json.loads(data).get("queue", job.DEFAULT_QUEUE)
+    except (ValueError, AttributeError):
+        return None
+    return queue if job.valid_queue(queue) else None

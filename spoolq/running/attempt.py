@@ -1,0 +1,120 @@
+"""One attempt of a claimed job: its environment, its output log, its process group recorded
+where a rescuer looks, and the command run (runner.py) until it ends or must be killed."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from ..format import job as job_record
+from ..store import attempts_log, output
+from ..system import liveness, runner
+from ..format.errors import LostOwnership
+from ..format.job import Job
+from ..spool import Spool
+from ..moves.handoff import Moved
+from ..moves.transitions import Claimed
+
+
+def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
+        should_abort: Callable[[], str | None]) -> runner.Outcome:
+    """Run the job's running attempt; its outcome (a log that cannot be written fails it)."""
+    attempt = job.running_attempt
+    cfg = spool.config
+    env = {**base_env, **job.env, "SPOOLQ_JOB_ID": job.id, "SPOOLQ_ATTEMPT": str(attempt)}
+    header = (f"==> {job_record.iso(time.time())} attempt {attempt} of {job.max_retries + 1} "
+              f"on {host} (worker {owner}) <==\n")
+    try:
+        log = output.AttemptLog(spool.layout.output(job.id), header, spool.store.modes.file, cfg.max_output_bytes)
+    except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
+        return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
+    outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
+    before_spawn = liveness.ticks_now()  # the leader starts after this and before on_spawn
+    try:
+        outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
+                             output=log.write, should_abort=should_abort, keep_children=job.keep_children,
+                             shell=job.shell,
+                             on_spawn=lambda pid: group.running(pid, before_spawn))
+    finally:
+        group.running(None)
+        log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
+        outcome.output_bytes = log.received
+    return outcome
+
+
+def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: str, owner: str,
+         claimed_at: float, finished_at: float) -> attempts_log.Fact:
+    """The attempts log's line for one recorded attempt (`moved`: where it left the job; None:
+    the worker lost it)."""
+    job = claimed.job
+    ready = max(job.run_at or 0.0, job.updated_at or job.created_at)  # enqueued, due, or out of backoff
+    where = "lost" if moved is None else {"pending": "retry"}.get(moved.state, moved.state)
+    return attempts_log.Fact(job.id, job.queue, job.running_attempt, host, owner, min(ready, claimed_at), claimed_at,
+                       max(claimed_at, finished_at - outcome.seconds), finished_at, where, outcome.exit_code,
+                       outcome.error, outcome.output_bytes)
+
+
+class GroupRecord:
+    """processing/<owner>/.pgroup: the running job's process group, where a rescuer looks should
+    this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
+    file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
+
+    def __init__(self, path: str | None, mode: int = 0o600):
+        self.fd: int | None = None
+        if path is None:
+            return
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        except OSError:
+            pass  # best effort: without it, a rescuer cannot kill what a job leaves running
+
+    def running(self, pid: int | None, since_tick: int = 0) -> None:
+        """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
+        if self.fd is None:
+            return
+        try:
+            os.pwrite(self.fd, liveness.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,
+           final: bool = False) -> Moved | None:
+    """Record an attempt's outcome (`final`: never retried), trying again after an I/O error
+    (the job stays its owner's in processing/ meanwhile). None if the owner lost the job."""
+    job_id, attempt = claimed.job.id, claimed.job.running_attempt
+    delay = 0.1
+    while True:
+        try:
+            moved = spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
+                                             error=outcome.error, final=final)
+            if moved.state != "pending":
+                wake_waiters(spool, job_id, claimed.owner, log)
+            return moved
+        except LostOwnership:
+            log(f"result of job {job_id} attempt {attempt} discarded: "
+                "this worker lost the job (it was recovered elsewhere)")
+            # The footer above is not the job's result: say so where `logs` shows it.
+            output.mark(spool.layout.output(job_id), f"attempt {attempt} on {host}: "
+                        "result discarded, the job was recovered elsewhere")
+            return None
+        except OSError as e:
+            log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def wake_waiters(spool: Spool, job_id: str, owner: str, log: Callable[[str], None]) -> None:
+    """`job_id` has finished: judge the jobs waiting for it (dependencies.py). A failure here costs a
+    log line: recovery's sweep over after/ judges them later."""
+    try:
+        for dep, waiter, state in spool.deps.finished(job_id, owner):
+            log(f"job {waiter}, waiting for {dep}, is now {state}")
+    except Exception as e:
+        log(f"cannot wake the jobs waiting for {job_id}: {type(e).__name__}: {e}")

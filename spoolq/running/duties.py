@@ -1,0 +1,92 @@
+"""What a worker does besides jobs, between them, each at its own pace: fire the schedules' due
+slots, purge what retention no longer keeps; and start the thread that keeps the metrics
+textfile fresh (metrics.Textfile) once one is set. Each duty says when it is next due, so that an idle
+worker wakes for it (and for nothing else); a duty that fails costs a log line, never the worker."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..system.locks import LONG_HELD
+from .metrics import Textfile
+from .retention import BUSY_BATCH, IDLE_BATCH, Retention
+from .schedules import Schedules
+from ..spool import Spool
+
+SCHEDULE_RECHECK = 2.0  # seconds: a schedule added or changed is seen within this
+
+
+class Duties:
+    def __init__(self, spool: Spool, log: Callable[[str], None], owner: Callable[[], str]):
+        self.spool = spool
+        self.log = log
+        self.textfile = Textfile(spool.root, owner, log)
+        self.schedules = Schedules(spool)
+        self.retention = Retention(spool)
+        self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
+        self.due_at = 0.0  # the next slot of any schedule
+        self.seen: tuple[int, int] | None = None  # schedules/ as it was at the last full look
+
+    @property
+    def next_at(self) -> float:
+        """When the next duty is due (epoch seconds)."""
+        retention = self.retention.next_at if self.retention.wanted() else float("inf")
+        return min(self.fire_at, retention)
+
+    def run(self, now: float) -> None:
+        if now >= self.fire_at:
+            self._fire(now)
+        if self.retention.wanted() and now >= self.retention.next_at:
+            self._retain(now)
+
+    def _retain(self, now: float, seconds: float = BUSY_BATCH) -> None:
+        try:
+            purged = self.retention.run(now, seconds=seconds)
+        except Exception as e:  # a file nobody foresaw: said, and tried again a minute later
+            self.retention.next_at, self.retention.behind = now + 60, False
+            self.log(f"retention failed: {type(e).__name__}: {e}")
+            return
+        held = self.retention.held_long(now)
+        if held is not None:
+            self.log(f"retention: its lock has been held by {held} for over {LONG_HELD:g}s; nothing is "
+                     "purged until it lets go (fsck names it too)")
+        if purged:
+            self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
+                     f"{purged.outputs} output logs")
+
+    def idle(self, now: float) -> bool:
+        """The worker has nothing ready: spend the time on retention if it is behind. True if it
+        did (the worker looks for jobs again before sleeping)."""
+        if not (self.retention.behind and self.retention.wanted()):
+            return False
+        self._retain(now, IDLE_BATCH)
+        return True
+
+    def stop(self) -> None:
+        self.textfile.stop()
+
+    def _fire(self, now: float) -> None:
+        self.fire_at = now + SCHEDULE_RECHECK
+        if self.spool.config.metrics_textfile:
+            self.textfile.start()  # once; from then on it follows the settings itself
+        if now < self.due_at and self.schedules.stamp() == self.seen:
+            self.fire_at = min(self.fire_at, self.due_at)  # nothing due, nothing changed: one stat
+            return
+        seen = self.schedules.stamp()  # before the look: a change made during it is looked at next time
+        try:
+            for fired in self.schedules.fire_due(now):
+                if fired.error:
+                    self.log(f"schedule {fired.name}: cannot fire: {fired.error}")
+                elif fired.skipped:
+                    self.log(f"schedule {fired.name}: slot {fired.job_id} skipped (catch-up none)")
+                elif fired.created:
+                    self.log(f"schedule {fired.name}: enqueued {fired.job_id}")
+                if fired.note:
+                    self.log(f"schedule {fired.name}: {fired.note}")
+            due = self.schedules.next_due(now)
+        except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
+            self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
+            return
+        self.seen = seen if seen == self.schedules.stamp() else None  # its own first marker: look once more
+        self.due_at = float("inf") if due is None else due
+        self.fire_at = min(self.fire_at, self.due_at)

@@ -1,0 +1,246 @@
+"""A job's captured output: one log per job, each attempt between marker lines. The worker copies
+an attempt's output into it as it comes, holding it to max_output_bytes while the job runs: the
+first part as written, then only the last part (its last error lines matter most), with a marker
+saying how much was cut between. When the disk fills, the log gives back what it can, so a job's
+output can never stop the spool."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import re
+import stat
+from typing import BinaryIO, NamedTuple
+
+from ..system import fsio
+
+MAX_TAIL = 1024 * 1024  # at most this much of an attempt's last output is held in memory
+
+
+class AttemptLog:
+    """One attempt's part of a job's log: its header line, its output, its footer line."""
+
+    def __init__(self, path: str, header: str, mode: int, cap: int):
+        """Open (or create, of `mode`) the job's log and write the header. `cap` bounds the
+        attempt's output (0: no bound). OSError if the log cannot be written at all."""
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+        try:
+            fsio.exact_mode(self.fd, mode)
+            self.start = append(self.fd, header.encode())
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.cap = cap
+        self.tail_size = min(cap // 2, MAX_TAIL) if cap else 0
+        self.head_room = cap - self.tail_size if cap else None
+        self.head = 0  # bytes written to the log
+        self.tail = bytearray()  # the last bytes, once the head is full
+        self.cut = 0  # bytes dropped between head and tail
+        self.disk_full = False
+        self.last_byte = b"\n"
+        self.received = 0  # bytes the job wrote, kept or not
+
+    def write(self, data: bytes) -> None:
+        """Take what the job wrote: into the log while there is room, else keep its last part."""
+        self.received += len(data)
+        if self.head_room is None or self.head < self.head_room:
+            room = len(data) if self.head_room is None else self.head_room - self.head
+            self._append(data[:room])
+            data = data[room:]
+        if data:
+            self.tail += data
+            if len(self.tail) > self.tail_size:
+                drop = len(self.tail) - self.tail_size
+                self.cut += drop
+                del self.tail[:drop]
+
+    def _append(self, data: bytes) -> None:
+        if self.disk_full or not data:
+            self.cut += len(data) if self.disk_full else 0
+            return
+        try:
+            fsio.write_all(self.fd, data)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._give_back_space()
+            self.cut += len(data)
+            return
+        self.head += len(data)
+        self.last_byte = data[-1:]
+
+    def _give_back_space(self) -> None:
+        """The disk is full: keep only the start of this attempt's output, so the spool works on."""
+        self.disk_full = True
+        os.ftruncate(self.fd, min(os.fstat(self.fd).st_size, self.start + 4096))
+
+    def close(self, status: str, seconds: float) -> None:
+        """Write the cut marker and the kept tail, then the footer, and close the log."""
+        try:
+            self._finish(status, seconds)
+        finally:
+            os.close(self.fd)
+
+    def _finish(self, status: str, seconds: float) -> None:
+        lines = b""
+        if self.cut and not self.disk_full:
+            lines += _line(self.last_byte, f"==> {self.cut} bytes of output cut here (max_output_bytes "
+                                           f"{self.cap}) <==\n")
+            self.last_byte = b"\n"
+        if self.tail:
+            lines += bytes(self.tail)
+            self.last_byte = self.tail[-1:]
+        note = " (output truncated: the disk is full)" if self.disk_full else ""
+        lines += _line(self.last_byte, f"==> attempt finished in {seconds:.3f}s: {status}{note} <==\n")
+        try:
+            append(self.fd, lines)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._give_back_space()
+            try:
+                append(self.fd, b"\n==> output truncated: the disk is full <==\n")
+            except OSError:
+                pass
+
+
+def _line(last_byte: bytes, text: str) -> bytes:
+    """A marker line, on a line of its own."""
+    return (b"" if last_byte == b"\n" else b"\n") + text.encode()
+
+
+def mark(path: str, line: str) -> None:
+    """Append one marker line to a job's existing log (never creating one: a purged job stays
+    purged). Best effort: a marker must not fail what it annotates."""
+    try:
+        fd = fsio.open_append(path)  # output/ is writable by the spool's group: a fifo must not hang us
+    except OSError:
+        return
+    try:
+        append(fd, f"==> {line} <==\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append(fd: int, data: bytes) -> int:
+    """Append `data`; returns the offset where it starts."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    fsio.write_all(fd, data)
+    return start
+
+
+TAIL_FOR_TIMES = 64 * 1024
+
+
+class LastAttempt(NamedTuple):
+    """What a job's log says of its last attempt (all None without a log)."""
+
+    started: float | None = None
+    seconds: float | None = None  # None while it runs
+    host: str | None = None
+
+
+def open_log(path: str) -> BinaryIO | None:
+    """A job's log for reading, or None: not there, or not a regular file (a symlink is never
+    followed, a fifo never waited on: output/ is writable by the spool's group)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        return None
+    return f
+
+
+def read_end(path: str, limit: int) -> tuple[bytes, int] | None:
+    """The last `limit` bytes of a job's log and its size; None without a (regular) log."""
+    f = open_log(path)
+    if f is None:
+        return None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(max(0, size - limit))
+        return f.read(limit), size
+
+
+def last_attempt(path: str) -> LastAttempt:
+    """When the last attempt in a job's log began, on which host, and how long it took, from its
+    marker lines near the end of the log."""
+    end = read_end(path, TAIL_FOR_TIMES)
+    if end is None:
+        return LastAttempt()
+    tail = end[0]
+    headers = list(_pattern(_HEADER).finditer(tail))
+    if not headers:
+        return LastAttempt()
+    header = headers[-1]
+    started = _epoch(header.group(1).decode())
+    footer = _pattern(_FOOTER).search(tail, header.end())
+    host = header.group(3).decode(errors="replace")
+    return LastAttempt(started, float(footer.group(1)) if footer else None, host)
+
+
+class AttemptMark(NamedTuple):
+    """One attempt as its marker lines in a job's log tell it."""
+
+    number: int
+    started: float | None
+    host: str
+    worker: str
+    seconds: float | None  # None while it runs (or if its worker died)
+    status: str | None  # "ok", or why it failed
+
+
+MARKS_TAIL = 1024 * 1024
+
+
+def attempts(path: str) -> list[AttemptMark]:
+    """The attempts a job's log records (in its last MiB), oldest first."""
+    end = read_end(path, MARKS_TAIL)
+    if end is None:
+        return []
+    tail = end[0]
+    headers = list(_pattern(_HEADER).finditer(tail))
+    out = []
+    for i, header in enumerate(headers):
+        until = headers[i + 1].start() if i + 1 < len(headers) else len(tail)
+        footer = _pattern(_FOOTER).search(tail, header.end(), until)
+        out.append(AttemptMark(int(header.group(2)), _epoch(header.group(1).decode()),
+                               header.group(3).decode(errors="replace"), header.group(4).decode(errors="replace"),
+                               float(footer.group(1)) if footer else None,
+                               footer.group(2).decode(errors="replace") if footer else None))
+    return out
+
+
+def read_tail(path: str, limit: int) -> tuple[str, bool] | None:
+    """The last `limit` bytes of a job's log as text (undecodable bytes replaced), and whether
+    anything before them was left out; None without a log."""
+    end = read_end(path, limit)
+    if end is None:
+        return None
+    data, size = end
+    return data.decode(errors="replace"), size > limit
+
+
+def _epoch(iso: str) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+_HEADER = rb"^==> ([0-9T:.\-]+Z) attempt ([0-9]+) of [0-9]+ on (.*) \(worker ([^ ]*)\) <==$"
+_FOOTER = rb"^==> attempt finished in ([0-9.]+)s: (.*) <==$"
+
+
+@functools.cache
+def _pattern(pattern: bytes) -> re.Pattern[bytes]:
+    """Compiled on first use: every command that reads a job imports this module."""
+    return re.compile(pattern, re.M)

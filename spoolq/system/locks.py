@@ -1,0 +1,166 @@
+"""Spool locks: flock(2) on a file made with the layout, through filelock.FileLock (its one
+use in spoolq), with the holder written into the file.
+
+For a lock NAME, ``locks/NAME.flock`` is made with the layout and never removed. Taking the lock
+is an exclusive flock on it; once held, the holder writes who it is over the start of the file
+(a JSON record {"pid", "host"} padded to RECORD bytes) and blanks it again before it lets go. So:
+
+- a holder that dies lets go with it: the kernel drops a dead process's flock at once, and a
+  shared file system's server drops a dead client's (GlusterFS when the client's connection
+  goes, NFSv4 when its lease runs out, NFSv3 through lockd): nobody judges a pid, and nothing is
+  ever given back by hand;
+- no step needs a new inode or block: the file is there, and its record is written in place over
+  the block written when the layout was made (`purge`, the way to free space, locks on a full
+  disk; if even that write fails the lock is held all the same, its holder unnamed);
+- who holds a lock is read back (`holder`): the record, and the file's mtime (the file system's
+  clock) as the moment it was taken. The record is only ever shown, never acted on: with
+  group_access a group member can write it.
+
+Where flock does not reach the server (a FUSE view that does not forward locks, NFS mounted
+``nolock`` or ``local_lock=flock|all``, Lustre with ``localflock``), a lock excludes only the
+processes of one host: mounts.py names such mounts and workers refuse them. A file system
+without flock at all (ENOSYS: Lustre without ``-o flock``) fails the take in one line; filelock's
+fallback to marker files (SoftFileLock, whose markers a killed holder strands) is never used.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import stat
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
+
+from ..format import layout
+from ..format.errors import LockBusy, SpoolError
+
+POLL = 0.02  # seconds between tries while a lock is held by another
+RECORD = 256  # bytes of the holder record at the start of a lock file, always written whole
+LONG_HELD = 600.0  # seconds: a lock held longer is said (fsck, a worker's log)
+BLANK = b" " * (RECORD - 1) + b"\n"
+
+
+class Holder(NamedTuple):
+    """Who holds a lock, as its record says (pid None: not yet written), and since when (the
+    lock file's mtime, on the file system's clock)."""
+
+    pid: int | None
+    host: str
+    since: float
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "a holder that has not named itself yet"
+        return f"pid {self.pid} on host {self.host}"
+
+
+@contextmanager
+def locked(path: str, *, mode: int, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the lock at `path` for the block; LockBusy if it is still held after `timeout`
+    seconds (0: one try), naming its holder."""
+    import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
+
+    mode = owners_only(mode)
+    named: list[int] = []
+    lock = filelock.FileLock(path, timeout=timeout, mode=mode, poll_interval=POLL, fallback_to_soft=False,
+                             preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
+                       f"{holder(path) or 'nobody any more'}") from None
+    except OSError as e:
+        raise SpoolError(f"cannot take lock {path}: {_why_not(e)}") from None
+    try:
+        yield
+    finally:
+        _blank(named)
+        lock.release()
+
+
+def owners_only(mode: int) -> int:
+    """A lock file's mode: never the group's, even on a shared spool. flock(2) needs only an open
+    descriptor, so whoever may read the file may take the lock, and hold it for good."""
+    return mode & 0o600
+
+
+def make(path: str, mode: int) -> None:
+    """The lock file with its record's block already written (with the layout): later takes
+    write over it in place, on a full disk too."""
+    mode = owners_only(mode)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        os.pwrite(fd, BLANK, 0)
+    finally:
+        os.close(fd)
+
+
+def holder(path: str) -> Holder | None:
+    """Who holds the lock at `path` now, or None if nobody does (or there is no such lock).
+    Probed with a shared flock that is let go at once: a taker meanwhile tries again."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # RACE: the lock may be taken or let go right after the probe; the answer is what was true
+        # at it. A taker that tries during the probe's moment fails that try and polls again.
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None  # free: closing the descriptor lets the probe's lock go
+        except BlockingIOError:
+            return _parse(os.pread(fd, RECORD, 0), st.st_mtime)
+        except OSError:
+            return None  # no flock here: nothing can be held
+    finally:
+        os.close(fd)
+
+
+def _name_holder(fd: int, named: list[int]) -> None:
+    """Write this process into the lock file it now holds (filelock calls this once the flock is
+    taken; `named` keeps the descriptor, to blank the record before letting go)."""
+    record = json.dumps({"pid": os.getpid(), "host": layout.host_name()[:128]}).encode()
+    # RACE: a reader (a timed-out wait, fsck) between the flock and this write finds the lock held
+    # and the record blank: it says "a holder that has not named itself yet", never a wrong one.
+    try:
+        os.pwrite(fd, record.ljust(RECORD - 1)[: RECORD - 1] + b"\n", 0)
+    except OSError:
+        return  # a full disk or quota: the lock is held all the same, its holder unnamed
+    named.append(fd)
+
+
+def _blank(named: list[int]) -> None:
+    """The record blanked before the lock is let go: a reader never names a holder that has gone."""
+    for fd in named:
+        try:
+            os.pwrite(fd, BLANK, 0)
+        except OSError:
+            pass  # the next holder writes over it; until then a reader sees the last one
+
+
+def _parse(data: bytes, since: float) -> Holder:
+    try:
+        record = json.loads(data.decode("utf-8", "replace").strip() or "null")
+        pid, host = record["pid"], record["host"]
+        if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str):
+            return Holder(pid, re.sub(r"[^A-Za-z0-9_.-]", "_", host)[:128], since)  # shown, so printable
+    except (ValueError, TypeError, KeyError, RecursionError):
+        pass
+    return Holder(None, "", since)
+
+
+def _why_not(e: OSError) -> str:
+    if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
+        return (f"{e.strerror}: this file system does not take flock(2) locks (Lustre needs -o flock; "
+                "see the README, Running on several hosts)")
+    return e.strerror or str(e)
