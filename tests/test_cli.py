@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import SPOOLQ
 from spoolq import ConfigError, Spool
+from spoolq.format import durations
 from spoolq.cli import main
 from spoolq.moves.transitions import Adopted
 from spoolq.running.worker import Worker
@@ -24,7 +25,7 @@ from spoolq.running.worker import Worker
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 SHOW_FIELDS = ("id", "command", "state", "attempts", "max_retries", "priority", "created_at", "updated_at",
                "run_at", "exit_code", "last_error")
-STATUS_KEYS = {"pending", "scheduled", "waiting", "processing", "done", "dead", "workers"}
+STATUS_KEYS = {"pending", "scheduled", "waiting", "processing", "done", "dead", "quarantined", "workers"}
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -513,6 +514,28 @@ def test_quarantined_file_in_dlq(cli, spool):
     assert clean(cli("dlq", "retry", "--all")).stdout == "", "--all skips quarantined files"
 
 
+def test_dlq_list_and_list_keep_their_columns_for_long_ids_and_errors(cli, spool):
+    """A long error ran into the next column of `dlq list`, and a schedule's id (29 characters)
+    pushed every column after it."""
+    make_dead(spool, "nightly-backup.20260101T0215Z")
+    claimed = make_processing(spool, "short", max_retries=0)
+    spool.transitions.finish(claimed, ok=False, exit_code=None, error="timed out after 1s; its process group was killed "
+                             "and then some more words to make it long")
+    spool.owners.unregister(claimed.owner)
+    quarantine(spool, "broken.json", b"{not json")
+    for args, columns in ((("dlq", "list"), ("TRIES", "COMMAND", "LAST ERROR")), (("list",), ("STATE", "TRIES", "PRIO"))):
+        header, *rows = clean(cli(*args)).stdout.splitlines()
+        assert len(rows) == 3
+        for column in columns:
+            at = header.index(column)
+            for row in rows:  # each cell starts (or, right-aligned, ends) under its heading, after a gap
+                assert row[at - 2:at] == "  " or row[at + len(column) - 1] != " " and row[at - 1] == " ", (column, row)
+        for row in rows:
+            assert row.split()[0] in ("nightly-backup.20260101T0215Z", "short") or row.startswith("+broken")
+    dlq = clean(cli("dlq", "list")).stdout.splitlines()
+    assert dlq[0].rstrip().endswith("LAST ERROR") and any(r.endswith("to make it long") for r in dlq)
+
+
 # ---- config --------------------------------------------------------------------------------
 
 
@@ -559,6 +582,40 @@ def test_the_api_refuses_what_the_cli_refuses(spool, key, value):
     with open(spool.layout.config, "rb") as f:
         assert f.read() == before
     assert Spool(spool.root).config.problems == ()
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800),
+                                           ("2w", 1209600), ("0.5h", 1800), ("1.5h", 5400), ("1h30m", 5400),
+                                           (" 10M ", 600), ("0", 0), (".5", 0.5)])
+def test_durations(text, seconds):
+    assert durations.parse(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "-5", "1e3", "nan", "inf", "m", "30m1h", "1h1h", "1 h 2", "٣s", "1_0"])
+def test_what_is_not_a_duration(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        durations.parse(text)
+
+
+def test_every_option_and_setting_in_seconds_takes_a_duration(cli, spool):
+    """`--timeout 5m`, `--delay 10s`, `config set job_timeout 10m`: one syntax everywhere."""
+    clean(cli("enqueue", "--cmd", "true", "--id", "d", "--timeout", "5m", "--delay", "1h30m"))
+    shown = cli.json("show", "d")
+    assert shown["timeout"] == 300 and parse_iso(shown["run_at"]) - parse_iso(shown["created_at"]) == pytest.approx(5400, abs=2)
+    clean(cli("schedule", "add", "s", "@daily", "--cmd", "true", "--timeout", "2h"))
+    assert cli.json("schedule", "show", "s")["job"]["timeout"] == 7200
+    for key, text, seconds in (("job_timeout", "10m", 600), ("keep_done", "1.5d", 129600), ("poll_interval", "500", 500),
+                               ("lease_timeout", "45s", 45)):
+        clean(cli("config", "set", key, text))
+        assert json.loads(clean(cli("config", "get", key)).stdout) == seconds
+    clean(cli("wait", "--timeout", "1m", "--no-progress", "--", "nosuch"), 1)  # taken, then: no such job
+    clean(cli("purge", "--older-than", "7d"))
+    result = clean(cli("config", "set", "job_timeout", "10 minutes"), 2)
+    assert "duration" in result.output and "10m" in result.output
+    result = clean(cli("enqueue", "--cmd", "true", "--timeout", "0s"), 2)
+    assert "--timeout" in result.output and "out of range" in result.output
+    for command in (["enqueue"], ["wait"], ["purge"], ["fsck"], ["worker", "stop"], ["schedule", "add"]):
+        assert "DURATION" in clean(cli(*command, "--help")).output, command
 
 
 def test_max_retries_fixed_at_enqueue(cli):
@@ -608,6 +665,61 @@ def test_init_and_spool_location(tmp_path, monkeypatch):
     clean(runner.invoke(main, ["enqueue", "--cmd", "true", "--id", "here"], catch_exceptions=False))
     assert (tmp_path / "spool" / "pending").is_dir(), "DIR defaults to ./spool"
     assert Spool(tmp_path / "spool").find("here").state == "pending"
+
+
+def test_a_command_that_creates_a_spool_says_where(tmp_path, monkeypatch):
+    """A forgotten SPOOLQ_DIR made ./spool wherever enqueue ran, silently: now stderr says so, once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SPOOLQ_DIR", raising=False)
+    runner = CliRunner()
+    first = clean(runner.invoke(main, ["enqueue", "--cmd", "true"], catch_exceptions=False))
+    assert first.stderr == f"spoolq: created a new spool at {tmp_path / 'spool'} (--spool DIR or SPOOLQ_DIR names another)\n"
+    assert len(first.stdout.split()) == 1  # the id alone on stdout, for `id=$(spoolq enqueue ...)`
+    assert clean(runner.invoke(main, ["enqueue", "--cmd", "true"], catch_exceptions=False)).stderr == ""
+    assert "created" not in clean(runner.invoke(main, ["--spool", "other", "init"], catch_exceptions=False)).stderr
+
+
+def test_a_quoted_tilde_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    clean(runner.invoke(main, ["--spool", "~/myspool", "enqueue", "--cmd", "true", "--id", "t"], catch_exceptions=False))
+    assert Spool(tmp_path / "home" / "myspool").find("t").state == "pending"
+    clean(runner.invoke(main, ["show", "t"], env={"SPOOLQ_DIR": "~/myspool"}, catch_exceptions=False))
+    result = clean(runner.invoke(main, ["--spool", "~no-such-user-here/s", "enqueue", "--cmd", "true"]), 2)
+    assert "no such user" in result.output
+    assert os.listdir(tmp_path) == ["home"]  # never a directory named '~'
+
+
+@pytest.mark.parametrize("args, hint", [
+    (["enqeue", "true"], "did you mean 'enqueue'?"),
+    (["retry", "abc"], "`spoolq dlq retry ID...` runs a dead job again, `spoolq requeue ID...` a done or dead one"),
+    (["start"], "`spoolq worker start`"),
+    (["dlq", "retyr", "abc"], "did you mean 'retry'?"),
+    (["worker", "strat"], "did you mean 'start'?"),
+    (["frobnicate"], "see `"),
+])
+def test_an_unknown_command_points_to_the_right_one(cli, spool_dir, args, hint):
+    result = clean(cli(*args), 2)
+    assert f"Error: no such command {args[1] if args[0] in ('dlq', 'worker') else args[0]!r}; {hint}" in result.output
+    assert not os.path.exists(spool_dir)
+
+
+def every_command(group=main, path=()):
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name)
+        if hasattr(command, "commands"):
+            yield from every_command(command, (*path, name))
+
+
+def test_no_help_shows_a_missing_bound(cli):
+    """`--priority INTEGER RANGE ... [x<=None]`: an option without bounds shows none."""
+    for name in sorted(main.list_commands(None)):
+        main.get_command(None, name)  # loaded on first use
+    for command in every_command():
+        text = clean(cli(*command, "--help")).output
+        assert "None" not in text and "RANGE" not in text.replace("INTEGER RANGE", ""), (command, text)
+    assert re.search(r"--priority INTEGER\s+Higher runs first", clean(cli("enqueue", "--help")).output)
 
 
 def test_worker_list_and_stop_with_no_workers(cli, spool):

@@ -149,7 +149,7 @@ def _every_good_job_ran_and_the_bad_one_was_kept_once(root: str, tags: list[str]
     ran = runs(root)
     for tag in tags:
         assert 1 <= ran.count(tag) <= (2 if killed else 1), (tag, ran)
-    assert counted(root) == {"done": 4, "dead": 1}, counted(root)
+    assert counted(root) == {"done": 4, "quarantined": 1}, counted(root)
     (quarantined,) = [n for n in os.listdir(os.path.join(root, "dead")) if n.startswith("+")]
     assert open(os.path.join(root, "dead", quarantined), "rb").read() == b"\x00 not json"
     repaired_clean(root)

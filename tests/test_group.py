@@ -8,14 +8,16 @@ import json
 import os
 import shutil
 import signal
+import site
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
 
-from conftest import dead_pid, safecat_path, spoolq, wait_for
+from conftest import SPOOLQ, dead_pid, safecat_path, spoolq, wait_for
 from spoolq import fsck
 from spoolq.format import layout as L
 from spoolq.system import liveness
@@ -305,6 +307,42 @@ def test_a_registration_the_owner_did_not_write_alone_never_makes_its_worker_gon
     assert "untrusted-record" in {p.kind for p in fsck.check(shared)}
     os.chmod(path, stat.S_IMODE(st.st_mode))
     w.stop()
+
+
+# ---- a member reads the spool with spoolq, and changes it only by the drop-in protocol -----------
+
+
+def spoolq_for_the_member() -> str:
+    """spoolq as the member can run it: this interpreter, or where it lives in a directory the
+    member cannot enter (a pyenv under /root), the system's python3 of the same version, with
+    this checkout and the venv's packages on its path."""
+    if as_member(f'test -x "{sys.executable}" && "{sys.executable}" -c ""').returncode == 0:
+        return " ".join(SPOOLQ)
+    system = "/usr/bin/python3"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if as_member(f'{system} -c "import sys; assert sys.version.startswith(\'{version}.\')"').returncode != 0:
+        pytest.skip("no python the member can run")
+    paths = ":".join([os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *site.getsitepackages()])
+    return f"PYTHONPATH={paths} {system} -m spoolq"
+
+
+def test_a_member_reads_the_shared_spool_and_hands_jobs_in_only_as_drop_ins(shared):
+    from test_hardening import tree
+
+    # config.json written anew, now that tmp/ is setgid: files spoolq wrote before the spool was
+    # opened to its group (config.json among them) keep the owner's group, which members cannot read.
+    shared.set_config("group_access", True)
+    shared.enqueue({"id": "queued", "command": "echo hi", "delay": 3600})
+    before = tree(shared.root)
+    program = spoolq_for_the_member()
+    for args in ("status --json", "list", "show queued", "dlq list", "worker list", "config show"):
+        r = as_member(f'{program} --spool "$1" {args}', shared.root)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    assert json.loads(as_member(f'{program} --spool "$1" status --json', shared.root).stdout)["scheduled"] == 1
+    r = as_member(f'{program} --spool "$1" enqueue true', shared.root)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "sudo -u root" in r.stderr and "dropped into pending/" in r.stderr, r.stderr
+    assert tree(shared.root) == before
 
 
 # ---- a spool shared by an older spoolq is narrowed by its owner before anything is read --------

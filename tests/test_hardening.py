@@ -99,6 +99,9 @@ def test_a_spool_another_user_could_write_into_is_refused(tmp_path, case, make, 
     before = entries(root)
     r = cli(root, *command)
     assert r.returncode == 1, r
+    if case == "strangers-root" and command == ("status",):  # a reader judges it as its owner: no spool
+        assert r.stderr == f"Error: no spool at {root}\n" and entries(root) == before
+        return
     message = r.stderr.strip()
     assert message.count("\n") == 0 and "Traceback" not in message, message
     assert f"refusing to use {bad}: " in message and why in message, message
@@ -828,6 +831,92 @@ def test_read_only_commands_say_there_is_no_spool(tmp_path, args):
     r = cli(str(where), *args)
     assert r.returncode == 1 and r.stderr.strip() == f"Error: no spool at {where}", r.stderr
     assert not where.exists()
+
+
+SERVICE_USER = 65534  # nobody: the uid a packaged service runs as
+
+READ_ONLY = [("status",), ("status", "--json"), ("list",), ("show", "ok"), ("logs", "ok"), ("wait", "ok"),
+             ("stats", "--since", "1d"), ("dlq", "list"), ("queue", "list"), ("schedule", "list"),
+             ("schedule", "show", "nightly"), ("metrics",), ("fsck",), ("worker", "list"), ("config", "show"),
+             ("config", "get", "max_retries")]
+
+
+def tree(root: str) -> dict[str, tuple[int, int, int, int, int]]:
+    """Every entry under root (and root) with its mode, owner, group, size and mtime."""
+    out = {}
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        st = os.lstat(path)
+        out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def a_service_users_spool(root: str, shared: bool) -> None:
+    """A spool that has seen some work, with a bit of everything in it, then given to SERVICE_USER."""
+    spool = Spool(root)
+    spool.set_config("group_access", shared)
+    spool.set_config("drop_grace", 0)
+    for spec in ({"id": "ok", "command": "echo hi"}, {"id": "bad", "command": "exit 3", "max_retries": 0},
+                 {"id": "later", "command": "true", "delay": 3600}, {"id": "mail", "command": "true", "queue": "mail"}):
+        spool.enqueue(spec)
+    with open(os.path.join(spool.layout.pending, "broken.json"), "w") as f:
+        f.write("{not json")
+    assert cli(root, "schedule", "add", "nightly", "15 2 * * *", "--cmd", "true").returncode == 0
+    assert cli(root, "queue", "set", "mail", "--concurrency", "1").returncode == 0
+    assert cli(root, "pause", "--queue", "mail").returncode == 0
+    assert cli(root, "worker", "start", "--burst", "-q").returncode == 0
+    _a_job_held_by_a_killed_worker(spool, os.path.dirname(root))
+    with open(os.path.join(spool.layout.pending, "dropped.json"), "w") as f:
+        f.write(json.dumps({"command": "true"}))
+    assert spool.find("ok").state == "done" and spool.find("bad").state == "dead"
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        os.lchown(path, SERVICE_USER, SERVICE_USER)
+
+
+def _a_job_held_by_a_killed_worker(spool: Spool, scratch: str) -> None:
+    """A job in processing/ whose worker was killed (a stale registration, a group to signal):
+    what recovery would act on, and a reader must not."""
+    pid_file = os.path.join(scratch, "held.pid")
+    spool.enqueue({"id": "held", "command": f"echo $$ > {pid_file}; exec sleep 60"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "-q"], start_new_session=True,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(pid_file) and open(pid_file).read().strip(), 15, "the held job to start")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    os.kill(int(open(pid_file).read()), signal.SIGKILL)
+    assert spool.find("held").state == "processing"
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("shared", [False, True], ids=["private", "group_access"])
+def test_root_reads_a_service_users_spool_and_changes_nothing(tmp_path, shared):
+    """Every read-only command works for root on a spool it does not own, and nothing in the spool
+    is created, chmodded, renamed or deleted (a reader never acts for the owner)."""
+    root = str(tmp_path / "jobs")
+    a_service_users_spool(root, shared)
+    before = tree(root)
+    for args in READ_ONLY:
+        r = cli(root, *args)
+        assert r.returncode in ((0, 1) if args == ("fsck",) else (0,)), (args, r.stderr)
+        assert "Traceback" not in r.stderr and "refusing" not in r.stderr + r.stdout, (args, r.stderr)
+        assert tree(root) == before, args
+    status = json.loads(cli(root, "status", "--json").stdout)
+    assert (status["done"], status["processing"]) == (1, 1)  # the killed worker's job: the owner's to recover
+    assert "echo hi" in cli(root, "list").stdout and "hi" in cli(root, "logs", "ok").stdout
+    assert "nightly" in cli(root, "schedule", "list").stdout
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("args", [("pause",), ("enqueue", "true"), ("cancel", "later"), ("purge",),
+                                  ("worker", "start", "--burst"), ("fsck", "--repair"), ("config", "set", "max_retries", "1"),
+                                  ("dlq", "retry", "bad"), ("worker", "stop")])
+def test_a_command_that_changes_a_service_users_spool_stays_its_owners(tmp_path, args):
+    root = str(tmp_path / "jobs")
+    a_service_users_spool(root, False)
+    before = tree(root)
+    r = cli(root, *args)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1 and f"sudo -u nobody spoolq --spool {root}" in r.stderr, r.stderr
+    assert tree(root) == before
 
 
 def test_a_quarantine_never_replaces_an_earlier_one(spool, monkeypatch):

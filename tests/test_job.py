@@ -257,7 +257,7 @@ def test_ill_typed_field_is_refused(fields, tmp_path):
     with pytest.raises(InvalidJob):
         spool.enqueue(spec)
     assert spool.counts().to_dict() == {"pending": 0, "scheduled": 0, "waiting": 0, "processing": 0, "done": 0,
-                                        "dead": 0, "workers": 0}
+                                        "dead": 0, "quarantined": 0, "workers": 0}
     assert all(os.listdir(tmp_path / "s" / d) == [] for d in ("ids", "tmp", "pending"))
 
 

@@ -184,17 +184,18 @@ def test_stats_cli_prints_a_table_and_a_chart_and_json(cli, spool):
     assert cli.json("stats", "--queue", "mail")["total"]["done"] == 0
 
 
+def test_stats_of_a_queue_nothing_has_named_warns(cli, spool):
+    spool.enqueue({"command": "true", "queue": "mail"})
+    result = clean(cli("stats", "--queue", "nosuch"))
+    assert "Warning: no job, limit, pause or schedule has named queue 'nosuch' (known: default, mail)" in result.stderr
+    assert "Warning" not in clean(cli("stats", "--queue", "mail")).stderr
+
+
 @pytest.mark.parametrize("since", ["1x", "0", "-5m", "", "400d", "1e3", "nan"])
 def test_stats_refuses_a_window_that_is_not_one(cli, spool, since):
     spool.init()
     result = cli("stats", "--since", since)
     assert result.exit_code == 2 and "--since" in result.output and "Traceback" not in result.output
-
-
-@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800),
-                                           ("2w", 1209600), ("0.5h", 1800)])
-def test_durations(text, seconds):
-    assert stats.parse_duration(text) == seconds
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -247,6 +248,37 @@ def test_metrics_expose_states_attempts_histograms_workers_and_pauses(cli, spool
     assert m['spoolq_run_seconds_count{queue="mail"}'] == 2
     assert m['spoolq_run_seconds_bucket{queue="default",le="+Inf"}'] == 1
     assert m['spoolq_paused{queue="mail"}'] == 1
+
+
+def test_dead_means_the_same_everywhere_and_quarantined_files_reach_prometheus(cli, spool):
+    """status counted quarantined drop-ins as dead (13), queue list and metrics did not (6): a
+    quarantined file is no job, counted apart under its own name by every reader."""
+    spool.set_config("drop_grace", 0)
+    spool.enqueue({"command": "exit 3", "max_retries": 0, "queue": "mail"})
+    for n in range(2):
+        with open(os.path.join(spool.layout.pending, f"broken{n}.json"), "w") as f:
+            f.write("{not json")
+    burst(spool)
+    status = cli.json("status")
+    assert (status["dead"], status["quarantined"]) == (1, 2)
+    queues = cli.json("queue", "list")
+    assert sum(q["dead"] for q in queues) == status["dead"]
+    m = parse_exposition(clean(cli("metrics")).stdout)
+    assert sum(v for k, v in m.items() if k.startswith('spoolq_jobs{state="dead"')) == status["dead"]
+    assert m["spoolq_quarantined_files"] == 2
+    from spoolq.web import create_app
+
+    page = create_app(spool).test_client().get("/").get_data(as_text=True)  # the dashboard's cards
+    assert re.search(r'id="count-dead">\s*<span class="n">1<', page), page
+    assert re.search(r'id="count-quarantined">\s*<span class="n">2<', page), page
+    assert len(cli.json("dlq", "list")) == 3  # the dead-letter queue holds both, each saying why
+
+
+def test_metrics_say_zero_workers_when_none_runs(cli, spool):
+    """`spoolq_workers == 0` must be able to alert: with no worker there is still a sample."""
+    spool.init()
+    m = parse_exposition(clean(cli("metrics")).stdout)
+    assert [v for k, v in m.items() if k.startswith("spoolq_workers")] == [0]
 
 
 def test_metrics_escape_a_hostile_host_name(spool):

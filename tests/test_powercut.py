@@ -169,7 +169,8 @@ def test_every_acknowledged_job_survives_a_power_cut(lazy, tmp_path):
         lost = {job_id: state for job_id, state in states.items() if state not in ("done", "scheduled")}
         assert lost == {}, f"round {round_no}: lost or broken after the cut: {lost}"
         assert list(states.values()).count("scheduled") <= 1 + round_no  # at most one cut attempt a round
-        assert spool.counts().to_dict()["dead"] == 0, _spoolq(root, "dlq", "list").stdout
+        counts = spool.counts()
+        assert counts.dead == counts.quarantined == 0, _spoolq(root, "dlq", "list").stdout
     assert len(acked) == ROUNDS * (3 + 25 + 3)
 
 

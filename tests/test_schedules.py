@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -327,6 +328,9 @@ def test_a_bad_expression_is_refused_naming_the_field(cli, spool_dir, cron, fiel
     (("ok", "@hourly", '{"command": "true", "id": "fixed"}'), "without an id"),
     (("ok", "@hourly", '{"command": 7}'), "command"),
     (("ok", "@hourly"), "exactly one of"),
+    (("ok", "@hourly", '{"command": "a"}', '{"command": "b"}'), "exactly one of"),
+    (("ok", "15", "2", "a.txt", "b.txt", "c.txt", "--cmd", "true"), "quote it, as in '15 2 * * *'"),  # the shell split it
+    (("ok", "15", "--cmd", "true"), "quote the whole expression"),
 ])
 def test_bad_schedules_are_refused_and_write_nothing(cli, spool_dir, args, what):
     result = cli("schedule", "add", *args)
@@ -350,6 +354,25 @@ def test_schedule_add_list_show_pause_resume_rm(cli, spool):
     assert cli.json("schedule", "show", "nightly")["paused"] is False
     clean(cli("schedule", "rm", "nightly"))
     assert cli.json("schedule", "list") == [] and cli("schedule", "show", "nightly").exit_code == 1
+
+
+def test_schedule_list_says_how_the_last_job_ended_and_when_nothing_fires(cli, spool):
+    """The last job's id alone did not say whether it died, and a NEXT time was shown while no
+    worker ran (only workers fire schedules)."""
+    schedules = add(spool, "rep", created="2026-01-01T00:00:30")
+    schedules.fire_due(at("2026-01-01T00:05:00"))
+    spool.cancel(["rep.20260101T0005Z"])  # the last job ends dead
+    text = clean(cli("schedule", "list"))
+    assert "LAST STATE" in text.stdout and re.search(r"rep\.20260101T0005Z\s+dead\s", text.stdout), text.stdout
+    assert text.stderr.startswith("Note: no worker is running") and "nothing fires" in text.stderr
+    shown = cli.json("schedule", "show", "rep")
+    assert (shown["last_state"], shown["fires"]) == ("dead", False) and shown["next"] is not None
+    clean(cli("purge", "--state", "dead"))
+    assert cli.json("schedule", "list")[0]["last_state"] == "purged"
+    owner = spool.owners.register("worker")  # a live worker: the schedule fires
+    assert cli.json("schedule", "show", "rep")["fires"] is True
+    assert clean(cli("schedule", "list")).stderr == ""
+    spool.owners.unregister(owner)
 
 
 def test_a_hand_broken_schedule_file_is_left_out_not_a_traceback(cli, spool):

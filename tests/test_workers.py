@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -275,6 +276,10 @@ def test_sigkilled_worker_job_is_recovered(spool, workers, tmp_path):
         assert "stopped during attempt 1" in d["last_error"]
         text = open(spool.output_path("victim")).read()
         assert "attempt 1 of 3" in text and "attempt 2 of 3" in text and "second-run" in text
+        # The killed attempt's log says why it ended, before the next attempt begins.
+        closed = re.search(r"^==> attempt 1 ended without a result: worker \S+ on \S+ stopped during attempt 1 "
+                           r"\(killed, crashed or lost its lease\); the job is (pending|scheduled) now <==$", text, re.M)
+        assert closed and closed.start() < text.index("attempt 2 of 3"), text
         wait_for(lambda: [x.pid for x in w.live()] not in ([], [worker.pid]), 10, "a replacement worker")
     finally:
         for pid in leftovers:
@@ -332,6 +337,14 @@ def test_detach_list_and_stop(run, spool, tmp_path):
         assert json.loads(run("status", "--json").stdout)["workers"] == 2
         supervisors = [w.pid for w in spool.workers() if w.role == "supervisor"]
         assert len(supervisors) == 1
+        again = run("worker", "start", "--detach", timeout=30)  # a second set was started silently
+        assert again.returncode == 1 and again.stderr.count("\n") == 1, again.stderr
+        assert f"already run on this host (supervisor pid {supervisors[0]})" in again.stderr
+        assert len([w for w in spool.workers() if w.role == "supervisor"]) == 1
+        other = run("worker", "start", "--detach", "--queue", "mail", timeout=30)  # other queues: another set
+        assert other.returncode == 0, other.stderr
+        supervisors = [w.pid for w in spool.workers() if w.role == "supervisor"]
+        assert len(supervisors) == 2
         stop = run("worker", "stop", "--wait", "--timeout", "10")
         assert stop.returncode == 0, stop.stdout + stop.stderr
         assert json.loads(run("worker", "list", "--json").stdout) == []
@@ -452,7 +465,8 @@ def test_malformed_dropin_is_quarantined_with_its_bytes(cli, spool, workers, tmp
     assert "Traceback" not in retry.output
     run_marker(spool, "marker")
     assert [x.pid for x in w.live()] == [worker.pid], "a bad file never takes a worker down"
-    assert spool.counts().done == 1 and spool.counts().dead == 1
+    counts = spool.counts()
+    assert (counts.done, counts.dead, counts.quarantined) == (1, 0, 1)  # a quarantined file is no dead job
 
 
 def test_dropped_duplicate_id_is_quarantined(spool, workers, tmp_path):
@@ -577,3 +591,19 @@ def test_a_drop_in_with_a_very_long_name_is_adopted(spool, workers, tmp_path):
     workers(1)
     wait_for(lambda: marker.exists(), 10, "the long-named drop-in to run")
     wait_for(lambda: spool.counts().done == 1, 5, "it to be done")
+
+
+def test_a_queue_name_nothing_has_named_is_warned_about(run, spool):
+    """`worker start --queue encod` (a typo) ran 0 jobs and exited 0, silently."""
+    spool.enqueue({"command": "true", "queue": "encode"})
+    r = run("worker", "start", "--burst", "-q", "--queue", "encod")
+    assert r.returncode == 0 and spool.counts().pending == 1
+    assert "Warning: no job, limit, pause or schedule has named queue 'encod'; did you mean 'encode'?" in r.stderr
+    r = run("worker", "start", "--burst", "-q", "--queue", "encode,default")
+    assert r.returncode == 0 and "Warning" not in r.stderr and spool.counts().done == 1
+    # Known once anything named it: a limit, a pause, a schedule, or a job long since purged.
+    assert run("queue", "set", "reports", "--concurrency", "1").returncode == 0
+    assert run("schedule", "add", "nightly", "@daily", "--cmd", "true", "--queue", "nightly").returncode == 0
+    assert run("purge").returncode == 0  # the encode job is gone; the attempts log remembers it
+    r = run("worker", "start", "--burst", "-q", "--queue", "reports,nightly,encode")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr

@@ -10,7 +10,7 @@ import click
 
 from ..store.config import check_key, parse_value
 from .complete import job_ids
-from .base import Context, Float, check_ids, emit_json, emit_pairs, json_option, main, one_line, pass_ctx, print_views, report_each, warn_about_config
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown_id, tries, warn_about_config
 
 
 @main.group()
@@ -23,16 +23,17 @@ def dlq() -> None:
 @pass_ctx
 def dlq_list(c: Context, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = c.spool.list_jobs(state="dead")
+    views = c.reading.list_jobs(state="dead")
     if as_json or not views:
         print_views(views, as_json)
         return
-    click.echo(f"{'ID':<20} {'TRIES':>5}  {'LAST ERROR':<48} COMMAND")
-    for v in views:
-        d = v.to_dict()
-        tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
-        click.echo(f"{v.id:<20} {tries:>5}  {one_line(d.get('last_error') or '-', 48):<48} "
-                   f"{one_line(d.get('command') or '(quarantined file)', 60)}")
+    rows = [v.to_dict() for v in views]
+    width = id_width(rows)
+    # The error last: it is the long one, and a column after it would be pushed about.
+    click.echo(f"{'ID':<{width}}  {'TRIES':>5}  {'COMMAND':<40}  LAST ERROR")
+    for d in rows:
+        click.echo(f"{shown_id(d):<{width}}  {tries(d):>5}  {one_line(d.get('command') or '(quarantined file)', 40):<40}  "
+                   f"{one_line(d.get('last_error') or '-', 200)}")
 
 
 @dlq.command("retry")
@@ -61,8 +62,8 @@ def config() -> None:
 @pass_ctx
 def config_show(c: Context, as_json: bool) -> None:
     """Every key with its value."""
-    warn_about_config(c.spool.config)
-    emit_pairs(c.spool.config.as_dict(), as_json, 17, json.dumps)
+    warn_about_config(c.reading.config)
+    emit_pairs(c.reading.config.as_dict(), as_json, 17, json.dumps)
 
 
 @config.command("get")
@@ -71,8 +72,8 @@ def config_show(c: Context, as_json: bool) -> None:
 def config_get(c: Context, key: str) -> None:
     """One key's value."""
     check_key(key)
-    warn_about_config(c.spool.config)
-    click.echo(json.dumps(c.spool.config.as_dict()[key]))
+    warn_about_config(c.reading.config)
+    click.echo(json.dumps(c.reading.config.as_dict()[key]))
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
@@ -90,7 +91,7 @@ def config_set(c: Context, key: str, value: str) -> None:
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
 @click.option("--state", type=click.Choice(("done", "dead", "pending")),
               help="Jobs of this state (default: done); pending: every job not started, scheduled too.")
-@click.option("--older-than", type=Float(0), help="Only jobs finished S seconds ago.")
+@click.option("--older-than", type=Duration(), help="Only jobs finished this long ago (90, 10m, 2h, 7d).")
 @json_option
 @pass_ctx
 def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: float | None, as_json: bool) -> None:
@@ -115,8 +116,8 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
 
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
-@click.option("--stale-after", type=Float(0), default=3600, show_default=True, metavar="S",
-              help="Temp and marker files older than S seconds count as crash leftovers.")
+@click.option("--stale-after", type=Duration(), default="1h", show_default=True,
+              help="Temp and marker files older than this count as crash leftovers.")
 @json_option
 @pass_ctx
 def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
@@ -125,6 +126,11 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
     from .. import fsck as checker
 
     spool = c.handle()  # fsck reports an unsafe or broken spool rather than refuse it
+    if not repair:
+        spool.store.read_as_owner()  # root may check a service user's spool; only its owner repairs it
+    elif spool.store.another_owner() is not None:
+        raise CliError(f"{spool.root} is another user's spool: only its owner repairs it; run "
+                       f"{spool.store.owners_command()}")
     problems = checker.check(spool, repair=repair, stale_after=stale_after)
     fixed = sum(1 for p in problems if p.repaired)
     if as_json:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
+from ..format import durations
 from ..format.errors import SpoolError
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
@@ -46,28 +48,33 @@ class _Plain:
 class Int(_Plain, click.IntRange):
     """An integer option (within bounds, if given)."""
 
+    def _describe_range(self) -> str:
+        # click would print "[x<=None]" in the help of an option without bounds
+        return "" if self.min is None and self.max is None else super()._describe_range()
 
-class Float(_Plain, click.FloatRange):
-    """A number option (within bounds, if given)."""
-
-    what = "number"
-    pattern = r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?"
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str | None:
+        return "INTEGER" if self.min is None and self.max is None else None
 
 
 class Duration(click.ParamType):
-    """A length of time: seconds, or a number with s, m, h, d or w (30m, 6h, 7d)."""
+    """A length of time in durations.py's one syntax (90, 90s, 10m, 1.5h, 1h30m, 2d), as seconds,
+    from `low` (excluded with `low_open`) to `high`."""
 
     name = "duration"
+
+    def __init__(self, low: float = 0, high: float = 3650 * 86400.0, *, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, (int, float)):
             return float(value)
-        from ..reading.stats import parse_duration
-
         try:
-            return parse_duration(value)
+            return durations.parse_within(value, self.low, self.high, low_open=self.low_open)
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DURATION"
 
 
 class Terminated(BaseException):
@@ -94,9 +101,38 @@ COMMAND_MODULES = {
 }
 
 
-class SpoolqGroup(click.Group):
+# Words a newcomer types for what spoolq calls otherwise, and where each points.
+POINTERS = {
+    "retry": "`spoolq dlq retry ID...` runs a dead job again, `spoolq requeue ID...` a done or dead one",
+    "start": "`spoolq worker start`", "run": "`spoolq worker start`", "stop": "`spoolq worker stop`",
+    "kill": "`spoolq cancel --kill ID...`", "add": "`spoolq enqueue`", "submit": "`spoolq enqueue`",
+    "ls": "`spoolq list`", "log": "`spoolq logs ID`",
+    **dict.fromkeys(("rm", "remove", "delete"), "`spoolq cancel ID...` (not finished) or `spoolq purge ID...` (finished)"),
+}
+
+
+class Suggesting(click.Group):
+    """A group that answers a command it does not have with the one most like it, or with where
+    a familiar word's command is (POINTERS)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            from difflib import get_close_matches
+
+            close = get_close_matches(name, self.list_commands(ctx), n=1)
+            pointer = POINTERS.get(name) if ctx.parent is None else None  # words of the top level
+            hint = (f"; {pointer}" if pointer else
+                    f"; did you mean {close[0]!r}?" if close else f"; see `{ctx.command_path} --help`")
+            raise click.UsageError(f"no such command {name!r}{hint}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+class SpoolqGroup(Suggesting):
     """The top-level group: a SpoolError from any command becomes its one-line message and exit
     code here, in one place. Commands are loaded on first use (COMMAND_MODULES)."""
+
+    group_class = Suggesting  # `spoolq dlq retyr` is answered as `spoolq retyr` is
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
@@ -128,12 +164,27 @@ class Context:
             self._spool = Spool(self.path, create=False)
         return self._spool
 
-    def create(self) -> Spool:
+    def create(self, *, announce: bool = True) -> Spool:
         """For the commands that write (init, enqueue, worker start, config set): the spool,
-        its layout created where missing."""
+        its layout created where missing, and said on stderr when it was (a forgotten
+        SPOOLQ_DIR otherwise makes a ./spool no worker ever looks at)."""
         spool = self.handle()
         if not self._checked:
+            new = not spool.store.is_spool()
             spool.init()
+            self._checked = True
+            if new and announce:
+                click.echo(f"spoolq: created a new spool at {os.path.abspath(spool.root)} "
+                           "(--spool DIR or SPOOLQ_DIR names another)", err=True)
+        return spool
+
+    @property
+    def reading(self) -> Spool:
+        """For the commands that only read: an existing spool, which anyone the file system lets
+        read it may read (root on a service user's spool); such a reader writes nothing in it."""
+        spool = self.handle()
+        if not self._checked:
+            spool.store.open_for_reading()
             self._checked = True
         return spool
 
@@ -165,14 +216,25 @@ def main(ctx: click.Context, spool_dir: str) -> None:
     if not spool_dir.strip():
         raise click.BadParameter("must name a directory (an empty value would make the current "
                                  "directory a spool)", param_hint="--spool")
-    ctx.obj = Context(spool_dir)
+    ctx.obj = Context(home_expanded(spool_dir))
+
+
+def home_expanded(path: str) -> str:
+    """A leading ~ or ~user as the shell would have expanded it (a quoted '~/spool', or one in
+    SPOOLQ_DIR from a unit file, would otherwise make a directory named '~')."""
+    if not path.startswith("~"):
+        return path
+    expanded = os.path.expanduser(path)
+    if expanded.startswith("~"):
+        raise click.BadParameter(f"{path!r}: no such user's home to expand it to", param_hint="--spool")
+    return expanded
 
 
 @main.command()
 @pass_ctx
 def init(c: Context) -> None:
     """Create the spool layout (enqueue, worker start and config set also create it)."""
-    click.echo(f"spool ready at {c.create().root}")
+    click.echo(f"spool ready at {c.create(announce=False).root}")
 
 
 def emit_pairs(values: dict[str, Any], as_json: bool, width: int, show: Callable[[Any], str] = str) -> None:
@@ -200,23 +262,54 @@ def emit_rows(rows: list[dict[str, Any]], as_json: bool, *, empty: str, header: 
 
 
 def print_views(views: Iterable[JobView], as_json: bool) -> None:
-    emit_rows([v.to_dict() for v in views], as_json, empty="no jobs",
-              header=f"{'ID':<20} {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR", line=_job_line)
+    rows = [v.to_dict() for v in views]
+    width = id_width(rows)
+    emit_rows(rows, as_json, empty="no jobs",
+              header=f"{'ID':<{width}}  {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR",
+              line=lambda d: _job_line(d, width))
 
 
-def _job_line(d: dict[str, Any]) -> str:
-    tries = f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
+def _job_line(d: dict[str, Any], width: int) -> str:
     text = d.get("command") or ""
     if d["state"] == "dead" and d.get("last_error"):
         text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
     prio = d.get("priority")
-    return f"{d['id']:<20} {d['state']:<10} {tries:>5} {'-' if prio is None else prio:>5}  {one_line(text, 90)}"
+    return (f"{shown_id(d):<{width}}  {d['state']:<10} {tries(d):>5} {'-' if prio is None else prio:>5}  "
+            f"{one_line(text, 90)}")
+
+
+def shown_id(d: dict[str, Any]) -> str:
+    return d["id"] or "(drop-in)"  # a dropped file without an id, until a worker adopts it
+
+
+def id_width(rows: list[dict[str, Any]]) -> int:
+    """The ID column as wide as its longest id (ids are never cut: they are copied into commands)."""
+    return max([20, *(len(shown_id(d)) for d in rows)])
+
+
+def tries(d: dict[str, Any]) -> str:
+    return f"{d['attempts']}/{d['max_retries'] + 1}" if d.get("max_retries") is not None else "-"
 
 
 def warn_about_config(config: Any) -> None:
     """What config.json holds that is ignored, one warning line each on stderr."""
     for problem in config.problems:
         click.echo(f"Warning: {problem}", err=True)
+
+
+def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
+    """A warning line on stderr for each queue name nothing in the spool has named: most likely a
+    typo, which would otherwise run or count nothing, silently."""
+    from difflib import get_close_matches
+
+    from ..running.known_queues import known, unknown
+
+    missing = unknown(spool, names)
+    every = known(spool) if missing else []
+    for name in missing:
+        close = get_close_matches(name, every, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(every[:10])})"
+        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{hint}", err=True)
 
 
 def check_ids(job_ids: Iterable[str]) -> None:

@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists
 from ..format.job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .base import CliError, Context, Float, Int, Terminated, json_option, main, pass_ctx
+from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
 MAX_BATCH_LINES = 1_000_000
@@ -95,8 +95,8 @@ def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
 @click.option("--id", "job_id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")
 @click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
-@click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
-@click.option("--delay", type=Float(0), help="Seconds to wait before the job may run.")
+@click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
+@click.option("--delay", type=Duration(), help="How long to wait before the job may run (90, 10m, 2h).")
 @click.option("--run-at", help="When the job may run: ISO 8601 or epoch seconds.")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")

@@ -38,7 +38,8 @@ def status_lines(spool: Spool, interval: float) -> list[str]:
     running = spool.list_jobs(state="processing")
     lines = [f"{iso(now)}  spool {spool.root}  (every {interval:g}s; Ctrl+C to stop)",
              f"pending {n.pending}  scheduled {n.scheduled}  waiting {n.waiting}  processing {n.processing}  "
-             f"done {n.done}  dead {n.dead}  workers {n.workers}  paused {paused_text(spool.paused())}",
+             f"done {n.done}  dead {n.dead}{f'  quarantined {n.quarantined}' if n.quarantined else ''}  "
+             f"workers {n.workers}  paused {paused_text(spool.paused())}",
              f"last {RATE_WINDOW / 60:g} min: {recent.done} done, {recent.failed} failed attempts, "
              f"{(recent.done + recent.dead) / (RATE_WINDOW / 60):.1f} finished/min",
              ""]

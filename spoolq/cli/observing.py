@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ..reading.stats import Series, Stats, human_seconds, human_window
+from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
-from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set
+from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set, warn_about_queues
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 
 
 @main.command()
-@click.option("--since", "window", type=Duration(), default="1h", show_default=True,
-              help="The window: seconds, or 30m, 6h, 7d.")
+@click.option("--since", "window", type=Duration(0, MAX_WINDOW, low_open=True), default="1h", show_default=True,
+              help="The window: 90, 30m, 6h, 7d (at most 366d).")
 @click.option("--queue", "queue_name", metavar="Q", help="One queue's figures only.", shell_complete=queue_names)
 @json_option
 @pass_ctx
@@ -21,7 +21,9 @@ def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> N
     """Jobs done, failed attempts, dead, success rate, throughput, run and wait times per queue over
     a window of the attempts log, and the oldest ready job's age."""
     queue = next(iter(queue_set([queue_name]) or ()), None) if queue_name is not None else None
-    result = c.spool.stats(window, queue=queue)
+    if queue is not None:
+        warn_about_queues(c.reading, [queue])
+    result = c.reading.stats(window, queue=queue)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -72,7 +74,7 @@ def metrics(c: Context, textfile: str | None) -> None:
     outcome, run and wait time histograms, oldest ready job, live workers, pauses."""
     from ..running.metrics import Totals, exposition, write_textfile
 
-    text = exposition(c.spool, Totals())
+    text = exposition(c.reading, Totals())
     if textfile is None:
         click.echo(text, nl=False)
         return

@@ -15,13 +15,13 @@ from ..format.layout import STATES
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids
-from .base import paused_text, paused_value, CliError, Context, Float, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views
+from .base import paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views
 
 
 @main.command()
 @click.option("--watch", is_flag=True, help="Redraw counts, rates and running jobs until Ctrl+C.")
-@click.option("--interval", type=Float(0.1, 3600), default=2.0, show_default=True, metavar="S",
-              help="With --watch: seconds between redraws.")
+@click.option("--interval", type=Duration(0.1, 3600), default="2s", show_default=True,
+              help="With --watch: the time between redraws.")
 @json_option
 @pass_ctx
 def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
@@ -29,16 +29,16 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
     if watch:
         if as_json:
             raise click.UsageError("--watch draws for a person; use --json without it, in a loop")
-        watch_status(c.spool, interval)
+        watch_status(c.reading, interval)
         return
-    paused = c.spool.paused()
-    values = {**c.spool.counts().to_dict(), "paused": paused_value(paused)}
-    strays = c.spool.strays()
+    paused = c.reading.paused()
+    values = {**c.reading.counts().to_dict(), "paused": paused_value(paused)}
+    strays = c.reading.strays()
     if strays:  # only then: a spool without any reads as it always did
         values["never_picked_up"] = len(strays)
     emit_pairs(values, as_json, max(map(len, values)) + 1, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
     if strays and not as_json:
-        named = ", ".join(os.path.relpath(s.path, c.spool.root) for s in strays[:3])
+        named = ", ".join(os.path.relpath(s.path, c.reading.root) for s in strays[:3])
         more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
         click.echo(f"never picked up: {named}{more} (`spoolq fsck` says why)", err=True)
 
@@ -50,7 +50,7 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 @pass_ctx
 def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
-    print_views(c.spool.list_jobs(state=state, limit=limit), as_json)
+    print_views(c.reading.list_jobs(state=state, limit=limit), as_json)
 
 
 SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)
@@ -63,10 +63,10 @@ SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs
 def show(c: Context, job_id: str, as_json: bool) -> None:
     """Everything about one job."""
     check_ids([job_id])
-    view = c.spool.find(job_id)
+    view = c.reading.find(job_id)
     d = view.to_dict()
     if as_json:
-        log = output.read_tail(c.spool.output_path(view.id), SHOW_OUTPUT_BYTES)
+        log = output.read_tail(c.reading.output_path(view.id), SHOW_OUTPUT_BYTES)
         d["output"], d["output_cut"] = log if log is not None else (None, False)
         emit_json(d)
         return
@@ -76,8 +76,8 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
         if isinstance(value, bool):
             value = json.dumps(value)
         click.echo(f"{key + ':':<13} {'-' if value is None else value}")
-    if os.path.exists(c.spool.output_path(view.id)):
-        click.echo(f"{'output:':<13} {c.spool.output_path(view.id)}")
+    if os.path.exists(c.reading.output_path(view.id)):
+        click.echo(f"{'output:':<13} {c.reading.output_path(view.id)}")
 
 
 @main.command()
@@ -88,11 +88,11 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
 def logs(c: Context, job_id: str, follow: bool) -> None:
     """The job's captured stdout and stderr, every attempt, each marked."""
     check_ids([job_id])
-    view = c.spool.find(job_id)
+    view = c.reading.find(job_id)
     if follow:
-        _follow(c.spool, view.id)
+        _follow(c.reading, view.id)
         return
-    if _copy_output(c.spool.output_path(view.id), 0) is None:
+    if _copy_output(c.reading.output_path(view.id), 0) is None:
         click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
 
 
@@ -128,7 +128,7 @@ def _copy_output(path: str, offset: int) -> int | None:
 
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
-@click.option("--timeout", type=Float(0), help="Give up after S seconds (exit 124).")
+@click.option("--timeout", type=Duration(), help="Give up after this long (90, 10m, 2h; exit 124).")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on stderr (default: when stderr is a terminal; never on a pipe).")
 @pass_ctx
@@ -136,7 +136,7 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
     pending, scheduled, waiting or processing."""
     check_ids(job_ids)
-    spool = c.spool
+    spool = c.reading
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = 0.01
     bar = ProgressBar(progress)

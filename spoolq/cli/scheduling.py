@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
+from ..format.errors import JobNotFound
 from ..format.job import iso, parse_json_object
 from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
-from .base import Context, Float, Int, emit_json, emit_rows, json_option, main, pass_ctx
+from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
 
 @main.group()
@@ -22,20 +23,20 @@ def schedule() -> None:
 @schedule.command("add")
 @click.argument("name")
 @click.argument("cron")
-@click.argument("job", required=False)
+@click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted CRON, said so below
 @click.option("--cmd", help="The command to run (else JOB, a JSON object).")
 @click.option("--tz", default="UTC", show_default=True, help="The time zone the expression is read in.")
 @click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
               help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
 @click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
-@click.option("--timeout", type=Float(0, min_open=True), help="Seconds before the job is killed.")
+@click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
 @click.option("--queue", help="The queue its jobs belong to.", shell_complete=queue_names)
 @click.option("--shell", is_flag=True, default=None, help="Always run the command with /bin/sh -c.")
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
 @json_option
 @pass_ctx
-def schedule_add(c: Context, name: str, cron: str, job: str | None, cmd: str | None, tz: str, catch_up: str,
+def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, tz: str, catch_up: str,
                  max_retries: int | None, priority: int | None, timeout: float | None, queue: str | None,
                  shell: bool | None, replace: bool, as_json: bool) -> None:
     """Add schedule NAME: CRON is five fields (minute hour day-of-month month day-of-week) or
@@ -45,9 +46,12 @@ def schedule_add(c: Context, name: str, cron: str, job: str | None, cmd: str | N
     spoolq schedule add nightly-backup '15 2 * * *' --cmd /usr/local/bin/backup.sh
     spoolq schedule add report @hourly '{"command": "make report", "queue": "reports"}'
     """
-    if (job is None) == (cmd is None):
+    if job and len(cron.split()) == 1 and not cron.startswith("@"):
+        raise click.UsageError("CRON is one argument: quote it, as in '15 2 * * *' (unquoted, the shell splits "
+                               "it into words and expands each *)")
+    if len(job) > 1 or bool(job) == (cmd is not None):
         raise click.UsageError("give exactly one of JOB (a JSON object) or --cmd")
-    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job or "")
+    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job[0])
     flags = {"max_retries": max_retries, "priority": priority, "timeout": timeout, "queue": queue, "shell": shell}
     template.update({k: v for k, v in flags.items() if v is not None})
     check_name(name)
@@ -70,7 +74,7 @@ def _object(text: str) -> dict[str, Any]:
 @pass_ctx
 def schedule_list(c: Context, as_json: bool) -> None:
     """Every schedule, with its next and last fire times and the id of its last job."""
-    schedules = Schedules(c.spool)
+    schedules = Schedules(c.reading)
     _print(schedules.all(), spool_schedules=schedules, as_json=as_json)
 
 
@@ -80,7 +84,7 @@ def schedule_list(c: Context, as_json: bool) -> None:
 @pass_ctx
 def schedule_show(c: Context, name: str, as_json: bool) -> None:
     """One schedule: its expression, zone, catch-up, job template, next and last slots."""
-    schedules = Schedules(c.spool)
+    schedules = Schedules(c.reading)
     _print([schedules.get(check_name(name))], spool_schedules=schedules, as_json=as_json, one=True)
 
 
@@ -116,7 +120,11 @@ def _set_paused(c: Context, name: str, paused: bool) -> None:
 
 def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
     now = time.time()
-    rows = [_row(s, spool_schedules, now) for s in found]
+    working = bool(spool_schedules.spool.workers(role="worker"))
+    rows = [_row(s, spool_schedules, now, working) for s in found]
+    if found and not working and not as_json:  # --json says it in each row: "fires": false
+        click.echo("Note: no worker is running, and only workers fire schedules: nothing fires until one "
+                   "starts (spoolq worker start)", err=True)
     if one and as_json:
         emit_json(rows[0])
         return
@@ -126,13 +134,28 @@ def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, 
             click.echo(f"{key + ':':<11} {'-' if value is None else shown}")
         return
     emit_rows(rows, as_json, empty="no schedules",
-              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} PAUSED",
-              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {r['next'] or '-':<25} "
-                             f"{r['last_job'] or '-':<40} {'yes' if r['paused'] else 'no'}")
+              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} {'LAST STATE':<10} PAUSED",
+              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {_next(r):<25} "
+                             f"{r['last_job'] or '-':<40} {r['last_state'] or '-':<10} {'yes' if r['paused'] else 'no'}")
 
 
-def _row(s: Schedule, schedules: Schedules, now: float) -> dict[str, Any]:
+def _next(row: dict[str, Any]) -> str:
+    if row["next"] is None:
+        return "-"
+    return row["next"] if row["fires"] else f"({row['next']})"  # due, but no worker to fire it
+
+
+def _row(s: Schedule, schedules: Schedules, now: float, working: bool) -> dict[str, Any]:
     last = schedules.last(s.name)
     return {"name": s.name, "cron": s.cron, "tz": s.tz, "catch_up": s.catch_up, "paused": s.paused,
-            "next": None if s.paused else iso(s.next_slot(now)), "last": iso(last[0]) if last else None,
-            "last_job": last[1] if last else None, "job": s.job}
+            "next": None if s.paused else iso(s.next_slot(now)), "fires": working and not s.paused,
+            "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
+            "last_state": _state(schedules, last[1]) if last else None, "job": s.job}
+
+
+def _state(schedules: Schedules, job_id: str) -> str:
+    """The state of a schedule's last job: pending ... done or dead, or purged once it is gone."""
+    try:
+        return schedules.spool.find(job_id).state
+    except JobNotFound:
+        return "purged"

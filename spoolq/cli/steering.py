@@ -102,12 +102,13 @@ def queue_list(c: Context, as_json: bool) -> None:
     its concurrency limit (null: none) and the slots in use."""
     from ..reading.counts import Counts
 
-    paused, limits, in_use = c.spool.paused(), c.spool.slots.limits(), c.spool.slots.in_use()
-    counts = c.spool.views.queue_counts()
+    paused, limits, in_use = c.reading.paused(), c.reading.slots.limits(), c.reading.slots.in_use()
+    counts = c.reading.views.queue_counts()
     rows = []
     for name in sorted(set(counts) | (paused - {"*"}) | set(limits)):
         n = counts.get(name, Counts()).to_dict()
         n.pop("workers", None)
+        n.pop("quarantined", None)  # a quarantined file is of no queue: status counts them
         rows.append({"queue": name, **n, "paused": "*" in paused or name in paused,
                      "concurrency": limits.get(name), "slots_in_use": in_use.get(name, 0)})
     emit_rows(rows, as_json, empty="no queues",

@@ -11,7 +11,7 @@ import click
 from ..format.job import iso
 from ..system.liveness import alive, started_at
 from . import complete
-from .base import CliError, Context, Float, Int, emit_rows, json_option, main, pass_ctx, queue_set
+from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set, warn_about_queues
 
 
 @main.group()
@@ -45,12 +45,20 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
     log = log_lines.LOGS[log_format]
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
+    warn_about_queues(spool, queues or ())
     # When the user asked: a `worker stop` from then on stops these workers.
     since = spool.owners.since(started_at(os.getpid()) or time.time())
     if not detach:
         job_lines = None if quiet else log_lines.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
                                        queues=queues, log=log, job_lines=job_lines).run())
+    # RACE: two starts at once each find none, and both start: this catches a start repeated (a
+    # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
+    running = supervisor.running_here(spool, queues)
+    if running is not None:
+        raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
+                       f"already run on this host (supervisor pid {running}); not starting a second set: "
+                       "`spoolq worker stop` them first, or start more in the foreground")
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
                             log=log)
     deadline = time.monotonic() + 15
@@ -74,7 +82,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
 
 @worker.command("stop")
 @click.option("--wait", "wait_", is_flag=True, help="Block until every worker has exited.")
-@click.option("--timeout", type=Float(0), help="With --wait: give up after S seconds (exit 124).")
+@click.option("--timeout", type=Duration(), help="With --wait: give up after this long (90, 10m; exit 124).")
 @click.option("--now", is_flag=True, help="Kill the running jobs too (their attempts count).")
 @pass_ctx
 def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> None:
@@ -105,7 +113,7 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
 @pass_ctx
 def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
-    workers = c.spool.workers(role="worker")
+    workers = c.reading.workers(role="worker")
     rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
              "heartbeat": iso(w.heartbeat), "queues": w.extra.get("queues")} for w in workers]
     emit_rows(rows, as_json, empty="no workers",

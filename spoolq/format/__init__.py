@@ -2,6 +2,6 @@
 
 Owns the job record and its fields (job.py), the on-disk layout and file-name grammar
 (layout.py: its docstring is the format's specification), which entries spoolq made (ours.py),
-who may write what (modes.py), the retry policy (retry.py) and the one error family
-(errors.py). Imports nothing of spoolq's outside this package; everything else may import it.
+who may write what (modes.py), the one syntax of a length of time (durations.py), the retry
+policy (retry.py) and the one error family (errors.py). Imports nothing of spoolq's outside this package; everything else may import it.
 """

@@ -44,10 +44,12 @@ def writable_by_others(mode: int, shared: bool) -> str | None:
     return None
 
 
-def why_untrusted(st: os.stat_result, *, shared: bool, trusts: Callable[[int], bool] | None = None) -> str | None:
+def why_untrusted(st: os.stat_result, *, shared: bool, trusts: Callable[[int], bool] | None = None,
+                  uid: int | None = None) -> str | None:
     """Why a file spoolq is about to act on must not be believed, or None: another uid wrote it
-    (not root, not this user, not one `trusts` names), or someone else could rewrite it."""
-    if st.st_uid not in (0, os.geteuid()) and not (trusts and trusts(st.st_uid)):
+    (not root, not `uid`, the user the spool is used as (default: this one), not one `trusts`
+    names), or someone else could rewrite it."""
+    if st.st_uid not in (0, os.geteuid() if uid is None else uid) and not (trusts and trusts(st.st_uid)):
         return f"is owned by untrusted uid {st.st_uid}"
     who = writable_by_others(stat.S_IMODE(st.st_mode), shared)
     if who:

@@ -55,9 +55,10 @@ class HousekeepingChecks:
         no further: its contents cannot be trusted, and a repair would act on them. One that is
         only too open for the spool's settings is the modes check's to narrow."""
         st = os.lstat(path)
-        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+        uid = self.spool.store.uid
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid:
             return True
-        why = trust.unsafe_directory(path, shared=True, may_be_link=may_be_link)
+        why = trust.unsafe_directory(path, shared=True, may_be_link=may_be_link, uid=uid)
         if why is None:
             return True
         p = self.r.report("unsafe-dir", path, why)
@@ -199,9 +200,9 @@ class HousekeepingChecks:
             return  # moved on while we looked
         if stat.S_ISLNK(st.st_mode) or st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             return  # not spoolq's doing; a chmod would reach another name
-        if st.st_uid != os.geteuid():
+        if st.st_uid != self.spool.store.uid:
             p = self.r.report("ownership", path, f"belongs to uid {st.st_uid}, not to the spool's user "
-                              f"(uid {os.geteuid()})")
+                              f"(uid {self.spool.store.uid})")
             self.r.leave_alone(p, "spoolq never changes an owner; chown it or move it away by hand")
             return
         extra = stat.S_IMODE(st.st_mode) & 0o777 & ~mode

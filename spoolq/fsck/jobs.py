@@ -28,7 +28,7 @@ class JobChecks:
         for entry, path, st in r.entries(self.layout.processing):
             if entry.startswith("."):
                 continue
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != self.spool.store.uid:
                 p = r.report("stray-entry", path, "processing/ should hold only the owner directories of "
                              "this spool's workers")
                 r.leave_alone(p, "not spoolq's; remove it by hand")

@@ -13,6 +13,7 @@ import os
 from typing import NamedTuple
 
 from ..format import layout
+from ..store import output
 from ..system import fsio, liveness
 from .cancel import CANCELLED, KillRequest
 from ..format.errors import InvalidJob, LostOwnership
@@ -260,9 +261,14 @@ class Recovery:
         except LostOwnership:
             return []  # RACE: its woken owner took the file first; the next listing finishes its move
         kill.withdraw()
+        why = CANCELLED if cancelled else reason
+        # The attempt's log had no closing line: a killed worker writes none. RACE: on another
+        # host, the lost attempt's processes may still be writing; their last words then follow it.
+        output.mark(self.layout.output(job.id), f"attempt {attempt} ended without a result: {why}; the job is "
+                    f"{moved.state} now")
         if moved.state == "dead":
             self.deps.finished(job.id, self._rescuer)
-        return [Recovered(owner, job.id, moved.state, CANCELLED if cancelled else reason)]
+        return [Recovered(owner, job.id, moved.state, why)]
 
     def _return_dropin(self, path: str, original: str) -> None:
         """A drop-in its adopter died holding goes back to pending/ to be adopted again."""

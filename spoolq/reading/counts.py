@@ -23,7 +23,8 @@ class Counts:
     waiting: int = 0  # for other jobs (enqueue --after)
     processing: int = 0
     done: int = 0
-    dead: int = 0
+    dead: int = 0  # dead jobs; a quarantined file, also in dead/, is no job: it counts apart
+    quarantined: int = 0  # dropped files that were never a job (README: the drop-in protocol)
     workers: int = 0
 
     def to_dict(self) -> dict[str, int]:
@@ -32,8 +33,8 @@ class Counts:
 
 @dataclass
 class Census:
-    """Jobs per state in total (`workers` too) and per queue (a quarantined file counts for no
-    queue), and when each queue's oldest ready job became ready."""
+    """Jobs per state in total (`workers` and quarantined files too) and per queue (a quarantined
+    file is of no queue), and when each queue's oldest ready job became ready."""
 
     totals: Counts
     queues: dict[str, Counts]
@@ -64,7 +65,12 @@ class Counter:
             c.processing += _count_json(self.layout.owned(owner))
         c.waiting = _count_json(self.layout.dir("waiting"))
         c.done = _count_json(self.layout.done)
-        c.dead = _count_json(self.layout.dead)
+        for entry in fsio.listdir(self.layout.dead):
+            if layout.is_json_entry(entry):
+                if layout.is_quarantine_id(entry):
+                    c.quarantined += 1
+                else:
+                    c.dead += 1
         c.workers = len(self.owners.workers(role="worker"))
         return c
 
@@ -82,6 +88,10 @@ class Counter:
         census.queues = dict(sorted(census.queues.items()))
         census.totals.workers = len(self.owners.workers(role="worker"))
         return census
+
+    def pending_queues(self, now: float | None = None) -> set[str]:
+        """The queues of the jobs in pending/ (ready or scheduled), from their names alone."""
+        return set(self._pending_census(self.store.now(now)).queues)
 
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
@@ -136,9 +146,10 @@ class Counter:
         for entry, inode in fsio.listdir_inodes(directory):
             if not layout.is_json_entry(entry):
                 continue
+            if state == "dead" and layout.is_quarantine_id(entry):
+                census.totals.quarantined += 1  # no job, of no queue
+                continue
             setattr(census.totals, state, getattr(census.totals, state) + 1)
-            if layout.is_quarantine_id(entry):
-                continue  # a quarantined file: of no queue
             path = f"{directory}/{entry}"
             # A job's queue never changes, and a file keeps its name and inode while it holds one
             # job: a reader that counts again (the dashboard, metrics) opens only the files new since.

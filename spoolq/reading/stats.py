@@ -5,26 +5,18 @@ its oldest ready job has waited, from the pending names. Read-only and plain dat
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from ..format import job
+from ..format import durations, job
 from ..store.attempts_log import Fact
 
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_WINDOW = 366 * 86400.0
 
 
-def parse_duration(text: str) -> float:
-    """'90', '90s', '30m', '6h', '7d', '2w' as seconds; ValueError for anything else."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)\s*", text)
-    if not m:
-        raise ValueError(f"{text!r} is not a duration (like 90, 30m, 6h, 7d)")
-    seconds = float(m.group(1)) * UNITS[m.group(2) or "s"]
-    if not 0 < seconds <= MAX_WINDOW:
-        raise ValueError(f"{text!r} is out of range (more than 0, at most 366d)")
-    return seconds
+def parse_window(text: str) -> float:
+    """A stats window (durations.py's syntax): more than 0, at most 366 days."""
+    return durations.parse_within(text, 0, MAX_WINDOW, low_open=True)
 
 
 def percentile(ordered: list[float], p: float) -> float | None:
@@ -187,10 +179,7 @@ class Recent:
 
 def human_window(seconds: float) -> str:
     """A window as it was likely given: 1h, 30m, 7d (else in seconds)."""
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+    return durations.show(seconds)
 
 
 def human_seconds(value: float | None) -> str:

@@ -275,6 +275,9 @@ class Views:
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         return self.counter.ready_since(now)
 
+    def pending_queues(self, now: float | None = None) -> set[str]:
+        return self.counter.pending_queues(now)
+
     def some_queues(self, prefix: str, limit: int, scan: int) -> list[str]:
         """Up to `limit` queue names starting with `prefix`, from the names of at most `scan`
         pending jobs (shell completion)."""

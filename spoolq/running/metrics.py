@@ -109,6 +109,9 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
     for queue, counts in census.queues.items():
         for state in STATES:
             out.sample("spoolq_jobs", {"state": state, "queue": queue}, getattr(counts, state))
+    out.family("spoolq_quarantined_files", "gauge",
+               "Dropped files that were never a job, kept in dead/ with why (not counted in spoolq_jobs).")
+    out.sample("spoolq_quarantined_files", {}, census.totals.quarantined)
     out.family("spoolq_attempts_total", "counter",
                "Finished attempts by queue and outcome (done, retry, dead, lost), from the attempts log.")
     for (queue, outcome), n in sorted(totals.attempts.items()):
@@ -122,6 +125,7 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
     per_host: dict[str, int] = defaultdict(int)
     for worker in spool.workers(role="worker"):
         per_host[worker.host] += 1
+    per_host.setdefault(layout.host_name(), 0)  # a sample even with no worker at all: `spoolq_workers == 0` alerts
     for host, n in sorted(per_host.items()):
         out.sample("spoolq_workers", {"host": host}, n)
     out.family("spoolq_paused", "gauge", "1 for each paused queue ('*': the whole spool).")

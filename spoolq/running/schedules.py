@@ -62,8 +62,9 @@ def expression(cron: str) -> str:
     if text.startswith("@"):
         raise InvalidJob(f"invalid cron expression {cron!r}: unknown alias (known: {', '.join(ALIASES)})")
     if len(text.split()) != 5:  # cronsim would take a sixth, seconds field: slots are minutes here
+        quote = "; quote the whole expression, as in '15 2 * * *'" if len(text.split()) == 1 else ""
         raise InvalidJob(f"invalid cron expression {cron!r}: wrong number of fields "
-                         "(fields: minute hour day-of-month month day-of-week)")
+                         f"(fields: minute hour day-of-month month day-of-week){quote}")
     try:
         CronSim(text, datetime(2000, 1, 1, tzinfo=timezone.utc))
     except CronSimError as e:

@@ -260,6 +260,17 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
+    """The pid of a supervisor on this host whose live workers take jobs from `queues` (None:
+    from every queue), or None: a second `worker start --detach` would start a second set."""
+    host = layout.host_name()
+    for worker in spool.workers(role="worker"):
+        theirs, pid = worker.extra.get("queues"), worker.extra.get("supervisor")
+        if worker.host == host and isinstance(pid, int) and (frozenset(theirs) if theirs else None) == queues:
+            return pid
+    return None
+
+
 def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False,
            queues: frozenset[str] | None = None, log: Callable[[str], None] = text_log) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.

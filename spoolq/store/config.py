@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any, Callable, ContextManager, NamedTuple
 
-from ..format import modes
+from ..format import durations, modes
 from ..system import fsio, locks
 from ..format.errors import ConfigError, SpoolError, UntrustedFile
 from ..format.job import is_int, is_number
@@ -26,6 +26,12 @@ def _number(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(text)
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _seconds(text: str) -> float:
+    """A setting in seconds, given as any duration (durations.py): 600, 10m, 1.5h."""
+    value = durations.parse(text)
+    return int(value) if value.is_integer() else value
 
 
 def _integer(text: str) -> int:
@@ -70,15 +76,15 @@ KEYS: dict[str, Key] = {
                        "retries after the first attempt, for jobs that do not set their own (0-1000)"),
     "backoff_base": Key(2, _number, lambda v: is_number(v) and 0 <= v <= 3600,
                         "wait backoff_base ** n seconds after failed attempt n"),
-    "backoff_max": Key(3600, _number, lambda v: is_number(v) and 0 <= v <= 86400 * 30,
+    "backoff_max": Key(3600, _seconds, lambda v: is_number(v) and 0 <= v <= 86400 * 30,
                        "cap on the backoff, seconds"),
-    "job_timeout": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 86400 * 365,
+    "job_timeout": Key(0, _seconds, lambda v: is_number(v) and 0 <= v <= 86400 * 365,
                        "seconds before a job's process group is killed; 0 = no limit"),
-    "poll_interval": Key(1.0, _number, lambda v: is_number(v) and 0.05 <= v <= 3600,
+    "poll_interval": Key(1.0, _seconds, lambda v: is_number(v) and 0.05 <= v <= 3600,
                          "seconds between rescans of pending/, in case events were lost"),
-    "drop_grace": Key(5.0, _number, lambda v: is_number(v) and 0 <= v <= 86400,
+    "drop_grace": Key(5.0, _seconds, lambda v: is_number(v) and 0 <= v <= 86400,
                       "seconds an unparseable dropped file may keep changing before it is quarantined"),
-    "lease_timeout": Key(30.0, _number, lambda v: is_number(v) and 2 <= v <= 86400,
+    "lease_timeout": Key(30.0, _seconds, lambda v: is_number(v) and 2 <= v <= 86400,
                          "seconds without a heartbeat before another host recovers a worker's job "
                          "(2-86400: heartbeats come every lease/4, and a shorter lease would expire "
                          "under a busy host)"),
@@ -89,12 +95,12 @@ KEYS: dict[str, Key] = {
     "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
                           "seconds of arrivals per sub-directory of pending/, so that listings stay "
                           "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
-    "keep_done": Key(7 * 86400, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+    "keep_done": Key(7 * 86400, _seconds, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
                      "seconds after it finished that a done job (and its output) is purged by the workers "
                      "(0 = kept for good)"),
-    "keep_dead": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+    "keep_dead": Key(0, _seconds, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
                      "the same for dead jobs (0 = kept for good, the default)"),
-    "keep_output": Key(0, _number, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
+    "keep_output": Key(0, _seconds, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
                        "seconds after its last attempt that a finished job's output log is deleted, the job "
                        "kept (0 = as long as the job)"),
     "on_done": Key("", _path, lambda v: isinstance(v, str) and len(v) < 65536 and "\0" not in v,
@@ -103,15 +109,15 @@ KEYS: dict[str, Key] = {
                    "a shell command the worker runs after a job goes dead"),
     "on_failure": Key("", _path, lambda v: isinstance(v, str) and len(v) < 65536 and "\0" not in v,
                       "a shell command the worker runs after a failed attempt that will be retried"),
-    "hook_timeout": Key(30.0, _number, lambda v: is_number(v) and 0.1 <= v <= 86400,
+    "hook_timeout": Key(30.0, _seconds, lambda v: is_number(v) and 0.1 <= v <= 86400,
                         "seconds a hook may run before its process group is killed"),
-    "keep_events": Key(8 * 86400, _number, lambda v: is_number(v) and 3600 <= v <= 366 * 86400,
+    "keep_events": Key(8 * 86400, _seconds, lambda v: is_number(v) and 3600 <= v <= 366 * 86400,
                        "seconds the attempts log (events/) is kept: how far back stats, metrics and the "
                        "dashboard can look (3600-31622400)"),
     "metrics_textfile": Key("", _path, _is_textfile_path,
                             "a *.prom file (absolute path) the workers on each host rewrite with the "
                             "spool's metrics, for node_exporter's textfile collector ('' = off)"),
-    "metrics_interval": Key(15.0, _number, lambda v: is_number(v) and 1 <= v <= 86400,
+    "metrics_interval": Key(15.0, _seconds, lambda v: is_number(v) and 1 <= v <= 86400,
                             "seconds between rewrites of metrics_textfile (1-86400)"),
     "trusted_uids": Key([], _uid_list, lambda v: isinstance(v, list) and all(is_int(u) and u >= 0 for u in v),
                         "uids besides the spool owner's whose dropped files are run"),
@@ -148,19 +154,21 @@ def parse_value(key: str, text: str) -> Any:
     try:
         value = spec.parse(text)
     except (ValueError, OverflowError):
-        raise ConfigError(f"{key}: {text!r} is not a valid value ({spec.help})") from None
+        what = f"a duration: {durations.SYNTAX}" if spec.parse is _seconds else spec.help
+        raise ConfigError(f"{key}: {text!r} is not a valid value ({what})") from None
     if not spec.check(value):
         raise ConfigError(f"{key}: {text!r} is out of range ({spec.help})")
     return value
 
 
-def load(layout: Layout) -> Config:
+def load(layout: Layout, uid: int | None = None) -> Config:
     """config.json as settings. SpoolError if it cannot be read as a JSON object at all; what
-    it holds that is not a setting is ignored, and said in `problems`."""
+    it holds that is not a setting is ignored, and said in `problems`. `uid`: the spool's user
+    (default: this one), who alone may have written it."""
     path = layout.config
     try:
         data, st = fsio.read_regular(path, MAX_CONFIG_BYTES)
-        untrusted = modes.why_untrusted(st, shared=True)  # its hooks run as the owner: only the owner writes it
+        untrusted = modes.why_untrusted(st, shared=True, uid=uid)  # its hooks run as the owner: only the owner writes it
         if untrusted:
             raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
                              "else (chown it, chmod go-w)")

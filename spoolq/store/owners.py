@@ -274,7 +274,7 @@ class Owners:
             st = os.lstat(path)
         except OSError:
             return False
-        return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not self.store.why_not_owners(st)
+        return stat.S_ISDIR(st.st_mode) and st.st_uid == self.store.uid and not self.store.why_not_owners(st)
 
     def stale_registrations(self) -> list[tuple[str, str]]:
         """(owner, why) for registrations of owners that are gone and hold no directory (an owner

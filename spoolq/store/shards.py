@@ -62,8 +62,9 @@ class PendingShards:
     """pending/ and its shards, for readers (entries) and writers (place, move_in)."""
 
     def __init__(self, pending: str, dir_mode: Callable[[], int], width: Callable[[], int],
-                 clock: Callable[[], float]):
+                 clock: Callable[[], float], uid: Callable[[], int] = os.geteuid):
         self.pending = pending
+        self._uid = uid  # whose spool: a shard is listed only if that user made it
         self._dir_mode = dir_mode
         self._width = width  # 0: spoolq writes into pending/ itself
         self.clock = clock
@@ -80,7 +81,7 @@ class PendingShards:
 
     def _is_real_dir(self, shard: str) -> bool:
         try:
-            return _is_ours(os.lstat(os.path.join(self.pending, shard)))
+            return _is_ours(os.lstat(os.path.join(self.pending, shard)), self._uid())
         except OSError:
             return False
 
@@ -148,7 +149,7 @@ class PendingShards:
             return False
         # Not a real directory of ours (a symlink, or one a member of a shared spool's group made
         # in pending/, where it may create entries): pending/ itself takes the job.
-        if not _is_ours(st):
+        if not _is_ours(st, self._uid()):
             return False
         # RACE: another process may have made the shard and not yet fsync'd pending/: a rename into
         # it is durable only once the shard's own name is, so each process fsyncs once per shard.
@@ -235,6 +236,6 @@ class PendingShards:
         return True
 
 
-def _is_ours(st: os.stat_result) -> bool:
-    """A shard this user made and no one else can write into: only such a one is listed or written into."""
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+def _is_ours(st: os.stat_result, uid: int) -> bool:
+    """A shard the spool's user made and no one else can write into: only such a one is listed or written into."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022

@@ -9,15 +9,15 @@ file: that is transitions.py's job.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from typing import Any, Callable, ContextManager
 
 from . import config, shards, trust
 from ..format import job, layout, modes
 from ..system import fsio, liveness, locks
+from .access import Access
 from ..format.modes import Modes
-from ..format.errors import InvalidJob, SpoolError, UntrustedFile
+from ..format.errors import InvalidJob, SpoolError
 from ..format.job import Job
 
 CONFIG_RECHECK = 0.2  # seconds
@@ -34,7 +34,7 @@ class Sequencer:
         return self._last
 
 
-class Store:
+class Store(Access):
     """A spool directory: its layout, settings, modes, clocks, ids, and job-file reader."""
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
@@ -47,9 +47,12 @@ class Store:
         self._sequencer = Sequencer()
         self._owner_uid: int | None = None
         self._creator: layout.Creator | None = None
+        # Whose spool it is used as: this user, or for a reader (open_for_reading) its owner.
+        self.uid = os.geteuid()
+        self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
-                                           lambda: self.config.pending_shards, self.clock)
+                                           lambda: self.config.pending_shards, self.clock, lambda: self.uid)
 
     @property
     def root(self) -> str:
@@ -84,13 +87,6 @@ class Store:
         except FileExistsError:
             pass
 
-    def open_existing(self) -> None:
-        """For the commands that do not create a spool: it must be there, and safe to use."""
-        self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
-        if not self.is_spool():
-            raise SpoolError(f"no spool at {self.root}")
-        self.check_safe()
-
     def is_spool(self) -> bool:
         return os.path.isdir(self.layout.pending)
 
@@ -104,55 +100,6 @@ class Store:
             raise SpoolError(f"cannot read {self.root}: {e.strerror}") from None
         if visible:
             raise SpoolError(f"{self.root} is not empty and not a spool; give a new or empty directory")
-
-    def check_safe(self, *only: str) -> None:
-        """Refuse a spool someone else could write into: the root and every directory of the
-        layout must be real directories (the root may be a symlink of ours), owned by the invoking
-        user, and not writable by others (by the group only with group_access). Otherwise another
-        local user could drop a job that runs as whoever uses this spool."""
-        shared = self._group_access_if_ours()
-        why = trust.unsafe_ancestor(self.root, shared)
-        if why:
-            raise SpoolError(why)
-        if shared and trust.needs_new_modes(self.layout):
-            self._narrow_old_shared_modes()
-        paths = only or (self.root, *(self.layout.dir(n) for n in layout.STATE_DIRS + layout.OTHER_DIRS))
-        for path in paths:
-            why = trust.unsafe_directory(path, shared, may_be_link=path == self.root,
-                                         inbox=self.layout.is_inbox(path))
-            if why:
-                raise SpoolError(why)
-
-    def _narrow_old_shared_modes(self) -> None:
-        """A spool shared by an older spoolq let its group write everywhere: its owner narrows it
-        once, and writes config.json anew (a new file: a member may hold the old one open)."""
-        try:
-            trust.give_modes(self.layout, modes.SHARED)
-            with self.locked("config"):
-                data, _ = fsio.read_regular(self.layout.config, config.MAX_CONFIG_BYTES)
-                self.publish(self.layout.config, data)
-        except FileNotFoundError:
-            pass  # no settings: nothing to write anew
-        except (OSError, ValueError) as e:
-            raise SpoolError(f"cannot narrow the modes of the shared spool {self.root}: {e}") from None
-
-    def _group_access_if_ours(self) -> bool:
-        """group_access counts only from a config.json the invoking user wrote; one that anyone else
-        wrote, or could rewrite, makes the whole spool refused (UntrustedFile)."""
-        try:
-            st = os.lstat(self.layout.config)
-        except OSError:
-            return False
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            return False
-        if st.st_uid == os.geteuid() and st.st_mode & 0o020 and trust.needs_new_modes(self.layout):
-            os.chmod(self.layout.config, stat.S_IMODE(st.st_mode) & ~0o022)  # an older spoolq's shared spool
-        try:
-            return bool(self.config.group_access)
-        except UntrustedFile:
-            raise  # settings someone else could have written: nothing of the spool is used
-        except SpoolError:
-            return False
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -176,8 +123,10 @@ class Store:
     def _reload_config(self, stamp: tuple[int, int] | None) -> None:
         """A config.json that cannot be read (an editor half-way through saving it) keeps the
         settings last read, and says so in config_error; a first read that fails raises."""
+        if self._config is None:
+            self._refuse_another_users_spool()  # its settings are believed only as its owner's
         try:
-            self._config = config.load(self.layout)
+            self._config = config.load(self.layout, self.uid)
             self.config_error = None
         except SpoolError as e:
             if self._config is None:
@@ -193,6 +142,7 @@ class Store:
         self._config_stamp = (st.st_ino, st.st_mtime_ns)
 
     def set_config(self, key: str, value: Any) -> config.Config:
+        self.refuse_if_reading("change the settings")
         self._config = config.save(self.layout, key, value, mode=self.modes.file, temp_path=self.temp_path())
         self._config_stamp = None
         if key == "group_access":
@@ -206,13 +156,16 @@ class Store:
         return Modes.for_spool(bool(self.config.group_access))
 
     def make_dir(self, path: str) -> None:
+        self.refuse_if_reading("create a directory")
         fsio.make_dir(path, self.modes.inbox if self.layout.is_inbox(path) else self.modes.dir)
 
     def write_file(self, path: str, data: bytes, *, durable: bool) -> None:
+        self.refuse_if_reading("write a file")
         fsio.write_file(path, data, durable=durable, mode=self.modes.file)
 
     def publish(self, final_path: str, data: bytes, *, durable: bool = True) -> None:
         """Write `data` under a temp name in tmp/, then rename it to `final_path`."""
+        self.refuse_if_reading("write a file")
         fsio.publish(self.temp_path(), data, final_path, durable=durable, mode=self.modes.file)
 
     def temp_path(self, directory: str | None = None) -> str:
@@ -231,13 +184,16 @@ class Store:
     def locked(self, name: str) -> ContextManager[None]:
         """Hold the named spool lock (locks.py: a flock on a file made with the layout, so purge,
         the way to free space, takes it on a full disk too; a holder that dies lets go)."""
+        self.refuse_if_reading("take a lock")
         return config.locked(self.layout, name, mode=self.modes.file)
 
     # ---- clocks, ids, order --------------------------------------------------------------
 
     def fs_clock(self) -> float:
         """Now, on the spool file system's own clock: the mtime of a file just written there. Where
-        nothing can be written (a full disk, a read-only mount) the local clock stands in."""
+        nothing can be written (a full disk, a read-only mount, a reader) the local clock stands in."""
+        if self.reading:
+            return self.clock()
         path = self.temp_path()
         try:
             self.write_file(path, b"", durable=False)
@@ -298,26 +254,6 @@ class Store:
             if fsio.is_gone(e):  # ESTALE: moved on by another host, at any of the read's calls
                 raise fsio.as_gone(e, path) from None
             raise InvalidJob(f"{what} cannot be read: {e.strerror}") from None
-
-    def why_untrusted(self, st: os.stat_result) -> str | None:
-        """Why a file that would make the owner act (a job about to run, a schedule) must not be
-        believed: another uid than a trusted one wrote it, or others could rewrite it (modes.py)."""
-        return modes.why_untrusted(st, shared=bool(self.config.group_access), trusts=self.trusts_uid)
-
-    def why_not_owners(self, st: os.stat_result) -> str | None:
-        """Why a record only spoolq writes (a registration, a job group, a control file) must not
-        be believed: someone other than the owner wrote it, or could rewrite it (modes.py)."""
-        return modes.why_untrusted(st, shared=bool(self.config.group_access))
-
-    def trusts_uid(self, uid: int) -> bool:
-        # Our own uid too: a file only we (or root) could have made is as trusted as we are.
-        return uid in (self.owner_uid(), os.geteuid()) or uid in self.config.trusted_uids
-
-    def owner_uid(self) -> int:
-        if self._owner_uid is None:
-            self._owner_uid = os.stat(self.root).st_uid
-        return self._owner_uid
-
 
 def io_message(what: str, e: OSError) -> str:
     """One line for an OSError met while changing the spool."""

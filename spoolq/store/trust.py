@@ -119,14 +119,15 @@ def make_private_parents(root: str) -> None:
         os.chmod(path, 0o700)
 
 
-def unsafe_ancestor(root: str, shared: bool) -> str | None:
+def unsafe_ancestor(root: str, shared: bool, uid: int | None = None) -> str | None:
     """Why a directory above the spool lets another user swap the spool, or None. Each must be
     yours or root's and not writable by others (by the group only with group_access), unless
     it is sticky (as /tmp is: others cannot move what is yours); a symlink on the way must be
-    yours or root's. Missing ones are made private by init."""
+    yours or root's. Missing ones are made private by init. `uid`: whose spool it is (default: yours)."""
+    me = os.geteuid() if uid is None else uid
     path = os.path.dirname(os.path.abspath(root))
     while True:
-        why = _unsafe_on_the_way(path, shared)
+        why = _unsafe_on_the_way(path, shared, me)
         if why:
             return (f"refusing to use {root}: {path} above it {why}; another user could swap the spool "
                     "for one of their own")
@@ -136,18 +137,18 @@ def unsafe_ancestor(root: str, shared: bool) -> str | None:
         path = parent
 
 
-def _unsafe_on_the_way(path: str, shared: bool) -> str | None:
+def _unsafe_on_the_way(path: str, shared: bool, me: int) -> str | None:
     try:
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            if st.st_uid not in (0, os.geteuid()):
+            if st.st_uid not in (0, me):
                 return f"is a symlink of uid {st.st_uid}"
             st = os.stat(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         return f"cannot be looked at ({e.strerror})"
-    if st.st_uid not in (0, os.geteuid()):
+    if st.st_uid not in (0, me):
         return f"belongs to uid {st.st_uid}"
     mode = stat.S_IMODE(st.st_mode)
     if mode & stat.S_ISVTX:
@@ -157,12 +158,15 @@ def _unsafe_on_the_way(path: str, shared: bool) -> str | None:
     return None
 
 
-def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbox: bool = False) -> str | None:
+def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbox: bool = False,
+                     uid: int | None = None) -> str | None:
     """Why `path` must not be used as a spool directory, or None (also if it does not exist yet).
-    Only an `inbox` (layout.INBOXES) of a shared spool may be group-writable, and only if sticky."""
+    Only an `inbox` (layout.INBOXES) of a shared spool may be group-writable, and only if sticky.
+    `uid`: whose spool it is (default: yours; a reader names the spool's owner)."""
+    me = os.geteuid() if uid is None else uid
     try:
         st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode) and may_be_link and st.st_uid == os.geteuid():
+        if stat.S_ISLNK(st.st_mode) and may_be_link and st.st_uid == me:
             st = os.stat(path)
     except FileNotFoundError:
         return None
@@ -173,8 +177,9 @@ def unsafe_directory(path: str, shared: bool, *, may_be_link: bool = False, inbo
         why = "it is a symbolic link"
     elif not stat.S_ISDIR(st.st_mode):
         why = "it is not a directory"
-    elif st.st_uid != os.geteuid():
-        why = f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})"
+    elif st.st_uid != me:
+        whose = "you" if me == os.geteuid() else "the spool's owner"
+        why = f"it belongs to uid {st.st_uid}, not to {whose} (uid {me})"
     elif mode & 0o002:
         why = "anyone can write into it"
     elif mode & 0o020 and not shared:
