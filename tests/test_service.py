@@ -1,8 +1,10 @@
 """Running spoolq as a service: the systemd units (verified), readiness told to the service
-manager, the signal the units rely on (SIGTERM to the supervisor alone), and shell completion."""
+manager, the signal the units rely on (SIGTERM to the supervisor alone), the container image
+(built and run: tests/container.py), and shell completion."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -13,9 +15,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+import container
 from conftest import SPOOLQ, required_tool, wait_for
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -118,13 +122,17 @@ def readme_install(source: Path, home: Path, bin_dir: Path, *, upgrade: bool = F
     assert done.returncode == 0, done.stdout[-1000:] + done.stderr[-2000:]
 
 
-def as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+def as_user(uid: int, gid: int, *argv: str, cwd: Path) -> subprocess.CompletedProcess:
     def become() -> None:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(gid)
+        os.setuid(uid)
     return subprocess.run(list(argv), preexec_fn=become, cwd=cwd, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+
+
+def as_nobody(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
+    return as_user(NOBODY, NOBODY, *argv, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -230,6 +238,140 @@ def test_sigterm_to_the_supervisor_alone_lets_running_jobs_finish_done(spool, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert spool.find(job.id).state == "done" and "finished" in open(spool.output_path(job.id)).read()
+
+
+# ---- in a container (contrib/container/, docs/container.md) -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """The image, and the same spoolq on the host for the spool's owner, in a directory that
+    owner can reach (pytest's own are root's alone)."""
+    container.tools()
+    work = tmp_path_factory.mktemp("image")
+    tag = container.build_image(checkout_copy(work / "source"), work, f"localhost/spoolq-test:{os.getpid()}")
+    reachable = Path(tempfile.mkdtemp(prefix="spoolq-host-"))
+    reachable.chmod(0o755)
+    try:
+        yield tag, container.owner_install(work / "context" / "wheels", reachable / "venv")
+    finally:
+        container.podman("rmi", "--force", tag, check=False)
+        shutil.rmtree(reachable)
+
+
+class OwnersSpool:
+    """A spool on the host that belongs to the image's uid, as its owner's would, in a directory
+    that uid can reach, and the owner's spoolq on the host: made by the first command."""
+
+    def __init__(self, spoolq: Path):
+        self.base = Path(tempfile.mkdtemp(prefix="spoolq-container-"))
+        self.base.chmod(0o755)
+        self.path = self.base / "spool"
+        self.path.mkdir(mode=0o700)
+        os.chown(self.path, *container.image_uid())
+        self.spoolq = spoolq
+
+    def __call__(self, *args: str) -> str:
+        """spoolq on the host, run by the spool's owner (the container's uid); its output."""
+        done = as_user(*container.image_uid(), str(self.spoolq), "--spool", str(self.path), *args, cwd=Path("/"))
+        assert done.returncode == 0, f"spoolq {' '.join(args)}: {done.stderr}"
+        return done.stdout
+
+    def show(self, job_id: str) -> dict:
+        return json.loads(self("show", job_id, "--json"))
+
+    def said(self, job_id: str) -> list[str]:
+        """What the job wrote, every attempt's, without the lines that mark the attempts."""
+        return [line for line in self.show(job_id)["output"].splitlines() if not line.startswith("==> ")]
+
+
+@pytest.fixture
+def owners(image) -> Iterator[OwnersSpool]:
+    spool = OwnersSpool(image[1])
+    yield spool
+    shutil.rmtree(spool.base)
+
+
+@contextlib.contextmanager
+def worker_container(image: str, spool: Path, name: str) -> Iterator[str]:
+    """The image run as docs/container.md runs it, the host's spool as its volume; its host name."""
+    container.podman("run", "--detach", "--name", name, "--network", "none", "--volume", f"{spool}:/spool", image)
+    try:
+        yield container.podman("inspect", "--format", "{{.Config.Hostname}}", name).stdout.strip()
+    finally:
+        container.podman("rm", "--force", "--time", "0", name, check=False)
+
+
+def healthy(name: str) -> bool:
+    return container.podman("healthcheck", "run", name, check=False).returncode == 0
+
+
+def last_health_said(name: str) -> str:
+    health = json.loads(container.podman("inspect", "--format", "{{json .State.Health}}", name).stdout)
+    return health["Log"][-1]["Output"]
+
+
+def exit_code(name: str) -> int:
+    return int(container.podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout)
+
+
+def job_processes(marker: str) -> list[int]:
+    """Processes on this machine, in any container, whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if marker.encode() in f.read().replace(b"\0", b" "):
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_container_runs_the_hosts_jobs_says_its_health_and_lets_the_running_job_finish_on_stop(image, owners):
+    """The image's worker runs what the spool's owner enqueues on the host into the mounted spool;
+    its health check follows the worker's heartbeat; `podman stop` (SIGTERM to the supervisor, pid
+    1) lets the running job finish `done` and the container exit 0."""
+    owners("config", "set", "lease_timeout", "4")
+    first = owners("enqueue", "echo ran on $SPOOLQ_HOST").strip()  # before the container starts
+    name = f"spoolq-test-{os.getpid()}-stop"
+    with worker_container(image[0], owners.path, name) as host:
+        wait_for(lambda: owners.show(first)["state"] == "done", 60, "the container's worker to run the job")
+        assert owners.said(first) == [f"ran on {host}"]
+
+        assert healthy(name), last_health_said(name)
+        pid = next(w["pid"] for w in json.loads(owners("worker", "list", "--json")) if w["host"] == host)
+        container.podman("exec", name, "sh", "-c", f"kill -STOP {pid}")  # a hung worker: no heartbeat
+        wait_for(lambda: not healthy(name), 30, "the health check to see the heartbeat stop")
+        assert "heartbeat" in last_health_said(name)
+        container.podman("exec", name, "sh", "-c", f"kill -CONT {pid}")
+        wait_for(lambda: healthy(name), 30, "the health check to see the heartbeat again")
+
+        second = owners("enqueue", "sleep 2; echo finished").strip()
+        wait_for(lambda: owners.show(second)["state"] == "processing", 30, "the job to start")
+        container.podman("stop", "--time", "60", name)
+        assert exit_code(name) == 0
+    job = owners.show(second)
+    assert (job["state"], job["attempts"], owners.said(second)) == ("done", 1, ["finished"])
+
+
+@pytest.mark.slow
+def test_a_job_killed_past_the_stop_timeout_is_recovered_and_leaves_no_process(image, owners):
+    """Past the stop timeout the engine kills everything in the container: the job's processes go
+    with it (none outlives the container), and the next worker takes the job over once its lease
+    runs out and runs it again."""
+    owners("config", "set", "lease_timeout", "4")
+    job_id = owners("enqueue", 'if [ "$SPOOLQ_ATTEMPT" = 1 ]; then sleep 611; fi; echo finished').strip()
+    name = f"spoolq-test-{os.getpid()}-kill"
+    with worker_container(image[0], owners.path, name):
+        wait_for(lambda: job_processes("sleep 611"), 60, "the job to start")
+        container.podman("stop", "--time", "1", name)
+        assert exit_code(name) == 137  # SIGKILL: the job outlasted the stop timeout
+        assert job_processes("sleep 611") == [] and owners.show(job_id)["state"] == "processing"
+        container.podman("start", name)
+        wait_for(lambda: owners.show(job_id)["state"] == "done", 60, "the restarted container to recover the job")
+    assert (owners.show(job_id)["attempts"], owners.said(job_id)) == (2, ["finished"])
 
 
 # ---- shell completion ------------------------------------------------------------------------
