@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..format import job, layout
 from ..store import maildir, shards
@@ -32,12 +32,14 @@ class Counts:
 
 @dataclass
 class Census:
-    """Jobs per state in total (`workers` too) and per queue (a quarantined file counts for no
-    queue), and when each queue's oldest ready job became ready."""
+    """Jobs per state in total (`workers` too) and per queue, and when each queue's oldest ready
+    job became ready. A file of no queue (quarantined, or unreadable) counts in `no_queue`, so
+    the queues and `no_queue` add up to the totals."""
 
     totals: Counts
     queues: dict[str, Counts]
     ready_since: dict[str | None, float]  # queue (None: dropped, not adopted) -> oldest ready job's since
+    no_queue: Counts = field(default_factory=Counts)
 
 
 class Counter:
@@ -138,16 +140,17 @@ class Counter:
                 continue
             setattr(census.totals, state, getattr(census.totals, state) + 1)
             if layout.is_quarantine_id(entry):
-                continue  # a quarantined file: of no queue
+                census.no_queue.dead += 1  # a quarantined file: of no queue
+                continue
             path = f"{directory}/{entry}"
             # A job's queue never changes, and a file keeps its name and inode while it holds one
             # job: a reader that counts again (the dashboard, metrics) opens only the files new since.
             key = f"{inode}:{path}"
             queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
             seen[key] = queue
-            if queue is not None:
-                c = census.queues.get(queue) or census.queues.setdefault(queue, Counts())
-                setattr(c, state, getattr(c, state) + 1)
+            c = census.no_queue if queue is None else (census.queues.get(queue)
+                                                       or census.queues.setdefault(queue, Counts()))
+            setattr(c, state, getattr(c, state) + 1)
 
 
 def _count_json(path: str) -> int:
