@@ -345,6 +345,21 @@ def test_the_dead_counts_of_the_cards_and_the_queue_table_agree(spool, dashboard
     assert 'id="queue-none"' in d.get("/")[1]
 
 
+def test_the_charts_label_their_axes_and_tell_each_buckets_counts_on_hover(spool, dashboard):
+    a_spool_with_history(spool)
+    d = dashboard()
+    charts = re.findall(r'<svg class="chart".*?</svg>', d.get("/")[1], re.S)
+    assert len(charts) == 2
+    for svg in charts:  # readable without colour: the legend names the bars by their shape
+        assert "time (UTC)</text>" in svg and ">jobs</text>" in svg and "failed attempts (narrow)" in svg
+    hovers = re.findall(r"<title>\d\d:\d\d–\d\d:\d\d UTC: (\d+) finished, (\d+) failed attempts?</title>", charts[0])
+    assert len(hovers) == 60  # finished: the done job and the dead one; failed: a retry and the last
+    assert sum(int(f) for f, _ in hovers) == 2 and sum(int(a) for _, a in hovers) == 2
+    from spoolq.web.charts import nice_top
+
+    assert [nice_top(v) for v in (0, 1, 3, 7, 11, 150, 4000)] == [1, 1, 5, 10, 20, 200, 5000]
+
+
 def cookie_jar() -> tuple:
     """An opener that keeps cookies as a browser does (for a host, whatever its port) and shows
     a redirect as the answer itself."""
@@ -670,12 +685,7 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
     workers(2)
     until(browser, lambda b: "slow-report" in by_id(b, "running").text, what="the running job")
     until(browser, lambda b: int(by_id(b, "count-done").text.split()[0]) == before + 15, what="the done count")
-    shot = tmp_path / "dashboard.png"
-    browser.save_screenshot(str(shot))
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    target = os.environ.get("SPOOLQ_SCREENSHOT_TO")  # the README's picture: this test makes it
-    if target:
-        shutil.copyfile(shot, target)
+    shoot(browser, tmp_path, "screenshot.png")  # the README's picture of the overview
     gate.touch()
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
 
@@ -704,3 +714,62 @@ def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, br
     until(browser, lambda b: b.current_url == f"{d.url}/jobs/dead" and b.find_elements(By.ID, "nav-dead"),
           what="the dead list, after the form")
     assert "s3cret" not in browser.current_url and browser.get_cookies()[0]["name"] == f"spoolq_{d.port}"
+
+
+def shoot(browser, tmp_path, name: str) -> None:
+    """A PNG of the page; with SPOOLQ_SCREENSHOTS=DIR also DIR/name (the README's pictures)."""
+    shot = tmp_path / name
+    browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("SPOOLQ_SCREENSHOTS")
+    if target:
+        shutil.copyfile(shot, os.path.join(target, name))
+
+
+def test_a_bulk_action_on_the_dead_list_is_ticked_asked_and_said_and_a_screenshot_is_made(spool, dashboard, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    spool.enqueue_many([{"command": f"curl -fsS https://example.com/hook/{i}", "id": f"hook-{i}", "max_retries": 0,
+                         "queue": "hooks" if i % 3 else "mail"} for i in range(8)])
+    burst(spool)
+    qid = quarantine(spool, "junk.json", b"not json")
+    d = dashboard()
+    browser.set_window_size(1100, 700)
+    browser.get(d.url + "/jobs/dead")
+    for job_id in ("hook-1", "hook-2"):
+        browser.find_element(By.CSS_SELECTOR, f'input.pick[value="{job_id}"]').click()
+    refreshed = browser.execute_script("return document.body.dataset.refreshed || ''")
+    until(browser, lambda b: b.execute_script("return document.body.dataset.refreshed || ''") != refreshed,
+          what="a live refresh")
+    ticked = [box.get_attribute("value") for box in browser.find_elements(By.CSS_SELECTOR, "input.pick:checked")]
+    assert ticked == ["hook-2", "hook-1"]  # kept across the refresh; newest first
+    by_id(browser, "bulk-retry").click()
+    until(browser, lambda b: "retry 2 dead jobs?" in by_id(b, "confirm-what").find_element(By.XPATH, "..").text,
+          what="the question")
+    assert spool.counts().dead == 9  # asked, nothing done yet
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried 2 jobs",
+          what="what it did")
+    assert {spool.find(i).state for i in ("hook-1", "hook-2")} == {"pending"} and spool.counts().dead == 7
+    shoot(browser, tmp_path, "screenshot-dead.png")
+    by_id(browser, "scope-all").click()
+    by_id(browser, "bulk-delete").click()
+    until(browser, lambda b: b.find_elements(By.ID, "confirm"), what="the question")
+    assert "7 now" in by_id(browser, "confirm-what").text and "gone for good" in by_id(browser, "confirm-what").text
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "deleted 7 jobs",
+          what="what it did")
+    assert spool.counts().dead == 0 and not spool.quarantine.exists(qid)
+    assert spool.counts().pending == 2
+
+
+def test_a_narrow_window_clips_nothing(spool, dashboard, browser):
+    a_spool_with_history(spool)
+    dead_jobs(spool, 3, "a-queue-with-a-long-name")
+    d = dashboard()
+    browser.set_window_size(390, 844)  # a phone
+    for path in ("/", "/jobs/dead", "/job/broke-1"):
+        browser.get(d.url + path)
+        wide, room = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide <= room, f"{path} is {wide} px wide in a window of {room}"
+        assert by_id(browser, "nav-dead").is_displayed()
