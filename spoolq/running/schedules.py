@@ -82,7 +82,7 @@ def zone(name: str) -> Any:
 
 
 def slot_id(name: str, slot: float) -> str:
-    return f"{name}.{fired.stamp(slot)}"
+    return f"{name}.{fired_slots.stamp(slot)}"
 
 
 @dataclass
