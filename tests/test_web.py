@@ -773,3 +773,60 @@ def test_a_narrow_window_clips_nothing(spool, dashboard, browser):
         wide, room = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
         assert wide <= room, f"{path} is {wide} px wide in a window of {room}"
         assert by_id(browser, "nav-dead").is_displayed()
+
+
+def two_schedules(spool: Spool) -> str:
+    """"minutely" with its latest slot fired (its job pending), "nightly" never fired; the first's job id."""
+    import time
+
+    from spoolq.running.schedules import Schedule, Schedules
+
+    spool.init()
+    schedules, t = Schedules(spool), time.time() - 600
+    schedules.add(Schedule("minutely", "* * * * *", {"command": "true"}, created_at=t, active_from=t))
+    schedules.add(Schedule("nightly", "0 3 * * *", {"command": "echo report"}, tz="Europe/Berlin", created_at=t,
+                           active_from=t))
+    [fired] = [f for f in schedules.fire_due(time.time()) if f.created]
+    return fired.job_id
+
+
+def test_the_schedules_page_links_the_last_job_and_pauses_resumes_and_fires(spool, dashboard, browser):
+    from selenium.webdriver.common.by import By
+
+    from spoolq.running.schedules import Schedules
+
+    last = two_schedules(spool)
+    d = dashboard()
+    browser.get(d.url + "/")
+    by_id(browser, "nav-schedules").click()
+    row = until(browser, lambda b: by_id(b, "schedule-nightly"), what="the schedules")
+    assert "0 3 * * *" in row.text and "Europe/Berlin" in row.text
+    assert by_id(browser, "schedule-minutely").find_element(By.LINK_TEXT, last) and "pending" in by_id(
+        browser, "schedule-minutely").text
+    by_id(browser, "pause-nightly").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "paused nightly",
+          what="paused")
+    assert Schedules(spool).get("nightly").paused and "paused" in by_id(browser, "schedule-nightly").text
+    by_id(browser, "resume-nightly").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "resumed nightly",
+          what="resumed")
+    assert not Schedules(spool).get("nightly").paused
+    by_id(browser, "fire-nightly").click()
+    said = until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text, what="fired")
+    job_id = re.fullmatch(r"fired nightly: job (nightly\.\d{8}T\d{4}Z)", said)[1]
+    assert spool.find(job_id).job.command == "echo report"
+    assert by_id(browser, "schedule-minutely").find_element(By.LINK_TEXT, last)  # the other one untouched
+
+
+def test_schedule_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard):
+    two_schedules(spool)
+    d = dashboard()
+    assert d.post("/schedule/nightly/fire", {}) == 400 and d.post("/schedule/nightly/pause", {"csrf": "x"}) == 400
+    opener, _ = cookie_jar()
+    assert d.post("/schedule/no-such/pause", {"csrf": csrf_of(d, opener, "/schedules")}, opener=opener) == 404
+    ro = dashboard("--read-only")
+    assert ro.post("/schedule/nightly/fire", {"csrf": "x"}) == 403 and 'id="fire-nightly"' not in ro.get("/schedules")[1]
+    rows = json.loads(ro.get("/api/schedules")[1])
+    assert [(r["name"], r["paused"], r["last_state"]) for r in rows] == [("minutely", False, "pending"),
+                                                                        ("nightly", False, None)]
+    assert len(spool.list_jobs()) == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..format.job import iso, parse_json_object
+from ..format.job import parse_json_object
 from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
 from .base import Context, Float, Int, emit_json, emit_rows, json_option, main, pass_ctx
@@ -116,7 +116,7 @@ def _set_paused(c: Context, name: str, paused: bool) -> None:
 
 def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
     now = time.time()
-    rows = [_row(s, spool_schedules, now) for s in found]
+    rows = [spool_schedules.row(s, now) for s in found]
     if one and as_json:
         emit_json(rows[0])
         return
@@ -129,10 +129,3 @@ def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, 
               header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} PAUSED",
               line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {r['next'] or '-':<25} "
                              f"{r['last_job'] or '-':<40} {'yes' if r['paused'] else 'no'}")
-
-
-def _row(s: Schedule, schedules: Schedules, now: float) -> dict[str, Any]:
-    last = schedules.last(s.name)
-    return {"name": s.name, "cron": s.cron, "tz": s.tz, "catch_up": s.catch_up, "paused": s.paused,
-            "next": None if s.paused else iso(s.next_slot(now)), "last": iso(last[0]) if last else None,
-            "last_job": last[1] if last else None, "job": s.job}

@@ -45,7 +45,7 @@ def create_app(spool: Spool, *, read_only: bool = False, token: str | None = Non
     _pages(app, board)
     _api(app, board)
     _errors(app)
-    actions.routes(app, board)
+    actions.routes(app)
     return app
 
 
@@ -71,6 +71,10 @@ def _pages(app: Flask, board: Board) -> None:
     @app.get("/jobs/<state>")
     def jobs(state: str) -> str:
         return render_template("jobs.html", d=board.jobs(_filter(state), _page()))
+
+    @app.get("/schedules")
+    def schedules() -> str:
+        return render_template("schedules.html", rows=board.schedule_rows())
 
     @app.get("/job/<job_id>")
     def job(job_id: str) -> str:
@@ -123,6 +127,10 @@ def _api(app: Flask, board: Board) -> None:
     @app.get("/api/jobs/<state>")
     def api_jobs(state: str) -> Response:
         return jsonify(board.jobs(_filter(state), _page()))
+
+    @app.get("/api/schedules")
+    def api_schedules() -> Response:
+        return jsonify(board.schedule_rows())
 
     @app.get("/api/job/<job_id>")
     def api_job(job_id: str) -> Response:

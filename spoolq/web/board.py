@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ..format import layout
+from ..format.errors import JobNotFound
 from ..format.job import iso
 from ..reading.counts import Counts
 from ..reading.stats import Recent, Series, collect
 from ..reading.views import JobView, Place, Views
 from ..running.metrics import Totals
+from ..running.schedules import Schedules
 from ..spool import Spool
 from ..store import output
 from . import blockers
@@ -99,6 +101,7 @@ class Board:
         self.lock = threading.Lock()  # the caches are shared by the server's threads
         self.recent = Recent(DAY, time.time())
         self.totals = Totals()
+        self.schedules = Schedules(spool)  # its cache of the schedules read: shared, under the lock
 
     def overview(self) -> dict[str, Any]:
         spool, now = self.spool, time.time()
@@ -140,6 +143,21 @@ class Board:
                 "order": "newest first" if chosen.state in NEWEST_FIRST else "run order",
                 "search_limit_reached": walk.limit_reached,
                 "paused": blockers.pausing(self.spool.paused(), chosen.queue)}
+
+    def schedule_rows(self) -> list[dict[str, Any]]:
+        """Every schedule as `schedule list` says it, with the state of its last slot's job."""
+        now = time.time()
+        with self.lock:
+            rows = [self.schedules.row(s, now) for s in self.schedules.all()]
+        for row in rows:
+            row["last_state"] = self._state_of(row["last_job"]) if row["last_job"] else None
+        return rows
+
+    def _state_of(self, job_id: str) -> str:
+        try:
+            return self.spool.find(job_id).state
+        except JobNotFound:
+            return "purged"
 
     def job(self, job_id: str) -> dict[str, Any]:
         view = self.spool.find(job_id)
