@@ -729,7 +729,7 @@ def shoot(browser, tmp_path, name: str) -> None:
 def test_a_bulk_action_on_the_dead_list_is_ticked_asked_and_said_and_a_screenshot_is_made(spool, dashboard, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    spool.enqueue_many([{"command": f"curl -fsS https://example.com/hook/{i}", "id": f"hook-{i}", "max_retries": 0,
+    spool.enqueue_many([{"command": f"deliver-webhook --order {1000 + i}", "id": f"hook-{i}", "max_retries": 0,
                          "queue": "hooks" if i % 3 else "mail"} for i in range(8)])
     burst(spool)
     qid = quarantine(spool, "junk.json", b"not json")
