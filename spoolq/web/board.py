@@ -25,6 +25,7 @@ PAGE = 50
 SEARCH_LIMIT = 5000  # files read at most to search commands (or queues) in one listing
 DAY = 86400.0
 NEWEST_FIRST = ("done", "dead")  # what an operator looks for is what just finished
+ORDER = {**{state: "newest first" for state in NEWEST_FIRST}, "pending": "in run order", "scheduled": "soonest first"}
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Board:
                 rows.append(view.to_dict())
         return {"state": chosen.state, "page": page, "page_size": PAGE, "query": chosen.query,
                 "queue": chosen.queue, "total": len(matched), "jobs": rows, "pages": pages,
-                "order": "newest first" if chosen.state in NEWEST_FIRST else "run order",
+                "order": ORDER.get(chosen.state, "by id"),
                 "search_limit_reached": walk.limit_reached,
                 "paused": blockers.pausing(self.spool.paused(), chosen.queue)}
 
