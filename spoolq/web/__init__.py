@@ -108,10 +108,10 @@ def _errors(app: Flask) -> None:
         default = type(e).description  # Flask's own words, which speak of a server, not of spoolq
         said = e.description if e.description != default else None
         status = e.code or 500
-        return answer(said or NOT_FOUND.get(status, e.name), status)
+        return answer(said or OUR_WORDS.get(status, e.name), status)
 
 
-NOT_FOUND = {404: "no such page: see the states and the overview above",
+OUR_WORDS = {404: "no such page here (the overview is /)",
              405: "this address does not take that method (actions are POSTs from the pages' buttons)"}
 
 

@@ -37,6 +37,9 @@ def act_on_job(job_id: str, action: str) -> Response:
         if request.form.get("sure") != "yes":
             abort(400, "a delete needs its box ticked: it cannot be undone")
         state = spool.find(job_id).state
+        # RACE: a requeue (here, another dashboard, the CLI) may move the job on after this look:
+        # purge_ids finds it again under its lock and deletes it only if it is finished or not
+        # started, else says why not; `state` only picks the list shown after.
         why = spool.purge_ids([job_id])[job_id]
         if why:
             raise SpoolError(why)
