@@ -306,7 +306,8 @@ def test_what_blocks_progress_is_said_first(spool, dashboard):
                     "1 waiting job waits for a dead job (they go dead at the next recovery sweep; fsck says which)"]
     page = d.get("/")[1]
     assert page.index('id="blockers"') < page.index('class="counts"') and 'class="count alarm"' in page
-    assert "queue reports is paused" in d.get("/jobs/pending?queue=reports")[1]
+    assert "queue reports is paused: none of its jobs starts" in d.get("/jobs/pending?queue=reports")[1]
+    assert json.loads(d.get("/api/jobs/pending")[1])["blocked"] == "no worker is running: no job starts"
 
 
 def test_a_quarantined_file_offers_what_can_work(spool, dashboard):

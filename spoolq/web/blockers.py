@@ -40,7 +40,7 @@ def found(spool: Spool, census: Census, workers: list[dict[str, Any]], paused: f
             if in_use.get(queue, 0) >= limits[queue]:
                 out.append(_line(f"queue {queue} is at its concurrency limit ({limits[queue]} running): "
                                  f"{_jobs(n)}", "pending", queue))
-    stuck = _waiting_for_dead(spool)
+    stuck = _waiting_for_dead(spool) if census.totals.waiting else 0
     if stuck:
         out.append(_line(f"{stuck} waiting job{' waits' if stuck == 1 else 's wait'} for a dead job "
                          "(they go dead at the next recovery sweep; fsck says which)", "waiting"))
@@ -59,12 +59,18 @@ def _waiting_for_dead(spool: Spool) -> int:
     return count
 
 
-def pausing(paused: frozenset[str], queue: str) -> str | None:
-    """What a list says of a pause that keeps its jobs from starting."""
+def on_list(spool: Spool, state: str, queue: str) -> str | None:
+    """What a list of jobs not started says of what keeps them from starting: a pause, or no
+    worker at all."""
+    if state not in ("pending", "scheduled"):
+        return None
+    paused = spool.paused()
     if "*" in paused:
         return "every queue is paused: no job starts"
     if queue and queue in paused:
         return f"queue {queue} is paused: none of its jobs starts"
+    if not spool.workers(role="worker"):
+        return "no worker is running: no job starts"
     if paused and not queue:
-        return f"paused: {', '.join(sorted(paused))}"
+        return f"paused: {', '.join(sorted(paused))} (their jobs do not start)"
     return None

@@ -143,7 +143,7 @@ class Board:
                 "queue": chosen.queue, "total": len(matched), "jobs": rows, "pages": pages,
                 "order": ORDER.get(chosen.state, "by id"),
                 "search_limit_reached": walk.limit_reached,
-                "paused": blockers.pausing(self.spool.paused(), chosen.queue)}
+                "blocked": blockers.on_list(self.spool, chosen.state, chosen.queue)}
 
     def schedule_rows(self) -> list[dict[str, Any]]:
         """Every schedule as `schedule list` says it, with the state of its last slot's job."""
