@@ -55,6 +55,29 @@ def test_each_slot_fires_once_at_its_time_and_never_again(spool):
     assert schedules.last("rep") == (at("2026-01-01T00:10"), "rep.20260101T0010Z")
 
 
+def test_fire_now_makes_one_job_a_minute_and_no_slot_fires_twice(spool):
+    schedules = add(spool, cron="*/5 * * * *")
+    first = schedules.fire_now("rep", at("2026-01-01T00:05:10"))  # the minute of a slot of its own
+    assert (first.job_id, first.created) == ("rep.20260101T0005Z", True)
+    assert not schedules.fire_now("rep", at("2026-01-01T00:05:50")).created  # pressed again in the minute
+    fired = schedules.fire_due(at("2026-01-01T00:05:55"))  # a worker fires that slot: the job is there
+    assert [(f.job_id, f.created) for f in fired] == [("rep.20260101T0005Z", False)]
+    assert schedules.fire_due(at("2026-01-01T00:06:00")) == []
+    again = schedules.fire_now("rep", at("2026-01-01T00:05:58"))  # its marker says the minute fired
+    assert not again.created and job_ids(spool) == ["rep.20260101T0005Z"]
+    assert spool.find("rep.20260101T0005Z").to_dict()["schedule"] == "rep"
+
+
+def test_fire_now_leaves_a_slot_still_due_to_fire(spool):
+    """Fire now marks no slot: a marker of its minute would count as a later slot fired, and the
+    slot a worker has not fired yet (none ran) would never fire."""
+    schedules = add(spool, cron="0 * * * *")
+    assert schedules.fire_now("rep", at("2026-01-01T01:07:00")).created
+    fired = schedules.fire_due(at("2026-01-01T01:08:00"))  # the 01:00 slot, caught up
+    assert [(f.job_id, f.created) for f in fired] == [("rep.20260101T0100Z", True)]
+    assert job_ids(spool) == ["rep.20260101T0100Z", "rep.20260101T0107Z"]
+
+
 def test_a_slot_missed_while_no_worker_ran_fires_once_not_once_per_slot(spool):
     schedules = add(spool)
     schedules.fire_due(at("2026-01-01T00:05:00"))

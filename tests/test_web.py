@@ -20,6 +20,7 @@ import pytest
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
 from spoolq.running.worker import Worker
+from test_cli import quarantine
 from test_observing import ctrl_c_works, parse_exposition, promtool_check
 
 pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")
@@ -191,6 +192,173 @@ def test_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard
     assert status == 200 and 'id="retry"' not in html and "pause all" not in ro.get("/")[1]
     assert ro.post(f"/job/{ids['dead']}/retry", {"csrf": "x"}) == 403
     assert spool.find(ids["dead"]).state == "dead"
+
+
+def csrf_of(d: Dashboard, opener, path: str = "/") -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', d.get(path, opener=opener)[1])[1]
+
+
+def dead_jobs(spool: Spool, n: int, queue: str | None = None, prefix: str = "d") -> list[str]:
+    spool.enqueue_many([{"command": "exit 3", "max_retries": 0, "id": f"{prefix}{i:04d}",
+                         **({"queue": queue} if queue else {})} for i in range(n)])
+    burst(spool)
+    return [f"{prefix}{i:04d}" for i in range(n)]
+
+
+def ids_of(listing: dict) -> list[str]:
+    return [j["id"] for j in listing["jobs"]]
+
+
+def test_done_and_dead_lists_show_the_newest_first_and_jump_to_either_end(spool, dashboard):
+    for i in range(60):  # one at a time, so that each finishes after the one before (or with it: then by id)
+        spool.enqueue({"command": "true", "id": f"j{i:03d}"})
+        burst(spool)
+    d = dashboard()
+    first, last = (json.loads(d.get(f"/api/jobs/done?page={p}")[1]) for p in ("0", "last"))
+    assert ids_of(first)[0] == "j059" and ids_of(last)[-1] == "j000" and last["page"] == 1
+    assert first["order"] == "newest first"
+    page = d.get("/jobs/done")[1]
+    assert 'href="/jobs/done?page=last" id="last"' in page
+    assert ">oldest »<" in page and 'id="first"' in d.get("/jobs/done?page=last")[1]
+    spool.enqueue_many([{"command": "true", "id": f"p{i}", "priority": i} for i in range(3)])
+    assert ids_of(json.loads(d.get("/api/jobs/pending")[1])) == [v.id for v in spool.list_jobs("pending")]
+
+
+def test_lists_filter_by_queue_and_the_queue_table_links_to_them(spool, dashboard):
+    dead_jobs(spool, 3, "mail", "m")
+    dead_jobs(spool, 2, None, "x")
+    spool.enqueue_many([{"command": "true", "id": f"r{i}", "queue": "reports"} for i in range(2)])
+    spool.enqueue({"command": "true", "id": "plain"})
+    d = dashboard()
+    assert ids_of(json.loads(d.get("/api/jobs/dead?queue=mail")[1])) == ["m0002", "m0001", "m0000"]
+    assert ids_of(json.loads(d.get("/api/jobs/pending?queue=reports")[1])) == ["r0", "r1"]
+    assert ids_of(json.loads(d.get("/api/jobs/dead?queue=mail&q=m0001")[1])) == ["m0001"]
+    assert d.get("/api/jobs/dead?queue=../x")[0] == 400
+    overview = d.get("/")[1]
+    assert 'href="/jobs/dead?queue=mail">3<' in overview and 'href="/jobs/pending?queue=reports">2<' in overview
+
+
+def test_bulk_actions_ask_first_then_act_on_thousands_in_one_request_and_say_what_they_did(spool, dashboard):
+    ids = dead_jobs(spool, 1500)
+    d = dashboard()
+    opener, _ = cookie_jar()
+    csrf = csrf_of(d, opener, "/jobs/dead")
+    everything = {"csrf": csrf, "action": "retry", "scope": "all"}
+    assert d.post("/bulk/dead", {**everything, "csrf": "guessed"}, opener=opener) == 400
+    status, page, _ = post_page(d, "/bulk/dead", everything, opener)
+    assert status == 200 and "retry 1500 dead jobs?" in page and spool.counts().dead == 1500  # asked, not done
+    status, location = post_redirect(d, "/bulk/dead", {**everything, "confirmed": "yes"}, opener)
+    assert status == 303 and "said=retried+1500+jobs" in location
+    assert spool.counts().pending == 1500 and spool.counts().dead == 0
+    assert "retried 1500 jobs" in d.get(location, opener=opener)[1]
+    burst(spool)
+    picked = {"csrf": csrf, "action": "delete", "scope": "selected", "id": ids[:2], "confirmed": "yes"}
+    status, location = post_redirect(d, "/bulk/dead", picked, opener)
+    assert "said=deleted+2+jobs" in location and spool.counts().dead == 1498
+    assert {"d0000", "d0001"}.isdisjoint(v.id for v in spool.list_jobs("dead", limit=5000))
+    ro = dashboard("--read-only")
+    assert ro.post("/bulk/dead", {**everything, "confirmed": "yes"}) == 403
+    assert 'id="bulk"' not in ro.get("/jobs/dead")[1] and spool.counts().dead == 1498
+
+
+def post_page(d: Dashboard, path: str, form: dict, opener) -> tuple[int, str, dict]:
+    data = urllib.parse.urlencode(form, doseq=True).encode()
+    request = urllib.request.Request(d.url + path, data=data, method="POST")
+    try:
+        with opener.open(request, timeout=60) as r:
+            return r.status, r.read().decode(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+def post_redirect(d: Dashboard, path: str, form: dict, opener) -> tuple[int, str]:
+    status, _, headers = post_page(d, path, form, opener)
+    return status, headers.get("Location", "")
+
+
+def test_a_bulk_action_stops_at_its_budget_and_says_there_is_more(spool):
+    from spoolq.web import bulk
+
+    ids = dead_jobs(spool, bulk.BATCH + 5)
+    quarantine(spool, "junk.json", b"not json")
+    dead = [v.id for v in spool.list_jobs("dead")]
+    outcome = bulk.run(spool, "retry", iter(dead), budget=0)
+    assert outcome.done == bulk.BATCH and outcome.left and "press again" in outcome.said()
+    assert (spool.counts().dead, spool.counts().quarantined) == (5, 1)
+    outcome = bulk.run(spool, "retry", (v.id for v in spool.list_jobs("dead")))
+    assert (outcome.done, outcome.skipped, outcome.left) == (5, 1, False)
+    assert outcome.said() == "retried 5 jobs; 1 quarantined file skipped (they cannot run: delete them)"
+    assert spool.counts().pending == len(ids)
+
+
+def test_what_blocks_progress_is_said_first(spool, dashboard):
+    spool.enqueue_many([{"command": "true", "queue": "mail"}, {"command": "true", "queue": "reports"}])
+    spool.pause("reports")
+    spool.slots.set_limit("mail", 1)
+    assert spool.slots.take("mail", "someone-else") is not None
+    dep = spool.enqueue({"command": "true", "id": "dep"})
+    spool.enqueue({"command": "true", "id": "waiter", "after": ["dep"]})
+    os.rename(spool.find(dep.id).path, os.path.join(spool.layout.dead, "dep.json"))  # died, waiter not judged
+    d = dashboard()
+    said = [b["text"] for b in json.loads(d.get("/api/overview")[1])["blockers"]]
+    assert said == ["no worker is running: 2 ready jobs wait", "queue mail is at its concurrency limit (1 running): "
+                    "1 ready job waits", "queue reports is paused: 1 ready job waits",
+                    "1 waiting job waits for a dead job (they go dead at the next recovery sweep; fsck says which)"]
+    page = d.get("/")[1]
+    assert page.index('id="blockers"') < page.index('class="counts"') and 'class="count alarm"' in page
+    assert "queue reports is paused: none of its jobs starts" in d.get("/jobs/pending?queue=reports")[1]
+    assert json.loads(d.get("/api/jobs/pending")[1])["blocked"] == "no worker is running: no job starts"
+
+
+def test_a_quarantined_file_offers_what_can_work(spool, dashboard):
+    qid = quarantine(spool, "junk.json", b"{not json \xff")
+    d = dashboard()
+    opener, _ = cookie_jar()
+    status, page, _ = d.get(f"/job/{qid}", opener=opener)
+    assert status == 200 and 'id="retry"' not in page and 'id="requeue"' not in page and 'id="delete"' in page
+    assert "{not json \\xff" in page and "cannot be" in page and "retried or requeued" in page
+    csrf = csrf_of(d, opener, f"/job/{qid}")
+    assert d.post(f"/job/{qid}/delete", {"csrf": csrf}, opener=opener) == 400  # the box not ticked
+    assert spool.quarantine.exists(qid)
+    assert d.post(f"/job/{qid}/delete", {"csrf": csrf, "sure": "yes"}, opener=opener) == 303
+    assert not spool.quarantine.exists(qid) and spool.counts().dead == 0
+
+
+def test_an_unknown_address_is_answered_in_the_dashboards_own_style(spool, dashboard):
+    spool.init()
+    d = dashboard()
+    status, page, headers = d.get("/no-such-page")
+    assert status == 404 and 'id="nav-dead"' in page and 'id="error"' in page and "text/html" in headers["Content-Type"]
+    status, body, headers = d.get("/api/no-such-thing")
+    assert status == 404 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"error": "no such page here (the overview is /)", "status": 404}
+    assert json.loads(d.get("/api/job/no-such-job")[1])["error"] == "no job 'no-such-job'"
+    assert d.get("/pause")[0] == 405 and 'id="error"' in d.get("/pause")[1]
+
+
+def test_the_dead_counts_of_the_cards_and_the_queue_table_agree(spool, dashboard):
+    dead_jobs(spool, 2, "mail")
+    quarantine(spool, "junk.json", b"not json")
+    d = dashboard()
+    overview = json.loads(d.get("/api/overview")[1])
+    rows = [*overview["queues"].values(), overview["no_queue"]]
+    assert overview["counts"]["dead"] == 2 == sum(row["dead"] for row in rows)  # a quarantined file is no job
+    assert overview["counts"]["quarantined"] == 1 and 'id="count-quarantined"' in d.get("/")[1]
+
+
+def test_the_charts_label_their_axes_and_tell_each_buckets_counts_on_hover(spool, dashboard):
+    a_spool_with_history(spool)
+    d = dashboard()
+    charts = re.findall(r'<svg class="chart".*?</svg>', d.get("/")[1], re.S)
+    assert len(charts) == 2
+    for svg in charts:  # readable without colour: the legend names the bars by their shape
+        assert "time (UTC)</text>" in svg and ">jobs</text>" in svg and "failed attempts (narrow)" in svg
+    hovers = re.findall(r"<title>\d\d:\d\d–\d\d:\d\d UTC: (\d+) finished, (\d+) failed attempts?</title>", charts[0])
+    assert len(hovers) == 60  # finished: the done job and the dead one; failed: a retry and the last
+    assert sum(int(f) for f, _ in hovers) == 2 and sum(int(a) for _, a in hovers) == 2
+    from spoolq.web.charts import nice_top
+
+    assert [nice_top(v) for v in (0, 1, 3, 7, 11, 150, 4000)] == [1, 1, 5, 10, 20, 200, 5000]
 
 
 def cookie_jar() -> tuple:
@@ -522,12 +690,7 @@ def test_the_overview_counts_move_as_jobs_finish_and_a_screenshot_is_made(spool,
     workers(2)
     until(browser, lambda b: "slow-report" in by_id(b, "running").text, what="the running job")
     until(browser, lambda b: int(by_id(b, "count-done").text.split()[0]) == before + 15, what="the done count")
-    shot = tmp_path / "dashboard.png"
-    browser.save_screenshot(str(shot))
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    target = os.environ.get("SPOOLQ_SCREENSHOT_TO")  # the README's picture: this test makes it
-    if target:
-        shutil.copyfile(shot, target)
+    shoot(browser, tmp_path, "screenshot.png")  # the README's picture of the overview
     gate.touch()
     until(browser, lambda b: "no job running" in by_id(b, "running").text, what="nothing running")
 
@@ -557,3 +720,119 @@ def test_a_browser_gives_the_token_once_and_keeps_a_session(spool, dashboard, br
     until(browser, lambda b: b.current_url == f"{d.url}/jobs/dead" and b.find_elements(By.ID, "nav-dead"),
           what="the dead list, after the form")
     assert "s3cret" not in browser.current_url and browser.get_cookies()[0]["name"] == f"spoolq_{d.port}"
+
+
+def shoot(browser, tmp_path, name: str) -> None:
+    """A PNG of the page; with SPOOLQ_SCREENSHOTS=DIR also DIR/name (the README's pictures)."""
+    shot = tmp_path / name
+    browser.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    target = os.environ.get("SPOOLQ_SCREENSHOTS")
+    if target:
+        shutil.copyfile(shot, os.path.join(target, name))
+
+
+def test_a_bulk_action_on_the_dead_list_is_ticked_asked_and_said_and_a_screenshot_is_made(spool, dashboard, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    spool.enqueue_many([{"command": f"deliver-webhook --order {1000 + i}", "id": f"hook-{i}", "max_retries": 0,
+                         "queue": "hooks" if i % 3 else "mail"} for i in range(8)])
+    burst(spool)
+    qid = quarantine(spool, "junk.json", b"not json")
+    d = dashboard()
+    browser.set_window_size(1100, 700)
+    browser.get(d.url + "/jobs/dead")
+    for job_id in ("hook-1", "hook-2"):
+        browser.find_element(By.CSS_SELECTOR, f'input.pick[value="{job_id}"]').click()
+    refreshed = browser.execute_script("return document.body.dataset.refreshed || ''")
+    until(browser, lambda b: b.execute_script("return document.body.dataset.refreshed || ''") != refreshed,
+          what="a live refresh")
+    ticked = [box.get_attribute("value") for box in browser.find_elements(By.CSS_SELECTOR, "input.pick:checked")]
+    assert ticked == ["hook-2", "hook-1"]  # kept across the refresh; newest first
+    by_id(browser, "bulk-retry").click()
+    until(browser, lambda b: "retry 2 dead jobs?" in by_id(b, "confirm-what").find_element(By.XPATH, "..").text,
+          what="the question")
+    assert (spool.counts().dead, spool.counts().quarantined) == (8, 1)  # asked, nothing done yet
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "retried 2 jobs",
+          what="what it did")
+    assert {spool.find(i).state for i in ("hook-1", "hook-2")} == {"pending"} and (spool.counts().dead, spool.counts().quarantined) == (6, 1)
+    shoot(browser, tmp_path, "screenshot-dead.png")
+    by_id(browser, "scope-all").click()
+    by_id(browser, "bulk-delete").click()
+    until(browser, lambda b: b.find_elements(By.ID, "confirm"), what="the question")
+    assert "7 now" in by_id(browser, "confirm-what").text and "gone for good" in by_id(browser, "confirm-what").text
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "deleted 7 jobs",
+          what="what it did")
+    assert spool.counts().dead == 0 and not spool.quarantine.exists(qid)
+    assert spool.counts().pending == 2
+
+
+def test_a_narrow_window_clips_nothing(spool, dashboard, browser):
+    a_spool_with_history(spool)
+    dead_jobs(spool, 3, "a-queue-with-a-long-name")
+    d = dashboard()
+    browser.set_window_size(390, 844)  # a phone
+    for path in ("/", "/jobs/dead", "/job/broke-1"):
+        browser.get(d.url + path)
+        wide, room = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide <= room, f"{path} is {wide} px wide in a window of {room}"
+        assert by_id(browser, "nav-dead").is_displayed()
+
+
+def two_schedules(spool: Spool) -> str:
+    """"minutely" with its latest slot fired (its job pending), "nightly" never fired; the first's job id."""
+    import time
+
+    from spoolq.running.schedules import Schedule, Schedules
+
+    spool.init()
+    schedules, t = Schedules(spool), time.time() - 600
+    schedules.add(Schedule("minutely", "* * * * *", {"command": "true"}, created_at=t, active_from=t))
+    schedules.add(Schedule("nightly", "0 3 * * *", {"command": "echo report"}, tz="Europe/Berlin", created_at=t,
+                           active_from=t))
+    [fired] = [f for f in schedules.fire_due(time.time()) if f.created]
+    return fired.job_id
+
+
+def test_the_schedules_page_links_the_last_job_and_pauses_resumes_and_fires(spool, dashboard, browser):
+    from selenium.webdriver.common.by import By
+
+    from spoolq.running.schedules import Schedules
+
+    last = two_schedules(spool)
+    d = dashboard()
+    browser.get(d.url + "/")
+    by_id(browser, "nav-schedules").click()
+    row = until(browser, lambda b: by_id(b, "schedule-nightly"), what="the schedules")
+    assert "0 3 * * *" in row.text and "Europe/Berlin" in row.text
+    assert by_id(browser, "schedule-minutely").find_element(By.LINK_TEXT, last) and "pending" in by_id(
+        browser, "schedule-minutely").text
+    by_id(browser, "pause-nightly").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "paused nightly",
+          what="paused")
+    assert Schedules(spool).get("nightly").paused and "paused" in by_id(browser, "schedule-nightly").text
+    by_id(browser, "resume-nightly").click()
+    until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text == "resumed nightly",
+          what="resumed")
+    assert not Schedules(spool).get("nightly").paused
+    by_id(browser, "fire-nightly").click()
+    said = until(browser, lambda b: b.find_elements(By.ID, "said") and by_id(b, "said").text, what="fired")
+    job_id = re.fullmatch(r"fired nightly: job (nightly\.\d{8}T\d{4}Z)", said)[1]
+    assert spool.find(job_id).job.command == "echo report"
+    assert by_id(browser, "schedule-minutely").find_element(By.LINK_TEXT, last)  # the other one untouched
+
+
+def test_schedule_actions_need_the_forms_token_and_are_refused_read_only(spool, dashboard):
+    two_schedules(spool)
+    d = dashboard()
+    assert d.post("/schedule/nightly/fire", {}) == 400 and d.post("/schedule/nightly/pause", {"csrf": "x"}) == 400
+    opener, _ = cookie_jar()
+    assert d.post("/schedule/no-such/pause", {"csrf": csrf_of(d, opener, "/schedules")}, opener=opener) == 404
+    ro = dashboard("--read-only")
+    assert ro.post("/schedule/nightly/fire", {"csrf": "x"}) == 403 and 'id="fire-nightly"' not in ro.get("/schedules")[1]
+    rows = json.loads(ro.get("/api/schedules")[1])
+    assert [(r["name"], r["paused"], r["last_state"]) for r in rows] == [("minutely", False, "pending"),
+                                                                        ("nightly", False, None)]
+    assert len(spool.list_jobs()) == 1

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from ..format.errors import JobNotFound
-from ..format.job import iso, parse_json_object
+from ..format.job import parse_json_object
 from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
@@ -121,7 +120,7 @@ def _set_paused(c: Context, name: str, paused: bool) -> None:
 def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
     now = time.time()
     working = bool(spool_schedules.spool.workers(role="worker"))
-    rows = [_row(s, spool_schedules, now, working) for s in found]
+    rows = [spool_schedules.row(s, now, working=working) for s in found]
     if found and not working and not as_json:  # --json says it in each row: "fires": false
         click.echo("Note: no worker is running, and only workers fire schedules: nothing fires until one "
                    "starts (spoolq worker start)", err=True)
@@ -143,19 +142,3 @@ def _next(row: dict[str, Any]) -> str:
     if row["next"] is None:
         return "-"
     return row["next"] if row["fires"] else f"({row['next']})"  # due, but no worker to fire it
-
-
-def _row(s: Schedule, schedules: Schedules, now: float, working: bool) -> dict[str, Any]:
-    last = schedules.last(s.name)
-    return {"name": s.name, "cron": s.cron, "tz": s.tz, "catch_up": s.catch_up, "paused": s.paused,
-            "next": None if s.paused else iso(s.next_slot(now)), "fires": working and not s.paused,
-            "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
-            "last_state": _state(schedules, last[1]) if last else None, "job": s.job}
-
-
-def _state(schedules: Schedules, job_id: str) -> str:
-    """The state of a schedule's last job: pending ... done or dead, or purged once it is gone."""
-    try:
-        return schedules.spool.find(job_id).state
-    except JobNotFound:
-        return "purged"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..format import job, layout
 from ..store import maildir, shards
@@ -39,6 +39,7 @@ class Census:
     totals: Counts
     queues: dict[str, Counts]
     ready_since: dict[str | None, float]  # queue (None: dropped, not adopted) -> oldest ready job's since
+    no_queue: Counts = field(default_factory=Counts)
 
 
 class Counter:
@@ -156,9 +157,9 @@ class Counter:
             key = f"{inode}:{path}"
             queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
             seen[key] = queue
-            if queue is not None:
-                c = census.queues.get(queue) or census.queues.setdefault(queue, Counts())
-                setattr(c, state, getattr(c, state) + 1)
+            c = census.no_queue if queue is None else (census.queues.get(queue)
+                                                       or census.queues.setdefault(queue, Counts()))
+            setattr(c, state, getattr(c, state) + 1)
 
 
 def _count_json(path: str) -> int:

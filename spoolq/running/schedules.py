@@ -266,7 +266,41 @@ class Schedules:
         newest = self.fired.newest(name)
         return None if newest is None else (newest.slot, newest.job_id)
 
+    def row(self, schedule: Schedule, now: float, *, working: bool) -> dict[str, Any]:
+        """What `schedule list` and the dashboard say of a schedule: its next and last slot, the
+        last slot's job and its state now (`purged` once it is gone), and whether it fires at all
+        (only workers fire schedules: `working`, whether any runs)."""
+        last = self.last(schedule.name)
+        return {"name": schedule.name, "cron": schedule.cron, "tz": schedule.tz, "catch_up": schedule.catch_up,
+                "paused": schedule.paused, "next": None if schedule.paused else iso(schedule.next_slot(now)),
+                "fires": working and not schedule.paused,
+                "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
+                "last_state": self._state_of(last[1]) if last else None, "job": schedule.job}
+
+    def _state_of(self, job_id: str) -> str:
+        try:
+            return self.spool.find(job_id).state
+        except JobNotFound:
+            return "purged"
+
     # ---- fired -------------------------------------------------------------------------------
+
+    def fire_now(self, name: str, now: float) -> Fired:
+        """Its job now, as the slot of the current minute (by that slot's id): pressed twice in a
+        minute, or in a minute whose slot fired already, it makes no second job, and when the cron
+        expression names this minute too, the worker that fires it finds the job there and makes
+        none. It marks nothing: a marker would count as a later slot fired and pass over an
+        earlier one still due (catch-up), and the slot's own marker is its firer's to make."""
+        schedule = self.get(name)
+        slot = now - now % 60
+        newest = self.fired.newest(name)
+        if newest is not None and newest.slot >= slot:
+            return Fired(name, slot, newest.job_id, False)  # fired this minute (or later) already
+        job_id = slot_id(name, slot)
+        # RACE: a worker firing this very slot at once marks it and publishes the same id: the
+        # publish makes one job of the two (skip_existing), and its settle marks it fired.
+        spec = {**schedule.job, "id": job_id, "schedule": name, "slot": iso(slot)}
+        return Fired(name, slot, job_id, bool(self.spool.enqueue_many([spec], skip_existing=set())))
 
     def fire_due(self, now: float, fs_now: float | None = None) -> list[Fired]:
         """Fire every schedule's latest due slot that was not fired yet (the clock is passed in;

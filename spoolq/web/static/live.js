@@ -1,5 +1,6 @@
 // Keeps a page live without reloading it: every 2 s the page is fetched again and each element
-// marked data-live is swapped for its new version; a job's log is followed from where it was.
+// marked data-live is swapped for its new version (the jobs ticked for a bulk action stay
+// ticked); a job's log is followed from where it was.
 "use strict";
 (function () {
   const EVERY = 2000;
@@ -9,9 +10,13 @@
     const response = await fetch(location.href, { headers: { "X-Live": "1" }, credentials: "same-origin" });
     if (!response.ok) return;
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const ticked = new Set(Array.from(document.querySelectorAll("input.pick:checked"), function (box) { return box.value; }));
     live.forEach(function (element) {
       const fresh = page.getElementById(element.id);
-      if (fresh) element.replaceWith(document.importNode(fresh, true));
+      if (!fresh) return;
+      const node = document.importNode(fresh, true);
+      node.querySelectorAll("input.pick").forEach(function (box) { box.checked = ticked.has(box.value); });
+      element.replaceWith(node);
     });
     document.body.dataset.refreshed = String(Date.now());
   }

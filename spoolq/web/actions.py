@@ -1,0 +1,131 @@
+"""The dashboard's POSTs: each checks the form's CSRF token against the session's, and none is
+done with --read-only. One job's retry, requeue, cancel or delete; a pause or resume of a queue
+or of a schedule, or a schedule fired now; a bulk action on a list (bulk.py), which first asks
+for a confirmation that says what it will touch."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
+
+from ..format.errors import SpoolError
+from ..format.job import valid_id, valid_queue
+from ..running.schedules import check_name
+from ..spool import Spool
+from . import bulk
+from .board import Board, Filter, Walk
+
+
+def routes(app: Flask) -> None:
+    for rule, view in (("/job/<job_id>/<action>", act_on_job), ("/bulk/<state>", bulk_action),
+                       ("/schedule/<name>/<action>", act_on_schedule), ("/pause", pause), ("/resume", resume)):
+        app.add_url_rule(rule, view_func=view, methods=["POST"])
+
+
+def _board() -> Board:
+    board: Board = current_app.extensions["spoolq"]
+    check_post(board)
+    return board
+
+
+def act_on_job(job_id: str, action: str) -> Response:
+    spool = _board().spool
+    job_id = job_id if valid_id(job_id.removeprefix("+")) else abort(404)
+    if action == "delete":
+        if request.form.get("sure") != "yes":
+            abort(400, "a delete needs its box ticked: it cannot be undone")
+        state = spool.find(job_id).state
+        # RACE: a requeue (here, another dashboard, the CLI) may move the job on after this look:
+        # purge_ids finds it again under its lock and deletes it only if it is finished or not
+        # started, else says why not; `state` only picks the list shown after.
+        why = spool.purge_ids([job_id])[job_id]
+        if why:
+            raise SpoolError(why)
+        return redirect(url_for("jobs", state=state, said=f"deleted {job_id}"), 303)
+    return redirect(url_for("job", job_id=job_id, said=_act(spool, action, job_id)), 303)
+
+
+def bulk_action(state: str) -> Response | str:
+    board = _board()
+    action = request.form.get("action", "")
+    if action not in bulk.ACTIONS.get(state, {}):
+        abort(404)
+    chosen = Filter(state, request.form.get("q", "")[:200], _queue(request.form.get("queue", "")))
+    selected = [i for i in request.form.getlist("id") if valid_id(i.removeprefix("+"))]
+    everything = request.form.get("scope") == "all"
+    if not everything and not selected:
+        return redirect(_back(chosen, "nothing selected: tick the jobs first, or act on all of them"), 303)
+    if request.form.get("confirmed") != "yes":
+        count = board.jobs(chosen, 0)["total"] if everything else len(selected)
+        return render_template("confirm.html", action=action, state=state, chosen=chosen, count=count,
+                               everything=everything, selected=selected)
+    # RACE: the list is read again now; a job that moved since the question (a worker took it, another
+    # dashboard acted) is refused by requeue or purge_ids with its reason, and one that arrived is
+    # included, as the question says.
+    ids = (place.job_id for place, _ in Walk(board.spool.views, chosen)) if everything else selected
+    return redirect(_back(chosen, bulk.run(board.spool, action, ids).said()), 303)
+
+
+def act_on_schedule(name: str, action: str) -> Response:
+    schedules = _board().schedules
+    name = check_name(name)  # SpoolError (409) for a name no schedule can have
+    now = time.time()
+    if action in ("pause", "resume"):
+        schedules.set_paused(name, action == "pause", now=now)
+        said = f"{action}d {name}"
+    elif action == "fire":
+        fired = schedules.fire_now(name, now)
+        said = (f"fired {name}: job {fired.job_id}" if fired.created else
+                f"{name} has fired this minute already (job {fired.job_id}): nothing more is made")
+    else:
+        abort(404)
+    return redirect(url_for("schedules", said=said), 303)
+
+
+def pause() -> Response:
+    spool = _board().spool
+    spool.pause(_queue(request.form.get("queue", "")) or None)
+    return redirect(url_for("overview"), 303)
+
+
+def resume() -> Response:
+    spool = _board().spool
+    spool.resume(_queue(request.form.get("queue", "")) or None)
+    return redirect(url_for("overview"), 303)
+
+
+def check_post(board: Board) -> None:
+    if board.read_only:
+        abort(403, "this dashboard is read-only (--read-only)")
+    given = request.form.get("csrf", "")
+    if not given or not hmac.compare_digest(given.encode(), str(session.get("csrf", "")).encode()):
+        abort(400, "a stale or missing form token: reload the page")
+
+
+def _queue(text: str) -> str:
+    return text if not text or valid_queue(text) else abort(400, f"{text[:60]!r} is not a queue name")
+
+
+def _back(chosen: Filter, said: str) -> str:
+    """The list the action was on, saying what it did."""
+    return url_for("jobs", state=chosen.state, said=said,
+                   **{k: v for k, v in (("q", chosen.query), ("queue", chosen.queue)) if v})
+
+
+def _act(spool: Spool, action: str, job_id: str) -> str:
+    if action == "retry":
+        spool.retry_dead([job_id])
+        return "retried"
+    if action == "requeue":
+        why = spool.requeue([job_id])[job_id]
+        if why:
+            raise SpoolError(why)
+        return "requeued"
+    if action == "cancel":
+        result = spool.cancel([job_id], kill=True, wait=0)[0]  # a running job: its worker kills it
+        if not result.ok:
+            raise SpoolError(f"job {job_id} was not cancelled: {result.outcome.value}")
+        return result.outcome.value
+    abort(404)
