@@ -29,3 +29,21 @@ def test_a_layout_is_read_only():
     with pytest.raises(AttributeError):
         lay.root = "/elsewhere"
     assert lay == Layout("/srv/spool/") and hash(lay) == hash(Layout("/srv/spool"))
+
+
+def test_every_state_but_scheduled_is_a_directory_of_its_name():
+    from spoolq.format import layout
+    from spoolq.format.states import State
+
+    assert set(layout.STATE_DIRS) == set(State) - {State.SCHEDULED}
+    assert all(f"S/{state}/" in layout.__doc__ for state in layout.STATE_DIRS)
+
+
+def test_every_reader_lists_the_states_of_one_table():
+    import spoolq
+    from spoolq.cli import reading
+    from spoolq.format import states
+    from spoolq.running import metrics
+
+    assert spoolq.STATES is metrics.STATES is reading.STATES is states.STATES
+    assert states.STATES == tuple(states.State) == ("pending", "scheduled", "waiting", "processing", "done", "dead")

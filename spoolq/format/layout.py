@@ -106,16 +106,15 @@ import re
 from typing import NamedTuple
 
 from .job import DEFAULT_QUEUE, Job
+from .states import State
 
-STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
-STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
-WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (dependencies.py)
+STATE_DIRS = (State.PENDING, State.PROCESSING, State.DONE, State.DEAD, State.WAITING)
 MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
 # Newer than spoolq 0.1: a spool without them is whole.
-MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules", *MAILDIR)
+MADE_ON_DEMAND = (State.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
               "events", "schedules", *MAILDIR)
-INBOXES = ("pending", "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
+INBOXES = (State.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -151,7 +150,7 @@ def parse_transit(name: str) -> Transit | None:
     for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
         if name.startswith(prefix):
             parts = name[len(prefix):].split(".", 2)
-            if len(parts) == 3 and parts[0] in ("pending", "dead", "waiting") and len(parts[1]) == 12 and parts[2]:
+            if len(parts) == 3 and parts[0] in (State.PENDING, State.DEAD, State.WAITING) and len(parts[1]) == 12 and parts[2]:
                 return Transit(taken, parts[0], parts[1], parts[2])
     return None
 

@@ -25,7 +25,7 @@ from ..store import output
 from ..reading.counts import Counts
 from ..format.errors import JobNotFound, SpoolError
 from ..format.job import iso, valid_id, valid_queue
-from ..format.layout import STATES
+from ..format.states import STATES, State
 from ..running.metrics import Totals, exposition
 from ..spool import Spool
 from ..reading.stats import Recent, Series, collect, human_seconds
@@ -55,7 +55,7 @@ class Board:
             census = spool.views.census(now)
             hour = collect(self.recent.between(now - 3600, now), census.ready_since, since=now - 3600, until=now)
             day = Series.over(self.recent.between(now - DAY, now), now - DAY, now, 48)
-        running = [_running(view, now) for view in spool.list_jobs(state="processing")]
+        running = [_running(view, now) for view in spool.list_jobs(state=State.PROCESSING)]
         workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
                     "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
                     "queues": _names(w.extra.get("queues"))}
