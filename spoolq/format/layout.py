@@ -43,11 +43,12 @@ Directories under the spool root ``S``::
                     name; a worker moves it on into ``pending/`` as a drop-in. ``cur/`` is never read
     S/config.json   settings (see config.py)
 
-A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
-string), ``priority`` (integer, higher first), ``max_retries``, ``timeout`` (seconds or
-null), ``run_at`` (ISO 8601 UTC or null), ``cwd``, ``env`` (string map),
-``created_at``/``updated_at`` (ISO 8601 UTC), ``attempts`` (finished attempts),
-``exit_code``, ``last_error``, ``seq`` (the FIFO position), ``queue`` (absent: ``default``).
+A job is one UTF-8 JSON object in one file. Fields (job.py's FIELDS): ``id``, ``command`` (a
+shell command), ``priority`` (integer, higher first), ``max_retries``, ``timeout`` (seconds or
+null), ``run_at`` (ISO 8601 UTC or null), ``delay`` (seconds: read once, into run_at), ``cwd``,
+``env`` (string map), ``created_at``/``updated_at`` (ISO 8601 UTC), ``attempts`` (finished
+attempts), ``exit_code``, ``last_error``, ``seq`` (the FIFO position); written only when set:
+``keep_children`` and ``shell`` (true), ``queue`` (absent: default), ``after`` (ids it waits for).
 Unknown fields are kept.
 
 State is the directory a job's file is in; every state change is one ``rename(2)``
