@@ -162,3 +162,22 @@ def test_one_enqueue_loads_only_what_it_needs(tmp_path):
     assert "spoolq.moves.enqueue" in loaded
     assert not loaded & {"spoolq.store.owners", "spoolq.reading.views", "spoolq.moves.recovery", "spoolq.moves.transitions",
                          "spoolq.cli.admin", "spoolq.cli.reading", "spoolq.cli.workers"}
+
+
+# A state is named as State.X (format/states.py), never spelled out: these are the words that
+# happen to be a state's name and mean something else.
+NOT_A_STATE = {("cli.live", "done")}  # the progress line's "done" once nothing is left
+
+
+def test_no_module_spells_a_state_out():
+    from spoolq.format.states import STATES
+
+    spelled = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        spelled += [f"{name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                    if isinstance(node, ast.Constant) and node.value in STATES and id(node) not in docstrings
+                    and name != "format.states" and (name, node.value) not in NOT_A_STATE]
+    assert spelled == []

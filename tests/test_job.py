@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
+import re
 import string
 
 import pytest
@@ -14,6 +16,7 @@ from spoolq import InvalidJob, Spool
 from spoolq.format import job as job_mod
 from spoolq.format import layout as L
 from spoolq.format import retry
+from spoolq.format.json_values import MAX_EPOCH
 from spoolq.format.job import KNOWN, from_dict, from_json, parse_json_object
 
 NOW = 1_700_000_000.0
@@ -27,7 +30,7 @@ commands = no_nul_text.filter(lambda s: s.strip() != "")
 env_keys = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00="), min_size=1,
                    max_size=20)
 epochs = st.floats(min_value=0, max_value=4_000_000_000, allow_nan=False, allow_infinity=False)
-far_epochs = st.floats(min_value=0, max_value=job_mod.MAX_EPOCH)  # anything the validator accepts
+far_epochs = st.floats(min_value=0, max_value=MAX_EPOCH)  # anything the validator accepts
 json_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**63)
                 | st.floats(allow_nan=False, allow_infinity=False) | no_nul_text)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3)
@@ -316,7 +319,7 @@ def test_arbitrary_objects_are_accepted_or_refused_cleanly(obj):
 
 @settings(max_examples=300, deadline=None)
 @given(job_ids, st.integers(-999_999_999, 999_999_999), st.integers(0, 10**19 - 1),
-       st.none() | st.floats(min_value=0.001, max_value=job_mod.MAX_EPOCH))
+       st.none() | st.floats(min_value=0.001, max_value=MAX_EPOCH))
 def test_pending_name_round_trip(job_id, priority, seq, due):
     name = L.pending_name(job_id, priority, seq, due)
     parsed = L.parse_pending(name)
@@ -392,3 +395,70 @@ def test_decide_runs_a_job_at_most_1_plus_max_retries_times(attempts, max_retrie
 def test_integers_too_big_for_a_float_are_out_of_range_not_a_crash(field, huge):
     with pytest.raises(InvalidJob, match=f"{field}: .* is out of range"):
         from_dict({"command": "true", field: huge}, now=NOW, default_max_retries=3)
+
+
+# ---- the field table (job.FIELDS) is the one list of a job's fields --------------------------------------
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class Reads(dict):
+    """A job object that remembers which keys were looked up."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def test_validation_reads_every_field_of_the_table_and_no_other():
+    d = Reads(command="true")
+    from_dict(d, now=1e9, default_max_retries=3)
+    assert d.read == {f.name for f in job_mod.FIELDS}
+
+
+def test_a_job_has_an_attribute_for_every_stored_field_of_the_table():
+    import inspect
+
+    stored = [f.name for f in job_mod.FIELDS if f.stored]
+    assert job_mod.Job.SLOTS == (*stored, "extra")
+    assert set(inspect.signature(job_mod.Job).parameters) == set(job_mod.Job.SLOTS)
+
+
+def test_a_file_holds_the_stored_fields_in_the_tables_order():
+    full = {"id": "j1", "command": "true", "priority": 5, "max_retries": 2, "timeout": 3.0,
+            "run_at": "2030-01-01T00:00:00.000Z", "cwd": "/tmp", "env": {"A": "b"},
+            "created_at": "2029-01-01T00:00:00.000Z", "updated_at": "2029-01-02T00:00:00.000Z", "attempts": 1,
+            "exit_code": 3, "last_error": "no", "seq": 7, "keep_children": True, "shell": True, "queue": "q",
+            "after": ["j0"]}
+    written = from_dict(full, now=1e9, default_max_retries=3).to_dict()
+    assert list(written) == [f.name for f in job_mod.FIELDS if f.stored] and written == full
+    plain = from_dict({"command": "true"}, now=1e9, default_max_retries=3).to_dict()
+    assert list(plain) == [f.name for f in job_mod.FIELDS if f.stored and f.unset is job_mod.ALWAYS]
+
+
+def _backticked(text: str, marks: str = "``") -> set[str]:
+    return set(re.findall(re.escape(marks) + r"([a-z_]+)" + re.escape(marks), text))
+
+
+def test_the_format_specification_lists_every_field_of_the_table():
+    spec = L.__doc__.split("A job is one UTF-8 JSON object in one file.", 1)[1].split("Unknown fields are kept.")[0]
+    assert _backticked(spec) == set(KNOWN)
+
+
+def test_the_cli_reference_lists_every_field_a_caller_may_give():
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text.split("## Job fields", 1)[1].split("\n\n", 2)[1]
+    names = {name for row in table.splitlines()[2:] for name in _backticked(row.split("|")[1], "`")}
+    assert names == {f.name for f in job_mod.FIELDS if f.given}

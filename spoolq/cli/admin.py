@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids
 from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown_id, tries, warn_about_config
@@ -23,7 +24,7 @@ def dlq() -> None:
 @pass_ctx
 def dlq_list(c: Context, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = c.reading.list_jobs(state="dead")
+    views = c.reading.list_jobs(state=State.DEAD)
     if as_json or not views:
         print_views(views, as_json)
         return
@@ -89,7 +90,7 @@ def config_set(c: Context, key: str, value: str) -> None:
 
 @main.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
-@click.option("--state", type=click.Choice(("done", "dead", "pending")),
+@click.option("--state", type=click.Choice((State.DONE.value, State.DEAD.value, State.PENDING.value)),
               help="Jobs of this state (default: done); pending: every job not started, scheduled too.")
 @click.option("--older-than", type=Duration(), help="Only jobs finished this long ago (90, 10m, 2h, 7d).")
 @json_option
@@ -104,7 +105,7 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
         check_ids(list(job_ids))
         report_each(c.spool.purge_ids(list(job_ids)), "purged", as_json)
         return
-    state = state or "done"
+    state = state or State.DONE
     n = c.spool.purge(state, older_than=older_than or 0.0)
     kept = c.spool.finished.kept
     if as_json:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
+from ..format.states import State
 from ..format import durations
 from ..format.errors import SpoolError
 from ..format.job import valid_id, valid_queue
@@ -271,7 +272,7 @@ def print_views(views: Iterable[JobView], as_json: bool) -> None:
 
 def _job_line(d: dict[str, Any], width: int) -> str:
     text = d.get("command") or ""
-    if d["state"] == "dead" and d.get("last_error"):
+    if d["state"] == State.DEAD and d.get("last_error"):
         text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
     prio = d.get("priority")
     return (f"{shown_id(d):<{width}}  {d['state']:<10} {tries(d):>5} {'-' if prio is None else prio:>5}  "

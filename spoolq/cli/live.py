@@ -8,6 +8,7 @@ import sys
 import time
 import click
 
+from ..format.states import State
 from ..format.job import iso
 from ..spool import Spool
 from .base import one_line, paused_text
@@ -35,7 +36,7 @@ def status_lines(spool: Spool, interval: float) -> list[str]:
     now = time.time()
     n = spool.counts()
     recent = spool.stats(RATE_WINDOW, now=now).total
-    running = spool.list_jobs(state="processing")
+    running = spool.list_jobs(state=State.PROCESSING)
     lines = [f"{iso(now)}  spool {spool.root}  (every {interval:g}s; Ctrl+C to stop)",
              f"pending {n.pending}  scheduled {n.scheduled}  waiting {n.waiting}  processing {n.processing}  "
              f"done {n.done}  dead {n.dead}{f'  quarantined {n.quarantined}' if n.quarantined else ''}  "

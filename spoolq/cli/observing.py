@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..format.states import State
 from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set, warn_about_queues
@@ -43,7 +44,7 @@ def stats_lines(result: Stats) -> list[str]:
         success = "-" if f["success_rate"] is None else f"{100 * f['success_rate']:.1f}%"
         run = "/".join(human_seconds(f["run_seconds"][k]) for k in ("p50", "p95", "max"))
         wait = "/".join(human_seconds(f["wait_seconds"][k]) for k in ("p50", "p95"))
-        lines.append(f"{name[:16]:<16} {f['done']:>7} {f['failed_attempts']:>7} {f['dead']:>6} {success:>8} "
+        lines.append(f"{name[:16]:<16} {f[State.DONE]:>7} {f['failed_attempts']:>7} {f[State.DEAD]:>6} {success:>8} "
                      f"{f['throughput_per_min']:>8.2f}  {run:<24} {wait:<17} {human_seconds(f['oldest_ready_age'])}")
     lines += ["", *chart_lines(result.series)]
     return lines

@@ -9,9 +9,9 @@ import time
 
 import click
 
+from ..format.states import FINISHED, STATES, State
 from ..store import output
 from ..format.errors import WaitTimeout
-from ..format.layout import STATES
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids
@@ -102,9 +102,9 @@ def _follow(spool: Spool, job_id: str) -> None:
     while True:
         state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
         offset = _copy_output(spool.output_path(job_id), offset) or offset
-        if state == "dead":
+        if state == State.DEAD:
             raise CliError(f"dead: {job_id}", 1)
-        if state == "done":
+        if state == State.DONE:
             return
         time.sleep(pause)
         pause = min(pause * 1.5, 0.25)
@@ -146,9 +146,9 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
         while True:
             if job_ids:
                 states = [spool.find(j).state for j in job_ids]
-                finished, total = sum(s in ("done", "dead") for s in states), len(job_ids)
-                left: list[str] | None = [j for j, s in zip(job_ids, states) if s not in ("done", "dead")]
-                running = "processing" in states
+                finished, total = sum(s in FINISHED for s in states), len(job_ids)
+                left: list[str] | None = [j for j, s in zip(job_ids, states) if s not in FINISHED]
+                running = State.PROCESSING in states
             else:
                 n = spool.counts()
                 finished = max(0, n.done + n.dead - start.done - start.dead)
@@ -156,7 +156,7 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 left, running = None, n.processing > 0
             bar.update(finished, total, force=finished == total)
             if finished == total:
-                dead = [j for j, s in zip(job_ids, states) if s == "dead"] if job_ids else []
+                dead = [j for j, s in zip(job_ids, states) if s == State.DEAD] if job_ids else []
                 if dead:
                     raise CliError(f"dead: {' '.join(dead)}", 1)
                 return
@@ -216,7 +216,7 @@ class Stalled:
 def _unfinished(spool: Spool, job_ids: tuple[str, ...], timeout: float | None) -> str:
     """What a timed-out wait was still waiting for, and whether anyone is working on it."""
     if job_ids:
-        left = [j for j in job_ids if spool.find(j).state not in ("done", "dead")]
+        left = [j for j in job_ids if spool.find(j).state not in FINISHED]
         what = f"{len(left)} job{'s' if len(left) != 1 else ''} not finished: {' '.join(left[:10])}"
         what += " …" if len(left) > 10 else ""
     else:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from ..format.states import State
 from .complete import job_ids, queue_names
 from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set, report_each
 
@@ -114,8 +115,8 @@ def queue_list(c: Context, as_json: bool) -> None:
     emit_rows(rows, as_json, empty="no queues",
               header=f"{'QUEUE':<20} {'PENDING':>8} {'SCHEDULED':>9} {'RUNNING':>8} {'DONE':>8} {'DEAD':>8}  "
                      "PAUSED  LIMIT",
-              line=lambda r: f"{r['queue']:<20} {r['pending']:>8} {r['scheduled']:>9} {r['processing']:>8} "
-                             f"{r['done']:>8} {r['dead']:>8}  {'yes' if r['paused'] else 'no ':<6}  "
+              line=lambda r: f"{r['queue']:<20} {r[State.PENDING]:>8} {r[State.SCHEDULED]:>9} {r[State.PROCESSING]:>8} "
+                             f"{r[State.DONE]:>8} {r[State.DEAD]:>8}  {'yes' if r['paused'] else 'no ':<6}  "
                              f"{r['concurrency'] or '-'}")
 
 

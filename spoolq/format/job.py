@@ -3,31 +3,71 @@
 from __future__ import annotations
 
 import json
-import math
 import re
-import time
 from typing import Any
 
 from .errors import InvalidJob
+from .json_values import is_int, is_number, iso, json_type, parse_time
 
 ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # short enough that a pending name holds id and queue
 DEFAULT_QUEUE = "default"
+ALWAYS = object()  # Field.unset of a field every file holds
 MAX_PRIORITY = 999_999_999
 MAX_RETRIES_LIMIT = 1000
 MAX_COMMAND_BYTES = 128 * 1024 - 1  # one exec argument may not exceed 128 KiB on Linux
 MAX_JOB_BYTES = 1024 * 1024
 MAX_SECONDS = 10 * 365 * 86400.0
 MAX_DEPTH = 64  # levels of nesting in a job object
-MAX_EPOCH = 9_999_999_999.0  # 2286-11-20: the most a pending name's 13-digit due field (ms) holds
-
-# Fields spoolq owns; everything else in a job object is kept as given.
-KNOWN = (
-    "id", "command", "priority", "max_retries", "timeout", "run_at", "cwd", "env",
-    "created_at", "updated_at", "attempts", "exit_code", "last_error", "seq", "delay", "keep_children",
-    "shell", "queue", "after",
-)
 MAX_AFTER = 1000  # ids one job may wait for
+
+
+class Field:
+    """A field spoolq owns in a job object. Everything else in one is kept as given (extra). (A
+    plain class: a NamedTuple costs every CLI call 0.2 ms of start-up to build.)"""
+
+    __slots__ = ("name", "given", "kind", "stored", "unset")
+    name: str
+    given: bool  # a caller may set it (docs/cli.md "Job fields"), else spoolq keeps it
+    kind: str  # "time": ISO 8601 UTC in a file, epoch seconds in a Job
+    stored: bool  # a Job attribute and a key in the file (delay is read once, into run_at)
+    unset: Any  # a value never written (files stay as they were before the field), or ALWAYS: always written
+
+    def __init__(self, name: str, given: bool, kind: str = "", *, stored: bool = True, unset: Any = ALWAYS):
+        for attribute, value in (("name", name), ("given", given), ("kind", kind), ("stored", stored),
+                                 ("unset", unset)):
+            object.__setattr__(self, attribute, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("a Field is read-only")
+
+
+# The fields of a job, in the order a file holds them: validation (from_dict), the file (to_dict)
+# and Job's attributes are checked against this table (tests/test_job.py), and so are the field
+# lists of layout.py's docstring and docs/cli.md. A new field goes here first.
+FIELDS = (
+    Field("id", True),
+    Field("command", True),
+    Field("priority", True),
+    Field("max_retries", True),
+    Field("timeout", True),
+    Field("run_at", True, "time"),
+    Field("delay", True, stored=False),
+    Field("cwd", True),
+    Field("env", True),
+    Field("created_at", False, "time"),
+    Field("updated_at", False, "time"),
+    Field("attempts", False),
+    Field("exit_code", False),
+    Field("last_error", False),
+    Field("seq", False),
+    Field("keep_children", True, unset=False),
+    Field("shell", True, unset=False),
+    Field("queue", True, unset=DEFAULT_QUEUE),
+    Field("after", True, unset=[]),
+)
+KNOWN = tuple(field.name for field in FIELDS)
+STORED = tuple(field for field in FIELDS if field.stored)
 
 
 class Job:
@@ -36,10 +76,8 @@ class Job:
     and making a dataclass costs start-up (importing dataclasses and building the class: ~1 ms,
     2% of one enqueue)."""
 
-    FIELDS = ("id", "command", "max_retries", "created_at", "seq", "priority", "timeout", "run_at", "cwd",
-              "env", "updated_at", "attempts", "exit_code", "last_error", "keep_children", "shell", "queue", "after",
-              "extra")
-    __slots__ = FIELDS
+    SLOTS = (*(field.name for field in STORED), "extra")
+    __slots__ = SLOTS
 
     def __init__(self, id: str, command: str, max_retries: int, created_at: float, seq: int, priority: int = 0,
                  timeout: float | None = None, run_at: float | None = None, cwd: str | None = None,
@@ -58,7 +96,7 @@ class Job:
         self.extra: dict[str, Any] = {} if extra is None else extra  # fields spoolq does not own, kept as given
 
     def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.FIELDS)
+        return tuple(getattr(self, name) for name in self.SLOTS)
 
     def __eq__(self, other: object) -> bool:
         return self._values() == other._values() if isinstance(other, Job) else NotImplemented
@@ -66,36 +104,20 @@ class Job:
     __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass is
 
     def __repr__(self) -> str:
-        return "Job(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.FIELDS) + ")"
+        return "Job(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.SLOTS) + ")"
 
     def copy(self) -> Job:
         """A shallow copy (its env and extra dicts shared), to change without touching this one."""
-        return Job(**{name: getattr(self, name) for name in self.FIELDS})
+        return Job(**{name: getattr(self, name) for name in self.SLOTS})
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra)
-        out.update(
-            id=self.id or None,  # not given yet: make_job() assigns one
-            command=self.command,
-            priority=self.priority,
-            max_retries=self.max_retries,
-            timeout=self.timeout,
-            run_at=iso(self.run_at),
-            cwd=self.cwd,
-            env=self.env,
-            created_at=iso(self.created_at),
-            updated_at=iso(self.updated_at if self.updated_at is not None else self.created_at),
-            attempts=self.attempts,
-            exit_code=self.exit_code,
-            last_error=self.last_error,
-            seq=self.seq,
-        )
-        if self.keep_children:
-            out["keep_children"] = True  # written only when set: files stay as they were
-        if self.shell:
-            out["shell"] = True
-        if self.queue != DEFAULT_QUEUE:
-            out["queue"] = self.queue  # written only when not the default: files stay as they were
+        for field in STORED:
+            value = getattr(self, field.name)
+            if field.unset is ALWAYS or value != field.unset:
+                out[field.name] = iso(value) if field.kind == "time" else value
+        out["id"] = self.id or None  # not given yet: make_job() assigns one
+        out["updated_at"] = iso(self.updated_at if self.updated_at is not None else self.created_at)
         if self.after:
             out["after"] = list(self.after)
         return out
@@ -137,36 +159,6 @@ def check_queue(value: object) -> str:
     return value  # type: ignore[return-value]
 
 
-def iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    ms = int(round(t * 1000))
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-
-
-def parse_time(value: object, field: str) -> float:
-    """An ISO 8601 string (naive means UTC) or epoch seconds, as epoch seconds."""
-    if is_number(value):
-        if not 0 <= value <= MAX_EPOCH:  # type: ignore[operator]  # before float(): a huge int overflows it
-            raise InvalidJob(f"{field}: {str(value)[:40]} is out of range")
-        t = float(value)  # type: ignore[arg-type]
-    elif isinstance(value, str):
-        from datetime import datetime, timezone  # parsing is rare; keep the CLI's import lean
-
-        try:
-            dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise InvalidJob(f"{field}: {value[:60]!r} is not an ISO 8601 time or epoch seconds") from None
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
-        t = dt.timestamp()
-    else:
-        raise InvalidJob(f"{field}: must be an ISO 8601 string or epoch seconds")
-    if not 0 <= t <= MAX_EPOCH:
-        raise InvalidJob(f"{field}: {value!r} is out of range")
-    return t
-
-
 def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
     """Decode one JSON object; every way this can go wrong is an InvalidJob with a one-line reason."""
     if isinstance(data, bytes):
@@ -189,7 +181,7 @@ def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
     except ValueError as e:  # huge integers, NaN
         raise InvalidJob(f"{what} is not valid JSON: {str(e)[:80]}") from None
     if not isinstance(obj, dict):
-        raise InvalidJob(f"{what} must be a JSON object, not {_json_type(obj)}")
+        raise InvalidJob(f"{what} must be a JSON object, not {json_type(obj)}")
     if _too_deep(obj):
         raise InvalidJob(f"{what} is nested too deeply (the limit is {MAX_DEPTH} levels)")
     return obj
@@ -333,7 +325,7 @@ def _int(d: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
     if value is None:
         return default
     if not is_int(value):
-        raise InvalidJob(f"{key}: must be an integer, not {_json_type(value)}")
+        raise InvalidJob(f"{key}: must be an integer, not {json_type(value)}")
     if not lo <= value <= hi:
         raise InvalidJob(f"{key}: {value} is outside {lo}..{hi}")
     return value
@@ -344,7 +336,7 @@ def _seconds(d: dict[str, Any], key: str, *, positive: bool) -> float | None:
     if value is None:
         return None
     if not is_number(value):
-        raise InvalidJob(f"{key}: must be a number of seconds, not {_json_type(value)}")
+        raise InvalidJob(f"{key}: must be a number of seconds, not {json_type(value)}")
     if not (0 < value if positive else 0 <= value) or value > MAX_SECONDS:  # type: ignore[operator]
         raise InvalidJob(f"{key}: {str(value)[:40]} is out of range")
     return float(value)  # type: ignore[arg-type]
@@ -354,10 +346,10 @@ def _env(value: object) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidJob(f"env: must be an object of strings, not {_json_type(value)}")
+        raise InvalidJob(f"env: must be an object of strings, not {json_type(value)}")
     for k, v in value.items():
         if not isinstance(v, str) or not isinstance(k, str):
-            raise InvalidJob(f"env: {k!r} must map to a string, not {_json_type(v)}")
+            raise InvalidJob(f"env: {k!r} must map to a string, not {json_type(v)}")
         if not k or "=" in k or "\x00" in k or "\x00" in v:
             raise InvalidJob(f"env: {k[:40]!r} is not a usable variable name or value")
         _check_utf8(k + v, "env")
@@ -372,27 +364,8 @@ def _check_utf8(text: str, field: str) -> None:
         raise InvalidJob(f"{field}: not valid Unicode text (holds a lone surrogate)") from None
 
 
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    """A JSON number that is finite. Integers of any size count (a huge one is then out of range,
-    not a float overflow)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return isinstance(value, int) or math.isfinite(value)
-
-
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # once: json.loads with an option makes one a call
-
-
-def _json_type(value: object) -> str:
-    return {
-        dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-        int: "an integer", float: "a number", type(None): "null",
-    }.get(type(value), type(value).__name__)

@@ -35,7 +35,8 @@ Directories under the spool root ``S``::
     S/events/<owner>.<k>.jsonl  the attempts log (attempts_log.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
-    S/schedules/<name>.json  a periodic schedule (schedules.py); <name>.fired/<slot> a slot it fired (fired_slots.py)
+    S/schedules/<name>.json  a periodic schedule (schedules.py), {"name", "cron", "tz", "catch_up", "job",
+                    "created_at", "active_from", "paused"}; <name>.fired/<slot> a slot it fired (fired_slots.py)
     S/locks/<name>.flock  a spool lock (flock(2)); its holder writes {"pid", "host"} over its first 256
                     bytes while it holds it (locks.py). <name>.anchor, .lock, .lock.*: an earlier spoolq's
     S/maildir/      a Maildir other programs deliver jobs into (maildir.py): ``tmp/`` for writing,
@@ -43,11 +44,12 @@ Directories under the spool root ``S``::
                     name; a worker moves it on into ``pending/`` as a drop-in. ``cur/`` is never read
     S/config.json   settings (see config.py)
 
-A job is one UTF-8 JSON object in one file. Fields: ``id``, ``command`` (a ``/bin/sh -c``
-string), ``priority`` (integer, higher first), ``max_retries``, ``timeout`` (seconds or
-null), ``run_at`` (ISO 8601 UTC or null), ``cwd``, ``env`` (string map),
-``created_at``/``updated_at`` (ISO 8601 UTC), ``attempts`` (finished attempts),
-``exit_code``, ``last_error``, ``seq`` (the FIFO position), ``queue`` (absent: ``default``).
+A job is one UTF-8 JSON object in one file. Fields (job.py's FIELDS): ``id``, ``command`` (a
+shell command), ``priority`` (integer, higher first), ``max_retries``, ``timeout`` (seconds or
+null), ``run_at`` (ISO 8601 UTC or null), ``delay`` (seconds: read once, into run_at), ``cwd``,
+``env`` (string map), ``created_at``/``updated_at`` (ISO 8601 UTC), ``attempts`` (finished
+attempts), ``exit_code``, ``last_error``, ``seq`` (the FIFO position); written only when set:
+``keep_children`` and ``shell`` (true), ``queue`` (absent: default), ``after`` (ids it waits for).
 Unknown fields are kept.
 
 State is the directory a job's file is in; every state change is one ``rename(2)``
@@ -106,16 +108,15 @@ import re
 from typing import NamedTuple
 
 from .job import DEFAULT_QUEUE, Job
+from .states import State
 
-STATE_DIRS = ("pending", "processing", "done", "dead", "waiting")
-STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
-WAITING = "waiting"  # waiting/<id>.json: a job enqueued --after others (dependencies.py)
+STATE_DIRS = (State.PENDING, State.PROCESSING, State.DONE, State.DEAD, State.WAITING)
 MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
 # Newer than spoolq 0.1: a spool without them is whole.
-MADE_ON_DEMAND = (WAITING, "slots", "after", "events", "schedules", *MAILDIR)
+MADE_ON_DEMAND = (State.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
               "events", "schedules", *MAILDIR)
-INBOXES = ("pending", "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
+INBOXES = (State.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -151,7 +152,7 @@ def parse_transit(name: str) -> Transit | None:
     for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
         if name.startswith(prefix):
             parts = name[len(prefix):].split(".", 2)
-            if len(parts) == 3 and parts[0] in ("pending", "dead", "waiting") and len(parts[1]) == 12 and parts[2]:
+            if len(parts) == 3 and parts[0] in (State.PENDING, State.DEAD, State.WAITING) and len(parts[1]) == 12 and parts[2]:
                 return Transit(taken, parts[0], parts[1], parts[2])
     return None
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .states import State
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -23,7 +25,7 @@ def backoff(failed_attempts: int, base: float, cap: float) -> float:
 def decide(*, ok: bool, attempts: int, max_retries: int, now: float, base: float, cap: float) -> Decision:
     """`attempts` counts the attempt just finished. A job runs at most 1 + max_retries times."""
     if ok:
-        return Decision("done")
+        return Decision(State.DONE)
     if attempts > max_retries:
-        return Decision("dead")
-    return Decision("pending", now + backoff(attempts, base, cap))
+        return Decision(State.DEAD)
+    return Decision(State.PENDING, now + backoff(attempts, base, cap))

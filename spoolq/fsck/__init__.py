@@ -36,6 +36,7 @@ counts as stale only once older than ``stale_after``.
 
 from __future__ import annotations
 
+from ..format.states import State
 from ..spool import Spool
 from .housekeeping import HousekeepingChecks
 from .jobs import JobChecks
@@ -62,8 +63,8 @@ def check(spool: Spool, *, repair: bool = False, stale_after: float = STALE_AFTE
     jobs.check_pending()
     jobs.check_strays()
     jobs.check_live_processing()
-    jobs.check_finished("done")
-    jobs.check_finished("dead")
+    jobs.check_finished(State.DONE)
+    jobs.check_finished(State.DEAD)
     WaitingChecks(report, jobs).check()
     house.check_reasons()
     jobs.check_duplicates()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ..format.states import State
 from ..format import layout, ours
 from ..store import shards, trust
 from ..system import fsio, locks
@@ -185,13 +186,13 @@ class HousekeepingChecks:
         """What spoolq itself created (the user's own files under the spool are theirs)."""
         files = [self.layout.config]
         for name in layout.STATE_DIRS + layout.OTHER_DIRS:
-            if name in ("processing", "tmp", "after"):
+            if name in (State.PROCESSING, "tmp", "after"):
                 continue  # live owners' files change while we look; temp files are the temp check's;
                 # after/ holds directories (above), and in them empty edges that come and go
             directory = self.layout.dir(name)
-            entries = self.spool.store.shards.entries() if name == "pending" else fsio.listdir(directory)
+            entries = self.spool.store.shards.entries() if name == State.PENDING else fsio.listdir(directory)
             files += [os.path.join(directory, e) for e in entries
-                      if ours.is_spoolq_entry(name, e) and not (name == "dead" and layout.is_quarantine_id(e))]
+                      if ours.is_spoolq_entry(name, e) and not (name == State.DEAD and layout.is_quarantine_id(e))]
         return files
 
     def _check_mode(self, path: str, mode: int, shared: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ..format.states import State
 from ..format import job, layout
 from ..store import dropins, maildir, shards
 from ..system import fsio
@@ -49,7 +50,7 @@ class JobChecks:
             if not r.repair:
                 for name in jobs:
                     if not taken.get(name, name).startswith(layout.ADOPT_PREFIX):
-                        r.record_place(layout.stem(taken.get(name, name)), "processing", os.path.join(path, name))
+                        r.record_place(layout.stem(taken.get(name, name)), State.PROCESSING, os.path.join(path, name))
         if found and r.repair:
             self._recover(found)
 
@@ -95,7 +96,7 @@ class JobChecks:
             path = os.path.join(self.layout.pending, entry)
             parsed = layout.parse_pending(entry)
             if parsed is not None:
-                self.check_job_file(path, "pending", parsed.job_id, entry)
+                self.check_job_file(path, State.PENDING, parsed.job_id, entry)
             elif layout.is_dropin(entry):
                 self.check_dropin(path, entry)
             elif "/" in entry and layout.is_json_entry(shards.base(entry)):
@@ -145,7 +146,7 @@ class JobChecks:
                                      f"{r.age(st)} ago by live owner {layout.owner_of(entry)}")
                         r.leave_alone(p, "its owner is alive; stop it and fsck again")
                 elif name.endswith(".json"):
-                    self.check_job_file(path, "processing", layout.stem(name), name, may_fix=False)
+                    self.check_job_file(path, State.PROCESSING, layout.stem(name), name, may_fix=False)
                 else:
                     p = r.report("stray-entry", path, "not a job file")
                     r.leave_alone(p, "not spoolq's; remove it by hand")
@@ -158,7 +159,7 @@ class JobChecks:
                     stale_temp(r, path, st)
                 continue
             stem = layout.stem(entry) if entry.endswith(".json") else None
-            if stem is not None and layout.is_quarantine_id(stem) and state == "dead":
+            if stem is not None and layout.is_quarantine_id(stem) and state == State.DEAD:
                 self.check_quarantined(stem, path)
             elif stem is not None and job.valid_id(stem):
                 self.check_job_file(path, state, stem, entry)
@@ -189,7 +190,7 @@ class JobChecks:
 
     def check_duplicates(self) -> None:
         r = self.r
-        rank = {"processing": 0, "done": 1, "dead": 2, "pending": 3}
+        rank = {State.PROCESSING: 0, State.DONE: 1, State.DEAD: 2, State.PENDING: 3}
         for job_id, places in sorted(r.census.items()):
             places = [(s, p) for s, p in places if os.path.lexists(p)]  # RACE: moved while we looked
             if len(places) < 2:
@@ -199,7 +200,7 @@ class JobChecks:
             for state, path in places[1:]:
                 p = r.report("duplicate", path, f"job {job_id} is also {keep_state}: "
                              f"{os.path.relpath(keep_path, self.layout.root)}")
-                if state in ("pending", "dead"):
+                if state in (State.PENDING, State.DEAD):
                     r.repair_with(p, lambda path=path: r.quarantine(
                         path, os.path.basename(path), f"duplicate: job {job_id} is also {keep_state}"))
                 else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from ..format.states import State
 from ..format import job, layout
 from ..system import fsio
 from ..format.errors import InvalidJob
@@ -31,7 +32,7 @@ class WaitingChecks:
                 if layout.is_temp_name(entry):
                     stale_temp(r, path, st)
                 continue
-            self.jobs.check_job_file(path, "waiting", stem, entry)
+            self.jobs.check_job_file(path, State.WAITING, stem, entry)
             self._check_waiter(stem, path)
         for dep in fsio.listdir(self.deps.edges):
             for waiter in fsio.listdir(os.path.join(self.deps.edges, dep)):
@@ -49,7 +50,7 @@ class WaitingChecks:
             p = self.r.report("gone-dependency", path, f"job {job_id} waits for {', '.join(gone)}: no such job "
                               "(purged?), so it would wait for good")
             self.r.repair_with(p, lambda: self._as_owner(lambda owner: deps.settle([job_id], owner)[job_id]))
-        elif "dead" in states.values() or all(state == "done" for state in states.values()):
+        elif State.DEAD in states.values() or all(state == State.DONE for state in states.values()):
             p = self.r.report("stuck-waiting", path, f"what job {job_id} waits for has finished, and no one woke it")
             self.r.repair_with(p, lambda: self._as_owner(lambda owner: deps.settle([job_id], owner)[job_id]))
         else:

@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from ..format.states import FINISHED, State
 from ..format import layout, modes
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership
@@ -117,22 +118,22 @@ class Canceller:
                 view = self.views.find(job_id)
             except JobNotFound:
                 return Result(job_id, Outcome.UNKNOWN, None)
-            if view.state in ("done", "dead"):
+            if view.state in FINISHED:
                 return Result(job_id, Outcome.FINISHED, view.state)
-            if view.state == "processing":
+            if view.state == State.PROCESSING:
                 if not kill:
                     return Result(job_id, Outcome.RUNNING, view.state)
                 if self._ask_to_kill(view.path):
                     return Result(job_id, Outcome.REQUESTED, view.state)
                 continue  # it left processing/ meanwhile: look again
-            if view.state != "waiting" and layout.parse_pending(os.path.basename(view.path)) is None:
+            if view.state != State.WAITING and layout.parse_pending(os.path.basename(view.path)) is None:
                 return Result(job_id, Outcome.BUSY, view.state)  # a dropped file a worker is adopting
             taken = self._take_pending(view.path, owner)
             if taken is not None:
-                if view.state == "waiting":
+                if view.state == State.WAITING:
                     self.deps.forget(job_id, taken.after)  # it waits no more: its edges go
                 self.deps.finished(job_id, owner)  # what waits for it dies with it
-                return Result(job_id, Outcome.CANCELLED, "dead")
+                return Result(job_id, Outcome.CANCELLED, State.DEAD)
         return Result(job_id, Outcome.BUSY, None)
 
     def _take_pending(self, path: str, owner: str) -> Job | None:
@@ -147,7 +148,7 @@ class Canceller:
         directory = self.layout.owned(owner)
         try:
             # RACE: a worker may claim the same file at this moment; its rename or ours wins.
-            moving = self.takes.take_with(path, job, "dead", into=directory)
+            moving = self.takes.take_with(path, job, State.DEAD, into=directory)
         except LostOwnership:
             return None
         self.takes.complete(directory, moving, job)
@@ -187,7 +188,7 @@ class Canceller:
                     view = self.views.find(result.job_id)
                 except JobNotFound:
                     continue
-                if view.state == "processing":
+                if view.state == State.PROCESSING:
                     continue
                 result.state = view.state
                 cancelled = view.job is not None and view.job.last_error == CANCELLED

@@ -32,6 +32,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Callable
 
+from ..format.states import State
 from ..format import layout
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership
@@ -49,14 +50,14 @@ class Dependencies:
         self.layout = store.layout
         self.takes = takes
         self._views = views  # asked only when a job that is waited for is in none of done/, dead/
-        self.waiting = store.layout.dir(layout.WAITING)
+        self.waiting = store.layout.dir(State.WAITING)
         self.edges = store.layout.dir("after")
 
     # ---- publishing a waiting job --------------------------------------------------------------
 
     def unfinished(self, job: Job) -> list[str]:
         """The ids `job` waits for that are not done (dead ones included: judging kills it)."""
-        return [dep for dep in job.after if self.state_of(dep) != "done"]
+        return [dep for dep in job.after if self.state_of(dep) != State.DONE]
 
     def make_edges(self, job: Job) -> None:
         """The edges that wake `job` when each job it waits for finishes, before the job is
@@ -118,9 +119,9 @@ class Dependencies:
         """"done", "dead", or "unfinished" (anything else: pending, running, waiting, unknown)."""
         name = layout.job_file(job_id)
         if os.path.lexists(os.path.join(self.layout.done, name)):
-            return "done"
+            return State.DONE
         if os.path.lexists(os.path.join(self.layout.dead, name)):
-            return "dead"
+            return State.DEAD
         return "unfinished"
 
     def gone(self, job_id: str) -> bool:
@@ -153,7 +154,7 @@ class Dependencies:
                 outcome, after = self._judge(waiter, owner)
                 if outcome is not None:
                     moved.append((dep, waiter, outcome))
-                    if outcome == "dead":
+                    if outcome == State.DEAD:
                         todo.append(waiter)
                     self.forget(waiter, after)  # every edge of it: it waits no more
                 # RACE: a waiter not in waiting/ may be an enqueue between its edges and its file:
@@ -172,7 +173,7 @@ class Dependencies:
             outcome, after = self._judge(waiter, owner, settling=True)
             if outcome is not None:
                 self.forget(waiter, after)
-            if outcome == "dead":
+            if outcome == State.DEAD:
                 self.finished(waiter, owner)
             outcomes[waiter] = outcome
         return outcomes
@@ -186,14 +187,14 @@ class Dependencies:
         states = {dep: self.state_of(dep) for dep in job.after}
         if settling:
             states.update({dep: "gone" for dep, s in states.items() if s == "unfinished" and self.gone(dep)})
-        dead = [dep for dep, state in states.items() if state in ("dead", "gone")]
+        dead = [dep for dep, state in states.items() if state in (State.DEAD, "gone")]
         if dead:
-            return ("dead" if self._kill(path, job, f"dependency {dead[0]} is {states[dead[0]]}", owner) else None), \
+            return (State.DEAD if self._kill(path, job, f"dependency {dead[0]} is {states[dead[0]]}", owner) else None), \
                 job.after
-        if all(state == "done" for state in states.values()):
+        if all(state == State.DONE for state in states.values()):
             # RACE: another judge may release or kill it at this moment; the rename admits one.
             released = self.store.shards.move_in(path, layout.pending_name_of(job))
-            return ("pending" if released is not None else None), job.after
+            return (State.PENDING if released is not None else None), job.after
         return None, job.after
 
     def _kill(self, path: str, job: Job, reason: str, owner: str) -> bool:
@@ -201,7 +202,7 @@ class Dependencies:
         job.last_error, job.updated_at = reason, self.store.now()
         directory = self.layout.owned(owner)
         try:
-            moving = self.takes.take_with(path, job, "dead", into=directory)
+            moving = self.takes.take_with(path, job, State.DEAD, into=directory)
         except LostOwnership:
             return False  # RACE: released, killed or cancelled by someone else first
         self.takes.complete(directory, moving, job)
@@ -226,7 +227,7 @@ class Dependencies:
         if not valid_id(waiter) or not os.path.lexists(self.layout.id_marker(waiter)):
             return False
         try:
-            return self._views().find(waiter).state == "waiting"  # RACE: published meanwhile
+            return self._views().find(waiter).state == State.WAITING  # RACE: published meanwhile
         except JobNotFound:
             return True
 

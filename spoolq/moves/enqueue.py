@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..format import layout, modes
+from ..format.states import State
 from ..store import shards
 from ..system import fsio
 from ..format.errors import JobExists, JobNotFound, SpoolError
@@ -22,7 +23,6 @@ from ..store.ids import Reservations, creator_of
 from ..format.job import Job, valid_id
 from ..store.store import Store, io_message
 
-WAITING = layout.WAITING  # a batch plan names waiting/<id>.json for a job that waits
 
 if TYPE_CHECKING:
     from .dependencies import Dependencies
@@ -124,10 +124,10 @@ class Publisher:
         if not unfinished:
             return layout.pending_name_of(job)
         self.deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
-        return f"{WAITING}/{layout.job_file(job.id)}"
+        return f"{State.WAITING}/{layout.job_file(job.id)}"
 
     def _path_of(self, name: str) -> str:
-        if name.startswith(WAITING + "/"):
+        if name.startswith(State.WAITING + "/"):
             return os.path.join(self.layout.root, name)
         return os.path.join(self.layout.pending, name)
 
@@ -142,7 +142,7 @@ class Publisher:
                 entries.append(self._rename_in(tmp, name, job_id, self.store.creator()))
                 done += 1
             self._sync_pending(entries)
-            if any(name.startswith(WAITING + "/") for _, name, _ in staged):
+            if any(name.startswith(State.WAITING + "/") for _, name, _ in staged):
                 fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
@@ -155,7 +155,7 @@ class Publisher:
     def _rename_in(self, tmp: str, name: str, job_id: str, creator: layout.Creator) -> str:
         """Publish one staged file: its entry in pending/ (or waiting/), "" if another finder of
         its plan published it first. FileNotFoundError if it is gone unpublished."""
-        if name.startswith(WAITING + "/"):
+        if name.startswith(State.WAITING + "/"):
             try:
                 os.rename(tmp, self._path_of(name))
                 return name
@@ -182,7 +182,7 @@ class Publisher:
     def _sync_pending(self, entries: list[str]) -> None:
         if "" in entries:  # published by another process's roll-forward, wherever it put them
             self.store.shards.sync_all()
-        self.store.shards.sync([e for e in entries if e and not e.startswith(WAITING + "/")])
+        self.store.shards.sync([e for e in entries if e and not e.startswith(State.WAITING + "/")])
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
         path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
@@ -253,7 +253,7 @@ class Publisher:
         with fsio.signals_held():
             for tmp, name, job_id in staged:
                 fsio.unlink_quietly(tmp)
-                if name.startswith(WAITING + "/"):
+                if name.startswith(State.WAITING + "/"):
                     self.deps.forget(job_id, waits[job_id])
             for job_id in reserved:
                 ids.release(job_id)
@@ -294,7 +294,7 @@ def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
 
 def _waiting_id(name: str) -> str | None:
     """The id in a plan's "waiting/<id>.json", else None."""
-    if not name.startswith(WAITING + "/") or not name.endswith(".json"):
+    if not name.startswith(State.WAITING + "/") or not name.endswith(".json"):
         return None
-    job_id = layout.stem(name[len(WAITING) + 1:])
+    job_id = layout.stem(name[len(State.WAITING) + 1:])
     return job_id if valid_id(job_id) else None

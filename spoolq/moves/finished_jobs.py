@@ -10,6 +10,8 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+from ..format.states import State
+from ..format.states import FINISHED, NOT_STARTED, State
 from ..format import layout
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership, NotRetryable, SpoolError
@@ -20,8 +22,6 @@ from ..store.store import Store
 from .handoff import Moved
 from ..reading.views import Views, finished_at
 
-FINISHED = ("done", "dead")
-NOT_STARTED = ("pending", "scheduled")  # in pending/: purge deletes them by an unlink alone
 
 
 class Finished:
@@ -46,8 +46,8 @@ class Finished:
                            if layout.is_json_entry(e) and not layout.is_quarantine_id(e)]
             else:
                 for job_id in job_ids:
-                    self._check_requeueable(job_id, ("dead",))
-            return self._requeue_all(job_ids, "dead", self.store.now(now))
+                    self._check_requeueable(job_id, (State.DEAD,))
+            return self._requeue_all(job_ids, State.DEAD, self.store.now(now))
 
     def requeue(self, job_ids: list[str], *, now: float | None = None) -> dict[str, str | None]:
         """Make done or dead jobs pending again, attempts reset, at the back of their priority;
@@ -118,7 +118,7 @@ class Finished:
         entry = self.store.shards.move_in(path, layout.pending_name_of(job))
         if entry is None:
             raise LostOwnership(f"{path} was taken from us")
-        return Moved(job.id, "pending", entry)
+        return Moved(job.id, State.PENDING, entry)
 
     # ---- purge ---------------------------------------------------------------------------------
 
@@ -127,7 +127,7 @@ class Finished:
         """Delete finished jobs (done or dead) and their output; frees their ids. Retention's small
         batches give `names` to look at (else the directory is listed) and stop at `until` (a
         time.monotonic()); `examined` then says how many names were looked at."""
-        if state == "pending":
+        if state == State.PENDING:
             return self._purge_not_started(older_than, now)
         if state not in FINISHED:
             raise InvalidJob("only done, dead or pending jobs can be purged")
@@ -169,7 +169,7 @@ class Finished:
                 state = view.state
                 if state not in (*FINISHED, *NOT_STARTED):
                     why[job_id] = f"job {job_id} is {state}, not finished or pending " \
-                        f"({'cancel --kill' if state == 'processing' else 'cancel'} it first)"
+                        f"({'cancel --kill' if state == State.PROCESSING else 'cancel'} it first)"
                     continue
                 waiters = self.waiters_of(job_id)
                 if waiters:
@@ -187,7 +187,7 @@ class Finished:
         now = self.store.fs_clock() if now is None else now
         count = self.kept = 0
         with self.store.locked("dlq"), self._opened("output", "ids") as dirs:
-            for place in self.views.places("pending") + self.views.places("scheduled"):
+            for place in self.views.places(State.PENDING) + self.views.places(State.SCHEDULED):
                 if layout.parse_pending(os.path.basename(place.path)) is None:
                     continue  # a dropped file not taken in yet: no job, no id of its own
                 try:

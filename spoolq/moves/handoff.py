@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+from ..format.states import State
 from ..format import layout
 from ..system import fsio
 from ..format.errors import LostOwnership
@@ -78,7 +79,7 @@ class Takes:
         src = os.path.join(directory, moving.next_name)
         # RACE: the owner and a rescuer may both get here; the rename of .next. admits one, and
         # the other finds it gone: the move is done either way.
-        if moving.state == "pending":
+        if moving.state == State.PENDING:
             name = self.store.shards.move_in(src, layout.pending_name_of(job)) or layout.pending_name_of(job)
         else:
             name = layout.job_file(job.id)

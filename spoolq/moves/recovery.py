@@ -12,6 +12,7 @@ import errno
 import os
 from typing import NamedTuple
 
+from ..format.states import State
 from ..format import layout
 from ..store import output
 from ..system import fsio, liveness
@@ -206,7 +207,7 @@ class Recovery:
             fsio.unlink_quietly(next_path)
             return []
         moved = self.transitions.takes.complete(directory, moving, job)
-        if moved.state == "dead":
+        if moved.state == State.DEAD:
             self.deps.finished(job.id, self._rescuer or owner)
         return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
@@ -247,7 +248,7 @@ class Recovery:
             return []
         except InvalidJob as e:
             qid = self.quarantine.put(path, name, f"malformed job file found in processing/: {e}", now)
-            return [Recovered(owner, qid, "dead", str(e))]
+            return [Recovered(owner, qid, State.DEAD, str(e))]
         attempt = job.running_attempt
         reason = f"worker {owner} on {host} stopped during attempt {attempt} (killed, crashed or lost its lease)"
         if attempt > job.max_retries:
@@ -266,7 +267,7 @@ class Recovery:
         # host, the lost attempt's processes may still be writing; their last words then follow it.
         output.mark(self.layout.output(job.id), f"attempt {attempt} ended without a result: {why}; the job is "
                     f"{moved.state} now")
-        if moved.state == "dead":
+        if moved.state == State.DEAD:
             self.deps.finished(job.id, self._rescuer)
         return [Recovered(owner, job.id, moved.state, why)]
 

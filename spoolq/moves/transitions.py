@@ -49,6 +49,7 @@ import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ..format.states import FINISHED, State
 from ..format import layout, retry
 from ..store import dropins
 from ..system import fsio
@@ -164,18 +165,18 @@ class Transitions:
             try:
                 moving = self.takes.take_with(adopt_path, job, state)
             except BaseException:
-                if state == "waiting":
+                if state == State.WAITING:
                     self.publisher.deps.forget(job.id, job.after)  # an edge outlives no id
                 ids.release(job.id)
                 raise
         # Taken: the job exists (as .next.), its marker must stay; should the last rename fail,
         # this worker's own recovery sweep completes it.
         moved = self.takes.complete(os.path.dirname(adopt_path), moving, job)
-        if moved.state == "pending":
+        if moved.state == State.PENDING:
             self.store.shards.sync([moved.name])
         else:
             fsio.fsync_dir(self.layout.dir(moved.state))
-        if moved.state == "waiting":
+        if moved.state == State.WAITING:
             self.publisher.deps.settle([job.id], owner)  # what it waits for may have finished meanwhile
         return Adoption(Adopted.PUBLISHED, job_id=job.id, moved=moved)
 
@@ -183,7 +184,7 @@ class Transitions:
         """Where an adopted job goes: waiting/ (its edges made first, dependencies.py) if it waits for
         jobs not done yet. InvalidJob for an id that is no job (the drop-in is quarantined)."""
         if not job.after:
-            return "pending"
+            return State.PENDING
         deps = self.publisher.deps
         for dep in job.after:
             if deps.state_of(dep) == "unfinished":
@@ -193,12 +194,12 @@ class Transitions:
                     raise InvalidJob(f"after: no job {dep!r}") from None
         unfinished = deps.unfinished(job)
         if not unfinished:
-            return "pending"
+            return State.PENDING
         try:
             deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
         except JobNotFound as e:
             raise InvalidJob(str(e)) from None
-        return "waiting"
+        return State.WAITING
 
     # ---- claim and finish ----------------------------------------------------------------
 
@@ -233,7 +234,7 @@ class Transitions:
 
     def _finished_copy(self, job_id: str) -> str | None:
         name = layout.job_file(job_id)
-        for state in ("done", "dead"):
+        for state in FINISHED:
             if fsio.present(f"{self.layout.dir(state)}/{name}"):
                 return state
         return None
@@ -253,7 +254,7 @@ class Transitions:
             # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
             name = layout.job_file(job.id)
             self._move_out_of_owned(claimed.path, os.path.join(self.layout.done, name))
-            return Moved(job.id, "done", name)
+            return Moved(job.id, State.DONE, name)
         now = self.store.now(now)
         cfg = self.store.config
         attempt = job.running_attempt
@@ -262,8 +263,8 @@ class Transitions:
         decision = retry.decide(ok=False, attempts=attempt, max_retries=job.max_retries, now=now,
                                 base=cfg.backoff_base, cap=cfg.backoff_max)
         if final:
-            decision = retry.Decision("dead", None)
-        if decision.state == "pending":
+            decision = retry.Decision(State.DEAD, None)
+        if decision.state == State.PENDING:
             job.run_at = decision.run_at
         moving = self.takes.take_with(claimed.path, job, decision.state)
         claimed.transit = (os.path.dirname(claimed.path), moving, job)

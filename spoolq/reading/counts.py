@@ -9,6 +9,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from ..format.states import State
 from ..format import job, layout
 from ..store import maildir, shards
 from ..system import fsio
@@ -64,7 +65,7 @@ class Counter:
         c.pending += len(maildir.deliveries(self.layout))  # after pending/: see _pending_census's RACE
         for owner in fsio.listdir(self.layout.processing):
             c.processing += _count_json(self.layout.owned(owner))
-        c.waiting = _count_json(self.layout.dir("waiting"))
+        c.waiting = _count_json(self.layout.dir(State.WAITING))
         c.done = _count_json(self.layout.done)
         for entry in fsio.listdir(self.layout.dead):
             if layout.is_json_entry(entry):
@@ -82,8 +83,8 @@ class Counter:
         census = self._pending_census(now)
         seen: dict[str, str | None] = {}
         for owner in fsio.listdir(self.layout.processing):
-            self._count_files(self.layout.owned(owner), "processing", census, seen)
-        for state in ("waiting", "done", "dead"):
+            self._count_files(self.layout.owned(owner), State.PROCESSING, census, seen)
+        for state in (State.WAITING, State.DONE, State.DEAD):
             self._count_files(self.layout.dir(state), state, census, seen)
         self._queue_of = seen  # what is gone is forgotten
         census.queues = dict(sorted(census.queues.items()))
@@ -147,7 +148,7 @@ class Counter:
         for entry, inode in fsio.listdir_inodes(directory):
             if not layout.is_json_entry(entry):
                 continue
-            if state == "dead" and layout.is_quarantine_id(entry):
+            if state == State.DEAD and layout.is_quarantine_id(entry):
                 census.totals.quarantined += 1  # no job, of no queue
                 continue
             setattr(census.totals, state, getattr(census.totals, state) + 1)

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..format.states import FINISHED, State
 from ..format import durations, job
 from ..store.attempts_log import Fact
 
@@ -39,14 +40,14 @@ class Figures:
     oldest_ready_since: float | None = None  # when the longest-waiting ready job became ready
 
     def add(self, fact: Fact) -> None:
-        if fact.outcome == "done":
+        if fact.outcome == State.DONE:
             self.done += 1
         elif fact.outcome == "lost":
             self.lost += 1
             return
         else:
             self.failed += 1
-            self.dead += fact.outcome == "dead"
+            self.dead += fact.outcome == State.DEAD
         self.run.append(fact.run_seconds)
         self.wait.append(fact.wait_seconds)
 
@@ -68,9 +69,9 @@ class Figures:
         run, wait = sorted(self.run), sorted(self.wait)
         attempts = self.done + self.failed
         return {
-            "done": self.done,
+            State.DONE: self.done,
             "failed_attempts": self.failed,
-            "dead": self.dead,
+            State.DEAD: self.dead,
             "lost_attempts": self.lost,
             "success_rate": round(self.done / attempts, 4) if attempts else None,
             "throughput_per_min": round((self.done + self.dead) / (window / 60.0), 3),
@@ -97,8 +98,8 @@ class Series:
     def add(self, fact: Fact) -> None:
         i = int((fact.finished - self.start) // self.bucket_seconds)
         if 0 <= i < len(self.finished):
-            self.finished[i] += fact.outcome in ("done", "dead")
-            self.failed[i] += fact.outcome in ("retry", "dead")
+            self.finished[i] += fact.outcome in FINISHED
+            self.failed[i] += fact.outcome in ("retry", State.DEAD)
 
     @staticmethod
     def over(facts: Iterable[Fact], since: float, until: float, buckets: int) -> Series:

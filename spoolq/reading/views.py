@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
+from ..format.states import FINISHED, State
 from ..format import job, layout
 from ..store import output, shards
 from ..system import fsio
@@ -42,15 +43,15 @@ class JobView:
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
         started, seconds, host = self.last_attempt
-        finished = self.state in ("done", "dead") and self.changed_at is not None
+        finished = self.state in FINISHED and self.changed_at is not None
         out["started_at"] = job.iso(started)
         out["finished_at"] = job.iso(self.changed_at) if finished else None
         out["duration"] = seconds
         out["host"] = host
-        if self.state == "processing":
+        if self.state == State.PROCESSING:
             out["attempts"] = self.job.running_attempt  # the running attempt counts from its claim
             out["worker"] = self.owner
-        elif self.state == "done":
+        elif self.state == State.DONE:
             # A success is recorded by the move into done/ alone (no rewrite, no fsync): the file
             # holds the attempts before it.
             out["attempts"] = self.job.running_attempt
@@ -77,7 +78,7 @@ def finished_at(st: os.stat_result) -> float:
 
 def waiting_state(waiting: Job, now: float) -> str:
     """A job in pending/ is "scheduled" until its run_at, "pending" (ready) after."""
-    return "scheduled" if waiting.run_at and waiting.run_at > now else "pending"
+    return State.SCHEDULED if waiting.run_at and waiting.run_at > now else State.PENDING
 
 
 class Views:
@@ -109,17 +110,17 @@ class Views:
     def _quarantined(self, qid: str) -> JobView | None:
         if not self.quarantine.exists(qid):
             return None
-        return JobView(qid, "dead", None, self.quarantine.file(qid), reason=self.quarantine.reason(qid))
+        return JobView(qid, State.DEAD, None, self.quarantine.file(qid), reason=self.quarantine.reason(qid))
 
     def _locate(self, job_id: str) -> JobView | None:
         name = layout.job_file(job_id)
-        for state, directory in (("done", self.layout.done), ("dead", self.layout.dead),
-                                 ("waiting", self.layout.dir("waiting"))):
+        for state, directory in ((State.DONE, self.layout.done), (State.DEAD, self.layout.dead),
+                                 (State.WAITING, self.layout.dir(State.WAITING))):
             view = self._view(os.path.join(directory, name), state, job_id)
             if view is not None:
                 return view
         for owner in fsio.listdir(self.layout.processing):
-            view = self._view(os.path.join(self.layout.owned(owner), name), "processing", job_id, owner)
+            view = self._view(os.path.join(self.layout.owned(owner), name), State.PROCESSING, job_id, owner)
             if view is not None:
                 return view
         suffix, of_a_queue = f"@{job_id}.json", f"@{job_id}{layout.QUEUE_SEP}"
@@ -128,7 +129,7 @@ class Views:
             if entry.endswith(suffix) or of_a_queue in entry:
                 parsed = layout.parse_pending(entry)
                 if parsed is not None and parsed.job_id == job_id:
-                    view = self._view(os.path.join(self.layout.pending, entry), "pending", job_id)
+                    view = self._view(os.path.join(self.layout.pending, entry), State.PENDING, job_id)
                     if view is not None:
                         return view
             elif layout.is_dropin(entry):
@@ -143,7 +144,7 @@ class Views:
             for entry in fsio.listdir(self.layout.owned(owner)):
                 moving = layout.parse_transit(entry)
                 if moving is not None and moving.taken and moving.original == name:
-                    view = self._view(os.path.join(self.layout.owned(owner), entry), "processing", job_id, owner)
+                    view = self._view(os.path.join(self.layout.owned(owner), entry), State.PROCESSING, job_id, owner)
                     if view is not None:
                         return view
         return None
@@ -153,7 +154,7 @@ class Views:
         its name when it has none (so `wait ID` right after a drop works)."""
         for entry in entries:
             name = layout.stem(entry)
-            view = self._view(os.path.join(self.layout.pending, entry), "pending", name)
+            view = self._view(os.path.join(self.layout.pending, entry), State.PENDING, name)
             if view is None or view.job is None:
                 continue
             if view.job.id == job_id or (not view.job.id and name == job_id):
@@ -170,7 +171,7 @@ class Views:
             return None
         except InvalidJob as e:
             return JobView(job_id, state, None, path, reason=str(e))
-        if state == "pending":
+        if state == State.PENDING:
             state = waiting_state(found, now)
         timing = output.last_attempt(self.layout.output(found.id)) if found.id else output.LastAttempt()
         return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
@@ -203,19 +204,19 @@ class Views:
         of them opens only that page's files."""
         now = self.store.now(now)
         out: list[Place] = []
-        if state in (None, "pending", "scheduled"):
+        if state in (None, State.PENDING, State.SCHEDULED):
             out += self._waiting_places(state, now)
-        if state in (None, "waiting"):
-            directory = self.layout.dir("waiting")
-            out += [Place(os.path.join(directory, entry), "waiting", layout.stem(entry))
+        if state in (None, State.WAITING):
+            directory = self.layout.dir(State.WAITING)
+            out += [Place(os.path.join(directory, entry), State.WAITING, layout.stem(entry))
                     for entry in sorted(fsio.listdir(directory)) if layout.is_json_entry(entry)]
-        if state in (None, "processing"):
+        if state in (None, State.PROCESSING):
             for owner in fsio.listdir(self.layout.processing):
                 owned = self.layout.owned(owner)
-                out += [Place(os.path.join(owned, entry), "processing", layout.stem(entry).lstrip(layout.ADOPT_PREFIX),
+                out += [Place(os.path.join(owned, entry), State.PROCESSING, layout.stem(entry).lstrip(layout.ADOPT_PREFIX),
                               layout.owner_of(owner))
                         for entry in sorted(fsio.listdir(owned)) if layout.is_json_entry(entry)]
-        for name in ("done", "dead"):
+        for name in FINISHED:
             if state in (None, name):
                 out += self._finished_places(name)
         return out
@@ -238,11 +239,11 @@ class Views:
             (later if parsed.due_ms > now_ms else ready).append((entry, parsed.job_id))
         later.sort(key=lambda pair: shards.base(pair[0])[layout.DUE_FIELD])  # scheduled: soonest first
         groups = []
-        if state in (None, "pending"):
+        if state in (None, State.PENDING):
             groups.append(ready)
-        if state in (None, "scheduled"):
+        if state in (None, State.SCHEDULED):
             groups.append(later)
-        return [Place(os.path.join(self.layout.pending, entry), "pending", job_id) for group in groups
+        return [Place(os.path.join(self.layout.pending, entry), State.PENDING, job_id) for group in groups
                 for entry, job_id in group]
 
     def _finished_places(self, state: str) -> list[Place]:
@@ -314,7 +315,7 @@ class Views:
         """Up to `limit` job ids starting with `prefix`, from at most `scan` directory entries
         (shell completion: never a listing of 100,000 names)."""
         found: list[str] = []
-        dirs = [*self._waiting_dirs(), self.layout.dir("waiting"), self.layout.done, self.layout.dead,
+        dirs = [*self._waiting_dirs(), self.layout.dir(State.WAITING), self.layout.done, self.layout.dead,
                 *(self.layout.owned(o) for o in fsio.listdir(self.layout.processing))]
         for name in self._scan(dirs, scan):
             parsed = layout.parse_pending(name)

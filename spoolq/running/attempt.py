@@ -7,6 +7,7 @@ import os
 import time
 from typing import Callable
 
+from ..format.states import State
 from ..format import job as job_record
 from ..store import attempts_log, output
 from ..system import liveness, runner
@@ -49,7 +50,7 @@ def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: s
     the worker lost it)."""
     job = claimed.job
     ready = max(job.run_at or 0.0, job.updated_at or job.created_at)  # enqueued, due, or out of backoff
-    where = "lost" if moved is None else {"pending": "retry"}.get(moved.state, moved.state)
+    where = "lost" if moved is None else {State.PENDING: "retry"}.get(moved.state, moved.state)
     return attempts_log.Fact(job.id, job.queue, job.running_attempt, host, owner, min(ready, claimed_at), claimed_at,
                        max(claimed_at, finished_at - outcome.seconds), finished_at, where, outcome.exit_code,
                        outcome.error, outcome.output_bytes)
@@ -94,7 +95,7 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
         try:
             moved = spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
                                              error=outcome.error, final=final)
-            if moved.state != "pending":
+            if moved.state != State.PENDING:
                 wake_waiters(spool, job_id, claimed.owner, log)
             return moved
         except LostOwnership:

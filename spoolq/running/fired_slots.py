@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import NamedTuple
 
 from ..format import modes
+from ..format.json_values import MAX_EPOCH
 from ..store import trust
 from ..system import fsio
 from ..store.store import Store
@@ -38,7 +39,6 @@ KEEP = 2  # the newest markers pruning never removes
 HORIZON = 3600.0  # seconds: a later slot's marker further ahead of our clock than this is from a wrong clock
 RETAIN = 2 * HORIZON  # seconds, on the file system's clock: younger markers are never pruned
 MAX_MARKER_BYTES = 512
-MAX_EPOCH = 9_999_999_999.0
 
 
 def stamp(slot: float) -> str:

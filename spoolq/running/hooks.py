@@ -12,6 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
+from ..format.states import State
 from ..system import fsio
 from ..store.attempts_log import Fact
 from ..spool import Spool
@@ -19,7 +20,7 @@ from ..spool import Spool
 if TYPE_CHECKING:
     import subprocess
 
-SETTING = {"done": "on_done", "dead": "on_dead", "retry": "on_failure"}
+SETTING = {State.DONE: "on_done", State.DEAD: "on_dead", "retry": "on_failure"}
 MAX_RUNNING = 16  # hooks at once per worker; beyond, a hook is skipped and said to be
 MAX_OUTPUT = 64 * 1024  # of a hook's output kept for the log; the rest is read and dropped
 

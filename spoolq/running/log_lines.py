@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Callable
 
+from ..format.states import State
 from ..store.attempts_log import Fact
 from ..format.job import iso
 
@@ -102,8 +103,8 @@ class Tally:
 
     def __init__(self, facts: list[Fact]):
         self.jobs = len({f.id for f in facts})
-        self.ok = sum(f.outcome == "done" for f in facts)
-        self.failed = sum(f.outcome in ("retry", "dead") for f in facts)
+        self.ok = sum(f.outcome == State.DONE for f in facts)
+        self.failed = sum(f.outcome in ("retry", State.DEAD) for f in facts)
         self.attempts = len(facts)
 
     def summary(self, elapsed: float) -> str:

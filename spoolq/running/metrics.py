@@ -16,6 +16,7 @@ import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING, Callable
 
+from ..format.states import STATES
 from ..format import layout
 from ..store import attempts_log
 from ..system import fsio
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from ..spool import Spool
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
-STATES = ("pending", "scheduled", "waiting", "processing", "done", "dead")
 
 
 class Histogram:

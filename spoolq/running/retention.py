@@ -20,6 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from ..format.states import FINISHED, State
 from ..format import layout
 from ..store import config
 from ..system import fsio, locks
@@ -93,7 +94,7 @@ class Retention:
     def _batch(self, fs_now: float, until: float) -> Purged:
         cfg, finished, lay = self.spool.config, self.spool.finished, self.spool.layout
         purged = Purged()
-        for state, keep in (("done", cfg.keep_done), ("dead", cfg.keep_dead), ("output", cfg.keep_output)):
+        for state, keep in ((State.DONE, cfg.keep_done), (State.DEAD, cfg.keep_dead), ("output", cfg.keep_output)):
             if not keep:
                 self.todo.pop(state, None)
                 continue
@@ -127,7 +128,7 @@ class Retention:
                         continue
                 except FileNotFoundError:
                     continue
-                if any(fsio.present(os.path.join(lay.dir(s), layout.job_file(job_id))) for s in ("done", "dead")):
+                if any(fsio.present(os.path.join(lay.dir(s), layout.job_file(job_id))) for s in FINISHED):
                     fsio.unlink_quietly(path)
                     count += 1
         return count, looked

@@ -7,6 +7,7 @@ import signal
 import time
 from typing import Callable
 
+from ..format.states import State
 from . import attempt
 from ..format import layout
 from ..store import attempts_log, maildir
@@ -316,7 +317,7 @@ class Worker:
                 self.index.defer_dropin(name, min(result.retry_at or now + poll, now + poll))
                 continue
             self.index.forget_dropin(name)
-            if result.moved is not None and result.moved.state == "pending":
+            if result.moved is not None and result.moved.state == State.PENDING:
                 self.rescans.remember(result.moved.name)  # before any claim: FIFO by arrival, not by event order
             if result.outcome is Adopted.QUARANTINED:
                 self.log(f"quarantined dropped file {name!r}: {result.reason}")
@@ -372,10 +373,10 @@ class Worker:
         if self.job_lines:
             self.job_lines.finished(fact)
         if moved is not None:
-            self.hooks.after(fact, "scheduled" if moved.state == "pending" and _due_later(moved.name) else moved.state)
+            self.hooks.after(fact, State.SCHEDULED if moved.state == State.PENDING and _due_later(moved.name) else moved.state)
         if moved is None:
             self.lost = True
-        elif moved.state == "pending":
+        elif moved.state == State.PENDING:
             self.rescans.remember(moved.name)
             if self.burst:
                 self.retrying.entries.add(moved.name)

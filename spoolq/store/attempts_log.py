@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Iterator, NamedTuple
 
+from ..format.states import State
 from ..system import fsio
 from ..format.modes import Modes
 from ..format.job import valid_id, valid_queue
@@ -32,7 +33,7 @@ MAX_LINE = 64 * 1024
 MAX_FILE = ROTATE_BYTES + MAX_LINE  # no writer goes past it: a larger file was made by hand, and is read no further
 CHUNK = 1024 * 1024
 SUFFIX = ".jsonl"
-OUTCOMES = ("done", "retry", "dead", "lost")  # where the attempt left its job ("lost": taken over)
+OUTCOMES = (State.DONE, "retry", State.DEAD, "lost")  # where the attempt left its job ("lost": taken over)
 
 
 class Fact(NamedTuple):

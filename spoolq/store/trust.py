@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ..format.states import State
 from . import shards
 from ..format import layout, ours
 from ..system import fsio, locks
@@ -29,9 +30,9 @@ def give_modes(lay: layout.Layout, modes: Modes) -> None:
         _chmod(directory, modes.inbox if name in layout.INBOXES else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
-            if name == "processing":
+            if name == State.PROCESSING:
                 _chmod_owned(path, modes)
-            elif name == "pending" and shards.is_shard(entry):
+            elif name == State.PENDING and shards.is_shard(entry):
                 _chmod_shard(path, modes)
             elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
                 _chmod_fired(path, modes)

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from ..store import output
 from ..format.errors import JobNotFound, SpoolError
 from ..format.job import valid_id, valid_queue
-from ..format.layout import STATES
+from ..format.states import STATES
 from ..running.metrics import exposition
 from ..spool import Spool
 from ..reading.stats import human_seconds

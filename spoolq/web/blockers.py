@@ -8,6 +8,7 @@ from typing import Any
 
 from ..reading.counts import Census
 from ..spool import Spool
+from ..format.states import State
 
 WAITERS_LOOKED_AT = 200  # waiting jobs read at most per overview to find a dead dependency
 
@@ -26,24 +27,24 @@ def found(spool: Spool, census: Census, workers: list[dict[str, Any]], paused: f
     total = census.totals.pending
     out = []
     if total and not workers:
-        out.append(_line(f"no worker is running: {_jobs(total)}", "pending"))
+        out.append(_line(f"no worker is running: {_jobs(total)}", State.PENDING))
     if total and "*" in paused:
-        out.append(_line(f"every queue is paused: {_jobs(total)}", "pending"))
+        out.append(_line(f"every queue is paused: {_jobs(total)}", State.PENDING))
     limits, in_use = spool.slots.limits(), None
     for queue, n in ready.items():
         if queue in paused:
-            out.append(_line(f"queue {queue} is paused: {_jobs(n)}", "pending", queue))
+            out.append(_line(f"queue {queue} is paused: {_jobs(n)}", State.PENDING, queue))
         if workers and not any(w["queues"] is None or queue in w["queues"] for w in workers):
-            out.append(_line(f"no worker takes queue {queue}: {_jobs(n)}", "pending", queue))
+            out.append(_line(f"no worker takes queue {queue}: {_jobs(n)}", State.PENDING, queue))
         if queue in limits:
             in_use = spool.slots.in_use() if in_use is None else in_use
             if in_use.get(queue, 0) >= limits[queue]:
                 out.append(_line(f"queue {queue} is at its concurrency limit ({limits[queue]} running): "
-                                 f"{_jobs(n)}", "pending", queue))
+                                 f"{_jobs(n)}", State.PENDING, queue))
     stuck = _waiting_for_dead(spool) if census.totals.waiting else 0
     if stuck:
         out.append(_line(f"{stuck} waiting job{' waits' if stuck == 1 else 's wait'} for a dead job "
-                         "(they go dead at the next recovery sweep; fsck says which)", "waiting"))
+                         "(they go dead at the next recovery sweep; fsck says which)", State.WAITING))
     return out
 
 
@@ -51,10 +52,10 @@ def _waiting_for_dead(spool: Spool) -> int:
     """Waiting jobs (the first WAITERS_LOOKED_AT) one of whose dependencies is dead: they can
     never run (a crash between a death and its judging leaves them until recovery looks)."""
     count = 0
-    for place in spool.views.places("waiting")[:WAITERS_LOOKED_AT]:
+    for place in spool.views.places(State.WAITING)[:WAITERS_LOOKED_AT]:
         view = spool.views.view_at(place)
         if view is not None and view.job is not None and any(
-                spool.deps.state_of(dep) == "dead" for dep in view.job.after):
+                spool.deps.state_of(dep) == State.DEAD for dep in view.job.after):
             count += 1
     return count
 
@@ -62,7 +63,7 @@ def _waiting_for_dead(spool: Spool) -> int:
 def on_list(spool: Spool, state: str, queue: str) -> str | None:
     """What a list of jobs not started says of what keeps them from starting: a pause, or no
     worker at all."""
-    if state not in ("pending", "scheduled"):
+    if state not in (State.PENDING, State.SCHEDULED):
         return None
     paused = spool.paused()
     if "*" in paused:

@@ -18,13 +18,14 @@ from ..running.metrics import Totals
 from ..running.schedules import Schedules
 from ..spool import Spool
 from ..store import output
+from ..format.states import State
 from . import blockers
 
 PAGE = 50
 SEARCH_LIMIT = 5000  # files read at most to search commands (or queues) in one listing
 DAY = 86400.0
-NEWEST_FIRST = ("done", "dead")  # what an operator looks for is what just finished
-ORDER = {**{state: "newest first" for state in NEWEST_FIRST}, "pending": "in run order", "scheduled": "soonest first"}
+NEWEST_FIRST = (State.DONE, State.DEAD)  # what an operator looks for is what just finished
+ORDER = {**{state: "newest first" for state in NEWEST_FIRST}, State.PENDING: "in run order", State.SCHEDULED: "soonest first"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Board:
             census = spool.views.census(now)
             hour = collect(self.recent.between(now - 3600, now), census.ready_since, since=now - 3600, until=now)
             day = Series.over(self.recent.between(now - DAY, now), now - DAY, now, 48)
-        running = [_running(view, now) for view in spool.list_jobs(state="processing")]
+        running = [_running(view, now) for view in spool.list_jobs(state=State.PROCESSING)]
         workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
                     "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
                     "queues": _names(w.extra.get("queues"))}

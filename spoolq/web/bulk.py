@@ -11,14 +11,15 @@ from typing import Callable, Iterable
 
 from ..format import layout
 from ..spool import Spool
+from ..format.states import State
 
 BATCH = 200  # ids per library call: one lock taken and one shard sync per batch
 BUDGET = 10.0  # seconds a request goes on taking batches; the rest is for the next press
 
 # Per list: the bulk actions that can work there, and the past tense they are reported in.
-ACTIONS = {"dead": {"retry": "retried", "delete": "deleted"},
-           "done": {"requeue": "requeued", "delete": "deleted"},
-           "pending": {"delete": "deleted"}, "scheduled": {"delete": "deleted"}}
+ACTIONS = {State.DEAD: {"retry": "retried", "delete": "deleted"},
+           State.DONE: {"requeue": "requeued", "delete": "deleted"},
+           State.PENDING: {"delete": "deleted"}, State.SCHEDULED: {"delete": "deleted"}}
 
 
 @dataclass
