@@ -125,15 +125,26 @@ class Gluster:
                 client.kill()
                 client.wait()
 
-    def kill_client(self, volume: str, host: str) -> None:
-        """SIGKILL one host's client, as a host that dies takes its client with it (its
-        connections to the brick close), then lazily unmount what is left of its mount."""
-        point = self.mounts.pop((volume, host))
+    def partition(self, volume: str, host: str) -> None:
+        """Cut `host` off from the volume while its processes stay up: its client process is
+        killed and its mount point left in place, so every call there fails at once (ENOTCONN)."""
+        point = self.mounts[(volume, host)]
         for client in self.clients:
             if client.args[-1] == point and client.poll() is None:
                 client.kill()
                 client.wait()
-        subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def kill_client(self, volume: str, host: str) -> None:
+        """SIGKILL one host's client, as a host that dies takes its client with it (its
+        connections to the brick close), then lazily unmount what is left of its mount."""
+        self.partition(volume, host)
+        subprocess.run(["umount", "-l", self.mounts.pop((volume, host))], capture_output=True)
+
+    def heal(self, volume: str, host: str) -> str:
+        """Connect a partitioned `host` again: a new client on the same mount point (paths
+        taken afresh reach the volume; descriptors opened before the cut stay dead)."""
+        self.unmount(volume, host)
+        return self.mount(volume, host)
 
     def new_dir(self, volume: str, name: str) -> str:
         """A fresh directory on `volume` (a test's spool lives in one)."""

@@ -99,6 +99,7 @@ class Rig:
         self.bindfs: subprocess.Popen | None = None
         self.unsafe = volume == "stock"  # workers refuse such a spool unless told otherwise
         self.gluster, self.volume = gluster, volume
+        self.cut_off: set[str] = set()  # hosts partitioned, reconnected at close
         if gluster is None:
             self.a, self.b = str(tmp / "spool"), str(tmp / "hostB")
             os.mkdir(self.b)
@@ -146,6 +147,8 @@ class Rig:
             except subprocess.TimeoutExpired:
                 pass
         if self.bindfs is None:
+            for host in list(self.cut_off):
+                self.heal(host)  # the next test's rig mounts the volume there again
             shutil.rmtree(self.a, ignore_errors=True)  # on the session's Gluster volume: leave it clean
             if self.gluster is not None:
                 self.gluster.unmount(self.volume, "C")  # the skewed host's client, if it was made
@@ -214,6 +217,17 @@ class Rig:
     def workers(self, host: str) -> list:
         return [w for w in self.spool().workers() if w.role == "worker" and w.host == host]
 
+    def partition(self, host: str) -> None:
+        """Cut `host` off from the spool, its processes up (Gluster only: its client is killed)."""
+        assert self.gluster is not None
+        self.gluster.partition(self.volume, host)
+        self.cut_off.add(host)
+
+    def heal(self, host: str) -> None:
+        assert self.gluster is not None
+        self.gluster.heal(self.volume, host)
+        self.cut_off.discard(host)
+
 
 @pytest.fixture(params=["bindfs", "gluster-strict", "gluster-stock"])
 def rig(request, tmp_path):
@@ -225,13 +239,20 @@ def safe_rig(request, tmp_path):
     yield from _rig(request, tmp_path)
 
 
-def _rig(request, tmp_path):
-    if request.param == "bindfs":
+@pytest.fixture
+def strict_rig(request, tmp_path):
+    """Strict GlusterFS only: the rig that can cut a host off (Rig.partition)."""
+    yield from _rig(request, tmp_path, "gluster-strict")
+
+
+def _rig(request, tmp_path, kind: str | None = None):
+    kind = kind or request.param
+    if kind == "bindfs":
         r = Rig(tmp_path)
     else:
-        r = Rig(tmp_path, request.getfixturevalue("gluster"), request.param.split("-")[1])
+        r = Rig(tmp_path, request.getfixturevalue("gluster"), kind.split("-")[1])
     try:
-        if request.param == "bindfs":
+        if kind == "bindfs":
             r.mount()
         # Settings written through both views: the config lock is taken on A and on B.
         r.ok("B", "config", "set", "poll_interval", str(POLL))
@@ -569,3 +590,184 @@ def test_a_queue_limit_holds_across_hosts(rig, tmp_path):
     assert len(seen) == 200 and max(seen) <= 2, max(seen)
     # The last job's slot is given back once its file has moved to done/: just after the count.
     wait_for(lambda: spool_a.slots.in_use() == {}, 10, "every slot to be given back")
+
+
+# ---- partitions: a host cut off from the spool, its processes up ------------------------------
+
+
+def _marking(marks: Path, b_seconds: float = 30, a_seconds: float = 2) -> str:
+    """A job that, every 0.1 s while it runs, appends "<host> <job id> <time>" to `marks`: a
+    local file, which a host cut off from the spool can still write."""
+    return (f'if [ "$SPOOLQ_HOST" = B ]; then n={int(b_seconds * 10)}; else n={int(a_seconds * 10)}; fi; i=0; '
+            f'while [ $i -lt $n ]; do echo "$SPOOLQ_HOST $SPOOLQ_JOB_ID $(date +%s.%N)" >> {marks}; '
+            'sleep 0.1; i=$((i+1)); done')
+
+
+def _runs(marks: Path) -> dict[tuple[str, str], list[float]]:
+    """(host, job id) -> the times its copy there said it was running."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for line in (marks.read_text().splitlines() if marks.exists() else []):
+        words = line.split()
+        if len(words) == 3:
+            out.setdefault((words[0], words[1]), []).append(float(words[2]))
+    return out
+
+
+def _last_renewal(rig: Rig, owner: str) -> float:
+    """The mtime of `owner`'s registration, read through A: its last heartbeat (the file
+    system's clock is this machine's)."""
+    return os.stat(os.path.join(rig.a, "workers", f"{owner}.json")).st_mtime
+
+
+LEASE = 4.0
+
+
+@pytest.mark.parametrize("limit", [0, 1], ids=["unlimited", "concurrency-1"])
+def test_a_cut_off_host_stops_its_job_before_its_lease_can_run_out(strict_rig, tmp_path, limit):
+    """Host B runs a 30 s job, lease 4 s, and is cut off from the spool. B's worker cannot renew
+    its lease: it kills the job before the lease can run out for anyone else; host A takes the
+    job back after the lease and runs it; the two copies never overlap. With `--concurrency 1`
+    the queue never has two jobs running, as the jobs saw it (A's next job waits for B's slot,
+    given back once the lease ran out). Reconnected, B records nothing: its result is discarded."""
+    rig = strict_rig
+    rig.ok("A", "config", "set", "lease_timeout", f"{LEASE:g}")
+    if limit:
+        rig.ok("A", "queue", "set", "enc", "--concurrency", str(limit))
+    marks = tmp_path / "marks"
+    b = rig.start("B", 1)
+    (b_worker,) = rig.workers("B")
+    spool = rig.spool("A")
+    spool.enqueue({"id": "long", "queue": "enc", "command": _marking(marks), "max_retries": 3})
+    wait_for(lambda: _runs(marks).get(("B", "long")), 10, "B to start the job")
+    if limit:
+        spool.enqueue({"id": "next", "queue": "enc", "command": _marking(marks)})
+    a = rig.start("A", 2)
+    rig.partition("B")
+    renewed = _last_renewal(rig, b_worker.owner)
+    wait_for(lambda: _runs(marks).get(("A", "long")), 30, "A to take the job back and run it")
+    wait_for(lambda: spool.find("long").state == "done" and (not limit or spool.find("next").state == "done"),
+             30, "A to run what there is")
+    runs = _runs(marks)
+    b_last = max(runs[("B", "long")])
+    a_first = min(t for (host, _), times in runs.items() if host == "A" for t in times)
+    print(f"partition, lease {LEASE:g}s: B's copy stopped {b_last - renewed:.2f}s after its last renewal, "
+          f"A's started {a_first - renewed:.2f}s after it: {a_first - b_last:.2f}s apart")  # -s shows it
+    assert b_last < renewed + LEASE, f"B's copy ran {b_last - renewed - LEASE:.2f}s past its lease"
+    assert b_last < a_first, f"both hosts ran a job of the queue for {b_last - a_first:.2f}s"
+    assert "could not renew its lease" in b.log(), b.log()
+    rig.heal("B")
+    wait_for(lambda: "result of job long attempt 1 discarded" in b.log(), 30, "B to find its job taken back")
+    assert _find_job_files(rig.a, "long") == [os.path.join("done", "long.json")]
+    assert spool.find("long").to_dict()["attempts"] == 2
+    assert "Traceback" not in b.log() and "crashed" not in b.log(), b.log()
+    a.stop()
+
+
+def test_a_frozen_host_s_job_acts_at_most_a_moment_after_it_wakes(strict_rig, tmp_path):
+    """Host B frozen (its worker and its job SIGSTOPped: a VM paused) past its lease; A takes
+    the job back and runs it. The frozen copy can do nothing while frozen; woken (the job first,
+    the worst order), it is killed by B's lease guard before it can act more than once."""
+    rig = strict_rig
+    rig.ok("A", "config", "set", "lease_timeout", f"{LEASE:g}")
+    marks, pid = tmp_path / "marks", tmp_path / "b.pid"
+    b = rig.start("B", 1)
+    (b_worker,) = rig.workers("B")
+    spool = rig.spool("A")
+    spool.enqueue({"id": "long", "command": f'[ "$SPOOLQ_HOST" = B ] && echo $$ > {pid}; ' + _marking(marks, 30, 10),
+                   "max_retries": 3})
+    wait_for(lambda: _runs(marks).get(("B", "long")) and pid.exists() and pid.read_text().strip(), 10,
+             "B to start the job")
+    job_pgid = int(pid.read_text())
+    rig.start("A", 1)
+    os.killpg(job_pgid, signal.SIGSTOP)
+    os.kill(b_worker.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _runs(marks).get(("A", "long")), 30, "A to take the job back and run it")
+    finally:
+        woke = time.time()
+        os.killpg(job_pgid, signal.SIGCONT)
+        os.kill(b_worker.pid, signal.SIGCONT)
+    wait_for(lambda: "result of job long attempt 1 discarded" in b.log(), 30, "B to find its job taken back")
+    after = [t for t in _runs(marks)[("B", "long")] if t >= woke]
+    print(f"frozen, lease {LEASE:g}s: B's copy acted {len(after)} times after waking, for "
+          f"{max(after) - woke if after else 0:.3f}s")  # -s shows it
+    assert len(after) <= 1 and (not after or max(after) - woke < 0.2), after
+
+
+def test_cancel_kill_of_a_job_on_a_cut_off_host_says_what_is_known(strict_rig, tmp_path):
+    """`cancel --kill` on A of a job running on B, cut off: nobody on B can see the request, and
+    A's rescuer records the job cancelled once B's lease ran out. cancel says so, with B's host
+    and when B's own worker stopped it, never "killed by its worker"; and B's copy had stopped."""
+    rig = strict_rig
+    rig.ok("A", "config", "set", "lease_timeout", f"{LEASE:g}")
+    marks = tmp_path / "marks"
+    rig.start("B", 1)
+    (b_worker,) = rig.workers("B")
+    spool = rig.spool("A")
+    spool.enqueue({"id": "long", "command": _marking(marks), "max_retries": 3})
+    wait_for(lambda: _runs(marks).get(("B", "long")), 10, "B to start the job")
+    rig.start("A", 1)
+    rig.partition("B")
+    renewed = _last_renewal(rig, b_worker.owner)
+    r = rig.run("A", "cancel", "--kill", "long")
+    done_at = time.time()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("long: recorded as cancelled: its worker on B could not be reached"), r.stdout
+    assert "killed by its worker" not in r.stdout
+    view = spool.find("long")
+    assert (view.state, view.job.last_error) == ("dead", "cancelled")
+    b_last = max(_runs(marks)[("B", "long")])
+    assert b_last < renewed + LEASE < done_at, (b_last - renewed, done_at - renewed)
+
+
+def test_a_worker_cut_off_from_the_spool_says_so_in_one_line_and_comes_back(strict_rig, tmp_path):
+    """Two workers on B, one running a job that writes output (its log is on the spool), one
+    idle; B is cut off, then reconnected. No traceback: a line that says what failed, the job
+    killed before its lease could run out, and the supervisor's workers run jobs again after."""
+    rig = strict_rig
+    rig.ok("A", "config", "set", "lease_timeout", f"{LEASE:g}")
+    b = rig.start("B", 2)
+    spool = rig.spool("A")
+    spool.enqueue({"id": "talky", "command": "while true; do echo tick; sleep 0.1; done", "max_retries": 0})
+    log = Path(spool.output_path("talky"))
+    wait_for(lambda: log.exists() and b"tick" in log.read_bytes(), 10, "the job to run on B")
+    rig.partition("B")
+    wait_for(lambda: "the spool's file system failed" in b.log() or "Traceback" in b.log(), 15,
+             "B's workers to say they lost the spool")
+    assert "Traceback" not in b.log(), b.log()
+    wait_for(lambda: "could not renew its lease" in b.log(), 15, "B's worker to kill its job")
+    rig.heal("B")
+    nxt = spool.enqueue({"command": "true"})
+    wait_for(lambda: spool.find(nxt.id).state == "done", 30, "B's workers to come back and run a job")
+    wait_for(lambda: spool.find("talky").state == "dead", 30, "the killed job to be recorded")
+    # Recorded by its worker once the spool answers again, or by a rescuer if that worker left
+    # first (a new registration could not be written: it exits, and its supervisor starts another).
+    error = spool.find("talky").job.last_error or ""
+    assert "could not renew its lease" in error or "stopped during attempt 1" in error, (error, b.log())
+    assert "Traceback" not in b.log() and "crashed" not in b.log(), b.log()
+
+
+@pytest.mark.parametrize("steps", [("2",), ("3600", "2")], ids=["lowered", "raised-then-lowered"])
+def test_a_lease_lowered_on_a_live_spool_takes_no_live_worker(strict_rig, tmp_path, steps):
+    """Three workers on each of two hosts beat every 5 s (lease 30), four of them running a 12 s
+    job, the others idle (they sweep for dead owners every 2 s); the lease is lowered to 2 s (or
+    raised to an hour, then lowered). A registration is judged by the lease it was written
+    under, and each owner records the new one as it starts beating under it: no live worker or
+    supervisor is taken for dead (fenced), every job runs once."""
+    rig = strict_rig
+    marks = tmp_path / "marks"
+    a, b = rig.start("A", 3), rig.start("B", 3)
+    spool = rig.spool("A")
+    for i in range(4):
+        spool.enqueue({"id": f"j{i}", "command": _marking(marks, 12, 12), "max_retries": 3})
+    wait_for(lambda: len(_runs(marks)) == 4, 20, "four workers to run a job each")
+    for value in steps:
+        rig.ok("A", "config", "set", "lease_timeout", value)
+    wait_for(lambda: spool.counts().done == 4, 40, "every job to finish")
+    logs = a.log() + b.log()
+    fenced = [d for d in os.listdir(os.path.join(rig.a, "processing")) if "~" in d]
+    assert not fenced, (fenced, logs)
+    assert "recovered job" not in logs and "continuing under a new identity" not in logs, logs
+    assert [spool.find(f"j{i}").to_dict()["attempts"] for i in range(4)] == [1] * 4
+    assert len(_runs(marks)) == 4, sorted(_runs(marks))  # no job ran on a second host
+    assert len([w for w in spool.workers() if w.role == "supervisor"]) == 2

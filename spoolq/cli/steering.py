@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
+from ..format.job import iso
 from ..format.states import State
 from .complete import job_ids, queue_names
 from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set, report_each
@@ -50,6 +52,8 @@ def _one_queue(queue: str | None) -> str | None:
 _SAID = {
     "cancelled": "cancelled",
     "killed": "killed by its worker: cancelled",
+    "recorded": ("recorded as cancelled: its worker{on} could not be reached, and its lease ran out; that worker "
+                 "kills the job itself before its lease ends, by {by} at the latest, unless its host is frozen"),
     "requested": "running: its worker was asked to kill it and has not yet (another host?); it will when it next looks",
     "running": "running: left alone (--kill kills it)",
     "finished": "already {state}: not cancelled",
@@ -70,10 +74,14 @@ def cancel(c: Context, job_ids: tuple[str, ...], kill: bool, as_json: bool) -> N
     check_ids(list(job_ids))
     results = c.spool.cancel(list(job_ids), kill=kill)
     if as_json:
-        emit_json([{"id": r.job_id, "outcome": r.outcome.value, "state": r.state} for r in results])
+        emit_json([{"id": r.job_id, "outcome": r.outcome.value, "state": r.state,
+                    **({"host": r.host, "stopped_by": iso(r.stopped_by)} if r.outcome.value == "recorded" else {})}
+                   for r in results])
     else:
         for r in results:
-            line = f"{r.job_id}: {_SAID[r.outcome.value].format(state=r.state)}"
+            by = time.strftime("%H:%M:%S", time.localtime(r.stopped_by)) if r.stopped_by else "the end of its lease"
+            said = _SAID[r.outcome.value].format(state=r.state, on=f" on {r.host}" if r.host else "", by=by)
+            line = f"{r.job_id}: {said}"
             click.echo(line if r.ok else f"Error: {line}", err=not r.ok)
     if not all(r.ok for r in results):
         sys.exit(1)

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 from ..format import job, layout
 from ..system import fsio
 from ..format.errors import SpoolError
-from ..store.owners import Judge
+from ..store.judge import Judge
 from ..spool import Spool
 
 STALE_AFTER = 3600.0

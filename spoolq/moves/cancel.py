@@ -12,7 +12,10 @@ any other: a cancel either happened or did not.
 
 A running job: the canceller leaves ``processing/<worker>/.cancel.<id>``. Its worker looks for it
 each time it checks on its job (every half second), kills the job and records the attempt as
-cancelled; a rescuer that finds the mark beside a job it recovers records it so too.
+cancelled; a rescuer that finds the mark beside a job it recovers records it so too. Then the kill
+is not confirmed: the worker was out of reach (a host cut off from the spool), and it is its own
+lease guard that stops the job, before the lease the rescuer waited out ends (heartbeat.py). The
+canceller says which it was, and by when the job was stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from ..format import layout, modes
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership
 from ..format.job import Job
-from ..store.owners import Owners
+from ..store.judge import registered_lease
+from ..store.owners import OwnerDir, Owners
 from ..store.store import Store
 from .dependencies import Dependencies
 from .handoff import Takes
@@ -42,6 +46,7 @@ class Outcome(enum.Enum):
     KILLED = "killed"  # it was running: its worker killed it, now dead
     REQUESTED = "requested"  # it is running: its worker has not acted on the request yet
     RUNNING = "running"  # it is running, and no kill was asked for: left alone
+    RECORDED = "recorded"  # it was running on a worker out of reach: a rescuer recorded it cancelled
     FINISHED = "finished"  # already done or dead (or it finished before it could be killed)
     UNKNOWN = "unknown"  # no such job
     BUSY = "busy"  # a dropped file not yet adopted, or one that kept moving: try again
@@ -52,10 +57,12 @@ class Result:
     job_id: str
     outcome: Outcome
     state: str | None  # where the job is now
+    host: str | None = None  # RECORDED: the host of the worker that was out of reach
+    stopped_by: float | None = None  # RECORDED: when, at the latest (this host's clock), that worker stopped it
 
     @property
     def ok(self) -> bool:
-        return self.outcome in (Outcome.CANCELLED, Outcome.KILLED, Outcome.REQUESTED)
+        return self.outcome in (Outcome.CANCELLED, Outcome.KILLED, Outcome.REQUESTED, Outcome.RECORDED)
 
 
 def mark_name(job_id: str) -> str:
@@ -89,6 +96,31 @@ class KillRequest:
         fsio.unlink_quietly(self.mark)
 
 
+class Holder:
+    """The worker asked to kill a job, as the canceller saw it while waiting: its host and the
+    end of the last lease it renewed."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self.host: str | None = None
+        self.lease_ends: float | None = None  # on the file system's clock
+
+    def look(self, owners: Owners) -> None:
+        reg = owners.registration(self.owner)
+        if reg is not None and reg.record:
+            self.host = str(reg.record.get("host", "?"))
+            self.lease_ends = reg.heartbeat + (registered_lease(reg.record) or owners.store.config.lease_timeout)
+
+    def rescued(self, owners: Owners) -> bool:
+        """Did a rescuer take its jobs (its directory fenced: ``<rescuer>~<owner>``), rather than
+        the worker record the kill itself?"""
+        return any(self.owner in OwnerDir(entry).chain[1:] for entry in fsio.listdir(owners.layout.processing))
+
+    def stopped_by(self, store: Store) -> float | None:
+        """When its own lease guard had killed the job at the latest, on this host's clock."""
+        return None if self.lease_ends is None else self.lease_ends + store.clock() - store.fs_clock()
+
+
 class Canceller:
     def __init__(self, store: Store, owners: Owners, views: Views, takes: Takes, deps: Dependencies):
         self.store = store
@@ -98,6 +130,7 @@ class Canceller:
         self.takes = takes
         self.deps = deps
         self._requests: dict[str, KillRequest] = {}  # made by --kill, withdrawn if the job ends first
+        self._holders: dict[str, Holder] = {}  # job id -> the worker asked to kill it, as last seen
 
     def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[Result]:
         """Cancel each job; with `kill`, ask running ones' workers to kill them, and wait up to
@@ -172,6 +205,8 @@ class Canceller:
         except FileNotFoundError:
             return False  # its owner's directory is gone: the job moved on
         self._requests[job.id] = request
+        self._holders[job.id] = holder = Holder(OwnerDir(os.path.basename(os.path.dirname(path))).holder)
+        holder.look(self.owners)
         if os.path.lexists(path):
             return True
         # RACE: it finished (or was recovered) between the look and the mark: the mark is void.
@@ -188,11 +223,17 @@ class Canceller:
                     view = self.views.find(result.job_id)
                 except JobNotFound:
                     continue
+                holder = self._holders.get(result.job_id)
                 if view.state == State.PROCESSING:
+                    if holder is not None:
+                        holder.look(self.owners)
                     continue
                 result.state = view.state
                 cancelled = view.job is not None and view.job.last_error == CANCELLED
                 result.outcome = Outcome.KILLED if cancelled else Outcome.FINISHED
+                if cancelled and holder is not None and holder.rescued(self.owners):
+                    result.outcome, result.host = Outcome.RECORDED, holder.host
+                    result.stopped_by = holder.stopped_by(self.store)
                 if not cancelled and result.job_id in self._requests:
                     self._requests[result.job_id].withdraw()  # it ended before its worker looked
             if all(r.outcome is not Outcome.REQUESTED for r in asked) or time.monotonic() >= deadline:

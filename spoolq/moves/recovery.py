@@ -18,7 +18,8 @@ from ..store import output
 from ..system import fsio, liveness
 from .cancel import CANCELLED, KillRequest
 from ..format.errors import InvalidJob, LostOwnership
-from ..store.owners import Judge, OwnerDir, Owners
+from ..store.judge import Judge
+from ..store.owners import OwnerDir, Owners
 from ..store.quarantine import Quarantine
 from ..store.slots import Slots
 from ..store.store import Store

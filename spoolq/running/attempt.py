@@ -61,8 +61,10 @@ class GroupRecord:
     this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
     file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
 
-    def __init__(self, path: str | None, mode: int = 0o600):
+    def __init__(self, path: str | None, mode: int = 0o600,
+                 on_change: Callable[[tuple[int, tuple[int, int]] | None], object] = lambda group: None):
         self.fd: int | None = None
+        self.on_change = on_change  # told the group too (the worker's lease guard), file or no file
         if path is None:
             return
         try:
@@ -72,17 +74,22 @@ class GroupRecord:
 
     def running(self, pid: int | None, since_tick: int = 0) -> None:
         """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
+        started = (since_tick, liveness.ticks_now()) if pid else None
+        self.on_change((pid, started) if pid and started else None)
         if self.fd is None:
             return
         try:
-            os.pwrite(self.fd, liveness.group_record(pid, (since_tick, liveness.ticks_now()) if pid else None), 0)
+            os.pwrite(self.fd, liveness.group_record(pid, started), 0)
         except OSError:
             pass
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # a file system out of reach fails the flush; the descriptor is released all the same
 
 
 def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,

@@ -13,10 +13,11 @@ from ..format import layout
 from ..store import attempts_log
 from ..system import fsio, liveness
 from ..format.errors import SpoolError
+from ..store.judge import beat_interval
 from ..store.owners import Since
 from ..pending.listing import SharedListing
 from ..spool import Spool
-from .worker import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker
+from .worker import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker
 from ..system.notify import sd_notify
 from .log_lines import JobLines, Tally, text_log
 
@@ -49,6 +50,7 @@ class Supervisor:
         self.stopping = False
         self.signals = 0
         self.token = ""
+        self.lease = 0.0  # the lease its registration records: what other hosts judge its heartbeat by
         # When `worker start` began: a `worker stop` from then on stops these workers, even one
         # that comes before they registered (`worker start --detach & worker stop`).
         self.since = since or spool.owners.since(liveness.started_at(os.getpid()) or time.time())
@@ -86,7 +88,7 @@ class Supervisor:
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
-        self.token = self.spool.owners.register("supervisor", workers=self.count)
+        self.token = self._register()
         signal.signal(signal.SIGALRM, self._heartbeat)
         self._heartbeat()
         if self.count > 1:
@@ -130,13 +132,20 @@ class Supervisor:
             root = self.spool.root.replace("\n", " ")  # one field a line: a newline in a path is not a new field
             sd_notify(f"READY=1\nSTATUS={len(mine)} of {self.count} workers running on {root}")
 
+    def _register(self) -> str:
+        self.lease = self.spool.config.lease_timeout
+        return self.spool.owners.register("supervisor", workers=self.count, lease=self.lease)
+
     def _heartbeat(self, *_args: object) -> None:
-        """SIGALRM: touch the registration, or after lease_timeout any sweep takes this live
+        """SIGALRM: touch the registration, or after its lease any sweep takes this live
         supervisor for dead, and the processing/<token>~<dead> of a rescue in progress with it.
-        A timer, not a thread: the supervisor forks."""
+        A timer, not a thread: the supervisor forks. A new lease_timeout is recorded at the next
+        beat (up to 5 s later): until then its registration is judged by the lease it records."""
         try:
-            self.spool.owners.heartbeat(self.token)
-            interval = self.spool.owners.heartbeat_interval()
+            lease = self.spool.config.lease_timeout
+            self.spool.owners.heartbeat(self.token, lease if lease != self.lease else None)
+            self.lease = lease
+            interval = beat_interval(lease)
             if self._ready_at is not None:
                 self._announce_ready()
                 interval = min(interval, READY_POLL) if self._ready_at is not None else interval
@@ -209,7 +218,8 @@ class Supervisor:
             for other in list(self.children):
                 _signal(other, signal.SIGTERM)
             return
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else \
+            "lost the spool's file system (it says why)" if code == EXIT_UNREACHABLE else f"exited with status {code}"
         self.log(f"worker pid {pid} {how}")
         self._recover()
         if self._stop_wanted():
@@ -239,7 +249,7 @@ class Supervisor:
         try:
             owners = self.spool.owners
             if not owners.heartbeat(self.token):  # declared dead elsewhere (frozen past its lease)
-                old, self.token = self.token, owners.register("supervisor", workers=self.count)
+                old, self.token = self.token, self._register()
                 owners.unregister(old)
             for recovered in self.spool.recovery.run(self.token):
                 self.log(str(recovered))

@@ -16,6 +16,7 @@ from .duties import Duties
 from .hooks import Hooks
 from ..format.errors import LostOwnership, SpoolError
 from .admission import Admission
+from .burst import Retrying
 from ..pending.index import Pacing, PendingIndex
 from ..moves.cancel import CANCELLED, KillRequest
 from ..pending.rescans import Rescans
@@ -34,6 +35,7 @@ MAX_WAIT = 30.0
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
 EXIT_UNSAFE = 77  # the spool stopped being safe to use: its supervisor stops too
 EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not worth a traceback
+EXIT_UNREACHABLE = 74  # the spool's file system failed under it (ENOTCONN, EIO): its supervisor starts another
 
 
 def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
@@ -59,24 +61,31 @@ def _due_later(pending_entry: str) -> bool:
     return parsed is not None and parsed.due_ms > time.time() * 1000
 
 
-class Retrying:
-    """The retries a burst worker scheduled (pending entries), which it waits out before leaving."""
-
-    def __init__(self) -> None:
-        self.entries: set[str] = set()
-
-    def left(self, index: PendingIndex, paused: frozenset[str]) -> bool:
-        """Whether any is left to run: one a fresh listing still shows in pending/ (another worker
-        may have run it), of a queue not paused (a burst leaves those, as it leaves their jobs)."""
-        # RACE: another worker may claim a retry after the listing: this one then waits until it
-        # is due, loses the claim, lists again and leaves; nothing runs twice (the claim decides).
-        self.entries = {entry for entry in self.entries if index.knows(entry)}
-        return any(_queue(entry) not in paused for entry in self.entries)
+def _said(e: OSError) -> str:
+    """An error of the file system in a few words: what failed, and where."""
+    return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
 
 
-def _queue(pending_entry: str) -> str:
-    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
-    return parsed.queue if parsed is not None else layout.DEFAULT_QUEUE
+def _unless_unreachable(loop: Callable[[], None], log: Callable[[str], None]) -> bool:
+    """Run the worker's loop: False if the spool's file system failed under it (a host cut off
+    from a shared spool: ENOTCONN, EIO), said in one line, no traceback; its supervisor starts
+    another, which waits for the spool to come back."""
+    try:
+        loop()
+    except OSError as e:
+        log(f"the spool's file system failed: {_said(e)}; stopping (its supervisor starts another "
+            "once the spool can be reached)")
+        return False
+    return True
+
+
+def _unregister(spool: Spool, owner: str, log: Callable[[str], None] | None) -> None:
+    """Leave the registry (`log`: None when the spool is known to be out of reach)."""
+    try:
+        spool.owners.unregister(owner)
+    except OSError as e:  # its lease runs out: a worker on any host cleans up after it
+        if log is not None:
+            log(f"cannot unregister: {_said(e)}")
 
 
 class CannotStart(Exception):
@@ -149,7 +158,7 @@ class Worker:
     def run(self) -> int:
         """Work until asked to stop (or, with burst, until nothing is ready). Returns an exit
         status: 0; EXIT_SIGNALLED when a signal to this worker stopped it; EXIT_UNSAFE when the
-        spool stopped being safe to use. Raises CannotStart if it cannot even begin."""
+        spool stopped being safe to use (EXIT_UNREACHABLE: out of reach). Raises CannotStart."""
         try:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
@@ -168,8 +177,9 @@ class Worker:
                                    recursive=(layout.pending,) if self.spool.config.pending_shards > 0 else ())
         announce_wakeups(self._wake, self.spool, self.log)
         runner.keep_descriptors_from_jobs()
+        unreachable = True
         try:
-            self._loop()
+            unreachable = not _unless_unreachable(self._loop, self.log)
         finally:
             self.duties.stop()
             self.heartbeat.stop()
@@ -177,13 +187,15 @@ class Worker:
             if self.events is not None:
                 self.events.close()
             self._wake.close()
-            self.spool.owners.unregister(self.owner)
+            _unregister(self.spool, self.owner, None if unreachable else self.log)
         self.hooks.wait()
         dropped = f"; {self.job_lines.dropped} job lines dropped: stderr was not read" if self.job_lines and \
             self.job_lines.dropped else ""
         self.log(f"stopped ({self.rescans.summary()}{dropped})")
         if self.unsafe:
             return EXIT_UNSAFE
+        if unreachable:
+            return EXIT_UNREACHABLE
         return EXIT_SIGNALLED if self.signals else 0
 
     def _register(self) -> None:
@@ -192,11 +204,10 @@ class Worker:
             extra["queues"] = sorted(self.queues)
         self.heartbeat.stop()
         self.heartbeat = Heartbeat(self.spool, self.log)
-        self.owner = self.spool.owners.register("worker", **extra)
-        self.heartbeat.start(self.owner)
+        self.owner = self.heartbeat.start(lambda lease: self.spool.owners.register("worker", lease=lease, **extra))
         self.group.close()
         self.group = attempt.GroupRecord(os.path.join(self.spool.layout.owned(self.owner), layout.GROUP_FILE),
-                                 self.spool.store.modes.file)
+                                         self.spool.store.modes.file, lambda group: self.heartbeat.guard(group))
         if self.events is not None:
             self.events.close()
         self.events = attempts_log.EventLog(self.spool.layout.dir("events"), self.owner, modes=self.spool.store.modes,
@@ -210,6 +221,8 @@ class Worker:
 
     def _abort_reason(self) -> str | None:
         """Asked while a job runs: why to kill it now, if there is a reason."""
+        if (running_out := self.heartbeat.running_out()) is not None:  # first: it reads no file
+            return running_out
         if self.lost:
             return "aborted: this worker lost the job"
         if self.signals >= KILL_AFTER_SIGNALS:
@@ -363,6 +376,7 @@ class Worker:
 
     def _finish(self, claimed: Claimed, outcome: runner.Outcome, kill: KillRequest, claimed_at: float) -> None:
         finished_at = time.time()
+        outcome.error = self.heartbeat.why_stopped(outcome.error) if not outcome.ok else None
         cancelled = outcome.error == CANCELLED and kill.asked()
         moved = attempt.record(self.spool, claimed, outcome, self.host, self.log, final=cancelled)
         if cancelled:

@@ -197,9 +197,12 @@ class EventLog:
         return removed
 
     def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # a file system out of reach fails the flush; the descriptor is released all the same
 
 
 def files(directory: str) -> list[tuple[str, os.stat_result]]:

@@ -37,7 +37,8 @@ class AttemptLog:
         self.head = 0  # bytes written to the log
         self.tail = bytearray()  # the last bytes, once the head is full
         self.cut = 0  # bytes dropped between head and tail
-        self.disk_full = False
+        self.disk_full = False  # or the log cannot be written at all (unreachable)
+        self.unreachable = False
         self.last_byte = b"\n"
         self.received = 0  # bytes the job wrote, kept or not
 
@@ -63,7 +64,11 @@ class AttemptLog:
             fsio.write_all(self.fd, data)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+                # The spool out of reach (ENOTCONN, EIO): the output is lost, the job runs on; its
+                # worker's lease decides whether it may (heartbeat.py).
+                self.unreachable = self.disk_full = True
+                self.cut += len(data)
+                return
             self._give_back_space()
             self.cut += len(data)
             return
@@ -80,7 +85,11 @@ class AttemptLog:
         try:
             self._finish(status, seconds)
         finally:
-            os.close(self.fd)
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass  # a file system out of reach fails the flush; the descriptor is released all the same
+
 
     def _finish(self, status: str, seconds: float) -> None:
         lines = b""
@@ -93,11 +102,13 @@ class AttemptLog:
             self.last_byte = self.tail[-1:]
         note = " (output truncated: the disk is full)" if self.disk_full else ""
         lines += _line(self.last_byte, f"==> attempt finished in {seconds:.3f}s: {status}{note} <==\n")
+        if self.unreachable:
+            return
         try:
             append(self.fd, lines)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+                return  # the spool out of reach: the footer is lost with the output
             self._give_back_space()
             try:
                 append(self.fd, b"\n==> output truncated: the disk is full <==\n")

@@ -1,11 +1,11 @@
 """Owners: the registry of live workers and supervisors (``workers/<owner>.json``, its mtime the
-heartbeat), stop requests, and the one judge of whether an owner, or any process a spool file
-names, is gone. Recovery, ``worker list``, clean-up, fsck and lock breaking all ask this judge."""
+heartbeat) and stop requests. Whether an owner is gone is the judge's to say (judge.py)."""
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import stat
@@ -16,13 +16,8 @@ from typing import Any, NamedTuple
 from ..format import job, layout
 from ..system import fsio, liveness
 from ..format.errors import SpoolError
+from .judge import Judge, Registration, beat_interval
 from .store import Store
-
-
-class Registration(NamedTuple):
-    owner: str
-    record: dict[str, Any]  # {} when the file is unreadable
-    heartbeat: float  # mtime of the registration, on the file system's clock
 
 
 @dataclass
@@ -84,51 +79,6 @@ class OwnerDir(NamedTuple):
         return self.chain[0]
 
 
-class Judge:
-    """Says why an owner is gone, None while it lives. On this machine its pid decides: a dead
-    pid means gone at once, and a live one is never lease-expired (a busy or stopped worker is
-    still there, and would run its job twice). On any other host no heartbeat within the lease
-    means gone, measured on the file system's clock (read once, when first needed)."""
-
-    def __init__(self, store: Store, lease: float):
-        self.store = store
-        self.lease = lease
-        self.here = layout.host_name()
-        self._fs_now: float | None = None
-
-    def why_gone(self, reg: Registration) -> str | None:
-        record = reg.record
-        if self.is_local(record.get("host"), record.get("boot"), record.get("pidns")):
-            return self.why_process_gone(record.get("host"), record.get("pid"), start=record.get("start"),
-                                         boot=record.get("boot"), pidns=record.get("pidns"))
-        if self._fs_now is None:
-            self._fs_now = self.store.fs_clock()
-        if self._fs_now - reg.heartbeat > self.lease:
-            return f"no heartbeat from {record.get('host', '?')} for {self._fs_now - reg.heartbeat:.0f}s"
-        return None
-
-    def why_process_gone(self, host: object, pid: object, *, start: object = None,
-                         boot: object = None, pidns: object = None) -> str | None:
-        """A process named by host and pid: gone if it was on this machine, in this boot, and
-        its pid (with its start time, when known) no longer runs. A process elsewhere cannot be
-        probed from here: None (fail closed)."""
-        if not self.is_local(host, boot, pidns):
-            return None
-        if liveness.alive(pid, start):
-            return None
-        return f"pid {pid} is gone"
-
-    def is_local(self, host: object, boot: object = None, pidns: object = None) -> bool:
-        """Was this process on this machine, in this boot, in our pid namespace? Only then does
-        its pid mean anything here; elsewhere (a host with the same name, a container sharing
-        this host's name, or before a reboot) only its lease counts."""
-        if host != self.here:
-            return False
-        if pidns is not None and pidns != liveness.pid_namespace():
-            return False
-        return boot is None or boot == liveness.boot_id()
-
-
 class Owners:
     def __init__(self, store: Store):
         self.store = store
@@ -141,17 +91,16 @@ class Owners:
     # ---- registration and heartbeat ------------------------------------------------------
 
     def register(self, role: str = "worker", **extra: Any) -> str:
-        """Announce a live owner; returns its token. The registration file's mtime is its heartbeat."""
+        """Announce a live owner; returns its token. The registration file's mtime is its heartbeat,
+        judged by the lease it records (`lease`: the one its owner beats under; by default the
+        configured one)."""
         host = layout.host_name()
         owner = layout.owner_token(host, os.getpid())
         record = {"owner": owner, "host": host, "pid": os.getpid(), "role": role,
                   "start": liveness.start_token(os.getpid()), "boot": liveness.boot_id(),
-                  "pidns": liveness.pid_namespace(),
+                  "pidns": liveness.pid_namespace(), "lease": self.store.config.lease_timeout,
                   "started_at": job.iso(self.store.clock()), **extra}
-        data = json.dumps(record).encode()
-        if len(data) > MAX_REGISTRATION_BYTES:  # others could not read it, and would judge its owner gone
-            raise SpoolError(f"a registration of {len(data)} bytes is over the limit of {MAX_REGISTRATION_BYTES}")
-        self.store.publish(self.layout.worker_file(owner), data, durable=False)
+        self._write_registration(owner, record)
         # RACE: the registration exists before the owner's directory, and outlives it at
         # unregister, so a processing/<owner> without a registration always means a dead owner.
         try:
@@ -161,11 +110,21 @@ class Owners:
             raise
         return owner
 
-    def heartbeat(self, owner: str) -> bool:
-        """Touch the registration; False if it is gone (this owner was declared dead elsewhere),
+    def _write_registration(self, owner: str, record: dict[str, Any]) -> None:
+        data = json.dumps(record).encode()
+        if len(data) > MAX_REGISTRATION_BYTES:  # others could not read it, and would judge its owner gone
+            raise SpoolError(f"a registration of {len(data)} bytes is over the limit of {MAX_REGISTRATION_BYTES}")
+        self.store.publish(self.layout.worker_file(owner), data, durable=False)
+
+    def heartbeat(self, owner: str, lease: float | None = None) -> bool:
+        """Touch the registration (with `lease`: rewrite it to record that lease, the one its owner
+        beats under from now on); False if it is gone (this owner was declared dead elsewhere),
         or if a rescuer has marked its directory (seen even through a cached old name)."""
         try:
-            os.utime(self.layout.worker_file(owner))
+            if lease is None:
+                os.utime(self.layout.worker_file(owner))
+            elif not self._record_lease(owner, lease):
+                return False
         except OSError as e:
             if fsio.is_gone(e):
                 return False
@@ -187,15 +146,30 @@ class Owners:
                 return  # still holds a job: leave it for recovery rather than lose it
         fsio.unlink_quietly(self.layout.worker_file(owner))
 
+    def _record_lease(self, owner: str, lease: float) -> bool:
+        """Rewrite a registration under a new lease; False if it is gone."""
+        reg = self.registration(owner)
+        if reg is None:
+            return False
+        if not reg.record:  # unreadable (another program's bytes): touched, judged by the configured lease
+            os.utime(self.layout.worker_file(owner))
+            return True
+        # RACE: a rescuer may fence this owner and remove its registration between the read and
+        # the rename, which then brings it back: the look at the directory that follows (in
+        # heartbeat) finds the fence, the owner goes on under a new identity and removes it.
+        self._write_registration(owner, {**reg.record, "lease": lease})
+        return True
+
     def heartbeat_interval(self) -> float:
-        """How often a live owner touches its registration: well inside the lease, at most 5 s."""
-        return max(0.2, min(self.store.config.lease_timeout / 4, 5.0))
+        """How often a live owner touches its registration under the configured lease."""
+        return beat_interval(self.store.config.lease_timeout)
 
     def registration(self, owner: str) -> Registration | None:
         """None if there is none; an empty record if it cannot be read or believed (see modes.py: a
         record someone else wrote or could rewrite). An empty record is judged by its lease alone,
         from the file's mtime: whoever can write a file can make it look fresh, never old, so no
-        live worker is ever taken for dead from a record it did not write."""
+        live worker is ever taken for dead from a record it did not write; and a file system that
+        does not answer (EIO, ENOTCONN, ESTALE: a client just reconnected) is no sign of death."""
         path = self.layout.worker_file(owner)
         try:  # never blocking on a fifo, nor reading a file of any size, that someone put there
             data, st = fsio.read_regular(path, MAX_REGISTRATION_BYTES, single_link=False)
@@ -210,14 +184,14 @@ class Owners:
 
     @staticmethod
     def _unreadable(path: str, owner: str) -> Registration | None:
-        """A registration that cannot be read just now (EMFILE, EIO, half-written): its mtime, if
-        even that cannot be had, "just now" (fail closed: a worker is rescued only once it is known gone)."""
+        """A registration that cannot be read just now (EMFILE, EIO, not JSON): its mtime; if even
+        that cannot be had, a heartbeat never too old (fail closed: rescued only once known gone)."""
         try:
             return Registration(owner, {}, os.lstat(path).st_mtime)
         except FileNotFoundError:
             return None
         except OSError:
-            return Registration(owner, {}, time.time())
+            return Registration(owner, {}, math.inf)  # cannot tell: never judged gone on this
 
     def record(self, owner: str) -> dict[str, Any] | None:
         """What an owner's registration says; None if it is gone, {} if it cannot be read."""
@@ -248,7 +222,7 @@ class Owners:
         jobs = [layout.stem(e) for e in fsio.listdir(self.layout.owned(reg.owner))
                 if layout.is_json_entry(e) and not e.startswith(layout.ADOPT_PREFIX)]
         record = reg.record
-        known = ("owner", "host", "pid", "role", "started_at")
+        known = ("owner", "host", "pid", "role", "started_at", "lease")
         pid = record.get("pid")
         return WorkerInfo(owner=reg.owner, host=str(record.get("host", "?")), pid=pid if job.is_int(pid) else 0,
                           role=str(record.get("role", "worker")), started_at=record.get("started_at"),

@@ -82,8 +82,8 @@ def ticks_now() -> int:
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
-def kill_job_group(pgid: int, started: tuple[int, int]) -> bool:
-    """SIGKILL what is left of the process group a job's shell led (its pid is the group's id;
+def kill_job_group(pgid: int, started: tuple[int, int], signum: int = 9) -> bool:
+    """SIGKILL (or `signum`) what is left of the process group a job's shell led (its pid is the group's id;
     its start time lies in the `started` window of clock ticks), on this host. False if that
     group is gone.
 
@@ -97,7 +97,7 @@ def kill_job_group(pgid: int, started: tuple[int, int]) -> bool:
     try:
         # RACE: if every member exited since we looked, a new process could take this pid and
         # lead a group of its own in the microseconds before this call; nothing else can.
-        os.killpg(pgid, 9)  # SIGKILL; the signal module is not worth importing on the CLI's path
+        os.killpg(pgid, signum)  # 9 is SIGKILL; the signal module is not worth importing on the CLI's path
     except (ProcessLookupError, PermissionError):
         return False
     return True

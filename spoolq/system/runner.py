@@ -54,9 +54,13 @@ def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | 
         os.close(write_end)
     job = _Running(pid, read_end, output)
     try:
-        on_spawn(pid)
-        deadline = started + timeout if timeout else None
-        why = job.wait(deadline, should_abort, poll, timeout)
+        try:
+            on_spawn(pid)
+            deadline = started + timeout if timeout else None
+            why = job.wait(deadline, should_abort, poll, timeout)
+        except BaseException:  # the worker cannot watch the job any more: it must not run on unwatched
+            job.kill()
+            raise
         job.end(terminate=why is not None, kill_children=not keep_children)
         if why is not None:
             return Outcome(False, None, why, time.monotonic() - started)
@@ -120,6 +124,11 @@ class _Running:
         else:
             self._drain(time.monotonic())  # what is in the pipe now; kept children write on
         self.status = os.waitpid(self.pid, 0)[1]
+
+    def kill(self) -> None:
+        """SIGKILL the group, then reap the leader: nothing of the job is left to watch."""
+        self._signal_group(signal.SIGKILL)
+        os.waitpid(self.pid, 0)
 
     def _drain(self, until: float) -> None:
         """Copy what is left in the pipe, until every writer has closed it or `until`: a process
