@@ -165,11 +165,12 @@ class Owners:
         return beat_interval(self.store.config.lease_timeout)
 
     def registration(self, owner: str) -> Registration | None:
-        """None if there is none; an empty record if it cannot be read or believed (see modes.py: a
-        record someone else wrote or could rewrite). An empty record is judged by its lease alone,
-        from the file's mtime: whoever can write a file can make it look fresh, never old, so no
-        live worker is ever taken for dead from a record it did not write; and a file system that
-        does not answer (EIO, ENOTCONN, ESTALE: a client just reconnected) is no sign of death."""
+        """None if there is none; an empty record if it cannot be read or believed. One that someone
+        else wrote or could rewrite (modes.py) is judged by its lease alone, from the file's mtime:
+        whoever can write a file can make it look fresh, never old, so no live worker is ever taken
+        for dead from a record it did not write; nor from a file system that does not answer (EIO,
+        ENOTCONN, ESTALE: a client just reconnected). Its owner's own file that is no registration
+        (torn by a crash) has no heartbeat."""
         path = self.layout.worker_file(owner)
         try:  # never blocking on a fifo, nor reading a file of any size, that someone put there
             data, st = fsio.read_regular(path, MAX_REGISTRATION_BYTES, single_link=False)
@@ -179,12 +180,16 @@ class Owners:
             return Registration(owner, record if isinstance(record, dict) else {}, st.st_mtime)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, RecursionError):
+        except (ValueError, RecursionError):
+            # Its owner's own file, and not a registration: torn by a crash (it is written without
+            # fsync), so its owner is gone; judged so at once, as a record with no heartbeat.
+            return Registration(owner, {}, 0.0)
+        except OSError:
             return self._unreadable(path, owner)
 
     @staticmethod
     def _unreadable(path: str, owner: str) -> Registration | None:
-        """A registration that cannot be read just now (EMFILE, EIO, not JSON): its mtime; if even
+        """A registration that cannot be read just now (EMFILE, EIO, ENOTCONN): its mtime; if even
         that cannot be had, a heartbeat never too old (fail closed: rescued only once known gone)."""
         try:
             return Registration(owner, {}, os.lstat(path).st_mtime)
