@@ -10,7 +10,7 @@ from typing import Callable
 from ..format.states import State
 from ..format import job as job_record
 from ..store import attempts_log, output
-from ..system import liveness, runner
+from ..system import fsio, liveness, runner
 from ..format.errors import LostOwnership
 from ..format.job import Job
 from ..spool import Spool
@@ -85,11 +85,7 @@ class GroupRecord:
 
     def close(self) -> None:
         fd, self.fd = self.fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # a file system out of reach fails the flush; the descriptor is released all the same
+        fsio.close_quietly(fd)
 
 
 def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,

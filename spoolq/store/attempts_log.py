@@ -198,11 +198,7 @@ class EventLog:
 
     def close(self) -> None:
         fd, self.fd = self.fd, None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # a file system out of reach fails the flush; the descriptor is released all the same
+        fsio.close_quietly(fd)
 
 
 def files(directory: str) -> list[tuple[str, os.stat_result]]:

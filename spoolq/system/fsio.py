@@ -12,6 +12,15 @@ from contextlib import contextmanager
 from typing import Iterator
 
 
+def close_quietly(fd: int | None) -> None:
+    """Release a descriptor; a file system out of reach fails the flush, and it is released all the same."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def exact_mode(fd: int, mode: int) -> None:
     """A shared spool's files need group read whatever the creator's umask (private: the
     umask can only narrow 0600, so there is nothing to do)."""
