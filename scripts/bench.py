@@ -697,7 +697,7 @@ def idle_rows(tmp: str, n: int, window: float) -> list[Row]:
         progress(f"idle worker: {n} done jobs against none ({label})")
         idlecost.finished_spool(SPOOLQ, full, n)
         idlecost.finished_spool(SPOOLQ, empty, 0)
-        (cpu, calls), (ref_cpu, ref_calls) = idlecost.idle_cost(SPOOLQ, [full, empty], 15, window)
+        (cpu, calls), (ref_cpu, ref_calls) = idlecost.idle_cost(SPOOLQ, [full, empty], 180, window)
         rows.append(Row(f"idle worker, {n} done jobs, every duty on ({label})", "%", [cpu],
                         "the same beside an empty spool", [ref_cpu], "<= 0.3 % of a core", cpu <= 0.3,
                         f"system calls a minute: {calls} against {ref_calls}",

@@ -92,14 +92,16 @@ def cpu_ticks(pids: list[int]) -> int:
 
 
 def idle_cost(spoolq: list[str], spool_dirs: list[str], settle: float, window: float) -> list[tuple[float, int]]:
-    """One worker on each spool, all idle at once over the same window after `settle` seconds:
+    """One worker on each spool, all idle at once over the same window once they settled (at most
+    `settle` seconds):
     (% of a core, system calls a minute (0 without strace)) for each."""
     procs = [subprocess.Popen([*spoolq, "--spool", d, "worker", "start", "--count", "1", "--quiet"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
              for d in spool_dirs]
     try:
-        time.sleep(settle)
+        time.sleep(2)
         groups = [[p.pid, *children(p.pid)] for p in procs]
+        settled(groups, settle)
         before = [cpu_ticks(g) for g in groups]
         time.sleep(window)
         after = [cpu_ticks(g) for g in groups]
@@ -114,6 +116,19 @@ def idle_cost(spoolq: list[str], spool_dirs: list[str], settle: float, window: f
     calls = [syscalls(os.path.join(d, "strace.txt")) * 60 / window for d in spool_dirs] if traces else [0] * len(procs)
     tick = os.sysconf("SC_CLK_TCK")
     return [((b - a) / tick / window * 100, int(c)) for a, b, c in zip(before, after, calls)]
+
+
+def settled(groups: list[list[int]], longest: float) -> None:
+    """Until every worker is through its start (a first retention pass over every finished job,
+    the textfile's first counts, which read each job file once, and count again once done/ has
+    been still for a while): 5 s at under 1% of a core, after two of the textfile's intervals."""
+    time.sleep(2 * 15)
+    deadline = time.monotonic() + longest
+    while time.monotonic() < deadline:
+        before = [cpu_ticks(g) for g in groups]
+        time.sleep(5)
+        if all(cpu_ticks(g) - b < 0.05 * os.sysconf("SC_CLK_TCK") for g, b in zip(groups, before)):
+            return
 
 
 def children(pid: int) -> list[int]:
