@@ -68,7 +68,7 @@ class Retention:
         self.passing: dict[str, float] = {}  # the same, for the pass under way
         self.relook: dict[str, float] = {}  # -> when to look again whatever the ages (something kept for another reason)
         self.skew = 0.0  # the file system's clock minus this host's, at the last batch
-        self.spent = 0.0  # seconds the batches of the passes under way took
+        self.spent = 0.0  # seconds the batches of the passes under way took, in the lock
         self.behind = False  # names left to look at: idle time goes on with them
         self.busy_since: float | None = None  # when this worker first found the lock held, of late
         self.said: locks.Holder | None = None  # the long holder it said, once
@@ -107,21 +107,17 @@ class Retention:
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
                 self.skew = fs_now - now
                 purged = self._batch(fs_now, until)
+                self.spent += time.monotonic() - (until - seconds)  # the batch's own work, not the import
         except LockBusy:
             self.busy_since = now if self.busy_since is None else self.busy_since  # another worker is at it
         finally:
             spent = time.monotonic() - started
             self.gap_at = now + max(MIN_GAP, spent / SHARE - spent)
             self.behind = purged is not None and any(self.todo.values())
-            self._rest(now, spent, purged is not None)
+            if purged is not None and not self.behind:  # the passes under way are through:
+                self.gap_at = max(self.gap_at, now + self.spent / PASS_SHARE)  # the pause their cost earns
+                self.spent = 0.0
         return purged
-
-    def _rest(self, now: float, spent: float, batched: bool) -> None:
-        """After the last batch of the passes under way, the pause their whole cost earns."""
-        self.spent += spent
-        if batched and not self.behind:
-            self.gap_at = max(self.gap_at, now + self.spent / PASS_SHARE)
-            self.spent = 0.0
 
     def held_long(self, now: float) -> locks.Holder | None:
         """The holder of the retention lock, once per holder, when this worker has found it held
