@@ -727,6 +727,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--compare", action="store_true",
+                    help="add rows of nq and task-spooler (tsp) where installed, in turn with spoolq's")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
                                    "shellcmd,plain,cli,idle,batch,backlog,shards,hosts,lines,observe,churn")
     a = ap.parse_args()
@@ -787,6 +789,11 @@ def main() -> int:
             rows.extend(enqueue_rows(tmp, max(10, a.repeat * 8)))
         if want("idle"):
             rows.extend(idle_rows(tmp, a.big, 20 if a.quick else 60))
+        if a.compare:
+            progress("one enqueue by nq and task-spooler, in turn with spoolq's")
+            for tool, (theirs, ours) in idlecost.compare_enqueue(SPOOLQ, tmp, max(10, a.repeat * 8)).items():
+                rows.append(Row(f"one enqueue of `true` by {tool}", "s", theirs, "one `spoolq enqueue --cmd true`",
+                                ours, "-", paired=True))
         if want("batch") or want("backlog"):
             progress(f"enqueue --batch of {a.big} jobs")
             big_dir, seconds = fill_spool(tmp, a.big, "big")
