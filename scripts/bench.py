@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
 
 from spoolq import Spool  # noqa: E402
+import idlecost  # noqa: E402
 from spoolq.format import layout as L  # noqa: E402
 
 # The console script a user runs (no runpy overhead), else the module.
@@ -672,6 +673,38 @@ def churn_rows(tmp: str, total: int, per_round: int) -> list[Row]:
     return rows
 
 
+def enqueue_rows(tmp: str, n: int) -> list[Row]:
+    """One `spoolq enqueue --cmd true`, whole process, against `python -c pass`, in turn, on the
+    disk and on tmpfs; the CPU ratio beside."""
+    rows = []
+    for label, where in idlecost.disks(tmp):
+        progress(f"one enqueue vs python -c pass ({label})")
+        s, ref, cpu = idlecost.enqueue_pairs(SPOOLQ, os.path.join(where, "cli"), n)
+        row = Row(f"one `spoolq enqueue --cmd true` ({label})", "s", s, "python -c pass", ref, "<= 2 x",
+                  notes=f"CPU {statistics.median(cpu):.2f} x", paired=True)
+        row.passed = row.ratio <= 2
+        rows.append(row)
+    return rows
+
+
+def idle_rows(tmp: str, n: int, window: float) -> list[Row]:
+    """An idle worker beside n done jobs (and their logs) against one beside none, every periodic
+    duty on (retention of done, dead and logs, a schedule, the metrics textfile, heartbeats and
+    recovery sweeps), at once over the same window, on the disk and on tmpfs."""
+    rows = []
+    for label, where in idlecost.disks(tmp):
+        full, empty = os.path.join(where, "idle-full"), os.path.join(where, "idle-empty")
+        progress(f"idle worker: {n} done jobs against none ({label})")
+        idlecost.finished_spool(SPOOLQ, full, n)
+        idlecost.finished_spool(SPOOLQ, empty, 0)
+        (cpu, calls), (ref_cpu, ref_calls) = idlecost.idle_cost(SPOOLQ, [full, empty], 180, window)
+        rows.append(Row(f"idle worker, {n} done jobs, every duty on ({label})", "%", [cpu],
+                        "the same beside an empty spool", [ref_cpu], "<= 0.3 % of a core", cpu <= 0.3,
+                        f"system calls a minute: {calls} against {ref_calls}",
+                        {"syscalls_per_minute": calls, "reference_syscalls_per_minute": ref_calls}))
+    return rows
+
+
 def timed_runs(argv: list[str], n: int, **kw) -> list[float]:
     out = []
     for _ in range(n):
@@ -694,8 +727,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--compare", action="store_true",
+                    help="add rows of nq and task-spooler (tsp) where installed, in turn with spoolq's")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
-                                   "shellcmd,plain,cli,batch,backlog,shards,hosts,lines,observe,churn")
+                                   "shellcmd,plain,cli,idle,batch,backlog,shards,hosts,lines,observe,churn")
     a = ap.parse_args()
     if a.quick:
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
@@ -751,17 +786,14 @@ def main() -> int:
             progress(f"throughput: {a.jobs} jobs of a program the shell would start")
             rows.append(throughput(tmp, a.jobs, a.repeat, "sleep 0", 1.0))
         if want("cli"):
-            progress("one enqueue vs import click")
-            spool_dir = os.path.join(tmp, "cli")
-            cli(spool_dir, "init")
-            s, ref = [], []
-            for _ in range(max(10, a.repeat * 8)):  # in turn, so that a drift moves both alike
-                ref += timed_runs([sys.executable, "-c", "import click"], 1)
-                s += timed_runs([*SPOOLQ, "--spool", spool_dir, "enqueue", "--cmd", "true"], 1)
-            row = Row("one `spoolq enqueue --cmd true`", "s", s, "python -c 'import click'", ref,
-                      "<= 1.3 x import click", paired=True)
-            row.passed = row.ratio <= 1.3
-            rows.append(row)
+            rows.extend(enqueue_rows(tmp, max(10, a.repeat * 8)))
+        if want("idle"):
+            rows.extend(idle_rows(tmp, a.big, 20 if a.quick else 60))
+        if a.compare:
+            progress("one enqueue by nq and task-spooler, in turn with spoolq's")
+            for tool, (theirs, ours) in idlecost.compare_enqueue(SPOOLQ, tmp, max(10, a.repeat * 8)).items():
+                rows.append(Row(f"one enqueue of `true` by {tool}", "s", theirs, "one `spoolq enqueue --cmd true`",
+                                ours, "-", paired=True))
         if want("batch") or want("backlog"):
             progress(f"enqueue --batch of {a.big} jobs")
             big_dir, seconds = fill_spool(tmp, a.big, "big")

@@ -1,11 +1,29 @@
-"""spoolq: a background job queue that is nothing but a directory."""
+"""spoolq: a background job queue that is nothing but a directory.
 
-from .format.errors import ConfigError, InvalidJob, JobExists, JobNotFound, LostOwnership, NotRetryable, SpoolError, WaitTimeout
-from .format.job import Job
-from .format.states import STATES, State
-from .spool import Spool
+The names below are loaded when first used: a command that needs few of them (one enqueue from
+a shell loop) does not pay for the others."""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# name -> the module that defines it
+_HOMES = {"Spool": "spool", "Job": "format.job", "State": "format.states", "STATES": "format.states",
+          **dict.fromkeys(("SpoolError", "InvalidJob", "ConfigError", "JobNotFound", "JobExists", "NotRetryable",
+                           "LostOwnership", "WaitTimeout"), "format.errors")}
+
 __all__ = ["Spool", "Job", "State", "STATES", "SpoolError", "InvalidJob", "ConfigError", "JobNotFound", "JobExists",
            "NotRetryable", "LostOwnership", "WaitTimeout", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f"{__name__}.{home}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -145,23 +145,29 @@ def test_every_command_is_found_where_the_lazy_group_looks():
 
 
 def test_one_enqueue_loads_only_what_it_needs(tmp_path):
-    """An enqueue (what a cron line or a shell loop pays for every job) does not load the other
+    """An enqueue (what a cron line or a shell loop pays for every job) does not load click, the
     commands, the owners and views (only a marker left by a dead creator needs them), recovery or
-    the transitions."""
+    the transitions; one that click must parse loads the enqueue command and not the others."""
     import subprocess
     import sys
 
-    probe = ("import sys; sys.argv = ['spoolq', '--spool', sys.argv[1], 'enqueue', '--cmd', 'true']\n"
-             "from spoolq.cli import main\n"
-             "try:\n    main.main(prog_name='spoolq', standalone_mode=False)\n"
-             "finally:\n    print(' '.join(sorted(m for m in sys.modules if m.startswith('spoolq'))), file=sys.stderr)\n")
-    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "s")], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    loaded = set(done.stderr.split())
-    assert "spoolq.moves.enqueue" in loaded
-    assert not loaded & {"spoolq.store.owners", "spoolq.reading.views", "spoolq.moves.recovery", "spoolq.moves.transitions",
-                         "spoolq.cli.admin", "spoolq.cli.reading", "spoolq.cli.workers"}
+    probe = ("import sys; sys.argv = ['spoolq', '--spool', *sys.argv[1:]]\n"
+             "from spoolq.cli import run\n"
+             "try:\n    run()\n"
+             "finally:\n    print(' '.join(sorted(m for m in sys.modules if m.startswith(('spoolq', 'click')))),"
+             " file=sys.stderr)\n")
+    never = {"spoolq.store.owners", "spoolq.reading.views", "spoolq.moves.recovery", "spoolq.moves.transitions",
+             "spoolq.cli.admin", "spoolq.cli.reading", "spoolq.cli.workers"}
+    spool = str(tmp_path / "s")
+    for args, plain in ((["enqueue", "--cmd", "true"], False), (["enqueue", "--cmd", "true"], True),
+                        (["enqueue", "--cmd", "true", "--queue", "q", "--priority", "3", "--id", "x1"], True),
+                        (["enqueue", "--cmd", "true", "--delay", "10"], False)):
+        done = subprocess.run([sys.executable, "-c", probe, spool, *args], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        loaded = set(done.stderr.split()[-1:] and done.stderr.splitlines()[-1].split())
+        assert "spoolq.moves.enqueue" in loaded and not loaded & never, args
+        assert ("click" not in loaded) == plain, args  # the first creates the spool: click says so
 
 
 # A state is named as State.X (format/states.py), never spelled out: these are the words that

@@ -332,6 +332,23 @@ def test_workers_keep_the_textfile_fresh(spool, workers, tmp_path):
     assert [n for n in os.listdir(target.parent)] == ["spoolq.prom"]  # no temp file left behind
 
 
+def test_a_reader_counting_again_does_not_list_a_directory_still_since(spool):
+    """The metrics textfile and the dashboard count every interval: done/ and dead/, which may
+    hold a week of jobs, are listed again only once they changed. Seen here by a file slipped in
+    with done/'s times put back as they were: a count that listed done/ would find it."""
+    spool.enqueue_many([{"command": "true"} for _ in range(2)])
+    burst(spool)
+    still = time.time() - 60
+    os.utime(spool.layout.done, (still, still))
+    assert spool.views.census().totals.done == 2
+    shutil.copy(os.path.join(spool.layout.done, os.listdir(spool.layout.done)[0]),
+                os.path.join(spool.layout.done, "slipped.json"))
+    os.utime(spool.layout.done, (still, still))
+    assert spool.views.census().totals.done == 2  # one stat, no listing
+    os.utime(spool.layout.done)  # changed: listed again
+    assert spool.views.census().totals.done == 3
+
+
 @pytest.mark.parametrize("value", ["relative.prom", "/tmp/x.txt", "/tmp/\0.prom"])
 def test_a_textfile_setting_that_is_not_an_absolute_prom_path_is_refused(cli, spool, value):
     spool.init()

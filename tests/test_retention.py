@@ -158,3 +158,38 @@ def test_a_look_at_many_young_jobs_is_spread_over_batches_each_bounded_in_time(s
             break
         assert batches < 1000
     assert purged.done == 0 and batches > 1  # the look was spread, and it ended
+
+
+def test_a_directory_is_not_looked_at_again_before_something_in_it_can_expire(spool):
+    """An idle worker's retention costs nothing however many jobs done/ holds: after a pass, the
+    next is due when the oldest job it left can expire (a keep shortened since is honoured), and
+    nothing is listed before."""
+    spool.enqueue_many([{"command": "true"} for _ in range(3)])
+    burst(spool)
+    spool.set_config("keep_done", DAY)
+    retention = Retention(spool)
+    now = time.time()
+    assert retention.run(now, fs_now=now).done == 0
+    assert DAY - 60 < retention.next_at - now <= DAY  # not MIN_GAP: nothing can expire before a day
+    retention.spool.finished.examined = -1
+    assert retention.run(now + 10, fs_now=now + 10).done == 0
+    assert retention.spool.finished.examined == -1  # done/ was not even listed
+    spool.set_config("keep_done", 3600)
+    assert 3600 - 60 < retention.next_at - now <= 3600
+    assert retention.run(now + 3601, fs_now=now + 3601).done == 3
+    assert spool.counts().done == 0
+
+
+def test_a_job_kept_for_its_waiters_is_looked_at_again_within_a_minute(spool):
+    finished_spool(spool)
+    burst(spool)
+    spool.set_config("keep_done", 3600)
+    retention = Retention(spool)
+    now = time.time()
+    assert retention.run(now, fs_now=now + DAY).done == 1  # "base" is kept: "waiter" waits for it
+    assert retention.next_at - now <= 60 + 1  # its waiter may be gone by then
+    retention.spool.finished.examined = -1
+    retention.run(now + 30, fs_now=now + DAY + 30)
+    assert retention.spool.finished.examined == -1  # not before
+    retention.run(now + 61, fs_now=now + DAY + 61)
+    assert retention.spool.finished.examined == 1  # "base", looked at again

@@ -21,6 +21,7 @@ from ..format import durations
 from ..format.errors import SpoolError
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
+from .quick import Terminated  # noqa: F401  (the commands import it from here)
 
 if TYPE_CHECKING:
     from ..reading.views import JobView
@@ -76,15 +77,6 @@ class Duration(click.ParamType):
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "DURATION"
-
-
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP: unwinds like Ctrl+C does (a BaseException, so that no `except
-    Exception` swallows it), so that whatever a command was writing is taken back."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
 
 
 # The module of spoolq.cli that defines each command, imported when the command is used: one

@@ -18,6 +18,7 @@ from ..format.errors import InvalidJob, JobExists
 from ..format.job import MAX_JOB_BYTES, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
+from .quick import forget_stdout, unprintable
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -178,10 +179,8 @@ class _Announcement:
                 click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
             sys.stdout.flush()
         except OSError as e:
-            # What could not be written must not be tried again at exit (exit status 120): as
-            # Python's documentation advises for a broken pipe, stdout goes to /dev/null.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise CliError(f"cannot print the new ids ({e.strerror}); nothing was enqueued", 1) from None
+            forget_stdout()
+            raise CliError(unprintable(e), 1) from None
         self.done = True
 
 

@@ -10,7 +10,6 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..format.states import State
 from ..format.states import FINISHED, NOT_STARTED, State
 from ..format import layout
 from ..system import fsio
@@ -34,6 +33,7 @@ class Finished:
         self.waiters_of = waiters_of  # jobs still waiting for one (dependencies.py): it is not purged
         self.kept = 0  # by the last purge(): finished jobs others still wait for
         self.examined = 0  # by the last purge(): names looked at (retention goes on from there)
+        self.oldest_young = float("inf")  # by the last purge(): when the oldest job it left for being young finished
 
     # ---- back to pending ---------------------------------------------------------------------
 
@@ -126,13 +126,15 @@ class Finished:
               names: list[str] | None = None) -> int:
         """Delete finished jobs (done or dead) and their output; frees their ids. Retention's small
         batches give `names` to look at (else the directory is listed) and stop at `until` (a
-        time.monotonic()); `examined` then says how many names were looked at."""
+        time.monotonic()); `examined` then says how many names were looked at, and `oldest_young`
+        when the oldest of those it kept for being too young finished (none can expire before)."""
         if state == State.PENDING:
             return self._purge_not_started(older_than, now)
         if state not in FINISHED:
             raise InvalidJob("only done, dead or pending jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
         count = self.kept = self.examined = 0
+        self.oldest_young = float("inf")
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
             finished = dirs[state]
@@ -143,9 +145,11 @@ class Finished:
                 if not layout.is_json_entry(entry):
                     continue
                 try:
-                    if now - finished_at(finished.lstat(entry)) < older_than:
-                        continue
+                    finished_when = finished_at(finished.lstat(entry))
                 except FileNotFoundError:
+                    continue
+                if now - finished_when < older_than:
+                    self.oldest_young = min(self.oldest_young, finished_when)
                     continue
                 if self.waiters_of(layout.stem(entry)):
                     self.kept += 1  # its waiters would wait for good for a job no longer there

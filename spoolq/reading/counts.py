@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 
 from ..format.states import State
@@ -48,7 +49,7 @@ class Counter:
         self.store = store
         self.layout = store.layout
         self.owners = owners
-        self._queue_of: dict[str, str | None] = {}  # "<inode>:<path>" of a job file -> its queue
+        self._tallies: dict[str, _Tally] = {}  # a directory -> what its last count found
 
     def counts(self, now: float | None = None) -> Counts:
         now_ms = str(int(self.store.now(now) * 1000)).zfill(13)
@@ -81,12 +82,13 @@ class Counter:
         one listing of each directory (what the dashboard and metrics show at each refresh)."""
         now = self.store.now(now)
         census = self._pending_census(now)
-        seen: dict[str, str | None] = {}
+        tallies = {}
         for owner in fsio.listdir(self.layout.processing):
-            self._count_files(self.layout.owned(owner), State.PROCESSING, census, seen)
+            tallies[self.layout.owned(owner)] = State.PROCESSING
         for state in (State.WAITING, State.DONE, State.DEAD):
-            self._count_files(self.layout.dir(state), state, census, seen)
-        self._queue_of = seen  # what is gone is forgotten
+            tallies[self.layout.dir(state)] = state
+        self._tallies = {directory: self._tally(directory, self._tallies.get(directory)).add_to(census, state)
+                         for directory, state in tallies.items()}  # what is gone is forgotten
         census.queues = dict(sorted(census.queues.items()))
         census.totals.workers = len(self.owners.workers(role="worker"))
         return census
@@ -144,23 +146,62 @@ class Counter:
             return None
         return None if stat.S_ISDIR(st.st_mode) else st.st_mtime
 
-    def _count_files(self, directory: str, state: str, census: Census, seen: dict[str, str | None]) -> None:
+    def _tally(self, directory: str, last: _Tally | None) -> _Tally:
+        """The jobs of a directory per queue: the last count again while the directory has not
+        changed since (one stat), else a new one that opens only the files new since."""
+        try:
+            st = os.stat(directory)
+            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except OSError:
+            stamp = None  # listed, and the listing says what is wrong
+        # RACE: an entry added or removed while the directory was listed changes its mtime, but
+        # two changes within one tick of the file system's clock leave the same mtime: a count is
+        # reused only if the directory had been still for SETTLED seconds when it was made, and
+        # never for longer than RECOUNT (a clock stepped back, a file server's cached attributes).
+        if last is not None and stamp == last.stamp and last.settled and time.monotonic() < last.until:
+            return last
+        tally = _Tally(stamp, settled=stamp is not None and time.time() - stamp[1] / 1e9 > SETTLED,
+                       until=time.monotonic() + RECOUNT)
+        known = last.queue_of if last is not None else {}
         for entry, inode in fsio.listdir_inodes(directory):
             if not layout.is_json_entry(entry):
                 continue
-            if state == State.DEAD and layout.is_quarantine_id(entry):
-                census.totals.quarantined += 1  # no job, of no queue
+            if layout.is_quarantine_id(entry) and directory == self.layout.dead:
+                tally.quarantined += 1  # no job, of no queue
                 continue
-            setattr(census.totals, state, getattr(census.totals, state) + 1)
+            tally.jobs += 1
             path = f"{directory}/{entry}"
             # A job's queue never changes, and a file keeps its name and inode while it holds one
             # job: a reader that counts again (the dashboard, metrics) opens only the files new since.
             key = f"{inode}:{path}"
-            queue = self._queue_of[key] if key in self._queue_of else _queue_in_file(path)
-            seen[key] = queue
-            c = census.no_queue if queue is None else (census.queues.get(queue)
-                                                       or census.queues.setdefault(queue, Counts()))
-            setattr(c, state, getattr(c, state) + 1)
+            queue = known[key] if key in known else _queue_in_file(path)
+            tally.queue_of[key] = queue
+            if queue is not None:
+                tally.queues[queue] = tally.queues.get(queue, 0) + 1
+        return tally
+
+
+SETTLED = 2.0  # seconds a directory must have been still for its count to be reused
+RECOUNT = 300.0  # seconds a count is reused at most
+
+
+@dataclass
+class _Tally:
+    stamp: tuple[int, int] | None  # the directory's inode and mtime when it was counted
+    settled: bool
+    until: float  # time.monotonic() after which it is counted again
+    jobs: int = 0
+    quarantined: int = 0
+    queues: dict[str, int] = field(default_factory=dict)
+    queue_of: dict[str, str | None] = field(default_factory=dict)  # "<inode>:<path>" of a job file -> its queue
+
+    def add_to(self, census: Census, state: str) -> _Tally:
+        setattr(census.totals, state, getattr(census.totals, state) + self.jobs)
+        census.totals.quarantined += self.quarantined
+        for queue, n in self.queues.items():
+            c = census.queues.get(queue) or census.queues.setdefault(queue, Counts())
+            setattr(c, state, getattr(c, state) + n)
+        return self
 
 
 def _count_json(path: str) -> int:

@@ -43,7 +43,7 @@ class Duties:
         try:
             purged = self.retention.run(now, seconds=seconds)
         except Exception as e:  # a file nobody foresaw: said, and tried again a minute later
-            self.retention.next_at, self.retention.behind = now + 60, False
+            self.retention.gap_at, self.retention.behind = now + 60, False
             self.log(f"retention failed: {type(e).__name__}: {e}")
             return
         held = self.retention.held_long(now)

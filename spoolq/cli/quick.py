@@ -1,0 +1,136 @@
+"""The one enqueue a shell loop or a cron line runs, done without loading click (which is most
+of such a call's time): `spoolq [--spool DIR] enqueue (--cmd CMD | CMD)` with any of --queue Q,
+--id ID, --priority N, --max-retries N and --shell, each given once. This module only
+recognises those words: anything else (another command or option, --help, a JSON job, an
+option twice, a value that starts with '-') and any refusal before the job is published is
+handed to the click command, which parses the same words from the start and says what is
+wrong; nothing has been written then, so it is as if this module had not run. The parts
+the click CLI shares with it live here too: Terminated, the signal handlers, the messages."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The options this path knows, each taking a value, and the job field each sets.
+VALUED = {"--cmd": "command", "--queue": "queue", "--id": "id", "--priority": "priority",
+          "--max-retries": "max_retries"}
+MAX_RETRIES = 1000  # as the click option's range says
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP: unwinds like Ctrl+C does (a BaseException, so that no `except
+    Exception` swallows it), so that whatever a command was writing is taken back."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def unwind_on_termination() -> None:
+    """SIGTERM and SIGHUP raise Terminated, as SIGINT raises KeyboardInterrupt: a killed
+    `enqueue --batch` then takes back what it wrote instead of leaving it behind. (`worker
+    start` installs its own handlers: there they mean "stop after the running jobs".)"""
+    import signal
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:  # an ignored SIGHUP (nohup) stays ignored
+            signal.signal(signum, terminate)
+
+
+def io_failure(e: OSError) -> str:
+    """A full disk, a read-only or vanished spool: what, not where in the code."""
+    from ..system.fsio import is_disk_full
+
+    cause = "the file system is full" if is_disk_full(e) else e.strerror or "I/O error"
+    return f"{cause}: {e.filename}" if e.filename else cause
+
+
+def unprintable(e: OSError) -> str:
+    """The ids could not be printed: then nothing is published, so the exit status tells the truth."""
+    return f"cannot print the new ids ({e.strerror}); nothing was enqueued"
+
+
+def forget_stdout() -> None:
+    """What could not be written must not be tried again at exit (exit status 120): as Python's
+    documentation advises for a broken pipe, stdout goes to /dev/null."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def plain_enqueue(args: list[str], environ: dict[str, str]) -> tuple[str, dict[str, object]] | None:
+    """(spool directory, job fields) of a command line this path takes, else None."""
+    spool_dir = environ.get("SPOOLQ_DIR", "./spool")
+    if args[:1] == ["--spool"] and len(args) > 1:
+        spool_dir, args = args[1], args[2:]
+    if args[:1] != ["enqueue"] or not spool_dir.strip() or spool_dir.startswith("~"):
+        return None
+    fields: dict[str, object] = {}
+    words = iter(args[1:])
+    for word in words:
+        field = VALUED.get(word)
+        value = next(words, None) if field else word
+        if word == "--shell":
+            field, value = "shell", True
+        elif field is None:  # the job's command itself, or a word for click to judge
+            if word.startswith("-") or word.lstrip().startswith(("{", "[", "\ufeff")):
+                return None
+            field = "command"
+        if value is None or field in fields or (isinstance(value, str) and value.startswith("-")):
+            return None
+        fields[field] = value
+    for field in ("priority", "max_retries"):
+        value = fields.get(field)
+        if isinstance(value, str):
+            if not (value.isascii() and value.isdigit()) or (field == "max_retries" and int(value) > MAX_RETRIES):
+                return None
+            fields[field] = int(value)
+    return (spool_dir, fields) if "command" in fields else None
+
+
+def enqueue(args: list[str]) -> int | None:
+    """Enqueue the job of a plain command line and say its id: the exit status, or None when the
+    click command is to do it (nothing has been written then)."""
+    found = plain_enqueue(args, dict(os.environ))
+    if found is None or sys.stdout is None:
+        return None
+    from ..spool import Spool
+
+    spool_dir, fields = found
+    printed = False
+
+    def announce() -> None:
+        nonlocal printed
+        try:
+            sys.stdout.write(f"{job.id}\n")
+            sys.stdout.flush()
+        except OSError as e:
+            forget_stdout()
+            raise _Unprintable(unprintable(e)) from None
+        printed = True
+
+    try:
+        spool = Spool(spool_dir, create=False)
+        if not spool.store.is_spool():
+            return None  # the click command creates it and says so
+        job = spool.make_job({"cwd": os.getcwd(), **fields})
+        spool.init()  # as the click command does: a missing directory of the layout is made
+        spool.enqueue_many([job], announce=announce)
+    except (KeyboardInterrupt, Terminated):
+        if printed:
+            return 0  # a signal held while the job was published: it is enqueued, its id printed
+        raise
+    except _Unprintable as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return 1
+    except Exception:
+        if printed:
+            raise
+        return None  # refused before anything was published: the click command says why
+    return 0
+
+
+class _Unprintable(Exception):
+    pass
