@@ -332,6 +332,28 @@ def test_workers_on_two_hosts_fire_each_slot_exactly_once(safe_rig, tmp_path):
     assert job_ids(rig.spool("B")) == sorted(slot_id("rep", first + 300 * k) for k in range(6))
 
 
+
+@pytest.mark.parametrize("skew", [120, -200])
+def test_two_hosts_of_a_rig_with_skewed_clocks_fire_each_slot_once_though_every_job_is_purged(safe_rig, tmp_path,
+                                                                                              skew):
+    """The same across a shared file system: host A on time and host B `skew` seconds off (its
+    processes' clocks; the file server's is the one clock they share) look at a minutely schedule
+    every 10 s for two minutes, each slot's job purged as soon as it is made: no slot fires twice."""
+    rig = safe_rig
+    add(rig.spool("A"), cron="* * * * *", created="2026-01-01T00:00")
+    made = []
+    start = at("2026-01-01T00:10:03")
+    for k in range(12):
+        for host, clock in (("A", start + 10 * k), ("B", start + 10 * k + skew)):
+            env = {**rig.env(host), **dfs.skewed_python(clock - time.time(), tmp_path / f"skew-{host}-{k}")}
+            done = subprocess.run([SPOOLQ[0], "-c", FIRE_AS_HOST, rig.path(host)], env=env, capture_output=True,
+                                  text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            for job_id in done.stdout.split():
+                made.append(job_id)
+                purge(rig.spool("A"), job_id)
+    assert made and len(made) == len(set(made)), sorted(made)
+
 # ---- the CLI ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cron, field", [("61 * * * *", "minute"), ("* 24 * * *", "hour"), ("* * 32 * *", "day-of-month"),
