@@ -238,12 +238,14 @@ def test_cancel_against_claims_at_the_same_instant_exactly_one_wins_and_says_so(
     ran once (the cancel reports it running or finished) or never ran (reported cancelled)."""
     ran = tmp_path / "ran"
     ids = [spool.enqueue({"id": f"j{i}", "command": f"echo j{i} >> {ran}"}).id for i in range(200)]
-    procs = [subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "--count", "2"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    log = tmp_path / "workers.log"
+    with open(log, "wb") as out:  # kept: what the workers said, should they fail
+        procs = [subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "--count", "2", "-q"],
+                                  stdout=subprocess.DEVNULL, stderr=out)]
     cancel = subprocess.run([*SPOOLQ, "--spool", spool.root, "cancel", "--json", *ids], capture_output=True,
                             text=True, timeout=120)
     for p in procs:
-        assert p.wait(120) == 0
+        assert p.wait(120) == 0, log.read_text()
     said = {r["id"]: r["outcome"] for r in json.loads(cancel.stdout)}
     runs = ran.read_text().split() if ran.exists() else []
     assert len(runs) == len(set(runs))  # nothing ran twice
