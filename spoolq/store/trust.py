@@ -120,6 +120,9 @@ def make_private_parents(root: str) -> None:
         os.chmod(path, 0o700)
 
 
+CANNOT_LOOK = "cannot be looked at"
+
+
 def unsafe_ancestor(root: str, shared: bool, uid: int | None = None) -> str | None:
     """Why a directory above the spool lets another user swap the spool, or None. Each must be
     yours or root's and not writable by others (by the group only with group_access), unless
@@ -129,6 +132,8 @@ def unsafe_ancestor(root: str, shared: bool, uid: int | None = None) -> str | No
     path = os.path.dirname(os.path.abspath(root))
     while True:
         why = _unsafe_on_the_way(path, shared, me)
+        if why and why.startswith(CANNOT_LOOK):  # a mount out of reach (ENOTCONN, EIO): no one's doing
+            return f"cannot use {root}: {path} above it {why}"
         if why:
             return (f"refusing to use {root}: {path} above it {why}; another user could swap the spool "
                     "for one of their own")
@@ -148,7 +153,7 @@ def _unsafe_on_the_way(path: str, shared: bool, me: int) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        return f"cannot be looked at ({e.strerror})"
+        return f"{CANNOT_LOOK} ({e.strerror})"
     if st.st_uid not in (0, me):
         return f"belongs to uid {st.st_uid}"
     mode = stat.S_IMODE(st.st_mode)
