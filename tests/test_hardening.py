@@ -888,6 +888,7 @@ def _a_job_held_by_a_killed_worker(spool: Spool, scratch: str) -> None:
 
 @ROOT_ONLY
 @pytest.mark.parametrize("shared", [False, True], ids=["private", "group_access"])
+@pytest.mark.slow
 def test_root_reads_a_service_users_spool_and_changes_nothing(tmp_path, shared):
     """Every read-only command works for root on a spool it does not own, and nothing in the spool
     is created, chmodded, renamed or deleted (a reader never acts for the owner)."""
@@ -909,6 +910,7 @@ def test_root_reads_a_service_users_spool_and_changes_nothing(tmp_path, shared):
 @pytest.mark.parametrize("args", [("pause",), ("enqueue", "true"), ("cancel", "later"), ("purge",),
                                   ("worker", "start", "--burst"), ("fsck", "--repair"), ("config", "set", "max_retries", "1"),
                                   ("dlq", "retry", "bad"), ("worker", "stop")])
+@pytest.mark.slow
 def test_a_command_that_changes_a_service_users_spool_stays_its_owners(tmp_path, args):
     root = str(tmp_path / "jobs")
     a_service_users_spool(root, False)

@@ -160,6 +160,7 @@ def test_two_hosts_with_skewed_clocks_fire_each_slot_once_though_every_job_is_pu
     assert slots[-1] - slots[1] == 60 * (len(slots) - 2)  # none missed since a host ahead made its first jump
 
 
+@pytest.mark.slow
 def test_a_host_hours_behind_fires_no_slot_again_though_markers_are_pruned(spool):
     """Markers younger than RETAIN on the file system's clock, and the two newest, are kept: a
     host an hour or two behind finds its latest slot fired, or a later one within HORIZON of it."""
@@ -430,6 +431,7 @@ def test_a_hand_broken_schedule_file_is_left_out_not_a_traceback(cli, spool):
     assert Schedules(spool).fire_due(time.time()) is not None
 
 
+@pytest.mark.slow
 def test_a_running_worker_fires_a_slot_at_its_time_across_a_real_minute(spool, workers):
     """The one real-time test: a minute boundary, with polling slowed down so that only the
     worker's wake-up for the slot can fire it in time."""

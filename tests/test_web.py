@@ -238,6 +238,7 @@ def test_lists_filter_by_queue_and_the_queue_table_links_to_them(spool, dashboar
     assert 'href="/jobs/dead?queue=mail">3<' in overview and 'href="/jobs/pending?queue=reports">2<' in overview
 
 
+@pytest.mark.slow
 def test_bulk_actions_ask_first_then_act_on_thousands_in_one_request_and_say_what_they_did(spool, dashboard):
     ids = dead_jobs(spool, 1500)
     d = dashboard()
