@@ -31,7 +31,8 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     try:
         from .. import web as dashboard
     except ImportError as e:
-        raise CliError(f"the dashboard needs the web extra: pip install 'spoolq[web]' ({e.name} is missing)") from None
+        raise CliError(f"the dashboard needs the web extra ({e.name} is missing): install spoolq as "
+                       "'.[web]' from its checkout (pipx install '.[web]')") from None
     spool = c.spool
     try:
         server, bound = dashboard.make(spool, host, port, read_only=read_only, token=token or None)
