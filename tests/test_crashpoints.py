@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from typing import Callable
@@ -37,6 +38,7 @@ KINDS = {
     "fsync": "fsync,fdatasync",
     "mkdir": "mkdir,mkdirat",
     "utime": "utimensat",
+    "chmod": "chmod,fchmod,fchmodat",
 }
 LIMIT = 400  # a sweep that needs more calls than this has lost its way
 
@@ -834,3 +836,37 @@ def _schedule_whole_or_absent(root: str, _made: None, killed: bool) -> None:
 def test_schedule_add_killed_at_any_point_is_whole_or_absent(tmp_path, kind):
     sweep(tmp_path, kind, _a_spool, lambda root: [*SPOOLQ, "--spool", root, "schedule", "add", "nightly", "@hourly",
                                                   "--cmd", "true"], _schedule_whole_or_absent)
+
+
+# ---- narrowing a spool that an older spoolq shared with its group -------------------------------
+
+
+def _an_old_shared_spool(root: str) -> None:
+    spool = Spool(root)
+    spool.set_config("group_access", True)
+    spool.set_config("max_retries", 4)
+    spool.enqueue({"id": "kept", "command": "true", "delay": 3600})
+    for dirpath, dirnames, filenames in os.walk(root):  # as spoolq 0.x left a shared spool
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o2770)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o660)
+
+
+def _narrowed_whole(root: str, _made: None, killed: bool) -> None:
+    r = cli(root, "status")  # the next command finishes what a killed one began
+    assert r.returncode == 0, r.stderr
+    spool = Spool(root, create=False)
+    assert (spool.config.group_access, spool.config.max_retries) == (True, 4)
+    modes = {os.path.relpath(os.path.join(d, n), root): stat.S_IMODE(os.lstat(os.path.join(d, n)).st_mode)
+             for d, dirs, files in os.walk(root) for n in dirs + files}
+    open_to_the_group = {p: oct(m) for p, m in modes.items() if m & 0o020 and p not in ("pending", "maildir/tmp",
+                                                                                          "maildir/new")}
+    assert open_to_the_group == {}
+    assert modes["pending"] == 0o3770 and spool.find("kept").state == "scheduled"
+
+
+@pytest.mark.sweep
+def test_narrowing_an_old_shared_spool_killed_at_any_chmod_is_finished_by_the_next_command(tmp_path):
+    sweep(tmp_path, "chmod", _an_old_shared_spool, lambda root: [*SPOOLQ, "--spool", root, "status"],
+          _narrowed_whole)

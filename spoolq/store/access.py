@@ -113,13 +113,18 @@ class Access:
     def _narrow_old_shared_modes(self) -> None:
         """A spool shared by an older spoolq let its group write everywhere: its owner narrows it
         once, and writes config.json anew (a new file: a member may hold the old one open)."""
+        # In three steps, each safe to stop after and do again: everything but the inboxes (so
+        # tmp/ is the owner's alone before config.json is written through it), config.json anew,
+        # and last the inboxes, whose mode says it is done (needs_new_modes).
         try:
+            trust.give_modes(self.layout, modes.SHARED, inboxes=False)
+            try:
+                with self.locked("config"):
+                    data, _ = fsio.read_regular(self.layout.config, config.MAX_CONFIG_BYTES)
+                    self.publish(self.layout.config, data)
+            except FileNotFoundError:
+                pass  # no settings: nothing to write anew
             trust.give_modes(self.layout, modes.SHARED)
-            with self.locked("config"):
-                data, _ = fsio.read_regular(self.layout.config, config.MAX_CONFIG_BYTES)
-                self.publish(self.layout.config, data)
-        except FileNotFoundError:
-            pass  # no settings: nothing to write anew
         except (OSError, ValueError) as e:
             raise SpoolError(f"cannot narrow the modes of the shared spool {self.root}: {e}") from None
 

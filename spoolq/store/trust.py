@@ -18,12 +18,15 @@ from ..format.modes import Modes
 FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired_slots.py), given modes here
 
 
-def give_modes(lay: layout.Layout, modes: Modes) -> None:
+def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> None:
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
-    a drop-in not yet taken, a quarantined file) is left as it is."""
+    a drop-in not yet taken, a quarantined file) is left as it is. Not `inboxes`: all but the
+    inboxes, whose mode says a shared spool's narrowing is done (needs_new_modes)."""
     _chmod(lay.root, modes.dir)
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
+        if name in layout.INBOXES and not inboxes:
+            continue
         directory = lay.dir(name)
         if "/" in name:
             _give_root_group(lay.root, directory)
@@ -95,10 +98,15 @@ def _chmod(path: str, mode: int) -> bool:
 
 
 def needs_new_modes(lay: layout.Layout) -> bool:
-    """Is this a spool shared by a spoolq that let the group write everywhere (pending/ open to the
-    group but not sticky)? Its owner narrows it once (give_modes) before anything is read."""
+    """Is this a spool shared by a spoolq that let the group write everywhere (an inbox open to the
+    group but not sticky)? Its owner narrows it (give_modes) before anything is read; the inboxes
+    are narrowed last, so one left open says a narrowing was stopped half-way too."""
+    return any(_open_and_not_sticky(lay.dir(name)) for name in layout.INBOXES)
+
+
+def _open_and_not_sticky(path: str) -> bool:
     try:
-        mode = os.lstat(lay.pending).st_mode
+        mode = os.lstat(path).st_mode
     except OSError:
         return False
     return stat.S_ISDIR(mode) and bool(mode & 0o020) and not mode & stat.S_ISVTX
