@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, ContextManager
 
 from . import config, shards, trust
-from ..format import job, layout, modes
+from ..format import job, layout
 from ..system import fsio, liveness, locks
 from .access import Access
 from ..format.modes import Modes
