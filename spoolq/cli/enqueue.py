@@ -86,34 +86,58 @@ def _decode(data: bytes, what: str) -> str:
         raise CliError(f"{what} is not UTF-8 (byte {e.start}); nothing was enqueued", 2) from None
 
 
-def _flag_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in fields.items() if v is not None}
+# The job fields a flag of `enqueue` sets, each named as format/job.py's FIELDS names it: the
+# command's parameters and the flags' fields are made from this table, and tests/test_cli.py checks
+# it against FIELDS both ways (every field a caller may set has a flag here or is in JSON_ONLY).
+FIELD_FLAGS = (
+    ("id", click.option("--id", "id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")),
+    ("max_retries", click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")),
+    ("priority", click.option("--priority", type=Int(), help="Higher runs first (default 0).")),
+    ("timeout", click.option("--timeout", type=Duration(low_open=True),
+                             help="How long before the job is killed (90, 10m, 2h).")),
+    ("delay", click.option("--delay", type=Duration(), help="How long to wait before the job may run (90, 10m, 2h).")),
+    ("run_at", click.option("--run-at", help="When the job may run: ISO 8601 or epoch seconds.")),
+    ("shell", click.option("--shell", is_flag=True, default=None,
+                           help="Always run the command with /bin/sh -c (else a plain one runs directly).")),
+    ("queue", click.option("--queue", help="The queue the job belongs to (default: default).",
+                           shell_complete=queue_names)),
+    ("after", click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).",
+                           shell_complete=job_ids)),
+)
+# Fields a caller sets only in a JSON job: `command` is JOB or --cmd; the others have no flag.
+JSON_ONLY = ("command", "cwd", "env", "keep_children")
+
+
+def field_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of FIELD_FLAGS, in the table's order in --help."""
+    for _field, option in reversed(FIELD_FLAGS):
+        command = option(command)
+    return command
+
+
+def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The job fields the flags given set (run_at: epoch seconds when it is a number; after: a list)."""
+    flags = {field: values[field] for field, _option in FIELD_FLAGS if values[field] is not None}
+    run_at = flags.get("run_at")
+    if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
+        flags["run_at"] = float(run_at)  # epoch seconds; a flag is always a string
+    if "after" in flags:
+        flags["after"] = [i.strip() for i in flags["after"].split(",")]
+    return flags
 
 
 @main.command()
 @click.argument("job", required=False)
 @click.option("--cmd", help="The command to run (a /bin/sh -c string; see --shell).")
-@click.option("--id", "job_id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")
-@click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
-@click.option("--priority", type=Int(), help="Higher runs first (default 0).")
-@click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
-@click.option("--delay", type=Duration(), help="How long to wait before the job may run (90, 10m, 2h).")
-@click.option("--run-at", help="When the job may run: ISO 8601 or epoch seconds.")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
-@click.option("--shell", is_flag=True, default=None,
-              help="Always run the command with /bin/sh -c (else a plain one runs directly).")
-@click.option("--queue", help="The queue the job belongs to (default: default).", shell_complete=queue_names)
-@click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).",
-              shell_complete=job_ids)
+@field_flags
 @click.option("--if-absent", is_flag=True,
               help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option
 @pass_ctx
-def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, max_retries: int | None,
-            priority: int | None, timeout: float | None, delay: float | None, run_at: str | None,
-            file_path: str | None, batch: str | None, shell: bool | None, queue: str | None, after: str | None,
-            if_absent: bool, as_json: bool) -> None:
+def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None, batch: str | None,
+            if_absent: bool, as_json: bool, **fields: Any) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
     \b
@@ -128,13 +152,9 @@ def enqueue(c: Context, job: str | None, cmd: str | None, job_id: str | None, ma
     if len(forms) != 1:
         raise click.UsageError("give exactly one of JOB, --cmd, --file or --batch"
                                + (f" (got {', '.join(forms)})" if forms else ""))
-    if batch is not None and job_id is not None:
+    if batch is not None and fields["id"] is not None:
         raise click.UsageError("--id cannot be used with --batch: each line names its own id")
-    if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
-        run_at = float(run_at)  # type: ignore[assignment]  # epoch seconds; a flag is always a string
-    flags = _flag_fields({"id": job_id, "max_retries": max_retries, "priority": priority, "timeout": timeout,
-                          "delay": delay, "run_at": run_at, "shell": shell, "queue": queue,
-                          "after": [i.strip() for i in after.split(",")] if after is not None else None})
+    flags = _flag_values(fields)
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
     specs = _read_specs(job, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all
