@@ -725,8 +725,8 @@ class SpoolqRunner:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = start_workers(self.dir, 2, "--quiet")
-        wait_until(lambda: ready_workers(self.spool, 2), 15, 0.01)
+        self.proc = start_workers(self.dir, compare.SLOTS, "--quiet")
+        wait_until(lambda: ready_workers(self.spool, compare.SLOTS), 15, 0.01)
         time.sleep(0.3)  # into their idle wait
 
     def submit(self, argv: list[str]) -> None:
@@ -760,7 +760,8 @@ def compare_rows(tmp: str, repeat: int, jobs: int, samples: int) -> list[Row]:
         progress(f"drain of {jobs} queued `true`, 2 slots: {name} in turn with spoolq ({repeat} pairs)")
         theirs, ours, means = [], [], ""
         for r in range(repeat):
-            for maker, out in ((SpoolqRunner, ours), (make, theirs)):
+            pair = ((SpoolqRunner, ours), (make, theirs))
+            for maker, out in pair if r % 2 == 0 else pair[::-1]:  # who goes first, in turn
                 where = tempfile.mkdtemp(dir=tmp, prefix=f"drain-{name}-")
                 with compare.running(maker(where)) as runner:
                     out.append(jobs / compare.drain_seconds(runner, where, jobs, str(r),
