@@ -5,6 +5,7 @@ same invocation, so the ratio means something on a noisy machine.
     scripts/bench.py                 # the full table (a few minutes on 2 cores)
     scripts/bench.py --quick         # small sizes, for a smoke run
     scripts/bench.py --json          # one JSON object for machines
+    scripts/bench.py --only none --compare   # nq, task-spooler and huey beside spoolq (compare.py)
 
 It uses only the public CLI, the Python API and the documented on-disk format, and creates
 its own spools in a temp dir that it removes afterwards.
@@ -17,7 +18,9 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import resource
+import shlex
 import shutil
 import signal
 import statistics
@@ -33,6 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
 
 from spoolq import Spool  # noqa: E402
+import compare  # noqa: E402
 import idlecost  # noqa: E402
 from spoolq.format import layout as L  # noqa: E402
 
@@ -705,6 +709,105 @@ def idle_rows(tmp: str, n: int, window: float) -> list[Row]:
     return rows
 
 
+class SpoolqRunner:
+    """spoolq behind compare.py's runner interface: `worker start --count 2`; a job handed in by
+    the Python API (`Spool.enqueue`, durable when it returns) of a process that imported spoolq."""
+
+    name = "spoolq"
+    submit_means = "`Spool.enqueue` in a Python process; the worker wakes on inotify"
+    drain_means = "`worker start --count 2`; until done/ holds every job"
+
+    def __init__(self, where: str):
+        self.dir = os.path.join(where, "spool")
+        cli(self.dir, "init")
+        self.spool = Spool(self.dir)
+        self.submitted = 0
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = start_workers(self.dir, compare.SLOTS, "--quiet")
+        wait_until(lambda: ready_workers(self.spool, compare.SLOTS), 15, 0.01)
+        time.sleep(0.3)  # into their idle wait
+
+    def submit(self, argv: list[str]) -> None:
+        self.spool.enqueue({"command": shlex.join(argv)})
+        self.submitted += 1
+
+    def submit_all(self, n: int) -> None:
+        self.spool.enqueue_many([{"command": "true"} for _ in range(n)])
+        self.submitted += n
+
+    def drained(self, timeout: float) -> None:
+        wait_until(lambda: count_done(self.dir) >= self.submitted, timeout, 0.005)
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_workers(self.proc)
+
+
+def compare_rows(tmp: str, repeat: int, jobs: int, samples: int) -> list[Row]:
+    """nq, task-spooler and huey where installed, each on spoolq's workloads in turn with spoolq:
+    one enqueue (whole process), a drain of `jobs` queued `true` with 2 slots, pickup when idle."""
+    makers, missing = compare.tools()
+    for name, why in missing.items():
+        progress(f"--compare skips {name}: {why}")
+    rows = []
+    progress(f"one enqueue by {', '.join(makers) or 'none of them'}, in turn with spoolq's")
+    for name, (theirs, ours) in compare.enqueue_pairs(SPOOLQ, tmp, makers, max(10, repeat * 8)).items():
+        rows.append(Row(f"one enqueue of `true` by {name}", "s", theirs, "one `spoolq enqueue --cmd true`",
+                        ours, "-", paired=True))
+    for name, make in makers.items():
+        progress(f"drain of {jobs} queued `true`, 2 slots: {name} in turn with spoolq ({repeat} pairs)")
+        theirs, ours, means = [], [], ""
+        for r in range(repeat):
+            pair = ((SpoolqRunner, ours), (make, theirs))
+            for maker, out in pair if r % 2 == 0 else pair[::-1]:  # who goes first, in turn
+                where = tempfile.mkdtemp(dir=tmp, prefix=f"drain-{name}-")
+                with compare.running(maker(where)) as runner:
+                    out.append(jobs / compare.drain_seconds(runner, where, jobs, str(r),
+                                                            getattr(runner, "submit_all", None)))
+                    if out is theirs:
+                        means = runner.drain_means
+        rows.append(Row(f"drain: {jobs} queued `true`, 2 slots, by {name}", "jobs/s", theirs,
+                        "spoolq, 2 workers, the same", ours, "-", notes=means, paired=True))
+    for name, make in makers.items():
+        progress(f"pickup, idle: {name} in turn with spoolq ({samples} pairs)")
+        theirs, ours, means = pickup_pairs(tmp, make, samples)
+        p90 = lambda xs: sorted(xs)[min(len(xs) - 1, int(len(xs) * 0.9))]  # noqa: E731
+        rows.append(Row(f"pickup, idle: job handed in -> command starts, by {name}", "ms", theirs,
+                        "spoolq: Spool.enqueue -> command starts", ours, "-",
+                        notes=f"p90 {p90(theirs):.2f} ms, spoolq's {p90(ours):.2f} ms; {means}",
+                        extra={"p90": p90(theirs), "reference_p90": p90(ours)}, paired=True))
+    return rows
+
+
+def pickup_pairs(tmp: str, make: Callable[[str], compare.Runner], n: int) -> tuple[list[float], list[float], str]:
+    """An idle spoolq and an idle other runner side by side (2 slots each); n + 1 times a job of
+    `sh -c ': > FIFO'` handed to each in turn, after a pause drawn from 20-120 ms (so a polling
+    runner is caught at every phase of its poll): ms from the start of the hand-in until the
+    command starts. The first pair warms up and is not counted. (theirs, spoolq's, how)."""
+    pace = random.Random(29)
+    theirs: list[float] = []
+    ours: list[float] = []
+    calls: dict[str, list[float]] = {"spoolq": [], "other": []}  # ms the hand-in itself took
+    marks = tempfile.mkdtemp(dir=tmp, prefix="pickup-marks-")
+    with compare.running(make(tempfile.mkdtemp(dir=tmp, prefix="pickup-"))) as other, \
+            compare.running(SpoolqRunner(tempfile.mkdtemp(dir=tmp, prefix="pickup-spoolq-"))) as spoolq:
+        for i in range(n + 1):
+            for runner, out, call in ((spoolq, ours, calls["spoolq"]), (other, theirs, calls["other"])):
+                time.sleep(pace.uniform(0.02, 0.12))
+                marker = Marker(os.path.join(marks, f"{runner.name}-{i}"))
+                t0 = time.time_ns()
+                runner.submit(["sh", "-c", f": > {marker.path}"])
+                handed = time.time_ns()
+                started = marker.time()
+                if i:
+                    out.append((started - t0) / 1e6)
+                    call.append((handed - t0) / 1e6)
+    mid = {k: statistics.median(v) for k, v in calls.items()}
+    return theirs, ours, f"{other.submit_means}; the hand-in call {mid['other']:.2f} ms, spoolq's {mid['spoolq']:.2f} ms"
+
+
 def timed_runs(argv: list[str], n: int, **kw) -> list[float]:
     out = []
     for _ in range(n):
@@ -728,12 +831,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--compare", action="store_true",
-                    help="add rows of nq and task-spooler (tsp) where installed, in turn with spoolq's")
+                    help="add rows of nq, task-spooler and huey where installed (huey: pip install -e '.[bench]'): "
+                         "one enqueue, a drain, pickup, each in turn with spoolq's")
+    ap.add_argument("--compare-jobs", type=int, default=500, help="--compare: jobs a drain runs")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
                                    "shellcmd,plain,cli,idle,batch,backlog,shards,hosts,lines,observe,churn")
     a = ap.parse_args()
     if a.quick:
-        a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat = 15, 300, 10_000, 1_000, 500, 1
+        # Small sizes, or smaller ones given with it.
+        a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat, a.compare_jobs = (
+            min(a.latency_samples, 15), min(a.jobs, 300), min(a.big, 10_000), min(a.small, 1_000),
+            min(a.drain, 500), 1, min(a.compare_jobs, 50))
     only = set(a.only.split(",")) if a.only else None
     want = lambda key: only is None or key in only  # noqa: E731
     # Measure what an installed spoolq costs: compiled modules, as pip leaves them.
@@ -790,10 +898,7 @@ def main() -> int:
         if want("idle"):
             rows.extend(idle_rows(tmp, a.big, 20 if a.quick else 60))
         if a.compare:
-            progress("one enqueue by nq and task-spooler, in turn with spoolq's")
-            for tool, (theirs, ours) in idlecost.compare_enqueue(SPOOLQ, tmp, max(10, a.repeat * 8)).items():
-                rows.append(Row(f"one enqueue of `true` by {tool}", "s", theirs, "one `spoolq enqueue --cmd true`",
-                                ours, "-", paired=True))
+            rows.extend(compare_rows(tmp, a.repeat, a.compare_jobs, a.latency_samples))
         if want("batch") or want("backlog"):
             progress(f"enqueue --batch of {a.big} jobs")
             big_dir, seconds = fill_spool(tmp, a.big, "big")

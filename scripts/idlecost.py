@@ -152,27 +152,3 @@ def syscalls(path: str) -> int:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
-
-
-def compare_enqueue(spoolq: list[str], tmp: str, n: int) -> dict[str, tuple[list[float], list[float]]]:
-    """--compare: one enqueue of `true` by each other queue installed (nq, task-spooler's tsp),
-    whole process, in turn with one `spoolq enqueue --cmd true`: tool -> (its walls, spoolq's)."""
-    spool_dir = os.path.join(tmp, "compare")
-    subprocess.run([*spoolq, "--spool", spool_dir, "init"], check=True, capture_output=True)
-    env = dict(os.environ, NQDIR=os.path.join(tmp, "nq"), TS_SOCKET=os.path.join(tmp, "ts.socket"),
-               TS_SAVELIST="", TMPDIR=tmp)
-    os.makedirs(env["NQDIR"], exist_ok=True)
-    tools = {name: argv for name, argv in (("nq", ["nq", "-q", "true"]), ("tsp", ["tsp", "true"]))
-             if shutil.which(argv[0])}
-    if "tsp" in tools:
-        subprocess.run(["tsp", "-S", "2"], env=env, check=True, capture_output=True)  # starts its server
-    out: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in tools}
-    for _ in range(n):
-        for name, argv in tools.items():
-            t0 = time.perf_counter()
-            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            out[name][0].append(time.perf_counter() - t0)
-            out[name][1].append(process_seconds([*spoolq, "--spool", spool_dir, "enqueue", "--cmd", "true"])[0])
-    if "tsp" in tools:
-        subprocess.run(["tsp", "-K"], env=env, capture_output=True)  # its server
-    return out

@@ -1,0 +1,61 @@
+"""scripts/bench.py --compare: every other queue that is installed gets its row of each workload
+(one enqueue, a drain, idle pickup) beside spoolq's, and one that is not is skipped, saying how to
+get it. Tiny sizes: this checks that the rows run, not what they measure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# tool -> why it would be missing, or None when installed
+INSTALLED = {
+    "nq": None if shutil.which("nq") else "nq is not installed (Debian package nq)",
+    "task-spooler": None if shutil.which("tsp") else "tsp is not installed (Debian package task-spooler)",
+    "huey": None if importlib.util.find_spec("huey") else "huey is not installed (pip install -e '.[bench]')",
+}
+WORKLOADS = ("one enqueue of `true` by {}", "drain: 6 queued `true`, 2 slots, by {}",
+             "pickup, idle: job handed in -> command starts, by {}")
+
+
+@pytest.fixture(scope="module")
+def compared() -> tuple[dict[str, dict], str]:
+    """One run of `bench.py --only none --compare --quick` at tiny sizes: (rows by name, stderr)."""
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--only", "none", "--compare",
+                          "--quick", "--compare-jobs", "6", "--latency-samples", "3", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    return {row["name"]: row for row in json.loads(run.stdout)["rows"]}, run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", sorted(INSTALLED))
+def test_each_installed_tool_has_a_row_of_each_workload_beside_spoolq(compared, tool):
+    rows, stderr = compared
+    if INSTALLED[tool]:
+        assert f"--compare skips {tool}: not installed" in stderr
+        pytest.skip(INSTALLED[tool])
+    for workload in WORKLOADS:
+        row = rows.get(workload.format(tool))
+        assert row, f"no row {workload.format(tool)!r} in {sorted(rows)}"
+        assert row["paired"] and len(row["samples"]) == len(row["reference"]) >= 1
+        assert all(math.isfinite(x) and x > 0 for x in row["samples"] + row["reference"])
+
+
+@pytest.mark.slow
+def test_the_pickup_rows_say_both_p90s(compared):
+    rows, _ = compared
+    pickups = [row for name, row in rows.items() if name.startswith("pickup, idle:")]
+    if not pickups:
+        pytest.skip("none of nq, task-spooler, huey is installed")
+    for row in pickups:
+        assert row["extra"]["p90"] >= row["median"] > 0
+        assert row["extra"]["reference_p90"] > 0
