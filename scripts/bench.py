@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # multihost.py
 
 from spoolq import Spool  # noqa: E402
 import compare  # noqa: E402
+from compare import wait_until  # noqa: E402
 import idlecost  # noqa: E402
 from spoolq.format import layout as L  # noqa: E402
 
@@ -99,17 +100,6 @@ def stop_workers(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def wait_until(predicate, timeout: float, pause: float = 0.0005):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark condition not reached")
-        time.sleep(pause)
 
 
 def ready_workers(spool: Spool, n: int) -> bool:

@@ -49,11 +49,15 @@ class Runner(Protocol):
     def stop(self) -> None: ...
 
 
-def poll_until(predicate: Callable[[], object], timeout: float, pause: float = 0.002) -> None:
+def wait_until(predicate: Callable[[], object], timeout: float, pause: float = 0.0005) -> object:
+    """The predicate's first true value, polled every `pause` seconds (bench.py's rows use it too)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise TimeoutError("a compared queue did not get there in time")
+            raise TimeoutError("benchmark condition not reached")
         time.sleep(pause)
 
 
@@ -158,7 +162,7 @@ class Huey:
                                       "-m", "0.1", "-l", self.log], env=self.env, cwd=self.where,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        poll_until(lambda: os.path.exists(self.log) and b"consumer started" in open(self.log, "rb").read(), 30, 0.01)
+        wait_until(lambda: os.path.exists(self.log) and b"consumer started" in open(self.log, "rb").read(), 30, 0.01)
 
     def submit(self, argv: list[str]) -> None:
         self.tasks.run(argv)
@@ -175,7 +179,7 @@ class Huey:
         return self.seen
 
     def drained(self, timeout: float) -> None:
-        poll_until(lambda: self.executed() >= self.submitted, timeout, 0.005)
+        wait_until(lambda: self.executed() >= self.submitted, timeout, 0.005)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -238,7 +242,7 @@ def hold_slots(runner: Runner, where: str, tag: str) -> Callable[[], None]:
         runner.submit(["cat", fifos[-1]])
     held: list[int] = []
     for fifo in fifos:
-        poll_until(lambda: opened_for_writing(fifo, held), 30)
+        wait_until(lambda: opened_for_writing(fifo, held), 30, pause=0.002)
 
     def release() -> None:
         for fd in held:
