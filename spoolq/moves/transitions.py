@@ -58,6 +58,7 @@ from ..format.job import Job
 from ..store.ids import Reservations
 from ..store.owners import Owners
 from .enqueue import Publisher
+from .finishing import Finishing
 from ..store.quarantine import Quarantine
 from ..store.store import Store
 from .handoff import Moved, Takes
@@ -239,22 +240,27 @@ class Transitions:
                 return state
         return None
 
+    @property
+    def finishing(self) -> Finishing:
+        """Every move into done/ or dead/, and the waiters it wakes (finishing.py)."""
+        return self.publisher.deps.finishing
+
     def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
-               now: float | None = None, rescuing: bool = False, final: bool = False) -> Moved:
+               now: float | None = None, rescuer: str | None = None, final: bool = False) -> Moved:
         """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead
-        (`final`: a failure never retried, a cancelled job). An owner raises LostOwnership once
-        fenced; a rescuer (`rescuing`) works inside the fence."""
+        (`final`: a failure never retried, a cancelled job); done or dead, the jobs waiting for it
+        are judged (finishing.py). An owner raises LostOwnership once fenced; a `rescuer` (the
+        owner that recovers it) works inside the fence."""
+        judge = rescuer or claimed.owner  # a waiter that dies is taken into a live owner's directory
         if claimed.transit is not None:
-            return self.takes.complete(*claimed.transit)
+            return self.finishing.complete(*claimed.transit, judge)
         job = claimed.job
-        if not rescuing:
+        if rescuer is None:
             self.takes.check_fence(claimed.path)
         if ok:
-            # The success is the move itself: the file keeps the attempts before this one, which
-            # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
-            name = layout.job_file(job.id)
-            self._move_out_of_owned(claimed.path, os.path.join(self.layout.done, name))
-            return Moved(job.id, State.DONE, name)
+            # The success is the move itself: no rewrite means no temp file, no fsync, no freed
+            # inode; readers add this attempt back (JobView).
+            return self.finishing.succeed(claimed.path, job.id, judge)
         now = self.store.now(now)
         cfg = self.store.config
         attempt = job.running_attempt
@@ -268,14 +274,4 @@ class Transitions:
             job.run_at = decision.run_at
         moving = self.takes.take_with(claimed.path, job, decision.state)
         claimed.transit = (os.path.dirname(claimed.path), moving, job)
-        return self.takes.complete(*claimed.transit)
-
-    def _move_out_of_owned(self, path: str, dest: str) -> None:
-        """The last step of every transition out of an owned file; the source's existence is
-        the proof of ownership."""
-        try:
-            moved = fsio.move(path, dest)
-        except FileNotFoundError:
-            moved = False
-        if not moved:
-            raise LostOwnership(f"{path} was taken from us")
+        return self.finishing.complete(*claimed.transit, judge)
