@@ -16,8 +16,9 @@ adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; r
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
+             (finishing.py)
 finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace then move:   no fence mark (owner); the take     the new content
-             or dead/<id>                                  recovery    .next. written, take (a rename of the file itself) won
+             or dead/<id> (finishing.py)                   recovery    .next. written, take (a rename of the file itself) won
                                                                        to .taken., move
 recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  mark .fenced, then   that rename won; per file, as       as finish fail
              then each job as "finish fail" (recovery.py)  fsck        directory rename     finish fail
@@ -28,15 +29,26 @@ purge        done|dead/<id> -> (deleted) (finished_jobs.py)     purge       unli
 discard      pending/<canonical> -> (deleted)              purge       unlink file, then    the unlink won against claims       none
              (finished_jobs.py)                                             output log, ids/<id>
 cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
-             .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
+             .taken. -> dead/<id> (cancel.py,                          take from pending/   itself) won against claims
+             finishing.py)
 kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail
              (cancel.py: .cancel.<id> asked for it)        or rescuer  retried
+release      waiting/<id> -> pending/<canonical>           a judge     rename               the rename won                      none
+             (dependencies.py)                             (below)
+die          waiting/<id> -> processing/<j>/.taken. ->     a judge     as cancel            the take won                        as finish fail
+             dead/<id> (dependencies.py, finishing.py)
 quarantine   anywhere -> dead/+<qid>                       adopt,      rename               the rename won                      reason record, dead/
                                                            claim, fsck
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 
 A new transition (dependencies, queues) is a row here and a method below (or in a module of
 its own, named in the row).
+
+Every move into done/ or dead/ (finish, recover, cancel, kill, die) ends in finishing.py, which
+then judges the jobs waiting for the job (dependencies.py: release or die, and theirs in turn):
+that is the core's consequence of a finish, so no caller can forget it; a judge is whoever
+finished the job, an enqueuer whose job waits for a finished one, or fsck. The hooks, the
+attempts log and the slots stay the worker's (finishing.py says why). Quarantine is no job.
 
 Moves out of processing/ (finish, adopt, recover) follow handoff.py: why no file there is ever
 renamed over, and how an owner and a rescuer never both move one.
