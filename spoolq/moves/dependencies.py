@@ -6,9 +6,9 @@ Who wakes a waiting job: for each job it waits for that had not finished when it
 an edge ``after/<dep>/<waiter>`` (an empty file) is made before the job is published. Every
 move of a job to done/ or dead/ (finishing.py: a worker, a rescuer, cancel, a judge) then looks
 in ``after/<job>/`` (one listing of a directory that usually does not exist, wake_waiters_of) and
-judges each waiter by the states of all it waits for. Nothing scans the waiting jobs. A release is one rename, waiting/ -> pending/ (the
-content is unchanged); a death is a take into the judge's own directory (handoff.py), like any
-failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
+judges each waiter by the states of all it waits for. Nothing scans the waiting jobs. A release
+is one rename, waiting/ -> pending/ (the content is unchanged); a death is a take into the
+judge's own directory (handoff.py), like any failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
 of its file admits one. The enqueuer judges its jobs once more after publishing them, so a dep
 that finished in between cannot leave them waiting: either the finisher saw the edge (made
 before), or the enqueuer sees the finish.
@@ -139,9 +139,10 @@ class Dependencies:
 
     def wake_waiters_of(self, job_id: str, owner: str) -> list[Woken]:
         """`job_id` has just moved to done/ or dead/ (called by finishing.py, and by sweep()):
-        judge the jobs waiting for it, and theirs in turn for each that dies. Returns (what it waited for, waiter, "pending" or "dead") for
-        each that moved. An edge goes once its waiter has moved on; while the waiter waits it stays,
-        so that a later judging (the job requeued and finished again, recovery's sweep) finds it."""
+        judge the jobs waiting for it, and theirs in turn for each that dies. Returns (what it
+        waited for, waiter, "pending" or "dead") for each that moved. An edge goes once its waiter
+        has moved on; while the waiter waits it stays, so that a later judging (the job requeued
+        and finished again, recovery's sweep) finds it."""
         moved: list[Woken] = []
         todo = [job_id]
         while todo:
