@@ -187,3 +187,44 @@ def test_no_module_spells_a_state_out():
                     if isinstance(node, ast.Constant) and node.value in STATES and id(node) not in docstrings
                     and name != "format.states" and (name, node.value) not in NOT_A_STATE]
     assert spelled == []
+
+
+# Every move of a job into done/ or dead/ is moves.finishing's, which judges the jobs waiting for
+# it (Dependencies.wake_waiters_of): the one place a finish cannot forget to. dependencies.py
+# defines the waking, and its sweep of after/ (recovery's catch-up after a crash) calls it.
+# Quarantine's rename into dead/+<qid> (store/quarantine.py, through Quarantine.file) moves no job.
+FINISHING = "moves.finishing"
+WAKING = {"moves.finishing", "moves.dependencies"}
+RENAMES = {"move", "move_no_replace", "rename", "replace", "renames", "move_in"}
+
+
+def _into_a_finished_dir(call: ast.Call) -> bool:
+    """Does a rename's argument name done/ or dead/, or a state directory chosen at run time
+    (layout.dir(moving.state): it may be either)?"""
+    for node in ast.walk(ast.Module(body=[ast.Expr(arg) for arg in call.args], type_ignores=[])):
+        if isinstance(node, ast.Attribute) and node.attr in ("done", "dead", "DONE", "DEAD", "FINISHED") or \
+                isinstance(node, ast.Name) and node.id == "FINISHED":
+            return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "dir" \
+                and node.args:
+            arg = node.args[0]
+            fixed = isinstance(arg, ast.Constant) and arg.value not in ("done", "dead") or \
+                isinstance(arg, ast.Attribute) and isinstance(arg.value, ast.Name) and arg.value.id == "State"
+            if not fixed:
+                return True
+    return False
+
+
+def test_every_finish_goes_through_finishing():
+    renames, wakes = {}, []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = getattr(node.func, "attr", getattr(node.func, "id", None)) if isinstance(node, ast.Call) else None
+            if called in RENAMES and _into_a_finished_dir(node):
+                renames.setdefault(name, []).append(node.lineno)
+            if isinstance(node, ast.Attribute) and node.attr == "wake_waiters_of" and name not in WAKING:
+                wakes.append(f"{name}:{node.lineno}")
+    assert renames.pop(FINISHING, None), "the check no longer sees finishing.py's own renames"
+    assert renames == {}, f"renames into done/ or dead/ outside {FINISHING}"
+    assert wakes == [], f"waiters woken outside {FINISHING}"

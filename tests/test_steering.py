@@ -565,7 +565,7 @@ def _a_done_without_waking_b(spool) -> None:
     spool.enqueue({"id": "b", "command": "true", "after": ["a"]})
     owner = spool.owners.register("worker")
     claimed = spool.transitions.claim(os.listdir(spool.layout.pending)[0], owner)
-    spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)  # done, and no one woke b
+    os.rename(claimed.path, os.path.join(spool.layout.done, "a.json"))  # done, and then the crash: no one woke b
     spool.owners.unregister(owner)
 
 
@@ -608,14 +608,13 @@ def test_fsck_finds_and_repairs_a_lost_wake_up_and_a_stale_edge(cli, spool):
 
 
 def _finish_and_wake(spool, job_id: str) -> None:
-    """What a worker does with one pending job: claim it, finish it done, judge what waits for it."""
+    """What a worker does with one pending job: claim it, finish it done (which judges what waits for it)."""
     from spoolq.format import layout
 
     owner = spool.owners.register("worker")
     entry = next(e for e in spool.store.shards.entries() if getattr(layout.parse_pending(e), "job_id", None) == job_id)
     claimed = spool.transitions.claim(entry, owner)
     spool.transitions.finish(claimed, ok=True, exit_code=0, error=None)
-    spool.deps.finished(job_id, owner)
     spool.owners.unregister(owner)
 
 

@@ -165,7 +165,6 @@ class Canceller:
             if taken is not None:
                 if view.state == State.WAITING:
                     self.deps.forget(job_id, taken.after)  # it waits no more: its edges go
-                self.deps.finished(job_id, owner)  # what waits for it dies with it
                 return Result(job_id, Outcome.CANCELLED, State.DEAD)
         return Result(job_id, Outcome.BUSY, None)
 
@@ -184,8 +183,8 @@ class Canceller:
             moving = self.takes.take_with(path, job, State.DEAD, into=directory)
         except LostOwnership:
             return None
-        self.takes.complete(directory, moving, job)
-        fsio.fsync_dir(self.layout.dead)
+        # Into dead/, durably; what waits for it dies with it (finishing.py).
+        self.deps.finishing.complete(directory, moving, job, owner, durable=True)
         return job
 
     def _ask_to_kill(self, path: str) -> bool:

@@ -3,12 +3,12 @@ one of them is done; if one ends dead (or is cancelled), it goes dead too, namin
 the jobs that wait for it.
 
 Who wakes a waiting job: for each job it waits for that had not finished when it was enqueued,
-an edge ``after/<dep>/<waiter>`` (an empty file) is made before the job is published. Whoever
-moves a job to done/ or dead/ (a worker, a rescuer, cancel) then looks in ``after/<job>/`` (one
-listing of a directory that usually does not exist) and judges each waiter by the states of all
-it waits for. Nothing scans the waiting jobs. A release is one rename, waiting/ -> pending/ (the
-content is unchanged); a death is a take into the judge's own directory (handoff.py), like any
-failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
+an edge ``after/<dep>/<waiter>`` (an empty file) is made before the job is published. Every
+move of a job to done/ or dead/ (finishing.py: a worker, a rescuer, cancel, a judge) then looks
+in ``after/<job>/`` (one listing of a directory that usually does not exist, wake_waiters_of) and
+judges each waiter by the states of all it waits for. Nothing scans the waiting jobs. A release
+is one rename, waiting/ -> pending/ (the content is unchanged); a death is a take into the
+judge's own directory (handoff.py), like any failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
 of its file admits one. The enqueuer judges its jobs once more after publishing them, so a dep
 that finished in between cannot leave them waiting: either the finisher saw the edge (made
 before), or the enqueuer sees the finish.
@@ -38,7 +38,8 @@ from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership
 from ..format.job import Job, valid_id
 from ..store.store import Store
-from .handoff import Takes
+from .finishing import Finishing
+from .handoff import Takes, Woken
 
 if TYPE_CHECKING:
     from ..reading.views import Views
@@ -52,6 +53,7 @@ class Dependencies:
         self._views = views  # asked only when a job that is waited for is in none of done/, dead/
         self.waiting = store.layout.dir(State.WAITING)
         self.edges = store.layout.dir("after")
+        self.finishing = Finishing(store, takes, self.wake_waiters_of)  # every move into done/ or dead/
 
     # ---- publishing a waiting job --------------------------------------------------------------
 
@@ -135,12 +137,13 @@ class Dependencies:
             return True
         return False
 
-    def finished(self, job_id: str, owner: str) -> list[tuple[str, str, str]]:
-        """`job_id` has just moved to done/ or dead/: judge the jobs waiting for it, and theirs in
-        turn for each that dies. Returns (what it waited for, waiter, "pending" or "dead") for
-        each that moved. An edge goes once its waiter has moved on; while the waiter waits it stays,
-        so that a later judging (the job requeued and finished again, recovery's sweep) finds it."""
-        moved: list[tuple[str, str, str]] = []
+    def wake_waiters_of(self, job_id: str, owner: str) -> list[Woken]:
+        """`job_id` has just moved to done/ or dead/ (called by finishing.py, and by sweep()):
+        judge the jobs waiting for it, and theirs in turn for each that dies. Returns (what it
+        waited for, waiter, "pending" or "dead") for each that moved. An edge goes once its waiter
+        has moved on; while the waiter waits it stays, so that a later judging (the job requeued
+        and finished again, recovery's sweep) finds it."""
+        moved: list[Woken] = []
         todo = [job_id]
         while todo:
             dep = todo.pop()
@@ -170,15 +173,16 @@ class Dependencies:
         killed or cancelled by someone else)."""
         outcomes = {}
         for waiter in waiters:
-            outcome, after = self._judge(waiter, owner, settling=True)
+            outcome, after = self._judge(waiter, owner, settling=True)  # one that dies wakes its own
             if outcome is not None:
                 self.forget(waiter, after)
-            if outcome == State.DEAD:
-                self.finished(waiter, owner)
             outcomes[waiter] = outcome
         return outcomes
 
     def _judge(self, waiter: str, owner: str, settling: bool = False) -> tuple[str | None, list[str]]:
+        """Release or kill `waiter` if what it waits for allows; its outcome (None: it stays, or
+        someone else moved it) and what it waited for. Settling, a waiter that dies wakes its own
+        waiters (finishing.py); else the loop of wake_waiters_of does next."""
         path = self.waiting_path(waiter)
         try:
             job, _ = self.store.read_job(path, now=self.store.now(), trusted_only=True)
@@ -189,15 +193,15 @@ class Dependencies:
             states.update({dep: "gone" for dep, s in states.items() if s == "unfinished" and self.gone(dep)})
         dead = [dep for dep, state in states.items() if state in (State.DEAD, "gone")]
         if dead:
-            return (State.DEAD if self._kill(path, job, f"dependency {dead[0]} is {states[dead[0]]}", owner) else None), \
-                job.after
+            killed = self._kill(path, job, f"dependency {dead[0]} is {states[dead[0]]}", owner, wake=settling)
+            return (State.DEAD if killed else None), job.after
         if all(state == State.DONE for state in states.values()):
             # RACE: another judge may release or kill it at this moment; the rename admits one.
             released = self.store.shards.move_in(path, layout.pending_name_of(job))
             return (State.PENDING if released is not None else None), job.after
         return None, job.after
 
-    def _kill(self, path: str, job: Job, reason: str, owner: str) -> bool:
+    def _kill(self, path: str, job: Job, reason: str, owner: str, *, wake: bool) -> bool:
         job = job.copy()
         job.last_error, job.updated_at = reason, self.store.now()
         directory = self.layout.owned(owner)
@@ -205,7 +209,7 @@ class Dependencies:
             moving = self.takes.take_with(path, job, State.DEAD, into=directory)
         except LostOwnership:
             return False  # RACE: released, killed or cancelled by someone else first
-        self.takes.complete(directory, moving, job)
+        self.finishing.complete(directory, moving, job, owner, wake=wake)
         return True
 
     def forget(self, waiter: str, deps: list[str]) -> None:
@@ -234,10 +238,10 @@ class Dependencies:
     def sweep(self, owner: str) -> list[tuple[str, str, str]]:
         """Judge the waiters of every finished job that still has edges (a crash between a finish
         and its judging)."""
-        moved: list[tuple[str, str, str]] = []
+        moved: list[Woken] = []
         for dep in fsio.listdir(self.edges):
             if self.state_of(dep) != "unfinished":
-                moved.extend(self.finished(dep, owner))
+                moved.extend(self.wake_waiters_of(dep, owner))
         return moved
 
 

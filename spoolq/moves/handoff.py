@@ -27,12 +27,18 @@ from ..format.job import Job
 from ..store.store import Store
 
 
+Woken = tuple[str, str, str]  # (the job it waited for, a waiter, State.PENDING or State.DEAD)
+
+
 class Moved(NamedTuple):
-    """Where a transition left a job: its state (directory) and its file name there."""
+    """Where a transition left a job: its state (directory) and its file name there; for a
+    finish (finishing.py), the waiters it moved on, or why it could not judge them."""
 
     job_id: str
     state: str  # "pending" (to run again at its due time), "done" or "dead"
     name: str  # in pending/, the entry: "<canonical>" or "=<shard>/<canonical>" (shards.py)
+    woken: tuple[Woken, ...] = ()
+    unwoken: str | None = None
 
 
 class Takes:
@@ -75,14 +81,17 @@ class Takes:
 
     def complete(self, directory: str, moving: layout.Transit, job: Job) -> Moved:
         """The last step (by the owner, or by whoever finds the move half done): the new content
-        into its state, then the taken file goes."""
+        into pending/ or waiting/, then the taken file goes. A move into dead/ is a finish:
+        Finishing.complete (finishing.py)."""
         src = os.path.join(directory, moving.next_name)
         # RACE: the owner and a rescuer may both get here; the rename of .next. admits one, and
         # the other finds it gone: the move is done either way.
         if moving.state == State.PENDING:
             name = self.store.shards.move_in(src, layout.pending_name_of(job)) or layout.pending_name_of(job)
-        else:
+        elif moving.state == State.WAITING:
             name = layout.job_file(job.id)
-            fsio.move(src, os.path.join(self.layout.dir(moving.state), name))
+            fsio.move(src, os.path.join(self.layout.dir(State.WAITING), name))
+        else:
+            raise ValueError(f"a move into {moving.state}/ is a finish (finishing.py)")
         fsio.unlink_quietly(os.path.join(directory, moving.taken_name))
         return Moved(job.id, moving.state, name)

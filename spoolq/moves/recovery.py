@@ -207,9 +207,7 @@ class Recovery:
             fsio.move(os.path.join(directory, moving.taken_name), os.path.join(directory, moving.original))
             fsio.unlink_quietly(next_path)
             return []
-        moved = self.transitions.takes.complete(directory, moving, job)
-        if moved.state == State.DEAD:
-            self.deps.finished(job.id, self._rescuer or owner)
+        moved = self.transitions.finishing.complete(directory, moving, job, self._rescuer or owner)
         return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
@@ -258,7 +256,7 @@ class Recovery:
         cancelled = kill.asked()  # `cancel --kill` asked for it: its owner died before it could
         try:
             moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None,
-                                            error=CANCELLED if cancelled else reason, now=now, rescuing=True,
+                                            error=CANCELLED if cancelled else reason, now=now, rescuer=self._rescuer,
                                             final=cancelled)
         except LostOwnership:
             return []  # RACE: its woken owner took the file first; the next listing finishes its move
@@ -268,8 +266,6 @@ class Recovery:
         # host, the lost attempt's processes may still be writing; their last words then follow it.
         output.mark(self.layout.output(job.id), f"attempt {attempt} ended without a result: {why}; the job is "
                     f"{moved.state} now")
-        if moved.state == State.DEAD:
-            self.deps.finished(job.id, self._rescuer)
         return [Recovered(owner, job.id, moved.state, why)]
 
     def _return_dropin(self, path: str, original: str) -> None:

@@ -16,8 +16,9 @@ adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; r
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
+             (finishing.py)
 finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace then move:   no fence mark (owner); the take     the new content
-             or dead/<id>                                  recovery    .next. written, take (a rename of the file itself) won
+             or dead/<id> (finishing.py)                   recovery    .next. written, take (a rename of the file itself) won
                                                                        to .taken., move
 recover      processing/<o>/ -> processing/<r>~<o>/,       any owner,  mark .fenced, then   that rename won; per file, as       as finish fail
              then each job as "finish fail" (recovery.py)  fsck        directory rename     finish fail
@@ -28,15 +29,26 @@ purge        done|dead/<id> -> (deleted) (finished_jobs.py)     purge       unli
 discard      pending/<canonical> -> (deleted)              purge       unlink file, then    the unlink won against claims       none
              (finished_jobs.py)                                             output log, ids/<id>
 cancel       pending/<canonical> -> processing/<c>/        cancel      as finish fail, the  the take (a rename of the file      as finish fail
-             .taken. -> dead/<id> (cancel.py)                          take from pending/   itself) won against claims
+             .taken. -> dead/<id> (cancel.py,                          take from pending/   itself) won against claims
+             finishing.py)
 kill         processing/<o>/<id> -> dead/<id>              its owner   finish fail, never   as finish fail                      as finish fail
              (cancel.py: .cancel.<id> asked for it)        or rescuer  retried
+release      waiting/<id> -> pending/<canonical>           a judge     rename               the rename won                      none
+             (dependencies.py)                             (below)
+die          waiting/<id> -> processing/<j>/.taken. ->     a judge     as cancel            the take won                        as finish fail
+             dead/<id> (dependencies.py, finishing.py)
 quarantine   anywhere -> dead/+<qid>                       adopt,      rename               the rename won                      reason record, dead/
                                                            claim, fsck
 ===========  ============================================  ==========  ===================  ==================================  ===========================
 
 A new transition (dependencies, queues) is a row here and a method below (or in a module of
 its own, named in the row).
+
+Every move into done/ or dead/ (finish, recover, cancel, kill, die) ends in finishing.py, which
+then judges the jobs waiting for the job (dependencies.py: release or die, and theirs in turn):
+that is the core's consequence of a finish, so no caller can forget it; a judge is whoever
+finished the job, an enqueuer whose job waits for a finished one, or fsck. The hooks, the
+attempts log and the slots stay the worker's (finishing.py says why). Quarantine is no job.
 
 Moves out of processing/ (finish, adopt, recover) follow handoff.py: why no file there is ever
 renamed over, and how an owner and a rescuer never both move one.
@@ -58,6 +70,7 @@ from ..format.job import Job
 from ..store.ids import Reservations
 from ..store.owners import Owners
 from .enqueue import Publisher
+from .finishing import Finishing
 from ..store.quarantine import Quarantine
 from ..store.store import Store
 from .handoff import Moved, Takes
@@ -239,22 +252,27 @@ class Transitions:
                 return state
         return None
 
+    @property
+    def finishing(self) -> Finishing:
+        """Every move into done/ or dead/, and the waiters it wakes (finishing.py)."""
+        return self.publisher.deps.finishing
+
     def finish(self, claimed: Claimed, *, ok: bool, exit_code: int | None, error: str | None,
-               now: float | None = None, rescuing: bool = False, final: bool = False) -> Moved:
+               now: float | None = None, rescuer: str | None = None, final: bool = False) -> Moved:
         """Record an attempt's outcome and move the job on: done, pending again (backoff) or dead
-        (`final`: a failure never retried, a cancelled job). An owner raises LostOwnership once
-        fenced; a rescuer (`rescuing`) works inside the fence."""
+        (`final`: a failure never retried, a cancelled job); done or dead, the jobs waiting for it
+        are judged (finishing.py). An owner raises LostOwnership once fenced; a `rescuer` (the
+        owner that recovers it) works inside the fence."""
+        judge = rescuer or claimed.owner  # a waiter that dies is taken into a live owner's directory
         if claimed.transit is not None:
-            return self.takes.complete(*claimed.transit)
+            return self.finishing.complete(*claimed.transit, judge)
         job = claimed.job
-        if not rescuing:
+        if rescuer is None:
             self.takes.check_fence(claimed.path)
         if ok:
-            # The success is the move itself: the file keeps the attempts before this one, which
-            # readers add back (JobView). No rewrite means no temp file, no fsync, no freed inode.
-            name = layout.job_file(job.id)
-            self._move_out_of_owned(claimed.path, os.path.join(self.layout.done, name))
-            return Moved(job.id, State.DONE, name)
+            # The success is the move itself: no rewrite means no temp file, no fsync, no freed
+            # inode; readers add this attempt back (JobView).
+            return self.finishing.succeed(claimed.path, job.id, judge)
         now = self.store.now(now)
         cfg = self.store.config
         attempt = job.running_attempt
@@ -268,14 +286,4 @@ class Transitions:
             job.run_at = decision.run_at
         moving = self.takes.take_with(claimed.path, job, decision.state)
         claimed.transit = (os.path.dirname(claimed.path), moving, job)
-        return self.takes.complete(*claimed.transit)
-
-    def _move_out_of_owned(self, path: str, dest: str) -> None:
-        """The last step of every transition out of an owned file; the source's existence is
-        the proof of ownership."""
-        try:
-            moved = fsio.move(path, dest)
-        except FileNotFoundError:
-            moved = False
-        if not moved:
-            raise LostOwnership(f"{path} was taken from us")
+        return self.finishing.complete(*claimed.transit, judge)

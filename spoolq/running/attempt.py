@@ -98,8 +98,7 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
         try:
             moved = spool.transitions.finish(claimed, ok=outcome.ok, exit_code=outcome.exit_code,
                                              error=outcome.error, final=final)
-            if moved.state != State.PENDING:
-                wake_waiters(spool, job_id, claimed.owner, log)
+            say_woken(moved, log)
             return moved
         except LostOwnership:
             log(f"result of job {job_id} attempt {attempt} discarded: "
@@ -114,11 +113,10 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
             delay = min(delay * 2, 5.0)
 
 
-def wake_waiters(spool: Spool, job_id: str, owner: str, log: Callable[[str], None]) -> None:
-    """`job_id` has finished: judge the jobs waiting for it (dependencies.py). A failure here costs a
-    log line: recovery's sweep over after/ judges them later."""
-    try:
-        for dep, waiter, state in spool.deps.finished(job_id, owner):
-            log(f"job {waiter}, waiting for {dep}, is now {state}")
-    except Exception as e:
-        log(f"cannot wake the jobs waiting for {job_id}: {type(e).__name__}: {e}")
+def say_woken(moved: Moved, log: Callable[[str], None]) -> None:
+    """What the finish did to the jobs waiting for it (finishing.py). One it could not judge
+    costs a log line: recovery's sweep over after/ judges them later."""
+    for dep, waiter, state in moved.woken:
+        log(f"job {waiter}, waiting for {dep}, is now {state}")
+    if moved.unwoken is not None:
+        log(f"cannot wake the jobs waiting for {moved.job_id}: {moved.unwoken}")
