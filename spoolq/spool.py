@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .format.job import Job
 from .format.layout import host_name
 from .store.store import Store
 
+TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
+
     from .store.maildir import Stray
     from .moves.cancel import Result as CancelResult
     from .store.config import Config

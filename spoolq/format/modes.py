@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, NamedTuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 
-class Modes(NamedTuple):
-    """The modes of what a spool creates. Held by each spool, never by the process."""
+class Modes(namedtuple("Modes", "file dir inbox")):
+    """The modes of what a spool creates: of a file, a directory and an inbox (pending/ and the
+    Maildir's tmp/ and new/, layout.INBOXES, where others drop jobs). Held by each spool, never by
+    the process. (A named tuple: typing is not worth loading on one enqueue's path.)"""
 
-    file: int
-    dir: int
-    inbox: int  # pending/ and the Maildir's tmp/ and new/ (layout.INBOXES), where others drop jobs
+    __slots__ = ()
 
     @staticmethod
     def for_spool(group_access: bool) -> Modes:

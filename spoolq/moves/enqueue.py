@@ -12,19 +12,21 @@ whole or not at all, whatever stops its enqueuer."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..format import layout, modes
 from ..format.states import State
 from ..store import shards
-from ..system import fsio
+from ..system import fsio, signals
 from ..format.errors import JobExists, JobNotFound, SpoolError
 from ..store.ids import Reservations, creator_of
 from ..format.job import Job, valid_id
 from ..store.store import Store, io_message
 
 
+TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
+
     from .dependencies import Dependencies
     from ..store.owners import Owners
     from ..reading.views import Views
@@ -87,7 +89,7 @@ class Publisher:
                 raise
             # From here to the last rename, SIGINT/SIGTERM/SIGHUP wait: the caller hears of one
             # only once every job is published (or, if `announce` fails, none is).
-            with fsio.signals_held():
+            with signals.signals_held():
                 try:
                     if announce:
                         announce()
@@ -250,7 +252,7 @@ class Publisher:
                    waits: dict[str, list[str]]) -> None:
         """Nothing of these is published: remove their temp files and edges, then free their ids
         (an edge outlives no id: a later job of that id may wait for other jobs)."""
-        with fsio.signals_held():
+        with signals.signals_held():
             for tmp, name, job_id in staged:
                 fsio.unlink_quietly(tmp)
                 if name.startswith(State.WAITING + "/"):

@@ -8,8 +8,6 @@ import math
 import os
 import select
 import stat
-from contextlib import contextmanager
-from typing import Iterator
 
 
 def close_quietly(fd: int | None) -> None:
@@ -76,20 +74,6 @@ def publish(tmp_path: str, data: bytes, final_path: str, *, mode: int, durable: 
         raise
     if durable:
         fsync_dir(os.path.dirname(final_path))
-
-
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP while the steps inside run, so that they all happen (a
-    publish, or the clean-up of one); a signal that arrives meanwhile is delivered after."""
-    import signal  # only enqueue needs it; the module costs ~0.5 ms
-
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def fsync_dir(path: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -112,6 +111,8 @@ def group_record(pgid: int | None = None, started: tuple[int, int] | None = None
 
 
 def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
+    import re  # recovery's and a worker's: never on one enqueue's path
+
     m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
     if m is None:
         return None
