@@ -19,7 +19,8 @@ from spoolq.format import job, json_codec, layout
 # Python's modules a plain enqueue never loads: each costs a share of `python -c pass` that the
 # whole call cannot afford (docs/performance.md, "One CLI call").
 NEVER = ("typing", "re", "json", "json.decoder", "json.encoder", "json.scanner", "shlex", "contextlib", "signal",
-         "dataclasses", "warnings", "datetime", "ctypes", "threading", "subprocess", "click")
+         "enum", "functools", "collections", "types", "operator", "reprlib", "keyword", "dataclasses", "warnings",
+         "datetime", "ctypes", "threading", "subprocess", "click")
 
 PROBE = ("import sys; sys.argv = ['spoolq', *sys.argv[1:]]\n"
          "from spoolq.cli import run\n"
@@ -62,6 +63,25 @@ def test_a_signal_during_a_plain_enqueue_still_unwinds():
     ignored = subprocess.run(["sh", "-c", 'trap "" HUP; exec "$0" -c "$1" 1', sys.executable, code],
                              capture_output=True, text=True, timeout=60)
     assert ignored.stdout.split() == ["alive"], ignored.stderr
+
+
+def test_state_stays_one_real_enum_for_every_reader():
+    """Made on first use (one enqueue's path names states by their plain strings), yet one class,
+    an enum, its members equal to those strings."""
+    import enum
+    import pickle
+
+    import spoolq
+    from spoolq.format import states
+    from spoolq.format.states import FINISHED, NOT_STARTED, State
+
+    assert issubclass(State, enum.StrEnum) and State is states.State is spoolq.State
+    assert [member.value for member in State] == list(states.STATES) == [states.PENDING, states.SCHEDULED,
+                                                                         states.WAITING, states.PROCESSING,
+                                                                         states.DONE, states.DEAD]
+    assert State.DONE == states.DONE and hash(State.DONE) == hash(states.DONE) and State(states.DEAD) is State.DEAD
+    assert FINISHED == (State.DONE, State.DEAD) and NOT_STARTED == (State.PENDING, State.SCHEDULED)
+    assert pickle.loads(pickle.dumps(State.WAITING)) is State.WAITING and f"{State.WAITING}/x" == "waiting/x"
 
 
 # ---- the JSON codec against the json package --------------------------------------------------

@@ -101,21 +101,20 @@ systems and NFSv3+); mtime of a file just touched reads the file system's own cl
 
 from __future__ import annotations
 
-import functools
 import os
-from collections import namedtuple
 
 from . import json_codec
 from .job import DEFAULT_QUEUE, NAME_CHARS, Job
-from .states import State
+from .lean import Record, Regex
+from . import states
 
-STATE_DIRS = (State.PENDING, State.PROCESSING, State.DONE, State.DEAD, State.WAITING)
+STATE_DIRS = (states.PENDING, states.PROCESSING, states.DONE, states.DEAD, states.WAITING)
 MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
 # Newer than spoolq 0.1: a spool without them is whole.
-MADE_ON_DEMAND = (State.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
+MADE_ON_DEMAND = (states.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
               "events", "schedules", *MAILDIR)
-INBOXES = (State.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
+INBOXES = (states.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -132,15 +131,19 @@ FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made bef
 NEXT_PREFIX, TAKEN_PREFIX = ".next.", ".taken."
 
 
-# The records below are collections.namedtuple, not typing.NamedTuple: typing is not worth
-# loading on one enqueue's path (the fields are said in each docstring).
-class Transit(namedtuple("Transit", "taken state key original")):
-    """A name of a job file in transit inside processing/<owner>/ (NEXT_PREFIX, TAKEN_PREFIX):
-    taken, the old file (else the new content); state, where the new content goes: "pending" or
-    "dead"; key, which pairs a .next. name with its .taken. one; original, the name the old file
-    had: <id>.json, or ~<drop-in>."""
+# The records below are lean.Record classes: typing's NamedTuple, or collections', is not worth
+# loading on one enqueue's path.
+class Transit(Record):
+    """A name of a job file in transit inside processing/<owner>/ (NEXT_PREFIX, TAKEN_PREFIX)."""
 
-    __slots__ = ()
+    __slots__ = ("taken", "state", "key", "original")
+
+    def __init__(self, taken: bool, state: str, key: str, original: str):
+        self.taken = taken  # the old file (else the new content)
+        self.state = state  # where the new content goes: "pending" or "dead"
+        self.key = key  # pairs a .next. name with its .taken. one
+        self.original = original  # the name the old file had: <id>.json, or ~<drop-in>
+
     next_name = property(lambda self: f"{NEXT_PREFIX}{self.state}.{self.key}.{self.original}")
     taken_name = property(lambda self: f"{TAKEN_PREFIX}{self.state}.{self.key}.{self.original}")
 
@@ -153,30 +156,25 @@ def parse_transit(name: str) -> Transit | None:
     for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
         if name.startswith(prefix):
             parts = name[len(prefix):].split(".", 2)
-            if len(parts) == 3 and parts[0] in (State.PENDING, State.DEAD, State.WAITING) and len(parts[1]) == 12 and parts[2]:
+            if len(parts) == 3 and parts[0] in (states.PENDING, states.DEAD, states.WAITING) and len(parts[1]) == 12 and parts[2]:
                 return Transit(taken, parts[0], parts[1], parts[2])
     return None
 
 
-@functools.cache
-def _regex(pattern: str) -> re.Pattern[str]:
-    """Compiled on first use: compiling costs 0.2 ms a pattern, and `re` itself (with `enum`)
-    1.5 ms, which every CLI call would pay: one enqueue uses none of them."""
-    import re
-
-    return re.compile(pattern)
-
-
 def is_canonical(name: str) -> bool:
-    return _regex(CANONICAL).fullmatch(name) is not None
+    return _CANONICAL.fullmatch(name) is not None
 
 
-class PendingName(namedtuple("PendingName", "name rank seq due_ms job_id queue", defaults=(DEFAULT_QUEUE,))):
-    """What a canonical pending name says, without opening the file: the name, its rank
-    (PRIORITY_BASE - priority: smaller runs first), seq, due_ms, job_id and queue. (A named tuple,
-    as every record on the CLI's path: a frozen dataclass costs 0.6 ms of start-up each.)"""
+class PendingName(Record):
+    """What a canonical pending name says, without opening the file. (A plain record, as every
+    one on the CLI's path: a frozen dataclass costs 0.6 ms of start-up each.)"""
 
-    __slots__ = ()
+    __slots__ = ("name", "rank", "seq", "due_ms", "job_id", "queue")
+
+    def __init__(self, name: str, rank: int, seq: int, due_ms: int, job_id: str, queue: str = DEFAULT_QUEUE):
+        self.name = name
+        self.rank = rank  # PRIORITY_BASE - priority: smaller runs first
+        self.seq, self.due_ms, self.job_id, self.queue = seq, due_ms, job_id, queue
 
 
 def pending_name(job_id: str, priority: int, seq: int, due: float | None, queue: str = DEFAULT_QUEUE) -> str:
@@ -191,7 +189,7 @@ def pending_name_of(job: Job) -> str:
 
 
 def parse_pending(name: str) -> PendingName | None:
-    m = _regex(CANONICAL).fullmatch(name)
+    m = _CANONICAL.fullmatch(name)
     if m is None or m.group(4).startswith(".") or (m.group(5) or "").startswith("."):
         return None
     return PendingName(name, int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4),
@@ -205,7 +203,7 @@ def is_json_entry(name: str) -> bool:
 
 def is_dropin(name: str) -> bool:
     """A dropped file: in pending/ itself, never in a shard (pending/=<T>/ holds canonical names)."""
-    return is_json_entry(name) and "/" not in name and _regex(CANONICAL).fullmatch(name) is None
+    return is_json_entry(name) and "/" not in name and _CANONICAL.fullmatch(name) is None
 
 
 def job_file(job_id: str) -> str:
@@ -258,13 +256,21 @@ def owner_of(dirname: str) -> str:
 TMP = r"\.([0-9]+)\.(?:([0-9]+)\.([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.(tmp|plan)"
 
 
-class Creator(namedtuple("Creator", "host pid start boot owner pidns", defaults=(None, None, None, None))):
-    """The process that made a temp file or an id marker: enough to judge whether it is gone.
-    Its host and pid; start, its start time in clock ticks (with the pid: one process); boot;
-    owner, a worker's owner token (its registration and lease speak for it); pidns, its pid
-    namespace (a container on the same host has another)."""
+_CANONICAL, _TMP = Regex(CANONICAL), Regex(TMP)  # compiled on first use: one enqueue uses neither
 
-    __slots__ = ()
+
+class Creator(Record):
+    """The process that made a temp file or an id marker: enough to judge whether it is gone."""
+
+    __slots__ = ("host", "pid", "start", "boot", "owner", "pidns")
+
+    def __init__(self, host: str, pid: int, start: str | None = None, boot: str | None = None,
+                 owner: str | None = None, pidns: int | None = None):
+        self.host, self.pid = host, pid
+        self.start = start  # its start time in clock ticks (with the pid: one process)
+        self.boot = boot
+        self.owner = owner  # a worker's owner token: its registration and lease speak for it
+        self.pidns = pidns  # its pid namespace: a container on the same host has another
 
     def tag(self) -> str:
         return f"{self.pid}.{self.start or 0}.{self.pidns or 0}.{safe_host(self.host)}"
@@ -282,13 +288,13 @@ def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
 
 def is_temp_name(name: str, kind: str = "tmp") -> bool:
     """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
-    m = _regex(TMP).fullmatch(name)
+    m = _TMP.fullmatch(name)
     return m is not None and m.group(5) == kind
 
 
 def creator_of_temp(name: str) -> Creator | None:
     """Who made a temp file, from its name (None for a name that does not say)."""
-    m = _regex(TMP).fullmatch(name)
+    m = _TMP.fullmatch(name)
     if m is None or m.group(2) is None:
         return None
     return Creator(host=m.group(4), pid=int(m.group(1)), start=m.group(2) if m.group(2) != "0" else None,

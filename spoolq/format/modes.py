@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import os
 import stat
-from collections import namedtuple
+from .lean import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable
 
 
-class Modes(namedtuple("Modes", "file dir inbox")):
-    """The modes of what a spool creates: of a file, a directory and an inbox (pending/ and the
-    Maildir's tmp/ and new/, layout.INBOXES, where others drop jobs). Held by each spool, never by
-    the process. (A named tuple: typing is not worth loading on one enqueue's path.)"""
+class Modes(Record):
+    """The modes of what a spool creates. Held by each spool, never by the process."""
 
-    __slots__ = ()
+    __slots__ = ("file", "dir", "inbox")
+
+    def __init__(self, file: int, dir: int, inbox: int):
+        self.file, self.dir = file, dir
+        self.inbox = inbox  # pending/ and the Maildir's tmp/ and new/ (layout.INBOXES), where others drop jobs
 
     @staticmethod
     def for_spool(group_access: bool) -> Modes:

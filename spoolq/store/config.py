@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 from ..format import durations, json_codec, modes
 from ..system import fsio, locks
 from ..format.errors import ConfigError, SpoolError, UntrustedFile
 from ..format.job import is_int, is_number
 from ..format.layout import Layout
+from ..format.lean import Record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, ContextManager
+    from typing import Any, Callable, ContextManager
 
-# A setting: its default, parse (the text `config set` is given -> a value), check (a value ->
-# bool) and help. (A named tuple: typing is not worth loading on one enqueue's path.)
-Key = namedtuple("Key", "default parse check help")
+
+
+class Key(Record):
+    """A setting: its default, how `config set` reads its text, what a value must pass, and what to say."""
+
+    __slots__ = ("default", "parse", "check", "help")
+
+    def __init__(self, default: Any, parse: Callable[[str], Any], check: Callable[[Any], bool], help: str):
+        self.default, self.parse, self.check, self.help = default, parse, check, help
 
 
 def _number(text: str) -> float:

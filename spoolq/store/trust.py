@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..format.states import State
+from ..format import states
 from . import shards
 from ..format import layout, ours
 from ..system import fsio, locks
@@ -33,9 +33,9 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> Non
         _chmod(directory, modes.inbox if name in layout.INBOXES else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
-            if name == State.PROCESSING:
+            if name == states.PROCESSING:
                 _chmod_owned(path, modes)
-            elif name == State.PENDING and shards.is_shard(entry):
+            elif name == states.PENDING and shards.is_shard(entry):
                 _chmod_shard(path, modes)
             elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
                 _chmod_fired(path, modes)

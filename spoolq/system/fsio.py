@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
-import functools
 import math
 import os
 import select
 import stat
+
+from ..format.lean import once
 
 
 def close_quietly(fd: int | None) -> None:
@@ -136,7 +137,7 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-@functools.cache
+@once
 def _libc() -> object:
     import ctypes.util  # only batches need it; the single-job CLI path stays lean
 

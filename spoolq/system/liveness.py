@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
+
+from ..format.lean import once
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -35,7 +36,7 @@ def started_at(pid: int) -> float | None:
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
-@functools.cache
+@once
 def pid_namespace() -> int | None:
     """This process's pid namespace (the inode of /proc/self/ns/pid): a pid means something only
     within it. Two containers on one host share its name and boot, not this."""
@@ -45,7 +46,7 @@ def pid_namespace() -> int | None:
         return None
 
 
-@functools.cache
+@once
 def boot_id() -> str | None:
     """This boot of this machine: two hosts given one name, or one host after a reboot, differ.
     (Cached: it cannot change while this process runs.)"""

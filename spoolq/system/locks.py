@@ -29,9 +29,9 @@ import errno
 import fcntl
 import os
 import stat
-from collections import namedtuple
 
 from ..format import json_codec, layout
+from ..format.lean import Record
 from ..format.errors import LockBusy, SpoolError
 
 POLL = 0.02  # seconds between tries while a lock is held by another
@@ -40,12 +40,14 @@ LONG_HELD = 600.0  # seconds: a lock held longer is said (fsck, a worker's log)
 BLANK = b" " * (RECORD - 1) + b"\n"
 
 
-class Holder(namedtuple("Holder", "pid host since")):
-    """Who holds a lock, as its record says (pid None: not yet written), its host, and since when
-    (the lock file's mtime, on the file system's clock). (A named tuple: typing is not worth
-    loading on one enqueue's path.)"""
+class Holder(Record):
+    """Who holds a lock, as its record says (pid None: not yet written), and since when (the
+    lock file's mtime, on the file system's clock)."""
 
-    __slots__ = ()
+    __slots__ = ("pid", "host", "since")
+
+    def __init__(self, pid: int | None, host: str, since: float):
+        self.pid, self.host, self.since = pid, host, since
 
     def __str__(self) -> str:
         if self.pid is None:
