@@ -172,6 +172,17 @@ def test_names_made_safe_as_the_regular_expressions_made_them(text):
     assert quarantined.rsplit(".", 1)[0] == "+" + (re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:80].lstrip(".") or "file")
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(), st.integers(), st.booleans(), st.none(), st.text(max_size=3),
+                 st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -0.0, 5e-324])))
+def test_a_finite_number_is_judged_as_math_isfinite_judged_it(value):
+    from spoolq.format.json_values import is_number
+
+    before = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (isinstance(value, int) or math.isfinite(value))
+    assert is_number(value) == before
+
+
 def test_not_a_number_is_refused_in_a_job_as_before():
     with pytest.raises(job.InvalidJob, match="NaN is not allowed"):
         job.parse_json_object('{"command": "true", "x": NaN}')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..format import durations, json_codec, modes
+from ..format import json_codec, modes
 from ..system import fsio, locks
 from ..format.errors import ConfigError, SpoolError, UntrustedFile
 from ..format.job import is_int, is_number
@@ -34,6 +34,8 @@ def _number(text: str) -> float:
 
 def _seconds(text: str) -> float:
     """A setting in seconds, given as any duration (durations.py): 600, 10m, 1.5h."""
+    from ..format import durations  # `config set` alone parses one
+
     value = durations.parse(text)
     return int(value) if value.is_integer() else value
 
@@ -160,7 +162,9 @@ def parse_value(key: str, text: str) -> Any:
     try:
         value = spec.parse(text)
     except (ValueError, OverflowError):
-        what = f"a duration: {durations.SYNTAX}" if spec.parse is _seconds else spec.help
+        from ..format.durations import SYNTAX
+
+        what = f"a duration: {SYNTAX}" if spec.parse is _seconds else spec.help
         raise ConfigError(f"{key}: {text!r} is not a valid value ({what})") from None
     if not spec.check(value):
         raise ConfigError(f"{key}: {text!r} is out of range ({spec.help})")

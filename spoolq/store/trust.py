@@ -11,7 +11,7 @@ import stat
 
 from ..format import states
 from . import shards
-from ..format import layout, ours
+from ..format import layout
 from ..system import fsio, locks
 from ..format.modes import Modes
 
@@ -22,6 +22,8 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> Non
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
     a drop-in not yet taken, a quarantined file) is left as it is. Not `inboxes`: all but the
     inboxes, whose mode says a shared spool's narrowing is done (needs_new_modes)."""
+    from ..format import ours  # a change of modes alone needs it, never one enqueue
+
     _chmod(lay.root, modes.dir)
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:

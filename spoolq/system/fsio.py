@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
-import select
 import stat
 
 from ..format.lean import once
@@ -149,6 +147,9 @@ def readable(fds: list[int], timeout: float | None) -> list[int]:
     """Those of `fds` that can be read now (data, end of file, or an error to read), waiting at
     most `timeout` seconds for one (None: no limit). poll(), not select(): select() refuses
     descriptor numbers from 1024 up, which a process started with many files open is given."""
+    import math
+    import select  # a worker's and a waiter's: one enqueue waits on nothing
+
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)

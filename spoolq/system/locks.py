@@ -26,7 +26,6 @@ fallback to marker files (SoftFileLock, whose markers a killed holder strands) i
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 
@@ -126,6 +125,8 @@ def holder(path: str) -> Holder | None:
             return None
         # RACE: the lock may be taken or let go right after the probe; the answer is what was true
         # at it. A taker that tries during the probe's moment fails that try and polls again.
+        import fcntl  # only a probe of who holds a lock: one enqueue takes none
+
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None  # free: closing the descriptor lets the probe's lock go
