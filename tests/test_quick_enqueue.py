@@ -142,8 +142,8 @@ def test_loads_reads_what_json_loads_reads(text):
         assert outcome(json_codec.loads, data) == outcome(json.loads, data), encoding
 
 
-@pytest.mark.parametrize("data", [b"\xff\xfe", b"\xe9", b"[1]\xe9", b"\x00", b"", b"\xef\xbb\xbf[1]", b"\"\xed\xa0\x80\"",
-                                  bytearray(b"[2]"), 17, None])
+@pytest.mark.parametrize("data", [b"\xff\xfe", b"\xe9", b"[1]\xe9", b"\x00", b"", b"\xef\xbb\xbf[1]",
+                                  b"\"\xed\xa0\x80\"", bytearray(b"[2]"), 17, None])
 def test_loads_of_bytes_and_others_is_json_loads(data):
     assert outcome(json_codec.loads, data) == outcome(json.loads, data)
 

@@ -1,7 +1,7 @@
 """JSON as `json.dumps` and `json.loads` write and read it, through CPython's own C accelerator
 (`_json`) without loading the `json` package (its decoder imports `re`, which with `enum` is
 most of what one CLI enqueue would pay for). The output, the values and the errors are those
-of the json package called with the same options (tests/test_json_codec.py compares them);
+of the json package called with the same options (tests/test_quick_enqueue.py compares them);
 where `_json` is missing, or for an input only json's own path handles (bytes in UTF-16 or
 UTF-32, or with a byte-order mark), the json package does the work.
 

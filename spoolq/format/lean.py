@@ -32,7 +32,9 @@ class Record:
         return type(self)(**{**self._asdict(), **changes})
 
     def __eq__(self, other: object) -> bool:
-        return self._values() == other._values() if type(other) is type(self) else NotImplemented  # type: ignore[attr-defined]
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._values())
