@@ -9,6 +9,9 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 if [ ! -e "$stamp" ]; then
+    # A current pip, as pipx installs with: its console script imports no `re` (pip < 25 wrote one
+    # that did, which costs every CLI call ~0.6 x `python -c pass`: docs/performance.md).
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25' >&2
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[test]" >&2
     rm -f "$VENV"/.installed-*
     touch "$stamp"

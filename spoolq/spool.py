@@ -5,14 +5,16 @@ the CLI. It holds one of each room and delegates; the worker, supervisor and fsc
 from __future__ import annotations
 
 import os
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .format.job import Job
+from .format.lean import made_once
 from .format.layout import host_name
 from .store.store import Store
 
+TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
+
     from .store.maildir import Stray
     from .moves.cancel import Result as CancelResult
     from .store.config import Config
@@ -40,59 +42,59 @@ class Spool:
         if create:
             self.init()
 
-    @cached_property
+    @made_once
     def quarantine(self) -> Quarantine:
         from .store.quarantine import Quarantine
 
         return Quarantine(self.store)
 
-    @cached_property
+    @made_once
     def owners(self) -> Owners:
         from .store.owners import Owners
 
         return Owners(self.store)
 
-    @cached_property
+    @made_once
     def views(self) -> Views:
         from .reading.views import Views
 
         return Views(self.store, self.owners, self.quarantine)
 
-    @cached_property
+    @made_once
     def publisher(self) -> Publisher:
         from .moves.enqueue import Publisher
 
         return Publisher(self.store, lambda: self.owners, lambda: self.views)
 
-    @cached_property
+    @made_once
     def transitions(self) -> Transitions:
         from .moves.transitions import Transitions
 
         return Transitions(self.store, self.owners, self.quarantine, self.views, self.publisher)
 
-    @cached_property
+    @made_once
     def finished(self) -> Finished:
         from .moves.finished_jobs import Finished
 
         return Finished(self.store, self.views, self.quarantine, lambda job_id: self.deps.waiters_of(job_id))
 
-    @cached_property
+    @made_once
     def deps(self) -> Dependencies:
         return self.publisher.deps
 
-    @cached_property
+    @made_once
     def slots(self) -> Slots:
         from .store.slots import Slots
 
         return Slots(self.store)
 
-    @cached_property
+    @made_once
     def pauses(self) -> Pauses:
         from .store.pause import Pauses
 
         return Pauses(self.store)
 
-    @cached_property
+    @made_once
     def recovery(self) -> Recovery:
         from .moves.recovery import Recovery
 

@@ -31,7 +31,9 @@ def unwind_on_termination() -> None:
     """SIGTERM and SIGHUP raise Terminated, as SIGINT raises KeyboardInterrupt: a killed
     `enqueue --batch` then takes back what it wrote instead of leaving it behind. (`worker
     start` installs its own handlers: there they mean "stop after the running jobs".)"""
-    import signal
+    from ..system.signals import signal_calls
+
+    signal = signal_calls()  # without the signal module's enums: `enum` is not worth loading here
 
     def terminate(signum: int, _frame: object) -> None:
         raise Terminated(signum)

@@ -3,8 +3,6 @@ seconds (90, 1.5), or numbers each with a unit s, m, h, d or w, largest first (1
 
 from __future__ import annotations
 
-import re
-
 UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
 SYNTAX = "seconds, or a number with s, m, h, d or w: 90, 90s, 10m, 1.5h, 1h30m, 2d"
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # digits 0-9 only: no '1e3', 'nan', '٣' or '1_0'
@@ -12,6 +10,8 @@ _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # digits 0-9 only: no '1e3', 'nan
 
 def parse(text: str) -> float:
     """A duration as seconds (>= 0); ValueError saying the syntax for anything else."""
+    import re  # a duration is parsed by options and settings, never by a plain enqueue
+
     spoken = text.strip().lower()
     if re.fullmatch(_NUMBER, spoken):
         return float(spoken)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
+from . import json_codec
 from .errors import InvalidJob
 from .json_values import is_int, is_number, iso, json_type, parse_time
 
-ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-QUEUE_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # short enough that a pending name holds id and queue
+NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"  # of an id or a queue
+MAX_ID, MAX_QUEUE = 128, 64  # the queue short enough that a pending name holds id and queue
 DEFAULT_QUEUE = "default"
 ALWAYS = object()  # Field.unset of a field every file holds
 MAX_PRIORITY = 999_999_999
@@ -123,7 +124,7 @@ class Job:
         return out
 
     def to_json(self) -> bytes:
-        return (json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        return (json_codec.dumps(self.to_dict(), ensure_ascii=False, compact=True) + "\n").encode()
 
     def due(self) -> float:
         return self.run_at or 0.0
@@ -137,7 +138,7 @@ class Job:
 
 
 def valid_id(value: object) -> bool:
-    return isinstance(value, str) and not value.startswith(".") and ID_RE.fullmatch(value) is not None
+    return _is_name(value, MAX_ID)
 
 
 def check_id(value: object) -> str:
@@ -149,7 +150,13 @@ def check_id(value: object) -> str:
 
 
 def valid_queue(value: object) -> bool:
-    return isinstance(value, str) and not value.startswith(".") and QUEUE_RE.fullmatch(value) is not None
+    return _is_name(value, MAX_QUEUE)
+
+
+def _is_name(value: object, longest: int) -> bool:
+    """1..longest of NAME_CHARS, not starting with '.' (str methods: no regex on the CLI's path)."""
+    return isinstance(value, str) and 0 < len(value) <= longest and not value.startswith(".") \
+        and not value.strip(NAME_CHARS)
 
 
 def check_queue(value: object) -> str:
@@ -171,15 +178,11 @@ def parse_json_object(data: bytes | str, what: str = "job") -> dict[str, Any]:
     elif len(data) > MAX_JOB_BYTES:
         raise InvalidJob(f"{what} is {len(data)} characters; the limit is {MAX_JOB_BYTES}")
     try:
-        if data.startswith("\ufeff"):  # refused as json.loads refuses it
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
-        obj = _DECODER.decode(data)
-    except json.JSONDecodeError as e:
-        raise InvalidJob(f"{what} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        obj = _DECODER.loads(data)  # a BOM refused as json.loads refuses it
     except RecursionError:
         raise InvalidJob(f"{what} is nested too deeply") from None
-    except ValueError as e:  # huge integers, NaN
-        raise InvalidJob(f"{what} is not valid JSON: {str(e)[:80]}") from None
+    except ValueError as e:  # a syntax error (where it is), a huge integer, NaN
+        raise InvalidJob(f"{what} is not valid JSON: {json_codec.syntax_error(e) or str(e)[:80]}") from None
     if not isinstance(obj, dict):
         raise InvalidJob(f"{what} must be a JSON object, not {json_type(obj)}")
     if _too_deep(obj):
@@ -310,7 +313,7 @@ def _extra(d: dict[str, Any]) -> dict[str, Any]:
     extra = {k: v for k, v in d.items() if k not in KNOWN}
     if extra:  # the API can pass what JSON cannot carry (NaN, sets): refuse it, never store it unreadable
         try:
-            json.dumps(extra, allow_nan=False, ensure_ascii=False).encode()
+            json_codec.dumps(extra, allow_nan=False, ensure_ascii=False).encode()
         except (TypeError, ValueError) as e:
             raise InvalidJob(f"unknown fields must hold plain JSON values: {str(e)[:80]}") from None
     return extra
@@ -368,4 +371,4 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # once: json.loads with an option makes one a call
+_DECODER = json_codec.Decoder(parse_constant=_reject_constant)  # once: json.loads with an option makes one a call

@@ -3,7 +3,6 @@ epoch seconds), and how a value's type is named in an error. Pure: no I/O."""
 
 from __future__ import annotations
 
-import math
 import time
 
 from .errors import InvalidJob
@@ -50,7 +49,7 @@ def is_number(value: object) -> bool:
     not a float overflow)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
-    return isinstance(value, int) or math.isfinite(value)
+    return isinstance(value, int) or value - value == 0  # math.isfinite: inf - inf and NaN - NaN are NaN
 
 
 def json_type(value: object) -> str:

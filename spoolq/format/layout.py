@@ -101,22 +101,20 @@ systems and NFSv3+); mtime of a file just touched reads the file system's own cl
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import re
-from typing import NamedTuple
 
-from .job import DEFAULT_QUEUE, Job
-from .states import State
+from . import json_codec
+from .job import DEFAULT_QUEUE, NAME_CHARS, Job
+from .lean import Record, Regex
+from . import states
 
-STATE_DIRS = (State.PENDING, State.PROCESSING, State.DONE, State.DEAD, State.WAITING)
+STATE_DIRS = (states.PENDING, states.PROCESSING, states.DONE, states.DEAD, states.WAITING)
 MAILDIR = ("maildir", "maildir/tmp", "maildir/new", "maildir/cur")  # parent first: made in this order
 # Newer than spoolq 0.1: a spool without them is whole.
-MADE_ON_DEMAND = (State.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
+MADE_ON_DEMAND = (states.WAITING, "slots", "after", "events", "schedules", *MAILDIR)
 OTHER_DIRS = ("quarantine", "ids", "output", "workers", "control", "tmp", "log", "locks", "slots", "after",
               "events", "schedules", *MAILDIR)
-INBOXES = (State.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
+INBOXES = (states.PENDING, "maildir/tmp", "maildir/new")  # where a shared spool's group may create files (modes.py)
 
 PRIORITY_BASE = 1_000_000_000
 DUE_FIELD = slice(31, 44)  # where the due time sits in a canonical name (fixed width)
@@ -133,12 +131,18 @@ FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made bef
 NEXT_PREFIX, TAKEN_PREFIX = ".next.", ".taken."
 
 
-class Transit(NamedTuple):
+# The records below are lean.Record classes: typing's NamedTuple, or collections', is not worth
+# loading on one enqueue's path.
+class Transit(Record):
     """A name of a job file in transit inside processing/<owner>/ (NEXT_PREFIX, TAKEN_PREFIX)."""
-    taken: bool  # the old file (else the new content)
-    state: str  # where the new content goes: "pending" or "dead"
-    key: str  # pairs a .next. name with its .taken. one
-    original: str  # the name the old file had: <id>.json, or ~<drop-in>
+
+    __slots__ = ("taken", "state", "key", "original")
+
+    def __init__(self, taken: bool, state: str, key: str, original: str):
+        self.taken = taken  # the old file (else the new content)
+        self.state = state  # where the new content goes: "pending" or "dead"
+        self.key = key  # pairs a .next. name with its .taken. one
+        self.original = original  # the name the old file had: <id>.json, or ~<drop-in>
 
     next_name = property(lambda self: f"{NEXT_PREFIX}{self.state}.{self.key}.{self.original}")
     taken_name = property(lambda self: f"{TAKEN_PREFIX}{self.state}.{self.key}.{self.original}")
@@ -152,31 +156,25 @@ def parse_transit(name: str) -> Transit | None:
     for prefix, taken in ((NEXT_PREFIX, False), (TAKEN_PREFIX, True)):
         if name.startswith(prefix):
             parts = name[len(prefix):].split(".", 2)
-            if len(parts) == 3 and parts[0] in (State.PENDING, State.DEAD, State.WAITING) and len(parts[1]) == 12 and parts[2]:
+            if len(parts) == 3 and parts[0] in (states.PENDING, states.DEAD, states.WAITING) and len(parts[1]) == 12 and parts[2]:
                 return Transit(taken, parts[0], parts[1], parts[2])
     return None
 
 
-@functools.cache
-def _regex(pattern: str) -> re.Pattern[str]:
-    """Compiled on first use: compiling costs 0.2 ms a pattern, which every CLI call would pay."""
-    return re.compile(pattern)
-
-
 def is_canonical(name: str) -> bool:
-    return _regex(CANONICAL).fullmatch(name) is not None
+    return _CANONICAL.fullmatch(name) is not None
 
 
-class PendingName(NamedTuple):
-    """What a canonical pending name says, without opening the file. (A NamedTuple, as every
-    record on the CLI's path: a frozen dataclass costs 0.6 ms of start-up each.)"""
+class PendingName(Record):
+    """What a canonical pending name says, without opening the file. (A plain record, as every
+    one on the CLI's path: a frozen dataclass costs 0.6 ms of start-up each.)"""
 
-    name: str
-    rank: int  # PRIORITY_BASE - priority: smaller runs first
-    seq: int
-    due_ms: int
-    job_id: str
-    queue: str = DEFAULT_QUEUE
+    __slots__ = ("name", "rank", "seq", "due_ms", "job_id", "queue")
+
+    def __init__(self, name: str, rank: int, seq: int, due_ms: int, job_id: str, queue: str = DEFAULT_QUEUE):
+        self.name = name
+        self.rank = rank  # PRIORITY_BASE - priority: smaller runs first
+        self.seq, self.due_ms, self.job_id, self.queue = seq, due_ms, job_id, queue
 
 
 def pending_name(job_id: str, priority: int, seq: int, due: float | None, queue: str = DEFAULT_QUEUE) -> str:
@@ -191,7 +189,7 @@ def pending_name_of(job: Job) -> str:
 
 
 def parse_pending(name: str) -> PendingName | None:
-    m = _regex(CANONICAL).fullmatch(name)
+    m = _CANONICAL.fullmatch(name)
     if m is None or m.group(4).startswith(".") or (m.group(5) or "").startswith("."):
         return None
     return PendingName(name, int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4),
@@ -205,7 +203,7 @@ def is_json_entry(name: str) -> bool:
 
 def is_dropin(name: str) -> bool:
     """A dropped file: in pending/ itself, never in a shard (pending/=<T>/ holds canonical names)."""
-    return is_json_entry(name) and "/" not in name and _regex(CANONICAL).fullmatch(name) is None
+    return is_json_entry(name) and "/" not in name and _CANONICAL.fullmatch(name) is None
 
 
 def job_file(job_id: str) -> str:
@@ -224,7 +222,7 @@ def is_quarantine_id(job_id: str) -> bool:
 def quarantine_id(source_name: str) -> str:
     """A fresh id for a quarantined file: '+' cannot start a job id, so it never collides with
     one; 48 random bits, and the move that uses it never replaces another."""
-    safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", stem(source_name))[:80].lstrip(".") or "file"
+    safe = only(NAME_CHARS, stem(source_name))[:80].lstrip(".") or "file"
     return f"{QUARANTINE_PREFIX}{safe}.{random_hex(6)}"
 
 
@@ -244,7 +242,7 @@ def host_hash() -> str:
 
 
 def owner_token(host: str, pid: int) -> str:
-    safe_host = re.sub(r"[^A-Za-z0-9_.]", "_", host)[:64] or "host"
+    safe_host = only(_ALNUM + "_.", host)[:64] or "host"
     return f"{safe_host}-{pid}-{random_hex(3)}"
 
 
@@ -258,22 +256,28 @@ def owner_of(dirname: str) -> str:
 TMP = r"\.([0-9]+)\.(?:([0-9]+)\.([0-9]+)\.([A-Za-z0-9_-]{1,64})\.)?[0-9a-f]{12}\.(tmp|plan)"
 
 
-class Creator(NamedTuple):
+_CANONICAL, _TMP = Regex(CANONICAL), Regex(TMP)  # compiled on first use: one enqueue uses neither
+
+
+class Creator(Record):
     """The process that made a temp file or an id marker: enough to judge whether it is gone."""
 
-    host: str
-    pid: int
-    start: str | None = None  # its start time in clock ticks (with the pid: one process)
-    boot: str | None = None
-    owner: str | None = None  # a worker's owner token: its registration and lease speak for it
-    pidns: int | None = None  # its pid namespace: a container on the same host has another
+    __slots__ = ("host", "pid", "start", "boot", "owner", "pidns")
+
+    def __init__(self, host: str, pid: int, start: str | None = None, boot: str | None = None,
+                 owner: str | None = None, pidns: int | None = None):
+        self.host, self.pid = host, pid
+        self.start = start  # its start time in clock ticks (with the pid: one process)
+        self.boot = boot
+        self.owner = owner  # a worker's owner token: its registration and lease speak for it
+        self.pidns = pidns  # its pid namespace: a container on the same host has another
 
     def tag(self) -> str:
         return f"{self.pid}.{self.start or 0}.{self.pidns or 0}.{safe_host(self.host)}"
 
     def to_json(self) -> bytes:
-        return json.dumps({k: v for k, v in self._asdict().items() if v is not None},
-                          separators=(",", ":")).encode() + b"\n"
+        return json_codec.dumps({k: v for k, v in self._asdict().items() if v is not None},
+                                compact=True).encode() + b"\n"
 
 
 def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
@@ -284,13 +288,13 @@ def tmp_name(creator: Creator | None = None, kind: str = "tmp") -> str:
 
 def is_temp_name(name: str, kind: str = "tmp") -> bool:
     """A name tmp_name() makes: what a crashed writer can leave beside a job file."""
-    m = _regex(TMP).fullmatch(name)
+    m = _TMP.fullmatch(name)
     return m is not None and m.group(5) == kind
 
 
 def creator_of_temp(name: str) -> Creator | None:
     """Who made a temp file, from its name (None for a name that does not say)."""
-    m = _regex(TMP).fullmatch(name)
+    m = _TMP.fullmatch(name)
     if m is None or m.group(2) is None:
         return None
     return Creator(host=m.group(4), pid=int(m.group(1)), start=m.group(2) if m.group(2) != "0" else None,
@@ -299,7 +303,15 @@ def creator_of_temp(name: str) -> Creator | None:
 
 def safe_host(host: str) -> str:
     """A host name as it may stand inside a file name."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", host)[:64] or "host"
+    return only(_ALNUM + "_-", host)[:64] or "host"
+
+
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def only(allowed: str, text: str) -> str:
+    """text with every character outside `allowed` made '_' (a str loop: no regex on the CLI's path)."""
+    return "".join(c if c in allowed else "_" for c in text)
 
 
 class Layout:

@@ -15,15 +15,21 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, NamedTuple
+from .lean import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 
-class Modes(NamedTuple):
+class Modes(Record):
     """The modes of what a spool creates. Held by each spool, never by the process."""
 
-    file: int
-    dir: int
-    inbox: int  # pending/ and the Maildir's tmp/ and new/ (layout.INBOXES), where others drop jobs
+    __slots__ = ("file", "dir", "inbox")
+
+    def __init__(self, file: int, dir: int, inbox: int):
+        self.file, self.dir = file, dir
+        self.inbox = inbox  # pending/ and the Maildir's tmp/ and new/ (layout.INBOXES), where others drop jobs
 
     @staticmethod
     def for_spool(group_access: bool) -> Modes:

@@ -4,7 +4,7 @@ Maildir delivery) is someone else's, and left as it is."""
 
 from __future__ import annotations
 
-from .states import State
+from . import states
 from . import layout
 from .job import valid_id
 
@@ -15,22 +15,22 @@ def is_spoolq_entry(directory: str, name: str) -> bool:
     never deleted."""
     if directory == "":
         return name == "config.json"
-    if directory == State.PROCESSING:
+    if directory == states.PROCESSING:
         return not name.startswith(".")
     return _SPOOLQ_NAMES[directory](name) if directory in _SPOOLQ_NAMES else False
 
 
 _SPOOLQ_NAMES = {
-    State.PENDING: lambda n: layout.parse_pending(n) is not None or layout.is_temp_name(n),
-    State.DONE: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
-    State.DEAD: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
+    states.PENDING: lambda n: layout.parse_pending(n) is not None or layout.is_temp_name(n),
+    states.DONE: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
+    states.DEAD: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
     "quarantine": lambda n: n.startswith(layout.QUARANTINE_PREFIX) and n.endswith(".json"),
     "ids": lambda n: valid_id(n),
     "output": lambda n: n.endswith(".log") and valid_id(n[:-4]),
     "workers": lambda n: n.endswith(".json") and not n.startswith("."),
     "control": lambda n: n in ("stop", "pause", "limits"),
     "slots": lambda n: n.count("%") in (1, 2) and not n.startswith("."),
-    State.WAITING: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
+    states.WAITING: lambda n: layout.is_temp_name(n) or (n.endswith(".json") and valid_id(layout.stem(n))),
     "after": lambda n: valid_id(n),
     "tmp": lambda n: layout.is_temp_name(n),
     "log": lambda n: n.startswith("worker-") and n.endswith(".log"),

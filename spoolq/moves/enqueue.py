@@ -12,19 +12,21 @@ whole or not at all, whatever stops its enqueuer."""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..format import layout, modes
-from ..format.states import State
+from ..format import states
 from ..store import shards
-from ..system import fsio
+from ..system import fsio, signals
 from ..format.errors import JobExists, JobNotFound, SpoolError
 from ..store.ids import Reservations, creator_of
 from ..format.job import Job, valid_id
 from ..store.store import Store, io_message
 
 
+TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
+
     from .dependencies import Dependencies
     from ..store.owners import Owners
     from ..reading.views import Views
@@ -87,7 +89,7 @@ class Publisher:
                 raise
             # From here to the last rename, SIGINT/SIGTERM/SIGHUP wait: the caller hears of one
             # only once every job is published (or, if `announce` fails, none is).
-            with fsio.signals_held():
+            with signals.signals_held():
                 try:
                     if announce:
                         announce()
@@ -124,10 +126,10 @@ class Publisher:
         if not unfinished:
             return layout.pending_name_of(job)
         self.deps.make_edges(job)  # every one, done ones too: purge keeps what is waited for
-        return f"{State.WAITING}/{layout.job_file(job.id)}"
+        return f"{states.WAITING}/{layout.job_file(job.id)}"
 
     def _path_of(self, name: str) -> str:
-        if name.startswith(State.WAITING + "/"):
+        if name.startswith(states.WAITING + "/"):
             return os.path.join(self.layout.root, name)
         return os.path.join(self.layout.pending, name)
 
@@ -142,7 +144,7 @@ class Publisher:
                 entries.append(self._rename_in(tmp, name, job_id, self.store.creator()))
                 done += 1
             self._sync_pending(entries)
-            if any(name.startswith(State.WAITING + "/") for _, name, _ in staged):
+            if any(name.startswith(states.WAITING + "/") for _, name, _ in staged):
                 fsio.fsync_dir(self.deps.waiting)
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
@@ -155,7 +157,7 @@ class Publisher:
     def _rename_in(self, tmp: str, name: str, job_id: str, creator: layout.Creator) -> str:
         """Publish one staged file: its entry in pending/ (or waiting/), "" if another finder of
         its plan published it first. FileNotFoundError if it is gone unpublished."""
-        if name.startswith(State.WAITING + "/"):
+        if name.startswith(states.WAITING + "/"):
             try:
                 os.rename(tmp, self._path_of(name))
                 return name
@@ -182,7 +184,7 @@ class Publisher:
     def _sync_pending(self, entries: list[str]) -> None:
         if "" in entries:  # published by another process's roll-forward, wherever it put them
             self.store.shards.sync_all()
-        self.store.shards.sync([e for e in entries if e and not e.startswith(State.WAITING + "/")])
+        self.store.shards.sync([e for e in entries if e and not e.startswith(states.WAITING + "/")])
 
     def _write_plan(self, staged: list[tuple[str, str, str]]) -> str:
         path = os.path.join(self.layout.tmp, layout.tmp_name(self.store.creator(), "plan"))
@@ -250,10 +252,10 @@ class Publisher:
                    waits: dict[str, list[str]]) -> None:
         """Nothing of these is published: remove their temp files and edges, then free their ids
         (an edge outlives no id: a later job of that id may wait for other jobs)."""
-        with fsio.signals_held():
+        with signals.signals_held():
             for tmp, name, job_id in staged:
                 fsio.unlink_quietly(tmp)
-                if name.startswith(State.WAITING + "/"):
+                if name.startswith(states.WAITING + "/"):
                     self.deps.forget(job_id, waits[job_id])
             for job_id in reserved:
                 ids.release(job_id)
@@ -294,7 +296,7 @@ def _refuse_repeated_ids(jobs: Iterable[Job]) -> None:
 
 def _waiting_id(name: str) -> str | None:
     """The id in a plan's "waiting/<id>.json", else None."""
-    if not name.startswith(State.WAITING + "/") or not name.endswith(".json"):
+    if not name.startswith(states.WAITING + "/") or not name.endswith(".json"):
         return None
-    job_id = layout.stem(name[len(State.WAITING) + 1:])
+    job_id = layout.stem(name[len(states.WAITING) + 1:])
     return job_id if valid_id(job_id) else None

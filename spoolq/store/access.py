@@ -5,14 +5,16 @@ one's group) reads as the owner would and writes nothing; every change stays the
 from __future__ import annotations
 
 import os
-import shlex
 import stat
-from typing import ContextManager
 
 from . import config, trust
 from ..format import layout, modes
 from ..system import fsio
 from ..format.errors import SpoolError, UntrustedFile
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ContextManager
 
 
 class Access:
@@ -82,6 +84,8 @@ class Access:
 
     def owners_command(self) -> str:
         """How an admin runs a command that changes another user's spool: as its owner."""
+        import shlex  # for a refusal's message alone: one enqueue loads no shlex (nor its `re`)
+
         owner = self.uid if self.reading else self.another_owner()
         return f"sudo -u {_user_name(owner)} spoolq --spool {shlex.quote(self.root)} …"
 
@@ -169,6 +173,7 @@ class Access:
 
 def _user_name(uid: int | None) -> str:
     import pwd
+    import shlex
 
     try:
         return pwd.getpwuid(uid).pw_name  # type: ignore[arg-type]

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import json
-import re
-from typing import Any, Callable, ContextManager, NamedTuple
-
-from ..format import durations, modes
+from ..format import json_codec, modes
 from ..system import fsio, locks
 from ..format.errors import ConfigError, SpoolError, UntrustedFile
 from ..format.job import is_int, is_number
 from ..format.layout import Layout
+from ..format.lean import Record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, ContextManager
 
 
-class Key(NamedTuple):
-    default: Any
-    parse: Callable[[str], Any]
-    check: Callable[[Any], bool]
-    help: str
+
+class Key(Record):
+    """A setting: its default, how `config set` reads its text, what a value must pass, and what to say."""
+
+    __slots__ = ("default", "parse", "check", "help")
+
+    def __init__(self, default: Any, parse: Callable[[str], Any], check: Callable[[Any], bool], help: str):
+        self.default, self.parse, self.check, self.help = default, parse, check, help
 
 
 def _number(text: str) -> float:
@@ -30,6 +34,8 @@ def _number(text: str) -> float:
 
 def _seconds(text: str) -> float:
     """A setting in seconds, given as any duration (durations.py): 600, 10m, 1.5h."""
+    from ..format import durations  # `config set` alone parses one
+
     value = durations.parse(text)
     return int(value) if value.is_integer() else value
 
@@ -67,6 +73,8 @@ def _uid_list(text: str) -> list[int]:
 def _ascii(text: str) -> None:
     """int() and float() read other scripts' digits ('٣' is 3), '1_0', 'nan' and 'inf' too:
     a setting is digits 0-9, a sign, a point, an exponent."""
+    import re  # only `config set` parses a setting: one enqueue loads no regex
+
     if not re.fullmatch(r"\s*\[?[0-9+\-.eE, \]]*\s*", text) or "_" in text:
         raise ValueError(text)
 
@@ -154,7 +162,9 @@ def parse_value(key: str, text: str) -> Any:
     try:
         value = spec.parse(text)
     except (ValueError, OverflowError):
-        what = f"a duration: {durations.SYNTAX}" if spec.parse is _seconds else spec.help
+        from ..format.durations import SYNTAX
+
+        what = f"a duration: {SYNTAX}" if spec.parse is _seconds else spec.help
         raise ConfigError(f"{key}: {text!r} is not a valid value ({what})") from None
     if not spec.check(value):
         raise ConfigError(f"{key}: {text!r} is out of range ({spec.help})")
@@ -172,7 +182,7 @@ def load(layout: Layout, uid: int | None = None) -> Config:
         if untrusted:
             raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
                              "else (chown it, chmod go-w)")
-        raw = json.loads(data or b"{}")
+        raw = json_codec.loads(data or b"{}")
     except FileNotFoundError:
         return Config({})
     except OSError as e:
@@ -189,9 +199,9 @@ def load(layout: Layout, uid: int | None = None) -> Config:
         if key not in KEYS:
             problems.append(f"{path}: unknown key {key!r} is ignored")
         elif not KEYS[key].check(value):
-            shown = json.dumps(value)[:40] if not isinstance(value, (dict, list)) else type(value).__name__
+            shown = json_codec.dumps(value)[:40] if not isinstance(value, (dict, list)) else type(value).__name__
             problems.append(f"{path}: {key}: {shown} is ignored ({KEYS[key].help}); "
-                            f"the default {json.dumps(KEYS[key].default)} is used")
+                            f"the default {json_codec.dumps(KEYS[key].default)} is used")
         else:
             values[key] = value
     return Config(values, tuple(problems))
@@ -200,6 +210,8 @@ def load(layout: Layout, uid: int | None = None) -> Config:
 def save(layout: Layout, key: str, value: Any, *, mode: int, temp_path: str) -> Config:
     """Read-modify-write config.json under its lock, publishing the new file (of `mode`, first
     written to `temp_path`) by rename."""
+    import json  # indent and sort_keys: the json package's alone (only `config set` writes)
+
     spec = check_key(key)
     if not spec.check(value):  # the API's values are checked as the CLI's are: never saved to be ignored
         raise ConfigError(f"{key}: {json.dumps(value, default=repr)[:40]} is out of range ({spec.help})")

@@ -11,10 +11,9 @@ and fsck frees it. Markers of spoolq 0.1 are empty files: their creator is unkno
 from __future__ import annotations
 
 import errno
-import json
 import os
 
-from ..format import layout
+from ..format import json_codec, layout
 from ..system import fsio
 from ..format.job import is_int
 from .store import Store
@@ -161,7 +160,7 @@ def creator_of(store: Store, job_id: str) -> layout.Creator | None:
     finally:
         os.close(fd)
     try:
-        record = json.loads(data)
+        record = json_codec.loads(data)
     except (ValueError, RecursionError):
         return None
     if not isinstance(record, dict) or not isinstance(record.get("host"), str) or not is_int(record.get("pid")):

@@ -25,9 +25,12 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Callable
 
 from ..system import fsio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 PREFIX = "="  # pending/=<10 digits>/: cannot start a canonical name (digits) or a hidden one (".")
 PRUNE_AFTER = 3600.0  # seconds: a shard this much older than pending/'s mtime, found empty, is removed

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, ContextManager
 
 from . import config, shards, trust
 from ..format import job, layout
@@ -19,6 +18,10 @@ from .access import Access
 from ..format.modes import Modes
 from ..format.errors import InvalidJob, SpoolError
 from ..format.job import Job
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, ContextManager
 
 CONFIG_RECHECK = 0.2  # seconds
 

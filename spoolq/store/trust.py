@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import stat
 
-from ..format.states import State
+from ..format import states
 from . import shards
-from ..format import layout, ours
+from ..format import layout
 from ..system import fsio, locks
 from ..format.modes import Modes
 
@@ -22,6 +22,8 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> Non
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
     a drop-in not yet taken, a quarantined file) is left as it is. Not `inboxes`: all but the
     inboxes, whose mode says a shared spool's narrowing is done (needs_new_modes)."""
+    from ..format import ours  # a change of modes alone needs it, never one enqueue
+
     _chmod(lay.root, modes.dir)
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
@@ -33,9 +35,9 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> Non
         _chmod(directory, modes.inbox if name in layout.INBOXES else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
-            if name == State.PROCESSING:
+            if name == states.PROCESSING:
                 _chmod_owned(path, modes)
-            elif name == State.PENDING and shards.is_shard(entry):
+            elif name == states.PENDING and shards.is_shard(entry):
                 _chmod_shard(path, modes)
             elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
                 _chmod_fired(path, modes)

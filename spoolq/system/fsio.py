@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import errno
-import functools
-import math
 import os
-import select
 import stat
-from contextlib import contextmanager
-from typing import Iterator
+
+from ..format.lean import once
 
 
 def close_quietly(fd: int | None) -> None:
@@ -78,20 +75,6 @@ def publish(tmp_path: str, data: bytes, final_path: str, *, mode: int, durable: 
         fsync_dir(os.path.dirname(final_path))
 
 
-@contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP while the steps inside run, so that they all happen (a
-    publish, or the clean-up of one); a signal that arrives meanwhile is delivered after."""
-    import signal  # only enqueue needs it; the module costs ~0.5 ms
-
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -152,7 +135,7 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
-@functools.cache
+@once
 def _libc() -> object:
     import ctypes.util  # only batches need it; the single-job CLI path stays lean
 
@@ -164,6 +147,9 @@ def readable(fds: list[int], timeout: float | None) -> list[int]:
     """Those of `fds` that can be read now (data, end of file, or an error to read), waiting at
     most `timeout` seconds for one (None: no limit). poll(), not select(): select() refuses
     descriptor numbers from 1024 up, which a process started with many files open is given."""
+    import math
+    import select  # a worker's and a waiter's: one enqueue waits on nothing
+
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)

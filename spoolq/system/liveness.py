@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import re
+
+from ..format.lean import once
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -36,7 +36,7 @@ def started_at(pid: int) -> float | None:
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
 
 
-@functools.cache
+@once
 def pid_namespace() -> int | None:
     """This process's pid namespace (the inode of /proc/self/ns/pid): a pid means something only
     within it. Two containers on one host share its name and boot, not this."""
@@ -46,7 +46,7 @@ def pid_namespace() -> int | None:
         return None
 
 
-@functools.cache
+@once
 def boot_id() -> str | None:
     """This boot of this machine: two hosts given one name, or one host after a reboot, differ.
     (Cached: it cannot change while this process runs.)"""
@@ -112,6 +112,8 @@ def group_record(pgid: int | None = None, started: tuple[int, int] | None = None
 
 
 def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
+    import re  # recovery's and a worker's: never on one enqueue's path
+
     m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
     if m is None:
         return None

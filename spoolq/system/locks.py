@@ -26,15 +26,11 @@ fallback to marker files (SoftFileLock, whose markers a killed holder strands) i
 from __future__ import annotations
 
 import errno
-import fcntl
-import json
 import os
-import re
 import stat
-from contextlib import contextmanager
-from typing import Iterator, NamedTuple
 
-from ..format import layout
+from ..format import json_codec, layout
+from ..format.lean import Record
 from ..format.errors import LockBusy, SpoolError
 
 POLL = 0.02  # seconds between tries while a lock is held by another
@@ -43,13 +39,14 @@ LONG_HELD = 600.0  # seconds: a lock held longer is said (fsck, a worker's log)
 BLANK = b" " * (RECORD - 1) + b"\n"
 
 
-class Holder(NamedTuple):
+class Holder(Record):
     """Who holds a lock, as its record says (pid None: not yet written), and since when (the
     lock file's mtime, on the file system's clock)."""
 
-    pid: int | None
-    host: str
-    since: float
+    __slots__ = ("pid", "host", "since")
+
+    def __init__(self, pid: int | None, host: str, since: float):
+        self.pid, self.host, self.since = pid, host, since
 
     def __str__(self) -> str:
         if self.pid is None:
@@ -57,28 +54,41 @@ class Holder(NamedTuple):
         return f"pid {self.pid} on host {self.host}"
 
 
-@contextmanager
-def locked(path: str, *, mode: int, timeout: float = 30.0) -> Iterator[None]:
+def locked(path: str, *, mode: int, timeout: float = 30.0) -> Held:
     """Hold the lock at `path` for the block; LockBusy if it is still held after `timeout`
     seconds (0: one try), naming its holder."""
-    import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
+    return Held(path, owners_only(mode), timeout)
 
-    mode = owners_only(mode)
-    named: list[int] = []
-    lock = filelock.FileLock(path, timeout=timeout, mode=mode, poll_interval=POLL, fallback_to_soft=False,
-                             preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
-                       f"{holder(path) or 'nobody any more'}") from None
-    except OSError as e:
-        raise SpoolError(f"cannot take lock {path}: {_why_not(e)}") from None
-    try:
-        yield
-    finally:
-        _blank(named)
-        lock.release()
+
+class Held:
+    """The `with` block of locked(). (A class, not a contextlib generator: contextlib is not worth
+    loading on one enqueue's path, which takes no lock.)"""
+
+    __slots__ = ("path", "mode", "timeout", "_lock", "_named")
+
+    def __init__(self, path: str, mode: int, timeout: float):
+        self.path, self.mode, self.timeout = path, mode, timeout
+        self._named: list[int] = []
+        self._lock = None
+
+    def __enter__(self) -> None:
+        import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
+
+        named, path, timeout = self._named, self.path, self.timeout
+        lock = filelock.FileLock(path, timeout=timeout, mode=self.mode, poll_interval=POLL, fallback_to_soft=False,
+                                 preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
+                           f"{holder(path) or 'nobody any more'}") from None
+        except OSError as e:
+            raise SpoolError(f"cannot take lock {path}: {_why_not(e)}") from None
+        self._lock = lock
+
+    def __exit__(self, *exc: object) -> None:
+        _blank(self._named)
+        self._lock.release()
 
 
 def owners_only(mode: int) -> int:
@@ -115,6 +125,8 @@ def holder(path: str) -> Holder | None:
             return None
         # RACE: the lock may be taken or let go right after the probe; the answer is what was true
         # at it. A taker that tries during the probe's moment fails that try and polls again.
+        import fcntl  # only a probe of who holds a lock: one enqueue takes none
+
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return None  # free: closing the descriptor lets the probe's lock go
@@ -129,7 +141,7 @@ def holder(path: str) -> Holder | None:
 def _name_holder(fd: int, named: list[int]) -> None:
     """Write this process into the lock file it now holds (filelock calls this once the flock is
     taken; `named` keeps the descriptor, to blank the record before letting go)."""
-    record = json.dumps({"pid": os.getpid(), "host": layout.host_name()[:128]}).encode()
+    record = json_codec.dumps({"pid": os.getpid(), "host": layout.host_name()[:128]}).encode()
     # RACE: a reader (a timed-out wait, fsck) between the flock and this write finds the lock held
     # and the record blank: it says "a holder that has not named itself yet", never a wrong one.
     try:
@@ -150,10 +162,10 @@ def _blank(named: list[int]) -> None:
 
 def _parse(data: bytes, since: float) -> Holder:
     try:
-        record = json.loads(data.decode("utf-8", "replace").strip() or "null")
+        record = json_codec.loads(data.decode("utf-8", "replace").strip() or "null")
         pid, host = record["pid"], record["host"]
         if isinstance(pid, int) and not isinstance(pid, bool) and isinstance(host, str):
-            return Holder(pid, re.sub(r"[^A-Za-z0-9_.-]", "_", host)[:128], since)  # shown, so printable
+            return Holder(pid, layout.only(layout.NAME_CHARS, host)[:128], since)  # shown, so printable
     except (ValueError, TypeError, KeyError, RecursionError):
         pass
     return Holder(None, "", since)
