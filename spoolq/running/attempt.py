@@ -45,13 +45,15 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
     return outcome
 
 
-def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str, env: dict[str, str],
+def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str, base_env: dict[str, str],
                    group: GroupRecord, slot: int, *, abort: Callable[[], str | None],
                    why_stopped: Callable[[str | None, int], str | None],
                    log: Callable[[str], None]) -> tuple[runner.Outcome, Moved | None, float]:
-    """In `slot`: run the claimed job's attempt (killed once `abort` says why, or a `cancel --kill`
-    asks), then record it (`why_stopped`: the lease guard's word on a failure). Its outcome, where
-    it moved the job (None: lost), and when it ended."""
+    """In `slot`: run the claimed job's attempt (`base_env` and the SPOOLQ_ variables of where it
+    runs; killed once `abort` says why, or a `cancel --kill` asks), then record it (`why_stopped`:
+    the lease guard's word on a failure). Its outcome, where it moved the job (None: lost), and
+    when it ended."""
+    env = {**base_env, "SPOOLQ_HOST": host, "SPOOLQ_SPOOL": spool.root, "SPOOLQ_OWNER": claimed.owner}
     outcome = run(spool, claimed.job, host, claimed.owner, env, group,
                   lambda: CANCELLED if kill.asked() else abort(), slot)
     finished_at = time.time()

@@ -5,6 +5,7 @@ registry."""
 from __future__ import annotations
 
 import signal
+import time
 from typing import Callable
 
 from ..spool import Spool
@@ -12,6 +13,7 @@ from ..store.owners import Since
 from ..system import mounts, watch
 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running jobs (their attempts count)
+LOOK_EVERY = 0.25  # seconds between looks for a `worker stop --now`, whatever the number of running jobs
 
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
 EXIT_UNSAFE = 77  # the spool stopped being safe to use: its supervisor stops too
@@ -79,6 +81,7 @@ class Stops:
         self.log = log
         self.stopping = False
         self.signals = 0  # stop signals received
+        self._now = (-LOOK_EVERY, False)  # when `worker stop --now` was last looked for, and what was found
 
     def request(self, *_args: object) -> None:
         """A stop signal (a signal handler)."""
@@ -101,10 +104,13 @@ class Stops:
         return True
 
     def kill_reason(self) -> str | None:
-        """Why to kill the running jobs now, if a stop says so."""
+        """Why to kill the running jobs now, if a stop says so. Asked by every running job twice
+        a second: the spool's stop request is looked at once for all of them (LOOK_EVERY)."""
         if self.signals >= KILL_AFTER_SIGNALS:
             return f"killed: its worker was stopped by {self.signals} signals"
-        request = self.spool.owners.stop_requested(self.since)
-        if request is not None and request.kill_jobs:
-            return "killed: `worker stop --now`"
-        return None
+        # RACE: slots may ask at the same moment: each may look, and each finds the same answer.
+        looked_at, now_killing = self._now
+        if time.monotonic() - looked_at >= LOOK_EVERY:
+            request = self.spool.owners.stop_requested(self.since)
+            looked_at, now_killing = self._now = (time.monotonic(), request is not None and request.kill_jobs)
+        return "killed: `worker stop --now`" if now_killing else None

@@ -11,6 +11,7 @@ one process a job loses one."""
 
 from __future__ import annotations
 
+import queue
 import threading
 from typing import Callable
 
@@ -25,6 +26,7 @@ class SlotThreads:
         self._free = list(range(slots - 1, -1, -1))  # free slot numbers, the lowest taken first
         self._ended: list[tuple[int, After]] = []  # guarded by _changed
         self._changed = threading.Condition()
+        self._inboxes: list[queue.SimpleQueue[Work]] = []  # a slot's next job, given to its thread
 
     def full(self) -> bool:
         return not self._free
@@ -42,17 +44,29 @@ class SlotThreads:
                 self._free.append(slot)
             after()
             return
-        threading.Thread(target=self._run, args=(slot, work), name=f"slot-{slot}", daemon=True).start()
+        if not self._inboxes:
+            self._start_threads()
+        self._inboxes[slot].put(work)
 
-    def _run(self, slot: int, work: Work) -> None:
-        try:
-            after = work(slot)
-        except BaseException as e:  # raised again in the worker's thread, which a failure must reach
-            after = _raiser(e)
-        with self._changed:
-            self._ended.append((slot, after))
-            self._changed.notify_all()
-        self._wake()
+    def _start_threads(self) -> None:
+        """A thread a slot, for the worker's life, started before its first job: a thread started
+        for each job would wait for the interpreter's lock among the running ones (milliseconds
+        a job, in the thread that claims)."""
+        for slot in range(self.slots):
+            self._inboxes.append(queue.SimpleQueue())
+            threading.Thread(target=self._serve, args=(slot,), name=f"slot-{slot}", daemon=True).start()
+
+    def _serve(self, slot: int) -> None:
+        while True:
+            work = self._inboxes[slot].get()
+            try:
+                after = work(slot)
+            except BaseException as e:  # raised again in the worker's thread, which a failure must reach
+                after = _raiser(e)
+            with self._changed:
+                self._ended.append((slot, after))
+                self._changed.notify_all()
+            self._wake()
 
     def collect(self) -> None:
         """In the worker's thread: free each slot that ended and do what it left to do (raising

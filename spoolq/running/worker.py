@@ -73,14 +73,6 @@ class Worker:
         self.retrying = Retrying()  # a burst's own retries: it waits them out
         self.settings_notes = SettingsNotes(self.log)
 
-    @property
-    def lost(self) -> bool:
-        return self.heartbeat.lost
-
-    @lost.setter
-    def lost(self, value: bool) -> None:
-        self.heartbeat.lost = value
-
     # ---- lifecycle -----------------------------------------------------------------------
 
     def log(self, message: str) -> None:
@@ -161,7 +153,7 @@ class Worker:
         """Asked while a job runs (by each slot): why to kill it now, if there is a reason."""
         if (running_out := self.heartbeat.running_out()) is not None:  # first: it reads no file
             return running_out
-        if self.lost:
+        if self.heartbeat.lost:
             return "aborted: this worker lost the job"
         return self.stops.kill_reason()
 
@@ -195,10 +187,10 @@ class Worker:
             if reason:
                 self.log(f"lost file-system events ({reason}); falling back to polling every "
                          f"{cfg.poll_interval:g}s")
-            if self.lost and not self.slots.idle():  # its running jobs abort first (_abort_reason)
+            if self.heartbeat.lost and not self.slots.idle():  # its running jobs abort first (_abort_reason)
                 self._sleep(now, last_rescan, last_recover, full=True)
                 continue
-            if self.lost:
+            if self.heartbeat.lost:
                 self._reregister("this worker's registration was taken over (declared dead elsewhere)")
             if now - last_recover >= RECOVER_EVERY:
                 last_recover = now
@@ -210,7 +202,7 @@ class Worker:
                 self.rescans.run()
             self.rescans.collect_mail()
             if not adoption.adopt_due(self.spool, self.index, self.rescans, self.owner, now, self.log):
-                self.lost = True
+                self.heartbeat.lost = True
             blocked = self.admission.blocked()
             if self.burst and self.admission.everything_paused:
                 return
@@ -218,7 +210,7 @@ class Worker:
             name = self.index.pop_ready(int(now * 1000), self.pacing.spread(), blocked) \
                 if blocked is not None and not full else None
             if name is not None:
-                self._claim_and_run(name)
+                self._claim_while_free(name)
                 continue
             if self.burst and not full and not self.index.has_dropins():  # (full: a slot that ends wakes it)
                 if last_rescan != now:
@@ -269,6 +261,15 @@ class Worker:
 
     # ---- one job ------------------------------------------------------------------------
 
+    def _claim_while_free(self, name: str | None) -> None:
+        """Claim `name` and, while a slot is free, the next ready job at once: the loop's checks
+        once for as many claims (a pause or a stop is seen a few milliseconds later)."""
+        while name is not None:
+            self._claim_and_run(name)
+            if self.slots.full() or self.stops.stopping or self.heartbeat.lost:
+                return
+            name = self.index.pop_ready(int(time.time() * 1000), self.pacing.spread(), self.admission.passed_over())
+
     def _claim_and_run(self, name: str) -> None:
         """Claim `name` here, in the worker's own thread, and run it in a free slot."""
         go, slot = self.admission.slot_for(name, self.owner)
@@ -296,7 +297,7 @@ class Worker:
         try:
             claimed = self.spool.transitions.claim(name, self.owner)
         except LostOwnership:
-            self.lost = True
+            self.heartbeat.lost = True
             self.rescans.relist()  # the name may still be in pending/: list again, not forget it
             return None
         except OSError as e:
@@ -311,10 +312,8 @@ class Worker:
         """In slot `number`: run the job and record its outcome; what is left for the worker's
         thread (the attempts log, hooks, the pending index, the queue's slot given back)."""
         try:
-            env = {**self._base_env, "SPOOLQ_HOST": self.host, "SPOOLQ_SPOOL": self.spool.root,
-                   "SPOOLQ_OWNER": self.owner}
             outcome, moved, finished_at = attempt.run_and_record(
-                self.spool, claimed, kill, self.host, env, self.group, number, abort=self._abort_reason,
+                self.spool, claimed, kill, self.host, self._base_env, self.group, number, abort=self._abort_reason,
                 why_stopped=self.heartbeat.why_stopped, log=self.log)
         except BaseException:  # the worker fails (slot_threads.py): the queue's slot is not kept meanwhile
             if slot is not None:
@@ -331,7 +330,7 @@ class Worker:
         if self.job_lines:
             self.job_lines.finished(fact)
         if moved is None:
-            self.lost = True
+            self.heartbeat.lost = True
             return
         self.hooks.after(fact, State.SCHEDULED if moved.state == State.PENDING and _due_later(moved.name) else moved.state)
         if moved.state == State.PENDING:
