@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SPOOLQ, stop_gracefully, wait_for
+from test_hosts import LEASE, _last_renewal, _marking, _runs, strict_rig  # noqa: F401 (the rig's fixture)
 from spoolq import Spool
 
 
@@ -190,8 +191,6 @@ def test_a_cut_off_host_stops_every_running_job_before_its_lease_can_run_out(str
     """Host B runs three 30 s jobs in one worker of three slots, lease 4 s, and is cut off from
     the spool: its worker kills all three before its lease can run out; host A takes each back
     after the lease and runs it; no copy on B runs past the lease."""
-    from test_hosts import LEASE, _last_renewal, _marking, _runs
-
     rig = strict_rig
     rig.ok("A", "config", "set", "lease_timeout", f"{LEASE:g}")
     marks = tmp_path / "marks"
