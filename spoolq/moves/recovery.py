@@ -121,7 +121,8 @@ class Recovery:
         """Move every job out of a fenced directory, then remove it. A woken owner may still reach
         the directory by an old name (a client's cache) and move a file at the same moment: each
         file is taken by a rename of its own, and the directory is listed again until nothing is
-        left of it (a few rounds at most: the owner has one job and stops at the fence mark)."""
+        left of it (a few rounds at most: each of the owner's slots has one job and stops at the
+        fence mark)."""
         out: list[Recovered] = []
         for _ in range(8):
             names = sorted(fsio.listdir(directory), key=_drain_order)
