@@ -173,6 +173,22 @@ def test_a_sigkilled_multi_slot_worker_s_jobs_are_all_recovered_exactly_once(spo
     assert not any((tmp_path / f"{n}.finished").exists() for n in names)
 
 
+def test_a_burst_of_many_slots_waits_for_its_running_jobs_and_their_retries(spool, spool_dir, tmp_path):
+    """A burst worker of 4 slots leaves only once every job it started has ended and the retry
+    of the one that failed has run: not when nothing is left to claim while jobs still run."""
+    spool.set_config("backoff_base", 0)
+    spool.enqueue({"id": "flaky", "max_retries": 1,
+                   "command": f'sleep 0.5; [ "$SPOOLQ_ATTEMPT" = 2 ] || exit 3'})
+    for i in range(3):
+        spool.enqueue({"id": f"slow{i}", "command": "sleep 1"})
+    r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--slots", "4", "--burst"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [state(spool, i) for i in ("flaky", "slow0", "slow1", "slow2")] == ["done"] * 4, r.stderr
+    assert spool.find("flaky").to_dict()["attempts"] == 2
+    assert "4 jobs in 5 attempts, 4 ok, 1 failed" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("slots", ["0", "-1", "1025", "many"])
 def test_a_slot_count_that_is_no_count_is_refused(spool_dir, slots):
     r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--slots", slots, "--burst"],
