@@ -189,6 +189,22 @@ def test_a_burst_of_many_slots_waits_for_its_running_jobs_and_their_retries(spoo
     assert "4 jobs in 5 attempts, 4 ok, 1 failed" in r.stderr, r.stderr
 
 
+def test_one_slot_looks_for_a_stop_request_between_the_jobs_of_a_backlog(spool, workers, tmp_path, run):
+    """The default, one slot: a `worker stop` while it works through a backlog stops it after
+    the job it runs, not once the backlog is empty."""
+    w = workers(1)
+    enqueue_held(spool, tmp_path, ["first"])
+    for i in range(5):
+        spool.enqueue({"id": f"next{i}", "command": "true"})
+    wait_for(lambda: started(tmp_path, ["first"]), 15, "the first job to run")
+    r = run("worker", "stop")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (tmp_path / "go").touch()
+    assert w.proc.wait(20) == 0, w.output
+    assert state(spool, "first") == "done"
+    assert [state(spool, f"next{i}") for i in range(5)] == ["pending"] * 5
+
+
 @pytest.mark.parametrize("slots", ["0", "-1", "1025", "many"])
 def test_a_slot_count_that_is_no_count_is_refused(spool_dir, slots):
     r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--slots", slots, "--burst"],

@@ -262,11 +262,12 @@ class Worker:
     # ---- one job ------------------------------------------------------------------------
 
     def _claim_while_free(self, name: str | None) -> None:
-        """Claim `name` and, while a slot is free, the next ready job at once: the loop's checks
-        once for as many claims (a pause or a stop is seen a few milliseconds later)."""
+        """Claim `name` and, while another slot is free, the next ready job at once: the loop's
+        checks once for as many claims, which take milliseconds (one slot ran its job meanwhile:
+        back to the loop, which looks for a stop, a pause, a lost lease before the next)."""
         while name is not None:
             self._claim_and_run(name)
-            if self.slots.full() or self.stops.stopping or self.heartbeat.lost:
+            if self.slots.slots == 1 or self.slots.full() or self.stops.stopping or self.heartbeat.lost:
                 return
             name = self.index.pop_ready(int(time.time() * 1000), self.pacing.spread(), self.admission.passed_over())
 
