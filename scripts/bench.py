@@ -39,6 +39,7 @@ from spoolq import Spool  # noqa: E402
 import compare  # noqa: E402
 from compare import wait_until  # noqa: E402
 import idlecost  # noqa: E402
+import slotsbench  # noqa: E402
 from spoolq.format import layout as L  # noqa: E402
 
 # The console script a user runs (no runpy overhead), else the module.
@@ -818,6 +819,8 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=5_000, help="reference backlog size")
     ap.add_argument("--drain", type=int, default=3000, help="jobs measured while draining")
     ap.add_argument("--repeat", type=int, default=3, help="repeats of the cheap rows")
+    ap.add_argument("--slots-jobs", type=int, default=1280, help="slots rows: `sleep 1` jobs drained")
+    ap.add_argument("--slots-running", type=int, default=128, help="slots rows: jobs at once (the slots)")
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--compare", action="store_true",
@@ -825,13 +828,14 @@ def main() -> int:
                          "one enqueue, a drain, pickup, each in turn with spoolq's")
     ap.add_argument("--compare-jobs", type=int, default=500, help="--compare: jobs a drain runs")
     ap.add_argument("--only", help="comma-separated row keys: latency,after,dropin,throughput,limits,waiting,"
-                                   "shellcmd,plain,cli,idle,batch,backlog,shards,hosts,lines,observe,churn")
+                                   "shellcmd,plain,cli,idle,batch,backlog,shards,hosts,lines,observe,churn,slots")
     a = ap.parse_args()
     if a.quick:
         # Small sizes, or smaller ones given with it.
         a.latency_samples, a.jobs, a.big, a.small, a.drain, a.repeat, a.compare_jobs = (
             min(a.latency_samples, 15), min(a.jobs, 300), min(a.big, 10_000), min(a.small, 1_000),
             min(a.drain, 500), 1, min(a.compare_jobs, 50))
+        a.slots_jobs, a.slots_running = min(a.slots_jobs, 128), min(a.slots_running, 32)
     only = set(a.only.split(",")) if a.only else None
     want = lambda key: only is None or key in only  # noqa: E731
     # Measure what an installed spoolq costs: compiled modules, as pip leaves them.
@@ -931,6 +935,8 @@ def main() -> int:
         if want("churn"):
             progress(f"churn: {a.big * 2} jobs through one spool with retention on")
             rows.extend(churn_rows(tmp, a.big * 2, 10_000 if not a.quick else 2_000))
+        if want("slots"):
+            rows.extend(slotsbench.rows(Row, tmp, SPOOLQ, a.slots_jobs, a.slots_running, a.repeat, progress))
         if want("hosts"):
             rows.extend(multihost_rows(a.repeat, 100 if a.quick else 400))
     finally:

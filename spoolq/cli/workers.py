@@ -9,6 +9,7 @@ import time
 import click
 
 from ..format.job import iso
+from ..format.layout import MAX_SLOTS
 from ..system.liveness import alive, started_at
 from . import complete
 from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set, warn_about_queues
@@ -21,6 +22,8 @@ def worker() -> None:
 
 @worker.command("start")
 @click.option("--count", type=Int(1, 256), default=1, show_default=True, help="Worker processes.")
+@click.option("--slots", type=Int(1, MAX_SLOTS), default=1, show_default=True,
+              help="Jobs each worker process runs at once (many I/O-bound jobs: one process, many slots).")
 @click.option("--detach", is_flag=True, help="Run in the background; return once the workers are running.")
 @click.option("--burst", is_flag=True, help="Exit when no job is ready and no retry of a job it ran is left.")
 @click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
@@ -31,7 +34,7 @@ def worker() -> None:
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
               help="Log lines as text, or as one JSON object each.")
 @pass_ctx
-def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe_fs: bool,
+def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, allow_unsafe_fs: bool,
                  queue_names: tuple[str, ...], quiet: bool, log_format: str) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first),
     saying on stderr what each job did; --detach: in the background, logging to the spool's log/."""
@@ -51,7 +54,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
     if not detach:
         job_lines = None if quiet else log_lines.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
-                                       queues=queues, log=log, job_lines=job_lines).run())
+                                       queues=queues, log=log, job_lines=job_lines, slots=slots).run())
     # RACE: two starts at once each find none, and both start: this catches a start repeated (a
     # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
     running = supervisor.running_here(spool, queues)
@@ -60,7 +63,7 @@ def worker_start(c: Context, count: int, detach: bool, burst: bool, allow_unsafe
                        f"already run on this host (supervisor pid {running}); not starting a second set: "
                        "`spoolq worker stop` them first, or start more in the foreground")
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
-                            log=log)
+                            log=log, slots=slots)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         mine = [w for w in spool.workers(role="worker") if w.extra.get("supervisor") == pid]
@@ -114,9 +117,17 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
 def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
     workers = c.reading.workers(role="worker")
-    rows = [{"pid": w.pid, "host": w.host, "job": w.job, "worker": w.owner, "started_at": w.started_at,
-             "heartbeat": iso(w.heartbeat), "queues": w.extra.get("queues")} for w in workers]
+    rows = [{"pid": w.pid, "host": w.host, "job": w.job, "jobs": list(w.jobs), "slots": w.extra.get("slots", 1),
+             "worker": w.owner, "started_at": w.started_at, "heartbeat": iso(w.heartbeat),
+             "queues": w.extra.get("queues")} for w in workers]
     emit_rows(rows, as_json, empty="no workers",
               header=f"{'HOST':<20} {'PID':>7}  {'JOB':<20} {'STARTED':<24}  QUEUES",
-              line=lambda r: f"{r['host']:<20} {r['pid']:>7}  {r['job'] or '-':<20} {r['started_at']:<24}  "
+              line=lambda r: f"{r['host']:<20} {r['pid']:>7}  {_jobs(r['jobs']):<20} {r['started_at']:<24}  "
                              f"{','.join(r['queues']) if r['queues'] else '(all)'}")
+
+
+def _jobs(jobs: list[str]) -> str:
+    """The JOB column: the job it runs; a worker of several slots: the first, and how many more."""
+    if not jobs:
+        return "-"
+    return jobs[0] if len(jobs) == 1 else f"{jobs[0]} +{len(jobs) - 1}"

@@ -85,7 +85,8 @@ seconds since its last change before it is quarantined as malformed.
 While a job runs, ``processing/<owner>/.pgroup`` holds ``<pgid> <earliest> <latest>``: its
 leader's pid and the clock ticks its start time lies between (fixed width, rewritten in place;
 blank between jobs): its process group, which whoever recovers a dead owner
-on the same host kills.
+on the same host kills. An owner that runs several jobs at once (``--slots``) keeps one such
+line per slot, slot k's at k times the line's width; at most ``MAX_SLOTS`` of them.
 
 Owners: an owner token is ``<host>-<pid>-<random>``. When an owner is found dead,
 whoever recovers it first creates ``processing/<owner>/.fenced``, then renames the directory to
@@ -125,6 +126,7 @@ QUARANTINE_PREFIX = "+"  # dead/+<qid>.json: a quarantined file; '+' cannot star
 RESCUE_SEP = "~"  # processing/<rescuer>~<owner>: a directory fenced by a rescuer
 ADOPT_PREFIX = "~"  # processing/<owner>/~<name>: a drop-in being adopted
 GROUP_FILE = ".pgroup"  # processing/<owner>/.pgroup: "<pgid> <start window>" of the job it runs, or blank
+MAX_SLOTS = 1024  # jobs one owner runs at once (`worker start --slots`): the lines of its .pgroup
 CANCEL_PREFIX = ".cancel."  # processing/<owner>/.cancel.<id>: `cancel --kill` asks the owner to kill job <id>
 FENCE_FILE = ".fenced"  # processing/<owner>/.fenced: a rescuer's mark, made before it renames the directory
 # A job file leaving with new content (handoff.py): .next.<state>.<key>.<name>, the new content; .taken.… the old.

@@ -121,7 +121,8 @@ class Recovery:
         """Move every job out of a fenced directory, then remove it. A woken owner may still reach
         the directory by an old name (a client's cache) and move a file at the same moment: each
         file is taken by a rename of its own, and the directory is listed again until nothing is
-        left of it (a few rounds at most: the owner has one job and stops at the fence mark)."""
+        left of it (a few rounds at most: each of the owner's slots has one job and stops at the
+        fence mark)."""
         out: list[Recovered] = []
         for _ in range(8):
             names = sorted(fsio.listdir(directory), key=_drain_order)
@@ -211,20 +212,19 @@ class Recovery:
         return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
-        """Kill the process group of the job the dead owner was running, as its .pgroup file
-        records it: exactly the job's processes, on the owner's own host only. A process the job
-        moved out of its group on purpose (a daemon) is not touched."""
+        """Kill the process groups of the jobs the dead owner was running (one a slot), as its
+        .pgroup file records them: exactly the jobs' processes, on the owner's own host only. A
+        process a job moved out of its group on purpose (a daemon) is not touched."""
         if not local:
             return
         try:  # no fifo waited on, no symlink followed; a record only its owner could have written
-            data, st = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE), liveness.GROUP_RECORD_SIZE,
-                                         single_link=False)
+            data, st = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE),
+                                         liveness.GROUP_RECORD_SIZE * layout.MAX_SLOTS, single_link=False)
         except (OSError, ValueError):
             return
         if self.store.why_not_owners(st):
             return  # a process group named by anyone else is never signalled (fsck reports the file)
-        record = liveness.parse_group_record(data)
-        if record is not None:
+        for record in liveness.parse_group_records(data):
             liveness.kill_job_group(*record)
 
     def _remove_temp_files_of(self, record: dict) -> None:

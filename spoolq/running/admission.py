@@ -39,6 +39,10 @@ class Admission:
             return None
         return self._pause_said[1] | self.full
 
+    def passed_over(self) -> frozenset[str]:
+        """The queues blocked() passed over, as they are now (no new look at the pauses)."""
+        return self._pause_said[1] | self.full
+
     @property
     def everything_paused(self) -> bool:
         """What the last all_paused() found (no new look)."""

@@ -15,12 +15,13 @@ from ..format.errors import LostOwnership
 from ..format.job import Job
 from ..spool import Spool
 from ..moves.handoff import Moved
+from ..moves.cancel import CANCELLED, KillRequest
 from ..moves.transitions import Claimed
 
 
 def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
-        should_abort: Callable[[], str | None]) -> runner.Outcome:
-    """Run the job's running attempt; its outcome (a log that cannot be written fails it)."""
+        should_abort: Callable[[], str | None], slot: int = 0) -> runner.Outcome:
+    """Run the job's running attempt in `slot`; its outcome (a log that cannot be written fails it)."""
     attempt = job.running_attempt
     cfg = spool.config
     env = {**base_env, **job.env, "SPOOLQ_JOB_ID": job.id, "SPOOLQ_ATTEMPT": str(attempt)}
@@ -36,12 +37,32 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
         outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
                              output=log.write, should_abort=should_abort, keep_children=job.keep_children,
                              shell=job.shell,
-                             on_spawn=lambda pid: group.running(pid, before_spawn))
+                             on_spawn=lambda pid: group.running(pid, before_spawn, slot))
     finally:
-        group.running(None)
+        group.running(None, slot=slot)
         log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
         outcome.output_bytes = log.received
     return outcome
+
+
+def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str, base_env: dict[str, str],
+                   group: GroupRecord, slot: int, *, abort: Callable[[], str | None],
+                   why_stopped: Callable[[str | None, int], str | None],
+                   log: Callable[[str], None]) -> tuple[runner.Outcome, Moved | None, float]:
+    """In `slot`: run the claimed job's attempt (`base_env` and the SPOOLQ_ variables of where it
+    runs; killed once `abort` says why, or a `cancel --kill` asks), then record it (`why_stopped`:
+    the lease guard's word on a failure). Its outcome, where it moved the job (None: lost), and
+    when it ended."""
+    env = {**base_env, "SPOOLQ_HOST": host, "SPOOLQ_SPOOL": spool.root, "SPOOLQ_OWNER": claimed.owner}
+    outcome = run(spool, claimed.job, host, claimed.owner, env, group,
+                  lambda: CANCELLED if kill.asked() else abort(), slot)
+    finished_at = time.time()
+    outcome.error = why_stopped(outcome.error, slot) if not outcome.ok else None
+    cancelled = outcome.error == CANCELLED and kill.asked()
+    moved = record(spool, claimed, outcome, host, log, final=cancelled)  # a cancelled job is never retried
+    if cancelled:
+        kill.withdraw()
+    return outcome, moved, finished_at
 
 
 def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: str, owner: str,
@@ -57,12 +78,14 @@ def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: s
 
 
 class GroupRecord:
-    """processing/<owner>/.pgroup: the running job's process group, where a rescuer looks should
-    this worker die. Written in place through a descriptor kept open (one pwrite a job): a new
-    file for each job would cost an inode each, which on ext4 is most of a short job's cost."""
+    """processing/<owner>/.pgroup: the running jobs' process groups, one fixed-width record a slot
+    (layout.py), where a rescuer looks should this worker die. Written in place through a
+    descriptor kept open (one pwrite a job): a new file for each job would cost an inode each,
+    which on ext4 is most of a short job's cost. Slots write their own records: no two pwrites
+    overlap."""
 
     def __init__(self, path: str | None, mode: int = 0o600,
-                 on_change: Callable[[tuple[int, tuple[int, int]] | None], object] = lambda group: None):
+                 on_change: Callable[[int, tuple[int, tuple[int, int]] | None], object] = lambda slot, group: None):
         self.fd: int | None = None
         self.on_change = on_change  # told the group too (the worker's lease guard), file or no file
         if path is None:
@@ -72,14 +95,15 @@ class GroupRecord:
         except OSError:
             pass  # best effort: without it, a rescuer cannot kill what a job leaves running
 
-    def running(self, pid: int | None, since_tick: int = 0) -> None:
-        """The job's leader `pid`, spawned after `since_tick` and before now (None: no job)."""
+    def running(self, pid: int | None, since_tick: int = 0, slot: int = 0) -> None:
+        """The leader `pid` of the job in `slot`, spawned after `since_tick` and before now
+        (None: the slot runs no job)."""
         started = (since_tick, liveness.ticks_now()) if pid else None
-        self.on_change((pid, started) if pid and started else None)
+        self.on_change(slot, (pid, started) if pid and started else None)
         if self.fd is None:
             return
         try:
-            os.pwrite(self.fd, liveness.group_record(pid, started), 0)
+            os.pwrite(self.fd, liveness.group_record(pid, started), slot * liveness.GROUP_RECORD_SIZE)
         except OSError:
             pass
 

@@ -2,7 +2,8 @@
 whether it can (a worker whose heartbeat fails must not claim: its lease would run out under the
 job, and the job would run twice); and the guard that stops the running job before a lease it
 could not renew can run out for anyone else (a host cut off from the spool: another host takes
-the job back once the lease has run out, and only one copy may run by then)."""
+the job back once the lease has run out, and only one copy may run by then). A worker with
+several slots has one heartbeat and one guard for all of them: the guard stops every running job."""
 
 from __future__ import annotations
 
@@ -44,19 +45,19 @@ class Heartbeat:
     by that). Whatever goes wrong in one beat (a config.json caught half-written, a full disk, a
     file system out of reach) is logged and tried again at the next; the worker asks `healthy()`
     before each claim and stops claiming while its beats fail, and the guard thread kills the
-    running job's process group before the last lease renewed can run out."""
+    process group of every running job (one a slot) before the last lease renewed can run out."""
 
     def __init__(self, spool: Spool, log: Callable[[str], None]):
         self.spool = spool
         self.log = log
         self.owner = ""
         self.lost = False  # the registration is gone: this owner was declared dead elsewhere
-        self.stopped: str | None = None  # why the guard stopped the running job, if it did
         self._stop = threading.Event()
-        self._guarding = threading.Condition()  # guards the three below; notified when one changes
+        self._guarding = threading.Condition()  # guards the four below; notified when one changes
         self._renewed = (clock(), 30.0)  # when the lease was last renewed (before the call), and its length
-        self._group: Group | None = None
-        self._sent = 0  # the last signal the guard sent the group
+        self._groups: dict[int, Group] = {}  # slot -> the process group of the job it runs
+        self._sent: dict[int, int] = {}  # slot -> the last signal the guard sent its group
+        self._stopped: dict[int, str | None] = {}  # slot -> why the guard stopped its job, if it did
         self._failing: str | None = None
 
     def start(self, register: Callable[[float], str]) -> str:
@@ -85,16 +86,20 @@ class Heartbeat:
         return (f"killed: its worker could not renew its lease for {clock() - renewed_at:.1f}s "
                 f"(lease {lease:g}s), so another host may take the job back")
 
-    def why_stopped(self, error: str | None) -> str | None:
-        """A failed attempt's error: the guard's reason if it killed the job, else `error`."""
-        return self.stopped or error
-
-    def guard(self, group: Group | None) -> None:
-        """The running job's process group (None: none runs now), for the guard to stop in time."""
+    def why_stopped(self, error: str | None, slot: int = 0) -> str | None:
+        """A failed attempt's error: the guard's reason if it killed the slot's job, else `error`."""
         with self._guarding:
-            if group is not None:
-                self.stopped, self._sent = None, 0
-            self._group = group
+            return self._stopped.get(slot) or error
+
+    def guard(self, slot: int, group: Group | None) -> None:
+        """The process group of the job `slot` runs (None: none now), for the guard to stop in time."""
+        with self._guarding:
+            if group is None:
+                self._groups.pop(slot, None)
+            else:
+                self._groups[slot] = group
+                self._sent.pop(slot, None)
+                self._stopped.pop(slot, None)
             self._guarding.notify_all()
 
     def _loop(self) -> None:
@@ -121,24 +126,34 @@ class Heartbeat:
                 self._failing = f"{type(e).__name__}: {e}"
 
     def _guard(self) -> None:
-        """Kill the running job's group at its stop times (stop_times), unless the lease is renewed
-        first. It touches no file: a file system out of reach cannot hold it up."""
+        """Kill every running job's group at its stop times (stop_times), unless the lease is
+        renewed first. It touches no file: a file system out of reach cannot hold it up."""
         with self._guarding:
             while not self._stop.is_set():
                 term_at, kill_at = stop_times(*self._renewed)
                 now = clock()
-                if self._group is None or now < term_at or self._sent == signal.SIGKILL:
-                    self._guarding.wait(None if self._group is None or self._sent == signal.SIGKILL
-                                        else min(term_at - now, LOOK))
+                killed = all(self._sent.get(slot) == signal.SIGKILL for slot in self._groups)
+                if killed or now < term_at:
+                    self._guarding.wait(None if killed else min(term_at - now, LOOK))
                     continue
                 signum = signal.SIGKILL if now >= kill_at else signal.SIGTERM
-                if signum != self._sent:
-                    self._sent = signum
-                    self.stopped = self.running_out()
-                    # RACE: the job may end and its leader be reaped at this moment: a new process
-                    # holding its pid started after the window, and kill_job_group leaves it alone.
-                    if liveness.kill_job_group(*self._group, signum=signum) and signum == signal.SIGTERM:
-                        self.log(f"{self.stopped}: SIGTERM to its process group, SIGKILL in "
-                                 f"{kill_at - now:.1f}s")
+                reached = self._signal_groups(signum)
+                if reached and signum == signal.SIGTERM:
+                    whose = "its process group" if reached == 1 else f"the process groups of its {reached} jobs"
+                    self.log(f"{self.running_out()}: SIGTERM to {whose}, SIGKILL in {kill_at - now:.1f}s")
                 if signum == signal.SIGTERM:
                     self._guarding.wait(min(max(0.0, kill_at - clock()), LOOK))
+
+    def _signal_groups(self, signum: int) -> int:
+        """Send `signum` to every running job's group not sent it yet (the guard's lock held);
+        how many groups it reached."""
+        reached = 0
+        for slot, group in self._groups.items():
+            if self._sent.get(slot) == signum:
+                continue
+            self._sent[slot] = signum
+            self._stopped[slot] = self.running_out()
+            # RACE: the job may end and its leader be reaped at this moment: a new process
+            # holding its pid started after the window, and kill_job_group leaves it alone.
+            reached += liveness.kill_job_group(*group, signum=signum)
+        return reached

@@ -17,7 +17,8 @@ from ..store.judge import beat_interval
 from ..store.owners import Since
 from ..pending.listing import SharedListing
 from ..spool import Spool
-from .worker import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart, Worker
+from .lifecycle import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart
+from .worker import Worker
 from ..system.notify import sd_notify
 from .log_lines import JobLines, Tally, text_log
 
@@ -36,8 +37,9 @@ class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
                  log: Callable[[str], None] = text_log, since: Since | None = None,
                  allow_unsafe_fs: bool = False, queues: frozenset[str] | None = None,
-                 job_lines: JobLines | None = None):
+                 job_lines: JobLines | None = None, slots: int = 1):
         self.spool = spool
+        self.slots = slots  # jobs each worker runs at once
         self.job_lines = job_lines
         self.spawned: set[int] = set()  # every worker pid it started: a burst sums up their attempts
         self._ready_at: float | None = None  # until readiness is told (sd_notify): the latest time
@@ -83,7 +85,7 @@ class Supervisor:
             mine = [w for w in self.spool.owners.workers(role="worker") if w.extra.get("supervisor") == os.getpid()]
         except Exception:  # a signal handler must not fail: this is only a message
             return "(cannot tell)"
-        return ", ".join(f"job {w.job} (worker pid {w.pid})" for w in mine if w.job)
+        return ", ".join(f"job {job} (worker pid {w.pid})" for w in mine for job in w.jobs)
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -176,7 +178,7 @@ class Supervisor:
                 os.environ.pop("NOTIFY_SOCKET", None)  # the supervisor speaks to the service manager, not its jobs
                 worker = Worker(self.spool, burst=self.burst, log=self._log, supervisor=os.getppid(),
                                 allow_unsafe_fs=self.allow_unsafe_fs, since=self.since, shared=self.shared,
-                                queues=self.queues, job_lines=self.job_lines)
+                                queues=self.queues, job_lines=self.job_lines, slots=self.slots)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 code = worker.run()
@@ -282,7 +284,7 @@ def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
 
 
 def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False,
-           queues: frozenset[str] | None = None, log: Callable[[str], None] = text_log) -> int:
+           queues: frozenset[str] | None = None, log: Callable[[str], None] = text_log, slots: int = 1) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""
     log_path = spool.worker_log()
@@ -320,6 +322,6 @@ def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_
         sys.stderr = os.fdopen(2, "w", buffering=1)
         os.chdir("/")
         code = Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
-                          log=log).run()
+                          log=log, slots=slots).run()
     finally:
         os._exit(code)

@@ -28,8 +28,9 @@ class WorkerInfo:
     role: str
     started_at: str | None
     heartbeat: float
-    job: str | None = None
+    job: str | None = None  # the first of `jobs`
     extra: dict[str, Any] = field(default_factory=dict)
+    jobs: tuple[str, ...] = ()  # the jobs it runs now (more than one: a worker of several slots)
 
 
 TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
@@ -224,14 +225,14 @@ class Owners:
         return sorted(out, key=lambda w: (w.host, w.pid, w.owner))
 
     def _worker_info(self, reg: Registration) -> WorkerInfo:
-        jobs = [layout.stem(e) for e in fsio.listdir(self.layout.owned(reg.owner))
-                if layout.is_json_entry(e) and not e.startswith(layout.ADOPT_PREFIX)]
+        jobs = sorted(layout.stem(e) for e in fsio.listdir(self.layout.owned(reg.owner))
+                      if layout.is_json_entry(e) and not e.startswith(layout.ADOPT_PREFIX))
         record = reg.record
         known = ("owner", "host", "pid", "role", "started_at", "lease")
         pid = record.get("pid")
         return WorkerInfo(owner=reg.owner, host=str(record.get("host", "?")), pid=pid if job.is_int(pid) else 0,
                           role=str(record.get("role", "worker")), started_at=record.get("started_at"),
-                          heartbeat=reg.heartbeat, job=jobs[0] if jobs else None,
+                          heartbeat=reg.heartbeat, job=jobs[0] if jobs else None, jobs=tuple(jobs),
                           extra={k: v for k, v in record.items() if k not in known})
 
     def gone_dirs(self, *, lease: float | None = None) -> list[OwnerDir]:

@@ -120,4 +120,11 @@ def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
     return int(m.group(1)), (int(m.group(2)), int(m.group(3)))
 
 
+def parse_group_records(data: bytes) -> list[tuple[int, tuple[int, int]]]:
+    """The groups of a .pgroup file of one record per slot (GROUP_RECORD_SIZE bytes each, slot k
+    at k * GROUP_RECORD_SIZE; a blank one is a slot running nothing)."""
+    records = (parse_group_record(data[at:at + GROUP_RECORD_SIZE]) for at in range(0, len(data), GROUP_RECORD_SIZE))
+    return [record for record in records if record is not None]
+
+
 GROUP_RECORD_SIZE = 56

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,7 @@ DRAIN_AFTER_KILL = 0.2  # seconds to wait for the output pipe to close once the 
 SHELL = "/bin/sh"
 DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 CHUNK = 65536
+_STEPPING_IN = threading.Lock()  # held around a chdir for a spawn: the one working directory is the process's
 
 
 @dataclass
@@ -196,14 +198,18 @@ def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int, sh
     it has no chdir action before Python 3.13, so the worker steps into `cwd` around the call
     and back by a descriptor of where it was (its own directory may have been deleted: a name
     would fail). Its own paths are all absolute. Linux with glibc 2.26+ has POSIX_SPAWN_SETSID."""
-    here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if cwd else None
-    try:
-        if cwd:
-            os.chdir(cwd)
+    if not cwd:
         pid = None if shell else _spawn_direct(command, env, out_fd)
         return pid if pid is not None else _posix_spawn(SHELL, [SHELL, "-c", command], env, out_fd)
-    finally:
-        if here is not None:
+    # RACE: the directory is the process's, not the thread's: a worker's slots (its threads) step
+    # into their jobs' directories one at a time, and every other path the worker uses is absolute.
+    with _STEPPING_IN:
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.chdir(cwd)
+            pid = None if shell else _spawn_direct(command, env, out_fd)
+            return pid if pid is not None else _posix_spawn(SHELL, [SHELL, "-c", command], env, out_fd)
+        finally:
             os.fchdir(here)
             os.close(here)
 
