@@ -58,6 +58,7 @@ class Heartbeat:
         self._group: Group | None = None
         self._sent = 0  # the last signal the guard sent the group
         self._failing: str | None = None
+        self._asleep = False  # the guard waits with no time limit (no job, or SIGKILL sent): wake it for a job
 
     def start(self, register: Callable[[float], str]) -> str:
         """Register (`register` under the configured lease, returning the owner token) and beat
@@ -90,12 +91,15 @@ class Heartbeat:
         return self.stopped or error
 
     def guard(self, group: Group | None) -> None:
-        """The running job's process group (None: none runs now), for the guard to stop in time."""
+        """The running job's process group (None: none runs now), for the guard to stop in time.
+        The guard is woken only when it waits with no time limit: otherwise it looks again by
+        its stop time anyway (a wake-up per job boundary is a thread switch per job)."""
         with self._guarding:
             if group is not None:
                 self.stopped, self._sent = None, 0
             self._group = group
-            self._guarding.notify_all()
+            if group is not None and self._asleep:
+                self._guarding.notify_all()
 
     def _loop(self) -> None:
         while not self._stop.wait(0.25):  # 4 looks a second: a lease set meanwhile is recorded at once
@@ -128,8 +132,12 @@ class Heartbeat:
                 term_at, kill_at = stop_times(*self._renewed)
                 now = clock()
                 if self._group is None or now < term_at or self._sent == signal.SIGKILL:
-                    self._guarding.wait(None if self._group is None or self._sent == signal.SIGKILL
-                                        else min(term_at - now, LOOK))
+                    # RACE: guard() may change the group while this waits: a new group wakes an
+                    # untimed wait (_asleep), and a timed one ends by the stop time, which only a
+                    # renewal (that notifies) moves; a group gone meanwhile is seen at the next look.
+                    self._asleep = self._group is None or self._sent == signal.SIGKILL
+                    self._guarding.wait(None if self._asleep else min(term_at - now, LOOK))
+                    self._asleep = False
                     continue
                 signum = signal.SIGKILL if now >= kill_at else signal.SIGTERM
                 if signum != self._sent:
