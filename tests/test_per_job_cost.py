@@ -17,10 +17,11 @@ from spoolq import Spool
 from spoolq.running.heartbeat import Heartbeat, clock
 from spoolq.system import liveness
 
-# System calls a `true` job costs a burst worker (its threads, not the job's own process):
-# 67-69 measured (claim, read, output log, spawn, wait, finish, attempts log, job lines); 76-79
-# while the lease guard was woken at every job's start and end.
-CALLS_A_JOB = 72
+# System calls a `true` job costs a burst worker whose stderr is a file (its threads, not the
+# job's own process): 65-66 measured (claim, read, output log, spawn, wait, finish, attempts
+# log, job lines); 77-80 while the lease guard was woken at every job's start and end, each job
+# line looked first whether stderr could take it, and the output log's footer asked for its offset.
+CALLS_A_JOB = 70
 
 
 def _enqueue(spool_dir: str, n: int, tmp_path) -> None:
@@ -34,8 +35,10 @@ def _worker_calls(spool_dir: str, out_dir: str) -> int:
     """System calls of a `worker start --burst` (supervisor, worker and their threads), leaving
     out the jobs' own processes (each a file that execs `true`)."""
     os.makedirs(out_dir)
-    subprocess.run([strace_path(), "-ff", "-o", os.path.join(out_dir, "t"), *SPOOLQ, "--spool", spool_dir,
-                    "worker", "start", "--burst"], check=True, capture_output=True, timeout=300)
+    with open(os.path.join(out_dir, "stderr"), "wb") as stderr:  # a log file, as a service has it
+        subprocess.run([strace_path(), "-ff", "-o", os.path.join(out_dir, "t"), *SPOOLQ, "--spool", spool_dir,
+                        "worker", "start", "--burst"], check=True, stdout=subprocess.DEVNULL, stderr=stderr,
+                       timeout=300)
     true = shutil.which("true")
     total = 0
     for path in glob.glob(os.path.join(out_dir, "t.*")):
@@ -96,3 +99,31 @@ def test_the_lease_guard_stops_a_job_that_began_while_it_was_not_woken(spool: Sp
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_job_lines_go_whole_to_a_log_file_and_are_dropped_by_a_full_pipe(tmp_path):
+    """stderr a file: a line for every job claimed and finished, none dropped (no look first).
+    stderr a pipe nobody reads: the lines it cannot take are dropped and counted, never waited for."""
+    n = 400  # about 40 kB of lines: more than a pipe holds (64 kB) once the worker's own lines add up
+    file_spool, pipe_spool = str(tmp_path / "to-file"), str(tmp_path / "to-pipe")
+    _enqueue(file_spool, n, tmp_path)
+    _enqueue(pipe_spool, n * 2, tmp_path)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as stderr:
+        subprocess.run([*SPOOLQ, "--spool", file_spool, "worker", "start", "--burst"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=stderr, timeout=300)
+    text = log.read_text()
+    assert text.count(" claimed\n") == n and text.count(" finished: exit 0 ") == n, text[-2000:]
+    assert "dropped" not in text
+    proc = subprocess.Popen([*SPOOLQ, "--spool", pipe_spool, "worker", "start", "--burst"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        done = os.path.join(pipe_spool, "done")
+        wait_for(lambda: len(os.listdir(done)) == n * 2, 120, "every job to run, stderr unread")
+        said = proc.communicate(timeout=60)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert " job lines dropped: stderr was not read" in said, said[-2000:]
