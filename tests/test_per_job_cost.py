@@ -17,18 +17,26 @@ from spoolq import Spool
 from spoolq.running.heartbeat import Heartbeat, clock
 from spoolq.system import liveness
 
-# System calls a `true` job costs a burst worker whose stderr is a file (its threads, not the
-# job's own process): 65-66 measured (claim, read, output log, spawn, wait, finish, attempts
-# log, job lines); 77-80 while the lease guard was woken at every job's start and end, each job
-# line looked first whether stderr could take it, and the output log's footer asked for its offset.
-CALLS_A_JOB = 70
+# System calls a `true` job costs a burst worker whose stderr is a file, run where its jobs were
+# enqueued (its threads, not the job's own process): 62-64 measured (claim, read, output log,
+# spawn, wait, finish, attempts log, job lines); 79 while the lease guard was woken at every
+# job's start and end, each job line looked first whether stderr could take it, the output
+# log's footer asked for its offset, and PWD was compared with the job's directory by two stats.
+CALLS_A_JOB = 68
 
 
 def _enqueue(spool_dir: str, n: int, tmp_path) -> None:
+    """n `true` jobs, enqueued in the directory the spool is in (so their cwd is that)."""
     batch = tmp_path / f"batch-{n}.jsonl"
     batch.write_text("".join(json.dumps({"id": f"j{i:05d}", "command": "true"}) + "\n" for i in range(n)))
     subprocess.run([*SPOOLQ, "--spool", spool_dir, "enqueue", "--batch", str(batch)], check=True,
-                   capture_output=True)
+                   capture_output=True, cwd=os.path.dirname(spool_dir))
+
+
+def _here(spool_dir: str) -> dict[str, object]:
+    """Run in the directory the jobs were enqueued in, as a shell started there would (PWD)."""
+    here = os.path.dirname(spool_dir)
+    return {"cwd": here, "env": {**os.environ, "PWD": here}}
 
 
 def _worker_calls(spool_dir: str, out_dir: str) -> int:
@@ -38,7 +46,7 @@ def _worker_calls(spool_dir: str, out_dir: str) -> int:
     with open(os.path.join(out_dir, "stderr"), "wb") as stderr:  # a log file, as a service has it
         subprocess.run([strace_path(), "-ff", "-o", os.path.join(out_dir, "t"), *SPOOLQ, "--spool", spool_dir,
                         "worker", "start", "--burst"], check=True, stdout=subprocess.DEVNULL, stderr=stderr,
-                       timeout=300)
+                       timeout=300, **_here(spool_dir))
     true = shutil.which("true")
     total = 0
     for path in glob.glob(os.path.join(out_dir, "t.*")):
@@ -127,3 +135,27 @@ def test_job_lines_go_whole_to_a_log_file_and_are_dropped_by_a_full_pipe(tmp_pat
             proc.wait()
     assert proc.returncode == 0
     assert " job lines dropped: stderr was not read" in said, said[-2000:]
+
+
+def test_a_job_started_where_its_worker_was_sees_the_pwd_the_shell_would_show(spool: Spool, tmp_path):
+    """PWD that names the job's directory by the very path the worker stepped into is kept with no
+    look; reached through a symlink it is still the spelling dash keeps, not the resolved one."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    elsewhere = str(tmp_path)
+    for job_id, command, cwd in [("direct", "printenv PWD", str(link)), ("shell", "printenv PWD; true", str(link)),
+                                 ("other", "printenv PWD", str(real)), ("other-sh", "printenv PWD; true", str(real)),
+                                 ("moved", "printenv PWD", elsewhere)]:
+        spool.enqueue({"id": job_id, "command": command, "cwd": cwd})
+    subprocess.run([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "--quiet"], check=True,
+                   capture_output=True, cwd=str(link), env={**os.environ, "PWD": str(link)}, timeout=120)
+
+    def printed(job_id: str) -> str:
+        with open(spool.output_path(job_id)) as f:
+            return [line for line in f.read().splitlines() if not line.startswith("==>")][0]
+
+    assert printed("direct") == printed("shell") == str(link)
+    assert printed("other") == printed("other-sh") == str(link)  # the same directory: dash keeps PWD
+    assert printed("moved") == elsewhere
