@@ -12,6 +12,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import SPOOLQ, strace_path, wait_for
 from spoolq import Spool
 from spoolq.running.heartbeat import Heartbeat, clock
@@ -58,6 +60,7 @@ def _worker_calls(spool_dir: str, out_dir: str) -> int:
     return total
 
 
+@pytest.mark.slow
 def test_a_job_in_a_burst_costs_its_worker_a_bounded_number_of_system_calls(tmp_path):
     """The difference between a burst of 250 jobs and one of 50 is what 200 jobs cost: start-up,
     registration and leaving cancel out."""
@@ -109,13 +112,15 @@ def test_the_lease_guard_stops_a_job_that_began_while_it_was_not_woken(spool: Sp
                 proc.wait()
 
 
+@pytest.mark.slow
 def test_job_lines_go_whole_to_a_log_file_and_are_dropped_by_a_full_pipe(tmp_path):
     """stderr a file: a line for every job claimed and finished, none dropped (no look first).
     stderr a pipe nobody reads: the lines it cannot take are dropped and counted, never waited for."""
-    n = 400  # about 40 kB of lines: more than a pipe holds (64 kB) once the worker's own lines add up
+    n = 100
+    pipe_jobs = 500  # some 90 kB of lines: more than a pipe holds (64 kB)
     file_spool, pipe_spool = str(tmp_path / "to-file"), str(tmp_path / "to-pipe")
     _enqueue(file_spool, n, tmp_path)
-    _enqueue(pipe_spool, n * 2, tmp_path)
+    _enqueue(pipe_spool, pipe_jobs, tmp_path)
     log = tmp_path / "worker.log"
     with open(log, "wb") as stderr:
         subprocess.run([*SPOOLQ, "--spool", file_spool, "worker", "start", "--burst"], check=True,
@@ -127,7 +132,7 @@ def test_job_lines_go_whole_to_a_log_file_and_are_dropped_by_a_full_pipe(tmp_pat
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         done = os.path.join(pipe_spool, "done")
-        wait_for(lambda: len(os.listdir(done)) == n * 2, 120, "every job to run, stderr unread")
+        wait_for(lambda: len(os.listdir(done)) == pipe_jobs, 120, "every job to run, stderr unread")
         said = proc.communicate(timeout=60)[1].decode()
     finally:
         if proc.poll() is None:
