@@ -59,6 +59,7 @@ class Heartbeat:
         self._sent: dict[int, int] = {}  # slot -> the last signal the guard sent its group
         self._stopped: dict[int, str | None] = {}  # slot -> why the guard stopped its job, if it did
         self._failing: str | None = None
+        self._asleep = False  # the guard waits with no time limit (no job, or SIGKILL sent): wake it for a job
 
     def start(self, register: Callable[[float], str]) -> str:
         """Register (`register` under the configured lease, returning the owner token) and beat
@@ -92,15 +93,18 @@ class Heartbeat:
             return self._stopped.get(slot) or error
 
     def guard(self, slot: int, group: Group | None) -> None:
-        """The process group of the job `slot` runs (None: none now), for the guard to stop in time."""
+        """The process group of the job `slot` runs (None: none now), for the guard to stop in time.
+        The guard is woken only when it waits with no time limit: otherwise it looks again by
+        its stop time anyway (a wake-up per job boundary is a thread switch per job)."""
         with self._guarding:
             if group is None:
                 self._groups.pop(slot, None)
-            else:
-                self._groups[slot] = group
-                self._sent.pop(slot, None)
-                self._stopped.pop(slot, None)
-            self._guarding.notify_all()
+                return
+            self._groups[slot] = group
+            self._sent.pop(slot, None)
+            self._stopped.pop(slot, None)
+            if self._asleep:
+                self._guarding.notify_all()
 
     def _loop(self) -> None:
         while not self._stop.wait(0.25):  # 4 looks a second: a lease set meanwhile is recorded at once
@@ -134,7 +138,13 @@ class Heartbeat:
                 now = clock()
                 killed = all(self._sent.get(slot) == signal.SIGKILL for slot in self._groups)
                 if killed or now < term_at:
+                    # RACE: guard() may change the groups while this waits: a new group wakes an
+                    # untimed wait (_asleep: no group, or every one sent SIGKILL), and a timed one
+                    # ends by the stop time, which only a renewal (that notifies) moves; a group
+                    # gone meanwhile is seen at the next look.
+                    self._asleep = killed
                     self._guarding.wait(None if killed else min(term_at - now, LOOK))
+                    self._asleep = False
                     continue
                 signum = signal.SIGKILL if now >= kill_at else signal.SIGTERM
                 reached = self._signal_groups(signum)

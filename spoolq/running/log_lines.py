@@ -5,7 +5,9 @@ for a journal or a log shipper). Never fails its caller: a closed stderr loses t
 from __future__ import annotations
 
 import json
+import os
 import select
+import stat
 import sys
 import time
 from typing import Callable
@@ -64,6 +66,7 @@ class JobLines:
     def __init__(self, fmt: str = "text"):
         self.json = fmt == "json"
         self.dropped = 0
+        self._never_full: tuple[object, bool] = (None, False)  # a stderr, and whether it can ever be full
 
     def claimed(self, worker: str, job_id: str, attempt: int) -> None:
         if not self._writable():
@@ -86,8 +89,11 @@ class JobLines:
                    f"{how} in {fact.run_seconds:.3f}s ({fact.outcome})")
 
     def _writable(self) -> bool:
+        stream = sys.stderr
         try:
-            ready = bool(select.select([], [sys.stderr.fileno()], [], 0)[1])
+            if self._never_full[0] is not stream:
+                self._never_full = (stream, _never_full(stream.fileno()))
+            ready = self._never_full[1] or bool(select.select([], [stream.fileno()], [], 0)[1])
         except (AttributeError, OSError, ValueError):  # no stderr, or one without a descriptor
             ready = False
         self.dropped += not ready
@@ -95,6 +101,13 @@ class JobLines:
 
     def _json(self, **fields: object) -> None:
         write_line(json.dumps({"time": iso(time.time()), **fields}, ensure_ascii=False))
+
+
+def _never_full(fd: int) -> bool:
+    """Is `fd` a regular file or /dev/null, which select() always finds writable? A line to
+    it needs no look first (a system call a job: a worker's stderr is often a log file)."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) or (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3))
 
 
 class Tally:

@@ -105,7 +105,7 @@ class AttemptLog:
         if self.unreachable:
             return
         try:
-            append(self.fd, lines)
+            fsio.write_all(self.fd, lines)  # O_APPEND: at the end, with no lseek to say where
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 return  # the spool out of reach: the footer is lost with the output

@@ -76,12 +76,16 @@ def find(word: str, env: dict[str, str]) -> str | None:
     return None
 
 
-def environment(env: dict[str, str]) -> dict[str, str] | None:
+def environment(env: dict[str, str], here: str | None = None) -> dict[str, str] | None:
     """The environment dash passes to what it runs from the current directory: only names it can
-    import, PWD kept when it names this directory, else set to it. None: leave it to the shell."""
+    import, PWD kept when it names this directory, else set to it. None: leave it to the shell.
+    `here`: the absolute path the caller just stepped into, which a PWD of that very spelling
+    names with no look (a job enqueued where its worker was started: three system calls a job)."""
     # ASCII identifiers are exactly dash's names ([A-Za-z_][A-Za-z0-9_]*), tested in C.
     out = {k: v for k, v in env.items() if k.isascii() and k.isidentifier()}
     pwd = out.get("PWD")
+    if pwd is not None and pwd == here and pwd.startswith("/"):
+        return out
     if pwd is None or not pwd.startswith("/") or not _same_file(pwd, "."):
         try:
             out["PWD"] = os.getcwd()

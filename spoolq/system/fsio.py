@@ -58,7 +58,12 @@ def write_file(path: str, data: bytes, *, durable: bool, mode: int) -> None:
 
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is out (a write may be short)."""
-    view = memoryview(data)
+    if not data:
+        return
+    written = os.write(fd, data)
+    if written == len(data):  # the usual case: no view to make
+        return
+    view = memoryview(data)[written:]
     while view:
         view = view[os.write(fd, view):]
 

@@ -207,21 +207,22 @@ def spawn(command: str, *, cwd: str | None, env: dict[str, str], out_fd: int, sh
         here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.chdir(cwd)
-            pid = None if shell else _spawn_direct(command, env, out_fd)
+            pid = None if shell else _spawn_direct(command, env, out_fd, cwd)
             return pid if pid is not None else _posix_spawn(SHELL, [SHELL, "-c", command], env, out_fd)
         finally:
             os.fchdir(here)
             os.close(here)
 
 
-def _spawn_direct(command: str, env: dict[str, str], out_fd: int) -> int | None:
+def _spawn_direct(command: str, env: dict[str, str], out_fd: int, cwd: str | None = None) -> int | None:
     """The pid of `command` started without a shell, or None: the shell must run it (it needs
-    the shell, or it could not be started, and the shell will say why in its own words)."""
+    the shell, or it could not be started, and the shell will say why in its own words). `cwd`:
+    where the worker just stepped (None: it stayed)."""
     argv = direct_exec.words(command) if direct_exec.shell_is_dash(SHELL) else None
     if argv is None:
         return None
     program = direct_exec.find(argv[0], env)
-    exec_env = direct_exec.environment(env) if program else None
+    exec_env = direct_exec.environment(env, cwd) if program else None
     if program is None or exec_env is None:
         return None
     try:
