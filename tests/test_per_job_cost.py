@@ -93,12 +93,12 @@ def test_the_lease_guard_stops_a_job_that_began_while_it_was_not_woken(spool: Sp
         lease = heartbeat._renewed[1]
         with heartbeat._guarding:  # renewed long ago: SIGTERM due in about a second
             heartbeat._renewed = (clock() - lease + 3.0, lease)
-        heartbeat.guard(first_group)  # wakes the guard: it waits until the stop time
+        heartbeat.guard(0, first_group)  # wakes the guard: it waits until the stop time
         wait_for(lambda: not heartbeat._asleep, 5, "the guard to wait with a time limit")
         first.kill()
         first.wait()
-        heartbeat.guard(None)
-        heartbeat.guard(second_group)  # not woken for this one
+        heartbeat.guard(0, None)
+        heartbeat.guard(0, second_group)  # not woken for this one
         started = time.monotonic()
         wait_for(lambda: second.poll() is not None, 10, "the guard to stop the second job")
         assert second.returncode == -signal.SIGTERM
