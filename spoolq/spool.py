@@ -133,11 +133,7 @@ class Spool:
         `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
         self.check_after(jobs)
-        published = self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
-        waiters = [job.id for job in published if job.after]
-        if waiters:
-            self.publisher.judge_published(waiters)  # a dep may have finished meanwhile
-        return published
+        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""

@@ -63,7 +63,8 @@ class Publisher:
         raises (the CLI could not print the ids), nothing is published.
 
         A job whose id is taken raises JobExists; with `skip_existing` (enqueue --if-absent) it is
-        left out instead and its id added to that set. Returns the jobs published."""
+        left out instead and its id added to that set. Those that wait for other jobs are judged
+        once more when published (judge_published). Returns the jobs published."""
         _refuse_repeated_ids(jobs)
         job_ids = [job.id for job in jobs]
         staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
@@ -88,17 +89,25 @@ class Publisher:
                 if isinstance(e, OSError):
                     raise SpoolError(io_message("cannot enqueue", e)) from None
                 raise
-            # From here to the last rename, SIGINT/SIGTERM/SIGHUP wait: the caller hears of one
-            # only once every job is published (or, if `announce` fails, none is).
-            with signals.signals_held():
-                try:
-                    if announce:
-                        announce()
-                except BaseException:
-                    self._take_back(staged, job_ids, ids, waits)
-                    raise
-                self._commit(staged, ids, waits)
+            self._announce_and_commit(staged, job_ids, ids, waits, announce)
         return jobs
+
+    def _announce_and_commit(self, staged: list[tuple[str, str, str]], job_ids: list[str], ids: Reservations,
+                             waits: dict[str, list[str]], announce: Callable[[], Any] | None) -> None:
+        """From the announcement to the last rename, and the judging of what went to waiting/,
+        SIGINT/SIGTERM/SIGHUP wait: the caller hears of one only once every job is published and
+        judged (or, if `announce` fails, none is published)."""
+        with signals.signals_held():
+            try:
+                if announce:
+                    announce()
+            except BaseException:
+                self._take_back(staged, job_ids, ids, waits)
+                raise
+            self._commit(staged, ids, waits)
+            waiters = [job_id for job_id in (_waiting_id(name) for _, name, _ in staged) if job_id is not None]
+            if waiters:
+                self.judge_published(waiters)  # a dep may have finished (or died) meanwhile
 
     def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None, ids: Reservations,
                staged: list[tuple[str, str, str]]) -> None:
