@@ -133,11 +133,7 @@ class Spool:
         `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
         self.check_after(jobs)
-        published = self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
-        waiters = [job.id for job in published if job.after]
-        if waiters:
-            self._judge_new(waiters)
-        return published
+        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
@@ -155,19 +151,6 @@ class Spool:
         cycle = _a_cycle(mine)
         if cycle:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
-
-    def _judge_new(self, waiters: list[str]) -> None:
-        """Once more after publishing: a dep that finished meanwhile left no one to wake them.
-        RACE: a finish, purge or requeue of a dep may come at any point of the enqueue. Its edge
-        is made before the job is published and stays while the job waits (dependencies.py), so a finish
-        after this look wakes it; a finish before it is seen here; a purge keeps a dep with an
-        edge, or was over before the edge (the enqueue was refused, publish); a requeued dep is
-        pending here, and its next finish sees the edge."""
-        owner = self.owners.register("enqueuer")
-        try:
-            self.deps.settle(waiters, owner)
-        finally:
-            self.owners.unregister(owner)
 
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""

@@ -175,11 +175,11 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
         if batch is None or e.job_id not in line_of:
             raise
         raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued", 1) from None
-    except Terminated:
+    except (KeyboardInterrupt, Terminated):
         if not announce.done:
             raise
-        # A signal held while the jobs were published arrives here: they are enqueued, and
-        # their ids printed, so this enqueue succeeded.
+        # A signal held while the jobs were published (SIGINT as SIGTERM and SIGHUP) arrives
+        # here: they are enqueued, and their ids printed, so this enqueue succeeded.
 
 
 class _Announcement:

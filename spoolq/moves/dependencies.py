@@ -8,10 +8,11 @@ move of a job to done/ or dead/ (finishing.py: a worker, a rescuer, cancel, a ju
 in ``after/<job>/`` (one listing of a directory that usually does not exist, wake_waiters_of) and
 judges each waiter by the states of all it waits for. Nothing scans the waiting jobs. A release
 is one rename, waiting/ -> pending/ (the content is unchanged); a death is a take into the
-judge's own directory (handoff.py), like any failure. Two judges may judge one waiter at once (two of its deps finished together): the rename
-of its file admits one. The enqueuer judges its jobs once more after publishing them, so a dep
-that finished in between cannot leave them waiting: either the finisher saw the edge (made
-before), or the enqueuer sees the finish.
+judge's own directory (handoff.py), like any failure. Two judges may judge one waiter at once
+(two of its deps finished together): the rename of its file admits one. The enqueuer (or whoever
+publishes the rest of its cut batch, enqueue.py) judges its jobs once more after publishing them,
+so a dep that finished in between cannot leave them waiting: either the finisher saw the edge
+(made before), or the enqueuer sees the finish.
 
 An edge lives as long as its waiter may still wait: from before its job is published until
 whoever moves the job out of waiting/ (a judge, cancel) removes it, or its enqueue is taken

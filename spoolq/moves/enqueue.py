@@ -6,7 +6,8 @@ creator left behind is taken over (see ids.py). Its row is the first of transiti
 A machine can cut a batch between two renames (a kill, a power cut): so before the first, the
 batch writes its plan (``tmp/.<creator>.<hex>.plan``: each temp file and its pending name,
 fsync'd), and whoever finds the plan of a creator that is gone publishes the rest
-(``finish_batches``: workers' recovery sweeps, ``fsck --repair``). A batch is thus published
+(``finish_batches``: workers' recovery sweeps, ``fsck --repair``), durably, and judges those that
+wait for other jobs as the enqueuer would have (judge_published). A batch is thus published
 whole or not at all, whatever stops its enqueuer."""
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Publisher:
         raises (the CLI could not print the ids), nothing is published.
 
         A job whose id is taken raises JobExists; with `skip_existing` (enqueue --if-absent) it is
-        left out instead and its id added to that set. Returns the jobs published."""
+        left out instead and its id added to that set. Those that wait for other jobs are judged
+        once more when published (judge_published). Returns the jobs published."""
         _refuse_repeated_ids(jobs)
         job_ids = [job.id for job in jobs]
         staged: list[tuple[str, str, str]] = []  # (temp path, pending name, id)
@@ -87,17 +89,25 @@ class Publisher:
                 if isinstance(e, OSError):
                     raise SpoolError(io_message("cannot enqueue", e)) from None
                 raise
-            # From here to the last rename, SIGINT/SIGTERM/SIGHUP wait: the caller hears of one
-            # only once every job is published (or, if `announce` fails, none is).
-            with signals.signals_held():
-                try:
-                    if announce:
-                        announce()
-                except BaseException:
-                    self._take_back(staged, job_ids, ids, waits)
-                    raise
-                self._commit(staged, ids, waits)
+            self._announce_and_commit(staged, job_ids, ids, waits, announce)
         return jobs
+
+    def _announce_and_commit(self, staged: list[tuple[str, str, str]], job_ids: list[str], ids: Reservations,
+                             waits: dict[str, list[str]], announce: Callable[[], Any] | None) -> None:
+        """From the announcement to the last rename, and the judging of what went to waiting/,
+        SIGINT/SIGTERM/SIGHUP wait: the caller hears of one only once every job is published and
+        judged (or, if `announce` fails, none is published)."""
+        with signals.signals_held():
+            try:
+                if announce:
+                    announce()
+            except BaseException:
+                self._take_back(staged, job_ids, ids, waits)
+                raise
+            self._commit(staged, ids, waits)
+            waiters = [job_id for job_id in (_waiting_id(name) for _, name, _ in staged) if job_id is not None]
+            if waiters:
+                self.judge_published(waiters)  # a dep may have finished (or died) meanwhile
 
     def _stage(self, jobs: list[Job], progress: Callable[[int], Any] | None, ids: Reservations,
                staged: list[tuple[str, str, str]]) -> None:
@@ -143,9 +153,7 @@ class Publisher:
             for tmp, name, job_id in staged:
                 entries.append(self._rename_in(tmp, name, job_id, self.store.creator()))
                 done += 1
-            self._sync_pending(entries)
-            if any(name.startswith(states.WAITING + "/") for _, name, _ in staged):
-                fsio.fsync_dir(self.deps.waiting)
+            self._sync_published(entries, [name for _, name, _ in staged])
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
             self._take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids, waits)
@@ -180,6 +188,27 @@ class Publisher:
         marker = creator_of(self.store, job_id)
         return marker is not None and (layout.safe_host(marker.host), marker.pid, marker.start) == \
             (creator.host, creator.pid, creator.start)
+
+    def _sync_published(self, entries: list[str], names: list[str]) -> None:
+        """The renames of a publish made durable: pending/ (each shard `entries` name), and
+        waiting/ if one of `names` went there."""
+        self._sync_pending(entries)
+        if any(name.startswith(states.WAITING + "/") for name in names):
+            fsio.fsync_dir(self.deps.waiting)
+
+    def judge_published(self, waiters: list[str]) -> None:
+        """Jobs just published into waiting/, judged once more: a dep that finished meanwhile left
+        no one to wake them. RACE: a finish, purge or requeue of a dep may come at any point of the
+        enqueue. Its edge is made before the job is published and stays while the job waits
+        (dependencies.py), so a finish after this look wakes it; a finish before it is seen here; a
+        purge keeps a dep with an edge, or was over before the edge (the enqueue was refused,
+        publish); a requeued dep is pending here, and its next finish sees the edge."""
+        owners = self._owners()
+        owner = owners.register("enqueuer")
+        try:
+            self.deps.settle(waiters, owner)
+        finally:
+            owners.unregister(owner)
 
     def _sync_pending(self, entries: list[str]) -> None:
         if "" in entries:  # published by another process's roll-forward, wherever it put them
@@ -244,8 +273,14 @@ class Publisher:
                 except FileNotFoundError:
                     pass  # the other finder's rename won, and a worker took the job since
         published = len([entry for entry in moved if entry])
-        self._sync_pending(moved)
+        self._sync_published(moved, moved)
         fsio.unlink_quietly(plan)  # a plan not whole: no rename was made; its files are stale temps
+        # What its dead enqueuer would have done next: a dep that finished while the batch lay cut
+        # found these not in waiting/ yet, and left them waiting. RACE: killed before this, they
+        # wait with their edges, for recovery's sweep of after/ (or fsck) to judge them.
+        waiters = [job_id for job_id in map(_waiting_id, moved) if job_id is not None]
+        if waiters:
+            self.judge_published(waiters)
         return published
 
     def _take_back(self, staged: list[tuple[str, str, str]], reserved: list[str], ids: Reservations,
