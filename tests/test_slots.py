@@ -250,3 +250,37 @@ def test_a_cut_off_host_stops_every_running_job_before_its_lease_can_run_out(str
     assert "could not renew its lease" in text and "the process groups of its 3 jobs" in text, text
     stop_gracefully(b, 5)
     a.stop()
+
+
+def test_many_threads_of_one_spool_never_get_the_same_sequence_number(spool, monkeypatch):
+    """Slots of one worker make sequence numbers at once (a retry's new pending name). With a wall
+    clock stepped back (standing still below the last number, so each number is the last plus
+    one) and the interpreter switching threads as often as it can, 8 threads x 20000 numbers get
+    no duplicate, and each thread's numbers still rise."""
+    import sys
+    import threading
+    import time
+    per_thread, threads = 20000, 8
+    made: list[list[int]] = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def make(out: list[int]) -> None:
+        start.wait()
+        out.extend(spool.store.next_seq() for _ in range(per_thread))
+
+    spool.store.next_seq()  # the last number: now, on the real clock
+    monkeypatch.setattr(time, "time_ns", lambda: 1)  # the clock stepped back, not the file system
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        running = [threading.Thread(target=make, args=(out,)) for out in made]
+        for t in running:
+            t.start()
+        for t in running:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+        monkeypatch.undo()
+    every = [seq for out in made for seq in out]
+    assert len(set(every)) == len(every), f"{len(every) - len(set(every))} duplicate sequence numbers"
+    assert all(a < b for out in made for a, b in zip(out, out[1:])), "a thread's numbers went backwards"

@@ -9,6 +9,7 @@ file: that is transitions.py's job.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 from . import config, shards, trust
@@ -31,10 +32,17 @@ class Sequencer:
 
     def __init__(self) -> None:
         self._last = 0
+        self._lock = threading.Lock()
 
     def next(self) -> int:
-        self._last = max(time.time_ns(), self._last + 1)
-        return self._last
+        # RACE: the slots of one worker (--slots) make numbers at once, each retry a new pending
+        # name. Reading the last number and storing the next is two steps the interpreter may switch
+        # threads between: two threads would read the same last number and, whenever the clock has
+        # not passed it (a coarse or stepped-back clock), hand out the same one. The lock makes it
+        # one step; it is held for no I/O, so a slot waits on it for nanoseconds.
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
 
 
 class Store(Access):
