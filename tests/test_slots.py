@@ -7,6 +7,7 @@ every running job of a cut-off host; a slot count that is no count is refused.""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -284,3 +285,27 @@ def test_many_threads_of_one_spool_never_get_the_same_sequence_number(spool, mon
     every = [seq for out in made for seq in out]
     assert len(set(every)) == len(every), f"{len(every) - len(set(every))} duplicate sequence numbers"
     assert all(a < b for out in made for a, b in zip(out, out[1:])), "a thread's numbers went backwards"
+
+
+def test_the_dashboard_shows_every_job_a_worker_runs_and_its_slots(spool, workers, tmp_path):
+    """A worker of three slots running three jobs: /api/overview gives its `jobs` and `slots` as
+    `worker list --json` does, and the page's workers table links each of the three jobs."""
+    pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")
+    from spoolq.web import create_app
+
+    w = start_slots(workers, 3)
+    enqueue_held(spool, tmp_path)
+    wait_for(lambda: len(started(tmp_path, NAMES)) == 3, 15, "three jobs to run")
+    client = create_app(spool).test_client()
+    wait_for(lambda: len(w.live()[0].jobs) == 3, 10, "the worker's registration to name its three jobs")
+    answer = client.get("/api/overview")
+    assert answer.status_code == 200
+    [worker] = answer.get_json()["workers"]
+    assert sorted(worker["jobs"]) == NAMES and worker["slots"] == 3, worker
+    page = client.get("/").get_data(as_text=True)
+    table = page[page.index('<table id="workers">'):]
+    table = table[:table.index("</table>")]
+    for name in NAMES:
+        assert f'<a href="/job/{name}">{name}</a>' in table, table
+    assert re.search(r"<td>3</td>", table), table
+    (tmp_path / "go").touch()

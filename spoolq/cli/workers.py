@@ -117,7 +117,7 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
 def worker_list(c: Context, as_json: bool) -> None:
     """Live workers of this spool, on every host."""
     workers = c.reading.workers(role="worker")
-    rows = [{"pid": w.pid, "host": w.host, "job": w.job, "jobs": list(w.jobs), "slots": w.extra.get("slots", 1),
+    rows = [{"pid": w.pid, "host": w.host, "job": w.job, "jobs": list(w.jobs), "slots": w.slots,
              "worker": w.owner, "started_at": w.started_at, "heartbeat": iso(w.heartbeat),
              "queues": w.extra.get("queues")} for w in workers]
     emit_rows(rows, as_json, empty="no workers",

@@ -32,6 +32,12 @@ class WorkerInfo:
     extra: dict[str, Any] = field(default_factory=dict)
     jobs: tuple[str, ...] = ()  # the jobs it runs now (more than one: a worker of several slots)
 
+    @property
+    def slots(self) -> int:
+        """How many jobs it runs at once (`worker start --slots`): 1 when its registration says none."""
+        n = self.extra.get("slots", 1)
+        return n if job.is_int(n) and n >= 1 else 1
+
 
 TICK = 0.011  # a clock tick, and a little: the resolution of a process's start time
 FS_TICK = 0.011  # and of the file system's clock, measured against ours (plus what it rounds)

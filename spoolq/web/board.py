@@ -113,6 +113,7 @@ class Board:
             day = Series.over(self.recent.between(now - DAY, now), now - DAY, now, 48)
         running = [_running(view, now) for view in spool.list_jobs(state=State.PROCESSING)]
         workers = [{"host": w.host, "pid": w.pid, "worker": w.owner, "job": w.job,
+                    "jobs": list(w.jobs), "slots": w.slots,
                     "heartbeat_age": round(max(0.0, now - w.heartbeat), 1) if w.heartbeat else None,
                     "queues": _names(w.extra.get("queues"))}
                    for w in sorted(spool.workers(role="worker"), key=lambda w: (w.host, w.pid))]
