@@ -309,3 +309,34 @@ def test_the_dashboard_shows_every_job_a_worker_runs_and_its_slots(spool, worker
         assert f'<a href="/job/{name}">{name}</a>' in table, table
     assert re.search(r"<td>3</td>", table), table
     (tmp_path / "go").touch()
+
+
+def test_a_slot_that_runs_out_of_open_files_stops_its_worker_after_the_others_jobs(spool, workers, tmp_path):
+    """A worker of three slots runs two jobs; its open-files limit (RLIMIT_NOFILE, set on the
+    running worker) then leaves the third job's slot one descriptor short of its output pipe: that
+    slot raises. The other two jobs run to their end and are done; the worker says why in one
+    line (its open files, not the spool's file system), with no traceback, and exits; its
+    supervisor takes the third job back, and a new worker runs it once, as attempt 2."""
+    import resource
+    w = start_slots(workers, 3)
+    [worker] = w.live()
+    enqueue_held(spool, tmp_path, NAMES[:2])
+    wait_for(lambda: len(started(tmp_path, NAMES[:2])) == 2, 15, "two jobs to run")
+    wait_for(lambda: len(w.live()[0].jobs) == 2, 10, "the worker's registration to name its two jobs")
+    # Settled: what it holds now, plus one (the third job's log), and no more (its output pipe).
+    held = len(os.listdir(f"/proc/{worker.pid}/fd"))
+    resource.prlimit(worker.pid, resource.RLIMIT_NOFILE, (held + 1, held + 1))
+    enqueue_held(spool, tmp_path, NAMES[2:])
+    wait_for(lambda: "claiming no more, waiting for the running jobs" in w.output, 15, "the third slot to fail")
+    assert not (tmp_path / "j3.started").exists(), "its command never started"
+    assert not pid_gone(worker.pid), "it waits for the other slots' jobs"
+    (tmp_path / "go").touch()
+    done = wait_states(spool, NAMES, "done", 30)
+    assert [d["attempts"] for d in done] == [1, 1, 2], done
+    assert len(started(tmp_path, NAMES)) == 3, "each job ran once"
+    wait_for(lambda: pid_gone(worker.pid), 10, "the worker to exit")
+    said = [line for line in w.output.splitlines() if f"worker pid {worker.pid} " in line or worker.owner in line]
+    assert any("out of open files (Too many open files" in line and "ulimit -n" in line for line in said), w.output
+    assert "Traceback" not in w.output and "the spool's file system failed" not in w.output, w.output
+    assert any(f"worker pid {worker.pid} stopped: " in line for line in said), w.output
+    assert w.proc.poll() is None, "its supervisor goes on"

@@ -4,6 +4,8 @@ registry."""
 
 from __future__ import annotations
 
+import errno
+import resource
 import signal
 import time
 from typing import Callable
@@ -18,7 +20,9 @@ LOOK_EVERY = 0.25  # seconds between looks for a `worker stop --now`, whatever t
 EXIT_SIGNALLED = 75  # stopped by a signal to this worker alone: its supervisor starts another
 EXIT_UNSAFE = 77  # the spool stopped being safe to use: its supervisor stops too
 EXIT_CANNOT_START = 78  # it could not register (a full disk, no inodes): not worth a traceback
-EXIT_UNREACHABLE = 74  # the spool's file system failed under it (ENOTCONN, EIO): its supervisor starts another
+EXIT_UNREACHABLE = 74  # the spool's file system failed under it (ENOTCONN, EIO), or it ran out of open
+                       # files (EMFILE, ENFILE): its supervisor starts another
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)  # the worker's own limit (ulimit -n), or the system's: not the spool's
 
 
 def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], None]) -> None:
@@ -45,13 +49,19 @@ def said(e: OSError) -> str:
 
 def unless_unreachable(loop: Callable[[], None], log: Callable[[str], None]) -> bool:
     """Run the worker's loop: False if the spool's file system failed under it (a host cut off
-    from a shared spool: ENOTCONN, EIO), said in one line, no traceback; its supervisor starts
-    another, which waits for the spool to come back."""
+    from a shared spool: ENOTCONN, EIO), or the worker ran out of open files (a job's slot among
+    many), said in one line, no traceback; its supervisor starts another, which waits for the
+    spool to come back."""
     try:
         loop()
     except OSError as e:
-        log(f"the spool's file system failed: {said(e)}; stopping (its supervisor starts another "
-            "once the spool can be reached)")
+        if e.errno in OUT_OF_FILES:
+            log(f"out of open files ({said(e)}; this worker may hold "
+                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, a running job 2): stopping "
+                "(its supervisor starts another); raise `ulimit -n` or run fewer --slots")
+        else:
+            log(f"the spool's file system failed: {said(e)}; stopping (its supervisor starts another "
+                "once the spool can be reached)")
         return False
     return True
 

@@ -221,7 +221,8 @@ class Supervisor:
                 _signal(other, signal.SIGTERM)
             return
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else \
-            "lost the spool's file system (it says why)" if code == EXIT_UNREACHABLE else f"exited with status {code}"
+            "stopped: it lost the spool's file system or ran out of open files (it says why)" \
+            if code == EXIT_UNREACHABLE else f"exited with status {code}"
         self.log(f"worker pid {pid} {how}")
         self._recover()
         if self._stop_wanted():
