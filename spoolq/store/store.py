@@ -8,8 +8,8 @@ file: that is transitions.py's job.
 
 from __future__ import annotations
 
+import _thread  # a lock, without threading's imports: a plain enqueue loads none of them (quick.py)
 import os
-import threading
 import time
 
 from . import config, shards, trust
@@ -32,7 +32,7 @@ class Sequencer:
 
     def __init__(self) -> None:
         self._last = 0
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
 
     def next(self) -> int:
         # RACE: the slots of one worker (--slots) make numbers at once, each retry a new pending
