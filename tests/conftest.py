@@ -78,16 +78,41 @@ def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str =
 
 RIG_FIXTURES = {"gluster", "safe_rig", "lazy"}  # the multi-host rigs and the power-cut file system
 RIG_MODULES = {"test_hosts", "test_dfs", "test_powercut", "test_fencing"}
+CONTAINER_FIXTURES = {"image", "owners"}  # tests/container.py: podman on this machine
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """The quick tier leaves out what needs a rig or a browser: marked here by what a test uses."""
+def pytest_addoption(parser) -> None:
+    parser.addoption("--machine-tests", choices=("all", "skip", "only"), default="all",
+                     help="the tests that cannot share this machine with themselves (the rigs: GlusterFS on its "
+                          "fixed port, FUSE mounts; the container image): run them too (all), leave them out "
+                          "(skip: what may run under xdist), or run only them (only: one at a time)")
+
+
+def shares_the_machine(item) -> bool:
+    """Whether a test may run beside another copy of itself (under xdist): not a rig, not podman.
+    (Not an xdist_group under `--dist loadgroup`: with pytest 9.2 and pytest-xdist 3.8 that groups
+    nothing and says nothing, as xdist marks a group by rewriting an item's id, which pytest no
+    longer reads: pytest-xdist issue 1386.)"""
+    return not (item.get_closest_marker("rig") or set(getattr(item, "fixturenames", ())) & CONTAINER_FIXTURES)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The quick tier leaves out what needs a rig or a browser: marked here by what a test uses.
+    --machine-tests keeps or leaves out what cannot share the machine (scripts/test.sh runs the
+    rest on two cores, then those one at a time)."""
     for item in items:
         names = set(getattr(item, "fixturenames", ()))
         if names & RIG_FIXTURES or item.module.__name__ in RIG_MODULES:
             item.add_marker(pytest.mark.rig)
         if "browser" in names:
             item.add_marker(pytest.mark.browser)
+    which = config.getoption("machine_tests")
+    if which != "all":
+        keep = [item for item in items if shares_the_machine(item) == (which == "skip")]
+        dropped = [item for item in items if shares_the_machine(item) != (which == "skip")]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Crash-point sweeps: every mutating command is SIGKILLed at its Nth call of one kind of mutating
 system call, for every N and one kind at a time, then the spool is put to use again and every
 invariant checked: no acknowledged job lost, no job run twice but for the one crash, nothing left
-that blocks a later command, fsck clean after --repair.
+that blocks a later command, fsck clean after --repair. Kill points that leave the same spool
+(tests/crash_states.py: no file changed between them) are put to use once.
 
 The kill comes from strace's fault injection (`-e inject=SET:signal=SIGKILL:when=N+1`): the
 process dies on entering its (N+1)th call of that kind, after its Nth completed and everything
@@ -22,6 +23,7 @@ from typing import Callable
 
 import pytest
 
+import crash_states
 from conftest import SPOOLQ, dead_pid, strace_path
 from spoolq import Spool, fsck
 from spoolq.format import layout as L
@@ -52,22 +54,33 @@ WORKER = [sys.executable, "-c",
 def sweep(tmp_path, kind: str, setup: Callable[[str], object], argv: Callable[[str], list[str]],
           check: Callable[[str, object, bool], None]) -> int:
     """For N = 0, 1, ...: a fresh spool from `setup`, the command killed after N calls of `kind`,
-    then `check(spool, what setup returned, killed)`. Ends with the first N the command survives
-    (it made fewer calls than that). Returns how many kill points were swept."""
+    then `check(spool, what setup returned, killed)`, once for each crash state (tests/
+    crash_states.py: the kill points after a mkdir that found its directory there, or a write to a
+    pipe, leave the spool as the kill point before them did). Ends with the first N the command
+    survives (it made fewer calls than that), which is always checked. Returns how many kill points
+    were swept."""
     strace = strace_path()
+    checked: set[str] = set()
     for n in range(LIMIT):
         root = str(tmp_path / f"{kind}-{n}")
         made = setup(root)
-        r = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", f"trace={KINDS[kind]}",
+        log = root + ".strace"  # what the command changed before the kill; `kind` too: strace kills only what it traces
+        r = subprocess.run([strace, "-f", "-qq", "-y", "-s", str(crash_states.WHOLE), "-o", log,
+                            "-e", f"trace={crash_states.STATE_CALLS},{KINDS[kind]}",
                             "-e", f"inject={KINDS[kind]}:signal=SIGKILL:when={n + 1}", *argv(root)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
         killed = r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
         assert killed or b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
-        try:
-            check(root, made, killed)
-        except AssertionError as e:
-            raise AssertionError(f"{kind} sweep, killed after call {n}: {e}") from None
+        with open(log, errors="replace") as f:
+            state = crash_states.crash_state(f.read(), root)
+        if not killed or state not in checked:
+            checked.add(state)
+            try:
+                check(root, made, killed)
+            except AssertionError as e:
+                raise AssertionError(f"{kind} sweep, killed after call {n}: {e}") from None
         shutil.rmtree(root, ignore_errors=True)
+        os.unlink(log)
         if not killed:
             return n
     raise AssertionError(f"the command still made {kind} calls after {LIMIT}")

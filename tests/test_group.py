@@ -327,7 +327,7 @@ def spoolq_for_the_member() -> str:
 
 
 def test_a_member_reads_the_shared_spool_and_hands_jobs_in_only_as_drop_ins(shared):
-    from test_hardening import tree
+    from spools import tree
 
     # config.json written anew, now that tmp/ is setgid: files spoolq wrote before the spool was
     # opened to its group (config.json among them) keep the owner's group, which members cannot read.

@@ -8,6 +8,8 @@ import time
 
 from conftest import spoolq, wait_for
 from spoolq import Spool
+import os
+import pytest
 
 
 def test_each_hook_sees_the_job_in_its_environment(spool, tmp_path):
@@ -69,3 +71,57 @@ def test_a_hook_runs_in_the_spool_directory_whatever_the_jobs_cwd(spool, tmp_pat
     spool.enqueue({"command": "true", "cwd": str(elsewhere)})
     assert spoolq(spool.root, "worker", "start", "--burst").returncode == 0
     assert seen.read_text().strip() == spool.root
+
+
+# 10. a hook that closes its output and hangs is never killed; the worker never stops -----------
+@pytest.mark.review("service 10")
+def test_a_hook_that_redirects_its_output_is_still_bounded_by_hook_timeout(spool, tmp_path):
+    import signal
+    import subprocess
+
+    from conftest import SPOOLQ
+
+    pidfile = tmp_path / "hook.pid"
+    # a usual hook shape: its output to a log of its own, then something that hangs (curl without -m)
+    spool.set_config("on_done", f"echo $$ > {pidfile}; exec >/dev/null 2>&1; sleep 30")
+    spool.set_config("hook_timeout", 0.5)
+    spool.enqueue({"command": "true"})
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.wait(timeout=8)  # the hook has 0.5 s; then it is killed and the burst ends
+    except subprocess.TimeoutExpired:
+        pytest.fail("worker start --burst still running 8 s later: it waits for a hook past hook_timeout")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if pidfile.exists():
+            try:
+                os.killpg(int(pidfile.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# 11. a hook killed by a real-time signal: a traceback from the hook thread, no log line --------
+@pytest.mark.review("service 11")
+def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
+    from spoolq.store.attempts_log import Fact
+    from spoolq.running.hooks import Hooks
+
+    spool.init()
+    spool.set_config("on_done", "kill -40 $$")
+    lines: list[str] = []
+    hooks = Hooks(spool, lines.append)
+    errors = []
+    import threading
+    old = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        hooks.after(Fact("j", "default", 1, "h", "w", 0, 0, 0, 0, "done", 0), "done")
+        hooks.wait()
+    finally:
+        threading.excepthook = old
+    assert errors == [], errors
+    assert any("killed by signal" in line for line in lines), lines
+

@@ -193,3 +193,150 @@ def test_a_job_kept_for_its_waiters_is_looked_at_again_within_a_minute(spool):
     assert retention.spool.finished.examined == -1  # not before
     retention.run(now + 61, fs_now=now + DAY + 61)
     assert retention.spool.finished.examined == 1  # "base", looked at again
+
+
+# 8. a retention batch that fails leaves `behind` set: an idle worker retries without sleeping --
+@pytest.mark.review("service 8")
+def test_an_idle_worker_does_not_spin_on_a_failing_retention_batch(spool, monkeypatch):
+    from spoolq.running.duties import Duties
+    from spoolq.running.worker import Worker
+
+    spool.init()
+    for _ in range(2):
+        spool.enqueue({"command": "true"})
+    dead = spool.enqueue({"command": "false", "max_retries": 0})
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
+    os.unlink(spool.output_path(dead.id))
+    os.mkdir(spool.output_path(dead.id))  # output/<dead id>.log that cannot be unlinked
+    os.utime(spool.output_path(dead.id), (time.time() - 7200, time.time() - 7200))
+    spool.set_config("keep_done", 0.01)
+    spool.set_config("keep_output", 60)
+    time.sleep(0.1)
+    lines: list[str] = []
+    duties = Duties(spool, lines.append, lambda: "")
+    duties.retention.todo["output"] = [f"{dead.id}.log"]  # a pass half done, stopping at the bad log
+    duties.retention.behind = True
+    spins = 0
+    while duties.idle(time.time()) and spins < 50:  # the worker loop: idle() True = "look again, don't sleep"
+        spins += 1
+    failures = [line for line in lines if "retention failed" in line]
+    assert spins < 5, f"{spins} back-to-back idle batches, {len(failures)} failures logged: {failures[:1]}"
+
+
+# 9. a retention batch is not bounded by its time when done/ holds many young jobs --------------
+@pytest.mark.review("service 9")
+@pytest.mark.slow
+def test_a_retention_batch_keeps_to_its_time_budget(spool):
+    from spoolq.running.retention import IDLE_BATCH, Retention
+
+    spool.init()
+    for i in range(60000):  # a busy spool's week of done jobs (keep_done 7 days, the default), in part
+        open(os.path.join(spool.layout.done, f"j{i:06d}.json"), "w").close()
+    spool.set_config("keep_done", 7 * 86400)
+    started = time.monotonic()
+    Retention(spool).run(time.time(), seconds=IDLE_BATCH)  # "a job that arrives waits at most 20 ms"
+    spent = time.monotonic() - started
+    assert spent < 5 * IDLE_BATCH, f"one batch took {spent:.3f}s for a budget of {IDLE_BATCH}s"
+
+
+# 13. on a full disk, retention cannot make its lock (not made with the layout): it never frees space
+@pytest.mark.review("service 13")
+def test_retention_frees_space_on_a_full_disk(tmp_path):
+    import subprocess
+
+    from spoolq.running.retention import Retention
+    from spoolq.running.worker import Worker
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,nr_inodes=300", "tmpfs", str(mnt)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(r.stderr)
+    try:
+        spool = Spool(str(mnt / "spool"))
+        spool.init()
+        spool.set_config("keep_done", 0)  # retention off so far (or: a spool made before it existed)
+        for _ in range(20):
+            spool.enqueue({"command": "true"})
+        assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
+        spool.set_config("keep_done", 3600)
+        filler = mnt / "filler"
+        filler.mkdir()
+        i = 0
+        while True:  # no inode left
+            try:
+                open(filler / f"f{i}", "w").close()
+            except OSError:
+                break
+            i += 1
+        purged = Retention(spool).run(time.time(), fs_now=time.time() + 7200)  # OSError: ENOSPC
+        assert purged is not None and purged.done == 20
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# 16. retention purges a done job that a waiting job names in its --after (no edge: it was done
+#     when the waiter was enqueued); the waiter then waits for good --------------------------------
+@pytest.mark.review("service 16")
+@pytest.mark.slow
+def test_retention_keeps_a_done_job_a_waiting_job_still_names(spool):
+    from spoolq.running.retention import Retention
+    from spoolq.running.worker import Worker
+
+    spool.init()
+    spool.set_config("keep_done", 3600)
+    x = spool.enqueue({"command": "true"}).id
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0  # x done
+    y = spool.enqueue({"command": "true", "delay": 2}).id  # still to run
+    w = spool.enqueue({"command": "true", "after": [x, y]}).id
+    assert spool.find(w).state == "waiting"
+    Retention(spool).run(time.time(), fs_now=time.time() + 7200)  # x is past keep_done
+    time.sleep(2.1)
+    assert Worker(spool, burst=True, log=lambda _m: None).run() == 0  # y done: w should be released
+    assert spool.find(y).state == "done"
+    assert spool.find(w).state != "waiting", "w waits for good: x was purged under it"
+
+
+# 17. a worker catching up on retention in its idle time does not see new jobs until its next poll
+@pytest.mark.review("service 17")
+@pytest.mark.slow
+def test_a_job_that_arrives_while_retention_catches_up_waits_at_most_a_batch(spool, workers):
+    spool.init()
+    spool.set_config("poll_interval", 30)  # file-system events wake workers; polling is the fallback
+    for i in range(60000):  # an expired backlog (done jobs; names only, cheap to make)
+        open(os.path.join(spool.layout.done, f"old{i:06d}.json"), "w").close()
+    spool.set_config("keep_done", 0.01)
+    time.sleep(0.1)
+    w = workers(1)
+    time.sleep(0.5)  # the worker is now purging in its idle time, 20 ms at a time
+    left = len(os.listdir(spool.layout.done))
+    assert left > 1000, "the backlog is gone already: make it bigger here"
+    started = time.monotonic()
+    job = spool.enqueue({"command": "true"}).id
+    while spool.find(job).state != "done" and time.monotonic() - started < 25:
+        time.sleep(0.01)
+    waited = time.monotonic() - started
+    w.stop()
+    assert waited < 1.0, f"the job waited {waited:.1f}s (README: at most 20 ms) with {left} done jobs left to purge"
+
+
+# 18. past ~100,000 done jobs, a retention batch's listing eats its whole budget: one job a batch
+@pytest.mark.review("service 18")
+@pytest.mark.slow
+def test_retention_batches_make_progress_on_a_large_backlog(spool):
+    from spoolq.running.retention import IDLE_BATCH, Retention
+
+    spool.init()
+    for i in range(100000):  # expired done jobs (names only, cheap to make)
+        open(os.path.join(spool.layout.done, f"old{i:06d}.json"), "w").close()
+    spool.set_config("keep_done", 0.01)
+    time.sleep(0.05)
+    retention = Retention(spool)
+    started, purged = time.monotonic(), 0
+    for _ in range(20):
+        purged += retention.run(time.time(), seconds=IDLE_BATCH).done
+    spent = time.monotonic() - started
+    # README: "a purge costs about 0.1 ms a job": 20 batches of 20 ms are some 4,000 jobs
+    assert purged >= 1000, f"20 idle batches ({spent:.2f}s) purged {purged} of 100,000 expired jobs"
+

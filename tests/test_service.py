@@ -412,3 +412,38 @@ def test_completion_reads_a_bounded_part_of_a_huge_spool(spool):
 def test_completion_of_a_path_that_is_no_spool_offers_nothing(tmp_path):
     assert complete(str(tmp_path / "nothing"), "spoolq show a") == []
     assert not (tmp_path / "nothing").exists()
+
+
+# 12. completion lists all of pending/, not at most SCAN entries --------------------------------
+@pytest.mark.review("service 12")
+def test_job_id_completion_reads_at_most_scan_entries(spool, monkeypatch):
+    from spoolq.system import fsio
+    from spoolq.cli import complete
+
+    spool.init()
+    for i in range(complete.SCAN + 3000):  # a backlog: names only, cheap to make
+        open(os.path.join(spool.layout.pending, f"dropped-{i}.json"), "w").close()
+    read = []
+    real_listdir = fsio.listdir
+    monkeypatch.setattr(fsio, "listdir", lambda path: read.append(len(names := real_listdir(path))) or names)
+    real_scandir = os.scandir
+
+    class Counting:
+        def __init__(self, path):
+            self.it = real_scandir(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.it.close()
+
+        def __iter__(self):
+            for entry in self.it:
+                read.append(1)
+                yield entry
+
+    monkeypatch.setattr(os, "scandir", Counting)
+    spool.views.some_ids("x", complete.LIMIT, complete.SCAN)
+    assert sum(read) <= complete.SCAN, f"{sum(read)} directory entries read"
+

@@ -16,6 +16,8 @@ import pytest
 
 from conftest import safecat_path, strace_path, wait_for
 from spoolq import Spool
+from conftest import SPOOLQ, Workers, fill
+from spools import cli
 
 # ---- helpers ---------------------------------------------------------------------------------
 
@@ -607,3 +609,159 @@ def test_a_queue_name_nothing_has_named_is_warned_about(run, spool):
     assert run("purge").returncode == 0  # the encode job is gone; the attempts log remembers it
     r = run("worker", "start", "--burst", "-q", "--queue", "reports,nightly,encode")
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+
+# ---- hardening: 9. the output cap holds while the job runs ---------------------------------------
+
+
+@pytest.mark.review("hardening 9")
+def test_the_output_cap_holds_while_the_job_writes(spool, workers):
+    spool.set_config("max_output_bytes", 100_000)
+    job = spool.enqueue({"command": "head -c 50000000 /dev/zero; echo the end"}).id
+    workers(1)
+    biggest = 0
+    while spool.find(job).state != "done":
+        try:
+            biggest = max(biggest, os.path.getsize(spool.output_path(job)))
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+    assert biggest <= 100_000 + 1000
+    assert b"the end\n==> attempt finished" in open(spool.output_path(job), "rb").read()
+
+
+@pytest.mark.review("hardening 9")
+def test_nothing_of_a_job_outlives_it_unless_it_asks(spool, workers, tmp_path):
+    late = tmp_path / "late"
+    kept = tmp_path / "kept"
+    first = spool.enqueue({"command": f"(sleep 0.5; touch {late}; echo late) & echo main"}).id
+    second = spool.enqueue({"command": f"(sleep 0.5; touch {kept}) >/dev/null 2>&1 &", "keep_children": True}).id
+    workers(1)
+    wait_for(lambda: spool.find(first).state == spool.find(second).state == "done", 10, "both jobs")
+    wait_for(lambda: kept.exists(), 10, "the kept child to finish its work")
+    assert not late.exists()
+    log = open(spool.output_path(first), "rb").read()
+    assert b"late" not in log and log.rstrip().endswith(b"ok <==")
+
+
+# ---- hardening: 14. the worker pool, and stopping it ---------------------------------------------
+
+
+@pytest.mark.review("hardening 14")
+def test_sigterm_to_one_worker_is_replaced_not_lost(spool_dir, workers):
+    w = workers(2)
+    victim = w.live()[0].pid
+    os.kill(victim, signal.SIGTERM)
+    wait_for(lambda: len(w.live()) == 2 and victim not in [x.pid for x in w.live()], 10, "a new worker")
+    os.kill(w.live()[0].pid, signal.SIGTERM)
+    wait_for(lambda: len(w.live()) == 2, 10, "the pool to stay at 2")
+    assert w.proc.poll() is None
+
+
+@pytest.mark.review("hardening 14")
+@pytest.mark.slow
+def test_a_stop_file_stamped_in_the_same_second_does_not_stop_new_workers(spool_dir, spool):
+    assert cli(spool_dir, "worker", "stop").returncode == 0
+    future = time.time() + 30  # as a 1-second file system would show: not before the registrations
+    os.utime(spool.layout.stop_file, (future, future))
+    r = cli(spool_dir, "worker", "start", "--detach")
+    assert r.returncode == 0, r.stderr
+    time.sleep(1.5)  # several of the workers' loops: none may take the old request for a new one
+    assert len(spool.workers(role="worker")) == 1
+    cli(spool_dir, "worker", "stop", "--wait", "--timeout", "20")
+
+
+@pytest.mark.review("hardening 14")
+def test_a_stop_while_workers_start_stops_them(spool_dir, spool):
+    starting = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--detach", "--count", "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert cli(spool_dir, "worker", "stop").returncode == 0
+    starting.communicate(timeout=30)
+    wait_for(lambda: not spool.workers(role="worker") and not spool.workers(role="supervisor"), 20,
+             "every worker to stop")
+
+
+@pytest.mark.review("hardening 14")
+@pytest.mark.slow
+def test_the_third_ctrl_c_kills_the_running_job_and_the_attempt_counts(spool_dir, spool):
+    job = spool.enqueue({"command": "sleep 60", "max_retries": 0}).id
+    w = Workers(spool_dir, 1).wait_ready()
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    for _ in range(2):
+        w.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    w.proc.send_signal(signal.SIGINT)
+    log = w.stop(timeout=20)
+    assert w.proc.returncode == 0
+    assert f"still running: job {job}" in log
+    view = spool.find(job)
+    assert view.state == "dead" and "killed" in view.job.last_error and view.to_dict()["attempts"] == 1
+
+
+@pytest.mark.review("hardening 14")
+def test_worker_stop_now_kills_the_running_jobs(spool_dir, spool, workers):
+    job = spool.enqueue({"command": "sleep 60", "max_retries": 0}).id
+    w = workers(1)
+    wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    assert cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "20").returncode == 0
+    assert spool.find(job).state == "dead" and "worker stop --now" in spool.find(job).job.last_error
+    w.stop()
+
+
+# ---- hardening: 15, 16. a worker's own directory, and the processes of its jobs ------------------
+
+
+@pytest.mark.review("hardening 15,16")
+def test_a_worker_whose_directory_was_deleted_still_runs_jobs(spool, tmp_path):
+    cwd = tmp_path / "gone"
+    cwd.mkdir()
+    job = spool.enqueue({"command": "true", "cwd": str(tmp_path)}).id
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cwd.rmdir()
+        wait_for(lambda: spool.find(job).state in ("done", "dead"), 15, "the job")
+        assert spool.find(job).state == "done", spool.find(job).job.last_error
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+# ---- hardening: what the adversarial review of this work found -----------------------------------
+
+
+@pytest.mark.review("hardening this work")
+def test_a_worker_that_cannot_start_ends_a_burst_with_one_line(small_fs):
+    spool = Spool(os.path.join(small_fs, "spool"))
+    spool.enqueue({"command": "true"})
+    fill(small_fs)
+    r = cli(spool.root, "worker", "start", "--burst", timeout=60)
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.review("hardening this work")
+def test_a_worker_that_cannot_register_on_a_full_disk_says_why_in_one_line(small_fs):
+    from spoolq.running.worker import CannotStart, Worker
+
+    spool = Spool(os.path.join(small_fs, "spool"))
+    fill(small_fs)
+    with pytest.raises(CannotStart) as e:
+        Worker(spool, burst=True).run()
+    assert str(e.value) == ("cannot use the spool: the file system is full (No space left on device); "
+                            "nothing was written")
+
+
+@pytest.mark.review("hardening this work")
+def test_a_stop_from_another_host_with_a_clock_ahead_still_stops(spool):
+    """A stop request names its host: one from another host is judged on the file system's
+    clock, so a host whose clock runs ahead (or behind) cannot stop too much or too little."""
+    since = spool.owners.since(time.time())
+    fs_now = spool.store.fs_clock()
+    with open(spool.layout.stop_file, "w") as f:  # asked on another host 1 s later, its clock 1 h ahead
+        f.write(f"stop {time.time() + 3600 + 1:.6f} abcd 0000beef {fs_now + 1:.6f}\n")
+    assert spool.owners.stop_requested(since) is not None
+    with open(spool.layout.stop_file, "w") as f:  # asked there before we started, its clock 1 h behind
+        f.write(f"stop {time.time() - 3600:.6f} abcd 0000beef {fs_now - 5:.6f}\n")
+    assert spool.owners.stop_requested(since) is None
+

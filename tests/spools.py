@@ -1,0 +1,68 @@
+"""Helpers shared by the tests of trust, drop-ins, enqueue and observing: spools in odd shapes
+(a symlinked state directory, a half-made batch, a hostile attempts-log line), the CLI as a real
+process, and the uids they play with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import spoolq
+from spoolq import Spool
+
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another uid")
+
+
+STRANGER = 12345
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(spool_dir: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return spoolq(spool_dir, *args, **kw)
+
+
+def _symlinked_done(root: str) -> str:
+    Spool(root)
+    os.rmdir(os.path.join(root, "done"))
+    os.makedirs(root + "-elsewhere")
+    os.symlink(root + "-elsewhere", os.path.join(root, "done"))
+    return os.path.join(root, "done")
+
+
+def _batch(tmp_path, n: int) -> str:
+    path = tmp_path / "batch.jsonl"
+    path.write_text("".join(json.dumps({"id": f"b{i}", "command": "true"}) + "\n" for i in range(n)))
+    return str(path)
+
+
+def tree(root: str) -> dict[str, tuple[int, int, int, int, int]]:
+    """Every entry under root (and root) with its mode, owner, group, size and mtime."""
+    out = {}
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        st = os.lstat(path)
+        out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns)
+    return out
+
+
+BIG = 10 * 1024 * 1024
+
+
+def hostile_line(queue_json: str, now: float) -> bytes:
+    return (f'{{"id":"x","queue":{queue_json},"attempt":1,"host":"h","worker":"w","ready":{now},'
+            f'"claimed":{now},"started":{now},"finished":{now},"outcome":"done"}}\n').encode()
+
+
+def plant(spool: Spool, name: str, data: bytes) -> str:
+    directory = spool.layout.dir("events")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+

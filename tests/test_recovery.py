@@ -1,0 +1,83 @@
+"""Recovery of a dead worker's jobs: it kills the job's process group (not a daemon the job
+started), and a planted fifo never hangs the rescuer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SPOOLQ, wait_for, Workers
+from spoolq import Spool
+from spoolq.format import layout as L
+from spools import REPO
+
+
+# ---- hardening: 15, 16. a worker's own directory, and the processes of its jobs ------------------
+
+
+@pytest.mark.review("hardening 15,16")
+def test_recovery_kills_the_jobs_group_but_not_a_daemon_it_started(spool, tmp_path):
+    daemon_pid = tmp_path / "daemon"
+    child_pid = tmp_path / "child"
+    job = spool.enqueue({"command": f"setsid sh -c 'echo $$ > {daemon_pid}; exec sleep 60' & "
+                                    f"env -i sh -c 'echo $$ > {child_pid}; exec sleep 60' & wait",
+                         "max_retries": 0}).id
+    w = Workers(spool.root, 1).wait_ready()
+    wait_for(lambda: daemon_pid.exists() and child_pid.exists() and child_pid.read_text(), 10, "both sleeps")
+    daemon, child = int(daemon_pid.read_text()), int(child_pid.read_text())
+    (owner,) = [wk.owner for wk in spool.workers(role="worker")]
+    group = os.path.join(spool.layout.owned(owner), L.GROUP_FILE)
+    # The worker notes the job's group just after the spawn: on a loaded machine the job's own
+    # processes can be up before that (a worker killed in between leaves them to their timeout).
+    wait_for(lambda: open(group, "rb").read().strip(), 10, "the worker to note the job's group")
+    w.kill_all()  # the worker dies with its job running
+    rescuer, recovery = L.owner_token("test", os.getpid()), Spool(spool.root).recovery
+
+    def rescued() -> bool:
+        # Swept until it works, as workers sweep: the killed worker may take a moment to be gone
+        # (a loaded machine), and a sweep before that rightly leaves a live owner alone.
+        recovery.run(rescuer)
+        return not _alive(child)
+
+    wait_for(rescued, 10, "the job's own process (env -i) to be killed")
+    assert _alive(daemon)  # a daemon it started on purpose lives on
+    os.kill(daemon, signal.SIGKILL)
+    assert spool.find(job).state == "dead"
+
+
+def _alive(pid: int) -> bool:
+    from spoolq.system.liveness import alive
+
+    return alive(pid)
+
+
+# ---- hardening: 17. no tracebacks: deep JSON, closed stdin, ill-typed config, a BOM --------------
+
+
+def run_burst(spool_dir: str, timeout: float, *extra: str) -> tuple[int | None, str]:
+    """`worker start --burst` in its own process group, killed whole if it hangs."""
+    proc = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--burst", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return None, proc.communicate()[0]
+    return proc.returncode, out
+
+
+@pytest.mark.review("hardening 17")
+def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_dir):
+    """processing/<owner>/ is writable by the spool's group: its .pgroup may be a fifo."""
+    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
+    owner = subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
+                           cwd=REPO).stdout.strip()
+    os.mkfifo(os.path.join(spool.layout.owned(owner), L.GROUP_FILE))
+    spool.enqueue({"command": "true"})
+    code, out = run_burst(spool_dir, 30)
+    assert code == 0 and "1 job in 1 attempt, 1 ok" in out, out
+
