@@ -572,7 +572,7 @@ def history_spool(tmp: str, n: int) -> str:
     for i in range(n):
         finished = now - 86000 * i / n
         failed = i % 20 == 0
-        log.record(attempts_log.Fact(f"j{i:07d}", ("default", "mail", "video")[i % 3], 1, "bench", "bench-1-x",
+        log.record(attempts_log.FinishedAttempt(f"j{i:07d}", ("default", "mail", "video")[i % 3], 1, "bench", "bench-1-x",
                                finished - 1.5, finished - 1, finished - 1, finished, "retry" if failed else "done",
                                1 if failed else 0, "exit status 1" if failed else None, 10))
     log.close()

@@ -66,3 +66,12 @@ def plant(spool: Spool, name: str, data: bytes) -> str:
         f.write(data)
     return path
 
+
+def pid_gone(pid: int) -> bool:
+    """No such process, or only its zombie is left (PID 1 of a container may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return data[data.rfind(b")") + 2:][:1] in (b"Z", b"X")

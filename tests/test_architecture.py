@@ -228,3 +228,10 @@ def test_every_finish_goes_through_finishing():
     assert renames.pop(FINISHING, None), "the check no longer sees finishing.py's own renames"
     assert renames == {}, f"renames into done/ or dead/ outside {FINISHING}"
     assert wakes == [], f"waiters woken outside {FINISHING}"
+
+
+def test_contributing_names_the_file_of_every_test_subject():
+    """CONTRIBUTING.md's table says which file holds which subject: a new test file is named there."""
+    text = (PACKAGE.parent / "CONTRIBUTING.md").read_text()
+    files = sorted(p.name for p in (PACKAGE.parent / "tests").glob("test_*.py"))
+    assert [name for name in files if f"`{name}`" not in text] == []

@@ -106,7 +106,7 @@ def test_a_hook_that_redirects_its_output_is_still_bounded_by_hook_timeout(spool
 # 11. a hook killed by a real-time signal: a traceback from the hook thread, no log line --------
 @pytest.mark.review("service 11")
 def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
-    from spoolq.store.attempts_log import Fact
+    from spoolq.store.attempts_log import FinishedAttempt
     from spoolq.running.hooks import Hooks
 
     spool.init()
@@ -118,7 +118,7 @@ def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
     old = threading.excepthook
     threading.excepthook = lambda args: errors.append(args.exc_value)
     try:
-        hooks.after(Fact("j", "default", 1, "h", "w", 0, 0, 0, 0, "done", 0), "done")
+        hooks.after(FinishedAttempt("j", "default", 1, "h", "w", 0, 0, 0, 0, "done", 0), "done")
         hooks.wait()
     finally:
         threading.excepthook = old

@@ -20,7 +20,7 @@ from spoolq import Spool
 from spoolq.reading import stats
 from spoolq.running import metrics
 from spoolq.store import attempts_log
-from spoolq.store.attempts_log import Fact
+from spoolq.store.attempts_log import FinishedAttempt
 from spoolq.running.worker import Worker
 from test_cli import clean
 from spools import hostile_line, plant
@@ -30,13 +30,13 @@ def burst(spool: Spool) -> None:
     assert Worker(spool, burst=True, log=lambda _m: None).run() == 0
 
 
-def facts_of(spool: Spool) -> list[Fact]:
+def facts_of(spool: Spool) -> list[FinishedAttempt]:
     return sorted(attempts_log.read(spool.layout.dir("events")), key=lambda f: (f.id, f.attempt))
 
 
 def fact(job_id: str = "j", *, queue: str = "default", outcome: str = "done", ready: float = 1000.0,
-         started: float = 1001.0, finished: float = 1002.0, attempt: int = 1) -> Fact:
-    return Fact(job_id, queue, attempt, "h", "h-1-w", ready, started, started, finished, outcome,
+         started: float = 1001.0, finished: float = 1002.0, attempt: int = 1) -> FinishedAttempt:
+    return FinishedAttempt(job_id, queue, attempt, "h", "h-1-w", ready, started, started, finished, outcome,
                 0 if outcome == "done" else 1, None if outcome == "done" else "exit status 1", 3)
 
 
@@ -129,7 +129,7 @@ def test_a_symlink_where_the_log_goes_stops_the_worker(spool, tmp_path):
 
 # ---- stats -----------------------------------------------------------------------------------
 
-def write_facts(spool: Spool, facts: list[Fact]) -> None:
+def write_facts(spool: Spool, facts: list[FinishedAttempt]) -> None:
     log = attempts_log.EventLog(spool.layout.dir("events"), "h-1-w", modes=spool.store.modes, keep_seconds=86400 * 365)
     for f in facts:
         log.record(f)
@@ -546,12 +546,12 @@ def test_a_quiet_workers_attempts_are_not_lost_after_a_sibling_prunes(spool):
     directory, keep = spool.layout.dir("events"), 3600
     quiet = attempts_log.EventLog(directory, "h-1-quiet", modes=spool.store.modes, keep_seconds=keep)
     now = time.time()
-    quiet.record(Fact("early", "default", 1, "h", "h-1-quiet", now - 7300, now - 7300, now - 7300, now - 7200, "done"))
+    quiet.record(FinishedAttempt("early", "default", 1, "h", "h-1-quiet", now - 7300, now - 7300, now - 7300, now - 7200, "done"))
     (path,) = [os.path.join(directory, n) for n in os.listdir(directory)]
     os.utime(path, (now - 7200, now - 7200))  # two hours without a job
     busy = attempts_log.EventLog(directory, "h-2-busy", modes=spool.store.modes, keep_seconds=keep)
-    busy.record(Fact("b", "default", 1, "h", "h-2-busy", now, now, now, now, "done"))  # starts: prunes
-    quiet.record(Fact("late", "default", 1, "h", "h-1-quiet", now, now, now, now + 1, "done"))
+    busy.record(FinishedAttempt("b", "default", 1, "h", "h-2-busy", now, now, now, now, "done"))  # starts: prunes
+    quiet.record(FinishedAttempt("late", "default", 1, "h", "h-1-quiet", now, now, now, now + 1, "done"))
     assert "late" in {f.id for f in attempts_log.read(directory)}
 
 

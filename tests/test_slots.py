@@ -18,6 +18,7 @@ import pytest
 from conftest import SPOOLQ, stop_gracefully, wait_for
 from test_hosts import LEASE, _last_renewal, _marking, _runs, strict_rig  # noqa: F401 (the rig's fixture)
 from spoolq import Spool
+from spools import pid_gone
 
 
 def held_job(tmp_path: Path, name: str, seconds: float = 30) -> str:
@@ -33,16 +34,6 @@ def started(tmp_path: Path, names: list[str], which: int = 0) -> list[int]:
     """The parent pids (`which` 1: their own) of those of the jobs `names` that have started."""
     return [int((tmp_path / f"{n}.started").read_text().split()[which]) for n in names
             if (tmp_path / f"{n}.started").exists()]
-
-
-def pid_gone(pid: int) -> bool:
-    """No such process, or only its zombie is left."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rfind(b")") + 2:][:1] in (b"Z", b"X")
 
 
 def state(spool: Spool, job_id: str) -> str | None:

@@ -17,19 +17,9 @@ import pytest
 from conftest import safecat_path, strace_path, wait_for
 from spoolq import Spool
 from conftest import SPOOLQ, Workers, fill
-from spools import cli
+from spools import cli, pid_gone
 
 # ---- helpers ---------------------------------------------------------------------------------
-
-
-def pid_gone(pid: int) -> bool:
-    """No such process, or only its zombie is left (PID 1 of a container may never reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rfind(b")") + 2:][:1] in (b"Z", b"X")
 
 
 def kill_quietly(pid: int) -> None:

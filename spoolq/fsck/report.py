@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 from ..format import job, layout
 from ..system import fsio
 from ..format.errors import SpoolError
-from ..store.judge import Judge
+from ..store.judge import OwnerJudge
 from ..spool import Spool
 
 STALE_AFTER = 3600.0
@@ -75,7 +75,7 @@ class Report:
         self.planned: set[str] = set()  # temp files a batch's plan still names
         self.live_dirs: list[str] = []  # processing/ entries of live owners
         self.rescuer = layout.owner_token(layout.host_name(), os.getpid())
-        self._judge: Judge | None = None
+        self._judge: OwnerJudge | None = None
 
     def report(self, kind: str, path: str, detail: str) -> Problem:
         problem = Problem(kind, path, detail)

@@ -34,7 +34,7 @@ from ..store.judge import registered_lease
 from ..store.owners import OwnerDir, Owners
 from ..store.store import Store
 from .dependencies import Dependencies
-from .handoff import Takes
+from .handoff import Handoff
 from ..reading.views import Views
 
 CANCELLED = "cancelled"  # the last_error of a cancelled job
@@ -122,7 +122,7 @@ class Holder:
 
 
 class Canceller:
-    def __init__(self, store: Store, owners: Owners, views: Views, takes: Takes, deps: Dependencies):
+    def __init__(self, store: Store, owners: Owners, views: Views, takes: Handoff, deps: Dependencies):
         self.store = store
         self.layout = store.layout
         self.owners = owners

@@ -40,14 +40,14 @@ from ..format.errors import InvalidJob, JobNotFound, LostOwnership
 from ..format.job import Job, valid_id
 from ..store.store import Store
 from .finishing import Finishing
-from .handoff import Takes, Woken
+from .handoff import Handoff, Woken
 
 if TYPE_CHECKING:
     from ..reading.views import Views
 
 
 class Dependencies:
-    def __init__(self, store: Store, takes: Takes, views: Callable[[], Views]):
+    def __init__(self, store: Store, takes: Handoff, views: Callable[[], Views]):
         self.store = store
         self.layout = store.layout
         self.takes = takes

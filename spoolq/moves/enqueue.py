@@ -48,9 +48,9 @@ class Publisher:
         """Made when a job first waits for others: a plain enqueue never loads it."""
         if self._deps is None:
             from .dependencies import Dependencies
-            from .handoff import Takes
+            from .handoff import Handoff
 
-            self._deps = Dependencies(self.store, Takes(self.store), self._views)
+            self._deps = Dependencies(self.store, Handoff(self.store), self._views)
         return self._deps
 
     def publish(self, jobs: list[Job], *, progress: Callable[[int], Any] | None = None,

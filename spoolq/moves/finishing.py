@@ -30,13 +30,13 @@ from ..system import fsio
 from ..format.errors import LostOwnership
 from ..format.job import Job
 from ..store.store import Store
-from .handoff import Moved, Takes, Woken
+from .handoff import Moved, Handoff, Woken
 
 Wake = Callable[[str, str], list[Woken]]  # (finished job, judge's owner) -> the waiters it moved
 
 
 class Finishing:
-    def __init__(self, store: Store, takes: Takes, wake: Wake):
+    def __init__(self, store: Store, takes: Handoff, wake: Wake):
         self.store = store
         self.layout = store.layout
         self.takes = takes
@@ -59,7 +59,7 @@ class Finishing:
     def complete(self, directory: str, moving: layout.Transit, job: Job, judge: str, *,
                  durable: bool = False, wake: bool = True) -> Moved:
         """The last step of a take (handoff.py), by its taker or by whoever finds it half done:
-        into dead/ here, then the waiters judged; into pending/ or waiting/ by Takes.complete.
+        into dead/ here, then the waiters judged; into pending/ or waiting/ by Handoff.complete.
         `durable`: dead/ is fsync'd before anyone is told (cancel). `wake=False` only for a judge
         of dependencies.py, whose own loop judges the killed waiter's waiters next (one loop, no
         recursion down a chain of waiters)."""

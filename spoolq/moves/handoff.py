@@ -1,4 +1,4 @@
-"""Takes: how a job file leaves an owner's directory, ``processing/<owner>/``, so that its owner
+"""Handoff: how a job file leaves an owner's directory, ``processing/<owner>/``, so that its owner
 and a rescuer can never both move it, even where the owner's client still reaches the directory
 by a cached old name after the rescuer renamed it (GlusterFS at its defaults, for about a second;
 NFS with cached lookups).
@@ -41,7 +41,7 @@ class Moved(NamedTuple):
     unwoken: str | None = None
 
 
-class Takes:
+class Handoff:
     def __init__(self, store: Store):
         self.store = store
         self.layout = store.layout

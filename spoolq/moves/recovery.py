@@ -18,7 +18,7 @@ from ..store import output
 from ..system import fsio, liveness
 from .cancel import CANCELLED, KillRequest
 from ..format.errors import InvalidJob, LostOwnership
-from ..store.judge import Judge
+from ..store.judge import OwnerJudge
 from ..store.owners import OwnerDir, Owners
 from ..store.quarantine import Quarantine
 from ..store.slots import Slots
@@ -73,7 +73,7 @@ class Recovery:
         self.transitions.publisher.finish_batches(lambda creator: self.owners.why_creator_gone(creator, judge))
         return out
 
-    def _owner_gone(self, owner: str, judge: Judge) -> bool:
+    def _owner_gone(self, owner: str, judge: OwnerJudge) -> bool:
         reg = self.owners.registration(owner)
         return reg is None or judge.why_gone(reg) is not None
 

@@ -73,7 +73,7 @@ from .enqueue import Publisher
 from .finishing import Finishing
 from ..store.quarantine import Quarantine
 from ..store.store import Store
-from .handoff import Moved, Takes
+from .handoff import Moved, Handoff
 from ..reading.views import Views
 
 
@@ -113,7 +113,7 @@ class Transitions:
         self.quarantine = quarantine
         self.views = views
         self.publisher = publisher
-        self.takes = Takes(store)
+        self.takes = Handoff(store)
 
     # ---- adopt ---------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ class Counts:
 
 
 @dataclass
-class Census:
+class CountsByQueue:
     """Jobs per state in total (`workers` and quarantined files too) and per queue (a quarantined
     file is of no queue), and when each queue's oldest ready job became ready."""
 
@@ -44,7 +44,7 @@ class Census:
     no_queue: Counts = field(default_factory=Counts)
 
 
-class Counter:
+class JobCounter:
     def __init__(self, store: Store, owners: Owners):
         self.store = store
         self.layout = store.layout
@@ -77,7 +77,7 @@ class Counter:
         c.workers = len(self.owners.workers(role="worker"))
         return c
 
-    def census(self, now: float | None = None) -> Census:
+    def census(self, now: float | None = None) -> CountsByQueue:
         """Every job counted once, in total and per queue, with each queue's oldest ready job, from
         one listing of each directory (what the dashboard and metrics show at each refresh)."""
         now = self.store.now(now)
@@ -103,9 +103,9 @@ class Counter:
         mtime, under None (its queue is known once adopted)."""
         return self._pending_census(self.store.now(now)).ready_since
 
-    def _pending_census(self, now: float) -> Census:
+    def _pending_census(self, now: float) -> CountsByQueue:
         now_ms = int(now * 1000)
-        census = Census(Counts(), {}, {})
+        census = CountsByQueue(Counts(), {}, {})
         totals, queues, ready = census.totals, census.queues, census.ready_since
         for entry in self.store.shards.entries():
             parsed = layout.parse_pending(entry)
@@ -195,7 +195,7 @@ class _Tally:
     queues: dict[str, int] = field(default_factory=dict)
     queue_of: dict[str, str | None] = field(default_factory=dict)  # "<inode>:<path>" of a job file -> its queue
 
-    def add_to(self, census: Census, state: str) -> _Tally:
+    def add_to(self, census: CountsByQueue, state: str) -> _Tally:
         setattr(census.totals, state, getattr(census.totals, state) + self.jobs)
         census.totals.quarantined += self.quarantined
         for queue, n in self.queues.items():

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from ..format.states import FINISHED, State
 from ..format import durations, job
-from ..store.attempts_log import Fact
+from ..store.attempts_log import FinishedAttempt
 
 MAX_WINDOW = 366 * 86400.0
 
@@ -39,7 +39,7 @@ class Figures:
     wait: list[float] = field(default_factory=list)
     oldest_ready_since: float | None = None  # when the longest-waiting ready job became ready
 
-    def add(self, fact: Fact) -> None:
+    def add(self, fact: FinishedAttempt) -> None:
         if fact.outcome == State.DONE:
             self.done += 1
         elif fact.outcome == "lost":
@@ -95,14 +95,14 @@ class Series:
     finished: list[int]
     failed: list[int]
 
-    def add(self, fact: Fact) -> None:
+    def add(self, fact: FinishedAttempt) -> None:
         i = int((fact.finished - self.start) // self.bucket_seconds)
         if 0 <= i < len(self.finished):
             self.finished[i] += fact.outcome in FINISHED
             self.failed[i] += fact.outcome in ("retry", State.DEAD)
 
     @staticmethod
-    def over(facts: Iterable[Fact], since: float, until: float, buckets: int) -> Series:
+    def over(facts: Iterable[FinishedAttempt], since: float, until: float, buckets: int) -> Series:
         series = Series(since, (until - since) / buckets, [0] * buckets, [0] * buckets)
         for fact in facts:
             series.add(fact)
@@ -132,7 +132,7 @@ class Stats:
                 "series": self.series.to_dict()}
 
 
-def collect(facts: Iterable[Fact], ready_since: dict[str | None, float], *, since: float, until: float,
+def collect(facts: Iterable[FinishedAttempt], ready_since: dict[str | None, float], *, since: float, until: float,
             queue: str | None = None, buckets: int = 60) -> Stats:
     """Figures over [since, until) from `facts` (those of the window), and the oldest ready job
     per queue (`ready_since`: queue -> when it became ready; None: a dropped file, queue unknown
@@ -166,7 +166,7 @@ class Recent:
 
         self.horizon = horizon
         self.tail = Tail(since=now - horizon)
-        self.facts: list[Fact] = []
+        self.facts: list[FinishedAttempt] = []
 
     def update(self, directory: str, now: float) -> None:
         self.facts += self.tail.new(directory)
@@ -174,7 +174,7 @@ class Recent:
         if self.facts and min(self.facts[0].finished, self.facts[-1].finished) < cutoff:
             self.facts = [f for f in self.facts if f.finished >= cutoff]
 
-    def between(self, since: float, until: float) -> Iterable[Fact]:
+    def between(self, since: float, until: float) -> Iterable[FinishedAttempt]:
         return (f for f in self.facts if since <= f.finished < until)
 
 

@@ -11,7 +11,7 @@ from ..format.states import FINISHED, State
 from ..format import job, layout
 from ..store import output, shards
 from ..system import fsio
-from .counts import Census, Counter, Counts
+from .counts import CountsByQueue, JobCounter, Counts
 from ..format.errors import InvalidJob, JobNotFound
 from ..format.job import Job
 from ..store.owners import Owners
@@ -87,7 +87,7 @@ class Views:
         self.layout = store.layout
         self.owners = owners
         self.quarantine = quarantine
-        self.counter = Counter(store, owners)
+        self.counter = JobCounter(store, owners)
 
     # ---- one job -------------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ class Views:
     def queue_counts(self, now: float | None = None) -> dict[str, Counts]:
         return self.counter.census(now).queues
 
-    def census(self, now: float | None = None) -> Census:
+    def census(self, now: float | None = None) -> CountsByQueue:
         return self.counter.census(now)
 
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:

@@ -66,13 +66,13 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
 
 
 def fact(claimed: Claimed, outcome: runner.Outcome, moved: Moved | None, host: str, owner: str,
-         claimed_at: float, finished_at: float) -> attempts_log.Fact:
+         claimed_at: float, finished_at: float) -> attempts_log.FinishedAttempt:
     """The attempts log's line for one recorded attempt (`moved`: where it left the job; None:
     the worker lost it)."""
     job = claimed.job
     ready = max(job.run_at or 0.0, job.updated_at or job.created_at)  # enqueued, due, or out of backoff
     where = "lost" if moved is None else {State.PENDING: "retry"}.get(moved.state, moved.state)
-    return attempts_log.Fact(job.id, job.queue, job.running_attempt, host, owner, min(ready, claimed_at), claimed_at,
+    return attempts_log.FinishedAttempt(job.id, job.queue, job.running_attempt, host, owner, min(ready, claimed_at), claimed_at,
                        max(claimed_at, finished_at - outcome.seconds), finished_at, where, outcome.exit_code,
                        outcome.error, outcome.output_bytes)
 

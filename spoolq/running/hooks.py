@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..format.states import State
 from ..system import fsio
-from ..store.attempts_log import Fact
+from ..store.attempts_log import FinishedAttempt
 from ..spool import Spool
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ class Hooks:
         self.log = log
         self.running: list[threading.Thread] = []
 
-    def after(self, fact: Fact, state: str) -> None:
+    def after(self, fact: FinishedAttempt, state: str) -> None:
         """Start the hook for this outcome, if one is set (`state`: where the job is now)."""
         setting = SETTING.get(fact.outcome)
         command = getattr(self.spool.config, setting) if setting else ""

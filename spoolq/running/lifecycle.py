@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from ..spool import Spool
-from ..store.owners import Since
+from ..store.owners import StartedAt
 from ..system import mounts, watch
 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running jobs (their attempts count)
@@ -84,7 +84,7 @@ class Stops:
     third kills them), or by `worker stop` (from any host: a request in the spool; --now kills
     the running jobs too)."""
 
-    def __init__(self, spool: Spool, since: Since, poke: Callable[[], None], log: Callable[[str], None]):
+    def __init__(self, spool: Spool, since: StartedAt, poke: Callable[[], None], log: Callable[[str], None]):
         self.spool = spool
         self.since = since  # when the worker's command began: a stop request from then on is for it
         self.poke = poke  # wakes the worker's loop

@@ -13,7 +13,7 @@ import time
 from typing import Callable
 
 from ..format.states import State
-from ..store.attempts_log import Fact
+from ..store.attempts_log import FinishedAttempt
 from ..format.job import iso
 
 FORMATS = ("text", "json")
@@ -76,7 +76,7 @@ class JobLines:
         else:
             write_line(f"{iso(time.time())} worker {worker}: job {job_id} attempt {attempt} claimed")
 
-    def finished(self, fact: Fact) -> None:
+    def finished(self, fact: FinishedAttempt) -> None:
         if not self._writable():
             return
         if self.json:
@@ -114,7 +114,7 @@ class Tally:
     """What a burst did, from the attempts its workers logged: jobs run, how many ended done, and
     the attempts that failed (a worker killed mid-burst still counts: its lines were written)."""
 
-    def __init__(self, facts: list[Fact]):
+    def __init__(self, facts: list[FinishedAttempt]):
         self.jobs = len({f.id for f in facts})
         self.ok = sum(f.outcome == State.DONE for f in facts)
         self.failed = sum(f.outcome in ("retry", State.DEAD) for f in facts)

@@ -56,7 +56,7 @@ class Totals:
         for fact in self.tail.new(directory):
             self._add(fact)
 
-    def _add(self, fact: attempts_log.Fact) -> None:
+    def _add(self, fact: attempts_log.FinishedAttempt) -> None:
         self.attempts[(fact.queue, fact.outcome)] += 1
         if fact.outcome != "lost":
             self.run[fact.queue].observe(fact.run_seconds)

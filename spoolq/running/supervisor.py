@@ -14,7 +14,7 @@ from ..store import attempts_log
 from ..system import fsio, liveness
 from ..format.errors import SpoolError
 from ..store.judge import beat_interval
-from ..store.owners import Since
+from ..store.owners import StartedAt
 from ..pending.listing import SharedListing
 from ..spool import Spool
 from .lifecycle import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart
@@ -35,7 +35,7 @@ class Child:
 
 class Supervisor:
     def __init__(self, spool: Spool, count: int, *, burst: bool = False,
-                 log: Callable[[str], None] = text_log, since: Since | None = None,
+                 log: Callable[[str], None] = text_log, since: StartedAt | None = None,
                  allow_unsafe_fs: bool = False, queues: frozenset[str] | None = None,
                  job_lines: JobLines | None = None, slots: int = 1):
         self.spool = spool
@@ -284,7 +284,7 @@ def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
     return None
 
 
-def detach(spool: Spool, count: int, *, burst: bool, since: Since | None, allow_unsafe_fs: bool = False,
+def detach(spool: Spool, count: int, *, burst: bool, since: StartedAt | None, allow_unsafe_fs: bool = False,
            queues: frozenset[str] | None = None, log: Callable[[str], None] = text_log, slots: int = 1) -> int:
     """Start a supervisor in the background, its output appended to log/worker-<host>.log.
     Returns the supervisor's pid once it is forked; the caller waits for its workers."""

@@ -22,7 +22,7 @@ from ..pending.rescans import Rescans
 from ..pending.listing import SharedListing
 from .heartbeat import Heartbeat
 from .slot_threads import After, SlotThreads
-from ..store.owners import Since
+from ..store.owners import StartedAt
 from ..spool import Spool
 from ..store.store import io_message
 from ..moves.handoff import Moved
@@ -43,7 +43,7 @@ def _due_later(pending_entry: str) -> bool:
 
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
-                 supervisor: int | None = None, since: Since | None = None, allow_unsafe_fs: bool = False,
+                 supervisor: int | None = None, since: StartedAt | None = None, allow_unsafe_fs: bool = False,
                  shared: SharedListing | None = None, queues: frozenset[str] | None = None,
                  job_lines: JobLines | None = None, slots: int = 1):
         self.spool = spool
@@ -323,7 +323,7 @@ class Worker:
         fact = attempt.fact(claimed, outcome, moved, self.host, self.owner, claimed_at, finished_at)
         return lambda: self._finished(fact, moved, slot)
 
-    def _finished(self, fact: attempts_log.Fact, moved: Moved | None, slot: str | None) -> None:
+    def _finished(self, fact: attempts_log.FinishedAttempt, moved: Moved | None, slot: str | None) -> None:
         """In the worker's thread, once an attempt is recorded (`moved`: where the job went)."""
         self.admission.give_back(slot)  # once the job has moved on
         if self.events is not None:

@@ -36,7 +36,7 @@ SUFFIX = ".jsonl"
 OUTCOMES = (State.DONE, "retry", State.DEAD, "lost")  # where the attempt left its job ("lost": taken over)
 
 
-class Fact(NamedTuple):
+class FinishedAttempt(NamedTuple):
     """One finished attempt, as the attempts log holds it (times in epoch seconds). A NamedTuple:
     `stats --since 1d` makes one per attempt of the day, and a frozen dataclass costs 3 x as much."""
 
@@ -79,11 +79,11 @@ _TIME = (int, float)
 _FINITE = float(2 ** 62)  # no time or count of this log is near it; inf and nan fail the test
 
 
-def parse_line(line: bytes) -> Fact | None:
+def parse_line(line: bytes) -> FinishedAttempt | None:
     """The fact on one line, or None if the line is torn, hand-made garbage or of another shape."""
     try:
         d = _decode(line.decode())
-        fact = Fact(d["id"], _intern(d["queue"]), d["attempt"], _intern(d["host"]), _intern(d["worker"]), d["ready"],
+        fact = FinishedAttempt(d["id"], _intern(d["queue"]), d["attempt"], _intern(d["host"]), _intern(d["worker"]), d["ready"],
                     d["claimed"], d["started"], d["finished"], _OUTCOME.get(d["outcome"]), d.get("exit_code"),
                     d.get("error"), d.get("output_bytes", 0))
     except (ValueError, TypeError, KeyError, RecursionError):
@@ -96,7 +96,7 @@ def _intern(value: object) -> object:
     return sys.intern(value) if type(value) is str else value
 
 
-def _well_typed(f: Fact) -> bool:
+def _well_typed(f: FinishedAttempt) -> bool:
     """Exact types (a bool is not a number here), finite times, a known outcome, an id and a queue
     as a job's, printable host and worker, and no text that cannot be written out again (a lone
     surrogate, which JSON can spell): whatever a group member wrote is shown on terminals."""
@@ -148,7 +148,7 @@ class EventLog:
         self.part = 0
         self.torn = False  # the last write failed: it may have left part of a line
 
-    def record(self, fact: Fact) -> None:
+    def record(self, fact: FinishedAttempt) -> None:
         line = fact.to_line()
         if self.torn:
             line = b"\n" + line  # ends what a failed write may have left of a line: readers skip it
@@ -216,7 +216,7 @@ def files(directory: str) -> list[tuple[str, os.stat_result]]:
     return out
 
 
-def read(directory: str, since: float = 0.0, until: float = math.inf) -> Iterator[Fact]:
+def read(directory: str, since: float = 0.0, until: float = math.inf) -> Iterator[FinishedAttempt]:
     """Every attempt that finished in [since, until), from the files written since `since`."""
     for name, st in files(directory):
         if st.st_mtime < since - 1:  # a second's slack: the file system's clock against the worker's
@@ -234,8 +234,8 @@ class Tail:
         self.since = since  # files not written since are skipped on the first look
         self.read_to: dict[str, tuple[int, int]] = {}  # file name -> (inode, offset read to)
 
-    def new(self, directory: str) -> list[Fact]:
-        out: list[Fact] = []
+    def new(self, directory: str) -> list[FinishedAttempt]:
+        out: list[FinishedAttempt] = []
         for name, st in files(directory):
             inode, offset = self.read_to.get(name, (st.st_ino, 0))
             if inode != st.st_ino or st.st_size < offset:
@@ -251,7 +251,7 @@ class Tail:
         return out
 
 
-def read_file(path: str, offset: int = 0) -> Iterator[Fact]:
+def read_file(path: str, offset: int = 0) -> Iterator[FinishedAttempt]:
     """The facts in one log file from `offset` (whole lines only)."""
     for line, _end in lines(path, offset):
         fact = parse_line(line)

@@ -32,7 +32,7 @@ def beat_interval(lease: float) -> float:
     return max(0.2, min(lease / 4, 5.0))
 
 
-class Judge:
+class OwnerJudge:
     """Says why an owner is gone, None while it lives. On this machine its pid decides: a dead
     pid means gone at once, and a live one is never lease-expired (a busy or stopped worker is
     still there, and would run its job twice). On any other host no heartbeat within the lease

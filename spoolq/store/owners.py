@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from ..format import job, layout
 from ..system import fsio, liveness
 from ..format.errors import SpoolError
-from .judge import Judge, Registration, beat_interval
+from .judge import OwnerJudge, Registration, beat_interval
 from .store import Store
 
 
@@ -44,7 +44,7 @@ FS_TICK = 0.011  # and of the file system's clock, measured against ours (plus w
 MAX_REGISTRATION_BYTES = 256 * 1024  # a worker's, with shares.MAX_QUEUES queues named: about 70 KB
 
 
-class Since(NamedTuple):
+class StartedAt(NamedTuple):
     """When a worker's command began: on this host's clock, and on the spool file system's (what
     a stop request from another host, whose clock may be off, is compared with)."""
 
@@ -61,7 +61,7 @@ class StopRequest(NamedTuple):
     host: str | None
     kill_jobs: bool
 
-    def stops(self, since: Since) -> bool:
+    def stops(self, since: StartedAt) -> bool:
         """Is this a request for a worker whose command began at `since`? One asked for no
         earlier: start times are known to a clock tick (10 ms), and a tie stops it (`worker
         start & worker stop`, typed together, means stop). A request from this host is judged on
@@ -92,8 +92,8 @@ class Owners:
         self.layout = store.layout
         self._stop_cache: tuple[tuple[int, int, int, int], StopRequest] | None = None
 
-    def judge(self, lease: float | None = None) -> Judge:
-        return Judge(self.store, self.store.config.lease_timeout if lease is None else lease)
+    def judge(self, lease: float | None = None) -> OwnerJudge:
+        return OwnerJudge(self.store, self.store.config.lease_timeout if lease is None else lease)
 
     # ---- registration and heartbeat ------------------------------------------------------
 
@@ -280,7 +280,7 @@ class Owners:
         for owner, _ in self.stale_registrations():
             fsio.unlink_quietly(self.layout.worker_file(owner))
 
-    def why_creator_gone(self, creator: layout.Creator, judge: Judge | None = None) -> str | None:
+    def why_creator_gone(self, creator: layout.Creator, judge: OwnerJudge | None = None) -> str | None:
         """Is the process that made a temp file or a marker gone? A worker's registration (and
         lease) speaks for it; any other process can be judged only on its own machine."""
         judge = judge or self.judge()
@@ -293,9 +293,9 @@ class Owners:
 
     # ---- stop requests -------------------------------------------------------------------
 
-    def since(self, local: float) -> Since:
+    def since(self, local: float) -> StartedAt:
         """`local` (this host's clock) with its equivalent on the file system's clock."""
-        return Since(local, local + self.store.fs_clock() - time.time())
+        return StartedAt(local, local + self.store.fs_clock() - time.time())
 
     def stop_request(self) -> StopRequest | None:
         """The stop request in control/stop, if any: "stop|now <time> <token> <host> <fs time>";
@@ -349,7 +349,7 @@ class Owners:
         finally:
             os.close(fd)
 
-    def stop_requested(self, since: Since) -> StopRequest | None:
+    def stop_requested(self, since: StartedAt) -> StopRequest | None:
         """The stop request that concerns a worker whose command began at `since`, if any."""
         request = self.stop_request()
         return request if request is not None and request.stops(since) else None

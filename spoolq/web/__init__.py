@@ -30,7 +30,7 @@ from ..spool import Spool
 from ..reading.stats import human_seconds
 from . import access, actions, bulk, charts
 from .access import Bound
-from .board import Board, Filter
+from .board import DashboardState, Filter
 
 LOG_CHUNK = 256 * 1024
 
@@ -39,7 +39,7 @@ def create_app(spool: Spool, *, read_only: bool = False, token: str | None = Non
                bound: Bound = Bound("127.0.0.1", "127.0.0.1", 8765)) -> Flask:
     app = Flask(__name__)
     app.secret_key = secrets.token_bytes(32)  # this process's: its CSRF tokens and sessions
-    board = Board(spool, read_only=read_only)
+    board = DashboardState(spool, read_only=read_only)
     app.extensions["spoolq"] = board
     access.guard(app, token, bound)
     _pages(app, board)
@@ -49,7 +49,7 @@ def create_app(spool: Spool, *, read_only: bool = False, token: str | None = Non
     return app
 
 
-def _pages(app: Flask, board: Board) -> None:
+def _pages(app: Flask, board: DashboardState) -> None:
     """Every page, and its JSON twin under /api/."""
     spool = board.spool
 
@@ -115,7 +115,7 @@ OUR_WORDS = {404: "no such page here (the overview is /)",
              405: "this address does not take that method (actions are POSTs from the pages' buttons)"}
 
 
-def _api(app: Flask, board: Board) -> None:
+def _api(app: Flask, board: DashboardState) -> None:
     """The pages' JSON twins, and /metrics (the same exposition as `spoolq metrics`)."""
 
     @app.get("/api/overview")

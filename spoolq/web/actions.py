@@ -15,7 +15,7 @@ from ..format.job import valid_id, valid_queue
 from ..running.schedules import check_name
 from ..spool import Spool
 from . import bulk
-from .board import Board, Filter, Walk
+from .board import DashboardState, Filter, Walk
 
 
 def routes(app: Flask) -> None:
@@ -24,8 +24,8 @@ def routes(app: Flask) -> None:
         app.add_url_rule(rule, view_func=view, methods=["POST"])
 
 
-def _board() -> Board:
-    board: Board = current_app.extensions["spoolq"]
+def _board() -> DashboardState:
+    board: DashboardState = current_app.extensions["spoolq"]
     check_post(board)
     return board
 
@@ -96,7 +96,7 @@ def resume() -> Response:
     return redirect(url_for("overview"), 303)
 
 
-def check_post(board: Board) -> None:
+def check_post(board: DashboardState) -> None:
     if board.read_only:
         abort(403, "this dashboard is read-only (--read-only)")
     given = request.form.get("csrf", "")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..reading.counts import Census
+from ..reading.counts import CountsByQueue
 from ..spool import Spool
 from ..format.states import State
 
@@ -21,7 +21,7 @@ def _line(text: str, state: str, queue: str = "") -> dict[str, str]:
     return {"text": text, "state": state, "queue": queue}
 
 
-def found(spool: Spool, census: Census, workers: list[dict[str, Any]], paused: frozenset[str]) -> list[dict[str, str]]:
+def found(spool: Spool, census: CountsByQueue, workers: list[dict[str, Any]], paused: frozenset[str]) -> list[dict[str, str]]:
     """Every reason progress is blocked now, most sweeping first."""
     ready = {q: c.pending for q, c in census.queues.items() if c.pending}
     total = census.totals.pending

@@ -93,7 +93,7 @@ class Walk:
         return self.scanned >= SEARCH_LIMIT
 
 
-class Board:
+class DashboardState:
     """What the dashboard holds between requests: the spool and the caches of what it read."""
 
     def __init__(self, spool: Spool, *, read_only: bool):
