@@ -6,6 +6,7 @@ source "$(dirname "$0")/_env.sh"
 cd "$ROOT"
 if [ "${1:-}" = "--quick" ]; then
     shift
+    export SPOOLQ_QUICK=1   # property tests run a quarter of their examples (tests/conftest.py)
     exec python -m pytest -p no:cacheprovider -q -rs -m "not sweep and not rig and not browser and not slow" -n 2 "$@"
 fi
 # Everything, in two passes: what may run beside itself on two cores, then what cannot share the

@@ -22,6 +22,13 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+# The quick tier (scripts/test.sh --quick) runs every property with a quarter of its examples.
+QUICK = os.environ.get("SPOOLQ_QUICK") == "1"
+
+
+def examples(n: int) -> int:
+    """How many examples a property test with `n` of them runs in this tier."""
+    return max(10, n // 4) if QUICK else n
 
 from spoolq import Spool
 from spoolq.cli import main

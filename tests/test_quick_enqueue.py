@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from spoolq.format import job, json_codec, layout
 
 # Python's modules a plain enqueue never loads: each costs a share of `python -c pass` that the
@@ -99,7 +100,7 @@ def outcome(call, *args, **kw):
         return type(e).__name__, str(e)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(json_values, st.booleans(), st.booleans(), st.booleans())
 def test_dumps_writes_what_json_dumps_writes(value, ensure_ascii, allow_nan, compact):
     separators = (",", ":") if compact else (", ", ": ")
@@ -130,7 +131,7 @@ TEXTS = ["", " ", "{}", " {\"a\": [1, 2.5e3, -0, true, false, null]} \n", "[1,",
          "\t\r\n[1]\r", "[1]\x0c", "\"\\u00e9\"", "12345678901234567890123", "{\"a\":1,\"a\":2}"]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.one_of(st.sampled_from(TEXTS), st.text(max_size=30), json_values.map(json.dumps),
                  json_values.map(lambda v: " " + json.dumps(v, indent=1) + "\n ")))
 def test_loads_reads_what_json_loads_reads(text):
@@ -155,7 +156,7 @@ names = st.one_of(st.text(max_size=140), st.text(alphabet=job.NAME_CHARS + "é/ 
                                    "K", "a-b_c.d", "a b", "é", "٣"]))
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=examples(600), deadline=None)
 @given(names)
 def test_ids_and_queues_are_accepted_as_the_regular_expressions_accepted_them(name):
     for check, longest in ((job.valid_id, 128), (job.valid_queue, 64)):

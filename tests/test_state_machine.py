@@ -21,6 +21,7 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import examples
 from spoolq import LostOwnership, NotRetryable, Spool
 from spoolq.format import layout as L
 
@@ -238,7 +239,7 @@ class Lifecycle(RuleBasedStateMachine):
         assert os.listdir(self.spool.layout.tmp) == []
 
 
-Lifecycle.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+Lifecycle.TestCase.settings = settings(max_examples=examples(100), stateful_step_count=40, deadline=None)
 test_lifecycle = Lifecycle.TestCase
 
 
