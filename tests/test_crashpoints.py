@@ -236,6 +236,17 @@ def test_a_worker_killed_while_recording_a_failure_loses_nothing(tmp_path, kind)
     sweep(tmp_path, kind, _failing_once, lambda root: [*WORKER, root], _every_failed_job_retried_once)
 
 
+# A worker of three slots: the jobs run at once, each recorded by its slot's thread, and one
+# `.pgroup` line a slot (attempt.py); a kill anywhere costs each running job one attempt at most.
+SLOTTED_WORKER = [*WORKER[:2], WORKER[2].replace("burst=True", "burst=True, slots=3")]
+
+
+@pytest.mark.parametrize("kind", ["rename", "unlink", "write", "fsync"])
+def test_a_worker_of_many_slots_killed_at_any_point_loses_nothing(tmp_path, kind):
+    swept = sweep(tmp_path, kind, _failing_once, lambda root: [*SLOTTED_WORKER, root], _every_failed_job_retried_once)
+    assert swept > 0, swept  # the worker made calls of this kind: kill points were reached
+
+
 # ---- recovery of a dead worker's jobs ----------------------------------------------------------
 
 
