@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
-# The quick tier (scripts/test.sh --quick) runs every property with a quarter of its examples.
+# The quick tier (scripts/test.sh --quick) runs every property with a quarter of its examples:
+# a test that sets its own number gives it through examples(), which a profile cannot override.
 QUICK = os.environ.get("SPOOLQ_QUICK") == "1"
 
 

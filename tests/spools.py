@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import spoolq
+from conftest import process_state, spoolq
 from spoolq import Spool
 
 
@@ -69,9 +69,4 @@ def plant(spool: Spool, name: str, data: bytes) -> str:
 
 def pid_gone(pid: int) -> bool:
     """No such process, or only its zombie is left (PID 1 of a container may never reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rfind(b")") + 2:][:1] in (b"Z", b"X")
+    return process_state(pid) in (None, "Z", "X")

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import SPOOLQ
+from conftest import SPOOLQ, examples
 from spoolq import ConfigError, Spool
 from spoolq.format import durations
 from spoolq.cli import main
@@ -350,7 +350,7 @@ def test_bad_input_on_a_live_spool_changes_nothing(cli, spool):
     assert snapshot(spool.root) == before
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(max_size=40) | st.builds(lambda d: json.dumps(d), st.dictionaries(
     st.sampled_from(["command", "id", "priority", "max_retries", "timeout", "delay", "run_at", "env", "cwd", "x"]),
     st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=10)

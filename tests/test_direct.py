@@ -6,6 +6,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from conftest import examples
 from spoolq.system import direct_exec, runner
 
 pytestmark = pytest.mark.skipif(not direct_exec.shell_is_dash(), reason="the direct path is held to dash's behaviour")
@@ -72,7 +73,7 @@ def command_lines(draw):
     return line if draw(st.booleans()) else line.rstrip(" \t")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command_lines())
 @pytest.mark.slow
 def test_a_command_behaves_as_under_sh_c(rig, command):

@@ -12,6 +12,7 @@ import string
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from conftest import examples
 from spoolq import InvalidJob, Spool
 from spoolq.format import job as job_mod
 from spoolq.format import layout as L
@@ -71,7 +72,7 @@ def job_specs(draw) -> dict:
 # ---- the JSON form ---------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(job_specs())
 def test_json_round_trip(spec):
     job = from_dict(spec, now=NOW, default_max_retries=3, seq=123)
@@ -99,7 +100,7 @@ def test_json_round_trip(spec):
     assert obj["max_retries"] == spec.get("max_retries", 3)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(job_specs())
 def test_stored_times_are_iso_8601_utc(spec):
     obj = json.loads(from_dict({"id": "j", **spec}, now=NOW, default_max_retries=3).to_json())
@@ -136,7 +137,7 @@ def _oracle(s: object) -> bool:
             and not s.startswith("."))
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.text(ID_CHARS + "/\\ \n\t\x00+~@:*é", max_size=140) | job_ids)
 def test_id_grammar(candidate):
     assert job_mod.valid_id(candidate) == _oracle(candidate)
@@ -281,7 +282,7 @@ json_texts = st.recursive(
     max_leaves=8).map(json.dumps)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.tuples(st.sampled_from(["", " ", "\ufeff"]), st.text(max_size=40) | json_texts).map("".join))
 def test_job_text_is_read_as_json_loads_reads_it(text):
     """The decoder made once answers as json.loads does: the same object, or the same refusal."""
@@ -303,7 +304,7 @@ def test_oversized_object_is_refused():
         parse_json_object(b'{"command": "x", "pad": "' + b"a" * job_mod.MAX_JOB_BYTES + b'"}')
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.dictionaries(st.sampled_from(list(KNOWN) + ["other"]), json_values, max_size=6))
 def test_arbitrary_objects_are_accepted_or_refused_cleanly(obj):
     """Anything decodable from JSON either becomes a job or raises InvalidJob: never another error."""
@@ -317,7 +318,7 @@ def test_arbitrary_objects_are_accepted_or_refused_cleanly(obj):
 # ---- the pending name ------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(job_ids, st.integers(-999_999_999, 999_999_999), st.integers(0, 10**19 - 1),
        st.none() | st.floats(min_value=0.001, max_value=MAX_EPOCH))
 def test_pending_name_round_trip(job_id, priority, seq, due):
@@ -330,7 +331,7 @@ def test_pending_name_round_trip(job_id, priority, seq, due):
     assert len(name.encode()) <= 255
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.integers(-999_999_999, 999_999_999), st.integers(0, 10**19 - 1)),
                 min_size=2, max_size=20, unique_by=lambda t: t[1]))
 def test_ready_names_sort_in_run_order(jobs):
@@ -340,7 +341,7 @@ def test_ready_names_sort_in_run_order(jobs):
     assert sorted(names) == expected
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=job_specs())
 def test_every_accepted_job_can_be_claimed(spec, tmp_path_factory):
     """What enqueue accepts, a worker can read back: never quarantined as malformed."""
@@ -368,7 +369,7 @@ def test_non_json_extra_values_are_refused_by_the_api(tmp_path):
 # ---- the retry policy ------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 2000), st.floats(0, 3600), st.floats(0, 86400 * 30))
 def test_backoff_is_base_to_the_n_capped(n, base, cap):
     try:
@@ -378,7 +379,7 @@ def test_backoff_is_base_to_the_n_capped(n, base, cap):
     assert retry.backoff(n, base, cap) == expected
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 1001), st.integers(0, 1000), st.booleans())
 def test_decide_runs_a_job_at_most_1_plus_max_retries_times(attempts, max_retries, ok):
     d = retry.decide(ok=ok, attempts=attempts, max_retries=max_retries, now=NOW, base=2, cap=60)

@@ -164,7 +164,7 @@ def test_ids_and_queues_are_accepted_as_the_regular_expressions_accepted_them(na
         assert check(name) == before
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(names)
 def test_names_made_safe_as_the_regular_expressions_made_them(text):
     assert layout.safe_host(text) == (re.sub(r"[^A-Za-z0-9_-]", "_", text)[:64] or "host")
@@ -173,7 +173,7 @@ def test_names_made_safe_as_the_regular_expressions_made_them(text):
     assert quarantined.rsplit(".", 1)[0] == "+" + (re.sub(r"[^A-Za-z0-9_.\-]", "_", text)[:80].lstrip(".") or "file")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.one_of(st.floats(), st.integers(), st.booleans(), st.none(), st.text(max_size=3),
                  st.sampled_from([float("inf"), float("-inf"), float("nan"), 1e308, -0.0, 5e-324])))
 def test_a_finite_number_is_judged_as_math_isfinite_judged_it(value):
