@@ -52,9 +52,9 @@ def _with_click() -> int:
 
 
 def _fail(message: str, code: int) -> None:
-    import click
-
-    click.echo(f"Error: {message}", err=True)
+    """Said as click says an error, without loading click on the plain enqueue's path."""
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
     sys.exit(code)
 
 

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 import click
 
 from ..format.errors import InvalidJob, JobExists
-from ..format.job import MAX_JOB_BYTES, parse_json_object
+from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
 from .quick import forget_stdout, unprintable
@@ -91,7 +91,7 @@ def _decode(data: bytes, what: str) -> str:
 # it against FIELDS both ways (every field a caller may set has a flag here or is in JSON_ONLY).
 FIELD_FLAGS = (
     ("id", click.option("--id", "id", help="Job id: 1-128 of A-Z a-z 0-9 . _ - (default: generated).")),
-    ("max_retries", click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")),
+    ("max_retries", click.option("--max-retries", type=Int(0, MAX_RETRIES_LIMIT), help="Retries after the first attempt.")),
     ("priority", click.option("--priority", type=Int(), help="Higher runs first (default 0).")),
     ("timeout", click.option("--timeout", type=Duration(low_open=True),
                              help="How long before the job is killed (90, 10m, 2h).")),

@@ -15,7 +15,6 @@ import sys
 # The options this path knows, each taking a value, and the job field each sets.
 VALUED = {"--cmd": "command", "--queue": "queue", "--id": "id", "--priority": "priority",
           "--max-retries": "max_retries"}
-MAX_RETRIES = 1000  # as the click option's range says
 
 
 class Terminated(BaseException):
@@ -64,6 +63,7 @@ def forget_stdout() -> None:
 
 def plain_enqueue(args: list[str], environ: dict[str, str]) -> tuple[str, dict[str, object]] | None:
     """(spool directory, job fields) of a command line this path takes, else None."""
+    from ..format.job import MAX_RETRIES_LIMIT  # the click option's range too
     spool_dir = environ.get("SPOOLQ_DIR", "./spool")
     if args[:1] == ["--spool"] and len(args) > 1:
         spool_dir, args = args[1], args[2:]
@@ -86,7 +86,7 @@ def plain_enqueue(args: list[str], environ: dict[str, str]) -> tuple[str, dict[s
     for field in ("priority", "max_retries"):
         value = fields.get(field)
         if isinstance(value, str):
-            if not (value.isascii() and value.isdigit()) or (field == "max_retries" and int(value) > MAX_RETRIES):
+            if not (value.isascii() and value.isdigit()) or (field == "max_retries" and int(value) > MAX_RETRIES_LIMIT):
                 return None
             fields[field] = int(value)
     return (spool_dir, fields) if "command" in fields else None

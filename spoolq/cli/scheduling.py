@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ..format.job import parse_json_object
+from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
 from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
@@ -27,7 +27,7 @@ def schedule() -> None:
 @click.option("--tz", default="UTC", show_default=True, help="The time zone the expression is read in.")
 @click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
               help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
-@click.option("--max-retries", type=Int(0, 1000), help="Retries after the first attempt.")
+@click.option("--max-retries", type=Int(0, MAX_RETRIES_LIMIT), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
 @click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
 @click.option("--queue", help="The queue its jobs belong to.", shell_complete=queue_names)

@@ -85,11 +85,7 @@ class AttemptLog:
         try:
             self._finish(status, seconds)
         finally:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass  # a file system out of reach fails the flush; the descriptor is released all the same
-
+            fsio.close_quietly(self.fd)
 
     def _finish(self, status: str, seconds: float) -> None:
         lines = b""
