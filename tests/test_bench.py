@@ -69,3 +69,20 @@ def test_the_pickup_rows_say_both_p90s(compared):
     assert pickups or all(INSTALLED.values())
     for row in pickups:
         assert row["extra"]["p90"] >= row["median"] > 0
+
+
+def test_every_row_set_the_docs_name_is_one_bench_runs():
+    """Each `--only` key a command in docs/performance.md gives is a row set of bench.py (an
+    unknown key is refused, exit 2), and every row set main() measures is a key --only takes."""
+    import re
+
+    bench = open(os.path.join(ROOT, "scripts", "bench.py")).read()
+    keys = set(re.search(r"ROW_KEYS = \(([^)]*)\)", bench).group(1).replace('"', "").replace(" ", "")
+               .replace("\n", "").split(","))
+    assert set(re.findall(r'want\("([a-z]+)"\)', bench)) == keys
+    docs = open(os.path.join(ROOT, "docs", "performance.md")).read()
+    named = {key for arg in re.findall(r"--only ([a-z,]+)", docs) for key in arg.split(",")}
+    assert named and named - {"none"} <= keys, named - keys
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--only", "nosuchrow"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2 and "unknown row key nosuchrow" in r.stderr, r.stderr
