@@ -299,8 +299,7 @@ class Schedules:
         job_id = slot_id(name, slot)
         # RACE: a worker firing this very slot at once marks it and publishes the same id: the
         # publish makes one job of the two (skip_existing), and its settle marks it fired.
-        spec = {**schedule.job, "id": job_id, "schedule": name, "slot": iso(slot)}
-        return Fired(name, slot, job_id, bool(self.spool.enqueue_many([spec], skip_existing=set())))
+        return Fired(name, slot, job_id, self._make(schedule, slot, job_id))
 
     def fire_due(self, now: float, fs_now: float | None = None) -> list[Fired]:
         """Fire every schedule's latest due slot that was not fired yet (the clock is passed in;
@@ -364,10 +363,14 @@ class Schedules:
 
     def _publish(self, schedule: Schedule, slot: float, job_id: str) -> Fired:
         """The slot's job, then its marker says it is published."""
-        spec = {**schedule.job, "id": job_id, "schedule": schedule.name, "slot": iso(slot)}
-        created = bool(self.spool.enqueue_many([spec], skip_existing=set()))
+        created = self._make(schedule, slot, job_id)
         self.fired.settle(schedule.name, slot, job_id)
         return Fired(schedule.name, slot, job_id, created)
+
+    def _make(self, schedule: Schedule, slot: float, job_id: str) -> bool:
+        """Publish the slot's job under `job_id`, unless a job of that id exists: whether it made it."""
+        spec = {**schedule.job, "id": job_id, "schedule": schedule.name, "slot": iso(slot)}
+        return bool(self.spool.enqueue_many([spec], skip_existing=set()))
 
     def _known(self, job_id: str) -> bool:
         """Was a job of this id published (its id marker stays until it is purged)?"""
