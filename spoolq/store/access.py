@@ -128,7 +128,7 @@ class Access:
                     self.publish(self.layout.config, data)
             except FileNotFoundError:
                 pass  # no settings: nothing to write anew
-            trust.give_modes(self.layout, modes.SHARED)
+            trust.give_modes(self.layout, modes.SHARED, inboxes=True)
         except (OSError, ValueError) as e:
             raise SpoolError(f"cannot narrow the modes of the shared spool {self.root}: {e}") from None
 

@@ -18,16 +18,17 @@ from ..format.modes import Modes
 FIRED_SUFFIX = ".fired"  # schedules/<name>.fired/: the slots a schedule fired (fired_slots.py), given modes here
 
 
-def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool = True) -> None:
+def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool | None = None) -> None:
     """Give what spoolq created the spool's modes; anything else under it (the user's own files,
-    a drop-in not yet taken, a quarantined file) is left as it is. Not `inboxes`: all but the
-    inboxes, whose mode says a shared spool's narrowing is done (needs_new_modes)."""
+    a drop-in not yet taken, a quarantined file) is left as it is. `inboxes` False: all but the
+    inboxes; True: the inboxes alone (a shared spool's narrowing does them last: their mode says
+    it is done, needs_new_modes); None: all. The root and config.json every time."""
     from ..format import ours  # a change of modes alone needs it, never one enqueue
 
     _chmod(lay.root, modes.dir)
     _chmod(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
-        if name in layout.INBOXES and not inboxes:
+        if inboxes is not None and (name in layout.INBOXES) != inboxes:
             continue
         directory = lay.dir(name)
         if "/" in name:
