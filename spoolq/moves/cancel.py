@@ -30,7 +30,6 @@ from ..format import layout, modes
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, LostOwnership
 from ..format.job import Job
-from ..store.judge import registered_lease
 from ..store.owners import OwnerDir, Owners
 from ..store.store import Store
 from .dependencies import Dependencies
@@ -109,7 +108,7 @@ class Holder:
         reg = owners.registration(self.owner)
         if reg is not None and reg.record:
             self.host = str(reg.record.get("host", "?"))
-            self.lease_ends = reg.heartbeat + (registered_lease(reg.record) or owners.store.config.lease_timeout)
+            self.lease_ends = reg.lease_ends(owners.store.config.lease_timeout)
 
     def rescued(self, owners: Owners) -> bool:
         """Did a rescuer take its jobs (its directory fenced: ``<rescuer>~<owner>``), rather than

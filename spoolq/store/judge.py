@@ -19,6 +19,11 @@ class Registration(NamedTuple):
     record: dict[str, Any]  # {} when the file is unreadable
     heartbeat: float  # mtime of the registration, on the file system's clock
 
+    def lease_ends(self, lease: float) -> float:
+        """When its lease runs out, on the file system's clock: the lease it was written under,
+        or `lease` if it names none."""
+        return self.heartbeat + (registered_lease(self.record) or lease)
+
 
 def registered_lease(record: dict[str, Any]) -> float | None:
     """The lease a registration was written under (its owner beats under it), if it says one."""
@@ -53,7 +58,7 @@ class OwnerJudge:
                                          boot=record.get("boot"), pidns=record.get("pidns"))
         if self._fs_now is None:
             self._fs_now = self.store.fs_clock()
-        if self._fs_now - reg.heartbeat > (registered_lease(record) or self.lease):
+        if self._fs_now > reg.lease_ends(self.lease):
             return f"no heartbeat from {record.get('host', '?')} for {self._fs_now - reg.heartbeat:.0f}s"
         return None
 
