@@ -287,3 +287,44 @@ def test_group_access_opens_the_spool_to_its_group(spool_dir, run, workers):
             assert mode == 0o640, (path, oct(mode))
     assert modes[f"output/{ok}.log"] == 0o640
 
+
+
+# ---- control/stop: only the owner's entry is a stop request, readable or not --------------------
+
+
+def _stop_entry(spool: Spool, kind: str) -> None:
+    path = spool.layout.stop_file
+    if os.path.lexists(path):
+        os.unlink(path)
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "directory":
+        os.mkdir(path, 0o700)
+    elif kind == "symlink":
+        os.symlink("/etc/hostname", path)
+    else:
+        with open(path, "w") as f:
+            f.write("garbage with no time\n")
+        os.chmod(path, 0o600)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "file"])
+def test_the_owners_own_stop_entry_counts_from_its_mtime_even_when_unreadable(spool, kind):
+    _stop_entry(spool, kind)
+    request = spool.owners.stop_request()
+    assert request is not None and request.at == os.lstat(spool.layout.stop_file).st_mtime
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("kind", ["fifo", "directory", "file"])
+def test_a_stop_entry_another_uid_made_is_no_stop_request_even_when_unreadable(spool, kind):
+    """Only the owner's entry is a request, whatever it is; control/ is the owner's alone today,
+    and the check must not depend on that."""
+    _stop_entry(spool, kind)
+    os.chown(spool.layout.stop_file, STRANGER, STRANGER, follow_symlinks=False)
+    assert spool.owners.stop_request() is None
+
+
+def test_a_symlink_at_control_stop_is_never_followed_nor_a_stop_request(spool):
+    _stop_entry(spool, "symlink")
+    assert spool.owners.stop_request() is None

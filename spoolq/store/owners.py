@@ -90,7 +90,7 @@ class Owners:
     def __init__(self, store: Store):
         self.store = store
         self.layout = store.layout
-        self._stop_cache: tuple[tuple[int, int, int, int], StopRequest] | None = None
+        self._stop_cache: tuple[tuple[int, ...], StopRequest | None] | None = None
 
     def judge(self, lease: float | None = None) -> OwnerJudge:
         return OwnerJudge(self.store, self.store.config.lease_timeout if lease is None else lease)
@@ -300,17 +300,22 @@ class Owners:
     def stop_request(self) -> StopRequest | None:
         """The stop request in control/stop, if any: "stop|now <time> <token> <host> <fs time>";
         "idle" (as init leaves it) is none; a file that names no time (another program's, or one
-        rewritten on a full disk) counts from its mtime. Read again only when the file changes."""
+        rewritten on a full disk) counts from its mtime. Read again only when the file changes.
+        Only an entry the owner (or a trusted uid) made, and no one else can rewrite, is a request:
+        whatever it is (a file, a fifo, a directory, a symlink, never followed)."""
         try:
-            st = os.stat(self.layout.stop_file)
+            st = os.lstat(self.layout.stop_file)
         except OSError:
             return None
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_uid, st.st_mode)
         if self._stop_cache is None or self._stop_cache[0] != stamp:
-            self._stop_cache = (stamp, self._read_stop_request(st.st_mtime))
+            self._stop_cache = (stamp, self._read_stop_request(st))
         return self._stop_cache[1]
 
-    def _read_stop_request(self, mtime: float) -> StopRequest | None:
+    def _read_stop_request(self, entry: os.stat_result) -> StopRequest | None:
+        if self.store.why_not_owners(entry):
+            return None  # made by someone else, or open to them: not the owner's request, even unread
+        mtime = entry.st_mtime
         try:
             data, st = fsio.read_regular(self.layout.stop_file, 256)
             words = [w.decode("ascii", "replace") for w in data.split()]
