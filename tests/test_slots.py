@@ -18,6 +18,7 @@ import pytest
 from conftest import SPOOLQ, stop_gracefully, wait_for
 from test_hosts import LEASE, _last_renewal, _marking, _runs, strict_rig  # noqa: F401 (the rig's fixture)
 from spoolq import Spool
+from spoolq.running import slot_threads
 from spools import pid_gone
 
 
@@ -205,6 +206,45 @@ def test_a_slot_count_that_is_no_count_is_refused(spool_dir, slots):
     assert "Traceback" not in r.stderr
     [error] = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert "Invalid value for '--slots'" in error, r.stderr  # the option is known; the value refused
+
+
+def _start_under_limit(spool_dir: str, slots: int, soft: int, hard: int, tmp_path) -> tuple[subprocess.CompletedProcess, str]:
+    """`worker start --slots N --burst` under `ulimit -n soft` (hard `hard`), its only job
+    writing the soft limit it was started with."""
+    import resource
+    out = tmp_path / "limit"
+    Spool(spool_dir).enqueue({"command": f"sh -c 'ulimit -n > {out}'"})
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--slots", str(slots), "--burst"],
+                       capture_output=True, text=True, timeout=60, preexec_fn=limited)
+    return r, out.read_text().strip() if out.exists() else ""
+
+
+def test_many_slots_raise_the_soft_open_files_limit_to_what_they_need(spool_dir, tmp_path):
+    """`ulimit -n 1024` is many a shell's: 600 slots need more, within the hard limit. The worker
+    raises its soft limit (its jobs inherit it) instead of running out of files at the 340th job."""
+    needed = slot_threads.open_files_needed(600)
+    r, limit = _start_under_limit(spool_dir, 600, 1024, needed + 100, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert limit == str(needed), r.stderr
+
+
+def test_a_soft_limit_already_enough_is_left_as_it_is(spool_dir, tmp_path):
+    r, limit = _start_under_limit(spool_dir, 4, 1024, 4096, tmp_path)
+    assert r.returncode == 0 and limit == "1024", r.stderr
+
+
+def test_slots_beyond_the_hard_open_files_limit_are_refused_in_one_line(spool_dir, tmp_path):
+    needed = slot_threads.open_files_needed(600)
+    r, limit = _start_under_limit(spool_dir, 600, 512, 1024, tmp_path)
+    assert r.returncode == 2 and limit == "", r.stdout + r.stderr  # nothing ran
+    assert "Traceback" not in r.stderr
+    [error] = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert "Invalid value for '--slots'" in error and f"600 slots: about {needed} open files are needed" in error, error
+    assert "at most 1024" in error, error
 
 
 # ---- the lease guard, on a host cut off from the spool (GlusterFS rig) ---------------------------

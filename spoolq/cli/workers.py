@@ -46,6 +46,7 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
         raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {dealing.MAX_QUEUES}",
                                  param_hint="'--queue'")
     log = log_lines.LOGS[log_format]
+    _make_room_for(slots)
     spool = c.create()
     spool.check_filesystem(allow_unsafe=allow_unsafe_fs)  # refused here, in one line, before any fork
     warn_about_queues(spool, queues or ())
@@ -81,6 +82,17 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
             raise CliError(f"the workers did not start; see {spool.worker_log()}")
         time.sleep(0.02)
     raise CliError(f"the workers did not register within 15s; see {spool.worker_log()}")
+
+
+def _make_room_for(slots: int) -> None:
+    """Raise the open-files limit to what `slots` running jobs need, or refuse the option."""
+    from ..running import slot_threads
+    from ..system import open_files
+
+    why_not = open_files.make_room(slot_threads.open_files_needed(slots))
+    if why_not:
+        raise click.BadParameter(f"{slots} slots: {why_not}: raise it, or run fewer slots (and more --count)",
+                                 param_hint="'--slots'")
 
 
 @worker.command("stop")

@@ -13,6 +13,7 @@ from typing import Callable
 from ..spool import Spool
 from ..store.owners import StartedAt
 from ..system import mounts, watch
+from .slot_threads import FILES_A_SLOT
 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running jobs (their attempts count)
 LOOK_EVERY = 0.25  # seconds between looks for a `worker stop --now`, whatever the number of running jobs
@@ -57,7 +58,7 @@ def unless_unreachable(loop: Callable[[], None], log: Callable[[str], None]) -> 
     except OSError as e:
         if e.errno in OUT_OF_FILES:
             log(f"out of open files ({said(e)}; this worker may hold "
-                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, a running job 2): stopping "
+                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, a running job {FILES_A_SLOT}): stopping "
                 "(its supervisor starts another); raise `ulimit -n` or run fewer --slots")
         else:
             log(f"the spool's file system failed: {said(e)}; stopping (its supervisor starts another "
