@@ -287,7 +287,7 @@ def test_requeue_says_which_it_could_not_requeue_and_requeues_the_rest(cli, spoo
 
 def test_purge_by_id_frees_exactly_those_ids(cli, spool):
     for job_id in ("a", "b", "c"):
-        spool.enqueue({"id": job_id, "command": "true"})
+        spool.enqueue({"id": job_id, "command": f"echo {job_id}"})  # output: each has a log
     burst(spool)
     spool.enqueue({"id": "p", "command": "true"})  # pending: purged too, never run
     spool.enqueue({"id": "w", "command": "true", "after": ["p"], "delay": 3600})

@@ -121,7 +121,7 @@ def test_with_group_access_every_created_file_has_the_spools_mode(spool, workers
     try:
         with spool.store.locked("dlq"):  # its file names who holds it
             assert locks.holder(spool.layout.lock("dlq")).pid == os.getpid()
-        job = spool.enqueue({"id": "x", "command": "true"}).id
+        job = spool.enqueue({"id": "x", "command": "echo x"}).id  # output: it has a log
         w = workers(1)
         wait_for(lambda: spool.find(job).state == "done", 10, "the job")
         w.stop()

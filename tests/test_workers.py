@@ -249,8 +249,8 @@ def test_environment_cwd_and_a_command_that_cannot_start(run, spool, workers, tm
 def test_sigkilled_worker_job_is_recovered(spool, workers, tmp_path):
     spool.set_config("backoff_base", 0)
     gc, sh = tmp_path / "gc.pid", tmp_path / "sh.pid"
-    command = (f'if [ "$SPOOLQ_ATTEMPT" = 1 ]; then sleep 30 & echo $! > {gc}.tmp; mv {gc}.tmp {gc}; '
-               f'echo $$ > {sh}.tmp; mv {sh}.tmp {sh}; wait; fi; echo second-run')
+    command = (f'if [ "$SPOOLQ_ATTEMPT" = 1 ]; then echo first-run; sleep 30 & echo $! > {gc}.tmp; mv {gc}.tmp {gc}; '
+               f'echo $$ > {sh}.tmp; mv {sh}.tmp {sh}; wait; fi; echo second-run')  # output: a log from the start
     w = workers(1)
     spool.enqueue({"command": command, "id": "victim", "max_retries": 2})
     wait_for(lambda: gc.exists() and sh.exists(), 10, "the job to start")
@@ -599,6 +599,71 @@ def test_a_queue_name_nothing_has_named_is_warned_about(run, spool):
     assert run("purge").returncode == 0  # the encode job is gone; the attempts log remembers it
     r = run("worker", "start", "--burst", "-q", "--queue", "reports,nightly,encode")
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+
+
+# ---- output logs: made when there is something to put in them ---------------------------------------
+
+
+def test_a_first_attempt_that_succeeds_at_once_and_writes_nothing_leaves_no_log(run, spool):
+    """As cron mails nothing for a silent job: no log file (on ext4 without a journal a new file
+    is a short job's largest cost). `show` still says when, how long and where, from the
+    attempts log; `logs` says there is nothing."""
+    silent = spool.enqueue({"command": "true"}).id
+    said = spool.enqueue({"command": "echo said"}).id
+    run("worker", "start", "--burst", "-q")
+    assert not os.path.exists(spool.output_path(silent))
+    assert open(spool.output_path(said)).read().splitlines()[1] == "said"
+    shown = json.loads(run("show", silent, "--json").stdout)
+    assert shown["state"] == "done" and shown["output"] is None
+    assert shown["started_at"] and shown["duration"] is not None and shown["host"], shown
+    assert abs(parse_iso(shown["started_at"]) - parse_iso(shown["finished_at"])) < 5, shown
+    logs = run("logs", silent)
+    assert logs.returncode == 0 and logs.stdout == "", logs
+    assert f"(no output: job {silent} is done; it wrote nothing)" in logs.stderr
+
+
+def test_a_silent_job_that_runs_on_gets_its_log_while_it_runs(spool, workers, tmp_path):
+    """A silent job running past LOOK_AFTER has its header: `show` says since when and where."""
+    from spoolq.store.output import LOOK_AFTER
+    gate = tmp_path / "go"
+    job = spool.enqueue({"command": f"while [ ! -e {gate} ]; do sleep 0.02; done"}).id
+    workers(1)
+    wait_state(spool, job, "processing")
+    claimed = time.monotonic()
+    wait_for(lambda: os.path.exists(spool.output_path(job)), 5, "its log")
+    assert time.monotonic() - claimed < LOOK_AFTER + 1.5
+    view = spool.find(job).to_dict()
+    assert view["state"] == "processing" and view["started_at"] and view["host"], view
+    gate.touch()
+    wait_state(spool, job, "done")
+    text = open(spool.output_path(job)).read()
+    assert re.fullmatch(r"==> \S+ attempt 1 of 4 on \S+ \(worker \S+\) <==\n==> attempt finished in [0-9.]+s: ok <==\n", text), text
+
+
+def test_a_silent_failure_and_the_retry_after_it_are_both_in_the_log(spool, workers, tmp_path):
+    """A failure always leaves its log; the silent success of the next attempt goes on in it."""
+    spool.set_config("backoff_base", 0)
+    job = spool.enqueue({"command": 'test "$SPOOLQ_ATTEMPT" = 2', "max_retries": 1}).id
+    workers(1)
+    wait_state(spool, job, "done")
+    text = open(spool.output_path(job)).read()
+    assert re.fullmatch(r"==> \S+ attempt 1 of 2 on .*<==\n==> attempt finished in [0-9.]+s: exit status 1 <==\n"
+                        r"==> \S+ attempt 2 of 2 on .*<==\n==> attempt finished in [0-9.]+s: ok <==\n", text), text
+
+
+def test_output_that_cannot_be_kept_is_said_and_the_job_runs_once(spool, workers, tmp_path):
+    """Something else at output/<id>.log (a group member's directory, say): the job runs once
+    and keeps its own result; its output is dropped, and the worker says so in one line."""
+    marks = tmp_path / "ran"
+    os.mkdir(spool.output_path("blocked"))
+    spool.enqueue({"id": "blocked", "command": f"echo said; echo x >> {marks}"})
+    w = workers(1)
+    wait_state(spool, "blocked", "done")
+    assert marks.read_text() == "x\n"
+    wait_for(lambda: "its output could not be kept" in w.output, 5, "the worker to say so")
+    [line] = [x for x in w.output.splitlines() if "its output could not be kept" in x]
+    assert "job blocked attempt 1" in line and "Is a directory" in line, line
+    assert "Traceback" not in w.stop()
 
 
 # ---- hardening: 9. the output cap holds while the job runs ---------------------------------------

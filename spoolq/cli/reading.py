@@ -93,7 +93,10 @@ def logs(c: Context, job_id: str, follow: bool) -> None:
         _follow(c.reading, view.id)
         return
     if _copy_output(c.reading.output_path(view.id), 0) is None:
-        click.echo(f"(no output yet: job {view.id} is {view.state})", err=True)
+        # A first attempt that succeeds at once and writes nothing leaves no log (store/output.py).
+        said = f"(no output: job {view.id} is done; it wrote nothing)" if view.state == State.DONE \
+            else f"(no output yet: job {view.id} is {view.state})"
+        click.echo(said, err=True)
 
 
 def _follow(spool: Spool, job_id: str) -> None:

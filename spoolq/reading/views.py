@@ -174,8 +174,16 @@ class Views:
         if state == State.PENDING:
             state = waiting_state(found, now)
         timing = output.last_attempt(self.layout.output(found.id)) if found.id else output.LastAttempt()
+        if timing.started is None and state == State.DONE and found.id:
+            timing = self._from_attempts_log(found.id, finished_at(st))  # a silent success leaves no log
         return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
                        last_attempt=timing)
+
+    def _from_attempts_log(self, job_id: str, finished: float) -> output.LastAttempt:
+        from ..store import attempts_log  # json and all: only a reader of one done job needs it
+
+        fact = attempts_log.find(self.layout.dir("events"), job_id, finished)
+        return output.LastAttempt() if fact is None else output.LastAttempt(fact.started, round(fact.run_seconds, 3), fact.host)
 
     # ---- many jobs -----------------------------------------------------------------------
 

@@ -27,21 +27,27 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
     env = {**base_env, **job.env, "SPOOLQ_JOB_ID": job.id, "SPOOLQ_ATTEMPT": str(attempt)}
     header = (f"==> {job_record.iso(time.time())} attempt {attempt} of {job.max_retries + 1} "
               f"on {host} (worker {owner}) <==\n")
-    try:
-        log = output.AttemptLog(spool.layout.output(job.id), header, spool.store.modes.file, cfg.max_output_bytes)
-    except OSError as e:  # a full disk: fail this attempt, saying why; the worker goes on
-        return runner.Outcome(False, None, f"cannot write output log: {e.strerror}", 0.0)
+    log = output.AttemptLog(spool.layout.output(job.id), header, spool.store.modes.file, cfg.max_output_bytes)
+    if attempt > 1:
+        log.begin()  # the earlier attempts' log goes on, this one's header after theirs
+
+    def looked_at() -> str | None:
+        log.begin()  # every LOOK_AFTER: a job that runs this long gets its log, silent or not
+        return should_abort()
+
     outcome = runner.Outcome(False, None, "the worker failed while the job ran", 0.0)
     before_spawn = liveness.ticks_now()  # the leader starts after this and before on_spawn
     try:
         outcome = runner.run(job.command, cwd=job.cwd, env=env, timeout=job.timeout or cfg.job_timeout or None,
-                             output=log.write, should_abort=should_abort, keep_children=job.keep_children,
-                             shell=job.shell,
+                             output=log.write, should_abort=looked_at, keep_children=job.keep_children,
+                             shell=job.shell, poll=output.LOOK_AFTER,
                              on_spawn=lambda pid: group.running(pid, before_spawn, slot))
     finally:
         group.running(None, slot=slot)
         log.close("ok" if outcome.ok else str(outcome.error), outcome.seconds)
         outcome.output_bytes = log.received
+        if log.error is not None:
+            outcome.output_lost = f"cannot write output log {log.path}: {log.error.strerror or log.error}"
     return outcome
 
 
@@ -57,6 +63,9 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
     outcome = run(spool, claimed.job, host, claimed.owner, env, group,
                   lambda: CANCELLED if kill.asked() else abort(), slot)
     finished_at = time.time()
+    if outcome.output_lost:
+        log(f"job {claimed.job.id} attempt {claimed.job.running_attempt}: its output could not be kept: "
+            f"{outcome.output_lost}")
     outcome.error = why_stopped(outcome.error, slot) if not outcome.ok else None
     cancelled = outcome.error == CANCELLED and kill.asked()
     moved = record(spool, claimed, outcome, host, log, final=cancelled)  # a cancelled job is never retried

@@ -226,6 +226,64 @@ def read(directory: str, since: float = 0.0, until: float = math.inf) -> Iterato
                 yield fact
 
 
+FIND_SLACK = 5.0  # seconds between a job's move into done/ (the file system's clock) and its line's time
+
+
+def find(directory: str, job_id: str, finished: float) -> FinishedAttempt | None:
+    """The attempt of `job_id` that finished at `finished` (within FIND_SLACK), from the files
+    written since; None if no line tells it (rotated and pruned, lost to a crash, or written on a
+    host whose clock is further off). A file's lines are in the order they were written: each
+    is searched from where its lines reach that time, not read whole."""
+    needle = f'"id":"{job_id}",'.encode()  # an id needs no escaping in JSON
+    found = None
+    for name, st in files(directory):
+        if st.st_mtime < finished - FIND_SLACK:
+            continue
+        path = os.path.join(directory, name)
+        for line, _end in lines(path, _offset_before(path, st.st_size, finished - FIND_SLACK)):
+            at = _finished_of(line)
+            if at is not None and at > finished + FIND_SLACK:
+                break
+            if needle in line:
+                fact = parse_line(line)
+                if fact is not None and fact.id == job_id and abs(fact.finished - finished) <= FIND_SLACK:
+                    found = fact
+    return found
+
+
+def _offset_before(path: str, size: int, t: float) -> int:
+    """An offset in the log file at `path` before every line that finished at `t` or later (its
+    lines' times by bisection, a few reads of a small chunk)."""
+    lo, hi = 0, size
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return 0
+    try:
+        while hi - lo > CHUNK // 16:
+            mid = (lo + hi) // 2
+            chunk = os.pread(fd, MAX_LINE, mid).split(b"\n")
+            at = _finished_of(chunk[1]) if len(chunk) > 2 else None  # chunk[0]: the end of a line
+            if at is None:
+                return lo  # a line it cannot read: search on from the last place known good
+            lo, hi = (mid, hi) if at < t else (lo, mid)
+    except OSError:
+        return 0
+    finally:
+        os.close(fd)
+    return lo
+
+
+def _finished_of(line: bytes) -> float | None:
+    """The "finished" time of one line, read without decoding it all."""
+    start = line.find(b'"finished":')
+    end = line.find(b",", start)
+    try:
+        return float(line[start + 11:end]) if start >= 0 and end > start else None
+    except ValueError:
+        return None
+
+
 class Tail:
     """A long-running reader's place in every log file: `new` gives what was appended since its
     last call (a file is read once, then only from where it stopped)."""

@@ -2,7 +2,13 @@
 an attempt's output into it as it comes, holding it to max_output_bytes while the job runs: the
 first part as written, then only the last part (its last error lines matter most), with a marker
 saying how much was cut between. When the disk fills, the log gives back what it can, so a job's
-output can never stop the spool."""
+output can never stop the spool.
+
+A log is made when an attempt first has something to put in it: output, a failure to record, a
+run long enough (LOOK_AFTER) for someone to look at it, or an earlier attempt's log to go on.
+A first attempt that succeeds at once and writes nothing leaves no log, as cron sends no mail for
+a silent job: a new file is the largest cost of a short job on a disk where making one is dear
+(ext4 without a journal: docs/performance.md), and its times are in the attempts log."""
 
 from __future__ import annotations
 
@@ -16,21 +22,20 @@ from typing import BinaryIO, NamedTuple
 from ..system import fsio
 
 MAX_TAIL = 1024 * 1024  # at most this much of an attempt's last output is held in memory
+LOOK_AFTER = 0.5  # seconds: a silent attempt that runs this long gets its log (its header says it runs)
 
 
 class AttemptLog:
-    """One attempt's part of a job's log: its header line, its output, its footer line."""
+    """One attempt's part of a job's log: its header line, its output, its footer line. Nothing
+    is written until begin() (which the first output calls)."""
 
     def __init__(self, path: str, header: str, mode: int, cap: int):
-        """Open (or create, of `mode`) the job's log and write the header. `cap` bounds the
-        attempt's output (0: no bound). OSError if the log cannot be written at all."""
-        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-        try:
-            fsio.exact_mode(self.fd, mode)
-            self.start = append(self.fd, header.encode())
-        except BaseException:
-            os.close(self.fd)
-            raise
+        """`header` goes first, once the log is begun; `cap` bounds the attempt's output (0: no
+        bound)."""
+        self.path, self.header, self.mode = path, header, mode
+        self.fd: int | None = None
+        self.start = 0
+        self.error: OSError | None = None  # why the log could not be begun: the output is lost
         self.cap = cap
         self.tail_size = min(cap // 2, MAX_TAIL) if cap else 0
         self.head_room = cap - self.tail_size if cap else None
@@ -42,8 +47,29 @@ class AttemptLog:
         self.last_byte = b"\n"
         self.received = 0  # bytes the job wrote, kept or not
 
+    def begin(self) -> None:
+        """Open (or create, of the log's mode) the job's log and write the header, once. A log
+        that cannot be begun is kept as the error, and the attempt's output is dropped (and
+        counted), as once the disk fills: the job runs on, its result its own."""
+        if self.fd is not None or self.error is not None:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, self.mode)
+        except OSError as e:
+            self.error, self.disk_full, self.unreachable = e, True, True
+            return
+        try:
+            fsio.exact_mode(fd, self.mode)
+            self.start = append(fd, self.header.encode())
+        except OSError as e:
+            os.close(fd)
+            self.error, self.disk_full, self.unreachable = e, True, True
+            return
+        self.fd = fd
+
     def write(self, data: bytes) -> None:
         """Take what the job wrote: into the log while there is room, else keep its last part."""
+        self.begin()
         self.received += len(data)
         if self.head_room is None or self.head < self.head_room:
             room = len(data) if self.head_room is None else self.head_room - self.head
@@ -60,6 +86,7 @@ class AttemptLog:
         if self.disk_full or not data:
             self.cut += len(data) if self.disk_full else 0
             return
+        assert self.fd is not None
         try:
             fsio.write_all(self.fd, data)
         except OSError as e:
@@ -78,10 +105,16 @@ class AttemptLog:
     def _give_back_space(self) -> None:
         """The disk is full: keep only the start of this attempt's output, so the spool works on."""
         self.disk_full = True
+        assert self.fd is not None
         os.ftruncate(self.fd, min(os.fstat(self.fd).st_size, self.start + 4096))
 
     def close(self, status: str, seconds: float) -> None:
-        """Write the cut marker and the kept tail, then the footer, and close the log."""
+        """Write the cut marker and the kept tail, then the footer, and close the log. An
+        attempt that succeeded with no log begun (it wrote nothing, soon) leaves none."""
+        if self.fd is None and status != "ok":
+            self.begin()  # a failure is always told where `logs` shows it
+        if self.fd is None:
+            return
         try:
             self._finish(status, seconds)
         finally:
@@ -98,7 +131,7 @@ class AttemptLog:
             self.last_byte = self.tail[-1:]
         note = " (output truncated: the disk is full)" if self.disk_full else ""
         lines += _line(self.last_byte, f"==> attempt finished in {seconds:.3f}s: {status}{note} <==\n")
-        if self.unreachable:
+        if self.unreachable or self.fd is None:
             return
         try:
             fsio.write_all(self.fd, lines)  # O_APPEND: at the end, with no lseek to say where
@@ -157,11 +190,10 @@ def open_log(path: str) -> BinaryIO | None:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory with an error
+        os.close(fd)
         return None
-    return f
+    return os.fdopen(fd, "rb")
 
 
 def read_end(path: str, limit: int) -> tuple[bytes, int] | None:

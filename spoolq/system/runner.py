@@ -34,6 +34,7 @@ class Outcome:
     error: str | None
     seconds: float
     output_bytes: int = 0  # what the job wrote, before any cap (set by attempt.run)
+    output_lost: str | None = None  # why none of it could be kept (set by attempt.run)
 
 
 def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | None,
