@@ -142,6 +142,36 @@ def test_job_lines_go_whole_to_a_log_file_and_are_dropped_by_a_full_pipe(tmp_pat
     assert " job lines dropped: stderr was not read" in said, said[-2000:]
 
 
+class _Stream:
+    """A stderr whose descriptor is `fd`, keeping what is written to it."""
+
+    def __init__(self, fd: int):
+        self.fd, self.written = fd, []
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def write(self, text: str) -> None:
+        self.written.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_job_lines_to_dev_null_are_not_even_made_and_to_a_file_they_are(monkeypatch, tmp_path):
+    from spoolq.running.log_lines import JobLines
+    from spoolq.store.attempts_log import FinishedAttempt
+    fact = FinishedAttempt("j1", "default", 1, "h", "w", 1.0, 1.0, 1.0, 2.0, "done", 0)
+    with open(os.devnull, "w") as null, open(tmp_path / "log", "w") as log:
+        for target, lines in ((null, 0), (log, 2)):
+            stream = _Stream(target.fileno())
+            monkeypatch.setattr("sys.stderr", stream)
+            job_lines = JobLines()
+            job_lines.claimed("w", "j1", 1)
+            job_lines.finished(fact)
+            assert len(stream.written) == lines and job_lines.dropped == 0, (target, stream.written)
+
+
 def test_a_job_started_where_its_worker_was_sees_the_pwd_the_shell_would_show(spool: Spool, tmp_path):
     """PWD that names the job's directory by the very path the worker stepped into is kept with no
     look; reached through a symlink it is still the spelling dash keeps, not the resolved one."""

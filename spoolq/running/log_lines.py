@@ -66,7 +66,7 @@ class JobLines:
     def __init__(self, fmt: str = "text"):
         self.json = fmt == "json"
         self.dropped = 0
-        self._never_full: tuple[object, bool] = (None, False)  # a stderr, and whether it can ever be full
+        self._sink: tuple[object, str] = (None, "")  # a stderr, and what it is: _sink_kind()
 
     def claimed(self, worker: str, job_id: str, attempt: int) -> None:
         if not self._writable():
@@ -91,9 +91,12 @@ class JobLines:
     def _writable(self) -> bool:
         stream = sys.stderr
         try:
-            if self._never_full[0] is not stream:
-                self._never_full = (stream, _never_full(stream.fileno()))
-            ready = self._never_full[1] or bool(select.select([], [stream.fileno()], [], 0)[1])
+            if self._sink[0] is not stream:
+                self._sink = (stream, _sink_kind(stream.fileno()))
+            kind = self._sink[1]
+            if kind == NULL:
+                return False  # nobody reads them: not even made (a line's text is a share of a short job's cost)
+            ready = kind == NEVER_FULL or bool(select.select([], [stream.fileno()], [], 0)[1])
         except (AttributeError, OSError, ValueError):  # no stderr, or one without a descriptor
             ready = False
         self.dropped += not ready
@@ -103,11 +106,17 @@ class JobLines:
         write_line(json.dumps({"time": iso(time.time()), **fields}, ensure_ascii=False))
 
 
-def _never_full(fd: int) -> bool:
-    """Is `fd` a regular file or /dev/null, which select() always finds writable? A line to
-    it needs no look first (a system call a job: a worker's stderr is often a log file)."""
+NULL, NEVER_FULL, MAY_FILL = "null", "never full", "may fill"
+
+
+def _sink_kind(fd: int) -> str:
+    """/dev/null (a line to it is not made at all), a regular file, which select() always finds
+    writable (a line to it needs no look first: a worker's stderr is often a log file), or
+    something that may fill (a pipe: looked at first)."""
     st = os.fstat(fd)
-    return stat.S_ISREG(st.st_mode) or (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3))
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3):
+        return NULL
+    return NEVER_FULL if stat.S_ISREG(st.st_mode) else MAY_FILL
 
 
 class Tally:
