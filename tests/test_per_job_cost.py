@@ -20,11 +20,12 @@ from spoolq.running.heartbeat import Heartbeat, clock
 from spoolq.system import liveness
 
 # System calls a `true` job costs a burst worker whose stderr is a file, run where its jobs were
-# enqueued (its threads, not the job's own process): 62-64 measured (claim, read, output log,
-# spawn, wait, finish, attempts log, job lines); 79 while the lease guard was woken at every
-# job's start and end, each job line looked first whether stderr could take it, the output
-# log's footer asked for its offset, and PWD was compared with the job's directory by two stats.
-CALLS_A_JOB = 68
+# enqueued (its threads, not the job's own process): 54-55 measured (claim, read, spawn, wait,
+# finish, attempts log, job lines); 62-64 while every job made an output log, silent or not
+# (open, lseek, header, footer, close); 79 while the lease guard was woken at every job's start
+# and end, each job line looked first whether stderr could take it, the output log's footer
+# asked for its offset, and PWD was compared with the job's directory by two stats.
+CALLS_A_JOB = 58
 
 
 def _enqueue(spool_dir: str, n: int, tmp_path) -> None:
