@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..format import layout
 from ..store import attempts_log
-from ..system import fsio, liveness
+from ..system import fsio, liveness, locks
 from ..format.errors import SpoolError
 from ..store.judge import beat_interval
 from ..store.owners import StartedAt
@@ -95,6 +95,7 @@ class Supervisor:
         self._heartbeat()
         if self.count > 1:
             self.shared = SharedListing.create()
+            locks.load_before_forking()
         began, began_at = time.monotonic(), time.time()
         try:
             self._recover()

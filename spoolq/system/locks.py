@@ -91,6 +91,12 @@ class Held:
         self._lock.release()
 
 
+def load_before_forking() -> None:
+    """Import filelock now: a process about to fork workers that each take a lock (retention at
+    its start) pays its ~30 ms once, not once a worker."""
+    import filelock  # noqa: F401
+
+
 def owners_only(mode: int) -> int:
     """A lock file's mode: never the group's, even on a shared spool. flock(2) needs only an open
     descriptor, so whoever may read the file may take the lock, and hold it for good."""
