@@ -292,8 +292,9 @@ def in_child(body: Callable[[], None]) -> float:
 
 def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
     """CPU a job beyond a bare spawn of a loop that does only what no worker can leave out: claim
-    by rename, read and parse the job file, a log header and footer, spawn with a pipe and a
-    pidfd, wait, rename into done/, one attempts-log line. It checks and records nothing else
+    by rename, read and parse the job file, spawn with a pipe and a pidfd, wait, rename into
+    done/, one attempts-log line (no output log: a silent job that succeeds at once has none,
+    store/output.py). It checks and records nothing else
     (no fence, finished copy, group record, heartbeat, stop, pause or limits, field checks): what
     spoolq's bookkeeping would have to cost to reach the ceiling. One process, in a spool of n."""
     from spoolq.system import direct_exec
@@ -309,7 +310,7 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
             os.waitpid(os.posix_spawn(program, argv, env, setsid=True), 0)
 
     def stripped() -> None:
-        mine, done, out = (os.path.join(spool_dir, d) for d in ("processing/stripped", "done", "output"))
+        mine, done = (os.path.join(spool_dir, d) for d in ("processing/stripped", "done"))
         os.makedirs(mine)
         pending = os.path.join(spool_dir, "pending")
         attempts_log = os.open(os.path.join(spool_dir, "events", "stripped.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -319,8 +320,6 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
             os.rename(os.path.join(pending, name), path)
             with open(path, "rb") as f:
                 json.loads(f.read())
-            log = os.open(os.path.join(out, f"{job_id}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            os.write(log, b"==> attempt 1 <==\n")
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
             pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write_end, 1),
@@ -332,8 +331,6 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
             os.close(read_end)
             os.waitpid(pid, 0)
             os.close(pidfd)
-            os.write(log, b"==> attempt finished: ok <==\n")
-            os.close(log)
             os.rename(path, os.path.join(done, f"{job_id}.json"))
             os.write(attempts_log, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
 
