@@ -383,6 +383,18 @@ def test_a_token_guards_every_request(spool, dashboard):
     assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 401  # the token is never a cookie
 
 
+def test_no_page_of_a_spool_is_kept_in_a_cache(spool, dashboard):
+    """Pages, the API, /metrics, errors and refusals say no-store (a browser's disk cache, a proxy
+    between); a static file, which holds nothing of the spool, is revalidated instead."""
+    a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    bearer = {"Authorization": "Bearer s3cret"}
+    for path in ("/", "/jobs/dead", "/api/overview", "/metrics", "/no-such-page"):
+        assert d.get(path, bearer)[2]["Cache-Control"] == "no-store", path
+    assert d.get("/", {})[2]["Cache-Control"] == "no-store"  # the refusal too
+    assert d.get("/static/live.js", bearer)[2]["Cache-Control"] != "no-store"
+
+
 @pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])
 def test_a_wrong_token_gets_nothing_that_lets_it_in(spool, dashboard, guess):
     """A failed request's answer carries no cookie: sending back whatever it got is still refused."""

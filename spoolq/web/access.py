@@ -85,7 +85,8 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
     """--token on every request (a session, or Authorization: Bearer for scripts), and the Host
     check: on whenever the dashboard listens on the loopback with no token, so a page elsewhere
     whose name is rebound to it gets nothing. Headers that keep a page from being framed, from
-    running others' scripts and from naming itself to another site (Referer)."""
+    running others' scripts, from naming itself to another site (Referer) and from being kept
+    in a cache."""
     app.config.update(SESSION_COOKIE_NAME=f"spoolq_{bound.port}",  # two dashboards on a host keep theirs
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
@@ -112,6 +113,9 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
                                     "script-src 'self'; frame-ancestors 'none'")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # A page shows a spool's jobs, commands and output: kept in no cache, on disk or between
+        # (static files say their own: revalidated, never secret).
+        response.headers.setdefault("Cache-Control", "no-store")
         return response
 
 
