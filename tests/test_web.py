@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -393,6 +394,33 @@ def test_no_page_of_a_spool_is_kept_in_a_cache(spool, dashboard):
         assert d.get(path, bearer)[2]["Cache-Control"] == "no-store", path
     assert d.get("/", {})[2]["Cache-Control"] == "no-store"  # the refusal too
     assert d.get("/static/live.js", bearer)[2]["Cache-Control"] != "no-store"
+
+
+def test_wrong_tokens_are_answered_one_at_a_time_and_a_right_one_at_once(spool, dashboard):
+    """Guessing: four wrong tokens sent at once (a bearer, a ?token=, a form's POST) are answered
+    WRONG_TOKEN_PAUSE apart, so guesses cannot outrun a few a second however many are sent; a
+    right token sent meanwhile is not kept in their line."""
+    import threading
+    from spoolq.web.access import WRONG_TOKEN_PAUSE
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    wrong = [lambda: d.get("/api/overview", {"Authorization": "Bearer guess1"}),
+             lambda: d.get("/api/overview", {"Authorization": "Bearer guess2"}),
+             lambda: d.get("/?token=guess3"),
+             lambda: (d.post("/login", {"token": "guess4", "next": "/"}),)]
+    statuses: list[int] = []
+    began = time.monotonic()
+    guesses = [threading.Thread(target=lambda ask=ask: statuses.append(ask()[0])) for ask in wrong]
+    for guess in guesses:
+        guess.start()
+    right_began = time.monotonic()
+    assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
+    right_took = time.monotonic() - right_began
+    for guess in guesses:
+        guess.join(30)
+    assert sorted(statuses) == [401] * 4
+    assert time.monotonic() - began >= 4 * WRONG_TOKEN_PAUSE  # in line, not side by side
+    assert right_took < 2 * WRONG_TOKEN_PAUSE, right_took  # not behind the four
 
 
 @pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])

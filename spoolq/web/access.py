@@ -6,7 +6,9 @@ A token (posted by the form a browser without a session is shown, or given once 
 checked in constant time and exchanged for a session: a cookie signed with this process's secret
 that holds no token, so neither the cookie nor what a browser sends to another port of the same
 host (cookies are not kept apart by port) reveals the token, and every session ends with the
-process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie.
+process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie. A wrong
+token is answered after WRONG_TOKEN_PAUSE, one at a time however many arrive at once: a few
+guesses a second at most, where a right token is never kept waiting.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,6 +31,7 @@ SESSION_LIFETIME = timedelta(hours=12)
 LOGIN = "/login"  # where the token form posts (--token only)
 LOGGED_IN = "in"  # the session's mark of a token given; the token itself is never in it
 LOOPBACK_NAMES = frozenset({"localhost"})  # a name browsers take for loopback without asking DNS
+WRONG_TOKEN_PAUSE = 0.5  # seconds before a wrong token is answered, one answer at a time
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,14 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
     check_host = token is None and bound.loopback
+    wrong = threading.Lock()  # held through each wrong token's pause: guesses wait in line
+
+    def wrong_token(then: str) -> Response:
+        # RACE: many guesses at once, each in a thread of its own: they take the lock in turn,
+        # so the pauses add up; a right token never takes it.
+        with wrong:
+            time.sleep(WRONG_TOKEN_PAUSE)
+        return _refuse("that token is not this dashboard's (--token)", then)
 
     @app.before_request
     def admit() -> Response | None:
@@ -99,12 +112,15 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         if not token:
             return None
         if request.method in ("GET", "HEAD") and "token" in request.args:
-            return _log_in(request.args["token"], token, _here_without_token())
+            then = _here_without_token()
+            return _log_in(then) if _same(request.args["token"], token) else wrong_token(then)
         if request.method == "POST" and request.path == LOGIN:
-            return _log_in(request.form.get("token", ""), token, _local(request.form.get("next", "")))
+            then = _local(request.form.get("next", ""))
+            return _log_in(then) if _same(request.form.get("token", ""), token) else wrong_token(then)
         if session.get(LOGGED_IN) is True or _same(_bearer(), token):
             return None
-        return _refuse("a token is needed (--token)", _here_without_token() if request.method == "GET" else "/")
+        then = _here_without_token() if request.method == "GET" else "/"
+        return wrong_token(then) if _bearer() else _refuse("a token is needed (--token)", then)
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -119,12 +135,9 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         return response
 
 
-def _log_in(given: str, token: str, then: str) -> Response:
-    """A token (`?token=`, or the form's POST) exchanged for a session, and a redirect to `then`:
-    the same page without it, out of the address bar, the history and every later request. A
-    wrong one gets 401 and nothing else."""
-    if not _same(given, token):
-        return _refuse("that token is not this dashboard's (--token)", then)
+def _log_in(then: str) -> Response:
+    """The right token (`?token=`, or the form's POST) exchanged for a session, and a redirect to
+    `then`: the same page without it, out of the address bar, the history and every later request."""
     session.clear()  # a new session, and with it a new form token
     session[LOGGED_IN] = True
     session.permanent = True  # the cookie's lifetime: SESSION_LIFETIME, not the browser's
