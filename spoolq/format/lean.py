@@ -84,10 +84,10 @@ class Regex:
 
     __slots__ = ("pattern", "_compiled")
 
-    def __init__(self, pattern: str):
+    def __init__(self, pattern: str | bytes):
         self.pattern, self._compiled = pattern, None
 
-    def fullmatch(self, text: str) -> re.Match[str] | None:
+    def fullmatch(self, text: Any) -> re.Match[Any] | None:
         if self._compiled is None:
             import re
 

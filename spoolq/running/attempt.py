@@ -94,7 +94,7 @@ class GroupRecord:
     overlap."""
 
     def __init__(self, path: str | None, mode: int = 0o600,
-                 on_change: Callable[[int, tuple[int, tuple[int, int]] | None], object] = lambda slot, group: None):
+                 on_change: Callable[[int, liveness.Group | None], object] = lambda slot, group: None):
         self.fd: int | None = None
         self.on_change = on_change  # told the group too (the worker's lease guard), file or no file
         if path is None:

@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from ..system import liveness
+from ..system.liveness import Group
 from ..store.judge import beat_interval
 from ..system.runner import KILL_GRACE
 from ..spool import Spool
@@ -20,7 +21,6 @@ from ..spool import Spool
 MARGIN = 0.5  # seconds before its lease can run out that a job is killed, whatever its length...
 DRIFT = 0.01  # ... and this share of the lease: this host's clock and the file server's may run apart
 LOOK = 0.5  # seconds between the guard's looks while a job runs: a host woken from a suspend is seen
-Group = tuple[int, tuple[int, int]]  # a running job's process group: its id, its leader's start window
 
 
 def clock() -> float:

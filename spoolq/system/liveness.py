@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..format.lean import once
+from ..format.lean import Regex, once
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3 onwards of /proc/<pid>/stat (None where there is no /proc or no such process)."""
@@ -111,16 +111,18 @@ def group_record(pgid: int | None = None, started: tuple[int, int] | None = None
     return text.ljust(GROUP_RECORD_SIZE - 1).encode() + b"\n"
 
 
-def parse_group_record(data: bytes) -> tuple[int, tuple[int, int]] | None:
-    import re  # recovery's and a worker's: never on one enqueue's path
+Group = tuple[int, tuple[int, int]]  # a running job's process group: its id, its leader's start window
+_GROUP_RECORD = Regex(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?")  # compiled on first use: never on one enqueue's path
 
-    m = re.fullmatch(rb"([0-9]{1,10}) ([0-9]{1,20}) ([0-9]{1,20}) *\n?", data)
+
+def parse_group_record(data: bytes) -> Group | None:
+    m = _GROUP_RECORD.fullmatch(data)
     if m is None:
         return None
     return int(m.group(1)), (int(m.group(2)), int(m.group(3)))
 
 
-def parse_group_records(data: bytes) -> list[tuple[int, tuple[int, int]]]:
+def parse_group_records(data: bytes) -> list[Group]:
     """The groups of a .pgroup file of one record per slot (GROUP_RECORD_SIZE bytes each, slot k
     at k * GROUP_RECORD_SIZE; a blank one is a slot running nothing)."""
     records = (parse_group_record(data[at:at + GROUP_RECORD_SIZE]) for at in range(0, len(data), GROUP_RECORD_SIZE))
