@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from spools import REPO
 
 # tool -> why it would be missing, or None when installed
 INSTALLED = {
@@ -29,9 +29,9 @@ WORKLOADS = ("one enqueue of `true` by {}", "drain: 6 queued `true`, 2 slots, by
 @pytest.fixture(scope="module")
 def compared() -> tuple[dict[str, dict], str]:
     """One run of `bench.py --only none --compare --quick` at tiny sizes: (rows by name, stderr)."""
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--only", "none", "--compare",
+    run = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--only", "none", "--compare",
                           "--quick", "--compare-jobs", "6", "--latency-samples", "3", "--json"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr
     return {row["name"]: row for row in json.loads(run.stdout)["rows"]}, run.stderr
 
@@ -76,13 +76,13 @@ def test_every_row_set_the_docs_name_is_one_bench_runs():
     unknown key is refused, exit 2), and every row set main() measures is a key --only takes."""
     import re
 
-    bench = open(os.path.join(ROOT, "scripts", "bench.py")).read()
+    bench = open(os.path.join(REPO, "scripts", "bench.py")).read()
     keys = set(re.search(r"ROW_KEYS = \(([^)]*)\)", bench).group(1).replace('"', "").replace(" ", "")
                .replace("\n", "").split(","))
     assert set(re.findall(r'want\("([a-z]+)"\)', bench)) == keys
-    docs = open(os.path.join(ROOT, "docs", "performance.md")).read()
+    docs = open(os.path.join(REPO, "docs", "performance.md")).read()
     named = {key for arg in re.findall(r"--only ([a-z,]+)", docs) for key in arg.split(",")}
     assert named and named - {"none"} <= keys, named - keys
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--only", "nosuchrow"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--only", "nosuchrow"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and "unknown row key nosuchrow" in r.stderr, r.stderr

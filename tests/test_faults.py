@@ -15,13 +15,13 @@ import time
 import pytest
 
 from conftest import SPOOLQ, backdate, dead_pid, fill, wait_for
+from spools import REPO
 from spoolq import Spool, fsck
 from spoolq.format import job as job_mod, layout as L
 from spoolq.system import liveness, locks
 from spoolq.moves.recovery import only_a_fence
 from spoolq.running.worker import Worker
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def settled(spool: Spool) -> bool:
@@ -60,7 +60,7 @@ def quarantine_records(spool: Spool) -> dict[str, dict]:
 def test_chaos_sigkill_a_worker_every_150ms_loses_nothing(tmp_path, how):
     """Dropped: the review's case, where workers killed while adopting lost 27 jobs of 1,500."""
     spool_dir = str(tmp_path / "chaos")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "chaos.py"), "--spool", spool_dir,
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "chaos.py"), "--spool", spool_dir,
                            "--jobs", "1500", "--workers", "3", "--kill-interval", "0.15", "--duration", "5",
                            "--timeout", "60", "--seed", "4", *(["--dropins"] if how == "dropped" else [])],
                           capture_output=True, text=True, timeout=150)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import examples
+from spools import REPO
 from spoolq import InvalidJob, Spool
 from spoolq.format import job as job_mod
 from spoolq.format import layout as L
@@ -400,7 +401,7 @@ def test_integers_too_big_for_a_float_are_out_of_range_not_a_crash(field, huge):
 
 # ---- the field table (job.FIELDS) is the one list of a job's fields --------------------------------------
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(REPO)
 
 
 class Reads(dict):

@@ -52,8 +52,9 @@ import sys
 import pytest
 
 from conftest import required_tool
+import spools
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(spools.REPO)
 RECIPE_TIMEOUT = 120
 MAPPED_ROOTS = ("var", "srv", "data", "incoming", "opt", "mnt", "backups", "src", "etc", "home")
 STAND_INS = ("ffmpeg", "backup.sh", "import-csv", "render.sh", "assemble.sh", "publish.sh", "pg_dump", "make",
