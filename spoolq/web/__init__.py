@@ -6,8 +6,9 @@ pages refresh their live parts by fetching themselves again (static/live.js). Ji
 autoescaping covers every template: a job's command, output and error are untrusted text.
 What the pages read is board.py's, what holds jobs up blockers.py's; the actions (POSTs
 carrying the session's CSRF token, refused with --read-only) are actions.py's, the bulk ones
-bulk.py's. Who may ask at all (the Host check, --token and its session) is access.py's. An
-error is answered in the dashboard's own style: a page, or JSON under /api/.
+bulk.py's. Who may ask at all (the Host check, --token and its session) is access.py's; what a
+request names (a job id, a queue) is checked by asked.py's. An error is answered in the
+dashboard's own style: a page, or JSON under /api/.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ import secrets
 import socket
 from typing import Any
 
-from flask import Flask, Response, abort, jsonify, render_template, request, session, url_for
+from flask import Flask, Response, abort, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
 
 from ..store import output
 from ..format.errors import JobNotFound, SpoolError
-from ..format.job import valid_id, valid_queue
 from ..format.states import STATES
 from ..running.metrics import exposition
 from ..spool import Spool
 from ..reading.stats import human_seconds
-from . import access, actions, bulk, charts
+from . import access, actions, asked, bulk, charts
 from .access import Bound
 from .board import DashboardState, Filter
 
@@ -58,7 +58,7 @@ def _pages(app: Flask, board: DashboardState) -> None:
         if "csrf" not in session:
             session["csrf"] = secrets.token_urlsafe(24)
         return {"csrf": session["csrf"], "read_only": board.read_only, "states": STATES,
-                "spool_root": spool.root, "human": human_seconds, "list_url": list_url,
+                "spool_root": spool.root, "human": human_seconds, "list_url": asked.list_url,
                 "bulk_actions": bulk.ACTIONS}
 
     @app.get("/")
@@ -78,17 +78,11 @@ def _pages(app: Flask, board: DashboardState) -> None:
 
     @app.get("/job/<job_id>")
     def job(job_id: str) -> str:
-        return render_template("job.html", d=board.job(_job_id(job_id)))
+        return render_template("job.html", d=board.job(asked.job_id(job_id)))
 
     @app.get("/job/<job_id>/log")
     def job_log(job_id: str) -> Response:
-        return _log_from(spool.output_path(spool.find(_job_id(job_id)).id), request.args.get("offset", "0"))
-
-
-def list_url(state: str, page: int | str | None = None, q: str = "", queue: str = "") -> str:
-    """A list's address with only the parameters that say something."""
-    given = {"page": page, "q": q, "queue": queue}
-    return url_for("jobs", state=state, **{k: v for k, v in given.items() if v not in (None, "", 0)})
+        return _log_from(spool.output_path(spool.find(asked.job_id(job_id)).id), request.args.get("offset", "0"))
 
 
 def _errors(app: Flask) -> None:
@@ -134,7 +128,7 @@ def _api(app: Flask, board: DashboardState) -> None:
 
     @app.get("/api/job/<job_id>")
     def api_job(job_id: str) -> Response:
-        return jsonify(board.job(_job_id(job_id)))
+        return jsonify(board.job(asked.job_id(job_id)))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -173,12 +167,6 @@ def _state(state: str) -> str:
     return state
 
 
-def _job_id(job_id: str) -> str:
-    if not valid_id(job_id.removeprefix("+")):
-        abort(404)
-    return job_id
-
-
 def _page() -> int | None:
     """The page asked for, from 0; None for the last one (`page=last`)."""
     text = request.args.get("page", "0")
@@ -186,10 +174,7 @@ def _page() -> int | None:
 
 
 def _filter(state: str) -> Filter:
-    queue = request.args.get("queue", "")
-    if queue and not valid_queue(queue):
-        abort(400, f"{queue[:60]!r} is not a queue name")
-    return Filter(_state(state), request.args.get("q", "")[:200], queue)
+    return Filter(_state(state), request.args.get("q", "")[:200], asked.queue(request.args.get("queue", "")))
 
 
 def make(spool: Spool, host: str, port: int, *, read_only: bool, token: str | None) -> tuple[Any, Bound]:

@@ -11,10 +11,10 @@ import time
 from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
 
 from ..format.errors import SpoolError
-from ..format.job import valid_id, valid_queue
+from ..format.job import valid_id
 from ..running.schedules import check_name
 from ..spool import Spool
-from . import bulk
+from . import asked, bulk
 from .board import DashboardState, Filter, Walk
 
 
@@ -32,7 +32,7 @@ def _board() -> DashboardState:
 
 def act_on_job(job_id: str, action: str) -> Response:
     spool = _board().spool
-    job_id = job_id if valid_id(job_id.removeprefix("+")) else abort(404)
+    job_id = asked.job_id(job_id)
     if action == "delete":
         if request.form.get("sure") != "yes":
             abort(400, "a delete needs its box ticked: it cannot be undone")
@@ -43,7 +43,7 @@ def act_on_job(job_id: str, action: str) -> Response:
         why = spool.purge_ids([job_id])[job_id]
         if why:
             raise SpoolError(why)
-        return redirect(url_for("jobs", state=state, said=f"deleted {job_id}"), 303)
+        return redirect(asked.list_url(state, said=f"deleted {job_id}"), 303)
     return redirect(url_for("job", job_id=job_id, said=_act(spool, action, job_id)), 303)
 
 
@@ -52,7 +52,7 @@ def bulk_action(state: str) -> Response | str:
     action = request.form.get("action", "")
     if action not in bulk.ACTIONS.get(state, {}):
         abort(404)
-    chosen = Filter(state, request.form.get("q", "")[:200], _queue(request.form.get("queue", "")))
+    chosen = Filter(state, request.form.get("q", "")[:200], asked.queue(request.form.get("queue", "")))
     selected = [i for i in request.form.getlist("id") if valid_id(i.removeprefix("+"))]
     everything = request.form.get("scope") == "all"
     if not everything and not selected:
@@ -86,13 +86,13 @@ def act_on_schedule(name: str, action: str) -> Response:
 
 def pause() -> Response:
     spool = _board().spool
-    spool.pause(_queue(request.form.get("queue", "")) or None)
+    spool.pause(asked.queue(request.form.get("queue", "")) or None)
     return redirect(url_for("overview"), 303)
 
 
 def resume() -> Response:
     spool = _board().spool
-    spool.resume(_queue(request.form.get("queue", "")) or None)
+    spool.resume(asked.queue(request.form.get("queue", "")) or None)
     return redirect(url_for("overview"), 303)
 
 
@@ -104,14 +104,9 @@ def check_post(board: DashboardState) -> None:
         abort(400, "a stale or missing form token: reload the page")
 
 
-def _queue(text: str) -> str:
-    return text if not text or valid_queue(text) else abort(400, f"{text[:60]!r} is not a queue name")
-
-
 def _back(chosen: Filter, said: str) -> str:
     """The list the action was on, saying what it did."""
-    return url_for("jobs", state=chosen.state, said=said,
-                   **{k: v for k, v in (("q", chosen.query), ("queue", chosen.queue)) if v})
+    return asked.list_url(chosen.state, q=chosen.query, queue=chosen.queue, said=said)
 
 
 def _act(spool: Spool, action: str, job_id: str) -> str:
