@@ -293,6 +293,18 @@ def test_a_bulk_action_stops_at_its_budget_and_says_there_is_more(spool):
     assert spool.counts().pending == len(ids)
 
 
+def test_every_job_waiting_for_a_dead_one_is_counted_without_reading_job_files(spool, dashboard):
+    """From the after/ edges: 250 waiters of a dead job and 50 of a live one (the overview read
+    the first 200 waiting job files, and said at most 200)."""
+    dead = spool.enqueue({"command": "true", "id": "dep"})
+    spool.enqueue({"command": "true", "id": "live"})
+    spool.enqueue_many([{"command": "true", "after": ["dep"]} for _ in range(250)] +
+                       [{"command": "true", "after": ["live"]} for _ in range(50)])
+    os.rename(spool.find(dead.id).path, os.path.join(spool.layout.dead, "dep.json"))  # died, waiters not judged
+    said = [b["text"] for b in json.loads(dashboard().get("/api/overview")[1])["blockers"]]
+    assert "250 waiting jobs wait for a dead job (they go dead at the next recovery sweep; fsck says which)" in said, said
+
+
 def test_what_blocks_progress_is_said_first(spool, dashboard):
     spool.enqueue_many([{"command": "true", "queue": "mail"}, {"command": "true", "queue": "reports"}])
     spool.pause("reports")

@@ -10,7 +10,7 @@ from ..reading.counts import CountsByQueue
 from ..spool import Spool
 from ..format.states import State
 
-WAITERS_LOOKED_AT = 200  # waiting jobs read at most per overview to find a dead dependency
+DEPENDENCIES_LOOKED_AT = 10_000  # jobs waited for, looked at most per overview to find a dead one
 
 
 def _jobs(n: int) -> str:
@@ -49,15 +49,8 @@ def found(spool: Spool, census: CountsByQueue, workers: list[dict[str, Any]], pa
 
 
 def _waiting_for_dead(spool: Spool) -> int:
-    """Waiting jobs (the first WAITERS_LOOKED_AT) one of whose dependencies is dead: they can
-    never run (a crash between a death and its judging leaves them until recovery looks)."""
-    count = 0
-    for place in spool.views.places(State.WAITING)[:WAITERS_LOOKED_AT]:
-        view = spool.views.view_at(place)
-        if view is not None and view.job is not None and any(
-                spool.deps.state_of(dep) == State.DEAD for dep in view.job.after):
-            count += 1
-    return count
+    """Waiting jobs one of whose dependencies is dead: they can never run."""
+    return len(spool.deps.waiting_for_dead(DEPENDENCIES_LOOKED_AT))
 
 
 def on_list(spool: Spool, state: str, queue: str) -> str | None:
