@@ -1,11 +1,17 @@
 """The flags of `enqueue` that set job fields, held to format/job.py's field table (FIELDS) both
-ways, and the click-free plain enqueue (cli/quick.py) held to the click command's flags."""
+ways, and the click-free plain enqueue (cli/quick.py) held to the click command's flags and to
+click's own parse of every line it takes."""
 
 from __future__ import annotations
 
 import json
+import os
 
-from spoolq.cli import enqueue as enqueue_cli, quick
+import click
+from hypothesis import event, given, settings, strategies as st
+
+from conftest import examples
+from spoolq.cli import enqueue as enqueue_cli, main, quick
 from spoolq.format import job as job_mod
 
 
@@ -44,3 +50,70 @@ def test_every_field_flag_reaches_the_job(spool, cli):
     cli("enqueue", "--id", "f3", "--after", " f1", "--run-at", "4102444800", "--cmd", "true")
     shown = cli.json("show", "f3")
     assert shown["after"] == ["f1"] and shown["run_at"].startswith("2100-01-01")
+
+
+# ---- the quick path against click's own parse of the same words ---------------------------------
+
+_PLAIN = st.text(alphabet="ab =$;'\"{", min_size=1, max_size=6).map(lambda w: w.replace("{", "a", 1))
+_ODD = st.text(alphabet="ab -{[=\t'\"$;~", max_size=6)  # a leading '-', '{', '~', blank: the quick path may not take it
+_VALUE = st.one_of(_PLAIN, st.sampled_from(["7", "007", "1001", "0"]), _ODD)
+_ANY = st.one_of(  # words in any order: most such lines are left to click
+    st.tuples(st.sampled_from(sorted(quick.VALUED)), _VALUE),
+    st.just(("--shell",)),
+    st.tuples(_PLAIN),  # the command itself
+    st.tuples(_ODD),  # a word for click to judge
+    st.tuples(st.sampled_from(["--queue=q", "--cmd=true", "--", "-h", "--json", "--delay", "--if-absent"])),
+)
+
+
+@st.composite
+def _well_formed(draw) -> list[tuple[str, ...]]:
+    """A command and some of the quick path's options, each once, in any order: most such lines
+    are taken."""
+    flags = draw(st.lists(st.sampled_from(sorted(set(quick.VALUED) - {"--cmd"})), unique=True, max_size=4))
+    numbers = st.sampled_from(["7", "007", "1000", "1001", "0", "99999999999"])
+    good = {"--priority": numbers, "--max-retries": numbers}
+    words = [(flag, draw(_ODD if draw(st.integers(0, 9)) == 0 else good.get(flag, _PLAIN))) for flag in flags]
+    words += [("--shell",)] * draw(st.booleans())
+    words.append(("--cmd", draw(_PLAIN)) if draw(st.booleans()) else (draw(_PLAIN),))
+    return draw(st.permutations(words))
+
+
+SPOOL_ENV = "/srv/spool"
+
+
+def _click_fields(argv: list[str]) -> tuple[str, dict[str, object]] | None:
+    """(spool directory, job fields) as the click command parses `argv` (SPOOLQ_DIR set to
+    SPOOL_ENV), its callback replaced by one that keeps what it is given; None if click refuses
+    the line, or it is a form the quick path never takes."""
+    got: list[dict[str, object]] = []
+    real, enqueue_cli.enqueue.callback = enqueue_cli.enqueue.callback, lambda **params: got.append(params)
+    old = os.environ.get("SPOOLQ_DIR")
+    os.environ["SPOOLQ_DIR"] = SPOOL_ENV
+    try:
+        with main.make_context("spoolq", list(argv)) as ctx:
+            main.invoke(ctx)
+    except (click.exceptions.Exit, click.ClickException):
+        return None
+    finally:
+        enqueue_cli.enqueue.callback = real
+        os.environ.pop("SPOOLQ_DIR") if old is None else os.environ.__setitem__("SPOOLQ_DIR", old)
+    if not got:
+        return None  # another command
+    params = got[0]
+    forms = [v for v in (params["job"], params["cmd"], params["file_path"], params["batch"]) if v is not None]
+    if len(forms) != 1 or params["job"] is not None and params["job"].lstrip().startswith(("{", "[", "\ufeff")):
+        return None
+    return ctx.obj.path, {"command": forms[0], **enqueue_cli._flag_values(params)}
+
+
+@settings(max_examples=examples(600), deadline=None)
+@given(spool=st.one_of(st.none(), _PLAIN, _ODD), options=st.one_of(_well_formed(), st.lists(_ANY, max_size=5)))
+def test_what_the_quick_path_takes_click_parses_to_the_same_job(spool, options):
+    """Every command line the click-free path takes, click takes too, to the same spool and the
+    same fields (a line it does not take goes to click whole, so its refusals need no twin)."""
+    argv = (["--spool", spool] if spool is not None else []) + ["enqueue"] + [w for o in options for w in o]
+    taken = quick.plain_enqueue(argv, {"SPOOLQ_DIR": SPOOL_ENV})
+    event("taken by the quick path" if taken is not None else "left to click")
+    if taken is not None:
+        assert _click_fields(argv) == taken, argv
