@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .quick import forget_stdout, unprintable
+from .quick import Announcement, Unprintable
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -168,9 +168,11 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
             raise CliError(f"{e}; nothing was enqueued", 2) from None
     c.create()
     existing: set[str] | None = set() if if_absent else None
-    announce = _Announcement(lambda: _output_lines(spool, jobs, as_json, existing))
+    announce = Announcement(lambda: _output_lines(spool, jobs, as_json, existing))
     try:
         _publish(spool, jobs, announce, existing)
+    except Unprintable as e:
+        raise CliError(str(e), 1) from None
     except JobExists as e:
         if batch is None or e.job_id not in line_of:
             raise
@@ -180,28 +182,6 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
             raise
         # A signal held while the jobs were published (SIGINT as SIGTERM and SIGHUP) arrives
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
-
-
-class _Announcement:
-    """Prints the ids before the jobs are published: if they cannot be printed (stdout on a full
-    disk, a closed pipe), nothing is published, so the exit status tells the truth."""
-
-    def __init__(self, lines: Callable[[], list[str]]):
-        self.lines = lines  # made when called: only then is it known which ids existed (--if-absent)
-        self.done = False
-
-    def __call__(self) -> None:
-        if sys.stdout is None:
-            raise CliError("cannot print the new ids (stdout is closed); nothing was enqueued", 1)
-        try:
-            lines = self.lines()
-            if lines:
-                click.echo("\n".join(lines))  # one write: a 100,000-line batch should not pay per line
-            sys.stdout.flush()
-        except OSError as e:
-            forget_stdout()
-            raise CliError(unprintable(e), 1) from None
-        self.done = True
 
 
 def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | None) -> list[str]:

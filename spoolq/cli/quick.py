@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
+
 # The options this path knows, each taking a value, and the job field each sets.
 VALUED = {"--cmd": "command", "--queue": "queue", "--id": "id", "--priority": "priority",
           "--max-retries": "max_retries"}
@@ -50,9 +54,31 @@ def io_failure(e: OSError) -> str:
     return f"{cause}: {e.filename}" if e.filename else cause
 
 
-def unprintable(e: OSError) -> str:
-    """The ids could not be printed: then nothing is published, so the exit status tells the truth."""
-    return f"cannot print the new ids ({e.strerror}); nothing was enqueued"
+class Announcement:
+    """Prints the ids before the jobs are published (enqueue_many's `announce`): if they cannot
+    be printed (stdout closed, on a full disk, a closed pipe), Unprintable is raised and nothing
+    is published, so the exit status tells the truth. `done`: they were printed."""
+
+    def __init__(self, lines: Callable[[], list[str]]):
+        self.lines = lines  # made when called: only then is it known which ids existed (--if-absent)
+        self.done = False
+
+    def __call__(self) -> None:
+        if sys.stdout is None:
+            raise Unprintable("cannot print the new ids (stdout is closed); nothing was enqueued")
+        try:
+            lines = self.lines()
+            if lines:
+                sys.stdout.write("\n".join(lines) + "\n")  # one write: a 100,000-line batch should not pay per line
+            sys.stdout.flush()
+        except OSError as e:
+            forget_stdout()
+            raise Unprintable(f"cannot print the new ids ({e.strerror}); nothing was enqueued") from None
+        self.done = True
+
+
+class Unprintable(Exception):
+    pass
 
 
 def forget_stdout() -> None:
@@ -101,18 +127,7 @@ def enqueue(args: list[str]) -> int | None:
     from ..spool import Spool
 
     spool_dir, fields = found
-    printed = False
-
-    def announce() -> None:
-        nonlocal printed
-        try:
-            sys.stdout.write(f"{job.id}\n")
-            sys.stdout.flush()
-        except OSError as e:
-            forget_stdout()
-            raise _Unprintable(unprintable(e)) from None
-        printed = True
-
+    announce = Announcement(lambda: [job.id])
     try:
         spool = Spool(spool_dir, create=False)
         if not spool.store.is_spool():
@@ -121,18 +136,14 @@ def enqueue(args: list[str]) -> int | None:
         spool.init()  # as the click command does: a missing directory of the layout is made
         spool.enqueue_many([job], announce=announce)
     except (KeyboardInterrupt, Terminated):
-        if printed:
+        if announce.done:
             return 0  # a signal held while the job was published: it is enqueued, its id printed
         raise
-    except _Unprintable as e:
+    except Unprintable as e:
         sys.stderr.write(f"Error: {e}\n")
         return 1
     except Exception:
-        if printed:
+        if announce.done:
             raise
         return None  # refused before anything was published: the click command says why
     return 0
-
-
-class _Unprintable(Exception):
-    pass
