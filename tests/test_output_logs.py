@@ -106,3 +106,17 @@ def test_the_dashboard_reads_the_attempts_log_once_for_a_page_and_not_to_search(
     del passes[:]
     searched = board.jobs(Filter("done", query="no such command"), 0)
     assert searched["total"] == 0 and passes == [], passes
+
+
+def test_the_dashboard_does_not_say_a_silent_done_job_never_ran(spool):
+    """Its job page said "no attempt yet" under Attempts for a done job that left no log."""
+    pytest.importorskip("flask")
+    from spoolq.web import create_app
+
+    job = spool.enqueue({"command": "true"}).id
+    burst(spool)
+    app = create_app(spool)
+    app.testing = True
+    page = app.test_client().get(f"/job/{job}").get_data(as_text=True)
+    assert "no attempt yet" not in page
+    assert "wrote nothing" in page, page
