@@ -120,3 +120,42 @@ def test_the_dashboard_does_not_say_a_silent_done_job_never_ran(spool):
     page = app.test_client().get(f"/job/{job}").get_data(as_text=True)
     assert "no attempt yet" not in page
     assert "wrote nothing" in page, page
+
+
+# ---- recovery's marker for an attempt whose worker died before it had a log ---------------------
+
+
+def held_by_a_dead_worker(spool: Spool, job_id: str, **spec) -> None:
+    """`job_id` claimed by a worker that died before its attempt wrote anything (so before its
+    log was begun): as a worker killed in its job's first half second leaves it."""
+    import json
+    import subprocess
+    import sys
+
+    spool.enqueue({"id": job_id, "command": "true", **spec})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    owner = spool.owners.register("worker")
+    [name] = os.listdir(spool.layout.pending)
+    assert spool.transitions.claim(name, owner) is not None
+    record = json.loads(open(spool.layout.worker_file(owner)).read())
+    record.update(pid=gone.pid, start=None)  # its worker is gone
+    with open(spool.layout.worker_file(owner), "w") as f:
+        json.dump(record, f)
+
+
+@pytest.mark.parametrize("retries, state", [(1, "done"), (0, "dead")])
+def test_recovery_says_an_attempt_ended_without_a_result_though_it_left_no_log(spool, retries, state):
+    """docs/cli.md: an attempt whose worker died is closed by the recovery with a marker line in
+    the job's log. The marker never makes a log (a purged job stays purged), so an attempt that
+    died before its log was begun was never told there: `logs` of the retried job began at
+    attempt 2, and a dead job had no log at all."""
+    spool.set_config("backoff_base", 0)
+    held_by_a_dead_worker(spool, "j", max_retries=retries)
+    burst(spool)  # recovers the job
+    burst(spool)  # runs its retry
+    assert spool.find("j").state == state
+    text = open(spool.output_path("j"), encoding="utf-8").read()
+    first = text.splitlines()[0]
+    assert re.fullmatch(r"==> attempt 1 ended without a result: worker \S+ on \S+ stopped during attempt 1 .*; "
+                        rf"the job is {'pending' if retries else 'dead'} now <==", first), text

@@ -165,6 +165,17 @@ def mark(path: str, line: str) -> None:
         os.close(fd)
 
 
+def make(path: str, mode: int) -> None:
+    """An empty log for a job that has none, for mark() to write in: made by whoever holds the
+    job, so never for one purged (best effort, as mark is)."""
+    try:
+        fd = fsio.open_append(path, mode)  # never through a symlink, never waiting on a fifo
+    except OSError:
+        return
+    fsio.exact_mode(fd, mode)
+    os.close(fd)
+
+
 def append(fd: int, data: bytes) -> int:
     """Append `data`; returns the offset where it starts."""
     start = os.lseek(fd, 0, os.SEEK_END)
