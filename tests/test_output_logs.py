@@ -159,3 +159,21 @@ def test_recovery_says_an_attempt_ended_without_a_result_though_it_left_no_log(s
     first = text.splitlines()[0]
     assert re.fullmatch(r"==> attempt 1 ended without a result: worker \S+ on \S+ stopped during attempt 1 .*; "
                         rf"the job is {'pending' if retries else 'dead'} now <==", first), text
+
+
+# ---- what `logs` says of a done job without a log -----------------------------------------------
+
+
+def test_logs_does_not_say_a_job_wrote_nothing_when_its_output_could_not_be_kept(spool, run):
+    """A log that cannot be made (here a directory in its place; a full disk alike) costs the
+    output, not the attempt: `logs` said "it wrote nothing" of a job that wrote. The attempts
+    log counts what it wrote."""
+    os.makedirs(spool.output_path("blocked"))
+    spool.enqueue({"id": "blocked", "command": "echo said"})
+    spool.enqueue({"id": "silent", "command": "true"})
+    burst(spool)
+    blocked, silent = run("logs", "blocked"), run("logs", "silent")
+    assert blocked.returncode == 0 and blocked.stdout == "", blocked
+    assert "wrote nothing" not in blocked.stderr, blocked.stderr
+    assert "(no output: job blocked is done; the 5 bytes it wrote could not be kept" in blocked.stderr, blocked.stderr
+    assert silent.stderr == "(no output: job silent is done; it wrote nothing)\n", silent.stderr

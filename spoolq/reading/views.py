@@ -42,7 +42,7 @@ class JobView:
         out.pop("seq", None)
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
-        started, seconds, host = self.last_attempt
+        started, seconds, host = self.last_attempt.started, self.last_attempt.seconds, self.last_attempt.host
         finished = self.state in FINISHED and self.changed_at is not None
         out["started_at"] = job.iso(started)
         out["finished_at"] = job.iso(self.changed_at) if finished else None
@@ -191,7 +191,8 @@ class Views:
         for view in views:
             fact = facts.get(view.id) if view.id in silent else None
             if fact is not None:
-                view.last_attempt = output.LastAttempt(fact.started, round(fact.run_seconds, 3), fact.host)
+                view.last_attempt = output.LastAttempt(fact.started, round(fact.run_seconds, 3), fact.host,
+                                                       fact.output_bytes)
         return views
 
     # ---- many jobs -----------------------------------------------------------------------

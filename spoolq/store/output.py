@@ -187,11 +187,13 @@ TAIL_FOR_TIMES = 64 * 1024
 
 
 class LastAttempt(NamedTuple):
-    """What a job's log says of its last attempt (all None without a log)."""
+    """What a job's log says of its last attempt (all None without a log; a done job without
+    one has it from the attempts log: reading/views.py)."""
 
     started: float | None = None
     seconds: float | None = None  # None while it runs
     host: str | None = None
+    output_bytes: int | None = None  # what it wrote, where the attempts log tells it (a job without a log)
 
 
 def open_log(path: str) -> BinaryIO | None:
