@@ -3,11 +3,13 @@ and what `show`, `logs` and the dashboard say of a job that has none."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+
 import pytest
 
-from conftest import wait_for
+from conftest import dead_pid
 from spoolq import Spool
 from spoolq.running.worker import Worker
 
@@ -128,18 +130,12 @@ def test_the_dashboard_does_not_say_a_silent_done_job_never_ran(spool):
 def held_by_a_dead_worker(spool: Spool, job_id: str, **spec) -> None:
     """`job_id` claimed by a worker that died before its attempt wrote anything (so before its
     log was begun): as a worker killed in its job's first half second leaves it."""
-    import json
-    import subprocess
-    import sys
-
     spool.enqueue({"id": job_id, "command": "true", **spec})
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
     owner = spool.owners.register("worker")
     [name] = os.listdir(spool.layout.pending)
     assert spool.transitions.claim(name, owner) is not None
     record = json.loads(open(spool.layout.worker_file(owner)).read())
-    record.update(pid=gone.pid, start=None)  # its worker is gone
+    record.update(pid=dead_pid(), start=None)  # its worker is gone
     with open(spool.layout.worker_file(owner), "w") as f:
         json.dump(record, f)
 
