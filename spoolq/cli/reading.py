@@ -93,10 +93,18 @@ def logs(c: Context, job_id: str, follow: bool) -> None:
         _follow(c.reading, view.id)
         return
     if _copy_output(c.reading.output_path(view.id), 0) is None:
-        # A first attempt that succeeds at once and writes nothing leaves no log (store/output.py).
-        said = f"(no output: job {view.id} is done; it wrote nothing)" if view.state == State.DONE \
-            else f"(no output yet: job {view.id} is {view.state})"
-        click.echo(said, err=True)
+        click.echo(_no_log(view.id, view.state, view.last_attempt.output_bytes), err=True)
+
+
+def _no_log(job_id: str, state: str, wrote: int | None) -> str:
+    """What `logs` says of a job without a log. A done one (store/output.py): its first attempt
+    succeeded at once and wrote nothing, or its log could not be made (the attempts log counts
+    what it wrote)."""
+    if state != State.DONE:
+        return f"(no output yet: job {job_id} is {state})"
+    if wrote:
+        return f"(no output: job {job_id} is done; the {wrote} bytes it wrote could not be kept: the worker's log says why)"
+    return f"(no output: job {job_id} is done; {'it wrote nothing' if wrote == 0 else 'it left no log'})"
 
 
 def _follow(spool: Spool, job_id: str) -> None:

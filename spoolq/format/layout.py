@@ -17,9 +17,10 @@ Directories under the spool root ``S``::
                     one-line JSON record of its creator, {"host", "pid", "start", "boot",
                     "pidns", "owner"} (spoolq 0.1 made empty files: creator unknown)
     S/output/<id>.log   captured stdout+stderr of every attempt, with marker lines; made when an
-                    attempt first writes, fails, has run 0.5 s, or follows an earlier attempt: a
-                    first attempt that succeeds sooner and writes nothing leaves none (its times
-                    are in the attempts log; spoolq 0.1 made one for every attempt)
+                    attempt first writes, fails, has run 0.5 s, or follows an earlier attempt
+                    (of this run, or of one before a requeue), or by the recovery of its dead
+                    worker: a first attempt that succeeds sooner and writes nothing leaves none
+                    (its times are in the attempts log; spoolq 0.1 made one for every attempt)
     S/workers/<owner>.json  a live worker's registration; its mtime is its heartbeat
     S/control/stop  "idle" (made with the layout), or a stop request, "stop <epoch seconds>
                     <token> <host hash> <fs epoch seconds>": every worker whose ``worker start``

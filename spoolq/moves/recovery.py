@@ -254,6 +254,10 @@ class Recovery:
             reason += "; the job ran out of attempts this way: it may be what kills its worker"
         kill = KillRequest(path, job)
         cancelled = kill.asked()  # `cancel --kill` asked for it: its owner died before it could
+        # An attempt that died before it wrote anything has no log (store/output.py), and the
+        # marker below makes none: one is made now, while the job is still held here (once moved
+        # on, it could be purged before the marker is written).
+        output.make(self.layout.output(job.id), self.store.modes.file)
         try:
             moved = self.transitions.finish(Claimed(job, owner, path), ok=False, exit_code=None,
                                             error=CANCELLED if cancelled else reason, now=now, rescuer=self._rescuer,

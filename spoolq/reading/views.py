@@ -42,7 +42,7 @@ class JobView:
         out.pop("seq", None)
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
-        started, seconds, host = self.last_attempt
+        started, seconds, host = self.last_attempt.started, self.last_attempt.seconds, self.last_attempt.host
         finished = self.state in FINISHED and self.changed_at is not None
         out["started_at"] = job.iso(started)
         out["finished_at"] = job.iso(self.changed_at) if finished else None
@@ -102,7 +102,7 @@ class Views:
         for _ in range(3):
             view = self._locate(job_id)
             if view is not None:
-                return view
+                return self.timed([view])[0]
             if not os.path.lexists(self.layout.id_marker(job_id)):
                 break
         raise JobNotFound(f"no job {job_id!r}")
@@ -174,16 +174,26 @@ class Views:
         if state == State.PENDING:
             state = waiting_state(found, now)
         timing = output.last_attempt(self.layout.output(found.id)) if found.id else output.LastAttempt()
-        if timing.started is None and state == State.DONE and found.id:
-            timing = self._from_attempts_log(found.id, finished_at(st))  # a silent success leaves no log
         return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
                        last_attempt=timing)
 
-    def _from_attempts_log(self, job_id: str, finished: float) -> output.LastAttempt:
-        from ..store import attempts_log  # json and all: only a reader of one done job needs it
+    def timed(self, views: list[JobView]) -> list[JobView]:
+        """`views`, each done job without a log (a silent success: store/output.py) given its last
+        attempt from the attempts log, in one pass over it for them all: a reader that shows
+        jobs calls it on those it shows (a search that only filters them needs no times)."""
+        silent = {v.id: v.changed_at for v in views if v.state == State.DONE and v.job is not None
+                  and v.last_attempt.started is None and v.changed_at is not None}
+        if not silent:
+            return views
+        from ..store import attempts_log  # json and all: only a reader of done jobs needs it
 
-        fact = attempts_log.find(self.layout.dir("events"), job_id, finished)
-        return output.LastAttempt() if fact is None else output.LastAttempt(fact.started, round(fact.run_seconds, 3), fact.host)
+        facts = attempts_log.find(self.layout.dir("events"), silent)
+        for view in views:
+            fact = facts.get(view.id) if view.id in silent else None
+            if fact is not None:
+                view.last_attempt = output.LastAttempt(fact.started, round(fact.run_seconds, 3), fact.host,
+                                                       fact.output_bytes)
+        return views
 
     # ---- many jobs -----------------------------------------------------------------------
 
@@ -198,7 +208,7 @@ class Views:
             out.append(view)
             if limit is not None and len(out) >= limit:
                 break
-        return out
+        return self.timed(out)
 
     def _iter_views(self, state: str | None, now: float) -> Iterator[JobView]:
         for place in self.places(state, now):

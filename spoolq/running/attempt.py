@@ -21,15 +21,19 @@ from ..moves.transitions import Claimed
 
 def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
         should_abort: Callable[[], str | None], slot: int = 0) -> runner.Outcome:
-    """Run the job's running attempt in `slot`; its outcome (a log that cannot be written fails it)."""
+    """Run the job's running attempt in `slot`; its outcome (a log that cannot be made costs the
+    output, not the attempt: `outcome.output_lost` says why)."""
     attempt = job.running_attempt
     cfg = spool.config
     env = {**base_env, **job.env, "SPOOLQ_JOB_ID": job.id, "SPOOLQ_ATTEMPT": str(attempt)}
     header = (f"==> {job_record.iso(time.time())} attempt {attempt} of {job.max_retries + 1} "
               f"on {host} (worker {owner}) <==\n")
     log = output.AttemptLog(spool.layout.output(job.id), header, spool.store.modes.file, cfg.max_output_bytes)
-    if attempt > 1:
-        log.begin()  # the earlier attempts' log goes on, this one's header after theirs
+    if attempt > 1 or os.path.lexists(log.path):
+        # An earlier attempt's log, or an earlier run's (requeue and `dlq retry` reset attempts and
+        # keep the log), goes on: this attempt's header after theirs, so that its last marks are
+        # this run's (`logs`, `show`). One lstat: a first run's log is still made only when needed.
+        log.begin()
 
     def looked_at() -> str | None:
         log.begin()  # every LOOK_AFTER: a job that runs this long gets its log, silent or not

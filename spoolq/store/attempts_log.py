@@ -229,26 +229,41 @@ def read(directory: str, since: float = 0.0, until: float = math.inf) -> Iterato
 FIND_SLACK = 5.0  # seconds between a job's move into done/ (the file system's clock) and its line's time
 
 
-def find(directory: str, job_id: str, finished: float) -> FinishedAttempt | None:
-    """The attempt of `job_id` that finished at `finished` (within FIND_SLACK), from the files
-    written since; None if no line tells it (rotated and pruned, lost to a crash, or written on a
-    host whose clock is further off). A file's lines are in the order they were written: each
-    is searched from where its lines reach that time, not read whole."""
-    needle = f'"id":"{job_id}",'.encode()  # an id needs no escaping in JSON
-    found = None
+def find(directory: str, finished: dict[str, float]) -> dict[str, FinishedAttempt]:
+    """For each job id of `finished`, its attempt that finished it then (done, within FIND_SLACK),
+    from the files written since the earliest; an id no line tells is left out (rotated and
+    pruned, lost to a crash, or written on a host whose clock is further off). One pass, however
+    many ids: a file's lines are in the order they were written, and each is read from where
+    they reach the earliest time to where they pass the latest, not whole."""
+    if not finished:
+        return {}
+    first, last = min(finished.values()) - FIND_SLACK, max(finished.values()) + FIND_SLACK
+    found: dict[str, FinishedAttempt] = {}
     for name, st in files(directory):
-        if st.st_mtime < finished - FIND_SLACK:
+        if st.st_mtime < first:
             continue
         path = os.path.join(directory, name)
-        for line, _end in lines(path, _offset_before(path, st.st_size, finished - FIND_SLACK)):
+        for line, _end in lines(path, _offset_before(path, st.st_size, first)):
             at = _finished_of(line)
-            if at is not None and at > finished + FIND_SLACK:
+            if at is not None and at > last:
                 break
-            if needle in line:
-                fact = parse_line(line)
-                if fact is not None and fact.id == job_id and abs(fact.finished - finished) <= FIND_SLACK:
-                    found = fact
+            job_id = _id_of(line)
+            if job_id is not None and job_id not in finished:
+                continue
+            fact = parse_line(line)  # a line of another shape (made by hand) is read whole
+            if fact is not None and fact.outcome == State.DONE and \
+                    abs(fact.finished - finished.get(fact.id, math.inf)) <= FIND_SLACK:
+                found[fact.id] = fact
     return found
+
+
+def _id_of(line: bytes) -> str | None:
+    """The job id of a line as a worker writes it (its first field), read without decoding it
+    all; None for a line of another shape."""
+    if not line.startswith(b'{"id":"'):
+        return None
+    end = line.find(b'"', 7)
+    return line[7:end].decode("ascii", "replace") if end > 0 else None
 
 
 def _offset_before(path: str, size: int, t: float) -> int:

@@ -165,6 +165,17 @@ def mark(path: str, line: str) -> None:
         os.close(fd)
 
 
+def make(path: str, mode: int) -> None:
+    """An empty log for a job that has none, for mark() to write in: made by whoever holds the
+    job, so never for one purged (best effort, as mark is)."""
+    try:
+        fd = fsio.open_append(path, mode)  # never through a symlink, never waiting on a fifo
+    except OSError:
+        return
+    fsio.exact_mode(fd, mode)
+    os.close(fd)
+
+
 def append(fd: int, data: bytes) -> int:
     """Append `data`; returns the offset where it starts."""
     start = os.lseek(fd, 0, os.SEEK_END)
@@ -176,11 +187,13 @@ TAIL_FOR_TIMES = 64 * 1024
 
 
 class LastAttempt(NamedTuple):
-    """What a job's log says of its last attempt (all None without a log)."""
+    """What a job's log says of its last attempt (all None without a log; a done job without
+    one has it from the attempts log: reading/views.py)."""
 
     started: float | None = None
     seconds: float | None = None  # None while it runs
     host: str | None = None
+    output_bytes: int | None = None  # what it wrote, where the attempts log tells it (a job without a log)
 
 
 def open_log(path: str) -> BinaryIO | None:

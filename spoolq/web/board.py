@@ -135,11 +135,12 @@ class DashboardState:
         matched = [(place, view) for place, view in walk]
         pages = max(1, -(-len(matched) // PAGE))
         page = pages - 1 if page is None else min(page, pages - 1)
-        rows = []
+        shown = []
         for place, view in matched[page * PAGE:(page + 1) * PAGE]:
             view = view or self.spool.views.view_at(place)
             if view is not None:  # else moved on since the listing
-                rows.append(view.to_dict())
+                shown.append(view)
+        rows = [view.to_dict() for view in self.spool.views.timed(shown)]
         return {"state": chosen.state, "page": page, "page_size": PAGE, "query": chosen.query,
                 "queue": chosen.queue, "total": len(matched), "jobs": rows, "pages": pages,
                 "order": ORDER.get(chosen.state, "by id"),
