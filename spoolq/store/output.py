@@ -154,7 +154,7 @@ def mark(path: str, line: str) -> None:
     """Append one marker line to a job's existing log (never creating one: a purged job stays
     purged). Best effort: a marker must not fail what it annotates."""
     try:
-        fd = fsio.open_append(path)  # output/ is writable by the spool's group: a fifo must not hang us
+        fd = fsio.open_append(path)  # whatever is at a log's path (a fifo, a symlink) must not hang or lead us
     except OSError:
         return
     try:
@@ -198,7 +198,8 @@ class LastAttempt(NamedTuple):
 
 def open_log(path: str) -> BinaryIO | None:
     """A job's log for reading, or None: not there, or not a regular file (a symlink is never
-    followed, a fifo never waited on: output/ is writable by the spool's group)."""
+    followed, a fifo never waited on: whatever is at a log's path, another program's or from a
+    spool made before output/ was its owner's alone)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
