@@ -173,3 +173,12 @@ def test_logs_does_not_say_a_job_wrote_nothing_when_its_output_could_not_be_kept
     assert "wrote nothing" not in blocked.stderr, blocked.stderr
     assert "(no output: job blocked is done; the 5 bytes it wrote could not be kept" in blocked.stderr, blocked.stderr
     assert silent.stderr == "(no output: job silent is done; it wrote nothing)\n", silent.stderr
+
+
+def test_logs_of_a_finished_job_that_never_ran_says_no_output_not_yet(spool, run):
+    """A job cancelled before it ran is dead with no log: none will come, so not "yet"."""
+    job = spool.enqueue({"command": "echo never", "delay": 3600}).id
+    assert run("cancel", job).returncode == 0
+    assert spool.find(job).state == "dead"
+    said = run("logs", job)
+    assert said.returncode == 0 and said.stderr == f"(no output: job {job} is dead)\n", said

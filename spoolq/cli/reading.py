@@ -101,7 +101,7 @@ def _no_log(job_id: str, state: str, wrote: int | None) -> str:
     succeeded at once and wrote nothing, or its log could not be made (the attempts log counts
     what it wrote)."""
     if state != State.DONE:
-        return f"(no output yet: job {job_id} is {state})"
+        return f"(no output{'' if state in FINISHED else ' yet'}: job {job_id} is {state})"
     if wrote:
         return f"(no output: job {job_id} is done; the {wrote} bytes it wrote could not be kept: the worker's log says why)"
     return f"(no output: job {job_id} is done; {'it wrote nothing' if wrote == 0 else 'it left no log'})"
