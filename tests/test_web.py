@@ -435,6 +435,28 @@ def test_wrong_tokens_are_answered_one_at_a_time_and_a_right_one_at_once(spool, 
     assert right_took < 2 * WRONG_TOKEN_PAUSE, right_took  # not behind the four
 
 
+def test_a_flood_of_wrong_tokens_is_turned_away_beyond_a_short_line(spool, dashboard):
+    """Forty wrong tokens at once: no more than WRONG_TOKENS_WAITING (and the one that may have
+    left the line meanwhile) wait their turn, each a thread of the server; the rest are answered
+    429 at once. A right token still gets in."""
+    import threading
+    from spoolq.web.access import WRONG_TOKENS_WAITING
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    statuses: list[int] = []
+    guesses = [threading.Thread(target=lambda i=i: statuses.append(
+        d.get("/api/overview", {"Authorization": f"Bearer guess{i}"})[0])) for i in range(40)]
+    for guess in guesses:
+        guess.start()
+    for guess in guesses:
+        guess.join(60)
+    assert len(statuses) == 40 and set(statuses) <= {401, 429}
+    # The line lets one more in every WRONG_TOKEN_PAUSE while the forty arrive: on a loaded
+    # machine that may take seconds, so the bound is loose; without a line none would be 429.
+    assert WRONG_TOKENS_WAITING <= statuses.count(401) <= 20 and statuses.count(429) >= 20, statuses
+    assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
+
+
 @pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])
 def test_a_wrong_token_gets_nothing_that_lets_it_in(spool, dashboard, guess):
     """A failed request's answer carries no cookie: sending back whatever it got is still refused."""

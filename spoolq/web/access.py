@@ -7,8 +7,9 @@ checked in constant time and exchanged for a session: a cookie signed with this 
 that holds no token, so neither the cookie nor what a browser sends to another port of the same
 host (cookies are not kept apart by port) reveals the token, and every session ends with the
 process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie. A wrong
-token is answered after WRONG_TOKEN_PAUSE, one at a time however many arrive at once: a few
-guesses a second at most, where a right token is never kept waiting.
+token is answered after WRONG_TOKEN_PAUSE, one at a time however many arrive at once (beyond
+WRONG_TOKENS_WAITING in line, 429 at once): a few guesses a second at most, where a right token
+is never kept waiting.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ LOGIN = "/login"  # where the token form posts (--token only)
 LOGGED_IN = "in"  # the session's mark of a token given; the token itself is never in it
 LOOPBACK_NAMES = frozenset({"localhost"})  # a name browsers take for loopback without asking DNS
 WRONG_TOKEN_PAUSE = 0.5  # seconds before a wrong token is answered, one answer at a time
+WRONG_TOKENS_WAITING = 8  # wrong tokens in line at most: more at once are answered 429 at once (a thread each)
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,19 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
     check_host = token is None and bound.loopback
     wrong = threading.Lock()  # held through each wrong token's pause: guesses wait in line
+    in_line = threading.BoundedSemaphore(WRONG_TOKENS_WAITING)
 
     def wrong_token(then: str) -> Response:
         # RACE: many guesses at once, each in a thread of its own: they take the lock in turn,
-        # so the pauses add up; a right token never takes it.
-        with wrong:
-            time.sleep(WRONG_TOKEN_PAUSE)
+        # so the pauses add up; a right token never takes it. Those beyond the line's length are
+        # turned away at once, so that a flood of guesses holds no more than that many threads.
+        if not in_line.acquire(blocking=False):
+            return _plain("too many wrong tokens at once: try again later", 429)
+        try:
+            with wrong:
+                time.sleep(WRONG_TOKEN_PAUSE)
+        finally:
+            in_line.release()
         return _refuse("that token is not this dashboard's (--token)", then)
 
     @app.before_request
