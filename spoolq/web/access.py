@@ -98,21 +98,7 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
     check_host = token is None and bound.loopback
-    wrong = threading.Lock()  # held through each wrong token's pause: guesses wait in line
-    in_line = threading.BoundedSemaphore(WRONG_TOKENS_WAITING)
-
-    def wrong_token(then: str) -> Response:
-        # RACE: many guesses at once, each in a thread of its own: they take the lock in turn,
-        # so the pauses add up; a right token never takes it. Those beyond the line's length are
-        # turned away at once, so that a flood of guesses holds no more than that many threads.
-        if not in_line.acquire(blocking=False):
-            return _plain("too many wrong tokens at once: try again later", 429)
-        try:
-            with wrong:
-                time.sleep(WRONG_TOKEN_PAUSE)
-        finally:
-            in_line.release()
-        return _refuse("that token is not this dashboard's (--token)", then)
+    wrong_token = WrongTokens()
 
     @app.before_request
     def admit() -> Response | None:
@@ -142,6 +128,28 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         # (static files say their own: revalidated, never secret).
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+class WrongTokens:
+    """The answer to a wrong token: after WRONG_TOKEN_PAUSE, one at a time, at most
+    WRONG_TOKENS_WAITING in line."""
+
+    def __init__(self) -> None:
+        self._turn = threading.Lock()  # held through each wrong token's pause: guesses wait in line
+        self._line = threading.BoundedSemaphore(WRONG_TOKENS_WAITING)
+
+    def __call__(self, then: str) -> Response:
+        # RACE: many guesses at once, each in a thread of its own: they take the turn one after
+        # another, so the pauses add up; a right token never takes it. Those beyond the line's
+        # length are turned away at once: a flood of guesses holds no more threads than that.
+        if not self._line.acquire(blocking=False):
+            return _plain("too many wrong tokens at once: try again later", 429)
+        try:
+            with self._turn:
+                time.sleep(WRONG_TOKEN_PAUSE)
+        finally:
+            self._line.release()
+        return _refuse("that token is not this dashboard's (--token)", then)
 
 
 def _log_in(then: str) -> Response:
