@@ -196,3 +196,16 @@ def test_a_signal_held_through_the_publish_still_lets_the_enqueuer_judge_its_job
     assert (r.returncode, r.stdout) == (0, "b\n"), r.stderr
     view = spool.find("b")
     assert (view.state, view.job.last_error) == ("dead", "dependency a is dead")
+
+
+def test_json_ids_with_text_stdout_cannot_encode_are_printed_in_utf_8(spool):
+    """--json keeps a command's own characters; a stdout whose encoding cannot hold them (ASCII
+    under a C locale, Latin-1) still gets the lines, in UTF-8 as JSON is, and the job is enqueued:
+    never a traceback with nothing enqueued."""
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    r = subprocess.run([*SPOOLQ, "--spool", spool.root, "enqueue", "--json", "--id", "j1", "--cmd", "echo é €"],
+                       capture_output=True, timeout=60, env=env)
+    assert r.returncode == 0 and b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    import json
+    assert json.loads(r.stdout.decode("utf-8"))["command"] == "echo é €"
+    assert spool.counts().pending == 1

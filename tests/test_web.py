@@ -457,6 +457,33 @@ def test_a_flood_of_wrong_tokens_is_turned_away_beyond_a_short_line(spool, dashb
     assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
 
 
+def test_a_full_line_of_guesses_turns_the_right_token_away_too(spool, dashboard):
+    """While guesses keep the line full, a 429 must not depend on the token: if only a wrong one
+    got it (and a right one got in), each guess would be told at once, as fast as the server
+    answers. A session is never in the line; once the flood ends the right token gets in."""
+    import threading
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    stop = threading.Event()
+
+    def guess(i: int) -> None:
+        while not stop.is_set():
+            d.get("/api/overview", {"Authorization": f"Bearer guess{i}"})
+
+    flood = [threading.Thread(target=guess, args=(i,)) for i in range(16)]
+    for thread in flood:
+        thread.start()
+    try:
+        wait_for(lambda: d.get("/api/overview", {"Authorization": "Bearer probe"})[0] == 429, timeout=30)
+        rights = [d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] for _ in range(5)]
+    finally:
+        stop.set()
+        for thread in flood:
+            thread.join(60)
+    assert set(rights) <= {200, 429} and rights.count(429) >= 3, rights
+    wait_for(lambda: d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200, timeout=30)
+
+
 @pytest.mark.parametrize("guess", ["guess", "", "s3cre", "s3cret ", "s3cret&token=s3cret"])
 def test_a_wrong_token_gets_nothing_that_lets_it_in(spool, dashboard, guess):
     """A failed request's answer carries no cookie: sending back whatever it got is still refused."""

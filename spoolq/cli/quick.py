@@ -69,12 +69,25 @@ class Announcement:
         try:
             lines = self.lines()
             if lines:
-                sys.stdout.write("\n".join(lines) + "\n")  # one write: a 100,000-line batch should not pay per line
+                _write_utf_8("\n".join(lines) + "\n")  # one write: a 100,000-line batch should not pay per line
             sys.stdout.flush()
         except OSError as e:
             forget_stdout()
             raise Unprintable(f"cannot print the new ids ({e.strerror}); nothing was enqueued") from None
         self.done = True
+
+
+def _write_utf_8(text: str) -> None:
+    """`text` on stdout in UTF-8 (as JSON is, and as click.echo writes where the locale says
+    ASCII), whatever encoding the text stream was given: a --json line holds a command's own
+    characters, which an ASCII or Latin-1 stdout cannot encode."""
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()  # anything written as text before goes first
+    binary.write(text.encode("utf-8"))
+    binary.flush()
 
 
 class Unprintable(Exception):

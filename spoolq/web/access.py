@@ -8,7 +8,7 @@ that holds no token, so neither the cookie nor what a browser sends to another p
 host (cookies are not kept apart by port) reveals the token, and every session ends with the
 process or after SESSION_LIFETIME. A request that fails gets an answer and no cookie. A wrong
 token is answered after WRONG_TOKEN_PAUSE, one at a time however many arrive at once (beyond
-WRONG_TOKENS_WAITING in line, 429 at once): a few guesses a second at most, where a right token
+WRONG_TOKENS_WAITING in line, 429 at once to any token): a few guesses a second at most, where a right token
 is never kept waiting.
 """
 
@@ -98,7 +98,7 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_HTTPONLY=True,
                       PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME, SESSION_REFRESH_EACH_REQUEST=False)
     check_host = token is None and bound.loopback
-    wrong_token = WrongTokens()
+    tokens = WrongTokens(token or "")  # used only with a token
 
     @app.before_request
     def admit() -> Response | None:
@@ -108,14 +108,16 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
             return None
         if request.method in ("GET", "HEAD") and "token" in request.args:
             then = _here_without_token()
-            return _log_in(then) if _same(request.args["token"], token) else wrong_token(then)
+            return tokens.check(request.args["token"], then) or _log_in(then)
         if request.method == "POST" and request.path == LOGIN:
             then = _local(request.form.get("next", ""))
-            return _log_in(then) if _same(request.form.get("token", ""), token) else wrong_token(then)
-        if session.get(LOGGED_IN) is True or _same(_bearer(), token):
+            return tokens.check(request.form.get("token", ""), then) or _log_in(then)
+        if session.get(LOGGED_IN) is True:
             return None
         then = _here_without_token() if request.method == "GET" else "/"
-        return wrong_token(then) if _bearer() else _refuse("a token is needed (--token)", then)
+        if not _bearer():
+            return _refuse("a token is needed (--token)", then)
+        return tokens.check(_bearer(), then)
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -131,20 +133,26 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
 
 
 class WrongTokens:
-    """The answer to a wrong token: after WRONG_TOKEN_PAUSE, one at a time, at most
-    WRONG_TOKENS_WAITING in line."""
+    """The answer to a token given: none to the right one; to a wrong one, after WRONG_TOKEN_PAUSE,
+    one at a time, at most WRONG_TOKENS_WAITING in line."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str) -> None:
+        self._token = token
         self._turn = threading.Lock()  # held through each wrong token's pause: guesses wait in line
         self._line = threading.BoundedSemaphore(WRONG_TOKENS_WAITING)
 
-    def __call__(self, then: str) -> Response:
+    def check(self, given: str, then: str) -> Response | None:
+        """None if `given` is the token, else the answer to a wrong one. A full line is answered
+        429 before the token is compared, right or wrong: a 429 that only a wrong token got would
+        tell it at once, and guesses would go as fast as the server answers."""
         # RACE: many guesses at once, each in a thread of its own: they take the turn one after
         # another, so the pauses add up; a right token never takes it. Those beyond the line's
         # length are turned away at once: a flood of guesses holds no more threads than that.
         if not self._line.acquire(blocking=False):
             return _plain("too many wrong tokens at once: try again later", 429)
         try:
+            if _same(given, self._token):
+                return None
             with self._turn:
                 time.sleep(WRONG_TOKEN_PAUSE)
         finally:
