@@ -238,11 +238,11 @@ class Dependencies:
 
     def waiting_for_dead(self, most: int) -> set[str]:
         """The waiting jobs one of whose dependencies is dead (a crash between a death and its
-        judging; recovery's sweep judges them), by the edges: a look per dependency, of the
-        first `most` that have waiters, and no job file read."""
+        judging; recovery's sweep judges them), by the edges: one look in dead/ per dependency,
+        of the first `most` that have waiters, and no job file read."""
         stuck: set[str] = set()
         for dep in fsio.listdir(self.edges)[:most]:
-            if self.state_of(dep) == State.DEAD:
+            if os.path.lexists(os.path.join(self.layout.dead, layout.job_file(dep))):
                 stuck.update(w for w in fsio.listdir(os.path.join(self.edges, dep))
                              if os.path.lexists(self.waiting_path(w)))
         return stuck

@@ -10,7 +10,8 @@ from ..reading.counts import CountsByQueue
 from ..spool import Spool
 from ..format.states import State
 
-DEPENDENCIES_LOOKED_AT = 10_000  # jobs waited for, looked at most per overview to find a dead one
+DEPENDENCIES_LOOKED_AT = 1_000  # jobs waited for, looked up in dead/ at most per overview (a lookup each: on
+# NFS or GlusterFS, where one costs up to a millisecond, a refresh stays under a second)
 
 
 def _jobs(n: int) -> str:
