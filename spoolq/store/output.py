@@ -54,15 +54,13 @@ class AttemptLog:
         if self.fd is not None or self.error is not None:
             return
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, self.mode)
+            fd = _create(self.path, self.mode)
+            try:
+                self.start = append(fd, self.header.encode())
+            except BaseException:
+                os.close(fd)
+                raise
         except OSError as e:
-            self.error, self.disk_full, self.unreachable = e, True, True
-            return
-        try:
-            fsio.exact_mode(fd, self.mode)
-            self.start = append(fd, self.header.encode())
-        except OSError as e:
-            os.close(fd)
             self.error, self.disk_full, self.unreachable = e, True, True
             return
         self.fd = fd
@@ -169,11 +167,17 @@ def make(path: str, mode: int) -> None:
     """An empty log for a job that has none, for mark() to write in: made by whoever holds the
     job, so never for one purged (best effort, as mark is)."""
     try:
-        fd = fsio.open_append(path, mode)  # never through a symlink, never waiting on a fifo
+        os.close(_create(path, mode))
     except OSError:
-        return
+        pass
+
+
+def _create(path: str, mode: int) -> int:
+    """A descriptor appending to the job's log at `path`, made of `mode` if there is none: never
+    through a symlink, never waiting on a fifo, never anything but a regular file (OSError)."""
+    fd = fsio.open_append(path, mode)
     fsio.exact_mode(fd, mode)
-    os.close(fd)
+    return fd
 
 
 def append(fd: int, data: bytes) -> int:
