@@ -115,9 +115,8 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         if session.get(LOGGED_IN) is True:
             return None
         then = _here_without_token() if request.method == "GET" else "/"
-        if not _bearer():
-            return _refuse("a token is needed (--token)", then)
-        return tokens.check(_bearer(), then)
+        bearer = _bearer()
+        return tokens.check(bearer, then) if bearer else _refuse("a token is needed (--token)", then)
 
     @app.after_request
     def headers(response: Response) -> Response:
@@ -127,7 +126,8 @@ def guard(app: Flask, token: str | None, bound: Bound) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
         # A page shows a spool's jobs, commands and output: kept in no cache, on disk or between
-        # (static files say their own: revalidated, never secret).
+        # (static files say their own: revalidated, never secret). Every answer of this module
+        # (a refusal, a log-in's redirect) gets it here too.
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
@@ -166,9 +166,7 @@ def _log_in(then: str) -> Response:
     session.clear()  # a new session, and with it a new form token
     session[LOGGED_IN] = True
     session.permanent = True  # the cookie's lifetime: SESSION_LIFETIME, not the browser's
-    response = redirect(then, 303)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return redirect(then, 303)
 
 
 def _refuse(why: str, then: str) -> Response:
@@ -176,7 +174,7 @@ def _refuse(why: str, then: str) -> Response:
     no spool and no form token); to anything else, one line that says how to send it."""
     if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
         page = current_app.jinja_env.get_template("login.html").render(message=why, next=then)
-        return Response(page, 401, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+        return Response(page, 401, {"Content-Type": "text/html; charset=utf-8"})
     return _plain(f"{why}: open a page once with ?token=…, or send Authorization: Bearer …", 401)
 
 
@@ -208,7 +206,7 @@ def _same(given: str, token: str) -> bool:
 
 
 def _plain(text: str, status: int) -> Response:
-    return Response(text + "\n", status, {"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-store"})
+    return Response(text + "\n", status, {"Content-Type": "text/plain; charset=utf-8"})
 
 
 QUERY = re.compile(r"\?[^\s\"']*")
