@@ -15,7 +15,7 @@ from conftest import dead_pid, wait_for
 from spoolq.format import layout
 from spoolq.format.states import State
 from spoolq.moves.recovery import DEPS_SWEEP_EVERY
-from spoolq.running.worker import RECOVER_EVERY
+from spoolq.running.duties import RECOVER_EVERY
 from test_cli import clean
 
 AT_ONCE = 8.0  # seconds: a finish judges its waiters itself, not a recovery sweep of after/ later

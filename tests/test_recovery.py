@@ -13,7 +13,7 @@ import pytest
 from conftest import SPOOLQ, wait_for, Workers
 from spoolq import Spool
 from spoolq.format import layout as L
-from spools import REPO
+from spools import cli, REPO
 
 
 # ---- hardening: 15, 16. a worker's own directory, and the processes of its jobs ------------------
@@ -81,3 +81,32 @@ def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_di
     code, out = run_burst(spool_dir, 30)
     assert code == 0 and "1 job in 1 attempt, 1 ok" in out, out
 
+
+
+# ---- a worker of one slot keeps house while its job runs -------------------------------------------
+
+
+def _dead_owner(spool_dir: str) -> str:
+    """An owner registered by a process that has exited: a dead worker."""
+    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
+    return subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
+                          cwd=REPO).stdout.strip()
+
+
+def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(spool, spool_dir):
+    """A worker of one slot runs its job in its own thread: its sweeps for dead workers' jobs must
+    go on meanwhile, or a long job holds up every job a dead worker left (until it ends)."""
+    long = spool.enqueue({"command": "sleep 120"}).id
+    w = Workers(spool_dir, 1).wait_ready()
+    try:
+        wait_for(lambda: spool.find(long).state == "processing", 15, "the long job to start")
+        left = spool.enqueue({"command": "true", "max_retries": 3}).id
+        entry = next(e for e in os.listdir(spool.layout.pending) if left in e)
+        owner = _dead_owner(spool_dir)
+        assert Spool(spool_dir).transitions.claim(entry, owner) is not None  # the dead worker held it
+        # (taken into the rescuer's own directory first, then put back)
+        wait_for(lambda: spool.find(left).state in ("pending", "scheduled"), 10, "the dead worker's job back")
+        assert spool.find(long).state == "processing"  # recovered while the long job still ran
+    finally:
+        cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "20")
+        w.stop()

@@ -478,3 +478,23 @@ def test_replacing_a_paused_schedule_keeps_it_paused(cli, spool):
     clean(cli("schedule", "add", "nightly", "@hourly", "--cmd", "true", "--replace"))
     shown = cli.json("schedule", "show", "nightly")
     assert (shown["cron"], shown["paused"]) == ("@hourly", True)
+
+
+def test_a_worker_busy_with_a_long_job_fires_a_schedule_s_slot_meanwhile(spool, spool_dir):
+    """A worker of one slot runs its job in its own thread: a schedule's slot still fires on time
+    (the job waits in pending for a free worker), not when the long job ends."""
+    from conftest import Workers
+    from spools import cli
+
+    long = spool.enqueue({"command": "sleep 120"}).id
+    w = Workers(spool_dir, 1).wait_ready()
+    try:
+        wait_for(lambda: spool.find(long).state == "processing", 15, "the long job to start")
+        created = time.time() - 3600  # its latest slot, this minute's, is due at once
+        Schedules(spool).add(Schedule("busy", "* * * * *", {"command": "true"}, created_at=created,
+                                      active_from=created))
+        wait_for(lambda: any(v.id.startswith("busy.") for v in spool.list_jobs()), 10, "the slot's job")
+        assert spool.find(long).state == "processing"  # fired while the long job still ran
+    finally:
+        cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "20")
+        w.stop()

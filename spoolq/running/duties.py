@@ -1,10 +1,12 @@
-"""What a worker does besides jobs, between them, each at its own pace: fire the schedules' due
-slots, purge what retention no longer keeps; and start the thread that keeps the metrics
+"""What a worker does besides jobs, between them, each at its own pace: sweep for the jobs of dead
+workers (the worker's own sweep, handed in), fire the schedules' due slots, purge what retention
+no longer keeps; and start the thread that keeps the metrics
 textfile fresh (metrics.Textfile) once one is set. Each duty says when it is next due, so that an idle
 worker wakes for it (and for nothing else); a duty that fails costs a log line, never the worker."""
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from ..system.locks import LONG_HELD
@@ -14,11 +16,15 @@ from .schedules import Schedules
 from ..spool import Spool
 
 SCHEDULE_RECHECK = 2.0  # seconds: a schedule added or changed is seen within this
+RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 
 
 class Duties:
-    def __init__(self, spool: Spool, log: Callable[[str], None], owner: Callable[[], str]):
+    def __init__(self, spool: Spool, log: Callable[[str], None], owner: Callable[[], str],
+                 sweep: Callable[[], None] = lambda: None):
         self.spool = spool
+        self.sweep = sweep  # for the jobs of dead workers (it says what it recovers, and its own failures)
+        self.swept_at = 0.0
         self.log = log
         self.textfile = Textfile(spool.root, owner, log)
         self.schedules = Schedules(spool)
@@ -31,9 +37,12 @@ class Duties:
     def next_at(self) -> float:
         """When the next duty is due (epoch seconds)."""
         retention = self.retention.next_at if self.retention.wanted() else float("inf")
-        return min(self.fire_at, retention)
+        return min(self.swept_at + RECOVER_EVERY, self.fire_at, retention)
 
     def run(self, now: float) -> None:
+        if now - self.swept_at >= RECOVER_EVERY:
+            self.swept_at = now
+            self.sweep()
         if now >= self.fire_at:
             self._fire(now)
         if self.retention.wanted() and now >= self.retention.next_at:
@@ -53,6 +62,22 @@ class Duties:
         if purged:
             self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
                      f"{purged.outputs} output logs")
+
+    def while_running(self, abort: Callable[[], str | None]) -> Callable[[], str | None]:
+        """`abort` (what a running job asks every half second: why to kill it, if there is a
+        reason) that also does the duties then due. For a worker of one slot, which runs its job in
+        its own thread (slot_threads.py) and so waits for the job's end: a long job holds up no dead
+        worker's jobs, no schedule's slot and no purge. A failure of theirs costs a log line, never
+        the job (the worker's loop meets it again after the job)."""
+        def asked() -> str | None:
+            reason = abort()
+            if reason is None and (now := time.time()) >= self.next_at:
+                try:
+                    self.run(now)
+                except Exception as e:
+                    self.log(f"a duty failed while a job ran: {type(e).__name__}: {e}")
+            return reason
+        return asked
 
     def idle(self, now: float) -> bool:
         """The worker has nothing ready: spend the time on retention if it is behind. True if it

@@ -31,7 +31,6 @@ from .log_lines import JobLines, SettingsNotes, text_log as stderr_log
 from .lifecycle import (EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, CannotStart, Stops, announce_wakeups,
                         unless_unreachable, unregister)
 
-RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
 MAX_WAIT = 30.0
 
 
@@ -50,7 +49,8 @@ class Worker:
         self.slots = SlotThreads(slots, self._poke)  # the jobs it runs at once
         self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
         self.events: attempts_log.EventLog | None = None  # opened at registration
-        self.duties = Duties(spool, self.log, lambda: self.owner)  # schedules, retention, the metrics textfile
+        self.duties = Duties(spool, self.log, lambda: self.owner, self._recover)  # recovery, schedules, retention
+        self._abort_keeping_house = self.duties.while_running(self._abort_reason)  # a worker of one slot's
         self.hooks = Hooks(spool, self.log)  # config on_done, on_dead, on_failure
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
@@ -175,7 +175,6 @@ class Worker:
         assert self._wake is not None
         spool = self.spool
         last_rescan = 0.0
-        last_recover = 0.0
         while not self.stops.stopping:
             self.slots.collect()
             now = time.time()
@@ -188,13 +187,10 @@ class Worker:
                 self.log(f"lost file-system events ({reason}); falling back to polling every "
                          f"{cfg.poll_interval:g}s")
             if self.heartbeat.lost and not self.slots.idle():  # its running jobs abort first (_abort_reason)
-                self._sleep(now, last_rescan, last_recover, full=True)
+                self._sleep(now, last_rescan, full=True)
                 continue
             if self.heartbeat.lost:
                 self._reregister("this worker's registration was taken over (declared dead elsewhere)")
-            if now - last_recover >= RECOVER_EVERY:
-                last_recover = now
-                self._recover()
             if now >= self.duties.next_at:
                 self.duties.run(now)
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
@@ -219,15 +215,15 @@ class Worker:
                 if not self.retrying.left(self.index, self.admission.paused_queues) and self.slots.idle():
                     return  # (a running job may yet leave a retry)
             # Idle: retention's backlog first, if any, and then only a look at what arrived meanwhile.
-            self._sleep(now, last_rescan, last_recover, now if self.duties.idle(now) else None, full=full)
+            self._sleep(now, last_rescan, now if self.duties.idle(now) else None, full=full)
 
-    def _sleep(self, now: float, last_rescan: float, last_recover: float, until: float | None = None, *,
+    def _sleep(self, now: float, last_rescan: float, until: float | None = None, *,
                full: bool = False) -> None:
         """Wait for an event, a poke (a slot that ended: `full`, no job due can be run before),
         or the next thing due."""
         assert self._wake is not None
         cfg = self.spool.config
-        wake_at = min(last_rescan + cfg.poll_interval, last_recover + RECOVER_EVERY, now + MAX_WAIT,
+        wake_at = min(last_rescan + cfg.poll_interval, now + MAX_WAIT,
                       self.duties.next_at, until if until is not None else now + MAX_WAIT)
         due = None if full else self.index.next_due_ms()
         if due is not None:
@@ -314,7 +310,8 @@ class Worker:
         thread (the attempts log, hooks, the pending index, the queue's slot given back)."""
         try:
             outcome, moved, finished_at = attempt.run_and_record(
-                self.spool, claimed, kill, self.host, self._base_env, self.group, number, abort=self._abort_reason,
+                self.spool, claimed, kill, self.host, self._base_env, self.group, number,
+                abort=self._abort_reason if self.slots.slots > 1 else self._abort_keeping_house,
                 why_stopped=self.heartbeat.why_stopped, log=self.log)
         except BaseException:  # the worker fails (slot_threads.py): the queue's slot is not kept meanwhile
             if slot is not None:
