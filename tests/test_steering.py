@@ -491,6 +491,24 @@ def test_show_and_list_say_when_the_last_attempt_ran(cli, spool, workers, tmp_pa
     w.stop()
 
 
+@pytest.mark.parametrize("started, seconds, shown", [
+    (99.990, 0.013, 100.003),  # the move's ctime, from the coarse clock, came 3 ms before the end
+    (99.000, 0.500, 100.000),  # ended before the move: the move
+    (104.000, 0.500, 100.000),  # a host whose clock is ahead: the move
+    (None, None, 100.000),  # nothing known of the attempt: the move
+])
+def test_a_finished_job_is_never_shown_finishing_before_its_attempt_ended(started, seconds, shown):
+    from spoolq.format.job import from_dict
+    from spoolq.reading.views import JobView
+    from spoolq.store.output import LastAttempt
+
+    job = from_dict({"id": "j1", "command": "true", "created_at": "2026-01-01T00:00:00Z",
+                         "updated_at": "2026-01-01T00:00:00Z"}, now=0.0, default_max_retries=3)
+    out = JobView("j1", "done", job, "/x", changed_at=100.0, last_attempt=LastAttempt(started, seconds, "h")).to_dict()
+    assert parse_iso(out["finished_at"]) == pytest.approx(shown, abs=0.0005)
+    assert out["updated_at"] == out["finished_at"]
+
+
 # ---- dependencies (--after) --------------------------------------------------------------------
 
 def test_a_job_after_others_waits_until_they_are_done(cli, spool, tmp_path):

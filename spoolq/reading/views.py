@@ -43,9 +43,9 @@ class JobView:
         out["queue"] = self.job.queue  # always shown, though a file of the default queue may not say it
         out["state"] = self.state
         started, seconds, host = self.last_attempt.started, self.last_attempt.seconds, self.last_attempt.host
-        finished = self.state in FINISHED and self.changed_at is not None
+        finished = shown_finish(self.changed_at, started, seconds) if self.state in FINISHED else None
         out["started_at"] = job.iso(started)
-        out["finished_at"] = job.iso(self.changed_at) if finished else None
+        out["finished_at"] = job.iso(finished)
         out["duration"] = seconds
         out["host"] = host
         if self.state == State.PROCESSING:
@@ -56,7 +56,7 @@ class JobView:
             # holds the attempts before it.
             out["attempts"] = self.job.running_attempt
             out["exit_code"] = 0
-            out["updated_at"] = job.iso(self.changed_at) if self.changed_at else out["updated_at"]
+            out["updated_at"] = job.iso(finished) if finished else out["updated_at"]
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
 
 
@@ -74,6 +74,21 @@ def finished_at(st: os.stat_result) -> float:
     ctime was last set (a success is that move alone; a failure rewrites the file just before
     it). The mtime would say when it was enqueued or last failed: never use it for this."""
     return st.st_ctime
+
+
+COARSE_CLOCK = 1.0  # seconds: at most this far may a move's ctime come before its attempt's end
+
+
+def shown_finish(changed_at: float | None, started: float | None, seconds: float | None) -> float | None:
+    """When a finished job is shown to have finished: its move (finished_at, its file's ctime).
+    The kernel stamps a ctime from a clock a few milliseconds coarse, so that it can come before
+    the end the attempt measured (its start and length, read from the finer clock): then that end,
+    so that no job is shown finishing before its attempt ended. An end further after the move (a
+    host whose clock is ahead) leaves the move."""
+    if changed_at is None or started is None or seconds is None:
+        return changed_at
+    end = started + seconds
+    return end if changed_at < end <= changed_at + COARSE_CLOCK else changed_at
 
 
 def waiting_state(waiting: Job, now: float) -> str:
