@@ -1,0 +1,39 @@
+"""A newcomer's first hour: what someone used to nq, task-spooler, pueue, RQ or Sidekiq types
+first, and the one line that tells them what spoolq wants instead."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from conftest import spoolq
+
+
+@pytest.mark.parametrize("words, example", [
+    (["echo", "hello", "world"], "spoolq enqueue 'echo hello world'"),
+    (["--", "ls", "-la"], "spoolq enqueue 'ls -la'"),
+    (["cp", "a b", "c"], "spoolq enqueue 'cp '\"'\"'a b'\"'\"' c'"),  # the words as they were given
+])
+def test_an_unquoted_command_is_told_to_quote_it(spool_dir, words, example):
+    """`nq echo hello`, `tsp echo hello` and `pueue add echo hello` take the command's words; spoolq
+    takes one argument, and said only "Got unexpected extra arguments (hello world)"."""
+    r = spoolq(spool_dir, "enqueue", *words)
+    assert r.returncode == 2, r.stderr
+    error = r.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: JOB is one argument"), r.stderr
+    assert example in error
+    assert not os.path.exists(spool_dir)  # nothing written, as for every usage error
+
+
+def test_a_long_or_multiline_command_gets_a_short_example(spool_dir):
+    r = spoolq(spool_dir, "enqueue", "printf", "a\nb", *["x"] * 60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: JOB is one argument: quote it, as in spoolq enqueue '")
+    assert len(r.stderr.strip().splitlines()[-1]) < 200
+
+
+def test_one_quoted_command_still_enqueues(spool_dir):
+    r = spoolq(spool_dir, "enqueue", "--id", "q", "echo hello world")
+    assert (r.returncode, r.stdout) == (0, "q\n"), r.stderr
+
