@@ -37,3 +37,28 @@ def test_one_quoted_command_still_enqueues(spool_dir):
     r = spoolq(spool_dir, "enqueue", "--id", "q", "echo hello world")
     assert (r.returncode, r.stdout) == (0, "q\n"), r.stderr
 
+
+@pytest.mark.parametrize("word, pointer", [
+    ("restart", "`spoolq requeue ID...`"),             # pueue restart
+    ("follow", "`spoolq logs -f ID`"),                 # pueue follow
+    ("tail", "`spoolq logs -f ID`"),
+    ("cat", "`spoolq logs ID`"),                       # tsp -c
+    ("info", "`spoolq status` (the spool) or `spoolq show ID` (a job)"),  # rq info, tsp -i
+    ("jobs", "`spoolq list`"),
+    ("ps", "`spoolq list`"),
+    ("clean", "`spoolq purge --state done`"),          # pueue clean, tsp -C
+    ("clear", "`spoolq purge --state done`"),
+    ("push", "`spoolq enqueue`"),
+    ("failed", "`spoolq dlq list`"),                   # RQ's failed job registry
+    ("parallel", "`spoolq queue set Q --concurrency N`"),  # pueue parallel
+    ("group", "`spoolq queue list`"),                  # pueue group
+    ("cron", "`spoolq schedule add NAME CRON --cmd CMD`"),
+    ("dashboard", "`spoolq web`"),
+])
+def test_a_word_of_another_queue_points_to_spoolqs(cli, spool_dir, word, pointer):
+    """These were answered with a command merely spelled alike (`restart`: did you mean 'stats'?,
+    `push`: 'pause'?) or with no hint at all."""
+    result = cli(word)
+    assert result.exit_code == 2
+    assert f"Error: no such command {word!r}; {pointer}" in result.output
+    assert not os.path.exists(spool_dir)

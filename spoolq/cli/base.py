@@ -100,6 +100,13 @@ POINTERS = {
     "start": "`spoolq worker start`", "run": "`spoolq worker start`", "stop": "`spoolq worker stop`",
     "kill": "`spoolq cancel --kill ID...`", "add": "`spoolq enqueue`", "submit": "`spoolq enqueue`",
     "ls": "`spoolq list`", "log": "`spoolq logs ID`",
+    # nq, task-spooler, pueue, RQ and Sidekiq's words (docs/cli.md, "Coming from another queue")
+    "restart": "`spoolq requeue ID...`", "push": "`spoolq enqueue`", "cat": "`spoolq logs ID`",
+    "follow": "`spoolq logs -f ID`", "tail": "`spoolq logs -f ID`", "jobs": "`spoolq list`", "ps": "`spoolq list`",
+    "info": "`spoolq status` (the spool) or `spoolq show ID` (a job)", "failed": "`spoolq dlq list`",
+    **dict.fromkeys(("clean", "clear"), "`spoolq purge --state done`"),
+    "parallel": "`spoolq queue set Q --concurrency N`, or `spoolq worker start --slots N`",
+    "group": "`spoolq queue list`", "cron": "`spoolq schedule add NAME CRON --cmd CMD`", "dashboard": "`spoolq web`",
     **dict.fromkeys(("rm", "remove", "delete"), "`spoolq cancel ID...` (not finished) or `spoolq purge ID...` (finished)"),
 }
 
