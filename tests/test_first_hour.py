@@ -4,10 +4,13 @@ first, and the one line that tells them what spoolq wants instead."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 from conftest import spoolq
+from spools import REPO
+from spoolq import Spool
 
 
 @pytest.mark.parametrize("words, example", [
@@ -62,3 +65,18 @@ def test_a_word_of_another_queue_points_to_spoolqs(cli, spool_dir, word, pointer
     assert result.exit_code == 2
     assert f"Error: no such command {word!r}; {pointer}" in result.output
     assert not os.path.exists(spool_dir)
+
+
+def test_the_unsafe_file_system_refusal_names_a_page_that_exists(gluster, tmp_path):
+    """`worker start` on GlusterFS at its defaults refused "see the README (Running on several
+    hosts)": the README has no such section; docs/hosts.md is that page."""
+    path = os.path.join(gluster.mount("stock", "A"), gluster.new_dir("stock", os.path.basename(tmp_path)))
+    Spool(path)
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_ALLOW_UNSAFE_FS"}
+    r = spoolq(path, "worker", "start", "--burst", env=env)
+    assert r.returncode == 1, r.stderr
+    named = re.search(r"see (\S+\.md) \(([^)]+)\)", r.stderr)
+    assert named, r.stderr
+    page, section = named.groups()
+    with open(os.path.join(REPO, page), encoding="utf-8") as f:
+        assert re.search(rf"^#+ {re.escape(section)}$", f.read(), re.M), (page, section)
