@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 
 import pytest
 
@@ -80,3 +81,19 @@ def test_the_unsafe_file_system_refusal_names_a_page_that_exists(gluster, tmp_pa
     page, section = named.groups()
     with open(os.path.join(REPO, page), encoding="utf-8") as f:
         assert re.search(rf"^#+ {re.escape(section)}$", f.read(), re.M), (page, section)
+
+
+@pytest.mark.parametrize("job", ["echo hi", "true", "backup.sh /home"])
+def test_a_command_given_as_a_schedules_job_is_sent_to_cmd(cli, spool_dir, job):
+    """`enqueue 'echo hi'` takes a command; `schedule add x @daily 'echo hi'` said "job is not valid
+    JSON: Expecting value at line 1 column 1" (and for `true`, "must be a JSON object, not a boolean")."""
+    result = cli("schedule", "add", "nightly", "15 2 * * *", job)
+    assert result.exit_code == 2
+    assert ("Error: JOB is a JSON object; a command goes in --cmd, as in "
+            f"spoolq schedule add nightly '15 2 * * *' --cmd {shlex.quote(job)}") in result.output
+    assert not os.path.exists(spool_dir)
+
+
+def test_a_schedules_json_job_is_still_taken(cli):
+    result = cli("schedule", "add", "nightly", "@daily", '{"command": "echo hi"}')
+    assert result.exit_code == 0, result.output
