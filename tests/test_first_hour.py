@@ -97,3 +97,15 @@ def test_a_command_given_as_a_schedules_job_is_sent_to_cmd(cli, spool_dir, job):
 def test_a_schedules_json_job_is_still_taken(cli):
     result = cli("schedule", "add", "nightly", "@daily", '{"command": "echo hi"}')
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args", [("status",), ("list",), ("worker", "stop")])
+def test_no_spool_says_how_to_name_one(tmp_path, args):
+    """The first command in a new directory, without SPOOLQ_DIR, said "no spool at /abs/spool" and
+    no more: not that --spool or SPOOLQ_DIR names another, as the enqueue that creates one says."""
+    where = tmp_path / "spool"
+    r = spoolq(str(where), *args)
+    assert r.returncode == 1
+    assert r.stderr == (f"Error: no spool at {where} (--spool DIR or SPOOLQ_DIR names another; "
+                        "spoolq init makes one there)\n"), r.stderr
+    assert not where.exists()
