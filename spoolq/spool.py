@@ -208,7 +208,7 @@ class Spool:
         if why is None:
             return
         if not allow_unsafe:
-            raise UnsafeFileSystem(f"{why}; see the README (Running on several hosts), or pass --allow-unsafe-fs")
+            raise UnsafeFileSystem(f"{why}; see docs/hosts.md (Running on several hosts), or pass --allow-unsafe-fs")
         if log is not None:
             log(f"warning: {why} (allowed by --allow-unsafe-fs)")
 

@@ -101,8 +101,11 @@ def _click_fields(argv: list[str]) -> tuple[str, dict[str, object]] | None:
     if not got:
         return None  # another command
     params = got[0]
-    forms = [v for v in (params["job"], params["cmd"], params["file_path"], params["batch"]) if v is not None]
-    if len(forms) != 1 or params["job"] is not None and params["job"].lstrip().startswith(("{", "[", "\ufeff")):
+    if len(params["job"]) > 1:
+        return None  # refused: JOB is one argument
+    job = params["job"][0] if params["job"] else None
+    forms = [v for v in (job, params["cmd"], params["file_path"], params["batch"]) if v is not None]
+    if len(forms) != 1 or job is not None and job.lstrip().startswith(("{", "[", "\ufeff")):
         return None
     return ctx.obj.path, {"command": forms[0], **enqueue_cli._flag_values(params)}
 

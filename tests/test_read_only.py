@@ -25,7 +25,8 @@ from spools import cli, ROOT_ONLY, tree
 def test_read_only_commands_say_there_is_no_spool(tmp_path, args):
     where = tmp_path / "typo"
     r = cli(str(where), *args)
-    assert r.returncode == 1 and r.stderr.strip() == f"Error: no spool at {where}", r.stderr
+    assert r.returncode == 1 and r.stderr.strip().startswith(f"Error: no spool at {where} ("), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
     assert not where.exists()
 
 

@@ -56,7 +56,7 @@ import spools
 
 REPO = pathlib.Path(spools.REPO)
 RECIPE_TIMEOUT = 120
-MAPPED_ROOTS = ("var", "srv", "data", "incoming", "opt", "mnt", "backups", "src", "etc", "home")
+MAPPED_ROOTS = ("var", "srv", "data", "incoming", "opt", "mnt", "backups", "src", "etc", "home", "usr/local")
 STAND_INS = ("ffmpeg", "backup.sh", "import-csv", "render.sh", "assemble.sh", "publish.sh", "pg_dump", "make",
              "curl", "mail", "node_exporter", "sudo", "systemctl", "journalctl")
 HOSTILE = "a'; touch PWNED; echo ' $(touch PWNED) `touch PWNED` \"; touch PWNED; \"\nsecond line "

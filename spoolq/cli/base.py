@@ -18,7 +18,7 @@ import click
 
 from ..format.states import State
 from ..format import durations
-from ..format.errors import SpoolError
+from ..format.errors import NoSpool, SpoolError
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
 from .quick import Terminated  # noqa: F401  (the commands import it from here)
@@ -100,6 +100,13 @@ POINTERS = {
     "start": "`spoolq worker start`", "run": "`spoolq worker start`", "stop": "`spoolq worker stop`",
     "kill": "`spoolq cancel --kill ID...`", "add": "`spoolq enqueue`", "submit": "`spoolq enqueue`",
     "ls": "`spoolq list`", "log": "`spoolq logs ID`",
+    # nq, task-spooler, pueue, RQ and Sidekiq's words (docs/cli.md, "Coming from another queue")
+    "restart": "`spoolq requeue ID...`", "push": "`spoolq enqueue`", "cat": "`spoolq logs ID`",
+    "follow": "`spoolq logs -f ID`", "tail": "`spoolq logs -f ID`", "jobs": "`spoolq list`", "ps": "`spoolq list`",
+    "info": "`spoolq status` (the spool) or `spoolq show ID` (a job)", "failed": "`spoolq dlq list`",
+    **dict.fromkeys(("clean", "clear"), "`spoolq purge --state done`"),
+    "parallel": "`spoolq queue set Q --concurrency N`, or `spoolq worker start --slots N`",
+    "group": "`spoolq queue list`", "cron": "`spoolq schedule add NAME CRON --cmd CMD`", "dashboard": "`spoolq web`",
     **dict.fromkeys(("rm", "remove", "delete"), "`spoolq cancel ID...` (not finished) or `spoolq purge ID...` (finished)"),
 }
 
@@ -139,6 +146,8 @@ class SpoolqGroup(Suggesting):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except NoSpool as e:  # most likely a forgotten SPOOLQ_DIR, or a first command before any enqueue
+            raise CliError(f"{e} (--spool DIR or SPOOLQ_DIR names another; spoolq init makes one there)", 1) from None
         except SpoolError as e:
             raise CliError(str(e), e.exit_code) from None
 

@@ -127,7 +127,7 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 @main.command()
-@click.argument("job", required=False)
+@click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted command, said so below
 @click.option("--cmd", help="The command to run (a /bin/sh -c string; see --shell).")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
@@ -136,7 +136,7 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
               help="If a job with this id exists, in any state, print its id and change nothing.")
 @json_option
 @pass_ctx
-def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None, batch: str | None,
+def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | None, batch: str | None,
             if_absent: bool, as_json: bool, **fields: Any) -> None:
     """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
 
@@ -147,8 +147,10 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
     spoolq enqueue --batch jobs.jsonl
     spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
-    forms = [name for name, value in (("JOB", job), ("--cmd", cmd), ("--file", file_path), ("--batch", batch))
-             if value is not None]
+    if len(job) > 1:
+        raise click.UsageError(_quote_it(job))
+    forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
+                                      ("--batch", batch)) if value is not None]
     if len(forms) != 1:
         raise click.UsageError("give exactly one of JOB, --cmd, --file or --batch"
                                + (f" (got {', '.join(forms)})" if forms else ""))
@@ -156,7 +158,7 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
         raise click.UsageError("--id cannot be used with --batch: each line names its own id")
     flags = _flag_values(fields)
     where = (lambda n: f"line {n}: ") if batch is not None else (lambda n: "")
-    specs = _read_specs(job, cmd, file_path, batch)
+    specs = _read_specs(job[0] if job else None, cmd, file_path, batch)
     spool = c.handle()  # validate first: bad input writes nothing at all
     if if_absent:
         _refuse_without_ids(specs, flags, where)
@@ -182,6 +184,17 @@ def enqueue(c: Context, job: str | None, cmd: str | None, file_path: str | None,
             raise
         # A signal held while the jobs were published (SIGINT as SIGTERM and SIGHUP) arrives
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
+
+
+def _quote_it(words: tuple[str, ...]) -> str:
+    """The answer to `spoolq enqueue echo hello`, as nq, tsp and pueue take a command: the words
+    given, quoted as one argument (a short example instead when they would not fit one line)."""
+    import shlex
+
+    example = shlex.quote(shlex.join(words))
+    if len(example) > 80 or not example.isprintable():
+        example = "'make -C /src all'"
+    return f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into words)"
 
 
 def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | None) -> list[str]:

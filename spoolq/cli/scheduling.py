@@ -50,7 +50,7 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
                                "it into words and expands each *)")
     if len(job) > 1 or bool(job) == (cmd is not None):
         raise click.UsageError("give exactly one of JOB (a JSON object) or --cmd")
-    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(job[0])
+    template: dict[str, Any] = {"command": cmd} if cmd is not None else _object(name, cron, job[0])
     flags = {"max_retries": max_retries, "priority": priority, "timeout": timeout, "queue": queue, "shell": shell}
     template.update({k: v for k, v in flags.items() if v is not None})
     check_name(name)
@@ -64,8 +64,16 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
 
 
-def _object(text: str) -> dict[str, Any]:
-    return parse_json_object(text)  # InvalidJob: exit 2, saying why
+def _object(name: str, cron: str, text: str) -> dict[str, Any]:
+    """JOB's object (InvalidJob: exit 2, saying why); a command given as JOB, as `enqueue` takes
+    one, is told that it goes in --cmd here."""
+    if not text.lstrip().startswith(("{", "[", "\ufeff")):
+        import shlex
+
+        example = shlex.join(["spoolq", "schedule", "add", name, cron, "--cmd", text])
+        raise click.UsageError("JOB is a JSON object; a command goes in --cmd, as in "
+                               + (example if len(example) <= 120 and example.isprintable() else "--cmd 'backup.sh /home'"))
+    return parse_json_object(text)
 
 
 @schedule.command("list")

@@ -26,6 +26,10 @@ class UntrustedFile(SpoolError):
     someone else (modes.py): never believed."""
 
 
+class NoSpool(SpoolError):
+    """A command that creates no spool was given a path that holds none."""
+
+
 class JobNotFound(SpoolError):
     """No job with that id in any state."""
 

@@ -26,7 +26,7 @@ class Counts:
     processing: int = 0
     done: int = 0
     dead: int = 0  # dead jobs; a quarantined file, also in dead/, is no job: it counts apart
-    quarantined: int = 0  # dropped files that were never a job (README: the drop-in protocol)
+    quarantined: int = 0  # dropped files that were never a job (docs/format.md: the drop-in protocol)
     workers: int = 0
 
     def to_dict(self) -> dict[str, int]:

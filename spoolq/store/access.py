@@ -10,7 +10,7 @@ import stat
 from . import config, trust
 from ..format import layout, modes
 from ..system import fsio
-from ..format.errors import SpoolError, UntrustedFile
+from ..format.errors import NoSpool, SpoolError, UntrustedFile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Access:
         """For the commands that do not create a spool: it must be there, and safe to use."""
         self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
         if not self.is_spool():
-            raise SpoolError(f"no spool at {self.root}")
+            raise NoSpool(f"no spool at {self.root}")
         self.check_safe()
 
     def open_for_reading(self) -> None:

@@ -180,5 +180,5 @@ def _parse(data: bytes, since: float) -> Holder:
 def _why_not(e: OSError) -> str:
     if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
         return (f"{e.strerror}: this file system does not take flock(2) locks (Lustre needs -o flock; "
-                "see the README, Running on several hosts)")
+                "see docs/hosts.md, Running on several hosts)")
     return e.strerror or str(e)

@@ -1,5 +1,5 @@
 """The file system under a spool: what kind it is, and whether it keeps the promises spoolq's
-leases and fences rest on (README, "Running on several hosts").
+leases and fences rest on (docs/hosts.md, "Running on several hosts").
 
 A shared file system must take flock(2) locks on its server, so that a lock excludes every host
 (NFS mounted nolock or local_lock, and Lustre without -o flock, keep them on one host: named
@@ -85,7 +85,7 @@ def unsafe_because(path: str) -> str | None:
 def flock_stays_local(kind: str, options: frozenset[str]) -> str | None:
     """Why flock(2) on a mount of this type and these options never reaches the server (it
     excludes the processes of one host only), or None. A FUSE file system's daemon may or may
-    not forward locks, and nothing in the mount says which: trusted as mounted (README)."""
+    not forward locks, and nothing in the mount says which: trusted as mounted (docs/hosts.md)."""
     if kind in ("nfs", "nfs4"):
         local = next((o.split("=", 1)[1] for o in options if o.startswith("local_lock=")), "none")
         if "nolock" in options or local in ("flock", "all"):
