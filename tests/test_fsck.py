@@ -77,3 +77,28 @@ def test_fsck_sees_what_a_sigkilled_batch_left_at_once_and_repair_frees_it(spool
     assert fsck.check(spool) == []
     assert cli(spool.root, "enqueue", "--batch", batch).returncode == 0
 
+
+
+# ---- the summary suggests --repair only for what it would try --------------------------------------
+
+
+def _dead_owner(spool: Spool) -> str:
+    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
+    return subprocess.run([*SPOOLQ[:1], "-c", code, spool.root], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.mark.parametrize("dead_worker, advice", [
+    (False, "1 problem found; --repair leaves it alone: it is its writer's or yours to fix"),
+    (True, "; run with --repair to fix what is safe ("),
+])
+def test_fsck_suggests_repair_only_for_what_repair_would_try(spool, dead_worker, advice):
+    with open(os.path.join(spool.layout.pending, "notes.txt"), "w") as f:
+        f.write("not a job")  # never picked up: its writer's to rename
+    if dead_worker:
+        _dead_owner(spool)  # what it left: repaired
+    out = cli(spool.root, "fsck")
+    assert out.returncode == 1 and advice in out.stdout.splitlines()[-1], out.stdout
+    problems = fsck.check(spool)
+    assert [p.repairable for p in problems if p.kind == "never-picked-up"] == [False]
+    assert any(p.repairable for p in problems) == dead_worker

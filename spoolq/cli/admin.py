@@ -115,6 +115,15 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
                    + (f"; kept {kept} that other jobs still wait for" if kept else ""))
 
 
+def _what_repair_does(problems: list) -> str:
+    """The summary's advice: --repair only where it would fix something."""
+    repairable = sum(1 for p in problems if p.repairable)
+    if not repairable:
+        return ("; --repair leaves it alone: it is" if len(problems) == 1 else "; --repair leaves them alone: each is") \
+            + " its writer's or yours to fix"
+    return "; run with --repair to fix what is safe" + ("" if repairable == len(problems) else f" ({repairable} of them)")
+
+
 @main.command()
 @click.option("--repair", is_flag=True, help="Fix what can be fixed safely, and say what was done.")
 @click.option("--stale-after", type=Duration(), default="1h", show_default=True,
@@ -147,7 +156,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
             click.echo(f"{spool.root}: clean")
         else:
             click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-                       + (f", {fixed} repaired" if repair else "; run with --repair to fix what is safe")
+                       + (f", {fixed} repaired" if repair else _what_repair_does(problems))
                        + ("; the spool is clean now" if fixed == len(problems) else ""))
     if fixed < len(problems):
         sys.exit(1)

@@ -24,6 +24,7 @@ class Problem:
     detail: str
     repaired: bool = False
     repair: str | None = None  # what --repair did, or why it left the problem alone
+    repairable: bool = True  # False: --repair leaves it alone (its writer's or the operator's to fix)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -95,6 +96,7 @@ class Report:
         problem.repaired = not problem.repair.startswith("left alone")
 
     def leave_alone(self, problem: Problem, why: str) -> None:
+        problem.repairable = False
         if self.repair:
             problem.repair = f"left alone: {why}"
 
