@@ -71,7 +71,8 @@ CLI_CASES = [
     ("id-too-long", lambda t: ["enqueue", "--id", "a" * 129, "--cmd", "true"], None, 2, "invalid job id"),
     ("id-shell", lambda t: ["enqueue", "--id", "x;rm -rf ~", "--cmd", "true"], None, 2, "invalid job id"),
     ("id-slash", lambda t: ["enqueue", "--id", "a/b", "--cmd", "true"], None, 2, "invalid job id"),
-    ("id-taken", lambda t: ["enqueue", "--id", "existing", "--cmd", "true"], None, 1, "already exists"),
+    ("id-taken", lambda t: ["enqueue", "--id", "existing", "--cmd", "true"], None, 1,
+     "already exists (with --if-absent: print its id, change nothing, exit 0)"),
     ("priority-text", lambda t: ["enqueue", "--priority", "abc", "--cmd", "true"], None, 2, "not a valid integer"),
     ("retries-negative", lambda t: ["enqueue", "--max-retries", "-1", "--cmd", "true"], None, 2, "-1"),
     ("timeout-zero", lambda t: ["enqueue", "--timeout", "0", "--cmd", "true"], None, 2, "timeout"),
@@ -103,7 +104,7 @@ CLI_CASES = [
     ("batch-dup-ids", lambda t: ["enqueue", "--batch", "-"],
      '{"id": "d", "command": "a"}\n\n{"id": "d", "command": "b"}\n', 2, "line 3"),
     ("batch-existing-id", lambda t: ["enqueue", "--batch", "-"],
-     '{"command": "a"}\n{"id": "existing", "command": "b"}\n', 1, "already exists"),
+     '{"command": "a"}\n{"id": "existing", "command": "b"}\n', 1, "(with --if-absent: the lines whose id exists are skipped)"),
     ("batch-utf16", lambda t: ["enqueue", "--batch", _file(t, "b16.jsonl", '{"command": "a"}\n'.encode("utf-16"))],
      None, 2, "not UTF-8"),
     ("batch-100k-last-bad", lambda t: ["enqueue", "--batch", _file(

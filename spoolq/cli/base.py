@@ -18,7 +18,7 @@ import click
 
 from ..format.states import State
 from ..format import durations
-from ..format.errors import NoSpool, SpoolError
+from ..format.errors import JobExists, NoSpool, SpoolError
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
 from .quick import Terminated  # noqa: F401  (the commands import it from here)
@@ -148,6 +148,9 @@ class SpoolqGroup(Suggesting):
             return super().invoke(ctx)
         except NoSpool as e:  # most likely a forgotten SPOOLQ_DIR, or a first command before any enqueue
             raise CliError(f"{e} (--spool DIR or SPOOLQ_DIR names another; spoolq init makes one there)", 1) from None
+        except JobExists as e:  # a second run of a cron line, most likely: --if-absent is made for it
+            hint = " (with --if-absent: print its id, change nothing, exit 0)" if e.job_id else ""
+            raise CliError(f"{e}{hint}", e.exit_code) from None
         except SpoolError as e:
             raise CliError(str(e), e.exit_code) from None
 

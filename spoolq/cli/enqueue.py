@@ -178,7 +178,8 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
     except JobExists as e:
         if batch is None or e.job_id not in line_of:
             raise
-        raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued", 1) from None
+        raise CliError(f"{where(line_of[e.job_id])}{e}; nothing was enqueued (with --if-absent: the lines whose id "
+                       "exists are skipped)", 1) from None
     except (KeyboardInterrupt, Terminated):
         if not announce.done:
             raise
