@@ -411,6 +411,8 @@ def test_list_states_order_limit_and_json(cli, spool):
                                                           "gone"])
     assert len(cli.json("list", "--limit", "2")) == 2
     assert cli.json("list", "--limit", "0") == []
+    assert clean(cli("list", "--limit", "0")).stdout.strip() == "no jobs shown (--limit 0)"  # not "no jobs"
+    assert clean(cli("list", "--state", "waiting")).stdout.strip() == "no waiting jobs"
     human = clean(cli("list", "--state", "dead")).stdout
     assert "gone" in human and "exit status 3" in human
 

@@ -266,10 +266,10 @@ def emit_rows(rows: list[dict[str, Any]], as_json: bool, *, empty: str, header: 
         click.echo(line(row))
 
 
-def print_views(views: Iterable[JobView], as_json: bool) -> None:
+def print_views(views: Iterable[JobView], as_json: bool, empty: str = "no jobs") -> None:
     rows = [v.to_dict() for v in views]
     width = id_width(rows)
-    emit_rows(rows, as_json, empty="no jobs",
+    emit_rows(rows, as_json, empty=empty,
               header=f"{'ID':<{width}}  {'STATE':<10} {'TRIES':>5} {'PRIO':>5}  COMMAND / LAST ERROR",
               line=lambda d: _job_line(d, width))
 

@@ -50,7 +50,8 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 @pass_ctx
 def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
-    print_views(c.reading.list_jobs(state=state, limit=limit), as_json)
+    empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {state} jobs" if state else "no jobs"
+    print_views(c.reading.list_jobs(state=state, limit=limit), as_json, empty)
 
 
 SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)
