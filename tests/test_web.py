@@ -345,7 +345,8 @@ def test_an_unknown_address_is_answered_in_the_dashboards_own_style(spool, dashb
     assert status == 404 and 'id="nav-dead"' in page and 'id="error"' in page and "text/html" in headers["Content-Type"]
     status, body, headers = d.get("/api/no-such-thing")
     assert status == 404 and headers["Content-Type"] == "application/json"
-    assert json.loads(body) == {"error": "no such page here (the overview is /)", "status": 404}
+    assert json.loads(body) == {"error": "no such address here (the overview's JSON is /api/overview; "
+                                         "docs/operating.md lists the rest)", "status": 404}
     assert json.loads(d.get("/api/job/no-such-job")[1])["error"] == "no job 'no-such-job'"
     assert d.get("/pause")[0] == 405 and 'id="error"' in d.get("/pause")[1]
 

@@ -102,6 +102,8 @@ def _errors(app: Flask) -> None:
         default = type(e).description  # Flask's own words, which speak of a server, not of spoolq
         said = e.description if e.description != default else None
         status = e.code or 500
+        if status == 404 and not said and request.path.startswith("/api/"):
+            said = "no such address here (the overview's JSON is /api/overview; docs/operating.md lists the rest)"
         return answer(said or OUR_WORDS.get(status, e.name), status)
 
 
