@@ -98,10 +98,10 @@ class Rescans:
         """The worker's stop line: claims, and what its listings cost the servers (every directory
         listed, pending/ or a shard; polls a stat answered; the names read)."""
         p, a = self.pacing, self.arrivals
-        return (f"claimed {p.won} job{'s' * (p.won != 1)}, lost {p.tried - p.won} claims to other workers; "
-                f"listed pending/ {p.gate.listings + a.listings} times, {p.gate.skipped + a.skipped} polls "
-                f"answered by one stat, {p.gate.shared} listings taken from sibling workers; "
-                f"read {p.names + a.names} names")
+        return (f"claimed {_n(p.won, 'job')}, lost {_n(p.tried - p.won, 'claim')} to other workers; "
+                f"listed pending/ {_n(p.gate.listings + a.listings, 'time')}, {_n(p.gate.skipped + a.skipped, 'poll')} "
+                f"answered by one stat, {_n(p.gate.shared, 'listing')} taken from sibling workers; "
+                f"read {_n(p.names + a.names, 'name')}")
 
     def remember(self, entry: str, changed: bool = True) -> None:
         """An entry of pending/ learned other than by a listing (an event, a move of our own)."""
@@ -230,3 +230,7 @@ class Arrivals:
         gone = [s for s in self._present if s not in occupied and self.shards.prune(s, stamp[1] / 1e9)]
         self._present = [s for s in self._present if s not in gone]
         return gone
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
