@@ -217,6 +217,28 @@ class Spool:
     def find(self, job_id: str) -> JobView:
         return self.views.find(job_id)
 
+    def wait(self, job_ids: Iterable[str], *, timeout: float | None = None) -> list[JobView]:
+        """Block until every one of the jobs is done or dead; their views, in the order given
+        (`.state`, and `.job`: `exit_code`, `last_error`, `attempts`; the output: output_path).
+        Raises JobNotFound for an id no job has (or one purged meanwhile), and WaitTimeout once
+        `timeout` seconds have passed (None: no limit). Workers run the jobs: this only looks."""
+        import time
+
+        from .format.errors import WaitTimeout
+        from .format.states import FINISHED
+        from .reading import waits
+
+        ids = list(job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        views: list[JobView] = []
+        for _ in waits.looks(deadline):
+            views = [self.find(job_id) for job_id in ids]
+            if all(view.state in FINISHED for view in views):
+                return views
+        left = [view.id for view in views if view.state not in FINISHED]
+        raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
+                          f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}")
+
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobView]:
         return self.views.jobs(state, limit)
 

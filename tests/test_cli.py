@@ -652,6 +652,33 @@ def test_wait_without_ids_on_an_idle_spool(cli, spool):
     clean(cli("wait", "--timeout", "5"))
 
 
+def test_spool_wait_gives_finished_jobs_and_times_out_or_refuses_an_unknown_id(spool):
+    """The Python API's wait, which `spoolq wait` looks the same way as."""
+    from spoolq import JobNotFound, WaitTimeout
+
+    make_done(spool, "ok")
+    make_dead(spool, "bad")
+    assert [(v.id, v.state) for v in spool.wait(["bad", "ok"])] == [("bad", "dead"), ("ok", "done")]
+    spool.enqueue({"command": "true", "id": "stuck"})
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout, match="1 job not finished after 0.3s: stuck"):
+        spool.wait(["ok", "stuck"], timeout=0.3)
+    assert 0.25 <= time.monotonic() - started < 5
+    with pytest.raises(JobNotFound):
+        spool.wait(["nope"], timeout=1)
+
+
+def test_spool_wait_returns_once_a_worker_finishes_the_job(spool_dir, spool):
+    job = spool.enqueue({"command": "sleep 0.3; exit 3", "max_retries": 0})
+    worker = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--burst", "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (view,) = spool.wait([job.id], timeout=30)  # while the worker runs it
+        assert view.state == "dead" and view.job.exit_code == 3
+    finally:
+        assert worker.wait(timeout=30) == 0
+
+
 # ---- the rest of the surface ---------------------------------------------------------------------
 
 

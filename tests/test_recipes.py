@@ -6,6 +6,8 @@ What is run:
 - every fenced block whose language is ``sh`` in README.md and in every ``docs/**/*.md`` (files
   added there later are picked up), with ``/bin/sh -e`` in a scratch directory, and must exit 0
   (or what its directive says) within RECIPE_TIMEOUT seconds;
+- every fenced block whose language is ``python``, with the tested interpreter (``python -c``),
+  in the same world, and must exit 0 within RECIPE_TIMEOUT seconds;
 - every line of a ``crontab`` block, the way cron runs it: its command (after the five time
   fields or an ``@`` word, ``\\%`` read as ``%``) with ``/bin/sh -c``, cron's ``PATH``
   (/usr/bin:/bin) and no ``SPOOLQ_DIR``, twice, and both runs must exit 0 (a cron entry must be
@@ -13,7 +15,7 @@ What is run:
   (the operator's).
 
 A block that is not meant to run (output, a unit file, a diagram, a line for another shell)
-takes another fence language: ``text``, ``console``, ``ini``, ``crontab``, ``python``.
+takes another fence language: ``text``, ``console``, ``ini``, ``crontab``.
 
 The world a block sees:
 
@@ -216,6 +218,17 @@ def test_shell_recipe_runs(tmp_path, text):
             assert path in given, f"{path!r} never reached a command whole; the stand-ins got {given!r}"
 
 
+@pytest.mark.parametrize("text", recipes("python"))
+@pytest.mark.slow
+def test_python_recipe_runs(tmp_path, text):
+    scratch = Scratch(tmp_path, directive(text))
+    try:
+        status, out = scratch.run([sys.executable, "-c", scratch.map(text)], scratch.env)
+        assert status == 0, f"exit {status}; its output:\n{out}"
+    finally:
+        scratch.stop_workers()
+
+
 @pytest.mark.parametrize("text", recipes("crontab"))
 def test_crontab_line_is_idempotent_on_crons_path(tmp_path, text):
     tools_needed(text)
@@ -248,4 +261,4 @@ def cron_command(line: str) -> str:
 
 def test_documents_have_recipes():
     """The extraction itself: the README's recipes are found (a changed fence would silence them)."""
-    assert len(recipes("sh")) >= 5 and recipes("crontab")
+    assert len(recipes("sh")) >= 5 and recipes("crontab") and len(recipes("python")) >= 2

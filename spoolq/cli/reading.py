@@ -11,6 +11,7 @@ import click
 
 from ..format.states import FINISHED, STATES, State
 from ..store import output
+from ..reading import waits
 from ..format.errors import WaitTimeout
 from ..spool import Spool
 from .live import ProgressBar, watch_status
@@ -150,12 +151,11 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     check_ids(job_ids)
     spool = c.reading
     deadline = None if timeout is None else time.monotonic() + timeout
-    pause = 0.01
     bar = ProgressBar(progress)
     stalled = Stalled(spool, bar)
     start = spool.counts()
     try:
-        while True:
+        for _ in waits.looks(deadline):
             if job_ids:
                 states = [spool.find(j).state for j in job_ids]
                 finished, total = sum(s in FINISHED for s in states), len(job_ids)
@@ -172,11 +172,8 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 if dead:
                     raise CliError(f"dead: {' '.join(dead)}", 1)
                 return
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(_unfinished(spool, job_ids, timeout))
             stalled.check(total - finished, left, running)
-            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-            pause = min(pause * 1.5, 0.2)
+        raise WaitTimeout(_unfinished(spool, job_ids, timeout))
     finally:
         bar.close()
 

@@ -1,0 +1,26 @@
+"""Waiting for jobs to finish, by looking at them: at once, then again after a pause half again
+as long as the last (10 ms at first, never more than 0.2 s), until a deadline. A finish is a
+rename in another process, on this host or another, so there is nothing to be told: a look is
+what there is. Spool.wait (the Python API) and `spoolq wait` (which draws its progress between
+looks) look the same way."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+FIRST_PAUSE = 0.01  # seconds: a quick job is seen finished at once
+LONGEST_PAUSE = 0.2  # seconds: a long wait costs a look five times a second
+
+
+def looks(deadline: float | None) -> Iterator[None]:
+    """Yields when it is time to look: at once, then after each pause, the last time when
+    `deadline` (time.monotonic(); None: never) comes; then it ends (the wait timed out)."""
+    pause = FIRST_PAUSE
+    while True:
+        yield
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            return
+        time.sleep(pause if left is None else min(pause, left))
+        pause = min(pause * 1.5, LONGEST_PAUSE)
