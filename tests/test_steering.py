@@ -599,7 +599,7 @@ def test_a_spool_made_before_queues_limits_and_dependencies_is_whole(cli, spool)
         os.rmdir(spool.layout.dir(name))
     spool.enqueue({"id": "a", "command": "true"})
     assert clean(cli("fsck")).stdout.endswith(": clean\n")
-    assert cli.json("status")["waiting"] == 0 and clean(cli("list", "--state", "waiting")).stdout == "no jobs\n"
+    assert cli.json("status")["waiting"] == 0 and clean(cli("list", "--state", "waiting")).stdout == "no waiting jobs\n"
     clean(cli("enqueue", "--id", "b", "--after", "a", "true"))  # made when first needed
     clean(cli("queue", "set", "enc", "--concurrency", "1"))
     burst(spool)
