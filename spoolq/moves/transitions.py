@@ -14,7 +14,8 @@ collect      maildir/new/<any> -> pending/<any>.json       worker      rename, n
              (maildir.py)                                              replacing
 adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
              -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
-claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
+claim        pending/<canonical> -> processing/<o>/<id>    worker      rename, never        the rename won                      none
+                                                                       replacing
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
              (finishing.py)
 finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace then move:   no fence mark (owner); the take     the new content
@@ -224,9 +225,17 @@ class Transitions:
             return None
         owned = self.layout.owned(owner)
         path = f"{owned}/{layout.job_file(parsed.job_id)}"
+        source = f"{self.layout.pending}/{entry}"
         try:
-            if not fsio.move(f"{self.layout.pending}/{entry}", path):
+            if not fsio.move_no_replace(source, path):
                 return None  # RACE: another worker renamed it first; losing is an answer, not an error
+        except FileExistsError:
+            # RACE: a second pending file with the id of a job this owner runs now (another slot's):
+            # anyone who may write into pending/ can name one so, and a rename over ours would drop
+            # the running job's file. It is a copy, never a job: it goes to quarantine from pending/.
+            self.quarantine.put(source, entry, f"duplicate: job {parsed.job_id} is already running here",
+                                self.store.now(now))
+            return None
         except FileNotFoundError:
             raise LostOwnership(f"{owned} is gone") from None
         # A fenced owner whose client still knows its directory's old name lands its claim in the
