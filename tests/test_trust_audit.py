@@ -9,9 +9,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 
 import pytest
 
+from conftest import spoolq
+from spoolq.format.errors import JobNotFound
+from spoolq.running.retention import Retention
 from spoolq.format.states import State
 from spoolq.spool import Spool
 from spools import ROOT_ONLY, as_member, shared_spool
@@ -52,3 +56,42 @@ def test_a_planted_pending_name_never_replaces_a_job_its_claimer_is_running(shar
     assert shared.find("victim").state == State.DONE
     (copy,) = [v for v in shared.list_jobs(State.DEAD)]
     assert "already running here" in copy.to_dict()["last_error"]
+
+
+CANONICAL = "0000000000.0000000000000000001.0000000000000@{}.json"
+
+
+def quarantined_directory(spool: Spool) -> str:
+    """A directory the member names as a job in pending/, with a file of theirs in it: the claim
+    quarantines it into dead/, where the owner cannot empty it. Beside it, a dead job of the owner's."""
+    name = CANONICAL.format("planted")
+    path = os.path.join(spool.layout.pending, name)
+    assert as_member('mkdir "$1" && echo kept > "$1/inside"', path).returncode == 0
+    assert spool.transitions.claim(name, spool.owners.register("worker")) is None
+    spool.enqueue({"id": "owners", "command": "false"})
+    spool.cancel(["owners"])
+    (qid,) = [n for n in os.listdir(spool.layout.dead) if n.startswith("+")]
+    return os.path.join(spool.layout.dead, qid)
+
+
+def test_a_directory_a_member_filled_stops_no_purge_of_dead(shared):
+    """`purge --state dead` stopped at the first entry it could not unlink ("Is a directory"),
+    purging nothing more: a member could keep every dead job of the owner's forever."""
+    left = quarantined_directory(shared)
+    r = spoolq(shared.root, "purge", "--state", "dead")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("purged 1 dead job; left 1 directory") and os.path.basename(left) in r.stdout
+    assert os.listdir(shared.layout.dead) == [os.path.basename(left)]
+    qid = os.path.basename(left)[:-len(".json")]
+    r = spoolq(shared.root, "purge", qid)
+    assert r.returncode == 1 and "a directory another user filled" in r.stderr and "Traceback" not in r.stderr, r
+
+
+def test_a_directory_a_member_filled_stops_no_retention(shared):
+    """Retention stopped there too, at every pass, and never got past dead/ to keep_output."""
+    shared.set_config("keep_dead", 1)
+    quarantined_directory(shared)
+    purged = Retention(shared).run(time.time(), fs_now=time.time() + 3600)
+    assert purged.dead == 1
+    with pytest.raises(JobNotFound):
+        shared.find("owners")

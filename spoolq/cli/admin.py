@@ -107,12 +107,14 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
         return
     state = state or State.DONE
     n = c.spool.purge(state, older_than=older_than or 0.0)
-    kept = c.spool.finished.kept
+    kept, left = c.spool.finished.kept, c.spool.finished.left
     if as_json:
-        emit_json({"purged": n, "state": state, "kept": kept})
+        emit_json({"purged": n, "state": state, "kept": kept, "left": left})
     else:
         click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}"
-                   + (f"; kept {kept} that other jobs still wait for" if kept else ""))
+                   + (f"; kept {kept} that other jobs still wait for" if kept else "")
+                   + (f"; left {len(left)} directory another user filled (remove by hand): {', '.join(left)}"
+                      if left else ""))
 
 
 @main.command()

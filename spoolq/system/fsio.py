@@ -279,6 +279,18 @@ class Directory:
             if not is_gone(e):
                 raise
 
+    def remove_quietly(self, name: str) -> bool:
+        """Unlink `name`, an empty directory too; False if it is a directory that cannot be
+        removed (not empty: another user's, which they may keep filled), which stays."""
+        try:
+            self.unlink_quietly(name)
+        except IsADirectoryError:  # Linux's answer to unlink(2) of a directory
+            try:
+                os.rmdir(name, dir_fd=self.fd)
+            except OSError as e:
+                return is_gone(e)
+        return True
+
 
 def listdir(path: str) -> list[str]:
     """The names in a directory; none if it is gone (a reader racing a rename or rmdir, anywhere)."""
