@@ -109,7 +109,7 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
     n = c.spool.purge(state, older_than=older_than or 0.0)
     kept, left = c.spool.finished.kept, c.spool.finished.left
     if as_json:
-        emit_json({"purged": n, "state": state, "kept": kept, "left": left})
+        emit_json({"purged": n, "state": state, "kept": kept, **({"left": left} if left else {})})
     else:
         click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}"
                    + (f"; kept {kept} that other jobs still wait for" if kept else "")
