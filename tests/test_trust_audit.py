@@ -95,3 +95,23 @@ def test_a_directory_a_member_filled_stops_no_retention(shared):
     assert purged.dead == 1
     with pytest.raises(JobNotFound):
         shared.find("owners")
+
+
+# ---- the owner's terminal ------------------------------------------------------------------------
+
+
+def test_names_and_commands_a_member_wrote_never_reach_the_owners_terminal_raw(shared):
+    """status, fsck, list and show printed the names of files a member left in pending/ and
+    maildir/new/, and the command of a drop-in not yet taken in, as they were: escape sequences
+    (clear the screen, retitle the window, recolour) and newlines that fake a line of output."""
+    pending, new = shared.layout.pending, shared.layout.dir("maildir/new")
+    evil = "\x1b[2J\x1b]0;owned\x07\nok: all clean"
+    job = json.dumps({"id": "dropped", "command": f"echo {evil}"})
+    r = as_member('mkdir "$1/a$3" && printf x > "$1/b$3.txt" && mkdir "$2/c$3" && printf "%s" "$4" > "$1/dropped.json"',
+                  pending, new, evil, job)
+    assert r.returncode == 0, r.stderr
+    for command in (["status"], ["fsck"], ["list"], ["show", "dropped"]):
+        r = spoolq(shared.root, *command)
+        said = r.stdout + r.stderr
+        assert "\x1b" not in said and "\x07" not in said and "\nok: all clean" not in said, (command, said)
+        assert "\\x1b" in said, (command, said)  # shown, escaped

@@ -11,7 +11,7 @@ import click
 from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids
-from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown_id, tries, warn_about_config
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
 
 
 @main.group()
@@ -142,9 +142,9 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
     else:
         for p in problems:
             where = os.path.relpath(p.path, spool.root) if p.path.startswith(spool.root) else p.path
-            click.echo(f"{p.kind}: {where!r}: {p.detail}" if "\n" in where else f"{p.kind}: {where}: {p.detail}")
+            click.echo(f"{p.kind}: {shown(where)}: {shown(p.detail)}")
             if p.repair:
-                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {p.repair}")
+                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {shown(p.repair)}")
         if not problems:
             click.echo(f"{spool.root}: clean")
         else:
