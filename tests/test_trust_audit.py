@@ -25,8 +25,9 @@ pytestmark = ROOT_ONLY
 
 @pytest.fixture
 def shared():
-    """A group_access spool the member can reach: under /tmp (sticky), its group the member's."""
-    base = tempfile.mkdtemp(prefix="spoolq-audit-", dir="/tmp")
+    """A group_access spool the member can reach: under /var/tmp (sticky, and kept by no other
+    test's change of /tmp), its group the member's."""
+    base = tempfile.mkdtemp(prefix="spoolq-audit-", dir="/var/tmp")
     yield shared_spool(base)
     shutil.rmtree(base, ignore_errors=True)
 
@@ -95,6 +96,26 @@ def test_a_directory_a_member_filled_stops_no_retention(shared):
     assert purged.dead == 1
     with pytest.raises(JobNotFound):
         shared.find("owners")
+
+
+
+def test_a_copy_a_member_names_for_a_pending_job_is_not_the_job_cancel_and_show_act_on(shared):
+    """`cancel ID` looked up the first pending file named for the id: a member's copy sorting
+    first made every cancel of the owner's job answer "being taken by a worker" (it then ran
+    anyway), and show gave the member's command as the job's; purge ID would have deleted the copy
+    and the job's id marker, leaving the job to run."""
+    shared.enqueue({"id": "victim", "command": "echo the owners"})
+    owners = os.listdir(shared.layout.pending)
+    for k in range(1, 100):  # copies until one is listed before the job (a directory's order is its own)
+        plant(shared, f"0000000000.{k:019d}.0000000000000@victim.json", {"id": "victim", "command": "echo the members"})
+        if os.listdir(shared.layout.pending)[0] not in owners:
+            break
+    r = spoolq(shared.root, "show", "victim")
+    assert "echo the owners" in r.stdout and "the members" not in r.stdout, r.stdout
+    r = spoolq(shared.root, "cancel", "victim")
+    assert r.returncode == 0, r.stderr
+    view = shared.find("victim")
+    assert view.state == State.DEAD and view.job.command == "echo the owners" and view.job.last_error == "cancelled"
 
 
 # ---- the owner's terminal ------------------------------------------------------------------------
