@@ -87,11 +87,11 @@ def shared_spool(base: str) -> Spool:
     return spool
 
 
-def as_member(script: str, *args: str) -> subprocess.CompletedProcess:
-    """`sh -c script` as MEMBER: its own uid, the spool's group, no capabilities."""
+def as_member(script: str, *args: str, uid: int = MEMBER) -> subprocess.CompletedProcess:
+    """`sh -c script` as MEMBER (or another `uid` of the group): its own uid, the spool's group, no capabilities."""
     def become() -> None:
         os.setgroups([GROUP])
         os.setgid(GROUP)
-        os.setuid(MEMBER)
+        os.setuid(uid)
     return subprocess.run(["/bin/sh", "-c", script, "member", *args], preexec_fn=become, capture_output=True,
                           text=True, timeout=30)

@@ -5,20 +5,22 @@ signal, delete or believe anything through it."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
 import pytest
 
-from conftest import spoolq
+from conftest import SPOOLQ, spoolq, strace_path, wait_for
 from spoolq.format.errors import JobNotFound
 from spoolq.running.retention import Retention
 from spoolq.format.states import State
 from spoolq.spool import Spool
-from spools import ROOT_ONLY, as_member, shared_spool
+from spools import MEMBER, ROOT_ONLY, as_member, shared_spool
 
 pytestmark = ROOT_ONLY
 
@@ -116,6 +118,48 @@ def test_a_copy_a_member_names_for_a_pending_job_is_not_the_job_cancel_and_show_
     assert r.returncode == 0, r.stderr
     view = shared.find("victim")
     assert view.state == State.DEAD and view.job.command == "echo the owners" and view.job.last_error == "cancelled"
+
+
+
+# ---- running what the owner did not enqueue -----------------------------------------------------
+
+
+OTHER_MEMBER = 54322  # a second member of the group, not trusted
+HOLD_US = 3_000_000  # how long strace holds the worker right after the system call it waits on
+
+
+def held_after(path: str, calls: str, *command: str) -> subprocess.Popen:
+    """`spoolq command` under strace, each process held HOLD_US after each of `calls` on `path`."""
+    return subprocess.Popen([strace_path(), "-f", "-qq", "-e", "signal=none", "-o", "/dev/null", "-P", path,
+                             "-e", f"trace={calls}", "-e", f"inject={calls}:delay_exit={HOLD_US}", *SPOOLQ, *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_a_trusted_drop_in_opened_to_the_group_after_it_was_judged_is_not_run(shared, tmp_path):
+    """A trusted member's drop-in was judged in pending/, taken into the worker's directory, then
+    read again and run without a second look: its writer can still chmod it (it is theirs), and
+    any member then rewrite it, between the judging and the read."""
+    shared.set_config("trusted_uids", [MEMBER])
+    proof = tmp_path / "ran"
+    dropped = os.path.join(shared.layout.pending, "x.json")
+    r = as_member('umask 022 && printf "%s" "$1" > "$2/.x" && mv "$2/.x" "$2/x.json"',
+                  json.dumps({"id": "x", "command": "true"}), shared.layout.pending)
+    assert r.returncode == 0, r.stderr
+    worker = held_after(dropped, "rename,renameat,renameat2", "--spool", shared.root, "worker", "start", "--burst")
+    try:
+        taken = wait_for(lambda: glob.glob(os.path.join(shared.layout.processing, "*", "~x.json")), 15,
+                         "the worker to take the drop-in")[0]
+        assert as_member('chmod 0664 "$1"', taken).returncode == 0
+        r = as_member('printf "%s" "$1" > "$2"', json.dumps({"id": "x", "command": f"touch {proof}"}), taken,
+                      uid=OTHER_MEMBER)
+        assert r.returncode == 0, r.stderr
+        out, _ = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+        worker.wait()
+    assert not proof.exists(), out
+    (copy,) = shared.list_jobs(State.DEAD)
+    assert "writable by its group" in copy.to_dict()["last_error"], out
 
 
 # ---- the owner's terminal ------------------------------------------------------------------------

@@ -153,7 +153,14 @@ class Transitions:
 
     def _publish_adopted(self, adopt_path: str, entry: str, arrived_ns: int, now: float) -> Adoption:
         try:
-            data, _ = self.store.read_bytes(adopt_path, "dropped file")
+            data, st = self.store.read_bytes(adopt_path, "dropped file")
+            # RACE: the file is still its writer's: between inspect() and this read they may have
+            # opened it to their group (chmod), and a member rewritten it. What is read is judged
+            # again, by the read's own fstat, so what runs is what was judged.
+            untrusted = self.store.why_untrusted(st)
+            if untrusted:
+                self.quarantine.put(adopt_path, entry, f"dropped file {untrusted}", now)
+                return Adoption(Adopted.QUARANTINED, reason=f"dropped file {untrusted}")
             job = dropins.job_from(self.store, data, entry, now=now, seq=arrived_ns)
         except FileNotFoundError:  # our directory was fenced (a rescuer gives the file back): not malformed
             raise LostOwnership(f"{adopt_path} was taken from us") from None
