@@ -9,7 +9,9 @@ import glob
 import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -17,10 +19,12 @@ import pytest
 
 from conftest import SPOOLQ, spoolq, strace_path, wait_for
 from spoolq.format.errors import JobNotFound
+from spoolq.format.modes import SHARED
 from spoolq.running.retention import Retention
+from spoolq.store import trust
 from spoolq.format.states import State
 from spoolq.spool import Spool
-from spools import MEMBER, ROOT_ONLY, as_member, shared_spool
+from spools import GROUP, MEMBER, ROOT_ONLY, as_member, shared_spool
 
 pytestmark = ROOT_ONLY
 
@@ -160,6 +164,47 @@ def test_a_trusted_drop_in_opened_to_the_group_after_it_was_judged_is_not_run(sh
     assert not proof.exists(), out
     (copy,) = shared.list_jobs(State.DEAD)
     assert "writable by its group" in copy.to_dict()["last_error"], out
+
+
+
+# ---- changing a file outside the spool -----------------------------------------------------------
+
+
+FLIPPER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = os.fsencode(sys.argv[1]), os.fsencode(sys.argv[2])
+while True:
+    libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE: the two names swap what they hold at once
+"""
+
+
+def test_narrowing_a_mode_never_changes_a_file_a_symlink_at_a_pending_name_points_to(shared, tmp_path):
+    """A file of the owner's in pending/ with a mode to narrow (0644: made under umask 022) was looked
+    at (lstat) and then chmodded by name: a symlink put at that name in between (the file claimed
+    away, a member's link made there) had the owner chmod whatever it named. The name here holds
+    the owner's file and a member's symlink in turn, swapped as fast as the kernel can."""
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("the owner's key")
+    secret.chmod(0o600)
+    shared.enqueue({"id": "old", "command": "true", "delay": 3600})
+    (name,) = os.listdir(shared.layout.pending)
+    path = os.path.join(shared.layout.pending, name)
+    link = os.path.join(shared.layout.pending, ".link")
+    os.symlink(secret, link)
+    os.lchown(link, MEMBER, GROUP)
+    held = os.open(path, os.O_RDONLY)  # the owner's file, wherever its name is
+    flipper = subprocess.Popen([sys.executable, "-c", FLIPPER, path, link])
+    try:
+        wait_for(lambda: os.path.islink(path), 10, "the flipper to start")
+        for _ in range(2000):
+            os.fchmod(held, 0o644)
+            trust.give_modes(shared.layout, SHARED)  # fsck --repair's chmod is the same one
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    finally:
+        flipper.kill()
+        flipper.wait()
+        os.close(held)
 
 
 # ---- the owner's terminal ------------------------------------------------------------------------
