@@ -23,6 +23,7 @@ from spoolq.format.modes import SHARED
 from spoolq.running.retention import Retention
 from spoolq.store import trust
 from spoolq.format.states import State
+from spoolq.moves.transitions import Adopted
 from spoolq.spool import Spool
 from spools import GROUP, MEMBER, ROOT_ONLY, as_member, shared_spool
 
@@ -123,6 +124,18 @@ def test_a_copy_a_member_names_for_a_pending_job_is_not_the_job_cancel_and_show_
     view = shared.find("victim")
     assert view.state == State.DEAD and view.job.command == "echo the owners" and view.job.last_error == "cancelled"
 
+
+
+
+def test_a_drop_in_a_member_names_after_one_left_in_the_workers_directory_never_replaces_it(shared):
+    """An adoption cut short (a full disk) leaves the drop-in it took as processing/<owner>/~<name>,
+    which the group can see: a member's drop-in of that name was taken in by a rename over it."""
+    owner = shared.owners.register("worker")
+    left = os.path.join(shared.layout.owned(owner), "~x.json")
+    shared.store.write_file(left, json.dumps({"id": "trusted", "command": "true"}).encode(), durable=False)
+    plant(shared, "x.json", {"id": "x", "command": "true"})
+    assert shared.transitions.adopt("x.json", owner).outcome is Adopted.QUARANTINED
+    assert json.loads(open(left).read())["id"] == "trusted"
 
 
 # ---- running what the owner did not enqueue -----------------------------------------------------

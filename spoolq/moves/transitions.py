@@ -142,14 +142,20 @@ class Transitions:
         """Move a dropped file into our own directory; None if another worker took it first. A
         long name is taken under a short one: the moves out of processing/ (handoff.py) add to it."""
         short = entry if len(entry.encode()) <= 160 else f"long-name.{layout.random_hex(8)}.json"
-        adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
-        try:
-            # RACE: several workers may see the same drop-in; this rename admits one.
-            if not fsio.move(os.path.join(self.layout.pending, entry), adopt_path):
-                return None
-        except FileNotFoundError:
-            raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
-        return adopt_path
+        while True:
+            adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
+            try:
+                # RACE: several workers may see the same drop-in; this rename admits one. It never
+                # replaces a drop-in of that name an adoption cut short left here (a disk full),
+                # which anyone in pending/'s group sees and could name theirs after.
+                if not fsio.move_no_replace(os.path.join(self.layout.pending, entry), adopt_path):
+                    return None
+            except FileExistsError:
+                short = f"same-name.{layout.random_hex(8)}.json"
+                continue
+            except FileNotFoundError:
+                raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
+            return adopt_path
 
     def _publish_adopted(self, adopt_path: str, entry: str, arrived_ns: int, now: float) -> Adoption:
         try:
