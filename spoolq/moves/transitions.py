@@ -12,8 +12,9 @@ publish      (caller) -> pending/<canonical>               enqueue     write tmp
                                                                            rename                                               pending/, ids/
 collect      maildir/new/<any> -> pending/<any>.json       worker      rename, never        the rename won                      pending/
              (maildir.py)                                              replacing
-adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
-             -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
+adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename, never        the first rename won; ids/<id>      the new content,
+             -> pending/<canonical>                                    replacing; replace   linked (exclusive)                  pending/
+                                                                       then move
 claim        pending/<canonical> -> processing/<o>/<id>    worker      rename, never        the rename won                      none
                                                                        replacing
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
