@@ -138,6 +138,22 @@ def test_a_drop_in_a_member_names_after_one_left_in_the_workers_directory_never_
     assert json.loads(open(left).read())["id"] == "trusted"
 
 
+
+def test_purging_pending_jobs_leaves_the_id_of_a_job_a_member_named_a_copy_for(shared):
+    """purge --state pending deleted every canonical name in pending/ and each one's id marker: a
+    member's copy named for a running job freed that job's id, and an enqueue of the id (which
+    must find it taken) then made a second job of it, run beside the first."""
+    shared.enqueue({"id": "victim", "command": "true"})
+    (entry,) = os.listdir(shared.layout.pending)
+    assert shared.transitions.claim(entry, shared.owners.register("worker")) is not None
+    plant(shared, CANONICAL.format("victim"), {"id": "victim", "command": "true"})
+    r = spoolq(shared.root, "purge", "--state", "pending")
+    assert r.returncode == 0, r.stderr
+    assert os.path.lexists(shared.layout.id_marker("victim"))
+    r = spoolq(shared.root, "enqueue", "--id", "victim", "true")
+    assert [n for n in os.listdir(shared.layout.pending) if "@victim" in n] == [CANONICAL.format("victim")], r
+
+
 # ---- running what the owner did not enqueue -----------------------------------------------------
 
 

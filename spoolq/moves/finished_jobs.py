@@ -200,10 +200,13 @@ class Finished:
                 if layout.parse_pending(os.path.basename(place.path)) is None:
                     continue  # a dropped file not taken in yet: no job, no id of its own
                 try:
-                    if now - os.lstat(place.path).st_ctime < older_than:
-                        continue
+                    st = os.lstat(place.path)
                 except FileNotFoundError:
                     continue  # claimed meanwhile
+                if self.store.why_untrusted(st):
+                    continue  # no job, and its id's marker not its own: anyone in pending/'s group can name one
+                if now - st.st_ctime < older_than:
+                    continue
                 if self.waiters_of(place.job_id):
                     self.kept += 1
                     continue
