@@ -254,3 +254,19 @@ def test_names_and_commands_a_member_wrote_never_reach_the_owners_terminal_raw(s
         said = r.stdout + r.stderr
         assert "\x1b" not in said and "\x07" not in said and "\nok: all clean" not in said, (command, said)
         assert "\\x1b" in said, (command, said)  # shown, escaped
+
+
+
+# ---- believing a time ----------------------------------------------------------------------------
+
+
+def test_a_drop_in_dated_back_by_a_member_does_not_age_the_oldest_ready_job(shared):
+    """The oldest ready job's age (stats, metrics: what alerts watch) counted a dropped file from
+    its mtime, which its writer sets at will: a member's drop-in "ready since 2000"."""
+    pending, new = shared.layout.pending, shared.layout.dir("maildir/new")
+    job = json.dumps({"command": "true"})
+    r = as_member('printf "%s" "$1" > "$2/x.json" && printf "%s" "$1" > "$3/y" && touch -d 2000-01-01 "$2/x.json" "$3/y"',
+                  job, pending, new)
+    assert r.returncode == 0, r.stderr
+    r = spoolq(shared.root, "stats", "--json")
+    assert json.loads(r.stdout)["total"]["oldest_ready_age"] < 3600, r.stdout

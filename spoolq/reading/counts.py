@@ -100,7 +100,7 @@ class JobCounter:
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
         whichever is later (both in its name); a dropped file not yet adopted counts from its
-        mtime, under None (its queue is known once adopted)."""
+        ctime, under None (its queue is known once adopted)."""
         return self._pending_census(self.store.now(now)).ready_since
 
     def _pending_census(self, now: float) -> CountsByQueue:
@@ -129,7 +129,7 @@ class JobCounter:
         # In the Maildir, not moved into pending/ yet: counted as a dropped file is. RACE: a worker
         # moving one into pending/ after pending/ was listed above makes this count miss it once,
         # never count it twice (pending/ is listed first); the next count has it.
-        delivered = [st.st_mtime for _, st in maildir.deliveries(self.layout)]
+        delivered = [st.st_ctime for _, st in maildir.deliveries(self.layout)]
         if delivered:
             queues.setdefault(job.DEFAULT_QUEUE, Counts()).pending += len(delivered)
             totals.pending += len(delivered)
@@ -137,14 +137,16 @@ class JobCounter:
         return census
 
     def _dropped_at(self, entry: str) -> float | None:
-        """A dropped file's mtime (when its writer finished it), or None: not a dropped file."""
+        """When a dropped file arrived (its ctime: its rename into pending/, or its writer's last
+        write), or None: not a dropped file. Never its mtime, which its writer sets at will (any
+        member of a shared spool's group: a file "ready since 1970" for the owner's alerts)."""
         if not layout.is_dropin(entry):
             return None
         try:
             st = os.lstat(os.path.join(self.layout.pending, entry))
         except OSError:
             return None
-        return None if stat.S_ISDIR(st.st_mode) else st.st_mtime
+        return None if stat.S_ISDIR(st.st_mode) else st.st_ctime
 
     def _tally(self, directory: str, last: _Tally | None) -> _Tally:
         """The jobs of a directory per queue: the last count again while the directory has not
