@@ -270,3 +270,15 @@ def test_a_drop_in_dated_back_by_a_member_does_not_age_the_oldest_ready_job(shar
     assert r.returncode == 0, r.stderr
     r = spoolq(shared.root, "stats", "--json")
     assert json.loads(r.stdout)["total"]["oldest_ready_age"] < 3600, r.stdout
+
+
+
+def test_a_pending_name_dated_back_by_a_member_does_not_age_the_oldest_ready_job(shared):
+    """The same from a canonical name, whose enqueue time is in the name: a member's file named
+    "enqueued in 1970" in a paused queue (no claim quarantines it) counts from its arrival, and the
+    owner's job behind it from its own."""
+    shared.pause("mail")
+    shared.enqueue({"command": "true", "queue": "mail"})
+    plant(shared, "1000000000.0000000000000000001.0000000000000@x%mail.json", {"id": "x", "command": "true"})
+    ages = json.loads(spoolq(shared.root, "stats", "--json").stdout)
+    assert ages["total"]["oldest_ready_age"] < 3600 and ages["queues"]["mail"]["oldest_ready_age"] < 3600, ages
