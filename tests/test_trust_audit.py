@@ -1,7 +1,7 @@
-"""An audit of a shared spool (group_access) as the people who can reach it: a member of its group
-(a real process of another uid, not in trusted_uids), another local user, a careless operator, a
-clock that jumps. Each hole the audit found is pinned here: the member cannot make the owner run,
-signal, delete or believe anything through it."""
+"""An audit of a shared spool (group_access) as those who can reach it: above all a member of its
+group (a real process of another uid, not in trusted_uids), who may create files in pending/ and
+the Maildir. Each hole the audit found is pinned here: what a member names or writes there cannot
+make the owner run, delete, change or believe anything, nor reach the owner's terminal."""
 
 from __future__ import annotations
 
@@ -20,14 +20,16 @@ import pytest
 from conftest import SPOOLQ, spoolq, strace_path, wait_for
 from spoolq.format.errors import JobNotFound
 from spoolq.format.modes import SHARED
-from spoolq.running.retention import Retention
-from spoolq.store import trust
 from spoolq.format.states import State
 from spoolq.moves.transitions import Adopted
+from spoolq.running.retention import Retention
 from spoolq.spool import Spool
+from spoolq.store import trust
 from spools import GROUP, MEMBER, ROOT_ONLY, as_member, shared_spool
 
 pytestmark = ROOT_ONLY
+
+CANONICAL = "0000000000.0000000000000000001.0000000000000@{}.json"  # a pending name as a member can write one
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_a_planted_pending_name_never_replaces_a_job_its_claimer_is_running(shar
     owner = shared.owners.register("worker")
     (entry,) = os.listdir(shared.layout.pending)
     running = shared.transitions.claim(entry, owner)
-    planted = "0000000000.0000000000000000001.0000000000000@victim.json"
+    planted = CANONICAL.format("victim")
     plant(shared, planted, {"id": "victim", "command": "true"})
     assert shared.transitions.claim(planted, owner) is None
     assert os.stat(running.path).st_uid == os.geteuid()
@@ -64,9 +66,6 @@ def test_a_planted_pending_name_never_replaces_a_job_its_claimer_is_running(shar
     assert shared.find("victim").state == State.DONE
     (copy,) = [v for v in shared.list_jobs(State.DEAD)]
     assert "already running here" in copy.to_dict()["last_error"]
-
-
-CANONICAL = "0000000000.0000000000000000001.0000000000000@{}.json"
 
 
 def quarantined_directory(spool: Spool) -> str:
