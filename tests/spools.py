@@ -70,3 +70,28 @@ def plant(spool: Spool, name: str, data: bytes) -> str:
 def pid_gone(pid: int) -> bool:
     """No such process, or only its zombie is left (PID 1 of a container may never reap it)."""
     return process_state(pid) in (None, "Z", "X")
+
+
+MEMBER, GROUP = 54321, 54320  # a member of a shared spool's group, not in trusted_uids (as tests/test_group.py)
+
+
+def shared_spool(base: str) -> Spool:
+    """A group_access spool under `base` (searchable by all) whose group is GROUP, made as an admin does."""
+    os.chmod(base, 0o755)
+    root = os.path.join(base, "spool")
+    os.mkdir(root)
+    os.chown(root, -1, GROUP)
+    os.chmod(root, 0o2700)
+    spool = Spool(root)
+    spool.set_config("group_access", True)
+    return spool
+
+
+def as_member(script: str, *args: str, uid: int = MEMBER) -> subprocess.CompletedProcess:
+    """`sh -c script` as MEMBER (or another `uid` of the group): its own uid, the spool's group, no capabilities."""
+    def become() -> None:
+        os.setgroups([GROUP])
+        os.setgid(GROUP)
+        os.setuid(uid)
+    return subprocess.run(["/bin/sh", "-c", script, "member", *args], preexec_fn=become, capture_output=True,
+                          text=True, timeout=30)

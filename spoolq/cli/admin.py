@@ -11,7 +11,7 @@ import click
 from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids
-from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown_id, tries, warn_about_config
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
 
 
 @main.group()
@@ -107,12 +107,14 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
         return
     state = state or State.DONE
     n = c.spool.purge(state, older_than=older_than or 0.0)
-    kept = c.spool.finished.kept
+    kept, left = c.spool.finished.kept, c.spool.finished.left
     if as_json:
-        emit_json({"purged": n, "state": state, "kept": kept})
+        emit_json({"purged": n, "state": state, "kept": kept, **({"left": left} if left else {})})
     else:
         click.echo(f"purged {n} {state} job{'s' if n != 1 else ''}"
-                   + (f"; kept {kept} that other jobs still wait for" if kept else ""))
+                   + (f"; kept {kept} that other jobs still wait for" if kept else "")
+                   + (f"; left {len(left)} directory another user filled (remove by hand): {', '.join(left)}"
+                      if left else ""))
 
 
 def _what_repair_does(problems: list) -> str:
@@ -149,9 +151,9 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
     else:
         for p in problems:
             where = os.path.relpath(p.path, spool.root) if p.path.startswith(spool.root) else p.path
-            click.echo(f"{p.kind}: {where!r}: {p.detail}" if "\n" in where else f"{p.kind}: {where}: {p.detail}")
+            click.echo(f"{p.kind}: {shown(where)}: {shown(p.detail)}")
             if p.repair:
-                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {p.repair}")
+                click.echo(f"    {'repaired' if p.repaired else 'not repaired'}: {shown(p.repair)}")
         if not problems:
             click.echo(f"{spool.root}: clean")
         else:

@@ -325,8 +325,16 @@ def check_ids(job_ids: Iterable[str]) -> None:
                            "not starting with '.'", 2)
 
 
+def shown(text: str) -> str:
+    """Text read from a spool, for a terminal: each character that is not printable (an escape
+    sequence's ESC, a newline, a byte that was not UTF-8) as its backslash escape. Whoever may
+    drop a file (a member of a shared spool's group) names it and writes its command: that text
+    must never drive the owner's terminal nor fake a line of what spoolq says."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = shown(" ".join(text.split()))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -16,7 +16,7 @@ from ..format.errors import WaitTimeout
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids
-from .base import paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views
+from .base import paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown
 
 
 @main.command()
@@ -39,7 +39,7 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
         values["never_picked_up"] = len(strays)
     emit_pairs(values, as_json, max(map(len, values)) + 1, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
     if strays and not as_json:
-        named = ", ".join(os.path.relpath(s.path, c.reading.root) for s in strays[:3])
+        named = ", ".join(shown(os.path.relpath(s.path, c.reading.root)) for s in strays[:3])
         more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""
         click.echo(f"never picked up: {named}{more} (`spoolq fsck` says why)", err=True)
 
@@ -77,7 +77,7 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
             value = json.dumps(value, ensure_ascii=False)
         if isinstance(value, bool):
             value = json.dumps(value)
-        click.echo(f"{key + ':':<13} {'-' if value is None else value}")
+        click.echo(f"{key + ':':<13} {'-' if value is None else shown(str(value))}")
     if os.path.exists(c.reading.output_path(view.id)):
         click.echo(f"{'output:':<13} {c.reading.output_path(view.id)}")
 

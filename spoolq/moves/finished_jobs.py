@@ -33,6 +33,7 @@ class Finished:
         self.waiters_of = waiters_of  # jobs still waiting for one (dependencies.py): it is not purged
         self.kept = 0  # by the last purge(): finished jobs others still wait for
         self.examined = 0  # by the last purge(): names looked at (retention goes on from there)
+        self.left: list[str] = []  # by the last purge(): directories that could not be removed (_delete_finished)
         self.oldest_young = float("inf")  # by the last purge(): when the oldest job it left for being young finished
 
     # ---- back to pending ---------------------------------------------------------------------
@@ -134,6 +135,7 @@ class Finished:
             raise InvalidJob("only done, dead or pending jobs can be purged")
         now = self.store.fs_clock() if now is None else now  # ctime is the file system's clock
         count = self.kept = self.examined = 0
+        self.left = []
         self.oldest_young = float("inf")
         with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
@@ -154,8 +156,10 @@ class Finished:
                 if self.waiters_of(layout.stem(entry)):
                     self.kept += 1  # its waiters would wait for good for a job no longer there
                     continue
-                self._delete_finished(dirs, ids, state, layout.stem(entry))
-                count += 1
+                if self._delete_finished(dirs, ids, state, layout.stem(entry)):
+                    count += 1
+                else:
+                    self.left.append(entry)  # a directory that stays: the rest goes on
         return count
 
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
@@ -182,8 +186,9 @@ class Finished:
                 if state in NOT_STARTED:
                     why[job_id] = self._delete_not_started(dirs, view.path, job_id)  # a pending/ path
                     continue
-                self._delete_finished(dirs, ids, state, job_id)
-                why[job_id] = None
+                deleted = self._delete_finished(dirs, ids, state, job_id)
+                why[job_id] = None if deleted else f"job {job_id} is a directory another user filled: " \
+                    f"remove {view.path} by hand"
         return why
 
     def _purge_not_started(self, older_than: float, now: float | None) -> int:
@@ -195,10 +200,13 @@ class Finished:
                 if layout.parse_pending(os.path.basename(place.path)) is None:
                     continue  # a dropped file not taken in yet: no job, no id of its own
                 try:
-                    if now - os.lstat(place.path).st_ctime < older_than:
-                        continue
+                    st = os.lstat(place.path)
                 except FileNotFoundError:
                     continue  # claimed meanwhile
+                if self.store.why_untrusted(st):
+                    continue  # no job, and its id's marker not its own: anyone in pending/'s group can name one
+                if now - st.st_ctime < older_than:
+                    continue
                 if self.waiters_of(place.job_id):
                     self.kept += 1
                     continue
@@ -243,17 +251,22 @@ class Finished:
                 directory.__exit__()
 
     def _delete_finished(self, dirs: dict[str, fsio.Directory], ids: Reservations, state: str,
-                         job_id: str) -> None:
+                         job_id: str) -> bool:
         """The job file, its output, its reason record or id marker: the marker made ours first,
-        so that a crash half-way leaves an id that is freed at once, not one blocked for good."""
+        so that a crash half-way leaves an id that is freed at once, not one blocked for good.
+        False, and all of it kept, where the file is a directory that cannot be removed: a
+        member of a shared spool's group can name one in pending/ as a job, which its claim
+        quarantines; it must not stop every purge (and retention) that meets it."""
         if not layout.is_quarantine_id(job_id):
             try:
                 ids.retag(job_id)
             except FileNotFoundError:
                 pass  # no marker (fsck would have said): nothing to hand over
-        dirs[state].unlink_quietly(layout.job_file(job_id))
+        if not dirs[state].remove_quietly(layout.job_file(job_id)):
+            return False
         dirs["output"].unlink_quietly(f"{job_id}.log")
         if layout.is_quarantine_id(job_id):
             dirs["quarantine"].unlink_quietly(layout.job_file(job_id))
         else:
             dirs["ids"].unlink_quietly(job_id)
+        return True

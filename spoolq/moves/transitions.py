@@ -12,9 +12,11 @@ publish      (caller) -> pending/<canonical>               enqueue     write tmp
                                                                            rename                                               pending/, ids/
 collect      maildir/new/<any> -> pending/<any>.json       worker      rename, never        the rename won                      pending/
              (maildir.py)                                              replacing
-adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename; replace      the first rename won; ids/<id>      the new content,
-             -> pending/<canonical>                                    then move            linked (exclusive)                  pending/
-claim        pending/<canonical> -> processing/<o>/<id>    worker      rename               the rename won                      none
+adopt        pending/<drop-in> -> processing/<o>/~<drop>   worker      rename, never        the first rename won; ids/<id>      the new content,
+             -> pending/<canonical>                                    replacing; replace   linked (exclusive)                  pending/
+                                                                       then move
+claim        pending/<canonical> -> processing/<o>/<id>    worker      rename, never        the rename won                      none
+                                                                       replacing
 finish ok    processing/<o>/<id> -> done/<id>              worker      rename only          no fence mark; the rename won       none
              (finishing.py)
 finish fail  processing/<o>/<id> -> pending/<due later>    worker,     replace then move:   no fence mark (owner); the take     the new content
@@ -141,18 +143,31 @@ class Transitions:
         """Move a dropped file into our own directory; None if another worker took it first. A
         long name is taken under a short one: the moves out of processing/ (handoff.py) add to it."""
         short = entry if len(entry.encode()) <= 160 else f"long-name.{layout.random_hex(8)}.json"
-        adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
-        try:
-            # RACE: several workers may see the same drop-in; this rename admits one.
-            if not fsio.move(os.path.join(self.layout.pending, entry), adopt_path):
-                return None
-        except FileNotFoundError:
-            raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
-        return adopt_path
+        while True:
+            adopt_path = os.path.join(self.layout.owned(owner), layout.ADOPT_PREFIX + short)
+            try:
+                # RACE: several workers may see the same drop-in; this rename admits one. It never
+                # replaces a drop-in of that name an adoption cut short left here (a disk full),
+                # which anyone in pending/'s group sees and could name theirs after.
+                if not fsio.move_no_replace(os.path.join(self.layout.pending, entry), adopt_path):
+                    return None
+            except FileExistsError:
+                short = f"same-name.{layout.random_hex(8)}.json"
+                continue
+            except FileNotFoundError:
+                raise LostOwnership(f"{self.layout.owned(owner)} is gone") from None
+            return adopt_path
 
     def _publish_adopted(self, adopt_path: str, entry: str, arrived_ns: int, now: float) -> Adoption:
         try:
-            data, _ = self.store.read_bytes(adopt_path, "dropped file")
+            data, st = self.store.read_bytes(adopt_path, "dropped file")
+            # RACE: the file is still its writer's: between inspect() and this read they may have
+            # opened it to their group (chmod), and a member rewritten it. What is read is judged
+            # again, by the read's own fstat, so what runs is what was judged.
+            untrusted = self.store.why_untrusted(st)
+            if untrusted:
+                self.quarantine.put(adopt_path, entry, f"dropped file {untrusted}", now)
+                return Adoption(Adopted.QUARANTINED, reason=f"dropped file {untrusted}")
             job = dropins.job_from(self.store, data, entry, now=now, seq=arrived_ns)
         except FileNotFoundError:  # our directory was fenced (a rescuer gives the file back): not malformed
             raise LostOwnership(f"{adopt_path} was taken from us") from None
@@ -224,9 +239,17 @@ class Transitions:
             return None
         owned = self.layout.owned(owner)
         path = f"{owned}/{layout.job_file(parsed.job_id)}"
+        source = f"{self.layout.pending}/{entry}"
         try:
-            if not fsio.move(f"{self.layout.pending}/{entry}", path):
+            if not fsio.move_no_replace(source, path):
                 return None  # RACE: another worker renamed it first; losing is an answer, not an error
+        except FileExistsError:
+            # RACE: a second pending file with the id of a job this owner runs now (another slot's):
+            # anyone who may write into pending/ can name one so, and a rename over ours would drop
+            # the running job's file. It is a copy, never a job: it goes to quarantine from pending/.
+            self.quarantine.put(source, entry, f"duplicate: job {parsed.job_id} is already running here",
+                                self.store.now(now))
+            return None
         except FileNotFoundError:
             raise LostOwnership(f"{owned} is gone") from None
         # A fenced owner whose client still knows its directory's old name lands its claim in the

@@ -100,14 +100,15 @@ class JobCounter:
     def ready_since(self, now: float | None = None) -> dict[str | None, float]:
         """Per queue, when its longest-waiting ready job became ready: its enqueue or its due time,
         whichever is later (both in its name); a dropped file not yet adopted counts from its
-        mtime, under None (its queue is known once adopted)."""
+        ctime, under None (its queue is known once adopted)."""
         return self._pending_census(self.store.now(now)).ready_since
 
     def _pending_census(self, now: float) -> CountsByQueue:
         now_ms = int(now * 1000)
         census = CountsByQueue(Counts(), {}, {})
         totals, queues, ready = census.totals, census.queues, census.ready_since
-        for entry in self.store.shards.entries():
+        entries, oldest = self.store.shards.entries(), {}  # oldest: queue -> the name its ready_since is from
+        for entry in entries:
             parsed = layout.parse_pending(entry)
             if parsed is not None:
                 c = queues.get(parsed.queue) or queues.setdefault(parsed.queue, Counts())
@@ -126,25 +127,54 @@ class JobCounter:
             totals.pending += 1
             if key not in ready or at < ready[key]:
                 ready[key] = at
+                oldest[key] = entry
+        for queue, entry in oldest.items():
+            st = fsio.lstat_if_there(self.store.shards.path(entry)) if queue is not None else None
+            if st is not None and self.store.why_untrusted(st):
+                ready[queue] = self._believed_since(entries, queue, now_ms)
+                if ready[queue] == float("inf"):
+                    del ready[queue]  # all gone meanwhile
         # In the Maildir, not moved into pending/ yet: counted as a dropped file is. RACE: a worker
         # moving one into pending/ after pending/ was listed above makes this count miss it once,
         # never count it twice (pending/ is listed first); the next count has it.
-        delivered = [st.st_mtime for _, st in maildir.deliveries(self.layout)]
+        delivered = [st.st_ctime for _, st in maildir.deliveries(self.layout)]
         if delivered:
             queues.setdefault(job.DEFAULT_QUEUE, Counts()).pending += len(delivered)
             totals.pending += len(delivered)
             ready[None] = min(delivered + ([ready[None]] if None in ready else []))
         return census
 
+    def _believed_since(self, entries: list[str], queue: str, now_ms: int) -> float:
+        """When `queue`'s oldest ready job became ready, by the names of files a claim would run;
+        one another uid wrote, or could rewrite, counts from its arrival (ctime): anyone who may
+        write into pending/ can name a file "ready since 1970". Looked for only when the oldest
+        name is such a file (one lstat a queue otherwise)."""
+        named = []
+        for entry in entries:
+            parsed = layout.parse_pending(entry)
+            if parsed is not None and parsed.queue == queue and parsed.due_ms <= now_ms:
+                named.append((max(parsed.seq / 1e9, parsed.due_ms / 1000.0), entry))
+        since = float("inf")
+        for at, entry in sorted(named):
+            if at >= since:
+                break
+            st = fsio.lstat_if_there(self.store.shards.path(entry))
+            if st is not None and not self.store.why_untrusted(st):
+                return at
+            since = min(since, st.st_ctime) if st is not None else since
+        return since
+
     def _dropped_at(self, entry: str) -> float | None:
-        """A dropped file's mtime (when its writer finished it), or None: not a dropped file."""
+        """When a dropped file arrived (its ctime: its rename into pending/, or its writer's last
+        write), or None: not a dropped file. Never its mtime, which its writer sets at will (any
+        member of a shared spool's group: a file "ready since 1970" for the owner's alerts)."""
         if not layout.is_dropin(entry):
             return None
         try:
             st = os.lstat(os.path.join(self.layout.pending, entry))
         except OSError:
             return None
-        return None if stat.S_ISDIR(st.st_mode) else st.st_mtime
+        return None if stat.S_ISDIR(st.st_mode) else st.st_ctime
 
     def _tally(self, directory: str, last: _Tally | None) -> _Tally:
         """The jobs of a directory per queue: the last count again while the directory has not

@@ -139,17 +139,21 @@ class Views:
             if view is not None:
                 return view
         suffix, of_a_queue = f"@{job_id}.json", f"@{job_id}{layout.QUEUE_SEP}"
-        dropped = []
+        dropped, suspect = [], None
         for entry in self.store.shards.entries():
             if entry.endswith(suffix) or of_a_queue in entry:
                 parsed = layout.parse_pending(entry)
                 if parsed is not None and parsed.job_id == job_id:
-                    view = self._view(os.path.join(self.layout.pending, entry), State.PENDING, job_id)
-                    if view is not None:
+                    view = self._view(os.path.join(self.layout.pending, entry), State.PENDING, job_id,
+                                      trusted_only=True)
+                    if view is not None and view.job is not None:
                         return view
+                    suspect = suspect or view
             elif layout.is_dropin(entry):
                 dropped.append(entry)
-        return self._find_taken(job_id) or self._find_dropped(job_id, dropped)
+        # Anyone who may write into pending/ can name a file for any id: one its claim would
+        # quarantine (untrusted, malformed) is that job only if no other file is.
+        return self._find_taken(job_id) or suspect or self._find_dropped(job_id, dropped)
 
     def _find_taken(self, job_id: str) -> JobView | None:
         """A job in the middle of a move out of processing/ (handoff.py) is still there, under its
@@ -178,10 +182,10 @@ class Views:
         return None
 
     def _view(self, path: str, state: str, job_id: str, owner: str | None = None,
-              now: float | None = None) -> JobView | None:
+              now: float | None = None, trusted_only: bool = False) -> JobView | None:
         now = self.store.now(now)
         try:
-            found, st = self.store.read_job(path, now=now)
+            found, st = self.store.read_job(path, now=now, trusted_only=trusted_only)
         except FileNotFoundError:
             return None
         except InvalidJob as e:

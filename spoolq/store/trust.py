@@ -25,15 +25,15 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool | None = None)
     it is done, needs_new_modes); None: all. The root and config.json every time."""
     from ..format import ours  # a change of modes alone needs it, never one enqueue
 
-    _chmod(lay.root, modes.dir)
-    _chmod(lay.config, modes.file)
+    chmod_ours(lay.root, modes.dir)
+    chmod_ours(lay.config, modes.file)
     for name in layout.STATE_DIRS + layout.OTHER_DIRS:
         if inboxes is not None and (name in layout.INBOXES) != inboxes:
             continue
         directory = lay.dir(name)
         if "/" in name:
             _give_root_group(lay.root, directory)
-        _chmod(directory, modes.inbox if name in layout.INBOXES else modes.dir)
+        chmod_ours(directory, modes.inbox if name in layout.INBOXES else modes.dir)
         for entry in fsio.listdir(directory):
             path = os.path.join(directory, entry)
             if name == states.PROCESSING:
@@ -43,35 +43,35 @@ def give_modes(lay: layout.Layout, modes: Modes, *, inboxes: bool | None = None)
             elif name == "schedules" and entry.endswith(FIRED_SUFFIX) and not entry.startswith("."):
                 _chmod_fired(path, modes)
             elif ours.is_spoolq_entry(name, entry):
-                _chmod(path, locks.owners_only(modes.file) if name == "locks" else modes.file)
+                chmod_ours(path, locks.owners_only(modes.file) if name == "locks" else modes.file)
 
 
 def _chmod_owned(owned: str, modes: Modes) -> None:
-    if not _chmod(owned, modes.dir):
+    if not chmod_ours(owned, modes.dir):
         return
     for entry in fsio.listdir(owned):
         if (layout.is_json_entry(entry) and not entry.startswith(layout.ADOPT_PREFIX)
                 or entry in (layout.GROUP_FILE, layout.FENCE_FILE)):
-            _chmod(os.path.join(owned, entry), modes.file)
+            chmod_ours(os.path.join(owned, entry), modes.file)
 
 
 def _chmod_shard(shard: str, modes: Modes) -> None:
-    if not _chmod(shard, modes.dir):
+    if not chmod_ours(shard, modes.dir):
         return
     for entry in fsio.listdir(shard):
         if layout.is_canonical(entry):
-            _chmod(os.path.join(shard, entry), modes.file)
+            chmod_ours(os.path.join(shard, entry), modes.file)
 
 
 def _chmod_fired(fired: str, modes: Modes) -> None:
     """A schedule's fired markers, never writable by the group (a marker it could rewrite would
     not be believed, fired_slots.py)."""
-    if not _chmod(fired, modes.dir):
+    if not chmod_ours(fired, modes.dir):
         return
     for entry in fsio.listdir(fired):
         if not entry.startswith("."):
             try:
-                _chmod(os.path.join(fired, entry), modes.file)
+                chmod_ours(os.path.join(fired, entry), modes.file)
             except PermissionError:
                 continue  # another trusted uid's marker: its owner's mode (never group-writable) stays
 
@@ -89,14 +89,23 @@ def _give_root_group(root: str, directory: str) -> None:
         return
 
 
-def _chmod(path: str, mode: int) -> bool:
-    """chmod a file or directory of ours; never through a symlink. False if it is not there."""
+def chmod_ours(path: str, mode: int, seen: os.stat_result | None = None) -> bool:
+    """chmod a file or directory of ours, never through a symlink, and never another file than
+    the one `seen` (its lstat, where the caller judged it). False if it is not there (or not it)."""
+    # RACE: in pending/ another user may put a symlink at a name between a look and a chmod by
+    # name (the owner's file claimed away, their link made there): the name is opened once
+    # without following it (O_PATH), and the very file that open found is changed.
     try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            return False
-        os.chmod(path, mode)
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode) or seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
+            return False
+        os.chmod(f"/proc/self/fd/{fd}", mode)
+    finally:
+        os.close(fd)
     return True
 
 

@@ -227,7 +227,10 @@ def move_no_replace(src: str, dst: str) -> bool:
             return False
         if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "exists", dst) from None
-        return move(src, dst)  # RACE: only another quarantine could make dst meanwhile, with 48 random bits
+        # RACE: where neither renameat2 nor a link works (another user's file on NFS), dst can be
+        # made between the look and the rename: by another quarantine only with 48 random bits; by
+        # another slot's claim of the same id (a copy another user named) in that instant alone.
+        return move(src, dst)
     unlink_quietly(src)
     return True
 
@@ -278,6 +281,18 @@ class Directory:
         except OSError as e:
             if not is_gone(e):
                 raise
+
+    def remove_quietly(self, name: str) -> bool:
+        """Unlink `name`, an empty directory too; False if it is a directory that cannot be
+        removed (not empty: another user's, which they may keep filled), which stays."""
+        try:
+            self.unlink_quietly(name)
+        except IsADirectoryError:  # Linux's answer to unlink(2) of a directory
+            try:
+                os.rmdir(name, dir_fd=self.fd)
+            except OSError as e:
+                return is_gone(e)
+        return True
 
 
 def listdir(path: str) -> list[str]:
