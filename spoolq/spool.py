@@ -137,17 +137,15 @@ class Spool:
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
-        from .format.errors import InvalidJob, JobNotFound
+        from .format.errors import InvalidJob
 
         mine = {job.id: job.after for job in jobs}
         for job in jobs:
             for dep in job.after:
                 if dep in mine or self.deps.state_of(dep) != "unfinished":
                     continue  # a dep that is done or dead is known without a search
-                try:
-                    self.find(dep)
-                except JobNotFound:
-                    raise InvalidJob(f"after: no job {dep!r}") from None
+                if not self.views.can_finish(dep):
+                    raise InvalidJob(f"after: no job {dep!r}")
         cycle = _a_cycle(mine)
         if cycle:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")

@@ -281,3 +281,14 @@ def test_a_pending_name_dated_back_by_a_member_does_not_age_the_oldest_ready_job
     plant(shared, "1000000000.0000000000000000001.0000000000000@x%mail.json", {"id": "x", "command": "true"})
     ages = json.loads(spoolq(shared.root, "stats", "--json").stdout)
     assert ages["total"]["oldest_ready_age"] < 3600 and ages["queues"]["mail"]["oldest_ready_age"] < 3600, ages
+
+
+def test_a_copy_a_member_names_is_no_job_to_wait_for(shared):
+    """`enqueue --after ID` of an id no job has is refused: a member's file named for it (which its
+    claim would quarantine) must not make it accepted, the waiting job to die later."""
+    plant(shared, "0000000000.0000000000000000001.0000000000000@nojob.json", {"id": "nojob", "command": "true"})
+    r = spoolq(shared.root, "enqueue", "--after", "nojob", "true")
+    assert r.returncode == 2 and "after: no job 'nojob'" in r.stderr, r.stderr
+    assert shared.counts().waiting == 0
+    shared.enqueue({"id": "real", "command": "true"})
+    assert spoolq(shared.root, "enqueue", "--after", "real", "true").returncode == 0  # a job of the owner's is

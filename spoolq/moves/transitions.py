@@ -215,11 +215,8 @@ class Transitions:
             return State.PENDING
         deps = self.publisher.deps
         for dep in job.after:
-            if deps.state_of(dep) == "unfinished":
-                try:
-                    self.views.find(dep)
-                except JobNotFound:
-                    raise InvalidJob(f"after: no job {dep!r}") from None
+            if deps.state_of(dep) == "unfinished" and not self.views.can_finish(dep):
+                raise InvalidJob(f"after: no job {dep!r}")
         unfinished = deps.unfinished(job)
         if not unfinished:
             return State.PENDING

@@ -155,6 +155,15 @@ class Views:
         # quarantine (untrusted, malformed) is that job only if no other file is.
         return self._find_taken(job_id) or suspect or self._find_dropped(job_id, dropped)
 
+    def can_finish(self, job_id: str) -> bool:
+        """Is there a job of this id that a worker will run, or ran: something to wait for. A file
+        its claim would quarantine (untrusted or malformed: anyone who may write into pending/ can
+        name one for any id) is none, nor is no file at all."""
+        try:
+            return self.find(job_id).job is not None
+        except JobNotFound:
+            return False
+
     def _find_taken(self, job_id: str) -> JobView | None:
         """A job in the middle of a move out of processing/ (handoff.py) is still there, under its
         .taken. name: never a free id."""
