@@ -36,11 +36,12 @@ from typing import Iterator
 import pytest
 
 import dfs
-from conftest import SPOOLQ, process_state, stop_gracefully, wait_for
+from conftest import SPOOLQ, process_state, stop_gracefully, strace_path, wait_for
 from spoolq import Spool
 from spoolq.system import locks
 from spoolq.store import config as config_mod
 from spoolq.format.errors import SpoolError
+from spoolq.format.states import State
 
 BINDFS_OPTIONS = "attr_timeout=0,entry_timeout=0,negative_timeout=0"
 BINDFS_LOCKS = ["--enable-lock-forwarding", "--multithreaded"]  # flocks reach the directory below, as on a server
@@ -344,6 +345,40 @@ def test_many_jobs_on_both_hosts_each_run_exactly_once(rig, tmp_path, shards):
     assert status["done"] == n and status["dead"] == 0 and status["processing"] == 0, status
     for log in (a.log(), b.log()):
         assert "recovered" not in log and "discarded" not in log, log
+
+
+HOLD_US = 3_000_000  # how long strace holds host B's worker after its claim's move of the job
+
+
+def test_a_job_two_hosts_claim_at_once_runs_once_on_a_file_system_without_renameat2_flags(safe_rig, tmp_path):
+    """Where renameat2(RENAME_NOREPLACE) is refused (FUSE, NFS, GlusterFS) a claim linked the
+    pending file into its owner's directory, then unlinked the pending name: the pending name
+    stayed for that moment, and host A's claim took it too. The job then had two names, every
+    claimer read it as "has 2 hard links", and it was quarantined as malformed instead of run
+    (two claims by link at once: both kept it, or both quarantined it)."""
+    a = safe_rig.spool("A")
+    proof = tmp_path / "ran"
+    a.enqueue({"id": "once", "command": f'echo "$SPOOLQ_HOST" >> {proof}'})
+    (entry,) = os.listdir(a.layout.pending)
+    calls = "link,linkat,rename,renameat,renameat2"
+    worker = subprocess.Popen([strace_path(), "-f", "-qq", "-e", "signal=none", "-o", "/dev/null",
+                               "-P", os.path.join(safe_rig.path("B"), "pending", entry),
+                               "-e", f"trace={calls}", "-e", f"inject={calls}:delay_exit={HOLD_US}",
+                               *SPOOLQ, "--spool", safe_rig.path("B"), "worker", "start", "--burst"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=safe_rig.env("B"), start_new_session=True)
+    safe_rig.procs.append(worker)
+    wait_for(lambda: [d for d in os.listdir(a.layout.processing)
+                      if os.path.exists(os.path.join(a.layout.processing, d, "once.json"))], 30,
+             "host B's claim to move the job into its directory")
+    claimed = a.transitions.claim(entry, a.owners.register("worker"))
+    if claimed is not None:
+        proof.open("a").write("A\n")
+        a.transitions.finish(claimed, ok=True, exit_code=0, error=None)
+    out, _ = worker.communicate(timeout=60)
+    runs = proof.read_text().split() if proof.exists() else []
+    assert len(runs) == 1, f"ran on {runs}; dead/ holds {os.listdir(a.layout.dead)}\n{out.decode()}"
+    assert a.find("once").state == State.DONE and not os.listdir(a.layout.dead)
 
 
 def test_frozen_host_loses_its_lease_and_its_late_result_is_discarded(rig, tmp_path):

@@ -110,3 +110,25 @@ def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(sp
     finally:
         cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "20")
         w.stop()
+
+
+def test_a_duty_that_waits_for_a_lock_holds_up_no_running_job_s_timeout(spool, spool_dir):
+    """The duties of a worker of one slot ran inside its job's abort check: a retention batch
+    waits for the "dlq" lock (up to 30 s) while `purge`, `dlq retry` or `requeue` holds it, and
+    meanwhile the job's timeout, `worker stop --now` and `cancel --kill` went unheeded and its
+    output unread."""
+    young = spool.enqueue({"command": "true"}).id  # done just now: retention looks again once it can expire
+    spool.transitions.finish(spool.transitions.claim(os.listdir(spool.layout.pending)[0],
+                                                     spool.owners.register("worker")), ok=True, exit_code=0, error=None)
+    spool.set_config("keep_done", 3)
+    long = spool.enqueue({"command": "sleep 60", "timeout": 5, "max_retries": 0}).id
+    w = Workers(spool_dir, 1).wait_ready()
+    try:
+        wait_for(lambda: spool.find(long).state == "processing", 15, "the long job to start")
+        assert spool.find(young).state == "done"
+        with spool.store.locked("dlq"):  # held from before the done job can expire until the timeout is heeded
+            wait_for(lambda: spool.find(long).state == "dead", 15, "the job's timeout while a duty waits for a lock")
+        assert "timed out" in spool.find(long).job.last_error
+    finally:
+        cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "40")
+        w.stop()

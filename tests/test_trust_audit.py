@@ -292,3 +292,13 @@ def test_a_copy_a_member_names_is_no_job_to_wait_for(shared):
     assert shared.counts().waiting == 0
     shared.enqueue({"id": "real", "command": "true"})
     assert spoolq(shared.root, "enqueue", "--after", "real", "true").returncode == 0  # a job of the owner's is
+
+
+def test_a_drop_in_a_member_names_for_an_id_is_no_job_to_wait_for(shared):
+    """The same through a drop-in: a member's `x.json` with the id in its `id` field (which its
+    adoption quarantines: the member is not trusted) made `enqueue --after ID` accept an id no job
+    of the owner's has, and the waiting job died once the drop-in was quarantined."""
+    plant(shared, "x.json", {"id": "nojob", "command": "true"})
+    r = spoolq(shared.root, "enqueue", "--after", "nojob", "true")
+    assert r.returncode == 2 and "after: no job 'nojob'" in r.stderr, r.stderr
+    assert shared.counts().waiting == 0

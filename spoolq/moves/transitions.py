@@ -149,7 +149,8 @@ class Transitions:
                 # RACE: several workers may see the same drop-in; this rename admits one. It never
                 # replaces a drop-in of that name an adoption cut short left here (a disk full),
                 # which anyone in pending/'s group sees and could name theirs after.
-                if not fsio.move_no_replace(os.path.join(self.layout.pending, entry), adopt_path):
+                source = os.path.join(self.layout.pending, entry)
+                if not fsio.move_no_replace(source, adopt_path, shared_source=True):
                     return None
             except FileExistsError:
                 short = f"same-name.{layout.random_hex(8)}.json"
@@ -238,7 +239,7 @@ class Transitions:
         path = f"{owned}/{layout.job_file(parsed.job_id)}"
         source = f"{self.layout.pending}/{entry}"
         try:
-            if not fsio.move_no_replace(source, path):
+            if not fsio.move_no_replace(source, path, shared_source=True):
                 return None  # RACE: another worker renamed it first; losing is an answer, not an error
         except FileExistsError:
             # RACE: a second pending file with the id of a job this owner runs now (another slot's):

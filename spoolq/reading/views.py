@@ -158,11 +158,18 @@ class Views:
     def can_finish(self, job_id: str) -> bool:
         """Is there a job of this id that a worker will run, or ran: something to wait for. A file
         its claim would quarantine (untrusted or malformed: anyone who may write into pending/ can
-        name one for any id) is none, nor is no file at all."""
+        name one for any id) is none, nor is no file at all; nor is a drop-in its adoption would
+        quarantine (another uid's: `show` gives it as it is, what it says is no job yet)."""
         try:
-            return self.find(job_id).job is not None
+            view = self.find(job_id)
         except JobNotFound:
             return False
+        if view.job is None:
+            return False
+        if not layout.is_dropin(os.path.relpath(view.path, self.layout.pending)):
+            return True
+        st = fsio.lstat_if_there(view.path)
+        return st is not None and not self.store.why_untrusted(st)
 
     def _find_taken(self, job_id: str) -> JobView | None:
         """A job in the middle of a move out of processing/ (handoff.py) is still there, under its

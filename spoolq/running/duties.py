@@ -6,6 +6,7 @@ worker wakes for it (and for nothing else); a duty that fails costs a log line, 
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable
 
@@ -32,6 +33,7 @@ class Duties:
         self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
         self.due_at = 0.0  # the next slot of any schedule
         self.seen: tuple[int, int] | None = None  # schedules/ as it was at the last full look
+        self._running: threading.Thread | None = None  # the duties while_running started
 
     @property
     def next_at(self) -> float:
@@ -65,19 +67,35 @@ class Duties:
 
     def while_running(self, abort: Callable[[], str | None]) -> Callable[[], str | None]:
         """`abort` (what a running job asks every half second: why to kill it, if there is a
-        reason) that also does the duties then due. For a worker of one slot, which runs its job in
+        reason) that also starts the duties then due. For a worker of one slot, which runs its job in
         its own thread (slot_threads.py) and so waits for the job's end: a long job holds up no dead
-        worker's jobs, no schedule's slot and no purge. A failure of theirs costs a log line, never
-        the job (the worker's loop meets it again after the job)."""
+        worker's jobs, no schedule's slot and no purge. They run in a thread of their own, never
+        waited for here: a duty may wait for a spool lock (retention for "dlq" while a purge holds
+        it, up to 30 s), and the job's timeout, a stop, a kill and its output must not wait with it.
+        The worker calls settle() before it goes on. A failure costs a log line, never the job."""
         def asked() -> str | None:
             reason = abort()
-            if reason is None and (now := time.time()) >= self.next_at:
-                try:
-                    self.run(now)
-                except Exception as e:
-                    self.log(f"a duty failed while a job ran: {type(e).__name__}: {e}")
+            busy = self._running is not None and self._running.is_alive()
+            if reason is None and not busy and (now := time.time()) >= self.next_at:
+                # RACE: this thread runs the job's checks and then records it while the duties run,
+                # as a worker of many slots records its jobs while its loop does them; what of the
+                # worker's the duties touch (its pending index, through the sweep) waits for settle().
+                self._running = threading.Thread(target=self._run_logged, args=(now,), name="duties", daemon=True)
+                self._running.start()
             return reason
         return asked
+
+    def _run_logged(self, now: float) -> None:
+        try:
+            self.run(now)
+        except Exception as e:
+            self.log(f"a duty failed while a job ran: {type(e).__name__}: {e}")
+
+    def settle(self) -> None:
+        """Wait for the duties while_running started, if they still run."""
+        if self._running is not None:
+            self._running.join()
+            self._running = None
 
     def idle(self, now: float) -> bool:
         """The worker has nothing ready: spend the time on retention if it is behind. True if it

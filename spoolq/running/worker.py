@@ -317,6 +317,8 @@ class Worker:
             if slot is not None:
                 self.spool.slots.give_back(slot)
             raise
+        finally:
+            self.duties.settle()  # (a worker of one slot's, started while its job ran)
         fact = attempt.fact(claimed, outcome, moved, self.host, self.owner, claimed_at, finished_at)
         return lambda: self._finished(fact, moved, slot)
 

@@ -71,7 +71,8 @@ def _to_pending(store: Store, name: str) -> str | None:
             # in tmp/: one rename wins and the others find the source gone; a second link is
             # waited out in pending/ (dropins.inspect), and whatever the name holds by the time
             # of the rename is judged there, as every drop-in is, before anything reads it.
-            return target if fsio.move_no_replace(source, os.path.join(store.layout.pending, target)) else None
+            moved = fsio.move_no_replace(source, os.path.join(store.layout.pending, target), shared_source=True)
+            return target if moved else None
         except FileExistsError:  # a drop-in of that name is waiting: never replace it
             target = f"mail.{layout.random_hex(6)}.json"
         except OSError:  # it stays in new/ for the next look (a rescan); a worker never dies of it

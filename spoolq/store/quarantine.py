@@ -28,7 +28,7 @@ class Quarantine:
                 continue
             self.write_record(qid, reason, source_name, now)
             try:
-                moved = fsio.move_no_replace(path, self.file(qid))
+                moved = fsio.move_no_replace(path, self.file(qid), shared_source=True)
             except FileExistsError:  # another quarantined file has this qid: never replace it
                 fsio.unlink_quietly(self.layout.reason_file(qid))
                 continue

@@ -207,32 +207,32 @@ def move(src: str, dst: str) -> bool:
     return True
 
 
-def move_no_replace(src: str, dst: str) -> bool:
+def move_no_replace(src: str, dst: str, *, shared_source: bool = False) -> bool:
     """Like move(), but FileExistsError rather than replace `dst`: renameat2(RENAME_NOREPLACE),
-    one atomic step. Where the file system has no such rename (NFS), a hard link (exclusive
-    everywhere) and then the old name goes: a crash between leaves the file under both names,
-    nothing lost; where no link can be made either (a file of another user under
-    protected_hardlinks), a rename after a look."""
+    one atomic step. Where the file system has no such rename (NFS, FUSE, GlusterFS), a hard link
+    (exclusive everywhere) and then the old name goes: a crash between leaves the file under both
+    names, nothing lost. A `shared_source` (in pending/ or maildir/new/, which other workers, hosts
+    and commands take from too) is renamed after a look instead, as is a file no link can be made
+    of (another user's, under protected_hardlinks)."""
     done = _rename_noreplace(src, dst)
     if done is not None:
         return done
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if is_gone(e):
-            if os.path.lexists(src):
-                raise as_gone(e, dst) from None
-            return False
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "exists", dst) from None
-        # RACE: where neither renameat2 nor a link works (another user's file on NFS), dst can be
-        # made between the look and the rename: by another quarantine only with 48 random bits; by
-        # another slot's claim of the same id (a copy another user named) in that instant alone.
-        return move(src, dst)
-    unlink_quietly(src)
-    return True
+    if not shared_source:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError:
+            pass  # dst there, src gone, or no link allowed: the look and the rename below answer each
+        else:
+            unlink_quietly(src)
+            return True
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", dst)
+    # RACE: a link of a shared source would leave it under its old name a moment, for another
+    # claim (another host's), a cancel or a purge to take as well: the job then had two names, and
+    # every reader refused it ("2 hard links"). A rename takes it from them all at once. Between the
+    # look and the rename, dst can be made by another quarantine only with 48 random bits; by
+    # another slot's claim of the same id (a copy another user named) in that instant alone.
+    return move(src, dst)
 
 
 def _rename_noreplace(src: str, dst: str) -> bool | None:
