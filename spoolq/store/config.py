@@ -183,7 +183,7 @@ def load(layout: Layout, uid: int | None = None) -> Config:
             raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
                              "else (chown it, chmod go-w)")
         raw = json_codec.loads(data or b"{}")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none (a spool path that is a file is refused as such)
         return Config({})
     except OSError as e:
         raise SpoolError(f"cannot read {path}: {e.strerror}") from None

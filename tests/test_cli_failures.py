@@ -1,0 +1,65 @@
+"""Failures a careless operator or a shell script causes through the CLI: each gets its one-line
+error and documented exit status, never a traceback, and changes nothing it should not (the
+commands run as real processes, the way a script meets them)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from spools import cli
+
+
+def entries(root) -> list[str]:
+    return sorted(os.listdir(root))
+
+
+# ---- a spool path that is not a spool ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("repair", [False, True], ids=["check", "repair"])
+def test_fsck_never_makes_a_directory_that_is_not_a_spool_one(tmp_path, repair):
+    """`spoolq --spool ~ fsck --repair` scattered pending/, done/, locks/, ... into the home
+    directory, which then passed for a spool: init and enqueue refuse such a directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    (home / "work").mkdir()
+    r = cli(str(home), "fsck", *(["--repair"] if repair else []), "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r
+    report = json.loads(r.stdout)
+    assert [p["kind"] for p in report["problems"]] == ["not-a-spool"], report
+    assert entries(home) == ["notes.txt", "work"]
+    assert cli(str(home), "status").stderr == f"Error: no spool at {home}\n"  # still not a spool
+
+
+def test_fsck_still_repairs_a_spool_that_lost_a_directory(tmp_path):
+    """What a spool holds of its own makes it one to repair, however much else is in it."""
+    root = tmp_path / "spool"
+    assert cli(str(root), "init").returncode == 0
+    (root / "my-notes.txt").write_text("")
+    os.rmdir(root / "pending")
+    os.rmdir(root / "log")
+    r = cli(str(root), "fsck", "--repair")
+    assert r.returncode == 0, r
+    assert (root / "pending").is_dir() and (root / "log").is_dir()
+
+
+@pytest.mark.parametrize("command", [("enqueue", "--cmd", "true"), ("enqueue", "true"), ("config", "set", "max_retries", "1"),
+                                     ("schedule", "add", "n", "@daily", "--cmd", "true"), ("fsck",), ("fsck", "--repair")])
+def test_a_spool_path_that_is_a_file_is_said_to_be_one(tmp_path, command):
+    """These read config.json before looking at the spool, and said only `Not a directory:
+    PATH/config.json`, naming a file that does not exist."""
+    path = tmp_path / "jobs.txt"
+    path.write_text("not a spool\n")
+    r = cli(str(path), *command)
+    assert r.returncode == 1, r
+    said = r.stderr + r.stdout
+    assert "config.json" not in said and "Traceback" not in said, said
+    if command[0] == "fsck":
+        assert r.stdout.startswith("not-a-directory: .: the spool's path is not a directory"), r.stdout
+    else:
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"Error: refusing to use {path}: it is not a directory"), r.stderr
+    assert path.read_text() == "not a spool\n"
