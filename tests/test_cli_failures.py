@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -63,3 +64,33 @@ def test_a_spool_path_that_is_a_file_is_said_to_be_one(tmp_path, command):
     else:
         assert r.stderr.count("\n") == 1 and r.stderr.startswith(f"Error: refusing to use {path}: it is not a directory"), r.stderr
     assert path.read_text() == "not a spool\n"
+
+
+# ---- a stdout whose encoding is not UTF-8 --------------------------------------------------------
+
+
+NOT_UTF_8 = [{"PYTHONIOENCODING": "latin-1"}, {"LC_ALL": "C", "PYTHONIOENCODING": "cp1252"}]
+
+
+@pytest.mark.parametrize("encoding", NOT_UTF_8, ids=["latin-1", "cp1252"])
+def test_text_a_stdout_cannot_encode_is_escaped_and_json_stays_utf_8(tmp_path, encoding):
+    """`list`, `show` and every --json ended in a UnicodeEncodeError traceback (exit 1) for a job
+    whose command held a character the locale's encoding has not (✓ in Latin-1)."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "enqueue", "--id", "tick", "--cmd", "echo ✓ done").returncode == 0
+    env = {**os.environ, **encoding}
+    for args in (("list",), ("show", "tick"), ("dlq", "list"), ("status",)):
+        r = cli(root, *args, env=env)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r)
+    assert "echo \\u2713 done" in cli(root, "list", env=env).stdout
+    for args in (("list", "--json"), ("show", "tick", "--json")):
+        r = subprocess.run(cli_argv(root, *args), capture_output=True, env=env, timeout=60)
+        assert r.returncode == 0 and b"Traceback" not in r.stderr, (args, r)
+        shown = json.loads(r.stdout.decode("utf-8"))  # JSON in UTF-8, whatever the locale
+        assert (shown[0] if isinstance(shown, list) else shown)["command"] == "echo ✓ done"
+
+
+def cli_argv(root: str, *args: str) -> list[str]:
+    from conftest import SPOOLQ
+
+    return [*SPOOLQ, "--spool", root, *args]

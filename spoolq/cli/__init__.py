@@ -39,6 +39,7 @@ def _with_click() -> int:
 
     from .base import main
 
+    _escape_what_stdout_cannot_encode()
     try:
         # Not standalone: click would turn Ctrl+C into "Aborted!" and exit 1, which `wait`
         # uses for "a job is dead"; the errors are shown here instead, the same way click would.
@@ -49,6 +50,15 @@ def _with_click() -> int:
         e.show()
         sys.exit(e.exit_code)
     return code if isinstance(code, int) else 0
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Text a stdout's encoding cannot hold (a job's `✓` where PYTHONIOENCODING or the locale says
+    Latin-1) is printed as a backslash escape, as stderr's is, instead of ending the command in a
+    traceback. (JSON is written in UTF-8 whatever the encoding: base.emit_json.)"""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _fail(message: str, code: int) -> None:

@@ -21,7 +21,7 @@ from ..format import durations
 from ..format.errors import SpoolError
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
-from .quick import Terminated  # noqa: F401  (the commands import it from here)
+from .quick import Terminated, write_utf_8  # noqa: F401  (the commands import Terminated from here)
 
 if TYPE_CHECKING:
     from ..reading.views import JobView
@@ -196,7 +196,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False))
+    """One JSON document on stdout in UTF-8, whatever the locale (as `enqueue --json` writes it):
+    a stdout in ASCII or Latin-1 cannot hold a command's own characters."""
+    write_utf_8(json.dumps(value, ensure_ascii=False) + "\n")
 
 
 @click.group(cls=SpoolqGroup, context_settings={"help_option_names": ["-h", "--help"]})
