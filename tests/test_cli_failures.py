@@ -94,3 +94,22 @@ def cli_argv(root: str, *args: str) -> list[str]:
     from conftest import SPOOLQ
 
     return [*SPOOLQ, "--spool", root, *args]
+
+
+# ---- the dashboard's token ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["option", "blank option", "variable"])
+def test_an_empty_dashboard_token_is_refused_not_served_as_none(tmp_path, how):
+    """`spoolq web --bind 0.0.0.0:8765 --token "$TOKEN"` with TOKEN unset served the dashboard to
+    anyone with no token at all (an empty one counted as none)."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "init").returncode == 0
+    args = {"option": ["--token", ""], "blank option": ["--token", "  "], "variable": []}[how]
+    env = {**os.environ, "SPOOLQ_WEB_TOKEN": ""} if how == "variable" else None
+    try:
+        r = cli(root, "web", "--bind", "127.0.0.1:18791", *args, env=env, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the dashboard was served with an empty token")
+    assert r.returncode == 2, r
+    assert r.stderr.splitlines()[-1].startswith("Error: Invalid value for '--token': the token is empty"), r.stderr

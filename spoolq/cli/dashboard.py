@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import click
 
 from .base import CliError, Context, main, pass_ctx
+
+TOKEN_VARIABLE = "SPOOLQ_WEB_TOKEN"
+
 
 def bind_address(text: str) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
@@ -16,11 +20,21 @@ def bind_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def check_token(token: str | None) -> None:
+    """A blank --token or SPOOLQ_WEB_TOKEN (`--token "$T"` with T unset, an EnvironmentFile line
+    with no value) is refused: served as none, it would leave the dashboard open to anyone."""
+    given = os.environ.get(TOKEN_VARIABLE) if token is None else token
+    if given is not None and not given.strip():
+        raise click.BadParameter(f"the token is empty (--token, or {TOKEN_VARIABLE}): give one "
+                                 "(openssl rand -hex 16), or leave both out to serve with none",
+                                 param_hint="'--token'")
+
+
 @main.command()
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where to listen.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing (no retry, cancel, pause).")
-@click.option("--token", envvar="SPOOLQ_WEB_TOKEN", metavar="TOKEN",
+@click.option("--token", envvar=TOKEN_VARIABLE, metavar="TOKEN",
               help="Ask every request for this token (a browser: the form shown, or ?token=… once, "
                    "for a session cookie; a script: Authorization: Bearer …).")
 @pass_ctx
@@ -28,6 +42,7 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     """Serve the dashboard: counts, charts, running jobs, workers, job lists and pages, actions,
     /metrics and /api/… JSON. Until Ctrl+C."""
     host, port = bind_address(bind)
+    check_token(token)
     try:
         from .. import web as dashboard
     except ImportError as e:
