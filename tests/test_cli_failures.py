@@ -113,3 +113,28 @@ def test_an_empty_dashboard_token_is_refused_not_served_as_none(tmp_path, how):
         pytest.fail("the dashboard was served with an empty token")
     assert r.returncode == 2, r
     assert r.stderr.splitlines()[-1].startswith("Error: Invalid value for '--token': the token is empty"), r.stderr
+
+
+# ---- a value a script got wrong, megabytes long ---------------------------------------------------
+
+
+LONG = "a" * 5000
+LONG_VALUES = [("show", LONG), ("cancel", LONG), ("requeue", LONG), ("dlq", "retry", LONG), ("purge", LONG),
+               ("wait", LONG), ("enqueue", "--cmd", "true", "--id", LONG), ("enqueue", "--cmd", "true", "--after", LONG),
+               ("enqueue", "--cmd", "true", "--priority", LONG), ("enqueue", "--cmd", "true", "--timeout", LONG),
+               ("enqueue", "--file", LONG), ("enqueue", "--batch", LONG), ("list", "--limit", LONG),
+               ("stats", "--since", LONG), ("fsck", "--stale-after", LONG), ("config", "get", LONG),
+               ("config", "set", LONG, "1"), ("config", "set", "max_retries", LONG), ("config", "set", "job_timeout", LONG),
+               ("web", "--bind", LONG)]
+
+
+@pytest.mark.parametrize("args", LONG_VALUES, ids=[" ".join(a[:-1] if a[-1] == LONG else a[:-2]) for a in LONG_VALUES])
+def test_a_long_wrong_value_is_quoted_cut_not_echoed_whole(cli, args):
+    """Each of these echoed the whole 5,000 characters back in its error (a `$(cat file)` where
+    an id was meant): the message is cut after 80 and says how long the value was."""
+    cli("init")
+    result = cli(*args)
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error:") and "… (5000 characters)" in error, error
+    assert len(result.output) < 1500, result.output

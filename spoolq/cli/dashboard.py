@@ -7,6 +7,7 @@ import re
 
 import click
 
+from ..format.errors import quoted
 from .base import CliError, Context, main, pass_ctx
 
 TOKEN_VARIABLE = "SPOOLQ_WEB_TOKEN"
@@ -16,7 +17,7 @@ def bind_address(text: str) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
     host, sep, port = text.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 or not host:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
+        raise click.BadParameter(f"{quoted(text)} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
     return host.strip("[]"), int(port)
 
 
