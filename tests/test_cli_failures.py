@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from conftest import wait_for
 from spools import cli
 
 
@@ -138,3 +139,31 @@ def test_a_long_wrong_value_is_quoted_cut_not_echoed_whole(cli, args):
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error:") and "… (5000 characters)" in error, error
     assert len(result.output) < 1500, result.output
+
+
+# ---- a closed stdout ------------------------------------------------------------------------------
+
+
+def closed_stdout(root: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI run as `spoolq ... >&-` runs it: descriptor 1 closed."""
+    return subprocess.run(cli_argv(root, *args), stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+
+
+@pytest.mark.parametrize("args", [("list",), ("list", "--json"), ("status",), ("show", "one"), ("config", "show")])
+def test_a_listing_to_a_closed_stdout_fails_saying_so(tmp_path, args):
+    """These printed nothing and exited 0, as if the spool were empty: click skips a missing stdout."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "enqueue", "--id", "one", "--cmd", "true").returncode == 0
+    r = closed_stdout(root, *args)
+    assert r.returncode == 1 and r.stderr == "Error: stdout is closed\n", r
+
+
+def test_detached_workers_start_with_stdout_closed(tmp_path):
+    """`worker start --detach >&-` said "the workers did not start": the log the supervisor's
+    output goes to took descriptor 1, and was closed again by the very redirection meant to fill it."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "enqueue", "--id", "one", "--cmd", "true").returncode == 0
+    r = closed_stdout(root, "worker", "start", "--detach", "--burst")
+    assert r.returncode == 1 and r.stderr == "Error: stdout is closed\n", r  # workers started; it could not say so
+    wait_for(lambda: cli(root, "show", "one", "--json").stdout.count('"state": "done"'), 30, "the job to be done")
