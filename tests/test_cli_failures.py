@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 import pytest
@@ -167,3 +168,22 @@ def test_detached_workers_start_with_stdout_closed(tmp_path):
     r = closed_stdout(root, "worker", "start", "--detach", "--burst")
     assert r.returncode == 1 and r.stderr == "Error: stdout is closed\n", r  # workers started; it could not say so
     wait_for(lambda: cli(root, "show", "one", "--json").stdout.count('"state": "done"'), 30, "the job to be done")
+
+
+# ---- the dashboard stopped by its service manager ----------------------------------------------
+
+
+def test_the_dashboard_stopped_by_sigterm_exits_0(tmp_path):
+    """`systemctl stop spoolq-web` (SIGTERM) ended it "terminated by signal 15", exit 143, which
+    systemd counts as a failure of the unit; Ctrl+C already ended it with 0."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "init").returncode == 0
+    proc = subprocess.Popen(cli_argv(root, "web", "--bind", "127.0.0.1:18792"), stderr=subprocess.PIPE, text=True)
+    try:
+        assert "spoolq dashboard on" in proc.stderr.readline()  # serving: the signal handlers are in place
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.stderr.read()
+        assert "Error" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()

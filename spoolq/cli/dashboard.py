@@ -8,7 +8,7 @@ import re
 import click
 
 from ..format.errors import quoted
-from .base import CliError, Context, main, pass_ctx
+from .base import CliError, Context, Terminated, main, pass_ctx
 
 TOKEN_VARIABLE = "SPOOLQ_WEB_TOKEN"
 
@@ -62,7 +62,7 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
                "Ctrl+C stops it", err=True)
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # Ctrl+C, or a service manager's stop: the normal end (exit 0)
         pass
     finally:
         server.server_close()
