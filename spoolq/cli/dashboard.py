@@ -58,9 +58,9 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
         where = "every address of this host" if bound.everywhere else f"{bound.address}, not a loopback address"
         click.echo(f"Warning: serving {spool.root} on {host} ({where}) to anyone who can reach it, "
                    "with no --token", err=True)
-    click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
-               "Ctrl+C stops it", err=True)
-    try:
+    try:  # from the line that says it serves: a stop that comes right after it is a stop too
+        click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
+                   "Ctrl+C stops it", err=True)
         server.serve_forever()
     except (KeyboardInterrupt, Terminated):  # Ctrl+C, or a service manager's stop: the normal end (exit 0)
         pass
