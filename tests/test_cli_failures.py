@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 
 import pytest
 
 from conftest import wait_for
+from spoolq import Spool
 from spools import cli
 
 
@@ -187,3 +190,45 @@ def test_the_dashboard_stopped_by_sigterm_exits_0(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---- a spool its owner cannot look into ------------------------------------------------------------
+
+
+NOBODY = 65534
+
+
+def searchable_base() -> str:
+    """A scratch directory another uid can reach (tmp_path is under root's private directory)."""
+    for base in ("/var/tmp", "/tmp", "/dev/shm"):
+        if os.path.isdir(base) and os.stat(base).st_mode & 0o001:
+            return tempfile.mkdtemp(prefix="spoolq-cli-", dir=base)
+    pytest.skip("no directory every uid can search")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+@pytest.mark.parametrize("args", [("status",), ("list",), ("show", "one"), ("wait",), ("purge",), ("worker", "stop")])
+def test_a_spool_its_owner_cannot_look_into_is_not_called_missing(cli, args):
+    """`chmod 000 spool` made every command say "no spool at PATH", which sends its owner to
+    `init` or to look for a typo in SPOOLQ_DIR."""
+    base = searchable_base()
+    try:
+        root = os.path.join(base, "spool")
+        Spool(root).enqueue({"id": "one", "command": "true"})
+        for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+            os.lchown(path, NOBODY, NOBODY)
+        os.chmod(base, 0o755)
+        os.chmod(root, 0)
+        cli.spool_dir = root
+        os.setegid(NOBODY)
+        os.seteuid(NOBODY)
+        try:
+            result = cli(*args)
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+        assert result.exit_code == 1, result.output
+        assert result.output == (f"Error: cannot look into {root}: Permission denied; its owner needs to read "
+                                 "and search it (chmod u+rwx)\n"), result.output
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -38,8 +38,20 @@ class Access:
         """For the commands that do not create a spool: it must be there, and safe to use."""
         self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
         if not self.is_spool():
+            self._refuse_unsearchable_root()
             raise SpoolError(f"no spool at {self.root}")
         self.check_safe()
+
+    def _refuse_unsearchable_root(self) -> None:
+        """A spool directory its user cannot look into (chmod 000) may well hold a spool: say so,
+        not "no spool" (which sends one to `init`, or to look for a typo)."""
+        try:
+            os.stat(self.layout.pending)
+        except PermissionError as e:
+            raise SpoolError(f"cannot look into {self.root}: {e.strerror}; its owner needs to read and search "
+                             "it (chmod u+rwx)") from None
+        except OSError:
+            pass
 
     def open_for_reading(self) -> None:
         """For the commands that only read: as open_existing, but for anyone the file system lets
