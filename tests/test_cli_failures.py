@@ -206,29 +206,58 @@ def searchable_base() -> str:
     pytest.skip("no directory every uid can search")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
+@pytest.fixture
+def nobodys_spool():
+    """A spool of NOBODY's with a pending job `one` and a dead job `two`, where NOBODY can reach it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    base = searchable_base()
+    root = os.path.join(base, "spool")
+    spool = Spool(root)
+    spool.enqueue({"id": "one", "command": "true"})
+    spool.enqueue({"id": "two", "command": "true"})
+    spool.cancel(["two"])
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        os.lchown(path, NOBODY, NOBODY)
+    os.chmod(base, 0o755)
+    yield root
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def as_nobody(cli, root: str, *args: str):
+    """The CLI in-process as NOBODY (what it imports on demand is imported first: where Python
+    lives under root's private home, NOBODY could not read it)."""
+    import secrets  # noqa: F401  (filelock's, on taking a lock)
+
+    cli.spool_dir = root
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        return cli(*args)
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
 @pytest.mark.parametrize("args", [("status",), ("list",), ("show", "one"), ("wait",), ("purge",), ("worker", "stop")])
-def test_a_spool_its_owner_cannot_look_into_is_not_called_missing(cli, args):
+def test_a_spool_its_owner_cannot_look_into_is_not_called_missing(cli, nobodys_spool, args):
     """`chmod 000 spool` made every command say "no spool at PATH", which sends its owner to
     `init` or to look for a typo in SPOOLQ_DIR."""
-    base = searchable_base()
-    try:
-        root = os.path.join(base, "spool")
-        Spool(root).enqueue({"id": "one", "command": "true"})
-        for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
-            os.lchown(path, NOBODY, NOBODY)
-        os.chmod(base, 0o755)
-        os.chmod(root, 0)
-        cli.spool_dir = root
-        os.setegid(NOBODY)
-        os.seteuid(NOBODY)
-        try:
-            result = cli(*args)
-        finally:
-            os.seteuid(0)
-            os.setegid(0)
-        assert result.exit_code == 1, result.output
-        assert result.output == (f"Error: cannot look into {root}: Permission denied; its owner needs to read "
-                                 "and search it (chmod u+rwx)\n"), result.output
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    os.chmod(nobodys_spool, 0)
+    result = as_nobody(cli, nobodys_spool, *args)
+    assert result.exit_code == 1, result.output
+    assert result.output == (f"Error: cannot look into {nobodys_spool}: Permission denied; its owner needs to read "
+                             "and search it (chmod u+rwx)\n"), result.output
+
+
+@pytest.mark.parametrize("args", [("show", "one"), ("show", "nosuch"), ("cancel", "one"), ("dlq", "retry", "two"),
+                                  ("requeue", "two")])
+def test_a_job_directory_its_owner_cannot_look_into_is_said_to_be_that(cli, nobodys_spool, args):
+    """With done/ at mode 000, every id, known or not, was shown as a done job; `cancel` of a
+    pending one said it had already finished, `dlq retry` of a dead one that it was done."""
+    done = os.path.join(nobodys_spool, "done")
+    os.chmod(done, 0)
+    result = as_nobody(cli, nobodys_spool, *args)
+    assert result.exit_code == 1, result.output
+    assert f"Error: cannot look into {done}: Permission denied" in result.output, result.output
+    assert "done" not in result.output.replace(done, ""), result.output

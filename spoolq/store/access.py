@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from typing import ContextManager
 
 
+def unsearchable(directory: str, e: OSError) -> SpoolError:
+    """What is said of a spool directory its user cannot look into (chmod 000)."""
+    return SpoolError(f"cannot look into {directory}: {e.strerror}; its owner needs to read and search it "
+                      "(chmod u+rwx)")
+
+
 class Access:
     """The part of the store (a mixin of store.Store) that decides whether and as whom the spool
     is used."""
@@ -48,8 +54,7 @@ class Access:
         try:
             os.stat(self.layout.pending)
         except PermissionError as e:
-            raise SpoolError(f"cannot look into {self.root}: {e.strerror}; its owner needs to read and search "
-                             "it (chmod u+rwx)") from None
+            raise unsearchable(self.root, e) from None
         except OSError:
             pass
 
