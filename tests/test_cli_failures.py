@@ -261,3 +261,16 @@ def test_a_job_directory_its_owner_cannot_look_into_is_said_to_be_that(cli, nobo
     assert result.exit_code == 1, result.output
     assert f"Error: cannot look into {done}: Permission denied" in result.output, result.output
     assert "done" not in result.output.replace(done, ""), result.output
+
+
+# ---- worker stop --timeout without --wait ----------------------------------------------------------
+
+
+def test_worker_stop_refuses_a_timeout_without_wait(tmp_path, workers, spool_dir):
+    """`spoolq worker stop --timeout 60` in a script returned at once, exit 0, with the workers
+    still running: --timeout only bounds --wait, and without it was dropped without a word."""
+    w = workers()
+    r = cli(spool_dir, "worker", "stop", "--timeout", "60")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "Error: --timeout bounds --wait: give both (worker stop --wait --timeout S)"), r
+    assert len(w.live()) == 1  # nothing was asked of them
