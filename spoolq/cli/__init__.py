@@ -4,6 +4,8 @@ A plain enqueue is done without loading click at all (quick.py): ``main`` is loa
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 from . import quick
@@ -14,6 +16,7 @@ __all__ = ["main", "run"]
 
 def run() -> None:
     """Console entry point: never a traceback for something a user can cause."""
+    _hold_closed_standard_fds()
     quick.unwind_on_termination()
     try:
         code = quick.enqueue(sys.argv[1:])
@@ -39,6 +42,9 @@ def _with_click() -> int:
 
     from .base import main
 
+    if sys.stdout is None:  # fd 1 closed (`spoolq list >&-`): click would print nothing and exit 0
+        sys.stdout = ClosedStdout()
+    _escape_what_stdout_cannot_encode()
     try:
         # Not standalone: click would turn Ctrl+C into "Aborted!" and exit 1, which `wait`
         # uses for "a job is dead"; the errors are shown here instead, the same way click would.
@@ -49,6 +55,46 @@ def _with_click() -> int:
         e.show()
         sys.exit(e.exit_code)
     return code if isinstance(code, int) else 0
+
+
+def _hold_closed_standard_fds() -> None:
+    """A standard descriptor the caller closed (`spoolq ... >&-`) is held on /dev/null: else the
+    next file opened takes its number, and what goes to "stdout" lands in it (a detached
+    supervisor closed its own log that way, and its workers never started). sys.stdout stays
+    None, for ClosedStdout."""
+    while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:  # each open takes the lowest free number
+        os.set_inheritable(fd, True)  # and a child's stdout is then /dev/null too, not closed
+    os.close(fd)
+
+
+class ClosedStdout:
+    """Stands in for a closed stdout, so that what a command prints fails as a write to it would
+    (EBADF: exit 1, saying so) instead of vanishing under click, which skips a missing stdout."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError("a text stream")  # click asks whether a stream takes bytes
+        if text:
+            raise OSError(errno.EBADF, "stdout is closed")
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 1
+
+
+def _escape_what_stdout_cannot_encode() -> None:
+    """Text a stdout's encoding cannot hold (a job's `✓` where PYTHONIOENCODING or the locale says
+    Latin-1) is printed as a backslash escape, as stderr's is, instead of ending the command in a
+    traceback. (JSON is written in UTF-8 whatever the encoding: base.emit_json.)"""
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(errors="backslashreplace")
 
 
 def _fail(message: str, code: int) -> None:

@@ -18,10 +18,10 @@ import click
 
 from ..format.states import State
 from ..format import durations
-from ..format.errors import JobExists, NoSpool, SpoolError
+from ..format.errors import JobExists, NoSpool, SpoolError, quoted
 from ..format.job import valid_id, valid_queue
 from ..spool import Spool
-from .quick import Terminated  # noqa: F401  (the commands import it from here)
+from .quick import Terminated, write_utf_8  # noqa: F401  (the commands import Terminated from here)
 
 if TYPE_CHECKING:
     from ..reading.views import JobView
@@ -43,7 +43,7 @@ class _Plain:
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, str) and not re.fullmatch(self.pattern, value.strip()):
-            self.fail(f"{value!r} is not a valid {self.what} (digits 0-9)", param, ctx)  # type: ignore[attr-defined]
+            self.fail(f"{quoted(value)} is not a valid {self.what} (digits 0-9)", param, ctx)  # type: ignore[attr-defined]
         return super().convert(value, param, ctx)  # type: ignore[misc]
 
 
@@ -208,7 +208,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, ensure_ascii=False))
+    """One JSON document on stdout in UTF-8, whatever the locale (as `enqueue --json` writes it):
+    a stdout in ASCII or Latin-1 cannot hold a command's own characters."""
+    write_utf_8(json.dumps(value, ensure_ascii=False) + "\n")
 
 
 @click.group(cls=SpoolqGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -321,7 +323,7 @@ def check_ids(job_ids: Iterable[str]) -> None:
     """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
     for job_id in job_ids:
         if not valid_id(job_id[1:] if job_id.startswith("+") else job_id):  # '+': quarantined
-            raise CliError(f"invalid job id {job_id!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, "
+            raise CliError(f"invalid job id {quoted(job_id)}: use 1-128 characters of A-Z a-z 0-9 . _ -, "
                            "not starting with '.'", 2)
 
 

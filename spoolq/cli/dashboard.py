@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import click
 
-from .base import CliError, Context, main, pass_ctx
+from ..format.errors import quoted
+from .base import CliError, Context, Terminated, main, pass_ctx
+
+TOKEN_VARIABLE = "SPOOLQ_WEB_TOKEN"
+
 
 def bind_address(text: str) -> tuple[str, int]:
     """HOST:PORT ([v6]:PORT for IPv6) as a host and a port (1-65535)."""
     host, sep, port = text.rpartition(":")
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 or not host:
-        raise click.BadParameter(f"{text!r} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
+        raise click.BadParameter(f"{quoted(text)} is not HOST:PORT (like 127.0.0.1:8765)", param_hint="'--bind'")
     return host.strip("[]"), int(port)
+
+
+def check_token(token: str | None) -> None:
+    """A blank --token or SPOOLQ_WEB_TOKEN (`--token "$T"` with T unset, an EnvironmentFile line
+    with no value) is refused: served as none, it would leave the dashboard open to anyone."""
+    given = os.environ.get(TOKEN_VARIABLE) if token is None else token
+    if given is not None and not given.strip():
+        raise click.BadParameter(f"the token is empty (--token, or {TOKEN_VARIABLE}): give one "
+                                 "(openssl rand -hex 16), or leave both out to serve with none",
+                                 param_hint="'--token'")
 
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where to listen.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing (no retry, cancel, pause).")
-@click.option("--token", envvar="SPOOLQ_WEB_TOKEN", metavar="TOKEN",
+@click.option("--token", envvar=TOKEN_VARIABLE, metavar="TOKEN",
               help="Ask every request for this token (a browser: the form shown, or ?token=… once, "
                    "for a session cookie; a script: Authorization: Bearer …).")
 @pass_ctx
@@ -28,6 +43,7 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     """Serve the dashboard: counts, charts, running jobs, workers, job lists and pages, actions,
     /metrics and /api/… JSON. Until Ctrl+C."""
     host, port = bind_address(bind)
+    check_token(token)
     try:
         from .. import web as dashboard
     except ImportError as e:
@@ -42,11 +58,11 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
         where = "every address of this host" if bound.everywhere else f"{bound.address}, not a loopback address"
         click.echo(f"Warning: serving {spool.root} on {host} ({where}) to anyone who can reach it, "
                    "with no --token", err=True)
-    click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
-               "Ctrl+C stops it", err=True)
-    try:
+    try:  # from the line that says it serves: a stop that comes right after it is a stop too
+        click.echo(f"spoolq dashboard on http://{bind}/ for {spool.root}{' (read-only)' if read_only else ''}; "
+                   "Ctrl+C stops it", err=True)
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):  # Ctrl+C, or a service manager's stop: the normal end (exit 0)
         pass
     finally:
         server.server_close()

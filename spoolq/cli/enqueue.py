@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
-from ..format.errors import InvalidJob, JobExists
+from ..format.errors import InvalidJob, JobExists, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
@@ -39,7 +39,7 @@ def _source(path: str, what: str) -> Iterator[BinaryIO]:
         os.set_blocking(fd, True)
         f = os.fdopen(fd, "rb")
     except OSError as e:
-        raise CliError(f"cannot read {what} {path!r}: {e.strerror}", 2) from None
+        raise CliError(f"cannot read {what} {quoted(path, 1000)}: {e.strerror}", 2) from None
     with f:
         yield f
 
@@ -76,7 +76,7 @@ def _read(f: BinaryIO, size: int, what: str, path: str, *, line: bool = False) -
     try:
         return f.readline(size) if line else f.read(size)
     except OSError as e:
-        raise CliError(f"cannot read {what} {path!r}: {e.strerror}", 2) from None
+        raise CliError(f"cannot read {what} {quoted(path, 1000)}: {e.strerror}", 2) from None
 
 
 def _decode(data: bytes, what: str) -> str:

@@ -69,7 +69,7 @@ class Announcement:
         try:
             lines = self.lines()
             if lines:
-                _write_utf_8("\n".join(lines) + "\n")  # one write: a 100,000-line batch should not pay per line
+                write_utf_8("\n".join(lines) + "\n")  # one write: a 100,000-line batch should not pay per line
             sys.stdout.flush()
         except OSError as e:
             forget_stdout()
@@ -77,7 +77,7 @@ class Announcement:
         self.done = True
 
 
-def _write_utf_8(text: str) -> None:
+def write_utf_8(text: str) -> None:
     """`text` on stdout in UTF-8 (as JSON is, and as click.echo writes where the locale says
     ASCII), whatever encoding the text stream was given: a --json line holds a command's own
     characters, which an ASCII or Latin-1 stdout cannot encode."""

@@ -102,6 +102,8 @@ def _make_room_for(slots: int) -> None:
 @pass_ctx
 def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> None:
     """Ask every worker of this spool, on every host, to finish its current job and exit."""
+    if timeout is not None and not wait_:  # a script's `worker stop --timeout 60` went on at once
+        raise click.UsageError("--timeout bounds --wait: give both (worker stop --wait --timeout S)")
     spool = c.spool
     before = spool.workers(role="worker")
     spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 
+def quoted(value: object, limit: int = 80) -> str:
+    """A value as an error message quotes it: its repr, cut after `limit` characters (an id, a
+    number or a duration a script got wrong can be megabytes; the message stays one short line)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
 class SpoolError(Exception):
     """Something the caller asked for could not be done (exit status 1)."""
 

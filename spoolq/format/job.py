@@ -7,7 +7,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from . import json_codec
-from .errors import InvalidJob
+from .errors import InvalidJob, quoted
 from .lean import Record
 from .json_values import is_int, is_number, iso, json_type, parse_time
 
@@ -140,7 +140,7 @@ def valid_id(value: object) -> bool:
 def check_id(value: object) -> str:
     if not valid_id(value):
         raise InvalidJob(
-            f"invalid job id {value!r}: use 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
+            f"invalid job id {quoted(value)}: use 1-128 characters of A-Z a-z 0-9 . _ -, not starting with '.'"
         )
     return value  # type: ignore[return-value]
 

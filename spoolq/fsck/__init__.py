@@ -5,7 +5,8 @@ Core only: no click, no printing. ``check()`` returns the problems it found, eac
 
 Invariants checked:
 
-* the layout's directories exist (and are directories);
+* the layout's directories exist (and are directories), in a directory that is a spool (one
+  holding other files and none of a spool's is reported, and nothing is created in it);
 * every job file parses, names the id its file name says, is a regular singly linked file
   owned by a trusted uid;
 * every file in ``pending/`` and the Maildir is one a worker will take (maildir.py: a stray is

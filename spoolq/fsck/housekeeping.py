@@ -27,9 +27,18 @@ class HousekeepingChecks:
         r = self.r
         root = self.layout.root
         if not os.path.isdir(root):
-            r.report("missing-dir", root, "the spool directory does not exist")
+            if os.path.lexists(root):
+                p = r.report("not-a-directory", root, "the spool's path is not a directory")
+                r.leave_alone(p, "name the spool's own directory (--spool DIR or SPOOLQ_DIR)")
+            else:
+                r.report("missing-dir", root, "the spool directory does not exist")
             return False
         if not self._safe(root, may_be_link=True):
+            return False
+        if self._someone_elses():
+            p = r.report("not-a-spool", root, "it holds other files and none of a spool's "
+                         "(no pending/, processing/, done/, dead/, waiting/ or config.json)")
+            r.leave_alone(p, "nothing is created in it: name the spool's own directory (--spool DIR or SPOOLQ_DIR)")
             return False
         ok = True
         for name in layout.STATE_DIRS + layout.OTHER_DIRS:
@@ -50,6 +59,15 @@ class HousekeepingChecks:
             elif not self._safe(path):
                 ok = False
         return ok
+
+    def _someone_elses(self) -> bool:
+        """A directory with files in it and none of a spool's job directories or config.json is
+        not a damaged spool but someone else's (`--spool /`, a home directory): a repair would
+        scatter the layout into it."""
+        if os.path.lexists(self.layout.config) or any(os.path.lexists(self.layout.dir(name))
+                                                      for name in layout.STATE_DIRS):
+            return False
+        return self.spool.store.holds_other_files()
 
     def _safe(self, path: str, may_be_link: bool = False) -> bool:
         """A directory another user could write into (or a symlink) is reported, and fsck looks

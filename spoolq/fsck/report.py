@@ -32,6 +32,7 @@ class Problem:
 
 KINDS = {
     "missing-dir": "a directory of the layout is missing",
+    "not-a-spool": "a directory that holds other files and nothing of a spool: left as it is",
     "not-a-directory": "a layout path is not a directory",
     "unsafe-dir": "a spool directory that is a symlink, another user's, or writable by others",
     "ownership": "a file or directory of the spool owned by another user",

@@ -14,6 +14,7 @@ from ..system import fsio
 from .counts import CountsByQueue, JobCounter, Counts
 from ..format.errors import InvalidJob, JobNotFound
 from ..format.job import Job
+from ..store.access import unsearchable
 from ..store.owners import Owners
 from ..store.quarantine import Quarantine
 from ..store.store import Store
@@ -205,6 +206,7 @@ class Views:
         except FileNotFoundError:
             return None
         except InvalidJob as e:
+            refuse_unsearchable(path)
             return JobView(job_id, state, None, path, reason=str(e))
         if state == State.PENDING:
             state = waiting_state(found, now)
@@ -383,3 +385,15 @@ class Views:
         """Every entry in pending/ and its shards: canonical and dropped alike (the worker's index
         filters)."""
         return self.store.shards.entries()
+
+
+def refuse_unsearchable(path: str) -> None:
+    """A job file that cannot be read because its directory cannot be searched (chmod 000 done/)
+    cannot be told from no file at all: SpoolError, rather than a broken job of that state (every
+    id, known or not, was shown as done, and a pending job's cancel said it had finished)."""
+    try:
+        os.lstat(path)
+    except PermissionError as e:
+        raise unsearchable(os.path.dirname(path), e) from None
+    except OSError:
+        pass

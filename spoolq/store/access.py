@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from typing import ContextManager
 
 
+def unsearchable(directory: str, e: OSError) -> SpoolError:
+    """What is said of a spool directory its user cannot look into (chmod 000)."""
+    return SpoolError(f"cannot look into {directory}: {e.strerror}; its owner needs to read and search it "
+                      "(chmod u+rwx)")
+
+
 class Access:
     """The part of the store (a mixin of store.Store) that decides whether and as whom the spool
     is used."""
@@ -38,8 +44,19 @@ class Access:
         """For the commands that do not create a spool: it must be there, and safe to use."""
         self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
         if not self.is_spool():
+            self._refuse_unsearchable_root()
             raise NoSpool(f"no spool at {self.root}")
         self.check_safe()
+
+    def _refuse_unsearchable_root(self) -> None:
+        """A spool directory its user cannot look into (chmod 000) may well hold a spool: say so,
+        not "no spool" (which sends one to `init`, or to look for a typo)."""
+        try:
+            os.stat(self.layout.pending)
+        except PermissionError as e:
+            raise unsearchable(self.root, e) from None
+        except OSError:
+            pass
 
     def open_for_reading(self) -> None:
         """For the commands that only read: as open_existing, but for anyone the file system lets

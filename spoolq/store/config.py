@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..format import json_codec, modes
 from ..system import fsio, locks
-from ..format.errors import ConfigError, SpoolError, UntrustedFile
+from ..format.errors import ConfigError, SpoolError, UntrustedFile, quoted
 from ..format.job import is_int, is_number
 from ..format.layout import Layout
 from ..format.lean import Record
@@ -153,7 +153,7 @@ class Config:
 
 def check_key(key: str) -> Key:
     if key not in KEYS:
-        raise ConfigError(f"unknown config key {key!r}; known keys: {', '.join(KEYS)}")
+        raise ConfigError(f"unknown config key {quoted(key)}; known keys: {', '.join(KEYS)}")
     return KEYS[key]
 
 
@@ -165,9 +165,9 @@ def parse_value(key: str, text: str) -> Any:
         from ..format.durations import SYNTAX
 
         what = f"a duration: {SYNTAX}" if spec.parse is _seconds else spec.help
-        raise ConfigError(f"{key}: {text!r} is not a valid value ({what})") from None
+        raise ConfigError(f"{key}: {quoted(text)} is not a valid value ({what})") from None
     if not spec.check(value):
-        raise ConfigError(f"{key}: {text!r} is out of range ({spec.help})")
+        raise ConfigError(f"{key}: {quoted(text)} is out of range ({spec.help})")
     return value
 
 
@@ -183,7 +183,7 @@ def load(layout: Layout, uid: int | None = None) -> Config:
             raise UntrustedFile(f"refusing {path}: it {untrusted}; it must be the spool owner's and writable by no one "
                              "else (chown it, chmod go-w)")
         raw = json_codec.loads(data or b"{}")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # none (a spool path that is a file is refused as such)
         return Config({})
     except OSError as e:
         raise SpoolError(f"cannot read {path}: {e.strerror}") from None

@@ -103,14 +103,18 @@ class Store(Access):
 
     def _refuse_foreign_root(self) -> None:
         """Never scatter the layout into a directory that holds something else (`--spool /`)."""
-        if self.is_spool() or not os.path.isdir(self.root):
-            return
+        if not self.is_spool() and self.holds_other_files():
+            raise SpoolError(f"{self.root} is not empty and not a spool; give a new or empty directory")
+
+    def holds_other_files(self) -> bool:
+        """Whether the root is a directory with entries besides dot files (`/`, a home directory):
+        one that is not a spool is never made one, by init or by fsck --repair."""
+        if not os.path.isdir(self.root):
+            return False
         try:
-            visible = [e for e in os.listdir(self.root) if not e.startswith(".")]
+            return any(not e.startswith(".") for e in os.listdir(self.root))
         except OSError as e:
             raise SpoolError(f"cannot read {self.root}: {e.strerror}") from None
-        if visible:
-            raise SpoolError(f"{self.root} is not empty and not a spool; give a new or empty directory")
 
     # ---- settings ------------------------------------------------------------------------
 
@@ -125,7 +129,7 @@ class Store(Access):
         try:
             st = os.stat(self.layout.config)
             stamp = (st.st_ino, st.st_mtime_ns)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # none; or the spool's path is a file, said by its check
             stamp = None
         if self._config is None or stamp != self._config_stamp:
             self._reload_config(stamp)
