@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
 
@@ -58,8 +59,13 @@ def test_a_signal_during_a_plain_enqueue_still_unwinds():
             "try:\n    os.kill(os.getpid(), int(sys.argv[1]))\n"
             "except quick.Terminated as e:\n    print('terminated', int(e.signum))\n"
             "else:\n    print('alive')\n")
+    def as_by_default() -> None:  # whatever this run inherited (a suite started under nohup ignores SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     for signum in (15, 1):
-        done = subprocess.run([sys.executable, "-c", code, str(signum)], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", code, str(signum)], capture_output=True, text=True, timeout=60,
+                              preexec_fn=as_by_default)
         assert done.stdout.split() == ["terminated", str(signum)], done.stderr
     ignored = subprocess.run(["sh", "-c", 'trap "" HUP; exec "$0" -c "$1" 1', sys.executable, code],
                              capture_output=True, text=True, timeout=60)
