@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import SPOOLQ, backdate, dead_pid, fill, wait_for
+from conftest import SPOOLQ, Workers, backdate, dead_pid, fill, wait_for
 from spools import REPO
 from spoolq import Spool, fsck
 from spoolq.format import job as job_mod, layout as L
@@ -225,6 +225,28 @@ def test_a_disk_full_before_a_job_starts_costs_its_output_not_its_run(small_fs, 
     assert b"after" in open(spool.output_path(after), "rb").read()
     log = w.stop()
     assert "crashed" not in log and "exited with status" not in log and "Traceback" not in log, log
+
+
+def test_a_worker_that_cannot_record_a_job_still_stops_when_killed(spool, spool_dir):
+    """A job's outcome that cannot be recorded (here done/ immutable: EPERM, even for root) is
+    tried again and again, the job kept in processing/: a `worker stop --now` must still end the
+    worker, leaving the job for recovery, which counts the attempt (it retried for good before)."""
+    job = spool.enqueue({"command": "true"}).id
+    done = spool.layout.dir("done")
+    subprocess.run(["chattr", "+i", done], check=True)
+    w = Workers(spool_dir, 1)
+    try:
+        wait_for(lambda: "cannot record job" in w.output, 20, "the worker to fail to record the job")
+        stop = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "30"],
+                              capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, (stop.stderr, w.output)
+        assert "left unrecorded (killed: `worker stop --now`)" in w.stop(), w.output
+    finally:
+        subprocess.run(["chattr", "-i", done], check=True)
+        w.kill_all()
+    spool.recovery.run(L.owner_token("test", os.getpid()))
+    view = spool.find(job)
+    assert view.state in ("pending", "scheduled") and view.job.attempts == 1, view
 
 
 def test_output_over_max_output_bytes_keeps_its_head_and_tail_and_marks_the_cut(spool, workers):

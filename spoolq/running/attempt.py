@@ -72,7 +72,7 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
             f"{outcome.output_lost}")
     outcome.error = why_stopped(outcome.error, slot) if not outcome.ok else None
     cancelled = outcome.error == CANCELLED and kill.asked()
-    moved = record(spool, claimed, outcome, host, log, final=cancelled)  # a cancelled job is never retried
+    moved = record(spool, claimed, outcome, host, log, final=cancelled, give_up=abort)  # a cancelled job: never retried
     if cancelled:
         kill.withdraw()
     return outcome, moved, finished_at
@@ -126,9 +126,12 @@ class GroupRecord:
 
 
 def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,
-           final: bool = False) -> Moved | None:
+           final: bool = False, give_up: Callable[[], str | None] = lambda: None) -> Moved | None:
     """Record an attempt's outcome (`final`: never retried), trying again after an I/O error
-    (the job stays its owner's in processing/ meanwhile). None if the owner lost the job."""
+    (the job stays its owner's in processing/ meanwhile) until `give_up` says why not to (a kill
+    of the worker: `worker stop --now`, the third signal; its lease running out): the job is then
+    left there unrecorded, for recovery, which counts the attempt, as after a crash. None if the
+    owner lost or left the job."""
     job_id, attempt = claimed.job.id, claimed.job.running_attempt
     delay = 0.1
     while True:
@@ -145,6 +148,11 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
                         "result discarded, the job was recovered elsewhere")
             return None
         except OSError as e:
+            why = give_up()
+            if why:
+                log(f"cannot record job {job_id}: {e}; left unrecorded ({why}): recovery takes it back "
+                    f"and counts attempt {attempt}")
+                return None
             log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
