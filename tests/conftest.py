@@ -227,6 +227,13 @@ class Workers:
         self._drain.join(timeout)
         return self.output
 
+    def wait_for(self, predicate: Callable[[], object], timeout: float, what: str) -> object:
+        """wait_for(), saying what the workers logged when it times out."""
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the workers said:\n{self.output}") from None
+
     def kill_all(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -72,7 +72,7 @@ def pid_gone(pid: int) -> bool:
     return process_state(pid) in (None, "Z", "X")
 
 
-MEMBER, GROUP = 54321, 54320  # a member of a shared spool's group, not in trusted_uids (as tests/test_group.py)
+MEMBER, GROUP = 54321, 54320  # a member of a shared spool's group, not in trusted_uids
 
 
 def shared_spool(base: str) -> Spool:

@@ -23,8 +23,7 @@ from spoolq.format import layout as L
 from spoolq.system import liveness
 from spoolq.running.schedules import Schedule, Schedules
 from spoolq.spool import Spool
-
-MEMBER, GROUP = 54321, 54320  # a member of the spool's group, not in trusted_uids
+from spools import GROUP, MEMBER, as_member, shared_spool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another uid")
 
@@ -33,25 +32,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as 
 def shared():
     """A group_access spool the member can reach: under /tmp (sticky), its group GROUP."""
     base = tempfile.mkdtemp(prefix="spoolq-group-", dir="/tmp")
-    os.chmod(base, 0o755)
-    root = os.path.join(base, "spool")
-    os.mkdir(root)
-    os.chown(root, -1, GROUP)  # what an admin does: a directory of the group, then group_access
-    os.chmod(root, 0o2700)
-    spool = Spool(root)
-    spool.set_config("group_access", True)
-    yield spool
+    yield shared_spool(base)
     shutil.rmtree(base, ignore_errors=True)
-
-
-def as_member(script: str, *args: str) -> subprocess.CompletedProcess:
-    """`sh -c script` as the member: its own uid, the spool's group, no capabilities."""
-    def become() -> None:
-        os.setgroups([GROUP])
-        os.setgid(GROUP)
-        os.setuid(MEMBER)
-    return subprocess.run(["/bin/sh", "-c", script, "member", *args], preexec_fn=become, capture_output=True,
-                          text=True, timeout=30)
 
 
 def pending_path(spool: Spool, job_id: str) -> str:
