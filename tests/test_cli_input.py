@@ -71,6 +71,7 @@ CLI_CASES = [
     ("id-too-long", lambda t: ["enqueue", "--id", "a" * 129, "--cmd", "true"], None, 2, "invalid job id"),
     ("id-shell", lambda t: ["enqueue", "--id", "x;rm -rf ~", "--cmd", "true"], None, 2, "invalid job id"),
     ("id-slash", lambda t: ["enqueue", "--id", "a/b", "--cmd", "true"], None, 2, "invalid job id"),
+    ("job-dash", lambda t: ["enqueue", "-"], '{"command": "true"}', 2, "--file - takes one JSON job"),
     ("id-taken", lambda t: ["enqueue", "--id", "existing", "--cmd", "true"], None, 1,
      "already exists (with --if-absent: print its id, change nothing, exit 0)"),
     ("priority-text", lambda t: ["enqueue", "--priority", "abc", "--cmd", "true"], None, 2, "not a valid integer"),

@@ -149,6 +149,9 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
     """
     if len(job) > 1:
         raise click.UsageError(_quote_it(job))
+    if job == ("-",):  # no program is named "-": stdin was meant
+        raise click.UsageError("JOB '-' is no command: to read stdin, --file - takes one JSON job and --batch - "
+                               "JSON lines")
     forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
                                       ("--batch", batch)) if value is not None]
     if len(forms) != 1:
