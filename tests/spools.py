@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +96,15 @@ def as_member(script: str, *args: str, uid: int = MEMBER) -> subprocess.Complete
         os.setuid(uid)
     return subprocess.run(["/bin/sh", "-c", script, "member", *args], preexec_fn=become, capture_output=True,
                           text=True, timeout=30)
+
+
+def dead_owner(spool_dir: str) -> str:
+    """The token of an owner registered by a process that has exited: a dead worker of this host.
+    (Its token is flushed before os._exit, which writes no buffer: a suite run without
+    PYTHONUNBUFFERED got an empty token, which named processing/ itself.)"""
+    code = ("import os, sys\nfrom spoolq import Spool\n"
+            "sys.stdout.write(Spool(sys.argv[1]).owners.register('worker'))\nsys.stdout.flush()\nos._exit(0)")
+    owner = subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
+                           cwd=REPO).stdout.strip()
+    assert owner, "no owner token"
+    return owner

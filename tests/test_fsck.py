@@ -13,7 +13,7 @@ from conftest import backdate, SPOOLQ, wait_for
 from spoolq import fsck, Spool
 from spoolq.format import layout as L
 from spoolq.store.ids import creator_of
-from spools import _batch, cli, ROOT_ONLY, STRANGER, _symlinked_done
+from spools import _batch, cli, dead_owner, ROOT_ONLY, STRANGER, _symlinked_done
 
 
 # ---- hardening: 1. nobody let in: a spool another user could write into is refused ---------------
@@ -82,12 +82,6 @@ def test_fsck_sees_what_a_sigkilled_batch_left_at_once_and_repair_frees_it(spool
 # ---- the summary suggests --repair only for what it would try --------------------------------------
 
 
-def _dead_owner(spool: Spool) -> str:
-    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
-    return subprocess.run([*SPOOLQ[:1], "-c", code, spool.root], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
 @pytest.mark.parametrize("dead_worker, advice", [
     (False, "1 problem found; --repair leaves it alone: it is its writer's or yours to fix"),
     (True, "; run with --repair to fix what is safe ("),
@@ -96,7 +90,7 @@ def test_fsck_suggests_repair_only_for_what_repair_would_try(spool, dead_worker,
     with open(os.path.join(spool.layout.pending, "notes.txt"), "w") as f:
         f.write("not a job")  # never picked up: its writer's to rename
     if dead_worker:
-        _dead_owner(spool)  # what it left: repaired
+        dead_owner(spool.root)  # what it left: repaired
     out = cli(spool.root, "fsck")
     assert out.returncode == 1 and advice in out.stdout.splitlines()[-1], out.stdout
     problems = fsck.check(spool)

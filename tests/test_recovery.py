@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from conftest import SPOOLQ, wait_for, Workers
 from spoolq import Spool
 from spoolq.format import layout as L
-from spools import cli, REPO
+from spools import cli, dead_owner
 
 
 # ---- hardening: 15, 16. a worker's own directory, and the processes of its jobs ------------------
@@ -73,9 +72,7 @@ def run_burst(spool_dir: str, timeout: float, *extra: str) -> tuple[int | None, 
 @pytest.mark.review("hardening 17")
 def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_dir):
     """processing/<owner>/ is writable by the spool's group: its .pgroup may be a fifo."""
-    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
-    owner = subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
-                           cwd=REPO).stdout.strip()
+    owner = dead_owner(spool_dir)
     os.mkfifo(os.path.join(spool.layout.owned(owner), L.GROUP_FILE))
     spool.enqueue({"command": "true"})
     code, out = run_burst(spool_dir, 30)
@@ -84,13 +81,6 @@ def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_di
 
 
 # ---- a worker of one slot keeps house while its job runs -------------------------------------------
-
-
-def _dead_owner(spool_dir: str) -> str:
-    """An owner registered by a process that has exited: a dead worker."""
-    code = "import os, sys; from spoolq import Spool; print(Spool(sys.argv[1]).owners.register('worker')); os._exit(0)"
-    return subprocess.run([sys.executable, "-c", code, spool_dir], capture_output=True, text=True, check=True,
-                          cwd=REPO).stdout.strip()
 
 
 def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(spool, spool_dir):
@@ -102,7 +92,7 @@ def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(sp
         wait_for(lambda: spool.find(long).state == "processing", 15, "the long job to start")
         left = spool.enqueue({"command": "true", "max_retries": 3}).id
         entry = next(e for e in os.listdir(spool.layout.pending) if left in e)
-        owner = _dead_owner(spool_dir)
+        owner = dead_owner(spool_dir)
         assert Spool(spool_dir).transitions.claim(entry, owner) is not None  # the dead worker held it
         # (taken into the rescuer's own directory first, then put back)
         # A sweep every 2 s; the budget is for a loaded machine, far below the long job's 120 s.
