@@ -56,6 +56,26 @@ def test_done_jobs_past_keep_done_are_purged_with_their_output_and_dead_ones_kep
     spool.enqueue({"command": "true", "id": ids["ok"]})  # its id is free again
 
 
+@pytest.mark.parametrize("keep", ["keep_done", "keep_output"])
+def test_a_batch_never_waits_for_the_dlq_lock_another_command_holds(spool, keep):
+    """A purge, dlq retry or requeue holds "dlq" for as long as it takes: retention, which a
+    worker runs between its claims (and a one-slot worker beside its running job), tried the
+    lock for up to 30 s. It goes on without its batch, and purges once the lock is free."""
+    job = spool.enqueue({"command": "echo out"}).id
+    burst(spool)
+    spool.set_config(keep, DAY)
+    retention = Retention(spool)
+    with spool.store.locked("dlq"):  # as `spoolq purge` holds it (a lock of its own: flock is per open)
+        started = time.monotonic()
+        assert retention.run(time.time(), fs_now=time.time() + 2 * DAY) is None
+        assert time.monotonic() - started < 1.0
+    assert os.path.exists(spool.output_path(job))
+    retention.gap_at = 0.0
+    purged = retention.run(time.time(), fs_now=time.time() + 2 * DAY)
+    assert (purged.done, purged.outputs) == ((1, 0) if keep == "keep_done" else (0, 1))
+    assert not os.path.exists(spool.output_path(job))
+
+
 def test_keep_output_deletes_old_logs_of_finished_jobs_only(spool):
     ids = finished_spool(spool)
     burst(spool)

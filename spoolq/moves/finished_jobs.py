@@ -124,11 +124,13 @@ class Finished:
     # ---- purge ---------------------------------------------------------------------------------
 
     def purge(self, state: str, *, older_than: float = 0.0, now: float | None = None, until: float | None = None,
-              names: list[str] | None = None) -> int:
+              names: list[str] | None = None, lock_wait: float = 30.0) -> int:
         """Delete finished jobs (done or dead) and their output; frees their ids. Retention's small
         batches give `names` to look at (else the directory is listed) and stop at `until` (a
         time.monotonic()); `examined` then says how many names were looked at, and `oldest_young`
-        when the oldest of those it kept for being too young finished (none can expire before)."""
+        when the oldest of those it kept for being too young finished (none can expire before).
+        LockBusy once another purge, `dlq retry` or `requeue` has held the "dlq" lock for
+        `lock_wait` seconds (retention: 0, it tries again later)."""
         if state == State.PENDING:
             return self._purge_not_started(older_than, now)
         if state not in FINISHED:
@@ -137,7 +139,7 @@ class Finished:
         count = self.kept = self.examined = 0
         self.left = []
         self.oldest_young = float("inf")
-        with self.store.locked("dlq"), self._opened(state, "output", "ids", "quarantine") as dirs, \
+        with self.store.locked("dlq", timeout=lock_wait), self._opened(state, "output", "ids", "quarantine") as dirs, \
                 Reservations(self.store) as ids:
             finished = dirs[state]
             for entry in finished.names() if names is None else names:

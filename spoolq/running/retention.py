@@ -107,7 +107,7 @@ class Retention:
                 until = time.monotonic() + seconds  # from the take: a worker's first pays for importing filelock
                 fs_now = self.spool.store.fs_clock() if fs_now is None else fs_now
                 self.skew = fs_now - now
-                purged = self._batch(fs_now, until)
+                purged = self._batch_unless_dlq_busy(fs_now, until)
                 self.spent += time.monotonic() - (until - seconds)  # the batch's own work, not the import
         except LockBusy:
             self.busy_since = now if self.busy_since is None else self.busy_since  # another worker is at it
@@ -131,6 +131,15 @@ class Retention:
         self.said = held
         return held
 
+    def _batch_unless_dlq_busy(self, fs_now: float, until: float) -> Purged | None:
+        """A batch, or None when the "dlq" lock is held (a `purge`, `dlq retry` or `requeue` at
+        work, for as long as it takes): the batch waits its turn (the next comes MIN_GAP later),
+        never the worker, whose claims (or a running job's checks) would wait with it."""
+        try:
+            return self._batch(fs_now, until)
+        except LockBusy:
+            return None
+
     def _batch(self, fs_now: float, until: float) -> Purged:
         cfg, finished = self.spool.config, self.spool.finished
         purged = Purged()
@@ -148,7 +157,8 @@ class Retention:
             if state == "output":
                 purged.outputs, looked, oldest, blocked = self._old_outputs(names, keep, fs_now, until)
             else:
-                setattr(purged, state, finished.purge(state, older_than=keep, now=fs_now, until=until, names=names))
+                count = finished.purge(state, older_than=keep, now=fs_now, until=until, names=names, lock_wait=0)
+                setattr(purged, state, count)
                 looked, oldest, blocked = finished.examined, finished.oldest_young, finished.kept > 0
             self.passing[state] = min(self.passing[state], oldest)
             if blocked:
@@ -175,7 +185,7 @@ class Retention:
         whether an old one was kept for its job not being finished)."""
         lay, count, looked, oldest, blocked = self.spool.layout, 0, 0, NEVER, False
         # Under the dlq lock: a finished job cannot be requeued (and its log written again) meanwhile.
-        with self.spool.store.locked("dlq"):
+        with self.spool.store.locked("dlq", timeout=0):
             for entry in names:
                 if looked and time.monotonic() >= until:
                     break

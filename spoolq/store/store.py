@@ -196,11 +196,12 @@ class Store(Access):
                                            pidns=liveness.pid_namespace())
         return self._creator._replace(owner=owner) if owner else self._creator
 
-    def locked(self, name: str) -> ContextManager[None]:
+    def locked(self, name: str, *, timeout: float = 30.0) -> ContextManager[None]:
         """Hold the named spool lock (locks.py: a flock on a file made with the layout, so purge,
-        the way to free space, takes it on a full disk too; a holder that dies lets go)."""
+        the way to free space, takes it on a full disk too; a holder that dies lets go); LockBusy,
+        naming its holder, after `timeout` seconds (0: at once)."""
         self.refuse_if_reading("take a lock")
-        return config.locked(self.layout, name, mode=self.modes.file)
+        return config.locked(self.layout, name, mode=self.modes.file, timeout=timeout)
 
     # ---- clocks, ids, order --------------------------------------------------------------
 
