@@ -123,3 +123,21 @@ def test_a_duty_that_waits_for_a_lock_holds_up_no_running_job_s_timeout(spool, s
     finally:
         cli(spool_dir, "worker", "stop", "--now", "--wait", "--timeout", "40")
         w.stop()
+
+
+def test_a_rescuer_never_rescues_itself_whatever_its_registration_looks_like(spool):
+    """A sweep by a live worker whose own registration cannot be read just now (a file system
+    coming back from a partition: as if it were not there) took its own running job back, and
+    then found itself 'declared dead elsewhere'. The rescuer is alive: it is the one looking."""
+    owner = spool.owners.register("worker")
+    job = spool.enqueue({"command": "true"}).id
+    entry = next(e for e in os.listdir(spool.layout.pending) if job in e)
+    assert spool.transitions.claim(entry, owner) is not None
+    os.unlink(spool.layout.worker_file(owner))  # what a look that fails just now may amount to
+    assert spool.recovery.run(owner) == []
+    assert spool.find(job).state == "processing" and spool.find(job).owner == owner
+    other = dead_owner(spool.root)  # a dead worker is still rescued by it
+    second = spool.enqueue({"command": "true"}).id
+    entry = next(e for e in os.listdir(spool.layout.pending) if second in e)
+    assert spool.transitions.claim(entry, other) is not None
+    assert [r.job_id for r in spool.recovery.run(owner)] == [second]

@@ -57,8 +57,11 @@ class Recovery:
         this host, then count the attempt as failed and move the job on like any failure."""
         out: list[Recovered] = []
         self._rescuer = rescuer
+        # RACE: the rescuer is alive (it is this process) whatever a look at a file system that
+        # fails just now says of its registration or its directory: it never rescues itself.
         for owned in self.owners.gone_dirs(lease=lease):
-            out.extend(self._rescue(owned, rescuer, now))
+            if owned.holder != rescuer:
+                out.extend(self._rescue(owned, rescuer, now))
         self._fs_now: float | None = None
         for entry in fsio.listdir(self.layout.processing):
             if entry.startswith(rescuer + layout.RESCUE_SEP):  # ours, kept until its mark is old
@@ -68,8 +71,8 @@ class Recovery:
         if self._sweeps % DEPS_SWEEP_EVERY == 1:  # the first sweep, then now and then: after the rescues
             self.deps.sweep(rescuer)
         judge = self.owners.judge()
-        self.slots.return_orphans(lambda owner: self._owner_gone(owner, judge))
-        self.owners.drop_stale_registrations()
+        self.slots.return_orphans(lambda owner: owner != rescuer and self._owner_gone(owner, judge))
+        self.owners.drop_stale_registrations(keep=rescuer)
         self.transitions.publisher.finish_batches(lambda creator: self.owners.why_creator_gone(creator, judge))
         return out
 

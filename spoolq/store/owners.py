@@ -276,9 +276,12 @@ class Owners:
                 stale.append((owner, why))
         return stale
 
-    def drop_stale_registrations(self) -> None:
+    def drop_stale_registrations(self, *, keep: str | None = None) -> None:
+        """Remove the registrations of gone owners that hold no directory; never `keep`'s (the
+        owner doing this, alive whatever a failing file system says of it)."""
         for owner, _ in self.stale_registrations():
-            fsio.unlink_quietly(self.layout.worker_file(owner))
+            if owner != keep:
+                fsio.unlink_quietly(self.layout.worker_file(owner))
 
     def why_creator_gone(self, creator: layout.Creator, judge: OwnerJudge | None = None) -> str | None:
         """Is the process that made a temp file or a marker gone? A worker's registration (and
