@@ -57,12 +57,13 @@ def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str],
 
 def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str, base_env: dict[str, str],
                    group: GroupRecord, slot: int, *, abort: Callable[[], str | None],
-                   why_stopped: Callable[[str | None, int], str | None],
-                   log: Callable[[str], None]) -> tuple[runner.Outcome, Moved | None, float]:
+                   why_stopped: Callable[[str | None, int], str | None], give_up: Callable[[], str | None],
+                   settle: Callable[[], None], log: Callable[[str], None]) -> tuple[runner.Outcome, Moved | None, float]:
     """In `slot`: run the claimed job's attempt (`base_env` and the SPOOLQ_ variables of where it
     runs; killed once `abort` says why, or a `cancel --kill` asks), then record it (`why_stopped`:
-    the lease guard's word on a failure). Its outcome, where it moved the job (None: lost), and
-    when it ended."""
+    the lease guard's word on a failure; `give_up`: why to stop trying, see record(); `settle`:
+    waits for what ran beside the job and must not run beside its recording). Its
+    outcome, where it moved the job (None: lost or left), and when it ended."""
     env = {**base_env, "SPOOLQ_HOST": host, "SPOOLQ_SPOOL": spool.root, "SPOOLQ_OWNER": claimed.owner}
     outcome = run(spool, claimed.job, host, claimed.owner, env, group,
                   lambda: CANCELLED if kill.asked() else abort(), slot)
@@ -70,9 +71,10 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
     if outcome.output_lost:
         log(f"job {claimed.job.id} attempt {claimed.job.running_attempt}: its output could not be kept: "
             f"{outcome.output_lost}")
+    settle()
     outcome.error = why_stopped(outcome.error, slot) if not outcome.ok else None
     cancelled = outcome.error == CANCELLED and kill.asked()
-    moved = record(spool, claimed, outcome, host, log, final=cancelled, give_up=abort)  # a cancelled job: never retried
+    moved = record(spool, claimed, outcome, host, log, final=cancelled, give_up=give_up)  # a cancelled job: never retried
     if cancelled:
         kill.withdraw()
     return outcome, moved, finished_at
@@ -128,10 +130,10 @@ class GroupRecord:
 def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, log: Callable[[str], None], *,
            final: bool = False, give_up: Callable[[], str | None] = lambda: None) -> Moved | None:
     """Record an attempt's outcome (`final`: never retried), trying again after an I/O error
-    (the job stays its owner's in processing/ meanwhile) until `give_up` says why not to (a kill
-    of the worker: `worker stop --now`, the third signal; its lease running out): the job is then
-    left there unrecorded, for recovery, which counts the attempt, as after a crash. None if the
-    owner lost or left the job."""
+    (the job stays its owner's in processing/ meanwhile; a spool out of reach that comes back finds
+    it there, or taken back: LostOwnership) until `give_up` says why not to (a kill of the worker:
+    `worker stop --now`, the third signal): the job is then left there unrecorded, for recovery,
+    which counts the attempt, as after a crash. None if the owner lost or left the job."""
     job_id, attempt = claimed.job.id, claimed.job.running_attempt
     delay = 0.1
     while True:
@@ -148,7 +150,7 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
                         "result discarded, the job was recovered elsewhere")
             return None
         except OSError as e:
-            why = give_up()
+            why = _asked_to_give_up(give_up)
             if why:
                 log(f"cannot record job {job_id}: {e}; left unrecorded ({why}): recovery takes it back "
                     f"and counts attempt {attempt}")
@@ -156,6 +158,13 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
             log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _asked_to_give_up(give_up: Callable[[], str | None]) -> str | None:
+    try:
+        return give_up()
+    except OSError:
+        return None  # the spool out of reach (its stop request with it): a signal still counts
 
 
 def say_woken(moved: Moved, log: Callable[[str], None]) -> None:

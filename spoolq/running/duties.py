@@ -65,18 +65,21 @@ class Duties:
             self.log(f"retention purged {purged.done} done and {purged.dead} dead jobs, "
                      f"{purged.outputs} output logs")
 
-    def while_running(self, abort: Callable[[], str | None]) -> Callable[[], str | None]:
+    def while_running(self, abort: Callable[[], str | None],
+                      healthy: Callable[[], bool] = lambda: True) -> Callable[[], str | None]:
         """`abort` (what a running job asks every half second: why to kill it, if there is a
         reason) that also starts the duties then due. For a worker of one slot, which runs its job in
         its own thread (slot_threads.py) and so waits for the job's end: a long job holds up no dead
         worker's jobs, no schedule's slot and no purge. They run in a thread of their own, never
         waited for here: a duty may wait for a spool lock (retention for "dlq" while a purge holds
         it, up to 30 s), and the job's timeout, a stop, a kill and its output must not wait with it.
-        The worker calls settle() before it goes on. A failure costs a log line, never the job."""
+        None start while the worker's heartbeat fails (`healthy`: a spool out of reach, whose looks
+        say nothing true). The worker calls settle() before it records the job, so that none runs
+        beside the recording. A failure costs a log line, never the job."""
         def asked() -> str | None:
             reason = abort()
             busy = self._running is not None and self._running.is_alive()
-            if reason is None and not busy and (now := time.time()) >= self.next_at:
+            if reason is None and not busy and healthy() and (now := time.time()) >= self.next_at:
                 # RACE: this thread runs the job's checks and then records it while the duties run,
                 # as a worker of many slots records its jobs while its loop does them; what of the
                 # worker's the duties touch (its pending index, through the sweep) waits for settle().

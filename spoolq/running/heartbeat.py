@@ -75,6 +75,10 @@ class Heartbeat:
         with self._guarding:
             self._guarding.notify_all()
 
+    def beating(self) -> bool:
+        """Healthy, and its last beat worked: the spool answers now."""
+        return self._failing is None and self.healthy()
+
     def healthy(self) -> bool:
         renewed_at, lease = self._renewed
         return clock() - renewed_at < lease / 2

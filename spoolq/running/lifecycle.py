@@ -11,6 +11,8 @@ import time
 from typing import Callable
 
 from ..spool import Spool
+from ..format.errors import SpoolError
+from ..store import trust
 from ..store.owners import StartedAt
 from ..system import mounts, watch
 from .slot_threads import FILES_A_SLOT
@@ -46,6 +48,20 @@ def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], Non
 def said(e: OSError) -> str:
     """An error of the file system in a few words: what failed, and where."""
     return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+
+
+def still_safe(spool: Spool) -> str | None:
+    """Why the spool is no longer safe to use (a directory swapped or opened up since the worker
+    started), or None. A mount out of reach (ENOTCONN, EIO: its directories "cannot be looked at")
+    is no one's doing: raised as the OSError it is, the spool lost (unless_unreachable), so that
+    its supervisor starts another once it is back, rather than said unsafe for good."""
+    try:
+        spool.store.check_safe()
+    except SpoolError as e:
+        if trust.CANNOT_LOOK in str(e):
+            raise OSError(errno.EIO, str(e)) from None
+        return str(e)
+    return None
 
 
 def unless_unreachable(loop: Callable[[], None], log: Callable[[str], None]) -> bool:

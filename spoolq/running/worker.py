@@ -29,7 +29,7 @@ from ..moves.handoff import Moved
 from ..moves.transitions import Claimed
 from .log_lines import JobLines, SettingsNotes, text_log as stderr_log
 from .lifecycle import (EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, CannotStart, Stops, announce_wakeups,
-                        unless_unreachable, unregister)
+                        still_safe, unless_unreachable, unregister)
 
 MAX_WAIT = 30.0
 
@@ -50,7 +50,8 @@ class Worker:
         self.job_lines = job_lines  # a line per job claimed and finished (a foreground `worker start`)
         self.events: attempts_log.EventLog | None = None  # opened at registration
         self.duties = Duties(spool, self.log, lambda: self.owner, self._recover)  # recovery, schedules, retention
-        self._abort_keeping_house = self.duties.while_running(self._abort_reason)  # a worker of one slot's
+        self._abort_keeping_house = self.duties.while_running(  # a worker of one slot's
+            self._abort_reason, lambda: self.heartbeat.beating())
         self.hooks = Hooks(spool, self.log)  # config on_done, on_dead, on_failure
         self.allow_unsafe_fs = allow_unsafe_fs
         self.burst = burst
@@ -242,10 +243,9 @@ class Worker:
         self.spool.owners.unregister(old)
 
     def _recover(self) -> None:
-        try:
-            self.spool.store.check_safe()  # again: a directory may have been swapped or opened up
-        except SpoolError as e:
-            self.log(f"{e}; stopping")
+        unsafe = still_safe(self.spool)  # again: a directory may have been swapped or opened up
+        if unsafe:
+            self.log(f"{unsafe}; stopping")
             self.unsafe = self.stops.stopping = True
             return
         try:
@@ -312,7 +312,8 @@ class Worker:
             outcome, moved, finished_at = attempt.run_and_record(
                 self.spool, claimed, kill, self.host, self._base_env, self.group, number,
                 abort=self._abort_reason if self.slots.slots > 1 else self._abort_keeping_house,
-                why_stopped=self.heartbeat.why_stopped, log=self.log)
+                why_stopped=self.heartbeat.why_stopped, give_up=self.stops.kill_reason, settle=self.duties.settle,
+                log=self.log)
         except BaseException:  # the worker fails (slot_threads.py): the queue's slot is not kept meanwhile
             if slot is not None:
                 self.spool.slots.give_back(slot)
