@@ -109,8 +109,10 @@ def test_a_duty_that_waits_for_a_lock_holds_up_no_running_job_s_timeout(spool, s
     meanwhile the job's timeout, `worker stop --now` and `cancel --kill` went unheeded and its
     output unread."""
     young = spool.enqueue({"command": "true"}).id  # done just now: retention looks again once it can expire
-    spool.transitions.finish(spool.transitions.claim(os.listdir(spool.layout.pending)[0],
-                                                     spool.owners.register("worker")), ok=True, exit_code=0, error=None)
+    finisher = spool.owners.register("worker")
+    spool.transitions.finish(spool.transitions.claim(os.listdir(spool.layout.pending)[0], finisher),
+                             ok=True, exit_code=0, error=None)
+    spool.owners.unregister(finisher)  # else `worker stop --wait` below waits for this process to stop
     spool.set_config("keep_done", 3)
     long = spool.enqueue({"command": "sleep 60", "timeout": 5, "max_retries": 0}).id
     w = Workers(spool_dir, 1).wait_ready()
