@@ -83,6 +83,7 @@ def test_a_fifo_as_a_dead_worker_s_group_record_hangs_no_rescuer(spool, spool_di
 # ---- a worker of one slot keeps house while its job runs -------------------------------------------
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(spool, spool_dir):
     """A worker of one slot runs its job in its own thread: its sweeps for dead workers' jobs must
     go on meanwhile, or a long job holds up every job a dead worker left (until it ends)."""
@@ -103,6 +104,7 @@ def test_a_worker_busy_with_a_long_job_recovers_a_dead_worker_s_job_meanwhile(sp
         w.stop()
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_duty_that_waits_for_a_lock_holds_up_no_running_job_s_timeout(spool, spool_dir):
     """The duties of a worker of one slot ran inside its job's abort check: a retention batch
     waits for the "dlq" lock (up to 30 s) while `purge`, `dlq retry` or `requeue` holds it, and

@@ -480,6 +480,7 @@ def test_replacing_a_paused_schedule_keeps_it_paused(cli, spool):
     assert (shown["cron"], shown["paused"]) == ("@hourly", True)
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_worker_busy_with_a_long_job_fires_a_schedule_s_slot_meanwhile(spool, spool_dir):
     """A worker of one slot runs its job in its own thread: a schedule's slot still fires on time
     (the job waits in pending for a free worker), not when the long job ends."""

@@ -167,6 +167,7 @@ def held_after(path: str, calls: str, *command: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_trusted_drop_in_opened_to_the_group_after_it_was_judged_is_not_run(shared, tmp_path):
     """A trusted member's drop-in was judged in pending/, taken into the worker's directory, then
     read again and run without a second look: its writer can still chmod it (it is theirs), and

@@ -436,6 +436,7 @@ def test_wrong_tokens_are_answered_one_at_a_time_and_a_right_one_at_once(spool, 
     assert right_took < 2 * WRONG_TOKEN_PAUSE, right_took  # not behind the four
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_flood_of_wrong_tokens_is_turned_away_beyond_a_short_line(spool, dashboard):
     """Forty wrong tokens at once: no more than WRONG_TOKENS_WAITING (and the one that may have
     left the line meanwhile) wait their turn, each a thread of the server; the rest are answered
@@ -458,6 +459,7 @@ def test_a_flood_of_wrong_tokens_is_turned_away_beyond_a_short_line(spool, dashb
     assert d.get("/api/overview", {"Authorization": "Bearer s3cret"})[0] == 200
 
 
+@pytest.mark.slow  # seconds of waiting: the full suite's
 def test_a_full_line_of_guesses_turns_the_right_token_away_too(spool, dashboard):
     """While guesses keep the line full, a 429 must not depend on the token: if only a wrong one
     got it (and a right one got in), each guess would be told at once, as fast as the server
