@@ -111,16 +111,14 @@ def _no_log(job_id: str, state: str, wrote: int | None) -> str:
 
 def _follow(spool: Spool, job_id: str) -> None:
     """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1)."""
-    offset, pause = 0, 0.02
-    while True:
+    offset = 0
+    for _ in waits.looks(None):
         state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
         offset = _copy_output(spool.output_path(job_id), offset) or offset
         if state == State.DEAD:
             raise CliError(f"dead: {job_id}", 1)
         if state == State.DONE:
             return
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.25)
 
 
 def _copy_output(path: str, offset: int) -> int | None:

@@ -1,8 +1,8 @@
 """Waiting for jobs to finish, by looking at them: at once, then again after a pause half again
 as long as the last (10 ms at first, never more than 0.2 s), until a deadline. A finish is a
 rename in another process, on this host or another, so there is nothing to be told: a look is
-what there is. Spool.wait (the Python API) and `spoolq wait` (which draws its progress between
-looks) look the same way."""
+what there is. Spool.wait (the Python API), `spoolq wait` (which draws its progress between
+looks) and `spoolq logs -f` (which prints what the log gained) look the same way."""
 
 from __future__ import annotations
 
