@@ -247,13 +247,16 @@ def throughput(tmp: str, n: int, repeat: int, command: str, target: float) -> Ro
     bare = bare_spawn_rate(n, command)
     cpu["ceiling"] = [(children_cpu() - c0) / n]
     cpu["stripped"] = [stripped_loop_cpu(tmp, n, command)]
+    stripped_rate = stripped_loop_rate(tmp, n, command)
     row.extra["bare_spawn"] = bare
+    row.extra["stripped_loops"] = stripped_rate
     row.extra["cpu_ms_a_job"] = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
     ms = row.extra["cpu_ms_a_job"]
     row.notes = (f"ceiling: 2 Python processes spawning it, no bookkeeping: {bare:.0f}/s ({bare / row.ref_median:.2f} x xargs); "
                  f"CPU a job, every process counted: spoolq {ms['spoolq']:.2f} ms, xargs {ms['xargs']:.2f} ms, "
                  f"ceiling {ms['ceiling']:.2f} ms (spoolq's own: {ms['spoolq'] - ms['ceiling']:.2f} ms; "
-                 f"a stripped loop's own: {ms['stripped']:.2f} ms)")
+                 f"a stripped loop's own: {ms['stripped']:.2f} ms); two stripped loops: {stripped_rate:.0f}/s "
+                 f"({stripped_rate / bare:.2f} x the ceiling; spoolq {row.median / bare:.2f} x)")
     if gnu_parallel():  # where installed: once, it is slow
         t0 = time.monotonic()
         subprocess.run(["parallel", "--will-cite", "-j2", "-N0", "sh", "-c", command],
@@ -291,17 +294,10 @@ def in_child(body: Callable[[], None]) -> float:
 
 
 def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
-    """CPU a job beyond a bare spawn of a loop that does only what no worker can leave out: claim
-    by rename, read and parse the job file, spawn with a pipe and a pidfd, wait, rename into
-    done/, one attempts-log line (no output log: a silent job that succeeds at once has none,
-    store/output.py). It checks and records nothing else
-    (no fence, finished copy, group record, heartbeat, stop, pause or limits, field checks): what
-    spoolq's bookkeeping would have to cost to reach the ceiling. One process, in a spool of n."""
-    from spoolq.system import direct_exec
-
-    argv = direct_exec.words(command)
-    program = direct_exec.find(argv[0], dict(os.environ)) if argv else None
-    argv, program = (argv, program) if program else (["/bin/sh", "-c", command], "/bin/sh")
+    """CPU a job beyond a bare spawn of a loop that does only what no worker can leave out (see
+    `stripped_loop`): what spoolq's bookkeeping would have to cost to reach the ceiling. One
+    process, in a spool of n."""
+    program, argv = _direct(command)
     spool_dir = spool_of_jobs(tmp, "stripped", n, 0, command)
     env = dict(os.environ)
 
@@ -309,42 +305,80 @@ def stripped_loop_cpu(tmp: str, n: int, command: str) -> float:
         for _ in range(n):
             os.waitpid(os.posix_spawn(program, argv, env, setsid=True), 0)
 
-    def stripped() -> None:
-        mine, done = (os.path.join(spool_dir, d) for d in ("processing/stripped", "done"))
-        os.makedirs(mine)
-        pending = os.path.join(spool_dir, "pending")
-        attempts_log = os.open(os.path.join(spool_dir, "events", "stripped.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        for name in sorted(os.listdir(pending)):
-            job_id = name.split("@", 1)[1][:-len(".json")]
-            path = os.path.join(mine, f"{job_id}.json")
-            os.rename(os.path.join(pending, name), path)
-            with open(path, "rb") as f:
-                json.loads(f.read())
-            read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write_end, 1),
-                (os.POSIX_SPAWN_DUP2, write_end, 2)])
-            os.close(write_end)
-            pidfd = os.pidfd_open(pid)
-            while os.read(read_end, 65536):
-                pass
-            os.close(read_end)
-            os.waitpid(pid, 0)
-            os.close(pidfd)
-            os.rename(path, os.path.join(done, f"{job_id}.json"))
-            os.write(attempts_log, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
+    return (in_child(lambda: stripped_loop(spool_dir, 0, command)) - in_child(bare)) / n
 
-    return (in_child(stripped) - in_child(bare)) / n
+
+def stripped_loop_rate(tmp: str, n: int, command: str) -> float:
+    """What two such stripped loops reach together (jobs/s) draining one spool of n, as two
+    workers do: the throughput a worker that checks and records nothing else could have."""
+    spool_dir = spool_of_jobs(tmp, "stripped2", n, 0, command)
+    t0 = time.monotonic()
+    pids = []
+    for k in range(2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                stripped_loop(spool_dir, k, command)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    rate = n / (time.monotonic() - t0)
+    assert count_done(spool_dir) == n, "the stripped loops left jobs undone"
+    return rate
+
+
+def stripped_loop(spool_dir: str, k: int, command: str) -> None:
+    """Loop `k` (0 or 1: they take the names from either end) drains the spool doing only what no
+    worker can leave out: claim by rename, read and parse the job file, spawn with a pipe and a
+    pidfd, wait, rename into done/, one attempts-log line (no output log: a silent job that
+    succeeds at once has none, store/output.py). It checks and records nothing else (no fence,
+    finished copy, group record, heartbeat, stop, pause or limits, field checks)."""
+    program, argv = _direct(command)
+    env = dict(os.environ)
+    mine, done = (os.path.join(spool_dir, d) for d in (f"processing/stripped{k}", "done"))
+    os.makedirs(mine)
+    pending = os.path.join(spool_dir, "pending")
+    attempts_log = os.open(os.path.join(spool_dir, "events", f"stripped{k}.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    names = sorted(os.listdir(pending))
+    for name in reversed(names) if k else names:
+        job_id = name.split("@", 1)[1][:-len(".json")]
+        path = os.path.join(mine, f"{job_id}.json")
+        try:
+            os.rename(os.path.join(pending, name), path)
+        except FileNotFoundError:
+            continue  # the other loop took it
+        with open(path, "rb") as f:
+            json.loads(f.read())
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, write_end, 1),
+            (os.POSIX_SPAWN_DUP2, write_end, 2)])
+        os.close(write_end)
+        pidfd = os.pidfd_open(pid)
+        while os.read(read_end, 65536):
+            pass
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        os.close(pidfd)
+        os.rename(path, os.path.join(done, f"{job_id}.json"))
+        os.write(attempts_log, json.dumps({"id": job_id, "outcome": "done", "finished": time.time()}).encode() + b"\n")
+
+
+def _direct(command: str) -> tuple[str, list[str]]:
+    """The program and argv a worker runs `command` with: directly where it can, else the shell."""
+    from spoolq.system import direct_exec
+
+    argv = direct_exec.words(command)
+    program = direct_exec.find(argv[0], dict(os.environ)) if argv else None
+    return (program, argv) if program and argv else ("/bin/sh", ["/bin/sh", "-c", command])
 
 
 def bare_spawn_rate(n: int, command: str) -> float:
     """What a Python runner that only starts each job (posix_spawn as the worker does it, wait,
     nothing recorded) reaches with 2 processes: the ceiling a worker's bookkeeping eats into."""
-    from spoolq.system import direct_exec
-
-    argv = direct_exec.words(command)
-    program = direct_exec.find(argv[0], dict(os.environ)) if argv else None
-    argv, program = (argv, program) if program else (["/bin/sh", "-c", command], "/bin/sh")
+    program, argv = _direct(command)
     t0 = time.monotonic()
     pids = []
     for _ in range(2):
