@@ -397,6 +397,18 @@ def test_a_token_guards_every_request(spool, dashboard):
     assert d.get("/metrics", {"Cookie": "spoolq_token=s3cret"})[0] == 401  # the token is never a cookie
 
 
+def test_a_token_beyond_ascii_is_taken_from_a_bearer_header_as_from_the_form(spool, dashboard):
+    token = "pässwörd-ü"
+    spool.init()
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": token})
+    as_sent = f"Bearer {token}".encode("utf-8").decode("latin-1")  # the header's UTF-8 bytes, as curl sends them
+    assert d.get("/api/overview", {"Authorization": as_sent})[0] == 200
+    assert d.get("/api/overview", {"Authorization": "Bearer pässwörd-u"})[0] == 401
+    opener, _ = cookie_jar()
+    assert d.get("/?token=" + urllib.parse.quote(token), opener=opener)[0] in (302, 303)  # logged in, sent on
+    assert d.get("/api/overview", opener=opener)[0] == 200
+
+
 def test_no_page_of_a_spool_is_kept_in_a_cache(spool, dashboard):
     """Pages, the API, /metrics, errors and refusals say no-store (a browser's disk cache, a proxy
     between); a static file, which holds nothing of the spool, is revalidated instead."""

@@ -192,9 +192,17 @@ def _here_without_token() -> str:
 
 
 def _bearer() -> str:
-    """The token of `Authorization: Bearer T` (the scheme's name in any case, as HTTP has it)."""
+    """The token of `Authorization: Bearer T` (the scheme's name in any case, as HTTP has it). A
+    header's bytes reach us one character a byte (WSGI's Latin-1): a token's UTF-8 (`curl -H`,
+    a script) is read as UTF-8 again, as the form and `?token=` are, so a non-ASCII token
+    matches however it is given."""
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
-    return credentials.strip() if scheme.lower() == "bearer" else ""
+    if scheme.lower() != "bearer":
+        return ""
+    try:
+        return credentials.strip().encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # not a WSGI header string: taken as it is
+        return credentials.strip()
 
 
 def _same(given: str, token: str) -> bool:
