@@ -57,7 +57,8 @@ def view(tmp_path):
         probe = seen / "probe"
         probe.touch()
         # The fallbacks are what this file sweeps: a mount where renameat2 works would sweep nothing new.
-        assert fsio._rename_noreplace(str(probe), str(seen / "probed")) is None, "renameat2 NOREPLACE works here"
+        assert fsio._rename_noreplace(str(probe), str(seen / "probed")) is None, \
+            "renameat2 NOREPLACE works on this bindfs: the fallbacks swept here are never taken on it"
         probe.unlink()
         yield str(seen)
     finally:
@@ -113,7 +114,8 @@ def fallback_points(log_text: str, kind: str) -> tuple[set[int], int]:
     return points, max(counts.values(), default=0)
 
 
-def sweep(tmp_path, view: str, kind: str, setup: Callable[[str], object], check: Callable[[str, object, bool], None]) -> int:
+def sweep(tmp_path, view: str, kind: str, setup: Callable[[str], object],
+          check: Callable[[str, object, bool], None]) -> int:
     """A fresh spool on the view from `setup` for each kill point, a worker there killed at it,
     then `check(spool, what setup returned, killed)` once for each crash state. Ends at the
     first kill point the worker survives (it made fewer calls), which is always checked, and
@@ -219,7 +221,8 @@ def _held_by_a_dead_adopter(root: str) -> list[str]:
     spool = Spool(root, create=False)
     owner = spool.owners.register("worker")
     for name in DROPPED.values():
-        os.rename(os.path.join(spool.layout.pending, name), os.path.join(spool.layout.owned(owner), L.ADOPT_PREFIX + name))
+        os.rename(os.path.join(spool.layout.pending, name),
+                  os.path.join(spool.layout.owned(owner), L.ADOPT_PREFIX + name))
     with Reservations(spool.store, owner) as ids:
         assert ids.reserve("named")
     with open(os.path.join(spool.layout.pending, DROPPED["d1"]), "w") as f:
