@@ -277,11 +277,34 @@ class Recovery:
 
     def _return_dropin(self, path: str, original: str) -> None:
         """A drop-in its adopter died holding goes back to pending/ to be adopted again."""
+        if self._returned_already(path, original):
+            # RACE: a return cut between its link into pending/ and the unlink of this name (the
+            # fallback where renameat2 is refused: fsio.move_no_replace) left the file under both;
+            # no adopter takes it there while it has two links, and a second return would only
+            # add a third name. This name goes: the file is a drop-in in pending/ as any other,
+            # judged there by its adopter. Only this rescuer's drain reaches the fenced directory;
+            # an adopter that took the pending/ name meanwhile holds the same file, judged the same.
+            fsio.unlink_quietly(path)
+            return
         try:
             fsio.move_no_replace(path, os.path.join(self.layout.pending, original))
         except FileExistsError:  # another file of that name arrived meanwhile: never replace it
             fsio.move_no_replace(path, os.path.join(self.layout.pending,
                                                     f"{layout.stem(original)}.{layout.random_hex(3)}.json"))
+
+    def _returned_already(self, path: str, original: str) -> bool:
+        """Whether the drop-in at `path` has a second link in pending/, under a name a return gives
+        it (`original`, or one made from it): a return began and was cut before its unlink."""
+        st = fsio.lstat_if_there(path)
+        if st is None or st.st_nlink < 2:
+            return False
+        alternative = layout.stem(original) + "."
+        for name in fsio.listdir(self.layout.pending):
+            if name == original or (name.startswith(alternative) and name.endswith(".json")):
+                there = fsio.lstat_if_there(os.path.join(self.layout.pending, name))
+                if there is not None and os.path.samestat(there, st):
+                    return True
+        return False
 
 
 def _drain_order(name: str) -> tuple[int, str]:
