@@ -41,3 +41,14 @@ def test_wait_for_everything_fails_when_a_job_it_waited_for_died(spool_dir):
     assert waiting.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("Error: dead: broken"), err
     assert "old-failure" not in err
+
+
+def test_after_given_twice_waits_for_both(spool_dir):
+    """`--after A --after B` (as a script that adds one flag per dependency writes it) kept only B:
+    the job ran as soon as B was done, A still running. Every --after counts."""
+    spool = Spool(spool_dir)
+    spool.enqueue({"command": "true", "id": "a"})
+    spool.enqueue({"command": "true", "id": "b"})
+    r = spoolq(spool_dir, "enqueue", "--id", "c", "--after", "a", "--after", "b", "true")
+    assert r.returncode == 0, r.stderr
+    assert spool.find("c").job.after == ["a", "b"]

@@ -101,8 +101,8 @@ FIELD_FLAGS = (
                            help="Always run the command with /bin/sh -c (else a plain one runs directly).")),
     ("queue", click.option("--queue", help="The queue the job belongs to (default: default).",
                            shell_complete=queue_names)),
-    ("after", click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).",
-                           shell_complete=job_ids)),
+    ("after", click.option("--after", metavar="ID[,ID...]", multiple=True, shell_complete=job_ids,
+                           help="Wait until these jobs are done (dead: this one dies too); may be given again.")),
 )
 # Fields a caller sets only in a JSON job: `command` is JOB or --cmd; the others have no flag.
 JSON_ONLY = ("command", "cwd", "env", "keep_children")
@@ -117,12 +117,12 @@ def field_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
     """The job fields the flags given set (run_at: epoch seconds when it is a number; after: a list)."""
-    flags = {field: values[field] for field, _option in FIELD_FLAGS if values[field] is not None}
+    flags = {field: values[field] for field, _option in FIELD_FLAGS if values[field] not in (None, ())}
     run_at = flags.get("run_at")
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         flags["run_at"] = float(run_at)  # epoch seconds; a flag is always a string
     if "after" in flags:
-        flags["after"] = [i.strip() for i in flags["after"].split(",")]
+        flags["after"] = [i.strip() for given in flags["after"] for i in given.split(",")]  # every --after
     return flags
 
 
