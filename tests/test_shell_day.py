@@ -52,3 +52,25 @@ def test_after_given_twice_waits_for_both(spool_dir):
     r = spoolq(spool_dir, "enqueue", "--id", "c", "--after", "a", "--after", "b", "true")
     assert r.returncode == 0, r.stderr
     assert spool.find("c").job.after == ["a", "b"]
+
+
+def test_a_spoolq_command_in_a_job_or_hook_uses_the_jobs_spool(tmp_path):
+    """A job that queues its follow-up (`spoolq enqueue 'step2'`), run by a worker started with
+    --spool and no SPOOLQ_DIR, made a new ./spool in its own directory that no worker looks at;
+    an on_done hook's `spoolq show "$SPOOLQ_JOB_ID"` found no spool at all. Both see SPOOLQ_DIR."""
+    spool_dir, elsewhere = str(tmp_path / "spool"), tmp_path / "job-dir"
+    elsewhere.mkdir()
+    spoolq_line = " ".join(SPOOLQ)
+    spool = Spool(spool_dir)
+    spool.set_config("on_done", f"{spoolq_line} show --json \"$SPOOLQ_JOB_ID\" > {tmp_path}/hook-$SPOOLQ_JOB_ID.json")
+    spool.enqueue({"command": f"{spoolq_line} enqueue --id step2 'echo second'", "id": "step1",
+                   "cwd": str(elsewhere), "max_retries": 0})
+    env = {k: v for k, v in os.environ.items() if k != "SPOOLQ_DIR"}
+    r = subprocess.run([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--burst", "-q"], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not (elsewhere / "spool").exists()
+    assert spool.find("step2").state == "done"
+    hook = tmp_path / "hook-step1.json"
+    wait_for(lambda: hook.exists() and hook.read_text().endswith("\n"), 10, "the hook's output")
+    assert json.loads(hook.read_text())["state"] == "done"
