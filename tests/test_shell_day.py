@@ -74,3 +74,39 @@ def test_a_spoolq_command_in_a_job_or_hook_uses_the_jobs_spool(tmp_path):
     hook = tmp_path / "hook-step1.json"
     wait_for(lambda: hook.exists() and hook.read_text().endswith("\n"), 10, "the hook's output")
     assert json.loads(hook.read_text())["state"] == "done"
+
+
+ODD_NAMES = ["a b.txt", "it's.txt", 'say "hi".txt', "$(touch pwned).txt", "`touch pwned`.txt", "ünï.txt",
+             "new\nline.txt", "semi;colon&amp.txt", "*.txt"]
+
+
+def test_a_for_loop_hands_each_file_name_over_whole_after_double_dash(spool_dir, tmp_path):
+    """`for f in *; do tsp wc -c "$f"; done` is how nq, tsp and pueue take a command: its words.
+    spoolq took one shell string only, so `spoolq enqueue "wc -c $f"` split or ran a name with
+    spaces, quotes or `$(...)` in it; after --, each word reaches the program as given."""
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ODD_NAMES:
+        (files / name).write_text(f"content of {name}")
+    ids = []
+    for name in ODD_NAMES:
+        r = spoolq(spool_dir, "enqueue", "--max-retries", "0", "--", "cat", name, cwd=files)
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+    assert _burst(spool_dir).returncode == 0
+    spool = Spool(spool_dir)
+    for job_id, name in zip(ids, ODD_NAMES):
+        assert spool.find(job_id).state == "done", (name, spoolq(spool_dir, "logs", job_id).stdout)
+        assert f"content of {name}" in spoolq(spool_dir, "logs", job_id).stdout
+    assert not (files / "pwned").exists()
+    one = spoolq(spool_dir, "enqueue", "--id", "one", "--", "echo hi; echo there")  # one word: JOB, as without --
+    assert one.returncode == 0 and spool.find("one").job.command == "echo hi; echo there"
+
+
+def test_a_commands_own_option_says_to_put_its_words_after_double_dash(spool_dir):
+    """`spoolq enqueue wc -c "$f"` answered only "No such option '-c'"."""
+    r = spoolq(spool_dir, "enqueue", "wc", "-c", "a b.txt")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == ("Error: No such option '-c'; a command's own options go after --: "
+                                                 "spoolq enqueue -- wc -c 'a b.txt'")
+    assert not os.path.exists(spool_dir)

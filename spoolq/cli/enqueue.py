@@ -126,8 +126,37 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
     return flags
 
 
-@main.command()
-@click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted command, said so below
+class TakesWords(click.Command):
+    """`enqueue [OPTIONS] -- PROGRAM ARG...`, as nq, tsp and pueue take a command: the words after
+    the first `--` are the command's own (its options too), kept in ctx.meta["words"] for
+    enqueue to quote; an option spoolq does not have (`enqueue grep -r x .`) says where they go."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            args, ctx.meta["words"] = args[:cut], args[cut + 1:]
+        given = list(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            if not e.possibilities:  # else click's "did you mean" says more
+                e.message = f"{e.message.rstrip('.')}; {_words_hint(given)}"
+            raise
+
+
+def _words_hint(args: list[str]) -> str:
+    """Where a command's own options go: after --, shown with the words given when they are the
+    command (`enqueue grep -r x .`) and fit one line."""
+    import shlex
+
+    example = f"spoolq enqueue -- {shlex.join(args)}"
+    if args[0].startswith("-") or len(example) > 100 or not example.isprintable():
+        example = "spoolq enqueue [OPTIONS] -- PROGRAM ARG..."
+    return f"a command's own options go after --: {example}"
+
+
+@main.command(cls=TakesWords)
+@click.argument("job", nargs=-1, metavar="[JOB | -- PROGRAM ARG...]")  # more than one: an unquoted command
 @click.option("--cmd", help="The command to run (a /bin/sh -c string; see --shell).")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
@@ -138,20 +167,18 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
 @pass_ctx
 def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | None, batch: str | None,
             if_absent: bool, as_json: bool, **fields: Any) -> None:
-    """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
+    """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself;
+    after --, a program and its arguments, each word kept as given.
 
     \b
     spoolq enqueue 'echo hello'
+    spoolq enqueue -- wc -c "$file"
     spoolq enqueue '{"command": "make -C /src", "max_retries": 5}'
     spoolq enqueue --cmd 'backup.sh' --priority 10 --delay 60
     spoolq enqueue --batch jobs.jsonl
     spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
-    if len(job) > 1:
-        raise click.UsageError(_quote_it(job))
-    if job == ("-",):  # no program is named "-": stdin was meant
-        raise click.UsageError("JOB '-' is no command: to read stdin, --file - takes one JSON job and --batch - "
-                               "JSON lines")
+    job = _the_job(job, click.get_current_context().meta.get("words"))
     forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
                                       ("--batch", batch)) if value is not None]
     if len(forms) != 1:
@@ -190,15 +217,36 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
 
 
+def _the_job(job: tuple[str, ...], words: list[str] | None) -> tuple[str, ...]:
+    """JOB, or the words after --: several are a program and its arguments, quoted for /bin/sh
+    so that each reaches it as given (a file name with spaces, quotes or `$(...)` stays one
+    argument); one is JOB itself, as it would be without --. Several words before any -- are an
+    unquoted command, said so."""
+    import shlex
+
+    if len(job) > 1:
+        raise click.UsageError(_quote_it(job))
+    if words is not None and job:
+        raise click.UsageError(f"give JOB or the words after --, not both (JOB: {quoted(job[0], 60)})")
+    if words is not None:
+        job = (shlex.join(words),) if len(words) > 1 else tuple(words)
+    if job == ("-",):  # no program is named "-": stdin was meant
+        raise click.UsageError("JOB '-' is no command: to read stdin, --file - takes one JSON job and --batch - "
+                               "JSON lines")
+    return job
+
+
 def _quote_it(words: tuple[str, ...]) -> str:
     """The answer to `spoolq enqueue echo hello`, as nq, tsp and pueue take a command: the words
     given, quoted as one argument (a short example instead when they would not fit one line)."""
     import shlex
 
-    example = shlex.quote(shlex.join(words))
+    words_example = shlex.join(words)
+    example = shlex.quote(words_example)
     if len(example) > 80 or not example.isprintable():
-        example = "'make -C /src all'"
-    return f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into words)"
+        words_example, example = "make -C /src all", "'make -C /src all'"
+    return (f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into "
+            f"words), or put them after --: spoolq enqueue -- {words_example}")
 
 
 def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | None) -> list[str]:
