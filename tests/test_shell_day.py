@@ -110,3 +110,22 @@ def test_a_commands_own_option_says_to_put_its_words_after_double_dash(spool_dir
     assert r.stderr.strip().splitlines()[-1] == ("Error: No such option '-c'; a command's own options go after --: "
                                                  "spoolq enqueue -- wc -c 'a b.txt'")
     assert not os.path.exists(spool_dir)
+
+
+def test_logs_follow_says_when_nothing_will_run_the_job(spool_dir, tmp_path):
+    """`spoolq logs -f ID` (pueue follow, tail -f) with no worker running printed nothing and
+    waited for good, where `wait` says in a line that nothing will run the job. It says so too,
+    on stderr, and still prints the output once a worker runs the job."""
+    Spool(spool_dir).enqueue({"command": "echo followed", "id": "later"})
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        follow = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "logs", "-f", "later"], stdout=subprocess.PIPE,
+                                  stderr=stderr, text=True)
+    try:
+        wait_for(lambda: "nothing will run it: no worker is running" in err.read_text(), 15, "the stalled line")
+        assert _burst(spool_dir).returncode == 0
+        out, _ = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0
+    assert "followed" in out

@@ -110,8 +110,10 @@ def _no_log(job_id: str, state: str, wrote: int | None) -> str:
 
 
 def _follow(spool: Spool, job_id: str) -> None:
-    """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1)."""
+    """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1);
+    saying on stderr, as `wait` does, when nothing will run it."""
     offset = 0
+    stalled = Stalled(spool, ProgressBar(False))
     for _ in waits.looks(None):
         state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
         offset = _copy_output(spool.output_path(job_id), offset) or offset
@@ -119,6 +121,7 @@ def _follow(spool: Spool, job_id: str) -> None:
             raise CliError(f"dead: {job_id}", 1)
         if state == State.DONE:
             return
+        stalled.check(1, [job_id], state == State.PROCESSING)
 
 
 def _copy_output(path: str, offset: int) -> int | None:
