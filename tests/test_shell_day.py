@@ -7,8 +7,11 @@ import json
 import os
 import subprocess
 
-from conftest import SPOOLQ, spoolq, wait_for
+import pytest
+
+from conftest import SPOOLQ, required_tool, spoolq, wait_for
 from spoolq import Spool
+from spoolq.cli.enqueue import PLAIN_LINES
 
 
 def _burst(spool_dir: str) -> subprocess.CompletedProcess:
@@ -129,3 +132,20 @@ def test_logs_follow_says_when_nothing_will_run_the_job(spool_dir, tmp_path):
         follow.kill()
     assert follow.returncode == 0
     assert "followed" in out
+
+
+@pytest.mark.parametrize("lines", ["make a\nmake b\n", '"make a"\n'])
+def test_a_batch_of_plain_command_lines_is_told_how_to_make_them_jobs(spool_dir, lines):
+    """`cat commands.txt | spoolq enqueue --batch -` (a file of commands, as `tsp` takes them one
+    by one) was refused with only "line is not valid JSON"; the line says what would do it, and
+    what it says works."""
+    r = spoolq(spool_dir, "enqueue", "--batch", "-", input=lines)
+    assert r.returncode == 2
+    error = r.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: line 1: ") and error.endswith(f"nothing was enqueued ({PLAIN_LINES})"), error
+    assert not os.path.exists(spool_dir)
+    jq = required_tool("jq", "SPOOLQ_REQUIRE_JQ", "jq")
+    made = subprocess.run([jq, "-Rc", "{command: .}"], input="make a\nmake b\n", capture_output=True, text=True)
+    r = spoolq(spool_dir, "enqueue", "--batch", "-", input=made.stdout)
+    assert r.returncode == 0 and len(r.stdout.split()) == 2, r.stderr
+    assert sorted(v.job.command for v in Spool(spool_dir).list_jobs()) == ["make a", "make b"]

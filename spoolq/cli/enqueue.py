@@ -272,6 +272,10 @@ def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | 
     return lines
 
 
+# What a batch of plain command lines (`printf 'make a\nmake b\n' | spoolq enqueue --batch -`) needs.
+PLAIN_LINES = "each line is a JSON job object; make one of each plain command line with jq -Rc '{command: .}'"
+
+
 def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
                 batch: str | None) -> list[tuple[int, dict[str, Any]]]:
     """The job objects of whichever enqueue form was used, each with its input line number."""
@@ -282,7 +286,8 @@ def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
                 try:
                     specs.append((n, parse_json_object(line, "line")))
                 except InvalidJob as e:
-                    raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
+                    hint = "" if line.lstrip().startswith("{") else f" ({PLAIN_LINES})"
+                    raise CliError(f"line {n}: {e}; nothing was enqueued{hint}", 2) from None
         return specs
     if file_path is not None:
         return [(1, parse_json_object(_read_file(file_path), "file"))]
