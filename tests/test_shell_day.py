@@ -149,3 +149,13 @@ def test_a_batch_of_plain_command_lines_is_told_how_to_make_them_jobs(spool_dir,
     r = spoolq(spool_dir, "enqueue", "--batch", "-", input=made.stdout)
     assert r.returncode == 0 and len(r.stdout.split()) == 2, r.stderr
     assert sorted(v.job.command for v in Spool(spool_dir).list_jobs()) == ["make a", "make b"]
+
+
+@pytest.mark.parametrize("words", [("--cmd", "-"), ("--", "-")])
+def test_a_command_read_from_stdin_is_refused_saying_where_stdin_goes(spool_dir, words):
+    """`echo make | spoolq enqueue --cmd -` enqueued a job whose command is '-', which can never
+    run (JOB '-' was refused already): it says that --file - and --batch - read stdin."""
+    r = spoolq(spool_dir, "enqueue", *words, input="make\n")
+    assert r.returncode == 2
+    assert "'-' is no command: to read stdin, --file - takes one JSON job" in r.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(spool_dir)

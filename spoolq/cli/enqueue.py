@@ -178,7 +178,7 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
     spoolq enqueue --batch jobs.jsonl
     spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
-    job = _the_job(job, click.get_current_context().meta.get("words"))
+    job = _the_job(job, click.get_current_context().meta.get("words"), cmd)
     forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
                                       ("--batch", batch)) if value is not None]
     if len(forms) != 1:
@@ -217,11 +217,11 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
 
 
-def _the_job(job: tuple[str, ...], words: list[str] | None) -> tuple[str, ...]:
+def _the_job(job: tuple[str, ...], words: list[str] | None, cmd: str | None) -> tuple[str, ...]:
     """JOB, or the words after --: several are a program and its arguments, quoted for /bin/sh
     so that each reaches it as given (a file name with spaces, quotes or `$(...)` stays one
     argument); one is JOB itself, as it would be without --. Several words before any -- are an
-    unquoted command, said so."""
+    unquoted command, said so; a JOB or --cmd of '-' is stdin meant, said so."""
     import shlex
 
     if len(job) > 1:
@@ -230,9 +230,10 @@ def _the_job(job: tuple[str, ...], words: list[str] | None) -> tuple[str, ...]:
         raise click.UsageError(f"give JOB or the words after --, not both (JOB: {quoted(job[0], 60)})")
     if words is not None:
         job = (shlex.join(words),) if len(words) > 1 else tuple(words)
-    if job == ("-",):  # no program is named "-": stdin was meant
-        raise click.UsageError("JOB '-' is no command: to read stdin, --file - takes one JSON job and --batch - "
-                               "JSON lines")
+    for form, value in (("JOB", job[0] if job else None), ("--cmd", cmd)):
+        if value == "-":  # no program is named "-": stdin was meant
+            raise click.UsageError(f"{form} '-' is no command: to read stdin, --file - takes one JSON job and "
+                                   "--batch - JSON lines")
     return job
 
 
