@@ -159,3 +159,15 @@ def test_a_command_read_from_stdin_is_refused_saying_where_stdin_goes(spool_dir,
     assert r.returncode == 2
     assert "'-' is no command: to read stdin, --file - takes one JSON job" in r.stderr.strip().splitlines()[-1]
     assert not os.path.exists(spool_dir)
+
+
+def test_list_says_when_a_scheduled_job_runs_and_what_a_waiting_one_waits_for(spool_dir):
+    """`enqueue --delay 1h` or `--run-at "$(date -d tomorrow +%s)"`, then `spoolq list` to check it:
+    it said only "scheduled" (or "waiting"), not when (or for what), so a --run-at read in
+    another zone than meant went unseen until it ran."""
+    assert spoolq(spool_dir, "enqueue", "--id", "later", "--run-at", "4102444800", "true").returncode == 0
+    assert spoolq(spool_dir, "enqueue", "--id", "then", "--after", "later", "true").returncode == 0
+    lines = spoolq(spool_dir, "list").stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["ID", "later", "then"]
+    assert lines[1].endswith("true [due 2100-01-01T00:00:00Z]"), lines
+    assert lines[2].endswith("true [after later]"), lines
