@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .quick import Announcement, Unprintable
+from .quick import Announcement, Unprintable, join_words
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -128,13 +128,16 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
 
 class TakesWords(click.Command):
     """`enqueue [OPTIONS] -- PROGRAM ARG...`, as nq, tsp and pueue take a command: the words after
-    the first `--` are the command's own (its options too), kept in ctx.meta["words"] for
-    enqueue to quote; an option spoolq does not have (`enqueue grep -r x .`) says where they go."""
+    the first `--` (its options too) become JOB, each quoted for /bin/sh so that it reaches the
+    program as given (a file name with spaces, quotes or `$(...)` stays one argument); one word
+    is JOB itself, as without --. An option spoolq does not have (`enqueue grep -r x .`) says
+    where a command's own go."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if "--" in args:
             cut = args.index("--")
-            args, ctx.meta["words"] = args[:cut], args[cut + 1:]
+            if len(args) - cut > 2:
+                args = [*args[:cut + 1], join_words(args[cut + 1:])]
         given = list(args)  # click's parser consumes the list
         try:
             return super().parse_args(ctx, args)
@@ -147,9 +150,7 @@ class TakesWords(click.Command):
 def _words_hint(args: list[str]) -> str:
     """Where a command's own options go: after --, shown with the words given when they are the
     command (`enqueue grep -r x .`) and fit one line."""
-    import shlex
-
-    example = f"spoolq enqueue -- {shlex.join(args)}"
+    example = f"spoolq enqueue -- {join_words(args)}"
     if args[0].startswith("-") or len(example) > 100 or not example.isprintable():
         example = "spoolq enqueue [OPTIONS] -- PROGRAM ARG..."
     return f"a command's own options go after --: {example}"
@@ -178,7 +179,7 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
     spoolq enqueue --batch jobs.jsonl
     spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
-    job = _the_job(job, click.get_current_context().meta.get("words"), cmd)
+    job = _the_job(job, cmd)
     forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
                                       ("--batch", batch)) if value is not None]
     if len(forms) != 1:
@@ -217,19 +218,11 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
 
 
-def _the_job(job: tuple[str, ...], words: list[str] | None, cmd: str | None) -> tuple[str, ...]:
-    """JOB, or the words after --: several are a program and its arguments, quoted for /bin/sh
-    so that each reaches it as given (a file name with spaces, quotes or `$(...)` stays one
-    argument); one is JOB itself, as it would be without --. Several words before any -- are an
-    unquoted command, said so; a JOB or --cmd of '-' is stdin meant, said so."""
-    import shlex
-
+def _the_job(job: tuple[str, ...], cmd: str | None) -> tuple[str, ...]:
+    """JOB; several words are an unquoted command, said so; a JOB or --cmd of '-' is stdin
+    meant, said so."""
     if len(job) > 1:
         raise click.UsageError(_quote_it(job))
-    if words is not None and job:
-        raise click.UsageError(f"give JOB or the words after --, not both (JOB: {quoted(job[0], 60)})")
-    if words is not None:
-        job = (shlex.join(words),) if len(words) > 1 else tuple(words)
     for form, value in (("JOB", job[0] if job else None), ("--cmd", cmd)):
         if value == "-":  # no program is named "-": stdin was meant
             raise click.UsageError(f"{form} '-' is no command: to read stdin, --file - takes one JSON job and "
@@ -240,10 +233,8 @@ def _the_job(job: tuple[str, ...], words: list[str] | None, cmd: str | None) -> 
 def _quote_it(words: tuple[str, ...]) -> str:
     """The answer to `spoolq enqueue echo hello`, as nq, tsp and pueue take a command: the words
     given, quoted as one argument (a short example instead when they would not fit one line)."""
-    import shlex
-
-    words_example = shlex.join(words)
-    example = shlex.quote(words_example)
+    words_example = join_words(list(words))
+    example = join_words([words_example])
     if len(example) > 80 or not example.isprintable():
         words_example, example = "make -C /src all", "'make -C /src all'"
     return (f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into "
