@@ -16,7 +16,6 @@ from spoolq import Spool
 
 @pytest.mark.parametrize("words, example", [
     (["echo", "hello", "world"], "spoolq enqueue 'echo hello world'"),
-    (["--", "ls", "-la"], "spoolq enqueue 'ls -la'"),
     (["cp", "a b", "c"], "spoolq enqueue 'cp '\"'\"'a b'\"'\"' c'"),  # the words as they were given
 ])
 def test_an_unquoted_command_is_told_to_quote_it(spool_dir, words, example):

@@ -277,12 +277,25 @@ def print_views(views: Iterable[JobView], as_json: bool, empty: str = "no jobs")
 
 
 def _job_line(d: dict[str, Any], width: int) -> str:
-    text = d.get("command") or ""
-    if d["state"] == State.DEAD and d.get("last_error"):
-        text = f"{text}  [{d['last_error']}]" if text else f"[{d['last_error']}]"
+    text, note = d.get("command") or "", _job_note(d)
+    if note:  # the command is cut to leave the note room
+        text = f"{one_line(text, max(20, 88 - len(note)))}  [{note}]" if text else f"[{note}]"
     prio = d.get("priority")
     return (f"{shown_id(d):<{width}}  {d['state']:<10} {tries(d):>5} {'-' if prio is None else prio:>5}  "
             f"{one_line(text, 90)}")
+
+
+def _job_note(d: dict[str, Any]) -> str:
+    """What a line of `list` adds to a job's command: why it died; when a scheduled one is due
+    (after a failed attempt, why it failed); what a waiting one waits for."""
+    notes = []
+    if d.get("last_error") and (d["state"] == State.DEAD or d["state"] == State.SCHEDULED and d.get("attempts")):
+        notes.append(d["last_error"])
+    if d["state"] == State.SCHEDULED and d.get("run_at"):
+        notes.append(f"due {d['run_at'][:19]}Z")
+    if d["state"] == State.WAITING and d.get("after"):
+        notes.append(f"after {' '.join(d['after'])}")
+    return "; ".join(notes)
 
 
 def shown_id(d: dict[str, Any]) -> str:

@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .quick import Announcement, Unprintable
+from .quick import Announcement, Unprintable, join_words
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -101,8 +101,8 @@ FIELD_FLAGS = (
                            help="Always run the command with /bin/sh -c (else a plain one runs directly).")),
     ("queue", click.option("--queue", help="The queue the job belongs to (default: default).",
                            shell_complete=queue_names)),
-    ("after", click.option("--after", metavar="ID[,ID...]", help="Wait until these jobs are done (dead: this one dies too).",
-                           shell_complete=job_ids)),
+    ("after", click.option("--after", metavar="ID[,ID...]", multiple=True, shell_complete=job_ids,
+                           help="Wait until these jobs are done (dead: this one dies too); may be given again.")),
 )
 # Fields a caller sets only in a JSON job: `command` is JOB or --cmd; the others have no flag.
 JSON_ONLY = ("command", "cwd", "env", "keep_children")
@@ -117,17 +117,47 @@ def field_flags(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
     """The job fields the flags given set (run_at: epoch seconds when it is a number; after: a list)."""
-    flags = {field: values[field] for field, _option in FIELD_FLAGS if values[field] is not None}
+    flags = {field: values[field] for field, _option in FIELD_FLAGS if values[field] not in (None, ())}
     run_at = flags.get("run_at")
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         flags["run_at"] = float(run_at)  # epoch seconds; a flag is always a string
     if "after" in flags:
-        flags["after"] = [i.strip() for i in flags["after"].split(",")]
+        flags["after"] = [i.strip() for given in flags["after"] for i in given.split(",")]  # every --after
     return flags
 
 
-@main.command()
-@click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted command, said so below
+class TakesWords(click.Command):
+    """`enqueue [OPTIONS] -- PROGRAM ARG...`, as nq, tsp and pueue take a command: the words after
+    the first `--` (its options too) become JOB, each quoted for /bin/sh so that it reaches the
+    program as given (a file name with spaces, quotes or `$(...)` stays one argument); one word
+    is JOB itself, as without --. An option spoolq does not have (`enqueue grep -r x .`) says
+    where a command's own go."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            if len(args) - cut > 2:
+                args = [*args[:cut + 1], join_words(args[cut + 1:])]
+        given = list(args)  # click's parser consumes the list
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            if not e.possibilities:  # else click's "did you mean" says more
+                e.message = f"{e.message.rstrip('.')}; {_words_hint(given)}"
+            raise
+
+
+def _words_hint(args: list[str]) -> str:
+    """Where a command's own options go: after --, shown with the words given when they are the
+    command (`enqueue grep -r x .`) and fit one line."""
+    example = f"spoolq enqueue -- {join_words(args)}"
+    if args[0].startswith("-") or len(example) > 100 or not example.isprintable():
+        example = "spoolq enqueue [OPTIONS] -- PROGRAM ARG..."
+    return f"a command's own options go after --: {example}"
+
+
+@main.command(cls=TakesWords)
+@click.argument("job", nargs=-1, metavar="[JOB | -- PROGRAM ARG...]")  # more than one: an unquoted command
 @click.option("--cmd", help="The command to run (a /bin/sh -c string; see --shell).")
 @click.option("--file", "file_path", metavar="F", help="One JSON job object from a file ('-' = stdin).")
 @click.option("--batch", metavar="F", help="JSON lines, one job per line ('-' = stdin); all or nothing.")
@@ -138,20 +168,18 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
 @pass_ctx
 def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | None, batch: str | None,
             if_absent: bool, as_json: bool, **fields: Any) -> None:
-    """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself.
+    """Add jobs. JOB is a JSON object when it starts with '{' or '[', else the command itself;
+    after --, a program and its arguments, each word kept as given.
 
     \b
     spoolq enqueue 'echo hello'
+    spoolq enqueue -- wc -c "$file"
     spoolq enqueue '{"command": "make -C /src", "max_retries": 5}'
     spoolq enqueue --cmd 'backup.sh' --priority 10 --delay 60
     spoolq enqueue --batch jobs.jsonl
     spoolq enqueue --id nightly-2026-11-28 --if-absent 'backup.sh'   # from cron: once
     """
-    if len(job) > 1:
-        raise click.UsageError(_quote_it(job))
-    if job == ("-",):  # no program is named "-": stdin was meant
-        raise click.UsageError("JOB '-' is no command: to read stdin, --file - takes one JSON job and --batch - "
-                               "JSON lines")
+    job = _the_job(job, cmd)
     forms = [name for name, value in (("JOB", job[0] if job else None), ("--cmd", cmd), ("--file", file_path),
                                       ("--batch", batch)) if value is not None]
     if len(forms) != 1:
@@ -190,15 +218,27 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
 
 
+def _the_job(job: tuple[str, ...], cmd: str | None) -> tuple[str, ...]:
+    """JOB; several words are an unquoted command, said so; a JOB or --cmd of '-' is stdin
+    meant, said so."""
+    if len(job) > 1:
+        raise click.UsageError(_quote_it(job))
+    for form, value in (("JOB", job[0] if job else None), ("--cmd", cmd)):
+        if value == "-":  # no program is named "-": stdin was meant
+            raise click.UsageError(f"{form} '-' is no command: to read stdin, --file - takes one JSON job and "
+                                   "--batch - JSON lines")
+    return job
+
+
 def _quote_it(words: tuple[str, ...]) -> str:
     """The answer to `spoolq enqueue echo hello`, as nq, tsp and pueue take a command: the words
     given, quoted as one argument (a short example instead when they would not fit one line)."""
-    import shlex
-
-    example = shlex.quote(shlex.join(words))
+    words_example = join_words(list(words))
+    example = join_words([words_example])
     if len(example) > 80 or not example.isprintable():
-        example = "'make -C /src all'"
-    return f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into words)"
+        words_example, example = "make -C /src all", "'make -C /src all'"
+    return (f"JOB is one argument: quote it, as in spoolq enqueue {example} (unquoted, the shell splits it into "
+            f"words), or put them after --: spoolq enqueue -- {words_example}")
 
 
 def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | None) -> list[str]:
@@ -224,6 +264,10 @@ def _output_lines(spool: Spool, jobs: list, as_json: bool, existing: set[str] | 
     return lines
 
 
+# What a batch of plain command lines (`printf 'make a\nmake b\n' | spoolq enqueue --batch -`) needs.
+PLAIN_LINES = "each line is a JSON job object; make one of each plain command line with jq -Rc '{command: .}'"
+
+
 def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
                 batch: str | None) -> list[tuple[int, dict[str, Any]]]:
     """The job objects of whichever enqueue form was used, each with its input line number."""
@@ -234,7 +278,8 @@ def _read_specs(job: str | None, cmd: str | None, file_path: str | None,
                 try:
                     specs.append((n, parse_json_object(line, "line")))
                 except InvalidJob as e:
-                    raise CliError(f"line {n}: {e}; nothing was enqueued", 2) from None
+                    hint = "" if line.lstrip().startswith("{") else f" ({PLAIN_LINES})"
+                    raise CliError(f"line {n}: {e}; nothing was enqueued{hint}", 2) from None
         return specs
     if file_path is not None:
         return [(1, parse_json_object(_read_file(file_path), "file"))]

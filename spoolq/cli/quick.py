@@ -1,6 +1,6 @@
 """The one enqueue a shell loop or a cron line runs, done without loading click (which is most
-of such a call's time): `spoolq [--spool DIR] enqueue (--cmd CMD | CMD)` with any of --queue Q,
---id ID, --priority N, --max-retries N and --shell, each given once. This module only
+of such a call's time): `spoolq [--spool DIR] enqueue (--cmd CMD | CMD | -- PROGRAM ARG...)` with
+any of --queue Q, --id ID, --priority N, --max-retries N and --shell, each given once. This module only
 recognises those words: anything else (another command or option, --help, a JSON job, an
 option twice, a value that starts with '-') and any refusal before the job is published is
 handed to the click command, which parses the same words from the start and says what is
@@ -111,6 +111,15 @@ def plain_enqueue(args: list[str], environ: dict[str, str]) -> tuple[str, dict[s
     fields: dict[str, object] = {}
     words = iter(args[1:])
     for word in words:
+        if word == "--":  # the rest is the command's words (several), or JOB itself (one)
+            rest = list(words)
+            if "command" in fields or not rest or (len(rest) == 1 and rest[0].startswith("-")):
+                return None
+            word = join_words(rest) if len(rest) > 1 else rest[0]
+            if len(rest) == 1 and word.lstrip().startswith(("{", "[", "\ufeff")):
+                return None
+            fields["command"] = word
+            break
         field = VALUED.get(word)
         value = next(words, None) if field else word
         if word == "--shell":
@@ -129,6 +138,16 @@ def plain_enqueue(args: list[str], environ: dict[str, str]) -> tuple[str, dict[s
                 return None
             fields[field] = int(value)
     return (spool_dir, fields) if "command" in fields else None
+
+
+# The characters shlex.quote leaves a word bare with (its `[^\w@%+=:,./-]`, ASCII): shlex loads re.
+BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def join_words(words: list[str]) -> str:
+    """A program and its arguments as one /bin/sh command line in which each word stays as given
+    (`enqueue -- PROGRAM ARG...`): shlex.join's quoting, without loading re."""
+    return " ".join(w if w and BARE.issuperset(w) else "'" + w.replace("'", "'\"'\"'") + "'" for w in words)
 
 
 def enqueue(args: list[str]) -> int | None:

@@ -110,8 +110,10 @@ def _no_log(job_id: str, state: str, wrote: int | None) -> str:
 
 
 def _follow(spool: Spool, job_id: str) -> None:
-    """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1)."""
+    """Print the log as it grows, through retries, until the job is done (exit 0) or dead (1);
+    saying on stderr, as `wait` does, when nothing will run it."""
     offset = 0
+    stalled = Stalled(spool, ProgressBar(False))
     for _ in waits.looks(None):
         state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
         offset = _copy_output(spool.output_path(job_id), offset) or offset
@@ -119,6 +121,7 @@ def _follow(spool: Spool, job_id: str) -> None:
             raise CliError(f"dead: {job_id}", 1)
         if state == State.DONE:
             return
+        stalled.check(1, [job_id], state == State.PROCESSING)
 
 
 def _copy_output(path: str, offset: int) -> int | None:
@@ -145,13 +148,14 @@ def _copy_output(path: str, offset: int) -> int | None:
 @pass_ctx
 def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: bool | None) -> None:
     """Block until the jobs are done or dead (exit 1 if any is dead); with no ids, until nothing is
-    pending, scheduled, waiting or processing."""
+    pending, scheduled, waiting or processing (exit 1 if a job went dead meanwhile)."""
     check_ids(job_ids)
     spool = c.reading
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = ProgressBar(progress)
     stalled = Stalled(spool, bar)
     start = spool.counts()
+    dead_before = None if job_ids else _dead_ids(spool)
     try:
         for _ in waits.looks(deadline):
             if job_ids:
@@ -166,14 +170,22 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 left, running = None, n.processing > 0
             bar.update(finished, total, force=finished == total)
             if finished == total:
-                dead = [j for j, s in zip(job_ids, states) if s == State.DEAD] if job_ids else []
+                if job_ids:
+                    dead = [j for j, s in zip(job_ids, states) if s == State.DEAD]
+                else:  # every job that went dead while it waited (one dead before is not its failure)
+                    dead = sorted(_dead_ids(spool) - (dead_before or set()))
                 if dead:
-                    raise CliError(f"dead: {' '.join(dead)}", 1)
+                    raise CliError(f"dead: {' '.join(dead[:10])}{f' … ({len(dead)} jobs)' if len(dead) > 10 else ''}", 1)
                 return
             stalled.check(total - finished, left, running)
         raise WaitTimeout(_unfinished(spool, job_ids, timeout))
     finally:
         bar.close()
+
+
+def _dead_ids(spool: Spool) -> set[str]:
+    """The ids in dead/ now, from its listing (quarantined files too: a drop-in that can never run)."""
+    return {place.job_id for place in spool.views.places(State.DEAD)}
 
 
 class Stalled:

@@ -19,6 +19,13 @@ from ..moves.cancel import CANCELLED, KillRequest
 from ..moves.transitions import Claimed
 
 
+def spool_env(root: str) -> dict[str, str]:
+    """What tells a job or a hook its spool: SPOOLQ_SPOOL, and SPOOLQ_DIR, so that a spoolq
+    command it runs (a job that queues its next step) uses this spool, not a ./spool of its own
+    directory, whatever the worker was started with (a job's own `env` may still set it)."""
+    return {"SPOOLQ_SPOOL": root, "SPOOLQ_DIR": root}
+
+
 def run(spool: Spool, job: Job, host: str, owner: str, base_env: dict[str, str], group: GroupRecord,
         should_abort: Callable[[], str | None], slot: int = 0) -> runner.Outcome:
     """Run the job's running attempt in `slot`; its outcome (a log that cannot be made costs the
@@ -64,7 +71,7 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
     the lease guard's word on a failure; `give_up`: why to stop trying, see record(); `settle`:
     waits for what ran beside the job and must not run beside its recording). Its
     outcome, where it moved the job (None: lost or left), and when it ended."""
-    env = {**base_env, "SPOOLQ_HOST": host, "SPOOLQ_SPOOL": spool.root, "SPOOLQ_OWNER": claimed.owner}
+    env = {**base_env, **spool_env(spool.root), "SPOOLQ_HOST": host, "SPOOLQ_OWNER": claimed.owner}
     outcome = run(spool, claimed.job, host, claimed.owner, env, group,
                   lambda: CANCELLED if kill.asked() else abort(), slot)
     finished_at = time.time()

@@ -16,6 +16,7 @@ from ..format.states import State
 from ..system import fsio
 from ..store.attempts_log import FinishedAttempt
 from ..spool import Spool
+from .attempt import spool_env
 
 if TYPE_CHECKING:
     import subprocess
@@ -44,7 +45,7 @@ class Hooks:
         env = {**os.environ, "SPOOLQ_JOB_ID": fact.id, "SPOOLQ_STATE": state,
                "SPOOLQ_EXIT_CODE": "" if fact.exit_code is None else str(fact.exit_code),
                "SPOOLQ_ATTEMPT": str(fact.attempt), "SPOOLQ_LAST_ERROR": fact.error or "",
-               "SPOOLQ_QUEUE": fact.queue, "SPOOLQ_SPOOL": self.spool.root}
+               "SPOOLQ_QUEUE": fact.queue, **spool_env(self.spool.root)}
         thread = threading.Thread(target=self._run, args=(f"{setting} for job {fact.id}", command, env,
                                                           float(self.spool.config.hook_timeout)), daemon=True)
         thread.start()
