@@ -1,0 +1,76 @@
+"""An operator's day: a spool run as a service for a service user, watched and steered by root and
+by its owner, as someone who runs RQ, Sidekiq or Postfix for a living uses it; each test pins a
+step that failed, misled or said nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import urllib.request
+
+import pytest
+
+from conftest import SPOOLQ, wait_for
+from spoolq import Spool
+from spools import ROOT_ONLY, cli, tree
+
+SERVICE_USER = 65534  # nobody: the uid a packaged service runs as
+
+
+def give_to(root: str, uid: int) -> None:
+    """Every entry of a spool made by the test, handed to `uid`, as `install -o` and `sudo -u` make it."""
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        os.lchown(path, uid, uid)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- root looks at a service user's spool in the dashboard ---------------------------------------
+
+
+@ROOT_ONLY
+def test_root_serves_a_service_users_spool_read_only(tmp_path):
+    """`spoolq web --read-only` on the service user's spool, as root, refused "only its owner
+    changes it" (exit 1), where `status`, `list` and every other read-only command work: a
+    dashboard that changes nothing only reads. Served now, and the spool stays as it was."""
+    pytest.importorskip("flask", reason="the dashboard needs the web extra")
+    root = str(tmp_path / "jobs")
+    spool = Spool(root)
+    spool.enqueue({"id": "nightly-1", "command": "true"})
+    give_to(root, SERVICE_USER)
+    before = tree(root)
+    port = free_port()
+    proc = subprocess.Popen([*SPOOLQ, "--spool", root, "web", "--read-only", "--bind", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def overview() -> dict | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"spoolq web exited {proc.returncode}: {proc.stderr.read()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                return None
+        assert wait_for(overview, 20, "the dashboard to answer")["counts"]["pending"] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/job/nightly-1", timeout=5) as r:
+            assert json.loads(r.read())["state"] == "pending"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert tree(root) == before
+
+
+@ROOT_ONLY
+def test_a_dashboard_that_acts_points_root_to_read_only(tmp_path):
+    root = str(tmp_path / "jobs")
+    Spool(root)
+    give_to(root, SERVICE_USER)
+    r = cli(root, "web", "--bind", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"sudo -u nobody spoolq --spool {root}" in r.stderr and "web --read-only" in r.stderr, r.stderr
