@@ -74,3 +74,34 @@ def test_a_dashboard_that_acts_points_root_to_read_only(tmp_path):
     r = cli(root, "web", "--bind", f"127.0.0.1:{free_port()}")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert f"sudo -u nobody spoolq --spool {root}" in r.stderr and "web --read-only" in r.stderr, r.stderr
+
+
+# ---- pause and resume a queue ------------------------------------------------------------------
+
+
+def test_pausing_a_queue_nothing_named_warns_of_a_typo(spool, run):
+    """`pause --queue mial` said "paused: mial", exit 0, and the `mail` jobs went on running:
+    `worker start --queue` and `stats --queue` warn of such a name; pause does now (and still
+    pauses it: a queue may be paused before its first job)."""
+    spool.enqueue({"command": "true", "queue": "mail"})
+    r = run("pause", "--queue", "mial")
+    assert r.returncode == 0 and r.stdout == "paused: mial\n", r.stderr
+    assert r.stderr == "Warning: no job, limit, pause or schedule has named queue 'mial'; did you mean 'mail'?\n"
+    r = run("pause", "--queue", "mail")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+def test_resuming_a_queue_that_is_not_paused_says_so(spool, run):
+    """`resume --queue mial` with `mail` paused said "paused: mail", exit 0, and nothing else: the
+    operator, expecting the queue to run, had to spot that the line still named it."""
+    spool.enqueue({"command": "true", "queue": "mail"})
+    assert run("pause", "--queue", "mail").returncode == 0
+    r = run("resume", "--queue", "mial")
+    assert r.returncode == 0 and r.stdout == "paused: mail\n", r.stderr
+    assert r.stderr == "Warning: queue 'mial' was not paused; did you mean 'mail'?\n"
+    r = run("resume", "--queue", "reports")
+    assert r.stderr == "Warning: queue 'reports' was not paused (paused: mail)\n"
+    r = run("resume", "--queue", "mail")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "not paused\n", "")
+    assert run("pause").returncode == 0
+    assert run("resume", "--queue", "mail").stderr == ""  # held by the whole spool's pause: paused, said as it is
