@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.request
 
 import pytest
@@ -105,3 +107,48 @@ def test_resuming_a_queue_that_is_not_paused_says_so(spool, run):
     assert (r.returncode, r.stdout, r.stderr) == (0, "not paused\n", "")
     assert run("pause").returncode == 0
     assert run("resume", "--queue", "mail").stderr == ""  # held by the whole spool's pause: paused, said as it is
+
+
+# ---- sudo -u from root's home: a job that can never start -------------------------------------
+
+
+def locked_out(tmp_path) -> tuple[str, list[str]]:
+    """A directory this test's uid cannot enter (root's home, to the service user), and the words
+    that run a command as this uid without the capabilities that let root enter any directory."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to be a uid a directory is closed to")
+    closed = tmp_path / "home"
+    closed.mkdir(mode=0o700)
+    os.chown(closed, SERVICE_USER, SERVICE_USER)
+    return str(closed), ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.parametrize("form", [("--id", "j", "pwd"), ("--id", "j", "--json", "pwd"), ("--batch", "-")],
+                         ids=["plain", "click", "batch"])
+def test_a_job_enqueued_where_its_owner_cannot_go_is_said_at_once(spool_dir, tmp_path, form):
+    """`sudo -u spoolq spoolq enqueue CMD` typed in /root enqueued, exit 0, a job whose cwd is
+    /root: its worker (the same uid) failed every attempt with "cannot start: /bin/sh:
+    Permission denied", blaming the shell. The enqueue warns now (the job is still enqueued: a
+    worker on another host may reach that path), and the attempt names the directory."""
+    closed, uncapable = locked_out(tmp_path)
+    Spool(spool_dir)
+    r = subprocess.run([*uncapable, *SPOOLQ, "--spool", spool_dir, "enqueue", "--max-retries", "0", *form],
+                       cwd=closed, capture_output=True, text=True, timeout=60,
+                       input='{"id": "j", "command": "pwd", "max_retries": 0}\n')
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == (f"Warning: the job runs in {closed}, which uid 0 cannot enter: it cannot start there; "
+                        "enqueue from a directory it can (cd /), or give its \"cwd\"\n")
+    r = subprocess.run([*uncapable, *SPOOLQ, "--spool", spool_dir, "worker", "start", "--burst", "-q"], cwd="/",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    job = json.loads(cli(spool_dir, "show", "j", "--json").stdout)
+    assert (job["state"], job["last_error"]) == ("dead", f"cannot start: cwd {closed!r}: Permission denied")
+
+
+def test_a_job_enqueued_where_its_owner_can_go_says_nothing_more(spool_dir, tmp_path):
+    _, uncapable = locked_out(tmp_path)
+    Spool(spool_dir)
+    r = subprocess.run([*uncapable, *SPOOLQ, "--spool", spool_dir, "enqueue", "--id", "j", "pwd"], cwd="/",
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "j\n", "")
+

@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .quick import Announcement, Unprintable
+from .quick import Announcement, Unprintable, warn_of_closed_cwds
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -188,6 +188,7 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
             raise
         # A signal held while the jobs were published (SIGINT as SIGTERM and SIGHUP) arrives
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
+    warn_of_closed_cwds(job.cwd for job in jobs if existing is None or job.id not in existing)
 
 
 def _quote_it(words: tuple[str, ...]) -> str:
