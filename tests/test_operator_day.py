@@ -152,3 +152,36 @@ def test_a_job_enqueued_where_its_owner_can_go_says_nothing_more(spool_dir, tmp_
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "j\n", "")
 
+
+# ---- the metrics textfile ----------------------------------------------------------------------
+
+
+def test_a_textfile_its_workers_cannot_write_is_said_when_it_is_set(tmp_path):
+    """The docs' recipe (`mkdir -p /var/lib/node_exporter/textfile` as root, then `config set
+    metrics_textfile …` as the service user) said `metrics_textfile = "…"`, exit 0; the workers
+    then said "cannot write metrics_textfile: Permission denied" in their log, naming no path,
+    and node_exporter had nothing."""
+    closed, uncapable = locked_out(tmp_path)
+    os.chmod(closed, 0o755)  # root's directory, as mkdir made it: readable, not writable, by the service user
+    root = str(tmp_path / "jobs")
+    Spool(root)
+    r = subprocess.run([*uncapable, *SPOOLQ, "--spool", root, "config", "set", "metrics_textfile", f"{closed}/spoolq.prom"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, f'metrics_textfile = "{closed}/spoolq.prom"\n'), r.stderr
+    assert r.stderr == (f"Warning: metrics_textfile: uid 0 cannot write into {closed}: the workers cannot write the "
+                        "textfile until they can (under systemd, the unit's ReadWritePaths= must name the directory too)\n")
+
+
+def test_a_textfile_in_no_directory_is_said_and_a_good_one_is_not(spool, run, tmp_path):
+    r = run("config", "set", "metrics_textfile", f"{tmp_path}/missing/spoolq.prom")
+    assert r.returncode == 0 and r.stderr.startswith(f"Warning: metrics_textfile: {tmp_path}/missing is not a directory: ")
+    r = run("config", "set", "metrics_textfile", f"{tmp_path}/spoolq.prom")
+    assert (r.returncode, r.stderr) == (0, "")
+
+
+def test_a_worker_that_cannot_write_the_textfile_names_it(spool_dir, run, tmp_path, workers):
+    path = f"{tmp_path}/missing/spoolq.prom"
+    assert run("config", "set", "metrics_textfile", path).returncode == 0
+    w = workers(1)
+    w.wait_for(lambda: "cannot write metrics_textfile" in w.output, 15, "the worker to say it cannot write it")
+    assert f"cannot write metrics_textfile {path}: No such file or directory" in w.output

@@ -86,6 +86,19 @@ def config_set(c: Context, key: str, value: str) -> None:
     parsed = parse_value(key, value)
     c.create().set_config(key, parsed)
     click.echo(f"{key} = {json.dumps(parsed)}")
+    if key == "metrics_textfile" and parsed:
+        _warn_if_unwritable(parsed)
+
+
+def _warn_if_unwritable(path: str) -> None:
+    """The workers write the textfile as the spool's owner, the uid that sets it: one it cannot
+    write was only said in the workers' log, every 15 s, without the path."""
+    from ..running.metrics import textfile_unwritable
+
+    why = textfile_unwritable(path)
+    if why:
+        click.echo(f"Warning: metrics_textfile: {why}: the workers cannot write the textfile until they can "
+                   "(under systemd, the unit's ReadWritePaths= must name the directory too)", err=True)
 
 
 @main.command()
