@@ -185,3 +185,21 @@ def test_a_worker_that_cannot_write_the_textfile_names_it(spool_dir, run, tmp_pa
     w = workers(1)
     w.wait_for(lambda: "cannot write metrics_textfile" in w.output, 15, "the worker to say it cannot write it")
     assert f"cannot write metrics_textfile {path}: No such file or directory" in w.output
+
+
+# ---- the dead-letter queue from a script ---------------------------------------------------------
+
+
+def test_dlq_retry_says_what_it_retried_in_json(spool, run):
+    """Every listing and per-id command has --json (requeue, cancel, purge say per id what they
+    did); `dlq retry --json`, which a script runs after `dlq list --json`, was "No such option"
+    (exit 2)."""
+    for job_id in ("a", "b"):
+        spool.enqueue({"id": job_id, "command": "true"})
+    assert run("cancel", "a", "b").returncode == 0  # dead, "cancelled": what dlq retry runs again
+    r = run("dlq", "retry", "b", "--json")
+    assert (r.returncode, json.loads(r.stdout)) == (0, [{"id": "b", "ok": True, "error": None}]), r.stderr
+    r = run("dlq", "retry", "--all", "--json")
+    assert (r.returncode, json.loads(r.stdout)) == (0, [{"id": "a", "ok": True, "error": None}]), r.stderr
+    assert json.loads(run("dlq", "retry", "--all", "--json").stdout) == []
+    assert spool.find("a").state == spool.find("b").state == "pending"

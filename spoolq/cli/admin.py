@@ -40,13 +40,19 @@ def dlq_list(c: Context, as_json: bool) -> None:
 @dlq.command("retry")
 @click.argument("job_ids", metavar="ID...", nargs=-1, shell_complete=job_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
+@json_option
 @pass_ctx
-def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool) -> None:
+def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Make dead jobs pending again, with their attempts reset."""
     if bool(job_ids) == all_:
         raise click.UsageError("give job ids or --all (not both)")
     check_ids(job_ids)
     done = c.spool.retry_dead(None if all_ else list(job_ids))
+    if as_json:  # as requeue --json says it: a job that moved meanwhile (another retry) is not retried
+        retried = set(done)
+        report_each({job_id: None if job_id in retried else f"job {job_id} moved meanwhile"
+                     for job_id in (done if all_ else dict.fromkeys(job_ids))}, "pending again", as_json)
+        return
     for job_id in done:
         click.echo(job_id)
     if all_ and not done:
