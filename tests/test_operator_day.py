@@ -16,7 +16,7 @@ import pytest
 
 from conftest import SPOOLQ, wait_for
 from spoolq import Spool
-from spools import ROOT_ONLY, cli, tree
+from spools import ROOT_ONLY, cli, dead_owner, tree
 
 SERVICE_USER = 65534  # nobody: the uid a packaged service runs as
 
@@ -203,3 +203,22 @@ def test_dlq_retry_says_what_it_retried_in_json(spool, run):
     assert (r.returncode, json.loads(r.stdout)) == (0, [{"id": "a", "ok": True, "error": None}]), r.stderr
     assert json.loads(run("dlq", "retry", "--all", "--json").stdout) == []
     assert spool.find("a").state == spool.find("b").state == "pending"
+
+
+# ---- fsck of a service user's spool, as root -----------------------------------------------------
+
+
+@ROOT_ONLY
+def test_root_checking_a_service_users_spool_is_told_who_repairs_it(tmp_path):
+    """root's `fsck` of the service user's spool ended "run with --repair to fix what is safe";
+    root's `fsck --repair` is refused (only the owner repairs it). The advice names the command
+    that works."""
+    root = str(tmp_path / "jobs")
+    Spool(root)
+    dead_owner(root)  # a worker killed with -9: its directory in processing/ is recovery's to take back
+    give_to(root, SERVICE_USER)
+    r = cli(root, "fsck")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines()[-1] == (f"1 problem found; run sudo -u nobody spoolq --spool {root} fsck --repair "
+                                         "to fix what is safe"), r.stdout
+    assert cli(root, "fsck", "--repair").returncode == 1  # still the owner's alone

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids
 from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
+
+if TYPE_CHECKING:
+    from ..spool import Spool
 
 
 @main.group()
@@ -136,13 +140,16 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
                       if left else ""))
 
 
-def _what_repair_does(problems: list) -> str:
-    """The summary's advice: --repair only where it would fix something."""
+def _what_repair_does(problems: list, spool: Spool) -> str:
+    """The summary's advice: --repair only where it would fix something, and by whom (root
+    checking a service user's spool is refused --repair: it is the owner's to run)."""
     repairable = sum(1 for p in problems if p.repairable)
     if not repairable:
         return ("; --repair leaves it alone: it is" if len(problems) == 1 else "; --repair leaves them alone: each is") \
             + " its writer's or yours to fix"
-    return "; run with --repair to fix what is safe" + ("" if repairable == len(problems) else f" ({repairable} of them)")
+    run = (f"run {spool.store.owners_command('fsck --repair')}" if spool.store.another_owner() is not None
+           else "run with --repair")
+    return f"; {run} to fix what is safe" + ("" if repairable == len(problems) else f" ({repairable} of them)")
 
 
 @main.command()
@@ -177,7 +184,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
             click.echo(f"{spool.root}: clean")
         else:
             click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-                       + (f", {fixed} repaired" if repair else _what_repair_does(problems))
+                       + (f", {fixed} repaired" if repair else _what_repair_does(problems, spool))
                        + ("; the spool is clean now" if fixed == len(problems) else ""))
     if fixed < len(problems):
         sys.exit(1)
