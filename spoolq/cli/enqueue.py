@@ -188,7 +188,6 @@ def enqueue(c: Context, job: tuple[str, ...], cmd: str | None, file_path: str | 
             raise
         # A signal held while the jobs were published (SIGINT as SIGTERM and SIGHUP) arrives
         # here: they are enqueued, and their ids printed, so this enqueue succeeded.
-    warn_of_closed_cwds(job.cwd for job in jobs if existing is None or job.id not in existing)
 
 
 def _quote_it(words: tuple[str, ...]) -> str:
@@ -272,9 +271,10 @@ def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dic
 def _publish(spool: Spool, jobs: list, announce: Callable[[], None], existing: set[str] | None) -> None:
     if len(jobs) < 2000 or not sys.stderr.isatty():
         spool.enqueue_many(jobs, announce=announce, skip_existing=existing)
-        return
-    with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
-        spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+    else:
+        with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
+            spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+    warn_of_closed_cwds(job.cwd for job in jobs if existing is None or job.id not in existing)
 
 
 def _refuse_without_ids(specs: list[tuple[int, dict[str, Any]]], flags: dict[str, Any], where: Any) -> None:
