@@ -222,3 +222,23 @@ def test_root_checking_a_service_users_spool_is_told_who_repairs_it(tmp_path):
     assert r.stdout.splitlines()[-1] == (f"1 problem found; run sudo -u nobody spoolq --spool {root} fsck --repair "
                                          "to fix what is safe"), r.stdout
     assert cli(root, "fsck", "--repair").returncode == 1  # still the owner's alone
+
+
+# ---- one queue's jobs --------------------------------------------------------------------------
+
+
+def test_list_and_dlq_list_show_one_queue(spool, run):
+    """`rq info mail` or Sidekiq's queue page: the jobs of one queue. `list` and `dlq list` had no
+    --queue ("No such option", exit 2): an operator whose mail jobs died beside a thousand others
+    had to read every dead job, or filter JSON with jq."""
+    for job_id, queue in (("m1", "mail"), ("r1", "reports"), ("m2", "mail")):
+        spool.enqueue({"id": job_id, "command": "true", "queue": queue})
+    assert run("cancel", "m2", "r1").returncode == 0  # dead
+    r = run("list", "--queue", "mail", "--json")
+    assert (r.returncode, [j["id"] for j in json.loads(r.stdout)]) == (0, ["m1", "m2"]), r.stderr
+    assert [j["id"] for j in json.loads(run("list", "--queue", "mail", "--limit", "1", "--json").stdout)] == ["m1"]
+    assert [j["id"] for j in json.loads(run("dlq", "list", "--queue", "mail", "--json").stdout)] == ["m2"]
+    r = run("dlq", "list", "--queue", "mial")
+    assert (r.returncode, r.stdout) == (0, "no dead jobs of queue mial\n"), r.stderr
+    assert r.stderr == "Warning: no job, limit, pause or schedule has named queue 'mial'; did you mean 'mail'?\n"
+    assert run("list", "--queue", "a b").returncode == 2

@@ -11,8 +11,8 @@ import click
 
 from ..format.states import State
 from ..store.config import check_key, parse_value
-from .complete import job_ids
-from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
+from .complete import job_ids, queue_names
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, of_queue, one_queue_name, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
 
 if TYPE_CHECKING:
     from ..spool import Spool
@@ -24,13 +24,15 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@click.option("--queue", help="Only dead jobs of this queue.", callback=one_queue_name,
+              shell_complete=queue_names)
 @json_option
 @pass_ctx
-def dlq_list(c: Context, as_json: bool) -> None:
+def dlq_list(c: Context, queue: str | None, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = c.reading.list_jobs(state=State.DEAD)
+    views = of_queue(c, c.reading.list_jobs(state=State.DEAD), queue)
     if as_json or not views:
-        print_views(views, as_json)
+        print_views(views, as_json, f"no dead jobs of queue {queue}" if queue else "no jobs")
         return
     rows = [v.to_dict() for v in views]
     width = id_width(rows)

@@ -377,3 +377,21 @@ def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'")
             raise click.BadParameter(f"invalid queue {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
                                      "not starting with '.'", param_hint=param_hint)
     return frozenset(names) if names else None
+
+
+def one_queue_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --queue that names one queue, checked before anything is read (exit 2)."""
+    if value is None:
+        return None
+    if "," in value:
+        raise click.BadParameter("name one queue", ctx, param)
+    return next(iter(queue_set([value], f"'{param.opts[0]}'") or [value]))
+
+
+def of_queue(c: Context, views: list[JobView], queue: str | None, limit: int | None = None) -> list[JobView]:
+    """`list --queue Q`, `dlq list --queue Q`: the jobs of queue Q (a quarantined file is of none),
+    at most `limit`; a name nothing has named is warned about, as `worker start --queue` does."""
+    if queue is not None:
+        warn_about_queues(c.reading, [queue])
+        views = [v for v in views if v.job is not None and v.job.queue == queue]
+    return views if limit is None else views[:limit]
