@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..format.states import State
 from ..store.config import check_key, parse_value
-from .complete import job_ids
+from .complete import job_ids, queue_names
 from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
+from .queue_names import of_queue, one_queue_name
+
+if TYPE_CHECKING:
+    from ..spool import Spool
 
 
 @main.group()
@@ -20,13 +25,15 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@click.option("--queue", help="Only dead jobs of this queue.", callback=one_queue_name,
+              shell_complete=queue_names)
 @json_option
 @pass_ctx
-def dlq_list(c: Context, as_json: bool) -> None:
+def dlq_list(c: Context, queue: str | None, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = c.reading.list_jobs(state=State.DEAD)
+    views = of_queue(c, c.reading.list_jobs(state=State.DEAD), queue)
     if as_json or not views:
-        print_views(views, as_json)
+        print_views(views, as_json, f"no dead jobs of queue {queue}" if queue else "no jobs")
         return
     rows = [v.to_dict() for v in views]
     width = id_width(rows)
@@ -40,13 +47,19 @@ def dlq_list(c: Context, as_json: bool) -> None:
 @dlq.command("retry")
 @click.argument("job_ids", metavar="ID...", nargs=-1, shell_complete=job_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
+@json_option
 @pass_ctx
-def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool) -> None:
+def dlq_retry(c: Context, job_ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
     """Make dead jobs pending again, with their attempts reset."""
     if bool(job_ids) == all_:
         raise click.UsageError("give job ids or --all (not both)")
     check_ids(job_ids)
     done = c.spool.retry_dead(None if all_ else list(job_ids))
+    if as_json:  # as requeue --json says it: a job that moved meanwhile (another retry) is not retried
+        retried = set(done)
+        report_each({job_id: None if job_id in retried else f"job {job_id} moved meanwhile"
+                     for job_id in (done if all_ else dict.fromkeys(job_ids))}, "pending again", as_json)
+        return
     for job_id in done:
         click.echo(job_id)
     if all_ and not done:
@@ -86,6 +99,19 @@ def config_set(c: Context, key: str, value: str) -> None:
     parsed = parse_value(key, value)
     c.create().set_config(key, parsed)
     click.echo(f"{key} = {json.dumps(parsed)}")
+    if key == "metrics_textfile" and parsed:
+        _warn_if_unwritable(parsed)
+
+
+def _warn_if_unwritable(path: str) -> None:
+    """The workers write the textfile as the spool's owner, the uid that sets it: one it cannot
+    write was only said in the workers' log, every 15 s, without the path."""
+    from ..running.metrics import textfile_unwritable
+
+    why = textfile_unwritable(path)
+    if why:
+        click.echo(f"Warning: metrics_textfile: {why}: the workers cannot write the textfile until they can "
+                   "(under systemd, the unit's ReadWritePaths= must name the directory too)", err=True)
 
 
 @main.command()
@@ -117,13 +143,16 @@ def purge(c: Context, job_ids: tuple[str, ...], state: str | None, older_than: f
                       if left else ""))
 
 
-def _what_repair_does(problems: list) -> str:
-    """The summary's advice: --repair only where it would fix something."""
+def _what_repair_does(problems: list, spool: Spool) -> str:
+    """The summary's advice: --repair only where it would fix something, and by whom (root
+    checking a service user's spool is refused --repair: it is the owner's to run)."""
     repairable = sum(1 for p in problems if p.repairable)
     if not repairable:
         return ("; --repair leaves it alone: it is" if len(problems) == 1 else "; --repair leaves them alone: each is") \
             + " its writer's or yours to fix"
-    return "; run with --repair to fix what is safe" + ("" if repairable == len(problems) else f" ({repairable} of them)")
+    run = (f"run {spool.store.owners_command('fsck --repair')}" if spool.store.another_owner() is not None
+           else "run with --repair")
+    return f"; {run} to fix what is safe" + ("" if repairable == len(problems) else f" ({repairable} of them)")
 
 
 @main.command()
@@ -158,7 +187,7 @@ def fsck(c: Context, repair: bool, stale_after: float, as_json: bool) -> None:
             click.echo(f"{spool.root}: clean")
         else:
             click.echo(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} found"
-                       + (f", {fixed} repaired" if repair else _what_repair_does(problems))
+                       + (f", {fixed} repaired" if repair else _what_repair_does(problems, spool))
                        + ("; the spool is clean now" if fixed == len(problems) else ""))
     if fixed < len(problems):
         sys.exit(1)

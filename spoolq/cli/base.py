@@ -19,7 +19,7 @@ import click
 from ..format.states import State
 from ..format import durations
 from ..format.errors import JobExists, NoSpool, SpoolError, quoted
-from ..format.job import valid_id, valid_queue
+from ..format.job import valid_id
 from ..spool import Spool
 from .quick import Terminated, write_utf_8  # noqa: F401  (the commands import Terminated from here)
 
@@ -317,21 +317,6 @@ def warn_about_config(config: Any) -> None:
         click.echo(f"Warning: {problem}", err=True)
 
 
-def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
-    """A warning line on stderr for each queue name nothing in the spool has named: most likely a
-    typo, which would otherwise run or count nothing, silently."""
-    from difflib import get_close_matches
-
-    from ..running.known_queues import known, unknown
-
-    missing = unknown(spool, names)
-    every = known(spool) if missing else []
-    for name in missing:
-        close = get_close_matches(name, every, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(every[:10])})"
-        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{hint}", err=True)
-
-
 def check_ids(job_ids: Iterable[str]) -> None:
     """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
     for job_id in job_ids:
@@ -353,20 +338,6 @@ def one_line(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def paused_value(names: frozenset[str]) -> Any:
-    """As `status --json` says it: false, true (everything), or the paused queues."""
-    if not names:
-        return False
-    return True if "*" in names else sorted(names)
-
-
-def paused_text(names: frozenset[str]) -> str:
-    value = paused_value(names)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return ", ".join(value)
-
-
 def report_each(why: dict[str, str | None], did: str, as_json: bool) -> None:
     """Per id, what a command did (None) or why not; exit 1 if it did not do them all. Text: a
     line on stdout for each done, an error line on stderr for each not."""
@@ -380,13 +351,3 @@ def report_each(why: dict[str, str | None], did: str, as_json: bool) -> None:
                 click.echo(f"Error: {reason}", err=True)
     if any(reason is not None for reason in why.values()):
         sys.exit(1)
-
-
-def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'") -> frozenset[str] | None:
-    """--queue A,B --queue C: the queues named (None when none is), each checked (exit 2)."""
-    names = [name.strip() for value in given for name in value.split(",")]
-    for name in names:
-        if not valid_queue(name):
-            raise click.BadParameter(f"invalid queue {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
-                                     "not starting with '.'", param_hint=param_hint)
-    return frozenset(names) if names else None

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
 import click
 
 from ..format.errors import quoted
 from .base import CliError, Context, Terminated, main, pass_ctx
+
+if TYPE_CHECKING:
+    from ..spool import Spool
 
 TOKEN_VARIABLE = "SPOOLQ_WEB_TOKEN"
 
@@ -31,6 +35,18 @@ def check_token(token: str | None) -> None:
                                  param_hint="'--token'")
 
 
+def _dashboard_spool(c: Context, read_only: bool) -> Spool:
+    """A read-only dashboard only reads: root or anyone the file system lets read another user's
+    spool serves it as `status` reads it; one that acts is its owner's to serve."""
+    if read_only:
+        return c.reading
+    store = c.handle().store
+    if store.another_owner() is not None and store.is_spool():
+        raise CliError(f"{store.root} is another user's spool: only its owner serves its actions; run "
+                       f"{store.owners_command()}, or web --read-only to look at it")
+    return c.spool
+
+
 @main.command()
 @click.option("--bind", default="127.0.0.1:8765", show_default=True, metavar="HOST:PORT",
               help="Where to listen.")
@@ -49,7 +65,7 @@ def web(c: Context, bind: str, read_only: bool, token: str | None) -> None:
     except ImportError as e:
         raise CliError(f"the dashboard needs the web extra ({e.name} is missing): install spoolq as "
                        "'.[web]' from its checkout (pipx install '.[web]')") from None
-    spool = c.spool
+    spool = _dashboard_spool(c, read_only)
     try:
         server, bound = dashboard.make(spool, host, port, read_only=read_only, token=token or None)
     except OSError as e:  # in use, not an address of this host, a name that does not resolve

@@ -18,7 +18,7 @@ from ..format.errors import InvalidJob, JobExists, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
-from .quick import Announcement, Unprintable, join_words
+from .quick import Announcement, Unprintable, join_words, warn_of_closed_cwds
 from .base import CliError, Context, Duration, Int, Terminated, json_option, main, pass_ctx
 
 
@@ -316,9 +316,10 @@ def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dic
 def _publish(spool: Spool, jobs: list, announce: Callable[[], None], existing: set[str] | None) -> None:
     if len(jobs) < 2000 or not sys.stderr.isatty():
         spool.enqueue_many(jobs, announce=announce, skip_existing=existing)
-        return
-    with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
-        spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+    else:
+        with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
+            spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+    warn_of_closed_cwds(job.cwd for job in jobs if existing is None or job.id not in existing)
 
 
 def _refuse_without_ids(specs: list[tuple[int, dict[str, Any]]], flags: dict[str, Any], where: Any) -> None:

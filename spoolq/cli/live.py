@@ -11,7 +11,8 @@ import click
 from ..format.states import State
 from ..format.job import iso
 from ..spool import Spool
-from .base import one_line, paused_text
+from .base import one_line
+from .queue_names import paused_text
 
 CLEAR = "\x1b[H\x1b[2J"
 RATE_WINDOW = 300.0  # seconds of the attempts log behind status --watch's rates

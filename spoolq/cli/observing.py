@@ -7,7 +7,8 @@ import click
 from ..format.states import State
 from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
-from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx, queue_set, warn_about_queues
+from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx
+from .queue_names import queue_set, warn_about_queues
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 

@@ -14,7 +14,7 @@ import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable
+    from typing import Callable, Iterable
 
 # The options this path knows, each taking a value, and the job field each sets.
 VALUED = {"--cmd": "command", "--queue": "queue", "--id": "id", "--priority": "priority",
@@ -88,6 +88,15 @@ def write_utf_8(text: str) -> None:
     sys.stdout.flush()  # anything written as text before goes first
     binary.write(text.encode("utf-8"))
     binary.flush()
+
+
+def warn_of_closed_cwds(cwds: "Iterable[str | None]") -> None:
+    """A line on stderr for each directory jobs will run in that this user cannot enter: its worker,
+    of the same uid, could not start them (`sudo -u spoolq spoolq enqueue` run from /root)."""
+    for cwd in sorted({cwd for cwd in cwds if cwd}):
+        if not os.access(cwd, os.X_OK):
+            sys.stderr.write(f"Warning: the job runs in {cwd}, which uid {os.geteuid()} cannot enter: it cannot "
+                             "start there; enqueue from a directory it can (cd /), or give its \"cwd\"\n")
 
 
 class Unprintable(Exception):
@@ -167,6 +176,7 @@ def enqueue(args: list[str]) -> int | None:
         job = spool.make_job({"cwd": os.getcwd(), **fields})
         spool.init()  # as the click command does: a missing directory of the layout is made
         spool.enqueue_many([job], announce=announce)
+        warn_of_closed_cwds([job.cwd])
     except (KeyboardInterrupt, Terminated):
         if announce.done:
             return 0  # a signal held while the job was published: it is enqueued, its id printed

@@ -15,8 +15,9 @@ from ..reading import waits
 from ..format.errors import WaitTimeout
 from ..spool import Spool
 from .live import ProgressBar, watch_status
-from .complete import job_ids
-from .base import paused_text, paused_value, CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown
+from .complete import job_ids, queue_names
+from .base import CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown
+from .queue_names import of_queue, one_queue_name, paused_text, paused_value
 
 
 @main.command()
@@ -46,13 +47,16 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 
 @main.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--queue", help="Only jobs of this queue.", callback=one_queue_name,
+              shell_complete=queue_names)
 @click.option("--limit", type=Int(0), help="At most this many jobs.")
 @json_option
 @pass_ctx
-def list_jobs(c: Context, state: str | None, limit: int | None, as_json: bool) -> None:
+def list_jobs(c: Context, state: str | None, queue: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
     empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {state} jobs" if state else "no jobs"
-    print_views(c.reading.list_jobs(state=state, limit=limit), as_json, empty)
+    views = c.reading.list_jobs(state=state, limit=None if queue else limit)
+    print_views(of_queue(c, views, queue, limit), as_json, empty + (f" of queue {queue}" if queue and limit != 0 else ""))
 
 
 SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)

@@ -10,7 +10,8 @@ import click
 from ..format.job import iso
 from ..format.states import State
 from .complete import job_ids, queue_names
-from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, paused_value, queue_set, report_each
+from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each
+from .queue_names import paused_value, queue_set, warn_about_queues
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -29,7 +30,10 @@ def _say(names: frozenset[str], as_json: bool) -> None:
 def pause(c: Context, queue: str | None, as_json: bool) -> None:
     """Workers everywhere stop claiming jobs (of one queue, or all), within about one
     poll_interval on other hosts. Running jobs finish; enqueue and drop-ins are still accepted."""
-    _say(c.spool.pause(_one_queue(queue)), as_json)
+    name = _one_queue(queue)
+    if name is not None:  # a typo would hold nothing and leave the meant queue running, silently
+        warn_about_queues(c.spool, [name])
+    _say(c.spool.pause(name), as_json)
 
 
 @main.command()
@@ -39,7 +43,21 @@ def pause(c: Context, queue: str | None, as_json: bool) -> None:
 @pass_ctx
 def resume(c: Context, queue: str | None, as_json: bool) -> None:
     """Workers claim jobs again (of one queue, or of every queue paused)."""
-    _say(c.spool.resume(_one_queue(queue)), as_json)
+    name = _one_queue(queue)
+    if name is not None:
+        _warn_unless_paused(name, c.spool.paused())
+    _say(c.spool.resume(name), as_json)
+
+
+def _warn_unless_paused(name: str, paused: frozenset[str]) -> None:
+    """A resume of a queue that was not paused (a typo: the one meant stays paused) says so."""
+    if name in paused or "*" in paused:
+        return
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, sorted(paused), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (paused: {', '.join(sorted(paused)) or 'nothing'})"
+    click.echo(f"Warning: queue {name!r} was not paused{hint}", err=True)
 
 
 def _one_queue(queue: str | None) -> str | None:

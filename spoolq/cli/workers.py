@@ -12,7 +12,8 @@ from ..format.job import iso
 from ..format.layout import MAX_SLOTS
 from ..system.liveness import alive, started_at
 from . import complete
-from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx, queue_set, warn_about_queues
+from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx
+from .queue_names import queue_set, warn_about_queues
 
 
 @main.group()

@@ -134,6 +134,17 @@ def exposition(spool: Spool, totals: Totals, now: float | None = None) -> str:
     return out.text()
 
 
+def textfile_unwritable(path: str) -> str | None:
+    """Why this user could not write the textfile at `path` (a temp file beside it, then a
+    rename), or None: its directory is missing, or closed to this uid."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return f"{directory} is not a directory"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"uid {os.geteuid()} cannot write into {directory}"
+    return None
+
+
 def write_textfile(path: str, text: str, mode: int = 0o644) -> None:
     """Replace `path` at once (a temp file beside it, then rename), as node_exporter's textfile
     collector asks: it never reads half a file. The temp name does not end in .prom; no fsync:
@@ -165,7 +176,7 @@ class Textfile:
         from ..spool import Spool
 
         spool = Spool(self.root, create=False)  # its own: the worker's thread has its own caches
-        failing = ""
+        failing, path = "", ""
         while True:
             try:
                 interval = spool.config.metrics_interval
@@ -176,7 +187,7 @@ class Textfile:
             except Exception as e:  # metrics must never stop the work they measure
                 why = f"{getattr(e, 'strerror', None) or e}"
                 if why != failing:
-                    self.log(f"cannot write metrics_textfile: {why}")
+                    self.log(f"cannot write metrics_textfile {path}: {why}")
                 failing, interval = why, 15.0
             if self._stop.wait(interval):
                 return

@@ -99,12 +99,12 @@ class Access:
             return False
         return bool(st.st_mode & 0o020) and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
 
-    def owners_command(self) -> str:
+    def owners_command(self, command: str = "…") -> str:
         """How an admin runs a command that changes another user's spool: as its owner."""
         import shlex  # for a refusal's message alone: one enqueue loads no shlex (nor its `re`)
 
         owner = self.uid if self.reading else self.another_owner()
-        return f"sudo -u {_user_name(owner)} spoolq --spool {shlex.quote(self.root)} …"
+        return f"sudo -u {_user_name(owner)} spoolq --spool {shlex.quote(self.root)} {command}"
 
     def refuse_if_reading(self, what: str) -> None:
         """Nothing is written by a reader: the spool is another user's (open_for_reading)."""

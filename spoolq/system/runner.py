@@ -51,7 +51,7 @@ def run(command: str, *, cwd: str | None, env: dict[str, str], timeout: float | 
         pid = spawn(command, cwd=cwd, env=env, out_fd=write_end, shell=shell)
     except OSError as e:
         os.close(read_end)
-        what = f"cwd {cwd!r}" if cwd and not os.path.isdir(cwd) else SHELL
+        what = f"cwd {cwd!r}" if cwd and (e.filename == cwd or not os.path.isdir(cwd)) else SHELL  # chdir's, or exec's
         return Outcome(False, None, f"cannot start: {what}: {e.strerror}", time.monotonic() - started)
     finally:
         os.close(write_end)

@@ -1,0 +1,72 @@
+"""The CLI's words for queues: `--queue` options read and checked, a name nothing has named
+warned about (a typo), and how a pause is said."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import click
+
+from ..format.job import valid_queue
+from ..spool import Spool
+
+if TYPE_CHECKING:
+    from ..reading.views import JobView
+    from .base import Context
+
+
+def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
+    """A warning line on stderr for each queue name nothing in the spool has named: most likely a
+    typo, which would otherwise run or count nothing, silently."""
+    from difflib import get_close_matches
+
+    from ..running.known_queues import known, unknown
+
+    missing = unknown(spool, names)
+    every = known(spool) if missing else []
+    for name in missing:
+        close = get_close_matches(name, every, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(every[:10])})"
+        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{hint}", err=True)
+
+
+def paused_value(names: frozenset[str]) -> Any:
+    """As `status --json` says it: false, true (everything), or the paused queues."""
+    if not names:
+        return False
+    return True if "*" in names else sorted(names)
+
+
+def paused_text(names: frozenset[str]) -> str:
+    value = paused_value(names)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return ", ".join(value)
+
+
+def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'") -> frozenset[str] | None:
+    """--queue A,B --queue C: the queues named (None when none is), each checked (exit 2)."""
+    names = [name.strip() for value in given for name in value.split(",")]
+    for name in names:
+        if not valid_queue(name):
+            raise click.BadParameter(f"invalid queue {name[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ -, "
+                                     "not starting with '.'", param_hint=param_hint)
+    return frozenset(names) if names else None
+
+
+def one_queue_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A --queue that names one queue, checked before anything is read (exit 2)."""
+    if value is None:
+        return None
+    if "," in value:
+        raise click.BadParameter("name one queue", ctx, param)
+    return next(iter(queue_set([value], f"'{param.opts[0]}'") or [value]))
+
+
+def of_queue(c: Context, views: list[JobView], queue: str | None, limit: int | None = None) -> list[JobView]:
+    """`list --queue Q`, `dlq list --queue Q`: the jobs of queue Q (a quarantined file is of none),
+    at most `limit`; a name nothing has named is warned about, as `worker start --queue` does."""
+    if queue is not None:
+        warn_about_queues(c.reading, [queue])
+        views = [v for v in views if v.job is not None and v.job.queue == queue]
+    return views if limit is None else views[:limit]
