@@ -60,6 +60,22 @@ def test_dashboard_log_does_not_follow_a_symlink_planted_in_output(spool, tmp_pa
     assert "private key" not in r.get_data(as_text=True)
 
 
+# 4b. The same by a hard link (where fs.protected_hardlinks is 0, anyone may link a file they
+#     cannot read): root's dashboard of a service user's spool served root's file.
+def test_a_log_that_is_a_hard_link_is_not_served_nor_printed(spool, tmp_path, run):
+    secret = tmp_path / "secret"
+    secret.write_text("the dashboard user's private key\n")
+    spool.enqueue({"command": "true", "id": "j"})
+    path = spool.output_path("j")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.link(secret, path)
+    assert "private key" not in client(spool).get("/job/j/log").get_data(as_text=True)
+    assert "private key" not in client(spool).get("/api/job/j").get_data(as_text=True)
+    shown = run("logs", "j")
+    assert "private key" not in shown.stdout + shown.stderr
+    assert "private key" not in run("show", "j", "--json").stdout
+
+
 # 5. A fifo planted as output/<id>.log hangs the job page (and its log) for ever: open() blocks.
 @pytest.mark.review("observing 5")
 def test_job_page_does_not_hang_on_a_fifo_in_output(spool):

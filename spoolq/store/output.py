@@ -201,14 +201,17 @@ class LastAttempt(NamedTuple):
 
 
 def open_log(path: str) -> BinaryIO | None:
-    """A job's log for reading, or None: not there, or not a regular file (a symlink is never
-    followed, a fifo never waited on: whatever is at a log's path, another program's or from a
-    spool made before output/ was its owner's alone)."""
+    """A job's log for reading, or None: not there, or not a regular file of one link (a symlink
+    is never followed, a fifo never waited on, a hard link never read: whatever is at a log's
+    path, another program's or from a spool made before output/ was its owner's alone; where
+    fs.protected_hardlinks is 0, anyone may link there a file only the reader may read, and a
+    dashboard root serves would show it to whoever reaches it). A log spoolq made has one link."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory with an error
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # before fdopen, which refuses a directory with an error
         os.close(fd)
         return None
     return os.fdopen(fd, "rb")
