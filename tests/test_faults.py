@@ -500,7 +500,7 @@ def test_fsck_repair_fixes_what_is_safe_and_says_what_it_did(broken_spool, run):
     assert {place: p["repaired"] for place, p in found.items()} == expected
     assert report["repaired"] == sum(expected.values())
     dead_owner = next(p for (kind, _), p in found.items() if kind == "dead-owner")
-    assert dead_owner["repair"] == "recovered: job stuck is now pending"
+    assert dead_owner["repair"] == "recovered: job stuck is now scheduled"  # waiting out its backoff, as show says
     assert found[("bad-job-file", "livebad.json")]["repair"] == "left alone: a live worker holds it"
 
     # Only what a live worker holds is left; everything else is consistent now.
@@ -539,7 +539,7 @@ def test_fsck_text_output_says_what_was_repaired(broken_spool, run):
     lines = r.stdout.splitlines()
     assert sum(1 for line in lines if line.startswith("    repaired: ")) == sum(expected.values())
     assert sum(1 for line in lines if line.startswith("    not repaired: ")) == len(expected) - sum(expected.values())
-    assert "    repaired: recovered: job stuck is now pending" in lines, r.stdout
+    assert "    repaired: recovered: job stuck is now scheduled" in lines, r.stdout
 
 
 def empty_marker(path: str) -> None:

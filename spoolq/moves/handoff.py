@@ -40,6 +40,14 @@ class Moved(NamedTuple):
     woken: tuple[Woken, ...] = ()
     unwoken: str | None = None
 
+    def seen_as(self, now: float) -> str:
+        """Its state as `show` and `status` say it at `now`: back in pending/ but due later (a
+        retry's backoff) is scheduled."""
+        if self.state != State.PENDING:
+            return self.state
+        parsed = layout.parse_pending(self.name.rsplit("/", 1)[-1])
+        return State.SCHEDULED if parsed is not None and parsed.due_ms > now * 1000 else State.PENDING
+
 
 class Handoff:
     def __init__(self, store: Store):

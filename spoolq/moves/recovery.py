@@ -271,9 +271,10 @@ class Recovery:
         why = CANCELLED if cancelled else reason
         # The attempt's log had no closing line: a killed worker writes none. RACE: on another
         # host, the lost attempt's processes may still be writing; their last words then follow it.
+        state = moved.seen_as(now)
         output.mark(self.layout.output(job.id), f"attempt {attempt} ended without a result: {why}; the job is "
-                    f"{moved.state} now")
-        return [Recovered(owner, job.id, moved.state, why)]
+                    f"{state} now")
+        return [Recovered(owner, job.id, state, why)]
 
     def _return_dropin(self, path: str, original: str) -> None:
         """A drop-in its adopter died holding goes back to pending/ to be adopted again."""

@@ -34,12 +34,6 @@ from .lifecycle import (EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, CannotSta
 MAX_WAIT = 30.0
 
 
-def _due_later(pending_entry: str) -> bool:
-    """Is the job at this pending name scheduled (waiting out a backoff), not ready now?"""
-    parsed = layout.parse_pending(pending_entry.rsplit("/", 1)[-1])
-    return parsed is not None and parsed.due_ms > time.time() * 1000
-
-
 class Worker:
     def __init__(self, spool: Spool, *, burst: bool = False, log: Callable[[str], None] = stderr_log,
                  supervisor: int | None = None, since: StartedAt | None = None, allow_unsafe_fs: bool = False,
@@ -333,7 +327,7 @@ class Worker:
         if moved is None:
             self.heartbeat.lost = True
             return
-        self.hooks.after(fact, State.SCHEDULED if moved.state == State.PENDING and _due_later(moved.name) else moved.state)
+        self.hooks.after(fact, moved.seen_as(time.time()))
         if moved.state == State.PENDING:
             self.rescans.remember(moved.name)
             if self.burst:
