@@ -196,3 +196,34 @@ def test_a_for_loops_double_dash_enqueue_takes_the_plain_path(tmp_path):
 @given(st.lists(st.text(), min_size=2, max_size=6))
 def test_words_are_quoted_as_shlex_quotes_them(words):
     assert join_words(words) == shlex.join(words)
+
+
+def test_list_takes_several_states_in_the_listings_own_order(spool_dir):
+    """`list --state scheduled --state dead` listed the dead jobs alone: click kept only the last
+    --state, as it did --after's."""
+    spool = Spool(spool_dir)
+    spool.enqueue({"command": "exit 3", "max_retries": 0, "id": "failed"})
+    assert _burst(spool_dir).returncode == 0
+    spool.enqueue({"command": "true", "id": "later", "delay": 3600})
+    spool.enqueue({"command": "true", "id": "now"})
+    listed = json.loads(spoolq(spool_dir, "list", "--state", "dead", "--state", "scheduled", "--json").stdout)
+    assert [(d["id"], d["state"]) for d in listed] == [("later", "scheduled"), ("failed", "dead")]
+    one = json.loads(spoolq(spool_dir, "list", "--state", "dead", "--state", "scheduled", "--limit", "1", "--json").stdout)
+    assert [d["id"] for d in one] == ["later"]
+    none = spoolq(spool_dir, "list", "--state", "processing", "--state", "waiting")
+    assert none.returncode == 0 and "no waiting or processing jobs" in none.stdout + none.stderr
+
+
+@pytest.mark.parametrize("command", [["cancel", "j", "j"], ["wait", "--timeout", "5", "j", "j"]])
+def test_an_id_given_twice_counts_once(spool_dir, command):
+    """A script's list of ids with a repeat: `cancel X X` cancelled X and then exited 1 saying it
+    was already dead; `wait X X` named it twice."""
+    spool = Spool(spool_dir)
+    spool.enqueue({"command": "true", "id": "j", "delay": 3600})
+    if command[0] == "wait":
+        spool.cancel(["j"])
+    r = spoolq(spool_dir, *command)
+    if command[0] == "cancel":
+        assert r.returncode == 0 and r.stdout.count("j: cancelled") == 1, r.stdout + r.stderr
+    else:
+        assert r.returncode == 1 and "dead: j\n" in r.stderr, r.stderr

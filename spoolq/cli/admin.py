@@ -12,7 +12,7 @@ import click
 from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids, queue_names
-from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config
+from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config, distinct
 from .queue_names import of_queue, one_queue_name
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def dlq_list(c: Context, queue: str | None, as_json: bool) -> None:
 
 
 @dlq.command("retry")
-@click.argument("job_ids", metavar="ID...", nargs=-1, shell_complete=job_ids)
+@click.argument("job_ids", metavar="ID...", nargs=-1, callback=distinct, shell_complete=job_ids)
 @click.option("--all", "all_", is_flag=True, help="Retry every dead job.")
 @json_option
 @pass_ctx
@@ -115,7 +115,7 @@ def _warn_if_unwritable(path: str) -> None:
 
 
 @main.command()
-@click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, callback=distinct, shell_complete=job_ids)
 @click.option("--state", type=click.Choice((State.DONE.value, State.DEAD.value, State.PENDING.value)),
               help="Jobs of this state (default: done); pending: every job not started, scheduled too.")
 @click.option("--older-than", type=Duration(), help="Only jobs finished this long ago (90, 10m, 2h, 7d).")

@@ -317,6 +317,12 @@ def warn_about_config(config: Any) -> None:
         click.echo(f"Warning: {problem}", err=True)
 
 
+def distinct(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """ID... given twice (`cancel X X`, a script's list with repeats) counts once, in the order
+    first given: a second cancel of X said it was already dead, and exited 1."""
+    return tuple(dict.fromkeys(values))
+
+
 def check_ids(job_ids: Iterable[str]) -> None:
     """Refuse a malformed id (exit 2) before the spool is opened: bad input writes nothing."""
     for job_id in job_ids:

@@ -16,7 +16,7 @@ from ..format.errors import WaitTimeout
 from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids, queue_names
-from .base import CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown
+from .base import CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown, distinct
 from .queue_names import of_queue, one_queue_name, paused_text, paused_value
 
 
@@ -46,16 +46,17 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 
 
 @main.command("list")
-@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--state", type=click.Choice(STATES), multiple=True, help="Only jobs in this state (repeat it for several).")
 @click.option("--queue", help="Only jobs of this queue.", callback=one_queue_name,
               shell_complete=queue_names)
 @click.option("--limit", type=Int(0), help="At most this many jobs.")
 @json_option
 @pass_ctx
-def list_jobs(c: Context, state: str | None, queue: str | None, limit: int | None, as_json: bool) -> None:
+def list_jobs(c: Context, state: tuple[str, ...], queue: str | None, limit: int | None, as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
-    empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {state} jobs" if state else "no jobs"
-    views = c.reading.list_jobs(state=state, limit=None if queue else limit)
+    states = [s for s in STATES if s in state]  # in the listing's own order, whatever the options' order
+    empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {' or '.join(states)} jobs" if states else "no jobs"
+    views = [v for s in states or [None] for v in c.reading.list_jobs(state=s, limit=None if queue else limit)]
     print_views(of_queue(c, views, queue, limit), as_json, empty + (f" of queue {queue}" if queue and limit != 0 else ""))
 
 
@@ -145,7 +146,7 @@ def _copy_output(path: str, offset: int) -> int | None:
 
 
 @main.command()
-@click.argument("job_ids", metavar="[ID]...", nargs=-1, shell_complete=job_ids)
+@click.argument("job_ids", metavar="[ID]...", nargs=-1, callback=distinct, shell_complete=job_ids)
 @click.option("--timeout", type=Duration(), help="Give up after this long (90, 10m, 2h; exit 124).")
 @click.option("--progress/--no-progress", default=None,
               help="A progress bar on stderr (default: when stderr is a terminal; never on a pipe).")

@@ -10,7 +10,7 @@ import click
 from ..format.job import iso
 from ..format.states import State
 from .complete import job_ids, queue_names
-from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each
+from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each, distinct
 from .queue_names import paused_value, queue_set, warn_about_queues
 
 
@@ -81,7 +81,7 @@ _SAID = {
 
 
 @main.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=job_ids)
+@click.argument("job_ids", metavar="ID...", nargs=-1, callback=distinct, required=True, shell_complete=job_ids)
 @click.option("--kill", is_flag=True, help="Also kill running jobs: their worker, on any host, kills the job.")
 @json_option
 @pass_ctx
@@ -106,7 +106,7 @@ def cancel(c: Context, job_ids: tuple[str, ...], kill: bool, as_json: bool) -> N
 
 
 @main.command()
-@click.argument("job_ids", metavar="ID...", nargs=-1, required=True, shell_complete=job_ids)
+@click.argument("job_ids", metavar="ID...", nargs=-1, callback=distinct, required=True, shell_complete=job_ids)
 @json_option
 @pass_ctx
 def requeue(c: Context, job_ids: tuple[str, ...], as_json: bool) -> None:
