@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from conftest import SPOOLQ, wait_for
+from conftest import SPOOLQ, spoolq, wait_for
 from spoolq import Spool
 from spools import ROOT_ONLY, cli, dead_owner, tree
 
@@ -242,3 +242,11 @@ def test_list_and_dlq_list_show_one_queue(spool, run):
     assert (r.returncode, r.stdout) == (0, "no dead jobs of queue mial\n"), r.stderr
     assert r.stderr == "Warning: no job, limit, pause or schedule has named queue 'mial'; did you mean 'mail'?\n"
     assert run("list", "--queue", "a b").returncode == 2
+
+
+@pytest.mark.parametrize("key, meaning", [("keep_done", "0 = kept for good"), ("job_timeout", "0 = no limit")])
+def test_a_duration_that_is_no_duration_is_told_what_0_means(spool_dir, key, meaning):
+    """`config set keep_done forever` was refused with the duration syntax alone: what says
+    "for good" here (0) was left for the reader to find."""
+    r = spoolq(spool_dir, "config", "set", key, "forever")
+    assert r.returncode == 2 and meaning in r.stderr and "90s" in r.stderr, r.stderr

@@ -164,7 +164,7 @@ def parse_value(key: str, text: str) -> Any:
     except (ValueError, OverflowError):
         from ..format.durations import SYNTAX
 
-        what = f"a duration: {SYNTAX}" if spec.parse is _seconds else spec.help
+        what = f"a duration: {SYNTAX}; {spec.help}" if spec.parse is _seconds else spec.help  # with its 0
         raise ConfigError(f"{key}: {quoted(text)} is not a valid value ({what})") from None
     if not spec.check(value):
         raise ConfigError(f"{key}: {quoted(text)} is out of range ({spec.help})")
