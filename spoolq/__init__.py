@@ -16,6 +16,16 @@ __all__ = ["Spool", "Job", "State", "STATES", "SpoolError", "InvalidJob", "Confi
            "NotRetryable", "LostOwnership", "WaitTimeout", "__version__"]
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what a type checker is told each name is (it sees no further than __getattr__'s `object`)
+    from .format.errors import (ConfigError as ConfigError, InvalidJob as InvalidJob, JobExists as JobExists,
+                                JobNotFound as JobNotFound, LostOwnership as LostOwnership,
+                                NotRetryable as NotRetryable, SpoolError as SpoolError, WaitTimeout as WaitTimeout)
+    from .format.job import Job as Job
+    from .format.states import STATES as STATES, State as State
+    from .spool import Spool as Spool
+
+
 def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
