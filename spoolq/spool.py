@@ -13,7 +13,9 @@ from .store.store import Store
 
 TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable
+    from typing import Any, Callable, Iterable, TypeVar
+
+    Method = TypeVar("Method", bound=Callable[..., Any])
 
     from .store.maildir import Stray
     from .moves.cancel import Result as CancelResult
@@ -30,6 +32,28 @@ if TYPE_CHECKING:
     from .moves.transitions import Transitions
     from .reading.counts import Counts
     from .reading.views import JobView, Views
+
+
+def _io_errors(what: str) -> Callable[[Method], Method]:
+    """A public method whose OSError (a full disk, a read-only or vanished file system) reaches
+    its caller as the SpoolError it catches by type (store.io_error: DiskFull, StorageError),
+    never as a bare OSError: a program catches one family, as the CLI prints one line."""
+
+    def wrap(method: Method) -> Method:
+        def wrapped(self: Spool, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as e:
+                from .store.store import io_error
+
+                raise io_error(f"cannot {what}", e, nothing_written=False) from None
+
+        for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(wrapped, name, getattr(method, name))
+        wrapped.__wrapped__ = method  # type: ignore[attr-defined]  # help() and inspect show the method's own signature
+        return wrapped  # type: ignore[return-value]
+
+    return wrap
 
 
 class Spool:
@@ -112,6 +136,7 @@ class Spool:
         """Create the layout; idempotent."""
         self.store.init()
 
+    @_io_errors("change the settings")
     def set_config(self, key: str, value: Any) -> Config:
         return self.store.set_config(key, value)
 
@@ -125,6 +150,7 @@ class Spool:
         """Publish one job durably: when this returns, the job survives a power cut."""
         return self.enqueue_many([spec], now=now)[0]
 
+    @_io_errors("enqueue")
     def enqueue_many(self, specs: Iterable[dict[str, Any] | Job], *, now: float | None = None,
                      progress: Callable[[int], Any] | None = None,
                      announce: Callable[[], Any] | None = None,
@@ -150,30 +176,36 @@ class Spool:
         if cycle:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
 
+    @_io_errors("retry")
     def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
         return self.finished.retry_dead(job_ids)
 
+    @_io_errors("purge")
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
         """Delete finished jobs (done or dead), or jobs not started (pending: scheduled ones too),
         and their output; frees their ids."""
         return self.finished.purge(state, older_than=older_than)
 
+    @_io_errors("purge")
     def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
         """Delete these finished or not started jobs and their output; per id, None once purged,
         else why not."""
         return self.finished.purge_ids(job_ids)
 
+    @_io_errors("requeue")
     def requeue(self, job_ids: list[str]) -> dict[str, str | None]:
         """Make done or dead jobs pending again, attempts reset, at the back of their priority;
         per id, None once requeued, else why not."""
         return self.finished.requeue(job_ids)
 
+    @_io_errors("pause")
     def pause(self, queue: str | None = None) -> frozenset[str]:
         """Workers everywhere stop claiming (from `queue`, or from all); running jobs finish.
         Returns what is paused now."""
         return self.pauses.pause(queue)
 
+    @_io_errors("resume")
     def resume(self, queue: str | None = None) -> frozenset[str]:
         return self.pauses.resume(queue)
 
@@ -181,6 +213,7 @@ class Spool:
         """The paused queues: {"*"} for all of them, empty when nothing is paused."""
         return self.pauses.paused()
 
+    @_io_errors("cancel")
     def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
         """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
         killed by their workers, waited for up to `wait` seconds."""
@@ -189,6 +222,7 @@ class Spool:
         canceller = Canceller(self.store, self.owners, self.views, self.transitions.takes, self.deps)
         return canceller.cancel(job_ids, kill=kill, wait=wait)
 
+    @_io_errors("ask the workers to stop")
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
         """Ask every worker of this spool, on every host, started before `at` (default: now), to
         stop after its current job (with `kill_jobs`, at once: the running attempts are killed
@@ -212,9 +246,11 @@ class Spool:
 
     # ---- reading -------------------------------------------------------------------------
 
+    @_io_errors("read the spool")
     def find(self, job_id: str) -> JobView:
         return self.views.find(job_id)
 
+    @_io_errors("read the spool")
     def wait(self, job_ids: Iterable[str], *, timeout: float | None = None) -> list[JobView]:
         """Block until every one of the jobs is done or dead; their views, in the order given
         (`.state`, and `.job`: `exit_code`, `last_error`, `attempts`; the output: output_path).
@@ -237,18 +273,22 @@ class Spool:
         raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
                           f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}")
 
+    @_io_errors("read the spool")
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobView]:
         return self.views.jobs(state, limit)
 
+    @_io_errors("read the spool")
     def counts(self) -> Counts:
         return self.views.counts()
 
+    @_io_errors("read the spool")
     def strays(self) -> list[Stray]:
         """The files in pending/ or the Maildir that no worker will ever take (maildir.py)."""
         from .store import maildir
 
         return maildir.strays(self.layout, self.store.now())
 
+    @_io_errors("read the spool")
     def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
         """What the spool did in the last `window` seconds (stats.py), from the attempts log."""
         from .reading import stats
@@ -258,6 +298,7 @@ class Spool:
         facts = attempts_log.read(self.layout.dir("events"), until - window, until)
         return stats.collect(facts, self.views.ready_since(until), since=until - window, until=until, queue=queue)
 
+    @_io_errors("read the spool")
     def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
         return self.owners.workers(role=role, live=live)
 

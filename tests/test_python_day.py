@@ -47,3 +47,45 @@ def test_a_type_checker_sees_every_public_name_as_what_it_is():
         if isinstance(node, ast.ClassDef) and node.name == "State":  # the same members as the made one
             members = [stmt.targets[0].id.lower() for stmt in node.body if isinstance(stmt, ast.Assign)]
             assert members == [state.value for state in spoolq.State]
+
+
+# ---- errors caught by type --------------------------------------------------------------------
+
+def test_every_error_the_api_raises_can_be_caught_by_a_name_from_spoolq():
+    """NoSpool, UntrustedFile, UnsafeFileSystem and LockBusy were raised to programs but could
+    only be caught as SpoolError, or imported from the inner module spoolq.format.errors."""
+    from spoolq.format import errors
+
+    family = {name for name, value in vars(errors).items()
+              if isinstance(value, type) and issubclass(value, errors.SpoolError)}
+    assert family <= set(spoolq.__all__)
+    for name in family:
+        assert getattr(spoolq, name) is getattr(errors, name)
+
+
+def test_a_full_or_read_only_disk_is_a_spool_error_of_its_own_type(small_fs):
+    """On a full disk enqueue raised SpoolError, but set_config, pause and cancel a bare OSError
+    that `except spoolq.SpoolError` let through; a read-only file system the same."""
+    import errno
+    import subprocess
+
+    from conftest import fill
+
+    spool = Spool(os.path.join(small_fs, "spool"))
+    job = spool.enqueue({"command": "echo before"})
+    filler = fill(small_fs)
+    for call in (lambda: spool.enqueue({"command": "echo " + "x" * 20000}),
+                 lambda: spool.set_config("max_retries", 5), spool.pause,
+                 lambda: spool.cancel([job.id])):
+        with pytest.raises(spoolq.DiskFull, match="the file system is full") as raised:
+            call()
+        assert isinstance(raised.value, spoolq.StorageError) and raised.value.errno == errno.ENOSPC
+    os.unlink(filler)
+    subprocess.run(["mount", "-o", "remount,ro", small_fs], check=True, capture_output=True)
+    try:
+        with pytest.raises(spoolq.StorageError, match="Read-only file system") as raised:
+            spool.pause()
+        assert raised.value.errno == errno.EROFS and not isinstance(raised.value, spoolq.DiskFull)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", small_fs], capture_output=True)
+    assert spool.find(job.id).state == "pending"

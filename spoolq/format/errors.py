@@ -64,6 +64,19 @@ class UnsafeFileSystem(SpoolError):
     to start there unless told otherwise)."""
 
 
+class StorageError(SpoolError):
+    """The spool's file system refused a read or a change (read-only, gone, not permitted, an
+    I/O error); `errno` says which, as OSError's does."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class DiskFull(StorageError):
+    """No room left on the spool's file system (ENOSPC, or the user's quota: EDQUOT)."""
+
+
 class LockBusy(SpoolError):
     """A spool lock was still held by another when the wait for it ran out."""
 
