@@ -177,9 +177,9 @@ class Spool:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
 
     @_io_errors("retry")
-    def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
+    def retry_dead(self, job_ids: Iterable[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
-        return self.finished.retry_dead(job_ids)
+        return self.finished.retry_dead(None if job_ids is None else _ids(job_ids))
 
     @_io_errors("purge")
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
@@ -188,16 +188,16 @@ class Spool:
         return self.finished.purge(state, older_than=older_than)
 
     @_io_errors("purge")
-    def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
+    def purge_ids(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """Delete these finished or not started jobs and their output; per id, None once purged,
         else why not."""
-        return self.finished.purge_ids(job_ids)
+        return self.finished.purge_ids(_ids(job_ids))
 
     @_io_errors("requeue")
-    def requeue(self, job_ids: list[str]) -> dict[str, str | None]:
+    def requeue(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """Make done or dead jobs pending again, attempts reset, at the back of their priority;
         per id, None once requeued, else why not."""
-        return self.finished.requeue(job_ids)
+        return self.finished.requeue(_ids(job_ids))
 
     @_io_errors("pause")
     def pause(self, queue: str | None = None) -> frozenset[str]:
@@ -214,13 +214,13 @@ class Spool:
         return self.pauses.paused()
 
     @_io_errors("cancel")
-    def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
+    def cancel(self, job_ids: Iterable[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
         """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
         killed by their workers, waited for up to `wait` seconds."""
         from .moves.cancel import Canceller
 
         canceller = Canceller(self.store, self.owners, self.views, self.transitions.takes, self.deps)
-        return canceller.cancel(job_ids, kill=kill, wait=wait)
+        return canceller.cancel(_ids(job_ids), kill=kill, wait=wait)
 
     @_io_errors("ask the workers to stop")
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
@@ -262,7 +262,7 @@ class Spool:
         from .format.states import FINISHED
         from .reading import waits
 
-        ids = list(job_ids)
+        ids = _ids(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         views: list[JobView] = []
         for _ in waits.looks(deadline):
@@ -308,6 +308,12 @@ class Spool:
     def worker_log(self) -> str:
         """Where detached workers of this host write their log."""
         return self.layout.worker_log(host_name())
+
+
+def _ids(job_ids: Iterable[str]) -> list[str]:
+    """The ids a method was given; one id alone, as a str, is that id (a str is an iterable of
+    ids too, of one letter each: cancel("a1") cancelled jobs 'a' and '1')."""
+    return [job_ids] if isinstance(job_ids, str) else list(job_ids)
 
 
 def _a_cycle(after: dict[str, list[str]]) -> list[str] | None:

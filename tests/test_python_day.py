@@ -89,3 +89,35 @@ def test_a_full_or_read_only_disk_is_a_spool_error_of_its_own_type(small_fs):
     finally:
         subprocess.run(["mount", "-o", "remount,rw", small_fs], capture_output=True)
     assert spool.find(job.id).state == "pending"
+
+
+# ---- what a program gets wrong ----------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["echo hi", ["echo", "hi"], None, 5])
+def test_a_spec_that_is_not_a_dict_is_an_invalid_job(spool, spec):
+    """enqueue("echo hi"), the RQ habit of passing the work itself, raised AttributeError: 'str'
+    object has no attribute 'get'."""
+    with pytest.raises(spoolq.InvalidJob, match="a job is a dict of its fields") as raised:
+        spool.enqueue(spec)
+    if spec == "echo hi":
+        assert "{'command': 'echo hi'}" in str(raised.value)
+    with pytest.raises(spoolq.InvalidJob):
+        spool.enqueue_many([{"command": "true"}, spec])
+    assert spool.list_jobs() == []  # all or none
+
+
+def test_one_id_given_alone_is_that_id_not_its_letters(spool):
+    """A str is an iterable of ids of one letter each: cancel("a1") cancelled jobs 'a' and '1'
+    (and said nothing of a1), wait("a1") waited for a job 'a'."""
+    for job_id in ("a1", "a", "1"):
+        spool.enqueue({"command": "true", "id": job_id})
+    [result] = spool.cancel("a1")
+    assert result.job_id == "a1" and result.ok
+    assert [spool.find(j).state for j in ("a1", "a", "1")] == ["dead", "pending", "pending"]
+    assert [view.id for view in spool.wait("a1", timeout=5)] == ["a1"]
+    assert spool.requeue("a1") == {"a1": None}
+    spool.cancel(["a1"])
+    assert spool.retry_dead("a1") == ["a1"]
+    spool.cancel(["a1"])
+    assert spool.purge_ids("a1") == {"a1": None}
+    assert [spool.find(j).state for j in ("a", "1")] == ["pending", "pending"]
