@@ -157,9 +157,15 @@ class Spool:
                      skip_existing: set[str] | None = None) -> list[Job]:
         """Validate every spec, then publish them all or none (see Publisher.publish); with
         `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
+        from .format.errors import StorageError
+
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
         self.check_after(jobs)
-        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        try:
+            return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        except StorageError:
+            self.store.refuse_if_no_spool()  # Spool(path, create=False) of a wrong path: said so
+            raise
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
@@ -248,7 +254,15 @@ class Spool:
 
     @_io_errors("read the spool")
     def find(self, job_id: str) -> JobView:
-        return self.views.find(job_id)
+        """The job's view: `.state`, `.job` (its fields; None for a quarantined file), `.to_dict()`.
+        JobNotFound if no job has the id; NoSpool if there is no spool (Spool(path, create=False))."""
+        from .format.errors import JobNotFound
+
+        try:
+            return self.views.find(job_id)
+        except JobNotFound:
+            self.store.refuse_if_no_spool()
+            raise
 
     @_io_errors("read the spool")
     def wait(self, job_ids: Iterable[str], *, timeout: float | None = None) -> list[JobView]:
@@ -275,10 +289,20 @@ class Spool:
 
     @_io_errors("read the spool")
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobView]:
-        return self.views.jobs(state, limit)
+        """Views of the jobs in `state` (one of STATES; None: all), in `spoolq list`'s order."""
+        from .format.errors import InvalidJob, quoted
+        from .format.states import STATES
+
+        if state is not None and state not in STATES:
+            raise InvalidJob(f"no state {quoted(state)}: a state is one of {', '.join(STATES)}")
+        views = self.views.jobs(state, limit)
+        if not views:
+            self.store.refuse_if_no_spool()
+        return views
 
     @_io_errors("read the spool")
     def counts(self) -> Counts:
+        self.store.refuse_if_no_spool()
         return self.views.counts()
 
     @_io_errors("read the spool")

@@ -121,3 +121,26 @@ def test_one_id_given_alone_is_that_id_not_its_letters(spool):
     spool.cancel(["a1"])
     assert spool.purge_ids("a1") == {"a1": None}
     assert [spool.find(j).state for j in ("a", "1")] == ["pending", "pending"]
+
+
+def test_a_state_that_does_not_exist_is_refused_not_an_empty_list(spool):
+    """list_jobs("failed") (RQ's word) returned [], as if no job had failed."""
+    spool.enqueue({"command": "true"})
+    with pytest.raises(spoolq.InvalidJob, match="no state 'failed': a state is one of pending, scheduled"):
+        spool.list_jobs("failed")
+    assert len(spool.list_jobs(spoolq.State.PENDING)) == len(spool.list_jobs("pending")) == 1
+
+
+def test_a_spool_opened_without_creating_it_that_is_not_there_is_no_spool(tmp_path):
+    """Spool(path, create=False) of a mistyped path answered find() with "no job 'x'", list_jobs()
+    and counts() with nothing at all, and enqueue() with an error about a temp file in it."""
+    spool = Spool(str(tmp_path / "typo"), create=False)
+    for call in (lambda: spool.find("x"), spool.list_jobs, spool.counts,
+                 lambda: spool.enqueue({"command": "true"}), lambda: spool.wait(["x"], timeout=1)):
+        with pytest.raises(spoolq.NoSpool, match=f"no spool at {tmp_path / 'typo'}$"):
+            call()
+    assert not os.path.exists(tmp_path / "typo")
+    Spool(str(tmp_path / "typo"))  # made, as `spoolq init` makes it
+    with pytest.raises(spoolq.JobNotFound):
+        spool.find("x")
+    assert spool.list_jobs() == [] and spool.counts().to_dict()["pending"] == 0
