@@ -327,7 +327,21 @@ class Spool:
         return self.owners.workers(role=role, live=live)
 
     def output_path(self, job_id: str) -> str:
+        """Where the job's output log is: a file that may not exist (see `output`)."""
         return self.layout.output(job_id)
+
+    @_io_errors("read the spool")
+    def output(self, job_id: str) -> bytes | None:
+        """The job's captured stdout and stderr, every attempt marked, as `spoolq logs` prints
+        them; None while it has no log (not started, or done at once without a word). JobNotFound
+        for an id no job has. A symlink or fifo at the log's path is never read."""
+        from .store import output
+
+        log = output.open_log(self.output_path(self.find(job_id).id))
+        if log is None:
+            return None
+        with log:
+            return log.read()
 
     def worker_log(self) -> str:
         """Where detached workers of this host write their log."""

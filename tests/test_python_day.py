@@ -144,3 +144,27 @@ def test_a_spool_opened_without_creating_it_that_is_not_there_is_no_spool(tmp_pa
     with pytest.raises(spoolq.JobNotFound):
         spool.find("x")
     assert spool.list_jobs() == [] and spool.counts().to_dict()["pending"] == 0
+
+
+# ---- what the CLI does, a program can call ------------------------------------------------------
+
+def test_a_jobs_output_is_read_as_logs_prints_it(spool, spool_dir):
+    """`spoolq logs` had no method: docs/python.md opened output_path() itself, which follows a
+    symlink planted there and raises FileNotFoundError for a job that printed nothing."""
+    from conftest import spoolq as run_cli
+
+    loud = spool.enqueue({"command": "echo to-stdout; echo to-stderr >&2; exit 3", "max_retries": 0})
+    quiet = spool.enqueue({"command": "true"})
+    waiting = spool.enqueue({"command": "true", "delay": 3600})
+    assert spool.output(loud.id) is None  # not run yet
+    r = run_cli(spool_dir, "worker", "start", "--burst", "-q")
+    assert r.returncode == 0, r.stderr
+    assert [v.state for v in spool.wait([loud.id, quiet.id], timeout=30)] == ["dead", "done"]
+    shown = spool.output(loud.id)
+    assert b"to-stdout\n" in shown and b"to-stderr\n" in shown
+    assert shown == run_cli(spool_dir, "logs", loud.id).stdout.encode()
+    assert spool.output(quiet.id) is None and spool.output(waiting.id) is None
+    os.symlink(spool.output_path(loud.id), spool.output_path(waiting.id))
+    assert spool.output(waiting.id) is None  # never through a symlink
+    with pytest.raises(spoolq.JobNotFound):
+        spool.output("no-such-job")
