@@ -150,13 +150,14 @@ class Spool:
         """Publish one job durably: when this returns, the job survives a power cut."""
         return self.enqueue_many([spec], now=now)[0]
 
-    @_io_errors("enqueue")
     def enqueue_many(self, specs: Iterable[dict[str, Any] | Job], *, now: float | None = None,
                      progress: Callable[[int], Any] | None = None,
                      announce: Callable[[], Any] | None = None,
                      skip_existing: set[str] | None = None) -> list[Job]:
         """Validate every spec, then publish them all or none (see Publisher.publish); with
-        `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
+        `skip_existing`, jobs whose id is taken are left out and their ids added to it. What the
+        file system refuses is a StorageError (Publisher); an error of `progress` or `announce`
+        reaches the caller as it was raised."""
         from .format.errors import StorageError
 
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
