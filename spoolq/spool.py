@@ -220,6 +220,24 @@ class Spool:
         """The paused queues: {"*"} for all of them, empty when nothing is paused."""
         return self.pauses.paused()
 
+    @_io_errors("set a concurrency limit")
+    def set_concurrency(self, queue: str, limit: int) -> dict[str, int]:
+        """At most `limit` jobs of `queue` run at once, on every host together (0: no limit), as
+        `spoolq queue set QUEUE --concurrency N`. Returns every queue's limit now."""
+        from .format.errors import ConfigError
+        from .format.job import check_queue, is_int
+        from .store.slots import MAX_LIMIT
+
+        check_queue(queue)
+        if not is_int(limit) or not 0 <= limit <= MAX_LIMIT:
+            raise ConfigError(f"concurrency: {limit!r} is not an integer from 0 (no limit) to {MAX_LIMIT}")
+        self.slots.set_limit(queue, limit)
+        return self.concurrency()
+
+    def concurrency(self) -> dict[str, int]:
+        """Each limited queue's concurrency limit (`spoolq queue list`'s LIMIT)."""
+        return self.slots.limits()
+
     @_io_errors("cancel")
     def cancel(self, job_ids: Iterable[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
         """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
@@ -270,23 +288,10 @@ class Spool:
         """Block until every one of the jobs is done or dead; their views, in the order given
         (`.state`, and `.job`: `exit_code`, `last_error`, `attempts`; the output: output_path).
         Raises JobNotFound for an id no job has (or one purged meanwhile), and WaitTimeout once
-        `timeout` seconds have passed (None: no limit). Workers run the jobs: this only looks."""
-        import time
-
-        from .format.errors import WaitTimeout
-        from .format.states import FINISHED
+        `timeout` seconds have passed (None: no limit; its `job_ids`: those not finished). Workers run the jobs: this only looks."""
         from .reading import waits
 
-        ids = _ids(job_ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        views: list[JobView] = []
-        for _ in waits.looks(deadline):
-            views = [self.find(job_id) for job_id in ids]
-            if all(view.state in FINISHED for view in views):
-                return views
-        left = [view.id for view in views if view.state not in FINISHED]
-        raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
-                          f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}")
+        return waits.until_finished(self.find, _ids(job_ids), timeout)
 
     @_io_errors("read the spool")
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobView]:

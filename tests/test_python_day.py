@@ -168,3 +168,25 @@ def test_a_jobs_output_is_read_as_logs_prints_it(spool, spool_dir):
     assert spool.output(waiting.id) is None  # never through a symlink
     with pytest.raises(spoolq.JobNotFound):
         spool.output("no-such-job")
+
+
+def test_a_queues_concurrency_limit_is_set_from_python(spool, spool_dir):
+    """`spoolq queue set Q --concurrency N` had no method: a program reached for spool.slots, whose
+    set_limit checks nothing (a limit of -1, or a queue name with a space, written to be ignored)."""
+    from conftest import spoolq as run_cli
+
+    assert spool.set_concurrency("mail", 2) == {"mail": 2} == spool.concurrency()
+    assert "mail" in run_cli(spool_dir, "queue", "list").stdout
+    for queue, limit, error in (("mail", -1, spoolq.ConfigError), ("mail", True, spoolq.ConfigError),
+                                ("mail", 10_001, spoolq.ConfigError), ("my mail", 2, spoolq.InvalidJob)):
+        with pytest.raises(error):
+            spool.set_concurrency(queue, limit)
+    assert spool.set_concurrency("mail", 0) == {} == spool.concurrency()
+
+
+def test_a_wait_that_times_out_says_which_jobs_are_left(spool):
+    """WaitTimeout named the unfinished jobs only in its message, cut after ten."""
+    jobs = [spool.enqueue({"command": "true"}).id for _ in range(12)]
+    with pytest.raises(spoolq.WaitTimeout) as raised:
+        spool.wait(jobs, timeout=0.05)
+    assert raised.value.job_ids == jobs

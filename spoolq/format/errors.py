@@ -82,6 +82,10 @@ class LockBusy(SpoolError):
 
 
 class WaitTimeout(SpoolError):
-    """A --timeout ran out (exit status 124)."""
+    """A --timeout ran out (exit status 124); `job_ids`: those a wait found not finished."""
 
     exit_code = 124
+
+    def __init__(self, message: str, job_ids: list[str] | None = None):
+        super().__init__(message)
+        self.job_ids = job_ids or []
