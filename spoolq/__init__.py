@@ -10,10 +10,25 @@ __version__ = "0.1.0"
 # name -> the module that defines it
 _HOMES = {"Spool": "spool", "Job": "format.job", "State": "format.states", "STATES": "format.states",
           **dict.fromkeys(("SpoolError", "InvalidJob", "ConfigError", "JobNotFound", "JobExists", "NotRetryable",
-                           "LostOwnership", "WaitTimeout"), "format.errors")}
+                           "LostOwnership", "WaitTimeout", "NoSpool", "UntrustedFile", "UnsafeFileSystem",
+                           "LockBusy", "StorageError", "DiskFull"), "format.errors")}
 
 __all__ = ["Spool", "Job", "State", "STATES", "SpoolError", "InvalidJob", "ConfigError", "JobNotFound", "JobExists",
-           "NotRetryable", "LostOwnership", "WaitTimeout", "__version__"]
+           "NotRetryable", "LostOwnership", "WaitTimeout", "NoSpool", "UntrustedFile", "UnsafeFileSystem", "LockBusy",
+           "StorageError", "DiskFull", "__version__"]
+
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # what a type checker is told each name is (it sees no further than __getattr__'s `object`)
+    from .format.errors import (ConfigError as ConfigError, DiskFull as DiskFull, InvalidJob as InvalidJob,
+                                JobExists as JobExists, JobNotFound as JobNotFound, LockBusy as LockBusy,
+                                LostOwnership as LostOwnership, NoSpool as NoSpool, NotRetryable as NotRetryable,
+                                SpoolError as SpoolError, StorageError as StorageError,
+                                UnsafeFileSystem as UnsafeFileSystem, UntrustedFile as UntrustedFile,
+                                WaitTimeout as WaitTimeout)
+    from .format.job import Job as Job
+    from .format.states import STATES as STATES, State as State
+    from .spool import Spool as Spool
 
 
 def __getattr__(name: str) -> object:

@@ -13,7 +13,9 @@ from .store.store import Store
 
 TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable
+    from typing import Any, Callable, Iterable, TypeVar
+
+    Method = TypeVar("Method", bound=Callable[..., Any])
 
     from .store.maildir import Stray
     from .moves.cancel import Result as CancelResult
@@ -30,6 +32,28 @@ if TYPE_CHECKING:
     from .moves.transitions import Transitions
     from .reading.counts import Counts
     from .reading.views import JobView, Views
+
+
+def _io_errors(what: str) -> Callable[[Method], Method]:
+    """A public method whose OSError (a full disk, a read-only or vanished file system) reaches
+    its caller as the SpoolError it catches by type (store.io_error: DiskFull, StorageError),
+    never as a bare OSError: a program catches one family, as the CLI prints one line."""
+
+    def wrap(method: Method) -> Method:
+        def wrapped(self: Spool, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as e:
+                from .store.store import io_error
+
+                raise io_error(f"cannot {what}", e, nothing_written=False) from None
+
+        for name in ("__name__", "__qualname__", "__doc__", "__module__"):
+            setattr(wrapped, name, getattr(method, name))
+        wrapped.__wrapped__ = method  # type: ignore[attr-defined]  # help() and inspect show the method's own signature
+        return wrapped  # type: ignore[return-value]
+
+    return wrap
 
 
 class Spool:
@@ -112,6 +136,7 @@ class Spool:
         """Create the layout; idempotent."""
         self.store.init()
 
+    @_io_errors("change the settings")
     def set_config(self, key: str, value: Any) -> Config:
         return self.store.set_config(key, value)
 
@@ -130,10 +155,18 @@ class Spool:
                      announce: Callable[[], Any] | None = None,
                      skip_existing: set[str] | None = None) -> list[Job]:
         """Validate every spec, then publish them all or none (see Publisher.publish); with
-        `skip_existing`, jobs whose id is taken are left out and their ids added to it."""
+        `skip_existing`, jobs whose id is taken are left out and their ids added to it. What the
+        file system refuses is a StorageError (Publisher); an error of `progress` or `announce`
+        reaches the caller as it was raised."""
+        from .format.errors import StorageError
+
         jobs = [s if isinstance(s, Job) else self.make_job(s, now=now) for s in specs]
         self.check_after(jobs)
-        return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        try:
+            return self.publisher.publish(jobs, progress=progress, announce=announce, skip_existing=skip_existing)
+        except StorageError:
+            self.store.refuse_if_no_spool()  # Spool(path, create=False) of a wrong path: said so
+            raise
 
     def check_after(self, jobs: list[Job]) -> None:
         """Every id a job waits for is a job, or one of `jobs`: else InvalidJob (nothing written)."""
@@ -150,30 +183,36 @@ class Spool:
         if cycle:
             raise InvalidJob(f"after: {' -> '.join(cycle)} wait for each other: none would ever run")
 
-    def retry_dead(self, job_ids: list[str] | None = None) -> list[str]:
+    @_io_errors("retry")
+    def retry_dead(self, job_ids: Iterable[str] | None = None) -> list[str]:
         """Make dead jobs pending again with their attempts reset. None means every dead job."""
-        return self.finished.retry_dead(job_ids)
+        return self.finished.retry_dead(None if job_ids is None else _ids(job_ids))
 
+    @_io_errors("purge")
     def purge(self, state: str, *, older_than: float = 0.0) -> int:
         """Delete finished jobs (done or dead), or jobs not started (pending: scheduled ones too),
         and their output; frees their ids."""
         return self.finished.purge(state, older_than=older_than)
 
-    def purge_ids(self, job_ids: list[str]) -> dict[str, str | None]:
+    @_io_errors("purge")
+    def purge_ids(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """Delete these finished or not started jobs and their output; per id, None once purged,
         else why not."""
-        return self.finished.purge_ids(job_ids)
+        return self.finished.purge_ids(_ids(job_ids))
 
-    def requeue(self, job_ids: list[str]) -> dict[str, str | None]:
+    @_io_errors("requeue")
+    def requeue(self, job_ids: Iterable[str]) -> dict[str, str | None]:
         """Make done or dead jobs pending again, attempts reset, at the back of their priority;
         per id, None once requeued, else why not."""
-        return self.finished.requeue(job_ids)
+        return self.finished.requeue(_ids(job_ids))
 
+    @_io_errors("pause")
     def pause(self, queue: str | None = None) -> frozenset[str]:
         """Workers everywhere stop claiming (from `queue`, or from all); running jobs finish.
         Returns what is paused now."""
         return self.pauses.pause(queue)
 
+    @_io_errors("resume")
     def resume(self, queue: str | None = None) -> frozenset[str]:
         return self.pauses.resume(queue)
 
@@ -181,14 +220,34 @@ class Spool:
         """The paused queues: {"*"} for all of them, empty when nothing is paused."""
         return self.pauses.paused()
 
-    def cancel(self, job_ids: list[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
+    @_io_errors("set a concurrency limit")
+    def set_concurrency(self, queue: str, limit: int) -> dict[str, int]:
+        """At most `limit` jobs of `queue` run at once, on every host together (0: no limit), as
+        `spoolq queue set QUEUE --concurrency N`. Returns every queue's limit now."""
+        from .format.errors import ConfigError
+        from .format.job import check_queue, is_int
+        from .store.slots import MAX_LIMIT
+
+        check_queue(queue)
+        if not is_int(limit) or not 0 <= limit <= MAX_LIMIT:
+            raise ConfigError(f"concurrency: {limit!r} is not an integer from 0 (no limit) to {MAX_LIMIT}")
+        self.slots.set_limit(queue, limit)
+        return self.concurrency()
+
+    def concurrency(self) -> dict[str, int]:
+        """Each limited queue's concurrency limit (`spoolq queue list`'s LIMIT)."""
+        return self.slots.limits()
+
+    @_io_errors("cancel")
+    def cancel(self, job_ids: Iterable[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
         """Cancel jobs (cancel.py): those not started go to dead; with `kill`, running ones are
         killed by their workers, waited for up to `wait` seconds."""
         from .moves.cancel import Canceller
 
         canceller = Canceller(self.store, self.owners, self.views, self.transitions.takes, self.deps)
-        return canceller.cancel(job_ids, kill=kill, wait=wait)
+        return canceller.cancel(_ids(job_ids), kill=kill, wait=wait)
 
+    @_io_errors("ask the workers to stop")
     def request_stop(self, *, kill_jobs: bool = False, at: float | None = None) -> None:
         """Ask every worker of this spool, on every host, started before `at` (default: now), to
         stop after its current job (with `kill_jobs`, at once: the running attempts are killed
@@ -212,43 +271,54 @@ class Spool:
 
     # ---- reading -------------------------------------------------------------------------
 
+    @_io_errors("read the spool")
     def find(self, job_id: str) -> JobView:
-        return self.views.find(job_id)
+        """The job's view: `.state`, `.job` (its fields; None for a quarantined file), `.to_dict()`.
+        JobNotFound if no job has the id; NoSpool if there is no spool (Spool(path, create=False))."""
+        from .format.errors import JobNotFound
 
+        try:
+            return self.views.find(job_id)
+        except JobNotFound:
+            self.store.refuse_if_no_spool()
+            raise
+
+    @_io_errors("read the spool")
     def wait(self, job_ids: Iterable[str], *, timeout: float | None = None) -> list[JobView]:
         """Block until every one of the jobs is done or dead; their views, in the order given
         (`.state`, and `.job`: `exit_code`, `last_error`, `attempts`; the output: output_path).
         Raises JobNotFound for an id no job has (or one purged meanwhile), and WaitTimeout once
-        `timeout` seconds have passed (None: no limit). Workers run the jobs: this only looks."""
-        import time
-
-        from .format.errors import WaitTimeout
-        from .format.states import FINISHED
+        `timeout` seconds have passed (None: no limit; its `job_ids`: those not finished). Workers run the jobs: this only looks."""
         from .reading import waits
 
-        ids = list(job_ids)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        views: list[JobView] = []
-        for _ in waits.looks(deadline):
-            views = [self.find(job_id) for job_id in ids]
-            if all(view.state in FINISHED for view in views):
-                return views
-        left = [view.id for view in views if view.state not in FINISHED]
-        raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
-                          f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}")
+        return waits.until_finished(self.find, _ids(job_ids), timeout)
 
+    @_io_errors("read the spool")
     def list_jobs(self, state: str | None = None, limit: int | None = None) -> list[JobView]:
-        return self.views.jobs(state, limit)
+        """Views of the jobs in `state` (one of STATES; None: all), in `spoolq list`'s order."""
+        from .format.errors import InvalidJob, quoted
+        from .format.states import STATES
 
+        if state is not None and state not in STATES:
+            raise InvalidJob(f"no state {quoted(state)}: a state is one of {', '.join(STATES)}")
+        views = self.views.jobs(state, limit)
+        if not views:
+            self.store.refuse_if_no_spool()
+        return views
+
+    @_io_errors("read the spool")
     def counts(self) -> Counts:
+        self.store.refuse_if_no_spool()
         return self.views.counts()
 
+    @_io_errors("read the spool")
     def strays(self) -> list[Stray]:
         """The files in pending/ or the Maildir that no worker will ever take (maildir.py)."""
         from .store import maildir
 
         return maildir.strays(self.layout, self.store.now())
 
+    @_io_errors("read the spool")
     def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
         """What the spool did in the last `window` seconds (stats.py), from the attempts log."""
         from .reading import stats
@@ -258,15 +328,36 @@ class Spool:
         facts = attempts_log.read(self.layout.dir("events"), until - window, until)
         return stats.collect(facts, self.views.ready_since(until), since=until - window, until=until, queue=queue)
 
+    @_io_errors("read the spool")
     def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
         return self.owners.workers(role=role, live=live)
 
     def output_path(self, job_id: str) -> str:
+        """Where the job's output log is: a file that may not exist (see `output`)."""
         return self.layout.output(job_id)
+
+    @_io_errors("read the spool")
+    def output(self, job_id: str) -> bytes | None:
+        """The job's captured stdout and stderr, every attempt marked, as `spoolq logs` prints
+        them; None while it has no log (not started, or done at once without a word). JobNotFound
+        for an id no job has. A symlink or fifo at the log's path is never read."""
+        from .store import output
+
+        log = output.open_log(self.output_path(self.find(job_id).id))
+        if log is None:
+            return None
+        with log:
+            return log.read()
 
     def worker_log(self) -> str:
         """Where detached workers of this host write their log."""
         return self.layout.worker_log(host_name())
+
+
+def _ids(job_ids: Iterable[str]) -> list[str]:
+    """The ids a method was given; one id alone, as a str, is that id (a str is an iterable of
+    ids too, of one letter each: cancel("a1") cancelled jobs 'a' and '1')."""
+    return [job_ids] if isinstance(job_ids, str) else list(job_ids)
 
 
 def _a_cycle(after: dict[str, list[str]]) -> list[str] | None:

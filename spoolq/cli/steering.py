@@ -9,6 +9,7 @@ import click
 
 from ..format.job import iso
 from ..format.states import State
+from ..store.slots import MAX_LIMIT
 from .complete import job_ids, queue_names
 from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each, distinct
 from .queue_names import paused_value, queue_set, warn_about_queues
@@ -148,12 +149,12 @@ def queue_list(c: Context, as_json: bool) -> None:
 
 @queue.command("set")
 @click.argument("name", shell_complete=queue_names)
-@click.option("--concurrency", type=Int(0, 10_000), required=True,
+@click.option("--concurrency", type=Int(0, MAX_LIMIT), required=True,
               help="At most N jobs of the queue run at once, on all hosts together; 0 removes the limit.")
 @pass_ctx
 def queue_set_command(c: Context, name: str, concurrency: int) -> None:
     """Set a queue's concurrency limit."""
     if "," in name or queue_set([name], "'NAME'") is None:
         raise click.BadParameter("name one queue", param_hint="'NAME'")
-    c.create().slots.set_limit(name, concurrency)
+    c.create().set_concurrency(name, concurrency)
     click.echo(f"{name}: at most {concurrency} at once" if concurrency else f"{name}: no limit")

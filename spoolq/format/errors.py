@@ -64,11 +64,28 @@ class UnsafeFileSystem(SpoolError):
     to start there unless told otherwise)."""
 
 
+class StorageError(SpoolError):
+    """The spool's file system refused a read or a change (read-only, gone, not permitted, an
+    I/O error); `errno` says which, as OSError's does."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
+class DiskFull(StorageError):
+    """No room left on the spool's file system (ENOSPC, or the user's quota: EDQUOT)."""
+
+
 class LockBusy(SpoolError):
     """A spool lock was still held by another when the wait for it ran out."""
 
 
 class WaitTimeout(SpoolError):
-    """A --timeout ran out (exit status 124)."""
+    """A --timeout ran out (exit status 124); `job_ids`: those a wait found not finished."""
 
     exit_code = 124
+
+    def __init__(self, message: str, job_ids: list[str] | None = None):
+        super().__init__(message)
+        self.job_ids = job_ids or []

@@ -201,6 +201,9 @@ def _too_deep(obj: object) -> bool:
 def from_dict(d: dict[str, Any], *, now: float, default_max_retries: int, seq: int | None = None) -> Job:
     """Build a Job from user input or a stored record, validating every field spoolq owns (in
     this order: the first bad field is the one an error names)."""
+    if not isinstance(d, dict):  # a program's enqueue("echo hi"): not an AttributeError from deep inside
+        example = f"{{'command': {d!r}}}" if isinstance(d, str) else "{'command': ...}"
+        raise InvalidJob(f"a job is a dict of its fields, as {quoted(example)}, not {json_type(d)}")
     command = _command(d.get("command"))
     job_id = d.get("id")
     if job_id is not None:

@@ -16,6 +16,21 @@ from __future__ import annotations
 PENDING, SCHEDULED, WAITING, PROCESSING, DONE, DEAD = "pending", "scheduled", "waiting", "processing", "done", "dead"
 STATES = (PENDING, SCHEDULED, WAITING, PROCESSING, DONE, DEAD)  # every state, in the order listings count them
 
+TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
+if TYPE_CHECKING:  # what a type checker (mypy) is told State is; _state_class makes it from STATES
+    from enum import StrEnum
+
+    class State(StrEnum):
+        PENDING = PENDING
+        SCHEDULED = SCHEDULED
+        WAITING = WAITING
+        PROCESSING = PROCESSING
+        DONE = DONE
+        DEAD = DEAD
+
+    FINISHED: tuple[State, State]
+    NOT_STARTED: tuple[State, State]
+
 
 def _state_class() -> type:
     from enum import StrEnum

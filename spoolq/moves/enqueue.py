@@ -21,7 +21,7 @@ from ..system import fsio, signals
 from ..format.errors import JobExists, JobNotFound, SpoolError
 from ..store.ids import Reservations, creator_of
 from ..format.job import Job, valid_id
-from ..store.store import Store, io_message
+from ..store.store import Store, io_error
 
 
 TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
@@ -87,7 +87,7 @@ class Publisher:
                 # caught just after its link is freed too, and another creator's never.
                 self._take_back(staged, job_ids, ids, waits)
                 if isinstance(e, OSError):
-                    raise SpoolError(io_message("cannot enqueue", e)) from None
+                    raise io_error("cannot enqueue", e) from None
                 raise
             self._announce_and_commit(staged, job_ids, ids, waits, announce)
         return jobs
@@ -157,7 +157,7 @@ class Publisher:
             fsio.fsync_dir(self.layout.dir("ids"))
         except OSError as e:  # e.g. the disk filled: what is published stays, the rest is taken back
             self._take_back(staged[done:], [job_id for _, _, job_id in staged[done:]], ids, waits)
-            raise SpoolError(io_message(f"cannot enqueue (published {done} of {len(staged)})", e)) from None
+            raise io_error(f"cannot enqueue (published {done} of {len(staged)})", e) from None
         finally:
             if plan is not None:
                 fsio.unlink_quietly(plan)

@@ -7,7 +7,13 @@ looks) and `spoolq logs -f` (which prints what the log gained) look the same way
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from ..format.errors import WaitTimeout
+from ..format.states import FINISHED
+
+if TYPE_CHECKING:
+    from .views import JobView
 
 FIRST_PAUSE = 0.01  # seconds: a quick job is seen finished at once
 LONGEST_PAUSE = 0.2  # seconds: a long wait costs a look five times a second
@@ -24,3 +30,17 @@ def looks(deadline: float | None) -> Iterator[None]:
             return
         time.sleep(pause if left is None else min(pause, left))
         pause = min(pause * 1.5, LONGEST_PAUSE)
+
+
+def until_finished(find: Callable[[str], JobView], job_ids: list[str], timeout: float | None) -> list[JobView]:
+    """The views of the jobs (`find` of each), in the order given, once every one is done or dead;
+    WaitTimeout, naming those left, once `timeout` seconds have passed (None: no limit)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    views: list[JobView] = []
+    for _ in looks(deadline):
+        views = [find(job_id) for job_id in job_ids]
+        if all(view.state in FINISHED for view in views):
+            return views
+    left = [view.id for view in views if view.state not in FINISHED]
+    raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
+                      f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}", left)

@@ -43,10 +43,15 @@ class Access:
     def open_existing(self) -> None:
         """For the commands that do not create a spool: it must be there, and safe to use."""
         self.check_safe(self.root)  # an unsafe root is refused as such, spool or not
+        self.refuse_if_no_spool()
+        self.check_safe()
+
+    def refuse_if_no_spool(self) -> None:
+        """NoSpool where there is none (or why its directory cannot be looked into): said instead
+        of an answer that would otherwise blame the jobs ("no job", no jobs) for a wrong path."""
         if not self.is_spool():
             self._refuse_unsearchable_root()
             raise NoSpool(f"no spool at {self.root}")
-        self.check_safe()
 
     def _refuse_unsearchable_root(self) -> None:
         """A spool directory its user cannot look into (chmod 000) may well hold a spool: say so,

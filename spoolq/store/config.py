@@ -147,6 +147,9 @@ class Config:
         for key, spec in KEYS.items():
             setattr(self, key, values.get(key, spec.default))
 
+    if TYPE_CHECKING:  # for a type checker: every key of KEYS is an attribute (set in __init__)
+        def __getattr__(self, key: str) -> Any: ...
+
     def as_dict(self) -> dict[str, Any]:
         return {key: self._values.get(key, spec.default) for key, spec in KEYS.items()}
 

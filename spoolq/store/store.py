@@ -17,7 +17,7 @@ from ..format import job, layout
 from ..system import fsio, liveness, locks
 from .access import Access
 from ..format.modes import Modes
-from ..format.errors import InvalidJob, SpoolError
+from ..format.errors import DiskFull, InvalidJob, SpoolError, StorageError
 from ..format.job import Job
 
 TYPE_CHECKING = False
@@ -87,7 +87,7 @@ class Store(Access):
                 locks.make(self.layout.lock(name), self.modes.file)
             self._make_idle_stop_file()
         except OSError as e:
-            raise SpoolError(f"cannot create spool at {self.root}: {e.strerror}") from None
+            raise io_error(f"cannot create spool at {self.root}", e) from None
         self.check_safe()
 
     def _make_idle_stop_file(self) -> None:
@@ -271,8 +271,15 @@ class Store(Access):
                 raise fsio.as_gone(e, path) from None
             raise InvalidJob(f"{what} cannot be read: {e.strerror}") from None
 
-def io_message(what: str, e: OSError) -> str:
+def io_message(what: str, e: OSError, *, nothing_written: bool = True) -> str:
     """One line for an OSError met while changing the spool."""
     if fsio.is_disk_full(e):
-        return f"{what}: the file system is full ({e.strerror}); nothing was written"
+        return f"{what}: the file system is full ({e.strerror})" + ("; nothing was written" if nothing_written else "")
     return f"{what}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+
+
+def io_error(what: str, e: OSError, *, nothing_written: bool = True) -> StorageError:
+    """An OSError met while using the spool, as the error a caller catches by type: DiskFull for
+    a full disk, StorageError for the rest (its errno kept)."""
+    kind = DiskFull if fsio.is_disk_full(e) else StorageError
+    return kind(io_message(what, e, nothing_written=nothing_written), e.errno)

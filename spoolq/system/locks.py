@@ -30,8 +30,9 @@ import os
 import stat
 
 from ..format import json_codec, layout
+from . import fsio
 from ..format.lean import Record
-from ..format.errors import LockBusy, SpoolError
+from ..format.errors import DiskFull, LockBusy, StorageError
 
 POLL = 0.02  # seconds between tries while a lock is held by another
 RECORD = 256  # bytes of the holder record at the start of a lock file, always written whole
@@ -83,7 +84,8 @@ class Held:
             raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
                            f"{holder(path) or 'nobody any more'}") from None
         except OSError as e:
-            raise SpoolError(f"cannot take lock {path}: {_why_not(e)}") from None
+            kind = DiskFull if fsio.is_disk_full(e) else StorageError
+            raise kind(f"cannot take lock {path}: {_why_not(e)}", e.errno) from None
         self._lock = lock
 
     def __exit__(self, *exc: object) -> None:
