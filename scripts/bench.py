@@ -312,21 +312,26 @@ def stripped_loop_rate(tmp: str, n: int, command: str) -> float:
     """What two such stripped loops reach together (jobs/s) draining one spool of n, as two
     workers do: the throughput a worker that checks and records nothing else could have."""
     spool_dir = spool_of_jobs(tmp, "stripped2", n, 0, command)
+    rate = n / in_two_processes(lambda k: stripped_loop(spool_dir, k, command))
+    assert count_done(spool_dir) == n, "the stripped loops left jobs undone"
+    return rate
+
+
+def in_two_processes(body: Callable[[int], None]) -> float:
+    """Seconds until `body(0)` and `body(1)`, each in a forked child, have both returned."""
     t0 = time.monotonic()
     pids = []
     for k in range(2):
         pid = os.fork()
         if pid == 0:
             try:
-                stripped_loop(spool_dir, k, command)
+                body(k)
             finally:
                 os._exit(0)
         pids.append(pid)
     for pid in pids:
         os.waitpid(pid, 0)
-    rate = n / (time.monotonic() - t0)
-    assert count_done(spool_dir) == n, "the stripped loops left jobs undone"
-    return rate
+    return time.monotonic() - t0
 
 
 def stripped_loop(spool_dir: str, k: int, command: str) -> None:
@@ -379,20 +384,12 @@ def bare_spawn_rate(n: int, command: str) -> float:
     """What a Python runner that only starts each job (posix_spawn as the worker does it, wait,
     nothing recorded) reaches with 2 processes: the ceiling a worker's bookkeeping eats into."""
     program, argv = _direct(command)
-    t0 = time.monotonic()
-    pids = []
-    for _ in range(2):
-        pid = os.fork()
-        if pid == 0:
-            try:
-                for _ in range(n // 2):
-                    os.waitpid(os.posix_spawn(program, argv, dict(os.environ), setsid=True), 0)
-            finally:
-                os._exit(0)
-        pids.append(pid)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    return n / (time.monotonic() - t0)
+
+    def spawn_half(_k: int) -> None:
+        for _ in range(n // 2):
+            os.waitpid(os.posix_spawn(program, argv, dict(os.environ), setsid=True), 0)
+
+    return n / in_two_processes(spawn_half)
 
 
 def gnu_parallel() -> bool:

@@ -64,26 +64,40 @@ def sweep(tmp_path, kind: str, setup: Callable[[str], object], argv: Callable[[s
     for n in range(LIMIT):
         root = str(tmp_path / f"{kind}-{n}")
         made = setup(root)
-        log = root + ".strace"  # what the command changed before the kill; `kind` too: strace kills only what it traces
-        r = subprocess.run([strace, "-f", "-qq", "-y", "-s", str(crash_states.WHOLE), "-o", log,
-                            "-e", f"trace={crash_states.STATE_CALLS},{KINDS[kind]}",
-                            "-e", f"inject={KINDS[kind]}:signal=SIGKILL:when={n + 1}", *argv(root)],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
-        killed = r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
-        assert killed or b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
-        with open(log, errors="replace") as f:
-            state = crash_states.crash_state(f.read(), root)
-        if not killed or state not in checked:
-            checked.add(state)
-            try:
-                check(root, made, killed)
-            except AssertionError as e:
-                raise AssertionError(f"{kind} sweep, killed after call {n}: {e}") from None
+        log = root + ".strace"
+        killed = killed_and_checked(traced(strace, kind, log, argv(root), n), log, root, made, check, checked,
+                                    f"{kind} sweep, killed after call {n}")
         shutil.rmtree(root, ignore_errors=True)
         os.unlink(log)
         if not killed:
             return n
     raise AssertionError(f"the command still made {kind} calls after {LIMIT}")
+
+
+def traced(strace: str, kind: str, log: str, argv: list[str], kill_at: int | None) -> subprocess.CompletedProcess:
+    """`argv` under strace, which logs to `log` what it changed (and every call of `kind`: strace
+    kills only what it traces) and, unless `kill_at` is None, kills it after that many of them."""
+    inject = [] if kill_at is None else ["-e", f"inject={KINDS[kind]}:signal=SIGKILL:when={kill_at + 1}"]
+    return subprocess.run([strace, "-f", "-qq", "-y", "-s", str(crash_states.WHOLE), "-o", log,
+                           "-e", f"trace={crash_states.STATE_CALLS},{KINDS[kind]}", *inject, *argv],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+
+
+def killed_and_checked(r: subprocess.CompletedProcess, log: str, root: str, made: object,
+                       check: Callable[[str, object, bool], None], checked: set[str], where: str) -> bool:
+    """Whether the traced run `r` was killed; `check` is run on its spool unless a run before it
+    left the same crash state (`checked`, which it adds to), or it was not killed (always checked)."""
+    killed = r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+    assert killed or b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
+    with open(log, errors="replace") as f:
+        state = crash_states.crash_state(f.read(), root)
+    if not killed or state not in checked:
+        checked.add(state)
+        try:
+            check(root, made, killed)
+        except AssertionError as e:
+            raise AssertionError(f"{where}: {e}") from None
+    return killed
 
 
 def cli(root: str, *args: str) -> subprocess.CompletedProcess:

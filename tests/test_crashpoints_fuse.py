@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from typing import Callable
 
 import pytest
 
-import crash_states
 from conftest import dead_pid, required_tool, strace_path, wait_for
 from spoolq import Spool, fsck
 from spoolq.format import layout as L
 from spoolq.store.ids import Reservations
 from spoolq.system import fsio
-from test_crashpoints import KINDS, LIMIT, WORKER, counted, job_that_records, runs
+from test_crashpoints import KINDS, LIMIT, WORKER, counted, job_that_records, killed_and_checked, runs, traced
 from test_hosts import BINDFS_LOCKS, BINDFS_OPTIONS
 
 pytestmark = [pytest.mark.sweep, pytest.mark.rig]  # a FUSE mount: one at a time, as the bindfs rig
@@ -73,13 +71,6 @@ def view(tmp_path):
 
 
 # ---- the sweep ---------------------------------------------------------------------------------
-
-
-def traced(strace: str, kind: str, log: str, argv: list[str], kill_at: int | None) -> subprocess.CompletedProcess:
-    inject = [] if kill_at is None else ["-e", f"inject={KINDS[kind]}:signal=SIGKILL:when={kill_at + 1}"]
-    return subprocess.run([strace, "-f", "-qq", "-y", "-s", str(crash_states.WHOLE), "-o", log,
-                           "-e", f"trace={crash_states.STATE_CALLS},{KINDS[kind]}", *inject, *argv],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
 
 
 def fallback_points(log_text: str, kind: str) -> tuple[set[int], int]:
@@ -137,17 +128,8 @@ def sweep(tmp_path, view: str, kind: str, setup: Callable[[str], object],
         root = os.path.join(view, f"{kind}-{n}")
         made = setup(root)
         log = str(tmp_path / f"{kind}-{n}.strace")
-        r = traced(strace, kind, log, [*WORKER, root], n)
-        killed = r.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
-        assert killed or b"Traceback" not in r.stderr, r.stderr.decode(errors="replace")
-        with open(log, errors="replace") as f:
-            state = crash_states.crash_state(f.read(), root)
-        if not killed or state not in checked:
-            checked.add(state)
-            try:
-                check(root, made, killed)
-            except AssertionError as e:
-                raise AssertionError(f"{kind} sweep on FUSE, killed after call {n}: {e}") from None
+        killed = killed_and_checked(traced(strace, kind, log, [*WORKER, root], n), log, root, made, check,
+                                    checked, f"{kind} sweep on FUSE, killed after call {n}")
         if not killed:
             return n
     raise AssertionError(f"the worker still made {kind} calls after {LIMIT}")

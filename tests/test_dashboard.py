@@ -45,17 +45,21 @@ def test_overview_survives_a_registration_with_odd_queues(spool):
     assert c.get("/").status_code == 200
 
 
-# 4. A job's log is opened following symlinks: a group member who links output/<id>.log to a
-#    file of the dashboard's user has the dashboard serve that file to anyone who can reach it.
-@pytest.mark.review("observing 4")
-def test_dashboard_log_does_not_follow_a_symlink_planted_in_output(spool, tmp_path):
+def plant_in_output(spool, tmp_path, plant) -> None:
+    """Job j, and at its log's path `plant(secret, path)`: a file of the dashboard user's."""
     secret = tmp_path / "secret"
     secret.write_text("the dashboard user's private key\n")
     spool.enqueue({"command": "true", "id": "j"})
     path = spool.output_path("j")
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    plant(secret, path)
 
-    os.symlink(secret, path)
+
+# 4. A job's log is opened following symlinks: a group member who links output/<id>.log to a
+#    file of the dashboard's user has the dashboard serve that file to anyone who can reach it.
+@pytest.mark.review("observing 4")
+def test_dashboard_log_does_not_follow_a_symlink_planted_in_output(spool, tmp_path):
+    plant_in_output(spool, tmp_path, os.symlink)
     r = client(spool).get("/job/j/log")
     assert "private key" not in r.get_data(as_text=True)
 
@@ -63,12 +67,7 @@ def test_dashboard_log_does_not_follow_a_symlink_planted_in_output(spool, tmp_pa
 # 4b. The same by a hard link (where fs.protected_hardlinks is 0, anyone may link a file they
 #     cannot read): root's dashboard of a service user's spool served root's file.
 def test_a_log_that_is_a_hard_link_is_not_served_nor_printed(spool, tmp_path, run):
-    secret = tmp_path / "secret"
-    secret.write_text("the dashboard user's private key\n")
-    spool.enqueue({"command": "true", "id": "j"})
-    path = spool.output_path("j")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    os.link(secret, path)
+    plant_in_output(spool, tmp_path, os.link)
     assert "private key" not in client(spool).get("/job/j/log").get_data(as_text=True)
     assert "private key" not in client(spool).get("/api/job/j").get_data(as_text=True)
     shown = run("logs", "j")
