@@ -1,0 +1,87 @@
+"""Review of the day's changes (the `--` form of enqueue, wait's exit status, SPOOLQ_DIR in jobs,
+root's read-only dashboard of a service user's spool, recovery's drop-in return, ...): each test
+pins a hole found in them, as the one who would hit it: another local user, a service user whose
+spool root serves, a careless operator, a script under `set -e`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from spoolq import Spool
+from spools import ROOT_ONLY
+
+SERVICE_USER = 65534  # nobody: the uid a packaged service runs as
+
+
+def give_to(root: str, uid: int) -> None:
+    """Every entry of a spool made by the test, handed to `uid`, as `install -o` and `sudo -u` make it."""
+    for path in [root, *(os.path.join(d, n) for d, ds, fs in os.walk(root) for n in ds + fs)]:
+        os.lchown(path, uid, uid)
+
+
+def read_as_root(root: str) -> Spool:
+    """The spool as `spoolq web --read-only` run by root opens it (Context.reading)."""
+    spool = Spool(root, create=False)
+    spool.store.open_for_reading()
+    assert spool.store.reading
+    return spool
+
+
+# ---- root's read-only dashboard of a service user's spool ----------------------------------------
+
+
+# 1. The dashboard checks the spool's directories once, when it starts; it then serves for days. The
+# service user owns output/ and the spool's root: once root serves it, that user can swap output/
+# for a symlink to a directory only root reads, and the log of its job `auth` was then root's
+# /var/log/auth.log (here: a file of a root-only directory), served to every local user who reaches
+# the loopback. A log is shown only when the spool's user made it (it is owned by that uid).
+@ROOT_ONLY
+def test_root_dashboard_does_not_serve_a_log_through_an_output_dir_swapped_for_a_symlink(tmp_path):
+    pytest.importorskip("flask", reason="the dashboard needs the web extra")
+    from spoolq.web import create_app
+
+    root = str(tmp_path / "jobs")
+    Spool(root).enqueue({"id": "auth", "command": "true"})
+    os.makedirs(os.path.join(root, "output"), exist_ok=True)
+    give_to(root, SERVICE_USER)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "auth.log").write_text("root's secret line\n")
+    os.chmod(private / "auth.log", 0o600)
+    app = create_app(read_as_root(root), read_only=True)
+    app.testing = True
+    client = app.test_client()
+    # The service user, after the dashboard started:
+    os.rename(os.path.join(root, "output"), os.path.join(root, "output.old"))
+    os.symlink(private, os.path.join(root, "output"))
+    os.lchown(os.path.join(root, "output"), SERVICE_USER, SERVICE_USER)
+    assert "secret" not in client.get("/job/auth/log").get_data(as_text=True)
+    assert "secret" not in client.get("/api/job/auth").get_data(as_text=True)
+
+
+# 2. The same swap of dead/ (or done/, any directory a job is found in): a file there that is no job
+# is shown as a quarantined file is, its first 64 KiB, and through the symlink that was any
+# root-only JSON file named as a job (/root/.docker/config.json as job `config`).
+@pytest.mark.review("day s6 2")
+@ROOT_ONLY
+def test_root_dashboard_does_not_show_the_bytes_of_a_file_through_a_state_dir_swapped_for_a_symlink(tmp_path):
+    pytest.importorskip("flask", reason="the dashboard needs the web extra")
+    from spoolq.web import create_app
+
+    root = str(tmp_path / "jobs")
+    Spool(root).enqueue({"command": "true"})
+    give_to(root, SERVICE_USER)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "config.json").write_text('{"auths": {"registry": {"auth": "root-secret-token"}}}\n')
+    os.chmod(private / "config.json", 0o600)
+    app = create_app(read_as_root(root), read_only=True)
+    app.testing = True
+    client = app.test_client()
+    os.rename(os.path.join(root, "done"), os.path.join(root, "done.old"))
+    os.symlink(private, os.path.join(root, "done"))
+    os.lchown(os.path.join(root, "done"), SERVICE_USER, SERVICE_USER)
+    for page in ("/api/job/config", "/job/config"):
+        assert "root-secret-token" not in client.get(page).get_data(as_text=True), page
