@@ -85,3 +85,27 @@ def test_root_dashboard_does_not_show_the_bytes_of_a_file_through_a_state_dir_sw
     os.lchown(os.path.join(root, "done"), SERVICE_USER, SERVICE_USER)
     for page in ("/api/job/config", "/job/config"):
         assert "root-secret-token" not in client.get(page).get_data(as_text=True), page
+
+
+# ---- wait without ids under `set -e` ---------------------------------------------------------------
+
+
+# 3. `wait` without ids counted the spool, then listed dead/ to know which jobs were dead before it
+#    began: a job that died between the two (a listing of a large dead/ takes a while: keep_dead
+#    keeps them for good by default) was taken for one dead before, and wait exited 0 for it.
+@pytest.mark.review("day s6 3")
+def test_wait_without_ids_fails_for_a_job_that_dies_just_after_its_first_count(spool, cli, monkeypatch):
+    job_id = spool.enqueue({"command": "false"}).id
+    counts = Spool.counts
+    looks: list[int] = []
+
+    def counts_then_the_job_dies(self, *args, **kwargs):
+        n = counts(self, *args, **kwargs)
+        if not looks:  # the job was pending when wait first looked; a worker finishes it dead now
+            spool.cancel([job_id])
+        looks.append(1)
+        return n
+
+    monkeypatch.setattr(Spool, "counts", counts_then_the_job_dies)
+    r = cli("wait", "--timeout", "10")
+    assert r.exit_code == 1 and job_id in r.output, r.output

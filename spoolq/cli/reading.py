@@ -160,8 +160,11 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = ProgressBar(progress)
     stalled = Stalled(spool, bar)
-    start = spool.counts()
+    # RACE: a worker may finish a job dead while dead/ is listed (a large dead/ takes a while):
+    # listed before the first count, such a job is reported (it went dead while this wait ran),
+    # never counted unfinished at the start and then taken for one dead before it began.
     dead_before = None if job_ids else _dead_ids(spool)
+    start = spool.counts()
     try:
         for _ in waits.looks(deadline):
             if job_ids:
