@@ -179,12 +179,13 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 left, running = None, n.processing > 0
             bar.update(finished, total, force=finished == total)
             if finished == total:
-                if job_ids:
+                if job_ids:  # each of the ids given, as a script that gave them reads them back
                     dead = [j for j, s in zip(job_ids, states) if s == State.DEAD]
                 else:  # every job that went dead while it waited (one dead before is not its failure)
                     dead = sorted(_dead_ids(spool) - (dead_before or set()))
+                    dead = dead[:10] + [f"… ({len(dead)} jobs)"] if len(dead) > 10 else dead
                 if dead:
-                    raise CliError(f"dead: {' '.join(dead[:10])}{f' … ({len(dead)} jobs)' if len(dead) > 10 else ''}", 1)
+                    raise CliError(f"dead: {' '.join(dead)}", 1)
                 return
             stalled.check(total - finished, left, running)
         raise WaitTimeout(_unfinished(spool, job_ids, timeout))
