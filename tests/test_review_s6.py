@@ -122,3 +122,25 @@ def test_wait_with_ids_names_every_dead_one_of_them(spool, cli):
     r = cli("wait", *ids, "--timeout", "10")
     assert r.exit_code == 1, r.output
     assert r.output.strip().splitlines()[-1] == f"Error: dead: {' '.join(ids)}", r.output
+
+
+# ---- the dashboard's token ---------------------------------------------------------------------
+
+
+# 5. A Bearer header's bytes are now read as UTF-8 (curl's): a token beyond ASCII sent in Latin-1,
+#    as Python's urllib, http.client and requests encode a header, matched before and was refused
+#    after ("that token is not this dashboard's"). A header that is not UTF-8 is taken as sent.
+@pytest.mark.review("day s6 5")
+def test_a_bearer_token_beyond_ascii_is_taken_in_latin_1_as_python_sends_it_and_in_utf_8(spool):
+    pytest.importorskip("flask", reason="the dashboard needs the web extra")
+    from spoolq.web import create_app
+
+    token = "pässwörd-ü"
+    app = create_app(spool, token=token)
+    app.testing = True
+    client = app.test_client()
+    # A WSGI server hands a header over one character a byte: its bytes decoded as Latin-1.
+    for sent in (token.encode("latin-1"), token.encode("utf-8")):
+        header = "Bearer " + sent.decode("latin-1")
+        assert client.get("/api/overview", headers={"Authorization": header}).status_code == 200, sent
+    assert client.get("/api/overview", headers={"Authorization": "Bearer pässwörd-u"}).status_code == 401
