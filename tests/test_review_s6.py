@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Iterator
 
 import pytest
@@ -206,3 +207,26 @@ def test_an_enqueue_with_stderr_closed_in_a_cwd_it_cannot_enter_exits_0(open_tmp
     assert _enqueue_as(SERVICE_USER, closed, ["--spool", root, "enqueue", *words]) == 0
     [view] = read_as_root(root).list_jobs()
     assert view.job.cwd == closed
+
+
+# ---- recovery's word for a job waiting out its backoff ----------------------------------------------
+
+
+# 7. Recovery says a job back in pending/ but due later is `scheduled`, as show says (Moved.seen_as),
+#    for the attempt a dead worker left without a result; a failed attempt whose move back its
+#    worker began and did not complete (.next. and .taken., completed by the rescuer) still said
+#    "now pending" in fsck --repair and the worker's log, where show says scheduled.
+@pytest.mark.review("day s6 7")
+def test_recovery_says_scheduled_of_a_retry_it_completes_the_move_of(spool, spool_dir):
+    from spoolq.format import layout
+    from spools import dead_owner
+
+    job = spool.enqueue({"id": "retry-later", "command": "false", "max_retries": 3})
+    owner = dead_owner(spool_dir)
+    claimed = spool.transitions.claim(layout.pending_name_of(job), owner)
+    failed = claimed.job
+    failed.run_at = time.time() + 3600  # its backoff
+    spool.transitions.takes.take_with(claimed.path, failed, "pending")  # and the worker is killed
+    [recovered] = spool.recovery.run(spool.owners.register("worker"))
+    assert spool.find("retry-later").state == "scheduled"
+    assert recovered.state == "scheduled" and str(recovered).endswith("now scheduled"), str(recovered)
