@@ -230,3 +230,19 @@ def test_recovery_says_scheduled_of_a_retry_it_completes_the_move_of(spool, spoo
     [recovered] = spool.recovery.run(spool.owners.register("worker"))
     assert spool.find("retry-later").state == "scheduled"
     assert recovered.state == "scheduled" and str(recovered).endswith("now scheduled"), str(recovered)
+
+
+# ---- enqueue --after, given again ------------------------------------------------------------------
+
+
+# 8. `--after A --after A` (a script that adds a flag per dependency, two of them on one job): click
+#    kept the last --after, so it waited for A, exit 0; since every --after counts, the two made
+#    `after: ["A", "A"]`, refused "an id appears twice" (exit 2, nothing enqueued), and a set -e
+#    script that ran before stopped. An id named again counts once, as a repeated ID... does.
+@pytest.mark.review("day s6 8")
+def test_enqueue_after_the_same_job_twice_waits_for_it_once(spool, cli):
+    spool.enqueue({"id": "a", "command": "true"})
+    spool.enqueue({"id": "b", "command": "true"})
+    r = cli("enqueue", "--id", "c", "--after", "a", "--after", "b,a", "true")
+    assert r.exit_code == 0, r.output
+    assert spool.find("c").job.after == ["a", "b"]
