@@ -122,7 +122,9 @@ def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
     if run_at is not None and re.fullmatch(r"\s*[0-9]+(\.[0-9]*)?\s*", run_at):
         flags["run_at"] = float(run_at)  # epoch seconds; a flag is always a string
     if "after" in flags:
-        flags["after"] = [i.strip() for given in flags["after"] for i in given.split(",")]  # every --after
+        # Every --after; an id named again counts once (click kept only the last, so `--after A
+        # --after A` was taken before every one counted), the order kept.
+        flags["after"] = list(dict.fromkeys(i.strip() for given in flags["after"] for i in given.split(",")))
     return flags
 
 

@@ -92,11 +92,17 @@ def write_utf_8(text: str) -> None:
 
 def warn_of_closed_cwds(cwds: "Iterable[str | None]") -> None:
     """A line on stderr for each directory jobs will run in that this user cannot enter: its worker,
-    of the same uid, could not start them (`sudo -u spoolq spoolq enqueue` run from /root)."""
+    of the same uid, could not start them (`sudo -u spoolq spoolq enqueue` run from /root). Said
+    after the jobs are in and their ids printed: a stderr that is closed (`2>&-`) or gone leaves
+    it unsaid, never turning an enqueue that succeeded into a failure (retried: a job twice)."""
     for cwd in sorted({cwd for cwd in cwds if cwd}):
         if not os.access(cwd, os.X_OK):
-            sys.stderr.write(f"Warning: the job runs in {cwd}, which uid {os.geteuid()} cannot enter: it cannot "
-                             "start there; enqueue from a directory it can (cd /), or give its \"cwd\"\n")
+            try:
+                sys.stderr.write(f"Warning: the job runs in {cwd}, which uid {os.geteuid()} cannot enter: it "
+                                 "cannot start there; enqueue from a directory it can (cd /), or give its \"cwd\"\n")
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):  # None (fd 2 closed at start), a closed pipe
+                return
 
 
 class Unprintable(Exception):

@@ -73,7 +73,8 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
     view = c.reading.find(job_id)
     d = view.to_dict()
     if as_json:
-        log = output.read_tail(c.reading.output_path(view.id), SHOW_OUTPUT_BYTES)
+        log = output.read_tail(c.reading.output_path(view.id), SHOW_OUTPUT_BYTES,
+                               owner=c.reading.store.uid)
         d["output"], d["output_cut"] = log if log is not None else (None, False)
         emit_json(d)
         return
@@ -99,7 +100,7 @@ def logs(c: Context, job_id: str, follow: bool) -> None:
     if follow:
         _follow(c.reading, view.id)
         return
-    if _copy_output(c.reading.output_path(view.id), 0) is None:
+    if _copy_output(c.reading, view.id, 0) is None:
         click.echo(_no_log(view.id, view.state, view.last_attempt.output_bytes), err=True)
 
 
@@ -121,7 +122,7 @@ def _follow(spool: Spool, job_id: str) -> None:
     stalled = Stalled(spool, ProgressBar(False))
     for _ in waits.looks(None):
         state = spool.find(job_id).state  # looked at first: a job seen finished has all its output written
-        offset = _copy_output(spool.output_path(job_id), offset) or offset
+        offset = _copy_output(spool, job_id, offset) or offset
         if state == State.DEAD:
             raise CliError(f"dead: {job_id}", 1)
         if state == State.DONE:
@@ -129,9 +130,9 @@ def _follow(spool: Spool, job_id: str) -> None:
         stalled.check(1, [job_id], state == State.PROCESSING)
 
 
-def _copy_output(path: str, offset: int) -> int | None:
+def _copy_output(spool: Spool, job_id: str, offset: int) -> int | None:
     """Copy the log from `offset` to stdout; the offset reached, or None if there is no log."""
-    f = output.open_log(path)  # never through a symlink, never waiting on a fifo
+    f = output.open_log(spool.output_path(job_id), owner=spool.store.uid)  # never through a symlink, nor a fifo
     if f is None:
         return None
     with f:
@@ -159,8 +160,11 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = ProgressBar(progress)
     stalled = Stalled(spool, bar)
-    start = spool.counts()
+    # RACE: a worker may finish a job dead while dead/ is listed (a large dead/ takes a while):
+    # listed before the first count, such a job is reported (it went dead while this wait ran),
+    # never counted unfinished at the start and then taken for one dead before it began.
     dead_before = None if job_ids else _dead_ids(spool)
+    start = spool.counts()
     try:
         for _ in waits.looks(deadline):
             if job_ids:
@@ -175,12 +179,13 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
                 left, running = None, n.processing > 0
             bar.update(finished, total, force=finished == total)
             if finished == total:
-                if job_ids:
+                if job_ids:  # each of the ids given, as a script that gave them reads them back
                     dead = [j for j, s in zip(job_ids, states) if s == State.DEAD]
                 else:  # every job that went dead while it waited (one dead before is not its failure)
                     dead = sorted(_dead_ids(spool) - (dead_before or set()))
+                    dead = dead[:10] + [f"… ({len(dead)} jobs)"] if len(dead) > 10 else dead
                 if dead:
-                    raise CliError(f"dead: {' '.join(dead[:10])}{f' … ({len(dead)} jobs)' if len(dead) > 10 else ''}", 1)
+                    raise CliError(f"dead: {' '.join(dead)}", 1)
                 return
             stalled.check(total - finished, left, running)
         raise WaitTimeout(_unfinished(spool, job_ids, timeout))

@@ -212,7 +212,7 @@ class Recovery:
             fsio.unlink_quietly(next_path)
             return []
         moved = self.transitions.finishing.complete(directory, moving, job, self._rescuer or owner)
-        return [Recovered(owner, job.id, moved.state, "the move its owner began, completed")]
+        return [Recovered(owner, job.id, moved.seen_as(now), "the move its owner began, completed")]
 
     def _kill_job_groups(self, directory: str, *, local: bool) -> None:
         """Kill the process groups of the jobs the dead owner was running (one a slot), as its

@@ -210,7 +210,7 @@ class Views:
             return JobView(job_id, state, None, path, reason=str(e))
         if state == State.PENDING:
             state = waiting_state(found, now)
-        timing = output.last_attempt(self.layout.output(found.id)) if found.id else output.LastAttempt()
+        timing = output.last_attempt(self.layout.output(found.id), owner=self.store.uid) if found.id else output.LastAttempt()
         return JobView(found.id or job_id, state, found, path, owner=owner, changed_at=finished_at(st),
                        last_attempt=timing)
 

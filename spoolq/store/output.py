@@ -200,26 +200,51 @@ class LastAttempt(NamedTuple):
     output_bytes: int | None = None  # what it wrote, where the attempts log tells it (a job without a log)
 
 
-def open_log(path: str) -> BinaryIO | None:
-    """A job's log for reading, or None: not there, or not a regular file of one link (a symlink
-    is never followed, a fifo never waited on, a hard link never read: whatever is at a log's
-    path, another program's or from a spool made before output/ was its owner's alone; where
-    fs.protected_hardlinks is 0, anyone may link there a file only the reader may read, and a
-    dashboard root serves would show it to whoever reaches it). A log spoolq made has one link."""
+def open_log(path: str, *, owner: int, any_uid: bool = False) -> BinaryIO | None:
+    """A job's log for reading, or None: not there, or not a regular file of one link, of
+    `owner` (the spool's uid; `any_uid`: of any uid, as a member's quarantined drop-in is), in a
+    directory of `owner`'s. A symlink is never followed, a fifo never waited on, a hard link never
+    read: whatever is at a log's path, another program's or from a spool made before output/ was
+    its owner's alone; where fs.protected_hardlinks is 0, anyone may link there a file only the
+    reader may read, and a dashboard root serves would show it to whoever reaches it. A log
+    spoolq made has one link and is its owner's."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # before fdopen, which refuses a directory with an error
-        os.close(fd)
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not (any_uid or st.st_uid == owner)
+            or not _in_owners_directory(path, st, owner)):
+        os.close(fd)  # before fdopen, which refuses a directory with an error
         return None
     return os.fdopen(fd, "rb")
 
 
-def read_end(path: str, limit: int) -> tuple[bytes, int] | None:
-    """The last `limit` bytes of a job's log and its size; None without a (regular) log."""
-    f = open_log(path)
+def _in_owners_directory(path: str, st: os.stat_result, owner: int) -> bool:
+    """Whether the file opened at `path` (`st`) is in a real directory of `owner`'s there, not
+    reached through a symlink: root's read-only dashboard checks a service user's spool when it
+    starts and serves for days, and that user may then swap output/ or dead/ for a symlink to a
+    directory only root reads (its /var/log/auth.log is job `auth`'s log)."""
+    # RACE: the user may swap the directory back between the file's open and this look; the file
+    # opened has one link, so it is in the directory looked at only if it was opened there (a
+    # file of a directory that user cannot write into, it cannot move into one of its own).
+    try:
+        directory = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        there = os.stat(os.path.basename(path), dir_fd=directory, follow_symlinks=False)
+        return os.fstat(directory).st_uid == owner and os.path.samestat(there, st)
+    except OSError:
+        return False
+    finally:
+        os.close(directory)
+
+
+def read_end(path: str, limit: int, *, owner: int) -> tuple[bytes, int] | None:
+    """The last `limit` bytes of a job's log and its size; None without a (regular) log of
+    `owner` (open_log)."""
+    f = open_log(path, owner=owner)
     if f is None:
         return None
     with f:
@@ -228,10 +253,10 @@ def read_end(path: str, limit: int) -> tuple[bytes, int] | None:
         return f.read(limit), size
 
 
-def last_attempt(path: str) -> LastAttempt:
+def last_attempt(path: str, *, owner: int) -> LastAttempt:
     """When the last attempt in a job's log began, on which host, and how long it took, from its
     marker lines near the end of the log."""
-    end = read_end(path, TAIL_FOR_TIMES)
+    end = read_end(path, TAIL_FOR_TIMES, owner=owner)
     if end is None:
         return LastAttempt()
     tail = end[0]
@@ -259,9 +284,9 @@ class AttemptMark(NamedTuple):
 MARKS_TAIL = 1024 * 1024
 
 
-def attempts(path: str) -> list[AttemptMark]:
+def attempts(path: str, *, owner: int) -> list[AttemptMark]:
     """The attempts a job's log records (in its last MiB), oldest first."""
-    end = read_end(path, MARKS_TAIL)
+    end = read_end(path, MARKS_TAIL, owner=owner)
     if end is None:
         return []
     tail = end[0]
@@ -277,10 +302,10 @@ def attempts(path: str) -> list[AttemptMark]:
     return out
 
 
-def read_tail(path: str, limit: int) -> tuple[str, bool] | None:
+def read_tail(path: str, limit: int, *, owner: int) -> tuple[str, bool] | None:
     """The last `limit` bytes of a job's log as text (undecodable bytes replaced), and whether
     anything before them was left out; None without a log."""
-    end = read_end(path, limit)
+    end = read_end(path, limit, owner=owner)
     if end is None:
         return None
     data, size = end

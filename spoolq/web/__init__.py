@@ -82,7 +82,8 @@ def _pages(app: Flask, board: DashboardState) -> None:
 
     @app.get("/job/<job_id>/log")
     def job_log(job_id: str) -> Response:
-        return _log_from(spool.output_path(spool.find(asked.job_id(job_id)).id), request.args.get("offset", "0"))
+        return _log_from(spool.output_path(spool.find(asked.job_id(job_id)).id), request.args.get("offset", "0"),
+                         spool.store.uid)
 
 
 def _errors(app: Flask) -> None:
@@ -139,12 +140,12 @@ def _api(app: Flask, board: DashboardState) -> None:
         return Response(text, 200, {"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def _log_from(path: str, offset_text: str) -> Response:
+def _log_from(path: str, offset_text: str, owner: int) -> Response:
     """The job's log from `offset` (at most LOG_CHUNK), and in X-Log-Offset where to ask next: a
     character cut by the chunk's end is left for the next request, not shown broken."""
     offset = _number(offset_text)
     data = b""
-    f = output.open_log(path)  # never through a symlink, never waiting on a fifo
+    f = output.open_log(path, owner=owner)  # never through a symlink, never waiting on a fifo
     if f is not None:
         with f:
             size = f.seek(0, 2)

@@ -193,15 +193,16 @@ def _here_without_token() -> str:
 
 def _bearer() -> str:
     """The token of `Authorization: Bearer T` (the scheme's name in any case, as HTTP has it). A
-    header's bytes reach us one character a byte (WSGI's Latin-1): a token's UTF-8 (`curl -H`,
-    a script) is read as UTF-8 again, as the form and `?token=` are, so a non-ASCII token
-    matches however it is given."""
+    header's bytes reach us one character a byte (WSGI's Latin-1): bytes that are UTF-8 (`curl
+    -H`, a shell script) are read as UTF-8, as the form and `?token=` are; others as they were
+    sent, in Latin-1 (Python's urllib, http.client and requests encode a header so), so a token
+    beyond ASCII matches however it is given."""
     scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer":
         return ""
     try:
-        return credentials.strip().encode("latin-1").decode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # not a WSGI header string: taken as it is
+        return credentials.strip().encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not UTF-8 (or not a WSGI header string): taken as it is
         return credentials.strip()
 
 

@@ -158,20 +158,21 @@ class DashboardState:
         view = self.spool.find(job_id)
         d = view.to_dict()
         if view.job is None:  # a quarantined file: what it holds, and why it will never run
-            d["bytes"] = _head(view.path)
+            d["bytes"] = _head(view.path, self.spool.store.uid)
             d["quarantined_why"] = view.reason
         log_path = self.spool.output_path(view.id)
-        d["attempt_marks"] = [mark._asdict() | {"started": iso(mark.started)} for mark in output.attempts(log_path)]
+        marks = output.attempts(log_path, owner=self.spool.store.uid)
+        d["attempt_marks"] = [mark._asdict() | {"started": iso(mark.started)} for mark in marks]
         return d
 
 
 QUARANTINE_SHOWN = 64 * 1024
 
 
-def _head(path: str) -> str:
+def _head(path: str, owner: int) -> str:
     """The first bytes of a quarantined file as text (bytes that are not UTF-8 shown escaped),
     opened as a log is: never through a symlink, never waiting on a fifo."""
-    f = output.open_log(path)
+    f = output.open_log(path, owner=owner, any_uid=True)  # a member's drop-in is of its uid
     if f is None:
         return "(not a regular file)"
     with f:
