@@ -340,10 +340,11 @@ class Spool:
     def output(self, job_id: str) -> bytes | None:
         """The job's captured stdout and stderr, every attempt marked, as `spoolq logs` prints
         them; None while it has no log (not started, or done at once without a word). JobNotFound
-        for an id no job has. A symlink or fifo at the log's path is never read."""
+        for an id no job has. A symlink, fifo or hard link at the log's path, or a log not of the
+        spool's owner, is never read (as by `logs`)."""
         from .store import output
 
-        log = output.open_log(self.output_path(self.find(job_id).id))
+        log = output.open_log(self.output_path(self.find(job_id).id), owner=self.store.uid)
         if log is None:
             return None
         with log:
