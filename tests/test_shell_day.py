@@ -17,6 +17,7 @@ from conftest import SPOOLQ, examples, required_tool, spoolq, wait_for
 from spoolq import Spool
 from spoolq.cli.enqueue import PLAIN_LINES
 from spoolq.cli.quick import join_words
+from spoolq.system.shell_words import RESERVED_WORDS
 from test_quick_enqueue import NEVER, PROBE
 
 
@@ -195,7 +196,30 @@ def test_a_for_loops_double_dash_enqueue_takes_the_plain_path(tmp_path):
 @settings(max_examples=examples(400))
 @given(st.lists(st.text(), min_size=2, max_size=6))
 def test_words_are_quoted_as_shlex_quotes_them(words):
-    assert join_words(words) == shlex.join(words)
+    """shlex.join's quoting, and a first word the shell would not take as a name (an assignment,
+    a reserved word) quoted as well; either way the shell's words are the words given."""
+    joined = join_words(words)
+    assert shlex.split(joined) == words
+    if "=" not in words[0] and words[0] not in RESERVED_WORDS:
+        assert joined == shlex.join(words)
+    else:
+        assert joined.startswith("'")
+
+
+@pytest.mark.parametrize("program", ["X=1", "done"])
+def test_a_first_word_the_shell_would_not_run_runs_as_a_program_after_double_dash(spool_dir, tmp_path, program):
+    """`enqueue -- X=1 arg` enqueued `X=1 arg`, which /bin/sh reads as an assignment before the
+    command `arg`; `enqueue -- done` was a syntax error. The words after -- name a program."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "ran"
+    script = bin_dir / program
+    script.write_text(f"#!/bin/sh\necho \"$@\" > {shlex.quote(str(marker))}\n")
+    script.chmod(0o755)
+    assert spoolq(spool_dir, "enqueue", "--", program, "arg one").returncode == 0
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    assert spoolq(spool_dir, "worker", "start", "--burst", "-q", env=env).returncode == 0
+    assert marker.read_text() == "arg one\n"
 
 
 def test_list_takes_several_states_in_the_listings_own_order(spool_dir):

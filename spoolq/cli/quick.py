@@ -161,8 +161,17 @@ BARE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 
 def join_words(words: list[str]) -> str:
     """A program and its arguments as one /bin/sh command line in which each word stays as given
-    (`enqueue -- PROGRAM ARG...`): shlex.join's quoting, without loading re."""
-    return " ".join(w if w and BARE.issuperset(w) else "'" + w.replace("'", "'\"'\"'") + "'" for w in words)
+    (`enqueue -- PROGRAM ARG...`): shlex.join's quoting, without loading re; and a first word
+    the shell would read as more than a program's name (`NAME=value`: an assignment; `if`, `do`:
+    a reserved word) quoted too, which keeps it a name."""
+    from ..system.shell_words import RESERVED_WORDS
+
+    def named(w: str, first: bool) -> str:
+        if w and BARE.issuperset(w) and not (first and ("=" in w or w in RESERVED_WORDS)):
+            return w
+        return "'" + w.replace("'", "'\"'\"'") + "'"
+
+    return " ".join(named(w, i == 0) for i, w in enumerate(words))
 
 
 def enqueue(args: list[str]) -> int | None:

@@ -26,15 +26,11 @@ import functools
 import os
 import stat
 
+from .shell_words import SHELL_WORDS
+
 # Characters that make a command line need the shell. Tab is a separator; other control
 # characters are rare enough to leave to the shell rather than reason about.
 SHELL_CHARS = frozenset("'\"$`\\*?[]#<>|;&(){}\n!") | frozenset(chr(c) for c in range(32) if c != 9) | {"\x7f"}
-# dash's reserved words and builtins (`type NAME` says "shell builtin" or "reserved word").
-SHELL_WORDS = frozenset(
-    "! case do done elif else esac fi for if in then until while { } "  # reserved words
-    ". : break continue eval exec exit export local readonly return set shift times trap unset "  # special
-    "[ alias bg cd chdir command echo false fg getopts hash jobs kill printf pwd read test true "
-    "type ulimit umask unalias wait".split())
 SAME_ALONE = frozenset({"true", "false"})  # builtin or program: no output, the same exit status
 DASH_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
