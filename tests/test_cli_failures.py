@@ -163,6 +163,19 @@ def test_a_listing_to_a_closed_stdout_fails_saying_so(tmp_path, args):
     assert r.returncode == 1 and r.stderr == "Error: stdout is closed\n", r
 
 
+@pytest.mark.parametrize("args, status", [(("wait", "later", "--timeout", "0.2"), 124), (("show", "nosuch"), 1),
+                                          (("--bogus",), 2), (("list", "--limit", "x"), 2)])
+def test_a_failure_with_stderr_closed_keeps_its_exit_status_and_stdout_clean(tmp_path, args, status):
+    """`spoolq ... 2>&-`: an error's line had no stream to go to, so a timeout ended in an
+    AttributeError (exit 1, not 124), and click printed its own errors to stdout instead, into
+    what a script captures."""
+    root = str(tmp_path / "spool")
+    assert cli(root, "enqueue", "--id", "later", "--delay", "3600", "--cmd", "true").returncode == 0
+    r = subprocess.run(cli_argv(root, *args), stdout=subprocess.PIPE, text=True, timeout=60,
+                       preexec_fn=lambda: os.close(2))
+    assert (r.returncode, r.stdout) == (status, ""), r
+
+
 def test_detached_workers_start_with_stdout_closed(tmp_path):
     """`worker start --detach >&-` said "the workers did not start": the log the supervisor's
     output goes to took descriptor 1, and was closed again by the very redirection meant to fill it."""

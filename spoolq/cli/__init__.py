@@ -65,6 +65,10 @@ def _hold_closed_standard_fds() -> None:
     while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:  # each open takes the lowest free number
         os.set_inheritable(fd, True)  # and a child's stdout is then /dev/null too, not closed
     os.close(fd)
+    if sys.stderr is None:  # (`2>&-`): errors go where the caller sent them, nowhere; without a
+        # stream, an error's line ended in an AttributeError (exit 1, not 124 or 2), and click
+        # printed its own to stdout, into what a script captures
+        sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False)
 
 
 class ClosedStdout:
