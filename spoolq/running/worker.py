@@ -186,7 +186,7 @@ class Worker:
                 continue
             if self.heartbeat.lost:
                 self._reregister("this worker's registration was taken over (declared dead elsewhere)")
-            if now >= self.duties.next_at:
+            if self.duties.due(now):
                 self.duties.run(now)
             if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
                 last_rescan = now

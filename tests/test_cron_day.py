@@ -1,0 +1,63 @@
+"""A cron user's day: what someone used to cron, systemd timers and sidekiq-cron does with
+spoolq's schedules, from the docs alone: every cron form they know, time zones, a clock that
+steps, replacing a schedule, firing one by hand, a slow job, with real workers where it matters.
+Time is passed in (or a worker's clock shifted), never waited out."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from conftest import Workers, wait_for
+from spoolq import Spool
+from spoolq.running.schedules import Schedule, Schedules
+
+
+def at(text: str) -> float:
+    """An ISO time (UTC) as epoch seconds."""
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def add(spool: Spool, name: str, cron: str, created: float, **kwargs) -> Schedules:
+    spool.init()
+    schedules = Schedules(spool)
+    schedules.add(Schedule(name, cron, {"command": "true"}, created_at=created, active_from=created, **kwargs))
+    return schedules
+
+
+def job_ids(spool: Spool) -> list[str]:
+    return sorted(v.id for v in spool.list_jobs())
+
+
+def stepping_clock(ahead: float, flag: Path, shim_dir: Path) -> dict[str, str]:
+    """The environment of a Python whose clock reads `ahead` seconds fast until `flag` exists,
+    and then the right time: NTP stepping a fast clock back (as tests/dfs.py skews a host's)."""
+    shim_dir.mkdir(parents=True, exist_ok=True)
+    (shim_dir / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "_time, _time_ns, _exists = time.time, time.time_ns, os.path.exists\n"
+        f"_skew = lambda: 0.0 if _exists({str(flag)!r}) else {ahead!r}\n"
+        "time.time = lambda: _time() + _skew()\n"
+        "time.time_ns = lambda: _time_ns() + int(_skew() * 1e9)\n")
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": f"{shim_dir}{os.pathsep}{path}" if path else str(shim_dir)}
+
+
+def test_a_worker_whose_clock_steps_back_keeps_firing_schedules(spool, spool_dir, tmp_path):
+    """NTP steps a clock that ran half an hour fast back to the right time: a worker went on
+    firing nothing (nor sweeping for dead workers' jobs, nor purging) for that half hour, as its
+    duties' next times stood half an hour ahead. A schedule added after the step fires at once."""
+    flag = tmp_path / "stepped"
+    spool.init()
+    w = Workers(spool_dir, 1, env=stepping_clock(1800, flag, tmp_path / "shim")).wait_ready()
+    try:
+        add(spool, "fast", "* * * * *", time.time())  # the fast clock's minute is due at once
+        w.wait_for(lambda: any(j.startswith("fast.") for j in job_ids(spool)), 20, "the fast clock's slot")
+        flag.touch()  # the step back
+        add(spool, "after", "* * * * *", time.time() - 120)  # this minute's slot is due at once
+        w.wait_for(lambda: any(j.startswith("after.") for j in job_ids(spool)), 20, "a slot after the step")
+    finally:
+        w.stop()
+        w.kill_all()
