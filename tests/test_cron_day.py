@@ -61,3 +61,21 @@ def test_a_worker_whose_clock_steps_back_keeps_firing_schedules(spool, spool_dir
     finally:
         w.stop()
         w.kill_all()
+
+
+def test_replacing_a_schedule_unchanged_keeps_the_slot_its_catch_up_owes(spool):
+    """A provisioning script (or a unit's ExecStartPre) runs `schedule add --replace` on every
+    boot. After a night with no worker, the boot's re-add made the schedule start afresh, and the
+    missed 02:15 slot, which the catch-up was to fire once a worker started, never fired. The same
+    times keep their start; new times start at the replace (no past slot of theirs fires)."""
+    schedules = add(spool, "nightly", "15 2 * * *", at("2026-01-01T00:00"))
+    t = at("2026-01-01T07:59")
+    schedules.add(Schedule("nightly", "15 2 * * *", {"command": "backup.sh"}, created_at=t, active_from=t),
+                  replace=True)
+    fired = schedules.fire_due(at("2026-01-01T08:00"))
+    assert [(f.job_id, f.created) for f in fired] == [("nightly.20260101T0215Z", True)]
+    assert spool.find("nightly.20260101T0215Z").job.command == "backup.sh"  # the new command
+    t = at("2026-01-01T10:00")
+    schedules.add(Schedule("nightly", "0 9 * * *", {"command": "backup.sh"}, created_at=t, active_from=t),
+                  replace=True)
+    assert schedules.fire_due(at("2026-01-01T10:00:01")) == []  # 09:00 today was before it: not owed

@@ -192,10 +192,7 @@ class Schedules:
         if os.path.lexists(path) and not replace:
             raise SpoolError(f"schedule {schedule.name!r} exists (schedule rm it first, or --replace it)")
         if replace:
-            try:
-                schedule.paused = self.get(schedule.name).paused  # a paused schedule stays paused
-            except SpoolError:
-                pass  # none, or one that does not read as a schedule: replaced as given
+            self._carry_over(schedule)
         self.spool.store.make_dir(self.directory)
         if not os.path.lexists(path):
             # RACE: a worker that read the removed schedule of this name just before its `rm` may
@@ -203,6 +200,19 @@ class Schedules:
             self.fired.remove(schedule.name)
         self.spool.store.publish(path, schedule.to_json())
         return schedule
+
+    def _carry_over(self, schedule: Schedule) -> None:
+        """What a replaced schedule keeps of the one it replaces: paused stays paused, and the
+        same times (expression and zone) keep its start, so that a slot still due (a catch-up
+        after no worker ran) stays due: re-adding a schedule unchanged, as a provisioning script
+        does on every run, swallows no slot. New times start now, firing no past slot of theirs."""
+        try:
+            old = self.get(schedule.name)
+        except SpoolError:
+            return  # none, or one that does not read as a schedule: replaced as given
+        schedule.paused = old.paused
+        if (expression(old.cron), old.tz) == (expression(schedule.cron), schedule.tz):
+            schedule.created_at, schedule.active_from = old.created_at, old.active_from
 
     def get(self, name: str) -> Schedule:
         check_name(name)
