@@ -5,6 +5,7 @@ Time is passed in (or a worker's clock shifted), never waited out."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import datetime, timezone
@@ -79,3 +80,22 @@ def test_replacing_a_schedule_unchanged_keeps_the_slot_its_catch_up_owes(spool):
     schedules.add(Schedule("nightly", "0 9 * * *", {"command": "backup.sh"}, created_at=t, active_from=t),
                   replace=True)
     assert schedules.fire_due(at("2026-01-01T10:00:01")) == []  # 09:00 today was before it: not owed
+
+
+def test_schedule_fire_enqueues_its_job_now_once_a_minute(cli, spool):
+    """`systemctl start backup.service` runs a timer's job by hand, sidekiq-cron has "Enqueue
+    now", the dashboard "fire now": the command line had nothing (`schedule fire` was an unknown
+    command). It enqueues the job as this minute's slot and prints its id; again in the minute,
+    it makes no second job and says so."""
+    assert cli("schedule", "add", "nightly", "15 2 * * *", "--cmd", "echo backup").exit_code == 0
+    first = cli("schedule", "fire", "nightly")
+    assert first.exit_code == 0, first.output
+    job_id = first.stdout.strip()
+    assert job_id.startswith("nightly.") and spool.find(job_id).job.command == "echo backup"
+    again = cli("schedule", "fire", "nightly", "--json")
+    shown = json.loads(again.stdout)
+    if not shown["created"]:  # (unless a minute turned between the two)
+        assert shown == {"id": job_id, "created": False} and "fired this minute already" in again.stderr
+        assert job_ids(spool) == [job_id]
+    missing = cli("schedule", "fire", "nope")
+    assert missing.exit_code == 1 and "no schedule 'nope'" in missing.stderr

@@ -95,6 +95,26 @@ def schedule_show(c: Context, name: str, as_json: bool) -> None:
     _print([schedules.get(check_name(name))], spool_schedules=schedules, as_json=as_json, one=True)
 
 
+@schedule.command("fire")
+@click.argument("name", shell_complete=schedule_names)
+@json_option
+@pass_ctx
+def schedule_fire(c: Context, name: str, as_json: bool) -> None:
+    """Enqueue its job now, as this minute's slot (at most one a minute); prints the job's id.
+
+    \b
+    spoolq schedule fire nightly-backup      # as systemctl start does a timer's service
+    """
+    fired = Schedules(c.spool).fire_now(check_name(name), time.time())
+    if not fired.created:
+        click.echo(f"schedule {name} has fired this minute already (job {fired.job_id}): nothing more is made",
+                   err=True)
+    if as_json:
+        emit_json({"id": fired.job_id, "created": fired.created})
+    else:
+        click.echo(fired.job_id)
+
+
 @schedule.command("rm")
 @click.argument("name", shell_complete=schedule_names)
 @pass_ctx
