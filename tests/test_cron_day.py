@@ -11,6 +11,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pytest
+
 from conftest import Workers, wait_for
 from spoolq import Spool
 from spoolq.running.schedules import Schedule, Schedules
@@ -99,3 +101,17 @@ def test_schedule_fire_enqueues_its_job_now_once_a_minute(cli, spool):
         assert job_ids(spool) == [job_id]
     missing = cli("schedule", "fire", "nope")
     assert missing.exit_code == 1 and "no schedule 'nope'" in missing.stderr
+
+
+@pytest.mark.parametrize("cron, hint", [
+    ("@reboot", "a schedule fires at times, not when a host starts"),
+    ("@every 5m", "'*/5 * * * *'"),
+    ("0 */5 * * * *", "no seconds field"),
+    ("CRON_TZ=Europe/Berlin 15 2 * * *", "--tz Europe/Berlin"),
+])
+def test_what_other_crons_take_is_refused_with_what_to_type_instead(cli, spool_dir, cron, hint):
+    """cronie's @reboot and CRON_TZ=, Go cron's @every, sidekiq-cron's and Quartz's seconds field:
+    each was refused with 'unknown alias' or 'wrong number of fields' alone."""
+    result = cli("schedule", "add", "job", cron, "--cmd", "true")
+    assert result.exit_code == 2 and hint in result.stderr, result.stderr
+    assert not os.path.exists(spool_dir)

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,99}")  # with ".<slot>" still a valid job id
 ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
            "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+UNKNOWN_ALIASES = {  # what other crons take that a slot in time cannot be, and what to use instead
+    "@reboot": "; a schedule fires at times, not when a host starts: enqueue that job from the unit that "
+               "starts the workers (ExecStartPost=)",
+    "@every": "; an interval is a step in a field, as in '*/5 * * * *' (every 5 minutes)"}
 CATCH_UP = ("last", "none")
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
@@ -60,11 +64,16 @@ def expression(cron: str) -> str:
     text = " ".join(cron.split())
     text = ALIASES.get(text.lower(), text)
     if text.startswith("@"):
-        raise InvalidJob(f"invalid cron expression {cron!r}: unknown alias (known: {', '.join(ALIASES)})")
+        raise InvalidJob(f"invalid cron expression {cron!r}: unknown alias (known: {', '.join(ALIASES)})"
+                         + UNKNOWN_ALIASES.get(text.split()[0].lower(), ""))
+    if text.upper().startswith(("CRON_TZ=", "TZ=")):
+        raise InvalidJob(f"invalid cron expression {cron!r}: the zone goes in --tz, as in "
+                         f"--tz {text.split()[0].split('=', 1)[1] or 'Europe/Berlin'}")
     if len(text.split()) != 5:  # cronsim would take a sixth, seconds field: slots are minutes here
         quote = "; quote the whole expression, as in '15 2 * * *'" if len(text.split()) == 1 else ""
+        seconds = "; slots are whole minutes: there is no seconds field" if len(text.split()) == 6 else ""
         raise InvalidJob(f"invalid cron expression {cron!r}: wrong number of fields "
-                         f"(fields: minute hour day-of-month month day-of-week){quote}")
+                         f"(fields: minute hour day-of-month month day-of-week){quote}{seconds}")
     try:
         CronSim(text, datetime(2000, 1, 1, tzinfo=timezone.utc))
     except CronSimError as e:
