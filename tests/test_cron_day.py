@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Workers, wait_for
+from conftest import Workers, spoolq, wait_for
 from spoolq import Spool
 from spoolq.running.schedules import Schedule, Schedules
 
@@ -115,3 +115,19 @@ def test_what_other_crons_take_is_refused_with_what_to_type_instead(cli, spool_d
     result = cli("schedule", "add", "job", cron, "--cmd", "true")
     assert result.exit_code == 2 and hint in result.stderr, result.stderr
     assert not os.path.exists(spool_dir)
+
+
+def test_a_schedule_read_in_utc_on_a_host_that_is_not_says_so(spool_dir):
+    """cron reads '15 2 * * *' in the host's zone; spoolq in UTC unless --tz. On a Berlin host the
+    nightly job ran at 03:15 or 04:15 local, silently. `schedule add` without --tz says so, naming
+    the host's zone; with --tz, or on a host in UTC, it says nothing."""
+    def add_with(tz: str, *extra: str) -> str:
+        done = spoolq(spool_dir, "schedule", "add", "nightly", "15 2 * * *", "--cmd", "true", "--replace", *extra,
+                      env={**os.environ, "TZ": tz})
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    said = add_with("Europe/Berlin")
+    assert "read in UTC" in said and "--tz Europe/Berlin --replace" in said
+    assert "read in UTC" not in add_with("Europe/Berlin", "--tz", "Europe/Berlin")
+    assert "read in UTC" not in add_with("UTC")

@@ -91,6 +91,24 @@ def zone(name: str) -> Any:
         raise InvalidJob(f"unknown time zone {name!r} (an IANA name, like UTC or Europe/Berlin)") from None
 
 
+def host_zone() -> str | None:
+    """This host's local time zone if it is not UTC (what cron reads its expressions in): its IANA
+    name when TZ or /etc/localtime tells it, else "" (a zone not known by name)."""
+    import time
+
+    if time.timezone == 0 and time.altzone == 0:
+        return None
+    name = os.environ.get("TZ", "").lstrip(":")
+    if not name:
+        target = os.path.realpath("/etc/localtime")
+        name = target.split("/zoneinfo/", 1)[1] if "/zoneinfo/" in target else ""
+    try:
+        zone(name)
+    except InvalidJob:
+        return ""
+    return name
+
+
 def slot_id(name: str, slot: float) -> str:
     return f"{name}.{fired_slots.stamp(slot)}"
 
