@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
-from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression, host_zone
+from ..running.cron import expression, host_zone
+from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
