@@ -131,3 +131,28 @@ def test_a_schedule_read_in_utc_on_a_host_that_is_not_says_so(spool_dir):
     assert "read in UTC" in said and "--tz Europe/Berlin --replace" in said
     assert "read in UTC" not in add_with("Europe/Berlin", "--tz", "Europe/Berlin")
     assert "read in UTC" not in add_with("UTC")
+
+
+def test_overlap_forbid_holds_a_slot_while_the_last_job_is_unfinished(spool):
+    """A backup every 5 minutes that takes 7: cron and spoolq start the next while the last one
+    runs (another worker takes it), and a job slower than its schedule piles up; so does every
+    slot of a schedule whose queue is paused. A systemd timer, or Kubernetes' `Forbid`, starts
+    none while the last runs: `--overlap forbid` holds the slot until the last slot's job is
+    done or dead, then fires it once (the worker looks again every couple of seconds)."""
+    from spoolq.running.duties import SCHEDULE_RECHECK, Duties
+
+    add(spool, "slow", "*/5 * * * *", at("2026-01-01T00:00:30"), overlap="forbid")
+    add(spool, "cron", "*/5 * * * *", at("2026-01-01T00:00:30"))  # overlap allow, as cron
+    duties = Duties(spool, lambda _m: None, lambda: "")
+    duties.run(at("2026-01-01T00:05:00"))
+    assert job_ids(spool) == ["cron.20260101T0005Z", "slow.20260101T0005Z"]
+    for t in ("2026-01-01T00:10:00", "2026-01-01T00:11:00", "2026-01-01T00:15:00"):
+        duties.run(at(t))  # slow.0005 is still unfinished (pending here: as running, or a paused queue's)
+    assert [j for j in job_ids(spool) if j.startswith("slow.")] == ["slow.20260101T0005Z"]
+    assert len([j for j in job_ids(spool) if j.startswith("cron.")]) == 3
+    assert spool.cancel(["slow.20260101T0005Z"])[0].ok  # finished (dead): the held slot may fire
+    now = at("2026-01-01T00:16:00")
+    assert duties.due(now + SCHEDULE_RECHECK)  # a held slot is looked at again, not at the next slot
+    duties.run(now + SCHEDULE_RECHECK)
+    assert [j for j in job_ids(spool) if j.startswith("slow.")] == ["slow.20260101T0005Z", "slow.20260101T0015Z"]
+    assert Schedules(spool).row(Schedules(spool).get("slow"), now, working=True)["overlap"] == "forbid"

@@ -10,7 +10,7 @@ import click
 
 from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
 from ..running.cron import expression, host_zone
-from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name
+from ..running.schedules import CATCH_UP, OVERLAP, Schedule, Schedules, check_name
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
@@ -28,6 +28,9 @@ def schedule() -> None:
 @click.option("--tz", help="The time zone the expression is read in.  [default: UTC]")
 @click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
               help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
+@click.option("--overlap", type=click.Choice(OVERLAP), default="allow", show_default=True,
+              help="A slot due while the last slot's job is unfinished: fire it (as cron), or hold it until "
+                   "that job ends.")
 @click.option("--max-retries", type=Int(0, MAX_RETRIES_LIMIT), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
 @click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
@@ -36,7 +39,7 @@ def schedule() -> None:
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
 @json_option
 @pass_ctx
-def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, catch_up: str,
+def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, catch_up: str, overlap: str,
                  max_retries: int | None, priority: int | None, timeout: float | None, queue: str | None,
                  shell: bool | None, replace: bool, as_json: bool, tz: str | None = None) -> None:
     """Add schedule NAME: CRON is five fields (minute hour day-of-month month day-of-week) or
@@ -57,7 +60,8 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     check_name(name)
     expression(cron)  # exit 2 naming the field, before anything is written
     now = time.time()
-    new = Schedule(name, cron, template, tz=tz or "UTC", catch_up=catch_up, created_at=now, active_from=now).check()
+    new = Schedule(name, cron, template, tz=tz or "UTC", catch_up=catch_up, overlap=overlap,
+                   created_at=now, active_from=now).check()
     spool = c.handle()
     spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
     c.create()

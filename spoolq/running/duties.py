@@ -136,7 +136,9 @@ class Duties:
             return
         seen = self.schedules.stamp()  # before the look: a change made during it is looked at next time
         try:
+            held = False
             for fired in self.schedules.fire_due(now):
+                held = held or fired.held
                 if fired.error:
                     self.log(f"schedule {fired.name}: cannot fire: {fired.error}")
                 elif fired.skipped:
@@ -146,6 +148,8 @@ class Duties:
                 if fired.note:
                     self.log(f"schedule {fired.name}: {fired.note}")
             due = self.schedules.next_due(now)
+            if held:  # a slot waits for its schedule's last job to finish: looked at again soon
+                due = min(due if due is not None else float("inf"), now + SCHEDULE_RECHECK)
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return

@@ -27,12 +27,14 @@ from .cron import expression, zone
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, SpoolError
 from ..format.job import iso
+from ..format.states import FINISHED
 
 if TYPE_CHECKING:
     from ..spool import Spool
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,99}")  # with ".<slot>" still a valid job id
 CATCH_UP = ("last", "none")
+OVERLAP = ("allow", "forbid")  # forbid: no slot fires while the last slot's job is unfinished
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
 
@@ -55,6 +57,7 @@ class Schedule:
     job: dict[str, Any]  # the template: any enqueue fields but id
     tz: str = "UTC"
     catch_up: str = "last"
+    overlap: str = "allow"
     created_at: float = 0.0
     paused: bool = False
     active_from: float = 0.0  # no slot before it fires: its creation, or when it was last resumed
@@ -66,6 +69,8 @@ class Schedule:
         zone(self.tz)
         if self.catch_up not in CATCH_UP:
             raise InvalidJob(f"invalid catch-up {self.catch_up!r}: use one of {', '.join(CATCH_UP)}")
+        if self.overlap not in OVERLAP:
+            raise InvalidJob(f"invalid overlap {self.overlap!r}: use one of {', '.join(OVERLAP)}")
         if not isinstance(self.job, dict) or "id" in self.job:
             raise InvalidJob("a schedule's job is a JSON object without an id (each slot's job gets its own)")
         if "after" in self.job:  # a slot would wait for jobs that ran once, or that the spool has purged
@@ -92,7 +97,8 @@ class Schedule:
             raise InvalidJob(f"not a schedule: {str(e)[:100]}") from None
         if not isinstance(raw, dict):
             raise InvalidJob("not a schedule: not a JSON object")
-        known = {k: raw.pop(k) for k in ("name", "cron", "job", "tz", "catch_up", "created_at", "paused", "active_from")
+        known = {k: raw.pop(k) for k in ("name", "cron", "job", "tz", "catch_up", "overlap", "created_at", "paused",
+                                          "active_from")
                  if k in raw}
         try:
             schedule = Schedule(**known, extra=raw)
@@ -111,6 +117,7 @@ class Fired:
     job_id: str
     created: bool  # False: the slot's job existed already (another worker), or it was skipped
     skipped: bool = False
+    held: bool = False  # not fired yet: the last slot's job is unfinished (overlap "forbid")
     error: str | None = None  # its job could not be made
     note: str | None = None  # what else a worker's log should say (an earlier slot a crash left unpublished)
 
@@ -223,6 +230,7 @@ class Schedules:
         (only workers fire schedules: `working`, whether any runs)."""
         last = self.last(schedule.name)
         return {"name": schedule.name, "cron": schedule.cron, "tz": schedule.tz, "catch_up": schedule.catch_up,
+                "overlap": schedule.overlap,
                 "paused": schedule.paused, "next": None if schedule.paused else iso(schedule.next_slot(now)),
                 "fires": working and not schedule.paused,
                 "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
@@ -287,6 +295,10 @@ class Schedules:
         if schedule.catch_up == "none" and now - slot > LATE_LIMIT:
             # Not marked: a host whose clock is behind may still find it in time, and fire it.
             return Fired(schedule.name, slot, job_id, False, skipped=True)
+        if schedule.overlap == "forbid" and newest is not None and self._unfinished(newest.job_id):
+            # RACE: that job may finish just after this look: the slot waits for the next one. A
+            # job requeued after it finished runs beside the slot's: a requeue is asked for by hand.
+            return Fired(schedule.name, slot, job_id, False, held=True)
         # RACE: every worker on every host may get here for the same slot at once: the marker is the
         # arbiter (one rename creates it; the others find it there and fire nothing).
         if not self.fired.mark(schedule.name, slot, job_id):
@@ -322,6 +334,13 @@ class Schedules:
         """Publish the slot's job under `job_id`, unless a job of that id exists: whether it made it."""
         spec = {**schedule.job, "id": job_id, "schedule": schedule.name, "slot": iso(slot)}
         return bool(self.spool.enqueue_many([spec], skip_existing=set()))
+
+    def _unfinished(self, job_id: str) -> bool:
+        """Is the job of this id there and not done or dead (pending, scheduled, waiting, running)?"""
+        try:
+            return self.spool.find(job_id).state not in FINISHED
+        except JobNotFound:
+            return False  # purged: finished long ago
 
     def _known(self, job_id: str) -> bool:
         """Was a job of this id published (its id marker stays until it is purged)?"""
