@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import Workers, spoolq, wait_for
 from spoolq import Spool
+from spoolq.system import watch
 from spoolq.running.schedules import Schedule, Schedules
 
 
@@ -156,3 +158,37 @@ def test_overlap_forbid_holds_a_slot_while_the_last_job_is_unfinished(spool):
     duties.run(now + SCHEDULE_RECHECK)
     assert [j for j in job_ids(spool) if j.startswith("slow.")] == ["slow.20260101T0005Z", "slow.20260101T0015Z"]
     assert Schedules(spool).row(Schedules(spool).get("slow"), now, working=True)["overlap"] == "forbid"
+
+
+class _Polling(watch.Wakeups):
+    """No file-system events: as on a network file system, where polling finds other hosts' jobs."""
+
+    def __init__(self, directories, *, events=True, recursive=()):
+        super().__init__(directories, events=False)
+
+
+def test_a_polling_worker_whose_clock_steps_back_still_finds_new_jobs(spool, monkeypatch):
+    """The same step back on a file system without events (another host's jobs are found only by
+    polling): the worker's last rescan stood half an hour ahead, and it listed pending/ again only
+    half an hour later; a job enqueued after the step waited that long."""
+    from spoolq.running import worker as worker_mod
+
+    skew = [1800.0]
+    real_time, real_ns = time.time, time.time_ns
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew[0])
+    monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(skew[0] * 1e9))
+    monkeypatch.setattr(worker_mod.watch, "Wakeups", _Polling)
+    spool.init()
+    spool.set_config("poll_interval", 0.2)
+    w = worker_mod.Worker(spool, log=lambda _m: None)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        before = spool.enqueue({"command": "true"}).id
+        wait_for(lambda: spool.find(before).state == "done", 15, "a job found by a poll on the fast clock")
+        skew[0] = 0.0  # NTP steps the clock back
+        after = spool.enqueue({"command": "true"}).id
+        wait_for(lambda: spool.find(after).state == "done", 15, "a job enqueued after the step")
+    finally:
+        w.request_stop()
+        t.join(15)
