@@ -192,3 +192,16 @@ def test_a_polling_worker_whose_clock_steps_back_still_finds_new_jobs(spool, mon
     finally:
         w.request_stop()
         t.join(15)
+
+
+@pytest.mark.parametrize("word, pointer", [
+    ("remove", "`spoolq schedule rm NAME`"), ("delete", "`spoolq schedule rm NAME`"),
+    ("run", "`spoolq schedule fire NAME`"), ("enable", "`spoolq schedule resume NAME`"),
+    ("disable", "`spoolq schedule pause NAME`"), ("edit", "--replace"),
+])
+def test_a_schedule_word_of_other_tools_points_to_spoolq_s(cli, word, pointer):
+    """`spoolq schedule remove nightly` answered "did you mean 'resume'?": whoever took the hint
+    to remove a paused schedule set it firing again. Words of crontab, systemctl and sidekiq-cron
+    within `schedule` point to its command."""
+    result = cli("schedule", word, "nightly")
+    assert result.exit_code == 2 and pointer in result.output and "did you mean" not in result.output, result.output
