@@ -18,7 +18,7 @@ RANK = {
     "format": 0, "system": 1, "store": 2, "reading": 3, "moves": 4, "spool": 5,
     "pending": 6, "fsck": 6, "running": 7, "web": 8, "cli": 9, "__main__": 10, "__init__": 10,
 }
-THIRD_PARTY_HOME = {"click": "cli", "watchdog": "system.watch", "flask": "web", "cronsim": "running.schedules",
+THIRD_PARTY_HOME = {"click": "cli", "watchdog": "system.watch", "flask": "web", "cronsim": "running.cron",
                     "filelock": "system.locks"}
 BUDGET = {"module": 400, "class": 300, "function": 50}
 

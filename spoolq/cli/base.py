@@ -109,6 +109,14 @@ POINTERS = {
     "group": "`spoolq queue list`", "cron": "`spoolq schedule add NAME CRON --cmd CMD`", "dashboard": "`spoolq web`",
     **dict.fromkeys(("rm", "remove", "delete"), "`spoolq cancel ID...` (not finished) or `spoolq purge ID...` (finished)"),
 }
+# The same within a group, where the closest name can be the wrong one (`schedule remove`: resume).
+GROUP_POINTERS = {
+    "schedule": {**dict.fromkeys(("remove", "delete", "del"), "`spoolq schedule rm NAME`"),
+                 **dict.fromkeys(("run", "trigger", "now", "start"), "`spoolq schedule fire NAME`"),
+                 **dict.fromkeys(("edit", "update", "set", "change"), "`spoolq schedule add NAME CRON ... --replace`"),
+                 "enable": "`spoolq schedule resume NAME`", "disable": "`spoolq schedule pause NAME`",
+                 "stop": "`spoolq schedule pause NAME`", "next": "`spoolq schedule list` (NEXT)"},
+}
 
 
 class Suggesting(click.Group):
@@ -121,7 +129,8 @@ class Suggesting(click.Group):
             from difflib import get_close_matches
 
             close = get_close_matches(name, self.list_commands(ctx), n=1)
-            pointer = POINTERS.get(name) if ctx.parent is None else None  # words of the top level
+            words = POINTERS if ctx.parent is None else GROUP_POINTERS.get(ctx.info_name or "", {})
+            pointer = words.get(name)
             hint = (f"; {pointer}" if pointer else
                     f"; did you mean {close[0]!r}?" if close else f"; see `{ctx.command_path} --help`")
             raise click.UsageError(f"no such command {name!r}{hint}", ctx)

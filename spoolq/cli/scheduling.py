@@ -9,7 +9,8 @@ from typing import Any
 import click
 
 from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
-from ..running.schedules import CATCH_UP, Schedule, Schedules, check_name, expression
+from ..running.cron import expression, host_zone
+from ..running.schedules import CATCH_UP, OVERLAP, Schedule, Schedules, check_name
 from .complete import queue_names, schedule_names
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
@@ -24,9 +25,12 @@ def schedule() -> None:
 @click.argument("cron")
 @click.argument("job", nargs=-1, metavar="[JOB]")  # more than one: an unquoted CRON, said so below
 @click.option("--cmd", help="The command to run (else JOB, a JSON object).")
-@click.option("--tz", default="UTC", show_default=True, help="The time zone the expression is read in.")
+@click.option("--tz", help="The time zone the expression is read in.  [default: UTC]")
 @click.option("--catch-up", type=click.Choice(CATCH_UP), default="last", show_default=True,
               help="A slot missed while no worker ran: fire it once when one starts, or skip it.")
+@click.option("--overlap", type=click.Choice(OVERLAP), default="allow", show_default=True,
+              help="A slot due while the last slot's job is unfinished: fire it (as cron), or hold it until "
+                   "that job ends.")
 @click.option("--max-retries", type=Int(0, MAX_RETRIES_LIMIT), help="Retries after the first attempt.")
 @click.option("--priority", type=Int(), help="Higher runs first (default 0).")
 @click.option("--timeout", type=Duration(low_open=True), help="How long before the job is killed (90, 10m, 2h).")
@@ -35,9 +39,9 @@ def schedule() -> None:
 @click.option("--replace", is_flag=True, help="Replace a schedule of that name.")
 @json_option
 @pass_ctx
-def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, tz: str, catch_up: str,
+def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: str | None, catch_up: str, overlap: str,
                  max_retries: int | None, priority: int | None, timeout: float | None, queue: str | None,
-                 shell: bool | None, replace: bool, as_json: bool) -> None:
+                 shell: bool | None, replace: bool, as_json: bool, tz: str | None = None) -> None:
     """Add schedule NAME: CRON is five fields (minute hour day-of-month month day-of-week) or
     @hourly, @daily, @weekly, @monthly, @yearly. Each slot's job has the id NAME.YYYYMMDDTHHMMZ.
 
@@ -56,12 +60,23 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     check_name(name)
     expression(cron)  # exit 2 naming the field, before anything is written
     now = time.time()
-    new = Schedule(name, cron, template, tz=tz, catch_up=catch_up, created_at=now, active_from=now).check()
+    new = Schedule(name, cron, template, tz=tz or "UTC", catch_up=catch_up, overlap=overlap,
+                   created_at=now, active_from=now).check()
     spool = c.handle()
     spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
     c.create()
     Schedules(spool).add(new, replace=replace)
+    if tz is None:
+        _say_utc(host_zone())
     _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
+
+
+def _say_utc(local: str | None) -> None:
+    """Cron reads an expression in the host's zone, spoolq in --tz's (UTC): said when they differ."""
+    if local is not None:
+        zone_is = f"this host's zone ({local})" if local else "this host's zone, which is not UTC"
+        click.echo(f"Note: CRON is read in UTC, where cron reads it in {zone_is}: to match cron, add it again "
+                   f"with --tz {local or 'and its IANA name'} --replace", err=True)
 
 
 def _object(name: str, cron: str, text: str) -> dict[str, Any]:
@@ -93,6 +108,26 @@ def schedule_show(c: Context, name: str, as_json: bool) -> None:
     """One schedule: its expression, zone, catch-up, job template, next and last slots."""
     schedules = Schedules(c.reading)
     _print([schedules.get(check_name(name))], spool_schedules=schedules, as_json=as_json, one=True)
+
+
+@schedule.command("fire")
+@click.argument("name", shell_complete=schedule_names)
+@json_option
+@pass_ctx
+def schedule_fire(c: Context, name: str, as_json: bool) -> None:
+    """Enqueue its job now, as this minute's slot (at most one a minute); prints the job's id.
+
+    \b
+    spoolq schedule fire nightly-backup      # as systemctl start does a timer's service
+    """
+    fired = Schedules(c.spool).fire_now(check_name(name), time.time())
+    if not fired.created:
+        click.echo(f"schedule {name} has fired this minute already (job {fired.job_id}): nothing more is made",
+                   err=True)
+    if as_json:
+        emit_json({"id": fired.job_id, "created": fired.created})
+    else:
+        click.echo(fired.job_id)
 
 
 @schedule.command("rm")

@@ -39,8 +39,8 @@ Directories under the spool root ``S``::
     S/events/<owner>.<k>.jsonl  the attempts log (attempts_log.py): a JSON object a line per finished attempt,
                     {"id", "queue", "attempt", "host", "worker", "ready", "claimed", "started", "finished"
                     (epoch s), "outcome" (done, retry, dead, lost), "exit_code", "error", "output_bytes"}
-    S/schedules/<name>.json  a periodic schedule (schedules.py), {"name", "cron", "tz", "catch_up", "job",
-                    "created_at", "active_from", "paused"}; <name>.fired/<slot> a slot it fired (fired_slots.py)
+    S/schedules/<name>.json  a periodic schedule (schedules.py), {"name", "cron", "tz", "catch_up", "overlap",
+                    "job", "created_at", "active_from", "paused"}; <name>.fired/<slot> a slot it fired (fired_slots.py)
     S/locks/<name>.flock  a spool lock (flock(2)); its holder writes {"pid", "host"} over its first 256
                     bytes while it holds it (locks.py). <name>.anchor, .lock, .lock.*: an earlier spoolq's
     S/maildir/      a Maildir other programs deliver jobs into (maildir.py): ``tmp/`` for writing,

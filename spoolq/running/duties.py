@@ -18,6 +18,7 @@ from ..spool import Spool
 
 SCHEDULE_RECHECK = 2.0  # seconds: a schedule added or changed is seen within this
 RECOVER_EVERY = 2.0  # seconds between sweeps for jobs of dead workers
+STEP_BACK = 1.0  # seconds: a clock this far behind the last run's has been stepped back
 
 
 class Duties:
@@ -33,6 +34,7 @@ class Duties:
         self.fire_at = 0.0  # the first look fires a slot missed while no worker ran (catch-up)
         self.due_at = 0.0  # the next slot of any schedule
         self.seen: tuple[int, int] | None = None  # schedules/ as it was at the last full look
+        self.ran_at = 0.0  # the clock at the last run: one reading earlier than it has stepped back
         self._running: threading.Thread | None = None  # the duties while_running started
 
     @property
@@ -41,7 +43,14 @@ class Duties:
         retention = self.retention.next_at if self.retention.wanted() else float("inf")
         return min(self.swept_at + RECOVER_EVERY, self.fire_at, retention)
 
+    def due(self, now: float) -> bool:
+        """Whether a duty is due at `now` (every one is, once the clock has stepped back)."""
+        return now >= self.next_at or now < self.ran_at - STEP_BACK
+
     def run(self, now: float) -> None:
+        if now < self.ran_at - STEP_BACK:
+            self._stepped_back(now)
+        self.ran_at = now
         if now - self.swept_at >= RECOVER_EVERY:
             self.swept_at = now
             self.sweep()
@@ -49,6 +58,13 @@ class Duties:
             self._fire(now)
         if self.retention.wanted() and now >= self.retention.next_at:
             self._retain(now)
+
+    def _stepped_back(self, now: float) -> None:
+        """The clock stepped back (NTP correcting a fast clock, a restored VM): every time kept
+        is ahead of it by the step, and would hold each duty back that long. All due now."""
+        self.swept_at = now - RECOVER_EVERY
+        self.fire_at = self.due_at = 0.0
+        self.retention.gap_at = min(self.retention.gap_at, now)
 
     def _retain(self, now: float, seconds: float = BUSY_BATCH) -> None:
         try:
@@ -79,7 +95,7 @@ class Duties:
         def asked() -> str | None:
             reason = abort()
             busy = self._running is not None and self._running.is_alive()
-            if reason is None and not busy and healthy() and (now := time.time()) >= self.next_at:
+            if reason is None and not busy and healthy() and self.due(now := time.time()):
                 # RACE: this thread runs the job's checks and then records it while the duties run,
                 # as a worker of many slots records its jobs while its loop does them; what of the
                 # worker's the duties touch (its pending index, through the sweep) waits for settle().
@@ -120,7 +136,9 @@ class Duties:
             return
         seen = self.schedules.stamp()  # before the look: a change made during it is looked at next time
         try:
+            held = False
             for fired in self.schedules.fire_due(now):
+                held = held or fired.held
                 if fired.error:
                     self.log(f"schedule {fired.name}: cannot fire: {fired.error}")
                 elif fired.skipped:
@@ -130,6 +148,8 @@ class Duties:
                 if fired.note:
                     self.log(f"schedule {fired.name}: {fired.note}")
             due = self.schedules.next_due(now)
+            if held:  # a slot waits for its schedule's last job to finish: looked at again soon
+                due = min(due if due is not None else float("inf"), now + SCHEDULE_RECHECK)
         except Exception as e:  # a hand-edited schedule, a full disk: said, and tried again later
             self.log(f"cannot fire schedules: {type(e).__name__}: {e}")
             return

@@ -10,10 +10,8 @@ due, it fires once, and never again after its job is purged. No leader, no lock.
 Only the latest slot at or before now is ever considered (cron expressions are evaluated
 backwards from now): firing costs nothing proportional to the slots missed. A slot missed while
 no worker ran is fired once when one starts (catch-up "last"), or skipped if it is more than
-LATE_LIMIT late (catch-up "none"). Cron expressions are evaluated by cronsim, which follows
-Debian's cron, in the schedule's time zone (default UTC): an expression of a fixed hour and
-minute fires once at the first of a repeated wall-clock time, and a time skipped by the clock's
-jump forward fires at the first minute after the jump; the others fire at every instant they name.
+LATE_LIMIT late (catch-up "none"). Cron expressions are read and evaluated, in the schedule's
+time zone (default UTC), by cron.py, as Debian's cron reads them.
 """
 
 from __future__ import annotations
@@ -22,26 +20,23 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from . import fired_slots
+from . import cron, fired_slots
+from .cron import expression, zone
 from ..system import fsio
 from ..format.errors import InvalidJob, JobNotFound, SpoolError
 from ..format.job import iso
+from ..format.states import FINISHED
 
 if TYPE_CHECKING:
     from ..spool import Spool
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,99}")  # with ".<slot>" still a valid job id
-ALIASES = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
-           "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
 CATCH_UP = ("last", "none")
+OVERLAP = ("allow", "forbid")  # forbid: no slot fires while the last slot's job is unfinished
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
-STEP = timedelta(microseconds=1)
-MAX_LOOKS = 200  # slots iterated past one that cronsim gives on the wrong side of now (a repeated hour)
 
 
 def check_name(name: str) -> str:
@@ -49,37 +44,6 @@ def check_name(name: str) -> str:
         raise InvalidJob(f"invalid schedule name {str(name)[:80]!r}: use 1-100 characters of A-Z a-z 0-9 _ -, "
                          "not starting with '-'")
     return name
-
-
-def expression(cron: str) -> str:
-    """The five-field form of `cron` (an @alias translated); InvalidJob naming the bad field."""
-    from cronsim import CronSim, CronSimError
-
-    if not isinstance(cron, str):
-        raise InvalidJob("invalid cron expression: not a string")
-    text = " ".join(cron.split())
-    text = ALIASES.get(text.lower(), text)
-    if text.startswith("@"):
-        raise InvalidJob(f"invalid cron expression {cron!r}: unknown alias (known: {', '.join(ALIASES)})")
-    if len(text.split()) != 5:  # cronsim would take a sixth, seconds field: slots are minutes here
-        quote = "; quote the whole expression, as in '15 2 * * *'" if len(text.split()) == 1 else ""
-        raise InvalidJob(f"invalid cron expression {cron!r}: wrong number of fields "
-                         f"(fields: minute hour day-of-month month day-of-week){quote}")
-    try:
-        CronSim(text, datetime(2000, 1, 1, tzinfo=timezone.utc))
-    except CronSimError as e:
-        raise InvalidJob(f"invalid cron expression {cron!r}: {str(e).lower()} "
-                         "(fields: minute hour day-of-month month day-of-week)") from None
-    return text
-
-
-def zone(name: str) -> Any:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidJob(f"unknown time zone {name!r} (an IANA name, like UTC or Europe/Berlin)") from None
 
 
 def slot_id(name: str, slot: float) -> str:
@@ -93,6 +57,7 @@ class Schedule:
     job: dict[str, Any]  # the template: any enqueue fields but id
     tz: str = "UTC"
     catch_up: str = "last"
+    overlap: str = "allow"
     created_at: float = 0.0
     paused: bool = False
     active_from: float = 0.0  # no slot before it fires: its creation, or when it was last resumed
@@ -104,6 +69,8 @@ class Schedule:
         zone(self.tz)
         if self.catch_up not in CATCH_UP:
             raise InvalidJob(f"invalid catch-up {self.catch_up!r}: use one of {', '.join(CATCH_UP)}")
+        if self.overlap not in OVERLAP:
+            raise InvalidJob(f"invalid overlap {self.overlap!r}: use one of {', '.join(OVERLAP)}")
         if not isinstance(self.job, dict) or "id" in self.job:
             raise InvalidJob("a schedule's job is a JSON object without an id (each slot's job gets its own)")
         if "after" in self.job:  # a slot would wait for jobs that ran once, or that the spool has purged
@@ -112,32 +79,11 @@ class Schedule:
 
     def latest_slot(self, now: float) -> float:
         """The latest slot at or before `now` (epoch seconds)."""
-        from cronsim import CronSim
-
-        # From the instant just after now, made by fromtimestamp (which keeps the fold of a repeated
-        # hour at the end of daylight saving time; adding a timedelta would drop it, an hour back).
-        start = datetime.fromtimestamp(now + STEP.total_seconds(), zone(self.tz))
-        latest = next(CronSim(expression(self.cron), start, reverse=True)).timestamp()
-        if start.fold:
-            # The second pass of a repeated hour: cronsim reads a fixed-time expression on the wall
-            # clock and gives the first pass's instants (fold 0), which are past although their wall
-            # times are later than now's. Look back from now's wall time on the first pass's offset,
-            # past what is still to come.
-            ahead = start.replace(fold=0).utcoffset() - start.utcoffset()
-            first_pass = (start.replace(tzinfo=None) + ahead).replace(tzinfo=start.tzinfo)
-            looks = islice(CronSim(expression(self.cron), first_pass, reverse=True), MAX_LOOKS)
-            before = (t.timestamp() for t in looks)
-            latest = max(latest, next((t for t in before if t <= now), latest))
-        return latest
+        return cron.latest_slot(self.cron, self.tz, now)
 
     def next_slot(self, now: float) -> float:
-        """The first slot after `now` (cronsim, started in the second pass of a repeated hour,
-        may give the first pass's: those are skipped)."""
-        from cronsim import CronSim
-
-        slots = CronSim(expression(self.cron), datetime.fromtimestamp(now, zone(self.tz)))
-        later = (t.timestamp() for t in islice(slots, MAX_LOOKS))
-        return next((t for t in later if t > now), now + 60.0)
+        """The first slot after `now`."""
+        return cron.next_slot(self.cron, self.tz, now)
 
     def to_json(self) -> bytes:
         data = {**self.extra, **{k: v for k, v in asdict(self).items() if k != "extra"}}
@@ -151,7 +97,8 @@ class Schedule:
             raise InvalidJob(f"not a schedule: {str(e)[:100]}") from None
         if not isinstance(raw, dict):
             raise InvalidJob("not a schedule: not a JSON object")
-        known = {k: raw.pop(k) for k in ("name", "cron", "job", "tz", "catch_up", "created_at", "paused", "active_from")
+        known = {k: raw.pop(k) for k in ("name", "cron", "job", "tz", "catch_up", "overlap", "created_at", "paused",
+                                          "active_from")
                  if k in raw}
         try:
             schedule = Schedule(**known, extra=raw)
@@ -170,6 +117,7 @@ class Fired:
     job_id: str
     created: bool  # False: the slot's job existed already (another worker), or it was skipped
     skipped: bool = False
+    held: bool = False  # not fired yet: the last slot's job is unfinished (overlap "forbid")
     error: str | None = None  # its job could not be made
     note: str | None = None  # what else a worker's log should say (an earlier slot a crash left unpublished)
 
@@ -192,10 +140,7 @@ class Schedules:
         if os.path.lexists(path) and not replace:
             raise SpoolError(f"schedule {schedule.name!r} exists (schedule rm it first, or --replace it)")
         if replace:
-            try:
-                schedule.paused = self.get(schedule.name).paused  # a paused schedule stays paused
-            except SpoolError:
-                pass  # none, or one that does not read as a schedule: replaced as given
+            self._carry_over(schedule)
         self.spool.store.make_dir(self.directory)
         if not os.path.lexists(path):
             # RACE: a worker that read the removed schedule of this name just before its `rm` may
@@ -203,6 +148,19 @@ class Schedules:
             self.fired.remove(schedule.name)
         self.spool.store.publish(path, schedule.to_json())
         return schedule
+
+    def _carry_over(self, schedule: Schedule) -> None:
+        """What a replaced schedule keeps of the one it replaces: paused stays paused, and the
+        same times (expression and zone) keep its start, so that a slot still due (a catch-up
+        after no worker ran) stays due: re-adding a schedule unchanged, as a provisioning script
+        does on every run, swallows no slot. New times start now, firing no past slot of theirs."""
+        try:
+            old = self.get(schedule.name)
+        except SpoolError:
+            return  # none, or one that does not read as a schedule: replaced as given
+        schedule.paused = old.paused
+        if (expression(old.cron), old.tz) == (expression(schedule.cron), schedule.tz):
+            schedule.created_at, schedule.active_from = old.created_at, old.active_from
 
     def get(self, name: str) -> Schedule:
         check_name(name)
@@ -272,6 +230,7 @@ class Schedules:
         (only workers fire schedules: `working`, whether any runs)."""
         last = self.last(schedule.name)
         return {"name": schedule.name, "cron": schedule.cron, "tz": schedule.tz, "catch_up": schedule.catch_up,
+                "overlap": schedule.overlap,
                 "paused": schedule.paused, "next": None if schedule.paused else iso(schedule.next_slot(now)),
                 "fires": working and not schedule.paused,
                 "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
@@ -336,6 +295,10 @@ class Schedules:
         if schedule.catch_up == "none" and now - slot > LATE_LIMIT:
             # Not marked: a host whose clock is behind may still find it in time, and fire it.
             return Fired(schedule.name, slot, job_id, False, skipped=True)
+        if schedule.overlap == "forbid" and newest is not None and self._unfinished(newest.job_id):
+            # RACE: that job may finish just after this look: the slot waits for the next one. A
+            # job requeued after it finished runs beside the slot's: a requeue is asked for by hand.
+            return Fired(schedule.name, slot, job_id, False, held=True)
         # RACE: every worker on every host may get here for the same slot at once: the marker is the
         # arbiter (one rename creates it; the others find it there and fire nothing).
         if not self.fired.mark(schedule.name, slot, job_id):
@@ -371,6 +334,13 @@ class Schedules:
         """Publish the slot's job under `job_id`, unless a job of that id exists: whether it made it."""
         spec = {**schedule.job, "id": job_id, "schedule": schedule.name, "slot": iso(slot)}
         return bool(self.spool.enqueue_many([spec], skip_existing=set()))
+
+    def _unfinished(self, job_id: str) -> bool:
+        """Is the job of this id there and not done or dead (pending, scheduled, waiting, running)?"""
+        try:
+            return self.spool.find(job_id).state not in FINISHED
+        except JobNotFound:
+            return False  # purged: finished long ago
 
     def _known(self, job_id: str) -> bool:
         """Was a job of this id published (its id marker stays until it is purged)?"""

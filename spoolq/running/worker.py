@@ -186,9 +186,10 @@ class Worker:
                 continue
             if self.heartbeat.lost:
                 self._reregister("this worker's registration was taken over (declared dead elsewhere)")
-            if now >= self.duties.next_at:
+            if self.duties.due(now):
                 self.duties.run(now)
-            if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval):
+            # (now < last_rescan: the clock stepped back, and the last rescan's time stands ahead)
+            if now - last_rescan >= self.rescans.interval(now, cfg.poll_interval) or now < last_rescan:
                 last_rescan = now
                 self.rescans.run()
             self.rescans.collect_mail()
