@@ -96,12 +96,16 @@ def resume() -> Response:
     return redirect(url_for("overview"), 303)
 
 
+# Reloading this answer would post the same token again: the page the form was on is what to reload.
+STALE_FORM = "a stale or missing form token (the dashboard restarted, or the session ended): go back, reload that page and try again"
+
+
 def check_post(board: DashboardState) -> None:
     if board.read_only:
         abort(403, "this dashboard is read-only (--read-only)")
     given = request.form.get("csrf", "")
     if not given or not hmac.compare_digest(given.encode(), str(session.get("csrf", "")).encode()):
-        abort(400, "a stale or missing form token: reload the page")
+        abort(400, STALE_FORM)
 
 
 def _back(chosen: Filter, said: str) -> str:

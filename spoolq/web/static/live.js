@@ -1,14 +1,36 @@
 // Keeps a page live without reloading it: every 2 s the page is fetched again and each element
 // marked data-live is swapped for its new version (the jobs ticked for a bulk action stay
-// ticked); a job's log is followed from where it was.
+// ticked), and every form takes the fresh page's form token (a restarted dashboard's session
+// gives a new one); a job's log is followed from where it was. While a refresh fails, a line
+// at the top says since when the page is stale, and why.
 "use strict";
 (function () {
   const EVERY = 2000;
+  let lastGood = Date.now();
+  function failed(status) {
+    if (status === 401) return "the dashboard asks for its token again (restarted, or the session ended): reload the page";
+    return "the dashboard answered " + status;
+  }
+  function stale(why) {
+    let note = document.getElementById("stale");
+    if (!why) {
+      if (note) note.remove();
+      return;
+    }
+    if (!note) {
+      note = document.createElement("p");
+      note.id = "stale";
+      note.className = "error";
+      note.setAttribute("role", "alert");
+      document.querySelector("main").prepend(note);
+    }
+    note.textContent = "not refreshed since " + new Date(lastGood).toISOString().slice(11, 19) + " UTC: " + why;
+  }
   async function refreshLive() {
     const live = document.querySelectorAll("[data-live]");
     if (!live.length) return;
     const response = await fetch(location.href, { headers: { "X-Live": "1" }, credentials: "same-origin" });
-    if (!response.ok) return;
+    if (!response.ok) throw new Error(failed(response.status));
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
     const ticked = new Set(Array.from(document.querySelectorAll("input.pick:checked"), function (box) { return box.value; }));
     live.forEach(function (element) {
@@ -18,6 +40,8 @@
       node.querySelectorAll("input.pick").forEach(function (box) { box.checked = ticked.has(box.value); });
       element.replaceWith(node);
     });
+    const token = page.querySelector("input[name=csrf]");
+    if (token) document.querySelectorAll("input[name=csrf]").forEach(function (field) { field.value = token.value; });
     document.body.dataset.refreshed = String(Date.now());
   }
   let offset = 0;
@@ -25,15 +49,22 @@
     const log = document.getElementById("log");
     if (!log) return;
     const response = await fetch(log.dataset.log + "?offset=" + offset, { credentials: "same-origin" });
-    if (!response.ok) return;
+    if (!response.ok) throw new Error(failed(response.status));
     const next = parseInt(response.headers.get("X-Log-Offset") || "0", 10);
     if (next < offset) log.textContent = "";
     log.textContent += await response.text();  // text, never markup: a job's output is untrusted
     offset = next;
   }
   async function tick() {
-    try { await followLog(); await refreshLive(); } catch (e) { /* the next tick tries again */ }
+    try {
+      await followLog();
+      await refreshLive();
+      lastGood = Date.now();
+      stale(null);
+    } catch (e) {
+      stale(e instanceof TypeError ? "the dashboard does not answer" : e.message);  // fetch's TypeError: no answer at all
+    }
     setTimeout(tick, EVERY);
   }
-  document.addEventListener("DOMContentLoaded", function () { followLog().finally(function () { setTimeout(tick, EVERY); }); });
+  document.addEventListener("DOMContentLoaded", function () { followLog().catch(function () {}).finally(function () { setTimeout(tick, EVERY); }); });
 })();

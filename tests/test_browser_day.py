@@ -1,0 +1,87 @@
+"""An operator's day in the dashboard, as someone used to Sidekiq's and RQ's: a real server and a
+real headless Chromium (test_web.py's), and in-process where no browser is needed. Each test
+pins a problem that day found: the page it broke, and what the operator saw."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from spoolq import Spool
+from test_web import a_spool_with_history, browser, burst, by_id, dashboard, dead_jobs, until  # noqa: F401
+
+flask = pytest.importorskip("flask", reason="the dashboard needs the web extra (the test extra installs it)")
+
+
+def refreshed(browser) -> str:
+    return browser.execute_script("return document.body.dataset.refreshed || ''")
+
+
+def after_a_refresh(browser, what: str = "a live refresh") -> None:
+    before = refreshed(browser)
+    until(browser, lambda b: refreshed(b) != before, what=what)
+
+
+def restarted(dashboard, d, *args: str, **kwargs):
+    """The dashboard stopped and started again on its port (an upgrade, a service restart): a new
+    process, a new secret, every session it gave void."""
+    d.stop()
+    return dashboard(*args, bind=d.bind, **kwargs)
+
+
+# A page whose live refresh fails (the dashboard stopped, restarted and asks for the token again,
+# a session that ended) went on showing its numbers as if live: the refresh gave up in silence.
+def test_a_page_that_cannot_refresh_says_so_and_how_to_go_on(spool, dashboard, browser):
+    a_spool_with_history(spool)
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    browser.get(d.url + "/?token=s3cret")
+    after_a_refresh(browser)
+    assert not browser.find_elements("id", "stale")
+    d = restarted(dashboard, d, env={"SPOOLQ_WEB_TOKEN": "s3cret"})
+    note = until(browser, lambda b: b.find_elements("id", "stale") and by_id(b, "stale").text, timeout=10,
+                 what="a line saying the page is stale")
+    assert "not refreshed since" in note and "token" in note and "reload" in note, note
+    d.stop()
+    note = until(browser, lambda b: "does not answer" in by_id(b, "stale").text and by_id(b, "stale").text,
+                 timeout=10, what="the line for a dashboard that is gone")
+    d = dashboard(env={"SPOOLQ_WEB_TOKEN": "s3cret"}, bind=d.bind)
+    browser.get(d.url + "/?token=s3cret")
+    after_a_refresh(browser)
+    assert not browser.find_elements("id", "stale")
+
+
+# After a restart of the dashboard the page refreshed itself with a new session, but the bulk
+# form (outside the live parts) kept the old form token: ticking jobs and pressing retry got
+# "a stale or missing form token: reload the page", and reloading that page posted it again.
+def test_a_bulk_action_still_works_on_a_page_left_open_across_a_restart(spool, dashboard, browser):
+    dead_jobs(spool, 2)
+    d = dashboard()
+    browser.get(d.url + "/jobs/dead")
+    d = restarted(dashboard, d)
+    after_a_refresh(browser, "a refresh from the new dashboard")
+    browser.find_element("css selector", 'input.pick[value="d0001"]').click()
+    by_id(browser, "bulk-retry").click()
+    until(browser, lambda b: b.find_elements("id", "confirm") or b.find_elements("id", "error"), what="an answer")
+    assert browser.find_elements("id", "confirm"), by_id(browser, "error").text
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements("id", "said") and by_id(b, "said").text == "retried 1 job", what="retried")
+    assert spool.find("d0001").state == "pending" and spool.find("d0000").state == "dead"
+
+
+def test_a_stale_form_token_says_to_go_back_not_to_reload_the_post(spool):
+    """Reloading the page a refused POST answered posts the same stale token again."""
+    c = client(spool)
+    spool.enqueue({"command": "true", "id": "j"})
+    r = c.post("/job/j/cancel", data={"csrf": "from-an-old-session"})
+    assert r.status_code == 400 and b"go back" in r.data and b"reload the page" not in r.data
+
+
+# ---- in-process --------------------------------------------------------------------------------
+
+def client(spool: Spool, **kw):
+    from spoolq.web import create_app
+
+    app = create_app(spool, **kw)
+    app.testing = True
+    return app.test_client()
