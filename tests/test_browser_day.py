@@ -77,6 +77,21 @@ def test_a_stale_form_token_says_to_go_back_not_to_reload_the_post(spool):
     assert r.status_code == 400 and b"go back" in r.data and b"reload the page" not in r.data
 
 
+# A job that wrote 3 MB: its page showed the log 256 KiB every 2 s, the end after some 25 s.
+def test_a_long_log_is_shown_whole_at_once(spool, dashboard, browser, workers):
+    job = spool.enqueue({"command": "head -c 3000000 /dev/zero | tr '\\0' a | fold -w 100; echo THE-END"})
+    workers(1)
+    from conftest import wait_for
+
+    wait_for(lambda: spool.find(job.id).state == "done", 30, "the job")
+    d = dashboard()
+    browser.get(f"{d.url}/job/{job.id}")
+    tail = "return document.getElementById('log').textContent.slice(-200)"
+    until(browser, lambda b: "THE-END" in b.execute_script(tail), timeout=8, what="the log's end")
+    text = browser.execute_script("return document.getElementById('log').textContent")
+    assert text.count("THE-END") == 1 and text.count("a" * 100 + "\n") == 29_999  # each chunk once
+
+
 # ---- in-process --------------------------------------------------------------------------------
 
 def client(spool: Spool, **kw):

@@ -1,8 +1,8 @@
 // Keeps a page live without reloading it: every 2 s the page is fetched again and each element
 // marked data-live is swapped for its new version (the jobs ticked for a bulk action stay
 // ticked), and every form takes the fresh page's form token (a restarted dashboard's session
-// gives a new one); a job's log is followed from where it was. While a refresh fails, a line
-// at the top says since when the page is stale, and why.
+// gives a new one); a job's log is read whole, a chunk after another, then followed from where
+// it was. While a refresh fails, a line at the top says since when the page is stale, and why.
 "use strict";
 (function () {
   const EVERY = 2000;
@@ -45,15 +45,19 @@
     document.body.dataset.refreshed = String(Date.now());
   }
   let offset = 0;
+  const CHUNKS = 64;  // a log's chunks (256 KiB each) read at once at most, before the page's refresh
   async function followLog() {
     const log = document.getElementById("log");
     if (!log) return;
-    const response = await fetch(log.dataset.log + "?offset=" + offset, { credentials: "same-origin" });
-    if (!response.ok) throw new Error(failed(response.status));
-    const next = parseInt(response.headers.get("X-Log-Offset") || "0", 10);
-    if (next < offset) log.textContent = "";
-    log.textContent += await response.text();  // text, never markup: a job's output is untrusted
-    offset = next;
+    for (let chunk = 0; chunk < CHUNKS; chunk++) {
+      const response = await fetch(log.dataset.log + "?offset=" + offset, { credentials: "same-origin" });
+      if (!response.ok) throw new Error(failed(response.status));
+      const next = parseInt(response.headers.get("X-Log-Offset") || "0", 10);
+      if (next < offset) log.textContent = "";
+      log.textContent += await response.text();  // text, never markup: a job's output is untrusted
+      offset = next;
+      if (response.headers.get("X-Log-More") !== "1") return;
+    }
   }
   async function tick() {
     try {
