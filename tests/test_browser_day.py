@@ -92,6 +92,18 @@ def test_a_long_log_is_shown_whole_at_once(spool, dashboard, browser, workers):
     assert text.count("THE-END") == 1 and text.count("a" * 100 + "\n") == 29_999  # each chunk once
 
 
+# The dead list of a long queue name, or a search for a long text, was wider than a phone.
+def test_a_long_queue_name_or_search_fits_a_phone(spool, dashboard, browser):
+    long_queue = "q" * 60
+    dead_jobs(spool, 2, long_queue)
+    d = dashboard()
+    browser.set_window_size(390, 844)
+    for path in (f"/jobs/dead?queue={long_queue}", "/jobs/dead?q=" + "z" * 150, f"/jobs/pending?queue={long_queue}"):
+        browser.get(d.url + path)
+        wide, room = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert wide <= room, f"{path[:40]}… is {wide} px wide in a window of {room}"
+
+
 # ---- in-process --------------------------------------------------------------------------------
 
 def client(spool: Spool, **kw):
