@@ -104,6 +104,19 @@ def test_a_long_queue_name_or_search_fits_a_phone(spool, dashboard, browser):
         assert wide <= room, f"{path[:40]}… is {wide} px wide in a window of {room}"
 
 
+# The bulk form's "all N dead" kept the count the page was loaded with while the list below it
+# refreshed: "all 1 dead" above a list of 3.
+def test_the_count_a_bulk_action_offers_follows_the_list(spool, dashboard, browser):
+    dead_jobs(spool, 1)
+    d = dashboard()
+    browser.get(d.url + "/jobs/dead")
+    assert "all 1 dead" in by_id(browser, "scope-all").find_element("xpath", "..").text
+    dead_jobs(spool, 3, prefix="later")
+    until(browser, lambda b: by_id(b, "live-jobs").text.startswith("4 jobs"), what="the list of 4")
+    until(browser, lambda b: "all 4 dead" in by_id(b, "scope-all").find_element("xpath", "..").text, timeout=5,
+          what="the bulk form's count")
+
+
 # ---- in-process --------------------------------------------------------------------------------
 
 def client(spool: Spool, **kw):
