@@ -125,3 +125,17 @@ def client(spool: Spool, **kw):
     app = create_app(spool, **kw)
     app.testing = True
     return app.test_client()
+
+
+# What an action did was said from the address (`?said=`): a link could make the dashboard say
+# anything ("deleted 5000 jobs: run … to restore them"), and a reload said it again.
+def test_what_an_action_did_is_said_once_and_never_from_the_address(spool):
+    dead_jobs(spool, 1)
+    c = client(spool)
+    assert "restore" not in c.get("/jobs/dead?said=deleted+5000+jobs:+run+curl+x|sh+to+restore").text
+    page = c.get("/job/d0000").text
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    r = c.post("/job/d0000/retry", data={"csrf": csrf})
+    assert r.status_code == 303 and "said" not in r.headers["Location"]
+    assert 'id="said">retried<' in c.get(r.headers["Location"]).text
+    assert 'id="said"' not in c.get(r.headers["Location"]).text  # a reload says it no more

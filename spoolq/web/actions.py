@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import time
 
-from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Flask, Response, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from ..format.errors import SpoolError
 from ..format.job import valid_id
@@ -43,8 +43,8 @@ def act_on_job(job_id: str, action: str) -> Response:
         why = spool.purge_ids([job_id])[job_id]
         if why:
             raise SpoolError(why)
-        return redirect(asked.list_url(state, said=f"deleted {job_id}"), 303)
-    return redirect(url_for("job", job_id=job_id, said=_act(spool, action, job_id)), 303)
+        return _saying(f"deleted {job_id}", asked.list_url(state))
+    return _saying(_act(spool, action, job_id), url_for("job", job_id=job_id))
 
 
 def bulk_action(state: str) -> Response | str:
@@ -56,7 +56,7 @@ def bulk_action(state: str) -> Response | str:
     selected = [i for i in request.form.getlist("id") if valid_id(i.removeprefix("+"))]
     everything = request.form.get("scope") == "all"
     if not everything and not selected:
-        return redirect(_back(chosen, "nothing selected: tick the jobs first, or act on all of them"), 303)
+        return _saying("nothing selected: tick the jobs first, or act on all of them", _back(chosen))
     if request.form.get("confirmed") != "yes":
         count = board.jobs(chosen, 0)["total"] if everything else len(selected)
         return render_template("confirm.html", action=action, state=state, chosen=chosen, count=count,
@@ -65,7 +65,7 @@ def bulk_action(state: str) -> Response | str:
     # dashboard acted) is refused by requeue or purge_ids with its reason, and one that arrived is
     # included, as the question says.
     ids = (place.job_id for place, _ in Walk(board.spool.views, chosen)) if everything else selected
-    return redirect(_back(chosen, bulk.run(board.spool, action, ids).said()), 303)
+    return _saying(bulk.run(board.spool, action, ids).said(), _back(chosen))
 
 
 def act_on_schedule(name: str, action: str) -> Response:
@@ -81,7 +81,7 @@ def act_on_schedule(name: str, action: str) -> Response:
                 f"{name} has fired this minute already (job {fired.job_id}): nothing more is made")
     else:
         abort(404)
-    return redirect(url_for("schedules", said=said), 303)
+    return _saying(said, url_for("schedules"))
 
 
 def pause() -> Response:
@@ -108,9 +108,18 @@ def check_post(board: DashboardState) -> None:
         abort(400, STALE_FORM)
 
 
-def _back(chosen: Filter, said: str) -> str:
-    """The list the action was on, saying what it did."""
-    return asked.list_url(chosen.state, q=chosen.query, queue=chosen.queue, said=said)
+def _back(chosen: Filter) -> str:
+    """The list the action was on."""
+    return asked.list_url(chosen.state, q=chosen.query, queue=chosen.queue)
+
+
+def _saying(said: str, then: str) -> Response:
+    """A redirect to `then`, whose page says what the action did, once: from the session, never
+    from the address (a link could make the dashboard say anything, and a reload said it again)."""
+    # RACE: another tab's page loaded at this moment would say it in this one's stead; the live
+    # refreshes never take it (said.html skips X-Live requests).
+    flash(said)
+    return redirect(then, 303)
 
 
 def _act(spool: Spool, action: str, job_id: str) -> str:
