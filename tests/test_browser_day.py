@@ -117,6 +117,28 @@ def test_the_count_a_bulk_action_offers_follows_the_list(spool, dashboard, brows
           what="the bulk form's count")
 
 
+# Every open tab refreshed its page every 2 s, in the background too: at 100,000 done jobs a
+# list costs the server some 0.6 s a refresh, so a few forgotten tabs kept a core busy.
+def test_a_tab_in_the_background_asks_nothing_until_it_is_shown_again(spool, dashboard, browser):
+    import re
+
+    dead_jobs(spool, 1)
+    d = dashboard()
+    browser.get(d.url + "/jobs/dead")
+    after_a_refresh(browser)
+    first = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # about:blank in front: the list's tab is hidden
+    d.get("/api/overview")  # marks the access log: hidden from here
+    time.sleep(5)  # the window watched: two refreshes and a half, before
+    d.get("/api/schedules")  # ... to here
+    browser.switch_to.window(first)
+    dead_jobs(spool, 1, prefix="later")
+    until(browser, lambda b: by_id(b, "live-jobs").text.startswith("2 jobs"), timeout=5, what="a refresh once shown")
+    log = re.sub(r"\x1b\[[0-9;]*m", "", d.stop())
+    hidden = log[log.index("GET /api/overview"):log.index("GET /api/schedules")]
+    assert hidden.count("GET /jobs/dead") == 0, hidden
+
+
 # ---- in-process --------------------------------------------------------------------------------
 
 def client(spool: Spool, **kw):
