@@ -15,7 +15,7 @@ from ..format.job import valid_id
 from ..running.schedules import check_name
 from ..spool import Spool
 from . import asked, bulk
-from .board import DashboardState, Filter, Walk
+from .board import DashboardState, Filter
 
 
 def routes(app: Flask) -> None:
@@ -64,7 +64,7 @@ def bulk_action(state: str) -> Response | str:
     # RACE: the list is read again now; a job that moved since the question (a worker took it, another
     # dashboard acted) is refused by requeue or purge_ids with its reason, and one that arrived is
     # included, as the question says.
-    ids = (place.job_id for place, _ in Walk(board.spool.views, chosen)) if everything else selected
+    ids = (place.job_id for place, _ in board.walk(chosen)) if everything else selected
     return _saying(bulk.run(board.spool, action, ids).said(), _back(chosen))
 
 
