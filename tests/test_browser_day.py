@@ -51,6 +51,19 @@ def test_a_page_that_cannot_refresh_says_so_and_how_to_go_on(spool, dashboard, b
     assert not browser.find_elements("id", "stale")
 
 
+# A job's page left open in one tab while the job was deleted in another (or purged by keep_done)
+# said only "the dashboard answered 404".
+def test_a_page_whose_job_is_gone_says_so_in_the_dashboards_words(spool, dashboard, browser):
+    dead_jobs(spool, 1)
+    d = dashboard()
+    browser.get(d.url + "/job/d0000")
+    after_a_refresh(browser)
+    assert spool.purge_ids(["d0000"]) == {"d0000": None}
+    note = until(browser, lambda b: b.find_elements("id", "stale") and by_id(b, "stale").text, timeout=10,
+                 what="a line saying the page is stale")
+    assert note.endswith("no job 'd0000'"), note
+
+
 # After a restart of the dashboard the page refreshed itself with a new session, but the bulk
 # form (outside the live parts) kept the old form token: ticking jobs and pressing retry got
 # "a stale or missing form token: reload the page", and reloading that page posted it again.

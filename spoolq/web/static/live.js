@@ -8,9 +8,10 @@
 (function () {
   const EVERY = 2000;
   let lastGood = Date.now();
-  function failed(status) {
-    if (status === 401) return "the dashboard asks for its token again (restarted, or the session ended): reload the page";
-    return "the dashboard answered " + status;
+  async function failed(response) {
+    if (response.status === 401) return "the dashboard asks for its token again (restarted, or the session ended): reload the page";
+    const said = new DOMParser().parseFromString(await response.text(), "text/html").getElementById("error");
+    return said ? said.textContent : "the dashboard answered " + response.status;  // its error page's words: "no job …"
   }
   function stale(why) {
     let note = document.getElementById("stale");
@@ -31,7 +32,7 @@
     const live = document.querySelectorAll("[data-live]");
     if (!live.length) return;
     const response = await fetch(location.href, { headers: { "X-Live": "1" }, credentials: "same-origin" });
-    if (!response.ok) throw new Error(failed(response.status));
+    if (!response.ok) throw new Error(await failed(response));
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
     const ticked = new Set(Array.from(document.querySelectorAll("input.pick:checked"), function (box) { return box.value; }));
     live.forEach(function (element) {
@@ -52,7 +53,7 @@
     if (!log) return;
     for (let chunk = 0; chunk < CHUNKS; chunk++) {
       const response = await fetch(log.dataset.log + "?offset=" + offset, { credentials: "same-origin" });
-      if (!response.ok) throw new Error(failed(response.status));
+      if (!response.ok) throw new Error(await failed(response));
       const next = parseInt(response.headers.get("X-Log-Offset") || "0", 10);
       if (next < offset) log.textContent = "";
       log.textContent += await response.text();  // text, never markup: a job's output is untrusted
