@@ -90,6 +90,25 @@ def test_a_stale_form_token_says_to_go_back_not_to_reload_the_post(spool):
     assert r.status_code == 400 and b"go back" in r.data and b"reload the page" not in r.data
 
 
+# The back button after a bulk action landed on Chromium's "Confirm Form Resubmission": the
+# question was the answer to a POST, which a reload would have sent again.
+def test_the_back_button_after_a_bulk_action_finds_the_question_again(spool, dashboard, browser):
+    dead_jobs(spool, 3)
+    d = dashboard()
+    browser.get(d.url + "/jobs/dead")
+    browser.find_element("css selector", 'input.pick[value="d0001"]').click()
+    by_id(browser, "bulk-retry").click()
+    until(browser, lambda b: b.find_elements("id", "confirm"), what="the question")
+    by_id(browser, "confirm").click()
+    until(browser, lambda b: b.find_elements("id", "said") and by_id(b, "said").text == "retried 1 job", what="retried")
+    browser.back()
+    until(browser, lambda b: b.find_elements("id", "confirm-what") or "Resubmission" in b.page_source, what="a page")
+    assert "The 1 selected: d0001" in by_id(browser, "confirm-what").text
+    browser.refresh()
+    assert "The 1 selected: d0001" in by_id(browser, "confirm-what").text
+    assert spool.find("d0001").state == "pending" and spool.counts().dead == 2  # asked again, nothing done
+
+
 # A job that wrote 3 MB: its page showed the log 256 KiB every 2 s, the end after some 25 s.
 def test_a_long_log_is_shown_whole_at_once(spool, dashboard, browser, workers):
     job = spool.enqueue({"command": "head -c 3000000 /dev/zero | tr '\\0' a | fold -w 100; echo THE-END"})
@@ -191,7 +210,7 @@ def test_every_dead_job_of_a_queue_is_listed_and_retried_beyond_the_files_a_sear
     listing = c.get("/api/jobs/dead?queue=mail").get_json()
     assert (listing["total"], listing["search_limit_reached"]) == (n // 2, False)
     form = {"csrf": csrf_in(c.get("/jobs/dead?queue=mail").text), "action": "retry", "scope": "all", "queue": "mail"}
-    assert f"retry {n // 2} dead jobs?" in c.post("/bulk/dead", data=form).text
+    assert f"retry {n // 2} dead jobs?" in c.post("/bulk/dead", data=form, follow_redirects=True).text
     for _ in range(5):  # 2,000 to 5,000 a press: pressed again while it says so
         r = c.post("/bulk/dead", data={**form, "confirmed": "yes"})
         if "press again" not in c.get(r.headers["Location"]).text:
