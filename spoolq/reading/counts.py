@@ -93,6 +93,12 @@ class JobCounter:
         census.totals.workers = len(self.owners.workers(role="worker"))
         return census
 
+    def queues_known(self, directory: str) -> dict[str, str | None]:
+        """The queue of each job file of `directory` ("<inode>:<path>" -> queue, None if it could not
+        be read) as the last census read it: a reader that filters by queue opens none of them again."""
+        tally = self._tallies.get(directory)
+        return tally.queue_of if tally is not None else {}
+
     def pending_queues(self, now: float | None = None) -> set[str]:
         """The queues of the jobs in pending/ (ready or scheduled), from their names alone."""
         return set(self._pending_census(self.store.now(now)).queues)

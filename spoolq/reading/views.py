@@ -68,6 +68,7 @@ class Place(NamedTuple):
     state: str  # its directory's state ("pending" for scheduled jobs too, until read)
     job_id: str
     owner: str | None = None
+    inode: int | None = None  # a finished job's, from its listing: with path, its key in the census
 
 
 def finished_at(st: os.stat_result) -> float:
@@ -304,13 +305,13 @@ class Views:
     def _finished_places(self, state: str) -> list[Place]:
         directory = self.layout.dir(state)
         entries = []
-        for entry in fsio.listdir(directory):
+        for entry, inode in fsio.listdir_inodes(directory):  # paths as the census keys them
             if layout.is_json_entry(entry):
                 try:
-                    entries.append((finished_at(os.lstat(os.path.join(directory, entry))), entry))
+                    entries.append((finished_at(os.lstat(f"{directory}/{entry}")), entry, inode))
                 except FileNotFoundError:
                     continue
-        return [Place(os.path.join(directory, entry), state, layout.stem(entry)) for _, entry in sorted(entries)]
+        return [Place(f"{directory}/{entry}", state, layout.stem(entry), None, inode) for _, entry, inode in sorted(entries)]
 
     def _is_dropped_file(self, entry: str) -> bool:
         """A dropped file not adopted yet (directories are left alone, not jobs)."""

@@ -142,9 +142,10 @@ def _api(app: Flask, board: DashboardState) -> None:
 
 def _log_from(path: str, offset_text: str, owner: int) -> Response:
     """The job's log from `offset` (at most LOG_CHUNK), and in X-Log-Offset where to ask next: a
-    character cut by the chunk's end is left for the next request, not shown broken."""
+    character cut by the chunk's end is left for the next request, not shown broken. X-Log-More
+    says whether the log held more than this chunk (the page asks again at once)."""
     offset = _number(offset_text)
-    data = b""
+    data, size = b"", 0
     f = output.open_log(path, owner=owner)  # never through a symlink, never waiting on a fifo
     if f is not None:
         with f:
@@ -156,7 +157,9 @@ def _log_from(path: str, offset_text: str, owner: int) -> Response:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     text = decoder.decode(data, final=False)
     used = len(data) - len(decoder.getstate()[0])
-    return Response(text, 200, {"Content-Type": "text/plain; charset=utf-8", "X-Log-Offset": str(offset + used)})
+    more = "1" if offset + len(data) < size else "0"
+    return Response(text, 200, {"Content-Type": "text/plain; charset=utf-8", "X-Log-Offset": str(offset + used),
+                                "X-Log-More": more})
 
 
 def _number(text: str, at_most: int = 10**15) -> int:

@@ -8,20 +8,22 @@ from __future__ import annotations
 import hmac
 import time
 
-from flask import Flask, Response, abort, current_app, redirect, render_template, request, session, url_for
+from flask import Flask, Response, abort, current_app, flash, redirect, render_template, request, session, url_for
+from werkzeug.datastructures import MultiDict
 
 from ..format.errors import SpoolError
 from ..format.job import valid_id
 from ..running.schedules import check_name
 from ..spool import Spool
 from . import asked, bulk
-from .board import DashboardState, Filter, Walk
+from .board import DashboardState, Filter
 
 
 def routes(app: Flask) -> None:
     for rule, view in (("/job/<job_id>/<action>", act_on_job), ("/bulk/<state>", bulk_action),
                        ("/schedule/<name>/<action>", act_on_schedule), ("/pause", pause), ("/resume", resume)):
         app.add_url_rule(rule, view_func=view, methods=["POST"])
+    app.add_url_rule("/bulk/<state>", view_func=bulk_question, methods=["GET"])
 
 
 def _board() -> DashboardState:
@@ -43,29 +45,50 @@ def act_on_job(job_id: str, action: str) -> Response:
         why = spool.purge_ids([job_id])[job_id]
         if why:
             raise SpoolError(why)
-        return redirect(asked.list_url(state, said=f"deleted {job_id}"), 303)
-    return redirect(url_for("job", job_id=job_id, said=_act(spool, action, job_id)), 303)
+        return _saying(f"deleted {job_id}", asked.list_url(state))
+    return _saying(_act(spool, action, job_id), url_for("job", job_id=job_id))
 
 
-def bulk_action(state: str) -> Response | str:
+def bulk_action(state: str) -> Response:
+    """A bulk action: confirmed, it is done; else the question is asked by a page of its own (a
+    GET, bulk_question), so that the back button after the action finds a page, not a POST to
+    send again."""
     board = _board()
-    action = request.form.get("action", "")
-    if action not in bulk.ACTIONS.get(state, {}):
-        abort(404)
-    chosen = Filter(state, request.form.get("q", "")[:200], asked.queue(request.form.get("queue", "")))
-    selected = [i for i in request.form.getlist("id") if valid_id(i.removeprefix("+"))]
-    everything = request.form.get("scope") == "all"
+    action, chosen, selected, everything = _bulk_asked(state, request.form)
     if not everything and not selected:
-        return redirect(_back(chosen, "nothing selected: tick the jobs first, or act on all of them"), 303)
+        return _saying("nothing selected: tick the jobs first, or act on all of them", _back(chosen))
     if request.form.get("confirmed") != "yes":
-        count = board.jobs(chosen, 0)["total"] if everything else len(selected)
-        return render_template("confirm.html", action=action, state=state, chosen=chosen, count=count,
-                               everything=everything, selected=selected)
+        return redirect(url_for("bulk_question", state=state, action=action, scope="all" if everything else "selected",
+                                q=chosen.query or None, queue=chosen.queue or None, id=selected), 303)
     # RACE: the list is read again now; a job that moved since the question (a worker took it, another
     # dashboard acted) is refused by requeue or purge_ids with its reason, and one that arrived is
     # included, as the question says.
-    ids = (place.job_id for place, _ in Walk(board.spool.views, chosen)) if everything else selected
-    return redirect(_back(chosen, bulk.run(board.spool, action, ids).said()), 303)
+    ids = (place.job_id for place, _ in board.walk(chosen)) if everything else selected
+    return _saying(bulk.run(board.spool, action, ids).said(), _back(chosen))
+
+
+def bulk_question(state: str) -> Response | str:
+    """What a bulk action will touch, asked before it is done (it changes nothing)."""
+    board: DashboardState = current_app.extensions["spoolq"]
+    if board.read_only:
+        abort(403, READ_ONLY)
+    action, chosen, selected, everything = _bulk_asked(state, request.args)
+    if not everything and not selected:
+        return redirect(_back(chosen), 303)
+    count = board.jobs(chosen, 0)["total"] if everything else len(selected)
+    return render_template("confirm.html", action=action, state=state, chosen=chosen, count=count,
+                           everything=everything, selected=selected)
+
+
+def _bulk_asked(state: str, given: MultiDict[str, str]) -> tuple[str, Filter, list[str], bool]:
+    """A bulk action's form or question: the action (404 for one the list has not), the list's
+    filter, the ticked ids, and whether it is on every job the filter matches."""
+    action = given.get("action", "")
+    if action not in bulk.ACTIONS.get(state, {}):
+        abort(404)
+    chosen = Filter(state, given.get("q", "")[:200], asked.queue(given.get("queue", "")))
+    selected = [i for i in given.getlist("id") if valid_id(i.removeprefix("+"))]
+    return action, chosen, selected, given.get("scope") == "all"
 
 
 def act_on_schedule(name: str, action: str) -> Response:
@@ -81,7 +104,7 @@ def act_on_schedule(name: str, action: str) -> Response:
                 f"{name} has fired this minute already (job {fired.job_id}): nothing more is made")
     else:
         abort(404)
-    return redirect(url_for("schedules", said=said), 303)
+    return _saying(said, url_for("schedules"))
 
 
 def pause() -> Response:
@@ -96,17 +119,31 @@ def resume() -> Response:
     return redirect(url_for("overview"), 303)
 
 
+READ_ONLY = "this dashboard is read-only (--read-only)"
+# Reloading this answer would post the same token again: the page the form was on is what to reload.
+STALE_FORM = "a stale or missing form token (the dashboard restarted, or the session ended): go back, reload that page and try again"
+
+
 def check_post(board: DashboardState) -> None:
     if board.read_only:
-        abort(403, "this dashboard is read-only (--read-only)")
+        abort(403, READ_ONLY)
     given = request.form.get("csrf", "")
     if not given or not hmac.compare_digest(given.encode(), str(session.get("csrf", "")).encode()):
-        abort(400, "a stale or missing form token: reload the page")
+        abort(400, STALE_FORM)
 
 
-def _back(chosen: Filter, said: str) -> str:
-    """The list the action was on, saying what it did."""
-    return asked.list_url(chosen.state, q=chosen.query, queue=chosen.queue, said=said)
+def _back(chosen: Filter) -> str:
+    """The list the action was on."""
+    return asked.list_url(chosen.state, q=chosen.query, queue=chosen.queue)
+
+
+def _saying(said: str, then: str) -> Response:
+    """A redirect to `then`, whose page says what the action did, once: from the session, never
+    from the address (a link could make the dashboard say anything, and a reload said it again)."""
+    # RACE: another tab's page loaded at this moment would say it in this one's stead; the live
+    # refreshes never take it (said.html skips X-Live requests).
+    flash(said)
+    return redirect(then, 303)
 
 
 def _act(spool: Spool, action: str, job_id: str) -> str:

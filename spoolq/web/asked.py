@@ -22,7 +22,7 @@ def queue(text: str) -> str:
     return text
 
 
-def list_url(state: str, page: int | str | None = None, q: str = "", queue: str = "", said: str = "") -> str:
+def list_url(state: str, page: int | str | None = None, q: str = "", queue: str = "") -> str:
     """A list's address with only the parameters that say something."""
-    given = {"page": page, "q": q, "queue": queue, "said": said}
+    given = {"page": page, "q": q, "queue": queue}
     return url_for("jobs", state=state, **{k: v for k, v in given.items() if v not in (None, "", 0)})

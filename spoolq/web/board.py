@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..format import layout
@@ -41,16 +41,20 @@ class Filter:
         places = views.places(self.state)
         return places[::-1] if self.state in NEWEST_FIRST else places
 
-    def by_name(self, place: Place) -> bool | None:
-        """Whether the job matches, from its name alone; None when its file must say."""
+    def by_name(self, place: Place, known: dict[str, str | None]) -> bool | None:
+        """Whether the job matches, from its name alone (or its queue as the census read it,
+        `known`); None when its file must say."""
         query = True if not self.query or self.query in place.job_id else None
         queue: bool | None = True
         if self.queue:
             parsed = layout.parse_pending(os.path.basename(place.path))
+            census = known.get(f"{place.inode}:{place.path}") if place.inode is not None else None
             if layout.is_quarantine_id(place.job_id):
                 queue = False  # a quarantined file is of no queue
             elif parsed is not None:
                 queue = parsed.queue == self.queue
+            elif census is not None:
+                queue = census == self.queue
             else:
                 queue = None
         if query is None and self.query and layout.is_quarantine_id(place.job_id):
@@ -73,11 +77,12 @@ class Walk:
 
     views: Views
     filter: Filter
+    known: dict[str, str | None] = field(default_factory=dict)  # finished files' queues (JobCounter.queues_known)
     scanned: int = 0
 
     def __iter__(self) -> Iterator[tuple[Place, JobView | None]]:
         for place in self.filter.places(self.views):
-            decided = self.filter.by_name(place)
+            decided = self.filter.by_name(place, self.known)
             if decided is None:
                 if self.scanned >= SEARCH_LIMIT:
                     continue
@@ -128,10 +133,23 @@ class DashboardState:
                                                 "failed_attempts": sum(day.failed)},
                 "running": running, "workers": workers, "_charts": (hour.series, day)}
 
+    def walk(self, chosen: Filter) -> Walk:
+        """The jobs `chosen` matches. A queue's finished jobs are told by the census (which reads
+        each file once in this process's life, as the overview's counts do), so a queue filter
+        on done/ or dead/ reaches every job of the queue, as many as its count on the overview."""
+        if not chosen.queue or chosen.state not in NEWEST_FIRST:
+            return Walk(self.spool.views, chosen)
+        with self.lock:  # the census' tallies are shared by the server's threads
+            self.spool.views.census()
+            known = self.spool.views.counter.queues_known(self.spool.layout.dir(chosen.state))
+        # RACE: a file that arrives after the census is not in `known`: it is read, as before. A
+        # later census (another request) fills a new tally's dict, never this one: read unlocked.
+        return Walk(self.spool.views, chosen, known)
+
     def jobs(self, chosen: Filter, page: int | None) -> dict[str, Any]:
         """One page of the jobs `chosen` matches (None: the last page). Only the page's files
-        are read, but for a search of commands or a queue not in the names."""
-        walk = Walk(self.spool.views, chosen)
+        are read, but for a search of commands or a queue not in the names nor the census."""
+        walk = self.walk(chosen)
         matched = [(place, view) for place, view in walk]
         pages = max(1, -(-len(matched) // PAGE))
         page = pages - 1 if page is None else min(page, pages - 1)
