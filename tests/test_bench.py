@@ -86,3 +86,17 @@ def test_every_row_set_the_docs_name_is_one_bench_runs():
     r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench.py"), "--only", "nosuchrow"],
                        capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 2 and "unknown row key nosuchrow" in r.stderr, r.stderr
+
+
+def test_the_idle_rows_spool_of_done_jobs_is_built_as_workers_leave_one(tmp_path):
+    """The idle row's spool of done jobs is copied from one job run for real: it broke once a
+    silent job that succeeds at once was left without an output log."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    try:
+        import idlecost
+    finally:
+        sys.path.remove(os.path.join(REPO, "scripts"))
+    spool_dir = str(tmp_path / "s")
+    idlecost.finished_spool([sys.executable, "-m", "spoolq"], spool_dir, 3)
+    assert len(os.listdir(os.path.join(spool_dir, "done"))) == 4
+    assert sorted(os.listdir(os.path.join(spool_dir, "output"))) == [f"bench{i:07d}.log" for i in range(3)]
