@@ -97,11 +97,13 @@ def pytest_addoption(parser) -> None:
 
 
 def shares_the_machine(item) -> bool:
-    """Whether a test may run beside another copy of itself (under xdist): not a rig, not podman.
+    """Whether a test may run beside another copy of itself (under xdist): not a rig, not podman,
+    not one that measures how two workers race (`alone`: another test's load makes them race more).
     (Not an xdist_group under `--dist loadgroup`: with pytest 9.2 and pytest-xdist 3.8 that groups
     nothing and says nothing, as xdist marks a group by rewriting an item's id, which pytest no
     longer reads: pytest-xdist issue 1386.)"""
-    return not (item.get_closest_marker("rig") or set(getattr(item, "fixturenames", ())) & CONTAINER_FIXTURES)
+    return not (item.get_closest_marker("rig") or item.get_closest_marker("alone")
+                or set(getattr(item, "fixturenames", ())) & CONTAINER_FIXTURES)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

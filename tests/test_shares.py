@@ -119,8 +119,11 @@ def test_a_garbled_registration_takes_no_share(spool):
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_two_burst_workers_seldom_race_for_the_same_job(spool, spool_dir):
-    """Without shares each job was tried by both workers: about one lost claim per job."""
+    """Without shares each job was tried by both workers: about one lost claim per job. (Alone: beside
+    another test on two cores, one worker may start so late that the two race for most of the end of
+    the burst; 769 lost claims were seen so, against 20-250 on a machine to itself.)"""
     spool.enqueue_many([{"command": "true"} for _ in range(1000)])
     result = spoolq(spool_dir, "worker", "start", "--count", "2", "--burst", "--quiet", timeout=120)
     assert result.returncode == 0, result.stderr
