@@ -250,3 +250,17 @@ def test_a_duration_that_is_no_duration_is_told_what_0_means(spool_dir, key, mea
     "for good" here (0) was left for the reader to find."""
     r = spoolq(spool_dir, "config", "set", key, "forever")
     assert r.returncode == 2 and meaning in r.stderr and "90s" in r.stderr, r.stderr
+
+
+def test_pause_and_resume_take_every_queue_named(spool_dir):
+    """`pause --queue a --queue b` paused b alone (click keeps the last value), and said so in a
+    line easy to misread: a went on running. Every queue named is paused, and resumed, as
+    `worker start --queue` takes them (again, or `a,b`)."""
+    for queue in ("a", "b", "c"):
+        assert spoolq(spool_dir, "enqueue", "--queue", queue, "--cmd", "true").returncode == 0
+    r = spoolq(spool_dir, "pause", "--queue", "a", "--queue", "b", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"paused": ["a", "b"]}, r
+    r = spoolq(spool_dir, "pause", "--queue", "c,a", "--json")
+    assert json.loads(r.stdout) == {"paused": ["a", "b", "c"]}
+    r = spoolq(spool_dir, "resume", "--queue", "a", "--queue", "c", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"paused": ["b"]}, r

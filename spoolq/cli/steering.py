@@ -25,29 +25,39 @@ def _say(names: frozenset[str], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queue", help="Pause only this queue.", shell_complete=queue_names)
+@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", shell_complete=queue_names,
+              help="Pause only these queues (may be given again).")
 @json_option
 @pass_ctx
-def pause(c: Context, queue: str | None, as_json: bool) -> None:
-    """Workers everywhere stop claiming jobs (of one queue, or all), within about one
+def pause(c: Context, queues: tuple[str, ...], as_json: bool) -> None:
+    """Workers everywhere stop claiming jobs (of these queues, or all), within about one
     poll_interval on other hosts. Running jobs finish; enqueue and drop-ins are still accepted."""
-    name = _one_queue(queue)
-    if name is not None:  # a typo would hold nothing and leave the meant queue running, silently
-        warn_about_queues(c.spool, [name])
-    _say(c.spool.pause(name), as_json)
+    names = queue_set(queues)
+    if names is None:
+        _say(c.spool.pause(None), as_json)
+        return
+    warn_about_queues(c.spool, sorted(names))  # a typo would hold nothing and leave the meant queue running, silently
+    for name in sorted(names):  # every queue named: `--queue a --queue b` paused b alone, as click keeps the last
+        paused = c.spool.pause(name)
+    _say(paused, as_json)
 
 
 @main.command()
-@click.option("--queue", help="Resume only this queue (it stays paused while the whole spool is).",
-              shell_complete=queue_names)
+@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", shell_complete=queue_names,
+              help="Resume only these queues (may be given again; each stays paused while the whole spool is).")
 @json_option
 @pass_ctx
-def resume(c: Context, queue: str | None, as_json: bool) -> None:
-    """Workers claim jobs again (of one queue, or of every queue paused)."""
-    name = _one_queue(queue)
-    if name is not None:
-        _warn_unless_paused(name, c.spool.paused())
-    _say(c.spool.resume(name), as_json)
+def resume(c: Context, queues: tuple[str, ...], as_json: bool) -> None:
+    """Workers claim jobs again (of these queues, or of every queue paused)."""
+    names = queue_set(queues)
+    if names is None:
+        _say(c.spool.resume(None), as_json)
+        return
+    before = c.spool.paused()
+    for name in sorted(names):
+        _warn_unless_paused(name, before)
+        paused = c.spool.resume(name)
+    _say(paused, as_json)
 
 
 def _warn_unless_paused(name: str, paused: frozenset[str]) -> None:
@@ -59,13 +69,6 @@ def _warn_unless_paused(name: str, paused: frozenset[str]) -> None:
     close = get_close_matches(name, sorted(paused), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f" (paused: {', '.join(sorted(paused)) or 'nothing'})"
     click.echo(f"Warning: queue {name!r} was not paused{hint}", err=True)
-
-
-def _one_queue(queue: str | None) -> str | None:
-    names = queue_set([queue]) if queue is not None else None
-    if names is not None and len(names) != 1:
-        raise click.BadParameter("name one queue", param_hint="'--queue'")
-    return next(iter(names)) if names else None
 
 
 _SAID = {
