@@ -37,6 +37,28 @@ def read_as_root(root: str) -> Spool:
 # ---- root's read-only dashboard of a service user's spool ----------------------------------------
 
 
+def swapped_under_roots_dashboard(tmp_path, root: str, directory: str, name: str, secret: str):
+    """A test client of root's read-only dashboard of `root`, a service user's spool; once it
+    has started, that user swaps `directory` for a symlink to a root-only directory that holds
+    `name` (`secret`, readable by root alone)."""
+    pytest.importorskip("flask", reason="the dashboard needs the web extra")
+    from spoolq.web import create_app
+
+    give_to(root, SERVICE_USER)
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / name).write_text(secret)
+    os.chmod(private / name, 0o600)
+    app = create_app(read_as_root(root), read_only=True)
+    app.testing = True
+    client = app.test_client()
+    # The service user, after the dashboard started:
+    os.rename(os.path.join(root, directory), os.path.join(root, directory + ".old"))
+    os.symlink(private, os.path.join(root, directory))
+    os.lchown(os.path.join(root, directory), SERVICE_USER, SERVICE_USER)
+    return client
+
+
 # 1. The dashboard checks the spool's directories once, when it starts; it then serves for days. The
 # service user owns output/ and the spool's root: once root serves it, that user can swap output/
 # for a symlink to a directory only root reads, and the log of its job `auth` was then root's
@@ -44,24 +66,10 @@ def read_as_root(root: str) -> Spool:
 # the loopback. A log is shown only when the spool's user made it (it is owned by that uid).
 @ROOT_ONLY
 def test_root_dashboard_does_not_serve_a_log_through_an_output_dir_swapped_for_a_symlink(tmp_path):
-    pytest.importorskip("flask", reason="the dashboard needs the web extra")
-    from spoolq.web import create_app
-
     root = str(tmp_path / "jobs")
     Spool(root).enqueue({"id": "auth", "command": "true"})
     os.makedirs(os.path.join(root, "output"), exist_ok=True)
-    give_to(root, SERVICE_USER)
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    (private / "auth.log").write_text("root's secret line\n")
-    os.chmod(private / "auth.log", 0o600)
-    app = create_app(read_as_root(root), read_only=True)
-    app.testing = True
-    client = app.test_client()
-    # The service user, after the dashboard started:
-    os.rename(os.path.join(root, "output"), os.path.join(root, "output.old"))
-    os.symlink(private, os.path.join(root, "output"))
-    os.lchown(os.path.join(root, "output"), SERVICE_USER, SERVICE_USER)
+    client = swapped_under_roots_dashboard(tmp_path, root, "output", "auth.log", "root's secret line\n")
     assert "secret" not in client.get("/job/auth/log").get_data(as_text=True)
     assert "secret" not in client.get("/api/job/auth").get_data(as_text=True)
 
@@ -72,22 +80,10 @@ def test_root_dashboard_does_not_serve_a_log_through_an_output_dir_swapped_for_a
 @pytest.mark.review("day s6 2")
 @ROOT_ONLY
 def test_root_dashboard_does_not_show_the_bytes_of_a_file_through_a_state_dir_swapped_for_a_symlink(tmp_path):
-    pytest.importorskip("flask", reason="the dashboard needs the web extra")
-    from spoolq.web import create_app
-
     root = str(tmp_path / "jobs")
     Spool(root).enqueue({"command": "true"})
-    give_to(root, SERVICE_USER)
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    (private / "config.json").write_text('{"auths": {"registry": {"auth": "root-secret-token"}}}\n')
-    os.chmod(private / "config.json", 0o600)
-    app = create_app(read_as_root(root), read_only=True)
-    app.testing = True
-    client = app.test_client()
-    os.rename(os.path.join(root, "done"), os.path.join(root, "done.old"))
-    os.symlink(private, os.path.join(root, "done"))
-    os.lchown(os.path.join(root, "done"), SERVICE_USER, SERVICE_USER)
+    client = swapped_under_roots_dashboard(tmp_path, root, "done", "config.json",
+                                           '{"auths": {"registry": {"auth": "root-secret-token"}}}\n')
     for page in ("/api/job/config", "/job/config"):
         assert "root-secret-token" not in client.get(page).get_data(as_text=True), page
 
