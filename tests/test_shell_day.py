@@ -30,6 +30,15 @@ def _start_wait(spool_dir: str, *ids: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _first_line(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """The first line `proc` writes on stderr (a wait says within 2 s that no worker runs)."""
+    import select
+
+    ready, _, _ = select.select([proc.stderr], [], [], timeout)
+    assert ready, f"nothing on stderr within {timeout}s"
+    return proc.stderr.readline()
+
+
 def test_wait_for_everything_fails_when_a_job_it_waited_for_died(spool_dir):
     """`for f in *; do spoolq enqueue ...; done; spoolq wait && echo all good`: a wait without ids
     exited 0 whatever became of the jobs, so `set -e` and `&&` never saw a failure. It exits 1
@@ -46,9 +55,11 @@ def test_wait_for_everything_fails_when_a_job_it_waited_for_died(spool_dir):
     spool.enqueue({"command": "exit 3", "max_retries": 0, "id": "broken"})
     spool.enqueue({"command": "true", "id": "fine-too"})
     waiting = _start_wait(spool_dir)
+    said = _first_line(waiting)  # it has looked: a burst that ran before its first count was taken
+    assert "no worker is running" in said, said  # for one dead before it began (a busy machine)
     assert _burst(spool_dir).returncode == 0
     _out, err = waiting.communicate(timeout=60)
-    assert waiting.returncode == 1, err
+    assert waiting.returncode == 1, said + err
     assert err.strip().splitlines()[-1].startswith("Error: dead: broken"), err
     assert "old-failure" not in err
 
