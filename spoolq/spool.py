@@ -48,6 +48,7 @@ def _io_errors(what: str) -> Callable[[Method], Method]:
 
                 raise io_error(f"cannot {what}", e, nothing_written=False) from None
 
+        # functools.wraps' work by hand: the plain enqueue loads this module, and never functools
         for name in ("__name__", "__qualname__", "__doc__", "__module__"):
             setattr(wrapped, name, getattr(method, name))
         wrapped.__wrapped__ = method  # type: ignore[attr-defined]  # help() and inspect show the method's own signature
