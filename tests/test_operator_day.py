@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import urllib.request
 
 import pytest
 
-from conftest import SPOOLQ, spoolq, wait_for
+from conftest import SPOOLQ, required_tool, spoolq, wait_for
 from spoolq import Spool
 from spools import ROOT_ONLY, cli, dead_owner, tree
 
@@ -264,3 +266,19 @@ def test_pause_and_resume_take_every_queue_named(spool_dir):
     assert json.loads(r.stdout) == {"paused": ["a", "b", "c"]}
     r = spoolq(spool_dir, "resume", "--queue", "a", "--queue", "c", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == {"paused": ["b"]}, r
+
+
+def test_cli_mds_recipe_retries_one_queues_dead_jobs(spool_dir):
+    """The pipeline docs/cli.md gives for retrying one queue's dead jobs, run as written there."""
+    required_tool("jq", "SPOOLQ_REQUIRE_JQ", "jq")
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "cli.md"), encoding="utf-8") as f:
+        recipe = re.search(r"`(spoolq dlq list --queue Q --json [^`]*)`", f.read()).group(1).replace("\\|", "|")
+    spool = Spool(spool_dir)
+    for job_id, queue in (("m1", "mail"), ("m2", "mail"), ("o1", "other")):
+        spool.enqueue({"id": job_id, "queue": queue, "command": "true", "delay": 3600})
+    spool.cancel(["m1", "m2", "o1"])
+    env = {**os.environ, "SPOOLQ_DIR": spool_dir,
+           "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    r = subprocess.run(["sh", "-c", recipe.replace(" Q ", " mail ")], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert [spool.find(i).state for i in ("m1", "m2", "o1")] == ["pending", "pending", "dead"]
