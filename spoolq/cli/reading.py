@@ -195,7 +195,7 @@ def wait(c: Context, job_ids: tuple[str, ...], timeout: float | None, progress: 
 
 def _dead_ids(spool: Spool) -> set[str]:
     """The ids in dead/ now, from its listing (quarantined files too: a drop-in that can never run)."""
-    return {place.job_id for place in spool.views.places(State.DEAD)}
+    return waits.dead_ids(spool.layout)
 
 
 class Stalled:

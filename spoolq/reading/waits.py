@@ -9,10 +9,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from ..format import layout
 from ..format.errors import WaitTimeout
-from ..format.states import FINISHED
+from ..format.states import FINISHED, State
+from ..system import fsio
 
 if TYPE_CHECKING:
+    from ..format.layout import Layout
     from .views import JobView
 
 FIRST_PAUSE = 0.01  # seconds: a quick job is seen finished at once
@@ -44,3 +47,10 @@ def until_finished(find: Callable[[str], JobView], job_ids: list[str], timeout: 
     left = [view.id for view in views if view.state not in FINISHED]
     raise WaitTimeout(f"{len(left)} job{'s' * (len(left) != 1)} not finished after {timeout:g}s: "
                       f"{' '.join(left[:10])}{' …' if len(left) > 10 else ''}", left)
+
+
+def dead_ids(lay: Layout) -> set[str]:
+    """The ids in dead/ now (quarantined files' too), from its listing alone: a wait without ids
+    takes it twice, and Views.places would lstat every file of it, for an order not needed here."""
+    dead = lay.dir(State.DEAD)
+    return {layout.stem(entry) for entry in fsio.listdir(dead) if layout.is_json_entry(entry)}
