@@ -18,16 +18,28 @@ if TYPE_CHECKING:
 def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
     """A warning line on stderr for each queue name nothing in the spool has named: most likely a
     typo, which would otherwise run or count nothing, silently."""
-    from difflib import get_close_matches
-
     from ..running.known_queues import known, unknown
 
     missing = unknown(spool, names)
     every = known(spool) if missing else []
     for name in missing:
-        close = get_close_matches(name, every, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(every[:10])})"
-        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{hint}", err=True)
+        click.echo(f"Warning: no job, limit, pause or schedule has named queue {name!r}{_typo_hint(name, every, 'known')}",
+                   err=True)
+
+
+def warn_unless_paused(name: str, paused: frozenset[str]) -> None:
+    """A resume of a queue that was not paused (a typo: the one meant stays paused) says so."""
+    if name in paused or "*" in paused:
+        return
+    click.echo(f"Warning: queue {name!r} was not paused{_typo_hint(name, sorted(paused), 'paused')}", err=True)
+
+
+def _typo_hint(name: str, names: list[str], what: str) -> str:
+    """"; did you mean 'X'?" of the name most like `name`, else the names there are (10 at most)."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, names, n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" ({what}: {', '.join(names[:10]) or 'nothing'})"
 
 
 def paused_value(names: frozenset[str]) -> Any:

@@ -12,7 +12,7 @@ from ..format.states import State
 from ..store.slots import MAX_LIMIT
 from .complete import job_ids, queue_names
 from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each, distinct
-from .queue_names import paused_value, queue_set, warn_about_queues
+from .queue_names import paused_value, queue_set, warn_about_queues, warn_unless_paused
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -55,20 +55,9 @@ def resume(c: Context, queues: tuple[str, ...], as_json: bool) -> None:
         return
     before = c.spool.paused()
     for name in sorted(names):
-        _warn_unless_paused(name, before)
+        warn_unless_paused(name, before)
         paused = c.spool.resume(name)
     _say(paused, as_json)
-
-
-def _warn_unless_paused(name: str, paused: frozenset[str]) -> None:
-    """A resume of a queue that was not paused (a typo: the one meant stays paused) says so."""
-    if name in paused or "*" in paused:
-        return
-    from difflib import get_close_matches
-
-    close = get_close_matches(name, sorted(paused), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f" (paused: {', '.join(sorted(paused)) or 'nothing'})"
-    click.echo(f"Warning: queue {name!r} was not paused{hint}", err=True)
 
 
 _SAID = {
