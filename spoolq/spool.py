@@ -13,7 +13,7 @@ from .store.store import Store
 
 TYPE_CHECKING = False  # typing is not worth loading on one enqueue's path
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable, TypeVar
+    from typing import Any, Callable, Collection, Iterable, TypeVar
 
     Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -320,8 +320,9 @@ class Spool:
         return maildir.strays(self.layout, self.store.now())
 
     @_io_errors("read the spool")
-    def stats(self, window: float, *, queue: str | None = None, now: float | None = None) -> Stats:
-        """What the spool did in the last `window` seconds (stats.py), from the attempts log."""
+    def stats(self, window: float, *, queue: str | Collection[str] | None = None, now: float | None = None) -> Stats:
+        """What the spool did in the last `window` seconds (stats.py), from the attempts log: of
+        every queue, or of `queue` (a name, or several)."""
         from .reading import stats
         from .store import attempts_log
 

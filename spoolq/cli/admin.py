@@ -13,7 +13,7 @@ from ..format.states import State
 from ..store.config import check_key, parse_value
 from .complete import job_ids, queue_names
 from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config, distinct
-from .queue_names import of_queue, one_queue_name
+from .queue_names import of_queues, queues_named, queues_shown
 
 if TYPE_CHECKING:
     from ..spool import Spool
@@ -25,15 +25,15 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--queue", help="Only dead jobs of this queue.", callback=one_queue_name,
-              shell_complete=queue_names)
+@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
+              shell_complete=queue_names, help="Only dead jobs of these queues (may be given again).")
 @json_option
 @pass_ctx
-def dlq_list(c: Context, queue: str | None, as_json: bool) -> None:
+def dlq_list(c: Context, queues: frozenset[str] | None, as_json: bool) -> None:
     """Dead jobs, with why they died."""
-    views = of_queue(c, c.reading.list_jobs(state=State.DEAD), queue)
+    views = of_queues(c, c.reading.list_jobs(state=State.DEAD), queues)
     if as_json or not views:
-        print_views(views, as_json, f"no dead jobs of queue {queue}" if queue else "no jobs")
+        print_views(views, as_json, f"no dead jobs of {queues_shown(queues)}" if queues else "no jobs")
         return
     rows = [v.to_dict() for v in views]
     width = id_width(rows)

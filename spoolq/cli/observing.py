@@ -8,7 +8,7 @@ from ..format.states import State
 from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
 from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx
-from .queue_names import queue_set, warn_about_queues
+from .queue_names import queues_named, warn_about_queues
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 
@@ -16,16 +16,16 @@ LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 @main.command()
 @click.option("--since", "window", type=Duration(0, MAX_WINDOW, low_open=True), default="1h", show_default=True,
               help="The window: 90, 30m, 6h, 7d (at most 366d).")
-@click.option("--queue", "queue_name", metavar="Q", help="One queue's figures only.", shell_complete=queue_names)
+@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
+              shell_complete=queue_names, help="These queues' figures only (may be given again).")
 @json_option
 @pass_ctx
-def stats(c: Context, window: float, queue_name: str | None, as_json: bool) -> None:
+def stats(c: Context, window: float, queues: frozenset[str] | None, as_json: bool) -> None:
     """Jobs done, failed attempts, dead, success rate, throughput, run and wait times per queue over
     a window of the attempts log, and the oldest ready job's age."""
-    queue = next(iter(queue_set([queue_name]) or ()), None) if queue_name is not None else None
-    if queue is not None:
-        warn_about_queues(c.reading, [queue])
-    result = c.reading.stats(window, queue=queue)
+    if queues is not None:
+        warn_about_queues(c.reading, sorted(queues))
+    result = c.reading.stats(window, queue=queues)
     if as_json:
         emit_json(result.to_dict())
         return

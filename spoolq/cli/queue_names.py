@@ -66,19 +66,22 @@ def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'")
     return frozenset(names) if names else None
 
 
-def one_queue_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A --queue that names one queue, checked before anything is read (exit 2)."""
-    if value is None:
-        return None
-    if "," in value:
-        raise click.BadParameter("name one queue", ctx, param)
-    return next(iter(queue_set([value], f"'{param.opts[0]}'") or [value]))
+def queues_named(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str] | None:
+    """The callback of a reading command's `--queue Q[,Q...]`, which may be given again: the queues
+    named, checked before anything is read (exit 2). Repeated, it kept the last one alone (click's
+    way), so that `list --queue a --queue b` showed b's jobs as if they were all."""
+    return queue_set(value, f"'{param.opts[0]}'")
 
 
-def of_queue(c: Context, views: list[JobView], queue: str | None, limit: int | None = None) -> list[JobView]:
-    """`list --queue Q`, `dlq list --queue Q`: the jobs of queue Q (a quarantined file is of none),
-    at most `limit`; a name nothing has named is warned about, as `worker start --queue` does."""
-    if queue is not None:
-        warn_about_queues(c.reading, [queue])
-        views = [v for v in views if v.job is not None and v.job.queue == queue]
+def queues_shown(queues: frozenset[str]) -> str:
+    return f"queue{'s' if len(queues) > 1 else ''} {', '.join(sorted(queues))}"
+
+
+def of_queues(c: Context, views: list[JobView], queues: frozenset[str] | None,
+              limit: int | None = None) -> list[JobView]:
+    """`list --queue Q`, `dlq list --queue Q`: the jobs of these queues (a quarantined file is of
+    none), at most `limit`; a name nothing has named is warned about, as `worker start --queue` does."""
+    if queues is not None:
+        warn_about_queues(c.reading, sorted(queues))
+        views = [v for v in views if v.job is not None and v.job.queue in queues]
     return views if limit is None else views[:limit]

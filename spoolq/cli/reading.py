@@ -17,7 +17,7 @@ from ..spool import Spool
 from .live import ProgressBar, watch_status
 from .complete import job_ids, queue_names
 from .base import CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown, distinct
-from .queue_names import of_queue, one_queue_name, paused_text, paused_value
+from .queue_names import of_queues, paused_text, paused_value, queues_named, queues_shown
 
 
 @main.command()
@@ -47,17 +47,19 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 
 @main.command("list")
 @click.option("--state", type=click.Choice(STATES), multiple=True, help="Only jobs in this state (repeat it for several).")
-@click.option("--queue", help="Only jobs of this queue.", callback=one_queue_name,
-              shell_complete=queue_names)
+@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
+              shell_complete=queue_names, help="Only jobs of these queues (may be given again).")
 @click.option("--limit", type=Int(0), help="At most this many jobs.")
 @json_option
 @pass_ctx
-def list_jobs(c: Context, state: tuple[str, ...], queue: str | None, limit: int | None, as_json: bool) -> None:
+def list_jobs(c: Context, state: tuple[str, ...], queues: frozenset[str] | None, limit: int | None,
+              as_json: bool) -> None:
     """List jobs: pending in run order, then scheduled, processing, done and dead."""
     states = [s for s in STATES if s in state]  # in the listing's own order, whatever the options' order
     empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {' or '.join(states)} jobs" if states else "no jobs"
-    views = [v for s in states or [None] for v in c.reading.list_jobs(state=s, limit=None if queue else limit)]
-    print_views(of_queue(c, views, queue, limit), as_json, empty + (f" of queue {queue}" if queue and limit != 0 else ""))
+    views = [v for s in states or [None] for v in c.reading.list_jobs(state=s, limit=None if queues else limit)]
+    print_views(of_queues(c, views, queues, limit), as_json,
+                empty + (f" of {queues_shown(queues)}" if queues and limit != 0 else ""))
 
 
 SHOW_OUTPUT_BYTES = 1024 * 1024  # `show --json` gives the log's last MiB (`logs` gives all of it)

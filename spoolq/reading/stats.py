@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 from ..format.states import FINISHED, State
 from ..format import durations, job
@@ -133,14 +133,15 @@ class Stats:
 
 
 def collect(facts: Iterable[FinishedAttempt], ready_since: dict[str | None, float], *, since: float, until: float,
-            queue: str | None = None, buckets: int = 60) -> Stats:
+            queue: str | Collection[str] | None = None, buckets: int = 60) -> Stats:
     """Figures over [since, until) from `facts` (those of the window), and the oldest ready job
     per queue (`ready_since`: queue -> when it became ready; None: a dropped file, queue unknown
-    until adopted). With `queue`, that queue's alone."""
+    until adopted). With `queue` (a name, or several), those queues' alone."""
+    wanted = None if queue is None else frozenset([queue] if isinstance(queue, str) else queue)
     series = Series.over((), since, until, buckets)
     queues: dict[str, Figures] = {}
     for fact in facts:
-        if queue is not None and fact.queue != queue:
+        if wanted is not None and fact.queue not in wanted:
             continue
         figures = queues.get(fact.queue)
         if figures is None:
@@ -149,7 +150,7 @@ def collect(facts: Iterable[FinishedAttempt], ready_since: dict[str | None, floa
         series.add(fact)
     total = Figures.merged(queues.values())
     for name, at in ready_since.items():
-        if queue is not None and name != queue:
+        if wanted is not None and name not in wanted:
             continue
         total.ready_since(at)
         if name is not None:
