@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -282,3 +283,25 @@ def test_cli_mds_recipe_retries_one_queues_dead_jobs(spool_dir):
     r = subprocess.run(["sh", "-c", recipe.replace(" Q ", " mail ")], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert [spool.find(i).state for i in ("m1", "m2", "o1")] == ["pending", "pending", "dead"]
+
+
+# ---- a setup step run again -----------------------------------------------------------------------
+
+
+def test_setting_group_access_again_keeps_finish_times(tmp_path):
+    """A setup script (or a careful operator) runs `config set group_access true` on every
+    deploy. Each run chmodded every file spoolq made, modes unchanged or not, and a chmod sets a
+    file's ctime, which is where a finished job's finish time is read: every done job "finished"
+    at the last deploy, and retention counted their age from it. A mode already right is now left
+    alone, so a repeat changes nothing."""
+    root = str(tmp_path / "jobs")
+    Spool(root).enqueue({"id": "earlier", "command": "true"})
+    assert cli(root, "worker", "start", "--burst", "-q").returncode == 0
+    assert cli(root, "config", "set", "group_access", "true").returncode == 0  # the first turn changes modes
+    before = json.loads(cli(root, "show", "earlier", "--json").stdout)["finished_at"]
+    ctime = os.lstat(os.path.join(root, "done", "earlier.json")).st_ctime
+    wait_for(lambda: time.time() > ctime + 0.05, timeout=5)  # past the file system's coarse clock
+    for value in ("true", "true"):
+        assert cli(root, "config", "set", "group_access", value).returncode == 0
+    assert json.loads(cli(root, "show", "earlier", "--json").stdout)["finished_at"] == before
+    assert os.lstat(os.path.join(root, "done", "earlier.json")).st_ctime == ctime

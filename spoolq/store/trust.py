@@ -103,7 +103,8 @@ def chmod_ours(path: str, mode: int, seen: os.stat_result | None = None) -> bool
         st = os.fstat(fd)
         if stat.S_ISLNK(st.st_mode) or seen is not None and (st.st_dev, st.st_ino) != (seen.st_dev, seen.st_ino):
             return False
-        os.chmod(f"/proc/self/fd/{fd}", mode)
+        if stat.S_IMODE(st.st_mode) != mode:  # a chmod sets the ctime, a finished job's finish time: only when needed
+            os.chmod(f"/proc/self/fd/{fd}", mode)
     finally:
         os.close(fd)
     return True
