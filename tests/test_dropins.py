@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 import pytest
 
-from conftest import wait_for
+from conftest import SPOOLQ, wait_for
 from spoolq import fsck, Spool
 from spoolq.format import layout as L
 from spoolq.moves.transitions import Adopted
@@ -265,3 +266,42 @@ def test_the_hostile_corpus_dropped_at_once_never_runs_and_the_workers_go_on(spo
     assert sorted((p.kind, os.path.basename(p.path)) for p in fsck.check(spool)) == \
         [("never-picked-up", "dir.json"), ("never-picked-up", "notes.txt")]  # said, and left alone
 
+
+
+# ---- a return of a drop-in cut on another host ------------------------------------------------------
+
+
+def test_a_return_cut_on_another_host_waits_for_the_next_rescuer(spool, tmp_path):
+    """Recovery gives a drop-in its adopter died holding back to pending/. Where renameat2 is
+    refused (FUSE, NFS, GlusterFS) that is a link and then an unlink, and a rescuer killed between
+    them leaves the file under two names: processing/<rescuer>~<owner>/~x.json and pending/x.json.
+    The next rescuer removes the first (test_crashpoints_fuse.py). On another host, that next
+    rescuer comes only once the dead one's lease has run out; after drop_grace, long before, this
+    host's workers quarantined the file as "2 hard links", and the job never ran. It now waits
+    for that rescuer, and runs once."""
+    spool.set_config("drop_grace", 0.2)
+    spool.set_config("lease_timeout", 2)
+    ran = tmp_path / "ran"
+    rescuer = "other-1-abc"  # another host's worker, alive as far as its lease says, for now
+    with open(spool.layout.worker_file(rescuer), "w") as f:
+        json.dump({"owner": rescuer, "host": "other", "pid": 1, "role": "worker", "lease": 2}, f)
+    fenced = spool.layout.owned(f"{rescuer}{L.RESCUE_SEP}other-2-def")
+    os.mkdir(fenced, 0o700)
+    held = os.path.join(fenced, f"{L.ADOPT_PREFIX}x.json")
+    with open(held, "w") as f:
+        json.dump({"command": f"echo once >> {ran}"}, f)
+    os.link(held, os.path.join(spool.layout.pending, "x.json"))  # the return's link, its unlink never made
+    linked = os.lstat(held).st_ctime
+    wait_for(lambda: time.time() > linked + 0.4, 5, "drop_grace to pass since the link")
+
+    from spoolq.store import dropins
+    found = dropins.inspect(spool.store, "x.json")
+    assert found.verdict is dropins.Verdict.WAIT, found
+    assert "rescued worker's directory" in str(found.reason)
+
+    worker = subprocess.run([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "-q"],
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0, worker.stderr
+    assert ran.read_text() == "once\n"
+    assert os.listdir(spool.layout.dir("quarantine")) == []
+    assert os.listdir(spool.layout.pending) == []

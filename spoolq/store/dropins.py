@@ -50,6 +50,12 @@ def inspect(store: Store, entry: str, *, now: float | None = None,
             left = linked_at + store.config.drop_grace - fs_now
             if left > 0:
                 return Inspection(Verdict.WAIT, reason=str(e), retry_at=store.now(now) + left)
+            # RACE: the rescuer may remove the other name while this looks: a file found with one
+            # link again is looked at once more, and judged as any other.
+            if being_returned(store, path) or _second_link_made(path) is None:
+                return Inspection(Verdict.WAIT, reason=f"{e}, the other in a rescued worker's directory: "
+                                  "a return to pending/ that its rescuer completes",
+                                  retry_at=store.now(now) + max(store.config.drop_grace, 1.0))
         return Inspection(Verdict.REFUSE, reason=str(e))
     untrusted = store.why_untrusted(st)
     if untrusted:
@@ -77,6 +83,31 @@ def _second_link_made(path: str) -> float | None:
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
         return None
     return st.st_ctime
+
+
+def being_returned(store: Store, path: str) -> bool:
+    """Whether the file at `path` is also a drop-in in a fenced directory (processing/<rescuer>~
+    <owner>/~<name>): recovery's return of a drop-in its adopter died holding, cut between its
+    link into pending/ and its unlink (renameat2 refused: FUSE, NFS, GlusterFS). The rescuer that
+    drains that directory next removes the other name (Recovery._return_dropin); meanwhile the
+    file waits, where after drop_grace it was quarantined, the job never run. On another host
+    that next rescuer comes only once the dead one's lease has run out, long after drop_grace.
+    Only the owner makes names in processing/. A member of a shared spool who links a drop-in of
+    their own from there into pending/ makes it wait until that rescuer drains, no more."""
+    st = fsio.lstat_if_there(path)
+    if st is None:
+        return False
+    processing = store.layout.processing
+    for fenced in fsio.listdir(processing):
+        if layout.RESCUE_SEP not in fenced:
+            continue
+        directory = os.path.join(processing, fenced)
+        for entry in fsio.listdir(directory):
+            if entry.startswith(layout.ADOPT_PREFIX):
+                there = fsio.lstat_if_there(os.path.join(directory, entry))
+                if there is not None and os.path.samestat(there, st):
+                    return True
+    return False
 
 
 def job_from(store: Store, data: bytes, entry: str, *, now: float, seq: int | None = None) -> Job:
