@@ -205,3 +205,14 @@ def test_a_schedule_word_of_other_tools_points_to_spoolq_s(cli, word, pointer):
     within `schedule` point to its command."""
     result = cli("schedule", word, "nightly")
     assert result.exit_code == 2 and pointer in result.output and "did you mean" not in result.output, result.output
+
+
+@pytest.mark.parametrize(("given", "meant"), [("europe/berlin", "Europe/Berlin"), ("utc", "UTC"),
+                                             ("america/new york", "America/New_York")])
+def test_a_zone_spelt_another_way_is_named(spool_dir, given, meant):
+    """Zone names are read as file names, so case counts: `--tz europe/berlin` was "unknown"
+    with no word of what was meant."""
+    Spool(spool_dir)
+    result = spoolq(spool_dir, "schedule", "add", "nightly", "0 3 * * *", "--cmd", "true", "--tz", given)
+    assert result.returncode == 2
+    assert f"did you mean '{meant}'?" in result.stderr

@@ -57,7 +57,20 @@ def zone(name: str) -> Any:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise InvalidJob(f"unknown time zone {name!r} (an IANA name, like UTC or Europe/Berlin)") from None
+        raise InvalidJob(f"unknown time zone {name!r}{_zone_hint(name)}") from None
+
+
+def _zone_hint(name: object) -> str:
+    """"; did you mean 'Europe/Berlin'?" for a zone name spelt another way (zone names are read as
+    file names: case counts), or what a zone name looks like."""
+    from zoneinfo import available_timezones
+
+    if isinstance(name, str):
+        spelt = name.strip().replace(" ", "_").casefold()
+        close = sorted(known for known in available_timezones() if known.casefold() == spelt)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+    return " (an IANA name, like UTC or Europe/Berlin)"
 
 
 def host_zone() -> str | None:
