@@ -216,3 +216,19 @@ def test_a_zone_spelt_another_way_is_named(spool_dir, given, meant):
     result = spoolq(spool_dir, "schedule", "add", "nightly", "0 3 * * *", "--cmd", "true", "--tz", given)
     assert result.returncode == 2
     assert f"did you mean '{meant}'?" in result.stderr
+
+
+def test_a_schedule_for_a_queue_no_running_worker_takes_says_so(spool_dir):
+    """Workers started with `--queue fast` never take a schedule's jobs of queue `nightly`: every
+    slot fired a job that waited, unseen. `schedule add` now says so when it is the case."""
+    spool = Spool(spool_dir)
+    workers = Workers(spool_dir, 1, extra=("--queue", "fast"))
+    try:
+        wait_for(lambda: spool.workers(role="worker"), 20, "the worker to register")
+        other = spoolq(spool_dir, "schedule", "add", "n", "0 3 * * *", "--cmd", "true", "--queue", "nightly")
+        taken = spoolq(spool_dir, "schedule", "add", "m", "0 3 * * *", "--cmd", "true", "--queue", "fast")
+    finally:
+        workers.stop()
+    assert other.returncode == 0 and taken.returncode == 0
+    assert "no running worker takes queue 'nightly'" in other.stderr
+    assert "no running worker takes" not in taken.stderr

@@ -27,6 +27,16 @@ def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
                    err=True)
 
 
+def warn_unless_taken(spool: Spool, name: str) -> None:
+    """A note on stderr when workers run and none of them takes queue `name` (each was started
+    with `--queue` naming others): its jobs would wait, unseen, until one that does starts."""
+    running = spool.workers(role="worker")
+    takers = [w for w in running if not isinstance(w.extra.get("queues"), list) or name in w.extra["queues"]]
+    if running and not takers:
+        click.echo(f"Note: no running worker takes queue {name!r} (each was started with --queue naming others): "
+                   f"its jobs wait until one does (spoolq worker start --queue {name})", err=True)
+
+
 def warn_unless_paused(name: str, paused: frozenset[str]) -> None:
     """A resume of a queue that was not paused (a typo: the one meant stays paused) says so."""
     if name in paused or "*" in paused:

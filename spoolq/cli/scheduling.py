@@ -12,6 +12,7 @@ from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
 from ..running.cron import expression, host_zone
 from ..running.schedules import CATCH_UP, OVERLAP, Schedule, Schedules, check_name
 from .complete import queue_names, schedule_names
+from .queue_names import warn_unless_taken
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
 
 
@@ -63,9 +64,10 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     new = Schedule(name, cron, template, tz=tz or "UTC", catch_up=catch_up, overlap=overlap,
                    created_at=now, active_from=now).check()
     spool = c.handle()
-    spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
+    job = spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
     c.create()
     Schedules(spool).add(new, replace=replace)
+    warn_unless_taken(spool, job.queue)
     if tz is None:
         _say_utc(host_zone())
     _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
