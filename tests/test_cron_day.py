@@ -232,3 +232,14 @@ def test_a_schedule_for_a_queue_no_running_worker_takes_says_so(spool_dir):
     assert other.returncode == 0 and taken.returncode == 0
     assert "no running worker takes queue 'nightly'" in other.stderr
     assert "no running worker takes" not in taken.stderr
+
+
+def test_schedule_list_keeps_its_columns_with_long_names(spool_dir):
+    """A name longer than 24 characters pushed the rest of its line out of its columns, and so
+    did a NEXT in parentheses (due, but no worker to fire it): the columns now fit what they hold."""
+    Spool(spool_dir)
+    for name in ("a-long-schedule-name-for-the-nightly-backups", "short"):
+        assert spoolq(spool_dir, "schedule", "add", name, "15 2 * * 1-5", "--cmd", "true").returncode == 0
+    header, *lines = spoolq(spool_dir, "schedule", "list").stdout.splitlines()
+    for title, value in (("CRON", "15 2 * * 1-5"), ("LAST JOB", "-"), ("PAUSED", "no")):
+        assert {line.index(value, header.index(title)) for line in lines} == {header.index(title)}, (title, lines)

@@ -177,10 +177,18 @@ def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, 
             shown = json.dumps(value) if isinstance(value, (bool, dict)) else value
             click.echo(f"{key + ':':<11} {'-' if value is None else shown}")
         return
-    emit_rows(rows, as_json, empty="no schedules",
-              header=f"{'NAME':<24} {'CRON':<16} {'TZ':<14} {'NEXT':<25} {'LAST JOB':<40} {'LAST STATE':<10} PAUSED",
-              line=lambda r: f"{r['name']:<24} {r['cron']:<16} {r['tz']:<14} {_next(r):<25} "
-                             f"{r['last_job'] or '-':<40} {r['last_state'] or '-':<10} {'yes' if r['paused'] else 'no'}")
+    titles = ("NAME", "CRON", "TZ", "NEXT", "LAST JOB", "LAST STATE", "PAUSED")
+    widths = [max(map(len, column)) for column in zip(titles, *map(_cells, rows))]  # a long name keeps its line in line
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)).rstrip()
+
+    emit_rows(rows, as_json, empty="no schedules", header=line(titles), line=lambda r: line(_cells(r)))
+
+
+def _cells(row: dict[str, Any]) -> tuple[str, ...]:
+    return (row["name"], row["cron"], row["tz"], _next(row), row["last_job"] or "-", row["last_state"] or "-",
+            "yes" if row["paused"] else "no")
 
 
 def _next(row: dict[str, Any]) -> str:
