@@ -621,7 +621,7 @@ def http_times(url: str, n: int) -> list[float]:
 
 def observe_rows(tmp: str, n: int, repeat: int) -> list[Row]:
     """What seeing the queue costs at n jobs with a day of n attempts: `stats --since 1d`, and
-    the dashboard's overview (a fresh process's first look, then its refreshes) and job page."""
+    the dashboard's overview (a fresh process's first look, then its refreshes), done list and job page."""
     spool_dir = history_spool(tmp, n)
     rows = []
     ref = timed_runs([*SPOOLQ, "--spool", spool_dir, "status", "--json"], repeat)
@@ -648,6 +648,10 @@ def observe_rows(tmp: str, n: int, repeat: int) -> list[Row]:
         rows.append(Row(f"dashboard overview, {n} jobs, {n} attempts that day (refresh)", "s", warm,
                         "a static file from the same server", floor, "<= 0.5 s", statistics.median(warm) <= 0.5,
                         f"a fresh dashboard's first overview: {cold[0]:.2f} s (reads each finished job's file once)"))
+        http_times(base + "/jobs/done", 1)  # its first look reads each finished file's time once
+        done_list = http_times(base + "/jobs/done", max(5, repeat * 3))
+        rows.append(Row(f"dashboard done list, {n} jobs (refresh, every 2 s while shown)", "s", done_list,
+                        "a static file from the same server", floor, "<= 0.25 s", statistics.median(done_list) <= 0.25))
         page = http_times(base + "/job/j0000007", 20)
         rows.append(Row(f"dashboard job page, {n} jobs", "ms", [t * 1000 for t in page],
                         "a static file from the same server", [t * 1000 for t in floor], "<= 50 ms",

@@ -19,7 +19,8 @@ from ..format.job import Job
 from ..store.quarantine import Quarantine
 from ..store.store import Store
 from .handoff import Moved
-from ..reading.views import Views, finished_at
+from ..reading.places import finished_at
+from ..reading.views import Views
 
 
 

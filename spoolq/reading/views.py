@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator
 
 from ..format.states import FINISHED, State
 from ..format import job, layout
 from ..store import output, shards
 from ..system import fsio
 from .counts import CountsByQueue, JobCounter, Counts
+from .places import FinishedOrder, Place, finished_at
 from ..format.errors import InvalidJob, JobNotFound
 from ..format.job import Job
 from ..store.access import unsearchable
@@ -61,23 +62,6 @@ class JobView:
         return {"id": out.pop("id"), "command": out.pop("command"), "state": out.pop("state"), **out}
 
 
-class Place(NamedTuple):
-    """Where a job's file was when its directory was listed."""
-
-    path: str
-    state: str  # its directory's state ("pending" for scheduled jobs too, until read)
-    job_id: str
-    owner: str | None = None
-    inode: int | None = None  # a finished job's, from its listing: with path, its key in the census
-
-
-def finished_at(st: os.stat_result) -> float:
-    """When a done or dead job finished: its move into done/ or dead/, which is when its file's
-    ctime was last set (a success is that move alone; a failure rewrites the file just before
-    it). The mtime would say when it was enqueued or last failed: never use it for this."""
-    return st.st_ctime
-
-
 COARSE_CLOCK = 1.0  # seconds: at most this far may a move's ctime come before its attempt's end
 
 
@@ -105,6 +89,7 @@ class Views:
         self.owners = owners
         self.quarantine = quarantine
         self.counter = JobCounter(store, owners)
+        self.finished_order = FinishedOrder()  # done/ and dead/ in the order they finished, read again by changes
 
     # ---- one job -------------------------------------------------------------------------
 
@@ -303,15 +288,7 @@ class Views:
                 for entry, job_id in group]
 
     def _finished_places(self, state: str) -> list[Place]:
-        directory = self.layout.dir(state)
-        entries = []
-        for entry, inode in fsio.listdir_inodes(directory):  # paths as the census keys them
-            if layout.is_json_entry(entry):
-                try:
-                    entries.append((finished_at(os.lstat(f"{directory}/{entry}")), entry, inode))
-                except FileNotFoundError:
-                    continue
-        return [Place(f"{directory}/{entry}", state, layout.stem(entry), None, inode) for _, entry, inode in sorted(entries)]
+        return self.finished_order.places(self.layout.dir(state), state)
 
     def _is_dropped_file(self, entry: str) -> bool:
         """A dropped file not adopted yet (directories are left alone, not jobs)."""
