@@ -199,7 +199,7 @@ class Finished:
         now = self.store.fs_clock() if now is None else now
         count = self.kept = 0
         with self.store.locked("dlq"), self._opened("output", "ids") as dirs:
-            for place in self.views.places(State.PENDING) + self.views.places(State.SCHEDULED):
+            for place in [*self.views.places(State.PENDING), *self.views.places(State.SCHEDULED)]:
                 if layout.parse_pending(os.path.basename(place.path)) is None:
                     continue  # a dropped file not taken in yet: no job, no id of its own
                 try:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..format.states import FINISHED, State
 from ..format import job, layout
 from ..store import output, shards
 from ..system import fsio
 from .counts import CountsByQueue, JobCounter, Counts
-from .places import FinishedOrder, Place, finished_at
+from .places import FinishedOrder, Listed, Place, finished_at
 from ..format.errors import InvalidJob, JobNotFound
 from ..format.job import Job
 from ..store.access import unsearchable
@@ -239,10 +239,12 @@ class Views:
             if view is not None and (state is None or view.state == state):
                 yield view
 
-    def places(self, state: str | None, now: float | None = None) -> list[Place]:
+    def places(self, state: str | None, now: float | None = None) -> Sequence[Place]:
         """Where the jobs of one state (or all) are, in the order `jobs` gives them, from the
         listings alone (and one lstat per finished job, for its order): a reader that shows a page
-        of them opens only that page's files."""
+        of them opens only that page's files (of done/ or dead/, makes only that page's places)."""
+        if state in FINISHED:
+            return self._finished_places(state)
         now = self.store.now(now)
         out: list[Place] = []
         if state in (None, State.PENDING, State.SCHEDULED):
@@ -287,7 +289,7 @@ class Views:
         return [Place(os.path.join(self.layout.pending, entry), State.PENDING, job_id) for group in groups
                 for entry, job_id in group]
 
-    def _finished_places(self, state: str) -> list[Place]:
+    def _finished_places(self, state: str) -> Listed:
         return self.finished_order.places(self.layout.dir(state), state)
 
     def _is_dropped_file(self, entry: str) -> bool:

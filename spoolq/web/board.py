@@ -7,7 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from ..format import layout
 from ..format.job import iso
@@ -38,7 +38,7 @@ class Filter:
     query: str = ""
     queue: str = ""
 
-    def places(self, views: Views) -> list[Place]:
+    def places(self, views: Views) -> Sequence[Place]:
         places = views.places(self.state)
         return places[::-1] if self.state in NEWEST_FIRST else places
 
@@ -151,14 +151,15 @@ class DashboardState:
         """One page of the jobs `chosen` matches (None: the last page). Only the page's files
         are read, but for a search of commands or a queue not in the names nor the census."""
         read: dict[Place, JobView] = {}  # the files a search read to decide
+        matched: Sequence[Place]
         if chosen.query or chosen.queue:
             walk = self.walk(chosen)
-            matched = []
+            found: list[Place] = []
             for place, view in walk:
-                matched.append(place)
+                found.append(place)
                 if view is not None:
                     read[place] = view
-            searched_all = not walk.limit_reached
+            matched, searched_all = found, not walk.limit_reached
         else:  # every job listed matches: none is looked at but the page's (of 100,000 done jobs, every 2 s)
             matched, searched_all = chosen.places(self.spool.views), True
         pages = max(1, -(-len(matched) // PAGE))
