@@ -5,10 +5,11 @@ run by test_recipes.py; the job fields table is held to FIELDS by test_job.py.)"
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
-
+from spoolq.store import config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -45,8 +46,7 @@ def test_every_table_of_the_docs_is_one_table_with_a_header_and_a_rule():
         lines = prose(page)
         for n, line in enumerate(lines):
             if line.startswith("|") and (n == 0 or not lines[n - 1].startswith("|")):
-                block = [lines[n]] + [row for row in lines[n + 1:n + 2]]
-                rule = block[1] if len(block) > 1 else ""
+                rule = lines[n + 1] if n + 1 < len(lines) else ""
                 if not re.fullmatch(r"\|( *:?-{3,}:? *\|)+", rule):
                     broken.append(f"{page.name}:{n + 1}: {line[:60]}")
                     continue
@@ -57,3 +57,41 @@ def test_every_table_of_the_docs_is_one_table_with_a_header_and_a_rule():
                     if len(cells(lines[m])) != width:
                         broken.append(f"{page.name}:{m + 1}: {len(cells(lines[m]))} cells, not {width}")
     assert broken == []
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+def _documented_settings() -> tuple[dict[str, str], set[str]]:
+    """cli.md's Configuration table: each key's default as written, and the keys it gives in
+    seconds ("A key in seconds takes any duration")."""
+    defaults, in_seconds, previous = {}, set(), False
+    for key_cell, default, meaning in table("docs/cli.md", "## Configuration"):
+        seconds = bool(re.match(r"seconds\b", meaning) or ", seconds" in meaning
+                       or (meaning.startswith("the same") and previous))
+        for key in re.findall(r"`(\w+)`", key_cell):
+            defaults[key] = default.strip("`")
+            if seconds:
+                in_seconds.add(key)
+        previous = seconds
+    return defaults, in_seconds
+
+
+def _takes_a_duration(key: str) -> bool:
+    try:
+        return config.KEYS[key].parse("1m") == 60
+    except ValueError:
+        return False
+
+
+def test_the_configuration_table_is_every_key_with_its_default():
+    defaults, _ = _documented_settings()
+    assert set(defaults) == set(config.KEYS)
+    assert {k: json.loads(v) for k, v in defaults.items()} == {k: s.default for k, s in config.KEYS.items()}
+
+
+def test_every_key_the_table_gives_in_seconds_takes_a_duration():
+    """`config set pending_shards 1h` was refused ("not a valid value"): the key, seconds of
+    arrivals per shard, was read as a plain integer."""
+    _, in_seconds = _documented_settings()
+    assert in_seconds == {key for key in config.KEYS if _takes_a_duration(key)}

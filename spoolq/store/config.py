@@ -100,7 +100,7 @@ KEYS: dict[str, Key] = {
                             "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
     "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
                         "give the spool's group read/write access (shared spools)"),
-    "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
+    "pending_shards": Key(0, _seconds, lambda v: is_int(v) and 0 <= v <= 86400,
                           "seconds of arrivals per sub-directory of pending/, so that listings stay "
                           "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
     "keep_done": Key(7 * 86400, _seconds, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,
