@@ -6,9 +6,15 @@ run by test_recipes.py; the job fields table is held to FIELDS by test_job.py.)"
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
+import time
 
+import pytest
+
+from spoolq import Spool
+from spoolq.moves.transitions import Adopted
 from spoolq.store import config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -31,11 +37,11 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
 
 
-def table(page: str, heading: str) -> list[list[str]]:
-    """The rows (without header and rule) of the first table after `heading` in docs/`page`."""
-    text = (ROOT / page).read_text().split(heading + "\n", 1)[1]
-    rows = [line for line in text.split("\n|", 1)[1].split("\n\n", 1)[0].splitlines()]
-    return [cells("|" + row if not row.startswith("|") else row) for row in rows[2:]]
+def table(page: str, after: str) -> list[list[str]]:
+    """The rows (without header and rule) of the first table after the line `after` of `page`."""
+    text = ("\n" + (ROOT / page).read_text()).split("\n" + after + "\n", 1)[1]
+    rows = ("|" + text.split("\n|", 1)[1]).split("\n\n", 1)[0].splitlines()
+    return [cells(row) for row in rows[2:]]
 
 
 def test_every_table_of_the_docs_is_one_table_with_a_header_and_a_rule():
@@ -95,3 +101,89 @@ def test_every_key_the_table_gives_in_seconds_takes_a_duration():
     arrivals per shard, was read as a plain integer."""
     _, in_seconds = _documented_settings()
     assert in_seconds == {key for key in config.KEYS if _takes_a_duration(key)}
+
+
+
+# ---- what each --json listing gives -------------------------------------------------------------
+
+
+def documented(command: str) -> set[str]:
+    """The names cli.md's commands table gives in `command`'s rows (its fields among them)."""
+    rows = [row for row in table("docs/cli.md", "# The spoolq command line")
+            if re.match(rf"`{command}[ `]", row[0]) or re.search(rf" / `{command}[ `]", row[0])]
+    assert rows, f"no row of cli.md's commands table for {command}"
+    spans = [span for row in rows for span in re.findall(r"`([^`]+)`", " ".join(row))]
+    return {name for span in spans for name in (re.findall(r'"(\w+)"', span) or re.findall(r"^(\w+)$", span))}
+
+
+def keys(cli, *args: str, status: int = 0) -> set[str]:
+    """The fields of what `spoolq ARGS --json` prints: an object's, or every object's of a list."""
+    result = cli(*args, "--json")
+    assert result.exit_code == status, result.output
+    value = json.loads(result.stdout)
+    return set().union(*map(set, value)) if isinstance(value, list) else set(value)
+
+
+def claimed(spool: Spool, spec: dict):
+    job = spool.enqueue(spec)
+    owner = spool.owners.register("worker")
+    claim = spool.transitions.claim(os.path.basename(spool.find(job.id).path), owner)
+    assert claim is not None
+    return claim
+
+
+@pytest.fixture
+def lived_in(spool: Spool) -> Spool:
+    """A spool with a job of every state, a quarantined file and a file that is no job."""
+    spool.enqueue({"command": "true", "id": "ready", "shell": True, "keep_children": True, "queue": "mail"})
+    spool.enqueue({"command": "true", "id": "later", "delay": 3600})
+    spool.enqueue({"command": "true", "id": "waits", "after": ["later"]})
+    claimed(spool, {"command": "true", "id": "runs"})
+    spool.transitions.finish(claimed(spool, {"command": "true", "id": "ok"}), ok=True, exit_code=0, error=None)
+    spool.transitions.finish(claimed(spool, {"command": "false", "id": "failed", "max_retries": 0}),
+                             ok=False, exit_code=1, error="exit status 1")
+    spool.set_config("drop_grace", 0)
+    with open(os.path.join(spool.layout.pending, "bad.json"), "w") as f:
+        f.write("{}")
+    assert spool.transitions.adopt("bad.json", spool.owners.register("worker"),
+                                   now=time.time() + 1).outcome is Adopted.QUARANTINED
+    with open(os.path.join(spool.layout.pending, "notes.txt"), "w") as f:
+        f.write("never a job")
+    return spool
+
+
+def test_status_names_every_count_it_gives(lived_in, cli):
+    """`never_picked_up` (files in pending/ that are no job) was in no row of cli.md."""
+    assert keys(cli, "status") <= documented("status")
+
+
+def test_queue_list_names_every_field_it_gives(lived_in, cli):
+    """`waiting`, a queue's jobs waiting for others, was in no row of cli.md."""
+    assert keys(cli, "queue", "list") <= documented("queue list")
+
+
+def test_stats_names_every_figure_it_gives(lived_in, cli):
+    """`lost_attempts` (attempts whose worker lost the job) was in no row of cli.md."""
+    figures = json.loads(cli("stats", "--json").stdout)["total"]
+    assert set(figures) <= documented("stats")
+
+
+def test_show_names_every_field_it_gives_of_a_job_in_any_state(lived_in, cli):
+    """`after`, `keep_children` and `shell` (when given), `worker` (while it runs) and a
+    quarantined file's `quarantined` were in no row of cli.md."""
+    ids = [view.id for view in lived_in.list_jobs()]
+    assert len(ids) == 7 and sum(1 for i in ids if i.startswith("+")) == 1
+    shown = set().union(*(keys(cli, "show", job_id) for job_id in ids))
+    assert shown <= documented("show")
+
+
+def test_the_listings_of_workers_schedules_and_actions_name_every_field_they_give(lived_in, cli):
+    assert keys(cli, "worker", "list") <= documented("worker list")
+    assert cli("schedule", "add", "nightly", "15 2 * * *", "--tz", "UTC", "--cmd", "true").exit_code == 0
+    assert keys(cli, "schedule", "list") <= documented("schedule list")
+    assert keys(cli, "schedule", "show", "nightly") <= documented("schedule show")
+    assert keys(cli, "cancel", "later", "nothing", status=1) <= documented("cancel")
+    assert keys(cli, "requeue", "ok", "nothing", status=1) <= documented("requeue")
+    assert keys(cli, "dlq", "retry", "failed") <= documented("dlq retry")
+    assert keys(cli, "pause") <= documented("pause")
+    assert keys(cli, "purge", "--state", "done") <= documented("purge")
