@@ -11,9 +11,11 @@ import pathlib
 import re
 import time
 
+import click
 import pytest
 
 from spoolq import Spool
+from spoolq.cli.base import main
 from spoolq.moves.transitions import Adopted
 from spoolq.store import config
 
@@ -187,3 +189,39 @@ def test_the_listings_of_workers_schedules_and_actions_name_every_field_they_giv
     assert keys(cli, "dlq", "retry", "failed") <= documented("dlq retry")
     assert keys(cli, "pause") <= documented("pause")
     assert keys(cli, "purge", "--state", "done") <= documented("purge")
+
+
+# ---- commands and options -----------------------------------------------------------------------
+
+
+def commands(group: click.Group = main, path: tuple[str, ...] = ()) -> dict[str, click.Command]:
+    """Every command the CLI has, by its words (`worker start`)."""
+    found = {}
+    for name in group.list_commands(click.Context(group)):
+        command = group.get_command(click.Context(group), name)
+        if isinstance(command, click.Group):
+            found.update(commands(command, (*path, name)))
+        else:
+            found[" ".join((*path, name))] = command
+    return found
+
+
+def options(command: click.Command) -> list[list[str]]:
+    return [[*p.opts, *p.secondary_opts] for p in command.params
+            if isinstance(p, click.Option) and p.name != "help"]
+
+
+def test_the_reference_gives_every_command_and_its_every_option():
+    """`spoolq --version` was in no page of the docs."""
+    rows = table("docs/cli.md", "# The spoolq command line")
+    missing = []
+    for words, command in commands().items():
+        synopsis = " ".join(row[0] for row in rows if re.match(rf"`{words}[ `]", row[0])
+                            or re.search(rf" / `{words}[ `]", row[0]))
+        if not synopsis:
+            missing.append(words)
+        missing += [f"{words} {spelled[0]}" for spelled in options(command)
+                    if not any(re.search(rf"{o}\b", synopsis) for o in spelled)]
+    intro = (ROOT / "docs" / "cli.md").read_text().split("| command | what it does |")[0]
+    missing += [spelled[0] for spelled in options(main) if not any(o in intro for o in spelled)]
+    assert missing == []
