@@ -225,3 +225,11 @@ def test_the_reference_gives_every_command_and_its_every_option():
     intro = (ROOT / "docs" / "cli.md").read_text().split("| command | what it does |")[0]
     missing += [spelled[0] for spelled in options(main) if not any(o in intro for o in spelled)]
     assert missing == []
+
+
+def test_list_says_it_lists_every_state_in_its_order():
+    """`list --help` (and the summary of `spoolq --help`) left out `waiting`, which it lists."""
+    from spoolq.format.states import STATES
+
+    said = commands()["list"].help.split(".")[0]
+    assert re.findall("|".join(STATES), said) == list(STATES)
