@@ -233,3 +233,14 @@ def test_list_says_it_lists_every_state_in_its_order():
 
     said = commands()["list"].help.split(".")[0]
     assert re.findall("|".join(STATES), said) == list(STATES)
+
+
+def test_a_bad_value_of_a_setting_is_answered_with_what_the_setting_does(cli):
+    """The answer to a bad `group_access` said it gave the group "read/write access": the group
+    may read the spool and drop jobs into pending/, nothing more (cli.md, the trust model); and
+    a bad `max_output_bytes` said the cap was per job and truncated the log, where it is per
+    attempt and keeps the log's end."""
+    said = cli("config", "set", "group_access", "maybe").output
+    assert "read it and drop jobs into pending/" in said and "read/write" not in said
+    said = cli("config", "set", "max_output_bytes", "lots").output
+    assert "per attempt" in said and "its end" in said
