@@ -244,3 +244,11 @@ def test_a_bad_value_of_a_setting_is_answered_with_what_the_setting_does(cli):
     assert "read it and drop jobs into pending/" in said and "read/write" not in said
     said = cli("config", "set", "max_output_bytes", "lots").output
     assert "per attempt" in said and "its end" in said
+
+
+def test_contributing_gives_every_test_file_by_its_subject():
+    """CONTRIBUTING.md's table of subjects names each test file once it exists, and none that is
+    gone (test files are regrouped by subject: the table moves with them)."""
+    text = (ROOT / "CONTRIBUTING.md").read_text().split("\n## Tests\n", 1)[1]
+    named = set(re.findall(r"`(test_\w+\.py)`", text))
+    assert named == {path.name for path in (ROOT / "tests").glob("test_*.py")}
