@@ -252,3 +252,32 @@ def test_contributing_gives_every_test_file_by_its_subject():
     text = (ROOT / "CONTRIBUTING.md").read_text().split("\n## Tests\n", 1)[1]
     named = set(re.findall(r"`(test_\w+\.py)`", text))
     assert named == {path.name for path in (ROOT / "tests").glob("test_*.py")}
+
+
+# ---- what a job and a hook see; exit statuses ---------------------------------------------------
+
+
+def _named_variables(text: str) -> set[str]:
+    return set(re.findall(r"\b(SPOOLQ_[A-Z_]+)\b", text))
+
+
+def test_the_variables_a_job_and_a_hook_see_are_those_the_docs_give():
+    import inspect
+
+    from spoolq.running import attempt, hooks
+
+    job_text = (ROOT / "docs" / "cli.md").read_text().split("The command also sees", 1)[1].split("\n\n")[0]
+    assert _named_variables(job_text) == _named_variables(inspect.getsource(attempt))
+    hook_text = (ROOT / "docs" / "operating.md").read_text().split("**Hooks.**", 1)[1].split("\n\n")[0]
+    spool_env = set(attempt.spool_env("/spool"))
+    assert _named_variables(hook_text) == _named_variables(inspect.getsource(hooks)) | spool_env
+
+
+def test_the_exit_status_table_gives_every_status_an_error_has():
+    from spoolq.format import errors
+
+    def family(cls: type) -> list[type]:
+        return [cls, *(c for sub in cls.__subclasses__() for c in family(sub))]
+
+    codes = {int(code) for row in table("docs/cli.md", "## Exit status") for code in re.findall(r"\d+", row[0])}
+    assert {cls.exit_code for cls in family(errors.SpoolError)} | {0} <= codes
