@@ -281,3 +281,21 @@ def test_the_exit_status_table_gives_every_status_an_error_has():
 
     codes = {int(code) for row in table("docs/cli.md", "## Exit status") for code in re.findall(r"\d+", row[0])}
     assert {cls.exit_code for cls in family(errors.SpoolError)} | {0} <= codes
+
+
+# ---- python.md --------------------------------------------------------------------------------
+
+
+def test_a_spool_that_is_not_there_is_said_by_every_reading_call(tmp_path):
+    """python.md: `Spool(path, create=False)` of a wrong path "gets NoSpool from its first
+    call". `paused()`, `concurrency()`, `workers()` and `stats()` answered it with nothing
+    paused, no limit, no worker and no attempt: a dashboard of a mistyped path showed an idle
+    spool."""
+    from spoolq import NoSpool
+
+    spool = Spool(str(tmp_path / "mistyped"), create=False)
+    for call in (spool.paused, spool.concurrency, spool.workers, lambda: spool.stats(3600),
+                 spool.counts, spool.list_jobs, lambda: spool.find("x")):
+        with pytest.raises(NoSpool):
+            call()
+    assert not os.path.exists(tmp_path / "mistyped")
