@@ -46,6 +46,7 @@ def _io_errors(what: str) -> Callable[[Method], Method]:
             except OSError as e:
                 from .store.store import io_error
 
+                self.store.refuse_if_no_spool()  # Spool(path, create=False) of a wrong path: said so
                 raise io_error(f"cannot {what}", e, nothing_written=False) from None
 
         # functools.wraps' work by hand: the plain enqueue loads this module, and never functools

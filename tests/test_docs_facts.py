@@ -299,3 +299,23 @@ def test_a_spool_that_is_not_there_is_said_by_every_reading_call(tmp_path):
         with pytest.raises(NoSpool):
             call()
     assert not os.path.exists(tmp_path / "mistyped")
+
+
+CHANGES = {"retry_dead": lambda s: s.retry_dead(), "purge": lambda s: s.purge("done"),
+           "purge_ids": lambda s: s.purge_ids(["x"]), "requeue": lambda s: s.requeue(["x"]),
+           "cancel": lambda s: s.cancel(["x"]), "pause": lambda s: s.pause(), "resume": lambda s: s.resume(),
+           "request_stop": lambda s: s.request_stop(), "set_config": lambda s: s.set_config("max_retries", 2),
+           "set_concurrency": lambda s: s.set_concurrency("q", 2)}
+
+
+@pytest.mark.parametrize("call", CHANGES)
+def test_a_spool_that_is_not_there_is_neither_made_nor_answered_by_a_change(tmp_path, call):
+    """python.md: `Spool(path, create=False)` "makes nothing" and gets NoSpool. A change took a
+    lock first, and the lock made the path and its `locks/` (a spool's root at a mistyped path);
+    then retry_dead() answered [] and requeue "no job 'x'", the others an error about a file."""
+    from spoolq import NoSpool
+
+    spool = Spool(str(tmp_path / "mistyped"), create=False)
+    with pytest.raises(NoSpool):
+        CHANGES[call](spool)
+    assert not os.path.exists(tmp_path / "mistyped")
