@@ -46,6 +46,7 @@ def _io_errors(what: str) -> Callable[[Method], Method]:
             except OSError as e:
                 from .store.store import io_error
 
+                self.store.refuse_if_no_spool()  # Spool(path, create=False) of a wrong path: said so
                 raise io_error(f"cannot {what}", e, nothing_written=False) from None
 
         # functools.wraps' work by hand: the plain enqueue loads this module, and never functools
@@ -219,7 +220,7 @@ class Spool:
 
     def paused(self) -> frozenset[str]:
         """The paused queues: {"*"} for all of them, empty when nothing is paused."""
-        return self.pauses.paused()
+        return self.store.unless_no_spool(self.pauses.paused())
 
     @_io_errors("set a concurrency limit")
     def set_concurrency(self, queue: str, limit: int) -> dict[str, int]:
@@ -237,7 +238,7 @@ class Spool:
 
     def concurrency(self) -> dict[str, int]:
         """Each limited queue's concurrency limit (`spoolq queue list`'s LIMIT)."""
-        return self.slots.limits()
+        return self.store.unless_no_spool(self.slots.limits())
 
     @_io_errors("cancel")
     def cancel(self, job_ids: Iterable[str], *, kill: bool = False, wait: float = 30.0) -> list[CancelResult]:
@@ -326,13 +327,14 @@ class Spool:
         from .reading import stats
         from .store import attempts_log
 
+        self.store.refuse_if_no_spool()
         until = self.store.now(now)
         facts = attempts_log.read(self.layout.dir("events"), until - window, until)
         return stats.collect(facts, self.views.ready_since(until), since=until - window, until=until, queue=queue)
 
     @_io_errors("read the spool")
     def workers(self, *, role: str | None = None, live: bool = True) -> list[WorkerInfo]:
-        return self.owners.workers(role=role, live=live)
+        return self.store.unless_no_spool(self.owners.workers(role=role, live=live))
 
     def output_path(self, job_id: str) -> str:
         """Where the job's output log is: a file that may not exist (see `output`)."""

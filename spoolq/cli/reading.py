@@ -54,7 +54,7 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 @pass_ctx
 def list_jobs(c: Context, state: tuple[str, ...], queues: frozenset[str] | None, limit: int | None,
               as_json: bool) -> None:
-    """List jobs: pending in run order, then scheduled, processing, done and dead."""
+    """List jobs: pending in run order, then scheduled, waiting, processing, done and dead."""
     states = [s for s in STATES if s in state]  # in the listing's own order, whatever the options' order
     empty = "no jobs shown (--limit 0)" if limit == 0 else f"no {' or '.join(states)} jobs" if states else "no jobs"
     views = [v for s in states or [None] for v in c.reading.list_jobs(state=s, limit=None if queues else limit)]

@@ -14,7 +14,9 @@ from ..format.errors import NoSpool, SpoolError, UntrustedFile
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import ContextManager
+    from typing import ContextManager, TypeVar
+
+    Answer = TypeVar("Answer")
 
 
 def unsearchable(directory: str, e: OSError) -> SpoolError:
@@ -52,6 +54,13 @@ class Access:
         if not self.is_spool():
             self._refuse_unsearchable_root()
             raise NoSpool(f"no spool at {self.root}")
+
+    def unless_no_spool(self, answer: Answer) -> Answer:
+        """`answer`, unless it is empty and there is no spool (Spool(path, create=False) of a wrong
+        path): NoSpool then, as refuse_if_no_spool, not nothing paused, limited or running."""
+        if not answer:
+            self.refuse_if_no_spool()
+        return answer
 
     def _refuse_unsearchable_root(self) -> None:
         """A spool directory its user cannot look into (chmod 000) may well hold a spool: say so,

@@ -97,10 +97,12 @@ KEYS: dict[str, Key] = {
                          "(2-86400: heartbeats come every lease/4, and a shorter lease would expire "
                          "under a busy host)"),
     "max_output_bytes": Key(64 * 1024 * 1024, _integer, lambda v: is_int(v) and 0 <= v,
-                            "captured output kept per job; past it the log is truncated and marked (0 = no limit)"),
+                            "captured output kept per attempt: its start, and its end (half of this, at most "
+                            "1 MiB), the cut between marked (0 = no limit)"),
     "group_access": Key(False, _boolean, lambda v: isinstance(v, bool),
-                        "give the spool's group read/write access (shared spools)"),
-    "pending_shards": Key(0, _integer, lambda v: is_int(v) and 0 <= v <= 86400,
+                        "open the spool to its group: it may read it and drop jobs into pending/ (shared "
+                        "spools); false: owner-only"),
+    "pending_shards": Key(0, _seconds, lambda v: is_int(v) and 0 <= v <= 86400,
                           "seconds of arrivals per sub-directory of pending/, so that listings stay "
                           "bounded at any backlog (0 = none; older spoolq versions do not read them)"),
     "keep_done": Key(7 * 86400, _seconds, lambda v: is_number(v) and 0 <= v <= 3650 * 86400,

@@ -158,6 +158,7 @@ class Store(Access):
 
     def set_config(self, key: str, value: Any) -> config.Config:
         self.refuse_if_reading("change the settings")
+        self.refuse_if_no_spool()  # its lock would make locks/ at a wrong path
         self._config = config.save(self.layout, key, value, mode=self.modes.file, temp_path=self.temp_path())
         self._config_stamp = None
         if key == "group_access":
@@ -201,6 +202,7 @@ class Store(Access):
         the way to free space, takes it on a full disk too; a holder that dies lets go); LockBusy,
         naming its holder, after `timeout` seconds (0: at once)."""
         self.refuse_if_reading("take a lock")
+        self.refuse_if_no_spool()  # filelock makes the lock's directories: never a spool at a wrong path
         return config.locked(self.layout, name, mode=self.modes.file, timeout=timeout)
 
     # ---- clocks, ids, order --------------------------------------------------------------
