@@ -125,3 +125,54 @@ def test_a_hook_killed_by_a_realtime_signal_is_logged(spool):
     assert errors == [], errors
     assert any("killed by signal" in line for line in lines), lines
 
+
+
+# ---- what operating.md promises of many hooks and long output ---------------------------------------
+
+
+def test_at_most_16_hooks_run_at_once_and_a_stopping_worker_lets_them_end(spool, tmp_path):
+    """operating.md: at most 16 hooks run at once per worker (more are skipped, and said to be),
+    and a stopping worker lets its running hooks end."""
+    import subprocess
+
+    from conftest import SPOOLQ
+
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    spool.set_config("on_done", f'touch {marks}/started-$SPOOLQ_JOB_ID; while [ ! -e {gate} ]; do sleep 0.01; done; '
+                                f'touch {marks}/ended-$SPOOLQ_JOB_ID')
+    spool.set_config("hook_timeout", 120)
+    for i in range(18):
+        spool.enqueue({"id": f"j{i:02d}", "command": "true"})
+    worker = subprocess.Popen([*SPOOLQ, "--spool", spool.root, "worker", "start", "--burst", "-q"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: all(spool.find(f"j{i:02d}").state == "done" for i in range(18)), 30, "every job done")
+        wait_for(lambda: len(os.listdir(marks)) >= 16, 30, "16 hooks started")
+        assert worker.poll() is None, "the worker left while its hooks ran"
+        gate.touch()
+        _, err = worker.communicate(timeout=60)
+    finally:
+        gate.touch()
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, err
+    started = {name[len("started-"):] for name in os.listdir(marks) if name.startswith("started-")}
+    ended = {name[len("ended-"):] for name in os.listdir(marks) if name.startswith("ended-")}
+    assert len(started) == 16 and ended == started
+    skipped = [line for line in err.splitlines() if "skipped: 16 hooks are still running" in line]
+    assert len(skipped) == 2 and all(any(f"job {j} " in line for line in skipped) for j in
+                                    {f"j{i:02d}" for i in range(18)} - started)
+
+
+def test_a_hooks_output_is_kept_up_to_64_kib_and_the_rest_read(spool):
+    """operating.md: a hook's output goes to the worker's log up to 64 KiB; the rest is read and
+    dropped, so a hook that writes more is neither held up nor killed by a full pipe."""
+    spool.set_config("on_done", "yes 0123456789abcdef | head -c 1000000")
+    spool.enqueue({"id": "chatty", "command": "true"})
+    result = spoolq(spool.root, "worker", "start", "--burst", "-q")
+    assert result.returncode == 0
+    kept = [line for line in result.stderr.splitlines() if "hook on_done for job chatty: " in line]
+    assert all(line.endswith(": 0123456789abcdef") for line in kept[:-1])
+    assert 64 * 1024 - 17 <= 17 * len(kept) <= 64 * 1024 + 17
+    assert "exit status" not in result.stderr and "timed out" not in result.stderr
