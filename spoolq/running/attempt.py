@@ -159,12 +159,17 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
         except OSError as e:
             why = _asked_to_give_up(give_up)
             if why:
-                log(f"cannot record job {job_id}: {e}; left unrecorded ({why}): recovery takes it back "
+                log(f"cannot record job {job_id}: {_named(e)}; left unrecorded ({why}): recovery takes it back "
                     f"and counts attempt {attempt}")
                 return None
-            log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
+            log(f"cannot record job {job_id}: {_named(e)}; retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _named(e: OSError) -> str:
+    """An error met recording an attempt, with the cause of a full disk named (blocks or inodes)."""
+    return f"{fsio.full_cause(e)} ({e})" if fsio.is_disk_full(e) else str(e)
 
 
 def _asked_to_give_up(give_up: Callable[[], str | None]) -> str | None:

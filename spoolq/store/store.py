@@ -274,7 +274,7 @@ class Store(Access):
 def io_message(what: str, e: OSError, *, nothing_written: bool = True) -> str:
     """One line for an OSError met while changing the spool."""
     if fsio.is_disk_full(e):
-        return f"{what}: the file system is full ({e.strerror})" + ("; nothing was written" if nothing_written else "")
+        return f"{what}: {fsio.full_cause(e)} ({e.strerror})" + ("; nothing was written" if nothing_written else "")
     return f"{what}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
 
 

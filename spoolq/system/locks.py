@@ -180,6 +180,8 @@ def _parse(data: bytes, since: float) -> Holder:
 
 
 def _why_not(e: OSError) -> str:
+    if fsio.is_disk_full(e):
+        return fsio.full_cause(e)
     if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
         return (f"{e.strerror}: this file system does not take flock(2) locks (Lustre needs -o flock; "
                 "see docs/hosts.md, Running on several hosts)")

@@ -1,0 +1,98 @@
+"""A bad day for the machine: the spool's file system out of inodes, its directory moved or
+deleted under running workers, a low `ulimit -n`, a reboot with jobs in processing/. Each test
+makes the trouble for real (a small tmpfs mounted here and unmounted in a `finally`, a rename of
+the spool, a hard limit on open files) and checks that spoolq loses nothing, runs nothing twice
+and says what happened in one line that names the right cause."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from typing import Iterator
+
+import pytest
+
+from conftest import SPOOLQ, spoolq, wait_for
+from spoolq import Spool, fsck
+
+
+@contextlib.contextmanager
+def tmpfs(where: str, **options: str) -> Iterator[str]:
+    """A tmpfs mounted at `where` (made) with `options` (size, nr_inodes), unmounted at the end.
+    These tests need root (CAP_SYS_ADMIN); .ci/run runs as root, so a refusal fails the test."""
+    os.makedirs(where, exist_ok=True)
+    opts = ",".join(f"{k}={v}" for k, v in options.items())
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", where], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0, f"cannot mount a tmpfs (these tests need root): {r.stderr.strip()}"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], capture_output=True, timeout=10)
+
+
+def use_up_inodes(directory: str) -> list[str]:
+    """Empty files in `directory` until its file system has no inode left (bytes to spare)."""
+    made = []
+    while True:
+        path = os.path.join(directory, f"inode-{len(made)}")
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError:
+            break
+        made.append(path)
+    assert os.statvfs(directory).f_ffree == 0 and os.statvfs(directory).f_bavail > 0
+    return made
+
+
+# ---- out of inodes -----------------------------------------------------------------------------
+
+
+def test_out_of_inodes_is_said_so_not_a_full_disk(tmp_path):
+    """ENOSPC is one errno for no free blocks and for no free inodes: a file system with most of
+    its space free and every inode used was said to be 'full', which sends the operator to df, to
+    find 2 % used. The line names inodes (df -i); everything works again once inodes are freed."""
+    with tmpfs(str(tmp_path / "fs"), size="8m", nr_inodes="80") as fs:
+        spool_dir = os.path.join(fs, "spool")
+        spool = Spool(spool_dir)
+        before = spool.enqueue({"command": "echo before"}).id
+        fillers = use_up_inodes(fs)
+        for args in (("enqueue", "echo x"), ("config", "set", "max_retries", "5"), ("pause",),
+                     ("worker", "start", "--burst")):
+            r = spoolq(spool_dir, *args)
+            assert r.returncode == 1, (args, r)
+            assert "out of inodes" in r.stderr and "is full" not in r.stderr, (args, r.stderr)
+            assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert os.listdir(spool.layout.tmp) == []
+        for path in fillers:
+            os.unlink(path)
+        r = spoolq(spool_dir, "worker", "start", "--burst")
+        assert r.returncode == 0, r.stderr
+        assert spool.find(before).state == "done"
+        assert fsck.check(spool) == []
+
+
+def test_a_worker_out_of_inodes_says_so_and_records_the_job_once_they_are_back(tmp_path, workers):
+    """A failed attempt is recorded by writing the job anew (an inode): out of inodes, the worker
+    keeps the job in processing/ and tries again, saying why in a line that names inodes, not a
+    full disk; freed, the attempt is recorded once and the retry runs."""
+    with tmpfs(str(tmp_path / "fs"), size="8m", nr_inodes="120") as fs:
+        spool_dir = os.path.join(fs, "spool")
+        spool = Spool(spool_dir)
+        spool.set_config("backoff_base", 0)
+        ran = os.path.join(str(tmp_path), "ran")  # off the small file system: each run adds a line
+        w = workers(1, spool_dir=spool_dir)
+        job = spool.enqueue({"command": f"echo run >> {ran}; exit 3", "max_retries": 1, "delay": 0.5}).id
+        fillers = use_up_inodes(fs)  # before the job is due
+        line = w.wait_for(lambda: next((s for s in w.output.splitlines() if f"cannot record job {job}" in s), None),
+                          15, "the worker to say it cannot record the job")
+        assert "out of inodes" in line and "is full" not in line, line
+        assert spool.find(job).state == "processing"
+        for path in fillers:
+            os.unlink(path)
+        w.wait_for(lambda: spool.find(job).state == "dead", 20, "the job to end dead after its retry")
+        assert spool.find(job).job.attempts == 2
+        with open(ran) as f:
+            assert f.read().split() == ["run", "run"]  # each attempt once
+        assert "Traceback" not in w.stop()
