@@ -10,7 +10,7 @@ from typing import Callable
 from ..format.states import State
 from ..format import job as job_record
 from ..store import attempts_log, output
-from ..system import fsio, liveness, runner
+from ..system import disk_full, fsio, liveness, runner
 from ..format.errors import LostOwnership
 from ..format.job import Job
 from ..spool import Spool
@@ -169,7 +169,7 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
 
 def _named(e: OSError) -> str:
     """An error met recording an attempt, with the cause of a full disk named (blocks or inodes)."""
-    return f"{fsio.full_cause(e)} ({e})" if fsio.is_disk_full(e) else str(e)
+    return f"{disk_full.full_cause(e)} ({e})" if disk_full.is_disk_full(e) else str(e)
 
 
 def _asked_to_give_up(give_up: Callable[[], str | None]) -> str | None:

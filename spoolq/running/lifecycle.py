@@ -14,7 +14,7 @@ from ..spool import Spool
 from ..format.errors import SpoolError
 from ..store import trust
 from ..store.owners import StartedAt
-from ..system import fsio, mounts, watch
+from ..system import disk_full, mounts, watch
 from .slot_threads import FILES_A_SLOT
 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running jobs (their attempts count)
@@ -47,7 +47,7 @@ def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], Non
 
 def said(e: OSError) -> str:
     """An error of the file system in a few words: what failed, and where."""
-    cause = fsio.full_cause(e) if fsio.is_disk_full(e) else str(e.strerror or e)
+    cause = disk_full.full_cause(e) if disk_full.is_disk_full(e) else str(e.strerror or e)
     return f"{cause}: {e.filename}" if e.filename else cause
 
 

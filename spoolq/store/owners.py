@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..format import job, layout
-from ..system import fsio, liveness
+from ..system import disk_full, fsio, liveness
 from ..format.errors import SpoolError
 from .judge import OwnerJudge, Registration, beat_interval
 from .store import Store
@@ -346,7 +346,7 @@ class Owners:
         try:
             self.store.publish(self.layout.stop_file, content)
         except OSError as e:
-            if not fsio.is_disk_full(e):
+            if not disk_full.is_disk_full(e):
                 raise
             self._rewrite_stop_file(content if kill_jobs else b"")  # no inode (and, empty, no block) needed
 

@@ -14,7 +14,7 @@ import time
 
 from . import config, shards, trust
 from ..format import job, layout
-from ..system import fsio, liveness, locks
+from ..system import disk_full, fsio, liveness, locks
 from .access import Access
 from ..format.modes import Modes
 from ..format.errors import DiskFull, InvalidJob, SpoolError, StorageError
@@ -273,13 +273,13 @@ class Store(Access):
 
 def io_message(what: str, e: OSError, *, nothing_written: bool = True) -> str:
     """One line for an OSError met while changing the spool."""
-    if fsio.is_disk_full(e):
-        return f"{what}: {fsio.full_cause(e)} ({e.strerror})" + ("; nothing was written" if nothing_written else "")
+    if disk_full.is_disk_full(e):
+        return f"{what}: {disk_full.full_cause(e)} ({e.strerror})" + ("; nothing was written" if nothing_written else "")
     return f"{what}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
 
 
 def io_error(what: str, e: OSError, *, nothing_written: bool = True) -> StorageError:
     """An OSError met while using the spool, as the error a caller catches by type: DiskFull for
     a full disk, StorageError for the rest (its errno kept)."""
-    kind = DiskFull if fsio.is_disk_full(e) else StorageError
+    kind = DiskFull if disk_full.is_disk_full(e) else StorageError
     return kind(io_message(what, e, nothing_written=nothing_written), e.errno)

@@ -30,7 +30,7 @@ import os
 import stat
 
 from ..format import json_codec, layout
-from . import fsio
+from . import disk_full
 from ..format.lean import Record
 from ..format.errors import DiskFull, LockBusy, StorageError
 
@@ -84,7 +84,7 @@ class Held:
             raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
                            f"{holder(path) or 'nobody any more'}") from None
         except OSError as e:
-            kind = DiskFull if fsio.is_disk_full(e) else StorageError
+            kind = DiskFull if disk_full.is_disk_full(e) else StorageError
             raise kind(f"cannot take lock {path}: {_why_not(e)}", e.errno) from None
         self._lock = lock
 
@@ -180,8 +180,8 @@ def _parse(data: bytes, since: float) -> Holder:
 
 
 def _why_not(e: OSError) -> str:
-    if fsio.is_disk_full(e):
-        return fsio.full_cause(e)
+    if disk_full.is_disk_full(e):
+        return disk_full.full_cause(e)
     if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
         return (f"{e.strerror}: this file system does not take flock(2) locks (Lustre needs -o flock; "
                 "see docs/hosts.md, Running on several hosts)")
