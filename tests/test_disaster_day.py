@@ -14,7 +14,8 @@ from typing import Iterator
 import pytest
 
 from conftest import SPOOLQ, spoolq, wait_for
-from spoolq import Spool, fsck
+from spoolq import Spool, StorageError, fsck
+from spoolq.format.states import State
 
 
 @contextlib.contextmanager
@@ -96,3 +97,23 @@ def test_a_worker_out_of_inodes_says_so_and_records_the_job_once_they_are_back(t
         with open(ran) as f:
             assert f.read().split() == ["run", "run"]  # each attempt once
         assert "Traceback" not in w.stop()
+
+
+# ---- the spool deleted under its users ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["set_config", "purge"])
+def test_a_lock_on_a_deleted_spool_makes_nothing_anew(tmp_path, act):
+    """A program (or a worker's retention and recovery) holding a spool that is then deleted
+    took a lock in it: filelock made the missing directories, so the spool came back as a bare
+    locks/ in a root of mode 0755 (the umask's), no longer private. Now the lock is refused in
+    one line and nothing is made."""
+    spool_dir = str(tmp_path / "spool")
+    spool = Spool(spool_dir)
+    subprocess.run(["rm", "-rf", spool_dir], check=True)
+    with pytest.raises(StorageError, match="its directory is gone"):
+        if act == "set_config":
+            spool.set_config("max_retries", 5)
+        else:
+            spool.purge(state=State.DONE)
+    assert not os.path.lexists(spool_dir)

@@ -76,6 +76,13 @@ class Held:
         import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
 
         named, path, timeout = self._named, self.path, self.timeout
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            # filelock would make the missing directories (mkdir -p, modes from the umask): a
+            # spool deleted under a worker would come back as a bare locks/ in a 0755 root.
+            # RACE: an `rm -rf` of the spool between this look and filelock's mkdir brings that
+            # back; a worker's next look at its root (root_moved) stops it a moment later.
+            raise StorageError(f"cannot take lock {path}: its directory is gone (the spool was moved "
+                               "or deleted)", errno.ENOENT)
         lock = filelock.FileLock(path, timeout=timeout, mode=self.mode, poll_interval=POLL, fallback_to_soft=False,
                                  preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
         try:
