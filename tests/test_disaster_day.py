@@ -99,7 +99,57 @@ def test_a_worker_out_of_inodes_says_so_and_records_the_job_once_they_are_back(t
         assert "Traceback" not in w.stop()
 
 
-# ---- the spool deleted under its users ---------------------------------------------------------
+# ---- the spool moved or deleted under its workers ----------------------------------------------
+
+
+def test_a_spool_moved_away_and_made_anew_stops_its_workers_saying_so(tmp_path, workers):
+    """`mv spool spool.old; spoolq init` under running workers: they went on in the new spool at
+    the same path, said their registrations were 'taken over (declared dead elsewhere)' and the
+    running job's result 'discarded: recovered elsewhere', while the job lay unrecorded in the
+    moved spool under a live worker. Now each stops, saying the spool was moved; the job is taken
+    back where the spool went, and the new spool's jobs wait for its own workers."""
+    spool_dir, moved = str(tmp_path / "spool"), str(tmp_path / "spool.old")
+    ran = str(tmp_path / "ran")
+    spool = Spool(spool_dir)
+    spool.set_config("backoff_base", 0)
+    w = workers(2, spool_dir=spool_dir)
+    job = spool.enqueue({"command": f"echo run >> {ran}; sleep 1"}).id
+    w.wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    os.rename(spool_dir, moved)
+    new = Spool(spool_dir)
+    after = new.enqueue({"command": "echo new"}).id
+    assert w.proc.wait(20) == 1  # the supervisor stops with its workers, which could not go on
+    log = w.stop()
+    assert log.count(f"the spool {spool_dir} was moved away or deleted under this worker, and another "
+                     "directory is there now; stopping") >= 1, log  # the first to look: it stops the pool
+    assert f"cannot record job {job} attempt 1: the spool {spool_dir} was moved away" in log, log
+    assert "declared dead elsewhere" not in log and "recovered elsewhere" not in log and "Traceback" not in log
+    assert new.find(after).state == "pending"  # never run by a worker of another spool
+    old = Spool(moved)
+    assert old.find(job).state == "processing"
+    r = spoolq(moved, "worker", "start", "--burst")  # the job is taken back where the spool went
+    assert r.returncode == 0, r.stderr
+    assert old.find(job).state == "done"
+    with open(ran) as f:
+        assert f.read().split() == ["run", "run"]  # again only as after a crash: its first result was unrecordable
+    assert fsck.check(old) == [] and fsck.check(new) == []
+
+
+def test_a_spool_deleted_under_its_workers_stops_them_saying_so(tmp_path, workers):
+    """`rm -rf spool` under running workers: the supervisor restarted a worker every few seconds
+    for good, each saying 'cannot use the spool: No such file or directory (…/maildir)' and
+    'recovery failed: … tmp/….tmp'. Now the workers say the spool was deleted, and the pool ends."""
+    spool_dir = str(tmp_path / "spool")
+    spool = Spool(spool_dir)
+    w = workers(2, spool_dir=spool_dir)
+    job = spool.enqueue({"command": "sleep 1"}).id
+    w.wait_for(lambda: spool.find(job).state == "processing", 10, "the job to start")
+    subprocess.run(["rm", "-rf", spool_dir], check=True)
+    assert w.proc.wait(20) == 1
+    log = w.stop()
+    assert f"the spool {spool_dir} was moved away or deleted under this worker; stopping" in log, log
+    assert "cannot start" not in log and "recovery failed" not in log and "Traceback" not in log, log
+    assert not os.path.lexists(spool_dir)  # nothing made anew there (a lock once made locks/, mode 0755)
 
 
 @pytest.mark.parametrize("act", ["set_config", "purge"])

@@ -150,6 +150,10 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
             say_woken(moved, log)
             return moved
         except LostOwnership:
+            moved = spool.store.root_moved()
+            if moved:  # the job and its log went with the spool: recovery there counts the attempt
+                log(f"cannot record job {job_id} attempt {attempt}: {moved}")
+                return None
             log(f"result of job {job_id} attempt {attempt} discarded: "
                 "this worker lost the job (it was recovered elsewhere)")
             # The footer above is not the job's result: say so where `logs` shows it.

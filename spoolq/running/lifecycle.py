@@ -53,9 +53,12 @@ def said(e: OSError) -> str:
 
 def still_safe(spool: Spool) -> str | None:
     """Why the spool is no longer safe to use (a directory swapped or opened up since the worker
-    started), or None. A mount out of reach (ENOTCONN, EIO: its directories "cannot be looked at")
+    started, the spool moved away or deleted: Store.root_moved), or None. A mount out of reach (ENOTCONN, EIO: its directories "cannot be looked at")
     is no one's doing: raised as the OSError it is, the spool lost (unless_unreachable), so that
     its supervisor starts another once it is back, rather than said unsafe for good."""
+    moved = spool.store.root_moved()
+    if moved:
+        return moved
     try:
         spool.store.check_safe()
     except SpoolError as e:
@@ -108,8 +111,18 @@ class Stops:
         self.poke = poke  # wakes the worker's loop
         self.log = log
         self.stopping = False
+        self.unsafe = False  # stopped because the spool is no longer safe to use (unsafe_now)
         self.signals = 0  # stop signals received
         self._now = (-LOOK_EVERY, False)  # when `worker stop --now` was last looked for, and what was found
+
+    def unsafe_now(self) -> bool:
+        """Stop, said in one line, if the spool is no longer safe to use (still_safe: a directory
+        swapped or opened up, the spool moved away or deleted; never going on in a new one)."""
+        unsafe = still_safe(self.spool)
+        if unsafe:
+            self.log(f"{unsafe}; stopping")
+            self.unsafe = self.stopping = True
+        return unsafe is not None
 
     def request(self, *_args: object) -> None:
         """A stop signal (a signal handler)."""

@@ -62,6 +62,7 @@ class Store(Access):
         self.uid = os.geteuid()
         self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
+        self._root_identity: tuple[int, int] | None = None  # the directory held to (hold_root)
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
                                            lambda: self.config.pending_shards, self.clock, lambda: self.uid)
 
@@ -100,6 +101,28 @@ class Store(Access):
 
     def is_spool(self) -> bool:
         return os.path.isdir(self.layout.pending)
+
+    def hold_root(self) -> None:
+        """Remember which directory the root names now (a worker, as it starts), for root_moved."""
+        st = os.stat(self.root)
+        self._root_identity = (st.st_dev, st.st_ino)
+
+    def root_moved(self) -> str | None:
+        """Why the root no longer names the directory hold_root found (moved away or deleted,
+        and perhaps made anew at its path), or None: a worker's registration, its jobs in
+        processing/ and their results went with the old one, and no rename finds them here."""
+        if self._root_identity is None:
+            return None
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return f"the spool {self.root} was moved away or deleted under this worker"
+        except OSError:
+            return None  # out of reach, not moved: said as such by whoever reads it next
+        if (st.st_dev, st.st_ino) != self._root_identity:
+            return (f"the spool {self.root} was moved away or deleted under this worker, and another "
+                    "directory is there now")
+        return None
 
     def _refuse_foreign_root(self) -> None:
         """Never scatter the layout into a directory that holds something else (`--spool /`)."""
