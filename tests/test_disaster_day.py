@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from typing import Iterator
 
@@ -167,3 +168,24 @@ def test_a_lock_on_a_deleted_spool_makes_nothing_anew(tmp_path, act):
         else:
             spool.purge(state=State.DONE)
     assert not os.path.lexists(spool_dir)
+
+
+# ---- a low `ulimit -n` -------------------------------------------------------------------------
+
+
+def test_a_hard_limit_too_low_for_one_worker_blames_the_limit_not_slots(spool_dir):
+    """Under `ulimit -n 30` a plain `worker start` (no --slots) was refused with "Invalid value
+    for '--slots': 1 slots: … run fewer slots", an option not given and a way out that does not
+    exist. The line names the limit and the way out; with --slots given, the option is blamed as
+    before (exit 2)."""
+    Spool(spool_dir)
+    plain = subprocess.run(["sh", "-c", 'ulimit -n 30 && exec "$@"', "sh", *SPOOLQ, "--spool", spool_dir,
+                            "worker", "start", "--burst"], capture_output=True, text=True, timeout=60)
+    assert plain.returncode == 1, plain
+    [line] = plain.stderr.strip().splitlines()
+    assert "--slots" not in line and "fewer slots" not in line, line
+    assert re.search(r"cannot start a worker: it needs about \d+ open files; this process may open at most 30 "
+                     r"\(`ulimit -Hn`\): raise it", line), line
+    many = subprocess.run(["sh", "-c", 'ulimit -n 100 && exec "$@"', "sh", *SPOOLQ, "--spool", spool_dir,
+                           "worker", "start", "--burst", "--slots", "64"], capture_output=True, text=True, timeout=60)
+    assert many.returncode == 2 and "Invalid value for '--slots': 64 slots" in many.stderr, many

@@ -90,10 +90,15 @@ def _make_room_for(slots: int) -> None:
     from ..running import slot_threads
     from ..system import open_files
 
-    why_not = open_files.make_room(slot_threads.open_files_needed(slots))
-    if why_not:
-        raise click.BadParameter(f"{slots} slots: {why_not}: raise it, or run fewer slots (and more --count)",
-                                 param_hint="'--slots'")
+    needed = slot_threads.open_files_needed(slots)
+    hard = open_files.make_room(needed)
+    if hard is None:
+        return
+    limit = f"this process may open at most {hard} (`ulimit -Hn`): raise it"
+    if slots == 1:  # no option to blame, and no fewer slots to run: the limit is the cause
+        raise CliError(f"cannot start a worker: it needs about {needed} open files; {limit}")
+    raise click.BadParameter(f"{slots} slots: about {needed} open files are needed; {limit}, or run fewer slots "
+                             "(and more --count)", param_hint="'--slots'")
 
 
 @worker.command("stop")
