@@ -7,10 +7,12 @@ and says what happened in one line that names the right cause."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import signal
 import re
 import subprocess
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -32,6 +34,42 @@ def tmpfs(where: str, **options: str) -> Iterator[str]:
         yield where
     finally:
         subprocess.run(["umount", "-l", where], capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def ext4_image(where: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A small ext4 file system on a loop device at `where`, and a way to make it go read-only as
+    the kernel does on an error (errors=remount-ro): with files open for writing, as a running
+    worker holds them, `mount -o remount,ro` is refused (busy); only an unmount ends it."""
+    os.makedirs(where)
+    image = where + ".img"
+    with open(image, "wb") as f:
+        f.truncate(16 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True, timeout=30)
+    r = subprocess.run(["mount", "-o", "loop,errors=remount-ro", image, where], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, f"cannot mount a loop device (these tests need root): {r.stderr.strip()}"
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", where], capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def read_only() -> None:
+        with open(f"/sys/fs/ext4/{os.path.basename(device)}/trigger_fs_error", "w") as f:
+            f.write("a bad day\n")
+        wait_for(lambda: not os.access(where, os.W_OK) or _refuses_writes(where), 5, "the file system to go read-only")
+
+    try:
+        yield where, read_only
+    finally:
+        subprocess.run(["umount", "-l", where], capture_output=True, timeout=30)
+
+
+def _refuses_writes(directory: str) -> bool:
+    try:
+        os.mkdir(os.path.join(directory, "probe"))
+    except OSError as e:
+        return e.errno == errno.EROFS
+    os.rmdir(os.path.join(directory, "probe"))
+    return False
 
 
 def use_up_inodes(directory: str) -> list[str]:
@@ -189,3 +227,29 @@ def test_a_hard_limit_too_low_for_one_worker_blames_the_limit_not_slots(spool_di
     many = subprocess.run(["sh", "-c", 'ulimit -n 100 && exec "$@"', "sh", *SPOOLQ, "--spool", spool_dir,
                            "worker", "start", "--burst", "--slots", "64"], capture_output=True, text=True, timeout=60)
     assert many.returncode == 2 and "Invalid value for '--slots': 64 slots" in many.stderr, many
+
+
+# ---- read-only ---------------------------------------------------------------------------------
+
+
+def test_workers_on_a_spool_gone_read_only_are_stopped_by_the_signal_worker_stop_names(tmp_path, workers):
+    """The spool's file system went read-only under running workers (the kernel's answer to an
+    I/O error): `worker stop` cannot write its request, and said only 'cannot ask the workers to
+    stop: Read-only file system (…/tmp/….tmp)', leaving the operator, who must stop them to
+    unmount, without a way. It names the signal to send now; the supervisor so stopped exits 0
+    (it exited 1, 'Error: Read-only file system: …/processing/…', unable to unregister)."""
+    with ext4_image(str(tmp_path / "disk")) as (fs, read_only):
+        spool_dir = os.path.join(fs, "spool")
+        Spool(spool_dir)
+        w = workers(2, spool_dir=spool_dir)
+        read_only()
+        r = spoolq(spool_dir, "worker", "stop")
+        assert r.returncode == 1, r
+        [line] = r.stderr.strip().splitlines()
+        assert "cannot ask the workers to stop" in line and "Read-only file system" in line, line
+        assert f"kill -TERM {w.proc.pid}" in line, line
+        os.kill(w.proc.pid, signal.SIGTERM)
+        assert w.proc.wait(20) == 0
+        log = w.stop()
+        assert f"supervisor {w.proc.pid}: cannot unregister: Read-only file system" in log, log
+        assert "Error:" not in log and "Traceback" not in log, log

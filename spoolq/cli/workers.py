@@ -8,6 +8,7 @@ import time
 
 import click
 
+from ..format.errors import StorageError
 from ..format.job import iso
 from ..format.layout import MAX_SLOTS
 from ..system.liveness import alive, started_at
@@ -112,7 +113,10 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
         raise click.UsageError("--timeout bounds --wait: give both (worker stop --wait --timeout S)")
     spool = c.spool
     before = spool.workers(role="worker")
-    spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked
+    try:
+        spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked
+    except StorageError as e:  # a read-only spool: the request cannot be written, a signal still stops them
+        raise CliError(f"{e}{_by_signal(before, now)}") from None
     if not before:
         click.echo("no workers running (a stop request was left for any that are starting)")
         return
@@ -129,6 +133,17 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
         if deadline is not None and time.monotonic() >= deadline:
             raise CliError(f"{len(left)} worker(s) still running after {timeout:g}s", 124)
         time.sleep(0.05)
+
+
+def _by_signal(workers: list, now: bool) -> str:
+    """How to stop this host's workers without writing into the spool: a signal to each supervisor."""
+    from ..running.supervisor import supervisors_here
+
+    pids = supervisors_here(workers)
+    if not pids:
+        return ""
+    thrice = " three times (the third kills their running jobs)" if now else ""
+    return f"; stop this host's workers with a signal instead: kill -TERM {' '.join(map(str, pids))}{thrice}"
 
 
 @worker.command("list")
