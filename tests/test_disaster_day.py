@@ -253,3 +253,36 @@ def test_workers_on_a_spool_gone_read_only_are_stopped_by_the_signal_worker_stop
         log = w.stop()
         assert f"supervisor {w.proc.pid}: cannot unregister: Read-only file system" in log, log
         assert "Error:" not in log and "Traceback" not in log, log
+
+
+# ---- kill -9 -----------------------------------------------------------------------------------
+
+
+def test_a_second_detached_start_after_the_supervisor_was_killed_says_it_is_gone(spool_dir, spool):
+    """kill -9 of a detached pool's supervisor leaves its workers running on, unsupervised. A
+    new `worker start --detach` refused, naming 'supervisor pid N' as if it ran, and `kill N` found
+    nothing. It says the supervisor is gone and what that costs."""
+    r = spoolq(spool_dir, "worker", "start", "--detach", "--count", "2")
+    assert r.returncode == 0, r.stderr
+    workers = [w.pid for w in spool.workers(role="worker")]
+    try:
+        [supervisor] = {w.extra["supervisor"] for w in spool.workers(role="worker")}
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{supervisor}") or _zombie(supervisor), 10, "the supervisor to die")
+        again = spoolq(spool_dir, "worker", "start", "--detach", "--count", "2")
+        assert again.returncode == 1, again
+        [line] = again.stderr.strip().splitlines()
+        assert f"without their supervisor (pid {supervisor} is gone" in line, line
+        assert "`spoolq worker stop` them first" in line, line
+        assert sorted(w.pid for w in spool.workers(role="worker")) == sorted(workers)  # no second set
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return True

@@ -61,9 +61,11 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
     # RACE: two starts at once each find none, and both start: this catches a start repeated (a
     # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
     running = supervisor.running_here(spool, queues)
-    if running is not None:
+    if running is not None:  # (its supervisor killed, its workers run on, and none that ends is replaced)
+        whose = f" (supervisor pid {running})" if alive(running) else \
+            f", without their supervisor (pid {running} is gone: a worker that ends is not replaced)"
         raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
-                       f"already run on this host (supervisor pid {running}); not starting a second set: "
+                       f"already run on this host{whose}; not starting a second set: "
                        "`spoolq worker stop` them first, or start more in the foreground")
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
                             log=log, slots=slots)
