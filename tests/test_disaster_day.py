@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import re
@@ -286,3 +287,49 @@ def _zombie(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     return True
+
+
+# ---- a reboot ----------------------------------------------------------------------------------
+
+
+def test_status_after_a_reboot_names_the_jobs_held_by_gone_workers(spool_dir, spool):
+    """Every process killed at once (a reboot, or kill -9 of the lot) with jobs in processing/:
+    `status` said 'processing 2' and 'workers 0' and nothing of why, nor that nothing runs them
+    (`fsck` had to be asked). It names them and what takes them back; the next start does, at once."""
+    ids = [spool.enqueue({"command": 'if [ "$SPOOLQ_ATTEMPT" = 1 ]; then sleep 60; fi', "id": f"boot{n}"}).id
+           for n in range(2)]
+    pool = subprocess.Popen([*SPOOLQ, "--spool", spool_dir, "worker", "start", "--count", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: spool.counts().processing == 2, 15, "both jobs to run")
+    finally:
+        os.killpg(pool.pid, signal.SIGKILL)  # the supervisor, its workers and their jobs' groups...
+        pool.wait()
+    for job in ids:  # ... each job its own process group: as a reboot would, kill them too
+        for pid in _pids_running(job):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    r = spoolq(spool_dir, "status")
+    assert r.returncode == 0 and "processing   2" in r.stdout, r
+    [note] = r.stderr.strip().splitlines()
+    assert note == ("held by workers that are gone (killed, or a reboot): boot0, boot1; the next worker to "
+                    "start takes them back (`spoolq fsck` names their workers)"), note
+    js = spoolq(spool_dir, "status", "--json")
+    assert json.loads(js.stdout)["held_by_gone_workers"] == 2 and js.stderr == "", js
+    spool.set_config("backoff_base", 0)
+    r = spoolq(spool_dir, "worker", "start", "--burst")
+    assert r.returncode == 0, r.stderr
+    after = spoolq(spool_dir, "status")
+    assert after.stderr == "" and "held_by_gone_workers" not in spoolq(spool_dir, "status", "--json").stdout, after
+
+
+def _pids_running(job: str) -> list[int]:
+    """The pids whose environment names this job (SPOOLQ_JOB_ID): its command and its children."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if f"SPOOLQ_JOB_ID={job}".encode() in f.read().split(b"\0"):
+                        found.append(int(entry))
+    return found

@@ -255,6 +255,13 @@ class Owners:
                 gone.append(owned)
         return gone
 
+    def held_by_gone(self) -> list[str]:
+        """The ids of the jobs in processing/ whose worker is gone (killed, a reboot): nothing
+        runs them until a recovery (a worker's start or sweep, `fsck --repair`) takes them back."""
+        return sorted(layout.stem(name) for owned in self.gone_dirs()
+                      for name in fsio.listdir(self.layout.owned(owned.name))
+                      if layout.is_json_entry(name) and not name.startswith(layout.ADOPT_PREFIX))
+
     def _ours(self, path: str) -> bool:
         try:
             st = os.lstat(path)
