@@ -53,9 +53,10 @@ def said(e: OSError) -> str:
 
 def still_safe(spool: Spool) -> str | None:
     """Why the spool is no longer safe to use (a directory swapped or opened up since the worker
-    started, the spool moved away or deleted: Store.root_moved), or None. A mount out of reach (ENOTCONN, EIO: its directories "cannot be looked at")
-    is no one's doing: raised as the OSError it is, the spool lost (unless_unreachable), so that
-    its supervisor starts another once it is back, rather than said unsafe for good."""
+    started, the spool moved away or deleted: Store.root_moved), or None. A mount out of reach
+    (ENOTCONN, EIO: its directories "cannot be looked at") is no one's doing: raised as the
+    OSError it is, the spool lost (unless_unreachable), so that its supervisor starts another once
+    it is back, rather than said unsafe for good."""
     moved = spool.store.root_moved()
     if moved:
         return moved

@@ -113,6 +113,9 @@ class Store(Access):
         processing/ and their results went with the old one, and no rename finds them here."""
         if self._root_identity is None:
             return None
+        # RACE: a move right after this look is found by the next (a worker looks every 2 s, and
+        # whenever its registration or a job it holds is gone); what it does meanwhile fails on
+        # paths that name nothing, or in a new spool at the path, which holds none of its jobs.
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
