@@ -48,9 +48,9 @@ def unwind_on_termination() -> None:
 
 def io_failure(e: OSError) -> str:
     """A full disk, a read-only or vanished spool: what, not where in the code."""
-    from ..system.fsio import is_disk_full
+    from ..system.disk_full import full_cause, is_disk_full
 
-    cause = "the file system is full" if is_disk_full(e) else e.strerror or "I/O error"
+    cause = full_cause(e) if is_disk_full(e) else e.strerror or "I/O error"
     return f"{cause}: {e.filename}" if e.filename else cause
 
 

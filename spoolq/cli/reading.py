@@ -34,11 +34,19 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
         watch_status(c.reading, interval)
         return
     paused = c.reading.paused()
-    values = {**c.reading.counts().to_dict(), "paused": paused_value(paused)}
+    counts = c.reading.counts()
+    values = {**counts.to_dict(), "paused": paused_value(paused)}
     strays = c.reading.strays()
     if strays:  # only then: a spool without any reads as it always did
         values["never_picked_up"] = len(strays)
+    orphans = c.reading.owners.held_by_gone() if counts.processing else []
+    if orphans and as_json:  # (in text a line on stderr says it, below: the counts keep their lines)
+        values["held_by_gone_workers"] = len(orphans)
     emit_pairs(values, as_json, max(map(len, values)) + 1, lambda v: paused_text(paused) if isinstance(v, (bool, list)) else str(v))
+    if orphans and not as_json:
+        more = f" and {len(orphans) - 5} more" if len(orphans) > 5 else ""
+        click.echo(f"held by workers that are gone (killed, or a reboot): {', '.join(map(shown, orphans[:5]))}{more}; "
+                   "the next worker to start takes them back (`spoolq fsck` names their workers)", err=True)
     if strays and not as_json:
         named = ", ".join(shown(os.path.relpath(s.path, c.reading.root)) for s in strays[:3])
         more = f" and {len(strays) - 3} more" if len(strays) > 3 else ""

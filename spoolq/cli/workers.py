@@ -8,6 +8,7 @@ import time
 
 import click
 
+from ..format.errors import StorageError
 from ..format.job import iso
 from ..format.layout import MAX_SLOTS
 from ..system.liveness import alive, started_at
@@ -60,9 +61,11 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
     # RACE: two starts at once each find none, and both start: this catches a start repeated (a
     # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
     running = supervisor.running_here(spool, queues)
-    if running is not None:
+    if running is not None:  # (its supervisor killed, its workers run on, and none that ends is replaced)
+        whose = f" (supervisor pid {running})" if alive(running) else \
+            f", without their supervisor (pid {running} is gone: a worker that ends is not replaced)"
         raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
-                       f"already run on this host (supervisor pid {running}); not starting a second set: "
+                       f"already run on this host{whose}; not starting a second set: "
                        "`spoolq worker stop` them first, or start more in the foreground")
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
                             log=log, slots=slots)
@@ -90,10 +93,15 @@ def _make_room_for(slots: int) -> None:
     from ..running import slot_threads
     from ..system import open_files
 
-    why_not = open_files.make_room(slot_threads.open_files_needed(slots))
-    if why_not:
-        raise click.BadParameter(f"{slots} slots: {why_not}: raise it, or run fewer slots (and more --count)",
-                                 param_hint="'--slots'")
+    needed = slot_threads.open_files_needed(slots)
+    hard = open_files.make_room(needed)
+    if hard is None:
+        return
+    limit = f"this process may open at most {hard} (`ulimit -Hn`): raise it"
+    if slots == 1:  # no option to blame, and no fewer slots to run: the limit is the cause
+        raise CliError(f"cannot start a worker: it needs about {needed} open files; {limit}")
+    raise click.BadParameter(f"{slots} slots: about {needed} open files are needed; {limit}, or run fewer slots "
+                             "(and more --count)", param_hint="'--slots'")
 
 
 @worker.command("stop")
@@ -107,7 +115,10 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
         raise click.UsageError("--timeout bounds --wait: give both (worker stop --wait --timeout S)")
     spool = c.spool
     before = spool.workers(role="worker")
-    spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked
+    try:
+        spool.request_stop(kill_jobs=now, at=started_at(os.getpid()))  # when the user asked
+    except StorageError as e:  # a read-only spool: the request cannot be written, a signal still stops them
+        raise CliError(f"{e}{_by_signal(before, now)}") from None
     if not before:
         click.echo("no workers running (a stop request was left for any that are starting)")
         return
@@ -124,6 +135,17 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
         if deadline is not None and time.monotonic() >= deadline:
             raise CliError(f"{len(left)} worker(s) still running after {timeout:g}s", 124)
         time.sleep(0.05)
+
+
+def _by_signal(workers: list, now: bool) -> str:
+    """How to stop this host's workers without writing into the spool: a signal to each supervisor."""
+    from ..running.supervisor import supervisors_here
+
+    pids = supervisors_here(workers)
+    if not pids:
+        return ""
+    thrice = " three times (the third kills their running jobs)" if now else ""
+    return f"; stop this host's workers with a signal instead: kill -TERM {' '.join(map(str, pids))}{thrice}"
 
 
 @worker.command("list")

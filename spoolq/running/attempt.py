@@ -10,7 +10,7 @@ from typing import Callable
 from ..format.states import State
 from ..format import job as job_record
 from ..store import attempts_log, output
-from ..system import fsio, liveness, runner
+from ..system import disk_full, fsio, liveness, runner
 from ..format.errors import LostOwnership
 from ..format.job import Job
 from ..spool import Spool
@@ -150,6 +150,10 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
             say_woken(moved, log)
             return moved
         except LostOwnership:
+            moved = spool.store.root_moved()
+            if moved:  # the job and its log went with the spool: recovery there counts the attempt
+                log(f"cannot record job {job_id} attempt {attempt}: {moved}")
+                return None
             log(f"result of job {job_id} attempt {attempt} discarded: "
                 "this worker lost the job (it was recovered elsewhere)")
             # The footer above is not the job's result: say so where `logs` shows it.
@@ -159,12 +163,17 @@ def record(spool: Spool, claimed: Claimed, outcome: runner.Outcome, host: str, l
         except OSError as e:
             why = _asked_to_give_up(give_up)
             if why:
-                log(f"cannot record job {job_id}: {e}; left unrecorded ({why}): recovery takes it back "
+                log(f"cannot record job {job_id}: {_named(e)}; left unrecorded ({why}): recovery takes it back "
                     f"and counts attempt {attempt}")
                 return None
-            log(f"cannot record job {job_id}: {e}; retrying in {delay:.1f}s")
+            log(f"cannot record job {job_id}: {_named(e)}; retrying in {delay:.1f}s")
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _named(e: OSError) -> str:
+    """An error met recording an attempt, with the cause of a full disk named (blocks or inodes)."""
+    return f"{disk_full.full_cause(e)} ({e})" if disk_full.is_disk_full(e) else str(e)
 
 
 def _asked_to_give_up(give_up: Callable[[], str | None]) -> str | None:

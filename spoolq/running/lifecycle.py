@@ -14,7 +14,7 @@ from ..spool import Spool
 from ..format.errors import SpoolError
 from ..store import trust
 from ..store.owners import StartedAt
-from ..system import mounts, watch
+from ..system import disk_full, mounts, watch
 from .slot_threads import FILES_A_SLOT
 
 KILL_AFTER_SIGNALS = 3  # the third stop signal kills the running jobs (their attempts count)
@@ -47,14 +47,19 @@ def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], Non
 
 def said(e: OSError) -> str:
     """An error of the file system in a few words: what failed, and where."""
-    return f"{e.strerror or e}: {e.filename}" if e.filename else str(e.strerror or e)
+    cause = disk_full.full_cause(e) if disk_full.is_disk_full(e) else str(e.strerror or e)
+    return f"{cause}: {e.filename}" if e.filename else cause
 
 
 def still_safe(spool: Spool) -> str | None:
     """Why the spool is no longer safe to use (a directory swapped or opened up since the worker
-    started), or None. A mount out of reach (ENOTCONN, EIO: its directories "cannot be looked at")
-    is no one's doing: raised as the OSError it is, the spool lost (unless_unreachable), so that
-    its supervisor starts another once it is back, rather than said unsafe for good."""
+    started, the spool moved away or deleted: Store.root_moved), or None. A mount out of reach
+    (ENOTCONN, EIO: its directories "cannot be looked at") is no one's doing: raised as the
+    OSError it is, the spool lost (unless_unreachable), so that its supervisor starts another once
+    it is back, rather than said unsafe for good."""
+    moved = spool.store.root_moved()
+    if moved:
+        return moved
     try:
         spool.store.check_safe()
     except SpoolError as e:
@@ -107,8 +112,18 @@ class Stops:
         self.poke = poke  # wakes the worker's loop
         self.log = log
         self.stopping = False
+        self.unsafe = False  # stopped because the spool is no longer safe to use (unsafe_now)
         self.signals = 0  # stop signals received
         self._now = (-LOOK_EVERY, False)  # when `worker stop --now` was last looked for, and what was found
+
+    def unsafe_now(self) -> bool:
+        """Stop, said in one line, if the spool is no longer safe to use (still_safe: a directory
+        swapped or opened up, the spool moved away or deleted; never going on in a new one)."""
+        unsafe = still_safe(self.spool)
+        if unsafe:
+            self.log(f"{unsafe}; stopping")
+            self.unsafe = self.stopping = True
+        return unsafe is not None
 
     def request(self, *_args: object) -> None:
         """A stop signal (a signal handler)."""

@@ -14,10 +14,11 @@ from ..store import attempts_log
 from ..system import fsio, liveness, locks
 from ..format.errors import SpoolError
 from ..store.judge import beat_interval
-from ..store.owners import StartedAt
+from ..store.owners import StartedAt, WorkerInfo
 from ..pending.listing import SharedListing
 from ..spool import Spool
-from .lifecycle import EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart
+from .lifecycle import (EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart,
+                        unregister)
 from .worker import Worker
 from ..system.notify import sd_notify
 from .log_lines import JobLines, Tally, text_log
@@ -110,7 +111,7 @@ class Supervisor:
             if not self.signals:
                 sd_notify("STOPPING=1")  # a stop no signal began (a stop request, the end of a burst)
             signal.setitimer(signal.ITIMER_REAL, 0)
-            self.spool.owners.unregister(self.token)
+            unregister(self.spool, self.token, self.log)  # (a spool gone read-only: said, its lease runs out)
             if self.shared is not None:
                 self.shared.close()
         if self.burst:
@@ -283,6 +284,13 @@ def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
         if worker.host == host and isinstance(pid, int) and (frozenset(theirs) if theirs else None) == queues:
             return pid
     return None
+
+
+def supervisors_here(workers: list[WorkerInfo]) -> list[int]:
+    """The pids of the supervisors on this host of these workers (each of its pool's
+    registrations names it): a signal to one stops its pool when a stop request cannot be written."""
+    host = layout.host_name()
+    return sorted({pid for w in workers if w.host == host and isinstance(pid := w.extra.get("supervisor"), int)})
 
 
 def detach(spool: Spool, count: int, *, burst: bool, since: StartedAt | None, allow_unsafe_fs: bool = False,

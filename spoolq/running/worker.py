@@ -29,7 +29,7 @@ from ..moves.handoff import Moved
 from ..moves.transitions import Claimed
 from .log_lines import JobLines, SettingsNotes, text_log as stderr_log
 from .lifecycle import (EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, CannotStart, Stops, announce_wakeups,
-                        still_safe, unless_unreachable, unregister)
+                        unless_unreachable, unregister)
 
 MAX_WAIT = 30.0
 
@@ -64,7 +64,6 @@ class Worker:
         self._base_env = dict(os.environ)  # copied once: jobs get it plus their own variables
         self.host = layout.host_name()
         self.admission = Admission(spool, queues, lambda: self.heartbeat.healthy(), self.log, burst=burst)
-        self.unsafe = False
         self.retrying = Retrying()  # a burst's own retries: it waits them out
         self.settings_notes = SettingsNotes(self.log)
 
@@ -92,6 +91,7 @@ class Worker:
             self.spool.store.check_safe()
             self.spool.check_filesystem(allow_unsafe=self.allow_unsafe_fs, log=self.log)
             maildir.make(self.spool.store)  # a spool older than its Maildir gets one
+            self.spool.store.hold_root()
             self._register()
         except OSError as e:  # a full disk: one line, with the path only when there is one
             raise CannotStart(io_message("cannot use the spool", e)) from None
@@ -121,7 +121,7 @@ class Worker:
         dropped = f"; {self.job_lines.dropped} job lines dropped: stderr was not read" if self.job_lines and \
             self.job_lines.dropped else ""
         self.log(f"stopped ({self.rescans.summary()}{dropped})")
-        if self.unsafe:
+        if self.stops.unsafe:
             return EXIT_UNSAFE
         if unreachable:
             return EXIT_UNREACHABLE
@@ -184,8 +184,10 @@ class Worker:
             if self.heartbeat.lost and not self.slots.idle():  # its running jobs abort first (_abort_reason)
                 self._sleep(now, last_rescan, full=True)
                 continue
-            if self.heartbeat.lost:
+            if self.heartbeat.lost and not self.stops.unsafe_now():  # (the spool itself may have gone)
                 self._reregister("this worker's registration was taken over (declared dead elsewhere)")
+            if self.stops.stopping:
+                return
             if self.duties.due(now):
                 self.duties.run(now)
             # (now < last_rescan: the clock stepped back, and the last rescan's time stands ahead)
@@ -238,10 +240,7 @@ class Worker:
         self.spool.owners.unregister(old)
 
     def _recover(self) -> None:
-        unsafe = still_safe(self.spool)  # again: a directory may have been swapped or opened up
-        if unsafe:
-            self.log(f"{unsafe}; stopping")
-            self.unsafe = self.stops.stopping = True
+        if self.stops.unsafe_now():  # again: a directory may have been swapped or opened up
             return
         try:
             for recovered in self.spool.recovery.run(self.owner):

@@ -14,7 +14,7 @@ import errno
 import os
 
 from ..format import json_codec, layout
-from ..system import fsio
+from ..system import disk_full, fsio
 from ..format.job import is_int
 from .store import Store
 
@@ -93,7 +93,7 @@ class Reservations:
         try:
             self._record_file()
         except OSError as e:
-            if not fsio.is_disk_full(e):
+            if not disk_full.is_disk_full(e):
                 raise
             self._no_room = True
             return

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ..format import job, layout
-from ..system import fsio, liveness
+from ..system import disk_full, fsio, liveness
 from ..format.errors import SpoolError
 from .judge import OwnerJudge, Registration, beat_interval
 from .store import Store
@@ -255,6 +255,13 @@ class Owners:
                 gone.append(owned)
         return gone
 
+    def held_by_gone(self) -> list[str]:
+        """The ids of the jobs in processing/ whose worker is gone (killed, a reboot): nothing
+        runs them until a recovery (a worker's start or sweep, `fsck --repair`) takes them back."""
+        return sorted(layout.stem(name) for owned in self.gone_dirs()
+                      for name in fsio.listdir(self.layout.owned(owned.name))
+                      if layout.is_json_entry(name) and not name.startswith(layout.ADOPT_PREFIX))
+
     def _ours(self, path: str) -> bool:
         try:
             st = os.lstat(path)
@@ -346,7 +353,7 @@ class Owners:
         try:
             self.store.publish(self.layout.stop_file, content)
         except OSError as e:
-            if not fsio.is_disk_full(e):
+            if not disk_full.is_disk_full(e):
                 raise
             self._rewrite_stop_file(content if kill_jobs else b"")  # no inode (and, empty, no block) needed
 

@@ -14,7 +14,7 @@ import time
 
 from . import config, shards, trust
 from ..format import job, layout
-from ..system import fsio, liveness, locks
+from ..system import disk_full, fsio, liveness, locks
 from .access import Access
 from ..format.modes import Modes
 from ..format.errors import DiskFull, InvalidJob, SpoolError, StorageError
@@ -62,6 +62,7 @@ class Store(Access):
         self.uid = os.geteuid()
         self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
+        self._root_identity: tuple[int, int] | None = None  # the directory held to (hold_root)
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
                                            lambda: self.config.pending_shards, self.clock, lambda: self.uid)
 
@@ -100,6 +101,31 @@ class Store(Access):
 
     def is_spool(self) -> bool:
         return os.path.isdir(self.layout.pending)
+
+    def hold_root(self) -> None:
+        """Remember which directory the root names now (a worker, as it starts), for root_moved."""
+        st = os.stat(self.root)
+        self._root_identity = (st.st_dev, st.st_ino)
+
+    def root_moved(self) -> str | None:
+        """Why the root no longer names the directory hold_root found (moved away or deleted,
+        and perhaps made anew at its path), or None: a worker's registration, its jobs in
+        processing/ and their results went with the old one, and no rename finds them here."""
+        if self._root_identity is None:
+            return None
+        # RACE: a move right after this look is found by the next (a worker looks every 2 s, and
+        # whenever its registration or a job it holds is gone); what it does meanwhile fails on
+        # paths that name nothing, or in a new spool at the path, which holds none of its jobs.
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return f"the spool {self.root} was moved away or deleted under this worker"
+        except OSError:
+            return None  # out of reach, not moved: said as such by whoever reads it next
+        if (st.st_dev, st.st_ino) != self._root_identity:
+            return (f"the spool {self.root} was moved away or deleted under this worker, and another "
+                    "directory is there now")
+        return None
 
     def _refuse_foreign_root(self) -> None:
         """Never scatter the layout into a directory that holds something else (`--spool /`)."""
@@ -275,13 +301,13 @@ class Store(Access):
 
 def io_message(what: str, e: OSError, *, nothing_written: bool = True) -> str:
     """One line for an OSError met while changing the spool."""
-    if fsio.is_disk_full(e):
-        return f"{what}: the file system is full ({e.strerror})" + ("; nothing was written" if nothing_written else "")
+    if disk_full.is_disk_full(e):
+        return f"{what}: {disk_full.full_cause(e)} ({e.strerror})" + ("; nothing was written" if nothing_written else "")
     return f"{what}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
 
 
 def io_error(what: str, e: OSError, *, nothing_written: bool = True) -> StorageError:
     """An OSError met while using the spool, as the error a caller catches by type: DiskFull for
     a full disk, StorageError for the rest (its errno kept)."""
-    kind = DiskFull if fsio.is_disk_full(e) else StorageError
+    kind = DiskFull if disk_full.is_disk_full(e) else StorageError
     return kind(io_message(what, e, nothing_written=nothing_written), e.errno)

@@ -393,7 +393,3 @@ def _read_regular(path: str, limit: int, single_link: bool) -> tuple[bytes, os.s
         return b"".join(chunks), st
     finally:
         os.close(fd)
-
-
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

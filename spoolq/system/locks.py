@@ -30,7 +30,7 @@ import os
 import stat
 
 from ..format import json_codec, layout
-from . import fsio
+from . import disk_full
 from ..format.lean import Record
 from ..format.errors import DiskFull, LockBusy, StorageError
 
@@ -76,6 +76,13 @@ class Held:
         import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
 
         named, path, timeout = self._named, self.path, self.timeout
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            # filelock would make the missing directories (mkdir -p, modes from the umask): a
+            # spool deleted under a worker would come back as a bare locks/ in a 0755 root.
+            # RACE: an `rm -rf` of the spool between this look and filelock's mkdir brings that
+            # back; a worker's next look at its root (root_moved) stops it a moment later.
+            raise StorageError(f"cannot take lock {path}: its directory is gone (the spool was moved "
+                               "or deleted)", errno.ENOENT)
         lock = filelock.FileLock(path, timeout=timeout, mode=self.mode, poll_interval=POLL, fallback_to_soft=False,
                                  preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
         try:
@@ -84,7 +91,7 @@ class Held:
             raise LockBusy(f"timed out after {timeout:g}s waiting for lock {path}: held by "
                            f"{holder(path) or 'nobody any more'}") from None
         except OSError as e:
-            kind = DiskFull if fsio.is_disk_full(e) else StorageError
+            kind = DiskFull if disk_full.is_disk_full(e) else StorageError
             raise kind(f"cannot take lock {path}: {_why_not(e)}", e.errno) from None
         self._lock = lock
 
@@ -180,6 +187,8 @@ def _parse(data: bytes, since: float) -> Holder:
 
 
 def _why_not(e: OSError) -> str:
+    if disk_full.is_disk_full(e):
+        return disk_full.full_cause(e)
     if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK):
         return (f"{e.strerror}: this file system does not take flock(2) locks (Lustre needs -o flock; "
                 "see docs/hosts.md, Running on several hosts)")
