@@ -341,3 +341,20 @@ def _pids_running(job: str) -> list[int]:
                     if f"SPOOLQ_JOB_ID={job}".encode() in f.read().split(b"\0"):
                         found.append(int(entry))
     return found
+
+
+# ---- --if-absent where nothing can be written -------------------------------------------------------
+
+
+def test_if_absent_of_jobs_that_exist_answers_on_a_read_only_spool(tmp_path):
+    """`enqueue --id X --if-absent` is cron's "make sure X is queued": of an X that exists it
+    writes nothing and prints X, exit 0. On a spool gone read-only (or full) it exited 1, as if
+    the job were missing, because the write of its id's record came before the look."""
+    with tmpfs(str(tmp_path / "fs"), size="8m") as fs:
+        root = os.path.join(fs, "spool")
+        Spool(root).enqueue({"id": "nightly", "command": "true"})
+        subprocess.run(["mount", "-o", "remount,ro", fs], check=True)
+        there = spoolq(root, "enqueue", "--id", "nightly", "--if-absent", "--cmd", "true")
+        new = spoolq(root, "enqueue", "--id", "other", "--if-absent", "--cmd", "true")
+    assert (there.returncode, there.stdout) == (0, "nightly\n"), there.stderr
+    assert new.returncode == 1 and "Read-only file system" in new.stderr

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import click
 
-from ..format.errors import InvalidJob, JobExists, quoted
+from ..format.errors import InvalidJob, JobExists, StorageError, quoted
 from ..format.job import MAX_JOB_BYTES, MAX_RETRIES_LIMIT, parse_json_object
 from ..spool import Spool
 from .complete import job_ids, queue_names
@@ -315,13 +315,33 @@ def _make_jobs(spool: Spool, specs: list[tuple[int, dict[str, Any]]], flags: dic
     return jobs, line_of
 
 
-def _publish(spool: Spool, jobs: list, announce: Callable[[], None], existing: set[str] | None) -> None:
-    if len(jobs) < 2000 or not sys.stderr.isatty():
-        spool.enqueue_many(jobs, announce=announce, skip_existing=existing)
-    else:
-        with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
-            spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+def _publish(spool: Spool, jobs: list, announce: Announcement, existing: set[str] | None) -> None:
+    try:
+        if len(jobs) < 2000 or not sys.stderr.isatty():
+            spool.enqueue_many(jobs, announce=announce, skip_existing=existing)
+        else:
+            with click.progressbar(length=len(jobs), label="writing jobs", file=sys.stderr) as bar:
+                spool.enqueue_many(jobs, progress=bar.update, announce=announce, skip_existing=existing)
+    except StorageError:
+        if existing is None or announce.done or not _all_exist(spool, jobs):
+            raise
+        # --if-absent of jobs that all exist asks nothing to be written: answered as such where
+        # nothing can be (a read-only or full spool), as a plain look would answer it.
+        existing.update(job.id for job in jobs)
+        announce()
     warn_of_closed_cwds(job.cwd for job in jobs if existing is None or job.id not in existing)
+
+
+def _all_exist(spool: Spool, jobs: list) -> bool:
+    """Whether a job of every one's id is in the spool now (in any state)."""
+    from ..format.errors import JobNotFound
+
+    try:
+        for job in jobs:
+            spool.find(job.id)
+    except (JobNotFound, StorageError, OSError):
+        return False
+    return True
 
 
 def _refuse_without_ids(specs: list[tuple[int, dict[str, Any]]], flags: dict[str, Any], where: Any) -> None:
