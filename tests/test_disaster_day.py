@@ -358,3 +358,15 @@ def test_if_absent_of_jobs_that_exist_answers_on_a_read_only_spool(tmp_path):
         new = spoolq(root, "enqueue", "--id", "other", "--if-absent", "--cmd", "true")
     assert (there.returncode, there.stdout) == (0, "nightly\n"), there.stderr
     assert new.returncode == 1 and "Read-only file system" in new.stderr
+
+
+def test_a_worker_start_on_a_read_only_spool_says_it_cannot_start(tmp_path):
+    """`worker start` on a spool gone read-only said only `Error: Read-only file system: <a temp
+    file>`, which reads as if something else had failed; it says what could not be done."""
+    with tmpfs(str(tmp_path / "fs"), size="8m") as fs:
+        root = os.path.join(fs, "spool")
+        Spool(root).enqueue({"id": "a", "command": "true"})
+        subprocess.run(["mount", "-o", "remount,ro", fs], check=True)
+        result = spoolq(root, "worker", "start", "--burst")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: cannot start the workers: Read-only file system"), result.stderr

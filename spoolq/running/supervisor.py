@@ -15,6 +15,7 @@ from ..system import fsio, liveness, locks
 from ..format.errors import SpoolError
 from ..store.judge import beat_interval
 from ..store.owners import StartedAt, WorkerInfo
+from ..store.store import io_error
 from ..pending.listing import SharedListing
 from ..spool import Spool
 from .lifecycle import (EXIT_CANNOT_START, EXIT_SIGNALLED, EXIT_UNREACHABLE, EXIT_UNSAFE, KILL_AFTER_SIGNALS, CannotStart,
@@ -138,7 +139,10 @@ class Supervisor:
 
     def _register(self) -> str:
         self.lease = self.spool.config.lease_timeout
-        return self.spool.owners.register("supervisor", workers=self.count, lease=self.lease)
+        try:
+            return self.spool.owners.register("supervisor", workers=self.count, lease=self.lease)
+        except OSError as e:  # a read-only or full spool: said as what could not be done
+            raise io_error("cannot start the workers", e) from None
 
     def _heartbeat(self, *_args: object) -> None:
         """SIGALRM: touch the registration, or after its lease any sweep takes this live
