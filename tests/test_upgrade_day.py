@@ -1,0 +1,132 @@
+"""Upgrade day: a spool that an earlier spoolq wrote, opened by this one, and workers of two
+versions on one spool. The spools here are built from the very bytes the earlier versions wrote
+(file names, JSON, logs, registrations), copied from spools they made, so no test needs the
+history or an old checkout. Each builder says which version it stands for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+from conftest import dead_pid, spoolq, wait_for
+from spoolq import Spool, State
+from spoolq.format import layout as L
+
+
+# ---- spoolq 0.1 (the first release: ids/ markers empty, no config.json, no group record) --------
+
+
+def _job_0_1(job_id: str, command: str, *, seq: int, run_at: str | None = None, attempts: int = 0,
+             exit_code: int | None = None, last_error: str | None = None, max_retries: int = 3,
+             priority: int = 0) -> bytes:
+    """A job file as spoolq 0.1 wrote it: compact JSON, every field, seq last, no newline."""
+    record = {"id": job_id, "command": command, "priority": priority, "max_retries": max_retries, "timeout": None,
+              "run_at": run_at, "cwd": "/tmp", "env": {}, "created_at": "2026-11-23T01:40:00.000Z",
+              "updated_at": "2026-11-23T01:40:01.000Z", "attempts": attempts, "exit_code": exit_code,
+              "last_error": last_error, "seq": seq}
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _write(root: str, rel: str, data: bytes, mode: int = 0o600) -> str:
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+    return path
+
+
+def _registration_0_1(owner: str, pid: int, role: str, **extra: object) -> bytes:
+    """workers/<owner>.json as spoolq 0.1 wrote it: no boot, pid namespace or lease."""
+    return json.dumps({"owner": owner, "host": L.host_name(), "pid": pid, "role": role, "start": "5250629",
+                       "started_at": "2026-11-23T01:40:00.500Z", **extra}).encode()
+
+
+def spool_of_0_1(root: str, marks: str) -> dict[str, int]:
+    """A spool as spoolq 0.1 left it after a day: a job done, one dead, one silent one done, one
+    pending, one scheduled (due), one waiting out its retry, a drop-in no worker has taken yet,
+    and a job in the directory of a worker killed while it ran (its supervisor dead too). Each
+    command leaves a mark per run in `marks`. Returns how many runs each job still has to make."""
+    for d in ("pending", "processing", "done", "dead", "quarantine", "ids", "output", "workers", "control",
+              "tmp", "log", "locks"):
+        os.makedirs(os.path.join(root, d), mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+
+    def mark(job_id: str) -> str:
+        return f"touch {marks}/{job_id}.$$"
+
+    due = int(time.time() * 1000) - 1000  # scheduled for a moment ago: due now
+    seq = 1796688737873813611
+    done = {"done1": "2026-11-23T01:40:02.197Z attempt 1 of 4 on vm (worker vm-20150-f10a0e)",
+            "quiet1": "2026-11-23T01:40:02.204Z attempt 1 of 4 on vm (worker vm-20150-f10a0e)"}
+    for k, (job_id, header) in enumerate(done.items()):
+        _write(root, f"done/{job_id}.json", _job_0_1(job_id, mark(job_id), seq=seq + k))
+        body = b"ok-done\n" if job_id == "done1" else b""
+        _write(root, f"output/{job_id}.log", f"==> {header} <==\n".encode() + body
+               + b"==> attempt finished in 0.003s: ok <==\n")
+    _write(root, "dead/dead1.json", _job_0_1("dead1", f"{mark('dead1')}; exit 3", seq=seq + 2, max_retries=0,
+                                             attempts=1, exit_code=3, last_error="exit status 3"))
+    _write(root, "output/dead1.log", b"==> 2026-11-23T01:40:02.200Z attempt 1 of 1 on vm (worker vm-20150-f10a0e) <==\n"
+                                     b"failing\n==> attempt finished in 0.003s: exit status 3 <==\n")
+    _write(root, f"pending/1000000000.{seq + 3:019d}.0000000000000@pend1.json", _job_0_1("pend1", mark("pend1"),
+                                                                                        seq=seq + 3))
+    _write(root, f"pending/0999999995.{seq + 4:019d}.{due:013d}@later1.json",
+           _job_0_1("later1", mark("later1"), seq=seq + 4, priority=5, run_at="2026-11-23T01:40:05.000Z"))
+    _write(root, f"pending/1000000000.{seq + 5:019d}.{due:013d}@retry1.json",
+           _job_0_1("retry1", mark("retry1"), seq=seq + 5, max_retries=2, attempts=1, exit_code=1,
+                    last_error="exit status 1", run_at="2026-11-23T01:40:05.000Z"))
+    _write(root, "output/retry1.log", b"==> 2026-11-23T01:40:02.604Z attempt 1 of 3 on vm (worker vm-20202-495cc3) <==\n"
+                                      b"==> attempt finished in 0.005s: exit status 1 <==\n")
+    _write(root, "pending/drop1.json", f'{{"command": "{mark("drop1")}", "id": "drop1"}}'.encode(), 0o644)
+    supervisor, worker = dead_pid(), dead_pid()
+    sup_owner, owner = f"{L.host_name()}-{supervisor}-1815c2", f"{L.host_name()}-{worker}-495cc3"
+    _write(root, f"workers/{sup_owner}.json", _registration_0_1(sup_owner, supervisor, "supervisor", workers=1))
+    _write(root, f"workers/{owner}.json", _registration_0_1(owner, worker, "worker", supervisor=supervisor))
+    os.makedirs(os.path.join(root, "processing", sup_owner), mode=0o700)
+    _write(root, f"processing/{owner}/killed1.json", _job_0_1("killed1", mark("killed1"), seq=seq + 6))
+    _write(root, "output/killed1.log",
+           b"==> 2026-11-23T01:40:02.611Z attempt 1 of 4 on vm (worker vm-20202-495cc3) <==\n")
+    ids = ("done1", "quiet1", "dead1", "pend1", "later1", "retry1", "killed1")
+    for job_id in ids:
+        _write(root, f"ids/{job_id}", b"")  # 0.1's markers: empty, their creator unknown
+    return {"done1": 0, "quiet1": 0, "dead1": 0, "pend1": 1, "later1": 1, "retry1": 1, "killed1": 1, "drop1": 1}
+
+
+def _runs(marks: str, job_id: str) -> int:
+    return sum(1 for name in os.listdir(marks) if name.rsplit(".", 1)[0] == job_id)
+
+
+def _clean(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+def test_a_spool_of_spoolq_0_1_is_read_whole_and_each_job_runs_once(tmp_path):
+    root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
+    os.makedirs(marks)
+    owed = spool_of_0_1(root, marks)
+    counts = json.loads(_clean(spoolq(root, "status", "--json")))
+    assert [counts[s] for s in (State.PENDING, State.PROCESSING, State.DONE, State.DEAD)] == [4, 1, 2, 1]
+    listed = {j["id"]: j["state"] for j in json.loads(_clean(spoolq(root, "list", "--json")))}
+    assert set(listed) == set(owed) and listed["killed1"] == State.PROCESSING
+    for job_id in owed:
+        shown = spoolq(root, "show", job_id, "--json")
+        assert shown.returncode == 0 and json.loads(_clean(shown))["id"] == job_id
+        assert spoolq(root, "logs", job_id).returncode == 0
+    assert "ok-done" in spoolq(root, "logs", "done1").stdout
+    fsck = json.loads(_clean(spoolq(root, "fsck", "--json")))
+    assert {p["kind"] for p in fsck["problems"]} <= {"dead-owner"}  # the killed worker: recovered by the next one
+
+    def all_run() -> bool:  # a burst leaves the recovered job to wait out its backoff: one more then
+        burst = spoolq(root, "worker", "start", "--burst", timeout=120)
+        assert burst.returncode == 0, burst.stderr
+        counts = Spool(root).counts()
+        return counts.pending + counts.scheduled == 0
+
+    wait_for(all_run, 60, "every job run")
+    assert {job_id: _runs(marks, job_id) for job_id in owed} == owed
+    assert sorted(os.listdir(os.path.join(root, "dead"))) == ["dead1.json"]  # nothing quarantined
+    assert _clean(spoolq(root, "fsck")).strip().endswith("clean")
+
