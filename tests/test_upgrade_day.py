@@ -13,6 +13,7 @@ import time
 from conftest import dead_pid, spoolq, wait_for
 from spoolq import Spool, State
 from spoolq.format import layout as L
+from spoolq.system.liveness import alive
 
 
 # ---- spoolq 0.1 (the first release: ids/ markers empty, no config.json, no group record) --------
@@ -130,3 +131,22 @@ def test_a_spool_of_spoolq_0_1_is_read_whole_and_each_job_runs_once(tmp_path):
     assert sorted(os.listdir(os.path.join(root, "dead"))) == ["dead1.json"]  # nothing quarantined
     assert _clean(spoolq(root, "fsck")).strip().endswith("clean")
 
+
+def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
+    """0.1 recorded no process group: it found a dead worker's jobs by SPOOLQ_OWNER in their
+    environment. A 0.1 worker killed while its job ran, recovered by this version: the job's
+    process ran on beside its second attempt."""
+    root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
+    os.makedirs(marks)
+    spool_of_0_1(root, marks)
+    (owner,) = [name for name in os.listdir(os.path.join(root, "processing")) if os.listdir(
+        os.path.join(root, "processing", name))]
+    job = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPOOLQ_OWNER": owner}, start_new_session=True)
+    try:
+        Spool(root).recovery.run(L.owner_token("test", os.getpid()))
+        assert Spool(root).find("killed1").state in (State.PENDING, State.SCHEDULED)
+        wait_for(lambda: job.poll() is not None, 10, "the 0.1 job's process to be killed")
+    finally:
+        job.kill()
+        job.wait()
+    assert not alive(job.pid)
