@@ -150,3 +150,76 @@ def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
         job.kill()
         job.wait()
     assert not alive(job.pid)
+
+
+# ---- the spoolq of 2026-12-05 (token locks, a schedule's .last, queues, shards, --after) ----------
+
+
+def _job_12_05(job_id: str, command: str, *, seq: int, **fields: object) -> bytes:
+    """A job file as that spoolq wrote it: 0.1's fields, then queue and after when set."""
+    record = json.loads(_job_0_1(job_id, command, seq=seq))
+    record.update(fields)
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _id_record_12_05(pid: int) -> bytes:
+    return json.dumps({"host": L.host_name(), "pid": pid, "start": "5287631",
+                       "boot": "62664119-ba3a-40e6-a884-b5e424786e50", "pidns": 4026531836},
+                      separators=(",", ":")).encode()
+
+
+def spool_of_12_05(root: str, marks: str) -> dict[str, int]:
+    """A spool as the spoolq of 2026-12-05 left it: renamed-token lock files, pending_shards on,
+    a job of queue `mail` in a shard (limited to 2 slots), a job waiting for it (after/), a daily
+    schedule whose last slot (an hour ago) was fired and recorded in <name>.last alone (its job
+    since purged): a worker catching up would fire it. And a stop request older than any worker. Returns the runs each job still has to make."""
+    for d in ("pending", "processing", "done", "dead", "quarantine", "ids", "output", "workers", "control", "tmp",
+              "log", "locks", "slots", "after/q1", "waiting", "schedules", "events"):
+        os.makedirs(os.path.join(root, d), mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+    _write(root, "config.json", b'{\n  "pending_shards": 60\n}')
+    for name in ("config", "dlq", "ids"):
+        _write(root, f"locks/{name}.lock", b"")
+        _write(root, f"locks/{name}.anchor", b"")
+    _write(root, "control/limits", b"mail 2\n")
+    _write(root, "slots/mail%0", b"")
+    _write(root, "slots/mail%1", b"")
+    stopped = time.time() - 3600
+    _write(root, "control/stop", f"stop {stopped:.6f} f6a45b66cc2fac36 0bbfd16a {stopped:.6f}\n".encode())
+    seq = 1796689108311341681
+    shard = f"={int(time.time()) // 60 * 60 - 60}"
+    _write(root, f"pending/{shard}/1000000000.{seq:019d}.0000000000000@q1%mail.json",
+           _job_12_05("q1", f"touch {marks}/q1.$$", seq=seq, queue="mail"))
+    _write(root, "waiting/dep1.json", _job_12_05("dep1", f"touch {marks}/dep1.$$", seq=seq + 1, after=["q1"]))
+    _write(root, "after/q1/dep1", b"")
+    for job_id in ("q1", "dep1"):
+        _write(root, f"ids/{job_id}", _id_record_12_05(dead_pid()))
+    slot = int(time.time()) // 60 * 60 - 3600
+    at = time.gmtime(slot)
+    _write(root, "schedules/tick.json", json.dumps(
+        {"name": "tick", "cron": f"{at.tm_min} {at.tm_hour} * * *", "job": {"command": f"touch {marks}/tick.$$"}, "tz": "UTC",
+         "catch_up": "last", "created_at": slot - 600.5, "paused": False, "active_from": slot - 600.5},
+        indent=1).encode())
+    stamp = time.strftime("%Y%m%dT%H%MZ", at)
+    _write(root, "schedules/tick.last", f"{slot} tick.{stamp}\n".encode())
+    for d, _, _ in os.walk(root):
+        os.chmod(d, 0o700)  # as that spoolq made them (makedirs gives parents the umask's mode)
+    return {"q1": 1, "dep1": 1}
+
+
+def test_a_spool_of_the_spoolq_of_12_05_is_read_and_run_once(tmp_path):
+    root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
+    os.makedirs(marks)
+    owed = spool_of_12_05(root, marks)
+    counts = json.loads(_clean(spoolq(root, "status", "--json")))
+    assert [counts[s] for s in (State.PENDING, State.WAITING)] == [1, 1]
+    assert json.loads(_clean(spoolq(root, "schedule", "list", "--json")))[0]["last_job"].startswith("tick.")
+    fsck = json.loads(_clean(spoolq(root, "fsck", "--json")))
+    assert {p["kind"] for p in fsck["problems"]} == {"old-lock"}
+    burst = spoolq(root, "worker", "start", "--burst", timeout=120)
+    assert burst.returncode == 0, burst.stderr
+    assert {job_id: _runs(marks, job_id) for job_id in owed} == owed
+    assert _runs(marks, "tick") == 0  # the slot .last records fired once, under the older spoolq
+    assert os.listdir(os.path.join(root, "dead")) == []
+    assert spoolq(root, "fsck", "--repair").returncode == 0
+    assert _clean(spoolq(root, "fsck")).strip().endswith("clean")
