@@ -14,6 +14,7 @@ from conftest import dead_pid, spoolq, wait_for
 from spoolq import Spool, State
 from spoolq.format import layout as L
 from spoolq.system.liveness import alive
+from spools import ROOT_ONLY, shared_spool
 
 
 # ---- spoolq 0.1 (the first release: ids/ markers empty, no config.json, no group record) --------
@@ -223,3 +224,25 @@ def test_a_spool_of_the_spoolq_of_12_05_is_read_and_run_once(tmp_path):
     assert os.listdir(os.path.join(root, "dead")) == []
     assert spoolq(root, "fsck", "--repair").returncode == 0
     assert _clean(spoolq(root, "fsck")).strip().endswith("clean")
+
+
+# ---- two versions at once ------------------------------------------------------------------------
+
+
+@ROOT_ONLY
+def test_a_job_an_older_host_wrote_group_writable_is_quarantined_and_said_in_the_workers_log(tmp_path):
+    """A spoolq before the shared spool's narrowing wrote its files group-writable (0660), and
+    keeps doing so on a host not yet upgraded: a worker of this version quarantines such a job
+    (a member could have rewritten it), and said nothing of it in its log; its tally counted the
+    job a claim lost to another worker."""
+    spool = shared_spool(str(tmp_path))
+    root = spool.root
+    job_id = spool.enqueue({"command": "true"}).id
+    (name,) = os.listdir(spool.layout.pending)
+    os.chmod(os.path.join(spool.layout.pending, name), 0o660)  # as that host's enqueue left it
+    burst = spoolq(root, "worker", "start", "--burst")
+    assert burst.returncode == 0, burst.stderr
+    assert Spool(root).counts().quarantined == 1
+    said = [line for line in burst.stderr.splitlines() if "quarantined job file" in line]
+    assert len(said) == 1 and name in said[0] and "writable by its group" in said[0], burst.stderr
+    assert job_id in said[0]

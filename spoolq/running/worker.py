@@ -287,7 +287,8 @@ class Worker:
     def _claim(self, name: str) -> Claimed | None:
         started = time.monotonic()
         try:
-            claimed = self.spool.transitions.claim(name, self.owner)
+            claimed = self.spool.transitions.claim(  # a file quarantined instead is said, as a drop-in's is
+                name, self.owner, said=lambda entry, why: self.log(f"quarantined job file {entry!r}: {why}"))
         except LostOwnership:
             self.heartbeat.lost = True
             self.rescans.relist()  # the name may still be in pending/: list again, not forget it
