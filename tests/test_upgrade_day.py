@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import time
 
@@ -246,3 +247,21 @@ def test_a_job_an_older_host_wrote_group_writable_is_quarantined_and_said_in_the
     said = [line for line in burst.stderr.splitlines() if "quarantined job file" in line]
     assert len(said) == 1 and name in said[0] and "writable by its group" in said[0], burst.stderr
     assert job_id in said[0]
+
+
+@ROOT_ONLY
+def test_fsck_repair_leaves_a_shared_spool_shared_when_an_older_host_rewrote_its_config_group_writable(tmp_path):
+    """An older host's `config set` on a shared spool writes config.json 0660, which this version
+    refuses; fsck then judged every mode as a private spool's, and --repair made the spool private
+    (pending/ 0700: no member could drop a job any more) and config.json 0600, trusted again
+    though a member could have rewritten it."""
+    spool = shared_spool(str(tmp_path))
+    spool.enqueue({"command": "true"})
+    before = {p: os.stat(os.path.join(spool.root, p)).st_mode for p in ("pending", "done", "ids")}
+    os.chmod(spool.layout.config, 0o660)  # as that host's config set left it
+    fsck = spoolq(spool.root, "fsck", "--repair", "--json")
+    assert fsck.returncode == 1, fsck.stderr
+    kinds = [p["kind"] for p in json.loads(_clean(fsck))["problems"]]
+    assert kinds == ["config"], kinds
+    assert {p: os.stat(os.path.join(spool.root, p)).st_mode for p in before} == before
+    assert stat.S_IMODE(os.stat(spool.layout.config).st_mode) == 0o660
