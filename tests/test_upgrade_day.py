@@ -14,7 +14,6 @@ import time
 from conftest import dead_pid, spoolq, wait_for
 from spoolq import Spool, State
 from spoolq.format import layout as L
-from spoolq.system.liveness import alive
 from spools import ROOT_ONLY, shared_spool
 
 
@@ -151,7 +150,6 @@ def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
     finally:
         job.kill()
         job.wait()
-    assert not alive(job.pid)
 
 
 # ---- the spoolq of 2026-12-05 (token locks, a schedule's .last, queues, shards, --after) ----------
