@@ -263,3 +263,24 @@ def test_fsck_repair_leaves_a_shared_spool_shared_when_an_older_host_rewrote_its
     assert kinds == ["config"], kinds
     assert {p: os.stat(os.path.join(spool.root, p)).st_mode for p in before} == before
     assert stat.S_IMODE(os.stat(spool.layout.config).st_mode) == 0o660
+
+
+def test_schedule_add_overlap_forbid_names_the_hosts_whose_older_workers_would_ignore_it(tmp_path):
+    """A worker before --overlap fires every slot of a schedule that forbids overlap (it keeps the
+    field it does not know, and ignores it); `schedule add` said nothing of the workers running
+    such a version on hosts not yet upgraded."""
+    root = str(tmp_path / "spool")
+    spool = Spool(root)
+    spool.owners.register("worker")  # live (this process), registered as an older worker is: honouring nothing
+    forbid = spoolq(root, "schedule", "add", "nightly", "0 3 * * *", "--cmd", "true", "--overlap", "forbid")
+    assert forbid.returncode == 0, forbid.stderr
+    said = [line for line in forbid.stderr.splitlines() if "predate --overlap" in line]
+    assert len(said) == 1 and L.host_name() in said[0], forbid.stderr
+    allow = spoolq(root, "schedule", "add", "hourly", "0 * * * *", "--cmd", "true")
+    assert "predate" not in allow.stderr  # a schedule every worker fires alike says nothing
+
+
+def test_a_worker_registers_what_an_older_one_would_ignore_and_is_not_named(spool_dir, workers):
+    workers(1)
+    forbid = spoolq(spool_dir, "schedule", "add", "nightly", "0 3 * * *", "--cmd", "true", "--overlap", "forbid")
+    assert forbid.returncode == 0 and "predate" not in forbid.stderr, forbid.stderr
