@@ -152,6 +152,25 @@ def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
         job.wait()
 
 
+def test_recovery_kills_what_a_dead_worker_recorded_in_an_earlier_group_record_still_runs(tmp_path):
+    """For 40 minutes of 2026-11-28 a worker recorded its job's group as "<pgid> <start ticks>" in
+    40 bytes, which this version's reader (three fields, 56 bytes) takes for no record at all: its
+    job's process ran on beside the job's next attempt."""
+    root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
+    os.makedirs(marks)
+    spool_of_0_1(root, marks)
+    (owner,) = [name for name in os.listdir(os.path.join(root, "processing")) if os.listdir(
+        os.path.join(root, "processing", name))]
+    job = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPOOLQ_OWNER": owner}, start_new_session=True)
+    _write(root, f"processing/{owner}/.pgroup", f"{job.pid} 5250640".ljust(39).encode() + b"\n")
+    try:
+        Spool(root).recovery.run(L.owner_token("test", os.getpid()))
+        wait_for(lambda: job.poll() is not None, 10, "the job's process to be killed")
+    finally:
+        job.kill()
+        job.wait()
+
+
 # ---- the spoolq of 2026-12-05 (token locks, a schedule's .last, queues, shards, --after) ----------
 
 

@@ -218,9 +218,10 @@ class Recovery:
         """Kill the process groups of the jobs the dead owner was running (one a slot), as its
         .pgroup file records them: exactly the jobs' processes, on the owner's own host only. A
         process a job moved out of its group on purpose (a daemon) is not touched. A directory
-        without the file is a worker of spoolq 0.1's (or an owner that ran nothing): its jobs are
-        found as 0.1 found them, by the owner's token in their environment (`local` holds only
-        for an owner registered in workers/, which nobody but the spool's owner writes)."""
+        without the file is a worker of spoolq 0.1's (or an owner that ran nothing), one whose
+        record this version cannot read an earlier spoolq's: its jobs are found as 0.1 found them,
+        by the owner's token in their environment (`local` holds only for an owner registered in
+        workers/, which nobody but the spool's owner writes)."""
         if not local:
             return
         try:  # no fifo waited on, no symlink followed; a record only its owner could have written
@@ -233,7 +234,10 @@ class Recovery:
             return
         if self.store.why_not_owners(st):
             return  # a process group named by anyone else is never signalled (fsck reports the file)
-        for record in liveness.parse_group_records(data):
+        records = liveness.parse_group_records(data)
+        if not records and data.strip():  # an earlier spoolq's record ("<pgid> <start>" in 40 bytes)
+            liveness.kill_groups_of_owner(holder)
+        for record in records:
             liveness.kill_job_group(*record)
 
     def _remove_temp_files_of(self, record: dict) -> None:
