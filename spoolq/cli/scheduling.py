@@ -68,9 +68,18 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     c.create()
     Schedules(spool).add(new, replace=replace)
     warn_unless_taken(spool, job.queue)
+    _say_older_workers(Schedules(spool).ignored_by(new))
     if tz is None:
         _say_utc(host_zone())
     _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
+
+
+def _say_older_workers(older: list[Any]) -> None:
+    """Workers of an older spoolq (a host not upgraded yet) fire every slot, --overlap or not."""
+    if older:
+        hosts = ", ".join(sorted({w.host for w in older}))
+        click.echo(f"Warning: {len(older)} running worker(s) on {hosts} predate --overlap and fire every slot of "
+                   "this schedule, the last one's job unfinished or not: upgrade those hosts first", err=True)
 
 
 def _say_utc(local: str | None) -> None:

@@ -22,7 +22,8 @@ Invariants checked:
   and ``dead/``) or stale worker registrations; no lock (``locks/``) held for over
   locks.LONG_HELD seconds (reported with its holder, never taken from it), no earlier spoolq's
   lock files;
-* nothing spoolq owns is more open than the configured modes (private unless group_access).
+* nothing spoolq owns is more open than the configured modes (private unless group_access),
+  judged only once config.json is read (a refused one leaves it unknown whether the spool is shared).
 
 Repairs are only the safe ones: recover dead owners (``Recovery.run``, exactly what a worker
 would do), quarantine files that can never run (bytes kept, reason recorded), remove stale temp

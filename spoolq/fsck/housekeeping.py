@@ -21,6 +21,7 @@ class HousekeepingChecks:
         self.r = report
         self.spool = report.spool
         self.layout = report.layout
+        self.settings_read = True  # False: config.json was refused, so whether the spool is shared is unknown
 
     def check_layout(self) -> bool:
         """Every directory of the layout is there; False if the rest cannot be checked."""
@@ -90,9 +91,11 @@ class HousekeepingChecks:
         except SpoolError as e:
             problems = (str(e),)
             self.spool.store.use_default_config()  # so the rest of the spool is still checked
+            self.settings_read = False
         for problem in problems:
             p = self.r.report("config", self.layout.config, problem)
-            self.r.leave_alone(p, "settings are the operator's: fix or remove config.json")
+            self.r.leave_alone(p, "settings are the operator's: fix or remove config.json"
+                               + ("" if self.settings_read else " (modes are judged once it is read)"))
 
     def check_registrations(self) -> None:
         for owner, why in self.spool.owners.stale_registrations():
@@ -185,6 +188,11 @@ class HousekeepingChecks:
                                   "find out why it holds it so long")
 
     def check_modes(self) -> None:
+        """Nothing spoolq made is more open than the spool's settings allow. Not judged without
+        them: a shared spool's config.json that an older spoolq rewrote group-writable would have
+        every mode narrowed to a private spool's, config.json's too (which then counts as trusted)."""
+        if not self.settings_read:
+            return
         r = self.r
         shared = bool(self.spool.config.group_access)
         modes = Modes.for_spool(shared)

@@ -97,7 +97,7 @@ class Recovery:
         host = (reg.record.get("host") if reg else None) or "?"
         local = reg is not None and self.owners.judge().is_local(reg.record.get("host"), reg.record.get("boot"),
                                                                  reg.record.get("pidns"))
-        self._kill_job_groups(dst_dir, local=local)
+        self._kill_job_groups(dst_dir, owned.holder, local=local)
         if local:
             self._remove_temp_files_of(reg.record)
         out = self._drain(dst_dir, owned.holder, host, now)
@@ -214,20 +214,30 @@ class Recovery:
         moved = self.transitions.finishing.complete(directory, moving, job, self._rescuer or owner)
         return [Recovered(owner, job.id, moved.seen_as(now), "the move its owner began, completed")]
 
-    def _kill_job_groups(self, directory: str, *, local: bool) -> None:
+    def _kill_job_groups(self, directory: str, holder: str, *, local: bool) -> None:
         """Kill the process groups of the jobs the dead owner was running (one a slot), as its
         .pgroup file records them: exactly the jobs' processes, on the owner's own host only. A
-        process a job moved out of its group on purpose (a daemon) is not touched."""
+        process a job moved out of its group on purpose (a daemon) is not touched. A directory
+        without the file is a worker of spoolq 0.1's (or an owner that ran nothing), one whose
+        record this version cannot read an earlier spoolq's: its jobs are found as 0.1 found them,
+        by the owner's token in their environment (`local` holds only for an owner registered in
+        workers/, which nobody but the spool's owner writes)."""
         if not local:
             return
         try:  # no fifo waited on, no symlink followed; a record only its owner could have written
             data, st = fsio.read_regular(os.path.join(directory, layout.GROUP_FILE),
                                          liveness.GROUP_RECORD_SIZE * layout.MAX_SLOTS, single_link=False)
+        except FileNotFoundError:
+            liveness.kill_groups_of_owner(holder)
+            return
         except (OSError, ValueError):
             return
         if self.store.why_not_owners(st):
             return  # a process group named by anyone else is never signalled (fsck reports the file)
-        for record in liveness.parse_group_records(data):
+        records = liveness.parse_group_records(data)
+        if not records and data.strip():  # an earlier spoolq's record ("<pgid> <start>" in 40 bytes)
+            liveness.kill_groups_of_owner(holder)
+        for record in records:
             liveness.kill_job_group(*record)
 
     def _remove_temp_files_of(self, record: dict) -> None:

@@ -61,7 +61,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from ..format.states import FINISHED, State
 from ..format import layout, retry
@@ -229,9 +229,11 @@ class Transitions:
 
     # ---- claim and finish ----------------------------------------------------------------
 
-    def claim(self, entry: str, owner: str, *, now: float | None = None) -> Claimed | None:
+    def claim(self, entry: str, owner: str, *, now: float | None = None,
+              said: Callable[[str, str], object] = lambda entry, reason: None) -> Claimed | None:
         """Take a canonical pending job for `owner`. None if another worker took it first or the
-        file was quarantined. Raises LostOwnership if this owner was recovered elsewhere."""
+        file was quarantined (`said` is told its name and why). Raises LostOwnership if this
+        owner was recovered elsewhere."""
         parsed = layout.parse_pending(entry)
         if parsed is None:
             return None
@@ -245,8 +247,8 @@ class Transitions:
             # RACE: a second pending file with the id of a job this owner runs now (another slot's):
             # anyone who may write into pending/ can name one so, and a rename over ours would drop
             # the running job's file. It is a copy, never a job: it goes to quarantine from pending/.
-            self.quarantine.put(source, entry, f"duplicate: job {parsed.job_id} is already running here",
-                                self.store.now(now))
+            self._quarantine(source, entry, f"duplicate: job {parsed.job_id} is already running here",
+                             self.store.now(now), said)
             return None
         except FileNotFoundError:
             raise LostOwnership(f"{owned} is gone") from None
@@ -257,14 +259,19 @@ class Transitions:
         try:
             job, _ = self.store.read_job(path, now=now, expect_id=parsed.job_id, trusted_only=True)
         except InvalidJob as e:
-            self.quarantine.put(path, entry, f"malformed job file: {e}", now)
+            self._quarantine(path, entry, f"malformed job file: {e}", now, said)
             return None
         finished = self._finished_copy(parsed.job_id)
         if finished:
             # Never run (and then overwrite) a job that has finished: this file is a copy of it.
-            self.quarantine.put(path, entry, f"duplicate: job {parsed.job_id} is already {finished}", now)
+            self._quarantine(path, entry, f"duplicate: job {parsed.job_id} is already {finished}", now, said)
             return None
         return Claimed(job, owner, path)
+
+    def _quarantine(self, path: str, entry: str, reason: str, now: float,
+                    said: Callable[[str, str], object]) -> None:
+        self.quarantine.put(path, entry, reason, now)
+        said(entry, reason)
 
     def _finished_copy(self, job_id: str) -> str | None:
         name = layout.job_file(job_id)

@@ -71,7 +71,7 @@ def run_and_record(spool: Spool, claimed: Claimed, kill: KillRequest, host: str,
     the lease guard's word on a failure; `give_up`: why to stop trying, see record(); `settle`:
     waits for what ran beside the job and must not run beside its recording). Its
     outcome, where it moved the job (None: lost or left), and when it ended."""
-    env = {**base_env, **spool_env(spool.root), "SPOOLQ_HOST": host, "SPOOLQ_OWNER": claimed.owner}
+    env = {**base_env, **spool_env(spool.root), "SPOOLQ_HOST": host, liveness.OWNER_ENV: claimed.owner}
     outcome = run(spool, claimed.job, host, claimed.owner, env, group,
                   lambda: CANCELLED if kill.asked() else abort(), slot)
     finished_at = time.time()

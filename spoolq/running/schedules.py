@@ -31,10 +31,14 @@ from ..format.states import FINISHED
 
 if TYPE_CHECKING:
     from ..spool import Spool
+    from ..store.owners import WorkerInfo
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\-]{0,99}")  # with ".<slot>" still a valid job id
 CATCH_UP = ("last", "none")
 OVERLAP = ("allow", "forbid")  # forbid: no slot fires while the last slot's job is unfinished
+# What a worker of this version honours in a schedule and an older one ignores; a worker's
+# registration names them ("honours"), so that a schedule that needs one can say who would not.
+HONOURED = ("overlap",)
 LATE_LIMIT = 60.0  # seconds: with catch-up "none", a slot found later than this is skipped
 MAX_SCHEDULE_BYTES = 256 * 1024
 
@@ -235,6 +239,12 @@ class Schedules:
                 "fires": working and not schedule.paused,
                 "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
                 "last_state": self._state_of(last[1]) if last else None, "job": schedule.job}
+
+    def ignored_by(self, schedule: Schedule) -> list[WorkerInfo]:
+        """The live workers that would fire `schedule` ignoring part of it: an older spoolq's,
+        whose registration does not say it honours what the schedule needs (HONOURED)."""
+        needs = {"overlap"} if schedule.overlap != "allow" else set()
+        return [w for w in self.spool.workers(role="worker") if not needs <= set(w.extra.get("honours") or ())]
 
     def _state_of(self, job_id: str) -> str:
         try:

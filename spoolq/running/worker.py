@@ -21,6 +21,7 @@ from ..moves.cancel import KillRequest
 from ..pending.rescans import Rescans
 from ..pending.listing import SharedListing
 from .heartbeat import Heartbeat
+from .schedules import HONOURED
 from .slot_threads import After, SlotThreads
 from ..store.owners import StartedAt
 from ..spool import Spool
@@ -128,7 +129,7 @@ class Worker:
         return EXIT_SIGNALLED if self.stops.signals else 0
 
     def _register(self) -> None:
-        extra: dict[str, object] = {"supervisor": self.supervisor} if self.supervisor else {}
+        extra: dict[str, object] = {"honours": list(HONOURED)} | ({"supervisor": self.supervisor} if self.supervisor else {})
         if self.slots.slots > 1:
             extra["slots"] = self.slots.slots
         if self.queues is not None:
@@ -286,7 +287,8 @@ class Worker:
     def _claim(self, name: str) -> Claimed | None:
         started = time.monotonic()
         try:
-            claimed = self.spool.transitions.claim(name, self.owner)
+            claimed = self.spool.transitions.claim(  # a file quarantined instead is said, as a drop-in's is
+                name, self.owner, said=lambda entry, why: self.log(f"quarantined job file {entry!r}: {why}"))
         except LostOwnership:
             self.heartbeat.lost = True
             self.rescans.relist()  # the name may still be in pending/: list again, not forget it

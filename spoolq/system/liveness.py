@@ -103,6 +103,42 @@ def kill_job_group(pgid: int, started: tuple[int, int], signum: int = 9) -> bool
     return True
 
 
+OWNER_ENV = "SPOOLQ_OWNER"  # in every job's environment: the token of the worker that runs it
+
+
+def kill_groups_of_owner(owner: str, signum: int = 9) -> int:
+    """SIGKILL the process groups of this host whose processes carry SPOOLQ_OWNER=`owner` in
+    their environment: how spoolq before its group record (0.1) found a dead worker's running
+    jobs, and the only trace such a worker leaves of them. Processes of other users cannot be
+    read, nor signalled; a job that ran `env -i` is missed, as it was then. Returns how many
+    groups were signalled."""
+    wanted = f"{OWNER_ENV}={owner}".encode()
+    me, groups = os.getpid(), set()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environment = f.read()
+            if pid != me and wanted in environment.split(b"\0"):
+                groups.add(os.getpgid(pid))
+        except OSError:  # gone, or another user's
+            continue
+    groups.discard(os.getpgid(0))
+    signalled = 0
+    for pgid in groups:
+        try:
+            # RACE: a group found above may have ended since, its id taken by a new group in the
+            # meantime: ids are handed out in turn through the whole pid space, so not within a scan.
+            os.killpg(pgid, signum)
+            signalled += 1
+        except OSError:
+            pass
+    return signalled
+
+
 def group_record(pgid: int | None = None, started: tuple[int, int] | None = None) -> bytes:
     """The content of a .pgroup file: "<pgid> <earliest> <latest>", the job leader's pid and the
     window of clock ticks its start time lies in; always GROUP_RECORD_SIZE bytes, so a rewrite
