@@ -310,6 +310,8 @@ def test_status_after_a_reboot_names_the_jobs_held_by_gone_workers(spool_dir, sp
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: spool.counts().processing == 2, 15, "both jobs to run")
+        live = spoolq(spool_dir, "show", "boot0")
+        assert live.returncode == 0 and live.stderr == "", live.stderr  # its worker lives: no note
     finally:
         os.killpg(pool.pid, signal.SIGKILL)  # the supervisor, its workers and their jobs' groups...
         pool.wait()
@@ -324,6 +326,10 @@ def test_status_after_a_reboot_names_the_jobs_held_by_gone_workers(spool_dir, sp
                     "start takes them back (`spoolq fsck` names their workers)"), note
     js = spoolq(spool_dir, "status", "--json")
     assert json.loads(js.stdout)["held_by_gone_workers"] == 2 and js.stderr == "", js
+    shown = spoolq(spool_dir, "show", "boot0")  # `show` said `processing` and named the worker, nothing more
+    assert "state:        processing" in shown.stdout
+    assert re.search(r"^Note: its worker \S+ is gone \(.+\): the next worker to start, or `spoolq fsck --repair`, "
+                     r"takes the job back$", shown.stderr), shown.stderr
     spool.set_config("backoff_base", 0)
     r = spoolq(spool_dir, "worker", "start", "--burst")
     assert r.returncode == 0, r.stderr

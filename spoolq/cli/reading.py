@@ -96,6 +96,10 @@ def show(c: Context, job_id: str, as_json: bool) -> None:
         click.echo(f"{key + ':':<13} {'-' if value is None else shown(str(value))}")
     if os.path.exists(c.reading.output_path(view.id)):
         click.echo(f"{'output:':<13} {c.reading.output_path(view.id)}")
+    gone = c.reading.owners.why_gone(view.owner) if view.state == State.PROCESSING and view.owner else None
+    if gone:  # nothing runs it: it waits to be taken back
+        click.echo(f"Note: its worker {shown(view.owner or '')} is gone ({gone}): the next worker to start, or "
+                   "`spoolq fsck --repair`, takes the job back", err=True)
 
 
 @main.command()

@@ -255,6 +255,12 @@ class Owners:
                 gone.append(owned)
         return gone
 
+    def why_gone(self, owner: str) -> str | None:
+        """Why `owner` counts as gone (its process dead here, its lease run out elsewhere, no
+        registration), or None while it lives."""
+        reg = self.registration(owner)
+        return "it has no registration" if reg is None else self.judge().why_gone(reg)
+
     def held_by_gone(self) -> list[str]:
         """The ids of the jobs in processing/ whose worker is gone (killed, a reboot): nothing
         runs them until a recovery (a worker's start or sweep, `fsck --repair`) takes them back."""
