@@ -1,0 +1,95 @@
+"""Review of the day's changes (queue filters, a spool moved or deleted under its workers, a
+read-only spool's `worker stop`, a killed supervisor, ...): each test pins a hole found in them,
+made for real (an ext4 image on a loop device, a FUSE mount remounted), as the operator who
+would hit it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from typing import Iterator
+
+import pytest
+
+from conftest import spoolq, wait_for
+from spoolq import Spool
+from test_disaster_day import ext4_image
+
+
+def _kill_quietly(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ---- 1. worker stop on a read-only spool names a killed supervisor's pid ----------------------
+
+
+@pytest.mark.review("s7 1")
+def test_worker_stop_on_a_read_only_spool_names_the_workers_whose_supervisor_was_killed(tmp_path):
+    """kill -9 of a detached pool's supervisor, then the spool's file system goes read-only:
+    `worker stop` cannot write its request and told the operator to `kill -TERM <the supervisor's
+    pid>`, a pid nothing runs at (or, reused, another program's process), while the workers ran
+    on. It names what stops them: the workers themselves, whose supervisor is gone."""
+    with ext4_image(str(tmp_path / "disk")) as (fs, read_only):
+        spool_dir = os.path.join(fs, "spool")
+        spool = Spool(spool_dir)
+        r = spoolq(spool_dir, "worker", "start", "--detach", "--count", "2")
+        assert r.returncode == 0, r.stderr
+        workers = sorted(w.pid for w in spool.workers(role="worker"))
+        try:
+            [supervisor] = {w.extra["supervisor"] for w in spool.workers(role="worker")}
+            os.kill(supervisor, signal.SIGKILL)
+            wait_for(lambda: not os.path.exists(f"/proc/{supervisor}"), 10, "the supervisor to be reaped")
+            read_only()
+            r = spoolq(spool_dir, "worker", "stop")
+            assert r.returncode == 1, r
+            [line] = r.stderr.strip().splitlines()
+            assert "Read-only file system" in line, line
+            assert f"kill -TERM {' '.join(map(str, workers))}" in line, line
+            assert str(supervisor) not in line.split("kill -TERM", 1)[1], line
+        finally:
+            _kill_quietly(workers)
+
+
+# ---- 2. a spool remounted under its workers is not "moved" ------------------------------------
+
+
+@contextlib.contextmanager
+def bindfs(source: str, where: str) -> Iterator[str]:
+    """A FUSE view of `source` at `where` (each mount has a device number of its own, as an NFS
+    or GlusterFS mount has), lazily unmounted at the end."""
+    os.makedirs(where, exist_ok=True)
+    r = subprocess.run(["bindfs", source, where], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"cannot mount bindfs (this test needs root and /dev/fuse): {r.stderr.strip()}"
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", where], capture_output=True, timeout=30)
+
+
+@pytest.mark.rig
+@pytest.mark.review("s7 2")
+def test_a_spool_remounted_under_its_worker_is_not_said_moved(tmp_path):
+    """`umount -l /mnt/spool; mount /mnt/spool` (a network mount's remount, or its client
+    restarted by an automounter) gives the same spool a new device number: root_moved compared
+    st_dev too, said 'moved away or deleted … another directory is there now', and the workers
+    stopped for good, exit 1, with their spool right there. The same directory (its inode, the
+    held one not deleted) on a new mount is the same spool."""
+    source, mnt = str(tmp_path / "export"), str(tmp_path / "mnt")
+    Spool(os.path.join(source, "spool"))
+    with bindfs(source, mnt):
+        spool = Spool(os.path.join(mnt, "spool"), create=False)
+        spool.store.hold_root()
+        dev = os.stat(spool.root).st_dev
+        held = os.open(os.path.join(spool.root, "pending"), os.O_RDONLY)  # as a worker's open files hold it
+        try:
+            subprocess.run(["umount", "-l", mnt], check=True, timeout=30)
+            with bindfs(source, mnt):
+                assert os.stat(spool.root).st_dev != dev  # (the premise: a new mount, a new device number)
+                assert spool.store.root_moved() is None
+                assert spool.enqueue({"command": "true"}).id  # the spool is right there
+        finally:
+            os.close(held)
