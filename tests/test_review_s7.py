@@ -93,3 +93,35 @@ def test_a_spool_remounted_under_its_worker_is_not_said_moved(tmp_path):
                 assert spool.enqueue({"command": "true"}).id  # the spool is right there
         finally:
             os.close(held)
+
+
+# ---- 3. a spool out of reach is not "no spool" ------------------------------------------------
+
+
+@pytest.mark.rig
+@pytest.mark.review("s7 3")
+def test_a_spool_out_of_reach_is_not_said_to_be_no_spool(tmp_path):
+    """A spool on a network or FUSE mount whose client died (ENOTCONN: a GlusterFS outage) is
+    there, out of reach. Since Spool(path, create=False)'s NoSpool checks, every failing method
+    said 'no spool at …' (the answer to a mistyped path, which sends one to `init`), and
+    paused(), workers() raised it too, where the file system's own error names the trouble. The
+    check says NoSpool only where pending/ is not there."""
+    from spoolq.format.errors import NoSpool, StorageError
+
+    source, mnt = str(tmp_path / "export"), str(tmp_path / "mnt")
+    Spool(os.path.join(source, "spool"))
+    with bindfs(source, mnt):
+        spool = Spool(os.path.join(mnt, "spool"), create=False)
+        [daemon] = [int(p) for p in subprocess.run(["pgrep", "-f", f"bindfs {source} {mnt}"], capture_output=True,
+                                                   text=True).stdout.split()]
+        os.kill(daemon, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{daemon}"), 10, "the FUSE client to die")
+        with pytest.raises(StorageError, match="not connected") as e:
+            spool.stats(60)
+        assert not isinstance(e.value, NoSpool)
+        for call in (spool.paused, spool.workers, spool.concurrency):
+            with contextlib.suppress(StorageError, OSError):  # (each may say the file system's error)
+                call()
+    spool = Spool(str(tmp_path / "nowhere"), create=False)  # a wrong path is still NoSpool
+    with pytest.raises(NoSpool):
+        spool.stats(60)
