@@ -125,3 +125,40 @@ def test_a_spool_out_of_reach_is_not_said_to_be_no_spool(tmp_path):
     spool = Spool(str(tmp_path / "nowhere"), create=False)  # a wrong path is still NoSpool
     with pytest.raises(NoSpool):
         spool.stats(60)
+
+
+# ---- 4. the dashboard's cached order of done/ and a finished file given a freed inode --------
+
+
+@pytest.mark.review("s7 4")
+def test_a_job_finished_again_in_a_reused_inode_is_not_shown_at_its_old_place(tmp_path, monkeypatch):
+    """FinishedOrder keeps each done file's finish time by its name and inode. A job requeued
+    and done twice while no one looked (a dashboard tab closed for the night) is back under its
+    name, and on ext4 in the inode it first had (each requeue's rewrite takes the inode the last
+    one freed): its old finish time was kept, and the done list (newest first) showed it where it
+    had finished first, pages down, though it finished last. A listing that comes long after the
+    last one (FinishedOrder.FRESH_FOR) reads every time again."""
+    from spoolq.reading import places
+
+    now = [1000.0]
+    monkeypatch.setattr(places, "monotonic", lambda: now[0], raising=False)
+    with ext4_image(str(tmp_path / "disk")) as (fs, _):
+        spool = Spool(os.path.join(fs, "spool"))
+        owner = spool.owners.register("worker")
+
+        def run(job_id: str) -> int:
+            claim = spool.transitions.claim(os.path.basename(spool.find(job_id).path), owner)
+            spool.transitions.finish(claim, ok=True, exit_code=0, error=None)
+            return os.stat(spool.find(job_id).path).st_ino
+
+        spool.enqueue({"command": "true", "id": "x"})
+        first = run("x")
+        spool.enqueue({"command": "true", "id": "y"})
+        run("y")
+        assert [p.job_id for p in spool.views.places("done")] == ["x", "y"]
+        now[0] += 3600  # the night
+        spool.requeue(["x"])
+        run("x")
+        spool.requeue(["x"])
+        assert run("x") == first  # (ext4's way: the premise of this test)
+        assert [p.job_id for p in spool.views.places("done")] == ["y", "x"]
