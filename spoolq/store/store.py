@@ -141,8 +141,9 @@ class Store(Access):
         directory mounted anew (a network or FUSE mount's remount gives it a device number of
         its own): its pending/ and workers/ are the held ones' too."""
         try:
-            return all(os.stat(path).st_ino ==
-                       os.stat(os.path.relpath(path, self.root), dir_fd=self._held_root).st_ino for path in (self.layout.pending, self.layout.dir("workers")))
+            held_names = (os.path.relpath(path, self.root) for path in (self.layout.pending, self.layout.dir("workers")))
+            return all(os.stat(name, dir_fd=self._held_root).st_ino == os.stat(os.path.join(self.root, name)).st_ino
+                       for name in held_names)
         except OSError:
             return False
 
