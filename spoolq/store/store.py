@@ -141,7 +141,8 @@ class Store(Access):
         directory mounted anew (a network or FUSE mount's remount gives it a device number of
         its own): its pending/ and workers/ are the held ones' too."""
         try:
-            held_names = (os.path.relpath(path, self.root) for path in (self.layout.pending, self.layout.dir("workers")))
+            held_names = (os.path.relpath(path, self.root)
+                          for path in (self.layout.pending, self.layout.dir("workers")))
             return all(os.stat(name, dir_fd=self._held_root).st_ino == os.stat(os.path.join(self.root, name)).st_ino
                        for name in held_names)
         except OSError:
