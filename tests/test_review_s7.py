@@ -162,3 +162,33 @@ def test_a_job_finished_again_in_a_reused_inode_is_not_shown_at_its_old_place(tm
         spool.requeue(["x"])
         assert run("x") == first  # (ext4's way: the premise of this test)
         assert [p.job_id for p in spool.views.places("done")] == ["y", "x"]
+
+
+# ---- 5. a lock in a spool out of reach is not "moved or deleted" ------------------------------
+
+
+@pytest.mark.rig
+@pytest.mark.review("s7 5")
+def test_a_lock_in_a_spool_out_of_reach_names_the_file_systems_error(tmp_path):
+    """A lock's directory that cannot be looked at (a mount whose client died: ENOTCONN) was
+    said gone, 'the spool was moved or deleted', errno ENOENT: a worker's retention and recovery
+    said so in every line of a GlusterFS outage, and a caller that tells an outage from a loss by
+    the errno could not. Only a directory not there is gone."""
+    import errno
+
+    from spoolq.format.errors import StorageError
+    from spoolq.store import config
+
+    source, mnt = str(tmp_path / "export"), str(tmp_path / "mnt")
+    Spool(os.path.join(source, "spool"))
+    with bindfs(source, mnt):
+        spool = Spool(os.path.join(mnt, "spool"), create=False)
+        mode = spool.store.modes.file
+        [daemon] = [int(p) for p in subprocess.run(["pgrep", "-f", f"bindfs {source} {mnt}"], capture_output=True,
+                                                   text=True).stdout.split()]
+        os.kill(daemon, signal.SIGKILL)
+        wait_for(lambda: not os.path.exists(f"/proc/{daemon}"), 10, "the FUSE client to die")
+        with pytest.raises(StorageError) as e:
+            with config.locked(spool.layout, "retention", mode=mode, timeout=0):
+                pass
+        assert e.value.errno == errno.ENOTCONN and "moved or deleted" not in str(e.value), e.value
