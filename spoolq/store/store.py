@@ -64,6 +64,7 @@ class Store(Access):
         self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
         self._held_root: int | None = None  # the root's directory, held open (hold_root)
+        self._let_go: Callable[[], object] = lambda: None  # closes it
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
                                            lambda: self.config.pending_shards, self.clock, lambda: self.uid)
 
@@ -105,10 +106,13 @@ class Store(Access):
 
     def hold_root(self) -> None:
         """Hold the directory the root names now open (a worker, as it starts), for root_moved."""
+        import weakref  # a worker's alone, never an enqueue's
+
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if self._held_root is not None:
-            os.close(self._held_root)
+            self._let_go()
         self._held_root = fd
+        self._let_go = weakref.finalize(self, os.close, fd)  # closed with the Store (in-process workers)
 
     def root_moved(self) -> str | None:
         """Why the root no longer names the directory hold_root found (moved away or deleted,
