@@ -15,7 +15,7 @@ import pytest
 
 from conftest import spoolq, wait_for
 from spoolq import Spool
-from test_disaster_day import ext4_image
+from test_disaster_day import _zombie, ext4_image
 
 
 def _kill_quietly(pids: list[int]) -> None:
@@ -42,7 +42,8 @@ def test_worker_stop_on_a_read_only_spool_names_the_workers_whose_supervisor_was
         try:
             [supervisor] = {w.extra["supervisor"] for w in spool.workers(role="worker")}
             os.kill(supervisor, signal.SIGKILL)
-            wait_for(lambda: not os.path.exists(f"/proc/{supervisor}"), 10, "the supervisor to be reaped")
+            wait_for(lambda: not os.path.exists(f"/proc/{supervisor}") or _zombie(supervisor), 10,
+                     "the supervisor to die")
             read_only()
             r = spoolq(spool_dir, "worker", "stop")
             assert r.returncode == 1, r
