@@ -64,6 +64,7 @@ class Store(Access):
         self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
         self._held_root: int | None = None  # the root's directory, held open (hold_root)
+        self._held_links = 0  # its link count then
         self._let_go: Callable[[], object] = lambda: None  # closes it
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
                                            lambda: self.config.pending_shards, self.clock, lambda: self.uid)
@@ -112,6 +113,7 @@ class Store(Access):
         if self._held_root is not None:
             self._let_go()
         self._held_root = fd
+        self._held_links = os.fstat(fd).st_nlink  # 0 where a FUSE file system counts no links: never 'deleted'
         self._let_go = weakref.finalize(self, os.close, fd)  # closed with the Store (in-process workers)
 
     def root_moved(self) -> str | None:
@@ -134,13 +136,13 @@ class Store(Access):
             held = os.fstat(self._held_root)
         except OSError as e:  # ESTALE: deleted on an NFS server (by another host)
             return gone if e.errno in (errno.ESTALE, errno.ENOENT) else None
-        if held.st_nlink == 0:  # deleted, though a new root may have been given its inode number
+        if held.st_nlink == 0 < self._held_links:  # deleted, though a new root may have its inode number
             return f"{gone}, and another directory is there now"
-        if os.path.samestat(st, held) or st.st_ino == held.st_ino and self._remounted(held):
+        if os.path.samestat(st, held) or st.st_ino == held.st_ino and self._remounted():
             return None
         return f"{gone}, and another directory is there now"
 
-    def _remounted(self, held: os.stat_result) -> bool:
+    def _remounted(self) -> bool:
         """Whether the root, its inode the held one's on another device number, is the same
         directory mounted anew (a network or FUSE mount's remount gives it a device number of
         its own): its pending/ and workers/ are the held ones' too."""
