@@ -138,10 +138,11 @@ def worker_stop(c: Context, wait_: bool, timeout: float | None, now: bool) -> No
 
 
 def _by_signal(workers: list, now: bool) -> str:
-    """How to stop this host's workers without writing into the spool: a signal to each supervisor."""
-    from ..running.supervisor import supervisors_here
+    """How to stop this host's workers without writing into the spool: a signal to each
+    supervisor, or to a worker whose supervisor is gone (never to the pid a dead one had)."""
+    from ..running.supervisor import signalled_here
 
-    pids = supervisors_here(workers)
+    pids = signalled_here(workers)
     if not pids:
         return ""
     thrice = " three times (the third kills their running jobs)" if now else ""

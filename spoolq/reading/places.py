@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from time import monotonic
 from typing import Iterator, NamedTuple, Sequence, overload
 
 from ..format import layout
@@ -58,27 +59,37 @@ class Listed(Sequence[Place]):
 
 class FinishedOrder:
     """The finished jobs of done/ and dead/, oldest first, each file's finish time read once (an
-    lstat) while the listing names it with the same inode. Shared by a reader's threads. It holds
-    a name, an inode and a time a job (some 25 MB for 100,000 jobs); places are made as asked for."""
+    lstat) while the listings, FRESH_FOR apart at most, name it with the same inode. Shared by a
+    reader's threads. It holds a name, an inode and a time a job (some 25 MB for 100,000 jobs);
+    places are made as asked for."""
+
+    FRESH_FOR = 10.0  # seconds: a listing later than this after the last reads every time again
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_dir: dict[str, tuple[dict[Key, float], list[Key]]] = {}
+        self._by_dir: dict[str, tuple[dict[Key, float], list[Key], float]] = {}
 
     def places(self, directory: str, state: str) -> Listed:
         listed = {key for key in fsio.listdir_inodes(directory) if layout.is_json_entry(key[0])}
+        now = monotonic()
         with self._lock:
-            known, order = self._by_dir.get(directory, ({}, []))
+            known, order, at = self._by_dir.get(directory, ({}, [], now))
+        if now - at > self.FRESH_FOR:  # a name may have gone and come back in the inode it had
+            known = {}
         if listed != known.keys():
             known, order = self._read_again(directory, listed, known)
+        with self._lock:
+            self._by_dir[directory] = (known, order, now)
         return Listed(directory, state, order)
+
     def _read_again(self, directory: str, listed: set[Key], known: dict[Key, float]) -> tuple[dict[Key, float], list[Key]]:
         # RACE: a job's file written anew (a requeue, a retry) is a new inode, so a new key and its
-        # own lstat; only a purge and an enqueue of the same id whose new file is given the freed
-        # inode, both between two listings, keep the old time: the order alone is off, for that
-        # job (the page reads each file it shows). A file gone between the listing and its lstat is
-        # left out, as by the next listing. Two threads that find a change each store a listing's
-        # whole answer.
+        # own lstat; only a job gone and back under its name in the inode it had (a requeue's
+        # rewrite given the one freed by the last: ext4 does), both between two listings at most
+        # FRESH_FOR apart, keeps the old time: the order alone is off, for that job (the page
+        # reads each file it shows). A file gone between the listing and its lstat is left out,
+        # as by the next listing. Two threads that find a change each store a listing's whole
+        # answer.
         found = {}
         for key in listed:
             at = known.get(key)
@@ -89,6 +100,4 @@ class FinishedOrder:
                 at = finished_at(st)
             found[key] = at
         order = sorted(found, key=lambda key: (found[key], key))
-        with self._lock:
-            self._by_dir[directory] = (found, order)
         return found, order

@@ -16,7 +16,7 @@ import threading
 from typing import Callable
 
 FILES_A_SLOT = 3  # a running job's output pipe, pidfd and output log
-FILES_OF_A_WORKER = 64  # its own (registration, .pgroup, attempts log, watches, a claim's job file), with room to spare
+FILES_OF_A_WORKER = 64  # its own (registration, .pgroup, attempts log, the spool root held, watches, a claim's job file), with room to spare
 After = Callable[[], None]  # what a slot leaves for the worker's own thread to do
 Work = Callable[[int], After]  # a job's work in a slot (given its number), done outside the worker's thread
 

@@ -290,11 +290,13 @@ def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
     return None
 
 
-def supervisors_here(workers: list[WorkerInfo]) -> list[int]:
-    """The pids of the supervisors on this host of these workers (each of its pool's
-    registrations names it): a signal to one stops its pool when a stop request cannot be written."""
+def signalled_here(workers: list[WorkerInfo]) -> list[int]:
+    """The pids to signal to stop these workers of this host, where a stop request cannot be
+    written: each one's supervisor, which stops its pool; a worker whose supervisor is gone
+    (killed: the worker's parent is no longer the pid its registration names), the worker itself."""
     host = layout.host_name()
-    return sorted({pid for w in workers if w.host == host and isinstance(pid := w.extra.get("supervisor"), int)})
+    return sorted({pid if isinstance(pid := w.extra.get("supervisor"), int) and liveness.parent_of(w.pid) == pid
+                   else w.pid for w in workers if w.host == host})
 
 
 def detach(spool: Spool, count: int, *, burst: bool, since: StartedAt | None, allow_unsafe_fs: bool = False,

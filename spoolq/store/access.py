@@ -50,9 +50,10 @@ class Access:
 
     def refuse_if_no_spool(self) -> None:
         """NoSpool where there is none (or why its directory cannot be looked into): said instead
-        of an answer that would otherwise blame the jobs ("no job", no jobs) for a wrong path."""
-        if not self.is_spool():
-            self._refuse_unsearchable_root()
+        of an answer that would otherwise blame the jobs ("no job", no jobs) for a wrong path. A
+        spool out of reach (a mount whose client died: ENOTCONN, EIO) is there: nothing is said
+        here, and the caller's own error names the trouble."""
+        if not self.is_spool() and self._pending_absent():
             raise NoSpool(f"no spool at {self.root}")
 
     def unless_no_spool(self, answer: Answer) -> Answer:
@@ -62,15 +63,19 @@ class Access:
             self.refuse_if_no_spool()
         return answer
 
-    def _refuse_unsearchable_root(self) -> None:
-        """A spool directory its user cannot look into (chmod 000) may well hold a spool: say so,
-        not "no spool" (which sends one to `init`, or to look for a typo)."""
+    def _pending_absent(self) -> bool:
+        """Whether pending/ is not there (or is no directory). A spool directory its user cannot
+        look into (chmod 000) may well hold a spool: said so, not "no spool" (which sends one to
+        `init`, or to look for a typo)."""
         try:
             os.stat(self.layout.pending)
         except PermissionError as e:
             raise unsearchable(self.root, e) from None
+        except (FileNotFoundError, NotADirectoryError):
+            return True
         except OSError:
-            pass
+            return False  # out of reach, not absent
+        return True  # something else at its name
 
     def open_for_reading(self) -> None:
         """For the commands that only read: as open_existing, but for anyone the file system lets

@@ -9,6 +9,7 @@ file: that is transitions.py's job.
 from __future__ import annotations
 
 import _thread  # a lock, without threading's imports: a plain enqueue loads none of them (quick.py)
+import errno
 import os
 import time
 
@@ -62,7 +63,9 @@ class Store(Access):
         self.uid = os.geteuid()
         self.reading = False  # a reader: nothing in the spool is created, changed or removed
         self.config_error: str | None = None  # why config.json could not be read just now
-        self._root_identity: tuple[int, int] | None = None  # the directory held to (hold_root)
+        self._held_root: int | None = None  # the root's directory, held open (hold_root)
+        self._held_links = 0  # its link count then
+        self._let_go: Callable[[], object] = lambda: None  # closes it
         self.shards = shards.PendingShards(self.layout.pending, lambda: self.modes.dir,
                                            lambda: self.config.pending_shards, self.clock, lambda: self.uid)
 
@@ -103,29 +106,53 @@ class Store(Access):
         return os.path.isdir(self.layout.pending)
 
     def hold_root(self) -> None:
-        """Remember which directory the root names now (a worker, as it starts), for root_moved."""
-        st = os.stat(self.root)
-        self._root_identity = (st.st_dev, st.st_ino)
+        """Hold the directory the root names now open (a worker, as it starts), for root_moved."""
+        import weakref  # a worker's alone, never an enqueue's
+
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self._held_root is not None:
+            self._let_go()
+        self._held_root = fd
+        self._held_links = os.fstat(fd).st_nlink  # 0 where a FUSE file system counts no links: never 'deleted'
+        self._let_go = weakref.finalize(self, os.close, fd)  # closed with the Store (in-process workers)
 
     def root_moved(self) -> str | None:
         """Why the root no longer names the directory hold_root found (moved away or deleted,
         and perhaps made anew at its path), or None: a worker's registration, its jobs in
         processing/ and their results went with the old one, and no rename finds them here."""
-        if self._root_identity is None:
+        if self._held_root is None:
             return None
         # RACE: a move right after this look is found by the next (a worker looks every 2 s, and
         # whenever its registration or a job it holds is gone); what it does meanwhile fails on
         # paths that name nothing, or in a new spool at the path, which holds none of its jobs.
+        gone = f"the spool {self.root} was moved away or deleted under this worker"
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
-            return f"the spool {self.root} was moved away or deleted under this worker"
+            return gone
         except OSError:
             return None  # out of reach, not moved: said as such by whoever reads it next
-        if (st.st_dev, st.st_ino) != self._root_identity:
-            return (f"the spool {self.root} was moved away or deleted under this worker, and another "
-                    "directory is there now")
-        return None
+        try:
+            held = os.fstat(self._held_root)
+        except OSError as e:  # ESTALE: deleted on an NFS server (by another host)
+            return gone if e.errno in (errno.ESTALE, errno.ENOENT) else None
+        if held.st_nlink == 0 < self._held_links:  # deleted, though a new root may have its inode number
+            return f"{gone}, and another directory is there now"
+        if os.path.samestat(st, held) or st.st_ino == held.st_ino and self._remounted():
+            return None
+        return f"{gone}, and another directory is there now"
+
+    def _remounted(self) -> bool:
+        """Whether the root, its inode the held one's on another device number, is the same
+        directory mounted anew (a network or FUSE mount's remount gives it a device number of
+        its own): its pending/ and workers/ are the held ones' too."""
+        try:
+            held_names = (os.path.relpath(path, self.root)
+                          for path in (self.layout.pending, self.layout.dir("workers")))
+            return all(os.stat(name, dir_fd=self._held_root).st_ino == os.stat(os.path.join(self.root, name)).st_ino
+                       for name in held_names)
+        except OSError:
+            return False
 
     def _refuse_foreign_root(self) -> None:
         """Never scatter the layout into a directory that holds something else (`--spool /`)."""

@@ -24,6 +24,12 @@ def start_token(pid: int) -> str | None:
     return fields[19].decode() if fields and len(fields) > 19 else None
 
 
+def parent_of(pid: int) -> int | None:
+    """The pid of the process's parent (that of a subreaper or init once its own died), or None."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
+
+
 def started_at(pid: int) -> float | None:
     """When a process started, in epoch seconds (to a clock tick, 10 ms): for the command that
     started a worker, the moment the user asked for it, whatever its start-up cost."""

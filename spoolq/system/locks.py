@@ -76,13 +76,7 @@ class Held:
         import filelock  # 35 ms: only what takes a lock pays for it, never an enqueue
 
         named, path, timeout = self._named, self.path, self.timeout
-        if not os.path.isdir(os.path.dirname(path) or "."):
-            # filelock would make the missing directories (mkdir -p, modes from the umask): a
-            # spool deleted under a worker would come back as a bare locks/ in a 0755 root.
-            # RACE: an `rm -rf` of the spool between this look and filelock's mkdir brings that
-            # back; a worker's next look at its root (root_moved) stops it a moment later.
-            raise StorageError(f"cannot take lock {path}: its directory is gone (the spool was moved "
-                               "or deleted)", errno.ENOENT)
+        _refuse_if_directory_gone(path)
         lock = filelock.FileLock(path, timeout=timeout, mode=self.mode, poll_interval=POLL, fallback_to_soft=False,
                                  preserve_lock_file=True, on_acquired=lambda fd: _name_holder(fd, named))
         try:
@@ -184,6 +178,24 @@ def _parse(data: bytes, since: float) -> Holder:
     except (ValueError, TypeError, KeyError, RecursionError):
         pass
     return Holder(None, "", since)
+
+
+def _refuse_if_directory_gone(path: str) -> None:
+    """StorageError unless the lock's directory is there. filelock would make the missing
+    directories (mkdir -p, modes from the umask): a spool deleted under a worker would come back
+    as a bare locks/ in a 0755 root. A directory out of reach (ENOTCONN, EIO: a mount whose
+    client died) is not gone: its own error is said, errno kept."""
+    # RACE: an `rm -rf` of the spool between this look and filelock's mkdir brings that back; a
+    # worker's next look at its root (root_moved) stops it a moment later.
+    try:
+        if stat.S_ISDIR(os.stat(os.path.dirname(path) or ".").st_mode):
+            return
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as e:
+        raise StorageError(f"cannot take lock {path}: {_why_not(e)}", e.errno) from None
+    raise StorageError(f"cannot take lock {path}: its directory is gone (the spool was moved or deleted)",
+                       errno.ENOENT)
 
 
 def _why_not(e: OSError) -> str:
