@@ -133,16 +133,23 @@ def test_a_spool_of_spoolq_0_1_is_read_whole_and_each_job_runs_once(tmp_path):
     assert _clean(spoolq(root, "fsck")).strip().endswith("clean")
 
 
-def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
-    """0.1 recorded no process group: it found a dead worker's jobs by SPOOLQ_OWNER in their
-    environment. A 0.1 worker killed while its job ran, recovered by this version: the job's
-    process ran on beside its second attempt."""
+def _a_0_1_job_running_on(tmp_path) -> tuple[str, str, subprocess.Popen]:
+    """A spool as 0.1 left it, and a process of the job its killed worker held, still running
+    (found by the worker's token in its environment, as 0.1 found it): (root, owner, process)."""
     root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
     os.makedirs(marks)
     spool_of_0_1(root, marks)
     (owner,) = [name for name in os.listdir(os.path.join(root, "processing")) if os.listdir(
         os.path.join(root, "processing", name))]
     job = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPOOLQ_OWNER": owner}, start_new_session=True)
+    return root, owner, job
+
+
+def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
+    """0.1 recorded no process group: it found a dead worker's jobs by SPOOLQ_OWNER in their
+    environment. A 0.1 worker killed while its job ran, recovered by this version: the job's
+    process ran on beside its second attempt."""
+    root, owner, job = _a_0_1_job_running_on(tmp_path)
     try:
         Spool(root).recovery.run(L.owner_token("test", os.getpid()))
         assert Spool(root).find("killed1").state in (State.PENDING, State.SCHEDULED)
@@ -156,12 +163,7 @@ def test_recovery_kills_what_a_dead_worker_recorded_in_an_earlier_group_record_s
     """For 40 minutes of 2026-11-28 a worker recorded its job's group as "<pgid> <start ticks>" in
     40 bytes, which this version's reader (three fields, 56 bytes) takes for no record at all: its
     job's process ran on beside the job's next attempt."""
-    root, marks = str(tmp_path / "spool"), str(tmp_path / "marks")
-    os.makedirs(marks)
-    spool_of_0_1(root, marks)
-    (owner,) = [name for name in os.listdir(os.path.join(root, "processing")) if os.listdir(
-        os.path.join(root, "processing", name))]
-    job = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPOOLQ_OWNER": owner}, start_new_session=True)
+    root, owner, job = _a_0_1_job_running_on(tmp_path)
     _write(root, f"processing/{owner}/.pgroup", f"{job.pid} 5250640".ljust(39).encode() + b"\n")
     try:
         Spool(root).recovery.run(L.owner_token("test", os.getpid()))
