@@ -11,6 +11,8 @@ import stat
 import subprocess
 import time
 
+import pytest
+
 from conftest import dead_pid, spoolq, wait_for
 from spoolq import Spool, State
 from spoolq.format import layout as L
@@ -157,6 +159,25 @@ def test_recovery_kills_what_a_dead_worker_of_spoolq_0_1_still_runs(tmp_path):
     finally:
         job.kill()
         job.wait()
+
+
+def test_recovery_never_signals_another_users_process_that_names_the_dead_worker(tmp_path):
+    """The environment of a process is its user's to write: another local user's process that
+    carries SPOOLQ_OWNER=<a dead 0.1 worker's token> (the tokens are in processing/'s names) is
+    never signalled by the spool owner's recovery, root's included; the owner's own is."""
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root (to start another user's process); .ci/run runs as root")
+    root, owner, ours = _a_0_1_job_running_on(tmp_path)
+    theirs = subprocess.Popen(["sleep", "60"], env={**os.environ, "SPOOLQ_OWNER": owner}, start_new_session=True,
+                              user=65534, group=65534)
+    try:
+        Spool(root).recovery.run(L.owner_token("test", os.getpid()))
+        wait_for(lambda: ours.poll() is not None, 10, "the owner's own job process to be killed")
+        assert theirs.poll() is None, "another user's process was signalled"
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
 
 
 def test_recovery_kills_what_a_dead_worker_recorded_in_an_earlier_group_record_still_runs(tmp_path):

@@ -115,17 +115,20 @@ OWNER_ENV = "SPOOLQ_OWNER"  # in every job's environment: the token of the worke
 def kill_groups_of_owner(owner: str, signum: int = 9) -> int:
     """SIGKILL the process groups of this host whose processes carry SPOOLQ_OWNER=`owner` in
     their environment: how spoolq before its group record (0.1) found a dead worker's running
-    jobs, and the only trace such a worker leaves of them. Processes of other users cannot be
-    read, nor signalled; a job that ran `env -i` is missed, as it was then. Returns how many
-    groups were signalled."""
+    jobs, and the only trace such a worker leaves of them. Only processes of this uid count (a
+    job runs as its worker): another user's environment, which that user writes, never makes
+    this one signal (root's recovery could read it); a job that ran `env -i` is missed, as it was
+    then. Returns how many groups were signalled."""
     wanted = f"{OWNER_ENV}={owner}".encode()
-    me, groups = os.getpid(), set()
+    me, uid, groups = os.getpid(), os.geteuid(), set()
     try:
         pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return 0
     for pid in pids:
         try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environment = f.read()
             if pid != me and wanted in environment.split(b"\0"):
