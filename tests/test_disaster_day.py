@@ -376,3 +376,14 @@ def test_a_worker_start_on_a_read_only_spool_says_it_cannot_start(tmp_path):
         result = spoolq(root, "worker", "start", "--burst")
     assert result.returncode == 1
     assert result.stderr.startswith("Error: cannot start the workers: Read-only file system"), result.stderr
+
+
+def test_a_quota_used_up_is_said_as_a_quota_not_a_full_disk():
+    """EDQUOT counts as a full disk (nothing can be written), but it is the user's quota, not the
+    disk: 'the file system is full' sent the operator to df, which showed room. (No quota can be
+    set on this machine's file systems: the error itself is given.)"""
+    from spoolq.store.store import io_message
+
+    quota = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), "/srv/spool/tmp/.x")
+    assert io_message("cannot enqueue", quota) == ("cannot enqueue: the disk quota of this user is used up "
+                                                   "(quota -s) (Disk quota exceeded); nothing was written")

@@ -14,6 +14,8 @@ def full_cause(exc: OSError) -> str:
     """What a full disk (is_disk_full) ran out of, in words that send its reader to the right
     tool: ENOSPC is one errno for no free blocks (df) and for no free inodes (df -i), where space
     is left and yet no file can be made, each new file taking an inode."""
+    if exc.errno == errno.EDQUOT:  # the user's share, not the disk: the disk may have room
+        return "the disk quota of this user is used up (quota -s)"
     if _out_of_inodes(exc.filename):
         return "the file system is out of inodes (df -i), though it has space left"
     return "the file system is full"
