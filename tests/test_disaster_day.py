@@ -281,13 +281,37 @@ def test_a_second_detached_start_after_the_supervisor_was_killed_says_it_is_gone
         again = spoolq(spool_dir, "worker", "start", "--detach", "--count", "2")
         assert again.returncode == 1, again
         [line] = again.stderr.strip().splitlines()
-        assert f"without their supervisor (pid {supervisor} is gone" in line, line
+        assert f"without their supervisor (it was pid {supervisor}, and is gone" in line, line
         assert "`spoolq worker stop` them first" in line, line
         assert sorted(w.pid for w in spool.workers(role="worker")) == sorted(workers)  # no second set
     finally:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_supervisor_pid_given_to_another_process_is_not_taken_for_the_supervisor(spool_dir, spool):
+    """The pid of a killed supervisor can be given to another process; `alive(pid)` then said the
+    pool had its supervisor, and invited a `kill` of that other process. A supervisor counts only
+    while it is its workers' parent. Here a worker whose registration names pid 1, alive and
+    not its parent, as a reused pid would be."""
+    from spoolq.format import layout as L
+    from spoolq.system import liveness
+
+    orphan = subprocess.Popen(["sleep", "60"])  # the worker, as the registration names it
+    try:
+        token = L.owner_token(L.host_name(), orphan.pid)
+        record = {"owner": token, "host": L.host_name(), "pid": orphan.pid, "role": "worker", "lease": 30,
+                  "start": liveness.start_token(orphan.pid), "boot": liveness.boot_id(),
+                  "pidns": liveness.pid_namespace(), "supervisor": 1}
+        spool.store.publish(spool.layout.worker_file(token), json.dumps(record).encode(), durable=False)
+        assert [w.pid for w in spool.workers(role="worker")] == [orphan.pid]
+        again = spoolq(spool_dir, "worker", "start", "--detach")
+        assert again.returncode == 1, again
+        assert "without their supervisor (it was pid 1, and is gone" in again.stderr, again.stderr
+    finally:
+        orphan.kill()
+        orphan.wait()
 
 
 def _zombie(pid: int) -> bool:

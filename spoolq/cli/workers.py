@@ -16,6 +16,10 @@ from . import complete
 from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx
 from .queue_names import queue_set, warn_about_queues
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..spool import Spool
+
 
 @main.group()
 def worker() -> None:
@@ -58,15 +62,7 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
         job_lines = None if quiet else log_lines.JobLines(log_format)
         sys.exit(supervisor.Supervisor(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs,
                                        queues=queues, log=log, job_lines=job_lines, slots=slots).run())
-    # RACE: two starts at once each find none, and both start: this catches a start repeated (a
-    # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
-    running = supervisor.running_here(spool, queues)
-    if running is not None:  # (its supervisor killed, its workers run on, and none that ends is replaced)
-        whose = f" (supervisor pid {running})" if alive(running) else \
-            f", without their supervisor (pid {running} is gone: a worker that ends is not replaced)"
-        raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
-                       f"already run on this host{whose}; not starting a second set: "
-                       "`spoolq worker stop` them first, or start more in the foreground")
+    _refuse_a_second_set(spool, queues)
     pid = supervisor.detach(spool, count, burst=burst, since=since, allow_unsafe_fs=allow_unsafe_fs, queues=queues,
                             log=log, slots=slots)
     deadline = time.monotonic() + 15
@@ -86,6 +82,23 @@ def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, 
             raise CliError(f"the workers did not start; see {spool.worker_log()}")
         time.sleep(0.02)
     raise CliError(f"the workers did not register within 15s; see {spool.worker_log()}")
+
+
+def _refuse_a_second_set(spool: Spool, queues: frozenset[str] | None) -> None:
+    """A detached start beside workers of this host for the same queues is refused (exit 1)."""
+    from ..running import supervisor
+
+    # RACE: two starts at once each find none, and both start: this catches a start repeated (a
+    # boot script, a cron @reboot), not a race; a second set of workers is harmless, only not asked for.
+    running = supervisor.running_here(spool, queues)
+    if running is None:
+        return
+    pid, supervised = running  # (its supervisor killed: its workers run on, none that ends replaced)
+    whose = f" (supervisor pid {pid})" if supervised else \
+        f", without their supervisor (it was pid {pid}, and is gone: a worker that ends is not replaced)"
+    raise CliError(f"workers of this spool for {'queues ' + ','.join(sorted(queues)) if queues else 'every queue'} "
+                   f"already run on this host{whose}; not starting a second set: "
+                   "`spoolq worker stop` them first, or start more in the foreground")
 
 
 def _make_room_for(slots: int) -> None:

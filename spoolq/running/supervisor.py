@@ -279,14 +279,16 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
-def running_here(spool: Spool, queues: frozenset[str] | None) -> int | None:
+def running_here(spool: Spool, queues: frozenset[str] | None) -> tuple[int, bool] | None:
     """The pid of a supervisor on this host whose live workers take jobs from `queues` (None:
-    from every queue), or None: a second `worker start --detach` would start a second set."""
+    from every queue), and whether it still is (their parent: a pid alive is not enough, it may
+    have been given to another process since the supervisor was killed), or None: a second
+    `worker start --detach` would start a second set."""
     host = layout.host_name()
     for worker in spool.workers(role="worker"):
         theirs, pid = worker.extra.get("queues"), worker.extra.get("supervisor")
         if worker.host == host and isinstance(pid, int) and (frozenset(theirs) if theirs else None) == queues:
-            return pid
+            return pid, liveness.parent_of(worker.pid) == pid
     return None
 
 
