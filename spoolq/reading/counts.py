@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
 from dataclasses import dataclass, field
 
 from ..format.states import State
@@ -16,6 +15,7 @@ from ..store import maildir, shards
 from ..system import fsio
 from ..store.owners import Owners
 from ..store.store import Store
+from .places import Still, stamp_of
 
 
 @dataclass
@@ -184,20 +184,11 @@ class JobCounter:
 
     def _tally(self, directory: str, last: _Tally | None) -> _Tally:
         """The jobs of a directory per queue: the last count again while the directory has not
-        changed since (one stat), else a new one that opens only the files new since."""
-        try:
-            st = os.stat(directory)
-            stamp: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
-        except OSError:
-            stamp = None  # listed, and the listing says what is wrong
-        # RACE: an entry added or removed while the directory was listed changes its mtime, but
-        # two changes within one tick of the file system's clock leave the same mtime: a count is
-        # reused only if the directory had been still for SETTLED seconds when it was made, and
-        # never for longer than RECOUNT (a clock stepped back, a file server's cached attributes).
-        if last is not None and stamp == last.stamp and last.settled and time.monotonic() < last.until:
+        changed since (one stat: Still), else a new one that opens only the files new since."""
+        stamp = stamp_of(directory)
+        if last is not None and last.still.holds(stamp):
             return last
-        tally = _Tally(stamp, settled=stamp is not None and time.time() - stamp[1] / 1e9 > SETTLED,
-                       until=time.monotonic() + RECOUNT)
+        tally = _Tally(Still.listed(stamp))
         known = last.queue_of if last is not None else {}
         for entry, inode in fsio.listdir_inodes(directory):
             if not layout.is_json_entry(entry):
@@ -217,15 +208,9 @@ class JobCounter:
         return tally
 
 
-SETTLED = 2.0  # seconds a directory must have been still for its count to be reused
-RECOUNT = 300.0  # seconds a count is reused at most
-
-
 @dataclass
 class _Tally:
-    stamp: tuple[int, int] | None  # the directory's inode and mtime when it was counted
-    settled: bool
-    until: float  # time.monotonic() after which it is counted again
+    still: Still  # the directory as it was counted, and whether the count may be used again
     jobs: int = 0
     quarantined: int = 0
     queues: dict[str, int] = field(default_factory=dict)

@@ -1,12 +1,15 @@
-"""Where jobs are, from directory listings: a `Place` a listing found, and the finished jobs of
-done/ or dead/ in the order they finished (FinishedOrder), kept between listings by a reader that
-lists again and again (the dashboard, every 2 s a page is open: each lstat of a 100,000-file done/
-was most of a refresh). Read-only; may import format and system."""
+"""Where jobs are, from directory listings: a `Place` a listing found; whether a directory is still
+as it was when last listed (Still: one stat instead of a listing); and the finished jobs of done/
+or dead/ in the order they finished (FinishedOrder), kept between listings by a reader that lists
+again and again (the dashboard, every 2 s a page is open: each lstat of a 100,000-file done/ was
+most of a refresh). Read-only; may import format and system."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+from dataclasses import dataclass, field
 from time import monotonic
 from typing import Iterator, NamedTuple, Sequence, overload
 
@@ -29,6 +32,40 @@ def finished_at(st: os.stat_result) -> float:
     ctime was last set (a success is that move alone; a failure rewrites the file just before
     it). The mtime would say when it was enqueued or last failed: never use it for this."""
     return st.st_ctime
+
+
+SETTLED = 2.0  # seconds a directory must have been still for what its listing gave to be reused
+RELIST = 300.0  # seconds it is reused at most
+
+
+def stamp_of(directory: str) -> tuple[int, int] | None:
+    """A directory's inode and mtime, which an entry added or removed changes (None: no stat)."""
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None  # listed, and the listing says what is wrong
+    return st.st_ino, st.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class Still:
+    """A directory's stamp when it was listed, and whether what that listing gave may be used
+    again while the stamp stays the same."""
+
+    stamp: tuple[int, int] | None = None
+    settled: bool = False
+    until: float = field(default_factory=lambda: monotonic() + RELIST)
+
+    @classmethod
+    def listed(cls, stamp: tuple[int, int] | None) -> Still:
+        return cls(stamp, stamp is not None and time.time() - stamp[1] / 1e9 > SETTLED)
+
+    def holds(self, stamp: tuple[int, int] | None) -> bool:
+        # RACE: an entry added or removed while the directory was listed changes its mtime, but two
+        # changes within one tick of the file system's clock leave the same mtime: a listing is
+        # reused only if the directory had been still for SETTLED seconds when it was made, and
+        # never for longer than RELIST (a clock stepped back, a file server's cached attributes).
+        return stamp == self.stamp and self.settled and monotonic() < self.until
 
 
 Key = tuple[str, int]  # a finished file as its directory's listing names it: its name and inode
@@ -67,19 +104,21 @@ class FinishedOrder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_dir: dict[str, tuple[dict[Key, float], list[Key], float]] = {}
+        self._by_dir: dict[str, tuple[dict[Key, float], list[Key], float, Still]] = {}
 
     def places(self, directory: str, state: str) -> Listed:
-        listed = {key for key in fsio.listdir_inodes(directory) if layout.is_json_entry(key[0])}
-        now = monotonic()
+        stamp, now = stamp_of(directory), monotonic()
         with self._lock:
-            known, order, at = self._by_dir.get(directory, ({}, [], now))
+            known, order, at, still = self._by_dir.get(directory, ({}, [], now, Still()))
+        if still.holds(stamp):  # nothing came or went since the last listing: one stat, no listing
+            return Listed(directory, state, order)
+        listed = {key for key in fsio.listdir_inodes(directory) if layout.is_json_entry(key[0])}
         if now - at > self.FRESH_FOR:  # a name may have gone and come back in the inode it had
             known = {}
         if listed != known.keys():
             known, order = self._read_again(directory, listed, known)
         with self._lock:
-            self._by_dir[directory] = (known, order, now)
+            self._by_dir[directory] = (known, order, now, Still.listed(stamp))
         return Listed(directory, state, order)
 
     def _read_again(self, directory: str, listed: set[Key], known: dict[Key, float]) -> tuple[dict[Key, float], list[Key]]:
