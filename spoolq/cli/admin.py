@@ -11,9 +11,9 @@ import click
 
 from ..format.states import State
 from ..store.config import check_key, parse_value
-from .complete import job_ids, queue_names
+from .complete import job_ids
 from .base import CliError, Context, Duration, check_ids, emit_json, emit_pairs, id_width, json_option, main, one_line, pass_ctx, print_views, report_each, shown, shown_id, tries, warn_about_config, distinct
-from .queue_names import of_queues, queues_named, queues_shown
+from .queue_names import of_queues, queues_option, queues_shown
 
 if TYPE_CHECKING:
     from ..spool import Spool
@@ -25,8 +25,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
-              shell_complete=queue_names, help="Only dead jobs of these queues (may be given again).")
+@queues_option("Only dead jobs of these queues (may be given again).")
 @json_option
 @pass_ctx
 def dlq_list(c: Context, queues: frozenset[str] | None, as_json: bool) -> None:

@@ -6,9 +6,8 @@ import click
 
 from ..format.states import State
 from ..reading.stats import MAX_WINDOW, Series, Stats, human_seconds, human_window
-from .complete import queue_names
 from .base import CliError, Context, Duration, emit_json, json_option, main, pass_ctx
-from .queue_names import queues_named, warn_about_queues
+from .queue_names import queues_option, warn_about_queues
 
 LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 
@@ -16,8 +15,7 @@ LEVELS = " .:-=+*#%@"  # a bar chart in plain characters: ten heights
 @main.command()
 @click.option("--since", "window", type=Duration(0, MAX_WINDOW, low_open=True), default="1h", show_default=True,
               help="The window: 90, 30m, 6h, 7d (at most 366d).")
-@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
-              shell_complete=queue_names, help="These queues' figures only (may be given again).")
+@queues_option("These queues' figures only (may be given again).")
 @json_option
 @pass_ctx
 def stats(c: Context, window: float, queues: frozenset[str] | None, as_json: bool) -> None:

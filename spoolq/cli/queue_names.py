@@ -3,7 +3,7 @@ warned about (a typo), and how a pause is said."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import click
 
@@ -76,11 +76,15 @@ def queue_set(given: tuple[str, ...] | list[str], param_hint: str = "'--queue'")
     return frozenset(names) if names else None
 
 
-def queues_named(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> frozenset[str] | None:
-    """The callback of a reading command's `--queue Q[,Q...]`, which may be given again: the queues
-    named, checked before anything is read (exit 2). Repeated, it kept the last one alone (click's
-    way), so that `list --queue a --queue b` showed b's jobs as if they were all."""
-    return queue_set(value, f"'{param.opts[0]}'")
+def queues_option(help: str) -> Callable[[Any], Any]:
+    """`--queue Q[,Q...]`, which may be given again, as the parameter `queues`: the queues named
+    (None: none), checked before anything is read (exit 2). Given again, every one counts: click's
+    own way keeps the last alone, so that `list --queue a --queue b` showed b's jobs as if they
+    were all, and `pause --queue a --queue b` paused b alone."""
+    from .complete import queue_names
+
+    return click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", shell_complete=queue_names,
+                        callback=lambda ctx, param, value: queue_set(value), help=help)
 
 
 def queues_shown(queues: frozenset[str]) -> str:

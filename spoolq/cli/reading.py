@@ -15,9 +15,9 @@ from ..reading import waits
 from ..format.errors import WaitTimeout
 from ..spool import Spool
 from .live import ProgressBar, watch_status
-from .complete import job_ids, queue_names
+from .complete import job_ids
 from .base import CliError, Context, Duration, Int, check_ids, emit_json, emit_pairs, json_option, main, pass_ctx, print_views, shown, distinct
-from .queue_names import of_queues, paused_text, paused_value, queues_named, queues_shown
+from .queue_names import of_queues, paused_text, paused_value, queues_option, queues_shown
 
 
 @main.command()
@@ -55,8 +55,7 @@ def status(c: Context, watch: bool, interval: float, as_json: bool) -> None:
 
 @main.command("list")
 @click.option("--state", type=click.Choice(STATES), multiple=True, help="Only jobs in this state (repeat it for several).")
-@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", callback=queues_named,
-              shell_complete=queue_names, help="Only jobs of these queues (may be given again).")
+@queues_option("Only jobs of these queues (may be given again).")
 @click.option("--limit", type=Int(0), help="At most this many jobs.")
 @json_option
 @pass_ctx

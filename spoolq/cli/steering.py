@@ -12,7 +12,7 @@ from ..format.states import State
 from ..store.slots import MAX_LIMIT
 from .complete import job_ids, queue_names
 from .base import Context, Int, check_ids, emit_json, emit_rows, json_option, main, pass_ctx, report_each, distinct
-from .queue_names import paused_value, queue_set, warn_about_queues, warn_unless_paused
+from .queue_names import paused_value, queue_set, queues_option, warn_about_queues, warn_unless_paused
 
 
 def _say(names: frozenset[str], as_json: bool) -> None:
@@ -25,36 +25,32 @@ def _say(names: frozenset[str], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", shell_complete=queue_names,
-              help="Pause only these queues (may be given again).")
+@queues_option("Pause only these queues (may be given again).")
 @json_option
 @pass_ctx
-def pause(c: Context, queues: tuple[str, ...], as_json: bool) -> None:
+def pause(c: Context, queues: frozenset[str] | None, as_json: bool) -> None:
     """Workers everywhere stop claiming jobs (of these queues, or all), within about one
     poll_interval on other hosts. Running jobs finish; enqueue and drop-ins are still accepted."""
-    names = queue_set(queues)
-    if names is None:
+    if queues is None:
         _say(c.spool.pause(None), as_json)
         return
-    warn_about_queues(c.spool, sorted(names))  # a typo would hold nothing and leave the meant queue running, silently
-    for name in sorted(names):  # every queue named: `--queue a --queue b` paused b alone, as click keeps the last
+    warn_about_queues(c.spool, sorted(queues))  # a typo would hold nothing and leave the meant queue running, silently
+    for name in sorted(queues):  # every queue named: `--queue a --queue b` paused b alone, as click keeps the last
         paused = c.spool.pause(name)
     _say(paused, as_json)
 
 
 @main.command()
-@click.option("--queue", "queues", multiple=True, metavar="Q[,Q...]", shell_complete=queue_names,
-              help="Resume only these queues (may be given again; each stays paused while the whole spool is).")
+@queues_option("Resume only these queues (may be given again; each stays paused while the whole spool is).")
 @json_option
 @pass_ctx
-def resume(c: Context, queues: tuple[str, ...], as_json: bool) -> None:
+def resume(c: Context, queues: frozenset[str] | None, as_json: bool) -> None:
     """Workers claim jobs again (of these queues, or of every queue paused)."""
-    names = queue_set(queues)
-    if names is None:
+    if queues is None:
         _say(c.spool.resume(None), as_json)
         return
     before = c.spool.paused()
-    for name in sorted(names):
+    for name in sorted(queues):
         warn_unless_paused(name, before)
         paused = c.spool.resume(name)
     _say(paused, as_json)

@@ -12,9 +12,8 @@ from ..format.errors import StorageError
 from ..format.job import iso
 from ..format.layout import MAX_SLOTS
 from ..system.liveness import alive, started_at
-from . import complete
 from .base import CliError, Context, Duration, Int, emit_rows, json_option, main, pass_ctx
-from .queue_names import queue_set, warn_about_queues
+from .queue_names import queues_option, warn_about_queues
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,20 +33,18 @@ def worker() -> None:
 @click.option("--burst", is_flag=True, help="Exit when no job is ready and no retry of a job it ran is left.")
 @click.option("--allow-unsafe-fs", is_flag=True, envvar="SPOOLQ_ALLOW_UNSAFE_FS",
               help="Start even where the file system's caches make leases unsafe across hosts.")
-@click.option("--queue", "queue_names", multiple=True, metavar="Q[,Q...]", shell_complete=complete.queue_names,
-              help="Take jobs only from these queues (default: every queue).")
+@queues_option("Take jobs only from these queues (default: every queue).")
 @click.option("-q", "--quiet", is_flag=True, help="No line per job claimed and finished (foreground only).")
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
               help="Log lines as text, or as one JSON object each.")
 @pass_ctx
 def worker_start(c: Context, count: int, slots: int, detach: bool, burst: bool, allow_unsafe_fs: bool,
-                 queue_names: tuple[str, ...], quiet: bool, log_format: str) -> None:
+                 queues: frozenset[str] | None, quiet: bool, log_format: str) -> None:
     """Run workers: in the foreground until Ctrl+C or SIGTERM (running jobs finish first),
     saying on stderr what each job did; --detach: in the background, logging to the spool's log/."""
     from ..pending import dealing
     from ..running import supervisor, log_lines
 
-    queues = queue_set(queue_names)
     if queues is not None and len(queues) > dealing.MAX_QUEUES:
         raise click.BadParameter(f"{len(queues)} queues; a worker takes at most {dealing.MAX_QUEUES}",
                                  param_hint="'--queue'")
