@@ -11,6 +11,7 @@ from ..format.job import valid_queue
 from ..spool import Spool
 
 if TYPE_CHECKING:
+    from ..store.owners import WorkerInfo
     from ..reading.views import JobView
     from .base import Context
 
@@ -27,10 +28,10 @@ def warn_about_queues(spool: Spool, names: Iterable[str]) -> None:
                    err=True)
 
 
-def warn_unless_taken(spool: Spool, name: str) -> None:
-    """A note on stderr when workers run and none of them takes queue `name` (each was started
-    with `--queue` naming others): its jobs would wait, unseen, until one that does starts."""
-    running = spool.workers(role="worker")
+def warn_unless_taken(running: list[WorkerInfo], name: str) -> None:
+    """A note on stderr when workers run (`running`: the live ones) and none of them takes queue
+    `name` (each was started with `--queue` naming others): its jobs would wait, unseen, until one
+    that does starts."""
     takers = [w for w in running if not isinstance(w.extra.get("queues"), list) or name in w.extra["queues"]]
     if running and not takers:
         click.echo(f"Note: no running worker takes queue {name!r} (each was started with --queue naming others): "

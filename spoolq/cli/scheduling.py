@@ -10,7 +10,7 @@ import click
 
 from ..format.job import MAX_RETRIES_LIMIT, parse_json_object
 from ..running.cron import expression, host_zone
-from ..running.schedules import CATCH_UP, OVERLAP, Schedule, Schedules, check_name
+from ..running.schedules import CATCH_UP, OVERLAP, Schedule, Schedules, check_name, ignored_by
 from .complete import queue_names, schedule_names
 from .queue_names import warn_unless_taken
 from .base import Context, Duration, Int, emit_json, emit_rows, json_option, main, pass_ctx
@@ -66,12 +66,14 @@ def schedule_add(c: Context, name: str, cron: str, job: tuple[str, ...], cmd: st
     spool = c.handle()
     job = spool.make_job({**template, "id": f"{name}.x"})  # the template must make a job: exit 2 if not
     c.create()
-    Schedules(spool).add(new, replace=replace)
-    warn_unless_taken(spool, job.queue)
-    _say_older_workers(Schedules(spool).ignored_by(new))
+    schedules = Schedules(spool)
+    schedules.add(new, replace=replace)
+    running = spool.workers(role="worker")  # read once, for every word said of them below
+    warn_unless_taken(running, job.queue)
+    _say_older_workers(ignored_by(new, running))
     if tz is None:
         _say_utc(host_zone())
-    _print([new], spool_schedules=Schedules(spool), as_json=as_json, one=True)
+    _print([new], spool_schedules=schedules, as_json=as_json, one=True, running=running)
 
 
 def _say_older_workers(older: list[Any]) -> None:
@@ -171,9 +173,11 @@ def _set_paused(c: Context, name: str, paused: bool) -> None:
     click.echo(f"{'paused' if paused else 'resumed'} schedule {name}")
 
 
-def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False) -> None:
+def _print(found: list[Schedule], *, spool_schedules: Schedules, as_json: bool, one: bool = False,
+           running: list[Any] | None = None) -> None:
+    """The schedules as a table (or one as pairs), or JSON; `running`: the live workers, if read."""
     now = time.time()
-    working = bool(spool_schedules.spool.workers(role="worker"))
+    working = bool(spool_schedules.spool.workers(role="worker") if running is None else running)
     rows = [spool_schedules.row(s, now, working=working) for s in found]
     if found and not working and not as_json:  # --json says it in each row: "fires": false
         click.echo("Note: no worker is running, and only workers fire schedules: nothing fires until one "

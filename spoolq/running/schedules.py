@@ -240,12 +240,6 @@ class Schedules:
                 "last": iso(last[0]) if last else None, "last_job": last[1] if last else None,
                 "last_state": self._state_of(last[1]) if last else None, "job": schedule.job}
 
-    def ignored_by(self, schedule: Schedule) -> list[WorkerInfo]:
-        """The live workers that would fire `schedule` ignoring part of it: an older spoolq's,
-        whose registration does not say it honours what the schedule needs (HONOURED)."""
-        needs = {"overlap"} if schedule.overlap != "allow" else set()
-        return [w for w in self.spool.workers(role="worker") if not needs <= set(w.extra.get("honours") or ())]
-
     def _state_of(self, job_id: str) -> str:
         try:
             return self.spool.find(job_id).state
@@ -358,3 +352,10 @@ class Schedules:
 
     def _path(self, name: str) -> str:
         return os.path.join(self.directory, f"{name}.json")
+
+
+def ignored_by(schedule: Schedule, workers: list[WorkerInfo]) -> list[WorkerInfo]:
+    """Those of the live `workers` that would fire `schedule` ignoring part of it: an older
+    spoolq's, whose registration does not say it honours what the schedule needs (HONOURED)."""
+    needs = {"overlap"} if schedule.overlap != "allow" else set()
+    return [w for w in workers if not needs <= set(w.extra.get("honours") or ())]
