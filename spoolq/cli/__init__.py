@@ -26,8 +26,10 @@ def run() -> None:
         _fail("interrupted", 130)
     except Terminated as e:
         _fail(f"terminated by signal {e.signum}", 128 + e.signum)
-    except OSError as e:
-        _fail(quick.io_failure(e), 1)
+    except OSError as e:  # a full disk, a read-only or vanished spool: what, not where in the code
+        from ..system.disk_full import in_words
+
+        _fail(in_words(e), 1)
     except Exception as e:  # after a plain enqueue printed its id: only a SpoolError
         from ..format.errors import SpoolError
 

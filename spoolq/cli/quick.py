@@ -46,14 +46,6 @@ def unwind_on_termination() -> None:
             signal.signal(signum, terminate)
 
 
-def io_failure(e: OSError) -> str:
-    """A full disk, a read-only or vanished spool: what, not where in the code."""
-    from ..system.disk_full import full_cause, is_disk_full
-
-    cause = full_cause(e) if is_disk_full(e) else e.strerror or "I/O error"
-    return f"{cause}: {e.filename}" if e.filename else cause
-
-
 class Announcement:
     """Prints the ids before the jobs are published (enqueue_many's `announce`): if they cannot
     be printed (stdout closed, on a full disk, a closed pipe), Unprintable is raised and nothing

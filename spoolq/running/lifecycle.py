@@ -45,10 +45,6 @@ def announce_wakeups(wake: watch.Wakeups, spool: Spool, log: Callable[[str], Non
             f"rescanning every {spool.config.poll_interval:g}s")
 
 
-def said(e: OSError) -> str:
-    """An error of the file system in a few words: what failed, and where."""
-    cause = disk_full.full_cause(e) if disk_full.is_disk_full(e) else str(e.strerror or e)
-    return f"{cause}: {e.filename}" if e.filename else cause
 
 
 def still_safe(spool: Spool) -> str | None:
@@ -78,11 +74,11 @@ def unless_unreachable(loop: Callable[[], None], log: Callable[[str], None]) -> 
         loop()
     except OSError as e:
         if e.errno in OUT_OF_FILES:
-            log(f"out of open files ({said(e)}; this worker may hold "
+            log(f"out of open files ({disk_full.in_words(e)}; this worker may hold "
                 f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, a running job {FILES_A_SLOT}): stopping "
                 "(its supervisor starts another); raise `ulimit -n` or run fewer --slots")
         else:
-            log(f"the spool's file system failed: {said(e)}; stopping (its supervisor starts another "
+            log(f"the spool's file system failed: {disk_full.in_words(e)}; stopping (its supervisor starts another "
                 "once the spool can be reached)")
         return False
     return True
@@ -94,7 +90,7 @@ def unregister(spool: Spool, owner: str, log: Callable[[str], None] | None) -> N
         spool.owners.unregister(owner)
     except OSError as e:  # its lease runs out: a worker on any host cleans up after it
         if log is not None:
-            log(f"cannot unregister: {said(e)}")
+            log(f"cannot unregister: {disk_full.in_words(e)}")
 
 
 class CannotStart(Exception):

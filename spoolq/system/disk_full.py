@@ -1,4 +1,5 @@
-"""A full disk: which errors mean one, and what it ran out of (its blocks, or its inodes)."""
+"""A full disk: which errors mean one, and what it ran out of (its blocks, its inodes, or the
+user's quota); and any error of the file system in a few words, a full disk's said so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import os
 
 def is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def in_words(exc: OSError) -> str:
+    """An error of the file system in a few words, for a person: what failed (a full disk: what
+    it ran out of), and where; not where in the code."""
+    cause = full_cause(exc) if is_disk_full(exc) else exc.strerror or str(exc) or "I/O error"
+    return f"{cause}: {exc.filename}" if exc.filename else cause
 
 
 def full_cause(exc: OSError) -> str:
