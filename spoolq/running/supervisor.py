@@ -288,8 +288,16 @@ def running_here(spool: Spool, queues: frozenset[str] | None) -> tuple[int, bool
     for worker in spool.workers(role="worker"):
         theirs, pid = worker.extra.get("queues"), worker.extra.get("supervisor")
         if worker.host == host and isinstance(pid, int) and (frozenset(theirs) if theirs else None) == queues:
-            return pid, liveness.parent_of(worker.pid) == pid
+            return pid, supervised_by(worker) == pid
     return None
+
+
+def supervised_by(worker: WorkerInfo) -> int | None:
+    """The pid of the supervisor a worker of this host registered, while it still is: the
+    worker's parent (a pid alive is not enough: a killed supervisor's is given to another process
+    in time); None once its supervisor is gone, or for a worker started without one."""
+    pid = worker.extra.get("supervisor")
+    return pid if isinstance(pid, int) and liveness.parent_of(worker.pid) == pid else None
 
 
 def signalled_here(workers: list[WorkerInfo]) -> list[int]:
@@ -297,8 +305,7 @@ def signalled_here(workers: list[WorkerInfo]) -> list[int]:
     written: each one's supervisor, which stops its pool; a worker whose supervisor is gone
     (killed: the worker's parent is no longer the pid its registration names), the worker itself."""
     host = layout.host_name()
-    return sorted({pid if isinstance(pid := w.extra.get("supervisor"), int) and liveness.parent_of(w.pid) == pid
-                   else w.pid for w in workers if w.host == host})
+    return sorted({supervised_by(w) or w.pid for w in workers if w.host == host})
 
 
 def detach(spool: Spool, count: int, *, burst: bool, since: StartedAt | None, allow_unsafe_fs: bool = False,
