@@ -906,10 +906,11 @@ def two_schedules(spool: Spool) -> str:
     from spoolq.running.schedules import Schedule, Schedules
 
     spool.init()
-    schedules, t = Schedules(spool), time.time() - 600
+    schedules, t, now = Schedules(spool), time.time() - 600, time.time()
     schedules.add(Schedule("minutely", "* * * * *", {"command": "true"}, created_at=t, active_from=t))
-    schedules.add(Schedule("nightly", "0 3 * * *", {"command": "echo report"}, tz="Europe/Berlin", created_at=t,
-                           active_from=t))
+    # From now: made ten minutes ago, it was owed its 03:00 slot when the test ran at 03:00-03:10 Berlin time.
+    schedules.add(Schedule("nightly", "0 3 * * *", {"command": "echo report"}, tz="Europe/Berlin", created_at=now,
+                           active_from=now))
     [fired] = [f for f in schedules.fire_due(time.time()) if f.created]
     return fired.job_id
 
